@@ -1,0 +1,27 @@
+"""One error type for bad input, so the CLI can print one line and exit 2.
+
+Every message names where the problem is (file, line, field) so a user can fix
+it without reading a traceback.
+"""
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad user input: a malformed trace line, an unknown config key, an impossible config."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        self.detail = message
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(str(self.file) if self.line is None else f"{self.file}:{self.line}")
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.detail}" if prefix else self.detail
