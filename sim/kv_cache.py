@@ -1,0 +1,180 @@
+"""KV block pool with prefix caching, as in vLLM and Dynamo's mocker.
+
+Physical blocks are *copies*. A copy is private (being filled, no content hash yet) or
+hashed. A hashed copy is *active* while sequences hold it (reference count > 0) and
+*inactive* when none do: still resident and reusable, and evictable in LRU order (oldest
+release first). Two sequences that compute the same block concurrently hold two copies;
+lookups use the first. A prefix hit is the longest run of leading block hashes with a
+resident copy.
+
+Only hashed copies get ids; private blocks are a count, which keeps decode growth cheap.
+Keys (content hashes) are ints from ``block_keys``/``private_key``. Nothing iterates in
+hash order, so runs are deterministic.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_MASK62 = (1 << 62) - 1
+PRIVATE = -1     # block id of a private (unhashed) block held by a sequence
+
+
+def block_keys(hash_ids: tuple[int, ...], trace_block_size: int, block_size: int,
+               num_full_blocks: int) -> list[int]:
+    """Engine-block keys for the first ``num_full_blocks`` full blocks of a trace prompt.
+
+    Token t of the prompt is hash_ids[t // trace_block_size] (Dynamo's token synthesis), so
+    two prompts agree on their first (b+1)*block_size tokens exactly when they agree on
+    hash_ids[0 .. j] with j = ((b+1)*block_size - 1) // trace_block_size. The key of engine
+    block b mixes the chained hash of hash_ids[0 .. j] with b: equal keys mean equal token
+    prefixes (up to 64-bit collisions, as with Dynamo's XXH3 keys). Keys are >= 0.
+    """
+    if num_full_blocks <= 0:
+        return []
+    chain = []
+    c = 0
+    last_needed = ((num_full_blocks * block_size) - 1) // trace_block_size
+    for h in hash_ids[: last_needed + 1]:
+        c = hash((c, h))
+        chain.append(c)
+    b = np.arange(num_full_blocks, dtype=np.int64)
+    j = ((b + 1) * block_size - 1) // trace_block_size
+    mixed = np.asarray(chain, dtype=np.int64)[j].astype(np.uint64) * _MIX + b.astype(np.uint64)
+    return (mixed & np.uint64(_MASK62)).tolist()
+
+
+def private_key(request_index: int, block: int) -> int:
+    """Key of a block whose tokens no other request has (its own output, or an opaque
+    prompt). Negative, so it never equals a prompt key; stable across preemption so a
+    recomputed request can hit its own still-resident blocks."""
+    return -1 - (hash((request_index, block)) & _MASK62)
+
+
+class KvCache:
+    """Block accounting for one worker (one DP rank)."""
+
+    __slots__ = ("num_blocks", "block_size", "prefix_caching", "key_of", "refs", "by_key",
+                 "lru", "num_private", "num_hashed", "next_id", "evictions", "events")
+
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.prefix_caching = prefix_caching
+        self.key_of: dict[int, int] = {}       # copy id -> key
+        self.refs: dict[int, int] = {}         # copy id -> holders (0 = inactive, in lru)
+        self.by_key: dict[int, list[int]] = {}  # key -> resident copies, first is used
+        self.lru: dict[int, None] = {}         # inactive copies, oldest first
+        self.num_private = 0
+        self.num_hashed = 0                    # resident hashed copies (active + inactive)
+        self.next_id = 0
+        self.evictions = 0
+        # (stored?, key) for prompt keys, drained by the KV router at pass end; None = off.
+        self.events: list[tuple[bool, int]] | None = None
+
+    # -- queries ----------------------------------------------------------
+    @property
+    def num_active(self) -> int:
+        return self.num_hashed - len(self.lru) + self.num_private
+
+    def free_blocks(self) -> int:
+        return self.num_blocks - self.num_hashed - self.num_private
+
+    def match_prefix(self, keys: list[int]) -> tuple[int, int]:
+        """(leading resident blocks, of which active) for a sequence's full-block keys."""
+        if not self.prefix_caching:
+            return 0, 0
+        by_key, refs = self.by_key, self.refs
+        n = n_active = 0
+        for k in keys:
+            copies = by_key.get(k)
+            if copies is None:
+                break
+            n += 1
+            if refs[copies[0]]:
+                n_active += 1
+        return n, n_active
+
+    def resident(self, key: int) -> bool:
+        return key in self.by_key
+
+    # -- mutations ----------------------------------------------------------
+    def reserve(self, hit_keys: list[int], fresh: int) -> list[int] | None:
+        """Atomically pin the first copies of ``hit_keys`` and take ``fresh`` private blocks,
+        evicting inactive copies (oldest first) if free space is short. Returns the pinned
+        copy ids, or None (and changes nothing) when it cannot fit."""
+        lru = self.lru
+        short = fresh - self.free_blocks()
+        if short > 0:
+            by_key = self.by_key
+            inactive_hits = len({by_key[k][0] for k in hit_keys if by_key[k][0] in lru})
+            if short > len(lru) - inactive_hits:
+                return None
+        refs = self.refs
+        ids = []
+        for k in hit_keys:
+            c = self.by_key[k][0]
+            if refs[c] == 0:
+                del lru[c]
+            refs[c] += 1
+            ids.append(c)
+        for _ in range(short):
+            self._evict_oldest()
+        self.num_private += fresh
+        return ids
+
+    def _evict_oldest(self) -> None:
+        c = next(iter(self.lru))
+        del self.lru[c]
+        del self.refs[c]
+        k = self.key_of.pop(c)
+        copies = self.by_key[k]
+        if len(copies) == 1:
+            del self.by_key[k]
+            if self.events is not None and k >= 0:
+                self.events.append((False, k))
+        else:
+            copies.remove(c)
+        self.num_hashed -= 1
+        self.evictions += 1
+
+    def register(self, key: int) -> int:
+        """A held private block has filled: it becomes a hashed copy of ``key``."""
+        c = self.next_id
+        self.next_id = c + 1
+        self.num_private -= 1
+        self.num_hashed += 1
+        self.key_of[c] = key
+        self.refs[c] = 1
+        copies = self.by_key.get(key)
+        if copies is None:
+            self.by_key[key] = [c]
+            if self.events is not None and key >= 0:
+                self.events.append((True, key))
+        else:
+            copies.append(c)
+        return c
+
+    def release(self, blocks: list[int]) -> None:
+        """Drop one hold on each block, last block first, so a sequence's suffix is evicted
+        before its prefix. Private blocks are freed; hashed copies with no holder become
+        inactive. (With prefix caching off the engine never hashes, so all are private.)"""
+        refs, lru = self.refs, self.lru
+        for c in reversed(blocks):
+            if c == PRIVATE:
+                self.num_private -= 1
+                continue
+            r = refs[c] - 1
+            refs[c] = r
+            if r == 0:
+                lru[c] = None
+
+    def check(self) -> None:
+        """Invariant check used by tests: blocks are conserved."""
+        assert self.num_hashed == len(self.refs) == len(self.key_of), "hashed copies drifted"
+        assert sum(len(v) for v in self.by_key.values()) == self.num_hashed, "index drifted"
+        assert all(r >= 0 for r in self.refs.values()), "negative refcount"
+        assert all(self.refs[c] == 0 for c in self.lru), "held block in the LRU"
+        assert sum(1 for r in self.refs.values() if r == 0) == len(self.lru), "LRU drifted"
+        assert self.num_private >= 0, "negative private count"
+        assert 0 <= self.num_hashed + self.num_private <= self.num_blocks, "pool over-committed"

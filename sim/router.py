@@ -1,0 +1,224 @@
+"""Routers: which worker gets an arriving request.
+
+``round_robin``, ``random`` and ``least_loaded`` look only at worker counts. ``kv`` is
+Dynamo's KV-aware cost (``../shared/reference/dynamo_semantics.md`` §5):
+
+    cost(w) = prefill_load_scale * max(prefill_blocks(w) - credit * overlap(w), 0)
+              + decode_blocks(w)
+
+with prefill_blocks = (prompt tokens routed to w that have not produced a first token,
+plus this prompt) / block_size, overlap = this prompt's leading blocks resident on w, and
+decode_blocks = distinct full prompt blocks of the requests routed to w and not finished,
+plus this prompt's blocks beyond its longest prefix already active on w (rules checked
+against ai-dynamo 1.6.1's replay). Temperature 0 takes the argmin (ties drawn at random);
+temperature T > 0 samples softmax(-(c - c_min) / ((c_max - c_min) * T)).
+All randomness comes from the generator handed in (one stream per run).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine import Engine, Seq
+from .kv_cache import block_keys, private_key
+from .request import Request
+
+ROUTER_MODES = ("round_robin", "random", "least_loaded", "kv")
+
+
+@dataclass
+class KvRouterConfig:
+    overlap_score_credit: float = 1.0     # blocks of prefill credited per cached block
+    prefill_load_scale: float = 1.0       # weight of the prefill term
+    temperature: float = 0.0              # 0 = argmin; > 0 = softmax sampling
+    assume_kv_reuse: bool = True          # count blocks shared with active requests once
+
+
+class Router:
+    name = "base"
+    wants_kv_events = False     # True: the driver forwards each pass's KV events at its end
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def select(self, req: Request, workers: list[Engine], now: float) -> Engine:
+        raise NotImplementedError
+
+    # Lifecycle hooks (used by routers that keep their own load view).
+    def on_routed(self, w: Engine, req: Request) -> None: ...
+    def on_first_token(self, w: Engine, s: Seq, now: float) -> None: ...
+    def on_finished(self, w: Engine, s: Seq, now: float) -> None: ...
+    def apply_kv_events(self, worker_id: int, events: list[tuple[bool, int]]) -> None: ...
+
+    def _pick_min(self, values: list[float], workers: list[Engine]) -> Engine:
+        best = min(values)
+        ties = [i for i, v in enumerate(values) if v == best]
+        if len(ties) == 1:
+            return workers[ties[0]]
+        return workers[ties[int(self.rng.integers(len(ties)))]]
+
+
+class RoundRobinRouter(Router):
+    name = "round_robin"
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        super().__init__(rng)
+        self.counter = 0
+
+    def select(self, req, workers, now):
+        w = workers[self.counter % len(workers)]
+        self.counter += 1
+        return w
+
+
+class RandomRouter(Router):
+    name = "random"
+
+    def select(self, req, workers, now):
+        return workers[int(self.rng.integers(len(workers)))]
+
+
+class LeastLoadedRouter(Router):
+    """Fewest requests in flight (running + waiting); ties at random."""
+    name = "least_loaded"
+
+    def select(self, req, workers, now):
+        return self._pick_min([w.num_in_flight() for w in workers], workers)
+
+
+class KvRouter(Router):
+    """Dynamo's KV-aware router with its own view of each worker.
+
+    * ``overlap``: leading blocks of the prompt in the worker's cache *as published*: KV
+      store/evict events of a pass become visible when the pass ends;
+    * ``prefill``: prompt tokens routed to the worker and not yet past their first token,
+      net of what was cached at routing;
+    * ``active``: distinct full prompt blocks of the worker's unfinished requests; the
+      prompt's own blocks count only past its longest prefix already active there.
+    """
+    name = "kv"
+
+    def __init__(self, rng: np.random.Generator, block_size: int,
+                 cfg: KvRouterConfig | None = None) -> None:
+        super().__init__(rng)
+        self.cfg = cfg or KvRouterConfig()
+        self.block_size = block_size
+        self.index: dict[int, set[int]] = {}                 # worker -> published block keys
+        self.prefill_tokens: dict[int, int] = {}             # worker -> pending prompt tokens
+        self.active: dict[int, dict[int, int]] = {}          # worker -> block key -> users
+        self.routed: dict[int, tuple[int, list[int], int]] = {}  # request -> (worker, keys, pending)
+        self._last: tuple[list[int], list[int]] | None = None
+
+    wants_kv_events = True
+
+    def apply_kv_events(self, worker_id: int, events: list[tuple[bool, int]]) -> None:
+        idx = self.index.setdefault(worker_id, set())
+        for stored, key in events:
+            if stored:
+                idx.add(key)
+            else:
+                idx.discard(key)
+
+    def _keys(self, req: Request) -> list[int]:
+        bs = self.block_size
+        full = req.input_length // bs
+        if req.hash_ids is not None:
+            return block_keys(req.hash_ids, req.trace_block_size, bs, full)
+        return [private_key(req.index, b) for b in range(full)]
+
+    def select(self, req, workers, now):
+        cfg = self.cfg
+        bs = self.block_size
+        keys = self._keys(req)
+        isl = req.input_length
+        costs = []
+        overlaps = []
+        for w in workers:
+            wid = w.id
+            idx = self.index.get(wid)
+            ov = 0
+            if idx:
+                for k in keys:
+                    if k not in idx:
+                        break
+                    ov += 1
+            active = self.active.get(wid)
+            ov_active = 0
+            if active:
+                for k in keys:
+                    if k not in active:
+                        break
+                    ov_active += 1
+            prefill = (self.prefill_tokens.get(wid, 0) + isl) / bs - cfg.overlap_score_credit * ov
+            if prefill < 0:
+                prefill = 0.0
+            decode = (len(active) if active else 0) + len(keys) - ov_active
+            costs.append(cfg.prefill_load_scale * prefill + decode)
+            overlaps.append(ov)
+        if cfg.temperature <= 0:
+            chosen = self._pick_min(costs, workers)
+        else:
+            chosen = workers[self._softmax_pick(costs)]
+        self._last = (keys, overlaps[workers.index(chosen)])
+        return chosen
+
+    def _softmax_pick(self, costs: list[float]) -> int:
+        c = np.asarray(costs, dtype=float)
+        lo, hi = c.min(), c.max()
+        if hi == lo:
+            return int(self.rng.integers(len(c)))
+        logits = -(c - lo) / ((hi - lo) * self.cfg.temperature)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        return int(self.rng.choice(len(c), p=p))
+
+    def on_routed(self, w, req):
+        if self._last is None:          # routed without select (e.g. to a starting worker)
+            keys, ov = self._keys(req), 0
+        else:
+            keys, ov = self._last
+        self._last = None
+        wid = w.id
+        pending = max(0, req.input_length - min(ov * self.block_size, req.input_length))
+        self.prefill_tokens[wid] = self.prefill_tokens.get(wid, 0) + pending
+        active = self.active.setdefault(wid, {})
+        for k in keys:
+            active[k] = active.get(k, 0) + 1
+        self.routed[req.index] = (wid, keys, pending)
+
+    def on_first_token(self, w, s, now):
+        info = self.routed.get(s.req.index)
+        if info is None or info[2] == 0:
+            return
+        wid, keys, pending = info
+        self.prefill_tokens[wid] -= pending
+        self.routed[s.req.index] = (wid, keys, 0)
+
+    def on_finished(self, w, s, now):
+        info = self.routed.pop(s.req.index, None)
+        if info is None:
+            return
+        wid, keys, pending = info
+        if pending:
+            self.prefill_tokens[wid] -= pending
+        active = self.active[wid]
+        for k in keys:
+            c = active[k] - 1
+            if c:
+                active[k] = c
+            else:
+                del active[k]
+
+
+def make_router(mode: str, rng: np.random.Generator, block_size: int,
+                kv_cfg: KvRouterConfig | None = None) -> Router:
+    if mode == "round_robin":
+        return RoundRobinRouter(rng)
+    if mode == "random":
+        return RandomRouter(rng)
+    if mode == "least_loaded":
+        return LeastLoadedRouter(rng)
+    if mode == "kv":
+        return KvRouter(rng, block_size, kv_cfg)
+    raise ValueError(f"unknown router mode {mode!r}")

@@ -1,0 +1,362 @@
+"""The replay driver: a virtual clock, an event heap and a cluster of engines.
+
+Events are ``(time_ms, priority, sequence, kind, payload)`` tuples in one heap, so ties
+break on priority, then on insertion order: runs are deterministic. At each timestamp all
+events are handled first (pass ends, worker start-ups, arrivals, then planner ticks); only
+then do idle workers with work start their next pass, so requests arriving at the same
+millisecond share a batch, as in Dynamo's replay.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .engine import Engine, EngineConfig
+from .metrics import STATUS_REJECTED, MetricsCollector
+
+REASON_NO_WORKER = 3
+from .request import Request
+from .router import KvRouterConfig, Router, make_router
+from .timing import TimingModel
+
+# Event kinds, in the order they are handled at one timestamp.
+EV_PASS_END, EV_WORKER_READY, EV_ARRIVAL, EV_CONTROL = 0, 1, 2, 3
+
+STARTING, ACTIVE, DRAINING, REMOVED = "starting", "active", "draining", "removed"
+
+
+@dataclass
+class Worker:
+    engine: Engine
+    state: str
+    created_ms: float
+    ready_ms: float | None = None
+    removed_ms: float | None = None
+    version: int = 0     # bumps when the pending pass-end event is replaced
+
+    @property
+    def id(self) -> int:
+        return self.engine.id
+
+
+@dataclass
+class ClusterConfig:
+    num_workers: int = 1            # initial active workers
+    gpus_per_worker: int = 1        # GPUs each worker occupies (TP x DP)
+    startup_time_s: float = 0.0     # seconds a new worker spends starting
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    metrics: MetricsCollector
+    workers: list[Worker] = field(default_factory=list)
+    replicas: list[tuple[float, int, int, int]] = field(default_factory=list)
+
+
+class Simulation:
+    """Replays a workload through a cluster. Call ``run()`` once, or step with ``run_until``."""
+
+    def __init__(self, workload, *, engine: EngineConfig, timing: TimingModel,
+                 cluster: ClusterConfig | None = None, router: str = "round_robin",
+                 kv_router: KvRouterConfig | None = None, seed: int = 0,
+                 max_sim_time_ms: float | None = None, exact: bool = False,
+                 sla: dict[str, float | None] | None = None,
+                 progress: Callable[[float], None] | None = None,
+                 check_invariants: bool = False) -> None:
+        self.workload = workload
+        self.engine_cfg = engine
+        self.timing = timing
+        self.cluster_cfg = cluster or ClusterConfig()
+        self.exact = exact
+        self.sla = sla
+        self.max_sim_time_ms = max_sim_time_ms
+        self.progress = progress
+        self.check_invariants = check_invariants   # tests: assert invariants at every timestamp
+        ss = np.random.SeedSequence(seed)
+        self._rng_router = np.random.default_rng(ss.spawn(1)[0])
+        self.metrics = MetricsCollector()
+        self.router: Router = make_router(router, self._rng_router, engine.block_size, kv_router)
+        self.router_mode = router
+        self.heap: list[tuple] = []
+        self._seq = 0
+        self.now = 0.0
+        self.workers: list[Worker] = []
+        self._dirty: list[Worker] = []
+        self.num_arrived = 0
+        self.num_unroutable = 0
+        self.replicas: list[tuple[float, int, int, int]] = []
+        self._arrivals: Iterator[Request] = iter(workload)
+        self._pending_arrival: Request | None = None
+        self._done = False
+        self.cut_off = False
+        for _ in range(self.cluster_cfg.num_workers):
+            self._new_worker(ACTIVE)
+        self._record_replicas()
+        self._pull_arrival()
+
+    # -- event heap ------------------------------------------------------------------
+    def _push(self, t: float, kind: int, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self.heap, (t, kind, self._seq, payload))
+
+    def _pull_arrival(self) -> None:
+        """Keep exactly one not-yet-arrived workload request in the heap (streaming)."""
+        req = next(self._arrivals, None)
+        self._pending_arrival = req
+        if req is not None:
+            self._push(req.arrival_ms, EV_ARRIVAL, req)
+
+    # -- cluster -----------------------------------------------------------------------
+    def _new_worker(self, state: str) -> Worker:
+        wid = len(self.workers)
+        eng = Engine(wid, self.engine_cfg, self.timing, self.metrics, exact=self.exact)
+        eng.on_first_token = self.router.on_first_token
+        eng.on_finished = self._on_finished
+        if self.router.wants_kv_events:
+            eng.kv.events = []
+        w = Worker(eng, state, self.now, self.now if state == ACTIVE else None)
+        self.workers.append(w)
+        return w
+
+    def counts(self) -> tuple[int, int, int]:
+        """(active, starting, draining) workers."""
+        a = s = d = 0
+        for w in self.workers:
+            if w.state == ACTIVE:
+                a += 1
+            elif w.state == STARTING:
+                s += 1
+            elif w.state == DRAINING:
+                d += 1
+        return a, s, d
+
+    def _record_replicas(self) -> None:
+        a, s, d = self.counts()
+        if not self.replicas or self.replicas[-1][1:] != (a, s, d):
+            self.replicas.append((self.now, a, s, d))
+
+    def add_workers(self, n: int) -> None:
+        """Start ``n`` workers; they take ``startup_time_s`` before receiving requests."""
+        startup_ms = self.cluster_cfg.startup_time_s * 1000.0
+        for _ in range(n):
+            if startup_ms <= 0:
+                self._new_worker(ACTIVE)
+            else:
+                w = self._new_worker(STARTING)
+                self._push(self.now + startup_ms, EV_WORKER_READY, w)
+        self._record_replicas()
+
+    def remove_workers(self, n: int) -> int:
+        """Cancel starting workers first (newest first), then drain active ones (newest
+        first); a draining worker takes no new requests and leaves when empty."""
+        removed = 0
+        for w in reversed(self.workers):
+            if removed == n:
+                break
+            if w.state == STARTING:
+                w.state = REMOVED
+                w.removed_ms = self.now
+                removed += 1
+        active = [w for w in self.workers if w.state == ACTIVE]
+        for w in reversed(active):
+            if removed == n or sum(1 for x in self.workers if x.state == ACTIVE) <= 1:
+                break      # never drain the last active worker
+            w.state = DRAINING
+            removed += 1
+            self._maybe_retire(w)
+        self._record_replicas()
+        return removed
+
+    def _maybe_retire(self, w: Worker) -> None:
+        if w.state == DRAINING and not w.engine.has_work() and not w.engine.busy:
+            w.state = REMOVED
+            w.removed_ms = self.now
+            self._record_replicas()
+
+    # -- engine callbacks -----------------------------------------------------------------
+    def _on_finished(self, eng: Engine, s, status: int) -> None:
+        """A request left an engine (completed or rejected): release what waits on it."""
+        self.router.on_finished(eng, s, self.now)
+        self._release_followers(s.req)
+
+    def _release_followers(self, req: Request) -> None:
+        for nxt in self.workload.on_complete(req, self.now):
+            self._push(nxt.arrival_ms, EV_ARRIVAL, nxt)
+
+    # -- main loop --------------------------------------------------------------------------
+    def _route(self, req: Request) -> None:
+        self.num_arrived += 1
+        active = [w for w in self.workers if w.state == ACTIVE]
+        if not active:
+            # Nowhere to go (all workers starting): queue on the earliest starting worker.
+            starting = [w for w in self.workers if w.state == STARTING]
+            if not starting:
+                self.num_unroutable += 1
+                self.metrics.record(req.index, req.arrival_ms, math.nan, math.nan, math.nan,
+                                    math.nan, req.input_length, 0, req.output_length, 0, -1,
+                                    STATUS_REJECTED, 0, REASON_NO_WORKER)
+                self._release_followers(req)
+                return
+            w = starting[0]
+        else:
+            eng = self.router.select(req, [w.engine for w in active], self.now)
+            w = self.workers[eng.id]
+        self.router.on_routed(w.engine, req)
+        eng = w.engine
+        eng.add_request(req)
+        if eng.busy:
+            if eng.stretch_ends is not None and len(eng.stretch_ends) > 1:
+                old_end = eng.pass_end
+                new_end = eng.truncate_stretch(self.now)
+                if new_end != old_end:
+                    w.version += 1
+                    self._push(new_end, EV_PASS_END, (w, w.version))
+        elif w.state != STARTING:
+            self._dirty.append(w)
+
+    def _start(self, w: Worker) -> None:
+        eng = w.engine
+        if eng.busy or not eng.has_work():
+            return
+        now = self.now
+        k = 0 if self.exact else eng.plan_stretch()
+        if k > 1:
+            end = eng.start_stretch(now, k)
+        else:
+            end = eng.start_pass(now)
+            while not eng._did_work:
+                # Nothing can run: the head was preempted and its known sequence outgrew
+                # the whole pool. Reject it (Dynamo aborts the replay here) and retry.
+                eng.busy = False
+                eng.reject_head()
+                if not eng.has_work():
+                    self._maybe_retire(w)
+                    return
+                end = eng.start_pass(now)
+        w.version += 1
+        self._push(end, EV_PASS_END, (w, w.version))
+
+    def run_until(self, t_stop: float | None = None) -> bool:
+        """Process events up to and including ``t_stop`` (all if None). Returns False
+        when the run is over."""
+        heap = self.heap
+        pop = heapq.heappop
+        limit = self.max_sim_time_ms
+        progress = self.progress
+        n_events = 0
+        while heap:
+            t = heap[0][0]
+            if t_stop is not None and t > t_stop:
+                self.now = max(self.now, t_stop)
+                return True
+            if limit is not None and t > limit:
+                self.now = limit
+                self.cut_off = True
+                break
+            self.now = t
+            # Handle every event at this timestamp, then start idle workers.
+            while heap and heap[0][0] == t:
+                _, kind, _, payload = pop(heap)
+                if kind == EV_PASS_END:
+                    w, version = payload
+                    if version != w.version:
+                        continue
+                    eng = w.engine
+                    if eng.kv.events:
+                        self.router.apply_kv_events(eng.id, eng.kv.events)
+                        eng.kv.events.clear()
+                    if eng.stretch_ends is not None:
+                        eng.finish_stretch(t)
+                    else:
+                        eng.finish_pass(t)
+                    if eng.has_work():
+                        self._dirty.append(w)
+                    else:
+                        self._maybe_retire(w)
+                elif kind == EV_ARRIVAL:
+                    if payload is self._pending_arrival:
+                        self._pull_arrival()
+                    self._route(payload)
+                elif kind == EV_WORKER_READY:
+                    w = payload
+                    if w.state == STARTING:
+                        w.state = ACTIVE
+                        w.ready_ms = t
+                        self._record_replicas()
+                        if w.engine.has_work():
+                            self._dirty.append(w)
+                elif kind == EV_CONTROL:
+                    payload(self)
+            if self.check_invariants:
+                self._check(t)
+            if self._dirty:
+                dirty = self._dirty
+                self._dirty = []
+                if len(dirty) > 1:
+                    dirty = sorted({w.id: w for w in dirty}.values(), key=lambda w: w.id)
+                for w in dirty:
+                    self._start(w)
+            n_events += 1
+            if progress is not None and not (n_events & 0x3FFF):
+                progress(t)
+        self._done = True
+        return False
+
+    def _check(self, t: float) -> None:
+        assert t >= getattr(self, "_last_t", 0.0), "clock went backwards"
+        self._last_t = t
+        for w in self.workers:
+            eng = w.engine
+            eng.kv.check()
+            for s in eng.running:
+                assert s.computed <= s.prompt_len + s.generated, "computed past the sequence"
+                assert len(s.blocks) == (s.computed + eng.bs - 1) // eng.bs, "blocks != computed"
+            for s in eng.waiting:
+                assert not s.blocks, "waiting sequence holds blocks"
+
+    # -- results ---------------------------------------------------------------------------
+    def finish(self) -> RunResult:
+        """Close the run: count requests still in flight, integrate provisioned time."""
+        if not self._done:
+            self.run_until(None)
+        if self.cut_off:
+            for w in self.workers:
+                w.engine.flush_in_flight()
+        cols_last = self.metrics.cols["last_token_ms"]
+        last_completion = max((x for x in cols_last if x == x), default=0.0)
+        end = self.now if self.cut_off else max(last_completion, 0.0)
+        worker_s = 0.0
+        for w in self.workers:
+            stop = w.removed_ms if w.removed_ms is not None else end
+            worker_s += max(0.0, min(stop, end) - w.created_ms) / 1000.0
+        extra = {"not_arrived_requests": self._count_not_arrived(),
+                 "unroutable_requests": self.num_unroutable,
+                 "num_workers_final": self.counts()[0],
+                 "cut_off_ms": self.max_sim_time_ms if self.cut_off else None}
+        summary = self.metrics.summary(num_requests=self.num_arrived, sla=self.sla,
+                                       provisioned_worker_seconds=worker_s,
+                                       gpus_per_worker=self.cluster_cfg.gpus_per_worker,
+                                       extra_totals=extra)
+        summary["engine"] = {
+            "passes": sum(w.engine.num_passes for w in self.workers),
+            "preemptions": sum(w.engine.num_preemptions for w in self.workers),
+            "evictions": sum(w.engine.kv.evictions for w in self.workers),
+        }
+        return RunResult(summary, self.metrics, self.workers, self.replicas)
+
+    def _count_not_arrived(self) -> int:
+        n = 1 if self._pending_arrival is not None and self.cut_off else 0
+        if self.cut_off:
+            for _ in self._arrivals:
+                n += 1
+            n += sum(1 for e in self.heap if e[1] == EV_ARRIVAL and e[3] is not self._pending_arrival)
+        return n
+
+    def run(self) -> RunResult:
+        self.run_until(None)
+        return self.finish()
