@@ -65,7 +65,7 @@ class Seq:
         self.generated = 0                   # output tokens emitted
         self.computed = 0                    # tokens whose KV is computed (cached prefix included)
         self.blocks: list[int] = []          # copy ids of held blocks (PRIVATE = unhashed)
-        self.reused = 0                      # prefix tokens found cached at the latest admission
+        self.reused = 0                      # most prefix tokens found cached at an admission
         self.first_admit = float("nan")
         self.first_token = float("nan")
         self.second_token = float("nan")
@@ -172,10 +172,11 @@ class Engine:
         if not self.cfg.enable_prefix_caching:
             return
         bs = self.bs
-        blocks = s.blocks
-        for b in range(before // bs, after // bs):
-            if blocks[b] == PRIVATE:
-                blocks[b] = self.kv.register(self._key(s, b))
+        lo, hi = before // bs, after // bs
+        if lo < hi:
+            index = s.req.index
+            self.kv.register_range(s.blocks, lo, hi, s.keys,
+                                   lambda b: private_key(index, b))
 
     def _release(self, s: Seq) -> None:
         self.kv.release(s.blocks)
@@ -190,9 +191,21 @@ class Engine:
         running = self.running
         waiting = self.waiting
         st = _PassState(cfg.max_num_batched_tokens)
+        scheduled = st.scheduled
         i = 0
         while i < len(running) and st.budget > 0:
-            o = self._schedule(running[i], False, 0, st, now)
+            s = running[i]
+            c = s.computed
+            if c % bs and c == s.prompt_len + s.generated - 1 and c >= s.prompt_len:
+                # Decode with room in its tail block: one token, no allocation.
+                s.computed = c + 1
+                if not (c + 1) % bs:
+                    self._register(s, c, c + 1)
+                scheduled[s] = (1, 0, s.prompt_len)
+                st.budget -= 1
+                i += 1
+                continue
+            o = self._schedule(s, False, 0, st, now)
             if o == _BLOCKED:
                 break
             if o != _SELF:
@@ -296,7 +309,8 @@ class Engine:
             else:
                 self.waiting.remove(s)
             self.running.append(s)
-            s.reused = cached
+            if cached > s.reused:
+                s.reused = cached     # Dynamo reports the largest hit over admissions
             if not s.admitted:
                 s.admitted = True
                 s.first_admit = now

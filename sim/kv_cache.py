@@ -13,6 +13,8 @@ hash order, so runs are deterministic.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -64,7 +66,9 @@ class KvCache:
         self.key_of: dict[int, int] = {}       # copy id -> key
         self.refs: dict[int, int] = {}         # copy id -> holders (0 = inactive, in lru)
         self.by_key: dict[int, list[int]] = {}  # key -> resident copies, first is used
-        self.lru: dict[int, None] = {}         # inactive copies, oldest first
+        # Inactive copies, oldest first. OrderedDict: O(1) pop of the oldest even after
+        # millions of deletions (a plain dict's first-item lookup degrades).
+        self.lru: OrderedDict[int, None] = OrderedDict()
         self.num_private = 0
         self.num_hashed = 0                    # resident hashed copies (active + inactive)
         self.next_id = 0
@@ -124,8 +128,7 @@ class KvCache:
         return ids
 
     def _evict_oldest(self) -> None:
-        c = next(iter(self.lru))
-        del self.lru[c]
+        c = self.lru.popitem(last=False)[0]
         del self.refs[c]
         k = self.key_of.pop(c)
         copies = self.by_key[k]
@@ -154,6 +157,35 @@ class KvCache:
         else:
             copies.append(c)
         return c
+
+    def register_range(self, blocks: list[int], start: int, stop: int, keys: list[int],
+                       private_of) -> None:
+        """``register`` every still-private block in ``blocks[start:stop]``; block b's key is
+        ``keys[b]`` for prompt blocks, else ``private_of(b)``."""
+        by_key, refs, key_of = self.by_key, self.refs, self.key_of
+        events = self.events
+        nk = len(keys)
+        c = self.next_id
+        n = 0
+        for b in range(start, stop):
+            if blocks[b] != PRIVATE:
+                continue
+            key = keys[b] if b < nk else private_of(b)
+            key_of[c] = key
+            refs[c] = 1
+            copies = by_key.get(key)
+            if copies is None:
+                by_key[key] = [c]
+                if events is not None and key >= 0:
+                    events.append((True, key))
+            else:
+                copies.append(c)
+            blocks[b] = c
+            c += 1
+            n += 1
+        self.next_id = c
+        self.num_private -= n
+        self.num_hashed += n
 
     def release(self, blocks: list[int]) -> None:
         """Drop one hold on each block, last block first, so a sequence's suffix is evicted
