@@ -1,0 +1,156 @@
+"""Side-by-side with Dynamo's offline replay: parity of results and speed, in one run.
+
+For each configuration both simulators replay the same trace as separate processes,
+interleaved (ours, peer, ours, peer, ...) so machine noise hits both alike; the report
+gives medians and the ratio ours/Dynamo (these machines are noisy: ratios, not seconds,
+are the figure of merit). Peak RSS is each process's own maximum resident set.
+
+    python bench/peer_side_by_side.py [--repeats 3] [--configs a,b,c] [--out bench/results]
+
+Needs Dynamo's replay (``make peer`` installs ai-dynamo 1.6.1 into .peer-venv).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DYNOSIM_SHARED", ROOT.parent / "shared"))
+TRACE = SHARED / "data/traces/mooncake_fast25/conversation_trace.jsonl"
+
+# The parity configurations of the core issue (polynomial timing, Dynamo defaults otherwise).
+CONFIGS = {
+    "a": {"label": "(a) 8 round_robin, block 512", "workers": 8, "router": "round_robin",
+          "block": 512, "blocks": None, "tol": 0.02},
+    "b": {"label": "(b) 4 round_robin, block 64, 4096 blocks", "workers": 4,
+          "router": "round_robin", "block": 64, "blocks": 4096, "tol": 0.02},
+    "c": {"label": "(c) 4 kv, block 64, 4096 blocks", "workers": 4, "router": "kv",
+          "block": 64, "blocks": 4096, "tol": 0.05},
+}
+METRICS = [("ttft", "TTFT"), ("itl", "ITL"), ("e2e_latency", "E2E")]
+STATS = [("mean", "mean"), ("median", "p50"), ("p90", "p90"), ("p99", "p99")]
+
+
+def peer_python() -> Path | None:
+    for venv in (os.environ.get("DYNOSIM_PEER_VENV"), ROOT / ".peer-venv",
+                 "/work/peer_venv_parent/venv"):
+        if venv and (Path(venv) / "bin/python").exists():
+            py = Path(venv) / "bin/python"
+            ok = subprocess.run([str(py), "-c", "import dynamo.replay"],
+                                capture_output=True).returncode == 0
+            if ok:
+                return py
+    return None
+
+
+def run_ours(cfg: dict) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench/run_ours.py"), str(TRACE),
+           "--num-workers", str(cfg["workers"]), "--router-mode", cfg["router"],
+           "--block-size", str(cfg["block"])]
+    if cfg["blocks"]:
+        cmd += ["--num-gpu-blocks", str(cfg["blocks"])]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    res = json.loads(out.stdout)
+    res["process_wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def run_peer(py: Path, cfg: dict) -> dict:
+    router = "kv_router" if cfg["router"] == "kv" else cfg["router"]
+    cmd = ["/usr/bin/time", "-f", "%M", str(py), str(SHARED / "peer/dynosim_peer.py"), "trace",
+           str(TRACE), "--num-workers", str(cfg["workers"]), "--router-mode", router,
+           "--block-size", str(cfg["block"]), "--indent", "0"]
+    if cfg["blocks"]:
+        cmd += ["--num-gpu-blocks", str(cfg["blocks"])]
+    env = dict(os.environ, DYN_LOG="warn")
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    wall = time.perf_counter() - t0
+    res = json.loads(out.stdout)
+    rss_kb = int(out.stderr.strip().splitlines()[-1])
+    return {"metrics": res["metrics"], "replay_wall_s": res["timing"]["replay_wall_s"],
+            "process_wall_s": wall, "peak_rss_mb": rss_kb / 1024.0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--configs", default="a,b,c")
+    ap.add_argument("--out", default=str(ROOT / "bench/results"))
+    a = ap.parse_args()
+    py = peer_python()
+    if py is None:
+        print("Dynamo's replay is not installed (run `make peer`).", file=sys.stderr)
+        return 2
+    if not TRACE.exists():
+        print(f"trace not found: {TRACE}", file=sys.stderr)
+        return 2
+    results = {}
+    for key in a.configs.split(","):
+        cfg = CONFIGS[key]
+        ours, peer = [], []
+        for i in range(a.repeats):
+            print(f"[{cfg['label']}] repeat {i + 1}/{a.repeats}", file=sys.stderr)
+            ours.append(run_ours(cfg))
+            peer.append(run_peer(py, cfg))
+        results[key] = {"ours": ours, "peer": peer}
+    report = render(results)
+    print(report)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "peer_side_by_side.md").write_text(report + "\n")
+    (out / "peer_side_by_side.json").write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+def _med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def render(results: dict) -> str:
+    lines = ["### Parity with Dynamo 1.6.1 offline replay (Mooncake conversation trace, "
+             "polynomial timing)", "",
+             "| config | metric | " + " | ".join(f"{s} ours / Dynamo (Δ%)" for _, s in STATS)
+             + " | completed ours / Dynamo |",
+             "|---|---|" + "---|" * len(STATS) + "---|"]
+    for key, r in results.items():
+        cfg = CONFIGS[key]
+        o = r["ours"][0]["summary"]
+        p = r["peer"][0]["metrics"]
+        for m, mname in METRICS:
+            cells = []
+            for s, _ in STATS:
+                ov, pv = o["latency_ms"][m][s], p["latency_ms"][m][s]
+                cells.append(f"{ov:.2f} / {pv:.2f} ({(ov - pv) / pv * 100:+.3f})")
+            done = (f"{o['totals']['completed_requests']} / {p['totals']['completed_requests']}"
+                    if m == "ttft" else "")
+            lines.append(f"| {cfg['label']} | {mname} | " + " | ".join(cells) + f" | {done} |")
+    lines += ["", "### Speed and memory, side by side (median of repeats; ratio = ours / Dynamo)",
+              "", "| config | replay wall ours (s) | replay wall Dynamo (s) | ratio | "
+              "process wall ratio | peak RSS ours (MB) | peak RSS Dynamo (MB) |",
+              "|---|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        ow = _med([x["replay_wall_s"] for x in r["ours"]])
+        pw = _med([x["replay_wall_s"] for x in r["peer"]])
+        opw = _med([x["process_wall_s"] for x in r["ours"]])
+        ppw = _med([x["process_wall_s"] for x in r["peer"]])
+        orss = _med([x["peak_rss_mb"] for x in r["ours"]])
+        prss = _med([x["peak_rss_mb"] for x in r["peer"]])
+        lines.append(f"| {CONFIGS[key]['label']} | {ow:.2f} | {pw:.2f} | **{ow / pw:.2f}** | "
+                     f"{opw / ppw:.2f} | {orss:.0f} | {prss:.0f} |")
+    n = len(next(iter(results.values()))["ours"])
+    lines += ["", f"{n} interleaved repeats per configuration on this machine "
+              f"({os.cpu_count()} cores). Replay wall = trace load + simulation, without "
+              "interpreter start-up; process wall includes it."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Run one dynosim replay and print JSON: summary, replay wall time, peak RSS.
+
+Used by ``peer_side_by_side.py`` as a separate process so peak RSS is per run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("trace")
+    ap.add_argument("--num-workers", type=int, required=True)
+    ap.add_argument("--router-mode", default="round_robin")
+    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--num-gpu-blocks", type=int, default=16384)
+    ap.add_argument("--arrival-speedup-ratio", type=float, default=1.0)
+    ap.add_argument("--exact-steps", action="store_true")
+    a = ap.parse_args()
+    t_import = time.perf_counter()
+    from sim.engine import EngineConfig
+    from sim.simulator import ClusterConfig, Simulation
+    from sim.timing import PolynomialTiming
+    from sim.workloads import load_mooncake
+    t0 = time.perf_counter()
+    wl = load_mooncake(a.trace, arrival_speedup_ratio=a.arrival_speedup_ratio)
+    sim = Simulation(wl, engine=EngineConfig(block_size=a.block_size,
+                                             num_gpu_blocks=a.num_gpu_blocks),
+                     timing=PolynomialTiming(), cluster=ClusterConfig(num_workers=a.num_workers),
+                     router=a.router_mode, seed=0, exact=a.exact_steps)
+    res = sim.run()
+    wall = time.perf_counter() - t0
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    json.dump({"summary": res.summary, "replay_wall_s": wall, "import_s": t0 - t_import,
+               "peak_rss_mb": rss_kb / 1024.0}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
