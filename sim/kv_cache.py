@@ -122,24 +122,29 @@ class KvCache:
                 del lru[c]
             refs[c] += 1
             ids.append(c)
-        for _ in range(short):
-            self._evict_oldest()
+        if short > 0:
+            self._evict(short)
         self.num_private += fresh
         return ids
 
-    def _evict_oldest(self) -> None:
-        c = self.lru.popitem(last=False)[0]
-        del self.refs[c]
-        k = self.key_of.pop(c)
-        copies = self.by_key[k]
-        if len(copies) == 1:
-            del self.by_key[k]
-            if self.events is not None and k >= 0:
-                self.events.append((False, k))
-        else:
-            copies.remove(c)
-        self.num_hashed -= 1
-        self.evictions += 1
+    def _evict(self, n: int) -> None:
+        """Evict the ``n`` oldest inactive copies (one loop: this is the hot path of
+        small-pool replays)."""
+        popitem = self.lru.popitem
+        refs, key_of, by_key, events = self.refs, self.key_of, self.by_key, self.events
+        for _ in range(n):
+            c = popitem(False)[0]
+            del refs[c]
+            k = key_of.pop(c)
+            copies = by_key[k]
+            if len(copies) == 1:
+                del by_key[k]
+                if events is not None and k >= 0:
+                    events.append((False, k))
+            else:
+                copies.remove(c)
+        self.num_hashed -= n
+        self.evictions += n
 
     def register(self, key: int) -> int:
         """A held private block has filled: it becomes a hashed copy of ``key``."""
