@@ -97,11 +97,14 @@ class Engine:
         self._rejected: list[Seq] = []
         self.num_passes = 0
         self.num_preemptions = 0
-        # Forward-pass metrics of the latest pass (planner / env observations).
+        # Forward-pass metrics (FPM) of the latest pass, for planners and environments.
         self.fpm_prefill_tokens = 0      # uncached prompt tokens scheduled
         self.fpm_prefill_seqs = 0
         self.fpm_decode_seqs = 0
         self.fpm_decode_kv_tokens = 0    # context tokens of the decode batch
+        # Cumulative FPM over all finished passes (interval figures are differences).
+        # A bulk stretch adds its closed-form sums, so totals equal pass-by-pass sums.
+        self.tot = FpmTotals()
         self.on_first_token = None       # callbacks (router bookkeeping, workload sessions)
         self.on_finished = None
 
@@ -332,6 +335,13 @@ class Engine:
     def finish_pass(self, end: float) -> None:
         """Emit the tokens of the pass ending at ``end``; complete and reject."""
         self.busy = False
+        tot = self.tot
+        tot.passes += 1
+        tot.busy_ms += end - self.pass_start
+        tot.prefill_tokens += self.fpm_prefill_tokens
+        tot.prefill_seqs += self.fpm_prefill_seqs
+        tot.decode_tokens += self.fpm_decode_seqs
+        tot.decode_kv_tokens += self.fpm_decode_kv_tokens
         ready = self._ready
         self._ready = []
         metrics = self.metrics
@@ -424,6 +434,7 @@ class Engine:
         ctx0 = 0
         for s in running:
             ctx0 += s.prompt_len + s.generated
+        self._stretch_ctx0 = ctx0
         ctx = ctx0 + n * np.arange(k, dtype=np.int64)
         steps = np.empty(k + 1)
         steps[0] = now
@@ -455,6 +466,7 @@ class Engine:
         self.busy = False
         k = len(ends)
         self.num_passes += k
+        self.tot.add_stretch(k, len(self.running), self._stretch_ctx0, end - self.pass_start)
         running = self.running
         metrics = self.metrics
         first_end = float(ends[0])
@@ -479,6 +491,19 @@ class Engine:
             self._release(s)
             self._record(s, STATUS_COMPLETED, 0)
 
+    def fpm_totals(self, now: float) -> "FpmTotals":
+        """Cumulative FPM of every pass that has ended by ``now`` (a stretch in progress
+        contributes the passes it has completed)."""
+        ends = self.stretch_ends
+        if ends is None:
+            return self.tot
+        j = int(np.searchsorted(ends, now, side="right"))
+        if j == 0:
+            return self.tot
+        t = self.tot.copy()
+        t.add_stretch(j, len(self.running), self._stretch_ctx0, float(ends[j - 1]) - self.pass_start)
+        return t
+
     def reject_head(self) -> None:
         """Reject the waiting head that can never be admitted again (see ``Simulation._start``)."""
         s = self.waiting.popleft()
@@ -491,6 +516,37 @@ class Engine:
             self._record(s, STATUS_IN_FLIGHT, 0)
         self.running = []
         self.waiting.clear()
+
+
+class FpmTotals:
+    """Sums of per-pass metrics: passes, busy time, scheduled prefill/decode work."""
+
+    __slots__ = ("passes", "busy_ms", "prefill_tokens", "prefill_seqs", "decode_tokens",
+                 "decode_kv_tokens")
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.busy_ms = 0.0
+        self.prefill_tokens = 0
+        self.prefill_seqs = 0
+        self.decode_tokens = 0        # one per decoding sequence per pass
+        self.decode_kv_tokens = 0     # context tokens of the decode batch, summed over passes
+
+    def add_stretch(self, k: int, n: int, ctx0: int, busy_ms: float) -> None:
+        """k decode passes of n sequences whose context total starts at ctx0 and grows by n."""
+        self.passes += k
+        self.busy_ms += busy_ms
+        self.decode_tokens += k * n
+        self.decode_kv_tokens += k * ctx0 + n * k * (k - 1) // 2
+
+    def copy(self) -> "FpmTotals":
+        t = FpmTotals()
+        for f in self.__slots__:
+            setattr(t, f, getattr(self, f))
+        return t
+
+    def as_dict(self) -> dict:
+        return {f: getattr(self, f) for f in self.__slots__}
 
 
 class _PassState:
