@@ -1,0 +1,464 @@
+"""Run configuration: validated dataclasses with Dynamo's defaults, loaded from YAML.
+
+A run is one YAML document (every section optional except ``workload``)::
+
+    workload: {kind: mooncake, path: bundled:mooncake_conversation, trace_block_size: 512}
+    cluster:  {num_workers: 8}
+    engine:   {block_size: 512}
+    router:   {mode: kv}
+
+Defaults are those of Dynamo's offline replay (ai-dynamo 1.6.1, vLLM mocker flavour), so
+an empty section means "what Dynamo would do". Validation happens once, at load time, and
+every error is an :class:`~sim.errors.InputError` naming the file, the YAML line and the
+dotted field (``engine.block_size``), because a typo should fail before a long run starts.
+The ``workload`` block is checked by :func:`sim.workloads.from_config` when the simulation
+is built (that is where the trace is parsed); its errors are located the same way.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import types
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Union, get_args, get_origin, get_type_hints
+
+import numpy as np
+import yaml
+
+from .engine import EngineConfig
+from .errors import InputError
+from .router import ROUTER_MODES, KvRouterConfig
+from .simulator import ClusterConfig, Simulation
+from .timing import make_timing
+from .workloads import from_config
+
+DATA_DIR = Path(__file__).parent / "data"
+#: ``path: bundled:NAME`` -> file under ``sim/data`` (so demos run without ../shared).
+BUNDLED_TRACES = {
+    "mooncake_conversation": "conversation_trace.jsonl",
+    "azure_conversation": "AzureLLMInferenceTrace_conv.csv",
+}
+ROUTER_ALIASES = {"kv_router": "kv"}      # Dynamo's spelling
+TRACE_KINDS = ("mooncake", "azure")
+
+Where = tuple[str | None, int | None]     # (file or source label, 1-based line)
+
+
+def _opt(default: Any, **rules: Any) -> Any:
+    """A dataclass field whose metadata carries its validation rules (gt, ge, choices)."""
+    return field(default=default, metadata=rules)
+
+
+# -- sections (defaults = Dynamo's; units in the comments) -----------------------------------
+
+@dataclass
+class ClusterSection:
+    num_workers: int = _opt(1, ge=1)             # aggregated workers at t = 0 (Dynamo: 1)
+    gpus_per_worker: int = _opt(1, ge=1)         # GPUs per worker (TP x DP), for GPU-hours
+    startup_time_s: float = _opt(0.0, ge=0)      # seconds a worker added mid-run spends starting
+
+
+@dataclass
+class EngineSection:
+    block_size: int = _opt(64, gt=0)             # tokens per KV block (vLLM: 64)
+    num_gpu_blocks: int = _opt(16384, gt=0)      # KV blocks per worker (16384 x 64 = 1M tokens)
+    max_num_seqs: int = _opt(256, ge=1)          # running sequences per worker
+    max_num_batched_tokens: int = _opt(8192, ge=1)   # token budget of one forward pass
+    max_model_len: int | None = _opt(None, ge=1)     # reject prompts this long; null = no limit
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    preemption_mode: str = _opt("lifo", choices=("lifo", "fifo"))   # victim: newest | oldest
+
+
+@dataclass
+class TimingSection:
+    model: str = "polynomial"        # polynomial | fixed:PREFILL_MS,DECODE_MS | table:PATH
+    speedup_ratio: float = _opt(1.0, gt=0)       # divides every pass time
+    decode_speedup_ratio: float = _opt(1.0, gt=0)    # further divides decode time
+
+
+@dataclass
+class RouterSection:
+    mode: str = _opt("round_robin", choices=ROUTER_MODES)   # kv_router = kv
+    overlap_score_credit: float = _opt(1.0, ge=0)    # prefill blocks credited per cached block
+    prefill_load_scale: float = _opt(1.0, ge=0)      # weight of the prefill term in the cost
+    temperature: float = _opt(0.0, ge=0)             # 0 = argmin (random ties); > 0 = softmax
+    assume_kv_reuse: bool = True                     # count blocks shared by active requests once
+
+
+@dataclass
+class SlaSection:
+    ttft_ms: float | None = _opt(None, gt=0)     # goodput: time to first token <= this (ms)
+    itl_ms: float | None = _opt(None, gt=0)      # goodput: per-request TPOT <= this (ms)
+    e2e_ms: float | None = _opt(None, gt=0)      # goodput: end-to-end latency <= this (ms)
+
+
+@dataclass
+class RunSection:
+    seed: int = _opt(0, ge=0)                    # one SeedSequence per run (router, synthetic)
+    max_sim_time_s: float | None = _opt(None, gt=0)  # stop at this virtual time; null = drain
+    exact_steps: bool = False                    # step pass by pass (reference; slower)
+
+
+SECTIONS: dict[str, type] = {
+    "cluster": ClusterSection, "engine": EngineSection, "timing": TimingSection,
+    "router": RouterSection, "sla": SlaSection, "run": RunSection,
+}
+TOP_KEYS = ("workload", *SECTIONS)
+
+
+@dataclass
+class RunConfig:
+    """One validated run. Build it with :func:`load_config` / :func:`parse_config`."""
+
+    workload: dict[str, Any] | None = None       # a sim.workloads.from_config block
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+    engine: EngineSection = field(default_factory=EngineSection)
+    timing: TimingSection = field(default_factory=TimingSection)
+    router: RouterSection = field(default_factory=RouterSection)
+    sla: SlaSection = field(default_factory=SlaSection)
+    run: RunSection = field(default_factory=RunSection)
+    source: str | None = field(default=None, compare=False)
+    #: dotted field -> where its value came from, for error messages.
+    where: dict[str, Where] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-ready); ``parse_config(cfg.to_dict())`` round-trips."""
+        out: dict[str, Any] = {"workload": copy.deepcopy(self.workload)}
+        for name in SECTIONS:
+            out[name] = asdict(getattr(self, name))
+        return out
+
+    def locate(self, dotted: str | None) -> Where:
+        """(file, line) of a field, or of its nearest located parent."""
+        return _lookup(self.where, dotted, (self.source, None))
+
+    def with_overrides(self, overrides: Mapping[str, Any], *, source: str = "overrides",
+                       base_dir: str | Path | None = None) -> RunConfig:
+        """A new config with ``overrides`` applied: nested dicts or dotted keys
+        (``{"engine.block_size": 64}``). A ``workload`` with another ``kind`` replaces the
+        block; otherwise keys merge. Relative paths resolve against ``base_dir`` (cwd)."""
+        nested = _nest(overrides)
+        merged = self.to_dict()
+        where = dict(self.where)
+        for top, value in nested.items():
+            old = merged.get(top)
+            if isinstance(old, dict) and isinstance(value, dict) and (
+                    top != "workload" or value.get("kind", old.get("kind")) == old.get("kind")):
+                _merge(old, value)
+            else:
+                merged[top] = value
+                where = {k: w for k, w in where.items() if k.partition(".")[0] != top}
+        where.update({k: (source, None) for k in _leaves(nested)})
+        return parse_config(merged, source=self.source, where=where,
+                            base_dir=base_dir if base_dir is not None else Path.cwd(),
+                            default_where=(source, None))
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config. Relative trace/table paths resolve against the
+    YAML's directory; ``bundled:NAME`` paths against ``sim/data``."""
+    fname = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not valid UTF-8 ({exc.reason})", file=fname) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(", ".join(str(x) for x in (exc.context, exc.problem) if x).split())
+        raise InputError(f"invalid YAML: {problem}", file=fname,
+                         line=mark.line + 1 if mark is not None else None) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"invalid YAML: {' '.join(str(exc).split())}", file=fname) from None
+    where: dict[str, Where] = {}
+    if root is not None:
+        _marks(root, "", fname, where)
+    return parse_config({} if data is None else data, source=fname, where=where,
+                        base_dir=Path(path).resolve().parent)
+
+
+def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where] | None = None,
+                 base_dir: str | Path | None = None,
+                 default_where: Where | None = None) -> RunConfig:
+    """Validate a plain nested dict (e.g. parsed YAML) into a :class:`RunConfig`."""
+    where = dict(where or {})
+    v = _Validator(source, where, default_where or (source, None))
+    if not isinstance(data, Mapping):
+        raise v.error(f"expected a mapping of sections ({', '.join(TOP_KEYS)}), "
+                      f"got {_show(data)}", None)
+    v.check_keys(data, TOP_KEYS, "")
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    cfg = RunConfig(source=source, where=where)
+    for name, cls in SECTIONS.items():
+        setattr(cfg, name, v.section(data.get(name), cls, name))
+    cfg.timing.model = _check_timing(cfg.timing.model, base, v)
+    cfg.workload = _check_workload(data.get("workload"), base, v)
+    return cfg
+
+
+class _Validator:
+    """Raises InputErrors located by dotted field (file and YAML line when known)."""
+
+    def __init__(self, source: str | None, where: dict[str, Where], default: Where) -> None:
+        self.source, self.where, self.default = source, where, default
+
+    def error(self, msg: str, dotted: str | None) -> InputError:
+        file, line = _lookup(self.where, dotted, self.default)
+        return InputError(msg, file=file, line=line, field=dotted)
+
+    def check_keys(self, data: Mapping[str, Any], allowed: tuple[str, ...] | list[str],
+                   prefix: str) -> None:
+        for key in data:
+            if key not in allowed:
+                dotted = f"{prefix}.{key}" if prefix else str(key)
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                more = f" (did you mean '{hint[0]}'?)" if hint else \
+                    f"; expected one of {', '.join(allowed)}"
+                raise self.error(f"unknown key '{dotted}'{more}", dotted)
+
+    def section(self, data: Any, cls: type, name: str) -> Any:
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise self.error(f"expected a mapping, got {_show(data)}", name)
+        specs = {f.name: f for f in fields(cls)}
+        self.check_keys(data, list(specs), name)
+        hints = get_type_hints(cls)
+        values = {}
+        for key, value in data.items():
+            dotted = f"{name}.{key}"
+            value = _coerce(value, hints[key], dotted, self.error)
+            if dotted == "router.mode" and value in ROUTER_ALIASES:
+                value = ROUTER_ALIASES[value]
+            self.rules(value, specs[key].metadata, dotted)
+            values[key] = value
+        return cls(**values)
+
+    def rules(self, value: Any, rules: Mapping[str, Any], dotted: str) -> None:
+        if value is None:
+            return
+        if "gt" in rules and not value > rules["gt"]:
+            raise self.error(f"must be > {rules['gt']}, got {value}", dotted)
+        if "ge" in rules and not value >= rules["ge"]:
+            raise self.error(f"must be >= {rules['ge']}, got {value}", dotted)
+        if "choices" in rules and value not in rules["choices"]:
+            raise self.error(f"unknown value {value!r}; expected one of "
+                             f"{', '.join(rules['choices'])}", dotted)
+
+
+def _coerce(value: Any, typ: Any, dotted: str,
+            error: Callable[[str, str | None], InputError]) -> Any:
+    """Check a YAML scalar against a field annotation (int, float, bool, str, X | None)."""
+    def err(msg: str) -> InputError:
+        return error(msg, dotted)
+
+    args = get_args(typ) if get_origin(typ) in (Union, types.UnionType) else (typ,)
+    optional = type(None) in args
+    base = next(a for a in args if a is not type(None))
+    if value is None:
+        if optional:
+            return None
+        raise err(f"expected {_NAMES[base]}, got null")
+    if base is bool and type(value) is bool:
+        return value
+    if base is int and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)         # YAML 1.0e+6
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise err(f"expected a finite number, got {value}")
+        return float(value)
+    if base is str and isinstance(value, str):
+        return value
+    raise err(f"expected {_NAMES[base]}{' or null' if optional else ''}, got {_show(value)}")
+
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _check_timing(spec: str, base: Path, v: _Validator) -> str:
+    """Check the timing spec's syntax now (a table file is read at build time)."""
+    if spec.startswith("table:"):
+        path = spec[len("table:"):]
+        if not path:
+            raise v.error("expected table:PATH", "timing.model")
+        return "table:" + str(_resolve(path, base))
+    try:
+        make_timing(spec)
+    except InputError as exc:
+        raise v.error(exc.detail, "timing.model") from None
+    return spec
+
+
+def _check_workload(data: Any, base: Path, v: _Validator) -> dict[str, Any] | None:
+    """Shallow check (a mapping with a kind); resolve trace paths. The rest is checked by
+    ``from_config`` when the simulation is built."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise v.error(f"expected a mapping, got {_show(data)}", "workload")
+    out = copy.deepcopy(dict(data))
+    if out.get("kind") in TRACE_KINDS and isinstance(out.get("path"), str):
+        path = out["path"]
+        if path.startswith("bundled:"):
+            name = path[len("bundled:"):]
+            if name not in BUNDLED_TRACES:
+                raise v.error(f"unknown bundled trace {name!r}; expected one of "
+                              f"{', '.join('bundled:' + n for n in BUNDLED_TRACES)}",
+                              "workload.path")
+            out["path"] = str(DATA_DIR / BUNDLED_TRACES[name])
+        else:
+            out["path"] = str(_resolve(path, base))
+    return out
+
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _marks(node: yaml.Node, prefix: str, fname: str, out: dict[str, Where]) -> None:
+    """Record the line of every mapping key; reject duplicate keys (YAML keeps the last)."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        dotted = f"{prefix}.{key_node.value}" if prefix else key_node.value
+        line = key_node.start_mark.line + 1
+        if key_node.value in seen:
+            raise InputError(f"duplicate key '{dotted}'", file=fname, line=line, field=dotted)
+        seen.add(key_node.value)
+        out[dotted] = (fname, line)
+        _marks(value_node, dotted, fname, out)
+
+
+def _lookup(where: Mapping[str, Where], dotted: str | None, default: Where) -> Where:
+    """Location of a field, or of its nearest located parent."""
+    key = dotted or ""
+    while key:
+        if key in where:
+            return where[key]
+        key = key.rpartition(".")[0]
+    return default
+
+
+def _merge(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+    """Recursive update: ``workload.arrival.rate`` keeps ``workload.arrival.process``."""
+    for key, value in src.items():
+        if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value)
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
+def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1, "c": {"d": 2}}`` -> ``{"a": {"b": 1}, "c": {"d": 2}}``."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"conflicting overrides for '{key}'", field=str(key))
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+            _merge(node[parts[-1]], value)
+        else:
+            node[parts[-1]] = copy.deepcopy(dict(value)) if isinstance(value, Mapping) else value
+    return out
+
+
+def _leaves(nested: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in nested.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        yield dotted
+        if isinstance(value, Mapping):
+            yield from _leaves(value, dotted)
+
+
+def default_config() -> dict[str, Any]:
+    """Every default, as a nested dict (the workload has none: it must be given)."""
+    return RunConfig().to_dict()
+
+
+# -- building --------------------------------------------------------------------------------
+
+@contextmanager
+def _located(cfg: RunConfig, prefix: str = "", rename: Mapping[str, str] | None = None
+             ) -> Iterator[None]:
+    """Give unlocated InputErrors from core factories the config's file, line and field."""
+    try:
+        yield
+    except InputError as exc:
+        if exc.file is not None:          # a trace or table line: already located
+            raise
+        name = (rename or {}).get(exc.field or "", exc.field)
+        dotted = name if not prefix or (name or "").startswith(prefix + ".") \
+            else ".".join(p for p in (prefix, name) if p)
+        file, line = cfg.locate(dotted)
+        raise InputError(exc.detail, file=file, line=line, field=dotted) from None
+
+
+def build_workload(cfg: RunConfig):
+    """The run's workload. Synthetic randomness comes from the run seed's second child
+    stream (the simulator's router uses the first), so runs are reproducible."""
+    if cfg.workload is None:
+        file, line = cfg.locate("workload")
+        raise InputError("missing required section (a trace or synthetic workload)",
+                         file=file, line=line, field="workload")
+    path = cfg.workload.get("path")
+    if cfg.workload.get("kind") in TRACE_KINDS and isinstance(path, str) \
+            and not Path(path).is_file():
+        file, line = cfg.locate("workload.path")
+        what = "is a directory" if Path(path).is_dir() else "not found"
+        raise InputError(f"trace file {what}: {path}", file=file, line=line,
+                         field="workload.path")
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.run.seed).spawn(2)[1])
+    with _located(cfg):
+        return from_config(cfg.workload, rng, prefix="workload")
+
+
+def build_simulation(cfg: RunConfig, progress: Callable[[float], None] | None = None
+                     ) -> Simulation:
+    """A ready-to-run :class:`~sim.simulator.Simulation` for ``cfg`` (parses the trace)."""
+    workload = build_workload(cfg)
+    table = cfg.timing.model.partition("table:")[2]
+    if table and not Path(table).is_file():
+        file, line = cfg.locate("timing.model")
+        raise InputError(f"timing table not found: {table}", file=file, line=line,
+                         field="timing.model")
+    with _located(cfg, "timing", {"timing": "timing.model"}):
+        timing = make_timing(cfg.timing.model, speedup_ratio=cfg.timing.speedup_ratio,
+                             decode_speedup_ratio=cfg.timing.decode_speedup_ratio)
+    sla = asdict(cfg.sla)
+    max_s = cfg.run.max_sim_time_s
+    return Simulation(
+        workload,
+        engine=EngineConfig(**asdict(cfg.engine)),
+        timing=timing,
+        cluster=ClusterConfig(**asdict(cfg.cluster)),
+        router=cfg.router.mode,
+        kv_router=KvRouterConfig(**{k: v for k, v in asdict(cfg.router).items() if k != "mode"}),
+        seed=cfg.run.seed,
+        max_sim_time_ms=None if max_s is None else max_s * 1000.0,
+        exact=cfg.run.exact_steps,
+        sla=sla if any(x is not None for x in sla.values()) else None,
+        progress=progress,
+    )
