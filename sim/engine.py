@@ -34,7 +34,7 @@ from .metrics import STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED, Metric
 from .request import Request
 from .timing import TimingModel, decode_ms_series
 
-REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN = 1, 2
+REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN, REASON_BATCH_BUDGET = 1, 2, 4
 _BLOCKED, _SELF = -1, -2
 
 
@@ -222,6 +222,9 @@ class Engine:
                     reason = REASON_KV_CAPACITY
                 elif cfg.max_model_len is not None and s.prompt_len >= cfg.max_model_len:
                     reason = REASON_MAX_MODEL_LEN
+                elif (not cfg.enable_chunked_prefill
+                      and s.prompt_len > cfg.max_num_batched_tokens):
+                    reason = REASON_BATCH_BUDGET     # unchunked, it can never be scheduled
                 if reason:
                     waiting.popleft()
                     rejected.append((s, reason))

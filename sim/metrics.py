@@ -36,7 +36,7 @@ _COLUMNS = {
     "num_preemptions": "q", "reason": "q",
 }
 REJECT_REASONS = ("", "prompt_exceeds_kv_capacity", "prompt_exceeds_max_model_len",
-                  "no_active_worker")
+                  "no_active_worker", "prompt_exceeds_batch_budget_unchunked")
 
 
 def _round_half_up(x: float) -> int:

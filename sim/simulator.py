@@ -1,7 +1,7 @@
 """The replay driver: a virtual clock, an event heap and a cluster of engines.
 
-Events are ``(time_ms, priority, sequence, kind, payload)`` tuples in one heap, so ties
-break on priority, then on insertion order: runs are deterministic. At each timestamp all
+Events are ``(time_ms, kind, sequence, payload)`` tuples in one heap; the kind doubles as
+the priority, so ties break on kind, then on insertion order: runs are deterministic. At each timestamp all
 events are handled first (pass ends, worker start-ups, arrivals, then planner ticks); only
 then do idle workers with work start their next pass, so requests arriving at the same
 millisecond share a batch, as in Dynamo's replay.
@@ -17,8 +17,6 @@ import numpy as np
 
 from .engine import Engine, EngineConfig
 from .metrics import STATUS_REJECTED, MetricsCollector
-
-REASON_NO_WORKER = 3
 from .request import Request
 from .router import KvRouterConfig, Router, make_router
 from .timing import TimingModel
@@ -27,6 +25,7 @@ from .timing import TimingModel
 EV_PASS_END, EV_WORKER_READY, EV_ARRIVAL, EV_CONTROL = 0, 1, 2, 3
 
 STARTING, ACTIVE, DRAINING, REMOVED = "starting", "active", "draining", "removed"
+REASON_NO_WORKER = 3
 
 
 @dataclass
@@ -302,7 +301,7 @@ class Simulation:
                 for w in dirty:
                     self._start(w)
             n_events += 1
-            if progress is not None and not (n_events & 0x3FFF):
+            if progress is not None and not (n_events & 0x3FF):
                 progress(t)
         self._done = True
         return False
@@ -349,13 +348,16 @@ class Simulation:
         }
         return RunResult(summary, self.metrics, self.workers, self.replicas)
 
-    def _count_not_arrived(self) -> int:
-        n = 1 if self._pending_arrival is not None and self.cut_off else 0
-        if self.cut_off:
-            for _ in self._arrivals:
-                n += 1
-            n += sum(1 for e in self.heap if e[1] == EV_ARRIVAL and e[3] is not self._pending_arrival)
-        return n
+    def _count_not_arrived(self) -> int | None:
+        """Workload requests that never arrived before the cut-off (None if unknown, e.g.
+        an unbounded generator)."""
+        if not self.cut_off:
+            return 0
+        try:
+            total = self.workload.describe().get("num_requests")
+        except (AttributeError, TypeError):
+            total = None
+        return None if total is None else max(0, int(total) - self.num_arrived)
 
     def run(self) -> RunResult:
         self.run_until(None)
