@@ -54,24 +54,30 @@ def private_key(request_index: int, block: int) -> int:
 
 
 class KvCache:
-    """Block accounting for one worker (one DP rank)."""
+    """Block accounting for one worker (one DP rank).
+
+    Copy ids are slots ``0 .. num_blocks-1`` (a physical pool never holds more hashed
+    copies than it has blocks), so per-copy state lives in preallocated lists; ``by_key``
+    maps a key to its first copy, and the rare extra copies of a key wait in ``dups``.
+    """
 
     __slots__ = ("num_blocks", "block_size", "prefix_caching", "key_of", "refs", "by_key",
-                 "lru", "num_private", "num_hashed", "next_id", "evictions", "events")
+                 "dups", "lru", "free_ids", "num_private", "num_hashed", "evictions", "events")
 
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.prefix_caching = prefix_caching
-        self.key_of: dict[int, int] = {}       # copy id -> key
-        self.refs: dict[int, int] = {}         # copy id -> holders (0 = inactive, in lru)
-        self.by_key: dict[int, list[int]] = {}  # key -> resident copies, first is used
+        self.key_of: list[int] = [0] * num_blocks     # copy id -> key
+        self.refs: list[int] = [0] * num_blocks       # copy id -> holders (0 = inactive)
+        self.by_key: dict[int, int] = {}              # key -> first resident copy
+        self.dups: dict[int, list[int]] = {}          # key -> further copies (rare)
         # Inactive copies, oldest first. OrderedDict: O(1) pop of the oldest even after
         # millions of deletions (a plain dict's first-item lookup degrades).
         self.lru: OrderedDict[int, None] = OrderedDict()
+        self.free_ids: list[int] = list(range(num_blocks - 1, -1, -1))
         self.num_private = 0
         self.num_hashed = 0                    # resident hashed copies (active + inactive)
-        self.next_id = 0
         self.evictions = 0
         # (stored?, key) for prompt keys, drained by the KV router at pass end; None = off.
         self.events: list[tuple[bool, int]] | None = None
@@ -88,14 +94,14 @@ class KvCache:
         """(leading resident blocks, of which active) for a sequence's full-block keys."""
         if not self.prefix_caching:
             return 0, 0
-        by_key, refs = self.by_key, self.refs
+        get, refs = self.by_key.get, self.refs
         n = n_active = 0
         for k in keys:
-            copies = by_key.get(k)
-            if copies is None:
+            c = get(k)
+            if c is None:
                 break
             n += 1
-            if refs[copies[0]]:
+            if refs[c]:
                 n_active += 1
         return n, n_active
 
@@ -108,16 +114,16 @@ class KvCache:
         evicting inactive copies (oldest first) if free space is short. Returns the pinned
         copy ids, or None (and changes nothing) when it cannot fit."""
         lru = self.lru
+        by_key = self.by_key
         short = fresh - self.free_blocks()
         if short > 0:
-            by_key = self.by_key
-            inactive_hits = len({by_key[k][0] for k in hit_keys if by_key[k][0] in lru})
+            inactive_hits = len({by_key[k] for k in hit_keys if by_key[k] in lru})
             if short > len(lru) - inactive_hits:
                 return None
         refs = self.refs
         ids = []
         for k in hit_keys:
-            c = self.by_key[k][0]
+            c = by_key[k]
             if refs[c] == 0:
                 del lru[c]
             refs[c] += 1
@@ -131,64 +137,68 @@ class KvCache:
         """Evict the ``n`` oldest inactive copies (one loop: this is the hot path of
         small-pool replays)."""
         popitem = self.lru.popitem
-        refs, key_of, by_key, events = self.refs, self.key_of, self.by_key, self.events
+        key_of, by_key, dups, events = self.key_of, self.by_key, self.dups, self.events
+        free_ids = self.free_ids
         for _ in range(n):
             c = popitem(False)[0]
-            del refs[c]
-            k = key_of.pop(c)
-            copies = by_key[k]
-            if len(copies) == 1:
-                del by_key[k]
-                if events is not None and k >= 0:
-                    events.append((False, k))
+            k = key_of[c]
+            if by_key[k] == c:
+                extra = dups.get(k) if dups else None
+                if extra:
+                    by_key[k] = extra.pop(0)
+                    if not extra:
+                        del dups[k]
+                else:
+                    del by_key[k]
+                    if events is not None and k >= 0:
+                        events.append((False, k))
             else:
-                copies.remove(c)
+                extra = dups[k]
+                extra.remove(c)
+                if not extra:
+                    del dups[k]
+            free_ids.append(c)
         self.num_hashed -= n
         self.evictions += n
 
     def register(self, key: int) -> int:
         """A held private block has filled: it becomes a hashed copy of ``key``."""
-        c = self.next_id
-        self.next_id = c + 1
+        c = self.free_ids.pop()
         self.num_private -= 1
         self.num_hashed += 1
         self.key_of[c] = key
         self.refs[c] = 1
-        copies = self.by_key.get(key)
-        if copies is None:
-            self.by_key[key] = [c]
+        if key in self.by_key:
+            self.dups.setdefault(key, []).append(c)
+        else:
+            self.by_key[key] = c
             if self.events is not None and key >= 0:
                 self.events.append((True, key))
-        else:
-            copies.append(c)
         return c
 
     def register_range(self, blocks: list[int], start: int, stop: int, keys: list[int],
                        private_of) -> None:
         """``register`` every still-private block in ``blocks[start:stop]``; block b's key is
         ``keys[b]`` for prompt blocks, else ``private_of(b)``."""
-        by_key, refs, key_of = self.by_key, self.refs, self.key_of
+        by_key, refs, key_of, free_ids = self.by_key, self.refs, self.key_of, self.free_ids
         events = self.events
         nk = len(keys)
-        c = self.next_id
         n = 0
         for b in range(start, stop):
             if blocks[b] != PRIVATE:
                 continue
             key = keys[b] if b < nk else private_of(b)
+            c = free_ids.pop()
             key_of[c] = key
             refs[c] = 1
-            copies = by_key.get(key)
-            if copies is None:
-                by_key[key] = [c]
+            if key in by_key:
+                self.dups.setdefault(key, []).append(c)
+            else:
+                by_key[key] = c
                 if events is not None and key >= 0:
                     events.append((True, key))
-            else:
-                copies.append(c)
             blocks[b] = c
-            c += 1
             n += 1
-        self.next_id = c
         self.num_private -= n
         self.num_hashed += n
 
@@ -208,10 +218,13 @@ class KvCache:
 
     def check(self) -> None:
         """Invariant check used by tests: blocks are conserved."""
-        assert self.num_hashed == len(self.refs) == len(self.key_of), "hashed copies drifted"
-        assert sum(len(v) for v in self.by_key.values()) == self.num_hashed, "index drifted"
-        assert all(r >= 0 for r in self.refs.values()), "negative refcount"
+        used = set(range(self.num_blocks)) - set(self.free_ids)
+        assert len(used) == self.num_hashed == self.num_blocks - len(self.free_ids), "copies drifted"
+        resident = set(self.by_key.values()) | {c for v in self.dups.values() for c in v}
+        assert resident == used, "index drifted"
+        assert all(self.refs[c] >= 0 for c in used), "negative refcount"
         assert all(self.refs[c] == 0 for c in self.lru), "held block in the LRU"
-        assert sum(1 for r in self.refs.values() if r == 0) == len(self.lru), "LRU drifted"
+        assert sum(1 for c in used if self.refs[c] == 0) == len(self.lru), "LRU drifted"
+        assert all(self.key_of[c] == k for k, c in self.by_key.items()), "key index drifted"
         assert self.num_private >= 0, "negative private count"
         assert 0 <= self.num_hashed + self.num_private <= self.num_blocks, "pool over-committed"
