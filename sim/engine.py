@@ -25,6 +25,7 @@ before the last pass) are advanced in bulk: ``plan_stretch``/``start_stretch``. 
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +95,9 @@ class Engine:
         self.pass_end = 0.0
         self.stretch_ends: np.ndarray | None = None   # end times of a bulk stretch's passes
         self._ready: list[Seq] = []                    # sequences emitting at the pass end
+        self._phases: list[int] = []                   # stretch: passes until each needs a block
+        self._evict_cum: np.ndarray | None = None      # stretch: evictions done by each pass
+        self._evict_published = 0
         self._rejected: list[Seq] = []
         self.num_passes = 0
         self.num_preemptions = 0
@@ -217,14 +221,7 @@ class Engine:
         while not st.preempted and len(running) < cfg.max_num_seqs and waiting:
             s = waiting[0]
             if not s.admitted:
-                reason = 0
-                if (s.prompt_len + s.generated + bs - 1) // bs > cfg.num_gpu_blocks:
-                    reason = REASON_KV_CAPACITY
-                elif cfg.max_model_len is not None and s.prompt_len >= cfg.max_model_len:
-                    reason = REASON_MAX_MODEL_LEN
-                elif (not cfg.enable_chunked_prefill
-                      and s.prompt_len > cfg.max_num_batched_tokens):
-                    reason = REASON_BATCH_BUDGET     # unchunked, it can never be scheduled
+                reason = self._reject_reason(s)
                 if reason:
                     waiting.popleft()
                     rejected.append((s, reason))
@@ -267,6 +264,17 @@ class Engine:
         self.pass_end = now + (prefill_ms + decode_ms)
         self._did_work = bool(st.scheduled) or bool(ready) or bool(rejected)
         return self.pass_end
+
+    def _reject_reason(self, s: Seq) -> int:
+        """Why a fresh request can never run here (0 if it can)."""
+        cfg = self.cfg
+        if (s.prompt_len + s.generated + self.bs - 1) // self.bs > cfg.num_gpu_blocks:
+            return REASON_KV_CAPACITY
+        if cfg.max_model_len is not None and s.prompt_len >= cfg.max_model_len:
+            return REASON_MAX_MODEL_LEN
+        if not cfg.enable_chunked_prefill and s.prompt_len > cfg.max_num_batched_tokens:
+            return REASON_BATCH_BUDGET       # unchunked, it can never be scheduled
+        return 0
 
     def _schedule(self, s: Seq, from_wait: bool, cached: int, st: "_PassState", now: float) -> int:
         """Schedule ``s`` in this pass; returns tokens scheduled, _BLOCKED or _SELF."""
@@ -393,39 +401,55 @@ class Engine:
 
     # -- bulk advance -------------------------------------------------------------
     def plan_stretch(self) -> int:
-        """Passes that can run as one decode-only stretch from now (0 if not possible):
-        every running sequence decodes, nobody needs a new block, nobody completes before
-        the last pass, and the waiting queue cannot change."""
+        """Passes that can run as one decode-only stretch from now (0 if not possible).
+
+        Holds while every running sequence decodes, nobody completes before the last pass,
+        the waiting queue cannot change, and every block the stretch needs can be had
+        without preemption. Decode time depends on context tokens only, so the pass
+        durations do not depend on allocations; the blocks are taken when the stretch
+        ends. Evicting inactive blocks is deterministic (LRU head, which no stretch event
+        reorders), but with a KV router each eviction must become visible at its own pass
+        end, so then only allocations from free blocks are absorbed.
+        """
         running = self.running
         if not running or len(running) > self.cfg.max_num_batched_tokens:
             return 0
         bs = self.bs
         k = 1 << 62
+        phases = self._phases
+        phases.clear()
         for s in running:
             c = s.computed
             if c != s.prompt_len + s.generated - 1 or c < s.prompt_len:
                 return 0
-            to_alloc = -c % bs
-            if to_alloc < k:
-                if to_alloc == 0:
-                    return 0
-                k = to_alloc
             left = s.max_out - s.generated
             if left < k:
                 k = left
+            phases.append(-c % bs)
         if k <= 1:
             return 0
         if self.waiting and self._admission_possible():
             return 0
-        return k
+        kv = self.kv
+        avail = kv.free_blocks() + len(kv.lru)
+        if _allocations(phases, k, bs) > avail:
+            lo, hi = 0, k - 1           # largest k' with allocations(k') <= avail
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if _allocations(phases, mid, bs) <= avail:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k = lo
+        return k if k > 1 else 0
 
     def _admission_possible(self) -> bool:
         cfg = self.cfg
         if len(self.running) >= cfg.max_num_seqs:
             return False
         s = self.waiting[0]
-        if not s.admitted:
-            return True      # a fresh head may be rejected: leave it to a full pass
+        if not s.admitted and self._reject_reason(s):
+            return True      # a rejection is a state change: leave it to a full pass
         cached, active_cached = self._lookup(s)
         needed = (s.prompt_len + s.generated + self.bs - 1) // self.bs - active_cached // self.bs
         return needed <= cfg.num_gpu_blocks - self.kv.num_active
@@ -444,6 +468,17 @@ class Engine:
         steps[1:] = decode_ms_series(self.timing, n, ctx, self.capacity_tokens)
         ends = np.cumsum(steps)[1:]
         self.stretch_ends = ends
+        self._evict_cum = None
+        kv = self.kv
+        if kv.events is not None:
+            free0 = kv.free_blocks()
+            if _allocations(self._phases, k, self.bs) > free0:
+                # Evictions per pass, for publishing to the KV router at each pass end.
+                bs = self.bs
+                idx = np.concatenate([np.arange(a, k, bs) for a in self._phases if a < k])
+                cum = np.cumsum(np.bincount(idx, minlength=k))
+                self._evict_cum = np.maximum(cum - free0, 0)
+                self._evict_published = 0
         self.busy = True
         self.pass_start = now
         self.pass_end = float(ends[-1])
@@ -463,6 +498,30 @@ class Engine:
             self.pass_end = float(ends[j])
         return self.pass_end
 
+    def stretch_evictions_until(self, t: float) -> list[tuple[bool, int]]:
+        """KV events (removals) of the passes of the running stretch that ended by ``t``.
+
+        The stretch takes its blocks when it ends; the copies it evicts are the oldest
+        inactive ones, in order, so the first n evictions are known in advance."""
+        cum = self._evict_cum
+        if cum is None or self.stretch_ends is None:
+            return []
+        j = int(np.searchsorted(self.stretch_ends, t, side="right"))
+        if j == 0:
+            return []
+        upto = int(cum[min(j, len(cum)) - 1])
+        start = self._evict_published
+        if upto <= start:
+            return []
+        self._evict_published = upto
+        kv = self.kv
+        out = []
+        for c in islice(kv.lru, start, upto):
+            key = kv.key_of[c]
+            if key >= 0 and kv.by_key.get(key) == c and key not in kv.dups:
+                out.append((False, key))
+        return out
+
     def finish_stretch(self, end: float) -> None:
         ends = self.stretch_ends
         self.stretch_ends = None
@@ -478,6 +537,15 @@ class Engine:
         metrics.add_gap_array(first_gaps, 1)
         if k > 1:
             metrics.add_gap_array(np.diff(ends), len(running))
+        bs = self.bs
+        new_blocks = [0 if k <= a else 1 + (k - 1 - a) // bs for a in self._phases]
+        total = sum(new_blocks)
+        if total:
+            if self.kv.reserve([], total) is None:      # plan_stretch guaranteed room
+                raise AssertionError("stretch allocation failed")
+            for s, n in zip(running, new_blocks):
+                if n:
+                    s.blocks.extend([PRIVATE] * n)
         done = []
         for s in running:
             before = s.computed
@@ -519,6 +587,16 @@ class Engine:
             self._record(s, STATUS_IN_FLIGHT, 0)
         self.running = []
         self.waiting.clear()
+
+
+def _allocations(phases: list[int], k: int, bs: int) -> int:
+    """New blocks needed by k decode passes; a sequence whose next block is due in ``a``
+    passes needs one at passes a, a + bs, a + 2 bs, ..."""
+    n = 0
+    for a in phases:
+        if k > a:
+            n += 1 + (k - 1 - a) // bs
+    return n
 
 
 class FpmTotals:

@@ -203,6 +203,13 @@ class Simulation:
                 return
             w = starting[0]
         else:
+            if self.router.wants_kv_events:
+                # Workers mid-stretch publish the evictions of passes that have ended.
+                for x in active:
+                    if x.engine.stretch_ends is not None:
+                        ev = x.engine.stretch_evictions_until(self.now)
+                        if ev:
+                            self.router.apply_kv_events(x.id, ev)
             eng = self.router.select(req, [w.engine for w in active], self.now)
             w = self.workers[eng.id]
         self.router.on_routed(w.engine, req)
@@ -266,13 +273,15 @@ class Simulation:
                     if version != w.version:
                         continue
                     eng = w.engine
-                    if eng.kv.events:
-                        self.router.apply_kv_events(eng.id, eng.kv.events)
-                        eng.kv.events.clear()
                     if eng.stretch_ends is not None:
                         eng.finish_stretch(t)
                     else:
                         eng.finish_pass(t)
+                    if eng.kv.events:
+                        # The pass's KV events reach the router at its end (after its
+                        # tokens: same timestamp, and arrivals come later).
+                        self.router.apply_kv_events(eng.id, eng.kv.events)
+                        eng.kv.events.clear()
                     if eng.has_work():
                         self._dirty.append(w)
                     else:
