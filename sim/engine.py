@@ -122,8 +122,11 @@ class Engine:
     def queued_prefill_tokens(self) -> int:
         return sum(s.prompt_len + s.generated - s.computed for s in self.waiting)
 
-    def add_request(self, req: Request) -> None:
-        self.waiting.append(Seq(req))
+    def add_request(self, req: Request, keys: list[int] | None = None) -> None:
+        """Queue ``req``; ``keys`` are its full prompt-block keys if already computed."""
+        s = Seq(req)
+        s.keys = keys
+        self.waiting.append(s)
 
     # -- blocks ----------------------------------------------------------------
     def _prompt_keys(self, s: Seq) -> list[int]:
@@ -498,8 +501,8 @@ class Engine:
             self.pass_end = float(ends[j])
         return self.pass_end
 
-    def stretch_evictions_until(self, t: float) -> list[tuple[bool, int]]:
-        """KV events (removals) of the passes of the running stretch that ended by ``t``.
+    def stretch_evictions_until(self, t: float) -> list[int]:
+        """Keys removed from the cache by the passes of the running stretch that ended by ``t``.
 
         The stretch takes its blocks when it ends; the copies it evicts are the oldest
         inactive ones, in order, so the first n evictions are known in advance."""
@@ -519,7 +522,7 @@ class Engine:
         for c in islice(kv.lru, start, upto):
             key = kv.key_of[c]
             if key >= 0 and kv.by_key.get(key) == c and key not in kv.dups:
-                out.append((False, key))
+                out.append(key)
         return out
 
     def finish_stretch(self, end: float) -> None:

@@ -46,6 +46,51 @@ def block_keys(hash_ids: tuple[int, ...], trace_block_size: int, block_size: int
     return (mixed & np.uint64(_MASK62)).tolist()
 
 
+class KvEvents:
+    """Prompt-block keys stored and removed during one pass, published to a KV router at
+    the pass end. Removals normally precede stores within a pass (a freshly stored block
+    is held and cannot be evicted), so they are applied in bulk; a removal that follows
+    stores (a sequence preempted later in the same pass) is logged with its position."""
+
+    __slots__ = ("stored", "removed", "late")
+
+    def __init__(self) -> None:
+        self.stored: list[int] = []
+        self.removed: list[int] = []
+        self.late: list[tuple[int, int]] = []   # (stores before it, key)
+
+    def __bool__(self) -> bool:
+        return bool(self.stored or self.removed)
+
+    def remove(self, key: int) -> None:
+        if self.stored:
+            self.late.append((len(self.stored), key))
+            self.removed.append(key)       # keeps __bool__ true; apply() handles order
+        else:
+            self.removed.append(key)
+
+    def apply(self, index: set[int]) -> None:
+        """Bring a router's view of the worker's cache up to date, in event order."""
+        if not self.late:
+            index.difference_update(self.removed)
+            index.update(self.stored)
+        else:
+            n_late = len(self.late)
+            index.difference_update(self.removed[: len(self.removed) - n_late])
+            done = 0
+            for pos, key in self.late:
+                index.update(self.stored[done:pos])
+                index.discard(key)
+                done = pos
+            index.update(self.stored[done:])
+        self.clear()
+
+    def clear(self) -> None:
+        self.stored.clear()
+        self.removed.clear()
+        self.late.clear()
+
+
 def private_key(request_index: int, block: int) -> int:
     """Key of a block whose tokens no other request has (its own output, or an opaque
     prompt). Negative, so it never equals a prompt key; stable across preemption so a
@@ -79,8 +124,8 @@ class KvCache:
         self.num_private = 0
         self.num_hashed = 0                    # resident hashed copies (active + inactive)
         self.evictions = 0
-        # (stored?, key) for prompt keys, drained by the KV router at pass end; None = off.
-        self.events: list[tuple[bool, int]] | None = None
+        # Prompt-key events for a KV router, drained at each pass end; None = no router.
+        self.events: KvEvents | None = None
 
     # -- queries ----------------------------------------------------------
     @property
@@ -151,7 +196,7 @@ class KvCache:
                 else:
                     del by_key[k]
                     if events is not None and k >= 0:
-                        events.append((False, k))
+                        events.remove(k)
             else:
                 extra = dups[k]
                 extra.remove(c)
@@ -173,7 +218,7 @@ class KvCache:
         else:
             self.by_key[key] = c
             if self.events is not None and key >= 0:
-                self.events.append((True, key))
+                self.events.stored.append(key)
         return c
 
     def register_range(self, blocks: list[int], start: int, stop: int, keys: list[int],
@@ -196,7 +241,7 @@ class KvCache:
             else:
                 by_key[key] = c
                 if events is not None and key >= 0:
-                    events.append((True, key))
+                    events.stored.append(key)
             blocks[b] = c
             n += 1
         self.num_private -= n

@@ -16,12 +16,13 @@ All randomness comes from the generator handed in (one stream per run).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from .engine import Engine, Seq
-from .kv_cache import block_keys, private_key
+from .kv_cache import KvEvents, block_keys, private_key
 from .request import Request
 
 ROUTER_MODES = ("round_robin", "random", "least_loaded", "kv")
@@ -49,7 +50,13 @@ class Router:
     def on_routed(self, w: Engine, req: Request) -> None: ...
     def on_first_token(self, w: Engine, s: Seq, now: float) -> None: ...
     def on_finished(self, w: Engine, s: Seq, now: float) -> None: ...
-    def apply_kv_events(self, worker_id: int, events: list[tuple[bool, int]]) -> None: ...
+    def apply_kv_events(self, worker_id: int, events: KvEvents) -> None: ...
+    def publish_removed(self, worker_id: int, keys: list[int]) -> None: ...
+
+    def take_keys(self) -> list[int] | None:
+        """Prompt-block keys computed while routing the last request (shared with the
+        engine so they are hashed once), or None."""
+        return None
 
     def _pick_min(self, values: list[float], workers: list[Engine]) -> Engine:
         best = min(values)
@@ -106,19 +113,22 @@ class KvRouter(Router):
         self.block_size = block_size
         self.index: dict[int, set[int]] = {}                 # worker -> published block keys
         self.prefill_tokens: dict[int, int] = {}             # worker -> pending prompt tokens
-        self.active: dict[int, dict[int, int]] = {}          # worker -> block key -> users
+        self.active: dict[int, Counter[int]] = {}            # worker -> block key -> users
         self.routed: dict[int, tuple[int, list[int], int]] = {}  # request -> (worker, keys, pending)
-        self._last: tuple[list[int], list[int]] | None = None
+        self._last: tuple[list[int], int] | None = None
+        self._keys_out: list[int] | None = None
 
     wants_kv_events = True
 
-    def apply_kv_events(self, worker_id: int, events: list[tuple[bool, int]]) -> None:
-        idx = self.index.setdefault(worker_id, set())
-        for stored, key in events:
-            if stored:
-                idx.add(key)
-            else:
-                idx.discard(key)
+    def apply_kv_events(self, worker_id: int, events: KvEvents) -> None:
+        events.apply(self.index.setdefault(worker_id, set()))
+
+    def publish_removed(self, worker_id: int, keys: list[int]) -> None:
+        self.index.setdefault(worker_id, set()).difference_update(keys)
+
+    def take_keys(self) -> list[int] | None:
+        keys, self._keys_out = self._keys_out, None
+        return keys
 
     def _keys(self, req: Request) -> list[int]:
         bs = self.block_size
@@ -182,10 +192,12 @@ class KvRouter(Router):
         wid = w.id
         pending = max(0, req.input_length - min(ov * self.block_size, req.input_length))
         self.prefill_tokens[wid] = self.prefill_tokens.get(wid, 0) + pending
-        active = self.active.setdefault(wid, {})
-        for k in keys:
-            active[k] = active.get(k, 0) + 1
+        active = self.active.get(wid)
+        if active is None:
+            active = self.active[wid] = Counter()
+        active.update(keys)
         self.routed[req.index] = (wid, keys, pending)
+        self._keys_out = keys
 
     def on_first_token(self, w, s, now):
         info = self.routed.get(s.req.index)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .engine import Engine, EngineConfig
+from .kv_cache import KvEvents
 from .metrics import STATUS_REJECTED, MetricsCollector
 from .request import Request
 from .router import KvRouterConfig, Router, make_router
@@ -117,7 +118,7 @@ class Simulation:
         eng.on_first_token = self.router.on_first_token
         eng.on_finished = self._on_finished
         if self.router.wants_kv_events:
-            eng.kv.events = []
+            eng.kv.events = KvEvents()
         w = Worker(eng, state, self.now, self.now if state == ACTIVE else None)
         self.workers.append(w)
         return w
@@ -207,14 +208,14 @@ class Simulation:
                 # Workers mid-stretch publish the evictions of passes that have ended.
                 for x in active:
                     if x.engine.stretch_ends is not None:
-                        ev = x.engine.stretch_evictions_until(self.now)
-                        if ev:
-                            self.router.apply_kv_events(x.id, ev)
+                        gone = x.engine.stretch_evictions_until(self.now)
+                        if gone:
+                            self.router.publish_removed(x.id, gone)
             eng = self.router.select(req, [w.engine for w in active], self.now)
             w = self.workers[eng.id]
         self.router.on_routed(w.engine, req)
         eng = w.engine
-        eng.add_request(req)
+        eng.add_request(req, self.router.take_keys())
         if eng.busy:
             if eng.stretch_ends is not None and len(eng.stretch_ends) > 1:
                 old_end = eng.pass_end
@@ -281,7 +282,6 @@ class Simulation:
                         # The pass's KV events reach the router at its end (after its
                         # tokens: same timestamp, and arrivals come later).
                         self.router.apply_kv_events(eng.id, eng.kv.events)
-                        eng.kv.events.clear()
                     if eng.has_work():
                         self._dirty.append(w)
                     else:
