@@ -12,6 +12,11 @@ Three models, selected by a spec string (``polynomial``, ``fixed:P,D``, ``table:
 * ``TableTiming`` -- interpolation in a measured table (prefill by new x cached tokens;
   decode by batch size x total KV tokens), loaded from ``.npz`` or ``.json``.
 
+Like Dynamo, every modelled duration passes through a nanosecond clock: the raw
+milliseconds are converted to whole nanoseconds (nearest), divided by the speed-up the same
+way, and read back as ``secs + nanos / 1e9`` (``modeled_ms``). This is why Dynamo's token
+times have six decimals in milliseconds; reproducing it keeps our times bit-equal.
+
 The decode cost of a batch is kept separate from prefill so the engine can advance
 stretches of decode-only passes in bulk: for the polynomial model the decode time is a
 function of the active KV blocks only, so it is constant between block-boundary changes.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,50 @@ from .errors import InputError
 # Dynamo polynomial coefficients (milliseconds).
 _PF_A, _PF_B, _PF_C = 4.209989e-7, 1.518344e-2, 16.50142
 _DC_A, _DC_B, _DC_C = -25.74, 54.01, 5.74
+
+
+def _to_ns(secs: float) -> int:
+    """Nearest whole nanoseconds of ``secs`` (exact near ties, like Rust's Duration)."""
+    x = secs * 1e9
+    r = round(x)
+    if abs(abs(x - math.floor(x)) - 0.5) < 1e-6:
+        r = round(Fraction(secs) * 1_000_000_000)
+    return r
+
+
+def _ns_to_ms(ns: int) -> float:
+    s, n = divmod(ns, 1_000_000_000)
+    return (float(s) + float(n) / 1e9) * 1000.0
+
+
+def modeled_ms(raw_ms: float, speedup: float = 1.0) -> float:
+    """A model's raw milliseconds as Dynamo's engine clock sees them."""
+    if raw_ms <= 0.0:
+        return 0.0
+    ns = _to_ns(raw_ms / 1000.0)
+    if speedup != 1.0 and ns > 0:
+        s, n = divmod(ns, 1_000_000_000)
+        ns = _to_ns((float(s) + float(n) / 1e9) / speedup)
+    return _ns_to_ms(ns)
+
+
+def modeled_ms_array(raw_ms: np.ndarray, speedup: float = 1.0) -> np.ndarray:
+    """``modeled_ms`` over an array (same float operations, so the same bits)."""
+    out = np.array([modeled_ms(float(x), speedup) for x in raw_ms]) if speedup != 1.0 else None
+    if out is not None:
+        return out
+    x = (raw_ms / 1000.0) * 1e9
+    ns = np.rint(x)
+    frac = x - np.floor(x)
+    near = np.abs(frac - 0.5) < 1e-6
+    if near.any():
+        for i in np.flatnonzero(near):
+            ns[i] = _to_ns(float(raw_ms[i]) / 1000.0)
+    s = np.floor(ns / 1e9)
+    n = ns - s * 1e9
+    out = (s + n / 1e9) * 1000.0
+    out[raw_ms <= 0.0] = 0.0
+    return out
 
 
 class TimingModel:
@@ -59,13 +109,13 @@ class PolynomialTiming(TimingModel):
         if new_tokens <= 0:
             return 0.0
         t = float(new_tokens)
-        return (_PF_A * t * t + _PF_B * t + _PF_C) / self.speedup_ratio
+        return modeled_ms(_PF_A * t * t + _PF_B * t + _PF_C, self.speedup_ratio)
 
     def decode_ms(self, batch_size: int, active_kv_tokens: int, total_kv_tokens: int = 0,
                   capacity_tokens: int = 1) -> float:
         u = min(1.0, active_kv_tokens / capacity_tokens)
         ms = max(1.0, _DC_A * u * u + _DC_B * u + _DC_C)
-        return ms / (self.speedup_ratio * self.decode_speedup_ratio)
+        return modeled_ms(ms, self.speedup_ratio * self.decode_speedup_ratio)
 
     def describe(self) -> str:
         return "polynomial"
@@ -79,11 +129,11 @@ class FixedTiming(TimingModel):
     decode_speedup_ratio: float = 1.0
 
     def prefill_ms(self, new_tokens: int, cached_tokens: int = 0, num_seqs: int = 1) -> float:
-        return self.prefill / self.speedup_ratio if new_tokens > 0 else 0.0
+        return modeled_ms(self.prefill, self.speedup_ratio) if new_tokens > 0 else 0.0
 
     def decode_ms(self, batch_size: int, active_kv_tokens: int, total_kv_tokens: int = 0,
                   capacity_tokens: int = 1) -> float:
-        return self.decode / (self.speedup_ratio * self.decode_speedup_ratio)
+        return modeled_ms(self.decode, self.speedup_ratio * self.decode_speedup_ratio)
 
     def describe(self) -> str:
         return f"fixed:{self.prefill:g},{self.decode:g}"
@@ -120,12 +170,13 @@ class TableTiming(TimingModel):
     def prefill_ms(self, new_tokens: int, cached_tokens: int = 0, num_seqs: int = 1) -> float:
         if new_tokens <= 0:
             return 0.0
-        return _bilinear(self.p_new, self.p_cached, self.p_ms, new_tokens, cached_tokens) / self.speedup_ratio
+        return modeled_ms(_bilinear(self.p_new, self.p_cached, self.p_ms, new_tokens, cached_tokens),
+                          self.speedup_ratio)
 
     def decode_ms(self, batch_size: int, active_kv_tokens: int, total_kv_tokens: int = 0,
                   capacity_tokens: int = 1) -> float:
         ms = _bilinear(self.d_bs, self.d_kv, self.d_ms, batch_size, total_kv_tokens)
-        return ms / (self.speedup_ratio * self.decode_speedup_ratio)
+        return modeled_ms(ms, self.speedup_ratio * self.decode_speedup_ratio)
 
     def describe(self) -> str:
         return f"table:{self.path}"
@@ -206,8 +257,8 @@ def decode_ms_series(model: TimingModel, batch_size: int, context_tokens: "np.nd
     if isinstance(model, PolynomialTiming):
         u = np.minimum(1.0, context_tokens / capacity_tokens)
         ms = np.maximum(1.0, _DC_A * u * u + _DC_B * u + _DC_C)
-        return ms / (model.speedup_ratio * model.decode_speedup_ratio)
+        return modeled_ms_array(ms, model.speedup_ratio * model.decode_speedup_ratio)
     if isinstance(model, FixedTiming):
-        return np.full(len(context_tokens), model.decode / (model.speedup_ratio * model.decode_speedup_ratio))
+        return np.full(len(context_tokens), model.decode_ms(0, 0, 0, 1))
     return np.array([model.decode_ms(batch_size, int(a), int(a), capacity_tokens)
                      for a in context_tokens])
