@@ -86,6 +86,7 @@ class Simulation:
         self._seq = 0
         self.now = 0.0
         self.workers: list[Worker] = []
+        self._active: tuple[list[Worker], list[Engine]] | None = None
         self._dirty: list[Worker] = []
         self.num_arrived = 0
         self.num_unroutable = 0
@@ -121,7 +122,19 @@ class Simulation:
             eng.kv.events = KvEvents()
         w = Worker(eng, state, self.now, self.now if state == ACTIVE else None)
         self.workers.append(w)
+        self._active = None
         return w
+
+    def _set_state(self, w: Worker, state: str) -> None:
+        w.state = state
+        self._active = None
+
+    def _active_workers(self) -> tuple[list[Worker], list[Engine]]:
+        """Active workers and their engines (cached: routing is per request)."""
+        if self._active is None:
+            ws = [w for w in self.workers if w.state == ACTIVE]
+            self._active = (ws, [w.engine for w in ws])
+        return self._active
 
     def counts(self) -> tuple[int, int, int]:
         """(active, starting, draining) workers."""
@@ -159,14 +172,14 @@ class Simulation:
             if removed == n:
                 break
             if w.state == STARTING:
-                w.state = REMOVED
+                self._set_state(w, REMOVED)
                 w.removed_ms = self.now
                 removed += 1
         active = [w for w in self.workers if w.state == ACTIVE]
         for w in reversed(active):
             if removed == n or sum(1 for x in self.workers if x.state == ACTIVE) <= 1:
                 break      # never drain the last active worker
-            w.state = DRAINING
+            self._set_state(w, DRAINING)
             removed += 1
             self._maybe_retire(w)
         self._record_replicas()
@@ -174,7 +187,7 @@ class Simulation:
 
     def _maybe_retire(self, w: Worker) -> None:
         if w.state == DRAINING and not w.engine.has_work() and not w.engine.busy:
-            w.state = REMOVED
+            self._set_state(w, REMOVED)
             w.removed_ms = self.now
             self._record_replicas()
 
@@ -191,7 +204,7 @@ class Simulation:
     # -- main loop --------------------------------------------------------------------------
     def _route(self, req: Request) -> None:
         self.num_arrived += 1
-        active = [w for w in self.workers if w.state == ACTIVE]
+        active, engines = self._active_workers()
         if not active:
             # Nowhere to go (all workers starting): queue on the earliest starting worker.
             starting = [w for w in self.workers if w.state == STARTING]
@@ -211,7 +224,7 @@ class Simulation:
                         gone = x.engine.stretch_evictions_until(self.now)
                         if gone:
                             self.router.publish_removed(x.id, gone)
-            eng = self.router.select(req, [w.engine for w in active], self.now)
+            eng = self.router.select(req, engines, self.now)
             w = self.workers[eng.id]
         self.router.on_routed(w.engine, req)
         eng = w.engine
@@ -293,7 +306,7 @@ class Simulation:
                 elif kind == EV_WORKER_READY:
                     w = payload
                     if w.state == STARTING:
-                        w.state = ACTIVE
+                        self._set_state(w, ACTIVE)
                         w.ready_ms = t
                         self._record_replicas()
                         if w.engine.has_work():

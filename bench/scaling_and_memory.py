@@ -1,0 +1,160 @@
+"""Scaling and memory of the simulator core (issue "Performance").
+
+* scaling: the Mooncake conversation trace at 1x, 4x and 16x load on 8, 32 and 128
+  workers (see ``scaled_trace`` for the two ways of making k-fold load). Wall time should
+  grow no faster than linearly with requests.
+* memory: a synthetic Poisson workload of N requests (default 1,000,000), streamed;
+  peak RSS per simulated request, in a fresh process per run.
+
+    python bench/scaling_and_memory.py [--skip-scaling] [--memory-requests 1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def scaled_trace(k: int, mode: str = "superpose"):
+    """The bundled conversation trace at k-fold load, as a lazy workload.
+
+    ``superpose`` (default): k copies over the same hour, copy c shifted by c/k seconds,
+    with distinct prefix ids per copy: k times the users, same per-user behaviour.
+    ``speedup``: k copies each compressed k-fold (arrival speed-up) and laid end to end;
+    this also shrinks the think time between turns of a conversation, so it changes the
+    workload's character (more overlapping turns), not only its volume.
+    """
+    from sim.config import BUNDLED_TRACES, DATA_DIR
+    from sim.workloads import load_mooncake
+
+    path = DATA_DIR / BUNDLED_TRACES["mooncake_conversation"]
+    base = list(load_mooncake(path, arrival_speedup_ratio=float(k) if mode == "speedup" else 1.0))
+    n = len(base)
+    span = max(r.arrival_ms for r in base) + 1.0
+    reqs = []
+    for c in range(k):
+        off = c * span if mode == "speedup" else c * 1000.0 / k
+        reqs += [replace(r, index=c * n + r.index, arrival_ms=r.arrival_ms + off,
+                         hash_ids=tuple(h * k + c for h in r.hash_ids)) for r in base]
+    reqs.sort(key=lambda r: (r.arrival_ms, r.index))
+
+    class Scaled:
+        name = f"conversation x{k} ({mode})"
+
+        def __iter__(self):
+            return iter(reqs)
+
+        def on_complete(self, req, now):
+            return []
+
+        def describe(self):
+            return {"name": self.name, "num_requests": len(reqs)}
+
+    return Scaled(), len(reqs)
+
+
+def run_scaling(k: int, workers: int, mode: str = "superpose") -> dict:
+    from sim.engine import EngineConfig
+    from sim.simulator import ClusterConfig, Simulation
+    from sim.timing import PolynomialTiming
+
+    wl, n = scaled_trace(k, mode)
+    t0 = time.perf_counter()
+    res = Simulation(wl, engine=EngineConfig(block_size=512), timing=PolynomialTiming(),
+                     cluster=ClusterConfig(num_workers=workers), router="round_robin").run()
+    wall = time.perf_counter() - t0
+    tot = res.summary["totals"]
+    return {"load": k, "workers": workers, "requests": n, "completed": tot["completed_requests"],
+            "wall_s": wall, "us_per_request": wall / n * 1e6,
+            "sim_s": tot["duration_ms"] / 1000.0}
+
+
+def run_memory(n: int, workers: int) -> dict:
+    import numpy as np
+
+    from sim.engine import EngineConfig
+    from sim.simulator import ClusterConfig, Simulation
+    from sim.timing import PolynomialTiming
+    from sim.workloads import fixed, poisson, synthetic
+
+    rate = 40.0 * workers                           # ~ what the workers sustain at this size
+    wl = synthetic(np.random.default_rng(0), arrival=poisson(rate), isl=fixed(512),
+                   osl=fixed(32), num_requests=n)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    res = Simulation(wl, engine=EngineConfig(block_size=64), timing=PolynomialTiming(),
+                     cluster=ClusterConfig(num_workers=workers), router="round_robin").run()
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tot = res.summary["totals"]
+    return {"requests": n, "workers": workers, "completed": tot["completed_requests"],
+            "wall_s": wall, "peak_rss_mb": peak / 1024, "baseline_rss_mb": base / 1024,
+            "peak_rss_bytes_per_request": peak * 1024 / n,
+            "growth_bytes_per_request": (peak - base) * 1024 / n}
+
+
+def child(argv: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-requests", type=int, default=1_000_000)
+    ap.add_argument("--scaling-mode", choices=("superpose", "speedup"), default="superpose")
+    ap.add_argument("--out", default=str(ROOT / "bench/results"))
+    ap.add_argument("--_child", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a._child is not None:
+        kind, x, y, *rest = a._child
+        res = (run_scaling(int(x), int(y), *rest) if kind == "scaling"
+               else run_memory(int(x), int(y)))
+        print(json.dumps(res))
+        return 0
+    lines = []
+    if not a.skip_scaling:
+        rows = []
+        for k, w in ((1, 8), (4, 32), (16, 128)):
+            print(f"scaling: {k}x load on {w} workers", file=sys.stderr)
+            rows.append(child(["--_child", "scaling", str(k), str(w), a.scaling_mode]))
+        base = rows[0]
+        lines += [f"### Scaling with load (Mooncake conversation trace x k, {a.scaling_mode}, "
+                  "block 512, round robin)", "",
+                  "| load | workers | requests | completed | wall (s) | µs / request | "
+                  "wall / wall(1x) | requests / requests(1x) |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['load']}x | {r['workers']} | {r['requests']:,} | {r['completed']:,} | "
+                         f"{r['wall_s']:.2f} | {r['us_per_request']:.0f} | "
+                         f"{r['wall_s'] / base['wall_s']:.2f} | {r['requests'] / base['requests']:.0f} |")
+        lines.append("")
+    if not a.skip_memory:
+        print(f"memory: {a.memory_requests:,} synthetic requests", file=sys.stderr)
+        m = child(["--_child", "memory", str(a.memory_requests), "64"])
+        lines += ["### Memory at scale (synthetic Poisson, ISL 512 / OSL 32, 64 workers)", "",
+                  "| requests | completed | wall (s) | peak RSS (MB) | peak RSS per request | "
+                  "growth over start-up per request |", "|---|---|---|---|---|---|",
+                  f"| {m['requests']:,} | {m['completed']:,} | {m['wall_s']:.1f} | "
+                  f"{m['peak_rss_mb']:.0f} | {m['peak_rss_bytes_per_request']:.0f} B | "
+                  f"{m['growth_bytes_per_request']:.0f} B |", ""]
+    report = "\n".join(lines)
+    print(report)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling_and_memory.md").write_text(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
