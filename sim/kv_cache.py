@@ -50,7 +50,9 @@ class KvEvents:
     """Prompt-block keys stored and removed during one pass, published to a KV router at
     the pass end. Removals normally precede stores within a pass (a freshly stored block
     is held and cannot be evicted), so they are applied in bulk; a removal that follows
-    stores (a sequence preempted later in the same pass) is logged with its position."""
+    stores (a sequence preempted later in the same pass) is logged with its position; once
+    a pass has stored anything every later removal is such a one, so they are the tail of
+    ``removed``."""
 
     __slots__ = ("stored", "removed", "late")
 
@@ -61,13 +63,6 @@ class KvEvents:
 
     def __bool__(self) -> bool:
         return bool(self.stored or self.removed)
-
-    def remove(self, key: int) -> None:
-        if self.stored:
-            self.late.append((len(self.stored), key))
-            self.removed.append(key)       # keeps __bool__ true; apply() handles order
-        else:
-            self.removed.append(key)
 
     def apply(self, index: set[int]) -> None:
         """Bring a router's view of the worker's cache up to date, in event order."""
@@ -184,6 +179,8 @@ class KvCache:
         popitem = self.lru.popitem
         key_of, by_key, dups, events = self.key_of, self.by_key, self.dups, self.events
         free_ids = self.free_ids
+        if events is not None:
+            removed, stored, late = events.removed, events.stored, events.late
         for _ in range(n):
             c = popitem(False)[0]
             k = key_of[c]
@@ -196,7 +193,9 @@ class KvCache:
                 else:
                     del by_key[k]
                     if events is not None and k >= 0:
-                        events.remove(k)
+                        if stored:        # see KvEvents: a removal after stores
+                            late.append((len(stored), k))
+                        removed.append(k)
             else:
                 extra = dups[k]
                 extra.remove(c)

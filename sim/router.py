@@ -215,12 +215,13 @@ class KvRouter(Router):
         if pending:
             self.prefill_tokens[wid] -= pending
         active = self.active[wid]
+        delete = dict.__delitem__          # Counter's own __delitem__ is pure Python
         for k in keys:
             c = active[k] - 1
             if c:
                 active[k] = c
             else:
-                del active[k]
+                delete(active, k)
 
 
 def make_router(mode: str, rng: np.random.Generator, block_size: int,
