@@ -56,7 +56,7 @@ class Seq:
 
     __slots__ = ("req", "prompt_len", "max_out", "keys", "generated", "computed", "blocks",
                  "reused", "first_admit", "first_token", "second_token", "last_token",
-                 "preemptions", "admitted")
+                 "preemptions", "admitted", "gaps")
 
     def __init__(self, req: Request) -> None:
         self.req = req
@@ -73,14 +73,19 @@ class Seq:
         self.last_token = float("nan")
         self.preemptions = 0
         self.admitted = False                # ever admitted (a fresh request can be rejected)
+        self.gaps: list | None = None        # deferred token gaps (runs with a cut-off)
 
 
 class Engine:
     """One aggregated worker (one DP rank)."""
 
     def __init__(self, worker_id: int, cfg: EngineConfig, timing: TimingModel,
-                 metrics: MetricsCollector, *, exact: bool = False) -> None:
+                 metrics: MetricsCollector, *, exact: bool = False,
+                 defer_gaps: bool = False) -> None:
         self.id = worker_id
+        # With a cut-off, token gaps count only once their request completes (Dynamo's
+        # distributions cover completed requests): each sequence holds its own until then.
+        self.defer_gaps = defer_gaps
         self.cfg = cfg
         self.timing = timing
         self.metrics = metrics
@@ -126,6 +131,8 @@ class Engine:
         """Queue ``req``; ``keys`` are its full prompt-block keys if already computed."""
         s = Seq(req)
         s.keys = keys
+        if self.defer_gaps:
+            s.gaps = []
         self.waiting.append(s)
 
     # -- blocks ----------------------------------------------------------------
@@ -372,7 +379,9 @@ class Engine:
                 if g == 1:
                     s.second_token = end
                 gap = end - s.last_token
-                if gap == gap_prev:
+                if s.gaps is not None:
+                    s.gaps.append(gap)
+                elif gap == gap_prev:
                     gap_count += 1
                 else:
                     if gap_count:
@@ -395,6 +404,13 @@ class Engine:
                 self._record(s, STATUS_REJECTED, reason)
 
     def _record(self, s: Seq, status: int, reason: int) -> None:
+        if s.gaps and status == STATUS_COMPLETED:
+            scalars = [g for g in s.gaps if isinstance(g, float)]
+            if scalars:
+                self.metrics.add_gap_array(np.array(scalars), 1)
+            for g in s.gaps:
+                if not isinstance(g, float):
+                    self.metrics.add_gap_array(g, 1)
         r = s.req
         self.metrics.record(r.index, r.arrival_ms, s.first_admit, s.first_token, s.second_token,
                             s.last_token, s.prompt_len, s.generated, s.max_out, s.reused, self.id,
@@ -535,11 +551,18 @@ class Engine:
         running = self.running
         metrics = self.metrics
         first_end = float(ends[0])
-        first_gaps = np.fromiter((first_end - s.last_token for s in running), dtype=float,
-                                 count=len(running))
-        metrics.add_gap_array(first_gaps, 1)
-        if k > 1:
-            metrics.add_gap_array(np.diff(ends), len(running))
+        if self.defer_gaps:
+            rest = np.diff(ends) if k > 1 else None
+            for s in running:
+                s.gaps.append(first_end - s.last_token)
+                if rest is not None:
+                    s.gaps.append(rest)
+        else:
+            first_gaps = np.fromiter((first_end - s.last_token for s in running), dtype=float,
+                                     count=len(running))
+            metrics.add_gap_array(first_gaps, 1)
+            if k > 1:
+                metrics.add_gap_array(np.diff(ends), len(running))
         bs = self.bs
         new_blocks = [0 if k <= a else 1 + (k - 1 - a) // bs for a in self._phases]
         total = sum(new_blocks)
@@ -584,6 +607,23 @@ class Engine:
         self._record(s, STATUS_REJECTED, REASON_KV_CAPACITY)
 
     # -- cut-off -----------------------------------------------------------------
+    def stop_at(self, t: float) -> None:
+        """The run is cut off at ``t``: emit the passes of a running stretch that ended by
+        then (as pass-by-pass stepping would have), then record what is left."""
+        ends = self.stretch_ends
+        if ends is not None:
+            j = int(np.searchsorted(ends, t, side="right"))
+            if j:
+                self.stretch_ends = ends[:j]
+                self.finish_stretch(float(ends[j - 1]))
+            self.stretch_ends = None
+        self.busy = False
+        # Rejections decided in a pass still running at the cut-off are final: record them.
+        rejected, self._rejected = self._rejected, []
+        for s, reason in rejected:
+            self._record(s, STATUS_REJECTED, reason)
+        self.flush_in_flight()
+
     def flush_in_flight(self) -> None:
         """Record every sequence still here as in flight (the run stopped at a cut-off)."""
         for s in self.running + list(self.waiting):

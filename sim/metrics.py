@@ -76,7 +76,7 @@ class GapSketch:
     """
 
     __slots__ = ("bins", "zeros", "n", "total", "total_sq", "lo", "hi", "_pending",
-                 "_pending_size")
+                 "_pending_size", "shift", "_dsum")
 
     def __init__(self) -> None:
         self.bins = np.zeros(_NBINS, dtype=np.int64)
@@ -88,11 +88,19 @@ class GapSketch:
         self.hi = -math.inf
         self._pending: list[tuple[np.ndarray, int]] = []
         self._pending_size = 0
+        # Moments are kept about the first sample seen, so the variance of a nearly
+        # constant stream does not cancel catastrophically.
+        self.shift: float | None = None
+        self._dsum = 0.0          # sum of (v - shift); total_sq is sum of (v - shift)^2
 
     def add(self, v: float, count: int) -> None:
+        if self.shift is None:
+            self.shift = v
         self.n += count
+        d = v - self.shift
         self.total += v * count
-        self.total_sq += v * v * count
+        self._dsum += d * count
+        self.total_sq += d * d * count
         if v < self.lo:
             self.lo = v
         if v > self.hi:
@@ -118,9 +126,13 @@ class GapSketch:
         self._pending = []
         self._pending_size = 0
         wf = w.astype(float)
+        if self.shift is None:
+            self.shift = float(v[0])
+        d = v - self.shift
         self.n += int(w.sum())
         self.total += float((v * wf).sum())
-        self.total_sq += float((v * v * wf).sum())
+        self._dsum += float((d * wf).sum())
+        self.total_sq += float((d * d * wf).sum())
         self.lo = min(self.lo, float(v.min()))
         self.hi = max(self.hi, float(v.max()))
         pos = v > 0.0
@@ -132,11 +144,18 @@ class GapSketch:
     def merge(self, other: "GapSketch") -> None:
         other._flush()
         self._flush()
+        if other.n == 0:
+            return
+        if self.shift is None:
+            self.shift = other.shift
+        # Re-centre the other's moments on our shift.
+        delta = other.shift - self.shift
+        self.total_sq += other.total_sq + 2 * delta * other._dsum + delta * delta * other.n
+        self._dsum += other._dsum + delta * other.n
+        self.total += other.total
         self.bins += other.bins
         self.zeros += other.zeros
         self.n += other.n
-        self.total += other.total
-        self.total_sq += other.total_sq
         self.lo = min(self.lo, other.lo)
         self.hi = max(self.hi, other.hi)
 
@@ -146,6 +165,8 @@ class GapSketch:
         n = self.n
         if n == 0:
             return 0.0
+        if n == 1:
+            return self.lo        # Dynamo's collector reports a lone sample as is
         rank = _round_half_up(q * (n - 1))
         if rank < self.zeros:
             return 0.0
@@ -158,10 +179,11 @@ class GapSketch:
         if self.n == 0:
             return {k: 0.0 for k in _STATS}
         m = self.total / self.n
+        d = self._dsum / self.n
         out = {"mean": m if mean is None else mean, "min": self.lo, "max": self.hi}
         for name, q in _QUANTILES.items():
             out[name] = self.quantile(q)
-        out["std"] = math.sqrt(max(0.0, self.total_sq / self.n - m * m))
+        out["std"] = math.sqrt(max(0.0, self.total_sq / self.n - d * d))
         return {k: out[k] for k in _STATS}
 
 

@@ -115,7 +115,8 @@ class Simulation:
     # -- cluster -----------------------------------------------------------------------
     def _new_worker(self, state: str) -> Worker:
         wid = len(self.workers)
-        eng = Engine(wid, self.engine_cfg, self.timing, self.metrics, exact=self.exact)
+        eng = Engine(wid, self.engine_cfg, self.timing, self.metrics, exact=self.exact,
+                     defer_gaps=self.max_sim_time_ms is not None)
         eng.on_first_token = self.router.on_first_token
         eng.on_finished = self._on_finished
         if self.router.wants_kv_events:
@@ -347,7 +348,7 @@ class Simulation:
             self.run_until(None)
         if self.cut_off:
             for w in self.workers:
-                w.engine.flush_in_flight()
+                w.engine.stop_at(self.now)
         cols_last = self.metrics.cols["last_token_ms"]
         last_completion = max((x for x in cols_last if x == x), default=0.0)
         end = self.now if self.cut_off else max(last_completion, 0.0)
