@@ -146,20 +146,9 @@ class KvRouter(Router):
         overlaps = []
         for w in workers:
             wid = w.id
-            idx = self.index.get(wid)
-            ov = 0
-            if idx:
-                for k in keys:
-                    if k not in idx:
-                        break
-                    ov += 1
+            ov = _prefix_len(keys, self.index.get(wid))
             active = self.active.get(wid)
-            ov_active = 0
-            if active:
-                for k in keys:
-                    if k not in active:
-                        break
-                    ov_active += 1
+            ov_active = _prefix_len(keys, active)
             prefill = (self.prefill_tokens.get(wid, 0) + isl) / bs - cfg.overlap_score_credit * ov
             if prefill < 0:
                 prefill = 0.0
@@ -222,6 +211,17 @@ class KvRouter(Router):
                 active[k] = c
             else:
                 delete(active, k)
+
+
+def _prefix_len(keys: list[int], present) -> int:
+    """How many leading ``keys`` are in ``present`` (a set or mapping; None = empty)."""
+    n = 0
+    if present:
+        for k in keys:
+            if k not in present:
+                break
+            n += 1
+    return n
 
 
 def make_router(mode: str, rng: np.random.Generator, block_size: int,
