@@ -35,7 +35,7 @@ from .metrics import STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED, Metric
 from .request import Request
 from .timing import TimingModel, decode_ms_series
 
-REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN, REASON_BATCH_BUDGET = 1, 2, 4
+REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN, REASON_BATCH_BUDGET, REASON_SEQ_KV_CAPACITY = 1, 2, 4, 5
 _BLOCKED, _SELF = -1, -2
 
 
@@ -280,6 +280,10 @@ class Engine:
         cfg = self.cfg
         if (s.prompt_len + s.generated + self.bs - 1) // self.bs > cfg.num_gpu_blocks:
             return REASON_KV_CAPACITY
+        if (s.prompt_len + s.max_out - 1 + self.bs - 1) // self.bs > cfg.num_gpu_blocks:
+            # Its full sequence can never be resident: it would end up preempting itself
+            # for good (Dynamo aborts the replay there). Reject it before it runs.
+            return REASON_SEQ_KV_CAPACITY
         if cfg.max_model_len is not None and s.prompt_len >= cfg.max_model_len:
             return REASON_MAX_MODEL_LEN
         if not cfg.enable_chunked_prefill and s.prompt_len > cfg.max_num_batched_tokens:

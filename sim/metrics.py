@@ -36,7 +36,8 @@ _COLUMNS = {
     "num_preemptions": "q", "reason": "q",
 }
 REJECT_REASONS = ("", "prompt_exceeds_kv_capacity", "prompt_exceeds_max_model_len",
-                  "no_active_worker", "prompt_exceeds_batch_budget_unchunked")
+                  "no_active_worker", "prompt_exceeds_batch_budget_unchunked",
+                  "sequence_exceeds_kv_capacity")
 
 
 def _round_half_up(x: float) -> int:
