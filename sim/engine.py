@@ -573,7 +573,7 @@ class Engine:
         if total:
             if self.kv.reserve([], total) is None:      # plan_stretch guaranteed room
                 raise AssertionError("stretch allocation failed")
-            for s, n in zip(running, new_blocks):
+            for s, n in zip(running, new_blocks, strict=True):
                 if n:
                     s.blocks.extend([PRIVATE] * n)
         done = []
