@@ -89,6 +89,8 @@ class Simulation:
         self._active: tuple[list[Worker], list[Engine]] | None = None
         self._dirty: list[Worker] = []
         self.num_arrived = 0
+        self.arrived_input_tokens = 0    # running sums: planners read interval differences
+        self.arrived_output_tokens = 0
         self.num_unroutable = 0
         self.replicas: list[tuple[float, int, int, int]] = []
         self._arrivals: Iterator[Request] = iter(workload)
@@ -111,6 +113,11 @@ class Simulation:
         self._pending_arrival = req
         if req is not None:
             self._push(req.arrival_ms, EV_ARRIVAL, req)
+
+    def call_at(self, t_ms: float, fn: Callable[["Simulation"], None]) -> None:
+        """Run ``fn(sim)`` at virtual time ``t_ms``, after that timestamp's pass ends,
+        worker start-ups and arrivals (planner ticks, environment steps)."""
+        self._push(max(t_ms, self.now), EV_CONTROL, fn)
 
     # -- cluster -----------------------------------------------------------------------
     def _new_worker(self, state: str) -> Worker:
@@ -205,6 +212,8 @@ class Simulation:
     # -- main loop --------------------------------------------------------------------------
     def _route(self, req: Request) -> None:
         self.num_arrived += 1
+        self.arrived_input_tokens += req.input_length
+        self.arrived_output_tokens += req.output_length
         active, engines = self._active_workers()
         if not active:
             # Nowhere to go (all workers starting): queue on the earliest starting worker.
