@@ -25,12 +25,12 @@ before the last pass) are advanced in bulk: ``plan_stretch``/``start_stretch``. 
 from __future__ import annotations
 
 from collections import deque
-from itertools import islice
 from dataclasses import dataclass
 
 import numpy as np
 
-from .kv_cache import PRIVATE, KvCache, block_keys, private_key
+from . import kv_cache as _kv
+from .kv_cache import PRIVATE, block_keys, private_key
 from .metrics import STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED, MetricsCollector
 from .request import Request
 from .timing import TimingModel, decode_ms_series
@@ -91,7 +91,7 @@ class Engine:
         self.metrics = metrics
         self.exact = exact
         self.bs = cfg.block_size
-        self.kv = KvCache(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.kv = _kv.KvCache(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.capacity_tokens = cfg.num_gpu_blocks * cfg.block_size
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
@@ -454,7 +454,7 @@ class Engine:
         if self.waiting and self._admission_possible():
             return 0
         kv = self.kv
-        avail = kv.free_blocks() + len(kv.lru)
+        avail = kv.free_blocks() + kv.inactive_count()
         if _allocations(phases, k, bs) > avail:
             lo, hi = 0, k - 1           # largest k' with allocations(k') <= avail
             while lo < hi:
@@ -537,13 +537,7 @@ class Engine:
         if upto <= start:
             return []
         self._evict_published = upto
-        kv = self.kv
-        out = []
-        for c in islice(kv.lru, start, upto):
-            key = kv.key_of[c]
-            if key >= 0 and kv.by_key.get(key) == c and key not in kv.dups:
-                out.append(key)
-        return out
+        return self.kv.evicted_keys_ahead(start, upto)
 
     def finish_stretch(self, end: float) -> None:
         ends = self.stretch_ends

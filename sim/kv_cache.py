@@ -13,7 +13,9 @@ hash order, so runs are deterministic.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from itertools import islice
 
 import numpy as np
 
@@ -93,8 +95,8 @@ def private_key(request_index: int, block: int) -> int:
     return -1 - (hash((request_index, block)) & _MASK62)
 
 
-class KvCache:
-    """Block accounting for one worker (one DP rank).
+class PyKvCache:
+    """Block accounting for one worker (one DP rank); the reference implementation.
 
     Copy ids are slots ``0 .. num_blocks-1`` (a physical pool never holds more hashed
     copies than it has blocks), so per-copy state lives in preallocated lists; ``by_key``
@@ -129,6 +131,19 @@ class KvCache:
 
     def free_blocks(self) -> int:
         return self.num_blocks - self.num_hashed - self.num_private
+
+    def inactive_count(self) -> int:
+        return len(self.lru)
+
+    def evicted_keys_ahead(self, start: int, stop: int) -> list[int]:
+        """Keys that evicting the LRU's positions [start, stop) would remove from the cache
+        (prompt keys whose last copy goes): the router's view of a stretch's evictions."""
+        out = []
+        for c in islice(self.lru, start, stop):
+            key = self.key_of[c]
+            if key >= 0 and self.by_key.get(key) == c and key not in self.dups:
+                out.append(key)
+        return out
 
     def match_prefix(self, keys: list[int]) -> tuple[int, int]:
         """(leading resident blocks, of which active) for a sequence's full-block keys."""
@@ -272,3 +287,19 @@ class KvCache:
         assert all(self.key_of[c] == k for k, c in self.by_key.items()), "key index drifted"
         assert self.num_private >= 0, "negative private count"
         assert 0 <= self.num_hashed + self.num_private <= self.num_blocks, "pool over-committed"
+
+
+def _native_pool():
+    if os.environ.get("DYNOSIM_PURE_PYTHON"):
+        return None
+    try:
+        from ._kvpool import KvPool
+    except ImportError:
+        return None
+    return KvPool
+
+
+#: The pool the engine uses: the native one when it was built (same semantics, tested
+#: against ``PyKvCache`` operation by operation), else the reference implementation.
+NativeKvPool = _native_pool()
+KvCache = NativeKvPool if NativeKvPool is not None else PyKvCache

@@ -82,16 +82,6 @@ def test_conversation_trace_loads_consistently() -> None:
     assert w.on_complete(reqs[0], 5.0) == []   # no sessions in this trace
 
 
-@pytest.mark.skipif(not CONVERSATION.exists(), reason="shared trace data not present")
-def test_conversation_trace_parses_fast() -> None:
-    best = math.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        load_mooncake(CONVERSATION)
-        best = min(best, time.perf_counter() - start)
-    assert best < 0.3
-
-
 @pytest.mark.skipif(not AZURE_CONV.exists(), reason="shared trace data not present")
 def test_azure_trace_loads() -> None:
     w = load_azure(AZURE_CONV)

@@ -1,0 +1,491 @@
+/* Native KV block pool for dynosim: the per-block hot path of small-pool replays.
+ *
+ * Same semantics and API as the reference implementation ``sim.kv_cache.PyKvCache``
+ * (which documents them); tests run both on the same inputs and require identical results.
+ *
+ * Layout: copies are slots 0..num_blocks-1. A key's resident copies form a chain in
+ * registration order (first copy = the one look-ups use), found through an open-addressing
+ * hash table (linear probing, backward-shift deletion). Inactive copies sit in a doubly
+ * linked LRU list, oldest at the head. Free slots are a stack.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    int64_t num_blocks, block_size;
+    int prefix_caching;
+    int64_t *key_of;        /* slot -> key */
+    int32_t *refs;          /* slot -> holders; -1 = free slot */
+    int32_t *next_copy;     /* slot -> next copy of the same key (-1 = none) */
+    int32_t *lru_prev, *lru_next;
+    int32_t lru_head, lru_tail;
+    int64_t lru_len;
+    int32_t *free_stack;
+    int64_t free_top;
+    int64_t *ht_key;        /* hash table: key -> first copy slot */
+    int32_t *ht_val;        /* -1 = empty */
+    uint64_t ht_mask;
+    int64_t num_private, num_hashed, evictions;
+    PyObject *events;       /* KvEvents or None */
+} KvPool;
+
+static inline uint64_t mix64(uint64_t x) {
+    x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27; x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+/* -- hash table ------------------------------------------------------------ */
+static inline int32_t ht_get(KvPool *p, int64_t key) {
+    uint64_t i = mix64((uint64_t)key) & p->ht_mask;
+    while (p->ht_val[i] >= 0) {
+        if (p->ht_key[i] == key) return p->ht_val[i];
+        i = (i + 1) & p->ht_mask;
+    }
+    return -1;
+}
+
+static inline uint64_t ht_find_index(KvPool *p, int64_t key) {
+    uint64_t i = mix64((uint64_t)key) & p->ht_mask;
+    while (p->ht_val[i] >= 0) {
+        if (p->ht_key[i] == key) return i;
+        i = (i + 1) & p->ht_mask;
+    }
+    return (uint64_t)-1;
+}
+
+static inline void ht_set(KvPool *p, int64_t key, int32_t val) {
+    uint64_t i = mix64((uint64_t)key) & p->ht_mask;
+    while (p->ht_val[i] >= 0) {
+        if (p->ht_key[i] == key) { p->ht_val[i] = val; return; }
+        i = (i + 1) & p->ht_mask;
+    }
+    p->ht_key[i] = key;
+    p->ht_val[i] = val;
+}
+
+static inline void ht_del(KvPool *p, int64_t key) {
+    uint64_t i = ht_find_index(p, key);
+    if (i == (uint64_t)-1) return;
+    /* backward-shift deletion keeps probe sequences intact without tombstones */
+    uint64_t j = i;
+    for (;;) {
+        p->ht_val[i] = -1;
+        for (;;) {
+            j = (j + 1) & p->ht_mask;
+            if (p->ht_val[j] < 0) return;
+            uint64_t h = mix64((uint64_t)p->ht_key[j]) & p->ht_mask;
+            /* can the entry at j move to i? only if i is cyclically in [h, j) */
+            if (i <= j ? (h <= i || h > j) : (h <= i && h > j)) break;
+        }
+        p->ht_key[i] = p->ht_key[j];
+        p->ht_val[i] = p->ht_val[j];
+        i = j;
+    }
+}
+
+/* -- LRU list ----------------------------------------------------------------- */
+static inline void lru_push_tail(KvPool *p, int32_t c) {
+    p->lru_prev[c] = p->lru_tail;
+    p->lru_next[c] = -1;
+    if (p->lru_tail >= 0) p->lru_next[p->lru_tail] = c; else p->lru_head = c;
+    p->lru_tail = c;
+    p->lru_len++;
+}
+
+static inline void lru_remove(KvPool *p, int32_t c) {
+    int32_t a = p->lru_prev[c], b = p->lru_next[c];
+    if (a >= 0) p->lru_next[a] = b; else p->lru_head = b;
+    if (b >= 0) p->lru_prev[b] = a; else p->lru_tail = a;
+    p->lru_len--;
+}
+
+/* -- helpers -------------------------------------------------------------------- */
+static int append_long(PyObject *list, long long v) {
+    PyObject *o = PyLong_FromLongLong(v);
+    if (!o) return -1;
+    int r = PyList_Append(list, o);
+    Py_DECREF(o);
+    return r;
+}
+
+static int get_key(PyObject *obj, int64_t *out) {
+    long long v = PyLong_AsLongLong(obj);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    *out = (int64_t)v;
+    return 0;
+}
+
+/* Evict the n oldest inactive copies (caller checked there are enough). */
+static int evict(KvPool *p, int64_t n) {
+    PyObject *removed = NULL, *stored = NULL, *late = NULL;
+    if (p->events != Py_None) {
+        removed = PyObject_GetAttrString(p->events, "removed");
+        stored = PyObject_GetAttrString(p->events, "stored");
+        late = PyObject_GetAttrString(p->events, "late");
+        if (!removed || !stored || !late) goto fail;
+    }
+    for (int64_t e = 0; e < n; e++) {
+        int32_t c = p->lru_head;
+        lru_remove(p, c);
+        int64_t k = p->key_of[c];
+        int32_t first = ht_get(p, k);
+        if (first == c) {
+            if (p->next_copy[c] >= 0) {
+                ht_set(p, k, p->next_copy[c]);
+            } else {
+                ht_del(p, k);
+                if (removed && k >= 0) {
+                    Py_ssize_t ns = PyList_GET_SIZE(stored);
+                    if (ns) {   /* a removal after stores in this pass: keep its position */
+                        PyObject *t = Py_BuildValue("(nL)", ns, (long long)k);
+                        if (!t || PyList_Append(late, t) < 0) { Py_XDECREF(t); goto fail; }
+                        Py_DECREF(t);
+                    }
+                    if (append_long(removed, k) < 0) goto fail;
+                }
+            }
+        } else {
+            int32_t x = first;
+            while (p->next_copy[x] != c) x = p->next_copy[x];
+            p->next_copy[x] = p->next_copy[c];
+        }
+        p->next_copy[c] = -1;
+        p->refs[c] = -1;
+        p->free_stack[p->free_top++] = c;
+    }
+    p->num_hashed -= n;
+    p->evictions += n;
+    Py_XDECREF(removed); Py_XDECREF(stored); Py_XDECREF(late);
+    return 0;
+fail:
+    Py_XDECREF(removed); Py_XDECREF(stored); Py_XDECREF(late);
+    return -1;
+}
+
+/* Register key on a fresh slot (a private block that filled); returns the slot. */
+static int32_t register_key(KvPool *p, int64_t key, PyObject *stored) {
+    int32_t c = p->free_stack[--p->free_top];
+    p->key_of[c] = key;
+    p->refs[c] = 1;
+    p->next_copy[c] = -1;
+    int32_t first = ht_get(p, key);
+    if (first >= 0) {
+        int32_t x = first;
+        while (p->next_copy[x] >= 0) x = p->next_copy[x];
+        p->next_copy[x] = c;
+    } else {
+        ht_set(p, key, c);
+        if (stored && key >= 0 && append_long(stored, key) < 0) return -2;
+    }
+    return c;
+}
+
+/* -- methods ---------------------------------------------------------------------- */
+static PyObject *KvPool_match_prefix(KvPool *p, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    Py_ssize_t n = 0, na = 0;
+    if (p->prefix_caching) {
+        Py_ssize_t m = PyList_GET_SIZE(keys);
+        for (Py_ssize_t i = 0; i < m; i++) {
+            int64_t k;
+            if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+            int32_t c = ht_get(p, k);
+            if (c < 0) break;
+            n++;
+            if (p->refs[c] > 0) na++;
+        }
+    }
+    return Py_BuildValue("(nn)", n, na);
+}
+
+static PyObject *KvPool_resident(KvPool *p, PyObject *key) {
+    int64_t k;
+    if (get_key(key, &k) < 0) return NULL;
+    return PyBool_FromLong(ht_get(p, k) >= 0);
+}
+
+static PyObject *KvPool_reserve(KvPool *p, PyObject *args) {
+    PyObject *hits; Py_ssize_t fresh;
+    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &hits, &fresh)) return NULL;
+    Py_ssize_t nh = PyList_GET_SIZE(hits);
+    int64_t free_now = p->num_blocks - p->num_hashed - p->num_private;
+    int64_t shortfall = (int64_t)fresh - free_now;
+    if (shortfall > 0) {
+        int64_t inactive_hits = 0;
+        for (Py_ssize_t i = 0; i < nh; i++) {
+            int64_t k;
+            if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) return NULL;
+            int32_t c = ht_get(p, k);
+            if (c < 0) { PyErr_SetString(PyExc_KeyError, "hit key not resident"); return NULL; }
+            if (p->refs[c] == 0) inactive_hits++;
+        }
+        if (shortfall > p->lru_len - inactive_hits) Py_RETURN_NONE;
+    }
+    PyObject *ids = PyList_New(nh);
+    if (!ids) return NULL;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) { Py_DECREF(ids); return NULL; }
+        int32_t c = ht_get(p, k);
+        if (c < 0) { Py_DECREF(ids); PyErr_SetString(PyExc_KeyError, "hit key not resident"); return NULL; }
+        if (p->refs[c] == 0) lru_remove(p, c);
+        p->refs[c]++;
+        PyList_SET_ITEM(ids, i, PyLong_FromLong(c));
+    }
+    if (shortfall > 0 && evict(p, shortfall) < 0) { Py_DECREF(ids); return NULL; }
+    p->num_private += fresh;
+    return ids;
+}
+
+static PyObject *KvPool_register(KvPool *p, PyObject *key) {
+    int64_t k;
+    if (get_key(key, &k) < 0) return NULL;
+    if (p->free_top == 0) { PyErr_SetString(PyExc_RuntimeError, "no free slot"); return NULL; }
+    PyObject *stored = NULL;
+    if (p->events != Py_None) {
+        stored = PyObject_GetAttrString(p->events, "stored");
+        if (!stored) return NULL;
+    }
+    int32_t c = register_key(p, k, stored);
+    Py_XDECREF(stored);
+    if (c == -2) return NULL;
+    p->num_private--;
+    p->num_hashed++;
+    return PyLong_FromLong(c);
+}
+
+static PyObject *KvPool_register_range(KvPool *p, PyObject *args) {
+    PyObject *blocks, *keys, *private_of; Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "O!nnO!O", &PyList_Type, &blocks, &start, &stop,
+                          &PyList_Type, &keys, &private_of)) return NULL;
+    PyObject *stored = NULL;
+    if (p->events != Py_None) {
+        stored = PyObject_GetAttrString(p->events, "stored");
+        if (!stored) return NULL;
+    }
+    Py_ssize_t nk = PyList_GET_SIZE(keys), n = 0;
+    for (Py_ssize_t b = start; b < stop; b++) {
+        PyObject *cur = PyList_GET_ITEM(blocks, b);
+        long cv = PyLong_AsLong(cur);
+        if (cv == -1 && PyErr_Occurred()) goto fail;
+        if (cv != -1) continue;
+        int64_t k;
+        if (b < nk) {
+            if (get_key(PyList_GET_ITEM(keys, b), &k) < 0) goto fail;
+        } else {
+            PyObject *bo = PyLong_FromSsize_t(b);
+            PyObject *r = bo ? PyObject_CallOneArg(private_of, bo) : NULL;
+            Py_XDECREF(bo);
+            if (!r) goto fail;
+            int rc = get_key(r, &k);
+            Py_DECREF(r);
+            if (rc < 0) goto fail;
+        }
+        if (p->free_top == 0) { PyErr_SetString(PyExc_RuntimeError, "no free slot"); goto fail; }
+        int32_t c = register_key(p, k, stored);
+        if (c == -2) goto fail;
+        PyObject *co = PyLong_FromLong(c);
+        if (!co) goto fail;
+        if (PyList_SetItem(blocks, b, co) < 0) goto fail;   /* steals co */
+        n++;
+    }
+    p->num_private -= n;
+    p->num_hashed += n;
+    Py_XDECREF(stored);
+    Py_RETURN_NONE;
+fail:
+    p->num_private -= n;
+    p->num_hashed += n;
+    Py_XDECREF(stored);
+    return NULL;
+}
+
+static PyObject *KvPool_release(KvPool *p, PyObject *blocks) {
+    if (!PyList_Check(blocks)) { PyErr_SetString(PyExc_TypeError, "blocks must be a list"); return NULL; }
+    for (Py_ssize_t i = PyList_GET_SIZE(blocks) - 1; i >= 0; i--) {
+        long c = PyLong_AsLong(PyList_GET_ITEM(blocks, i));
+        if (c == -1) {
+            if (PyErr_Occurred()) return NULL;
+            p->num_private--;
+            continue;
+        }
+        if (--p->refs[c] == 0) lru_push_tail(p, (int32_t)c);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *KvPool_free_blocks(KvPool *p, PyObject *Py_UNUSED(a)) {
+    return PyLong_FromLongLong(p->num_blocks - p->num_hashed - p->num_private);
+}
+
+static PyObject *KvPool_inactive_count(KvPool *p, PyObject *Py_UNUSED(a)) {
+    return PyLong_FromLongLong(p->lru_len);
+}
+
+static PyObject *KvPool_evicted_keys_ahead(KvPool *p, PyObject *args) {
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "nn", &start, &stop)) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    int32_t c = p->lru_head;
+    for (Py_ssize_t i = 0; i < stop && c >= 0; i++, c = p->lru_next[c]) {
+        if (i < start) continue;
+        int64_t k = p->key_of[c];
+        if (k >= 0 && ht_get(p, k) == c && p->next_copy[c] < 0 && append_long(out, k) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static PyObject *KvPool_check(KvPool *p, PyObject *Py_UNUSED(a)) {
+    int64_t used = 0, zero = 0;
+    for (int64_t c = 0; c < p->num_blocks; c++) {
+        if (p->refs[c] < 0) continue;
+        used++;
+        if (p->refs[c] == 0) zero++;
+        /* reachable from its key's first copy */
+        int32_t x = ht_get(p, p->key_of[c]);
+        while (x >= 0 && x != c) x = p->next_copy[x];
+        if (x != c) { PyErr_SetString(PyExc_AssertionError, "index drifted"); return NULL; }
+    }
+    if (used != p->num_hashed || used != p->num_blocks - p->free_top) {
+        PyErr_SetString(PyExc_AssertionError, "copies drifted"); return NULL;
+    }
+    int64_t n = 0;
+    for (int32_t c = p->lru_head; c >= 0; c = p->lru_next[c]) {
+        if (p->refs[c] != 0) { PyErr_SetString(PyExc_AssertionError, "held block in the LRU"); return NULL; }
+        n++;
+    }
+    if (n != p->lru_len || n != zero) { PyErr_SetString(PyExc_AssertionError, "LRU drifted"); return NULL; }
+    if (p->num_private < 0) { PyErr_SetString(PyExc_AssertionError, "negative private count"); return NULL; }
+    if (p->num_hashed + p->num_private > p->num_blocks) {
+        PyErr_SetString(PyExc_AssertionError, "pool over-committed"); return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *KvPool_get_num_active(KvPool *p, void *Py_UNUSED(c)) {
+    return PyLong_FromLongLong(p->num_hashed - p->lru_len + p->num_private);
+}
+static PyObject *KvPool_get_events(KvPool *p, void *Py_UNUSED(c)) {
+    Py_INCREF(p->events); return p->events;
+}
+static int KvPool_set_events(KvPool *p, PyObject *v, void *Py_UNUSED(c)) {
+    if (!v) v = Py_None;
+    Py_INCREF(v); Py_SETREF(p->events, v); return 0;
+}
+static PyObject *KvPool_get_num_private(KvPool *p, void *Py_UNUSED(c)) {
+    return PyLong_FromLongLong(p->num_private);
+}
+static int KvPool_set_num_private(KvPool *p, PyObject *v, void *Py_UNUSED(c)) {
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    p->num_private = x; return 0;
+}
+static PyObject *get_i64(int64_t v) { return PyLong_FromLongLong(v); }
+static PyObject *KvPool_get_num_hashed(KvPool *p, void *c) { (void)c; return get_i64(p->num_hashed); }
+static PyObject *KvPool_get_evictions(KvPool *p, void *c) { (void)c; return get_i64(p->evictions); }
+static PyObject *KvPool_get_num_blocks(KvPool *p, void *c) { (void)c; return get_i64(p->num_blocks); }
+static PyObject *KvPool_get_block_size(KvPool *p, void *c) { (void)c; return get_i64(p->block_size); }
+static PyObject *KvPool_get_prefix_caching(KvPool *p, void *c) { (void)c; return PyBool_FromLong(p->prefix_caching); }
+
+static void KvPool_dealloc(KvPool *p) {
+    PyMem_Free(p->key_of); PyMem_Free(p->refs); PyMem_Free(p->next_copy);
+    PyMem_Free(p->lru_prev); PyMem_Free(p->lru_next); PyMem_Free(p->free_stack);
+    PyMem_Free(p->ht_key); PyMem_Free(p->ht_val);
+    Py_XDECREF(p->events);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static int KvPool_init(KvPool *p, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"num_blocks", "block_size", "prefix_caching", NULL};
+    long long nb, bs; int pc = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|p", kwlist, &nb, &bs, &pc)) return -1;
+    if (nb <= 0 || nb > 0x7fffffff || bs <= 0) {
+        PyErr_SetString(PyExc_ValueError, "num_blocks and block_size must be positive"); return -1;
+    }
+    p->num_blocks = nb; p->block_size = bs; p->prefix_caching = pc;
+    uint64_t cap = 16;
+    while (cap < (uint64_t)nb * 2) cap <<= 1;
+    p->ht_mask = cap - 1;
+    p->key_of = PyMem_Calloc(nb, sizeof(int64_t));
+    p->refs = PyMem_Malloc(nb * sizeof(int32_t));
+    p->next_copy = PyMem_Malloc(nb * sizeof(int32_t));
+    p->lru_prev = PyMem_Malloc(nb * sizeof(int32_t));
+    p->lru_next = PyMem_Malloc(nb * sizeof(int32_t));
+    p->free_stack = PyMem_Malloc(nb * sizeof(int32_t));
+    p->ht_key = PyMem_Calloc(cap, sizeof(int64_t));
+    p->ht_val = PyMem_Malloc(cap * sizeof(int32_t));
+    if (!p->key_of || !p->refs || !p->next_copy || !p->lru_prev || !p->lru_next ||
+        !p->free_stack || !p->ht_key || !p->ht_val) { PyErr_NoMemory(); return -1; }
+    for (int64_t i = 0; i < nb; i++) {
+        p->refs[i] = -1; p->next_copy[i] = -1;
+        p->free_stack[i] = (int32_t)(nb - 1 - i);    /* pop order 0, 1, 2, ... */
+    }
+    p->free_top = nb;
+    memset(p->ht_val, 0xff, cap * sizeof(int32_t));
+    p->lru_head = p->lru_tail = -1; p->lru_len = 0;
+    p->num_private = p->num_hashed = p->evictions = 0;
+    Py_INCREF(Py_None); Py_XSETREF(p->events, Py_None);
+    return 0;
+}
+
+static PyMethodDef KvPool_methods[] = {
+    {"match_prefix", (PyCFunction)KvPool_match_prefix, METH_O, "(leading resident blocks, of which active)"},
+    {"resident", (PyCFunction)KvPool_resident, METH_O, "is a copy of key resident"},
+    {"reserve", (PyCFunction)KvPool_reserve, METH_VARARGS, "pin hits and take fresh private blocks, atomically"},
+    {"register", (PyCFunction)KvPool_register, METH_O, "a private block filled: hash it as key"},
+    {"register_range", (PyCFunction)KvPool_register_range, METH_VARARGS, "register private blocks[start:stop]"},
+    {"release", (PyCFunction)KvPool_release, METH_O, "drop one hold on each block, last first"},
+    {"free_blocks", (PyCFunction)KvPool_free_blocks, METH_NOARGS, "never-used or freed blocks"},
+    {"inactive_count", (PyCFunction)KvPool_inactive_count, METH_NOARGS, "inactive (evictable) copies"},
+    {"evicted_keys_ahead", (PyCFunction)KvPool_evicted_keys_ahead, METH_VARARGS,
+     "keys that evicting LRU positions [start, stop) would remove from the cache"},
+    {"check", (PyCFunction)KvPool_check, METH_NOARGS, "assert invariants"},
+    {NULL}
+};
+
+static PyGetSetDef KvPool_getset[] = {
+    {"num_active", (getter)KvPool_get_num_active, NULL, "held blocks", NULL},
+    {"events", (getter)KvPool_get_events, (setter)KvPool_set_events, "KvEvents or None", NULL},
+    {"num_private", (getter)KvPool_get_num_private, (setter)KvPool_set_num_private, "unhashed held blocks", NULL},
+    {"num_hashed", (getter)KvPool_get_num_hashed, NULL, "resident hashed copies", NULL},
+    {"evictions", (getter)KvPool_get_evictions, NULL, "copies evicted so far", NULL},
+    {"num_blocks", (getter)KvPool_get_num_blocks, NULL, NULL, NULL},
+    {"block_size", (getter)KvPool_get_block_size, NULL, NULL, NULL},
+    {"prefix_caching", (getter)KvPool_get_prefix_caching, NULL, NULL, NULL},
+    {NULL}
+};
+
+static PyTypeObject KvPoolType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sim._kvpool.KvPool",
+    .tp_doc = "KV block pool with prefix caching (native; see sim.kv_cache.PyKvCache).",
+    .tp_basicsize = sizeof(KvPool),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)KvPool_init,
+    .tp_dealloc = (destructor)KvPool_dealloc,
+    .tp_methods = KvPool_methods,
+    .tp_getset = KvPool_getset,
+};
+
+static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NULL, -1, NULL};
+
+PyMODINIT_FUNC PyInit__kvpool(void) {
+    if (PyType_Ready(&KvPoolType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&kvpool_module);
+    if (!m) return NULL;
+    Py_INCREF(&KvPoolType);
+    if (PyModule_AddObject(m, "KvPool", (PyObject *)&KvPoolType) < 0) {
+        Py_DECREF(&KvPoolType); Py_DECREF(m); return NULL;
+    }
+    return m;
+}

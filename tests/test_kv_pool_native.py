@@ -1,0 +1,94 @@
+"""The native KV pool (sim/_kvpool.c) against the reference ``PyKvCache``.
+
+The engine uses the native pool when it was built; these tests require it to be built
+(unless DYNOSIM_PURE_PYTHON is set) and to behave exactly like the reference, operation by
+operation and over whole replays, preemption-heavy ones included.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+import sim.kv_cache as kvmod
+from sim.engine import EngineConfig
+from sim.kv_cache import PRIVATE, KvEvents, NativeKvPool, PyKvCache
+from sim.simulator import ClusterConfig, Simulation
+from sim.timing import PolynomialTiming
+from sim.workloads import fixed, lognormal, poisson, synthetic
+
+pytestmark = pytest.mark.skipif(NativeKvPool is None and bool(os.environ.get("DYNOSIM_PURE_PYTHON")),
+                                reason="pure-Python pool forced")
+
+
+def test_native_pool_is_built() -> None:
+    assert NativeKvPool is not None, "sim/_kvpool.c was not compiled (see setup.py)"
+    assert kvmod.KvCache is NativeKvPool
+
+
+def _state(p) -> tuple:
+    return (p.num_active, p.free_blocks(), p.inactive_count(), p.num_hashed, p.num_private,
+            p.evictions, [p.match_prefix([k]) for k in range(-6, 16)],
+            p.evicted_keys_ahead(0, 64), list(p.events.stored), list(p.events.removed),
+            list(p.events.late))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_same_state_after_every_operation(seed: int) -> None:
+    rnd = random.Random(seed)
+    nb = rnd.randint(3, 40)
+    a, b = PyKvCache(nb, 16), NativeKvPool(nb, 16)
+    a.events, b.events = KvEvents(), KvEvents()
+    held_a: list[list[int]] = []
+    held_b: list[list[int]] = []
+    for _ in range(1500):
+        if rnd.random() < 0.5:
+            resident = [k for k in range(-6, 16) if a.resident(k)]
+            assert resident == [k for k in range(-6, 16) if b.resident(k)]
+            hits = rnd.sample(resident, min(len(resident), rnd.randint(0, 3)))
+            fresh = rnd.randint(0, 4)
+            ra, rb = a.reserve(list(hits), fresh), b.reserve(list(hits), fresh)
+            assert (ra is None) == (rb is None)
+            if ra is not None:
+                ba, bb = list(ra) + [PRIVATE] * fresh, list(rb) + [PRIVATE] * fresh
+                keys = [rnd.randint(-6, 15) for _ in ba]      # duplicates and collisions
+                n = rnd.randint(0, len(ba))
+                a.register_range(ba, 0, n, keys[: n - 1], lambda x: -100 - x)
+                b.register_range(bb, 0, n, keys[: n - 1], lambda x: -100 - x)
+                held_a.append(ba)
+                held_b.append(bb)
+        elif held_a:
+            j = rnd.randrange(len(held_a))
+            a.release(held_a.pop(j))
+            b.release(held_b.pop(j))
+        assert _state(a) == _state(b)
+        a.check()
+        b.check()
+        if rnd.random() < 0.1:
+            a.events.clear()
+            b.events.clear()
+
+
+@pytest.mark.parametrize("router", ["round_robin", "kv"])
+@pytest.mark.parametrize("blocks", [300, 2000])
+def test_whole_replays_identical(monkeypatch, router: str, blocks: int) -> None:
+    def run(pool):
+        monkeypatch.setattr(kvmod, "KvCache", pool)
+        wl = synthetic(np.random.default_rng(3), arrival=poisson(6.0),
+                       isl=lognormal(1500, 0.8, max_value=4000), osl=lognormal(120, 0.7),
+                       num_requests=250, num_prefix_groups=8, shared_prefix_blocks=2)
+        sim = Simulation(wl, engine=EngineConfig(block_size=16, num_gpu_blocks=blocks),
+                         timing=PolynomialTiming(), cluster=ClusterConfig(num_workers=3),
+                         router=router, seed=1, check_invariants=True)
+        res = sim.run()
+        return res.summary, res.metrics.columns()
+
+    s_py, c_py = run(PyKvCache)
+    s_c, c_c = run(NativeKvPool)
+    assert s_py["engine"] == s_c["engine"]
+    if blocks == 300:
+        assert s_c["engine"]["preemptions"] > 0 and s_c["engine"]["evictions"] > 0
+    for k in c_py:
+        np.testing.assert_array_equal(c_py[k], c_c[k], err_msg=k)
