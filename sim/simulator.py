@@ -119,6 +119,11 @@ class Simulation:
         worker start-ups and arrivals (planner ticks, environment steps)."""
         self._push(max(t_ms, self.now), EV_CONTROL, fn)
 
+    def has_pending_work(self) -> bool:
+        """Is anything left besides control callbacks (pass ends, arrivals, start-ups, idle
+        workers about to start)? Periodic callbacks stop rescheduling when it is not."""
+        return bool(self._dirty) or any(ev[1] != EV_CONTROL for ev in self.heap)
+
     # -- cluster -----------------------------------------------------------------------
     def _new_worker(self, state: str) -> Worker:
         wid = len(self.workers)
