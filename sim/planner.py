@@ -53,7 +53,7 @@ import numpy as np
 
 from .errors import InputError
 from .predictors import PREDICTORS, make_predictor
-from .simulator import ACTIVE, DRAINING, STARTING
+from .simulator import ACTIVE, DRAINING
 
 DEFAULT_LOAD_INTERVAL_S = 5.0          # Dynamo load_adjustment_interval_seconds
 DEFAULT_THROUGHPUT_INTERVAL_S = 180.0  # Dynamo throughput_adjustment_interval_seconds
