@@ -477,15 +477,190 @@ static PyTypeObject KvPoolType = {
     .tp_getset = KvPool_getset,
 };
 
-static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NULL, -1, NULL};
+
+/* == block keys ============================================================== */
+/* Chain over trace hash ids and per-engine-block keys; sim.kv_cache.py_block_keys is the
+ * pure-Python twin (bit-identical). */
+#define MIX_A 0x9E3779B97F4A7C15ULL
+#define MIX_B 0x632BE59BD9B4E019ULL
+#define MASK62 ((1ULL << 62) - 1)
+
+static PyObject *mod_block_keys(PyObject *self, PyObject *args) {
+    PyObject *hash_ids; long long tbs, bs, nfull;
+    if (!PyArg_ParseTuple(args, "OLLL", &hash_ids, &tbs, &bs, &nfull)) return NULL;
+    if (nfull <= 0) return PyList_New(0);
+    PyObject *seq = PySequence_Fast(hash_ids, "hash_ids must be a sequence");
+    if (!seq) return NULL;
+    long long last = (nfull * bs - 1) / tbs;
+    Py_ssize_t nh = PySequence_Fast_GET_SIZE(seq);
+    if (last >= nh) { Py_DECREF(seq); PyErr_SetString(PyExc_IndexError, "too few hash_ids"); return NULL; }
+    uint64_t *chain = PyMem_Malloc((size_t)(last + 1) * sizeof(uint64_t));
+    if (!chain) { Py_DECREF(seq); return PyErr_NoMemory(); }
+    uint64_t c = 0;
+    for (long long i = 0; i <= last; i++) {
+        unsigned long long h = PyLong_AsUnsignedLongLongMask(PySequence_Fast_GET_ITEM(seq, i));
+        if (h == (unsigned long long)-1 && PyErr_Occurred()) { PyMem_Free(chain); Py_DECREF(seq); return NULL; }
+        c = mix64(c ^ ((uint64_t)h * MIX_A + MIX_B));
+        chain[i] = c;
+    }
+    Py_DECREF(seq);
+    PyObject *out = PyList_New(nfull);
+    if (!out) { PyMem_Free(chain); return NULL; }
+    for (long long b = 0; b < nfull; b++) {
+        long long j = ((b + 1) * bs - 1) / tbs;
+        uint64_t k = (chain[j] * MIX_A + (uint64_t)b) & MASK62;
+        PyObject *o = PyLong_FromUnsignedLongLong(k);
+        if (!o) { Py_DECREF(out); PyMem_Free(chain); return NULL; }
+        PyList_SET_ITEM(out, b, o);
+    }
+    PyMem_Free(chain);
+    return out;
+}
+
+/* == counted key multiset (the KV router's active blocks) ========================== */
+typedef struct {
+    PyObject_HEAD
+    int64_t *keys; int64_t *counts;   /* counts 0 = empty slot */
+    uint64_t mask; int64_t size;
+} KeyCounter;
+
+static int kc_alloc(KeyCounter *m, uint64_t cap) {
+    m->keys = PyMem_Calloc(cap, sizeof(int64_t));
+    m->counts = PyMem_Calloc(cap, sizeof(int64_t));
+    if (!m->keys || !m->counts) { PyErr_NoMemory(); return -1; }
+    m->mask = cap - 1;
+    return 0;
+}
+
+static inline uint64_t kc_find(KeyCounter *m, int64_t k) {
+    uint64_t i = mix64((uint64_t)k) & m->mask;
+    while (m->counts[i] && m->keys[i] != k) i = (i + 1) & m->mask;
+    return i;
+}
+
+static int kc_grow(KeyCounter *m) {
+    int64_t *ok = m->keys, *oc = m->counts; uint64_t ocap = m->mask + 1;
+    if (kc_alloc(m, ocap * 2) < 0) { m->keys = ok; m->counts = oc; m->mask = ocap - 1; return -1; }
+    for (uint64_t i = 0; i < ocap; i++) if (oc[i]) {
+        uint64_t j = kc_find(m, ok[i]); m->keys[j] = ok[i]; m->counts[j] = oc[i];
+    }
+    PyMem_Free(ok); PyMem_Free(oc);
+    return 0;
+}
+
+static void kc_del_at(KeyCounter *m, uint64_t i) {
+    uint64_t j = i;
+    for (;;) {
+        m->counts[i] = 0;
+        for (;;) {
+            j = (j + 1) & m->mask;
+            if (!m->counts[j]) return;
+            uint64_t h = mix64((uint64_t)m->keys[j]) & m->mask;
+            if (i <= j ? (h <= i || h > j) : (h <= i && h > j)) break;
+        }
+        m->keys[i] = m->keys[j]; m->counts[i] = m->counts[j];
+        i = j;
+    }
+}
+
+static int KeyCounter_init(KeyCounter *m, PyObject *args, PyObject *kw) {
+    if (!PyArg_ParseTuple(args, "")) return -1;
+    PyMem_Free(m->keys); PyMem_Free(m->counts);
+    m->size = 0;
+    return kc_alloc(m, 64);
+}
+
+static void KeyCounter_dealloc(KeyCounter *m) {
+    PyMem_Free(m->keys); PyMem_Free(m->counts);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyObject *KeyCounter_add_all(KeyCounter *m, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if ((uint64_t)(m->size + 1) * 2 > m->mask + 1 && kc_grow(m) < 0) return NULL;
+        uint64_t j = kc_find(m, k);
+        if (!m->counts[j]) { m->keys[j] = k; m->size++; }
+        m->counts[j]++;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *KeyCounter_remove_all(KeyCounter *m, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        uint64_t j = kc_find(m, k);
+        if (!m->counts[j]) { PyErr_SetString(PyExc_KeyError, "key not counted"); return NULL; }
+        if (--m->counts[j] == 0) { kc_del_at(m, j); m->size--; }
+    }
+    Py_RETURN_NONE;
+}
+
+static int KeyCounter_contains(KeyCounter *m, PyObject *key) {
+    int64_t k;
+    if (get_key(key, &k) < 0) return -1;
+    return m->counts[kc_find(m, k)] != 0;
+}
+
+static Py_ssize_t KeyCounter_len(KeyCounter *m) { return (Py_ssize_t)m->size; }
+
+static PyMethodDef KeyCounter_methods[] = {
+    {"add_all", (PyCFunction)KeyCounter_add_all, METH_O, "count each key once more"},
+    {"remove_all", (PyCFunction)KeyCounter_remove_all, METH_O, "count each key once less"},
+    {NULL}
+};
+static PySequenceMethods KeyCounter_as_seq = {
+    .sq_length = (lenfunc)KeyCounter_len, .sq_contains = (objobjproc)KeyCounter_contains,
+};
+static PyTypeObject KeyCounterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sim._kvpool.KeyCounter",
+    .tp_doc = "Multiset of int keys; len() = distinct keys (see sim.router.PyKeyCounter).",
+    .tp_basicsize = sizeof(KeyCounter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)KeyCounter_init,
+    .tp_dealloc = (destructor)KeyCounter_dealloc,
+    .tp_methods = KeyCounter_methods,
+    .tp_as_sequence = &KeyCounter_as_seq,
+};
+
+static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
+    PyObject *keys, *present;
+    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &keys, &present)) return NULL;
+    Py_ssize_t n = 0;
+    if (present == Py_None) return PyLong_FromSsize_t(0);
+    for (; n < PyList_GET_SIZE(keys); n++) {
+        int r = PySequence_Contains(present, PyList_GET_ITEM(keys, n));
+        if (r < 0) return NULL;
+        if (!r) break;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+static PyMethodDef module_methods[] = {
+    {"block_keys", mod_block_keys, METH_VARARGS, "engine-block keys of a trace prompt"},
+    {"prefix_len", mod_prefix_len, METH_VARARGS, "how many leading keys are present"},
+    {NULL}
+};
+
+static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NULL, -1, module_methods};
 
 PyMODINIT_FUNC PyInit__kvpool(void) {
-    if (PyType_Ready(&KvPoolType) < 0) return NULL;
+    if (PyType_Ready(&KvPoolType) < 0 || PyType_Ready(&KeyCounterType) < 0) return NULL;
     PyObject *m = PyModule_Create(&kvpool_module);
     if (!m) return NULL;
     Py_INCREF(&KvPoolType);
     if (PyModule_AddObject(m, "KvPool", (PyObject *)&KvPoolType) < 0) {
         Py_DECREF(&KvPoolType); Py_DECREF(m); return NULL;
+    }
+    Py_INCREF(&KeyCounterType);
+    if (PyModule_AddObject(m, "KeyCounter", (PyObject *)&KeyCounterType) < 0) {
+        Py_DECREF(&KeyCounterType); Py_DECREF(m); return NULL;
     }
     return m;
 }

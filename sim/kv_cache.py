@@ -19,33 +19,48 @@ from itertools import islice
 
 import numpy as np
 
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 _MASK62 = (1 << 62) - 1
 PRIVATE = -1     # block id of a private (unhashed) block held by a sequence
 
 
-def block_keys(hash_ids: tuple[int, ...], trace_block_size: int, block_size: int,
-               num_full_blocks: int) -> list[int]:
+_M64 = (1 << 64) - 1
+_MIX_A, _MIX_B = 0x9E3779B97F4A7C15, 0x632BE59BD9B4E019
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser (bit-identical to the native module's)."""
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def py_block_keys(hash_ids: tuple[int, ...], trace_block_size: int, block_size: int,
+                  num_full_blocks: int) -> list[int]:
     """Engine-block keys for the first ``num_full_blocks`` full blocks of a trace prompt.
 
     Token t of the prompt is hash_ids[t // trace_block_size] (Dynamo's token synthesis), so
     two prompts agree on their first (b+1)*block_size tokens exactly when they agree on
     hash_ids[0 .. j] with j = ((b+1)*block_size - 1) // trace_block_size. The key of engine
-    block b mixes the chained hash of hash_ids[0 .. j] with b: equal keys mean equal token
+    block b mixes a chained hash of hash_ids[0 .. j] with b: equal keys mean equal token
     prefixes (up to 64-bit collisions, as with Dynamo's XXH3 keys). Keys are >= 0.
+    The native ``sim._kvpool.block_keys`` computes the same values.
     """
     if num_full_blocks <= 0:
         return []
+    last = (num_full_blocks * block_size - 1) // trace_block_size
+    if last >= len(hash_ids):
+        raise IndexError("too few hash_ids")
     chain = []
     c = 0
-    last_needed = ((num_full_blocks * block_size) - 1) // trace_block_size
-    for h in hash_ids[: last_needed + 1]:
-        c = hash((c, h))
+    for h in hash_ids[: last + 1]:
+        c = _mix64(c ^ (((h & _M64) * _MIX_A + _MIX_B) & _M64))
         chain.append(c)
-    b = np.arange(num_full_blocks, dtype=np.int64)
-    j = ((b + 1) * block_size - 1) // trace_block_size
-    mixed = np.asarray(chain, dtype=np.int64)[j].astype(np.uint64) * _MIX + b.astype(np.uint64)
-    return (mixed & np.uint64(_MASK62)).tolist()
+    b = np.arange(num_full_blocks, dtype=np.uint64)
+    j = ((b.astype(np.int64) + 1) * block_size - 1) // trace_block_size
+    keys = np.asarray(chain, dtype=np.uint64)[j] * np.uint64(_MIX_A) + b
+    return (keys & np.uint64(_MASK62)).tolist()
 
 
 class KvEvents:
@@ -303,3 +318,7 @@ def _native_pool():
 #: against ``PyKvCache`` operation by operation), else the reference implementation.
 NativeKvPool = _native_pool()
 KvCache = NativeKvPool if NativeKvPool is not None else PyKvCache
+if NativeKvPool is not None:
+    from ._kvpool import block_keys
+else:
+    block_keys = py_block_keys

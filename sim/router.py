@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import Engine, Seq
-from .kv_cache import KvEvents, block_keys, private_key
+from .kv_cache import KvEvents, NativeKvPool, block_keys, private_key
 from .request import Request
 
 ROUTER_MODES = ("round_robin", "random", "least_loaded", "kv")
@@ -113,7 +113,7 @@ class KvRouter(Router):
         self.block_size = block_size
         self.index: dict[int, set[int]] = {}                 # worker -> published block keys
         self.prefill_tokens: dict[int, int] = {}             # worker -> pending prompt tokens
-        self.active: dict[int, Counter[int]] = {}            # worker -> block key -> users
+        self.active: dict[int, "KeyCounter"] = {}            # worker -> block key -> users
         self.routed: dict[int, tuple[int, list[int], int]] = {}  # request -> (worker, keys, pending)
         self._last: tuple[list[int], int] | None = None
         self._keys_out: list[int] | None = None
@@ -183,8 +183,8 @@ class KvRouter(Router):
         self.prefill_tokens[wid] = self.prefill_tokens.get(wid, 0) + pending
         active = self.active.get(wid)
         if active is None:
-            active = self.active[wid] = Counter()
-        active.update(keys)
+            active = self.active[wid] = KeyCounter()
+        active.add_all(keys)
         self.routed[req.index] = (wid, keys, pending)
         self._keys_out = keys
 
@@ -203,18 +203,11 @@ class KvRouter(Router):
         wid, keys, pending = info
         if pending:
             self.prefill_tokens[wid] -= pending
-        active = self.active[wid]
-        delete = dict.__delitem__          # Counter's own __delitem__ is pure Python
-        for k in keys:
-            c = active[k] - 1
-            if c:
-                active[k] = c
-            else:
-                delete(active, k)
+        self.active[wid].remove_all(keys)
 
 
-def _prefix_len(keys: list[int], present) -> int:
-    """How many leading ``keys`` are in ``present`` (a set or mapping; None = empty)."""
+def _py_prefix_len(keys: list[int], present) -> int:
+    """How many leading ``keys`` are in ``present`` (a set or counter; None = empty)."""
     n = 0
     if present:
         for k in keys:
@@ -222,6 +215,30 @@ def _prefix_len(keys: list[int], present) -> int:
                 break
             n += 1
     return n
+
+
+class PyKeyCounter(Counter):
+    """Multiset of keys; ``len`` = distinct keys (twin of the native ``KeyCounter``)."""
+
+    def add_all(self, keys: list[int]) -> None:
+        self.update(keys)
+
+    def remove_all(self, keys: list[int]) -> None:
+        delete = dict.__delitem__          # Counter's own __delitem__ is pure Python
+        for k in keys:
+            c = self[k] - 1
+            if c:
+                self[k] = c
+            else:
+                delete(self, k)
+
+
+if NativeKvPool is not None:
+    from ._kvpool import KeyCounter
+    from ._kvpool import prefix_len as _prefix_len
+else:
+    KeyCounter = PyKeyCounter
+    _prefix_len = _py_prefix_len
 
 
 def make_router(mode: str, rng: np.random.Generator, block_size: int,
