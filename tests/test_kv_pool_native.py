@@ -92,3 +92,49 @@ def test_whole_replays_identical(monkeypatch, router: str, blocks: int) -> None:
         assert s_c["engine"]["preemptions"] > 0 and s_c["engine"]["evictions"] > 0
     for k in c_py:
         np.testing.assert_array_equal(c_py[k], c_c[k], err_msg=k)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_block_keys_twins_agree(seed: int) -> None:
+    from sim._kvpool import block_keys as native_block_keys
+    from sim.kv_cache import py_block_keys
+
+    rnd = random.Random(seed)
+    for _ in range(200):
+        n = rnd.randint(1, 40)
+        ids = tuple(rnd.choice([rnd.randint(0, 50), rnd.randint(0, 2**64 - 1)]) for _ in range(n))
+        tbs, bs = rnd.choice([16, 64, 100, 512]), rnd.choice([1, 16, 64, 512, 700])
+        nfull = rnd.randint(0, n * tbs // bs)
+        keys = native_block_keys(ids, tbs, bs, nfull)
+        assert keys == py_block_keys(ids, tbs, bs, nfull)
+        assert all(0 <= k < 2**62 for k in keys)
+    # equal prefixes share keys, a different id changes every key from its block on
+    a = py_block_keys((1, 2, 3), 512, 64, 24)
+    b = py_block_keys((1, 2, 9), 512, 64, 24)
+    assert a[:16] == b[:16] and all(x != y for x, y in zip(a[16:], b[16:], strict=True))
+
+
+def test_key_counter_and_prefix_len_twins_agree() -> None:
+    from sim._kvpool import KeyCounter
+    from sim._kvpool import prefix_len as native_prefix_len
+    from sim.router import PyKeyCounter, _py_prefix_len
+
+    rnd = random.Random(7)
+    a, b = PyKeyCounter(), KeyCounter()
+    held: list[list[int]] = []
+    for _ in range(3000):
+        if held and rnd.random() < 0.45:
+            keys = held.pop(rnd.randrange(len(held)))
+            a.remove_all(keys)
+            b.remove_all(keys)
+        else:
+            keys = [rnd.randint(-50, 500) for _ in range(rnd.randint(0, 30))]
+            held.append(keys)
+            a.add_all(keys)
+            b.add_all(keys)
+        assert len(a) == len(b)
+        probe = [rnd.randint(-50, 500) for _ in range(10)]
+        assert [k in a for k in probe] == [k in b for k in probe]
+        assert _py_prefix_len(probe, a) == native_prefix_len(probe, b)
+        assert native_prefix_len(probe, set(a)) == _py_prefix_len(probe, set(a))
+    assert native_prefix_len([1, 2], None) == 0
