@@ -260,5 +260,8 @@ def decode_ms_series(model: TimingModel, batch_size: int, context_tokens: "np.nd
         return modeled_ms_array(ms, model.speedup_ratio * model.decode_speedup_ratio)
     if isinstance(model, FixedTiming):
         return np.full(len(context_tokens), model.decode_ms(0, 0, 0, 1))
+    vectorised = getattr(model, "decode_ms_array", None)   # duck-typed (GpuTableTiming)
+    if vectorised is not None:
+        return vectorised(batch_size, context_tokens, capacity_tokens)
     return np.array([model.decode_ms(batch_size, int(a), int(a), capacity_tokens)
                      for a in context_tokens])
