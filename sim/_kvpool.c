@@ -29,8 +29,24 @@ typedef struct {
     int32_t *ht_val;        /* -1 = empty */
     uint64_t ht_mask;
     int64_t num_private, num_hashed, evictions;
-    PyObject *events;       /* KvEvents or None */
+    PyObject *events;       /* KvEvents or None (Python-list events, kept for the API) */
+    /* Native event buffer (enable_events): prompt keys stored / removed in the current pass;
+       a removal after stores is "late" and remembers how many stores preceded it. */
+    int ev_on;
+    int64_t *ev_st, *ev_rm, *ev_late_pos;
+    int64_t ev_st_n, ev_rm_n, ev_late_n, ev_st_cap, ev_rm_cap, ev_late_cap;
 } KvPool;
+
+static int vec_push(int64_t **v, int64_t *n, int64_t *cap, int64_t x) {
+    if (*n == *cap) {
+        int64_t nc = *cap ? *cap * 2 : 256;
+        int64_t *nv = PyMem_Realloc(*v, (size_t)nc * sizeof(int64_t));
+        if (!nv) { PyErr_NoMemory(); return -1; }
+        *v = nv; *cap = nc;
+    }
+    (*v)[(*n)++] = x;
+    return 0;
+}
 
 static inline uint64_t mix64(uint64_t x) {
     x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ULL;
@@ -139,6 +155,11 @@ static int evict(KvPool *p, int64_t n) {
                 ht_set(p, k, p->next_copy[c]);
             } else {
                 ht_del(p, k);
+                if (p->ev_on && k >= 0) {
+                    if (p->ev_st_n &&
+                        vec_push(&p->ev_late_pos, &p->ev_late_n, &p->ev_late_cap, p->ev_st_n) < 0) goto fail;
+                    if (vec_push(&p->ev_rm, &p->ev_rm_n, &p->ev_rm_cap, k) < 0) goto fail;
+                }
                 if (removed && k >= 0) {
                     Py_ssize_t ns = PyList_GET_SIZE(stored);
                     if (ns) {   /* a removal after stores in this pass: keep its position */
@@ -181,6 +202,7 @@ static int32_t register_key(KvPool *p, int64_t key, PyObject *stored) {
     } else {
         ht_set(p, key, c);
         if (stored && key >= 0 && append_long(stored, key) < 0) return -2;
+        if (p->ev_on && key >= 0 && vec_push(&p->ev_st, &p->ev_st_n, &p->ev_st_cap, key) < 0) return -2;
     }
     return c;
 }
@@ -400,6 +422,7 @@ static void KvPool_dealloc(KvPool *p) {
     PyMem_Free(p->key_of); PyMem_Free(p->refs); PyMem_Free(p->next_copy);
     PyMem_Free(p->lru_prev); PyMem_Free(p->lru_next); PyMem_Free(p->free_stack);
     PyMem_Free(p->ht_key); PyMem_Free(p->ht_val);
+    PyMem_Free(p->ev_st); PyMem_Free(p->ev_rm); PyMem_Free(p->ev_late_pos);
     Py_XDECREF(p->events);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
@@ -608,9 +631,42 @@ static int KeyCounter_contains(KeyCounter *m, PyObject *key) {
 
 static Py_ssize_t KeyCounter_len(KeyCounter *m) { return (Py_ssize_t)m->size; }
 
+static int kc_insert(KeyCounter *m, int64_t k) {        /* set semantics: count 1 */
+    if ((uint64_t)(m->size + 1) * 2 > m->mask + 1 && kc_grow(m) < 0) return -1;
+    uint64_t j = kc_find(m, k);
+    if (!m->counts[j]) { m->keys[j] = k; m->counts[j] = 1; m->size++; }
+    return 0;
+}
+
+static void kc_discard(KeyCounter *m, int64_t k) {
+    uint64_t j = kc_find(m, k);
+    if (m->counts[j]) { kc_del_at(m, j); m->size--; }
+}
+
+static PyObject *KeyCounter_update(KeyCounter *m, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0 || kc_insert(m, k) < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *KeyCounter_difference_update(KeyCounter *m, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        kc_discard(m, k);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef KeyCounter_methods[] = {
     {"add_all", (PyCFunction)KeyCounter_add_all, METH_O, "count each key once more"},
     {"remove_all", (PyCFunction)KeyCounter_remove_all, METH_O, "count each key once less"},
+    {"update", (PyCFunction)KeyCounter_update, METH_O, "set semantics: insert keys"},
+    {"difference_update", (PyCFunction)KeyCounter_difference_update, METH_O, "set semantics: discard keys"},
     {NULL}
 };
 static PySequenceMethods KeyCounter_as_seq = {
@@ -628,6 +684,63 @@ static PyTypeObject KeyCounterType = {
     .tp_methods = KeyCounter_methods,
     .tp_as_sequence = &KeyCounter_as_seq,
 };
+
+/* Pool event API (defined here: needs KeyCounter). */
+static PyObject *KvPool_enable_events(PyObject *self, PyObject *Py_UNUSED(a)) {
+    ((KvPool *)self)->ev_on = 1; Py_RETURN_NONE;
+}
+static PyObject *KvPool_has_events(PyObject *self, PyObject *Py_UNUSED(a)) {
+    KvPool *p = (KvPool *)self;
+    return PyBool_FromLong(p->ev_st_n || p->ev_rm_n);
+}
+static PyObject *KvPool_new_index(PyObject *self, PyObject *Py_UNUSED(a)) {
+    return PyObject_CallNoArgs((PyObject *)&KeyCounterType);
+}
+/* Apply this pass's events to a router index in event order, then clear them: removals
+   that precede every store in bulk, then stores with the late removals at their places. */
+static PyObject *KvPool_drain_events_into(PyObject *self, PyObject *index) {
+    KvPool *p = (KvPool *)self;
+    if (!PyObject_TypeCheck(index, &KeyCounterType)) {
+        PyErr_SetString(PyExc_TypeError, "index must be a KeyCounter (see new_index)"); return NULL;
+    }
+    KeyCounter *m = (KeyCounter *)index;
+    int64_t early = p->ev_rm_n - p->ev_late_n;
+    for (int64_t i = 0; i < early; i++) kc_discard(m, p->ev_rm[i]);
+    int64_t done = 0;
+    for (int64_t l = 0; l < p->ev_late_n; l++) {
+        for (; done < p->ev_late_pos[l]; done++) if (kc_insert(m, p->ev_st[done]) < 0) return NULL;
+        kc_discard(m, p->ev_rm[early + l]);
+    }
+    for (; done < p->ev_st_n; done++) if (kc_insert(m, p->ev_st[done]) < 0) return NULL;
+    p->ev_st_n = p->ev_rm_n = p->ev_late_n = 0;
+    Py_RETURN_NONE;
+}
+static PyObject *KvPool_get_events_enabled(PyObject *self, void *Py_UNUSED(c)) {
+    return PyBool_FromLong(((KvPool *)self)->ev_on);
+}
+
+static PyMethodDef KvPool_event_methods[] = {
+    {"enable_events", KvPool_enable_events, METH_NOARGS, "buffer prompt-key events for a KV router"},
+    {"has_events", KvPool_has_events, METH_NOARGS, "any events buffered this pass"},
+    {"new_index", KvPool_new_index, METH_NOARGS, "an empty router index this pool can drain into"},
+    {"drain_events_into", KvPool_drain_events_into, METH_O, "apply and clear the buffered events"},
+    {NULL}
+};
+
+static int add_event_methods(void) {
+    PyObject *dict = KvPoolType.tp_dict;
+    for (PyMethodDef *d = KvPool_event_methods; d->ml_name; d++) {
+        PyObject *f = PyDescr_NewMethod(&KvPoolType, d);
+        if (!f || PyDict_SetItemString(dict, d->ml_name, f) < 0) { Py_XDECREF(f); return -1; }
+        Py_DECREF(f);
+    }
+    static PyGetSetDef gs = {"events_enabled", (getter)KvPool_get_events_enabled, NULL, "events on", NULL};
+    PyObject *g = PyDescr_NewGetSet(&KvPoolType, &gs);
+    if (!g || PyDict_SetItemString(dict, "events_enabled", g) < 0) { Py_XDECREF(g); return -1; }
+    Py_DECREF(g);
+    PyType_Modified(&KvPoolType);
+    return 0;
+}
 
 static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
     PyObject *keys, *present;
@@ -652,6 +765,7 @@ static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NUL
 
 PyMODINIT_FUNC PyInit__kvpool(void) {
     if (PyType_Ready(&KvPoolType) < 0 || PyType_Ready(&KeyCounterType) < 0) return NULL;
+    if (add_event_methods() < 0) return NULL;
     PyObject *m = PyModule_Create(&kvpool_module);
     if (!m) return NULL;
     Py_INCREF(&KvPoolType);

@@ -493,7 +493,7 @@ class Engine:
         self.stretch_ends = ends
         self._evict_cum = None
         kv = self.kv
-        if kv.events is not None:
+        if kv.events_enabled:
             free0 = kv.free_blocks()
             if _allocations(self._phases, k, self.bs) > free0:
                 # Evictions per pass, for publishing to the KV router at each pass end.

@@ -150,6 +150,24 @@ class PyKvCache:
     def inactive_count(self) -> int:
         return len(self.lru)
 
+    # -- events for a KV router (same interface as the native pool) -------------------
+    def enable_events(self) -> None:
+        self.events = KvEvents()
+
+    @property
+    def events_enabled(self) -> bool:
+        return self.events is not None
+
+    def has_events(self) -> bool:
+        return bool(self.events)
+
+    def new_index(self) -> set[int]:
+        """An empty router index this pool's events can be drained into."""
+        return set()
+
+    def drain_events_into(self, index: set[int]) -> None:
+        self.events.apply(index)
+
     def evicted_keys_ahead(self, start: int, stop: int) -> list[int]:
         """Keys that evicting the LRU's positions [start, stop) would remove from the cache
         (prompt keys whose last copy goes): the router's view of a stretch's evictions."""

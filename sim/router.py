@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import Engine, Seq
-from .kv_cache import KvEvents, NativeKvPool, block_keys, private_key
+from .kv_cache import NativeKvPool, block_keys, private_key
 from .request import Request
 
 ROUTER_MODES = ("round_robin", "random", "least_loaded", "kv")
@@ -50,8 +50,8 @@ class Router:
     def on_routed(self, w: Engine, req: Request) -> None: ...
     def on_first_token(self, w: Engine, s: Seq, now: float) -> None: ...
     def on_finished(self, w: Engine, s: Seq, now: float) -> None: ...
-    def apply_kv_events(self, worker_id: int, events: KvEvents) -> None: ...
-    def publish_removed(self, worker_id: int, keys: list[int]) -> None: ...
+    def apply_kv_events(self, w: Engine) -> None: ...
+    def publish_removed(self, w: Engine, keys: list[int]) -> None: ...
 
     def take_keys(self) -> list[int] | None:
         """Prompt-block keys computed while routing the last request (shared with the
@@ -111,7 +111,7 @@ class KvRouter(Router):
         super().__init__(rng)
         self.cfg = cfg or KvRouterConfig()
         self.block_size = block_size
-        self.index: dict[int, set[int]] = {}                 # worker -> published block keys
+        self.index: dict[int, object] = {}                   # worker -> published block keys
         self.prefill_tokens: dict[int, int] = {}             # worker -> pending prompt tokens
         self.active: dict[int, "KeyCounter"] = {}            # worker -> block key -> users
         self.routed: dict[int, tuple[int, list[int], int]] = {}  # request -> (worker, keys, pending)
@@ -120,11 +120,17 @@ class KvRouter(Router):
 
     wants_kv_events = True
 
-    def apply_kv_events(self, worker_id: int, events: KvEvents) -> None:
-        events.apply(self.index.setdefault(worker_id, set()))
+    def _index(self, w: Engine):
+        idx = self.index.get(w.id)
+        if idx is None:
+            idx = self.index[w.id] = w.kv.new_index()   # a set, or the native key set
+        return idx
 
-    def publish_removed(self, worker_id: int, keys: list[int]) -> None:
-        self.index.setdefault(worker_id, set()).difference_update(keys)
+    def apply_kv_events(self, w: Engine) -> None:
+        w.kv.drain_events_into(self._index(w))
+
+    def publish_removed(self, w: Engine, keys: list[int]) -> None:
+        self._index(w).difference_update(keys)
 
     def take_keys(self) -> list[int] | None:
         keys, self._keys_out = self._keys_out, None

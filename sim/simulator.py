@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .engine import Engine, EngineConfig
-from .kv_cache import KvEvents
 from .metrics import STATUS_REJECTED, MetricsCollector
 from .request import Request
 from .router import KvRouterConfig, Router, make_router
@@ -132,7 +131,7 @@ class Simulation:
         eng.on_first_token = self.router.on_first_token
         eng.on_finished = self._on_finished
         if self.router.wants_kv_events:
-            eng.kv.events = KvEvents()
+            eng.kv.enable_events()
         w = Worker(eng, state, self.now, self.now if state == ACTIVE else None)
         self.workers.append(w)
         self._active = None
@@ -238,7 +237,7 @@ class Simulation:
                     if x.engine.stretch_ends is not None:
                         gone = x.engine.stretch_evictions_until(self.now)
                         if gone:
-                            self.router.publish_removed(x.id, gone)
+                            self.router.publish_removed(x.engine, gone)
             eng = self.router.select(req, engines, self.now)
             w = self.workers[eng.id]
         self.router.on_routed(w.engine, req)
@@ -306,10 +305,10 @@ class Simulation:
                         eng.finish_stretch(t)
                     else:
                         eng.finish_pass(t)
-                    if eng.kv.events:
+                    if self.router.wants_kv_events and eng.kv.has_events():
                         # The pass's KV events reach the router at its end (after its
                         # tokens: same timestamp, and arrivals come later).
-                        self.router.apply_kv_events(eng.id, eng.kv.events)
+                        self.router.apply_kv_events(eng)
                     if eng.has_work():
                         self._dirty.append(w)
                     else:
