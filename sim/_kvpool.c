@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 typedef struct {
     PyObject_HEAD
@@ -742,6 +743,43 @@ static int add_event_methods(void) {
     return 0;
 }
 
+/* == decode stretch of Dynamo's polynomial timing ===================================== */
+/* End times of k decode passes from t0, batch context ctx0 + n*j at pass j, as bytes of k
+ * doubles. The same float operations in the same order as sim.timing (decode_ms_series ->
+ * modeled_ms_array) and np.cumsum, so the values are bit-identical; a duration within 1e-6
+ * of a half nanosecond is rounded by the Python callback (exact rational rounding). */
+static PyObject *mod_poly_decode_ends(PyObject *self, PyObject *args) {
+    double t0, cap; long long ctx0, n, k; PyObject *to_ns;
+    if (!PyArg_ParseTuple(args, "dLLLdO", &t0, &ctx0, &n, &k, &cap, &to_ns)) return NULL;
+    if (k < 0) { PyErr_SetString(PyExc_ValueError, "k < 0"); return NULL; }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)k * (Py_ssize_t)sizeof(double));
+    if (!out) return NULL;
+    double *e = (double *)PyBytes_AS_STRING(out);
+    double t = t0;
+    for (long long j = 0; j < k; j++) {
+        double u = (double)(ctx0 + n * j) / cap;
+        if (u > 1.0) u = 1.0;
+        double ms = -25.74 * u * u + 54.01 * u + 5.74;
+        if (ms < 1.0) ms = 1.0;
+        double x = (ms / 1000.0) * 1e9;
+        double ns = rint(x);
+        double fr = x - floor(x);
+        if (fabs(fr - 0.5) < 1e-6) {
+            PyObject *r = PyObject_CallFunction(to_ns, "d", ms / 1000.0);
+            if (!r) { Py_DECREF(out); return NULL; }
+            ns = PyLong_AsDouble(r);
+            Py_DECREF(r);
+            if (ns == -1.0 && PyErr_Occurred()) { Py_DECREF(out); return NULL; }
+        }
+        double sec = floor(ns / 1e9);
+        double rem = ns - sec * 1e9;
+        double d = (sec + rem / 1e9) * 1000.0;
+        t = t + d;
+        e[j] = t;
+    }
+    return out;
+}
+
 static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
     PyObject *keys, *present;
     if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &keys, &present)) return NULL;
@@ -758,6 +796,7 @@ static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
 static PyMethodDef module_methods[] = {
     {"block_keys", mod_block_keys, METH_VARARGS, "engine-block keys of a trace prompt"},
     {"prefix_len", mod_prefix_len, METH_VARARGS, "how many leading keys are present"},
+    {"poly_decode_ends", mod_poly_decode_ends, METH_VARARGS, "end times of a polynomial decode stretch"},
     {NULL}
 };
 

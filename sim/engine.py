@@ -33,7 +33,7 @@ from . import kv_cache as _kv
 from .kv_cache import PRIVATE, block_keys, private_key
 from .metrics import STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED, MetricsCollector
 from .request import Request
-from .timing import TimingModel, decode_ms_series
+from .timing import PolynomialTiming, TimingModel, _to_ns, decode_ms_series
 
 REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN, REASON_BATCH_BUDGET, REASON_SEQ_KV_CAPACITY = 1, 2, 4, 5
 _BLOCKED, _SELF = -1, -2
@@ -91,6 +91,12 @@ class Engine:
         self.metrics = metrics
         self.exact = exact
         self.bs = cfg.block_size
+        # Polynomial decode stretches computed natively when possible (bit-identical).
+        self._native_ends = None
+        if (_kv.NativeKvPool is not None and type(timing) is PolynomialTiming
+                and timing.speedup_ratio * timing.decode_speedup_ratio == 1.0):
+            from ._kvpool import poly_decode_ends
+            self._native_ends = poly_decode_ends
         self.kv = _kv.KvCache(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.capacity_tokens = cfg.num_gpu_blocks * cfg.block_size
         self.waiting: deque[Seq] = deque()
@@ -485,11 +491,17 @@ class Engine:
         for s in running:
             ctx0 += s.prompt_len + s.generated
         self._stretch_ctx0 = ctx0
-        ctx = ctx0 + n * np.arange(k, dtype=np.int64)
-        steps = np.empty(k + 1)
-        steps[0] = now
-        steps[1:] = decode_ms_series(self.timing, n, ctx, self.capacity_tokens)
-        ends = np.cumsum(steps)[1:]
+        if self._native_ends is not None:
+            ends = np.frombuffer(self._native_ends(now, ctx0, n, k, float(self.capacity_tokens),
+                                                   _to_ns))
+            ctx_last = ctx0 + n * (k - 1)
+        else:
+            ctx = ctx0 + n * np.arange(k, dtype=np.int64)
+            steps = np.empty(k + 1)
+            steps[0] = now
+            steps[1:] = decode_ms_series(self.timing, n, ctx, self.capacity_tokens)
+            ends = np.cumsum(steps)[1:]
+            ctx_last = int(ctx[-1])
         self.stretch_ends = ends
         self._evict_cum = None
         kv = self.kv
@@ -508,7 +520,7 @@ class Engine:
         self.fpm_prefill_tokens = 0
         self.fpm_prefill_seqs = 0
         self.fpm_decode_seqs = n
-        self.fpm_decode_kv_tokens = int(ctx[-1])
+        self.fpm_decode_kv_tokens = ctx_last
         return self.pass_end
 
     def truncate_stretch(self, t: float) -> float:

@@ -138,3 +138,24 @@ def test_key_counter_and_prefix_len_twins_agree() -> None:
         assert _py_prefix_len(probe, a) == native_prefix_len(probe, b)
         assert native_prefix_len(probe, set(a)) == _py_prefix_len(probe, set(a))
     assert native_prefix_len([1, 2], None) == 0
+
+
+def test_polynomial_stretch_end_times_match_reference() -> None:
+    """The native stretch path (sim._kvpool.poly_decode_ends) equals decode_ms_series + cumsum
+    bit for bit, including durations near a half-nanosecond tie."""
+    from sim._kvpool import poly_decode_ends
+    from sim.timing import PolynomialTiming, _to_ns, decode_ms_series
+
+    t = PolynomialTiming()
+    rnd = random.Random(11)
+    for _ in range(1000):
+        t0 = rnd.uniform(0, 4e6)
+        ctx0, n, k = rnd.randint(1, 3_000_000), rnd.randint(1, 256), rnd.randint(1, 400)
+        cap = rnd.choice([4096 * 64, 16384 * 512, 1000])
+        ctx = ctx0 + n * np.arange(k, dtype=np.int64)
+        steps = np.empty(k + 1)
+        steps[0] = t0
+        steps[1:] = decode_ms_series(t, n, ctx, cap)
+        ref = np.cumsum(steps)[1:]
+        got = np.frombuffer(poly_decode_ends(t0, ctx0, n, k, float(cap), _to_ns))
+        np.testing.assert_array_equal(ref, got)
