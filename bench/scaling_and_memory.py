@@ -26,8 +26,11 @@ sys.path.insert(0, str(ROOT))
 def scaled_trace(k: int, mode: str = "superpose"):
     """The bundled conversation trace at k-fold load, as a lazy workload.
 
-    ``superpose`` (default): k copies over the same hour, copy c shifted by c/k seconds,
-    with distinct prefix ids per copy: k times the users, same per-user behaviour.
+    ``superpose`` (default): k copies over the same hour at the same timestamps, with
+    distinct prefix ids per copy: k times the users, same per-user behaviour (and, with k
+    times the workers, the same per-worker arrival pattern).
+    ``staggered``: like superpose, copy c shifted by c/k seconds; bursts de-synchronise, so
+    batches get smaller and there is more engine work per request.
     ``speedup``: k copies each compressed k-fold (arrival speed-up) and laid end to end;
     this also shrinks the think time between turns of a conversation, so it changes the
     workload's character (more overlapping turns), not only its volume.
@@ -41,7 +44,7 @@ def scaled_trace(k: int, mode: str = "superpose"):
     span = max(r.arrival_ms for r in base) + 1.0
     reqs = []
     for c in range(k):
-        off = c * span if mode == "speedup" else c * 1000.0 / k
+        off = {"speedup": c * span, "staggered": c * 1000.0 / k}.get(mode, 0.0)
         reqs += [replace(r, index=c * n + r.index, arrival_ms=r.arrival_ms + off,
                          hash_ids=tuple(h * k + c for h in r.hash_ids)) for r in base]
     reqs.sort(key=lambda r: (r.arrival_ms, r.index))
@@ -112,7 +115,8 @@ def main() -> int:
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-requests", type=int, default=1_000_000)
-    ap.add_argument("--scaling-mode", choices=("superpose", "speedup"), default="superpose")
+    ap.add_argument("--scaling-mode", choices=("superpose", "staggered", "speedup"),
+                    default="superpose")
     ap.add_argument("--out", default=str(ROOT / "bench/results"))
     ap.add_argument("--_child", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
