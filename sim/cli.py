@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument(flag, type=typ, metavar=metavar, help=help_)
     for flag, (_, const, help_) in SWITCHES.items():
         c.add_argument(flag, action="store_const", const=const, default=None, help=help_)
+    g = s.add_argument_group("GPU timing from measured data (see `dynosim models`)")
+    g.add_argument("--model", metavar="MODEL", help="e.g. Qwen/Qwen3-32B")
+    g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm")
+    g.add_argument("--backend", metavar="BACKEND", help="vllm | sglang")
+    g.add_argument("--tp", type=_positive_int, metavar="N", help="tensor parallel size")
     o = s.add_argument_group("output")
     o.add_argument("--json", action="store_true",
                    help="print the summary as JSON on stdout (wall-clock data under run_info)")
@@ -120,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--quiet", action="store_true",
                    help="no progress bar and no notes on stderr")
 
+    m = sub.add_parser("models", help="list the shipped GPU timing tables",
+                       description="GPU timing tables derived from aiconfigurator-core data; "
+                       "use one with simulate --model M --gpu G --backend B --tp N.")
+    m.add_argument("--json", action="store_true", help="print the list as JSON")
     for name, (what, _) in PLANNED.items():
         sub.add_parser(name, help=f"{what} (not implemented yet)")
     return p
@@ -143,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dynosim: {args.command}: not implemented yet ({where})", file=sys.stderr)
         return 2
     try:
+        if args.command == "models":
+            return list_models(args)
         return simulate(args)
     except InputError as exc:
         return _fail(_from_cmdline(exc))
@@ -172,6 +183,34 @@ def _from_cmdline(exc: InputError) -> str:
 
 
 # -- simulate ----------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {n}")
+    return n
+
+
+def list_models(args: argparse.Namespace) -> int:
+    """``dynosim models``: the shipped (model, GPU, backend, TP) timing tables."""
+    from .gpu_timing import list_tables
+    rows = list_tables()
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    print(f"{'model':<32} {'gpu':<10} {'backend':<8} {'tp':>3} {'version':<10} "
+          f"{'KV blocks':>10} {'KV B/token':>11}")
+    for r in rows:
+        print(f"{r['model']:<32} {r['gpu']:<10} {r['backend']:<8} {r['tp']:>3} "
+              f"{r['backend_version']:<10} {r['num_gpu_blocks']:>10,} "
+              f"{r['kv_bytes_per_token']:>11,}")
+    print("(derived from aiconfigurator-core 0.12.0 perf data, Apache-2.0, NVIDIA; "
+          "use: dynosim simulate --model M --gpu G --backend B --tp N)")
+    return 0
+
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The YAML (if any) with every given flag applied on top."""
@@ -207,6 +246,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise InputError("applies to trace workloads only", file=CMDLINE,
                              field="workload.arrival_speedup_ratio")
         over["workload.arrival_speedup_ratio"] = args.arrival_speedup_ratio
+    gpu_flags = {"--model": args.model, "--gpu": args.gpu, "--backend": args.backend,
+                 "--tp": args.tp}
+    if any(v is not None for v in gpu_flags.values()):
+        missing = [f for f, v in gpu_flags.items() if v is None]
+        if missing:
+            raise InputError(f"--model, --gpu, --backend and --tp go together; missing "
+                             f"{', '.join(missing)}", file=CMDLINE, field="timing.model")
+        from .gpu_timing import load_gpu_timing
+        table = load_gpu_timing(args.model, args.gpu, args.backend, args.tp)
+        over["timing.model"] = f"gpu:{args.model}:{args.gpu}:{args.backend}:{args.tp}"
+        # The table knows the worker's KV capacity and GPU count; explicit flags still win.
+        over.setdefault("engine.num_gpu_blocks", table.num_gpu_blocks)
+        over.setdefault("engine.block_size", table.block_size)
+        over.setdefault("cluster.gpus_per_worker", table.gpus_per_worker)
     if over:
         cfg = cfg.with_overrides(over, source=CMDLINE)
     if cfg.workload is None:

@@ -225,7 +225,8 @@ def _bilinear(xa: np.ndarray, ya: np.ndarray, z: np.ndarray, x: float, y: float)
 
 def make_timing(spec: str, *, speedup_ratio: float = 1.0, decode_speedup_ratio: float = 1.0,
                 source: str | None = None) -> TimingModel:
-    """Build a timing model from ``polynomial``, ``fixed:P,D`` or ``table:PATH``."""
+    """Build a timing model from ``polynomial``, ``fixed:P,D``, ``table:PATH`` or
+    ``gpu:MODEL:GPU:BACKEND:TP`` (a shipped GPU table, see ``sim.gpu_timing``)."""
     if speedup_ratio <= 0 or decode_speedup_ratio <= 0 or not math.isfinite(speedup_ratio):
         raise InputError("speed-up ratios must be positive", file=source, field="speedup_ratio")
     if spec == "polynomial":
@@ -243,8 +244,22 @@ def make_timing(spec: str, *, speedup_ratio: float = 1.0, decode_speedup_ratio: 
         return FixedTiming(p, d, speedup_ratio, decode_speedup_ratio)
     if spec.startswith("table:"):
         return TableTiming(spec[len("table:"):], speedup_ratio, decode_speedup_ratio)
-    raise InputError(f"unknown timing model {spec!r} (polynomial | fixed:P,D | table:PATH)",
-                     file=source, field="timing")
+    if spec.startswith("gpu:"):
+        parts = spec[len("gpu:"):].split(":")
+        if len(parts) != 4:
+            raise InputError(f"expected gpu:MODEL:GPU:BACKEND:TP, got {spec!r} "
+                             "(see `dynosim models`)", file=source, field="timing")
+        model, gpu, backend, tp = parts
+        try:
+            tp_n = int(tp.lower().removeprefix("tp"))
+        except ValueError:
+            raise InputError(f"TP must be an integer in {spec!r}", file=source,
+                             field="timing") from None
+        from .gpu_timing import load_gpu_timing        # lazy: tables are read on demand
+        return load_gpu_timing(model, gpu, backend, tp_n, speedup_ratio=speedup_ratio,
+                               decode_speedup_ratio=decode_speedup_ratio)
+    raise InputError(f"unknown timing model {spec!r} (polynomial | fixed:P,D | table:PATH | "
+                     "gpu:MODEL:GPU:BACKEND:TP)", file=source, field="timing")
 
 
 def decode_ms_series(model: TimingModel, batch_size: int, context_tokens: "np.ndarray",
