@@ -17,7 +17,7 @@ from sim.engine import EngineConfig
 from sim.kv_cache import PRIVATE, KvEvents, NativeKvPool, PyKvCache
 from sim.simulator import ClusterConfig, Simulation
 from sim.timing import PolynomialTiming
-from sim.workloads import fixed, lognormal, poisson, synthetic
+from sim.workloads import lognormal, poisson, synthetic
 
 pytestmark = pytest.mark.skipif(NativeKvPool is None and bool(os.environ.get("DYNOSIM_PURE_PYTHON")),
                                 reason="pure-Python pool forced")
