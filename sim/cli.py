@@ -117,6 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm")
     g.add_argument("--backend", metavar="BACKEND", help="vllm | sglang")
     g.add_argument("--tp", type=_positive_int, metavar="N", help="tensor parallel size")
+    pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
+    pl.add_argument("--planner", choices=("load", "throughput"),
+                    help="load: reactive on forward-pass metrics; throughput: predictive")
+    pl.add_argument("--planner-interval", type=float, metavar="S",
+                    help="seconds between decisions (default 5 load / 180 throughput)")
+    pl.add_argument("--planner-predictor", metavar="NAME",
+                    help="throughput forecasts: constant | moving_average | kalman | arima")
+    pl.add_argument("--max-gpu-budget", type=_positive_int, metavar="N", help="default 8")
+    pl.add_argument("--min-endpoint", type=_positive_int, metavar="N", help="default 1")
+    pl.add_argument("--ttft-sla-ms", type=float, metavar="X", help="planner TTFT target (500)")
+    pl.add_argument("--itl-sla-ms", type=float, metavar="Y", help="planner ITL target (50)")
+    pl.add_argument("--startup-time", type=float, metavar="S",
+                    help="seconds a new worker spends starting (cluster.startup_time_s)")
+    pl.add_argument("--initial-workers", type=_positive_int, metavar="N",
+                    help="workers at t=0 (same as --num-workers)")
     o = s.add_argument_group("output")
     o.add_argument("--json", action="store_true",
                    help="print the summary as JSON on stdout (wall-clock data under run_info)")
@@ -260,6 +275,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         over.setdefault("engine.num_gpu_blocks", table.num_gpu_blocks)
         over.setdefault("engine.block_size", table.block_size)
         over.setdefault("cluster.gpus_per_worker", table.gpus_per_worker)
+    if args.startup_time is not None:
+        over["cluster.startup_time_s"] = args.startup_time
+    if args.initial_workers is not None:
+        over["cluster.num_workers"] = args.initial_workers
     if over:
         cfg = cfg.with_overrides(over, source=CMDLINE)
     if cfg.workload is None:
@@ -335,7 +354,13 @@ def simulate(args: argparse.Namespace) -> int:
     _check_output(args.plot, "--plot", PLOT_SUFFIXES)
     t0 = time.perf_counter()
     show_bar = not args.quiet and sys.stderr.isatty()
+    planner = _make_planner(args)
     sim = build_simulation(cfg)
+    if planner is not None:
+        try:
+            planner.attach(sim)
+        except InputError as exc:
+            raise InputError(exc.detail, file=CMDLINE, field=f"planner.{exc.field}") from None
     describe = sim.workload.describe()
     update, close = _progress(expected_span_s(describe, cfg), show_bar)
     sim.progress = update
@@ -352,6 +377,8 @@ def simulate(args: argparse.Namespace) -> int:
                 "sim_s_per_wall_s": round(sim_s / wall, 1) if wall > 0 else None}
     summary = {**result.summary, "simulated_s": sim_s, "workload": describe,
                "config": cfg.to_dict()}
+    if planner is not None:
+        summary["planner"] = {"kind": args.planner, **planner.report(result)}
 
     if args.report_jsonl:
         with open(args.report_jsonl, "w", encoding="utf-8", newline="\n") as fh:
@@ -369,7 +396,34 @@ def simulate(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print_summary(summary, run_info, cfg, sys.stdout)
+        if planner is not None:
+            rep = summary["planner"]
+            print(f"  planner       {args.planner}: {rep['scaling_events']} scaling events, "
+                  f"max {rep['max_replicas']} replicas (incl. starting/draining)")
     return 0
+
+
+_PLANNER_FLAGS = {"planner_interval": "interval_s", "planner_predictor": "load_predictor",
+                  "max_gpu_budget": "max_gpu_budget", "min_endpoint": "min_endpoint",
+                  "ttft_sla_ms": "ttft_sla_ms", "itl_sla_ms": "itl_sla_ms"}
+
+
+def _make_planner(args: argparse.Namespace):
+    """The planner the flags ask for (None without --planner); its own flags need it."""
+    given = {cfg_key: getattr(args, dest) for dest, cfg_key in _PLANNER_FLAGS.items()
+             if getattr(args, dest) is not None}
+    if args.planner is None:
+        if given:
+            flag = "--" + next(d for d, k in _PLANNER_FLAGS.items() if k in given).replace("_", "-")
+            raise InputError(f"{flag} needs --planner load|throughput", file=CMDLINE,
+                             field="planner")
+        return None
+    from .planner import LoadPlanner, PlannerConfig, ThroughputPlanner
+    try:
+        pcfg = PlannerConfig(**given)
+    except InputError as exc:
+        raise InputError(exc.detail, file=CMDLINE, field=f"planner.{exc.field}") from None
+    return (LoadPlanner if args.planner == "load" else ThroughputPlanner)(pcfg)
 
 
 def _note(args: argparse.Namespace, text: str) -> None:
