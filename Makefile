@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
+	mkdir -p out
 	$(VENV)/bin/dynosim simulate --config envs_configs/demo.yaml --plot out/demo.png
 
 # Dynamo's replay for parity tests and benchmarks; tests that need it skip without it.
