@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="GPU timing tables derived from aiconfigurator-core data; "
                        "use one with simulate --model M --gpu G --backend B --tp N.")
     m.add_argument("--json", action="store_true", help="print the list as JSON")
+    from . import silicon
+    silicon.add_parser(sub)
     for name, (what, _) in PLANNED.items():
         sub.add_parser(name, help=f"{what} (not implemented yet)")
     return p
@@ -169,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return list_models(args)
+        if args.command == "validate":
+            from . import silicon
+            return silicon.run(args)
         return simulate(args)
     except InputError as exc:
         return _fail(_from_cmdline(exc))
