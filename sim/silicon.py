@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from functools import lru_cache
 from pathlib import Path
