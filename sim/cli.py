@@ -32,7 +32,6 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 #: Planned subcommands -> (what, tracking issue; None until one is filed). Numbers as in
 #: the README's status table.
 PLANNED: dict[str, tuple[str, int | None]] = {
-    "sweep": ("run a grid of configs and collect their summaries", 4),
     "train": ("train an RL autoscaler/router on a Gymnasium env", 5),
     "evaluate": ("evaluate a policy against baselines", 5),
     "bench": ("measure simulator speed (sim-s per wall-s)", 3),
@@ -144,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="GPU timing tables derived from aiconfigurator-core data; "
                        "use one with simulate --model M --gpu G --backend B --tp N.")
     m.add_argument("--json", action="store_true", help="print the list as JSON")
-    from . import silicon
+    from . import silicon, sweeps
     silicon.add_parser(sub)
+    sweeps.add_parser(sub)
     for name, (what, _) in PLANNED.items():
         sub.add_parser(name, help=f"{what} (not implemented yet)")
     return p
@@ -174,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             from . import silicon
             return silicon.run(args)
+        if args.command == "sweep":
+            from . import sweeps
+            return sweeps.run(args)
         return simulate(args)
     except InputError as exc:
         return _fail(_from_cmdline(exc))
