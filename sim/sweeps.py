@@ -64,13 +64,8 @@ COLUMNS = ("study", "point", "label", "kind", "tp", "replicas", "interval_s", "s
 # -- CLI -------------------------------------------------------------------------------------
 
 def _jobs(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {n}")
-    return n
+    from .cli import _positive_int          # one parser for positive integers
+    return _positive_int(text)
 
 
 def _positive_float(text: str) -> float:
