@@ -19,9 +19,10 @@ from .synthetic import (ArrivalProcess, LengthDist, SyntheticWorkload, closed_lo
                         diurnal, fixed, gamma, lognormal, nhpp, poisson, ramp, synthetic,
                         uniform)
 from .traces import TraceWorkload, load_azure, load_mooncake
+from .window import TraceWindow
 
 __all__ = [
-    "Workload", "TraceWorkload", "SyntheticWorkload", "ArrivalProcess", "LengthDist",
+    "Workload", "TraceWorkload", "TraceWindow", "SyntheticWorkload", "ArrivalProcess", "LengthDist",
     "load_mooncake", "load_azure", "synthetic", "from_config",
     "poisson", "gamma", "constant", "closed_loop", "nhpp", "ramp", "diurnal",
     "fixed", "uniform", "lognormal",

@@ -1,0 +1,367 @@
+"""``DynoSim-v0``: learn to autoscale an aggregated LLM-serving pool."""
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from sim.errors import InputError
+from sim.planner import LoadPlanner, PlannerConfig, ThroughputPlanner
+
+from .actions import make_action_type
+from .config import EnvConfig, load_env_config
+from .episodes import EpisodeFactory
+from .monitor import ClusterMonitor, Interval, _pct
+from .observations import FEATURES, ObservationBuilder
+
+DEFAULT_CONFIG = "autoscale_default"
+
+
+class _Advice:
+    """Planner mixin: remember the target instead of scaling (the env applies it)."""
+    advice: int | None = None
+
+    def _apply(self, sim, target: int, reason: str) -> None:
+        self.advice = target
+
+
+class LoadAdvisor(_Advice, LoadPlanner):
+    pass
+
+
+class ThroughputAdvisor(_Advice, ThroughputPlanner):
+    pass
+
+
+ADVISORS = {"load": LoadAdvisor, "throughput": ThroughputAdvisor}
+
+
+class DynoSimEnv(gym.Env):
+    """
+    ## Description
+
+    An aggregated pool of LLM-serving workers (vLLM-style engines behind a router, replayed by
+    the ``sim`` discrete-event core with Dynamo's semantics) receives a request stream: a
+    window of a real trace (Mooncake, Azure) or a seeded synthetic load shape (diurnal,
+    bursty, ramp). Every ``interval_s`` of simulated time (default 10 s) the agent decides
+    how many workers to provision. New workers spend ``cluster.startup_time_s`` starting
+    (paid for, not serving); removed workers first cancel starting ones, then drain (paid
+    for until their last request finishes). The goal is Dynamo's planner's: meet the TTFT
+    and ITL SLAs with as few GPU-seconds as possible.
+
+    ## Action Space
+
+    ``Discrete(2k + 1)`` with ``env.action.type = delta`` (default, ``k = max_step = 2``):
+    action ``i`` changes the provisioned workers (active + starting) by ``i - k``. With
+    ``type = target``: ``Discrete(max_workers - min_endpoint + 1)``, action ``i`` asks for
+    ``min_endpoint + i`` workers. Requests are clamped to ``[min_endpoint, max_gpu_budget //
+    gpus_per_worker]`` inside the env; ``action_masks()`` gives the actions that need no
+    clamping (sb3-contrib MaskablePPO). An action outside the space raises ``ValueError``.
+
+    ## Observation Space
+
+    ``Box(0, 1, (19 * stack,), float32)``, features in :data:`FEATURES` order: arrival rate,
+    mean ISL and OSL of the interval's arrivals, queued and running requests, queued prefill
+    tokens, KV utilisation, KV hit rate, p50/p90 TTFT and p90 ITL of the interval's
+    completions (relative to the SLAs), the oldest request still waiting for its first token,
+    last interval's SLA attainment, active/starting/draining workers, time of day (sin, cos)
+    and episode progress. Unbounded values are scaled and squashed with ``x / (1 + x)``.
+    ``env.observation.stack = N`` concatenates the last N intervals.
+
+    ## Rewards
+
+    ``r = sla_weight * attainment - gpu_weight * gpu_seconds - change_penalty * |changed|``:
+    attainment = requests that completed within both SLAs (TTFT <= ``sla.ttft_ms`` and
+    per-request ITL <= ``sla.itl_ms``) / requests decided in the interval (completed,
+    rejected, or first seen waiting longer than ``timeout_s`` without a first token), 1.0 if
+    none; GPU-seconds provisioned in the interval, starting and draining workers included;
+    ``|changed|`` workers added or removed by the action. Defaults: 1.0, 0.5 / (interval_s x
+    max_gpu_budget) (a full budget for a whole step costs 0.5), 0.01. Each term is in
+    ``info["reward_terms"]``.
+
+    ## Starting State
+
+    ``initial_workers`` (default ``cluster.num_workers``) active workers with empty caches at
+    t = 0 of the episode's window; the first observation describes an empty interval.
+
+    ## Episode End
+
+    Never terminates; after ``episode_steps`` steps (default 60 = 10 simulated minutes)
+    ``truncated=True``. The final ``info["episode"]`` summarises the episode: SLA attainment,
+    GPU-hours, p90 TTFT/ITL, requests decided.
+
+    ## Arguments
+
+    ``gym.make("DynoSim-v0", config=None, render_mode=None, **overrides)``: ``config`` is a
+    YAML path, the name of a bundled scenario in ``envs_configs`` or a dict (default
+    ``autoscale_default``); overrides are env fields (``interval_s=5``), sections
+    (``reward={"gpu_weight": 0}``) or dotted keys. ``reset(seed=..., options=...)`` options:
+    ``split`` (``train``/``eval``: held-out windows and seeds), ``window_start_s`` (trace),
+    ``scenario`` and ``rate_rps`` (synthetic). ``render_mode="ansi"`` renders a status line.
+
+    ## Version History
+
+    * v0: initial release (aggregated pool, vLLM-style engine, Dynamo replay semantics).
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+    def __init__(self, config: Any = None, *, render_mode: str | None = None,
+                 **overrides: Any) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise InputError(f"unknown render_mode {render_mode!r}; expected one of "
+                             f"{', '.join(self.metadata['render_modes'])} or None",
+                             field="render_mode")
+        self.render_mode = render_mode
+        self.cfg: EnvConfig = load_env_config(config, defaults=DEFAULT_CONFIG, **overrides)
+        sla = self.cfg.sim.sla
+        if sla.ttft_ms is None or sla.itl_ms is None:
+            file, line = self.cfg.sim.locate("sla")
+            raise InputError("the environment needs SLA targets: set sla.ttft_ms and "
+                             "sla.itl_ms", file=file, line=line, field="sla")
+        e = self.cfg.env
+        self.max_workers = self.cfg.max_workers
+        self.gpus_per_worker = self.cfg.sim.cluster.gpus_per_worker
+        self.episodes = EpisodeFactory(self.cfg)
+        self.action_type = make_action_type(e.action, e.min_endpoint, self.max_workers)
+        self.action_space = self.action_type.space
+        self.obs_builder = ObservationBuilder(self.cfg, self.max_workers, sla.ttft_ms,
+                                              sla.itl_ms)
+        self.observation_space = self.obs_builder.space
+        rw = e.reward
+        self.w_sla = rw.sla_weight
+        self.w_gpu = rw.gpu_weight if rw.gpu_weight is not None else \
+            0.5 / (e.interval_s * e.max_gpu_budget)
+        self.w_change = rw.change_penalty
+        self.interval_ms = e.interval_s * 1000.0
+        self.sim = None
+        self.episode: dict[str, Any] = {}
+        self._advisor_kinds: list[str] = []
+        self._advisors: dict[str, Any] = {}
+        self._last: Interval | None = None
+
+    # -- gymnasium API ----------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        ep_seed = int(self.np_random.integers(2**63))
+        return self._begin(ep_seed, options)
+
+    def _begin(self, ep_seed: int, options: dict[str, Any] | None):
+        self.sim, self.episode = self.episodes.build(ep_seed, options)
+        self.episode["seed"] = ep_seed
+        self._options = dict(options or {})
+        self._log: list[tuple[str, Any]] = []      # calls since reset, for pickling
+        sla = self.cfg.sim.sla
+        self.monitor = ClusterMonitor(self.sim, sla.ttft_ms, sla.itl_ms,
+                                      self.cfg.env.timeout_s * 1000.0, self.gpus_per_worker)
+        self._steps = 0
+        self._t_ms = 0.0
+        self._totals = {"met": 0, "finished": 0, "completed": 0, "rejected": 0,
+                        "timed_out": 0, "gpu_seconds": 0.0, "changes": 0}
+        self._ttfts: list[float] = []
+        self._tpots: list[float] = []
+        self._history: list[tuple[int, int, float]] = []     # for render(): per step
+        self._advisors = {}
+        for kind in self._advisor_kinds:
+            self._attach_advisor(kind)
+        self._advisors_at_begin = list(self._advisor_kinds)
+        self.obs_builder.reset()
+        iv = self.monitor.collect()
+        self._last = iv
+        obs = self.obs_builder.observe(iv, self.episode["day_offset_s"], 0.0)
+        return obs, {"episode_setup": dict(self.episode), **self._replicas(iv)}
+
+    # Pickling: the simulation holds generators, so a pickle keeps the episode's seed,
+    # options and the calls made since reset, and replays them (the env is deterministic).
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("sim", "monitor", "_advisors", "_last"):
+            state.pop(key, None)
+        state["_replay"] = (self.episode.get("seed"), getattr(self, "_options", None),
+                            list(getattr(self, "_log", [])), self._advisor_kinds_at_reset()) \
+            if self.sim is not None else None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        replay = state.pop("_replay", None)
+        kinds = state["_advisor_kinds"]
+        self.__dict__.update(state)
+        self.sim, self._advisors, self._last = None, {}, None
+        if replay is not None:
+            ep_seed, options, log, at_reset = replay
+            self._advisor_kinds = list(at_reset)
+            self._begin(ep_seed, options)
+            for what, arg in log:
+                if what == "step":
+                    self.step(arg)
+                else:
+                    self.planner_action(arg)
+            self._advisor_kinds = kinds
+
+    def _advisor_kinds_at_reset(self) -> list[str]:
+        return list(getattr(self, "_advisors_at_begin", []))
+
+    def step(self, action):
+        if self.sim is None:
+            raise RuntimeError("call reset() before step()")
+        a = self.action_type.check(action)
+        self._log.append(("step", a))
+        sim = self.sim
+        act, start, _ = sim.counts()
+        cur = act + start
+        want = self.action_type.target(a, cur)
+        target = min(max(want, self.cfg.env.min_endpoint), self.max_workers)
+        changed = 0
+        if target > cur:
+            sim.add_workers(target - cur)
+            changed = target - cur
+        elif target < cur:
+            changed = sim.remove_workers(cur - target)
+        self._t_ms += self.interval_ms
+        sim.run_until(self._t_ms)
+        if sim.now < self._t_ms:          # nothing left to happen before the boundary
+            sim.now = self._t_ms
+        iv = self.monitor.collect()
+        self._last = iv
+        self._steps += 1
+        terms = {"sla": self.w_sla * iv.sla_attainment,
+                 "gpu": -self.w_gpu * iv.gpu_seconds,
+                 "change": -self.w_change * changed}
+        reward = terms["sla"] + terms["gpu"] + terms["change"]
+        tot = self._totals
+        tot["met"] += iv.met
+        tot["finished"] += iv.finished
+        tot["completed"] += iv.completed
+        tot["rejected"] += iv.rejected
+        tot["timed_out"] += iv.timed_out
+        tot["gpu_seconds"] += iv.gpu_seconds
+        tot["changes"] += changed
+        self._ttfts.extend(iv.ttfts)
+        self._tpots.extend(iv.tpots)
+        self._history.append((iv.arrived, iv.active + iv.starting, iv.sla_attainment))
+        elapsed = self._t_ms / 1000.0
+        obs = self.obs_builder.observe(iv, self.episode["day_offset_s"], elapsed)
+        truncated = self._steps >= self.cfg.env.episode_steps
+        info: dict[str, Any] = {
+            "reward_terms": terms,
+            "t_s": elapsed,
+            "requested_workers": int(want),
+            "target_workers": int(target),
+            "changed_workers": int(changed),
+            "arrival_rate_rps": iv.arrived / (self.interval_ms / 1000.0),
+            "sla_attainment": iv.sla_attainment,
+            "requests_decided": iv.finished,
+            "requests_met": iv.met,
+            "gpu_seconds": iv.gpu_seconds,
+            "ttft_p90_ms": iv.ttft_p90_ms,
+            "itl_p90_ms": iv.itl_p90_ms,
+            **self._replicas(iv),
+        }
+        if truncated:
+            info["episode"] = self.episode_summary()
+        return obs, float(reward), False, bool(truncated), info
+
+    def render(self):
+        if self._last is None or self.render_mode is None:
+            return None
+        if self.render_mode == "rgb_array":
+            return self._frame()
+        iv = self._last
+        return (f"t={iv.t1_s:7.1f}s workers {iv.active}+{iv.starting}s/{iv.draining}d "
+                f"arrivals {iv.arrived:4d} queued {iv.queued:4d} running {iv.running:4d} "
+                f"kv {iv.kv_utilisation:5.1%} p90 TTFT {iv.ttft_p90_ms:8.1f} ms "
+                f"SLA {iv.sla_attainment:6.1%} GPU-s {iv.gpu_seconds:7.1f}")
+
+    def _frame(self) -> np.ndarray:
+        """The episode so far as a small chart: grey columns = arrivals per step (scaled to
+        the busiest step), blue = provisioned workers (out of the budget), red dots =
+        steps under 90 % SLA attainment."""
+        h, col = 96, 4
+        n = self.cfg.env.episode_steps
+        img = np.full((h, n * col, 3), 255, dtype=np.uint8)
+        hist = self._history
+        peak = max((x[0] for x in hist), default=0) or 1
+        for i, (arr, workers, sla) in enumerate(hist):
+            x0 = i * col
+            top = h - int(round((h - 8) * arr / peak))
+            img[top:, x0:x0 + col - 1] = (200, 200, 200)
+            y = h - 1 - int(round((h - 8) * workers / self.max_workers))
+            img[max(y - 1, 0):y + 1, x0:x0 + col] = (31, 119, 180)
+            if sla < 0.9:
+                img[2:5, x0 + 1:x0 + col - 1] = (214, 39, 40)
+        return img
+
+    def close(self) -> None:
+        self.sim = None
+        self._advisors = {}
+
+    # -- extras -------------------------------------------------------------------------------
+    def action_masks(self) -> np.ndarray:
+        """Actions that need no clamping (for sb3-contrib's MaskablePPO)."""
+        if self.sim is None:
+            return np.ones(self.action_space.n, dtype=bool)
+        a, s, _ = self.sim.counts()
+        return self.action_type.masks(a + s)
+
+    def episode_summary(self) -> dict[str, Any]:
+        """The episode so far: SLA attainment, GPU-hours, p90 TTFT and ITL (ms)."""
+        tot = self._totals
+        return {
+            "sla_attainment": tot["met"] / tot["finished"] if tot["finished"] else 1.0,
+            "gpu_hours": tot["gpu_seconds"] / 3600.0,
+            "ttft_p90_ms": _pct(sorted(self._ttfts), 0.9) if self._ttfts else 0.0,
+            "itl_p90_ms": _pct(sorted(self._tpots), 0.9) if self._tpots else 0.0,
+            "requests_decided": tot["finished"],
+            "requests_met": tot["met"],
+            "requests_completed": tot["completed"],
+            "requests_rejected": tot["rejected"],
+            "requests_timed_out": tot["timed_out"],
+            "workers_changed": tot["changes"],
+            "steps": self._steps,
+        }
+
+    def hold_action(self) -> int:
+        """The action that keeps the provisioned worker count."""
+        cur = sum(self.sim.counts()[:2]) if self.sim is not None else 0
+        return self.action_type.from_target(cur, cur)
+
+    def planner_action(self, kind: str) -> int:
+        """The action Dynamo's ``load`` or ``throughput`` planner would take now.
+
+        The planner runs inside the simulation as an advisor (same interval as the env's
+        steps, the env's SLA, budget and min_endpoint) and reads what it reads in Dynamo:
+        per-engine forward-pass metrics and queues (load), arrival counts, ISL/OSL and the
+        timing model (throughput). Used by :mod:`agents.heuristics`."""
+        if kind not in ADVISORS:
+            raise ValueError(f"unknown planner {kind!r}; expected one of {', '.join(ADVISORS)}")
+        if kind not in self._advisor_kinds:
+            self._advisor_kinds.append(kind)
+        if self.sim is None:
+            return self.action_type.from_target(self.cfg.env.min_endpoint, 0)
+        self._log.append(("advise", kind))
+        adv = self._advisors.get(kind) or self._attach_advisor(kind)
+        a, s, _ = self.sim.counts()
+        cur = a + s
+        target = adv.advice if adv.advice is not None else cur
+        adv.advice = None
+        return self.action_type.from_target(target, cur)
+
+    def _attach_advisor(self, kind: str):
+        e = self.cfg.env
+        sla = self.cfg.sim.sla
+        pc = PlannerConfig(ttft_sla_ms=sla.ttft_ms, itl_sla_ms=sla.itl_ms,
+                           interval_s=e.planner_interval_s or e.interval_s,
+                           max_gpu_budget=e.max_gpu_budget,
+                           min_endpoint=e.min_endpoint, load_predictor=e.planner_predictor)
+        adv = ADVISORS[kind](pc).attach(self.sim)
+        self._advisors[kind] = adv
+        return adv
+
+    @staticmethod
+    def _replicas(iv: Interval) -> dict[str, int]:
+        return {"active_workers": iv.active, "starting_workers": iv.starting,
+                "draining_workers": iv.draining}
+
+
+__all__ = ["DynoSimEnv", "FEATURES", "DEFAULT_CONFIG"]

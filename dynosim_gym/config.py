@@ -1,0 +1,275 @@
+"""Environment configuration: a simulator run config plus an ``env:`` section.
+
+An environment YAML is a ``dynosim simulate`` config (``workload``, ``cluster``, ``engine``,
+``timing``, ``router``, ``sla``) with one more top-level section, ``env``, that says how the
+simulation becomes an MDP: decision interval, episode length, the scaling limits, and the
+observation, action and reward factories. Every key is validated once, with errors that
+name the file, the YAML line and the dotted key (``env.reward.gpu_weight``), the same way
+as the simulator's own config (:mod:`sim.config`).
+
+``gym.make(id, config=PATH_OR_DICT, **overrides)``: an override is a dotted key
+(``**{"env.reward.gpu_weight": 0.2}``), a section (``engine={"block_size": 64}``) or the
+bare name of an ``env`` field (``interval_s=5``, ``reward={"change_penalty": 0}``).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from sim.config import (RunConfig, _marks, _merge, _nest, _show, _Validator, load_config,
+                        parse_config)
+from sim.errors import InputError
+
+import envs_configs as _bundled
+
+CONFIG_DIR = Path(_bundled.__file__).resolve().parent     # the bundled YAML scenarios
+SCENARIOS = ("diurnal", "bursty", "ramp", "steady")
+
+
+def _opt(default: Any, **rules: Any) -> Any:
+    return field(default=default, metadata=rules)
+
+
+@dataclass
+class ActionSection:
+    type: str = _opt("delta", choices=("delta", "target"))  # delta: -k..+k workers; target: N
+    max_step: int = _opt(2, ge=1)            # delta: largest change per step (workers)
+
+
+@dataclass
+class ObservationSection:
+    stack: int = _opt(1, ge=1)               # past intervals concatenated (1 = current only)
+    rate_scale_rps: float | None = _opt(None, gt=0)   # arrival rate scale; null = rate_max_rps
+    isl_scale: float = _opt(8192.0, gt=0)    # tokens
+    osl_scale: float = _opt(1024.0, gt=0)    # tokens
+
+
+@dataclass
+class RewardSection:
+    sla_weight: float = _opt(1.0, ge=0)      # x SLA attainment in the interval (0..1)
+    # x GPU-seconds provisioned in the interval (starting + active + draining workers);
+    # null = 0.5 / (interval_s * max_gpu_budget): a full budget for a whole step costs 0.5.
+    gpu_weight: float | None = _opt(None, ge=0)
+    change_penalty: float = _opt(0.01, ge=0)     # x workers added or removed by the action
+
+
+@dataclass
+class EnvSection:
+    interval_s: float = _opt(10.0, gt=0)     # simulated seconds per step
+    episode_steps: int = _opt(60, ge=1)      # steps per episode; then truncated=True
+    max_gpu_budget: int = _opt(16, ge=1)     # GPUs of starting + active workers, at most
+    min_endpoint: int = _opt(1, ge=1)        # workers, at least
+    initial_workers: int | None = _opt(None, ge=1)    # at reset; null = cluster.num_workers
+    split: str = _opt("train", choices=("train", "eval"))  # which windows / seeds episodes use
+    eval_fraction: float = _opt(0.25, gt=0)  # trace: trailing share held out for split=eval
+    scenarios: str = "diurnal,bursty,ramp"   # synthetic: load shapes drawn at reset (comma list)
+    rate_min_rps: float = _opt(0.2, gt=0)    # synthetic: mean arrival rate drawn in [min, max]
+    rate_max_rps: float = _opt(1.0, gt=0)
+    day_period_s: float = _opt(1200.0, gt=0)  # length of a simulated day (diurnal, time of day)
+    timeout_s: float = _opt(60.0, gt=0)      # no first token after this long = SLA violation
+    # heuristic planners (agents.heuristics): forecaster and decision interval
+    planner_predictor: str = _opt("constant",
+                                  choices=("constant", "moving_average", "kalman", "arima"))
+    planner_interval_s: float | None = _opt(None, gt=0)   # null = interval_s
+    action: ActionSection = field(default_factory=ActionSection)
+    observation: ObservationSection = field(default_factory=ObservationSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+
+
+NESTED = {"action": ActionSection, "observation": ObservationSection, "reward": RewardSection}
+ENV_FIELDS = tuple(f.name for f in fields(EnvSection))
+SIM_SECTIONS = ("workload", "cluster", "engine", "timing", "router", "sla", "run")
+
+
+@dataclass
+class EnvConfig:
+    """A validated environment config: the simulator's run config and the MDP settings."""
+
+    sim: RunConfig
+    env: EnvSection
+    source: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def max_workers(self) -> int:
+        return self.env.max_gpu_budget // self.sim.cluster.gpus_per_worker
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.sim.to_dict()
+        out["env"] = asdict(self.env)
+        return out
+
+
+def _read_yaml(path: str | Path) -> tuple[dict[str, Any], dict]:
+    fname = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("config file not found", file=fname) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not valid UTF-8 ({exc.reason})", file=fname) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise InputError(f"invalid YAML: {' '.join(str(exc.problem).split())}", file=fname,
+                         line=mark.line + 1 if mark is not None else None) from None
+    where: dict = {}
+    if root is not None:
+        _marks(root, "", fname, where)
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise InputError(f"expected a mapping of sections, got {_show(data)}", file=fname)
+    return dict(data), where
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A YAML path, or the name of a bundled scenario (``autoscale_default``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    cands = [CONFIG_DIR / str(name), CONFIG_DIR / f"{name}.yaml"]
+    if p.parent.name == "envs_configs":          # "envs_configs/x.yaml" from another cwd
+        cands.append(CONFIG_DIR / p.name)
+    for cand in cands:
+        if cand.is_file():
+            return cand
+    raise InputError("config file not found (a path, or one of: "
+                     f"{', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.yaml')))})",
+                     file=str(name))
+
+
+def _override_key(key: str) -> str:
+    """Map a ``gym.make`` keyword to a dotted config key."""
+    head = key.split(".")[0]
+    if head in SIM_SECTIONS or head == "env":
+        return key
+    if head in ENV_FIELDS:
+        return "env." + key
+    allowed = [*ENV_FIELDS, *SIM_SECTIONS, "env"]
+    hint = difflib.get_close_matches(head, allowed, n=1)
+    more = f" (did you mean '{hint[0]}'?)" if hint else \
+        f"; expected an env field ({', '.join(ENV_FIELDS)}) or a section " \
+        f"({', '.join(SIM_SECTIONS)})"
+    raise InputError(f"unknown key '{key}'{more}", field=key)
+
+
+def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
+                    defaults: str | Path | None = None, **overrides: Any) -> EnvConfig:
+    """Validate ``config`` (YAML path, bundled name or dict; None = ``defaults``) with
+    ``overrides`` applied on top."""
+    base_dir = Path.cwd()
+    source: str | None = "config"
+    where: dict = {}
+    if config is None:
+        config = defaults
+    if config is None:
+        data: dict[str, Any] = {}
+    elif isinstance(config, Mapping):
+        data = copy.deepcopy(dict(config))
+    else:
+        path = resolve_config_path(config)
+        data, where = _read_yaml(path)
+        source = str(path)
+        base_dir = path.resolve().parent
+    if overrides:
+        nested = _nest({_override_key(k): v for k, v in overrides.items()})
+        for top, value in nested.items():
+            if top == "workload" and isinstance(data.get(top), dict) and isinstance(value, dict) \
+                    and value.get("kind", data[top].get("kind")) == data[top].get("kind"):
+                _merge(data[top], value)
+            elif isinstance(data.get(top), dict) and isinstance(value, dict) and top != "workload":
+                _merge(data[top], value)
+            else:
+                data[top] = value
+            for k in _leaves_of(top, value):
+                where.setdefault(k, ("overrides", None))
+    env_data = data.pop("env", None)
+    v = _Validator(source, where, (source, None))
+    sim_cfg = parse_config(data, source=source, where=where, base_dir=base_dir,
+                           default_where=(source, None))
+    env = _parse_env(env_data, v)
+    cfg = EnvConfig(sim=sim_cfg, env=env, source=source)
+    _check(cfg, v)
+    return cfg
+
+
+def _leaves_of(prefix: str, value: Any):
+    yield prefix
+    if isinstance(value, Mapping):
+        for k, x in value.items():
+            yield from _leaves_of(f"{prefix}.{k}", x)
+
+
+def _parse_env(data: Any, v: _Validator) -> EnvSection:
+    if data is None:
+        return EnvSection()
+    if not isinstance(data, Mapping):
+        raise v.error(f"expected a mapping, got {_show(data)}", "env")
+    flat = {k: x for k, x in data.items() if k not in NESTED}
+    if isinstance(flat.get("scenarios"), (list, tuple)):
+        flat["scenarios"] = ",".join(str(s) for s in flat["scenarios"])
+    env = v.section(flat, _FlatEnv, "env")
+    out = EnvSection(**{f.name: getattr(env, f.name) for f in fields(_FlatEnv)})
+    for name, cls in NESTED.items():
+        setattr(out, name, v.section(data.get(name), cls, f"env.{name}"))
+    return out
+
+
+# EnvSection's scalar fields (rules included), for the shared field validator.
+_FlatEnv = make_dataclass(
+    "_FlatEnv", [(f.name, f.type, field(default=f.default, metadata=f.metadata))
+                 for f in fields(EnvSection) if f.name not in NESTED],
+    namespace={"__module__": __name__})
+
+
+def _check(cfg: EnvConfig, v: _Validator) -> None:
+    e = cfg.env
+    if cfg.sim.workload is None:
+        raise v.error("missing required section (a trace or synthetic workload)", "workload")
+    kind = cfg.sim.workload.get("kind")
+    if kind not in ("mooncake", "azure", "synthetic"):
+        raise v.error(f"unknown workload kind {kind!r}; expected mooncake, azure or synthetic",
+                      "workload.kind")
+    for name in e.scenarios.split(","):
+        if name.strip() not in SCENARIOS:
+            raise v.error(f"unknown scenario {name.strip()!r}; expected a comma list of "
+                          f"{', '.join(SCENARIOS)}", "env.scenarios")
+    if e.rate_min_rps > e.rate_max_rps:
+        raise v.error(f"must be <= env.rate_max_rps ({e.rate_max_rps}), got {e.rate_min_rps}",
+                      "env.rate_min_rps")
+    if e.eval_fraction >= 1:
+        raise v.error(f"must be < 1, got {e.eval_fraction}", "env.eval_fraction")
+    g = cfg.sim.cluster.gpus_per_worker
+    if e.max_gpu_budget < e.min_endpoint * g:
+        raise v.error(f"budget of {e.max_gpu_budget} GPUs is below min_endpoint "
+                      f"({e.min_endpoint}) x {g} GPUs per worker", "env.max_gpu_budget")
+    n0 = e.initial_workers or cfg.sim.cluster.num_workers
+    if not e.min_endpoint <= n0 <= cfg.max_workers:
+        raise v.error(f"{n0} initial workers is outside [min_endpoint {e.min_endpoint}, "
+                      f"budget {cfg.max_workers} workers]",
+                      "env.initial_workers" if e.initial_workers else "cluster.num_workers")
+    if kind == "synthetic" and "arrival" not in cfg.sim.workload:
+        cfg.sim.workload["arrival"] = {"process": "poisson", "rate": e.rate_max_rps}
+    if e.planner_interval_s is not None and \
+            abs(e.planner_interval_s / e.interval_s - round(e.planner_interval_s / e.interval_s)) > 1e-9:
+        raise v.error(f"must be a multiple of env.interval_s ({e.interval_s:g}), got "
+                      f"{e.planner_interval_s:g}", "env.planner_interval_s")
+    if e.interval_s * e.episode_steps <= 0:
+        raise v.error("episode has no length", "env.episode_steps")
+
+
+def env_config_dict(cfg: EnvConfig) -> dict[str, Any]:
+    """Plain dict for run records (JSON-ready)."""
+    return cfg.to_dict()
+
+
+__all__ = ["EnvConfig", "EnvSection", "ActionSection", "ObservationSection", "RewardSection",
+           "load_env_config", "resolve_config_path", "SCENARIOS", "CONFIG_DIR", "load_config"]

@@ -1,0 +1,157 @@
+"""Episodes: which workload an environment replays after ``reset``.
+
+A trace config gives windows of the trace: the trailing ``eval_fraction`` of it is held out
+for ``split="eval"``, the rest serves training; the window start is drawn from the episode
+seed (or pinned with ``options={"window_start_s": S}``). A synthetic config gives a load
+shape per episode (diurnal, bursty, ramp or steady; ``options={"scenario": NAME}`` pins
+one) with its mean rate drawn from ``[rate_min_rps, rate_max_rps]``; the train and eval
+splits draw from different seed streams, so evaluation episodes are never training ones.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any, Mapping
+
+import numpy as np
+
+from sim.config import _located, build_workload
+from sim.engine import EngineConfig
+from sim.errors import InputError
+from sim.simulator import ClusterConfig, Simulation
+from sim.router import KvRouterConfig
+from sim.timing import make_timing
+from sim.workloads import TraceWindow, from_config
+from sim.workloads.window import trace_duration_s
+
+from .config import SCENARIOS, EnvConfig
+
+SPLIT_KEY = {"train": 0, "eval": 1}
+OPTION_KEYS = ("window_start_s", "scenario", "split", "rate_rps")
+
+
+class EpisodeFactory:
+    """Builds one episode's workload and simulation from the config and an episode seed."""
+
+    def __init__(self, cfg: EnvConfig) -> None:
+        self.cfg = cfg
+        self.duration_s = cfg.env.interval_s * cfg.env.episode_steps
+        kind = cfg.sim.workload["kind"]
+        self.is_trace = kind in ("mooncake", "azure")
+        self._trace = None
+        self._timing = None
+        self.scenarios = tuple(s.strip() for s in cfg.env.scenarios.split(","))
+
+    # -- pieces shared across episodes ---------------------------------------------------
+    @property
+    def trace(self):
+        if self._trace is None:
+            self._trace = build_workload(self.cfg.sim)
+            total = trace_duration_s(self._trace)
+            train_end = total * (1.0 - self.cfg.env.eval_fraction)
+            if min(train_end, total - train_end) < self.duration_s:
+                file, line = self.cfg.sim.locate("env")
+                raise InputError(f"trace of {total:.0f} s is too short for {self.duration_s:g} s "
+                                 f"episodes in both splits (eval_fraction "
+                                 f"{self.cfg.env.eval_fraction})", file=file, line=line,
+                                 field="env.episode_steps")
+        return self._trace
+
+    @property
+    def timing(self):
+        if self._timing is None:
+            t = self.cfg.sim.timing
+            with _located(self.cfg.sim, "timing", {"timing": "timing.model"}):
+                self._timing = make_timing(t.model, speedup_ratio=t.speedup_ratio,
+                                           decode_speedup_ratio=t.decode_speedup_ratio)
+        return self._timing
+
+    # -- one episode -------------------------------------------------------------------------
+    def describe_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        opts = dict(options or {})
+        for key in opts:
+            if key not in OPTION_KEYS:
+                raise InputError(f"unknown reset option {key!r}; expected one of "
+                                 f"{', '.join(OPTION_KEYS)}", field=f"options.{key}")
+        return opts
+
+    def build(self, ep_seed: int, options: Mapping[str, Any] | None = None
+              ) -> tuple[Simulation, dict[str, Any]]:
+        """A fresh simulation for one episode, and a JSON-ready description of it."""
+        opts = self.describe_options(options)
+        env = self.cfg.env
+        split = opts.get("split", env.split)
+        if split not in SPLIT_KEY:
+            raise InputError(f"unknown split {split!r}; expected train or eval",
+                             field="options.split")
+        ss = np.random.SeedSequence(ep_seed, spawn_key=(SPLIT_KEY[split],))
+        rng_episode, rng_workload, rng_sim = (np.random.default_rng(s) for s in ss.spawn(3))
+        sim_seed = int(rng_sim.integers(2**31))
+        if self.is_trace:
+            workload, desc = self._window(rng_episode, split, opts)
+        else:
+            workload, desc = self._synthetic(rng_episode, rng_workload, opts)
+        desc["split"] = split
+        scfg = self.cfg.sim
+        n0 = env.initial_workers or scfg.cluster.num_workers
+        cluster = ClusterConfig(num_workers=n0, gpus_per_worker=scfg.cluster.gpus_per_worker,
+                                startup_time_s=scfg.cluster.startup_time_s)
+        sla = {"ttft_ms": scfg.sla.ttft_ms, "itl_ms": scfg.sla.itl_ms, "e2e_ms": None}
+        sim = Simulation(
+            workload, engine=EngineConfig(**asdict(scfg.engine)), timing=self.timing,
+            cluster=cluster, router=scfg.router.mode,
+            kv_router=KvRouterConfig(**{k: v for k, v in asdict(scfg.router).items()
+                                        if k != "mode"}),
+            seed=sim_seed, exact=scfg.run.exact_steps, sla=sla)
+        return sim, desc
+
+    def _window(self, rng: np.random.Generator, split: str, opts: dict) -> tuple[Any, dict]:
+        trace = self.trace
+        total = trace_duration_s(trace)
+        train_end = total * (1.0 - self.cfg.env.eval_fraction)
+        lo, hi = (0.0, train_end) if split == "train" else (train_end, total)
+        if "window_start_s" in opts:
+            start = float(opts["window_start_s"])
+            if not (math.isfinite(start) and 0 <= start <= total - self.duration_s):
+                raise InputError(f"must be in [0, {total - self.duration_s:.0f}] s for this "
+                                 f"trace, got {opts['window_start_s']!r}",
+                                 field="options.window_start_s")
+        else:
+            start = float(rng.uniform(lo, hi - self.duration_s))
+            start = math.floor(start)          # whole seconds: readable, reproducible
+        window = TraceWindow(trace, start, start + self.duration_s)
+        return window, {"workload": "trace_window", "window_start_s": start,
+                        "day_offset_s": start}
+
+    def _synthetic(self, rng: np.random.Generator, rng_workload: np.random.Generator,
+                   opts: dict) -> tuple[Any, dict]:
+        env = self.cfg.env
+        scenario = opts.get("scenario")
+        if scenario is None:
+            scenario = self.scenarios[int(rng.integers(len(self.scenarios)))]
+        elif scenario not in SCENARIOS:
+            raise InputError(f"unknown scenario {scenario!r}; expected one of "
+                             f"{', '.join(SCENARIOS)}", field="options.scenario")
+        rate = float(opts.get("rate_rps", rng.uniform(env.rate_min_rps, env.rate_max_rps)))
+        day_offset = float(rng.uniform(0.0, env.day_period_s))
+        T = self.duration_s
+        if scenario == "diurnal":
+            arrival = {"process": "diurnal", "mean_rate": rate,
+                       "amplitude": float(rng.uniform(0.4, 0.9)),
+                       "period_s": env.day_period_s, "phase_s": day_offset}
+        elif scenario == "bursty":
+            arrival = {"process": "gamma", "rate": rate, "cv": float(rng.uniform(2.0, 4.0))}
+        elif scenario == "ramp":
+            lo, hi = sorted((rate * float(rng.uniform(0.2, 0.6)), rate * 1.5))
+            up = bool(rng.integers(2))
+            arrival = {"process": "ramp", "start_rate": lo if up else hi,
+                       "end_rate": hi if up else lo, "duration_s": T}
+        else:
+            arrival = {"process": "poisson", "rate": rate}
+        block = dict(self.cfg.sim.workload)
+        block.pop("num_requests", None)
+        block.update(arrival=arrival, duration_s=T)
+        with _located(self.cfg.sim):
+            workload = from_config(block, rng_workload, prefix="workload")
+        return workload, {"workload": "synthetic", "scenario": scenario,
+                          "arrival": arrival, "day_offset_s": day_offset}

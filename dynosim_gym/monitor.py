@@ -1,0 +1,166 @@
+"""What happened in the cluster during one decision interval: the raw material of the
+observation and the reward.
+
+The monitor reads the simulation between steps without touching it: request records added
+since the last call (``MetricsCollector`` columns), arrival counters, each engine's queues
+and KV pool, and the workers' lifetimes (for GPU-seconds). Every figure is a plain float or
+int computed from simulated quantities only, so ``info`` stays deterministic.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sim.metrics import STATUS_COMPLETED
+from sim.simulator import ACTIVE, DRAINING, REMOVED, STARTING, Simulation
+
+
+def _pct(sorted_vals: list[float], q: float) -> float:
+    """Nearest-rank percentile (round half up), like the run summary."""
+    n = len(sorted_vals)
+    return sorted_vals[min(n - 1, int(q * (n - 1) + 0.5))]
+
+
+@dataclass
+class Interval:
+    """One interval's figures (simulated time only)."""
+    t0_s: float
+    t1_s: float
+    arrived: int = 0
+    mean_isl: float = 0.0
+    mean_osl: float = 0.0
+    completed: int = 0
+    met: int = 0                  # completed within both SLAs
+    rejected: int = 0
+    timed_out: int = 0            # first time seen waiting longer than the timeout
+    ttft_p50_ms: float = 0.0      # over requests completed in the interval (0 if none)
+    ttft_p90_ms: float = 0.0
+    itl_p90_ms: float = 0.0       # per-request TPOT, p90
+    kv_hit_rate: float = 0.0      # reused / prompt tokens of requests completed
+    queued: int = 0               # waiting requests at the end of the interval
+    running: int = 0
+    queued_prefill_tokens: int = 0
+    kv_utilisation: float = 0.0   # mean over active workers of used / total blocks
+    oldest_wait_ms: float = 0.0   # oldest request without a first token
+    active: int = 0
+    starting: int = 0
+    draining: int = 0
+    gpu_seconds: float = 0.0      # provisioned in the interval (starting + active + draining)
+    ttfts: list[float] = field(default_factory=list, repr=False)
+    tpots: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def finished(self) -> int:
+        """Requests whose outcome was decided in the interval (the SLA denominator)."""
+        return self.completed + self.rejected + self.timed_out
+
+    @property
+    def sla_attainment(self) -> float:
+        """Share of decided requests that met the SLA; 1.0 if none was decided."""
+        return self.met / self.finished if self.finished else 1.0
+
+
+class ClusterMonitor:
+    def __init__(self, sim: Simulation, ttft_sla_ms: float, itl_sla_ms: float,
+                 timeout_ms: float, gpus_per_worker: int) -> None:
+        self.sim = sim
+        self.ttft_sla = ttft_sla_ms
+        self.itl_sla = itl_sla_ms
+        self.timeout_ms = timeout_ms
+        self.gpus = gpus_per_worker
+        self._row = 0
+        self._arr = (0, 0, 0)
+        self._timed_out: set[int] = set()
+        self._t_ms = sim.now
+        self._hit = 0.0
+
+    def collect(self) -> Interval:
+        sim = self.sim
+        now = sim.now
+        iv = Interval(self._t_ms / 1000.0, now / 1000.0)
+        # arrivals
+        n0, i0, o0 = self._arr
+        iv.arrived = n = sim.num_arrived - n0
+        if n:
+            iv.mean_isl = (sim.arrived_input_tokens - i0) / n
+            iv.mean_osl = (sim.arrived_output_tokens - o0) / n
+        self._arr = (sim.num_arrived, sim.arrived_input_tokens, sim.arrived_output_tokens)
+        # outcomes decided since the last call
+        c = sim.metrics.cols
+        k = len(c["status"])
+        ttft_sla, itl_sla, gone = self.ttft_sla, self.itl_sla, self._timed_out
+        reused = prompt = 0
+        if k > self._row:
+            idx, st = c["request_index"], c["status"]
+            arr, ft, lt = c["arrival_time_ms"], c["first_token_ms"], c["last_token_ms"]
+            out, ru, il = c["output_length"], c["reused_input_tokens"], c["input_length"]
+            for j in range(self._row, k):
+                if gone and idx[j] in gone:
+                    gone.discard(idx[j])          # counted when it timed out
+                    continue
+                if st[j] == STATUS_COMPLETED:
+                    iv.completed += 1
+                    ttft = ft[j] - arr[j]
+                    o = out[j]
+                    tpot = (lt[j] - ft[j]) / (o - 1) if o > 1 else 0.0
+                    iv.ttfts.append(ttft)
+                    iv.tpots.append(tpot)
+                    reused += ru[j]
+                    prompt += il[j]
+                    if ttft <= ttft_sla and tpot <= itl_sla:
+                        iv.met += 1
+                else:
+                    iv.rejected += 1
+            self._row = k
+        if prompt:
+            self._hit = reused / prompt
+        iv.kv_hit_rate = self._hit
+        if iv.ttfts:
+            s = sorted(iv.ttfts)
+            iv.ttft_p50_ms, iv.ttft_p90_ms = _pct(s, 0.5), _pct(s, 0.9)
+            iv.itl_p90_ms = _pct(sorted(iv.tpots), 0.9)
+        # queues, KV, timeouts, GPU-seconds
+        kv_sum = 0.0
+        t0 = self._t_ms
+        gpu_ms = 0.0
+        oldest = 0.0
+        timeout = self.timeout_ms
+        for w in sim.workers:
+            state = w.state
+            if state == REMOVED:
+                stop = w.removed_ms
+                if stop <= t0:
+                    continue
+            else:
+                stop = now
+            gpu_ms += max(0.0, stop - max(w.created_ms, t0))
+            if state == REMOVED:
+                continue
+            eng = w.engine
+            if state == ACTIVE:
+                iv.active += 1
+                kv_sum += eng.kv.num_active / eng.kv.num_blocks
+            elif state == STARTING:
+                iv.starting += 1
+            elif state == DRAINING:
+                iv.draining += 1
+            iv.queued += len(eng.waiting)
+            iv.running += len(eng.running)
+            qp = eng.queued_prefill_tokens()
+            for lst in (eng.waiting, eng.running):
+                for s in lst:
+                    if s.first_token != s.first_token:      # NaN: no first token yet
+                        age = now - s.req.arrival_ms
+                        if lst is eng.running:
+                            qp += max(0, s.prompt_len - s.computed)
+                        if age > oldest:
+                            oldest = age
+                        if age > timeout and s.req.index not in gone:
+                            gone.add(s.req.index)
+                            iv.timed_out += 1
+            iv.queued_prefill_tokens += qp
+        iv.kv_utilisation = kv_sum / iv.active if iv.active else 0.0
+        iv.oldest_wait_ms = oldest
+        iv.gpu_seconds = gpu_ms / 1000.0 * self.gpus
+        self._t_ms = now
+        return iv
