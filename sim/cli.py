@@ -32,10 +32,9 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 #: Planned subcommands -> (what, tracking issue; None until one is filed). Numbers as in
 #: the README's status table.
 PLANNED: dict[str, tuple[str, int | None]] = {
-    "train": ("train an RL autoscaler/router on a Gymnasium env", 5),
-    "evaluate": ("evaluate a policy against baselines", 5),
     "bench": ("measure simulator speed (sim-s per wall-s)", 3),
 }
+AGENT_COMMANDS = ("train", "evaluate")     # in agents.cli (imports gymnasium / torch lazily)
 
 # flag -> (config field, argparse type, metavar, help). Only flags given on the command
 # line override the config (argparse defaults are None).
@@ -146,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import silicon, sweeps
     silicon.add_parser(sub)
     sweeps.add_parser(sub)
+    try:
+        from agents import cli as agents_cli
+    except ImportError:           # sim installed without the agents package
+        agents_cli = None
+    if agents_cli is not None:
+        agents_cli.add_parsers(sub)
     for name, (what, _) in PLANNED.items():
         sub.add_parser(name, help=f"{what} (not implemented yet)")
     return p
@@ -177,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sweep":
             from . import sweeps
             return sweeps.run(args)
+        if args.command in AGENT_COMMANDS:
+            from agents import cli as agents_cli
+            return agents_cli.run(args)
         return simulate(args)
     except InputError as exc:
         return _fail(_from_cmdline(exc))

@@ -1,0 +1,147 @@
+"""Heuristic policies with Stable-Baselines3's ``predict()`` signature.
+
+``policy.predict(obs, state=None, episode_start=None, deterministic=False) -> (actions,
+state)`` is all SB3's ``evaluate_policy`` and our evaluator need, so Dynamo's planners and
+learned agents are scored through one path on the same episodes.
+
+* :class:`PlannerPolicy` (``heuristic:load`` / ``heuristic:throughput``) asks each
+  environment what Dynamo's load-based or throughput-based planner would do now
+  (``DynoSimEnv.planner_action``). The planner runs inside the simulation as an advisor and
+  reads what it reads in Dynamo: per-engine forward-pass metrics and queues (load), arrival
+  counts, ISL/OSL and the engine timing model (throughput). That is more than the agent's
+  observation, so the comparison favours the heuristic.
+* :class:`StaticPolicy` (``heuristic:static``) never changes the worker count.
+* Routing: :class:`RoundRobinPolicy` and :class:`KvCostPolicy` (Dynamo's KV-aware cost from
+  the observation) for ``DynoSimRouting-v0``.
+
+The policy must be bound to the environment it acts on (``bind(env)``), because the planner
+advice lives there: a Gymnasium env, a Gymnasium vector env or an SB3 VecEnv.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _num_envs(env) -> int:
+    return int(getattr(env, "num_envs", 1))
+
+
+def _is_vector(env) -> bool:
+    return hasattr(env, "env_method") or (hasattr(env, "num_envs") and hasattr(env, "call"))
+
+
+def _call(env, name: str, *args) -> list[Any]:
+    """Call a method of every sub-environment (SB3 VecEnv, Gymnasium VectorEnv, or one env)."""
+    if hasattr(env, "env_method"):                       # SB3 VecEnv
+        return list(env.env_method(name, *args))
+    if hasattr(env, "call") and hasattr(env, "num_envs"):  # Gymnasium VectorEnv
+        return list(env.call(name, *args))
+    fn = getattr(env, "get_wrapper_attr", None)
+    method = fn(name) if fn is not None else getattr(env.unwrapped, name)
+    return [method(*args)]
+
+
+class HeuristicPolicy:
+    """Base: SB3-style ``predict`` over a batch (vector env) or one observation."""
+
+    name = "heuristic"
+
+    def __init__(self, env=None) -> None:
+        self.env = env
+
+    def bind(self, env) -> "HeuristicPolicy":
+        self.env = env
+        return self
+
+    def actions(self, obs: np.ndarray, n: int) -> list[int]:
+        raise NotImplementedError
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        vector = self.env is not None and _is_vector(self.env)
+        n = _num_envs(self.env) if vector else 1
+        acts = np.asarray(self.actions(np.asarray(observation), n), dtype=np.int64)
+        return (acts.reshape(n) if vector else acts[0]), state
+
+
+class PlannerPolicy(HeuristicPolicy):
+    """Dynamo's ``load`` or ``throughput`` planner (see the module doc)."""
+
+    def __init__(self, kind: str, env=None) -> None:
+        super().__init__(env)
+        if kind not in ("load", "throughput"):
+            raise ValueError(f"unknown planner {kind!r}; expected load or throughput")
+        self.kind = kind
+        self.name = f"heuristic:{kind}"
+
+    def actions(self, obs: np.ndarray, n: int) -> list[int]:
+        if self.env is None:
+            raise RuntimeError("PlannerPolicy needs the environment: policy.bind(env)")
+        return [int(a) for a in _call(self.env, "planner_action", self.kind)]
+
+
+class StaticPolicy(HeuristicPolicy):
+    """Keep the current worker count (the 'no autoscaling' baseline)."""
+
+    name = "heuristic:static"
+
+    def actions(self, obs: np.ndarray, n: int) -> list[int]:
+        if self.env is None:
+            raise RuntimeError("StaticPolicy needs the environment: policy.bind(env)")
+        return [int(a) for a in _call(self.env, "hold_action")]
+
+
+class RoundRobinPolicy(HeuristicPolicy):
+    """Worker ``k mod N`` for the k-th request of the episode."""
+
+    name = "heuristic:round_robin"
+
+    def __init__(self, num_workers: int, env=None) -> None:
+        super().__init__(env)
+        self.num_workers = num_workers
+        self._k: np.ndarray | None = None
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        obs = np.asarray(observation)
+        n = 1 if obs.ndim == 1 else obs.shape[0]
+        if self._k is None or len(self._k) != n:
+            self._k = np.zeros(n, dtype=np.int64)
+        if episode_start is not None:
+            self._k[np.asarray(episode_start, dtype=bool).reshape(n)] = 0
+        acts = self._k % self.num_workers
+        self._k += 1
+        return (int(acts[0]) if obs.ndim == 1 else acts.copy()), state
+
+
+class KvCostPolicy(HeuristicPolicy):
+    """Dynamo's KV-router choice from the routing observation: the worker with the least
+    ``overlap_score_credit``-discounted prefill blocks plus decode blocks (argmin, ties to
+    the lowest index). Needs the observation layout of ``DynoSimRoutingEnv``, which exposes
+    ``kv_cost(obs)``."""
+
+    name = "heuristic:kv"
+
+    def __init__(self, cost_fn, env=None) -> None:
+        super().__init__(env)
+        self.cost_fn = cost_fn
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        obs = np.asarray(observation)
+        batch = obs.reshape(-1, obs.shape[-1])
+        acts = np.array([int(np.argmin(self.cost_fn(o))) for o in batch], dtype=np.int64)
+        return (int(acts[0]) if obs.ndim == 1 else acts), state
+
+
+AUTOSCALING_HEURISTICS = ("load", "throughput", "static")
+
+
+def make_heuristic(spec: str, env=None) -> HeuristicPolicy:
+    """``heuristic:load`` | ``heuristic:throughput`` | ``heuristic:static`` (autoscaling)."""
+    kind = spec.split(":", 1)[1] if spec.startswith("heuristic:") else spec
+    if kind in ("load", "throughput"):
+        return PlannerPolicy(kind, env)
+    if kind == "static":
+        return StaticPolicy(env)
+    raise ValueError(f"unknown heuristic {spec!r}; expected one of "
+                     f"{', '.join('heuristic:' + k for k in AUTOSCALING_HEURISTICS)}")
