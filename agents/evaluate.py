@@ -91,6 +91,11 @@ def evaluate(spec: str, env_id: str = "DynoSim-v0", *, config: Any = None, episo
         config = run_config_of(spec)
     env = gym.make(f"dynosim_gym:{env_id}", config=config, **(overrides or {}))
     policy = load_policy(spec, env)
+    space = getattr(policy, "observation_space", None)
+    if space is not None and space.shape != env.observation_space.shape:
+        raise InputError(f"the model observes {space.shape}, this env config gives "
+                         f"{env.observation_space.shape}; evaluate it with its training "
+                         "config", field="--config")
     rewards, eps, traces = [], [], []
     met = decided = 0
     it = range(episodes)
@@ -153,9 +158,12 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
                          + [str(p) for p in find_models(d)])
     if reference not in specs:
         specs.insert(0, reference)
+    # One env config for every policy (the default unless given), so rewards compare;
+    # trained models must have been trained on the same observation and action spaces.
+    cfg = config if config is not None else ("autoscale_default" if env_id == "DynoSim-v0"
+                                             else "routing_default")
     results = []
     for spec in specs:
-        cfg = config if config is not None else None
         results.append(evaluate(spec, env_id, config=cfg, episodes=episodes, seed=seed,
                                 keep_traces=1, quiet=quiet))
     ref = next(r for r in results if r.policy == reference)
