@@ -32,10 +32,10 @@ peer:
 	else echo "note: $(SHARED)/peer not found; parity tests will skip"; fi
 
 test: install peer
-	$(PY) -m pytest -q -n 2 -m "not expensive"
+	$(PY) -m pytest -q -n 2
 
 test-all: install peer
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 -m "expensive or not expensive"
 
 bench: install peer
 	$(PY) bench/peer_side_by_side.py --repeats 3
