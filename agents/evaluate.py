@@ -120,7 +120,7 @@ def evaluate(spec: str, env_id: str = "DynoSim-v0", *, config: Any = None, episo
             if k < keep_traces:
                 for key in trace:
                     trace[key].append(float(info[key]))
-        summary = dict(info["episode"], reward=total, seed=seed + k,
+        summary = dict(info["episode_summary"], reward=total, seed=seed + k,
                        setup=env.unwrapped.episode)
         met += summary["requests_met"]
         decided += summary["requests_decided"]

@@ -94,7 +94,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     overrides = dict(overrides or {})
     defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
     env_cfg = load_env_config(config, defaults=defaults, **overrides)  # validate before work
-    env_kwargs = {"config": env_cfg.to_dict()}
+    env_kwargs = {"config": env_cfg.to_dict(), "render_mode": None}  # make_vec_env: no frames
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)

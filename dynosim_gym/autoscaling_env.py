@@ -10,8 +10,9 @@ from sim.errors import InputError
 from sim.planner import LoadPlanner, PlannerConfig, ThroughputPlanner
 
 from .actions import make_action_type
+from .base import SimEnv
 from .config import EnvConfig, load_env_config
-from .episodes import EpisodeFactory
+from .episodes import EpisodeFactory, begin_episode
 from .monitor import ClusterMonitor, Interval, _pct
 from .observations import FEATURES, ObservationBuilder
 
@@ -37,7 +38,7 @@ class ThroughputAdvisor(_Advice, ThroughputPlanner):
 ADVISORS = {"load": LoadAdvisor, "throughput": ThroughputAdvisor}
 
 
-class DynoSimEnv(gym.Env):
+class DynoSimEnv(SimEnv):
     """
     ## Description
 
@@ -88,7 +89,7 @@ class DynoSimEnv(gym.Env):
     ## Episode End
 
     Never terminates; after ``episode_steps`` steps (default 60 = 10 simulated minutes)
-    ``truncated=True``. The final ``info["episode"]`` summarises the episode: SLA attainment,
+    ``truncated=True``. The final ``info["episode_summary"]`` summarises the episode: SLA attainment,
     GPU-hours, p90 TTFT/ITL, requests decided.
 
     ## Arguments
@@ -109,17 +110,8 @@ class DynoSimEnv(gym.Env):
 
     def __init__(self, config: Any = None, *, render_mode: str | None = None,
                  **overrides: Any) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise InputError(f"unknown render_mode {render_mode!r}; expected one of "
-                             f"{', '.join(self.metadata['render_modes'])} or None",
-                             field="render_mode")
-        self.render_mode = render_mode
-        self.cfg: EnvConfig = load_env_config(config, defaults=DEFAULT_CONFIG, **overrides)
+        self.cfg: EnvConfig = self._configure(config, DEFAULT_CONFIG, render_mode, overrides)
         sla = self.cfg.sim.sla
-        if sla.ttft_ms is None or sla.itl_ms is None:
-            file, line = self.cfg.sim.locate("sla")
-            raise InputError("the environment needs SLA targets: set sla.ttft_ms and "
-                             "sla.itl_ms", file=file, line=line, field="sla")
         e = self.cfg.env
         self.max_workers = self.cfg.max_workers
         self.gpus_per_worker = self.cfg.sim.cluster.gpus_per_worker
@@ -142,15 +134,8 @@ class DynoSimEnv(gym.Env):
         self._last: Interval | None = None
 
     # -- gymnasium API ----------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
-        ep_seed = int(self.np_random.integers(2**63))
-        return self._begin(ep_seed, options)
-
     def _begin(self, ep_seed: int, options: dict[str, Any] | None):
-        self.sim, self.episode = self.episodes.build(ep_seed, options)
-        self.episode["seed"] = ep_seed
-        self._options = dict(options or {})
+        begin_episode(self, ep_seed, options)
         self._log: list[tuple[str, Any]] = []      # calls since reset, for pickling
         sla = self.cfg.sim.sla
         self.monitor = ClusterMonitor(self.sim, sla.ttft_ms, sla.itl_ms,
@@ -259,7 +244,7 @@ class DynoSimEnv(gym.Env):
             **self._replicas(iv),
         }
         if truncated:
-            info["episode"] = self.episode_summary()
+            info["episode_summary"] = self.episode_summary()
         return obs, float(reward), False, bool(truncated), info
 
     def render(self):

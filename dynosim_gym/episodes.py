@@ -155,3 +155,12 @@ class EpisodeFactory:
             workload = from_config(block, rng_workload, prefix="workload")
         return workload, {"workload": "synthetic", "scenario": scenario,
                           "arrival": arrival, "day_offset_s": day_offset}
+
+
+def begin_episode(env, ep_seed: int, options: Mapping[str, Any] | None) -> Simulation:
+    """Common start of an episode for both environments: a fresh simulation, the episode's
+    description (seed included) and its options (kept for pickling by replay)."""
+    env.sim, env.episode = env.episodes.build(ep_seed, options)
+    env.episode["seed"] = ep_seed
+    env._options = dict(options or {})
+    return env.sim

@@ -241,8 +241,13 @@ class Simulation:
             eng = self.router.select(req, engines, self.now)
             w = self.workers[eng.id]
         self.router.on_routed(w.engine, req)
+        self._enqueue(w, req, self.router.take_keys())
+
+    def _enqueue(self, w: Worker, req: Request, keys: list[int] | None) -> None:
+        """Hand ``req`` to ``w``'s engine: a running stretch is cut short at the arrival,
+        an idle worker starts at the end of this timestamp."""
         eng = w.engine
-        eng.add_request(req, self.router.take_keys())
+        eng.add_request(req, keys)
         if eng.busy:
             if eng.stretch_ends is not None and len(eng.stretch_ends) > 1:
                 old_end = eng.pass_end
@@ -252,6 +257,58 @@ class Simulation:
                     self._push(new_end, EV_PASS_END, (w, w.version))
         elif w.state != STARTING:
             self._dirty.append(w)
+
+    # -- external routing (DynoSimRouting-v0) ----------------------------------------------
+    # With ``hold_arrivals`` set, ``run_until`` stops at each arrival: the request waits in
+    # ``held_arrival`` (the next workload request is already pulled) and the caller routes
+    # it with ``route_to`` before calling ``run_until`` again, which resumes the same
+    # timestamp (its other events, then its idle workers). Off by default.
+    hold_arrivals: bool = False
+    held_arrival: Request | None = None
+
+    def _hold(self, req: Request, t: float) -> None:
+        if self.held_arrival is not None:
+            raise RuntimeError(f"request {self.held_arrival.index} is still held: route it "
+                               "with route_to() before resuming the simulation")
+        self.held_arrival = req
+        if not self.heap or self.heap[0][0] != t:
+            # Nothing else at t: a no-op marker brings run_until back to t on resume, so
+            # the workers made busy at t still start at t.
+            self._push(t, EV_CONTROL, Simulation._resume_marker)
+
+    @staticmethod
+    def _resume_marker(sim: "Simulation") -> None:
+        """No-op control event (see ``_hold``)."""
+
+    def route_to(self, req: Request, index: int, keys: list[int] | None = None) -> None:
+        """Route ``req`` to the ``index``-th active worker (ascending id), exactly as
+        ``_route`` does when the router picks that worker: arrival counters, the router's
+        bookkeeping (a KV router's overlap and load views), a running stretch cut short.
+        ``keys`` are the prompt's full-block keys if the caller already computed them."""
+        active, engines = self._active_workers()
+        if not 0 <= index < len(active):
+            raise ValueError(f"worker index {index!r} is out of range: {len(active)} active "
+                             f"workers (0..{len(active) - 1})")
+        if req is self.held_arrival:
+            self.held_arrival = None
+        self.num_arrived += 1
+        self.arrived_input_tokens += req.input_length
+        self.arrived_output_tokens += req.output_length
+        router = self.router
+        w = active[index]
+        if router.wants_kv_events:
+            for x in active:
+                if x.engine.stretch_ends is not None:
+                    gone = x.engine.stretch_evictions_until(self.now)
+                    if gone:
+                        router.publish_removed(x.engine, gone)
+            if hasattr(router, "_keys"):          # KvRouter: what select() leaves for on_routed
+                from .router import _prefix_len
+                rkeys = router._keys(req)
+                router._last = (rkeys, _prefix_len(rkeys, router.index.get(w.id)))
+        router.on_routed(w.engine, req)
+        rkeys = router.take_keys()
+        self._enqueue(w, req, rkeys if rkeys is not None else keys)
 
     def _start(self, w: Worker) -> None:
         eng = w.engine
@@ -316,6 +373,9 @@ class Simulation:
                 elif kind == EV_ARRIVAL:
                     if payload is self._pending_arrival:
                         self._pull_arrival()
+                    if self.hold_arrivals:
+                        self._hold(payload, t)
+                        return True
                     self._route(payload)
                 elif kind == EV_WORKER_READY:
                     w = payload
@@ -333,7 +393,10 @@ class Simulation:
                 dirty = self._dirty
                 self._dirty = []
                 if len(dirty) > 1:
-                    dirty = sorted({w.id: w for w in dirty}.values(), key=lambda w: w.id)
+                    # Ascending worker id, each once: sort plain ints (workers[i].id == i),
+                    # no per-element key calls.
+                    ws = self.workers
+                    dirty = [ws[i] for i in sorted({w.engine.id for w in dirty})]
                 for w in dirty:
                     self._start(w)
             n_events += 1

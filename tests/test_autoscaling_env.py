@@ -78,7 +78,7 @@ def test_step_types_and_truncation() -> None:
         assert trunc is (k == env.cfg.env.episode_steps - 1)
         terms = info["reward_terms"]
         assert r == pytest.approx(terms["sla"] + terms["gpu"] + terms["change"])
-    assert info["episode"]["steps"] == env.cfg.env.episode_steps
+    assert info["episode_summary"]["steps"] == env.cfg.env.episode_steps
 
 
 def test_two_instances_same_seed_same_trajectory() -> None:
@@ -208,7 +208,7 @@ def test_sla_attainment_matches_request_records() -> None:
     sla = env.cfg.sim.sla
     ok = done & (ttft <= sla.ttft_ms) & (tpot <= sla.itl_ms)
     assert decided == len(cols["status"]) and met == int(ok.sum())
-    assert info["episode"]["requests_met"] == met
+    assert info["episode_summary"]["requests_met"] == met
 
 
 def test_timeouts_count_as_violations_once() -> None:
@@ -217,7 +217,7 @@ def test_timeouts_count_as_violations_once() -> None:
     env.reset(seed=0, options={"scenario": "steady", "rate_rps": 8.0})
     for _ in range(env.cfg.env.episode_steps):
         _, _, _, _, info = env.step(env.hold_action())
-    ep = info["episode"]
+    ep = info["episode_summary"]
     timed_out = ep["requests_timed_out"]
     assert timed_out > 0
     assert ep["requests_decided"] == ep["requests_completed"] + ep["requests_rejected"] + timed_out
