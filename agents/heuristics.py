@@ -114,23 +114,45 @@ class RoundRobinPolicy(HeuristicPolicy):
         return (int(acts[0]) if obs.ndim == 1 else acts.copy()), state
 
 
+def _unsquash(y: np.ndarray) -> np.ndarray:
+    y = np.clip(y, 0.0, 1.0 - 1e-7)
+    return y / (1.0 - y)
+
+
+def kv_costs(obs: np.ndarray, scales: dict[str, float], num_workers: int,
+             overlap_credit: float = 1.0) -> np.ndarray:
+    """Dynamo's KV-router cost per worker from a ``DynoSimRouting-v0`` observation:
+    ``prefill blocks to compute`` (queued prefill + this prompt minus its cached prefix,
+    ``overlap_credit`` per cached block) plus ``decode blocks`` (held + this prompt's)."""
+    w = np.asarray(obs, dtype=np.float64)[: 5 * num_workers].reshape(num_workers, 5)
+    bs = scales["block_size"]
+    isl = _unsquash(np.asarray(obs, dtype=np.float64)[5 * num_workers]) * scales["isl_tokens"]
+    req_blocks = isl / bs
+    queued = _unsquash(w[:, 0]) * scales["queued_prefill_tokens"] / bs
+    held = w[:, 1] * scales["kv_blocks"]
+    cached = w[:, 4] * np.floor(req_blocks)
+    prefill = queued + req_blocks - overlap_credit * cached
+    return prefill + held + req_blocks
+
+
 class KvCostPolicy(HeuristicPolicy):
-    """Dynamo's KV-router choice from the routing observation: the worker with the least
-    ``overlap_score_credit``-discounted prefill blocks plus decode blocks (argmin, ties to
-    the lowest index). Needs the observation layout of ``DynoSimRoutingEnv``, which exposes
-    ``kv_cost(obs)``."""
+    """Route to the worker with the least Dynamo KV cost (:func:`kv_costs`; argmin, ties to
+    the lowest index), computed from the observation alone."""
 
     name = "heuristic:kv"
 
-    def __init__(self, cost_fn, env=None) -> None:
+    def __init__(self, env) -> None:
         super().__init__(env)
-        self.cost_fn = cost_fn
+        u = env.unwrapped if hasattr(env, "unwrapped") else env
+        self.scales = dict(u.obs_scales)
+        self.num_workers = int(u.num_workers)
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
         obs = np.asarray(observation)
         batch = obs.reshape(-1, obs.shape[-1])
-        acts = np.array([int(np.argmin(self.cost_fn(o))) for o in batch], dtype=np.int64)
-        return (int(acts[0]) if obs.ndim == 1 else acts), state
+        acts = np.array([int(np.argmin(kv_costs(o, self.scales, self.num_workers)))
+                         for o in batch], dtype=np.int64)
+        return (acts[0] if obs.ndim == 1 else acts), state
 
 
 AUTOSCALING_HEURISTICS = ("load", "throughput", "static")

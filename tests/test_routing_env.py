@@ -331,3 +331,24 @@ def test_route_to_resumes_a_timestamp_with_idle_workers(exact):
     # request 2 joined worker 0's pass starting at t1 (no gap before its first admission)
     c = plain.metrics.cols
     assert c["first_admit_ms"][list(c["request_index"]).index(2)] == t1
+
+
+def test_kv_cost_heuristic_beats_round_robin_on_prefix_reuse() -> None:
+    """The KV-cost policy (from the observation alone) reuses more cached prefix than round
+    robin on the same episodes."""
+    from agents.heuristics import KvCostPolicy, RoundRobinPolicy
+    env = gym.make("DynoSimRouting-v0", episode_steps=3).unwrapped
+    hits = {}
+    for name, pol in (("rr", RoundRobinPolicy(env.num_workers)), ("kv", KvCostPolicy(env))):
+        tot = []
+        for seed in (0, 1):
+            obs, _ = env.reset(seed=seed)
+            done, start = False, True
+            while not done:
+                a, _ = pol.predict(obs, episode_start=np.array([start]))
+                start = False
+                obs, r, term, trunc, info = env.step(int(a))
+                done = term or trunc
+            tot.append(info["episode_summary"]["kv_hit_rate"])
+        hits[name] = sum(tot)
+    assert hits["kv"] > hits["rr"]
