@@ -3,10 +3,15 @@
  * Same semantics and API as the reference implementation ``sim.kv_cache.PyKvCache``
  * (which documents them); tests run both on the same inputs and require identical results.
  *
- * Layout: copies are slots 0..num_blocks-1. A key's resident copies form a chain in
- * registration order (first copy = the one look-ups use), found through an open-addressing
- * hash table (linear probing, backward-shift deletion). Inactive copies sit in a doubly
- * linked LRU list, oldest at the head. Free slots are a stack.
+ * Layout: copies are slots 0..num_blocks-1, one 24-byte record each (key, holders, next
+ * copy, LRU links: what one block operation touches, mostly one cache line). A key's resident
+ * copies form a chain in registration order (first copy = the one look-ups use), found
+ * through an open-addressing hash table (linear probing, backward-shift deletion) of 8-byte
+ * entries: the first copy's slot and the low 32 bits of the key's hash (home index and a
+ * filter; the key itself is compared in the slot record). Inactive copies sit in a doubly
+ * linked LRU list, oldest at the head. Freed slots are a stack, reused before the never-used
+ * slots, which are taken in order 0, 1, 2, ...: nothing is initialised up front (the table
+ * is calloc'ed, empty = 0), so a pool costs memory only as far as it has been used.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -15,20 +20,29 @@
 #include <math.h>
 
 typedef struct {
+    int64_t key;
+    int32_t refs;           /* holders (set when the slot is taken) */
+    int32_t next_copy;      /* next copy of the same key (-1 = none) */
+    int32_t prev, next;     /* LRU neighbours (-1 = none), valid while refs == 0 */
+} Slot;
+
+typedef struct {
+    uint32_t slot1;         /* first copy of the key + 1; 0 = empty entry */
+    uint32_t tag;           /* low 32 bits of mix64(key): home index = tag & mask */
+} HtEntry;
+
+typedef struct {
     PyObject_HEAD
     int64_t num_blocks, block_size;
     int prefix_caching;
-    int64_t *key_of;        /* slot -> key */
-    int32_t *refs;          /* slot -> holders; -1 = free slot */
-    int32_t *next_copy;     /* slot -> next copy of the same key (-1 = none) */
-    int32_t *lru_prev, *lru_next;
+    Slot *s;                /* slot records */
     int32_t lru_head, lru_tail;
     int64_t lru_len;
-    int32_t *free_stack;
-    int64_t free_top;
-    int64_t *ht_key;        /* hash table: key -> first copy slot */
-    int32_t *ht_val;        /* -1 = empty */
-    uint64_t ht_mask;
+    int32_t *freed;         /* stack of freed slots */
+    int64_t freed_n;
+    int64_t fresh;          /* slots fresh.. have never been used */
+    HtEntry *ht;            /* hash table: key -> first copy slot */
+    uint64_t ht_mask;       /* capacity - 1; capacity <= 2^32, so tag & mask is the home */
     int64_t num_private, num_hashed, evictions;
     PyObject *events;       /* KvEvents or None (Python-list events, kept for the API) */
     /* Native event buffer (enable_events): prompt keys stored / removed in the current pass;
@@ -56,68 +70,88 @@ static inline uint64_t mix64(uint64_t x) {
     return x;
 }
 
-/* -- hash table ------------------------------------------------------------ */
-static inline int32_t ht_get(KvPool *p, int64_t key) {
-    uint64_t i = mix64((uint64_t)key) & p->ht_mask;
-    while (p->ht_val[i] >= 0) {
-        if (p->ht_key[i] == key) return p->ht_val[i];
-        i = (i + 1) & p->ht_mask;
-    }
-    return -1;
-}
-
-static inline uint64_t ht_find_index(KvPool *p, int64_t key) {
-    uint64_t i = mix64((uint64_t)key) & p->ht_mask;
-    while (p->ht_val[i] >= 0) {
-        if (p->ht_key[i] == key) return i;
-        i = (i + 1) & p->ht_mask;
-    }
-    return (uint64_t)-1;
-}
-
-static inline void ht_set(KvPool *p, int64_t key, int32_t val) {
-    uint64_t i = mix64((uint64_t)key) & p->ht_mask;
-    while (p->ht_val[i] >= 0) {
-        if (p->ht_key[i] == key) { p->ht_val[i] = val; return; }
-        i = (i + 1) & p->ht_mask;
-    }
-    p->ht_key[i] = key;
-    p->ht_val[i] = val;
-}
-
-static inline void ht_del(KvPool *p, int64_t key) {
-    uint64_t i = ht_find_index(p, key);
-    if (i == (uint64_t)-1) return;
-    /* backward-shift deletion keeps probe sequences intact without tombstones */
+/* -- open addressing ---------------------------------------------------------- */
+/* Backward-shift deletion for linear probing (no tombstones), shared by the pool's table
+ * and KeyCounter: empty entry i, then move each later entry of the probe run whose home
+ * allows it into the hole. home(e, mask) is an occupied entry's home index, or -1 when the
+ * entry is empty; clear(e) empties it. Inlined with the callbacks at each call site. */
+static inline void probe_delete(void *table, size_t esz, uint64_t mask, uint64_t i,
+                                int64_t (*home)(const void *, uint64_t), void (*clear)(void *)) {
+    char *t = table;
     uint64_t j = i;
     for (;;) {
-        p->ht_val[i] = -1;
+        clear(t + i * esz);
         for (;;) {
-            j = (j + 1) & p->ht_mask;
-            if (p->ht_val[j] < 0) return;
-            uint64_t h = mix64((uint64_t)p->ht_key[j]) & p->ht_mask;
+            j = (j + 1) & mask;
+            int64_t hs = home(t + j * esz, mask);
+            if (hs < 0) return;
+            uint64_t h = (uint64_t)hs;
             /* can the entry at j move to i? only if i is cyclically in [h, j) */
             if (i <= j ? (h <= i || h > j) : (h <= i && h > j)) break;
         }
-        p->ht_key[i] = p->ht_key[j];
-        p->ht_val[i] = p->ht_val[j];
+        memcpy(t + i * esz, t + j * esz, esz);
         i = j;
     }
 }
 
+/* -- hash table ------------------------------------------------------------ */
+static inline uint64_t ht_find_index(KvPool *p, int64_t key) {
+    uint64_t h = mix64((uint64_t)key);
+    uint32_t tag = (uint32_t)h;
+    uint64_t i = h & p->ht_mask;
+    for (;;) {
+        HtEntry e = p->ht[i];
+        if (!e.slot1) return (uint64_t)-1;
+        if (e.tag == tag && p->s[e.slot1 - 1].key == key) return i;
+        i = (i + 1) & p->ht_mask;
+    }
+}
+
+static inline int32_t ht_get(KvPool *p, int64_t key) {
+    uint64_t i = ht_find_index(p, key);
+    return i == (uint64_t)-1 ? -1 : (int32_t)(p->ht[i].slot1 - 1);
+}
+
+/* Map key -> slot c; the caller guarantees that key is absent or that c is a copy of it
+ * (so s[c].key == key either way). */
+static inline void ht_set(KvPool *p, int64_t key, int32_t c) {
+    uint64_t h = mix64((uint64_t)key);
+    uint32_t tag = (uint32_t)h;
+    uint64_t i = h & p->ht_mask;
+    for (;;) {
+        HtEntry e = p->ht[i];
+        if (!e.slot1) break;
+        if (e.tag == tag && p->s[e.slot1 - 1].key == key) { p->ht[i].slot1 = (uint32_t)c + 1; return; }
+        i = (i + 1) & p->ht_mask;
+    }
+    p->ht[i].slot1 = (uint32_t)c + 1;
+    p->ht[i].tag = tag;
+}
+
+static int64_t ht_home(const void *e, uint64_t mask) {
+    const HtEntry *x = e;
+    return x->slot1 ? (int64_t)(x->tag & mask) : -1;
+}
+static void ht_clear(void *e) { ((HtEntry *)e)->slot1 = 0; }
+
+static inline void ht_del(KvPool *p, int64_t key) {
+    uint64_t i = ht_find_index(p, key);
+    if (i != (uint64_t)-1) probe_delete(p->ht, sizeof(HtEntry), p->ht_mask, i, ht_home, ht_clear);
+}
+
 /* -- LRU list ----------------------------------------------------------------- */
 static inline void lru_push_tail(KvPool *p, int32_t c) {
-    p->lru_prev[c] = p->lru_tail;
-    p->lru_next[c] = -1;
-    if (p->lru_tail >= 0) p->lru_next[p->lru_tail] = c; else p->lru_head = c;
+    p->s[c].prev = p->lru_tail;
+    p->s[c].next = -1;
+    if (p->lru_tail >= 0) p->s[p->lru_tail].next = c; else p->lru_head = c;
     p->lru_tail = c;
     p->lru_len++;
 }
 
 static inline void lru_remove(KvPool *p, int32_t c) {
-    int32_t a = p->lru_prev[c], b = p->lru_next[c];
-    if (a >= 0) p->lru_next[a] = b; else p->lru_head = b;
-    if (b >= 0) p->lru_prev[b] = a; else p->lru_tail = a;
+    int32_t a = p->s[c].prev, b = p->s[c].next;
+    if (a >= 0) p->s[a].next = b; else p->lru_head = b;
+    if (b >= 0) p->s[b].prev = a; else p->lru_tail = a;
     p->lru_len--;
 }
 
@@ -149,11 +183,11 @@ static int evict(KvPool *p, int64_t n) {
     for (int64_t e = 0; e < n; e++) {
         int32_t c = p->lru_head;
         lru_remove(p, c);
-        int64_t k = p->key_of[c];
+        int64_t k = p->s[c].key;
         int32_t first = ht_get(p, k);
         if (first == c) {
-            if (p->next_copy[c] >= 0) {
-                ht_set(p, k, p->next_copy[c]);
+            if (p->s[c].next_copy >= 0) {
+                ht_set(p, k, p->s[c].next_copy);
             } else {
                 ht_del(p, k);
                 if (p->ev_on && k >= 0) {
@@ -173,12 +207,12 @@ static int evict(KvPool *p, int64_t n) {
             }
         } else {
             int32_t x = first;
-            while (p->next_copy[x] != c) x = p->next_copy[x];
-            p->next_copy[x] = p->next_copy[c];
+            while (p->s[x].next_copy != c) x = p->s[x].next_copy;
+            p->s[x].next_copy = p->s[c].next_copy;
         }
-        p->next_copy[c] = -1;
-        p->refs[c] = -1;
-        p->free_stack[p->free_top++] = c;
+        p->s[c].next_copy = -1;
+        p->s[c].refs = -1;
+        p->freed[p->freed_n++] = c;
     }
     p->num_hashed -= n;
     p->evictions += n;
@@ -189,17 +223,20 @@ fail:
     return -1;
 }
 
-/* Register key on a fresh slot (a private block that filled); returns the slot. */
+static inline int has_free_slot(KvPool *p) { return p->freed_n || p->fresh < p->num_blocks; }
+
+/* Register key on a free slot (a private block that filled); returns the slot. */
 static int32_t register_key(KvPool *p, int64_t key, PyObject *stored) {
-    int32_t c = p->free_stack[--p->free_top];
-    p->key_of[c] = key;
-    p->refs[c] = 1;
-    p->next_copy[c] = -1;
+    int32_t c = p->freed_n ? p->freed[--p->freed_n] : (int32_t)p->fresh++;
+    Slot *sc = &p->s[c];
+    sc->key = key;
+    sc->refs = 1;
+    sc->next_copy = -1;
     int32_t first = ht_get(p, key);
     if (first >= 0) {
         int32_t x = first;
-        while (p->next_copy[x] >= 0) x = p->next_copy[x];
-        p->next_copy[x] = c;
+        while (p->s[x].next_copy >= 0) x = p->s[x].next_copy;
+        p->s[x].next_copy = c;
     } else {
         ht_set(p, key, c);
         if (stored && key >= 0 && append_long(stored, key) < 0) return -2;
@@ -220,7 +257,7 @@ static PyObject *KvPool_match_prefix(KvPool *p, PyObject *keys) {
             int32_t c = ht_get(p, k);
             if (c < 0) break;
             n++;
-            if (p->refs[c] > 0) na++;
+            if (p->s[c].refs > 0) na++;
         }
     }
     return Py_BuildValue("(nn)", n, na);
@@ -245,7 +282,7 @@ static PyObject *KvPool_reserve(KvPool *p, PyObject *args) {
             if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) return NULL;
             int32_t c = ht_get(p, k);
             if (c < 0) { PyErr_SetString(PyExc_KeyError, "hit key not resident"); return NULL; }
-            if (p->refs[c] == 0) inactive_hits++;
+            if (p->s[c].refs == 0) inactive_hits++;
         }
         if (shortfall > p->lru_len - inactive_hits) Py_RETURN_NONE;
     }
@@ -256,8 +293,8 @@ static PyObject *KvPool_reserve(KvPool *p, PyObject *args) {
         if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) { Py_DECREF(ids); return NULL; }
         int32_t c = ht_get(p, k);
         if (c < 0) { Py_DECREF(ids); PyErr_SetString(PyExc_KeyError, "hit key not resident"); return NULL; }
-        if (p->refs[c] == 0) lru_remove(p, c);
-        p->refs[c]++;
+        if (p->s[c].refs == 0) lru_remove(p, c);
+        p->s[c].refs++;
         PyList_SET_ITEM(ids, i, PyLong_FromLong(c));
     }
     if (shortfall > 0 && evict(p, shortfall) < 0) { Py_DECREF(ids); return NULL; }
@@ -268,7 +305,7 @@ static PyObject *KvPool_reserve(KvPool *p, PyObject *args) {
 static PyObject *KvPool_register(KvPool *p, PyObject *key) {
     int64_t k;
     if (get_key(key, &k) < 0) return NULL;
-    if (p->free_top == 0) { PyErr_SetString(PyExc_RuntimeError, "no free slot"); return NULL; }
+    if (!has_free_slot(p)) { PyErr_SetString(PyExc_RuntimeError, "no free slot"); return NULL; }
     PyObject *stored = NULL;
     if (p->events != Py_None) {
         stored = PyObject_GetAttrString(p->events, "stored");
@@ -309,7 +346,7 @@ static PyObject *KvPool_register_range(KvPool *p, PyObject *args) {
             Py_DECREF(r);
             if (rc < 0) goto fail;
         }
-        if (p->free_top == 0) { PyErr_SetString(PyExc_RuntimeError, "no free slot"); goto fail; }
+        if (!has_free_slot(p)) { PyErr_SetString(PyExc_RuntimeError, "no free slot"); goto fail; }
         int32_t c = register_key(p, k, stored);
         if (c == -2) goto fail;
         PyObject *co = PyLong_FromLong(c);
@@ -337,7 +374,7 @@ static PyObject *KvPool_release(KvPool *p, PyObject *blocks) {
             p->num_private--;
             continue;
         }
-        if (--p->refs[c] == 0) lru_push_tail(p, (int32_t)c);
+        if (--p->s[c].refs == 0) lru_push_tail(p, (int32_t)c);
     }
     Py_RETURN_NONE;
 }
@@ -356,10 +393,10 @@ static PyObject *KvPool_evicted_keys_ahead(KvPool *p, PyObject *args) {
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
     int32_t c = p->lru_head;
-    for (Py_ssize_t i = 0; i < stop && c >= 0; i++, c = p->lru_next[c]) {
+    for (Py_ssize_t i = 0; i < stop && c >= 0; i++, c = p->s[c].next) {
         if (i < start) continue;
-        int64_t k = p->key_of[c];
-        if (k >= 0 && ht_get(p, k) == c && p->next_copy[c] < 0 && append_long(out, k) < 0) {
+        int64_t k = p->s[c].key;
+        if (k >= 0 && ht_get(p, k) == c && p->s[c].next_copy < 0 && append_long(out, k) < 0) {
             Py_DECREF(out);
             return NULL;
         }
@@ -368,23 +405,35 @@ static PyObject *KvPool_evicted_keys_ahead(KvPool *p, PyObject *args) {
 }
 
 static PyObject *KvPool_check(KvPool *p, PyObject *Py_UNUSED(a)) {
-    int64_t used = 0, zero = 0;
-    for (int64_t c = 0; c < p->num_blocks; c++) {
-        if (p->refs[c] < 0) continue;
-        used++;
-        if (p->refs[c] == 0) zero++;
-        /* reachable from its key's first copy */
-        int32_t x = ht_get(p, p->key_of[c]);
-        while (x >= 0 && x != c) x = p->next_copy[x];
-        if (x != c) { PyErr_SetString(PyExc_AssertionError, "index drifted"); return NULL; }
+    /* used slots: taken once (below fresh) and not on the freed stack */
+    char *is_free = PyMem_Calloc(p->fresh ? p->fresh : 1, 1);
+    if (!is_free) return PyErr_NoMemory();
+    const char *err = NULL;
+    for (int64_t f = 0; f < p->freed_n && !err; f++) {
+        int32_t c = p->freed[f];
+        if (c < 0 || c >= p->fresh || is_free[c]) err = "free list drifted";
+        else is_free[c] = 1;
     }
-    if (used != p->num_hashed || used != p->num_blocks - p->free_top) {
+    int64_t used = 0, zero = 0;
+    for (int64_t c = 0; c < p->fresh && !err; c++) {
+        if (is_free[c]) continue;
+        used++;
+        if (p->s[c].refs < 0) { err = "negative holders"; break; }
+        if (p->s[c].refs == 0) zero++;
+        /* reachable from its key's first copy */
+        int32_t x = ht_get(p, p->s[c].key);
+        while (x >= 0 && x != c) x = p->s[x].next_copy;
+        if (x != c) err = "index drifted";
+    }
+    PyMem_Free(is_free);
+    if (err) { PyErr_SetString(PyExc_AssertionError, err); return NULL; }
+    if (used != p->num_hashed) {
         PyErr_SetString(PyExc_AssertionError, "copies drifted"); return NULL;
     }
     int64_t n = 0;
-    for (int32_t c = p->lru_head; c >= 0; c = p->lru_next[c]) {
-        if (p->refs[c] != 0) { PyErr_SetString(PyExc_AssertionError, "held block in the LRU"); return NULL; }
-        n++;
+    for (int32_t c = p->lru_head; c >= 0; c = p->s[c].next) {
+        if (p->s[c].refs != 0) { PyErr_SetString(PyExc_AssertionError, "held block in the LRU"); return NULL; }
+        if (++n > used) break;
     }
     if (n != p->lru_len || n != zero) { PyErr_SetString(PyExc_AssertionError, "LRU drifted"); return NULL; }
     if (p->num_private < 0) { PyErr_SetString(PyExc_AssertionError, "negative private count"); return NULL; }
@@ -420,9 +469,7 @@ static PyObject *KvPool_get_block_size(KvPool *p, void *c) { (void)c; return get
 static PyObject *KvPool_get_prefix_caching(KvPool *p, void *c) { (void)c; return PyBool_FromLong(p->prefix_caching); }
 
 static void KvPool_dealloc(KvPool *p) {
-    PyMem_Free(p->key_of); PyMem_Free(p->refs); PyMem_Free(p->next_copy);
-    PyMem_Free(p->lru_prev); PyMem_Free(p->lru_next); PyMem_Free(p->free_stack);
-    PyMem_Free(p->ht_key); PyMem_Free(p->ht_val);
+    PyMem_Free(p->s); PyMem_Free(p->freed); PyMem_Free(p->ht);
     PyMem_Free(p->ev_st); PyMem_Free(p->ev_rm); PyMem_Free(p->ev_late_pos);
     Py_XDECREF(p->events);
     Py_TYPE(p)->tp_free((PyObject *)p);
@@ -439,22 +486,15 @@ static int KvPool_init(KvPool *p, PyObject *args, PyObject *kw) {
     uint64_t cap = 16;
     while (cap < (uint64_t)nb * 2) cap <<= 1;
     p->ht_mask = cap - 1;
-    p->key_of = PyMem_Calloc(nb, sizeof(int64_t));
-    p->refs = PyMem_Malloc(nb * sizeof(int32_t));
-    p->next_copy = PyMem_Malloc(nb * sizeof(int32_t));
-    p->lru_prev = PyMem_Malloc(nb * sizeof(int32_t));
-    p->lru_next = PyMem_Malloc(nb * sizeof(int32_t));
-    p->free_stack = PyMem_Malloc(nb * sizeof(int32_t));
-    p->ht_key = PyMem_Calloc(cap, sizeof(int64_t));
-    p->ht_val = PyMem_Malloc(cap * sizeof(int32_t));
-    if (!p->key_of || !p->refs || !p->next_copy || !p->lru_prev || !p->lru_next ||
-        !p->free_stack || !p->ht_key || !p->ht_val) { PyErr_NoMemory(); return -1; }
-    for (int64_t i = 0; i < nb; i++) {
-        p->refs[i] = -1; p->next_copy[i] = -1;
-        p->free_stack[i] = (int32_t)(nb - 1 - i);    /* pop order 0, 1, 2, ... */
-    }
-    p->free_top = nb;
-    memset(p->ht_val, 0xff, cap * sizeof(int32_t));
+    /* __init__ may run twice */
+    PyMem_Free(p->s); PyMem_Free(p->freed); PyMem_Free(p->ht);
+    /* nothing is written here: slots and the freed stack are filled as used, the table is
+       zero (empty) pages until touched */
+    p->s = PyMem_Malloc((size_t)nb * sizeof(Slot));
+    p->freed = PyMem_Malloc((size_t)nb * sizeof(int32_t));
+    p->ht = PyMem_Calloc((size_t)cap, sizeof(HtEntry));
+    if (!p->s || !p->freed || !p->ht) { PyErr_NoMemory(); return -1; }
+    p->freed_n = 0; p->fresh = 0;
     p->lru_head = p->lru_tail = -1; p->lru_len = 0;
     p->num_private = p->num_hashed = p->evictions = 0;
     Py_INCREF(Py_None); Py_XSETREF(p->events, Py_None);
@@ -542,60 +582,54 @@ static PyObject *mod_block_keys(PyObject *self, PyObject *args) {
 }
 
 /* == counted key multiset (the KV router's active blocks) ========================== */
+typedef struct { int64_t key, count; } KcEntry;   /* count 0 = empty entry */
+
 typedef struct {
     PyObject_HEAD
-    int64_t *keys; int64_t *counts;   /* counts 0 = empty slot */
+    KcEntry *t;
     uint64_t mask; int64_t size;
 } KeyCounter;
 
 static int kc_alloc(KeyCounter *m, uint64_t cap) {
-    m->keys = PyMem_Calloc(cap, sizeof(int64_t));
-    m->counts = PyMem_Calloc(cap, sizeof(int64_t));
-    if (!m->keys || !m->counts) { PyErr_NoMemory(); return -1; }
+    m->t = PyMem_Calloc(cap, sizeof(KcEntry));
+    if (!m->t) { PyErr_NoMemory(); return -1; }
     m->mask = cap - 1;
     return 0;
 }
 
 static inline uint64_t kc_find(KeyCounter *m, int64_t k) {
     uint64_t i = mix64((uint64_t)k) & m->mask;
-    while (m->counts[i] && m->keys[i] != k) i = (i + 1) & m->mask;
+    while (m->t[i].count && m->t[i].key != k) i = (i + 1) & m->mask;
     return i;
 }
 
 static int kc_grow(KeyCounter *m) {
-    int64_t *ok = m->keys, *oc = m->counts; uint64_t ocap = m->mask + 1;
-    if (kc_alloc(m, ocap * 2) < 0) { m->keys = ok; m->counts = oc; m->mask = ocap - 1; return -1; }
-    for (uint64_t i = 0; i < ocap; i++) if (oc[i]) {
-        uint64_t j = kc_find(m, ok[i]); m->keys[j] = ok[i]; m->counts[j] = oc[i];
-    }
-    PyMem_Free(ok); PyMem_Free(oc);
+    KcEntry *old = m->t; uint64_t ocap = m->mask + 1;
+    if (kc_alloc(m, ocap * 2) < 0) { m->t = old; m->mask = ocap - 1; return -1; }
+    for (uint64_t i = 0; i < ocap; i++) if (old[i].count) m->t[kc_find(m, old[i].key)] = old[i];
+    PyMem_Free(old);
     return 0;
 }
 
+static int64_t kc_home(const void *e, uint64_t mask) {
+    const KcEntry *x = e;
+    return x->count ? (int64_t)(mix64((uint64_t)x->key) & mask) : -1;
+}
+static void kc_clear(void *e) { ((KcEntry *)e)->count = 0; }
+
 static void kc_del_at(KeyCounter *m, uint64_t i) {
-    uint64_t j = i;
-    for (;;) {
-        m->counts[i] = 0;
-        for (;;) {
-            j = (j + 1) & m->mask;
-            if (!m->counts[j]) return;
-            uint64_t h = mix64((uint64_t)m->keys[j]) & m->mask;
-            if (i <= j ? (h <= i || h > j) : (h <= i && h > j)) break;
-        }
-        m->keys[i] = m->keys[j]; m->counts[i] = m->counts[j];
-        i = j;
-    }
+    probe_delete(m->t, sizeof(KcEntry), m->mask, i, kc_home, kc_clear);
 }
 
 static int KeyCounter_init(KeyCounter *m, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTuple(args, "")) return -1;
-    PyMem_Free(m->keys); PyMem_Free(m->counts);
+    PyMem_Free(m->t);
     m->size = 0;
     return kc_alloc(m, 64);
 }
 
 static void KeyCounter_dealloc(KeyCounter *m) {
-    PyMem_Free(m->keys); PyMem_Free(m->counts);
+    PyMem_Free(m->t);
     Py_TYPE(m)->tp_free((PyObject *)m);
 }
 
@@ -606,8 +640,8 @@ static PyObject *KeyCounter_add_all(KeyCounter *m, PyObject *keys) {
         if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
         if ((uint64_t)(m->size + 1) * 2 > m->mask + 1 && kc_grow(m) < 0) return NULL;
         uint64_t j = kc_find(m, k);
-        if (!m->counts[j]) { m->keys[j] = k; m->size++; }
-        m->counts[j]++;
+        if (!m->t[j].count) { m->t[j].key = k; m->size++; }
+        m->t[j].count++;
     }
     Py_RETURN_NONE;
 }
@@ -618,8 +652,8 @@ static PyObject *KeyCounter_remove_all(KeyCounter *m, PyObject *keys) {
         int64_t k;
         if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
         uint64_t j = kc_find(m, k);
-        if (!m->counts[j]) { PyErr_SetString(PyExc_KeyError, "key not counted"); return NULL; }
-        if (--m->counts[j] == 0) { kc_del_at(m, j); m->size--; }
+        if (!m->t[j].count) { PyErr_SetString(PyExc_KeyError, "key not counted"); return NULL; }
+        if (--m->t[j].count == 0) { kc_del_at(m, j); m->size--; }
     }
     Py_RETURN_NONE;
 }
@@ -627,7 +661,7 @@ static PyObject *KeyCounter_remove_all(KeyCounter *m, PyObject *keys) {
 static int KeyCounter_contains(KeyCounter *m, PyObject *key) {
     int64_t k;
     if (get_key(key, &k) < 0) return -1;
-    return m->counts[kc_find(m, k)] != 0;
+    return m->t[kc_find(m, k)].count != 0;
 }
 
 static Py_ssize_t KeyCounter_len(KeyCounter *m) { return (Py_ssize_t)m->size; }
@@ -635,13 +669,13 @@ static Py_ssize_t KeyCounter_len(KeyCounter *m) { return (Py_ssize_t)m->size; }
 static int kc_insert(KeyCounter *m, int64_t k) {        /* set semantics: count 1 */
     if ((uint64_t)(m->size + 1) * 2 > m->mask + 1 && kc_grow(m) < 0) return -1;
     uint64_t j = kc_find(m, k);
-    if (!m->counts[j]) { m->keys[j] = k; m->counts[j] = 1; m->size++; }
+    if (!m->t[j].count) { m->t[j].key = k; m->t[j].count = 1; m->size++; }
     return 0;
 }
 
 static void kc_discard(KeyCounter *m, int64_t k) {
     uint64_t j = kc_find(m, k);
-    if (m->counts[j]) { kc_del_at(m, j); m->size--; }
+    if (m->t[j].count) { kc_del_at(m, j); m->size--; }
 }
 
 static PyObject *KeyCounter_update(KeyCounter *m, PyObject *keys) {
