@@ -19,10 +19,9 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
-from sim.config import (RunConfig, _marks, _merge, _nest, _show, _Validator, load_config,
-                        parse_config)
+from sim.config import (RunConfig, _merge, _nest, _show, _Validator, load_config,
+                        parse_config, read_yaml)
 from sim.errors import InputError
 
 import envs_configs as _bundled
@@ -108,21 +107,9 @@ class EnvConfig:
 def _read_yaml(path: str | Path) -> tuple[dict[str, Any], dict]:
     fname = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data, where = read_yaml(path)
     except FileNotFoundError:
         raise InputError("config file not found", file=fname) from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not valid UTF-8 ({exc.reason})", file=fname) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise InputError(f"invalid YAML: {' '.join(str(exc.problem).split())}", file=fname,
-                         line=mark.line + 1 if mark is not None else None) from None
-    where: dict = {}
-    if root is not None:
-        _marks(root, "", fname, where)
     if data is None:
         data = {}
     if not isinstance(data, Mapping):

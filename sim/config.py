@@ -163,6 +163,14 @@ class RunConfig:
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML run config. Relative trace/table paths resolve against the
     YAML's directory; ``bundled:NAME`` paths against ``sim/data``."""
+    data, where = read_yaml(path)
+    return parse_config({} if data is None else data, source=str(path), where=where,
+                        base_dir=Path(path).resolve().parent)
+
+
+def read_yaml(path: str | Path) -> tuple[Any, dict[str, Where]]:
+    """Parse a YAML file and record the line of every mapping key (for error messages);
+    bad files raise InputErrors naming the file and line."""
     fname = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -181,8 +189,7 @@ def load_config(path: str | Path) -> RunConfig:
     where: dict[str, Where] = {}
     if root is not None:
         _marks(root, "", fname, where)
-    return parse_config({} if data is None else data, source=fname, where=where,
-                        base_dir=Path(path).resolve().parent)
+    return data, where
 
 
 def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where] | None = None,
