@@ -164,7 +164,7 @@ class DynoSimEnv(SimEnv):
         for key in ("sim", "monitor", "_advisors", "_last"):
             state.pop(key, None)
         state["_replay"] = (self.episode.get("seed"), getattr(self, "_options", None),
-                            list(getattr(self, "_log", [])), self._advisor_kinds_at_reset()) \
+                            list(getattr(self, "_log", [])), list(self._advisors_at_begin)) \
             if self.sim is not None else None
         return state
 
@@ -183,9 +183,6 @@ class DynoSimEnv(SimEnv):
                 else:
                     self.planner_action(arg)
             self._advisor_kinds = kinds
-
-    def _advisor_kinds_at_reset(self) -> list[str]:
-        return list(getattr(self, "_advisors_at_begin", []))
 
     def step(self, action):
         if self.sim is None:

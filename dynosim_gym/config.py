@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from sim.config import (RunConfig, _merge, _nest, _show, _Validator, load_config,
+from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, load_config,
                         parse_config, read_yaml)
 from sim.errors import InputError
 
@@ -176,7 +176,7 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
                 _merge(data[top], value)
             else:
                 data[top] = value
-            for k in _leaves_of(top, value):
+            for k in _leaves({top: value}):
                 where.setdefault(k, ("overrides", None))
     env_data = data.pop("env", None)
     v = _Validator(source, where, (source, None))
@@ -186,13 +186,6 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
     cfg = EnvConfig(sim=sim_cfg, env=env, source=source)
     _check(cfg, v)
     return cfg
-
-
-def _leaves_of(prefix: str, value: Any):
-    yield prefix
-    if isinstance(value, Mapping):
-        for k, x in value.items():
-            yield from _leaves_of(f"{prefix}.{k}", x)
 
 
 def _parse_env(data: Any, v: _Validator) -> EnvSection:
@@ -251,11 +244,6 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
                       f"{e.planner_interval_s:g}", "env.planner_interval_s")
     if e.interval_s * e.episode_steps <= 0:
         raise v.error("episode has no length", "env.episode_steps")
-
-
-def env_config_dict(cfg: EnvConfig) -> dict[str, Any]:
-    """Plain dict for run records (JSON-ready)."""
-    return cfg.to_dict()
 
 
 __all__ = ["EnvConfig", "EnvSection", "ActionSection", "ObservationSection", "RewardSection",

@@ -146,12 +146,15 @@ class ClusterMonitor:
                 iv.draining += 1
             iv.queued += len(eng.waiting)
             iv.running += len(eng.running)
-            qp = eng.queued_prefill_tokens()
+            qp = 0
             for lst in (eng.waiting, eng.running):
+                waiting = lst is eng.waiting
                 for s in lst:
+                    if waiting:        # = Engine.queued_prefill_tokens, in the same pass
+                        qp += s.prompt_len + s.generated - s.computed
                     if s.first_token != s.first_token:      # NaN: no first token yet
                         age = now - s.req.arrival_ms
-                        if lst is eng.running:
+                        if not waiting:
                             qp += max(0, s.prompt_len - s.computed)
                         if age > oldest:
                             oldest = age
