@@ -11,7 +11,7 @@ export DYNOSIM_SHARED := $(SHARED)
 
 .PHONY: install demo test test-all peer bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py sim/_kvpool.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0

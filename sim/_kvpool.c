@@ -814,6 +814,69 @@ static PyObject *mod_poly_decode_ends(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* == decode stretch of a GPU table (sim.gpu_timing.GpuTableTiming) ===================== */
+/* End times of k decode passes of a batch of n from t0 (context ctx0 + n*j at pass j), as
+ * bytes of k doubles. The caller fixes the batch-size interpolation (rows z0, z1 of the
+ * residual grid and fraction fx); per pass this repeats raw_decode_ms (linear part times
+ * the bilinear residual over context per sequence, clamped at the grid's edges) and
+ * modeled_ms, with the same float operations in the same order, so the values equal
+ * pass-by-pass stepping bit for bit. Only for decode speed-up 1. */
+static PyObject *mod_table_decode_ends(PyObject *self, PyObject *args) {
+    double t0, a, b, c, fx; long long ctx0, n, k; PyObject *to_ns;
+    const char *nodes_b, *z0_b, *z1_b; Py_ssize_t nodes_len, z0_len, z1_len;
+    if (!PyArg_ParseTuple(args, "dLLLddddy#y#y#O", &t0, &ctx0, &n, &k, &a, &b, &c, &fx,
+                          &nodes_b, &nodes_len, &z0_b, &z0_len, &z1_b, &z1_len, &to_ns))
+        return NULL;
+    Py_ssize_t m = nodes_len / (Py_ssize_t)sizeof(double);
+    if (k < 0 || n <= 0 || m < 2 || z0_len != nodes_len || z1_len != nodes_len) {
+        PyErr_SetString(PyExc_ValueError, "bad decode stretch arguments"); return NULL;
+    }
+    const double *nodes = (const double *)nodes_b, *z0 = (const double *)z0_b,
+                 *z1 = (const double *)z1_b;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)k * (Py_ssize_t)sizeof(double));
+    if (!out) return NULL;
+    double *e = (double *)PyBytes_AS_STRING(out);
+    double t = t0, B = (double)n, lin0 = a + b * B, gx = 1.0 - fx;
+    Py_ssize_t last = m - 1, jj = 0;
+    for (long long p = 0; p < k; p++) {
+        long long kv = ctx0 + n * p;
+        double lin = lin0 + c * (double)kv;
+        double x = (double)kv / B, fy;
+        Py_ssize_t j;
+        if (x <= nodes[0]) { j = 0; fy = 0.0; }
+        else if (x >= nodes[last]) { j = last - 1; fy = 1.0; }
+        else {
+            /* bisect_right - 1; x only grows along a stretch, so walk from the last segment */
+            if (jj > last - 1 || nodes[jj] > x) jj = 0;
+            while (jj + 1 < last && nodes[jj + 1] <= x) jj++;
+            j = jj;
+            fy = (x - nodes[j]) / (nodes[j + 1] - nodes[j]);
+        }
+        double gy = 1.0 - fy;
+        double r = (z0[j] * gy + z0[j + 1] * fy) * gx + (z1[j] * gy + z1[j + 1] * fy) * fx;
+        double ms = lin * r;
+        double d = 0.0;
+        if (ms > 0.0) {
+            double xs = (ms / 1000.0) * 1e9;
+            double ns = rint(xs);
+            double fr = xs - floor(xs);
+            if (fabs(fr - 0.5) < 1e-6) {
+                PyObject *rr = PyObject_CallFunction(to_ns, "d", ms / 1000.0);
+                if (!rr) { Py_DECREF(out); return NULL; }
+                ns = PyLong_AsDouble(rr);
+                Py_DECREF(rr);
+                if (ns == -1.0 && PyErr_Occurred()) { Py_DECREF(out); return NULL; }
+            }
+            double sec = floor(ns / 1e9);
+            double rem = ns - sec * 1e9;
+            d = (sec + rem / 1e9) * 1000.0;
+        }
+        t = t + d;
+        e[p] = t;
+    }
+    return out;
+}
+
 static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
     PyObject *keys, *present;
     if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &keys, &present)) return NULL;
@@ -831,6 +894,7 @@ static PyMethodDef module_methods[] = {
     {"block_keys", mod_block_keys, METH_VARARGS, "engine-block keys of a trace prompt"},
     {"prefix_len", mod_prefix_len, METH_VARARGS, "how many leading keys are present"},
     {"poly_decode_ends", mod_poly_decode_ends, METH_VARARGS, "end times of a polynomial decode stretch"},
+    {"table_decode_ends", mod_table_decode_ends, METH_VARARGS, "end times of a GPU-table decode stretch"},
     {NULL}
 };
 

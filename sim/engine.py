@@ -93,10 +93,15 @@ class Engine:
         self.bs = cfg.block_size
         # Polynomial decode stretches computed natively when possible (bit-identical).
         self._native_ends = None
-        if (_kv.NativeKvPool is not None and type(timing) is PolynomialTiming
-                and timing.speedup_ratio * timing.decode_speedup_ratio == 1.0):
-            from ._kvpool import poly_decode_ends
-            self._native_ends = poly_decode_ends
+        if _kv.NativeKvPool is not None and not exact:
+            if (type(timing) is PolynomialTiming
+                    and timing.speedup_ratio * timing.decode_speedup_ratio == 1.0):
+                from ._kvpool import poly_decode_ends
+                cap = float(cfg.num_gpu_blocks * cfg.block_size)
+                self._native_ends = (lambda now, ctx0, n, k, to_ns:
+                                     poly_decode_ends(now, ctx0, n, k, cap, to_ns))
+            elif hasattr(timing, "native_stretch_ends"):      # GPU tables
+                self._native_ends = timing.native_stretch_ends()
         self.kv = _kv.KvCache(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.capacity_tokens = cfg.num_gpu_blocks * cfg.block_size
         self.waiting: deque[Seq] = deque()
@@ -492,8 +497,7 @@ class Engine:
             ctx0 += s.prompt_len + s.generated
         self._stretch_ctx0 = ctx0
         if self._native_ends is not None:
-            ends = np.frombuffer(self._native_ends(now, ctx0, n, k, float(self.capacity_tokens),
-                                                   _to_ns))
+            ends = np.frombuffer(self._native_ends(now, ctx0, n, k, _to_ns))
             ctx_last = ctx0 + n * (k - 1)
         else:
             ctx = ctx0 + n * np.arange(k, dtype=np.int64)
@@ -568,11 +572,8 @@ class Engine:
                 if rest is not None:
                     s.gaps.append(rest)
         else:
-            first_gaps = np.fromiter((first_end - s.last_token for s in running), dtype=float,
-                                     count=len(running))
-            metrics.add_gap_array(first_gaps, 1)
-            if k > 1:
-                metrics.add_gap_array(np.diff(ends), len(running))
+            metrics.add_gaps([first_end - s.last_token for s in running])
+            metrics.add_pass_ends(ends, len(running))
         bs = self.bs
         new_blocks = [0 if k <= a else 1 + (k - 1 - a) // bs for a in self._phases]
         total = sum(new_blocks)
@@ -583,14 +584,18 @@ class Engine:
                 if n:
                     s.blocks.extend([PRIVATE] * n)
         done = []
+        register = self.kv.register_range if self.cfg.enable_prefix_caching else None
         for s in running:
             before = s.computed
             if s.generated == 1:
                 s.second_token = first_end
             s.generated += k
-            s.computed = before + k
+            after = s.computed = before + k
             s.last_token = end
-            self._register(s, before, before + k)
+            if register is not None and before // bs < after // bs:
+                index = s.req.index
+                register(s.blocks, before // bs, after // bs, s.keys,
+                         lambda b: private_key(index, b))
             if s.generated >= s.max_out:
                 done.append(s)
         for s in done:

@@ -218,6 +218,29 @@ class GpuTableTiming(TimingModel):
              + (z1[j] * (1.0 - fy) + z1[j + 1] * fy) * fx)
         return lin * r
 
+    def native_stretch_ends(self):
+        """``f(now, ctx0, n, k, to_ns) -> bytes`` of the end times of k decode passes of a batch
+        of n, computed in C (``sim._kvpool``), or None when that is unavailable or the decode
+        speed-up is not 1. Bit-identical to ``decode_ms`` pass by pass."""
+        if self._decode_speedup != 1.0:
+            return None
+        try:
+            from ._kvpool import table_decode_ends
+        except ImportError:
+            return None
+        nodes = self._dc_arr.astype(np.float64).tobytes()
+        rows: dict[int, tuple] = {}
+        a, b, c = self._a, self._b, self._c
+
+        def ends(now: float, ctx0: int, n: int, k: int, to_ns) -> bytes:
+            row = rows.get(n)
+            if row is None:
+                i, fx = _seg(self._db, float(n))
+                row = rows[n] = (fx, self._dr_arr[i].tobytes(), self._dr_arr[i + 1].tobytes())
+            return table_decode_ends(now, ctx0, n, k, a, b, c, row[0], nodes, row[1], row[2],
+                                     to_ns)
+        return ends
+
     # -- TimingModel -------------------------------------------------------------------
     def prefill_ms(self, new_tokens: int, cached_tokens: int = 0, num_seqs: int = 1) -> float:
         if new_tokens <= 0:

@@ -126,6 +126,12 @@ class GapSketch:
         w = np.concatenate([np.full(len(a), c, dtype=np.int64) for a, c in self._pending])
         self._pending = []
         self._pending_size = 0
+        self.add_weighted(v, w)
+
+    def add_weighted(self, v: np.ndarray, w: np.ndarray) -> None:
+        """Sample ``v[i]`` occurs ``w[i]`` times (int64 weights)."""
+        if not len(v):
+            return
         wf = w.astype(float)
         if self.shift is None:
             self.shift = float(v[0])
@@ -193,20 +199,80 @@ class MetricsCollector:
 
     def __init__(self) -> None:
         self.cols: dict[str, array] = {k: array(t) for k, t in _COLUMNS.items()}
-        self.itl = GapSketch()        # token gaps (ms)
-        self.per_user = GapSketch()   # 1000 / gap (tokens/s)
+        self._itl = GapSketch()        # token gaps (ms)
+        self._per_user = GapSketch()   # 1000 / gap (tokens/s)
+        # Gaps buffered on the hot path (no numpy call per engine stretch); binned in bulk
+        # when a sketch is read or the buffer is large.
+        self._singles: list[float] = []                    # one gap each
+        self._arrays: list[tuple[np.ndarray, int]] = []    # (gaps, times each)
+        self._ends: list[tuple[np.ndarray, int]] = []      # (pass end times, sequences)
+        self._buffered = 0
+
+    @property
+    def itl(self) -> GapSketch:
+        self._flush_gaps()
+        return self._itl
+
+    @property
+    def per_user(self) -> GapSketch:
+        self._flush_gaps()
+        return self._per_user
 
     # -- hot path ---------------------------------------------------------
     def add_gap(self, gap_ms: float, count: int) -> None:
         """``count`` token gaps of ``gap_ms`` each."""
-        self.itl.add(gap_ms, count)
+        self._itl.add(gap_ms, count)
         if gap_ms > 0:
-            self.per_user.add(1000.0 / gap_ms, count)
+            self._per_user.add(1000.0 / gap_ms, count)
+
+    def add_gaps(self, gaps_ms: list[float]) -> None:
+        """One token gap each."""
+        self._singles.extend(gaps_ms)
+        self._buffered += len(gaps_ms)
+        if self._buffered > 1 << 18:
+            self._flush_gaps()
 
     def add_gap_array(self, gaps_ms: np.ndarray, count: int) -> None:
         """Each of ``gaps_ms`` occurs ``count`` times (one pass of ``count`` sequences)."""
-        self.itl.add_array(gaps_ms, count)
-        self.per_user.add_array(1000.0 / gaps_ms[gaps_ms > 0], count)
+        self._arrays.append((gaps_ms, count))
+        self._buffered += len(gaps_ms)
+        if self._buffered > 1 << 18:
+            self._flush_gaps()
+
+    def add_pass_ends(self, ends_ms: np.ndarray, count: int) -> None:
+        """Consecutive passes of ``count`` sequences ended at ``ends_ms``: each difference
+        between neighbours is a token gap of each of those sequences."""
+        if len(ends_ms) > 1:
+            self._ends.append((ends_ms, count))
+            self._buffered += len(ends_ms)
+            if self._buffered > 1 << 18:
+                self._flush_gaps()
+
+    def _flush_gaps(self) -> None:
+        if not self._buffered:
+            return
+        vals: list[np.ndarray] = []
+        wts: list[np.ndarray] = []
+        if self._singles:
+            vals.append(np.array(self._singles, dtype=np.float64))
+            wts.append(np.ones(len(self._singles), dtype=np.int64))
+        for a, c in self._arrays:
+            vals.append(np.asarray(a, dtype=np.float64))
+            wts.append(np.full(len(a), c, dtype=np.int64))
+        if self._ends:
+            lens = np.array([len(e) for e, _ in self._ends])
+            d = np.diff(np.concatenate([e for e, _ in self._ends]))
+            # Drop the differences across two stretches' boundaries.
+            keep = np.ones(len(d), dtype=bool)
+            keep[np.cumsum(lens)[:-1] - 1] = False
+            vals.append(d[keep])
+            wts.append(np.repeat(np.array([c for _, c in self._ends], dtype=np.int64), lens - 1))
+        self._singles, self._arrays, self._ends, self._buffered = [], [], [], 0
+        v = np.concatenate(vals)
+        w = np.concatenate(wts)
+        self._itl.add_weighted(v, w)
+        pos = v > 0
+        self._per_user.add_weighted(1000.0 / v[pos], w[pos])
 
     def record(self, index: int, arrival: float, first_admit: float, first_token: float,
                second_token: float, last_token: float, input_length: int, output_length: int,

@@ -164,6 +164,27 @@ def test_decode_series_equals_pass_by_pass(speedups) -> None:
             assert np.array_equal(got, want), (e["path"], b, np.flatnonzero(got != want)[:5])
 
 
+def test_native_stretch_ends_equal_pass_by_pass() -> None:
+    """The C stretch (sim._kvpool.table_decode_ends) adds up the same per-pass durations
+    as ``decode_ms``, bit for bit, across the residual grid's nodes and edges."""
+    from sim.timing import _to_ns
+    rng = np.random.default_rng(1)
+    for e in TABLES:
+        t = _load(e)
+        ends_fn = t.native_stretch_ends()
+        if ends_fn is None:
+            pytest.skip("native extension not built")
+        for b in (1, 2, 5, 64, 300, 512, 900):
+            for start in (0, 1, int(rng.integers(0, 40_000 * b)), b * 32768):
+                k = int(rng.integers(1, 3000))
+                now = float(rng.uniform(0, 1e7))
+                got = np.frombuffer(ends_fn(now, start, b, k, _to_ns))
+                want = np.cumsum([now] + [t.decode_ms(b, start + b * j, start + b * j)
+                                          for j in range(k)])[1:]
+                assert np.array_equal(got, want), (e["path"], b, start)
+    assert _load(TABLES[0], decode_speedup_ratio=1.5).native_stretch_ends() is None
+
+
 def _workload(n: int = 150):
     return synthetic(np.random.default_rng(3), arrival=poisson(6.0),
                      isl=lognormal(3000, 0.9, 30000), osl=lognormal(120, 0.8, 800),
