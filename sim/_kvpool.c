@@ -320,9 +320,9 @@ static PyObject *KvPool_register(KvPool *p, PyObject *key) {
 }
 
 static PyObject *KvPool_register_range(KvPool *p, PyObject *args) {
-    PyObject *blocks, *keys, *private_of; Py_ssize_t start, stop;
-    if (!PyArg_ParseTuple(args, "O!nnO!O", &PyList_Type, &blocks, &start, &stop,
-                          &PyList_Type, &keys, &private_of)) return NULL;
+    PyObject *blocks, *keys, *owner; Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "O!nnO!O!", &PyList_Type, &blocks, &start, &stop,
+                          &PyList_Type, &keys, &PyLong_Type, &owner)) return NULL;
     PyObject *stored = NULL;
     if (p->events != Py_None) {
         stored = PyObject_GetAttrString(p->events, "stored");
@@ -338,13 +338,15 @@ static PyObject *KvPool_register_range(KvPool *p, PyObject *args) {
         if (b < nk) {
             if (get_key(PyList_GET_ITEM(keys, b), &k) < 0) goto fail;
         } else {
+            /* sim.kv_cache.private_key(owner, b) = -1 - (hash((owner, b)) & (2**62 - 1)) */
             PyObject *bo = PyLong_FromSsize_t(b);
-            PyObject *r = bo ? PyObject_CallOneArg(private_of, bo) : NULL;
+            PyObject *tup = bo ? PyTuple_Pack(2, owner, bo) : NULL;
             Py_XDECREF(bo);
-            if (!r) goto fail;
-            int rc = get_key(r, &k);
-            Py_DECREF(r);
-            if (rc < 0) goto fail;
+            if (!tup) goto fail;
+            Py_hash_t h = PyObject_Hash(tup);
+            Py_DECREF(tup);
+            if (h == -1 && PyErr_Occurred()) goto fail;
+            k = -1 - (int64_t)((uint64_t)h & (((uint64_t)1 << 62) - 1));
         }
         if (!has_free_slot(p)) { PyErr_SetString(PyExc_RuntimeError, "no free slot"); goto fail; }
         int32_t c = register_key(p, k, stored);

@@ -186,7 +186,12 @@ class Engine:
             return True
         n_hit = reusable_blocks - prev if reusable_blocks > prev else 0
         fresh = target - prev - n_hit
-        hit_keys = [self._key(s, b) for b in range(prev, prev + n_hit)] if n_hit else []
+        if not n_hit:
+            hit_keys = []
+        elif s.keys is not None and prev + n_hit <= len(s.keys):
+            hit_keys = s.keys[prev:prev + n_hit]
+        else:
+            hit_keys = [self._key(s, b) for b in range(prev, prev + n_hit)]
         ids = self.kv.reserve(hit_keys, fresh)
         if ids is None:
             return False
@@ -202,9 +207,7 @@ class Engine:
         bs = self.bs
         lo, hi = before // bs, after // bs
         if lo < hi:
-            index = s.req.index
-            self.kv.register_range(s.blocks, lo, hi, s.keys,
-                                   lambda b: private_key(index, b))
+            self.kv.register_range(s.blocks, lo, hi, s.keys, s.req.index)
 
     def _release(self, s: Seq) -> None:
         self.kv.release(s.blocks)
@@ -593,9 +596,7 @@ class Engine:
             after = s.computed = before + k
             s.last_token = end
             if register is not None and before // bs < after // bs:
-                index = s.req.index
-                register(s.blocks, before // bs, after // bs, s.keys,
-                         lambda b: private_key(index, b))
+                register(s.blocks, before // bs, after // bs, s.keys, s.req.index)
             if s.generated >= s.max_out:
                 done.append(s)
         for s in done:

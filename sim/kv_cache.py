@@ -269,9 +269,9 @@ class PyKvCache:
         return c
 
     def register_range(self, blocks: list[int], start: int, stop: int, keys: list[int],
-                       private_of) -> None:
+                       owner: int) -> None:
         """``register`` every still-private block in ``blocks[start:stop]``; block b's key is
-        ``keys[b]`` for prompt blocks, else ``private_of(b)``."""
+        ``keys[b]`` for prompt blocks, else ``private_key(owner, b)`` (owner: request index)."""
         by_key, refs, key_of, free_ids = self.by_key, self.refs, self.key_of, self.free_ids
         events = self.events
         nk = len(keys)
@@ -279,7 +279,7 @@ class PyKvCache:
         for b in range(start, stop):
             if blocks[b] != PRIVATE:
                 continue
-            key = keys[b] if b < nk else private_of(b)
+            key = keys[b] if b < nk else private_key(owner, b)
             c = free_ids.pop()
             key_of[c] = key
             refs[c] = 1

@@ -204,6 +204,8 @@ class MetricsCollector:
         # Gaps buffered on the hot path (no numpy call per engine stretch); binned in bulk
         # when a sketch is read or the buffer is large.
         self._singles: list[float] = []                    # one gap each
+        self._runs: list[float] = []                       # gaps ...
+        self._run_counts: list[int] = []                   # ... times each
         self._arrays: list[tuple[np.ndarray, int]] = []    # (gaps, times each)
         self._ends: list[tuple[np.ndarray, int]] = []      # (pass end times, sequences)
         self._buffered = 0
@@ -221,9 +223,11 @@ class MetricsCollector:
     # -- hot path ---------------------------------------------------------
     def add_gap(self, gap_ms: float, count: int) -> None:
         """``count`` token gaps of ``gap_ms`` each."""
-        self._itl.add(gap_ms, count)
-        if gap_ms > 0:
-            self._per_user.add(1000.0 / gap_ms, count)
+        self._runs.append(gap_ms)
+        self._run_counts.append(count)
+        self._buffered += 1
+        if self._buffered > 1 << 18:
+            self._flush_gaps()
 
     def add_gaps(self, gaps_ms: list[float]) -> None:
         """One token gap each."""
@@ -253,6 +257,9 @@ class MetricsCollector:
             return
         vals: list[np.ndarray] = []
         wts: list[np.ndarray] = []
+        if self._runs:
+            vals.append(np.array(self._runs, dtype=np.float64))
+            wts.append(np.array(self._run_counts, dtype=np.int64))
         if self._singles:
             vals.append(np.array(self._singles, dtype=np.float64))
             wts.append(np.ones(len(self._singles), dtype=np.int64))
@@ -268,6 +275,7 @@ class MetricsCollector:
             vals.append(d[keep])
             wts.append(np.repeat(np.array([c for _, c in self._ends], dtype=np.int64), lens - 1))
         self._singles, self._arrays, self._ends, self._buffered = [], [], [], 0
+        self._runs, self._run_counts = [], []
         v = np.concatenate(vals)
         w = np.concatenate(wts)
         self._itl.add_weighted(v, w)

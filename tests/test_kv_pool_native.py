@@ -14,7 +14,7 @@ import pytest
 
 import sim.kv_cache as kvmod
 from sim.engine import EngineConfig
-from sim.kv_cache import PRIVATE, KvEvents, NativeKvPool, PyKvCache
+from sim.kv_cache import PRIVATE, KvEvents, NativeKvPool, PyKvCache, private_key
 from sim.simulator import ClusterConfig, Simulation
 from sim.timing import PolynomialTiming
 from sim.workloads import lognormal, poisson, synthetic
@@ -31,6 +31,7 @@ def test_native_pool_is_built() -> None:
 def _state(p) -> tuple:
     return (p.num_active, p.free_blocks(), p.inactive_count(), p.num_hashed, p.num_private,
             p.evictions, [p.match_prefix([k]) for k in range(-6, 16)],
+            [p.match_prefix([private_key(o, b)]) for o in range(4) for b in range(40)],
             p.evicted_keys_ahead(0, 64), list(p.events.stored), list(p.events.removed),
             list(p.events.late))
 
@@ -55,8 +56,9 @@ def test_same_state_after_every_operation(seed: int) -> None:
                 ba, bb = list(ra) + [PRIVATE] * fresh, list(rb) + [PRIVATE] * fresh
                 keys = [rnd.randint(-6, 15) for _ in ba]      # duplicates and collisions
                 n = rnd.randint(0, len(ba))
-                a.register_range(ba, 0, n, keys[: n - 1], lambda x: -100 - x)
-                b.register_range(bb, 0, n, keys[: n - 1], lambda x: -100 - x)
+                owner = rnd.randint(0, 3)        # private keys: private_key(owner, block)
+                a.register_range(ba, 0, n, keys[: n - 1], owner)
+                b.register_range(bb, 0, n, keys[: n - 1], owner)
                 held_a.append(ba)
                 held_b.append(bb)
         elif held_a:

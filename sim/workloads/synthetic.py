@@ -305,7 +305,7 @@ class SyntheticWorkload(Workload):
         bs, turns = self.trace_block_size, self.turns_per_session
         horizon = math.inf if self.duration_s is None else self.duration_s * 1000.0
         limit = math.inf if self.num_requests is None else self.num_requests
-        unique = count()
+        unique = 0              # next unique id is 2 * unique + 1
         # Id spaces never collide: shared ids are even (one per group x position, so each id
         # sits at a single position like a prefix-chained hash), unique ids are odd.
 
@@ -328,7 +328,10 @@ class SyntheticWorkload(Workload):
                     else:
                         shared = int(self.shared_prefix_ratio * new) // bs
                     ids = [2 * (j * groups + g) for j in range(min(shared, need))]
-                ids.extend(2 * next(unique) + 1 for _ in range(need - len(ids)))
+                m = need - len(ids)
+                if m > 0:
+                    ids.extend(range(2 * unique + 1, 2 * (unique + m) + 1, 2))
+                    unique += m
                 session.append(Request(
                     index=s * turns + k, arrival_ms=t, input_length=inp, output_length=out,
                     hash_ids=tuple(ids), trace_block_size=bs,
@@ -336,8 +339,10 @@ class SyntheticWorkload(Workload):
                     delay_ms=self.inter_turn_delay_ms if k else 0.0))
                 context = inp + out
                 # the output fills the partial last block and more: keep its id, add new ones
-                ids.extend(2 * next(unique) + 1
-                           for _ in range(-(-context // bs) - len(ids)))
+                m = -(-context // bs) - len(ids)
+                if m > 0:
+                    ids.extend(range(2 * unique + 1, 2 * (unique + m) + 1, 2))
+                    unique += m
             if turns > 1:
                 self._pending[session[0].index] = session[1:]
             yield session[0]
