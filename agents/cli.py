@@ -59,7 +59,7 @@ def add_parsers(sub) -> None:
                    "(model.zip or a train --out directory)")
     e.add_argument("--leaderboard", metavar="DIR",
                    help="evaluate the heuristics and every model under DIR; write "
-                   "DIR/leaderboard.{md,csv,json} and DIR/replicas_vs_load.png")
+                   "DIR/leaderboard.{md,csv,json}, DIR/replicas_vs_load.png and DIR/sla_vs_gpu_hours.png")
     e.add_argument("--env", default="DynoSim-v0")
     e.add_argument("--config", metavar="YAML",
                    help="env config (default: the model's training config, else the default)")

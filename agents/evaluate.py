@@ -150,7 +150,8 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
                 policies: list[str] | None = None, quiet: bool = True) -> list[Evaluation]:
     """Evaluate the heuristics and every trained model under ``directory`` on the same
     held-out episodes; write ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json``
-    and ``replicas_vs_load.png`` there. Ratios are relative to ``reference``."""
+    and the plots ``replicas_vs_load.png`` and ``sla_vs_gpu_hours.png`` there. Ratios are
+    relative to ``reference``."""
     d = Path(directory)
     if not d.is_dir():
         raise InputError("leaderboard directory not found", file=str(d), field="--leaderboard")
@@ -181,7 +182,8 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
     (d / "leaderboard.md").write_text(_markdown(rows, _label(reference, d), episodes, seed))
     (d / "leaderboard.json").write_text(json.dumps(
         [r.as_dict() for r in results], indent=1, default=str) + "\n")
-    plot_replicas(results, d / "replicas_vs_load.png", d)
+    plot_replicas(results, d / "replicas_vs_load.png", d, reference=reference)
+    plot_front(results, d / "sla_vs_gpu_hours.png", d)
     return results
 
 
@@ -208,31 +210,86 @@ def _markdown(rows: list[dict], reference: str, episodes: int, seed: int) -> str
     return head + "\n".join(lines) + "\n" + note
 
 
-def plot_replicas(results: list[Evaluation], path: Path, d: Path) -> None:
-    """Active workers of each policy against the arrival rate, first evaluation episode."""
+def _front(results: list[Evaluation]) -> list[Evaluation]:
+    """Policies no other policy beats on both SLA attainment (higher) and GPU-hours (lower)."""
+    return [r for r in results
+            if not any(o.sla_attainment >= r.sla_attainment and o.gpu_hours <= r.gpu_hours
+                       and (o.sla_attainment, o.gpu_hours) != (r.sla_attainment, r.gpu_hours)
+                       for o in results)]
+
+
+def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: int = 6,
+                  reference: str = "heuristic:load") -> None:
+    """Provisioned workers against the arrival rate in the first evaluation episode, one
+    panel per policy: the heuristics, then learned policies (if there are too many: those on
+    the SLA/GPU-hours front, the ones beating ``reference`` on both axes first)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax2 = ax.twinx()
-    first = next((r.traces[0] for r in results if r.traces), None)
-    if first is not None:
-        ax2.fill_between(first["t_s"], first["arrival_rate_rps"], step="pre", color="0.85",
-                         label="arrival rate")
-        ax2.set_ylabel("arrivals (requests/s)")
-    for r in results:
-        if not r.traces:
-            continue
+    traced = [r for r in results if r.traces]
+    heur = [r for r in traced if r.policy.startswith("heuristic:")]
+    learned = [r for r in traced if not r.policy.startswith("heuristic:")]
+    if len(heur) + len(learned) > max_panels:
+        front = _front(results)
+        ref = next((r for r in results if r.policy == reference), None)
+
+        def beats_ref(r: Evaluation) -> bool:
+            return ref is not None and (r.sla_attainment >= ref.sla_attainment
+                                        and r.gpu_hours <= ref.gpu_hours)
+        learned = sorted((r for r in learned if r in front),
+                         key=lambda r: (not beats_ref(r), -r.mean_reward))
+        learned = learned[: max(1, max_panels - len(heur))]
+    shown = heur + learned
+    if not shown:
+        return
+    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 1.5 + 1.25 * len(shown)), sharex=True,
+                             squeeze=False)
+    top = max(max(np.array(r.traces[0]["active_workers"]) + np.array(r.traces[0]["starting_workers"]))
+              for r in shown)
+    for ax, r in zip(axes[:, 0], shown):
         tr = r.traces[0]
+        ax2 = ax.twinx()
+        ax2.fill_between(tr["t_s"], tr["arrival_rate_rps"], step="pre", color="0.85")
+        ax2.set_ylabel("req/s", fontsize=8)
         workers = np.array(tr["active_workers"]) + np.array(tr["starting_workers"])
-        ax.step(tr["t_s"], workers, where="pre", label=_label(r.policy, d), lw=1.6)
-    ax.set_zorder(ax2.get_zorder() + 1)
-    ax.patch.set_visible(False)
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("provisioned workers (active + starting)")
-    ax.set_title("Replicas against load (first held-out episode)")
-    ax.legend(loc="upper left", fontsize=8)
+        ax.step(tr["t_s"], workers, where="pre", color="C0", lw=1.6)
+        ax.set_ylim(0, top + 0.5)
+        ax.set_ylabel("workers", fontsize=8)
+        ax.set_zorder(ax2.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.set_title(f"{_label(r.policy, d)}: SLA {r.sla_attainment:.1%}, "
+                     f"{r.gpu_hours:.3f} GPU-h/episode (means over all episodes)", fontsize=9,
+                     loc="left")
+    axes[-1, 0].set_xlabel("simulated time (s) — first held-out episode; grey: arrival rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
+    """SLA attainment against GPU-hours per episode for every policy, front highlighted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = _front(results)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        heur = r.policy.startswith("heuristic:")
+        ax.scatter(r.gpu_hours, 100 * r.sla_attainment, marker="s" if heur else "o",
+                   color="C1" if heur else "C0", edgecolor="k" if r in front else "none",
+                   s=60, zorder=3)
+        ax.annotate(_label(r.policy, d), (r.gpu_hours, 100 * r.sla_attainment), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    pts = sorted((r.gpu_hours, 100 * r.sla_attainment) for r in front)
+    if len(pts) > 1:
+        ax.plot(*zip(*pts), color="0.6", lw=1, zorder=2)
+    ax.set_xlabel("GPU-hours per episode (lower is better)")
+    ax.set_ylabel("SLA attainment % (higher is better)")
+    ax.set_title("Policies on held-out episodes (squares: heuristics; outlined: front)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -31,7 +31,32 @@ CASES = [
     ("DynoSim-v0 autoscale_mooncake (trace windows, KV router), hold", "DynoSim-v0",
      "autoscale_mooncake", {}, "hold"),
     ("DynoSimRouting-v0 default, round robin", "DynoSimRouting-v0", None, {}, "rr"),
+    ("DynoSim-v0 default, hold, SB3 SubprocVecEnv x2 (env steps, both cores)", "DynoSim-v0",
+     None, {}, "hold-vec2"),
 ]
+
+
+def run_vec_case(env_id, config, overrides, episodes: int, seed: int, n_envs: int = 2) -> dict:
+    """Env steps per second through SB3's SubprocVecEnv, one env per core (how training
+    runs use both cores). Synchronous: each vector step waits for the slower env."""
+    import numpy as np
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+    kwargs = {"config": config, **overrides}
+    venv = make_vec_env(env_id, n_envs=n_envs, seed=seed, vec_env_cls=SubprocVecEnv,
+                        env_kwargs=kwargs)
+    try:
+        hold = np.array(venv.env_method("hold_action"))
+        horizon = venv.get_attr("cfg")[0].env.episode_steps
+        t0 = time.perf_counter()
+        venv.reset()
+        for _ in range(episodes * horizon):
+            venv.step(hold)       # episodes auto-reset at the horizon
+        wall = time.perf_counter() - t0
+    finally:
+        venv.close()
+    return {"steps_per_s": n_envs * episodes * horizon / wall, "requests_per_step": float("nan"),
+            "steps": n_envs * episodes * horizon}
 
 
 def run_case(env_id, config, overrides, policy, episodes: int, seed: int) -> dict:
@@ -75,7 +100,10 @@ def main(argv=None) -> int:
     results: dict[str, list[dict]] = {c[0]: [] for c in cases}
     for r in range(args.repeats):
         for label, env_id, config, overrides, policy in cases:
-            res = run_case(env_id, config, overrides, policy, args.episodes, args.seed)
+            if policy == "hold-vec2":
+                res = run_vec_case(env_id, config, overrides, args.episodes, args.seed)
+            else:
+                res = run_case(env_id, config, overrides, policy, args.episodes, args.seed)
             results[label].append(res)
             print(f"[{r + 1}/{args.repeats}] {label}: {res['steps_per_s']:.0f} steps/s",
                   file=sys.stderr)
@@ -84,13 +112,17 @@ def main(argv=None) -> int:
     for label, runs in results.items():
         sps = [x["steps_per_s"] for x in runs]
         lines.append(f"| {label} | {statistics.median(sps):,.0f} | {min(sps):,.0f}–"
-                     f"{max(sps):,.0f} | {runs[0]['requests_per_step']:.1f} |")
+                     f"{max(sps):,.0f} | {_fmt(runs[0]['requests_per_step'])} |")
     table = "\n".join(lines)
     note = (f"\n\n{args.repeats} interleaved repeats x {args.episodes} episodes each (reset "
-            "included), one process, Python " + sys.version.split()[0] + ".\n")
+            "included), one process unless stated, Python " + sys.version.split()[0] + ".\n")
     print(table)
     Path(args.out).write_text("# Environment speed\n\n" + table + note)
     return 0
+
+
+def _fmt(x: float) -> str:
+    return "—" if x != x else f"{x:.1f}"
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ class Engine:
         self.metrics = metrics
         self.exact = exact
         self.bs = cfg.block_size
-        # Polynomial decode stretches computed natively when possible (bit-identical).
+        # Decode stretches (polynomial or GPU-table timing) computed in C when possible,
+        # bit-identical to the Python path.
         self._native_ends = None
         if _kv.NativeKvPool is not None and not exact:
             if (type(timing) is PolynomialTiming

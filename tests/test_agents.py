@@ -112,6 +112,17 @@ def test_train_and_leaderboard_from_the_cli(tmp_path: Path, capsys) -> None:
     ref = next(r for r in rows if r["policy"] == "heuristic:load")
     assert float(ref["sla_attainment_vs_ref"]) == 1.0
     assert (tmp_path / "replicas_vs_load.png").stat().st_size > 5000
+    assert (tmp_path / "sla_vs_gpu_hours.png").stat().st_size > 5000
+
+
+def test_front_keeps_only_undominated_policies() -> None:
+    from types import SimpleNamespace as NS
+
+    from agents.evaluate import _front
+    a, b = NS(sla_attainment=0.8, gpu_hours=0.5), NS(sla_attainment=0.6, gpu_hours=0.4)
+    c = NS(sla_attainment=0.7, gpu_hours=0.6)           # beaten by a on both axes
+    d = NS(sla_attainment=0.8, gpu_hours=0.5)           # ties a: both stay
+    assert _front([a, b, c, d]) == [a, b, d]
 
 
 @pytest.mark.parametrize("argv, needle", [
