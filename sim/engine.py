@@ -537,7 +537,9 @@ class Engine:
         ends = self.stretch_ends
         j = int(np.searchsorted(ends, t, side="left"))
         if j < len(ends) - 1:
-            self.stretch_ends = ends[: j + 1]
+            # A copy, not a view: the metrics buffer keeps these end times for a while and
+            # must not pin the whole planned stretch.
+            self.stretch_ends = ends[: j + 1].copy()
             self.pass_end = float(ends[j])
         return self.pass_end
 
@@ -631,7 +633,7 @@ class Engine:
         if ends is not None:
             j = int(np.searchsorted(ends, t, side="right"))
             if j:
-                self.stretch_ends = ends[:j]
+                self.stretch_ends = ends[:j].copy()
                 self.finish_stretch(float(ends[j - 1]))
             self.stretch_ends = None
         self.busy = False

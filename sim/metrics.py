@@ -67,6 +67,7 @@ _LN_GAMMA = math.log1p(2 * _ALPHA / (1 - _ALPHA))
 _INV_LN_GAMMA = 1.0 / _LN_GAMMA
 _KEY_OFFSET = 1 << 15          # keys cover values from ~1e-14 to ~1e14
 _NBINS = 1 << 16
+_GAP_BUFFER = 1 << 16     # gaps the collector buffers before binning (bounds its memory)
 
 
 class GapSketch:
@@ -226,21 +227,21 @@ class MetricsCollector:
         self._runs.append(gap_ms)
         self._run_counts.append(count)
         self._buffered += 1
-        if self._buffered > 1 << 18:
+        if self._buffered > _GAP_BUFFER:
             self._flush_gaps()
 
     def add_gaps(self, gaps_ms: list[float]) -> None:
         """One token gap each."""
         self._singles.extend(gaps_ms)
         self._buffered += len(gaps_ms)
-        if self._buffered > 1 << 18:
+        if self._buffered > _GAP_BUFFER:
             self._flush_gaps()
 
     def add_gap_array(self, gaps_ms: np.ndarray, count: int) -> None:
         """Each of ``gaps_ms`` occurs ``count`` times (one pass of ``count`` sequences)."""
         self._arrays.append((gaps_ms, count))
         self._buffered += len(gaps_ms)
-        if self._buffered > 1 << 18:
+        if self._buffered > _GAP_BUFFER:
             self._flush_gaps()
 
     def add_pass_ends(self, ends_ms: np.ndarray, count: int) -> None:
@@ -249,7 +250,7 @@ class MetricsCollector:
         if len(ends_ms) > 1:
             self._ends.append((ends_ms, count))
             self._buffered += len(ends_ms)
-            if self._buffered > 1 << 18:
+            if self._buffered > _GAP_BUFFER:
                 self._flush_gaps()
 
     def _flush_gaps(self) -> None:

@@ -325,3 +325,47 @@ def test_summary_definitions_on_handmade_records() -> None:
     assert lat["ttst"]["mean"] == pytest.approx((5.0 + 8.0) / 2)
     assert lat["tpot"]["mean"] == pytest.approx((20.0 / 4 + 20.0 / 2) / 2)
     assert lat["e2e_latency"]["max"] == 35.0 and lat["e2e_latency"]["min"] == 12.0
+
+
+def test_collector_buffers_gaps_exactly() -> None:
+    """The collector's hot-path calls (single-pass runs, per-sequence first gaps, a stretch's
+    pass end times) buffer gaps; reading a sketch bins them. The result equals adding every
+    gap one by one, including across buffer flushes and zero-length gaps."""
+    from sim.metrics import MetricsCollector
+    rng = np.random.default_rng(11)
+    col = MetricsCollector()
+    ref_itl, ref_user = GapSketch(), GapSketch()
+
+    def ref(v: float, c: int) -> None:
+        ref_itl.add(v, c)
+        if v > 0:
+            ref_user.add(1000.0 / v, c)
+
+    t = 0.0
+    for _ in range(3000):
+        kind = rng.integers(3)
+        if kind == 0:
+            g, c = float(rng.choice([0.0, rng.lognormal(2, 1)])), int(rng.integers(1, 5))
+            col.add_gap(g, c)
+            ref(g, c)
+        elif kind == 1:
+            gs = rng.lognormal(2, 1, size=int(rng.integers(1, 6))).tolist()
+            col.add_gaps(gs)
+            for g in gs:
+                ref(g, 1)
+        else:
+            k, n = int(rng.integers(1, 1500)), int(rng.integers(1, 9))   # > 2**16 in all
+            ends = t + np.cumsum(rng.lognormal(2, 0.5, size=k))
+            t = float(ends[-1]) + 100.0        # a gap between stretches that must not count
+            col.add_pass_ends(ends, n)
+            for g in np.diff(ends).tolist():
+                ref(g, n)
+    assert col._itl.n > 0                      # the buffer flushed at least once on its own
+    for got, want in ((col.itl, ref_itl), (col.per_user, ref_user)):
+        assert got.n == want.n and got.zeros == want.zeros
+        assert np.array_equal(got.bins, want.bins)
+        dg, dw = got.describe(), want.describe()
+        for stat in ("min", "max", *QUANTILES):
+            assert dg[stat] == dw[stat], stat
+        assert dg["mean"] == pytest.approx(dw["mean"], rel=1e-12)
+        assert dg["std"] == pytest.approx(dw["std"], rel=1e-9)
