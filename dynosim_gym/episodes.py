@@ -102,7 +102,8 @@ class EpisodeFactory:
             cluster=cluster, router=scfg.router.mode,
             kv_router=KvRouterConfig(**{k: v for k, v in asdict(scfg.router).items()
                                         if k != "mode"}),
-            seed=sim_seed, exact=scfg.run.exact_steps, sla=sla)
+            seed=sim_seed, exact=scfg.run.exact_steps, sla=sla,
+            token_gaps=False)          # observations and rewards use per-request TPOT
         return sim, desc
 
     def _window(self, rng: np.random.Generator, split: str, opts: dict) -> tuple[Any, dict]:

@@ -81,11 +81,12 @@ class Engine:
 
     def __init__(self, worker_id: int, cfg: EngineConfig, timing: TimingModel,
                  metrics: MetricsCollector, *, exact: bool = False,
-                 defer_gaps: bool = False) -> None:
+                 defer_gaps: bool = False, token_gaps: bool = True) -> None:
         self.id = worker_id
         # With a cut-off, token gaps count only once their request completes (Dynamo's
         # distributions cover completed requests): each sequence holds its own until then.
-        self.defer_gaps = defer_gaps
+        self.defer_gaps = defer_gaps and token_gaps
+        self.token_gaps = token_gaps     # False: no token-gap distribution (see Simulation)
         self.cfg = cfg
         self.timing = timing
         self.metrics = metrics
@@ -400,6 +401,8 @@ class Engine:
                 gap = end - s.last_token
                 if s.gaps is not None:
                     s.gaps.append(gap)
+                elif not self.token_gaps:
+                    pass
                 elif gap == gap_prev:
                     gap_count += 1
                 else:
@@ -577,7 +580,7 @@ class Engine:
                 s.gaps.append(first_end - s.last_token)
                 if rest is not None:
                     s.gaps.append(rest)
-        else:
+        elif self.token_gaps:
             metrics.add_gaps([first_end - s.last_token for s in running])
             metrics.add_pass_ends(ends, len(running))
         bs = self.bs

@@ -66,8 +66,12 @@ class Simulation:
                  max_sim_time_ms: float | None = None, exact: bool = False,
                  sla: dict[str, float | None] | None = None,
                  progress: Callable[[float], None] | None = None,
-                 check_invariants: bool = False) -> None:
+                 check_invariants: bool = False, token_gaps: bool = True) -> None:
+        """``token_gaps=False`` skips the distribution of gaps between tokens (the summary's
+        ITL percentiles and per-user throughput are then empty; per-request records, TTFT
+        and TPOT are unaffected). The environments use it: they observe per-request TPOT."""
         self.workload = workload
+        self.token_gaps = token_gaps
         self.engine_cfg = engine
         self.timing = timing
         self.cluster_cfg = cluster or ClusterConfig()
@@ -127,7 +131,7 @@ class Simulation:
     def _new_worker(self, state: str) -> Worker:
         wid = len(self.workers)
         eng = Engine(wid, self.engine_cfg, self.timing, self.metrics, exact=self.exact,
-                     defer_gaps=self.max_sim_time_ms is not None)
+                     defer_gaps=self.max_sim_time_ms is not None, token_gaps=self.token_gaps)
         eng.on_first_token = self.router.on_first_token
         eng.on_finished = self._on_finished
         if self.router.wants_kv_events:

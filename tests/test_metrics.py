@@ -369,3 +369,28 @@ def test_collector_buffers_gaps_exactly() -> None:
             assert dg[stat] == dw[stat], stat
         assert dg["mean"] == pytest.approx(dw["mean"], rel=1e-12)
         assert dg["std"] == pytest.approx(dw["std"], rel=1e-9)
+
+
+def test_token_gaps_off_changes_nothing_but_the_gap_distribution() -> None:
+    """``Simulation(token_gaps=False)`` (what the environments use) keeps every per-request
+    record and TTFT/TPOT statistic and leaves only the token-gap sketch empty."""
+    from sim.engine import EngineConfig
+    from sim.simulator import ClusterConfig, Simulation
+    from sim.timing import PolynomialTiming
+    from sim.workloads import lognormal, poisson, synthetic
+
+    runs = []
+    for gaps in (True, False):
+        wl = synthetic(np.random.default_rng(5), arrival=poisson(8.0), isl=lognormal(900, 0.8, 6000),
+                       osl=lognormal(80, 0.8, 400), num_requests=120, num_prefix_groups=3,
+                       shared_prefix_blocks=2)
+        res = Simulation(wl, engine=EngineConfig(block_size=16, num_gpu_blocks=600),
+                         timing=PolynomialTiming(), cluster=ClusterConfig(num_workers=2),
+                         token_gaps=gaps, max_sim_time_ms=9000.0).run()
+        runs.append(res)
+    on, off = runs
+    for key, col in on.metrics.columns().items():
+        assert np.array_equal(col, off.metrics.columns()[key], equal_nan=True), key
+    assert on.metrics.itl.n > 0 and off.metrics.itl.n == 0
+    for stat in ("ttft", "tpot", "e2e_latency"):
+        assert on.summary["latency_ms"][stat] == off.summary["latency_ms"][stat]
