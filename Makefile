@@ -11,7 +11,10 @@ export DYNOSIM_SHARED := $(SHARED)
 
 .PHONY: install demo test test-all peer bench clean
 
-$(VENV)/.installed: pyproject.toml setup.py sim/_kvpool.c
+# Sources of the native and Cython-compiled modules (setup.py): a change rebuilds them.
+NATIVE_SRC := sim/_kvpool.c $(wildcard sim/*.py sim/*.pxd sim/workloads/*.py dynosim_gym/*.py)
+
+$(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0

@@ -1,10 +1,57 @@
-"""Build the optional native KV pool (sim/_kvpool.c); everything else is in pyproject.toml.
+"""Native parts, all optional; everything else is in pyproject.toml.
 
-``optional=True``: without a C compiler the package still installs and uses the
-pure-Python pool (same results, slower on small-pool replays). ``-ffp-contract=off``: no
-fused multiply-adds, so float results equal the Python reference bit for bit.
+* ``sim/_kvpool.c``: the KV block pool and decode-stretch timing in C.
+* The simulator's hot modules compiled with Cython from their plain-Python sources
+  (``sim/engine.pxd`` types the engine's sequence state). The ``.py`` files stay the
+  reference and run as they are when nothing is compiled; ``tests/test_compiled.py``
+  checks that both give byte-identical results.
+
+``optional=True``: without a C compiler (or Cython) the package still installs and runs in
+pure Python (same results, slower). ``-ffp-contract=off``: no fused multiply-adds, so float
+results equal the Python reference bit for bit. ``DYNOSIM_NO_CYTHON=1`` skips the Cython
+modules (e.g. while editing them: an editable install imports the compiled module, not the
+edited ``.py``, until it is rebuilt; ``make`` rebuilds when a source changes).
 """
+import os
+
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("sim._kvpool", ["sim/_kvpool.c"], extra_compile_args=["-O2", "-ffp-contract=off"],
-                             optional=True)])
+C_FLAGS = ["-O2", "-ffp-contract=off"]
+
+# Modules compiled with Cython: (module, extra directives). The engine gets C-typed locals
+# (infer_types) and its annotations typed (``s: Seq``); the rest keep Python semantics
+# exactly (annotations ignored) and only lose the interpreter's dispatch overhead.
+COMPILED = [
+    ("sim.engine", {"infer_types": True, "annotation_typing": True}),
+    ("sim.simulator", {}),
+    ("sim.kv_cache", {}),
+    ("sim.metrics", {}),
+    ("sim.timing", {}),
+    ("sim.gpu_timing", {}),
+    ("sim.router", {}),
+    ("sim.workloads.synthetic", {}),
+    ("dynosim_gym.monitor", {}),
+    ("dynosim_gym.observations", {}),
+    ("dynosim_gym.autoscaling_env", {}),
+    ("dynosim_gym.base", {}),
+]
+
+
+def cython_extensions() -> list:
+    if os.environ.get("DYNOSIM_NO_CYTHON"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        return []
+    exts = []
+    for mod, directives in COMPILED:
+        ext = Extension(mod, [mod.replace(".", "/") + ".py"], extra_compile_args=C_FLAGS,
+                        optional=True)
+        exts += cythonize([ext], quiet=True, compiler_directives={
+            "language_level": 3, "annotation_typing": False, "binding": True, **directives})
+    return exts
+
+
+setup(ext_modules=[Extension("sim._kvpool", ["sim/_kvpool.c"], extra_compile_args=C_FLAGS,
+                             optional=True)] + cython_extensions())

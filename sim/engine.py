@@ -218,6 +218,7 @@ class Engine:
     # -- one pass ----------------------------------------------------------------
     def start_pass(self, now: float) -> float:
         """Schedule one pass starting at ``now``; returns its end time."""
+        s: Seq                # typed loop variable when compiled (sim/engine.pxd)
         cfg = self.cfg
         bs = self.bs
         kv = self.kv
@@ -375,6 +376,7 @@ class Engine:
 
     def finish_pass(self, end: float) -> None:
         """Emit the tokens of the pass ending at ``end``; complete and reject."""
+        s: Seq                # typed loop variable when compiled (sim/engine.pxd)
         self.busy = False
         tot = self.tot
         tot.passes += 1
@@ -452,6 +454,7 @@ class Engine:
         reorders), but with a KV router each eviction must become visible at its own pass
         end, so then only allocations from free blocks are absorbed.
         """
+        s: Seq                # typed loop variable when compiled (sim/engine.pxd)
         running = self.running
         if not running or len(running) > self.cfg.max_num_batched_tokens:
             return 0
@@ -497,6 +500,7 @@ class Engine:
 
     def start_stretch(self, now: float, k: int) -> float:
         """Begin k decode passes; returns the end time of the last one."""
+        s: Seq                # typed loop variable when compiled (sim/engine.pxd)
         running = self.running
         n = len(running)
         ctx0 = 0
@@ -565,6 +569,7 @@ class Engine:
         return self.kv.evicted_keys_ahead(start, upto)
 
     def finish_stretch(self, end: float) -> None:
+        s: Seq                # typed loop variable when compiled (sim/engine.pxd)
         ends = self.stretch_ends
         self.stretch_ends = None
         self.busy = False

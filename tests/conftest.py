@@ -22,6 +22,28 @@ CONVERSATION_TRACE = SHARED / "data" / "traces" / "mooncake_fast25" / "conversat
 REL, ABS = 1e-9, 1e-6
 
 
+def stale_compiled_modules() -> list[str]:
+    """Compiled modules (setup.py) older than their ``.py``/``.pxd``: Python would import the
+    old compiled code, not the edited source."""
+    import importlib.machinery
+    out = []
+    for py in sorted([*(REPO / "sim").rglob("*.py"), *(REPO / "dynosim_gym").rglob("*.py")]):
+        pxd = py.with_suffix(".pxd")
+        newest = max(py.stat().st_mtime, pxd.stat().st_mtime if pxd.exists() else 0.0)
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            so = py.with_name(py.stem + suffix)
+            if so.exists() and so.stat().st_mtime < newest:
+                out.append(str(py.relative_to(REPO)))
+    return out
+
+
+def pytest_sessionstart(session) -> None:
+    stale = stale_compiled_modules()
+    if stale:
+        pytest.exit(f"compiled modules are older than their sources ({', '.join(stale)}): "
+                    "rebuild with `make install` or `.venv/bin/pip install -e .`", returncode=2)
+
+
 def ms(x: float):
     return pytest.approx(x, rel=REL, abs=ABS)
 
