@@ -19,11 +19,12 @@ from setuptools import Extension, setup
 C_FLAGS = ["-O2", "-ffp-contract=off"]
 
 # Modules compiled with Cython: (module, extra directives). The engine gets C-typed locals
-# (infer_types) and its annotations typed (``s: Seq``); the rest keep Python semantics
-# exactly (annotations ignored) and only lose the interpreter's dispatch overhead.
+# (infer_types) and its annotations typed (``s: Seq``), the event loop C-typed locals; the
+# rest keep Python semantics exactly (annotations ignored) and only lose the interpreter's
+# dispatch overhead. Not timing.py: its rounding relies on Python's round().
 COMPILED = [
     ("sim.engine", {"infer_types": True, "annotation_typing": True}),
-    ("sim.simulator", {}),
+    ("sim.simulator", {"infer_types": True}),
     ("sim.kv_cache", {}),
     ("sim.metrics", {}),
     ("sim.timing", {}),
@@ -34,6 +35,8 @@ COMPILED = [
     ("dynosim_gym.observations", {}),
     ("dynosim_gym.autoscaling_env", {}),
     ("dynosim_gym.base", {}),
+    ("dynosim_gym.episodes", {}),
+    ("dynosim_gym.actions", {}),
 ]
 
 

@@ -542,7 +542,7 @@ class Engine:
         """A request arriving at ``t`` joins the pass that starts at the first pass end at
         or after ``t``: the stretch stops there."""
         ends = self.stretch_ends
-        j = int(np.searchsorted(ends, t, side="left"))
+        j = int(ends.searchsorted(t, "left"))
         if j < len(ends) - 1:
             # A copy, not a view: the metrics buffer keeps these end times for a while and
             # must not pin the whole planned stretch.
@@ -558,7 +558,7 @@ class Engine:
         cum = self._evict_cum
         if cum is None or self.stretch_ends is None:
             return []
-        j = int(np.searchsorted(self.stretch_ends, t, side="right"))
+        j = int(self.stretch_ends.searchsorted(t, "right"))
         if j == 0:
             return []
         upto = int(cum[min(j, len(cum)) - 1])
@@ -621,7 +621,7 @@ class Engine:
         ends = self.stretch_ends
         if ends is None:
             return self.tot
-        j = int(np.searchsorted(ends, now, side="right"))
+        j = int(ends.searchsorted(now, "right"))
         if j == 0:
             return self.tot
         t = self.tot.copy()
@@ -639,7 +639,7 @@ class Engine:
         then (as pass-by-pass stepping would have), then record what is left."""
         ends = self.stretch_ends
         if ends is not None:
-            j = int(np.searchsorted(ends, t, side="right"))
+            j = int(ends.searchsorted(t, "right"))
             if j:
                 self.stretch_ends = ends[:j].copy()
                 self.finish_stretch(float(ends[j - 1]))
