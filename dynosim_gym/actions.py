@@ -30,6 +30,10 @@ class ActionType:
         raise NotImplementedError
 
     def check(self, action) -> int:
+        n = self.space.n
+        if type(action) is int or type(action) is np.int64:      # the common case, fast
+            if 0 <= action < n:
+                return int(action)
         try:
             a = int(np.asarray(action).reshape(()))
             ok = np.asarray(action).size == 1 and float(np.asarray(action).reshape(())) == a
