@@ -779,11 +779,31 @@ static int add_event_methods(void) {
     return 0;
 }
 
+/* sim.timing.modeled_ms(ms) with speed-up 1: the duration on the engine's whole-nanosecond
+ * clock, same float operations as the Python. A value within 1e-6 of a half nanosecond is
+ * rounded by the Python callback to_ns (exact rational rounding). Returns 0 and sets *out, or
+ * -1 with a Python error set. */
+static int modeled_ms_c(double ms, PyObject *to_ns, double *out) {
+    double x = (ms / 1000.0) * 1e9;
+    double ns = rint(x);
+    double fr = x - floor(x);
+    if (fabs(fr - 0.5) < 1e-6) {
+        PyObject *r = PyObject_CallFunction(to_ns, "d", ms / 1000.0);
+        if (!r) return -1;
+        ns = PyLong_AsDouble(r);
+        Py_DECREF(r);
+        if (ns == -1.0 && PyErr_Occurred()) return -1;
+    }
+    double sec = floor(ns / 1e9);
+    double rem = ns - sec * 1e9;
+    *out = (sec + rem / 1e9) * 1000.0;
+    return 0;
+}
+
 /* == decode stretch of Dynamo's polynomial timing ===================================== */
 /* End times of k decode passes from t0, batch context ctx0 + n*j at pass j, as bytes of k
  * doubles. The same float operations in the same order as sim.timing (decode_ms_series ->
- * modeled_ms_array) and np.cumsum, so the values are bit-identical; a duration within 1e-6
- * of a half nanosecond is rounded by the Python callback (exact rational rounding). */
+ * modeled_ms_array) and np.cumsum, so the values are bit-identical. */
 static PyObject *mod_poly_decode_ends(PyObject *self, PyObject *args) {
     double t0, cap; long long ctx0, n, k; PyObject *to_ns;
     if (!PyArg_ParseTuple(args, "dLLLdO", &t0, &ctx0, &n, &k, &cap, &to_ns)) return NULL;
@@ -797,19 +817,8 @@ static PyObject *mod_poly_decode_ends(PyObject *self, PyObject *args) {
         if (u > 1.0) u = 1.0;
         double ms = -25.74 * u * u + 54.01 * u + 5.74;
         if (ms < 1.0) ms = 1.0;
-        double x = (ms / 1000.0) * 1e9;
-        double ns = rint(x);
-        double fr = x - floor(x);
-        if (fabs(fr - 0.5) < 1e-6) {
-            PyObject *r = PyObject_CallFunction(to_ns, "d", ms / 1000.0);
-            if (!r) { Py_DECREF(out); return NULL; }
-            ns = PyLong_AsDouble(r);
-            Py_DECREF(r);
-            if (ns == -1.0 && PyErr_Occurred()) { Py_DECREF(out); return NULL; }
-        }
-        double sec = floor(ns / 1e9);
-        double rem = ns - sec * 1e9;
-        double d = (sec + rem / 1e9) * 1000.0;
+        double d;
+        if (modeled_ms_c(ms, to_ns, &d) < 0) { Py_DECREF(out); return NULL; }
         t = t + d;
         e[j] = t;
     }
@@ -858,21 +867,7 @@ static PyObject *mod_table_decode_ends(PyObject *self, PyObject *args) {
         double r = (z0[j] * gy + z0[j + 1] * fy) * gx + (z1[j] * gy + z1[j + 1] * fy) * fx;
         double ms = lin * r;
         double d = 0.0;
-        if (ms > 0.0) {
-            double xs = (ms / 1000.0) * 1e9;
-            double ns = rint(xs);
-            double fr = xs - floor(xs);
-            if (fabs(fr - 0.5) < 1e-6) {
-                PyObject *rr = PyObject_CallFunction(to_ns, "d", ms / 1000.0);
-                if (!rr) { Py_DECREF(out); return NULL; }
-                ns = PyLong_AsDouble(rr);
-                Py_DECREF(rr);
-                if (ns == -1.0 && PyErr_Occurred()) { Py_DECREF(out); return NULL; }
-            }
-            double sec = floor(ns / 1e9);
-            double rem = ns - sec * 1e9;
-            d = (sec + rem / 1e9) * 1000.0;
-        }
+        if (ms > 0.0 && modeled_ms_c(ms, to_ns, &d) < 0) { Py_DECREF(out); return NULL; }
         t = t + d;
         e[p] = t;
     }
