@@ -29,11 +29,6 @@ from .errors import InputError
 CMDLINE = "command line"     # the "file" of values given as flags
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
-#: Planned subcommands -> (what, tracking issue; None until one is filed). Numbers as in
-#: the README's status table.
-PLANNED: dict[str, tuple[str, int | None]] = {
-    "bench": ("measure simulator speed (sim-s per wall-s)", 3),
-}
 AGENT_COMMANDS = ("train", "evaluate")     # in agents.cli (imports gymnasium / torch lazily)
 
 # flag -> (config field, argparse type, metavar, help). Only flags given on the command
@@ -142,17 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="GPU timing tables derived from aiconfigurator-core data; "
                        "use one with simulate --model M --gpu G --backend B --tp N.")
     m.add_argument("--json", action="store_true", help="print the list as JSON")
-    from . import silicon, sweeps
+    from . import bench, silicon, sweeps
     silicon.add_parser(sub)
     sweeps.add_parser(sub)
+    bench.add_parser(sub)
     try:
         from agents import cli as agents_cli
     except ImportError:           # sim installed without the agents package
         agents_cli = None
     if agents_cli is not None:
         agents_cli.add_parsers(sub)
-    for name, (what, _) in PLANNED.items():
-        sub.add_parser(name, help=f"{what} (not implemented yet)")
     return p
 
 
@@ -161,17 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and args.command not in PLANNED:
+        if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:        # --help, --version, usage errors: return, don't exit
         return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
         parser.print_help(sys.stderr)
-        return 2
-    if args.command in PLANNED:
-        issue = PLANNED[args.command][1]
-        where = f"see issue {issue}" if issue is not None else "no tracking issue filed yet"
-        print(f"dynosim: {args.command}: not implemented yet ({where})", file=sys.stderr)
         return 2
     try:
         if args.command == "models":
@@ -182,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sweep":
             from . import sweeps
             return sweeps.run(args)
+        if args.command == "bench":
+            from . import bench
+            return bench.run(args)
         if args.command in AGENT_COMMANDS:
             from agents import cli as agents_cli
             return agents_cli.run(args)

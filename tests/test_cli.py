@@ -151,10 +151,26 @@ def test_missing_files_and_usage_errors(capsys, argv: list[str], needle: str) ->
     assert_input_error(rc, err, needle)
 
 
-@pytest.mark.parametrize("command", ["bench"])
-def test_planned_subcommands_say_so(capsys, command: str) -> None:
-    rc, out, err = run(capsys, command, "--anything")
-    assert rc == 2 and out == "" and "not implemented yet" in err
+def test_bench_quick_reports_replay_and_env_speed(capsys) -> None:
+    rc, out, err = run(capsys, "bench", "--quick", "--json", "--quiet")
+    assert rc == 0 and err == ""
+    d = json.loads(out)
+    rep = d["replay"]
+    assert rep["requests"] == 12031 and rep["repeats"] == 1
+    assert rep["wall_s"] > 0 and rep["sim_s_per_wall_s"] > 0
+    cases = {r["case"]: r for r in d["environments"]}
+    assert any(c.startswith("DynoSim-v0 default") for c in cases)
+    assert any(c.startswith("DynoSimRouting-v0") for c in cases)
+    assert all(r["steps_per_s_median"] > 0 for r in cases.values())
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["bench", "--repeats", "0"], "--repeats"),
+    (["bench", "--episodes", "-1"], "--episodes"),
+])
+def test_bench_bad_input(capsys, argv: list[str], needle: str) -> None:
+    rc, _, err = run(capsys, *argv)
+    assert_input_error(rc, err, needle)
 
 
 def test_no_subcommand_prints_help(capsys) -> None:
