@@ -46,8 +46,11 @@ def replay_once(path: Path) -> dict[str, float]:
 def add_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="measure simulator and environment speed on this machine",
                        description=__doc__.split("\n\n")[0].split(": ", 1)[1])
-    b.add_argument("--repeats", type=int, default=3, help="interleaved repeats (median reported)")
-    b.add_argument("--episodes", type=int, default=3, help="episodes per environment case")
+    from .cli import _positive_int          # one parser for positive integers
+    b.add_argument("--repeats", type=_positive_int, default=3,
+                   help="interleaved repeats (median reported)")
+    b.add_argument("--episodes", type=_positive_int, default=3,
+                   help="episodes per environment case")
     b.add_argument("--quick", action="store_true",
                    help="one repeat, one episode, the two default environments only")
     b.add_argument("--no-env", action="store_true", help="replay only (no gymnasium needed)")
@@ -57,9 +60,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("repeats", "episodes"):
-        if getattr(args, name) < 1:
-            raise InputError(f"must be at least 1, got {getattr(args, name)}", field=f"--{name}")
     repeats, episodes = (1, 1) if args.quick else (args.repeats, args.episodes)
 
     def log(msg: str) -> None:
