@@ -164,12 +164,180 @@ static int append_long(PyObject *list, long long v) {
     return r;
 }
 
-static int get_key(PyObject *obj, int64_t *out) {
-    long long v = PyLong_AsLongLong(obj);
+/* Keys are 62-bit ints. PyLong_AsLongLong goes through _PyLong_AsByteArray for multi-digit
+ * ints (CPython 3.11), which was ~4% of an env step; the AndOverflow variant walks the digits. */
+static inline int get_key(PyObject *obj, int64_t *out) {
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow) { PyErr_SetString(PyExc_OverflowError, "block key out of int64 range"); return -1; }
     if (v == -1 && PyErr_Occurred()) return -1;
     *out = (int64_t)v;
     return 0;
 }
+
+/* == sim.kv_cache.private_key in C ====================================================== */
+/* private_key(owner, b) = -1 - (hash((owner, b)) & (2**62 - 1)). CPython's tuple hash (an
+ * xxHash-style lane mix, unchanged since 3.8) is repeated here for int pairs, so no tuple is
+ * built per block; module init checks it against hash() and falls back to building the
+ * tuple if they ever differ. */
+#define XXPRIME_1 ((uint64_t)11400714785074694791ULL)
+#define XXPRIME_2 ((uint64_t)14029467366897019727ULL)
+#define XXPRIME_5 ((uint64_t)2870177450012600261ULL)
+#define XXROTATE(x) (((x) << 31) | ((x) >> 33))
+static int tuple_hash_native = 0;
+
+static inline int64_t private_key_from_hash(Py_hash_t h) {
+    return -1 - (int64_t)((uint64_t)h & (((uint64_t)1 << 62) - 1));
+}
+
+/* hash((owner, b)) given hash(owner), for 0 <= b < 2**61 - 1 (hash(b) == b). */
+static inline Py_hash_t pair_hash(Py_hash_t owner_hash, Py_ssize_t b) {
+    uint64_t acc = XXPRIME_5;
+    acc += (uint64_t)owner_hash * XXPRIME_2; acc = XXROTATE(acc); acc *= XXPRIME_1;
+    acc += (uint64_t)b * XXPRIME_2; acc = XXROTATE(acc); acc *= XXPRIME_1;
+    acc += 2 ^ (XXPRIME_5 ^ 3527539ULL);
+    if (acc == (uint64_t)-1) return 1546275796;
+    return (Py_hash_t)acc;
+}
+
+static int private_key_c(PyObject *owner, Py_hash_t owner_hash, Py_ssize_t b, int64_t *out) {
+    if (tuple_hash_native && b >= 0) { *out = private_key_from_hash(pair_hash(owner_hash, b)); return 0; }
+    PyObject *bo = PyLong_FromSsize_t(b);
+    PyObject *tup = bo ? PyTuple_Pack(2, owner, bo) : NULL;
+    Py_XDECREF(bo);
+    if (!tup) return -1;
+    Py_hash_t h = PyObject_Hash(tup);
+    Py_DECREF(tup);
+    if (h == -1 && PyErr_Occurred()) return -1;
+    *out = private_key_from_hash(h);
+    return 0;
+}
+
+static int check_tuple_hash(void) {
+    static const long long owners[] = {0, 1, 7, 123456, 9999999999LL, -5};
+    static const Py_ssize_t bs[] = {0, 1, 2, 63, 1000, 123456};
+    for (size_t i = 0; i < sizeof owners / sizeof owners[0]; i++)
+        for (size_t j = 0; j < sizeof bs / sizeof bs[0]; j++) {
+            PyObject *t = Py_BuildValue("(Ln)", owners[i], bs[j]);
+            if (!t) return -1;
+            Py_hash_t h = PyObject_Hash(t);
+            PyObject *o = PyTuple_GET_ITEM(t, 0);
+            Py_hash_t ho = PyObject_Hash(o);
+            Py_DECREF(t);
+            if (h == -1 || ho == -1) return -1;
+            if (pair_hash(ho, bs[j]) != h) return 0;
+        }
+    return 1;
+}
+
+/* == a sequence's block table ============================================================ */
+/* The copy ids a sequence holds (-1 = private, unhashed), as an int32 array instead of a list
+ * of Python ints: reserve_into/register_range/release read and write it without creating an
+ * int object per block. sim.kv_cache.BlockList is the reference pool's twin (a list). */
+typedef struct {
+    PyObject_HEAD
+    int32_t *v;
+    Py_ssize_t n, cap;
+} Blocks;
+
+static PyTypeObject BlocksType;
+
+static int blocks_grow(Blocks *b, Py_ssize_t need) {
+    if (need <= b->cap) return 0;
+    Py_ssize_t nc = b->cap ? b->cap * 2 : 16;
+    while (nc < need) nc *= 2;
+    int32_t *nv = PyMem_Realloc(b->v, (size_t)nc * sizeof(int32_t));
+    if (!nv) { PyErr_NoMemory(); return -1; }
+    b->v = nv; b->cap = nc;
+    return 0;
+}
+
+static void Blocks_dealloc(Blocks *b) {
+    PyMem_Free(b->v);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static int Blocks_init(Blocks *b, PyObject *args, PyObject *kw) {
+    PyObject *init = NULL;
+    if (!PyArg_ParseTuple(args, "|O", &init)) return -1;
+    b->n = 0;
+    if (init) {
+        PyObject *seq = PySequence_Fast(init, "Blocks() takes a sequence of ints");
+        if (!seq) return -1;
+        Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
+        if (blocks_grow(b, m) < 0) { Py_DECREF(seq); return -1; }
+        for (Py_ssize_t i = 0; i < m; i++) {
+            long c = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+            if (c == -1 && PyErr_Occurred()) { Py_DECREF(seq); return -1; }
+            if (c < -1 || c > INT32_MAX) {
+                Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "block id out of range"); return -1;
+            }
+            b->v[b->n++] = (int32_t)c;
+        }
+        Py_DECREF(seq);
+    }
+    return 0;
+}
+
+static Py_ssize_t Blocks_len(Blocks *b) { return b->n; }
+
+static PyObject *Blocks_item(Blocks *b, Py_ssize_t i) {
+    if (i < 0 || i >= b->n) { PyErr_SetString(PyExc_IndexError, "block index out of range"); return NULL; }
+    return PyLong_FromLong(b->v[i]);
+}
+
+static PyObject *Blocks_add_private(Blocks *b, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0) { PyErr_SetString(PyExc_ValueError, "negative block count"); return NULL; }
+    if (blocks_grow(b, b->n + n) < 0) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) b->v[b->n++] = -1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Blocks_clear(Blocks *b, PyObject *Py_UNUSED(a)) { b->n = 0; Py_RETURN_NONE; }
+
+static PyObject *Blocks_tolist(Blocks *b, PyObject *Py_UNUSED(a)) {
+    PyObject *out = PyList_New(b->n);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        PyObject *o = PyLong_FromLong(b->v[i]);
+        if (!o) { Py_DECREF(out); return NULL; }
+        PyList_SET_ITEM(out, i, o);
+    }
+    return out;
+}
+
+static PyObject *Blocks_repr(Blocks *b) {
+    PyObject *l = Blocks_tolist(b, NULL);
+    if (!l) return NULL;
+    PyObject *r = PyUnicode_FromFormat("Blocks(%R)", l);
+    Py_DECREF(l);
+    return r;
+}
+
+static PyMethodDef Blocks_methods[] = {
+    {"add_private", (PyCFunction)Blocks_add_private, METH_O, "append n private (unhashed) blocks"},
+    {"clear", (PyCFunction)Blocks_clear, METH_NOARGS, "hold nothing (after the pool released them)"},
+    {"tolist", (PyCFunction)Blocks_tolist, METH_NOARGS, "copy ids as a list (-1 = private)"},
+    {NULL}
+};
+static PySequenceMethods Blocks_as_seq = {
+    .sq_length = (lenfunc)Blocks_len, .sq_item = (ssizeargfunc)Blocks_item,
+};
+static PyTypeObject BlocksType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sim._kvpool.Blocks",
+    .tp_doc = "A sequence's held blocks: copy ids, -1 for private (see sim.kv_cache.BlockList).",
+    .tp_basicsize = sizeof(Blocks),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Blocks_init,
+    .tp_dealloc = (destructor)Blocks_dealloc,
+    .tp_repr = (reprfunc)Blocks_repr,
+    .tp_methods = Blocks_methods,
+    .tp_as_sequence = &Blocks_as_seq,
+};
 
 /* Evict the n oldest inactive copies (caller checked there are enough). */
 static int evict(KvPool *p, int64_t n) {
@@ -269,9 +437,10 @@ static PyObject *KvPool_resident(KvPool *p, PyObject *key) {
     return PyBool_FromLong(ht_get(p, k) >= 0);
 }
 
-static PyObject *KvPool_reserve(KvPool *p, PyObject *args) {
-    PyObject *hits; Py_ssize_t fresh;
-    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &hits, &fresh)) return NULL;
+/* reserve's work: pin the first copies of hits (their slots to out[0..nh)) and take fresh
+ * private blocks, evicting if free space is short. 1 = done, 0 = cannot fit (nothing
+ * changed), -1 = error. */
+static int reserve_core(KvPool *p, PyObject *hits, Py_ssize_t fresh, int32_t *out) {
     Py_ssize_t nh = PyList_GET_SIZE(hits);
     int64_t free_now = p->num_blocks - p->num_hashed - p->num_private;
     int64_t shortfall = (int64_t)fresh - free_now;
@@ -279,27 +448,66 @@ static PyObject *KvPool_reserve(KvPool *p, PyObject *args) {
         int64_t inactive_hits = 0;
         for (Py_ssize_t i = 0; i < nh; i++) {
             int64_t k;
-            if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) return NULL;
+            if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) return -1;
             int32_t c = ht_get(p, k);
-            if (c < 0) { PyErr_SetString(PyExc_KeyError, "hit key not resident"); return NULL; }
+            if (c < 0) { PyErr_SetString(PyExc_KeyError, "hit key not resident"); return -1; }
             if (p->s[c].refs == 0) inactive_hits++;
         }
-        if (shortfall > p->lru_len - inactive_hits) Py_RETURN_NONE;
+        if (shortfall > p->lru_len - inactive_hits) return 0;
     }
-    PyObject *ids = PyList_New(nh);
-    if (!ids) return NULL;
     for (Py_ssize_t i = 0; i < nh; i++) {
         int64_t k;
-        if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) { Py_DECREF(ids); return NULL; }
+        if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) return -1;
         int32_t c = ht_get(p, k);
-        if (c < 0) { Py_DECREF(ids); PyErr_SetString(PyExc_KeyError, "hit key not resident"); return NULL; }
+        if (c < 0) { PyErr_SetString(PyExc_KeyError, "hit key not resident"); return -1; }
         if (p->s[c].refs == 0) lru_remove(p, c);
         p->s[c].refs++;
-        PyList_SET_ITEM(ids, i, PyLong_FromLong(c));
+        out[i] = c;
     }
-    if (shortfall > 0 && evict(p, shortfall) < 0) { Py_DECREF(ids); return NULL; }
+    if (shortfall > 0 && evict(p, shortfall) < 0) return -1;
     p->num_private += fresh;
+    return 1;
+}
+
+static PyObject *KvPool_reserve(KvPool *p, PyObject *args) {
+    PyObject *hits; Py_ssize_t fresh;
+    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &hits, &fresh)) return NULL;
+    Py_ssize_t nh = PyList_GET_SIZE(hits);
+    int32_t one, *out = nh > 1 ? PyMem_Malloc((size_t)nh * sizeof(int32_t)) : &one;
+    if (!out) return PyErr_NoMemory();
+    int r = reserve_core(p, hits, fresh, out);
+    PyObject *ids = NULL;
+    if (r == 0) { ids = Py_None; Py_INCREF(ids); }
+    else if (r > 0 && (ids = PyList_New(nh))) {
+        for (Py_ssize_t i = 0; i < nh; i++) {
+            PyObject *o = PyLong_FromLong(out[i]);
+            if (!o) { Py_CLEAR(ids); break; }
+            PyList_SET_ITEM(ids, i, o);
+        }
+    }
+    if (out != &one) PyMem_Free(out);
     return ids;
+}
+
+/* reserve(hits, fresh) appending the pinned copies and then fresh private blocks to a
+ * sequence's Blocks; returns whether it fit (False changes nothing). */
+static PyObject *KvPool_reserve_into(KvPool *p, PyObject *args) {
+    PyObject *blocks, *hits; Py_ssize_t fresh;
+    if (!PyArg_ParseTuple(args, "O!O!n", &BlocksType, &blocks, &PyList_Type, &hits, &fresh)) return NULL;
+    if (fresh < 0) { PyErr_SetString(PyExc_ValueError, "negative block count"); return NULL; }
+    Blocks *b = (Blocks *)blocks;
+    Py_ssize_t nh = PyList_GET_SIZE(hits);
+    if (blocks_grow(b, b->n + nh + fresh) < 0) return NULL;
+    int r = reserve_core(p, hits, fresh, b->v + b->n);
+    if (r < 0) return NULL;
+    if (!r) Py_RETURN_FALSE;
+    b->n += nh;
+    for (Py_ssize_t i = 0; i < fresh; i++) b->v[b->n++] = -1;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *KvPool_new_blocks(KvPool *p, PyObject *Py_UNUSED(a)) {
+    return PyObject_CallNoArgs((PyObject *)&BlocksType);
 }
 
 static PyObject *KvPool_register(KvPool *p, PyObject *key) {
@@ -321,8 +529,16 @@ static PyObject *KvPool_register(KvPool *p, PyObject *key) {
 
 static PyObject *KvPool_register_range(KvPool *p, PyObject *args) {
     PyObject *blocks, *keys, *owner; Py_ssize_t start, stop;
-    if (!PyArg_ParseTuple(args, "O!nnO!O!", &PyList_Type, &blocks, &start, &stop,
+    if (!PyArg_ParseTuple(args, "OnnO!O!", &blocks, &start, &stop,
                           &PyList_Type, &keys, &PyLong_Type, &owner)) return NULL;
+    Blocks *bt = NULL;
+    Py_ssize_t len;
+    if (Py_IS_TYPE(blocks, &BlocksType)) { bt = (Blocks *)blocks; len = bt->n; }
+    else if (PyList_Check(blocks)) len = PyList_GET_SIZE(blocks);
+    else { PyErr_SetString(PyExc_TypeError, "blocks must be Blocks or a list"); return NULL; }
+    if (start < 0 || stop > len) { PyErr_SetString(PyExc_IndexError, "block range out of range"); return NULL; }
+    Py_hash_t owner_hash = PyObject_Hash(owner);
+    if (owner_hash == -1 && PyErr_Occurred()) return NULL;
     PyObject *stored = NULL;
     if (p->events != Py_None) {
         stored = PyObject_GetAttrString(p->events, "stored");
@@ -330,30 +546,26 @@ static PyObject *KvPool_register_range(KvPool *p, PyObject *args) {
     }
     Py_ssize_t nk = PyList_GET_SIZE(keys), n = 0;
     for (Py_ssize_t b = start; b < stop; b++) {
-        PyObject *cur = PyList_GET_ITEM(blocks, b);
-        long cv = PyLong_AsLong(cur);
-        if (cv == -1 && PyErr_Occurred()) goto fail;
-        if (cv != -1) continue;
+        if (bt) {
+            if (bt->v[b] != -1) continue;
+        } else {
+            long cv = PyLong_AsLong(PyList_GET_ITEM(blocks, b));
+            if (cv == -1 && PyErr_Occurred()) goto fail;
+            if (cv != -1) continue;
+        }
         int64_t k;
         if (b < nk) {
             if (get_key(PyList_GET_ITEM(keys, b), &k) < 0) goto fail;
-        } else {
-            /* sim.kv_cache.private_key(owner, b) = -1 - (hash((owner, b)) & (2**62 - 1)) */
-            PyObject *bo = PyLong_FromSsize_t(b);
-            PyObject *tup = bo ? PyTuple_Pack(2, owner, bo) : NULL;
-            Py_XDECREF(bo);
-            if (!tup) goto fail;
-            Py_hash_t h = PyObject_Hash(tup);
-            Py_DECREF(tup);
-            if (h == -1 && PyErr_Occurred()) goto fail;
-            k = -1 - (int64_t)((uint64_t)h & (((uint64_t)1 << 62) - 1));
-        }
+        } else if (private_key_c(owner, owner_hash, b, &k) < 0) goto fail;
         if (!has_free_slot(p)) { PyErr_SetString(PyExc_RuntimeError, "no free slot"); goto fail; }
         int32_t c = register_key(p, k, stored);
         if (c == -2) goto fail;
-        PyObject *co = PyLong_FromLong(c);
-        if (!co) goto fail;
-        if (PyList_SetItem(blocks, b, co) < 0) goto fail;   /* steals co */
+        if (bt) bt->v[b] = c;
+        else {
+            PyObject *co = PyLong_FromLong(c);
+            if (!co) goto fail;
+            if (PyList_SetItem(blocks, b, co) < 0) goto fail;   /* steals co */
+        }
         n++;
     }
     p->num_private -= n;
@@ -368,7 +580,16 @@ fail:
 }
 
 static PyObject *KvPool_release(KvPool *p, PyObject *blocks) {
-    if (!PyList_Check(blocks)) { PyErr_SetString(PyExc_TypeError, "blocks must be a list"); return NULL; }
+    if (Py_IS_TYPE(blocks, &BlocksType)) {
+        Blocks *b = (Blocks *)blocks;
+        for (Py_ssize_t i = b->n - 1; i >= 0; i--) {
+            int32_t c = b->v[i];
+            if (c == -1) { p->num_private--; continue; }
+            if (--p->s[c].refs == 0) lru_push_tail(p, c);
+        }
+        Py_RETURN_NONE;
+    }
+    if (!PyList_Check(blocks)) { PyErr_SetString(PyExc_TypeError, "blocks must be Blocks or a list"); return NULL; }
     for (Py_ssize_t i = PyList_GET_SIZE(blocks) - 1; i >= 0; i--) {
         long c = PyLong_AsLong(PyList_GET_ITEM(blocks, i));
         if (c == -1) {
@@ -507,6 +728,8 @@ static PyMethodDef KvPool_methods[] = {
     {"match_prefix", (PyCFunction)KvPool_match_prefix, METH_O, "(leading resident blocks, of which active)"},
     {"resident", (PyCFunction)KvPool_resident, METH_O, "is a copy of key resident"},
     {"reserve", (PyCFunction)KvPool_reserve, METH_VARARGS, "pin hits and take fresh private blocks, atomically"},
+    {"reserve_into", (PyCFunction)KvPool_reserve_into, METH_VARARGS, "reserve, appending to a sequence's Blocks"},
+    {"new_blocks", (PyCFunction)KvPool_new_blocks, METH_NOARGS, "an empty block table for a sequence"},
     {"register", (PyCFunction)KvPool_register, METH_O, "a private block filled: hash it as key"},
     {"register_range", (PyCFunction)KvPool_register_range, METH_VARARGS, "register private blocks[start:stop]"},
     {"release", (PyCFunction)KvPool_release, METH_O, "drop one hold on each block, last first"},
@@ -898,7 +1121,10 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NULL, -1, module_methods};
 
 PyMODINIT_FUNC PyInit__kvpool(void) {
-    if (PyType_Ready(&KvPoolType) < 0 || PyType_Ready(&KeyCounterType) < 0) return NULL;
+    if (PyType_Ready(&KvPoolType) < 0 || PyType_Ready(&KeyCounterType) < 0 ||
+        PyType_Ready(&BlocksType) < 0) return NULL;
+    tuple_hash_native = check_tuple_hash();
+    if (tuple_hash_native < 0) return NULL;
     if (add_event_methods() < 0) return NULL;
     PyObject *m = PyModule_Create(&kvpool_module);
     if (!m) return NULL;
@@ -906,6 +1132,11 @@ PyMODINIT_FUNC PyInit__kvpool(void) {
     if (PyModule_AddObject(m, "KvPool", (PyObject *)&KvPoolType) < 0) {
         Py_DECREF(&KvPoolType); Py_DECREF(m); return NULL;
     }
+    Py_INCREF(&BlocksType);
+    if (PyModule_AddObject(m, "Blocks", (PyObject *)&BlocksType) < 0) {
+        Py_DECREF(&BlocksType); Py_DECREF(m); return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "NATIVE_PRIVATE_KEYS", tuple_hash_native) < 0) { Py_DECREF(m); return NULL; }
     Py_INCREF(&KeyCounterType);
     if (PyModule_AddObject(m, "KeyCounter", (PyObject *)&KeyCounterType) < 0) {
         Py_DECREF(&KeyCounterType); Py_DECREF(m); return NULL;

@@ -9,7 +9,7 @@ cdef class Seq:
     cdef public object keys
     cdef public long generated
     cdef public long computed
-    cdef public list blocks
+    cdef public object blocks
     cdef public long reused
     cdef public double first_admit
     cdef public double first_token

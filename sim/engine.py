@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kv_cache as _kv
-from .kv_cache import PRIVATE, block_keys, private_key
+from .kv_cache import BlockList, block_keys, private_key
 from .metrics import STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED, MetricsCollector
 from .request import Request
 from .timing import PolynomialTiming, TimingModel, _to_ns, decode_ms_series
@@ -58,14 +58,14 @@ class Seq:
                  "reused", "first_admit", "first_token", "second_token", "last_token",
                  "preemptions", "admitted", "gaps")
 
-    def __init__(self, req: Request) -> None:
+    def __init__(self, req: Request, blocks: "BlockList") -> None:
         self.req = req
         self.prompt_len = req.input_length
         self.max_out = req.output_length
         self.keys: list[int] | None = None   # full prompt-block keys, made on first look-up
         self.generated = 0                   # output tokens emitted
         self.computed = 0                    # tokens whose KV is computed (cached prefix included)
-        self.blocks: list[int] = []          # copy ids of held blocks (PRIVATE = unhashed)
+        self.blocks = blocks                 # copy ids of held blocks (PRIVATE = unhashed)
         self.reused = 0                      # most prefix tokens found cached at an admission
         self.first_admit = float("nan")
         self.first_token = float("nan")
@@ -142,7 +142,7 @@ class Engine:
 
     def add_request(self, req: Request, keys: list[int] | None = None) -> None:
         """Queue ``req``; ``keys`` are its full prompt-block keys if already computed."""
-        s = Seq(req)
+        s = Seq(req, self.kv.new_blocks())
         s.keys = keys
         if self.defer_gaps:
             s.gaps = []
@@ -194,13 +194,7 @@ class Engine:
             hit_keys = s.keys[prev:prev + n_hit]
         else:
             hit_keys = [self._key(s, b) for b in range(prev, prev + n_hit)]
-        ids = self.kv.reserve(hit_keys, fresh)
-        if ids is None:
-            return False
-        if ids:
-            s.blocks.extend(ids)
-        s.blocks.extend([PRIVATE] * fresh)
-        return True
+        return self.kv.reserve_into(s.blocks, hit_keys, fresh)
 
     def _register(self, s: Seq, before: int, after: int) -> None:
         """Blocks that became full while computing tokens [before, after) join the cache."""
@@ -213,7 +207,7 @@ class Engine:
 
     def _release(self, s: Seq) -> None:
         self.kv.release(s.blocks)
-        s.blocks = []
+        s.blocks.clear()
 
     # -- one pass ----------------------------------------------------------------
     def start_pass(self, now: float) -> float:
@@ -596,7 +590,7 @@ class Engine:
                 raise AssertionError("stretch allocation failed")
             for s, n in zip(running, new_blocks, strict=True):
                 if n:
-                    s.blocks.extend([PRIVATE] * n)
+                    s.blocks.add_private(n)
         done = []
         register = self.kv.register_range if self.cfg.enable_prefix_caching else None
         for s in running:

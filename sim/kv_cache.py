@@ -63,6 +63,16 @@ def py_block_keys(hash_ids: tuple[int, ...], trace_block_size: int, block_size: 
     return (keys & np.uint64(_MASK62)).tolist()
 
 
+class BlockList(list):
+    """A sequence's held blocks for the reference pool: copy ids, PRIVATE for a block still
+    being filled. The native pool's twin is ``sim._kvpool.Blocks`` (an int32 array)."""
+
+    __slots__ = ()
+
+    def add_private(self, n: int) -> None:
+        self.extend([PRIVATE] * n)
+
+
 class KvEvents:
     """Prompt-block keys stored and removed during one pass, published to a KV router at
     the pass end. Removals normally precede stores within a pass (a freshly stored block
@@ -220,6 +230,20 @@ class PyKvCache:
             self._evict(short)
         self.num_private += fresh
         return ids
+
+    def reserve_into(self, blocks: list[int], hit_keys: list[int], fresh: int) -> bool:
+        """``reserve``, appending the pinned copies and then ``fresh`` PRIVATE blocks to a
+        sequence's ``blocks``; False (nothing changed) when it cannot fit."""
+        ids = self.reserve(hit_keys, fresh)
+        if ids is None:
+            return False
+        blocks.extend(ids)
+        blocks.extend([PRIVATE] * fresh)
+        return True
+
+    def new_blocks(self) -> BlockList:
+        """An empty block table for a sequence."""
+        return BlockList()
 
     def _evict(self, n: int) -> None:
         """Evict the ``n`` oldest inactive copies (one loop: this is the hot path of

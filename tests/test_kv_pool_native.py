@@ -28,22 +28,28 @@ def test_native_pool_is_built() -> None:
     assert kvmod.KvCache is NativeKvPool
 
 
+OWNERS = (0, 1, 2, 3, 10**6 + 7)     # request indices; private keys: private_key(owner, block)
+
+
 def _state(p) -> tuple:
     return (p.num_active, p.free_blocks(), p.inactive_count(), p.num_hashed, p.num_private,
             p.evictions, [p.match_prefix([k]) for k in range(-6, 16)],
-            [p.match_prefix([private_key(o, b)]) for o in range(4) for b in range(40)],
+            [p.match_prefix([private_key(o, b)]) for o in OWNERS for b in range(40)],
             p.evicted_keys_ahead(0, 64), list(p.events.stored), list(p.events.removed),
             list(p.events.late))
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_same_state_after_every_operation(seed: int) -> None:
+    """Reference pool, native pool with list block tables, and native pool with its own
+    ``Blocks`` tables (what the engine uses) agree after every operation."""
     rnd = random.Random(seed)
     nb = rnd.randint(3, 40)
-    a, b = PyKvCache(nb, 16), NativeKvPool(nb, 16)
-    a.events, b.events = KvEvents(), KvEvents()
+    a, b, c = PyKvCache(nb, 16), NativeKvPool(nb, 16), NativeKvPool(nb, 16)
+    a.events, b.events, c.events = KvEvents(), KvEvents(), KvEvents()
     held_a: list[list[int]] = []
     held_b: list[list[int]] = []
+    held_c: list = []                       # sim._kvpool.Blocks
     for _ in range(1500):
         if rnd.random() < 0.5:
             resident = [k for k in range(-6, 16) if a.resident(k)]
@@ -51,26 +57,83 @@ def test_same_state_after_every_operation(seed: int) -> None:
             hits = rnd.sample(resident, min(len(resident), rnd.randint(0, 3)))
             fresh = rnd.randint(0, 4)
             ra, rb = a.reserve(list(hits), fresh), b.reserve(list(hits), fresh)
-            assert (ra is None) == (rb is None)
+            bc = c.new_blocks()
+            assert (ra is None) == (rb is None) == (not c.reserve_into(bc, list(hits), fresh))
             if ra is not None:
                 ba, bb = list(ra) + [PRIVATE] * fresh, list(rb) + [PRIVATE] * fresh
+                assert bc.tolist() == bb and len(bc) == len(bb)
                 keys = [rnd.randint(-6, 15) for _ in ba]      # duplicates and collisions
                 n = rnd.randint(0, len(ba))
-                owner = rnd.randint(0, 3)        # private keys: private_key(owner, block)
+                owner = rnd.choice(OWNERS)
                 a.register_range(ba, 0, n, keys[: n - 1], owner)
                 b.register_range(bb, 0, n, keys[: n - 1], owner)
+                c.register_range(bc, 0, n, keys[: n - 1], owner)
+                assert bc.tolist() == bb
                 held_a.append(ba)
                 held_b.append(bb)
+                held_c.append(bc)
+            else:
+                assert len(bc) == 0
         elif held_a:
             j = rnd.randrange(len(held_a))
             a.release(held_a.pop(j))
             b.release(held_b.pop(j))
-        assert _state(a) == _state(b)
+            c.release(held_c.pop(j))
+        assert _state(a) == _state(b) == _state(c)
         a.check()
         b.check()
+        c.check()
         if rnd.random() < 0.1:
             a.events.clear()
             b.events.clear()
+            c.events.clear()
+
+
+def test_blocks_table_appends_and_releases_last_first() -> None:
+    """``reserve_into`` appends to what a table holds (hits, then private blocks), exactly
+    as the reference ``BlockList``; ``release`` drops them last first; bad input is an error."""
+    a, c = PyKvCache(8, 16), NativeKvPool(8, 16)
+    ta, tc = a.new_blocks(), c.new_blocks()
+    for pool, t in ((a, ta), (c, tc)):
+        assert pool.reserve_into(t, [], 3)
+        pool.register_range(t, 0, 2, [5, 6], 0)
+        assert pool.reserve_into(t, [], 1)
+        assert not pool.reserve_into(t, [], 99)          # does not fit: nothing changes
+    assert list(ta) == tc.tolist() == [tc[i] for i in range(len(tc))] and len(tc) == 4
+    tb, tbc = a.new_blocks(), c.new_blocks()
+    assert a.reserve_into(tb, [5, 6], 1) and c.reserve_into(tbc, [5, 6], 1)
+    assert list(tb) == tbc.tolist()
+    for pool, t in ((a, ta), (c, tc)):
+        pool.release(t)
+        t.clear()
+    assert _state_plain(a) == _state_plain(c)
+    c.release(tbc)
+    a.release(tb)
+    assert _state_plain(a) == _state_plain(c) and a.evicted_keys_ahead(0, 8) == c.evicted_keys_ahead(0, 8)
+    with pytest.raises(IndexError):
+        c.register_range(tc, 0, 5, [], 0)                # beyond the table
+    with pytest.raises(TypeError):
+        c.release((1, 2))
+    with pytest.raises(ValueError):
+        tc.add_private(-1)
+
+
+def _state_plain(p) -> tuple:
+    return (p.num_active, p.free_blocks(), p.inactive_count(), p.num_hashed, p.num_private)
+
+
+def test_private_keys_in_c_match_python() -> None:
+    """The C twin of CPython's tuple hash passed its start-up self-check, so private keys are
+    made without building tuples; a pool registers them as ``private_key`` does."""
+    from sim import _kvpool
+    assert _kvpool.NATIVE_PRIVATE_KEYS == 1
+    c = NativeKvPool(600, 16)
+    for owner in (0, 17, 2**40 + 3):
+        t = c.new_blocks()
+        assert c.reserve_into(t, [], 200)
+        c.register_range(t, 0, 200, [], owner)
+        assert c.match_prefix([private_key(owner, b) for b in range(200)]) == (200, 200)
+        c.release(t)
 
 
 @pytest.mark.parametrize("router", ["round_robin", "kv"])
