@@ -134,6 +134,21 @@ static int64_t ht_home(const void *e, uint64_t mask) {
 }
 static void ht_clear(void *e) { ((HtEntry *)e)->slot1 = 0; }
 
+/* One probe for "find key, or where it would go": the entry index and whether it holds key
+ * (register and evict used to probe twice: look up, then set or delete). */
+static inline uint64_t ht_probe(KvPool *p, int64_t key, uint32_t *tag_out, int *found) {
+    uint64_t h = mix64((uint64_t)key);
+    uint32_t tag = (uint32_t)h;
+    uint64_t i = h & p->ht_mask;
+    *tag_out = tag;
+    for (;;) {
+        HtEntry e = p->ht[i];
+        if (!e.slot1) { *found = 0; return i; }
+        if (e.tag == tag && p->s[e.slot1 - 1].key == key) { *found = 1; return i; }
+        i = (i + 1) & p->ht_mask;
+    }
+}
+
 static inline void ht_del(KvPool *p, int64_t key) {
     uint64_t i = ht_find_index(p, key);
     if (i != (uint64_t)-1) probe_delete(p->ht, sizeof(HtEntry), p->ht_mask, i, ht_home, ht_clear);
@@ -352,12 +367,14 @@ static int evict(KvPool *p, int64_t n) {
         int32_t c = p->lru_head;
         lru_remove(p, c);
         int64_t k = p->s[c].key;
-        int32_t first = ht_get(p, k);
+        uint32_t tag; int found;
+        uint64_t hi = ht_probe(p, k, &tag, &found);
+        int32_t first = found ? (int32_t)(p->ht[hi].slot1 - 1) : -1;
         if (first == c) {
             if (p->s[c].next_copy >= 0) {
-                ht_set(p, k, p->s[c].next_copy);
+                p->ht[hi].slot1 = (uint32_t)p->s[c].next_copy + 1;
             } else {
-                ht_del(p, k);
+                probe_delete(p->ht, sizeof(HtEntry), p->ht_mask, hi, ht_home, ht_clear);
                 if (p->ev_on && k >= 0) {
                     if (p->ev_st_n &&
                         vec_push(&p->ev_late_pos, &p->ev_late_n, &p->ev_late_cap, p->ev_st_n) < 0) goto fail;
@@ -400,13 +417,15 @@ static int32_t register_key(KvPool *p, int64_t key, PyObject *stored) {
     sc->key = key;
     sc->refs = 1;
     sc->next_copy = -1;
-    int32_t first = ht_get(p, key);
-    if (first >= 0) {
-        int32_t x = first;
+    uint32_t tag; int found;
+    uint64_t i = ht_probe(p, key, &tag, &found);
+    if (found) {
+        int32_t x = (int32_t)(p->ht[i].slot1 - 1);
         while (p->s[x].next_copy >= 0) x = p->s[x].next_copy;
         p->s[x].next_copy = c;
     } else {
-        ht_set(p, key, c);
+        p->ht[i].slot1 = (uint32_t)c + 1;
+        p->ht[i].tag = tag;
         if (stored && key >= 0 && append_long(stored, key) < 0) return -2;
         if (p->ev_on && key >= 0 && vec_push(&p->ev_st, &p->ev_st_n, &p->ev_st_cap, key) < 0) return -2;
     }
