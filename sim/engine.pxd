@@ -1,6 +1,8 @@
 # Cython declarations for sim/engine.py (used only when setup.py compiles it; plain Python
-# ignores this file). Typed sequence state turns the engine's per-sequence loops into C
-# field accesses; Python code elsewhere sees the same attributes.
+# ignores this file). Typed sequence and engine state turn the engine's loops and attribute
+# look-ups into C field accesses; Python code elsewhere sees the same attributes. Compiled,
+# Engine is an extension type: its attributes are the ones declared here, and its methods
+# cannot be patched on the class (tests count stretches with num_stretches instead).
 
 cdef class Seq:
     cdef public object req
@@ -26,3 +28,40 @@ cdef class _PassState:
     cdef public long isl_sum
     cdef public long prefix_sum
     cdef public bint preempted
+
+cdef class Engine:
+    cdef public object id
+    cdef public bint defer_gaps
+    cdef public bint token_gaps
+    cdef public object cfg
+    cdef public object timing
+    cdef public object metrics
+    cdef public bint exact
+    cdef public long bs
+    cdef public object _native_ends
+    cdef public object kv
+    cdef public long capacity_tokens
+    cdef public object waiting
+    cdef public list running
+    cdef public bint busy
+    cdef public double pass_start
+    cdef public double pass_end
+    cdef public object stretch_ends
+    cdef public list _ready
+    cdef public list _phases
+    cdef public object _evict_cum
+    cdef public long _evict_published
+    cdef public list _rejected
+    cdef public long num_passes
+    cdef public long num_preemptions
+    cdef public long num_stretches
+    cdef public long num_stretch_cuts
+    cdef public long fpm_prefill_tokens
+    cdef public long fpm_prefill_seqs
+    cdef public long fpm_decode_seqs
+    cdef public long fpm_decode_kv_tokens
+    cdef public object tot
+    cdef public object on_first_token
+    cdef public object on_finished
+    cdef public bint _did_work
+    cdef public long _stretch_ctx0

@@ -119,6 +119,8 @@ class Engine:
         self._rejected: list[Seq] = []
         self.num_passes = 0
         self.num_preemptions = 0
+        self.num_stretches = 0           # bulk decode stretches started (0 in exact mode)
+        self.num_stretch_cuts = 0        # stretches cut short by an arrival
         # Forward-pass metrics (FPM) of the latest pass, for planners and environments.
         self.fpm_prefill_tokens = 0      # uncached prompt tokens scheduled
         self.fpm_prefill_seqs = 0
@@ -501,6 +503,7 @@ class Engine:
         for s in running:
             ctx0 += s.prompt_len + s.generated
         self._stretch_ctx0 = ctx0
+        self.num_stretches += 1
         if self._native_ends is not None:
             ends = np.frombuffer(self._native_ends(now, ctx0, n, k, _to_ns))
             ctx_last = ctx0 + n * (k - 1)
@@ -538,6 +541,7 @@ class Engine:
         ends = self.stretch_ends
         j = int(ends.searchsorted(t, "left"))
         if j < len(ends) - 1:
+            self.num_stretch_cuts += 1
             # A copy, not a view: the metrics buffer keeps these end times for a while and
             # must not pin the whole planned stretch.
             self.stretch_ends = ends[: j + 1].copy()

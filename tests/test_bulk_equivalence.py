@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from conftest import CONVERSATION_TRACE, load_mooncake, req, simulate
-from sim.engine import Engine
 from sim.timing import FixedTiming, PolynomialTiming, TimingModel
 from sim.workloads import gamma, lognormal, poisson, synthetic, uniform
 
@@ -147,18 +146,9 @@ def assert_same_summary(a: Any, b: Any, path: str = "summary") -> None:
         assert a == b, (path, a, b)
 
 
-@pytest.fixture
-def stretch_counter(monkeypatch):
-    """Count bulk stretches (wraps Engine.start_stretch; the core is untouched)."""
-    calls = {"n": 0}
-    original = Engine.start_stretch
-
-    def counted(self, now, k):
-        calls["n"] += 1
-        return original(self, now, k)
-
-    monkeypatch.setattr(Engine, "start_stretch", counted)
-    return calls
+def stretches(res) -> int:
+    """Bulk decode stretches the run started (every worker, retired ones included)."""
+    return sum(w.engine.num_stretches for w in res.workers)
 
 
 def _workload(kind: str, mooncake400):
@@ -166,15 +156,14 @@ def _workload(kind: str, mooncake400):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bulk_matches_pass_by_pass(case: str, request, stretch_counter) -> None:
+def test_bulk_matches_pass_by_pass(case: str, request) -> None:
     kind, cfg, preempting = CASES[case]
     moon = request.getfixturevalue("mooncake400") if kind == "mooncake" else None
     runs = {}
     for exact in (False, True):
-        stretch_counter["n"] = 0
         res = simulate(_workload(kind, moon), exact=exact, check_invariants=False, seed=5,
                        **cfg)
-        runs[exact] = (res, stretch_counter["n"])
+        runs[exact] = (res, stretches(res))
     (bulk, n_stretch), (ref, n_stretch_exact) = runs[False], runs[True]
     assert n_stretch > 0, "bulk run never advanced a stretch: the test would be vacuous"
     assert n_stretch_exact == 0
@@ -189,7 +178,7 @@ def test_bulk_matches_pass_by_pass(case: str, request, stretch_counter) -> None:
         assert int(ce["num_preemptions"].sum()) > 0
 
 
-def test_bulk_matches_with_invariant_checks(stretch_counter) -> None:
+def test_bulk_matches_with_invariant_checks() -> None:
     """One small preempting case with the per-timestamp invariant checks on in both modes."""
     rng = np.random.default_rng(2)
     wl = synthetic(rng, arrival=gamma(20.0, 3.0), isl=uniform(50, 1500), osl=uniform(1, 400),
@@ -198,33 +187,24 @@ def test_bulk_matches_with_invariant_checks(stretch_counter) -> None:
     cfg = dict(num_workers=2, block_size=16, num_gpu_blocks=200, max_num_batched_tokens=512,
                max_num_seqs=12, router="kv")
     bulk = simulate(wl, exact=False, check_invariants=True, **cfg)
-    assert stretch_counter["n"] > 0
+    assert stretches(bulk) > 0
     ref = simulate(wl, exact=True, check_invariants=True, **cfg)
     assert ref.summary["engine"]["preemptions"] > 0
     assert_same_records(bulk.metrics.columns(), ref.metrics.columns())
     assert_same_summary(bulk.summary, ref.summary)
 
 
-def test_arrival_splits_a_stretch(monkeypatch) -> None:
+def test_arrival_splits_a_stretch() -> None:
     """An arrival during a long decode stretch joins the pass starting at the first pass end
     at or after it (rule 5), exactly as when stepping pass by pass."""
-    cuts = {"n": 0}
-    original = Engine.truncate_stretch
-
-    def counted(self, t):
-        cuts["n"] += 1
-        return original(self, t)
-
-    monkeypatch.setattr(Engine, "truncate_stretch", counted)
     # Arrivals at 0, 7.3, 29.2, ...: some land mid-stretch, and with fixed timing (passes
     # end on multiples of 5 ms) some land exactly on a pass end.
     reqs = [req(0, 0, 100, 500, [0])] + [req(i, 7.3 * i * i, 64 * i + 1, 20 + i)
                                          for i in range(1, 12)]
     reqs += [req(12, 400.0, 50, 30), req(13, 1000.0, 50, 3)]
     for timing in (PolynomialTiming(), FixedTiming(10.0, 5.0)):
-        cuts["n"] = 0
         bulk = simulate(reqs, exact=False, timing=timing)
-        assert cuts["n"] > 0
+        assert sum(w.engine.num_stretch_cuts for w in bulk.workers) > 0
         ref = simulate(reqs, exact=True, timing=timing)
         assert_same_records(bulk.metrics.columns(), ref.metrics.columns())
         assert_same_summary(bulk.summary, ref.summary)
