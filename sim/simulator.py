@@ -100,6 +100,9 @@ class Simulation:
         self._pending_arrival: Request | None = None
         self._done = False
         self.cut_off = False
+        self.hold_arrivals = False       # see route_to (DynoSimRouting-v0)
+        self.held_arrival: Request | None = None
+        self._last_t = 0.0               # check_invariants: the clock never goes back
         for _ in range(self.cluster_cfg.num_workers):
             self._new_worker(ACTIVE)
         self._record_replicas()
@@ -267,9 +270,6 @@ class Simulation:
     # ``held_arrival`` (the next workload request is already pulled) and the caller routes
     # it with ``route_to`` before calling ``run_until`` again, which resumes the same
     # timestamp (its other events, then its idle workers). Off by default.
-    hold_arrivals: bool = False
-    held_arrival: Request | None = None
-
     def _hold(self, req: Request, t: float) -> None:
         if self.held_arrival is not None:
             raise RuntimeError(f"request {self.held_arrival.index} is still held: route it "
@@ -410,7 +410,7 @@ class Simulation:
         return False
 
     def _check(self, t: float) -> None:
-        assert t >= getattr(self, "_last_t", 0.0), "clock went backwards"
+        assert t >= self._last_t, "clock went backwards"
         self._last_t = t
         for w in self.workers:
             eng = w.engine
