@@ -9,7 +9,8 @@
 * memory: a synthetic Poisson workload of N requests (default 1,000,000), streamed;
   peak RSS per simulated request, in a fresh process per run.
 
-    python bench/scaling_and_memory.py [--skip-scaling] [--repeats 3] [--memory-requests 1000000]
+    python bench/scaling_and_memory.py [--scaling-mode superpose,rate,speedup] [--repeats 3]
+        [--skip-scaling] [--skip-memory] [--memory-requests 1000000]
 """
 from __future__ import annotations
 
@@ -38,19 +39,24 @@ def scaled_trace(k: int, mode: str = "superpose"):
     worker's requests, so the engine work is exactly k times the 1x work).
     ``staggered``: like superpose, copy c shifted by c/k seconds; bursts de-synchronise, so
     batches get smaller and there is more engine work per request.
-    ``speedup``: k copies each compressed k-fold (arrival speed-up) and laid end to end;
-    this also shrinks the think time between turns of a conversation, so it changes the
-    workload's character (more overlapping turns), not only its volume.
+    ``rate``: the trace itself with arrivals k times faster (``arrival_speedup_ratio=k``):
+    the same requests in 1/k of the time, so k times the load but not k times the requests.
+    ``speedup``: k copies each compressed k-fold (arrival speed-up) and laid end to end,
+    so k times the requests over the hour. ``rate`` and ``speedup`` also shrink the think
+    time between the turns of a conversation and spread a conversation over more workers,
+    so they change the workload's character (less prefix reuse, more engine events per
+    request), not only its volume: compare the engine-events column.
     """
     from sim.config import BUNDLED_TRACES, DATA_DIR
     from sim.workloads import load_mooncake
 
     path = DATA_DIR / BUNDLED_TRACES["mooncake_conversation"]
-    base = list(load_mooncake(path, arrival_speedup_ratio=float(k) if mode == "speedup" else 1.0))
+    fast = mode in ("speedup", "rate")
+    base = list(load_mooncake(path, arrival_speedup_ratio=float(k) if fast else 1.0))
     n = len(base)
     span = max(r.arrival_ms for r in base) + 1.0
     reqs = []
-    for c in range(k):
+    for c in range(1 if mode == "rate" else k):
         off = {"speedup": c * span, "staggered": c * 1000.0 / k}.get(mode, 0.0)
         reqs += [replace(r, index=c * n + r.index, arrival_ms=r.arrival_ms + off,
                          hash_ids=tuple(h * k + c for h in r.hash_ids)) for r in base]
@@ -86,9 +92,14 @@ def run_scaling(k: int, workers: int, mode: str = "superpose") -> dict:
                      cluster=ClusterConfig(num_workers=workers), router="round_robin").run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tot = res.summary["totals"]
+    engines = [w.engine for w in res.workers]
+    # What the simulator pays for: each single pass and each bulk decode stretch.
+    events = sum(e.num_passes - e.num_stretch_passes + e.num_stretches for e in engines)
     return {"load": k, "workers": workers, "requests": n, "completed": tot["completed_requests"],
             "wall_s": wall, "cpu_s": cpu, "us_per_request": wall / n * 1e6,
-            "sim_s": tot["duration_ms"] / 1000.0, "passes": res.summary["engine"]["passes"]}
+            "sim_s": tot["duration_ms"] / 1000.0, "passes": res.summary["engine"]["passes"],
+            "events": events, "reused_tokens": int(res.metrics.columns()["reused_input_tokens"].sum()),
+            "input_tokens": int(res.metrics.columns()["input_length"].sum())}
 
 
 def run_memory(n: int, workers: int) -> dict:
@@ -121,14 +132,39 @@ def child(argv: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def scaling_table(mode: str, runs: list[list[dict]], repeats: int) -> list[str]:
+    """Markdown table of one scaling mode; runs[i] are the repeats of the i-th load."""
+    walls = [sorted(r["wall_s"] for r in rs) for rs in runs]
+    med = [statistics.median(w) for w in walls]
+    cpu = [min(r["cpu_s"] for r in rs) for rs in runs]
+    base = runs[0][0]
+    lines = [f"### Scaling with load (Mooncake conversation trace, {mode}, block 512, round robin; "
+             f"{repeats} interleaved runs each)", "",
+             "| load | workers | requests | completed | requests / requests(1x) | "
+             "engine passes / passes(1x) | engine events / events(1x) | prefix reuse | "
+             "wall (s), median | wall / wall(1x), median | CPU µs / request, min | "
+             "CPU / CPU(1x), min | CPU µs / engine event, min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, rs in enumerate(runs):
+        r = rs[0]
+        n = r["requests"]
+        lines.append(f"| {r['load']}x | {r['workers']} | {n:,} | {r['completed']:,} | "
+                     f"{n / base['requests']:.0f} | {r['passes'] / base['passes']:.2f} | "
+                     f"{r['events'] / base['events']:.2f} | "
+                     f"{100 * r['reused_tokens'] / r['input_tokens']:.1f} % | {med[i]:.2f} | "
+                     f"{med[i] / med[0]:.2f} | {cpu[i] / n * 1e6:.1f} | {cpu[i] / cpu[0]:.2f} | "
+                     f"{cpu[i] / r['events'] * 1e6:.1f} |")
+    return lines + [""]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--repeats", type=int, default=3, help="runs per scaling configuration")
     ap.add_argument("--memory-requests", type=int, default=1_000_000)
-    ap.add_argument("--scaling-mode", choices=("superpose", "staggered", "speedup"),
-                    default="superpose")
+    ap.add_argument("--scaling-mode", default="superpose",
+                    help="comma-separated: superpose, staggered, rate, speedup (see scaled_trace)")
     ap.add_argument("--out", default=str(ROOT / "bench/results"))
     ap.add_argument("--_child", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -140,34 +176,20 @@ def main() -> int:
         return 0
     lines = []
     if not a.skip_scaling:
+        modes = a.scaling_mode.split(",")
+        for mode in modes:
+            if mode not in ("superpose", "staggered", "rate", "speedup"):
+                ap.error(f"--scaling-mode: unknown mode {mode!r}")
         configs = ((1, 8), (4, 32), (16, 128))
-        runs: dict[tuple[int, int], list[dict]] = {c: [] for c in configs}
+        runs: dict[tuple, list[dict]] = {(m, *c): [] for m in modes for c in configs}
         for rep in range(a.repeats):
-            for k, w in configs:
-                print(f"scaling: {k}x load on {w} workers (run {rep + 1}/{a.repeats})", file=sys.stderr)
-                runs[k, w].append(child(["--_child", "scaling", str(k), str(w), a.scaling_mode]))
-        walls = {c: sorted(r["wall_s"] for r in runs[c]) for c in configs}
-        lo = {c: walls[c][0] for c in configs}
-        med = {c: statistics.median(walls[c]) for c in configs}
-        cpu = {c: min(r["cpu_s"] for r in runs[c]) for c in configs}
-        b = configs[0]
-        base = runs[b][0]
-        lines += [f"### Scaling with load (Mooncake conversation trace x k, {a.scaling_mode}, "
-                  f"block 512, round robin; {a.repeats} runs each)", "",
-                  "| load | workers | requests | completed | engine passes / passes(1x) | "
-                  "wall (s), min | wall (s), median | µs / request, min | "
-                  "wall / wall(1x), min | wall / wall(1x), median | CPU µs / request, min | "
-                  "CPU / CPU(1x), min | requests / requests(1x) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for c in configs:
-            r = runs[c][0]
-            n = r["requests"]
-            lines.append(f"| {r['load']}x | {r['workers']} | {n:,} | {r['completed']:,} | "
-                         f"{r['passes'] / base['passes']:.2f} | {lo[c]:.2f} | {med[c]:.2f} | "
-                         f"{lo[c] / n * 1e6:.1f} | {lo[c] / lo[b]:.2f} | {med[c] / med[b]:.2f} | "
-                         f"{cpu[c] / n * 1e6:.1f} | {cpu[c] / cpu[b]:.2f} | "
-                         f"{n / base['requests']:.0f} |")
-        lines.append("")
+            for mode in modes:
+                for k, w in configs:
+                    print(f"scaling ({mode}): {k}x load on {w} workers (run {rep + 1}/{a.repeats})",
+                          file=sys.stderr)
+                    runs[mode, k, w].append(child(["--_child", "scaling", str(k), str(w), mode]))
+        for mode in modes:
+            lines += scaling_table(mode, [runs[mode, k, w] for k, w in configs], a.repeats)
     if not a.skip_memory:
         print(f"memory: {a.memory_requests:,} synthetic requests", file=sys.stderr)
         m = child(["--_child", "memory", str(a.memory_requests), "64"])

@@ -7,6 +7,7 @@ reported, because shared machines are noisy. Used by ``bench/env_speed.py`` and
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import time
@@ -53,13 +54,22 @@ def run_vec_case(env_id, config, overrides, episodes: int, seed: int, n_envs: in
             "steps": n_envs * episodes * horizon}
 
 
-def run_case(env_id, config, overrides, policy, episodes: int, seed: int) -> dict:
+MIN_STEPS = 150   # a case runs more episodes until it has at least this many steps
+
+
+def run_case(env_id, config, overrides, policy, episodes: int, seed: int,
+             min_steps: int = MIN_STEPS) -> dict:
+    """Steps per wall-second over ``episodes`` episodes (seeds seed, seed+1, ...), or more
+    until ``min_steps`` steps: a tiny scenario's few milliseconds would otherwise be at the
+    mercy of one garbage collection or scheduler hiccup."""
     env = gym.make(env_id, config=config, **overrides).unwrapped
     rng = np.random.default_rng(seed)
     steps = 0
     requests = 0
+    gc.collect()
     t0 = time.perf_counter()
-    for ep in range(episodes):
+    ep = 0
+    while ep < episodes or steps < min_steps:
         env.reset(seed=seed + ep)
         done = False
         k = 0
@@ -77,6 +87,7 @@ def run_case(env_id, config, overrides, policy, episodes: int, seed: int) -> dic
             steps += 1
             done = term or trunc
         requests += env.sim.num_arrived
+        ep += 1
     wall = time.perf_counter() - t0
     return {"steps_per_s": steps / wall, "requests_per_step": requests / steps,
             "steps": steps}
@@ -116,6 +127,7 @@ def markdown(rows: list[dict], repeats: int, episodes: int) -> str:
         rps = r["requests_per_step"]
         lines.append(f"| {r['case']} | {r['steps_per_s_median']:,.0f} | {r['steps_per_s_min']:,.0f}–"
                      f"{r['steps_per_s_max']:,.0f} | {'—' if rps != rps else f'{rps:.1f}'} |")
-    note = (f"\n\n{repeats} interleaved repeats x {episodes} episodes each (reset "
-            "included), one process unless stated, Python " + sys.version.split()[0] + ".\n")
+    note = (f"\n\n{repeats} interleaved repeats x {episodes} episodes each (more for short "
+            f"episodes: at least {MIN_STEPS} steps; reset included), one process unless "
+            "stated, Python " + sys.version.split()[0] + ".\n")
     return "\n".join(lines) + note

@@ -56,6 +56,7 @@ cdef class Engine:
     cdef public long num_preemptions
     cdef public long num_stretches
     cdef public long num_stretch_cuts
+    cdef public long num_stretch_passes
     cdef public long fpm_prefill_tokens
     cdef public long fpm_prefill_seqs
     cdef public long fpm_decode_seqs

@@ -121,6 +121,7 @@ class Engine:
         self.num_preemptions = 0
         self.num_stretches = 0           # bulk decode stretches started (0 in exact mode)
         self.num_stretch_cuts = 0        # stretches cut short by an arrival
+        self.num_stretch_passes = 0      # passes advanced inside stretches (of num_passes)
         # Forward-pass metrics (FPM) of the latest pass, for planners and environments.
         self.fpm_prefill_tokens = 0      # uncached prompt tokens scheduled
         self.fpm_prefill_seqs = 0
@@ -573,6 +574,7 @@ class Engine:
         self.busy = False
         k = len(ends)
         self.num_passes += k
+        self.num_stretch_passes += k
         self.tot.add_stretch(k, len(self.running), self._stretch_ctx0, end - self.pass_start)
         running = self.running
         metrics = self.metrics
