@@ -95,47 +95,8 @@ static inline void probe_delete(void *table, size_t esz, uint64_t mask, uint64_t
 }
 
 /* -- hash table ------------------------------------------------------------ */
-static inline uint64_t ht_find_index(KvPool *p, int64_t key) {
-    uint64_t h = mix64((uint64_t)key);
-    uint32_t tag = (uint32_t)h;
-    uint64_t i = h & p->ht_mask;
-    for (;;) {
-        HtEntry e = p->ht[i];
-        if (!e.slot1) return (uint64_t)-1;
-        if (e.tag == tag && p->s[e.slot1 - 1].key == key) return i;
-        i = (i + 1) & p->ht_mask;
-    }
-}
-
-static inline int32_t ht_get(KvPool *p, int64_t key) {
-    uint64_t i = ht_find_index(p, key);
-    return i == (uint64_t)-1 ? -1 : (int32_t)(p->ht[i].slot1 - 1);
-}
-
-/* Map key -> slot c; the caller guarantees that key is absent or that c is a copy of it
- * (so s[c].key == key either way). */
-static inline void ht_set(KvPool *p, int64_t key, int32_t c) {
-    uint64_t h = mix64((uint64_t)key);
-    uint32_t tag = (uint32_t)h;
-    uint64_t i = h & p->ht_mask;
-    for (;;) {
-        HtEntry e = p->ht[i];
-        if (!e.slot1) break;
-        if (e.tag == tag && p->s[e.slot1 - 1].key == key) { p->ht[i].slot1 = (uint32_t)c + 1; return; }
-        i = (i + 1) & p->ht_mask;
-    }
-    p->ht[i].slot1 = (uint32_t)c + 1;
-    p->ht[i].tag = tag;
-}
-
-static int64_t ht_home(const void *e, uint64_t mask) {
-    const HtEntry *x = e;
-    return x->slot1 ? (int64_t)(x->tag & mask) : -1;
-}
-static void ht_clear(void *e) { ((HtEntry *)e)->slot1 = 0; }
-
 /* One probe for "find key, or where it would go": the entry index and whether it holds key
- * (register and evict used to probe twice: look up, then set or delete). */
+ * (register and evict use the index to insert, update or delete without probing again). */
 static inline uint64_t ht_probe(KvPool *p, int64_t key, uint32_t *tag_out, int *found) {
     uint64_t h = mix64((uint64_t)key);
     uint32_t tag = (uint32_t)h;
@@ -149,10 +110,18 @@ static inline uint64_t ht_probe(KvPool *p, int64_t key, uint32_t *tag_out, int *
     }
 }
 
-static inline void ht_del(KvPool *p, int64_t key) {
-    uint64_t i = ht_find_index(p, key);
-    if (i != (uint64_t)-1) probe_delete(p->ht, sizeof(HtEntry), p->ht_mask, i, ht_home, ht_clear);
+/* First copy of key, or -1. */
+static inline int32_t ht_get(KvPool *p, int64_t key) {
+    uint32_t tag; int found;
+    uint64_t i = ht_probe(p, key, &tag, &found);
+    return found ? (int32_t)(p->ht[i].slot1 - 1) : -1;
 }
+
+static int64_t ht_home(const void *e, uint64_t mask) {
+    const HtEntry *x = e;
+    return x->slot1 ? (int64_t)(x->tag & mask) : -1;
+}
+static void ht_clear(void *e) { ((HtEntry *)e)->slot1 = 0; }
 
 /* -- LRU list ----------------------------------------------------------------- */
 static inline void lru_push_tail(KvPool *p, int32_t c) {
