@@ -209,25 +209,13 @@ def run_ours(row: dict) -> dict[str, Any]:
             "preemptions": r["preemptions"]}
 
 
-def run_ours_with(row: dict, timing: TimingModel, num_gpu_blocks: int, gpus: int) -> dict[str, Any]:
-    """``replay_row``'s setup with another timing model (replay_row always loads the table)."""
-    from sim.engine import EngineConfig
-    from sim.simulator import ClusterConfig, Simulation
-    from sim.workloads.synthetic import closed_loop, fixed, synthetic
-
-    c, isl, osl = int(row["concurrency"]), int(row["isl"]), int(row["osl"])
-    wl = synthetic(np.random.default_rng(0), arrival=closed_loop(c), isl=fixed(isl),
-                   osl=fixed(osl), num_requests=c * REPLAY["requests_per_concurrency"])
-    engine = EngineConfig(block_size=REPLAY["block_size"], num_gpu_blocks=num_gpu_blocks,
-                          max_num_batched_tokens=REPLAY["max_num_batched_tokens"],
-                          max_num_seqs=REPLAY["max_num_seqs"])
+def run_ours_with(row: dict, timing: TimingModel) -> dict[str, Any]:
+    """``replay_row`` with another timing model for the passes (same KV pool and settings)."""
     t0 = time.perf_counter()
-    s = Simulation(wl, engine=engine, timing=timing, seed=0,
-                   cluster=ClusterConfig(num_workers=1, gpus_per_worker=gpus)).run().summary
-    lat, tot = s["latency_ms"], s["totals"]
-    return {"ttft": lat["ttft"]["mean"], "tpot": lat["tpot"]["mean"],
-            "wall_s": time.perf_counter() - t0, "completed": tot["completed_requests"],
-            "preemptions": tot["num_preemptions"]}
+    r = replay_row(row, timing=timing)
+    return {"ttft": r["pred_ttft_ms"], "tpot": r["pred_tpot_ms"],
+            "wall_s": time.perf_counter() - t0, "completed": r["completed"],
+            "preemptions": r["preemptions"]}
 
 
 @dataclass
@@ -462,8 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             r["peer"] = run_peer_row(peer, r)
             if a.mimic:
                 print(f"c={c}: ours with the NPZ lookup ...", file=sys.stderr)
-                r["mimic"] = run_ours_with(r, NpzTiming(lookup), t.num_gpu_blocks,
-                                           t.gpus_per_worker)
+                r["mimic"] = run_ours_with(r, NpzTiming(lookup))
         info["peer_version"] = rows[0]["peer"]["version"]
     report = render(rows, info)
     print(report)

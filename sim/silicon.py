@@ -98,39 +98,42 @@ def silicon_tps_gpu(row: dict) -> float:
 
 
 def replay_row(row: dict, *, seed: int = 0, requests_per_concurrency: int | None = None,
-               max_num_batched_tokens: int | None = None) -> dict[str, Any]:
+               max_num_batched_tokens: int | None = None, timing: Any = None) -> dict[str, Any]:
     """Simulate one static-concurrency run; returns predicted means and throughput.
 
     Keys: ``pred_ttft_ms``, ``pred_tpot_ms``, ``pred_tps_gpu`` (derived like the silicon
     side, see the module doc), ``pred_tps_gpu_run`` (whole-run output tokens/s / TP),
     ``num_requests``, ``completed``, ``preemptions``, ``num_gpu_blocks``, ``table_version``.
+    ``timing`` replaces the row's timing model for the passes (the table still gives the KV
+    pool and GPUs per worker): ``bench/silicon_side_by_side.py`` replays with Dynamo's NPZ
+    lookup this way.
     """
     from .engine import EngineConfig
     from .gpu_timing import load_gpu_timing
     from .simulator import ClusterConfig, Simulation
     from .workloads.synthetic import closed_loop, fixed, synthetic
 
-    timing = load_gpu_timing(row["model"], row["gpu"], row["backend"], int(row["tp"]))
+    table = load_gpu_timing(row["model"], row["gpu"], row["backend"], int(row["tp"]))
     c, isl, osl = int(row["concurrency"]), int(row["isl"]), int(row["osl"])
     n = c * (requests_per_concurrency or REPLAY["requests_per_concurrency"])
     wl = synthetic(np.random.default_rng(seed), arrival=closed_loop(c), isl=fixed(isl),
                    osl=fixed(osl), num_requests=n)
-    engine = EngineConfig(block_size=REPLAY["block_size"], num_gpu_blocks=timing.num_gpu_blocks,
+    engine = EngineConfig(block_size=REPLAY["block_size"], num_gpu_blocks=table.num_gpu_blocks,
                           max_num_batched_tokens=(max_num_batched_tokens
                                                   or REPLAY["max_num_batched_tokens"]),
                           max_num_seqs=REPLAY["max_num_seqs"])
-    sim = Simulation(wl, engine=engine, timing=timing, seed=seed,
-                     cluster=ClusterConfig(num_workers=1, gpus_per_worker=timing.gpus_per_worker))
+    sim = Simulation(wl, engine=engine, timing=table if timing is None else timing, seed=seed,
+                     cluster=ClusterConfig(num_workers=1, gpus_per_worker=table.gpus_per_worker))
     s = sim.run().summary
     lat, tot = s["latency_ms"], s["totals"]
     ttft, tpot = lat["ttft"]["mean"], lat["tpot"]["mean"]
-    gpus = timing.gpus_per_worker
+    gpus = table.gpus_per_worker
     return {"pred_ttft_ms": ttft, "pred_tpot_ms": tpot,
             "pred_tps_gpu": tps_per_gpu(c, osl, ttft, tpot, gpus),
             "pred_tps_gpu_run": tot["output_throughput_tok_s"] / gpus,
             "num_requests": n, "completed": tot["completed_requests"],
-            "preemptions": tot["num_preemptions"], "num_gpu_blocks": timing.num_gpu_blocks,
-            "table_version": timing.backend_version}
+            "preemptions": tot["num_preemptions"], "num_gpu_blocks": table.num_gpu_blocks,
+            "table_version": table.backend_version}
 
 
 def mape(pred: Iterable[float], actual: Iterable[float]) -> float:

@@ -34,8 +34,7 @@ def test_same_npz_timing_gives_dynamos_means(tmp_path: Path, concurrency: int) -
     grid = sbs.npz_grid(1024, 1024, sbs.REPLAY["max_num_batched_tokens"],
                         t.num_gpu_blocks * t.block_size, 256)
     sbs.build_npz(t, peer.npz, grid)
-    ours = sbs.run_ours_with(row, sbs.NpzTiming(sbs.NpzLookup.load(peer.npz)),
-                             t.num_gpu_blocks, t.gpus_per_worker)
+    ours = sbs.run_ours_with(row, sbs.NpzTiming(sbs.NpzLookup.load(peer.npz)))
     theirs = sbs.run_peer_row(peer, row)
     assert ours["completed"] == theirs["completed"] == concurrency * sbs.REPLAY["requests_per_concurrency"]
     for k in ("ttft", "tpot"):
