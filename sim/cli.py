@@ -109,21 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", metavar="MODEL", help="e.g. Qwen/Qwen3-32B")
     g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm")
     g.add_argument("--backend", metavar="BACKEND", help="vllm | sglang")
-    g.add_argument("--tp", type=_positive_int, metavar="N", help="tensor parallel size")
+    g.add_argument("--tp", type=_ranged("--tp"), metavar="N", help="tensor parallel size")
     pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
     pl.add_argument("--planner", choices=("load", "throughput"),
                     help="load: reactive on forward-pass metrics; throughput: predictive")
-    pl.add_argument("--planner-interval", type=float, metavar="S",
+    pl.add_argument("--planner-interval", type=_ranged("--planner-interval"), metavar="S",
                     help="seconds between decisions (default 5 load / 180 throughput)")
     pl.add_argument("--planner-predictor", metavar="NAME",
                     help="throughput forecasts: constant | moving_average | kalman | arima")
-    pl.add_argument("--max-gpu-budget", type=_positive_int, metavar="N", help="default 8")
-    pl.add_argument("--min-endpoint", type=_positive_int, metavar="N", help="default 1")
-    pl.add_argument("--ttft-sla-ms", type=float, metavar="X", help="planner TTFT target (500)")
-    pl.add_argument("--itl-sla-ms", type=float, metavar="Y", help="planner ITL target (50)")
-    pl.add_argument("--startup-time", type=float, metavar="S",
+    pl.add_argument("--max-gpu-budget", type=_ranged("--max-gpu-budget"), metavar="N",
+                    help="default 8")
+    pl.add_argument("--min-endpoint", type=_ranged("--min-endpoint"), metavar="N",
+                    help="default 1")
+    pl.add_argument("--ttft-sla-ms", type=_ranged("--ttft-sla-ms"), metavar="X",
+                    help="planner TTFT target (500)")
+    pl.add_argument("--itl-sla-ms", type=_ranged("--itl-sla-ms"), metavar="Y",
+                    help="planner ITL target (50)")
+    pl.add_argument("--startup-time", type=_ranged("--startup-time"), metavar="S",
                     help="seconds a new worker spends starting (cluster.startup_time_s)")
-    pl.add_argument("--initial-workers", type=_positive_int, metavar="N",
+    pl.add_argument("--initial-workers", type=_ranged("--initial-workers"), metavar="N",
                     help="workers at t=0 (same as --num-workers)")
     o = s.add_argument_group("output")
     o.add_argument("--json", action="store_true",
@@ -137,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="GPU timing tables derived from aiconfigurator-core data; "
                        "use one with simulate --model M --gpu G --backend B --tp N.")
     m.add_argument("--json", action="store_true", help="print the list as JSON")
-    from . import bench, silicon, sweeps
+    from . import bench, schema, silicon, sweeps
+    schema.add_parser(sub)
     silicon.add_parser(sub)
     sweeps.add_parser(sub)
     bench.add_parser(sub)
@@ -165,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return list_models(args)
+        if args.command == "config":
+            from . import schema
+            return schema.run(args)
         if args.command == "validate":
             from . import silicon
             return silicon.run(args)
@@ -206,6 +214,12 @@ def _from_cmdline(exc: InputError) -> str:
 
 
 # -- simulate ----------------------------------------------------------------------------------
+
+def _ranged(flag: str) -> Callable[[str], Any]:
+    """argparse type of a planner/GPU flag: parsed and checked against sim.schema."""
+    from .schema import PLANNER_FLAGS, arg_type
+    return arg_type(*PLANNER_FLAGS[flag])
+
 
 def _positive_int(text: str) -> int:
     try:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .schema import MAX_TIME_MS
 
 # Dynamo polynomial coefficients (milliseconds).
 _PF_A, _PF_B, _PF_C = 4.209989e-7, 1.518344e-2, 16.50142
@@ -238,8 +239,10 @@ def make_timing(spec: str, *, speedup_ratio: float = 1.0, decode_speedup_ratio: 
         except ValueError:
             raise InputError(f"expected fixed:PREFILL_MS,DECODE_MS, got {spec!r}", file=source,
                              field="timing") from None
-        if p < 0 or d <= 0 or not (math.isfinite(p) and math.isfinite(d)):
-            raise InputError(f"fixed times must be finite, prefill >= 0 and decode > 0: {spec!r}",
+        if p < 0 or d <= 0 or not (math.isfinite(p) and math.isfinite(d)) \
+                or max(p, d) > MAX_TIME_MS:
+            raise InputError(f"fixed times must be finite, prefill in [0, 2^52] ms and decode in "
+                             f"(0, 2^52] ms: {spec!r}",
                              file=source, field="timing")
         return FixedTiming(p, d, speedup_ratio, decode_speedup_ratio)
     if spec.startswith("table:"):

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from ..errors import InputError
 from ..request import Request
+from ..schema import MAX_TIME_MS, TRACE_FIELDS, WORKLOAD_FIELDS
 from .base import Workload, _show, check_int, check_number
 
 _BOM = b"\xef\xbb\xbf"
@@ -63,10 +64,33 @@ def _read_text(path: str | Path) -> str:
 
 def _check_params(trace_block_size: Any, arrival_speedup_ratio: Any,
                   concurrency: Any) -> tuple[int, float, int | None]:
-    bs = check_int(trace_block_size, "trace_block_size", min_value=1)
-    speed = check_number(arrival_speedup_ratio, "arrival_speedup_ratio", positive=True)
-    conc = None if concurrency is None else check_int(concurrency, "concurrency", min_value=1)
+    bs = check_int(trace_block_size, "trace_block_size",
+                   allowed=WORKLOAD_FIELDS["trace_block_size"])
+    speed = check_number(arrival_speedup_ratio, "arrival_speedup_ratio",
+                         allowed=WORKLOAD_FIELDS["arrival_speedup_ratio"])
+    conc = None if concurrency is None else \
+        check_int(concurrency, "concurrency", allowed=WORKLOAD_FIELDS["concurrency"])
     return bs, speed, conc
+
+
+# -- bounds (sim.schema): every number must fit the types it reaches ------------------------
+
+_MC = TRACE_FIELDS["mooncake"]
+
+
+def _bound(spec, value, bad, field: str) -> None:
+    """Raise ``bad(message, field)`` when ``value`` is outside the field's schema range."""
+    msg = spec[0].violation(value)
+    if msg:
+        raise bad(msg, field)
+
+
+def _bound_arrival(arrival_ms: float, bad, field: str) -> None:
+    """The rebased, sped-up arrival must stay where a millisecond is representable."""
+    if arrival_ms > MAX_TIME_MS:
+        raise bad(f"arrival {arrival_ms:.6g} ms after the first request (divided by "
+                  f"arrival_speedup_ratio) exceeds 2^52 ms, where float64 times lose "
+                  "millisecond precision", field)
 
 
 # -- Mooncake JSONL -------------------------------------------------------------------------
@@ -122,6 +146,10 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
             obj = loads(raw)
         except json.JSONDecodeError as exc:
             raise bad(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        except ValueError as exc:        # e.g. an integer literal over 4300 digits
+            raise bad(f"invalid JSON: {' '.join(str(exc).split())[:80]}") from None
+        except RecursionError:
+            raise bad("invalid JSON: nested too deeply") from None
         if type(obj) is not dict:
             raise bad(f"expected a JSON object, got {type(obj).__name__}")
 
@@ -130,6 +158,7 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
             raise bad(f"expected a number (ms), got {_show(ts)}", key)
         if ts < 0:
             raise bad(f"must be >= 0, got {ts}", key)
+        _bound(_MC["timestamp"], ts, bad, key)
         if n and ts < prev_ts:
             raise bad(f"timestamp {ts} is earlier than {prev_ts} on line {prev_line}; "
                       "requests must be sorted by arrival time", key)
@@ -139,11 +168,13 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
             raise bad(f"expected an integer, got {_show(inp)}", key)
         if inp < 1:
             raise bad(f"must be >= 1, got {inp}", key)
+        _bound(_MC["input_length"], inp, bad, key)
         key, out = _field(obj, "output_length", "output_tokens", True, fname, lineno)
         if type(out) is not int:
             raise bad(f"expected an integer, got {_show(out)}", key)
         if out < 1:
             raise bad(f"must be >= 1, got {out}", key)
+        _bound(_MC["output_length"], out, bad, key)
 
         ids = obj.get("hash_ids")
         if ids is None:
@@ -154,6 +185,9 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
             pos = next(i for i, h in enumerate(ids) if type(h) is not int or h < 0)
             raise bad(f"hash_ids[{pos}] is {_show(ids[pos])}; expected a non-negative "
                       "integer", "hash_ids")
+        if ids and max(ids) > _MC["hash_ids[i]"][0].hi:
+            pos = ids.index(max(ids))
+            _bound(_MC["hash_ids[i]"], ids[pos], bad, f"hash_ids[{pos}]")
         if inp > len(ids) * bs:
             raise bad(f"input_length {inp} exceeds hash_ids capacity {len(ids) * bs} "
                       f"({len(ids)} hash_ids x trace_block_size {bs})", "input_length")
@@ -167,10 +201,12 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
         if delay is not None:
             if type(delay) not in (int, float) or not math.isfinite(delay) or delay < 0:
                 raise bad(f"expected a number >= 0 (ms), got {_show(delay)}", key)
+            _bound(_MC["delay"], delay, bad, key)
 
         if n == 0:
             t0 = ts
         need = -(-inp // bs)
+        _bound_arrival((ts - t0) / speed, bad, key)
         req = Request(index=n, arrival_ms=(ts - t0) / speed, input_length=inp,
                       output_length=out,
                       hash_ids=tuple(ids) if len(ids) == need else tuple(ids[:need]),
@@ -248,6 +284,8 @@ def load_azure(path: str | Path, *, arrival_speedup_ratio: float = 1.0,
                              file=fname, line=lineno, field="TIMESTAMP")
         if not firsts:
             ns0 = ns
+        _bound_arrival((ns - ns0) / 1e6 / speed,
+                       lambda m, f: InputError(m, file=fname, line=lineno, field=f), "TIMESTAMP")
         firsts.append(Request(index=len(firsts), arrival_ms=(ns - ns0) / 1e6 / speed,
                               input_length=inp, output_length=out, line=lineno))
         prev_ns, prev_line = ns, lineno
@@ -293,7 +331,11 @@ def _azure_count(text: str, field: str, fname: str, line: int) -> int:
     if not (s.isascii() and s.isdigit()):
         raise InputError(f"expected a positive integer, got {s[:40]!r}",
                          file=fname, line=line, field=field)
-    value = int(s)
+    value = int(s) if len(s) <= 40 else 10**40      # no 10^6-digit int parsing
     if value < 1:
         raise InputError(f"must be >= 1, got {value}", file=fname, line=line, field=field)
+    msg = TRACE_FIELDS["azure"][field][0].violation(value)
+    if msg:
+        raise InputError(msg if len(s) <= 40 else msg.replace(str(value), s[:20] + "..."),
+                         file=fname, line=line, field=field)
     return value
