@@ -189,6 +189,8 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[str, Where]]:
                          line=mark.line + 1 if mark is not None else None) from None
     except yaml.YAMLError as exc:
         raise InputError(f"invalid YAML: {' '.join(str(exc).split())}", file=fname) from None
+    except RecursionError:
+        raise InputError("invalid YAML: nested too deeply", file=fname) from None
     where: dict[str, Where] = {}
     if root is not None:
         _marks(root, "", fname, where)

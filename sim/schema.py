@@ -21,8 +21,10 @@ Each bound comes from what the number means and where it ends up:
   a duration stays below ``2^52`` ms (about 142,700 years), where consecutive floats are
   still at most 1 ms apart, so a millisecond is never rounded away. Seconds are bounded
   by the same limit (``2^52 / 1000`` s).
-* **Ratios** (speed-ups, weights) stay within ``10^6`` either way: beyond that a factor is
-  a unit error, and the times it scales would leave the ms-exact range.
+* **Ratios** (speed-ups) stay within ``[10^-3, 10^6]`` and weights within ``[0, 10^6]``:
+  a slow-down beyond 1000x or a factor beyond 10^6 is a unit error, and the times it
+  scales would leave the ms-exact range. A fixed pass time (``fixed:P,D``) is at most one
+  hour for the same reason.
 * ``hash_ids`` are int64 keys in the native pool; seeds are int64 too.
 
 The config dataclasses (:mod:`sim.config`, :mod:`dynosim_gym.config`) carry these ranges as
@@ -111,7 +113,9 @@ TIME_MS_POS = TIME_MS.with_lo(0, lo_open=True)
 TIMESTAMP_MS = Range(-MAX_TIME_MS, MAX_TIME_MS, unit="ms", why=_TIME)
 TIME_S = Range(0, MAX_TIME_S, unit="s", why=_TIME)
 TIME_S_POS = TIME_S.with_lo(0, lo_open=True)
-RATIO = Range(1 / MAX_RATIO, MAX_RATIO, unit="x", why="beyond 10^6 either way is a unit error")
+RATIO = Range(1e-3, MAX_RATIO, unit="x", why="a 1000x slow-down or 10^6x speed-up is a unit "
+              "error")
+PASS_MS = Range(0, 3_600_000, unit="ms", why="a forward pass over an hour is a unit error")
 WEIGHT = Range(0, MAX_RATIO, unit="", why="beyond 10^6 is a unit error")
 FRACTION = Range(0, 1, unit="", why="a share")
 RATE = Range(0, MAX_RATE_RPS, lo_open=True, unit="req/s",
@@ -233,6 +237,9 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {"config": []}
     for name, cls in SECTIONS.items():
         out["config"] += list(_rows_of(cls, name, FLAG_OF))
+    out["config"].append({"field": "timing.model = fixed:P,D", "type": "float,float",
+                          "default": None, "range": PASS_MS.text(), "unit": PASS_MS.unit,
+                          "flag": "--timing", "why": PASS_MS.why})
     try:
         from dynosim_gym.config import EnvSection
     except ImportError:          # sim installed without the gym package

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .schema import MAX_TIME_MS
+from .schema import PASS_MS
 
 # Dynamo polynomial coefficients (milliseconds).
 _PF_A, _PF_B, _PF_C = 4.209989e-7, 1.518344e-2, 16.50142
@@ -240,9 +240,9 @@ def make_timing(spec: str, *, speedup_ratio: float = 1.0, decode_speedup_ratio: 
             raise InputError(f"expected fixed:PREFILL_MS,DECODE_MS, got {spec!r}", file=source,
                              field="timing") from None
         if p < 0 or d <= 0 or not (math.isfinite(p) and math.isfinite(d)) \
-                or max(p, d) > MAX_TIME_MS:
-            raise InputError(f"fixed times must be finite, prefill in [0, 2^52] ms and decode in "
-                             f"(0, 2^52] ms: {spec!r}",
+                or max(p, d) > PASS_MS.hi:
+            raise InputError(f"fixed times must be finite, prefill in {PASS_MS.text()} ms and "
+                             f"decode in (0, {PASS_MS.hi}] ms: {spec!r}",
                              file=source, field="timing")
         return FixedTiming(p, d, speedup_ratio, decode_speedup_ratio)
     if spec.startswith("table:"):

@@ -186,8 +186,8 @@ def test_huge_timestamps_are_rejected(tmp_path, capsys, ts):
 
 
 def test_speedup_cannot_push_arrivals_past_the_range(tmp_path, capsys):
-    path = trace(tmp_path, GOOD, dict(GOOD, timestamp=1e13))
-    line = one_line_error(capsys, "--trace", path, "--arrival-speedup-ratio", "1e-6")
+    path = trace(tmp_path, GOOD, dict(GOOD, timestamp=4e15))
+    line = one_line_error(capsys, "--trace", path, "--arrival-speedup-ratio", "1e-3")
     assert f"{path}:2" in line and "2^52 ms" in line
 
 
@@ -308,3 +308,40 @@ def test_range_messages():
     assert Range(0, 1, lo_open=True).violation(0) == "must be > 0, got 0 (allowed (0, 1])"
     assert TRACE_FIELDS["mooncake"]["timestamp"][0].violation(-MAX_TIME_MS) is None
     assert render("markdown").count("|") > 100
+
+
+# -- new kinds found while fuzzing (tracebacks on main before this change) --------------------
+
+def test_integer_literals_over_4300_digits(tmp_path, capsys):
+    """Python refuses to parse ints over 4300 digits (ValueError, not a JSON error)."""
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD)[:-1].replace(
+        '"output_length": 10', '"output_length": ' + "9" * 5000) + "}\n")
+    line = one_line_error(capsys, "--trace", str(path))
+    assert f"{path}:2: invalid JSON" in line
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("workload: " + "[" * 100000 + "]" * 100000 + "\n", "nested too deeply"),
+    ("workload: {kind: [mooncake], path: x}\n", "workload.kind"),
+])
+def test_config_structure_errors(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    assert needle in one_line_error(capsys, "--config", str(cfg))
+
+
+def test_deeply_nested_trace_line(tmp_path, capsys):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + '{"x": ' + "[" * 100000 + "]" * 100000 + "}\n")
+    assert f"{path}:2: invalid JSON: nested too deeply" in \
+        one_line_error(capsys, "--trace", str(path))
+
+
+@pytest.mark.parametrize("flag, value", [("--timing", "fixed:1e15,1e15"),
+                                         ("--speedup-ratio", "1e-6"),
+                                         ("--decode-speedup-ratio", "1e-6")])
+def test_pass_times_cannot_leave_the_ms_exact_range(tmp_path, capsys, flag, value):
+    """fixed:1e15,1e15 ran to 1.2e13 simulated seconds (3.3e9 GPU-hours) on main."""
+    line = one_line_error(capsys, "--trace", trace(tmp_path, GOOD), flag, value)
+    assert f"argument {flag}" in line and ("allowed [" in line or "fixed times" in line)
