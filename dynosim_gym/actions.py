@@ -33,6 +33,8 @@ class ActionType:
 
     def check(self, action) -> int:
         """``action`` as an int; ValueError unless the space contains it (no bools)."""
+        if type(action) is int and 0 <= action < self.space.n:     # the hot path
+            return action
         return check_discrete(self.space, action)
 
     def masks(self, current: int) -> np.ndarray:

@@ -29,21 +29,22 @@ def check_discrete(space: spaces.Discrete, action: Any) -> int:
     observation), within ``[start, start + n)``. Rejected: bools (``True`` is an int to
     Python but not an action), floats (``1.0``, ``inf``, ``nan``), strings, lists and arrays
     of any other shape or dtype."""
-    lo = space.start
-    if type(action) is int:                       # the common case, fast
-        if lo <= action < lo + space.n:
-            return action
+    lo, n = int(space.start), int(space.n)
+    kind = type(action)
+    if kind is int or kind is np.int64:           # the common cases (SB3 gives np.int64)
+        if lo <= action < lo + n:
+            return int(action)
     elif (isinstance(action, (int, np.integer)) and not isinstance(action, bool)) or (
             isinstance(action, np.ndarray) and action.shape == ()
             and action.dtype.kind in "iu"):
         a = int(action)
-        if lo <= a < lo + space.n:
+        if lo <= a < lo + n:
             return a
     text = repr(action)
     if len(text) > 60:
         text = text[:57] + "..."
     raise ValueError(f"action {text} ({type(action).__name__}) is outside the action space "
-                     f"{space} (an integer in [{lo}, {lo + space.n - 1}]: Python int, numpy "
+                     f"{space} (an integer in [{lo}, {lo + n - 1}]: Python int, numpy "
                      "integer or 0-d integer array)")
 
 
