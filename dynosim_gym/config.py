@@ -23,8 +23,8 @@ from typing import Any, Mapping
 from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, load_config,
                         parse_config, read_yaml)
 from sim.errors import InputError
-from sim.schema import (COUNT, FRACTION, GPUS, MAX_TOKENS, RATE, TIME_S_POS, WEIGHT, WORKERS,
-                        Range)
+from sim.schema import (COUNT, GPUS, MAX_TOKENS, RATE, SHARE_OPEN, TIME_S_POS, WEIGHT,
+                        WORKERS, Range)
 
 import envs_configs as _bundled
 
@@ -72,7 +72,7 @@ class EnvSection:
     initial_workers: int | None = _opt(None, range=WORKERS)  # at reset; null = cluster.num_workers
     split: str = _opt("train", choices=("train", "eval"))  # which windows / seeds episodes use
     # trace: trailing share held out for split=eval
-    eval_fraction: float = _opt(0.25, range=FRACTION.with_lo(0, lo_open=True))
+    eval_fraction: float = _opt(0.25, range=SHARE_OPEN)
     scenarios: str = "diurnal,bursty,ramp"   # synthetic: load shapes drawn at reset (comma list)
     rate_min_rps: float = _opt(0.2, range=RATE)  # synthetic: mean arrival rate drawn in [min, max]
     rate_max_rps: float = _opt(1.0, range=RATE)
@@ -232,8 +232,6 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
     if e.rate_min_rps > e.rate_max_rps:
         raise v.error(f"must be <= env.rate_max_rps ({e.rate_max_rps}), got {e.rate_min_rps}",
                       "env.rate_min_rps")
-    if e.eval_fraction >= 1:
-        raise v.error(f"must be < 1, got {e.eval_fraction}", "env.eval_fraction")
     g = cfg.sim.cluster.gpus_per_worker
     if e.max_gpu_budget < e.min_endpoint * g:
         raise v.error(f"budget of {e.max_gpu_budget} GPUs is below min_endpoint "

@@ -71,11 +71,13 @@ class Range:
     lo_open: bool = False
     unit: str = ""
     why: str = ""
+    hi_open: bool = False
 
     def text(self) -> str:
         lo = "-inf" if self.lo is None else _fmt(self.lo)
         hi = "inf" if self.hi is None else _fmt(self.hi)
-        return f"{'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi is None else ']'}"
+        close = ")" if self.hi is None or self.hi_open else "]"
+        return f"{'(' if self.lo_open else '['}{lo}, {hi}{close}"
 
     def violation(self, value: Any) -> str | None:
         """None if ``value`` (a real number) is in range, else a one-line message that
@@ -84,12 +86,13 @@ class Range:
         if lo is not None and (value < lo or (self.lo_open and value == lo)):
             op = ">" if self.lo_open else ">="
             return f"must be {op} {_fmt(lo)}, got {_show(value)} (allowed {self.text()})"
-        if hi is not None and value > hi:
-            return f"must be <= {_fmt(hi)}, got {_show(value)} (allowed {self.text()})"
+        if hi is not None and (value > hi or (self.hi_open and value == hi)):
+            op = "<" if self.hi_open else "<="
+            return f"must be {op} {_fmt(hi)}, got {_show(value)} (allowed {self.text()})"
         return None
 
     def with_lo(self, lo: float | int | None, lo_open: bool = False) -> "Range":
-        return Range(lo, self.hi, lo_open, self.unit, self.why)
+        return Range(lo, self.hi, lo_open, self.unit, self.why, self.hi_open)
 
 
 def _show(value: Any) -> str:
@@ -101,9 +104,8 @@ _TOK = "per-token/per-block work of one request stays < ~0.5 GB; beyond any cont
 _TIME = "float64 ms stay 1-ms exact below 2^52 ms"
 
 TOKENS = Range(1, MAX_TOKENS, unit="tokens", why=_TOK)
-TOKENS0 = TOKENS.with_lo(0)
-BLOCK_SIZE = Range(1, MAX_TOKENS, unit="tokens", why=_TOK)
-NUM_GPU_BLOCKS = Range(1, MAX_BLOCKS, unit="blocks",
+BLOCK_SIZE = Range(0, MAX_TOKENS, lo_open=True, unit="tokens", why=_TOK)
+NUM_GPU_BLOCKS = Range(0, MAX_BLOCKS, lo_open=True, unit="blocks",
                        why="int32 pool slots; ~60 B of address space per block")
 WORKERS = Range(1, MAX_WORKERS, unit="workers", why="~90 KB of fixed memory per worker")
 GPUS = Range(1, MAX_WORKERS, unit="GPUs", why="at least one GPU per worker")
@@ -118,6 +120,7 @@ RATIO = Range(1e-3, MAX_RATIO, unit="x", why="a 1000x slow-down or 10^6x speed-u
 PASS_MS = Range(0, 3_600_000, unit="ms", why="a forward pass over an hour is a unit error")
 WEIGHT = Range(0, MAX_RATIO, unit="", why="beyond 10^6 is a unit error")
 FRACTION = Range(0, 1, unit="", why="a share")
+SHARE_OPEN = Range(0, 1, lo_open=True, hi_open=True, unit="", why="a share, neither none nor all")
 RATE = Range(0, MAX_RATE_RPS, lo_open=True, unit="req/s",
              why="10^6 req/s is beyond any cluster simulated here")
 RATE0 = RATE.with_lo(0)
@@ -132,7 +135,7 @@ TRACE_FIELDS: dict[str, dict[str, tuple[Range, str]]] = {
     "mooncake": {
         "timestamp": (TIMESTAMP_MS, "alias created_time; arrival, rebased to the first"),
         "input_length": (TOKENS, "alias input_tokens"),
-        "output_length": (TOKENS0, "alias output_tokens"),
+        "output_length": (TOKENS, "alias output_tokens"),
         "hash_ids[i]": (HASH_ID, "one per trace_block_size tokens"),
         "delay": (TIME_MS, "alias delay_ms; session turn gap"),
     },
@@ -140,13 +143,13 @@ TRACE_FIELDS: dict[str, dict[str, tuple[Range, str]]] = {
         "TIMESTAMP": (Range(unit="date", why="YYYY-MM-DD HH:MM:SS[.f]; years 1-9999 span "
                                            "< 2^52 ms"), "parsed to integer ns"),
         "ContextTokens": (TOKENS, "prompt tokens"),
-        "GeneratedTokens": (TOKENS0, "output tokens"),
+        "GeneratedTokens": (TOKENS, "output tokens"),
     },
 }
 
 #: Workload block keys (``workload:`` in YAML; synthetic factories and trace loaders).
 WORKLOAD_FIELDS: dict[str, Range] = {
-    "trace_block_size": BLOCK_SIZE,
+    "trace_block_size": Range(1, MAX_TOKENS, unit="tokens", why=_TOK),
     "arrival_speedup_ratio": RATIO,
     "concurrency": Range(1, MAX_REQUESTS, unit="requests", why="closed-loop requests in flight"),
     "num_requests": COUNT,
@@ -159,11 +162,12 @@ WORKLOAD_FIELDS: dict[str, Range] = {
     "arrival.rate / mean_rate / rate_max": RATE,
     "arrival.start_rate / end_rate": RATE0,
     "arrival.cv": RATIO,
-    "arrival.amplitude": FRACTION.with_lo(0),
+    "arrival.amplitude": Range(0, 1, hi_open=True, unit="", why="keeps the rate positive"),
     "arrival.duration_s / period_s": TIME_S_POS,
     "arrival.phase_s": Range(-MAX_TIME_S, MAX_TIME_S, unit="s", why=_TIME),
     "isl|osl.value / lo / hi / mean / max_value": TOKENS,
-    "isl|osl.sigma": Range(0, 100, unit="", why="lognormal shape; e^100 overflows nothing"),
+    "isl|osl.sigma": Range(0, 100, unit="", why="lognormal shape; beyond, lengths only pile up "
+                                                "at 1 and max_value"),
 }
 
 #: Planner flags of ``dynosim simulate`` (``sim.planner.PlannerConfig``).

@@ -241,8 +241,9 @@ def make_timing(spec: str, *, speedup_ratio: float = 1.0, decode_speedup_ratio: 
                              field="timing") from None
         if p < 0 or d <= 0 or not (math.isfinite(p) and math.isfinite(d)) \
                 or max(p, d) > PASS_MS.hi:
-            raise InputError(f"fixed times must be finite, prefill in {PASS_MS.text()} ms and "
-                             f"decode in (0, {PASS_MS.hi}] ms: {spec!r}",
+            raise InputError(f"fixed times must be finite, prefill >= 0 and decode > 0, each "
+                             f"<= {PASS_MS.hi} ms (one pass; allowed {PASS_MS.text()}): "
+                             f"{spec!r}",
                              file=source, field="timing")
         return FixedTiming(p, d, speedup_ratio, decode_speedup_ratio)
     if spec.startswith("table:"):

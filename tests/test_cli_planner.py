@@ -32,7 +32,7 @@ def test_planner_reports_in_the_summary(capsys, kind: str) -> None:
 
 @pytest.mark.parametrize("argv,needle", [
     (["--planner-interval", "5"], "needs --planner"),
-    (["--planner", "load", "--planner-interval", "-1"], "planner.interval_s"),
+    (["--planner", "load", "--planner-interval", "-1"], "argument --planner-interval: must be > 0"),
     (["--planner", "load", "--planner-predictor", "crystal_ball"], "planner.load_predictor"),
     (["--planner", "load", "--max-gpu-budget", "1", "--model", "Qwen/Qwen3-32B", "--gpu",
       "h200_sxm", "--backend", "vllm", "--tp", "2"], "planner.max_gpu_budget"),

@@ -66,8 +66,7 @@ def test_huge_mooncake_lengths_name_the_line_and_range(tmp_path, capsys, field, 
     path = trace(tmp_path, *rows)
     line = one_line_error(capsys, "--trace", path, "--trace-block-size", str(MAX_TOKENS))
     assert f"{path}:2" in line and f"field '{field}'" in line
-    assert f"got {value}" in line and f"allowed [{0 if field == 'output_length' else 1}, " \
-        f"{MAX_TOKENS}]" in line
+    assert f"got {value}" in line and f"allowed [1, {MAX_TOKENS}]" in line
 
 
 @pytest.mark.parametrize("column", ["ContextTokens", "GeneratedTokens"])
@@ -89,8 +88,8 @@ def test_huge_hash_id_names_its_position(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value, allowed", [
-    ("--block-size", "100000000000000000000", f"[1, {MAX_TOKENS}]"),
-    ("--num-gpu-blocks", "100000000000000000000", f"[1, {MAX_BLOCKS}]"),
+    ("--block-size", "100000000000000000000", f"(0, {MAX_TOKENS}]"),
+    ("--num-gpu-blocks", "100000000000000000000", f"(0, {MAX_BLOCKS}]"),
     ("--max-num-batched-tokens", "100000000000000000000", f"[1, {MAX_TOKENS}]"),
     ("--trace-block-size", "100000000000000000000", f"[1, {MAX_TOKENS}]"),
     ("--max-num-seqs", str(INT32_MAX + 1), f"[1, {INT32_MAX}]"),
@@ -148,7 +147,7 @@ def test_yaml_bound_names_file_line_and_range(tmp_path, capsys):
                    "engine:\n  block_size: 64\n  num_gpu_blocks: 10000000000\n")
     line = one_line_error(capsys, "--config", str(cfg))
     assert f"{cfg}:4, field 'engine.num_gpu_blocks': must be <= {MAX_BLOCKS}, got " \
-        f"10000000000 (allowed [1, {MAX_BLOCKS}])" in line
+        f"10000000000 (allowed (0, {MAX_BLOCKS}])" in line
 
 
 # -- 3. wrong-typed config values ------------------------------------------------------------
@@ -277,7 +276,7 @@ def test_env_keywords_are_bounded_and_typed(kw, needle):
 def test_schema_command_lists_every_range(capsys):
     assert main(["config", "schema"]) == 0
     text = capsys.readouterr().out
-    for needle in ("engine.num_gpu_blocks", f"[1, {MAX_BLOCKS}]", "--num-gpu-blocks",
+    for needle in ("engine.num_gpu_blocks", f"(0, {MAX_BLOCKS}]", "--num-gpu-blocks",
                    "env.max_gpu_budget", "mooncake:output_length", "azure:ContextTokens",
                    "--max-gpu-budget", "workload.trace_block_size"):
         assert needle in text, needle

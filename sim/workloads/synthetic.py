@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..request import Request
-from ..schema import (BLOCK_SIZE, COUNT, COUNT0, RATE, RATE0, RATIO, TIME_MS, TIME_S_POS, TOKENS,
+from ..schema import (COUNT, COUNT0, RATE, RATE0, RATIO, TIME_MS, TIME_S_POS, TOKENS,
                       WORKLOAD_FIELDS)
 from .base import Workload, check_int, check_number
 
@@ -234,8 +234,6 @@ def diurnal(mean_rate: float, amplitude: float, period_s: float,
             phase_s: float = 0.0) -> Diurnal:
     """Sinusoidal day/night rate function; amplitude in [0, 1) keeps the rate positive."""
     amp = check_number(amplitude, "amplitude", allowed=WORKLOAD_FIELDS["arrival.amplitude"])
-    if amp >= 1:
-        raise InputError(f"must be < 1, got {amp}", field="amplitude")
     return Diurnal(check_number(mean_rate, "mean_rate", allowed=RATE), amp,
                    check_number(period_s, "period_s", allowed=TIME_S_POS),
                    check_number(phase_s, "phase_s", allowed=WORKLOAD_FIELDS["arrival.phase_s"]))
@@ -402,7 +400,8 @@ def synthetic(rng: np.random.Generator, *, arrival: ArrivalProcess, isl: LengthD
         rng, arrival=arrival, isl=isl, osl=osl, num_requests=num_requests,
         duration_s=duration_s, num_prefix_groups=groups,
         shared_prefix_ratio=shared_prefix_ratio, shared_prefix_blocks=shared_prefix_blocks,
-        trace_block_size=check_int(trace_block_size, "trace_block_size", allowed=BLOCK_SIZE),
+        trace_block_size=check_int(trace_block_size, "trace_block_size",
+                                   allowed=WORKLOAD_FIELDS["trace_block_size"]),
         turns_per_session=check_int(turns_per_session, "turns_per_session", allowed=COUNT),
         inter_turn_delay_ms=check_number(inter_turn_delay_ms, "inter_turn_delay_ms",
                                          allowed=TIME_MS),
