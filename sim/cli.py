@@ -370,6 +370,8 @@ def simulate(args: argparse.Namespace) -> int:
         except InputError as exc:
             raise InputError(exc.detail, file=CMDLINE, field=f"planner.{exc.field}") from None
     describe = sim.workload.describe()
+    if describe.get("notes"):      # what a trace loader did beyond a plain read
+        _note(args, f"note: {describe['path']}: {'; '.join(describe['notes'])}")
     update, close = _progress(expected_span_s(describe, cfg), show_bar)
     sim.progress = update
     t1 = time.perf_counter()
