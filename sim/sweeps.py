@@ -1,7 +1,7 @@
 """``dynosim sweep``: the three DynoSim planner studies (issue 4, "Autoscaling").
 
 Each study is a grid of ``dynosim simulate`` runs (every point is built from the same flags
-``simulate`` takes, through :func:`sim.cli.config_from_args` and ``_make_planner``, so a row
+``simulate`` takes, through :func:`sim.cli.config_from_args` and ``build_planner``, so a row
 can be reproduced with the command in its ``command`` column). Points run in parallel
 (``--jobs``, a process pool); each point is deterministic and rows are sorted by point, so
 the CSV does not depend on ``--jobs``.
@@ -137,8 +137,8 @@ def _window(args: argparse.Namespace) -> float | None:
 def _planner_flags(kind: str, interval_s: float, startup_s: float) -> list[str]:
     return ["--initial-workers", str(INITIAL_WORKERS), "--startup-time", f"{startup_s:g}",
             "--planner", kind, "--planner-interval", f"{interval_s:g}",
-            "--max-gpu-budget", str(MAX_GPU_BUDGET), "--ttft-sla-ms", f"{TTFT_SLA_MS:g}",
-            "--itl-sla-ms", f"{ITL_SLA_MS:g}"]
+            "--max-gpu-budget", str(MAX_GPU_BUDGET), "--sla-ttft-ms", f"{TTFT_SLA_MS:g}",
+            "--sla-itl-ms", f"{ITL_SLA_MS:g}"]
 
 
 def _has_table(tp: int) -> bool:
@@ -198,12 +198,12 @@ def _num(x: Any) -> float:
 
 def run_point(point: dict[str, Any]) -> dict[str, Any]:
     """Run one point (in a worker process) and return its CSV row."""
-    from .cli import _make_planner, build_parser, config_from_args
-    from .config import build_simulation
+    from .cli import build_parser, config_from_args
+    from .config import build_planner, build_simulation
 
     ns = build_parser().parse_args(["simulate", *point["argv"]])
     cfg = config_from_args(ns)
-    planner = _make_planner(ns)
+    planner = build_planner(cfg)
     sim = build_simulation(cfg)
     if planner is not None:
         planner.attach(sim)
