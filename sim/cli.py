@@ -35,43 +35,49 @@ AGENT_COMMANDS = ("train", "evaluate")     # in agents.cli (imports gymnasium / 
 # line override the config (argparse defaults are None).
 FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--num-workers": ("cluster.num_workers", int, "N", "workers at t=0 (default 1)"),
-    "--gpus-per-worker": ("cluster.gpus_per_worker", int, "N", "GPUs per worker, for GPU-hours"),
+    "--gpus-per-worker": ("cluster.gpus_per_worker", int, "N",
+                          "GPUs per worker, for GPU-hours (default 1)"),
     "--router-mode": ("router.mode", str, "{round_robin,random,least_loaded,kv}",
                       "routing policy (kv_router = kv); default round_robin"),
     "--router-temperature": ("router.temperature", float, "T",
-                             "kv router softmax temperature (0 = argmin)"),
+                             "kv router softmax temperature (default 0 = argmin)"),
     "--block-size": ("engine.block_size", int, "N", "tokens per KV block (default 64)"),
     "--num-gpu-blocks": ("engine.num_gpu_blocks", int, "N",
                          "KV blocks per worker (default 16384)"),
-    "--max-num-seqs": ("engine.max_num_seqs", int, "N", "running sequences per worker (256)"),
+    "--max-num-seqs": ("engine.max_num_seqs", int, "N", "running sequences per worker (default 256)"),
     "--max-num-batched-tokens": ("engine.max_num_batched_tokens", int, "N",
-                                 "token budget per forward pass (8192)"),
-    "--max-model-len": ("engine.max_model_len", int, "N", "reject prompts this long"),
-    "--preemption-mode": ("engine.preemption_mode", str, "{lifo,fifo}", "preemption victim"),
-    "--timing": ("timing.model", str, "SPEC", "polynomial | fixed:P,D | table:PATH"),
-    "--speedup-ratio": ("timing.speedup_ratio", float, "X", "divide every pass time by X"),
+                                 "token budget per forward pass (default 8192)"),
+    "--max-model-len": ("engine.max_model_len", int, "N",
+                        "reject prompts this long (default: no limit)"),
+    "--preemption-mode": ("engine.preemption_mode", str, "{lifo,fifo}", "preemption victim (default lifo)"),
+    "--timing": ("timing.model", str, "SPEC", "polynomial | fixed:P,D | table:PATH (default polynomial)"),
+    "--speedup-ratio": ("timing.speedup_ratio", float, "X", "divide every pass time by X (default 1)"),
     "--decode-speedup-ratio": ("timing.decode_speedup_ratio", float, "X",
-                               "further divide decode time by X"),
-    "--seed": ("run.seed", int, "N", "seed of the run (router ties, synthetic workloads)"),
+                               "further divide decode time by X (default 1)"),
+    "--seed": ("run.seed", int, "N", "seed of the run: router ties, synthetic workloads (default 0)"),
     "--max-sim-time-s": ("run.max_sim_time_s", float, "S",
-                         "stop at this simulated time; later requests never arrive"),
+                         "stop at this simulated time; later requests never arrive "
+                       "(default: run until every request ends)"),
     "--sla-ttft-ms": ("sla.ttft_ms", float, "MS",
                       "SLA: TTFT limit, for goodput and the planner's target (planner "
                       "default 500)"),
     "--sla-itl-ms": ("sla.itl_ms", float, "MS",
                      "SLA: per-request TPOT (ITL) limit, for goodput and the planner's target "
                      "(planner default 50)"),
-    "--sla-e2e-ms": ("sla.e2e_ms", float, "MS", "SLA: end-to-end latency limit (goodput)"),
+    "--sla-e2e-ms": ("sla.e2e_ms", float, "MS",
+                     "SLA: end-to-end latency limit, for goodput (default: none)"),
 }
 #: Old spellings kept for one release (0.1.x), with a note on stderr; remove in 0.2.
 DEPRECATED_FLAGS = {"--ttft-sla-ms": "--sla-ttft-ms", "--itl-sla-ms": "--sla-itl-ms"}
 #: Planner flags -> planner section keys (``--planner`` itself sets ``planner.kind``).
 PLANNER_FLAGS = {"--planner-interval": "interval_s", "--planner-predictor": "load_predictor",
                  "--max-gpu-budget": "max_gpu_budget", "--min-endpoint": "min_endpoint"}
-SWITCHES = {"--exact-steps": ("run.exact_steps", True, "step pass by pass (slow reference)"),
-            "--no-prefix-caching": ("engine.enable_prefix_caching", False, "disable prefix cache"),
+SWITCHES = {"--exact-steps": ("run.exact_steps", True,
+                               "step pass by pass, the slow reference (default: bulk decode)"),
+            "--no-prefix-caching": ("engine.enable_prefix_caching", False,
+                                    "disable prefix caching (default: on)"),
             "--no-chunked-prefill": ("engine.enable_chunked_prefill", False,
-                                     "disable chunked prefill")}
+                                     "disable chunked prefill (default: on)")}
 WORKLOAD_FLAGS = {"workload.path": "--trace", "workload.kind": "--trace-format",
                   "workload.trace_block_size": "--trace-block-size",
                   "workload.arrival_speedup_ratio": "--arrival-speedup-ratio"}
@@ -80,8 +86,26 @@ FLAG_OF = {**{v[0]: k for k, v in FLAGS.items()}, **{v[0]: k for k, v in SWITCHE
            "planner.kind": "--planner"}
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option shows its default: ``(default: X)`` is appended when the help text does
+    not already say it (options whose default is "not given" say what that means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS) \
+                or not action.option_strings:
+            return text
+        shown = "off" if action.default is False else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line like every other error (still exit 2)."""
+    """argparse, but usage errors are one line like every other error (still exit 2), and
+    every option's help shows its default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"dynosim: error: {message} (see '{self.prog} --help')\n")
@@ -111,25 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Replay a workload through a simulated cluster. Flags "
                        "override --config; defaults are Dynamo's.")
     w = s.add_argument_group("workload")
-    w.add_argument("--config", metavar="YAML", help="run config (see envs_configs/)")
+    w.add_argument("--config", metavar="YAML",
+                   help="run config, or an env scenario (see envs_configs/; default: none, "
+                   "so Dynamo's defaults and the flags)")
     w.add_argument("--trace", metavar="PATH",
-                   help="trace file, or bundled:mooncake_conversation / bundled:azure_conversation")
+                   help="trace file (.jsonl, .csv, optionally .gz), or "
+                   "bundled:mooncake_conversation / bundled:azure_conversation (default: the "
+                   "config's workload)")
     w.add_argument("--trace-format", metavar="{mooncake,azure}",
                    help="default: from the config, else .csv = azure, otherwise mooncake")
     w.add_argument("--trace-block-size", type=int, metavar="N",
                    help="tokens per hash_id (default 512)")
     w.add_argument("--arrival-speedup-ratio", type=float, metavar="X",
-                   help="divide trace inter-arrival times by X")
+                   help="divide trace inter-arrival times by X (default 1)")
     c = s.add_argument_group("cluster, engine, router, timing, run")
     for flag, (_, typ, metavar, help_) in FLAGS.items():
         c.add_argument(flag, type=typ, metavar=metavar, help=help_)
     for flag, (_, const, help_) in SWITCHES.items():
         c.add_argument(flag, action="store_const", const=const, default=None, help=help_)
     g = s.add_argument_group("GPU timing from measured data (see `dynosim models`)")
-    g.add_argument("--model", metavar="MODEL", help="e.g. Qwen/Qwen3-32B")
-    g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm")
-    g.add_argument("--backend", metavar="BACKEND", help="vllm | sglang")
-    g.add_argument("--tp", type=_positive_int, metavar="N", help="tensor parallel size")
+    g.add_argument("--model", metavar="MODEL",
+                   help="e.g. Qwen/Qwen3-32B (default: none, the --timing model)")
+    g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm (default: none)")
+    g.add_argument("--backend", metavar="BACKEND", help="vllm | sglang (default: none)")
+    g.add_argument("--tp", type=_positive_int, metavar="N", help="tensor parallel size (default: none)")
     pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
     pl.add_argument("--planner", choices=("load", "throughput"),
                     help="load: reactive on forward-pass metrics; throughput: predictive "
@@ -145,16 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fewest workers the planner keeps (default 1)")
     for old, new in DEPRECATED_FLAGS.items():
         pl.add_argument(old, type=float, metavar="MS", dest=_dest(new), action=_Deprecated,
-                        help=f"deprecated spelling of {new}")
+                        help=f"deprecated spelling of {new} (default: none)")
     pl.add_argument("--startup-time", type=float, metavar="S",
-                    help="seconds a new worker spends starting (cluster.startup_time_s)")
+                    help="seconds a new worker spends starting, cluster.startup_time_s "
+                    "(default 0)")
     pl.add_argument("--initial-workers", type=_positive_int, metavar="N",
-                    help="workers at t=0 (same as --num-workers)")
+                    help="workers at t=0, same as --num-workers (default 1)")
     o = s.add_argument_group("output")
     o.add_argument("--json", action="store_true",
                    help="print the summary as JSON on stdout (wall-clock data under run_info)")
-    o.add_argument("--report-jsonl", metavar="PATH", help="write one record per request")
-    o.add_argument("--plot", metavar="PATH.png", help="write TTFT/ITL/E2E CDFs as one figure")
+    o.add_argument("--report-jsonl", metavar="PATH",
+                   help="write one record per request (default: none)")
+    o.add_argument("--plot", metavar="PATH.png",
+                   help="write TTFT/ITL/E2E CDFs as one figure (default: none)")
     o.add_argument("--quiet", action="store_true",
                    help="no progress bar and no notes on stderr")
     o.add_argument("--print-config", action="store_true",
