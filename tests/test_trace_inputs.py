@@ -204,6 +204,26 @@ def test_peer_and_we_refuse_a_session_turn_before_its_predecessor(tmp_path: Path
 
 
 @pytest.mark.peer
+def test_peer_and_we_take_a_missing_input_length_from_hash_ids(tmp_path: Path,
+                                                              peer_python: Path) -> None:
+    trace = write_rows(tmp_path / "i.jsonl", [{"timestamp": 0, "output_length": 3,
+                                              "hash_ids": [1, 2]}])
+    peer = run_peer(peer_python, trace)
+    w = load_mooncake(trace)
+    assert [r.input_length for r in w] == [r["input_length"] for r in peer["per_request"]] \
+        == [1024]
+    assert "without input_length" in w.notes[0]
+
+
+def test_closed_loop_needs_no_timestamps(tmp_path: Path) -> None:
+    rows = [{"input_length": 10 * (i + 1), "output_length": 2, "hash_ids": [i]} for i in range(3)]
+    w = load_mooncake(write_rows(tmp_path / "c.jsonl", rows), concurrency=1)
+    assert [r.input_length for r in w] == [10]
+    with pytest.raises(InputError, match="field 'timestamp': missing"):
+        load_mooncake(tmp_path / "c.jsonl")
+
+
+@pytest.mark.peer
 def test_peer_refuses_gzip_we_read_it(tmp_path: Path, peer_python: Path) -> None:
     """A deliberate difference (README): Dynamo's mooncake reader takes no gzip."""
     trace = write_rows(tmp_path / "m.jsonl.gz", MIXED, gz=True)

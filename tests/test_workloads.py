@@ -117,7 +117,7 @@ BAD_MOONCAKE = [
     ("[1, 2]", None, "JSON object"),
     ("42", None, "JSON object"),
     (row(timestamp=DROP), "timestamp", "missing"),
-    (row(input_length=DROP), "input_length", "missing"),
+    (row(input_length=DROP, hash_ids=[]), "input_length", "no hash_ids"),
     (row(output_length=DROP), "output_length", "missing"),
     (row(hash_ids=DROP), "hash_ids", "missing"),
     (row(timestamp="5"), "timestamp", "number"),

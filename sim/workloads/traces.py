@@ -125,7 +125,9 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
     by the speed-up, which must not be negative: Dynamo's "invalid delay"). ``concurrency=N``
     replays closed-loop (timestamps of first turns ignored). ``hash_ids`` beyond
     ``ceil(input_length / trace_block_size)`` carry no tokens and are dropped.
-    ``output_length: 0`` is allowed (rule 17: the request ends with its prefill pass).
+    ``output_length: 0`` is allowed (rule 17: the request ends with its prefill pass); a
+    missing ``input_length`` is ``len(hash_ids) * trace_block_size`` and, in closed loop
+    only, a missing timestamp is 0 (both as Dynamo).
     """
     bs, speed, conc = _check_params(trace_block_size, arrival_speedup_ratio, concurrency)
     fname = str(path)
@@ -138,7 +140,7 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
     t_min = math.inf              # earliest first-turn timestamp: the rebase origin
     t_max = -math.inf             # latest timestamp (span of the trace)
     prev_ts = -math.inf
-    n = total_in = total_out = num_unsorted = num_no_output = 0
+    n = total_in = total_out = num_unsorted = num_no_output = num_implied = 0
     loads = json.loads
 
     for lineno, raw in enumerate(text.split("\n"), 1):
@@ -155,15 +157,19 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
         if type(obj) is not dict:
             raise bad(f"expected a JSON object, got {type(obj).__name__}")
 
-        key_ts, ts = _field(obj, "timestamp", "created_time", True, fname, lineno)
-        if type(ts) not in (int, float) or not math.isfinite(ts):
+        # a closed loop ignores arrival times, so there (only) they may be missing (Dynamo)
+        key_ts, ts = _field(obj, "timestamp", "created_time", conc is None, fname, lineno)
+        if ts is None:
+            ts = 0.0
+        elif type(ts) not in (int, float) or not math.isfinite(ts):
             raise bad(f"expected a number (ms), got {_show(ts)}", key_ts)
 
-        key, inp = _field(obj, "input_length", "input_tokens", True, fname, lineno)
-        if type(inp) is not int:
-            raise bad(f"expected an integer, got {_show(inp)}", key)
-        if inp < 1:
-            raise bad(f"must be >= 1, got {inp}", key)
+        key_in, inp = _field(obj, "input_length", "input_tokens", False, fname, lineno)
+        if inp is not None:
+            if type(inp) is not int:
+                raise bad(f"expected an integer, got {_show(inp)}", key_in)
+            if inp < 1:
+                raise bad(f"must be >= 1, got {inp}", key_in)
         key, out = _field(obj, "output_length", "output_tokens", True, fname, lineno)
         if type(out) is not int:
             raise bad(f"expected an integer, got {_show(out)}", key)
@@ -179,6 +185,11 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
             pos = next(i for i, h in enumerate(ids) if type(h) is not int or h < 0)
             raise bad(f"hash_ids[{pos}] is {_show(ids[pos])}; expected a non-negative "
                       "integer", "hash_ids")
+        if inp is None:       # Dynamo: a missing input_length is the hash_ids' capacity
+            inp = len(ids) * bs
+            if inp < 1:
+                raise bad("missing, and no hash_ids to take it from", "input_length")
+            num_implied += 1
         if inp > len(ids) * bs:
             raise bad(f"input_length {inp} exceeds hash_ids capacity {len(ids) * bs} "
                       f"({len(ids)} hash_ids x trace_block_size {bs})", "input_length")
@@ -232,6 +243,9 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
     if num_no_output:
         notes.append(f"{num_no_output:,} request{'s' if num_no_output != 1 else ''} with "
                      "output_length 0 (complete at the end of prefill, no TTFT/E2E sample)")
+    if num_implied:
+        notes.append(f"{num_implied:,} row{'s' if num_implied != 1 else ''} without "
+                     "input_length: taken as len(hash_ids) x trace_block_size")
     return TraceWorkload(
         name=_trace_name(fname), kind="mooncake", path=fname, first_turns=firsts,
         successors=successors, concurrency=conc, notes=notes,
