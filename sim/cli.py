@@ -590,9 +590,13 @@ def _jsonable(obj: Any) -> Any:
 def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     n = describe.get("num_requests")
     count = f", {n:,} requests" if isinstance(n, int) else ""
+    n = cfg.cluster.num_workers
+    workers = f"{n} worker{'s' if n != 1 else ''}"
+    if cfg.planner is not None:      # the count changes during the run
+        workers += (f" at start, {cfg.planner['kind']} planner (budget "
+                    f"{cfg.planner['max_gpu_budget']} GPUs)")
     return (f"{describe.get('name', 'workload')} ({describe.get('kind', '?')}{count}) on "
-            f"{cfg.cluster.num_workers} worker{'s' if cfg.cluster.num_workers != 1 else ''}, "
-            f"{cfg.router.mode} router, KV "
+            f"{workers}, {cfg.router.mode} router, KV "
             f"{cfg.engine.num_gpu_blocks} x {cfg.engine.block_size}-token blocks, "
             f"timing {cfg.timing.model}")
 
