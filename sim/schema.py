@@ -104,6 +104,7 @@ _TOK = "per-token/per-block work of one request stays < ~0.5 GB; beyond any cont
 _TIME = "float64 ms stay 1-ms exact below 2^52 ms"
 
 TOKENS = Range(1, MAX_TOKENS, unit="tokens", why=_TOK)
+TOKENS0 = TOKENS.with_lo(0)
 BLOCK_SIZE = Range(0, MAX_TOKENS, lo_open=True, unit="tokens", why=_TOK)
 NUM_GPU_BLOCKS = Range(0, MAX_BLOCKS, lo_open=True, unit="blocks",
                        why="int32 pool slots; ~60 B of address space per block")
@@ -134,8 +135,8 @@ HASH_ID = Range(0, INT64_MAX, unit="", why="int64 keys in the native KV pool")
 TRACE_FIELDS: dict[str, dict[str, tuple[Range, str]]] = {
     "mooncake": {
         "timestamp": (TIMESTAMP_MS, "alias created_time; arrival, rebased to the first"),
-        "input_length": (TOKENS, "alias input_tokens"),
-        "output_length": (TOKENS, "alias output_tokens"),
+        "input_length": (TOKENS, "alias input_tokens; missing: len(hash_ids) x block size"),
+        "output_length": (TOKENS0, "alias output_tokens; 0 completes at the end of prefill"),
         "hash_ids[i]": (HASH_ID, "one per trace_block_size tokens"),
         "delay": (TIME_MS, "alias delay_ms; session turn gap"),
     },
@@ -143,7 +144,7 @@ TRACE_FIELDS: dict[str, dict[str, tuple[Range, str]]] = {
         "TIMESTAMP": (Range(unit="date", why="YYYY-MM-DD HH:MM:SS[.f]; years 1-9999 span "
                                            "< 2^52 ms"), "parsed to integer ns"),
         "ContextTokens": (TOKENS, "prompt tokens"),
-        "GeneratedTokens": (TOKENS, "output tokens"),
+        "GeneratedTokens": (TOKENS0, "output tokens"),
     },
 }
 
@@ -170,16 +171,27 @@ WORKLOAD_FIELDS: dict[str, Range] = {
                                                 "at 1 and max_value"),
 }
 
-#: Planner flags of ``dynosim simulate`` (``sim.planner.PlannerConfig``).
-PLANNER_FLAGS: dict[str, tuple[Range, type]] = {
-    "--planner-interval": (TIME_S_POS, float),
-    "--max-gpu-budget": (GPUS, int),
-    "--min-endpoint": (WORKERS, int),
-    "--ttft-sla-ms": (TIME_MS_POS, float),
-    "--itl-sla-ms": (TIME_MS_POS, float),
+#: Planner knobs (``planner:`` section; ``sim.planner.PlannerConfig`` checks their types).
+PLANNER_FIELDS: dict[str, Range] = {
+    "interval_s": TIME_S_POS,
+    "max_gpu_budget": GPUS,
+    "min_endpoint": WORKERS,
+    "gpus_per_worker": GPUS,
+    "load_scaling_down_sensitivity": WEIGHT,
+    "load_min_observations": Range(1, MAX_REQUESTS, unit="intervals", why="int32-sized"),
+    "max_num_fpm_samples": Range(2, 1_000_000, unit="samples",
+                                 why="a buffer of forward-pass metrics per worker"),
+    "fpm_samples_per_interval": Range(1, 1000, unit="samples",
+                                      why="one sampling event each per interval"),
+    "context_length": TOKENS,
+}
+
+#: Flags of ``dynosim simulate`` checked by argparse: no config field of their own (--tp), or
+#: a second spelling of one (so the error names the flag the user typed): (range, type).
+FLAG_RANGES: dict[str, tuple[Range, type]] = {
     "--tp": (GPUS, int),
-    "--startup-time": (TIME_S, float),
-    "--initial-workers": (WORKERS, int),
+    "--initial-workers": (WORKERS, int),       # cluster.num_workers
+    "--startup-time": (TIME_S, float),         # cluster.startup_time_s
 }
 
 
@@ -259,9 +271,12 @@ def rows() -> dict[str, list[dict[str, Any]]]:
                      "range": r.text() if (r.lo is not None or r.hi is not None) else "",
                      "unit": r.unit, "flag": "", "why": f"{note}; {r.why}"}
                     for fmt, spec in TRACE_FIELDS.items() for k, (r, note) in spec.items()]
-    out["planner"] = [{"field": flag, "type": typ.__name__, "default": None,
-                       "range": r.text(), "unit": r.unit, "flag": flag, "why": r.why}
-                      for flag, (r, typ) in PLANNER_FLAGS.items()]
+    out["planner"] = [{"field": f"planner.{k}", "type": "", "default": None,
+                       "range": r.text(), "unit": r.unit, "flag": FLAG_OF.get(f"planner.{k}", ""),
+                       "why": r.why} for k, r in PLANNER_FIELDS.items()]
+    out["planner"] += [{"field": flag, "type": typ.__name__, "default": None,
+                        "range": r.text(), "unit": r.unit, "flag": flag, "why": r.why}
+                       for flag, (r, typ) in FLAG_RANGES.items()]
     return out
 
 
@@ -270,7 +285,7 @@ TITLES = {"config": "Run config (YAML sections; flags of `dynosim simulate`; env
           "env": "Environment (`env:` section; `gym.make` keywords: bare field names)",
           "workload": "Workload block (`workload:`)",
           "trace": "Trace fields (per line)",
-          "planner": "Planner flags of `dynosim simulate`"}
+          "planner": "Planner section (`planner:`; flags of `dynosim simulate`) and other flags"}
 
 
 def render(fmt: str = "text") -> str:
