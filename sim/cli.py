@@ -116,12 +116,15 @@ def _dest(flag: str) -> str:
 
 
 class _Deprecated(argparse.Action):
-    """An old flag spelling: stores into the new flag's destination, with a note."""
+    """An old flag spelling: stores into the new flag's destination, with a note printed
+    once the input is known to be good (a bad run's stderr stays one line)."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         new = DEPRECATED_FLAGS[option_string]
-        print(f"dynosim: note: {option_string} is deprecated (one SLA for goodput and the "
-              f"planner); use {new}", file=sys.stderr)
+        notes = getattr(namespace, "deprecation_notes", None) or []
+        notes.append(f"dynosim: note: {option_string} is deprecated (one SLA for goodput and "
+                     f"the planner); use {new}")
+        namespace.deprecation_notes = notes
         setattr(namespace, self.dest, values)
 
 
@@ -490,6 +493,8 @@ def simulate(args: argparse.Namespace) -> int:
             file, line = cfg.locate(f"planner.{exc.field}")
             raise InputError(exc.detail, file=file, line=line,
                              field=f"planner.{exc.field}") from None
+    for note in getattr(args, "deprecation_notes", None) or []:
+        print(note, file=sys.stderr)
     describe = sim.workload.describe()
     if describe.get("notes"):      # what a trace loader did beyond a plain read
         _note(args, f"note: {describe['path']}: {'; '.join(describe['notes'])}")

@@ -225,6 +225,9 @@ SECTION_KEYS = {
     "router": ["mode", "overlap_score_credit", "temperature", "prefill_load_scale"],
     "sla": ["ttft_ms", "itl_ms", "e2e_ms"],
     "run": ["seed", "max_sim_time_s", "exact_steps"],
+    "planner": ["kind", "kind", "interval_s", "max_gpu_budget", "min_endpoint", "load_predictor",
+                "fpm_samples_per_interval", "max_num_fpm_samples", "context_length",
+                "load_scaling_down_sensitivity", "ttft_sla_ms"],
 }
 WORKLOAD_KEYS = ["num_requests", "duration_s", "trace_block_size", "turns_per_session",
                  "inter_turn_delay_ms", "num_prefix_groups", "shared_prefix_ratio", "isl", "osl",
@@ -252,7 +255,8 @@ def yaml_configs(draw) -> str:
             key = draw(st.one_of(st.sampled_from(SECTION_KEYS[sec]), st.text(max_size=5)))
             if not isinstance(cfg.get(sec), dict):
                 cfg[sec] = {}
-            cfg[sec][key] = draw(value)
+            cfg[sec][key] = draw(st.sampled_from(["load", "throughput"])) \
+                if key == "kind" and draw(st.booleans()) else draw(value)
         elif where == "workload" and isinstance(cfg["workload"], dict):
             cfg["workload"][draw(st.sampled_from(WORKLOAD_KEYS))] = draw(value)
         elif where == "arrival" and isinstance(cfg["workload"], dict):
@@ -305,6 +309,8 @@ def flag_sets(draw) -> list[str]:
                                           st.text(min_size=0, max_size=8)))]
     if draw(st.booleans()):
         argv += ["--planner", draw(st.sampled_from(["load", "throughput", "magic"]))]
+    if draw(st.integers(0, 3)) == 0:
+        argv += ["--model", "Qwen/Qwen3-32B", "--gpu", "h200_sxm", "--backend", "vllm"]
     return argv
 
 

@@ -345,3 +345,11 @@ def test_pass_times_cannot_leave_the_ms_exact_range(tmp_path, capsys, flag, valu
     """fixed:1e15,1e15 ran to 1.2e13 simulated seconds (3.3e9 GPU-hours) on main."""
     line = one_line_error(capsys, "--trace", trace(tmp_path, GOOD), flag, value)
     assert f"argument {flag}" in line and ("allowed [" in line or "fixed times" in line)
+
+
+def test_a_deprecated_flag_keeps_a_bad_run_to_one_line(tmp_path, capsys):
+    """Found by the flag fuzzer: the deprecation note printed during parsing made a failing
+    run's stderr two lines. Notes now wait until the input is known to be good."""
+    line = one_line_error(capsys, "--trace", trace(tmp_path, GOOD), "--ttft-sla-ms", "1",
+                          "--model", "Qwen/Qwen3-32B")
+    assert "go together" in line
