@@ -322,7 +322,8 @@ def add_parser(sub) -> None:
     s = csub.add_parser("schema", help="allowed range of every numeric input",
                         description="Every input (YAML field, flag, env keyword, trace field) "
                         "with its type, default and allowed range, from sim.schema.")
-    s.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    s.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                   help="a text table, Markdown tables or JSON")
 
 
 def run(args: argparse.Namespace) -> int:
