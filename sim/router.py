@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Engine, Seq
+from .engine import EngineBase as Engine, Seq
 from .kv_cache import NativeKvPool, block_keys, private_key
 from .request import Request
 
