@@ -40,9 +40,9 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                       "routing policy (kv_router = kv); default round_robin"),
     "--router-temperature": ("router.temperature", float, "T",
                              "kv router softmax temperature (0 = argmin)"),
-    "--block-size": ("engine.block_size", int, "N", "tokens per KV block (default 64)"),
+    "--block-size": ("engine.block_size", int, "N", "tokens per KV block (SGLang: page)"),
     "--num-gpu-blocks": ("engine.num_gpu_blocks", int, "N",
-                         "KV blocks per worker (default 16384)"),
+                         "KV blocks per worker (default 16384; SGLang: pages = tokens)"),
     "--max-num-seqs": ("engine.max_num_seqs", int, "N", "running sequences per worker (256)"),
     "--max-num-batched-tokens": ("engine.max_num_batched_tokens", int, "N",
                                  "token budget per forward pass (8192)"),
@@ -58,6 +58,16 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--sla-ttft-ms": ("sla.ttft_ms", float, "MS", "goodput: TTFT limit"),
     "--sla-itl-ms": ("sla.itl_ms", float, "MS", "goodput: per-request TPOT limit"),
     "--sla-e2e-ms": ("sla.e2e_ms", float, "MS", "goodput: end-to-end latency limit"),
+    # Engine flavour (scheduler core; with --model/--gpu/--tp also the GPU table) and the
+    # SGLang core's knobs, by Dynamo's names (sim/engines/sglang.py).
+    "--backend": ("engine.backend", str, "{vllm,sglang,trtllm}",
+                  "scheduler core (default vllm); blocks default to 64/1/32 tokens"),
+    "--schedule-policy": ("engine.schedule_policy", str, "{fifo,lpm}", "SGLang: fifo"),
+    "--max-prefill-tokens": ("engine.max_prefill_tokens", int, "N", "SGLang: 16384"),
+    "--chunked-prefill-size": ("engine.chunked_prefill_size", int, "N", "SGLang: 8192"),
+    "--clip-max-new-tokens": ("engine.clip_max_new_tokens", int, "N", "SGLang: 4096"),
+    "--schedule-conservativeness": ("engine.schedule_conservativeness", float, "X",
+                                    "SGLang: 1.0"),
 }
 SWITCHES = {"--exact-steps": ("run.exact_steps", True, "step pass by pass (slow reference)"),
             "--no-prefix-caching": ("engine.enable_prefix_caching", False, "disable prefix cache"),
@@ -108,7 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_argument_group("GPU timing from measured data (see `dynosim models`)")
     g.add_argument("--model", metavar="MODEL", help="e.g. Qwen/Qwen3-32B")
     g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm")
-    g.add_argument("--backend", metavar="BACKEND", help="vllm | sglang")
     g.add_argument("--tp", type=_positive_int, metavar="N", help="tensor parallel size")
     pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
     pl.add_argument("--planner", choices=("load", "throughput"),
@@ -269,9 +278,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise InputError("applies to trace workloads only", file=CMDLINE,
                              field="workload.arrival_speedup_ratio")
         over["workload.arrival_speedup_ratio"] = args.arrival_speedup_ratio
+    # --backend alone selects the scheduler core; with --model/--gpu/--tp also the table.
     gpu_flags = {"--model": args.model, "--gpu": args.gpu, "--backend": args.backend,
                  "--tp": args.tp}
-    if any(v is not None for v in gpu_flags.values()):
+    if any(gpu_flags[f] is not None for f in ("--model", "--gpu", "--tp")):
         missing = [f for f, v in gpu_flags.items() if v is None]
         if missing:
             raise InputError(f"--model, --gpu, --backend and --tp go together; missing "
