@@ -32,7 +32,7 @@ from .engine import BACKENDS, DEFAULT_BLOCK_SIZE, SGLANG_KNOBS, EngineConfig
 from .errors import InputError
 from .router import ROUTER_MODES, KvRouterConfig
 from .simulator import ClusterConfig, Simulation
-from .timing import make_timing
+from .timing_spec import make_timing
 from .workloads import from_config
 
 DATA_DIR = Path(__file__).parent / "data"
