@@ -29,13 +29,17 @@ from __future__ import annotations
 
 import heapq
 
+import numpy as np
+
+from .kv_cache import _M64, _MASK62, _MIX_A, _MIX_B, NativeKvPool, _mix64
+
 
 class TokenSource:
     """The token sequence of one request: its prompt (from trace hash ids) then its own
     output tokens. ``page_key(p)`` identifies page p's content; ``first_diff(o, lo, hi)``
     is the first page in [lo, hi) where two sources differ (hi if none)."""
 
-    __slots__ = ("idx", "plen", "hids", "tbs", "P")
+    __slots__ = ("idx", "plen", "hids", "tbs", "P", "chain")
 
     def __init__(self, idx: int, plen: int, hids, tbs: int, page_size: int) -> None:
         self.idx = idx
@@ -43,6 +47,7 @@ class TokenSource:
         self.hids = hids          # tuple of trace hash ids, or None (prompt shares nothing)
         self.tbs = tbs
         self.P = page_size
+        self.chain = None         # chained hashes of the trace blocks (router keys, lazily)
 
     def page_key(self, p: int):
         P = self.P
@@ -56,6 +61,23 @@ class TokenSource:
                 return h[j]
             return tuple(h[t // tbs] for t in range(t0, t1 + 1))
         return (self.idx, p)      # holds an output (or private prompt) token: unique
+
+    def router_keys(self, lo: int, hi: int) -> list[int]:
+        """KV-router keys of the prompt pages among pages [lo, hi): the block pool's keys
+        (``sim.kv_cache.py_block_keys``, bit-identical to the native ``block_keys``) for
+        blocks of one page; pages holding output tokens have none."""
+        full = self.plen // self.P
+        if hi > full:
+            hi = full
+        if lo >= hi or self.hids is None:
+            return []
+        chain = self.chain
+        if chain is None:
+            chain = self.chain = _chain(self.hids, ((full * self.P) - 1) // self.tbs + 1)
+        b = np.arange(lo, hi, dtype=np.int64)
+        j = ((b + 1) * self.P - 1) // self.tbs
+        keys = chain[j] * np.uint64(_MIX_A) + b.astype(np.uint64)
+        return (keys & np.uint64(_MASK62)).tolist()
 
     def first_diff(self, o: "TokenSource", lo: int, hi: int) -> int:
         if o.idx == self.idx:
@@ -82,6 +104,16 @@ class TokenSource:
         if p < lo:
             return lo
         return p if p < hi else hi
+
+
+def _chain(hids, n: int) -> np.ndarray:
+    """Chained hashes of the first n trace blocks (as in ``sim.kv_cache.py_block_keys``)."""
+    out = np.empty(n, dtype=np.uint64)
+    c = 0
+    for i in range(n):
+        c = _mix64(c ^ (((hids[i] & _M64) * _MIX_A + _MIX_B) & _M64))
+        out[i] = c
+    return out
 
 
 class Node:
@@ -137,6 +169,9 @@ class RadixCache:
         self.heap: list = []          # (t, nid, ever, node) of evictable leaves (lazy)
         self.evictions = 0            # tokens evicted
         self.last_added = 0           # pages the latest insert added to the tree
+        # Prompt-page keys gained and lost this pass, for a KV router (None = no router):
+        # every physical copy counts, so a key stays visible while any copy is resident.
+        self.events: tuple[list, list] | None = None
 
     # -- accounting ---------------------------------------------------------
     @property
@@ -149,6 +184,38 @@ class RadixCache:
 
     def new_blocks(self) -> Lease:
         return Lease()
+
+    # -- events for a KV router (the interface of sim.kv_cache's pools) -------------------
+    def enable_events(self) -> None:
+        self.events = ([], [])
+
+    @property
+    def events_enabled(self) -> bool:
+        return self.events is not None
+
+    def has_events(self) -> bool:
+        return bool(self.events[0] or self.events[1])
+
+    def new_index(self):
+        """An empty router index: a multiset of keys (a key is present while counted)."""
+        return _KeyCounter()
+
+    def drain_events_into(self, index) -> None:
+        stored, removed = self.events
+        index.add_all(stored)          # gains first: a copy lost in the pass was counted
+        index.remove_all(removed)
+        stored.clear()
+        removed.clear()
+
+    def stored(self, src: TokenSource, lo: int, hi: int) -> None:
+        """Pages [lo, hi) of ``src`` became resident (allocated) copies."""
+        if self.events is not None and lo < hi:
+            self.events[0].extend(src.router_keys(lo, hi))
+
+    def removed(self, src: TokenSource, lo: int, hi: int) -> None:
+        """Copies of pages [lo, hi) of ``src`` were freed."""
+        if self.events is not None and lo < hi:
+            self.events[1].extend(src.router_keys(lo, hi))
 
     def _tick(self) -> int:
         self.clock += 1
@@ -338,6 +405,8 @@ class RadixCache:
             need = -(-(num_tokens - evicted) // P)
             if need < pages:
                 n.hi -= need      # keep the leaf's older prefix
+                if self.events is not None:
+                    self.removed(n.src, n.hi, n.hi + need)
                 self.free_pages += need
                 self.evictable_size -= need * P
                 evicted += need * P
@@ -346,6 +415,8 @@ class RadixCache:
             parent = n.parent
             del parent.children[n.src.page_key(n.lo)]
             n.ever = -1
+            if self.events is not None:
+                self.removed(n.src, n.lo, n.hi)
             self.free_pages += pages
             self.evictable_size -= pages * P
             evicted += pages * P
@@ -388,3 +459,23 @@ class RadixCache:
         assert 0 <= self.free_pages <= self.total_pages, "page pool over-committed"
         assert (self.free_pages * self.P + ev + pr + held_private_pages * self.P
                 == self.total_tokens), "KV tokens not conserved"
+
+
+if NativeKvPool is not None:
+    from ._kvpool import KeyCounter as _KeyCounter
+else:
+    from collections import Counter as _Counter
+
+    class _KeyCounter(_Counter):
+        """Pure-Python twin of the native ``KeyCounter`` (a key is present while counted)."""
+
+        def add_all(self, keys) -> None:
+            self.update(keys)
+
+        def remove_all(self, keys) -> None:
+            for k in keys:
+                c = self[k] - 1
+                if c:
+                    self[k] = c
+                else:
+                    del self[k]

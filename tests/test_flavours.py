@@ -143,6 +143,7 @@ def workloads(draw) -> list[Request]:
 def flavour_configs(draw) -> dict:
     backend = draw(st.sampled_from(["sglang", "trtllm"]))
     cfg = dict(backend=backend, workers=draw(st.integers(1, 3)),
+               router=draw(st.sampled_from(["round_robin", "kv", "least_loaded"])),
                timing=draw(st.sampled_from([PolynomialTiming(), FixedTiming(10.0, 5.0)])),
                max_num_seqs=draw(st.integers(1, 64)))
     if backend == "sglang":

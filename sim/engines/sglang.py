@@ -119,6 +119,7 @@ class SglangEngine(EngineBase):
         dup = aligned - lo - kv.last_added
         if dup:
             kv.free(dup)
+            kv.removed(lease.src, lo, lo + dup)      # the matched part comes first
         if node is not old:
             kv.inc_lock(node)
             kv.dec_lock(old)
@@ -130,6 +131,8 @@ class SglangEngine(EngineBase):
         kv = self.kv
         lease = s.blocks
         kv.free(lease.pages)
+        lo = lease.cached // self.bs
+        kv.removed(lease.src, lo, lo + lease.pages)
         kv.dec_lock(lease.node)
         lease.reset()
         s.computed = 0
@@ -154,6 +157,7 @@ class SglangEngine(EngineBase):
             dup = complete - lo - kv.last_added
             if dup:
                 kv.free(dup)
+                kv.removed(lease.src, lo, lo + dup)
         kv.dec_lock(old)
         lease.reset()
 
@@ -331,6 +335,7 @@ class SglangEngine(EngineBase):
         lease.node = node
         lease.cached = pages * P
         lease.pages = required
+        kv.stored(src, pages, pages + required)
         return pages * P
 
     def _extend_allocation(self, s: Seq, chunk_end: int) -> int:
@@ -345,7 +350,9 @@ class SglangEngine(EngineBase):
                 kv.evict(short * P)
             if not kv.allocate(new):
                 return -1
+            old = lease.covered(P)
             lease.pages += new
+            kv.stored(lease.src, old, old + new)
         return s.computed
 
     def _decode_memory(self, batch: list) -> tuple[list, bool]:
@@ -413,7 +420,9 @@ class SglangEngine(EngineBase):
         if k <= 1:
             return 0
         kv = self.kv
-        room = (kv.available_tokens + kv.evictable_size) // self.bs
+        # With a KV router each eviction must be published at its own pass end: then only
+        # free pages are absorbed.
+        room = (kv.available_tokens + (0 if kv.events is not None else kv.evictable_size)) // self.bs
         if self._pages_for(k) > room:
             lo, hi = 0, k - 1           # largest k' whose pages fit
             while lo < hi:
