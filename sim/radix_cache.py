@@ -157,6 +157,9 @@ class Lease:
 class RadixCache:
     """Radix tree + page pool of one SGLang worker (one DP rank)."""
 
+    #: the router index counts copies: removals drop one count (``sim.router``)
+    counted_index = True
+
     def __init__(self, total_tokens: int, page_size: int) -> None:
         self.P = page_size
         self.total_pages = total_tokens // page_size

@@ -74,6 +74,8 @@ class SglangEngine(EngineBase):
         self.ratio_step = (init - self.min_ratio) / NEW_TOKEN_RATIO_DECAY_STEPS
         self.new_token_ratio = init
         self.num_retractions = 0
+        self._stretch_free0 = 0           # stretch: free pages at its start
+        self._stretch_evicted = 0         # stretch: pages evicted for passes already ended
 
     # -- requests and leases ----------------------------------------------------------
     def _src(self, s: Seq) -> TokenSource:
@@ -420,9 +422,7 @@ class SglangEngine(EngineBase):
         if k <= 1:
             return 0
         kv = self.kv
-        # With a KV router each eviction must be published at its own pass end: then only
-        # free pages are absorbed.
-        room = (kv.available_tokens + (0 if kv.events is not None else kv.evictable_size)) // self.bs
+        room = (kv.available_tokens + kv.evictable_size) // self.bs
         if self._pages_for(k) > room:
             lo, hi = 0, k - 1           # largest k' whose pages fit
             while lo < hi:
@@ -442,6 +442,30 @@ class SglangEngine(EngineBase):
         for s in self.running:
             n += self._new_pages(s, k)
         return n
+
+    def _start_stretch_kv(self, k: int) -> None:
+        self._stretch_free0 = self.kv.free_pages
+        self._stretch_evicted = 0
+
+    def stretch_evictions_until(self, t: float) -> list[int]:
+        """Router keys removed by the evictions of the stretch's passes that ended by ``t``.
+
+        A pass evicts what its pages need beyond the free ones, oldest unlocked leaf first;
+        decode steps touch only locked paths, so evicting now what those passes evicted is
+        what pass-by-pass stepping does. The stretch end evicts the rest."""
+        kv = self.kv
+        if kv.events is None or self.stretch_ends is None:
+            return []
+        j = int(self.stretch_ends.searchsorted(t, "right"))
+        due = self._pages_for(j) - self._stretch_free0 if j else 0
+        if due <= self._stretch_evicted:
+            return []
+        kv.evict((due - self._stretch_evicted) * self.bs)
+        self._stretch_evicted = due
+        removed = kv.events[1]
+        out = removed[:]
+        removed.clear()
+        return out
 
     def _stretch_kv(self, k: int) -> None:
         """The KV of k decode passes: their pages (evicting as the passes would have), the
