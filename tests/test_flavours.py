@@ -240,3 +240,38 @@ def test_compiled_and_pure_python_identical_per_flavour(tmp_path) -> None:
     assert outs[0].pop("engine_file").endswith(suffixes)
     assert outs[1].pop("engine_file").endswith(".py")
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--schedule-policy", "lpm"], "--schedule-policy"),
+    (["--backend", "trtllm", "--chunked-prefill-size", "10"], "--chunked-prefill-size"),
+    (["--backend", "tgi"], "--backend"),
+    (["--backend", "sglang", "--block-size", "0"], "--block-size"),
+])
+def test_flavour_flags_bad_input_is_one_line_exit_2(args, flag, capsys) -> None:
+    from sim.cli import main
+    trace = str(REPO / "sim" / "data" / "conversation_trace.jsonl")
+    assert main(["simulate", "--trace", trace, "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err and "Traceback" not in err
+
+
+def test_yaml_backend_sets_the_block_size_default(tmp_path) -> None:
+    from sim.config import load_config
+    from sim.errors import InputError
+    p = tmp_path / "run.yaml"
+    p.write_text("workload: {kind: mooncake, path: bundled:mooncake_conversation}\n"
+                 "engine: {backend: sglang, schedule_policy: lpm}\n")
+    cfg = load_config(p)
+    assert (cfg.engine.block_size, cfg.engine.engine_config().schedule_policy) == (1, "lpm")
+    over = load_config(p).with_overrides({"engine.block_size": 16})
+    assert over.engine.block_size == 16 and over.engine.backend == "sglang"
+    with pytest.raises(InputError):                 # the YAML's lpm is not TRT-LLM's
+        load_config(p).with_overrides({"engine.backend": "trtllm"})
+    p.write_text("workload: {kind: mooncake, path: bundled:mooncake_conversation}\n")
+    assert load_config(p).with_overrides({"engine.backend": "trtllm"}).engine.block_size == 32
+    p.write_text("workload: {kind: mooncake, path: bundled:mooncake_conversation}\n"
+                 "engine: {backend: vllm, max_prefill_tokens: 4096}\n")
+    with pytest.raises(InputError) as info:
+        load_config(p)
+    assert info.value.field == "engine.max_prefill_tokens" and info.value.line == 2
