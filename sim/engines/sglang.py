@@ -95,10 +95,12 @@ class SglangEngine(EngineBase):
         """Why a fresh request can never complete here (0 if it can)."""
         cfg = self.cfg
         total = self.capacity_tokens
-        if self._page_ceil(s.prompt_len) + min(s.max_out, cfg.clip_max_new_tokens) >= total:
+        prompt = self._page_ceil(s.prompt_len)
+        if prompt >= total:
             return REASON_KV_CAPACITY
-        if self._page_ceil(s.prompt_len + s.max_out) > total:
-            return REASON_SEQ_KV_CAPACITY
+        if (prompt + min(s.max_out, cfg.clip_max_new_tokens) >= total
+                or self._page_ceil(s.prompt_len + s.max_out) > total):
+            return REASON_SEQ_KV_CAPACITY      # its last chunk or its decode never fits
         if cfg.max_model_len is not None and s.prompt_len >= cfg.max_model_len:
             return REASON_MAX_MODEL_LEN
         return 0
