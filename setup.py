@@ -2,7 +2,7 @@
 
 * ``sim/_kvpool.c``: the KV block pool and decode-stretch timing in C.
 * The simulator's hot modules compiled with Cython from their plain-Python sources
-  (``sim/engine.pxd`` types the engine's sequence state). The ``.py`` files stay the
+  (``sim/engines/*.pxd`` type the engines' sequence state). The ``.py`` files stay the
   reference and run as they are when nothing is compiled; ``tests/test_compiled.py``
   checks that both give byte-identical results.
 
@@ -18,12 +18,17 @@ from setuptools import Extension, setup
 
 C_FLAGS = ["-O2", "-ffp-contract=off"]
 
-# Modules compiled with Cython: (module, extra directives). The engine gets C-typed locals
+# Modules compiled with Cython: (module, extra directives). The engine cores get C-typed locals
 # (infer_types) and its annotations typed (``s: Seq``), the event loop C-typed locals; the
 # rest keep Python semantics exactly (annotations ignored) and only lose the interpreter's
 # dispatch overhead. Not timing.py: its rounding relies on Python's round().
 COMPILED = [
-    ("sim.engine", {"infer_types": True, "annotation_typing": True}),
+    ("sim.engine", {}),
+    ("sim.engines.base", {"infer_types": True, "annotation_typing": True}),
+    ("sim.engines.vllm", {"infer_types": True, "annotation_typing": True}),
+    ("sim.engines.trtllm", {}),
+    ("sim.engines.sglang", {}),
+    ("sim.radix_cache", {}),
     ("sim.simulator", {"infer_types": True}),
     ("sim.kv_cache", {}),
     ("sim.metrics", {}),

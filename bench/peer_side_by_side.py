@@ -6,6 +6,7 @@ gives medians and the ratio ours/Dynamo (these machines are noisy: ratios, not s
 are the figure of merit). Peak RSS is each process's own maximum resident set.
 
     python bench/peer_side_by_side.py [--repeats 3] [--configs a,b,c] [--out bench/results]
+    python bench/peer_side_by_side.py --configs sa,tc,sb --name flavours_side_by_side
 
 Needs Dynamo's replay (``make peer`` installs ai-dynamo 1.6.1 into .peer-venv).
 """
@@ -32,6 +33,13 @@ CONFIGS = {
           "router": "round_robin", "block": 64, "blocks": 4096, "tol": 0.02},
     "c": {"label": "(c) 4 kv, block 64, 4096 blocks", "workers": 4, "router": "kv",
           "block": 64, "blocks": 4096, "tol": 0.05},
+    # Engine flavours (issue 14): --configs sa,sb,tc
+    "sa": {"label": "SGLang (a) 4 round_robin, 262144 tokens", "backend": "sglang",
+           "workers": 4, "router": "round_robin", "block": None, "blocks": 262144, "tol": 0.02},
+    "sb": {"label": "SGLang (b) 4 kv, 262144 tokens", "backend": "sglang", "workers": 4,
+           "router": "kv", "block": None, "blocks": 262144, "tol": 0.03},
+    "tc": {"label": "TRT-LLM (c) 4 round_robin, block 32, 8192 blocks", "backend": "trtllm",
+           "workers": 4, "router": "round_robin", "block": 32, "blocks": 8192, "tol": 0.02},
 }
 METRICS = [("ttft", "TTFT"), ("itl", "ITL"), ("e2e_latency", "E2E")]
 STATS = [("mean", "mean"), ("median", "p50"), ("p90", "p90"), ("p99", "p99")]
@@ -51,7 +59,9 @@ def peer_python() -> Path | None:
 def run_ours(cfg: dict) -> dict:
     cmd = [sys.executable, str(ROOT / "bench/run_ours.py"), str(TRACE),
            "--num-workers", str(cfg["workers"]), "--router-mode", cfg["router"],
-           "--block-size", str(cfg["block"])]
+           "--backend", cfg.get("backend", "vllm")]
+    if cfg["block"]:
+        cmd += ["--block-size", str(cfg["block"])]
     if cfg["blocks"]:
         cmd += ["--num-gpu-blocks", str(cfg["blocks"])]
     t0 = time.perf_counter()
@@ -65,7 +75,9 @@ def run_peer(py: Path, cfg: dict) -> dict:
     router = "kv_router" if cfg["router"] == "kv" else cfg["router"]
     cmd = ["/usr/bin/time", "-f", "%M", str(py), str(SHARED / "peer/dynosim_peer.py"), "trace",
            str(TRACE), "--num-workers", str(cfg["workers"]), "--router-mode", router,
-           "--block-size", str(cfg["block"]), "--indent", "0"]
+           "--backend", cfg.get("backend", "vllm"), "--indent", "0"]
+    if cfg["block"]:
+        cmd += ["--block-size", str(cfg["block"])]
     if cfg["blocks"]:
         cmd += ["--num-gpu-blocks", str(cfg["blocks"])]
     env = dict(os.environ, DYN_LOG="warn")
@@ -83,6 +95,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--configs", default="a,b,c")
     ap.add_argument("--out", default=str(ROOT / "bench/results"))
+    ap.add_argument("--name", default="peer_side_by_side",
+                    help="report file stem (e.g. flavours_side_by_side for sa,sb,tc)")
     a = ap.parse_args()
     py = peer_python()
     if py is None:
@@ -104,8 +118,8 @@ def main() -> int:
     print(report)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "peer_side_by_side.md").write_text(report + "\n")
-    (out / "peer_side_by_side.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / f"{a.name}.md").write_text(report + "\n")
+    (out / f"{a.name}.json").write_text(json.dumps(results, indent=1, default=str))
     return 0
 
 

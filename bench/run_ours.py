@@ -16,7 +16,8 @@ def main() -> int:
     ap.add_argument("trace")
     ap.add_argument("--num-workers", type=int, required=True)
     ap.add_argument("--router-mode", default="round_robin")
-    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--backend", default="vllm", choices=("vllm", "sglang", "trtllm"))
+    ap.add_argument("--block-size", type=int, default=None, help="default: the backend's")
     ap.add_argument("--num-gpu-blocks", type=int, default=16384)
     ap.add_argument("--arrival-speedup-ratio", type=float, default=1.0)
     ap.add_argument("--exact-steps", action="store_true")
@@ -28,7 +29,7 @@ def main() -> int:
     from sim.workloads import load_mooncake
     t0 = time.perf_counter()
     wl = load_mooncake(a.trace, arrival_speedup_ratio=a.arrival_speedup_ratio)
-    sim = Simulation(wl, engine=EngineConfig(block_size=a.block_size,
+    sim = Simulation(wl, engine=EngineConfig(backend=a.backend, block_size=a.block_size,
                                              num_gpu_blocks=a.num_gpu_blocks),
                      timing=PolynomialTiming(), cluster=ClusterConfig(num_workers=a.num_workers),
                      router=a.router_mode, seed=0, exact=a.exact_steps)

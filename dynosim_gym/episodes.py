@@ -20,7 +20,7 @@ from sim.engine import EngineConfig
 from sim.errors import InputError
 from sim.simulator import ClusterConfig, Simulation
 from sim.router import KvRouterConfig
-from sim.timing import make_timing
+from sim.timing_spec import make_timing
 from sim.workloads import TraceWindow, from_config
 from sim.workloads.window import trace_duration_s
 

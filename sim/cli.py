@@ -41,9 +41,11 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                       "routing policy (kv_router = kv); default round_robin"),
     "--router-temperature": ("router.temperature", float, "T",
                              "kv router softmax temperature (default 0 = argmin)"),
-    "--block-size": ("engine.block_size", int, "N", "tokens per KV block (default 64)"),
+    "--block-size": ("engine.block_size", int, "N",
+                     "tokens per KV block; SGLang: page (default 64 / 1 / 32 for "
+                     "vllm / sglang / trtllm)"),
     "--num-gpu-blocks": ("engine.num_gpu_blocks", int, "N",
-                         "KV blocks per worker (default 16384)"),
+                         "KV blocks per worker (default 16384; SGLang: pages = tokens)"),
     "--max-num-seqs": ("engine.max_num_seqs", int, "N", "running sequences per worker (default 256)"),
     "--max-num-batched-tokens": ("engine.max_num_batched_tokens", int, "N",
                                  "token budget per forward pass (default 8192)"),
@@ -66,6 +68,21 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                      "(planner default 50)"),
     "--sla-e2e-ms": ("sla.e2e_ms", float, "MS",
                      "SLA: end-to-end latency limit, for goodput (default: none)"),
+    # Engine flavour (scheduler core; with --model/--gpu/--tp also the GPU table) and the
+    # SGLang core's knobs, by Dynamo's names (sim/engines/sglang.py).
+    "--backend": ("engine.backend", str, "{vllm,sglang,trtllm}",
+                  "scheduler core; with --model/--gpu/--tp also the GPU table (default vllm)"),
+    "--schedule-policy": ("engine.schedule_policy", str, "{fifo,lpm}",
+                          "SGLang only: schedule policy (default fifo)"),
+    "--max-prefill-tokens": ("engine.max_prefill_tokens", int, "N",
+                             "SGLang only: prefill token budget per pass (default 16384)"),
+    "--chunked-prefill-size": ("engine.chunked_prefill_size", int, "N",
+                               "SGLang only: chunk size of a long prompt (default 8192)"),
+    "--clip-max-new-tokens": ("engine.clip_max_new_tokens", int, "N",
+                              "SGLang only: output tokens counted per request in admission "
+                              "(default 4096)"),
+    "--schedule-conservativeness": ("engine.schedule_conservativeness", float, "X",
+                                    "SGLang only: scales the new-token ratio (default 1.0)"),
 }
 #: Old spellings kept for one release (0.1.x), with a note on stderr; remove in 0.2.
 DEPRECATED_FLAGS = {"--ttft-sla-ms": "--sla-ttft-ms", "--itl-sla-ms": "--sla-itl-ms"}
@@ -160,7 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", metavar="MODEL",
                    help="e.g. Qwen/Qwen3-32B (default: none, the --timing model)")
     g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm (default: none)")
-    g.add_argument("--backend", metavar="BACKEND", help="vllm | sglang (default: none)")
     g.add_argument("--tp", type=_ranged("--tp"), metavar="N",
                    help="tensor parallel size (default: none)")
     pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
@@ -379,9 +395,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             raise InputError("applies to trace workloads only", file=CMDLINE,
                              field="workload.arrival_speedup_ratio")
         over["workload.arrival_speedup_ratio"] = args.arrival_speedup_ratio
+    # --backend alone selects the scheduler core; with --model/--gpu/--tp also the table.
     gpu_flags = {"--model": args.model, "--gpu": args.gpu, "--backend": args.backend,
                  "--tp": args.tp}
-    if any(v is not None for v in gpu_flags.values()):
+    if any(gpu_flags[f] is not None for f in ("--model", "--gpu", "--tp")):
         missing = [f for f, v in gpu_flags.items() if v is None]
         if missing:
             raise InputError(f"--model, --gpu, --backend and --tp go together; missing "

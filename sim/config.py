@@ -29,13 +29,13 @@ from typing import Any, Callable, Iterator, Mapping, Union, get_args, get_origin
 import numpy as np
 import yaml
 
-from .engine import EngineConfig
+from .engine import BACKENDS, DEFAULT_BLOCK_SIZE, SGLANG_KNOBS, EngineConfig
 from .errors import InputError
 from .router import ROUTER_MODES, KvRouterConfig
 from .schema import (BLOCK_SIZE, GPUS, NUM_GPU_BLOCKS, PLANNER_FIELDS, RATIO, SEED, SEQS,
                      TIME_MS_POS, TIME_S, TIME_S_POS, TOKENS, WEIGHT, WORKERS)
 from .simulator import ClusterConfig, Simulation
-from .timing import make_timing
+from .timing_spec import make_timing
 from .workloads import from_config
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -67,14 +67,28 @@ class ClusterSection:
 
 @dataclass
 class EngineSection:
-    block_size: int = _opt(64, range=BLOCK_SIZE)  # tokens per KV block (vLLM: 64)
-    num_gpu_blocks: int = _opt(16384, range=NUM_GPU_BLOCKS)  # KV blocks per worker
+    backend: str = _opt("vllm", choices=BACKENDS)   # scheduler core: vllm | sglang | trtllm
+    # tokens per KV block (SGLang: page); not given = the backend's (vllm 64, sglang 1, trtllm 32)
+    block_size: int = _opt(64, range=BLOCK_SIZE)
+    num_gpu_blocks: int = _opt(16384, range=NUM_GPU_BLOCKS)  # KV blocks per worker (SGLang: tokens)
     max_num_seqs: int = _opt(256, range=SEQS)  # running sequences per worker
     max_num_batched_tokens: int = _opt(8192, range=TOKENS)  # token budget of one forward pass
     max_model_len: int | None = _opt(None, range=TOKENS)  # reject prompts this long; null = none
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     preemption_mode: str = _opt("lifo", choices=("lifo", "fifo"))   # victim: newest | oldest
+    # SGLang core only (Dynamo's names and defaults); an error with another backend
+    schedule_policy: str = _opt("fifo", choices=("fifo", "fcfs", "lpm"))   # fcfs = fifo
+    max_prefill_tokens: int = _opt(16384, range=TOKENS)      # prompt tokens admitted per pass
+    chunked_prefill_size: int = _opt(8192, range=TOKENS)     # prompt tokens per prefill chunk
+    clip_max_new_tokens: int = _opt(4096, range=TOKENS)      # cap of a request's output reserve
+    schedule_conservativeness: float = _opt(1.0, range=RATIO)   # scales the new-token ratio
+
+    def engine_config(self) -> EngineConfig:
+        d = asdict(self)
+        if d["schedule_policy"] == "fcfs":
+            d["schedule_policy"] = "fifo"
+        return EngineConfig(**d)
 
 
 @dataclass
@@ -141,6 +155,9 @@ class RunConfig:
         for name in SECTIONS:
             out[name] = asdict(getattr(self, name))
         out["planner"] = copy.deepcopy(self.planner)
+        if self.engine.backend != "sglang":
+            for knob in SGLANG_KNOBS:          # not this core's: giving them is an error
+                del out["engine"][knob]
         return out
 
     def resolved(self) -> RunConfig:
@@ -185,7 +202,7 @@ class RunConfig:
         where.update({k: (source, None) for k in _leaves(nested)})
         return parse_config(merged, source=self.source, where=where,
                             base_dir=base_dir if base_dir is not None else Path.cwd(),
-                            default_where=(source, None))
+                            default_where=(source, None), mark_given=False)
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -226,8 +243,9 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[str, Where]]:
 
 def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where] | None = None,
                  base_dir: str | Path | None = None,
-                 default_where: Where | None = None) -> RunConfig:
-    """Validate a plain nested dict (e.g. parsed YAML) into a :class:`RunConfig`."""
+                 default_where: Where | None = None, mark_given: bool = True) -> RunConfig:
+    """Validate a plain nested dict (e.g. parsed YAML) into a :class:`RunConfig`.
+    ``mark_given=False``: ``where`` already lists the fields the user gave."""
     where = dict(where or {})
     v = _Validator(source, where, default_where or (source, None))
     if not isinstance(data, Mapping):
@@ -238,6 +256,17 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
     cfg = RunConfig(source=source, where=where)
     for name, cls in SECTIONS.items():
         setattr(cfg, name, v.section(data.get(name), cls, name))
+    # Flavour rules need to know which engine fields were given (YAML keys, overrides).
+    if mark_given and isinstance(data.get("engine"), Mapping):
+        for key in data["engine"]:
+            where.setdefault(f"engine.{key}", v.default)
+    eng = cfg.engine
+    for knob in SGLANG_KNOBS:
+        if eng.backend != "sglang" and f"engine.{knob}" in where:
+            raise v.error(f"applies to engine.backend sglang only (backend is {eng.backend})",
+                          f"engine.{knob}")
+    if "engine.block_size" not in where:
+        eng.block_size = DEFAULT_BLOCK_SIZE[eng.backend]
     cfg.timing.model = _check_timing(cfg.timing.model, base, v)
     cfg.workload = _check_workload(data.get("workload"), base, v)
     cfg.planner = _check_planner(data.get("planner"), v)
@@ -547,7 +576,7 @@ def build_simulation(cfg: RunConfig, progress: Callable[[float], None] | None = 
     max_s = cfg.run.max_sim_time_s
     return Simulation(
         workload,
-        engine=EngineConfig(**asdict(cfg.engine)),
+        engine=cfg.engine.engine_config(),
         timing=timing,
         cluster=ClusterConfig(**asdict(cfg.cluster)),
         router=cfg.router.mode,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Engine, Seq
+from .engine import EngineBase as Engine, Seq
 from .kv_cache import NativeKvPool, block_keys, private_key
 from .request import Request
 
@@ -130,7 +130,10 @@ class KvRouter(Router):
         w.kv.drain_events_into(self._index(w))
 
     def publish_removed(self, w: Engine, keys: list[int]) -> None:
-        self._index(w).difference_update(keys)
+        if getattr(w.kv, "counted_index", False):
+            self._index(w).remove_all(keys)          # one copy each (SGLang radix cache)
+        else:
+            self._index(w).difference_update(keys)
 
     def take_keys(self) -> list[int] | None:
         keys, self._keys_out = self._keys_out, None

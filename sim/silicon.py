@@ -20,10 +20,11 @@ Metrics compared (means over requests):
 
 Version mismatch: the silicon rows were measured with older engines (vLLM 0.12.0, SGLang
 0.5.1.post1 / 0.5.8.post1) than the perf data behind our tables (AIC's current vLLM 0.24.0,
-SGLang 0.5.14), so part of any error is engine drift, not simulator error. Also, every
-backend is replayed with the vLLM-style scheduler of ``sim.engine`` (SGLang's own policy,
-chunk size and admission rules are not modelled), and rows with fp8/fp4 weights are left out
-because the tables are bf16.
+SGLang 0.5.14), so part of any error is engine drift, not simulator error. Each backend is
+replayed with its own scheduler core (``sim.engines``): vLLM rows as above, SGLang rows with
+the SGLang core at Dynamo's SGLang defaults (one-token pages over the table's pool, chunked
+prefill 8192, max prefill tokens 16384). Rows with fp8/fp4 weights are left out because the
+tables are bf16.
 """
 from __future__ import annotations
 
@@ -118,10 +119,18 @@ def replay_row(row: dict, *, seed: int = 0, requests_per_concurrency: int | None
     n = c * (requests_per_concurrency or REPLAY["requests_per_concurrency"])
     wl = synthetic(np.random.default_rng(seed), arrival=closed_loop(c), isl=fixed(isl),
                    osl=fixed(osl), num_requests=n)
-    engine = EngineConfig(block_size=REPLAY["block_size"], num_gpu_blocks=table.num_gpu_blocks,
-                          max_num_batched_tokens=(max_num_batched_tokens
-                                                  or REPLAY["max_num_batched_tokens"]),
-                          max_num_seqs=REPLAY["max_num_seqs"])
+    if row["backend"] == "sglang":
+        # SGLang's own scheduler core at Dynamo's SGLang defaults: one-token pages (the
+        # table's pool, in tokens), chunked prefill 8192, max prefill tokens 16384.
+        engine = EngineConfig(backend="sglang", block_size=1,
+                              num_gpu_blocks=table.num_gpu_blocks * table.block_size,
+                              max_num_seqs=REPLAY["max_num_seqs"])
+    else:
+        engine = EngineConfig(block_size=REPLAY["block_size"],
+                              num_gpu_blocks=table.num_gpu_blocks,
+                              max_num_batched_tokens=(max_num_batched_tokens
+                                                      or REPLAY["max_num_batched_tokens"]),
+                              max_num_seqs=REPLAY["max_num_seqs"])
     sim = Simulation(wl, engine=engine, timing=table if timing is None else timing, seed=seed,
                      cluster=ClusterConfig(num_workers=1, gpus_per_worker=table.gpus_per_worker))
     s = sim.run().summary
@@ -225,8 +234,9 @@ def format_markdown(table: list[dict], *, dynamo_subset: dict | None = None) -> 
         lines.append(f"Ours on the same {s['n']} rows: TTFT {s['mape_ttft']:.1f}%, TPOT "
                      f"{s['mape_tpot']:.1f}%, TPS/GPU {s['mape_tps_gpu']:.1f}%.")
     lines.append("Silicon rows were measured with older engines than the tables' perf data "
-                 "(silicon vs table version above); every backend is replayed with the "
-                 "vLLM-style scheduler; TPS/GPU = c*OSL/(TTFT+(OSL-1)*TPOT)/TP on both sides.")
+                 "(silicon vs table version above); each backend is replayed with its own "
+                 "scheduler core (vLLM, SGLang); TPS/GPU = c*OSL/(TTFT+(OSL-1)*TPOT)/TP on "
+                 "both sides.")
     return "\n".join(lines)
 
 

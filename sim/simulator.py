@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .engine import Engine, EngineConfig
+from .engine import EngineBase as Engine, EngineConfig, make_engine
 from .metrics import STATUS_REJECTED, MetricsCollector
 from .request import Request
 from .router import KvRouterConfig, Router, make_router
@@ -133,7 +133,7 @@ class Simulation:
     # -- cluster -----------------------------------------------------------------------
     def _new_worker(self, state: str) -> Worker:
         wid = len(self.workers)
-        eng = Engine(wid, self.engine_cfg, self.timing, self.metrics, exact=self.exact,
+        eng = make_engine(wid, self.engine_cfg, self.timing, self.metrics, exact=self.exact,
                      defer_gaps=self.max_sim_time_ms is not None, token_gaps=self.token_gaps)
         eng.on_first_token = self.router.on_first_token
         eng.on_finished = self._on_finished
@@ -413,13 +413,7 @@ class Simulation:
         assert t >= self._last_t, "clock went backwards"
         self._last_t = t
         for w in self.workers:
-            eng = w.engine
-            eng.kv.check()
-            for s in eng.running:
-                assert s.computed <= s.prompt_len + s.generated, "computed past the sequence"
-                assert len(s.blocks) == (s.computed + eng.bs - 1) // eng.bs, "blocks != computed"
-            for s in eng.waiting:
-                assert not s.blocks, "waiting sequence holds blocks"
+            w.engine.check_invariants()
 
     # -- results ---------------------------------------------------------------------------
     def finish(self) -> RunResult:

@@ -18,7 +18,7 @@ from dynosim_gym.routing_env import DynoSimRoutingEnv, feature_names
 from sim.engine import EngineConfig
 from sim.errors import InputError
 from sim.simulator import ClusterConfig, Simulation
-from sim.timing import make_timing
+from sim.timing_spec import make_timing
 from sim.workloads import from_config
 
 ENV_ID = "dynosim_gym:DynoSimRouting-v0"

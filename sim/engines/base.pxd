@@ -1,8 +1,9 @@
-# Cython declarations for sim/engine.py (used only when setup.py compiles it; plain Python
-# ignores this file). Typed sequence and engine state turn the engine's loops and attribute
-# look-ups into C field accesses; Python code elsewhere sees the same attributes. Compiled,
-# Engine is an extension type: its attributes are the ones declared here, and its methods
-# cannot be patched on the class (tests count stretches with num_stretches instead).
+# Cython declarations for sim/engines/base.py (used only when setup.py compiles it; plain
+# Python ignores this file). Typed sequence and engine state turn the engine's loops and
+# attribute look-ups into C field accesses; Python code elsewhere sees the same attributes.
+# Compiled, EngineBase is an extension type: its attributes are the ones declared here (a
+# flavour declares its own in its .pxd, or is a Python subclass with an instance dict), and
+# its methods cannot be patched on the class (tests count stretches with num_stretches).
 
 cdef class Seq:
     cdef public object req
@@ -21,15 +22,7 @@ cdef class Seq:
     cdef public bint admitted
     cdef public object gaps
 
-cdef class _PassState:
-    cdef public long budget
-    cdef public dict scheduled
-    cdef public long n_prefill
-    cdef public long isl_sum
-    cdef public long prefix_sum
-    cdef public bint preempted
-
-cdef class Engine:
+cdef class EngineBase:
     cdef public object id
     cdef public bint defer_gaps
     cdef public bint token_gaps
@@ -38,9 +31,9 @@ cdef class Engine:
     cdef public object metrics
     cdef public bint exact
     cdef public long bs
+    cdef public long capacity_tokens
     cdef public object _native_ends
     cdef public object kv
-    cdef public long capacity_tokens
     cdef public object waiting
     cdef public list running
     cdef public bint busy
@@ -48,10 +41,9 @@ cdef class Engine:
     cdef public double pass_end
     cdef public object stretch_ends
     cdef public list _ready
-    cdef public list _phases
-    cdef public object _evict_cum
-    cdef public long _evict_published
     cdef public list _rejected
+    cdef public bint _did_work
+    cdef public long _stretch_ctx0
     cdef public long num_passes
     cdef public long num_preemptions
     cdef public long num_stretches
@@ -64,5 +56,3 @@ cdef class Engine:
     cdef public object tot
     cdef public object on_first_token
     cdef public object on_finished
-    cdef public bint _did_work
-    cdef public long _stretch_ctx0

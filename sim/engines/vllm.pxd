@@ -1,0 +1,16 @@
+# Cython declarations for sim/engines/vllm.py (see sim/engines/base.pxd).
+
+from sim.engines.base cimport EngineBase, Seq
+
+cdef class _PassState:
+    cdef public long budget
+    cdef public dict scheduled
+    cdef public long n_prefill
+    cdef public long isl_sum
+    cdef public long prefix_sum
+    cdef public bint preempted
+
+cdef class VllmEngine(EngineBase):
+    cdef public list _phases
+    cdef public object _evict_cum
+    cdef public long _evict_published

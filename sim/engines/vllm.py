@@ -1,0 +1,419 @@
+"""vLLM flavour: Dynamo's mocker vLLM scheduler over the block pool (``sim.kv_cache``).
+
+The rules reproduce Dynamo's mocker vLLM core (aisimulate-core 0.13.0, inside
+ai-dynamo-runtime 1.6.1), checked request by request against that binary
+(``docs/dynamo_engine_semantics.md``):
+
+* a *pass* spends ``max_num_batched_tokens`` on running sequences first, in order (a
+  decode costs one token; a prompt takes what is left, in chunks), then - unless something
+  was preempted in this pass - admits waiting sequences head first while ``max_num_seqs``
+  and the free blocks allow. A fresh request that can never fit the pool is rejected
+  without blocking the queue; a head that does not fit now blocks the queue;
+* blocks are allocated when tokens are scheduled (lazily for decode). When none are free
+  the newest running sequence is preempted (recompute): it keeps its output, frees its
+  blocks and goes to the front of ``waiting``;
+* blocks that fill are registered in the prefix cache at once, so a sequence admitted later
+  in the same pass can hit them;
+* a sequence that has computed its whole known sequence emits one token; every token of a
+  pass is stamped at ``start + prefill_ms + decode_ms``. Prefill is charged on the prompt
+  tokens computed in the pass; decode on the context of the sequences that already had a
+  token.
+
+The admission test and the preemption rule are the two seams TRT-LLM's flavour
+(``sim.engines.trtllm``) overrides. Decode-only stretches (nothing to admit, no prefill,
+no block allocation, no completion before the last pass) are advanced in bulk:
+``plan_stretch``/``start_stretch``. Passing ``exact=True`` steps pass by pass; that is the
+reference the bulk path is tested against.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kv_cache as _kv
+from ..kv_cache import block_keys, private_key
+from ..metrics import MetricsCollector
+from ..timing import TimingModel
+from .base import (REASON_BATCH_BUDGET, REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN,
+                   REASON_SEQ_KV_CAPACITY, EngineBase, Seq)
+
+_BLOCKED, _SELF = -1, -2
+
+
+class VllmEngine(EngineBase):
+    """One aggregated vLLM worker (one DP rank)."""
+
+    def __init__(self, worker_id: int, cfg, timing: TimingModel,
+                 metrics: MetricsCollector, *, exact: bool = False,
+                 defer_gaps: bool = False, token_gaps: bool = True) -> None:
+        super().__init__(worker_id, cfg, timing, metrics, exact=exact, defer_gaps=defer_gaps,
+                         token_gaps=token_gaps)
+        self.kv = _kv.KvCache(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self._phases: list[int] = []                   # stretch: passes until each needs a block
+        self._evict_cum: np.ndarray | None = None      # stretch: evictions done by each pass
+        self._evict_published = 0
+
+    # -- blocks ----------------------------------------------------------------
+    def _prompt_keys(self, s: Seq) -> list[int]:
+        keys = s.keys
+        if keys is None:
+            r = s.req
+            keys = s.keys = (block_keys(r.hash_ids, r.trace_block_size, self.bs,
+                                        s.prompt_len // self.bs)
+                             if r.hash_ids is not None else [])
+        return keys
+
+    def _key(self, s: Seq, b: int) -> int:
+        keys = s.keys
+        return keys[b] if b < len(keys) else private_key(s.req.index, b)
+
+    def _lookup(self, s: Seq) -> tuple[int, int]:
+        """(cached, active cached) tokens of the known sequence, after the recompute rule."""
+        bs = self.bs
+        known = s.prompt_len + s.generated
+        keys = self._prompt_keys(s)
+        full = known // bs
+        if full > len(keys):
+            keys = keys + [private_key(s.req.index, b) for b in range(len(keys), full)]
+        hit, hit_active = self.kv.match_prefix(keys)
+        cached = min(hit * bs, known)
+        active = min(hit_active * bs, known)
+        cap = (known - 1) // bs * bs      # vLLM computes at least one prompt token
+        if cached > cap:
+            cached = cap
+            active = min(active, cap)
+        return cached, active
+
+    def _allocate(self, s: Seq, upto: int, reusable_blocks: int) -> bool:
+        """Hold blocks for ``upto`` tokens; the first ``reusable_blocks`` are prefix hits."""
+        bs = self.bs
+        prev = len(s.blocks)
+        target = (upto + bs - 1) // bs
+        if target <= prev:
+            return True
+        n_hit = reusable_blocks - prev if reusable_blocks > prev else 0
+        fresh = target - prev - n_hit
+        if not n_hit:
+            hit_keys = []
+        elif s.keys is not None and prev + n_hit <= len(s.keys):
+            hit_keys = s.keys[prev:prev + n_hit]
+        else:
+            hit_keys = [self._key(s, b) for b in range(prev, prev + n_hit)]
+        return self.kv.reserve_into(s.blocks, hit_keys, fresh)
+
+    def _register(self, s: Seq, before: int, after: int) -> None:
+        """Blocks that became full while computing tokens [before, after) join the cache."""
+        if not self.cfg.enable_prefix_caching:
+            return
+        bs = self.bs
+        lo, hi = before // bs, after // bs
+        if lo < hi:
+            self.kv.register_range(s.blocks, lo, hi, s.keys, s.req.index)
+
+    def _release(self, s: Seq) -> None:
+        self.kv.release(s.blocks)
+        s.blocks.clear()
+
+    def _complete(self, s: Seq) -> None:
+        self._release(s)
+
+    # -- one pass ----------------------------------------------------------------
+    def start_pass(self, now: float) -> float:
+        """Schedule one pass starting at ``now``; returns its end time."""
+        s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
+        cfg = self.cfg
+        bs = self.bs
+        running = self.running
+        waiting = self.waiting
+        st = _PassState(cfg.max_num_batched_tokens)
+        scheduled = st.scheduled
+        i = 0
+        while i < len(running) and st.budget > 0:
+            s = running[i]
+            c = s.computed
+            if c % bs and c == s.prompt_len + s.generated - 1 and c >= s.prompt_len:
+                # Decode with room in its tail block: one token, no allocation.
+                s.computed = c + 1
+                if not (c + 1) % bs:
+                    self._register(s, c, c + 1)
+                scheduled[s] = (1, 0, s.prompt_len)
+                st.budget -= 1
+                i += 1
+                continue
+            o = self._schedule(s, False, 0, st, now)
+            if o == _BLOCKED:
+                break
+            if o != _SELF:
+                i += 1
+        rejected = self._rejected
+        while not st.preempted and len(running) < cfg.max_num_seqs and waiting:
+            s = waiting[0]
+            if not s.admitted:
+                reason = self._reject_reason(s)
+                if reason:
+                    waiting.popleft()
+                    rejected.append((s, reason))
+                    continue
+            cached, active_cached = self._lookup(s)
+            if not self._fits(s, active_cached):
+                break
+            o = self._schedule(s, True, cached, st, now)
+            if o < 0 or (o == 0 and st.budget == 0):
+                break
+        # Pass duration.
+        prefill_ms = 0.0
+        T = 0
+        if st.n_prefill:
+            n = st.n_prefill
+            T = n * (st.isl_sum // n - st.prefix_sum // n)
+            if T > 0:
+                prefill_ms = self.timing.prefill_ms(T, st.prefix_sum, n)
+        ready = []
+        n_decode = 0
+        ctx = 0
+        for s in running:
+            known = s.prompt_len + s.generated
+            # (output_length 0: ready once its prompt is computed, to end with no token)
+            if s.computed >= known and (s.generated < s.max_out or not s.max_out):
+                ready.append(s)
+                if s.generated:
+                    n_decode += 1
+                    ctx += known
+        decode_ms = (self.timing.decode_ms(n_decode, ctx, ctx, self.capacity_tokens)
+                     if n_decode else 0.0)
+        self._ready = ready
+        self.fpm_prefill_tokens = T
+        self.fpm_prefill_seqs = st.n_prefill
+        self.fpm_decode_seqs = n_decode
+        self.fpm_decode_kv_tokens = ctx
+        self.num_passes += 1
+        self.busy = True
+        self.pass_start = now
+        self.pass_end = now + (prefill_ms + decode_ms)
+        self._did_work = bool(st.scheduled) or bool(ready) or bool(rejected)
+        return self.pass_end
+
+    def _fits(self, s: Seq, active_cached: int) -> bool:
+        """Admission test of the waiting head: its whole known sequence, net of the prefix
+        blocks already active, fits the blocks no running sequence holds."""
+        bs = self.bs
+        needed = (s.prompt_len + s.generated + bs - 1) // bs - active_cached // bs
+        return needed <= self.cfg.num_gpu_blocks - self.kv.num_active
+
+    def _reject_reason(self, s: Seq) -> int:
+        """Why a fresh request can never run here (0 if it can)."""
+        cfg = self.cfg
+        if (s.prompt_len + s.generated + self.bs - 1) // self.bs > cfg.num_gpu_blocks:
+            return REASON_KV_CAPACITY
+        if (s.prompt_len + s.max_out - 1 + self.bs - 1) // self.bs > cfg.num_gpu_blocks:
+            # Its full sequence can never be resident: it would end up preempting itself
+            # for good (Dynamo aborts the replay there). Reject it before it runs.
+            return REASON_SEQ_KV_CAPACITY
+        if cfg.max_model_len is not None and s.prompt_len >= cfg.max_model_len:
+            return REASON_MAX_MODEL_LEN
+        if not cfg.enable_chunked_prefill and s.prompt_len > cfg.max_num_batched_tokens:
+            return REASON_BATCH_BUDGET       # unchunked, it can never be scheduled
+        return 0
+
+    def _schedule(self, s: Seq, from_wait: bool, cached: int, st: "_PassState", now: float) -> int:
+        """Schedule ``s`` in this pass; returns tokens scheduled, _BLOCKED or _SELF."""
+        bs = self.bs
+        before = s.computed + cached if from_wait else s.computed
+        plen = s.prompt_len
+        known = plen + s.generated
+        pb = before if before < plen else plen
+        rem = known - before
+        want = rem if rem <= st.budget else st.budget
+        if want == 0 and rem > 0:
+            return _BLOCKED
+        if not self.cfg.enable_chunked_prefill and before < plen and want < rem:
+            return _BLOCKED
+        after = before + want
+        reusable = cached // bs if from_wait else 0
+        while not self._allocate(s, after, reusable):
+            v = self._preempt()
+            if v is None:
+                return _BLOCKED
+            st.preempted = True
+            u = st.scheduled.pop(v, None)
+            if u is not None:
+                used, pt, vpb = u
+                st.budget += used
+                if pt > 0:
+                    st.n_prefill -= 1
+                    st.isl_sum -= vpb + pt
+                    st.prefix_sum -= vpb
+            if v is s:
+                return _SELF
+        s.computed = after
+        used = after - before
+        if used == 0 and after < known:
+            return _BLOCKED
+        self._register(s, before, after)
+        pt = (after if after < plen else plen) - pb
+        st.scheduled[s] = (used, pt, pb)
+        if pt > 0:
+            st.n_prefill += 1
+            st.isl_sum += pb + pt
+            st.prefix_sum += pb
+        if from_wait:
+            if self.waiting[0] is s:
+                self.waiting.popleft()
+            else:
+                self.waiting.remove(s)
+            self.running.append(s)
+            if cached > s.reused:
+                s.reused = cached     # Dynamo reports the largest hit over admissions
+            if not s.admitted:
+                s.admitted = True
+                s.first_admit = now
+        st.budget -= used
+        return used
+
+    def _preempt(self) -> Seq | None:
+        """Free blocks by preempting a running sequence (recompute mode); None if none can go."""
+        running = self.running
+        if not running:
+            return None
+        v = running.pop() if self.cfg.preemption_mode == "lifo" else running.pop(0)
+        v.computed = 0
+        v.preemptions += 1
+        self.num_preemptions += 1
+        self._release(v)
+        self.waiting.appendleft(v)
+        return v
+
+    # -- bulk advance -------------------------------------------------------------
+    def plan_stretch(self) -> int:
+        """Passes that can run as one decode-only stretch from now (0 if not possible).
+
+        Holds while every running sequence decodes, nobody completes before the last pass,
+        the waiting queue cannot change, and every block the stretch needs can be had
+        without preemption. Decode time depends on context tokens only, so the pass
+        durations do not depend on allocations; the blocks are taken when the stretch
+        ends. Evicting inactive blocks is deterministic (LRU head, which no stretch event
+        reorders), but with a KV router each eviction must become visible at its own pass
+        end, so then only allocations from free blocks are absorbed.
+        """
+        s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
+        running = self.running
+        if not running or len(running) > self.cfg.max_num_batched_tokens:
+            return 0
+        bs = self.bs
+        k = 1 << 62
+        phases = self._phases
+        phases.clear()
+        for s in running:
+            c = s.computed
+            if c != s.prompt_len + s.generated - 1 or c < s.prompt_len:
+                return 0
+            left = s.max_out - s.generated
+            if left < k:
+                k = left
+            phases.append(-c % bs)
+        if k <= 1:
+            return 0
+        if self.waiting and self._admission_possible():
+            return 0
+        kv = self.kv
+        avail = kv.free_blocks() + kv.inactive_count()
+        if _allocations(phases, k, bs) > avail:
+            lo, hi = 0, k - 1           # largest k' with allocations(k') <= avail
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if _allocations(phases, mid, bs) <= avail:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k = lo
+        return k if k > 1 else 0
+
+    def _admission_possible(self) -> bool:
+        if len(self.running) >= self.cfg.max_num_seqs:
+            return False
+        s = self.waiting[0]
+        if not s.admitted and self._reject_reason(s):
+            return True      # a rejection is a state change: leave it to a full pass
+        cached, active_cached = self._lookup(s)
+        return self._fits(s, active_cached)
+
+    def _start_stretch_kv(self, k: int) -> None:
+        self._evict_cum = None
+        kv = self.kv
+        if kv.events_enabled:
+            free0 = kv.free_blocks()
+            if _allocations(self._phases, k, self.bs) > free0:
+                # Evictions per pass, for publishing to the KV router at each pass end.
+                bs = self.bs
+                idx = np.concatenate([np.arange(a, k, bs) for a in self._phases if a < k])
+                cum = np.cumsum(np.bincount(idx, minlength=k))
+                self._evict_cum = np.maximum(cum - free0, 0)
+                self._evict_published = 0
+
+    def stretch_evictions_until(self, t: float) -> list[int]:
+        """Keys removed from the cache by the passes of the running stretch that ended by ``t``.
+
+        The stretch takes its blocks when it ends; the copies it evicts are the oldest
+        inactive ones, in order, so the first n evictions are known in advance."""
+        cum = self._evict_cum
+        if cum is None or self.stretch_ends is None:
+            return []
+        j = int(self.stretch_ends.searchsorted(t, "right"))
+        if j == 0:
+            return []
+        upto = int(cum[min(j, len(cum)) - 1])
+        start = self._evict_published
+        if upto <= start:
+            return []
+        self._evict_published = upto
+        return self.kv.evicted_keys_ahead(start, upto)
+
+    def _stretch_kv(self, k: int) -> None:
+        s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
+        running = self.running
+        bs = self.bs
+        new_blocks = [0 if k <= a else 1 + (k - 1 - a) // bs for a in self._phases]
+        total = sum(new_blocks)
+        if total:
+            if self.kv.reserve([], total) is None:      # plan_stretch guaranteed room
+                raise AssertionError("stretch allocation failed")
+            for s, n in zip(running, new_blocks, strict=True):
+                if n:
+                    s.blocks.add_private(n)
+        if self.cfg.enable_prefix_caching:
+            register = self.kv.register_range
+            for s in running:
+                before = s.computed
+                after = before + k
+                if before // bs < after // bs:
+                    register(s.blocks, before // bs, after // bs, s.keys, s.req.index)
+
+    def check_invariants(self) -> None:
+        s: Seq
+        self.kv.check()
+        for s in self.running:
+            assert s.computed <= s.prompt_len + s.generated, "computed past the sequence"
+            assert len(s.blocks) == (s.computed + self.bs - 1) // self.bs, "blocks != computed"
+        for s in self.waiting:
+            assert not s.blocks, "waiting sequence holds blocks"
+
+
+def _allocations(phases: list[int], k: int, bs: int) -> int:
+    """New blocks needed by k decode passes; a sequence whose next block is due in ``a``
+    passes needs one at passes a, a + bs, a + 2 bs, ..."""
+    n = 0
+    for a in phases:
+        if k > a:
+            n += 1 + (k - 1 - a) // bs
+    return n
+
+
+class _PassState:
+    __slots__ = ("budget", "scheduled", "n_prefill", "isl_sum", "prefix_sum", "preempted")
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.scheduled: dict[Seq, tuple[int, int, int]] = {}
+        self.n_prefill = 0
+        self.isl_sum = 0
+        self.prefix_sum = 0
+        self.preempted = False
