@@ -105,6 +105,12 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
                 device=device, **hp)
     callbacks = [CheckpointCallback(save_freq=max(1, checkpoint_every // n_envs),
                                     save_path=str(out / "checkpoints"), name_prefix=key)]
+    dual = None
+    if env_id == "DynoSim-v0" and env_cfg.env.reward.mode == "lagrangian":
+        from .lagrangian import LagrangeMultiplierCallback
+        rw = env_cfg.env.reward
+        dual = LagrangeMultiplierCallback(rw.sla_target, rw.multiplier_lr, rw.multiplier)
+        callbacks.append(dual)
     bar = _ProgressBar(total, quiet)
     if bar.enabled:
         callbacks.append(bar.callback())
@@ -120,6 +126,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
         bar.close()
     model.save(out / "model.zip")
     record["train_wall_s"] = round(time.perf_counter() - t0, 1)   # run record, not env info
+    if dual is not None:
+        record["lagrange_multiplier"] = {"final": dual.multiplier, "history": dual.history}
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     venv.close()
     return out
