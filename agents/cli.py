@@ -82,7 +82,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--leaderboard", metavar="DIR",
                    help="evaluate the heuristics and every model under DIR; write "
                    "DIR/leaderboard.{md,csv,json}, DIR/replicas_vs_load.png and DIR/sla_vs_gpu_hours.png")
-    e.add_argument("--env", default="DynoSim-v0",
+    e.add_argument("--env", default=None,
                    help="DynoSim-v0 | DynoSimRouting-v0 (default: the policy's own)")
     e.add_argument("--config", metavar="YAML",
                    help="env config (default: the model's training config, else the default)")
@@ -147,7 +147,7 @@ def _evaluate(args) -> int:
     if (args.policy is None) == (args.leaderboard is None):
         raise InputError("give exactly one of --policy and --leaderboard", field="--policy")
     if args.leaderboard is not None:
-        res = leaderboard(args.leaderboard, env_id=args.env, config=args.config,
+        res = leaderboard(args.leaderboard, env_id=args.env or "DynoSim-v0", config=args.config,
                           episodes=args.episodes, seed=args.seed, reference=args.reference,
                           quiet=args.quiet)
         if args.json:
@@ -164,8 +164,7 @@ def _evaluate(args) -> int:
                               seed=args.seed, split=args.split, overrides=dict(args.set),
                               trace=args.trace, window_s=args.window_s, windows=args.windows)
     else:
-        res = evaluate(args.policy, args.env if args.env != "DynoSim-v0" else None,
-                       config=args.config, episodes=args.episodes, seed=args.seed,
+        res = evaluate(args.policy, args.env, config=args.config, episodes=args.episodes, seed=args.seed,
                        split=args.split, overrides=dict(args.set), trace=args.trace,
                        window_s=args.window_s, windows=args.windows, quiet=args.quiet)
     doc = json.dumps(res.as_dict(), indent=1, default=str)

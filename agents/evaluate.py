@@ -70,6 +70,7 @@ class Evaluation:
     scaling_events: int
     reversals_per_hour: float
     requests_decided: int
+    requests_in_flight: int            # arrived, not decided at the episodes' cut-offs
     simulated_hours: float
     reward_config: dict[str, Any] = field(default_factory=dict)
     policy_interface: dict[str, Any] = field(default_factory=dict)
@@ -340,7 +341,9 @@ def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: 
         p90_ttft_ms=_pct(ttfts, 0.9), p90_itl_ms=_pct(tpots, 0.9),
         scaling_events=int(sum(e.get("scaling_events", 0) for e in eps)),
         reversals_per_hour=sum(e.get("reversals", 0) for e in eps) / hours if hours else 0.0,
-        requests_decided=decided, simulated_hours=hours, reward_config=reward_cfg,
+        requests_decided=decided,
+        requests_in_flight=int(sum(e.get("requests_in_flight", 0) for e in eps)),
+        simulated_hours=hours, reward_config=reward_cfg,
         policy_interface=interface, episodes_plan=plan, per_episode=eps,
         traces=[r["trace"] for r in results if r["trace"] is not None])
 

@@ -7,13 +7,13 @@ full knowledge of its future); they run on exactly the episodes ``dynosim evalua
 * ``oracle:static`` -- the best static count per episode in hindsight: every count N in
   ``[min_endpoint, max_workers]`` replays the episode with N workers from the start
   (``initial_workers = N``) and never changes; the oracle keeps the cheapest N whose
-  episode SLA attainment reaches ``reward.sla_target`` (if none does, the N with the
-  highest attainment, the cheaper on ties).
+  episode SLA attainment reaches ``reward.sla_target`` (if none does, the largest N),
+  found by bisection (attainment grows with N).
 * ``oracle:schedule`` -- an offline schedule over the known load, the upper bound: the
-  episode is cut into segments of ``segment_s`` (default 300 s). Segment by segment, in
+  episode is cut into segments of ``segment_s`` (default 120 s). Segment by segment, in
   order, it picks the smallest worker count whose segment attainment (requests decided
-  in that segment) reaches the target, replaying from the episode start with the counts
-  chosen so far. Scale-ups are issued ``startup_time_s`` ahead of their segment (so new
+  in that segment) reaches the target (the largest if none does; bisection), replaying
+  from the episode start with the counts chosen so far. Scale-ups are issued ``startup_time_s`` ahead of their segment (so new
   workers are serving when the segment starts, paid for while starting), scale-downs at
   the segment start. Greedy, not a global optimum: a lower bound on what hindsight can
   reach, reported as such.
@@ -62,52 +62,61 @@ def _episode_sla(res: dict) -> float:
     return s["requests_met"] / s["requests_decided"] if s["requests_decided"] else 1.0
 
 
+def smallest_meeting(lo: int, hi: int, target: float, sla_of) -> int:
+    """Smallest count in ``[lo, hi]`` whose attainment ``sla_of(n)`` reaches ``target``, by
+    bisection (attainment grows with the worker count); ``hi`` if none does."""
+    if sla_of(hi) < target:
+        return hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sla_of(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def best_static(make_env, opts: dict, seed: int, lo: int, hi: int, target: float) -> dict:
-    best = None
-    for n in range(lo, hi + 1):
-        env = make_env({"env.initial_workers": n})
-        res = run_episode(env, SchedulePolicy(env, [n]), opts, seed, keep_trace=True)
-        env.close()
-        res["workers"] = n
-        sla = _episode_sla(res)
-        if sla >= target:
-            return res
-        if best is None or sla > _episode_sla(best) + 1e-12:
-            best = res
-    return best
+    """The cheapest static count reaching ``target`` over the episode (module doc)."""
+    runs: dict[int, dict] = {}
+
+    def sla_of(n: int) -> float:
+        if n not in runs:
+            env = make_env({"env.initial_workers": n})
+            runs[n] = run_episode(env, SchedulePolicy(env, [n]), opts, seed, keep_trace=True)
+            env.close()
+        return _episode_sla(runs[n])
+
+    n = smallest_meeting(lo, hi, target, sla_of)
+    sla_of(n)
+    return dict(runs[n], workers=n)
 
 
 def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
                   segment_s: float, interval_s: float, steps: int) -> dict:
+    """The greedy hindsight schedule (module doc)."""
     seg = max(1, int(round(segment_s / interval_s)))
     n_seg = math.ceil(steps / seg)
     u = env.unwrapped
     counts: list[int] = []
-    for j in range(n_seg):
-        chosen, best_sla = hi, -1.0
-        for n in range(lo, hi + 1):
-            trial = counts + [n]
-            env.reset(seed=seed, options=opts)
-            lead = math.ceil(u.sim.cluster_cfg.startup_time_s / interval_s)
-            targets = _segment_targets(trial, seg, lead, min(steps, (j + 1) * seg))
-            met = dec = 0
-            pol = SchedulePolicy(env, targets)
-            obs = None
-            for t in range(len(targets)):
-                a, _ = pol.predict(obs)
-                obs, _, _, trunc, info = env.step(a)
-                if t >= j * seg:
-                    met += info["requests_met"]
-                    dec += info["requests_decided"]
-                if trunc:
-                    break
-            sla = met / dec if dec else 1.0
-            if sla >= target:
-                chosen = n
+
+    def segment_sla(j: int, n: int) -> float:
+        env.reset(seed=seed, options=opts)
+        lead = math.ceil(u.sim.cluster_cfg.startup_time_s / interval_s)
+        targets = _segment_targets(counts + [n], seg, lead, min(steps, (j + 1) * seg))
+        met = dec = 0
+        for t, want in enumerate(targets):
+            _, _, _, trunc, info = env.step(u.target_action(want))
+            if t >= j * seg:
+                met += info["requests_met"]
+                dec += info["requests_decided"]
+            if trunc:
                 break
-            if sla > best_sla + 1e-12:
-                chosen, best_sla = n, sla
-        counts.append(chosen)
+        return met / dec if dec else 1.0
+
+    for j in range(n_seg):
+        counts.append(smallest_meeting(lo, hi, target, lambda n: segment_sla(j, n)))
+    env.reset(seed=seed, options=opts)
     lead = math.ceil(u.sim.cluster_cfg.startup_time_s / interval_s)
     res = run_episode(env, SchedulePolicy(env, _segment_targets(counts, seg, lead, steps)),
                       opts, seed, keep_trace=True)
@@ -118,7 +127,7 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
 def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: int = 0,
                     split: str = "eval", overrides: dict[str, Any] | None = None,
                     trace: str | None = None, window_s: float | None = None,
-                    windows: int | None = None, segment_s: float = 300.0) -> Evaluation:
+                    windows: int | None = None, segment_s: float = 120.0) -> Evaluation:
     """Score ``oracle:static`` or ``oracle:schedule`` (module doc) on the same episodes as
     :func:`agents.evaluate.evaluate`."""
     if spec not in ORACLES:

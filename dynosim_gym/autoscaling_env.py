@@ -64,9 +64,9 @@ class DynoSimEnv(SimEnv):
     :mod:`dynosim_gym.scenarios` (diurnal swings, flash crowds, rate steps, ramps, and the
     bundled Mooncake and Azure traces under a diurnal or step envelope). Training episodes
     draw from ``env.scenarios``, held-out ones (``split="eval"``) from
-    ``env.eval_scenarios``. Every ``interval_s`` of simulated time (default 10 s) the agent
-    decides how many workers to provision. New workers spend a start-up time (drawn per
-    episode in 30-180 s) starting (paid for, not serving); removed workers first cancel
+    ``env.eval_scenarios``. Every ``interval_s`` of simulated time (default 5 s, Dynamo's
+    load-planner interval) the agent decides how many workers to provision. New workers
+    spend a start-up time (drawn per episode in 30-180 s) starting (paid for, not serving); removed workers first cancel
     starting ones, then drain (paid for until their last request finishes). The goal is
     Dynamo's planner's: meet the TTFT and ITL SLAs with as few GPU-seconds as possible.
     Config ``autoscale_legacy`` is v0.1's default (10-minute episodes of 0.3-2 req/s);
@@ -117,7 +117,7 @@ class DynoSimEnv(SimEnv):
 
     ## Episode End
 
-    Never terminates; after ``episode_steps`` steps (default 180 = 30 simulated minutes)
+    Never terminates; after ``episode_steps`` steps (default 360 x 5 s = 30 simulated minutes)
     ``truncated=True``. The final ``info["episode_summary"]`` summarises the episode: SLA
     attainment, GPU-hours, p90 TTFT/ITL, requests decided, scaling events and reversals.
 
@@ -365,6 +365,8 @@ class DynoSimEnv(SimEnv):
             "requests_completed": tot["completed"],
             "requests_rejected": tot["rejected"],
             "requests_timed_out": tot["timed_out"],
+            # arrived but not decided yet (in flight at the cut-off)
+            "requests_in_flight": self.sim.num_arrived - tot["finished"],
             "workers_changed": tot["changes"],
             "scaling_events": tot["scaling_events"],
             "reversals": tot["reversals"],

@@ -196,7 +196,7 @@ class EpisodeFactory:
                                 "peak_rps": peak, "swing": swing, "day_offset_s": 0.0}
         if family in fam.TRACE_FAMILIES:
             trace = family_trace(fam.TRACE_FAMILIES[family])
-            peak *= fam.work_ratio(self.cfg.sim.workload, trace)
+            peak *= fam.TRACE_LOAD[family]
             envelope = fam.draw_envelope(family, rng, T, peak, swing)
             row = fam.trace_start_row(trace, rng, split, env.eval_fraction)
             times = fam.poisson_times_ms(envelope, T, rng_workload)

@@ -121,7 +121,8 @@ class EnvelopeTraceWorkload(Workload):
 
 def _diurnal(rng, T: float, lo: float, hi: float) -> Envelope:
     phase = float(rng.uniform(0.0, 1.0))
-    t = np.linspace(0.0, T, 61)
+    extremes = [((0.5 - phase) % 1.0) * T, ((1.0 - phase) % 1.0) * T]   # peak, trough
+    t = np.unique(np.concatenate([np.linspace(0.0, T, 61), extremes]))
     x = 0.5 * (1.0 - np.cos(2.0 * math.pi * (t / T + phase)))        # 0..1, one period
     return Envelope(tuple(t.tolist()), tuple((lo + (hi - lo) * x).tolist()))
 
@@ -197,24 +198,12 @@ def trace_start_row(trace, rng: np.random.Generator, split: str,
     return int(rng.integers(lo, max(hi, lo + 1)))
 
 
-DECODE_WEIGHT = 20.0      # prompt tokens' worth of engine time per output token
+#: Trace families' peak rate, relative to the drawn peak: the traces' requests cost very
+#: different engine time from the synthetic ones (Mooncake: ~12k-token prompts with a long
+#: tail; Azure: ~1.2k-token prompts), so each is scaled to need about as many workers at
+#: its peak as the synthetic families (measured with scripts/scenario_check.py).
+TRACE_LOAD = {"mooncake_mod": 0.6, "azure_mod": 8.0}
 
-
-def _mean(spec: Any, default: float) -> float:
-    if isinstance(spec, dict):
-        return float(spec.get("mean", spec.get("value", default)))
-    return float(spec) if isinstance(spec, (int, float)) else default
-
-
-def work_ratio(workload: dict, trace) -> float:
-    """Mean work per request of the config's synthetic lengths over the trace's (module
-    doc); 1.0 if the config has no lengths."""
-    rows = trace._firsts
-    if not rows or "isl" not in workload:
-        return 1.0
-    synth = _mean(workload.get("isl"), 0.0) + DECODE_WEIGHT * _mean(workload.get("osl"), 0.0)
-    real = float(np.mean([r.input_length + DECODE_WEIGHT * r.output_length for r in rows]))
-    return synth / real
 
 
 __all__ = ["FAMILIES", "SYNTHETIC_FAMILIES", "TRACE_FAMILIES", "Envelope", "EnvelopeArrivals",

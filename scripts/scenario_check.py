@@ -6,9 +6,9 @@ For episodes of every workload family (seeded, both splits), on the scenario its
    ``oracle:static`` (the cheapest static count that reaches ``reward.sla_target`` over
    the whole episode, i.e. the best static count at peak load). Target: static GPU-hours
    >= 1.5x the schedule's.
-2. The best static count at *mean* load: the smallest N meeting the target on a steady
-   Poisson load at the episode's mean rate (same lengths, same episode length); then N
-   on the real episode. Target: its attainment is >= 20 points below the target.
+2. The best static count at *mean* load: the smallest N meeting the target on a constant
+   load at the episode's mean rate (same family, lengths and episode length; swing 1);
+   then N on the real episode. Target: its attainment is >= 20 points below the target.
 
 Prints one row per episode and the pooled figures; ``--json FILE`` writes them.
     python scripts/scenario_check.py --episodes 2
@@ -21,6 +21,7 @@ import sys
 
 from agents.evaluate import PolicySpec, make_eval_env, run_episode
 from agents.oracle import SchedulePolicy, best_schedule, best_static
+from dynosim_gym.scenarios import TRACE_LOAD
 
 
 def check(config: str | None, episodes: int, seed: int, families: list[str] | None) -> dict:
@@ -39,11 +40,14 @@ def check(config: str | None, episodes: int, seed: int, families: list[str] | No
         for k in range(episodes):
             opts = {"scenario": fam, "split": "train"}
             s = seed + k
-            sched = best_schedule(env, opts, s, lo, hi, target, 300.0, e.interval_s,
+            sched = best_schedule(env, opts, s, lo, hi, target, 120.0, e.interval_s,
                                   e.episode_steps)
             static = best_static(make_env, opts, s, lo, hi, target)
             setup = sched["summary"]["setup"]
-            steady = {"scenario": "steady", "rate_rps": setup["mean_rps"], "split": "train"}
+            # the same family and lengths at a constant rate = the episode's mean (swing 1)
+            scale = TRACE_LOAD.get(fam, 1.0)
+            steady = {"scenario": fam, "rate_rps": setup["mean_rps"] / scale, "swing": 1.0,
+                      "split": "train"}
             n_mean = best_static(make_env, steady, s, lo, hi, target)["workers"]
             env_n = make_env({"env.initial_workers": n_mean})
             at_mean = run_episode(env_n, SchedulePolicy(env_n, [n_mean]), opts, s)
