@@ -89,6 +89,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--episodes", type=_pos_int, default=5)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--split", choices=("eval", "train"), default="eval")
+    e.add_argument("--policies", metavar="SPEC,...",
+                   help="--leaderboard: these policies (default: the heuristics, tuned "
+                   "planners and every model under DIR)")
     e.add_argument("--reference", default="heuristic:load",
                    help="leaderboard ratios are relative to this policy")
     e.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
@@ -149,6 +152,7 @@ def _evaluate(args) -> int:
     if args.leaderboard is not None:
         res = leaderboard(args.leaderboard, env_id=args.env or "DynoSim-v0", config=args.config,
                           episodes=args.episodes, seed=args.seed, reference=args.reference,
+                          policies=args.policies.split(",") if args.policies else None,
                           quiet=args.quiet)
         if args.json:
             print(json.dumps([r.as_dict(with_episodes=False) for r in res], indent=1))

@@ -39,7 +39,7 @@ import numpy as np
 
 from sim.errors import InputError
 
-from .heuristics import AUTOSCALING_HEURISTICS, heuristic_env, make_heuristic
+from .heuristics import AUTOSCALING_HEURISTICS, heuristic_env, make_heuristic, tuned_baselines
 from .train import algo_class, check_env_id
 
 METRICS = ("mean_reward", "sla_attainment", "gpu_hours_per_episode", "p90_ttft_ms",
@@ -365,13 +365,20 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
     if not d.is_dir():
         raise InputError("leaderboard directory not found", file=str(d), field="--leaderboard")
     specs = policies or ([f"heuristic:{h}" for h in AUTOSCALING_HEURISTICS]
+                         + [f"heuristic:{t}" for t in tuned_baselines()]
                          + [str(p) for p in find_models(d)])
     if reference not in specs:
         specs.insert(0, reference)
     results = []
     for spec in specs:
-        results.append(evaluate(spec, env_id, config=config, episodes=episodes, seed=seed,
-                                keep_traces=1, quiet=quiet))
+        if not quiet:
+            print(f"leaderboard: {spec}", file=sys.stderr, flush=True)
+        if spec.startswith("oracle:"):
+            from .oracle import evaluate_oracle
+            results.append(evaluate_oracle(spec, config=config, episodes=episodes, seed=seed))
+        else:
+            results.append(evaluate(spec, env_id, config=config, episodes=episodes, seed=seed,
+                                    keep_traces=1, quiet=quiet))
     ref = next(r for r in results if r.policy == reference)
     rows = []
     for r in results:
@@ -394,7 +401,7 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
 
 
 def _label(spec: str, d: Path) -> str:
-    if spec.startswith("heuristic:"):
+    if spec.startswith(("heuristic:", "oracle:", "pretrained:")):
         return spec
     p = Path(spec)
     try:
@@ -437,8 +444,9 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
     import matplotlib.pyplot as plt
 
     traced = [r for r in results if r.traces]
-    heur = [r for r in traced if r.policy.startswith("heuristic:")]
-    learned = [r for r in traced if not r.policy.startswith("heuristic:")]
+    fixed = ("heuristic:", "oracle:")
+    heur = [r for r in traced if r.policy.startswith(fixed)]
+    learned = [r for r in traced if not r.policy.startswith(fixed)]
     if len(heur) + len(learned) > max_panels:
         front = _front(results)
         ref = next((r for r in results if r.policy == reference), None)
@@ -460,7 +468,9 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
         tr = r.traces[0]
         ax2 = ax.twinx()
         ax2.fill_between(tr["t_s"], tr["arrival_rate_rps"], step="pre", color="0.85")
-        ax2.set_ylabel("req/s", fontsize=8)
+        if tr.get("queued_requests"):
+            ax2.plot(tr["t_s"], np.asarray(tr["queued_requests"]) / 10.0, color="C3", lw=0.8)
+        ax2.set_ylabel("req/s; queued/10", fontsize=8)
         workers = np.array(tr["active_workers"]) + np.array(tr["starting_workers"])
         ax.step(tr["t_s"], workers, where="pre", color="C0", lw=1.6)
         ax.set_ylim(0, top + 0.5)
@@ -470,7 +480,8 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
         ax.set_title(f"{_label(r.policy, d)}: SLA {r.sla_attainment:.1%}, "
                      f"{r.gpu_hours_per_episode:.3f} GPU-h/episode (over all episodes)",
                      fontsize=9, loc="left")
-    axes[-1, 0].set_xlabel("simulated time (s) — first held-out episode; grey: arrival rate")
+    axes[-1, 0].set_xlabel("simulated time (s), first held-out episode; blue: provisioned "
+                           "workers, grey: arrival rate, red: queued requests / 10")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -7,13 +7,14 @@ full knowledge of its future); they run on exactly the episodes ``dynosim evalua
 * ``oracle:static`` -- the best static count per episode in hindsight: every count N in
   ``[min_endpoint, max_workers]`` replays the episode with N workers from the start
   (``initial_workers = N``) and never changes; the oracle keeps the cheapest N whose
-  episode SLA attainment reaches ``reward.sla_target`` (if none does, the largest N),
-  found by bisection (attainment grows with N).
+  episode SLA attainment reaches ``reward.sla_target`` (if none does, the smallest N
+  within half a point of the largest N's), found by bisection (attainment grows with N).
 * ``oracle:schedule`` -- an offline schedule over the known load, the upper bound: the
   episode is cut into segments of ``segment_s`` (default 120 s). Segment by segment, in
-  order, it picks the smallest worker count whose segment attainment (requests decided
-  in that segment) reaches the target (the largest if none does; bisection), replaying
-  from the episode start with the counts chosen so far. Scale-ups are issued ``startup_time_s`` ahead of their segment (so new
+  order, it picks the smallest worker count whose attainment over the requests that
+  *arrive* in the segment (followed for 60 s more at the same count; unfinished = missed)
+  reaches the target (if none does: within half a point of the largest count's;
+  bisection), replaying from the episode start with the counts chosen so far. Scale-ups are issued ``startup_time_s`` ahead of their segment (so new
   workers are serving when the segment starts, paid for while starting), scale-downs at
   the segment start. Greedy, not a global optimum: a lower bound on what hindsight can
   reach, reported as such.
@@ -44,16 +45,13 @@ class SchedulePolicy:
 
 def _segment_targets(counts: list[int], seg_steps: int, lead_steps: int,
                      steps: int) -> list[int]:
-    """Per-step targets: segment j's count, raised early (``lead_steps`` before a segment
-    whose count is higher)."""
+    """Per-step targets: segment j's count, raised early for every later segment that
+    starts within ``lead_steps`` (so its workers have started by then)."""
     out = []
     for t in range(steps):
         j = min(t // seg_steps, len(counts) - 1)
-        n = counts[j]
-        ahead = (t + lead_steps) // seg_steps
-        if ahead < len(counts) and ahead != j:
-            n = max(n, counts[ahead])
-        out.append(n)
+        last = min((t + lead_steps) // seg_steps, len(counts) - 1)
+        out.append(max(counts[j:last + 1]))
     return out
 
 
@@ -62,11 +60,18 @@ def _episode_sla(res: dict) -> float:
     return s["requests_met"] / s["requests_decided"] if s["requests_decided"] else 1.0
 
 
+#: When no count reaches the target, aim this close to what the largest count reaches.
+SLACK = 0.005
+
+
 def smallest_meeting(lo: int, hi: int, target: float, sla_of) -> int:
     """Smallest count in ``[lo, hi]`` whose attainment ``sla_of(n)`` reaches ``target``, by
-    bisection (attainment grows with the worker count); ``hi`` if none does."""
-    if sla_of(hi) < target:
-        return hi
+    bisection (attainment grows with the worker count); if even ``hi`` misses it, the
+    smallest count within :data:`SLACK` of what ``hi`` reaches (more workers would not
+    help)."""
+    best = sla_of(hi)
+    if best < target:
+        target = best - SLACK
     while lo < hi:
         mid = (lo + hi) // 2
         if sla_of(mid) >= target:
@@ -92,27 +97,55 @@ def best_static(make_env, opts: dict, seed: int, lo: int, hi: int, target: float
     return dict(runs[n], workers=n)
 
 
+def arrivals_outcome(sim, t0_ms: float, t1_ms: float, ttft_sla: float, itl_sla: float
+                     ) -> tuple[int, int]:
+    """(met, arrived) over the requests that arrived in ``[t0_ms, t1_ms)``: finished ones
+    from the metrics columns (met = completed within both SLAs), plus those still in the
+    engines (not met)."""
+    from sim.metrics import STATUS_COMPLETED
+    c = sim.metrics.cols
+    met = arrived = 0
+    arr, st, ft, lt, out = (c["arrival_time_ms"], c["status"], c["first_token_ms"],
+                            c["last_token_ms"], c["output_length"])
+    for i in range(len(st)):
+        if t0_ms <= arr[i] < t1_ms:
+            arrived += 1
+            if st[i] == STATUS_COMPLETED:
+                o = out[i]
+                tpot = (lt[i] - ft[i]) / (o - 1) if o > 1 else 0.0
+                met += (ft[i] - arr[i]) <= ttft_sla and tpot <= itl_sla
+    for w in sim.workers:
+        eng = w.engine
+        if eng is None:
+            continue
+        for lst in (eng.waiting, eng.running):
+            for q in lst:
+                arrived += t0_ms <= q.req.arrival_ms < t1_ms
+    return met, arrived
+
+
 def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
-                  segment_s: float, interval_s: float, steps: int) -> dict:
+                  segment_s: float, interval_s: float, steps: int, drain_s: float = 60.0
+                  ) -> dict:
     """The greedy hindsight schedule (module doc)."""
     seg = max(1, int(round(segment_s / interval_s)))
+    drain = int(math.ceil(drain_s / interval_s))
     n_seg = math.ceil(steps / seg)
     u = env.unwrapped
+    sla = u.cfg.sim.sla
     counts: list[int] = []
 
     def segment_sla(j: int, n: int) -> float:
         env.reset(seed=seed, options=opts)
         lead = math.ceil(u.sim.cluster_cfg.startup_time_s / interval_s)
-        targets = _segment_targets(counts + [n], seg, lead, min(steps, (j + 1) * seg))
-        met = dec = 0
-        for t, want in enumerate(targets):
-            _, _, _, trunc, info = env.step(u.target_action(want))
-            if t >= j * seg:
-                met += info["requests_met"]
-                dec += info["requests_decided"]
-            if trunc:
-                break
-        return met / dec if dec else 1.0
+        end = min(steps, (j + 1) * seg)
+        targets = _segment_targets(counts + [n], seg, lead, end)
+        targets += [n] * max(0, min(steps, end + drain) - end)    # let the segment finish
+        for want in targets:
+            env.step(u.target_action(want))
+        met, arrived = arrivals_outcome(u.sim, j * seg * interval_s * 1000.0,
+                                        end * interval_s * 1000.0, sla.ttft_ms, sla.itl_ms)
+        return met / arrived if arrived else 1.0
 
     for j in range(n_seg):
         counts.append(smallest_meeting(lo, hi, target, lambda n: segment_sla(j, n)))
