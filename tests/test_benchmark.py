@@ -380,3 +380,30 @@ def test_default_scenario_poses_the_problem() -> None:
     res = check(None, episodes=1, seed=100, families=None)
     assert res["static_peak_over_schedule_gpu_h"] >= 1.5
     assert res["static_mean_miss_points"] >= 20
+
+
+def test_a_tuned_planner_env_pickles_mid_episode() -> None:
+    import pickle
+
+    from agents.heuristics import PlannerPolicy
+    env = gym.make("DynoSim-v0", config=TINY, rate_min_rps=2.0, rate_max_rps=3.0).unwrapped
+    knobs = {"load_scaling_down_sensitivity": 10.0}
+    pol = PlannerPolicy("load", env, knobs=knobs)
+    obs, _ = env.reset(seed=2)
+    for _ in range(3):
+        obs, *_ = env.step(pol.predict(obs)[0])
+    twin = pickle.loads(pickle.dumps(env))
+    pol2 = PlannerPolicy("load", twin, knobs=knobs)
+    o2 = obs
+    for _ in range(3):
+        a, a2 = pol.predict(obs)[0], pol2.predict(o2)[0]
+        assert a == a2
+        obs, r, *_ = env.step(a)
+        o2, r2, *_ = twin.step(a2)
+        assert np.array_equal(obs, o2) and r == r2
+
+
+def test_tune_rejects_non_planner_policies(capsys) -> None:
+    rc = main(["tune", "--policy", "heuristic:static", "--trials", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--policy" in err and len(err.strip().splitlines()) == 1
