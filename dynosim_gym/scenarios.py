@@ -9,7 +9,7 @@ traces' own requests (lengths, prefix hashes), thinned to the envelope.
 
 | family | shape |
 |---|---|
-| ``diurnal_swing`` | one compressed day per episode: a raised cosine from trough to peak, random phase |
+| ``diurnal_swing`` | one compressed day per episode: a raised cosine to a power in [1, 3] (a broad or a sharp midday peak) from trough to peak, random phase |
 | ``flash_crowd`` | trough load with 2-4 flash crowds: up to peak in 10 s, held 60-180 s, back in 30 s |
 | ``rate_steps`` | piecewise-constant levels, each held 3-6 min, log-uniform between trough and peak |
 | ``ramp_cycle`` | linear ramps trough -> peak -> trough, 2-3 cycles of random length |
@@ -121,9 +121,10 @@ class EnvelopeTraceWorkload(Workload):
 
 def _diurnal(rng, T: float, lo: float, hi: float) -> Envelope:
     phase = float(rng.uniform(0.0, 1.0))
+    sharp = float(rng.uniform(1.0, 3.0))
     extremes = [((0.5 - phase) % 1.0) * T, ((1.0 - phase) % 1.0) * T]   # peak, trough
-    t = np.unique(np.concatenate([np.linspace(0.0, T, 61), extremes]))
-    x = 0.5 * (1.0 - np.cos(2.0 * math.pi * (t / T + phase)))        # 0..1, one period
+    t = np.unique(np.concatenate([np.linspace(0.0, T, 121), extremes]))
+    x = (0.5 * (1.0 - np.cos(2.0 * math.pi * (t / T + phase)))) ** sharp   # 0..1, one period
     return Envelope(tuple(t.tolist()), tuple((lo + (hi - lo) * x).tolist()))
 
 
@@ -200,9 +201,10 @@ def trace_start_row(trace, rng: np.random.Generator, split: str,
 
 #: Trace families' peak rate, relative to the drawn peak: the traces' requests cost very
 #: different engine time from the synthetic ones (Mooncake: ~12k-token prompts with a long
-#: tail; Azure: ~1.2k-token prompts), so each is scaled to need about as many workers at
-#: its peak as the synthetic families (measured with scripts/scenario_check.py).
-TRACE_LOAD = {"mooncake_mod": 0.6, "azure_mod": 8.0}
+#: tail; Azure: ~1.2k-token prompts). Mooncake is scaled to need about as many workers at
+#: its peak as the synthetic families; Azure's short requests would need 10x the request
+#: rate for that (and 10x the simulation time), so it is scaled to about half the workers.
+TRACE_LOAD = {"mooncake_mod": 0.6, "azure_mod": 4.0}
 
 
 
