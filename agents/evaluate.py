@@ -33,7 +33,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -222,8 +222,8 @@ def make_eval_env(spec: PolicySpec, env_id: str, config: Any, overrides: dict[st
     return gym.make(f"dynosim_gym:{env_id}", config=cfg.to_dict()), cfg
 
 
-def run_episode(env, policy, options: dict[str, Any], seed: int, keep_trace: bool = False,
-                step_hook: Callable[[dict], None] | None = None) -> dict[str, Any]:
+def run_episode(env, policy, options: dict[str, Any], seed: int,
+                keep_trace: bool = False) -> dict[str, Any]:
     """One episode: its summary, reward, per-request TTFT/TPOT lists and (optionally) a trace
     of workers and load per step."""
     obs, info = env.reset(seed=seed, options=options)

@@ -18,7 +18,6 @@ trial. Trial 0 is the planner's defaults. The best knobs are written as a small 
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import typing
 from pathlib import Path
