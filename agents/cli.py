@@ -48,18 +48,22 @@ def add_parsers(sub) -> None:
                        "hyperparameters (agents/hyperparams/ALGO.yml). Writes DIR/model.zip, "
                        "DIR/run.json, DIR/checkpoints/ and TensorBoard logs in DIR/tb.", **kw)
     t.add_argument("--algo", required=True,
-                   help="ppo | a2c | dqn | ppo_mask (MaskablePPO) | ppo_lstm (RecurrentPPO)")
+                   help="ppo | a2c | dqn | ppo_mask (MaskablePPO) | ppo_lstm (RecurrentPPO); required")
     t.add_argument("--env", default="DynoSim-v0", help="DynoSim-v0 | DynoSimRouting-v0")
     t.add_argument("--config", metavar="YAML", help="env config (default: the env's default)")
     t.add_argument("--timesteps", type=_pos_int, metavar="N", help="default: the YAML's")
-    t.add_argument("--out", required=True, metavar="DIR", help="run directory (created)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, metavar="DIR", help="run directory (created); required")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the policy, the envs and their episodes")
     t.add_argument("--n-envs", type=_pos_int, metavar="N", help="default: the YAML's")
     t.add_argument("--hyperparams", metavar="YAML", help="RL-Zoo-style file (default: ours)")
     t.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
-                   help="env config override, e.g. reward.gpu_weight=0.001 (repeatable)")
-    t.add_argument("--checkpoint-every", type=_pos_int, default=50_000, metavar="N")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help="env config override, e.g. reward.gpu_weight=0.001 (repeatable; "
+                   "default: none)")
+    t.add_argument("--checkpoint-every", type=_pos_int, default=50_000, metavar="N",
+                   help="save DIR/checkpoints/ every N env steps")
+    t.add_argument("--quiet", action="store_true",
+                   help="no progress bar or progress lines, only the final summary")
 
     e = sub.add_parser("evaluate", help="score a policy, or write a leaderboard",
                        description="Evaluate on held-out episodes (split=eval) or on pinned, "
@@ -70,34 +74,42 @@ def add_parsers(sub) -> None:
     e.add_argument("--policy", metavar="SPEC",
                    help="heuristic:load | heuristic:throughput | heuristic:static | "
                    "heuristic:static:N | heuristic:<tuned name> | pretrained:NAME | PATH "
-                   "(model.zip or a train --out directory) | oracle:static | oracle:schedule")
+                   "(model.zip or a train --out directory) | oracle:static | oracle:schedule; "
+                   "default: none, give this or --leaderboard")
     e.add_argument("--trace", metavar="PATH",
                    help="score on consecutive windows of this trace (Mooncake .jsonl, Azure "
-                   ".csv or bundled:NAME) instead of seeded episodes")
+                   ".csv or bundled:NAME) instead of seeded episodes (default: none)")
     e.add_argument("--window-s", type=float, metavar="S",
                    help="--trace: window length in seconds (a multiple of the decision "
                    "interval; 0 = the whole trace as one episode; default 60 intervals)")
     e.add_argument("--windows", type=_windows, default=None, metavar="all|N",
-                   help="--trace: every window (default) or the first N")
+                   help="--trace: every window or the first N (default: all)")
     e.add_argument("--leaderboard", metavar="DIR",
-                   help="evaluate the heuristics and every model under DIR; write "
-                   "DIR/leaderboard.{md,csv,json}, DIR/replicas_vs_load.png and DIR/sla_vs_gpu_hours.png")
+                   help="evaluate the heuristics, tuned planners and every model under DIR; "
+                   "write DIR/leaderboard.{md,csv,json}, DIR/replicas_vs_load.png and "
+                   "DIR/sla_vs_gpu_hours.png (default: none)")
     e.add_argument("--env", default=None,
                    help="DynoSim-v0 | DynoSimRouting-v0 (default: the policy's own)")
     e.add_argument("--config", metavar="YAML",
-                   help="env config (default: the model's training config, else the default)")
-    e.add_argument("--episodes", type=_pos_int, default=5)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--split", choices=("eval", "train"), default="eval")
+                   help="evaluation env config, reward included (default: the env's default; "
+                   "a model's run contributes only its observation/action/interval)")
+    e.add_argument("--episodes", type=_pos_int, default=5,
+                   help="episodes per policy (the same seeded episodes for every policy)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    e.add_argument("--split", choices=("eval", "train"), default="eval",
+                   help="held-out episodes (eval) or training ones")
     e.add_argument("--policies", metavar="SPEC,...",
                    help="--leaderboard: these policies (default: the heuristics, tuned "
                    "planners and every model under DIR)")
     e.add_argument("--reference", default="heuristic:load",
                    help="leaderboard ratios are relative to this policy")
-    e.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
+                   help="env config override, e.g. reward.gpu_weight=0.001 (repeatable; "
+                   "default: none)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
-    e.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--out", metavar="FILE",
+                   help="also write the JSON result to FILE (default: none)")
+    e.add_argument("--quiet", action="store_true", help="no progress output on stderr")
 
     u = sub.add_parser("tune", help="tune a planner's knobs on the training split (Optuna)",
                        description="Seeded TPE search (Optuna) over the knobs of "
@@ -105,15 +117,18 @@ def add_parsers(sub) -> None:
                        "env config; writes the best as a named baseline "
                        "(agents/tuned/NAME.yaml, used as heuristic:NAME).", **kw)
     u.add_argument("--policy", required=True, help="heuristic:load | heuristic:throughput")
-    u.add_argument("--trials", type=_pos_int, default=30, metavar="N")
+    u.add_argument("--trials", type=_pos_int, default=30, metavar="N",
+                   help="Optuna trials (default: 30; trial 0 is the planner's defaults)")
     u.add_argument("--episodes", type=_pos_int, default=6, metavar="N",
-                   help="training episodes per trial (the same for every trial)")
+                   help="training episodes per trial, the same for every trial (default: 6)")
     u.add_argument("--config", metavar="YAML", help="env config (default: the env's default)")
-    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--seed", type=int, default=0,
+                   help="sampler seed and first training episode's seed (default: 0)")
     u.add_argument("--name", metavar="NAME", help="baseline name (default: <planner>-tuned)")
     u.add_argument("--out", metavar="FILE", help="YAML to write (default: agents/tuned/NAME.yaml)")
-    u.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
-    u.add_argument("--quiet", action="store_true")
+    u.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
+                   help="env config override, repeatable (default: none)")
+    u.add_argument("--quiet", action="store_true", help="no per-trial lines on stderr")
 
 
 def run(args) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import dataclasses
 import json
 import math
 import sys
@@ -77,6 +78,23 @@ class Evaluation:
     episodes_plan: dict[str, Any] = field(default_factory=dict)
     per_episode: list[dict[str, Any]] = field(default_factory=list, repr=False)
     traces: list[dict[str, list[float]]] = field(default_factory=list, repr=False)
+
+    #: v0.1 result keys (``leaderboard.json`` of docs/leaderboard) -> these fields
+    V01_KEYS = {"ttft_p90_ms": "p90_ttft_ms", "itl_p90_ms": "p90_itl_ms",
+                "gpu_hours": "gpu_hours_per_episode"}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> "Evaluation":
+        """An Evaluation from a result record, v0.1's (per-episode GPU-hours, mean p90s)
+        included; figures v0.1 did not record are 0."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if "gpu_hours_per_episode" not in rec:          # v0.1
+            rec = {cls.V01_KEYS.get(k, k): v for k, v in rec.items()}
+            rec["gpu_hours"] = rec["gpu_hours_per_episode"] * rec.get("episodes", 1)
+        base = {"scaling_events": 0, "reversals_per_hour": 0.0, "requests_in_flight": 0,
+                "simulated_hours": 0.0, "gpu_hours": 0.0, "requests_decided": 0}
+        return cls(**{**base, **{k: v for k, v in rec.items()
+                                 if k in names and k not in ("per_episode", "traces")}})
 
     def as_dict(self, with_episodes: bool = True) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("per_episode", "traces")}
@@ -435,8 +453,10 @@ def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
 def _front(results: list[Evaluation]) -> list[Evaluation]:
     """Policies no other policy beats on both SLA attainment (higher) and GPU-hours (lower)."""
     return [r for r in results
-            if not any(o.sla_attainment >= r.sla_attainment and o.gpu_hours <= r.gpu_hours
-                       and (o.sla_attainment, o.gpu_hours) != (r.sla_attainment, r.gpu_hours)
+            if not any(o.sla_attainment >= r.sla_attainment
+                       and o.gpu_hours_per_episode <= r.gpu_hours_per_episode
+                       and (o.sla_attainment, o.gpu_hours_per_episode)
+                       != (r.sla_attainment, r.gpu_hours_per_episode)
                        for o in results)]
 
 
@@ -459,7 +479,7 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
 
         def beats_ref(r: Evaluation) -> bool:
             return ref is not None and (r.sla_attainment >= ref.sla_attainment
-                                        and r.gpu_hours <= ref.gpu_hours)
+                                        and r.gpu_hours_per_episode <= ref.gpu_hours_per_episode)
         learned = sorted((r for r in learned if r in front),
                          key=lambda r: (not beats_ref(r), -r.mean_reward))
         learned = learned[: max(1, max_panels - len(heur))]
@@ -494,29 +514,43 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
 
 
 def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
-    """SLA attainment against GPU-hours per episode for every policy, front highlighted."""
+    """SLA attainment against GPU-hours per episode for every policy, front highlighted.
+    Labels are placed by adjustText (away from each other and from the markers, with a
+    leader line when moved), so close policies stay readable."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from adjustText import adjust_text
+    from matplotlib.lines import Line2D
 
     front = _front(results)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs, ys, texts = [], [], []
     for r in results:
         heur = r.policy.startswith("heuristic:")
-        ax.scatter(r.gpu_hours_per_episode, 100 * r.sla_attainment, marker="s" if heur else "o",
-                   color="C1" if heur else "C0", edgecolor="k" if r in front else "none",
-                   s=60, zorder=3)
-        ax.annotate(_label(r.policy, d), (r.gpu_hours_per_episode, 100 * r.sla_attainment),
-                    fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        x, y = r.gpu_hours_per_episode, 100 * r.sla_attainment
+        ax.scatter(x, y, marker="s" if heur else "o", color="C1" if heur else "C0",
+                   edgecolor="k" if r in front else "none", s=60, zorder=3)
+        xs.append(x)
+        ys.append(y)
+        texts.append(ax.text(x, y, _label(r.policy, d), fontsize=7, zorder=4))
     pts = sorted((r.gpu_hours_per_episode, 100 * r.sla_attainment) for r in front)
     if len(pts) > 1:
         ax.plot(*zip(*pts), color="0.6", lw=1, zorder=2)
     ax.set_xlabel("GPU-hours per episode (lower is better)")
-    ax.set_ylabel("SLA attainment % (higher is better)")
-    ax.set_title("Policies on held-out episodes (squares: heuristics; outlined: front)",
-                 fontsize=9)
+    ax.set_ylabel("SLA attainment (% of requests, higher is better)")
+    ax.set_title("Policies on held-out episodes", fontsize=10)
     ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.12)
+    ax.legend(handles=[
+        Line2D([], [], marker="s", ls="", color="C1", label="heuristic planner"),
+        Line2D([], [], marker="o", ls="", color="C0", label="trained policy"),
+        Line2D([], [], marker="o", ls="-", color="0.6", markerfacecolor="none",
+               markeredgecolor="k", label="front (outlined: not beaten on both axes)")],
+        fontsize=7, loc="lower right")
+    fig.tight_layout()
+    adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.3, 1.6), max_move=None,
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

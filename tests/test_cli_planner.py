@@ -15,7 +15,7 @@ TINY = str(Path(__file__).resolve().parents[1] / "envs_configs" / "tiny.yaml")
 def test_planner_reports_in_the_summary(capsys, kind: str) -> None:
     args = ["simulate", "--config", TINY, "--planner", kind, "--planner-interval", "2",
             "--initial-workers", "1", "--startup-time", "1", "--max-gpu-budget", "4",
-            "--ttft-sla-ms", "200", "--itl-sla-ms", "20", "--json", "--quiet"]
+            "--sla-ttft-ms", "200", "--sla-itl-ms", "20", "--json", "--quiet"]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     rep = out["planner"]
@@ -32,10 +32,10 @@ def test_planner_reports_in_the_summary(capsys, kind: str) -> None:
 
 @pytest.mark.parametrize("argv,needle", [
     (["--planner-interval", "5"], "needs --planner"),
-    (["--planner", "load", "--planner-interval", "-1"], "planner.interval_s"),
-    (["--planner", "load", "--planner-predictor", "crystal_ball"], "planner.load_predictor"),
+    (["--planner", "load", "--planner-interval", "-1"], "argument --planner-interval"),
+    (["--planner", "load", "--planner-predictor", "crystal_ball"], "argument --planner-predictor"),
     (["--planner", "load", "--max-gpu-budget", "1", "--model", "Qwen/Qwen3-32B", "--gpu",
-      "h200_sxm", "--backend", "vllm", "--tp", "2"], "planner.max_gpu_budget"),
+      "h200_sxm", "--backend", "vllm", "--tp", "2"], "argument --max-gpu-budget"),
 ])
 def test_planner_bad_input_is_one_line_exit_2(capsys, argv: list[str], needle: str) -> None:
     assert main(["simulate", "--config", TINY, "--quiet", *argv]) == 2
