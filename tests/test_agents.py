@@ -121,7 +121,8 @@ def test_front_keeps_only_undominated_policies() -> None:
     from types import SimpleNamespace as NS
 
     from agents.evaluate import _front
-    a, b = NS(sla_attainment=0.8, gpu_hours_per_episode=0.5), NS(sla_attainment=0.6, gpu_hours_per_episode=0.4)
+    a = NS(sla_attainment=0.8, gpu_hours_per_episode=0.5)
+    b = NS(sla_attainment=0.6, gpu_hours_per_episode=0.4)
     c = NS(sla_attainment=0.7, gpu_hours_per_episode=0.6)           # beaten by a on both axes
     d = NS(sla_attainment=0.8, gpu_hours_per_episode=0.5)           # ties a: both stay
     assert _front([a, b, c, d]) == [a, b, d]
