@@ -212,6 +212,9 @@ class EpisodeFactory:
                 workload = from_config(block, rng_workload, prefix="workload")
             workload.arrival = fam.EnvelopeArrivals(envelope, T)
         desc["envelope"] = envelope.describe()
+        # the same load as a run-config arrival process (``dynosim simulate --config``)
+        desc["arrival"] = {"process": "piecewise", "knots_s": list(envelope.knots_s),
+                           "rates_rps": list(envelope.rates)}
         desc["mean_rps"] = envelope.mean(T)
         return workload, desc
 
