@@ -407,3 +407,15 @@ def test_tune_rejects_non_planner_policies(capsys) -> None:
     rc = main(["tune", "--policy", "heuristic:static", "--trials", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "--policy" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_family_episode_runs_as_a_run_config(capsys) -> None:
+    from sim.workloads import from_config
+    with pytest.raises(InputError, match="same length"):
+        from_config({"kind": "synthetic", "arrival": {"process": "piecewise", "knots_s": [0, 1],
+                                                      "rates_rps": [1]},
+                     "isl": 100, "osl": 10, "duration_s": 10}, np.random.default_rng(0))
+    path = Path(__file__).resolve().parents[1] / "envs_configs" / "autoscale_default.yaml"
+    rc = main(["simulate", "--config", str(path), "--print-config"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "piecewise" in out
