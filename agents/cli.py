@@ -31,6 +31,16 @@ def _pos_int(text: str) -> int:
     return n
 
 
+def _windows(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return _pos_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a count >= 1, got {text!r}") \
+            from None
+
+
 def add_parsers(sub) -> None:
     kw: dict[str, Any] = {}
     t = sub.add_parser("train", help="train an RL autoscaler or router (SB3 / sb3-contrib)",
@@ -56,37 +66,86 @@ def add_parsers(sub) -> None:
                    help="no progress bar or progress lines, only the final summary")
 
     e = sub.add_parser("evaluate", help="score a policy, or write a leaderboard",
-                       description="Evaluate on held-out episodes (split=eval): mean reward, "
-                       "SLA attainment, GPU-hours, p90 TTFT/ITL.", **kw)
+                       description="Evaluate on held-out episodes (split=eval) or on pinned, "
+                       "consecutive windows of a trace (--trace): SLA attainment, GPU-hours, "
+                       "pooled p90 TTFT/ITL, scaling events, reversals per hour, mean reward. "
+                       "Scored with the evaluation config (--config, default: the env's "
+                       "default), never a run's training reward.", **kw)
     e.add_argument("--policy", metavar="SPEC",
-                   help="heuristic:load | heuristic:throughput | heuristic:static | PATH "
-                   "(model.zip or a train --out directory); default: none, give this or "
-                   "--leaderboard")
+                   help="heuristic:load | heuristic:throughput | heuristic:static | "
+                   "heuristic:static:N | heuristic:<tuned name> | pretrained:NAME | PATH "
+                   "(model.zip or a train --out directory) | oracle:static | oracle:schedule; "
+                   "default: none, give this or --leaderboard")
+    e.add_argument("--trace", metavar="PATH",
+                   help="score on consecutive windows of this trace (Mooncake .jsonl, Azure "
+                   ".csv or bundled:NAME) instead of seeded episodes (default: none)")
+    e.add_argument("--window-s", type=float, metavar="S",
+                   help="--trace: window length in seconds (a multiple of the decision "
+                   "interval; 0 = the whole trace as one episode; default 60 intervals)")
+    e.add_argument("--windows", type=_windows, default=None, metavar="all|N",
+                   help="--trace: every window or the first N (default: all)")
     e.add_argument("--leaderboard", metavar="DIR",
-                   help="evaluate the heuristics and every model under DIR; write "
-                   "DIR/leaderboard.{md,csv,json}, DIR/replicas_vs_load.png and DIR/sla_vs_gpu_hours.png "
-                   "(default: none)")
-    e.add_argument("--env", default="DynoSim-v0", help="DynoSim-v0 | DynoSimRouting-v0")
+                   help="evaluate the heuristics, tuned planners and every model under DIR; "
+                   "write DIR/leaderboard.{md,csv,json}, DIR/replicas_vs_load.png and "
+                   "DIR/sla_vs_gpu_hours.png (default: none)")
+    e.add_argument("--env", default=None,
+                   help="DynoSim-v0 | DynoSimRouting-v0 (default: the policy's own)")
     e.add_argument("--config", metavar="YAML",
-                   help="env config (default: the model's training config, else the default)")
+                   help="evaluation env config, reward included (default: the env's default; "
+                   "a model's run contributes only its observation/action/interval)")
     e.add_argument("--episodes", type=_pos_int, default=5,
                    help="episodes per policy (the same seeded episodes for every policy)")
     e.add_argument("--seed", type=int, default=0, help="seed of the first episode")
     e.add_argument("--split", choices=("eval", "train"), default="eval",
                    help="held-out episodes (eval) or training ones")
+    e.add_argument("--policies", metavar="SPEC,...",
+                   help="--leaderboard: these policies (default: the heuristics, tuned "
+                   "planners and every model under DIR)")
     e.add_argument("--reference", default="heuristic:load",
                    help="leaderboard ratios are relative to this policy")
     e.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
                    help="env config override, e.g. reward.gpu_weight=0.001 (repeatable; "
                    "default: none)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--out", metavar="FILE",
+                   help="also write the JSON result to FILE (default: none)")
     e.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+
+    u = sub.add_parser("tune", help="tune a planner's knobs on the training split (Optuna)",
+                       description="Seeded TPE search (Optuna) over the knobs of "
+                       "sim.planner.PlannerConfig on training episodes (split=train) of the "
+                       "env config; writes the best as a named baseline "
+                       "(agents/tuned/NAME.yaml, used as heuristic:NAME).", **kw)
+    u.add_argument("--policy", required=True, help="heuristic:load | heuristic:throughput")
+    u.add_argument("--trials", type=_pos_int, default=30, metavar="N",
+                   help="Optuna trials (default: 30; trial 0 is the planner's defaults)")
+    u.add_argument("--episodes", type=_pos_int, default=6, metavar="N",
+                   help="training episodes per trial, the same for every trial (default: 6)")
+    u.add_argument("--config", metavar="YAML", help="env config (default: the env's default)")
+    u.add_argument("--seed", type=int, default=0,
+                   help="sampler seed and first training episode's seed (default: 0)")
+    u.add_argument("--name", metavar="NAME", help="baseline name (default: <planner>-tuned)")
+    u.add_argument("--out", metavar="FILE", help="YAML to write (default: agents/tuned/NAME.yaml)")
+    u.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
+                   help="env config override, repeatable (default: none)")
+    u.add_argument("--quiet", action="store_true", help="no per-trial lines on stderr")
 
 
 def run(args) -> int:
     if args.command == "train":
         return _train(args)
+    if args.command == "tune":
+        return _tune(args)
     return _evaluate(args)
+
+
+def _tune(args) -> int:
+    from .tune import tune
+    path, best = tune(args.policy, trials=args.trials, episodes=args.episodes,
+                      config=args.config, seed=args.seed, name=args.name, out=args.out,
+                      overrides=dict(args.set), quiet=args.quiet)
+    print(f"dynosim: best {best['objective']:.4f} with {json.dumps(best['knobs'])}; wrote {path}")
+    return 0
 
 
 def _train(args) -> int:
@@ -106,8 +165,9 @@ def _evaluate(args) -> int:
     if (args.policy is None) == (args.leaderboard is None):
         raise InputError("give exactly one of --policy and --leaderboard", field="--policy")
     if args.leaderboard is not None:
-        res = leaderboard(args.leaderboard, env_id=args.env, config=args.config,
+        res = leaderboard(args.leaderboard, env_id=args.env or "DynoSim-v0", config=args.config,
                           episodes=args.episodes, seed=args.seed, reference=args.reference,
+                          policies=args.policies.split(",") if args.policies else None,
                           quiet=args.quiet)
         if args.json:
             print(json.dumps([r.as_dict(with_episodes=False) for r in res], indent=1))
@@ -115,14 +175,27 @@ def _evaluate(args) -> int:
             print((__import__("pathlib").Path(args.leaderboard) / "leaderboard.md").read_text(),
                   end="")
         return 0
-    res = evaluate(args.policy, args.env, config=args.config, episodes=args.episodes,
-                   seed=args.seed, split=args.split, overrides=dict(args.set),
-                   quiet=args.quiet)
-    if args.json:
-        print(json.dumps(res.as_dict(), indent=1, default=str))
+    if args.trace is None and (args.window_s is not None or args.windows is not None):
+        raise InputError("--window-s and --windows need --trace", field="--window-s")
+    if args.policy.startswith("oracle:"):
+        from .oracle import evaluate_oracle
+        res = evaluate_oracle(args.policy, config=args.config, episodes=args.episodes,
+                              seed=args.seed, split=args.split, overrides=dict(args.set),
+                              trace=args.trace, window_s=args.window_s, windows=args.windows)
     else:
-        print(f"{res.policy}: mean reward {res.mean_reward:.3f} ± {res.std_reward:.3f} over "
-              f"{res.episodes} episodes; SLA attainment {res.sla_attainment:.1%}; "
-              f"GPU-hours/episode {res.gpu_hours:.3f}; p90 TTFT {res.ttft_p90_ms:.0f} ms; "
-              f"p90 ITL {res.itl_p90_ms:.1f} ms")
+        res = evaluate(args.policy, args.env, config=args.config, episodes=args.episodes, seed=args.seed,
+                       split=args.split, overrides=dict(args.set), trace=args.trace,
+                       window_s=args.window_s, windows=args.windows, quiet=args.quiet)
+    doc = json.dumps(res.as_dict(), indent=1, default=str)
+    if args.out:
+        __import__("pathlib").Path(args.out).write_text(doc + "\n")
+    if args.json:
+        print(doc)
+    else:
+        print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
+              f"{res.requests_decided} requests; {res.gpu_hours:.3f} GPU-hours "
+              f"({res.gpu_hours_per_episode:.3f}/episode, {res.episodes} episodes); pooled "
+              f"p90 TTFT {res.p90_ttft_ms:.0f} ms, p90 ITL {res.p90_itl_ms:.1f} ms; "
+              f"{res.scaling_events} scaling events, {res.reversals_per_hour:.1f} "
+              f"reversals/h; mean reward {res.mean_reward:.3f} ± {res.std_reward:.3f}")
     return 0

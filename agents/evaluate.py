@@ -1,19 +1,38 @@
-"""Score policies on held-out episodes, and the leaderboard (``dynosim evaluate``).
+"""Score policies on held-out episodes or whole traces, and the leaderboard (``dynosim evaluate``).
 
-Every policy -- Dynamo's planners as heuristics, or a trained SB3 model -- goes through the
-same loop: ``policy.predict(obs, state, episode_start, deterministic=True)`` on one
-environment, reset with seeds ``seed .. seed + episodes - 1`` and ``split="eval"`` (windows
-and seed streams never used in training). Per policy we report the mean episode reward,
-the SLA attainment pooled over all decided requests, GPU-hours per episode, and the mean of
-the episodes' p90 TTFT and ITL.
+Every policy -- Dynamo's planners and tuned planners as heuristics, static counts, trained
+SB3 models, shipped pretrained models -- goes through the same loop:
+``policy.predict(obs, state, episode_start, deterministic=True)`` on one environment.
+
+Episodes are either
+
+* seeded: ``seed .. seed + episodes - 1`` with ``split="eval"`` (held-out windows, seed
+  streams and workload families never used in training), or
+* pinned windows of a trace (``trace=PATH``): consecutive windows ``[k S, (k+1) S)`` of
+  ``window_s`` seconds (``0`` = the whole trace as one episode), all of them or the first N.
+
+Scoring always uses the *evaluation* config (``config``, default: the env's default), its
+reward included; a trained model contributes only its policy interface (``env.observation``,
+``env.action``, ``env.interval_s``, read from its ``run.json``). Every result records the
+reward config it was scored with (``reward_config``) and that interface.
+
+Metrics, pooled over all requests of all episodes (a request counts once, when it
+completes, is rejected or times out): ``sla_attainment`` (met / decided), ``p90_ttft_ms``
+and ``p90_itl_ms`` (nearest-rank percentiles of every completed request, not means of
+per-episode percentiles); ``gpu_hours`` (total) and ``gpu_hours_per_episode``;
+``scaling_events`` (steps that changed the provisioned worker count, summed) and
+``reversals_per_hour`` (a scaling event in the opposite direction of the previous one, per
+simulated hour); ``mean_reward`` (per episode).
 """
 from __future__ import annotations
 
+import bisect
 import csv
+import dataclasses
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +40,21 @@ import numpy as np
 
 from sim.errors import InputError
 
-from .heuristics import AUTOSCALING_HEURISTICS, make_heuristic
+from .heuristics import AUTOSCALING_HEURISTICS, heuristic_env, make_heuristic, tuned_baselines
 from .train import algo_class, check_env_id
 
-METRICS = ("mean_reward", "sla_attainment", "gpu_hours", "ttft_p90_ms", "itl_p90_ms")
+METRICS = ("mean_reward", "sla_attainment", "gpu_hours_per_episode", "p90_ttft_ms",
+           "p90_itl_ms", "scaling_events", "reversals_per_hour")
+#: Shipped pretrained models: ``agents/pretrained/NAME.zip`` (+ ``NAME.json``, its run record).
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+#: env config keys that are the policy's interface (taken from a model's run record).
+INTERFACE_KEYS = ("observation", "action", "interval_s")
+DEFAULT_CONFIGS = {"DynoSim-v0": "autoscale_default", "DynoSimRouting-v0": "routing_default"}
+
+
+def _pct(sorted_vals: list[float], q: float) -> float:
+    from dynosim_gym.monitor import _pct as pct
+    return pct(sorted_vals, q) if sorted_vals else 0.0
 
 
 @dataclass
@@ -35,108 +65,305 @@ class Evaluation:
     std_reward: float
     sla_attainment: float
     gpu_hours: float
-    ttft_p90_ms: float
-    itl_p90_ms: float
+    gpu_hours_per_episode: float
+    p90_ttft_ms: float
+    p90_itl_ms: float
+    scaling_events: int
+    reversals_per_hour: float
     requests_decided: int
+    requests_in_flight: int            # arrived, not decided at the episodes' cut-offs
+    simulated_hours: float
+    reward_config: dict[str, Any] = field(default_factory=dict)
+    policy_interface: dict[str, Any] = field(default_factory=dict)
+    episodes_plan: dict[str, Any] = field(default_factory=dict)
     per_episode: list[dict[str, Any]] = field(default_factory=list, repr=False)
     traces: list[dict[str, list[float]]] = field(default_factory=list, repr=False)
 
+    #: v0.1 result keys (``leaderboard.json`` of docs/leaderboard) -> these fields
+    V01_KEYS = {"ttft_p90_ms": "p90_ttft_ms", "itl_p90_ms": "p90_itl_ms",
+                "gpu_hours": "gpu_hours_per_episode"}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> "Evaluation":
+        """An Evaluation from a result record, v0.1's (per-episode GPU-hours, mean p90s)
+        included; figures v0.1 did not record are 0."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if "gpu_hours_per_episode" not in rec:          # v0.1
+            rec = {cls.V01_KEYS.get(k, k): v for k, v in rec.items()}
+            rec["gpu_hours"] = rec["gpu_hours_per_episode"] * rec.get("episodes", 1)
+        base = {"scaling_events": 0, "reversals_per_hour": 0.0, "requests_in_flight": 0,
+                "simulated_hours": 0.0, "gpu_hours": 0.0, "requests_decided": 0}
+        return cls(**{**base, **{k: v for k, v in rec.items()
+                                 if k in names and k not in ("per_episode", "traces")}})
+
     def as_dict(self, with_episodes: bool = True) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("policy", "episodes", "mean_reward", "std_reward",
-                                             "sla_attainment", "gpu_hours", "ttft_p90_ms",
-                                             "itl_p90_ms", "requests_decided")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("per_episode", "traces")}
         if with_episodes:
             d["per_episode"] = self.per_episode
         return d
 
 
-def load_policy(spec: str, env):
-    """``heuristic:NAME`` or the path of a saved model (``model.zip`` or its run dir)."""
+# -- policy specs ----------------------------------------------------------------------------
+
+@dataclass
+class PolicySpec:
+    """A resolved ``--policy``: what it is, which env it acts on, and how to load it."""
+    spec: str
+    kind: str                          # heuristic | model | pretrained
+    env_id: str | None                 # None: decided by the model's run record
+    path: Path | None = None
+    run: dict[str, Any] | None = None  # the model's run.json
+
+    def interface(self) -> dict[str, Any]:
+        """Env config entries the policy needs (observation/action/interval of training)."""
+        if not self.run or "env_config" not in self.run:
+            return {}
+        env = self.run["env_config"].get("env", {})
+        return {k: env[k] for k in INTERFACE_KEYS if k in env}
+
+    def load(self, env):
+        if self.kind == "heuristic":
+            try:
+                return make_heuristic(self.spec, env)
+            except ValueError as exc:
+                raise InputError(str(exc), field="--policy") from None
+        algo = (self.run or {}).get("algo", "ppo")
+        return algo_class(algo).load(self.path, device="cpu")
+
+
+def pretrained_models() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(PRETRAINED_DIR.glob("*.zip"))}
+
+
+def resolve_policy(spec: str) -> PolicySpec:
+    """``heuristic:NAME`` | ``pretrained:NAME`` | a ``model.zip`` | a ``dynosim train`` run
+    directory. Errors are one-line InputErrors on ``--policy`` naming the bad key."""
     if spec.startswith("heuristic:"):
         try:
-            return make_heuristic(spec, env)
+            return PolicySpec(spec, "heuristic", heuristic_env(spec))
         except ValueError as exc:
             raise InputError(str(exc), field="--policy") from None
+    if spec.startswith("pretrained:"):
+        name = spec.split(":", 1)[1]
+        models = pretrained_models()
+        if name not in models:
+            raise InputError(f"unknown pretrained policy {name!r}; available: "
+                             f"{', '.join('pretrained:' + k for k in models) or 'none'}",
+                             field="--policy")
+        path = models[name]
+        meta = path.with_suffix(".json")
+        run = json.loads(meta.read_text()) if meta.is_file() else None
+        return PolicySpec(spec, "pretrained", (run or {}).get("env_id"), path, run)
     path = Path(spec)
     if path.is_dir():
         path = path / "model.zip"
     if not path.is_file():
-        raise InputError(f"no such model: {spec} (expected heuristic:"
-                         f"{'|heuristic:'.join(AUTOSCALING_HEURISTICS)} or a model.zip)",
-                         field="--policy")
-    run = path.parent / "run.json"
-    algo = json.loads(run.read_text())["algo"] if run.is_file() else "ppo"
-    return algo_class(algo).load(path, device="cpu")
+        raise InputError(f"no such model: {spec} (expected heuristic:NAME, pretrained:NAME, "
+                         "a model.zip or a dynosim train --out directory)", field="--policy")
+    run_file = path.parent / "run.json"
+    run = json.loads(run_file.read_text()) if run_file.is_file() else None
+    return PolicySpec(spec, "model", (run or {}).get("env_id"), path, run)
 
 
 def run_config_of(spec: str) -> dict[str, Any] | None:
     """The env config a trained model was trained with (its run.json), if any."""
-    p = Path(spec)
-    run = (p if p.is_dir() else p.parent) / "run.json"
-    if not spec.startswith("heuristic:") and run.is_file():
-        return json.loads(run.read_text()).get("env_config")
-    return None
+    try:
+        return (resolve_policy(spec).run or {}).get("env_config")
+    except InputError:
+        return None
 
 
-def evaluate(spec: str, env_id: str = "DynoSim-v0", *, config: Any = None, episodes: int = 5,
-             seed: int = 0, split: str = "eval", overrides: dict[str, Any] | None = None,
-             keep_traces: int = 0, quiet: bool = True) -> Evaluation:
-    """Run ``episodes`` episodes of ``spec`` and summarise them."""
+# -- episodes --------------------------------------------------------------------------------
+
+def trace_workload(path: str) -> dict[str, Any]:
+    """A ``workload:`` block for a trace file: ``.jsonl`` = Mooncake, ``.csv`` = Azure, or
+    ``bundled:NAME``."""
+    if path.startswith("bundled:"):
+        kind = "azure" if "azure" in path else "mooncake"
+    elif path.endswith(".csv"):
+        kind = "azure"
+    elif path.endswith((".jsonl", ".json")):
+        kind = "mooncake"
+    else:
+        raise InputError("expected a Mooncake .jsonl, an Azure .csv or bundled:NAME",
+                         field="--trace")
+    if not path.startswith("bundled:") and not Path(path).is_file():
+        raise InputError("trace file not found", file=path, field="--trace")
+    return {"kind": kind, "path": str(Path(path).resolve()) if not path.startswith("bundled:")
+            else path}
+
+
+def plan_windows(arrivals_ms: list[float], total_s: float, window_s: float, interval_s: float,
+                 windows: int | None) -> list[float]:
+    """Start times of consecutive windows of ``window_s`` covering the trace (``0``: one
+    window over the whole trace). Errors: window longer than the trace, not a multiple of
+    the decision interval, more windows than fit, a window without requests."""
+    if window_s < 0 or not math.isfinite(window_s):
+        raise InputError(f"must be >= 0, got {window_s:g}", field="--window-s")
+    if window_s == 0:
+        starts, length = [0.0], total_s
+    else:
+        if window_s > total_s:
+            raise InputError(f"a {window_s:g} s window is longer than the trace "
+                             f"({total_s:.0f} s)", field="--window-s")
+        k = window_s / interval_s
+        if abs(k - round(k)) > 1e-9:
+            raise InputError(f"must be a multiple of the decision interval ({interval_s:g} s), "
+                             f"got {window_s:g}", field="--window-s")
+        n = int(total_s // window_s)
+        starts, length = [i * window_s for i in range(n)], window_s
+    if windows is not None:
+        if windows > len(starts):
+            raise InputError(f"the trace holds {len(starts)} window(s) of {window_s:g} s, "
+                             f"asked for {windows}", field="--windows")
+        starts = starts[:windows]
+    for s in starts:
+        lo = bisect.bisect_left(arrivals_ms, s * 1000.0)
+        hi = bisect.bisect_left(arrivals_ms, (s + length) * 1000.0)
+        if window_s == 0:
+            hi = len(arrivals_ms)
+        if hi <= lo:
+            raise InputError(f"window [{s:g}, {s + length:g}) s of the trace has no requests",
+                             field="--window-s")
+    return starts
+
+
+def make_eval_env(spec: PolicySpec, env_id: str, config: Any, overrides: dict[str, Any]):
+    """The evaluation env: ``config`` (default: the env's default) with the policy's
+    interface on top, then ``overrides``."""
     import gymnasium as gym
+    from dynosim_gym.config import load_env_config
+    base = config if config is not None else DEFAULT_CONFIGS[env_id]
+    over = {f"env.{k}": v for k, v in spec.interface().items()}
+    over.update(overrides)
+    cfg = load_env_config(base, **over)
+    return gym.make(f"dynosim_gym:{env_id}", config=cfg.to_dict()), cfg
 
-    env_id = check_env_id(env_id)
+
+def run_episode(env, policy, options: dict[str, Any], seed: int,
+                keep_trace: bool = False) -> dict[str, Any]:
+    """One episode: its summary, reward, per-request TTFT/TPOT lists and (optionally) a trace
+    of workers and load per step."""
+    obs, info = env.reset(seed=seed, options=options)
+    state = None
+    start = np.ones((1,), dtype=bool)
+    total = 0.0
+    keys = ("t_s", "arrival_rate_rps", "active_workers", "starting_workers",
+            "draining_workers", "sla_attainment", "queued_requests")
+    trace: dict[str, list[float]] = {k: [] for k in keys}
+    done = False
+    u = env.unwrapped
+    while not done:
+        action, state = policy.predict(obs, state=state, episode_start=start,
+                                       deterministic=True)
+        start = np.zeros((1,), dtype=bool)
+        obs, reward, term, trunc, info = env.step(action)
+        total += reward
+        done = term or trunc
+        if keep_trace:
+            info = dict(info, queued_requests=u._last.queued)
+            for key in keys:
+                trace[key].append(float(info[key]))
+    summary = dict(info["episode_summary"], reward=total, seed=seed, setup=u.episode)
+    return {"summary": summary, "ttfts": list(u._ttfts), "tpots": list(u._tpots),
+            "trace": trace if keep_trace else None}
+
+
+def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str, Any],
+                 trace: str | None, window_s: float | None, windows: int | None,
+                 episodes: int, seed: int, split: str):
+    """The evaluation env, its config, and the episodes to run: ``[(reset options, seed)]``
+    plus a JSON description of the plan."""
+    overrides = dict(overrides)
+    if trace is None:
+        env, cfg = make_eval_env(pol, env_id, config, overrides)
+        runs = [({"split": split}, seed + k) for k in range(episodes)]
+        return env, cfg, runs, {"split": split, "seeds": [seed, seed + episodes - 1]}
+    if env_id != "DynoSim-v0":
+        raise InputError("--trace windows are for DynoSim-v0", field="--trace")
+    overrides["workload"] = trace_workload(trace)
+    env, cfg = make_eval_env(pol, env_id, config, overrides)
+    tr = env.unwrapped.episodes.trace
+    env.close()
+    arrivals = [r.arrival_ms for r in tr._firsts]
+    if not arrivals:
+        raise InputError("the trace has no requests", file=trace, field="--trace")
+    total_s = arrivals[-1] / 1000.0
+    iv = cfg.env.interval_s
+    ws = 60.0 * iv if window_s is None else float(window_s)
+    starts = plan_windows(arrivals, total_s, ws, iv, windows)
+    steps = int(round(ws / iv)) if ws > 0 else int(math.floor(total_s / iv)) + 1
+    overrides["env.episode_steps"] = steps
+    env, cfg = make_eval_env(pol, env_id, config, overrides)
+    runs = [({"window_start_s": s}, seed) for s in starts]
+    return env, cfg, runs, {"trace": trace, "window_s": ws, "windows": len(starts),
+                            "episode_steps": steps, "seed": seed}
+
+
+def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episodes: int = 5,
+             seed: int = 0, split: str = "eval", overrides: dict[str, Any] | None = None,
+             trace: str | None = None, window_s: float | None = None,
+             windows: int | None = None, keep_traces: int = 0,
+             quiet: bool = True) -> Evaluation:
+    """Score ``spec`` on seeded episodes or on pinned windows of ``trace`` (module doc)."""
+    pol = resolve_policy(spec)
+    env_id = check_env_id(env_id or pol.env_id or "DynoSim-v0")
+    if pol.env_id is not None and pol.env_id != env_id:
+        raise InputError(f"{spec} acts on {pol.env_id}, not {env_id}", field="--policy")
     if episodes < 1:
         raise InputError(f"must be >= 1, got {episodes}", field="--episodes")
-    if config is None:
-        config = run_config_of(spec)
-    env = gym.make(f"dynosim_gym:{env_id}", config=config, **(overrides or {}))
-    policy = load_policy(spec, env)
+    env, cfg, runs, plan = episode_plan(pol, env_id, config, overrides or {}, trace,
+                                        window_s, windows, episodes, seed, split)
+    policy = pol.load(env)
     space = getattr(policy, "observation_space", None)
     if space is not None and space.shape != env.observation_space.shape:
         raise InputError(f"the model observes {space.shape}, this env config gives "
-                         f"{env.observation_space.shape}; evaluate it with its training "
-                         "config", field="--config")
-    rewards, eps, traces = [], [], []
-    met = decided = 0
-    it = range(episodes)
+                         f"{env.observation_space.shape} (trained with an older observation?)",
+                         field="--policy")
+    it = list(enumerate(runs))
     if not quiet and sys.stderr.isatty():
         from tqdm import tqdm
         it = tqdm(it, desc=spec, unit="episode", file=sys.stderr)
-    for k in it:
-        obs, info = env.reset(seed=seed + k, options={"split": split})
-        state = None
-        start = np.ones((1,), dtype=bool)
-        total = 0.0
-        trace = {"t_s": [], "arrival_rate_rps": [], "active_workers": [],
-                 "starting_workers": [], "draining_workers": [], "sla_attainment": []}
-        done = False
-        while not done:
-            action, state = policy.predict(obs, state=state, episode_start=start,
-                                           deterministic=True)
-            start = np.zeros((1,), dtype=bool)
-            obs, reward, term, trunc, info = env.step(action)
-            total += reward
-            done = term or trunc
-            if k < keep_traces:
-                for key in trace:
-                    trace[key].append(float(info[key]))
-        summary = dict(info["episode_summary"], reward=total, seed=seed + k,
-                       setup=env.unwrapped.episode)
-        met += summary["requests_met"]
-        decided += summary["requests_decided"]
-        rewards.append(total)
-        eps.append(summary)
-        if k < keep_traces:
-            traces.append(trace)
+    results = [run_episode(env, policy, opts, s, keep_trace=k < keep_traces) for k, (opts, s) in it]
+    u = env.unwrapped
+    reward_cfg = resolved_reward(cfg, u)
     env.close()
+    return summarise(spec, results, cfg, reward_cfg, pol.interface(), plan)
+
+
+def resolved_reward(cfg, u) -> dict[str, Any]:
+    """The reward config a result was scored with, defaults resolved (``gpu_weight``,
+    ``request_scale``)."""
+    out = asdict(cfg.env.reward)
+    for key, attr in (("gpu_weight", "w_gpu"), ("request_scale", "request_scale")):
+        if hasattr(u, attr):
+            out[key] = getattr(u, attr)
+    return out
+
+
+def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: dict,
+              plan: dict) -> Evaluation:
+    eps = [r["summary"] for r in results]
+    met = sum(e["requests_met"] for e in eps)
+    decided = sum(e["requests_decided"] for e in eps)
+    ttfts = sorted(x for r in results for x in r["ttfts"])
+    tpots = sorted(x for r in results for x in r["tpots"])
+    hours = sum(e["steps"] for e in eps) * cfg.env.interval_s / 3600.0
+    gpu = float(sum(e["gpu_hours"] for e in eps))
+    rewards = [e["reward"] for e in eps]
     return Evaluation(
-        policy=spec, episodes=episodes, mean_reward=float(np.mean(rewards)),
+        policy=spec, episodes=len(eps), mean_reward=float(np.mean(rewards)),
         std_reward=float(np.std(rewards)),
         sla_attainment=met / decided if decided else 1.0,
-        gpu_hours=float(np.mean([e["gpu_hours"] for e in eps])),
-        ttft_p90_ms=float(np.mean([e["ttft_p90_ms"] for e in eps])),
-        itl_p90_ms=float(np.mean([e["itl_p90_ms"] for e in eps])),
-        requests_decided=decided, per_episode=eps, traces=traces)
+        gpu_hours=gpu, gpu_hours_per_episode=gpu / len(eps),
+        p90_ttft_ms=_pct(ttfts, 0.9), p90_itl_ms=_pct(tpots, 0.9),
+        scaling_events=int(sum(e.get("scaling_events", 0) for e in eps)),
+        reversals_per_hour=sum(e.get("reversals", 0) for e in eps) / hours if hours else 0.0,
+        requests_decided=decided,
+        requests_in_flight=int(sum(e.get("requests_in_flight", 0) for e in eps)),
+        simulated_hours=hours, reward_config=reward_cfg,
+        policy_interface=interface, episodes_plan=plan, per_episode=eps,
+        traces=[r["trace"] for r in results if r["trace"] is not None])
 
 
 # -- leaderboard ---------------------------------------------------------------------------------
@@ -149,29 +376,34 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
                 episodes: int = 5, seed: int = 0, reference: str = "heuristic:load",
                 policies: list[str] | None = None, quiet: bool = True) -> list[Evaluation]:
     """Evaluate the heuristics and every trained model under ``directory`` on the same
-    held-out episodes; write ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json``
-    and the plots ``replicas_vs_load.png`` and ``sla_vs_gpu_hours.png`` there. Ratios are
-    relative to ``reference``."""
+    held-out episodes (scored with the same evaluation config); write ``leaderboard.md``,
+    ``leaderboard.csv``, ``leaderboard.json`` and the plots ``replicas_vs_load.png`` and
+    ``sla_vs_gpu_hours.png`` there. Ratios are relative to ``reference``."""
     d = Path(directory)
     if not d.is_dir():
         raise InputError("leaderboard directory not found", file=str(d), field="--leaderboard")
     specs = policies or ([f"heuristic:{h}" for h in AUTOSCALING_HEURISTICS]
+                         + [f"heuristic:{t}" for t in tuned_baselines()]
                          + [str(p) for p in find_models(d)])
     if reference not in specs:
         specs.insert(0, reference)
-    # One env config for every policy (the default unless given), so rewards compare;
-    # trained models must have been trained on the same observation and action spaces.
-    cfg = config if config is not None else ("autoscale_default" if env_id == "DynoSim-v0"
-                                             else "routing_default")
     results = []
     for spec in specs:
-        results.append(evaluate(spec, env_id, config=cfg, episodes=episodes, seed=seed,
-                                keep_traces=1, quiet=quiet))
+        if not quiet:
+            print(f"leaderboard: {spec}", file=sys.stderr, flush=True)
+        if spec.startswith("oracle:"):
+            from .oracle import evaluate_oracle
+            results.append(evaluate_oracle(spec, config=config, episodes=episodes, seed=seed))
+        else:
+            results.append(evaluate(spec, env_id, config=config, episodes=episodes, seed=seed,
+                                    keep_traces=1, quiet=quiet))
     ref = next(r for r in results if r.policy == reference)
     rows = []
     for r in results:
         row = {"policy": _label(r.policy, d), **{m: getattr(r, m) for m in METRICS}}
-        for m in METRICS:
+        row["sla_attainment_std"] = float(np.std([e["sla_attainment"] for e in r.per_episode]))
+        row["gpu_hours_std"] = float(np.std([e["gpu_hours"] for e in r.per_episode]))
+        for m in ("sla_attainment", "gpu_hours_per_episode", "mean_reward"):
             base = getattr(ref, m)
             row[f"{m}_vs_ref"] = getattr(r, m) / base if base else math.nan
         rows.append(row)
@@ -179,7 +411,8 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (d / "leaderboard.md").write_text(_markdown(rows, _label(reference, d), episodes, seed))
+    (d / "leaderboard.md").write_text(_markdown(rows, _label(reference, d), episodes, seed,
+                                                results[0].reward_config))
     (d / "leaderboard.json").write_text(json.dumps(
         [r.as_dict() for r in results], indent=1, default=str) + "\n")
     plot_replicas(results, d / "replicas_vs_load.png", d, reference=reference)
@@ -188,7 +421,7 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
 
 
 def _label(spec: str, d: Path) -> str:
-    if spec.startswith("heuristic:"):
+    if spec.startswith(("heuristic:", "oracle:", "pretrained:")):
         return spec
     p = Path(spec)
     try:
@@ -197,24 +430,33 @@ def _label(spec: str, d: Path) -> str:
         return str(p)
 
 
-def _markdown(rows: list[dict], reference: str, episodes: int, seed: int) -> str:
-    head = ("| policy | mean reward | SLA attainment | GPU-hours / episode | p90 TTFT (ms) | "
-            "p90 ITL (ms) | SLA vs ref | GPU-h vs ref | reward vs ref |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-    lines = [f"| {r['policy']} | {r['mean_reward']:.2f} | {r['sla_attainment']:.1%} | "
-             f"{r['gpu_hours']:.3f} | {r['ttft_p90_ms']:.0f} | {r['itl_p90_ms']:.1f} | "
-             f"{r['sla_attainment_vs_ref']:.3f} | {r['gpu_hours_vs_ref']:.3f} | "
-             f"{r['mean_reward_vs_ref']:.3f} |" for r in rows]
+def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
+              reward_cfg: dict) -> str:
+    head = ("| policy | mean reward | SLA attainment (± std over episodes) | GPU-hours / "
+            "episode | p90 TTFT (ms) | p90 ITL (ms) | scaling events | reversals / h | "
+            "SLA vs ref | GPU-h vs ref |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = [f"| {r['policy']} | {r['mean_reward']:.2f} | {r['sla_attainment']:.1%} "
+             f"(± {100 * r['sla_attainment_std']:.1f}) | "
+             f"{r['gpu_hours_per_episode']:.3f} ± {r['gpu_hours_std']:.3f} | "
+             f"{r['p90_ttft_ms']:.0f} | "
+             f"{r['p90_itl_ms']:.1f} | {r['scaling_events']} | {r['reversals_per_hour']:.1f} | "
+             f"{r['sla_attainment_vs_ref']:.3f} | {r['gpu_hours_per_episode_vs_ref']:.3f} |"
+             for r in rows]
     note = (f"\n{episodes} held-out episodes (split=eval, seeds {seed}..{seed + episodes - 1}), "
-            f"the same for every policy; ratios relative to {reference}.\n")
+            f"the same for every policy; SLA attainment and percentiles pooled over all "
+            f"requests (± = std of the episodes' own figures); ratios "
+            f"relative to {reference}; reward: {json.dumps(reward_cfg)}.\n")
     return head + "\n".join(lines) + "\n" + note
 
 
 def _front(results: list[Evaluation]) -> list[Evaluation]:
     """Policies no other policy beats on both SLA attainment (higher) and GPU-hours (lower)."""
     return [r for r in results
-            if not any(o.sla_attainment >= r.sla_attainment and o.gpu_hours <= r.gpu_hours
-                       and (o.sla_attainment, o.gpu_hours) != (r.sla_attainment, r.gpu_hours)
+            if not any(o.sla_attainment >= r.sla_attainment
+                       and o.gpu_hours_per_episode <= r.gpu_hours_per_episode
+                       and (o.sla_attainment, o.gpu_hours_per_episode)
+                       != (r.sla_attainment, r.gpu_hours_per_episode)
                        for o in results)]
 
 
@@ -228,15 +470,16 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
     import matplotlib.pyplot as plt
 
     traced = [r for r in results if r.traces]
-    heur = [r for r in traced if r.policy.startswith("heuristic:")]
-    learned = [r for r in traced if not r.policy.startswith("heuristic:")]
+    fixed = ("heuristic:", "oracle:")
+    heur = [r for r in traced if r.policy.startswith(fixed)]
+    learned = [r for r in traced if not r.policy.startswith(fixed)]
     if len(heur) + len(learned) > max_panels:
         front = _front(results)
         ref = next((r for r in results if r.policy == reference), None)
 
         def beats_ref(r: Evaluation) -> bool:
             return ref is not None and (r.sla_attainment >= ref.sla_attainment
-                                        and r.gpu_hours <= ref.gpu_hours)
+                                        and r.gpu_hours_per_episode <= ref.gpu_hours_per_episode)
         learned = sorted((r for r in learned if r in front),
                          key=lambda r: (not beats_ref(r), -r.mean_reward))
         learned = learned[: max(1, max_panels - len(heur))]
@@ -251,7 +494,9 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
         tr = r.traces[0]
         ax2 = ax.twinx()
         ax2.fill_between(tr["t_s"], tr["arrival_rate_rps"], step="pre", color="0.85")
-        ax2.set_ylabel("req/s", fontsize=8)
+        if tr.get("queued_requests"):
+            ax2.plot(tr["t_s"], np.asarray(tr["queued_requests"]) / 10.0, color="C3", lw=0.8)
+        ax2.set_ylabel("req/s; queued/10", fontsize=8)
         workers = np.array(tr["active_workers"]) + np.array(tr["starting_workers"])
         ax.step(tr["t_s"], workers, where="pre", color="C0", lw=1.6)
         ax.set_ylim(0, top + 0.5)
@@ -259,9 +504,10 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
         ax.set_zorder(ax2.get_zorder() + 1)
         ax.patch.set_visible(False)
         ax.set_title(f"{_label(r.policy, d)}: SLA {r.sla_attainment:.1%}, "
-                     f"{r.gpu_hours:.3f} GPU-h/episode (means over all episodes)", fontsize=9,
-                     loc="left")
-    axes[-1, 0].set_xlabel("simulated time (s) — first held-out episode; grey: arrival rate")
+                     f"{r.gpu_hours_per_episode:.3f} GPU-h/episode (over all episodes)",
+                     fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("simulated time (s), first held-out episode; blue: provisioned "
+                           "workers, grey: arrival rate, red: queued requests / 10")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -282,13 +528,13 @@ def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
     xs, ys, texts = [], [], []
     for r in results:
         heur = r.policy.startswith("heuristic:")
-        x, y = r.gpu_hours, 100 * r.sla_attainment
+        x, y = r.gpu_hours_per_episode, 100 * r.sla_attainment
         ax.scatter(x, y, marker="s" if heur else "o", color="C1" if heur else "C0",
                    edgecolor="k" if r in front else "none", s=60, zorder=3)
         xs.append(x)
         ys.append(y)
         texts.append(ax.text(x, y, _label(r.policy, d), fontsize=7, zorder=4))
-    pts = sorted((r.gpu_hours, 100 * r.sla_attainment) for r in front)
+    pts = sorted((r.gpu_hours_per_episode, 100 * r.sla_attainment) for r in front)
     if len(pts) > 1:
         ax.plot(*zip(*pts), color="0.6", lw=1, zorder=2)
     ax.set_xlabel("GPU-hours per episode (lower is better)")

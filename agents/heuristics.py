@@ -10,7 +10,10 @@ learned agents are scored through one path on the same episodes.
   reads what it reads in Dynamo: per-engine forward-pass metrics and queues (load), arrival
   counts, ISL/OSL and the engine timing model (throughput). That is more than the agent's
   observation, so the comparison favours the heuristic.
-* :class:`StaticPolicy` (``heuristic:static``) never changes the worker count.
+* Tuned planners (``heuristic:load-tuned``, ...): a planner with knobs found by ``dynosim
+  tune`` on the training split, shipped as a small YAML in ``agents/tuned/``.
+* :class:`StaticPolicy` (``heuristic:static``) never changes the worker count;
+  ``heuristic:static:N`` (:class:`StaticCountPolicy`) goes to N workers and stays there.
 * Routing: :class:`RoundRobinPolicy` and :class:`KvCostPolicy` (Dynamo's KV-aware cost from
   the observation) for ``DynoSimRouting-v0``.
 
@@ -19,6 +22,7 @@ advice lives there: a Gymnasium env, a Gymnasium vector env or an SB3 VecEnv.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,18 +70,23 @@ class HeuristicPolicy:
 
 
 class PlannerPolicy(HeuristicPolicy):
-    """Dynamo's ``load`` or ``throughput`` planner (see the module doc)."""
+    """Dynamo's ``load`` or ``throughput`` planner (see the module doc); ``knobs`` override
+    :class:`sim.planner.PlannerConfig` fields (a tuned planner)."""
 
-    def __init__(self, kind: str, env=None) -> None:
+    def __init__(self, kind: str, env=None, knobs: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
         super().__init__(env)
         if kind not in ("load", "throughput"):
             raise ValueError(f"unknown planner {kind!r}; expected load or throughput")
         self.kind = kind
-        self.name = f"heuristic:{kind}"
+        self.knobs = dict(knobs or {})
+        self.name = name or f"heuristic:{kind}"
 
     def actions(self, obs: np.ndarray, n: int) -> list[int]:
         if self.env is None:
             raise RuntimeError("PlannerPolicy needs the environment: policy.bind(env)")
+        if self.knobs:
+            return [int(a) for a in _call(self.env, "planner_action", self.kind, self.knobs)]
         return [int(a) for a in _call(self.env, "planner_action", self.kind)]
 
 
@@ -90,6 +99,20 @@ class StaticPolicy(HeuristicPolicy):
         if self.env is None:
             raise RuntimeError("StaticPolicy needs the environment: policy.bind(env)")
         return [int(a) for a in _call(self.env, "hold_action")]
+
+
+class StaticCountPolicy(HeuristicPolicy):
+    """Go to ``workers`` provisioned workers (within the action's step limit) and stay."""
+
+    def __init__(self, workers: int, env=None) -> None:
+        super().__init__(env)
+        self.workers = workers
+        self.name = f"heuristic:static:{workers}"
+
+    def actions(self, obs: np.ndarray, n: int) -> list[int]:
+        if self.env is None:
+            raise RuntimeError("StaticCountPolicy needs the environment: policy.bind(env)")
+        return [int(a) for a in _call(self.env, "target_action", self.workers)]
 
 
 class RoundRobinPolicy(HeuristicPolicy):
@@ -155,15 +178,62 @@ class KvCostPolicy(HeuristicPolicy):
         return (acts[0] if obs.ndim == 1 else acts), state
 
 
+TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+AUTOSCALING_ENV, ROUTING_ENV = "DynoSim-v0", "DynoSimRouting-v0"
+#: name -> env id it acts on (``static:N`` is a pattern; tuned planners come from TUNED_DIR).
+HEURISTICS = {"load": AUTOSCALING_ENV, "throughput": AUTOSCALING_ENV,
+              "static": AUTOSCALING_ENV, "static:N": AUTOSCALING_ENV,
+              "kv": ROUTING_ENV, "round_robin": ROUTING_ENV}
 AUTOSCALING_HEURISTICS = ("load", "throughput", "static")
 
 
-def make_heuristic(spec: str, env=None) -> HeuristicPolicy:
-    """``heuristic:load`` | ``heuristic:throughput`` | ``heuristic:static`` (autoscaling)."""
+def tuned_baselines() -> dict[str, Path]:
+    """Shipped tuned planners: name -> YAML (``agents/tuned/NAME.yaml``)."""
+    return {p.stem: p for p in sorted(TUNED_DIR.glob("*.yaml"))}
+
+
+def read_tuned(path: Path) -> dict[str, Any]:
+    """A tuned planner's YAML: ``base`` (load | throughput), ``knobs`` (PlannerConfig
+    fields) and how it was found (``tuned_on``, ``command``...)."""
+    import yaml
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if data.get("base") not in ("load", "throughput") or not isinstance(data.get("knobs"), dict):
+        raise ValueError(f"{path}: expected 'base: load|throughput' and a 'knobs' mapping")
+    return data
+
+
+def heuristic_env(spec: str) -> str:
+    """The env id a ``heuristic:NAME`` acts on; ValueError naming the choices if unknown."""
     kind = spec.split(":", 1)[1] if spec.startswith("heuristic:") else spec
+    if kind.startswith("static:"):
+        return AUTOSCALING_ENV
+    if kind in HEURISTICS:
+        return HEURISTICS[kind]
+    if kind in tuned_baselines():
+        return AUTOSCALING_ENV
+    names = [*HEURISTICS, *tuned_baselines()]
+    raise ValueError(f"unknown heuristic {spec!r}; expected one of "
+                     f"{', '.join('heuristic:' + k for k in names)}")
+
+
+def make_heuristic(spec: str, env=None) -> HeuristicPolicy:
+    """``heuristic:load | throughput | static | static:N | <tuned name>`` (autoscaling) or
+    ``heuristic:kv | round_robin`` (routing; needs ``env``). ValueError if unknown."""
+    kind = spec.split(":", 1)[1] if spec.startswith("heuristic:") else spec
+    heuristic_env(spec)
     if kind in ("load", "throughput"):
         return PlannerPolicy(kind, env)
     if kind == "static":
         return StaticPolicy(env)
-    raise ValueError(f"unknown heuristic {spec!r}; expected one of "
-                     f"{', '.join('heuristic:' + k for k in AUTOSCALING_HEURISTICS)}")
+    if kind.startswith("static:"):
+        n = kind.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"heuristic:static:N needs a worker count N >= 1, got {n!r}")
+        return StaticCountPolicy(int(n), env)
+    if kind == "kv":
+        return KvCostPolicy(env)
+    if kind == "round_robin":
+        u = env.unwrapped if hasattr(env, "unwrapped") else env
+        return RoundRobinPolicy(int(u.num_workers), env)
+    data = read_tuned(tuned_baselines()[kind])
+    return PlannerPolicy(data["base"], env, knobs=data["knobs"], name=f"heuristic:{kind}")

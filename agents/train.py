@@ -105,6 +105,12 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
                 device=device, **hp)
     callbacks = [CheckpointCallback(save_freq=max(1, checkpoint_every // n_envs),
                                     save_path=str(out / "checkpoints"), name_prefix=key)]
+    dual = None
+    if env_id == "DynoSim-v0" and env_cfg.env.reward.mode == "lagrangian":
+        from .lagrangian import LagrangeMultiplierCallback
+        rw = env_cfg.env.reward
+        dual = LagrangeMultiplierCallback(rw.sla_target, rw.multiplier_lr, rw.multiplier)
+        callbacks.append(dual)
     progress = _Progress(total, quiet)
     callbacks.append(progress.callback())
     record = {"algo": key, "env_id": env_id, "seed": seed, "timesteps": total,
@@ -121,6 +127,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     wall = time.perf_counter() - t0
     record["train_wall_s"] = round(wall, 1)   # run record, not env info
     record.update(progress.summary())
+    if dual is not None:
+        record["lagrange_multiplier"] = {"final": dual.multiplier, "history": dual.history}
     if not quiet:
         print(f"dynosim: trained {key} on {env_id}: {progress.line(wall)}", file=sys.stderr)
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

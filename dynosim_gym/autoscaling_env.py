@@ -1,6 +1,7 @@
 """``DynoSim-v0``: learn to autoscale an aggregated LLM-serving pool."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gymnasium as gym
@@ -38,18 +39,38 @@ class ThroughputAdvisor(_Advice, ThroughputPlanner):
 ADVISORS = {"load": LoadAdvisor, "throughput": ThroughputAdvisor}
 
 
+def planner_config(cfg: EnvConfig, knobs: dict | None = None) -> PlannerConfig:
+    """The planner an env's heuristics run: the env's SLAs, decision interval, budget and
+    min_endpoint, ``env.planner_predictor``, then ``env.planner`` and ``knobs`` (any other
+    :class:`~sim.planner.PlannerConfig` field, by name) on top."""
+    e = cfg.env
+    sla = cfg.sim.sla
+    kw: dict[str, Any] = dict(ttft_sla_ms=sla.ttft_ms, itl_sla_ms=sla.itl_ms,
+                              interval_s=e.planner_interval_s or e.interval_s,
+                              max_gpu_budget=e.max_gpu_budget, min_endpoint=e.min_endpoint,
+                              load_predictor=e.planner_predictor)
+    kw.update(e.planner)
+    kw.update(knobs or {})
+    return PlannerConfig(**kw)
+
+
 class DynoSimEnv(SimEnv):
     """
     ## Description
 
     An aggregated pool of LLM-serving workers (vLLM-style engines behind a router, replayed by
-    the ``sim`` discrete-event core with Dynamo's semantics) receives a request stream: a
-    window of a real trace (Mooncake, Azure) or a seeded synthetic load shape (diurnal,
-    bursty, ramp). Every ``interval_s`` of simulated time (default 10 s) the agent decides
-    how many workers to provision. New workers spend ``cluster.startup_time_s`` starting
-    (paid for, not serving); removed workers first cancel starting ones, then drain (paid
-    for until their last request finishes). The goal is Dynamo's planner's: meet the TTFT
-    and ITL SLAs with as few GPU-seconds as possible.
+    the ``sim`` discrete-event core with Dynamo's semantics) receives a request stream whose
+    rate swings 5-20x within each 30-minute episode: one of the named workload families of
+    :mod:`dynosim_gym.scenarios` (diurnal swings, flash crowds, rate steps, ramps, and the
+    bundled Mooncake and Azure traces under a diurnal or step envelope). Training episodes
+    draw from ``env.scenarios``, held-out ones (``split="eval"``) from
+    ``env.eval_scenarios``. Every ``interval_s`` of simulated time (default 5 s, Dynamo's
+    load-planner interval) the agent decides how many workers to provision. New workers
+    spend a start-up time (drawn per episode in 30-180 s) starting (paid for, not serving); removed workers first cancel
+    starting ones, then drain (paid for until their last request finishes). The goal is
+    Dynamo's planner's: meet the TTFT and ITL SLAs with as few GPU-seconds as possible.
+    Config ``autoscale_legacy`` is v0.1's default (10-minute episodes of 0.3-2 req/s);
+    ``autoscale_mooncake`` replays windows of the real trace.
 
     ## Action Space
 
@@ -64,35 +85,43 @@ class DynoSimEnv(SimEnv):
 
     ## Observation Space
 
-    ``Box(0, 1, (19 * stack,), float32)``, features in :data:`FEATURES` order: arrival rate,
-    mean ISL and OSL of the interval's arrivals, queued and running requests, queued prefill
-    tokens, KV utilisation, KV hit rate, p50/p90 TTFT and p90 ITL of the interval's
+    ``Box(low, 20, (22 * stack,), float32)``, features in :data:`FEATURES` order: arrival
+    rate, mean ISL and OSL of the interval's arrivals, queued and running requests, queued
+    prefill tokens, KV utilisation, KV hit rate, p50/p90 TTFT and p90 ITL of the interval's
     completions (relative to the SLAs), the oldest request still waiting for its first token,
-    last interval's SLA attainment, active/starting/draining workers, time of day (sin, cos)
-    and episode progress. Unbounded values are scaled and squashed with ``x / (1 + x)``.
-    ``env.observation.stack = N`` concatenates the last N intervals.
+    last interval's SLA attainment, active/starting/draining workers, time of day (sin, cos),
+    episode progress, the arrival-rate slope and queue growth over the last 3 intervals, and
+    the episode's start-up time. Unbounded values are scaled and log-scaled (``log1p``), so
+    they do not saturate outside the training range; the two trends are signed (low -20,
+    else 0). ``env.observation.stack = N`` concatenates the last N intervals.
 
     ## Rewards
 
-    ``r = sla_weight * attainment - gpu_weight * gpu_seconds - change_penalty * |changed|``:
-    attainment = requests that completed within both SLAs (TTFT <= ``sla.ttft_ms`` and
-    per-request ITL <= ``sla.itl_ms``) / requests decided in the interval (completed,
-    rejected, or first seen waiting longer than ``timeout_s`` without a first token), 1.0 if
-    none; GPU-seconds provisioned in the interval, starting and draining workers included;
-    ``|changed|`` workers added or removed by the action. Defaults: 1.0, 0.5 / (interval_s x
-    max_gpu_budget) (a full budget for a whole step costs 0.5), 0.01. Each term is in
+    ``r = sla - gpu_weight * gpu_seconds - change_penalty * |changed|``, with the SLA term
+    by ``env.reward.mode``: ``per_request`` (default) ``-sla_weight * missed /
+    request_scale``, where ``missed`` counts requests that missed the SLA in the interval
+    (completed with TTFT > ``sla.ttft_ms`` or per-request ITL > ``sla.itl_ms``, rejected, or
+    first seen waiting longer than ``timeout_s`` without a first token); each request
+    counts once, when it is decided, so quiet intervals do not dilute bursts;
+    ``lagrangian``: ``multiplier * (met - sla_target * decided) / request_scale`` with a dual
+    variable updated during training (:mod:`agents.lagrangian`); ``interval`` (v0.1):
+    ``sla_weight * attainment`` of the interval, 1.0 if none was decided. GPU-seconds are
+    provisioned in the interval, starting and draining workers included; ``|changed|`` =
+    workers added or removed. Defaults: ``sla_weight`` 1.0, ``request_scale`` =
+    ``rate_max_rps * interval_s``, ``gpu_weight`` 0.5 / (interval_s x max_gpu_budget) (a full
+    budget for a whole step costs 0.5), ``change_penalty`` 0.01. Each term is in
     ``info["reward_terms"]``.
 
     ## Starting State
 
     ``initial_workers`` (default ``cluster.num_workers``) active workers with empty caches at
-    t = 0 of the episode's window; the first observation describes an empty interval.
+    t = 0 of the episode; the first observation describes an empty interval.
 
     ## Episode End
 
-    Never terminates; after ``episode_steps`` steps (default 60 = 10 simulated minutes)
-    ``truncated=True``. The final ``info["episode_summary"]`` summarises the episode: SLA attainment,
-    GPU-hours, p90 TTFT/ITL, requests decided.
+    Never terminates; after ``episode_steps`` steps (default 360 x 5 s = 30 simulated minutes)
+    ``truncated=True``. The final ``info["episode_summary"]`` summarises the episode: SLA
+    attainment, GPU-hours, p90 TTFT/ITL, requests decided, scaling events and reversals.
 
     ## Arguments
 
@@ -100,12 +129,21 @@ class DynoSimEnv(SimEnv):
     YAML path, the name of a bundled scenario in ``envs_configs`` or a dict (default
     ``autoscale_default``); overrides are env fields (``interval_s=5``), sections
     (``reward={"gpu_weight": 0}``) or dotted keys. ``reset(seed=..., options=...)`` options:
-    ``split`` (``train``/``eval``: held-out windows and seeds), ``window_start_s`` (trace),
-    ``scenario`` and ``rate_rps`` (synthetic). ``render_mode="ansi"`` renders a status line.
+    ``split`` (``train``/``eval``: held-out families, windows and seeds), ``window_start_s``
+    (trace configs: pin the window; any window that fits in the trace), ``scenario``,
+    ``rate_rps`` (mean rate of a legacy shape, peak rate of a family) and ``swing``.
+    ``render_mode="ansi"`` renders a status line.
 
     ## Version History
 
-    * v0: initial release (aggregated pool, vLLM-style engine, Dynamo replay semantics).
+    * v0 (0.2, issue 11; changed in place, pre-1.0): the default scenario poses the
+      autoscaling problem -- 30-minute episodes of workload families swinging 5-20x, with
+      held-out families for evaluation, start-up drawn in 30-180 s; per-request SLA reward
+      (``reward.mode: per_request``) and an optional Lagrangian form; observations
+      log-scaled (no saturation) plus rate slope, queue growth and start-up time (22
+      features, was 19); planner knobs via ``env.planner``; ``window_start_s`` may pin any
+      window of a trace. v0.1's scenario is ``config="autoscale_legacy"``.
+    * v0 (0.1): initial release (aggregated pool, vLLM-style engine, Dynamo replay semantics).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -124,10 +162,14 @@ class DynoSimEnv(SimEnv):
                                               sla.itl_ms)
         self.observation_space = self.obs_builder.space
         rw = e.reward
+        self.reward_mode = rw.mode
         self.w_sla = rw.sla_weight
         self.w_gpu = rw.gpu_weight if rw.gpu_weight is not None else \
             0.5 / (e.interval_s * e.max_gpu_budget)
         self.w_change = rw.change_penalty
+        self.request_scale = rw.request_scale or e.rate_max_rps * e.interval_s
+        self.sla_target = rw.sla_target
+        self.multiplier = rw.multiplier
         self.interval_ms = e.interval_s * 1000.0
         self.sim = None
         self.episode: dict[str, Any] = {}
@@ -146,7 +188,10 @@ class DynoSimEnv(SimEnv):
         self._over = False
         self._t_ms = 0.0
         self._totals = {"met": 0, "finished": 0, "completed": 0, "rejected": 0,
-                        "timed_out": 0, "gpu_seconds": 0.0, "changes": 0}
+                        "timed_out": 0, "gpu_seconds": 0.0, "changes": 0, "scaling_events": 0,
+                        "reversals": 0}
+        self._last_dir = 0
+        self.obs_builder.startup_s = self.sim.cluster_cfg.startup_time_s
         self._ttfts: list[float] = []
         self._tpots: list[float] = []
         self._history: list[tuple[int, int, float]] = []     # for render(): per step
@@ -184,7 +229,8 @@ class DynoSimEnv(SimEnv):
                 if what == "step":
                     self.step(arg)
                 else:
-                    self.planner_action(arg)
+                    kind, _, knobs = arg.partition("|")
+                    self.planner_action(kind, json.loads(knobs) if knobs else None)
             self._advisor_kinds = kinds
 
     def step(self, action):
@@ -212,11 +258,16 @@ class DynoSimEnv(SimEnv):
         iv = self.monitor.collect()
         self._last = iv
         self._steps += 1
-        terms = {"sla": self.w_sla * iv.sla_attainment,
+        terms = {"sla": self.sla_term(iv),
                  "gpu": -self.w_gpu * iv.gpu_seconds,
                  "change": -self.w_change * changed}
         reward = terms["sla"] + terms["gpu"] + terms["change"]
         tot = self._totals
+        if changed:
+            direction = 1 if target > cur else -1
+            tot["scaling_events"] += 1
+            tot["reversals"] += self._last_dir == -direction
+            self._last_dir = direction
         tot["met"] += iv.met
         tot["finished"] += iv.finished
         tot["completed"] += iv.completed
@@ -249,6 +300,21 @@ class DynoSimEnv(SimEnv):
         if truncated:
             info["episode_summary"] = self.episode_summary()
         return obs, float(reward), False, bool(truncated), info
+
+    def sla_term(self, iv: Interval) -> float:
+        """The SLA part of the reward for one interval (see ``## Rewards``)."""
+        mode = self.reward_mode
+        if mode == "per_request":
+            return -self.w_sla * (iv.finished - iv.met) / self.request_scale
+        if mode == "lagrangian":
+            return self.multiplier * (iv.met - self.sla_target * iv.finished) \
+                / self.request_scale
+        return self.w_sla * iv.sla_attainment
+
+    def set_multiplier(self, value: float) -> None:
+        """Set the Lagrange multiplier of ``reward.mode: lagrangian`` (the training callback
+        updates it between rollouts; takes effect from the next step)."""
+        self.multiplier = max(0.0, float(value))
 
     def render(self):
         if self._last is None or self.render_mode is None:
@@ -305,7 +371,11 @@ class DynoSimEnv(SimEnv):
             "requests_completed": tot["completed"],
             "requests_rejected": tot["rejected"],
             "requests_timed_out": tot["timed_out"],
+            # arrived but not decided yet (in flight at the cut-off)
+            "requests_in_flight": self.sim.num_arrived - tot["finished"],
             "workers_changed": tot["changes"],
+            "scaling_events": tot["scaling_events"],
+            "reversals": tot["reversals"],
             "steps": self._steps,
         }
 
@@ -314,15 +384,24 @@ class DynoSimEnv(SimEnv):
         cur = sum(self.sim.counts()[:2]) if self.sim is not None else 0
         return self.action_type.from_target(cur, cur)
 
-    def planner_action(self, kind: str) -> int:
+    def target_action(self, workers: int) -> int:
+        """The action that moves the provisioned worker count towards ``workers``."""
+        cur = sum(self.sim.counts()[:2]) if self.sim is not None else workers
+        return self.action_type.from_target(int(workers), cur)
+
+    def planner_action(self, kind: str, knobs: dict | None = None) -> int:
         """The action Dynamo's ``load`` or ``throughput`` planner would take now.
 
         The planner runs inside the simulation as an advisor (same interval as the env's
         steps, the env's SLA, budget and min_endpoint) and reads what it reads in Dynamo:
         per-engine forward-pass metrics and queues (load), arrival counts, ISL/OSL and the
-        timing model (throughput). Used by :mod:`agents.heuristics`."""
+        timing model (throughput). ``knobs`` override :class:`sim.planner.PlannerConfig`
+        fields on top of the env's ``env.planner`` (a tuned planner). Used by
+        :mod:`agents.heuristics`."""
         if kind not in ADVISORS:
             raise ValueError(f"unknown planner {kind!r}; expected one of {', '.join(ADVISORS)}")
+        if knobs:
+            kind = kind + "|" + json.dumps(knobs, sort_keys=True)
         if kind not in self._advisor_kinds:
             self._advisor_kinds.append(kind)
         if self.sim is None:
@@ -336,14 +415,10 @@ class DynoSimEnv(SimEnv):
         return self.action_type.from_target(target, cur)
 
     def _attach_advisor(self, kind: str):
-        e = self.cfg.env
-        sla = self.cfg.sim.sla
-        pc = PlannerConfig(ttft_sla_ms=sla.ttft_ms, itl_sla_ms=sla.itl_ms,
-                           interval_s=e.planner_interval_s or e.interval_s,
-                           max_gpu_budget=e.max_gpu_budget,
-                           min_endpoint=e.min_endpoint, load_predictor=e.planner_predictor)
+        kind, _, knobs = kind.partition("|")
+        pc = planner_config(self.cfg, json.loads(knobs) if knobs else None)
         adv = ADVISORS[kind](pc).attach(self.sim)
-        self._advisors[kind] = adv
+        self._advisors[kind + ("|" + knobs if knobs else "")] = adv
         return adv
 
     @staticmethod

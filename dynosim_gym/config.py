@@ -23,13 +23,20 @@ from typing import Any, Mapping
 from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, load_config,
                         parse_config, read_yaml)
 from sim.errors import InputError
-from sim.schema import (COUNT, GPUS, MAX_TOKENS, RATE, SHARE_OPEN, TIME_S_POS, WEIGHT,
-                        WORKERS, Range)
+from sim.schema import (COUNT, GPUS, MAX_TOKENS, RATE, SHARE_OPEN, TIME_S, TIME_S_POS,
+                        WEIGHT, WORKERS, Range)
 
 import envs_configs as _bundled
 
+from .scenarios import FAMILIES
+
 CONFIG_DIR = Path(_bundled.__file__).resolve().parent     # the bundled YAML scenarios
-SCENARIOS = ("diurnal", "bursty", "ramp", "steady")
+#: Load shapes an episode can draw: the v0.1 shapes (a mean rate in [rate_min, rate_max])
+#: and the workload families of :mod:`dynosim_gym.scenarios` (a peak rate in that range and a
+#: 5-20x swing).
+LEGACY_SCENARIOS = ("diurnal", "bursty", "ramp", "steady")
+SCENARIOS = LEGACY_SCENARIOS + FAMILIES
+REWARD_MODES = ("per_request", "interval", "lagrangian")
 
 
 def _opt(default: Any, **rules: Any) -> Any:
@@ -56,11 +63,23 @@ class ObservationSection:
 
 @dataclass
 class RewardSection:
-    sla_weight: float = _opt(1.0, range=WEIGHT)  # x SLA attainment in the interval (0..1)
+    # per_request: -sla_weight x requests that missed the SLA in the interval / request_scale
+    #   (each request counts once, when it completes, is rejected or times out);
+    # interval: sla_weight x the interval's attainment (1.0 if no request was decided; v0.1);
+    # lagrangian: multiplier x (met - sla_target x decided) / request_scale, the multiplier
+    #   being a dual variable updated during training (agents.train's callback).
+    mode: str = _opt("per_request", choices=REWARD_MODES)
+    sla_weight: float = _opt(1.0, range=WEIGHT)
     # x GPU-seconds provisioned in the interval (starting + active + draining workers);
     # null = 0.5 / (interval_s * max_gpu_budget): a full budget for a whole step costs 0.5.
     gpu_weight: float | None = _opt(None, range=WEIGHT)
     change_penalty: float = _opt(0.01, range=WEIGHT)  # x workers added or removed by the action
+    # requests per step that weigh 1.0 (per_request, lagrangian); null = rate_max_rps x interval_s
+    request_scale: float | None = _opt(None, range=WEIGHT.with_lo(0, lo_open=True))
+    # lagrangian: attainment to reach; oracle too
+    sla_target: float = _opt(0.95, range=Range(0, 1, lo_open=True, unit="", why="a share"))
+    multiplier: float = _opt(1.0, range=WEIGHT)          # lagrangian: initial dual variable
+    multiplier_lr: float = _opt(2.0, range=WEIGHT)       # lagrangian: dual step per unit of violation
 
 
 @dataclass
@@ -74,14 +93,24 @@ class EnvSection:
     # trace: trailing share held out for split=eval
     eval_fraction: float = _opt(0.25, range=SHARE_OPEN)
     scenarios: str = "diurnal,bursty,ramp"   # synthetic: load shapes drawn at reset (comma list)
-    rate_min_rps: float = _opt(0.2, range=RATE)  # synthetic: mean arrival rate drawn in [min, max]
+    eval_scenarios: str | None = None        # shapes for split=eval; null = scenarios
+    # mean (legacy shapes) or peak (families) arrival rate, drawn in [min, max] per episode
+    rate_min_rps: float = _opt(0.2, range=RATE)
     rate_max_rps: float = _opt(1.0, range=RATE)
+    # families: peak / trough drawn in [min, max]
+    swing_min: float = _opt(5.0, range=Range(1, 1e6, unit="x", why="peak over trough"))
+    swing_max: float = _opt(20.0, range=Range(1, 1e6, unit="x", why="peak over trough"))
+    # worker start-up drawn per episode in [min, max]; null = cluster.startup_time_s
+    startup_min_s: float | None = _opt(None, range=TIME_S)
+    startup_max_s: float | None = _opt(None, range=TIME_S)
     day_period_s: float = _opt(1200.0, range=TIME_S_POS)  # simulated day (diurnal, time of day)
     timeout_s: float = _opt(60.0, range=TIME_S_POS)  # no first token by then: SLA violated
     # heuristic planners (agents.heuristics): forecaster and decision interval
     planner_predictor: str = _opt("constant",
                                   choices=("constant", "moving_average", "kalman", "arima"))
     planner_interval_s: float | None = _opt(None, range=TIME_S_POS)  # null = interval_s
+    # any other sim.planner.PlannerConfig field, by its name (Dynamo's knob names)
+    planner: dict = field(default_factory=dict)
     action: ActionSection = field(default_factory=ActionSection)
     observation: ObservationSection = field(default_factory=ObservationSection)
     reward: RewardSection = field(default_factory=RewardSection)
@@ -200,20 +229,24 @@ def _parse_env(data: Any, v: _Validator) -> EnvSection:
         return EnvSection()
     if not isinstance(data, Mapping):
         raise v.error(f"expected a mapping, got {_show(data)}", "env")
-    flat = {k: x for k, x in data.items() if k not in NESTED}
-    if isinstance(flat.get("scenarios"), (list, tuple)):
-        flat["scenarios"] = ",".join(str(s) for s in flat["scenarios"])
+    flat = {k: x for k, x in data.items() if k not in NESTED and k != "planner"}
+    for key in ("scenarios", "eval_scenarios"):
+        if isinstance(flat.get(key), (list, tuple)):
+            flat[key] = ",".join(str(s) for s in flat[key])
     env = v.section(flat, _FlatEnv, "env")
     out = EnvSection(**{f.name: getattr(env, f.name) for f in fields(_FlatEnv)})
     for name, cls in NESTED.items():
         setattr(out, name, v.section(data.get(name), cls, f"env.{name}"))
+    out.planner = data.get("planner") if data.get("planner") is not None else {}
+    if isinstance(out.planner, Mapping):
+        out.planner = dict(out.planner)
     return out
 
 
 # EnvSection's scalar fields (rules included), for the shared field validator.
 _FlatEnv = make_dataclass(
     "_FlatEnv", [(f.name, f.type, field(default=f.default, metadata=f.metadata))
-                 for f in fields(EnvSection) if f.name not in NESTED],
+                 for f in fields(EnvSection) if f.name not in NESTED and f.name != "planner"],
     namespace={"__module__": __name__})
 
 
@@ -225,10 +258,23 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
     if kind not in ("mooncake", "azure", "synthetic"):
         raise v.error(f"unknown workload kind {kind!r}; expected mooncake, azure or synthetic",
                       "workload.kind")
-    for name in e.scenarios.split(","):
-        if name.strip() not in SCENARIOS:
-            raise v.error(f"unknown scenario {name.strip()!r}; expected a comma list of "
-                          f"{', '.join(SCENARIOS)}", "env.scenarios")
+    for key in ("scenarios", "eval_scenarios"):
+        for name in (getattr(e, key) or "").split(","):
+            if name.strip() and name.strip() not in SCENARIOS:
+                raise v.error(f"unknown scenario {name.strip()!r}; expected a comma list of "
+                              f"{', '.join(SCENARIOS)}", f"env.{key}")
+    if e.swing_min > e.swing_max:
+        raise v.error(f"must be <= env.swing_max ({e.swing_max}), got {e.swing_min}",
+                      "env.swing_min")
+    if (e.startup_min_s is None) != (e.startup_max_s is None):
+        raise v.error("give both startup_min_s and startup_max_s, or neither",
+                      "env.startup_min_s")
+    if e.startup_min_s is not None and e.startup_min_s > e.startup_max_s:
+        raise v.error(f"must be <= env.startup_max_s ({e.startup_max_s}), got "
+                      f"{e.startup_min_s}", "env.startup_min_s")
+    if e.reward.sla_target > 1:
+        raise v.error(f"must be <= 1, got {e.reward.sla_target}", "env.reward.sla_target")
+    _check_planner(e, v)
     if e.rate_min_rps > e.rate_max_rps:
         raise v.error(f"must be <= env.rate_max_rps ({e.rate_max_rps}), got {e.rate_min_rps}",
                       "env.rate_min_rps")
@@ -255,5 +301,33 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
                       "env.episode_steps")
 
 
+def _check_planner(e: EnvSection, v: _Validator) -> None:
+    """``env.planner``: keys are :class:`sim.planner.PlannerConfig` fields (not the ones the
+    env sets itself); values must build a valid PlannerConfig."""
+    from sim.planner import PlannerConfig
+    if not isinstance(e.planner, Mapping):
+        raise v.error(f"expected a mapping of planner knobs, got {_show(e.planner)}",
+                      "env.planner")
+    known = [f.name for f in fields(PlannerConfig) if f.name not in ENV_SET_PLANNER_FIELDS]
+    for key in e.planner:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            raise v.error("unknown planner knob" + (f" (did you mean '{hint[0]}'?)" if hint
+                                                    else f"; expected one of {', '.join(known)}"),
+                          f"env.planner.{key}")
+    try:
+        PlannerConfig(**dict(e.planner))
+    except InputError as exc:
+        raise v.error(exc.detail, f"env.planner.{exc.field}") from None
+    except TypeError as exc:
+        raise v.error(str(exc), "env.planner") from None
+
+
+#: PlannerConfig fields the env sets from its own config (SLAs; budget and min_endpoint
+#: default to the env's, an ``env.planner`` entry may tighten them).
+ENV_SET_PLANNER_FIELDS = ("mode", "ttft_sla_ms", "itl_sla_ms", "gpus_per_worker")
+
+
 __all__ = ["EnvConfig", "EnvSection", "ActionSection", "ObservationSection", "RewardSection",
-           "load_env_config", "resolve_config_path", "SCENARIOS", "CONFIG_DIR", "load_config"]
+           "load_env_config", "resolve_config_path", "SCENARIOS", "LEGACY_SCENARIOS", "REWARD_MODES",
+           "CONFIG_DIR", "load_config"]

@@ -24,10 +24,24 @@ from sim.timing_spec import make_timing
 from sim.workloads import TraceWindow, from_config
 from sim.workloads.window import trace_duration_s
 
+from . import scenarios as fam
 from .config import SCENARIOS, EnvConfig
 
 SPLIT_KEY = {"train": 0, "eval": 1}
-OPTION_KEYS = ("window_start_s", "scenario", "split", "rate_rps")
+OPTION_KEYS = ("window_start_s", "scenario", "split", "rate_rps", "swing")
+
+_TRACES: dict[str, Any] = {}      # bundled traces of the trace families, parsed once per process
+
+
+def family_trace(name: str):
+    """The parsed bundled trace behind a trace family (cached)."""
+    if name not in _TRACES:
+        from sim.config import BUNDLED_TRACES, DATA_DIR
+        from sim.workloads import load_azure, load_mooncake
+        path = DATA_DIR / BUNDLED_TRACES[name]
+        _TRACES[name] = (load_mooncake(path) if name.startswith("mooncake")
+                         else load_azure(path))
+    return _TRACES[name]
 
 
 class EpisodeFactory:
@@ -40,21 +54,15 @@ class EpisodeFactory:
         self.is_trace = kind in ("mooncake", "azure")
         self._trace = None
         self._timing = None
-        self.scenarios = tuple(s.strip() for s in cfg.env.scenarios.split(","))
+        self.scenarios = {"train": tuple(s.strip() for s in cfg.env.scenarios.split(","))}
+        self.scenarios["eval"] = tuple(s.strip() for s in (
+            cfg.env.eval_scenarios or cfg.env.scenarios).split(",") if s.strip())
 
     # -- pieces shared across episodes ---------------------------------------------------
     @property
     def trace(self):
         if self._trace is None:
             self._trace = build_workload(self.cfg.sim)
-            total = trace_duration_s(self._trace)
-            train_end = total * (1.0 - self.cfg.env.eval_fraction)
-            if min(train_end, total - train_end) < self.duration_s:
-                file, line = self.cfg.sim.locate("env")
-                raise InputError(f"trace of {total:.0f} s is too short for {self.duration_s:g} s "
-                                 f"episodes in both splits (eval_fraction "
-                                 f"{self.cfg.env.eval_fraction})", file=file, line=line,
-                                 field="env.episode_steps")
         return self._trace
 
     @property
@@ -90,12 +98,16 @@ class EpisodeFactory:
         if self.is_trace:
             workload, desc = self._window(rng_episode, split, opts)
         else:
-            workload, desc = self._synthetic(rng_episode, rng_workload, opts)
+            workload, desc = self._synthetic(rng_episode, rng_workload, opts, split)
         desc["split"] = split
         scfg = self.cfg.sim
         n0 = env.initial_workers or scfg.cluster.num_workers
+        startup = scfg.cluster.startup_time_s
+        if env.startup_min_s is not None:         # drawn last: earlier draws stay as in v0.1
+            startup = float(np.floor(rng_episode.uniform(env.startup_min_s, env.startup_max_s)))
+            desc["startup_time_s"] = startup
         cluster = ClusterConfig(num_workers=n0, gpus_per_worker=scfg.cluster.gpus_per_worker,
-                                startup_time_s=scfg.cluster.startup_time_s)
+                                startup_time_s=startup)
         sla = {"ttft_ms": scfg.sla.ttft_ms, "itl_ms": scfg.sla.itl_ms, "e2e_ms": None}
         sim = Simulation(
             workload, engine=EngineConfig(**asdict(scfg.engine)), timing=self.timing,
@@ -112,12 +124,24 @@ class EpisodeFactory:
         train_end = total * (1.0 - self.cfg.env.eval_fraction)
         lo, hi = (0.0, train_end) if split == "train" else (train_end, total)
         if "window_start_s" in opts:
-            start = float(opts["window_start_s"])
-            if not (math.isfinite(start) and 0 <= start <= total - self.duration_s):
-                raise InputError(f"must be in [0, {total - self.duration_s:.0f}] s for this "
-                                 f"trace, got {opts['window_start_s']!r}",
+            start = opts["window_start_s"]
+            if not (isinstance(start, (int, float)) and math.isfinite(start)
+                    and 0 <= start <= max(0.0, total - self.duration_s)) \
+                    or self.duration_s > total + self.cfg.env.interval_s:
+                raise InputError(f"a {self.duration_s:g} s window must start in [0, "
+                                 f"{max(0.0, total - self.duration_s):.0f}] s of this "
+                                 f"{total:.0f} s trace, got {start!r}",
                                  field="options.window_start_s")
+            start = float(start)
         else:
+            if hi - lo < self.duration_s:
+                file, line = self.cfg.sim.locate("env")
+                raise InputError(f"the {split} split of this {total:.0f} s trace "
+                                 f"({hi - lo:.0f} s; eval_fraction "
+                                 f"{self.cfg.env.eval_fraction}) is shorter than a "
+                                 f"{self.duration_s:g} s episode; pin windows with "
+                                 "options={'window_start_s': S}", file=file, line=line,
+                                 field="env.episode_steps")
             start = float(rng.uniform(lo, hi - self.duration_s))
             start = math.floor(start)          # whole seconds: readable, reproducible
         window = TraceWindow(trace, start, start + self.duration_s)
@@ -125,15 +149,18 @@ class EpisodeFactory:
                         "day_offset_s": start}
 
     def _synthetic(self, rng: np.random.Generator, rng_workload: np.random.Generator,
-                   opts: dict) -> tuple[Any, dict]:
+                   opts: dict, split: str = "train") -> tuple[Any, dict]:
         env = self.cfg.env
         scenario = opts.get("scenario")
+        names = self.scenarios[split]
         if scenario is None:
-            scenario = self.scenarios[int(rng.integers(len(self.scenarios)))]
+            scenario = names[int(rng.integers(len(names)))]
         elif scenario not in SCENARIOS:
             raise InputError(f"unknown scenario {scenario!r}; expected one of "
                              f"{', '.join(SCENARIOS)}", field="options.scenario")
         rate = float(opts.get("rate_rps", rng.uniform(env.rate_min_rps, env.rate_max_rps)))
+        if scenario in fam.FAMILIES:
+            return self._family(scenario, rate, rng, rng_workload, opts, split)
         day_offset = float(rng.uniform(0.0, env.day_period_s))
         T = self.duration_s
         if scenario == "diurnal":
@@ -156,6 +183,40 @@ class EpisodeFactory:
             workload = from_config(block, rng_workload, prefix="workload")
         return workload, {"workload": "synthetic", "scenario": scenario,
                           "arrival": arrival, "day_offset_s": day_offset}
+
+
+    def _family(self, family: str, peak: float, rng: np.random.Generator,
+                rng_workload: np.random.Generator, opts: dict, split: str
+                ) -> tuple[Any, dict]:
+        """An episode of a workload family (:mod:`dynosim_gym.scenarios`)."""
+        env = self.cfg.env
+        swing = float(opts.get("swing", rng.uniform(env.swing_min, env.swing_max)))
+        T = self.duration_s
+        desc: dict[str, Any] = {"workload": "family", "scenario": family,
+                                "peak_rps": peak, "swing": swing, "day_offset_s": 0.0}
+        if family in fam.TRACE_FAMILIES:
+            trace = family_trace(fam.TRACE_FAMILIES[family])
+            peak *= fam.TRACE_LOAD[family]
+            envelope = fam.draw_envelope(family, rng, T, peak, swing)
+            row = fam.trace_start_row(trace, rng, split, env.eval_fraction)
+            times = fam.poisson_times_ms(envelope, T, rng_workload)
+            workload = fam.EnvelopeTraceWorkload(trace, row, times, f"{family}[row {row}]")
+            desc.update(peak_rps=peak, first_row=row)
+        else:
+            envelope = fam.draw_envelope(family, rng, T, peak, swing)
+            block = dict(self.cfg.sim.workload)
+            block.pop("num_requests", None)
+            block.pop("arrival", None)
+            block.update(arrival={"process": "poisson", "rate": 1.0}, duration_s=T)
+            with _located(self.cfg.sim):
+                workload = from_config(block, rng_workload, prefix="workload")
+            workload.arrival = fam.EnvelopeArrivals(envelope, T)
+        desc["envelope"] = envelope.describe()
+        # the same load as a run-config arrival process (``dynosim simulate --config``)
+        desc["arrival"] = {"process": "piecewise", "knots_s": list(envelope.knots_s),
+                           "rates_rps": list(envelope.rates)}
+        desc["mean_rps"] = envelope.mean(T)
+        return workload, desc
 
 
 def begin_episode(env, ep_seed: int, options: Mapping[str, Any] | None) -> Simulation:

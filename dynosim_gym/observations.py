@@ -1,8 +1,11 @@
-"""Observation of the autoscaling environment: one normalised float32 vector per interval.
+"""Observation of the autoscaling environment: one float32 vector per interval.
 
-Unbounded quantities are divided by a reference scale and squashed with ``x / (1 + x)``
-(so the reference maps to 0.5 and nothing leaves ``[0, 1)``); shares are clipped to
-``[0, 1]``. With ``env.observation.stack = N`` the last N vectors are concatenated, oldest
+Unbounded quantities are divided by a reference scale and log-scaled, ``log1p(x)`` (the
+reference maps to ~0.69; there is no saturation: ten times the reference is 2.4, a thousand
+times 6.9), so a policy still tells loads apart far outside its training range. Signed
+trends use ``sign(x) * log1p(|x|)``. Shares are clipped to ``[0, 1]``. Every feature is
+clipped to ``[-LOG_MAX, LOG_MAX]`` (``LOG_MAX = 20``: e^20 times the reference) to keep the
+Box finite. With ``env.observation.stack = N`` the last N vectors are concatenated, oldest
 first (zeros before the episode's first interval).
 """
 from __future__ import annotations
@@ -15,9 +18,12 @@ from gymnasium import spaces
 
 from .monitor import Interval
 
+LOG_MAX = 20.0
+SLOPE_STEPS = 3          # trend features compare with the interval this many steps back
+
 #: Feature names, in vector order (one entry per float).
 FEATURES = (
-    "arrival_rate",        # requests/s in the interval / rate scale
+    "arrival_rate",        # log1p(requests/s in the interval / rate scale)
     "mean_isl",            # prompt tokens of arrivals / isl_scale
     "mean_osl",            # requested output tokens of arrivals / osl_scale
     "queued_requests",     # waiting requests / max workers
@@ -36,11 +42,27 @@ FEATURES = (
     "time_of_day_sin",     # (1 + sin) / 2 over env.day_period_s
     "time_of_day_cos",     # (1 + cos) / 2
     "episode_progress",    # elapsed / episode length
+    "arrival_rate_slope",  # log-rate now minus SLOPE_STEPS intervals ago (signed)
+    "queue_growth",        # signed log1p of the change in queued prefill tokens per
+                           # interval over the last SLOPE_STEPS intervals / batch budget
+    "startup_time",        # the episode's worker start-up time / interval_s, log1p
 )
+#: Features that can be negative (trends).
+SIGNED = ("arrival_rate_slope", "queue_growth")
 
 
 def _sq(x: float) -> float:
+    """``x / (1 + x)``: the routing env's squash (DynoSimRouting-v0 keeps it)."""
     return x / (1.0 + x) if x > 0 else 0.0
+
+
+def _lg(x: float) -> float:
+    """log1p for non-negative unbounded quantities."""
+    return math.log1p(x) if x > 0 else 0.0
+
+
+def _slog(x: float) -> float:
+    return math.copysign(math.log1p(abs(x)), x)
 
 
 class ObservationBuilder:
@@ -55,15 +77,22 @@ class ObservationBuilder:
         self.period = cfg.env.day_period_s
         self.horizon = cfg.env.interval_s * cfg.env.episode_steps
         self.n = len(FEATURES)
-        self.space = spaces.Box(0.0, 1.0, shape=(self.n * self.stack,), dtype=np.float32)
+        self.interval_s = cfg.env.interval_s
+        low = np.array([-LOG_MAX if f in SIGNED else 0.0 for f in FEATURES], dtype=np.float32)
+        self.space = spaces.Box(np.tile(low, self.stack),
+                                np.full(self.n * self.stack, LOG_MAX, dtype=np.float32),
+                                dtype=np.float32)
         self._hist: deque[np.ndarray] = deque(maxlen=self.stack)
         self._last = (0.0, 0.0, 0.0)     # latency percentiles carried over quiet intervals
+        self._trend: deque[tuple[float, float]] = deque(maxlen=SLOPE_STEPS + 1)
+        self.startup_s = 0.0
 
     def reset(self) -> None:
         self._hist.clear()
         for _ in range(self.stack):
             self._hist.append(np.zeros(self.n, dtype=np.float32))
         self._last = (0.0, 0.0, 0.0)
+        self._trend.clear()
 
     def vector(self, iv: Interval, day_offset_s: float, elapsed_s: float) -> np.ndarray:
         dt = max(iv.t1_s - iv.t0_s, 1e-9)
@@ -72,19 +101,24 @@ class ObservationBuilder:
         p50, p90, itl = self._last
         W = self.W
         phase = 2.0 * math.pi * ((elapsed_s + day_offset_s) % self.period) / self.period
+        rate = _lg(iv.arrived / dt / self.rate_scale)
+        trend = self._trend
+        trend.append((rate, iv.queued_prefill_tokens / self.budget))
+        r0, q0 = trend[0]
+        k = max(len(trend) - 1, 1)
         v = (
-            _sq(iv.arrived / dt / self.rate_scale),
-            _sq(iv.mean_isl / self.isl_scale),
-            _sq(iv.mean_osl / self.osl_scale),
-            _sq(iv.queued / W),
-            _sq(iv.running / (8.0 * W)),
-            _sq(iv.queued_prefill_tokens / self.budget),
+            rate,
+            _lg(iv.mean_isl / self.isl_scale),
+            _lg(iv.mean_osl / self.osl_scale),
+            _lg(iv.queued / W),
+            _lg(iv.running / (8.0 * W)),
+            _lg(iv.queued_prefill_tokens / self.budget),
             min(max(iv.kv_utilisation, 0.0), 1.0),
             min(max(iv.kv_hit_rate, 0.0), 1.0),
-            _sq(p50 / self.ttft_sla),
-            _sq(p90 / self.ttft_sla),
-            _sq(itl / self.itl_sla),
-            _sq(iv.oldest_wait_ms / self.ttft_sla),
+            _lg(p50 / self.ttft_sla),
+            _lg(p90 / self.ttft_sla),
+            _lg(itl / self.itl_sla),
+            _lg(iv.oldest_wait_ms / self.ttft_sla),
             iv.sla_attainment,
             min(iv.active / W, 1.0),
             min(iv.starting / W, 1.0),
@@ -92,8 +126,11 @@ class ObservationBuilder:
             0.5 * (1.0 + math.sin(phase)),
             0.5 * (1.0 + math.cos(phase)),
             min(elapsed_s / self.horizon, 1.0),
+            (rate - r0) / k,
+            _slog((trend[-1][1] - q0) / k),
+            _lg(self.startup_s / self.interval_s),
         )
-        return np.asarray(v, dtype=np.float32)
+        return np.clip(np.asarray(v, dtype=np.float32), -LOG_MAX, LOG_MAX)
 
     def observe(self, iv: Interval, day_offset_s: float, elapsed_s: float) -> np.ndarray:
         self._hist.append(self.vector(iv, day_offset_s, elapsed_s))

@@ -20,7 +20,10 @@ import dynosim_gym  # noqa: F401  (registers the ids)
 
 CASES = [
     # (label, env id, config, overrides, policy)
-    ("DynoSim-v0 default (synthetic, Qwen3-32B TP2 H200), hold", "DynoSim-v0", None, {}, "hold"),
+    ("DynoSim-v0 default (workload families, Qwen3-32B TP2 H200), hold", "DynoSim-v0", None, {},
+     "hold"),
+    ("DynoSim-v0 autoscale_legacy (v0.1 default), hold", "DynoSim-v0", "autoscale_legacy", {},
+     "hold"),
     ("DynoSim-v0 default, random actions", "DynoSim-v0", None, {}, "random"),
     ("DynoSim-v0 default, load planner", "DynoSim-v0", None, {}, "load"),
     ("DynoSim-v0 autoscale_tiny, hold", "DynoSim-v0", "autoscale_tiny", {}, "hold"),

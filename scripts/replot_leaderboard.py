@@ -13,7 +13,7 @@ from agents.evaluate import Evaluation, plot_front
 def main(directory: str) -> None:
     d = Path(directory)
     rows = json.loads((d / "leaderboard.json").read_text())
-    results = [Evaluation(**{k: v for k, v in r.items() if k != "per_episode"}) for r in rows]
+    results = [Evaluation.from_record(r) for r in rows]
     models = [r.policy for r in results if not r.policy.startswith("heuristic:")]
     base = Path(os.path.commonpath(models)) if len(models) > 1 else \
         Path(models[0]).parent if models else d

@@ -29,7 +29,7 @@ from .errors import InputError
 CMDLINE = "command line"     # the "file" of values given as flags
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
-AGENT_COMMANDS = ("train", "evaluate")     # in agents.cli (imports gymnasium / torch lazily)
+AGENT_COMMANDS = ("train", "evaluate", "tune")   # in agents.cli (imports gymnasium / torch lazily)
 
 # flag -> (config field, argparse type, metavar, help). Only flags given on the command
 # line override the config (argparse defaults are None).

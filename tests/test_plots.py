@@ -39,9 +39,10 @@ def test_leaderboard_front_labels_do_not_overlap(monkeypatch, tmp_path: Path) ->
     pts = {"heuristic:load": (0.531, 0.533), "heuristic:throughput": (0.532, 0.535),
            "heuristic:static": (0.667, 0.817), "runs/ppo": (0.668, 0.816),
            "runs/ppo_gpu_weight_0.008": (0.669, 0.815), "runs/ppo_long_name_seed1": (0.60, 0.70)}
-    results = [Evaluation(policy=p, episodes=2, mean_reward=0.0, std_reward=0.0,
-                          sla_attainment=s, gpu_hours=g, ttft_p90_ms=1.0, itl_p90_ms=1.0,
-                          requests_decided=1) for p, (g, s) in pts.items()]
+    results = [Evaluation.from_record(   # a v0.1 record (per-episode GPU-hours)
+        dict(policy=p, episodes=2, mean_reward=0.0, std_reward=0.0, sla_attainment=s,
+             gpu_hours=g, ttft_p90_ms=1.0, itl_p90_ms=1.0, requests_decided=1))
+        for p, (g, s) in pts.items()]
     plot_front(results, tmp_path / "front.png", Path("runs"))
     ax = figs[-1].axes[0]
     labels = [t for t in ax.texts if t.get_text() in {"heuristic:load", "heuristic:throughput",

@@ -28,6 +28,26 @@ __all__ = [
     "fixed", "uniform", "lognormal",
 ]
 
+class PiecewiseRate:
+    """Piecewise-linear arrival rate through ``(knots_s[i], rates_rps[i])``, flat outside
+    (picklable; the workload families of ``dynosim_gym.scenarios`` as a run config)."""
+
+    def __init__(self, knots_s: list[float], rates_rps: list[float]) -> None:
+        if (not isinstance(knots_s, (list, tuple)) or not isinstance(rates_rps, (list, tuple))
+                or len(knots_s) != len(rates_rps) or not knots_s):
+            raise InputError("knots_s and rates_rps must be lists of the same length",
+                             field="rates_rps")
+        if any(b < a for a, b in zip(knots_s, knots_s[1:])):
+            raise InputError("must be non-decreasing", field="knots_s")
+        if any(r < 0 for r in rates_rps) or max(rates_rps) <= 0:
+            raise InputError("rates must be >= 0 and not all 0", field="rates_rps")
+        self.knots_s, self.rates_rps = [float(x) for x in knots_s], [float(x) for x in rates_rps]
+        self.max_rate = max(self.rates_rps)
+
+    def __call__(self, t_s: float) -> float:
+        return float(np.interp(t_s, self.knots_s, self.rates_rps))
+
+
 # name -> (factory, required keys, optional keys); keys are the factory's parameter names.
 _Table = dict[str, tuple[Callable[..., Any], set[str], set[str]]]
 _ARRIVALS: _Table = {
@@ -38,6 +58,7 @@ _ARRIVALS: _Table = {
     "ramp": (lambda **kw: nhpp(ramp(**kw)), {"start_rate", "end_rate", "duration_s"}, set()),
     "diurnal": (lambda **kw: nhpp(diurnal(**kw)), {"mean_rate", "amplitude", "period_s"},
                 {"phase_s"}),
+    "piecewise": (lambda **kw: nhpp(PiecewiseRate(**kw)), {"knots_s", "rates_rps"}, set()),
 }
 _DISTS: _Table = {
     "fixed": (fixed, {"value"}, set()),

@@ -1,0 +1,181 @@
+"""``dynosim tune``: search a planner's knobs on the training split, ship the best.
+
+The knobs are the fields of :class:`sim.planner.PlannerConfig`, read generically
+(:func:`knob_space`): every field except the ones that define the problem rather than the
+controller (:data:`FIXED`: SLAs, mode, GPUs per worker, the budget, predictor kwargs and
+context length) is searched, so a knob added to the dataclass becomes tunable with no change
+here. Ranges: :data:`RANGES` for knobs with a known domain; otherwise numbers from a quarter
+to four times their default (log scale), booleans both ways, the decision interval over
+1, 2, 3 and 6 env steps, the predictor over :data:`sim.predictors.PREDICTORS`. A sampled
+configuration PlannerConfig rejects is pruned.
+
+Search: Optuna's TPE sampler seeded with ``--seed`` (one process, one trial at a time, so
+the study is deterministic); objective = mean episode reward (the env config's reward) over
+the same ``--episodes`` training episodes (``split=train``, seeds ``seed..``) for every
+trial. Trial 0 is the planner's defaults. The best knobs are written as a small YAML
+(``agents/tuned/NAME.yaml``, shipped in the package) and become ``heuristic:NAME``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim.errors import InputError
+
+from .heuristics import TUNED_DIR, PlannerPolicy
+
+#: PlannerConfig fields that are the problem, not the controller: never tuned.
+FIXED = ("mode", "ttft_sla_ms", "itl_sla_ms", "gpus_per_worker", "max_gpu_budget",
+         "predictor_kwargs", "context_length")
+#: Known domains: (low, high, log scale).
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "load_scaling_down_sensitivity": (0.0, 100.0, False),
+    "load_min_observations": (1, 20, False),
+}
+
+
+def knob_space(env_cfg) -> dict[str, dict[str, Any]]:
+    """Tunable PlannerConfig fields -> an Optuna distribution spec."""
+    from sim.planner import PlannerConfig
+    from sim.predictors import PREDICTORS
+    hints = typing.get_type_hints(PlannerConfig)
+    base = PlannerConfig()
+    space: dict[str, dict[str, Any]] = {}
+    for f in dataclasses.fields(PlannerConfig):
+        name = f.name
+        if name in FIXED:
+            continue
+        default = getattr(base, name)
+        typ = hints[name]
+        args = typing.get_args(typ) or (typ,)
+        if name == "interval_s":
+            step = env_cfg.env.interval_s
+            space[name] = {"choices": [step * k for k in (1, 2, 3, 6)]}
+        elif name == "min_endpoint":
+            space[name] = {"int": (env_cfg.env.min_endpoint, max(env_cfg.env.min_endpoint,
+                                                                 env_cfg.max_workers // 2))}
+        elif name.endswith("predictor") and str in args:
+            space[name] = {"choices": list(PREDICTORS)}
+        elif bool in args:
+            space[name] = {"choices": [True, False]}
+        elif name in RANGES:
+            lo, hi, log = RANGES[name]
+            space[name] = {"int" if int in args and float not in args else "float":
+                           (lo, hi), "log": log}
+        elif int in args and float not in args and isinstance(default, int):
+            space[name] = {"int": (max(1, default // 4), max(2, default * 4)), "log": True}
+        elif float in args and isinstance(default, (int, float)) and default > 0:
+            space[name] = {"float": (default / 4, default * 4), "log": True}
+    return space
+
+
+def _suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for name, spec in space.items():
+        if "choices" in spec:
+            out[name] = trial.suggest_categorical(name, spec["choices"])
+        elif "int" in spec:
+            lo, hi = spec["int"]
+            out[name] = trial.suggest_int(name, int(lo), int(hi), log=spec.get("log", False))
+        else:
+            lo, hi = spec["float"]
+            out[name] = trial.suggest_float(name, float(lo), float(hi),
+                                            log=spec.get("log", False))
+    return out
+
+
+def score(kind: str, knobs: dict[str, Any], env, runs: list[tuple[dict, int]]) -> dict:
+    from .evaluate import run_episode
+    pol = PlannerPolicy(kind, env, knobs=knobs)
+    rewards, met, dec, gpu = [], 0, 0, 0.0
+    for opts, s in runs:
+        r = run_episode(env, pol, opts, s)["summary"]
+        rewards.append(r["reward"])
+        met += r["requests_met"]
+        dec += r["requests_decided"]
+        gpu += r["gpu_hours"]
+    return {"objective": sum(rewards) / len(rewards), "sla_attainment": met / dec if dec else 1.0,
+            "gpu_hours_per_episode": gpu / len(runs)}
+
+
+def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None, seed: int = 0,
+         name: str | None = None, out: str | Path | None = None,
+         overrides: dict[str, Any] | None = None, quiet: bool = True) -> tuple[Path, dict]:
+    """Run the study; write the YAML; return its path and the best trial's record."""
+    import optuna
+    from sim.planner import PlannerConfig
+
+    from .evaluate import PolicySpec, make_eval_env
+
+    kind = policy.split(":", 1)[1] if policy.startswith("heuristic:") else policy
+    if kind not in ("load", "throughput"):
+        raise InputError(f"can tune heuristic:load or heuristic:throughput, got {policy!r}",
+                         field="--policy")
+    pol = PolicySpec(policy, "heuristic", "DynoSim-v0")
+    env, cfg = make_eval_env(pol, "DynoSim-v0", config, dict(overrides or {}))
+    runs = [({"split": "train"}, seed + k) for k in range(episodes)]
+    space = knob_space(cfg)
+    from dynosim_gym.autoscaling_env import planner_config
+    defaults = {k: getattr(planner_config(cfg), k) for k in space}
+
+    def objective(trial) -> float:
+        knobs = _suggest(trial, space)
+        try:
+            planner_config(cfg, knobs)
+        except InputError:
+            raise optuna.TrialPruned() from None
+        res = score(kind, knobs, env, runs)
+        for k, v in res.items():
+            trial.set_user_attr(k, v)
+        if not quiet:
+            print(f"tune: trial {trial.number + 1}/{trials} objective {res['objective']:.4f} "
+                  f"SLA {res['sla_attainment']:.1%} GPU-h/ep "
+                  f"{res['gpu_hours_per_episode']:.3f}", file=sys.stderr, flush=True)
+        return res["objective"]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial({k: v for k, v in defaults.items()
+                         if _in_space(v, space[k])}, skip_if_exists=True)
+    study.optimize(objective, n_trials=trials, n_jobs=1)
+    env.close()
+    best = study.best_trial
+    knobs = dict(best.params)
+    PlannerConfig(**{**dataclasses.asdict(planner_config(cfg)), **knobs})   # still valid
+    name = name or f"{kind}-tuned"
+    path = Path(out) if out else TUNED_DIR / f"{name}.yaml"
+    record = {
+        "base": kind,
+        "knobs": knobs,
+        "objective": float(best.value),
+        "train_sla_attainment": float(best.user_attrs["sla_attainment"]),
+        "train_gpu_hours_per_episode": float(best.user_attrs["gpu_hours_per_episode"]),
+        "default_objective": float(study.trials[0].value) if study.trials[0].value is not None
+        else None,
+        "tuned_on": {"config": str(config) if config is not None else "autoscale_default",
+                     "overrides": dict(overrides or {}), "split": "train",
+                     "scenarios": cfg.env.scenarios, "episodes": episodes,
+                     "seeds": [seed, seed + episodes - 1]},
+        "search": {"sampler": "optuna.samplers.TPESampler", "seed": seed, "trials": trials,
+                   "space": space, "optuna": optuna.__version__},
+        "command": (f"dynosim tune --policy heuristic:{kind} --trials {trials} --episodes "
+                    f"{episodes} --seed {seed}" + (f" --config {config}" if config else "")
+                    + (f" --name {name}" if name != f"{kind}-tuned" else "")),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Written by `dynosim tune` (agents/tune.py); used as heuristic:"
+                    f"{path.stem}.\n" + yaml.safe_dump(record, sort_keys=False))
+    return path, record
+
+
+def _in_space(value: Any, spec: dict[str, Any]) -> bool:
+    if "choices" in spec:
+        return value in spec["choices"]
+    lo, hi = spec.get("int") or spec.get("float")
+    return isinstance(value, (int, float)) and lo <= value <= hi

@@ -1,0 +1,212 @@
+"""Workload families: named, seeded load shapes that swing 5-20x within an episode.
+
+Each family draws, from the episode's generator, an *envelope* -- the arrival rate over the
+episode as a piecewise-linear function of time (knots in seconds, rates in req/s) -- whose
+peak is ``peak_rps`` and whose trough is ``peak_rps / swing`` (``swing`` drawn in
+``[swing_min, swing_max]``, default 5-20). Synthetic families draw request lengths and
+shared prefixes from the config's ``workload`` block; trace families replay the bundled
+traces' own requests (lengths, prefix hashes), thinned to the envelope.
+
+| family | shape |
+|---|---|
+| ``diurnal_swing`` | one compressed day per episode: a raised cosine to a power in [1, 3] (a broad or a sharp midday peak) from trough to peak, random phase |
+| ``flash_crowd`` | trough load with 2-4 flash crowds: up to peak in 10 s, held 60-180 s, back in 30 s |
+| ``rate_steps`` | piecewise-constant levels, each held 3-6 min, log-uniform between trough and peak |
+| ``ramp_cycle`` | linear ramps trough -> peak -> trough, 2-3 cycles of random length |
+| ``mooncake_mod`` | Mooncake conversation rows (ISL/OSL/prefix hashes) under a diurnal or step envelope |
+| ``azure_mod`` | Azure 2023 conversation rows (ISL/OSL) under a diurnal or step envelope |
+
+Trace families keep the trace's arrival order and lengths: an episode starts at a random row
+and takes the following rows as arrivals of an inhomogeneous Poisson process with the
+envelope's rate (times are the process's; the rows' own timestamps are not used). Their
+peak rate is scaled by ``isl_ref / mean trace ISL`` so that the token load, not the request
+count, is comparable across families.
+
+Everything is drawn from the generators passed in, so an episode is a pure function of its
+seed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
+
+import numpy as np
+
+from sim.request import Request
+from sim.workloads.base import Workload
+
+#: Synthetic families (request lengths from the config's workload block).
+SYNTHETIC_FAMILIES = ("diurnal_swing", "flash_crowd", "rate_steps", "ramp_cycle")
+#: Trace families: family -> bundled trace name (``sim.config`` ``bundled:NAME``).
+TRACE_FAMILIES = {"mooncake_mod": "mooncake_conversation", "azure_mod": "azure_conversation"}
+FAMILIES = SYNTHETIC_FAMILIES + tuple(TRACE_FAMILIES)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Piecewise-linear arrival rate (req/s) through ``(knots_s[i], rates[i])``, held flat
+    outside the knots."""
+    knots_s: tuple[float, ...]
+    rates: tuple[float, ...]
+
+    @property
+    def max_rate(self) -> float:
+        return max(self.rates)
+
+    def __call__(self, t_s: float) -> float:
+        return float(np.interp(t_s, self.knots_s, self.rates))
+
+    def mean(self, horizon_s: float) -> float:
+        """Mean rate over ``[0, horizon_s]`` (trapezoid on a 1 s grid)."""
+        t = np.linspace(0.0, horizon_s, int(horizon_s) + 1)
+        return float(np.trapezoid(np.interp(t, self.knots_s, self.rates), t) / horizon_s)
+
+    def describe(self) -> dict[str, Any]:
+        return {"knots_s": [round(x, 3) for x in self.knots_s],
+                "rates_rps": [round(x, 4) for x in self.rates]}
+
+
+def poisson_times_ms(env: Envelope, horizon_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times (ms, sorted) of a Poisson process with rate ``env`` on ``[0, horizon_s)``
+    by thinning (Lewis-Shedler), vectorised: one draw for the count, one for the times, one
+    for the marks."""
+    lam = env.max_rate
+    n = int(rng.poisson(lam * horizon_s))
+    t = np.sort(rng.uniform(0.0, horizon_s, size=n))
+    keep = rng.uniform(0.0, lam, size=n) < np.interp(t, env.knots_s, env.rates)
+    return t[keep] * 1000.0
+
+
+@dataclass(frozen=True)
+class EnvelopeArrivals:
+    """An :class:`sim.workloads.synthetic.ArrivalProcess` over an envelope (picklable)."""
+    envelope: Envelope
+    horizon_s: float
+
+    def times_ms(self, rng: np.random.Generator) -> Iterator[float]:
+        yield from poisson_times_ms(self.envelope, self.horizon_s, rng).tolist()
+        while True:                       # past the horizon: the workload stops here
+            yield math.inf
+
+
+class EnvelopeTraceWorkload(Workload):
+    """Rows of a parsed trace from ``first_row`` on, at the times of a Poisson process with
+    the envelope's rate (``times_ms``); row indices restart at 0."""
+
+    concurrency = None
+
+    def __init__(self, trace, first_row: int, times_ms: np.ndarray, name: str) -> None:
+        self.trace = trace
+        self.name = name
+        self.first_row = first_row
+        self.times = times_ms.tolist()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "envelope_trace", "trace": self.trace.path,
+                "first_row": self.first_row, "num_requests": len(self.times)}
+
+    def _first_turns(self) -> Iterator[Request]:
+        rows = self.trace._firsts
+        n = len(rows)
+        for k, t in enumerate(self.times):
+            r = rows[(self.first_row + k) % n]
+            yield replace(r, index=k, arrival_ms=t, session_id=None, delay_ms=0.0)
+
+    def _next_turn(self, request: Request) -> Request | None:
+        return None
+
+
+# -- envelopes ------------------------------------------------------------------------------
+
+def _diurnal(rng, T: float, lo: float, hi: float) -> Envelope:
+    phase = float(rng.uniform(0.0, 1.0))
+    sharp = float(rng.uniform(1.0, 3.0))
+    extremes = [((0.5 - phase) % 1.0) * T, ((1.0 - phase) % 1.0) * T]   # peak, trough
+    t = np.unique(np.concatenate([np.linspace(0.0, T, 121), extremes]))
+    x = (0.5 * (1.0 - np.cos(2.0 * math.pi * (t / T + phase)))) ** sharp   # 0..1, one period
+    return Envelope(tuple(t.tolist()), tuple((lo + (hi - lo) * x).tolist()))
+
+
+def _flash(rng, T: float, lo: float, hi: float) -> Envelope:
+    n = int(rng.integers(2, 5))
+    starts = np.sort(rng.uniform(0.05, 0.85, size=n)) * T
+    levels = rng.uniform(0.5, 1.0, size=n)
+    knots, rates, crowd = [0.0], [lo], []
+    last = 0.0
+    for s, f in zip(starts.tolist(), levels.tolist()):
+        start = max(s, last + 60.0)
+        hold = float(rng.uniform(60.0, 180.0))
+        if start + hold + 40.0 > T:
+            break
+        knots += [start, start + 10.0, start + 10.0 + hold, start + 40.0 + hold]
+        rates += [lo, f, f, lo]
+        crowd += [len(rates) - 3, len(rates) - 2]
+        last = start + 40.0 + hold
+    top = max((rates[i] for i in crowd), default=1.0)
+    for i in crowd:                        # the tallest crowd reaches the peak
+        rates[i] = lo + (hi - lo) * rates[i] / top
+    knots.append(T)
+    rates.append(lo)
+    return Envelope(tuple(knots), tuple(rates))
+
+
+def _steps(rng, T: float, lo: float, hi: float) -> Envelope:
+    knots, rates = [], []
+    t = 0.0
+    levels = []
+    while t < T:
+        hold = float(rng.uniform(180.0, 360.0))
+        levels.append((t, min(t + hold, T)))
+        t += hold
+    vals = np.exp(rng.uniform(math.log(lo), math.log(hi), size=len(levels)))
+    if len(vals) >= 2:                       # the swing is real: one step at each extreme
+        i, j = rng.choice(len(vals), size=2, replace=False)
+        vals[i], vals[j] = hi, lo
+    for (a, b), v in zip(levels, vals):
+        knots += [a, max(a, b - 1e-3)]
+        rates += [float(v), float(v)]
+    return Envelope(tuple(knots), tuple(rates))
+
+
+def _ramps(rng, T: float, lo: float, hi: float) -> Envelope:
+    n = int(rng.integers(2, 4))
+    cuts = np.sort(rng.uniform(0.2, 0.8, size=2 * n - 1)) * T
+    knots = [0.0, *cuts.tolist(), T]
+    rates = [lo if k % 2 == 0 else hi for k in range(len(knots))]
+    return Envelope(tuple(knots), tuple(rates))
+
+
+SHAPES = {"diurnal_swing": _diurnal, "flash_crowd": _flash, "rate_steps": _steps,
+          "ramp_cycle": _ramps}
+
+
+def draw_envelope(family: str, rng: np.random.Generator, horizon_s: float, peak_rps: float,
+                  swing: float) -> Envelope:
+    """The family's envelope for one episode (trace families: diurnal or steps, drawn)."""
+    if family in TRACE_FAMILIES:
+        family = ("diurnal_swing", "rate_steps")[int(rng.integers(2))]
+    return SHAPES[family](rng, horizon_s, peak_rps / swing, peak_rps)
+
+
+def trace_start_row(trace, rng: np.random.Generator, split: str,
+                    eval_fraction: float) -> int:
+    """First row of an episode: train episodes start in the leading ``1 - eval_fraction``
+    of the trace's rows, eval episodes in the rest."""
+    n = len(trace._firsts)
+    cut = int(n * (1.0 - eval_fraction))
+    lo, hi = (0, cut) if split == "train" else (cut, n)
+    return int(rng.integers(lo, max(hi, lo + 1)))
+
+
+#: Trace families' peak rate, relative to the drawn peak: the traces' requests cost very
+#: different engine time from the synthetic ones (Mooncake: ~12k-token prompts with a long
+#: tail; Azure: ~1.2k-token prompts). Mooncake is scaled to need about as many workers at
+#: its peak as the synthetic families; Azure's short requests would need 10x the request
+#: rate for that (and 10x the simulation time), so it is scaled to about half the workers.
+TRACE_LOAD = {"mooncake_mod": 0.6, "azure_mod": 4.0}
+
+
+
+__all__ = ["FAMILIES", "SYNTHETIC_FAMILIES", "TRACE_FAMILIES", "Envelope", "EnvelopeArrivals",
+           "EnvelopeTraceWorkload", "draw_envelope", "poisson_times_ms"]

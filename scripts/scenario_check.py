@@ -1,0 +1,101 @@
+"""Measure the properties DynoSim-v0's default scenario was chosen for (issue 11).
+
+For episodes of every workload family (seeded, both splits), on the scenario itself:
+
+1. ``oracle:schedule`` (hindsight schedule over the known load, agents/oracle.py) and
+   ``oracle:static`` (the cheapest static count that reaches ``reward.sla_target`` over
+   the whole episode, i.e. the best static count at peak load). Target: static GPU-hours
+   >= 1.5x the schedule's.
+2. The best static count at *mean* load: the smallest N meeting the target on a constant
+   load at the episode's mean rate (same family, lengths and episode length; swing 1);
+   then N on the real episode. Target: its attainment is >= 20 points below the target.
+
+Prints one row per episode and the pooled figures; ``--json FILE`` writes them.
+    python scripts/scenario_check.py --episodes 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agents.evaluate import PolicySpec, make_eval_env, run_episode
+from agents.oracle import SchedulePolicy, best_schedule, best_static
+from dynosim_gym.scenarios import TRACE_LOAD
+
+
+def check(config: str | None, episodes: int, seed: int, families: list[str] | None) -> dict:
+    pol = PolicySpec("oracle", "oracle", "DynoSim-v0")
+    env, cfg = make_eval_env(pol, "DynoSim-v0", config, {})
+    e = cfg.env
+    fams = families or sorted(set(e.scenarios.split(",")) | set(
+        (e.eval_scenarios or "").split(",")) - {""})
+    lo, hi, target = e.min_endpoint, cfg.max_workers, e.reward.sla_target
+
+    def make_env(extra):
+        return make_eval_env(pol, "DynoSim-v0", config, extra)[0]
+
+    rows = []
+    for fam in fams:
+        for k in range(episodes):
+            opts = {"scenario": fam, "split": "train"}
+            s = seed + k
+            sched = best_schedule(env, opts, s, lo, hi, target, 120.0, e.interval_s,
+                                  e.episode_steps)
+            static = best_static(make_env, opts, s, lo, hi, target)
+            setup = sched["summary"]["setup"]
+            # the same family and lengths at a constant rate = the episode's mean (swing 1)
+            scale = TRACE_LOAD.get(fam, 1.0)
+            steady = {"scenario": fam, "rate_rps": setup["mean_rps"] / scale, "swing": 1.0,
+                      "split": "train"}
+            n_mean = best_static(make_env, steady, s, lo, hi, target)["workers"]
+            env_n = make_env({"env.initial_workers": n_mean})
+            at_mean = run_episode(env_n, SchedulePolicy(env_n, [n_mean]), opts, s)
+            env_n.close()
+
+            def sla(r):
+                x = r["summary"]
+                return x["requests_met"] / max(x["requests_decided"], 1)
+            row = {"family": fam, "seed": s, "peak_rps": setup["peak_rps"],
+                   "mean_rps": setup["mean_rps"], "swing": setup["swing"],
+                   "schedule_gpu_h": sched["summary"]["gpu_hours"], "schedule_sla": sla(sched),
+                   "static_peak_n": static["workers"],
+                   "static_peak_gpu_h": static["summary"]["gpu_hours"],
+                   "static_peak_sla": sla(static),
+                   "static_mean_n": n_mean, "static_mean_sla": sla(at_mean)}
+            row["static_over_schedule"] = row["static_peak_gpu_h"] / row["schedule_gpu_h"]
+            rows.append(row)
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                              for k, v in row.items()}), file=sys.stderr, flush=True)
+    env.close()
+    gpu_sched = sum(r["schedule_gpu_h"] for r in rows)
+    gpu_static = sum(r["static_peak_gpu_h"] for r in rows)
+    mean_sla = sum(r["static_mean_sla"] for r in rows) / len(rows)
+    return {"sla_target": target, "episodes": rows,
+            "static_peak_over_schedule_gpu_h": gpu_static / gpu_sched,
+            "static_mean_sla": mean_sla, "static_mean_miss_points": 100 * (target - mean_sla),
+            "targets": {"static_peak_over_schedule_gpu_h": ">= 1.5",
+                        "static_mean_miss_points": ">= 20"}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--episodes", type=int, default=2, help="per family")
+    ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--families", default=None, help="comma list (default: all in the config)")
+    ap.add_argument("--json", default=None, metavar="FILE")
+    a = ap.parse_args(argv)
+    res = check(a.config, a.episodes, a.seed, a.families.split(",") if a.families else None)
+    print(f"static at peak / hindsight schedule GPU-hours: "
+          f"{res['static_peak_over_schedule_gpu_h']:.2f} (target >= 1.5); static at mean load: "
+          f"SLA {res['static_mean_sla']:.1%}, {res['static_mean_miss_points']:.1f} points under "
+          f"the {res['sla_target']:.0%} target (target >= 20)")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
