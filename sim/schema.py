@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, Callable, Iterator, Union, get_args, get_origin, get_type_hints
 
 import types
@@ -233,9 +233,11 @@ def _rows_of(cls: type, prefix: str, flag_of: dict[str, str]) -> Iterator[dict[s
             continue
         dotted = f"{prefix}.{f.name}"
         default = f.default if f.default is not MISSING else None
-        if f.default is MISSING and f.default_factory is not MISSING:     # nested section
-            yield from _rows_of(hints[f.name], dotted, flag_of)
-            continue
+        if f.default is MISSING and f.default_factory is not MISSING:
+            if is_dataclass(hints[f.name]):                                # nested section
+                yield from _rows_of(hints[f.name], dotted, flag_of)
+                continue
+            default = f.default_factory()                                  # e.g. env.planner
         rng = field_range(f)
         choices = f.metadata.get("choices")
         yield {"field": dotted, "type": _type_name(hints[f.name]), "default": default,
