@@ -1,13 +1,14 @@
 """``DynoSim-v0``: learn to autoscale an aggregated LLM-serving pool."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from sim.errors import InputError
-from sim.planner import LoadPlanner, PlannerConfig, ThroughputPlanner
+from sim.planner import LoadPlanner, ThroughputPlanner
 
 from .actions import make_action_type
 from .base import SimEnv
@@ -332,10 +333,15 @@ class DynoSimEnv(SimEnv):
     def _attach_advisor(self, kind: str):
         e = self.cfg.env
         sla = self.cfg.sim.sla
-        pc = PlannerConfig(ttft_sla_ms=sla.ttft_ms, itl_sla_ms=sla.itl_ms,
-                           interval_s=e.planner_interval_s or e.interval_s,
-                           max_gpu_budget=e.max_gpu_budget,
-                           min_endpoint=e.min_endpoint, load_predictor=e.planner_predictor)
+        interval = e.planner_interval_s or e.interval_s
+        # The config's ``planner`` section (Dynamo's knobs) with the env's structure on top:
+        # decision interval, budget and floor are the env's, the SLA targets the env's SLA.
+        pc = dataclasses.replace(
+            self.cfg.sim.planner, ttft_ms=sla.ttft_ms, itl_ms=sla.itl_ms,
+            load_adjustment_interval_seconds=interval,
+            throughput_adjustment_interval_seconds=interval,
+            max_gpu_budget=e.max_gpu_budget, min_endpoint=e.min_endpoint,
+            load_predictor=e.planner_predictor)
         adv = ADVISORS[kind](pc).attach(self.sim)
         self._advisors[kind] = adv
         return adv

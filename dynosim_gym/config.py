@@ -82,7 +82,7 @@ class EnvSection:
 
 NESTED = {"action": ActionSection, "observation": ObservationSection, "reward": RewardSection}
 ENV_FIELDS = tuple(f.name for f in fields(EnvSection))
-SIM_SECTIONS = ("workload", "cluster", "engine", "timing", "router", "sla", "run")
+SIM_SECTIONS = ("workload", "cluster", "engine", "timing", "router", "sla", "run", "planner")
 
 
 @dataclass

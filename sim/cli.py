@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="load: reactive on forward-pass metrics; throughput: predictive")
     pl.add_argument("--planner-interval", type=float, metavar="S",
                     help="seconds between decisions (default 5 load / 180 throughput)")
+    pl.add_argument("--planner-config-json", metavar="JSON",
+                    help="planner knobs as a JSON object (or a JSON file) with Dynamo's "
+                    "PlannerConfig names, over the config's planner section, e.g. "
+                    "'{\"optimization_target\": \"sla\", \"load_scaling_down_sensitivity\": 20}'")
     pl.add_argument("--planner-predictor", metavar="NAME",
                     help="throughput forecasts: constant | moving_average | kalman | arima")
     pl.add_argument("--max-gpu-budget", type=_positive_int, metavar="N", help="default 8")
@@ -362,7 +366,7 @@ def simulate(args: argparse.Namespace) -> int:
     _check_output(args.plot, "--plot", PLOT_SUFFIXES)
     t0 = time.perf_counter()
     show_bar = not args.quiet and sys.stderr.isatty()
-    planner = _make_planner(args)
+    planner = _make_planner(args, cfg)
     sim = build_simulation(cfg)
     if planner is not None:
         try:
@@ -387,6 +391,7 @@ def simulate(args: argparse.Namespace) -> int:
                "config": cfg.to_dict()}
     if planner is not None:
         summary["planner"] = {"kind": args.planner, **planner.report(result)}
+        summary["config"]["planner"] = planner.cfg.to_dict()    # as resolved (flags too)
 
     if args.report_jsonl:
         with open(args.report_jsonl, "w", encoding="utf-8", newline="\n") as fh:
@@ -411,24 +416,57 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-_PLANNER_FLAGS = {"planner_interval": "interval_s", "planner_predictor": "load_predictor",
+_PLANNER_FLAGS = {"planner_interval": None, "planner_predictor": "load_predictor",
                   "max_gpu_budget": "max_gpu_budget", "min_endpoint": "min_endpoint",
-                  "ttft_sla_ms": "ttft_sla_ms", "itl_sla_ms": "itl_sla_ms"}
+                  "ttft_sla_ms": "ttft_ms", "itl_sla_ms": "itl_ms",
+                  "planner_config_json": None}
 
 
-def _make_planner(args: argparse.Namespace):
-    """The planner the flags ask for (None without --planner); its own flags need it."""
-    given = {cfg_key: getattr(args, dest) for dest, cfg_key in _PLANNER_FLAGS.items()
-             if getattr(args, dest) is not None}
+def _planner_json(text: str) -> dict[str, Any]:
+    """``--planner-config-json``: inline JSON, or the path of a JSON file (as Dynamo's)."""
+    src = text
+    if not text.lstrip().startswith("{") and Path(text).is_file():
+        src = Path(text).read_text(encoding="utf-8")
+    try:
+        data = json.loads(src)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not a JSON object or JSON file: {exc.msg} (char {exc.pos})",
+                         file=CMDLINE, field="--planner-config-json") from None
+    if not isinstance(data, dict):
+        raise InputError(f"expected a JSON object of planner knobs, got {type(data).__name__}",
+                         file=CMDLINE, field="--planner-config-json")
+    return data
+
+
+def _make_planner(args: argparse.Namespace, cfg: RunConfig | None = None):
+    """The planner the flags ask for (None without --planner); its own flags need it. Knobs:
+    the config's ``planner`` section, then ``--planner-config-json``, then the single flags."""
+    given = {dest: getattr(args, dest, None) for dest in _PLANNER_FLAGS}
+    given = {k: v for k, v in given.items() if v is not None}
     if args.planner is None:
         if given:
-            flag = "--" + next(d for d, k in _PLANNER_FLAGS.items() if k in given).replace("_", "-")
+            flag = "--" + next(iter(given)).replace("_", "-")
             raise InputError(f"{flag} needs --planner load|throughput", file=CMDLINE,
                              field="planner")
         return None
     from .planner import LoadPlanner, PlannerConfig, ThroughputPlanner
+    base = (cfg.planner if cfg is not None else PlannerConfig()).to_dict()
+    if "planner_config_json" in given:
+        try:
+            pcfg = PlannerConfig.from_dict(_planner_json(given["planner_config_json"]), **base)
+        except InputError as exc:
+            if exc.field == "--planner-config-json":
+                raise
+            raise InputError(f"'{exc.field}': {exc.detail}" if exc.field else exc.detail,
+                             file=CMDLINE, field="--planner-config-json") from None
+        base = pcfg.to_dict()
+    over = {key: given[dest] for dest, key in _PLANNER_FLAGS.items() if key and dest in given}
+    if "planner_interval" in given:
+        key = ("load_adjustment_interval_seconds" if args.planner == "load"
+               else "throughput_adjustment_interval_seconds")
+        over[key] = given["planner_interval"]
     try:
-        pcfg = PlannerConfig(**given)
+        pcfg = PlannerConfig(**{**base, **over})
     except InputError as exc:
         raise InputError(exc.detail, file=CMDLINE, field=f"planner.{exc.field}") from None
     return (LoadPlanner if args.planner == "load" else ThroughputPlanner)(pcfg)

@@ -30,6 +30,7 @@ import yaml
 
 from .engine import EngineConfig
 from .errors import InputError
+from .planner import PlannerConfig
 from .router import ROUTER_MODES, KvRouterConfig
 from .simulator import ClusterConfig, Simulation
 from .timing import make_timing
@@ -106,6 +107,9 @@ class RunSection:
 SECTIONS: dict[str, type] = {
     "cluster": ClusterSection, "engine": EngineSection, "timing": TimingSection,
     "router": RouterSection, "sla": SlaSection, "run": RunSection,
+    # the autoscaling planner's knobs (Dynamo's names and defaults; sim.planner); used when
+    # a planner runs (dynosim simulate --planner, the env's heuristic planners)
+    "planner": PlannerConfig,
 }
 TOP_KEYS = ("workload", *SECTIONS)
 
@@ -121,6 +125,7 @@ class RunConfig:
     router: RouterSection = field(default_factory=RouterSection)
     sla: SlaSection = field(default_factory=SlaSection)
     run: RunSection = field(default_factory=RunSection)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
     source: str | None = field(default=None, compare=False)
     #: dotted field -> where its value came from, for error messages.
     where: dict[str, Where] = field(default_factory=dict, repr=False, compare=False)
@@ -247,7 +252,10 @@ class _Validator:
                 value = ROUTER_ALIASES[value]
             self.rules(value, specs[key].metadata, dotted)
             values[key] = value
-        return cls(**values)
+        try:
+            return cls(**values)
+        except InputError as exc:        # cross-field checks in the dataclass itself
+            raise self.error(exc.detail, f"{name}.{exc.field}" if exc.field else name) from None
 
     def rules(self, value: Any, rules: Mapping[str, Any], dotted: str) -> None:
         if value is None:
@@ -256,6 +264,8 @@ class _Validator:
             raise self.error(f"must be > {rules['gt']}, got {value}", dotted)
         if "ge" in rules and not value >= rules["ge"]:
             raise self.error(f"must be >= {rules['ge']}, got {value}", dotted)
+        if "le" in rules and not value <= rules["le"]:
+            raise self.error(f"must be <= {rules['le']}, got {value}", dotted)
         if "choices" in rules and value not in rules["choices"]:
             raise self.error(f"unknown value {value!r}; expected one of "
                              f"{', '.join(rules['choices'])}", dotted)

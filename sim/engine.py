@@ -127,6 +127,13 @@ class Engine:
         self.fpm_prefill_seqs = 0
         self.fpm_decode_seqs = 0
         self.fpm_decode_kv_tokens = 0    # context tokens of the decode batch
+        # Dynamo's FPM queue fields (build_fpm_snapshot): tokens (prompt + generated) of the
+        # waiting sequences, kept as a running sum; frozen when a pass is scheduled, and the
+        # latest *finished* pass's snapshot (what Dynamo's planner sees at a tick).
+        self.waiting_tokens = 0
+        self.fpm_queued_tokens = 0
+        self.last_fpm_decode_kv = 0
+        self.last_fpm_queued = 0
         # Cumulative FPM over all finished passes (interval figures are differences).
         # A bulk stretch adds its closed-form sums, so totals equal pass-by-pass sums.
         self.tot = FpmTotals()
@@ -150,6 +157,7 @@ class Engine:
         if self.defer_gaps:
             s.gaps = []
         self.waiting.append(s)
+        self.waiting_tokens += s.prompt_len
 
     # -- blocks ----------------------------------------------------------------
     def _prompt_keys(self, s: Seq) -> list[int]:
@@ -248,6 +256,7 @@ class Engine:
                 reason = self._reject_reason(s)
                 if reason:
                     waiting.popleft()
+                    self.waiting_tokens -= s.prompt_len + s.generated
                     rejected.append((s, reason))
                     continue
             cached, active_cached = self._lookup(s)
@@ -282,6 +291,7 @@ class Engine:
         self.fpm_prefill_seqs = st.n_prefill
         self.fpm_decode_seqs = n_decode
         self.fpm_decode_kv_tokens = ctx
+        self.fpm_queued_tokens = self.waiting_tokens
         self.num_passes += 1
         self.busy = True
         self.pass_start = now
@@ -350,6 +360,7 @@ class Engine:
                 self.waiting.popleft()
             else:
                 self.waiting.remove(s)
+            self.waiting_tokens -= s.prompt_len + s.generated
             self.running.append(s)
             if cached > s.reused:
                 s.reused = cached     # Dynamo reports the largest hit over admissions
@@ -369,6 +380,7 @@ class Engine:
         self.num_preemptions += 1
         self._release(v)
         self.waiting.appendleft(v)
+        self.waiting_tokens += v.prompt_len + v.generated
         return v
 
     def finish_pass(self, end: float) -> None:
@@ -382,6 +394,8 @@ class Engine:
         tot.prefill_seqs += self.fpm_prefill_seqs
         tot.decode_tokens += self.fpm_decode_seqs
         tot.decode_kv_tokens += self.fpm_decode_kv_tokens
+        self.last_fpm_decode_kv = self.fpm_decode_kv_tokens
+        self.last_fpm_queued = self.fpm_queued_tokens
         ready = self._ready
         self._ready = []
         metrics = self.metrics
@@ -534,6 +548,7 @@ class Engine:
         self.fpm_prefill_seqs = 0
         self.fpm_decode_seqs = n
         self.fpm_decode_kv_tokens = ctx_last
+        self.fpm_queued_tokens = self.waiting_tokens
         return self.pass_end
 
     def truncate_stretch(self, t: float) -> float:
@@ -576,6 +591,8 @@ class Engine:
         self.num_passes += k
         self.num_stretch_passes += k
         self.tot.add_stretch(k, len(self.running), self._stretch_ctx0, end - self.pass_start)
+        self.last_fpm_decode_kv = self._stretch_ctx0 + len(self.running) * (k - 1)
+        self.last_fpm_queued = self.fpm_queued_tokens
         running = self.running
         metrics = self.metrics
         first_end = float(ends[0])
@@ -631,6 +648,7 @@ class Engine:
     def reject_head(self) -> None:
         """Reject the waiting head that can never be admitted again (see ``Simulation._start``)."""
         s = self.waiting.popleft()
+        self.waiting_tokens -= s.prompt_len + s.generated
         self._record(s, STATUS_REJECTED, REASON_KV_CAPACITY)
 
     # -- cut-off -----------------------------------------------------------------
@@ -657,6 +675,7 @@ class Engine:
             self._record(s, STATUS_IN_FLIGHT, 0)
         self.running = []
         self.waiting.clear()
+        self.waiting_tokens = 0
 
 
 def _allocations(phases: list[int], k: int, bs: int) -> int:

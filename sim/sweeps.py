@@ -203,7 +203,7 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
 
     ns = build_parser().parse_args(["simulate", *point["argv"]])
     cfg = config_from_args(ns)
-    planner = _make_planner(ns)
+    planner = _make_planner(ns, cfg)
     sim = build_simulation(cfg)
     if planner is not None:
         planner.attach(sim)
