@@ -96,7 +96,7 @@ def peer_available() -> bool:
         return False
     py = Path(venv) / "bin" / "python"
     return py.exists() and subprocess.run(
-        [str(py), "-c", "import dynamo.replay, dynamo.planner.offline.replay_adapter"],
+        [str(py), "-c", "import dynamo.replay, msgspec, pandas, pmdarima, filterpy, prophet"],
         capture_output=True).returncode == 0
 
 

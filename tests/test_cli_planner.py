@@ -15,7 +15,8 @@ TINY = str(Path(__file__).resolve().parents[1] / "envs_configs" / "tiny.yaml")
 def test_planner_reports_in_the_summary(capsys, kind: str) -> None:
     args = ["simulate", "--config", TINY, "--planner", kind, "--planner-interval", "2",
             "--initial-workers", "1", "--startup-time", "1", "--max-gpu-budget", "4",
-            "--ttft-sla-ms", "200", "--itl-sla-ms", "20", "--json", "--quiet"]
+            "--ttft-sla-ms", "200", "--itl-sla-ms", "20", "--json", "--quiet",
+            "--planner-config-json", '{"optimization_target": "sla"}']
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     rep = out["planner"]

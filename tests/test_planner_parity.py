@@ -44,3 +44,19 @@ def test_trajectory_error_by_hand():
     # |diff| = 2 workers for 5 s; int ref = 10 + 30 + 10 = 50 worker-s over [0, 30]
     assert pp.trajectory_error(ours, ref, 30.0) == pytest.approx(10 / 50)
     assert pp.trajectory_error(ref, ref, 30.0) == 0.0
+
+
+@pytest.mark.peer
+@needs_peer
+@pytest.mark.parametrize("target", [
+    {"optimization_target": "latency"},
+    pytest.param({"optimization_target": "load", "decode_scale_up_kv_rate": 70,
+                  "decode_scale_down_kv_rate": 20}, marks=pytest.mark.expensive),
+])
+def test_other_static_targets_match(target, tmp_path):
+    """Dynamo's other static targets (latency: up above 40% KV, down below 10%; load: the
+    user's rates), same traces and metric."""
+    r = pp.compare("flash_lo", tmp_path, {**pp.PLANNER_JSON, **target})
+    assert r["traj_err"] <= pp.TARGET, (r["traj_dyn"], r["traj_ours"])
+    assert r["gpu_h_err"] <= pp.TARGET
+    assert r["events_dyn"] >= 2
