@@ -333,13 +333,18 @@ class DynoSimEnv(SimEnv):
     def _attach_advisor(self, kind: str):
         e = self.cfg.env
         sla = self.cfg.sim.sla
-        interval = e.planner_interval_s or e.interval_s
+        base = self.cfg.sim.planner
         # The config's ``planner`` section (Dynamo's knobs) with the env's structure on top:
-        # decision interval, budget and floor are the env's, the SLA targets the env's SLA.
+        # budget and floor are the env's, the SLA targets the env's SLA. Interval: env
+        # .planner_interval_s if set; else the load planner decides every env step and the
+        # throughput planner at its own interval (Dynamo: 180 s). Ticking the throughput
+        # planner every 10 s made its forecast of a 10 s window flip between N and N+1, so it
+        # drained each new worker the moment it became ready, before it served (issue 12).
         pc = dataclasses.replace(
-            self.cfg.sim.planner, ttft_ms=sla.ttft_ms, itl_ms=sla.itl_ms,
-            load_adjustment_interval_seconds=interval,
-            throughput_adjustment_interval_seconds=interval,
+            base, ttft_ms=sla.ttft_ms, itl_ms=sla.itl_ms,
+            load_adjustment_interval_seconds=e.planner_interval_s or e.interval_s,
+            throughput_adjustment_interval_seconds=(
+                e.planner_interval_s or base.throughput_adjustment_interval_seconds),
             max_gpu_budget=e.max_gpu_budget, min_endpoint=e.min_endpoint,
             load_predictor=e.planner_predictor)
         adv = ADVISORS[kind](pc).attach(self.sim)

@@ -74,7 +74,8 @@ class EnvSection:
     # heuristic planners (agents.heuristics): forecaster and decision interval
     planner_predictor: str = _opt("constant",
                                   choices=("constant", "moving_average", "kalman", "arima"))
-    planner_interval_s: float | None = _opt(None, gt=0)   # null = interval_s
+    # null: env interval_s (load), planner.throughput_adjustment_interval_seconds (throughput)
+    planner_interval_s: float | None = _opt(None, gt=0)
     action: ActionSection = field(default_factory=ActionSection)
     observation: ObservationSection = field(default_factory=ObservationSection)
     reward: RewardSection = field(default_factory=RewardSection)

@@ -554,6 +554,8 @@ class LoadPlanner(_Planner):
 
     # the tick ---------------------------------------------------------------------------------
     def _tick(self, sim, reschedule: bool = True) -> None:
+        if not sim.has_pending_work():
+            return       # the workload is over: Dynamo's replay has stopped ticking
         cfg = self.cfg
         now = sim.now
         n_req, isl, _osl = self._observe_interval(sim)
@@ -729,6 +731,8 @@ class ThroughputPlanner(_Planner):
         return self.cfg.throughput_adjustment_interval_seconds
 
     def _tick(self, sim) -> None:
+        if not sim.has_pending_work():
+            return       # the workload is over: Dynamo's replay has stopped ticking
         cfg = self.cfg
         n_req, isl, osl = self._observe_interval(sim)
         self.pred_req.add(n_req)
