@@ -457,7 +457,8 @@ def _make_planner(args: argparse.Namespace, cfg: RunConfig | None = None):
         except InputError as exc:
             if exc.field == "--planner-config-json":
                 raise
-            raise InputError(f"'{exc.field}': {exc.detail}" if exc.field else exc.detail,
+            named = exc.field is None or f"'{exc.field}'" in exc.detail
+            raise InputError(exc.detail if named else f"'{exc.field}': {exc.detail}",
                              file=CMDLINE, field="--planner-config-json") from None
         base = pcfg.to_dict()
     over = {key: given[dest] for dest, key in _PLANNER_FLAGS.items() if key and dest in given}

@@ -16,8 +16,8 @@ aliases included (``ttft``, ``itl``, ``load_adjustment_interval``, ...).
 * ``throughput`` (Dynamo's default), ``latency``, ``load``: the static-threshold ("easy")
   rules, which is what Dynamo runs unless told ``optimization_target: sla`` -- the SLA
   targets ``ttft_ms``/``itl_ms`` are then ignored (Dynamo logs a warning saying so). Per
-  active engine, from its latest forward-pass snapshot (FPM: the pass in progress, or
-  zero for an idle engine; see :func:`fpm_snapshot`), the KV utilisation
+  active engine, from its latest forward-pass snapshot (FPM: the latest *finished* pass,
+  or zero for an idle engine; see :func:`fpm_snapshot`), the KV utilisation
   ``u = (scheduled decode KV + queued decode KV + queued prefill tokens) / KV capacity``.
   Scale up by one if ANY engine has ``u > up`` (``load``: ``u >= up``); scale down by one
   (N > 1) if ALL engines have ``u < down`` (``load``: ``<=``), unless the consolidation
@@ -65,7 +65,12 @@ KV hit rate. Not parity-checked (Dynamo's replay needs AISimulate for it).
 
 Records: ``planner.events`` = ``(at_s, from_count, to_count, reason)``, ``planner.ticks``
 = one dict per tick. Ticks reschedule themselves only while the simulation has non-control
-events (pass ends, arrivals, start-ups) or work, so a run still ends when the workload does.
+events (pass ends, arrivals, start-ups) or work, so a run still ends when the workload does;
+a tick that finds the workload over decides nothing (Dynamo's replay has stopped ticking).
+
+Parity: with Dynamo's default target the load planner's worker trajectory equals Dynamo
+1.6.1's planner replay step for step on ramps, steps, flash crowds and constant load
+(``bench/planner_parity.py``, ``tests/test_planner_parity.py``).
 """
 from __future__ import annotations
 
@@ -589,7 +594,8 @@ class LoadPlanner(_Planner):
             return
         target, budget_why = self._budget(a, desired)
         if target == a:
-            tick.update(decision="hold", reason=budget_why or "no_change")
+            tick.update(decision="hold", reason=budget_why or (why if desired == a else
+                                                                "no_change"))
             return
         tick.update(decision="up" if target > a else "down", target=target,
                     reason=budget_why or why)
