@@ -38,39 +38,49 @@ def add_parsers(sub) -> None:
                        "hyperparameters (agents/hyperparams/ALGO.yml). Writes DIR/model.zip, "
                        "DIR/run.json, DIR/checkpoints/ and TensorBoard logs in DIR/tb.", **kw)
     t.add_argument("--algo", required=True,
-                   help="ppo | a2c | dqn | ppo_mask (MaskablePPO) | ppo_lstm (RecurrentPPO)")
+                   help="ppo | a2c | dqn | ppo_mask (MaskablePPO) | ppo_lstm (RecurrentPPO); required")
     t.add_argument("--env", default="DynoSim-v0", help="DynoSim-v0 | DynoSimRouting-v0")
     t.add_argument("--config", metavar="YAML", help="env config (default: the env's default)")
     t.add_argument("--timesteps", type=_pos_int, metavar="N", help="default: the YAML's")
-    t.add_argument("--out", required=True, metavar="DIR", help="run directory (created)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, metavar="DIR", help="run directory (created); required")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the policy, the envs and their episodes")
     t.add_argument("--n-envs", type=_pos_int, metavar="N", help="default: the YAML's")
     t.add_argument("--hyperparams", metavar="YAML", help="RL-Zoo-style file (default: ours)")
     t.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
-                   help="env config override, e.g. reward.gpu_weight=0.001 (repeatable)")
-    t.add_argument("--checkpoint-every", type=_pos_int, default=50_000, metavar="N")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help="env config override, e.g. reward.gpu_weight=0.001 (repeatable; "
+                   "default: none)")
+    t.add_argument("--checkpoint-every", type=_pos_int, default=50_000, metavar="N",
+                   help="save DIR/checkpoints/ every N env steps")
+    t.add_argument("--quiet", action="store_true",
+                   help="no progress bar or progress lines, only the final summary")
 
     e = sub.add_parser("evaluate", help="score a policy, or write a leaderboard",
                        description="Evaluate on held-out episodes (split=eval): mean reward, "
                        "SLA attainment, GPU-hours, p90 TTFT/ITL.", **kw)
     e.add_argument("--policy", metavar="SPEC",
                    help="heuristic:load | heuristic:throughput | heuristic:static | PATH "
-                   "(model.zip or a train --out directory)")
+                   "(model.zip or a train --out directory); default: none, give this or "
+                   "--leaderboard")
     e.add_argument("--leaderboard", metavar="DIR",
                    help="evaluate the heuristics and every model under DIR; write "
-                   "DIR/leaderboard.{md,csv,json}, DIR/replicas_vs_load.png and DIR/sla_vs_gpu_hours.png")
-    e.add_argument("--env", default="DynoSim-v0")
+                   "DIR/leaderboard.{md,csv,json}, DIR/replicas_vs_load.png and DIR/sla_vs_gpu_hours.png "
+                   "(default: none)")
+    e.add_argument("--env", default="DynoSim-v0", help="DynoSim-v0 | DynoSimRouting-v0")
     e.add_argument("--config", metavar="YAML",
                    help="env config (default: the model's training config, else the default)")
-    e.add_argument("--episodes", type=_pos_int, default=5)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--split", choices=("eval", "train"), default="eval")
+    e.add_argument("--episodes", type=_pos_int, default=5,
+                   help="episodes per policy (the same seeded episodes for every policy)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    e.add_argument("--split", choices=("eval", "train"), default="eval",
+                   help="held-out episodes (eval) or training ones")
     e.add_argument("--reference", default="heuristic:load",
                    help="leaderboard ratios are relative to this policy")
-    e.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
+                   help="env config override, e.g. reward.gpu_weight=0.001 (repeatable; "
+                   "default: none)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no progress output on stderr")
 
 
 def run(args) -> int:

@@ -268,28 +268,43 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
 
 
 def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
-    """SLA attainment against GPU-hours per episode for every policy, front highlighted."""
+    """SLA attainment against GPU-hours per episode for every policy, front highlighted.
+    Labels are placed by adjustText (away from each other and from the markers, with a
+    leader line when moved), so close policies stay readable."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from adjustText import adjust_text
+    from matplotlib.lines import Line2D
 
     front = _front(results)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs, ys, texts = [], [], []
     for r in results:
         heur = r.policy.startswith("heuristic:")
-        ax.scatter(r.gpu_hours, 100 * r.sla_attainment, marker="s" if heur else "o",
-                   color="C1" if heur else "C0", edgecolor="k" if r in front else "none",
-                   s=60, zorder=3)
-        ax.annotate(_label(r.policy, d), (r.gpu_hours, 100 * r.sla_attainment), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        x, y = r.gpu_hours, 100 * r.sla_attainment
+        ax.scatter(x, y, marker="s" if heur else "o", color="C1" if heur else "C0",
+                   edgecolor="k" if r in front else "none", s=60, zorder=3)
+        xs.append(x)
+        ys.append(y)
+        texts.append(ax.text(x, y, _label(r.policy, d), fontsize=7, zorder=4))
     pts = sorted((r.gpu_hours, 100 * r.sla_attainment) for r in front)
     if len(pts) > 1:
         ax.plot(*zip(*pts), color="0.6", lw=1, zorder=2)
     ax.set_xlabel("GPU-hours per episode (lower is better)")
-    ax.set_ylabel("SLA attainment % (higher is better)")
-    ax.set_title("Policies on held-out episodes (squares: heuristics; outlined: front)",
-                 fontsize=9)
+    ax.set_ylabel("SLA attainment (% of requests, higher is better)")
+    ax.set_title("Policies on held-out episodes", fontsize=10)
     ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.12)
+    ax.legend(handles=[
+        Line2D([], [], marker="s", ls="", color="C1", label="heuristic planner"),
+        Line2D([], [], marker="o", ls="", color="C0", label="trained policy"),
+        Line2D([], [], marker="o", ls="-", color="0.6", markerfacecolor="none",
+               markeredgecolor="k", label="front (outlined: not beaten on both axes)")],
+        fontsize=7, loc="lower right")
+    fig.tight_layout()
+    adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.3, 1.6), max_move=None,
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

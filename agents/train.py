@@ -105,9 +105,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
                 device=device, **hp)
     callbacks = [CheckpointCallback(save_freq=max(1, checkpoint_every // n_envs),
                                     save_path=str(out / "checkpoints"), name_prefix=key)]
-    bar = _ProgressBar(total, quiet)
-    if bar.enabled:
-        callbacks.append(bar.callback())
+    progress = _Progress(total, quiet)
+    callbacks.append(progress.callback())
     record = {"algo": key, "env_id": env_id, "seed": seed, "timesteps": total,
               "n_envs": n_envs, "policy": policy, "hyperparams": hp,
               "config_source": str(config) if config is not None else defaults,
@@ -117,32 +116,81 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     try:
         model.learn(total_timesteps=total, callback=callbacks, tb_log_name=key)
     finally:
-        bar.close()
+        progress.close()
     model.save(out / "model.zip")
-    record["train_wall_s"] = round(time.perf_counter() - t0, 1)   # run record, not env info
+    wall = time.perf_counter() - t0
+    record["train_wall_s"] = round(wall, 1)   # run record, not env info
+    record.update(progress.summary())
+    if not quiet:
+        print(f"dynosim: trained {key} on {env_id}: {progress.line(wall)}", file=sys.stderr)
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     venv.close()
     return out
 
 
-class _ProgressBar:
-    """tqdm on stderr, only on a terminal and without --quiet."""
+class _Progress:
+    """Training progress on stderr (not with --quiet): a tqdm bar on a terminal, else one
+    line every tenth of the run (steps, steps/s, mean reward of the last episodes), so logs
+    of a non-interactive run (CI, nohup, a pipe) show it is alive and learning. Episode
+    rewards come from the Monitor wrapper ``make_vec_env`` puts around each env."""
+
+    WINDOW = 20             # mean episode reward over the last WINDOW episodes
 
     def __init__(self, total: int, quiet: bool) -> None:
-        self.enabled = not quiet and sys.stderr.isatty()
         self.total = total
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.every = max(1, total // 10)
+        self.rewards: list[float] = []
+        self.steps = 0
         self.bar = None
+        self.t0 = time.perf_counter()
+
+    def mean_reward(self) -> float | None:
+        last = self.rewards[-self.WINDOW:]
+        return sum(last) / len(last) if last else None
+
+    def line(self, wall: float) -> str:
+        """``steps/total steps, steps/s, episodes, mean episode reward``."""
+        m = self.mean_reward()
+        rate = self.steps / wall if wall > 0 else 0.0
+        reward = "n/a (no episode ended yet)" if m is None else \
+            f"{m:.3f} (last {min(len(self.rewards), self.WINDOW)})"
+        return (f"{self.steps:,}/{self.total:,} steps ({self.steps / self.total:.0%}) in "
+                f"{wall:,.0f} s, {rate:,.0f} steps/s, {len(self.rewards):,} episodes, "
+                f"mean episode reward {reward}")
+
+    def summary(self) -> dict[str, Any]:
+        return {"episodes": len(self.rewards), "mean_episode_reward_last":
+                self.mean_reward(), "mean_episode_reward_window": self.WINDOW}
 
     def callback(self):
         from stable_baselines3.common.callbacks import BaseCallback
-        from tqdm import tqdm
-        self.bar = tqdm(total=self.total, unit="step", file=sys.stderr, desc="train")
+        if not self.quiet and self.tty:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, unit="step", file=sys.stderr, desc="train")
         outer = self
 
         class _Cb(BaseCallback):
             def _on_step(self) -> bool:
-                outer.bar.n = self.num_timesteps
-                outer.bar.refresh() if self.n_calls % 50 == 0 else None
+                for info in self.locals.get("infos", ()):
+                    ep = info.get("episode")
+                    if ep is not None:
+                        outer.rewards.append(float(ep["r"]))
+                before, outer.steps = outer.steps, self.num_timesteps
+                if outer.quiet:
+                    return True
+                if outer.bar is not None:
+                    if self.n_calls % 50 == 0:
+                        outer.bar.n = outer.steps
+                        m = outer.mean_reward()
+                        if m is not None:
+                            outer.bar.set_postfix_str(f"mean ep reward {m:.3f}", refresh=False)
+                        outer.bar.refresh()
+                elif outer.steps // outer.every > before // outer.every \
+                        and outer.steps < outer.total:
+                    wall = time.perf_counter() - outer.t0
+                    print(f"dynosim: train {outer.line(wall)}", file=sys.stderr, flush=True)
                 return True
         return _Cb()
 

@@ -38,8 +38,7 @@ STATS = [("mean", "mean"), ("median", "p50"), ("p90", "p90"), ("p99", "p99")]
 
 
 def peer_python() -> Path | None:
-    for venv in (os.environ.get("DYNOSIM_PEER_VENV"), ROOT / ".peer-venv",
-                 "/work/peer_venv_parent/venv"):
+    for venv in (os.environ.get("DYNOSIM_PEER_VENV"), ROOT / ".peer-venv"):
         if venv and (Path(venv) / "bin/python").exists():
             py = Path(venv) / "bin/python"
             ok = subprocess.run([str(py), "-c", "import dynamo.replay"],

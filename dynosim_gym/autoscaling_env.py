@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 
 from sim.errors import InputError
-from sim.planner import LoadPlanner, ThroughputPlanner
+from sim.planner import LoadPlanner, PlannerConfig, ThroughputPlanner
 
 from .actions import make_action_type
 from .base import SimEnv
@@ -333,7 +333,9 @@ class DynoSimEnv(SimEnv):
     def _attach_advisor(self, kind: str):
         e = self.cfg.env
         sla = self.cfg.sim.sla
-        base = self.cfg.sim.planner
+        # (the section's ``kind`` is the CLI's; here the heuristic policy picks the planner)
+        base = PlannerConfig(**{k: v for k, v in (self.cfg.sim.planner or {}).items()
+                                if k != "kind"})
         # The config's ``planner`` section (Dynamo's knobs) with the env's structure on top:
         # budget and floor are the env's, the SLA targets the env's SLA. Interval: env
         # .planner_interval_s if set; else the load planner decides every env step and the

@@ -100,8 +100,12 @@ class ClusterMonitor:
                     continue
                 if st[j] == STATUS_COMPLETED:
                     iv.completed += 1
-                    ttft = ft[j] - arr[j]
                     o = out[j]
+                    if o == 0:        # output_length 0: no token, no sample, not within SLA
+                        reused += ru[j]
+                        prompt += il[j]
+                        continue
+                    ttft = ft[j] - arr[j]
                     tpot = (lt[j] - ft[j]) / (o - 1) if o > 1 else 0.0
                     iv.ttfts.append(ttft)
                     iv.tpots.append(tpot)

@@ -55,7 +55,7 @@ def add_parser(sub: Any) -> None:
                    help="one repeat, one episode, the two default environments only")
     b.add_argument("--no-env", action="store_true", help="replay only (no gymnasium needed)")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
-    b.add_argument("--out", metavar="FILE", help="also write the Markdown tables to FILE")
+    b.add_argument("--out", metavar="FILE", help="also write the Markdown tables to FILE (default: none)")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 

@@ -12,6 +12,8 @@ wall-clock values; those live under the JSON's separate ``run_info`` key.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
 import math
 import sys
@@ -22,8 +24,8 @@ from typing import IO, Any, Callable, NoReturn, Sequence
 import yaml
 
 from . import __version__
-from .config import (BUNDLED_TRACES, TRACE_KINDS, RunConfig, build_simulation, load_config,
-                     parse_config)
+from .config import (BUNDLED_TRACES, TRACE_KINDS, RunConfig, build_planner, build_simulation,
+                     load_config, parse_config)
 from .errors import InputError
 
 CMDLINE = "command line"     # the "file" of values given as flags
@@ -35,43 +37,79 @@ AGENT_COMMANDS = ("train", "evaluate")     # in agents.cli (imports gymnasium / 
 # line override the config (argparse defaults are None).
 FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--num-workers": ("cluster.num_workers", int, "N", "workers at t=0 (default 1)"),
-    "--gpus-per-worker": ("cluster.gpus_per_worker", int, "N", "GPUs per worker, for GPU-hours"),
+    "--gpus-per-worker": ("cluster.gpus_per_worker", int, "N",
+                          "GPUs per worker, for GPU-hours (default 1)"),
     "--router-mode": ("router.mode", str, "{round_robin,random,least_loaded,kv}",
                       "routing policy (kv_router = kv); default round_robin"),
     "--router-temperature": ("router.temperature", float, "T",
-                             "kv router softmax temperature (0 = argmin)"),
+                             "kv router softmax temperature (default 0 = argmin)"),
     "--block-size": ("engine.block_size", int, "N", "tokens per KV block (default 64)"),
     "--num-gpu-blocks": ("engine.num_gpu_blocks", int, "N",
                          "KV blocks per worker (default 16384)"),
-    "--max-num-seqs": ("engine.max_num_seqs", int, "N", "running sequences per worker (256)"),
+    "--max-num-seqs": ("engine.max_num_seqs", int, "N", "running sequences per worker (default 256)"),
     "--max-num-batched-tokens": ("engine.max_num_batched_tokens", int, "N",
-                                 "token budget per forward pass (8192)"),
-    "--max-model-len": ("engine.max_model_len", int, "N", "reject prompts this long"),
-    "--preemption-mode": ("engine.preemption_mode", str, "{lifo,fifo}", "preemption victim"),
-    "--timing": ("timing.model", str, "SPEC", "polynomial | fixed:P,D | table:PATH"),
-    "--speedup-ratio": ("timing.speedup_ratio", float, "X", "divide every pass time by X"),
+                                 "token budget per forward pass (default 8192)"),
+    "--max-model-len": ("engine.max_model_len", int, "N",
+                        "reject prompts this long (default: no limit)"),
+    "--preemption-mode": ("engine.preemption_mode", str, "{lifo,fifo}", "preemption victim (default lifo)"),
+    "--timing": ("timing.model", str, "SPEC", "polynomial | fixed:P,D | table:PATH (default polynomial)"),
+    "--speedup-ratio": ("timing.speedup_ratio", float, "X", "divide every pass time by X (default 1)"),
     "--decode-speedup-ratio": ("timing.decode_speedup_ratio", float, "X",
-                               "further divide decode time by X"),
-    "--seed": ("run.seed", int, "N", "seed of the run (router ties, synthetic workloads)"),
+                               "further divide decode time by X (default 1)"),
+    "--seed": ("run.seed", int, "N", "seed of the run: router ties, synthetic workloads (default 0)"),
     "--max-sim-time-s": ("run.max_sim_time_s", float, "S",
-                         "stop at this simulated time; later requests never arrive"),
-    "--sla-ttft-ms": ("sla.ttft_ms", float, "MS", "goodput: TTFT limit"),
-    "--sla-itl-ms": ("sla.itl_ms", float, "MS", "goodput: per-request TPOT limit"),
-    "--sla-e2e-ms": ("sla.e2e_ms", float, "MS", "goodput: end-to-end latency limit"),
+                         "stop at this simulated time; later requests never arrive "
+                       "(default: run until every request ends)"),
+    "--sla-ttft-ms": ("sla.ttft_ms", float, "MS",
+                      "SLA: TTFT limit, for goodput and the planner's target (planner "
+                      "default 500)"),
+    "--sla-itl-ms": ("sla.itl_ms", float, "MS",
+                     "SLA: per-request TPOT (ITL) limit, for goodput and the planner's target "
+                     "(planner default 50)"),
+    "--sla-e2e-ms": ("sla.e2e_ms", float, "MS",
+                     "SLA: end-to-end latency limit, for goodput (default: none)"),
 }
-SWITCHES = {"--exact-steps": ("run.exact_steps", True, "step pass by pass (slow reference)"),
-            "--no-prefix-caching": ("engine.enable_prefix_caching", False, "disable prefix cache"),
+#: Old spellings kept for one release (0.1.x), with a note on stderr; remove in 0.2.
+DEPRECATED_FLAGS = {"--ttft-sla-ms": "--sla-ttft-ms", "--itl-sla-ms": "--sla-itl-ms"}
+#: Planner flags -> planner section keys (``--planner`` itself sets ``planner.kind``).
+PLANNER_FLAGS = {"--planner-predictor": "load_predictor",
+                 "--max-gpu-budget": "max_gpu_budget", "--min-endpoint": "min_endpoint"}
+SWITCHES = {"--exact-steps": ("run.exact_steps", True,
+                               "step pass by pass, the slow reference (default: bulk decode)"),
+            "--no-prefix-caching": ("engine.enable_prefix_caching", False,
+                                    "disable prefix caching (default: on)"),
             "--no-chunked-prefill": ("engine.enable_chunked_prefill", False,
-                                     "disable chunked prefill")}
+                                     "disable chunked prefill (default: on)")}
 WORKLOAD_FLAGS = {"workload.path": "--trace", "workload.kind": "--trace-format",
                   "workload.trace_block_size": "--trace-block-size",
                   "workload.arrival_speedup_ratio": "--arrival-speedup-ratio"}
 FLAG_OF = {**{v[0]: k for k, v in FLAGS.items()}, **{v[0]: k for k, v in SWITCHES.items()},
-           **WORKLOAD_FLAGS}
+           **WORKLOAD_FLAGS, **{f"planner.{v}": k for k, v in PLANNER_FLAGS.items()},
+           "planner.kind": "--planner",
+           "planner.load_adjustment_interval_seconds": "--planner-interval",
+           "planner.throughput_adjustment_interval_seconds": "--planner-interval"}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option shows its default: ``(default: X)`` is appended when the help text does
+    not already say it (options whose default is "not given" say what that means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS) \
+                or not action.option_strings:
+            return text
+        shown = "off" if action.default is False else "%(default)s"
+        return f"{text} (default: {shown})"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line like every other error (still exit 2)."""
+    """argparse, but usage errors are one line like every other error (still exit 2), and
+    every option's help shows its default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"dynosim: error: {message} (see '{self.prog} --help')\n")
@@ -79,6 +117,16 @@ class _Parser(argparse.ArgumentParser):
 
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
+
+
+class _Deprecated(argparse.Action):
+    """An old flag spelling: stores into the new flag's destination, with a note."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        new = DEPRECATED_FLAGS[option_string]
+        print(f"dynosim: note: {option_string} is deprecated (one SLA for goodput and the "
+              f"planner); use {new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,51 +139,68 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Replay a workload through a simulated cluster. Flags "
                        "override --config; defaults are Dynamo's.")
     w = s.add_argument_group("workload")
-    w.add_argument("--config", metavar="YAML", help="run config (see envs_configs/)")
+    w.add_argument("--config", metavar="YAML",
+                   help="run config, or an env scenario (see envs_configs/; default: none, "
+                   "so Dynamo's defaults and the flags)")
     w.add_argument("--trace", metavar="PATH",
-                   help="trace file, or bundled:mooncake_conversation / bundled:azure_conversation")
+                   help="trace file (.jsonl, .csv, optionally .gz), or "
+                   "bundled:mooncake_conversation / bundled:azure_conversation (default: the "
+                   "config's workload)")
     w.add_argument("--trace-format", metavar="{mooncake,azure}",
                    help="default: from the config, else .csv = azure, otherwise mooncake")
     w.add_argument("--trace-block-size", type=int, metavar="N",
                    help="tokens per hash_id (default 512)")
     w.add_argument("--arrival-speedup-ratio", type=float, metavar="X",
-                   help="divide trace inter-arrival times by X")
+                   help="divide trace inter-arrival times by X (default 1)")
     c = s.add_argument_group("cluster, engine, router, timing, run")
     for flag, (_, typ, metavar, help_) in FLAGS.items():
         c.add_argument(flag, type=typ, metavar=metavar, help=help_)
     for flag, (_, const, help_) in SWITCHES.items():
         c.add_argument(flag, action="store_const", const=const, default=None, help=help_)
     g = s.add_argument_group("GPU timing from measured data (see `dynosim models`)")
-    g.add_argument("--model", metavar="MODEL", help="e.g. Qwen/Qwen3-32B")
-    g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm")
-    g.add_argument("--backend", metavar="BACKEND", help="vllm | sglang")
-    g.add_argument("--tp", type=_positive_int, metavar="N", help="tensor parallel size")
+    g.add_argument("--model", metavar="MODEL",
+                   help="e.g. Qwen/Qwen3-32B (default: none, the --timing model)")
+    g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm (default: none)")
+    g.add_argument("--backend", metavar="BACKEND", help="vllm | sglang (default: none)")
+    g.add_argument("--tp", type=_positive_int, metavar="N", help="tensor parallel size (default: none)")
     pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
     pl.add_argument("--planner", choices=("load", "throughput"),
-                    help="load: reactive on forward-pass metrics; throughput: predictive")
+                    help="load: reactive on forward-pass metrics; throughput: predictive "
+                    "(default: none, or the config's planner section); targets: --sla-*")
     pl.add_argument("--planner-interval", type=float, metavar="S",
                     help="seconds between decisions (default 5 load / 180 throughput)")
     pl.add_argument("--planner-config-json", metavar="JSON",
                     help="planner knobs as a JSON object (or a JSON file) with Dynamo's "
-                    "PlannerConfig names, over the config's planner section, e.g. "
-                    "'{\"optimization_target\": \"sla\", \"load_scaling_down_sensitivity\": 20}'")
+                    "PlannerConfig names, e.g. '{\"optimization_target\": \"sla\", "
+                    "\"load_scaling_down_sensitivity\": 20}'; its ttft_ms/itl_ms set the "
+                    "run's SLA (default: none)")
     pl.add_argument("--planner-predictor", metavar="NAME",
-                    help="throughput forecasts: constant | moving_average | kalman | arima")
-    pl.add_argument("--max-gpu-budget", type=_positive_int, metavar="N", help="default 8")
-    pl.add_argument("--min-endpoint", type=_positive_int, metavar="N", help="default 1")
-    pl.add_argument("--ttft-sla-ms", type=float, metavar="X", help="planner TTFT target (500)")
-    pl.add_argument("--itl-sla-ms", type=float, metavar="Y", help="planner ITL target (50)")
+                    help="throughput forecasts: constant | moving_average | kalman | arima "
+                    "(default arima)")
+    pl.add_argument("--max-gpu-budget", type=_positive_int, metavar="N",
+                    help="GPUs the planner may use (default 8)")
+    pl.add_argument("--min-endpoint", type=_positive_int, metavar="N",
+                    help="fewest workers the planner keeps (default 1)")
+    for old, new in DEPRECATED_FLAGS.items():
+        pl.add_argument(old, type=float, metavar="MS", dest=_dest(new), action=_Deprecated,
+                        help=f"deprecated spelling of {new} (default: none)")
     pl.add_argument("--startup-time", type=float, metavar="S",
-                    help="seconds a new worker spends starting (cluster.startup_time_s)")
+                    help="seconds a new worker spends starting, cluster.startup_time_s "
+                    "(default 0)")
     pl.add_argument("--initial-workers", type=_positive_int, metavar="N",
-                    help="workers at t=0 (same as --num-workers)")
+                    help="workers at t=0, same as --num-workers (default 1)")
     o = s.add_argument_group("output")
     o.add_argument("--json", action="store_true",
                    help="print the summary as JSON on stdout (wall-clock data under run_info)")
-    o.add_argument("--report-jsonl", metavar="PATH", help="write one record per request")
-    o.add_argument("--plot", metavar="PATH.png", help="write TTFT/ITL/E2E CDFs as one figure")
+    o.add_argument("--report-jsonl", metavar="PATH",
+                   help="write one record per request (default: none)")
+    o.add_argument("--plot", metavar="PATH.png",
+                   help="write TTFT/ITL/E2E CDFs as one figure (default: none)")
     o.add_argument("--quiet", action="store_true",
                    help="no progress bar and no notes on stderr")
+    o.add_argument("--print-config", action="store_true",
+                   help="print the resolved run config as YAML (every default written out; "
+                   "feed it back with --config to rerun) and exit without running")
 
     m = sub.add_parser("models", help="list the shipped GPU timing tables",
                        description="GPU timing tables derived from aiconfigurator-core data; "
@@ -239,9 +304,44 @@ def list_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run_config(args: argparse.Namespace) -> RunConfig:
+    """``--config``: a run YAML, or an environment scenario (a run YAML plus ``env:``, see
+    ``dynosim_gym.config``). A scenario runs its workload and cluster with the ``env:``
+    section ignored (a note says so); a synthetic scenario's arrival process is the one the
+    environment draws for episode ``run.seed`` (its scenario and rate, over one episode)."""
+    if not args.config:
+        return parse_config({})
+    from .config import read_yaml
+    data, _ = read_yaml(args.config)
+    if not (isinstance(data, dict) and "env" in data):
+        return load_config(args.config)
+    try:
+        from dynosim_gym.config import load_env_config
+        from dynosim_gym.episodes import EpisodeFactory
+    except ImportError:
+        raise InputError("has an 'env' section, which needs the dynosim_gym package",
+                         file=args.config, field="env") from None
+    ecfg = load_env_config(args.config)
+    cfg = ecfg.sim
+    what = "its workload and cluster"
+    if cfg.workload.get("kind") == "synthetic":     # the env draws each episode's load
+        factory = EpisodeFactory(ecfg)
+        _, desc = factory.build(cfg.run.seed)
+        data = cfg.to_dict()
+        data["workload"] = {**cfg.workload, "arrival": desc["arrival"],
+                            "duration_s": factory.duration_s}
+        cfg = parse_config(data, source=cfg.source, where=cfg.where)
+        what = (f"the {desc['scenario']} load of episode {cfg.run.seed} "
+                f"({factory.duration_s:g} s) on its cluster")
+    _note(args, f"note: {args.config}: an environment scenario; running {what}, "
+                "ignoring its 'env:' section")
+    return cfg
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The YAML (if any) with every given flag applied on top."""
-    cfg = load_config(args.config) if args.config else parse_config({})
+    """The YAML (if any) with every given flag applied on top, resolved (every default a
+    run uses written out, see :meth:`RunConfig.resolved`)."""
+    cfg = _load_run_config(args)
     over: dict[str, Any] = {}
     for flag, dotted in [(f, v[0]) for f, v in FLAGS.items()] + \
             [(f, v[0]) for f, v in SWITCHES.items()]:
@@ -291,11 +391,64 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         over["cluster.startup_time_s"] = args.startup_time
     if args.initial_workers is not None:
         over["cluster.num_workers"] = args.initial_workers
+    if args.planner is not None:
+        over["planner.kind"] = args.planner
+    has_planner = args.planner is not None or cfg.planner is not None
+    if args.planner_config_json is not None:
+        if not has_planner:
+            raise InputError("--planner-config-json needs --planner load|throughput",
+                             file=CMDLINE, field="planner")
+        over.update(_planner_json(args.planner_config_json))
+    for flag, key in [*PLANNER_FLAGS.items(), ("--planner-interval", None)]:
+        value = getattr(args, _dest(flag))
+        if value is not None:
+            if not has_planner:
+                raise InputError(f"{flag} needs --planner load|throughput", file=CMDLINE,
+                                 field="planner")
+            if key is None:      # the interval of the planner that runs
+                kind = args.planner or cfg.planner["kind"]
+                key = ("load_adjustment_interval_seconds" if kind == "load"
+                       else "throughput_adjustment_interval_seconds")
+            over[f"planner.{key}"] = value
     if over:
         cfg = cfg.with_overrides(over, source=CMDLINE)
     if cfg.workload is None:
         raise InputError("no workload: give --trace PATH or --config YAML with a workload")
-    return cfg
+    return cfg.resolved()
+
+
+def _planner_json(text: str) -> dict[str, Any]:
+    """``--planner-config-json`` (inline JSON, or a JSON file as Dynamo takes) as config
+    overrides: ``planner.<knob>``, and ``sla.ttft_ms``/``sla.itl_ms`` for the SLA targets
+    (one SLA for goodput and planner). Dynamo's aliases are accepted; an unknown key or one
+    Dynamo has but dynosim does not simulate is an error naming the key."""
+    from .planner import ALIASES, NOT_SIMULATED, PlannerConfig
+    src = text
+    if not text.lstrip().startswith("{") and Path(text).is_file():
+        src = Path(text).read_text(encoding="utf-8")
+    try:
+        data = json.loads(src)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not a JSON object or JSON file: {exc.msg} (char {exc.pos})",
+                         file=CMDLINE, field="--planner-config-json") from None
+    if not isinstance(data, dict):
+        raise InputError(f"expected a JSON object of planner knobs, got {type(data).__name__}",
+                         file=CMDLINE, field="--planner-config-json")
+    names = [f.name for f in dataclasses.fields(PlannerConfig)]
+    over: dict[str, Any] = {}
+    for key, value in data.items():
+        name = ALIASES.get(key, key)
+        if name in ("ttft_ms", "itl_ms"):
+            over[f"sla.{name}"] = value
+        elif name in names:
+            over[f"planner.{name}"] = value
+        else:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            detail = (f"Dynamo planner key '{key}' has no simulated counterpart in dynosim"
+                      if key in NOT_SIMULATED else f"unknown planner key '{key}'" +
+                      (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            raise InputError(detail, file=CMDLINE, field="--planner-config-json")
+    return over
 
 
 def _infer_format(trace: str | None) -> str | None:
@@ -362,18 +515,25 @@ def _progress(total_s: float | None, enabled: bool
 def simulate(args: argparse.Namespace) -> int:
     """Run one simulation and write the requested outputs; errors propagate to main()."""
     cfg = config_from_args(args)
+    if args.print_config:
+        sys.stdout.write(config_yaml(cfg))
+        return 0
     _check_output(args.report_jsonl, "--report-jsonl")
     _check_output(args.plot, "--plot", PLOT_SUFFIXES)
     t0 = time.perf_counter()
     show_bar = not args.quiet and sys.stderr.isatty()
-    planner = _make_planner(args, cfg)
+    planner = build_planner(cfg)
     sim = build_simulation(cfg)
     if planner is not None:
         try:
             planner.attach(sim)
         except InputError as exc:
-            raise InputError(exc.detail, file=CMDLINE, field=f"planner.{exc.field}") from None
+            file, line = cfg.locate(f"planner.{exc.field}")
+            raise InputError(exc.detail, file=file, line=line,
+                             field=f"planner.{exc.field}") from None
     describe = sim.workload.describe()
+    if describe.get("notes"):      # what a trace loader did beyond a plain read
+        _note(args, f"note: {describe['path']}: {'; '.join(describe['notes'])}")
     update, close = _progress(expected_span_s(describe, cfg), show_bar)
     sim.progress = update
     t1 = time.perf_counter()
@@ -390,8 +550,11 @@ def simulate(args: argparse.Namespace) -> int:
     summary = {**result.summary, "simulated_s": sim_s, "workload": describe,
                "config": cfg.to_dict()}
     if planner is not None:
-        summary["planner"] = {"kind": args.planner, **planner.report(result)}
-        summary["config"]["planner"] = planner.cfg.to_dict()    # as resolved (flags too)
+        summary["planner"] = {"kind": cfg.planner["kind"], **planner.report(result)}
+    summary["warnings"] = warnings = overload_warnings(summary, cfg)
+    for text in warnings:
+        if not args.quiet:
+            print(f"dynosim: warning: {text}", file=sys.stderr)
 
     if args.report_jsonl:
         with open(args.report_jsonl, "w", encoding="utf-8", newline="\n") as fh:
@@ -411,66 +574,48 @@ def simulate(args: argparse.Namespace) -> int:
         print_summary(summary, run_info, cfg, sys.stdout)
         if planner is not None:
             rep = summary["planner"]
-            print(f"  planner       {args.planner}: {rep['scaling_events']} scaling events, "
+            print(f"  planner       {rep['kind']}: {rep['scaling_events']} scaling events, "
                   f"max {rep['max_replicas']} replicas (incl. starting/draining)")
     return 0
 
 
-_PLANNER_FLAGS = {"planner_interval": None, "planner_predictor": "load_predictor",
-                  "max_gpu_budget": "max_gpu_budget", "min_endpoint": "min_endpoint",
-                  "ttft_sla_ms": "ttft_ms", "itl_sla_ms": "itl_ms",
-                  "planner_config_json": None}
+#: A run is overloaded when its p90 TTFT exceeds this many times the TTFT target.
+OVERLOAD_FACTOR = 10.0
+#: TTFT target without an SLA: the Dynamo planner's default (``ttft`` 500 ms).
+DEFAULT_TTFT_TARGET_MS = 500.0
 
 
-def _planner_json(text: str) -> dict[str, Any]:
-    """``--planner-config-json``: inline JSON, or the path of a JSON file (as Dynamo's)."""
-    src = text
-    if not text.lstrip().startswith("{") and Path(text).is_file():
-        src = Path(text).read_text(encoding="utf-8")
-    try:
-        data = json.loads(src)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not a JSON object or JSON file: {exc.msg} (char {exc.pos})",
-                         file=CMDLINE, field="--planner-config-json") from None
-    if not isinstance(data, dict):
-        raise InputError(f"expected a JSON object of planner knobs, got {type(data).__name__}",
-                         file=CMDLINE, field="--planner-config-json")
-    return data
+def overload_warnings(summary: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """One line per sign that the cluster could not keep up (empty for a healthy run).
+
+    Overloaded: p90 TTFT above ``OVERLOAD_FACTOR`` x the TTFT target (``sla.ttft_ms``, else
+    500 ms), i.e. requests mostly wait in queues that never drain; or, at a cut-off, more
+    requests still in flight than completed. Such a run measures the backlog, not the
+    serving system, so its latencies should not be compared with anything."""
+    t = summary["totals"]
+    target = cfg.sla.ttft_ms or DEFAULT_TTFT_TARGET_MS
+    p90 = summary["latency_ms"]["ttft"]["p90"]
+    out = []
+    if t["num_ttft_samples"] and p90 > OVERLOAD_FACTOR * target:
+        out.append(f"overloaded: p90 TTFT {p90 / 1000:,.1f} s is {p90 / target:,.0f}x the "
+                   f"{target:g} ms TTFT target ({'sla.ttft_ms' if cfg.sla.ttft_ms else 'default'}"
+                   f"); queues never drain on {_workers(cfg)}: add workers (--num-workers), "
+                   "use --planner, or slow arrivals (--arrival-speedup-ratio below 1)")
+    elif t.get("cut_off_ms") is not None and t["in_flight_requests"] > t["completed_requests"]:
+        out.append(f"overloaded: {t['in_flight_requests']:,} requests still in flight at the "
+                   f"cut-off, more than the {t['completed_requests']:,} completed")
+    return out
 
 
-def _make_planner(args: argparse.Namespace, cfg: RunConfig | None = None):
-    """The planner the flags ask for (None without --planner); its own flags need it. Knobs:
-    the config's ``planner`` section, then ``--planner-config-json``, then the single flags."""
-    given = {dest: getattr(args, dest, None) for dest in _PLANNER_FLAGS}
-    given = {k: v for k, v in given.items() if v is not None}
-    if args.planner is None:
-        if given:
-            flag = "--" + next(iter(given)).replace("_", "-")
-            raise InputError(f"{flag} needs --planner load|throughput", file=CMDLINE,
-                             field="planner")
-        return None
-    from .planner import LoadPlanner, PlannerConfig, ThroughputPlanner
-    base = (cfg.planner if cfg is not None else PlannerConfig()).to_dict()
-    if "planner_config_json" in given:
-        try:
-            pcfg = PlannerConfig.from_dict(_planner_json(given["planner_config_json"]), **base)
-        except InputError as exc:
-            if exc.field == "--planner-config-json":
-                raise
-            named = exc.field is None or f"'{exc.field}'" in exc.detail
-            raise InputError(exc.detail if named else f"'{exc.field}': {exc.detail}",
-                             file=CMDLINE, field="--planner-config-json") from None
-        base = pcfg.to_dict()
-    over = {key: given[dest] for dest, key in _PLANNER_FLAGS.items() if key and dest in given}
-    if "planner_interval" in given:
-        key = ("load_adjustment_interval_seconds" if args.planner == "load"
-               else "throughput_adjustment_interval_seconds")
-        over[key] = given["planner_interval"]
-    try:
-        pcfg = PlannerConfig(**{**base, **over})
-    except InputError as exc:
-        raise InputError(exc.detail, file=CMDLINE, field=f"planner.{exc.field}") from None
-    return (LoadPlanner if args.planner == "load" else ThroughputPlanner)(pcfg)
+def _workers(cfg: RunConfig) -> str:
+    n = cfg.cluster.num_workers
+    return f"{n} worker{'s' if n != 1 else ''} at start" if cfg.planner else \
+        f"{n} worker{'s' if n != 1 else ''}"
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML: ``dynosim simulate --config`` of it reruns the run."""
+    return yaml.safe_dump(_jsonable(cfg.to_dict()), sort_keys=False, default_flow_style=False)
 
 
 def _note(args: argparse.Namespace, text: str) -> None:
@@ -498,9 +643,13 @@ def _jsonable(obj: Any) -> Any:
 def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     n = describe.get("num_requests")
     count = f", {n:,} requests" if isinstance(n, int) else ""
+    n = cfg.cluster.num_workers
+    workers = f"{n} worker{'s' if n != 1 else ''}"
+    if cfg.planner is not None:      # the count changes during the run
+        workers += (f" at start, {cfg.planner['kind']} planner (budget "
+                    f"{cfg.planner['max_gpu_budget']} GPUs)")
     return (f"{describe.get('name', 'workload')} ({describe.get('kind', '?')}{count}) on "
-            f"{cfg.cluster.num_workers} worker{'s' if cfg.cluster.num_workers != 1 else ''}, "
-            f"{cfg.router.mode} router, KV "
+            f"{workers}, {cfg.router.mode} router, KV "
             f"{cfg.engine.num_gpu_blocks} x {cfg.engine.block_size}-token blocks, "
             f"timing {cfg.timing.model}")
 
@@ -517,13 +666,16 @@ def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunCon
           "never arrived)")
     w("\n")
     w(f"  {'latency (ms)':<12} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9}\n")
-    for label, key in (("TTFT", "ttft"), ("ITL", "itl"), ("E2E", "e2e_latency")):
+    for label, key in (("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"),
+                       ("E2E", "e2e_latency")):
         d = lat[key]
         w(f"  {label:<12} " + " ".join(f"{d[k]:>9.1f}" for k in ("mean", "median", "p90", "p99"))
           + "\n")
     w(f"  throughput    {t['request_throughput_rps']:.2f} req/s   "
       f"{t['output_throughput_tok_s']:,.0f} output tok/s   "
       f"{t['total_throughput_tok_s']:,.0f} total tok/s over {t['duration_ms'] / 1000:,.1f} s\n")
+    w(f"  tokens        input {t['total_input_tokens']:,}   generated "
+      f"{t['total_output_tokens']:,}   (completed requests)\n")
     w(f"  prefix reuse  {t['prefix_cache_reused_ratio']:.1%}   preemptions "
       f"{t['num_preemptions']:,}   GPU-hours {t['gpu_hours']:.2f}\n")
     if "goodput" in summary:

@@ -30,7 +30,6 @@ import yaml
 
 from .engine import EngineConfig
 from .errors import InputError
-from .planner import PlannerConfig
 from .router import ROUTER_MODES, KvRouterConfig
 from .simulator import ClusterConfig, Simulation
 from .timing import make_timing
@@ -107,11 +106,13 @@ class RunSection:
 SECTIONS: dict[str, type] = {
     "cluster": ClusterSection, "engine": EngineSection, "timing": TimingSection,
     "router": RouterSection, "sla": SlaSection, "run": RunSection,
-    # the autoscaling planner's knobs (Dynamo's names and defaults; sim.planner); used when
-    # a planner runs (dynosim simulate --planner, the env's heuristic planners)
-    "planner": PlannerConfig,
 }
-TOP_KEYS = ("workload", *SECTIONS)
+#: ``planner: {kind: load|throughput, <sim.planner.PlannerConfig field>: ...}``: an
+#: autoscaling planner in the loop. Its SLA targets are the run's ``sla`` section (one SLA
+#: for goodput and planner): a planner run without one gets the planner defaults there.
+PLANNER_KINDS = ("load", "throughput")
+PLANNER_SLA = {"ttft_ms": "ttft_ms", "itl_ms": "itl_ms"}   # PlannerConfig -> sla
+TOP_KEYS = ("workload", *SECTIONS, "planner")
 
 
 @dataclass
@@ -125,7 +126,7 @@ class RunConfig:
     router: RouterSection = field(default_factory=RouterSection)
     sla: SlaSection = field(default_factory=SlaSection)
     run: RunSection = field(default_factory=RunSection)
-    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    planner: dict[str, Any] | None = None        # {kind, PlannerConfig knobs}; None = off
     source: str | None = field(default=None, compare=False)
     #: dotted field -> where its value came from, for error messages.
     where: dict[str, Where] = field(default_factory=dict, repr=False, compare=False)
@@ -135,6 +136,22 @@ class RunConfig:
         out: dict[str, Any] = {"workload": copy.deepcopy(self.workload)}
         for name in SECTIONS:
             out[name] = asdict(getattr(self, name))
+        out["planner"] = copy.deepcopy(self.planner)
+        return out
+
+    def resolved(self) -> RunConfig:
+        """This config with every default a run would use written out, so that its
+        ``to_dict()`` reproduces the run on its own (``--print-config``, the JSON's
+        ``config``): the planner's knobs all filled in (interval by kind) and, for a planner
+        run, the SLA targets it uses in ``sla``."""
+        if self.planner is None:
+            return self
+        pcfg = planner_config(self)
+        knobs = {k: v for k, v in asdict(pcfg).items() if k not in PLANNER_SLA}
+        out = copy.copy(self)
+        out.planner = {"kind": self.planner["kind"], **knobs}
+        out.sla = SlaSection(**{**asdict(self.sla),
+                                **{s: getattr(pcfg, p) for p, s in PLANNER_SLA.items()}})
         return out
 
     def locate(self, dotted: str | None) -> Where:
@@ -213,6 +230,10 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
         setattr(cfg, name, v.section(data.get(name), cls, name))
     cfg.timing.model = _check_timing(cfg.timing.model, base, v)
     cfg.workload = _check_workload(data.get("workload"), base, v)
+    cfg.planner = _check_planner(data.get("planner"), v)
+    if cfg.planner is not None:
+        with _located(cfg):
+            planner_config(cfg)          # every knob checked now, not at the first tick
     return cfg
 
 
@@ -252,10 +273,7 @@ class _Validator:
                 value = ROUTER_ALIASES[value]
             self.rules(value, specs[key].metadata, dotted)
             values[key] = value
-        try:
-            return cls(**values)
-        except InputError as exc:        # cross-field checks in the dataclass itself
-            raise self.error(exc.detail, f"{name}.{exc.field}" if exc.field else name) from None
+        return cls(**values)
 
     def rules(self, value: Any, rules: Mapping[str, Any], dotted: str) -> None:
         if value is None:
@@ -342,6 +360,54 @@ def _check_workload(data: Any, base: Path, v: _Validator) -> dict[str, Any] | No
         else:
             out["path"] = str(_resolve(path, base))
     return out
+
+
+def _check_planner(data: Any, v: _Validator) -> dict[str, Any] | None:
+    """A mapping with a known ``kind``; knob names checked here, values by PlannerConfig."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise v.error(f"expected a mapping, got {_show(data)}", "planner")
+    from .planner import PlannerConfig
+    knobs = [f.name for f in fields(PlannerConfig) if f.name not in PLANNER_SLA]
+    for key in PLANNER_SLA:
+        if key in data:
+            raise v.error(f"set the planner's targets in the run's sla section "
+                          f"(sla.{PLANNER_SLA[key]}), one SLA for goodput and planner",
+                          f"planner.{key}")
+    v.check_keys(data, ["kind", *knobs], "planner")
+    if data.get("kind") not in PLANNER_KINDS:
+        raise v.error(f"expected one of {', '.join(PLANNER_KINDS)}, got {data.get('kind')!r}",
+                      "planner.kind")
+    return copy.deepcopy(dict(data))
+
+
+def planner_config(cfg: RunConfig):
+    """The :class:`sim.planner.PlannerConfig` of ``cfg.planner`` (None without a planner);
+    its SLA targets are ``cfg.sla``'s, else the planner's defaults. Bad knobs raise
+    InputErrors with the field ``planner.<knob>``."""
+    if cfg.planner is None:
+        return None
+    from .planner import PlannerConfig
+    knobs = {k: v for k, v in cfg.planner.items() if k != "kind"}
+    for p, s in PLANNER_SLA.items():
+        if getattr(cfg.sla, s) is not None:
+            knobs[p] = getattr(cfg.sla, s)
+    try:
+        return PlannerConfig(**knobs)
+    except InputError as exc:
+        name = PLANNER_SLA.get(exc.field or "")
+        raise InputError(exc.detail, field=f"sla.{name}" if name else
+                         f"planner.{exc.field}" if exc.field else "planner") from None
+
+
+def build_planner(cfg: RunConfig):
+    """A fresh planner for ``cfg`` (attach it to the simulation), or None."""
+    pcfg = planner_config(cfg)
+    if pcfg is None:
+        return None
+    from .planner import LoadPlanner, ThroughputPlanner
+    return (LoadPlanner if cfg.planner["kind"] == "load" else ThroughputPlanner)(pcfg)
 
 
 def _resolve(path: str, base: Path) -> Path:

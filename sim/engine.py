@@ -279,7 +279,8 @@ class Engine:
         ctx = 0
         for s in running:
             known = s.prompt_len + s.generated
-            if s.computed >= known and s.generated < s.max_out:
+            # (output_length 0: ready once its prompt is computed, to end with no token)
+            if s.computed >= known and (s.generated < s.max_out or not s.max_out):
                 ready.append(s)
                 if s.generated:
                     n_decode += 1
@@ -405,6 +406,13 @@ class Engine:
         for s in ready:
             g = s.generated
             if g == 0:
+                if not s.max_out:
+                    # output_length 0 (Dynamo accepts it): the request completes at the end
+                    # of its prefill pass without a token; its terminal time is kept as its
+                    # last_token (docs/dynamo_replay_semantics.md rule 17).
+                    s.last_token = end
+                    done.append(s)
+                    continue
                 s.first_token = end
                 if self.on_first_token is not None:
                     self.on_first_token(self, s, end)

@@ -321,10 +321,15 @@ class MetricsCollector:
                                         ("arrival_time_ms", "first_token_ms", "second_token_ms",
                                          "last_token_ms"))
         out_len, in_len = c["output_length"][done], c["input_length"][done]
-        ttft = first - arrival
-        e2e = last - arrival
+        # A request with output_length 0 completes at the end of its prefill pass (its
+        # last_token_ms holds that time): it counts in the duration but, as in Dynamo, gives
+        # no TTFT or E2E sample and fails any TTFT or ITL limit.
+        ttft_all = first - arrival
+        e2e_all = last - arrival
+        tokens = out_len > 0
+        ttft, e2e = ttft_all[tokens], e2e_all[tokens]
         multi = out_len > 1
-        decode_span = (e2e - ttft)[multi]
+        decode_span = (e2e_all - ttft_all)[multi]
         tpot = decode_span / (out_len[multi] - 1)
         ttst = (second - first)[multi]
         duration = float(last.max()) if len(last) else 0.0
@@ -368,8 +373,10 @@ class MetricsCollector:
         result: dict[str, Any] = {"totals": totals, "latency_ms": latency,
                                   "output_token_throughput_per_user": self.per_user.describe()}
         if sla:
-            result["goodput"] = _goodput(sla, ttft, tpot_all=np.where(multi, (e2e - ttft) / np.maximum(out_len - 1, 1), 0.0),
-                                         e2e=e2e, duration=duration, out_len=out_len,
+            tpot_all = np.where(multi, (e2e_all - ttft_all) / np.maximum(out_len - 1, 1),
+                                np.where(tokens, 0.0, np.nan))
+            result["goodput"] = _goodput(sla, ttft_all, tpot_all=tpot_all, e2e=e2e_all,
+                                         duration=duration, out_len=out_len,
                                          num_requests=num_requests)
         return result
 
@@ -387,10 +394,11 @@ class MetricsCollector:
             out_len = int(c["output_length"][i])
             rec["first_admit_ms"] = _num(float(c["first_admit_ms"][i]))
             rec["first_token_ms"] = _num(first)
-            rec["last_token_ms"] = _num(last)
+            rec["last_token_ms"] = _num(last) if out_len > 0 else None
             rec["ttft_ms"] = _num(first - arrival)
             rec["ttst_ms"] = _num(float(c["second_token_ms"][i]) - first) if out_len > 1 else None
-            rec["e2e_latency_ms"] = _num(last - arrival) if st == STATUS_COMPLETED else None
+            rec["e2e_latency_ms"] = (_num(last - arrival) if st == STATUS_COMPLETED and out_len > 0
+                                     else None)
             rec["itl_ms"] = _num((last - first) / (out_len - 1)) if out_len > 1 else None
             rec["input_length"] = int(c["input_length"][i])
             rec["output_length"] = out_len

@@ -21,18 +21,28 @@ def _cdf(ax, values: np.ndarray, label: str, **style) -> None:
         ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label, **style)
 
 
-def _finish(ax, title: str, values: np.ndarray) -> None:
+def _finish(ax, title: str, values: np.ndarray, ylabel: str) -> None:
     ax.set_title(title)
-    ax.set_xlabel("ms")
+    ax.set_xlabel(f"{title} (ms{', log scale' if _log_x(values) else ''})")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.0)
     ax.grid(True, which="both", alpha=0.3)
-    v = values[np.isfinite(values) & (values > 0)]
-    if len(v) and v.max() / v.min() > 5:      # long tails: log x
+    if _log_x(values):                     # long tails: log x
         ax.set_xscale("log")
-    for q, ls in ((0.5, ":"), (0.9, "--"), (0.99, "-.")):
+    # percentile guides, labelled on a right-hand axis (clear of the curves)
+    guides = (0.5, 0.9, 0.99)
+    for q, ls in zip(guides, (":", "--", "-.")):
         ax.axhline(q, color="grey", lw=0.6, ls=ls)
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(guides, labels=[f"p{round(q * 100)}" for q in guides])
+    right.tick_params(labelsize=7, colors="0.35", length=2)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
+
+
+def _log_x(values: np.ndarray) -> bool:
+    v = values[np.isfinite(values) & (values > 0)]
+    return bool(len(v) and v.max() / v.min() > 5)
 
 
 def plot_latency_cdfs(result: RunResult, path: str | Path, title: str | None = None) -> Path:
@@ -48,7 +58,8 @@ def plot_latency_cdfs(result: RunResult, path: str | Path, title: str | None = N
     arrival, first, last = (c[k][done] for k in ("arrival_time_ms", "first_token_ms",
                                                   "last_token_ms"))
     out_len = c["output_length"][done]
-    ttft, e2e = first - arrival, last - arrival
+    tokens = out_len > 0                   # output_length 0: no TTFT/E2E sample (Dynamo)
+    ttft, e2e = (first - arrival)[tokens], (last - arrival)[tokens]
     multi = out_len > 1
     itl_req = (last - first)[multi] / (out_len[multi] - 1)
     sketch = result.metrics.itl
@@ -57,14 +68,14 @@ def plot_latency_cdfs(result: RunResult, path: str | Path, title: str | None = N
     fig = Figure(figsize=(15, 4.4), layout="constrained")
     ax_ttft, ax_itl, ax_e2e = fig.subplots(1, 3)
     _cdf(ax_ttft, ttft, f"{len(ttft):,} requests")
-    _finish(ax_ttft, "TTFT", ttft)
+    _finish(ax_ttft, "TTFT", ttft, "fraction of requests with TTFT ≤ x")
     if len(gaps):
         ax_itl.plot(gaps, _QS, label=f"token gaps ({sketch.n:,})")
     _cdf(ax_itl, itl_req, "per-request mean", ls="--")
-    _finish(ax_itl, "ITL", np.concatenate([gaps, itl_req]))
+    _finish(ax_itl, "ITL", np.concatenate([gaps, itl_req]),
+            "fraction of token gaps (or requests) ≤ x")
     _cdf(ax_e2e, e2e, f"{len(e2e):,} requests")
-    _finish(ax_e2e, "End-to-end latency", e2e)
-    ax_ttft.set_ylabel("fraction of requests (tokens for gaps)")
+    _finish(ax_e2e, "End-to-end latency", e2e, "fraction of requests with E2E ≤ x")
     t = result.summary["totals"]
     fig.suptitle(title or f"{t['completed_requests']:,} completed, {t['rejected_requests']:,} "
                  f"rejected, {t['in_flight_requests']:,} in flight")

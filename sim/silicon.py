@@ -242,7 +242,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true",
                    help="print {groups, rows, dynamo} as JSON instead of Markdown")
     s.add_argument("--group", metavar="TEXT",
-                   help="only groups whose name (MODEL/GPU/BACKEND/tpN) contains TEXT")
+                   help="only groups whose name (MODEL/GPU/BACKEND/tpN) contains TEXT (default: all)")
     return v
 
 

@@ -1,7 +1,7 @@
 """``dynosim sweep``: the three DynoSim planner studies (issue 4, "Autoscaling").
 
 Each study is a grid of ``dynosim simulate`` runs (every point is built from the same flags
-``simulate`` takes, through :func:`sim.cli.config_from_args` and ``_make_planner``, so a row
+``simulate`` takes, through :func:`sim.cli.config_from_args` and ``build_planner``, so a row
 can be reproduced with the command in its ``command`` column). Points run in parallel
 (``--jobs``, a process pool); each point is deterministic and rows are sorted by point, so
 the CSV does not depend on ``--jobs``.
@@ -137,8 +137,8 @@ def _window(args: argparse.Namespace) -> float | None:
 def _planner_flags(kind: str, interval_s: float, startup_s: float) -> list[str]:
     return ["--initial-workers", str(INITIAL_WORKERS), "--startup-time", f"{startup_s:g}",
             "--planner", kind, "--planner-interval", f"{interval_s:g}",
-            "--max-gpu-budget", str(MAX_GPU_BUDGET), "--ttft-sla-ms", f"{TTFT_SLA_MS:g}",
-            "--itl-sla-ms", f"{ITL_SLA_MS:g}",
+            "--max-gpu-budget", str(MAX_GPU_BUDGET), "--sla-ttft-ms", f"{TTFT_SLA_MS:g}",
+            "--sla-itl-ms", f"{ITL_SLA_MS:g}",
             # the studies target the SLA: Dynamo's optimization_target sla (its default,
             # throughput, ignores the SLA targets)
             "--planner-config-json", '{"optimization_target": "sla"}']
@@ -201,12 +201,12 @@ def _num(x: Any) -> float:
 
 def run_point(point: dict[str, Any]) -> dict[str, Any]:
     """Run one point (in a worker process) and return its CSV row."""
-    from .cli import _make_planner, build_parser, config_from_args
-    from .config import build_simulation
+    from .cli import build_parser, config_from_args
+    from .config import build_planner, build_simulation
 
     ns = build_parser().parse_args(["simulate", *point["argv"]])
     cfg = config_from_args(ns)
-    planner = _make_planner(ns, cfg)
+    planner = build_planner(cfg)
     sim = build_simulation(cfg)
     if planner is not None:
         planner.attach(sim)
@@ -339,6 +339,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     static = [r for r in rows if r["kind"] == "static"]
     front = pareto_front(static)
     markers = {1: "o", 2: "s", 4: "D", 8: "^"}
+    labels, points = [], []
     for tp in sorted({int(r["tp"]) for r in static}):
         sel = [r for r in static if int(r["tp"]) == tp]
         a1.scatter([r["gpu_hours"] for r in sel], [_positive(r["p90_ttft_ms"]) for r in sel],
@@ -347,10 +348,12 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         a2.scatter([r["output_tok_s_per_user"] for r in sel],
                    [r["output_tok_s_per_gpu"] for r in sel], marker=markers.get(tp, "o"),
                    facecolors="none", edgecolors=f"C{tp}", label=f"static TP{tp}")
-        for r in sel:
-            a1.annotate(f"{int(r['replicas'])}", (r["gpu_hours"], _positive(r["p90_ttft_ms"])),
-                        fontsize=7, color=f"C{tp}", xytext=(3, 3 if tp != 4 else -9),
-                        textcoords="offset points")
+        for r in sel:          # replica counts, placed by adjustText below
+            xy = (r["gpu_hours"], _positive(r["p90_ttft_ms"]))
+            if math.isfinite(xy[1]):
+                labels.append(a1.text(*xy, f"{int(r['replicas'])}", fontsize=7,
+                                      color=f"C{tp}"))
+                points.append(xy)
     fr = sorted((r for r, f in zip(static, front) if f), key=lambda r: r["gpu_hours"])
     if fr:
         a1.step([r["gpu_hours"] for r in fr], [_positive(r["p90_ttft_ms"]) for r in fr],
@@ -377,6 +380,13 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         a.grid(True, which="both", alpha=0.3)
         a.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
+    if labels:               # keep the replica counts off each other and off the markers
+        from adjustText import adjust_text
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        FigureCanvasAgg(fig).draw()              # lay out first: adjustText works in pixels
+        adjust_text(labels, x=[p[0] for p in points], y=[p[1] for p in points], ax=a1,
+                    expand=(1.4, 1.6), arrowprops={"arrowstyle": "-", "color": "0.6",
+                                                   "lw": 0.5})
     fig.savefig(path, dpi=110)
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import pytest
 
@@ -16,7 +17,14 @@ from sim.workloads import load_mooncake  # noqa: F401  (re-exported for the test
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DYNOSIM_SHARED") or REPO.parent / "shared")   # CI: ../shared
-CONVERSATION_TRACE = SHARED / "data" / "traces" / "mooncake_fast25" / "conversation_trace.jsonl"
+# The bundled copy of the Mooncake FAST'25 conversation trace (bundled:mooncake_conversation).
+CONVERSATION_TRACE = REPO / "sim" / "data" / "conversation_trace.jsonl"
+
+#: Dynamo's replay (ai-dynamo 1.6.1): the venv named by $DYNOSIM_PEER_VENV, else the repo's
+#: ./.peer-venv (what `make peer` installs).
+PEER_VENV_DEFAULT = REPO / ".peer-venv"
+PEER_MISSING = ("Dynamo's replay (ai-dynamo 1.6.1) not installed: `make peer` puts it in "
+                "./.peer-venv (or set DYNOSIM_PEER_VENV to a venv that has it)")
 
 # Oracle tolerance: rel 1e-9 or abs 1e-6 ms, whichever is larger (pytest.approx semantics).
 REL, ABS = 1e-9, 1e-6
@@ -99,3 +107,62 @@ def simulate(workload, *, exact: bool, block_size: int = 64, num_gpu_blocks: int
 @pytest.fixture(params=[False, True], ids=["bulk", "exact"])
 def exact(request) -> bool:
     return request.param
+
+
+# -- Dynamo's replay as a peer ------------------------------------------------------------------
+
+def find_peer_python() -> Path | None:
+    """The interpreter of a venv that imports ``dynamo.replay`` ($DYNOSIM_PEER_VENV, else
+    ./.peer-venv), or None."""
+    env = os.environ.get("DYNOSIM_PEER_VENV")
+    for venv in ([Path(env)] if env else []) + [PEER_VENV_DEFAULT]:
+        py = venv / "bin" / "python"
+        if not py.is_file():
+            continue
+        try:
+            ok = subprocess.run([str(py), "-c", "import dynamo.replay"], capture_output=True,
+                                timeout=120, env={**os.environ, "DYN_LOG": "warn"}).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return py
+    return None
+
+
+@pytest.fixture(scope="session")
+def peer_python() -> Path:
+    """Dynamo's replay interpreter; the test skips (naming no machine path) without it."""
+    py = find_peer_python()
+    if py is None:
+        pytest.skip(PEER_MISSING)
+    return py
+
+
+# Runs inside the peer venv: one replay through Dynamo's public SDK, JSON on stdout.
+_PEER_DRIVER = """
+import json, sys
+from dynamo.replay import run_trace_replay
+a = json.loads(sys.argv[1])
+eng = {"timing_model": {"type": "fixed", "prefill_ms": a["prefill_ms"],
+                        "decode_ms": a["decode_ms"]}}
+r = run_trace_replay([a["trace"]], extra_engine_args={"engine": eng},
+                     num_workers=a["num_workers"], router_mode="round_robin",
+                     capture_per_request=True, **a["sla"])
+print(json.dumps({"summary": r.summary, "per_request": r.per_request}))
+"""
+
+
+def run_peer(py: Path, trace: Path, *, num_workers: int = 1, prefill_ms: float = 10.0,
+             decode_ms: float = 5.0, sla: dict[str, float] | None = None) -> dict[str, Any]:
+    """Replay ``trace`` (Mooncake JSONL) in Dynamo with fixed timing and round robin:
+    ``{"summary": {...}, "per_request": [...]}``, or ``{"error": message}`` if Dynamo
+    refuses the trace."""
+    arg = json.dumps({"trace": str(trace), "num_workers": num_workers,
+                      "prefill_ms": prefill_ms, "decode_ms": decode_ms,
+                      "sla": {f"sla_{k}": v for k, v in (sla or {}).items()}})
+    r = subprocess.run([str(py), "-c", _PEER_DRIVER, arg], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "DYN_LOG": "warn"})
+    if r.returncode:
+        lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+        return {"error": lines[-1] if lines else f"exit {r.returncode}"}
+    return json.loads(r.stdout)

@@ -263,7 +263,7 @@ def test_load_planner_advice_matches_the_planner_in_the_loop() -> None:
     """Stepping the env with the load planner's advice scales exactly like the planner
     attached to the same simulation directly (ticks at the same times)."""
     # optimization_target sla: Dynamo's default (throughput) does not act on this light load
-    env = make(cluster={"startup_time_s": 0.0}, planner={"optimization_target": "sla"})
+    env = make(cluster={"startup_time_s": 0.0}, planner={"kind": "load", "optimization_target": "sla"})
     env.reset(seed=9)
     env_targets = []
     for _ in range(env.cfg.env.episode_steps):

@@ -50,7 +50,7 @@ class GenericTiming(TimingModel):
 @pytest.fixture(scope="module")
 def mooncake400(tmp_path_factory):
     if not CONVERSATION_TRACE.is_file():
-        pytest.skip(f"{CONVERSATION_TRACE} not found (needs ../shared beside the repo)")
+        pytest.skip("the bundled conversation trace is missing")
     path = tmp_path_factory.mktemp("trace") / "conversation_400.jsonl"
     with open(CONVERSATION_TRACE) as src:
         path.write_text("".join(itertools.islice(src, 400)))

@@ -10,9 +10,10 @@ TTFT, ITL and E2E mean/median/p90/p99 are compared, and the completed-request co
 be equal. Round robin is deterministic in both simulators, so (a) and (b) are also held to
 the oracle tolerance: request by request (same worker, prefix reuse and output length;
 admission and token times within 1e-9 relative or 1e-6 ms) and every latency statistic and
-throughput total within 1e-9 relative. The peer runs through ../shared/peer/dynosim_peer.py with the interpreter of a
-venv that has ai-dynamo 1.6.1: $DYNOSIM_PEER_VENV, else /work/peer_venv_parent/venv, else
-../shared/peer/.venv-dynamo. Without one (or without the trace) the tests skip.
+throughput total within 1e-9 relative. The peer runs through Dynamo's driver
+``peer/dynosim_peer.py`` of the shared reference material ($DYNOSIM_SHARED) with the
+interpreter of a venv that has ai-dynamo 1.6.1: $DYNOSIM_PEER_VENV, else ./.peer-venv
+(``make peer``). Without one the tests skip. The trace is the bundled copy.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONVERSATION_TRACE, SHARED, load_mooncake, ms
+from conftest import SHARED, load_mooncake, ms
+from sim.config import BUNDLED_TRACES, DATA_DIR
 from sim.engine import EngineConfig
 from sim.simulator import ClusterConfig, Simulation
 from sim.timing import PolynomialTiming
@@ -32,6 +34,7 @@ from sim.timing import PolynomialTiming
 pytestmark = pytest.mark.peer
 
 PEER_SCRIPT = SHARED / "peer" / "dynosim_peer.py"
+CONVERSATION_TRACE = DATA_DIR / BUNDLED_TRACES["mooncake_conversation"]
 
 # name -> (workers, router (ours, peer), block size, gpu blocks or None, tolerance)
 CONFIGS = {
@@ -43,14 +46,6 @@ METRICS = ("ttft", "itl", "e2e_latency")
 STATS = ("mean", "median", "p90", "p99")
 
 
-def _venv_candidates() -> list[Path]:
-    out = []
-    if os.environ.get("DYNOSIM_PEER_VENV"):
-        out.append(Path(os.environ["DYNOSIM_PEER_VENV"]))
-    out += [Path("/work/peer_venv_parent/venv"), SHARED / "peer" / ".venv-dynamo"]
-    return out
-
-
 def _peer_env() -> dict[str, str]:
     env = dict(os.environ)
     env["DYN_LOG"] = "warn"
@@ -58,27 +53,11 @@ def _peer_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def peer_python() -> Path:
+def peer_python(peer_python: Path) -> Path:
     if not PEER_SCRIPT.is_file():
-        pytest.skip(f"peer script {PEER_SCRIPT} not found")
-    if not CONVERSATION_TRACE.is_file():
-        pytest.skip(f"trace {CONVERSATION_TRACE} not found")
-    tried = []
-    for venv in _venv_candidates():
-        py = venv / "bin" / "python"
-        if not py.is_file():
-            tried.append(f"{venv} (no bin/python)")
-            continue
-        try:
-            r = subprocess.run([str(py), "-c", "import dynamo.replay"], env=_peer_env(),
-                               capture_output=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            tried.append(f"{venv} ({exc})")
-            continue
-        if r.returncode == 0:
-            return py
-        tried.append(f"{venv} (import dynamo.replay failed)")
-    pytest.skip("Dynamo's replay (ai-dynamo 1.6.1) not available: " + "; ".join(tried))
+        pytest.skip("Dynamo's replay driver peer/dynosim_peer.py not found (set DYNOSIM_SHARED "
+                    "to the shared reference material)")
+    return peer_python
 
 
 def _start_peer(py: Path, name: str, out_dir: Path) -> tuple[subprocess.Popen, Path, Path]:

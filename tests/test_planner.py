@@ -402,10 +402,11 @@ def test_budget_guard_is_dynamos(cur, prop, lo, hi, want):
 
 def test_env_config_carries_the_planner_section():
     from dynosim_gym.config import load_env_config
-    cfg = load_env_config("autoscale_default", planner={"load_scaling_down_sensitivity": 20,
-                                                        "optimization_target": "sla"})
-    assert cfg.sim.planner.load_scaling_down_sensitivity == 20
+    cfg = load_env_config("autoscale_default", planner={
+        "kind": "load", "load_scaling_down_sensitivity": 20, "optimization_target": "sla"})
+    assert cfg.sim.planner["load_scaling_down_sensitivity"] == 20
     assert cfg.to_dict()["planner"]["optimization_target"] == "sla"
     with pytest.raises(InputError) as e:
-        load_env_config("autoscale_default", planner={"load_scaling_down_sensitivty": 20})
+        load_env_config("autoscale_default", planner={"kind": "load",
+                                                      "load_scaling_down_sensitivty": 20})
     assert e.value.field == "planner.load_scaling_down_sensitivty"

@@ -90,7 +90,7 @@ def test_full_grids_match_published_setup():
     argv = " ".join(pa[-1]["argv"])
     for flag in ("--router-mode kv", "--model Qwen/Qwen3-32B", "--gpu h200_sxm",
                  "--backend vllm", "--tp 2", "--initial-workers 2", "--max-gpu-budget 16",
-                 "--ttft-sla-ms 1500", "--itl-sla-ms 50", "--planner throughput"):
+                 "--sla-ttft-ms 1500", "--sla-itl-ms 50", "--planner throughput"):
         assert flag in argv
 
 

@@ -1,0 +1,48 @@
+"""The README's ``console`` examples run as written and print what the README shows (issue
+12). Each block is ``$ .venv/bin/dynosim ...`` followed by its stderr then stdout; only the
+wall-time line (machine-dependent) is not compared. Outputs under ``out/`` go to a temporary
+directory."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from sim.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"```console\n(.*?)```", re.S)
+
+
+def examples() -> list[tuple[str, list[str]]]:
+    out = []
+    for block in BLOCK.findall((REPO / "README.md").read_text(encoding="utf-8")):
+        lines = block.rstrip("\n").split("\n")
+        assert lines[0].startswith("$ .venv/bin/dynosim "), lines[0]
+        out.append((lines[0][2:], lines[1:]))
+    return out
+
+
+EXAMPLES = examples()
+
+
+def _comparable(lines: list[str]) -> list[str]:
+    return [x for x in lines if not x.strip().startswith("wall time")]
+
+
+def test_readme_has_console_examples() -> None:
+    assert len(EXAMPLES) >= 3
+
+
+@pytest.mark.parametrize("command,expected", EXAMPLES, ids=[str(i) for i in range(len(EXAMPLES))])
+def test_readme_example_prints_what_the_readme_shows(command: str, expected: list[str],
+                                                     tmp_path: Path, capsys,
+                                                     monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    argv = [a.replace("out/", f"{tmp_path}/") for a in shlex.split(command)[1:]]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    got = (err + out).replace(f"{tmp_path}/", "out/").rstrip("\n").split("\n")
+    assert _comparable(got) == _comparable(expected)
