@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
+from .base import check_discrete
+
 
 class ActionType:
     space: spaces.Discrete
@@ -30,19 +32,10 @@ class ActionType:
         raise NotImplementedError
 
     def check(self, action) -> int:
-        n = self.space.n
-        if type(action) is int or type(action) is np.int64:      # the common case, fast
-            if 0 <= action < n:
-                return int(action)
-        try:
-            a = int(np.asarray(action).reshape(()))
-            ok = np.asarray(action).size == 1 and float(np.asarray(action).reshape(())) == a
-        except (TypeError, ValueError):
-            ok = False
-        if not ok or not self.space.contains(a):
-            raise ValueError(f"action {action!r} is outside the action space {self.space} "
-                             f"(an integer in [0, {self.space.n - 1}])")
-        return a
+        """``action`` as an int; ValueError unless the space contains it (no bools)."""
+        if type(action) is int and 0 <= action < self.space.n:     # the hot path
+            return action
+        return check_discrete(self.space, action)
 
     def masks(self, current: int) -> np.ndarray:
         t = np.array([self.target(a, current) for a in range(self.space.n)])

@@ -11,7 +11,7 @@ from sim.errors import InputError
 from sim.planner import LoadPlanner, PlannerConfig, ThroughputPlanner
 
 from .actions import make_action_type
-from .base import SimEnv
+from .base import EPISODE_OVER, ResetNeeded, SimEnv
 from .config import EnvConfig, load_env_config
 from .episodes import EpisodeFactory, begin_episode
 from .monitor import ClusterMonitor, Interval, _pct
@@ -59,7 +59,9 @@ class DynoSimEnv(SimEnv):
     ``type = target``: ``Discrete(max_workers - min_endpoint + 1)``, action ``i`` asks for
     ``min_endpoint + i`` workers. Requests are clamped to ``[min_endpoint, max_gpu_budget //
     gpus_per_worker]`` inside the env; ``action_masks()`` gives the actions that need no
-    clamping (sb3-contrib MaskablePPO). An action outside the space raises ``ValueError``.
+    clamping (sb3-contrib MaskablePPO). An action the space does not contain (floats, bools,
+    strings, arrays other than 0-d integer ones) raises ``ValueError``; ``step`` after
+    ``truncated=True`` without ``reset`` raises :class:`~dynosim_gym.base.ResetNeeded`.
 
     ## Observation Space
 
@@ -142,6 +144,7 @@ class DynoSimEnv(SimEnv):
         self.monitor = ClusterMonitor(self.sim, sla.ttft_ms, sla.itl_ms,
                                       self.cfg.env.timeout_s * 1000.0, self.gpus_per_worker)
         self._steps = 0
+        self._over = False
         self._t_ms = 0.0
         self._totals = {"met": 0, "finished": 0, "completed": 0, "rejected": 0,
                         "timed_out": 0, "gpu_seconds": 0.0, "changes": 0}
@@ -187,7 +190,9 @@ class DynoSimEnv(SimEnv):
 
     def step(self, action):
         if self.sim is None:
-            raise RuntimeError("call reset() before step()")
+            raise ResetNeeded("call reset() before step()")
+        if self._over:
+            raise ResetNeeded(EPISODE_OVER)
         a = self.action_type.check(action)
         self._log.append(("step", a))
         sim = self.sim
@@ -226,6 +231,7 @@ class DynoSimEnv(SimEnv):
         elapsed = self._t_ms / 1000.0
         obs = self.obs_builder.observe(iv, self.episode["day_offset_s"], elapsed)
         truncated = self._steps >= self.cfg.env.episode_steps
+        self._over = truncated
         info: dict[str, Any] = {
             "reward_terms": terms,
             "t_s": elapsed,

@@ -23,6 +23,8 @@ from typing import Any, Mapping
 from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, load_config,
                         parse_config, read_yaml)
 from sim.errors import InputError
+from sim.schema import (COUNT, GPUS, MAX_TOKENS, RATE, SHARE_OPEN, TIME_S_POS, WEIGHT,
+                        WORKERS, Range)
 
 import envs_configs as _bundled
 
@@ -34,48 +36,53 @@ def _opt(default: Any, **rules: Any) -> Any:
     return field(default=default, metadata=rules)
 
 
+STACK = Range(1, 4096, unit="intervals", why="observation of 19 x stack float32")
+SCALE = Range(0, MAX_TOKENS, lo_open=True, unit="tokens", why="token counts are int32-sized")
+
+
 @dataclass
 class ActionSection:
     type: str = _opt("delta", choices=("delta", "target"))  # delta: -k..+k workers; target: N
-    max_step: int = _opt(2, ge=1)            # delta: largest change per step (workers)
+    max_step: int = _opt(2, range=WORKERS)  # delta: largest change per step (workers)
 
 
 @dataclass
 class ObservationSection:
-    stack: int = _opt(1, ge=1)               # past intervals concatenated (1 = current only)
-    rate_scale_rps: float | None = _opt(None, gt=0)   # arrival rate scale; null = rate_max_rps
-    isl_scale: float = _opt(8192.0, gt=0)    # tokens
-    osl_scale: float = _opt(1024.0, gt=0)    # tokens
+    stack: int = _opt(1, range=STACK)  # past intervals concatenated (1 = current only)
+    rate_scale_rps: float | None = _opt(None, range=RATE)  # arrival rate scale; null = rate_max_rps
+    isl_scale: float = _opt(8192.0, range=SCALE)  # tokens
+    osl_scale: float = _opt(1024.0, range=SCALE)  # tokens
 
 
 @dataclass
 class RewardSection:
-    sla_weight: float = _opt(1.0, ge=0)      # x SLA attainment in the interval (0..1)
+    sla_weight: float = _opt(1.0, range=WEIGHT)  # x SLA attainment in the interval (0..1)
     # x GPU-seconds provisioned in the interval (starting + active + draining workers);
     # null = 0.5 / (interval_s * max_gpu_budget): a full budget for a whole step costs 0.5.
-    gpu_weight: float | None = _opt(None, ge=0)
-    change_penalty: float = _opt(0.01, ge=0)     # x workers added or removed by the action
+    gpu_weight: float | None = _opt(None, range=WEIGHT)
+    change_penalty: float = _opt(0.01, range=WEIGHT)  # x workers added or removed by the action
 
 
 @dataclass
 class EnvSection:
-    interval_s: float = _opt(10.0, gt=0)     # simulated seconds per step
-    episode_steps: int = _opt(60, ge=1)      # steps per episode; then truncated=True
-    max_gpu_budget: int = _opt(16, ge=1)     # GPUs of starting + active workers, at most
-    min_endpoint: int = _opt(1, ge=1)        # workers, at least
-    initial_workers: int | None = _opt(None, ge=1)    # at reset; null = cluster.num_workers
+    interval_s: float = _opt(10.0, range=TIME_S_POS)  # simulated seconds per step
+    episode_steps: int = _opt(60, range=COUNT)  # steps per episode; then truncated=True
+    max_gpu_budget: int = _opt(16, range=GPUS)  # GPUs of starting + active workers, at most
+    min_endpoint: int = _opt(1, range=WORKERS)  # workers, at least
+    initial_workers: int | None = _opt(None, range=WORKERS)  # at reset; null = cluster.num_workers
     split: str = _opt("train", choices=("train", "eval"))  # which windows / seeds episodes use
-    eval_fraction: float = _opt(0.25, gt=0)  # trace: trailing share held out for split=eval
+    # trace: trailing share held out for split=eval
+    eval_fraction: float = _opt(0.25, range=SHARE_OPEN)
     scenarios: str = "diurnal,bursty,ramp"   # synthetic: load shapes drawn at reset (comma list)
-    rate_min_rps: float = _opt(0.2, gt=0)    # synthetic: mean arrival rate drawn in [min, max]
-    rate_max_rps: float = _opt(1.0, gt=0)
-    day_period_s: float = _opt(1200.0, gt=0)  # length of a simulated day (diurnal, time of day)
-    timeout_s: float = _opt(60.0, gt=0)      # no first token after this long = SLA violation
+    rate_min_rps: float = _opt(0.2, range=RATE)  # synthetic: mean arrival rate drawn in [min, max]
+    rate_max_rps: float = _opt(1.0, range=RATE)
+    day_period_s: float = _opt(1200.0, range=TIME_S_POS)  # simulated day (diurnal, time of day)
+    timeout_s: float = _opt(60.0, range=TIME_S_POS)  # no first token by then: SLA violated
     # heuristic planners (agents.heuristics): forecaster and decision interval
     planner_predictor: str = _opt("constant",
                                   choices=("constant", "moving_average", "kalman", "arima"))
     # null: env interval_s (load), planner.throughput_adjustment_interval_seconds (throughput)
-    planner_interval_s: float | None = _opt(None, gt=0)
+    planner_interval_s: float | None = _opt(None, range=TIME_S_POS)
     action: ActionSection = field(default_factory=ActionSection)
     observation: ObservationSection = field(default_factory=ObservationSection)
     reward: RewardSection = field(default_factory=RewardSection)
@@ -226,8 +233,6 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
     if e.rate_min_rps > e.rate_max_rps:
         raise v.error(f"must be <= env.rate_max_rps ({e.rate_max_rps}), got {e.rate_min_rps}",
                       "env.rate_min_rps")
-    if e.eval_fraction >= 1:
-        raise v.error(f"must be < 1, got {e.eval_fraction}", "env.eval_fraction")
     g = cfg.sim.cluster.gpus_per_worker
     if e.max_gpu_budget < e.min_endpoint * g:
         raise v.error(f"budget of {e.max_gpu_budget} GPUs is below min_endpoint "
@@ -245,6 +250,10 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
                       f"{e.planner_interval_s:g}", "env.planner_interval_s")
     if e.interval_s * e.episode_steps <= 0:
         raise v.error("episode has no length", "env.episode_steps")
+    if e.interval_s * e.episode_steps > TIME_S_POS.hi:
+        raise v.error(f"an episode of {e.episode_steps} x {e.interval_s:g} s exceeds "
+                      f"{TIME_S_POS.hi:g} s (times are ms-exact below 2^52 ms)",
+                      "env.episode_steps")
 
 
 __all__ = ["EnvConfig", "EnvSection", "ActionSection", "ObservationSection", "RewardSection",

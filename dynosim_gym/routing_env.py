@@ -11,7 +11,7 @@ from sim.errors import InputError
 from sim.kv_cache import block_keys
 from sim.metrics import STATUS_COMPLETED
 
-from .base import SimEnv
+from .base import EPISODE_OVER, ResetNeeded, SimEnv, check_discrete
 from .config import EnvConfig, load_env_config
 from .episodes import EpisodeFactory, begin_episode
 from .monitor import ClusterMonitor, _pct
@@ -61,7 +61,9 @@ class DynoSimRoutingEnv(SimEnv):
 
     ``Discrete(num_workers)``: the index of the worker that gets the request (workers in
     ascending id; the pool never changes). Every action is always legal
-    (``action_masks()`` is all True); an action outside the space raises ``ValueError``.
+    (``action_masks()`` is all True); an action the space does not contain (floats, bools,
+    strings, arrays other than 0-d integer ones) raises ``ValueError``; ``step`` after
+    ``truncated=True`` without ``reset`` raises :class:`~dynosim_gym.base.ResetNeeded`.
 
     ## Observation Space
 
@@ -213,10 +215,10 @@ class DynoSimRoutingEnv(SimEnv):
 
     def step(self, action):
         if self.sim is None:
-            raise RuntimeError("call reset() before step()")
-        a = self._check_action(action)
+            raise ResetNeeded("call reset() before step()")
         if self._over:
-            raise RuntimeError("the episode is over (truncated); call reset()")
+            raise ResetNeeded(EPISODE_OVER)
+        a = check_discrete(self.action_space, action)
         self._log.append(a)
         sim = self.sim
         req = self._req
@@ -312,19 +314,6 @@ class DynoSimRoutingEnv(SimEnv):
         }
 
     # -- internals ------------------------------------------------------------------------------
-    def _check_action(self, action) -> int:
-        try:
-            arr = np.asarray(action)
-            a = int(arr.reshape(()))
-            ok = arr.size == 1 and float(arr.reshape(())) == a
-        except (TypeError, ValueError):
-            ok = False
-        if not ok or not 0 <= a < self.num_workers:
-            raise ValueError(f"action {action!r} is outside the action space "
-                             f"{self.action_space} (a worker index in "
-                             f"[0, {self.num_workers - 1}])")
-        return a
-
     def _advance(self) -> None:
         """Run the simulation to the next arrival within the window (held, not routed)."""
         sim = self.sim

@@ -120,12 +120,15 @@ def _dest(flag: str) -> str:
 
 
 class _Deprecated(argparse.Action):
-    """An old flag spelling: stores into the new flag's destination, with a note."""
+    """An old flag spelling: stores into the new flag's destination, with a note printed
+    once the input is known to be good (a bad run's stderr stays one line)."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         new = DEPRECATED_FLAGS[option_string]
-        print(f"dynosim: note: {option_string} is deprecated (one SLA for goodput and the "
-              f"planner); use {new}", file=sys.stderr)
+        notes = getattr(namespace, "deprecation_notes", None) or []
+        notes.append(f"dynosim: note: {option_string} is deprecated (one SLA for goodput and "
+                     f"the planner); use {new}")
+        namespace.deprecation_notes = notes
         setattr(namespace, self.dest, values)
 
 
@@ -162,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. Qwen/Qwen3-32B (default: none, the --timing model)")
     g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm (default: none)")
     g.add_argument("--backend", metavar="BACKEND", help="vllm | sglang (default: none)")
-    g.add_argument("--tp", type=_positive_int, metavar="N", help="tensor parallel size (default: none)")
+    g.add_argument("--tp", type=_ranged("--tp"), metavar="N",
+                   help="tensor parallel size (default: none)")
     pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
     pl.add_argument("--planner", choices=("load", "throughput"),
                     help="load: reactive on forward-pass metrics; throughput: predictive "
@@ -184,10 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     for old, new in DEPRECATED_FLAGS.items():
         pl.add_argument(old, type=float, metavar="MS", dest=_dest(new), action=_Deprecated,
                         help=f"deprecated spelling of {new} (default: none)")
-    pl.add_argument("--startup-time", type=float, metavar="S",
+    pl.add_argument("--startup-time", type=_ranged("--startup-time"), metavar="S",
                     help="seconds a new worker spends starting, cluster.startup_time_s "
                     "(default 0)")
-    pl.add_argument("--initial-workers", type=_positive_int, metavar="N",
+    pl.add_argument("--initial-workers", type=_ranged("--initial-workers"), metavar="N",
                     help="workers at t=0, same as --num-workers (default 1)")
     o = s.add_argument_group("output")
     o.add_argument("--json", action="store_true",
@@ -206,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="GPU timing tables derived from aiconfigurator-core data; "
                        "use one with simulate --model M --gpu G --backend B --tp N.")
     m.add_argument("--json", action="store_true", help="print the list as JSON")
-    from . import bench, silicon, sweeps
+    from . import bench, schema, silicon, sweeps
+    schema.add_parser(sub)
     silicon.add_parser(sub)
     sweeps.add_parser(sub)
     bench.add_parser(sub)
@@ -234,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return list_models(args)
+        if args.command == "config":
+            from . import schema
+            return schema.run(args)
         if args.command == "validate":
             from . import silicon
             return silicon.run(args)
@@ -275,6 +283,13 @@ def _from_cmdline(exc: InputError) -> str:
 
 
 # -- simulate ----------------------------------------------------------------------------------
+
+def _ranged(flag: str) -> Callable[[str], Any]:
+    """argparse type of a flag that maps to no config field: parsed and checked against
+    its range in sim.schema."""
+    from .schema import FLAG_RANGES, arg_type
+    return arg_type(*FLAG_RANGES[flag])
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -531,6 +546,8 @@ def simulate(args: argparse.Namespace) -> int:
             file, line = cfg.locate(f"planner.{exc.field}")
             raise InputError(exc.detail, file=file, line=line,
                              field=f"planner.{exc.field}") from None
+    for note in getattr(args, "deprecation_notes", None) or []:
+        print(note, file=sys.stderr)
     describe = sim.workload.describe()
     if describe.get("notes"):      # what a trace loader did beyond a plain read
         _note(args, f"note: {describe['path']}: {'; '.join(describe['notes'])}")

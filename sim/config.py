@@ -22,6 +22,7 @@ import math
 import types
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from numbers import Real
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Union, get_args, get_origin, get_type_hints
 
@@ -31,6 +32,8 @@ import yaml
 from .engine import EngineConfig
 from .errors import InputError
 from .router import ROUTER_MODES, KvRouterConfig
+from .schema import (BLOCK_SIZE, GPUS, NUM_GPU_BLOCKS, PLANNER_FIELDS, RATIO, SEED, SEQS,
+                     TIME_MS_POS, TIME_S, TIME_S_POS, TOKENS, WEIGHT, WORKERS)
 from .simulator import ClusterConfig, Simulation
 from .timing import make_timing
 from .workloads import from_config
@@ -48,7 +51,8 @@ Where = tuple[str | None, int | None]     # (file or source label, 1-based line)
 
 
 def _opt(default: Any, **rules: Any) -> Any:
-    """A dataclass field whose metadata carries its validation rules (gt, ge, choices)."""
+    """A dataclass field whose metadata carries its validation rules (``range``: a
+    :class:`sim.schema.Range`; ``choices``)."""
     return field(default=default, metadata=rules)
 
 
@@ -56,18 +60,18 @@ def _opt(default: Any, **rules: Any) -> Any:
 
 @dataclass
 class ClusterSection:
-    num_workers: int = _opt(1, ge=1)             # aggregated workers at t = 0 (Dynamo: 1)
-    gpus_per_worker: int = _opt(1, ge=1)         # GPUs per worker (TP x DP), for GPU-hours
-    startup_time_s: float = _opt(0.0, ge=0)      # seconds a worker added mid-run spends starting
+    num_workers: int = _opt(1, range=WORKERS)  # aggregated workers at t = 0 (Dynamo: 1)
+    gpus_per_worker: int = _opt(1, range=GPUS)  # GPUs per worker (TP x DP), for GPU-hours
+    startup_time_s: float = _opt(0.0, range=TIME_S)  # s a worker added mid-run spends starting
 
 
 @dataclass
 class EngineSection:
-    block_size: int = _opt(64, gt=0)             # tokens per KV block (vLLM: 64)
-    num_gpu_blocks: int = _opt(16384, gt=0)      # KV blocks per worker (16384 x 64 = 1M tokens)
-    max_num_seqs: int = _opt(256, ge=1)          # running sequences per worker
-    max_num_batched_tokens: int = _opt(8192, ge=1)   # token budget of one forward pass
-    max_model_len: int | None = _opt(None, ge=1)     # reject prompts this long; null = no limit
+    block_size: int = _opt(64, range=BLOCK_SIZE)  # tokens per KV block (vLLM: 64)
+    num_gpu_blocks: int = _opt(16384, range=NUM_GPU_BLOCKS)  # KV blocks per worker
+    max_num_seqs: int = _opt(256, range=SEQS)  # running sequences per worker
+    max_num_batched_tokens: int = _opt(8192, range=TOKENS)  # token budget of one forward pass
+    max_model_len: int | None = _opt(None, range=TOKENS)  # reject prompts this long; null = none
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     preemption_mode: str = _opt("lifo", choices=("lifo", "fifo"))   # victim: newest | oldest
@@ -76,30 +80,30 @@ class EngineSection:
 @dataclass
 class TimingSection:
     model: str = "polynomial"        # polynomial | fixed:PREFILL_MS,DECODE_MS | table:PATH
-    speedup_ratio: float = _opt(1.0, gt=0)       # divides every pass time
-    decode_speedup_ratio: float = _opt(1.0, gt=0)    # further divides decode time
+    speedup_ratio: float = _opt(1.0, range=RATIO)  # divides every pass time
+    decode_speedup_ratio: float = _opt(1.0, range=RATIO)  # further divides decode time
 
 
 @dataclass
 class RouterSection:
     mode: str = _opt("round_robin", choices=ROUTER_MODES)   # kv_router = kv
-    overlap_score_credit: float = _opt(1.0, ge=0)    # prefill blocks credited per cached block
-    prefill_load_scale: float = _opt(1.0, ge=0)      # weight of the prefill term in the cost
-    temperature: float = _opt(0.0, ge=0)             # 0 = argmin (random ties); > 0 = softmax
+    overlap_score_credit: float = _opt(1.0, range=WEIGHT)  # prefill blocks credited per hit block
+    prefill_load_scale: float = _opt(1.0, range=WEIGHT)  # weight of the prefill term in the cost
+    temperature: float = _opt(0.0, range=WEIGHT)  # 0 = argmin (random ties); > 0 = softmax
     assume_kv_reuse: bool = True                     # count blocks shared by active requests once
 
 
 @dataclass
 class SlaSection:
-    ttft_ms: float | None = _opt(None, gt=0)     # goodput: time to first token <= this (ms)
-    itl_ms: float | None = _opt(None, gt=0)      # goodput: per-request TPOT <= this (ms)
-    e2e_ms: float | None = _opt(None, gt=0)      # goodput: end-to-end latency <= this (ms)
+    ttft_ms: float | None = _opt(None, range=TIME_MS_POS)  # goodput: TTFT <= this (ms)
+    itl_ms: float | None = _opt(None, range=TIME_MS_POS)  # goodput: per-request TPOT <= this (ms)
+    e2e_ms: float | None = _opt(None, range=TIME_MS_POS)  # goodput: end-to-end latency <= this (ms)
 
 
 @dataclass
 class RunSection:
-    seed: int = _opt(0, ge=0)                    # one SeedSequence per run (router, synthetic)
-    max_sim_time_s: float | None = _opt(None, gt=0)  # stop at this virtual time; null = drain
+    seed: int = _opt(0, range=SEED)  # one SeedSequence per run (router, synthetic)
+    max_sim_time_s: float | None = _opt(None, range=TIME_S_POS)  # stop here (null: drain)
     exact_steps: bool = False                    # step pass by pass (reference; slower)
 
 
@@ -208,6 +212,8 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[str, Where]]:
                          line=mark.line + 1 if mark is not None else None) from None
     except yaml.YAMLError as exc:
         raise InputError(f"invalid YAML: {' '.join(str(exc).split())}", file=fname) from None
+    except RecursionError:
+        raise InputError("invalid YAML: nested too deeply", file=fname) from None
     where: dict[str, Where] = {}
     if root is not None:
         _marks(root, "", fname, where)
@@ -278,12 +284,9 @@ class _Validator:
     def rules(self, value: Any, rules: Mapping[str, Any], dotted: str) -> None:
         if value is None:
             return
-        if "gt" in rules and not value > rules["gt"]:
-            raise self.error(f"must be > {rules['gt']}, got {value}", dotted)
-        if "ge" in rules and not value >= rules["ge"]:
-            raise self.error(f"must be >= {rules['ge']}, got {value}", dotted)
-        if "le" in rules and not value <= rules["le"]:
-            raise self.error(f"must be <= {rules['le']}, got {value}", dotted)
+        msg = rules["range"].violation(value) if "range" in rules else None
+        if msg:
+            raise self.error(msg, dotted)
         if "choices" in rules and value not in rules["choices"]:
             raise self.error(f"unknown value {value!r}; expected one of "
                              f"{', '.join(rules['choices'])}", dotted)
@@ -363,7 +366,8 @@ def _check_workload(data: Any, base: Path, v: _Validator) -> dict[str, Any] | No
 
 
 def _check_planner(data: Any, v: _Validator) -> dict[str, Any] | None:
-    """A mapping with a known ``kind``; knob names checked here, values by PlannerConfig."""
+    """A mapping with a known ``kind``; knob names and ranges (sim.schema) checked here, types
+    by PlannerConfig."""
     if data is None:
         return None
     if not isinstance(data, Mapping):
@@ -376,7 +380,12 @@ def _check_planner(data: Any, v: _Validator) -> dict[str, Any] | None:
                           f"(sla.{PLANNER_SLA[key]}), one SLA for goodput and planner",
                           f"planner.{key}")
     v.check_keys(data, ["kind", *knobs], "planner")
-    if data.get("kind") not in PLANNER_KINDS:
+    for key, value in data.items():      # ranges here; types are PlannerConfig's to check
+        rng = PLANNER_FIELDS.get(key)
+        if rng is not None and isinstance(value, Real) and not isinstance(value, bool) \
+                and math.isfinite(value):
+            v.rules(value, {"range": rng}, f"planner.{key}")
+    if not isinstance(data.get("kind"), str) or data.get("kind") not in PLANNER_KINDS:
         raise v.error(f"expected one of {', '.join(PLANNER_KINDS)}, got {data.get('kind')!r}",
                       "planner.kind")
     return copy.deepcopy(dict(data))

@@ -127,7 +127,7 @@ class PlannerConfig:
     load_adjustment_interval_seconds: float = _opt(5.0, gt=0)
     throughput_adjustment_interval_seconds: float = _opt(180.0, gt=0)
     max_throughput_scaling_replicas: int = _opt(8, ge=1)   # per throughput decision
-    max_gpu_budget: int = _opt(8, ge=0)            # -1 disables the ceiling
+    max_gpu_budget: int = _opt(8, ge=1)            # (Dynamo's -1 = no ceiling: not offered)
     min_gpu_budget: int = _opt(-1, ge=-1)          # -1 disables the floor
     min_endpoint: int = _opt(1, ge=1)              # Dynamo allows 0; we never drain the last
     decode_engine_num_gpu: int | None = _opt(None, ge=1)   # None: the cluster's GPUs/worker

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .schema import PASS_MS
 
 # Dynamo polynomial coefficients (milliseconds).
 _PF_A, _PF_B, _PF_C = 4.209989e-7, 1.518344e-2, 16.50142
@@ -238,8 +239,11 @@ def make_timing(spec: str, *, speedup_ratio: float = 1.0, decode_speedup_ratio: 
         except ValueError:
             raise InputError(f"expected fixed:PREFILL_MS,DECODE_MS, got {spec!r}", file=source,
                              field="timing") from None
-        if p < 0 or d <= 0 or not (math.isfinite(p) and math.isfinite(d)):
-            raise InputError(f"fixed times must be finite, prefill >= 0 and decode > 0: {spec!r}",
+        if p < 0 or d <= 0 or not (math.isfinite(p) and math.isfinite(d)) \
+                or max(p, d) > PASS_MS.hi:
+            raise InputError(f"fixed times must be finite, prefill >= 0 and decode > 0, each "
+                             f"<= {PASS_MS.hi} ms (one pass; allowed {PASS_MS.text()}): "
+                             f"{spec!r}",
                              file=source, field="timing")
         return FixedTiming(p, d, speedup_ratio, decode_speedup_ratio)
     if spec.startswith("table:"):

@@ -295,7 +295,8 @@ def test_installed_entry_point(tmp_path: Path) -> None:
     bad = subprocess.run([exe, "simulate", "--config", TINY, "--block-size", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip() == "dynosim: error: argument --block-size: must be > 0, got 0"
+    assert bad.stderr.strip() == ("dynosim: error: argument --block-size: must be > 0, got 0 "
+                                  "(allowed (0, 16777216])")
 
 
 def test_yaml_errors_keep_their_location_under_flags(capsys, tmp_path: Path) -> None:

@@ -59,6 +59,9 @@ traj = [obs.tobytes().hex(), json.dumps(info, sort_keys=True, default=str)]
 for _ in range(20):
     obs, r, term, trunc, info = env.step(int(rng.integers(env.action_space.n)))
     traj += [obs.tobytes().hex(), repr(r), term, trunc, json.dumps(info, sort_keys=True, default=str)]
+    if term or trunc:                 # stepping on after the end raises ResetNeeded
+        obs, info = env.reset()
+        traj += [obs.tobytes().hex(), json.dumps(info, sort_keys=True, default=str)]
 out["env"] = hashlib.sha256(json.dumps(traj).encode()).hexdigest()
 print(json.dumps(out))
 '''

@@ -116,7 +116,7 @@ def _kind(spec: Any, key: str, table: dict[str, Any], where: str, source: str | 
         raise InputError(f"missing required key; one of {', '.join(table)}", file=source,
                          field=_join(where, key))
     kind = spec[key]
-    if kind not in table:
+    if not isinstance(kind, str) or kind not in table:
         raise InputError(f"unknown {key} {kind!r}; expected one of {', '.join(table)}",
                          file=source, field=_join(where, key))
     return kind

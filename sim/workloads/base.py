@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from ..errors import InputError
 from ..request import Request
+from ..schema import Range
 
 
 class Workload(ABC):
@@ -75,10 +76,15 @@ class Workload(ABC):
 # -- argument checks shared by loaders, generators and from_config ---------------------------
 
 def check_number(value: Any, field: str, *, min_value: float | None = None,
-                 positive: bool = False, maximum: float | None = None) -> float:
-    """A finite real (bool excluded; numpy scalars fine), optionally bounded."""
+                 positive: bool = False, maximum: float | None = None,
+                 allowed: Range | None = None) -> float:
+    """A finite real (bool excluded; numpy scalars fine), optionally bounded (``allowed``:
+    its documented :mod:`sim.schema` range)."""
     if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
         raise InputError(f"expected a finite number, got {_show(value)}", field=field)
+    msg = allowed.violation(value) if allowed is not None else None
+    if msg:
+        raise InputError(msg, field=field)
     if positive and value <= 0:
         raise InputError(f"must be > 0, got {value}", field=field)
     if min_value is not None and value < min_value:
@@ -88,8 +94,10 @@ def check_number(value: Any, field: str, *, min_value: float | None = None,
     return float(value)
 
 
-def check_int(value: Any, field: str, *, min_value: int | None = None) -> int:
-    """An integer (integral floats from YAML such as ``1.0e+6`` accepted, bool rejected)."""
+def check_int(value: Any, field: str, *, min_value: int | None = None,
+              allowed: Range | None = None) -> int:
+    """An integer (integral floats from YAML such as ``1.0e+6`` accepted, bool rejected),
+    optionally within ``allowed`` (its documented :mod:`sim.schema` range)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     elif isinstance(value, Integral) and not isinstance(value, bool):
@@ -98,6 +106,9 @@ def check_int(value: Any, field: str, *, min_value: int | None = None) -> int:
         raise InputError(f"expected an integer, got {_show(value)}", field=field)
     if min_value is not None and value < min_value:
         raise InputError(f"must be >= {min_value}, got {value}", field=field)
+    msg = allowed.violation(value) if allowed is not None else None
+    if msg:
+        raise InputError(msg, field=field)
     return value
 
 

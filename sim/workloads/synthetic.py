@@ -17,6 +17,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..request import Request
+from ..schema import (COUNT, COUNT0, RATE, RATE0, RATIO, TIME_MS, TIME_S_POS, TOKENS,
+                      WORKLOAD_FIELDS)
 from .base import Workload, check_int, check_number
 
 _CHUNK = 1024   # random draws per refill: amortises numpy call overhead, keeps memory flat
@@ -65,22 +67,22 @@ class LogNormal:
 
 def fixed(value: int) -> Fixed:
     """Every request has exactly ``value`` tokens."""
-    return Fixed(check_int(value, "value", min_value=1))
+    return Fixed(check_int(value, "value", allowed=TOKENS))
 
 
 def uniform(lo: int, hi: int) -> Uniform:
     """Integer uniform on ``[lo, hi]`` (both inclusive)."""
-    lo = check_int(lo, "lo", min_value=1)
-    hi = check_int(hi, "hi", min_value=lo)
+    lo = check_int(lo, "lo", allowed=TOKENS)
+    hi = check_int(hi, "hi", min_value=lo, allowed=TOKENS)
     return Uniform(lo, hi)
 
 
 def lognormal(mean: float, sigma: float, max_value: int | None = None) -> LogNormal:
     """Heavy-tailed lengths with arithmetic mean ``mean``; rounded, clipped to [1, max]."""
-    mean = check_number(mean, "mean", min_value=1)
-    sigma = check_number(sigma, "sigma", min_value=0)
+    mean = check_number(mean, "mean", allowed=TOKENS)
+    sigma = check_number(sigma, "sigma", allowed=WORKLOAD_FIELDS["isl|osl.sigma"])
     if max_value is not None:
-        max_value = check_int(max_value, "max_value", min_value=1)
+        max_value = check_int(max_value, "max_value", allowed=TOKENS)
     return LogNormal(mean, sigma, max_value)
 
 
@@ -158,23 +160,23 @@ def _renewal(gaps: Callable[[int], np.ndarray]) -> Iterator[float]:
 
 def poisson(rate: float) -> Poisson:
     """Open-loop Poisson arrivals at ``rate`` req/s, first at t=0."""
-    return Poisson(check_number(rate, "rate", positive=True))
+    return Poisson(check_number(rate, "rate", allowed=RATE))
 
 
 def gamma(rate: float, cv: float) -> Gamma:
     """Gamma-renewal arrivals: mean ``rate`` req/s, gap CV ``cv`` (> 1 is burstier)."""
-    return Gamma(check_number(rate, "rate", positive=True),
-                 check_number(cv, "cv", positive=True))
+    return Gamma(check_number(rate, "rate", allowed=RATE),
+                 check_number(cv, "cv", allowed=RATIO))
 
 
 def constant(rate: float) -> Constant:
     """Evenly spaced arrivals every ``1/rate`` s, first at t=0."""
-    return Constant(check_number(rate, "rate", positive=True))
+    return Constant(check_number(rate, "rate", allowed=RATE))
 
 
 def closed_loop(concurrency: int) -> ClosedLoop:
     """Keep ``concurrency`` requests (sessions) in flight; each completion dispatches the next."""
-    return ClosedLoop(check_int(concurrency, "concurrency", min_value=1))
+    return ClosedLoop(check_int(concurrency, "concurrency", allowed=WORKLOAD_FIELDS["concurrency"]))
 
 
 def nhpp(rate_fn: Callable[[float], float], rate_max: float | None = None) -> NHPP:
@@ -183,7 +185,7 @@ def nhpp(rate_fn: Callable[[float], float], rate_max: float | None = None) -> NH
         rate_max = getattr(rate_fn, "max_rate", None)
         if rate_max is None:
             raise InputError("needed when rate_fn has no max_rate attribute", field="rate_max")
-    return NHPP(rate_fn, check_number(rate_max, "rate_max", positive=True))
+    return NHPP(rate_fn, check_number(rate_max, "rate_max", allowed=RATE))
 
 
 @dataclass(frozen=True)
@@ -221,22 +223,20 @@ class Diurnal:
 
 def ramp(start_rate: float, end_rate: float, duration_s: float) -> Ramp:
     """Rate function for load ramps (picklable, so Gym vector envs can ship it)."""
-    start = check_number(start_rate, "start_rate", min_value=0)
-    end = check_number(end_rate, "end_rate", min_value=0)
+    start = check_number(start_rate, "start_rate", allowed=RATE0)
+    end = check_number(end_rate, "end_rate", allowed=RATE0)
     if start == end == 0:
         raise InputError("start_rate and end_rate are both 0", field="end_rate")
-    return Ramp(start, end, check_number(duration_s, "duration_s", positive=True))
+    return Ramp(start, end, check_number(duration_s, "duration_s", allowed=TIME_S_POS))
 
 
 def diurnal(mean_rate: float, amplitude: float, period_s: float,
             phase_s: float = 0.0) -> Diurnal:
     """Sinusoidal day/night rate function; amplitude in [0, 1) keeps the rate positive."""
-    amp = check_number(amplitude, "amplitude", min_value=0)
-    if amp >= 1:
-        raise InputError(f"must be < 1, got {amp}", field="amplitude")
-    return Diurnal(check_number(mean_rate, "mean_rate", positive=True), amp,
-                   check_number(period_s, "period_s", positive=True),
-                   check_number(phase_s, "phase_s"))
+    amp = check_number(amplitude, "amplitude", allowed=WORKLOAD_FIELDS["arrival.amplitude"])
+    return Diurnal(check_number(mean_rate, "mean_rate", allowed=RATE), amp,
+                   check_number(period_s, "period_s", allowed=TIME_S_POS),
+                   check_number(phase_s, "phase_s", allowed=WORKLOAD_FIELDS["arrival.phase_s"]))
 
 
 # -- the workload ---------------------------------------------------------------------------
@@ -368,10 +368,10 @@ def synthetic(rng: np.random.Generator, *, arrival: ArrivalProcess, isl: LengthD
     if num_requests is None and duration_s is None:
         raise InputError("give num_requests or duration_s (or both)", field="num_requests")
     if num_requests is not None:
-        num_requests = check_int(num_requests, "num_requests", min_value=1)
+        num_requests = check_int(num_requests, "num_requests", allowed=COUNT)
     if duration_s is not None:
-        duration_s = check_number(duration_s, "duration_s", positive=True)
-    groups = check_int(num_prefix_groups, "num_prefix_groups", min_value=0)
+        duration_s = check_number(duration_s, "duration_s", allowed=TIME_S_POS)
+    groups = check_int(num_prefix_groups, "num_prefix_groups", allowed=COUNT0)
     if shared_prefix_ratio is not None and shared_prefix_blocks is not None:
         raise InputError("give shared_prefix_ratio or shared_prefix_blocks, not both",
                          field="shared_prefix_blocks")
@@ -380,7 +380,7 @@ def synthetic(rng: np.random.Generator, *, arrival: ArrivalProcess, isl: LengthD
                                            min_value=0, maximum=1)
     if shared_prefix_blocks is not None:
         shared_prefix_blocks = check_int(shared_prefix_blocks, "shared_prefix_blocks",
-                                         min_value=0)
+                                         allowed=WORKLOAD_FIELDS["shared_prefix_blocks"])
     has_share = shared_prefix_ratio is not None or shared_prefix_blocks is not None
     if groups and not has_share:
         raise InputError("num_prefix_groups needs shared_prefix_ratio or "
@@ -400,10 +400,11 @@ def synthetic(rng: np.random.Generator, *, arrival: ArrivalProcess, isl: LengthD
         rng, arrival=arrival, isl=isl, osl=osl, num_requests=num_requests,
         duration_s=duration_s, num_prefix_groups=groups,
         shared_prefix_ratio=shared_prefix_ratio, shared_prefix_blocks=shared_prefix_blocks,
-        trace_block_size=check_int(trace_block_size, "trace_block_size", min_value=1),
-        turns_per_session=check_int(turns_per_session, "turns_per_session", min_value=1),
+        trace_block_size=check_int(trace_block_size, "trace_block_size",
+                                   allowed=WORKLOAD_FIELDS["trace_block_size"]),
+        turns_per_session=check_int(turns_per_session, "turns_per_session", allowed=COUNT),
         inter_turn_delay_ms=check_number(inter_turn_delay_ms, "inter_turn_delay_ms",
-                                         min_value=0),
+                                         allowed=TIME_MS),
         name=name)
 
 

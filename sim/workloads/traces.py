@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 from ..errors import InputError
 from ..request import Request
+from ..schema import MAX_TIME_MS, TRACE_FIELDS, WORKLOAD_FIELDS
 from .base import Workload, _show, check_int, check_number
 
 _BOM = b"\xef\xbb\xbf"
@@ -88,10 +89,39 @@ def _read_text(path: str | Path, notes: list[str]) -> str:
 
 def _check_params(trace_block_size: Any, arrival_speedup_ratio: Any,
                   concurrency: Any) -> tuple[int, float, int | None]:
-    bs = check_int(trace_block_size, "trace_block_size", min_value=1)
-    speed = check_number(arrival_speedup_ratio, "arrival_speedup_ratio", positive=True)
-    conc = None if concurrency is None else check_int(concurrency, "concurrency", min_value=1)
+    bs = check_int(trace_block_size, "trace_block_size",
+                   allowed=WORKLOAD_FIELDS["trace_block_size"])
+    speed = check_number(arrival_speedup_ratio, "arrival_speedup_ratio",
+                         allowed=WORKLOAD_FIELDS["arrival_speedup_ratio"])
+    conc = None if concurrency is None else \
+        check_int(concurrency, "concurrency", allowed=WORKLOAD_FIELDS["concurrency"])
     return bs, speed, conc
+
+
+# -- bounds (sim.schema): every number must fit the types it reaches ------------------------
+
+_MC = TRACE_FIELDS["mooncake"]
+
+
+def _bound(spec, value, bad, field: str) -> None:
+    """Raise ``bad(message, field)`` when ``value`` is outside the field's schema range."""
+    msg = spec[0].violation(value)
+    if msg:
+        raise bad(msg, field)
+
+
+def _bound_time(what: str, ms: float, bad, field: str) -> None:
+    """A rebased, sped-up time must stay where a millisecond is representable."""
+    if ms > MAX_TIME_MS:
+        raise bad(f"{what} is {ms:.6g} ms after dividing by arrival_speedup_ratio; above "
+                  "2^52 ms float64 times lose millisecond precision", field)
+
+
+def _bound_last_arrival(firsts: list[Request], fname: str, field: str) -> None:
+    if firsts:
+        last = max(firsts, key=attrgetter("arrival_ms"))
+        _bound_time("the arrival after the earliest", last.arrival_ms,
+                    lambda m, f: InputError(m, file=fname, line=last.line, field=f), field)
 
 
 # -- Mooncake JSONL -------------------------------------------------------------------------
@@ -154,6 +184,10 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
             obj = loads(raw)
         except json.JSONDecodeError as exc:
             raise bad(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        except ValueError as exc:        # e.g. an integer literal over 4300 digits
+            raise bad(f"invalid JSON: {' '.join(str(exc).split())[:80]}") from None
+        except RecursionError:
+            raise bad("invalid JSON: nested too deeply") from None
         if type(obj) is not dict:
             raise bad(f"expected a JSON object, got {type(obj).__name__}")
 
@@ -163,6 +197,7 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
             ts = 0.0
         elif type(ts) not in (int, float) or not math.isfinite(ts):
             raise bad(f"expected a number (ms), got {_show(ts)}", key_ts)
+        _bound(_MC["timestamp"], ts, bad, key_ts)
 
         key_in, inp = _field(obj, "input_length", "input_tokens", False, fname, lineno)
         if inp is not None:
@@ -175,6 +210,7 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
             raise bad(f"expected an integer, got {_show(out)}", key)
         if out < 0:
             raise bad(f"must be >= 0, got {out}", key)
+        _bound(_MC["output_length"], out, bad, key)
 
         ids = obj.get("hash_ids")
         if ids is None:
@@ -185,11 +221,15 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
             pos = next(i for i, h in enumerate(ids) if type(h) is not int or h < 0)
             raise bad(f"hash_ids[{pos}] is {_show(ids[pos])}; expected a non-negative "
                       "integer", "hash_ids")
+        if ids and max(ids) > _MC["hash_ids[i]"][0].hi:
+            pos = ids.index(max(ids))
+            _bound(_MC["hash_ids[i]"], ids[pos], bad, f"hash_ids[{pos}]")
         if inp is None:       # Dynamo: a missing input_length is the hash_ids' capacity
             inp = len(ids) * bs
             if inp < 1:
                 raise bad("missing, and no hash_ids to take it from", "input_length")
             num_implied += 1
+        _bound(_MC["input_length"], inp, bad, key_in)
         if inp > len(ids) * bs:
             raise bad(f"input_length {inp} exceeds hash_ids capacity {len(ids) * bs} "
                       f"({len(ids)} hash_ids x trace_block_size {bs})", "input_length")
@@ -203,6 +243,7 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
         if delay is not None:
             if type(delay) not in (int, float) or not math.isfinite(delay) or delay < 0:
                 raise bad(f"expected a number >= 0 (ms), got {_show(delay)}", key)
+            _bound(_MC["delay"], delay, bad, key)
 
         need = -(-inp // bs)
         # arrival_ms holds the raw timestamp until the origin is known (rebased below).
@@ -218,6 +259,7 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
                               f"previous turn of session {sid!r} (turns replay in file "
                               "order; give an explicit 'delay')", key_ts)
                 req.delay_ms = (ts - prev_turn_ts) / speed
+                _bound_time("delay from the previous turn", req.delay_ms, bad, key_ts)
             successors[prev_index] = req
         else:
             if ts < prev_ts:
@@ -237,6 +279,7 @@ def load_mooncake(path: str | Path, *, trace_block_size: int = 512,
         raise InputError("no requests in file", file=fname)
     for req in firsts:
         req.arrival_ms = (req.arrival_ms - t_min) / speed
+    _bound_last_arrival(firsts, fname, "timestamp")
     if t_min < 0:
         notes.append(f"timestamps start at {t_min:g} ms; shifted so the first arrival is at 0")
     _sort_arrivals(firsts, num_unsorted, notes)
@@ -330,6 +373,7 @@ def load_azure(path: str | Path, *, arrival_speedup_ratio: float = 1.0,
     ns0 = min(stamps)
     for req, ns in zip(firsts, stamps):
         req.arrival_ms = (ns - ns0) / 1e6 / speed
+    _bound_last_arrival(firsts, fname, "TIMESTAMP")
     _sort_arrivals(firsts, num_unsorted, notes)
     if num_no_output:
         notes.append(f"{num_no_output:,} request{'s' if num_no_output != 1 else ''} with "
@@ -370,8 +414,12 @@ def _azure_count(text: str, field: str, fname: str, line: int, minimum: int) -> 
     if not (s.isascii() and s.isdigit()):
         raise InputError(f"expected a non-negative integer, got {s[:40]!r}",
                          file=fname, line=line, field=field)
-    value = int(s)
+    value = int(s) if len(s) <= 40 else 10**40      # no 5,000-digit int parsing
     if value < minimum:
         raise InputError(f"must be >= {minimum}, got {value}", file=fname, line=line,
                          field=field)
+    msg = TRACE_FIELDS["azure"][field][0].violation(value)
+    if msg:
+        raise InputError(msg if len(s) <= 40 else msg.replace(str(value), s[:20] + "..."),
+                         file=fname, line=line, field=field)
     return value
