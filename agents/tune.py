@@ -30,18 +30,21 @@ from sim.errors import InputError
 from .heuristics import TUNED_DIR, PlannerPolicy
 
 #: PlannerConfig fields that are the problem, not the controller: never tuned.
-FIXED = ("mode", "ttft_sla_ms", "itl_sla_ms", "gpus_per_worker", "max_gpu_budget",
-         "predictor_kwargs", "context_length")
+FIXED = ("mode", "ttft_ms", "itl_ms", "max_gpu_budget", "min_gpu_budget",
+         "decode_engine_num_gpu")
 #: Known domains: (low, high, log scale).
 RANGES: dict[str, tuple[float, float, bool]] = {
     "load_scaling_down_sensitivity": (0.0, 100.0, False),
     "load_min_observations": (1, 20, False),
+    "decode_scale_up_kv_rate": (0.0, 100.0, False),
+    "decode_scale_down_kv_rate": (0.0, 100.0, False),
 }
 
 
 def knob_space(env_cfg) -> dict[str, dict[str, Any]]:
     """Tunable PlannerConfig fields -> an Optuna distribution spec."""
     from sim.planner import PlannerConfig
+    from sim.planner import OPTIMIZATION_TARGETS
     from sim.predictors import PREDICTORS
     hints = typing.get_type_hints(PlannerConfig)
     base = PlannerConfig()
@@ -53,7 +56,7 @@ def knob_space(env_cfg) -> dict[str, dict[str, Any]]:
         default = getattr(base, name)
         typ = hints[name]
         args = typing.get_args(typ) or (typ,)
-        if name == "interval_s":
+        if name == "load_adjustment_interval_seconds":
             step = env_cfg.env.interval_s
             space[name] = {"choices": [step * k for k in (1, 2, 3, 6)]}
         elif name == "min_endpoint":
@@ -61,6 +64,8 @@ def knob_space(env_cfg) -> dict[str, dict[str, Any]]:
                                                                  env_cfg.max_workers // 2))}
         elif name.endswith("predictor") and str in args:
             space[name] = {"choices": list(PREDICTORS)}
+        elif name == "optimization_target":
+            space[name] = {"choices": list(OPTIMIZATION_TARGETS)}
         elif bool in args:
             space[name] = {"choices": [True, False]}
         elif name in RANGES:

@@ -1,6 +1,7 @@
 """``DynoSim-v0``: learn to autoscale an aggregated LLM-serving pool."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -40,18 +41,29 @@ ADVISORS = {"load": LoadAdvisor, "throughput": ThroughputAdvisor}
 
 
 def planner_config(cfg: EnvConfig, knobs: dict | None = None) -> PlannerConfig:
-    """The planner an env's heuristics run: the env's SLAs, decision interval, budget and
-    min_endpoint, ``env.planner_predictor``, then ``env.planner`` and ``knobs`` (any other
-    :class:`~sim.planner.PlannerConfig` field, by name) on top."""
+    """The planner an env's heuristics run, in layers: Dynamo's defaults, the config's
+    ``planner`` section (Dynamo's knob names; its ``kind`` is the CLI's, here the heuristic
+    picks the planner), the env's structure (SLA targets, budget, min_endpoint,
+    ``env.planner_predictor``, intervals), then ``env.planner`` and ``knobs`` (any other
+    :class:`~sim.planner.PlannerConfig` field, by name; a tuned planner) on top.
+
+    Intervals: ``env.planner_interval_s`` if set; else the load planner decides every env
+    step and the throughput planner at its own interval (Dynamo: 180 s). Ticking the
+    throughput planner every 10 s made its forecast of a 10 s window flip between N and
+    N+1, so it drained each new worker the moment it became ready, before it served."""
     e = cfg.env
     sla = cfg.sim.sla
-    kw: dict[str, Any] = dict(ttft_sla_ms=sla.ttft_ms, itl_sla_ms=sla.itl_ms,
-                              interval_s=e.planner_interval_s or e.interval_s,
-                              max_gpu_budget=e.max_gpu_budget, min_endpoint=e.min_endpoint,
-                              load_predictor=e.planner_predictor)
+    base = PlannerConfig(**{k: v for k, v in (cfg.sim.planner or {}).items() if k != "kind"})
+    kw: dict[str, Any] = dict(
+        ttft_ms=sla.ttft_ms, itl_ms=sla.itl_ms,
+        load_adjustment_interval_seconds=e.planner_interval_s or e.interval_s,
+        throughput_adjustment_interval_seconds=(
+            e.planner_interval_s or base.throughput_adjustment_interval_seconds),
+        max_gpu_budget=e.max_gpu_budget, min_endpoint=e.min_endpoint,
+        load_predictor=e.planner_predictor)
     kw.update(e.planner)
     kw.update(knobs or {})
-    return PlannerConfig(**kw)
+    return dataclasses.replace(base, **kw)
 
 
 class DynoSimEnv(SimEnv):

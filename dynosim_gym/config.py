@@ -108,7 +108,8 @@ class EnvSection:
     # heuristic planners (agents.heuristics): forecaster and decision interval
     planner_predictor: str = _opt("constant",
                                   choices=("constant", "moving_average", "kalman", "arima"))
-    planner_interval_s: float | None = _opt(None, range=TIME_S_POS)  # null = interval_s
+    # null: env interval_s (load), planner.throughput_adjustment_interval_seconds (throughput)
+    planner_interval_s: float | None = _opt(None, range=TIME_S_POS)
     # any other sim.planner.PlannerConfig field, by its name (Dynamo's knob names)
     planner: dict = field(default_factory=dict)
     action: ActionSection = field(default_factory=ActionSection)
@@ -118,7 +119,7 @@ class EnvSection:
 
 NESTED = {"action": ActionSection, "observation": ObservationSection, "reward": RewardSection}
 ENV_FIELDS = tuple(f.name for f in fields(EnvSection))
-SIM_SECTIONS = ("workload", "cluster", "engine", "timing", "router", "sla", "run")
+SIM_SECTIONS = ("workload", "cluster", "engine", "timing", "router", "sla", "run", "planner")
 
 
 @dataclass
@@ -325,7 +326,7 @@ def _check_planner(e: EnvSection, v: _Validator) -> None:
 
 #: PlannerConfig fields the env sets from its own config (SLAs; budget and min_endpoint
 #: default to the env's, an ``env.planner`` entry may tighten them).
-ENV_SET_PLANNER_FIELDS = ("mode", "ttft_sla_ms", "itl_sla_ms", "gpus_per_worker")
+ENV_SET_PLANNER_FIELDS = ("mode", "ttft_ms", "itl_ms")
 
 
 __all__ = ["EnvConfig", "EnvSection", "ActionSection", "ObservationSection", "RewardSection",

@@ -12,6 +12,8 @@ wall-clock values; those live under the JSON's separate ``run_info`` key.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
 import math
 import sys
@@ -87,7 +89,7 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
 #: Old spellings kept for one release (0.1.x), with a note on stderr; remove in 0.2.
 DEPRECATED_FLAGS = {"--ttft-sla-ms": "--sla-ttft-ms", "--itl-sla-ms": "--sla-itl-ms"}
 #: Planner flags -> planner section keys (``--planner`` itself sets ``planner.kind``).
-PLANNER_FLAGS = {"--planner-interval": "interval_s", "--planner-predictor": "load_predictor",
+PLANNER_FLAGS = {"--planner-predictor": "load_predictor",
                  "--max-gpu-budget": "max_gpu_budget", "--min-endpoint": "min_endpoint"}
 SWITCHES = {"--exact-steps": ("run.exact_steps", True,
                                "step pass by pass, the slow reference (default: bulk decode)"),
@@ -100,7 +102,9 @@ WORKLOAD_FLAGS = {"workload.path": "--trace", "workload.kind": "--trace-format",
                   "workload.arrival_speedup_ratio": "--arrival-speedup-ratio"}
 FLAG_OF = {**{v[0]: k for k, v in FLAGS.items()}, **{v[0]: k for k, v in SWITCHES.items()},
            **WORKLOAD_FLAGS, **{f"planner.{v}": k for k, v in PLANNER_FLAGS.items()},
-           "planner.kind": "--planner"}
+           "planner.kind": "--planner",
+           "planner.load_adjustment_interval_seconds": "--planner-interval",
+           "planner.throughput_adjustment_interval_seconds": "--planner-interval"}
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -185,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: none, or the config's planner section); targets: --sla-*")
     pl.add_argument("--planner-interval", type=float, metavar="S",
                     help="seconds between decisions (default 5 load / 180 throughput)")
+    pl.add_argument("--planner-config-json", metavar="JSON",
+                    help="planner knobs as a JSON object (or a JSON file) with Dynamo's "
+                    "PlannerConfig names, e.g. '{\"optimization_target\": \"sla\", "
+                    "\"load_scaling_down_sensitivity\": 20}'; its ttft_ms/itl_ms set the "
+                    "run's SLA (default: none)")
     pl.add_argument("--planner-predictor", metavar="NAME",
                     help="throughput forecasts: constant | moving_average | kalman | arima "
                     "(default arima)")
@@ -416,18 +425,62 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         over["cluster.num_workers"] = args.initial_workers
     if args.planner is not None:
         over["planner.kind"] = args.planner
-    for flag, key in PLANNER_FLAGS.items():
+    has_planner = args.planner is not None or cfg.planner is not None
+    if args.planner_config_json is not None:
+        if not has_planner:
+            raise InputError("--planner-config-json needs --planner load|throughput",
+                             file=CMDLINE, field="planner")
+        over.update(_planner_json(args.planner_config_json))
+    for flag, key in [*PLANNER_FLAGS.items(), ("--planner-interval", None)]:
         value = getattr(args, _dest(flag))
         if value is not None:
-            if args.planner is None and cfg.planner is None:
+            if not has_planner:
                 raise InputError(f"{flag} needs --planner load|throughput", file=CMDLINE,
                                  field="planner")
+            if key is None:      # the interval of the planner that runs
+                kind = args.planner or cfg.planner["kind"]
+                key = ("load_adjustment_interval_seconds" if kind == "load"
+                       else "throughput_adjustment_interval_seconds")
             over[f"planner.{key}"] = value
     if over:
         cfg = cfg.with_overrides(over, source=CMDLINE)
     if cfg.workload is None:
         raise InputError("no workload: give --trace PATH or --config YAML with a workload")
     return cfg.resolved()
+
+
+def _planner_json(text: str) -> dict[str, Any]:
+    """``--planner-config-json`` (inline JSON, or a JSON file as Dynamo takes) as config
+    overrides: ``planner.<knob>``, and ``sla.ttft_ms``/``sla.itl_ms`` for the SLA targets
+    (one SLA for goodput and planner). Dynamo's aliases are accepted; an unknown key or one
+    Dynamo has but dynosim does not simulate is an error naming the key."""
+    from .planner import ALIASES, NOT_SIMULATED, PlannerConfig
+    src = text
+    if not text.lstrip().startswith("{") and Path(text).is_file():
+        src = Path(text).read_text(encoding="utf-8")
+    try:
+        data = json.loads(src)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not a JSON object or JSON file: {exc.msg} (char {exc.pos})",
+                         file=CMDLINE, field="--planner-config-json") from None
+    if not isinstance(data, dict):
+        raise InputError(f"expected a JSON object of planner knobs, got {type(data).__name__}",
+                         file=CMDLINE, field="--planner-config-json")
+    names = [f.name for f in dataclasses.fields(PlannerConfig)]
+    over: dict[str, Any] = {}
+    for key, value in data.items():
+        name = ALIASES.get(key, key)
+        if name in ("ttft_ms", "itl_ms"):
+            over[f"sla.{name}"] = value
+        elif name in names:
+            over[f"planner.{name}"] = value
+        else:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            detail = (f"Dynamo planner key '{key}' has no simulated counterpart in dynosim"
+                      if key in NOT_SIMULATED else f"unknown planner key '{key}'" +
+                      (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            raise InputError(detail, file=CMDLINE, field="--planner-config-json")
+    return over
 
 
 def _infer_format(trace: str | None) -> str | None:

@@ -129,7 +129,7 @@ SECTIONS: dict[str, type] = {
 #: autoscaling planner in the loop. Its SLA targets are the run's ``sla`` section (one SLA
 #: for goodput and planner): a planner run without one gets the planner defaults there.
 PLANNER_KINDS = ("load", "throughput")
-PLANNER_SLA = {"ttft_sla_ms": "ttft_ms", "itl_sla_ms": "itl_ms"}   # PlannerConfig -> sla
+PLANNER_SLA = {"ttft_ms": "ttft_ms", "itl_ms": "itl_ms"}   # PlannerConfig -> sla
 TOP_KEYS = ("workload", *SECTIONS, "planner")
 
 
@@ -169,10 +169,6 @@ class RunConfig:
             return self
         pcfg = planner_config(self)
         knobs = {k: v for k, v in asdict(pcfg).items() if k not in PLANNER_SLA}
-        if knobs.get("interval_s") is None:
-            from .planner import DEFAULT_LOAD_INTERVAL_S, DEFAULT_THROUGHPUT_INTERVAL_S
-            knobs["interval_s"] = (DEFAULT_LOAD_INTERVAL_S if self.planner["kind"] == "load"
-                                   else DEFAULT_THROUGHPUT_INTERVAL_S)
         out = copy.copy(self)
         out.planner = {"kind": self.planner["kind"], **knobs}
         out.sla = SlaSection(**{**asdict(self.sla),

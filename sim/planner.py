@@ -1,163 +1,336 @@
-"""Autoscaling planners for an aggregated worker pool (Dynamo planner, agg mode).
+"""Autoscaling planners for an aggregated worker pool (Dynamo 1.6.1 planner, agg mode).
 
 Two planners, each attached to a :class:`~sim.simulator.Simulation` with
-``planner.attach(sim)``; ticks are control events (``sim.call_at``), handled after the
-timestamp's pass ends, start-ups and arrivals (as Dynamo's replay does, §6.6).
+``planner.attach(sim)``; ticks are control events (``sim.call_at``) at multiples of the
+adjustment interval from the attach time, handled after the timestamp's pass ends,
+start-ups and arrivals (as Dynamo's replay does, dynamo_semantics.md §6.6).
 
-* :class:`LoadPlanner` -- reactive, SLA target (Dynamo ``core/load_scaling.py``, §6.4).
-  FPM samples: every ``interval_s / fpm_samples_per_interval`` the planner takes the
-  difference of each engine's cumulative ``fpm_totals``; a sample is the interval's mean
-  per pass: ``(prefill_tokens/pass, decode_kv_tokens/pass) -> busy_ms/pass`` (the last
-  ``max_num_fpm_samples`` per engine are kept). The agg "2-D regression" is the linear
-  model ``pass_ms = a + b * prefill_tokens + c * decode_kv_tokens`` (least squares with a
-  tiny ridge on standardised features, coefficients clamped >= 0). An engine with fewer
-  than ``load_min_observations`` samples of its own uses the pool of all engines' samples
-  (same hardware); if even the pool is short, the tick uses the "easy target" thresholds.
-  Estimates per active engine:
-    - TTFT: chunked prefill (chunks of ``max_num_batched_tokens`` minus the decode batch)
-      of the queued prefill tokens + one average request's ISL x (1 - KV hit rate), each
-      chunk costing ``a + b * chunk + c * decode_kv``;
-    - ITL: ``a + b * recent prefill tokens/pass + c * (scheduled + queued decode KV)``.
-  Scale up by 1 if ALL engines' TTFT estimates exceed the TTFT SLA, or ALL engines' ITL
-  estimates exceed the ITL SLA. Scale down by 1 (N > 1) only if, for every engine, both
-  consolidation checks pass (sens = ``load_scaling_down_sensitivity / 100``):
-  TTFT with the queue x N/(N-1): ``post - T_own < (SLA - T_own) * sens``; decode KV x
-  N/(N-1) < KV capacity and the ITL there < ``SLA * sens``.
-  Easy targets (throughput thresholds): per engine, ``queued_prefill/context_length``
-  (up >= 1.0, down < 0.1) and ``(queued prefill + scheduled + queued decode KV) / KV
-  capacity`` (up > 1.0, down < 0.6); up if ANY engine is over, down if ALL are under.
-* :class:`ThroughputPlanner` -- predictive (``core/throughput_scaling.py``, §6.3). Each
-  interval it observes the number of arrived requests and their mean ISL/OSL, forecasts
-  the next interval with the predictor, and sets
-  ``N = max(ceil(demand_rps / engine_rps), min_endpoint)``, where ``engine_rps`` is the
-  best steady-state rate of one engine meeting both SLAs under the timing model (see
-  :func:`agg_engine_capacity`), with the prompt discounted by the observed KV hit rate.
+Configuration is :class:`PlannerConfig`, whose fields carry the names and defaults of
+Dynamo's ``PlannerConfig`` (``dynamo/planner/config/planner_config.py``,
+``config/defaults.py``); ``from_dict`` accepts Dynamo's JSON (``--planner-config-json``),
+aliases included (``ttft``, ``itl``, ``load_adjustment_interval``, ...).
 
-Both: at most one action in progress (nothing new while any worker is starting or
-draining; ``hold_while_scaling``), LoadPlanner moves by at most +-1 per tick; targets are
-clamped to ``[min_endpoint, max_gpu_budget // gpus_per_worker]``. ``N`` counts provisioned
-workers that will serve: active + starting. Records: ``planner.events`` =
-``(at_s, from_count, to_count, reason)``, ``planner.ticks`` = one dict per tick.
+:class:`LoadPlanner` -- Dynamo's load-based scaling (``core/load_scaling.py``), by
+``optimization_target``:
 
-Ticks reschedule themselves only while the simulation has non-control events (pass ends,
-arrivals, start-ups) or work, so a run still ends when the workload does.
+* ``throughput`` (Dynamo's default), ``latency``, ``load``: the static-threshold ("easy")
+  rules, which is what Dynamo runs unless told ``optimization_target: sla`` -- the SLA
+  targets ``ttft_ms``/``itl_ms`` are then ignored (Dynamo logs a warning saying so). Per
+  active engine, from its latest forward-pass snapshot (FPM: the latest *finished* pass,
+  or zero for an idle engine; see :func:`fpm_snapshot`), the KV utilisation
+  ``u = (scheduled decode KV + queued decode KV + queued prefill tokens) / KV capacity``.
+  Scale up by one if ANY engine has ``u > up`` (``load``: ``u >= up``); scale down by one
+  (N > 1) if ALL engines have ``u < down`` (``load``: ``<=``), unless the consolidation
+  guard ``max(u) * N / (N - 1) >= up`` refuses it. Thresholds (up, down): throughput
+  (1.0, 0.6), latency (0.4, 0.1), load (``decode_scale_up_kv_rate``,
+  ``decode_scale_down_kv_rate``) / 100 (``_agg_easy_decision``).
+* ``sla``: regression estimates of TTFT and ITL against ``ttft_ms``/``itl_ms``. Dynamo
+  1.6.1 computes these with the AISimulate perf model; that package cannot be installed
+  here, so Dynamo's own replay fails at start-up with ``optimization_target: sla`` and this
+  mode has no parity check. Ours: FPM samples every ``interval / fpm_samples_per_interval``
+  (each engine's cumulative ``fpm_totals`` differenced; one sample = the interval's mean
+  per pass ``(prefill_tokens, decode_kv_tokens) -> busy_ms``, last ``max_num_fpm_samples``
+  kept); the linear model ``pass_ms = a + b * prefill + c * decode_kv`` (least squares,
+  tiny ridge, coefficients >= 0); an engine with fewer than ``load_min_observations``
+  samples (the cold-start threshold) borrows the pool of all engines' samples, and with
+  too few even there the tick holds. TTFT = chunked prefill of the queue plus one average
+  prompt x (1 - KV hit rate); ITL at the scheduled + queued decode KV. Up if ALL engines'
+  TTFT > ``ttft_ms`` or ALL ITL > ``itl_ms``; down (N > 1) only if for every engine the
+  queue-induced TTFT with the queue x N/(N-1) stays below ``(ttft_ms - T_own) * sens`` and
+  the ITL at KV x N/(N-1) below ``itl_ms * sens`` with that KV inside the cache
+  (``sens = load_scaling_down_sensitivity / 100``).
+
+Decisions (both targets) move by one worker from the *ready* (active) count, clamped to
+``min_endpoint`` and the GPU budget band ``[min_gpu_budget, max_gpu_budget]`` without
+reversing direction (``core/budget.py`` ``guard_single_scaling_budget``). Like Dynamo's
+replay adapter: nothing is decided while a worker is starting (the expected count differs
+from the ready count); draining workers do not hold decisions (they are neither ready nor
+expected); a tick at the very moment a worker became ready, before that worker has run a
+pass, sees one FPM fewer than ready workers and holds (``worker_count_mismatch``).
+Provisioned count = active + starting; GPU-hours integrate starting, active and draining.
+
+Known defect, reproduced by default: under steady load near a threshold both targets can
+flap (down, then up one interval later, every start-up + 2 intervals).
+``scale_down_cooldown_seconds`` (ours, default 0 = Dynamo) forbids a scale-down within that
+many seconds of the last scale-up, the stabilisation window Kubernetes' HPA uses.
+
+:class:`ThroughputPlanner` -- predictive (``core/throughput_scaling.py``, §6.3; Dynamo runs
+it only with ``optimization_target: sla``, which this planner always assumes). Each
+``throughput_adjustment_interval_seconds`` it observes the arrived requests and their mean
+ISL/OSL, forecasts the next interval with ``load_predictor``, and sets ``N = max(ceil(
+demand_rps / engine_rps), min_endpoint)``, moving at most ``max_throughput_scaling_replicas``
+per decision, where ``engine_rps`` is one engine's best steady-state rate meeting both SLAs
+under the timing model (:func:`agg_engine_capacity`), the prompt discounted by the observed
+KV hit rate. Not parity-checked (Dynamo's replay needs AISimulate for it).
+
+Records: ``planner.events`` = ``(at_s, from_count, to_count, reason)``, ``planner.ticks``
+= one dict per tick. Ticks reschedule themselves only while the simulation has non-control
+events (pass ends, arrivals, start-ups) or work, so a run still ends when the workload does;
+a tick that finds the workload over decides nothing (Dynamo's replay has stopped ticking).
+
+Parity: with Dynamo's default target the load planner's worker trajectory equals Dynamo
+1.6.1's planner replay step for step on ramps, steps, flash crowds and constant load
+(``bench/planner_parity.py``, ``tests/test_planner_parity.py``).
 """
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
 
 import numpy as np
 
 from .errors import InputError
 from .predictors import PREDICTORS, make_predictor
-from .simulator import ACTIVE, DRAINING
+from .simulator import ACTIVE
 
-DEFAULT_LOAD_INTERVAL_S = 5.0          # Dynamo load_adjustment_interval_seconds
-DEFAULT_THROUGHPUT_INTERVAL_S = 180.0  # Dynamo throughput_adjustment_interval_seconds
+OPTIMIZATION_TARGETS = ("throughput", "latency", "load", "sla")
+#: (up, down) KV-utilisation thresholds of the static targets (Dynamo load_scaling.py)
+EASY_THRESHOLDS = {"throughput": (1.0, 0.6), "latency": (0.4, 0.1)}
+#: Dynamo's accepted spellings (pydantic AliasChoices) -> our field
+ALIASES = {"ttft": "ttft_ms", "itl": "itl_ms",
+           "load_adjustment_interval": "load_adjustment_interval_seconds",
+           "throughput_adjustment_interval": "throughput_adjustment_interval_seconds"}
+#: Dynamo PlannerConfig keys that configure its deployment (ports, Prometheus, reports,
+#: Kubernetes, plugins) or features without a simulated counterpart: named in the error.
+NOT_SIMULATED = frozenset({
+    "environment", "namespace", "backend", "log_dir", "control_api_port",
+    "metric_pulling_prometheus_endpoint", "metric_reporting_prometheus_port",
+    "throughput_metrics_source", "model_name", "global_planner_namespace", "advisory",
+    "report_interval_hours", "report_output_dir", "report_filename", "report_write_gzip_log",
+    "live_dashboard_port", "scheduling", "plugin_registration", "profile_results_dir",
+    "pre_deployment_sweeping_mode", "aic_interpolation", "ais_perf_model",
+    "enable_power_awareness", "total_gpu_power_limit", "speculative_nextn",
+    "prefill_engine_num_gpu", "prefill_min_endpoint", "decode_min_endpoint",
+    "prefill_scale_up_queue_tokens", "prefill_scale_down_queue_tokens",
+    "fpm_sample_bucket_size", "prophet_window_size", "load_predictor_warmup_trace",
+    "enable_load_scaling", "enable_throughput_scaling"})
+
+
+def _opt(default: Any, **rules: Any) -> Any:
+    return field(default=default, metadata=rules)
 
 
 @dataclass
 class PlannerConfig:
-    """Planner settings (Dynamo defaults, §6.1, agg mode)."""
-    mode: str = "agg"
-    ttft_sla_ms: float = 500.0
-    itl_sla_ms: float = 50.0
-    interval_s: float | None = None       # None: 5 s (load) / 180 s (throughput)
-    max_gpu_budget: int = 8
-    min_endpoint: int = 1
-    gpus_per_worker: int | None = None    # None: the simulation's cluster setting
-    load_predictor: str = "arima"
-    predictor_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Planner settings: Dynamo 1.6.1's field names and defaults (agg mode).
+
+    Units: ``*_ms`` milliseconds, ``*_seconds`` seconds, budgets in GPUs, rates in percent
+    of the KV cache. Every field is validated in ``__post_init__``; errors are
+    :class:`~sim.errors.InputError` naming the field. Fields marked "ours" are not Dynamo's.
+    """
+    mode: str = _opt("agg", choices=("agg",))
+    optimization_target: str = _opt("throughput", choices=OPTIMIZATION_TARGETS)
+    ttft_ms: float = _opt(500.0, gt=0)             # SLA targets (optimization_target: sla)
+    itl_ms: float = _opt(50.0, gt=0)
+    load_adjustment_interval_seconds: float = _opt(5.0, gt=0)
+    throughput_adjustment_interval_seconds: float = _opt(180.0, gt=0)
+    max_throughput_scaling_replicas: int = _opt(8, ge=1)   # per throughput decision
+    max_gpu_budget: int = _opt(8, ge=1)            # (Dynamo's -1 = no ceiling: not offered)
+    min_gpu_budget: int = _opt(-1, ge=-1)          # -1 disables the floor
+    min_endpoint: int = _opt(1, ge=1)              # Dynamo allows 0; we never drain the last
+    decode_engine_num_gpu: int | None = _opt(None, ge=1)   # None: the cluster's GPUs/worker
+    load_predictor: str = _opt("arima", choices=tuple(PREDICTORS))
     load_predictor_log1p: bool = False
-    load_scaling_down_sensitivity: float = 80.0
-    load_min_observations: int = 5
-    max_num_fpm_samples: int = 64
-    fpm_samples_per_interval: int = 5     # FPM samples per load interval (ours)
-    context_length: int | None = None     # easy targets; None: max_model_len or batch budget
-    hold_while_scaling: bool = True
+    kalman_q_level: float = _opt(1.0, ge=0)
+    kalman_q_trend: float = _opt(0.1, ge=0)
+    kalman_r: float = _opt(10.0, gt=0)
+    kalman_min_points: int = _opt(5, ge=1)
+    load_scaling_down_sensitivity: int = _opt(80, ge=0, le=100)
+    load_min_observations: int = _opt(5, ge=1)     # cold-start threshold (sla)
+    max_num_fpm_samples: int = _opt(64, ge=2)
+    decode_scale_up_kv_rate: float | None = _opt(None, ge=0, le=100)     # target: load
+    decode_scale_down_kv_rate: float | None = _opt(None, ge=0, le=100)
+    # -- ours ------------------------------------------------------------------------------
+    scale_down_cooldown_seconds: float = _opt(0.0, ge=0)   # 0 = Dynamo (flaps)
+    fpm_samples_per_interval: int = _opt(5, ge=1)          # sla: FPM samples per interval
 
     def __post_init__(self) -> None:
-        if self.mode != "agg":
-            raise InputError(f"only 'agg' is supported, got {self.mode!r}", field="mode")
-        for name in ("ttft_sla_ms", "itl_sla_ms"):
-            v = getattr(self, name)
-            if not _num(v) or v <= 0:
-                raise InputError(f"must be > 0, got {v!r}", field=name)
-        if self.interval_s is not None and (not _num(self.interval_s) or self.interval_s <= 0):
-            raise InputError(f"must be > 0, got {self.interval_s!r}", field="interval_s")
-        for name, lo in (("min_endpoint", 1), ("max_gpu_budget", 1), ("load_min_observations", 1),
-                         ("max_num_fpm_samples", 2), ("fpm_samples_per_interval", 1)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise InputError(f"must be an integer >= {lo}, got {v!r}", field=name)
-        if self.gpus_per_worker is not None:
-            g = self.gpus_per_worker
-            if not isinstance(g, int) or isinstance(g, bool) or g < 1:
-                raise InputError(f"must be an integer >= 1, got {g!r}", field="gpus_per_worker")
-            self._check_budget(g)
-        if self.load_predictor not in PREDICTORS:
-            raise InputError(f"unknown predictor {self.load_predictor!r} "
-                             f"({' | '.join(PREDICTORS)})", field="load_predictor")
-        s = self.load_scaling_down_sensitivity
-        if not _num(s) or not 0 <= s <= 100:
-            raise InputError(f"must be in [0, 100], got {s!r}",
-                             field="load_scaling_down_sensitivity")
-        if self.context_length is not None and (not isinstance(self.context_length, int)
-                                                or self.context_length < 1):
-            raise InputError(f"must be an integer >= 1, got {self.context_length!r}",
-                             field="context_length")
-        make_predictor(self.load_predictor, **self._predictor_kw())   # bad kwargs fail here
+        hints = {"int": int, "float": float, "bool": bool, "str": str}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kind = str(f.type).replace(" | None", "")
+            if v is None:
+                if "None" not in str(f.type):
+                    raise InputError("must not be null", field=f.name)
+                continue
+            base = hints[kind]
+            if base is bool:
+                ok = isinstance(v, bool)
+            elif base is int:
+                ok = isinstance(v, int) and not isinstance(v, bool) or (
+                    isinstance(v, float) and v.is_integer())
+                if ok:
+                    v = int(v)
+            elif base is float:
+                ok = _num(v)
+                if ok:
+                    v = float(v)
+            else:
+                ok = isinstance(v, str)
+            if not ok:
+                raise InputError(f"expected {kind}, got {v!r}", field=f.name)
+            setattr(self, f.name, v)
+            r = f.metadata
+            if "choices" in r and v not in r["choices"]:
+                raise InputError(f"unknown value {v!r}; expected one of "
+                                 f"{', '.join(r['choices'])}", field=f.name)
+            if "gt" in r and not v > r["gt"]:
+                raise InputError(f"must be > {r['gt']}, got {v!r}", field=f.name)
+            if "ge" in r and not v >= r["ge"]:
+                raise InputError(f"must be >= {r['ge']}, got {v!r}", field=f.name)
+            if "le" in r and not v <= r["le"]:
+                raise InputError(f"must be <= {r['le']}, got {v!r}", field=f.name)
+        if self.optimization_target == "load":
+            up, down = self.decode_scale_up_kv_rate, self.decode_scale_down_kv_rate
+            if up is None or down is None:
+                raise InputError("optimization_target 'load' needs decode_scale_up_kv_rate "
+                                 "and decode_scale_down_kv_rate",
+                                 field="decode_scale_up_kv_rate")
+            if up <= down:
+                raise InputError(f"must be greater than decode_scale_down_kv_rate ({down:g}),"
+                                 f" got {up:g}", field="decode_scale_up_kv_rate")
+        if self.decode_engine_num_gpu is not None:
+            self._check_budget(self.decode_engine_num_gpu)
+        make_predictor(self.load_predictor, **self.predictor_kwargs())  # bad kwargs fail here
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **base: Any) -> "PlannerConfig":
+        """A config from Dynamo-style keys (``--planner-config-json``), over ``base``.
+        Unknown keys, and Dynamo keys without a simulated counterpart, raise an
+        InputError naming the key."""
+        if not isinstance(data, Mapping):
+            raise InputError(f"expected a JSON object of planner fields, got {data!r}")
+        names = [f.name for f in fields(cls)]
+        kw = dict(base)
+        for key, value in data.items():
+            name = ALIASES.get(key, key)
+            if name not in names:
+                if key in NOT_SIMULATED:
+                    raise InputError(f"Dynamo planner key '{key}' has no simulated "
+                                     "counterpart in dynosim", field=key)
+                import difflib
+                hint = difflib.get_close_matches(str(key), names, n=1)
+                raise InputError(f"unknown planner key '{key}'" + (
+                    f" (did you mean '{hint[0]}'?)" if hint else ""), field=key)
+            kw[name] = value
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     def _check_budget(self, gpus: int) -> None:
-        if self.max_gpu_budget < self.min_endpoint * gpus:
+        if 0 <= self.max_gpu_budget < self.min_endpoint * gpus:
             raise InputError(f"{self.max_gpu_budget} GPUs cannot hold min_endpoint="
                              f"{self.min_endpoint} workers of {gpus} GPUs",
                              field="max_gpu_budget")
 
-    def _predictor_kw(self) -> dict[str, Any]:
-        kw = dict(self.predictor_kwargs)
-        if self.load_predictor == "arima" and self.load_predictor_log1p:
-            kw.setdefault("log1p", True)
-        return kw
+    def predictor_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of ``load_predictor`` from the Dynamo fields."""
+        if self.load_predictor == "kalman":
+            return {"q_level": self.kalman_q_level, "q_trend": self.kalman_q_trend,
+                    "r": self.kalman_r, "min_points": self.kalman_min_points}
+        if self.load_predictor == "arima":
+            return {"log1p": self.load_predictor_log1p}
+        return {}
+
+    def easy_thresholds(self) -> tuple[float, float]:
+        """(up, down) KV-utilisation thresholds of a static target (fractions)."""
+        if self.optimization_target == "load":
+            return self.decode_scale_up_kv_rate / 100.0, self.decode_scale_down_kv_rate / 100.0
+        return EASY_THRESHOLDS[self.optimization_target]
 
 
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def budget_clamp(desired: int, gpu: int, min_gpus: int, max_gpus: int,
+                 min_endpoint: int) -> int:
+    """Replicas within the GPU band ``[min_gpus - tol, max_gpus]`` (tol = ``gpu`` when both
+    bounds are set; a negative bound is disabled) -- Dynamo ``proportional_clamp_single``."""
+    if min_gpus < 0 and max_gpus < 0:
+        return desired
+    total = desired * gpu
+    tol = gpu if (min_gpus >= 0 and max_gpus >= 0) else 0
+    if max_gpus >= 0 and total > max_gpus:
+        return max(min_endpoint, max_gpus // gpu)
+    if min_gpus >= 0 and total < min_gpus - tol:
+        return max(min_endpoint, math.ceil(min_gpus / gpu))
+    return desired
+
+
+def budget_guard(current: int, proposed: int, gpu: int, min_gpus: int, max_gpus: int,
+                 min_endpoint: int) -> tuple[int, str | None]:
+    """Apply the GPU band to a proposal without reversing its direction -- Dynamo
+    ``guard_single_scaling_budget``. Returns (replicas, reason or None)."""
+    tol = gpu if (min_gpus >= 0 and max_gpus >= 0) else 0
+    cur = current * gpu
+    if (max_gpus >= 0 and cur > max_gpus) or (min_gpus >= 0 and cur < min_gpus - tol):
+        return budget_clamp(current, gpu, min_gpus, max_gpus, min_endpoint), \
+            "gpu_budget_reconcile"
+    if min_gpus >= 0 and cur <= min_gpus and proposed < current:
+        return current, "gpu_budget_guard_hold"
+    if max_gpus >= 0 and cur >= max_gpus and proposed > current:
+        return current, "gpu_budget_guard_hold"
+    final = budget_clamp(proposed, gpu, min_gpus, max_gpus, min_endpoint)
+    if not min(current, proposed) <= final <= max(current, proposed):
+        return current, "gpu_budget_guard_hold"
+    return final, None
+
+
+def fpm_snapshot(eng, now: float) -> tuple[int, int]:
+    """(scheduled decode KV, queued tokens) of ``eng``'s forward-pass metrics as Dynamo's
+    planner sees them at ``now``: the snapshot of the latest pass that has *finished* by
+    ``now`` (the mocker's ``build_fpm_snapshot``, taken when that pass was scheduled: the
+    context tokens of its decode sequences, and the waiting sequences' tokens -- fresh
+    prompts plus preempted prompt + generated). A bulk stretch contributes its finished
+    passes; an idle engine reports zeros. Matched token for token against Dynamo 1.6.1's
+    replay on a single-worker ramp (the planner ticks' recorded FPM inputs)."""
+    if not eng.busy and not eng.has_work():
+        return 0, 0
+    ends = eng.stretch_ends
+    if eng.busy and ends is not None:
+        j = int(ends.searchsorted(now, "right")) - 1
+        if j >= 0:
+            return eng._stretch_ctx0 + len(eng.running) * j, eng.fpm_queued_tokens
+    return eng.last_fpm_decode_kv, eng.last_fpm_queued
+
+
 # -- base ------------------------------------------------------------------------------------
 
 class _Planner:
-    default_interval_s = DEFAULT_LOAD_INTERVAL_S
-
     def __init__(self, config: PlannerConfig | None = None) -> None:
         self.cfg = config or PlannerConfig()
-        self.interval_s = self.cfg.interval_s or self.default_interval_s
+        self.interval_s = self._interval()
         self.events: list[tuple[float, int, int, str]] = []
         self.ticks: list[dict[str, Any]] = []
         self.sim = None
         self.gpus_per_worker = 1
         self.max_workers = 1
+        self.last_scale_up_s = -math.inf
         # interval observations
         self._last_arrived = (0, 0, 0)
         self._reused_idx = 0
         self.kv_hit_rate = 0.0         # last-value semantics, cold start 0
+
+    def _interval(self) -> float:
+        return self.cfg.load_adjustment_interval_seconds
 
     def attach(self, sim) -> "_Planner":
         if self.sim is not None:
             raise RuntimeError("planner already attached")
         self.sim = sim
         g = sim.cluster_cfg.gpus_per_worker
-        if self.cfg.gpus_per_worker is not None and self.cfg.gpus_per_worker != g:
-            raise InputError(f"planner says {self.cfg.gpus_per_worker} GPUs per worker, the "
-                             f"cluster {g} (GPU-hours use the cluster's)",
-                             field="gpus_per_worker")
+        if self.cfg.decode_engine_num_gpu is not None and self.cfg.decode_engine_num_gpu != g:
+            raise InputError(f"planner says {self.cfg.decode_engine_num_gpu} GPUs per worker, "
+                             f"the cluster {g} (GPU-hours use the cluster's)",
+                             field="decode_engine_num_gpu")
         self.cfg._check_budget(g)
         self.gpus_per_worker = g
-        self.max_workers = self.cfg.max_gpu_budget // g
+        self.max_workers = self.cfg.max_gpu_budget // g if self.cfg.max_gpu_budget >= 0 \
+            else math.inf
         self._last_arrived = (sim.num_arrived, sim.arrived_input_tokens,
                               sim.arrived_output_tokens)
         self._start(sim)
@@ -167,13 +340,8 @@ class _Planner:
         sim.call_at(sim.now + self.interval_s * 1000.0, self._tick)
 
     # -- helpers ----------------------------------------------------------------------------
-    @staticmethod
-    def _alive(sim) -> bool:
-        """Anything left to happen besides control events?"""
-        return sim.has_pending_work()
-
     def _reschedule(self, sim, fn, dt_s: float) -> None:
-        if self._alive(sim):
+        if sim.has_pending_work():
             sim.call_at(sim.now + dt_s * 1000.0, fn)
 
     def _observe_interval(self, sim) -> tuple[int, float, float]:
@@ -197,14 +365,17 @@ class _Planner:
             self._reused_idx = k
         return n, (di / n if n else 0.0), (do / n if n else 0.0)
 
-    def _clamp(self, n: int) -> int:
-        return max(self.cfg.min_endpoint, min(self.max_workers, n))
+    def _budget(self, current: int, proposed: int) -> tuple[int, str | None]:
+        c = self.cfg
+        return budget_guard(current, max(proposed, c.min_endpoint), self.gpus_per_worker,
+                            c.min_gpu_budget, c.max_gpu_budget, c.min_endpoint)
 
     def _apply(self, sim, target: int, reason: str) -> None:
         a, s, d = sim.counts()
         cur = a + s
         if target > cur:
             sim.add_workers(target - cur)
+            self.last_scale_up_s = sim.now / 1000.0
         elif target < cur:
             sim.remove_workers(cur - target)
         else:
@@ -213,9 +384,15 @@ class _Planner:
         if a2 + s2 != cur:      # (remove_workers never drains the last active worker)
             self.events.append((sim.now / 1000.0, cur, a2 + s2, reason))
 
-    def _in_progress(self, sim) -> bool:
-        _, s, d = sim.counts()
-        return self.cfg.hold_while_scaling and (s > 0 or d > 0)
+    @staticmethod
+    def _starting(sim) -> bool:
+        """A scale-up still in progress (Dynamo: expected count != ready count)."""
+        return sim.counts()[1] > 0
+
+    def _cooling_down(self, sim) -> bool:
+        """Inside ``scale_down_cooldown_seconds`` of the last scale-up (ours)."""
+        cd = self.cfg.scale_down_cooldown_seconds
+        return cd > 0 and sim.now / 1000.0 - self.last_scale_up_s < cd - 1e-9
 
     # -- report -------------------------------------------------------------------------------
     def report(self, result: Any = None) -> dict[str, Any]:
@@ -240,6 +417,7 @@ class _Planner:
             "max_active": max((a for _, a, _s, _d in replicas), default=0),
             "replicas_over_time": replicas,
             "gpu_hours": gpu_hours,
+            "config": self.cfg.to_dict(),
         }
 
 
@@ -285,12 +463,13 @@ def fit_pass_time(samples: list[tuple[float, float, float]]) -> tuple[float, flo
 
 
 class LoadPlanner(_Planner):
-    """Reactive load-based scaling (see the module doc)."""
-
-    default_interval_s = DEFAULT_LOAD_INTERVAL_S
+    """Dynamo's load-based scaling (see the module doc): static KV-utilisation thresholds
+    for ``optimization_target`` throughput / latency / load, regression estimates for
+    ``sla``. Ticks every ``load_adjustment_interval_seconds``."""
 
     def __init__(self, config: PlannerConfig | None = None) -> None:
         super().__init__(config)
+        self.sla = self.cfg.optimization_target == "sla"
         self._snap: dict[int, tuple[int, float, int, int]] = {}
         self.samples: dict[int, deque] = {}
         self._last_prefill_per_pass: dict[int, float] = {}
@@ -298,6 +477,9 @@ class LoadPlanner(_Planner):
         self._sub = 0
 
     def _start(self, sim) -> None:
+        if not self.sla:
+            super()._start(sim)
+            return
         for w in sim.workers:
             if w.state == ACTIVE:
                 self._snap[w.id] = self._totals(w.engine, sim.now)
@@ -312,7 +494,7 @@ class LoadPlanner(_Planner):
     def _sample(self, sim) -> None:
         now = sim.now
         for w in sim.workers:
-            if w.state not in (ACTIVE, DRAINING):
+            if w.state == "removed" or w.state == "starting":
                 continue
             cur = self._totals(w.engine, now)
             old = self._snap.get(w.id)
@@ -334,7 +516,7 @@ class LoadPlanner(_Planner):
         self._sub += 1
         if self._sub >= self.cfg.fpm_samples_per_interval:
             self._sub = 0
-            self._tick(sim)
+            self._tick(sim, reschedule=False)
         self._reschedule(sim, self._step, self._sub_dt)
 
     def _fit(self, wid: int, pool: list | None) -> _Fit | None:
@@ -346,7 +528,7 @@ class LoadPlanner(_Planner):
             return _Fit(*fit_pass_time(pool), len(pool), "pool")
         return None
 
-    # estimates --------------------------------------------------------------------------------
+    # estimates (sla) ------------------------------------------------------------------------
     @staticmethod
     def engine_load(eng) -> dict[str, float]:
         """Queued prefill tokens, scheduled / queued decode KV, decode batch size."""
@@ -375,92 +557,121 @@ class LoadPlanner(_Planner):
     def est_itl(self, fit: _Fit, wid: int, kv: float) -> float:
         return fit.pass_ms(self._last_prefill_per_pass.get(wid, 0.0), kv)
 
-    def _tick(self, sim) -> None:
+    # the tick ---------------------------------------------------------------------------------
+    def _tick(self, sim, reschedule: bool = True) -> None:
+        if not sim.has_pending_work():
+            return       # the workload is over: Dynamo's replay has stopped ticking
         cfg = self.cfg
+        now = sim.now
         n_req, isl, _osl = self._observe_interval(sim)
         if n_req:
             self._avg_isl = isl
         a, s, d = sim.counts()
-        n = a + s
-        tick: dict[str, Any] = {"t_s": sim.now / 1000.0, "active": a, "starting": s,
+        tick: dict[str, Any] = {"t_s": now / 1000.0, "active": a, "starting": s,
                                 "draining": d, "num_req": n_req, "kv_hit_rate": self.kv_hit_rate}
         self.ticks.append(tick)
-        clamped = self._clamp(n)
-        if clamped != n:        # outside [min_endpoint, budget]: fix first
-            tick.update(decision="clamp", reason="budget/min_endpoint")
-            if not self._in_progress(sim) or clamped < n:
-                self._apply(sim, clamped, "clamp to budget/min_endpoint")
-            return
-        if self._in_progress(sim):
-            tick.update(decision="hold", reason="scaling in progress")
-            return
+        if reschedule:
+            self._reschedule(sim, self._tick, self.interval_s)
         engines = [w for w in sim.workers if w.state == ACTIVE]
-        if not engines:
-            tick.update(decision="hold", reason="no active engine")
+        if s > 0:
+            tick.update(decision="hold", reason="scaling_in_progress")
             return
+        if any(self._no_fpm_yet(w, now) for w in engines):
+            tick.update(decision="hold", reason="worker_count_mismatch")
+            return
+        if not engines:
+            tick.update(decision="hold", reason="no_fpm_data")
+            return
+        if self.sla:
+            desired, why = self._regression(sim, engines, a, tick)
+        else:
+            desired, why = self._easy(sim, engines, a, tick)
+        if desired is None:
+            tick.update(decision="hold", reason=why)
+            return
+        if desired < a and self._cooling_down(sim):
+            tick.update(decision="hold", reason="scale_down_cooldown")
+            return
+        target, budget_why = self._budget(a, desired)
+        if target == a:
+            tick.update(decision="hold", reason=budget_why or (why if desired == a else
+                                                                "no_change"))
+            return
+        tick.update(decision="up" if target > a else "down", target=target,
+                    reason=budget_why or why)
+        self._apply(sim, target, "load: " + (budget_why or why))
+
+    @staticmethod
+    def _no_fpm_yet(w, now: float) -> bool:
+        """Has this worker published no forward-pass metrics yet? Dynamo's replay publishes
+        one when a pass finishes, or a zero snapshot once an engine sits idle after the
+        instant it became ready; until then its adapter counts one FPM fewer than ready
+        workers and the tick holds (``worker_count_mismatch``)."""
+        eng = w.engine
+        if w.ready_ms is None or eng.tot.passes or eng.num_stretch_passes:
+            return False
+        return w.ready_ms == now or (eng.busy and eng.pass_start == w.ready_ms)
+
+    def _easy(self, sim, engines, n: int, tick) -> tuple[int | None, str]:
+        """Dynamo ``_agg_easy_decision``: the wanted count, or None for no change."""
+        tick["mode"] = "easy"
+        up, down = self.cfg.easy_thresholds()
+        cap = [w.engine.capacity_tokens for w in engines]
+        utils = []
+        for w, c in zip(engines, cap):
+            sched, queued = fpm_snapshot(w.engine, sim.now)
+            utils.append((sched + queued) / c)
+        tick["kv_util"] = utils
+        if self.cfg.optimization_target == "load":
+            over = any(u >= up for u in utils)
+            under = all(u <= down for u in utils)
+        else:
+            over = any(u > up for u in utils)
+            under = all(u < down for u in utils)
+        if over:
+            return n + 1, "scale_up"
+        if n > 1 and under:
+            want = max(n - 1, self.cfg.min_endpoint)
+            if 0 < want < n and max(utils) * n / want >= up:
+                return n, "consolidation guard"
+            return want, "scale_down"
+        return None, "no_change"
+
+    def _regression(self, sim, engines, n: int, tick) -> tuple[int | None, str]:
+        cfg = self.cfg
         pool = [x for w in engines for x in self.samples.get(w.id, ())]
         fits = [self._fit(w.id, pool) for w in engines]
-        loads = [self.engine_load(w.engine) for w in engines]
         if any(f is None for f in fits):
-            up, down, why = self._easy(engines, loads)
-            tick["mode"] = "easy"
-        else:
-            up, down, why = self._regression(engines, loads, fits, n, tick)
-            tick["mode"] = "regression"
-        if up and n < self.max_workers:
-            tick.update(decision="up", reason=why)
-            self._apply(sim, self._clamp(n + 1), "load: " + why)
-        elif down and n > cfg.min_endpoint:
-            tick.update(decision="down", reason=why)
-            self._apply(sim, self._clamp(n - 1), "load: " + why)
-        else:
-            tick.update(decision="hold", reason=why if up else "within targets")
-
-    def _easy(self, engines, loads) -> tuple[bool, bool, str]:
-        up = False
-        down = True
-        for w, ld in zip(engines, loads):
-            eng = w.engine
-            ctx = (self.cfg.context_length or eng.cfg.max_model_len
-                   or eng.cfg.max_num_batched_tokens)
-            p = ld["queued_prefill"] / ctx
-            kv = (ld["queued_prefill"] + ld["sched_kv"] + ld["queued_kv"]) / eng.capacity_tokens
-            if p >= 1.0 or kv > 1.0:
-                up = True
-            if not (p < 0.1 and kv < 0.6):
-                down = False
-        return up, down and not up, ("easy: over threshold" if up else "easy: under thresholds")
-
-    def _regression(self, engines, loads, fits, n, tick) -> tuple[bool, bool, str]:
-        cfg = self.cfg
+            return None, "insufficient_data"
+        tick["mode"] = "regression"
+        loads = [self.engine_load(w.engine) for w in engines]
         sens = cfg.load_scaling_down_sensitivity / 100.0
         ttfts, itls = [], []
         down_ok = n > 1
         for w, ld, fit in zip(engines, loads, fits):
             eng = w.engine
             kv = ld["sched_kv"] + ld["queued_kv"]
-            ttft = self.est_ttft(fit, eng, ld["queued_prefill"], ld)
-            itl = self.est_itl(fit, w.id, kv)
-            ttfts.append(ttft)
-            itls.append(itl)
+            ttfts.append(self.est_ttft(fit, eng, ld["queued_prefill"], ld))
+            itls.append(self.est_itl(fit, w.id, kv))
             if down_ok:
                 f = n / (n - 1)
                 t_own = self.est_ttft(fit, eng, 0, ld)
                 post = self.est_ttft(fit, eng, ld["queued_prefill"] * f, ld)
-                if not (post - t_own < (cfg.ttft_sla_ms - t_own) * sens):
+                if not (post - t_own < (cfg.ttft_ms - t_own) * sens):
                     down_ok = False
                 kv_post = kv * f
                 if not (kv_post < eng.capacity_tokens
-                        and self.est_itl(fit, w.id, kv_post) < cfg.itl_sla_ms * sens):
+                        and self.est_itl(fit, w.id, kv_post) < cfg.itl_ms * sens):
                     down_ok = False
         tick["ttft_est_ms"] = ttfts
         tick["itl_est_ms"] = itls
-        up_t = all(t > cfg.ttft_sla_ms for t in ttfts)
-        up_i = all(t > cfg.itl_sla_ms for t in itls)
-        if up_t or up_i:
-            return True, False, "TTFT over SLA on all engines" if up_t else \
-                "ITL over SLA on all engines"
-        return False, down_ok, "consolidation fits SLA" if down_ok else "within targets"
+        if all(t > cfg.ttft_ms for t in ttfts):
+            return n + 1, "TTFT over SLA on all engines"
+        if all(t > cfg.itl_ms for t in itls):
+            return n + 1, "ITL over SLA on all engines"
+        if down_ok:
+            return n - 1, "consolidation fits SLA"
+        return None, "no_change"
 
 
 # -- throughput-based --------------------------------------------------------------------------
@@ -476,8 +687,8 @@ def prefill_cost_ms(timing, tokens: float, max_batched: int) -> float:
     return t
 
 
-def agg_engine_capacity(timing, engine_cfg, isl: float, osl: float, ttft_sla_ms: float,
-                        itl_sla_ms: float, kv_hit_rate: float = 0.0) -> dict[str, float]:
+def agg_engine_capacity(timing, engine_cfg, isl: float, osl: float, ttft_ms: float,
+                        itl_ms: float, kv_hit_rate: float = 0.0) -> dict[str, float]:
     """Best steady-state request rate of one aggregated engine meeting both SLAs.
 
     For a concurrency (batch) B, each request lives ~OSL decode passes, so B/OSL new
@@ -504,7 +715,7 @@ def agg_engine_capacity(timing, engine_cfg, isl: float, osl: float, ttft_sla_ms:
         cand = {"rps": rps, "batch": b, "itl_ms": itl, "ttft_ms": ttft}
         if first is None:
             first = cand
-        if itl <= itl_sla_ms and ttft <= ttft_sla_ms and (best is None or rps > best["rps"]):
+        if itl <= itl_ms and ttft <= ttft_ms and (best is None or rps > best["rps"]):
             best = cand
     if best is None:
         return dict(first, feasible=False)
@@ -512,18 +723,22 @@ def agg_engine_capacity(timing, engine_cfg, isl: float, osl: float, ttft_sla_ms:
 
 
 class ThroughputPlanner(_Planner):
-    """Predictive throughput-based scaling (see the module doc)."""
-
-    default_interval_s = DEFAULT_THROUGHPUT_INTERVAL_S
+    """Predictive throughput-based scaling (see the module doc). Ticks every
+    ``throughput_adjustment_interval_seconds``."""
 
     def __init__(self, config: PlannerConfig | None = None) -> None:
         super().__init__(config)
-        kw = self.cfg._predictor_kw()
+        kw = self.cfg.predictor_kwargs()
         self.pred_req = make_predictor(self.cfg.load_predictor, **kw)
         self.pred_isl = make_predictor(self.cfg.load_predictor, **kw)
         self.pred_osl = make_predictor(self.cfg.load_predictor, **kw)
 
+    def _interval(self) -> float:
+        return self.cfg.throughput_adjustment_interval_seconds
+
     def _tick(self, sim) -> None:
+        if not sim.has_pending_work():
+            return       # the workload is over: Dynamo's replay has stopped ticking
         cfg = self.cfg
         n_req, isl, osl = self._observe_interval(sim)
         self.pred_req.add(n_req)
@@ -540,23 +755,26 @@ class ThroughputPlanner(_Planner):
                                 "next_num_req": next_req, "next_isl": next_isl,
                                 "next_osl": next_osl, "kv_hit_rate": self.kv_hit_rate}
         self.ticks.append(tick)
+        self._reschedule(sim, self._tick, self.interval_s)
         demand = next_req / self.interval_s
         if demand > 0 and next_osl > 0:
             capa = agg_engine_capacity(sim.timing, sim.engine_cfg, next_isl, next_osl,
-                                       cfg.ttft_sla_ms, cfg.itl_sla_ms, self.kv_hit_rate)
+                                       cfg.ttft_ms, cfg.itl_ms, self.kv_hit_rate)
             want = max(math.ceil(demand / capa["rps"] - 1e-9), cfg.min_endpoint)
             tick.update(engine_rps=capa["rps"], engine_batch=capa["batch"],
                         feasible=capa["feasible"])
         else:
             want = cfg.min_endpoint
-        target = self._clamp(want)
+        step = cfg.max_throughput_scaling_replicas
+        want = max(n - step, min(n + step, want))
+        target, budget_why = self._budget(n, want)
         tick.update(demand_rps=demand, wanted=want, target=target)
         if target == n:
             tick["decision"] = "hold"
-        elif self._in_progress(sim) and not (n > self.max_workers):
-            tick["decision"] = "hold"
-            tick["reason"] = "scaling in progress"
+        elif self._starting(sim) and budget_why is None:
+            tick.update(decision="hold", reason="scaling_in_progress")
+        elif target < n and self._cooling_down(sim):
+            tick.update(decision="hold", reason="scale_down_cooldown")
         else:
             tick["decision"] = "up" if target > n else "down"
             self._apply(sim, target, f"throughput: demand {demand:.3g} rps")
-        self._reschedule(sim, self._tick, self.interval_s)

@@ -15,8 +15,10 @@ with one predictor each; so do our planners.
   forecast is undifferenced back to a level. Optional ``log1p`` transform (Dynamo's
   ``load_predictor_log1p``). Forecasts are clipped at 0 (loads are non-negative).
 
-Before ``min_points`` observations every predictor falls back to the constant rule (and
-predicts 0 before any observation); ``Arima`` also needs ``max_p + 4`` points to fit.
+Like Dynamo's ``BasePredictor.add_data_point``, zeros before the first non-zero value are
+skipped (the idle period before traffic starts). Before ``min_points`` observations every
+predictor falls back to the constant rule (and predicts 0 before any observation);
+``Arima`` also needs ``max_p + 4`` points to fit. Dynamo's ``prophet`` is not provided.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ class Predictor:
         v = float(value)
         if not math.isfinite(v):
             raise InputError(f"observation must be finite, got {value!r}", field="value")
+        if v == 0 and not self.history:
+            return       # Dynamo skips the leading idle period (zeros before any load)
         self.history.append(v)
         self._update(v)
 

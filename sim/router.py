@@ -71,12 +71,16 @@ class RoundRobinRouter(Router):
 
     def __init__(self, rng: np.random.Generator) -> None:
         super().__init__(rng)
-        self.counter = 0
+        self.last = -1       # position of the last pick in the active-worker list
 
     def select(self, req, workers, now):
-        w = workers[self.counter % len(workers)]
-        self.counter += 1
-        return w
+        # The position after the last pick, in the current active list (ascending id):
+        # Dynamo's replay continues from there when workers join or leave (measured on its
+        # planner replay: after a scale-up from 4 to 5 workers the pick after position 3 is
+        # the new position 4). With a fixed pool this is plain request-count modulo.
+        i = (self.last + 1) % len(workers)
+        self.last = i
+        return workers[i]
 
 
 class RandomRouter(Router):

@@ -173,17 +173,26 @@ WORKLOAD_FIELDS: dict[str, Range] = {
 
 #: Planner knobs (``planner:`` section; ``sim.planner.PlannerConfig`` checks their types).
 PLANNER_FIELDS: dict[str, Range] = {
-    "interval_s": TIME_S_POS,
+    "load_adjustment_interval_seconds": TIME_S_POS,
+    "throughput_adjustment_interval_seconds": TIME_S_POS,
+    "max_throughput_scaling_replicas": WORKERS,
     "max_gpu_budget": GPUS,
+    "min_gpu_budget": Range(-1, MAX_WORKERS, unit="GPUs", why="-1 disables the floor"),
     "min_endpoint": WORKERS,
-    "gpus_per_worker": GPUS,
-    "load_scaling_down_sensitivity": WEIGHT,
+    "decode_engine_num_gpu": GPUS,
+    "kalman_q_level": WEIGHT,
+    "kalman_q_trend": WEIGHT,
+    "kalman_r": WEIGHT.with_lo(0, lo_open=True),
+    "kalman_min_points": Range(1, MAX_REQUESTS, unit="intervals", why="int32-sized"),
+    "load_scaling_down_sensitivity": Range(0, 100, unit="%", why="Dynamo's range"),
     "load_min_observations": Range(1, MAX_REQUESTS, unit="intervals", why="int32-sized"),
     "max_num_fpm_samples": Range(2, 1_000_000, unit="samples",
                                  why="a buffer of forward-pass metrics per worker"),
+    "decode_scale_up_kv_rate": Range(0, 100, unit="%", why="Dynamo's range"),
+    "decode_scale_down_kv_rate": Range(0, 100, unit="%", why="Dynamo's range"),
+    "scale_down_cooldown_seconds": TIME_S,
     "fpm_samples_per_interval": Range(1, 1000, unit="samples",
                                       why="one sampling event each per interval"),
-    "context_length": TOKENS,
 }
 
 #: Flags of ``dynosim simulate`` checked by argparse: no config field of their own (--tp), or

@@ -138,7 +138,10 @@ def _planner_flags(kind: str, interval_s: float, startup_s: float) -> list[str]:
     return ["--initial-workers", str(INITIAL_WORKERS), "--startup-time", f"{startup_s:g}",
             "--planner", kind, "--planner-interval", f"{interval_s:g}",
             "--max-gpu-budget", str(MAX_GPU_BUDGET), "--sla-ttft-ms", f"{TTFT_SLA_MS:g}",
-            "--sla-itl-ms", f"{ITL_SLA_MS:g}"]
+            "--sla-itl-ms", f"{ITL_SLA_MS:g}",
+            # the studies target the SLA: Dynamo's optimization_target sla (its default,
+            # throughput, ignores the SLA targets)
+            "--planner-config-json", '{"optimization_target": "sla"}']
 
 
 def _has_table(tp: int) -> bool:

@@ -262,7 +262,8 @@ def test_synthetic_scenarios_can_be_pinned() -> None:
 def test_load_planner_advice_matches_the_planner_in_the_loop() -> None:
     """Stepping the env with the load planner's advice scales exactly like the planner
     attached to the same simulation directly (ticks at the same times)."""
-    env = make(cluster={"startup_time_s": 0.0})
+    # optimization_target sla: Dynamo's default (throughput) does not act on this light load
+    env = make(cluster={"startup_time_s": 0.0}, planner={"kind": "load", "optimization_target": "sla"})
     env.reset(seed=9)
     env_targets = []
     for _ in range(env.cfg.env.episode_steps):
@@ -271,10 +272,12 @@ def test_load_planner_advice_matches_the_planner_in_the_loop() -> None:
     ep_seed = env.episode["seed"]
     sim, _ = env.episodes.build(ep_seed, {})
     e = env.cfg.env
-    planner = LoadPlanner(PlannerConfig(ttft_sla_ms=env.cfg.sim.sla.ttft_ms,
-                                        itl_sla_ms=env.cfg.sim.sla.itl_ms,
-                                        interval_s=e.interval_s, max_gpu_budget=e.max_gpu_budget,
-                                        min_endpoint=e.min_endpoint)).attach(sim)
+    planner = LoadPlanner(PlannerConfig(ttft_ms=env.cfg.sim.sla.ttft_ms,
+                                        itl_ms=env.cfg.sim.sla.itl_ms,
+                                        load_adjustment_interval_seconds=e.interval_s,
+                                        max_gpu_budget=e.max_gpu_budget,
+                                        min_endpoint=e.min_endpoint,
+                                        optimization_target="sla")).attach(sim)
     direct = []
     for k in range(1, e.episode_steps + 1):
         sim.run_until(k * e.interval_s * 1000.0)

@@ -64,12 +64,13 @@ def test_planner_run_records_planner_budget_and_sla(capsys) -> None:
     d, _ = run_json(capsys, "--config", TINY, "--planner", "load", "--max-gpu-budget", "4",
                     "--quiet")
     cfg = d["config"]
-    assert cfg["planner"]["kind"] == "load" and cfg["planner"]["interval_s"] == 5.0
+    assert cfg["planner"]["kind"] == "load"
+    assert cfg["planner"]["load_adjustment_interval_seconds"] == 5.0
     assert cfg["planner"]["max_gpu_budget"] == 4 and cfg["planner"]["min_endpoint"] == 1
     # the planner's targets are the run's one SLA: never null when a planner runs
     assert (cfg["sla"]["ttft_ms"], cfg["sla"]["itl_ms"]) == (500.0, 50.0)
     assert d["goodput"]["sla"] == {"ttft_ms": 500.0, "itl_ms": 50.0}
-    assert "ttft_sla_ms" not in cfg["planner"]
+    assert "ttft_ms" not in cfg["planner"]
 
 
 def test_one_sla_drives_goodput_and_planner(capsys) -> None:
@@ -79,7 +80,7 @@ def test_one_sla_drives_goodput_and_planner(capsys) -> None:
     from sim.config import load_config, planner_config
     pcfg = planner_config(load_config(TINY).with_overrides(
         {"planner.kind": "load", "sla.ttft_ms": 150.0, "sla.itl_ms": 20.0}))
-    assert (pcfg.ttft_sla_ms, pcfg.itl_sla_ms) == (150.0, 20.0)
+    assert (pcfg.ttft_ms, pcfg.itl_ms) == (150.0, 20.0)
 
 
 def test_deprecated_sla_flags_still_work_with_a_note(capsys) -> None:
@@ -93,11 +94,13 @@ def test_deprecated_sla_flags_still_work_with_a_note(capsys) -> None:
 
 
 @pytest.mark.parametrize("yaml_text,needle", [
-    ("planner: {kind: load, ttft_sla_ms: 100}\n", "field 'planner.ttft_sla_ms': set the "
+    ("planner: {kind: load, ttft_ms: 100}\n", "field 'planner.ttft_ms': set the "
      "planner's targets in the run's sla section (sla.ttft_ms)"),
     ("planner: {kind: balanced}\n", "field 'planner.kind': expected one of load, throughput"),
-    ("planner: {kind: load, interval_s: -2}\n", "field 'planner.interval_s': must be > 0"),
-    ("planner: {kind: load, intervall_s: 2}\n", "did you mean 'interval_s'"),
+    ("planner: {kind: load, load_adjustment_interval_seconds: -2}\n",
+     "field 'planner.load_adjustment_interval_seconds': must be > 0"),
+    ("planner: {kind: load, load_adjustment_intervall_seconds: 2}\n",
+     "did you mean 'load_adjustment_interval_seconds'"),
 ])
 def test_bad_planner_section_is_one_line(capsys, tmp_path: Path, yaml_text, needle) -> None:
     path = tmp_path / "p.yaml"

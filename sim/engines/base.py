@@ -102,6 +102,14 @@ class EngineBase:
         self.fpm_prefill_seqs = 0
         self.fpm_decode_seqs = 0
         self.fpm_decode_kv_tokens = 0    # context tokens of the decode batch
+        # Dynamo's FPM queue fields (build_fpm_snapshot): tokens (prompt + generated) of the
+        # waiting sequences, kept as a running sum by the flavours that use it (vLLM,
+        # TRT-LLM; see ``_queued_tokens``); frozen when a pass is scheduled, and the latest
+        # *finished* pass's snapshot (what Dynamo's planner sees at a tick).
+        self.waiting_tokens = 0
+        self.fpm_queued_tokens = 0
+        self.last_fpm_decode_kv = 0
+        self.last_fpm_queued = 0
         # Cumulative FPM over all finished passes (interval figures are differences).
         # A bulk stretch adds its closed-form sums, so totals equal pass-by-pass sums.
         self.tot = FpmTotals()
@@ -125,6 +133,7 @@ class EngineBase:
         if self.defer_gaps:
             s.gaps = []
         self.waiting.append(s)
+        self.waiting_tokens += s.prompt_len
 
     # -- flavour hooks ---------------------------------------------------------
     def start_pass(self, now: float) -> float:
@@ -159,6 +168,8 @@ class EngineBase:
         tot.prefill_seqs += self.fpm_prefill_seqs
         tot.decode_tokens += self.fpm_decode_seqs
         tot.decode_kv_tokens += self.fpm_decode_kv_tokens
+        self.last_fpm_decode_kv = self.fpm_decode_kv_tokens
+        self.last_fpm_queued = self.fpm_queued_tokens
         ready = self._ready
         self._ready = []
         metrics = self.metrics
@@ -253,7 +264,13 @@ class EngineBase:
         self.fpm_prefill_seqs = 0
         self.fpm_decode_seqs = n
         self.fpm_decode_kv_tokens = ctx_last
+        self.fpm_queued_tokens = self._queued_tokens()
         return self.pass_end
+
+    def _queued_tokens(self) -> int:
+        """Tokens (prompt + generated) of the waiting sequences (Dynamo's FPM queue field);
+        the running sum, which a flavour that does not keep it overrides."""
+        return self.waiting_tokens
 
     def _start_stretch_kv(self, k: int) -> None:
         """Flavour hook at the start of a k-pass stretch (e.g. plan its evictions)."""
@@ -285,6 +302,8 @@ class EngineBase:
         self.num_passes += k
         self.num_stretch_passes += k
         self.tot.add_stretch(k, len(self.running), self._stretch_ctx0, end - self.pass_start)
+        self.last_fpm_decode_kv = self._stretch_ctx0 + len(self.running) * (k - 1)
+        self.last_fpm_queued = self.fpm_queued_tokens
         running = self.running
         metrics = self.metrics
         first_end = float(ends[0])
@@ -328,6 +347,7 @@ class EngineBase:
     def reject_head(self) -> None:
         """Reject the waiting head that can never be admitted again (see ``Simulation._start``)."""
         s = self.waiting.popleft()
+        self.waiting_tokens -= s.prompt_len + s.generated
         self._record(s, STATUS_REJECTED, REASON_KV_CAPACITY)
 
     # -- cut-off -----------------------------------------------------------------
@@ -354,6 +374,7 @@ class EngineBase:
             self._record(s, STATUS_IN_FLIGHT, 0)
         self.running = []
         self.waiting.clear()
+        self.waiting_tokens = 0
 
 
 def native_stretch_ends(timing: TimingModel, capacity_tokens: float):

@@ -310,6 +310,7 @@ class SglangEngine(EngineBase):
         self.fpm_prefill_seqs = n
         self.fpm_decode_seqs = n_decode
         self.fpm_decode_kv_tokens = ctx
+        self.fpm_queued_tokens = self._queued_tokens()
         self.num_passes += 1
         self.busy = True
         self.pass_start = now
@@ -521,6 +522,15 @@ class SglangEngine(EngineBase):
             scored.append((dep, -plen, i, s))
         scored.sort(key=lambda x: x[:3])
         self.waiting = deque(x[3] for x in scored)
+
+    def _queued_tokens(self) -> int:
+        """The SGLang queue is rebuilt and reordered in place (LPM, retraction), so its
+        token total is summed when a pass is scheduled instead of kept as a running sum."""
+        s: Seq
+        n = 0
+        for s in self.waiting:
+            n += s.prompt_len + s.generated
+        return n
 
     def reject_head(self) -> None:
         s = self.waiting[0]

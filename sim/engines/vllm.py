@@ -151,6 +151,7 @@ class VllmEngine(EngineBase):
                 reason = self._reject_reason(s)
                 if reason:
                     waiting.popleft()
+                    self.waiting_tokens -= s.prompt_len + s.generated
                     rejected.append((s, reason))
                     continue
             cached, active_cached = self._lookup(s)
@@ -185,6 +186,7 @@ class VllmEngine(EngineBase):
         self.fpm_prefill_seqs = st.n_prefill
         self.fpm_decode_seqs = n_decode
         self.fpm_decode_kv_tokens = ctx
+        self.fpm_queued_tokens = self.waiting_tokens
         self.num_passes += 1
         self.busy = True
         self.pass_start = now
@@ -260,6 +262,7 @@ class VllmEngine(EngineBase):
                 self.waiting.popleft()
             else:
                 self.waiting.remove(s)
+            self.waiting_tokens -= s.prompt_len + s.generated
             self.running.append(s)
             if cached > s.reused:
                 s.reused = cached     # Dynamo reports the largest hit over admissions
@@ -280,6 +283,7 @@ class VllmEngine(EngineBase):
         self.num_preemptions += 1
         self._release(v)
         self.waiting.appendleft(v)
+        self.waiting_tokens += v.prompt_len + v.generated
         return v
 
     # -- bulk advance -------------------------------------------------------------
