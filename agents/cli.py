@@ -50,6 +50,8 @@ def add_parsers(sub) -> None:
                    help="env config override, e.g. reward.gpu_weight=0.001 (repeatable)")
     t.add_argument("--checkpoint-every", type=_pos_int, default=50_000, metavar="N")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    from . import rllib_train
+    rllib_train.add_args(t)
 
     e = sub.add_parser("evaluate", help="score a policy, or write a leaderboard",
                        description="Evaluate on held-out episodes (split=eval): mean reward, "
@@ -80,6 +82,10 @@ def run(args) -> int:
 
 
 def _train(args) -> int:
+    from . import rllib_train
+    rllib_train.check_args(args)
+    if args.framework == "rllib":
+        return rllib_train.run(args)
     from .train import train
     out = train(args.algo, args.env, config=args.config, timesteps=args.timesteps,
                 out=args.out, seed=args.seed, n_envs=args.n_envs, hyperparams=args.hyperparams,

@@ -58,6 +58,9 @@ def load_policy(spec: str, env):
         except ValueError as exc:
             raise InputError(str(exc), field="--policy") from None
     path = Path(spec)
+    from .rllib_train import is_rllib_run, load_policy as load_rllib_policy
+    if path.is_dir() and is_rllib_run(path):
+        return load_rllib_policy(path)
     if path.is_dir():
         path = path / "model.zip"
     if not path.is_file():
