@@ -32,6 +32,10 @@ EXECUTORS = ("local", "ray")
 INSTALL_HINT = "install the ray extra: pip install -e '.[ray]'"
 CONNECT_TIMEOUT_S = 20.0      # bound on reaching a --ray-address (TCP probe, then ray.init)
 CMDLINE = "command line"
+#: Node IP of a Ray started here. Ray replaces 127.0.0.1/localhost by the host's network
+#: address (services.resolve_ip_for_localhost); another loopback address keeps every
+#: connection of a local Ray on this machine's loopback interface.
+LOCAL_NODE_IP = "127.0.0.2"
 
 
 def add_args(group, *, executor: bool = True) -> None:
@@ -91,14 +95,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         _probe(address, min(timeout_s, 5.0))
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
                               "include_dashboard": False, "configure_logging": True}
-    if address is None:
+    if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1,
-                      object_store_memory=256 * 1024 ** 2)
-        if os.environ.get("RAY_ADDRESS"):
-            kwargs.pop("num_cpus")
-            kwargs.pop("object_store_memory")
-    else:
+                      object_store_memory=256 * 1024 ** 2, _node_ip_address=LOCAL_NODE_IP)
+    elif address is not None:
         kwargs["address"] = address
+        host = address.rpartition(":")[0]
+        if host.startswith("127."):       # a cluster on this machine's loopback
+            kwargs["_node_ip_address"] = host
     # Ray's own connect loop retries for longer than a user waits; run it in a thread and
     # give up after timeout_s (a connect that never returns leaves a daemon thread behind).
     box: dict[str, Any] = {}
@@ -119,6 +123,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     if "error" in box:
         exc = box["error"]
         msg = " ".join(str(exc).split())[:300] or type(exc).__name__
+        if "auth" in msg.lower() and os.environ.get("RAY_AUTH_MODE") != "token":
+            msg = ("the cluster uses token authentication (Ray's default for `ray start`): "
+                   "set RAY_AUTH_MODE=token here too")
         field = "--ray-address" if address is not None else flag
         raise InputError(f"cannot connect to {where}: {msg}", file=CMDLINE, field=field)
     return ray

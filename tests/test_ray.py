@@ -109,8 +109,10 @@ class LocalCluster:
 
     def __init__(self, tmp: Path) -> None:
         self.ray_bin = str(Path(sys.executable).with_name("ray"))
+        from sim.executors import LOCAL_NODE_IP
+        self.ip = LOCAL_NODE_IP                 # loopback only (see sim.executors)
         self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"{self.ip}:{self.port}"
         self.procs: list[subprocess.Popen] = []
         self.logs = tmp
 
@@ -121,28 +123,31 @@ class LocalCluster:
                  "--dashboard-agent-grpc-port", str(_free_port()),
                  "--runtime-env-agent-port", str(_free_port())]
         log = open(self.logs / f"{name}.log", "w")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        # Loopback-only test cluster: no token authentication (`ray start`'s default; a
+        # driver process picks its auth mode once, when Ray loads).
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         self.procs.append(subprocess.Popen(
             [self.ray_bin, "start", *args, "--num-cpus", "1", "--block",
              "--disable-usage-stats", *ports], stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True))
 
     def start(self) -> "LocalCluster":
-        self._start("head", ["--head", "--node-ip-address", "127.0.0.1", "--port",
+        self._start("head", ["--head", "--node-ip-address", self.ip, "--port",
                              str(self.port), "--include-dashboard", "false"])
         self._wait(1)
-        self._start("worker", ["--address", self.address, "--node-ip-address", "127.0.0.1"])
+        self._start("worker", ["--address", self.address, "--node-ip-address", self.ip])
         self._wait(2)
         return self
 
-    def _wait(self, nodes: int, timeout_s: float = 120.0) -> None:
+    def _wait(self, nodes: int, timeout_s: float = 90.0) -> None:
         import ray
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
                 break
             try:
-                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+                ray.init(address=self.address, _node_ip_address=self.ip,
+                         logging_level="ERROR", log_to_driver=False)
                 alive = [n for n in ray.nodes() if n.get("Alive")]
                 ray.shutdown()
                 if len(alive) >= nodes:
@@ -173,9 +178,9 @@ def cluster(tmp_path_factory):
         pytest.skip("the ray extra is not installed (pip install -e '.[ray]')")
     import ray
     ray.shutdown()
-    c = LocalCluster(tmp_path_factory.mktemp("ray-cluster")).start()
+    c = LocalCluster(tmp_path_factory.mktemp("ray-cluster"))
     try:
-        yield c
+        yield c.start()
     finally:
         ray.shutdown()
         c.stop()
