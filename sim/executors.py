@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -96,28 +97,37 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
                               "include_dashboard": False, "configure_logging": True}
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1,
+        kwargs.update(address="local",      # a new local Ray, not one `ray start` left
+                      num_cpus=num_cpus or os.cpu_count() or 1,
                       object_store_memory=256 * 1024 ** 2, _node_ip_address=LOCAL_NODE_IP)
     elif address is not None:
         kwargs["address"] = address
         host = address.rpartition(":")[0]
         if host.startswith("127."):       # a cluster on this machine's loopback
             kwargs["_node_ip_address"] = host
-    # Ray's own connect loop retries for longer than a user waits; run it in a thread and
-    # give up after timeout_s (a connect that never returns leaves a daemon thread behind).
+    # Ray's own connect loop retries for longer than a user waits: bound it with an alarm
+    # (ray.init must run in the main thread: Ray binds its GCS client to that thread).
     box: dict[str, Any] = {}
 
-    def _init() -> None:
-        try:
-            box["ctx"] = ray.init(**kwargs)
-        except BaseException as exc:            # noqa: BLE001 - reported below, one line
-            box["error"] = exc
+    def _timeout(signum, frame):
+        raise TimeoutError
 
-    th = threading.Thread(target=_init, daemon=True, name="ray-connect")
-    th.start()
-    th.join(timeout_s if address is not None else None)
+    use_alarm = address is not None and threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGALRM, _timeout) if use_alarm else None
+    if use_alarm:
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        ray.init(**kwargs)
+    except TimeoutError:
+        box["timeout"] = True
+    except Exception as exc:                # noqa: BLE001 - reported below, one line
+        box["error"] = exc
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
     where = address or "a local Ray"
-    if th.is_alive():
+    if box.get("timeout"):
         raise InputError(f"no answer from Ray at {where} within {timeout_s:g} s",
                          file=CMDLINE, field="--ray-address")
     if "error" in box:

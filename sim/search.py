@@ -441,22 +441,23 @@ def run_candidate(setup: Setup, params: dict[str, Any],
     sim = build_simulation(cfg, workload=_fresh_workload(cfg))
     if planner is not None:
         planner.attach(sim)
-    step = 0
+    rung_scores: list[float] = []
     for step, t_s in enumerate(setup.rungs_s, start=1):
         if not sim.run_until(t_s * 1000.0):
             break
-        if report is not None:
-            values = report_fields(_interim(sim))
-            score, _ = setup.objective.score(values)
-            if report(step, values, score):
-                return {"status": "pruned", "step": step, "sim_s": sim.now / 1000.0,
-                        "values": values, "score": score, "requests": sim.num_arrived}
+        values = report_fields(_interim(sim))
+        score, _ = setup.objective.score(values)
+        rung_scores.append(score)
+        if report is not None and report(step, values, score):
+            return {"status": "pruned", "step": step, "sim_s": sim.now / 1000.0,
+                    "values": values, "score": score, "requests": sim.num_arrived,
+                    "rung_scores": rung_scores}
     summary = sim.finish().summary
     values = report_fields(summary)
     score, viol = setup.objective.score(values)
     return {"status": "complete", "step": len(setup.rungs_s) + 1, "sim_s": sim.now / 1000.0,
             "values": values, "score": score, "violation": viol,
-            "requests": summary["totals"]["num_requests"]}
+            "requests": summary["totals"]["num_requests"], "rung_scores": rung_scores}
 
 
 # -- executors -------------------------------------------------------------------------------
@@ -466,7 +467,7 @@ def _record(number: int, params: dict[str, Any], res: dict[str, Any] | None,
     if res is None:
         return {"trial": number, "status": "failed", "params": params, "values": {},
                 "score": math.nan, "violation": math.nan, "sim_s": 0.0, "requests": 0,
-                "error": error}
+                "rung_scores": [], "error": error}
     return {"trial": number, "params": params, "error": None, **res}
 
 
@@ -511,18 +512,21 @@ def search_local(setup: Setup, trials: int, *, early_stop: bool, reduction_facto
 def _tune_trial(config: dict[str, Any], setup: Setup) -> None:
     """Ray Tune function trainable: one candidate, a report per rung, a final report."""
     from ray import tune
-    params = {k: v for k, v in config.items()}
-    out: dict[str, Any] = {}
+    params = dict(config)
+
+    scores: list[float] = []
 
     def report(step, values, score):
+        scores.append(score)
         tune.report({"score": score, "step": step, "status": "running",
-                     "sim_s": setup.rungs_s[step - 1], "values": values})
+                     "sim_s": setup.rungs_s[step - 1], "values": values,
+                     "rung_scores": list(scores)})
         return False           # ASHA stops the trial itself (the next report never returns)
     res = run_candidate(setup, params, report)
-    out.update(res)
     tune.report({"score": res["score"], "step": res["step"], "status": "complete",
                  "sim_s": res["sim_s"], "values": res["values"],
-                 "violation": res.get("violation", 0.0), "requests": res["requests"]})
+                 "violation": res.get("violation", 0.0), "requests": res["requests"],
+                 "rung_scores": res["rung_scores"]})
 
 
 def search_ray(setup: Setup, trials: int, *, early_stop: bool, reduction_factor: int,
@@ -579,7 +583,7 @@ def search_ray(setup: Setup, trials: int, *, early_stop: bool, reduction_factor:
         records.append(_record(i, params, {
             "status": status, "step": m.get("step", 0), "sim_s": m.get("sim_s", 0.0),
             "values": m.get("values", {}), "score": m.get("score", math.nan),
-            "violation": m.get("violation", math.nan),
+            "violation": m.get("violation", math.nan), "rung_scores": m.get("rung_scores", []),
             "requests": m.get("requests") or _arrived_by(setup, m.get("values", {}))}))
     return records, n_cpus
 
@@ -613,7 +617,7 @@ def _fmt(v: Any) -> str:
 def write_trials(records: list[dict[str, Any]], setup: Setup, path: Path) -> None:
     keys = [k for k in SPACE_KEYS if k in setup.space.dims]
     fields = setup.objective.fields()
-    cols = ["trial", "status", "sim_s", *keys, *fields, "score", "error"]
+    cols = ["trial", "status", "sim_s", *keys, *fields, "score", "rung_scores", "error"]
     with open(path, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(cols)
@@ -621,6 +625,7 @@ def write_trials(records: list[dict[str, Any]], setup: Setup, path: Path) -> Non
             w.writerow([r["trial"], r["status"], _fmt(r["sim_s"]),
                         *(_fmt(r["params"].get(k)) for k in keys),
                         *(_fmt(r["values"].get(f)) for f in fields), _fmt(r["score"]),
+                        ";".join(_fmt(float(x)) for x in r.get("rung_scores") or []),
                         r.get("error") or ""])
 
 

@@ -170,6 +170,10 @@ class LocalCluster:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
         self.procs.clear()
+        # `ray stop` would remove the "auto" address file; a signalled --block node leaves it.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip() == self.address:
+            current.unlink()
 
 
 @pytest.fixture(scope="module")
