@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -479,7 +480,7 @@ def search_local(setup: Setup, trials: int, *, early_stop: bool, reduction_facto
                  progress: Callable[[dict], None]) -> list[dict[str, Any]]:
     """An Optuna study in this process: TPE (seeded) + successive-halving pruner."""
     import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)   # failures: ours
     pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1,
                                                      reduction_factor=reduction_factor)
               if early_stop else optuna.pruners.NopPruner())
@@ -542,7 +543,7 @@ def search_ray(setup: Setup, trials: int, *, early_stop: bool, reduction_factor:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)   # failures: ours
     n_cpus = executors.cluster_cpus(ray)
     searcher = ConcurrencyLimiter(
         OptunaSearch(space=setup.space.suggest, metric="score", mode="min",
@@ -569,13 +570,21 @@ def search_ray(setup: Setup, trials: int, *, early_stop: bool, reduction_factor:
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   checkpoint_config=tune.CheckpointConfig(
                                       num_to_keep=None, checkpoint_at_end=False)))
-    grid = tuner.fit()
+    tune_log = logging.getLogger("ray.tune")
+    level = tune_log.level
+    tune_log.setLevel(logging.CRITICAL)    # failed trials are reported by us, one line each
+    try:
+        grid = tuner.fit()
+    finally:
+        tune_log.setLevel(level)
     records = []
     for i, r in enumerate(grid):
         params = {k: v for k, v in (r.config or {}).items()}
         m = r.metrics or {}
-        if r.error is not None:
-            records.append(_record(i, params, None, _one_line(r.error)))
+        if r.error is not None:      # a RayTaskError wraps the trial's own exception
+            cause = getattr(r.error, "cause", None)
+            records.append(_record(i, params, None, _one_line(
+                cause if isinstance(cause, BaseException) else r.error)))
             continue
         status = m.get("status", "pruned")
         if status == "running":
