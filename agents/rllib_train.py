@@ -101,6 +101,8 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     cfg = (PPOConfig()
+           .api_stack(enable_rl_module_and_learner=True,
+                      enable_env_runner_and_connector_v2=True)
            .environment(env=f"dynosim_gym:{env_id}",
                         env_config={"config": env_cfg.to_dict(), "render_mode": None})
            .env_runners(num_env_runners=runners, num_envs_per_env_runner=1,
