@@ -18,7 +18,7 @@ Samplers and early stopping are Optuna's and Ray Tune's, not ours:
   candidate's numbers are still deterministic.
 
 Early stopping works on time-truncated replays of the *same* trace: a candidate replays to
-the first rung (``--rungs``, default 900/1800/2700 s of simulated time) and reports its
+the first rung (``--rungs``, default 600/1200/2400 s of simulated time) and reports its
 score so far -- the report's fields over the requests finished by then, GPU-hours provisioned
 until then -- and the scheduler stops the worse part of each rung. Survivors run on to the
 end of the trace, so every number in ``trials.csv`` marked ``complete`` is the full replay,
@@ -56,7 +56,7 @@ from .errors import InputError
 
 CMDLINE = "command line"
 DEFAULT_TRACE = "bundled:mooncake_conversation"
-DEFAULT_RUNGS_S = (900.0, 1800.0, 2700.0)
+DEFAULT_RUNGS_S = (600.0, 1200.0, 2400.0)
 PENALTY = 1e6
 STATUSES = ("complete", "pruned", "failed")
 PLANNERS = ("none", "load", "throughput")
@@ -772,9 +772,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sampler and run seed (default 0)")
     g.add_argument("--rungs", default=",".join(f"{r:g}" for r in DEFAULT_RUNGS_S),
                    metavar="S,S,...", help="early-stopping checkpoints in simulated seconds "
-                   "(default 900,1800,2700)")
-    g.add_argument("--reduction-factor", type=_positive_int, default=2, metavar="N",
-                   help="keep 1/N of the candidates at each rung (default 2)")
+                   "(default 600,1200,2400)")
+    g.add_argument("--reduction-factor", type=_positive_int, default=3, metavar="N",
+                   help="keep 1/N of the candidates at each rung (default 3)")
     g.add_argument("--no-early-stop", action="store_true",
                    help="replay every candidate in full")
     g.add_argument("--arrival-speedup-ratio", type=_positive_float, default=None, metavar="X")

@@ -176,44 +176,37 @@ class LocalCluster:
             current.unlink()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if not HAS_RAY or shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
+@pytest.mark.ray
+def test_two_node_cluster_sweep_and_rllib(tmp_path, no_ray_session, capsys):
+    """One cluster (its start-up is the slow part): a sweep as Ray tasks on both nodes gives
+    the local executor's bytes; PPO's env runners on both nodes train ~1,000 steps and the
+    checkpoint scores through ``dynosim evaluate`` like an SB3 model."""
+    if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("the ray extra is not installed (pip install -e '.[ray]')")
     import ray
-    ray.shutdown()
-    c = LocalCluster(tmp_path_factory.mktemp("ray-cluster"))
+    cluster = LocalCluster(tmp_path)
     try:
-        yield c.start()
+        cluster.start()
+        assert _sweep(tmp_path / "local", "--jobs", "1") == 0
+        assert _sweep(tmp_path / "ray", "--executor", "ray", "--ray-address",
+                      cluster.address) == 0
+        assert len([n for n in ray.nodes() if n.get("Alive")]) == 2
+        assert (tmp_path / "local" / "interval.csv").read_bytes() == \
+            (tmp_path / "ray" / "interval.csv").read_bytes()
+        info = json.loads((tmp_path / "ray" / "interval.run.json").read_text())
+        assert info["cpus"] == 2 and info["ray_address"] == cluster.address
+
+        out = tmp_path / "rllib"
+        assert main(["train", "--framework", "rllib", "--algo", "ppo", "--num-env-runners",
+                     "2", "--timesteps", "1000", "--ray-address", cluster.address, "--out",
+                     str(out), "--quiet"]) == 0
+        run = json.loads((out / "run.json").read_text())
+        assert run["framework"] == "rllib" and run["ray"]["nodes"] == 2
+        assert run["steps"] >= 1000 and run["curve"]
+        assert (out / "learning_curve.png").is_file()
     finally:
         ray.shutdown()
-        c.stop()
-
-
-@pytest.mark.ray
-def test_sweep_on_two_node_cluster_is_byte_identical(tmp_path, cluster, no_ray_session):
-    import ray
-    assert _sweep(tmp_path / "local", "--jobs", "1") == 0
-    assert _sweep(tmp_path / "ray", "--executor", "ray", "--ray-address",
-                  cluster.address) == 0
-    assert len([n for n in ray.nodes() if n.get("Alive")]) == 2
-    assert (tmp_path / "local" / "interval.csv").read_bytes() == \
-        (tmp_path / "ray" / "interval.csv").read_bytes()
-    info = json.loads((tmp_path / "ray" / "interval.run.json").read_text())
-    assert info["cpus"] == 2 and info["ray_address"] == cluster.address
-
-
-@pytest.mark.ray
-def test_rllib_ppo_on_two_node_cluster_evaluates_like_sb3(tmp_path, cluster, no_ray_session,
-                                                         capsys):
-    out = tmp_path / "rllib"
-    assert main(["train", "--framework", "rllib", "--algo", "ppo", "--num-env-runners", "2",
-                 "--timesteps", "1000", "--ray-address", cluster.address, "--out", str(out),
-                 "--quiet"]) == 0
-    run = json.loads((out / "run.json").read_text())
-    assert run["framework"] == "rllib" and run["ray"]["nodes"] == 2
-    assert run["steps"] >= 1000 and run["curve"]
-    assert (out / "learning_curve.png").is_file()
+        cluster.stop()
     capsys.readouterr()
     assert main(["evaluate", "--policy", str(out), "--episodes", "1", "--json",
                  "--quiet"]) == 0
