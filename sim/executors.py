@@ -97,6 +97,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
                               "include_dashboard": False, "configure_logging": True}
     if address is None and not os.environ.get("RAY_ADDRESS"):
+        # Ray nices its workers (15) by default; here they are the work, not background.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         kwargs.update(address="local",      # a new local Ray, not one `ray start` left
                       num_cpus=num_cpus or os.cpu_count() or 1,
                       object_store_memory=256 * 1024 ** 2, _node_ip_address=LOCAL_NODE_IP)
