@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -76,6 +75,26 @@ def _probe(address: str, timeout_s: float) -> None:
                          file=CMDLINE, field="--ray-address") from None
 
 
+def _gcs_probe(address: str, timeout_s: float, box: dict[str, Any]) -> None:
+    """Is a Ray GCS answering at ``address``? Ray's client retries inside C++ calls that no
+    signal interrupts, so the probe runs in a daemon thread that is abandoned on time-out;
+    ``box`` gets ``timeout`` or ``error``."""
+    from ray._raylet import GcsClient
+
+    def _probe_gcs() -> None:
+        try:
+            GcsClient(address=address)
+            box["ok"] = True
+        except Exception as exc:     # noqa: BLE001 - reported by connect()
+            box["error"] = exc
+    th = threading.Thread(target=_probe_gcs, daemon=True, name="ray-gcs-probe")
+    th.start()
+    th.join(timeout_s)
+    if th.is_alive():
+        box["timeout"] = True
+    box.pop("ok", None)
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None,
             timeout_s: float = CONNECT_TIMEOUT_S, flag: str = "--executor"):
     """Initialise Ray once per process and return the module.
@@ -107,27 +126,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         host = address.rpartition(":")[0]
         if host.startswith("127."):       # a cluster on this machine's loopback
             kwargs["_node_ip_address"] = host
-    # Ray's own connect loop retries for longer than a user waits: bound it with an alarm
-    # (ray.init must run in the main thread: Ray binds its GCS client to that thread).
     box: dict[str, Any] = {}
-
-    def _timeout(signum, frame):
-        raise TimeoutError
-
-    use_alarm = address is not None and threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGALRM, _timeout) if use_alarm else None
-    if use_alarm:
-        signal.setitimer(signal.ITIMER_REAL, timeout_s)
-    try:
-        ray.init(**kwargs)
-    except TimeoutError:
-        box["timeout"] = True
-    except Exception as exc:                # noqa: BLE001 - reported below, one line
-        box["error"] = exc
-    finally:
-        if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
+    if address not in (None, "auto"):
+        _gcs_probe(address, timeout_s, box)
+    if not box:
+        try:
+            ray.init(**kwargs)       # in the main thread: Ray binds its GCS client to it
+        except Exception as exc:     # noqa: BLE001 - reported below, one line
+            box["error"] = exc
     where = address or "a local Ray"
     if box.get("timeout"):
         raise InputError(f"no answer from Ray at {where} within {timeout_s:g} s",
