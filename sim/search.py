@@ -506,7 +506,10 @@ def search_local(setup: Setup, trials: int, *, early_stop: bool, reduction_facto
             raise optuna.TrialPruned()
         return res["score"]
 
-    study.optimize(objective, n_trials=trials, catch=(Exception,))
+    try:
+        study.optimize(objective, n_trials=trials, catch=(Exception,))
+    except KeyboardInterrupt:      # Ctrl-C: keep what finished (as Tune does)
+        print("dynosim: interrupted; writing the finished trials", file=sys.stderr)
     return records
 
 
