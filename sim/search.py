@@ -765,7 +765,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--trace", default=DEFAULT_TRACE, metavar="PATH",
                    help=f"mooncake trace (default {DEFAULT_TRACE}); replayed in full")
     g.add_argument("--space", required=True, metavar="SPACE.yaml",
-                   help="the search space (see envs_configs/search_space.yaml)")
+                   help="the search space (see envs_configs/search/deployment_space.yaml)")
     g.add_argument("--objective", required=True, metavar="TEXT",
                    help="e.g. 'minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= "
                    "1500' (report field names, see `dynosim simulate --json`)")
