@@ -223,7 +223,7 @@ def load_policy(run_dir: str | Path) -> RLlibPolicy:
     if not module_dir.is_dir():
         raise InputError(f"no RLlib policy in {path} (expected {'/'.join(MODULE_PATH)})",
                          field="--policy")
-    module = RLModule.from_checkpoint(module_dir)
+    module = RLModule.from_checkpoint(str(module_dir.resolve()))   # pyarrow: absolute
     module.eval()
     return RLlibPolicy(module, module.observation_space)
 
