@@ -29,6 +29,7 @@ import numpy as np
 from sim.errors import InputError
 
 FRAMEWORKS = ("sb3", "rllib")
+CMDLINE = "command line"        # = sim.cli.CMDLINE: errors read "argument --flag: ..."
 ALGOS = ("ppo",)
 #: SB3 PPO hyperparameter -> RLlib PPOConfig.training() argument
 SB3_TO_RLLIB = {"gamma": "gamma", "gae_lambda": "lambda_", "learning_rate": "lr",
@@ -55,13 +56,14 @@ def check_args(args: argparse.Namespace) -> None:
         for flag, value in (("--num-env-runners", args.num_env_runners),
                             ("--ray-address", args.ray_address)):
             if value is not None:
-                raise InputError("needs --framework rllib", field=flag)
+                raise InputError("needs --framework rllib", file=CMDLINE, field=flag)
         return
     if args.algo.lower() not in ALGOS:
         raise InputError(f"--framework rllib supports {', '.join(ALGOS)}, got {args.algo!r}",
-                         field="--algo")
+                         file=CMDLINE, field="--algo")
     if args.num_env_runners is not None and args.num_env_runners < 0:
-        raise InputError(f"must be >= 0, got {args.num_env_runners}", field="--num-env-runners")
+        raise InputError(f"must be >= 0, got {args.num_env_runners}", file=CMDLINE,
+                         field="--num-env-runners")
 
 
 def train(env_id: str = "DynoSim-v0", *, config: str | None = None,

@@ -218,3 +218,12 @@ def test_two_node_cluster_sweep_and_rllib(tmp_path, no_ray_session, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["policy"] == str(out) and res["episodes"] == 1
     assert 0.0 <= res["sla_attainment"] <= 1.0 and res["gpu_hours"] > 0
+
+
+def test_rllib_flags_are_checked(tmp_path, capsys):
+    for argv, needle in ((["--num-env-runners", "2"], "needs --framework rllib"),
+                         (["--ray-address", "auto"], "needs --framework rllib"),
+                         (["--framework", "rllib", "--algo", "a2c"], "supports ppo")):
+        algo = [] if "--algo" in argv else ["--algo", "ppo"]
+        assert main(["train", *algo, *argv, "--out", str(tmp_path)]) == 2
+        assert needle in _one_line(capsys.readouterr().err)
