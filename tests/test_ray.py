@@ -80,6 +80,7 @@ def no_ray_session():
 
 
 @needs_ray
+@pytest.mark.xdist_group("ray")
 def test_unreachable_address_fails_fast(tmp_path, capsys, no_ray_session):
     port = _free_port()                # nothing listens there: the TCP probe says so
     assert _sweep(tmp_path, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}") == 2
@@ -97,6 +98,7 @@ def test_unreachable_address_fails_fast(tmp_path, capsys, no_ray_session):
 
 
 @needs_ray
+@pytest.mark.xdist_group("ray")
 def test_sweep_on_local_ray_is_byte_identical(tmp_path, no_ray_session):
     assert _sweep(tmp_path / "local", "--jobs", "1") == 0
     assert _sweep(tmp_path / "ray", "--executor", "ray", "--jobs", "2") == 0
@@ -122,7 +124,11 @@ class LocalCluster:
         self.logs = tmp
 
     def _start(self, name: str, args: list[str]) -> None:
-        ports = ["--node-manager-port", str(_free_port()), "--object-manager-port",
+        # Worker ports apart from a local Ray's default range (10002-19999), which another
+        # test process may be using at the same time.
+        base = 20000 + 1000 * len(self.procs)
+        ports = ["--min-worker-port", str(base), "--max-worker-port", str(base + 999),
+                 "--node-manager-port", str(_free_port()), "--object-manager-port",
                  str(_free_port()), "--metrics-export-port", str(_free_port()),
                  "--dashboard-agent-listen-port", str(_free_port()),
                  "--dashboard-agent-grpc-port", str(_free_port()),
@@ -182,6 +188,7 @@ class LocalCluster:
 
 
 @pytest.mark.ray
+@pytest.mark.xdist_group("ray")
 def test_two_node_cluster_sweep_and_rllib(tmp_path, no_ray_session, capsys):
     """One cluster (its start-up is the slow part): a sweep as Ray tasks on both nodes gives
     the local executor's bytes; PPO's env runners on both nodes train ~1,000 steps and the

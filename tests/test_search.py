@@ -204,6 +204,7 @@ def test_feasible_always_beats_infeasible(obj, ttft):
 # -- on Ray ------------------------------------------------------------------------------------
 
 @pytest.mark.ray
+@pytest.mark.xdist_group("ray")
 def test_ray_search_records_failures_and_finds_a_front(tmp_path, small_trace):
     pytest.importorskip("ray", reason="the ray extra is not installed")
     import ray
