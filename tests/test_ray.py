@@ -207,6 +207,7 @@ def test_two_node_cluster_sweep_and_rllib(tmp_path, no_ray_session, capsys):
             (tmp_path / "ray" / "interval.csv").read_bytes()
         info = json.loads((tmp_path / "ray" / "interval.run.json").read_text())
         assert info["cpus"] == 2 and info["ray_address"] == cluster.address
+        ray.shutdown()                   # the training run connects afresh, as a user would
 
         out = tmp_path / "rllib"
         assert main(["train", "--framework", "rllib", "--algo", "ppo", "--num-env-runners",
