@@ -79,6 +79,54 @@ def no_ray_session():
     ray.shutdown()
 
 
+# First of the Ray group: a cluster started after this process has run local Ray sessions
+# did not start RLlib's env runners (seen under `make test`); alone it does.
+@pytest.mark.ray
+@pytest.mark.xdist_group("ray")
+def test_two_node_cluster_sweep_and_rllib(tmp_path, no_ray_session, capsys):
+    """One cluster (its start-up is the slow part): a sweep as Ray tasks on both nodes gives
+    the local executor's bytes; PPO's env runners on both nodes train ~1,000 steps and the
+    checkpoint scores through ``dynosim evaluate`` like an SB3 model."""
+    if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("the ray extra is not installed (pip install -e '.[ray]')")
+    import ray
+    cluster = LocalCluster(tmp_path)
+    try:
+        cluster.start()
+        assert _sweep(tmp_path / "local", "--jobs", "1") == 0
+        assert _sweep(tmp_path / "ray", "--executor", "ray", "--ray-address",
+                      cluster.address) == 0
+        assert len([n for n in ray.nodes() if n.get("Alive")]) == 2
+        assert (tmp_path / "local" / "interval.csv").read_bytes() == \
+            (tmp_path / "ray" / "interval.csv").read_bytes()
+        info = json.loads((tmp_path / "ray" / "interval.run.json").read_text())
+        assert info["cpus"] == 2 and info["ray_address"] == cluster.address
+        ray.shutdown()
+
+        # Training in its own process, as a user runs it (this test process has been through
+        # several Ray sessions, and Tune, by now).
+        out = tmp_path / "rllib"
+        p = subprocess.run([str(Path(sys.executable).with_name("dynosim")), "train",
+                            "--framework", "rllib", "--algo", "ppo", "--num-env-runners", "2",
+                            "--timesteps", "1000", "--ray-address", cluster.address, "--out",
+                            str(out), "--quiet"], capture_output=True, text=True, timeout=1200)
+        assert p.returncode == 0, p.stderr[-2000:]
+        run = json.loads((out / "run.json").read_text())
+        assert run["framework"] == "rllib" and run["ray"]["nodes"] == 2
+        assert run["steps"] >= 1000 and run["curve"]
+        assert (out / "learning_curve.png").is_file()
+    finally:
+        ray.shutdown()
+        cluster.stop()
+    capsys.readouterr()
+    assert main(["evaluate", "--policy", str(out), "--episodes", "1", "--json",
+                 "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["policy"] == str(out) and res["episodes"] == 1
+    assert 0.0 <= res["sla_attainment"] <= 1.0 and res["gpu_hours"] > 0
+
+
+
 @needs_ray
 @pytest.mark.xdist_group("ray")
 def test_unreachable_address_fails_fast(tmp_path, capsys, no_ray_session):
@@ -185,47 +233,6 @@ class LocalCluster:
         current = Path("/tmp/ray/ray_current_cluster")
         if current.is_file() and current.read_text().strip() == self.address:
             current.unlink()
-
-
-@pytest.mark.ray
-@pytest.mark.xdist_group("ray")
-def test_two_node_cluster_sweep_and_rllib(tmp_path, no_ray_session, capsys):
-    """One cluster (its start-up is the slow part): a sweep as Ray tasks on both nodes gives
-    the local executor's bytes; PPO's env runners on both nodes train ~1,000 steps and the
-    checkpoint scores through ``dynosim evaluate`` like an SB3 model."""
-    if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
-        pytest.skip("the ray extra is not installed (pip install -e '.[ray]')")
-    import ray
-    cluster = LocalCluster(tmp_path)
-    try:
-        cluster.start()
-        assert _sweep(tmp_path / "local", "--jobs", "1") == 0
-        assert _sweep(tmp_path / "ray", "--executor", "ray", "--ray-address",
-                      cluster.address) == 0
-        assert len([n for n in ray.nodes() if n.get("Alive")]) == 2
-        assert (tmp_path / "local" / "interval.csv").read_bytes() == \
-            (tmp_path / "ray" / "interval.csv").read_bytes()
-        info = json.loads((tmp_path / "ray" / "interval.run.json").read_text())
-        assert info["cpus"] == 2 and info["ray_address"] == cluster.address
-        ray.shutdown()                   # the training run connects afresh, as a user would
-
-        out = tmp_path / "rllib"
-        assert main(["train", "--framework", "rllib", "--algo", "ppo", "--num-env-runners",
-                     "2", "--timesteps", "1000", "--ray-address", cluster.address, "--out",
-                     str(out), "--quiet"]) == 0
-        run = json.loads((out / "run.json").read_text())
-        assert run["framework"] == "rllib" and run["ray"]["nodes"] == 2
-        assert run["steps"] >= 1000 and run["curve"]
-        assert (out / "learning_curve.png").is_file()
-    finally:
-        ray.shutdown()
-        cluster.stop()
-    capsys.readouterr()
-    assert main(["evaluate", "--policy", str(out), "--episodes", "1", "--json",
-                 "--quiet"]) == 0
-    res = json.loads(capsys.readouterr().out)
-    assert res["policy"] == str(out) and res["episodes"] == 1
-    assert 0.0 <= res["sla_attainment"] <= 1.0 and res["gpu_hours"] > 0
 
 
 def test_rllib_flags_are_checked(tmp_path, capsys):
