@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,ray]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,11 +34,12 @@ peer:
 	    || echo "note: Dynamo peer not installed (see .peer-install.log); parity tests will skip"; \
 	else echo "note: $(SHARED)/peer not found; parity tests will skip"; fi
 
+# --dist loadgroup: the Ray tests (xdist_group "ray") run one after another in one worker.
 test: install peer
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-all: install peer
-	$(PY) -m pytest -q -n 2 -m "expensive or not expensive"
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "expensive or not expensive"
 
 bench: install peer
 	$(PY) bench/peer_side_by_side.py --repeats 3

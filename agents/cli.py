@@ -64,6 +64,8 @@ def add_parsers(sub) -> None:
                    help="save DIR/checkpoints/ every N env steps")
     t.add_argument("--quiet", action="store_true",
                    help="no progress bar or progress lines, only the final summary")
+    from . import rllib_train
+    rllib_train.add_args(t)
 
     e = sub.add_parser("evaluate", help="score a policy, or write a leaderboard",
                        description="Evaluate on held-out episodes (split=eval) or on pinned, "
@@ -149,6 +151,10 @@ def _tune(args) -> int:
 
 
 def _train(args) -> int:
+    from . import rllib_train
+    rllib_train.check_args(args)
+    if args.framework == "rllib":
+        return rllib_train.run(args)
     from .train import train
     out = train(args.algo, args.env, config=args.config, timesteps=args.timesteps,
                 out=args.out, seed=args.seed, n_envs=args.n_envs, hyperparams=args.hyperparams,

@@ -155,6 +155,9 @@ def resolve_policy(spec: str) -> PolicySpec:
         run = json.loads(meta.read_text()) if meta.is_file() else None
         return PolicySpec(spec, "pretrained", (run or {}).get("env_id"), path, run)
     path = Path(spec)
+    from .rllib_train import is_rllib_run, load_policy as load_rllib_policy
+    if path.is_dir() and is_rllib_run(path):
+        return load_rllib_policy(path)
     if path.is_dir():
         path = path / "model.zip"
     if not path.is_file():

@@ -226,10 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="GPU timing tables derived from aiconfigurator-core data; "
                        "use one with simulate --model M --gpu G --backend B --tp N.")
     m.add_argument("--json", action="store_true", help="print the list as JSON")
-    from . import bench, schema, silicon, sweeps
+    from . import bench, schema, search, silicon, sweeps
     schema.add_parser(sub)
     silicon.add_parser(sub)
     sweeps.add_parser(sub)
+    search.add_parser(sub)
     bench.add_parser(sub)
     try:
         from agents import cli as agents_cli
@@ -264,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sweep":
             from . import sweeps
             return sweeps.run(args)
+        if args.command == "search":
+            from . import search
+            return search.run(args)
         if args.command == "bench":
             from . import bench
             return bench.run(args)

@@ -556,10 +556,13 @@ def build_workload(cfg: RunConfig):
         return from_config(cfg.workload, rng, prefix="workload")
 
 
-def build_simulation(cfg: RunConfig, progress: Callable[[float], None] | None = None
-                     ) -> Simulation:
-    """A ready-to-run :class:`~sim.simulator.Simulation` for ``cfg`` (parses the trace)."""
-    workload = build_workload(cfg)
+def build_simulation(cfg: RunConfig, progress: Callable[[float], None] | None = None,
+                     workload: Any = None) -> Simulation:
+    """A ready-to-run :class:`~sim.simulator.Simulation` for ``cfg`` (parses the trace,
+    unless given a fresh ``workload`` built from ``cfg``: a caller replaying many configs of
+    one trace parses it once)."""
+    if workload is None:
+        workload = build_workload(cfg)
     table = cfg.timing.model.partition("table:")[2]
     if table and not Path(table).is_file():
         file, line = cfg.locate("timing.model")

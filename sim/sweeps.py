@@ -3,8 +3,10 @@
 Each study is a grid of ``dynosim simulate`` runs (every point is built from the same flags
 ``simulate`` takes, through :func:`sim.cli.config_from_args` and ``build_planner``, so a row
 can be reproduced with the command in its ``command`` column). Points run in parallel
-(``--jobs``, a process pool); each point is deterministic and rows are sorted by point, so
-the CSV does not depend on ``--jobs``.
+(``--jobs`` processes, or ``--executor ray``: one Ray task per point, locally or on the
+cluster at ``--ray-address``; :mod:`sim.executors`); each point is deterministic, rows are
+sorted by point and the CSV holds no wall-clock value, so it is byte-identical whatever
+``--jobs`` and ``--executor`` are. Wall times go to ``OUT/<study>.run.json``.
 
 Published setup (reference §1.6, "Planner experiments"): Qwen3-32B, H200-SXM, vLLM timing,
 KV router, planner SLA TTFT 1,500 ms / ITL 50 ms, ``max_gpu_budget`` 16, 2 initial workers.
@@ -18,17 +20,18 @@ KV router, planner SLA TTFT 1,500 ms / ITL 50 ms, ``max_gpu_budget`` 16, 2 initi
 * ``cold-start`` load planner every 10 s, ``startup_time`` 0..300 s -> the same metrics;
                  reports the *cliff* (:func:`cold_start_cliff`).
 
-Outputs: ``OUT/<study>.csv``, ``OUT/<study>.png`` and a Markdown table on stdout.
+Outputs: ``OUT/<study>.csv``, ``OUT/<study>.png``, ``OUT/<study>.run.json`` (executor, CPUs,
+wall time per point and in all, points/s) and a Markdown table on stdout.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -58,7 +61,7 @@ COLUMNS = ("study", "point", "label", "kind", "tp", "replicas", "interval_s", "s
            "num_requests", "completed_requests", "p50_ttft_ms", "p90_ttft_ms", "p90_itl_ms",
            "mean_itl_ms", "gpu_hours", "avg_gpus", "scaling_events", "max_replicas",
            "output_tok_s", "output_tok_s_per_gpu", "output_tok_s_per_user", "duration_s",
-           "wall_s", "command")
+           "command")
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -89,7 +92,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--arrival-speedup-ratio", type=_positive_float, default=None, metavar="X",
                    help="divide trace inter-arrival times by X (default 1: real time)")
     g.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                   help="points run in parallel (default: os.cpu_count())")
+                   help="points run in parallel (default: os.cpu_count()); with --executor "
+                   "ray and no --ray-address, the CPUs of the local Ray")
+    from . import executors
+    executors.add_args(g)
     g.add_argument("--quick", action="store_true",
                    help=f"fewer points and the first {QUICK_WINDOW_S:g} s of the trace (CI)")
     g.add_argument("--max-sim-time-s", type=_positive_float, default=None, metavar="S",
@@ -463,13 +469,14 @@ def _check_out(out: str) -> Path:
     return p
 
 
-def run_points(points: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
-    """Run the points (in a process pool when jobs > 1); rows sorted by point."""
-    if jobs <= 1 or len(points) <= 1:
-        rows = [run_point(p) for p in points]
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(points))) as ex:
-            rows = list(ex.map(run_point, points))
+def run_points(points: list[dict[str, Any]], jobs: int, executor: str = "local",
+               ray_address: str | None = None, progress: bool | None = None
+               ) -> list[dict[str, Any]]:
+    """Run the points (:func:`sim.executors.map_ordered`); rows sorted by point. Each row
+    carries its ``wall_s`` (not written to the CSV)."""
+    from .executors import map_ordered
+    rows = map_ordered(run_point, points, executor=executor, jobs=jobs,
+                       ray_address=ray_address, desc="sweep", progress=progress)
     return sorted(rows, key=lambda r: r["point"])
 
 
@@ -483,6 +490,9 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise InputError(f"must be an integer >= 1, got {jobs!r}", file=CMDLINE, field="--jobs")
+    from . import executors
+    executors.check_args(args)
+    executor = getattr(args, "executor", "local")
     out = _check_out(args.out)
     points = make_points(study, args)
     # Validate the flags once, here, so bad input fails before the pool starts.
@@ -493,12 +503,22 @@ def run(args: argparse.Namespace) -> int:
             ["simulate", *points[0]["argv"]])))
     except InputError as exc:
         raise InputError(_from_cmdline(exc) if exc.file == CMDLINE else str(exc)) from None
+    ray_address = getattr(args, "ray_address", None)
+    if executor == "ray":         # connect before the clock starts (and fail fast)
+        cpus = executors.cluster_cpus(executors.connect(ray_address, num_cpus=jobs))
+    else:
+        cpus = min(jobs, len(points))
     t0 = time.perf_counter()
-    rows = run_points(points, jobs)
+    rows = run_points(points, jobs, executor, ray_address)
     wall = time.perf_counter() - t0
     stem = study.replace("-", "_")
     csv_path, png_path = out / f"{stem}.csv", out / f"{stem}.png"
     write_csv(rows, csv_path)
+    run_info = {"study": study, "executor": executor, "ray_address": ray_address,
+                "cpus": cpus, "points": len(rows), "wall_s": round(wall, 3),
+                "points_per_s": round(len(rows) / wall, 4) if wall > 0 else None,
+                "point_wall_s": [r["wall_s"] for r in rows]}
+    (out / f"{stem}.run.json").write_text(json.dumps(run_info, indent=1) + "\n")
     speed = args.arrival_speedup_ratio or 1.0
     window = _window(args)
     setup = (f"{MODEL} on {GPU} ({BACKEND}), KV router, trace {args.trace} x{speed:g}"
@@ -529,6 +549,6 @@ def run(args: argparse.Namespace) -> int:
     if verdict:
         print(verdict)
     print(f"wrote {csv_path} and {png_path} ({len(rows)} points, {wall:.1f} s wall, "
-          f"{min(jobs, len(points))} jobs)")
+          f"{cpus} {'Ray CPUs' if executor == 'ray' else 'jobs'})")
     sys.stdout.flush()
     return 0

@@ -1,0 +1,242 @@
+"""``dynosim train --framework rllib``: PPO on a dynosim_gym env with RLlib's new API stack.
+
+Rollouts run in RLlib ``EnvRunner`` actors (``--num-env-runners``), on a local Ray started on
+demand or on the cluster at ``--ray-address`` (:func:`sim.executors.connect`). Each runner
+builds the env from its Gymnasium id ``dynosim_gym:DynoSim-v0`` -- the ``module:id`` form
+imports the package, which registers the ids, in the remote worker -- with the resolved env
+config passed as plain values (``env_config``), so a runner on another node needs only the
+package installed.
+
+Hyperparameters are the SB3 ones (``agents/hyperparams/ppo.yml``), translated to RLlib's
+names (:data:`SB3_TO_RLLIB`); one training iteration collects ``n_steps x n_envs`` env steps.
+The run directory holds ``run.json`` (``framework: rllib``, the env config, hyperparameters,
+seed and the learning curve), ``checkpoint/`` (``Algorithm.save_to_path``) and
+``learning_curve.png``. ``dynosim evaluate --policy DIR`` loads the policy's RLModule from the
+checkpoint (:func:`load_policy`) and scores it through the same loop as SB3 models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.errors import InputError
+
+FRAMEWORKS = ("sb3", "rllib")
+CMDLINE = "command line"        # = sim.cli.CMDLINE: errors read "argument --flag: ..."
+ALGOS = ("ppo",)
+#: SB3 PPO hyperparameter -> RLlib PPOConfig.training() argument
+SB3_TO_RLLIB = {"gamma": "gamma", "gae_lambda": "lambda_", "learning_rate": "lr",
+                "clip_range": "clip_param", "ent_coef": "entropy_coeff",
+                "n_epochs": "num_epochs", "batch_size": "minibatch_size",
+                "vf_coef": "vf_loss_coeff", "max_grad_norm": "grad_clip"}
+MODULE_PATH = ("learner_group", "learner", "rl_module", "default_policy")
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """``--framework``, ``--num-env-runners`` and ``--ray-address`` on ``dynosim train``."""
+    from sim import executors
+    g = parser.add_argument_group("RLlib (the ray extra)")
+    g.add_argument("--framework", choices=FRAMEWORKS, default="sb3",
+                   help="sb3 (default) or rllib (PPO on RLlib's new API stack, Ray)")
+    g.add_argument("--num-env-runners", type=int, default=None, metavar="N",
+                   help="rllib: EnvRunner actors collecting rollouts, 1 CPU each (default 2; "
+                   "0 = in the driver)")
+    executors.add_args(g, executor=False)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.framework != "rllib":
+        for flag, value in (("--num-env-runners", args.num_env_runners),
+                            ("--ray-address", args.ray_address)):
+            if value is not None:
+                raise InputError("needs --framework rllib", file=CMDLINE, field=flag)
+        return
+    if args.algo.lower() not in ALGOS:
+        raise InputError(f"--framework rllib supports {', '.join(ALGOS)}, got {args.algo!r}",
+                         file=CMDLINE, field="--algo")
+    if args.num_env_runners is not None and args.num_env_runners < 0:
+        raise InputError(f"must be >= 0, got {args.num_env_runners}", file=CMDLINE,
+                         field="--num-env-runners")
+
+
+def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
+          timesteps: int | None = None, out: str | Path = "runs/rllib_ppo", seed: int = 0,
+          num_env_runners: int | None = None, hyperparams: str | Path | None = None,
+          overrides: dict[str, Any] | None = None, ray_address: str | None = None,
+          quiet: bool = False) -> Path:
+    """Train PPO with RLlib and save a checkpoint; returns the run directory.
+
+    Raises:
+        InputError: the ray extra missing, Ray unreachable, bad env id/config.
+    """
+    from sim import executors
+
+    from dynosim_gym.config import load_env_config
+
+    from .train import check_env_id, load_hyperparams
+
+    env_id = check_env_id(env_id)
+    hp = load_hyperparams("ppo", env_id, hyperparams)
+    defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
+    env_cfg = load_env_config(config, defaults=defaults, **dict(overrides or {}))
+    runners = 2 if num_env_runners is None else int(num_env_runners)
+    n_envs = int(hp.pop("n_envs", 1))
+    total = int(timesteps or hp.pop("n_timesteps", 100_000))
+    hp.pop("n_timesteps", None)
+    hp.pop("policy", None)
+    batch = min(int(hp.pop("n_steps", 256)) * n_envs, total)
+    net = (hp.pop("policy_kwargs", None) or {}).get("net_arch", [64, 64])
+    training = {SB3_TO_RLLIB[k]: v for k, v in hp.items() if k in SB3_TO_RLLIB}
+    unknown = sorted(set(hp) - set(SB3_TO_RLLIB))
+    if unknown:
+        raise InputError(f"no RLlib equivalent for {', '.join(unknown)}", field="--hyperparams")
+    training["minibatch_size"] = min(int(training.get("minibatch_size", batch)), batch)
+    ray = executors.connect(ray_address, flag="--framework")
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    cfg = (PPOConfig()
+           .api_stack(enable_rl_module_and_learner=True,
+                      enable_env_runner_and_connector_v2=True)
+           .environment(env=f"dynosim_gym:{env_id}",
+                        env_config={"config": env_cfg.to_dict(), "render_mode": None})
+           .env_runners(num_env_runners=runners, num_envs_per_env_runner=1,
+                        num_cpus_per_env_runner=1, rollout_fragment_length="auto")
+           .learners(num_learners=0)
+           .training(train_batch_size_per_learner=batch, **training)
+           .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(net),
+                                                      fcnet_activation="tanh"))
+           .reporting(metrics_num_episodes_for_smoothing=20)
+           .debugging(seed=seed, log_level="ERROR"))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
+        "framework": "rllib", "algo": "ppo", "env_id": env_id, "seed": seed,
+        "timesteps": total, "num_env_runners": runners, "train_batch_size": batch,
+        "hyperparams": {**training, "fcnet_hiddens": list(net)},
+        "config_source": str(config) if config is not None else defaults,
+        "overrides": dict(overrides or {}), "env_config": env_cfg.to_dict(),
+        "ray": {"version": ray.__version__, "address": ray_address,
+                "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+                "cpus": executors.cluster_cpus(ray)}}
+    algo = cfg.build_algo()
+    curve: list[dict[str, float]] = []
+    show = not quiet and sys.stderr.isatty()
+    bar = None
+    if show:
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="step", file=sys.stderr, desc="train (rllib)")
+    t0 = time.perf_counter()
+    steps = 0
+    try:
+        while steps < total:
+            res = algo.train()
+            steps = int(_get(res, "num_env_steps_sampled_lifetime", steps + batch))
+            ret = _get(res, "env_runners", {}).get("episode_return_mean", math.nan)
+            curve.append({"steps": steps, "episode_return_mean": _float(ret),
+                          "wall_s": round(time.perf_counter() - t0, 2)})
+            if bar is not None:
+                bar.n = min(steps, total)
+                bar.refresh()
+        ckpt = algo.save_to_path(str((out / "checkpoint").resolve()))
+    finally:
+        if bar is not None:
+            bar.close()
+        algo.stop()
+    wall = time.perf_counter() - t0
+    record.update(steps=steps, checkpoint="checkpoint", curve=curve,
+                  train_wall_s=round(wall, 1),
+                  steps_per_s=round(steps / wall, 1) if wall > 0 else None)
+    (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    plot_curve(curve, out / "learning_curve.png",
+               f"RLlib PPO on {env_id}: {runners} env runners, seed {seed}")
+    del ckpt
+    return out
+
+
+def _get(res: dict, key: str, default: Any) -> Any:
+    if key in res:
+        return res[key]
+    return res.get("env_runners", {}).get(key, default) if isinstance(res, dict) else default
+
+
+def _float(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def plot_curve(curve: list[dict[str, float]], path: Path, title: str) -> None:
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([c["steps"] for c in curve], [c["episode_return_mean"] for c in curve], "o-",
+            ms=3)
+    ax.set_xlabel("env steps sampled")
+    ax.set_ylabel("mean episode return (last 20 episodes)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.savefig(path, dpi=110)
+
+
+def is_rllib_run(path: str | Path) -> bool:
+    """A ``dynosim train --framework rllib`` run directory?"""
+    run = Path(path) / "run.json"
+    return run.is_file() and json.loads(run.read_text()).get("framework") == "rllib"
+
+
+class RLlibPolicy:
+    """A trained RLModule behind SB3's ``predict()`` (what :func:`agents.evaluate.evaluate`
+    calls). Deterministic prediction takes the distribution's mode."""
+
+    def __init__(self, module, observation_space) -> None:
+        self.module = module
+        self.observation_space = observation_space
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        import torch
+        obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)[None])
+        with torch.no_grad():
+            out = self.module.forward_inference({"obs": obs})
+            dist = self.module.get_inference_action_dist_cls().from_logits(
+                out["action_dist_inputs"])
+            if deterministic:
+                dist = dist.to_deterministic()
+            action = dist.sample()[0].numpy()
+        return (action.item() if action.ndim == 0 else action), state
+
+
+def load_policy(run_dir: str | Path) -> RLlibPolicy:
+    """The policy of a ``--framework rllib`` run directory (needs the ray extra)."""
+    from sim import executors
+    executors.require_ray("--policy")
+    from ray.rllib.core.rl_module.rl_module import RLModule
+    path = Path(run_dir) / "checkpoint"
+    module_dir = path.joinpath(*MODULE_PATH)
+    if not module_dir.is_dir():
+        raise InputError(f"no RLlib policy in {path} (expected {'/'.join(MODULE_PATH)})",
+                         field="--policy")
+    module = RLModule.from_checkpoint(str(module_dir.resolve()))   # pyarrow: absolute
+    module.eval()
+    return RLlibPolicy(module, module.observation_space)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dynosim train --framework rllib ...``."""
+    out = train(args.env, config=args.config, timesteps=args.timesteps, out=args.out,
+                seed=args.seed, num_env_runners=args.num_env_runners,
+                hyperparams=args.hyperparams, overrides=dict(args.set),
+                ray_address=args.ray_address, quiet=args.quiet)
+    if not args.quiet:
+        print(f"dynosim: saved {out / 'checkpoint'} (evaluate: dynosim evaluate --policy "
+              f"{out})", file=sys.stderr)
+    return 0

@@ -1,0 +1,927 @@
+"""``dynosim search``: deployment search over a space of ``dynosim simulate`` settings.
+
+Each candidate is one deployment of one model/GPU/backend (the shipped GPU tables, see
+``dynosim models``): workers, tensor parallelism, router mode and weights, KV block size,
+``max_num_batched_tokens``, ``max_num_seqs`` and, optionally, a Dynamo planner with its
+knobs. A candidate replays the whole trace; the search minimises (or maximises) one field of
+the run report subject to constraints on others, written with the report's field names::
+
+    minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= 1500 and latency_ms.itl.p90 <= 50
+
+Samplers and early stopping are Optuna's and Ray Tune's, not ours:
+
+* ``--executor local``: an Optuna study in this process (TPE sampler, seeded; successive
+  halving pruner). One core; the same seed gives byte-identical outputs.
+* ``--executor ray``: Ray Tune with Optuna's TPE sampler (``OptunaSearch``) and the ASHA
+  scheduler, one trial per Ray CPU, on a local Ray or the cluster at ``--ray-address``.
+  Which candidates are sampled then depends on the order trials finish in; every
+  candidate's numbers are still deterministic.
+
+Early stopping works on time-truncated replays of the *same* trace: a candidate replays to
+the first rung (``--rungs``, default 600/1200/2400 s of simulated time) and reports its
+score so far -- the report's fields over the requests finished by then, GPU-hours provisioned
+until then -- and the scheduler stops the worse part of each rung. Survivors run on to the
+end of the trace, so every number in ``trials.csv`` marked ``complete`` is the full replay,
+the same as ``dynosim simulate`` on the candidate's YAML (``tests/test_search.py``).
+``--no-early-stop`` replays every candidate in full (the check of what early stopping
+loses: ``bench/search_bench.py``).
+
+Score (what the sampler and the scheduler minimise): the objective (negated when maximised)
+when every constraint holds, else ``1e6 x (1 + sum of relative violations)``: any feasible
+candidate beats any infeasible one, and among infeasible ones the closest wins.
+
+Outputs in ``OUT/``: ``trials.csv`` (every trial: status complete/pruned/failed, parameters,
+fields, score, error), ``front.csv`` and ``front.png`` (the Pareto front of the objective
+against the first constraint's field over complete trials), ``best.yaml`` (the best
+candidate as a ``dynosim simulate --config`` file; its first lines give the command, with
+the planner flags when it has a planner) and ``search.json`` (the resolved space, objective,
+seed, executor, CPUs, wall time, simulated requests and requests/s).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import InputError
+
+CMDLINE = "command line"
+DEFAULT_TRACE = "bundled:mooncake_conversation"
+DEFAULT_RUNGS_S = (600.0, 1200.0, 2400.0)
+PENALTY = 1e6
+STATUSES = ("complete", "pruned", "failed")
+PLANNERS = ("none", "load", "throughput")
+
+#: Space keys that are ``simulate`` flags (so the best candidate is a runnable command):
+#: config fields (dotted), ``tp`` (from the shipped GPU tables), ``planner`` and its knobs.
+CONFIG_KEYS = ("cluster.num_workers", "cluster.startup_time_s", "engine.block_size",
+               "engine.max_num_batched_tokens", "engine.max_num_seqs", "engine.num_gpu_blocks",
+               "router.mode", "router.temperature", "router.overlap_score_credit",
+               "router.prefill_load_scale")
+#: planner knob -> its ``simulate`` flag
+PLANNER_KEYS = {"planner.interval_s": "--planner-interval",
+                "planner.load_predictor": "--planner-predictor",
+                "planner.max_gpu_budget": "--max-gpu-budget",
+                "planner.min_endpoint": "--min-endpoint",
+                "planner.ttft_sla_ms": "--ttft-sla-ms", "planner.itl_sla_ms": "--itl-sla-ms"}
+SPACE_KEYS = ("tp", *CONFIG_KEYS, "planner", *PLANNER_KEYS)
+TOP_KEYS = ("model", "gpu", "backend", "max_gpus", "fixed", "space")
+
+
+# -- the space -------------------------------------------------------------------------------
+
+@dataclass
+class Dim:
+    """One dimension: ``choices`` (categorical) or ``low``/``high`` (int or float range)."""
+    key: str
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+
+    def suggest(self, trial, high: float | None = None) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.key, self.choices)
+        hi = self.high if high is None else high
+        if self.integer:
+            return trial.suggest_int(self.key, int(self.low), int(hi), log=self.log,
+                                     step=int(self.step or 1))
+        return trial.suggest_float(self.key, self.low, hi, log=self.log, step=self.step)
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.choices is not None:
+            return {"choices": self.choices}
+        d = {"low": self.low, "high": self.high}
+        if self.log:
+            d["log"] = True
+        if self.step is not None:
+            d["step"] = self.step
+        return d
+
+
+@dataclass
+class Space:
+    """A validated search space (``--space SPACE.yaml``)."""
+    model: str
+    gpu: str
+    backend: str
+    max_gpus: int
+    dims: dict[str, Dim]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    source: str = "space"
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Sample one candidate (define-by-run: Optuna's ``Trial`` or Tune's OptunaSearch).
+        Workers are drawn within the GPU budget of the drawn TP (``max_gpus``)."""
+        p: dict[str, Any] = {}
+        tp = self._value("tp", trial, p)
+        for key in CONFIG_KEYS:
+            if key == "cluster.num_workers" and key in self.dims:
+                d = self.dims[key]
+                top = min(d.high, self.max_gpus // tp) if d.choices is None else None
+                p[key] = d.suggest(trial, top) if top is not None else d.suggest(trial)
+            elif key in self.dims:
+                p[key] = self.dims[key].suggest(trial)
+        planner = self._value("planner", trial, p)
+        if planner != "none":
+            for key in PLANNER_KEYS:
+                if key in self.dims:
+                    p[key] = self.dims[key].suggest(trial)
+        return p
+
+    def _value(self, key: str, trial, p: dict[str, Any]) -> Any:
+        if key in self.dims:
+            p[key] = self.dims[key].suggest(trial)
+            return p[key]
+        return self.fixed.get(key, {"tp": 1, "planner": "none"}[key])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "gpu": self.gpu, "backend": self.backend,
+                "max_gpus": self.max_gpus, "fixed": self.fixed,
+                "space": {k: d.as_dict() for k, d in self.dims.items()}}
+
+
+def load_space(path: str | Path) -> Space:
+    """Read and check ``SPACE.yaml``. Every error names the file, line and key.
+
+    Format: ``model``/``gpu``/``backend`` (a shipped GPU table), ``max_gpus`` (budget per
+    candidate, default 16), ``fixed`` (key -> value for every candidate), ``space`` (key ->
+    a list of choices, or ``{low, high[, log][, step]}``). Keys: ``SPACE_KEYS``.
+    """
+    from .config import read_yaml
+    fname = str(path)
+    if not Path(path).is_file():
+        raise InputError("space file not found", file=fname)
+    data, where = read_yaml(path)
+
+    def err(msg: str, key: str | None = None) -> InputError:
+        w = where.get(key) if key else None
+        return InputError(msg, file=w[0] if w else fname, line=w[1] if w else None,
+                          field=key)
+
+    if not isinstance(data, dict):
+        raise err("expected a mapping with a 'space' section")
+    for k in data:
+        if k not in TOP_KEYS:
+            raise err(f"unknown key; expected one of {', '.join(TOP_KEYS)}", str(k))
+    model = data.get("model", "Qwen/Qwen3-32B")
+    gpu = data.get("gpu", "h200_sxm")
+    backend = data.get("backend", "vllm")
+    tps = shipped_tps(model, gpu, backend)
+    if not tps:
+        raise err(f"no shipped GPU table for {model} on {gpu} ({backend}); see `dynosim "
+                  "models`", "model" if "model" in data else None)
+    max_gpus = data.get("max_gpus", 16)
+    if not isinstance(max_gpus, int) or isinstance(max_gpus, bool) or max_gpus < 1:
+        raise err(f"must be an integer >= 1, got {max_gpus!r}", "max_gpus")
+    raw = data.get("space")
+    if not isinstance(raw, dict) or not raw:
+        raise err("'space' must be a non-empty mapping of key -> choices or range",
+                  "space" if "space" in data else None)
+    dims: dict[str, Dim] = {}
+    for key, spec in raw.items():
+        dotted = f"space.{key}"
+        if key not in SPACE_KEYS:
+            raise err(f"unknown space key {key!r}; expected one of {', '.join(SPACE_KEYS)}",
+                      dotted)
+        dims[key] = _dim(key, spec, lambda m, k=dotted: err(m, k))
+    fixed = data.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise err("'fixed' must be a mapping of key -> value", "fixed")
+    for key in fixed:
+        if key not in SPACE_KEYS:
+            raise err(f"unknown key {key!r}; expected one of {', '.join(SPACE_KEYS)}",
+                      f"fixed.{key}")
+        if key in dims:
+            raise err("is both fixed and searched", f"fixed.{key}")
+    tp_choices = dims["tp"].choices if "tp" in dims else [fixed.get("tp", 1)]
+    if "tp" in dims and dims["tp"].choices is None:
+        raise err("tp takes a list of choices", "space.tp")
+    for tp in tp_choices:
+        if tp not in tps:
+            raise err(f"no shipped table for TP {tp!r} ({model}, {gpu}, {backend}); shipped: "
+                      f"{', '.join(map(str, tps))}", "space.tp" if "tp" in dims else "fixed.tp")
+        if tp > max_gpus:
+            raise err(f"TP {tp} exceeds max_gpus {max_gpus}", "space.tp")
+    if "planner" in dims:
+        bad = [c for c in dims["planner"].choices or [] if c not in PLANNERS]
+        if dims["planner"].choices is None or bad:
+            raise err(f"planner takes choices among {', '.join(PLANNERS)}", "space.planner")
+    if fixed.get("planner", "none") not in PLANNERS:
+        raise err(f"expected one of {', '.join(PLANNERS)}", "fixed.planner")
+    return Space(model=model, gpu=gpu, backend=backend, max_gpus=max_gpus, dims=dims,
+                 fixed=dict(fixed), source=fname)
+
+
+def _dim(key: str, spec: Any, err: Callable[[str], InputError]) -> Dim:
+    if isinstance(spec, list):
+        if not spec:
+            raise err("empty list of choices")
+        if len(set(map(repr, spec))) != len(spec):
+            raise err("repeated choices")
+        return Dim(key, choices=list(spec))
+    if not isinstance(spec, dict):
+        raise err("expected a list of choices or a mapping {low, high[, log][, step]}")
+    unknown = set(spec) - {"low", "high", "log", "step"}
+    if unknown or "low" not in spec or "high" not in spec:
+        raise err("a range is {low, high[, log][, step]}"
+                  + (f"; unknown {', '.join(sorted(map(str, unknown)))}" if unknown else ""))
+    lo, hi = spec["low"], spec["high"]
+    for v in (lo, hi, spec.get("step", 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise err(f"range bounds must be finite numbers, got {v!r}")
+    if lo > hi:
+        raise err(f"empty range: low {lo} > high {hi}")
+    log = bool(spec.get("log", False))
+    if log and lo <= 0:
+        raise err(f"a log range needs low > 0, got {lo}")
+    step = spec.get("step")
+    if step is not None and step <= 0:
+        raise err(f"step must be > 0, got {step}")
+    integer = all(isinstance(v, int) for v in (lo, hi)) and (step is None or
+                                                            isinstance(step, int))
+    return Dim(key, low=lo, high=hi, log=log, step=step, integer=integer)
+
+
+def shipped_tps(model: str, gpu: str, backend: str) -> list[int]:
+    """TP sizes with a shipped GPU table for (model, gpu, backend)."""
+    from .gpu_timing import _norm_gpu, _norm_model, list_tables
+    return sorted({int(r["tp"]) for r in list_tables()
+                   if _norm_model(r["model"]) == _norm_model(str(model))
+                   and _norm_gpu(r["gpu"]) == _norm_gpu(str(gpu)) and r["backend"] == backend})
+
+
+# -- the objective ---------------------------------------------------------------------------
+
+_OBJ = re.compile(r"^\s*(minimi[sz]e|maximi[sz]e|min|max)\s+(\S+)"
+                  r"(?:\s+subject\s+to\s+(.+?))?\s*$", re.I)
+_CON = re.compile(r"^\s*(\S+?)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass
+class Objective:
+    """``minimise FIELD [subject to FIELD <= X [and ...]]`` over the run report."""
+    field: str
+    maximise: bool
+    constraints: list[tuple[str, str, float]]
+    text: str = ""
+
+    def fields(self) -> list[str]:
+        return [self.field, *(c[0] for c in self.constraints)]
+
+    def score(self, values: dict[str, float]) -> tuple[float, float]:
+        """(score, relative violation). Missing/NaN constraint values violate fully."""
+        viol = 0.0
+        for f, op, limit in self.constraints:
+            v = values.get(f, math.nan)
+            if not math.isfinite(v):
+                viol += 1e3
+                continue
+            over = v - limit if op in ("<=", "<") else limit - v
+            if over > 0 or (op in ("<", ">") and over == 0):
+                viol += max(over, 1e-12) / max(abs(limit), 1e-9)
+        obj = values.get(self.field, math.nan)
+        if viol > 0:
+            return PENALTY * (1.0 + viol), viol
+        if not math.isfinite(obj):
+            return PENALTY * 1e3, 0.0
+        return (-obj if self.maximise else obj), 0.0
+
+
+def parse_objective(text: str, known: Sequence[str]) -> Objective:
+    """Parse ``--objective``; fields must be numeric fields of the run report (``known``)."""
+    m = _OBJ.match(text or "")
+    if not m:
+        raise InputError("expected 'minimise FIELD [subject to FIELD <= X [and ...]]', got "
+                         f"{text!r}", file=CMDLINE, field="--objective")
+    direction, fld, rest = m.groups()
+    cons: list[tuple[str, str, float]] = []
+    for part in re.split(r"\s+and\s+", rest, flags=re.I) if rest else []:
+        c = _CON.match(part)
+        if not c:
+            raise InputError(f"bad constraint {part!r}; expected FIELD <= NUMBER",
+                             file=CMDLINE, field="--objective")
+        try:
+            cons.append((c.group(1), c.group(2), float(c.group(3))))
+        except ValueError:
+            raise InputError(f"bad number in {part!r}", file=CMDLINE,
+                             field="--objective") from None
+    for f in [fld, *(c[0] for c in cons)]:
+        if f not in known:
+            close = [k for k in known if k.split(".")[-1] == f.split(".")[-1]][:4]
+            raise InputError(f"unknown report field {f!r}"
+                             + (f"; did you mean {', '.join(close)}?" if close else
+                                "; fields look like totals.gpu_hours, latency_ms.ttft.p90"),
+                             file=CMDLINE, field="--objective")
+    return Objective(fld, direction.lower().startswith("max"), cons, text.strip())
+
+
+def report_fields(summary: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a run summary by dotted name (``latency_ms.ttft.p90``)."""
+    out: dict[str, float] = {}
+    for k, v in summary.items():
+        if k in ("workload", "config", "run_info"):
+            continue
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(report_fields(v, name + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[name] = float(v)
+        elif v is None:
+            out[name] = math.nan
+    return out
+
+
+# -- one candidate ---------------------------------------------------------------------------
+
+@dataclass
+class Setup:
+    """What every candidate shares (pickled to Ray workers)."""
+    trace: str
+    space: Space
+    objective: Objective
+    rungs_s: tuple[float, ...]
+    arrival_speedup_ratio: float | None = None
+    seed: int = 0
+
+
+_CACHE: dict[str, Any] = {}      # per process: the parser and pickled parsed traces
+
+
+def _parser():
+    if "parser" not in _CACHE:
+        from .cli import build_parser
+        _CACHE["parser"] = build_parser()
+    return _CACHE["parser"]
+
+
+def _fresh_workload(cfg):
+    """A fresh copy of the candidate's workload; the trace is parsed once per process and
+    unpickled per candidate (requests are mutable, each replay needs its own)."""
+    import pickle
+    from .config import build_workload
+    key = json.dumps([cfg.workload, cfg.run.seed], sort_keys=True, default=str)
+    blob = _CACHE.get(key)
+    if blob is None:
+        blob = _CACHE[key] = pickle.dumps(build_workload(cfg), protocol=5)
+    return pickle.loads(blob)
+
+
+def candidate_config(setup: Setup, params: dict[str, Any]):
+    """(RunConfig, planner kind or None, planner flags) of one candidate."""
+    from .cli import config_from_args
+    sp = setup.space
+    values = {**sp.fixed, **params}
+    tp = int(values.get("tp", 1))
+    argv = ["simulate", "--trace", setup.trace, "--model", sp.model, "--gpu", sp.gpu,
+            "--backend", sp.backend, "--tp", str(tp), "--seed", str(setup.seed), "--quiet"]
+    if setup.arrival_speedup_ratio is not None:
+        argv += ["--arrival-speedup-ratio", f"{setup.arrival_speedup_ratio:g}"]
+    cfg = config_from_args(_parser().parse_args(argv))
+    over = {k: v for k, v in values.items() if k in CONFIG_KEYS}
+    if "engine.block_size" in over and "engine.num_gpu_blocks" not in over:
+        # The table's KV capacity is in its own block size: keep the tokens it holds.
+        tokens = cfg.engine.num_gpu_blocks * cfg.engine.block_size
+        over["engine.num_gpu_blocks"] = max(1, tokens // int(over["engine.block_size"]))
+    if over:
+        cfg = cfg.with_overrides(over, source=sp.source)
+    kind = values.get("planner", "none")
+    flags: list[str] = []
+    if kind != "none":
+        flags = ["--planner", str(kind)]
+        for key, flag in PLANNER_KEYS.items():
+            if key in values:
+                v = values[key]
+                flags += [flag, f"{v:g}" if isinstance(v, float) else str(v)]
+    return cfg, (None if kind == "none" else kind), flags
+
+
+def _planner(kind: str | None, flags: list[str]):
+    if kind is None:
+        return None
+    from .cli import _make_planner
+    ns = _parser().parse_args(["simulate", "--trace", "x", *flags])
+    return _make_planner(ns)
+
+
+def _interim(sim) -> dict[str, Any]:
+    """The report so far (read-only): requests finished by now, GPU-hours provisioned
+    until now. Used only to rank candidates at a rung."""
+    now = sim.now
+    worker_s = sum(max(0.0, min(w.removed_ms if w.removed_ms is not None else now, now)
+                       - w.created_ms) / 1000.0 for w in sim.workers)
+    return sim.metrics.summary(num_requests=sim.num_arrived, sla=sim.sla,
+                               provisioned_worker_seconds=worker_s,
+                               gpus_per_worker=sim.cluster_cfg.gpus_per_worker)
+
+
+def run_candidate(setup: Setup, params: dict[str, Any],
+                  report: Callable[[int, dict[str, float], float], bool] | None = None
+                  ) -> dict[str, Any]:
+    """Replay one candidate, stopping early when ``report(step, values, score)`` says so.
+
+    ``report`` is called at each rung (steps 1..len(rungs)) with the interim fields; a True
+    return stops the replay (pruned). Returns ``{"status", "step", "sim_s", "values",
+    "score", "violation", "requests"}``; the values of a complete candidate are those of
+    the full replay (:meth:`Simulation.finish`), i.e. of ``dynosim simulate``.
+    """
+    from .config import build_simulation
+    cfg, kind, flags = candidate_config(setup, params)
+    planner = _planner(kind, flags)
+    sim = build_simulation(cfg, workload=_fresh_workload(cfg))
+    if planner is not None:
+        planner.attach(sim)
+    rung_scores: list[float] = []
+    for step, t_s in enumerate(setup.rungs_s, start=1):
+        if not sim.run_until(t_s * 1000.0):
+            break
+        values = report_fields(_interim(sim))
+        score, _ = setup.objective.score(values)
+        rung_scores.append(score)
+        if report is not None and report(step, values, score):
+            return {"status": "pruned", "step": step, "sim_s": sim.now / 1000.0,
+                    "values": values, "score": score, "requests": sim.num_arrived,
+                    "rung_scores": rung_scores}
+    summary = sim.finish().summary
+    values = report_fields(summary)
+    score, viol = setup.objective.score(values)
+    return {"status": "complete", "step": len(setup.rungs_s) + 1, "sim_s": sim.now / 1000.0,
+            "values": values, "score": score, "violation": viol,
+            "requests": summary["totals"]["num_requests"], "rung_scores": rung_scores}
+
+
+# -- executors -------------------------------------------------------------------------------
+
+def _record(number: int, params: dict[str, Any], res: dict[str, Any] | None,
+            error: str | None = None) -> dict[str, Any]:
+    if res is None:
+        return {"trial": number, "status": "failed", "params": params, "values": {},
+                "score": math.nan, "violation": math.nan, "sim_s": 0.0, "requests": 0,
+                "rung_scores": [], "error": error}
+    return {"trial": number, "params": params, "error": None, **res}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+
+
+def search_local(setup: Setup, trials: int, *, early_stop: bool, reduction_factor: int,
+                 progress: Callable[[dict], None]) -> list[dict[str, Any]]:
+    """An Optuna study in this process: TPE (seeded) + successive-halving pruner."""
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.ERROR)   # failures: ours
+    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1,
+                                                     reduction_factor=reduction_factor)
+              if early_stop else optuna.pruners.NopPruner())
+    study = optuna.create_study(direction="minimize", pruner=pruner,
+                                sampler=optuna.samplers.TPESampler(seed=setup.seed))
+    records: list[dict[str, Any]] = []
+
+    def objective(trial):
+        params = setup.space.suggest(trial)
+
+        def report(step, values, score):
+            trial.report(score, step)
+            return early_stop and trial.should_prune()
+        try:
+            res = run_candidate(setup, params, report)
+        except Exception as exc:           # noqa: BLE001 - recorded as a failed trial
+            records.append(_record(trial.number, params, None, _one_line(exc)))
+            progress(records[-1])
+            raise
+        records.append(_record(trial.number, params, res))
+        progress(records[-1])
+        if res["status"] == "pruned":
+            raise optuna.TrialPruned()
+        return res["score"]
+
+    try:
+        study.optimize(objective, n_trials=trials, catch=(Exception,))
+    except KeyboardInterrupt:      # Ctrl-C: keep what finished (as Tune does)
+        print("dynosim: interrupted; writing the finished trials", file=sys.stderr)
+    return records
+
+
+def _tune_trial(config: dict[str, Any], setup: Setup) -> None:
+    """Ray Tune function trainable: one candidate, a report per rung, a final report."""
+    from ray import tune
+    params = dict(config)
+
+    scores: list[float] = []
+
+    def report(step, values, score):
+        scores.append(score)
+        tune.report({"score": score, "step": step, "status": "running",
+                     "sim_s": setup.rungs_s[step - 1], "values": values,
+                     "rung_scores": list(scores)})
+        return False           # ASHA stops the trial itself (the next report never returns)
+    res = run_candidate(setup, params, report)
+    tune.report({"score": res["score"], "step": res["step"], "status": "complete",
+                 "sim_s": res["sim_s"], "values": res["values"],
+                 "violation": res.get("violation", 0.0), "requests": res["requests"],
+                 "rung_scores": res["rung_scores"]})
+
+
+def search_ray(setup: Setup, trials: int, *, early_stop: bool, reduction_factor: int,
+               progress: Callable[[dict], None], address: str | None, cpus: int | None,
+               storage: Path) -> tuple[list[dict[str, Any]], int]:
+    """Ray Tune: OptunaSearch (TPE, seeded) + ASHA, one trial per Ray CPU."""
+    from . import executors
+    ray = executors.connect(address, num_cpus=cpus)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    optuna.logging.set_verbosity(optuna.logging.ERROR)   # failures: ours
+    n_cpus = executors.cluster_cpus(ray)
+    searcher = ConcurrencyLimiter(
+        OptunaSearch(space=setup.space.suggest, metric="score", mode="min",
+                     sampler=optuna.samplers.TPESampler(seed=setup.seed)),
+        max_concurrent=n_cpus)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", metric="score", mode="min",
+                               max_t=len(setup.rungs_s) + 1, grace_period=1,
+                               reduction_factor=reduction_factor)
+                 if early_stop else FIFOScheduler())
+
+    class _Progress(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            progress({"status": "done"})
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            progress({"status": "failed"})
+
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(_tune_trial, setup=setup), {"cpu": 1}),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=trials, reuse_actors=True),
+        run_config=tune.RunConfig(name="search", storage_path=str(storage.resolve()),
+                                  verbose=0, callbacks=[_Progress()],
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  checkpoint_config=tune.CheckpointConfig(
+                                      num_to_keep=None, checkpoint_at_end=False)))
+    tune_log = logging.getLogger("ray.tune")
+    level = tune_log.level
+    tune_log.setLevel(logging.CRITICAL)    # failed trials are reported by us, one line each
+    try:
+        grid = tuner.fit()
+    finally:
+        tune_log.setLevel(level)
+    records = []
+    for i, r in enumerate(grid):
+        params = {k: v for k, v in (r.config or {}).items()}
+        m = r.metrics or {}
+        if r.error is not None:      # a RayTaskError wraps the trial's own exception
+            cause = getattr(r.error, "cause", None)
+            records.append(_record(i, params, None, _one_line(
+                cause if isinstance(cause, BaseException) else r.error)))
+            continue
+        status = m.get("status", "pruned")
+        if status == "running":
+            status = "pruned"
+        records.append(_record(i, params, {
+            "status": status, "step": m.get("step", 0), "sim_s": m.get("sim_s", 0.0),
+            "values": m.get("values", {}), "score": m.get("score", math.nan),
+            "violation": m.get("violation", math.nan), "rung_scores": m.get("rung_scores", []),
+            "requests": m.get("requests") or _arrived_by(setup, m.get("values", {}))}))
+    return records, n_cpus
+
+
+def _arrived_by(setup: Setup, values: dict[str, float]) -> int:
+    return int(values.get("totals.num_requests", 0) or 0)
+
+
+# -- outputs ---------------------------------------------------------------------------------
+
+def pareto_mask(xs: Sequence[float], ys: Sequence[float]) -> list[bool]:
+    """Points not dominated when minimising both coordinates (non-finite: never)."""
+    out = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            out.append(False)
+            continue
+        out.append(not any(j != i and math.isfinite(a) and math.isfinite(b) and a <= x
+                           and b <= y and (a < x or b < y) for j, (a, b) in enumerate(zip(xs, ys))))
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if not math.isfinite(v) else f"{v:.6g}"
+    return str(v)
+
+
+def write_trials(records: list[dict[str, Any]], setup: Setup, path: Path) -> None:
+    keys = [k for k in SPACE_KEYS if k in setup.space.dims]
+    fields = setup.objective.fields()
+    cols = ["trial", "status", "sim_s", *keys, *fields, "score", "rung_scores", "error"]
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(cols)
+        for r in records:
+            w.writerow([r["trial"], r["status"], _fmt(r["sim_s"]),
+                        *(_fmt(r["params"].get(k)) for k in keys),
+                        *(_fmt(r["values"].get(f)) for f in fields), _fmt(r["score"]),
+                        ";".join(_fmt(float(x)) for x in r.get("rung_scores") or []),
+                        r.get("error") or ""])
+
+
+def front_axes(obj: Objective) -> tuple[str, str, bool]:
+    """(x field, y field, y is minimised) of the front plot."""
+    y = obj.constraints[0][0] if obj.constraints else "latency_ms.ttft.p90"
+    if y == obj.field:
+        y = "latency_ms.e2e_latency.p90"
+    lower_better = not obj.constraints or obj.constraints[0][1] in ("<=", "<")
+    return obj.field, y, lower_better
+
+
+def front_rows(records, obj: Objective) -> list[dict[str, Any]]:
+    x, y, ylow = front_axes(obj)
+    done = [r for r in records if r["status"] == "complete"]
+    sx = -1.0 if obj.maximise else 1.0
+    sy = 1.0 if ylow else -1.0
+    mask = pareto_mask([sx * r["values"].get(x, math.nan) for r in done],
+                       [sy * r["values"].get(y, math.nan) for r in done])
+    return sorted((r for r, m in zip(done, mask) if m), key=lambda r: r["values"][x])
+
+
+def plot_front(records, obj: Objective, path: Path, title: str,
+               compare: list[dict[str, Any]] | None = None) -> None:
+    from matplotlib.figure import Figure
+    x, y, _ = front_axes(obj)
+    fig = Figure(figsize=(7.2, 4.8), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    done = [r for r in records if r["status"] == "complete"]
+
+    def pos(v):
+        return v if math.isfinite(v) and v > 0 else math.nan
+    ax.scatter([r["values"].get(x, math.nan) for r in done],
+               [pos(r["values"].get(y, math.nan)) for r in done], s=9, color="0.65",
+               alpha=0.6, label=f"complete candidates ({len(done)})", zorder=1)
+    fr = front_rows(records, obj)
+    if fr:
+        ax.step([r["values"][x] for r in fr], [pos(r["values"][y]) for r in fr], where="post",
+                color="C0", lw=1.4, zorder=2)
+        ax.scatter([r["values"][x] for r in fr], [pos(r["values"][y]) for r in fr], s=28,
+                   color="C0", label=f"search Pareto front ({len(fr)})", zorder=3)
+    if compare:
+        from .sweeps import pareto_front
+        static = [r for r in compare if r.get("kind") == "static"]
+        mask = pareto_front(static)
+        cf = sorted((r for r, m in zip(static, mask) if m), key=lambda r: r["gpu_hours"])
+        ax.scatter([r["gpu_hours"] for r in static], [pos(r["p90_ttft_ms"]) for r in static],
+                   marker="s", facecolors="none", edgecolors="C1", s=30,
+                   label="sweep pareto: static grid", zorder=2)
+        if cf:
+            ax.step([r["gpu_hours"] for r in cf], [pos(r["p90_ttft_ms"]) for r in cf],
+                    where="post", color="C1", ls="--", lw=1.2, label="sweep pareto front")
+        for kind, marker in (("load", "*"), ("throughput", "X")):
+            sel = [r for r in compare if r.get("kind") == kind]
+            if sel:
+                ax.scatter([r["gpu_hours"] for r in sel], [pos(r["p90_ttft_ms"]) for r in sel],
+                           marker=marker, s=120, color="C3" if kind == "load" else "C5",
+                           label=f"sweep: {kind} planner", zorder=4)
+    best = best_record(records, obj)
+    if best is not None and best["violation"] == 0:
+        ax.scatter([best["values"][x]], [pos(best["values"][y])], marker="*", s=260,
+                   color="C2", edgecolors="k", label="best (best.yaml)", zorder=5)
+    for f, op, limit in obj.constraints:
+        if f == y:
+            ax.axhline(limit, color="gray", ls=":", lw=1, label=f"{f} {op} {limit:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{x} ({_unit(x)})")
+    ax.set_ylabel(f"{y} ({_unit(y)}, log)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=8)
+    fig.savefig(path, dpi=110)
+
+
+def _unit(f: str) -> str:
+    if f.startswith("latency_ms."):
+        return "ms"
+    if "gpu_hours" in f:
+        return "GPU-h"
+    if f.endswith("_tok_s"):
+        return "tok/s"
+    if f.endswith("_rps"):
+        return "req/s"
+    return "report units"
+
+
+def best_record(records, obj: Objective) -> dict[str, Any] | None:
+    """The complete candidate with the lowest score (feasible first; else the closest)."""
+    done = [r for r in records if r["status"] == "complete" and math.isfinite(r["score"])]
+    return min(done, key=lambda r: (r["score"], r["trial"])) if done else None
+
+
+def write_best(setup: Setup, rec: dict[str, Any], path: Path, feasible: bool) -> str:
+    """``best.yaml``: the candidate's full config; returns the command that runs it."""
+    import yaml
+    cfg, kind, flags = candidate_config(setup, rec["params"])
+    cmd = " ".join(["dynosim simulate --config", path.name, *flags])
+    vals = ", ".join(f"{f} = {rec['values'].get(f, math.nan):.6g}"
+                     for f in setup.objective.fields())
+    head = [f"# dynosim search: {'best' if feasible else 'closest (no candidate is feasible)'}"
+            f" candidate, trial {rec['trial']}: {vals}",
+            f"# objective: {setup.objective.text}",
+            f"# parameters: {json.dumps(rec['params'], sort_keys=True)}",
+            f"# run it: {cmd}"]
+    data = cfg.to_dict()
+    path.write_text("\n".join(head) + "\n" + yaml.safe_dump(data, sort_keys=False),
+                    encoding="utf-8")
+    return cmd
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``search`` to ``dynosim``'s subcommands."""
+    from . import executors
+    from .cli import _positive_int
+    from .sweeps import _positive_float
+    s = subparsers.add_parser(
+        "search", help="deployment search (Optuna TPE; Ray Tune + ASHA with --executor ray)",
+        description="Search a space of deployments (workers, TP, router, KV block size, "
+        "batch budget, planner knobs) for the best one under constraints, with early "
+        "stopping on time-truncated replays. Writes OUT/trials.csv, front.csv, front.png, "
+        "best.yaml and search.json.")
+    g = s.add_argument_group("search")
+    g.add_argument("--trace", default=DEFAULT_TRACE, metavar="PATH",
+                   help=f"mooncake trace (default {DEFAULT_TRACE}); replayed in full")
+    g.add_argument("--space", required=True, metavar="SPACE.yaml",
+                   help="the search space (see envs_configs/search/deployment_space.yaml)")
+    g.add_argument("--objective", required=True, metavar="TEXT",
+                   help="e.g. 'minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= "
+                   "1500' (report field names, see `dynosim simulate --json`)")
+    g.add_argument("--trials", type=_positive_int, required=True, metavar="N",
+                   help="candidates to sample")
+    g.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    g.add_argument("--seed", type=int, default=0, help="sampler and run seed (default 0)")
+    g.add_argument("--rungs", default=",".join(f"{r:g}" for r in DEFAULT_RUNGS_S),
+                   metavar="S,S,...", help="early-stopping checkpoints in simulated seconds "
+                   "(default 600,1200,2400)")
+    g.add_argument("--reduction-factor", type=_positive_int, default=3, metavar="N",
+                   help="keep 1/N of the candidates at each rung (default 3)")
+    g.add_argument("--no-early-stop", action="store_true",
+                   help="replay every candidate in full")
+    g.add_argument("--arrival-speedup-ratio", type=_positive_float, default=None, metavar="X")
+    g.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+                   help="with --executor ray and no --ray-address: CPUs of the local Ray "
+                   "(default: all cores)")
+    g.add_argument("--compare", metavar="PARETO.csv",
+                   help="overlay a `dynosim sweep pareto` CSV on front.png")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    executors.add_args(g)
+    return s
+
+
+def _rungs(text: str) -> tuple[float, ...]:
+    try:
+        r = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"expected seconds like 900,1800,2700, got {text!r}", file=CMDLINE,
+                         field="--rungs") from None
+    if any(not (math.isfinite(x) and x > 0) for x in r) or list(r) != sorted(set(r)):
+        raise InputError(f"rungs must be increasing positive seconds, got {text!r}",
+                         file=CMDLINE, field="--rungs")
+    return r
+
+
+def _known_fields(trace: str, speed: float | None) -> list[str]:
+    """The report's numeric fields, from a replay of the trace's first second (this also
+    checks the trace)."""
+    from .cli import build_parser, config_from_args
+    from .config import build_simulation
+    argv = ["simulate", "--trace", trace, "--max-sim-time-s", "1", "--quiet",
+            "--sla-ttft-ms", "1", "--sla-itl-ms", "1"]
+    if speed is not None:
+        argv += ["--arrival-speedup-ratio", f"{speed:g}"]
+    summary = build_simulation(config_from_args(build_parser().parse_args(argv))).run().summary
+    return sorted(report_fields(summary))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dynosim search``; bad input raises :class:`InputError` (one line, exit 2). Exit 2
+    too, after writing the outputs, when no candidate meets the constraints."""
+    from . import executors
+    from .sweeps import _check_out, read_csv
+    executors.check_args(args)
+    space = load_space(args.space)
+    rungs = _rungs(args.rungs)
+    objective = parse_objective(args.objective, _known_fields(args.trace,
+                                                              args.arrival_speedup_ratio))
+    compare = None
+    if args.compare is not None:
+        if not Path(args.compare).is_file():
+            raise InputError("file not found", file=CMDLINE, field="--compare")
+        compare = read_csv(args.compare)
+    out = _check_out(args.out)
+    setup = Setup(args.trace, space, objective, rungs, args.arrival_speedup_ratio, args.seed)
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=args.trials, desc="search", unit="trial", file=sys.stderr,
+                   dynamic_ncols=True, leave=False)
+    counts = {"failed": 0}
+
+    def progress(rec: dict) -> None:
+        if rec.get("status") == "failed":
+            counts["failed"] += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(failed=counts["failed"], refresh=False)
+
+    early = not args.no_early_stop
+    t0 = time.perf_counter()
+    try:
+        if args.executor == "ray":
+            records, cpus = search_ray(setup, args.trials, early_stop=early,
+                                       reduction_factor=args.reduction_factor,
+                                       progress=progress, address=args.ray_address,
+                                       cpus=args.jobs, storage=out / "tune")
+        else:
+            records = search_local(setup, args.trials, early_stop=early,
+                                   reduction_factor=args.reduction_factor, progress=progress)
+            cpus = 1
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    return _finish(args, setup, records, out, wall, cpus, compare)
+
+
+def _finish(args, setup: Setup, records, out: Path, wall: float, cpus: int,
+            compare) -> int:
+    obj = setup.objective
+    write_trials(records, setup, out / "trials.csv")
+    x, y, _ = front_axes(obj)
+    fr = front_rows(records, obj)
+    with open(out / "front.csv", "w", encoding="utf-8", newline="") as fh:
+        keys = [k for k in SPACE_KEYS if k in setup.space.dims]
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["trial", x, y, *keys])
+        for r in fr:
+            w.writerow([r["trial"], _fmt(r["values"][x]), _fmt(r["values"][y]),
+                        *(_fmt(r["params"].get(k)) for k in keys)])
+    by = {s: sum(r["status"] == s for r in records) for s in STATUSES}
+    requests = sum(int(r.get("requests") or 0) for r in records)
+    best = best_record(records, obj)
+    feasible = best is not None and best["violation"] == 0
+    title = (f"dynosim search: {len(records)} candidates ({by['complete']} complete, "
+             f"{by['pruned']} stopped early, {by['failed']} failed), {setup.space.model} on "
+             f"{setup.space.gpu}\n{obj.text}")
+    plot_front(records, obj, out / "front.png", title, compare)
+    cmd = write_best(setup, best, out / "best.yaml", feasible) if best is not None else None
+    info = {"trace": setup.trace, "space": setup.space.as_dict(), "objective": obj.text,
+            "rungs_s": list(setup.rungs_s), "early_stop": not args.no_early_stop,
+            "reduction_factor": args.reduction_factor, "seed": setup.seed,
+            "trials": len(records), **{f"{s}_trials": n for s, n in by.items()},
+            "run_info": {"executor": args.executor, "ray_address": args.ray_address,
+                         "cpus": cpus, "wall_s": round(wall, 2),
+                         "trials_per_s": round(len(records) / wall, 3) if wall else None,
+                         "simulated_requests": requests,
+                         "simulated_requests_per_s": round(requests / wall) if wall else None},
+            "best": None if best is None else {"trial": best["trial"], "feasible": feasible,
+                                               "params": best["params"],
+                                               "values": {f: best["values"].get(f)
+                                                          for f in obj.fields()},
+                                               "command": cmd}}
+    (out / "search.json").write_text(json.dumps(info, indent=1, default=str,
+                                                allow_nan=True) + "\n")
+    print(f"dynosim search: {len(records)} candidates in {wall:.1f} s on {cpus} "
+          f"CPU{'s' if cpus != 1 else ''} ({args.executor}): {by['complete']} complete, "
+          f"{by['pruned']} stopped early, {by['failed']} failed; "
+          f"{requests:,} simulated requests ({requests / wall:,.0f}/s)")
+    for r in [r for r in records if r["status"] == "failed"][:3]:
+        print(f"  failed trial {r['trial']} {json.dumps(r['params'], sort_keys=True)}: "
+              f"{r['error']}")
+    print(f"  Pareto front ({x} vs {y}): {len(fr)} candidates -> {out / 'front.csv'}, "
+          f"{out / 'front.png'}")
+    if best is None:
+        print("dynosim: error: no candidate completed (all failed or stopped); see "
+              f"{out / 'trials.csv'}", file=sys.stderr)
+        return 2
+    vals = ", ".join(f"{f} = {best['values'].get(f, math.nan):.6g}" for f in obj.fields())
+    if not feasible:
+        cons = " and ".join(f"{f} {op} {v:g}" for f, op, v in obj.constraints)
+        print(f"dynosim: error: no candidate meets {cons}; closest: trial {best['trial']} "
+              f"({vals}), written to {out / 'best.yaml'}", file=sys.stderr)
+        return 2
+    print(f"  best: trial {best['trial']} ({vals}) -> {out / 'best.yaml'}; run it: {cmd}")
+    return 0

@@ -1,0 +1,224 @@
+"""``dynosim search`` (sim/search.py): space/objective validation, a small local search
+whose best candidate replays to the same numbers through ``dynosim simulate``, failed trials
+recorded without aborting, an infeasible constraint, determinism, and the same on Ray."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim import search
+from sim.cli import main
+from sim.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+TRACE_LINES = 400          # the conversation trace's first ~2 minutes
+RUNGS = "30,60"
+
+
+@pytest.fixture(scope="module")
+def small_trace(tmp_path_factory) -> str:
+    src = REPO / "sim" / "data" / "conversation_trace.jsonl"
+    lines = src.read_text().splitlines()[:TRACE_LINES]
+    path = tmp_path_factory.mktemp("trace") / "head.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _space(tmp_path: Path, body: str, name: str = "space.yaml") -> str:
+    p = tmp_path / name
+    p.write_text(body)
+    return str(p)
+
+
+SPACE = """\
+model: Qwen/Qwen3-32B
+gpu: h200_sxm
+backend: vllm
+max_gpus: 8
+space:
+  tp: [1, 2]
+  cluster.num_workers: {low: 1, high: 4}
+  router.mode: [round_robin, kv]
+  router.overlap_score_credit: {low: 0.0, high: 2.0}
+  engine.block_size: [32, 64]
+  planner: [none, load]
+  planner.interval_s: {low: 5, high: 60, log: true}
+"""
+OBJ = "minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= 100000"
+
+
+def _search(trace, space, out, *extra, objective=OBJ):
+    return main(["search", "--trace", trace, "--space", space, "--objective", objective,
+                 "--out", str(out), "--rungs", RUNGS, "--quiet", *extra])
+
+
+def _one_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body,needle,line", [
+    ("space:\n  tp: [1]\n  cluster.workers: {low: 1, high: 2}\n", "unknown space key", 3),
+    ("space:\n  cluster.num_workers: {low: 4, high: 2}\n", "empty range", 2),
+    ("space:\n  router.mode: []\n", "empty list", 2),
+    ("space:\n  tp: [3]\n", "no shipped table for TP 3", 2),
+    ("space:\n  planner.interval_s: {low: 0, high: 5, log: true}\n", "log range", 2),
+    ("space:\n  router.mode: {low: 1}\n", "{low, high", 2),
+    ("spaces:\n  tp: [1]\n", "unknown key", 1),
+    ("space:\n  planner: [none, sometimes]\n", "planner takes choices", 2),
+])
+def test_bad_space_is_one_line_with_file_line_key(tmp_path, capsys, body, needle, line):
+    path = _space(tmp_path, body)
+    with pytest.raises(InputError) as ei:
+        search.load_space(path)
+    assert needle in str(ei.value) and f"{path}:{line}" in str(ei.value)
+    assert _search("bundled:mooncake_conversation", path, tmp_path / "o", "--trials", "1") == 2
+    assert needle in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("objective,needle", [
+    ("minimise totals.gpu_hour", "unknown report field 'totals.gpu_hour'"),
+    ("minimise totals.gpu_hours subject to latency_ms.ttft.p97 <= 1", "unknown report field"),
+    ("shrink totals.gpu_hours", "expected 'minimise FIELD"),
+    ("minimise totals.gpu_hours subject to latency_ms.ttft.p90 ~ 3", "bad constraint"),
+])
+def test_bad_objective_is_one_line(tmp_path, capsys, small_trace, objective, needle):
+    space = _space(tmp_path, SPACE)
+    assert _search(small_trace, space, tmp_path / "o", "--trials", "1",
+                   objective=objective) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert needle in line and "--objective" in line
+
+
+def test_rungs_and_address_flags(tmp_path, capsys, small_trace):
+    space = _space(tmp_path, SPACE)
+    assert _search(small_trace, space, tmp_path / "o", "--trials", "1", "--rungs", "60,30") == 2
+    assert "--rungs" in _one_line(capsys.readouterr().err)
+    assert _search(small_trace, space, tmp_path / "o", "--trials", "1", "--ray-address",
+                   "auto") == 2
+    assert "needs --executor ray" in _one_line(capsys.readouterr().err)
+
+
+# -- a search ----------------------------------------------------------------------------------
+
+def test_local_search_best_yaml_replays_to_the_same_numbers(tmp_path, capsys, small_trace):
+    space = _space(tmp_path, SPACE)
+    out = tmp_path / "out"
+    assert _search(small_trace, space, out, "--trials", "10", "--seed", "3") == 0
+    rows = _rows(out / "trials.csv")
+    assert len(rows) == 10 and {r["status"] for r in rows} <= set(search.STATUSES)
+    assert any(r["status"] == "complete" for r in rows)
+    front = _rows(out / "front.csv")
+    assert front and all(any(r["trial"] == f["trial"] and r["status"] == "complete"
+                             for r in rows) for f in front)
+    assert (out / "front.png").stat().st_size > 10_000
+    info = json.loads((out / "search.json").read_text())
+    assert info["trials"] == 10 and info["run_info"]["simulated_requests"] > 0
+    best = info["best"]
+    assert best["feasible"]
+    # The best candidate's YAML + flags replay, in one piece, to the numbers the search got
+    # from its chunked (rung by rung) replay: survivors are exact.
+    head = (out / "best.yaml").read_text().splitlines()
+    cmd = next(x for x in head if x.startswith("# run it: ")).removeprefix("# run it: ")
+    argv = shlex.split(cmd)[1:]                      # drop "dynosim"
+    argv[argv.index("best.yaml")] = str(out / "best.yaml")
+    capsys.readouterr()
+    assert main([*argv, "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    fields = search.report_fields(summary)
+    for f, v in best["values"].items():
+        assert fields[f] == v, f
+
+
+def test_local_search_is_deterministic(tmp_path, small_trace):
+    space = _space(tmp_path, SPACE)
+    for name in ("a", "b"):
+        assert _search(small_trace, space, tmp_path / name, "--trials", "6") == 0
+    assert (tmp_path / "a" / "trials.csv").read_bytes() == \
+        (tmp_path / "b" / "trials.csv").read_bytes()
+
+
+FAILING = SPACE + "  engine.max_num_seqs: [0, 64]\n"      # 0 is refused by the config
+
+
+def test_raising_trial_is_recorded_and_search_goes_on(tmp_path, small_trace):
+    out = tmp_path / "out"
+    assert _search(small_trace, _space(tmp_path, FAILING), out, "--trials", "8",
+                   objective="minimise totals.gpu_hours") == 0
+    rows = _rows(out / "trials.csv")
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 8 and failed and len(failed) < 8
+    assert all(r["engine.max_num_seqs"] == "0" and "max_num_seqs" in r["error"]
+               for r in failed)
+
+
+def test_infeasible_constraint_says_so_and_shows_the_closest(tmp_path, capsys, small_trace):
+    out = tmp_path / "out"
+    assert _search(small_trace, _space(tmp_path, SPACE), out, "--trials", "4",
+                   objective="minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= "
+                   "0.001") == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "no candidate meets latency_ms.ttft.p90 <= 0.001" in line and "closest: trial" in line
+    assert (out / "best.yaml").read_text().startswith("# dynosim search: closest")
+
+
+# -- invariants ------------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=30))
+def test_pareto_mask_is_the_non_dominated_set(points):
+    xs, ys = [float(p[0]) for p in points], [float(p[1]) for p in points]
+    mask = search.pareto_mask(xs, ys)
+
+    def dominates(a, b):
+        return a[0] <= b[0] and a[1] <= b[1] and a != b
+    for i, p in enumerate(points):
+        dominated = any(dominates(q, p) for q in points)
+        assert mask[i] == (not dominated)
+
+
+@given(st.floats(0, 1e4), st.floats(1, 1e4))
+def test_feasible_always_beats_infeasible(obj, ttft):
+    o = search.Objective("totals.gpu_hours", False, [("latency_ms.ttft.p90", "<=", 1500.0)])
+    s_ok, v_ok = o.score({"totals.gpu_hours": obj, "latency_ms.ttft.p90": min(ttft, 1500.0)})
+    s_bad, v_bad = o.score({"totals.gpu_hours": 0.0, "latency_ms.ttft.p90": 1500.0 + ttft})
+    assert v_ok == 0 and v_bad > 0 and s_ok < s_bad
+    assert math.isfinite(s_bad)
+
+
+# -- on Ray ------------------------------------------------------------------------------------
+
+@pytest.mark.ray
+@pytest.mark.xdist_group("ray")
+def test_ray_search_records_failures_and_finds_a_front(tmp_path, small_trace):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    import ray
+    ray.shutdown()
+    out = tmp_path / "out"
+    try:
+        rc = _search(small_trace, _space(tmp_path, FAILING), out, "--trials", "8",
+                     "--executor", "ray", "--jobs", "2", objective="minimise totals.gpu_hours")
+    finally:
+        ray.shutdown()
+    assert rc == 0
+    rows = _rows(out / "trials.csv")
+    assert len(rows) == 8 and any(r["status"] == "failed" for r in rows)
+    assert all("max_num_seqs" in r["error"] for r in rows if r["status"] == "failed")
+    assert _rows(out / "front.csv")
+    info = json.loads((out / "search.json").read_text())
+    assert info["run_info"]["executor"] == "ray" and info["run_info"]["cpus"] == 2
