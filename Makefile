@@ -27,10 +27,11 @@ demo: install
 	mkdir -p out
 	$(VENV)/bin/dynosim simulate --config envs_configs/demo.yaml --plot out/demo.png
 
-# Dynamo's replay for parity tests and benchmarks; tests that need it skip without it.
+# Dynamo's replay (with its planner's deps, for the planner parity tests) for parity tests and
+# benchmarks; tests that need it skip without it.
 peer:
 	@if [ -x "$(SHARED)/peer/run_dynosim.sh" ]; then \
-	  PEER_VENV=$(PEER_VENV) bash $(SHARED)/peer/run_dynosim.sh tests/data/peer_smoke.jsonl 1 round_robin >/dev/null 2>$(CURDIR)/.peer-install.log \
+	  PEER_VENV=$(PEER_VENV) PEER_WITH_PLANNER=1 bash $(SHARED)/peer/run_dynosim.sh tests/data/peer_smoke.jsonl 1 round_robin >/dev/null 2>$(CURDIR)/.peer-install.log \
 	    || echo "note: Dynamo peer not installed (see .peer-install.log); parity tests will skip"; \
 	else echo "note: $(SHARED)/peer not found; parity tests will skip"; fi
 

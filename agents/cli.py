@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from sim.errors import InputError
+from sim.schema import COUNT, SEED, TIME_S, arg_type
 
 
 def _set(text: str) -> tuple[str, Any]:
@@ -22,13 +23,20 @@ def _set(text: str) -> tuple[str, Any]:
 
 
 def _pos_int(text: str) -> int:
+    """A count flag (steps, episodes, trials; ``1e6`` allowed), in ``sim.schema.COUNT``."""
     try:
         n = int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):          # OverflowError: 'inf'
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if n <= 0:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    msg = COUNT.violation(n)
+    if msg:
+        raise argparse.ArgumentTypeError(msg)
     return n
+
+
+_seed = arg_type(SEED, int)
 
 
 def _windows(text: str) -> int | None:
@@ -53,7 +61,7 @@ def add_parsers(sub) -> None:
     t.add_argument("--config", metavar="YAML", help="env config (default: the env's default)")
     t.add_argument("--timesteps", type=_pos_int, metavar="N", help="default: the YAML's")
     t.add_argument("--out", required=True, metavar="DIR", help="run directory (created); required")
-    t.add_argument("--seed", type=int, default=0,
+    t.add_argument("--seed", type=_seed, default=0,
                    help="seed of the policy, the envs and their episodes")
     t.add_argument("--n-envs", type=_pos_int, metavar="N", help="default: the YAML's")
     t.add_argument("--hyperparams", metavar="YAML", help="RL-Zoo-style file (default: ours)")
@@ -81,7 +89,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--trace", metavar="PATH",
                    help="score on consecutive windows of this trace (Mooncake .jsonl, Azure "
                    ".csv or bundled:NAME) instead of seeded episodes (default: none)")
-    e.add_argument("--window-s", type=float, metavar="S",
+    e.add_argument("--window-s", type=arg_type(TIME_S, float), metavar="S",
                    help="--trace: window length in seconds (a multiple of the decision "
                    "interval; 0 = the whole trace as one episode; default 60 intervals)")
     e.add_argument("--windows", type=_windows, default=None, metavar="all|N",
@@ -97,7 +105,7 @@ def add_parsers(sub) -> None:
                    "a model's run contributes only its observation/action/interval)")
     e.add_argument("--episodes", type=_pos_int, default=5,
                    help="episodes per policy (the same seeded episodes for every policy)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the first episode")
     e.add_argument("--split", choices=("eval", "train"), default="eval",
                    help="held-out episodes (eval) or training ones")
     e.add_argument("--policies", metavar="SPEC,...",
@@ -124,7 +132,7 @@ def add_parsers(sub) -> None:
     u.add_argument("--episodes", type=_pos_int, default=6, metavar="N",
                    help="training episodes per trial, the same for every trial (default: 6)")
     u.add_argument("--config", metavar="YAML", help="env config (default: the env's default)")
-    u.add_argument("--seed", type=int, default=0,
+    u.add_argument("--seed", type=_seed, default=0,
                    help="sampler seed and first training episode's seed (default: 0)")
     u.add_argument("--name", metavar="NAME", help="baseline name (default: <planner>-tuned)")
     u.add_argument("--out", metavar="FILE", help="YAML to write (default: agents/tuned/NAME.yaml)")

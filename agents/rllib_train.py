@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import InputError
+from sim.schema import MAX_WORKERS, Range, arg_type
 
 FRAMEWORKS = ("sb3", "rllib")
 CMDLINE = "command line"        # = sim.cli.CMDLINE: errors read "argument --flag: ..."
@@ -45,7 +46,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("RLlib (the ray extra)")
     g.add_argument("--framework", choices=FRAMEWORKS, default="sb3",
                    help="sb3 (default) or rllib (PPO on RLlib's new API stack, Ray)")
-    g.add_argument("--num-env-runners", type=int, default=None, metavar="N",
+    g.add_argument("--num-env-runners", type=arg_type(Range(0, MAX_WORKERS, unit="workers", why="one CPU each"), int),
+                   default=None, metavar="N",
                    help="rllib: EnvRunner actors collecting rollouts, 1 CPU each (default 2; "
                    "0 = in the driver)")
     executors.add_args(g, executor=False)

@@ -318,6 +318,10 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if n <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {n}")
+    from .schema import COUNT
+    msg = COUNT.violation(n)
+    if msg:
+        raise argparse.ArgumentTypeError(msg)
     return n
 
 

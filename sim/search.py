@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import InputError
+from .schema import SEED, arg_type
 
 CMDLINE = "command line"
 DEFAULT_TRACE = "bundled:mooncake_conversation"
@@ -772,7 +773,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--trials", type=_positive_int, required=True, metavar="N",
                    help="candidates to sample")
     g.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
-    g.add_argument("--seed", type=int, default=0, help="sampler and run seed (default 0)")
+    g.add_argument("--seed", type=arg_type(SEED, int), default=0, help="sampler and run seed (default 0)")
     g.add_argument("--rungs", default=",".join(f"{r:g}" for r in DEFAULT_RUNGS_S),
                    metavar="S,S,...", help="early-stopping checkpoints in simulated seconds "
                    "(default 600,1200,2400)")

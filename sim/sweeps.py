@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import InputError
+from .schema import MAX_TIME_MS
 
 STUDIES = ("pareto", "interval", "cold-start")
 CMDLINE = "command line"        # = sim.cli.CMDLINE: errors read "argument --out: ..." there
@@ -78,6 +79,8 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (x > 0 and math.isfinite(x)):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    if x > MAX_TIME_MS:          # ratios, seconds and ms alike: beyond ms-exact floats
+        raise argparse.ArgumentTypeError(f"must be <= 2^52, got {text}")
     return x
 
 

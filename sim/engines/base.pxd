@@ -57,10 +57,6 @@ cdef class EngineBase:
     cdef public long fpm_queued_tokens
     cdef public long last_fpm_decode_kv
     cdef public long last_fpm_queued
-    cdef public long waiting_tokens
-    cdef public long fpm_queued_tokens
-    cdef public long last_fpm_decode_kv
-    cdef public long last_fpm_queued
     cdef public object tot
     cdef public object on_first_token
     cdef public object on_finished
