@@ -353,3 +353,29 @@ def test_a_deprecated_flag_keeps_a_bad_run_to_one_line(tmp_path, capsys):
     line = one_line_error(capsys, "--trace", trace(tmp_path, GOOD), "--ttft-sla-ms", "1",
                           "--model", "Qwen/Qwen3-32B")
     assert "go together" in line
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--timesteps", "inf"],
+    ["train", "--timesteps", "1e30"],
+    ["train", "--seed", "-1"],
+    ["evaluate", "--policy", "heuristic:load", "--episodes", "1e30"],
+    ["evaluate", "--policy", "heuristic:load", "--seed", str(2**64)],
+    ["evaluate", "--policy", "heuristic:load", "--window-s", "1e300"],
+    ["tune", "--policy", "heuristic:load", "--trials", "inf"],
+    ["sweep", "interval", "--jobs", str(2**40)],
+    ["sweep", "interval", "--max-sim-time-s", "1e300"],
+    ["bench", "--repeats", str(2**40)],
+    ["search", "--trials", "1e30"],
+])
+def test_count_and_seed_flags_of_every_command_are_bounded(capsys, argv):
+    """Counts, seeds and times of the agent, sweep, bench and search commands are checked at
+    parsing against sim.schema (an 'inf' count used to be an OverflowError traceback)."""
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    _, err = capsys.readouterr()
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
