@@ -25,9 +25,12 @@ def _set(text: str) -> tuple[str, Any]:
 def _pos_int(text: str) -> int:
     """A count flag (steps, episodes, trials; ``1e6`` allowed), in ``sim.schema.COUNT``."""
     try:
-        n = int(float(text))
+        x = float(text)
+        n = int(x)
     except (ValueError, OverflowError):          # OverflowError: 'inf'
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if n != x:                                    # '2.5' is not a count
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
     if n <= 0:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
     msg = COUNT.violation(n)

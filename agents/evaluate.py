@@ -109,7 +109,7 @@ class Evaluation:
 class PolicySpec:
     """A resolved ``--policy``: what it is, which env it acts on, and how to load it."""
     spec: str
-    kind: str                          # heuristic | model | pretrained
+    kind: str                          # heuristic | model | pretrained | rllib
     env_id: str | None                 # None: decided by the model's run record
     path: Path | None = None
     run: dict[str, Any] | None = None  # the model's run.json
@@ -127,6 +127,9 @@ class PolicySpec:
                 return make_heuristic(self.spec, env)
             except ValueError as exc:
                 raise InputError(str(exc), field="--policy") from None
+        if self.kind == "rllib":
+            from .rllib_train import load_policy as load_rllib_policy
+            return load_rllib_policy(self.path)
         algo = (self.run or {}).get("algo", "ppo")
         return algo_class(algo).load(self.path, device="cpu")
 
@@ -155,9 +158,10 @@ def resolve_policy(spec: str) -> PolicySpec:
         run = json.loads(meta.read_text()) if meta.is_file() else None
         return PolicySpec(spec, "pretrained", (run or {}).get("env_id"), path, run)
     path = Path(spec)
-    from .rllib_train import is_rllib_run, load_policy as load_rllib_policy
-    if path.is_dir() and is_rllib_run(path):
-        return load_rllib_policy(path)
+    from .rllib_train import is_rllib_run
+    if path.is_dir() and is_rllib_run(path):     # a --framework rllib run directory
+        run = json.loads((path / "run.json").read_text())
+        return PolicySpec(spec, "rllib", run.get("env_id"), path, run)
     if path.is_dir():
         path = path / "model.zip"
     if not path.is_file():

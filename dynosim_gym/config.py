@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from numbers import Real
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,8 +25,8 @@ from typing import Any, Mapping
 from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, load_config,
                         parse_config, read_yaml)
 from sim.errors import InputError
-from sim.schema import (COUNT, GPUS, MAX_TOKENS, RATE, SHARE_OPEN, TIME_S, TIME_S_POS,
-                        WEIGHT, WORKERS, Range)
+from sim.schema import (COUNT, GPUS, MAX_TOKENS, PLANNER_FIELDS, RATE, SHARE_OPEN, TIME_S,
+                        TIME_S_POS, WEIGHT, WORKERS, Range)
 
 import envs_configs as _bundled
 
@@ -316,6 +318,11 @@ def _check_planner(e: EnvSection, v: _Validator) -> None:
             raise v.error("unknown planner knob" + (f" (did you mean '{hint[0]}'?)" if hint
                                                     else f"; expected one of {', '.join(known)}"),
                           f"env.planner.{key}")
+    for key, value in e.planner.items():   # ranges as the run config's planner section
+        rng = PLANNER_FIELDS.get(key)
+        if rng is not None and isinstance(value, Real) and not isinstance(value, bool) \
+                and math.isfinite(value):
+            v.rules(value, {"range": rng}, f"env.planner.{key}")
     try:
         PlannerConfig(**dict(e.planner))
     except InputError as exc:

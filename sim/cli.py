@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -279,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(_from_cmdline(exc))
     except yaml.YAMLError as exc:     # load_config converts these; kept as a safety net
         return _fail(f"invalid YAML: {' '.join(str(exc).split())}")
+    except BrokenPipeError:           # stdout closed early (`... | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())     # (Python's recipe: no error at exit)
+        return 141                    # 128 + SIGPIPE, as a shell reports it
     except OSError as exc:
         name = exc.filename if exc.filename is not None else ""
         return _fail(f"{name}: {exc.strerror or exc}" if name else str(exc))

@@ -68,12 +68,18 @@ CONFIG_KEYS = ("cluster.num_workers", "cluster.startup_time_s", "engine.block_si
                "engine.max_num_batched_tokens", "engine.max_num_seqs", "engine.num_gpu_blocks",
                "router.mode", "router.temperature", "router.overlap_score_credit",
                "router.prefill_load_scale")
-#: planner knob -> its ``simulate`` flag
-PLANNER_KEYS = {"planner.interval_s": "--planner-interval",
-                "planner.load_predictor": "--planner-predictor",
-                "planner.max_gpu_budget": "--max-gpu-budget",
-                "planner.min_endpoint": "--min-endpoint",
-                "planner.ttft_sla_ms": "--ttft-sla-ms", "planner.itl_sla_ms": "--itl-sla-ms"}
+#: space key -> where it goes in the run config: a knob of the ``planner`` section (Dynamo's
+#: names; ``interval_s`` is the chosen planner kind's adjustment interval) or the run's one
+#: SLA (``sla.*``, which is also the planner's target).
+PLANNER_KEYS = {"planner.interval_s": "interval_s",
+                "planner.optimization_target": "optimization_target",
+                "planner.load_predictor": "load_predictor",
+                "planner.load_scaling_down_sensitivity": "load_scaling_down_sensitivity",
+                "planner.max_gpu_budget": "max_gpu_budget",
+                "planner.min_endpoint": "min_endpoint",
+                "planner.ttft_sla_ms": "sla.ttft_ms", "planner.itl_sla_ms": "sla.itl_ms"}
+_INTERVAL = {"load": "load_adjustment_interval_seconds",
+             "throughput": "throughput_adjustment_interval_seconds"}
 SPACE_KEYS = ("tp", *CONFIG_KEYS, "planner", *PLANNER_KEYS)
 TOP_KEYS = ("model", "gpu", "backend", "max_gpus", "fixed", "space")
 
@@ -380,7 +386,8 @@ def _fresh_workload(cfg):
 
 
 def candidate_config(setup: Setup, params: dict[str, Any]):
-    """(RunConfig, planner kind or None, planner flags) of one candidate."""
+    """(RunConfig, planner kind or None, extra ``simulate`` flags: none, as the planner is
+    in the config) of one candidate."""
     from .cli import config_from_args
     sp = setup.space
     values = {**sp.fixed, **params}
@@ -395,25 +402,19 @@ def candidate_config(setup: Setup, params: dict[str, Any]):
         # The table's KV capacity is in its own block size: keep the tokens it holds.
         tokens = cfg.engine.num_gpu_blocks * cfg.engine.block_size
         over["engine.num_gpu_blocks"] = max(1, tokens // int(over["engine.block_size"]))
+    kind = values.get("planner", "none")
+    if kind != "none":            # the planner is part of the run config (best.yaml runs it)
+        section: dict[str, Any] = {"kind": str(kind)}
+        for key, dest in PLANNER_KEYS.items():
+            if key in values:
+                if dest.startswith("sla."):
+                    over[dest] = values[key]
+                else:
+                    section[_INTERVAL[str(kind)] if dest == "interval_s" else dest] = values[key]
+        over["planner"] = section
     if over:
         cfg = cfg.with_overrides(over, source=sp.source)
-    kind = values.get("planner", "none")
-    flags: list[str] = []
-    if kind != "none":
-        flags = ["--planner", str(kind)]
-        for key, flag in PLANNER_KEYS.items():
-            if key in values:
-                v = values[key]
-                flags += [flag, f"{v:g}" if isinstance(v, float) else str(v)]
-    return cfg, (None if kind == "none" else kind), flags
-
-
-def _planner(kind: str | None, flags: list[str]):
-    if kind is None:
-        return None
-    from .cli import _make_planner
-    ns = _parser().parse_args(["simulate", "--trace", "x", *flags])
-    return _make_planner(ns)
+    return cfg, (None if kind == "none" else kind), []
 
 
 def _interim(sim) -> dict[str, Any]:
@@ -437,9 +438,9 @@ def run_candidate(setup: Setup, params: dict[str, Any],
     "score", "violation", "requests"}``; the values of a complete candidate are those of
     the full replay (:meth:`Simulation.finish`), i.e. of ``dynosim simulate``.
     """
-    from .config import build_simulation
-    cfg, kind, flags = candidate_config(setup, params)
-    planner = _planner(kind, flags)
+    from .config import build_planner, build_simulation
+    cfg, _kind, _flags = candidate_config(setup, params)
+    planner = build_planner(cfg)
     sim = build_simulation(cfg, workload=_fresh_workload(cfg))
     if planner is not None:
         planner.attach(sim)
@@ -781,12 +782,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="keep 1/N of the candidates at each rung (default 3)")
     g.add_argument("--no-early-stop", action="store_true",
                    help="replay every candidate in full")
-    g.add_argument("--arrival-speedup-ratio", type=_positive_float, default=None, metavar="X")
+    g.add_argument("--arrival-speedup-ratio", type=_positive_float, default=None, metavar="X",
+                   help="divide trace inter-arrival times by X (default 1)")
     g.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
                    help="with --executor ray and no --ray-address: CPUs of the local Ray "
                    "(default: all cores)")
     g.add_argument("--compare", metavar="PARETO.csv",
-                   help="overlay a `dynosim sweep pareto` CSV on front.png")
+                   help="overlay a `dynosim sweep pareto` CSV on front.png (default: none)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     executors.add_args(g)
     return s

@@ -345,11 +345,12 @@ def test_knob_space_reads_the_planner_dataclass_generically(monkeypatch) -> None
     from agents.tune import knob_space
     cfg = load_env_config(TINY)
     space = knob_space(cfg)
-    assert {"load_scaling_down_sensitivity", "load_min_observations", "interval_s",
-            "load_predictor"} <= set(space)
-    assert "ttft_sla_ms" not in space and "max_gpu_budget" not in space
+    assert {"load_scaling_down_sensitivity", "load_min_observations",
+            "load_adjustment_interval_seconds", "load_predictor",
+            "optimization_target"} <= set(space)
+    assert "ttft_ms" not in space and "max_gpu_budget" not in space
     # a knob added to the dataclass becomes tunable with no change in agents/tune.py
-    New = dataclasses.make_dataclass("PlannerConfig", [("new_knob_s", float, 2.0)],
+    New = dataclasses.make_dataclass("PlannerConfig", [("new_knob_s", "float", 2.0)],
                                      bases=(planner.PlannerConfig,))
     monkeypatch.setattr(planner, "PlannerConfig", New)
     assert knob_space(cfg)["new_knob_s"] == {"float": (0.5, 8.0), "log": True}

@@ -358,6 +358,8 @@ def test_a_deprecated_flag_keeps_a_bad_run_to_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [
     ["train", "--timesteps", "inf"],
     ["train", "--timesteps", "1e30"],
+    ["train", "--timesteps", "2.5"],
+    ["evaluate", "--policy", "heuristic:load", "--episodes", "2.5"],
     ["train", "--seed", "-1"],
     ["evaluate", "--policy", "heuristic:load", "--episodes", "1e30"],
     ["evaluate", "--policy", "heuristic:load", "--seed", str(2**64)],

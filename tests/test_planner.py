@@ -317,7 +317,8 @@ def _idle_drained(seed: int, **overrides):
     import dynosim_gym  # noqa: F401
     from agents.heuristics import PlannerPolicy
 
-    env = gym.make("DynoSim-v0", **{"env.split": "eval", **overrides})
+    # the v0.1 scenario (10 s steps, bursty loads), on which the defect was reported
+    env = gym.make("DynoSim-v0", config="autoscale_legacy", **{"env.split": "eval", **overrides})
     pol = PlannerPolicy("throughput").bind(env)
     obs, _ = env.reset(seed=seed)
     done = False
