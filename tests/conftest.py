@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -166,3 +167,35 @@ def run_peer(py: Path, trace: Path, *, num_workers: int = 1, prefill_ms: float =
         lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
         return {"error": lines[-1] if lines else f"exit {r.returncode}"}
     return json.loads(r.stdout)
+
+
+def compare_requests(c: dict, peer: list[dict], until_ms: float = math.inf) -> int:
+    """Per-request parity with Dynamo's replay: our record columns ``c`` against the peer's
+    per-request JSON records, for requests arriving before ``until_ms``. Records match on
+    (arrival, isl, osl) - the peer's order among equal arrivals is random - and on the
+    worker where that key is ambiguous; worker, prefix reuse, output length and admission,
+    first- and last-token times must agree. Returns how many requests were compared."""
+    by_key: dict[tuple, list[dict]] = {}
+    for r in peer:
+        by_key.setdefault((r["arrival_time_ms"], r["input_length"],
+                           r["requested_output_length"]), []).append(r)
+    assert len(peer) == len(c["request_index"])
+    n = 0
+    for i in range(len(c["request_index"])):
+        if float(c["arrival_time_ms"][i]) >= until_ms:
+            continue
+        key = (float(c["arrival_time_ms"][i]), int(c["input_length"][i]),
+               int(c["requested_output_length"][i]))
+        cands = by_key[key]
+        if len(cands) > 1:
+            cands = [r for r in cands if r["decode_worker_idx"] == int(c["worker"][i])]
+        assert len(cands) == 1, (i, key)
+        r = cands[0]
+        assert r["terminal_status"] == "completed" and int(c["status"][i]) == 0
+        assert int(c["worker"][i]) == r["decode_worker_idx"], (i, key)
+        assert int(c["reused_input_tokens"][i]) == r["reused_input_tokens"], (i, key)
+        assert int(c["output_length"][i]) == r["output_length"], (i, key)
+        for col in ("first_admit_ms", "first_token_ms", "last_token_ms"):
+            assert float(c[col][i]) == ms(r[col]), (i, key, col)
+        n += 1
+    return n

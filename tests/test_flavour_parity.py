@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONVERSATION_TRACE, load_mooncake, ms
+from conftest import CONVERSATION_TRACE, compare_requests as _compare_requests, load_mooncake, ms
 from sim.engine import EngineConfig
 from sim.simulator import ClusterConfig, Simulation
 from sim.timing import PolynomialTiming
@@ -99,32 +99,3 @@ def test_flavour_parity_with_dynamo_replay(name: str, peer_python: Path) -> None
             if abs(got - want) > tol * abs(want):
                 bad.append(f"{metric}.{stat}: ours {got:.6g} peer {want:.6g}")
     assert not bad, "\n".join(bad)
-
-
-def _compare_requests(c: dict, peer: list[dict], until_ms: float) -> int:
-    """Requests arriving before ``until_ms`` match Dynamo's: worker, prefix reuse, output
-    length, admission and token times (oracle tolerance). Returns how many were compared."""
-    by_key: dict[tuple, list[dict]] = {}
-    for r in peer:
-        by_key.setdefault((r["arrival_time_ms"], r["input_length"],
-                           r["requested_output_length"]), []).append(r)
-    assert len(peer) == len(c["request_index"])
-    n = 0
-    for i in range(len(c["request_index"])):
-        if float(c["arrival_time_ms"][i]) >= until_ms:
-            continue
-        key = (float(c["arrival_time_ms"][i]), int(c["input_length"][i]),
-               int(c["requested_output_length"][i]))
-        cands = by_key[key]
-        if len(cands) > 1:
-            cands = [r for r in cands if r["decode_worker_idx"] == int(c["worker"][i])]
-        assert len(cands) == 1, (i, key)
-        r = cands[0]
-        assert r["terminal_status"] == "completed" and int(c["status"][i]) == 0
-        assert int(c["worker"][i]) == r["decode_worker_idx"], (i, key)
-        assert int(c["reused_input_tokens"][i]) == r["reused_input_tokens"], (i, key)
-        assert int(c["output_length"][i]) == r["output_length"], (i, key)
-        for col in ("first_admit_ms", "first_token_ms", "last_token_ms"):
-            assert float(c[col][i]) == ms(r[col]), (i, key, col)
-        n += 1
-    return n

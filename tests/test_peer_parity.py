@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, load_mooncake, ms
+from conftest import SHARED, compare_requests as _compare_requests, load_mooncake, ms
 from sim.config import BUNDLED_TRACES, DATA_DIR
 from sim.engine import EngineConfig
 from sim.simulator import ClusterConfig, Simulation
@@ -127,29 +127,3 @@ def test_parity_with_dynamo_replay(name: str, peer_python: Path) -> None:
         for key in ("duration_ms", "request_throughput_rps", "input_throughput_tok_s",
                     "output_throughput_tok_s", "prefix_cache_reused_ratio"):
             assert o_tot[key] == pytest.approx(p_tot[key], rel=1e-9), key
-
-
-def _compare_requests(c: dict, peer: list[dict]) -> None:
-    """Match records on (arrival, isl, osl) - the peer's order among equal arrivals is
-    random - and on the worker where that key is ambiguous."""
-    by_key: dict[tuple, list[dict]] = {}
-    for r in peer:
-        by_key.setdefault((r["arrival_time_ms"], r["input_length"],
-                           r["requested_output_length"]), []).append(r)
-    assert len(peer) == len(c["request_index"])
-    for i in range(len(c["request_index"])):
-        key = (float(c["arrival_time_ms"][i]), int(c["input_length"][i]),
-               int(c["requested_output_length"][i]))
-        cands = by_key[key]
-        if len(cands) > 1:
-            cands = [r for r in cands if r["decode_worker_idx"] == int(c["worker"][i])]
-        assert len(cands) == 1, (i, key)
-        r = cands[0]
-        assert r["terminal_status"] == "completed" and int(c["status"][i]) == 0
-        assert int(c["worker"][i]) == r["decode_worker_idx"], (i, key)
-        assert int(c["reused_input_tokens"][i]) == r["reused_input_tokens"], (i, key)
-        assert int(c["output_length"][i]) == r["output_length"], (i, key)
-        for ours, theirs in (("first_admit_ms", "first_admit_ms"),
-                             ("first_token_ms", "first_token_ms"),
-                             ("last_token_ms", "last_token_ms")):
-            assert float(c[ours][i]) == ms(r[theirs]), (i, key, ours)

@@ -17,7 +17,6 @@ stretches - is the vLLM core's.
 """
 from __future__ import annotations
 
-from ..kv_cache import private_key
 from .base import REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN, Seq
 from .vllm import VllmEngine
 
@@ -34,14 +33,7 @@ class TrtllmEngine(VllmEngine):
 
     def _lookup(self, s: Seq) -> tuple[int, int]:
         """(cached, active cached) tokens of the known sequence (no recompute rule)."""
-        bs = self.bs
-        known = s.prompt_len + s.generated
-        keys = self._prompt_keys(s)
-        full = known // bs
-        if full > len(keys):
-            keys = keys + [private_key(s.req.index, b) for b in range(len(keys), full)]
-        hit, hit_active = self.kv.match_prefix(keys)
-        return min(hit * bs, known), min(hit_active * bs, known)
+        return self._prefix_hits(s)
 
     def _to_completion(self, s: Seq) -> int:
         return (s.prompt_len + s.max_out + self.bs - 1) // self.bs

@@ -66,8 +66,8 @@ class VllmEngine(EngineBase):
         keys = s.keys
         return keys[b] if b < len(keys) else private_key(s.req.index, b)
 
-    def _lookup(self, s: Seq) -> tuple[int, int]:
-        """(cached, active cached) tokens of the known sequence, after the recompute rule."""
+    def _prefix_hits(self, s: Seq) -> tuple[int, int]:
+        """(cached, active cached) tokens of the known sequence's full blocks in the pool."""
         bs = self.bs
         known = s.prompt_len + s.generated
         keys = self._prompt_keys(s)
@@ -75,8 +75,13 @@ class VllmEngine(EngineBase):
         if full > len(keys):
             keys = keys + [private_key(s.req.index, b) for b in range(len(keys), full)]
         hit, hit_active = self.kv.match_prefix(keys)
-        cached = min(hit * bs, known)
-        active = min(hit_active * bs, known)
+        return min(hit * bs, known), min(hit_active * bs, known)
+
+    def _lookup(self, s: Seq) -> tuple[int, int]:
+        """(cached, active cached) tokens of the known sequence, after the recompute rule."""
+        bs = self.bs
+        known = s.prompt_len + s.generated
+        cached, active = self._prefix_hits(s)
         cap = (known - 1) // bs * bs      # vLLM computes at least one prompt token
         if cached > cap:
             cached = cap
