@@ -88,17 +88,27 @@ def _run(pythonpath: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_compiled_and_pure_python_give_identical_results(tmp_path: Path) -> None:
-    if not _compiled("sim.engine"):
-        pytest.skip("the simulator is not compiled here: nothing to compare")
+EXT_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def pure_copy(tmp_path: Path) -> Path:
+    """A copy of the packages without their Cython-compiled modules (the native KV pool
+    kept): importing from it runs the plain-Python sources."""
     pure = tmp_path / "pure"
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    suffixes = EXT_SUFFIXES
     for pkg in ("sim", "dynosim_gym", "envs_configs"):
         shutil.copytree(REPO / pkg, pure / pkg, ignore=lambda d, names: [
             n for n in names if n == "__pycache__" or n.endswith(".c")
             or (n.endswith(suffixes) and not n.startswith("_kvpool"))])
+    return pure
+
+
+def test_compiled_and_pure_python_give_identical_results(tmp_path: Path) -> None:
+    if not _compiled("sim.engine"):
+        pytest.skip("the simulator is not compiled here: nothing to compare")
+    pure = pure_copy(tmp_path)
     compiled = _run(REPO)
     reference = _run(pure)
-    assert compiled.pop("engine_file").endswith(suffixes)
+    assert compiled.pop("engine_file").endswith(EXT_SUFFIXES)
     assert reference.pop("engine_file").endswith(".py")
     assert compiled == reference

@@ -223,21 +223,14 @@ def test_compiled_and_pure_python_identical_per_flavour(tmp_path) -> None:
     import test_compiled as tc
     if not tc._compiled("sim.engines.base"):
         pytest.skip("the simulator is not compiled here: nothing to compare")
-    import importlib.machinery
-    import shutil
-    pure = tmp_path / "pure"
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    for pkg in ("sim", "dynosim_gym", "envs_configs"):
-        shutil.copytree(REPO / pkg, pure / pkg, ignore=lambda d, names: [
-            n for n in names if n == "__pycache__" or n.endswith(".c")
-            or (n.endswith(suffixes) and not n.startswith("_kvpool"))])
+    pure = tc.pure_copy(tmp_path)
     outs = []
     for root in (REPO, pure):
         p = subprocess.run([sys.executable, "-c", RUN], capture_output=True, text=True,
                            cwd=str(root), env={"PYTHONPATH": str(root), "PATH": ""}, timeout=600)
         assert p.returncode == 0, p.stderr[-2000:]
         outs.append(__import__("json").loads(p.stdout.strip().splitlines()[-1]))
-    assert outs[0].pop("engine_file").endswith(suffixes)
+    assert outs[0].pop("engine_file").endswith(tc.EXT_SUFFIXES)
     assert outs[1].pop("engine_file").endswith(".py")
     assert outs[0] == outs[1]
 
