@@ -91,3 +91,14 @@ def test_trace_configs_share_one_parse_and_replay_the_same() -> None:
     c.reset(seed=0)
     assert c.episodes.trace is not a.episodes.trace
     assert [c.step(c.hold_action())[0].tobytes() for _ in range(6)] == shared
+
+
+def test_speed_table_gives_ratios_to_the_yardstick_row() -> None:
+    from dynosim_gym.speed import YARDSTICK, markdown
+    row = {"steps_per_s_min": 1.0, "steps_per_s_max": 2.0, "requests_per_step": 3.0}
+    rows = [{**row, "case": "DynoSim-v0 default, hold", "steps_per_s_median": 450.0},
+            {**row, "case": f"DynoSim-v0 {YARDSTICK}, hold", "steps_per_s_median": 600.0}]
+    table = markdown(rows, 1, 1).splitlines()
+    assert table[0].endswith(f"× {YARDSTICK} |")
+    assert table[2].endswith("| 0.75 |") and table[3].endswith("| 1.00 |")
+    assert "×" not in markdown(rows[:1], 1, 1)
