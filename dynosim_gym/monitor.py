@@ -48,6 +48,8 @@ class Interval:
     gpu_seconds: float = 0.0      # provisioned in the interval (starting + active + draining)
     ttfts: list[float] = field(default_factory=list, repr=False)
     tpots: list[float] = field(default_factory=list, repr=False)
+    #: ``(request index, met)`` of every request decided in the interval, in order
+    outcomes: list[tuple[int, bool]] = field(default_factory=list, repr=False)
 
     @property
     def finished(self) -> int:
@@ -104,6 +106,7 @@ class ClusterMonitor:
                     if o == 0:        # output_length 0: no token, no sample, not within SLA
                         reused += ru[j]
                         prompt += il[j]
+                        iv.outcomes.append((idx[j], False))
                         continue
                     ttft = ft[j] - arr[j]
                     tpot = (lt[j] - ft[j]) / (o - 1) if o > 1 else 0.0
@@ -111,10 +114,13 @@ class ClusterMonitor:
                     iv.tpots.append(tpot)
                     reused += ru[j]
                     prompt += il[j]
-                    if ttft <= ttft_sla and tpot <= itl_sla:
+                    ok = ttft <= ttft_sla and tpot <= itl_sla
+                    if ok:
                         iv.met += 1
+                    iv.outcomes.append((idx[j], ok))
                 else:
                     iv.rejected += 1
+                    iv.outcomes.append((idx[j], False))
             self._row = k
         if prompt:
             self._hit = reused / prompt
@@ -165,6 +171,7 @@ class ClusterMonitor:
                         if age > timeout and s.req.index not in gone:
                             gone.add(s.req.index)
                             iv.timed_out += 1
+                            iv.outcomes.append((s.req.index, False))
             iv.queued_prefill_tokens += qp
         iv.kv_utilisation = kv_sum / iv.active if iv.active else 0.0
         iv.oldest_wait_ms = oldest
