@@ -124,7 +124,7 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
             opt.zero_grad()
             loss.backward()
             opt.step()
-            tot += float(loss) * len(b)
+            tot += float(loss.detach()) * len(b)
         nll = tot / len(X)
         if not quiet:
             print(f"dynosim: behaviour cloning epoch {ep + 1}/{epochs}: NLL {nll:.4f}",
