@@ -452,12 +452,14 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
     d = Path(directory)
     if not d.is_dir():
         raise InputError("leaderboard directory not found", file=str(d), field="--leaderboard")
-    if check_env_id(env_id) == ROUTING_ENV:
+    env_id = check_env_id(env_id)
+    if env_id == ROUTING_ENV:
         return routing_leaderboard(d, config=config, episodes=episodes, seed=seed,
                                    reference="heuristic:kv" if reference == "heuristic:load"
                                    else reference, policies=policies, quiet=quiet)
     specs = policies or ([f"heuristic:{h}" for h in AUTOSCALING_HEURISTICS]
-                         + [f"heuristic:{t}" for t in tuned_baselines()]
+                         + [h for h in heuristics_for(env_id)          # tuned planners
+                            if h.split(":", 1)[1] in tuned_baselines()]
                          + [str(p) for p in find_models(d)])
     if reference not in specs:
         specs.insert(0, reference)
