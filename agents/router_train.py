@@ -8,10 +8,12 @@
   rollout ends contributes 0 to its step (its effect reaches the return only through the
   value bootstrap); the truncation bootstrap SB3 adds to the reward is kept.
 * :func:`behaviour_clone`: a warm start by behaviour cloning (maximum likelihood of a
-  teacher's actions under the policy, SB3's documented pretraining recipe,
-  ``docs/guide/examples.rst`` "Pretraining") from ``heuristic:kv`` on training episodes.
-  The ``imitation`` library would do the same, but its releases pin stable-baselines3 and
-  gymnasium below the versions this project uses, so the few lines of the loop are here.
+  teacher's actions under the policy, the recipe of SB3's documentation notebook
+  "Pre-training using Behavior Cloning", Stable-Baselines-Team/rl-colab-notebooks) from
+  ``heuristic:kv`` on training episodes. The ``imitation`` library would do the same, but
+  its latest release (1.0.1) would downgrade this project to stable-baselines3 2.2.1 and
+  gymnasium 0.29.1 (``pip install --dry-run imitation==1.0.1``), so the few lines of the
+  loop are here.
 
 Hyperparameter keys (``agents/hyperparams/ppo.yml``, ``DynoSimRouting-v0``):
 ``reward_credit: request | step`` and ``bc_warm_start: {episodes, epochs, batch_size,
