@@ -22,7 +22,10 @@ and ``p90_itl_ms`` (nearest-rank percentiles of every completed request, not mea
 per-episode percentiles); ``gpu_hours`` (total) and ``gpu_hours_per_episode``;
 ``scaling_events`` (steps that changed the provisioned worker count, summed) and
 ``reversals_per_hour`` (a scaling event in the opposite direction of the previous one, per
-simulated hour); ``mean_reward`` (per episode).
+simulated hour); ``mean_reward`` (per episode). Routing (``DynoSimRouting-v0``) adds
+``mean_ttft_ms``, ``prefix_cache_reused_ratio`` (prompt tokens served from the prefix cache /
+prompt tokens of the completed requests) and ``request_throughput_rps`` (completed requests
+per simulated second); its leaderboard is :func:`routing_leaderboard`.
 """
 from __future__ import annotations
 
