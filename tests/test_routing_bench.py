@@ -295,9 +295,15 @@ def test_request_credit_moves_each_outcome_to_its_routing_step() -> None:
 
 
 def test_trained_router_scores_by_path_and_feature_mismatch_is_named(tmp_path, capsys) -> None:
-    from agents.train import train
+    import yaml
+
+    from agents.train import load_hyperparams, train
+    hp = load_hyperparams("ppo", ROUTING)               # the shipped block, BC made small
+    hp["bc_warm_start"] = {"episodes": 3, "epochs": 2}
+    hp_file = tmp_path / "ppo.yml"
+    hp_file.write_text(yaml.safe_dump({ROUTING: hp}))
     out = train("ppo", ROUTING, timesteps=512, out=tmp_path / "r", seed=0, n_envs=1,
-                overrides={"env.episode_steps": 2}, quiet=True)
+                hyperparams=hp_file, overrides={"env.episode_steps": 2}, quiet=True)
     run = json.loads((out / "run.json").read_text())
     assert run["policy"] == "RouterPolicy" and run["reward_credit"] == "request"
     assert run["bc_warm_start"]["samples"] > 0
