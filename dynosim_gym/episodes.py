@@ -182,6 +182,8 @@ class EpisodeFactory:
         rate = float(opts.get("rate_rps", rng.uniform(env.rate_min_rps, env.rate_max_rps)))
         if scenario in fam.FAMILIES:
             return self._family(scenario, rate, rng, rng_workload, opts, split)
+        if scenario in fam.ROUTING_FAMILIES:
+            return self._routing_family(scenario, rate, rng, rng_workload, split)
         day_offset = float(rng.uniform(0.0, env.day_period_s))
         T = self.duration_s
         if scenario == "diurnal":
@@ -237,6 +239,29 @@ class EpisodeFactory:
         desc["arrival"] = {"process": "piecewise", "knots_s": list(envelope.knots_s),
                            "rates_rps": list(envelope.rates)}
         desc["mean_rps"] = envelope.mean(T)
+        return workload, desc
+
+    def _routing_family(self, family: str, rate: float, rng: np.random.Generator,
+                        rng_workload: np.random.Generator, split: str) -> tuple[Any, dict]:
+        """An episode of a routing family (:data:`dynosim_gym.scenarios.ROUTING_FAMILIES`)."""
+        spec = fam.ROUTING_FAMILIES[family]
+        T = self.duration_s
+        desc: dict[str, Any] = {"workload": "routing_family", "scenario": family,
+                                "day_offset_s": 0.0}
+        if "trace" in spec:
+            trace = family_trace(spec["trace"])
+            start = fam.trace_window_start(trace_duration_s(trace), T, rng, split,
+                                           self.cfg.env.eval_fraction)
+            desc.update(trace=spec["trace"], window_start_s=start)
+            return TraceWindow(trace, start, start + T), desc
+        arrival = fam.routing_arrival(spec["arrival"], rate, rng)
+        block = dict(self.cfg.sim.workload)
+        block.pop("num_requests", None)
+        block.update(spec["workload"])
+        block.update(arrival=arrival, duration_s=T)
+        with _located(self.cfg.sim):
+            workload = from_config(block, rng_workload, prefix="workload")
+        desc["arrival"] = arrival
         return workload, desc
 
 

@@ -6,4 +6,4 @@ from sim.engines.base cimport Seq
 
 @cython.locals(s=Seq, qp=long, n_out=long, age=double, arrival=double)
 cpdef tuple _scan(object seqs, bint waiting, double now, double timeout, set gone,
-                  double oldest)
+                  double oldest, list outcomes)

@@ -48,6 +48,8 @@ class Interval:
     gpu_seconds: float = 0.0      # provisioned in the interval (starting + active + draining)
     ttfts: list[float] = field(default_factory=list, repr=False)
     tpots: list[float] = field(default_factory=list, repr=False)
+    #: ``(request index, met)`` of every request decided in the interval, in order
+    outcomes: list[tuple[int, bool]] = field(default_factory=list, repr=False)
 
     @property
     def finished(self) -> int:
@@ -60,13 +62,14 @@ class Interval:
         return self.met / self.finished if self.finished else 1.0
 
 
-def _scan(seqs, waiting: bool, now: float, timeout: float, gone: set, oldest: float
-          ) -> tuple:
+def _scan(seqs, waiting: bool, now: float, timeout: float, gone: set, oldest: float,
+          outcomes: list) -> tuple:
     """One engine queue's share of an interval: ``(queued prefill tokens, oldest wait,
     requests newly past the timeout)``. ``waiting``: every sequence's uncomputed known
     tokens count (= ``Engine.queued_prefill_tokens``); running: only the uncomputed prompt
     of sequences without a first token. A request first seen past ``timeout`` (ms) without
-    a first token joins ``gone`` and counts once. ``oldest`` (ms) is the running maximum
+    a first token joins ``gone``, counts once and appends ``(index, False)`` to ``outcomes``
+    (the routing env credits it to the decision that routed it). ``oldest`` (ms) is the running maximum
     carried over the queues. Compiled, ``s`` is typed (``monitor.pxd``): this scan visits
     every queued request at every step, thousands when the pool is overloaded."""
     qp = 0
@@ -86,6 +89,7 @@ def _scan(seqs, waiting: bool, now: float, timeout: float, gone: set, oldest: fl
                 if index not in gone:
                     gone.add(index)
                     n_out += 1
+                    outcomes.append((index, False))
     return qp, oldest, n_out
 
 
@@ -133,6 +137,7 @@ class ClusterMonitor:
                     if o == 0:        # output_length 0: no token, no sample, not within SLA
                         reused += ru[j]
                         prompt += il[j]
+                        iv.outcomes.append((idx[j], False))
                         continue
                     ttft = ft[j] - arr[j]
                     tpot = (lt[j] - ft[j]) / (o - 1) if o > 1 else 0.0
@@ -140,10 +145,13 @@ class ClusterMonitor:
                     iv.tpots.append(tpot)
                     reused += ru[j]
                     prompt += il[j]
-                    if ttft <= ttft_sla and tpot <= itl_sla:
+                    ok = ttft <= ttft_sla and tpot <= itl_sla
+                    if ok:
                         iv.met += 1
+                    iv.outcomes.append((idx[j], ok))
                 else:
                     iv.rejected += 1
+                    iv.outcomes.append((idx[j], False))
             self._row = k
         if prompt:
             self._hit = reused / prompt
@@ -179,10 +187,12 @@ class ClusterMonitor:
                 iv.draining += 1
             iv.queued += len(eng.waiting)
             iv.running += len(eng.running)
-            qp, oldest, n_out = _scan(eng.waiting, True, now, timeout, gone, oldest)
+            qp, oldest, n_out = _scan(eng.waiting, True, now, timeout, gone, oldest,
+                                        iv.outcomes)
             iv.queued_prefill_tokens += qp
             iv.timed_out += n_out
-            qp, oldest, n_out = _scan(eng.running, False, now, timeout, gone, oldest)
+            qp, oldest, n_out = _scan(eng.running, False, now, timeout, gone, oldest,
+                                        iv.outcomes)
             iv.queued_prefill_tokens += qp
             iv.timed_out += n_out
         iv.kv_utilisation = kv_sum / iv.active if iv.active else 0.0

@@ -48,9 +48,10 @@ def test_queue_scan_matches_a_direct_computation() -> None:
             if w.state == REMOVED:
                 continue
             eng = w.engine
-            qp_w, oldest_w, late_w = _scan(eng.waiting, True, sim.now, 10_000.0, set(), 0.0)
+            qp_w, oldest_w, late_w = _scan(eng.waiting, True, sim.now, 10_000.0, set(), 0.0,
+                                           [])
             qp_r, oldest, late_r = _scan(eng.running, False, sim.now, 10_000.0, set(),
-                                         oldest_w)
+                                         oldest_w, [])
             assert qp_w == eng.queued_prefill_tokens()
             qp, oldest_direct, late = _direct(eng, sim.now, 10_000.0)
             assert (qp_w + qp_r, oldest, late_w + late_r) == (qp, oldest_direct, len(late))
@@ -65,9 +66,12 @@ def test_queue_scan_counts_each_late_request_once() -> None:
         env.step(env.hold_action())
     eng = max((w.engine for w in env.sim.workers), key=lambda e: len(e.waiting))
     gone: set[int] = set()
-    _, _, first = _scan(eng.waiting, True, env.sim.now, 1_000.0, gone, 0.0)
-    _, _, again = _scan(eng.waiting, True, env.sim.now, 1_000.0, gone, 0.0)
+    outcomes: list[tuple[int, bool]] = []
+    _, _, first = _scan(eng.waiting, True, env.sim.now, 1_000.0, gone, 0.0, outcomes)
+    _, _, again = _scan(eng.waiting, True, env.sim.now, 1_000.0, gone, 0.0, outcomes)
     assert first > 0 and first == len(gone) and again == 0
+    assert outcomes == [(s.req.index, False) for s in eng.waiting
+                        if s.req.index in gone]        # one failed outcome per late request
 
 
 @settings(max_examples=300, deadline=None)
