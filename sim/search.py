@@ -663,6 +663,7 @@ def search_local(setup: Setup, trials: int, *, reduction_factor: int,
                                 sampler=_optuna_sampler(setup))
     records: list[dict[str, Any]] = []
     front: list[tuple[float, float]] = []
+    seen: dict[str, int] = {}          # candidate -> its first trial (replays are deterministic)
 
     def objective(trial):
         params = setup.space.suggest(trial)
@@ -672,8 +673,20 @@ def search_local(setup: Setup, trials: int, *, reduction_factor: int,
             if setup.early_stop == "bound":
                 return bound_stop(setup.objective, values, front)
             return setup.early_stop == "asha" and trial.should_prune()
+        key = json.dumps(params, sort_keys=True, default=str)
+        first = seen.setdefault(key, trial.number)
         try:
-            res = run_candidate(setup, params, report)
+            if first != trial.number and setup.early_stop != "asha" \
+                    and records[first]["status"] != "failed":
+                # The same candidate replays to the same numbers; the front has only grown
+                # since, so a stopped one would stop again. (ASHA's rungs move: rerun.)
+                res = {**records[first], "reason": f"same candidate as trial {first}"}
+                res = {k: v for k, v in res.items() if k not in ("trial", "params", "error")}
+                res["requests"] = 0            # nothing simulated
+                for step, score in enumerate(res["rung_scores"], start=1):
+                    trial.report(score, step)
+            else:
+                res = run_candidate(setup, params, report)
         except Exception as exc:           # noqa: BLE001 - recorded as a failed trial
             records.append(_record(trial.number, params, None, _one_line(exc)))
             progress(records[-1])
@@ -1103,6 +1116,7 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(failed=counts["failed"], refresh=False)
 
     t0 = time.perf_counter()
+    cpu0 = time.process_time()      # this process's CPU: all the work locally, the driver on Ray
     try:
         if args.executor == "ray":
             records, cpus = search_ray(setup, args.trials,
@@ -1118,10 +1132,10 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
-    return _finish(args, setup, records, out, wall, cpus, compare)
+    return _finish(args, setup, records, out, wall, time.process_time() - cpu0, cpus, compare)
 
 
-def _finish(args, setup: Setup, records, out: Path, wall: float, cpus: int,
+def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, cpus: int,
             compare) -> int:
     obj = setup.objective
     write_trials(records, setup, out / "trials.csv")
@@ -1136,6 +1150,7 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpus: int,
                         *(_fmt(r["params"].get(k)) for k in keys)])
     by = {s: sum(r["status"] == s for r in records) for s in STATUSES}
     requests = sum(int(r.get("requests") or 0) for r in records)
+    reused = sum(str(r.get("reason") or "").startswith("same candidate") for r in records)
     best = best_record(records, obj)
     feasible = best is not None and best["violation"] == 0
     title = (f"dynosim search: {len(records)} candidates ({by['complete']} complete, "
@@ -1148,8 +1163,10 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpus: int,
             "rungs_s": list(setup.rungs_s), "reduction_factor": args.reduction_factor,
             "sampler": setup.sampler, "seed": setup.seed,
             "trials": len(records), **{f"{s}_trials": n for s, n in by.items()},
+            "repeated_trials": reused,
             "run_info": {"executor": args.executor, "ray_address": args.ray_address,
                          "cpus": cpus, "wall_s": round(wall, 2),
+                         "process_cpu_s": round(cpu_s, 2),
                          "trials_per_s": round(len(records) / wall, 3) if wall else None,
                          "simulated_requests": requests,
                          "simulated_requests_per_s": round(requests / wall) if wall else None},
@@ -1162,7 +1179,8 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpus: int,
                                                 allow_nan=True) + "\n")
     print(f"dynosim search: {len(records)} candidates in {wall:.1f} s on {cpus} "
           f"CPU{'s' if cpus != 1 else ''} ({args.executor}): {by['complete']} complete, "
-          f"{by['pruned']} stopped early, {by['failed']} failed; "
+          f"{by['pruned']} stopped early, {by['failed']} failed"
+          f"{f' ({reused} repeats of an earlier candidate, not replayed)' if reused else ''}; "
           f"{requests:,} simulated requests ({requests / wall:,.0f}/s)")
     for r in [r for r in records if r["status"] == "failed"][:3]:
         print(f"  failed trial {r['trial']} {json.dumps(r['params'], sort_keys=True)}: "

@@ -202,13 +202,20 @@ def test_bound_rule_keeps_the_full_replay_front_and_best(tmp_path, small_trace):
     assert [r["tp"] for r in full] == [r["tp"] for r in cut]          # same candidates
     assert front_cut == front_full and best_cut == best_full
     stopped = [r for r in cut if r["status"] == "pruned"]
-    assert stopped and all(r["stopped_because"].startswith(("infeasible", "dominated"))
-                           for r in stopped)
+    assert stopped and all(r["stopped_because"].startswith(
+        ("infeasible", "dominated", "same candidate as trial")) for r in stopped)
     done = {r["trial"]: r for r in full}
     for r in stopped:          # a stopped candidate's recorded bounds hold for its full replay
         for f in ("totals.gpu_hours", "latency_ms.ttft.p90"):
             assert float(r[f]) <= float(done[r["trial"]][f])
     assert sum(float(r["sim_s"]) for r in cut) < sum(float(r["sim_s"]) for r in full)
+    # A candidate drawn again is not replayed: it has the numbers of its first draw.
+    repeats = [r for r in full if r["stopped_because"].startswith("same candidate as trial")]
+    assert repeats
+    for r in repeats:
+        first = done[r["stopped_because"].split()[-1]]
+        assert {k: v for k, v in r.items() if k not in ("trial", "stopped_because")} == \
+            {k: v for k, v in first.items() if k not in ("trial", "stopped_because")}
 
 
 @pytest.mark.parametrize("params", [
