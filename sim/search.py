@@ -745,13 +745,16 @@ def _bound_scheduler(obj: Objective):
             self.front: list[tuple[float, float]] = []
 
         def on_trial_result(self, tune_controller, trial, result):
+            # Tune hands schedulers the result flattened: {"values/FIELD": ...}.
+            values = {k.split("/", 1)[1]: v for k, v in result.items()
+                      if k.startswith("values/")}
             if result.get("status") == "complete":
-                point = _front_point(obj, {**result, "status": "complete"})
+                point = _front_point(obj, {"status": "complete", "values": values,
+                                           "violation": result.get("violation")})
                 if point is not None:
                     self.front.append(point)
                 return TrialScheduler.CONTINUE
-            if result.get("status") == "running" and bound_stop(
-                    obj, result.get("values") or {}, self.front):
+            if result.get("status") == "running" and bound_stop(obj, values, self.front):
                 return TrialScheduler.STOP
             return TrialScheduler.CONTINUE
     return _BoundScheduler()

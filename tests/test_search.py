@@ -325,3 +325,32 @@ def test_ray_search_records_failures_and_finds_a_front(tmp_path, small_trace):
     assert _rows(out / "front.csv")
     info = json.loads((out / "search.json").read_text())
     assert info["run_info"]["executor"] == "ray" and info["run_info"]["cpus"] == 2
+
+
+@pytest.mark.ray
+@pytest.mark.xdist_group("ray")
+def test_ray_bound_rule_keeps_the_full_replay_front(tmp_path, small_trace):
+    """On Ray the cross-trial half of the bound rule is Tune's scheduler: with random
+    sampling its front is the one of replaying every candidate in full."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    import ray
+    space = _space(tmp_path, SPACE)
+    objective = "minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= 100000"
+    common = ("--trials", "16", "--sampler", "random", "--check-s", "15")
+    assert _search(small_trace, space, tmp_path / "full", *common, "--early-stop", "none",
+                   objective=objective) == 0
+    ray.shutdown()
+    try:
+        assert _search(small_trace, space, tmp_path / "ray", *common, "--executor", "ray",
+                       "--jobs", "2", objective=objective) == 0
+    finally:
+        ray.shutdown()
+
+    def points(d):
+        return sorted((r["totals.gpu_hours"], r["latency_ms.ttft.p90"])
+                      for r in _rows(tmp_path / d / "front.csv"))
+    assert points("ray") == points("full")
+    rows = _rows(tmp_path / "ray" / "trials.csv")
+    assert any(r["status"] == "pruned" for r in rows)
+    assert all(r["stopped_because"].startswith(("infeasible", "dominated"))
+               for r in rows if r["status"] == "pruned")
