@@ -24,6 +24,10 @@ import pytest
 from sim.cli import main
 
 WINDOW_S = "20"
+# The environment before any Ray session of this process: ray.init sets variables that
+# child processes inherit (RAY_AUTH_MODE=token among them, which then disagrees with the test
+# cluster's), so every Ray process this module starts gets this copy.
+ENV0 = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 HAS_RAY = True
 try:
     import ray  # noqa: F401
@@ -81,13 +85,14 @@ def no_ray_session():
 
 def _dynosim(*argv: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).with_name("dynosim")), *argv],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=ENV0)
 
 
 # Every Ray client of this test is its own process (the cluster's readiness probe, the sweep,
-# the training), as a user runs them: nothing depends on which Ray sessions this test
-# process went through before (a cluster started after local Ray sessions in the same
-# process did not start RLlib's env runners), so the test passes in any order.
+# the training), as a user runs them, with the environment from before any Ray session here
+# (ENV0): after a local Ray session in this process, RLlib's env runners failed to start on
+# the cluster (IndexError in get_spaces) because the training process inherited
+# RAY_AUTH_MODE=token. So the test passes in any order.
 @pytest.mark.ray
 @pytest.mark.xdist_group("ray")
 def test_two_node_cluster_sweep_and_rllib(tmp_path, capsys):
@@ -187,10 +192,9 @@ class LocalCluster:
         log = open(self.logs / f"{name}.log", "w")
         # Loopback-only test cluster: no token authentication (`ray start`'s default; a
         # driver process picks its auth mode once, when Ray loads).
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         self.procs.append(subprocess.Popen(
             [self.ray_bin, "start", *args, "--num-cpus", "1", "--block",
-             "--disable-usage-stats", *ports], stdout=log, stderr=subprocess.STDOUT, env=env,
+             "--disable-usage-stats", *ports], stdout=log, stderr=subprocess.STDOUT, env=ENV0,
             start_new_session=True))
 
     def start(self) -> "LocalCluster":
@@ -206,10 +210,9 @@ class LocalCluster:
         code = ("import ray, sys; ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2], "
                 "logging_level='ERROR', log_to_driver=False); "
                 "print(sum(bool(n.get('Alive')) for n in ray.nodes()))")
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         try:
             p = subprocess.run([sys.executable, "-c", code, self.address, self.ip],
-                               capture_output=True, text=True, timeout=60, env=env)
+                               capture_output=True, text=True, timeout=60, env=ENV0)
         except subprocess.TimeoutExpired:
             return 0
         lines = p.stdout.split()
