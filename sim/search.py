@@ -958,12 +958,21 @@ def plot_front(records, obj: Objective, path: Path, title: str,
     if best is not None and best["violation"] == 0:
         ax.scatter([best["values"][x]], [pos(best["values"][y])], marker="*", s=260,
                    color="C2", edgecolors="k", label="best (best.yaml)", zorder=5)
+    clip = ""
     for f, op, limit in obj.constraints:
         if f == y:
             ax.axhline(limit, color="gray", ls=":", lw=1, label=f"{f} {op} {limit:g}")
+            if op in ("<=", "<") and limit > 0:
+                # The feasible band is what the front is about: overloaded deployments
+                # (p90 in minutes) would squash it; they are clipped, and said so.
+                lows = [pos(r["values"].get(y, math.nan)) for r in done]
+                lows += [pos(r["p90_ttft_ms"]) for r in compare or []]
+                lows = [v for v in lows if math.isfinite(v)]
+                ax.set_ylim(0.8 * min(lows + [limit]), 4.0 * limit)
+                clip = f", clipped at {4 * limit:g}"
     ax.set_yscale("log")
     ax.set_xlabel(f"{x} ({_unit(x)})")
-    ax.set_ylabel(f"{y} ({_unit(y)}, log)")
+    ax.set_ylabel(f"{y} ({_unit(y)}, log{clip})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title(title, fontsize=8)
