@@ -481,8 +481,9 @@ def _quantile_lb(done_desc, q: float | None, n_total: int) -> float:
     sample, given ``done_desc`` (part of it, descending) and ``n_total`` >= its final size.
 
     The final quantile is the ``k(M) = M - round_half_up(q (M - 1))``-th largest of the
-    final sample of size M; ``k`` never decreases with M, and the final sample holds every
-    value seen now, so its ``k(n_total)``-th largest value is at least the one seen now.
+    final sample of size M (``sim.metrics.nearest_rank``). ``k`` never decreases with M and
+    M <= n_total, so it is >= the final sample's ``k(n_total)``-th largest, which is >= the
+    ``k(n_total)``-th largest seen now (the final sample holds every value seen now).
     Latencies are >= 0, so 0 bounds a sample too small to say more.
     """
     from .metrics import _round_half_up
