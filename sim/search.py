@@ -1046,7 +1046,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "dominated, exact; asha: successive halving on the truncated score, a "
                    "heuristic screen; none: replay every candidate in full")
     g.add_argument("--no-early-stop", action="store_const", dest="early_stop", const="none",
-                   help="the same as --early-stop none")
+                   help="the same as --early-stop none (default: off)")
     g.add_argument("--check-s", type=_positive_float, default=DEFAULT_CHECK_S, metavar="S",
                    help=f"--early-stop bound: simulated seconds between checks (default "
                    f"{DEFAULT_CHECK_S:g})")
