@@ -42,3 +42,4 @@ cdef class Simulation:
     cdef public object _decode_active
     cdef public dict _handoffs
     cdef public dict _orig
+    cdef public list _held

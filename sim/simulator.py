@@ -52,6 +52,10 @@ class Worker:
         return self.engine.id
 
 
+def _src_id(h: Handoff) -> int:
+    return h.src.engine.id
+
+
 @dataclass
 class ClusterConfig:
     num_workers: int = 1            # initial active workers
@@ -106,6 +110,7 @@ class Simulation:
         self._decode_active = None
         self._handoffs = {}          # request index -> Handoff (disaggregated, in flight)
         self._orig = {}              # request index -> original request (on a prefill worker)
+        self._held = []              # handoffs held at this timestamp, not yet routed
         if disagg is not None:
             # The decode router draws from its own stream: child 2 (0 = router, 1 = workload).
             rng_decode = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
@@ -207,11 +212,25 @@ class Simulation:
     # -- disaggregated handoff (sim.disagg) ---------------------------------------------
     def _on_source_held(self, eng: Engine, s, now: float) -> None:
         """The prefill copy of a request emitted its token at ``now``: the source holds
-        its KV, and the decode router picks the destination."""
+        its KV. The decode router sees the handoffs of one timestamp after all its events,
+        in prefill-worker order (as Dynamo's replay does)."""
         self.router.on_finished(eng, s, now)
         req = self._orig.pop(s.req.index)
         h = Handoff(req, self.workers[eng.id], s, now)
         self._handoffs[req.index] = h
+        self._held.append(h)
+
+    def _route_held(self) -> None:
+        held, self._held = self._held, []
+        if len(held) > 1:
+            held.sort(key=_src_id)
+        for h in held:
+            self._route_handoff(h)
+
+    def _route_handoff(self, h: Handoff) -> None:
+        """The decode router picks the destination of a held handoff."""
+        req = h.req
+        now = self.now
         if self._decode_active is None:
             ws = [w for w in self.workers if w.state == ACTIVE and w.role == "decode"]
             self._decode_active = (ws, [w.engine for w in ws])
@@ -289,6 +308,10 @@ class Simulation:
         h.dst.engine.activate_remote(h.dst_seq)
         del self._handoffs[h.req.index]
         self._note(h)
+        if h.dst.pending:
+            # An applied activation retries the pending head once (Dynamo's
+            # effects_after_capacity_change), besides the retry of each pass boundary.
+            self._reserve_pending(h.dst)
         src = h.src
         if src.engine.busy:
             src.releases.append(h)
@@ -587,6 +610,8 @@ class Simulation:
                     payload(self)
                 elif kind == EV_HANDOFF:
                     self._on_transfer_done(payload)
+            if self.disaggregated and self._held:
+                self._route_held()
             if self.check_invariants:
                 self._check(t)
             if self._dirty:
