@@ -328,7 +328,8 @@ def _from_cmdline(exc: InputError) -> str:
     """Name the flag, not the config field, when a flag supplied the bad value."""
     if exc.file == CMDLINE:
         field = exc.field or ""
-        flag = field if field.startswith("--") else FLAG_OF.get(field)
+        flag = field if field.startswith("--") else \
+            FLAG_OF.get(field) or FLAG_OF.get(field.rpartition(".")[0])   # (JSON-valued flags)
         return f"argument {flag}: {exc.detail}" if flag else \
             f"{CMDLINE}, field '{exc.field}': {exc.detail}"
     return str(exc)

@@ -434,7 +434,9 @@ class VllmEngine(EngineBase):
             assert s.computed <= s.prompt_len + s.generated, "computed past the sequence"
             assert len(s.blocks) == (s.computed + self.bs - 1) // self.bs, "blocks != computed"
         for s in self.waiting:
-            assert not s.blocks, "waiting sequence holds blocks"
+            # (a disaggregated decode copy waits with its remotely computed prompt's blocks)
+            assert not s.blocks or len(s.blocks) == (s.computed + self.bs - 1) // self.bs > 0, \
+                "waiting sequence holds blocks"
 
 
 def _allocations(phases: list[int], k: int, bs: int) -> int:
