@@ -91,9 +91,9 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
 # the run disaggregated, which needs both pool sizes (from flags or the YAML's disagg).
 DISAGG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--num-prefill-workers": ("disagg.num_prefill_workers", int, "N",
-                              "disaggregated: prefill workers (with --num-decode-workers)"),
+                              "disaggregated: prefill workers, with --num-decode-workers (default: aggregated)"),
     "--num-decode-workers": ("disagg.num_decode_workers", int, "N",
-                             "disaggregated: decode workers (with --num-prefill-workers)"),
+                             "disaggregated: decode workers, with --num-prefill-workers (default: aggregated)"),
     "--kv-transfer-bandwidth": ("disagg.kv_transfer_bandwidth", float, "GBPS",
                                 "disaggregated: prefill->decode KV bandwidth, GB/s; 0 = no "
                                 "delay (default 64)"),
@@ -108,9 +108,9 @@ DISAGG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--decode-router-mode": ("disagg.decode_router_mode", str, "MODE",
                              "disaggregated: decode pool's router (default --router-mode)"),
     "--prefill-engine-args-json": ("disagg.prefill_engine", str, "JSON",
-                                   "disaggregated: engine fields for prefill workers only"),
+                                   "disaggregated: engine fields for prefill workers only, e.g. '{\"max_num_batched_tokens\": 16384}' (default: the --block-size ... engine flags)"),
     "--decode-engine-args-json": ("disagg.decode_engine", str, "JSON",
-                                  "disaggregated: engine fields for decode workers only"),
+                                  "disaggregated: engine fields for decode workers only (default: the engine flags)"),
 }
 FLAGS.update(DISAGG_FLAGS)
 

@@ -107,6 +107,8 @@ class RouterSection:
     prefill_load_scale: float = _opt(1.0, range=WEIGHT)  # weight of the prefill term in the cost
     temperature: float = _opt(0.0, range=WEIGHT)  # 0 = argmin (random ties); > 0 = softmax
     assume_kv_reuse: bool = True                     # count blocks shared by active requests once
+    track_active_blocks: bool = True     # decode-load term (off for a disaggregated prefill pool)
+    track_prefill_tokens: bool = True    # pending-prefill term (off for a decode pool)
 
 
 @dataclass
