@@ -791,6 +791,10 @@ def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunCon
       f"{t['total_output_tokens']:,}   (completed requests)\n")
     w(f"  prefix reuse  {t['prefix_cache_reused_ratio']:.1%}   preemptions "
       f"{t['num_preemptions']:,}   GPU-hours {t['gpu_hours']:.2f}\n")
+    if "prefill_worker_seconds" in t:     # disaggregated pools
+        w(f"  pools         prefill {t['prefill_worker_seconds']:,.0f} worker-s "
+          f"({t['prefill_gpu_hours']:.2f} GPU-h)   decode {t['decode_worker_seconds']:,.0f} "
+          f"worker-s ({t['decode_gpu_hours']:.2f} GPU-h)\n")
     if "goodput" in summary:
         g = summary["goodput"]
         w(f"  goodput       {g['good_requests']:,} requests within SLA "
