@@ -267,6 +267,7 @@ class RunConfig:
         if self.disagg is not None:
             out["disagg"] = {k: copy.deepcopy(v) for k, v in self.disagg.items()
                              if not k.startswith("_")}
+            del out["cluster"]["num_workers"]       # the pools are sized in disagg
         if self.engine.backend != "sglang":
             for knob in SGLANG_KNOBS:          # not this core's: giving them is an error
                 del out["engine"][knob]
@@ -380,7 +381,7 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
     cfg.planner = _check_planner(data.get("planner"), v)
     cfg.disagg = _check_disagg(data.get("disagg"), cfg, v)
     if cfg.disagg is not None and cfg.planner is not None:
-        raise v.error("a planner for disaggregated pools is not modelled yet", "planner")
+        raise v.error("a planner for disaggregated pools is not modelled yet", "planner.kind")
     if cfg.planner is not None:
         with _located(cfg):
             planner_config(cfg)          # every knob checked now, not at the first tick

@@ -270,3 +270,25 @@ def test_yaml_disagg_block_size_mismatch_names_field(tmp_path, trace, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
     assert "disagg.decode_engine" in err and "block_size" in err and "c.yaml" in err
+
+
+def test_print_config_round_trips(trace, tmp_path, capsys):
+    assert main(["simulate", "--trace", trace, "--num-prefill-workers", "3",
+                 "--num-decode-workers", "1", "--decode-engine-args-json",
+                 '{"max_num_seqs": 64}', "--print-config"]) == 0
+    first = capsys.readouterr().out
+    y = tmp_path / "run.yaml"
+    y.write_text(first)
+    assert main(["simulate", "--config", str(y), "--print-config"]) == 0
+    assert capsys.readouterr().out == first
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--backend", "sglang"], "--backend"),
+    (["--planner", "load"], "--planner"),
+])
+def test_unmodelled_combinations_are_errors(trace, capsys, args, flag):
+    rc = main(["simulate", "--trace", trace, "--num-prefill-workers", "1",
+               "--num-decode-workers", "1", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and flag in err, err
