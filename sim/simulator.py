@@ -46,6 +46,7 @@ class Worker:
     pending: list = field(default_factory=list)       # decode: to reserve, FIFO
     transferred: list = field(default_factory=list)   # decode: KV arrived, to activate
     releases: list = field(default_factory=list)      # prefill: held KV to release
+    kv_waits: int = 0     # handoffs holding its blocks: sources held, reservations in transfer
 
     @property
     def id(self) -> int:
@@ -217,6 +218,7 @@ class Simulation:
         self.router.on_finished(eng, s, now)
         req = self._orig.pop(s.req.index)
         h = Handoff(req, self.workers[eng.id], s, now)
+        h.src.kv_waits += 1
         self._handoffs[req.index] = h
         self._held.append(h)
 
@@ -279,6 +281,7 @@ class Simulation:
                     continue
                 return
             pending.pop(0)
+            w.kv_waits += 1
             h.dst_seq, missing = got
             h.dst_seq.first_admit = h.src_seq.first_admit
             h.dst_seq.reused = h.src_seq.reused
@@ -305,6 +308,7 @@ class Simulation:
         """The KV has arrived and the decode worker is at a pass boundary: the request
         joins its queue; the source releases at its own next boundary."""
         h.destination_activated_ms = self.now
+        h.dst.kv_waits -= 1
         h.dst.engine.activate_remote(h.dst_seq)
         del self._handoffs[h.req.index]
         self._note(h)
@@ -320,9 +324,13 @@ class Simulation:
 
     def _release_source(self, h: Handoff) -> None:
         h.source_released_ms = self.now
-        h.src.engine.release_source(h.src_seq)
+        src = h.src
+        src.engine.release_source(h.src_seq)
+        src.kv_waits -= 1
         h.src_seq = None
         self._note(h)
+        if not src.engine.busy and src.engine.has_work():
+            self._dirty.append(src)          # it may have been waiting for these blocks
 
     def _note(self, h: Handoff) -> None:
         self.metrics.set_handoff(h.req.index, h.src.pool_index,
@@ -537,10 +545,17 @@ class Simulation:
         else:
             end = eng.start_pass(now)
             while not eng._did_work:
+                eng.busy = False
+                if self.disaggregated and w.kv_waits:
+                    # Blocks are held by handoffs (a source not yet released, a reservation
+                    # in transfer): wait for them; their release or activation restarts us.
+                    eng.num_passes -= 1
+                    return
                 # Nothing can run: the head was preempted and its known sequence outgrew
                 # the whole pool. Reject it (Dynamo aborts the replay here) and retry.
-                eng.busy = False
                 eng.reject_head()
+                if self.disaggregated:
+                    self._boundary(w)       # the freed blocks may fit a reservation
                 if not eng.has_work():
                     self._maybe_retire(w)
                     return
@@ -614,7 +629,9 @@ class Simulation:
                 self._route_held()
             if self.check_invariants:
                 self._check(t)
-            if self._dirty:
+            while self._dirty:
+                # (one round when aggregated; a disaggregated start can free a source's
+                # blocks on another worker, which then starts at this timestamp too)
                 dirty = self._dirty
                 self._dirty = []
                 if len(dirty) > 1:
