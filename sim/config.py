@@ -224,22 +224,6 @@ def disagg_config(cfg: "RunConfig") -> DisaggConfig | None:
         decode_gpus_per_worker=d["decode_gpus_per_worker"] or gpus)
 
 
-def decode_router_config(cfg: "RunConfig") -> KvRouterConfig:
-    """Dynamo's decode-stage KV router (router-disaggregated-serving.md): no overlap
-    credit, no assumed reuse, no prefill-token tracking."""
-    base = {k: v for k, v in asdict(cfg.router).items() if k != "mode"}
-    return KvRouterConfig(**{**base, "overlap_score_credit": 0.0, "assume_kv_reuse": False,
-                             "track_prefill_tokens": False})
-
-
-def prefill_router_config(cfg: "RunConfig") -> KvRouterConfig:
-    """The run's KV router; in disaggregated mode without active-block tracking (Dynamo's
-    prefill stage)."""
-    base = {k: v for k, v in asdict(cfg.router).items() if k != "mode"}
-    if cfg.disagg is not None:
-        base["track_active_blocks"] = False
-    return KvRouterConfig(**base)
-
 
 @dataclass
 class RunConfig:
@@ -695,8 +679,8 @@ def build_simulation(cfg: RunConfig, progress: Callable[[float], None] | None = 
         timing=timing,
         cluster=ClusterConfig(**asdict(cfg.cluster)),
         router=cfg.router.mode,
-        kv_router=prefill_router_config(cfg),
-        disagg=disagg_config(cfg), kv_router_decode=decode_router_config(cfg),
+        kv_router=KvRouterConfig(**{k: v for k, v in asdict(cfg.router).items() if k != "mode"}),
+        disagg=disagg_config(cfg),
         seed=cfg.run.seed,
         max_sim_time_ms=None if max_s is None else max_s * 1000.0,
         exact=cfg.run.exact_steps,

@@ -82,16 +82,17 @@ class Simulation:
                  sla: dict[str, float | None] | None = None,
                  progress: Callable[[float], None] | None = None,
                  check_invariants: bool = False, token_gaps: bool = True,
-                 disagg: DisaggConfig | None = None, kv_router_decode: KvRouterConfig | None = None
-                 ) -> None:
+                 disagg: DisaggConfig | None = None) -> None:
         """``token_gaps=False`` skips the distribution of gaps between tokens (the summary's
         ITL percentiles and per-user throughput are then empty; per-request records, TTFT
         and TPOT are unaffected). The environments use it: they observe per-request TPOT.
 
         ``disagg``: run separate prefill and decode pools (:mod:`sim.disagg`); then
         ``engine``, ``cluster.num_workers`` and ``router`` are ignored for the pools (the
-        pools' own engine configs and routers are in ``disagg``), ``kv_router`` configures a
-        KV prefill router and ``kv_router_decode`` a KV decode router."""
+        pools' own engine configs and routers are in ``disagg``). A KV router of either pool
+        takes ``kv_router`` with Dynamo's stage rules (router-disaggregated-serving.md): the
+        prefill router without the decode-load term, the decode router without overlap
+        credit, assumed reuse or pending-prefill term."""
         self.workload = workload
         self.token_gaps = token_gaps
         self.engine_cfg = engine
@@ -117,8 +118,12 @@ class Simulation:
             rng_decode = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
             router = disagg.prefill_router
             engine = disagg.prefill_engine
-            self.decode_router = make_router(disagg.decode_router, rng_decode,
-                                             disagg.decode_engine.block_size, kv_router_decode)
+            base = kv_router or KvRouterConfig()
+            self.decode_router = make_router(
+                disagg.decode_router, rng_decode, disagg.decode_engine.block_size,
+                dataclasses.replace(base, overlap_score_credit=0.0, assume_kv_reuse=False,
+                                    track_prefill_tokens=False))
+            kv_router = dataclasses.replace(base, track_active_blocks=False)
         self.router: Router = make_router(router, self._rng_router, engine.block_size, kv_router)
         self.router_mode = router
         self.heap: list[tuple] = []
