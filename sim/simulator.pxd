@@ -43,3 +43,4 @@ cdef class Simulation:
     cdef public dict _handoffs
     cdef public dict _orig
     cdef public list _held
+    cdef public bint _reuse_dst

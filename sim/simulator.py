@@ -113,6 +113,10 @@ class Simulation:
         self._handoffs = {}          # request index -> Handoff (disaggregated, in flight)
         self._orig = {}              # request index -> original request (on a prefill worker)
         self._held = []              # handoffs held at this timestamp, not yet routed
+        # decode workers cache and look up prompt blocks only when the transfer charges
+        # what the destination lacks
+        self._reuse_dst = (disagg is not None
+                           and disagg.kv_transfer_timing_mode == "destination_missing")
         if disagg is not None:
             # The decode router draws from its own stream: child 2 (0 = router, 1 = workload).
             rng_decode = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
@@ -273,7 +277,7 @@ class Simulation:
         eng = w.engine
         pending = w.pending
         cfg = self.disagg
-        reuse = cfg.kv_transfer_timing_mode == "destination_missing"
+        reuse = self._reuse_dst
         while pending and limit > 0:
             limit -= 1
             h = pending[0]
@@ -314,7 +318,7 @@ class Simulation:
         joins its queue; the source releases at its own next boundary."""
         h.destination_activated_ms = self.now
         h.dst.kv_waits -= 1
-        h.dst.engine.activate_remote(h.dst_seq)
+        h.dst.engine.activate_remote(h.dst_seq, self._reuse_dst)
         del self._handoffs[h.req.index]
         self._note(h)
         if h.dst.pending:
@@ -468,7 +472,8 @@ class Simulation:
         if self.disaggregated:
             # The prefill worker runs a copy with one output token (Dynamo's disagg.rs).
             self._orig[req.index] = req
-            req = dataclasses.replace(req, output_length=1)
+            req = Request(req.index, req.arrival_ms, req.input_length, 1, req.hash_ids,
+                          req.trace_block_size, req.session_id, req.delay_ms, req.line)
         self._enqueue(w, req, self.router.take_keys())
 
     def _enqueue(self, w: Worker, req: Request, keys: list[int] | None) -> None:

@@ -168,9 +168,11 @@ class EngineBase:
         None when the blocks are not free now."""
         raise NotImplementedError(f"{type(self).__name__} has no disaggregated decode")
 
-    def activate_remote(self, s: Seq) -> None:
+    def activate_remote(self, s: Seq, register: bool) -> None:
         """Decode worker: the prompt's KV has arrived; ``s`` joins the waiting queue with
-        its prompt computed (it is charged no prefill)."""
+        its prompt computed (it is charged no prefill). ``register``: its full prompt blocks
+        join the prefix cache (for ``destination_missing`` look-ups; Dynamo's decode workers
+        report no prompt reuse in ``full_prompt`` mode)."""
         raise NotImplementedError(f"{type(self).__name__} has no disaggregated decode")
 
     def release_source(self, s: Seq) -> None:

@@ -224,9 +224,10 @@ class VllmEngine(EngineBase):
         s.admitted = True                 # admission history lives on the prefill side
         return s, s.prompt_len - min(hit * bs, s.prompt_len)
 
-    def activate_remote(self, s):
+    def activate_remote(self, s, register):
         s.computed = s.prompt_len
-        self._register(s, 0, s.prompt_len)
+        if register:
+            self._register(s, 0, s.prompt_len)
         self.waiting.append(s)
         self.waiting_tokens += s.prompt_len
 
@@ -371,6 +372,8 @@ class VllmEngine(EngineBase):
         if len(self.running) >= self.cfg.max_num_seqs:
             return False
         s = self.waiting[0]
+        if s.computed:
+            return True      # an activated disaggregated decode copy: its blocks are held
         if not s.admitted and self._reject_reason(s):
             return True      # a rejection is a state change: leave it to a full pass
         cached, active_cached = self._lookup(s)
