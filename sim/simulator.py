@@ -270,16 +270,16 @@ class Simulation:
                 w.version += 1
                 self._push(new_end, EV_PASS_END, (w, w.version))
 
-    def _reserve_pending(self, w: Worker, limit: int = 1) -> None:
-        """Decode worker at a pass boundary: reserve KV for up to ``limit`` waiting
-        handoffs, head first, while blocks allow; each transfer starts at its reservation.
-        Dynamo's vLLM core reserves one pending destination per retry."""
+    def _reserve_pending(self, w: Worker) -> None:
+        """One retry of a decode worker's pending handoffs (Dynamo's vLLM core: one per
+        pass boundary and one per applied activation): reserve KV for the head if its
+        blocks are free now; the transfer starts at the reservation. A head that can never
+        fit the pool is rejected and the next one tried."""
         eng = w.engine
         pending = w.pending
         cfg = self.disagg
         reuse = self._reuse_dst
-        while pending and limit > 0:
-            limit -= 1
+        while pending:
             h = pending[0]
             got = eng.reserve_remote(h.req, h.keys, reuse)
             if got is None:
@@ -297,6 +297,7 @@ class Simulation:
             h.destination_reserved_ms = self.now
             h.ready_ms = self.now + cfg.delay_ms(h.req.input_length, missing)
             self._push(h.ready_ms, EV_HANDOFF, h)
+            return
 
     def _on_transfer_done(self, h: Handoff) -> None:
         w = h.dst
