@@ -221,6 +221,9 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
     v = _Validator(source, where, (source, None))
     sim_cfg = parse_config(data, source=source, where=where, base_dir=base_dir,
                            default_where=(source, None))
+    if sim_cfg.disagg is not None:
+        raise v.error("the environments drive one aggregated pool; disaggregated pools are "
+                      "not modelled in them yet", "disagg")
     env = _parse_env(env_data, v)
     cfg = EnvConfig(sim=sim_cfg, env=env, source=source)
     _check(cfg, v)
