@@ -39,7 +39,11 @@ AGENT_COMMANDS = ("train", "evaluate", "tune")   # in agents.cli (imports gymnas
 FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--num-workers": ("cluster.num_workers", int, "N", "workers at t=0 (default 1)"),
     "--gpus-per-worker": ("cluster.gpus_per_worker", int, "N",
-                          "GPUs per worker, for GPU-hours (default 1)"),
+                          "GPUs per worker (per DP rank with --dp-size), for GPU-hours "
+                          "(default 1)"),
+    "--dp-size": ("cluster.dp_size", int, "N",
+                  "data-parallel ranks per worker, each with its own scheduler and KV pool; "
+                  "the router picks (worker, rank) pairs (default 1)"),
     "--router-mode": ("router.mode", str, "{round_robin,random,least_loaded,kv}",
                       "routing policy (kv_router = kv); default round_robin"),
     "--router-temperature": ("router.temperature", float, "T",
@@ -692,6 +696,8 @@ def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     count = f", {n:,} requests" if isinstance(n, int) else ""
     n = cfg.cluster.num_workers
     workers = f"{n} worker{'s' if n != 1 else ''}"
+    if cfg.cluster.dp_size > 1:
+        workers += f" x {cfg.cluster.dp_size} DP ranks"
     if cfg.planner is not None:      # the count changes during the run
         workers += (f" at start, {cfg.planner['kind']} planner (budget "
                     f"{cfg.planner['max_gpu_budget']} GPUs)")

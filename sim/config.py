@@ -32,7 +32,7 @@ import yaml
 from .engine import BACKENDS, DEFAULT_BLOCK_SIZE, SGLANG_KNOBS, EngineConfig
 from .errors import InputError
 from .router import ROUTER_MODES, KvRouterConfig
-from .schema import (BLOCK_SIZE, GPUS, NUM_GPU_BLOCKS, PLANNER_FIELDS, RATIO, SEED, SEQS,
+from .schema import (BLOCK_SIZE, DP_RANKS, GPUS, NUM_GPU_BLOCKS, PLANNER_FIELDS, RATIO, SEED, SEQS,
                      TIME_MS_POS, TIME_S, TIME_S_POS, TOKENS, WEIGHT, WORKERS)
 from .simulator import ClusterConfig, Simulation
 from .timing_spec import make_timing
@@ -61,8 +61,11 @@ def _opt(default: Any, **rules: Any) -> Any:
 @dataclass
 class ClusterSection:
     num_workers: int = _opt(1, range=WORKERS)  # aggregated workers at t = 0 (Dynamo: 1)
-    gpus_per_worker: int = _opt(1, range=GPUS)  # GPUs per worker (TP x DP), for GPU-hours
+    gpus_per_worker: int = _opt(1, range=GPUS)  # GPUs per DP rank (TP), for GPU-hours
     startup_time_s: float = _opt(0.0, range=TIME_S)  # s a worker added mid-run spends starting
+    # data-parallel ranks per worker, each its own scheduler and KV pool (Dynamo's dp_size);
+    # GPU-hours count ranks x gpus_per_worker
+    dp_size: int = _opt(1, range=DP_RANKS)
 
 
 @dataclass
@@ -266,6 +269,9 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
     cfg.timing.model = _check_timing(cfg.timing.model, base, v)
     cfg.workload = _check_workload(data.get("workload"), base, v)
     cfg.planner = _check_planner(data.get("planner"), v)
+    if cfg.planner is not None and cfg.cluster.dp_size > 1:
+        raise v.error("a planner scales workers of one DP rank; dp_size must be 1 with a "
+                      "planner", "cluster.dp_size")
     if cfg.planner is not None:
         with _located(cfg):
             planner_config(cfg)          # every knob checked now, not at the first tick
