@@ -90,6 +90,19 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                               "(default 4096)"),
     "--schedule-conservativeness": ("engine.schedule_conservativeness", float, "X",
                                     "SGLang only: scales the new-token ratio (default 1.0)"),
+    # G2 host KV offload tier (vLLM; Dynamo's native_host_offload, sim/host_tier.py)
+    "--num-host-blocks": ("engine.num_host_blocks", int, "N",
+                          "G2 host KV tier: host blocks per DP rank (default: no host tier; "
+                          "needs --kv-bytes-per-token)"),
+    "--host-d2h-gbps": ("engine.host_d2h_gbps", float, "GBPS",
+                        "host tier: device-to-host bandwidth, decimal GB/s, 0 = instant "
+                        "(default 32)"),
+    "--host-h2d-gbps": ("engine.host_h2d_gbps", float, "GBPS",
+                        "host tier: host-to-device bandwidth, decimal GB/s, 0 = instant "
+                        "(default 32)"),
+    "--kv-bytes-per-token": ("engine.kv_cache_bytes_per_token", int, "B",
+                             "KV cache bytes of one token (sizes host-tier copies; default "
+                             "unset)"),
 }
 #: Old spellings kept for one release (0.1.x), with a note on stderr; remove in 0.2.
 DEPRECATED_FLAGS = {"--ttft-sla-ms": "--sla-ttft-ms", "--itl-sla-ms": "--sla-itl-ms"}

@@ -32,7 +32,7 @@ import yaml
 from .engine import BACKENDS, DEFAULT_BLOCK_SIZE, SGLANG_KNOBS, EngineConfig
 from .errors import InputError
 from .router import ROUTER_MODES, KvRouterConfig
-from .schema import (BLOCK_SIZE, DP_RANKS, GPUS, NUM_GPU_BLOCKS, PLANNER_FIELDS, RATIO, SEED, SEQS,
+from .schema import (BANDWIDTH_GBPS, BLOCK_SIZE, DP_RANKS, GPUS, KV_BYTES_PER_TOKEN, NUM_GPU_BLOCKS, PLANNER_FIELDS, RATIO, SEED, SEQS,
                      TIME_MS_POS, TIME_S, TIME_S_POS, TOKENS, WEIGHT, WORKERS)
 from .simulator import ClusterConfig, Simulation
 from .timing_spec import make_timing
@@ -86,6 +86,13 @@ class EngineSection:
     chunked_prefill_size: int = _opt(8192, range=TOKENS)     # prompt tokens per prefill chunk
     clip_max_new_tokens: int = _opt(4096, range=TOKENS)      # cap of a request's output reserve
     schedule_conservativeness: float = _opt(1.0, range=RATIO)   # scales the new-token ratio
+    # G2 host KV offload tier (vLLM only; Dynamo's native_host_offload): host blocks per DP
+    # rank (null = none), link bandwidths in decimal GB/s (0 = instantaneous), and the KV
+    # bytes of one token, which size a block's copy (required with the tier)
+    num_host_blocks: int | None = _opt(None, range=NUM_GPU_BLOCKS)
+    host_d2h_gbps: float = _opt(32.0, range=BANDWIDTH_GBPS)
+    host_h2d_gbps: float = _opt(32.0, range=BANDWIDTH_GBPS)
+    kv_cache_bytes_per_token: int | None = _opt(None, range=KV_BYTES_PER_TOKEN)
 
     def engine_config(self) -> EngineConfig:
         d = asdict(self)
@@ -266,6 +273,7 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
                           f"engine.{knob}")
     if "engine.block_size" not in where:
         eng.block_size = DEFAULT_BLOCK_SIZE[eng.backend]
+    _check_host_tier(eng, where, v)
     cfg.timing.model = _check_timing(cfg.timing.model, base, v)
     cfg.workload = _check_workload(data.get("workload"), base, v)
     cfg.planner = _check_planner(data.get("planner"), v)
@@ -276,6 +284,27 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
         with _located(cfg):
             planner_config(cfg)          # every knob checked now, not at the first tick
     return cfg
+
+
+HOST_TIER_KNOBS = ("host_d2h_gbps", "host_h2d_gbps")
+
+
+def _check_host_tier(eng: EngineSection, where: dict[str, Where], v: "_Validator") -> None:
+    """The G2 host tier's rules (Dynamo's native_host_offload validation)."""
+    if eng.num_host_blocks is None:
+        for knob in HOST_TIER_KNOBS:
+            if f"engine.{knob}" in where:
+                raise v.error("needs engine.num_host_blocks (the host tier's size)",
+                              f"engine.{knob}")
+        return
+    if eng.backend != "vllm":
+        raise v.error(f"the host tier is supported only for engine.backend vllm (backend is "
+                      f"{eng.backend})", "engine.num_host_blocks")
+    if not eng.enable_prefix_caching:
+        raise v.error("the host tier needs prefix caching", "engine.num_host_blocks")
+    if eng.kv_cache_bytes_per_token is None:
+        raise v.error("the host tier needs engine.kv_cache_bytes_per_token to size its "
+                      "copies", "engine.num_host_blocks")
 
 
 class _Validator:

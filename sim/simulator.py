@@ -531,6 +531,14 @@ class Simulation:
             "preemptions": sum(w.engine.num_preemptions for w in self.workers),
             "evictions": sum(w.engine.kv.evictions for w in self.workers),
         }
+        tiers = [w.engine for w in self.workers if getattr(w.engine, "host", None) is not None]
+        if tiers:        # G2 host tier: hits and traffic over every rank
+            host = {"host_hit_requests": sum(e.host_hit_requests for e in tiers),
+                    "host_reused_tokens": sum(e.host_reused_tokens for e in tiers)}
+            for e in tiers:
+                for k, v in e.host.counters().items():
+                    host[k] = host.get(k, 0) + v
+            summary["kv_host_tier"] = host
         return RunResult(summary, self.metrics, self.workers, self.replicas)
 
     def _count_not_arrived(self) -> int | None:

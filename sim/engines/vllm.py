@@ -37,6 +37,7 @@ from .base import (REASON_BATCH_BUDGET, REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN
                    REASON_SEQ_KV_CAPACITY, EngineBase, Seq)
 
 _BLOCKED, _SELF = -1, -2
+_HOST_MISS, _HOST_PARKED, _HOST_SKIP = 0, 1, 2     # connector look-up outcomes
 
 
 class VllmEngine(EngineBase):
@@ -51,6 +52,20 @@ class VllmEngine(EngineBase):
         self._phases: list[int] = []                   # stretch: passes until each needs a block
         self._evict_cum: np.ndarray | None = None      # stretch: evictions done by each pass
         self._evict_published = 0
+        # G2 host tier (sim.host_tier) beside the block pool, when configured: sequences
+        # parked while their host prefix loads, and per-sequence connector state
+        # [store cursor (prompt blocks), loaded prefix blocks once activated (-1: none),
+        #  GPU-cached tokens when the load started, first admission recorded].
+        self.host = None
+        self.parked: list[Seq] = []
+        self._host_req: dict = {}
+        self.host_hit_requests = 0       # first admissions that reused host blocks
+        self.host_reused_tokens = 0      # prompt tokens those admissions took from the host
+        if getattr(cfg, "num_host_blocks", None):
+            from ..host_tier import HostTier
+            self.host = HostTier(cfg.num_host_blocks,
+                                 cfg.block_size * cfg.kv_cache_bytes_per_token,
+                                 cfg.host_d2h_gbps, cfg.host_h2d_gbps)
 
     # -- blocks ----------------------------------------------------------------
     def _prompt_keys(self, s: Seq) -> list[int]:
@@ -120,6 +135,94 @@ class VllmEngine(EngineBase):
 
     def _complete(self, s: Seq) -> None:
         self._release(s)
+        if self.host is not None:
+            self._host_req.pop(s, None)
+
+    # -- G2 host tier (see sim/host_tier.py) -------------------------------------------------
+    def _host_state(self, s: Seq) -> list:
+        hs = self._host_req.get(s)
+        if hs is None:
+            hs = self._host_req[s] = [0, -1, 0, False]
+        return hs
+
+    def _host_lookup(self, s: Seq, cached: int, now: float) -> int:
+        """The connector's look-up for the waiting head ``s`` (GPU hit ``cached`` tokens):
+        _HOST_MISS (admit from the GPU cache alone), _HOST_PARKED (its host prefix is
+        loading: it left the queue), _HOST_SKIP (a copy it depends on is in flight: try
+        the next request) or _BLOCKED (no GPU room for the load)."""
+        hs = self._host_state(s)
+        if hs[1] >= 0:
+            return _HOST_MISS                   # loaded already: admitted from the GPU
+        host = self.host
+        keys = s.keys
+        base = cached // self.bs
+        if base >= len(keys):
+            host.touch_reversed(keys)
+            return _HOST_MISS
+        n, deferred = host.match(keys[base:])
+        host.touch_reversed(keys)
+        if n == 0:
+            return _HOST_MISS
+        if deferred:
+            return _HOST_SKIP
+        if not self.kv.reserve_into(s.blocks, keys[:base], n):
+            return _BLOCKED
+        host.start_load(keys[base:base + n], s, now)
+        hs[2] = cached
+        self.waiting.popleft()
+        self.waiting_tokens -= s.prompt_len + s.generated
+        self.parked.append(s)
+        return _HOST_PARKED
+
+    def _host_store(self, s: Seq) -> None:
+        """Write-through: queue the full prompt blocks ``s`` has computed past its store
+        cursor that the host lacks (one cohort, sent at the pass end)."""
+        hs = self._host_state(s)
+        keys = s.keys
+        end = min(min(s.computed, s.prompt_len) // self.bs, len(keys))
+        if end <= hs[0]:
+            return
+        out = self.host.prepare_store(keys[hs[0]:end])
+        if out is None:
+            hs[0] = end
+        elif out:
+            hs[0] = end
+            self.host.touch_reversed(keys)
+
+    def _host_boundary(self, t: float) -> None:
+        """Pass boundary at ``t``: finish the copies that have ended, send the prepared
+        stores, and put every sequence whose load finished back at the front of the queue
+        with its loaded blocks in the GPU cache."""
+        host = self.host
+        owners = host.advance(t)
+        host.submit_stores(t)
+        owners += host.advance(t)
+        bs = self.bs
+        for s in reversed(owners):
+            hs = self._host_req[s]
+            n = len(s.blocks)
+            self.kv.register_range(s.blocks, hs[2] // bs, n, s.keys, s.req.index)
+            hs[1] = n
+            self.parked.remove(s)
+            self.waiting.appendleft(s)
+            self.waiting_tokens += s.prompt_len + s.generated
+
+    def finish_pass(self, end: float) -> None:
+        EngineBase.finish_pass(self, end)
+        if self.host is not None:
+            self._host_boundary(end)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting or self.parked)
+
+    def num_in_flight(self) -> int:
+        return len(self.running) + len(self.waiting) + len(self.parked)
+
+    def flush_in_flight(self) -> None:
+        for s in self.parked:
+            self.waiting.append(s)
+        self.parked = []
+        EngineBase.flush_in_flight(self)
 
     # -- one pass ----------------------------------------------------------------
     def start_pass(self, now: float) -> float:
@@ -150,6 +253,8 @@ class VllmEngine(EngineBase):
             if o != _SELF:
                 i += 1
         rejected = self._rejected
+        host = self.host
+        skipped = None
         while not st.preempted and len(running) < cfg.max_num_seqs and waiting:
             s = waiting[0]
             if not s.admitted:
@@ -160,11 +265,33 @@ class VllmEngine(EngineBase):
                     rejected.append((s, reason))
                     continue
             cached, active_cached = self._lookup(s)
+            if host is not None:
+                if st.budget <= 0:
+                    break                     # vLLM asks the connector only with budget left
+                h = self._host_lookup(s, cached, now)
+                if h == _HOST_PARKED:
+                    continue
+                if h == _BLOCKED:
+                    break
+                if h == _HOST_SKIP:
+                    waiting.popleft()
+                    if skipped is None:
+                        skipped = []
+                    skipped.append(s)
+                    continue
+                loaded = self._host_req[s][1]
+                if loaded >= 0:
+                    # the first admission after a load takes exactly the loaded prefix
+                    known = s.prompt_len + s.generated
+                    cap = (known - 1) // bs * bs
+                    cached = active_cached = min(loaded * bs, cap)
             if not self._fits(s, active_cached):
                 break
             o = self._schedule(s, True, cached, st, now)
             if o < 0 or (o == 0 and st.budget == 0):
                 break
+        if skipped is not None:
+            waiting.extendleft(reversed(skipped))
         # Pass duration.
         prefill_ms = 0.0
         T = 0
@@ -197,6 +324,10 @@ class VllmEngine(EngineBase):
         self.pass_start = now
         self.pass_end = now + (prefill_ms + decode_ms)
         self._did_work = bool(st.scheduled) or bool(ready) or bool(rejected)
+        if not self._did_work and self.parked:
+            # Nothing can run until a host load ends: wait for it (an empty pass).
+            self.pass_end = max(now, self.host.next_deadline())
+            self._did_work = True
         return self.pass_end
 
     def _fits(self, s: Seq, active_cached: int) -> bool:
@@ -256,6 +387,8 @@ class VllmEngine(EngineBase):
         if used == 0 and after < known:
             return _BLOCKED
         self._register(s, before, after)
+        if self.host is not None and before < plen:
+            self._host_store(s)
         pt = (after if after < plen else plen) - pb
         st.scheduled[s] = (used, pt, pb)
         if pt > 0:
@@ -271,11 +404,28 @@ class VllmEngine(EngineBase):
             self.running.append(s)
             if cached > s.reused:
                 s.reused = cached     # Dynamo reports the largest hit over admissions
+            if self.host is not None:
+                self._host_admitted(s, cached)
             if not s.admitted:
                 s.admitted = True
                 s.first_admit = now
         st.budget -= used
         return used
+
+    def _host_admitted(self, s: Seq, cached: int) -> None:
+        """Tier attribution of an admission: after a load, the store cursor moves past
+        the reused prefix and the first admission counts its host-reused tokens."""
+        hs = self._host_state(s)
+        host_tokens = 0
+        if hs[1] >= 0:
+            host_tokens = cached - min(hs[2], cached)
+            hs[0] = cached // self.bs
+            hs[1] = -1
+        if not hs[3]:
+            hs[3] = True
+            if host_tokens > 0:
+                self.host_hit_requests += 1
+                self.host_reused_tokens += host_tokens
 
     def _preempt(self) -> Seq | None:
         """Free blocks by preempting a running sequence (recompute mode); None if none can go."""
@@ -305,7 +455,7 @@ class VllmEngine(EngineBase):
         """
         s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
         running = self.running
-        if not running or len(running) > self.cfg.max_num_batched_tokens:
+        if not running or len(running) > self.cfg.max_num_batched_tokens or self.parked:
             return 0
         bs = self.bs
         k = 1 << 62
@@ -403,7 +553,12 @@ class VllmEngine(EngineBase):
             assert s.computed <= s.prompt_len + s.generated, "computed past the sequence"
             assert len(s.blocks) == (s.computed + self.bs - 1) // self.bs, "blocks != computed"
         for s in self.waiting:
-            assert not s.blocks, "waiting sequence holds blocks"
+            assert not s.blocks or (self.host is not None and self._host_req[s][1] >= 0), \
+                "waiting sequence holds blocks"
+        if self.host is not None:
+            self.host.check()
+            for s in self.parked:
+                assert s.blocks and s not in self.waiting, "parked sequence"
 
 
 def _allocations(phases: list[int], k: int, bs: int) -> int:
