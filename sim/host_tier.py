@@ -22,8 +22,8 @@ kv_cache_bytes_per_token``) and a per-direction link:
 * **lanes**: each direction is a FIFO lane of ``gbps`` decimal GB/s (0 = instantaneous); a
   copy starts when the lane is free and ends ``bytes / bandwidth`` later.
 
-Counters for the report: host lookups that hit, host tokens reused at admission, blocks
-stored and evicted. Transfers and recency are deterministic.
+Counters for the report: host lookups that hit (loads) and their blocks, blocks offloaded
+(stores queued) and evicted from the host. Transfers and recency are deterministic.
 """
 from __future__ import annotations
 
@@ -146,6 +146,7 @@ class HostTier:
             self.evicted_blocks += short
         for k in missing:
             state[k] = _PENDING
+        self.stored_blocks += len(missing)
         self._next_id += 1
         self.prepared.append((self._next_id, missing))
         return True
@@ -189,7 +190,6 @@ class HostTier:
                     if state.get(k) == _PENDING:
                         state[k] = _RESIDENT
                         lru[k] = None
-                self.stored_blocks += len(keys)
             else:
                 for k in keys:
                     c = pins[k] - 1

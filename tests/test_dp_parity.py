@@ -65,7 +65,9 @@ def test_dp_ranks_match_dynamo_request_by_request(peer_python: Path) -> None:
             want = peer["latency_ms"][metric][stat]
             got = result.summary["latency_ms"][metric][stat]
             assert abs(got - want) <= TOL * abs(want), (metric, stat, got, want)
-            assert got == pytest.approx(want, rel=1e-9, abs=1e-12), (metric, stat)
+            # Absolute clocks agree to ~1e-6 ms (float sums of pass times, rel ~5e-13);
+            # a latency is a difference of two, so allow 1e-5 ms on top of 1e-9 relative.
+            assert got == pytest.approx(want, rel=1e-9, abs=1e-5), (metric, stat)
     # GPU-hours count ranks x TP: Dynamo reports 2 GPUs per worker here.
     assert o_tot["gpus_per_worker"] == p_tot["decode_gpus_per_worker"] == 2
     assert o_tot["gpu_hours"] == pytest.approx(p_tot["gpu_hours"], rel=1e-9)

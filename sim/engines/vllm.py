@@ -197,6 +197,9 @@ class VllmEngine(EngineBase):
         owners = host.advance(t)
         host.submit_stores(t)
         owners += host.advance(t)
+        self._host_activate(owners)
+
+    def _host_activate(self, owners: list) -> None:
         bs = self.bs
         for s in reversed(owners):
             hs = self._host_req[s]
@@ -209,6 +212,11 @@ class VllmEngine(EngineBase):
 
     def finish_pass(self, end: float) -> None:
         EngineBase.finish_pass(self, end)
+        if self.host is not None:
+            self._host_boundary(end)
+
+    def finish_stretch(self, end: float) -> None:
+        EngineBase.finish_stretch(self, end)
         if self.host is not None:
             self._host_boundary(end)
 
@@ -234,6 +242,9 @@ class VllmEngine(EngineBase):
         waiting = self.waiting
         st = _PassState(cfg.max_num_batched_tokens)
         scheduled = st.scheduled
+        if self.host is not None:
+            # copies that ended while the engine was idle (Dynamo wakes for them)
+            self._host_activate(self.host.advance(now))
         i = 0
         while i < len(running) and st.budget > 0:
             s = running[i]
@@ -281,10 +292,12 @@ class VllmEngine(EngineBase):
                     continue
                 loaded = self._host_req[s][1]
                 if loaded >= 0:
-                    # the first admission after a load takes exactly the loaded prefix
-                    known = s.prompt_len + s.generated
-                    cap = (known - 1) // bs * bs
-                    cached = active_cached = min(loaded * bs, cap)
+                    # The first admission after a load takes exactly the loaded prefix
+                    # (recompute rule applied unless there is no output, as in Dynamo's
+                    # own host-tier test); the blocks it holds already are not needed anew.
+                    active_cached = loaded * bs
+                    cap = (s.prompt_len + s.generated - 1) // bs * bs
+                    cached = active_cached if not s.max_out else min(active_cached, cap)
             if not self._fits(s, active_cached):
                 break
             o = self._schedule(s, True, cached, st, now)
@@ -471,8 +484,8 @@ class VllmEngine(EngineBase):
             phases.append(-c % bs)
         if k <= 1:
             return 0
-        if self.waiting and self._admission_possible():
-            return 0
+        if self.waiting and (self.host is not None or self._admission_possible()):
+            return 0     # with the host tier every pass looks the head up (touches, loads)
         kv = self.kv
         avail = kv.free_blocks() + kv.inactive_count()
         if _allocations(phases, k, bs) > avail:
