@@ -21,6 +21,10 @@ def main() -> int:
     ap.add_argument("--num-gpu-blocks", type=int, default=16384)
     ap.add_argument("--arrival-speedup-ratio", type=float, default=1.0)
     ap.add_argument("--exact-steps", action="store_true")
+    # issue 15: G2 host tier and data-parallel ranks
+    ap.add_argument("--num-host-blocks", type=int, default=None)
+    ap.add_argument("--kv-bytes-per-token", type=int, default=None)
+    ap.add_argument("--dp-size", type=int, default=1)
     a = ap.parse_args()
     t_import = time.perf_counter()
     from sim.engine import EngineConfig
@@ -30,8 +34,11 @@ def main() -> int:
     t0 = time.perf_counter()
     wl = load_mooncake(a.trace, arrival_speedup_ratio=a.arrival_speedup_ratio)
     sim = Simulation(wl, engine=EngineConfig(backend=a.backend, block_size=a.block_size,
-                                             num_gpu_blocks=a.num_gpu_blocks),
-                     timing=PolynomialTiming(), cluster=ClusterConfig(num_workers=a.num_workers),
+                                             num_gpu_blocks=a.num_gpu_blocks,
+                                             num_host_blocks=a.num_host_blocks,
+                                             kv_cache_bytes_per_token=a.kv_bytes_per_token),
+                     timing=PolynomialTiming(),
+                     cluster=ClusterConfig(num_workers=a.num_workers, dp_size=a.dp_size),
                      router=a.router_mode, seed=0, exact=a.exact_steps)
     res = sim.run()
     wall = time.perf_counter() - t0

@@ -73,6 +73,7 @@ class HostTier:
         self.prepared: list[tuple[int, list[int]]] = []     # stores awaiting the pass end
         self.transfers: list[tuple[float, int, int, list[int], object]] = []
         self._next_id = 0
+        self._touched: list[int] | None = None    # see touch_reversed
         # report counters
         self.stored_blocks = 0
         self.evicted_blocks = 0
@@ -110,10 +111,14 @@ class HostTier:
     def touch_reversed(self, keys: list[int]) -> None:
         """vLLM's LRU touch of a request's prompt blocks: last block first, so the first
         block ends up most recent."""
+        if keys is self._touched:
+            return     # the latest touch was this list and nothing joined the LRU since
         lru = self.lru
+        move = lru.move_to_end
         for k in reversed(keys):
             if k in lru:
-                lru.move_to_end(k)
+                move(k)
+        self._touched = keys
 
     # -- stores -----------------------------------------------------------------------------
     def prepare_store(self, keys: list[int]) -> bool | None:
@@ -121,14 +126,10 @@ class HostTier:
         True: prepared (sent at the pass end); None: nothing missing; False: no room
         (retry later)."""
         state = self.state
-        missing = []
-        seen = set()
-        for k in keys:
-            if k not in seen and k not in state:
-                missing.append(k)
-            seen.add(k)
+        missing = [k for k in dict.fromkeys(keys) if k not in state]
         if not missing:
             return None
+        seen = set(keys)
         short = len(missing) - (self.capacity - len(state))
         if short > 0:
             pins = self.pins
@@ -190,6 +191,7 @@ class HostTier:
                     if state.get(k) == _PENDING:
                         state[k] = _RESIDENT
                         lru[k] = None
+                self._touched = None
             else:
                 for k in keys:
                     c = pins[k] - 1

@@ -17,5 +17,6 @@ cdef class VllmEngine(EngineBase):
     cdef public object host
     cdef public list parked
     cdef public dict _host_req
+    cdef public list _host_obs
     cdef public long long host_hit_requests
     cdef public long long host_reused_tokens

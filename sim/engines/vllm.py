@@ -59,6 +59,7 @@ class VllmEngine(EngineBase):
         self.host = None
         self.parked: list[Seq] = []
         self._host_req: dict = {}
+        self._host_obs: list[Seq] = []   # scheduled with prompt tokens in the current pass
         self.host_hit_requests = 0       # first admissions that reused host blocks
         self.host_reused_tokens = 0      # prompt tokens those admissions took from the host
         if getattr(cfg, "num_host_blocks", None):
@@ -177,6 +178,8 @@ class VllmEngine(EngineBase):
     def _host_store(self, s: Seq) -> None:
         """Write-through: queue the full prompt blocks ``s`` has computed past its store
         cursor that the host lacks (one cohort, sent at the pass end)."""
+        if not s.blocks:
+            return          # preempted later in the pass: nothing to copy from
         hs = self._host_state(s)
         keys = s.keys
         end = min(min(s.computed, s.prompt_len) // self.bs, len(keys))
@@ -211,6 +214,13 @@ class VllmEngine(EngineBase):
             self.waiting_tokens += s.prompt_len + s.generated
 
     def finish_pass(self, end: float) -> None:
+        if self.host is not None and self._host_obs:
+            # Blocks completed by the pass join the host as store cohorts when the pass
+            # completes (before its requests are released), and the boundary sends them;
+            # this order reproduces Dynamo's host hits on the conversation trace.
+            for s in self._host_obs:
+                self._host_store(s)
+            self._host_obs = []
         EngineBase.finish_pass(self, end)
         if self.host is not None:
             self._host_boundary(end)
@@ -401,7 +411,7 @@ class VllmEngine(EngineBase):
             return _BLOCKED
         self._register(s, before, after)
         if self.host is not None and before < plen:
-            self._host_store(s)
+            self._host_obs.append(s)      # its completed prompt blocks: stored at pass end
         pt = (after if after < plen else plen) - pb
         st.scheduled[s] = (used, pt, pb)
         if pt > 0:
