@@ -27,7 +27,7 @@ Counters for the report: host lookups that hit (loads) and their blocks, blocks 
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 #: Dynamo's default bandwidth of either direction (decimal GB/s).
 DEFAULT_HOST_GBPS = 32.0
@@ -71,7 +71,14 @@ class HostTier:
         self.pins: dict[int, int] = {}             # key -> loads reading it
         self.lru: OrderedDict[int, None] = OrderedDict()   # resident keys, oldest first
         self.prepared: list[tuple[int, list[int]]] = []     # stores awaiting the pass end
-        self.transfers: list[tuple[float, int, int, list[int], object]] = []
+        # Copies in flight per lane, in submission order = end order (FIFO lanes):
+        # (end ms, kind, id, keys, owner).
+        self.stores: deque = deque()
+        self.loads: deque = deque()
+        self.version = 0          # bumps whenever residency or pins change (match cache)
+        self._match_keys: list[int] | None = None
+        self._match_key: tuple | None = None
+        self._match_val: tuple[int, bool] = (0, False)
         self._next_id = 0
         self._touched: list[int] | None = None    # see touch_reversed
         # report counters
@@ -85,16 +92,28 @@ class HostTier:
         return len(self.state)
 
     def has_transfers(self) -> bool:
-        return bool(self.transfers or self.prepared)
+        return bool(self.stores or self.loads or self.prepared)
 
     def next_deadline(self) -> float | None:
-        return min((t[0] for t in self.transfers), default=None)
+        ends = [q[0][0] for q in (self.stores, self.loads) if q]
+        return min(ends) if ends else None
 
     def pending_load(self) -> bool:
-        return any(t[1] == _LOAD for t in self.transfers)
+        return bool(self.loads)
 
-    def match(self, keys: list[int]) -> tuple[int, bool]:
-        """(leading keys present, pending or being loaded among them)."""
+    def match(self, keys: list[int], start: int = 0) -> tuple[int, bool]:
+        """(leading keys of ``keys[start:]`` present, pending or being loaded among
+        them). Repeated look-ups of one request on an unchanged tier are answered from a
+        one-entry cache."""
+        if keys is self._match_keys and (start, len(keys), self.version) == self._match_key:
+            return self._match_val
+        val = self._match(keys[start:] if start else keys)
+        self._match_keys = keys             # held, so its identity cannot be reused
+        self._match_key = (start, len(keys), self.version)
+        self._match_val = val
+        return val
+
+    def _match(self, keys: list[int]) -> tuple[int, bool]:
         n = 0
         deferred = False
         state, pins = self.state, self.pins
@@ -148,6 +167,7 @@ class HostTier:
         for k in missing:
             state[k] = _PENDING
         self.stored_blocks += len(missing)
+        self.version += 1
         self._next_id += 1
         self.prepared.append((self._next_id, missing))
         return True
@@ -156,7 +176,7 @@ class HostTier:
         """Pass end: queue the prepared store cohorts on the D2H lane, in order."""
         for tid, keys in self.prepared:
             end = self.d2h.submit(now, len(keys) * self.block_bytes)
-            self.transfers.append((end, _STORE, tid, keys, None))
+            self.stores.append((end, _STORE, tid, keys, None))
         self.prepared.clear()
 
     # -- loads ------------------------------------------------------------------------------
@@ -166,8 +186,9 @@ class HostTier:
         for k in keys:
             pins[k] = pins.get(k, 0) + 1
         self._next_id += 1
+        self.version += 1
         end = self.h2d.submit(now, len(keys) * self.block_bytes)
-        self.transfers.append((end, _LOAD, self._next_id, keys, owner))
+        self.loads.append((end, _LOAD, self._next_id, keys, owner))
         self.load_hits += 1
         self.loaded_blocks += len(keys)
         return end
@@ -176,13 +197,16 @@ class HostTier:
     def advance(self, now: float) -> list:
         """Complete every copy that has ended by ``now`` (by end, stores first, then in
         submission order); returns the owners of the completed loads in that order."""
-        if not self.transfers:
+        stores, loads = self.stores, self.loads
+        if not ((stores and stores[0][0] <= now) or (loads and loads[0][0] <= now)):
             return []
-        due = [t for t in self.transfers if t[0] <= now]
-        if not due:
-            return []
-        self.transfers = [t for t in self.transfers if t[0] > now]
+        due = []
+        while stores and stores[0][0] <= now:
+            due.append(stores.popleft())
+        while loads and loads[0][0] <= now:
+            due.append(loads.popleft())
         due.sort(key=lambda t: (t[0], t[1], t[2]))
+        self.version += 1
         owners = []
         state, lru, pins = self.state, self.lru, self.pins
         for _, kind, _, keys, owner in due:

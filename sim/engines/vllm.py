@@ -160,7 +160,7 @@ class VllmEngine(EngineBase):
         if base >= len(keys):
             host.touch_reversed(keys)
             return _HOST_MISS
-        n, deferred = host.match(keys[base:])
+        n, deferred = host.match(keys, base)
         host.touch_reversed(keys)
         if n == 0:
             return _HOST_MISS
@@ -494,10 +494,18 @@ class VllmEngine(EngineBase):
             phases.append(-c % bs)
         if k <= 1:
             return 0
-        if self.waiting and (self.host is not None or self._admission_possible()):
-            return 0     # with the host tier every pass looks the head up (touches, loads)
         kv = self.kv
         avail = kv.free_blocks() + kv.inactive_count()
+        if self.waiting:
+            if self._admission_possible():
+                return 0
+            if self.host is not None:
+                # Every pass looks the head up in the host tier: a stretch only while that
+                # look-up cannot change (no copy in flight, no host hit, and no GPU eviction
+                # that could shorten the head's GPU prefix).
+                if not self._host_quiet():
+                    return 0
+                avail = kv.free_blocks()
         if _allocations(phases, k, bs) > avail:
             lo, hi = 0, k - 1           # largest k' with allocations(k') <= avail
             while lo < hi:
@@ -508,6 +516,27 @@ class VllmEngine(EngineBase):
                     hi = mid - 1
             k = lo
         return k if k > 1 else 0
+
+    def _host_quiet(self) -> bool:
+        """Would every pass of a stretch find the waiting head's host look-up unchanged (a
+        miss, its touch repeated on an unchanged LRU)? Does that first touch now."""
+        host = self.host
+        if host.has_transfers():
+            return False
+        n = len(self.running)
+        if n >= self.cfg.max_num_seqs or n >= self.cfg.max_num_batched_tokens:
+            return True                       # no pass reaches the head
+        s = self.waiting[0]
+        hs = self._host_req.get(s)
+        if hs is not None and hs[1] >= 0:
+            return False                      # loaded prefix waiting: leave it to passes
+        cached, _ = self._lookup(s)
+        keys = s.keys
+        base = cached // self.bs
+        if base < len(keys) and host.match(keys, base)[0]:
+            return False
+        host.touch_reversed(keys)             # what the stretch's first pass does
+        return True
 
     def _admission_possible(self) -> bool:
         if len(self.running) >= self.cfg.max_num_seqs:
