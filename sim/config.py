@@ -168,6 +168,9 @@ class RunConfig:
         if self.engine.backend != "sglang":
             for knob in SGLANG_KNOBS:          # not this core's: giving them is an error
                 del out["engine"][knob]
+        if self.engine.num_host_blocks is None:
+            for knob in HOST_TIER_KNOBS:       # no host tier: giving them is an error
+                del out["engine"][knob]
         return out
 
     def resolved(self) -> RunConfig:
