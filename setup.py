@@ -31,6 +31,7 @@ COMPILED = [
     ("sim.radix_cache", {}),
     ("sim.simulator", {"infer_types": True}),
     ("sim.kv_cache", {}),
+    ("sim.host_tier", {}),
     ("sim.metrics", {}),
     ("sim.timing", {}),
     ("sim.gpu_timing", {}),

@@ -8,6 +8,7 @@ are the figure of merit). Peak RSS is each process's own maximum resident set.
     python bench/peer_side_by_side.py [--repeats 3] [--configs a,b,c] [--out bench/results]
     python bench/peer_side_by_side.py --configs sa,tc,sb --name flavours_side_by_side
     python bench/peer_side_by_side.py --configs da,db --name disagg_side_by_side
+    python bench/peer_side_by_side.py --configs g2,dp --name tiers_side_by_side
 
 Needs Dynamo's replay (``make peer`` installs ai-dynamo 1.6.1 into .peer-venv).
 """
@@ -46,6 +47,13 @@ CONFIGS = {
            "block": 64, "blocks": None, "tol": 0.02, "disagg": (2, 2, 64.0, 262144)},
     "db": {"label": "disagg (b) 4P+4D kv", "workers": 1, "router": "kv",
            "block": 64, "blocks": None, "tol": 0.03, "disagg": (4, 4, 64.0, 262144)},
+    # G2 host tier and DP ranks (issue 15): --configs g2,dp --name tiers_side_by_side
+    "g2": {"label": "G2 host tier, 4 round_robin, block 64, 4096 + 16384 host blocks",
+           "workers": 4, "router": "round_robin", "block": 64, "blocks": 4096, "tol": 0.02,
+           "extra": ["--num-host-blocks", "16384", "--kv-bytes-per-token", "262144"]},
+    "dp": {"label": "DP 2 workers x 2 ranks, round_robin, block 64, 4096 blocks/rank",
+           "workers": 2, "router": "round_robin", "block": 64, "blocks": 4096, "tol": 0.02,
+           "extra": ["--dp-size", "2"]},
 }
 METRICS = [("ttft", "TTFT"), ("itl", "ITL"), ("e2e_latency", "E2E")]
 STATS = [("mean", "mean"), ("median", "p50"), ("p90", "p90"), ("p99", "p99")]
@@ -79,6 +87,7 @@ def run_ours(cfg: dict) -> dict:
     if cfg["blocks"]:
         cmd += ["--num-gpu-blocks", str(cfg["blocks"])]
     cmd += _disagg_flags(cfg)
+    cmd += cfg.get("extra", [])
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     res = json.loads(out.stdout)
@@ -96,6 +105,7 @@ def run_peer(py: Path, cfg: dict) -> dict:
     if cfg["blocks"]:
         cmd += ["--num-gpu-blocks", str(cfg["blocks"])]
     cmd += _disagg_flags(cfg)
+    cmd += cfg.get("extra", [])
     env = dict(os.environ, DYN_LOG="warn")
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)

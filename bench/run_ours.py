@@ -26,6 +26,9 @@ def main() -> int:
     ap.add_argument("--num-decode-workers", type=int, default=None)
     ap.add_argument("--kv-transfer-bandwidth", type=float, default=64.0)
     ap.add_argument("--kv-bytes-per-token", type=int, default=None)
+    # issue 15: G2 host tier and data-parallel ranks
+    ap.add_argument("--num-host-blocks", type=int, default=None)
+    ap.add_argument("--dp-size", type=int, default=1)
     a = ap.parse_args()
     t_import = time.perf_counter()
     from sim.disagg import DisaggConfig
@@ -36,7 +39,8 @@ def main() -> int:
     t0 = time.perf_counter()
     wl = load_mooncake(a.trace, arrival_speedup_ratio=a.arrival_speedup_ratio)
     eng = EngineConfig(backend=a.backend, block_size=a.block_size,
-                       num_gpu_blocks=a.num_gpu_blocks)
+                       num_gpu_blocks=a.num_gpu_blocks, num_host_blocks=a.num_host_blocks,
+                       kv_cache_bytes_per_token=a.kv_bytes_per_token)
     disagg = None
     if a.num_prefill_workers is not None:
         disagg = DisaggConfig(num_prefill_workers=a.num_prefill_workers,
@@ -46,8 +50,8 @@ def main() -> int:
                               kv_transfer_bandwidth=a.kv_transfer_bandwidth,
                               kv_bytes_per_token=a.kv_bytes_per_token)
     sim = Simulation(wl, engine=eng, timing=PolynomialTiming(),
-                     cluster=ClusterConfig(num_workers=a.num_workers), router=a.router_mode,
-                     seed=0, exact=a.exact_steps, disagg=disagg)
+                     cluster=ClusterConfig(num_workers=a.num_workers, dp_size=a.dp_size),
+                     router=a.router_mode, seed=0, exact=a.exact_steps, disagg=disagg)
     res = sim.run()
     wall = time.perf_counter() - t0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

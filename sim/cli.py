@@ -39,7 +39,11 @@ AGENT_COMMANDS = ("train", "evaluate", "tune")   # in agents.cli (imports gymnas
 FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--num-workers": ("cluster.num_workers", int, "N", "workers at t=0 (default 1)"),
     "--gpus-per-worker": ("cluster.gpus_per_worker", int, "N",
-                          "GPUs per worker, for GPU-hours (default 1)"),
+                          "GPUs per worker (per DP rank with --dp-size), for GPU-hours "
+                          "(default 1)"),
+    "--dp-size": ("cluster.dp_size", int, "N",
+                  "data-parallel ranks per worker, each with its own scheduler and KV pool; "
+                  "the router picks (worker, rank) pairs (default 1)"),
     "--router-mode": ("router.mode", str, "{round_robin,random,least_loaded,kv}",
                       "routing policy (kv_router = kv); default round_robin"),
     "--router-temperature": ("router.temperature", float, "T",
@@ -86,6 +90,19 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                               "(default 4096)"),
     "--schedule-conservativeness": ("engine.schedule_conservativeness", float, "X",
                                     "SGLang only: scales the new-token ratio (default 1.0)"),
+    # G2 host KV offload tier (vLLM; Dynamo's native_host_offload, sim/host_tier.py)
+    "--num-host-blocks": ("engine.num_host_blocks", int, "N",
+                          "G2 host KV tier: host blocks per DP rank (default: no host tier; "
+                          "needs --kv-bytes-per-token)"),
+    "--host-d2h-gbps": ("engine.host_d2h_gbps", float, "GBPS",
+                        "host tier: device-to-host bandwidth, decimal GB/s, 0 = instant "
+                        "(default 32)"),
+    "--host-h2d-gbps": ("engine.host_h2d_gbps", float, "GBPS",
+                        "host tier: host-to-device bandwidth, decimal GB/s, 0 = instant "
+                        "(default 32)"),
+    "--kv-bytes-per-token": ("engine.kv_cache_bytes_per_token", int, "B",
+                             "KV cache bytes of one token: sizes host-tier copies and the "
+                             "prefill->decode KV transfer (default unset = no transfer delay)"),
 }
 # Disaggregated prefill/decode pools (sim.disagg; Dynamo's flag names). Any of them turns
 # the run disaggregated, which needs both pool sizes (from flags or the YAML's disagg).
@@ -97,8 +114,6 @@ DISAGG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--kv-transfer-bandwidth": ("disagg.kv_transfer_bandwidth", float, "GBPS",
                                 "disaggregated: prefill->decode KV bandwidth, GB/s; 0 = no "
                                 "delay (default 64)"),
-    "--kv-bytes-per-token": ("disagg.kv_bytes_per_token", int, "BYTES",
-                             "disaggregated: KV bytes per token (default: none = no delay)"),
     "--kv-transfer-timing-mode": ("disagg.kv_transfer_timing_mode", str,
                                   "{full_prompt,destination_missing}",
                                   "disaggregated: tokens charged per handoff (default "
@@ -758,6 +773,8 @@ def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     if cfg.disagg is not None:
         workers = (f"{cfg.disagg['num_prefill_workers']} prefill + "
                    f"{cfg.disagg['num_decode_workers']} decode workers")
+    elif cfg.cluster.dp_size > 1:
+        workers += f" x {cfg.cluster.dp_size} DP ranks"
     if cfg.planner is not None:      # the count changes during the run
         workers += (f" at start, {cfg.planner['kind']} planner (budget "
                     f"{cfg.planner['max_gpu_budget']} GPUs)")

@@ -32,7 +32,7 @@ import yaml
 from .engine import BACKENDS, DEFAULT_BLOCK_SIZE, SGLANG_KNOBS, EngineConfig
 from .errors import InputError
 from .router import ROUTER_MODES, KvRouterConfig
-from .schema import (BLOCK_SIZE, GPUS, NUM_GPU_BLOCKS, PLANNER_FIELDS, RATIO, SEED, SEQS,
+from .schema import (BANDWIDTH_GBPS, BLOCK_SIZE, DP_RANKS, GPUS, KV_BYTES_PER_TOKEN, NUM_GPU_BLOCKS, PLANNER_FIELDS, RATIO, SEED, SEQS,
                      TIME_MS_POS, TIME_S, TIME_S_POS, TOKENS, WEIGHT, WORKERS)
 from .schema import GBPS, KV_BYTES
 from .disagg import TRANSFER_TIMING_MODES, DisaggConfig
@@ -63,8 +63,11 @@ def _opt(default: Any, **rules: Any) -> Any:
 @dataclass
 class ClusterSection:
     num_workers: int = _opt(1, range=WORKERS)  # aggregated workers at t = 0 (Dynamo: 1)
-    gpus_per_worker: int = _opt(1, range=GPUS)  # GPUs per worker (TP x DP), for GPU-hours
+    gpus_per_worker: int = _opt(1, range=GPUS)  # GPUs per DP rank (TP), for GPU-hours
     startup_time_s: float = _opt(0.0, range=TIME_S)  # s a worker added mid-run spends starting
+    # data-parallel ranks per worker, each its own scheduler and KV pool (Dynamo's dp_size);
+    # GPU-hours count ranks x gpus_per_worker
+    dp_size: int = _opt(1, range=DP_RANKS)
 
 
 @dataclass
@@ -85,6 +88,13 @@ class EngineSection:
     chunked_prefill_size: int = _opt(8192, range=TOKENS)     # prompt tokens per prefill chunk
     clip_max_new_tokens: int = _opt(4096, range=TOKENS)      # cap of a request's output reserve
     schedule_conservativeness: float = _opt(1.0, range=RATIO)   # scales the new-token ratio
+    # G2 host KV offload tier (vLLM only; Dynamo's native_host_offload): host blocks per DP
+    # rank (null = none), link bandwidths in decimal GB/s (0 = instantaneous), and the KV
+    # bytes of one token, which size a block's copy (required with the tier)
+    num_host_blocks: int | None = _opt(None, range=NUM_GPU_BLOCKS)
+    host_d2h_gbps: float = _opt(32.0, range=BANDWIDTH_GBPS)
+    host_h2d_gbps: float = _opt(32.0, range=BANDWIDTH_GBPS)
+    kv_cache_bytes_per_token: int | None = _opt(None, range=KV_BYTES_PER_TOKEN)
 
     def engine_config(self) -> EngineConfig:
         d = asdict(self)
@@ -147,7 +157,8 @@ class DisaggSection:
     num_prefill_workers: int = _opt(1, range=WORKERS)
     num_decode_workers: int = _opt(1, range=WORKERS)
     kv_transfer_bandwidth: float = _opt(64.0, range=GBPS)   # GB/s; 0 = no transfer delay
-    kv_bytes_per_token: int | None = _opt(None, range=KV_BYTES)   # null = no transfer delay
+    # null = engine.kv_cache_bytes_per_token (--kv-bytes-per-token); both null = no delay
+    kv_bytes_per_token: int | None = _opt(None, range=KV_BYTES)
     kv_transfer_timing_mode: str = _opt("full_prompt", choices=TRANSFER_TIMING_MODES)
     prefill_router_mode: str | None = _opt(None, choices=ROUTER_MODES)
     decode_router_mode: str | None = _opt(None, choices=ROUTER_MODES)
@@ -218,7 +229,8 @@ def disagg_config(cfg: "RunConfig") -> DisaggConfig | None:
         prefill_router=d["prefill_router_mode"] or cfg.router.mode,
         decode_router=d["decode_router_mode"] or cfg.router.mode,
         kv_transfer_bandwidth=d["kv_transfer_bandwidth"],
-        kv_bytes_per_token=d["kv_bytes_per_token"],
+        kv_bytes_per_token=(d["kv_bytes_per_token"] if d["kv_bytes_per_token"] is not None
+                            else cfg.engine.kv_cache_bytes_per_token),
         kv_transfer_timing_mode=d["kv_transfer_timing_mode"],
         prefill_gpus_per_worker=d["prefill_gpus_per_worker"] or gpus,
         decode_gpus_per_worker=d["decode_gpus_per_worker"] or gpus)
@@ -254,6 +266,9 @@ class RunConfig:
             del out["cluster"]["num_workers"]       # the pools are sized in disagg
         if self.engine.backend != "sglang":
             for knob in SGLANG_KNOBS:          # not this core's: giving them is an error
+                del out["engine"][knob]
+        if self.engine.num_host_blocks is None:
+            for knob in HOST_TIER_KNOBS:       # no host tier: giving them is an error
                 del out["engine"][knob]
         return out
 
@@ -360,16 +375,47 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
                           f"engine.{knob}")
     if "engine.block_size" not in where:
         eng.block_size = DEFAULT_BLOCK_SIZE[eng.backend]
+    _check_host_tier(eng, where, v)
     cfg.timing.model = _check_timing(cfg.timing.model, base, v)
     cfg.workload = _check_workload(data.get("workload"), base, v)
     cfg.planner = _check_planner(data.get("planner"), v)
     cfg.disagg = _check_disagg(data.get("disagg"), cfg, v)
     if cfg.disagg is not None and cfg.planner is not None:
         raise v.error("a planner for disaggregated pools is not modelled yet", "planner.kind")
+    if cfg.planner is not None and cfg.cluster.dp_size > 1:
+        raise v.error("a planner scales workers of one DP rank; dp_size must be 1 with a "
+                      "planner", "cluster.dp_size")
+    if cfg.disagg is not None and cfg.engine.num_host_blocks is not None:
+        raise v.error("the G2 host tier with disaggregated pools is not modelled yet",
+                      "engine.num_host_blocks")
+    if cfg.disagg is not None and cfg.cluster.dp_size > 1:
+        raise v.error("DP ranks with disaggregated pools are not modelled yet; dp_size must "
+                      "be 1 with a disagg section", "cluster.dp_size")
     if cfg.planner is not None:
         with _located(cfg):
             planner_config(cfg)          # every knob checked now, not at the first tick
     return cfg
+
+
+HOST_TIER_KNOBS = ("host_d2h_gbps", "host_h2d_gbps")
+
+
+def _check_host_tier(eng: EngineSection, where: dict[str, Where], v: "_Validator") -> None:
+    """The G2 host tier's rules (Dynamo's native_host_offload validation)."""
+    if eng.num_host_blocks is None:
+        for knob in HOST_TIER_KNOBS:
+            if f"engine.{knob}" in where:
+                raise v.error("needs engine.num_host_blocks (the host tier's size)",
+                              f"engine.{knob}")
+        return
+    if eng.backend != "vllm":
+        raise v.error(f"the host tier is supported only for engine.backend vllm (backend is "
+                      f"{eng.backend})", "engine.num_host_blocks")
+    if not eng.enable_prefix_caching:
+        raise v.error("the host tier needs prefix caching", "engine.num_host_blocks")
+    if eng.kv_cache_bytes_per_token is None:
+        raise v.error("the host tier needs engine.kv_cache_bytes_per_token to size its "
+                      "copies", "engine.num_host_blocks")
 
 
 class _Validator:

@@ -48,6 +48,11 @@ class EngineConfig:
     chunked_prefill_size: int = 8192     # prompt tokens per chunk
     clip_max_new_tokens: int = 4096      # output tokens reserved per request, at most
     schedule_conservativeness: float = 1.0   # scales the new-token ratio
+    # G2 host KV tier (vLLM core only; Dynamo's native_host_offload, sim/host_tier.py)
+    num_host_blocks: int | None = None   # host blocks per DP rank; None = no host tier
+    host_d2h_gbps: float = 32.0          # device -> host bandwidth, decimal GB/s (0 = instant)
+    host_h2d_gbps: float = 32.0          # host -> device bandwidth, decimal GB/s (0 = instant)
+    kv_cache_bytes_per_token: int | None = None   # KV bytes of one token (sizes host copies)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -73,18 +73,31 @@ class Router:
 class RoundRobinRouter(Router):
     name = "round_robin"
 
-    def __init__(self, rng: np.random.Generator) -> None:
+    def __init__(self, rng: np.random.Generator, dp_size: int = 1) -> None:
         super().__init__(rng)
         self.last = -1       # position of the last pick in the active-worker list
+        self.dp_size = dp_size
+        self.next_rank: dict[int, int] = {}   # worker (its first rank's id) -> next DP rank
 
     def select(self, req, workers, now):
         # The position after the last pick, in the current active list (ascending id):
         # Dynamo's replay continues from there when workers join or leave (measured on its
         # planner replay: after a scale-up from 4 to 5 workers the pick after position 3 is
         # the new position 4). With a fixed pool this is plain request-count modulo.
-        i = (self.last + 1) % len(workers)
+        dp = self.dp_size
+        if dp == 1:
+            i = (self.last + 1) % len(workers)
+            self.last = i
+            return workers[i]
+        # DP ranks (``workers`` holds each active worker's ranks, consecutive): workers in
+        # turn as above, and within a worker its ranks in turn (Dynamo 1.6.1's aggregated
+        # round robin keeps one rank cursor per worker).
+        i = (self.last + 1) % (len(workers) // dp)
         self.last = i
-        return workers[i]
+        head = workers[i * dp].id
+        rank = self.next_rank.get(head, 0)
+        self.next_rank[head] = (rank + 1) % dp
+        return workers[i * dp + rank]
 
 
 class RandomRouter(Router):
@@ -268,9 +281,12 @@ else:
 
 
 def make_router(mode: str, rng: np.random.Generator, block_size: int,
-                kv_cfg: KvRouterConfig | None = None) -> Router:
+                kv_cfg: KvRouterConfig | None = None, dp_size: int = 1) -> Router:
+    """``dp_size``: DP ranks per worker; every router but round robin scores the (worker,
+    rank) pairs as they come (each rank is an engine), round robin turns over workers and
+    then over each worker's ranks."""
     if mode == "round_robin":
-        return RoundRobinRouter(rng)
+        return RoundRobinRouter(rng, dp_size)
     if mode == "random":
         return RandomRouter(rng)
     if mode == "least_loaded":

@@ -110,6 +110,10 @@ NUM_GPU_BLOCKS = Range(0, MAX_BLOCKS, lo_open=True, unit="blocks",
                        why="int32 pool slots; ~60 B of address space per block")
 WORKERS = Range(1, MAX_WORKERS, unit="workers", why="~82 KB of fixed memory per worker")
 GPUS = Range(1, MAX_WORKERS, unit="GPUs", why="at least one GPU per worker")
+BANDWIDTH_GBPS = Range(0, 1e6, unit="GB/s", why="beyond a PB/s is a unit error")
+KV_BYTES_PER_TOKEN = Range(1, 1 << 40, unit="bytes", why="a TB per token is a unit error")
+DP_RANKS = Range(1, MAX_WORKERS, unit="ranks", why="each rank is a scheduler with its own KV "
+                 "pool (~82 KB of fixed memory)")
 SEQS = Range(1, INT32_MAX, unit="sequences", why="C long counters")
 TIME_MS = Range(0, MAX_TIME_MS, unit="ms", why=_TIME)
 TIME_MS_POS = TIME_MS.with_lo(0, lo_open=True)

@@ -47,6 +47,7 @@ class Worker:
     transferred: list = field(default_factory=list)   # decode: KV arrived, to activate
     releases: list = field(default_factory=list)      # prefill: held KV to release
     kv_waits: int = 0     # handoffs holding its blocks: sources held, reservations in transfer
+    dp_rank: int = 0     # data-parallel rank within its worker (see ClusterConfig.dp_size)
 
     @property
     def id(self) -> int:
@@ -60,8 +61,18 @@ def _src_id(h: Handoff) -> int:
 @dataclass
 class ClusterConfig:
     num_workers: int = 1            # initial active workers
-    gpus_per_worker: int = 1        # GPUs each worker occupies (TP x DP)
+    gpus_per_worker: int = 1        # GPUs of one DP rank (TP); a worker has dp_size x this
     startup_time_s: float = 0.0     # seconds a new worker spends starting
+    # Data-parallel ranks per worker (Dynamo's ``dp_size``, semantics §2.3): each rank is its
+    # own scheduler with its own KV pool (an entry of ``Simulation.workers``, engine id =
+    # worker * dp_size + rank, Dynamo's scheduler id); the router scores (worker, rank)
+    # pairs; a worker starts, drains and retires with all its ranks.
+    dp_size: int = 1
+
+    @property
+    def worker_gpus(self) -> int:
+        """GPUs one worker occupies: ranks x TP (what GPU-hours and budgets count)."""
+        return self.gpus_per_worker * self.dp_size
 
 
 @dataclass
@@ -128,7 +139,8 @@ class Simulation:
                 dataclasses.replace(base, overlap_score_credit=0.0, assume_kv_reuse=False,
                                     track_prefill_tokens=False))
             kv_router = dataclasses.replace(base, track_active_blocks=False)
-        self.router: Router = make_router(router, self._rng_router, engine.block_size, kv_router)
+        self.router: Router = make_router(router, self._rng_router, engine.block_size, kv_router,
+                                          dp_size=self.cluster_cfg.dp_size)
         self.router_mode = router
         self.heap: list[tuple] = []
         self._seq = 0
@@ -182,8 +194,10 @@ class Simulation:
         return bool(self._dirty) or any(ev[1] != EV_CONTROL for ev in self.heap)
 
     # -- cluster -----------------------------------------------------------------------
-    def _new_worker(self, state: str, role: str = "agg") -> Worker:
-        wid = len(self.workers)
+    def _new_worker(self, state: str, role: str = "agg") -> list[Worker]:
+        """A worker: its ``dp_size`` ranks, each an entry of ``workers`` (ids consecutive).
+        ``role``: ``agg``, or a disaggregated pool's ``prefill`` / ``decode`` (one rank:
+        the config refuses DP ranks with disaggregated pools)."""
         router = self.router
         cfg = self.engine_cfg
         if role == "decode":
@@ -191,21 +205,35 @@ class Simulation:
             cfg = self.disagg.decode_engine
         elif role == "prefill":
             cfg = self.disagg.prefill_engine
-        eng = make_engine(wid, cfg, self.timing, self.metrics, exact=self.exact,
-                     defer_gaps=self.max_sim_time_ms is not None, token_gaps=self.token_gaps)
-        eng.on_first_token = router.on_first_token
-        eng.on_finished = self._on_decode_finished if role == "decode" else self._on_finished
-        if role == "prefill":
-            eng.on_handoff = self._on_source_held
-        if router.wants_kv_events:
-            eng.kv.enable_events()
-        w = Worker(eng, state, self.now, self.now if state == ACTIVE else None)
-        w.role = role
-        w.pool_index = sum(1 for x in self.workers if x.role == role)
-        self.workers.append(w)
+        pool_index = sum(1 for x in self.workers if x.role == role)
+        ranks = []
+        for rank in range(self.cluster_cfg.dp_size if role == "agg" else 1):
+            wid = len(self.workers)
+            eng = make_engine(wid, cfg, self.timing, self.metrics, exact=self.exact,
+                              defer_gaps=self.max_sim_time_ms is not None,
+                              token_gaps=self.token_gaps)
+            eng.on_first_token = router.on_first_token
+            eng.on_finished = self._on_decode_finished if role == "decode" else self._on_finished
+            if role == "prefill":
+                eng.on_handoff = self._on_source_held
+            if router.wants_kv_events:
+                eng.kv.enable_events()
+            w = Worker(eng, state, self.now, self.now if state == ACTIVE else None, dp_rank=rank)
+            w.role = role
+            w.pool_index = pool_index
+            self.workers.append(w)
+            ranks.append(w)
         self._active = None
         self._decode_active = None
-        return w
+        return ranks
+
+    def _ranks(self, w: Worker) -> list[Worker]:
+        """Every rank of ``w``'s worker (``w`` itself when dp_size is 1)."""
+        dp = self.cluster_cfg.dp_size
+        if dp == 1:
+            return [w]
+        first = w.id - w.dp_rank
+        return self.workers[first:first + dp]
 
     def _set_state(self, w: Worker, state: str) -> None:
         w.state = state
@@ -378,9 +406,11 @@ class Simulation:
         self._release_followers(s.req)
 
     def counts(self) -> tuple[int, int, int]:
-        """(active, starting, draining) workers."""
+        """(active, starting, draining) workers (a worker's DP ranks count once)."""
         a = s = d = 0
         for w in self.workers:
+            if w.dp_rank:
+                continue
             if w.state == ACTIVE:
                 a += 1
             elif w.state == STARTING:
@@ -401,35 +431,41 @@ class Simulation:
             if startup_ms <= 0:
                 self._new_worker(ACTIVE)
             else:
-                w = self._new_worker(STARTING)
-                self._push(self.now + startup_ms, EV_WORKER_READY, w)
+                for w in self._new_worker(STARTING):
+                    self._push(self.now + startup_ms, EV_WORKER_READY, w)
         self._record_replicas()
 
     def remove_workers(self, n: int) -> int:
         """Cancel starting workers first (newest first), then drain active ones (newest
-        first); a draining worker takes no new requests and leaves when empty."""
+        first); a draining worker takes no new requests and leaves when empty. A worker's
+        DP ranks change state together."""
         removed = 0
-        for w in reversed(self.workers):
+        heads = [w for w in self.workers if not w.dp_rank]
+        for w in reversed(heads):
             if removed == n:
                 break
             if w.state == STARTING:
-                self._set_state(w, REMOVED)
-                w.removed_ms = self.now
+                for r in self._ranks(w):
+                    self._set_state(r, REMOVED)
+                    r.removed_ms = self.now
                 removed += 1
-        active = [w for w in self.workers if w.state == ACTIVE]
+        active = [w for w in heads if w.state == ACTIVE]
         for w in reversed(active):
-            if removed == n or sum(1 for x in self.workers if x.state == ACTIVE) <= 1:
+            if removed == n or sum(1 for x in heads if x.state == ACTIVE) <= 1:
                 break      # never drain the last active worker
-            self._set_state(w, DRAINING)
+            for r in self._ranks(w):
+                self._set_state(r, DRAINING)
             removed += 1
             self._maybe_retire(w)
         self._record_replicas()
         return removed
 
     def _maybe_retire(self, w: Worker) -> None:
-        if w.state == DRAINING and not w.engine.has_work() and not w.engine.busy:
-            self._set_state(w, REMOVED)
-            w.removed_ms = self.now
+        ranks = self._ranks(w)
+        if w.state == DRAINING and not any(r.engine.has_work() or r.engine.busy for r in ranks):
+            for r in ranks:
+                self._set_state(r, REMOVED)
+                r.removed_ms = self.now
             self._record_replicas()
 
     # -- engine callbacks -----------------------------------------------------------------
@@ -542,6 +578,9 @@ class Simulation:
         self._enqueue(w, req, rkeys if rkeys is not None else keys)
 
     def _start(self, w: Worker) -> None:
+        if self.cluster_cfg.dp_size > 1:
+            self._start_group(w)
+            return
         eng = w.engine
         if self.disaggregated and not eng.busy:
             self._boundary(w)
@@ -574,6 +613,53 @@ class Simulation:
         w.version += 1
         self._push(end, EV_PASS_END, (w, w.version))
 
+    def _start_group(self, w: Worker) -> None:
+        """Attention-DP barrier (Dynamo 1.6.1's grouped engine): when no pass of the worker
+        is in flight, every rank with work starts a pass now, and all of them end together
+        at the latest rank's end, where their tokens are stamped. Passes are stepped one
+        by one (no bulk stretches across a barrier)."""
+        ranks = self._ranks(w)
+        if any(r.engine.busy for r in ranks):
+            return                      # the group pass in flight restarts it when it ends
+        now = self.now
+        end = -1.0
+        for r in ranks:
+            eng = r.engine
+            if not eng.has_work():
+                continue
+            e = eng.start_pass(now)
+            while not eng._did_work:    # as in _start: a head that can never run
+                eng.busy = False
+                eng.reject_head()
+                if not eng.has_work():
+                    e = -1.0
+                    break
+                e = eng.start_pass(now)
+            if e > end:
+                end = e
+        if end < 0:
+            self._maybe_retire(w)
+            return
+        head = ranks[0]
+        head.version += 1
+        self._push(end, EV_PASS_END, (head, head.version))
+
+    def _finish_group(self, head: Worker, t: float) -> None:
+        """The group pass of ``head``'s worker ends at ``t``: each rank that took part
+        emits its tokens there, in rank order."""
+        router = self.router
+        for r in self._ranks(head):
+            eng = r.engine
+            if not eng.busy:
+                continue
+            eng.finish_pass(t)
+            if router.wants_kv_events and eng.kv.has_events():
+                router.apply_kv_events(eng)
+        if any(r.engine.has_work() for r in self._ranks(head)):
+            self._dirty.append(head)
+        else:
+            self._maybe_retire(head)
+
     def run_until(self, t_stop: float | None = None) -> bool:
         """Process events up to and including ``t_stop`` (all if None). Returns False
         when the run is over."""
@@ -598,6 +684,9 @@ class Simulation:
                 if kind == EV_PASS_END:
                     w, version = payload
                     if version != w.version:
+                        continue
+                    if self.cluster_cfg.dp_size > 1:
+                        self._finish_group(w, t)
                         continue
                     eng = w.engine
                     if eng.stretch_ends is not None:
@@ -680,6 +769,8 @@ class Simulation:
         worker_s = 0.0
         role_s = {"agg": 0.0, "prefill": 0.0, "decode": 0.0}
         for w in self.workers:
+            if w.dp_rank:
+                continue            # a worker's ranks share its lifetime (counted once)
             stop = w.removed_ms if w.removed_ms is not None else end
             ws = max(0.0, min(stop, end) - w.created_ms) / 1000.0
             worker_s += ws
@@ -700,13 +791,21 @@ class Simulation:
                           "gpu_hours": p_h + d_h})
         summary = self.metrics.summary(num_requests=self.num_arrived, sla=self.sla,
                                        provisioned_worker_seconds=worker_s,
-                                       gpus_per_worker=self.cluster_cfg.gpus_per_worker,
+                                       gpus_per_worker=self.cluster_cfg.worker_gpus,
                                        extra_totals=extra)
         summary["engine"] = {
             "passes": sum(w.engine.num_passes for w in self.workers),
             "preemptions": sum(w.engine.num_preemptions for w in self.workers),
             "evictions": sum(w.engine.kv.evictions for w in self.workers),
         }
+        tiers = [w.engine for w in self.workers if getattr(w.engine, "host", None) is not None]
+        if tiers:        # G2 host tier: hits and traffic over every rank
+            host = {"host_hit_requests": sum(e.host_hit_requests for e in tiers),
+                    "host_reused_tokens": sum(e.host_reused_tokens for e in tiers)}
+            for e in tiers:
+                for k, v in e.host.counters().items():
+                    host[k] = host.get(k, 0) + v
+            summary["kv_host_tier"] = host
         return RunResult(summary, self.metrics, self.workers, self.replicas)
 
     def _cut_handoffs(self) -> None:

@@ -14,3 +14,9 @@ cdef class VllmEngine(EngineBase):
     cdef public list _phases
     cdef public object _evict_cum
     cdef public long _evict_published
+    cdef public object host
+    cdef public list parked
+    cdef public dict _host_req
+    cdef public list _host_obs
+    cdef public long long host_hit_requests
+    cdef public long long host_reused_tokens

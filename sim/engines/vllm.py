@@ -37,6 +37,7 @@ from .base import (REASON_BATCH_BUDGET, REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN
                    REASON_SEQ_KV_CAPACITY, EngineBase, Seq)
 
 _BLOCKED, _SELF = -1, -2
+_HOST_MISS, _HOST_PARKED, _HOST_SKIP = 0, 1, 2     # connector look-up outcomes
 
 
 class VllmEngine(EngineBase):
@@ -51,6 +52,21 @@ class VllmEngine(EngineBase):
         self._phases: list[int] = []                   # stretch: passes until each needs a block
         self._evict_cum: np.ndarray | None = None      # stretch: evictions done by each pass
         self._evict_published = 0
+        # G2 host tier (sim.host_tier) beside the block pool, when configured: sequences
+        # parked while their host prefix loads, and per-sequence connector state
+        # [store cursor (prompt blocks), loaded prefix blocks once activated (-1: none),
+        #  GPU-cached tokens when the load started, first admission recorded].
+        self.host = None
+        self.parked: list[Seq] = []
+        self._host_req: dict = {}
+        self._host_obs: list[Seq] = []   # scheduled with prompt tokens in the current pass
+        self.host_hit_requests = 0       # first admissions that reused host blocks
+        self.host_reused_tokens = 0      # prompt tokens those admissions took from the host
+        if getattr(cfg, "num_host_blocks", None):
+            from ..host_tier import HostTier
+            self.host = HostTier(cfg.num_host_blocks,
+                                 cfg.block_size * cfg.kv_cache_bytes_per_token,
+                                 cfg.host_d2h_gbps, cfg.host_h2d_gbps)
 
     # -- blocks ----------------------------------------------------------------
     def _prompt_keys(self, s: Seq) -> list[int]:
@@ -120,6 +136,111 @@ class VllmEngine(EngineBase):
 
     def _complete(self, s: Seq) -> None:
         self._release(s)
+        if self.host is not None:
+            self._host_req.pop(s, None)
+
+    # -- G2 host tier (see sim/host_tier.py) -------------------------------------------------
+    def _host_state(self, s: Seq) -> list:
+        hs = self._host_req.get(s)
+        if hs is None:
+            hs = self._host_req[s] = [0, -1, 0, False]
+        return hs
+
+    def _host_lookup(self, s: Seq, cached: int, now: float) -> int:
+        """The connector's look-up for the waiting head ``s`` (GPU hit ``cached`` tokens):
+        _HOST_MISS (admit from the GPU cache alone), _HOST_PARKED (its host prefix is
+        loading: it left the queue), _HOST_SKIP (a copy it depends on is in flight: try
+        the next request) or _BLOCKED (no GPU room for the load)."""
+        hs = self._host_state(s)
+        if hs[1] >= 0:
+            return _HOST_MISS                   # loaded already: admitted from the GPU
+        host = self.host
+        keys = s.keys
+        base = cached // self.bs
+        if base >= len(keys):
+            host.touch_reversed(keys)
+            return _HOST_MISS
+        n, deferred = host.match(keys, base)
+        host.touch_reversed(keys)
+        if n == 0:
+            return _HOST_MISS
+        if deferred:
+            return _HOST_SKIP
+        if not self.kv.reserve_into(s.blocks, keys[:base], n):
+            return _BLOCKED
+        host.start_load(keys[base:base + n], s, now)
+        hs[2] = cached
+        self.waiting.popleft()
+        self.waiting_tokens -= s.prompt_len + s.generated
+        self.parked.append(s)
+        return _HOST_PARKED
+
+    def _host_store(self, s: Seq) -> None:
+        """Write-through: queue the full prompt blocks ``s`` has computed past its store
+        cursor that the host lacks (one cohort, sent at the pass end)."""
+        if not s.blocks:
+            return          # preempted later in the pass: nothing to copy from
+        hs = self._host_state(s)
+        keys = s.keys
+        end = min(min(s.computed, s.prompt_len) // self.bs, len(keys))
+        if end <= hs[0]:
+            return
+        out = self.host.prepare_store(keys[hs[0]:end])
+        if out is None:
+            hs[0] = end
+        elif out:
+            hs[0] = end
+            self.host.touch_reversed(keys)
+
+    def _host_boundary(self, t: float) -> None:
+        """Pass boundary at ``t``: finish the copies that have ended, send the prepared
+        stores, and put every sequence whose load finished back at the front of the queue
+        with its loaded blocks in the GPU cache."""
+        host = self.host
+        owners = host.advance(t)
+        host.submit_stores(t)
+        owners += host.advance(t)
+        self._host_activate(owners)
+
+    def _host_activate(self, owners: list) -> None:
+        bs = self.bs
+        for s in reversed(owners):
+            hs = self._host_req[s]
+            n = len(s.blocks)
+            self.kv.register_range(s.blocks, hs[2] // bs, n, s.keys, s.req.index)
+            hs[1] = n
+            self.parked.remove(s)
+            self.waiting.appendleft(s)
+            self.waiting_tokens += s.prompt_len + s.generated
+
+    def finish_pass(self, end: float) -> None:
+        if self.host is not None and self._host_obs:
+            # Blocks completed by the pass join the host as store cohorts when the pass
+            # completes (before its requests are released), and the boundary sends them;
+            # this order reproduces Dynamo's host hits on the conversation trace.
+            for s in self._host_obs:
+                self._host_store(s)
+            self._host_obs = []
+        EngineBase.finish_pass(self, end)
+        if self.host is not None:
+            self._host_boundary(end)
+
+    def finish_stretch(self, end: float) -> None:
+        EngineBase.finish_stretch(self, end)
+        if self.host is not None:
+            self._host_boundary(end)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting or self.parked)
+
+    def num_in_flight(self) -> int:
+        return len(self.running) + len(self.waiting) + len(self.parked)
+
+    def flush_in_flight(self) -> None:
+        for s in self.parked:
+            self.waiting.append(s)
+        self.parked = []
+        EngineBase.flush_in_flight(self)
 
     # -- one pass ----------------------------------------------------------------
     def start_pass(self, now: float) -> float:
@@ -131,6 +252,9 @@ class VllmEngine(EngineBase):
         waiting = self.waiting
         st = _PassState(cfg.max_num_batched_tokens)
         scheduled = st.scheduled
+        if self.host is not None:
+            # copies that ended while the engine was idle (Dynamo wakes for them)
+            self._host_activate(self.host.advance(now))
         i = 0
         while i < len(running) and st.budget > 0:
             s = running[i]
@@ -150,6 +274,8 @@ class VllmEngine(EngineBase):
             if o != _SELF:
                 i += 1
         rejected = self._rejected
+        host = self.host
+        skipped = None
         while not st.preempted and len(running) < cfg.max_num_seqs and waiting:
             s = waiting[0]
             if not s.admitted:
@@ -165,11 +291,35 @@ class VllmEngine(EngineBase):
                 cached, active_cached = 0, len(s.blocks) * bs
             else:
                 cached, active_cached = self._lookup(s)
+                if host is not None:
+                    if st.budget <= 0:
+                        break                     # vLLM asks the connector only with budget left
+                    h = self._host_lookup(s, cached, now)
+                    if h == _HOST_PARKED:
+                        continue
+                    if h == _BLOCKED:
+                        break
+                    if h == _HOST_SKIP:
+                        waiting.popleft()
+                        if skipped is None:
+                            skipped = []
+                        skipped.append(s)
+                        continue
+                    loaded = self._host_req[s][1]
+                    if loaded >= 0:
+                        # The first admission after a load takes exactly the loaded prefix
+                        # (recompute rule applied unless there is no output, as in Dynamo's
+                        # own host-tier test); the blocks it holds already are not needed anew.
+                        active_cached = loaded * bs
+                        cap = (s.prompt_len + s.generated - 1) // bs * bs
+                        cached = active_cached if not s.max_out else min(active_cached, cap)
             if not self._fits(s, active_cached):
                 break
             o = self._schedule(s, True, cached, st, now)
             if o < 0 or (o == 0 and st.budget == 0):
                 break
+        if skipped is not None:
+            waiting.extendleft(reversed(skipped))
         # Pass duration.
         prefill_ms = 0.0
         T = 0
@@ -204,6 +354,10 @@ class VllmEngine(EngineBase):
         self.pass_start = now
         self.pass_end = now + (prefill_ms + decode_ms)
         self._did_work = bool(st.scheduled) or bool(ready) or bool(rejected)
+        if not self._did_work and self.parked:
+            # Nothing can run until a host load ends: wait for it (an empty pass).
+            self.pass_end = max(now, self.host.next_deadline())
+            self._did_work = True
         return self.pass_end
 
     # -- disaggregated decode (Dynamo: ReserveDestination / ActivateDestination) -----
@@ -288,6 +442,8 @@ class VllmEngine(EngineBase):
         if used == 0 and after < known:
             return _BLOCKED
         self._register(s, before, after)
+        if self.host is not None and before < plen:
+            self._host_obs.append(s)      # its completed prompt blocks: stored at pass end
         pt = (after if after < plen else plen) - pb
         st.scheduled[s] = (used, pt, pb)
         if pt > 0:
@@ -303,11 +459,28 @@ class VllmEngine(EngineBase):
             self.running.append(s)
             if cached > s.reused:
                 s.reused = cached     # Dynamo reports the largest hit over admissions
+            if self.host is not None:
+                self._host_admitted(s, cached)
             if not s.admitted:
                 s.admitted = True
                 s.first_admit = now
         st.budget -= used
         return used
+
+    def _host_admitted(self, s: Seq, cached: int) -> None:
+        """Tier attribution of an admission: after a load, the store cursor moves past
+        the reused prefix and the first admission counts its host-reused tokens."""
+        hs = self._host_state(s)
+        host_tokens = 0
+        if hs[1] >= 0:
+            host_tokens = cached - min(hs[2], cached)
+            hs[0] = cached // self.bs
+            hs[1] = -1
+        if not hs[3]:
+            hs[3] = True
+            if host_tokens > 0:
+                self.host_hit_requests += 1
+                self.host_reused_tokens += host_tokens
 
     def _preempt(self) -> Seq | None:
         """Free blocks by preempting a running sequence (recompute mode); None if none can go."""
@@ -337,7 +510,7 @@ class VllmEngine(EngineBase):
         """
         s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
         running = self.running
-        if not running or len(running) > self.cfg.max_num_batched_tokens:
+        if not running or len(running) > self.cfg.max_num_batched_tokens or self.parked:
             return 0
         bs = self.bs
         k = 1 << 62
@@ -353,10 +526,18 @@ class VllmEngine(EngineBase):
             phases.append(-c % bs)
         if k <= 1:
             return 0
-        if self.waiting and self._admission_possible():
-            return 0
         kv = self.kv
         avail = kv.free_blocks() + kv.inactive_count()
+        if self.waiting:
+            if self._admission_possible():
+                return 0
+            if self.host is not None:
+                # Every pass looks the head up in the host tier: a stretch only while that
+                # look-up cannot change (no copy in flight, no host hit, and no GPU eviction
+                # that could shorten the head's GPU prefix).
+                if not self._host_quiet():
+                    return 0
+                avail = kv.free_blocks()
         if _allocations(phases, k, bs) > avail:
             lo, hi = 0, k - 1           # largest k' with allocations(k') <= avail
             while lo < hi:
@@ -367,6 +548,27 @@ class VllmEngine(EngineBase):
                     hi = mid - 1
             k = lo
         return k if k > 1 else 0
+
+    def _host_quiet(self) -> bool:
+        """Would every pass of a stretch find the waiting head's host look-up unchanged (a
+        miss, its touch repeated on an unchanged LRU)? Does that first touch now."""
+        host = self.host
+        if host.has_transfers():
+            return False
+        n = len(self.running)
+        if n >= self.cfg.max_num_seqs or n >= self.cfg.max_num_batched_tokens:
+            return True                       # no pass reaches the head
+        s = self.waiting[0]
+        hs = self._host_req.get(s)
+        if hs is not None and hs[1] >= 0:
+            return False                      # loaded prefix waiting: leave it to passes
+        cached, _ = self._lookup(s)
+        keys = s.keys
+        base = cached // self.bs
+        if base < len(keys) and host.match(keys, base)[0]:
+            return False
+        host.touch_reversed(keys)             # what the stretch's first pass does
+        return True
 
     def _admission_possible(self) -> bool:
         if len(self.running) >= self.cfg.max_num_seqs:
@@ -437,9 +639,15 @@ class VllmEngine(EngineBase):
             assert s.computed <= s.prompt_len + s.generated, "computed past the sequence"
             assert len(s.blocks) == (s.computed + self.bs - 1) // self.bs, "blocks != computed"
         for s in self.waiting:
-            # (a disaggregated decode copy waits with its remotely computed prompt's blocks)
-            assert not s.blocks or len(s.blocks) == (s.computed + self.bs - 1) // self.bs > 0, \
+            # a disaggregated decode copy waits with its remotely computed prompt's blocks;
+            # with the host tier, a sequence whose load landed holds the loaded blocks
+            assert (not s.blocks or len(s.blocks) == (s.computed + self.bs - 1) // self.bs > 0
+                    or (self.host is not None and self._host_req[s][1] >= 0)), \
                 "waiting sequence holds blocks"
+        if self.host is not None:
+            self.host.check()
+            for s in self.parked:
+                assert s.blocks and s not in self.waiting, "parked sequence"
 
 
 def _allocations(phases: list[int], k: int, bs: int) -> int:

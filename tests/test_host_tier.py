@@ -1,0 +1,213 @@
+"""G2 host KV tier (``--num-host-blocks``, issue 15 item 2; sim/host_tier.py).
+
+Invariants with the tier on (hypothesis): no request lost, KV conserved across tiers (GPU
+pool and host pool checked at every timestamp, the host never over capacity, every pin on
+a present block), pools drained at the end; bulk advance equal to pass-by-pass; compiled
+equal to plain Python; transfer times from bytes and bandwidth; a host hit on a hand-made
+trace behaves as Dynamo's own test of the feature describes. Parity with Dynamo on the
+conversation trace is in tests/test_host_tier_parity.py.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import REPO, ListWorkload, req
+from sim.cli import main
+from sim.engine import EngineConfig
+from sim.host_tier import HostTier, Lane
+from sim.metrics import STATUS_COMPLETED
+from sim.simulator import ClusterConfig, Simulation
+from sim.timing import FixedTiming, PolynomialTiming
+from test_bulk_equivalence import assert_same_records, assert_same_summary
+from test_compiled import _compiled, pure_copy
+from test_invariants import workloads
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def run_host(reqs, *, nb: int = 64, host: int = 32, bs: int = 16, workers: int = 1,
+             exact: bool = False, timing=None, gbps: float = 1.0, budget: int = 256,
+             check: bool = True, router: str = "round_robin", cut_ms: float | None = None):
+    eng = EngineConfig(block_size=bs, num_gpu_blocks=nb, max_num_batched_tokens=budget,
+                       num_host_blocks=host, kv_cache_bytes_per_token=250_000,
+                       host_d2h_gbps=gbps, host_h2d_gbps=gbps)
+    sim = Simulation(ListWorkload(reqs), engine=eng, timing=timing or FixedTiming(3.0, 1.0),
+                     cluster=ClusterConfig(num_workers=workers), router=router, seed=0,
+                     exact=exact, check_invariants=check, max_sim_time_ms=cut_ms)
+    return sim.run()
+
+
+def test_transfer_time_is_bytes_over_bandwidth() -> None:
+    # 128 tokens x 1e6 B at 1 GB/s = 128 ms (the issue's unit check), and a FIFO lane
+    lane = Lane(1.0)
+    assert lane.submit(0.0, 128 * 1_000_000) == pytest.approx(128.0, rel=1e-15)
+    assert lane.submit(10.0, 1_000_000) == pytest.approx(129.0)      # queued behind it
+    assert lane.submit(500.0, 1_000_000) == pytest.approx(501.0)     # idle lane: starts now
+    assert Lane(0.0).submit(7.0, 10**12) == 7.0                      # 0 = instantaneous
+    # a Qwen3-32B block (64 tokens x 262,144 B) at Dynamo's default 32 GB/s
+    assert Lane(32.0).submit(0.0, 64 * 262_144) == pytest.approx(0.524288, rel=1e-12)
+
+
+def test_store_evicts_least_recent_unpinned_and_retries_when_full() -> None:
+    t = HostTier(3, 10, 1.0, 1.0)
+    assert t.prepare_store([1, 2]) is True
+    t.submit_stores(0.0)
+    assert t.advance(1.0) == [] and t.match([1, 2, 3]) == (2, False)
+    assert t.prepare_store([1, 2]) is None                      # nothing missing
+    t.start_load([1], "r", 1.0)                                  # pins 1
+    assert t.prepare_store([3, 4]) is True                       # evicts 2 (1 is pinned)
+    assert t.match([1, 2]) == (1, True) and t.evicted_blocks == 1
+    assert t.prepare_store([5, 6, 7]) is False                   # 1 pinned, 3 and 4 pending
+    t.check()
+
+
+def test_host_hit_restores_an_evicted_prefix() -> None:
+    """Dynamo's own test ``vllm_native_host_offload_restores_an_evicted_prefix``: one GPU
+    block, two host blocks, 1 GB/s and 250 kB/token (a 4-token block copies in 1 ms): the
+    third request finds the first's prompt in the host tier, waits for the load, and
+    reuses it from there (output_length 0, so no recompute cap)."""
+    reqs = [req(0, 0.0, 4, 0, hash_ids=[1]), req(1, 5.0, 4, 0, hash_ids=[2]),
+            req(2, 10.0, 4, 0, hash_ids=[1])]
+    for r in reqs:
+        r.trace_block_size = 4
+    res = run_host(reqs, nb=1, host=2, bs=4, timing=FixedTiming(0.0, 0.0), budget=4)
+    c = res.metrics.columns()
+    assert c["status"].tolist() == [STATUS_COMPLETED] * 3
+    assert int(c["reused_input_tokens"][2]) == 4
+    assert float(c["first_admit_ms"][2]) >= 11.0
+    tier = res.summary["kv_host_tier"]
+    assert tier["host_hit_requests"] == 1 and tier["host_reused_tokens"] == 4
+    assert tier["host_load_hits"] == 1 and tier["host_loaded_blocks"] == 1
+
+
+@SETTINGS
+@given(workloads(), st.integers(24, 400), st.integers(1, 64), st.sampled_from([16, 64]),
+       st.integers(1, 3), st.booleans(), st.sampled_from([0.0, 1.0, 32.0]),
+       st.sampled_from([None, 500.0]))
+def test_kv_conserved_across_tiers_and_no_request_lost(wl, nb, host, bs, workers, exact,
+                                                       gbps, cut) -> None:
+    reqs, _ = wl
+    res = run_host(reqs, nb=nb, host=host, bs=bs, workers=workers, exact=exact, gbps=gbps,
+                   cut_ms=cut)
+    c = res.metrics.columns()
+    t = res.summary["totals"]
+    assert t["completed_requests"] + t["rejected_requests"] + t["in_flight_requests"] == \
+        t["num_requests"]
+    assert t["num_requests"] + t["not_arrived_requests"] == len(reqs)
+    assert len(set(c["request_index"].tolist())) == t["num_requests"]
+    tier = res.summary["kv_host_tier"]
+    assert tier["host_hit_requests"] <= tier["host_load_hits"]
+    assert tier["host_reused_tokens"] <= tier["host_loaded_blocks"] * bs
+    for w in res.workers:
+        e = w.engine
+        e.host.check()
+        assert len(e.host) <= host
+        if cut is None:
+            assert t["in_flight_requests"] == 0
+            e.kv.check()
+            assert e.kv.num_active == 0 and e.kv.num_private == 0
+            assert not e.parked and not e.host.pins and not e.host.pending_load()
+
+
+@SETTINGS
+@given(workloads(), st.integers(40, 400), st.integers(1, 64), st.integers(1, 3))
+def test_bulk_matches_pass_by_pass_with_the_tier(wl, nb, host, workers) -> None:
+    reqs, _ = wl
+    a = run_host(reqs, nb=nb, host=host, workers=workers, exact=False,
+                 timing=PolynomialTiming(), check=False)
+    b = run_host(reqs, nb=nb, host=host, workers=workers, exact=True,
+                 timing=PolynomialTiming(), check=False)
+    assert_same_records(a.metrics.columns(), b.metrics.columns())
+    assert_same_summary(a.summary, b.summary)
+
+
+def test_bulk_matches_pass_by_pass_with_host_hits() -> None:
+    """A fixed case that exercises both: stretches in the bulk run and host hits."""
+    rng = np.random.default_rng(3)
+    reqs = []
+    t = 0.0
+    for i in range(120):
+        t += float(rng.choice([0.0, 5.0, 40.0, 300.0]))
+        g = int(rng.integers(6))
+        nb = int(rng.integers(2, 12))
+        ids = [100 * g + j for j in range(nb)] if rng.random() < 0.7 else \
+            [10_000 + 100 * i + j for j in range(nb)]
+        reqs.append(req(i, t, nb * 16 - int(rng.integers(0, 15)), int(rng.integers(1, 60)),
+                        hash_ids=ids))
+    for r in reqs:
+        r.trace_block_size = 16
+    runs = [run_host(reqs, nb=60, host=40, exact=e, timing=PolynomialTiming(), check=False)
+            for e in (False, True)]
+    assert sum(w.engine.num_stretches for w in runs[0].workers) > 0
+    assert runs[1].summary["kv_host_tier"]["host_hit_requests"] > 0
+    assert_same_records(runs[0].metrics.columns(), runs[1].metrics.columns())
+    assert_same_summary(runs[0].summary, runs[1].summary)
+
+
+RUN_HOST = r'''
+import hashlib, json
+import numpy as np
+from sim.engine import EngineConfig
+from sim.simulator import ClusterConfig, Simulation
+from sim.timing import PolynomialTiming
+from sim.workloads import lognormal, poisson, synthetic
+out = {"engine_file": __import__("sim.engine").engine.__file__}
+wl = synthetic(np.random.default_rng(5), arrival=poisson(4.0), isl=lognormal(3000, 0.9, 20000),
+               osl=lognormal(120, 0.8, 400), num_requests=300, num_prefix_groups=6,
+               shared_prefix_blocks=4)
+eng = EngineConfig(block_size=64, num_gpu_blocks=500, num_host_blocks=900,
+                   kv_cache_bytes_per_token=262144)
+res = Simulation(wl, engine=eng, timing=PolynomialTiming(), cluster=ClusterConfig(num_workers=2),
+                 router="round_robin", seed=1).run()
+cols = {k: v.tobytes().hex() for k, v in res.metrics.columns().items()}
+out["hash"] = hashlib.sha256(json.dumps([res.summary, cols], sort_keys=True,
+                                        default=str).encode()).hexdigest()
+out["hits"] = res.summary["kv_host_tier"]["host_hit_requests"]
+print(json.dumps(out))
+'''
+
+
+def test_compiled_and_pure_python_agree_with_the_tier(tmp_path: Path) -> None:
+    if not _compiled("sim.engine"):
+        pytest.skip("the simulator is not compiled here: nothing to compare")
+    outs = []
+    for path in (REPO, pure_copy(tmp_path)):
+        r = subprocess.run([sys.executable, "-c", RUN_HOST], capture_output=True, text=True,
+                           env={"PYTHONPATH": str(path), "PATH": "/usr/bin:/bin"},
+                           cwd=str(path), timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert outs[0].pop("engine_file") != outs[1].pop("engine_file")
+    assert outs[0]["hits"] > 0          # the tier was exercised
+    assert outs[0] == outs[1]
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(["simulate", "--trace", "bundled:mooncake_conversation", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--host-d2h-gbps", "8"], "--host-d2h-gbps"),
+    (["--host-h2d-gbps", "8"], "--host-h2d-gbps"),
+    (["--num-host-blocks", "64"], "--num-host-blocks"),      # no --kv-bytes-per-token
+    (["--num-host-blocks", "64", "--kv-bytes-per-token", "1", "--backend", "sglang"],
+     "--num-host-blocks"),
+    (["--num-host-blocks", "64", "--kv-bytes-per-token", "1", "--host-d2h-gbps", "-1"],
+     "--host-d2h-gbps"),
+    (["--num-host-blocks", "0", "--kv-bytes-per-token", "1"], "--num-host-blocks"),
+])
+def test_bad_host_tier_flags_are_one_line_errors(capsys, args, flag) -> None:
+    rc, _, err = _cli(capsys, *args)
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and "Traceback" not in err, err
