@@ -182,7 +182,8 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate, leaderboard
+    from .evaluate import evaluate
+    from .leaderboard import leaderboard
     if (args.policy is None) == (args.leaderboard is None):
         raise InputError("give exactly one of --policy and --leaderboard", field="--policy")
     if args.leaderboard is not None:

@@ -1,7 +1,7 @@
 """``dynosim train --framework rllib``: PPO on a dynosim_gym env with RLlib's new API stack.
 
 Rollouts run in RLlib ``EnvRunner`` actors (``--num-env-runners``), on a local Ray started on
-demand or on the cluster at ``--ray-address`` (:func:`sim.executors.connect`). Each runner
+demand or on the cluster at ``--ray-address`` (:func:`dynosim.executors.connect`). Each runner
 builds the env from its Gymnasium id ``dynosim_gym:DynoSim-v0`` -- the ``module:id`` form
 imports the package, which registers the ids, in the remote worker -- with the resolved env
 config passed as plain values (``env_config``), so a runner on another node needs only the
@@ -28,9 +28,9 @@ import numpy as np
 
 from sim.errors import InputError
 from sim.schema import MAX_WORKERS, Range, arg_type
+from dynosim.options import CMDLINE
 
 FRAMEWORKS = ("sb3", "rllib")
-CMDLINE = "command line"        # = sim.cli.CMDLINE: errors read "argument --flag: ..."
 ALGOS = ("ppo",)
 #: SB3 PPO hyperparameter -> RLlib PPOConfig.training() argument
 SB3_TO_RLLIB = {"gamma": "gamma", "gae_lambda": "lambda_", "learning_rate": "lr",
@@ -42,7 +42,7 @@ MODULE_PATH = ("learner_group", "learner", "rl_module", "default_policy")
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """``--framework``, ``--num-env-runners`` and ``--ray-address`` on ``dynosim train``."""
-    from sim import executors
+    from dynosim import executors
     g = parser.add_argument_group("RLlib (the ray extra)")
     g.add_argument("--framework", choices=FRAMEWORKS, default="sb3",
                    help="sb3 (default) or rllib (PPO on RLlib's new API stack, Ray)")
@@ -78,7 +78,7 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
     Raises:
         InputError: the ray extra missing, Ray unreachable, bad env id/config.
     """
-    from sim import executors
+    from dynosim import executors
 
     from dynosim_gym.config import load_env_config
 
@@ -219,7 +219,7 @@ class RLlibPolicy:
 
 def load_policy(run_dir: str | Path) -> RLlibPolicy:
     """The policy of a ``--framework rllib`` run directory (needs the ray extra)."""
-    from sim import executors
+    from dynosim import executors
     executors.require_ray("--policy")
     from ray.rllib.core.rl_module.rl_module import RLModule
     path = Path(run_dir) / "checkpoint"

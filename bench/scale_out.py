@@ -87,7 +87,7 @@ def bench_exactness(args) -> dict:
              float(r["sim_s"])) for r in rows]
     fields = [k for k in rows[0] if k.startswith(("totals.", "latency_ms."))]
     x, y = fields[0], fields[1] if len(fields) > 1 else fields[0]
-    from sim.search import pareto_mask
+    from dynosim.studies.search import pareto_mask
     mask = pareto_mask([float(r[x]) for r in rows], [float(r[y]) for r in rows])
     front = {int(r["trial"]) for r, m in zip(rows, mask) if m}
     ranked = sorted(full, key=lambda t: t[1])

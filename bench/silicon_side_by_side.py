@@ -5,7 +5,7 @@ static-concurrency runs (ISL=OSL=1024, c 8..128), but with its own AIS timing pr
 different aiconfigurator version, which cannot run here. This script makes the comparison fair:
 it tabulates our GPU timing table (``sim.gpu_timing``) into the NPZ format of Dynamo's
 ``dynamo_profile`` timing provider, replays the same five silicon rows in both simulators
-(same engine settings, same KV pool) and scores both the way ``sim.silicon`` does.
+(same engine settings, same KV pool) and scores both the way ``dynosim.studies.silicon`` does.
 
     .venv/bin/python bench/silicon_side_by_side.py [--out bench/results]
 
@@ -64,7 +64,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from sim.gpu_timing import GpuTableTiming, load_gpu_timing  # noqa: E402
-from sim.silicon import (DYNAMO_AIC_ALONE_MAPE, DYNAMO_GROUP, DYNAMO_MAPE, REPLAY,  # noqa: E402
+from dynosim.studies.silicon import (DYNAMO_AIC_ALONE_MAPE, DYNAMO_GROUP, DYNAMO_MAPE, REPLAY,  # noqa: E402
                          group_key, group_name, load_rows, mape, replay_row,
                          silicon_tps_gpu, tps_per_gpu)
 from sim.timing import TimingModel, modeled_ms  # noqa: E402
@@ -201,7 +201,7 @@ def grid_error(t: GpuTableTiming, lk: NpzLookup, isl: int, osl: int,
 
 # -- the three replays -------------------------------------------------------------------------
 def run_ours(row: dict) -> dict[str, Any]:
-    """Our simulator with our table: exactly ``sim.silicon.replay_row``."""
+    """Our simulator with our table: exactly ``dynosim.studies.silicon.replay_row``."""
     t0 = time.perf_counter()
     r = replay_row(row)
     return {"ttft": r["pred_ttft_ms"], "tpot": r["pred_tpot_ms"],

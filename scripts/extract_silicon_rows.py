@@ -10,7 +10,7 @@ static-concurrency benchmark runs (one row per model, GPU, backend version, TP, 
 concurrency). We keep a row only if
 
 * it is an aggregated (``mode == agg``) single-replica run without PP, attention DP or MoE
-  parallelism (what ``sim.silicon`` replays: one worker of ``tp`` GPUs);
+  parallelism (what ``dynosim.studies.silicon`` replays: one worker of ``tp`` GPUs);
 * its (model, GPU, backend, TP) has a shipped table in ``sim/data/gpu_tables`` (model names
   match loosely: organisation prefix, ``Meta-`` and ``-Instruct`` are ignored);
 * its weights are bf16, like our tables (which AIC built with its default bf16 GEMM and KV

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from agents.evaluate import Evaluation, plot_front
+from agents.evaluate import Evaluation
+from agents.leaderboard import plot_front
 
 
 def main(directory: str) -> None:

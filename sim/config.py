@@ -32,10 +32,9 @@ import yaml
 from .engine import BACKENDS, DEFAULT_BLOCK_SIZE, SGLANG_KNOBS, EngineConfig
 from .errors import InputError
 from .router import ROUTER_MODES, KvRouterConfig
-from .schema import (BANDWIDTH_GBPS, BLOCK_SIZE, DP_RANKS, GPUS, KV_BYTES_PER_TOKEN, NUM_GPU_BLOCKS, PLANNER_FIELDS, RATIO, SEED, SEQS,
-                     TIME_MS_POS, TIME_S, TIME_S_POS, TOKENS, WEIGHT, WORKERS)
-from .schema import GBPS, KV_BYTES
 from .disagg import TRANSFER_TIMING_MODES, DisaggConfig
+from .schema import (BLOCK_SIZE, DP_RANKS, GBPS, GPUS, KV_BYTES, NUM_GPU_BLOCKS, PLANNER_FIELDS,
+                     RATIO, SEED, SEQS, TIME_MS_POS, TIME_S, TIME_S_POS, TOKENS, WEIGHT, WORKERS)
 from .simulator import ClusterConfig, Simulation
 from .timing_spec import make_timing
 from .workloads import from_config
@@ -92,9 +91,9 @@ class EngineSection:
     # rank (null = none), link bandwidths in decimal GB/s (0 = instantaneous), and the KV
     # bytes of one token, which size a block's copy (required with the tier)
     num_host_blocks: int | None = _opt(None, range=NUM_GPU_BLOCKS)
-    host_d2h_gbps: float = _opt(32.0, range=BANDWIDTH_GBPS)
-    host_h2d_gbps: float = _opt(32.0, range=BANDWIDTH_GBPS)
-    kv_cache_bytes_per_token: int | None = _opt(None, range=KV_BYTES_PER_TOKEN)
+    host_d2h_gbps: float = _opt(32.0, range=GBPS)
+    host_h2d_gbps: float = _opt(32.0, range=GBPS)
+    kv_cache_bytes_per_token: int | None = _opt(None, range=KV_BYTES)
 
     def engine_config(self) -> EngineConfig:
         d = asdict(self)

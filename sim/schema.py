@@ -30,17 +30,14 @@ Each bound comes from what the number means and where it ends up:
 The config dataclasses (:mod:`sim.config`, :mod:`dynosim_gym.config`) carry these ranges as
 field metadata (``_opt(64, range=BLOCK_SIZE)``) and the trace loaders and workload
 factories check theirs with :meth:`Range.violation`; ``dynosim config schema`` prints the
-whole table from the same objects (:func:`render`).
+whole table from the same objects (:func:`dynosim.config_schema.render`).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from dataclasses import MISSING, dataclass, fields, is_dataclass
-from typing import Any, Callable, Iterator, Union, get_args, get_origin, get_type_hints
-
-import types
+from dataclasses import dataclass
+from typing import Any, Callable
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -110,8 +107,6 @@ NUM_GPU_BLOCKS = Range(0, MAX_BLOCKS, lo_open=True, unit="blocks",
                        why="int32 pool slots; ~60 B of address space per block")
 WORKERS = Range(1, MAX_WORKERS, unit="workers", why="~82 KB of fixed memory per worker")
 GPUS = Range(1, MAX_WORKERS, unit="GPUs", why="at least one GPU per worker")
-BANDWIDTH_GBPS = Range(0, 1e6, unit="GB/s", why="beyond a PB/s is a unit error")
-KV_BYTES_PER_TOKEN = Range(1, 1 << 40, unit="bytes", why="a TB per token is a unit error")
 DP_RANKS = Range(1, MAX_WORKERS, unit="ranks", why="each rank is a scheduler with its own KV "
                  "pool (~82 KB of fixed memory)")
 SEQS = Range(1, INT32_MAX, unit="sequences", why="C long counters")
@@ -127,6 +122,7 @@ WEIGHT = Range(0, MAX_RATIO, unit="", why="beyond 10^6 is a unit error")
 FRACTION = Range(0, 1, unit="", why="a share")
 SHARE_OPEN = Range(0, 1, lo_open=True, hi_open=True, unit="", why="a share, neither none nor all")
 # -- disaggregated prefill/decode (sim.disagg) --
+# KV links: the host tier (d2h/h2d) and the prefill->decode transfer
 GBPS = Range(0, 1e6, unit="GB/s", why="a link beyond 1 PB/s is a unit error; 0 = no delay")
 KV_BYTES = Range(1, 2**40, unit="B/token", why="beyond 1 TiB per token is a unit error")
 RATE = Range(0, MAX_RATE_RPS, lo_open=True, unit="req/s",
@@ -232,121 +228,3 @@ def arg_type(rng: Range, typ: type) -> Callable[[str], Any]:
         return value
     parse.__name__ = typ.__name__
     return parse
-
-
-# -- the table (dynosim config schema) -----------------------------------------------------
-
-def _type_name(typ: Any) -> str:
-    args = get_args(typ) if get_origin(typ) in (Union, types.UnionType) else (typ,)
-    names = [a.__name__ if a is not type(None) else "null" for a in args]
-    return " | ".join(names)
-
-
-def _rows_of(cls: type, prefix: str, flag_of: dict[str, str]) -> Iterator[dict[str, Any]]:
-    hints = get_type_hints(cls)
-    for f in fields(cls):
-        if f.name in ("source", "where", "raw"):
-            continue
-        dotted = f"{prefix}.{f.name}"
-        default = f.default if f.default is not MISSING else None
-        if f.default is MISSING and f.default_factory is not MISSING:
-            if is_dataclass(hints[f.name]):                                # nested section
-                yield from _rows_of(hints[f.name], dotted, flag_of)
-                continue
-            default = f.default_factory()                                  # e.g. env.planner
-        rng = field_range(f)
-        choices = f.metadata.get("choices")
-        yield {"field": dotted, "type": _type_name(hints[f.name]), "default": default,
-               "range": rng.text() if rng else ("one of " + "|".join(choices) if choices
-                                                else ""),
-               "unit": rng.unit if rng else "", "flag": flag_of.get(dotted, ""),
-               "why": rng.why if rng else ""}
-
-
-def rows() -> dict[str, list[dict[str, Any]]]:
-    """Every documented input, grouped: YAML/CLI fields, env fields, workload keys, trace
-    fields, planner flags."""
-    from .cli import FLAG_OF
-    from .config import SECTIONS
-    out: dict[str, list[dict[str, Any]]] = {"config": []}
-    for name, cls in SECTIONS.items():
-        out["config"] += list(_rows_of(cls, name, FLAG_OF))
-    out["config"].append({"field": "timing.model = fixed:P,D", "type": "float,float",
-                          "default": None, "range": PASS_MS.text(), "unit": PASS_MS.unit,
-                          "flag": "--timing", "why": PASS_MS.why})
-    try:
-        from dynosim_gym.config import EnvSection
-    except ImportError:          # sim installed without the gym package
-        EnvSection = None
-    if EnvSection is not None:
-        out["env"] = list(_rows_of(EnvSection, "env", {}))
-    wflag = {"trace_block_size": "--trace-block-size",
-             "arrival_speedup_ratio": "--arrival-speedup-ratio"}
-    out["workload"] = [{"field": f"workload.{k}", "type": "", "default": None,
-                        "range": r.text(), "unit": r.unit, "flag": wflag.get(k, ""),
-                        "why": r.why} for k, r in WORKLOAD_FIELDS.items()]
-    out["trace"] = [{"field": f"{fmt}:{k}", "type": "", "default": None,
-                     "range": r.text() if (r.lo is not None or r.hi is not None) else "",
-                     "unit": r.unit, "flag": "", "why": f"{note}; {r.why}"}
-                    for fmt, spec in TRACE_FIELDS.items() for k, (r, note) in spec.items()]
-    out["planner"] = [{"field": f"planner.{k}", "type": "", "default": None,
-                       "range": r.text(), "unit": r.unit, "flag": FLAG_OF.get(f"planner.{k}", ""),
-                       "why": r.why} for k, r in PLANNER_FIELDS.items()]
-    out["planner"] += [{"field": flag, "type": typ.__name__, "default": None,
-                        "range": r.text(), "unit": r.unit, "flag": flag, "why": r.why}
-                       for flag, (r, typ) in FLAG_RANGES.items()]
-    return out
-
-
-TITLES = {"config": "Run config (YAML sections; flags of `dynosim simulate`; env keywords "
-                    "as dotted keys)",
-          "env": "Environment (`env:` section; `gym.make` keywords: bare field names)",
-          "workload": "Workload block (`workload:`)",
-          "trace": "Trace fields (per line)",
-          "planner": "Planner section (`planner:`; flags of `dynosim simulate`) and other flags"}
-
-
-def render(fmt: str = "text") -> str:
-    """The schema as a text table (``fmt="text"``), Markdown or JSON."""
-    groups = rows()
-    if fmt == "json":
-        return json.dumps(groups, indent=1, default=str)
-    lines: list[str] = []
-    for key, items in groups.items():
-        if fmt == "markdown":
-            lines += [f"### {TITLES[key]}", "", "| field | type | default | allowed | unit | "
-                      "flag | why |", "|---|---|---|---|---|---|---|"]
-            for r in items:
-                lines.append("| " + " | ".join(
-                    str(x) if x not in (None, "") else "" for x in
-                    (f"`{r['field']}`", r["type"], r["default"], r["range"], r["unit"],
-                     r["flag"], r["why"])) + " |")
-        else:
-            lines.append(TITLES[key])
-            for r in items:
-                d = "" if r["default"] is None else f" = {r['default']}"
-                flag = f"  {r['flag']}" if r["flag"] and r["flag"] != r["field"] else ""
-                lines.append(f"  {r['field']:<44} {r['range'] or r['type']:<28} "
-                             f"{r['unit']:<9}{d}{flag}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def add_parser(sub) -> None:
-    """``dynosim config schema``: print the allowed ranges of every input."""
-    c = sub.add_parser("config", help="inspect the config schema",
-                       description="Config tools.")
-    csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
-    s = csub.add_parser("schema", help="allowed range of every numeric input",
-                        description="Every input (YAML field, flag, env keyword, trace field) "
-                        "with its type, default and allowed range, from sim.schema.")
-    s.add_argument("--format", choices=("text", "markdown", "json"), default="text",
-                   help="a text table, Markdown tables or JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    if getattr(args, "config_command", None) != "schema":
-        print("usage: dynosim config schema [--format text|markdown|json]")
-        return 2
-    print(render(args.format))
-    return 0

@@ -19,7 +19,7 @@ import dynosim_gym  # noqa: F401  (registers the ids)
 from agents.evaluate import evaluate
 from agents.heuristics import PlannerPolicy, StaticPolicy, make_heuristic
 from agents.train import load_hyperparams, train
-from sim.cli import main
+from dynosim.cli import main
 from sim.errors import InputError
 
 TINY = "autoscale_tiny"
@@ -120,7 +120,7 @@ def test_train_and_leaderboard_from_the_cli(tmp_path: Path, capsys) -> None:
 def test_front_keeps_only_undominated_policies() -> None:
     from types import SimpleNamespace as NS
 
-    from agents.evaluate import _front
+    from agents.leaderboard import _front
     a = NS(sla_attainment=0.8, gpu_hours_per_episode=0.5)
     b = NS(sla_attainment=0.6, gpu_hours_per_episode=0.4)
     c = NS(sla_attainment=0.7, gpu_hours_per_episode=0.6)           # beaten by a on both axes

@@ -23,7 +23,7 @@ from agents.heuristics import make_heuristic
 from dynosim_gym import scenarios as fam
 from dynosim_gym.config import load_env_config
 from dynosim_gym.observations import FEATURES
-from sim.cli import main
+from dynosim.cli import main
 from sim.errors import InputError
 
 from conftest import write_jsonl

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.cli import main
+from dynosim.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "envs_configs" / "tiny.yaml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sim.cli import main
+from dynosim.cli import main
 from sim.gpu_timing import list_tables, load_gpu_timing
 
 TINY = str(Path(__file__).resolve().parents[1] / "envs_configs" / "tiny.yaml")

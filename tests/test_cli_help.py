@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from sim.cli import build_parser, main
+from dynosim.cli import build_parser, main
 
 
 def walk(parser: argparse.ArgumentParser, name: str = "dynosim"

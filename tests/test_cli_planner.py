@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.cli import main
+from dynosim.cli import main
 
 TINY = str(Path(__file__).resolve().parents[1] / "envs_configs" / "tiny.yaml")
 

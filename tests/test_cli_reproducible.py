@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.cli import main
+from dynosim.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "envs_configs" / "tiny.yaml")

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ListWorkload, req
-from sim.cli import main
+from dynosim.cli import main
 from sim.disagg import DisaggConfig, transfer_ms
 from sim.engine import EngineConfig
 from sim.metrics import HANDOFF_FIELDS, STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED

@@ -242,7 +242,7 @@ def test_compiled_and_pure_python_identical_per_flavour(tmp_path) -> None:
     (["--backend", "sglang", "--block-size", "0"], "--block-size"),
 ])
 def test_flavour_flags_bad_input_is_one_line_exit_2(args, flag, capsys) -> None:
-    from sim.cli import main
+    from dynosim.cli import main
     trace = str(REPO / "sim" / "data" / "conversation_trace.jsonl")
     assert main(["simulate", "--trace", trace, "--quiet", *args]) == 2
     err = capsys.readouterr().err

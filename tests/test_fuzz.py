@@ -2,7 +2,7 @@
 
 Hypothesis generates malformed Mooncake JSONL and Azure CSV traces, YAML run configs,
 ``dynosim simulate`` flag sets, ``gym.make`` keywords and actions. Every CLI case runs
-``sim.cli.main`` in-process and must either
+``dynosim.cli.main`` in-process and must either
 
 * succeed with every arrival accounted for (arrived = completed + rejected + in flight), or
 * exit 2 with exactly one line ``dynosim: error: ...`` on stderr,
@@ -38,7 +38,8 @@ from hypothesis import strategies as st
 
 import dynosim_gym  # noqa: F401  (registers the envs)
 from dynosim_gym.base import ResetNeeded
-from sim.cli import FLAGS, main
+from dynosim.cli import main
+from dynosim.options import FLAGS
 from sim.errors import InputError
 from sim.schema import INT32_MAX, MAX_BLOCKS, MAX_TIME_MS, MAX_WORKERS
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, ListWorkload, req
-from sim.cli import main
+from dynosim.cli import main
 from sim.engine import EngineConfig
 from sim.host_tier import HostTier, Lane
 from sim.metrics import STATUS_COMPLETED

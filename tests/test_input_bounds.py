@@ -19,10 +19,11 @@ import pytest
 
 import dynosim_gym  # noqa: F401
 from dynosim_gym.base import ResetNeeded
-from sim.cli import main
+from dynosim.cli import main
 from sim.errors import InputError
+from dynosim.config_schema import render
 from sim.schema import (INT32_MAX, MAX_BLOCKS, MAX_TIME_MS, MAX_TOKENS, MAX_WORKERS, TRACE_FIELDS,
-                        Range, render)
+                        Range)
 
 REPO = Path(__file__).resolve().parent.parent
 AUTOSCALE_TINY = str(REPO / "envs_configs" / "autoscale_tiny.yaml")

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from conftest import simulate
-from sim.plots import plot_latency_cdfs
+from dynosim.plots import plot_latency_cdfs
 from sim.workloads import load_mooncake
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,8 @@ def _overlaps(texts) -> list[tuple[str, str]]:
 
 def test_leaderboard_front_labels_do_not_overlap(monkeypatch, tmp_path: Path) -> None:
     pytest.importorskip("stable_baselines3")
-    from agents.evaluate import Evaluation, plot_front
+    from agents.evaluate import Evaluation
+    from agents.leaderboard import plot_front
     figs = _capture(monkeypatch)
     # the case: heuristic:throughput and heuristic:load almost on top of each other
     pts = {"heuristic:load": (0.531, 0.533), "heuristic:throughput": (0.532, 0.535),

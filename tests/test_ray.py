@@ -1,4 +1,4 @@
-"""Scale-out on Ray (sim/executors.py, --executor ray, --framework rllib).
+"""Scale-out on Ray (dynosim/executors.py, --executor ray, --framework rllib).
 
 * Without the extra: one line naming it, exit 2 (runs whether Ray is installed or not).
 * With it (CI installs it; these skip cleanly without): a sweep as Ray tasks gives a CSV
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.cli import main
+from dynosim.cli import main
 
 WINDOW_S = "20"
 # The environment before any Ray session of this process: ray.init sets variables that
@@ -172,8 +172,8 @@ class LocalCluster:
 
     def __init__(self, tmp: Path) -> None:
         self.ray_bin = str(Path(sys.executable).with_name("ray"))
-        from sim.executors import LOCAL_NODE_IP
-        self.ip = LOCAL_NODE_IP                 # loopback only (see sim.executors)
+        from dynosim.executors import LOCAL_NODE_IP
+        self.ip = LOCAL_NODE_IP                 # loopback only (see dynosim.executors)
         self.port = _free_port()
         self.address = f"{self.ip}:{self.port}"
         self.procs: list[subprocess.Popen] = []

@@ -15,11 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dynosim_gym  # noqa: F401  (registers the ids)
-from agents.evaluate import evaluate, routing_leaderboard
+from agents.evaluate import evaluate
+from agents.leaderboard import routing_leaderboard
 from agents.heuristics import (KvCostPolicy, LeastLoadedPolicy, RandomRoutePolicy,
                                heuristics_for, kv_costs, make_heuristic, softmax_pick)
 from dynosim_gym.scenarios import ROUTING_FAMILIES
-from sim.cli import main
+from dynosim.cli import main
 from sim.errors import InputError
 
 ROUTING = "DynoSimRouting-v0"

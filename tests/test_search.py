@@ -1,4 +1,4 @@
-"""``dynosim search`` (sim/search.py): space/objective validation, a small local search
+"""``dynosim search`` (dynosim/studies/search.py): space/objective validation, a small local search
 whose best candidate replays to the same numbers through ``dynosim simulate``, failed trials
 recorded without aborting, an infeasible constraint, determinism, and the same on Ray."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim import search
-from sim.cli import main
+from dynosim.studies import search
+from dynosim.cli import main
 from sim.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""`sim.silicon`: silicon rows from aiconfigurator-core, their replay, MAPE and the CLI table."""
+"""`dynosim.studies.silicon`: silicon rows from aiconfigurator-core, their replay, MAPE and the CLI table."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sim import silicon
+from dynosim.studies import silicon
 from sim.errors import InputError
 from sim.gpu_timing import list_tables
 

@@ -1,4 +1,4 @@
-"""``dynosim sweep`` (sim/sweeps.py): the three planner studies on a tiny window, the
+"""``dynosim sweep`` (dynosim/studies/sweeps.py): the three planner studies on a tiny window, the
 optimum/cliff/frontier helpers on hand-made rows, and one-line input errors."""
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import os
 
 import pytest
 
-from sim import sweeps
+from dynosim.studies import sweeps
 from sim.errors import InputError
 
 WINDOW_S = "20"      # tiny window: each point simulates 20 s of the trace
 
 
 def _parser() -> argparse.ArgumentParser:
-    from sim.cli import _Parser
-    p = _Parser(prog="dynosim")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    from dynosim.options import Parser
+    p = Parser(prog="dynosim")
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
     sweeps.add_parser(sub)
     return p
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ms, run_peer, simulate
-from sim.cli import main
+from dynosim.cli import main
 from sim.errors import InputError
 from sim.timing import FixedTiming
 from sim.workloads import load_azure, load_mooncake

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-from sim.cli import main  # noqa: E402
+from dynosim.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "envs_configs" / "autoscale_tiny.yaml")

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import build_simulation, load_config
-from .errors import InputError
+from sim.config import build_simulation, load_config
+from sim.errors import InputError
 
 
 def _demo_config() -> Path:
@@ -46,10 +46,10 @@ def replay_once(path: Path) -> dict[str, float]:
 def add_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="measure simulator and environment speed on this machine",
                        description=__doc__.split("\n\n")[0].split(": ", 1)[1])
-    from .cli import _positive_int          # one parser for positive integers
-    b.add_argument("--repeats", type=_positive_int, default=3,
+    from ..options import positive_int          # one parser for positive integers
+    b.add_argument("--repeats", type=positive_int, default=3,
                    help="interleaved repeats (median reported)")
-    b.add_argument("--episodes", type=_positive_int, default=3,
+    b.add_argument("--episodes", type=positive_int, default=3,
                    help="episodes per environment case")
     b.add_argument("--quick", action="store_true",
                    help="one repeat, one episode, the two default environments only")

@@ -26,7 +26,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
-from .errors import InputError
+from sim.errors import InputError
 
 EXECUTORS = ("local", "ray")
 INSTALL_HINT = "install the ray extra: pip install -e '.[ray]'"

@@ -65,10 +65,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import InputError
-from .schema import SEED, arg_type
+from sim.errors import InputError
+from sim.schema import SEED, arg_type
 
-CMDLINE = "command line"
+from ..options import CMDLINE
+
 DEFAULT_TRACE = "bundled:mooncake_conversation"
 DEFAULT_RUNGS_S = (600.0, 1200.0, 2400.0)
 DEFAULT_CHECK_S = 300.0
@@ -191,7 +192,7 @@ def load_space(path: str | Path) -> Space:
     candidate, default 16), ``fixed`` (key -> value for every candidate), ``space`` (key ->
     a list of choices, or ``{low, high[, log][, step]}``). Keys: ``SPACE_KEYS``.
     """
-    from .config import read_yaml
+    from sim.config import read_yaml
     fname = str(path)
     if not Path(path).is_file():
         raise InputError("space file not found", file=fname)
@@ -288,7 +289,7 @@ def _dim(key: str, spec: Any, err: Callable[[str], InputError]) -> Dim:
 
 def shipped_tps(model: str, gpu: str, backend: str) -> list[int]:
     """TP sizes with a shipped GPU table for (model, gpu, backend)."""
-    from .gpu_timing import _norm_gpu, _norm_model, list_tables
+    from sim.gpu_timing import _norm_gpu, _norm_model, list_tables
     return sorted({int(r["tp"]) for r in list_tables()
                    if _norm_model(r["model"]) == _norm_model(str(model))
                    and _norm_gpu(r["gpu"]) == _norm_gpu(str(gpu)) and r["backend"] == backend})
@@ -409,8 +410,8 @@ _CACHE: dict[str, Any] = {}      # per process: the parser and pickled parsed tr
 
 def _parser():
     if "parser" not in _CACHE:
-        from .cli import build_parser
-        _CACHE["parser"] = build_parser()
+        from ..options import simulate_parser
+        _CACHE["parser"] = simulate_parser()
     return _CACHE["parser"]
 
 
@@ -418,7 +419,7 @@ def _fresh_workload(cfg):
     """A fresh copy of the candidate's workload; the trace is parsed once per process and
     unpickled per candidate (requests are mutable, each replay needs its own)."""
     import pickle
-    from .config import build_workload
+    from sim.config import build_workload
     key = json.dumps([cfg.workload, cfg.run.seed], sort_keys=True, default=str)
     blob = _CACHE.get(key)
     if blob is None:
@@ -429,11 +430,11 @@ def _fresh_workload(cfg):
 def candidate_config(setup: Setup, params: dict[str, Any]):
     """(RunConfig, planner kind or None, extra ``simulate`` flags: none, as the planner is
     in the config) of one candidate."""
-    from .cli import config_from_args
+    from ..options import config_from_args
     sp = setup.space
     values = {**sp.fixed, **params}
     tp = int(values.get("tp", 1))
-    argv = ["simulate", "--trace", setup.trace, "--model", sp.model, "--gpu", sp.gpu,
+    argv = ["--trace", setup.trace, "--model", sp.model, "--gpu", sp.gpu,
             "--backend", sp.backend, "--tp", str(tp), "--seed", str(setup.seed), "--quiet"]
     if setup.arrival_speedup_ratio is not None:
         argv += ["--arrival-speedup-ratio", f"{setup.arrival_speedup_ratio:g}"]
@@ -486,7 +487,7 @@ def _quantile_lb(done_desc, q: float | None, n_total: int) -> float:
     ``k(n_total)``-th largest seen now (the final sample holds every value seen now).
     Latencies are >= 0, so 0 bounds a sample too small to say more.
     """
-    from .metrics import _round_half_up
+    from sim.metrics import _round_half_up
     if len(done_desc) == 0:
         return 0.0
     if q is None:
@@ -510,7 +511,7 @@ def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
     Valid for a replay run to the end (no ``--max-sim-time-s`` cut-off), as in a search.
     """
     import numpy as np
-    from .metrics import _QUANTILES, STATUS_COMPLETED
+    from sim.metrics import _QUANTILES, STATUS_COMPLETED
     out: dict[str, float] = {}
     lat = {}
     for f in fields:
@@ -586,7 +587,7 @@ def run_candidate(setup: Setup, params: dict[str, Any],
     "violation", "requests", "rung_scores", "reason"}``; the values of a complete candidate
     are those of the full replay (:meth:`Simulation.finish`), i.e. of ``dynosim simulate``.
     """
-    from .config import build_planner, build_simulation
+    from sim.config import build_planner, build_simulation
     cfg, _kind, _flags = candidate_config(setup, params)
     planner = build_planner(cfg)
     workload = _fresh_workload(cfg)
@@ -766,7 +767,7 @@ def search_ray(setup: Setup, trials: int, *, reduction_factor: int,
                storage: Path) -> tuple[list[dict[str, Any]], int]:
     """Ray Tune: OptunaSearch (TPE or random, seeded) + the bound scheduler, ASHA or FIFO;
     one trial per Ray CPU."""
-    from . import executors
+    from .. import executors
     ray = executors.connect(address, num_cpus=cpus)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -1020,8 +1021,8 @@ def write_best(setup: Setup, rec: dict[str, Any], path: Path, feasible: bool) ->
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``search`` to ``dynosim``'s subcommands."""
-    from . import executors
-    from .cli import _positive_int
+    from .. import executors
+    from ..options import positive_int
     from .sweeps import _positive_float
     s = subparsers.add_parser(
         "search", help="deployment search (Optuna TPE; Ray Tune + ASHA with --executor ray)",
@@ -1037,7 +1038,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--objective", required=True, metavar="TEXT",
                    help="e.g. 'minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= "
                    "1500' (report field names, see `dynosim simulate --json`)")
-    g.add_argument("--trials", type=_positive_int, required=True, metavar="N",
+    g.add_argument("--trials", type=positive_int, required=True, metavar="N",
                    help="candidates to sample")
     g.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     g.add_argument("--seed", type=arg_type(SEED, int), default=0, help="sampler and run seed (default 0)")
@@ -1053,7 +1054,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--rungs", default=",".join(f"{r:g}" for r in DEFAULT_RUNGS_S),
                    metavar="S,S,...", help="--early-stop asha: checkpoints in simulated "
                    "seconds (default 600,1200,2400; with none they are only recorded)")
-    g.add_argument("--reduction-factor", type=_positive_int, default=3, metavar="N",
+    g.add_argument("--reduction-factor", type=positive_int, default=3, metavar="N",
                    help="--early-stop asha: keep 1/N of the candidates at each rung "
                    "(default 3)")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe",
@@ -1061,7 +1062,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "results: the same candidates whatever the early stopping)")
     g.add_argument("--arrival-speedup-ratio", type=_positive_float, default=None, metavar="X",
                    help="divide trace inter-arrival times by X (default 1)")
-    g.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--jobs", type=positive_int, default=None, metavar="N",
                    help="with --executor ray and no --ray-address: CPUs of the local Ray "
                    "(default: all cores)")
     g.add_argument("--compare", metavar="PARETO.csv",
@@ -1086,20 +1087,21 @@ def _rungs(text: str) -> tuple[float, ...]:
 def _known_fields(trace: str, speed: float | None) -> list[str]:
     """The report's numeric fields, from a replay of the trace's first second (this also
     checks the trace)."""
-    from .cli import build_parser, config_from_args
-    from .config import build_simulation
-    argv = ["simulate", "--trace", trace, "--max-sim-time-s", "1", "--quiet",
+    from sim.config import build_simulation
+
+    from ..options import config_from_args, simulate_parser
+    argv = ["--trace", trace, "--max-sim-time-s", "1", "--quiet",
             "--sla-ttft-ms", "1", "--sla-itl-ms", "1"]
     if speed is not None:
         argv += ["--arrival-speedup-ratio", f"{speed:g}"]
-    summary = build_simulation(config_from_args(build_parser().parse_args(argv))).run().summary
+    summary = build_simulation(config_from_args(simulate_parser().parse_args(argv))).run().summary
     return sorted(report_fields(summary))
 
 
 def run(args: argparse.Namespace) -> int:
     """``dynosim search``; bad input raises :class:`InputError` (one line, exit 2). Exit 2
     too, after writing the outputs, when no candidate meets the constraints."""
-    from . import executors
+    from .. import executors
     from .sweeps import _check_out, read_csv
     executors.check_args(args)
     space = load_space(args.space)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import STATUS_COMPLETED
-from .simulator import RunResult
+from sim.metrics import STATUS_COMPLETED
+from sim.simulator import RunResult
 
 _QS = np.linspace(0.0, 1.0, 401)
 

@@ -38,9 +38,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import InputError
+import sim
+from sim.errors import InputError
 
-DATA = Path(__file__).resolve().parent / "data" / "silicon" / "silicon_rows.csv"
+DATA = Path(sim.__file__).resolve().parent / "data" / "silicon" / "silicon_rows.csv"
 
 # Dynamo's published replay MAPE for H100 SXM, Qwen3-32B, vLLM, TP2, ISL=OSL=1024, c 8..128
 # (scripts/h100_qwen3_counterpart/README.md; Mocker replay vs silicon_sample.csv).
@@ -109,10 +110,10 @@ def replay_row(row: dict, *, seed: int = 0, requests_per_concurrency: int | None
     pool and GPUs per worker): ``bench/silicon_side_by_side.py`` replays with Dynamo's NPZ
     lookup this way.
     """
-    from .engine import EngineConfig
-    from .gpu_timing import load_gpu_timing
-    from .simulator import ClusterConfig, Simulation
-    from .workloads.synthetic import closed_loop, fixed, synthetic
+    from sim.engine import EngineConfig
+    from sim.gpu_timing import load_gpu_timing
+    from sim.simulator import ClusterConfig, Simulation
+    from sim.workloads.synthetic import closed_loop, fixed, synthetic
 
     table = load_gpu_timing(row["model"], row["gpu"], row["backend"], int(row["tp"]))
     c, isl, osl = int(row["concurrency"]), int(row["isl"]), int(row["osl"])

@@ -1,13 +1,13 @@
-"""The ``dynosim`` command line.
+"""The options of ``dynosim simulate``, shared by the command line and the studies.
 
-``dynosim simulate`` replays a trace (or a synthetic workload) through a simulated cluster
-and prints a summary; flags are named after Dynamo's replay options and override a
-``--config`` YAML. Bad input of any kind (config, trace line, flag) ends with one line,
-``dynosim: error: <where>: <what>``, and exit code 2 -- never a traceback -- because the
-user needs the file, line and field, not our stack.
+Flags are named after Dynamo's replay options and override a ``--config`` YAML; only flags
+given on the command line override (argparse defaults are None). :func:`config_from_args`
+turns parsed options into a validated :class:`sim.config.RunConfig`. The studies
+(``dynosim.studies``) parse each point's flags with :func:`simulate_parser`, so a sweep row
+means what ``dynosim simulate`` with the same flags means.
 
-Outputs are deterministic for a given seed: ``--report-jsonl`` and the JSON summary hold no
-wall-clock values; those live under the JSON's separate ``run_info`` key.
+Errors: bad values raise :class:`sim.errors.InputError` located at ``file=CMDLINE`` and the
+config field; :func:`from_cmdline` names the flag instead.
 """
 from __future__ import annotations
 
@@ -15,24 +15,18 @@ import argparse
 import dataclasses
 import difflib
 import json
-import math
-import os
 import sys
-import time
 from pathlib import Path
-from typing import IO, Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn
 
-import yaml
-
-from . import __version__
-from .config import (BUNDLED_TRACES, TRACE_KINDS, RunConfig, build_planner, build_simulation,
-                     load_config, parse_config)
-from .errors import InputError
+from sim.config import BUNDLED_TRACES, TRACE_KINDS, RunConfig, load_config, parse_config
+from sim.errors import InputError
 
 CMDLINE = "command line"     # the "file" of values given as flags
+
+
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
-AGENT_COMMANDS = ("train", "evaluate", "tune")   # in agents.cli (imports gymnasium / torch lazily)
 
 # flag -> (config field, argparse type, metavar, help). Only flags given on the command
 # line override the config (argparse defaults are None).
@@ -104,6 +98,8 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                              "KV cache bytes of one token: sizes host-tier copies and the "
                              "prefill->decode KV transfer (default unset = no transfer delay)"),
 }
+
+
 # Disaggregated prefill/decode pools (sim.disagg; Dynamo's flag names). Any of them turns
 # the run disaggregated, which needs both pool sizes (from flags or the YAML's disagg).
 DISAGG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
@@ -127,22 +123,33 @@ DISAGG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--decode-engine-args-json": ("disagg.decode_engine", str, "JSON",
                                   "disaggregated: engine fields for decode workers only (default: the engine flags)"),
 }
+
+
 FLAGS.update(DISAGG_FLAGS)
+
 
 #: Old spellings kept for one release (0.1.x), with a note on stderr; remove in 0.2.
 DEPRECATED_FLAGS = {"--ttft-sla-ms": "--sla-ttft-ms", "--itl-sla-ms": "--sla-itl-ms"}
+
+
 #: Planner flags -> planner section keys (``--planner`` itself sets ``planner.kind``).
 PLANNER_FLAGS = {"--planner-predictor": "load_predictor",
                  "--max-gpu-budget": "max_gpu_budget", "--min-endpoint": "min_endpoint"}
+
+
 SWITCHES = {"--exact-steps": ("run.exact_steps", True,
                                "step pass by pass, the slow reference (default: bulk decode)"),
             "--no-prefix-caching": ("engine.enable_prefix_caching", False,
                                     "disable prefix caching (default: on)"),
             "--no-chunked-prefill": ("engine.enable_chunked_prefill", False,
                                      "disable chunked prefill (default: on)")}
+
+
 WORKLOAD_FLAGS = {"workload.path": "--trace", "workload.kind": "--trace-format",
                   "workload.trace_block_size": "--trace-block-size",
                   "workload.arrival_speedup_ratio": "--arrival-speedup-ratio"}
+
+
 FLAG_OF = {**{v[0]: k for k, v in FLAGS.items()}, **{v[0]: k for k, v in SWITCHES.items()},
            **WORKLOAD_FLAGS, **{f"planner.{v}": k for k, v in PLANNER_FLAGS.items()},
            "planner.kind": "--planner",
@@ -163,7 +170,7 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown})"
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line like every other error (still exit 2), and
     every option's help shows its default."""
 
@@ -192,154 +199,7 @@ class _Deprecated(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="dynosim", description="Discrete-event simulator of an LLM serving "
-                "cluster (NVIDIA Dynamo DynoSim semantics).")
-    p.add_argument("--version", action="version", version=f"dynosim {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    s = sub.add_parser("simulate", help="replay a trace or synthetic workload",
-                       description="Replay a workload through a simulated cluster. Flags "
-                       "override --config; defaults are Dynamo's.")
-    w = s.add_argument_group("workload")
-    w.add_argument("--config", metavar="YAML",
-                   help="run config, or an env scenario (see envs_configs/; default: none, "
-                   "so Dynamo's defaults and the flags)")
-    w.add_argument("--trace", metavar="PATH",
-                   help="trace file (.jsonl, .csv, optionally .gz), or "
-                   "bundled:mooncake_conversation / bundled:azure_conversation (default: the "
-                   "config's workload)")
-    w.add_argument("--trace-format", metavar="{mooncake,azure}",
-                   help="default: from the config, else .csv = azure, otherwise mooncake")
-    w.add_argument("--trace-block-size", type=int, metavar="N",
-                   help="tokens per hash_id (default 512)")
-    w.add_argument("--arrival-speedup-ratio", type=float, metavar="X",
-                   help="divide trace inter-arrival times by X (default 1)")
-    c = s.add_argument_group("cluster, engine, router, timing, run")
-    for flag, (_, typ, metavar, help_) in FLAGS.items():
-        c.add_argument(flag, type=typ, metavar=metavar, help=help_)
-    for flag, (_, const, help_) in SWITCHES.items():
-        c.add_argument(flag, action="store_const", const=const, default=None, help=help_)
-    g = s.add_argument_group("GPU timing from measured data (see `dynosim models`)")
-    g.add_argument("--model", metavar="MODEL",
-                   help="e.g. Qwen/Qwen3-32B (default: none, the --timing model)")
-    g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm (default: none)")
-    g.add_argument("--tp", type=_ranged("--tp"), metavar="N",
-                   help="tensor parallel size (default: none)")
-    pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
-    pl.add_argument("--planner", choices=("load", "throughput"),
-                    help="load: reactive on forward-pass metrics; throughput: predictive "
-                    "(default: none, or the config's planner section); targets: --sla-*")
-    pl.add_argument("--planner-interval", type=float, metavar="S",
-                    help="seconds between decisions (default 5 load / 180 throughput)")
-    pl.add_argument("--planner-config-json", metavar="JSON",
-                    help="planner knobs as a JSON object (or a JSON file) with Dynamo's "
-                    "PlannerConfig names, e.g. '{\"optimization_target\": \"sla\", "
-                    "\"load_scaling_down_sensitivity\": 20}'; its ttft_ms/itl_ms set the "
-                    "run's SLA (default: none)")
-    pl.add_argument("--planner-predictor", metavar="NAME",
-                    help="throughput forecasts: constant | moving_average | kalman | arima "
-                    "(default arima)")
-    pl.add_argument("--max-gpu-budget", type=_positive_int, metavar="N",
-                    help="GPUs the planner may use (default 8)")
-    pl.add_argument("--min-endpoint", type=_positive_int, metavar="N",
-                    help="fewest workers the planner keeps (default 1)")
-    for old, new in DEPRECATED_FLAGS.items():
-        pl.add_argument(old, type=float, metavar="MS", dest=_dest(new), action=_Deprecated,
-                        help=f"deprecated spelling of {new} (default: none)")
-    pl.add_argument("--startup-time", type=_ranged("--startup-time"), metavar="S",
-                    help="seconds a new worker spends starting, cluster.startup_time_s "
-                    "(default 0)")
-    pl.add_argument("--initial-workers", type=_ranged("--initial-workers"), metavar="N",
-                    help="workers at t=0, same as --num-workers (default 1)")
-    o = s.add_argument_group("output")
-    o.add_argument("--json", action="store_true",
-                   help="print the summary as JSON on stdout (wall-clock data under run_info)")
-    o.add_argument("--report-jsonl", metavar="PATH",
-                   help="write one record per request (default: none)")
-    o.add_argument("--plot", metavar="PATH.png",
-                   help="write TTFT/ITL/E2E CDFs as one figure (default: none)")
-    o.add_argument("--quiet", action="store_true",
-                   help="no progress bar and no notes on stderr")
-    o.add_argument("--print-config", action="store_true",
-                   help="print the resolved run config as YAML (every default written out; "
-                   "feed it back with --config to rerun) and exit without running")
-
-    m = sub.add_parser("models", help="list the shipped GPU timing tables",
-                       description="GPU timing tables derived from aiconfigurator-core data; "
-                       "use one with simulate --model M --gpu G --backend B --tp N.")
-    m.add_argument("--json", action="store_true", help="print the list as JSON")
-    from . import bench, schema, search, silicon, sweeps
-    schema.add_parser(sub)
-    silicon.add_parser(sub)
-    sweeps.add_parser(sub)
-    search.add_parser(sub)
-    bench.add_parser(sub)
-    try:
-        from agents import cli as agents_cli
-    except ImportError:           # sim installed without the agents package
-        agents_cli = None
-    if agents_cli is not None:
-        agents_cli.add_parsers(sub)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dynosim`` console script; returns the exit code."""
-    parser = build_parser()
-    try:
-        args, extra = parser.parse_known_args(argv)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    except SystemExit as exc:        # --help, --version, usage errors: return, don't exit
-        return exc.code if isinstance(exc.code, int) else 2
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        if args.command == "models":
-            return list_models(args)
-        if args.command == "config":
-            from . import schema
-            return schema.run(args)
-        if args.command == "validate":
-            from . import silicon
-            return silicon.run(args)
-        if args.command == "sweep":
-            from . import sweeps
-            return sweeps.run(args)
-        if args.command == "search":
-            from . import search
-            return search.run(args)
-        if args.command == "bench":
-            from . import bench
-            return bench.run(args)
-        if args.command in AGENT_COMMANDS:
-            from agents import cli as agents_cli
-            return agents_cli.run(args)
-        return simulate(args)
-    except InputError as exc:
-        return _fail(_from_cmdline(exc))
-    except yaml.YAMLError as exc:     # load_config converts these; kept as a safety net
-        return _fail(f"invalid YAML: {' '.join(str(exc).split())}")
-    except BrokenPipeError:           # stdout closed early (`... | head`): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())     # (Python's recipe: no error at exit)
-        return 141                    # 128 + SIGPIPE, as a shell reports it
-    except OSError as exc:
-        name = exc.filename if exc.filename is not None else ""
-        return _fail(f"{name}: {exc.strerror or exc}" if name else str(exc))
-    except KeyboardInterrupt:
-        print("dynosim: interrupted", file=sys.stderr)
-        return 130
-
-
-def _fail(message: str) -> int:
-    print(f"dynosim: error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
-
-
-def _from_cmdline(exc: InputError) -> str:
+def from_cmdline(exc: InputError) -> str:
     """Name the flag, not the config field, when a flag supplied the bad value."""
     if exc.file == CMDLINE:
         field = exc.field or ""
@@ -350,45 +210,25 @@ def _from_cmdline(exc: InputError) -> str:
     return str(exc)
 
 
-# -- simulate ----------------------------------------------------------------------------------
-
 def _ranged(flag: str) -> Callable[[str], Any]:
     """argparse type of a flag that maps to no config field: parsed and checked against
     its range in sim.schema."""
-    from .schema import FLAG_RANGES, arg_type
+    from sim.schema import FLAG_RANGES, arg_type
     return arg_type(*FLAG_RANGES[flag])
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if n <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {n}")
-    from .schema import COUNT
+    from sim.schema import COUNT
     msg = COUNT.violation(n)
     if msg:
         raise argparse.ArgumentTypeError(msg)
     return n
-
-
-def list_models(args: argparse.Namespace) -> int:
-    """``dynosim models``: the shipped (model, GPU, backend, TP) timing tables."""
-    from .gpu_timing import list_tables
-    rows = list_tables()
-    if args.json:
-        print(json.dumps(rows, indent=1, default=str))
-        return 0
-    print(f"{'model':<32} {'gpu':<10} {'backend':<8} {'tp':>3} {'version':<10} "
-          f"{'KV blocks':>10} {'KV B/token':>11}")
-    for r in rows:
-        print(f"{r['model']:<32} {r['gpu']:<10} {r['backend']:<8} {r['tp']:>3} "
-              f"{r['backend_version']:<10} {r['num_gpu_blocks']:>10,} "
-              f"{r['kv_bytes_per_token']:>11,}")
-    print("(derived from aiconfigurator-core 0.12.0 perf data, Apache-2.0, NVIDIA; "
-          "use: dynosim simulate --model M --gpu G --backend B --tp N)")
-    return 0
 
 
 def _load_run_config(args: argparse.Namespace) -> RunConfig:
@@ -398,7 +238,7 @@ def _load_run_config(args: argparse.Namespace) -> RunConfig:
     environment draws for episode ``run.seed`` (its scenario and rate, over one episode)."""
     if not args.config:
         return parse_config({})
-    from .config import read_yaml
+    from sim.config import read_yaml
     data, _ = read_yaml(args.config)
     if not (isinstance(data, dict) and "env" in data):
         return load_config(args.config)
@@ -420,7 +260,7 @@ def _load_run_config(args: argparse.Namespace) -> RunConfig:
         cfg = parse_config(data, source=cfg.source, where=cfg.where)
         what = (f"the {desc['scenario']} load of episode {cfg.run.seed} "
                 f"({factory.duration_s:g} s) on its cluster")
-    _note(args, f"note: {args.config}: an environment scenario; running {what}, "
+    note(args, f"note: {args.config}: an environment scenario; running {what}, "
                 "ignoring its 'env:' section")
     return cfg
 
@@ -469,7 +309,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if missing:
             raise InputError(f"--model, --gpu, --backend and --tp go together; missing "
                              f"{', '.join(missing)}", file=CMDLINE, field="timing.model")
-        from .gpu_timing import load_gpu_timing
+        from sim.gpu_timing import load_gpu_timing
         table = load_gpu_timing(args.model, args.gpu, args.backend, args.tp)
         over["timing.model"] = f"gpu:{args.model}:{args.gpu}:{args.backend}:{args.tp}"
         # The table knows the worker's KV capacity and GPU count; explicit flags still win.
@@ -542,7 +382,7 @@ def _planner_json(text: str) -> dict[str, Any]:
     overrides: ``planner.<knob>``, and ``sla.ttft_ms``/``sla.itl_ms`` for the SLA targets
     (one SLA for goodput and planner). Dynamo's aliases are accepted; an unknown key or one
     Dynamo has but dynosim does not simulate is an error naming the key."""
-    from .planner import ALIASES, NOT_SIMULATED, PlannerConfig
+    from sim.planner import ALIASES, NOT_SIMULATED, PlannerConfig
     src = text
     if not text.lstrip().startswith("{") and Path(text).is_file():
         src = Path(text).read_text(encoding="utf-8")
@@ -582,7 +422,7 @@ def _infer_format(trace: str | None) -> str | None:
         "mooncake" if name.endswith((".jsonl", ".json")) else None
 
 
-def _check_output(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
+def check_output_path(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
     """Fail before a long run, not after it, when an output cannot be written."""
     if path is None:
         return
@@ -596,227 +436,88 @@ def _check_output(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -
         raise InputError(f"directory {str(p.parent)!r} does not exist", file=CMDLINE, field=flag)
 
 
-def expected_span_s(describe: dict[str, Any], cfg: RunConfig) -> float | None:
-    """Simulated time of the last arrival, when the workload tells (progress-bar total)."""
-    span = describe.get("span_ms")
-    if span is not None:
-        span = span / 1000.0
-    elif describe.get("duration_s") is not None:
-        span = float(describe["duration_s"])
-    else:       # synthetic renewal process: expected span = sessions / rate
-        arrival = describe.get("arrival")
-        rate = arrival.get("rate") if isinstance(arrival, dict) else None
-        n = describe.get("num_sessions")
-        span = n / rate if rate and n else None
-    limit = cfg.run.max_sim_time_s
-    if limit is not None:
-        span = limit if span is None else min(span, limit)
-    return span if span else None
+SIMULATE_HELP = {"help": "replay a trace or synthetic workload",
+                 "description": "Replay a workload through a simulated cluster. Flags "
+                       "override --config; defaults are Dynamo's."}
 
 
-def _progress(total_s: float | None, enabled: bool
-              ) -> tuple[Callable[[float], None] | None, Callable[[], None]]:
-    """(update(sim_time_ms), close) of a tqdm bar over simulated seconds on stderr."""
-    if not enabled:
-        return None, lambda: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=None if total_s is None else math.ceil(total_s), unit="sim-s",
-               file=sys.stderr, dynamic_ncols=True, leave=False,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} sim-s [{elapsed}<{remaining}]")
-    cap = math.inf if total_s is None else total_s
-
-    def update(t_ms: float) -> None:
-        bar.update(min(t_ms / 1000.0, cap) - bar.n)
-
-    return update, bar.close
-
-
-def simulate(args: argparse.Namespace) -> int:
-    """Run one simulation and write the requested outputs; errors propagate to main()."""
-    cfg = config_from_args(args)
-    if args.print_config:
-        sys.stdout.write(config_yaml(cfg))
-        return 0
-    _check_output(args.report_jsonl, "--report-jsonl")
-    _check_output(args.plot, "--plot", PLOT_SUFFIXES)
-    t0 = time.perf_counter()
-    show_bar = not args.quiet and sys.stderr.isatty()
-    planner = build_planner(cfg)
-    sim = build_simulation(cfg)
-    if planner is not None:
-        try:
-            planner.attach(sim)
-        except InputError as exc:
-            file, line = cfg.locate(f"planner.{exc.field}")
-            raise InputError(exc.detail, file=file, line=line,
-                             field=f"planner.{exc.field}") from None
-    for note in getattr(args, "deprecation_notes", None) or []:
-        print(note, file=sys.stderr)
-    describe = sim.workload.describe()
-    if describe.get("notes"):      # what a trace loader did beyond a plain read
-        _note(args, f"note: {describe['path']}: {'; '.join(describe['notes'])}")
-    update, close = _progress(expected_span_s(describe, cfg), show_bar)
-    sim.progress = update
-    t1 = time.perf_counter()
-    try:
-        result = sim.run()
-    finally:
-        close()
-    t2 = time.perf_counter()
-    wall = t2 - t1
-    sim_s = sim.now / 1000.0
-    run_info = {"dynosim_version": __version__, "python": sys.version.split()[0],
-                "load_wall_s": round(t1 - t0, 4), "run_wall_s": round(wall, 4),
-                "sim_s_per_wall_s": round(sim_s / wall, 1) if wall > 0 else None}
-    summary = {**result.summary, "simulated_s": sim_s, "workload": describe,
-               "config": cfg.to_dict()}
-    if planner is not None:
-        summary["planner"] = {"kind": cfg.planner["kind"], **planner.report(result)}
-    summary["warnings"] = warnings = overload_warnings(summary, cfg)
-    for text in warnings:
-        if not args.quiet:
-            print(f"dynosim: warning: {text}", file=sys.stderr)
-
-    if args.report_jsonl:
-        with open(args.report_jsonl, "w", encoding="utf-8", newline="\n") as fh:
-            result.metrics.write_jsonl(fh)
-        _note(args, f"wrote {len(result.metrics.cols['status']):,} request records to "
-                    f"{args.report_jsonl}")
-    if args.plot:
-        from .plots import plot_latency_cdfs
-
-        plot_latency_cdfs(result, args.plot, title=_title(describe, cfg))
-        _note(args, f"wrote latency CDFs to {args.plot}")
-    if args.json:
-        json.dump(_jsonable({**summary, "run_info": run_info}), sys.stdout, indent=2,
-                  allow_nan=False)
-        sys.stdout.write("\n")
-    else:
-        print_summary(summary, run_info, cfg, sys.stdout)
-        if planner is not None:
-            rep = summary["planner"]
-            print(f"  planner       {rep['kind']}: {rep['scaling_events']} scaling events, "
-                  f"max {rep['max_replicas']} replicas (incl. starting/draining)")
-    return 0
+def add_simulate_arguments(s: argparse.ArgumentParser) -> None:
+    """The options of ``dynosim simulate`` on parser ``s`` (the studies parse each point's
+    flags with them too, through :func:`simulate_parser`)."""
+    w = s.add_argument_group("workload")
+    w.add_argument("--config", metavar="YAML",
+                   help="run config, or an env scenario (see envs_configs/; default: none, "
+                   "so Dynamo's defaults and the flags)")
+    w.add_argument("--trace", metavar="PATH",
+                   help="trace file (.jsonl, .csv, optionally .gz), or "
+                   "bundled:mooncake_conversation / bundled:azure_conversation (default: the "
+                   "config's workload)")
+    w.add_argument("--trace-format", metavar="{mooncake,azure}",
+                   help="default: from the config, else .csv = azure, otherwise mooncake")
+    w.add_argument("--trace-block-size", type=int, metavar="N",
+                   help="tokens per hash_id (default 512)")
+    w.add_argument("--arrival-speedup-ratio", type=float, metavar="X",
+                   help="divide trace inter-arrival times by X (default 1)")
+    c = s.add_argument_group("cluster, engine, router, timing, run")
+    for flag, (_, typ, metavar, help_) in FLAGS.items():
+        c.add_argument(flag, type=typ, metavar=metavar, help=help_)
+    for flag, (_, const, help_) in SWITCHES.items():
+        c.add_argument(flag, action="store_const", const=const, default=None, help=help_)
+    g = s.add_argument_group("GPU timing from measured data (see `dynosim models`)")
+    g.add_argument("--model", metavar="MODEL",
+                   help="e.g. Qwen/Qwen3-32B (default: none, the --timing model)")
+    g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm (default: none)")
+    g.add_argument("--tp", type=_ranged("--tp"), metavar="N",
+                   help="tensor parallel size (default: none)")
+    pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
+    pl.add_argument("--planner", choices=("load", "throughput"),
+                    help="load: reactive on forward-pass metrics; throughput: predictive "
+                    "(default: none, or the config's planner section); targets: --sla-*")
+    pl.add_argument("--planner-interval", type=float, metavar="S",
+                    help="seconds between decisions (default 5 load / 180 throughput)")
+    pl.add_argument("--planner-config-json", metavar="JSON",
+                    help="planner knobs as a JSON object (or a JSON file) with Dynamo's "
+                    "PlannerConfig names, e.g. '{\"optimization_target\": \"sla\", "
+                    "\"load_scaling_down_sensitivity\": 20}'; its ttft_ms/itl_ms set the "
+                    "run's SLA (default: none)")
+    pl.add_argument("--planner-predictor", metavar="NAME",
+                    help="throughput forecasts: constant | moving_average | kalman | arima "
+                    "(default arima)")
+    pl.add_argument("--max-gpu-budget", type=positive_int, metavar="N",
+                    help="GPUs the planner may use (default 8)")
+    pl.add_argument("--min-endpoint", type=positive_int, metavar="N",
+                    help="fewest workers the planner keeps (default 1)")
+    for old, new in DEPRECATED_FLAGS.items():
+        pl.add_argument(old, type=float, metavar="MS", dest=_dest(new), action=_Deprecated,
+                        help=f"deprecated spelling of {new} (default: none)")
+    pl.add_argument("--startup-time", type=_ranged("--startup-time"), metavar="S",
+                    help="seconds a new worker spends starting, cluster.startup_time_s "
+                    "(default 0)")
+    pl.add_argument("--initial-workers", type=_ranged("--initial-workers"), metavar="N",
+                    help="workers at t=0, same as --num-workers (default 1)")
+    o = s.add_argument_group("output")
+    o.add_argument("--json", action="store_true",
+                   help="print the summary as JSON on stdout (wall-clock data under run_info)")
+    o.add_argument("--report-jsonl", metavar="PATH",
+                   help="write one record per request (default: none)")
+    o.add_argument("--plot", metavar="PATH.png",
+                   help="write TTFT/ITL/E2E CDFs as one figure (default: none)")
+    o.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no notes on stderr")
+    o.add_argument("--print-config", action="store_true",
+                   help="print the resolved run config as YAML (every default written out; "
+                   "feed it back with --config to rerun) and exit without running")
 
 
-#: A run is overloaded when its p90 TTFT exceeds this many times the TTFT target.
-OVERLOAD_FACTOR = 10.0
-#: TTFT target without an SLA: the Dynamo planner's default (``ttft`` 500 ms).
-DEFAULT_TTFT_TARGET_MS = 500.0
+
+def simulate_parser() -> Parser:
+    """A stand-alone parser of ``dynosim simulate``'s options (what the studies use)."""
+    p = Parser(prog="dynosim simulate", description=SIMULATE_HELP["description"])
+    add_simulate_arguments(p)
+    return p
 
 
-def overload_warnings(summary: dict[str, Any], cfg: RunConfig) -> list[str]:
-    """One line per sign that the cluster could not keep up (empty for a healthy run).
-
-    Overloaded: p90 TTFT above ``OVERLOAD_FACTOR`` x the TTFT target (``sla.ttft_ms``, else
-    500 ms), i.e. requests mostly wait in queues that never drain; or, at a cut-off, more
-    requests still in flight than completed. Such a run measures the backlog, not the
-    serving system, so its latencies should not be compared with anything."""
-    t = summary["totals"]
-    target = cfg.sla.ttft_ms or DEFAULT_TTFT_TARGET_MS
-    p90 = summary["latency_ms"]["ttft"]["p90"]
-    out = []
-    if t["num_ttft_samples"] and p90 > OVERLOAD_FACTOR * target:
-        out.append(f"overloaded: p90 TTFT {p90 / 1000:,.1f} s is {p90 / target:,.0f}x the "
-                   f"{target:g} ms TTFT target ({'sla.ttft_ms' if cfg.sla.ttft_ms else 'default'}"
-                   f"); queues never drain on {_workers(cfg)}: add workers (--num-workers), "
-                   "use --planner, or slow arrivals (--arrival-speedup-ratio below 1)")
-    elif t.get("cut_off_ms") is not None and t["in_flight_requests"] > t["completed_requests"]:
-        out.append(f"overloaded: {t['in_flight_requests']:,} requests still in flight at the "
-                   f"cut-off, more than the {t['completed_requests']:,} completed")
-    return out
-
-
-def _workers(cfg: RunConfig) -> str:
-    if cfg.disagg is not None:
-        return (f"{cfg.disagg['num_prefill_workers']} prefill + "
-                f"{cfg.disagg['num_decode_workers']} decode workers")
-    n = cfg.cluster.num_workers
-    return f"{n} worker{'s' if n != 1 else ''} at start" if cfg.planner else \
-        f"{n} worker{'s' if n != 1 else ''}"
-
-
-def config_yaml(cfg: RunConfig) -> str:
-    """The resolved config as YAML: ``dynosim simulate --config`` of it reruns the run."""
-    return yaml.safe_dump(_jsonable(cfg.to_dict()), sort_keys=False, default_flow_style=False)
-
-
-def _note(args: argparse.Namespace, text: str) -> None:
+def note(args: argparse.Namespace, text: str) -> None:
+    """A note on stderr, unless ``--quiet``."""
     if not args.quiet:
         print(f"dynosim: {text}", file=sys.stderr)
-
-
-def _jsonable(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> null, numpy scalars -> Python, tuples -> lists."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):      # numpy scalar
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-# -- human-readable summary ---------------------------------------------------------------
-
-def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
-    n = describe.get("num_requests")
-    count = f", {n:,} requests" if isinstance(n, int) else ""
-    n = cfg.cluster.num_workers
-    workers = f"{n} worker{'s' if n != 1 else ''}"
-    if cfg.disagg is not None:
-        workers = (f"{cfg.disagg['num_prefill_workers']} prefill + "
-                   f"{cfg.disagg['num_decode_workers']} decode workers")
-    elif cfg.cluster.dp_size > 1:
-        workers += f" x {cfg.cluster.dp_size} DP ranks"
-    if cfg.planner is not None:      # the count changes during the run
-        workers += (f" at start, {cfg.planner['kind']} planner (budget "
-                    f"{cfg.planner['max_gpu_budget']} GPUs)")
-    return (f"{describe.get('name', 'workload')} ({describe.get('kind', '?')}{count}) on "
-            f"{workers}, {cfg.router.mode} router, KV "
-            f"{cfg.engine.num_gpu_blocks} x {cfg.engine.block_size}-token blocks, "
-            f"timing {cfg.timing.model}")
-
-
-def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunConfig,
-                  out: IO[str]) -> None:
-    t, lat = summary["totals"], summary["latency_ms"]
-    w = out.write
-    w(f"dynosim {_title(summary['workload'], cfg)}\n")
-    w(f"  requests      arrived {t['num_requests']:,}   completed {t['completed_requests']:,}"
-      f"   rejected {t['rejected_requests']:,}   in flight {t['in_flight_requests']:,}")
-    if t.get("cut_off_ms") is not None:
-        w(f"   (cut off at {t['cut_off_ms'] / 1000:g} s; {t['not_arrived_requests']:,} "
-          "never arrived)")
-    w("\n")
-    w(f"  {'latency (ms)':<12} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9}\n")
-    for label, key in (("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"),
-                       ("E2E", "e2e_latency")):
-        d = lat[key]
-        w(f"  {label:<12} " + " ".join(f"{d[k]:>9.1f}" for k in ("mean", "median", "p90", "p99"))
-          + "\n")
-    w(f"  throughput    {t['request_throughput_rps']:.2f} req/s   "
-      f"{t['output_throughput_tok_s']:,.0f} output tok/s   "
-      f"{t['total_throughput_tok_s']:,.0f} total tok/s over {t['duration_ms'] / 1000:,.1f} s\n")
-    w(f"  tokens        input {t['total_input_tokens']:,}   generated "
-      f"{t['total_output_tokens']:,}   (completed requests)\n")
-    w(f"  prefix reuse  {t['prefix_cache_reused_ratio']:.1%}   preemptions "
-      f"{t['num_preemptions']:,}   GPU-hours {t['gpu_hours']:.2f}\n")
-    if "prefill_worker_seconds" in t:     # disaggregated pools
-        w(f"  pools         prefill {t['prefill_worker_seconds']:,.0f} worker-s "
-          f"({t['prefill_gpu_hours']:.2f} GPU-h)   decode {t['decode_worker_seconds']:,.0f} "
-          f"worker-s ({t['decode_gpu_hours']:.2f} GPU-h)\n")
-    if "goodput" in summary:
-        g = summary["goodput"]
-        w(f"  goodput       {g['good_requests']:,} requests within SLA "
-          f"({g['sla_attainment']:.1%})   {g['goodput_rps']:.2f} req/s\n")
-    rate = run_info["sim_s_per_wall_s"]
-    w(f"  wall time     {run_info['run_wall_s']:.2f} s (+{run_info['load_wall_s']:.2f} s load)"
-      f"   {summary['simulated_s']:,.1f} sim-s   "
-      f"{'-' if rate is None else f'{rate:,.0f}'} sim-s per wall-s\n")

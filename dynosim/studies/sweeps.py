@@ -35,11 +35,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import InputError
-from .schema import MAX_TIME_MS
+from sim.errors import InputError
+from sim.schema import MAX_TIME_MS
+
+from ..options import CMDLINE
 
 STUDIES = ("pareto", "interval", "cold-start")
-CMDLINE = "command line"        # = sim.cli.CMDLINE: errors read "argument --out: ..." there
 MODEL, GPU, BACKEND = "Qwen/Qwen3-32B", "h200_sxm", "vllm"
 PLANNER_TP = 2
 TTFT_SLA_MS, ITL_SLA_MS = 1500.0, 50.0
@@ -68,8 +69,8 @@ COLUMNS = ("study", "point", "label", "kind", "tp", "replicas", "interval_s", "s
 # -- CLI -------------------------------------------------------------------------------------
 
 def _jobs(text: str) -> int:
-    from .cli import _positive_int          # one parser for positive integers
-    return _positive_int(text)
+    from ..options import positive_int          # one parser for positive integers
+    return positive_int(text)
 
 
 def _positive_float(text: str) -> float:
@@ -97,7 +98,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=_jobs, default=None, metavar="N",
                    help="points run in parallel (default: os.cpu_count()); with --executor "
                    "ray and no --ray-address, the CPUs of the local Ray")
-    from . import executors
+    from .. import executors
     executors.add_args(g)
     g.add_argument("--quick", action="store_true",
                    help=f"fewer points and the first {QUICK_WINDOW_S:g} s of the trace (CI)")
@@ -154,8 +155,8 @@ def _planner_flags(kind: str, interval_s: float, startup_s: float) -> list[str]:
 
 
 def _has_table(tp: int) -> bool:
-    from .gpu_timing import list_tables
-    from .gpu_timing import _norm_gpu, _norm_model
+    from sim.gpu_timing import list_tables
+    from sim.gpu_timing import _norm_gpu, _norm_model
     for r in list_tables():
         if (_norm_model(r["model"]) == _norm_model(MODEL) and _norm_gpu(r["gpu"]) == _norm_gpu(GPU)
                 and r["backend"] == BACKEND and int(r["tp"]) == tp):
@@ -210,10 +211,10 @@ def _num(x: Any) -> float:
 
 def run_point(point: dict[str, Any]) -> dict[str, Any]:
     """Run one point (in a worker process) and return its CSV row."""
-    from .cli import build_parser, config_from_args
-    from .config import build_planner, build_simulation
+    from ..options import config_from_args, simulate_parser
+    from sim.config import build_planner, build_simulation
 
-    ns = build_parser().parse_args(["simulate", *point["argv"]])
+    ns = simulate_parser().parse_args(point["argv"])
     cfg = config_from_args(ns)
     planner = build_planner(cfg)
     sim = build_simulation(cfg)
@@ -477,7 +478,7 @@ def run_points(points: list[dict[str, Any]], jobs: int, executor: str = "local",
                ) -> list[dict[str, Any]]:
     """Run the points (:func:`sim.executors.map_ordered`); rows sorted by point. Each row
     carries its ``wall_s`` (not written to the CSV)."""
-    from .executors import map_ordered
+    from ..executors import map_ordered
     rows = map_ordered(run_point, points, executor=executor, jobs=jobs,
                        ray_address=ray_address, desc="sweep", progress=progress)
     return sorted(rows, key=lambda r: r["point"])
@@ -493,19 +494,19 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise InputError(f"must be an integer >= 1, got {jobs!r}", file=CMDLINE, field="--jobs")
-    from . import executors
+    from .. import executors
     executors.check_args(args)
     executor = getattr(args, "executor", "local")
     out = _check_out(args.out)
     points = make_points(study, args)
     # Validate the flags once, here, so bad input fails before the pool starts.
-    from .cli import _from_cmdline, build_parser, config_from_args
-    from .config import build_simulation
+    from sim.config import build_simulation
+
+    from ..options import config_from_args, from_cmdline, simulate_parser
     try:
-        build_simulation(config_from_args(build_parser().parse_args(
-            ["simulate", *points[0]["argv"]])))
+        build_simulation(config_from_args(simulate_parser().parse_args(points[0]["argv"])))
     except InputError as exc:
-        raise InputError(_from_cmdline(exc) if exc.file == CMDLINE else str(exc)) from None
+        raise InputError(from_cmdline(exc) if exc.file == CMDLINE else str(exc)) from None
     ray_address = getattr(args, "ray_address", None)
     if executor == "ray":         # connect before the clock starts (and fail fast)
         cpus = executors.cluster_cpus(executors.connect(ray_address, num_cpus=jobs))

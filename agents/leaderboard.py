@@ -1,0 +1,325 @@
+"""The leaderboards (``dynosim evaluate --leaderboard DIR``): every heuristic, tuned baseline,
+hindsight oracle and trained model scored by :func:`agents.evaluate.evaluate` on the same
+episodes, written as ``leaderboard.{md,csv,json}`` with plots (autoscaling: replicas vs load
+and SLA vs GPU-hours; routing: the pooled TTFT CDF).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.errors import InputError
+
+from .evaluate import (DEFAULT_CONFIGS, METRICS, Evaluation, evaluate, pretrained_models)
+from .heuristics import (AUTOSCALING_HEURISTICS, ROUTING_ENV, ROUTING_HEURISTICS,
+                         heuristics_for, tuned_baselines)
+from .train import check_env_id
+
+
+def find_models(directory: Path) -> list[Path]:
+    return sorted(p.parent for p in directory.rglob("model.zip"))
+
+
+def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: Any = None,
+                episodes: int = 5, seed: int = 0, reference: str = "heuristic:load",
+                policies: list[str] | None = None, quiet: bool = True) -> list[Evaluation]:
+    """Evaluate the heuristics and every trained model under ``directory`` on the same
+    held-out episodes (scored with the same evaluation config); write ``leaderboard.md``,
+    ``leaderboard.csv``, ``leaderboard.json`` and the plots ``replicas_vs_load.png`` and
+    ``sla_vs_gpu_hours.png`` there. Ratios are relative to ``reference``."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise InputError("leaderboard directory not found", file=str(d), field="--leaderboard")
+    env_id = check_env_id(env_id)
+    if env_id == ROUTING_ENV:
+        return routing_leaderboard(d, config=config, episodes=episodes, seed=seed,
+                                   reference="heuristic:kv" if reference == "heuristic:load"
+                                   else reference, policies=policies, quiet=quiet)
+    specs = policies or ([f"heuristic:{h}" for h in AUTOSCALING_HEURISTICS]
+                         + [h for h in heuristics_for(env_id)          # tuned planners
+                            if h.split(":", 1)[1] in tuned_baselines()]
+                         + [str(p) for p in find_models(d)])
+    if reference not in specs:
+        specs.insert(0, reference)
+    results = []
+    for spec in specs:
+        if not quiet:
+            print(f"leaderboard: {spec}", file=sys.stderr, flush=True)
+        if spec.startswith("oracle:"):
+            from .oracle import evaluate_oracle
+            results.append(evaluate_oracle(spec, config=config, episodes=episodes, seed=seed))
+        else:
+            results.append(evaluate(spec, env_id, config=config, episodes=episodes, seed=seed,
+                                    keep_traces=1, quiet=quiet))
+    ref = next(r for r in results if r.policy == reference)
+    rows = []
+    for r in results:
+        row = {"policy": _label(r.policy, d), **{m: getattr(r, m) for m in METRICS}}
+        row["sla_attainment_std"] = float(np.std([e["sla_attainment"] for e in r.per_episode]))
+        row["gpu_hours_std"] = float(np.std([e["gpu_hours"] for e in r.per_episode]))
+        for m in ("sla_attainment", "gpu_hours_per_episode", "mean_reward"):
+            base = getattr(ref, m)
+            row[f"{m}_vs_ref"] = getattr(r, m) / base if base else math.nan
+        rows.append(row)
+    with open(d / "leaderboard.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (d / "leaderboard.md").write_text(_markdown(rows, _label(reference, d), episodes, seed,
+                                                results[0].reward_config))
+    (d / "leaderboard.json").write_text(json.dumps(
+        [r.as_dict() for r in results], indent=1, default=str) + "\n")
+    plot_replicas(results, d / "replicas_vs_load.png", d, reference=reference)
+    plot_front(results, d / "sla_vs_gpu_hours.png", d)
+    return results
+
+
+def _label(spec: str, d: Path) -> str:
+    if spec.startswith(("heuristic:", "oracle:", "pretrained:")):
+        return spec
+    p = Path(spec)
+    try:
+        return str(p.relative_to(d)) or p.name
+    except ValueError:
+        return str(p)
+
+
+def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
+              reward_cfg: dict) -> str:
+    head = ("| policy | mean reward | SLA attainment (± std over episodes) | GPU-hours / "
+            "episode | p90 TTFT (ms) | p90 ITL (ms) | scaling events | reversals / h | "
+            "SLA vs ref | GPU-h vs ref |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = [f"| {r['policy']} | {r['mean_reward']:.2f} | {r['sla_attainment']:.1%} "
+             f"(± {100 * r['sla_attainment_std']:.1f}) | "
+             f"{r['gpu_hours_per_episode']:.3f} ± {r['gpu_hours_std']:.3f} | "
+             f"{r['p90_ttft_ms']:.0f} | "
+             f"{r['p90_itl_ms']:.1f} | {r['scaling_events']} | {r['reversals_per_hour']:.1f} | "
+             f"{r['sla_attainment_vs_ref']:.3f} | {r['gpu_hours_per_episode_vs_ref']:.3f} |"
+             for r in rows]
+    note = (f"\n{episodes} held-out episodes (split=eval, seeds {seed}..{seed + episodes - 1}), "
+            f"the same for every policy; SLA attainment and percentiles pooled over all "
+            f"requests (± = std of the episodes' own figures); ratios "
+            f"relative to {reference}; reward: {json.dumps(reward_cfg)}.\n")
+    return head + "\n".join(lines) + "\n" + note
+
+
+def _front(results: list[Evaluation]) -> list[Evaluation]:
+    """Policies no other policy beats on both SLA attainment (higher) and GPU-hours (lower)."""
+    return [r for r in results
+            if not any(o.sla_attainment >= r.sla_attainment
+                       and o.gpu_hours_per_episode <= r.gpu_hours_per_episode
+                       and (o.sla_attainment, o.gpu_hours_per_episode)
+                       != (r.sla_attainment, r.gpu_hours_per_episode)
+                       for o in results)]
+
+
+def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: int = 6,
+                  reference: str = "heuristic:load") -> None:
+    """Provisioned workers against the arrival rate in the first evaluation episode, one
+    panel per policy: the heuristics, then learned policies (if there are too many: those on
+    the SLA/GPU-hours front, the ones beating ``reference`` on both axes first)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traced = [r for r in results if r.traces]
+    fixed = ("heuristic:", "oracle:")
+    heur = [r for r in traced if r.policy.startswith(fixed)]
+    learned = [r for r in traced if not r.policy.startswith(fixed)]
+    if len(heur) + len(learned) > max_panels:
+        front = _front(results)
+        ref = next((r for r in results if r.policy == reference), None)
+
+        def beats_ref(r: Evaluation) -> bool:
+            return ref is not None and (r.sla_attainment >= ref.sla_attainment
+                                        and r.gpu_hours_per_episode <= ref.gpu_hours_per_episode)
+        learned = sorted((r for r in learned if r in front),
+                         key=lambda r: (not beats_ref(r), -r.mean_reward))
+        learned = learned[: max(1, max_panels - len(heur))]
+    shown = heur + learned
+    if not shown:
+        return
+    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 1.5 + 1.25 * len(shown)), sharex=True,
+                             squeeze=False)
+    top = max(max(np.array(r.traces[0]["active_workers"]) + np.array(r.traces[0]["starting_workers"]))
+              for r in shown)
+    for ax, r in zip(axes[:, 0], shown):
+        tr = r.traces[0]
+        ax2 = ax.twinx()
+        ax2.fill_between(tr["t_s"], tr["arrival_rate_rps"], step="pre", color="0.85")
+        if tr.get("queued_requests"):
+            ax2.plot(tr["t_s"], np.asarray(tr["queued_requests"]) / 10.0, color="C3", lw=0.8)
+        ax2.set_ylabel("req/s; queued/10", fontsize=8)
+        workers = np.array(tr["active_workers"]) + np.array(tr["starting_workers"])
+        ax.step(tr["t_s"], workers, where="pre", color="C0", lw=1.6)
+        ax.set_ylim(0, top + 0.5)
+        ax.set_ylabel("workers", fontsize=8)
+        ax.set_zorder(ax2.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.set_title(f"{_label(r.policy, d)}: SLA {r.sla_attainment:.1%}, "
+                     f"{r.gpu_hours_per_episode:.3f} GPU-h/episode (over all episodes)",
+                     fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("simulated time (s), first held-out episode; blue: provisioned "
+                           "workers, grey: arrival rate, red: queued requests / 10")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
+    """SLA attainment against GPU-hours per episode for every policy, front highlighted.
+    Labels are placed by adjustText (away from each other and from the markers, with a
+    leader line when moved), so close policies stay readable."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from adjustText import adjust_text
+    from matplotlib.lines import Line2D
+
+    front = _front(results)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs, ys, texts = [], [], []
+    for r in results:
+        heur = r.policy.startswith("heuristic:")
+        x, y = r.gpu_hours_per_episode, 100 * r.sla_attainment
+        ax.scatter(x, y, marker="s" if heur else "o", color="C1" if heur else "C0",
+                   edgecolor="k" if r in front else "none", s=60, zorder=3)
+        xs.append(x)
+        ys.append(y)
+        texts.append(ax.text(x, y, _label(r.policy, d), fontsize=7, zorder=4))
+    pts = sorted((r.gpu_hours_per_episode, 100 * r.sla_attainment) for r in front)
+    if len(pts) > 1:
+        ax.plot(*zip(*pts), color="0.6", lw=1, zorder=2)
+    ax.set_xlabel("GPU-hours per episode (lower is better)")
+    ax.set_ylabel("SLA attainment (% of requests, higher is better)")
+    ax.set_title("Policies on held-out episodes", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.12)
+    ax.legend(handles=[
+        Line2D([], [], marker="s", ls="", color="C1", label="heuristic planner"),
+        Line2D([], [], marker="o", ls="", color="C0", label="trained policy"),
+        Line2D([], [], marker="o", ls="-", color="0.6", markerfacecolor="none",
+               markeredgecolor="k", label="front (outlined: not beaten on both axes)")],
+        fontsize=7, loc="lower right")
+    fig.tight_layout()
+    adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.3, 1.6), max_move=None,
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- routing leaderboard -------------------------------------------------------------------------
+
+ROUTING_METRICS = ("sla_attainment", "p90_ttft_ms", "mean_ttft_ms", "prefix_cache_reused_ratio",
+                   "request_throughput_rps", "mean_reward")
+
+
+def routing_leaderboard(d: Path, *, config: Any = None, episodes: int = 5, seed: int = 0,
+                        reference: str = "heuristic:kv", policies: list[str] | None = None,
+                        split: str = "eval", trace: str | None = None,
+                        window_s: float | None = None, windows: int | None = None,
+                        overrides: dict[str, Any] | None = None,
+                        quiet: bool = True) -> list[Evaluation]:
+    """The routing leaderboard (``DynoSimRouting-v0``): the routing heuristics, shipped tuned
+    KV routers, ``pretrained:`` routers and every model under ``d``, on the same episodes;
+    writes ``d/leaderboard.{md,csv,json}`` and ``d/ttft_cdf.png`` (pooled TTFT CDF, one
+    curve per policy). Ratios are relative to ``reference`` (default ``heuristic:kv``)."""
+    specs = policies or ([f"heuristic:{h}" for h in ROUTING_HEURISTICS]
+                         + [h for h in heuristics_for(ROUTING_ENV)
+                            if h.split(":", 1)[1] not in ROUTING_HEURISTICS]
+                         + [f"pretrained:{k}" for k, p in pretrained_models().items()
+                            if _pretrained_env(p) == ROUTING_ENV]
+                         + [str(p) for p in find_models(d)])
+    specs = list(specs)
+    if reference not in specs:
+        specs.insert(0, reference)
+    results = []
+    for spec in specs:
+        if not quiet:
+            print(f"leaderboard: {spec}", file=sys.stderr, flush=True)
+        results.append(evaluate(spec, ROUTING_ENV, config=config, episodes=episodes, seed=seed,
+                                split=split, trace=trace, window_s=window_s, windows=windows,
+                                overrides=overrides, quiet=quiet))
+    ref = next(r for r in results if r.policy == reference)
+    rows = []
+    for r in results:
+        row = {"policy": _label(r.policy, d), **{m: getattr(r, m) for m in ROUTING_METRICS}}
+        row["sla_attainment_std"] = float(np.std([e["sla_attainment"] for e in r.per_episode]))
+        row["p90_ttft_ms_std"] = float(np.std([e["ttft_p90_ms"] for e in r.per_episode]))
+        row["requests_decided"] = r.requests_decided
+        for m in ("sla_attainment", "p90_ttft_ms", "request_throughput_rps"):
+            base = getattr(ref, m)
+            row[f"{m}_vs_ref"] = getattr(r, m) / base if base else math.nan
+        rows.append(row)
+    with open(d / "leaderboard.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    head = ("| policy | SLA attainment (± std over episodes) | p90 TTFT (ms, ± std of the "
+            "episodes' p90) | mean TTFT (ms) | "
+            "prefix-cache reuse | throughput (req/s) | mean reward | p90 TTFT vs ref |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = [f"| {r['policy']} | {r['sla_attainment']:.1%} (± {100 * r['sla_attainment_std']:.1f})"
+             f" | {r['p90_ttft_ms']:,.0f} (± {r['p90_ttft_ms_std']:,.0f}) | "
+             f"{r['mean_ttft_ms']:,.0f} | "
+             f"{r['prefix_cache_reused_ratio']:.1%} | {r['request_throughput_rps']:.3f} | "
+             f"{r['mean_reward']:.1f} | {r['p90_ttft_ms_vs_ref']:.3f} |" for r in rows]
+    plan = json.dumps(results[0].episodes_plan)
+    note = (f"\n{results[0].episodes} episode(s) per policy, the same for every policy ({plan});"
+            f" SLA attainment and TTFT percentiles pooled over all requests (± = std of the "
+            f"episodes' own figures); ratios relative to {_label(reference, d)}; reward: "
+            f"{json.dumps(results[0].reward_config)}.\n")
+    (d / "leaderboard.md").write_text(head + "\n".join(lines) + "\n" + note)
+    (d / "leaderboard.json").write_text(json.dumps(
+        [r.as_dict() for r in results], indent=1, default=str) + "\n")
+    from dynosim_gym.config import load_env_config
+    sla = load_env_config(config if config is not None else DEFAULT_CONFIGS[ROUTING_ENV],
+                          **dict(overrides or {})).sim.sla.ttft_ms
+    plot_ttft_cdf(results, d / "ttft_cdf.png", d, sla_ttft_ms=sla)
+    return results
+
+
+def _pretrained_env(path: Path) -> str | None:
+    meta = path.with_suffix(".json")
+    return json.loads(meta.read_text()).get("env_id") if meta.is_file() else None
+
+
+def plot_ttft_cdf(results: list[Evaluation], path: Path, d: Path,
+                  sla_ttft_ms: float | None = None) -> None:
+    """Empirical CDF of the pooled TTFTs, one curve per policy (log time axis), with each
+    policy's p90 in the legend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    styles = ["-", "--", "-.", ":"]
+    for k, r in enumerate(results):
+        x = np.asarray(r.ttfts_ms, dtype=float)
+        if len(x) == 0:
+            continue
+        y = np.arange(1, len(x) + 1) / len(x)
+        ax.step(np.maximum(x, 1.0), y, where="post", lw=1.4, ls=styles[(k // 10) % 4],
+                label=f"{_label(r.policy, d)} (p90 {r.p90_ttft_ms:,.0f} ms)")
+    if sla_ttft_ms:
+        ax.axvline(sla_ttft_ms, color="0.4", lw=0.8, ls=":")
+    ax.axhline(0.9, color="0.7", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("time to first token, TTFT (ms, log scale)")
+    ax.set_ylabel("share of completed requests")
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title("Pooled TTFT CDF per routing policy (horizontal line: p90; dotted: TTFT SLA)",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

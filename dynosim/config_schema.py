@@ -1,0 +1,132 @@
+"""``dynosim config schema``: every input (YAML field, flag, env keyword, trace field) with its
+type, default, allowed range and unit, read from the ranges declared in :mod:`sim.schema`
+and the config dataclasses, so the table can never disagree with the validator.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import types
+from dataclasses import MISSING, fields, is_dataclass
+from typing import Any, Iterator, Union, get_args, get_origin, get_type_hints
+
+from sim.schema import (FLAG_RANGES, PASS_MS, PLANNER_FIELDS, TRACE_FIELDS, WORKLOAD_FIELDS,
+                        field_range)
+
+# -- the table (dynosim config schema) -----------------------------------------------------
+
+def _type_name(typ: Any) -> str:
+    args = get_args(typ) if get_origin(typ) in (Union, types.UnionType) else (typ,)
+    names = [a.__name__ if a is not type(None) else "null" for a in args]
+    return " | ".join(names)
+
+
+def _rows_of(cls: type, prefix: str, flag_of: dict[str, str]) -> Iterator[dict[str, Any]]:
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in ("source", "where", "raw"):
+            continue
+        dotted = f"{prefix}.{f.name}"
+        default = f.default if f.default is not MISSING else None
+        if f.default is MISSING and f.default_factory is not MISSING:
+            if is_dataclass(hints[f.name]):                                # nested section
+                yield from _rows_of(hints[f.name], dotted, flag_of)
+                continue
+            default = f.default_factory()                                  # e.g. env.planner
+        rng = field_range(f)
+        choices = f.metadata.get("choices")
+        yield {"field": dotted, "type": _type_name(hints[f.name]), "default": default,
+               "range": rng.text() if rng else ("one of " + "|".join(choices) if choices
+                                                else ""),
+               "unit": rng.unit if rng else "", "flag": flag_of.get(dotted, ""),
+               "why": rng.why if rng else ""}
+
+
+def rows() -> dict[str, list[dict[str, Any]]]:
+    """Every documented input, grouped: YAML/CLI fields, env fields, workload keys, trace
+    fields, planner flags."""
+    from sim.config import SECTIONS
+
+    from .options import FLAG_OF
+    out: dict[str, list[dict[str, Any]]] = {"config": []}
+    for name, cls in SECTIONS.items():
+        out["config"] += list(_rows_of(cls, name, FLAG_OF))
+    out["config"].append({"field": "timing.model = fixed:P,D", "type": "float,float",
+                          "default": None, "range": PASS_MS.text(), "unit": PASS_MS.unit,
+                          "flag": "--timing", "why": PASS_MS.why})
+    try:
+        from dynosim_gym.config import EnvSection
+    except ImportError:          # sim installed without the gym package
+        EnvSection = None
+    if EnvSection is not None:
+        out["env"] = list(_rows_of(EnvSection, "env", {}))
+    wflag = {"trace_block_size": "--trace-block-size",
+             "arrival_speedup_ratio": "--arrival-speedup-ratio"}
+    out["workload"] = [{"field": f"workload.{k}", "type": "", "default": None,
+                        "range": r.text(), "unit": r.unit, "flag": wflag.get(k, ""),
+                        "why": r.why} for k, r in WORKLOAD_FIELDS.items()]
+    out["trace"] = [{"field": f"{fmt}:{k}", "type": "", "default": None,
+                     "range": r.text() if (r.lo is not None or r.hi is not None) else "",
+                     "unit": r.unit, "flag": "", "why": f"{note}; {r.why}"}
+                    for fmt, spec in TRACE_FIELDS.items() for k, (r, note) in spec.items()]
+    out["planner"] = [{"field": f"planner.{k}", "type": "", "default": None,
+                       "range": r.text(), "unit": r.unit, "flag": FLAG_OF.get(f"planner.{k}", ""),
+                       "why": r.why} for k, r in PLANNER_FIELDS.items()]
+    out["planner"] += [{"field": flag, "type": typ.__name__, "default": None,
+                        "range": r.text(), "unit": r.unit, "flag": flag, "why": r.why}
+                       for flag, (r, typ) in FLAG_RANGES.items()]
+    return out
+
+
+TITLES = {"config": "Run config (YAML sections; flags of `dynosim simulate`; env keywords "
+                    "as dotted keys)",
+          "env": "Environment (`env:` section; `gym.make` keywords: bare field names)",
+          "workload": "Workload block (`workload:`)",
+          "trace": "Trace fields (per line)",
+          "planner": "Planner section (`planner:`; flags of `dynosim simulate`) and other flags"}
+
+
+def render(fmt: str = "text") -> str:
+    """The schema as a text table (``fmt="text"``), Markdown or JSON."""
+    groups = rows()
+    if fmt == "json":
+        return json.dumps(groups, indent=1, default=str)
+    lines: list[str] = []
+    for key, items in groups.items():
+        if fmt == "markdown":
+            lines += [f"### {TITLES[key]}", "", "| field | type | default | allowed | unit | "
+                      "flag | why |", "|---|---|---|---|---|---|---|"]
+            for r in items:
+                lines.append("| " + " | ".join(
+                    str(x) if x not in (None, "") else "" for x in
+                    (f"`{r['field']}`", r["type"], r["default"], r["range"], r["unit"],
+                     r["flag"], r["why"])) + " |")
+        else:
+            lines.append(TITLES[key])
+            for r in items:
+                d = "" if r["default"] is None else f" = {r['default']}"
+                flag = f"  {r['flag']}" if r["flag"] and r["flag"] != r["field"] else ""
+                lines.append(f"  {r['field']:<44} {r['range'] or r['type']:<28} "
+                             f"{r['unit']:<9}{d}{flag}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def add_parser(sub) -> None:
+    """``dynosim config schema``: print the allowed ranges of every input."""
+    c = sub.add_parser("config", help="inspect the config schema",
+                       description="Config tools.")
+    csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    s = csub.add_parser("schema", help="allowed range of every numeric input",
+                        description="Every input (YAML field, flag, env keyword, trace field) "
+                        "with its type, default and allowed range, from sim.schema.")
+    s.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                   help="a text table, Markdown tables or JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "config_command", None) != "schema":
+        print("usage: dynosim config schema [--format text|markdown|json]")
+        return 2
+    print(render(args.format))
+    return 0
