@@ -154,3 +154,24 @@ def test_full_ppo_training_beats_or_matches_the_load_planner(tmp_path: Path) -> 
     ppo = evaluate(str(out), episodes=5, seed=0)
     load = evaluate("heuristic:load", episodes=5, seed=0)
     assert ppo.sla_attainment >= load.sla_attainment
+
+
+def test_reward_normalisation_is_rl_zoo_normalize(tmp_path: Path) -> None:
+    """``normalize`` (RL Zoo's key) wraps the training envs in VecNormalize, reward only: a
+    model must be scorable from its zip alone, so observation statistics are refused."""
+    from agents.train import _normalize_kwargs
+    assert _normalize_kwargs(False, 0.99) == {}
+    assert _normalize_kwargs(True, 0.97) == {"norm_obs": False, "norm_reward": True,
+                                             "gamma": 0.97}
+    with pytest.raises(InputError, match="norm_obs is not supported"):
+        _normalize_kwargs({"norm_obs": True}, 0.99)
+    with pytest.raises(InputError, match="unknown normalize key"):
+        _normalize_kwargs({"clip_obs": 5}, 0.99)
+    hp = tmp_path / "ppo.yml"
+    hp.write_text("DynoSim-v0:\n  policy: MlpPolicy\n  n_steps: 16\n  batch_size: 16\n"
+                  "  normalize: {norm_reward: true}\n")
+    out = train("ppo", "DynoSim-v0", config=TINY, timesteps=32, out=tmp_path / "run",
+                n_envs=2, hyperparams=hp, quiet=True, overrides={"episode_steps": 4})
+    run = json.loads((out / "run.json").read_text())
+    assert run["normalize"] == {"norm_obs": False, "norm_reward": True, "gamma": 0.99}
+    assert "normalize" not in run["hyperparams"]
