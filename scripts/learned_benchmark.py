@@ -47,7 +47,7 @@ def seeds(text: str) -> list[int]:
 def summarise(rows: list[dict]) -> dict:
     """Mean and (sample) std over seeds of each metric; std 0 with one seed."""
     out = {}
-    for key, _, _ in METRICS + (("train_wall_s", "", ""),):
+    for key, _, _ in METRICS + (("train_wall_s", "", ""), ("train_cpu_s", "", "")):
         vals = [float(r[key]) for r in rows if r.get(key) is not None]
         if vals:
             out[key] = {"mean": statistics.fmean(vals),
@@ -96,13 +96,15 @@ def main(argv=None) -> int:
         rec = json.loads((run / "run.json").read_text())
         ev = evaluate(str(run), "DynoSim-v0", **EVAL).as_dict()
         ev.update(train_seed=s, train_wall_s=rec.get("train_wall_s"),
+                  train_cpu_s=rec.get("train_cpu_s"),
                   train_timesteps=rec.get("timesteps"), train_overrides=rec.get("overrides"))
         (out / f"learned_{name}_s{s}.json").write_text(json.dumps(ev, indent=2) + "\n")
         print(f"{name} seed {s}: SLA {ev['sla_attainment']:.1%}, "
               f"{ev['gpu_hours_per_episode']:.2f} GPU-h/episode, "
               f"{ev['scaling_events']} scaling events", file=sys.stderr, flush=True)
         rows.append({k: ev.get(k) for k, _, _ in METRICS} |
-                    {"train_seed": s, "train_wall_s": ev["train_wall_s"]})
+                    {"train_seed": s, "train_wall_s": ev["train_wall_s"],
+                     "train_cpu_s": ev["train_cpu_s"]})
     summary = summarise(rows)
     (out / f"learned_{name}.json").write_text(json.dumps(
         {"policy": name, "algo": args.algo, "seeds": args.seeds, "evaluation": EVAL,
