@@ -99,7 +99,9 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     policy = hp.pop("policy", "MlpPolicy")
     normalize = _normalize_kwargs(hp.pop("normalize", False), hp.get("gamma", 0.99))
     # RL Zoo's env_kwargs: env config entries the recipe needs; --set overrides win
-    overrides = {**hp.pop("env_kwargs", {}), **(overrides or {})}
+    recipe_env = dict(hp.pop("env_kwargs", None) or {})
+    cli_overrides = dict(overrides or {})
+    overrides = {**recipe_env, **cli_overrides}
     defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
     env_cfg = load_env_config(config, defaults=defaults, **overrides)  # validate before work
     env_kwargs = {"config": env_cfg.to_dict(), "render_mode": None}  # make_vec_env: no frames
@@ -127,7 +129,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     record = {"algo": key, "env_id": env_id, "seed": seed, "timesteps": total,
               "n_envs": n_envs, "policy": policy, "hyperparams": hp, "normalize": normalize,
               "config_source": str(config) if config is not None else defaults,
-              "overrides": overrides, "env_config": env_cfg.to_dict()}
+              "env_kwargs": recipe_env, "overrides": cli_overrides,
+              "env_config": env_cfg.to_dict()}
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     t0, cpu0 = time.perf_counter(), time.process_time()
     try:

@@ -13,6 +13,11 @@ reward), and summarises mean ± std over the seeds::
 Writes ``OUT/learned_NAME_sSEED.json`` (one evaluation per seed, with its train wall time)
 and ``OUT/learned_NAME.json`` (the per-seed rows and the mean ± std over seeds), and prints
 the leaderboard row. Never looks at the held-out families during training.
+
+``--ship pretrained`` copies one seed to ``agents/pretrained/autoscaler.zip`` (+ ``.json``: its
+run record and the command that regenerates it). The seed is chosen on the TRAINING families
+only: the best mean episode reward of its last training episodes (``run.json``), never the
+held-out scores.
 """
 from __future__ import annotations
 
@@ -80,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timesteps", type=int, default=None)
     ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--score-only", action="store_true")
+    ap.add_argument("--ship", metavar="NAME", default=None,
+                    help="also ship the seed with the best training reward as pretrained:NAME")
     args = ap.parse_args(argv)
     name = args.name or args.algo
     out = Path(args.out)
@@ -111,7 +118,33 @@ def main(argv=None) -> int:
          "overrides": dict(args.set), "mean_std_over_seeds": summary, "per_seed": rows},
         indent=2) + "\n")
     print(row(name, summary, len(rows)))
+    if args.ship:
+        print(f"shipped seed {ship(args, name)} as pretrained:{args.ship}", file=sys.stderr)
     return 0
+
+
+def ship(args, name: str) -> int:
+    """Copy the seed with the best final training reward to agents/pretrained/NAME.*"""
+    import shutil
+
+    from agents.evaluate import PRETRAINED_DIR
+    runs = {s: json.loads((Path(args.runs) / name / f"s{s}" / "run.json").read_text())
+            for s in args.seeds}
+    best = max(runs, key=lambda s: runs[s]["mean_episode_reward_last"])
+    rec = dict(runs[best])
+    from agents.train import load_hyperparams
+    recipe = load_hyperparams(rec["algo"], "DynoSim-v0").get("env_kwargs") or {}
+    sets = "".join(f" --set {k}={v}" for k, v in rec.get("overrides", {}).items()
+                   if recipe.get(k) != v)       # the YAML's env_kwargs are not --set
+    rec["command"] = (f"dynosim train --algo {rec['algo']} --seed {best}{sets} "
+                      f"--out runs/learned/{name}/s{best}")
+    rec["chosen_by"] = ("best mean episode reward over the last training episodes among seeds "
+                        f"{args.seeds} (training families only)")
+    PRETRAINED_DIR.mkdir(exist_ok=True)
+    shutil.copyfile(Path(args.runs) / name / f"s{best}" / "model.zip",
+                    PRETRAINED_DIR / f"{args.ship}.zip")
+    (PRETRAINED_DIR / f"{args.ship}.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return best
 
 
 if __name__ == "__main__":

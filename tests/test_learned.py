@@ -72,6 +72,8 @@ def test_learned_recipe_trains_and_scores(tmp_path: Path) -> None:
     env = run["env_config"]["env"]
     assert env["action"]["type"] == "target" and env["timeout_s"] == 45
     assert "env_kwargs" not in run["hyperparams"] and run["train_cpu_s"] >= 0
+    assert run["env_kwargs"] == {"action": {"type": "target"}, "timeout_s": 30}
+    assert run["overrides"] == {"episode_steps": 4, "timeout_s": 45}
     res = evaluate(str(out), config=TINY, episodes=1, overrides={"episode_steps": 4})
     assert res.policy_interface["action"]["type"] == "target"
 
