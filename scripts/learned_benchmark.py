@@ -9,6 +9,8 @@ reward), and summarises mean ± std over the seeds::
         --out docs/benchmark [--timesteps N] [--set KEY=VALUE ...] [--name ppo]
     python scripts/learned_benchmark.py --algo ppo --seeds 0-4 --runs runs/learned \\
         --out docs/benchmark --score-only          # re-score existing runs
+    python scripts/learned_benchmark.py --algo ppo --seeds 0-4 --summary-only  # from the
+        # per-seed files (e.g. seeds scored in parallel, one --seeds S --score-only each)
 
 Writes ``OUT/learned_NAME_sSEED.json`` (one evaluation per seed, with its train wall time)
 and ``OUT/learned_NAME.json`` (the per-seed rows and the mean ± std over seeds), and prints
@@ -49,6 +51,12 @@ def seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
+def seed_row(ev: dict) -> dict:
+    """One seed's leaderboard figures from its evaluation file."""
+    return {k: ev.get(k) for k, _, _ in METRICS} | {
+        k: ev.get(k) for k in ("train_seed", "train_wall_s", "train_cpu_s")}
+
+
 def summarise(rows: list[dict]) -> dict:
     """Mean and (sample) std over seeds of each metric; std 0 with one seed."""
     out = {}
@@ -85,6 +93,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timesteps", type=int, default=None)
     ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--score-only", action="store_true")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="neither train nor score: summarise OUT/learned_NAME_sSEED.json")
     ap.add_argument("--ship", metavar="NAME", default=None,
                     help="also ship the seed with the best training reward as pretrained:NAME")
     args = ap.parse_args(argv)
@@ -94,6 +104,10 @@ def main(argv=None) -> int:
     rows = []
     for s in args.seeds:
         run = Path(args.runs) / name / f"s{s}"
+        if args.summary_only:
+            ev = json.loads((out / f"learned_{name}_s{s}.json").read_text())
+            rows.append(seed_row(ev))
+            continue
         if not args.score_only:
             t0 = time.perf_counter()
             train(args.algo, "DynoSim-v0", timesteps=args.timesteps, out=run, seed=s,
@@ -109,9 +123,7 @@ def main(argv=None) -> int:
         print(f"{name} seed {s}: SLA {ev['sla_attainment']:.1%}, "
               f"{ev['gpu_hours_per_episode']:.2f} GPU-h/episode, "
               f"{ev['scaling_events']} scaling events", file=sys.stderr, flush=True)
-        rows.append({k: ev.get(k) for k, _, _ in METRICS} |
-                    {"train_seed": s, "train_wall_s": ev["train_wall_s"],
-                     "train_cpu_s": ev["train_cpu_s"]})
+        rows.append(seed_row(ev))
     summary = summarise(rows)
     (out / f"learned_{name}.json").write_text(json.dumps(
         {"policy": name, "algo": args.algo, "seeds": args.seeds, "evaluation": EVAL,

@@ -147,13 +147,17 @@ def test_agent_cli_bad_input_is_one_line(capsys, argv, needle, tmp_path, monkeyp
 
 
 @pytest.mark.expensive
-def test_full_ppo_training_beats_or_matches_the_load_planner(tmp_path: Path) -> None:
-    """The README's run: PPO on the default scenario, then the leaderboard on held-out
-    episodes. Asserts only what the README claims (SLA attainment >= the load planner's)."""
+@pytest.mark.xfail(strict=True, reason="issue 11's target is missed on v0.2 (README, 'Learned "
+                   "autoscalers on v0.2'); strict: a pass means the README must be updated")
+def test_default_ppo_recipe_meets_the_issue_11_target(tmp_path: Path) -> None:
+    """The shipped recipe (``dynosim train --algo ppo``, v0.2 default, ~36k steps), one seed,
+    on the held-out leaderboard's episodes: at least the tuned load planner's SLA attainment
+    with >= 15 % fewer GPU-hours per episode."""
     out = train("ppo", "DynoSim-v0", out=tmp_path / "ppo", quiet=True)
-    ppo = evaluate(str(out), episodes=5, seed=0)
-    load = evaluate("heuristic:load", episodes=5, seed=0)
-    assert ppo.sla_attainment >= load.sla_attainment
+    ppo = evaluate(str(out), episodes=6, seed=0)
+    tuned = evaluate("heuristic:load-tuned", episodes=6, seed=0)
+    assert ppo.sla_attainment >= tuned.sla_attainment
+    assert ppo.gpu_hours_per_episode <= 0.85 * tuned.gpu_hours_per_episode
 
 
 def test_reward_normalisation_is_rl_zoo_normalize(tmp_path: Path) -> None:
