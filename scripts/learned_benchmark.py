@@ -145,9 +145,12 @@ def ship(args, name: str) -> int:
     best = max(runs, key=lambda s: runs[s]["mean_episode_reward_last"])
     rec = dict(runs[best])
     from agents.train import load_hyperparams
-    recipe = load_hyperparams(rec["algo"], "DynoSim-v0").get("env_kwargs") or {}
+    hp = load_hyperparams(rec["algo"], "DynoSim-v0")
+    recipe = hp.get("env_kwargs") or {}
     sets = "".join(f" --set {k}={v}" for k, v in rec.get("overrides", {}).items()
                    if recipe.get(k) != v)       # the YAML's env_kwargs are not --set
+    if rec["timesteps"] != int(hp["n_timesteps"]):
+        sets = f" --timesteps {rec['timesteps']}" + sets
     rec["command"] = (f"dynosim train --algo {rec['algo']} --seed {best}{sets} "
                       f"--out runs/learned/{name}/s{best}")
     rec["chosen_by"] = ("best mean episode reward over the last training episodes among seeds "

@@ -42,7 +42,12 @@ def test_pretrained_autoscaler_is_small_packaged_and_reproducible() -> None:
     assert run["command"].startswith("dynosim train --algo ") and f"--seed {run['seed']}" \
         in run["command"]
     hp = load_hyperparams(run["algo"], "DynoSim-v0")
-    assert run["timesteps"] == int(hp["n_timesteps"])
+    if "--timesteps" in run["command"]:
+        assert f"--timesteps {run['timesteps']} " in run["command"]
+    else:
+        assert run["timesteps"] == int(hp["n_timesteps"])
+    for key, value in run["overrides"].items():
+        assert f"--set {key}={value}" in run["command"]
     for key, value in run["hyperparams"].items():
         assert hp[key] == value, key
     assert pol.interface()["action"]["type"] == hp["env_kwargs"]["action"]["type"]
