@@ -16,10 +16,11 @@ Writes ``OUT/learned_NAME_sSEED.json`` (one evaluation per seed, with its train 
 and ``OUT/learned_NAME.json`` (the per-seed rows and the mean ± std over seeds), and prints
 the leaderboard row. Never looks at the held-out families during training.
 
-``--ship pretrained`` copies one seed to ``agents/pretrained/autoscaler.zip`` (+ ``.json``: its
-run record and the command that regenerates it). The seed is chosen on the TRAINING families
-only: the best mean episode reward of its last training episodes (``run.json``), never the
-held-out scores.
+``--ship NAME`` copies one seed to ``agents/pretrained/NAME.zip`` (+ ``.json``: its run record
+and the command that regenerates it). The seed is chosen on the TRAINING families only: the best
+mean episode reward of its last training episodes (``run.json``), never the held-out scores.
+(The shipped ``autoscaler`` was chosen across algorithms by SLA attainment on training-split
+episodes, recorded in its ``chosen_by``; see the README.)
 """
 from __future__ import annotations
 
