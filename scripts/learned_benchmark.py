@@ -55,7 +55,8 @@ def seeds(text: str) -> list[int]:
 def seed_row(ev: dict) -> dict:
     """One seed's leaderboard figures from its evaluation file."""
     return {k: ev.get(k) for k, _, _ in METRICS} | {
-        k: ev.get(k) for k in ("train_seed", "train_wall_s", "train_cpu_s")}
+        k: ev.get(k) for k in ("train_seed", "train_wall_s", "train_cpu_s", "train_timesteps",
+                               "train_overrides")}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     summary = summarise(rows)
     (out / f"learned_{name}.json").write_text(json.dumps(
         {"policy": name, "algo": args.algo, "seeds": args.seeds, "evaluation": EVAL,
-         "overrides": dict(args.set), "mean_std_over_seeds": summary, "per_seed": rows},
+         "mean_std_over_seeds": summary, "per_seed": rows},
         indent=2) + "\n")
     print(row(name, summary, len(rows)))
     if args.ship:
