@@ -1,7 +1,7 @@
 """agents/: heuristics through SB3's evaluate_policy, training and evaluation CLIs.
 
 The CI versions train for a few hundred steps on the tiny scenario; the full PPO run
-(``dynosim train --algo ppo``: 36k steps, ~4 CPU-minutes, ~1 h of wall time on the shared
+(``dynosim train --algo ppo``: 36k steps, ~130 CPU-seconds, ~50 min of wall time on the shared
 machine) is marked ``expensive``.
 """
 from __future__ import annotations
