@@ -87,7 +87,11 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
     env_id = check_env_id(env_id)
     hp = load_hyperparams("ppo", env_id, hyperparams)
     defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
-    env_cfg = load_env_config(config, defaults=defaults, **dict(overrides or {}))
+    # the YAML's env_kwargs are env overrides as in SB3 training (--set wins); its SB3
+    # reward normalisation (normalize) has no counterpart here: recorded as not applied
+    recipe_env = dict(hp.pop("env_kwargs", None) or {})
+    not_applied = {"normalize": hp.pop("normalize")} if "normalize" in hp else {}
+    env_cfg = load_env_config(config, defaults=defaults, **{**recipe_env, **(overrides or {})})
     runners = 2 if num_env_runners is None else int(num_env_runners)
     n_envs = int(hp.pop("n_envs", 1))
     total = int(timesteps or hp.pop("n_timesteps", 100_000))
@@ -124,7 +128,8 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
         "timesteps": total, "num_env_runners": runners, "train_batch_size": batch,
         "hyperparams": {**training, "fcnet_hiddens": list(net)},
         "config_source": str(config) if config is not None else defaults,
-        "overrides": dict(overrides or {}), "env_config": env_cfg.to_dict(),
+        "env_kwargs": recipe_env, "overrides": dict(overrides or {}),
+        "not_applied": not_applied, "env_config": env_cfg.to_dict(),
         "ray": {"version": ray.__version__, "address": ray_address,
                 "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
                 "cpus": executors.cluster_cpus(ray)}}

@@ -3,8 +3,14 @@
 Hyperparameters come from RL-Zoo-style YAML (``agents/hyperparams/<algo>.yml``, one block per
 env id; ``n_envs`` and ``n_timesteps`` are ours, the rest go to the algorithm). A run
 directory holds ``model.zip``, ``run.json`` (algorithm, env id, the full env config,
-hyperparameters, seed: enough to evaluate and to reproduce), ``checkpoints/`` and
+hyperparameters, seed: enough to evaluate and to reproduce; the YAML's ``env_kwargs``, RL
+Zoo's key, are env config overrides under ``--set``), ``checkpoints/`` and
 TensorBoard logs in ``tb/``.
+
+``normalize`` (RL Zoo's key) wraps the training envs in SB3's ``VecNormalize``; only reward
+normalisation is supported (``normalize: {norm_reward: true}``): the observations are already
+scaled and log-scaled (:mod:`dynosim_gym.observations`), and a model must be scored from its
+zip alone (``dynosim evaluate``), so there are no running observation statistics to ship.
 """
 from __future__ import annotations
 
@@ -91,7 +97,11 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     total = int(timesteps or hp.pop("n_timesteps", 100_000))
     hp.pop("n_timesteps", None)
     policy = hp.pop("policy", "MlpPolicy")
-    overrides = dict(overrides or {})
+    normalize = _normalize_kwargs(hp.pop("normalize", False), hp.get("gamma", 0.99))
+    # RL Zoo's env_kwargs: env config entries the recipe needs; --set overrides win
+    recipe_env = dict(hp.pop("env_kwargs", None) or {})
+    cli_overrides = dict(overrides or {})
+    overrides = {**recipe_env, **cli_overrides}
     defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
     env_cfg = load_env_config(config, defaults=defaults, **overrides)  # validate before work
     env_kwargs = {"config": env_cfg.to_dict(), "render_mode": None}  # make_vec_env: no frames
@@ -111,6 +121,9 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
         hp["policy_kwargs"] = {**hp.get("policy_kwargs", {}), "num_workers": u.num_workers,
                                "scales": dict(u.obs_scales)}
         policy = RouterPolicy
+    if normalize:
+        from stable_baselines3.common.vec_env import VecNormalize
+        venv = VecNormalize(venv, **normalize)
     cls = algo_class(key)
     model = cls(policy, venv, seed=seed, verbose=0, tensorboard_log=str(out / "tb"),
                 device=device, **hp)
@@ -135,12 +148,13 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     progress = _Progress(total, quiet)
     callbacks.append(progress.callback())
     record = {"algo": key, "env_id": env_id, "seed": seed, "timesteps": total,
-              "n_envs": n_envs, "policy": policy_name, "hyperparams": hp,
+              "n_envs": n_envs, "policy": policy_name, "hyperparams": hp, "normalize": normalize,
               "reward_credit": credit, "bc_warm_start": bc_record,
               "config_source": str(config) if config is not None else defaults,
-              "overrides": overrides, "env_config": env_cfg.to_dict()}
+              "env_kwargs": recipe_env, "overrides": cli_overrides,
+              "env_config": env_cfg.to_dict()}
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         model.learn(total_timesteps=total, callback=callbacks, tb_log_name=key)
     finally:
@@ -148,6 +162,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     model.save(out / "model.zip")
     wall = time.perf_counter() - t0
     record["train_wall_s"] = round(wall, 1)   # run record, not env info
+    record["train_cpu_s"] = round(time.process_time() - cpu0, 1)   # wall is load-dependent
     record.update(progress.summary())
     if dual is not None:
         record["lagrange_multiplier"] = {"final": dual.multiplier, "history": dual.history}
@@ -156,6 +171,25 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     venv.close()
     return out
+
+
+def _normalize_kwargs(value: Any, gamma: float) -> dict[str, Any]:
+    """RL Zoo's ``normalize`` entry (``true`` or a dict) as ``VecNormalize`` kwargs ({} = off).
+    Reward normalisation only (module doc)."""
+    if value is False or value is None:
+        return {}
+    kw = {"norm_obs": False, "norm_reward": True} if value is True else dict(value)
+    if kw.get("norm_obs", False):
+        raise InputError("normalize.norm_obs is not supported (observations are already "
+                         "scaled; a model is scored from its zip alone); use "
+                         "{norm_reward: true}", field="normalize")
+    unknown = set(kw) - {"norm_obs", "norm_reward", "clip_reward"}
+    if unknown:
+        raise InputError(f"unknown normalize key(s) {', '.join(sorted(unknown))}; expected "
+                         "norm_reward, clip_reward", field="normalize")
+    kw["norm_obs"] = False
+    kw.setdefault("norm_reward", True)
+    return {**kw, "gamma": float(gamma)}
 
 
 class _Progress:
@@ -172,6 +206,7 @@ class _Progress:
         self.tty = sys.stderr.isatty()
         self.every = max(1, total // 10)
         self.rewards: list[float] = []
+        self.kpis: list[tuple[float, float, float]] = []   # (SLA, GPU-h, scaling events)
         self.steps = 0
         self.bar = None
         self.t0 = time.perf_counter()
@@ -186,9 +221,14 @@ class _Progress:
         rate = self.steps / wall if wall > 0 else 0.0
         reward = "n/a (no episode ended yet)" if m is None else \
             f"{m:.3f} (last {min(len(self.rewards), self.WINDOW)})"
+        kpi = ""
+        if self.kpis:
+            last = self.kpis[-self.WINDOW:]
+            sla, gpu, ev = (sum(x[i] for x in last) / len(last) for i in range(3))
+            kpi = f"; SLA {sla:.1%}, {gpu:.2f} GPU-h, {ev:.0f} scaling events per episode"
         return (f"{self.steps:,}/{self.total:,} steps ({self.steps / self.total:.0%}) in "
                 f"{wall:,.0f} s, {rate:,.0f} steps/s, {len(self.rewards):,} episodes, "
-                f"mean episode reward {reward}")
+                f"mean episode reward {reward}{kpi}")
 
     def summary(self) -> dict[str, Any]:
         return {"episodes": len(self.rewards), "mean_episode_reward_last":
@@ -207,6 +247,10 @@ class _Progress:
                     ep = info.get("episode")
                     if ep is not None:
                         outer.rewards.append(float(ep["r"]))
+                    es = info.get("episode_summary")
+                    if es is not None and "gpu_hours" in es:
+                        outer.kpis.append((es["sla_attainment"], es["gpu_hours"],
+                                           es["scaling_events"]))
                 before, outer.steps = outer.steps, self.num_timesteps
                 if outer.quiet:
                     return True

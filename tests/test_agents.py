@@ -1,7 +1,8 @@
 """agents/: heuristics through SB3's evaluate_policy, training and evaluation CLIs.
 
 The CI versions train for a few hundred steps on the tiny scenario; the full PPO run
-(``dynosim train --algo ppo``, ~20 min) is marked ``expensive``.
+(``dynosim train --algo ppo``: 36k steps, ~130 CPU-seconds, ~50 min of wall time on the shared
+machine) is marked ``expensive``.
 """
 from __future__ import annotations
 
@@ -147,10 +148,35 @@ def test_agent_cli_bad_input_is_one_line(capsys, argv, needle, tmp_path, monkeyp
 
 
 @pytest.mark.expensive
-def test_full_ppo_training_beats_or_matches_the_load_planner(tmp_path: Path) -> None:
-    """The README's run: PPO on the default scenario, then the leaderboard on held-out
-    episodes. Asserts only what the README claims (SLA attainment >= the load planner's)."""
+@pytest.mark.xfail(strict=True, reason="issue 11's target is missed on v0.2 (README, 'Learned "
+                   "autoscalers on v0.2'); strict: a pass means the README must be updated")
+def test_default_ppo_recipe_meets_the_issue_11_target(tmp_path: Path) -> None:
+    """The shipped recipe (``dynosim train --algo ppo``, v0.2 default, ~36k steps), one seed,
+    on the held-out leaderboard's episodes: at least the tuned load planner's SLA attainment
+    with >= 15 % fewer GPU-hours per episode."""
     out = train("ppo", "DynoSim-v0", out=tmp_path / "ppo", quiet=True)
-    ppo = evaluate(str(out), episodes=5, seed=0)
-    load = evaluate("heuristic:load", episodes=5, seed=0)
-    assert ppo.sla_attainment >= load.sla_attainment
+    ppo = evaluate(str(out), episodes=6, seed=0)
+    tuned = evaluate("heuristic:load-tuned", episodes=6, seed=0)
+    assert ppo.sla_attainment >= tuned.sla_attainment
+    assert ppo.gpu_hours_per_episode <= 0.85 * tuned.gpu_hours_per_episode
+
+
+def test_reward_normalisation_is_rl_zoo_normalize(tmp_path: Path) -> None:
+    """``normalize`` (RL Zoo's key) wraps the training envs in VecNormalize, reward only: a
+    model must be scorable from its zip alone, so observation statistics are refused."""
+    from agents.train import _normalize_kwargs
+    assert _normalize_kwargs(False, 0.99) == {}
+    assert _normalize_kwargs(True, 0.97) == {"norm_obs": False, "norm_reward": True,
+                                             "gamma": 0.97}
+    with pytest.raises(InputError, match="norm_obs is not supported"):
+        _normalize_kwargs({"norm_obs": True}, 0.99)
+    with pytest.raises(InputError, match="unknown normalize key"):
+        _normalize_kwargs({"clip_obs": 5}, 0.99)
+    hp = tmp_path / "ppo.yml"
+    hp.write_text("DynoSim-v0:\n  policy: MlpPolicy\n  n_steps: 16\n  batch_size: 16\n"
+                  "  normalize: {norm_reward: true}\n")
+    out = train("ppo", "DynoSim-v0", config=TINY, timesteps=32, out=tmp_path / "run",
+                n_envs=2, hyperparams=hp, quiet=True, overrides={"episode_steps": 4})
+    run = json.loads((out / "run.json").read_text())
+    assert run["normalize"] == {"norm_obs": False, "norm_reward": True, "gamma": 0.99}
+    assert "normalize" not in run["hyperparams"]

@@ -1,0 +1,168 @@
+"""Learned autoscalers on the v0.2 held-out leaderboard, over training seeds (issue 11).
+
+Trains one algorithm for several seeds on the TRAINING families (``dynosim train``), scores
+each seed on the held-out families exactly as the heuristics in ``docs/benchmark`` were
+scored (``dynosim evaluate --episodes 6 --seed 0 --split eval``, evaluation config's
+reward), and summarises mean ± std over the seeds::
+
+    python scripts/learned_benchmark.py --algo ppo --seeds 0-4 --runs runs/learned \\
+        --out docs/benchmark [--timesteps N] [--set KEY=VALUE ...] [--name ppo]
+    python scripts/learned_benchmark.py --algo ppo --seeds 0-4 --runs runs/learned \\
+        --out docs/benchmark --score-only          # re-score existing runs
+    python scripts/learned_benchmark.py --algo ppo --seeds 0-4 --summary-only  # from the
+        # per-seed files (e.g. seeds scored in parallel, one --seeds S --score-only each)
+
+Writes ``OUT/learned_NAME_sSEED.json`` (one evaluation per seed, with its train wall time)
+and ``OUT/learned_NAME.json`` (the per-seed rows and the mean ± std over seeds), and prints
+the leaderboard row. Never looks at the held-out families during training.
+
+``--ship NAME`` copies one seed to ``agents/pretrained/NAME.zip`` (+ ``.json``: its run record
+and the command that regenerates it). The seed is chosen on the TRAINING families only: the best
+mean episode reward of its last training episodes (``run.json``), never the held-out scores.
+(The shipped ``autoscaler`` was chosen across algorithms by SLA attainment on training-split
+episodes, recorded in its ``chosen_by``; see the README.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: Leaderboard columns: (JSON key, label, format).
+METRICS = (("sla_attainment", "SLA attainment", "{:.1%}"),
+           ("gpu_hours_per_episode", "GPU-hours / episode", "{:.2f}"),
+           ("p90_ttft_ms", "pooled p90 TTFT (ms)", "{:.0f}"),
+           ("scaling_events", "scaling events", "{:.0f}"),
+           ("reversals_per_hour", "reversals / h", "{:.1f}"),
+           ("mean_reward", "mean reward", "{:.1f}"))
+#: The held-out episodes every row of docs/benchmark was scored on.
+EVAL = {"episodes": 6, "seed": 0, "split": "eval"}
+
+
+def seeds(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = text.split("-", 1)
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def seed_row(ev: dict) -> dict:
+    """One seed's leaderboard figures from its evaluation file."""
+    return {k: ev.get(k) for k, _, _ in METRICS} | {
+        k: ev.get(k) for k in ("train_seed", "train_wall_s", "train_cpu_s", "train_timesteps",
+                               "train_overrides")}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean and (sample) std over seeds of each metric; std 0 with one seed."""
+    out = {}
+    for key, _, _ in METRICS + (("train_wall_s", "", ""), ("train_cpu_s", "", "")):
+        vals = [float(r[key]) for r in rows if r.get(key) is not None]
+        if vals:
+            out[key] = {"mean": statistics.fmean(vals),
+                        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+    return out
+
+
+def row(name: str, summary: dict, n: int) -> str:
+    cells = []
+    for key, _, fmt in METRICS:
+        m, s = summary[key]["mean"], summary[key]["std"]
+        if key == "sla_attainment":
+            cells.append(f"{m:.1%} (± {100 * s:.1f})")
+        else:
+            cells.append(f"{fmt.format(m)} ± {fmt.format(s)}")
+    return f"| {name} ({n} seeds) | " + " | ".join(cells) + " |"
+
+
+def main(argv=None) -> int:
+    from agents.evaluate import evaluate
+    from agents.train import train
+    from agents.cli import _set
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--algo", required=True)
+    ap.add_argument("--name", default=None, help="row name (default: the algo)")
+    ap.add_argument("--seeds", type=seeds, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--runs", default="runs/learned", help="run directories: RUNS/NAME/sSEED")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"))
+    ap.add_argument("--timesteps", type=int, default=None)
+    ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--score-only", action="store_true")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="neither train nor score: summarise OUT/learned_NAME_sSEED.json")
+    ap.add_argument("--ship", metavar="NAME", default=None,
+                    help="also ship the seed with the best training reward as pretrained:NAME")
+    args = ap.parse_args(argv)
+    name = args.name or args.algo
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in args.seeds:
+        run = Path(args.runs) / name / f"s{s}"
+        if args.summary_only:
+            ev = json.loads((out / f"learned_{name}_s{s}.json").read_text())
+            rows.append(seed_row(ev))
+            continue
+        if not args.score_only:
+            t0 = time.perf_counter()
+            train(args.algo, "DynoSim-v0", timesteps=args.timesteps, out=run, seed=s,
+                  overrides=dict(args.set))
+            print(f"{name} seed {s}: trained in {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
+        rec = json.loads((run / "run.json").read_text())
+        ev = evaluate(str(run), "DynoSim-v0", **EVAL).as_dict()
+        ev.update(train_seed=s, train_wall_s=rec.get("train_wall_s"),
+                  train_cpu_s=rec.get("train_cpu_s"),
+                  train_timesteps=rec.get("timesteps"), train_overrides=rec.get("overrides"))
+        (out / f"learned_{name}_s{s}.json").write_text(json.dumps(ev, indent=2) + "\n")
+        print(f"{name} seed {s}: SLA {ev['sla_attainment']:.1%}, "
+              f"{ev['gpu_hours_per_episode']:.2f} GPU-h/episode, "
+              f"{ev['scaling_events']} scaling events", file=sys.stderr, flush=True)
+        rows.append(seed_row(ev))
+    summary = summarise(rows)
+    (out / f"learned_{name}.json").write_text(json.dumps(
+        {"policy": name, "algo": args.algo, "seeds": args.seeds, "evaluation": EVAL,
+         "mean_std_over_seeds": summary, "per_seed": rows},
+        indent=2) + "\n")
+    print(row(name, summary, len(rows)))
+    if args.ship:
+        print(f"shipped seed {ship(args, name)} as pretrained:{args.ship}", file=sys.stderr)
+    return 0
+
+
+def ship(args, name: str) -> int:
+    """Copy the seed with the best final training reward to agents/pretrained/NAME.*"""
+    import shutil
+
+    from agents.evaluate import PRETRAINED_DIR
+    runs = {s: json.loads((Path(args.runs) / name / f"s{s}" / "run.json").read_text())
+            for s in args.seeds}
+    best = max(runs, key=lambda s: runs[s]["mean_episode_reward_last"])
+    rec = dict(runs[best])
+    from agents.train import load_hyperparams
+    hp = load_hyperparams(rec["algo"], "DynoSim-v0")
+    recipe = hp.get("env_kwargs") or {}
+    sets = "".join(f" --set {k}={v}" for k, v in rec.get("overrides", {}).items()
+                   if recipe.get(k) != v)       # the YAML's env_kwargs are not --set
+    if rec["timesteps"] != int(hp["n_timesteps"]):
+        sets = f" --timesteps {rec['timesteps']}" + sets
+    rec["command"] = (f"dynosim train --algo {rec['algo']} --seed {best}{sets} "
+                      f"--out runs/learned/{name}/s{best}")
+    rec["chosen_by"] = ("best mean episode reward over the last training episodes among seeds "
+                        f"{args.seeds} (training families only)")
+    PRETRAINED_DIR.mkdir(exist_ok=True)
+    shutil.copyfile(Path(args.runs) / name / f"s{best}" / "model.zip",
+                    PRETRAINED_DIR / f"{args.ship}.zip")
+    (PRETRAINED_DIR / f"{args.ship}.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return best
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

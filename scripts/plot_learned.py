@@ -1,0 +1,140 @@
+"""Replicas vs load of a learned autoscaler on one held-out episode (issue 11, "learned
+behaviour"), beside a comparison policy on the same episode.
+
+    python scripts/plot_learned.py [--policy pretrained:autoscaler] \\
+        [--compare heuristic:load-tuned] [--seed 0] \\
+        [--out docs/benchmark/learned_replicas_vs_load.png]
+
+Per policy: provisioned (active + starting) and active workers, the arrival rate and the
+queued requests per 5 s step. Each scale-up *onset* (a scale-up with none in the 60 s before)
+is marked and labelled with the requests queued when it was issued (adjustText places the
+labels), so one sees whether scale-ups start before the queue builds. Prints, per policy:
+scaling events, reversals per hour and the queue at each onset (median), as JSON.
+Episode ``--seed 0`` of the held-out split is the flash-crowd episode of docs/benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ONSET_GAP_S = 60.0      # a scale-up with no other in the preceding 60 s starts a new one
+
+
+def scale_events(trace: dict) -> tuple[list[int], list[int]]:
+    """Step indices of scale-ups and scale-downs of the provisioned count (the count after
+    step i differs from the count after step i-1). The trace starts after the first step, so
+    a change made by the first action (from the reset count) is not marked."""
+    prov = np.asarray(trace["active_workers"]) + np.asarray(trace["starting_workers"])
+    diff = np.diff(prov, prepend=prov[0])
+    return [int(i) for i in np.flatnonzero(diff > 0)], [int(i) for i in np.flatnonzero(diff < 0)]
+
+
+def onsets(trace: dict, ups: list[int]) -> list[int]:
+    t = trace["t_s"]
+    out, last = [], -1e18
+    for i in ups:
+        if t[i] - last > ONSET_GAP_S:
+            out.append(i)
+        last = t[i]
+    return out
+
+
+def stats(res) -> dict:
+    tr = res.traces[0]
+    ups, downs = scale_events(tr)
+    first = onsets(tr, ups)
+    # queue at the step before the decision took effect: what the policy saw
+    q = [tr["queued_requests"][max(i - 1, 0)] for i in first]
+    ep = res.per_episode[0]
+    return {"policy": res.policy, "scenario": ep["setup"].get("scenario"),
+            "sla_attainment": ep["sla_attainment"], "gpu_hours": ep["gpu_hours"],
+            "scaling_events": ep["scaling_events"],
+            "reversals_per_hour": ep["reversals"] / (ep["steps"] * 5.0 / 3600.0),
+            "scale_up_onsets": len(first),
+            "queued_at_onset_median": statistics.median(q) if q else None,
+            "queued_at_onset": q}
+
+
+def plot(results: list, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from adjustText import adjust_text
+
+    fig, axes = plt.subplots(len(results), 1, figsize=(10, 3.2 * len(results)), sharex=True,
+                             squeeze=False)
+    top = max(max(np.asarray(r.traces[0]["active_workers"])
+                  + np.asarray(r.traces[0]["starting_workers"])) for r in results)
+    qmax = max(max(r.traces[0]["queued_requests"]) for r in results)
+    rmax = max(max(r.traces[0]["arrival_rate_rps"]) for r in results)
+    for ax, r in zip(axes[:, 0], results):
+        tr = r.traces[0]
+        st = stats(r)
+        t = np.asarray(tr["t_s"])
+        prov = np.asarray(tr["active_workers"]) + np.asarray(tr["starting_workers"])
+        load = ax.twinx()
+        load.fill_between(t, tr["arrival_rate_rps"], step="pre", color="0.85", lw=0)
+        load.set_ylim(0, rmax * 1.15)
+        load.set_ylabel("arrival rate (req/s)", fontsize=8, color="0.4")
+        queue = ax.twinx()
+        queue.spines["right"].set_position(("axes", 1.08))
+        queue.plot(t, tr["queued_requests"], color="C3", lw=0.9)
+        queue.set_ylim(0, qmax * 1.15 + 1)
+        queue.set_ylabel("queued requests", fontsize=8, color="C3")
+        ax.step(t, prov, where="pre", color="C0", lw=1.8, label="provisioned (active + starting)")
+        ax.step(t, tr["active_workers"], where="pre", color="C0", lw=0.9, ls="--",
+                label="active (serving)")
+        ups, _ = scale_events(tr)
+        first = onsets(tr, ups)
+        ax.scatter(t[first], prov[first], marker="^", color="C2", s=40, zorder=5,
+                   label=f"scale-up onset ({len(first)})")
+        ax.set_ylim(0, top + 1.5)
+        ax.set_ylabel("workers", fontsize=9)
+        ax.set_zorder(max(load.get_zorder(), queue.get_zorder()) + 1)
+        ax.patch.set_visible(False)
+        ax.set_title(f"{r.policy} on held-out {st['scenario']} (episode seed "
+                     f"{r.per_episode[0]['seed']}): SLA {st['sla_attainment']:.1%}, "
+                     f"{st['gpu_hours']:.2f} GPU-h, {st['scaling_events']} scaling events, "
+                     f"{st['reversals_per_hour']:.1f} reversals/h", fontsize=9, loc="left")
+        texts = [ax.text(t[i], prov[i] + 0.3, f"q={int(tr['queued_requests'][max(i - 1, 0)])}",
+                         fontsize=7, color="C2",
+                         bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 0.5})
+                 for i in first[:12]]
+        if texts:
+            adjust_text(texts, ax=ax, x=t[first[:12]], y=prov[first[:12]],
+                        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
+        ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
+        ax.grid(alpha=0.25)
+    axes[-1, 0].set_xlabel("simulated time (s); q = requests queued when a scale-up onset "
+                           "was decided; grey = arrival rate, red = queued requests")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from agents.evaluate import evaluate
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--policy", default="pretrained:autoscaler")
+    ap.add_argument("--compare", default="heuristic:load-tuned")
+    ap.add_argument("--seed", type=int, default=0, help="held-out episode (split=eval)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"
+                                         / "learned_replicas_vs_load.png"))
+    args = ap.parse_args(argv)
+    results = [evaluate(p, "DynoSim-v0", episodes=1, seed=args.seed, split="eval",
+                        keep_traces=1) for p in (args.policy, args.compare) if p]
+    plot(results, Path(args.out))
+    print(json.dumps([stats(r) for r in results], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
