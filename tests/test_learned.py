@@ -17,7 +17,7 @@ import pytest
 import dynosim_gym  # noqa: F401  (registers the ids)
 from agents.evaluate import PRETRAINED_DIR, evaluate, resolve_policy
 from agents.train import load_hyperparams, train
-from sim.cli import main
+from dynosim.cli import main
 
 TINY = "autoscale_tiny"
 ROOT = Path(__file__).resolve().parents[1]

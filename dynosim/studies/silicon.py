@@ -278,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry (``python -m sim.silicon [--json] [--group G]``) until cli.py wires it."""
+    """Standalone entry: ``python -m dynosim.studies.silicon [--json] [--group G]``."""
     p = argparse.ArgumentParser(prog="dynosim")
     add_parser(p.add_subparsers(dest="command"))
     try:

@@ -1,10 +1,10 @@
 """``dynosim sweep``: the three DynoSim planner studies (issue 4, "Autoscaling").
 
 Each study is a grid of ``dynosim simulate`` runs (every point is built from the same flags
-``simulate`` takes, through :func:`sim.cli.config_from_args` and ``build_planner``, so a row
+``simulate`` takes, through :func:`dynosim.options.config_from_args` and ``build_planner``, so a row
 can be reproduced with the command in its ``command`` column). Points run in parallel
 (``--jobs`` processes, or ``--executor ray``: one Ray task per point, locally or on the
-cluster at ``--ray-address``; :mod:`sim.executors`); each point is deterministic, rows are
+cluster at ``--ray-address``; :mod:`dynosim.executors`); each point is deterministic, rows are
 sorted by point and the CSV holds no wall-clock value, so it is byte-identical whatever
 ``--jobs`` and ``--executor`` are. Wall times go to ``OUT/<study>.run.json``.
 
@@ -476,7 +476,7 @@ def _check_out(out: str) -> Path:
 def run_points(points: list[dict[str, Any]], jobs: int, executor: str = "local",
                ray_address: str | None = None, progress: bool | None = None
                ) -> list[dict[str, Any]]:
-    """Run the points (:func:`sim.executors.map_ordered`); rows sorted by point. Each row
+    """Run the points (:func:`dynosim.executors.map_ordered`); rows sorted by point. Each row
     carries its ``wall_s`` (not written to the CSV)."""
     from ..executors import map_ordered
     rows = map_ordered(run_point, points, executor=executor, jobs=jobs,
