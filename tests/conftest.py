@@ -6,7 +6,7 @@ import math
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pytest
 
@@ -199,3 +199,40 @@ def compare_requests(c: dict, peer: list[dict], until_ms: float = math.inf) -> i
             assert float(c[col][i]) == ms(r[col]), (i, key, col)
         n += 1
     return n
+
+
+LATENCY_METRICS = ("ttft", "itl", "e2e_latency")
+LATENCY_STATS = ("mean", "median", "p90", "p99")
+
+
+def replay_beside_peer(cmd: list[str], ours: Callable[[], RunResult], out_dir: Path, *,
+                       timeout: float = 1800) -> tuple[RunResult, dict[str, Any]]:
+    """Start Dynamo's replay ``cmd`` (it prints its report as JSON) and run ``ours()`` while
+    it runs, so both see the same machine; ``(our result, the peer's "metrics")``. A failed
+    peer fails the test with the tail of its stderr."""
+    out, err = out_dir / "peer.json", out_dir / "peer.err"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe,
+                                env={**os.environ, "DYN_LOG": "warn"})
+        try:
+            result = ours()
+            rc = proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert rc == 0, f"peer failed ({rc}): {err.read_text()[-2000:]}"
+    return result, json.loads(out.read_text())["metrics"]
+
+
+def latency_mismatches(ours: dict[str, Any], peer: dict[str, Any], tol: float) -> list[str]:
+    """Every TTFT/ITL/E2E mean/p50/p90/p99 of our summary more than ``tol`` (relative) from
+    the peer's, as ``"metric.stat: ours X peer Y"`` lines (empty: within tolerance)."""
+    bad = []
+    for metric in LATENCY_METRICS:
+        for stat in LATENCY_STATS:
+            got, want = ours["latency_ms"][metric][stat], peer["latency_ms"][metric][stat]
+            if abs(got - want) > tol * abs(want):
+                bad.append(f"{metric}.{stat}: ours {got:.6g} peer {want:.6g} "
+                           f"({abs(got - want) / abs(want):.2%} > {tol:.0%})")
+    return bad

@@ -16,14 +16,12 @@ driver ``peer/dynosim_peer.py`` ($DYNOSIM_SHARED) in the venv of $DYNOSIM_PEER_V
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, ms
+from conftest import SHARED, latency_mismatches, ms, replay_beside_peer
 from sim.config import BUNDLED_TRACES, DATA_DIR, build_simulation, parse_config
 from sim.metrics import HANDOFF_FIELDS
 
@@ -98,18 +96,8 @@ def compare_disagg_requests(result, peer: list[dict]) -> None:
 def test_disagg_parity_with_dynamo(name: str, peer_py: Path) -> None:
     tol = CASES[name][3]
     with tempfile.TemporaryDirectory() as tmp:
-        out, err = Path(tmp) / "peer.json", Path(tmp) / "peer.err"
-        proc = subprocess.Popen(peer_command(peer_py, name, Path(tmp)), stdout=open(out, "w"),
-                                stderr=open(err, "w"), env={**os.environ, "DYN_LOG": "warn"})
-        try:
-            result = ours(name)                       # runs while the peer runs
-            rc = proc.wait(timeout=1200)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert rc == 0, f"peer failed ({rc}): {err.read_text()[-2000:]}"
-        peer = json.loads(out.read_text())["metrics"]
+        result, peer = replay_beside_peer(peer_command(peer_py, name, Path(tmp)),
+                                          lambda: ours(name), Path(tmp), timeout=1200)
         requests = Path(tmp) / f"{name}.requests.jsonl"
         if requests.is_file():
             compare_disagg_requests(result, [json.loads(line) for line in open(requests)])
@@ -117,12 +105,7 @@ def test_disagg_parity_with_dynamo(name: str, peer_py: Path) -> None:
     for key in ("completed_requests", "num_requests", "total_input_tokens",
                 "total_output_tokens"):
         assert got[key] == want[key], key
-    bad = []
-    for metric in ("ttft", "itl", "e2e_latency"):
-        for stat in ("mean", "median", "p90", "p99"):
-            g, w = result.summary["latency_ms"][metric][stat], peer["latency_ms"][metric][stat]
-            if abs(g - w) > tol * abs(w):
-                bad.append(f"{metric}.{stat}: ours {g:.6g} peer {w:.6g}")
+    bad = latency_mismatches(result.summary, peer, tol)
     assert not bad, "\n".join(bad)
     for key in ("prefill_worker_seconds", "decode_worker_seconds", "gpu_hours"):
         assert got[key] == pytest.approx(want[key], rel=tol), key

@@ -9,13 +9,13 @@ peer (see tests/test_peer_parity.py).
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, compare_requests, load_mooncake
+from conftest import (LATENCY_METRICS, LATENCY_STATS, SHARED, compare_requests, latency_mismatches,
+                      load_mooncake, replay_beside_peer)
 from sim.config import BUNDLED_TRACES, DATA_DIR
 from sim.engine import EngineConfig
 from sim.simulator import ClusterConfig, Simulation
@@ -23,8 +23,6 @@ from sim.timing import PolynomialTiming
 
 PEER_SCRIPT = SHARED / "peer" / "dynosim_peer.py"
 CONVERSATION_TRACE = DATA_DIR / BUNDLED_TRACES["mooncake_conversation"]
-METRICS = ("ttft", "itl", "e2e_latency")
-STATS = ("mean", "median", "p90", "p99")
 TOL = 0.02
 
 
@@ -41,30 +39,21 @@ def test_dp_ranks_match_dynamo_request_by_request(peer_python: Path) -> None:
     if not PEER_SCRIPT.is_file():
         pytest.skip("Dynamo's replay driver peer/dynosim_peer.py not found (set DYNOSIM_SHARED)")
     with tempfile.TemporaryDirectory() as tmp:
-        out, err, reqs = (Path(tmp) / n for n in ("d.json", "d.err", "d.requests.jsonl"))
+        reqs = Path(tmp) / "d.requests.jsonl"
         cmd = [str(peer_python), str(PEER_SCRIPT), "trace", str(CONVERSATION_TRACE),
                "--num-workers", "2", "--router-mode", "round_robin", "--block-size", "64",
                "--num-gpu-blocks", "4096", "--dp-size", "2", "--per-request-jsonl", str(reqs)]
-        proc = subprocess.Popen(cmd, stdout=open(out, "w"), stderr=open(err, "w"),
-                                env={"DYN_LOG": "warn", "PATH": "/usr/bin:/bin"})
-        try:
-            result = _ours()                       # runs while the peer runs
-            rc = proc.wait(timeout=900)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert rc == 0, f"peer failed ({rc}): {err.read_text()[-2000:]}"
-        peer = json.loads(out.read_text())["metrics"]
+        result, peer = replay_beside_peer(cmd, _ours, Path(tmp), timeout=900)
         n = compare_requests(result.metrics.columns(), [json.loads(x) for x in open(reqs)])
     assert n == 12031
     o_tot, p_tot = result.summary["totals"], peer["totals"]
     assert o_tot["completed_requests"] == p_tot["completed_requests"]
-    for metric in METRICS:
-        for stat in STATS:
+    bad = latency_mismatches(result.summary, peer, TOL)
+    assert not bad, "\n".join(bad)
+    for metric in LATENCY_METRICS:
+        for stat in LATENCY_STATS:
             want = peer["latency_ms"][metric][stat]
             got = result.summary["latency_ms"][metric][stat]
-            assert abs(got - want) <= TOL * abs(want), (metric, stat, got, want)
             # Absolute clocks agree to ~1e-6 ms (float sums of pass times, rel ~5e-13);
             # a latency is a difference of two, so allow 1e-5 ms on top of 1e-9 relative.
             assert got == pytest.approx(want, rel=1e-9, abs=1e-5), (metric, stat)

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import CONVERSATION_TRACE, compare_requests as _compare_requests, load_mooncake, ms
+from conftest import (CONVERSATION_TRACE, compare_requests as _compare_requests, latency_mismatches,
+                      load_mooncake, replay_beside_peer)
 from sim.engine import EngineConfig
 from sim.simulator import ClusterConfig, Simulation
 from sim.timing import PolynomialTiming
-from test_peer_parity import METRICS, PEER_SCRIPT, STATS, _peer_env, peer_python  # noqa: F401
+from test_peer_parity import PEER_SCRIPT, peer_python  # noqa: F401
 
 pytestmark = pytest.mark.peer
 
@@ -69,21 +69,10 @@ def test_flavour_parity_with_dynamo_replay(name: str, peer_python: Path) -> None
         requests = Path(tmp) / "requests.jsonl"
         if exact_until is not None:
             cmd += ["--per-request-jsonl", str(requests)]
-        out, err = Path(tmp) / "peer.json", Path(tmp) / "peer.err"
-        proc = subprocess.Popen(cmd, stdout=open(out, "w"), stderr=open(err, "w"),
-                                env=_peer_env())
-        try:
-            eng = EngineConfig(backend=backend, block_size=bs, num_gpu_blocks=nb)
-            result = Simulation(load_mooncake(trace), engine=eng, timing=PolynomialTiming(),
-                                cluster=ClusterConfig(num_workers=workers), router=router,
-                                seed=0).run()
-            rc = proc.wait(timeout=1800)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert rc == 0, f"peer failed ({rc}): {err.read_text()[-2000:]}"
-        peer = json.loads(out.read_text())["metrics"]
+        eng = EngineConfig(backend=backend, block_size=bs, num_gpu_blocks=nb)
+        result, peer = replay_beside_peer(cmd, lambda: Simulation(
+            load_mooncake(trace), engine=eng, timing=PolynomialTiming(),
+            cluster=ClusterConfig(num_workers=workers), router=router, seed=0).run(), Path(tmp))
         if exact_until is not None:
             n = _compare_requests(result.metrics.columns(),
                                   [json.loads(line) for line in open(requests)], exact_until)
@@ -91,11 +80,5 @@ def test_flavour_parity_with_dynamo_replay(name: str, peer_python: Path) -> None
     ours = result.summary
     assert ours["totals"]["completed_requests"] == peer["totals"]["completed_requests"]
     assert ours["totals"]["num_requests"] == peer["totals"]["num_requests"]
-    bad = []
-    for metric in METRICS:
-        for stat in STATS:
-            want = peer["latency_ms"][metric][stat]
-            got = ours["latency_ms"][metric][stat]
-            if abs(got - want) > tol * abs(want):
-                bad.append(f"{metric}.{stat}: ours {got:.6g} peer {want:.6g}")
+    bad = latency_mismatches(ours, peer, tol)
     assert not bad, "\n".join(bad)

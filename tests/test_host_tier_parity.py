@@ -11,13 +11,12 @@ exactly; see the README). Skips without the peer.
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, load_mooncake
+from conftest import SHARED, latency_mismatches, load_mooncake, replay_beside_peer
 from sim.config import BUNDLED_TRACES, DATA_DIR
 from sim.engine import EngineConfig
 from sim.simulator import ClusterConfig, Simulation
@@ -41,32 +40,16 @@ def test_host_tier_within_tolerance_of_dynamo(peer_python: Path) -> None:
     if not PEER_SCRIPT.is_file():
         pytest.skip("Dynamo's replay driver peer/dynosim_peer.py not found (set DYNOSIM_SHARED)")
     with tempfile.TemporaryDirectory() as tmp:
-        out, err, reqs = (Path(tmp) / n for n in ("c.json", "c.err", "c.requests.jsonl"))
+        reqs = Path(tmp) / "c.requests.jsonl"
         cmd = [str(peer_python), str(PEER_SCRIPT), "trace", str(CONVERSATION_TRACE),
                "--num-workers", "4", "--router-mode", "round_robin", "--block-size", "64",
                "--num-gpu-blocks", "4096", "--num-host-blocks", "16384",
                "--kv-bytes-per-token", "262144", "--per-request-jsonl", str(reqs)]
-        proc = subprocess.Popen(cmd, stdout=open(out, "w"), stderr=open(err, "w"),
-                                env={"DYN_LOG": "warn", "PATH": "/usr/bin:/bin"})
-        try:
-            result = _ours()                       # runs while the peer runs
-            rc = proc.wait(timeout=1800)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert rc == 0, f"peer failed ({rc}): {err.read_text()[-2000:]}"
-        peer = json.loads(out.read_text())["metrics"]
+        result, peer = replay_beside_peer(cmd, _ours, Path(tmp))
         records = [json.loads(x) for x in open(reqs)]
     o_tot, p_tot = result.summary["totals"], peer["totals"]
     assert o_tot["completed_requests"] == p_tot["completed_requests"] == 12031
-    bad = []
-    for metric in ("ttft", "itl", "e2e_latency"):
-        for stat in ("mean", "median", "p90", "p99"):
-            want = peer["latency_ms"][metric][stat]
-            got = result.summary["latency_ms"][metric][stat]
-            if abs(got - want) > TOL * abs(want):
-                bad.append(f"{metric}.{stat}: ours {got:.6g} Dynamo {want:.6g}")
+    bad = latency_mismatches(result.summary, peer, TOL)
     assert not bad, "; ".join(bad)
     assert o_tot["prefix_cache_reused_ratio"] == pytest.approx(
         p_tot["prefix_cache_reused_ratio"], rel=TOL)

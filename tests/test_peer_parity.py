@@ -18,14 +18,13 @@ interpreter of a venv that has ai-dynamo 1.6.1: $DYNOSIM_PEER_VENV, else ./.peer
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, compare_requests as _compare_requests, load_mooncake, ms
+from conftest import (SHARED, compare_requests as _compare_requests, latency_mismatches,
+                      load_mooncake, replay_beside_peer)
 from sim.config import BUNDLED_TRACES, DATA_DIR
 from sim.engine import EngineConfig
 from sim.simulator import ClusterConfig, Simulation
@@ -42,14 +41,6 @@ CONFIGS = {
     "b_rr4_b64_nb4096": (4, ("round_robin", "round_robin"), 64, 4096, 0.02),
     "c_kv4_b64_nb4096": (4, ("kv", "kv_router"), 64, 4096, 0.05),
 }
-METRICS = ("ttft", "itl", "e2e_latency")
-STATS = ("mean", "median", "p90", "p99")
-
-
-def _peer_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["DYN_LOG"] = "warn"
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +51,16 @@ def peer_python(peer_python: Path) -> Path:
     return peer_python
 
 
-def _start_peer(py: Path, name: str, out_dir: Path) -> tuple[subprocess.Popen, Path, Path]:
+def _peer_command(py: Path, name: str, out_dir: Path) -> list[str]:
     workers, (_, peer_router), bs, nb, _ = CONFIGS[name]
     cmd = [str(py), str(PEER_SCRIPT), "trace", str(CONVERSATION_TRACE),
            "--num-workers", str(workers), "--router-mode", peer_router,
            "--block-size", str(bs)]
     if nb is not None:
         cmd += ["--num-gpu-blocks", str(nb)]
-    out, err = out_dir / f"{name}.json", out_dir / f"{name}.err"
     if peer_router == "round_robin":
         cmd += ["--per-request-jsonl", str(out_dir / f"{name}.requests.jsonl")]
-    proc = subprocess.Popen(cmd, stdout=open(out, "w"), stderr=open(err, "w"),
-                            env=_peer_env())
-    return proc, out, err
+    return cmd
 
 
 def _ours(name: str):
@@ -89,16 +77,8 @@ def _ours(name: str):
 def test_parity_with_dynamo_replay(name: str, peer_python: Path) -> None:
     tol = CONFIGS[name][4]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, out, err = _start_peer(peer_python, name, Path(tmp))
-        try:
-            result = _ours(name)                     # runs while the peer runs
-            rc = proc.wait(timeout=900)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert rc == 0, f"peer failed ({rc}): {err.read_text()[-2000:]}"
-        peer = json.loads(out.read_text())["metrics"]
+        result, peer = replay_beside_peer(_peer_command(peer_python, name, Path(tmp)),
+                                          lambda: _ours(name), Path(tmp), timeout=900)
         requests = Path(tmp) / f"{name}.requests.jsonl"
         if requests.is_file():
             _compare_requests(result.metrics.columns(),
@@ -109,16 +89,8 @@ def test_parity_with_dynamo_replay(name: str, peer_python: Path) -> None:
     assert o_tot["num_requests"] == p_tot["num_requests"]
     assert o_tot["total_input_tokens"] == p_tot["total_input_tokens"]
     assert o_tot["total_output_tokens"] == p_tot["total_output_tokens"]
-    report = []
-    for metric in METRICS:
-        for stat in STATS:
-            want = peer["latency_ms"][metric][stat]
-            got = ours["latency_ms"][metric][stat]
-            rel = abs(got - want) / abs(want)
-            report.append((metric, stat, got, want, rel))
-    bad = [r for r in report if r[4] > tol]
-    assert not bad, "\n".join(f"{m}.{s}: ours {g:.6g} peer {w:.6g} ({r:.2%} > {tol:.0%})"
-                              for m, s, g, w, r in bad)
+    bad = latency_mismatches(ours, peer, tol)
+    assert not bad, "\n".join(bad)
     if requests.is_file():        # round robin: exact parity, not just distributional
         for metric in ("ttft", "ttst", "tpot", "itl", "e2e_latency"):
             for stat, want in peer["latency_ms"][metric].items():
