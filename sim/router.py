@@ -23,6 +23,7 @@ import numpy as np
 
 from .engine import EngineBase as Engine, Seq
 from .kv_cache import NativeKvPool, block_keys, private_key
+from .radix_cache import RunIndex, _chain, page_runs, run_prefix_len
 from .request import Request
 
 ROUTER_MODES = ("round_robin", "random", "least_loaded", "kv")
@@ -111,13 +112,18 @@ class KvRouter(Router):
     name = "kv"
 
     def __init__(self, rng: np.random.Generator, block_size: int,
-                 cfg: KvRouterConfig | None = None) -> None:
+                 cfg: KvRouterConfig | None = None, *, run_keys: bool = False) -> None:
         super().__init__(rng)
         self.cfg = cfg or KvRouterConfig()
         self.block_size = block_size
+        # run_keys, for SGLang workers (radix cache, page size 1 by default): blocks are runs
+        # of pages per trace block (``sim.radix_cache.RunIndex``), scored exactly as per-page
+        # keys would be, at a trace block's cost instead of a token's.
+        self.run_keys = run_keys
+        self._prefix_len = run_prefix_len if run_keys else _prefix_len
         self.index: dict[int, object] = {}                   # worker -> published block keys
         self.prefill_tokens: dict[int, int] = {}             # worker -> pending prompt tokens
-        self.active: dict[int, "KeyCounter"] = {}            # worker -> block key -> users
+        self.active: dict[int, object] = {}      # worker -> block key -> users (KeyCounter/RunIndex)
         self.routed: dict[int, tuple[int, list[int], int]] = {}  # request -> (worker, keys, pending)
         self._last: tuple[list[int], int] | None = None
         self._keys_out: list[int] | None = None
@@ -143,29 +149,43 @@ class KvRouter(Router):
         keys, self._keys_out = self._keys_out, None
         return keys
 
-    def _keys(self, req: Request) -> list[int]:
+    def _keys(self, req: Request) -> list:
+        """The prompt's full blocks: their keys, or with ``page_runs`` their runs."""
         bs = self.block_size
         full = req.input_length // bs
+        if self.run_keys:
+            if full == 0:
+                return []
+            if req.hash_ids is None:
+                return [(("private", req.index), 0, full)]
+            tbs = req.trace_block_size
+            return page_runs(_chain(req.hash_ids, ((full * bs) - 1) // tbs + 1), tbs, bs, 0, full)
         if req.hash_ids is not None:
             return block_keys(req.hash_ids, req.trace_block_size, bs, full)
         return [private_key(req.index, b) for b in range(full)]
+
+    def overlap(self, keys: list, wid: int) -> int:
+        """Leading blocks of ``keys`` (from ``_keys``) in worker ``wid``'s published cache."""
+        return self._prefix_len(keys, self.index.get(wid))
 
     def select(self, req, workers, now):
         cfg = self.cfg
         bs = self.block_size
         keys = self._keys(req)
         isl = req.input_length
+        nkeys = isl // bs
+        prefix_len = self._prefix_len
         costs = []
         overlaps = []
         for w in workers:
             wid = w.id
-            ov = _prefix_len(keys, self.index.get(wid))
+            ov = prefix_len(keys, self.index.get(wid))
             active = self.active.get(wid)
-            ov_active = _prefix_len(keys, active)
+            ov_active = prefix_len(keys, active)
             prefill = (self.prefill_tokens.get(wid, 0) + isl) / bs - cfg.overlap_score_credit * ov
             if prefill < 0:
                 prefill = 0.0
-            decode = (len(active) if active else 0) + len(keys) - ov_active
+            decode = (len(active) if active else 0) + nkeys - ov_active
             costs.append(cfg.prefill_load_scale * prefill + decode)
             overlaps.append(ov)
         if cfg.temperature <= 0:
@@ -196,7 +216,7 @@ class KvRouter(Router):
         self.prefill_tokens[wid] = self.prefill_tokens.get(wid, 0) + pending
         active = self.active.get(wid)
         if active is None:
-            active = self.active[wid] = KeyCounter()
+            active = self.active[wid] = RunIndex() if self.run_keys else KeyCounter()
         active.add_all(keys)
         self.routed[req.index] = (wid, keys, pending)
         self._keys_out = keys
@@ -255,7 +275,8 @@ else:
 
 
 def make_router(mode: str, rng: np.random.Generator, block_size: int,
-                kv_cfg: KvRouterConfig | None = None) -> Router:
+                kv_cfg: KvRouterConfig | None = None, *, run_keys: bool = False) -> Router:
+    """``run_keys``: the workers are SGLang's (their radix caches publish page runs)."""
     if mode == "round_robin":
         return RoundRobinRouter(rng)
     if mode == "random":
@@ -263,5 +284,5 @@ def make_router(mode: str, rng: np.random.Generator, block_size: int,
     if mode == "least_loaded":
         return LeastLoadedRouter(rng)
     if mode == "kv":
-        return KvRouter(rng, block_size, kv_cfg)
+        return KvRouter(rng, block_size, kv_cfg, run_keys=run_keys)
     raise ValueError(f"unknown router mode {mode!r}")

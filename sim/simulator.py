@@ -83,7 +83,8 @@ class Simulation:
         ss = np.random.SeedSequence(seed)
         self._rng_router = np.random.default_rng(ss.spawn(1)[0])
         self.metrics = MetricsCollector()
-        self.router: Router = make_router(router, self._rng_router, engine.block_size, kv_router)
+        self.router: Router = make_router(router, self._rng_router, engine.block_size, kv_router,
+                                          run_keys=engine.backend == "sglang")
         self.router_mode = router
         self.heap: list[tuple] = []
         self._seq = 0
@@ -307,9 +308,8 @@ class Simulation:
                     if gone:
                         router.publish_removed(x.engine, gone)
             if hasattr(router, "_keys"):          # KvRouter: what select() leaves for on_routed
-                from .router import _prefix_len
                 rkeys = router._keys(req)
-                router._last = (rkeys, _prefix_len(rkeys, router.index.get(w.id)))
+                router._last = (rkeys, router.overlap(rkeys, w.id))
         router.on_routed(w.engine, req)
         rkeys = router.take_keys()
         self._enqueue(w, req, rkeys if rkeys is not None else keys)
