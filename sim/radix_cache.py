@@ -448,7 +448,9 @@ class RadixCache:
         return n
 
     def _extend_leaf(self, n: Node, src: TokenSource, hi: int, now: int) -> Node:
-        self._touch(n, now)
+        n.t = now                 # _touch (n is a leaf, not the root)
+        if n.lock == 0:
+            self._index(n)
         self.last_added = hi - n.hi
         added = (hi - n.hi) * self.P
         n.src = src               # same tokens on [lo, old hi): the path matched src
@@ -467,10 +469,14 @@ class RadixCache:
         self.last_added = 0
         if lo >= hi:
             return start
-        now = self._tick()
+        self.clock += 1
+        now = self.clock
+        root = self.root
         n = start
-        while n is not None:
-            self._touch(n, now)
+        while n is not None:           # _touch of the path, inlined (one per decode token)
+            n.t = now
+            if n.lock == 0 and not n.children and n is not root:
+                self._index(n)
             n = n.parent
         cur = start
         off = lo

@@ -389,8 +389,9 @@ class SglangEngine(EngineBase):
         while True:
             need = 0
             for s in batch:
-                need += (self._page_ceil(s.prompt_len + s.generated + 1)
-                         - s.blocks.covered(P) * P)
+                lease = s.blocks
+                need += (-(-(s.prompt_len + s.generated + 1) // P) * P
+                         - (lease.cached // P + lease.pages) * P)
             if kv.available_tokens + kv.evictable_size >= need or len(batch) <= 1:
                 break
             victim = batch[0]
