@@ -12,7 +12,7 @@ export DYNOSIM_SHARED := $(SHARED)
 .PHONY: install demo test test-all peer bench clean
 
 # Sources of the native and Cython-compiled modules (setup.py): a change rebuilds them.
-NATIVE_SRC := sim/_kvpool.c $(wildcard sim/*.py sim/*.pxd sim/engines/*.py sim/engines/*.pxd sim/workloads/*.py dynosim_gym/*.py)
+NATIVE_SRC := sim/_kvpool.c $(wildcard sim/*.py sim/*.pxd sim/engines/*.py sim/engines/*.pxd sim/workloads/*.py dynosim_gym/*.py dynosim_gym/*.pxd)
 
 $(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC)
 	$(PYTHON) -m venv $(VENV)

@@ -86,7 +86,9 @@ def add_parsers(sub) -> None:
                        "default), never a run's training reward.", **kw)
     e.add_argument("--policy", metavar="SPEC",
                    help="heuristic:load | heuristic:throughput | heuristic:static | "
-                   "heuristic:static:N | heuristic:<tuned name> | pretrained:NAME | PATH "
+                   "heuristic:static:N | heuristic:<tuned name> (DynoSim-v0); heuristic:kv | "
+                   "heuristic:kv-tuned | heuristic:round_robin | heuristic:least_loaded | "
+                   "heuristic:random (DynoSimRouting-v0); pretrained:NAME | PATH "
                    "(model.zip or a train --out directory) | oracle:static | oracle:schedule; "
                    "default: none, give this or --leaderboard")
     e.add_argument("--trace", metavar="PATH",
@@ -129,7 +131,9 @@ def add_parsers(sub) -> None:
                        "sim.planner.PlannerConfig on training episodes (split=train) of the "
                        "env config; writes the best as a named baseline "
                        "(agents/tuned/NAME.yaml, used as heuristic:NAME).", **kw)
-    u.add_argument("--policy", required=True, help="heuristic:load | heuristic:throughput")
+    u.add_argument("--policy", required=True,
+                   help="heuristic:load | heuristic:throughput (planner knobs, DynoSim-v0) | "
+                   "heuristic:kv (KV router knobs, DynoSimRouting-v0; writes kv-tuned)")
     u.add_argument("--trials", type=_pos_int, default=30, metavar="N",
                    help="Optuna trials (default: 30; trial 0 is the planner's defaults)")
     u.add_argument("--episodes", type=_pos_int, default=6, metavar="N",
@@ -208,6 +212,13 @@ def _evaluate(args) -> int:
         __import__("pathlib").Path(args.out).write_text(doc + "\n")
     if args.json:
         print(doc)
+    elif res.env_id == "DynoSimRouting-v0":
+        print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
+              f"{res.requests_decided} requests ({res.episodes} episodes); pooled p90 TTFT "
+              f"{res.p90_ttft_ms:.0f} ms, mean TTFT {res.mean_ttft_ms:.0f} ms; prefix cache "
+              f"reused {res.prefix_cache_reused_ratio:.1%} of prompt tokens; "
+              f"{res.request_throughput_rps:.3f} req/s; mean reward {res.mean_reward:.3f} ± "
+              f"{res.std_reward:.3f}")
     else:
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
               f"{res.requests_decided} requests; {res.gpu_hours:.3f} GPU-hours "

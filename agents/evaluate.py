@@ -22,7 +22,10 @@ and ``p90_itl_ms`` (nearest-rank percentiles of every completed request, not mea
 per-episode percentiles); ``gpu_hours`` (total) and ``gpu_hours_per_episode``;
 ``scaling_events`` (steps that changed the provisioned worker count, summed) and
 ``reversals_per_hour`` (a scaling event in the opposite direction of the previous one, per
-simulated hour); ``mean_reward`` (per episode).
+simulated hour); ``mean_reward`` (per episode). Routing (``DynoSimRouting-v0``) adds
+``mean_ttft_ms``, ``prefix_cache_reused_ratio`` (prompt tokens served from the prefix cache /
+prompt tokens of the completed requests) and ``request_throughput_rps`` (completed requests
+per simulated second); its leaderboard is :func:`routing_leaderboard`.
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ import numpy as np
 
 from sim.errors import InputError
 
-from .heuristics import AUTOSCALING_HEURISTICS, heuristic_env, make_heuristic, tuned_baselines
+from .heuristics import (AUTOSCALING_HEURISTICS, ROUTING_ENV, ROUTING_HEURISTICS, heuristic_env,
+                         heuristics_for, make_heuristic, tuned_baselines)
 from .train import algo_class, check_env_id
 
 METRICS = ("mean_reward", "sla_attainment", "gpu_hours_per_episode", "p90_ttft_ms",
@@ -73,11 +77,19 @@ class Evaluation:
     requests_decided: int
     requests_in_flight: int            # arrived, not decided at the episodes' cut-offs
     simulated_hours: float
+    # routing figures (0 where they do not apply): mean TTFT of the completed requests,
+    # prompt tokens served from the prefix cache / prompt tokens of the completed requests,
+    # completed requests per simulated second (pooled).
+    mean_ttft_ms: float = 0.0
+    prefix_cache_reused_ratio: float = 0.0
+    request_throughput_rps: float = 0.0
+    env_id: str = ""
     reward_config: dict[str, Any] = field(default_factory=dict)
     policy_interface: dict[str, Any] = field(default_factory=dict)
     episodes_plan: dict[str, Any] = field(default_factory=dict)
     per_episode: list[dict[str, Any]] = field(default_factory=list, repr=False)
     traces: list[dict[str, list[float]]] = field(default_factory=list, repr=False)
+    ttfts_ms: list[float] = field(default_factory=list, repr=False)   # pooled, sorted
 
     #: v0.1 result keys (``leaderboard.json`` of docs/leaderboard) -> these fields
     V01_KEYS = {"ttft_p90_ms": "p90_ttft_ms", "itl_p90_ms": "p90_itl_ms",
@@ -94,10 +106,12 @@ class Evaluation:
         base = {"scaling_events": 0, "reversals_per_hour": 0.0, "requests_in_flight": 0,
                 "simulated_hours": 0.0, "gpu_hours": 0.0, "requests_decided": 0}
         return cls(**{**base, **{k: v for k, v in rec.items()
-                                 if k in names and k not in ("per_episode", "traces")}})
+                                 if k in names and k not in ("per_episode", "traces",
+                                                             "ttfts_ms")}})
 
     def as_dict(self, with_episodes: bool = True) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("per_episode", "traces")}
+        d = {k: v for k, v in asdict(self).items()
+             if k not in ("per_episode", "traces", "ttfts_ms")}
         if with_episodes:
             d["per_episode"] = self.per_episode
         return d
@@ -286,8 +300,6 @@ def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str,
         env, cfg = make_eval_env(pol, env_id, config, overrides)
         runs = [({"split": split}, seed + k) for k in range(episodes)]
         return env, cfg, runs, {"split": split, "seeds": [seed, seed + episodes - 1]}
-    if env_id != "DynoSim-v0":
-        raise InputError("--trace windows are for DynoSim-v0", field="--trace")
     overrides["workload"] = trace_workload(trace)
     env, cfg = make_eval_env(pol, env_id, config, overrides)
     tr = env.unwrapped.episodes.trace
@@ -313,10 +325,22 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
              windows: int | None = None, keep_traces: int = 0,
              quiet: bool = True) -> Evaluation:
     """Score ``spec`` on seeded episodes or on pinned windows of ``trace`` (module doc)."""
+    if env_id is not None:
+        env_id = check_env_id(env_id)
+        if spec.startswith("heuristic:"):
+            try:
+                heuristic_env(spec)
+            except ValueError:
+                raise InputError(f"unknown heuristic {spec!r} for {env_id}; expected one of "
+                                 f"{', '.join(heuristics_for(env_id))}",
+                                 field="--policy") from None
     pol = resolve_policy(spec)
     env_id = check_env_id(env_id or pol.env_id or "DynoSim-v0")
     if pol.env_id is not None and pol.env_id != env_id:
-        raise InputError(f"{spec} acts on {pol.env_id}, not {env_id}", field="--policy")
+        what = "a routing policy" if pol.env_id == ROUTING_ENV else "an autoscaling policy"
+        valid = f"; the heuristics for {env_id}: {', '.join(heuristics_for(env_id))}"
+        raise InputError(f"{spec} is {what}: it acts on {pol.env_id}, not {env_id}{valid}",
+                         field="--policy")
     if episodes < 1:
         raise InputError(f"must be >= 1, got {episodes}", field="--episodes")
     env, cfg, runs, plan = episode_plan(pol, env_id, config, overrides or {}, trace,
@@ -325,7 +349,7 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
     space = getattr(policy, "observation_space", None)
     if space is not None and space.shape != env.observation_space.shape:
         raise InputError(f"the model observes {space.shape}, this env config gives "
-                         f"{env.observation_space.shape} (trained with an older observation?)",
+                         f"{env.observation_space.shape}{feature_diff(pol, env_id, cfg)}",
                          field="--policy")
     it = list(enumerate(runs))
     if not quiet and sys.stderr.isatty():
@@ -335,7 +359,41 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
     u = env.unwrapped
     reward_cfg = resolved_reward(cfg, u)
     env.close()
-    return summarise(spec, results, cfg, reward_cfg, pol.interface(), plan)
+    ev = summarise(spec, results, cfg, reward_cfg, pol.interface(), plan)
+    ev.env_id = env_id
+    return ev
+
+
+def observation_features(env_id: str, cfg) -> list[str]:
+    """The observation's entry names for an env config (routing: ``w0.queued_prefill``...;
+    autoscaling: the features, suffixed ``@k`` for the k-th stacked interval)."""
+    if env_id == ROUTING_ENV:
+        from dynosim_gym.routing_env import feature_names
+        return feature_names(int(cfg.env.initial_workers or cfg.sim.cluster.num_workers))
+    from dynosim_gym.observations import FEATURES
+    stack = cfg.env.observation.stack
+    return [f"{f}@{k}" if stack > 1 else f for k in range(stack) for f in FEATURES]
+
+
+def feature_diff(pol: PolicySpec, env_id: str, cfg) -> str:
+    """``: features only the model has: ...; only this env has: ...`` from the model's run
+    record (empty when it has none)."""
+    run_cfg = (pol.run or {}).get("env_config")
+    if not run_cfg:
+        return " (the model has no run record to compare features with)"
+    from dynosim_gym.config import load_env_config
+    try:
+        theirs = observation_features(env_id, load_env_config(run_cfg))
+    except InputError:
+        return " (the model's run record is not a valid env config)"
+    ours = observation_features(env_id, cfg)
+
+    def short(names: list[str]) -> str:
+        return ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
+    only_model = [f for f in theirs if f not in set(ours)]
+    only_env = [f for f in ours if f not in set(theirs)]
+    return (f"; features only the model has: {short(only_model) or 'none'}; only this env "
+            f"config has: {short(only_env) or 'none'}")
 
 
 def resolved_reward(cfg, u) -> dict[str, Any]:
@@ -355,7 +413,11 @@ def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: 
     decided = sum(e["requests_decided"] for e in eps)
     ttfts = sorted(x for r in results for x in r["ttfts"])
     tpots = sorted(x for r in results for x in r["tpots"])
-    hours = sum(e["steps"] for e in eps) * cfg.env.interval_s / 3600.0
+    # routing episodes step per request: their length is the window (``simulated_s``)
+    hours = sum(e.get("simulated_s", e["steps"] * cfg.env.interval_s) for e in eps) / 3600.0
+    reused = sum(e.get("reused_input_tokens", 0) for e in eps)
+    prompt = sum(e.get("prompt_tokens", 0) for e in eps)
+    completed = sum(e.get("requests_completed", 0) for e in eps)
     gpu = float(sum(e["gpu_hours"] for e in eps))
     rewards = [e["reward"] for e in eps]
     return Evaluation(
@@ -368,9 +430,13 @@ def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: 
         reversals_per_hour=sum(e.get("reversals", 0) for e in eps) / hours if hours else 0.0,
         requests_decided=decided,
         requests_in_flight=int(sum(e.get("requests_in_flight", 0) for e in eps)),
-        simulated_hours=hours, reward_config=reward_cfg,
+        simulated_hours=hours,
+        mean_ttft_ms=float(np.mean(ttfts)) if ttfts else 0.0,
+        prefix_cache_reused_ratio=reused / prompt if prompt else 0.0,
+        request_throughput_rps=completed / (3600.0 * hours) if hours else 0.0,
+        reward_config=reward_cfg,
         policy_interface=interface, episodes_plan=plan, per_episode=eps,
-        traces=[r["trace"] for r in results if r["trace"] is not None])
+        traces=[r["trace"] for r in results if r["trace"] is not None], ttfts_ms=ttfts)
 
 
 # -- leaderboard ---------------------------------------------------------------------------------
@@ -389,8 +455,14 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
     d = Path(directory)
     if not d.is_dir():
         raise InputError("leaderboard directory not found", file=str(d), field="--leaderboard")
+    env_id = check_env_id(env_id)
+    if env_id == ROUTING_ENV:
+        return routing_leaderboard(d, config=config, episodes=episodes, seed=seed,
+                                   reference="heuristic:kv" if reference == "heuristic:load"
+                                   else reference, policies=policies, quiet=quiet)
     specs = policies or ([f"heuristic:{h}" for h in AUTOSCALING_HEURISTICS]
-                         + [f"heuristic:{t}" for t in tuned_baselines()]
+                         + [h for h in heuristics_for(env_id)          # tuned planners
+                            if h.split(":", 1)[1] in tuned_baselines()]
                          + [str(p) for p in find_models(d)])
     if reference not in specs:
         specs.insert(0, reference)
@@ -558,6 +630,115 @@ def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
     fig.tight_layout()
     adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.3, 1.6), max_move=None,
                 arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- routing leaderboard -------------------------------------------------------------------------
+
+ROUTING_METRICS = ("sla_attainment", "p90_ttft_ms", "mean_ttft_ms", "prefix_cache_reused_ratio",
+                   "request_throughput_rps", "mean_reward")
+
+
+def routing_leaderboard(d: Path, *, config: Any = None, episodes: int = 5, seed: int = 0,
+                        reference: str = "heuristic:kv", policies: list[str] | None = None,
+                        split: str = "eval", trace: str | None = None,
+                        window_s: float | None = None, windows: int | None = None,
+                        overrides: dict[str, Any] | None = None,
+                        quiet: bool = True) -> list[Evaluation]:
+    """The routing leaderboard (``DynoSimRouting-v0``): the routing heuristics, shipped tuned
+    KV routers, ``pretrained:`` routers and every model under ``d``, on the same episodes;
+    writes ``d/leaderboard.{md,csv,json}`` and ``d/ttft_cdf.png`` (pooled TTFT CDF, one
+    curve per policy). Ratios are relative to ``reference`` (default ``heuristic:kv``)."""
+    specs = policies or ([f"heuristic:{h}" for h in ROUTING_HEURISTICS]
+                         + [h for h in heuristics_for(ROUTING_ENV)
+                            if h.split(":", 1)[1] not in ROUTING_HEURISTICS]
+                         + [f"pretrained:{k}" for k, p in pretrained_models().items()
+                            if _pretrained_env(p) == ROUTING_ENV]
+                         + [str(p) for p in find_models(d)])
+    specs = list(specs)
+    if reference not in specs:
+        specs.insert(0, reference)
+    results = []
+    for spec in specs:
+        if not quiet:
+            print(f"leaderboard: {spec}", file=sys.stderr, flush=True)
+        results.append(evaluate(spec, ROUTING_ENV, config=config, episodes=episodes, seed=seed,
+                                split=split, trace=trace, window_s=window_s, windows=windows,
+                                overrides=overrides, quiet=quiet))
+    ref = next(r for r in results if r.policy == reference)
+    rows = []
+    for r in results:
+        row = {"policy": _label(r.policy, d), **{m: getattr(r, m) for m in ROUTING_METRICS}}
+        row["sla_attainment_std"] = float(np.std([e["sla_attainment"] for e in r.per_episode]))
+        row["p90_ttft_ms_std"] = float(np.std([e["ttft_p90_ms"] for e in r.per_episode]))
+        row["requests_decided"] = r.requests_decided
+        for m in ("sla_attainment", "p90_ttft_ms", "request_throughput_rps"):
+            base = getattr(ref, m)
+            row[f"{m}_vs_ref"] = getattr(r, m) / base if base else math.nan
+        rows.append(row)
+    with open(d / "leaderboard.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    head = ("| policy | SLA attainment (± std over episodes) | p90 TTFT (ms, ± std of the "
+            "episodes' p90) | mean TTFT (ms) | "
+            "prefix-cache reuse | throughput (req/s) | mean reward | p90 TTFT vs ref |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = [f"| {r['policy']} | {r['sla_attainment']:.1%} (± {100 * r['sla_attainment_std']:.1f})"
+             f" | {r['p90_ttft_ms']:,.0f} (± {r['p90_ttft_ms_std']:,.0f}) | "
+             f"{r['mean_ttft_ms']:,.0f} | "
+             f"{r['prefix_cache_reused_ratio']:.1%} | {r['request_throughput_rps']:.3f} | "
+             f"{r['mean_reward']:.1f} | {r['p90_ttft_ms_vs_ref']:.3f} |" for r in rows]
+    plan = json.dumps(results[0].episodes_plan)
+    note = (f"\n{results[0].episodes} episode(s) per policy, the same for every policy ({plan});"
+            f" SLA attainment and TTFT percentiles pooled over all requests (± = std of the "
+            f"episodes' own figures); ratios relative to {_label(reference, d)}; reward: "
+            f"{json.dumps(results[0].reward_config)}.\n")
+    (d / "leaderboard.md").write_text(head + "\n".join(lines) + "\n" + note)
+    (d / "leaderboard.json").write_text(json.dumps(
+        [r.as_dict() for r in results], indent=1, default=str) + "\n")
+    from dynosim_gym.config import load_env_config
+    sla = load_env_config(config if config is not None else DEFAULT_CONFIGS[ROUTING_ENV],
+                          **dict(overrides or {})).sim.sla.ttft_ms
+    plot_ttft_cdf(results, d / "ttft_cdf.png", d, sla_ttft_ms=sla)
+    return results
+
+
+def _pretrained_env(path: Path) -> str | None:
+    meta = path.with_suffix(".json")
+    return json.loads(meta.read_text()).get("env_id") if meta.is_file() else None
+
+
+def plot_ttft_cdf(results: list[Evaluation], path: Path, d: Path,
+                  sla_ttft_ms: float | None = None) -> None:
+    """Empirical CDF of the pooled TTFTs, one curve per policy (log time axis), with each
+    policy's p90 in the legend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    styles = ["-", "--", "-.", ":"]
+    for k, r in enumerate(results):
+        x = np.asarray(r.ttfts_ms, dtype=float)
+        if len(x) == 0:
+            continue
+        y = np.arange(1, len(x) + 1) / len(x)
+        ax.step(np.maximum(x, 1.0), y, where="post", lw=1.4, ls=styles[(k // 10) % 4],
+                label=f"{_label(r.policy, d)} (p90 {r.p90_ttft_ms:,.0f} ms)")
+    if sla_ttft_ms:
+        ax.axvline(sla_ttft_ms, color="0.4", lw=0.8, ls=":")
+    ax.axhline(0.9, color="0.7", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("time to first token, TTFT (ms, log scale)")
+    ax.set_ylabel("share of completed requests")
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title("Pooled TTFT CDF per routing policy (horizontal line: p90; dotted: TTFT SLA)",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -14,8 +14,9 @@ learned agents are scored through one path on the same episodes.
   tune`` on the training split, shipped as a small YAML in ``agents/tuned/``.
 * :class:`StaticPolicy` (``heuristic:static``) never changes the worker count;
   ``heuristic:static:N`` (:class:`StaticCountPolicy`) goes to N workers and stays there.
-* Routing: :class:`RoundRobinPolicy` and :class:`KvCostPolicy` (Dynamo's KV-aware cost from
-  the observation) for ``DynoSimRouting-v0``.
+* Routing (``DynoSimRouting-v0``): :class:`RoundRobinPolicy`, :class:`LeastLoadedPolicy`,
+  :class:`RandomRoutePolicy` and :class:`KvCostPolicy` (Dynamo's KV-aware cost from the
+  observation; ``heuristic:kv-tuned`` is it with knobs found by ``dynosim tune``).
 
 The policy must be bound to the environment it acts on (``bind(env)``), because the planner
 advice lives there: a Gymnasium env, a Gymnasium vector env or an SB3 VecEnv.
@@ -143,10 +144,12 @@ def _unsquash(y: np.ndarray) -> np.ndarray:
 
 
 def kv_costs(obs: np.ndarray, scales: dict[str, float], num_workers: int,
-             overlap_credit: float = 1.0) -> np.ndarray:
-    """Dynamo's KV-router cost per worker from a ``DynoSimRouting-v0`` observation:
-    ``prefill blocks to compute`` (queued prefill + this prompt minus its cached prefix,
-    ``overlap_credit`` per cached block) plus ``decode blocks`` (held + this prompt's)."""
+             overlap_credit: float = 1.0, prefill_load_scale: float = 1.0) -> np.ndarray:
+    """Dynamo's KV-router cost per worker from a ``DynoSimRouting-v0`` observation, shape
+    ``(num_workers,)`` in KV blocks: ``prefill_load_scale * prefill blocks to compute``
+    (queued prefill + this prompt minus its cached prefix, ``overlap_credit`` per cached
+    block) plus ``decode blocks`` (held + this prompt's). Source: dynamo_semantics.md §5.1
+    (``router-design.md``: ``cost = prefill_load_scale * adjusted + decode_blocks``)."""
     w = np.asarray(obs, dtype=np.float64)[: 5 * num_workers].reshape(num_workers, 5)
     bs = scales["block_size"]
     isl = _unsquash(np.asarray(obs, dtype=np.float64)[5 * num_workers]) * scales["isl_tokens"]
@@ -155,27 +158,112 @@ def kv_costs(obs: np.ndarray, scales: dict[str, float], num_workers: int,
     held = w[:, 1] * scales["kv_blocks"]
     cached = w[:, 4] * np.floor(req_blocks)
     prefill = queued + req_blocks - overlap_credit * cached
-    return prefill + held + req_blocks
+    return prefill_load_scale * prefill + held + req_blocks
+
+
+def softmax_pick(costs: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    """Dynamo's selection (dynamo_semantics.md §5.2): argmin at temperature 0 (ties to the
+    lowest index); above 0, min-max normalised costs sampled with
+    ``p_i ~ exp(-(c_i - c_min) / ((c_max - c_min) T))``, uniform if all costs are equal."""
+    if temperature <= 0:
+        return int(np.argmin(costs))
+    span = float(costs.max() - costs.min())
+    if span <= 0:
+        return int(rng.integers(len(costs)))
+    logits = -(costs - costs.min()) / (span * temperature)
+    p = np.exp(logits - logits.max())
+    return int(rng.choice(len(costs), p=p / p.sum()))
+
+
+#: The KV router's tunable knobs (``heuristic:kv`` defaults = Dynamo's, §5.1-5.2).
+KV_KNOBS = {"overlap_credit": 1.0, "prefill_load_scale": 1.0, "temperature": 0.0}
 
 
 class KvCostPolicy(HeuristicPolicy):
-    """Route to the worker with the least Dynamo KV cost (:func:`kv_costs`; argmin, ties to
-    the lowest index), computed from the observation alone."""
+    """Route to the worker with the least Dynamo KV cost (:func:`kv_costs`, selected by
+    :func:`softmax_pick`), computed from the observation alone. ``knobs``: :data:`KV_KNOBS`
+    (a tuned router); sampling at temperature > 0 uses a generator seeded with ``seed``,
+    reseeded with ``seed + k`` at the start of the k-th episode (deterministic)."""
 
     name = "heuristic:kv"
 
-    def __init__(self, env) -> None:
+    def __init__(self, env, knobs: dict[str, Any] | None = None, name: str | None = None,
+                 seed: int = 0) -> None:
         super().__init__(env)
         u = env.unwrapped if hasattr(env, "unwrapped") else env
         self.scales = dict(u.obs_scales)
         self.num_workers = int(u.num_workers)
+        unknown = set(knobs or {}) - set(KV_KNOBS)
+        if unknown:
+            raise ValueError(f"unknown KV router knob(s) {', '.join(sorted(unknown))}; "
+                             f"expected {', '.join(KV_KNOBS)}")
+        self.knobs = {**KV_KNOBS, **(knobs or {})}
+        self.name = name or self.name
+        self.seed = seed
+        self._episodes = 0
+        self.rng = np.random.default_rng(seed)
+
+    def costs(self, obs: np.ndarray) -> np.ndarray:
+        k = self.knobs
+        return kv_costs(obs, self.scales, self.num_workers, k["overlap_credit"],
+                        k["prefill_load_scale"])
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
         obs = np.asarray(observation)
         batch = obs.reshape(-1, obs.shape[-1])
-        acts = np.array([int(np.argmin(kv_costs(o, self.scales, self.num_workers)))
-                         for o in batch], dtype=np.int64)
+        if episode_start is not None and bool(np.asarray(episode_start).reshape(-1)[0]):
+            self.rng = np.random.default_rng(self.seed + self._episodes)
+            self._episodes += 1
+        t = float(self.knobs["temperature"])
+        acts = np.array([softmax_pick(self.costs(o), t, self.rng) for o in batch],
+                        dtype=np.int64)
         return (acts[0] if obs.ndim == 1 else acts), state
+
+
+class LeastLoadedPolicy(HeuristicPolicy):
+    """Dynamo's least-loaded routing (dynamo_semantics.md §5.5): the worker with the fewest
+    active requests (running + waiting), ties to the least KV blocks held, then the lowest
+    index; read from the observation (prefix caches ignored)."""
+
+    name = "heuristic:least_loaded"
+
+    def __init__(self, num_workers: int, env=None) -> None:
+        super().__init__(env)
+        self.num_workers = num_workers
+
+    def actions(self, obs: np.ndarray, n: int) -> list[int]:
+        from dynosim_gym.routing_env import RUNNING_SCALE, WAITING_SCALE
+        out = []
+        for o in np.asarray(obs, dtype=np.float64).reshape(n, -1):
+            w = o[: 5 * self.num_workers].reshape(self.num_workers, 5)
+            active = np.rint(_unsquash(w[:, 2]) * RUNNING_SCALE
+                             + _unsquash(w[:, 3]) * WAITING_SCALE)
+            out.append(int(np.lexsort((np.arange(self.num_workers), w[:, 1], active))[0]))
+        return out
+
+
+class RandomRoutePolicy(HeuristicPolicy):
+    """Dynamo's random routing (dynamo_semantics.md §5.5): a uniform worker per request,
+    from a generator seeded with ``seed``, reseeded with ``seed + k`` at the start of the
+    k-th episode (so a result is reproducible)."""
+
+    name = "heuristic:random"
+
+    def __init__(self, num_workers: int, env=None, seed: int = 0) -> None:
+        super().__init__(env)
+        self.num_workers = num_workers
+        self.seed = seed
+        self._episodes = 0
+        self.rng = np.random.default_rng(seed)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        obs = np.asarray(observation)
+        n = 1 if obs.ndim == 1 else obs.shape[0]
+        if episode_start is not None and bool(np.asarray(episode_start).reshape(-1)[0]):
+            self.rng = np.random.default_rng(self.seed + self._episodes)
+            self._episodes += 1
+        acts = self.rng.integers(self.num_workers, size=n)
+        return (int(acts[0]) if obs.ndim == 1 else acts), state
 
 
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
@@ -183,8 +271,12 @@ AUTOSCALING_ENV, ROUTING_ENV = "DynoSim-v0", "DynoSimRouting-v0"
 #: name -> env id it acts on (``static:N`` is a pattern; tuned planners come from TUNED_DIR).
 HEURISTICS = {"load": AUTOSCALING_ENV, "throughput": AUTOSCALING_ENV,
               "static": AUTOSCALING_ENV, "static:N": AUTOSCALING_ENV,
-              "kv": ROUTING_ENV, "round_robin": ROUTING_ENV}
+              "kv": ROUTING_ENV, "round_robin": ROUTING_ENV,
+              "least_loaded": ROUTING_ENV, "random": ROUTING_ENV}
 AUTOSCALING_HEURISTICS = ("load", "throughput", "static")
+ROUTING_HEURISTICS = ("kv", "round_robin", "least_loaded", "random")
+#: A tuned baseline's ``base`` -> the env id it acts on.
+TUNED_BASES = {"load": AUTOSCALING_ENV, "throughput": AUTOSCALING_ENV, "kv": ROUTING_ENV}
 
 
 def tuned_baselines() -> dict[str, Path]:
@@ -193,13 +285,23 @@ def tuned_baselines() -> dict[str, Path]:
 
 
 def read_tuned(path: Path) -> dict[str, Any]:
-    """A tuned planner's YAML: ``base`` (load | throughput), ``knobs`` (PlannerConfig
-    fields) and how it was found (``tuned_on``, ``command``...)."""
+    """A tuned baseline's YAML: ``base`` (load | throughput: a planner, PlannerConfig knobs;
+    kv: the KV router, :data:`KV_KNOBS`), ``knobs`` and how it was found (``tuned_on``,
+    ``command``...)."""
     import yaml
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if data.get("base") not in ("load", "throughput") or not isinstance(data.get("knobs"), dict):
-        raise ValueError(f"{path}: expected 'base: load|throughput' and a 'knobs' mapping")
+    if data.get("base") not in TUNED_BASES or not isinstance(data.get("knobs"), dict):
+        raise ValueError(f"{path}: expected 'base: {'|'.join(TUNED_BASES)}' and a 'knobs' "
+                         "mapping")
     return data
+
+
+def heuristics_for(env_id: str) -> list[str]:
+    """Every ``heuristic:NAME`` that acts on ``env_id`` (shipped tuned ones included)."""
+    names = [k for k, e in HEURISTICS.items() if e == env_id]
+    names += [k for k, p in tuned_baselines().items()
+              if TUNED_BASES.get(read_tuned(p)["base"]) == env_id]
+    return ["heuristic:" + k for k in names]
 
 
 def heuristic_env(spec: str) -> str:
@@ -209,16 +311,18 @@ def heuristic_env(spec: str) -> str:
         return AUTOSCALING_ENV
     if kind in HEURISTICS:
         return HEURISTICS[kind]
-    if kind in tuned_baselines():
-        return AUTOSCALING_ENV
-    names = [*HEURISTICS, *tuned_baselines()]
+    tuned = tuned_baselines()
+    if kind in tuned:
+        return TUNED_BASES[read_tuned(tuned[kind])["base"]]
     raise ValueError(f"unknown heuristic {spec!r}; expected one of "
-                     f"{', '.join('heuristic:' + k for k in names)}")
+                     + "; ".join(f"{', '.join(heuristics_for(e))} ({e})"
+                                 for e in (AUTOSCALING_ENV, ROUTING_ENV)))
 
 
 def make_heuristic(spec: str, env=None) -> HeuristicPolicy:
     """``heuristic:load | throughput | static | static:N | <tuned name>`` (autoscaling) or
-    ``heuristic:kv | round_robin`` (routing; needs ``env``). ValueError if unknown."""
+    ``heuristic:kv | round_robin | least_loaded | random | <tuned kv name>`` (routing; needs
+    ``env``). ValueError if unknown."""
     kind = spec.split(":", 1)[1] if spec.startswith("heuristic:") else spec
     heuristic_env(spec)
     if kind in ("load", "throughput"):
@@ -232,8 +336,14 @@ def make_heuristic(spec: str, env=None) -> HeuristicPolicy:
         return StaticCountPolicy(int(n), env)
     if kind == "kv":
         return KvCostPolicy(env)
+    u = env.unwrapped if hasattr(env, "unwrapped") else env
     if kind == "round_robin":
-        u = env.unwrapped if hasattr(env, "unwrapped") else env
         return RoundRobinPolicy(int(u.num_workers), env)
+    if kind == "least_loaded":
+        return LeastLoadedPolicy(int(u.num_workers), env)
+    if kind == "random":
+        return RandomRoutePolicy(int(u.num_workers), env)
     data = read_tuned(tuned_baselines()[kind])
+    if data["base"] == "kv":
+        return KvCostPolicy(env, knobs=data["knobs"], name=f"heuristic:{kind}")
     return PlannerPolicy(data["base"], env, knobs=data["knobs"], name=f"heuristic:{kind}")

@@ -100,9 +100,24 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     torch.set_num_threads(1)
     venv = make_vec_env(f"dynosim_gym:{env_id}", n_envs=n_envs, seed=seed,
                         env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
+    # routing extras (agents/router_train.py): the permutation-equivariant RouterPolicy,
+    # per-request reward credit and a behaviour-cloning warm start
+    credit = hp.pop("reward_credit", "step")
+    bc = hp.pop("bc_warm_start", None)
+    policy_name = policy
+    if policy == "RouterPolicy":
+        from .router_policy import RouterPolicy
+        u = venv.envs[0].unwrapped
+        hp["policy_kwargs"] = {**hp.get("policy_kwargs", {}), "num_workers": u.num_workers,
+                               "scales": dict(u.obs_scales)}
+        policy = RouterPolicy
     cls = algo_class(key)
     model = cls(policy, venv, seed=seed, verbose=0, tensorboard_log=str(out / "tb"),
                 device=device, **hp)
+    bc_record = None
+    if bc:
+        from .router_train import behaviour_clone
+        bc_record = behaviour_clone(model, env_cfg.to_dict(), seed=seed, quiet=quiet, **bc)
     callbacks = [CheckpointCallback(save_freq=max(1, checkpoint_every // n_envs),
                                     save_path=str(out / "checkpoints"), name_prefix=key)]
     dual = None
@@ -111,10 +126,17 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
         rw = env_cfg.env.reward
         dual = LagrangeMultiplierCallback(rw.sla_target, rw.multiplier_lr, rw.multiplier)
         callbacks.append(dual)
+    if credit == "request":
+        from .router_train import request_credit_callback
+        callbacks.append(request_credit_callback(env_cfg.env.reward.sla_weight))
+    elif credit != "step":
+        raise InputError(f"reward_credit must be step or request, got {credit!r}",
+                         field="reward_credit")
     progress = _Progress(total, quiet)
     callbacks.append(progress.callback())
     record = {"algo": key, "env_id": env_id, "seed": seed, "timesteps": total,
-              "n_envs": n_envs, "policy": policy, "hyperparams": hp,
+              "n_envs": n_envs, "policy": policy_name, "hyperparams": hp,
+              "reward_credit": credit, "bc_warm_start": bc_record,
               "config_source": str(config) if config is not None else defaults,
               "overrides": overrides, "env_config": env_cfg.to_dict()}
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

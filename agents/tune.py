@@ -1,4 +1,9 @@
-"""``dynosim tune``: search a planner's knobs on the training split, ship the best.
+"""``dynosim tune``: search a planner's (or the KV router's) knobs on the training split, ship
+the best.
+
+``--policy heuristic:kv`` tunes Dynamo's KV router on ``DynoSimRouting-v0`` instead: its
+knobs are :data:`KV_SPACE` (overlap credit, prefill load scale, temperature), trial 0 is
+Dynamo's defaults, and the result is ``heuristic:kv-tuned``. Everything below applies alike.
 
 The knobs are the fields of :class:`sim.planner.PlannerConfig`, read generically
 (:func:`knob_space`): every field except the ones that define the problem rather than the
@@ -27,11 +32,18 @@ import yaml
 
 from sim.errors import InputError
 
-from .heuristics import TUNED_DIR, PlannerPolicy
+from .heuristics import KV_KNOBS, TUNED_DIR, KvCostPolicy, PlannerPolicy
 
 #: PlannerConfig fields that are the problem, not the controller: never tuned.
 FIXED = ("mode", "ttft_ms", "itl_ms", "max_gpu_budget", "min_gpu_budget",
          "decode_engine_num_gpu")
+#: The KV router's knobs (``heuristic:kv``, dynamo_semantics.md §5.1-5.2): overlap credit
+#: (Dynamo allows values above 1, PR #11714), prefill load scale, selection temperature.
+KV_SPACE: dict[str, dict[str, Any]] = {
+    "overlap_credit": {"float": (0.0, 3.0), "log": False},
+    "prefill_load_scale": {"float": (0.25, 4.0), "log": True},
+    "temperature": {"float": (0.0, 1.0), "log": False},
+}
 #: Known domains: (low, high, log scale).
 RANGES: dict[str, tuple[float, float, bool]] = {
     "load_scaling_down_sensitivity": (0.0, 100.0, False),
@@ -96,7 +108,7 @@ def _suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def score(kind: str, knobs: dict[str, Any], env, runs: list[tuple[dict, int]]) -> dict:
     from .evaluate import run_episode
-    pol = PlannerPolicy(kind, env, knobs=knobs)
+    pol = KvCostPolicy(env, knobs=knobs) if kind == "kv" else PlannerPolicy(kind, env, knobs=knobs)
     rewards, met, dec, gpu = [], 0, 0, 0.0
     for opts, s in runs:
         r = run_episode(env, pol, opts, s)["summary"]
@@ -118,15 +130,23 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     from .evaluate import PolicySpec, make_eval_env
 
     kind = policy.split(":", 1)[1] if policy.startswith("heuristic:") else policy
-    if kind not in ("load", "throughput"):
-        raise InputError(f"can tune heuristic:load or heuristic:throughput, got {policy!r}",
-                         field="--policy")
-    pol = PolicySpec(policy, "heuristic", "DynoSim-v0")
-    env, cfg = make_eval_env(pol, "DynoSim-v0", config, dict(overrides or {}))
+    if kind not in ("load", "throughput", "kv"):
+        raise InputError(f"can tune heuristic:load, heuristic:throughput or heuristic:kv, got "
+                         f"{policy!r}", field="--policy")
+    env_id = "DynoSimRouting-v0" if kind == "kv" else "DynoSim-v0"
+    pol = PolicySpec(policy, "heuristic", env_id)
+    env, cfg = make_eval_env(pol, env_id, config, dict(overrides or {}))
     runs = [({"split": "train"}, seed + k) for k in range(episodes)]
-    space = knob_space(cfg)
-    from dynosim_gym.autoscaling_env import planner_config
-    defaults = {k: getattr(planner_config(cfg), k) for k in space}
+    if kind == "kv":
+        space = dict(KV_SPACE)
+        defaults = dict(KV_KNOBS)
+
+        def planner_config(cfg, knobs=None):      # the router's knobs need no validation
+            return None
+    else:
+        space = knob_space(cfg)
+        from dynosim_gym.autoscaling_env import planner_config
+        defaults = {k: getattr(planner_config(cfg), k) for k in space}
 
     def objective(trial) -> float:
         knobs = _suggest(trial, space)
@@ -152,7 +172,8 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     env.close()
     best = study.best_trial
     knobs = dict(best.params)
-    PlannerConfig(**{**dataclasses.asdict(planner_config(cfg)), **knobs})   # still valid
+    if kind != "kv":
+        PlannerConfig(**{**dataclasses.asdict(planner_config(cfg)), **knobs})   # still valid
     name = name or f"{kind}-tuned"
     path = Path(out) if out else TUNED_DIR / f"{name}.yaml"
     record = {
@@ -163,7 +184,8 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
         "train_gpu_hours_per_episode": float(best.user_attrs["gpu_hours_per_episode"]),
         "default_objective": float(study.trials[0].value) if study.trials[0].value is not None
         else None,
-        "tuned_on": {"config": str(config) if config is not None else "autoscale_default",
+        "tuned_on": {"config": str(config) if config is not None else
+                     ("routing_default" if kind == "kv" else "autoscale_default"),
                      "overrides": dict(overrides or {}), "split": "train",
                      "scenarios": cfg.env.scenarios, "episodes": episodes,
                      "seeds": [seed, seed + episodes - 1]},

@@ -7,6 +7,7 @@ are the figure of merit). Peak RSS is each process's own maximum resident set.
 
     python bench/peer_side_by_side.py [--repeats 3] [--configs a,b,c] [--out bench/results]
     python bench/peer_side_by_side.py --configs sa,tc,sb --name flavours_side_by_side
+    python bench/peer_side_by_side.py --configs da,db --name disagg_side_by_side
 
 Needs Dynamo's replay (``make peer`` installs ai-dynamo 1.6.1 into .peer-venv).
 """
@@ -40,6 +41,11 @@ CONFIGS = {
            "router": "kv", "block": None, "blocks": 262144, "tol": 0.03},
     "tc": {"label": "TRT-LLM (c) 4 round_robin, block 32, 8192 blocks", "backend": "trtllm",
            "workers": 4, "router": "round_robin", "block": 32, "blocks": 8192, "tol": 0.02},
+    # Disaggregated prefill/decode (issue 15): block 64, 64 GB/s, 262,144 B/token
+    "da": {"label": "disagg (a) 2P+2D round_robin", "workers": 1, "router": "round_robin",
+           "block": 64, "blocks": None, "tol": 0.02, "disagg": (2, 2, 64.0, 262144)},
+    "db": {"label": "disagg (b) 4P+4D kv", "workers": 1, "router": "kv",
+           "block": 64, "blocks": None, "tol": 0.03, "disagg": (4, 4, 64.0, 262144)},
 }
 METRICS = [("ttft", "TTFT"), ("itl", "ITL"), ("e2e_latency", "E2E")]
 STATS = [("mean", "mean"), ("median", "p50"), ("p90", "p90"), ("p99", "p99")]
@@ -56,6 +62,14 @@ def peer_python() -> Path | None:
     return None
 
 
+def _disagg_flags(cfg: dict) -> list[str]:
+    if "disagg" not in cfg:
+        return []
+    n_p, n_d, bw, bpt = cfg["disagg"]
+    return ["--num-prefill-workers", str(n_p), "--num-decode-workers", str(n_d),
+            "--kv-transfer-bandwidth", str(bw), "--kv-bytes-per-token", str(bpt)]
+
+
 def run_ours(cfg: dict) -> dict:
     cmd = [sys.executable, str(ROOT / "bench/run_ours.py"), str(TRACE),
            "--num-workers", str(cfg["workers"]), "--router-mode", cfg["router"],
@@ -64,6 +78,7 @@ def run_ours(cfg: dict) -> dict:
         cmd += ["--block-size", str(cfg["block"])]
     if cfg["blocks"]:
         cmd += ["--num-gpu-blocks", str(cfg["blocks"])]
+    cmd += _disagg_flags(cfg)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     res = json.loads(out.stdout)
@@ -80,6 +95,7 @@ def run_peer(py: Path, cfg: dict) -> dict:
         cmd += ["--block-size", str(cfg["block"])]
     if cfg["blocks"]:
         cmd += ["--num-gpu-blocks", str(cfg["blocks"])]
+    cmd += _disagg_flags(cfg)
     env = dict(os.environ, DYN_LOG="warn")
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)

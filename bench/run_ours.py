@@ -21,18 +21,33 @@ def main() -> int:
     ap.add_argument("--num-gpu-blocks", type=int, default=16384)
     ap.add_argument("--arrival-speedup-ratio", type=float, default=1.0)
     ap.add_argument("--exact-steps", action="store_true")
+    # disaggregated pools (sim.disagg): both sizes given = disaggregated
+    ap.add_argument("--num-prefill-workers", type=int, default=None)
+    ap.add_argument("--num-decode-workers", type=int, default=None)
+    ap.add_argument("--kv-transfer-bandwidth", type=float, default=64.0)
+    ap.add_argument("--kv-bytes-per-token", type=int, default=None)
     a = ap.parse_args()
     t_import = time.perf_counter()
+    from sim.disagg import DisaggConfig
     from sim.engine import EngineConfig
     from sim.simulator import ClusterConfig, Simulation
     from sim.timing import PolynomialTiming
     from sim.workloads import load_mooncake
     t0 = time.perf_counter()
     wl = load_mooncake(a.trace, arrival_speedup_ratio=a.arrival_speedup_ratio)
-    sim = Simulation(wl, engine=EngineConfig(backend=a.backend, block_size=a.block_size,
-                                             num_gpu_blocks=a.num_gpu_blocks),
-                     timing=PolynomialTiming(), cluster=ClusterConfig(num_workers=a.num_workers),
-                     router=a.router_mode, seed=0, exact=a.exact_steps)
+    eng = EngineConfig(backend=a.backend, block_size=a.block_size,
+                       num_gpu_blocks=a.num_gpu_blocks)
+    disagg = None
+    if a.num_prefill_workers is not None:
+        disagg = DisaggConfig(num_prefill_workers=a.num_prefill_workers,
+                              num_decode_workers=a.num_decode_workers, prefill_engine=eng,
+                              decode_engine=eng, prefill_router=a.router_mode,
+                              decode_router=a.router_mode,
+                              kv_transfer_bandwidth=a.kv_transfer_bandwidth,
+                              kv_bytes_per_token=a.kv_bytes_per_token)
+    sim = Simulation(wl, engine=eng, timing=PolynomialTiming(),
+                     cluster=ClusterConfig(num_workers=a.num_workers), router=a.router_mode,
+                     seed=0, exact=a.exact_steps, disagg=disagg)
     res = sim.run()
     wall = time.perf_counter() - t0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -4,6 +4,7 @@ early stopping loses, and RLlib vs SB3 steps/s. Results: ``bench/results/scale_o
     .venv/bin/python bench/scale_out.py sweep            # points/s, 1 vs 2 Ray CPUs
     .venv/bin/python bench/scale_out.py exactness DIR    # DIR: a --no-early-stop search
     .venv/bin/python bench/scale_out.py rl --timesteps 20000
+    .venv/bin/python bench/scale_out.py bound --trials 40   # the bound rule is exact: same front
 
 The search itself is a plain ``dynosim search`` run (README has the command); its
 ``search.json`` records wall time and simulated requests/s.
@@ -130,6 +131,55 @@ def bench_exactness(args) -> dict:
             "rungs_recorded_s": rungs, "spearman_rung_vs_full": corr, "schedules": out}
 
 
+# -- the bound rule: same candidates, with and without early stopping -------------------------
+
+def _search_cmd(args, out: Path, early: str, sampler: str) -> list[str]:
+    return [DYNOSIM, "search", "--space", args.space, "--objective", args.objective,
+            "--trials", str(args.trials), "--sampler", sampler, "--early-stop", early,
+            "--seed", str(args.seed), "--out", str(out), "--quiet"]
+
+
+def bench_bound(args) -> dict:
+    """``dynosim search --sampler random`` (the candidates do not depend on the results)
+    with ``--early-stop none`` and ``--early-stop bound``, run at the same time so that both
+    see the same machine load: the same front and best (trial ids and values), the work
+    each spent (child CPU seconds, simulated seconds) and the wall time."""
+    runs = {}
+    procs = {}
+    load0 = _load()
+    for early in ("none", "bound"):
+        out = Path(args.out) / f"bound_{early}"
+        procs[early] = (subprocess.Popen(_search_cmd(args, out, early, "random"),
+                                         stdout=subprocess.DEVNULL), out)
+    for early, (proc, out) in procs.items():
+        _, status, ru = os.wait4(proc.pid, 0)
+        info = json.loads((out / "search.json").read_text())
+        with open(out / "trials.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        front = [(r["trial"], r[list(r)[1]], r[list(r)[2]])
+                 for r in csv.DictReader(open(out / "front.csv", newline=""))]
+        runs[early] = {"wall_s": info["run_info"]["wall_s"],     # the search's own
+                       "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
+                       "exit": os.waitstatus_to_exitcode(status),
+                       "simulated_s": round(sum(float(r["sim_s"]) for r in rows)),
+                       "statuses": {k: sum(r["status"] == k for r in rows)
+                                    for k in ("complete", "pruned", "failed")},
+                       "requests_per_s": info["run_info"]["simulated_requests_per_s"],
+                       "best": info["best"] and {"trial": info["best"]["trial"],
+                                                 "values": info["best"]["values"]},
+                       "front": front}
+        print(json.dumps({k: v for k, v in runs[early].items() if k != "front"}),
+              file=sys.stderr)
+    n, b = runs["none"], runs["bound"]
+    return {"bench": "bound", "trials": args.trials, "objective": args.objective,
+            "space": args.space, "seed": args.seed, "load_before": load0,
+            "load_after": _load(), "same_front": n["front"] == b["front"],
+            "same_best": n["best"] == b["best"], "front_size": len(n["front"]),
+            "cpu_ratio_bound_over_none": round(b["cpu_s"] / n["cpu_s"], 3),
+            "simulated_ratio_bound_over_none": round(b["simulated_s"] / n["simulated_s"], 3),
+            "runs": runs}
+
+
 # -- RL: RLlib vs SB3 steps/s ---------------------------------------------------------------------
 
 def bench_rl(args) -> dict:
@@ -185,13 +235,20 @@ def main() -> int:
     e.add_argument("dir")
     r = sub.add_parser("rl")
     r.add_argument("--timesteps", type=int, default=20_000)
-    for x in (s, e, r):
+    b = sub.add_parser("bound")
+    b.add_argument("--trials", type=int, default=40)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
+    b.add_argument("--objective", default="minimise totals.gpu_hours subject to "
+                   "latency_ms.ttft.p90 <= 3000")
+    for x in (s, e, r, b):
         x.add_argument("--out", default="out/bench_scale_out")
         x.add_argument("--json", default=None, help="append the result to this JSON-lines file")
     args = p.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    res = {"sweep": bench_sweep, "exactness": bench_exactness, "rl": bench_rl}[args.what](args)
+    res = {"sweep": bench_sweep, "exactness": bench_exactness, "rl": bench_rl,
+           "bound": bench_bound}[args.what](args)
     res.update(nproc=os.cpu_count(), started_utc=time.strftime("%Y-%m-%d %H:%M",
                                                                time.gmtime(t0)))
     text = json.dumps(res, indent=1)

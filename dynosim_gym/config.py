@@ -30,14 +30,14 @@ from sim.schema import (COUNT, GPUS, MAX_TOKENS, PLANNER_FIELDS, RATE, SHARE_OPE
 
 import envs_configs as _bundled
 
-from .scenarios import FAMILIES
+from .scenarios import FAMILIES, ROUTING_FAMILIES
 
 CONFIG_DIR = Path(_bundled.__file__).resolve().parent     # the bundled YAML scenarios
 #: Load shapes an episode can draw: the v0.1 shapes (a mean rate in [rate_min, rate_max])
 #: and the workload families of :mod:`dynosim_gym.scenarios` (a peak rate in that range and a
 #: 5-20x swing).
 LEGACY_SCENARIOS = ("diurnal", "bursty", "ramp", "steady")
-SCENARIOS = LEGACY_SCENARIOS + FAMILIES
+SCENARIOS = LEGACY_SCENARIOS + FAMILIES + tuple(ROUTING_FAMILIES)
 REWARD_MODES = ("per_request", "interval", "lagrangian")
 
 
@@ -221,6 +221,9 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
     v = _Validator(source, where, (source, None))
     sim_cfg = parse_config(data, source=source, where=where, base_dir=base_dir,
                            default_where=(source, None))
+    if sim_cfg.disagg is not None:
+        raise v.error("the environments drive one aggregated pool; disaggregated pools are "
+                      "not modelled in them yet", "disagg")
     env = _parse_env(env_data, v)
     cfg = EnvConfig(sim=sim_cfg, env=env, source=source)
     _check(cfg, v)

@@ -9,8 +9,10 @@ splits draw from different seed streams, so evaluation episodes are never traini
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -31,6 +33,25 @@ SPLIT_KEY = {"train": 0, "eval": 1}
 OPTION_KEYS = ("window_start_s", "scenario", "split", "rate_rps", "swing")
 
 _TRACES: dict[str, Any] = {}      # bundled traces of the trace families, parsed once per process
+_CONFIG_TRACES: dict[tuple, Any] = {}   # traces of trace configs, by workload block and file
+
+
+def config_trace(scfg):
+    """The parsed trace of a trace config, shared by every env of the process that uses the
+    same ``workload`` block and file (a vector env's copies, evaluation and tuning loops
+    that build env after env): parsing the bundled Mooncake trace (~0.2 s) costs as much
+    as ~30 steps of ``autoscale_mooncake``. Sharing is safe: windows only read the parsed rows (iteration state lives
+    in each episode's :class:`~sim.workloads.TraceWindow`)."""
+    block = scfg.workload
+    path = block.get("path")
+    stamp = None
+    if isinstance(path, str) and Path(path).is_file():
+        st = Path(path).stat()
+        stamp = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    key = (json.dumps(block, sort_keys=True, default=str), stamp)
+    if key not in _CONFIG_TRACES:
+        _CONFIG_TRACES[key] = build_workload(scfg)
+    return _CONFIG_TRACES[key]
 
 
 def family_trace(name: str):
@@ -62,7 +83,7 @@ class EpisodeFactory:
     @property
     def trace(self):
         if self._trace is None:
-            self._trace = build_workload(self.cfg.sim)
+            self._trace = config_trace(self.cfg.sim)
         return self._trace
 
     @property
@@ -161,6 +182,8 @@ class EpisodeFactory:
         rate = float(opts.get("rate_rps", rng.uniform(env.rate_min_rps, env.rate_max_rps)))
         if scenario in fam.FAMILIES:
             return self._family(scenario, rate, rng, rng_workload, opts, split)
+        if scenario in fam.ROUTING_FAMILIES:
+            return self._routing_family(scenario, rate, rng, rng_workload, split)
         day_offset = float(rng.uniform(0.0, env.day_period_s))
         T = self.duration_s
         if scenario == "diurnal":
@@ -216,6 +239,29 @@ class EpisodeFactory:
         desc["arrival"] = {"process": "piecewise", "knots_s": list(envelope.knots_s),
                            "rates_rps": list(envelope.rates)}
         desc["mean_rps"] = envelope.mean(T)
+        return workload, desc
+
+    def _routing_family(self, family: str, rate: float, rng: np.random.Generator,
+                        rng_workload: np.random.Generator, split: str) -> tuple[Any, dict]:
+        """An episode of a routing family (:data:`dynosim_gym.scenarios.ROUTING_FAMILIES`)."""
+        spec = fam.ROUTING_FAMILIES[family]
+        T = self.duration_s
+        desc: dict[str, Any] = {"workload": "routing_family", "scenario": family,
+                                "day_offset_s": 0.0}
+        if "trace" in spec:
+            trace = family_trace(spec["trace"])
+            start = fam.trace_window_start(trace_duration_s(trace), T, rng, split,
+                                           self.cfg.env.eval_fraction)
+            desc.update(trace=spec["trace"], window_start_s=start)
+            return TraceWindow(trace, start, start + T), desc
+        arrival = fam.routing_arrival(spec["arrival"], rate, rng)
+        block = dict(self.cfg.sim.workload)
+        block.pop("num_requests", None)
+        block.update(spec["workload"])
+        block.update(arrival=arrival, duration_s=T)
+        with _located(self.cfg.sim):
+            workload = from_config(block, rng_workload, prefix="workload")
+        desc["arrival"] = arrival
         return workload, desc
 
 

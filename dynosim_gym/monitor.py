@@ -48,6 +48,8 @@ class Interval:
     gpu_seconds: float = 0.0      # provisioned in the interval (starting + active + draining)
     ttfts: list[float] = field(default_factory=list, repr=False)
     tpots: list[float] = field(default_factory=list, repr=False)
+    #: ``(request index, met)`` of every request decided in the interval, in order
+    outcomes: list[tuple[int, bool]] = field(default_factory=list, repr=False)
 
     @property
     def finished(self) -> int:
@@ -58,6 +60,37 @@ class Interval:
     def sla_attainment(self) -> float:
         """Share of decided requests that met the SLA; 1.0 if none was decided."""
         return self.met / self.finished if self.finished else 1.0
+
+
+def _scan(seqs, waiting: bool, now: float, timeout: float, gone: set, oldest: float,
+          outcomes: list) -> tuple:
+    """One engine queue's share of an interval: ``(queued prefill tokens, oldest wait,
+    requests newly past the timeout)``. ``waiting``: every sequence's uncomputed known
+    tokens count (= ``Engine.queued_prefill_tokens``); running: only the uncomputed prompt
+    of sequences without a first token. A request first seen past ``timeout`` (ms) without
+    a first token joins ``gone``, counts once and appends ``(index, False)`` to ``outcomes``
+    (the routing env credits it to the decision that routed it). ``oldest`` (ms) is the running maximum
+    carried over the queues. Compiled, ``s`` is typed (``monitor.pxd``): this scan visits
+    every queued request at every step, thousands when the pool is overloaded."""
+    qp = 0
+    n_out = 0
+    for s in seqs:
+        if waiting:
+            qp += s.prompt_len + s.generated - s.computed
+        if s.first_token != s.first_token:      # NaN: no first token yet
+            arrival = s.req.arrival_ms
+            age = now - arrival
+            if not waiting and s.prompt_len > s.computed:
+                qp += s.prompt_len - s.computed
+            if age > oldest:
+                oldest = age
+            if age > timeout:
+                index = s.req.index
+                if index not in gone:
+                    gone.add(index)
+                    n_out += 1
+                    outcomes.append((index, False))
+    return qp, oldest, n_out
 
 
 class ClusterMonitor:
@@ -104,6 +137,7 @@ class ClusterMonitor:
                     if o == 0:        # output_length 0: no token, no sample, not within SLA
                         reused += ru[j]
                         prompt += il[j]
+                        iv.outcomes.append((idx[j], False))
                         continue
                     ttft = ft[j] - arr[j]
                     tpot = (lt[j] - ft[j]) / (o - 1) if o > 1 else 0.0
@@ -111,10 +145,13 @@ class ClusterMonitor:
                     iv.tpots.append(tpot)
                     reused += ru[j]
                     prompt += il[j]
-                    if ttft <= ttft_sla and tpot <= itl_sla:
+                    ok = ttft <= ttft_sla and tpot <= itl_sla
+                    if ok:
                         iv.met += 1
+                    iv.outcomes.append((idx[j], ok))
                 else:
                     iv.rejected += 1
+                    iv.outcomes.append((idx[j], False))
             self._row = k
         if prompt:
             self._hit = reused / prompt
@@ -150,22 +187,14 @@ class ClusterMonitor:
                 iv.draining += 1
             iv.queued += len(eng.waiting)
             iv.running += len(eng.running)
-            qp = 0
-            for lst in (eng.waiting, eng.running):
-                waiting = lst is eng.waiting
-                for s in lst:
-                    if waiting:        # = Engine.queued_prefill_tokens, in the same pass
-                        qp += s.prompt_len + s.generated - s.computed
-                    if s.first_token != s.first_token:      # NaN: no first token yet
-                        age = now - s.req.arrival_ms
-                        if not waiting:
-                            qp += max(0, s.prompt_len - s.computed)
-                        if age > oldest:
-                            oldest = age
-                        if age > timeout and s.req.index not in gone:
-                            gone.add(s.req.index)
-                            iv.timed_out += 1
+            qp, oldest, n_out = _scan(eng.waiting, True, now, timeout, gone, oldest,
+                                        iv.outcomes)
             iv.queued_prefill_tokens += qp
+            iv.timed_out += n_out
+            qp, oldest, n_out = _scan(eng.running, False, now, timeout, gone, oldest,
+                                        iv.outcomes)
+            iv.queued_prefill_tokens += qp
+            iv.timed_out += n_out
         iv.kv_utilisation = kv_sum / iv.active if iv.active else 0.0
         iv.oldest_wait_ms = oldest
         iv.gpu_seconds = gpu_ms / 1000.0 * self.gpus

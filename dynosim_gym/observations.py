@@ -61,6 +61,15 @@ def _lg(x: float) -> float:
     return math.log1p(x) if x > 0 else 0.0
 
 
+def _clamp(x: float) -> float:
+    """``x`` clipped to ``[-LOG_MAX, LOG_MAX]`` (NaN stays NaN, as with ``np.clip``)."""
+    if x > LOG_MAX:
+        return LOG_MAX
+    if x < -LOG_MAX:
+        return -LOG_MAX
+    return x
+
+
 def _slog(x: float) -> float:
     return math.copysign(math.log1p(abs(x)), x)
 
@@ -130,7 +139,10 @@ class ObservationBuilder:
             _slog((trend[-1][1] - q0) / k),
             _lg(self.startup_s / self.interval_s),
         )
-        return np.clip(np.asarray(v, dtype=np.float32), -LOG_MAX, LOG_MAX)
+        # Clamped before the float32 conversion: the same values as np.clip after it (the
+        # bounds are exact in float32, rounding is monotone, NaN passes), without np.clip's
+        # ~15 us of dispatch per call (~1 % of a step).
+        return np.array([_clamp(x) for x in v], dtype=np.float32)
 
     def observe(self, iv: Interval, day_offset_s: float, elapsed_s: float) -> np.ndarray:
         self._hist.append(self.vector(iv, day_offset_s, elapsed_s))

@@ -93,7 +93,9 @@ class DynoSimRoutingEnv(SimEnv):
     longer than ``timeout_s`` without a first token (counted once). Default weight 1 (+1 per
     met request, -1 per violation); the terms are in ``info["reward_terms"]`` (``met``,
     ``violated``). ``reward.gpu_weight`` and ``reward.change_penalty`` do not apply (the pool
-    is fixed).
+    is fixed). ``info["request_outcomes"]`` lists ``(request index, met)`` of the requests
+    decided in the step, and ``info["routed_request_index"]`` the request the step routed,
+    so a learner can credit each outcome to the decision that served it.
 
     ## Starting State
 
@@ -256,6 +258,9 @@ class DynoSimRoutingEnv(SimEnv):
             "requests_decided": decided,
             "requests_met": met,
             "sla_attainment": iv.sla_attainment,
+            # (request index, met) of the requests decided in this step: lets a learner
+            # credit each outcome to the step that routed it (agents/router_train.py)
+            "request_outcomes": iv.outcomes,
         }
         if truncated:
             info["episode_summary"] = self.episode_summary()
@@ -287,7 +292,9 @@ class DynoSimRoutingEnv(SimEnv):
 
     def episode_summary(self) -> dict[str, Any]:
         """The episode so far: SLA attainment, p90 TTFT and ITL (ms), prefix-cache hit rate of
-        the completed requests, requests routed per worker, GPU-hours."""
+        the completed requests (``kv_hit_rate`` = ``reused_input_tokens / prompt_tokens``),
+        requests routed per worker and routed but not decided (``requests_in_flight``), the
+        window length (``simulated_s``), GPU-hours."""
         tot = self._totals
         reused = prompt = 0
         if self.sim is not None:
@@ -303,6 +310,10 @@ class DynoSimRoutingEnv(SimEnv):
             "ttft_p90_ms": _pct(sorted(self._ttfts), 0.9) if self._ttfts else 0.0,
             "itl_p90_ms": _pct(sorted(self._tpots), 0.9) if self._tpots else 0.0,
             "kv_hit_rate": reused / prompt if prompt else 0.0,
+            "reused_input_tokens": int(reused),
+            "prompt_tokens": int(prompt),
+            "simulated_s": self.horizon_ms / 1000.0,
+            "requests_in_flight": max(0, self._routed - tot["finished"]),
             "requests_routed": self._routed,
             "requests_per_worker": list(self._per_worker),
             "requests_decided": tot["finished"],

@@ -207,6 +207,54 @@ def trace_start_row(trace, rng: np.random.Generator, split: str,
 TRACE_LOAD = {"mooncake_mod": 0.6, "azure_mod": 4.0}
 
 
+# -- routing families ---------------------------------------------------------------------------
+#: Workload families where the routing decision matters (``DynoSimRouting-v0``). Each one
+#: changes the config's ``workload`` block (request content: prefix groups, shared system
+#: prompts, sessions, length distributions) and draws the arrivals, at the episode's rate
+#: ``r`` (new conversations/s, drawn in ``[rate_min_rps, rate_max_rps]``):
+#:
+#: | family | requests | arrivals |
+#: |---|---|---|
+#: | ``multitenant_prefix`` | 32 tenants (prefix groups), 75 % of a first turn is the tenant's system prompt, 4-turn sessions | Poisson ``r`` |
+#: | ``prefix_bursts`` | the config's requests (shared prompts, sessions) | bursts: gamma renewal, CV drawn in [3, 5], mean ``r`` |
+#: | ``uneven_sizes`` | heavy-tailed lengths: ISL lognormal sigma 1.3 (to 32k), OSL sigma 1.0; 8 prefix groups | Poisson ``r`` |
+#: | ``mooncake_window`` | a window of the bundled Mooncake conversation trace (its own timestamps, prefix hashes) | the trace's |
+#: | ``azure_window`` | a window of the bundled Azure 2023 conversation trace (its own timestamps) | the trace's |
+#:
+#: Trace windows start in the leading ``1 - eval_fraction`` of the trace (``split=train``) or
+#: in the rest (``split=eval``), so held-out windows are never training ones.
+ROUTING_FAMILIES: dict[str, dict[str, Any]] = {
+    "multitenant_prefix": {"workload": {"num_prefix_groups": 32, "shared_prefix_ratio": 0.75,
+                                        "turns_per_session": 4,
+                                        "isl": {"dist": "lognormal", "mean": 3000,
+                                                "sigma": 0.6, "max_value": 16000}},
+                           "arrival": "poisson"},
+    "prefix_bursts": {"workload": {}, "arrival": "bursts"},
+    "uneven_sizes": {"workload": {"isl": {"dist": "lognormal", "mean": 3000, "sigma": 1.3,
+                                          "max_value": 32000},
+                                  "osl": {"dist": "lognormal", "mean": 300, "sigma": 1.0,
+                                          "max_value": 2000}},
+                     "arrival": "poisson"},
+    "mooncake_window": {"trace": "mooncake_conversation"},
+    "azure_window": {"trace": "azure_conversation"},
+}
 
-__all__ = ["FAMILIES", "SYNTHETIC_FAMILIES", "TRACE_FAMILIES", "Envelope", "EnvelopeArrivals",
+
+def routing_arrival(kind: str, rate: float, rng: np.random.Generator) -> dict[str, Any]:
+    """A routing family's arrival block (``workload.arrival``) at mean ``rate`` req/s."""
+    if kind == "bursts":
+        return {"process": "gamma", "rate": rate, "cv": float(rng.uniform(3.0, 5.0))}
+    return {"process": "poisson", "rate": rate}
+
+
+def trace_window_start(duration_s: float, horizon_s: float, rng: np.random.Generator,
+                       split: str, eval_fraction: float) -> float:
+    """Whole-second start of a ``horizon_s`` window: in the leading ``1 - eval_fraction`` of
+    a ``duration_s`` trace for ``split=train``, in the rest for ``split=eval``."""
+    cut = duration_s * (1.0 - eval_fraction)
+    lo, hi = (0.0, cut) if split == "train" else (cut, duration_s)
+    return float(math.floor(rng.uniform(lo, max(lo, hi - horizon_s))))
+
+
+__all__ = ["FAMILIES", "ROUTING_FAMILIES", "SYNTHETIC_FAMILIES", "TRACE_FAMILIES", "Envelope", "EnvelopeArrivals",
            "EnvelopeTraceWorkload", "draw_envelope", "poisson_times_ms"]

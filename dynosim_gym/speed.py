@@ -123,13 +123,23 @@ def summary(results: dict[str, list[dict]]) -> list[dict]:
     return out
 
 
+#: The yardstick row: v0.1's default, whose speed is known on several machines. Speeds on
+#: a shared or slower machine are comparable as ratios to it, measured in the same run.
+YARDSTICK = "autoscale_legacy"
+
+
 def markdown(rows: list[dict], repeats: int, episodes: int) -> str:
-    lines = ["| environment, config, policy | steps/s (median) | min–max | requests/step |",
-             "|---|---:|---:|---:|"]
+    ref = next((r["steps_per_s_median"] for r in rows if YARDSTICK in r["case"]), None)
+    lines = ["| environment, config, policy | steps/s (median) | min–max | requests/step |"
+             + (f" × {YARDSTICK} |" if ref else ""),
+             "|---|---:|---:|---:|" + ("---:|" if ref else "")]
     for r in rows:
         rps = r["requests_per_step"]
-        lines.append(f"| {r['case']} | {r['steps_per_s_median']:,.0f} | {r['steps_per_s_min']:,.0f}–"
-                     f"{r['steps_per_s_max']:,.0f} | {'—' if rps != rps else f'{rps:.1f}'} |")
+        line = (f"| {r['case']} | {r['steps_per_s_median']:,.0f} | {r['steps_per_s_min']:,.0f}–"
+                f"{r['steps_per_s_max']:,.0f} | {'—' if rps != rps else f'{rps:.1f}'} |")
+        if ref:
+            line += f" {r['steps_per_s_median'] / ref:.2f} |"
+        lines.append(line)
     note = (f"\n\n{repeats} interleaved repeats x {episodes} episodes each (more for short "
             f"episodes: at least {MIN_STEPS} steps; reset included), one process unless "
             "stated, Python " + sys.version.split()[0] + ".\n")

@@ -87,6 +87,33 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--schedule-conservativeness": ("engine.schedule_conservativeness", float, "X",
                                     "SGLang only: scales the new-token ratio (default 1.0)"),
 }
+# Disaggregated prefill/decode pools (sim.disagg; Dynamo's flag names). Any of them turns
+# the run disaggregated, which needs both pool sizes (from flags or the YAML's disagg).
+DISAGG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
+    "--num-prefill-workers": ("disagg.num_prefill_workers", int, "N",
+                              "disaggregated: prefill workers, with --num-decode-workers (default: aggregated)"),
+    "--num-decode-workers": ("disagg.num_decode_workers", int, "N",
+                             "disaggregated: decode workers, with --num-prefill-workers (default: aggregated)"),
+    "--kv-transfer-bandwidth": ("disagg.kv_transfer_bandwidth", float, "GBPS",
+                                "disaggregated: prefill->decode KV bandwidth, GB/s; 0 = no "
+                                "delay (default 64)"),
+    "--kv-bytes-per-token": ("disagg.kv_bytes_per_token", int, "BYTES",
+                             "disaggregated: KV bytes per token (default: none = no delay)"),
+    "--kv-transfer-timing-mode": ("disagg.kv_transfer_timing_mode", str,
+                                  "{full_prompt,destination_missing}",
+                                  "disaggregated: tokens charged per handoff (default "
+                                  "full_prompt)"),
+    "--prefill-router-mode": ("disagg.prefill_router_mode", str, "MODE",
+                              "disaggregated: prefill pool's router (default --router-mode)"),
+    "--decode-router-mode": ("disagg.decode_router_mode", str, "MODE",
+                             "disaggregated: decode pool's router (default --router-mode)"),
+    "--prefill-engine-args-json": ("disagg.prefill_engine", str, "JSON",
+                                   "disaggregated: engine fields for prefill workers only, e.g. '{\"max_num_batched_tokens\": 16384}' (default: the --block-size ... engine flags)"),
+    "--decode-engine-args-json": ("disagg.decode_engine", str, "JSON",
+                                  "disaggregated: engine fields for decode workers only (default: the engine flags)"),
+}
+FLAGS.update(DISAGG_FLAGS)
+
 #: Old spellings kept for one release (0.1.x), with a note on stderr; remove in 0.2.
 DEPRECATED_FLAGS = {"--ttft-sla-ms": "--sla-ttft-ms", "--itl-sla-ms": "--sla-itl-ms"}
 #: Planner flags -> planner section keys (``--planner`` itself sets ``planner.kind``).
@@ -301,7 +328,8 @@ def _from_cmdline(exc: InputError) -> str:
     """Name the flag, not the config field, when a flag supplied the bad value."""
     if exc.file == CMDLINE:
         field = exc.field or ""
-        flag = field if field.startswith("--") else FLAG_OF.get(field)
+        flag = field if field.startswith("--") else \
+            FLAG_OF.get(field) or FLAG_OF.get(field.rpartition(".")[0])   # (JSON-valued flags)
         return f"argument {flag}: {exc.detail}" if flag else \
             f"{CMDLINE}, field '{exc.field}': {exc.detail}"
     return str(exc)
@@ -392,6 +420,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, _dest(flag))
         if value is not None:
             over[dotted] = value
+    _disagg_overrides(args, cfg, over)
     base = cfg.workload if isinstance(cfg.workload, dict) else {}
     base_kind = base.get("kind")
     if args.trace is not None or args.trace_format is not None:
@@ -460,6 +489,37 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if cfg.workload is None:
         raise InputError("no workload: give --trace PATH or --config YAML with a workload")
     return cfg.resolved()
+
+
+def _disagg_overrides(args: argparse.Namespace, cfg: RunConfig, over: dict[str, Any]) -> None:
+    """Disaggregated flags: engine JSON parsed; pool sizes required; not with --num-workers."""
+    given = [f for f in DISAGG_FLAGS if getattr(args, _dest(f)) is not None]
+    if not given:
+        return
+    if args.num_workers is not None or args.initial_workers is not None:
+        flag = "--num-workers" if args.num_workers is not None else "--initial-workers"
+        raise InputError(f"aggregated workers do not mix with disaggregated pools ({given[0]});"
+                         " size them with --num-prefill-workers and --num-decode-workers",
+                         file=CMDLINE, field=flag)
+    if cfg.disagg is None:
+        for flag in ("--num-prefill-workers", "--num-decode-workers"):
+            if getattr(args, _dest(flag)) is None:
+                raise InputError(f"{given[0]} makes the run disaggregated, which needs "
+                                 "--num-prefill-workers and --num-decode-workers",
+                                 file=CMDLINE, field=flag)
+    for flag in ("--prefill-engine-args-json", "--decode-engine-args-json"):
+        text = getattr(args, _dest(flag))
+        if text is None:
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"not a JSON object: {exc.msg} (char {exc.pos})", file=CMDLINE,
+                             field=flag) from None
+        if not isinstance(data, dict):
+            raise InputError(f"expected a JSON object of engine fields, got "
+                             f"{type(data).__name__}", file=CMDLINE, field=flag)
+        over[DISAGG_FLAGS[flag][0]] = data
 
 
 def _planner_json(text: str) -> dict[str, Any]:
@@ -655,6 +715,9 @@ def overload_warnings(summary: dict[str, Any], cfg: RunConfig) -> list[str]:
 
 
 def _workers(cfg: RunConfig) -> str:
+    if cfg.disagg is not None:
+        return (f"{cfg.disagg['num_prefill_workers']} prefill + "
+                f"{cfg.disagg['num_decode_workers']} decode workers")
     n = cfg.cluster.num_workers
     return f"{n} worker{'s' if n != 1 else ''} at start" if cfg.planner else \
         f"{n} worker{'s' if n != 1 else ''}"
@@ -692,6 +755,9 @@ def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     count = f", {n:,} requests" if isinstance(n, int) else ""
     n = cfg.cluster.num_workers
     workers = f"{n} worker{'s' if n != 1 else ''}"
+    if cfg.disagg is not None:
+        workers = (f"{cfg.disagg['num_prefill_workers']} prefill + "
+                   f"{cfg.disagg['num_decode_workers']} decode workers")
     if cfg.planner is not None:      # the count changes during the run
         workers += (f" at start, {cfg.planner['kind']} planner (budget "
                     f"{cfg.planner['max_gpu_budget']} GPUs)")
@@ -725,6 +791,10 @@ def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunCon
       f"{t['total_output_tokens']:,}   (completed requests)\n")
     w(f"  prefix reuse  {t['prefix_cache_reused_ratio']:.1%}   preemptions "
       f"{t['num_preemptions']:,}   GPU-hours {t['gpu_hours']:.2f}\n")
+    if "prefill_worker_seconds" in t:     # disaggregated pools
+        w(f"  pools         prefill {t['prefill_worker_seconds']:,.0f} worker-s "
+          f"({t['prefill_gpu_hours']:.2f} GPU-h)   decode {t['decode_worker_seconds']:,.0f} "
+          f"worker-s ({t['decode_gpu_hours']:.2f} GPU-h)\n")
     if "goodput" in summary:
         g = summary["goodput"]
         w(f"  goodput       {g['good_requests']:,} requests within SLA "

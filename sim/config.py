@@ -34,6 +34,8 @@ from .errors import InputError
 from .router import ROUTER_MODES, KvRouterConfig
 from .schema import (BLOCK_SIZE, GPUS, NUM_GPU_BLOCKS, PLANNER_FIELDS, RATIO, SEED, SEQS,
                      TIME_MS_POS, TIME_S, TIME_S_POS, TOKENS, WEIGHT, WORKERS)
+from .schema import GBPS, KV_BYTES
+from .disagg import TRANSFER_TIMING_MODES, DisaggConfig
 from .simulator import ClusterConfig, Simulation
 from .timing_spec import make_timing
 from .workloads import from_config
@@ -105,6 +107,8 @@ class RouterSection:
     prefill_load_scale: float = _opt(1.0, range=WEIGHT)  # weight of the prefill term in the cost
     temperature: float = _opt(0.0, range=WEIGHT)  # 0 = argmin (random ties); > 0 = softmax
     assume_kv_reuse: bool = True                     # count blocks shared by active requests once
+    track_active_blocks: bool = True     # decode-load term (off for a disaggregated prefill pool)
+    track_prefill_tokens: bool = True    # pending-prefill term (off for a decode pool)
 
 
 @dataclass
@@ -130,7 +134,95 @@ SECTIONS: dict[str, type] = {
 #: for goodput and planner): a planner run without one gets the planner defaults there.
 PLANNER_KINDS = ("load", "throughput")
 PLANNER_SLA = {"ttft_ms": "ttft_ms", "itl_ms": "itl_ms"}   # PlannerConfig -> sla
-TOP_KEYS = ("workload", *SECTIONS, "planner")
+TOP_KEYS = ("workload", *SECTIONS, "planner", "disagg")
+
+
+# -- disaggregated prefill/decode (sim.disagg) ----------------------------------------------
+@dataclass
+class DisaggSection:
+    """``disagg:`` - separate prefill and decode pools (Dynamo's names). Absent = one
+    aggregated pool of ``cluster.num_workers``. ``prefill_engine``/``decode_engine`` hold
+    ``engine`` fields that differ for that role; unset routers and GPU counts are the run's
+    ``router.mode`` and ``cluster.gpus_per_worker``."""
+    num_prefill_workers: int = _opt(1, range=WORKERS)
+    num_decode_workers: int = _opt(1, range=WORKERS)
+    kv_transfer_bandwidth: float = _opt(64.0, range=GBPS)   # GB/s; 0 = no transfer delay
+    kv_bytes_per_token: int | None = _opt(None, range=KV_BYTES)   # null = no transfer delay
+    kv_transfer_timing_mode: str = _opt("full_prompt", choices=TRANSFER_TIMING_MODES)
+    prefill_router_mode: str | None = _opt(None, choices=ROUTER_MODES)
+    decode_router_mode: str | None = _opt(None, choices=ROUTER_MODES)
+    prefill_gpus_per_worker: int | None = _opt(None, range=GPUS)
+    decode_gpus_per_worker: int | None = _opt(None, range=GPUS)
+    prefill_engine: dict | None = None      # engine-field overrides for prefill workers
+    decode_engine: dict | None = None       # ... and for decode workers
+
+
+DISAGG_ROLES = ("prefill", "decode")
+
+
+def _check_disagg(data: Any, cfg: "RunConfig", v: "_Validator") -> dict[str, Any] | None:
+    """The validated ``disagg`` block as a plain dict (role engines merged over ``engine``
+    and checked like it), or None when aggregated."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise v.error(f"expected a mapping, got {_show(data)}", "disagg")
+    scalars = {k: val for k, val in data.items() if not k.endswith("_engine")}
+    for key in ("prefill_router_mode", "decode_router_mode"):
+        if scalars.get(key) in ROUTER_ALIASES:
+            scalars[key] = ROUTER_ALIASES[scalars[key]]
+    sec = v.section(scalars, DisaggSection, "disagg")
+    v.check_keys(data, [f.name for f in fields(DisaggSection)], "disagg")
+    if "cluster.num_workers" in v.where:
+        raise v.error("does not apply to disaggregated pools (disagg.num_prefill_workers "
+                      "and disagg.num_decode_workers size them)", "cluster.num_workers")
+    out = asdict(sec)
+    base = asdict(cfg.engine)
+    for role in DISAGG_ROLES:
+        over = data.get(f"{role}_engine") or {}
+        name = f"disagg.{role}_engine"
+        if not isinstance(over, Mapping):
+            raise v.error(f"expected a mapping of engine fields, got {_show(over)}", name)
+        v.check_keys(over, list(base), name)
+        role_eng = v.section(over, EngineSection, name)
+        merged = {**base, **{k: getattr(role_eng, k) for k in over}}
+        out[f"{role}_engine"] = dict(over)
+        out[f"_{role}_resolved"] = merged
+        if merged["backend"] != "vllm":
+            raise v.error(f"disaggregated pools are modelled for the vllm backend only "
+                          f"(got {merged['backend']})", f"{name}.backend" if "backend" in over
+                          else "engine.backend")
+    if out["_prefill_resolved"]["block_size"] != out["_decode_resolved"]["block_size"]:
+        field_ = next((f"disagg.{r}_engine.block_size" for r in ("decode", "prefill")
+                       if "block_size" in (data.get(f"{r}_engine") or {})), "disagg")
+        raise v.error(f"the prefill and decode pools need the same block_size (got "
+                      f"{out['_prefill_resolved']['block_size']} and "
+                      f"{out['_decode_resolved']['block_size']})", field_)
+    return out
+
+
+def disagg_config(cfg: "RunConfig") -> DisaggConfig | None:
+    """The :class:`sim.disagg.DisaggConfig` of ``cfg.disagg`` (None when aggregated)."""
+    d = cfg.disagg
+    if d is None:
+        return None
+    def engine(role: str) -> EngineConfig:
+        e = dict(d[f"_{role}_resolved"])
+        if e["schedule_policy"] == "fcfs":
+            e["schedule_policy"] = "fifo"
+        return EngineConfig(**e)
+    gpus = cfg.cluster.gpus_per_worker
+    return DisaggConfig(
+        num_prefill_workers=d["num_prefill_workers"], num_decode_workers=d["num_decode_workers"],
+        prefill_engine=engine("prefill"), decode_engine=engine("decode"),
+        prefill_router=d["prefill_router_mode"] or cfg.router.mode,
+        decode_router=d["decode_router_mode"] or cfg.router.mode,
+        kv_transfer_bandwidth=d["kv_transfer_bandwidth"],
+        kv_bytes_per_token=d["kv_bytes_per_token"],
+        kv_transfer_timing_mode=d["kv_transfer_timing_mode"],
+        prefill_gpus_per_worker=d["prefill_gpus_per_worker"] or gpus,
+        decode_gpus_per_worker=d["decode_gpus_per_worker"] or gpus)
+
 
 
 @dataclass
@@ -145,6 +237,7 @@ class RunConfig:
     sla: SlaSection = field(default_factory=SlaSection)
     run: RunSection = field(default_factory=RunSection)
     planner: dict[str, Any] | None = None        # {kind, PlannerConfig knobs}; None = off
+    disagg: dict[str, Any] | None = None         # validated DisaggSection; None = aggregated
     source: str | None = field(default=None, compare=False)
     #: dotted field -> where its value came from, for error messages.
     where: dict[str, Where] = field(default_factory=dict, repr=False, compare=False)
@@ -155,6 +248,10 @@ class RunConfig:
         for name in SECTIONS:
             out[name] = asdict(getattr(self, name))
         out["planner"] = copy.deepcopy(self.planner)
+        if self.disagg is not None:
+            out["disagg"] = {k: copy.deepcopy(v) for k, v in self.disagg.items()
+                             if not k.startswith("_")}
+            del out["cluster"]["num_workers"]       # the pools are sized in disagg
         if self.engine.backend != "sglang":
             for knob in SGLANG_KNOBS:          # not this core's: giving them is an error
                 del out["engine"][knob]
@@ -266,6 +363,9 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
     cfg.timing.model = _check_timing(cfg.timing.model, base, v)
     cfg.workload = _check_workload(data.get("workload"), base, v)
     cfg.planner = _check_planner(data.get("planner"), v)
+    cfg.disagg = _check_disagg(data.get("disagg"), cfg, v)
+    if cfg.disagg is not None and cfg.planner is not None:
+        raise v.error("a planner for disaggregated pools is not modelled yet", "planner.kind")
     if cfg.planner is not None:
         with _located(cfg):
             planner_config(cfg)          # every knob checked now, not at the first tick
@@ -580,6 +680,7 @@ def build_simulation(cfg: RunConfig, progress: Callable[[float], None] | None = 
         cluster=ClusterConfig(**asdict(cfg.cluster)),
         router=cfg.router.mode,
         kv_router=KvRouterConfig(**{k: v for k, v in asdict(cfg.router).items() if k != "mode"}),
+        disagg=disagg_config(cfg),
         seed=cfg.run.seed,
         max_sim_time_ms=None if max_s is None else max_s * 1000.0,
         exact=cfg.run.exact_steps,

@@ -35,6 +35,9 @@ _COLUMNS = {
     "requested_output_length": "q", "reused_input_tokens": "q", "worker": "q", "status": "q",
     "num_preemptions": "q", "reason": "q",
 }
+#: Per-request handoff times of a disaggregated run (ms; Dynamo's per-request field names).
+HANDOFF_FIELDS = ("source_held_ms", "destination_reserved_ms", "destination_activated_ms",
+                  "source_released_ms")
 REJECT_REASONS = ("", "prompt_exceeds_kv_capacity", "prompt_exceeds_max_model_len",
                   "no_active_worker", "prompt_exceeds_batch_budget_unchunked",
                   "sequence_exceeds_kv_capacity")
@@ -210,6 +213,18 @@ class MetricsCollector:
         self._arrays: list[tuple[np.ndarray, int]] = []    # (gaps, times each)
         self._ends: list[tuple[np.ndarray, int]] = []      # (pass end times, sequences)
         self._buffered = 0
+        # Disaggregated runs: request index -> [prefill worker, decode worker, then the
+        # handoff's times (HANDOFF_FIELDS)]; workers are indices within their pool
+        # (Dynamo's prefill_worker_idx / decode_worker_idx). None when aggregated.
+        self.handoffs: dict[int, list] | None = None
+
+    def set_handoff(self, index: int, prefill_worker: int, decode_worker: int | None,
+                    *times: float) -> None:
+        """Record (or update) request ``index``'s pools and handoff times, in the order of
+        HANDOFF_FIELDS (NaN = not reached)."""
+        if self.handoffs is None:
+            self.handoffs = {}
+        self.handoffs[index] = [prefill_worker, decode_worker, *times]
 
     @property
     def itl(self) -> GapSketch:
@@ -404,7 +419,14 @@ class MetricsCollector:
             rec["output_length"] = out_len
             rec["requested_output_length"] = int(c["requested_output_length"][i])
             rec["reused_input_tokens"] = int(c["reused_input_tokens"][i])
-            rec["worker"] = int(c["worker"][i]) if c["worker"][i] >= 0 else None
+            if self.handoffs is None:
+                rec["worker"] = int(c["worker"][i]) if c["worker"][i] >= 0 else None
+            else:
+                h = self.handoffs.get(int(c["request_index"][i]))
+                rec["prefill_worker"] = None if h is None else h[0]
+                rec["decode_worker"] = None if h is None else h[1]
+                for k, name in enumerate(HANDOFF_FIELDS):
+                    rec[name] = None if h is None else _num(h[2 + k])
             rec["num_preemptions"] = int(c["num_preemptions"][i])
             if st == STATUS_REJECTED:
                 rec["reject_reason"] = REJECT_REASONS[int(c["reason"][i])]

@@ -35,6 +35,10 @@ class KvRouterConfig:
     prefill_load_scale: float = 1.0       # weight of the prefill term
     temperature: float = 0.0              # 0 = argmin; > 0 = softmax sampling
     assume_kv_reuse: bool = True          # count blocks shared with active requests once
+    # Disaggregated stages (router-disaggregated-serving.md): the prefill router drops the
+    # decode-load term, the decode router the pending-prefill term.
+    track_active_blocks: bool = True
+    track_prefill_tokens: bool = True
 
 
 class Router:
@@ -124,6 +128,7 @@ class KvRouter(Router):
         self.index: dict[int, object] = {}                   # worker -> published block keys
         self.prefill_tokens: dict[int, int] = {}             # worker -> pending prompt tokens
         self.active: dict[int, object] = {}      # worker -> block key -> users (KeyCounter/RunIndex)
+        self.active_total: dict[int, int] = {}               # worker -> blocks with repeats
         self.routed: dict[int, tuple[int, list[int], int]] = {}  # request -> (worker, keys, pending)
         self._last: tuple[list[int], int] | None = None
         self._keys_out: list[int] | None = None
@@ -182,10 +187,16 @@ class KvRouter(Router):
             ov = prefix_len(keys, self.index.get(wid))
             active = self.active.get(wid)
             ov_active = prefix_len(keys, active)
-            prefill = (self.prefill_tokens.get(wid, 0) + isl) / bs - cfg.overlap_score_credit * ov
+            pending = self.prefill_tokens.get(wid, 0) if cfg.track_prefill_tokens else 0
+            prefill = (pending + isl) / bs - cfg.overlap_score_credit * ov
             if prefill < 0:
                 prefill = 0.0
-            decode = (len(active) if active else 0) + nkeys - ov_active
+            if not cfg.track_active_blocks:
+                decode = 0
+            elif cfg.assume_kv_reuse:
+                decode = (len(active) if active else 0) + nkeys - ov_active
+            else:
+                decode = self.active_total.get(wid, 0) + nkeys
             costs.append(cfg.prefill_load_scale * prefill + decode)
             overlaps.append(ov)
         if cfg.temperature <= 0:
@@ -218,6 +229,7 @@ class KvRouter(Router):
         if active is None:
             active = self.active[wid] = RunIndex() if self.run_keys else KeyCounter()
         active.add_all(keys)
+        self.active_total[wid] = self.active_total.get(wid, 0) + req.input_length // self.block_size
         self.routed[req.index] = (wid, keys, pending)
         self._keys_out = keys
 
@@ -237,6 +249,7 @@ class KvRouter(Router):
         if pending:
             self.prefill_tokens[wid] -= pending
         self.active[wid].remove_all(keys)
+        self.active_total[wid] -= s.req.input_length // self.block_size
 
 
 def _py_prefix_len(keys: list[int], present) -> int:

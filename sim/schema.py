@@ -122,6 +122,9 @@ PASS_MS = Range(0, 3_600_000, unit="ms", why="a forward pass over an hour is a u
 WEIGHT = Range(0, MAX_RATIO, unit="", why="beyond 10^6 is a unit error")
 FRACTION = Range(0, 1, unit="", why="a share")
 SHARE_OPEN = Range(0, 1, lo_open=True, hi_open=True, unit="", why="a share, neither none nor all")
+# -- disaggregated prefill/decode (sim.disagg) --
+GBPS = Range(0, 1e6, unit="GB/s", why="a link beyond 1 PB/s is a unit error; 0 = no delay")
+KV_BYTES = Range(1, 2**40, unit="B/token", why="beyond 1 TiB per token is a unit error")
 RATE = Range(0, MAX_RATE_RPS, lo_open=True, unit="req/s",
              why="10^6 req/s is beyond any cluster simulated here")
 RATE0 = RATE.with_lo(0)

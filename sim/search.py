@@ -10,21 +10,34 @@ the run report subject to constraints on others, written with the report's field
 
 Samplers and early stopping are Optuna's and Ray Tune's, not ours:
 
-* ``--executor local``: an Optuna study in this process (TPE sampler, seeded; successive
-  halving pruner). One core; the same seed gives byte-identical outputs.
-* ``--executor ray``: Ray Tune with Optuna's TPE sampler (``OptunaSearch``) and the ASHA
-  scheduler, one trial per Ray CPU, on a local Ray or the cluster at ``--ray-address``.
-  Which candidates are sampled then depends on the order trials finish in; every
-  candidate's numbers are still deterministic.
+* ``--executor local``: an Optuna study in this process (TPE sampler or, ``--sampler
+  random``, random sampling; seeded). One core; the same seed gives byte-identical outputs.
+* ``--executor ray``: Ray Tune with Optuna's sampler (``OptunaSearch``), one trial per Ray
+  CPU, on a local Ray or the cluster at ``--ray-address``. Which candidates are sampled then
+  depends on the order trials finish in; every candidate's numbers are still deterministic.
 
-Early stopping works on time-truncated replays of the *same* trace: a candidate replays to
-the first rung (``--rungs``, default 600/1200/2400 s of simulated time) and reports its
-score so far -- the report's fields over the requests finished by then, GPU-hours provisioned
-until then -- and the scheduler stops the worse part of each rung. Survivors run on to the
-end of the trace, so every number in ``trials.csv`` marked ``complete`` is the full replay,
-the same as ``dynosim simulate`` on the candidate's YAML (``tests/test_search.py``).
-``--no-early-stop`` replays every candidate in full (the check of what early stopping
-loses: ``bench/search_bench.py``).
+Early stopping (``--early-stop``) works on the replay of the *same* whole trace:
+
+* ``bound`` (default), exact: every ``--check-s`` simulated seconds a candidate computes
+  proven lower bounds on its final fields (:func:`lower_bounds`: GPU-hours provisioned up
+  to the last completion so far; TTFT/E2E percentiles from the requests completed so far,
+  which stay in the final sample) and stops once they prove it infeasible (a ``<=`` limit
+  already exceeded) or dominated by a complete feasible candidate (:func:`bound_stop`).
+  A stopped candidate can be neither feasible, nor on the feasible Pareto front, nor the
+  best, so the front and the best are those of replaying every sampled candidate in full
+  (``tests/test_search.py``; ``bench/scale_out.py bound``).
+* ``asha``: successive halving (Optuna's pruner locally, Tune's ASHA on Ray) on the score
+  of the replay truncated at each rung (``--rungs``, default 600/1200/2400 s): the report's
+  fields over the requests finished by then, GPU-hours until then. A heuristic screen: on
+  the conversation trace its rung ranks correlate 0.68-0.83 with the full replay's
+  (``bench/scale_out.py exactness``), and it stops good candidates.
+* ``none`` (``--no-early-stop``): every candidate replays in full.
+
+Every number in ``trials.csv`` marked ``complete`` is the full replay, the same as
+``dynosim simulate`` on the candidate's YAML (``tests/test_search.py``); a ``pruned`` row
+holds the values at its stop (with ``bound``: the lower bounds) and why it stopped.
+When no complete candidate is feasible, the three closest stopped ones are replayed in full
+(:func:`replay_closest`) before the closest is reported.
 
 Score (what the sampler and the scheduler minimise): the objective (negated when maximised)
 when every constraint holds, else ``1e6 x (1 + sum of relative violations)``: any feasible
@@ -32,7 +45,7 @@ candidate beats any infeasible one, and among infeasible ones the closest wins.
 
 Outputs in ``OUT/``: ``trials.csv`` (every trial: status complete/pruned/failed, parameters,
 fields, score, error), ``front.csv`` and ``front.png`` (the Pareto front of the objective
-against the first constraint's field over complete trials), ``best.yaml`` (the best
+against the first constraint's field over complete feasible trials), ``best.yaml`` (the best
 candidate as a ``dynosim simulate --config`` file; its first lines give the command, with
 the planner flags when it has a planner) and ``search.json`` (the resolved space, objective,
 seed, executor, CPUs, wall time, simulated requests and requests/s).
@@ -58,6 +71,9 @@ from .schema import SEED, arg_type
 CMDLINE = "command line"
 DEFAULT_TRACE = "bundled:mooncake_conversation"
 DEFAULT_RUNGS_S = (600.0, 1200.0, 2400.0)
+DEFAULT_CHECK_S = 300.0
+EARLY_STOPS = ("bound", "asha", "none")
+SAMPLERS = ("tpe", "random")
 PENALTY = 1e6
 STATUSES = ("complete", "pruned", "failed")
 PLANNERS = ("none", "load", "throughput")
@@ -68,6 +84,9 @@ CONFIG_KEYS = ("cluster.num_workers", "cluster.startup_time_s", "engine.block_si
                "engine.max_num_batched_tokens", "engine.max_num_seqs", "engine.num_gpu_blocks",
                "router.mode", "router.temperature", "router.overlap_score_credit",
                "router.prefill_load_scale")
+#: Knobs of the KV router's cost (``sim.router``): sampled only when the router is ``kv``.
+KV_ROUTER_KEYS = ("router.temperature", "router.overlap_score_credit",
+                  "router.prefill_load_scale")
 #: space key -> where it goes in the run config: a knob of the ``planner`` section (Dynamo's
 #: names; ``interval_s`` is the chosen planner kind's adjustment interval) or the run's one
 #: SLA (``sla.*``, which is also the planner's target).
@@ -134,6 +153,8 @@ class Space:
         p: dict[str, Any] = {}
         tp = self._value("tp", trial, p)
         for key in CONFIG_KEYS:
+            if key in KV_ROUTER_KEYS and self._mode(p) not in (None, "kv"):
+                continue      # weights of the KV router's cost: no effect on other routers
             if key == "cluster.num_workers" and key in self.dims:
                 d = self.dims[key]
                 top = min(d.high, self.max_gpus // tp) if d.choices is None else None
@@ -146,6 +167,10 @@ class Space:
                 if key in self.dims:
                     p[key] = self.dims[key].suggest(trial)
         return p
+
+    def _mode(self, p: dict[str, Any]) -> str | None:
+        """The candidate's router mode (None: the config's default)."""
+        return p.get("router.mode", self.fixed.get("router.mode"))
 
     def _value(self, key: str, trial, p: dict[str, Any]) -> Any:
         if key in self.dims:
@@ -361,6 +386,22 @@ class Setup:
     rungs_s: tuple[float, ...]
     arrival_speedup_ratio: float | None = None
     seed: int = 0
+    #: ``bound`` (stop a candidate once it provably cannot be feasible or on the front),
+    #: ``asha`` (successive halving on the truncated score at ``rungs_s``) or ``none``.
+    early_stop: str = "bound"
+    check_s: float = DEFAULT_CHECK_S     # simulated seconds between bound checks
+    sampler: str = "tpe"
+
+    def checkpoints(self):
+        """Simulated seconds at which a running candidate reports: the rungs (``asha``,
+        ``none``, where they are only recorded) or every ``check_s`` (``bound``)."""
+        if self.early_stop != "bound":
+            yield from self.rungs_s
+            return
+        k = 1
+        while True:
+            yield k * self.check_s
+            k += 1
 
 
 _CACHE: dict[str, Any] = {}      # per process: the parser and pickled parsed traces
@@ -428,39 +469,156 @@ def _interim(sim) -> dict[str, Any]:
                                gpus_per_worker=sim.cluster_cfg.gpus_per_worker)
 
 
+# -- sound early stopping: lower bounds on the final report ------------------------------------
+
+#: Latency metrics with a proven lower bound (the report's sample of each is over completed
+#: requests with output tokens, ``sim.metrics.MetricsCollector.summary``).
+_LB_LATENCY = {"ttft": "first_token_ms", "e2e_latency": "last_token_ms"}
+
+
+def _quantile_lb(done_desc, q: float | None, n_total: int) -> float:
+    """A lower bound on the nearest-rank ``q`` quantile (``None``: the maximum) of the final
+    sample, given ``done_desc`` (part of it, descending) and ``n_total`` >= its final size.
+
+    The final quantile is the ``k(M) = M - round_half_up(q (M - 1))``-th largest of the
+    final sample of size M (``sim.metrics.nearest_rank``). ``k`` never decreases with M and
+    M <= n_total, so it is >= the final sample's ``k(n_total)``-th largest, which is >= the
+    ``k(n_total)``-th largest seen now (the final sample holds every value seen now).
+    Latencies are >= 0, so 0 bounds a sample too small to say more.
+    """
+    from .metrics import _round_half_up
+    if len(done_desc) == 0:
+        return 0.0
+    if q is None:
+        return float(done_desc[0])
+    k = n_total - _round_half_up(q * (n_total - 1))
+    return float(done_desc[k - 1]) if 1 <= k <= len(done_desc) else 0.0
+
+
+def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
+    """Proven lower bounds on the final (full-replay) values of ``fields`` from a replay
+    stopped at ``sim.now``; fields with no bound are left out.
+
+    * ``totals.gpu_hours`` / ``totals.provisioned_worker_seconds``: the report integrates
+      provisioned workers up to the last completion (``Simulation.finish``), which is no
+      earlier than the last completion so far; integrating up to that is a lower bound.
+    * ``latency_ms.ttft.*`` / ``latency_ms.e2e_latency.*`` quantiles (``median``, ``p75``...
+      ``p99``) and ``max``: see :func:`_quantile_lb`; the sample is over completed requests
+      with output tokens, whose values never change, and ``n_total`` (requests in the
+      trace) bounds its final size. Requests rejected later only shrink the sample.
+
+    Valid for a replay run to the end (no ``--max-sim-time-s`` cut-off), as in a search.
+    """
+    import numpy as np
+    from .metrics import _QUANTILES, STATUS_COMPLETED
+    out: dict[str, float] = {}
+    lat = {}
+    for f in fields:
+        parts = f.split(".")
+        if len(parts) == 3 and parts[0] == "latency_ms" and parts[1] in _LB_LATENCY \
+                and (parts[2] in _QUANTILES or parts[2] == "max"):
+            lat[f] = (parts[1], _QUANTILES.get(parts[2]))
+    gpu = [f for f in fields if f in ("totals.gpu_hours", "totals.provisioned_worker_seconds")]
+    if not (lat or gpu):
+        return out
+    cols = sim.metrics.cols
+    if gpu:
+        last = np.frombuffer(cols["last_token_ms"], dtype=np.float64) if len(
+            cols["last_token_ms"]) else np.zeros(0)
+        last = last[~np.isnan(last)]
+        end = float(last.max()) if len(last) else 0.0
+        worker_s = sum(max(0.0, min(w.removed_ms if w.removed_ms is not None else end, end)
+                           - w.created_ms) / 1000.0 for w in sim.workers)
+        for f in gpu:
+            out[f] = worker_s if f.endswith("worker_seconds") else (
+                worker_s * sim.cluster_cfg.gpus_per_worker / 3600.0)
+    if lat:
+        n = len(cols["status"])
+        arr = {k: np.frombuffer(cols[k], dtype=np.float64 if cols[k].typecode == "d" else
+                                np.int64) if n else np.zeros(0)
+               for k in ("status", "output_length", "arrival_time_ms", *_LB_LATENCY.values())}
+        sel = (arr["status"] == STATUS_COMPLETED) & (arr["output_length"] > 0)
+        desc = {}
+        for f, (metric, q) in lat.items():
+            if metric not in desc:
+                v = (arr[_LB_LATENCY[metric]] - arr["arrival_time_ms"])[sel]
+                desc[metric] = -np.sort(-v)
+            out[f] = _quantile_lb(desc[metric], q, n_total)
+    return out
+
+
+def bound_stop(obj: Objective, lb: dict[str, float], front: Sequence[tuple[float, float]]
+               ) -> str | None:
+    """Why a candidate with final values >= ``lb`` can neither be feasible nor on the
+    feasible Pareto front (objective vs first constraint field, :func:`front_axes`) nor
+    the best, or None if it still might. ``front``: (x, y) of complete feasible candidates.
+
+    Infeasible: a ``<=``/``<`` constraint's bound already exceeds its limit. Dominated: a
+    feasible candidate has a strictly lower objective and no higher y than the bounds (so
+    it beats this one whatever the rest of the replay does). Only ``minimise`` objectives
+    and upper-limit constraints have bounds; other fields never stop a candidate."""
+    for f, op, limit in obj.constraints:
+        v = lb.get(f)
+        if v is not None and op in ("<=", "<") and (v > limit or (op == "<" and v >= limit)):
+            return f"infeasible: {f} >= {v:.6g} {'>' if v > limit else '>='} {limit:g}"
+    x, y, ylow = front_axes(obj)
+    if obj.maximise or not ylow or x not in lb or y not in lb:
+        return None
+    for fx, fy in front:
+        if fx < lb[x] and fy <= lb[y]:
+            return f"dominated: a feasible candidate has {x} {fx:.6g} < {lb[x]:.6g} and " \
+                   f"{y} {fy:.6g} <= {lb[y]:.6g}"
+    return None
+
+
+# -- one candidate ---------------------------------------------------------------------------
+
 def run_candidate(setup: Setup, params: dict[str, Any],
-                  report: Callable[[int, dict[str, float], float], bool] | None = None
-                  ) -> dict[str, Any]:
+                  report: Callable[[int, dict[str, float], float], str | bool | None]
+                  | None = None) -> dict[str, Any]:
     """Replay one candidate, stopping early when ``report(step, values, score)`` says so.
 
-    ``report`` is called at each rung (steps 1..len(rungs)) with the interim fields; a True
-    return stops the replay (pruned). Returns ``{"status", "step", "sim_s", "values",
-    "score", "violation", "requests"}``; the values of a complete candidate are those of
-    the full replay (:meth:`Simulation.finish`), i.e. of ``dynosim simulate``.
+    ``report`` is called at each checkpoint (:meth:`Setup.checkpoints`, steps 1, 2, ...).
+    With ``early_stop="bound"`` ``values`` are proven lower bounds on the final fields
+    (:func:`lower_bounds`; cheap), else the report so far (the fields over the requests
+    finished by then, GPU-hours until then). A truthy return stops the replay (pruned; a
+    string is kept as the reason). Returns ``{"status", "step", "sim_s", "values", "score",
+    "violation", "requests", "rung_scores", "reason"}``; the values of a complete candidate
+    are those of the full replay (:meth:`Simulation.finish`), i.e. of ``dynosim simulate``.
     """
     from .config import build_planner, build_simulation
     cfg, _kind, _flags = candidate_config(setup, params)
     planner = build_planner(cfg)
-    sim = build_simulation(cfg, workload=_fresh_workload(cfg))
+    workload = _fresh_workload(cfg)
+    n_total = int(workload.describe()["num_requests"])
+    sim = build_simulation(cfg, workload=workload)
     if planner is not None:
         planner.attach(sim)
+    bound = setup.early_stop == "bound"
+    fields = setup.objective.fields()
     rung_scores: list[float] = []
-    for step, t_s in enumerate(setup.rungs_s, start=1):
+    step = 0
+    for step, t_s in enumerate(setup.checkpoints(), start=1):
         if not sim.run_until(t_s * 1000.0):
             break
-        values = report_fields(_interim(sim))
-        score, _ = setup.objective.score(values)
+        values = ({**lower_bounds(sim, fields, n_total),
+                   "totals.num_requests": float(sim.num_arrived)} if bound
+                  else report_fields(_interim(sim)))
+        score, viol = setup.objective.score(values)
         rung_scores.append(score)
-        if report is not None and report(step, values, score):
+        stop = report(step, values, score) if report is not None else None
+        if stop:
             return {"status": "pruned", "step": step, "sim_s": sim.now / 1000.0,
-                    "values": values, "score": score, "requests": sim.num_arrived,
-                    "rung_scores": rung_scores}
+                    "values": values, "score": score, "violation": viol,
+                    "requests": sim.num_arrived, "rung_scores": rung_scores,
+                    "reason": stop if isinstance(stop, str) else "asha"}
     summary = sim.finish().summary
     values = report_fields(summary)
     score, viol = setup.objective.score(values)
-    return {"status": "complete", "step": len(setup.rungs_s) + 1, "sim_s": sim.now / 1000.0,
-            "values": values, "score": score, "violation": viol,
-            "requests": summary["totals"]["num_requests"], "rung_scores": rung_scores}
+    return {"status": "complete", "step": step if bound else len(setup.rungs_s) + 1,
+            "sim_s": sim.now / 1000.0, "values": values, "score": score, "violation": viol,
+            "requests": summary["totals"]["num_requests"],
+            "rung_scores": [] if bound else rung_scores, "reason": None}
 
 
 # -- executors -------------------------------------------------------------------------------
@@ -470,39 +628,74 @@ def _record(number: int, params: dict[str, Any], res: dict[str, Any] | None,
     if res is None:
         return {"trial": number, "status": "failed", "params": params, "values": {},
                 "score": math.nan, "violation": math.nan, "sim_s": 0.0, "requests": 0,
-                "rung_scores": [], "error": error}
-    return {"trial": number, "params": params, "error": None, **res}
+                "rung_scores": [], "reason": None, "error": error}
+    return {"trial": number, "params": params, "error": None, "reason": None, **res}
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
 
 
-def search_local(setup: Setup, trials: int, *, early_stop: bool, reduction_factor: int,
+def _front_point(obj: Objective, rec: dict[str, Any]) -> tuple[float, float] | None:
+    """(x, y) of a complete feasible candidate, for :func:`bound_stop`."""
+    if rec.get("status") != "complete" or rec.get("violation") != 0:
+        return None
+    x, y, _ = front_axes(obj)
+    return rec["values"].get(x, math.nan), rec["values"].get(y, math.nan)
+
+
+def _optuna_sampler(setup: Setup):
+    import optuna
+    if setup.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=setup.seed)
+    return optuna.samplers.TPESampler(seed=setup.seed)
+
+
+def search_local(setup: Setup, trials: int, *, reduction_factor: int,
                  progress: Callable[[dict], None]) -> list[dict[str, Any]]:
-    """An Optuna study in this process: TPE (seeded) + successive-halving pruner."""
+    """An Optuna study in this process: TPE (seeded) or random sampling; early stopping by
+    proven bounds (:func:`bound_stop`), Optuna's successive halving, or none."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.ERROR)   # failures: ours
     pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1,
                                                      reduction_factor=reduction_factor)
-              if early_stop else optuna.pruners.NopPruner())
+              if setup.early_stop == "asha" else optuna.pruners.NopPruner())
     study = optuna.create_study(direction="minimize", pruner=pruner,
-                                sampler=optuna.samplers.TPESampler(seed=setup.seed))
+                                sampler=_optuna_sampler(setup))
     records: list[dict[str, Any]] = []
+    front: list[tuple[float, float]] = []
+    seen: dict[str, int] = {}          # candidate -> its first trial (replays are deterministic)
 
     def objective(trial):
         params = setup.space.suggest(trial)
 
         def report(step, values, score):
             trial.report(score, step)
-            return early_stop and trial.should_prune()
+            if setup.early_stop == "bound":
+                return bound_stop(setup.objective, values, front)
+            return setup.early_stop == "asha" and trial.should_prune()
+        key = json.dumps(params, sort_keys=True, default=str)
+        first = seen.setdefault(key, trial.number)
         try:
-            res = run_candidate(setup, params, report)
+            if first != trial.number and setup.early_stop != "asha" \
+                    and records[first]["status"] != "failed":
+                # The same candidate replays to the same numbers; the front has only grown
+                # since, so a stopped one would stop again. (ASHA's rungs move: rerun.)
+                res = {**records[first], "reason": f"same candidate as trial {first}"}
+                res = {k: v for k, v in res.items() if k not in ("trial", "params", "error")}
+                res["requests"] = 0            # nothing simulated
+                for step, score in enumerate(res["rung_scores"], start=1):
+                    trial.report(score, step)
+            else:
+                res = run_candidate(setup, params, report)
         except Exception as exc:           # noqa: BLE001 - recorded as a failed trial
             records.append(_record(trial.number, params, None, _one_line(exc)))
             progress(records[-1])
             raise
         records.append(_record(trial.number, params, res))
+        point = _front_point(setup.objective, records[-1])
+        if point is not None:
+            front.append(point)
         progress(records[-1])
         if res["status"] == "pruned":
             raise optuna.TrialPruned()
@@ -516,7 +709,9 @@ def search_local(setup: Setup, trials: int, *, early_stop: bool, reduction_facto
 
 
 def _tune_trial(config: dict[str, Any], setup: Setup) -> None:
-    """Ray Tune function trainable: one candidate, a report per rung, a final report."""
+    """Ray Tune function trainable: one candidate, a report per checkpoint, a final one.
+    A candidate proven infeasible stops itself; dominance needs the other trials' results
+    and is the scheduler's (:class:`_BoundScheduler`)."""
     from ray import tune
     params = dict(config)
 
@@ -524,21 +719,53 @@ def _tune_trial(config: dict[str, Any], setup: Setup) -> None:
 
     def report(step, values, score):
         scores.append(score)
-        tune.report({"score": score, "step": step, "status": "running",
-                     "sim_s": setup.rungs_s[step - 1], "values": values,
-                     "rung_scores": list(scores)})
-        return False           # ASHA stops the trial itself (the next report never returns)
+        reason = None
+        if setup.early_stop == "bound":
+            reason = bound_stop(setup.objective, values, ())
+        tune.report({"score": score, "step": step, "status": "pruned" if reason else
+                     "running", "sim_s": step * setup.check_s if setup.early_stop == "bound"
+                     else setup.rungs_s[step - 1], "values": values,
+                     "rung_scores": list(scores), "reason": reason})
+        return reason         # ASHA/the scheduler stop the trial (the next report never returns)
     res = run_candidate(setup, params, report)
-    tune.report({"score": res["score"], "step": res["step"], "status": "complete",
-                 "sim_s": res["sim_s"], "values": res["values"],
-                 "violation": res.get("violation", 0.0), "requests": res["requests"],
-                 "rung_scores": res["rung_scores"]})
+    if res["status"] == "complete":
+        tune.report({"score": res["score"], "step": res["step"], "status": "complete",
+                     "sim_s": res["sim_s"], "values": res["values"],
+                     "violation": res.get("violation", 0.0), "requests": res["requests"],
+                     "rung_scores": res["rung_scores"], "reason": None})
 
 
-def search_ray(setup: Setup, trials: int, *, early_stop: bool, reduction_factor: int,
+def _bound_scheduler(obj: Objective):
+    """A Tune scheduler that stops a trial whose reported lower bounds are dominated by a
+    complete feasible trial (:func:`bound_stop`): the bound rule's cross-trial half."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class _BoundScheduler(FIFOScheduler):
+        def __init__(self):
+            super().__init__()
+            self.front: list[tuple[float, float]] = []
+
+        def on_trial_result(self, tune_controller, trial, result):
+            # Tune hands schedulers the result flattened: {"values/FIELD": ...}.
+            values = {k.split("/", 1)[1]: v for k, v in result.items()
+                      if k.startswith("values/")}
+            if result.get("status") == "complete":
+                point = _front_point(obj, {"status": "complete", "values": values,
+                                           "violation": result.get("violation")})
+                if point is not None:
+                    self.front.append(point)
+                return TrialScheduler.CONTINUE
+            if result.get("status") == "running" and bound_stop(obj, values, self.front):
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
+    return _BoundScheduler()
+
+
+def search_ray(setup: Setup, trials: int, *, reduction_factor: int,
                progress: Callable[[dict], None], address: str | None, cpus: int | None,
                storage: Path) -> tuple[list[dict[str, Any]], int]:
-    """Ray Tune: OptunaSearch (TPE, seeded) + ASHA, one trial per Ray CPU."""
+    """Ray Tune: OptunaSearch (TPE or random, seeded) + the bound scheduler, ASHA or FIFO;
+    one trial per Ray CPU."""
     from . import executors
     ray = executors.connect(address, num_cpus=cpus)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -552,12 +779,16 @@ def search_ray(setup: Setup, trials: int, *, early_stop: bool, reduction_factor:
     n_cpus = executors.cluster_cpus(ray)
     searcher = ConcurrencyLimiter(
         OptunaSearch(space=setup.space.suggest, metric="score", mode="min",
-                     sampler=optuna.samplers.TPESampler(seed=setup.seed)),
+                     sampler=_optuna_sampler(setup)),
         max_concurrent=n_cpus)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", metric="score", mode="min",
-                               max_t=len(setup.rungs_s) + 1, grace_period=1,
-                               reduction_factor=reduction_factor)
-                 if early_stop else FIFOScheduler())
+    if setup.early_stop == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode="min",
+                                  max_t=len(setup.rungs_s) + 1, grace_period=1,
+                                  reduction_factor=reduction_factor)
+    elif setup.early_stop == "bound":
+        scheduler = _bound_scheduler(setup.objective)
+    else:
+        scheduler = FIFOScheduler()
 
     class _Progress(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -583,6 +814,10 @@ def search_ray(setup: Setup, trials: int, *, early_stop: bool, reduction_factor:
     finally:
         tune_log.setLevel(level)
     records = []
+    final_front = [p for p in (_front_point(setup.objective, {
+        "status": (q.metrics or {}).get("status"), "violation": (q.metrics or {}).get(
+            "violation"), "values": (q.metrics or {}).get("values", {})}) for q in grid)
+        if p is not None]
     for i, r in enumerate(grid):
         params = {k: v for k, v in (r.config or {}).items()}
         m = r.metrics or {}
@@ -592,18 +827,36 @@ def search_ray(setup: Setup, trials: int, *, early_stop: bool, reduction_factor:
                 cause if isinstance(cause, BaseException) else r.error)))
             continue
         status = m.get("status", "pruned")
-        if status == "running":
+        reason = m.get("reason")
+        if status == "running":        # stopped by the scheduler
             status = "pruned"
+            reason = (bound_stop(setup.objective, m.get("values", {}), final_front)
+                      if setup.early_stop == "bound" else "asha")
         records.append(_record(i, params, {
             "status": status, "step": m.get("step", 0), "sim_s": m.get("sim_s", 0.0),
             "values": m.get("values", {}), "score": m.get("score", math.nan),
             "violation": m.get("violation", math.nan), "rung_scores": m.get("rung_scores", []),
-            "requests": m.get("requests") or _arrived_by(setup, m.get("values", {}))}))
+            "requests": m.get("requests") or _arrived_by(setup, m.get("values", {})),
+            "reason": reason}))
     return records, n_cpus
 
 
 def _arrived_by(setup: Setup, values: dict[str, float]) -> int:
     return int(values.get("totals.num_requests", 0) or 0)
+
+
+def replay_closest(setup: Setup, records: list[dict[str, Any]], n: int = 3) -> None:
+    """When no complete candidate is feasible, replay in full (in this process) the ``n``
+    stopped candidates with the lowest score at their stop, so that the closest candidate
+    reported is a full replay too. Their records become ``complete`` in place."""
+    if any(r["status"] == "complete" and r["violation"] == 0 for r in records):
+        return
+    stopped = sorted((r for r in records if r["status"] == "pruned"
+                      and math.isfinite(r["score"])), key=lambda r: (r["score"], r["trial"]))
+    for rec in stopped[:n]:
+        res = run_candidate(setup, rec["params"])
+        rec.update(res, reason=f"replayed in full (closest; stopped at {rec['sim_s']:g} s: "
+                   f"{rec.get('reason')})")
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -631,7 +884,8 @@ def _fmt(v: Any) -> str:
 def write_trials(records: list[dict[str, Any]], setup: Setup, path: Path) -> None:
     keys = [k for k in SPACE_KEYS if k in setup.space.dims]
     fields = setup.objective.fields()
-    cols = ["trial", "status", "sim_s", *keys, *fields, "score", "rung_scores", "error"]
+    cols = ["trial", "status", "sim_s", *keys, *fields, "score", "rung_scores", "stopped_because",
+            "error"]
     with open(path, "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(cols)
@@ -640,7 +894,7 @@ def write_trials(records: list[dict[str, Any]], setup: Setup, path: Path) -> Non
                         *(_fmt(r["params"].get(k)) for k in keys),
                         *(_fmt(r["values"].get(f)) for f in fields), _fmt(r["score"]),
                         ";".join(_fmt(float(x)) for x in r.get("rung_scores") or []),
-                        r.get("error") or ""])
+                        r.get("reason") or "", r.get("error") or ""])
 
 
 def front_axes(obj: Objective) -> tuple[str, str, bool]:
@@ -653,8 +907,11 @@ def front_axes(obj: Objective) -> tuple[str, str, bool]:
 
 
 def front_rows(records, obj: Objective) -> list[dict[str, Any]]:
+    """The Pareto front (:func:`front_axes`) of the complete feasible candidates (of all
+    complete ones when none is feasible), by objective."""
     x, y, ylow = front_axes(obj)
     done = [r for r in records if r["status"] == "complete"]
+    done = [r for r in done if r["violation"] == 0] or done    # else: the closest ones
     sx = -1.0 if obj.maximise else 1.0
     sy = 1.0 if ylow else -1.0
     mask = pareto_mask([sx * r["values"].get(x, math.nan) for r in done],
@@ -702,12 +959,21 @@ def plot_front(records, obj: Objective, path: Path, title: str,
     if best is not None and best["violation"] == 0:
         ax.scatter([best["values"][x]], [pos(best["values"][y])], marker="*", s=260,
                    color="C2", edgecolors="k", label="best (best.yaml)", zorder=5)
+    clip = ""
     for f, op, limit in obj.constraints:
         if f == y:
             ax.axhline(limit, color="gray", ls=":", lw=1, label=f"{f} {op} {limit:g}")
+            if op in ("<=", "<") and limit > 0:
+                # The feasible band is what the front is about: overloaded deployments
+                # (p90 in minutes) would squash it; they are clipped, and said so.
+                lows = [pos(r["values"].get(y, math.nan)) for r in done]
+                lows += [pos(r["p90_ttft_ms"]) for r in compare or []]
+                lows = [v for v in lows if math.isfinite(v)]
+                ax.set_ylim(0.8 * min(lows + [limit]), 4.0 * limit)
+                clip = f", clipped at {4 * limit:g}"
     ax.set_yscale("log")
     ax.set_xlabel(f"{x} ({_unit(x)})")
-    ax.set_ylabel(f"{y} ({_unit(y)}, log)")
+    ax.set_ylabel(f"{y} ({_unit(y)}, log{clip})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title(title, fontsize=8)
@@ -775,13 +1041,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="candidates to sample")
     g.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     g.add_argument("--seed", type=arg_type(SEED, int), default=0, help="sampler and run seed (default 0)")
+    g.add_argument("--early-stop", choices=EARLY_STOPS, default="bound",
+                   help="bound (default): stop a candidate once proven infeasible or "
+                   "dominated, exact; asha: successive halving on the truncated score, a "
+                   "heuristic screen; none: replay every candidate in full")
+    g.add_argument("--no-early-stop", action="store_const", dest="early_stop", const="none",
+                   help="the same as --early-stop none (default: off)")
+    g.add_argument("--check-s", type=_positive_float, default=DEFAULT_CHECK_S, metavar="S",
+                   help=f"--early-stop bound: simulated seconds between checks (default "
+                   f"{DEFAULT_CHECK_S:g})")
     g.add_argument("--rungs", default=",".join(f"{r:g}" for r in DEFAULT_RUNGS_S),
-                   metavar="S,S,...", help="early-stopping checkpoints in simulated seconds "
-                   "(default 600,1200,2400)")
+                   metavar="S,S,...", help="--early-stop asha: checkpoints in simulated "
+                   "seconds (default 600,1200,2400; with none they are only recorded)")
     g.add_argument("--reduction-factor", type=_positive_int, default=3, metavar="N",
-                   help="keep 1/N of the candidates at each rung (default 3)")
-    g.add_argument("--no-early-stop", action="store_true",
-                   help="replay every candidate in full")
+                   help="--early-stop asha: keep 1/N of the candidates at each rung "
+                   "(default 3)")
+    g.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="Optuna's TPE (default) or random sampling (independent of the "
+                   "results: the same candidates whatever the early stopping)")
     g.add_argument("--arrival-speedup-ratio", type=_positive_float, default=None, metavar="X",
                    help="divide trace inter-arrival times by X (default 1)")
     g.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
@@ -835,7 +1112,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("file not found", file=CMDLINE, field="--compare")
         compare = read_csv(args.compare)
     out = _check_out(args.out)
-    setup = Setup(args.trace, space, objective, rungs, args.arrival_speedup_ratio, args.seed)
+    setup = Setup(args.trace, space, objective, rungs, args.arrival_speedup_ratio, args.seed,
+                  early_stop=args.early_stop, check_s=args.check_s, sampler=args.sampler)
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
@@ -850,26 +1128,27 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.set_postfix(failed=counts["failed"], refresh=False)
 
-    early = not args.no_early_stop
     t0 = time.perf_counter()
+    cpu0 = time.process_time()      # this process's CPU: all the work locally, the driver on Ray
     try:
         if args.executor == "ray":
-            records, cpus = search_ray(setup, args.trials, early_stop=early,
+            records, cpus = search_ray(setup, args.trials,
                                        reduction_factor=args.reduction_factor,
                                        progress=progress, address=args.ray_address,
                                        cpus=args.jobs, storage=out / "tune")
         else:
-            records = search_local(setup, args.trials, early_stop=early,
+            records = search_local(setup, args.trials,
                                    reduction_factor=args.reduction_factor, progress=progress)
             cpus = 1
+        replay_closest(setup, records)
     finally:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
-    return _finish(args, setup, records, out, wall, cpus, compare)
+    return _finish(args, setup, records, out, wall, time.process_time() - cpu0, cpus, compare)
 
 
-def _finish(args, setup: Setup, records, out: Path, wall: float, cpus: int,
+def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, cpus: int,
             compare) -> int:
     obj = setup.objective
     write_trials(records, setup, out / "trials.csv")
@@ -884,6 +1163,7 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpus: int,
                         *(_fmt(r["params"].get(k)) for k in keys)])
     by = {s: sum(r["status"] == s for r in records) for s in STATUSES}
     requests = sum(int(r.get("requests") or 0) for r in records)
+    reused = sum(str(r.get("reason") or "").startswith("same candidate") for r in records)
     best = best_record(records, obj)
     feasible = best is not None and best["violation"] == 0
     title = (f"dynosim search: {len(records)} candidates ({by['complete']} complete, "
@@ -892,11 +1172,14 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpus: int,
     plot_front(records, obj, out / "front.png", title, compare)
     cmd = write_best(setup, best, out / "best.yaml", feasible) if best is not None else None
     info = {"trace": setup.trace, "space": setup.space.as_dict(), "objective": obj.text,
-            "rungs_s": list(setup.rungs_s), "early_stop": not args.no_early_stop,
-            "reduction_factor": args.reduction_factor, "seed": setup.seed,
+            "early_stop": setup.early_stop, "check_s": setup.check_s,
+            "rungs_s": list(setup.rungs_s), "reduction_factor": args.reduction_factor,
+            "sampler": setup.sampler, "seed": setup.seed,
             "trials": len(records), **{f"{s}_trials": n for s, n in by.items()},
+            "repeated_trials": reused,
             "run_info": {"executor": args.executor, "ray_address": args.ray_address,
                          "cpus": cpus, "wall_s": round(wall, 2),
+                         "process_cpu_s": round(cpu_s, 2),
                          "trials_per_s": round(len(records) / wall, 3) if wall else None,
                          "simulated_requests": requests,
                          "simulated_requests_per_s": round(requests / wall) if wall else None},
@@ -909,7 +1192,8 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpus: int,
                                                 allow_nan=True) + "\n")
     print(f"dynosim search: {len(records)} candidates in {wall:.1f} s on {cpus} "
           f"CPU{'s' if cpus != 1 else ''} ({args.executor}): {by['complete']} complete, "
-          f"{by['pruned']} stopped early, {by['failed']} failed; "
+          f"{by['pruned']} stopped early, {by['failed']} failed"
+          f"{f' ({reused} repeats of an earlier candidate, not replayed)' if reused else ''}; "
           f"{requests:,} simulated requests ({requests / wall:,.0f}/s)")
     for r in [r for r in records if r["status"] == "failed"][:3]:
         print(f"  failed trial {r['trial']} {json.dumps(r['params'], sort_keys=True)}: "

@@ -36,3 +36,11 @@ cdef class Simulation:
     cdef public bint hold_arrivals
     cdef public object held_arrival
     cdef public double _last_t
+    cdef public object disagg
+    cdef public bint disaggregated
+    cdef public object decode_router
+    cdef public object _decode_active
+    cdef public dict _handoffs
+    cdef public dict _orig
+    cdef public list _held
+    cdef public bint _reuse_dst

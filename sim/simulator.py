@@ -8,6 +8,7 @@ millisecond share a batch, as in Dynamo's replay.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -15,14 +16,16 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .engine import EngineBase as Engine, EngineConfig, make_engine
-from .metrics import STATUS_REJECTED, MetricsCollector
+from .disagg import DisaggConfig, Handoff
+from .engine import REASON_KV_CAPACITY, EngineBase as Engine, EngineConfig, make_engine
+from .metrics import STATUS_IN_FLIGHT, STATUS_REJECTED, MetricsCollector
 from .request import Request
 from .router import KvRouterConfig, Router, make_router
 from .timing import TimingModel
 
 # Event kinds, in the order they are handled at one timestamp.
 EV_PASS_END, EV_WORKER_READY, EV_ARRIVAL, EV_CONTROL = 0, 1, 2, 3
+EV_HANDOFF = 4     # a disaggregated KV transfer has ended (sim.disagg)
 
 STARTING, ACTIVE, DRAINING, REMOVED = "starting", "active", "draining", "removed"
 REASON_NO_WORKER = 3
@@ -36,10 +39,22 @@ class Worker:
     ready_ms: float | None = None
     removed_ms: float | None = None
     version: int = 0     # bumps when the pending pass-end event is replaced
+    # Disaggregated pools (sim.disagg): the worker's role and index within its pool, and
+    # the handoffs waiting on its next pass boundary.
+    role: str = "agg"               # agg | prefill | decode
+    pool_index: int = 0
+    pending: list = field(default_factory=list)       # decode: to reserve, FIFO
+    transferred: list = field(default_factory=list)   # decode: KV arrived, to activate
+    releases: list = field(default_factory=list)      # prefill: held KV to release
+    kv_waits: int = 0     # handoffs holding its blocks: sources held, reservations in transfer
 
     @property
     def id(self) -> int:
         return self.engine.id
+
+
+def _src_id(h: Handoff) -> int:
+    return h.src.engine.id
 
 
 @dataclass
@@ -66,10 +81,18 @@ class Simulation:
                  max_sim_time_ms: float | None = None, exact: bool = False,
                  sla: dict[str, float | None] | None = None,
                  progress: Callable[[float], None] | None = None,
-                 check_invariants: bool = False, token_gaps: bool = True) -> None:
+                 check_invariants: bool = False, token_gaps: bool = True,
+                 disagg: DisaggConfig | None = None) -> None:
         """``token_gaps=False`` skips the distribution of gaps between tokens (the summary's
         ITL percentiles and per-user throughput are then empty; per-request records, TTFT
-        and TPOT are unaffected). The environments use it: they observe per-request TPOT."""
+        and TPOT are unaffected). The environments use it: they observe per-request TPOT.
+
+        ``disagg``: run separate prefill and decode pools (:mod:`sim.disagg`); then
+        ``engine``, ``cluster.num_workers`` and ``router`` are ignored for the pools (the
+        pools' own engine configs and routers are in ``disagg``). A KV router of either pool
+        takes ``kv_router`` with Dynamo's stage rules (router-disaggregated-serving.md): the
+        prefill router without the decode-load term, the decode router without overlap
+        credit, assumed reuse or pending-prefill term."""
         self.workload = workload
         self.token_gaps = token_gaps
         self.engine_cfg = engine
@@ -83,6 +106,29 @@ class Simulation:
         ss = np.random.SeedSequence(seed)
         self._rng_router = np.random.default_rng(ss.spawn(1)[0])
         self.metrics = MetricsCollector()
+        self.disagg = disagg
+        self.disaggregated = disagg is not None
+        self.decode_router = None
+        self._decode_active = None
+        self._handoffs = {}          # request index -> Handoff (disaggregated, in flight)
+        self._orig = {}              # request index -> original request (on a prefill worker)
+        self._held = []              # handoffs held at this timestamp, not yet routed
+        # decode workers cache and look up prompt blocks only when the transfer charges
+        # what the destination lacks
+        self._reuse_dst = (disagg is not None
+                           and disagg.kv_transfer_timing_mode == "destination_missing")
+        if disagg is not None:
+            # The decode router draws from its own stream: child 2 (0 = router, 1 = workload).
+            rng_decode = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+            router = disagg.prefill_router
+            engine = disagg.prefill_engine
+            base = kv_router or KvRouterConfig()
+            self.decode_router = make_router(
+                disagg.decode_router, rng_decode, disagg.decode_engine.block_size,
+                dataclasses.replace(base, overlap_score_credit=0.0, assume_kv_reuse=False,
+                                    track_prefill_tokens=False),
+                run_keys=disagg.decode_engine.backend == "sglang")
+            kv_router = dataclasses.replace(base, track_active_blocks=False)
         self.router: Router = make_router(router, self._rng_router, engine.block_size, kv_router,
                                           run_keys=engine.backend == "sglang")
         self.router_mode = router
@@ -104,8 +150,14 @@ class Simulation:
         self.hold_arrivals = False       # see route_to (DynoSimRouting-v0)
         self.held_arrival: Request | None = None
         self._last_t = 0.0               # check_invariants: the clock never goes back
-        for _ in range(self.cluster_cfg.num_workers):
-            self._new_worker(ACTIVE)
+        if disagg is None:
+            for _ in range(self.cluster_cfg.num_workers):
+                self._new_worker(ACTIVE)
+        else:
+            for _ in range(disagg.num_prefill_workers):
+                self._new_worker(ACTIVE, "prefill")
+            for _ in range(disagg.num_decode_workers):
+                self._new_worker(ACTIVE, "decode")
         self._record_replicas()
         self._pull_arrival()
 
@@ -132,17 +184,29 @@ class Simulation:
         return bool(self._dirty) or any(ev[1] != EV_CONTROL for ev in self.heap)
 
     # -- cluster -----------------------------------------------------------------------
-    def _new_worker(self, state: str) -> Worker:
+    def _new_worker(self, state: str, role: str = "agg") -> Worker:
         wid = len(self.workers)
-        eng = make_engine(wid, self.engine_cfg, self.timing, self.metrics, exact=self.exact,
+        router = self.router
+        cfg = self.engine_cfg
+        if role == "decode":
+            router = self.decode_router
+            cfg = self.disagg.decode_engine
+        elif role == "prefill":
+            cfg = self.disagg.prefill_engine
+        eng = make_engine(wid, cfg, self.timing, self.metrics, exact=self.exact,
                      defer_gaps=self.max_sim_time_ms is not None, token_gaps=self.token_gaps)
-        eng.on_first_token = self.router.on_first_token
-        eng.on_finished = self._on_finished
-        if self.router.wants_kv_events:
+        eng.on_first_token = router.on_first_token
+        eng.on_finished = self._on_decode_finished if role == "decode" else self._on_finished
+        if role == "prefill":
+            eng.on_handoff = self._on_source_held
+        if router.wants_kv_events:
             eng.kv.enable_events()
         w = Worker(eng, state, self.now, self.now if state == ACTIVE else None)
+        w.role = role
+        w.pool_index = sum(1 for x in self.workers if x.role == role)
         self.workers.append(w)
         self._active = None
+        self._decode_active = None
         return w
 
     def _set_state(self, w: Worker, state: str) -> None:
@@ -150,11 +214,170 @@ class Simulation:
         self._active = None
 
     def _active_workers(self) -> tuple[list[Worker], list[Engine]]:
-        """Active workers and their engines (cached: routing is per request)."""
+        """Active workers that take arrivals (aggregated, or the prefill pool) and their
+        engines (cached: routing is per request)."""
         if self._active is None:
-            ws = [w for w in self.workers if w.state == ACTIVE]
+            ws = [w for w in self.workers if w.state == ACTIVE and w.role != "decode"]
             self._active = (ws, [w.engine for w in ws])
         return self._active
+
+    # -- disaggregated handoff (sim.disagg) ---------------------------------------------
+    def _on_source_held(self, eng: Engine, s, now: float) -> None:
+        """The prefill copy of a request emitted its token at ``now``: the source holds
+        its KV. The decode router sees the handoffs of one timestamp after all its events,
+        in prefill-worker order (as Dynamo's replay does)."""
+        self.router.on_finished(eng, s, now)
+        req = self._orig.pop(s.req.index)
+        h = Handoff(req, self.workers[eng.id], s, now)
+        h.src.kv_waits += 1
+        self._handoffs[req.index] = h
+        self._held.append(h)
+
+    def _route_held(self) -> None:
+        held, self._held = self._held, []
+        if len(held) > 1:
+            held.sort(key=_src_id)
+        for h in held:
+            self._route_handoff(h)
+
+    def _route_handoff(self, h: Handoff) -> None:
+        """The decode router picks the destination of a held handoff."""
+        req = h.req
+        now = self.now
+        if self._decode_active is None:
+            ws = [w for w in self.workers if w.state == ACTIVE and w.role == "decode"]
+            self._decode_active = (ws, [w.engine for w in ws])
+        active, engines = self._decode_active
+        router = self.decode_router
+        if router.wants_kv_events:
+            for x in active:
+                if x.engine.stretch_ends is not None:
+                    gone = x.engine.stretch_evictions_until(now)
+                    if gone:
+                        router.publish_removed(x.engine, gone)
+        dst = router.select(req, engines, now)
+        router.on_routed(dst, req)
+        h.keys = router.take_keys()
+        w = self.workers[dst.id]
+        h.dst = w
+        w.pending.append(h)
+        deng = w.engine
+        if not deng.busy:
+            self._reserve_pending(w)
+        elif deng.stretch_ends is not None and len(deng.stretch_ends) > 1:
+            # The reservation waits for the next pass boundary: cut a stretch there.
+            old_end = deng.pass_end
+            new_end = deng.truncate_stretch(now)
+            if new_end != old_end:
+                w.version += 1
+                self._push(new_end, EV_PASS_END, (w, w.version))
+
+    def _reserve_pending(self, w: Worker) -> None:
+        """One retry of a decode worker's pending handoffs (Dynamo's vLLM core: one per
+        pass boundary and one per applied activation): reserve KV for the head if its
+        blocks are free now; the transfer starts at the reservation. A head that can never
+        fit the pool is rejected and the next one tried."""
+        eng = w.engine
+        pending = w.pending
+        cfg = self.disagg
+        reuse = self._reuse_dst
+        while pending:
+            h = pending[0]
+            got = eng.reserve_remote(h.req, h.keys, reuse)
+            if got is None:
+                bs = eng.bs
+                if (h.req.input_length + bs - 1) // bs > eng.cfg.num_gpu_blocks:
+                    pending.pop(0)        # can never fit this decode worker
+                    self._reject_handoff(h, REASON_KV_CAPACITY)
+                    continue
+                return
+            pending.pop(0)
+            w.kv_waits += 1
+            h.dst_seq, missing = got
+            h.dst_seq.first_admit = h.src_seq.first_admit
+            h.dst_seq.reused = h.src_seq.reused
+            h.destination_reserved_ms = self.now
+            h.ready_ms = self.now + cfg.delay_ms(h.req.input_length, missing)
+            self._push(h.ready_ms, EV_HANDOFF, h)
+            return
+
+    def _on_transfer_done(self, h: Handoff) -> None:
+        w = h.dst
+        eng = w.engine
+        if not eng.busy:
+            self._activate(h)
+            self._dirty.append(w)
+            return
+        w.transferred.append(h)
+        if eng.stretch_ends is not None and len(eng.stretch_ends) > 1:
+            old_end = eng.pass_end
+            new_end = eng.truncate_stretch(self.now)
+            if new_end != old_end:
+                w.version += 1
+                self._push(new_end, EV_PASS_END, (w, w.version))
+
+    def _activate(self, h: Handoff) -> None:
+        """The KV has arrived and the decode worker is at a pass boundary: the request
+        joins its queue; the source releases at its own next boundary."""
+        h.destination_activated_ms = self.now
+        h.dst.kv_waits -= 1
+        h.dst.engine.activate_remote(h.dst_seq, self._reuse_dst)
+        del self._handoffs[h.req.index]
+        self._note(h)
+        if h.dst.pending:
+            # An applied activation retries the pending head once (Dynamo's
+            # effects_after_capacity_change), besides the retry of each pass boundary.
+            self._reserve_pending(h.dst)
+        src = h.src
+        if src.engine.busy:
+            src.releases.append(h)
+        else:
+            self._release_source(h)
+
+    def _release_source(self, h: Handoff) -> None:
+        h.source_released_ms = self.now
+        src = h.src
+        src.engine.release_source(h.src_seq)
+        src.kv_waits -= 1
+        h.src_seq = None
+        self._note(h)
+        if not src.engine.busy and src.engine.has_work():
+            self._dirty.append(src)          # it may have been waiting for these blocks
+
+    def _note(self, h: Handoff) -> None:
+        self.metrics.set_handoff(h.req.index, h.src.pool_index,
+                                 None if h.dst is None else h.dst.pool_index,
+                                 h.source_held_ms, h.destination_reserved_ms,
+                                 h.destination_activated_ms, h.source_released_ms)
+
+    def _reject_handoff(self, h: Handoff, reason: int) -> None:
+        req = h.req
+        del self._handoffs[req.index]
+        s = h.src_seq
+        self.decode_router.on_finished(h.dst.engine, s, self.now)
+        self.metrics.record(req.index, req.arrival_ms, s.first_admit, math.nan, math.nan,
+                            math.nan, req.input_length, 0, req.output_length, s.reused,
+                            h.dst.engine.id, STATUS_REJECTED, 0, reason)
+        self._release_source(h)
+        self._release_followers(req)
+
+    def _boundary(self, w: Worker) -> None:
+        """A disaggregated worker's pass boundary: activations and reservations (decode),
+        releases of handed-off KV (prefill)."""
+        if w.releases:
+            rel, w.releases = w.releases, []
+            for h in rel:
+                self._release_source(h)
+        if w.transferred:
+            done, w.transferred = w.transferred, []
+            for h in done:
+                self._activate(h)
+        if w.pending:
+            self._reserve_pending(w)
+
+    def _on_decode_finished(self, eng: Engine, s, status: int) -> None:
+        self.decode_router.on_finished(eng, s, self.now)
+        self._release_followers(s.req)
 
     def counts(self) -> tuple[int, int, int]:
         """(active, starting, draining) workers."""
@@ -249,6 +472,11 @@ class Simulation:
             eng = self.router.select(req, engines, self.now)
             w = self.workers[eng.id]
         self.router.on_routed(w.engine, req)
+        if self.disaggregated:
+            # The prefill worker runs a copy with one output token (Dynamo's disagg.rs).
+            self._orig[req.index] = req
+            req = Request(req.index, req.arrival_ms, req.input_length, 1, req.hash_ids,
+                          req.trace_block_size, req.session_id, req.delay_ms, req.line)
         self._enqueue(w, req, self.router.take_keys())
 
     def _enqueue(self, w: Worker, req: Request, keys: list[int] | None) -> None:
@@ -316,19 +544,30 @@ class Simulation:
 
     def _start(self, w: Worker) -> None:
         eng = w.engine
+        if self.disaggregated and not eng.busy:
+            self._boundary(w)
         if eng.busy or not eng.has_work():
             return
         now = self.now
-        k = 0 if self.exact else eng.plan_stretch()
+        # (a decode worker with handoffs still to reserve retries at every pass boundary:
+        # no bulk stretch over them)
+        k = 0 if self.exact or (self.disaggregated and w.pending) else eng.plan_stretch()
         if k > 1:
             end = eng.start_stretch(now, k)
         else:
             end = eng.start_pass(now)
             while not eng._did_work:
+                eng.busy = False
+                if self.disaggregated and w.kv_waits:
+                    # Blocks are held by handoffs (a source not yet released, a reservation
+                    # in transfer): wait for them; their release or activation restarts us.
+                    eng.num_passes -= 1
+                    return
                 # Nothing can run: the head was preempted and its known sequence outgrew
                 # the whole pool. Reject it (Dynamo aborts the replay here) and retry.
-                eng.busy = False
                 eng.reject_head()
+                if self.disaggregated:
+                    self._boundary(w)       # the freed blocks may fit a reservation
                 if not eng.has_work():
                     self._maybe_retire(w)
                     return
@@ -373,6 +612,11 @@ class Simulation:
                     if eng.has_work():
                         self._dirty.append(w)
                     else:
+                        if self.disaggregated:
+                            self._boundary(w)
+                            if eng.has_work():
+                                self._dirty.append(w)
+                                continue
                         self._maybe_retire(w)
                 elif kind == EV_ARRIVAL:
                     if payload is self._pending_arrival:
@@ -391,9 +635,15 @@ class Simulation:
                             self._dirty.append(w)
                 elif kind == EV_CONTROL:
                     payload(self)
+                elif kind == EV_HANDOFF:
+                    self._on_transfer_done(payload)
+            if self.disaggregated and self._held:
+                self._route_held()
             if self.check_invariants:
                 self._check(t)
-            if self._dirty:
+            while self._dirty:
+                # (one round when aggregated; a disaggregated start can free a source's
+                # blocks on another worker, which then starts at this timestamp too)
                 dirty = self._dirty
                 self._dirty = []
                 if len(dirty) > 1:
@@ -421,19 +671,34 @@ class Simulation:
         if not self._done:
             self.run_until(None)
         if self.cut_off:
+            if self.disaggregated:
+                self._cut_handoffs()
             for w in self.workers:
                 w.engine.stop_at(self.now)
         cols_last = self.metrics.cols["last_token_ms"]
         last_completion = max((x for x in cols_last if x == x), default=0.0)
         end = self.now if self.cut_off else max(last_completion, 0.0)
         worker_s = 0.0
+        role_s = {"agg": 0.0, "prefill": 0.0, "decode": 0.0}
         for w in self.workers:
             stop = w.removed_ms if w.removed_ms is not None else end
-            worker_s += max(0.0, min(stop, end) - w.created_ms) / 1000.0
+            ws = max(0.0, min(stop, end) - w.created_ms) / 1000.0
+            worker_s += ws
+            role_s[w.role] += ws
         extra = {"not_arrived_requests": self._count_not_arrived(),
                  "unroutable_requests": self.num_unroutable,
                  "num_workers_final": self.counts()[0],
                  "cut_off_ms": self.max_sim_time_ms if self.cut_off else None}
+        if self.disaggregated:
+            d = self.disagg
+            p_h = role_s["prefill"] * d.prefill_gpus_per_worker / 3600.0
+            d_h = role_s["decode"] * d.decode_gpus_per_worker / 3600.0
+            extra.update({"prefill_worker_seconds": role_s["prefill"],
+                          "decode_worker_seconds": role_s["decode"],
+                          "prefill_gpus_per_worker": d.prefill_gpus_per_worker,
+                          "decode_gpus_per_worker": d.decode_gpus_per_worker,
+                          "prefill_gpu_hours": p_h, "decode_gpu_hours": d_h,
+                          "gpu_hours": p_h + d_h})
         summary = self.metrics.summary(num_requests=self.num_arrived, sla=self.sla,
                                        provisioned_worker_seconds=worker_s,
                                        gpus_per_worker=self.cluster_cfg.gpus_per_worker,
@@ -444,6 +709,25 @@ class Simulation:
             "evictions": sum(w.engine.kv.evictions for w in self.workers),
         }
         return RunResult(summary, self.metrics, self.workers, self.replicas)
+
+    def _cut_handoffs(self) -> None:
+        """At a cut-off: every handoff not yet activated is in flight (held, waiting for
+        its reservation or in transfer); prefill copies still computing carry their
+        request's real output length into their in-flight records."""
+        for idx in sorted(self._handoffs):
+            h = self._handoffs[idx]
+            req, s = h.req, h.src_seq
+            self._note(h)
+            self.metrics.record(idx, req.arrival_ms, s.first_admit, math.nan, math.nan,
+                                math.nan, req.input_length, 0, req.output_length, s.reused,
+                                h.src.engine.id, STATUS_IN_FLIGHT, 0, 0)
+        self._handoffs = {}
+        for w in self.workers:
+            if w.role == "prefill":
+                for s in list(w.engine.running) + list(w.engine.waiting):
+                    orig = self._orig.get(s.req.index)
+                    if orig is not None:
+                        s.max_out = orig.output_length
 
     def _count_not_arrived(self) -> int | None:
         """Workload requests that never arrived before the cut-off (None if unknown, e.g.

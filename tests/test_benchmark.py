@@ -273,7 +273,7 @@ def test_policy_specs_resolve_with_one_line_errors() -> None:
     assert resolve_policy("heuristic:kv").env_id == "DynoSimRouting-v0"
     assert resolve_policy("heuristic:static:4").env_id == "DynoSim-v0"
     for spec, needle in (("pretrained:nope", "unknown pretrained policy 'nope'"),
-                         ("heuristic:least_loaded", "unknown heuristic"),
+                         ("heuristic:power_of_two", "unknown heuristic"),
                          ("x/model.zip", "no such model")):
         with pytest.raises(InputError, match=needle) as exc:
             resolve_policy(spec)

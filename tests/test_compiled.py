@@ -52,6 +52,19 @@ for router in ("round_robin", "kv"):
     cols = {k: v.tobytes().hex() for k, v in res.metrics.columns().items()}
     out[router] = hashlib.sha256(json.dumps([res.summary, cols], sort_keys=True,
                                             default=str).encode()).hexdigest()
+from sim.disagg import DisaggConfig
+wl = synthetic(np.random.default_rng(5), arrival=poisson(4.0), isl=lognormal(3000, 0.9, 20000),
+               osl=lognormal(150, 0.8, 600), num_requests=200, num_prefix_groups=4,
+               shared_prefix_blocks=3)
+eng = EngineConfig(block_size=64, num_gpu_blocks=900, max_num_batched_tokens=2048)
+d = DisaggConfig(num_prefill_workers=2, num_decode_workers=2, prefill_engine=eng,
+                 decode_engine=eng, prefill_router="kv", decode_router="kv",
+                 kv_transfer_bandwidth=8.0, kv_bytes_per_token=100000,
+                 kv_transfer_timing_mode="destination_missing")
+res = Simulation(wl, engine=eng, timing=t, disagg=d, seed=2, max_sim_time_ms=40000.0).run()
+cols = {k: v.tobytes().hex() for k, v in res.metrics.columns().items()}
+out["disagg"] = hashlib.sha256(json.dumps([res.summary, cols, res.metrics.handoffs],
+                                          sort_keys=True, default=str).encode()).hexdigest()
 env = gym.make("DynoSim-v0", config="autoscale_tiny")
 obs, info = env.reset(seed=3)
 rng = np.random.default_rng(0)

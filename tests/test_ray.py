@@ -24,6 +24,10 @@ import pytest
 from sim.cli import main
 
 WINDOW_S = "20"
+# The environment before any Ray session of this process: ray.init sets variables that
+# child processes inherit (RAY_AUTH_MODE=token among them, which then disagrees with the test
+# cluster's), so every Ray process this module starts gets this copy.
+ENV0 = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 HAS_RAY = True
 try:
     import ray  # noqa: F401
@@ -79,44 +83,48 @@ def no_ray_session():
     ray.shutdown()
 
 
-# First of the Ray group: a cluster started after this process has run local Ray sessions
-# did not start RLlib's env runners (seen under `make test`); alone it does.
+def _dynosim(*argv: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).with_name("dynosim")), *argv],
+                          capture_output=True, text=True, timeout=timeout, env=ENV0)
+
+
+# Every Ray client of this test is its own process (the cluster's readiness probe, the sweep,
+# the training), as a user runs them, with the environment from before any Ray session here
+# (ENV0): after a local Ray session in this process, RLlib's env runners failed to start on
+# the cluster (IndexError in get_spaces) because the training process inherited
+# RAY_AUTH_MODE=token. So the test passes in any order.
 @pytest.mark.ray
 @pytest.mark.xdist_group("ray")
-def test_two_node_cluster_sweep_and_rllib(tmp_path, no_ray_session, capsys):
+def test_two_node_cluster_sweep_and_rllib(tmp_path, capsys):
     """One cluster (its start-up is the slow part): a sweep as Ray tasks on both nodes gives
     the local executor's bytes; PPO's env runners on both nodes train ~1,000 steps and the
     checkpoint scores through ``dynosim evaluate`` like an SB3 model."""
     if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("the ray extra is not installed (pip install -e '.[ray]')")
-    import ray
     cluster = LocalCluster(tmp_path)
+    out = tmp_path / "rllib"
     try:
         cluster.start()
         assert _sweep(tmp_path / "local", "--jobs", "1") == 0
-        assert _sweep(tmp_path / "ray", "--executor", "ray", "--ray-address",
-                      cluster.address) == 0
-        assert len([n for n in ray.nodes() if n.get("Alive")]) == 2
+        p = _dynosim("sweep", "interval", "--quick", "--max-sim-time-s", WINDOW_S, "--out",
+                     str(tmp_path / "ray"), "--executor", "ray", "--ray-address",
+                     cluster.address)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert cluster.alive_nodes() == 2
         assert (tmp_path / "local" / "interval.csv").read_bytes() == \
             (tmp_path / "ray" / "interval.csv").read_bytes()
         info = json.loads((tmp_path / "ray" / "interval.run.json").read_text())
         assert info["cpus"] == 2 and info["ray_address"] == cluster.address
-        ray.shutdown()
 
-        # Training in its own process, as a user runs it (this test process has been through
-        # several Ray sessions, and Tune, by now).
-        out = tmp_path / "rllib"
-        p = subprocess.run([str(Path(sys.executable).with_name("dynosim")), "train",
-                            "--framework", "rllib", "--algo", "ppo", "--num-env-runners", "2",
-                            "--timesteps", "1000", "--ray-address", cluster.address, "--out",
-                            str(out), "--quiet"], capture_output=True, text=True, timeout=1200)
+        p = _dynosim("train", "--framework", "rllib", "--algo", "ppo", "--num-env-runners",
+                     "2", "--timesteps", "1000", "--ray-address", cluster.address, "--out",
+                     str(out), "--quiet")
         assert p.returncode == 0, p.stderr[-2000:]
         run = json.loads((out / "run.json").read_text())
         assert run["framework"] == "rllib" and run["ray"]["nodes"] == 2
         assert run["steps"] >= 1000 and run["curve"]
         assert (out / "learning_curve.png").is_file()
     finally:
-        ray.shutdown()
         cluster.stop()
     capsys.readouterr()
     assert main(["evaluate", "--policy", str(out), "--episodes", "1", "--json",
@@ -184,10 +192,9 @@ class LocalCluster:
         log = open(self.logs / f"{name}.log", "w")
         # Loopback-only test cluster: no token authentication (`ray start`'s default; a
         # driver process picks its auth mode once, when Ray loads).
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         self.procs.append(subprocess.Popen(
             [self.ray_bin, "start", *args, "--num-cpus", "1", "--block",
-             "--disable-usage-stats", *ports], stdout=log, stderr=subprocess.STDOUT, env=env,
+             "--disable-usage-stats", *ports], stdout=log, stderr=subprocess.STDOUT, env=ENV0,
             start_new_session=True))
 
     def start(self) -> "LocalCluster":
@@ -198,21 +205,26 @@ class LocalCluster:
         self._wait(2)
         return self
 
-    def _wait(self, nodes: int, timeout_s: float = 90.0) -> None:
-        import ray
+    def alive_nodes(self) -> int:
+        """Nodes alive in the cluster, asked by a separate driver process (0: no answer)."""
+        code = ("import ray, sys; ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2], "
+                "logging_level='ERROR', log_to_driver=False); "
+                "print(sum(bool(n.get('Alive')) for n in ray.nodes()))")
+        try:
+            p = subprocess.run([sys.executable, "-c", code, self.address, self.ip],
+                               capture_output=True, text=True, timeout=60, env=ENV0)
+        except subprocess.TimeoutExpired:
+            return 0
+        lines = p.stdout.split()
+        return int(lines[-1]) if p.returncode == 0 and lines and lines[-1].isdigit() else 0
+
+    def _wait(self, nodes: int, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
                 break
-            try:
-                ray.init(address=self.address, _node_ip_address=self.ip,
-                         logging_level="ERROR", log_to_driver=False)
-                alive = [n for n in ray.nodes() if n.get("Alive")]
-                ray.shutdown()
-                if len(alive) >= nodes:
-                    return
-            except Exception:          # noqa: BLE001 - not up yet
-                ray.shutdown()
+            if self.alive_nodes() >= nodes:
+                return
             time.sleep(1.0)
         self.stop()
         logs = "; ".join((self.logs / f).read_text()[-400:] for f in ("head.log", "worker.log")

@@ -169,12 +169,115 @@ def test_raising_trial_is_recorded_and_search_goes_on(tmp_path, small_trace):
 
 def test_infeasible_constraint_says_so_and_shows_the_closest(tmp_path, capsys, small_trace):
     out = tmp_path / "out"
-    assert _search(small_trace, _space(tmp_path, SPACE), out, "--trials", "4",
+    assert _search(small_trace, _space(tmp_path, SPACE), out, "--trials", "4", "--check-s", "10",
                    objective="minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= "
                    "0.001") == 2
     line = _one_line(capsys.readouterr().err)
     assert "no candidate meets latency_ms.ttft.p90 <= 0.001" in line and "closest: trial" in line
     assert (out / "best.yaml").read_text().startswith("# dynosim search: closest")
+    # The bound rule stops every candidate early; the closest few are replayed in full, so
+    # the closest reported is a full replay.
+    rows = _rows(out / "trials.csv")
+    closest = int(line.split("closest: trial ")[1].split()[0])
+    row = next(r for r in rows if int(r["trial"]) == closest)
+    assert row["status"] == "complete" and row["stopped_because"].startswith("replayed in full")
+
+
+# -- the bound rule: exact early stopping ----------------------------------------------------
+
+def test_bound_rule_keeps_the_full_replay_front_and_best(tmp_path, small_trace):
+    """Random sampling draws the same candidates whatever the early stopping, so the search
+    with the bound rule must give the front and best of replaying every candidate in full,
+    while stopping some of them."""
+    space = _space(tmp_path, SPACE)
+    objective = "minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= 100000"
+    runs = {}
+    for early in ("none", "bound"):
+        out = tmp_path / early
+        assert _search(small_trace, space, out, "--trials", "24", "--sampler", "random",
+                       "--early-stop", early, "--check-s", "15", objective=objective) == 0
+        runs[early] = (_rows(out / "trials.csv"), (out / "front.csv").read_bytes(),
+                       json.loads((out / "search.json").read_text())["best"])
+    (full, front_full, best_full), (cut, front_cut, best_cut) = runs["none"], runs["bound"]
+    assert [r["tp"] for r in full] == [r["tp"] for r in cut]          # same candidates
+    assert front_cut == front_full and best_cut == best_full
+    stopped = [r for r in cut if r["status"] == "pruned"]
+    assert stopped and all(r["stopped_because"].startswith(
+        ("infeasible", "dominated", "same candidate as trial")) for r in stopped)
+    done = {r["trial"]: r for r in full}
+    for r in stopped:          # a stopped candidate's recorded bounds hold for its full replay
+        for f in ("totals.gpu_hours", "latency_ms.ttft.p90"):
+            assert float(r[f]) <= float(done[r["trial"]][f])
+    assert sum(float(r["sim_s"]) for r in cut) < sum(float(r["sim_s"]) for r in full)
+    # A candidate drawn again is not replayed: it has the numbers of its first draw.
+    repeats = [r for r in full if r["stopped_because"].startswith("same candidate as trial")]
+    assert repeats
+    for r in repeats:
+        first = done[r["stopped_because"].split()[-1]]
+        assert {k: v for k, v in r.items() if k not in ("trial", "stopped_because")} == \
+            {k: v for k, v in first.items() if k not in ("trial", "stopped_because")}
+
+
+@pytest.mark.parametrize("params", [
+    {"tp": 1, "cluster.num_workers": 1, "router.mode": "round_robin", "planner": "none"},
+    {"tp": 2, "cluster.num_workers": 3, "router.mode": "kv", "planner": "none",
+     "engine.block_size": 32},
+    {"tp": 1, "cluster.num_workers": 2, "router.mode": "kv", "planner": "load",
+     "planner.interval_s": 10.0},
+])
+def test_lower_bounds_hold_at_every_check(tmp_path, small_trace, params):
+    space = search.load_space(_space(tmp_path, SPACE))
+    fields = ["totals.gpu_hours", "totals.provisioned_worker_seconds", "latency_ms.ttft.p90",
+              "latency_ms.ttft.median", "latency_ms.ttft.max", "latency_ms.e2e_latency.p99"]
+    obj = search.Objective(fields[0], False, [(f, "<=", 1e12) for f in fields[1:]])
+    setup = search.Setup(small_trace, space, obj, (30.0,), early_stop="bound", check_s=5.0)
+    seen: list[dict] = []
+    res = search.run_candidate(setup, params, lambda step, v, s: seen.append(v) or None)
+    assert res["status"] == "complete" and len(seen) > 5
+    assert any(v["latency_ms.ttft.p90"] > 0 for v in seen)           # the bound says something
+    for v in seen:
+        for f in fields:
+            assert v[f] <= res["values"][f], (f, v[f], res["values"][f])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(0, 1e5), min_size=1, max_size=60), st.data())
+def test_quantile_lower_bound_is_sound(final, data):
+    """Whatever part of the final sample is seen now and however many requests are still
+    to come or get rejected, the bound is at most the final nearest-rank quantile."""
+    import numpy as np
+    from sim.metrics import describe
+    n_total = len(final) + data.draw(st.integers(0, 40), label="rejected later")
+    seen = data.draw(st.lists(st.sampled_from(range(len(final))), unique=True), label="seen")
+    desc = np.sort(np.array([final[i] for i in seen]))[::-1]
+    stats = describe(np.array(final))
+    for name, q in (("median", 0.5), ("p75", 0.75), ("p90", 0.9), ("p99", 0.99), ("max", None)):
+        assert search._quantile_lb(desc, q, n_total) <= stats[name]
+
+
+def test_bound_stop_reasons():
+    o = search.Objective("totals.gpu_hours", False, [("latency_ms.ttft.p90", "<=", 1500.0)])
+    lb = {"totals.gpu_hours": 4.0, "latency_ms.ttft.p90": 1600.0}
+    assert search.bound_stop(o, lb, []).startswith("infeasible: latency_ms.ttft.p90")
+    lb["latency_ms.ttft.p90"] = 900.0
+    assert search.bound_stop(o, lb, []) is None
+    assert search.bound_stop(o, lb, [(3.9, 900.0)]).startswith("dominated")
+    assert search.bound_stop(o, lb, [(4.0, 800.0)]) is None     # could still tie on GPU-h
+    assert search.bound_stop(o, lb, [(3.9, 901.0)]) is None
+    o_max = search.Objective("totals.output_throughput_tok_s", True, [])
+    assert search.bound_stop(o_max, {"totals.output_throughput_tok_s": 5.0}, [(1, 1)]) is None
+
+
+def test_kv_router_weights_only_for_the_kv_router(tmp_path):
+    import optuna
+    space = search.load_space(_space(tmp_path, SPACE))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    modes = set()
+    for _ in range(40):
+        p = space.suggest(study.ask())
+        modes.add(p["router.mode"])
+        assert ("router.overlap_score_credit" in p) == (p["router.mode"] == "kv")
+    assert modes == {"kv", "round_robin"}
 
 
 # -- invariants ------------------------------------------------------------------------------
@@ -222,3 +325,32 @@ def test_ray_search_records_failures_and_finds_a_front(tmp_path, small_trace):
     assert _rows(out / "front.csv")
     info = json.loads((out / "search.json").read_text())
     assert info["run_info"]["executor"] == "ray" and info["run_info"]["cpus"] == 2
+
+
+@pytest.mark.ray
+@pytest.mark.xdist_group("ray")
+def test_ray_bound_rule_keeps_the_full_replay_front(tmp_path, small_trace):
+    """On Ray the cross-trial half of the bound rule is Tune's scheduler: with random
+    sampling its front is the one of replaying every candidate in full."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    import ray
+    space = _space(tmp_path, SPACE)
+    objective = "minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= 100000"
+    common = ("--trials", "16", "--sampler", "random", "--check-s", "15")
+    assert _search(small_trace, space, tmp_path / "full", *common, "--early-stop", "none",
+                   objective=objective) == 0
+    ray.shutdown()
+    try:
+        assert _search(small_trace, space, tmp_path / "ray", *common, "--executor", "ray",
+                       "--jobs", "2", objective=objective) == 0
+    finally:
+        ray.shutdown()
+
+    def points(d):
+        return sorted((r["totals.gpu_hours"], r["latency_ms.ttft.p90"])
+                      for r in _rows(tmp_path / d / "front.csv"))
+    assert points("ray") == points("full")
+    rows = _rows(tmp_path / "ray" / "trials.csv")
+    assert any(r["status"] == "pruned" for r in rows)
+    assert all(r["stopped_because"].startswith(("infeasible", "dominated"))
+               for r in rows if r["status"] == "pruned")

@@ -60,3 +60,4 @@ cdef class EngineBase:
     cdef public object tot
     cdef public object on_first_token
     cdef public object on_finished
+    cdef public object on_handoff

@@ -115,6 +115,9 @@ class EngineBase:
         self.tot = FpmTotals()
         self.on_first_token = None       # callbacks (router bookkeeping, workload sessions)
         self.on_finished = None
+        # Disaggregated prefill worker (sim.disagg): a finished prefill copy is handed off
+        # instead of completing; its KV stays held until ``release_source``.
+        self.on_handoff = None
 
     # -- queries -------------------------------------------------------------
     def num_in_flight(self) -> int:
@@ -155,6 +158,26 @@ class EngineBase:
 
     def check_invariants(self) -> None:
         """Tests: assert the KV manager's and the sequences' invariants."""
+
+    # -- disaggregated handoff (sim.disagg; flavours that support it override) -------
+    def reserve_remote(self, req: Request, keys: list[int] | None,
+                       reuse_cached: bool) -> tuple[Seq, int] | None:
+        """Decode worker: reserve KV for ``req``'s prompt, computed remotely (Dynamo's
+        WaitingForRemoteKv, destination reserved). Returns the sequence and the prompt
+        tokens missing here (the transfer's charge in ``destination_missing`` mode), or
+        None when the blocks are not free now."""
+        raise NotImplementedError(f"{type(self).__name__} has no disaggregated decode")
+
+    def activate_remote(self, s: Seq, register: bool) -> None:
+        """Decode worker: the prompt's KV has arrived; ``s`` joins the waiting queue with
+        its prompt computed (it is charged no prefill). ``register``: its full prompt blocks
+        join the prefix cache (for ``destination_missing`` look-ups; Dynamo's decode workers
+        report no prompt reuse in ``full_prompt`` mode)."""
+        raise NotImplementedError(f"{type(self).__name__} has no disaggregated decode")
+
+    def release_source(self, s: Seq) -> None:
+        """Prefill worker: the handoff of ``s`` is done; free its held KV."""
+        self._complete(s)
 
     # -- pass end ----------------------------------------------------------------
     def finish_pass(self, end: float) -> None:
@@ -211,6 +234,9 @@ class EngineBase:
             metrics.add_gap(gap_prev, gap_count)
         for s in done:
             self.running.remove(s)
+            if self.on_handoff is not None:
+                self.on_handoff(self, s, end)
+                continue
             self._complete(s)
             self._record(s, STATUS_COMPLETED, 0)
         if self._rejected:

@@ -159,7 +159,12 @@ class VllmEngine(EngineBase):
                     self.waiting_tokens -= s.prompt_len + s.generated
                     rejected.append((s, reason))
                     continue
-            cached, active_cached = self._lookup(s)
+            if s.computed:
+                # A disaggregated decode copy whose prompt KV arrived (activate_remote):
+                # its blocks are held, nothing to look up or compute.
+                cached, active_cached = 0, len(s.blocks) * bs
+            else:
+                cached, active_cached = self._lookup(s)
             if not self._fits(s, active_cached):
                 break
             o = self._schedule(s, True, cached, st, now)
@@ -181,7 +186,9 @@ class VllmEngine(EngineBase):
             # (output_length 0: ready once its prompt is computed, to end with no token)
             if s.computed >= known and (s.generated < s.max_out or not s.max_out):
                 ready.append(s)
-                if s.generated:
+                if s.generated or not scheduled[s][1]:
+                    # (generated == 0 with no prompt token this pass: a disaggregated decode
+                    # copy's first token, a decode step over its remotely computed prompt)
                     n_decode += 1
                     ctx += known
         decode_ms = (self.timing.decode_ms(n_decode, ctx, ctx, self.capacity_tokens)
@@ -198,6 +205,31 @@ class VllmEngine(EngineBase):
         self.pass_end = now + (prefill_ms + decode_ms)
         self._did_work = bool(st.scheduled) or bool(ready) or bool(rejected)
         return self.pass_end
+
+    # -- disaggregated decode (Dynamo: ReserveDestination / ActivateDestination) -----
+    def reserve_remote(self, req, keys, reuse_cached):
+        s = Seq(req, self.kv.new_blocks())
+        s.keys = keys
+        if self.defer_gaps:
+            s.gaps = []
+        bs = self.bs
+        need = (s.prompt_len + bs - 1) // bs
+        full_keys = self._prompt_keys(s)
+        hit = 0
+        if reuse_cached and self.cfg.enable_prefix_caching:
+            hit = min(self.kv.match_prefix(full_keys)[0], need)
+        hit_keys = full_keys[:hit] if hit else []
+        if not self.kv.reserve_into(s.blocks, hit_keys, need - hit):
+            return None
+        s.admitted = True                 # admission history lives on the prefill side
+        return s, s.prompt_len - min(hit * bs, s.prompt_len)
+
+    def activate_remote(self, s, register):
+        s.computed = s.prompt_len
+        if register:
+            self._register(s, 0, s.prompt_len)
+        self.waiting.append(s)
+        self.waiting_tokens += s.prompt_len
 
     def _fits(self, s: Seq, active_cached: int) -> bool:
         """Admission test of the waiting head: its whole known sequence, net of the prefix
@@ -340,6 +372,8 @@ class VllmEngine(EngineBase):
         if len(self.running) >= self.cfg.max_num_seqs:
             return False
         s = self.waiting[0]
+        if s.computed:
+            return True      # an activated disaggregated decode copy: its blocks are held
         if not s.admitted and self._reject_reason(s):
             return True      # a rejection is a state change: leave it to a full pass
         cached, active_cached = self._lookup(s)
@@ -403,7 +437,9 @@ class VllmEngine(EngineBase):
             assert s.computed <= s.prompt_len + s.generated, "computed past the sequence"
             assert len(s.blocks) == (s.computed + self.bs - 1) // self.bs, "blocks != computed"
         for s in self.waiting:
-            assert not s.blocks, "waiting sequence holds blocks"
+            # (a disaggregated decode copy waits with its remotely computed prompt's blocks)
+            assert not s.blocks or len(s.blocks) == (s.computed + self.bs - 1) // self.bs > 0, \
+                "waiting sequence holds blocks"
 
 
 def _allocations(phases: list[int], k: int, bs: int) -> int:

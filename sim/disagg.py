@@ -1,0 +1,102 @@
+"""Disaggregated prefill/decode: the pools' configuration and the KV handoff's timing.
+
+Dynamo's offline disaggregated replay (``docs/dynosim/modeling.md``; reference notes
+``../shared/reference/dynamo_semantics.md`` §7) runs two pools of workers, each with its
+own router and engine configuration. :class:`sim.simulator.Simulation` drives the
+request flow when given a :class:`DisaggConfig`:
+
+1. arrival -> prefill router -> a prefill worker runs a copy of the request with one
+   output token; when that token is emitted the source *holds* the prompt's KV;
+2. the decode router picks a decode worker, which *reserves* blocks for the prompt at its
+   next pass boundary (at once when idle) - Dynamo's WaitingForRemoteKv;
+3. the KV transfer takes :func:`transfer_ms` from the reservation; at the first pass
+   boundary of the decode worker at or after its end the request is *activated*: it joins
+   the waiting queue with its prompt computed, is charged no prefill, and emits all its
+   output tokens (the first one is the client-visible first token);
+4. the prefill worker *releases* the held KV at its first pass boundary at or after the
+   activation (at once when idle).
+
+Concurrent transfers do not contend (line rate per request, as in Dynamo).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .engine import EngineConfig
+
+TRANSFER_TIMING_MODES = ("full_prompt", "destination_missing")
+ROLES = ("prefill", "decode")
+
+
+def transfer_ms(tokens: int, kv_bytes_per_token: int | None, bandwidth_gbps: float) -> float:
+    """KV handoff delay in ms: ``tokens * kv_bytes_per_token`` bytes at ``bandwidth_gbps``
+    decimal GB/s (Dynamo's ``HandoffTransferTiming``). No bytes-per-token, or a bandwidth
+    of 0, means no delay. Example: 128 tokens x 1e6 B at 1 GB/s = 128 ms."""
+    if kv_bytes_per_token is None or bandwidth_gbps <= 0:
+        return 0.0
+    return tokens * float(kv_bytes_per_token) / (bandwidth_gbps * 1e9) * 1000.0
+
+
+@dataclass
+class DisaggConfig:
+    """Two pools and their handoff (Dynamo's names; units in the comments)."""
+
+    num_prefill_workers: int = 1
+    num_decode_workers: int = 1
+    prefill_engine: EngineConfig = field(default_factory=EngineConfig)
+    decode_engine: EngineConfig = field(default_factory=EngineConfig)
+    prefill_router: str = "round_robin"      # a sim.router mode, per pool
+    decode_router: str = "round_robin"
+    kv_transfer_bandwidth: float = 64.0      # GB/s (decimal); 0 = no transfer delay
+    kv_bytes_per_token: int | None = None    # bytes of KV per prompt token; None = no delay
+    kv_transfer_timing_mode: str = "full_prompt"   # or destination_missing
+    prefill_gpus_per_worker: int = 1         # for per-role GPU-hours
+    decode_gpus_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_prefill_workers < 1 or self.num_decode_workers < 1:
+            raise ValueError("a disaggregated cluster needs at least one prefill and one "
+                             "decode worker")
+        if self.kv_transfer_bandwidth < 0:
+            raise ValueError(f"kv_transfer_bandwidth must be >= 0 GB/s, got "
+                             f"{self.kv_transfer_bandwidth}")
+        if self.kv_transfer_timing_mode not in TRANSFER_TIMING_MODES:
+            raise ValueError(f"unknown kv_transfer_timing_mode {self.kv_transfer_timing_mode!r}"
+                             f" (one of {', '.join(TRANSFER_TIMING_MODES)})")
+        if self.prefill_engine.block_size != self.decode_engine.block_size:
+            raise ValueError(f"prefill and decode pools need the same block_size (got "
+                             f"{self.prefill_engine.block_size} and "
+                             f"{self.decode_engine.block_size})")
+        for role in ROLES:
+            backend = getattr(self, f"{role}_engine").backend
+            if backend != "vllm":
+                raise ValueError(f"disaggregated serving is modelled for the vllm backend "
+                                 f"only ({role} engine backend is {backend})")
+
+    def delay_ms(self, prompt_tokens: int, missing_tokens: int) -> float:
+        """The transfer time of one handoff (see :func:`transfer_ms`)."""
+        tokens = (prompt_tokens if self.kv_transfer_timing_mode == "full_prompt"
+                  else missing_tokens)
+        return transfer_ms(tokens, self.kv_bytes_per_token, self.kv_transfer_bandwidth)
+
+
+class Handoff:
+    """One request's prefill-to-decode handoff and its lifecycle times (ms, Dynamo's
+    per-request field names: ``source_held_ms`` ... ``source_released_ms``)."""
+
+    __slots__ = ("req", "src", "src_seq", "dst", "dst_seq", "keys", "source_held_ms",
+                 "destination_reserved_ms", "destination_activated_ms", "source_released_ms",
+                 "ready_ms")
+
+    def __init__(self, req, src, src_seq, held_ms: float) -> None:
+        self.req = req                   # the original request (full output length)
+        self.src = src                   # prefill Worker
+        self.src_seq = src_seq           # the prefill copy (holds the KV until released)
+        self.dst = None                  # decode Worker
+        self.dst_seq = None              # the decode copy, once reserved
+        self.keys = None                 # prompt-block keys from the decode router
+        self.source_held_ms = held_ms
+        self.destination_reserved_ms = float("nan")
+        self.destination_activated_ms = float("nan")
+        self.source_released_ms = float("nan")
+        self.ready_ms = float("nan")     # transfer end

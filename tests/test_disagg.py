@@ -1,0 +1,305 @@
+"""Disaggregated prefill/decode pools (sim.disagg): the handoff's timing, its ownership
+protocol as invariants, bulk vs pass-by-pass per role, and bad input on the command line.
+
+Parity with Dynamo's own disaggregated replay is in ``tests/test_disagg_parity.py``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import ListWorkload, req
+from sim.cli import main
+from sim.disagg import DisaggConfig, transfer_ms
+from sim.engine import EngineConfig
+from sim.metrics import HANDOFF_FIELDS, STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED
+from sim.simulator import Simulation
+from sim.timing import PolynomialTiming
+
+
+def _disagg(n_p=2, n_d=2, *, bs=64, blocks_p=16384, blocks_d=16384, router="round_robin",
+            bw=64.0, bpt=262_144, mode="full_prompt", **eng) -> DisaggConfig:
+    return DisaggConfig(num_prefill_workers=n_p, num_decode_workers=n_d,
+                        prefill_engine=EngineConfig(block_size=bs, num_gpu_blocks=blocks_p, **eng),
+                        decode_engine=EngineConfig(block_size=bs, num_gpu_blocks=blocks_d, **eng),
+                        prefill_router=router, decode_router=router, kv_transfer_bandwidth=bw,
+                        kv_bytes_per_token=bpt, kv_transfer_timing_mode=mode)
+
+
+def _run(reqs, d: DisaggConfig, *, exact=False, cut=None, check=True, seed=0):
+    sim = Simulation(ListWorkload(reqs), engine=EngineConfig(), timing=PolynomialTiming(),
+                     disagg=d, exact=exact, check_invariants=check, seed=seed,
+                     max_sim_time_ms=cut)
+    return sim.run()
+
+
+# -- transfer time ---------------------------------------------------------------------------
+
+def test_transfer_time_unit_check():
+    """Dynamo's unit test: 128 tokens x 1e6 B at 1 GB/s = 128 ms."""
+    assert transfer_ms(128, 1_000_000, 1.0) == pytest.approx(128.0, rel=1e-12)
+    # 26,888 tokens of Qwen3-32B bf16 KV (262,144 B/token) at 64 GB/s
+    assert transfer_ms(26_888, 262_144, 64.0) == pytest.approx(110.1332, rel=1e-6)
+    assert transfer_ms(128, 1_000_000, 0.0) == 0.0           # 0 disables the delay
+    assert transfer_ms(128, None, 64.0) == 0.0              # no KV size: no delay
+
+
+def test_transfer_modes_charge_prompt_or_missing_tokens():
+    full = _disagg(bw=1.0, bpt=1_000_000)
+    miss = _disagg(bw=1.0, bpt=1_000_000, mode="destination_missing")
+    assert full.delay_ms(128, 64) == pytest.approx(128.0)
+    assert miss.delay_ms(128, 64) == pytest.approx(64.0)
+    assert miss.delay_ms(128, 0) == 0.0                     # full destination hit
+
+
+def test_lone_request_timeline():
+    """One request, idle pools: prefill pass, then the transfer from the reservation (at
+    once: the decode worker is idle), activation at the transfer end, one decode pass per
+    token; the first token is the decode worker's (decode-visible TTFT)."""
+    t = PolynomialTiming()
+    r = req(0, 0.0, 4096, 3)
+    res = _run([r], _disagg(1, 1, bw=1.0, bpt=1_000_000))
+    c = res.metrics.columns()
+    prefill_end = t.prefill_ms(4096, 0, 1)
+    h = res.metrics.handoffs[0]
+    held, reserved, activated, released = h[2:]
+    assert held == pytest.approx(prefill_end)
+    assert reserved == held
+    assert activated == pytest.approx(held + 4096.0)         # 4096 tokens x 1 MB at 1 GB/s
+    assert released == activated                           # the prefill worker is idle
+    d1 = t.decode_ms(1, 4096, 4096, 16384 * 64)
+    assert c["first_token_ms"][0] == pytest.approx(activated + d1)
+    assert c["first_admit_ms"][0] == 0.0                     # admitted on the prefill worker
+    assert c["status"][0] == STATUS_COMPLETED and c["output_length"][0] == 3
+    tot = res.summary["totals"]
+    assert tot["prefill_worker_seconds"] == pytest.approx(c["last_token_ms"][0] / 1000)
+    assert tot["decode_worker_seconds"] == tot["prefill_worker_seconds"]
+    assert tot["gpu_hours"] == pytest.approx(2 * tot["prefill_worker_seconds"] / 3600)
+
+
+# -- invariants --------------------------------------------------------------------------------
+
+@st.composite
+def workloads(draw):
+    n = draw(st.integers(1, 25))
+    reqs, t = [], 0.0
+    groups = draw(st.integers(1, 3))
+    for i in range(n):
+        t += draw(st.floats(0.0, 400.0))
+        isl = draw(st.integers(1, 3000))
+        osl = draw(st.integers(1, 60))
+        g = draw(st.integers(0, groups))
+        ids = [g * 100 + j for j in range(-(-isl // 512))] if g else None
+        reqs.append(req(i, t, isl, osl, ids))
+    return reqs
+
+
+@st.composite
+def disagg_configs(draw):
+    return _disagg(draw(st.integers(1, 3)), draw(st.integers(1, 3)), bs=16,
+                   blocks_p=draw(st.integers(60, 400)), blocks_d=draw(st.integers(60, 400)),
+                   router=draw(st.sampled_from(["round_robin", "kv"])),
+                   bw=draw(st.sampled_from([0.0, 0.5, 64.0])),
+                   mode=draw(st.sampled_from(["full_prompt", "destination_missing"])),
+                   max_num_batched_tokens=draw(st.sampled_from([256, 2048])))
+
+
+def _check_records(res, reqs, cut=None):
+    c = res.metrics.columns()
+    # No request lost between the pools: each ends exactly once.
+    assert sorted(c["request_index"].tolist()) == [r.index for r in reqs if
+                                                   cut is None or r.arrival_ms <= cut]
+    if cut is None:
+        assert not (c["status"] == STATUS_IN_FLIGHT).any()
+        # KV conserved: every held source released, every decode copy freed.
+        for w in res.workers:
+            assert w.engine.kv.num_active == 0, (w.role, w.pool_index)
+    for i in range(len(c["request_index"])):
+        idx = int(c["request_index"][i])
+        h = res.metrics.handoffs.get(idx) if res.metrics.handoffs else None
+        if c["status"][i] == STATUS_COMPLETED:
+            held, reserved, activated, released = h[2:]
+            assert held <= reserved <= activated <= released
+            assert activated < c["first_token_ms"][i] or math.isclose(
+                activated, c["first_token_ms"][i])
+            assert c["first_admit_ms"][i] <= held
+            assert c["output_length"][i] == c["requested_output_length"][i]
+        elif c["status"][i] == STATUS_REJECTED:
+            assert c["reason"][i] > 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads(), disagg_configs())
+def test_handoff_invariants(reqs, d):
+    """Every request ends once; a handoff never activates before its transfer ends and the
+    source releases only after the activation; KV bookkeeping holds at every timestamp."""
+    res = _run(reqs, d)
+    _check_records(res, reqs)
+    for idx, h in (res.metrics.handoffs or {}).items():
+        held, reserved, activated, released = h[2:]
+        if not math.isnan(activated):
+            assert activated >= reserved
+            if d.kv_transfer_timing_mode == "full_prompt":
+                # the transfer ends before the activation
+                assert activated >= reserved + d.delay_ms(reqs[idx].input_length, 0) - 1e-9
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads(), disagg_configs(), st.floats(0.0, 4000.0))
+def test_cut_off_accounts_every_request(reqs, d, cut):
+    res = _run(reqs, d, cut=cut)
+    c = res.metrics.columns()
+    arrived = [r.index for r in reqs if r.arrival_ms <= cut]
+    assert sorted(c["request_index"].tolist()) == arrived
+    tot = res.summary["totals"]
+    assert tot["completed_requests"] + tot["rejected_requests"] + tot["in_flight_requests"] \
+        == len(arrived)
+
+
+def test_transfer_gates_activation_under_load():
+    """Many concurrent handoffs at 0.5 GB/s: each activation is at or after its own
+    reservation + full-prompt transfer (concurrent transfers do not contend)."""
+    rng = np.random.default_rng(3)
+    reqs = [req(i, float(i * 20), int(rng.integers(64, 4000)), int(rng.integers(2, 80)))
+            for i in range(80)]
+    d = _disagg(2, 3, bs=16, blocks_d=300, bw=0.5, bpt=100_000)
+    res = _run(reqs, d)
+    for idx, h in res.metrics.handoffs.items():
+        reserved, activated = h[3], h[4]
+        assert activated >= reserved + d.delay_ms(reqs[idx].input_length, 0) - 1e-9
+
+
+# -- bulk vs pass by pass, per role ------------------------------------------------------------
+
+@pytest.mark.parametrize("router", ["round_robin", "kv"])
+def test_bulk_equals_exact_per_role(router):
+    rng = np.random.default_rng(7)
+    reqs = [req(i, float(rng.uniform(0, 30_000)), int(rng.integers(16, 6000)),
+                int(rng.integers(1, 400)), [int(rng.integers(0, 4)) * 50 + j for j in range(12)])
+            for i in range(150)]
+    d = _disagg(2, 3, bs=64, blocks_p=500, blocks_d=700, router=router, bw=8.0)
+    bulk = _run(reqs, d, exact=False, check=False)
+    exact = _run(reqs, d, exact=True, check=False)
+    cb, ce = bulk.metrics.columns(), exact.metrics.columns()
+    for k in cb:
+        if cb[k].dtype.kind == "f":
+            np.testing.assert_allclose(cb[k], ce[k], rtol=1e-9, atol=1e-6, err_msg=k)
+        else:
+            np.testing.assert_array_equal(cb[k], ce[k], err_msg=k)
+    assert bulk.metrics.handoffs.keys() == exact.metrics.handoffs.keys()
+    for idx in bulk.metrics.handoffs:
+        np.testing.assert_allclose(bulk.metrics.handoffs[idx], exact.metrics.handoffs[idx],
+                                   rtol=1e-9, atol=1e-6)
+    # The bulk path did advance decode stretches (on decode workers only).
+    assert sum(w.engine.num_stretches for w in bulk.workers if w.role == "decode") > 0
+    assert sum(w.engine.num_stretches for w in bulk.workers if w.role == "prefill") == 0
+
+
+def test_same_seed_same_bytes():
+    rng = np.random.default_rng(1)
+    reqs = [req(i, float(i * 50), int(rng.integers(64, 3000)), int(rng.integers(1, 50)),
+                [int(rng.integers(0, 3)) * 10 + j for j in range(6)]) for i in range(60)]
+    d = _disagg(3, 2, bs=64, router="kv")
+    a, b = _run(reqs, d, seed=5), _run(reqs, d, seed=5)
+    for k, v in a.metrics.columns().items():
+        assert v.tobytes() == b.metrics.columns()[k].tobytes(), k
+
+
+# -- config, CLI and bad input -----------------------------------------------------------------
+
+TRACE_ROWS = [(0, 1000, 5, [1, 2]), (10, 700, 3, [1, 3]), (20, 2000, 8, [4, 5, 6, 7])]
+
+
+@pytest.fixture
+def trace(tmp_path):
+    from conftest import write_jsonl
+    return str(write_jsonl(tmp_path / "t.jsonl", TRACE_ROWS))
+
+
+def test_cli_disaggregated_run_reports_roles(trace, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    rc = main(["simulate", "--trace", trace, "--num-prefill-workers", "2",
+               "--num-decode-workers", "1", "--kv-bytes-per-token", "262144",
+               "--gpus-per-worker", "2", "--decode-engine-args-json", '{"max_num_seqs": 8}',
+               "--json", "--quiet", "--report-jsonl", str(out)])
+    assert rc == 0
+    import json
+    doc = json.loads(capsys.readouterr().out)
+    tot = doc["summary"]["totals"] if "summary" in doc else doc["totals"]
+    assert tot["completed_requests"] == 3
+    assert tot["prefill_worker_seconds"] > 0 and tot["decode_worker_seconds"] > 0
+    assert tot["gpu_hours"] == pytest.approx(
+        (tot["prefill_worker_seconds"] * 2 + tot["decode_worker_seconds"] * 2) / 3600)
+    recs = [json.loads(line) for line in open(out)]
+    assert [r["prefill_worker"] for r in recs] == [0, 1, 0]
+    assert [r["decode_worker"] for r in recs] == [0, 0, 0]
+    assert all(set(HANDOFF_FIELDS) <= set(r) for r in recs)
+    cfg = doc["config"]["disagg"]
+    assert cfg["num_prefill_workers"] == 2 and cfg["decode_engine"] == {"max_num_seqs": 8}
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--num-workers", "2", "--num-prefill-workers", "1", "--num-decode-workers", "1"],
+     "--num-workers"),
+    (["--num-prefill-workers", "1", "--num-decode-workers", "1",
+      "--kv-transfer-bandwidth", "-1"], "--kv-transfer-bandwidth"),
+    (["--num-prefill-workers", "1", "--num-decode-workers", "1",
+      "--decode-engine-args-json", '{"block_size": 32}'], "--decode-engine-args-json"),
+    (["--kv-transfer-bandwidth", "10"], "--num-prefill-workers"),
+    (["--num-prefill-workers", "1", "--num-decode-workers", "1",
+      "--prefill-engine-args-json", "[1]"], "--prefill-engine-args-json"),
+])
+def test_bad_disagg_flags_one_line_exit_2(trace, capsys, args, flag):
+    rc = main(["simulate", "--trace", trace, *args])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert flag in err, err
+
+
+def test_yaml_disagg_block_size_mismatch_names_field(tmp_path, trace, capsys):
+    y = tmp_path / "c.yaml"
+    y.write_text(f"workload: {{kind: mooncake, path: {trace}}}\n"
+                 "disagg:\n  num_prefill_workers: 1\n  num_decode_workers: 1\n"
+                 "  decode_engine: {block_size: 32}\n")
+    rc = main(["simulate", "--config", str(y)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "disagg.decode_engine" in err and "block_size" in err and "c.yaml" in err
+
+
+def test_print_config_round_trips(trace, tmp_path, capsys):
+    assert main(["simulate", "--trace", trace, "--num-prefill-workers", "3",
+                 "--num-decode-workers", "1", "--decode-engine-args-json",
+                 '{"max_num_seqs": 64}', "--print-config"]) == 0
+    first = capsys.readouterr().out
+    y = tmp_path / "run.yaml"
+    y.write_text(first)
+    assert main(["simulate", "--config", str(y), "--print-config"]) == 0
+    assert capsys.readouterr().out == first
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--backend", "sglang"], "--backend"),
+    (["--planner", "load"], "--planner"),
+])
+def test_unmodelled_combinations_are_errors(trace, capsys, args, flag):
+    rc = main(["simulate", "--trace", trace, "--num-prefill-workers", "1",
+               "--num-decode-workers", "1", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and flag in err, err
+
+
+def test_environment_refuses_disaggregated_config():
+    import yaml
+    from dynosim_gym.config import load_env_config, resolve_config_path
+    from sim.errors import InputError
+    data = yaml.safe_load(resolve_config_path("autoscale_tiny").read_text())
+    data["disagg"] = {"num_prefill_workers": 1, "num_decode_workers": 1}
+    data.get("cluster", {}).pop("num_workers", None)
+    with pytest.raises(InputError, match="disaggregated pools are not modelled"):
+        load_env_config(data)

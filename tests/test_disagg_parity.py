@@ -1,0 +1,135 @@
+"""Disaggregated prefill/decode against Dynamo 1.6.1's own disaggregated replay on the full
+Mooncake conversation trace (12,031 requests), block 64, 64 GB/s, 262,144 B/token
+(Qwen3-32B bf16 KV):
+
+  (a) 2 prefill + 2 decode workers, round robin -> request by request: the same prefill and
+      decode worker, and every lifecycle time (admission, source held, destination reserved
+      and activated, source released, first and last token) within 1e-9 relative; every
+      latency statistic within 1e-9 relative (Dynamo's round-robin runs are deterministic);
+  (b) 4 prefill + 4 decode workers, KV router -> TTFT, ITL and E2E mean/median/p90/p99
+      within 3 % (Dynamo's KV-routed disaggregated runs vary by up to 0.6 % run to run).
+
+Completed counts and per-role worker-seconds must match. The peer runs through the shared
+driver ``peer/dynosim_peer.py`` ($DYNOSIM_SHARED) in the venv of $DYNOSIM_PEER_VENV (else
+./.peer-venv); without one the tests skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED, ms
+from sim.config import BUNDLED_TRACES, DATA_DIR, build_simulation, parse_config
+from sim.metrics import HANDOFF_FIELDS
+
+pytestmark = pytest.mark.peer
+
+PEER_SCRIPT = SHARED / "peer" / "dynosim_peer.py"
+TRACE = DATA_DIR / BUNDLED_TRACES["mooncake_conversation"]
+#: name -> (prefill workers, decode workers, router (ours, Dynamo's), tolerance)
+CASES = {"a_rr_2p2d": (2, 2, ("round_robin", "round_robin"), 0.02),
+         "b_kv_4p4d": (4, 4, ("kv", "kv_router"), 0.03)}
+COMMON = ["--block-size", "64", "--kv-transfer-bandwidth", "64", "--kv-bytes-per-token",
+          "262144"]
+
+
+@pytest.fixture(scope="module")
+def peer_py(peer_python: Path) -> Path:
+    if not PEER_SCRIPT.is_file():
+        pytest.skip("Dynamo's replay driver peer/dynosim_peer.py not found (set DYNOSIM_SHARED)")
+    return peer_python
+
+
+def peer_command(py: Path, name: str, out_dir: Path) -> list[str]:
+    n_p, n_d, (_, router), _ = CASES[name]
+    cmd = [str(py), str(PEER_SCRIPT), "trace", str(TRACE), "--router-mode", router,
+           "--num-prefill-workers", str(n_p), "--num-decode-workers", str(n_d), *COMMON]
+    if router == "round_robin":
+        cmd += ["--per-request-jsonl", str(out_dir / f"{name}.requests.jsonl")]
+    return cmd
+
+
+def ours(name: str):
+    n_p, n_d, (router, _), _ = CASES[name]
+    cfg = parse_config({"workload": {"kind": "mooncake", "path": str(TRACE)},
+                        "engine": {"block_size": 64}, "router": {"mode": router},
+                        "disagg": {"num_prefill_workers": n_p, "num_decode_workers": n_d,
+                                   "kv_transfer_bandwidth": 64.0,
+                                   "kv_bytes_per_token": 262144}})
+    return build_simulation(cfg).run()
+
+
+def compare_disagg_requests(result, peer: list[dict]) -> None:
+    """Request by request: matched on (arrival, isl, osl, prefill worker) - Dynamo's order
+    among equal arrivals is its own."""
+    c = result.metrics.columns()
+    hand = result.metrics.handoffs
+    by_key: dict[tuple, list[dict]] = {}
+    for r in peer:
+        by_key.setdefault((r["arrival_time_ms"], r["input_length"],
+                           r["requested_output_length"], r["prefill_worker_idx"]), []).append(r)
+    assert len(peer) == len(c["request_index"])
+    for i in range(len(c["request_index"])):
+        idx = int(c["request_index"][i])
+        h = hand[idx]
+        key = (float(c["arrival_time_ms"][i]), int(c["input_length"][i]),
+               int(c["requested_output_length"][i]), h[0])
+        cands = by_key[key]
+        if len(cands) > 1:
+            cands = [r for r in cands if r["source_held_ms"] == ms(h[2])]
+        assert len(cands) == 1, (idx, key)
+        r = cands[0]
+        assert r["terminal_status"] == "completed" and int(c["status"][i]) == 0, idx
+        assert (h[0], h[1]) == (r["prefill_worker_idx"], r["decode_worker_idx"]), idx
+        assert int(c["reused_input_tokens"][i]) == r["reused_input_tokens"], idx
+        assert int(c["output_length"][i]) == r["output_length"], idx
+        for col in ("first_admit_ms", "first_token_ms", "last_token_ms"):
+            assert float(c[col][i]) == ms(r[col]), (idx, col)
+        for k, field in enumerate(HANDOFF_FIELDS):
+            assert h[2 + k] == ms(r[field]), (idx, field)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_disagg_parity_with_dynamo(name: str, peer_py: Path) -> None:
+    tol = CASES[name][3]
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "peer.json", Path(tmp) / "peer.err"
+        proc = subprocess.Popen(peer_command(peer_py, name, Path(tmp)), stdout=open(out, "w"),
+                                stderr=open(err, "w"), env={**os.environ, "DYN_LOG": "warn"})
+        try:
+            result = ours(name)                       # runs while the peer runs
+            rc = proc.wait(timeout=1200)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert rc == 0, f"peer failed ({rc}): {err.read_text()[-2000:]}"
+        peer = json.loads(out.read_text())["metrics"]
+        requests = Path(tmp) / f"{name}.requests.jsonl"
+        if requests.is_file():
+            compare_disagg_requests(result, [json.loads(line) for line in open(requests)])
+    got, want = result.summary["totals"], peer["totals"]
+    for key in ("completed_requests", "num_requests", "total_input_tokens",
+                "total_output_tokens"):
+        assert got[key] == want[key], key
+    bad = []
+    for metric in ("ttft", "itl", "e2e_latency"):
+        for stat in ("mean", "median", "p90", "p99"):
+            g, w = result.summary["latency_ms"][metric][stat], peer["latency_ms"][metric][stat]
+            if abs(g - w) > tol * abs(w):
+                bad.append(f"{metric}.{stat}: ours {g:.6g} peer {w:.6g}")
+    assert not bad, "\n".join(bad)
+    for key in ("prefill_worker_seconds", "decode_worker_seconds", "gpu_hours"):
+        assert got[key] == pytest.approx(want[key], rel=tol), key
+    if requests.is_file():        # round robin: exact, not just within tolerance
+        for metric in ("ttft", "ttst", "tpot", "itl", "e2e_latency"):
+            for stat, w in peer["latency_ms"][metric].items():
+                assert result.summary["latency_ms"][metric][stat] == pytest.approx(
+                    w, rel=1e-9, abs=1e-12), (metric, stat)
+        for key in ("prefill_worker_seconds", "decode_worker_seconds", "duration_ms"):
+            assert got[key] == pytest.approx(want[key], rel=1e-9), key
