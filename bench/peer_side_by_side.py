@@ -138,7 +138,9 @@ def main() -> int:
         for i in range(a.repeats):
             print(f"[{cfg['label']}] repeat {i + 1}/{a.repeats}", file=sys.stderr)
             ours.append(run_ours(cfg))
+            ours[-1]["load_avg_1min"] = os.getloadavg()[0]
             peer.append(run_peer(py, cfg))
+            peer[-1]["load_avg_1min"] = os.getloadavg()[0]
         results[key] = {"ours": ours, "peer": peer}
     report = render(results)
     print(report)
@@ -185,8 +187,11 @@ def render(results: dict) -> str:
         lines.append(f"| {CONFIGS[key]['label']} | {ow:.2f} | {pw:.2f} | **{ow / pw:.2f}** | "
                      f"{opw / ppw:.2f} | {orss:.0f} | {prss:.0f} |")
     n = len(next(iter(results.values()))["ours"])
+    loads = [x["load_avg_1min"] for r in results.values() for x in r["ours"] + r["peer"]
+             if "load_avg_1min" in x]
+    load = f"; 1-minute load average {min(loads):.1f}-{max(loads):.1f} after the runs" if loads else ""
     lines += ["", f"{n} interleaved repeats per configuration on this machine "
-              f"({os.cpu_count()} cores). Replay wall = trace load + simulation, without "
+              f"({os.cpu_count()} cores{load}). Replay wall = trace load + simulation, without "
               "interpreter start-up; process wall includes it."]
     return "\n".join(lines)
 

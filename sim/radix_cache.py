@@ -21,17 +21,15 @@ Tokens are those of Dynamo's trace replay: prompt token t of a request is its
 stored as page ranges of the request that inserted them, never as token lists, so a
 100k-token prompt costs a few nodes (comparisons walk trace blocks, not tokens).
 
-KV events for a KV router (when enabled) are the page keys stored and removed, chained
-along the path like the block pool's (``sim.kv_cache.block_keys`` for page-aligned trace
-blocks), drained at each pass end.
+KV events for a KV router (when enabled) are the prompt pages stored and removed, as runs
+of pages per trace block keyed by the block's chained hash (``RunIndex``: equivalent to
+per-page keys, at a trace block's cost instead of a page's), drained at each pass end.
 """
 from __future__ import annotations
 
 import heapq
 
-import numpy as np
-
-from .kv_cache import _M64, _MASK62, _MIX_A, _MIX_B, NativeKvPool, _mix64
+from .kv_cache import _M64, _MIX_A, _MIX_B, _mix64
 
 
 class TokenSource:
@@ -62,22 +60,22 @@ class TokenSource:
             return tuple(h[t // tbs] for t in range(t0, t1 + 1))
         return (self.idx, p)      # holds an output (or private prompt) token: unique
 
-    def router_keys(self, lo: int, hi: int) -> list[int]:
-        """KV-router keys of the prompt pages among pages [lo, hi): the block pool's keys
-        (``sim.kv_cache.py_block_keys``, bit-identical to the native ``block_keys``) for
-        blocks of one page; pages holding output tokens have none."""
-        full = self.plen // self.P
+    def router_runs(self, lo: int, hi: int) -> list:
+        """The prompt pages among pages [lo, hi) as KV-router runs ``(chain, a, b)``: pages
+        [a, b) whose last token lies in the same trace block, ``chain`` being that block's
+        chained hash (``sim.kv_cache.py_block_keys``'s chain). A run stands for the per-page
+        keys ``(chain, page)`` of that range, so the router's index keeps one entry per trace
+        block instead of one per page; pages holding output tokens have none."""
+        P = self.P
+        full = self.plen // P
         if hi > full:
             hi = full
         if lo >= hi or self.hids is None:
             return []
         chain = self.chain
         if chain is None:
-            chain = self.chain = _chain(self.hids, ((full * self.P) - 1) // self.tbs + 1)
-        b = np.arange(lo, hi, dtype=np.int64)
-        j = ((b + 1) * self.P - 1) // self.tbs
-        keys = chain[j] * np.uint64(_MIX_A) + b.astype(np.uint64)
-        return (keys & np.uint64(_MASK62)).tolist()
+            chain = self.chain = _chain(self.hids, ((full * P) - 1) // self.tbs + 1)
+        return page_runs(chain, self.tbs, P, lo, hi)
 
     def first_diff(self, o: "TokenSource", lo: int, hi: int) -> int:
         if o.idx == self.idx:
@@ -106,14 +104,145 @@ class TokenSource:
         return p if p < hi else hi
 
 
-def _chain(hids, n: int) -> np.ndarray:
+def _chain(hids, n: int) -> list:
     """Chained hashes of the first n trace blocks (as in ``sim.kv_cache.py_block_keys``)."""
-    out = np.empty(n, dtype=np.uint64)
+    out = []
     c = 0
     for i in range(n):
         c = _mix64(c ^ (((hids[i] & _M64) * _MIX_A + _MIX_B) & _M64))
-        out[i] = c
+        out.append(c)
     return out
+
+
+def page_runs(chain: list, tbs: int, P: int, lo: int, hi: int) -> list:
+    """Split pages [lo, hi) into runs ``(chain[j], a, b)`` of pages whose last token is in
+    trace block j (page p's is ``((p + 1) * P - 1) // tbs``; block j's pages end before
+    ``(j + 1) * tbs // P``)."""
+    out = []
+    j = ((lo + 1) * P - 1) // tbs
+    while lo < hi:
+        e = (j + 1) * tbs // P
+        if e > hi:
+            e = hi
+        if e > lo:
+            out.append((chain[j], lo, e))
+            lo = e
+        j += 1
+    return out
+
+
+class RunIndex:
+    """A multiset of KV-router page keys ``(chain, page)`` kept as runs: per chain, sorted
+    disjoint segments ``(a, b, count)`` of pages held ``count`` > 0 times. The KV router's
+    view of one SGLang worker's resident prompt pages (counting copies, like the radix
+    cache's events) and of its active requests' prompt pages.
+
+    Equivalent to a per-page key counter: ``prefix_len(runs)`` is how many leading pages of
+    ``runs`` (a prompt's pages from 0, as from ``page_runs``) are held; ``len`` is how many
+    distinct pages are held. At page size 1 a page is a token, so per page keys cost one
+    entry per prompt token; runs cost one per trace block."""
+
+    __slots__ = ("segs", "size")
+
+    def __init__(self) -> None:
+        self.segs: dict = {}
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def add_all(self, runs) -> None:
+        for c, a, b in runs:
+            self._apply(c, a, b, 1)
+
+    def remove_all(self, runs) -> None:
+        for c, a, b in runs:
+            self._apply(c, a, b, -1)
+
+    def _apply(self, c, a: int, b: int, delta: int) -> None:
+        segs = self.segs.get(c)
+        if segs is None:
+            if delta > 0:
+                self.segs[c] = [(a, b, delta)]
+                self.size += b - a
+            return
+        out = []
+        pos = a                      # first page of [a, b) not handled yet
+        size = self.size
+        for seg in segs:
+            s0, s1, n = seg
+            if s1 <= a or s0 >= b:
+                if s0 >= b and pos < b:
+                    if delta > 0:
+                        _push(out, pos, b, delta)
+                        size += b - pos
+                    pos = b
+                _push(out, s0, s1, n)
+                continue
+            if s0 < a:
+                _push(out, s0, a, n)
+            lo = s0 if s0 > a else a
+            hi = s1 if s1 < b else b
+            if pos < lo and delta > 0:
+                _push(out, pos, lo, delta)
+                size += lo - pos
+            m = n + delta
+            if m:
+                _push(out, lo, hi, m)
+            else:
+                size -= hi - lo
+            pos = hi
+            if s1 > b:
+                _push(out, b, s1, n)
+        if pos < b and delta > 0:
+            _push(out, pos, b, delta)
+            size += b - pos
+        self.size = size
+        if out:
+            self.segs[c] = out
+        else:
+            del self.segs[c]
+
+    def prefix_len(self, runs) -> int:
+        """Leading pages of ``runs`` held (the runs tile the prompt's pages in order)."""
+        n = 0
+        segs_of = self.segs
+        for c, a, b in runs:
+            segs = segs_of.get(c)
+            if segs is None:
+                return n
+            pos = a
+            for s0, s1, _ in segs:
+                if s1 <= pos:
+                    continue
+                if s0 > pos:
+                    break
+                pos = s1
+                if pos >= b:
+                    break
+            if pos >= b:
+                n += b - a
+            else:
+                return n + pos - a
+        return n
+
+
+def _push(out: list, a: int, b: int, n: int) -> None:
+    """Append segment [a, b) x n, merging it into the last one when they join."""
+    if out:
+        last = out[-1]
+        if last[1] == a and last[2] == n:
+            out[-1] = (last[0], b, n)
+            return
+    out.append((a, b, n))
+
+
+def run_prefix_len(runs, index) -> int:
+    """``RunIndex.prefix_len`` with None standing for an empty index."""
+    return index.prefix_len(runs) if index else 0
 
 
 class Node:
@@ -200,8 +329,8 @@ class RadixCache:
         return bool(self.events[0] or self.events[1])
 
     def new_index(self):
-        """An empty router index: a multiset of keys (a key is present while counted)."""
-        return _KeyCounter()
+        """An empty router index: a multiset of page keys kept as runs per trace block."""
+        return RunIndex()
 
     def drain_events_into(self, index) -> None:
         stored, removed = self.events
@@ -213,12 +342,12 @@ class RadixCache:
     def stored(self, src: TokenSource, lo: int, hi: int) -> None:
         """Pages [lo, hi) of ``src`` became resident (allocated) copies."""
         if self.events is not None and lo < hi:
-            self.events[0].extend(src.router_keys(lo, hi))
+            self.events[0].extend(src.router_runs(lo, hi))
 
     def removed(self, src: TokenSource, lo: int, hi: int) -> None:
         """Copies of pages [lo, hi) of ``src`` were freed."""
         if self.events is not None and lo < hi:
-            self.events[1].extend(src.router_keys(lo, hi))
+            self.events[1].extend(src.router_runs(lo, hi))
 
     def _tick(self) -> int:
         self.clock += 1
@@ -319,7 +448,9 @@ class RadixCache:
         return n
 
     def _extend_leaf(self, n: Node, src: TokenSource, hi: int, now: int) -> Node:
-        self._touch(n, now)
+        n.t = now                 # _touch (n is a leaf, not the root)
+        if n.lock == 0:
+            self._index(n)
         self.last_added = hi - n.hi
         added = (hi - n.hi) * self.P
         n.src = src               # same tokens on [lo, old hi): the path matched src
@@ -338,10 +469,14 @@ class RadixCache:
         self.last_added = 0
         if lo >= hi:
             return start
-        now = self._tick()
+        self.clock += 1
+        now = self.clock
+        root = self.root
         n = start
-        while n is not None:
-            self._touch(n, now)
+        while n is not None:           # _touch of the path, inlined (one per decode token)
+            n.t = now
+            if n.lock == 0 and not n.children and n is not root:
+                self._index(n)
             n = n.parent
         cur = start
         off = lo
@@ -463,22 +598,3 @@ class RadixCache:
         assert (self.free_pages * self.P + ev + pr + held_private_pages * self.P
                 == self.total_tokens), "KV tokens not conserved"
 
-
-if NativeKvPool is not None:
-    from ._kvpool import KeyCounter as _KeyCounter
-else:
-    from collections import Counter as _Counter
-
-    class _KeyCounter(_Counter):
-        """Pure-Python twin of the native ``KeyCounter`` (a key is present while counted)."""
-
-        def add_all(self, keys) -> None:
-            self.update(keys)
-
-        def remove_all(self, keys) -> None:
-            for k in keys:
-                c = self[k] - 1
-                if c:
-                    self[k] = c
-                else:
-                    del self[k]

@@ -23,6 +23,7 @@ import numpy as np
 
 from .engine import EngineBase as Engine, Seq
 from .kv_cache import NativeKvPool, block_keys, private_key
+from .radix_cache import RunIndex, _chain, page_runs, run_prefix_len
 from .request import Request
 
 ROUTER_MODES = ("round_robin", "random", "least_loaded", "kv")
@@ -128,13 +129,18 @@ class KvRouter(Router):
     name = "kv"
 
     def __init__(self, rng: np.random.Generator, block_size: int,
-                 cfg: KvRouterConfig | None = None) -> None:
+                 cfg: KvRouterConfig | None = None, *, run_keys: bool = False) -> None:
         super().__init__(rng)
         self.cfg = cfg or KvRouterConfig()
         self.block_size = block_size
+        # run_keys, for SGLang workers (radix cache, page size 1 by default): blocks are runs
+        # of pages per trace block (``sim.radix_cache.RunIndex``), scored exactly as per-page
+        # keys would be, at a trace block's cost instead of a token's.
+        self.run_keys = run_keys
+        self._prefix_len = run_prefix_len if run_keys else _prefix_len
         self.index: dict[int, object] = {}                   # worker -> published block keys
         self.prefill_tokens: dict[int, int] = {}             # worker -> pending prompt tokens
-        self.active: dict[int, "KeyCounter"] = {}            # worker -> block key -> users
+        self.active: dict[int, object] = {}      # worker -> block key -> users (KeyCounter/RunIndex)
         self.active_total: dict[int, int] = {}               # worker -> blocks with repeats
         self.routed: dict[int, tuple[int, list[int], int]] = {}  # request -> (worker, keys, pending)
         self._last: tuple[list[int], int] | None = None
@@ -161,25 +167,39 @@ class KvRouter(Router):
         keys, self._keys_out = self._keys_out, None
         return keys
 
-    def _keys(self, req: Request) -> list[int]:
+    def _keys(self, req: Request) -> list:
+        """The prompt's full blocks: their keys, or with ``page_runs`` their runs."""
         bs = self.block_size
         full = req.input_length // bs
+        if self.run_keys:
+            if full == 0:
+                return []
+            if req.hash_ids is None:
+                return [(("private", req.index), 0, full)]
+            tbs = req.trace_block_size
+            return page_runs(_chain(req.hash_ids, ((full * bs) - 1) // tbs + 1), tbs, bs, 0, full)
         if req.hash_ids is not None:
             return block_keys(req.hash_ids, req.trace_block_size, bs, full)
         return [private_key(req.index, b) for b in range(full)]
+
+    def overlap(self, keys: list, wid: int) -> int:
+        """Leading blocks of ``keys`` (from ``_keys``) in worker ``wid``'s published cache."""
+        return self._prefix_len(keys, self.index.get(wid))
 
     def select(self, req, workers, now):
         cfg = self.cfg
         bs = self.block_size
         keys = self._keys(req)
         isl = req.input_length
+        nkeys = isl // bs
+        prefix_len = self._prefix_len
         costs = []
         overlaps = []
         for w in workers:
             wid = w.id
-            ov = _prefix_len(keys, self.index.get(wid))
+            ov = prefix_len(keys, self.index.get(wid))
             active = self.active.get(wid)
-            ov_active = _prefix_len(keys, active)
+            ov_active = prefix_len(keys, active)
             pending = self.prefill_tokens.get(wid, 0) if cfg.track_prefill_tokens else 0
             prefill = (pending + isl) / bs - cfg.overlap_score_credit * ov
             if prefill < 0:
@@ -187,9 +207,9 @@ class KvRouter(Router):
             if not cfg.track_active_blocks:
                 decode = 0
             elif cfg.assume_kv_reuse:
-                decode = (len(active) if active else 0) + len(keys) - ov_active
+                decode = (len(active) if active else 0) + nkeys - ov_active
             else:
-                decode = self.active_total.get(wid, 0) + len(keys)
+                decode = self.active_total.get(wid, 0) + nkeys
             costs.append(cfg.prefill_load_scale * prefill + decode)
             overlaps.append(ov)
         if cfg.temperature <= 0:
@@ -220,9 +240,9 @@ class KvRouter(Router):
         self.prefill_tokens[wid] = self.prefill_tokens.get(wid, 0) + pending
         active = self.active.get(wid)
         if active is None:
-            active = self.active[wid] = KeyCounter()
+            active = self.active[wid] = RunIndex() if self.run_keys else KeyCounter()
         active.add_all(keys)
-        self.active_total[wid] = self.active_total.get(wid, 0) + len(keys)
+        self.active_total[wid] = self.active_total.get(wid, 0) + req.input_length // self.block_size
         self.routed[req.index] = (wid, keys, pending)
         self._keys_out = keys
 
@@ -242,7 +262,7 @@ class KvRouter(Router):
         if pending:
             self.prefill_tokens[wid] -= pending
         self.active[wid].remove_all(keys)
-        self.active_total[wid] -= len(keys)
+        self.active_total[wid] -= s.req.input_length // self.block_size
 
 
 def _py_prefix_len(keys: list[int], present) -> int:
@@ -281,10 +301,12 @@ else:
 
 
 def make_router(mode: str, rng: np.random.Generator, block_size: int,
-                kv_cfg: KvRouterConfig | None = None, dp_size: int = 1) -> Router:
+                kv_cfg: KvRouterConfig | None = None, dp_size: int = 1, *,
+                run_keys: bool = False) -> Router:
     """``dp_size``: DP ranks per worker; every router but round robin scores the (worker,
     rank) pairs as they come (each rank is an engine), round robin turns over workers and
-    then over each worker's ranks."""
+    then over each worker's ranks. ``run_keys``: the workers are SGLang's (their radix
+    caches publish page runs)."""
     if mode == "round_robin":
         return RoundRobinRouter(rng, dp_size)
     if mode == "random":
@@ -292,5 +314,5 @@ def make_router(mode: str, rng: np.random.Generator, block_size: int,
     if mode == "least_loaded":
         return LeastLoadedRouter(rng)
     if mode == "kv":
-        return KvRouter(rng, block_size, kv_cfg)
+        return KvRouter(rng, block_size, kv_cfg, run_keys=run_keys)
     raise ValueError(f"unknown router mode {mode!r}")

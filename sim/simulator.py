@@ -137,10 +137,12 @@ class Simulation:
             self.decode_router = make_router(
                 disagg.decode_router, rng_decode, disagg.decode_engine.block_size,
                 dataclasses.replace(base, overlap_score_credit=0.0, assume_kv_reuse=False,
-                                    track_prefill_tokens=False))
+                                    track_prefill_tokens=False),
+                run_keys=disagg.decode_engine.backend == "sglang")
             kv_router = dataclasses.replace(base, track_active_blocks=False)
         self.router: Router = make_router(router, self._rng_router, engine.block_size, kv_router,
-                                          dp_size=self.cluster_cfg.dp_size)
+                                          dp_size=self.cluster_cfg.dp_size,
+                                          run_keys=engine.backend == "sglang")
         self.router_mode = router
         self.heap: list[tuple] = []
         self._seq = 0
@@ -570,9 +572,8 @@ class Simulation:
                     if gone:
                         router.publish_removed(x.engine, gone)
             if hasattr(router, "_keys"):          # KvRouter: what select() leaves for on_routed
-                from .router import _prefix_len
                 rkeys = router._keys(req)
-                router._last = (rkeys, _prefix_len(rkeys, router.index.get(w.id)))
+                router._last = (rkeys, router.overlap(rkeys, w.id))
         router.on_routed(w.engine, req)
         rkeys = router.take_keys()
         self._enqueue(w, req, rkeys if rkeys is not None else keys)

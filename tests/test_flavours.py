@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import REPO, ListWorkload, ms, req
 from sim.engine import EngineConfig, make_engine
+from sim.engines.base import Seq
 from sim.engines.sglang import SglangEngine
 from sim.engines.trtllm import TrtllmEngine
 from sim.engines.vllm import VllmEngine
@@ -87,6 +88,23 @@ def test_sglang_retracts_the_request_with_fewest_outputs() -> None:
     assert list(c["status"]) == [STATUS_COMPLETED, STATUS_COMPLETED]
     assert int(c["num_preemptions"][0]) == 0 and int(c["num_preemptions"][1]) >= 1
     assert c["last_token_ms"][1] > c["last_token_ms"][0]
+
+
+def test_sglang_retraction_sets_sglangs_new_token_ratio_estimate() -> None:
+    """After a retraction the admission ratio is SGLang's estimate over the requests left
+    running, min(1, (outputs so far + 20 each) / output lengths), not the start value 0.7
+    (Dynamo 1.6.1: the SGLang (a) parity run matches request by request only with it)."""
+    eng = make_engine(0, EngineConfig(backend="sglang", num_gpu_blocks=4096), PolynomialTiming(),
+                      None)
+    a, b = Seq(req(0, 0, 10, 600), eng.kv.new_blocks()), Seq(req(1, 0, 10, 200), eng.kv.new_blocks())
+    a.generated, b.generated = 100, 10
+    eng.running = [a, b]
+    assert eng._retract_ratio() == (110 + 2 * 20) / 800
+    a.generated = 590
+    eng.running = [a]
+    assert eng._retract_ratio() == 1.0
+    eng.running = [Seq(req(2, 0, 10, 0), eng.kv.new_blocks())]
+    assert eng._retract_ratio() == 1.0
 
 
 def test_trtllm_reserves_to_completion_and_never_preempts() -> None:

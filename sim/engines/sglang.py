@@ -27,13 +27,16 @@ binary with ``tests/test_flavour_parity.py``:
   back of the queue, until they are or one request is left. If even then the pages are
   not there, the pass emits nothing.
 * **New-token ratio**: starts at ``0.7 * schedule_conservativeness``, decays linearly to
-  14% of that over 600 decode passes (extend passes leave it), and is reset by any
-  retraction.
+  14% of that over 600 decode passes (extend passes leave it). A retraction sets it to
+  SGLang's estimate over the requests left running, ``min(1, (Σ outputs so far + 20 *
+  n) / Σ output lengths)`` (``ScheduleBatch.retract_decode``), not back to the start
+  value as the stored mocker sources do.
 
 Where the stored mocker sources disagree with the 1.6.1 binary, the binary wins (checked
 request by request on the Mooncake conversation trace): an extend pass costs its prefill
 only; the chunk is the whole uncached remainder when it fits the chunk budget left;
-retracted requests go to the back of the queue; the ratio decays on decode passes only.
+retracted requests go to the back of the queue; the ratio decays on decode passes only
+and a retraction sets it to SGLang's estimate.
 * A request's materialized prefix is inserted into the radix cache as its pages fill; a
   completed request inserts ``floor(len / page) * page`` tokens and unlocks its path.
 
@@ -56,6 +59,7 @@ NEW_TOKEN_RATIO_DECAY_STEPS = 600.0
 LPM_FALLBACK_THRESHOLD = 128
 IN_BATCH_PREFIX_CACHING_CHECK_THRESHOLD = 32
 IN_BATCH_PREFIX_CACHING_DEPRIORITIZE_THRESHOLD = 32
+RETRACT_DECODE_STEPS = 20          # SGLang's global_config.retract_decode_steps
 
 
 class SglangEngine(EngineBase):
@@ -69,7 +73,6 @@ class SglangEngine(EngineBase):
                          token_gaps=token_gaps)
         self.kv = RadixCache(self.capacity_tokens, cfg.block_size)
         init = INIT_NEW_TOKEN_RATIO * cfg.schedule_conservativeness
-        self.init_ratio = init
         self.min_ratio = init * MIN_NEW_TOKEN_RATIO_FACTOR
         self.ratio_step = (init - self.min_ratio) / NEW_TOKEN_RATIO_DECAY_STEPS
         self.new_token_ratio = init
@@ -301,7 +304,7 @@ class SglangEngine(EngineBase):
                 decode_ms = self.timing.decode_ms(n_decode, ctx, ctx, self.capacity_tokens)
         if retracted:
             waiting.extend(retracted)
-            self.new_token_ratio = self.init_ratio
+            self.new_token_ratio = self._retract_ratio()
         elif not n:
             r = self.new_token_ratio - self.ratio_step     # decays on decode passes only
             self.new_token_ratio = r if r > self.min_ratio else self.min_ratio
@@ -360,6 +363,21 @@ class SglangEngine(EngineBase):
             kv.stored(lease.src, old, old + new)
         return s.computed
 
+    def _retract_ratio(self) -> float:
+        """New-token ratio after a retraction: SGLang's estimate from the requests left
+        running (``ScheduleBatch.retract_decode``), (outputs so far + 20 per request) / their
+        output lengths, capped at 1."""
+        s: Seq
+        decoded = 0
+        max_new = 0
+        for s in self.running:
+            decoded += s.generated
+            max_new += s.max_out
+        if max_new <= 0:
+            return 1.0
+        r = (decoded + RETRACT_DECODE_STEPS * len(self.running)) / max_new
+        return r if r < 1.0 else 1.0
+
     def _decode_memory(self, batch: list) -> tuple[list, bool]:
         """Make room for one more token of each request in ``batch``: while free +
         evictable tokens fall short and more than one request is left, retract the one with
@@ -371,8 +389,9 @@ class SglangEngine(EngineBase):
         while True:
             need = 0
             for s in batch:
-                need += (self._page_ceil(s.prompt_len + s.generated + 1)
-                         - s.blocks.covered(P) * P)
+                lease = s.blocks
+                need += (-(-(s.prompt_len + s.generated + 1) // P) * P
+                         - (lease.cached // P + lease.pages) * P)
             if kv.available_tokens + kv.evictable_size >= need or len(batch) <= 1:
                 break
             victim = batch[0]
