@@ -248,7 +248,7 @@ class _Progress:
                     if ep is not None:
                         outer.rewards.append(float(ep["r"]))
                     es = info.get("episode_summary")
-                    if es is not None and "gpu_hours" in es:
+                    if es is not None and "scaling_events" in es:     # autoscaling envs
                         outer.kpis.append((es["sla_attainment"], es["gpu_hours"],
                                            es["scaling_events"]))
                 before, outer.steps = outer.steps, self.num_timesteps
