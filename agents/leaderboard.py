@@ -34,8 +34,10 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
     ``leaderboard.csv``, ``leaderboard.json`` and the plots ``replicas_vs_load.png`` and
     ``sla_vs_gpu_hours.png`` there. Ratios are relative to ``reference``."""
     d = Path(directory)
-    if not d.is_dir():
-        raise InputError("leaderboard directory not found", file=str(d), field="--leaderboard")
+    if d.exists() and not d.is_dir():
+        raise InputError(f"{str(d)!r} exists and is not a directory", file="command line",
+                         field="--leaderboard")
+    d.mkdir(parents=True, exist_ok=True)          # the results go there
     env_id = check_env_id(env_id)
     if env_id == ROUTING_ENV:
         return routing_leaderboard(d, config=config, episodes=episodes, seed=seed,

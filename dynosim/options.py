@@ -353,6 +353,11 @@ def _disagg_overrides(args: argparse.Namespace, cfg: RunConfig, over: dict[str, 
         return
     if args.num_workers is not None or args.initial_workers is not None:
         flag = "--num-workers" if args.num_workers is not None else "--initial-workers"
+        pools = [f for f in ("--num-prefill-workers", "--num-decode-workers") if f in given]
+        if not pools and cfg.disagg is None:      # a pool-only option on an aggregated run
+            raise InputError(f"applies to disaggregated pools only (--num-prefill-workers, "
+                             f"--num-decode-workers); {flag} makes the run aggregated",
+                             file=CMDLINE, field=given[0])
         raise InputError(f"aggregated workers do not mix with disaggregated pools ({given[0]});"
                          " size them with --num-prefill-workers and --num-decode-workers",
                          file=CMDLINE, field=flag)

@@ -389,7 +389,7 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
                       "engine.num_host_blocks")
     if cfg.disagg is not None and cfg.cluster.dp_size > 1:
         raise v.error("DP ranks with disaggregated pools are not modelled yet; dp_size must "
-                      "be 1 with a disagg section", "cluster.dp_size")
+                      "be 1 with disaggregated pools", "cluster.dp_size")
     if cfg.planner is not None:
         with _located(cfg):
             planner_config(cfg)          # every knob checked now, not at the first tick
@@ -404,7 +404,8 @@ def _check_host_tier(eng: EngineSection, where: dict[str, Where], v: "_Validator
     if eng.num_host_blocks is None:
         for knob in HOST_TIER_KNOBS:
             if f"engine.{knob}" in where:
-                raise v.error("needs engine.num_host_blocks (the host tier's size)",
+                raise v.error("needs engine.num_host_blocks (--num-host-blocks), the host tier's "
+                              "size",
                               f"engine.{knob}")
         return
     if eng.backend != "vllm":
@@ -413,8 +414,8 @@ def _check_host_tier(eng: EngineSection, where: dict[str, Where], v: "_Validator
     if not eng.enable_prefix_caching:
         raise v.error("the host tier needs prefix caching", "engine.num_host_blocks")
     if eng.kv_cache_bytes_per_token is None:
-        raise v.error("the host tier needs engine.kv_cache_bytes_per_token to size its "
-                      "copies", "engine.num_host_blocks")
+        raise v.error("the host tier needs engine.kv_cache_bytes_per_token "
+                      "(--kv-bytes-per-token) to size its copies", "engine.num_host_blocks")
 
 
 class _Validator:

@@ -245,6 +245,8 @@ def test_cli_disaggregated_run_reports_roles(trace, tmp_path, capsys):
 @pytest.mark.parametrize("args, flag", [
     (["--num-workers", "2", "--num-prefill-workers", "1", "--num-decode-workers", "1"],
      "--num-workers"),
+    (["--num-workers", "2", "--kv-transfer-bandwidth", "10"],         # a pool-only option
+     "--kv-transfer-bandwidth"),                                     # on an aggregated run
     (["--num-prefill-workers", "1", "--num-decode-workers", "1",
       "--kv-transfer-bandwidth", "-1"], "--kv-transfer-bandwidth"),
     (["--num-prefill-workers", "1", "--num-decode-workers", "1",

@@ -234,6 +234,17 @@ def test_routing_leaderboard_writes_md_csv_json_and_cdf(tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / "leaderboard.json").read_text())) == 2
 
 
+def test_leaderboard_creates_its_directory_and_refuses_a_file(tmp_path: Path) -> None:
+    from agents.leaderboard import leaderboard
+    out = tmp_path / "new" / "board"                 # a fresh clone has no runs/ yet
+    leaderboard(out, env_id="DynoSimRouting-v0", episodes=1, policies=["heuristic:kv"])
+    assert (out / "leaderboard.md").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="not a directory"):
+        leaderboard(tmp_path / "file", env_id="DynoSimRouting-v0", episodes=1,
+                    policies=["heuristic:kv"])
+
+
 # -- learned router ------------------------------------------------------------------------
 
 def _router_policy(n: int = 4, seed: int = 0):
