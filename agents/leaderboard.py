@@ -69,10 +69,7 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
             base = getattr(ref, m)
             row[f"{m}_vs_ref"] = getattr(r, m) / base if base else math.nan
         rows.append(row)
-    with open(d / "leaderboard.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(d / "leaderboard.csv", rows)
     (d / "leaderboard.md").write_text(_markdown(rows, _label(reference, d), episodes, seed,
                                                 results[0].reward_config))
     (d / "leaderboard.json").write_text(json.dumps(
@@ -261,10 +258,7 @@ def routing_leaderboard(d: Path, *, config: Any = None, episodes: int = 5, seed:
             base = getattr(ref, m)
             row[f"{m}_vs_ref"] = getattr(r, m) / base if base else math.nan
         rows.append(row)
-    with open(d / "leaderboard.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(d / "leaderboard.csv", rows)
     head = ("| policy | SLA attainment (± std over episodes) | p90 TTFT (ms, ± std of the "
             "episodes' p90) | mean TTFT (ms) | "
             "prefix-cache reuse | throughput (req/s) | mean reward | p90 TTFT vs ref |\n"
@@ -325,3 +319,10 @@ def plot_ttft_cdf(results: list[Evaluation], path: Path, d: Path,
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)

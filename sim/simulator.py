@@ -292,13 +292,8 @@ class Simulation:
         deng = w.engine
         if not deng.busy:
             self._reserve_pending(w)
-        elif deng.stretch_ends is not None and len(deng.stretch_ends) > 1:
-            # The reservation waits for the next pass boundary: cut a stretch there.
-            old_end = deng.pass_end
-            new_end = deng.truncate_stretch(now)
-            if new_end != old_end:
-                w.version += 1
-                self._push(new_end, EV_PASS_END, (w, w.version))
+        else:
+            self._cut_stretch(w)     # the reservation waits for the next pass boundary
 
     def _reserve_pending(self, w: Worker) -> None:
         """One retry of a decode worker's pending handoffs (Dynamo's vLLM core: one per
@@ -337,12 +332,7 @@ class Simulation:
             self._dirty.append(w)
             return
         w.transferred.append(h)
-        if eng.stretch_ends is not None and len(eng.stretch_ends) > 1:
-            old_end = eng.pass_end
-            new_end = eng.truncate_stretch(self.now)
-            if new_end != old_end:
-                w.version += 1
-                self._push(new_end, EV_PASS_END, (w, w.version))
+        self._cut_stretch(w)
 
     def _activate(self, h: Handoff) -> None:
         """The KV has arrived and the decode worker is at a pass boundary: the request
@@ -521,14 +511,20 @@ class Simulation:
         eng = w.engine
         eng.add_request(req, keys)
         if eng.busy:
-            if eng.stretch_ends is not None and len(eng.stretch_ends) > 1:
-                old_end = eng.pass_end
-                new_end = eng.truncate_stretch(self.now)
-                if new_end != old_end:
-                    w.version += 1
-                    self._push(new_end, EV_PASS_END, (w, w.version))
+            self._cut_stretch(w)
         elif w.state != STARTING:
             self._dirty.append(w)
+
+    def _cut_stretch(self, w: Worker) -> None:
+        """New work for a busy worker: a bulk decode stretch ends at its first pass boundary
+        after now (the pass-end event is replaced when that moves it)."""
+        eng = w.engine
+        if eng.stretch_ends is not None and len(eng.stretch_ends) > 1:
+            old_end = eng.pass_end
+            new_end = eng.truncate_stretch(self.now)
+            if new_end != old_end:
+                w.version += 1
+                self._push(new_end, EV_PASS_END, (w, w.version))
 
     # -- external routing (DynoSimRouting-v0) ----------------------------------------------
     # With ``hold_arrivals`` set, ``run_until`` stops at each arrival: the request waits in
