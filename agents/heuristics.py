@@ -162,7 +162,7 @@ def kv_costs(obs: np.ndarray, scales: dict[str, float], num_workers: int,
 
 
 def softmax_pick(costs: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-    """Dynamo's selection (dynamo_semantics.md §5.2): argmin at temperature 0 (ties to the
+    """Dynamo's KV-router selection (``lib/llm/src/kv_router`` in ai-dynamo/dynamo): argmin at temperature 0 (ties to the
     lowest index); above 0, min-max normalised costs sampled with
     ``p_i ~ exp(-(c_i - c_min) / ((c_max - c_min) T))``, uniform if all costs are equal."""
     if temperature <= 0:
@@ -170,7 +170,8 @@ def softmax_pick(costs: np.ndarray, temperature: float, rng: np.random.Generator
     span = float(costs.max() - costs.min())
     if span <= 0:
         return int(rng.integers(len(costs)))
-    logits = -(costs - costs.min()) / (span * temperature)
+    # normalise first, then divide: span * temperature can underflow to 0 for tiny spans
+    logits = -((costs - costs.min()) / span) / temperature
     p = np.exp(logits - logits.max())
     return int(rng.choice(len(costs), p=p / p.sum()))
 

@@ -224,7 +224,8 @@ class KvRouter(Router):
         lo, hi = c.min(), c.max()
         if hi == lo:
             return int(self.rng.integers(len(c)))
-        logits = -(c - lo) / ((hi - lo) * self.cfg.temperature)
+        # min-max normalised first, then / T ((hi - lo) * T can underflow to 0)
+        logits = -((c - lo) / (hi - lo)) / self.cfg.temperature
         p = np.exp(logits - logits.max())
         p /= p.sum()
         return int(self.rng.choice(len(c), p=p))
