@@ -148,7 +148,7 @@ def kv_costs(obs: np.ndarray, scales: dict[str, float], num_workers: int,
     """Dynamo's KV-router cost per worker from a ``DynoSimRouting-v0`` observation, shape
     ``(num_workers,)`` in KV blocks: ``prefill_load_scale * prefill blocks to compute``
     (queued prefill + this prompt minus its cached prefix, ``overlap_credit`` per cached
-    block) plus ``decode blocks`` (held + this prompt's). Source: dynamo_semantics.md §5.1
+    block) plus ``decode blocks`` (held + this prompt's). Source: Dynamo's ``docs/router/kv_cache_routing.md``
     (``router-design.md``: ``cost = prefill_load_scale * adjusted + decode_blocks``)."""
     w = np.asarray(obs, dtype=np.float64)[: 5 * num_workers].reshape(num_workers, 5)
     bs = scales["block_size"]
@@ -222,7 +222,7 @@ class KvCostPolicy(HeuristicPolicy):
 
 
 class LeastLoadedPolicy(HeuristicPolicy):
-    """Dynamo's least-loaded routing (dynamo_semantics.md §5.5): the worker with the fewest
+    """Dynamo's least-loaded routing (Dynamo's ``docs/router/README.md``, router modes): the worker with the fewest
     active requests (running + waiting), ties to the least KV blocks held, then the lowest
     index; read from the observation (prefix caches ignored)."""
 
@@ -244,7 +244,7 @@ class LeastLoadedPolicy(HeuristicPolicy):
 
 
 class RandomRoutePolicy(HeuristicPolicy):
-    """Dynamo's random routing (dynamo_semantics.md §5.5): a uniform worker per request,
+    """Dynamo's random routing (Dynamo's ``docs/router/README.md``, router modes): a uniform worker per request,
     from a generator seeded with ``seed``, reseeded with ``seed + k`` at the start of the
     k-th episode (so a result is reproducible)."""
 

@@ -37,7 +37,7 @@ from .heuristics import KV_KNOBS, TUNED_DIR, KvCostPolicy, PlannerPolicy
 #: PlannerConfig fields that are the problem, not the controller: never tuned.
 FIXED = ("mode", "ttft_ms", "itl_ms", "max_gpu_budget", "min_gpu_budget",
          "decode_engine_num_gpu")
-#: The KV router's knobs (``heuristic:kv``, dynamo_semantics.md §5.1-5.2): overlap credit
+#: The KV router's knobs (``heuristic:kv``, Dynamo's ``docs/router/kv_cache_routing.md``): overlap credit
 #: (Dynamo allows values above 1, PR #11714), prefill load scale, selection temperature.
 KV_SPACE: dict[str, dict[str, Any]] = {
     "overlap_credit": {"float": (0.0, 3.0), "log": False},

@@ -1,9 +1,8 @@
 """Disaggregated prefill/decode: the pools' configuration and the KV handoff's timing.
 
-Dynamo's offline disaggregated replay (``docs/dynosim/modeling.md``; reference notes
-``../shared/reference/dynamo_semantics.md`` §7) runs two pools of workers, each with its
-own router and engine configuration. :class:`sim.simulator.Simulation` drives the
-request flow when given a :class:`DisaggConfig`:
+Dynamo's offline disaggregated replay (Dynamo's ``docs/dynosim/modeling.md``) runs two
+pools of workers, each with its own router and engine configuration.
+:class:`sim.simulator.Simulation` drives the request flow when given a :class:`DisaggConfig`:
 
 1. arrival -> prefill router -> a prefill worker runs a copy of the request with one
    output token; when that token is emitted the source *holds* the prompt's KV;

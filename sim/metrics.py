@@ -1,6 +1,6 @@
 """Per-request records and the run summary, with Dynamo's statistic definitions.
 
-Definitions follow Dynamo's replay report (``../shared/reference/dynamo_peer.md`` §5):
+Definitions follow Dynamo's replay report (``replay/report.rs``; ``docs/dynamo_replay_semantics.md`` §5):
 
 * TTFT = first token - arrival; TTST = second token - first token;
 * TPOT = (e2e - TTFT) / (output_length - 1) per request with more than one token;

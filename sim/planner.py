@@ -3,7 +3,7 @@
 Two planners, each attached to a :class:`~sim.simulator.Simulation` with
 ``planner.attach(sim)``; ticks are control events (``sim.call_at``) at multiples of the
 adjustment interval from the attach time, handled after the timestamp's pass ends,
-start-ups and arrivals (as Dynamo's replay does, dynamo_semantics.md §6.6).
+start-ups and arrivals (as Dynamo's planner-in-the-loop replay does).
 
 Configuration is :class:`PlannerConfig`, whose fields carry the names and defaults of
 Dynamo's ``PlannerConfig`` (``dynamo/planner/config/planner_config.py``,

@@ -1,7 +1,8 @@
 """Routers: which worker gets an arriving request.
 
 ``round_robin``, ``random`` and ``least_loaded`` look only at worker counts. ``kv`` is
-Dynamo's KV-aware cost (``../shared/reference/dynamo_semantics.md`` §5):
+Dynamo's KV-aware cost (Dynamo's ``docs/router/kv_cache_routing.md`` and
+``kv-router/scheduling/selector``; ``docs/dynamo_replay_semantics.md`` §3):
 
     cost(w) = prefill_load_scale * max(prefill_blocks(w) - credit * overlap(w), 0)
               + decode_blocks(w)

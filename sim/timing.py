@@ -4,8 +4,8 @@ A pass costs ``prefill_time + decode_time``; every token of the pass is stamped 
 Three models, selected by a spec string (``polynomial``, ``fixed:P,D``, ``table:PATH``):
 
 * ``PolynomialTiming`` -- Dynamo's default "uncalibrated synthetic baseline"
-  (aisimulate ``engine/common/perf_model.rs``; coefficients as documented in
-  ``../shared/reference/dynamo_semantics.md`` §4.1 and checked against the replay):
+  (aisimulate ``engine/common/perf_model.rs``; coefficients as there, checked against the
+  replay):
   prefill from the uncached prompt tokens computed in the pass; decode from utilisation
   u = (context tokens of the decode batch) / (pool capacity in tokens), batch-size blind.
 * ``FixedTiming`` -- constant prefill and decode step times, for parity tests.

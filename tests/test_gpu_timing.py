@@ -96,7 +96,7 @@ def test_times_are_positive_and_monotone(entry: dict) -> None:
 
 
 def test_known_aic_values() -> None:
-    """Spot values measured with live AIC (../shared/reference/timing_and_peers.md A.2/A.4)."""
+    """Spot values measured with live AIC (aiconfigurator's live estimates)."""
     t = load_gpu_timing("Qwen/Qwen3-32B", "h100_sxm", "vllm", 2)
     assert t.prefill_ms(512, 0, 1) == pytest.approx(30.09, rel=0.02)
     assert t.prefill_ms(2048, 0, 1) == pytest.approx(107.19, rel=0.02)

@@ -4,7 +4,7 @@
 aiconfigurator-core 0.12.0's ``systems/silicon_sample.csv``; see the README beside it) holds
 measured mean TTFT and TPOT of benchmark runs at a fixed concurrency, for each (model, GPU,
 backend, TP) we ship a timing table for. ``replay_row`` reproduces such a run the way Dynamo's
-``h100_qwen3_counterpart`` replay does (docs ``dynamo_semantics.md`` §1.5): one worker of
+``h100_qwen3_counterpart`` replay does (aiconfigurator's counterpart replay): one worker of
 ``tp`` GPUs, block size 64, ``max_num_batched_tokens`` 2048, ``max_num_seqs`` 256, the KV pool
 of the table (``gpu_memory_utilization`` 0.9), a closed loop at the row's concurrency with
 ``10 x concurrency`` requests of fixed ISL/OSL; TTFT counts from dispatch.

@@ -1,7 +1,7 @@
 """SGLang flavour: Dynamo's mocker SGLang scheduler over a token radix cache.
 
 Rules of Dynamo 1.6.1's replay (``lib/mocker/src/scheduler/sglang/{config,policy,prefill,
-decode,core}.rs``; ``../shared/reference/dynamo_semantics.md`` §2.2), checked against the
+decode,core}.rs``), checked against the
 binary with ``tests/test_flavour_parity.py``:
 
 * **Schedule policy** (each pass, first): ``fifo`` keeps arrival order; ``lpm`` sorts the
