@@ -452,15 +452,28 @@ static int reserve_core(KvPool *p, PyObject *hits, Py_ssize_t fresh, int32_t *ou
     int64_t free_now = p->num_blocks - p->num_hashed - p->num_private;
     int64_t shortfall = (int64_t)fresh - free_now;
     if (shortfall > 0) {
+        /* the copies found here are the ones pinned below (nothing moves in between) */
         int64_t inactive_hits = 0;
+        for (Py_ssize_t i = 0; i < PF_AHEAD && i < nh; i++)
+            prefetch_key_entry(hits, i, p->ht, sizeof(HtEntry), p->ht_mask);
         for (Py_ssize_t i = 0; i < nh; i++) {
             int64_t k;
+            prefetch_key_entry(hits, i + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
             if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) return -1;
             int32_t c = ht_get(p, k);
             if (c < 0) { PyErr_SetString(PyExc_KeyError, "hit key not resident"); return -1; }
             if (p->s[c].refs == 0) inactive_hits++;
+            out[i] = c;
         }
         if (shortfall > p->lru_len - inactive_hits) return 0;
+        for (Py_ssize_t i = 0; i < nh; i++) {
+            int32_t c = out[i];
+            if (p->s[c].refs == 0) lru_remove(p, c);
+            p->s[c].refs++;
+        }
+        if (evict(p, shortfall) < 0) return -1;
+        p->num_private += fresh;
+        return 1;
     }
     for (Py_ssize_t i = 0; i < PF_AHEAD && i < nh; i++)
         prefetch_key_entry(hits, i, p->ht, sizeof(HtEntry), p->ht_mask);
@@ -851,6 +864,10 @@ static int kc_grow(KeyCounter *m) {
     return 0;
 }
 
+static inline void kc_prefetch(KeyCounter *m, int64_t k) {
+    __builtin_prefetch(&m->t[mix64((uint64_t)k) & m->mask]);
+}
+
 static int64_t kc_home(const void *e, uint64_t mask) {
     const KcEntry *x = e;
     return x->count ? (int64_t)(mix64((uint64_t)x->key) & mask) : -1;
@@ -984,13 +1001,19 @@ static PyObject *KvPool_drain_events_into(PyObject *self, PyObject *index) {
     }
     KeyCounter *m = (KeyCounter *)index;
     int64_t early = p->ev_rm_n - p->ev_late_n;
-    for (int64_t i = 0; i < early; i++) kc_discard(m, p->ev_rm[i]);
+    for (int64_t i = 0; i < early; i++) {
+        if (i + PF_AHEAD < early) kc_prefetch(m, p->ev_rm[i + PF_AHEAD]);
+        kc_discard(m, p->ev_rm[i]);
+    }
     int64_t done = 0;
     for (int64_t l = 0; l < p->ev_late_n; l++) {
         for (; done < p->ev_late_pos[l]; done++) if (kc_insert(m, p->ev_st[done]) < 0) return NULL;
         kc_discard(m, p->ev_rm[early + l]);
     }
-    for (; done < p->ev_st_n; done++) if (kc_insert(m, p->ev_st[done]) < 0) return NULL;
+    for (; done < p->ev_st_n; done++) {
+        if (done + PF_AHEAD < p->ev_st_n) kc_prefetch(m, p->ev_st[done + PF_AHEAD]);
+        if (kc_insert(m, p->ev_st[done]) < 0) return NULL;
+    }
     p->ev_st_n = p->ev_rm_n = p->ev_late_n = 0;
     Py_RETURN_NONE;
 }
@@ -1121,6 +1144,18 @@ static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &keys, &present)) return NULL;
     Py_ssize_t n = 0;
     if (present == Py_None) return PyLong_FromSsize_t(0);
+    if (Py_IS_TYPE(present, &KeyCounterType)) {         /* the router's indexes: probe in C */
+        KeyCounter *m = (KeyCounter *)present;
+        Py_ssize_t nk = PyList_GET_SIZE(keys);
+        for (Py_ssize_t i = 0; i < PF_AHEAD; i++) prefetch_key_entry(keys, i, m->t, sizeof(KcEntry), m->mask);
+        for (; n < nk; n++) {
+            int64_t k;
+            prefetch_key_entry(keys, n + PF_AHEAD, m->t, sizeof(KcEntry), m->mask);
+            if (get_key(PyList_GET_ITEM(keys, n), &k) < 0) return NULL;
+            if (!m->t[kc_find(m, k)].count) break;
+        }
+        return PyLong_FromSsize_t(n);
+    }
     for (; n < PyList_GET_SIZE(keys); n++) {
         int r = PySequence_Contains(present, PyList_GET_ITEM(keys, n));
         if (r < 0) return NULL;
