@@ -14,7 +14,9 @@ cdef class _PassState:
 
 cdef class VllmEngine(EngineBase):
     cdef public list _phases
-    cdef public object _evict_cum
+    cdef public object _evict_pre
+    cdef public long _evict_free0
+    cdef public long _evict_k
     cdef public long _evict_published
     cdef public object host
     cdef public list parked

@@ -27,8 +27,6 @@ reference the bulk path is tested against.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import kv_cache as _kv
 from ..kv_cache import block_keys, private_key
 from ..metrics import MetricsCollector
@@ -50,7 +48,12 @@ class VllmEngine(EngineBase):
                          token_gaps=token_gaps)
         self.kv = _kv.KvCache(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self._phases: list[int] = []                   # stretch: passes until each needs a block
-        self._evict_cum: np.ndarray | None = None      # stretch: evictions done by each pass
+        # Stretch evictions (KV router): allocations of passes 0..j are a prefix sum of the
+        # phase histogram, ``_evict_pre[r]`` = sequences due at a phase < r (None: no
+        # evictions); the pool's free blocks at the start absorb the first ``_evict_free0``.
+        self._evict_pre: list[int] | None = None
+        self._evict_free0 = 0
+        self._evict_k = 0
         self._evict_published = 0
         # G2 host tier (sim.host_tier) beside the block pool, when configured: sequences
         # parked while their host prefix loads, and per-sequence connector state
@@ -602,16 +605,23 @@ class VllmEngine(EngineBase):
         return self._fits(s, active_cached)
 
     def _start_stretch_kv(self, k: int) -> None:
-        self._evict_cum = None
+        self._evict_pre = None
         kv = self.kv
         if kv.events_enabled:
             free0 = kv.free_blocks()
             if _allocations(self._phases, k, self.bs) > free0:
-                # Evictions per pass, for publishing to the KV router at each pass end.
+                # Evictions per pass, for publishing to the KV router at each pass end: a
+                # sequence with phase a (0 <= a < bs) allocates at the passes j with
+                # j % bs == a, so allocations by pass j are a prefix sum over phases.
                 bs = self.bs
-                idx = np.concatenate([np.arange(a, k, bs) for a in self._phases if a < k])
-                cum = np.cumsum(np.bincount(idx, minlength=k))
-                self._evict_cum = np.maximum(cum - free0, 0)
+                pre = [0] * (bs + 1)
+                for a in self._phases:
+                    pre[a + 1] += 1
+                for r in range(bs):
+                    pre[r + 1] += pre[r]
+                self._evict_pre = pre
+                self._evict_free0 = free0
+                self._evict_k = k
                 self._evict_published = 0
 
     def stretch_evictions_until(self, t: float) -> list[int]:
@@ -619,13 +629,15 @@ class VllmEngine(EngineBase):
 
         The stretch takes its blocks when it ends; the copies it evicts are the oldest
         inactive ones, in order, so the first n evictions are known in advance."""
-        cum = self._evict_cum
-        if cum is None or self.stretch_ends is None:
+        pre = self._evict_pre
+        if pre is None or self.stretch_ends is None:
             return []
         j = int(self.stretch_ends.searchsorted(t, "right"))
         if j == 0:
             return []
-        upto = int(cum[min(j, len(cum)) - 1])
+        m = min(j, self._evict_k)           # passes 0 .. m-1 have ended
+        bs = self.bs
+        upto = (m // bs) * pre[bs] + pre[m % bs] - self._evict_free0
         start = self._evict_published
         if upto <= start:
             return []
