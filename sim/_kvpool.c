@@ -350,6 +350,15 @@ static int evict(KvPool *p, int64_t n) {
     }
     for (int64_t e = 0; e < n; e++) {
         int32_t c = p->lru_head;
+        if (e + 1 < n) {
+            /* prefetch: the next victim's table entry (its record was prefetched one
+               iteration ago) and the record of the one after it */
+            int32_t nx = p->s[c].next;
+            if (nx >= 0) {
+                __builtin_prefetch(&p->ht[mix64((uint64_t)p->s[nx].key) & p->ht_mask]);
+                if (e + 2 < n && p->s[nx].next >= 0) __builtin_prefetch(&p->s[p->s[nx].next]);
+            }
+        }
         lru_remove(p, c);
         int64_t k = p->s[c].key;
         uint32_t tag; int found;
@@ -612,6 +621,7 @@ static PyObject *KvPool_release(KvPool *p, PyObject *blocks) {
         Blocks *b = (Blocks *)blocks;
         for (Py_ssize_t i = b->n - 1; i >= 0; i--) {
             int32_t c = b->v[i];
+            if (i >= PF_AHEAD && b->v[i - PF_AHEAD] >= 0) __builtin_prefetch(&p->s[b->v[i - PF_AHEAD]]);
             if (c == -1) { p->num_private--; continue; }
             if (--p->s[c].refs == 0) lru_push_tail(p, c);
         }
