@@ -613,13 +613,7 @@ class VllmEngine(EngineBase):
                 # Evictions per pass, for publishing to the KV router at each pass end: a
                 # sequence with phase a (0 <= a < bs) allocates at the passes j with
                 # j % bs == a, so allocations by pass j are a prefix sum over phases.
-                bs = self.bs
-                pre = [0] * (bs + 1)
-                for a in self._phases:
-                    pre[a + 1] += 1
-                for r in range(bs):
-                    pre[r + 1] += pre[r]
-                self._evict_pre = pre
+                self._evict_pre = _phase_prefix(self._phases, self.bs)
                 self._evict_free0 = free0
                 self._evict_k = k
                 self._evict_published = 0
@@ -635,9 +629,9 @@ class VllmEngine(EngineBase):
         j = int(self.stretch_ends.searchsorted(t, "right"))
         if j == 0:
             return []
-        m = min(j, self._evict_k)           # passes 0 .. m-1 have ended
-        bs = self.bs
-        upto = (m // bs) * pre[bs] + pre[m % bs] - self._evict_free0
+        # passes 0 .. m-1 have ended; the free blocks at the start absorb the first ones
+        m = min(j, self._evict_k)
+        upto = _allocations_from_prefix(pre, m, self.bs) - self._evict_free0
         start = self._evict_published
         if upto <= start:
             return []
@@ -695,6 +689,24 @@ def _allocations(phases: list[int], k: int, bs: int) -> int:
         if k > a:
             n += 1 + (k - 1 - a) // bs
     return n
+
+
+def _phase_prefix(phases: list[int], bs: int) -> list[int]:
+    """``pre[r]`` = sequences whose next block is due in fewer than ``r`` passes
+    (``0 <= phase < bs``); length ``bs + 1``."""
+    pre = [0] * (bs + 1)
+    for a in phases:
+        pre[a + 1] += 1
+    for r in range(bs):
+        pre[r + 1] += pre[r]
+    return pre
+
+
+def _allocations_from_prefix(pre: list[int], k: int, bs: int) -> int:
+    """``_allocations(phases, k, bs)`` from ``_phase_prefix(phases, bs)`` in O(1): a sequence
+    with phase a allocates at the passes j with j % bs == a, so k passes hold k // bs
+    full cycles (one block each) and a remainder reaching the phases below k % bs."""
+    return (k // bs) * pre[bs] + pre[k % bs]
 
 
 class _PassState:
