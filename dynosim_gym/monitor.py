@@ -78,14 +78,14 @@ def _scan(seqs, waiting: bool, now: float, timeout: float, gone: set, oldest: fl
         if waiting:
             qp += s.prompt_len + s.generated - s.computed
         if s.first_token != s.first_token:      # NaN: no first token yet
-            arrival = s.req.arrival_ms
+            arrival = s.arrival_ms
             age = now - arrival
             if not waiting and s.prompt_len > s.computed:
                 qp += s.prompt_len - s.computed
             if age > oldest:
                 oldest = age
             if age > timeout:
-                index = s.req.index
+                index = s.index
                 if index not in gone:
                     gone.add(index)
                     n_out += 1

@@ -28,7 +28,7 @@ seed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -111,7 +111,8 @@ class EnvelopeTraceWorkload(Workload):
         n = len(rows)
         for k, t in enumerate(self.times):
             r = rows[(self.first_row + k) % n]
-            yield replace(r, index=k, arrival_ms=t, session_id=None, delay_ms=0.0)
+            yield Request(k, t, r.input_length, r.output_length, r.hash_ids, r.trace_block_size,
+                          None, 0.0, r.line)
 
     def _next_turn(self, request: Request) -> Request | None:
         return None

@@ -117,6 +117,22 @@ static inline int32_t ht_get(KvPool *p, int64_t key) {
     return found ? (int32_t)(p->ht[i].slot1 - 1) : -1;
 }
 
+/* Software prefetch for loops over a list of keys (look-ups, pins, counts): each key's
+ * table entry is a likely cache miss and the keys are independent, so the entry of the key
+ * PF_AHEAD places later is requested before this one is probed. A key that fails to convert
+ * is not prefetched (its error is raised when the loop reaches it, as before). Hints only:
+ * results are unchanged. */
+#define PF_AHEAD 8
+static inline void prefetch_key_entry(PyObject *keys, Py_ssize_t j, const void *table,
+                                      size_t esz, uint64_t mask) {
+    if (j >= PyList_GET_SIZE(keys)) return;
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(keys, j), &overflow);
+    if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); return; }
+    if (overflow) return;
+    __builtin_prefetch((const char *)table + (mix64((uint64_t)v) & mask) * esz);
+}
+
 static int64_t ht_home(const void *e, uint64_t mask) {
     const HtEntry *x = e;
     return x->slot1 ? (int64_t)(x->tag & mask) : -1;
@@ -334,6 +350,15 @@ static int evict(KvPool *p, int64_t n) {
     }
     for (int64_t e = 0; e < n; e++) {
         int32_t c = p->lru_head;
+        if (e + 1 < n) {
+            /* prefetch: the next victim's table entry (its record was prefetched one
+               iteration ago) and the record of the one after it */
+            int32_t nx = p->s[c].next;
+            if (nx >= 0) {
+                __builtin_prefetch(&p->ht[mix64((uint64_t)p->s[nx].key) & p->ht_mask]);
+                if (e + 2 < n && p->s[nx].next >= 0) __builtin_prefetch(&p->s[p->s[nx].next]);
+            }
+        }
         lru_remove(p, c);
         int64_t k = p->s[c].key;
         uint32_t tag; int found;
@@ -407,8 +432,11 @@ static PyObject *KvPool_match_prefix(KvPool *p, PyObject *keys) {
     Py_ssize_t n = 0, na = 0;
     if (p->prefix_caching) {
         Py_ssize_t m = PyList_GET_SIZE(keys);
+        for (Py_ssize_t i = 0; i < PF_AHEAD && i < m; i++)
+            prefetch_key_entry(keys, i, p->ht, sizeof(HtEntry), p->ht_mask);
         for (Py_ssize_t i = 0; i < m; i++) {
             int64_t k;
+            prefetch_key_entry(keys, i + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
             if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
             int32_t c = ht_get(p, k);
             if (c < 0) break;
@@ -433,18 +461,34 @@ static int reserve_core(KvPool *p, PyObject *hits, Py_ssize_t fresh, int32_t *ou
     int64_t free_now = p->num_blocks - p->num_hashed - p->num_private;
     int64_t shortfall = (int64_t)fresh - free_now;
     if (shortfall > 0) {
+        /* the copies found here are the ones pinned below (nothing moves in between) */
         int64_t inactive_hits = 0;
+        for (Py_ssize_t i = 0; i < PF_AHEAD && i < nh; i++)
+            prefetch_key_entry(hits, i, p->ht, sizeof(HtEntry), p->ht_mask);
         for (Py_ssize_t i = 0; i < nh; i++) {
             int64_t k;
+            prefetch_key_entry(hits, i + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
             if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) return -1;
             int32_t c = ht_get(p, k);
             if (c < 0) { PyErr_SetString(PyExc_KeyError, "hit key not resident"); return -1; }
             if (p->s[c].refs == 0) inactive_hits++;
+            out[i] = c;
         }
         if (shortfall > p->lru_len - inactive_hits) return 0;
+        for (Py_ssize_t i = 0; i < nh; i++) {
+            int32_t c = out[i];
+            if (p->s[c].refs == 0) lru_remove(p, c);
+            p->s[c].refs++;
+        }
+        if (evict(p, shortfall) < 0) return -1;
+        p->num_private += fresh;
+        return 1;
     }
+    for (Py_ssize_t i = 0; i < PF_AHEAD && i < nh; i++)
+        prefetch_key_entry(hits, i, p->ht, sizeof(HtEntry), p->ht_mask);
     for (Py_ssize_t i = 0; i < nh; i++) {
         int64_t k;
+        prefetch_key_entry(hits, i + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
         if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) return -1;
         int32_t c = ht_get(p, k);
         if (c < 0) { PyErr_SetString(PyExc_KeyError, "hit key not resident"); return -1; }
@@ -533,7 +577,12 @@ static PyObject *KvPool_register_range(KvPool *p, PyObject *args) {
         if (!stored) return NULL;
     }
     Py_ssize_t nk = PyList_GET_SIZE(keys), n = 0;
+    Py_ssize_t pf_end = stop < nk ? stop : nk;      /* prompt keys: known ahead */
+    for (Py_ssize_t b = start; b < start + PF_AHEAD && b < pf_end; b++)
+        prefetch_key_entry(keys, b, p->ht, sizeof(HtEntry), p->ht_mask);
     for (Py_ssize_t b = start; b < stop; b++) {
+        if (b + PF_AHEAD < pf_end)
+            prefetch_key_entry(keys, b + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
         if (bt) {
             if (bt->v[b] != -1) continue;
         } else {
@@ -572,6 +621,7 @@ static PyObject *KvPool_release(KvPool *p, PyObject *blocks) {
         Blocks *b = (Blocks *)blocks;
         for (Py_ssize_t i = b->n - 1; i >= 0; i--) {
             int32_t c = b->v[i];
+            if (i >= PF_AHEAD && b->v[i - PF_AHEAD] >= 0) __builtin_prefetch(&p->s[b->v[i - PF_AHEAD]]);
             if (c == -1) { p->num_private--; continue; }
             if (--p->s[c].refs == 0) lru_push_tail(p, c);
         }
@@ -824,6 +874,10 @@ static int kc_grow(KeyCounter *m) {
     return 0;
 }
 
+static inline void kc_prefetch(KeyCounter *m, int64_t k) {
+    __builtin_prefetch(&m->t[mix64((uint64_t)k) & m->mask]);
+}
+
 static int64_t kc_home(const void *e, uint64_t mask) {
     const KcEntry *x = e;
     return x->count ? (int64_t)(mix64((uint64_t)x->key) & mask) : -1;
@@ -848,8 +902,10 @@ static void KeyCounter_dealloc(KeyCounter *m) {
 
 static PyObject *KeyCounter_add_all(KeyCounter *m, PyObject *keys) {
     if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = 0; i < PF_AHEAD; i++) prefetch_key_entry(keys, i, m->t, sizeof(KcEntry), m->mask);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
         int64_t k;
+        prefetch_key_entry(keys, i + PF_AHEAD, m->t, sizeof(KcEntry), m->mask);
         if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
         if ((uint64_t)(m->size + 1) * 2 > m->mask + 1 && kc_grow(m) < 0) return NULL;
         uint64_t j = kc_find(m, k);
@@ -861,8 +917,10 @@ static PyObject *KeyCounter_add_all(KeyCounter *m, PyObject *keys) {
 
 static PyObject *KeyCounter_remove_all(KeyCounter *m, PyObject *keys) {
     if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = 0; i < PF_AHEAD; i++) prefetch_key_entry(keys, i, m->t, sizeof(KcEntry), m->mask);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
         int64_t k;
+        prefetch_key_entry(keys, i + PF_AHEAD, m->t, sizeof(KcEntry), m->mask);
         if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
         uint64_t j = kc_find(m, k);
         if (!m->t[j].count) { PyErr_SetString(PyExc_KeyError, "key not counted"); return NULL; }
@@ -953,13 +1011,19 @@ static PyObject *KvPool_drain_events_into(PyObject *self, PyObject *index) {
     }
     KeyCounter *m = (KeyCounter *)index;
     int64_t early = p->ev_rm_n - p->ev_late_n;
-    for (int64_t i = 0; i < early; i++) kc_discard(m, p->ev_rm[i]);
+    for (int64_t i = 0; i < early; i++) {
+        if (i + PF_AHEAD < early) kc_prefetch(m, p->ev_rm[i + PF_AHEAD]);
+        kc_discard(m, p->ev_rm[i]);
+    }
     int64_t done = 0;
     for (int64_t l = 0; l < p->ev_late_n; l++) {
         for (; done < p->ev_late_pos[l]; done++) if (kc_insert(m, p->ev_st[done]) < 0) return NULL;
         kc_discard(m, p->ev_rm[early + l]);
     }
-    for (; done < p->ev_st_n; done++) if (kc_insert(m, p->ev_st[done]) < 0) return NULL;
+    for (; done < p->ev_st_n; done++) {
+        if (done + PF_AHEAD < p->ev_st_n) kc_prefetch(m, p->ev_st[done + PF_AHEAD]);
+        if (kc_insert(m, p->ev_st[done]) < 0) return NULL;
+    }
     p->ev_st_n = p->ev_rm_n = p->ev_late_n = 0;
     Py_RETURN_NONE;
 }
@@ -1090,6 +1154,18 @@ static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &keys, &present)) return NULL;
     Py_ssize_t n = 0;
     if (present == Py_None) return PyLong_FromSsize_t(0);
+    if (Py_IS_TYPE(present, &KeyCounterType)) {         /* the router's indexes: probe in C */
+        KeyCounter *m = (KeyCounter *)present;
+        Py_ssize_t nk = PyList_GET_SIZE(keys);
+        for (Py_ssize_t i = 0; i < PF_AHEAD; i++) prefetch_key_entry(keys, i, m->t, sizeof(KcEntry), m->mask);
+        for (; n < nk; n++) {
+            int64_t k;
+            prefetch_key_entry(keys, n + PF_AHEAD, m->t, sizeof(KcEntry), m->mask);
+            if (get_key(PyList_GET_ITEM(keys, n), &k) < 0) return NULL;
+            if (!m->t[kc_find(m, k)].count) break;
+        }
+        return PyLong_FromSsize_t(n);
+    }
     for (; n < PyList_GET_SIZE(keys); n++) {
         int r = PySequence_Contains(present, PyList_GET_ITEM(keys, n));
         if (r < 0) return NULL;

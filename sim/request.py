@@ -21,3 +21,10 @@ class Request:
     session_id: str | None = None   # closed-loop multi-turn session (later turns wait)
     delay_ms: float = 0.0           # think time after the previous turn of the session completes
     line: int = 0                   # 1-based source line, for messages
+
+    def arriving_at(self, arrival_ms: float) -> "Request":
+        """This request with another arrival time: ``dataclasses.replace(self,
+        arrival_ms=...)`` without its per-call field walk (workloads make one per arrival)."""
+        return Request(self.index, arrival_ms, self.input_length, self.output_length,
+                       self.hash_ids, self.trace_block_size, self.session_id, self.delay_ms,
+                       self.line)

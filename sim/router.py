@@ -194,24 +194,29 @@ class KvRouter(Router):
         isl = req.input_length
         nkeys = isl // bs
         prefix_len = self._prefix_len
+        # (config and tables read once per request, not once per worker)
+        track_prefill, credit = cfg.track_prefill_tokens, cfg.overlap_score_credit
+        track_active, reuse, scale = (cfg.track_active_blocks, cfg.assume_kv_reuse,
+                                      cfg.prefill_load_scale)
+        index, actives, prefill_tokens = self.index, self.active, self.prefill_tokens
         costs = []
         overlaps = []
         for w in workers:
             wid = w.id
-            ov = prefix_len(keys, self.index.get(wid))
-            active = self.active.get(wid)
+            ov = prefix_len(keys, index.get(wid))
+            active = actives.get(wid)
             ov_active = prefix_len(keys, active)
-            pending = self.prefill_tokens.get(wid, 0) if cfg.track_prefill_tokens else 0
-            prefill = (pending + isl) / bs - cfg.overlap_score_credit * ov
+            pending = prefill_tokens.get(wid, 0) if track_prefill else 0
+            prefill = (pending + isl) / bs - credit * ov
             if prefill < 0:
                 prefill = 0.0
-            if not cfg.track_active_blocks:
+            if not track_active:
                 decode = 0
-            elif cfg.assume_kv_reuse:
+            elif reuse:
                 decode = (len(active) if active else 0) + nkeys - ov_active
             else:
                 decode = self.active_total.get(wid, 0) + nkeys
-            costs.append(cfg.prefill_load_scale * prefill + decode)
+            costs.append(scale * prefill + decode)
             overlaps.append(ov)
         if cfg.temperature <= 0:
             chosen = self._pick_min(costs, workers)

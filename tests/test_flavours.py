@@ -286,3 +286,15 @@ def test_yaml_backend_sets_the_block_size_default(tmp_path) -> None:
     with pytest.raises(InputError) as info:
         load_config(p)
     assert info.value.field == "engine.max_prefill_tokens" and info.value.line == 2
+
+
+@given(st.integers(1, 64).flatmap(lambda bs: st.tuples(
+    st.just(bs), st.lists(st.integers(0, bs - 1), max_size=40), st.integers(0, 400))))
+def test_stretch_allocations_from_phase_prefix(case) -> None:
+    """The KV router's view of a stretch's evictions counts the blocks allocated by the
+    first k passes from the phases' prefix sum; it must equal the per-sequence count the
+    stretch plan and the allocation use."""
+    from sim.engines.vllm import _allocations, _allocations_from_prefix, _phase_prefix
+    bs, phases, k = case
+    assert _allocations_from_prefix(_phase_prefix(phases, bs), k, bs) == \
+        _allocations(phases, k, bs)

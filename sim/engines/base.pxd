@@ -7,6 +7,8 @@
 
 cdef class Seq:
     cdef public object req
+    cdef public long long index
+    cdef public double arrival_ms
     cdef public long prompt_len
     cdef public long max_out
     cdef public object keys
@@ -21,6 +23,7 @@ cdef class Seq:
     cdef public long preemptions
     cdef public bint admitted
     cdef public object gaps
+    cdef public long sched_pass
 
 cdef class EngineBase:
     cdef public object id

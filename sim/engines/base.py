@@ -38,12 +38,14 @@ class Seq:
     SGLang: its *materialized* tokens). ``blocks`` is the flavour's KV handle: the block
     table of the block pool, or the radix cache's lease."""
 
-    __slots__ = ("req", "prompt_len", "max_out", "keys", "generated", "computed", "blocks",
-                 "reused", "first_admit", "first_token", "second_token", "last_token",
-                 "preemptions", "admitted", "gaps")
+    __slots__ = ("req", "index", "arrival_ms", "prompt_len", "max_out", "keys", "generated",
+                 "computed", "blocks", "reused", "first_admit", "first_token", "second_token",
+                 "last_token", "preemptions", "admitted", "gaps", "sched_pass")
 
     def __init__(self, req: Request, blocks) -> None:
         self.req = req
+        self.index = req.index               # (copies of req's fields read in hot loops:
+        self.arrival_ms = req.arrival_ms     #  C fields when compiled)
         self.prompt_len = req.input_length
         self.max_out = req.output_length
         self.keys: list[int] | None = None   # full prompt-block keys, made on first look-up
@@ -58,6 +60,7 @@ class Seq:
         self.preemptions = 0                 # preemptions (vLLM) or retractions (SGLang)
         self.admitted = False                # ever admitted (a fresh request can be rejected)
         self.gaps: list | None = None        # deferred token gaps (runs with a cut-off)
+        self.sched_pass = 0                  # vLLM: id of the last pass that decoded it alone
 
 
 class EngineBase:

@@ -9,10 +9,14 @@ cdef class _PassState:
     cdef public long isl_sum
     cdef public long prefix_sum
     cdef public bint preempted
+    cdef public long pass_id
+    cdef public long n_decodes
 
 cdef class VllmEngine(EngineBase):
     cdef public list _phases
-    cdef public object _evict_cum
+    cdef public object _evict_pre
+    cdef public long _evict_free0
+    cdef public long _evict_k
     cdef public long _evict_published
     cdef public object host
     cdef public list parked
@@ -20,3 +24,10 @@ cdef class VllmEngine(EngineBase):
     cdef public list _host_obs
     cdef public long long host_hit_requests
     cdef public long long host_reused_tokens
+    cdef public long _pass_id
+    cdef public long _max_seqs
+    cdef public long _max_batched
+    cdef public long _num_blocks
+    cdef public bint _caching
+    cdef public bint _chunked
+    cdef public bint _lifo

@@ -27,8 +27,6 @@ reference the bulk path is tested against.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import kv_cache as _kv
 from ..kv_cache import block_keys, private_key
 from ..metrics import MetricsCollector
@@ -50,7 +48,12 @@ class VllmEngine(EngineBase):
                          token_gaps=token_gaps)
         self.kv = _kv.KvCache(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self._phases: list[int] = []                   # stretch: passes until each needs a block
-        self._evict_cum: np.ndarray | None = None      # stretch: evictions done by each pass
+        # Stretch evictions (KV router): allocations of passes 0..j are a prefix sum of the
+        # phase histogram, ``_evict_pre[r]`` = sequences due at a phase < r (None: no
+        # evictions); the pool's free blocks at the start absorb the first ``_evict_free0``.
+        self._evict_pre: list[int] | None = None
+        self._evict_free0 = 0
+        self._evict_k = 0
         self._evict_published = 0
         # G2 host tier (sim.host_tier) beside the block pool, when configured: sequences
         # parked while their host prefix loads, and per-sequence connector state
@@ -62,6 +65,15 @@ class VllmEngine(EngineBase):
         self._host_obs: list[Seq] = []   # scheduled with prompt tokens in the current pass
         self.host_hit_requests = 0       # first admissions that reused host blocks
         self.host_reused_tokens = 0      # prompt tokens those admissions took from the host
+        self._pass_id = 0                # start_pass count (marks single-token decodes)
+        # cfg fields read at every pass (typed attributes when compiled; cfg is not changed
+        # after the engine is made)
+        self._max_seqs = cfg.max_num_seqs
+        self._max_batched = cfg.max_num_batched_tokens
+        self._num_blocks = cfg.num_gpu_blocks
+        self._caching = bool(cfg.enable_prefix_caching)
+        self._chunked = bool(cfg.enable_chunked_prefill)
+        self._lifo = cfg.preemption_mode == "lifo"
         if getattr(cfg, "num_host_blocks", None):
             from ..host_tier import HostTier
             self.host = HostTier(cfg.num_host_blocks,
@@ -80,7 +92,7 @@ class VllmEngine(EngineBase):
 
     def _key(self, s: Seq, b: int) -> int:
         keys = s.keys
-        return keys[b] if b < len(keys) else private_key(s.req.index, b)
+        return keys[b] if b < len(keys) else private_key(s.index, b)
 
     def _prefix_hits(self, s: Seq) -> tuple[int, int]:
         """(cached, active cached) tokens of the known sequence's full blocks in the pool."""
@@ -89,7 +101,7 @@ class VllmEngine(EngineBase):
         keys = self._prompt_keys(s)
         full = known // bs
         if full > len(keys):
-            keys = keys + [private_key(s.req.index, b) for b in range(len(keys), full)]
+            keys = keys + [private_key(s.index, b) for b in range(len(keys), full)]
         hit, hit_active = self.kv.match_prefix(keys)
         return min(hit * bs, known), min(hit_active * bs, known)
 
@@ -123,12 +135,12 @@ class VllmEngine(EngineBase):
 
     def _register(self, s: Seq, before: int, after: int) -> None:
         """Blocks that became full while computing tokens [before, after) join the cache."""
-        if not self.cfg.enable_prefix_caching:
+        if not self._caching:
             return
         bs = self.bs
         lo, hi = before // bs, after // bs
         if lo < hi:
-            self.kv.register_range(s.blocks, lo, hi, s.keys, s.req.index)
+            self.kv.register_range(s.blocks, lo, hi, s.keys, s.index)
 
     def _release(self, s: Seq) -> None:
         self.kv.release(s.blocks)
@@ -207,7 +219,7 @@ class VllmEngine(EngineBase):
         for s in reversed(owners):
             hs = self._host_req[s]
             n = len(s.blocks)
-            self.kv.register_range(s.blocks, hs[2] // bs, n, s.keys, s.req.index)
+            self.kv.register_range(s.blocks, hs[2] // bs, n, s.keys, s.index)
             hs[1] = n
             self.parked.remove(s)
             self.waiting.appendleft(s)
@@ -246,12 +258,13 @@ class VllmEngine(EngineBase):
     def start_pass(self, now: float) -> float:
         """Schedule one pass starting at ``now``; returns its end time."""
         s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
-        cfg = self.cfg
         bs = self.bs
         running = self.running
         waiting = self.waiting
-        st = _PassState(cfg.max_num_batched_tokens)
+        self._pass_id += 1
+        st = _PassState(self._max_batched, self._pass_id)
         scheduled = st.scheduled
+        pass_id = st.pass_id
         if self.host is not None:
             # copies that ended while the engine was idle (Dynamo wakes for them)
             self._host_activate(self.host.advance(now))
@@ -260,11 +273,13 @@ class VllmEngine(EngineBase):
             s = running[i]
             c = s.computed
             if c % bs and c == s.prompt_len + s.generated - 1 and c >= s.prompt_len:
-                # Decode with room in its tail block: one token, no allocation.
+                # Decode with room in its tail block: one token, no allocation. Marked on
+                # the sequence rather than in ``scheduled`` (no tuple per sequence per pass).
                 s.computed = c + 1
                 if not (c + 1) % bs:
                     self._register(s, c, c + 1)
-                scheduled[s] = (1, 0, s.prompt_len)
+                s.sched_pass = pass_id
+                st.n_decodes += 1
                 st.budget -= 1
                 i += 1
                 continue
@@ -276,7 +291,7 @@ class VllmEngine(EngineBase):
         rejected = self._rejected
         host = self.host
         skipped = None
-        while not st.preempted and len(running) < cfg.max_num_seqs and waiting:
+        while not st.preempted and len(running) < self._max_seqs and waiting:
             s = waiting[0]
             if not s.admitted:
                 reason = self._reject_reason(s)
@@ -353,7 +368,7 @@ class VllmEngine(EngineBase):
         self.busy = True
         self.pass_start = now
         self.pass_end = now + (prefill_ms + decode_ms)
-        self._did_work = bool(st.scheduled) or bool(ready) or bool(rejected)
+        self._did_work = bool(st.scheduled) or st.n_decodes > 0 or bool(ready) or bool(rejected)
         if not self._did_work and self.parked:
             # Nothing can run until a host load ends: wait for it (an empty pass).
             self.pass_end = max(now, self.host.next_deadline())
@@ -390,20 +405,20 @@ class VllmEngine(EngineBase):
         blocks already active, fits the blocks no running sequence holds."""
         bs = self.bs
         needed = (s.prompt_len + s.generated + bs - 1) // bs - active_cached // bs
-        return needed <= self.cfg.num_gpu_blocks - self.kv.num_active
+        return needed <= self._num_blocks - self.kv.num_active
 
     def _reject_reason(self, s: Seq) -> int:
         """Why a fresh request can never run here (0 if it can)."""
-        cfg = self.cfg
-        if (s.prompt_len + s.generated + self.bs - 1) // self.bs > cfg.num_gpu_blocks:
+        if (s.prompt_len + s.generated + self.bs - 1) // self.bs > self._num_blocks:
             return REASON_KV_CAPACITY
-        if (s.prompt_len + s.max_out - 1 + self.bs - 1) // self.bs > cfg.num_gpu_blocks:
+        if (s.prompt_len + s.max_out - 1 + self.bs - 1) // self.bs > self._num_blocks:
             # Its full sequence can never be resident: it would end up preempting itself
             # for good (Dynamo aborts the replay there). Reject it before it runs.
             return REASON_SEQ_KV_CAPACITY
-        if cfg.max_model_len is not None and s.prompt_len >= cfg.max_model_len:
+        max_model_len = self.cfg.max_model_len
+        if max_model_len is not None and s.prompt_len >= max_model_len:
             return REASON_MAX_MODEL_LEN
-        if not cfg.enable_chunked_prefill and s.prompt_len > cfg.max_num_batched_tokens:
+        if not self._chunked and s.prompt_len > self._max_batched:
             return REASON_BATCH_BUDGET       # unchunked, it can never be scheduled
         return 0
 
@@ -418,7 +433,7 @@ class VllmEngine(EngineBase):
         want = rem if rem <= st.budget else st.budget
         if want == 0 and rem > 0:
             return _BLOCKED
-        if not self.cfg.enable_chunked_prefill and before < plen and want < rem:
+        if not self._chunked and before < plen and want < rem:
             return _BLOCKED
         after = before + want
         reusable = cached // bs if from_wait else 0
@@ -435,6 +450,10 @@ class VllmEngine(EngineBase):
                     st.n_prefill -= 1
                     st.isl_sum -= vpb + pt
                     st.prefix_sum -= vpb
+            elif v.sched_pass == st.pass_id:      # a single-token decode of this pass
+                v.sched_pass = 0
+                st.n_decodes -= 1
+                st.budget += 1
             if v is s:
                 return _SELF
         s.computed = after
@@ -487,7 +506,7 @@ class VllmEngine(EngineBase):
         running = self.running
         if not running:
             return None
-        v = running.pop() if self.cfg.preemption_mode == "lifo" else running.pop(0)
+        v = running.pop() if self._lifo else running.pop(0)
         v.computed = 0
         v.preemptions += 1
         self.num_preemptions += 1
@@ -510,13 +529,16 @@ class VllmEngine(EngineBase):
         """
         s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
         running = self.running
-        if not running or len(running) > self.cfg.max_num_batched_tokens or self.parked:
+        if not running or len(running) > self._max_batched or self.parked:
             return 0
         bs = self.bs
         k = 1 << 62
         phases = self._phases
         phases.clear()
-        for s in running:
+        # Newest first: a sequence still in its prefill is usually among the last admitted,
+        # so a pass that cannot be a stretch is found without walking the whole batch.
+        for i in range(len(running) - 1, -1, -1):
+            s = running[i]
             c = s.computed
             if c != s.prompt_len + s.generated - 1 or c < s.prompt_len:
                 return 0
@@ -524,6 +546,7 @@ class VllmEngine(EngineBase):
             if left < k:
                 k = left
             phases.append(-c % bs)
+        phases.reverse()                # in batch order
         if k <= 1:
             return 0
         kv = self.kv
@@ -571,7 +594,7 @@ class VllmEngine(EngineBase):
         return True
 
     def _admission_possible(self) -> bool:
-        if len(self.running) >= self.cfg.max_num_seqs:
+        if len(self.running) >= self._max_seqs:
             return False
         s = self.waiting[0]
         if s.computed:
@@ -582,16 +605,17 @@ class VllmEngine(EngineBase):
         return self._fits(s, active_cached)
 
     def _start_stretch_kv(self, k: int) -> None:
-        self._evict_cum = None
+        self._evict_pre = None
         kv = self.kv
         if kv.events_enabled:
             free0 = kv.free_blocks()
             if _allocations(self._phases, k, self.bs) > free0:
-                # Evictions per pass, for publishing to the KV router at each pass end.
-                bs = self.bs
-                idx = np.concatenate([np.arange(a, k, bs) for a in self._phases if a < k])
-                cum = np.cumsum(np.bincount(idx, minlength=k))
-                self._evict_cum = np.maximum(cum - free0, 0)
+                # Evictions per pass, for publishing to the KV router at each pass end: a
+                # sequence with phase a (0 <= a < bs) allocates at the passes j with
+                # j % bs == a, so allocations by pass j are a prefix sum over phases.
+                self._evict_pre = _phase_prefix(self._phases, self.bs)
+                self._evict_free0 = free0
+                self._evict_k = k
                 self._evict_published = 0
 
     def stretch_evictions_until(self, t: float) -> list[int]:
@@ -599,13 +623,15 @@ class VllmEngine(EngineBase):
 
         The stretch takes its blocks when it ends; the copies it evicts are the oldest
         inactive ones, in order, so the first n evictions are known in advance."""
-        cum = self._evict_cum
-        if cum is None or self.stretch_ends is None:
+        pre = self._evict_pre
+        if pre is None or self.stretch_ends is None:
             return []
         j = int(self.stretch_ends.searchsorted(t, "right"))
         if j == 0:
             return []
-        upto = int(cum[min(j, len(cum)) - 1])
+        # passes 0 .. m-1 have ended; the free blocks at the start absorb the first ones
+        m = min(j, self._evict_k)
+        upto = _allocations_from_prefix(pre, m, self.bs) - self._evict_free0
         start = self._evict_published
         if upto <= start:
             return []
@@ -615,22 +641,27 @@ class VllmEngine(EngineBase):
     def _stretch_kv(self, k: int) -> None:
         s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
         running = self.running
+        phases = self._phases
         bs = self.bs
-        new_blocks = [0 if k <= a else 1 + (k - 1 - a) // bs for a in self._phases]
-        total = sum(new_blocks)
-        if total:
-            if self.kv.reserve([], total) is None:      # plan_stretch guaranteed room
-                raise AssertionError("stretch allocation failed")
-            for s, n in zip(running, new_blocks, strict=True):
-                if n:
-                    s.blocks.add_private(n)
-        if self.cfg.enable_prefix_caching:
-            register = self.kv.register_range
-            for s in running:
+        kv = self.kv
+        if len(phases) != len(running):
+            raise AssertionError("stretch planned for another batch")
+        total = _allocations(phases, k, bs)
+        if total and kv.reserve([], total) is None:      # plan_stretch guaranteed room
+            raise AssertionError("stretch allocation failed")
+        caching = self._caching
+        for i in range(len(running)):
+            s = running[i]
+            a = phases[i]
+            if k > a:
+                # a new block at passes a, a + bs, ... (the pool took them all above); the
+                # ones that fill join the cache, sequence by sequence as before
+                s.blocks.add_private(1 + (k - 1 - a) // bs)
+            if caching:
                 before = s.computed
                 after = before + k
                 if before // bs < after // bs:
-                    register(s.blocks, before // bs, after // bs, s.keys, s.req.index)
+                    kv.register_range(s.blocks, before // bs, after // bs, s.keys, s.index)
 
     def check_invariants(self) -> None:
         s: Seq
@@ -660,13 +691,38 @@ def _allocations(phases: list[int], k: int, bs: int) -> int:
     return n
 
 
-class _PassState:
-    __slots__ = ("budget", "scheduled", "n_prefill", "isl_sum", "prefix_sum", "preempted")
+def _phase_prefix(phases: list[int], bs: int) -> list[int]:
+    """``pre[r]`` = sequences whose next block is due in fewer than ``r`` passes
+    (``0 <= phase < bs``); length ``bs + 1``."""
+    pre = [0] * (bs + 1)
+    for a in phases:
+        pre[a + 1] += 1
+    for r in range(bs):
+        pre[r + 1] += pre[r]
+    return pre
 
-    def __init__(self, budget: int) -> None:
+
+def _allocations_from_prefix(pre: list[int], k: int, bs: int) -> int:
+    """``_allocations(phases, k, bs)`` from ``_phase_prefix(phases, bs)`` in O(1): a sequence
+    with phase a allocates at the passes j with j % bs == a, so k passes hold k // bs
+    full cycles (one block each) and a remainder reaching the phases below k % bs."""
+    return (k // bs) * pre[bs] + pre[k % bs]
+
+
+class _PassState:
+    """One pass being scheduled. ``scheduled`` maps a sequence to (tokens, prompt tokens,
+    prompt tokens computed before) for everything but single-token decodes with room in
+    their tail block, which carry ``Seq.sched_pass == pass_id`` instead and are counted in
+    ``n_decodes`` (each is (1, 0, prompt_len))."""
+    __slots__ = ("budget", "scheduled", "n_prefill", "isl_sum", "prefix_sum", "preempted",
+                 "pass_id", "n_decodes")
+
+    def __init__(self, budget: int, pass_id: int) -> None:
         self.budget = budget
         self.scheduled: dict[Seq, tuple[int, int, int]] = {}
         self.n_prefill = 0
         self.isl_sum = 0
         self.prefix_sum = 0
         self.preempted = False
+        self.pass_id = pass_id
+        self.n_decodes = 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import replace
 from itertools import islice
 from numbers import Integral, Real
 from typing import Any, Iterator
@@ -40,7 +39,7 @@ class Workload(ABC):
         if self.concurrency is None:
             return self._source
         # Closed loop ignores source timestamps: N start at t=0, TTFT counts from dispatch.
-        return (replace(r, arrival_ms=0.0) for r in islice(self._source, self.concurrency))
+        return (r.arriving_at(0.0) for r in islice(self._source, self.concurrency))
 
     def on_complete(self, request: Request, now_ms: float) -> list[Request]:
         """Requests released because ``request`` finished (or was dropped) at ``now_ms``.
@@ -50,11 +49,11 @@ class Workload(ABC):
         """
         nxt = self._next_turn(request)
         if nxt is not None:
-            return [replace(nxt, arrival_ms=now_ms + nxt.delay_ms)]
+            return [nxt.arriving_at(now_ms + nxt.delay_ms)]
         if self.concurrency is not None and now_ms < self.dispatch_until_ms:
             new = next(self._source, None)
             if new is not None:
-                return [replace(new, arrival_ms=now_ms)]
+                return [new.arriving_at(now_ms)]
         return []
 
     @abstractmethod

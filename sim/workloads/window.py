@@ -7,7 +7,6 @@ share the parsed trace, so cutting one costs a binary search, not a re-parse.
 from __future__ import annotations
 
 import bisect
-from dataclasses import replace
 from typing import Any, Iterator
 
 from ..errors import InputError
@@ -39,7 +38,7 @@ class TraceWindow(Workload):
     def _first_turns(self) -> Iterator[Request]:
         off = self.start_ms
         for r in self.trace._firsts[self._lo:self._hi]:
-            yield replace(r, arrival_ms=r.arrival_ms - off)
+            yield r.arriving_at(r.arrival_ms - off)
 
     def _next_turn(self, request: Request) -> Request | None:
         return self.trace._next_turn(request)
