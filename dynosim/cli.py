@@ -350,6 +350,13 @@ def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunCon
         w(f"  pools         prefill {t['prefill_worker_seconds']:,.0f} worker-s "
           f"({t['prefill_gpu_hours']:.2f} GPU-h)   decode {t['decode_worker_seconds']:,.0f} "
           f"worker-s ({t['decode_gpu_hours']:.2f} GPU-h)\n")
+    if "kv_host_tier" in summary:         # G2 host tier (--json: kv_host_tier)
+        h = summary["kv_host_tier"]
+        w(f"  host tier     host_hit_requests {h['host_hit_requests']:,}   host_reused_tokens "
+          f"{h['host_reused_tokens']:,}\n"
+          f"                host_stored_blocks {h['host_stored_blocks']:,} (offloads)   "
+          f"host_loaded_blocks {h['host_loaded_blocks']:,}   host_evicted_blocks "
+          f"{h['host_evicted_blocks']:,}\n")
     if "goodput" in summary:
         g = summary["goodput"]
         w(f"  goodput       {g['good_requests']:,} requests within SLA "
