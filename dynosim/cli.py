@@ -316,10 +316,16 @@ def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     if cfg.planner is not None:      # the count changes during the run
         workers += (f" at start, {cfg.planner['kind']} planner (budget "
                     f"{cfg.planner['max_gpu_budget']} GPUs)")
+    blocks, timing = cfg.engine.num_gpu_blocks, cfg.timing.model
+    if cfg.disagg is not None:      # per pool, when they differ (e.g. --prefill-tp/--decode-tp)
+        d = cfg.disagg
+        pb, db = (d[f"_{r}_resolved"]["num_gpu_blocks"] for r in ("prefill", "decode"))
+        pt, dt = (d[f"{r}_timing_model"] or timing for r in ("prefill", "decode"))
+        blocks = pb if pb == db else f"{pb:,} prefill / {db:,} decode"
+        timing = pt if pt == dt else f"{pt} prefill / {dt} decode"
     return (f"{describe.get('name', 'workload')} ({describe.get('kind', '?')}{count}) on "
             f"{workers}, {cfg.router.mode} router, KV "
-            f"{cfg.engine.num_gpu_blocks} x {cfg.engine.block_size}-token blocks, "
-            f"timing {cfg.timing.model}")
+            f"{blocks} x {cfg.engine.block_size}-token blocks, timing {timing}")
 
 
 def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunConfig,
