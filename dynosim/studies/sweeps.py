@@ -424,7 +424,8 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     static = [r for r in rows if r["kind"] == "static"]
     disagg = [r for r in rows if r["kind"] == "disagg"]
     markers = {1: "o", 2: "s", 4: "D", 8: "^"}
-    tags: dict[Any, tuple[list, list]] = {a1: ([], []), a2: ([], [])}
+    tags: dict[Any, tuple[list, list]] = {a1: ([], []), a2: ([], [])}   # texts, their points
+    plotted: dict[Any, list] = {a1: [], a2: []}     # every marker: the names keep off them
 
     def tag(ax, r, x, y, color):
         if math.isfinite(x) and math.isfinite(y):
@@ -433,6 +434,12 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
     def ttft(r):
         return _positive(r["p90_ttft_ms"])
+
+    for r in rows:
+        for ax, xy in ((a1, (_num(r["gpu_hours"]), ttft(r))),
+                       (a2, (_num(r["output_tok_s_per_user"]), _num(r["output_tok_s_per_gpu"])))):
+            if all(math.isfinite(v) for v in xy):
+                plotted[ax].append(xy)
 
     for tp in sorted({int(r["tp"]) for r in static}):
         sel = [r for r in static if int(r["tp"]) == tp]
@@ -475,6 +482,18 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
                        [r["output_tok_s_per_gpu"] for r in sel], marker=marker, s=160,
                        color=color, label=f"{kind} planner", zorder=3)
     a1.axhline(TTFT_SLA_MS, color="gray", ls=":", lw=1, label=f"TTFT SLA {TTFT_SLA_MS:g} ms")
+    # Overloaded deployments drain their backlog for hours (GPU-hours far beyond the
+    # budget's hour): keep the axis on the frontiers and say what is off it.
+    near = [x for x, _ in tags[a1][1]] + [_num(r["gpu_hours"]) for r in rows
+                                          if r["kind"] not in ("static", "disagg")]
+    xmax = 1.08 * max((x for x in near if math.isfinite(x)), default=math.nan)
+    off = [x for x, _ in plotted[a1] if x > xmax]
+    if off:
+        a1.set_xlim(right=xmax)
+        a1.text(0.99, 0.02, f"{len(off)} overloaded points off the right edge (up to "
+                f"{max(off):.0f} GPU-h: hours of backlog)", transform=a1.transAxes,
+                ha="right", va="bottom", fontsize=7, color="0.3")
+        plotted[a1] = [xy for xy in plotted[a1] if xy[0] <= xmax]
     a1.set_yscale("log")
     a1.set_xlabel("GPU-hours")
     a1.set_ylabel("p90 TTFT (ms, log)")
@@ -493,7 +512,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         FigureCanvasAgg(fig).draw()              # lay out first: adjustText works in pixels
         for ax, (texts, xy) in tags.items():
             if texts:
-                adjust_text(texts, x=[p[0] for p in xy], y=[p[1] for p in xy], ax=ax,
+                pts = plotted[ax]
+                adjust_text(texts, x=[p[0] for p in pts], y=[p[1] for p in pts],
+                            target_x=[p[0] for p in xy], target_y=[p[1] for p in xy], ax=ax,
                             expand=(1.3, 1.5), arrowprops={"arrowstyle": "-", "color": "0.6",
                                                            "lw": 0.5})
     fig.savefig(path, dpi=110)
