@@ -490,9 +490,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     off = [x for x, _ in plotted[a1] if x > xmax]
     if off:
         a1.set_xlim(right=xmax)
-        a1.text(0.99, 0.02, f"{len(off)} overloaded points off the right edge (up to "
+        a1.text(0.99, 0.99, f"{len(off)} overloaded points off the right edge\n(up to "
                 f"{max(off):.0f} GPU-h: hours of backlog)", transform=a1.transAxes,
-                ha="right", va="bottom", fontsize=7, color="0.3")
+                ha="right", va="top", fontsize=7, color="0.3")
         plotted[a1] = [xy for xy in plotted[a1] if xy[0] <= xmax]
     a1.set_yscale("log")
     a1.set_xlabel("GPU-hours")
@@ -503,8 +503,8 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     a2.set_title("throughput per GPU vs per user (upper right is better)", fontsize=10)
     for a in (a1, a2):
         a.grid(True, which="both", alpha=0.3)
-    a1.legend(fontsize=7, loc="upper right")
-    a2.legend(fontsize=7, loc="lower left")
+    # one legend for both panels, below them: never over a point or a name
+    fig.legend(*a1.get_legend_handles_labels(), loc="outside lower center", ncol=5, fontsize=7)
     fig.suptitle(title, fontsize=9)
     if any(t for t, _ in tags.values()):   # keep the names off each other and the markers
         from adjustText import adjust_text
