@@ -92,11 +92,10 @@ def test_disaggregated_point_reproduces_with_its_command(tmp_path, capsys):
     """A disaggregated row's ``command`` column replays it: ``dynosim simulate`` of that
     command gives the row's GPU-hours and p90 TTFT."""
     from dynosim.cli import main
-    out = tmp_path / "out"
-    assert sweeps.run(_args("pareto", "--quick", "--max-sim-time-s", WINDOW_S, "--jobs", "1",
-                            "--out", str(out))) == 0
-    row = next(r for r in sweeps.read_csv(out / "pareto.csv") if r["kind"] == "disagg")
-    capsys.readouterr()
+    ns = _args("pareto", "--quick", "--max-sim-time-s", WINDOW_S, "--out", str(tmp_path))
+    point = next(p for p in sweeps.make_points("pareto", ns) if p["kind"] == "disagg")
+    sweeps.write_csv([sweeps.run_point(point)], tmp_path / "p.csv")
+    row = sweeps.read_csv(tmp_path / "p.csv")[0]
     argv = row["command"].split()[2:]
     assert main(["simulate", *[a for a in argv if a != "--quiet"], "--json", "--quiet"]) == 0
     doc = json.loads(capsys.readouterr().out)
