@@ -181,6 +181,10 @@ def _train(args) -> int:
     return 0
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _evaluate(args) -> int:
     from .evaluate import evaluate
     from .leaderboard import leaderboard
@@ -203,7 +207,8 @@ def _evaluate(args) -> int:
         from .oracle import evaluate_oracle
         res = evaluate_oracle(args.policy, config=args.config, episodes=args.episodes,
                               seed=args.seed, split=args.split, overrides=dict(args.set),
-                              trace=args.trace, window_s=args.window_s, windows=args.windows)
+                              trace=args.trace, window_s=args.window_s, windows=args.windows,
+                              quiet=args.quiet)
     else:
         res = evaluate(args.policy, args.env, config=args.config, episodes=args.episodes, seed=args.seed,
                        split=args.split, overrides=dict(args.set), trace=args.trace,
@@ -215,7 +220,7 @@ def _evaluate(args) -> int:
         print(doc)
     elif res.env_id == "DynoSimRouting-v0":
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
-              f"{res.requests_decided} requests ({res.episodes} episodes); pooled p90 TTFT "
+              f"{res.requests_decided} requests ({_plural(res.episodes, 'episode')}); pooled p90 TTFT "
               f"{res.p90_ttft_ms:.0f} ms, mean TTFT {res.mean_ttft_ms:.0f} ms; prefix cache "
               f"reused {res.prefix_cache_reused_ratio:.1%} of prompt tokens; "
               f"{res.request_throughput_rps:.3f} req/s; mean reward {res.mean_reward:.3f} ± "
@@ -223,7 +228,7 @@ def _evaluate(args) -> int:
     else:
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
               f"{res.requests_decided} requests; {res.gpu_hours:.3f} GPU-hours "
-              f"({res.gpu_hours_per_episode:.3f}/episode, {res.episodes} episodes); pooled "
+              f"({res.gpu_hours_per_episode:.3f}/episode, {_plural(res.episodes, 'episode')}); pooled "
               f"p90 TTFT {res.p90_ttft_ms:.0f} ms, p90 ITL {res.p90_itl_ms:.1f} ms; "
               f"{res.scaling_events} scaling events, {res.reversals_per_hour:.1f} "
               f"reversals/h; mean reward {res.mean_reward:.3f} ± {res.std_reward:.3f}")

@@ -297,7 +297,7 @@ def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str,
     if trace is None:
         env, cfg = make_eval_env(pol, env_id, config, overrides)
         runs = [({"split": split}, seed + k) for k in range(episodes)]
-        return env, cfg, runs, {"split": split, "seeds": [seed, seed + episodes - 1]}
+        return env, cfg, runs, {"split": split, "seeds": list(range(seed, seed + episodes))}
     overrides["workload"] = trace_workload(trace)
     env, cfg = make_eval_env(pol, env_id, config, overrides)
     tr = env.unwrapped.episodes.trace

@@ -55,7 +55,8 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
             print(f"leaderboard: {spec}", file=sys.stderr, flush=True)
         if spec.startswith("oracle:"):
             from .oracle import evaluate_oracle
-            results.append(evaluate_oracle(spec, config=config, episodes=episodes, seed=seed))
+            results.append(evaluate_oracle(spec, config=config, episodes=episodes, seed=seed,
+                                           quiet=quiet))
         else:
             results.append(evaluate(spec, env_id, config=config, episodes=episodes, seed=seed,
                                     keep_traces=1, quiet=quiet))

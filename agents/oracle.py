@@ -22,6 +22,8 @@ full knowledge of its future); they run on exactly the episodes ``dynosim evalua
 from __future__ import annotations
 
 import math
+import sys
+import time
 from typing import Any
 
 from sim.errors import InputError
@@ -41,6 +43,42 @@ class SchedulePolicy:
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
         k = min(self.env._steps, len(self.targets) - 1)
         return self.env.target_action(self.targets[k]), state
+
+
+class _Progress:
+    """An oracle's progress on stderr (none when ``quiet``): a tqdm bar of finished units
+    (episodes for ``oracle:static``, segments for ``oracle:schedule``) on a terminal, else
+    one line at every tenth of them, so a log shows the run is alive. Each line gives the
+    units done, the episode replays run so far and the elapsed wall time."""
+
+    def __init__(self, desc: str, total: int, unit: str, quiet: bool) -> None:
+        self.desc, self.total, self.unit, self.quiet = desc, total, unit, quiet
+        self.done = self.replays = 0
+        self.every = max(1, total // 10)
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+                            dynamic_ncols=True, leave=False)
+
+    def replay(self) -> None:
+        self.replays += 1
+        if self.bar is not None:
+            self.bar.set_postfix(replays=self.replays)
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif not self.quiet and (self.done % self.every == 0 or self.done == self.total):
+            print(f"{self.desc}: {self.done}/{self.total} {self.unit}s, {self.replays} "
+                  f"replays, {time.perf_counter() - self.t0:,.0f} s", file=sys.stderr,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _segment_targets(counts: list[int], seg_steps: int, lead_steps: int,
@@ -81,12 +119,15 @@ def smallest_meeting(lo: int, hi: int, target: float, sla_of) -> int:
     return lo
 
 
-def best_static(make_env, opts: dict, seed: int, lo: int, hi: int, target: float) -> dict:
+def best_static(make_env, opts: dict, seed: int, lo: int, hi: int, target: float,
+                progress: _Progress | None = None) -> dict:
     """The cheapest static count reaching ``target`` over the episode (module doc)."""
     runs: dict[int, dict] = {}
 
     def sla_of(n: int) -> float:
         if n not in runs:
+            if progress is not None:
+                progress.replay()
             env = make_env({"env.initial_workers": n})
             runs[n] = run_episode(env, SchedulePolicy(env, [n]), opts, seed, keep_trace=True)
             env.close()
@@ -125,8 +166,8 @@ def arrivals_outcome(sim, t0_ms: float, t1_ms: float, ttft_sla: float, itl_sla: 
 
 
 def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
-                  segment_s: float, interval_s: float, steps: int, drain_s: float = 60.0
-                  ) -> dict:
+                  segment_s: float, interval_s: float, steps: int, drain_s: float = 60.0,
+                  progress: _Progress | None = None) -> dict:
     """The greedy hindsight schedule (module doc)."""
     seg = max(1, int(round(segment_s / interval_s)))
     drain = int(math.ceil(drain_s / interval_s))
@@ -136,6 +177,8 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
     counts: list[int] = []
 
     def segment_sla(j: int, n: int) -> float:
+        if progress is not None:
+            progress.replay()
         env.reset(seed=seed, options=opts)
         lead = math.ceil(u.sim.cluster_cfg.startup_time_s / interval_s)
         end = min(steps, (j + 1) * seg)
@@ -149,6 +192,8 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
 
     for j in range(n_seg):
         counts.append(smallest_meeting(lo, hi, target, lambda n: segment_sla(j, n)))
+        if progress is not None:
+            progress.advance()
     env.reset(seed=seed, options=opts)
     lead = math.ceil(u.sim.cluster_cfg.startup_time_s / interval_s)
     res = run_episode(env, SchedulePolicy(env, _segment_targets(counts, seg, lead, steps)),
@@ -160,9 +205,11 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
 def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: int = 0,
                     split: str = "eval", overrides: dict[str, Any] | None = None,
                     trace: str | None = None, window_s: float | None = None,
-                    windows: int | None = None, segment_s: float = 120.0) -> Evaluation:
+                    windows: int | None = None, segment_s: float = 120.0,
+                    quiet: bool = False) -> Evaluation:
     """Score ``oracle:static`` or ``oracle:schedule`` (module doc) on the same episodes as
-    :func:`agents.evaluate.evaluate`."""
+    :func:`agents.evaluate.evaluate`. Progress goes to stderr unless ``quiet``
+    (:class:`_Progress`)."""
     if spec not in ORACLES:
         raise InputError(f"unknown oracle {spec!r}; expected one of {', '.join(ORACLES)}",
                          field="--policy")
@@ -184,13 +231,22 @@ def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: i
         return e
 
     results = []
-    for opts, s in runs:
-        if spec == "oracle:static":
-            res = best_static(make_env, opts, s, lo, hi, target)
-        else:
-            res = best_schedule(env, opts, s, lo, hi, target, segment_s, cfg.env.interval_s,
-                                steps)
-        results.append(res)
+    if spec == "oracle:static":
+        progress = _Progress(spec, len(runs), "episode", quiet)
+    else:
+        seg = max(1, int(round(segment_s / cfg.env.interval_s)))
+        progress = _Progress(spec, len(runs) * math.ceil(steps / seg), "segment", quiet)
+    try:
+        for opts, s in runs:
+            if spec == "oracle:static":
+                res = best_static(make_env, opts, s, lo, hi, target, progress)
+                progress.advance()
+            else:
+                res = best_schedule(env, opts, s, lo, hi, target, segment_s,
+                                    cfg.env.interval_s, steps, progress=progress)
+            results.append(res)
+    finally:
+        progress.close()
     reward_cfg = resolved_reward(cfg, u)
     env.close()
     ev = summarise(spec, results, cfg, reward_cfg, {}, dict(plan, sla_target=target,

@@ -188,7 +188,7 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                      ("routing_default" if kind == "kv" else "autoscale_default"),
                      "overrides": dict(overrides or {}), "split": "train",
                      "scenarios": cfg.env.scenarios, "episodes": episodes,
-                     "seeds": [seed, seed + episodes - 1]},
+                     "seeds": list(range(seed, seed + episodes))},
         "search": {"sampler": "optuna.samplers.TPESampler", "seed": seed, "trials": trials,
                    "space": space, "optuna": optuna.__version__},
         "command": (f"dynosim tune --policy heuristic:{kind} --trials {trials} --episodes "

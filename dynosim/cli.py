@@ -316,10 +316,16 @@ def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     if cfg.planner is not None:      # the count changes during the run
         workers += (f" at start, {cfg.planner['kind']} planner (budget "
                     f"{cfg.planner['max_gpu_budget']} GPUs)")
+    blocks, timing = cfg.engine.num_gpu_blocks, cfg.timing.model
+    if cfg.disagg is not None:      # per pool, when they differ (e.g. --prefill-tp/--decode-tp)
+        d = cfg.disagg
+        pb, db = (d[f"_{r}_resolved"]["num_gpu_blocks"] for r in ("prefill", "decode"))
+        pt, dt = (d[f"{r}_timing_model"] or timing for r in ("prefill", "decode"))
+        blocks = pb if pb == db else f"{pb:,} prefill / {db:,} decode"
+        timing = pt if pt == dt else f"{pt} prefill / {dt} decode"
     return (f"{describe.get('name', 'workload')} ({describe.get('kind', '?')}{count}) on "
             f"{workers}, {cfg.router.mode} router, KV "
-            f"{cfg.engine.num_gpu_blocks} x {cfg.engine.block_size}-token blocks, "
-            f"timing {cfg.timing.model}")
+            f"{blocks} x {cfg.engine.block_size}-token blocks, timing {timing}")
 
 
 def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunConfig,
@@ -350,6 +356,13 @@ def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunCon
         w(f"  pools         prefill {t['prefill_worker_seconds']:,.0f} worker-s "
           f"({t['prefill_gpu_hours']:.2f} GPU-h)   decode {t['decode_worker_seconds']:,.0f} "
           f"worker-s ({t['decode_gpu_hours']:.2f} GPU-h)\n")
+    if "kv_host_tier" in summary:         # G2 host tier (--json: kv_host_tier)
+        h = summary["kv_host_tier"]
+        w(f"  host tier     host_hit_requests {h['host_hit_requests']:,}   host_reused_tokens "
+          f"{h['host_reused_tokens']:,}\n"
+          f"                host_stored_blocks {h['host_stored_blocks']:,} (offloads)   "
+          f"host_loaded_blocks {h['host_loaded_blocks']:,}   host_evicted_blocks "
+          f"{h['host_evicted_blocks']:,}\n")
     if "goodput" in summary:
         g = summary["goodput"]
         w(f"  goodput       {g['good_requests']:,} requests within SLA "

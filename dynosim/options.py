@@ -33,8 +33,9 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--num-workers": ("cluster.num_workers", int, "N", "workers at t=0 (default 1)"),
     "--gpus-per-worker": ("cluster.gpus_per_worker", int, "N",
-                          "GPUs per worker (per DP rank with --dp-size), for GPU-hours "
-                          "(default 1)"),
+                          "GPUs per worker (per DP rank with --dp-size), for GPU-hours; "
+                          "the report's totals.gpus_per_dp_rank (totals.gpus_per_worker "
+                          "is a whole worker's: dp_size x this) (default 1)"),
     "--dp-size": ("cluster.dp_size", int, "N",
                   "data-parallel ranks per worker, each with its own scheduler and KV pool; "
                   "the router picks (worker, rank) pairs (default 1)"),
@@ -316,6 +317,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         over.setdefault("engine.num_gpu_blocks", table.num_gpu_blocks)
         over.setdefault("engine.block_size", table.block_size)
         over.setdefault("cluster.gpus_per_worker", table.gpus_per_worker)
+    _role_tp_overrides(args, cfg, over)
     if args.startup_time is not None:
         over["cluster.startup_time_s"] = args.startup_time
     if args.initial_workers is not None:
@@ -380,6 +382,31 @@ def _disagg_overrides(args: argparse.Namespace, cfg: RunConfig, over: dict[str, 
             raise InputError(f"expected a JSON object of engine fields, got "
                              f"{type(data).__name__}", file=CMDLINE, field=flag)
         over[DISAGG_FLAGS[flag][0]] = data
+
+
+def _role_tp_overrides(args: argparse.Namespace, cfg: RunConfig, over: dict[str, Any]) -> None:
+    """``--prefill-tp``/``--decode-tp``: a disaggregated pool on another TP's GPU table
+    (the --model/--gpu/--backend table at that TP): the pool's timing, KV blocks per worker
+    (unless --num-gpu-blocks or the role's engine JSON sets them) and GPUs per worker."""
+    for role in ("prefill", "decode"):
+        flag = f"--{role}-tp"
+        tp = getattr(args, f"{role}_tp")
+        if tp is None:
+            continue
+        if args.model is None:
+            raise InputError("needs --model, --gpu, --backend and --tp (the GPU table)",
+                             file=CMDLINE, field=flag)
+        if cfg.disagg is None and "disagg.num_prefill_workers" not in over:
+            raise InputError("applies to disaggregated pools only (--num-prefill-workers, "
+                             "--num-decode-workers)", file=CMDLINE, field=flag)
+        from sim.gpu_timing import load_gpu_timing
+        table = load_gpu_timing(args.model, args.gpu, args.backend, tp)
+        over[f"disagg.{role}_timing_model"] = f"gpu:{args.model}:{args.gpu}:{args.backend}:{tp}"
+        over[f"disagg.{role}_gpus_per_worker"] = table.gpus_per_worker
+        key = f"disagg.{role}_engine"
+        engine = dict(over.get(key) or (cfg.disagg or {}).get(f"{role}_engine") or {})
+        if "num_gpu_blocks" not in engine and args.num_gpu_blocks is None:
+            over[key] = {**engine, "num_gpu_blocks": table.num_gpu_blocks}
 
 
 def _planner_json(text: str) -> dict[str, Any]:
@@ -474,6 +501,10 @@ def add_simulate_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu", metavar="GPU", help="e.g. h200_sxm (default: none)")
     g.add_argument("--tp", type=_ranged("--tp"), metavar="N",
                    help="tensor parallel size (default: none)")
+    for role in ("prefill", "decode"):
+        g.add_argument(f"--{role}-tp", type=_ranged("--tp"), metavar="N",
+                       help=f"disaggregated: TP of {role} workers, their GPU table, KV blocks "
+                       "and GPUs (default --tp)")
     pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
     pl.add_argument("--planner", choices=("load", "throughput"),
                     help="load: reactive on forward-pass metrics; throughput: predictive "

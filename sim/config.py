@@ -165,12 +165,17 @@ class DisaggSection:
     decode_gpus_per_worker: int | None = _opt(None, range=GPUS)
     prefill_engine: dict | None = None      # engine-field overrides for prefill workers
     decode_engine: dict | None = None       # ... and for decode workers
+    # a timing.model spec per role (e.g. gpu:MODEL:GPU:BACKEND:TP, another TP's table);
+    # null = timing.model
+    prefill_timing_model: str | None = None
+    decode_timing_model: str | None = None
 
 
 DISAGG_ROLES = ("prefill", "decode")
 
 
-def _check_disagg(data: Any, cfg: "RunConfig", v: "_Validator") -> dict[str, Any] | None:
+def _check_disagg(data: Any, cfg: "RunConfig", v: "_Validator",
+                  base_dir: Path) -> dict[str, Any] | None:
     """The validated ``disagg`` block as a plain dict (role engines merged over ``engine``
     and checked like it), or None when aggregated."""
     if data is None:
@@ -187,6 +192,10 @@ def _check_disagg(data: Any, cfg: "RunConfig", v: "_Validator") -> dict[str, Any
         raise v.error("does not apply to disaggregated pools (disagg.num_prefill_workers "
                       "and disagg.num_decode_workers size them)", "cluster.num_workers")
     out = asdict(sec)
+    for role in DISAGG_ROLES:
+        key = f"{role}_timing_model"
+        if out[key] is not None:
+            out[key] = _check_timing(out[key], base_dir, v, f"disagg.{key}")
     base = asdict(cfg.engine)
     for role in DISAGG_ROLES:
         over = data.get(f"{role}_engine") or {}
@@ -232,7 +241,24 @@ def disagg_config(cfg: "RunConfig") -> DisaggConfig | None:
                             else cfg.engine.kv_cache_bytes_per_token),
         kv_transfer_timing_mode=d["kv_transfer_timing_mode"],
         prefill_gpus_per_worker=d["prefill_gpus_per_worker"] or gpus,
-        decode_gpus_per_worker=d["decode_gpus_per_worker"] or gpus)
+        decode_gpus_per_worker=d["decode_gpus_per_worker"] or gpus,
+        **{f"{role}_timing": _role_timing(cfg, d[f"{role}_timing_model"], role)
+           for role in DISAGG_ROLES})
+
+
+def _role_timing(cfg: "RunConfig", spec: str | None, role: str):
+    """A pool's own timing model (``disagg.<role>_timing_model``; the run's speed-up
+    ratios apply), or None for the run's ``timing.model``."""
+    if spec is None:
+        return None
+    name = f"disagg.{role}_timing_model"
+    table = spec.partition("table:")[2]
+    if table and not Path(table).is_file():
+        file, line = cfg.locate(name)
+        raise InputError(f"timing table not found: {table}", file=file, line=line, field=name)
+    with _located(cfg, "", {"timing": name}):
+        return make_timing(spec, speedup_ratio=cfg.timing.speedup_ratio,
+                           decode_speedup_ratio=cfg.timing.decode_speedup_ratio)
 
 
 
@@ -378,7 +404,7 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
     cfg.timing.model = _check_timing(cfg.timing.model, base, v)
     cfg.workload = _check_workload(data.get("workload"), base, v)
     cfg.planner = _check_planner(data.get("planner"), v)
-    cfg.disagg = _check_disagg(data.get("disagg"), cfg, v)
+    cfg.disagg = _check_disagg(data.get("disagg"), cfg, v, base)
     if cfg.disagg is not None and cfg.planner is not None:
         raise v.error("a planner for disaggregated pools is not modelled yet", "planner.kind")
     if cfg.planner is not None and cfg.cluster.dp_size > 1:
@@ -504,17 +530,17 @@ def _show(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
-def _check_timing(spec: str, base: Path, v: _Validator) -> str:
+def _check_timing(spec: str, base: Path, v: _Validator, name: str = "timing.model") -> str:
     """Check the timing spec's syntax now (a table file is read at build time)."""
     if spec.startswith("table:"):
         path = spec[len("table:"):]
         if not path:
-            raise v.error("expected table:PATH", "timing.model")
+            raise v.error("expected table:PATH", name)
         return "table:" + str(_resolve(path, base))
     try:
         make_timing(spec)
     except InputError as exc:
-        raise v.error(exc.detail, "timing.model") from None
+        raise v.error(exc.detail, name) from None
     return spec
 
 

@@ -20,6 +20,7 @@ Concurrent transfers do not contend (line rate per request, as in Dynamo).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .engine import EngineConfig
 
@@ -51,6 +52,10 @@ class DisaggConfig:
     kv_transfer_timing_mode: str = "full_prompt"   # or destination_missing
     prefill_gpus_per_worker: int = 1         # for per-role GPU-hours
     decode_gpus_per_worker: int = 1
+    # per-role timing (a sim.timing.TimingModel, e.g. another TP's GPU table); None = the
+    # run's timing model
+    prefill_timing: Any = None
+    decode_timing: Any = None
 
     def __post_init__(self) -> None:
         if self.num_prefill_workers < 1 or self.num_decode_workers < 1:

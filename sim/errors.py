@@ -21,7 +21,8 @@ class InputError(ValueError):
         where = []
         if self.file is not None:
             where.append(str(self.file) if self.line is None else f"{self.file}:{self.line}")
-        if self.field is not None:
-            where.append(f"field '{self.field}'")
+        if self.field is not None:        # a command-line flag is not a field
+            kind = "flag" if self.field.startswith("-") else "field"
+            where.append(f"{kind} '{self.field}'")
         prefix = ", ".join(where)
         return f"{prefix}: {self.detail}" if prefix else self.detail

@@ -202,16 +202,19 @@ class Simulation:
         the config refuses DP ranks with disaggregated pools)."""
         router = self.router
         cfg = self.engine_cfg
+        timing = self.timing
         if role == "decode":
             router = self.decode_router
             cfg = self.disagg.decode_engine
         elif role == "prefill":
             cfg = self.disagg.prefill_engine
+        if role != "agg":        # a pool's own timing (e.g. its TP's GPU table), if any
+            timing = getattr(self.disagg, f"{role}_timing") or timing
         pool_index = sum(1 for x in self.workers if x.role == role)
         ranks = []
         for rank in range(self.cluster_cfg.dp_size if role == "agg" else 1):
             wid = len(self.workers)
-            eng = make_engine(wid, cfg, self.timing, self.metrics, exact=self.exact,
+            eng = make_engine(wid, cfg, timing, self.metrics, exact=self.exact,
                               defer_gaps=self.max_sim_time_ms is not None,
                               token_gaps=self.token_gaps)
             eng.on_first_token = router.on_first_token
@@ -776,6 +779,12 @@ class Simulation:
                  "unroutable_requests": self.num_unroutable,
                  "num_workers_final": self.counts()[0],
                  "cut_off_ms": self.max_sim_time_ms if self.cut_off else None}
+        if not self.disaggregated:
+            # totals.gpus_per_worker is a whole worker's GPUs (dp_size x gpus_per_dp_rank,
+            # what GPU-hours multiply); --gpus-per-worker / cluster.gpus_per_worker is one
+            # rank's (its TP)
+            extra.update({"dp_size": self.cluster_cfg.dp_size,
+                          "gpus_per_dp_rank": self.cluster_cfg.gpus_per_worker})
         if self.disaggregated:
             d = self.disagg
             p_h = role_s["prefill"] * d.prefill_gpus_per_worker / 3600.0

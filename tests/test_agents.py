@@ -135,6 +135,7 @@ def test_front_keeps_only_undominated_policies() -> None:
     (["train", "--algo", "ppo", "--out", "x", "--set", "reward.gpu_wieght=1"],
      "env.reward.gpu_wieght"),
     (["evaluate", "--policy", "heuristic:oracle"], "unknown heuristic"),
+    (["evaluate", "--policy", "heuristic:oracle"], "flag '--policy'"),   # a flag, not a field
     (["evaluate", "--policy", "no/such/model.zip"], "no such model"),
     (["evaluate"], "exactly one of --policy and --leaderboard"),
     (["evaluate", "--policy", "heuristic:load", "--episodes", "0"], "must be >= 1"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import gymnasium as gym
@@ -356,20 +357,30 @@ def test_knob_space_reads_the_planner_dataclass_generically(monkeypatch) -> None
     assert knob_space(cfg)["new_knob_s"] == {"float": (0.5, 8.0), "log": True}
 
 
-def test_oracle_static_picks_the_cheapest_count_that_meets_the_target() -> None:
+def test_oracle_static_picks_the_cheapest_count_that_meets_the_target(capsys) -> None:
     from agents.oracle import evaluate_oracle
     over = {"initial_workers": 1, "rate_min_rps": 2.0, "rate_max_rps": 3.0}
     res = evaluate_oracle("oracle:static", config=TINY, episodes=1, seed=0, overrides=over)
+    # progress: stderr is no terminal here, so periodic lines (a bar on a terminal)
+    assert re.fullmatch(r"oracle:static: 1/1 episodes, [1-9]\d* replays, [\d,]+ s\n",
+                        capsys.readouterr().err)
     n = res.per_episode[0]["oracle_workers"]
     target = res.reward_config["sla_target"]
     if n > 1:
         below = evaluate(f"heuristic:static:{n - 1}", config=TINY, episodes=1, seed=0,
                          overrides={**over, "initial_workers": n - 1})
         assert below.sla_attainment < target
+    capsys.readouterr()
     sched = evaluate_oracle("oracle:schedule", config=TINY, episodes=1, seed=0,
                             overrides=over, segment_s=30.0)
     counts = sched.per_episode[0]["oracle_workers"]
     assert len(counts) == 2 and all(1 <= c <= 4 for c in counts)
+    lines = capsys.readouterr().err.splitlines()
+    assert [x.split(",")[0] for x in lines] == ["oracle:schedule: 1/2 segments",
+                                                "oracle:schedule: 2/2 segments"]
+    evaluate_oracle("oracle:static", config=TINY, episodes=1, seed=0, overrides=over,
+                    quiet=True)
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.expensive
@@ -420,3 +431,16 @@ def test_a_family_episode_runs_as_a_run_config(capsys) -> None:
     rc = main(["simulate", "--config", str(path), "--print-config"])
     out = capsys.readouterr().out
     assert rc == 0 and "piecewise" in out
+
+
+def test_evaluate_wording_for_one_episode(capsys, tmp_path) -> None:
+    """One episode reads "1 episode" and its seeds list that one seed (not [0, 0])."""
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--policy", "heuristic:static:2", "--config", TINY,
+                 "--episodes", "1", "--seed", "3", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "1 episode)" in text and "episodes)" not in text
+    assert json.loads(out.read_text())["episodes_plan"]["seeds"] == [3]
+    assert main(["evaluate", "--policy", "heuristic:static:2", "--config", TINY,
+                 "--episodes", "2", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes_plan"]["seeds"] == [0, 1]

@@ -305,3 +305,85 @@ def test_environment_refuses_disaggregated_config():
     data.get("cluster", {}).pop("num_workers", None)
     with pytest.raises(InputError, match="disaggregated pools are not modelled"):
         load_env_config(data)
+
+
+# -- TP per role: each pool on its own timing model (--prefill-tp / --decode-tp) --------------
+
+def test_each_pool_runs_on_its_own_timing():
+    """Role timings replace the run's for that pool only: the prefill pass takes the
+    prefill pool's time, every decode pass the decode pool's."""
+    from sim.timing import FixedTiming
+    import dataclasses
+    reqs = [req(0, 0.0, 4096, 6)]
+    base = _disagg(1, 1, bw=1.0, bpt=1_000_000)
+
+    def run(timing, **roles):
+        sim = Simulation(ListWorkload(reqs), engine=EngineConfig(), timing=timing,
+                         disagg=dataclasses.replace(base, **roles), check_invariants=True)
+        return sim, sim.run()
+
+    _, plain = run(FixedTiming(100.0, 5.0))
+    sim, same = run(PolynomialTiming(), prefill_timing=FixedTiming(100.0, 5.0),
+                    decode_timing=FixedTiming(100.0, 5.0))
+    for k, v in plain.metrics.columns().items():        # the run's timing is not used
+        assert v.tobytes() == same.metrics.columns()[k].tobytes(), k
+    p, d = FixedTiming(100.0, 5.0), FixedTiming(300.0, 9.0)
+    sim, split = run(PolynomialTiming(), prefill_timing=p, decode_timing=d)
+    assert [w.engine.timing for w in sim.workers] == [p, d]
+    held = split.metrics.handoffs[0][2]
+    assert held == plain.metrics.handoffs[0][2]          # prefill on the prefill timing
+    c = split.metrics.columns()
+    assert (c["last_token_ms"][0] - c["first_token_ms"][0]) / 5 == pytest.approx(9.0)
+    c0 = plain.metrics.columns()
+    assert (c0["last_token_ms"][0] - c0["first_token_ms"][0]) / 5 == pytest.approx(5.0)
+
+
+GPU_FLAGS = ["--model", "Qwen/Qwen3-32B", "--gpu", "h200_sxm", "--backend", "vllm",
+             "--tp", "2"]
+
+
+def test_cli_tp_per_role_takes_each_tables_blocks_and_gpus(trace, capsys):
+    """--prefill-tp 4 --decode-tp 1: each pool gets its TP's table (timing, KV blocks) and
+    GPU count; GPU-hours per role count that pool's TP."""
+    import json
+    from sim.gpu_timing import load_gpu_timing
+    rc = main(["simulate", "--trace", trace, *GPU_FLAGS, "--num-prefill-workers", "2",
+               "--num-decode-workers", "1", "--prefill-tp", "4", "--decode-tp", "1",
+               "--kv-bytes-per-token", "262144", "--json", "--quiet"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    d = doc["config"]["disagg"]
+    assert d["prefill_timing_model"] == "gpu:Qwen/Qwen3-32B:h200_sxm:vllm:4"
+    assert d["decode_timing_model"] == "gpu:Qwen/Qwen3-32B:h200_sxm:vllm:1"
+    assert d["prefill_engine"]["num_gpu_blocks"] == load_gpu_timing(
+        "Qwen/Qwen3-32B", "h200_sxm", "vllm", 4).num_gpu_blocks
+    assert d["decode_engine"]["num_gpu_blocks"] == load_gpu_timing(
+        "Qwen/Qwen3-32B", "h200_sxm", "vllm", 1).num_gpu_blocks
+    tot = doc["summary"]["totals"] if "summary" in doc else doc["totals"]
+    assert tot["completed_requests"] == 3
+    assert (tot["prefill_gpus_per_worker"], tot["decode_gpus_per_worker"]) == (4, 1)
+    assert tot["prefill_gpu_hours"] == pytest.approx(tot["prefill_worker_seconds"] * 4 / 3600)
+    assert tot["decode_gpu_hours"] == pytest.approx(tot["decode_worker_seconds"] / 3600)
+    # the prefill pool's TP changes its prefill time, so TTFT moves
+    assert main(["simulate", "--trace", trace, *GPU_FLAGS, "--num-prefill-workers", "2",
+                 "--num-decode-workers", "1", "--prefill-tp", "1", "--decode-tp", "1",
+                 "--kv-bytes-per-token", "262144", "--json", "--quiet"]) == 0
+    slow = json.loads(capsys.readouterr().out)
+    lat = (doc.get("summary") or doc)["latency_ms"]["ttft"]["mean"]
+    lat1 = (slow.get("summary") or slow)["latency_ms"]["ttft"]["mean"]
+    assert lat1 > lat
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--num-prefill-workers", "1", "--num-decode-workers", "1", "--prefill-tp", "2"],
+     "--prefill-tp"),                                                 # no GPU table
+    ([*GPU_FLAGS, "--num-workers", "2", "--decode-tp", "4"], "--decode-tp"),   # aggregated
+    ([*GPU_FLAGS, "--num-prefill-workers", "1", "--num-decode-workers", "1",
+      "--prefill-tp", "0"], "--prefill-tp"),
+])
+def test_bad_tp_per_role_one_line_exit_2(trace, capsys, args, flag):
+    rc = main(["simulate", "--trace", trace, *args])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert flag in err, err

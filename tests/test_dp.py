@@ -106,6 +106,9 @@ def test_gpu_hours_count_ranks_times_tp() -> None:
     one = run_dp(reqs, workers=2, dp=1, gpus=2).summary["totals"]
     dp = run_dp(reqs, workers=2, dp=3, gpus=2).summary["totals"]
     assert dp["gpus_per_worker"] == 6 and one["gpus_per_worker"] == 2
+    # unambiguous next to --gpus-per-worker (GPUs per DP rank): the rank's GPUs and count
+    assert (dp["gpus_per_dp_rank"], dp["dp_size"]) == (2, 3)
+    assert (one["gpus_per_dp_rank"], one["dp_size"]) == (2, 1)
     assert dp["gpu_hours"] == pytest.approx(
         dp["provisioned_worker_seconds"] * 6 / 3600.0, rel=1e-12)
     assert dp["provisioned_worker_seconds"] == pytest.approx(2 * dp["duration_ms"] / 1000.0)

@@ -211,3 +211,26 @@ def test_bad_host_tier_flags_are_one_line_errors(capsys, args, flag) -> None:
     assert rc == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and "Traceback" not in err, err
+
+
+def test_text_summary_has_a_host_tier_line_matching_json(capsys) -> None:
+    """The text summary prints the tier's counters under the JSON report's field names
+    (``kv_host_tier``), with the same values; runs without a tier print no such line."""
+    args = ["--num-workers", "2", "--block-size", "64", "--num-gpu-blocks", "512",
+            "--num-host-blocks", "8192", "--kv-bytes-per-token", "262144",
+            "--max-sim-time-s", "600", "--quiet"]
+    rc, out, _ = _cli(capsys, *args, "--json")
+    assert rc == 0
+    doc = json.loads(out)
+    tier = (doc.get("summary") or doc)["kv_host_tier"]
+    assert tier["host_hit_requests"] > 0               # the tier was exercised
+    rc, text, _ = _cli(capsys, *args)
+    assert rc == 0
+    lines = [x for x in text.splitlines() if x.startswith("  host tier")]
+    assert len(lines) == 1, text
+    body = lines[0] + " " + text.splitlines()[text.splitlines().index(lines[0]) + 1]
+    for key in ("host_hit_requests", "host_reused_tokens", "host_stored_blocks",
+                "host_loaded_blocks", "host_evicted_blocks"):
+        assert f"{key} {tier[key]:,}" in body, (key, body)
+    rc, plain, _ = _cli(capsys, "--num-workers", "2", "--max-sim-time-s", "20", "--quiet")
+    assert rc == 0 and "host tier" not in plain

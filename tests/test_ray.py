@@ -162,6 +162,13 @@ def test_sweep_on_local_ray_is_byte_identical(tmp_path, no_ray_session):
         (tmp_path / "ray" / "interval.csv").read_bytes()
     info = json.loads((tmp_path / "ray" / "interval.run.json").read_text())
     assert info["executor"] == "ray" and info["cpus"] == 2
+    # the pareto study's disaggregated (xPyD, TP per role) points too
+    for out, extra in (("local", ["--jobs", "1"]), ("ray", ["--executor", "ray"])):
+        assert main(["sweep", "pareto", "--quick", "--max-sim-time-s", WINDOW_S, "--out",
+                     str(tmp_path / out), *extra]) == 0
+    local = (tmp_path / "local" / "pareto.csv").read_bytes()
+    assert b",disagg," in local
+    assert local == (tmp_path / "ray" / "pareto.csv").read_bytes()
 
 
 # -- a two-node cluster on this machine --------------------------------------------------------

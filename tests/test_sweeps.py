@@ -28,7 +28,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize("study,n_points", [
-    ("pareto", len(sweeps.QUICK_STATIC) + 2),
+    ("pareto", len(sweeps.QUICK_STATIC) + 2 + len(sweeps.QUICK_DISAGG)),
     ("interval", len(sweeps.QUICK_INTERVALS_S)),
     ("cold-start", len(sweeps.QUICK_STARTUP_TIMES_S)),
 ])
@@ -56,6 +56,17 @@ def test_quick_study_writes_csv_png_and_table(tmp_path, capsys, study, n_points)
         assert kinds.count("load") == 1 and kinds.count("throughput") == 1
         assert all(int(r["replicas"]) * int(r["tp"]) <= sweeps.MAX_GPU_BUDGET
                    for r in rows if r["kind"] == "static")
+        dis = [r for r in rows if r["kind"] == "disagg"]
+        assert [tuple(int(r[k]) for k in sweeps.DISAGG_KEYS) for r in dis] == \
+            list(sweeps.QUICK_DISAGG)
+        for r in dis:       # GPU-hours per role: the pool's TP, summed
+            assert float(r["gpu_hours"]) == pytest.approx(
+                float(r["prefill_gpu_hours"]) + float(r["decode_gpu_hours"]), rel=1e-5)
+            assert float(r["prefill_gpu_hours"]) / float(r["decode_gpu_hours"]) == \
+                pytest.approx(int(r["num_prefill_workers"]) * int(r["prefill_tp"])
+                              / (int(r["num_decode_workers"]) * int(r["decode_tp"])), rel=1e-4)
+            assert r["tp"] == r["replicas"] == ""
+        assert "1P1D TP2/2" in text and "2P1D TP2/4" in text
     elif study == "interval":
         assert [float(r["interval_s"]) for r in rows] == list(sweeps.QUICK_INTERVALS_S)
         assert "optimum:" in text
@@ -77,9 +88,28 @@ def test_csv_does_not_depend_on_jobs(tmp_path):
     assert len(info["point_wall_s"]) == info["points"] and info["points_per_s"] > 0
 
 
+def test_disaggregated_point_reproduces_with_its_command(tmp_path, capsys):
+    """A disaggregated row's ``command`` column replays it: ``dynosim simulate`` of that
+    command gives the row's GPU-hours and p90 TTFT."""
+    from dynosim.cli import main
+    ns = _args("pareto", "--quick", "--max-sim-time-s", WINDOW_S, "--out", str(tmp_path))
+    point = next(p for p in sweeps.make_points("pareto", ns) if p["kind"] == "disagg")
+    sweeps.write_csv([sweeps.run_point(point)], tmp_path / "p.csv")
+    row = sweeps.read_csv(tmp_path / "p.csv")[0]
+    argv = row["command"].split()[2:]
+    assert main(["simulate", *[a for a in argv if a != "--quiet"], "--json", "--quiet"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    s = doc.get("summary") or doc
+    assert s["totals"]["gpu_hours"] == pytest.approx(row["gpu_hours"], rel=1e-5)
+    assert s["latency_ms"]["ttft"]["p90"] == pytest.approx(row["p90_ttft_ms"], rel=1e-5)
+    assert "--prefill-tp 2 --decode-tp 2" in row["command"]
+
+
 def test_full_grids_match_published_setup():
     ns = argparse.Namespace(trace=sweeps.DEFAULT_TRACE, arrival_speedup_ratio=None,
-                            quick=False, max_sim_time_s=None)
+                            quick=False, max_sim_time_s=None,
+                            kv_transfer_bandwidth=sweeps.KV_TRANSFER_GBPS,
+                            kv_bytes_per_token=sweeps.KV_BYTES_PER_TOKEN)
     assert [p["interval_s"] for p in sweeps.make_points("interval", ns)] == \
         [1, 2, 5, 10, 20, 30, 60, 120, 300]
     cs = sweeps.make_points("cold-start", ns)
@@ -95,6 +125,20 @@ def test_full_grids_match_published_setup():
                  "--backend vllm", "--tp 2", "--initial-workers 2", "--max-gpu-budget 16",
                  "--sla-ttft-ms 1500", "--sla-itl-ms 50", "--planner throughput"):
         assert flag in argv
+    dis = [p for p in pa if p["kind"] == "disagg"]
+    grid = [tuple(p[k] for k in sweeps.DISAGG_KEYS) for p in dis]
+    assert len(set(grid)) == len(grid) and (2, 4, 2, 2) in grid and (1, 2, 1, 2) in grid
+    for x, tp_p, y, tp_d in grid:      # xPyD within the budget, TP per role from the tables
+        assert x * tp_p + y * tp_d in sweeps.DISAGG_TOTAL_GPUS
+        assert x * tp_p >= y * tp_d and {tp_p, tp_d} <= set(sweeps.STATIC_TPS)
+    assert {(p[1], p[3]) for p in grid} == {(a, b) for a in (1, 2, 4) for b in (1, 2, 4)}
+    argv = " ".join(dis[0]["argv"])
+    for flag in ("--router-mode kv", "--num-prefill-workers 2", "--num-decode-workers 2",
+                 "--prefill-tp 1", "--decode-tp 1", "--kv-transfer-bandwidth 64",
+                 "--kv-bytes-per-token 262144"):
+        assert flag in argv
+    # planners stay last, after the static (aggregated, then disaggregated) points
+    assert [p["kind"] for p in pa[-2:]] == ["load", "throughput"]
 
 
 # -- helpers on hand-made rows -----------------------------------------------------------------
@@ -129,6 +173,21 @@ def test_pareto_front():
     rows = [{"gpu_hours": g, "p90_ttft_ms": t} for g, t in
             [(1, 100), (2, 50), (2, 80), (3, 50), (4, 10), (5, float("nan"))]]
     assert sweeps.pareto_front(rows) == [True, True, False, False, True, False]
+    # maximising both (throughput per GPU vs per user): the mirror image
+    assert sweeps.pareto_front(rows, maximise=True) == [True, False, True, True, True, False]
+
+
+def test_markdown_marks_each_kinds_frontier_and_the_joint_one():
+    def row(label, kind, g, t):
+        return {"label": label, "kind": kind, "gpu_hours": g, "p90_ttft_ms": t,
+                "p90_itl_ms": 1.0, "scaling_events": 0, "output_tok_s_per_gpu": 1.0,
+                "output_tok_s_per_user": 1.0}
+    rows = [row("a1", "static", 4.0, 100.0), row("a2", "static", 8.0, 50.0),
+            row("d1", "disagg", 4.0, 80.0), row("d2", "disagg", 8.0, 60.0),
+            row("load", "load", 1.0, 1.0)]
+    marks = [line.rsplit("|", 2)[1].strip() for line in
+             sweeps.markdown_table(rows, "pareto").splitlines()[2:]]
+    assert marks == ["yes", "yes, joint", "yes, joint", "yes", ""]
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -11,9 +11,12 @@ sorted by point and the CSV holds no wall-clock value, so it is byte-identical w
 Published setup (reference §1.6, "Planner experiments"): Qwen3-32B, H200-SXM, vLLM timing,
 KV router, planner SLA TTFT 1,500 ms / ITL 50 ms, ``max_gpu_budget`` 16, 2 initial workers.
 
-* ``pareto``     static deployments (replicas x TP within the budget) -> GPU-hours vs p90
-                 TTFT, Pareto frontier marked, load and throughput planners overlaid; second
-                 panel output tok/s per GPU vs output tok/s per user.
+* ``pareto``     static deployments within the budget, aggregated (replicas x TP) and
+                 disaggregated (xPyD: x prefill workers of one TP, y decode workers of
+                 another, each role on its TP's GPU table, KV handed off at
+                 ``--kv-transfer-bandwidth`` and ``--kv-bytes-per-token``) -> GPU-hours vs
+                 p90 TTFT, each kind's Pareto frontier marked, load and throughput planners
+                 overlaid; second panel output tok/s per GPU vs output tok/s per user.
 * ``interval``   load planner, startup 0, ``load_adjustment_interval`` sweep -> p90 TTFT,
                  p90 ITL, scaling events, GPU-hours; reports the *optimum*
                  (:func:`optimum_interval`).
@@ -58,12 +61,27 @@ QUICK_INTERVALS_S = (1, 10, 60)
 QUICK_STARTUP_TIMES_S = (0, 150, 300)
 QUICK_STATIC = ((1, 2), (2, 2), (4, 2), (2, 4))     # (replicas, tp)
 QUICK_WINDOW_S = 300.0
+# Disaggregated xPyD grid: (prefill workers, prefill TP, decode workers, decode TP). The full
+# grid: every TP pair of the tables, x and y from 1, at 4, 8, 12 or 16 GPUs in all, with at
+# least as many prefill GPUs as decode GPUs (the conversation trace's prompts are ~35x its
+# outputs: mean ISL 12.0 k, OSL 343 tokens).
+DISAGG_TOTAL_GPUS = (4, 8, 12, 16)
+QUICK_DISAGG = ((1, 2, 1, 2), (2, 2, 1, 4))
+#: KV bytes per token of Qwen3-32B in bf16 (64 layers x 8 KV heads x 128 x K,V x 2 B), the
+#: whole model's (the TP1 table's); with Dynamo's default 64 GB/s a 12 k-token prompt's
+#: handoff takes 49 ms
+KV_BYTES_PER_TOKEN = 262_144
+KV_TRANSFER_GBPS = 64.0
 
 COLUMNS = ("study", "point", "label", "kind", "tp", "replicas", "interval_s", "startup_s",
            "num_requests", "completed_requests", "p50_ttft_ms", "p90_ttft_ms", "p90_itl_ms",
            "mean_itl_ms", "gpu_hours", "avg_gpus", "scaling_events", "max_replicas",
            "output_tok_s", "output_tok_s_per_gpu", "output_tok_s_per_user", "duration_s",
+           # disaggregated points (kind disagg): pool sizes, TP per role, GPU-hours per role
+           "num_prefill_workers", "prefill_tp", "num_decode_workers", "decode_tp",
+           "prefill_gpu_hours", "decode_gpu_hours",
            "command")
+DISAGG_KEYS = ("num_prefill_workers", "prefill_tp", "num_decode_workers", "decode_tp")
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -105,6 +123,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-sim-time-s", type=_positive_float, default=None, metavar="S",
                    help="stop every run at this simulated time (default: drain the trace; "
                    f"{QUICK_WINDOW_S:g} with --quick)")
+    g.add_argument("--kv-transfer-bandwidth", type=_positive_float, default=KV_TRANSFER_GBPS,
+                   metavar="GBPS", help="pareto, disaggregated points: prefill->decode KV "
+                   f"bandwidth, GB/s (default {KV_TRANSFER_GBPS:g}, Dynamo's)")
+    g.add_argument("--kv-bytes-per-token", type=_jobs, default=KV_BYTES_PER_TOKEN, metavar="B",
+                   help="pareto, disaggregated points: KV bytes of one token (default "
+                   f"{KV_BYTES_PER_TOKEN:,}, Qwen3-32B bf16)")
     g.add_argument("--ttft-limit-ms", type=_positive_float, default=TTFT_SLA_MS, metavar="MS",
                    help="p90 TTFT limit of the optimum/cliff criteria (default: the SLA, "
                    f"{TTFT_SLA_MS:g})")
@@ -117,7 +141,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               "16-GPU budget, 2 initial workers).")
     sub = s.add_subparsers(dest="study", metavar="STUDY", required=True, **kw)
     sub.add_parser("pareto", parents=[common],
-                   help="static deployments vs planners: GPU-hours vs p90 TTFT")
+                   help="static aggregated and disaggregated (xPyD) deployments vs planners: "
+                   "GPU-hours vs p90 TTFT")
     sub.add_parser("interval", parents=[common],
                    help="load planner adjustment interval sweep (1..300 s)")
     sub.add_parser("cold-start", parents=[common],
@@ -164,15 +189,43 @@ def _has_table(tp: int) -> bool:
     return False
 
 
+def disagg_grid(quick: bool) -> list[tuple[int, int, int, int]]:
+    """The xPyD points ``(x, prefill TP, y, decode TP)`` with a GPU table for both TPs:
+    :data:`QUICK_DISAGG`, or every pair of :data:`STATIC_TPS` and counts with
+    ``x*TPp + y*TPd`` in :data:`DISAGG_TOTAL_GPUS` and ``x*TPp >= y*TPd`` (ordered by total
+    GPUs, then prefill TP, decode TP, x)."""
+    if quick:
+        return [g for g in QUICK_DISAGG if _has_table(g[1]) and _has_table(g[3])]
+    tps = [tp for tp in STATIC_TPS if _has_table(tp)]
+    out = []
+    for total in DISAGG_TOTAL_GPUS:
+        for tp_p in tps:
+            for tp_d in tps:
+                for x in range(1, total // tp_p + 1):
+                    rest = total - x * tp_p
+                    if rest > 0 and rest % tp_d == 0 and x * tp_p >= rest:
+                        out.append((x, tp_p, rest // tp_d, tp_d))
+    return out
+
+
+def disagg_label(x: int, tp_p: int, y: int, tp_d: int) -> str:
+    """``3P1D TP4/2``: x prefill workers, y decode workers, prefill TP / decode TP."""
+    return f"{x}P{y}D TP{tp_p}/{tp_d}"
+
+
 def make_points(study: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The study's points, in order: dicts with ``label``, ``kind``, ``tp``, ``replicas``,
-    ``interval_s``, ``startup_s`` and the ``simulate`` flags (``argv``)."""
+    ``interval_s``, ``startup_s`` (disaggregated points: also :data:`DISAGG_KEYS`) and the
+    ``simulate`` flags (``argv``)."""
     pts: list[dict[str, Any]] = []
 
-    def add(label, kind, tp, replicas, interval_s, startup_s, extra):
+    def add(label, kind, tp, replicas, interval_s, startup_s, extra, **more):
         pts.append({"study": study, "point": len(pts), "label": label, "kind": kind, "tp": tp,
                     "replicas": replicas, "interval_s": interval_s, "startup_s": startup_s,
-                    "argv": _base_flags(args, tp) + extra})
+                    **dict.fromkeys(DISAGG_KEYS), **more,
+                    # disaggregated: --tp is the tables' base; each role runs on its TP
+                    "argv": _base_flags(args, tp if tp is not None else more["decode_tp"])
+                    + extra})
 
     if study == "pareto":
         if args.quick:
@@ -183,6 +236,14 @@ def make_points(study: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         for r, tp in grid:
             add(f"static {r}xTP{tp}", "static", tp, r, None, None,
                 ["--num-workers", str(r)])
+        for x, tp_p, y, tp_d in disagg_grid(args.quick):
+            add(disagg_label(x, tp_p, y, tp_d), "disagg", None, None, None, None,
+                ["--num-prefill-workers", str(x), "--num-decode-workers", str(y),
+                 "--prefill-tp", str(tp_p), "--decode-tp", str(tp_d),
+                 "--kv-transfer-bandwidth", f"{args.kv_transfer_bandwidth:g}",
+                 "--kv-bytes-per-token", str(args.kv_bytes_per_token)],
+                num_prefill_workers=x, prefill_tp=tp_p, num_decode_workers=y,
+                decode_tp=tp_d)
         add("load planner", "load", PLANNER_TP, None, LOAD_INTERVAL_S, 0.0,
             _planner_flags("load", LOAD_INTERVAL_S, 0.0))
         add("throughput planner", "throughput", PLANNER_TP, None, THROUGHPUT_INTERVAL_S, 0.0,
@@ -231,8 +292,11 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
     avg_gpus = gpu_hours * 3600.0 / duration_s if duration_s > 0 else math.nan
     out_tok_s = t["output_throughput_tok_s"]
     per_user = s.get("output_token_throughput_per_user", {}).get("mean", math.nan)
-    row = {k: point[k] for k in ("study", "point", "label", "kind", "tp", "replicas",
-                                 "interval_s", "startup_s")}
+    row = {k: point.get(k) for k in ("study", "point", "label", "kind", "tp", "replicas",
+                                     "interval_s", "startup_s", *DISAGG_KEYS)}
+    if "prefill_gpu_hours" in t:          # disaggregated pools
+        row.update(prefill_gpu_hours=t["prefill_gpu_hours"],
+                   decode_gpu_hours=t["decode_gpu_hours"])
     row.update({
         "num_requests": t["num_requests"], "completed_requests": t["completed_requests"],
         "p50_ttft_ms": _num(lat["ttft"]["median"]), "p90_ttft_ms": _num(lat["ttft"]["p90"]),
@@ -257,20 +321,18 @@ def _bad(x: Any) -> bool:
 
 
 def pareto_front(rows: Sequence[dict[str, Any]], x: str = "gpu_hours",
-                 y: str = "p90_ttft_ms") -> list[bool]:
-    """For each row: is it on the Pareto frontier minimising both ``x`` and ``y``? (Rows
-    with a missing/non-finite value are never on it; duplicates are all kept.)"""
+                 y: str = "p90_ttft_ms", maximise: bool = False) -> list[bool]:
+    """For each row: is it on the Pareto frontier minimising both ``x`` and ``y`` (or
+    maximising both, with ``maximise``)? (Rows with a missing/non-finite value are never on
+    it; duplicates are all kept.)"""
+    sign = -1.0 if maximise else 1.0
+    pts = [None if _bad(r[x]) or _bad(r[y]) else (sign * float(r[x]), sign * float(r[y]))
+           for r in rows]
     out = []
-    for i, r in enumerate(rows):
-        if _bad(r[x]) or _bad(r[y]):
-            out.append(False)
-            continue
-        rx, ry = float(r[x]), float(r[y])
-        dominated = any(
-            j != i and not _bad(o[x]) and not _bad(o[y])
-            and float(o[x]) <= rx and float(o[y]) <= ry and (float(o[x]) < rx or float(o[y]) < ry)
-            for j, o in enumerate(rows))
-        out.append(not dominated)
+    for i, p in enumerate(pts):
+        out.append(p is not None and not any(
+            j != i and o is not None and o[0] <= p[0] and o[1] <= p[1]
+            and (o[0] < p[0] or o[1] < p[1]) for j, o in enumerate(pts)))
     return out
 
 
@@ -344,59 +406,117 @@ def _positive(v: Any) -> float:
     return x if math.isfinite(x) and x > 0 else math.nan
 
 
+def short_label(r: dict[str, Any]) -> str:
+    """A point's tag on the plot: ``4xTP4`` (aggregated) or ``3P1D TP4/2``."""
+    if r["kind"] == "disagg":
+        return disagg_label(*(int(r[k]) for k in DISAGG_KEYS))
+    return f"{int(r['replicas'])}xTP{int(r['tp'])}"
+
+
 def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    fig, (a1, a2) = _figure(2)
+    """Two panels: GPU-hours vs p90 TTFT (lower left is better) and output tok/s per GPU vs
+    output tok/s per user (upper right is better). Aggregated static deployments are hollow
+    markers by TP, disaggregated ones filled blue triangles; each kind's frontier is a
+    step line and its points are named (adjustText keeps the names apart); the planners
+    are stars/crosses."""
+    fig, (a1, a2) = _figure(2, 6.4)
+    fig.set_figheight(5.6)
     static = [r for r in rows if r["kind"] == "static"]
-    front = pareto_front(static)
+    disagg = [r for r in rows if r["kind"] == "disagg"]
     markers = {1: "o", 2: "s", 4: "D", 8: "^"}
-    labels, points = [], []
+    tags: dict[Any, tuple[list, list]] = {a1: ([], []), a2: ([], [])}   # texts, their points
+    plotted: dict[Any, list] = {a1: [], a2: []}     # every marker: the names keep off them
+
+    def tag(ax, r, x, y, color):
+        if math.isfinite(x) and math.isfinite(y):
+            tags[ax][0].append(ax.text(x, y, short_label(r), fontsize=6.5, color=color))
+            tags[ax][1].append((x, y))
+
+    def ttft(r):
+        return _positive(r["p90_ttft_ms"])
+
+    for r in rows:
+        for ax, xy in ((a1, (_num(r["gpu_hours"]), ttft(r))),
+                       (a2, (_num(r["output_tok_s_per_user"]), _num(r["output_tok_s_per_gpu"])))):
+            if all(math.isfinite(v) for v in xy):
+                plotted[ax].append(xy)
+
     for tp in sorted({int(r["tp"]) for r in static}):
         sel = [r for r in static if int(r["tp"]) == tp]
-        a1.scatter([r["gpu_hours"] for r in sel], [_positive(r["p90_ttft_ms"]) for r in sel],
-                   marker=markers.get(tp, "o"), facecolors="none", edgecolors=f"C{tp}",
-                   label=f"static TP{tp}")
+        style = dict(marker=markers.get(tp, "o"), facecolors="none", edgecolors=f"C{tp}",
+                     label=f"aggregated TP{tp}")
+        a1.scatter([r["gpu_hours"] for r in sel], [ttft(r) for r in sel], **style)
         a2.scatter([r["output_tok_s_per_user"] for r in sel],
-                   [r["output_tok_s_per_gpu"] for r in sel], marker=markers.get(tp, "o"),
-                   facecolors="none", edgecolors=f"C{tp}", label=f"static TP{tp}")
-        for r in sel:          # replica counts, placed by adjustText below
-            xy = (r["gpu_hours"], _positive(r["p90_ttft_ms"]))
-            if math.isfinite(xy[1]):
-                labels.append(a1.text(*xy, f"{int(r['replicas'])}", fontsize=7,
-                                      color=f"C{tp}"))
-                points.append(xy)
-    fr = sorted((r for r, f in zip(static, front) if f), key=lambda r: r["gpu_hours"])
-    if fr:
-        a1.step([r["gpu_hours"] for r in fr], [_positive(r["p90_ttft_ms"]) for r in fr],
-                where="post", color="k", lw=1, alpha=0.6, label="static Pareto frontier")
-        a1.scatter([r["gpu_hours"] for r in fr], [_positive(r["p90_ttft_ms"]) for r in fr],
-                   marker=".", color="k", s=20, zorder=2)
+                   [r["output_tok_s_per_gpu"] for r in sel], **style)
+    if disagg:
+        style = dict(marker="^", s=22, color="C0", alpha=0.75,
+                     label="disaggregated xPyD (TP per role)")
+        a1.scatter([r["gpu_hours"] for r in disagg], [ttft(r) for r in disagg], **style)
+        a2.scatter([r["output_tok_s_per_user"] for r in disagg],
+                   [r["output_tok_s_per_gpu"] for r in disagg], **style)
+    for sel, name, color, ls in ((static, "aggregated", "k", "-"),
+                                 (disagg, "disaggregated", "C0", "--")):
+        fr = sorted((r for r, f in zip(sel, pareto_front(sel)) if f),
+                    key=lambda r: r["gpu_hours"])
+        if fr:
+            a1.step([r["gpu_hours"] for r in fr], [ttft(r) for r in fr], where="post",
+                    color=color, ls=ls, lw=1.2, alpha=0.8, label=f"{name} frontier")
+            for r in fr:
+                tag(a1, r, float(r["gpu_hours"]), ttft(r), color)
+        fr = sorted((r for r, f in zip(sel, pareto_front(sel, "output_tok_s_per_user",
+                                                          "output_tok_s_per_gpu", True)) if f),
+                    key=lambda r: r["output_tok_s_per_user"])
+        if fr:
+            a2.step([r["output_tok_s_per_user"] for r in fr],
+                    [r["output_tok_s_per_gpu"] for r in fr], where="pre", color=color, ls=ls,
+                    lw=1.2, alpha=0.8, label=f"{name} frontier")
+            for r in fr:
+                tag(a2, r, float(r["output_tok_s_per_user"]), float(r["output_tok_s_per_gpu"]),
+                    color)
     for kind, marker, color in (("load", "*", "C3"), ("throughput", "X", "C5")):
         sel = [r for r in rows if r["kind"] == kind]
         if sel:
-            a1.scatter([r["gpu_hours"] for r in sel], [_positive(r["p90_ttft_ms"]) for r in sel],
+            a1.scatter([r["gpu_hours"] for r in sel], [ttft(r) for r in sel],
                        marker=marker, s=160, color=color, label=f"{kind} planner", zorder=3)
             a2.scatter([r["output_tok_s_per_user"] for r in sel],
                        [r["output_tok_s_per_gpu"] for r in sel], marker=marker, s=160,
                        color=color, label=f"{kind} planner", zorder=3)
-    a1.axhline(TTFT_SLA_MS, color="gray", ls="--", lw=1, label=f"TTFT SLA {TTFT_SLA_MS:g} ms")
+    a1.axhline(TTFT_SLA_MS, color="gray", ls=":", lw=1, label=f"TTFT SLA {TTFT_SLA_MS:g} ms")
+    # Overloaded deployments drain their backlog for hours (GPU-hours far beyond the
+    # budget's hour): keep the axis on the frontiers and say what is off it.
+    near = [x for x, _ in tags[a1][1]] + [_num(r["gpu_hours"]) for r in rows
+                                          if r["kind"] not in ("static", "disagg")]
+    xmax = 1.08 * max((x for x in near if math.isfinite(x)), default=math.nan)
+    off = [x for x, _ in plotted[a1] if x > xmax]
+    if off:
+        a1.set_xlim(right=xmax)
+        a1.text(0.99, 0.99, f"{len(off)} overloaded points off the right edge\n(up to "
+                f"{max(off):.0f} GPU-h: hours of backlog)", transform=a1.transAxes,
+                ha="right", va="top", fontsize=7, color="0.3")
+        plotted[a1] = [xy for xy in plotted[a1] if xy[0] <= xmax]
     a1.set_yscale("log")
     a1.set_xlabel("GPU-hours")
     a1.set_ylabel("p90 TTFT (ms, log)")
-    a1.set_title("cost vs latency")
+    a1.set_title("cost vs latency (lower left is better)", fontsize=10)
     a2.set_xlabel("output tok/s per user (mean)")
     a2.set_ylabel("output tok/s per GPU")
-    a2.set_title("throughput per GPU vs per user")
+    a2.set_title("throughput per GPU vs per user (upper right is better)", fontsize=10)
     for a in (a1, a2):
         a.grid(True, which="both", alpha=0.3)
-        a.legend(fontsize=7)
+    # one legend for both panels, below them: never over a point or a name
+    fig.legend(*a1.get_legend_handles_labels(), loc="outside lower center", ncol=5, fontsize=7)
     fig.suptitle(title, fontsize=9)
-    if labels:               # keep the replica counts off each other and off the markers
+    if any(t for t, _ in tags.values()):   # keep the names off each other and the markers
         from adjustText import adjust_text
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         FigureCanvasAgg(fig).draw()              # lay out first: adjustText works in pixels
-        adjust_text(labels, x=[p[0] for p in points], y=[p[1] for p in points], ax=a1,
-                    expand=(1.4, 1.6), arrowprops={"arrowstyle": "-", "color": "0.6",
-                                                   "lw": 0.5})
+        for ax, (texts, xy) in tags.items():
+            if texts:
+                pts = plotted[ax]
+                adjust_text(texts, x=[p[0] for p in pts], y=[p[1] for p in pts],
+                            target_x=[p[0] for p in xy], target_y=[p[1] for p in xy], ax=ax,
+                            expand=(1.3, 1.5), arrowprops={"arrowstyle": "-", "color": "0.6",
+                                                           "lw": 0.5})
     fig.savefig(path, dpi=110)
 
 
@@ -436,9 +556,15 @@ def markdown_table(rows: Sequence[dict[str, Any]], study: str) -> str:
     cols = [("label", "point"), ("p90_ttft_ms", "p90 TTFT ms"), ("p90_itl_ms", "p90 ITL ms"),
             ("gpu_hours", "GPU-h"), ("scaling_events", "events"),
             ("output_tok_s_per_gpu", "tok/s/GPU"), ("output_tok_s_per_user", "tok/s/user")]
-    if study == "pareto":
-        front = dict(zip((id(r) for r in rows if r["kind"] == "static"),
-                         pareto_front([r for r in rows if r["kind"] == "static"])))
+    if study == "pareto":       # each kind's own frontier, and the joint one of both kinds
+        front: dict[int, str] = {}
+        static = [r for r in rows if r["kind"] in ("static", "disagg")]
+        for kind in ("static", "disagg"):
+            sel = [r for r in static if r["kind"] == kind]
+            front.update((id(r), "yes") for r, f in zip(sel, pareto_front(sel)) if f)
+        for r, f in zip(static, pareto_front(static)):
+            if f:
+                front[id(r)] = "yes, joint"
     lines = ["| " + " | ".join(h for _, h in cols) + (" | frontier |" if study == "pareto"
                                                        else " |"),
              "|" + "---|" * (len(cols) + (study == "pareto"))]
@@ -452,7 +578,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], study: str) -> str:
             else:
                 cells.append(str(v))
         if study == "pareto":
-            cells.append("yes" if front.get(id(r)) else "")
+            cells.append(front.get(id(r), ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
