@@ -204,14 +204,15 @@ def run_dynamo_disagg(trace: Path, startup_s: float, planner_json: dict) -> dict
     trajectory [(t_s, n)], GPU-hours, end time."""
     venv = os.environ.get("PEER_VENV") or os.environ.get("DYNOSIM_PEER_VENV")
     env = dict(os.environ, PEER_VENV=venv, PEER_SKIP_INSTALL="1", DYN_LOG="error")
-    start = {"startup_time": startup_s} if startup_s else {}
     cmd = [str(RUN_PEER), str(trace), "1", "round_robin", "--num-prefill-workers", "1",
            "--num-decode-workers", "1", "--block-size", str(ENGINE["block_size"]),
            "--speedup-ratio", str(ENGINE["speedup_ratio"]), "--kv-transfer-bandwidth", "64",
            "--kv-bytes-per-token", "262144",
-           "--prefill-engine-args-json", json.dumps({**DISAGG_ENGINES["prefill"], **start}),
-           "--decode-engine-args-json", json.dumps({**DISAGG_ENGINES["decode"], **start}),
+           "--prefill-engine-args-json", json.dumps(DISAGG_ENGINES["prefill"]),
+           "--decode-engine-args-json", json.dumps(DISAGG_ENGINES["decode"]),
            "--indent", "0", "--planner", "--planner-config-json", json.dumps(planner_json)]
+    if startup_s:
+        cmd += ["--engine-args-json", json.dumps({"startup_time": startup_s})]
     d = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
                                   env=env).stdout)
     traj = {"prefill": [(0.0, 1)], "decode": [(0.0, 1)]}

@@ -1095,7 +1095,10 @@ class DisaggLoadPlanner(_DisaggPools, LoadPlanner):
         if not engines:
             return None, "insufficient_data"
         up, down = self.cfg.easy_thresholds()
-        utils = [sum(fpm_snapshot(w.engine, sim.now)) / w.engine.capacity_tokens
+        # queued decode KV includes the handoffs waiting for a reservation here (Dynamo's
+        # WaitingForRemoteKv requests sit in the decode engine's waiting queue)
+        utils = [(sum(fpm_snapshot(w.engine, sim.now))
+                  + sum(h.req.input_length for h in w.pending)) / w.engine.capacity_tokens
                  for w in engines]
         tick["decode_kv_util"] = utils
         load = self.cfg.optimization_target == "load"
