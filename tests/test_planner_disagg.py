@@ -238,3 +238,23 @@ def test_budget_helpers_equal_dynamos_on_a_grid():
     for x, (g, f) in zip(_GRID, theirs):
         assert list(budget_guard_pair(*x, 1, 1)) == g, x
         assert list(budget_fit_pair(*x, 1, 1)) == f, x
+
+
+def test_cli_runs_the_disagg_planner(tmp_path, capsys):
+    from dynosim.cli import main
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps({"timestamp": 50 * i, "input_length": 1000,
+                                         "output_length": 200, "hash_ids": [2 * i, 2 * i + 1]})
+                             + "\n" for i in range(400)))
+    rc = main(["simulate", "--trace", str(trace), "--num-prefill-workers", "1",
+               "--num-decode-workers", "1", "--block-size", "64", "--planner", "load",
+               "--planner-config-json", json.dumps({
+                   "optimization_target": "load", "decode_scale_up_kv_rate": 1,
+                   "decode_scale_down_kv_rate": 0.5, "load_adjustment_interval_seconds": 2}),
+               "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rep = json.loads(out)["planner"]
+    assert rep["config"]["mode"] == "disagg"
+    assert rep["pools"]["decode"]["max_replicas"] > 1
+    assert rep["pools"]["prefill"]["max_replicas"] == 1       # no prefill thresholds: holds
