@@ -1142,10 +1142,11 @@ class DisaggThroughputPlanner(_DisaggPools, ThroughputPlanner):
         want = dict(self.floor)
         if demand > 0 and next_osl > 0:
             dg = sim.disagg
-            pc = prefill_engine_capacity(sim.timing, dg.prefill_engine, next_isl,
-                                         self.kv_hit_rate)
-            dc = decode_engine_capacity(sim.timing, dg.decode_engine, next_isl, next_osl,
-                                        cfg.itl_ms)
+            # each pool on its own timing model when it has one (TP per role), else the run's
+            pt = getattr(dg, "prefill_timing", None) or sim.timing
+            dt = getattr(dg, "decode_timing", None) or sim.timing
+            pc = prefill_engine_capacity(pt, dg.prefill_engine, next_isl, self.kv_hit_rate)
+            dc = decode_engine_capacity(dt, dg.decode_engine, next_isl, next_osl, cfg.itl_ms)
             tick.update(prefill_rps=pc["rps"], decode_rps=dc["rps"],
                         decode_feasible=dc["feasible"])
             want["prefill"] = max(math.ceil(demand / pc["rps"] - 1e-9), self.floor["prefill"])
