@@ -48,6 +48,12 @@ def _call(env, name: str, *args) -> list[Any]:
     return [method(*args)]
 
 
+def _act(a):
+    """An env's action as a plain int (Discrete) or an int64 array (MultiDiscrete)."""
+    a = np.asarray(a)
+    return int(a) if a.ndim == 0 else a.astype(np.int64)
+
+
 class HeuristicPolicy:
     """Base: SB3-style ``predict`` over a batch (vector env) or one observation."""
 
@@ -66,8 +72,9 @@ class HeuristicPolicy:
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
         vector = self.env is not None and _is_vector(self.env)
         n = _num_envs(self.env) if vector else 1
+        # (n,) Discrete actions, or (n, pools) MultiDiscrete ones (disaggregated pools)
         acts = np.asarray(self.actions(np.asarray(observation), n), dtype=np.int64)
-        return (acts.reshape(n) if vector else acts[0]), state
+        return (acts.reshape(n, *acts.shape[1:]) if vector else acts[0]), state
 
 
 class PlannerPolicy(HeuristicPolicy):
@@ -87,8 +94,8 @@ class PlannerPolicy(HeuristicPolicy):
         if self.env is None:
             raise RuntimeError("PlannerPolicy needs the environment: policy.bind(env)")
         if self.knobs:
-            return [int(a) for a in _call(self.env, "planner_action", self.kind, self.knobs)]
-        return [int(a) for a in _call(self.env, "planner_action", self.kind)]
+            return [_act(a) for a in _call(self.env, "planner_action", self.kind, self.knobs)]
+        return [_act(a) for a in _call(self.env, "planner_action", self.kind)]
 
 
 class StaticPolicy(HeuristicPolicy):
@@ -99,7 +106,7 @@ class StaticPolicy(HeuristicPolicy):
     def actions(self, obs: np.ndarray, n: int) -> list[int]:
         if self.env is None:
             raise RuntimeError("StaticPolicy needs the environment: policy.bind(env)")
-        return [int(a) for a in _call(self.env, "hold_action")]
+        return [_act(a) for a in _call(self.env, "hold_action")]
 
 
 class StaticCountPolicy(HeuristicPolicy):
@@ -113,7 +120,7 @@ class StaticCountPolicy(HeuristicPolicy):
     def actions(self, obs: np.ndarray, n: int) -> list[int]:
         if self.env is None:
             raise RuntimeError("StaticCountPolicy needs the environment: policy.bind(env)")
-        return [int(a) for a in _call(self.env, "target_action", self.workers)]
+        return [_act(a) for a in _call(self.env, "target_action", self.workers)]
 
 
 class RoundRobinPolicy(HeuristicPolicy):

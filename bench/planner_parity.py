@@ -185,6 +185,110 @@ def compare(name: str, workdir: Path, planner_json: dict | None = None) -> dict:
             "traj_dyn": dyn["traj"], "traj_ours": ours["traj"]}
 
 
+# -- disaggregated pools (issue 15 item 4) --------------------------------------------------
+#: Dynamo's disagg planner with the load target's thresholds: decode KV utilisation 50% / 20%,
+#: prefill queue 8,192 / 1,024 tokens per engine (the easy targets' thresholds, decode KV over
+#: 100%, need an overloaded decode pool, where the simulators themselves part ways)
+DISAGG_JSON = {"mode": "disagg", "min_endpoint": 1, "max_gpu_budget": 16,
+               "load_adjustment_interval_seconds": 10, "prefill_engine_num_gpu": 1,
+               "decode_engine_num_gpu": 1, "optimization_target": "load",
+               "decode_scale_up_kv_rate": 50, "decode_scale_down_kv_rate": 20,
+               "prefill_scale_up_queue_tokens": 8192, "prefill_scale_down_queue_tokens": 1024}
+#: per-role engines: 64 GB/s handoff of 262,144 B/token (Qwen3-32B bf16), 4,096 decode blocks
+DISAGG_ENGINES = {"prefill": {"max_model_len": 32768}, "decode": {"num_gpu_blocks": 4096}}
+DISAGG_QUICK = ("step_lo",)
+
+
+def run_dynamo_disagg(trace: Path, startup_s: float, planner_json: dict) -> dict:
+    """Dynamo's replay of 1 prefill + 1 decode worker with its disagg planner: per pool the
+    trajectory [(t_s, n)], GPU-hours, end time."""
+    venv = os.environ.get("PEER_VENV") or os.environ.get("DYNOSIM_PEER_VENV")
+    env = dict(os.environ, PEER_VENV=venv, PEER_SKIP_INSTALL="1", DYN_LOG="error")
+    cmd = [str(RUN_PEER), str(trace), "1", "round_robin", "--num-prefill-workers", "1",
+           "--num-decode-workers", "1", "--block-size", str(ENGINE["block_size"]),
+           "--speedup-ratio", str(ENGINE["speedup_ratio"]), "--kv-transfer-bandwidth", "64",
+           "--kv-bytes-per-token", "262144",
+           "--prefill-engine-args-json", json.dumps(DISAGG_ENGINES["prefill"]),
+           "--decode-engine-args-json", json.dumps(DISAGG_ENGINES["decode"]),
+           "--indent", "0", "--planner", "--planner-config-json", json.dumps(planner_json)]
+    if startup_s:
+        cmd += ["--engine-args-json", json.dumps({"startup_time": startup_s})]
+    d = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                  env=env).stdout)
+    traj = {"prefill": [(0.0, 1)], "decode": [(0.0, 1)]}
+    for op in d["planner"]["lifecycle_operations"] or []:
+        st = op["state_after_batch"]
+        traj[op["pool"]].append((op["at_ms"] / 1000.0, len(st["active"]) + len(st["starting"])))
+    tot = d["metrics"]["totals"]
+    return {"traj": traj, "gpu_hours": tot["gpu_hours"], "end_s": tot["duration_ms"] / 1000.0,
+            "events": len(d["planner"]["scaling_events"] or []),
+            "p90_ttft_ms": d["metrics"]["latency_ms"]["ttft"]["p90"]}
+
+
+def run_ours_disagg(trace: Path, startup_s: float, planner_json: dict) -> dict:
+    """Ours under the same settings: sim.planner.DisaggLoadPlanner."""
+    sys.path.insert(0, str(ROOT))
+    from sim.config import build_simulation, parse_config
+    from sim.planner import DisaggLoadPlanner, PlannerConfig
+
+    cfg = parse_config({"workload": {"kind": "mooncake", "path": str(trace)},
+                        "cluster": {"startup_time_s": startup_s},
+                        "engine": {"block_size": ENGINE["block_size"]},
+                        "timing": {"speedup_ratio": ENGINE["speedup_ratio"]},
+                        "disagg": {"num_prefill_workers": 1, "num_decode_workers": 1,
+                                   "kv_transfer_bandwidth": 64, "kv_bytes_per_token": 262144,
+                                   "prefill_engine": DISAGG_ENGINES["prefill"],
+                                   "decode_engine": DISAGG_ENGINES["decode"]}})
+    sim = build_simulation(cfg)
+    planner = DisaggLoadPlanner(PlannerConfig.from_dict(planner_json)).attach(sim)
+    res = sim.run()
+    traj = {pool: [(t / 1000.0, a + s) for t, a, s, _d in rec]
+            for pool, rec in sim.pool_replicas.items()}
+    return {"traj": traj, "gpu_hours": res.summary["totals"]["gpu_hours"],
+            "end_s": sim.now / 1000.0, "events": len(planner.events),
+            "p90_ttft_ms": res.summary["latency_ms"]["ttft"]["p90"]}
+
+
+def compare_disagg(name: str, workdir: Path, planner_json: dict | None = None) -> dict:
+    """Both simulators with the disagg planner on trace ``name``: per-pool trajectory
+    errors, GPU-hours (both pools), scaling events (one per pool that moved)."""
+    pj = planner_json or DISAGG_JSON
+    label, _, startup_s, _ = TRACES[name]
+    trace = make_trace(name, workdir / f"{name}.jsonl")
+    dyn = run_dynamo_disagg(trace, startup_s, pj)
+    ours = run_ours_disagg(trace, startup_s, pj)
+    end = max(dyn["end_s"], ours["end_s"])
+    row = {"name": name, "label": label, "gpu_h_dyn": dyn["gpu_hours"],
+           "gpu_h_ours": ours["gpu_hours"],
+           "gpu_h_err": abs(ours["gpu_hours"] - dyn["gpu_hours"]) / dyn["gpu_hours"],
+           "events_dyn": dyn["events"], "events_ours": ours["events"],
+           "p90_ttft_dyn_s": dyn["p90_ttft_ms"] / 1000.0,
+           "p90_ttft_ours_s": ours["p90_ttft_ms"] / 1000.0}
+    for pool in ("prefill", "decode"):
+        row[f"{pool}_err"] = trajectory_error(ours["traj"][pool], dyn["traj"][pool], end)
+        row[f"{pool}_peak"] = (max(n for _, n in dyn["traj"][pool]),
+                               max(n for _, n in ours["traj"][pool]))
+        row[f"{pool}_traj"] = (dyn["traj"][pool], ours["traj"][pool])
+    return row
+
+
+def disagg_table(rows: list[dict]) -> str:
+    out = ["| trace | prefill trajectory error | decode trajectory error | peak prefill "
+           "(Dynamo / ours) | peak decode (Dynamo / ours) | GPU-h Dynamo / ours (error) | "
+           "scaling events (Dynamo / ours) | p90 TTFT s (Dynamo / ours) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ok = "" if max(r["prefill_err"], r["decode_err"], r["gpu_h_err"]) <= TARGET \
+            else " **(miss)**"
+        out.append(f"| {r['label']}{ok} | {100 * r['prefill_err']:.1f}% | "
+                   f"{100 * r['decode_err']:.1f}% | {r['prefill_peak'][0]} / "
+                   f"{r['prefill_peak'][1]} | {r['decode_peak'][0]} / {r['decode_peak'][1]} | "
+                   f"{r['gpu_h_dyn']:.3f} / {r['gpu_h_ours']:.3f} ({100 * r['gpu_h_err']:.1f}%)"
+                   f" | {r['events_dyn']} / {r['events_ours']} | {r['p90_ttft_dyn_s']:.1f} / "
+                   f"{r['p90_ttft_ours_s']:.1f} |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict]) -> str:
     out = ["| trace | trajectory error | GPU-h Dynamo | GPU-h ours | GPU-h error | peak workers "
            "(Dynamo / ours) | scaling events (Dynamo / ours) | p90 TTFT s (Dynamo / ours) |",
@@ -203,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traces", default=",".join(TRACES),
                     help=f"comma list of {', '.join(TRACES)}")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--disagg", action="store_true",
+                    help="disaggregated pools: Dynamo's disagg planner (DISAGG_JSON) on 1 "
+                         "prefill + 1 decode worker; writes planner_parity_disagg.{md,json}")
     a = ap.parse_args(argv)
     names = [n.strip() for n in a.traces.split(",") if n.strip()]
     bad = [n for n in names if n not in TRACES]
@@ -217,22 +324,41 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="planner_parity_") as tmp:
         for i, name in enumerate(names, 1):
             print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
-            r = compare(name, Path(tmp))
-            print(f"    trajectory error {100 * r['traj_err']:.1f}%, GPU-h "
-                  f"{r['gpu_h_dyn']:.3f} vs {r['gpu_h_ours']:.3f}", file=sys.stderr, flush=True)
+            if a.disagg:
+                r = compare_disagg(name, Path(tmp))
+                print(f"    trajectory error prefill {100 * r['prefill_err']:.1f}%, decode "
+                      f"{100 * r['decode_err']:.1f}%", file=sys.stderr, flush=True)
+            else:
+                r = compare(name, Path(tmp))
+                print(f"    trajectory error {100 * r['traj_err']:.1f}%, GPU-h "
+                      f"{r['gpu_h_dyn']:.3f} vs {r['gpu_h_ours']:.3f}", file=sys.stderr,
+                      flush=True)
             rows.append(r)
+    if a.disagg:
+        md = ["# Disaggregated planner parity with Dynamo 1.6.1's planner replay", "",
+              "Generated by `python bench/planner_parity.py --disagg`. Planner config (Dynamo "
+              f"JSON, both simulators): `{json.dumps(DISAGG_JSON)}`; 1 prefill + 1 decode "
+              f"worker at the start, round robin, block 64, speed-up 0.2, engines "
+              f"`{json.dumps(DISAGG_ENGINES)}`, 64 GB/s x 262,144 B/token; ISL 3000 / OSL "
+              "300 lognormal, 32 prefix groups. Target: each pool's trajectory error and the "
+              f"GPU-hours error <= {100 * TARGET:.0f}%.", "", disagg_table(rows), ""]
+        _write(Path(a.out), "planner_parity_disagg", md, rows)
+        return 0
     md = ["# Planner parity with Dynamo 1.6.1's planner replay", "",
           "Generated by `python bench/planner_parity.py`. Planner config (Dynamo JSON, both "
           f"simulators): `{json.dumps(PLANNER_JSON)}`; round robin, 1 initial worker, "
           "block 64, speed-up 0.2, ISL 3000 / OSL 300 lognormal, 32 prefix groups. "
           f"Target: trajectory error and GPU-hours error <= {100 * TARGET:.0f}%.", "",
           table(rows), ""]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "planner_parity.md").write_text("\n".join(md))
-    (out / "planner_parity.json").write_text(json.dumps(rows, indent=1))
-    print("\n".join(md))
+    _write(Path(a.out), "planner_parity", md, rows)
     return 0
+
+
+def _write(out: Path, stem: str, md: list[str], rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text("\n".join(md))
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(md))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Gymnasium environments over the ``sim`` core.
 
 * ``DynoSim-v0`` (:class:`~dynosim_gym.autoscaling_env.DynoSimEnv`): autoscale an aggregated
-  worker pool every decision interval.
+  worker pool every decision interval; on a config with a ``disagg`` section
+  (``autoscale_disagg``), a prefill and a decode pool
+  (:class:`~dynosim_gym.autoscaling_env.DynoSimDisaggEnv`, one delta per pool).
 * ``DynoSimRouting-v0`` (:class:`~dynosim_gym.routing_env.DynoSimRoutingEnv`): pick the worker
   for each arriving request.
 

@@ -71,3 +71,69 @@ def make_action_type(cfg, min_workers: int, max_workers: int) -> ActionType:
     if cfg.type == "delta":
         return DeltaAction(min_workers, max_workers, cfg.max_step)
     return TargetAction(min_workers, max_workers)
+
+
+# -- disaggregated pools (DynoSim-v0 on a config with a ``disagg`` section) -------------------
+
+POOLS = ("prefill", "decode")
+
+
+class PoolDeltaAction:
+    """``MultiDiscrete([2k + 1, 2k + 1])``: sub-action ``i`` of pool ``j`` (0 = prefill,
+    1 = decode) changes that pool's provisioned workers (active + starting) by ``i - k``.
+
+    The env clamps each pool to its ``min_endpoint`` and the pair to the GPU budget
+    (``P * gpus_prefill + D * gpus_decode <= max_gpu_budget``): decreases apply first, then
+    increases in pool order (prefill, then decode) as far as the GPUs left allow.
+    ``masks`` (sb3-contrib MaskablePPO, flattened over the sub-actions: the first ``2k + 1``
+    entries are prefill's) marks the sub-actions that need no clamping while the other pool
+    holds; holding is always allowed."""
+
+    def __init__(self, floors: dict[str, int], gpus: dict[str, int], budget: int,
+                 max_step: int) -> None:
+        self.floor, self.gpus, self.budget, self.k = floors, gpus, budget, max_step
+        self.space = spaces.MultiDiscrete([2 * max_step + 1] * len(POOLS))
+
+    def check(self, action) -> tuple[int, int]:
+        """``action`` as (prefill, decode) ints; ValueError unless the space contains it
+        (integer arrays or sequences of shape (2,); no bools, floats or strings)."""
+        a = np.asarray(action)
+        if a.shape != (len(POOLS),) or a.dtype.kind not in "iu" or \
+                not self.space.contains(a.astype(np.int64)):
+            raise ValueError(f"action {action!r} is not in {self.space} (one integer delta "
+                             f"index per pool: prefill, decode)")
+        return int(a[0]), int(a[1])
+
+    def targets(self, action: tuple[int, int], current: dict[str, int]) -> dict[str, int]:
+        """Requested workers per pool (unclamped)."""
+        return {pool: current[pool] + int(action[j]) - self.k for j, pool in enumerate(POOLS)}
+
+    def clamp(self, want: dict[str, int], current: dict[str, int]) -> dict[str, int]:
+        """``want`` within the floors and the GPU budget (see the class doc)."""
+        g = self.gpus
+        t = {pool: max(want[pool], self.floor[pool]) for pool in POOLS}
+        out = {pool: min(t[pool], current[pool]) for pool in POOLS}
+        used = sum(out[pool] * g[pool] for pool in POOLS)
+        for pool in POOLS:
+            if t[pool] > current[pool]:
+                room = max(0, (self.budget - used) // g[pool])
+                out[pool] = current[pool] + min(t[pool] - current[pool], room)
+                used += (out[pool] - current[pool]) * g[pool]
+        return out
+
+    def from_targets(self, target: dict[str, int], current: dict[str, int]) -> np.ndarray:
+        """The action that moves each pool towards ``target`` (as far as a step goes)."""
+        k = self.k
+        return np.array([min(max(target[p] - current[p], -k), k) + k for p in POOLS],
+                        dtype=np.int64)
+
+    def masks(self, current: dict[str, int]) -> np.ndarray:
+        g = self.gpus
+        out = []
+        for j, pool in enumerate(POOLS):
+            other = POOLS[1 - j]
+            room = (self.budget - current[other] * g[other]) // g[pool]
+            for i in range(2 * self.k + 1):
+                t = current[pool] + i - self.k
+                out.append(i == self.k or self.floor[pool] <= t <= room)
+        return np.array(out, dtype=bool)

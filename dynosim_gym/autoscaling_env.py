@@ -9,14 +9,15 @@ import gymnasium as gym
 import numpy as np
 
 from sim.errors import InputError
-from sim.planner import LoadPlanner, PlannerConfig, ThroughputPlanner
+from sim.planner import (DisaggLoadPlanner, DisaggThroughputPlanner, LoadPlanner,
+                         PlannerConfig, ThroughputPlanner)
 
-from .actions import make_action_type
+from .actions import POOLS, PoolDeltaAction, make_action_type
 from .base import EPISODE_OVER, ResetNeeded, SimEnv
 from .config import EnvConfig, load_env_config
 from .episodes import EpisodeFactory, begin_episode
 from .monitor import ClusterMonitor, Interval, _pct
-from .observations import FEATURES, ObservationBuilder
+from .observations import FEATURES, ObservationBuilder, PoolObservationBuilder
 
 DEFAULT_CONFIG = "autoscale_default"
 
@@ -61,6 +62,8 @@ def planner_config(cfg: EnvConfig, knobs: dict | None = None) -> PlannerConfig:
             e.planner_interval_s or base.throughput_adjustment_interval_seconds),
         max_gpu_budget=e.max_gpu_budget, min_endpoint=e.min_endpoint,
         load_predictor=e.planner_predictor)
+    if cfg.sim.disagg is not None:
+        kw["mode"] = "disagg"
     kw.update(e.planner)
     kw.update(knobs or {})
     return dataclasses.replace(base, **kw)
@@ -95,6 +98,12 @@ class DynoSimEnv(SimEnv):
     strings, arrays other than 0-d integer ones) raises ``ValueError``; ``step`` after
     ``truncated=True`` without ``reset`` raises :class:`~dynosim_gym.base.ResetNeeded`.
 
+    Disaggregated pools (a config with a ``disagg`` section, e.g. ``autoscale_disagg``;
+    :class:`DynoSimDisaggEnv`): ``MultiDiscrete([2k + 1, 2k + 1])``, one delta per pool
+    (prefill, decode), each pool clamped to ``min_endpoint`` and the pair to the GPU
+    budget; ``action_masks()`` is a bool array over the flattened sub-actions (MaskablePPO's
+    convention), prefill's first.
+
     ## Observation Space
 
     ``Box(low, 20, (22 * stack,), float32)``, features in :data:`FEATURES` order: arrival
@@ -103,7 +112,10 @@ class DynoSimEnv(SimEnv):
     completions (relative to the SLAs), the oldest request still waiting for its first token,
     last interval's SLA attainment, active/starting/draining workers, time of day (sin, cos),
     episode progress, the arrival-rate slope and queue growth over the last 3 intervals, and
-    the episode's start-up time. Unbounded values are scaled and log-scaled (``log1p``), so
+    the episode's start-up time. Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
+    over both pools then, per pool, its active/starting/draining workers, queued and running
+    requests and KV utilisation, and the KV handoffs in flight (:data:`~dynosim_gym.
+    observations.POOL_FEATURES`). Unbounded values are scaled and log-scaled (``log1p``), so
     they do not saturate outside the training range; the two trends are signed (low -20,
     else 0). ``env.observation.stack = N`` concatenates the last N intervals.
 
@@ -122,7 +134,8 @@ class DynoSimEnv(SimEnv):
     workers added or removed. Defaults: ``sla_weight`` 1.0, ``request_scale`` =
     ``rate_max_rps * interval_s``, ``gpu_weight`` 0.5 / (interval_s x max_gpu_budget) (a full
     budget for a whole step costs 0.5), ``change_penalty`` 0.01. Each term is in
-    ``info["reward_terms"]``.
+    ``info["reward_terms"]``. Disaggregated pools: GPU-seconds count each role's GPUs per
+    worker, and ``gpu_prefill`` + ``gpu_decode`` split the GPU term.
 
     ## Starting State
 
@@ -155,10 +168,22 @@ class DynoSimEnv(SimEnv):
       log-scaled (no saturation) plus rate slope, queue growth and start-up time (22
       features, was 19); planner knobs via ``env.planner``; ``window_start_s`` may pin any
       window of a trace. v0.1's scenario is ``config="autoscale_legacy"``.
+    * v0 (issue 15): disaggregated prefill/decode pools on a config with a ``disagg``
+      section (``autoscale_disagg``): one delta per pool, per-pool observations, GPU cost per
+      role, Dynamo's disagg planner as the heuristics.
     * v0 (0.1): initial release (aggregated pool, vLLM-style engine, Dynamo replay semantics).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    advisors = ADVISORS
+
+    def __new__(cls, config: Any = None, *args: Any, **overrides: Any):
+        """A config with a ``disagg`` section makes a :class:`DynoSimDisaggEnv`."""
+        if cls is DynoSimEnv and (config is not None or overrides.get("disagg") is not None):
+            ov = {k: v for k, v in overrides.items() if k != "render_mode"}
+            if load_env_config(config, DEFAULT_CONFIG, **ov).sim.disagg is not None:
+                return super().__new__(DynoSimDisaggEnv)
+        return super().__new__(cls)
 
     def __init__(self, config: Any = None, *, render_mode: str | None = None,
                  **overrides: Any) -> None:
@@ -253,16 +278,7 @@ class DynoSimEnv(SimEnv):
         a = self.action_type.check(action)
         self._log.append(("step", a))
         sim = self.sim
-        act, start, _ = sim.counts()
-        cur = act + start
-        want = self.action_type.target(a, cur)
-        target = min(max(want, self.cfg.env.min_endpoint), self.max_workers)
-        changed = 0
-        if target > cur:
-            sim.add_workers(target - cur)
-            changed = target - cur
-        elif target < cur:
-            changed = sim.remove_workers(cur - target)
+        changed, direction, scaled = self._scale(a)
         self._t_ms += self.interval_ms
         sim.run_until(self._t_ms)
         if sim.now < self._t_ms:          # nothing left to happen before the boundary
@@ -276,7 +292,6 @@ class DynoSimEnv(SimEnv):
         reward = terms["sla"] + terms["gpu"] + terms["change"]
         tot = self._totals
         if changed:
-            direction = 1 if target > cur else -1
             tot["scaling_events"] += 1
             tot["reversals"] += self._last_dir == -direction
             self._last_dir = direction
@@ -286,6 +301,8 @@ class DynoSimEnv(SimEnv):
         tot["rejected"] += iv.rejected
         tot["timed_out"] += iv.timed_out
         tot["gpu_seconds"] += iv.gpu_seconds
+        for role, gs in iv.role_gpu_seconds.items():
+            tot[f"gpu_seconds_{role}"] = tot.get(f"gpu_seconds_{role}", 0.0) + gs
         tot["changes"] += changed
         self._ttfts.extend(iv.ttfts)
         self._tpots.extend(iv.tpots)
@@ -297,8 +314,7 @@ class DynoSimEnv(SimEnv):
         info: dict[str, Any] = {
             "reward_terms": terms,
             "t_s": elapsed,
-            "requested_workers": int(want),
-            "target_workers": int(target),
+            **scaled,
             "changed_workers": int(changed),
             "arrival_rate_rps": iv.arrived / (self.interval_ms / 1000.0),
             "sla_attainment": iv.sla_attainment,
@@ -312,6 +328,22 @@ class DynoSimEnv(SimEnv):
         if truncated:
             info["episode_summary"] = self.episode_summary()
         return obs, float(reward), False, bool(truncated), info
+
+    def _scale(self, a) -> tuple[int, int, dict[str, Any]]:
+        """Apply action ``a``: (workers changed, direction +1/-1/0, info fields)."""
+        sim = self.sim
+        act, start, _ = sim.counts()
+        cur = act + start
+        want = self.action_type.target(a, cur)
+        target = min(max(want, self.cfg.env.min_endpoint), self.max_workers)
+        changed = 0
+        if target > cur:
+            sim.add_workers(target - cur)
+            changed = target - cur
+        elif target < cur:
+            changed = sim.remove_workers(cur - target)
+        return changed, (target > cur) - (target < cur), {
+            "requested_workers": int(want), "target_workers": int(target)}
 
     def sla_term(self, iv: Interval) -> float:
         """The SLA part of the reward for one interval (see ``## Rewards``)."""
@@ -389,6 +421,8 @@ class DynoSimEnv(SimEnv):
             "scaling_events": tot["scaling_events"],
             "reversals": tot["reversals"],
             "steps": self._steps,
+            **{f"gpu_hours_{r}": tot[f"gpu_seconds_{r}"] / 3600.0 for r in POOLS
+               if f"gpu_seconds_{r}" in tot},
         }
 
     def hold_action(self) -> int:
@@ -410,16 +444,24 @@ class DynoSimEnv(SimEnv):
         timing model (throughput). ``knobs`` override :class:`sim.planner.PlannerConfig`
         fields on top of the env's ``env.planner`` (a tuned planner). Used by
         :mod:`agents.heuristics`."""
-        if kind not in ADVISORS:
-            raise ValueError(f"unknown planner {kind!r}; expected one of {', '.join(ADVISORS)}")
+        if kind not in self.advisors:
+            raise ValueError(f"unknown planner {kind!r}; expected one of "
+                             f"{', '.join(self.advisors)}")
         if knobs:
             kind = kind + "|" + json.dumps(knobs, sort_keys=True)
         if kind not in self._advisor_kinds:
             self._advisor_kinds.append(kind)
         if self.sim is None:
-            return self.action_type.from_target(self.cfg.env.min_endpoint, 0)
+            return self._advice_action(None)
         self._log.append(("advise", kind))
         adv = self._advisors.get(kind) or self._attach_advisor(kind)
+        return self._advice_action(adv)
+
+    def _advice_action(self, adv) -> int:
+        """The action towards ``adv``'s advice (hold without one); ``adv`` None: before
+        the first reset, the action towards ``min_endpoint``."""
+        if adv is None:
+            return self.action_type.from_target(self.cfg.env.min_endpoint, 0)
         a, s, _ = self.sim.counts()
         cur = a + s
         target = adv.advice if adv.advice is not None else cur
@@ -429,7 +471,7 @@ class DynoSimEnv(SimEnv):
     def _attach_advisor(self, kind: str):
         kind, _, knobs = kind.partition("|")
         pc = planner_config(self.cfg, json.loads(knobs) if knobs else None)
-        adv = ADVISORS[kind](pc).attach(self.sim)
+        adv = self.advisors[kind](pc).attach(self.sim)
         self._advisors[kind + ("|" + knobs if knobs else "")] = adv
         return adv
 
@@ -439,4 +481,137 @@ class DynoSimEnv(SimEnv):
                 "draining_workers": iv.draining}
 
 
-__all__ = ["DynoSimEnv", "FEATURES", "DEFAULT_CONFIG"]
+# -- disaggregated pools ------------------------------------------------------------------------
+
+class DisaggLoadAdvisor(_Advice, DisaggLoadPlanner):
+    pass
+
+
+class DisaggThroughputAdvisor(_Advice, DisaggThroughputPlanner):
+    pass
+
+
+DISAGG_ADVISORS = {"load": DisaggLoadAdvisor, "throughput": DisaggThroughputAdvisor}
+
+
+class DynoSimDisaggEnv(DynoSimEnv):
+    """``DynoSim-v0`` on a config with a ``disagg`` section (e.g. ``autoscale_disagg``): the
+    agent sizes a prefill pool and a decode pool (:mod:`sim.disagg`, Dynamo's disaggregated
+    serving) under one GPU budget. What differs from :class:`DynoSimEnv`:
+
+    * action: ``MultiDiscrete([2k + 1, 2k + 1])``, one delta per pool (prefill, decode),
+      clamped to ``min_endpoint`` per pool and the budget (:class:`~dynosim_gym.actions.
+      PoolDeltaAction`); ``action_masks()`` is a bool array over the flattened sub-actions
+      (sb3-contrib MaskablePPO's convention for MultiDiscrete);
+    * observation: :data:`FEATURES` over both pools, then per-pool workers, queues, KV
+      utilisation and the handoffs in flight (:data:`~dynosim_gym.observations.
+      POOL_FEATURES`);
+    * reward: GPU-seconds count each role's GPUs per worker (``disagg.
+      prefill_gpus_per_worker`` / ``decode_gpus_per_worker``); ``info["reward_terms"]``
+      splits the GPU term into ``gpu_prefill`` and ``gpu_decode`` (they sum to ``gpu``);
+    * heuristics: ``planner_action("load" | "throughput")`` is Dynamo's disagg planner
+      (:class:`~sim.planner.DisaggLoadPlanner`, :class:`~sim.planner.
+      DisaggThroughputPlanner`), one target per pool.
+
+    Requested/target workers in ``info`` are per pool (``requested_prefill_workers``, ...);
+    ``target_action(n)`` takes ``(prefill, decode)`` or one count for both pools.
+
+    The full description (shared with the aggregated env) follows.
+    """
+
+    advisors = DISAGG_ADVISORS
+
+    def __init__(self, config: Any = None, *, render_mode: str | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(config, render_mode=render_mode, **overrides)
+        from sim.config import disagg_config
+        d = disagg_config(self.cfg.sim)
+        e = self.cfg.env
+        self.pool_gpus = {"prefill": d.prefill_gpus_per_worker,
+                          "decode": d.decode_gpus_per_worker}
+        floors = {p: e.min_endpoint for p in POOLS}
+        self.pool_max = {p: (e.max_gpu_budget - floors[o] * self.pool_gpus[o])
+                         // self.pool_gpus[p] for p, o in zip(POOLS, POOLS[::-1])}
+        self.max_workers = sum(self.pool_max.values())
+        self.action_type = PoolDeltaAction(floors, self.pool_gpus, e.max_gpu_budget,
+                                           e.action.max_step)
+        self.action_space = self.action_type.space
+        sla = self.cfg.sim.sla
+        self.obs_builder = PoolObservationBuilder(self, self.cfg, self.max_workers,
+                                                  self.pool_max, sla.ttft_ms, sla.itl_ms)
+        self.observation_space = self.obs_builder.space
+
+    def _pools(self) -> dict[str, int]:
+        """Provisioned (active + starting) workers per pool."""
+        return {p: sum(self.sim.counts(p)[:2]) for p in POOLS}
+
+    def _scale(self, a) -> tuple[int, int, dict[str, Any]]:
+        sim = self.sim
+        cur = self._pools()
+        want = self.action_type.targets(a, cur)
+        target = self.action_type.clamp(want, cur)
+        changed = 0
+        for p in POOLS:
+            if target[p] < cur[p]:
+                changed += sim.remove_workers(cur[p] - target[p], p)
+        for p in POOLS:
+            if target[p] > cur[p]:
+                sim.add_workers(target[p] - cur[p], p)
+                changed += target[p] - cur[p]
+        net = sum((target[p] - cur[p]) * self.pool_gpus[p] for p in POOLS)
+        info = {}
+        for p in POOLS:
+            info[f"requested_{p}_workers"] = int(want[p])
+            info[f"target_{p}_workers"] = int(target[p])
+        return changed, (net > 0) - (net < 0), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if "reward_terms" in info:
+            iv = self._last
+            for p in POOLS:
+                info["reward_terms"][f"gpu_{p}"] = -self.w_gpu * iv.role_gpu_seconds[p]
+        return obs, reward, terminated, truncated, info
+
+    def _replicas(self, iv: Interval) -> dict[str, int]:
+        out = DynoSimEnv._replicas(iv)
+        if self.sim is not None:
+            for p in POOLS:
+                a, s, d = self.sim.counts(p)
+                out.update({f"active_{p}_workers": a, f"starting_{p}_workers": s,
+                            f"draining_{p}_workers": d})
+        return out
+
+    def action_masks(self) -> np.ndarray:
+        """Sub-actions that need no clamping, flattened (prefill's first)."""
+        if self.sim is None:
+            return np.ones(int(self.action_space.nvec.sum()), dtype=bool)
+        return self.action_type.masks(self._pools())
+
+    def hold_action(self) -> np.ndarray:
+        """The action that keeps both pools."""
+        cur = self._pools() if self.sim is not None else {p: 0 for p in POOLS}
+        return self.action_type.from_targets(cur, cur)
+
+    def target_action(self, workers) -> np.ndarray:
+        """The action that moves the pools towards ``workers``: ``(prefill, decode)``, or
+        one count for both pools."""
+        if isinstance(workers, (int, np.integer)):
+            workers = (int(workers), int(workers))
+        want = dict(zip(POOLS, (int(w) for w in workers)))
+        cur = self._pools() if self.sim is not None else want
+        return self.action_type.from_targets(want, cur)
+
+    def _advice_action(self, adv) -> np.ndarray:
+        if adv is None:
+            return self.action_type.from_targets(self.action_type.floor,
+                                                 {p: 0 for p in POOLS})
+        cur = self._pools()
+        target = adv.advice if adv.advice is not None else cur
+        adv.advice = None
+        return self.action_type.from_targets(target, cur)
+
+
+DynoSimDisaggEnv.__doc__ += DynoSimEnv.__doc__
+
+__all__ = ["DynoSimEnv", "DynoSimDisaggEnv", "FEATURES", "DEFAULT_CONFIG"]

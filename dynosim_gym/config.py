@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, load_config,
-                        parse_config, read_yaml)
+from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, disagg_config,
+                        load_config, parse_config, read_yaml)
 from sim.errors import InputError
 from sim.schema import (COUNT, GPUS, MAX_TOKENS, PLANNER_FIELDS, RATE, SHARE_OPEN, TIME_S,
                         TIME_S_POS, WEIGHT, WORKERS, Range)
@@ -121,7 +121,8 @@ class EnvSection:
 
 NESTED = {"action": ActionSection, "observation": ObservationSection, "reward": RewardSection}
 ENV_FIELDS = tuple(f.name for f in fields(EnvSection))
-SIM_SECTIONS = ("workload", "cluster", "engine", "timing", "router", "sla", "run", "planner")
+SIM_SECTIONS = ("workload", "cluster", "engine", "timing", "router", "sla", "run", "planner",
+                "disagg")
 
 
 @dataclass
@@ -221,13 +222,37 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
     v = _Validator(source, where, (source, None))
     sim_cfg = parse_config(data, source=source, where=where, base_dir=base_dir,
                            default_where=(source, None))
-    if sim_cfg.disagg is not None:
-        raise v.error("the environments drive one aggregated pool; disaggregated pools are "
-                      "not modelled in them yet", "disagg")
     env = _parse_env(env_data, v)
     cfg = EnvConfig(sim=sim_cfg, env=env, source=source)
+    if sim_cfg.disagg is not None:
+        _check_disagg(cfg, v)
     _check(cfg, v)
     return cfg
+
+
+def _check_disagg(cfg: EnvConfig, v: _Validator) -> None:
+    """A disaggregated env (DynoSim-v0 with a ``disagg`` section): both pools' floors fit
+    the budget, and the initial pools lie within it (``env.initial_workers`` is for one
+    aggregated pool; the pools start at ``disagg.num_prefill_workers`` / ``_decode_``)."""
+    e, d = cfg.env, disagg_config(cfg.sim)
+    if e.action.type != "delta":
+        raise v.error("a disaggregated env takes one delta per pool; use type: delta",
+                      "env.action.type")
+    if e.initial_workers is not None:
+        raise v.error("a disaggregated env starts with disagg.num_prefill_workers and "
+                      "disagg.num_decode_workers; remove env.initial_workers",
+                      "env.initial_workers")
+    gp, gd = d.prefill_gpus_per_worker, d.decode_gpus_per_worker
+    floor = e.min_endpoint * (gp + gd)
+    if e.max_gpu_budget < floor:
+        raise v.error(f"budget of {e.max_gpu_budget} GPUs is below min_endpoint "
+                      f"({e.min_endpoint}) x ({gp} prefill + {gd} decode GPUs per worker)",
+                      "env.max_gpu_budget")
+    n_p, n_d = d.num_prefill_workers, d.num_decode_workers
+    if n_p < e.min_endpoint or n_d < e.min_endpoint or n_p * gp + n_d * gd > e.max_gpu_budget:
+        raise v.error(f"{n_p} prefill + {n_d} decode workers is outside [min_endpoint "
+                      f"{e.min_endpoint} per pool, budget {e.max_gpu_budget} GPUs]",
+                      "disagg.num_prefill_workers")
 
 
 def _parse_env(data: Any, v: _Validator) -> EnvSection:
@@ -285,11 +310,13 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
         raise v.error(f"must be <= env.rate_max_rps ({e.rate_max_rps}), got {e.rate_min_rps}",
                       "env.rate_min_rps")
     g = cfg.sim.cluster.gpus_per_worker
-    if e.max_gpu_budget < e.min_endpoint * g:
+    if cfg.sim.disagg is not None:
+        pass                              # pools checked by _check_disagg
+    elif e.max_gpu_budget < e.min_endpoint * g:
         raise v.error(f"budget of {e.max_gpu_budget} GPUs is below min_endpoint "
                       f"({e.min_endpoint}) x {g} GPUs per worker", "env.max_gpu_budget")
     n0 = e.initial_workers or cfg.sim.cluster.num_workers
-    if not e.min_endpoint <= n0 <= cfg.max_workers:
+    if cfg.sim.disagg is None and not e.min_endpoint <= n0 <= cfg.max_workers:
         raise v.error(f"{n0} initial workers is outside [min_endpoint {e.min_endpoint}, "
                       f"budget {cfg.max_workers} workers]",
                       "env.initial_workers" if e.initial_workers else "cluster.num_workers")

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sim.config import _located, build_workload
+from sim.config import _located, build_workload, disagg_config
 from sim.engine import EngineConfig
 from sim.errors import InputError
 from sim.simulator import ClusterConfig, Simulation
@@ -136,6 +136,7 @@ class EpisodeFactory:
             kv_router=KvRouterConfig(**{k: v for k, v in asdict(scfg.router).items()
                                         if k != "mode"}),
             seed=sim_seed, exact=scfg.run.exact_steps, sla=sla,
+            disagg=disagg_config(scfg),   # None, or the pools of a disaggregated env
             token_gaps=False)          # observations and rewards use per-request TPOT
         return sim, desc
 

@@ -46,6 +46,8 @@ class Interval:
     starting: int = 0
     draining: int = 0
     gpu_seconds: float = 0.0      # provisioned in the interval (starting + active + draining)
+    #: disaggregated pools: GPU-seconds per role (``{"prefill": ..., "decode": ...}``)
+    role_gpu_seconds: dict = field(default_factory=dict)
     ttfts: list[float] = field(default_factory=list, repr=False)
     tpots: list[float] = field(default_factory=list, repr=False)
     #: ``(request index, met)`` of every request decided in the interval, in order
@@ -96,7 +98,12 @@ def _scan(seqs, waiting: bool, now: float, timeout: float, gone: set, oldest: fl
 class ClusterMonitor:
     def __init__(self, sim: Simulation, ttft_sla_ms: float, itl_sla_ms: float,
                  timeout_ms: float, gpus_per_worker: int) -> None:
+        """``gpus_per_worker``: GPUs of one worker; of a disaggregated simulation, each
+        role's own (``sim.disagg``) count instead, and ``role_gpu_seconds`` splits them."""
         self.sim = sim
+        d = sim.disagg
+        self.role_gpus = ({"prefill": d.prefill_gpus_per_worker,
+                           "decode": d.decode_gpus_per_worker} if d is not None else None)
         self.ttft_sla = ttft_sla_ms
         self.itl_sla = itl_sla_ms
         self.timeout_ms = timeout_ms
@@ -166,6 +173,7 @@ class ClusterMonitor:
         gpu_ms = 0.0
         oldest = 0.0
         timeout = self.timeout_ms
+        role_ms = {"prefill": 0.0, "decode": 0.0} if self.role_gpus is not None else None
         for w in sim.workers:
             state = w.state
             if state == REMOVED:
@@ -174,7 +182,10 @@ class ClusterMonitor:
                     continue
             else:
                 stop = now
-            gpu_ms += max(0.0, stop - max(w.created_ms, t0))
+            dt = max(0.0, stop - max(w.created_ms, t0))
+            if role_ms is not None:
+                role_ms[w.role] += dt
+            gpu_ms += dt
             if state == REMOVED:
                 continue
             eng = w.engine
@@ -197,6 +208,10 @@ class ClusterMonitor:
             iv.timed_out += n_out
         iv.kv_utilisation = kv_sum / iv.active if iv.active else 0.0
         iv.oldest_wait_ms = oldest
-        iv.gpu_seconds = gpu_ms / 1000.0 * self.gpus
+        if role_ms is None:
+            iv.gpu_seconds = gpu_ms / 1000.0 * self.gpus
+        else:
+            iv.role_gpu_seconds = {r: ms / 1000.0 * self.role_gpus[r] for r, ms in role_ms.items()}
+            iv.gpu_seconds = sum(iv.role_gpu_seconds.values())
         self._t_ms = now
         return iv

@@ -149,3 +149,65 @@ class ObservationBuilder:
         if self.stack == 1:
             return self._hist[-1].copy()
         return np.concatenate(self._hist)
+
+
+# -- disaggregated pools (DynoSim-v0 on a config with a ``disagg`` section) -------------------
+
+POOLS = ("prefill", "decode")
+#: Per-pool features appended to :data:`FEATURES` (which then describe both pools together).
+POOL_FEATURES = tuple(f"{pool}_{name}" for pool in POOLS for name in (
+    "active_workers",      # / the pool's max workers (budget less the other pool's floor)
+    "starting_workers",    # / the pool's max workers
+    "draining_workers",    # / the pool's max workers
+    "queued_requests",     # waiting requests / the pool's max workers, log1p
+    "running_requests",    # running requests / (8 x the pool's max workers), log1p
+    "kv_utilisation",      # mean used share of the pool's active workers' KV blocks
+)) + ("handoffs_in_flight",)   # KV handoffs held, awaiting a reservation or in transfer /
+#                                (8 x max decode workers), log1p
+
+
+class PoolObservationBuilder(ObservationBuilder):
+    """:data:`FEATURES` of both pools together, then :data:`POOL_FEATURES` read from
+    ``env.sim`` (its workers by role and its handoffs in flight) at each interval's end."""
+
+    def __init__(self, env, cfg, max_workers: int, pool_max: dict[str, int],
+                 ttft_sla_ms: float, itl_sla_ms: float) -> None:
+        super().__init__(cfg, max_workers, ttft_sla_ms, itl_sla_ms)
+        self.env = env
+        self.pool_max = {p: float(n) for p, n in pool_max.items()}
+        self.n = len(FEATURES) + len(POOL_FEATURES)
+        low = np.array([-LOG_MAX if f in SIGNED else 0.0 for f in FEATURES]
+                       + [0.0] * len(POOL_FEATURES), dtype=np.float32)
+        self.space = spaces.Box(np.tile(low, self.stack),
+                                np.full(self.n * self.stack, LOG_MAX, dtype=np.float32),
+                                dtype=np.float32)
+
+    def vector(self, iv: Interval, day_offset_s: float, elapsed_s: float) -> np.ndarray:
+        base = super().vector(iv, day_offset_s, elapsed_s)
+        return np.concatenate([base, self.pool_vector()])
+
+    def pool_vector(self) -> np.ndarray:
+        sim = self.env.sim
+        st = {p: [0, 0, 0, 0, 0, 0.0] for p in POOLS}
+        for w in sim.workers:
+            s = st.get(w.role)
+            if s is None or w.state == "removed":
+                continue
+            eng = w.engine
+            if w.state == "active":
+                s[0] += 1
+                s[5] += eng.kv.num_active / eng.kv.num_blocks
+            elif w.state == "starting":
+                s[1] += 1
+            else:
+                s[2] += 1
+            s[3] += len(eng.waiting)
+            s[4] += len(eng.running)
+        v = []
+        for p in POOLS:
+            a, start, drain, q, r, kv = st[p]
+            W = self.pool_max[p]
+            v += [min(a / W, 1.0), min(start / W, 1.0), min(drain / W, 1.0), _lg(q / W),
+                  _lg(r / (8.0 * W)), min(max(kv / a, 0.0), 1.0) if a else 0.0]
+        v.append(_lg(len(sim._handoffs) / (8.0 * self.pool_max["decode"])))
+        return np.array([_clamp(x) for x in v], dtype=np.float32)

@@ -405,8 +405,6 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
     cfg.workload = _check_workload(data.get("workload"), base, v)
     cfg.planner = _check_planner(data.get("planner"), v)
     cfg.disagg = _check_disagg(data.get("disagg"), cfg, v, base)
-    if cfg.disagg is not None and cfg.planner is not None:
-        raise v.error("a planner for disaggregated pools is not modelled yet", "planner.kind")
     if cfg.planner is not None and cfg.cluster.dp_size > 1:
         raise v.error("a planner scales workers of one DP rank; dp_size must be 1 with a "
                       "planner", "cluster.dp_size")
@@ -600,6 +598,10 @@ def planner_config(cfg: RunConfig):
         return None
     from .planner import PlannerConfig
     knobs = {k: v for k, v in cfg.planner.items() if k != "kind"}
+    if cfg.disagg is not None:           # disaggregated pools: Dynamo's disagg planner
+        if knobs.get("mode", "disagg") != "disagg":
+            raise InputError("disaggregated pools need mode 'disagg'", field="planner.mode")
+        knobs["mode"] = "disagg"
     for p, s in PLANNER_SLA.items():
         if getattr(cfg.sla, s) is not None:
             knobs[p] = getattr(cfg.sla, s)
@@ -616,7 +618,11 @@ def build_planner(cfg: RunConfig):
     pcfg = planner_config(cfg)
     if pcfg is None:
         return None
-    from .planner import LoadPlanner, ThroughputPlanner
+    from .planner import (DisaggLoadPlanner, DisaggThroughputPlanner, LoadPlanner,
+                          ThroughputPlanner)
+    if cfg.disagg is not None:
+        return (DisaggLoadPlanner if cfg.planner["kind"] == "load"
+                else DisaggThroughputPlanner)(pcfg)
     return (LoadPlanner if cfg.planner["kind"] == "load" else ThroughputPlanner)(pcfg)
 
 

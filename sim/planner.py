@@ -1,4 +1,6 @@
-"""Autoscaling planners for an aggregated worker pool (Dynamo 1.6.1 planner, agg mode).
+"""Autoscaling planners (Dynamo 1.6.1 planner): an aggregated pool (agg mode) and
+disaggregated prefill/decode pools (disagg mode: :class:`DisaggLoadPlanner`,
+:class:`DisaggThroughputPlanner`, at the end of this module).
 
 Two planners, each attached to a :class:`~sim.simulator.Simulation` with
 ``planner.attach(sim)``; ticks are control events (``sim.call_at``) at multiples of the
@@ -70,7 +72,10 @@ a tick that finds the workload over decides nothing (Dynamo's replay has stopped
 
 Parity: with Dynamo's default target the load planner's worker trajectory equals Dynamo
 1.6.1's planner replay step for step on ramps, steps, flash crowds and constant load
-(``bench/planner_parity.py``, ``tests/test_planner_parity.py``).
+(``bench/planner_parity.py``, ``tests/test_planner_parity.py``). The disagg load planner's
+per-pool trajectories match Dynamo's disagg planner replay where the decode pool is not
+KV-overloaded (``bench/planner_parity.py --disagg``); its budget helpers equal Dynamo's
+``core/budget.py`` (``tests/test_planner_disagg.py``).
 """
 from __future__ import annotations
 
@@ -102,8 +107,6 @@ NOT_SIMULATED = frozenset({
     "live_dashboard_port", "scheduling", "plugin_registration", "profile_results_dir",
     "pre_deployment_sweeping_mode", "aic_interpolation", "ais_perf_model",
     "enable_power_awareness", "total_gpu_power_limit", "speculative_nextn",
-    "prefill_engine_num_gpu", "prefill_min_endpoint", "decode_min_endpoint",
-    "prefill_scale_up_queue_tokens", "prefill_scale_down_queue_tokens",
     "fpm_sample_bucket_size", "prophet_window_size", "load_predictor_warmup_trace",
     "enable_load_scaling", "enable_throughput_scaling"})
 
@@ -120,7 +123,7 @@ class PlannerConfig:
     of the KV cache. Every field is validated in ``__post_init__``; errors are
     :class:`~sim.errors.InputError` naming the field. Fields marked "ours" are not Dynamo's.
     """
-    mode: str = _opt("agg", choices=("agg",))
+    mode: str = _opt("agg", choices=("agg", "disagg"))   # disagg: DisaggLoad/Throughput
     optimization_target: str = _opt("throughput", choices=OPTIMIZATION_TARGETS)
     ttft_ms: float = _opt(500.0, gt=0)             # SLA targets (optimization_target: sla)
     itl_ms: float = _opt(50.0, gt=0)
@@ -142,6 +145,12 @@ class PlannerConfig:
     max_num_fpm_samples: int = _opt(64, ge=2)
     decode_scale_up_kv_rate: float | None = _opt(None, ge=0, le=100)     # target: load
     decode_scale_down_kv_rate: float | None = _opt(None, ge=0, le=100)
+    # disaggregated pools (mode: disagg); None = as min_endpoint / the cluster's GPUs
+    prefill_engine_num_gpu: int | None = _opt(None, ge=1)
+    prefill_min_endpoint: int | None = _opt(None, ge=1)
+    decode_min_endpoint: int | None = _opt(None, ge=1)
+    prefill_scale_up_queue_tokens: int | None = _opt(None, ge=0)     # target: load
+    prefill_scale_down_queue_tokens: int | None = _opt(None, ge=0)
     # -- ours ------------------------------------------------------------------------------
     scale_down_cooldown_seconds: float = _opt(0.0, ge=0)   # 0 = Dynamo (flaps)
     fpm_samples_per_interval: int = _opt(5, ge=1)          # sla: FPM samples per interval
@@ -191,7 +200,10 @@ class PlannerConfig:
             if up <= down:
                 raise InputError(f"must be greater than decode_scale_down_kv_rate ({down:g}),"
                                  f" got {up:g}", field="decode_scale_up_kv_rate")
-        if self.decode_engine_num_gpu is not None:
+        if self.mode == "disagg" and self.optimization_target == "sla":
+            raise InputError("'sla' with mode 'disagg' is not modelled (Dynamo's replay "
+                             "needs AISimulate for it)", field="optimization_target")
+        if self.decode_engine_num_gpu is not None and self.mode == "agg":
             self._check_budget(self.decode_engine_num_gpu)
         make_predictor(self.load_predictor, **self.predictor_kwargs())  # bad kwargs fail here
 
@@ -622,20 +634,8 @@ class LoadPlanner(_Planner):
             sched, queued = fpm_snapshot(w.engine, sim.now)
             utils.append((sched + queued) / c)
         tick["kv_util"] = utils
-        if self.cfg.optimization_target == "load":
-            over = any(u >= up for u in utils)
-            under = all(u <= down for u in utils)
-        else:
-            over = any(u > up for u in utils)
-            under = all(u < down for u in utils)
-        if over:
-            return n + 1, "scale_up"
-        if n > 1 and under:
-            want = max(n - 1, self.cfg.min_endpoint)
-            if 0 < want < n and max(utils) * n / want >= up:
-                return n, "consolidation guard"
-            return want, "scale_down"
-        return None, "no_change"
+        load = self.cfg.optimization_target == "load"
+        return easy_rule(utils, n, up, down, load, load, self.cfg.min_endpoint)
 
     def _regression(self, sim, engines, n: int, tick) -> tuple[int | None, str]:
         cfg = self.cfg
@@ -777,4 +777,396 @@ class ThroughputPlanner(_Planner):
             tick.update(decision="hold", reason="scale_down_cooldown")
         else:
             tick["decision"] = "up" if target > n else "down"
+            self._apply(sim, target, f"throughput: demand {demand:.3g} rps")
+
+
+# -- disaggregated pools (mode: disagg) ---------------------------------------------------------
+#
+# Dynamo 1.6.1's planner in ``mode: disagg`` (``core/load_scaling.py``
+# ``_advance_load_disagg``, ``core/throughput_scaling.py`` ``_throughput_disagg``,
+# ``core/budget.py``; semantics §6.3-6.5): one decision per tick for the pair (prefill P,
+# decode D), each pool by its own signal, then one GPU budget ``P * gpu_p + D * gpu_d`` for
+# both. Written from Dynamo's rules; the budget helpers below reproduce its results.
+
+POOLS = ("prefill", "decode")
+#: (up, down) of the prefill pool's static targets: queued prefill tokens / context length
+PREFILL_EASY_THRESHOLDS = {"throughput": (1.0, 0.1), "latency": (0.1, 0.0)}
+
+
+def _fits(total: int, min_gpus: int, max_gpus: int, tol: int) -> bool:
+    """``total`` inside ``[min_gpus - tol, max_gpus]`` (a negative bound is disabled)."""
+    return not (max_gpus >= 0 and total > max_gpus) and \
+        not (min_gpus >= 0 and total < min_gpus - tol)
+
+
+def budget_clamp_pair(p: int, d: int, gp: int, gd: int, min_gpus: int, max_gpus: int,
+                      min_p: int, min_d: int) -> tuple[int, int]:
+    """(P, D) moved into the GPU band: above the ceiling both shrink proportionally
+    (prefill first, each pool keeping its floor); below the floor prefill grows
+    proportionally and decode takes the rest (never shrinking). Tolerance ``max(gp, gd)``
+    when both bounds are set. Dynamo ``proportional_clamp_pair``."""
+    if min_gpus < 0 and max_gpus < 0:
+        return p, d
+    total = p * gp + d * gd
+    tol = max(gp, gd) if (min_gpus >= 0 and max_gpus >= 0) else 0
+    if _fits(total, min_gpus, max_gpus, tol):
+        return p, d
+    if max_gpus >= 0 and total > max_gpus:
+        if max_gpus < min_p * gp + min_d * gd:
+            return 0, 0
+        new_p = max(min_p, min((max_gpus - min_d * gd) // gp,
+                               math.floor(p * max_gpus / total)))
+        return new_p, max(min_d, (max_gpus - new_p * gp) // gd)
+    if total <= 0:
+        new_p = max(min_p, math.ceil(min_gpus / 2 / gp))
+    else:
+        new_p = max(min_p, math.ceil(p * min_gpus / total))
+    new_d = max(min_d, math.ceil(max(0, min_gpus - new_p * gp) / gd))
+    shrank = new_d < d
+    new_d = max(d, new_d)
+    if max_gpus >= 0 and new_p * gp + new_d * gd > max_gpus:
+        if not shrank:
+            return p, d
+        return budget_fit_pair(p, d, new_p, d, gp, gd, min_gpus, max_gpus, min_p, min_d)
+    return new_p, new_d
+
+
+def budget_fit_pair(cur_p: int, cur_d: int, prop_p: int, prop_d: int, gp: int, gd: int,
+                    min_gpus: int, max_gpus: int, min_p: int, min_d: int) -> tuple[int, int]:
+    """The pair inside the GPU band closest to the proposal with each pool between its
+    current and proposed count; in an opposing rebalance (one pool up, one down) both
+    move or neither does. Ties: smaller proportional skew, more progress, smaller P, D.
+    Dynamo ``fit_directional_budget_pair`` (same result; a plain search over the box)."""
+    tol = max(gp, gd) if (min_gpus >= 0 and max_gpus >= 0) else 0
+    if prop_p >= min_p and prop_d >= min_d and \
+            _fits(prop_p * gp + prop_d * gd, min_gpus, max_gpus, tol):
+        return prop_p, prop_d
+    opposing = (prop_p - cur_p) * (prop_d - cur_d) < 0
+    req_p, req_d = abs(prop_p - cur_p), abs(prop_d - cur_d)
+    best = None
+    for p in range(max(min(cur_p, prop_p), min_p), max(cur_p, prop_p) + 1):
+        for d in range(max(min(cur_d, prop_d), min_d), max(cur_d, prop_d) + 1):
+            if opposing and (p == cur_p) != (d == cur_d):
+                continue
+            if not _fits(p * gp + d * gd, min_gpus, max_gpus, tol):
+                continue
+            mp, md = abs(p - cur_p), abs(d - cur_d)
+            score = (abs(prop_p - p) + abs(prop_d - d), abs(mp * req_d - md * req_p),
+                     -(mp + md), p, d)
+            if best is None or score < best[0]:
+                best = (score, (p, d))
+    return (cur_p, cur_d) if best is None else best[1]
+
+
+def budget_guard_pair(cur_p: int, cur_d: int, prop_p: int, prop_d: int, gp: int, gd: int,
+                      min_gpus: int, max_gpus: int, min_p: int, min_d: int
+                      ) -> tuple[int, int, str | None]:
+    """Apply the GPU band to a proposal for both pools without reversing or amplifying
+    either pool's move -- Dynamo ``guard_disagg_scaling_budget``. An allocation already
+    outside the band is reconciled (``gpu_budget_reconcile``); at the floor a down-only
+    proposal holds; at the ceiling a scale-up passes only as an opposing rebalance (one
+    pool up, the other down, fitted together); else the clamped proposal, or a hold when
+    clamping would reverse a move. Returns (P, D, reason or None)."""
+    tol = max(gp, gd) if max_gpus >= 0 else 0
+    cur = cur_p * gp + cur_d * gd
+    if not _fits(cur, min_gpus, max_gpus, tol):
+        return (*budget_clamp_pair(cur_p, cur_d, gp, gd, min_gpus, max_gpus, min_p, min_d),
+                "gpu_budget_reconcile")
+    up = prop_p > cur_p or prop_d > cur_d
+    down = prop_p < cur_p or prop_d < cur_d
+    opposing = up and down
+    hold = (cur_p, cur_d, "gpu_budget_guard_hold")
+    if cur <= min_gpus and down and not up:
+        return hold
+    if (cur <= min_gpus and opposing) or (max_gpus >= 0 and cur >= max_gpus and up):
+        if not opposing:
+            return hold
+        p, d = budget_fit_pair(cur_p, cur_d, prop_p, prop_d, gp, gd, min_gpus, max_gpus,
+                               min_p, min_d)
+        return hold if (p, d) == (cur_p, cur_d) else (p, d, None)
+    p, d = budget_clamp_pair(prop_p, prop_d, gp, gd, min_gpus, max_gpus, min_p, min_d)
+    if not (min(cur_p, prop_p) <= p <= max(cur_p, prop_p)
+            and min(cur_d, prop_d) <= d <= max(cur_d, prop_d)) \
+            or not _fits(p * gp + d * gd, min_gpus, max_gpus, tol):
+        return hold
+    return p, d, None
+
+
+def easy_rule(values: list[float], n: int, up: float, down: float, up_inclusive: bool,
+              down_inclusive: bool, floor: int) -> tuple[int | None, str]:
+    """Dynamo's static-threshold rule for one pool of ``n`` ready engines: one more if ANY
+    value is over ``up``; one fewer (n > 1, not below ``floor``) if ALL are under ``down``,
+    unless the consolidation guard ``max * n / (n - 1) >= up`` refuses it. Returns (the
+    wanted count, or None for no change; the reason)."""
+    if any(v >= up if up_inclusive else v > up for v in values):
+        return n + 1, "scale_up"
+    if n > 1 and all(v <= down if down_inclusive else v < down for v in values):
+        want = max(n - 1, floor)
+        if 0 < want < n and max(values) * n / want >= up:
+            return n, "consolidation guard"
+        return want, "scale_down"
+    return None, "no_change"
+
+
+def prefill_engine_capacity(timing, engine_cfg, isl: float,
+                            kv_hit_rate: float = 0.0) -> dict[str, float]:
+    """Request rate of one prefill engine saturated with full chunks of
+    ``max_num_batched_tokens`` (``1000 * chunk / pass_ms(chunk) / isl_eff``), and the TTFT
+    of one prompt alone (chunked); ``isl_eff = isl * (1 - kv_hit_rate)``."""
+    chunk = engine_cfg.max_num_batched_tokens
+    isl_eff = max(1.0, isl * (1.0 - min(max(kv_hit_rate, 0.0), 1.0)))
+    per_chunk = timing.prefill_ms(chunk, 0, 1)
+    rps = 1000.0 * chunk / per_chunk / isl_eff if per_chunk > 0 else math.inf
+    return {"rps": rps, "ttft_ms": prefill_cost_ms(timing, isl_eff, chunk)}
+
+
+def decode_engine_capacity(timing, engine_cfg, isl: float, osl: float,
+                           itl_ms: float) -> dict[str, float]:
+    """Best steady-state request rate of one decode engine with ``ITL(B) = decode_ms(B,
+    B * ctx) <= itl_ms`` (``ctx = isl + osl / 2``; B up to min(max_num_seqs, KV capacity /
+    (isl + osl))): ``rps = 1000 * B / (osl * ITL(B))``. If no B meets the SLA, B = 1
+    (``feasible = False``)."""
+    osl = max(1.0, osl)
+    cap = engine_cfg.num_gpu_blocks * engine_cfg.block_size
+    ctx = max(0.0, isl) + osl / 2.0
+    b_max = int(min(engine_cfg.max_num_seqs, max(1, cap // max(1.0, isl + osl))))
+    best = first = None
+    for b in range(1, b_max + 1):
+        kv = int(b * ctx)
+        itl = timing.decode_ms(b, kv, kv, cap)
+        cand = {"rps": 1000.0 * b / (osl * itl) if itl > 0 else math.inf, "batch": b,
+                "itl_ms": itl}
+        first = first or cand
+        if itl <= itl_ms and (best is None or cand["rps"] > best["rps"]):
+            best = cand
+    return dict(best, feasible=True) if best is not None else dict(first, feasible=False)
+
+
+class _DisaggPools:
+    """What both disaggregated planners share: per-pool GPUs and floors, one budget, and
+    moving both pools. Records: ``events`` = ``(at_s, from, to, "<pool> <reason>")`` per
+    pool that moved; ``ticks`` as the aggregated planners'."""
+
+    def attach(self, sim) -> "_DisaggPools":
+        if self.sim is not None:
+            raise RuntimeError("planner already attached")
+        if not sim.disaggregated:
+            raise InputError("mode 'disagg' needs disaggregated pools (a disagg section)",
+                             field="mode")
+        c = self.cfg
+        if c.mode != "disagg":
+            raise InputError("disaggregated pools need mode 'disagg'", field="mode")
+        dc = sim.disagg
+        self.pool_gpus = {"prefill": dc.prefill_gpus_per_worker,
+                          "decode": dc.decode_gpus_per_worker}
+        for pool in POOLS:
+            said = getattr(c, f"{pool}_engine_num_gpu")
+            if said is not None and said != self.pool_gpus[pool]:
+                raise InputError(f"planner says {said} GPUs per {pool} worker, the cluster "
+                                 f"{self.pool_gpus[pool]}", field=f"{pool}_engine_num_gpu")
+        self.floor = {pool: getattr(c, f"{pool}_min_endpoint") or c.min_endpoint
+                      for pool in POOLS}
+        need = sum(self.floor[p] * self.pool_gpus[p] for p in POOLS)
+        if 0 <= c.max_gpu_budget < need:
+            raise InputError(f"{c.max_gpu_budget} GPUs cannot hold the minimum pools "
+                             f"({self.floor['prefill']} prefill + {self.floor['decode']} "
+                             f"decode workers, {need} GPUs)", field="max_gpu_budget")
+        self.sim = sim
+        self._last_arrived = (sim.num_arrived, sim.arrived_input_tokens,
+                              sim.arrived_output_tokens)
+        self._start(sim)
+        return self
+
+    def _guard(self, cur: dict[str, int], want: dict[str, int]) -> tuple[dict, str | None]:
+        c, g = self.cfg, self.pool_gpus
+        p, d, why = budget_guard_pair(cur["prefill"], cur["decode"], want["prefill"],
+                                      want["decode"], g["prefill"], g["decode"],
+                                      c.min_gpu_budget, c.max_gpu_budget,
+                                      self.floor["prefill"], self.floor["decode"])
+        return {"prefill": p, "decode": d}, why
+
+    def _apply(self, sim, target: dict[str, int], reason: str) -> None:
+        """Move each pool to ``target[pool]`` provisioned (active + starting) workers."""
+        for pool in POOLS:
+            a, s, _ = sim.counts(pool)
+            cur = a + s
+            if target[pool] > cur:
+                sim.add_workers(target[pool] - cur, pool)
+                self.last_scale_up_s = sim.now / 1000.0
+            elif target[pool] < cur:
+                sim.remove_workers(cur - target[pool], pool)
+            a2, s2, _ = sim.counts(pool)
+            if a2 + s2 != cur:
+                self.events.append((sim.now / 1000.0, cur, a2 + s2, f"{pool} {reason}"))
+
+    def report(self, result: Any = None) -> dict[str, Any]:
+        """The aggregated report (GPU-hours over both pools, each at its GPUs per worker)
+        plus ``pools``: per pool, its replicas over time and maximum."""
+        sim = self.sim
+        if result is None:
+            ws = 0.0
+            for w in sim.workers:
+                stop = w.removed_ms if w.removed_ms is not None else sim.now
+                ws += max(0.0, stop - w.created_ms) / 1000.0 * self.pool_gpus[w.role]
+            result = {"totals": {"gpu_hours": ws / 3600.0}}
+        out = _Planner.report(self, result)
+        out["pools"] = {pool: {"replicas_over_time": list(rec),
+                               "max_replicas": max((a + s + d for _, a, s, d in rec),
+                                                   default=0)}
+                        for pool, rec in sim.pool_replicas.items()}
+        return out
+
+
+class DisaggLoadPlanner(_DisaggPools, LoadPlanner):
+    """Dynamo's load-based scaling of disaggregated pools, static targets (``throughput``,
+    ``latency``, ``load``; ``sla`` is refused: Dynamo's replay cannot run it here).
+
+    Every ``load_adjustment_interval_seconds``, from each ready engine's latest FPM
+    (:func:`fpm_snapshot`):
+
+    * prefill pool: ``queued prefill tokens / context_length`` (the prefill engine's
+      ``max_model_len``); up if ANY >= 1.0, down if ALL < 0.1 (latency: >= 0.1 / <= 0;
+      ``load``: raw queued tokens against ``prefill_scale_up_queue_tokens`` /
+      ``prefill_scale_down_queue_tokens``, >= / <=). Without a context length (Dynamo's
+      mocker default ``max_model_len: null``) or load thresholds, the prefill pool holds
+      (Dynamo: ``insufficient_data``) -- so by default only the decode pool scales;
+    * decode pool: KV utilisation ``(scheduled + queued decode KV) / KV capacity``, the
+      thresholds of the aggregated rule (:meth:`PlannerConfig.easy_thresholds`).
+
+    Each proposal is floored at its pool's ``min_endpoint`` and the pair passes
+    :func:`budget_guard_pair`. The whole tick holds while a worker of either pool is
+    starting, or a ready worker has not published its first FPM."""
+
+    def _start(self, sim) -> None:
+        _Planner._start(self, sim)
+
+    def _tick(self, sim, reschedule: bool = True) -> None:
+        if not sim.has_pending_work():
+            return
+        now = sim.now
+        n_req, _isl, _osl = self._observe_interval(sim)
+        counts = {pool: sim.counts(pool) for pool in POOLS}
+        tick: dict[str, Any] = {"t_s": now / 1000.0, "num_req": n_req,
+                                **{pool: dict(zip(("active", "starting", "draining"), c))
+                                   for pool, c in counts.items()}}
+        self.ticks.append(tick)
+        if reschedule:
+            self._reschedule(sim, self._tick, self.interval_s)
+        if any(c[1] for c in counts.values()):
+            tick.update(decision="hold", reason="scaling_in_progress")
+            return
+        engines = {pool: [w for w in sim.workers if w.state == ACTIVE and w.role == pool]
+                   for pool in POOLS}
+        if any(self._no_fpm_yet(w, now) for ws in engines.values() for w in ws):
+            tick.update(decision="hold", reason="worker_count_mismatch")
+            return
+        cur = {pool: c[0] for pool, c in counts.items()}
+        want_p, why_p = self._prefill_easy(sim, engines["prefill"], cur["prefill"], tick)
+        want_d, why_d = self._decode_easy(sim, engines["decode"], cur["decode"], tick)
+        want = {"prefill": cur["prefill"] if want_p is None else want_p,
+                "decode": cur["decode"] if want_d is None else want_d}
+        for pool in POOLS:
+            want[pool] = max(want[pool], self.floor[pool])
+            if want[pool] < cur[pool] and self._cooling_down(sim):
+                want[pool] = cur[pool]
+        target, budget_why = self._guard(cur, want)
+        tick["reason_prefill"], tick["reason_decode"] = why_p, why_d
+        if target == cur:
+            tick.update(decision="hold", reason=budget_why or "no_change")
+            return
+        tick.update(decision="scale", target=dict(target), reason=budget_why or "load")
+        self._apply(sim, target, "load: " + (budget_why or
+                                              f"prefill {why_p}, decode {why_d}"))
+
+    def _prefill_easy(self, sim, engines, n: int, tick) -> tuple[int | None, str]:
+        cfg = self.cfg
+        target = cfg.optimization_target
+        if target == "load":
+            up, down = cfg.prefill_scale_up_queue_tokens, cfg.prefill_scale_down_queue_tokens
+            scale = 1.0
+        else:
+            up, down = PREFILL_EASY_THRESHOLDS[target]
+            scale = sim.disagg.prefill_engine.max_model_len
+        if up is None or down is None or not scale or not engines:
+            return None, "insufficient_data"
+        values = [fpm_snapshot(w.engine, sim.now)[1] / scale for w in engines]
+        tick["prefill_queue"] = values
+        return easy_rule(values, n, up, down, True, target != "throughput",
+                         self.floor["prefill"])
+
+    def _decode_easy(self, sim, engines, n: int, tick) -> tuple[int | None, str]:
+        if not engines:
+            return None, "insufficient_data"
+        up, down = self.cfg.easy_thresholds()
+        # queued decode KV includes the handoffs waiting for a reservation here (Dynamo's
+        # WaitingForRemoteKv requests sit in the decode engine's waiting queue)
+        utils = [(sum(fpm_snapshot(w.engine, sim.now))
+                  + sum(h.req.input_length for h in w.pending)) / w.engine.capacity_tokens
+                 for w in engines]
+        tick["decode_kv_util"] = utils
+        load = self.cfg.optimization_target == "load"
+        return easy_rule(utils, n, up, down, load, load, self.floor["decode"])
+
+
+class DisaggThroughputPlanner(_DisaggPools, ThroughputPlanner):
+    """Predictive throughput-based scaling of disaggregated pools (Dynamo
+    ``_throughput_disagg``, §6.3). Each ``throughput_adjustment_interval_seconds``: the
+    forecast demand ``next_num_req / interval`` over one engine's capacity per pool,
+    ``P = max(ceil(demand / prefill_rps), min_endpoint)`` (:func:`prefill_engine_capacity`,
+    prompts discounted by the observed KV hit rate) and ``D = max(ceil(demand /
+    decode_rps), min_endpoint)`` (:func:`decode_engine_capacity` at ``itl_ms``); each pool
+    moves at most ``max_throughput_scaling_replicas``, the pair is fitted under the GPU
+    ceiling and passes :func:`budget_guard_pair`. Holds while a worker is starting. Not
+    parity-checked (Dynamo's replay needs AISimulate for it)."""
+
+    def _tick(self, sim) -> None:
+        if not sim.has_pending_work():
+            return
+        cfg = self.cfg
+        n_req, isl, osl = self._observe_interval(sim)
+        self.pred_req.add(n_req)
+        if n_req:
+            self.pred_isl.add(isl)
+            self.pred_osl.add(osl)
+        next_req, next_isl, next_osl = (self.pred_req.predict(), self.pred_isl.predict(),
+                                        self.pred_osl.predict())
+        counts = {pool: sim.counts(pool) for pool in POOLS}
+        cur = {pool: c[0] + c[1] for pool, c in counts.items()}
+        demand = next_req / self.interval_s
+        tick: dict[str, Any] = {"t_s": sim.now / 1000.0, "num_req": n_req, "isl": isl,
+                                "osl": osl, "next_num_req": next_req, "next_isl": next_isl,
+                                "next_osl": next_osl, "kv_hit_rate": self.kv_hit_rate,
+                                "demand_rps": demand, "current": dict(cur)}
+        self.ticks.append(tick)
+        self._reschedule(sim, self._tick, self.interval_s)
+        want = dict(self.floor)
+        if demand > 0 and next_osl > 0:
+            dg = sim.disagg
+            # each pool on its own timing model when it has one (TP per role), else the run's
+            pt = getattr(dg, "prefill_timing", None) or sim.timing
+            dt = getattr(dg, "decode_timing", None) or sim.timing
+            pc = prefill_engine_capacity(pt, dg.prefill_engine, next_isl, self.kv_hit_rate)
+            dc = decode_engine_capacity(dt, dg.decode_engine, next_isl, next_osl, cfg.itl_ms)
+            tick.update(prefill_rps=pc["rps"], decode_rps=dc["rps"],
+                        decode_feasible=dc["feasible"])
+            want["prefill"] = max(math.ceil(demand / pc["rps"] - 1e-9), self.floor["prefill"])
+            want["decode"] = max(math.ceil(demand / dc["rps"] - 1e-9), self.floor["decode"])
+        step = cfg.max_throughput_scaling_replicas
+        g = self.pool_gpus
+        for pool in POOLS:
+            want[pool] = max(cur[pool] - step, min(cur[pool] + step, want[pool]))
+            if want[pool] < cur[pool] and self._cooling_down(sim):
+                want[pool] = cur[pool]
+        p, d = budget_fit_pair(cur["prefill"], cur["decode"], want["prefill"],
+                               want["decode"], g["prefill"], g["decode"], -1,
+                               cfg.max_gpu_budget, self.floor["prefill"],
+                               self.floor["decode"])
+        target, budget_why = self._guard(cur, {"prefill": p, "decode": d})
+        tick.update(wanted=want, target=dict(target))
+        if target == cur:
+            tick.update(decision="hold", reason=budget_why or "no_change")
+        elif self._starting(sim):
+            tick.update(decision="hold", reason="scaling_in_progress")
+        else:
+            tick["decision"] = "scale"
             self._apply(sim, target, f"throughput: demand {demand:.3g} rps")

@@ -29,6 +29,7 @@ cdef class Simulation:
     cdef public long long arrived_output_tokens
     cdef public long long num_unroutable
     cdef public list replicas
+    cdef public dict pool_replicas
     cdef public object _arrivals
     cdef public object _pending_arrival
     cdef public bint _done

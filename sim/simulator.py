@@ -155,6 +155,9 @@ class Simulation:
         self.arrived_output_tokens = 0
         self.num_unroutable = 0
         self.replicas: list[tuple[float, int, int, int]] = []
+        #: disaggregated: (t_ms, active, starting, draining) per pool, on every change
+        self.pool_replicas: dict[str, list[tuple[float, int, int, int]]] = (
+            {"prefill": [], "decode": []} if disagg is not None else {})
         self._arrivals: Iterator[Request] = iter(workload)
         self._pending_arrival: Request | None = None
         self._done = False
@@ -243,6 +246,7 @@ class Simulation:
     def _set_state(self, w: Worker, state: str) -> None:
         w.state = state
         self._active = None
+        self._decode_active = None
 
     def _active_workers(self) -> tuple[list[Worker], list[Engine]]:
         """Active workers that take arrivals (aggregated, or the prefill pool) and their
@@ -364,6 +368,8 @@ class Simulation:
         self._note(h)
         if not src.engine.busy and src.engine.has_work():
             self._dirty.append(src)          # it may have been waiting for these blocks
+        elif src.state == DRAINING:
+            self._maybe_retire(src)          # a draining source leaves with its last hold
 
     def _note(self, h: Handoff) -> None:
         self.metrics.set_handoff(h.req.index, h.src.pool_index,
@@ -400,11 +406,12 @@ class Simulation:
         self.decode_router.on_finished(eng, s, self.now)
         self._release_followers(s.req)
 
-    def counts(self) -> tuple[int, int, int]:
-        """(active, starting, draining) workers (a worker's DP ranks count once)."""
+    def counts(self, role: str | None = None) -> tuple[int, int, int]:
+        """(active, starting, draining) workers (a worker's DP ranks count once); of one
+        pool (``agg``, ``prefill`` or ``decode``) when ``role`` is given."""
         a = s = d = 0
         for w in self.workers:
-            if w.dp_rank:
+            if w.dp_rank or (role is not None and w.role != role):
                 continue
             if w.state == ACTIVE:
                 a += 1
@@ -418,24 +425,36 @@ class Simulation:
         a, s, d = self.counts()
         if not self.replicas or self.replicas[-1][1:] != (a, s, d):
             self.replicas.append((self.now, a, s, d))
+        if self.disaggregated:
+            for role, rec in self.pool_replicas.items():
+                c = self.counts(role)
+                if not rec or rec[-1][1:] != c:
+                    rec.append((self.now, *c))
 
-    def add_workers(self, n: int) -> None:
-        """Start ``n`` workers; they take ``startup_time_s`` before receiving requests."""
+    def add_workers(self, n: int, role: str = "agg") -> None:
+        """Start ``n`` workers (of pool ``role`` when disaggregated: ``prefill`` or
+        ``decode``); they take ``startup_time_s`` before receiving requests."""
+        if (role == "agg") == self.disaggregated:
+            raise ValueError(f"cannot add {role!r} workers to "
+                             f"{'a disaggregated' if self.disaggregated else 'an aggregated'}"
+                             " cluster")
         startup_ms = self.cluster_cfg.startup_time_s * 1000.0
         for _ in range(n):
             if startup_ms <= 0:
-                self._new_worker(ACTIVE)
+                self._new_worker(ACTIVE, role)
             else:
-                for w in self._new_worker(STARTING):
+                for w in self._new_worker(STARTING, role):
                     self._push(self.now + startup_ms, EV_WORKER_READY, w)
         self._record_replicas()
 
-    def remove_workers(self, n: int) -> int:
+    def remove_workers(self, n: int, role: str | None = None) -> int:
         """Cancel starting workers first (newest first), then drain active ones (newest
-        first); a draining worker takes no new requests and leaves when empty. A worker's
-        DP ranks change state together."""
+        first); a draining worker takes no new requests and leaves when empty (a
+        disaggregated one also once its handoffs are done). A worker's DP ranks change
+        state together. ``role``: only that pool's workers (never its last active one)."""
         removed = 0
-        heads = [w for w in self.workers if not w.dp_rank]
+        heads = [w for w in self.workers
+                 if not w.dp_rank and (role is None or w.role == role)]
         for w in reversed(heads):
             if removed == n:
                 break
@@ -457,7 +476,9 @@ class Simulation:
 
     def _maybe_retire(self, w: Worker) -> None:
         ranks = self._ranks(w)
-        if w.state == DRAINING and not any(r.engine.has_work() or r.engine.busy for r in ranks):
+        if w.state == DRAINING and not any(r.engine.has_work() or r.engine.busy or r.kv_waits
+                                           or r.pending or r.transferred or r.releases
+                                           for r in ranks):
             for r in ranks:
                 self._set_state(r, REMOVED)
                 r.removed_ms = self.now

@@ -287,24 +287,12 @@ def test_print_config_round_trips(trace, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, flag", [
     (["--backend", "sglang"], "--backend"),
-    (["--planner", "load"], "--planner"),
 ])
 def test_unmodelled_combinations_are_errors(trace, capsys, args, flag):
     rc = main(["simulate", "--trace", trace, "--num-prefill-workers", "1",
                "--num-decode-workers", "1", *args])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and flag in err, err
-
-
-def test_environment_refuses_disaggregated_config():
-    import yaml
-    from dynosim_gym.config import load_env_config, resolve_config_path
-    from sim.errors import InputError
-    data = yaml.safe_load(resolve_config_path("autoscale_tiny").read_text())
-    data["disagg"] = {"num_prefill_workers": 1, "num_decode_workers": 1}
-    data.get("cluster", {}).pop("num_workers", None)
-    with pytest.raises(InputError, match="disaggregated pools are not modelled"):
-        load_env_config(data)
 
 
 # -- TP per role: each pool on its own timing model (--prefill-tp / --decode-tp) --------------

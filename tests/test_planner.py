@@ -124,7 +124,8 @@ def test_make_predictor_rejects_unknown():
     ({"load_predictor": "crystal_ball"}, "load_predictor"),
     ({"load_scaling_down_sensitivity": 101}, "load_scaling_down_sensitivity"),
     ({"load_scaling_down_sensitivity": -1}, "load_scaling_down_sensitivity"),
-    ({"mode": "disagg"}, "mode"),
+    ({"mode": "prefill"}, "mode"),
+    ({"mode": "disagg", "optimization_target": "sla"}, "optimization_target"),
 ])
 def test_config_validation_names_field(kw, fld):
     with pytest.raises(InputError) as e:

@@ -60,3 +60,30 @@ def test_other_static_targets_match(target, tmp_path):
     assert r["traj_err"] <= pp.TARGET, (r["traj_dyn"], r["traj_ours"])
     assert r["gpu_h_err"] <= pp.TARGET
     assert r["events_dyn"] >= 2
+
+
+# -- disaggregated pools (issue 15 item 4) --------------------------------------------------
+
+#: traces where the decode pool runs over its KV (p90 TTFT tens of seconds): there our
+#: disaggregated engine itself parts from Dynamo's (without a planner too: 1P+1D, 2,048
+#: decode blocks, mean TTFT 298 s vs Dynamo's 168 s), and the decode trajectories follow;
+#: strict xfail, so a fix of the engine shows here (bench/results/planner_parity_disagg.md)
+DISAGG_OVERLOADED = ("flash_hi", "flash_lo", "const_hi", "const_lo")
+DISAGG_TRACES = [pytest.param(n, marks=(() if n in pp.DISAGG_QUICK else (pytest.mark.expensive,))
+                              + ((pytest.mark.xfail(strict=True, reason="decode KV overload"),)
+                                 if n in DISAGG_OVERLOADED else ()))
+                 for n in pp.TRACES]
+
+
+@pytest.mark.peer
+@needs_peer
+@pytest.mark.parametrize("name", DISAGG_TRACES)
+def test_disagg_pool_trajectories_and_gpu_hours_within_10pct(name, tmp_path):
+    """Dynamo's disagg planner (load target, bench/planner_parity.py DISAGG_JSON) on 1 + 1
+    workers: each pool's provisioned trajectory and the GPU-hours within 10% of Dynamo's
+    replay; both pools scaled."""
+    r = pp.compare_disagg(name, tmp_path)
+    for pool in ("prefill", "decode"):
+        assert r[f"{pool}_err"] <= pp.TARGET, (pool, r[f"{pool}_traj"])
+    assert r["gpu_h_err"] <= pp.TARGET, (r["gpu_h_dyn"], r["gpu_h_ours"])
+    assert r["prefill_peak"][0] > 1 and r["decode_peak"][0] > 1
