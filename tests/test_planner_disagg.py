@@ -211,17 +211,13 @@ def test_run_config_builds_the_disagg_planner(tmp_path):
 
 # -- the budget helpers against Dynamo's own (peer) ---------------------------------------------
 
-PEER = os.environ.get("PEER_VENV") or os.environ.get("DYNOSIM_PEER_VENV")
-PEER_PY = Path(PEER) / "bin" / "python" if PEER else None
-
 _GRID = [(cp, cd, pp, pd, gp, gd, lo, hi)
          for cp in (1, 3, 5) for cd in (1, 2, 6) for pp in (1, 2, 4, 7) for pd in (1, 3, 6)
          for gp, gd in ((1, 1), (2, 1), (1, 4)) for lo, hi in ((-1, 8), (4, 12), (-1, 16))]
 
 
 @pytest.mark.peer
-@pytest.mark.skipif(PEER_PY is None or not PEER_PY.exists(), reason="Dynamo peer not installed")
-def test_budget_helpers_equal_dynamos_on_a_grid():
+def test_budget_helpers_equal_dynamos_on_a_grid(peer_python):
     shared = os.environ.get("DYNOSIM_SHARED", str(Path(__file__).resolve().parents[2] /
                                                   "shared"))
     code = ("import json, sys\n"
@@ -232,7 +228,7 @@ def test_budget_helpers_equal_dynamos_on_a_grid():
             "from dynamo.planner.core.budget import fit_directional_budget_pair as f\n"
             "grid = json.load(sys.stdin)\n"
             "print(json.dumps([[list(g(*x, 1, 1)), list(f(*x, 1, 1))] for x in grid]))\n")
-    out = subprocess.run([str(PEER_PY), "-c", code], input=json.dumps(_GRID),
+    out = subprocess.run([str(peer_python), "-c", code], input=json.dumps(_GRID),
                          capture_output=True, text=True, check=True).stdout
     theirs = json.loads(out)
     for x, (g, f) in zip(_GRID, theirs):
