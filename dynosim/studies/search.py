@@ -72,7 +72,7 @@ from ..options import CMDLINE
 
 DEFAULT_TRACE = "bundled:mooncake_conversation"
 DEFAULT_RUNGS_S = (600.0, 1200.0, 2400.0)
-DEFAULT_CHECK_S = 300.0
+DEFAULT_CHECK_S = 60.0
 EARLY_STOPS = ("bound", "asha", "none")
 SAMPLERS = ("tpe", "random")
 PENALTY = 1e6
@@ -393,6 +393,12 @@ class Setup:
     check_s: float = DEFAULT_CHECK_S     # simulated seconds between bound checks
     sampler: str = "tpe"
 
+    def needs_token_gaps(self) -> bool:
+        """Whether a report field of the objective is a distribution over token gaps (ITL
+        percentiles, per-user throughput): replays skip that distribution otherwise (the
+        other fields are unaffected, ``Simulation``'s ``token_gaps``)."""
+        return any(f.startswith(_GAP_FIELDS) for f in self.objective.fields())
+
     def checkpoints(self):
         """Simulated seconds at which a running candidate reports: the rungs (``asha``,
         ``none``, where they are only recorded) or every ``check_s`` (``bound``)."""
@@ -404,6 +410,9 @@ class Setup:
             yield k * self.check_s
             k += 1
 
+
+#: Report fields computed from the distribution of gaps between tokens.
+_GAP_FIELDS = ("latency_ms.itl.", "output_token_throughput_per_user.")
 
 _CACHE: dict[str, Any] = {}      # per process: the parser and pickled parsed traces
 
@@ -496,17 +505,73 @@ def _quantile_lb(done_desc, q: float | None, n_total: int) -> float:
     return float(done_desc[k - 1]) if 1 <= k <= len(done_desc) else 0.0
 
 
+def pending_lower_bounds(sim):
+    """Requests in flight at ``sim.now`` that are certain to complete, with lower bounds on
+    their final TTFT and E2E latency (ms): ``(request index, ttft_lb, e2e_lb)`` arrays
+    (int64, float64, float64), or None when the run is not one this proof covers.
+
+    Covered: an aggregated run (no disaggregation) of vLLM workers (``sim.engines.vllm``).
+    A request there is in an engine's waiting queue or running batch from its routing (at
+    arrival; requests are not held at the router) until its record. In a run without a
+    cut-off it then ends completed unless rejected, and vLLM rejects only (1) a fresh
+    request whose prompt, or prompt plus ``max_out - 1`` tokens, can never fit the KV pool,
+    exceeds ``max_model_len``, or (unchunked) the batch budget: ``VllmEngine._reject_reason``,
+    a function of the request and the engine config alone, asked here of every request
+    never admitted, and (2) ``reject_head``: a waiting head that cannot fit with nothing
+    running, which (1) rules out for an admitted request (its known sequence is at most
+    prompt + ``max_out - 1`` tokens, which fit the empty pool). A request on a worker that
+    is still starting is left out (the planner may cancel that worker). So every request
+    counted completes, after ``sim.now`` unless its first token is already stamped:
+
+    * TTFT >= ``first_token - arrival`` when stamped, else ``now - arrival`` (its first
+      token comes at a pass end still to be processed, after ``now``);
+    * E2E >= ``now - arrival`` (its last token is still to come).
+
+    Only requests with output tokens are counted (the report's TTFT and E2E samples).
+    """
+    import numpy as np
+
+    from sim.simulator import DRAINING, ACTIVE
+    if sim.disaggregated or sim.cut_off:
+        return None
+    now = sim.now
+    index: list[int] = []
+    ttft: list[float] = []
+    e2e: list[float] = []
+    for w in sim.workers:
+        eng = w.engine
+        if type(eng).__name__ != "VllmEngine":
+            return None
+        if w.state not in (ACTIVE, DRAINING):
+            continue
+        for s in (*eng.running, *eng.waiting):
+            if s.max_out <= 0 or (not s.admitted and eng._reject_reason(s)):
+                continue
+            a = s.req.arrival_ms
+            f = s.first_token
+            index.append(s.req.index)
+            ttft.append((f if f == f else now) - a)
+            e2e.append(now - a)
+    return (np.asarray(index, dtype=np.int64), np.asarray(ttft, dtype=np.float64),
+            np.asarray(e2e, dtype=np.float64))
+
+
 def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
     """Proven lower bounds on the final (full-replay) values of ``fields`` from a replay
     stopped at ``sim.now``; fields with no bound are left out.
 
     * ``totals.gpu_hours`` / ``totals.provisioned_worker_seconds``: the report integrates
       provisioned workers up to the last completion (``Simulation.finish``), which is no
-      earlier than the last completion so far; integrating up to that is a lower bound.
+      earlier than the last completion so far, nor than ``now`` while a request certain to
+      complete is in flight (:func:`pending_lower_bounds`); integrating up to that is a
+      lower bound.
     * ``latency_ms.ttft.*`` / ``latency_ms.e2e_latency.*`` quantiles (``median``, ``p75``...
       ``p99``) and ``max``: see :func:`_quantile_lb`; the sample is over completed requests
-      with output tokens, whose values never change, and ``n_total`` (requests in the
-      trace) bounds its final size. Requests rejected later only shrink the sample.
+      with output tokens, whose values never change, plus the requests in flight certain
+      to complete, each at a lower bound on its final value (:func:`pending_lower_bounds`;
+      a nearest-rank quantile never falls when a sample value rises), and ``n_total``
+      (requests in the trace) bounds its final size. Requests rejected later only shrink
+      the sample.
 
     Valid for a replay run to the end (no ``--max-sim-time-s`` cut-off), as in a search.
     """
@@ -522,12 +587,15 @@ def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
     gpu = [f for f in fields if f in ("totals.gpu_hours", "totals.provisioned_worker_seconds")]
     if not (lat or gpu):
         return out
+    pending = pending_lower_bounds(sim)
     cols = sim.metrics.cols
     if gpu:
         last = np.frombuffer(cols["last_token_ms"], dtype=np.float64) if len(
             cols["last_token_ms"]) else np.zeros(0)
         last = last[~np.isnan(last)]
         end = float(last.max()) if len(last) else 0.0
+        if pending is not None and len(pending[0]):
+            end = max(end, sim.now)          # a request certain to complete is in flight
         worker_s = sum(max(0.0, min(w.removed_ms if w.removed_ms is not None else end, end)
                            - w.created_ms) / 1000.0 for w in sim.workers)
         for f in gpu:
@@ -543,6 +611,8 @@ def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
         for f, (metric, q) in lat.items():
             if metric not in desc:
                 v = (arr[_LB_LATENCY[metric]] - arr["arrival_time_ms"])[sel]
+                if pending is not None:
+                    v = np.concatenate([v, pending[1 if metric == "ttft" else 2]])
                 desc[metric] = -np.sort(-v)
             out[f] = _quantile_lb(desc[metric], q, n_total)
     return out
@@ -592,7 +662,7 @@ def run_candidate(setup: Setup, params: dict[str, Any],
     planner = build_planner(cfg)
     workload = _fresh_workload(cfg)
     n_total = int(workload.describe()["num_requests"])
-    sim = build_simulation(cfg, workload=workload)
+    sim = build_simulation(cfg, workload=workload, token_gaps=setup.needs_token_gaps())
     if planner is not None:
         planner.attach(sim)
     bound = setup.early_stop == "bound"
