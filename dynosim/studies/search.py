@@ -73,6 +73,7 @@ from ..options import CMDLINE
 DEFAULT_TRACE = "bundled:mooncake_conversation"
 DEFAULT_RUNGS_S = (600.0, 1200.0, 2400.0)
 DEFAULT_CHECK_S = 60.0
+TUNE_REPORT_S = 300.0      # simulated seconds between a Ray trial's reports to Tune
 EARLY_STOPS = ("bound", "asha", "none")
 SAMPLERS = ("tpe", "random")
 PENALTY = 1e6
@@ -654,10 +655,12 @@ def run_candidate(setup: Setup, params: dict[str, Any],
     (:func:`lower_bounds`; cheap), else the report so far (the fields over the requests
     finished by then, GPU-hours until then). A truthy return stops the replay (pruned; a
     string is kept as the reason). Returns ``{"status", "step", "sim_s", "values", "score",
-    "violation", "requests", "rung_scores", "reason"}``; the values of a complete candidate
+    "violation", "requests", "rung_scores", "reason", "cpu_s"}`` (``cpu_s``: this process's
+    CPU seconds for the candidate, ``report`` included); the values of a complete candidate
     are those of the full replay (:meth:`Simulation.finish`), i.e. of ``dynosim simulate``.
     """
     from sim.config import build_planner, build_simulation
+    cpu0 = time.process_time()
     cfg, _kind, _flags = candidate_config(setup, params)
     planner = build_planner(cfg)
     workload = _fresh_workload(cfg)
@@ -682,14 +685,16 @@ def run_candidate(setup: Setup, params: dict[str, Any],
             return {"status": "pruned", "step": step, "sim_s": sim.now / 1000.0,
                     "values": values, "score": score, "violation": viol,
                     "requests": sim.num_arrived, "rung_scores": rung_scores,
-                    "reason": stop if isinstance(stop, str) else "asha"}
+                    "reason": stop if isinstance(stop, str) else "asha",
+                    "cpu_s": time.process_time() - cpu0}
     summary = sim.finish().summary
     values = report_fields(summary)
     score, viol = setup.objective.score(values)
     return {"status": "complete", "step": step if bound else len(setup.rungs_s) + 1,
             "sim_s": sim.now / 1000.0, "values": values, "score": score, "violation": viol,
             "requests": summary["totals"]["num_requests"],
-            "rung_scores": [] if bound else rung_scores, "reason": None}
+            "rung_scores": [] if bound else rung_scores, "reason": None,
+            "cpu_s": time.process_time() - cpu0}
 
 
 # -- executors -------------------------------------------------------------------------------
@@ -699,7 +704,7 @@ def _record(number: int, params: dict[str, Any], res: dict[str, Any] | None,
     if res is None:
         return {"trial": number, "status": "failed", "params": params, "values": {},
                 "score": math.nan, "violation": math.nan, "sim_s": 0.0, "requests": 0,
-                "rung_scores": [], "reason": None, "error": error}
+                "rung_scores": [], "reason": None, "error": error, "cpu_s": 0.0}
     return {"trial": number, "params": params, "error": None, "reason": None, **res}
 
 
@@ -754,7 +759,7 @@ def search_local(setup: Setup, trials: int, *, reduction_factor: int,
                 # since, so a stopped one would stop again. (ASHA's rungs move: rerun.)
                 res = {**records[first], "reason": f"same candidate as trial {first}"}
                 res = {k: v for k, v in res.items() if k not in ("trial", "params", "error")}
-                res["requests"] = 0            # nothing simulated
+                res["requests"] = res["cpu_s"] = 0            # nothing simulated
                 for step, score in enumerate(res["rung_scores"], start=1):
                     trial.report(score, step)
             else:
@@ -781,29 +786,34 @@ def search_local(setup: Setup, trials: int, *, reduction_factor: int,
 
 def _tune_trial(config: dict[str, Any], setup: Setup) -> None:
     """Ray Tune function trainable: one candidate, a report per checkpoint, a final one.
-    A candidate proven infeasible stops itself; dominance needs the other trials' results
-    and is the scheduler's (:class:`_BoundScheduler`)."""
+    A candidate proven infeasible stops itself at any check; dominance needs the other
+    trials' results and is the scheduler's (:class:`_BoundScheduler`), which hears the
+    bounds every ``TUNE_REPORT_S`` simulated seconds (each report costs the Tune driver
+    CPU; the checks themselves are cheap)."""
     from ray import tune
     params = dict(config)
-
+    bound = setup.early_stop == "bound"
+    every = max(1, round(TUNE_REPORT_S / setup.check_s)) if bound else 1
+    cpu0 = time.process_time()
     scores: list[float] = []
 
     def report(step, values, score):
         scores.append(score)
-        reason = None
-        if setup.early_stop == "bound":
-            reason = bound_stop(setup.objective, values, ())
-        tune.report({"score": score, "step": step, "status": "pruned" if reason else
-                     "running", "sim_s": step * setup.check_s if setup.early_stop == "bound"
-                     else setup.rungs_s[step - 1], "values": values,
-                     "rung_scores": list(scores), "reason": reason})
+        reason = bound_stop(setup.objective, values, ()) if bound else None
+        if reason or step % every == 0:
+            tune.report({"score": score, "step": step, "status": "pruned" if reason else
+                         "running", "sim_s": step * setup.check_s if bound
+                         else setup.rungs_s[step - 1], "values": values,
+                         "rung_scores": list(scores), "reason": reason,
+                         "cpu_s": time.process_time() - cpu0})
         return reason         # ASHA/the scheduler stop the trial (the next report never returns)
     res = run_candidate(setup, params, report)
     if res["status"] == "complete":
         tune.report({"score": res["score"], "step": res["step"], "status": "complete",
                      "sim_s": res["sim_s"], "values": res["values"],
                      "violation": res.get("violation", 0.0), "requests": res["requests"],
-                     "rung_scores": res["rung_scores"], "reason": None})
+                     "rung_scores": res["rung_scores"], "reason": None,
+                     "cpu_s": time.process_time() - cpu0})
 
 
 def _bound_scheduler(obj: Objective):
@@ -908,7 +918,7 @@ def search_ray(setup: Setup, trials: int, *, reduction_factor: int,
             "values": m.get("values", {}), "score": m.get("score", math.nan),
             "violation": m.get("violation", math.nan), "rung_scores": m.get("rung_scores", []),
             "requests": m.get("requests") or _arrived_by(setup, m.get("values", {})),
-            "reason": reason}))
+            "reason": reason, "cpu_s": m.get("cpu_s", 0.0)}))
     return records, n_cpus
 
 
@@ -926,6 +936,7 @@ def replay_closest(setup: Setup, records: list[dict[str, Any]], n: int = 3) -> N
                       and math.isfinite(r["score"])), key=lambda r: (r["score"], r["trial"]))
     for rec in stopped[:n]:
         res = run_candidate(setup, rec["params"])
+        res["cpu_s"] += rec.get("cpu_s") or 0.0       # the stopped replay's too
         rec.update(res, reason=f"replayed in full (closest; stopped at {rec['sim_s']:g} s: "
                    f"{rec.get('reason')})")
 
@@ -1252,6 +1263,8 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
             "run_info": {"executor": args.executor, "ray_address": args.ray_address,
                          "cpus": cpus, "wall_s": round(wall, 2),
                          "process_cpu_s": round(cpu_s, 2),
+                         # CPU of the replays themselves (on Ray: in the trial workers)
+                         "trials_cpu_s": round(sum(r.get("cpu_s") or 0.0 for r in records), 2),
                          "trials_per_s": round(len(records) / wall, 3) if wall else None,
                          "simulated_requests": requests,
                          "simulated_requests_per_s": round(requests / wall) if wall else None},
