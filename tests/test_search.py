@@ -368,6 +368,28 @@ def test_requests_in_flight_sharpen_the_bound_of_an_overloaded_deployment(monkey
     assert search.run_candidate(setup, params)["values"]["latency_ms.ttft.p90"] > limit
 
 
+def test_shared_trace_replays_like_a_fresh_one(tmp_path, small_trace):
+    """Candidates in one process share the parsed trace: a candidate replayed after others
+    gets the numbers of a replay from a freshly parsed trace."""
+    from sim.config import build_planner, build_simulation
+    space = search.load_space(_space(tmp_path, SPACE))
+    setup = search.Setup(small_trace, space, search.parse_objective(OBJ, [
+        "totals.gpu_hours", "latency_ms.ttft.p90"]), (30.0,), early_stop="none")
+    a = {"tp": 1, "cluster.num_workers": 2, "router.mode": "kv", "planner": "load",
+         "planner.interval_s": 10.0, "engine.block_size": 32}
+    b = {"tp": 2, "cluster.num_workers": 1, "router.mode": "round_robin", "planner": "none"}
+    first = search.run_candidate(setup, a)
+    search.run_candidate(setup, b)
+    again = search.run_candidate(setup, a)
+    cfg, _, _ = search.candidate_config(setup, a)
+    sim = build_simulation(cfg)                       # parses the trace anew
+    build_planner(cfg).attach(sim)
+    fresh = search.report_fields(sim.run().summary)
+    for f in ("totals.gpu_hours", "latency_ms.ttft.p90", "latency_ms.e2e_latency.p99",
+              "totals.completed_requests", "latency_ms.tpot.p90"):
+        assert first["values"][f] == again["values"][f] == fresh[f], f
+
+
 def test_bound_stop_reasons():
     o = search.Objective("totals.gpu_hours", False, [("latency_ms.ttft.p90", "<=", 1500.0)])
     lb = {"totals.gpu_hours": 4.0, "latency_ms.ttft.p90": 1600.0}

@@ -415,7 +415,7 @@ class Setup:
 #: Report fields computed from the distribution of gaps between tokens.
 _GAP_FIELDS = ("latency_ms.itl.", "output_token_throughput_per_user.")
 
-_CACHE: dict[str, Any] = {}      # per process: the parser and pickled parsed traces
+_CACHE: dict[str, Any] = {}      # per process: the parser and parsed traces
 
 
 def _parser():
@@ -425,16 +425,23 @@ def _parser():
     return _CACHE["parser"]
 
 
-def _fresh_workload(cfg):
-    """A fresh copy of the candidate's workload; the trace is parsed once per process and
-    unpickled per candidate (requests are mutable, each replay needs its own)."""
+def _workload(cfg):
+    """The candidate's workload, built once per process. A parsed trace is shared by every
+    candidate replayed here: a replay never writes to a trace's requests (only the loader
+    sets their fields), ``iter()`` resets its per-run state, and the requests it releases
+    later (session turns) are copies (``Workload.on_complete``); replays in one process run
+    one after another. This saves unpickling 12k requests per candidate (~0.1 CPU-s). Any
+    other workload (a generator with its own random state) is a fresh unpickled copy."""
     import pickle
+
     from sim.config import build_workload
+    from sim.workloads.traces import TraceWorkload
     key = json.dumps([cfg.workload, cfg.run.seed], sort_keys=True, default=str)
-    blob = _CACHE.get(key)
-    if blob is None:
-        blob = _CACHE[key] = pickle.dumps(build_workload(cfg), protocol=5)
-    return pickle.loads(blob)
+    wl = _CACHE.get(key)
+    if wl is None:
+        wl = build_workload(cfg)
+        _CACHE[key] = wl if isinstance(wl, TraceWorkload) else pickle.dumps(wl, protocol=5)
+    return wl if isinstance(wl, TraceWorkload) else pickle.loads(_CACHE[key])
 
 
 def candidate_config(setup: Setup, params: dict[str, Any]):
@@ -663,7 +670,7 @@ def run_candidate(setup: Setup, params: dict[str, Any],
     cpu0 = time.process_time()
     cfg, _kind, _flags = candidate_config(setup, params)
     planner = build_planner(cfg)
-    workload = _fresh_workload(cfg)
+    workload = _workload(cfg)
     n_total = int(workload.describe()["num_requests"])
     sim = build_simulation(cfg, workload=workload, token_gaps=setup.needs_token_gaps())
     if planner is not None:
