@@ -145,6 +145,21 @@ def test_local_search_best_yaml_replays_to_the_same_numbers(tmp_path, capsys, sm
         assert fields[f] == v, f
 
 
+def test_progress_lines_and_cpu_without_a_terminal(tmp_path, capsys, small_trace):
+    """A search logging to a file (no terminal) still shows progress, one line per 5 %
+    of the trials; search.json records the CPU of the replays and per trial."""
+    space = _space(tmp_path, SPACE)
+    assert main(["search", "--trace", small_trace, "--space", space, "--objective", OBJ,
+                 "--out", str(tmp_path / "o"), "--trials", "3"]) == 0
+    err = capsys.readouterr().err
+    assert [x for x in err.splitlines() if x.startswith("search: ")] == [
+        f"search: {n}/3 trials, 0 failed" + x.split("failed", 1)[1]
+        for n, x in zip((1, 2, 3), [x for x in err.splitlines() if x.startswith("search: ")])]
+    run = json.loads((tmp_path / "o" / "search.json").read_text())["run_info"]
+    assert 0 < run["trials_cpu_s"] <= run["process_cpu_s"]
+    assert run["cpu_s_per_trial"] == pytest.approx(run["process_cpu_s"] / 3, abs=0.01)
+
+
 def test_local_search_is_deterministic(tmp_path, small_trace):
     space = _space(tmp_path, SPACE)
     for name in ("a", "b"):

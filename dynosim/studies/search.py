@@ -1209,14 +1209,26 @@ def run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
         bar = tqdm(total=args.trials, desc="search", unit="trial", file=sys.stderr,
                    dynamic_ncols=True, leave=False)
-    counts = {"failed": 0}
+    counts = {"failed": 0, "done": 0, "said": 0.0}
+    # Without a terminal (a log file), one line per 5 % of the trials or per minute.
+    lines = not args.quiet and bar is None
+    every = max(1, args.trials // 20)
 
     def progress(rec: dict) -> None:
+        counts["done"] += 1
         if rec.get("status") == "failed":
             counts["failed"] += 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix(failed=counts["failed"], refresh=False)
+        elif lines:
+            wall = time.perf_counter() - t0
+            n = counts["done"]
+            if n % every == 0 or n == args.trials or wall - counts["said"] >= 60.0:
+                counts["said"] = wall
+                print(f"search: {n}/{args.trials} trials, {counts['failed']} failed, "
+                      f"{wall / 60:.1f} min, ~{wall / n * (args.trials - n) / 60:.1f} min "
+                      "to go", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     cpu0 = time.process_time()      # this process's CPU: all the work locally, the driver on Ray
@@ -1256,6 +1268,7 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
     reused = sum(str(r.get("reason") or "").startswith("same candidate") for r in records)
     best = best_record(records, obj)
     feasible = best is not None and best["violation"] == 0
+    trials_cpu = sum(r.get("cpu_s") or 0.0 for r in records)
     title = (f"dynosim search: {len(records)} candidates ({by['complete']} complete, "
              f"{by['pruned']} stopped early, {by['failed']} failed), {setup.space.model} on "
              f"{setup.space.gpu}\n{obj.text}")
@@ -1271,7 +1284,11 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
                          "cpus": cpus, "wall_s": round(wall, 2),
                          "process_cpu_s": round(cpu_s, 2),
                          # CPU of the replays themselves (on Ray: in the trial workers)
-                         "trials_cpu_s": round(sum(r.get("cpu_s") or 0.0 for r in records), 2),
+                         "trials_cpu_s": round(trials_cpu, 2),
+                         # all of it: the search process, plus Ray's trial workers
+                         "cpu_s_per_trial": round((cpu_s + (trials_cpu if args.executor ==
+                                                            "ray" else 0.0))
+                                                  / max(1, len(records)), 3),
                          "trials_per_s": round(len(records) / wall, 3) if wall else None,
                          "simulated_requests": requests,
                          "simulated_requests_per_s": round(requests / wall) if wall else None},
