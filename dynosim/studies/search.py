@@ -18,11 +18,14 @@ Samplers and early stopping are Optuna's and Ray Tune's, not ours:
 
 Early stopping (``--early-stop``) works on the replay of the *same* whole trace:
 
-* ``bound`` (default), exact: every ``--check-s`` simulated seconds a candidate computes
-  proven lower bounds on its final fields (:func:`lower_bounds`: GPU-hours provisioned up
-  to the last completion so far; TTFT/E2E percentiles from the requests completed so far,
-  which stay in the final sample) and stops once they prove it infeasible (a ``<=`` limit
-  already exceeded) or dominated by a complete feasible candidate (:func:`bound_stop`).
+* ``bound`` (default), exact: every ``--check-s`` simulated seconds (default 60) a
+  candidate computes proven lower bounds on its final fields (:func:`lower_bounds`:
+  GPU-hours provisioned up to the last completion so far, or to now while a request
+  certain to complete is in flight; TTFT/E2E percentiles from the requests completed so
+  far, which stay in the final sample, and from those in flight that are certain to
+  complete, at ``now - arrival``: :func:`pending_lower_bounds`) and stops once they prove
+  it infeasible (a ``<=`` limit already exceeded) or dominated by a complete feasible
+  candidate (:func:`bound_stop`).
   A stopped candidate can be neither feasible, nor on the feasible Pareto front, nor the
   best, so the front and the best are those of replaying every sampled candidate in full
   (``tests/test_search.py``; ``bench/scale_out.py bound``).
@@ -494,23 +497,29 @@ def _interim(sim) -> dict[str, Any]:
 _LB_LATENCY = {"ttft": "first_token_ms", "e2e_latency": "last_token_ms"}
 
 
-def _quantile_lb(done_desc, q: float | None, n_total: int) -> float:
+def _quantile_lb(values, q: float | None, n_total: int) -> float:
     """A lower bound on the nearest-rank ``q`` quantile (``None``: the maximum) of the final
-    sample, given ``done_desc`` (part of it, descending) and ``n_total`` >= its final size.
+    sample, given ``values`` (part of it, or lower bounds on part of it; any order) and
+    ``n_total`` >= its final size.
 
     The final quantile is the ``k(M) = M - round_half_up(q (M - 1))``-th largest of the
     final sample of size M (``sim.metrics.nearest_rank``). ``k`` never decreases with M and
     M <= n_total, so it is >= the final sample's ``k(n_total)``-th largest, which is >= the
-    ``k(n_total)``-th largest seen now (the final sample holds every value seen now).
-    Latencies are >= 0, so 0 bounds a sample too small to say more.
+    ``k(n_total)``-th largest of ``values`` (the final sample holds every one of them, at
+    that value or higher). Latencies are >= 0, so 0 bounds a sample too small to say more.
     """
+    import numpy as np
+
     from sim.metrics import _round_half_up
-    if len(done_desc) == 0:
+    n = len(values)
+    if n == 0:
         return 0.0
     if q is None:
-        return float(done_desc[0])
+        return float(np.max(values))
     k = n_total - _round_half_up(q * (n_total - 1))
-    return float(done_desc[k - 1]) if 1 <= k <= len(done_desc) else 0.0
+    if not 1 <= k <= n:
+        return 0.0
+    return float(np.partition(values, n - k)[n - k])       # the k-th largest, O(n)
 
 
 def pending_lower_bounds(sim):
@@ -615,14 +624,14 @@ def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
                                 np.int64) if n else np.zeros(0)
                for k in ("status", "output_length", "arrival_time_ms", *_LB_LATENCY.values())}
         sel = (arr["status"] == STATUS_COMPLETED) & (arr["output_length"] > 0)
-        desc = {}
+        vals = {}
         for f, (metric, q) in lat.items():
-            if metric not in desc:
+            if metric not in vals:
                 v = (arr[_LB_LATENCY[metric]] - arr["arrival_time_ms"])[sel]
                 if pending is not None:
                     v = np.concatenate([v, pending[1 if metric == "ttft" else 2]])
-                desc[metric] = -np.sort(-v)
-            out[f] = _quantile_lb(desc[metric], q, n_total)
+                vals[metric] = v
+            out[f] = _quantile_lb(vals[metric], q, n_total)
     return out
 
 
