@@ -232,13 +232,14 @@ def bench_candidates(args) -> dict:
     setups, fronts, records = {}, {}, {}
     for name, mod in variants.items():
         space = mod.load_space(args.space)
-        objective = mod.parse_objective(args.objective, ["totals.gpu_hours",
-                                                         "latency_ms.ttft.p90"])
+        objective = mod.parse_objective(args.objective, mod._known_fields(
+            mod.DEFAULT_TRACE, None))
         setups[name] = mod.Setup(mod.DEFAULT_TRACE, space, objective, mod.DEFAULT_RUNGS_S,
                                  early_stop="bound", **({"check_s": args.check_s}
                                                         if args.check_s else {}))
         fronts[name], records[name] = [], []
     cands = _candidates(args.trials_csv, setups["new"].space)[:args.limit]
+    fx, fy, _ = variants["new"].front_axes(objective)
     seen: dict[str, int] = {}
     load0 = _load()
     for i, params in enumerate(cands):
@@ -255,11 +256,11 @@ def bench_candidates(args) -> dict:
             res = mod.run_candidate(setup, params,
                                     lambda step, v, s: mod.bound_stop(objective, v, front))
             cpu = time.process_time() - t0
-            rec = {"trial": i, "params": params, "cpu_s": cpu, **res}
+            # CPU measured here, the same way for both (the new run_candidate also counts it)
+            rec = {"trial": i, "params": params, **res, "cpu_s": cpu}
             records[name].append(rec)
             if res["status"] == "complete" and res["violation"] == 0:
-                front.append((res["values"]["totals.gpu_hours"],
-                              res["values"]["latency_ms.ttft.p90"]))
+                front.append((res["values"][fx], res["values"][fy]))
         print(json.dumps({"trial": i, **{n: [records[n][-1]["status"],
                                               round(records[n][-1]["cpu_s"], 2),
                                               round(records[n][-1]["sim_s"])]
@@ -274,8 +275,8 @@ def bench_candidates(args) -> dict:
                       "sim_s": round(sum(r["sim_s"] for r in sel))}
         done = [r for r in recs if r["status"] == "complete" and r["violation"] == 0]
         best = min(done, key=lambda r: (r["score"], r["trial"])) if done else None
-        xs = [r["values"]["totals.gpu_hours"] for r in done]
-        ys = [r["values"]["latency_ms.ttft.p90"] for r in done]
+        xs = [r["values"][fx] for r in done]
+        ys = [r["values"][fy] for r in done]
         mask = variants["new"].pareto_mask(xs, ys)
         summary[name] = {"cpu_s": round(sum(r["cpu_s"] for r in recs), 1),
                          "cpu_s_per_candidate": round(sum(r["cpu_s"] for r in recs)
@@ -283,8 +284,7 @@ def bench_candidates(args) -> dict:
                          "by_status": by,
                          "best": best and {"trial": best["trial"], "values": {
                              f: best["values"][f] for f in objective.fields()}},
-                         "front": [(r["trial"], r["values"]["totals.gpu_hours"],
-                                    r["values"]["latency_ms.ttft.p90"])
+                         "front": [(r["trial"], r["values"][fx], r["values"][fy])
                                    for r, m in zip(done, mask) if m]}
     complete_both = [(a, b) for a, b in zip(records["baseline"], records["new"])
                      if a["status"] == b["status"] == "complete"]
