@@ -5,6 +5,7 @@ early stopping loses, and RLlib vs SB3 steps/s. Results: ``bench/results/scale_o
     .venv/bin/python bench/scale_out.py exactness DIR    # DIR: a --no-early-stop search
     .venv/bin/python bench/scale_out.py rl --timesteps 20000
     .venv/bin/python bench/scale_out.py bound --trials 40   # the bound rule is exact: same front
+    .venv/bin/python bench/scale_out.py candidates --baseline REV   # CPU-s per candidate, REV vs now
 
 The search itself is a plain ``dynosim search`` run (README has the command); its
 ``search.json`` records wall time and simulated requests/s.
@@ -180,6 +181,126 @@ def bench_bound(args) -> dict:
             "runs": runs}
 
 
+# -- CPU per candidate: a fixed candidate list, the code at REV against the working tree ------
+
+def _search_module(rev: str | None):
+    """``dynosim.studies.search`` as in the working tree (None) or at git revision ``rev``
+    (loaded from ``git show``; the rest of the package is the working tree's)."""
+    import importlib.util
+    from dynosim.studies import search
+    if rev is None:
+        return search
+    src = subprocess.check_output(["git", "-C", str(REPO), "show",
+                                   f"{rev}:dynosim/studies/search.py"], text=True)
+    spec = importlib.util.spec_from_loader(f"dynosim.studies._search_{rev}", loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "dynosim.studies"
+    sys.modules[spec.name] = mod
+    exec(compile(src, f"search.py@{rev}", "exec"), mod.__dict__)
+    return mod
+
+
+def _candidates(path: str, space) -> list[dict]:
+    """The parameters of every trial in a search's ``trials.csv``, typed by the space."""
+    out = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            p = {}
+            for key, dim in space.dims.items():
+                text = row.get(key, "")
+                if text == "":
+                    continue
+                if dim.choices is not None:
+                    p[key] = next(c for c in dim.choices if str(c) == text)
+                else:
+                    p[key] = int(float(text)) if dim.integer else float(text)
+            out.append(p)
+    return out
+
+
+def bench_candidates(args) -> dict:
+    """Replay the candidates of ``--trials-csv`` (by default the 100 of the TPE search in
+    ``docs/search/bound_tpe``) with the bound rule as ``dynosim search`` does (the front
+    of the complete feasible ones grows in trial order; a repeat is not replayed), once
+    with ``search.py`` at ``--baseline`` and once with the working tree's, alternating
+    candidate by candidate in one process so both see the same machine load. Reports the
+    CPU seconds of each (per candidate, by outcome), simulated seconds, and whether both
+    give the same front, best and complete values."""
+    import math
+    variants = {"baseline": _search_module(args.baseline), "new": _search_module(None)}
+    objective = None
+    setups, fronts, records = {}, {}, {}
+    for name, mod in variants.items():
+        space = mod.load_space(args.space)
+        objective = mod.parse_objective(args.objective, mod._known_fields(
+            mod.DEFAULT_TRACE, None))
+        setups[name] = mod.Setup(mod.DEFAULT_TRACE, space, objective, mod.DEFAULT_RUNGS_S,
+                                 early_stop="bound", **({"check_s": args.check_s}
+                                                        if args.check_s else {}))
+        fronts[name], records[name] = [], []
+    cands = _candidates(args.trials_csv, setups["new"].space)[:args.limit]
+    fx, fy, _ = variants["new"].front_axes(objective)
+    seen: dict[str, int] = {}
+    load0 = _load()
+    for i, params in enumerate(cands):
+        key = json.dumps(params, sort_keys=True)
+        first = seen.setdefault(key, i)
+        order = ("baseline", "new") if i % 2 == 0 else ("new", "baseline")
+        for name in order:
+            mod, setup = variants[name], setups[name]
+            if first != i:
+                records[name].append({**records[name][first], "cpu_s": 0.0, "repeat": True})
+                continue
+            front = fronts[name]
+            t0 = time.process_time()
+            res = mod.run_candidate(setup, params,
+                                    lambda step, v, s: mod.bound_stop(objective, v, front))
+            cpu = time.process_time() - t0
+            # CPU measured here, the same way for both (the new run_candidate also counts it)
+            rec = {"trial": i, "params": params, **res, "cpu_s": cpu}
+            records[name].append(rec)
+            if res["status"] == "complete" and res["violation"] == 0:
+                front.append((res["values"][fx], res["values"][fy]))
+        print(json.dumps({"trial": i, **{n: [records[n][-1]["status"],
+                                              round(records[n][-1]["cpu_s"], 2),
+                                              round(records[n][-1]["sim_s"])]
+                                          for n in variants}}), file=sys.stderr)
+    summary = {}
+    for name in variants:
+        recs = records[name]
+        by = {}
+        for st in ("complete", "pruned"):
+            sel = [r for r in recs if r["status"] == st and not r.get("repeat")]
+            by[st] = {"n": len(sel), "cpu_s": round(sum(r["cpu_s"] for r in sel), 1),
+                      "sim_s": round(sum(r["sim_s"] for r in sel))}
+        done = [r for r in recs if r["status"] == "complete" and r["violation"] == 0]
+        best = min(done, key=lambda r: (r["score"], r["trial"])) if done else None
+        xs = [r["values"][fx] for r in done]
+        ys = [r["values"][fy] for r in done]
+        mask = variants["new"].pareto_mask(xs, ys)
+        summary[name] = {"cpu_s": round(sum(r["cpu_s"] for r in recs), 1),
+                         "cpu_s_per_candidate": round(sum(r["cpu_s"] for r in recs)
+                                                      / len(recs), 3),
+                         "by_status": by,
+                         "best": best and {"trial": best["trial"], "values": {
+                             f: best["values"][f] for f in objective.fields()}},
+                         "front": [(r["trial"], r["values"][fx], r["values"][fy])
+                                   for r, m in zip(done, mask) if m]}
+    complete_both = [(a, b) for a, b in zip(records["baseline"], records["new"])
+                     if a["status"] == b["status"] == "complete"]
+    same_values = all(all(a["values"][f] == b["values"][f] or (math.isnan(a["values"][f])
+                                                                 and math.isnan(b["values"][f]))
+                          for f in objective.fields()) for a, b in complete_both)
+    b, n = summary["baseline"], summary["new"]
+    return {"bench": "candidates", "trials_csv": args.trials_csv, "candidates": len(cands),
+            "baseline": args.baseline, "objective": args.objective, "check_s": args.check_s,
+            "load_before": load0, "load_after": _load(),
+            "same_front": b["front"] == n["front"], "same_best": b["best"] == n["best"],
+            "same_complete_values": same_values,
+            "cpu_ratio_new_over_baseline": round(n["cpu_s"] / b["cpu_s"], 3),
+            "summary": summary}
+
+
 # -- RL: RLlib vs SB3 steps/s ---------------------------------------------------------------------
 
 def bench_rl(args) -> dict:
@@ -241,14 +362,22 @@ def main() -> int:
     b.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
     b.add_argument("--objective", default="minimise totals.gpu_hours subject to "
                    "latency_ms.ttft.p90 <= 3000")
-    for x in (s, e, r, b):
+    c = sub.add_parser("candidates")
+    c.add_argument("--baseline", default="HEAD", help="git revision of search.py to compare")
+    c.add_argument("--trials-csv", default=str(REPO / "docs/search/bound_tpe/trials.csv"))
+    c.add_argument("--limit", type=int, default=None, help="only the first N candidates")
+    c.add_argument("--check-s", type=float, default=None)
+    c.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
+    c.add_argument("--objective", default="minimise totals.gpu_hours subject to "
+                   "latency_ms.ttft.p90 <= 3000")
+    for x in (s, e, r, b, c):
         x.add_argument("--out", default="out/bench_scale_out")
         x.add_argument("--json", default=None, help="append the result to this JSON-lines file")
     args = p.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     res = {"sweep": bench_sweep, "exactness": bench_exactness, "rl": bench_rl,
-           "bound": bench_bound}[args.what](args)
+           "bound": bench_bound, "candidates": bench_candidates}[args.what](args)
     res.update(nproc=os.cpu_count(), started_utc=time.strftime("%Y-%m-%d %H:%M",
                                                                time.gmtime(t0)))
     text = json.dumps(res, indent=1)

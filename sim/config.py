@@ -735,10 +735,11 @@ def build_workload(cfg: RunConfig):
 
 
 def build_simulation(cfg: RunConfig, progress: Callable[[float], None] | None = None,
-                     workload: Any = None) -> Simulation:
+                     workload: Any = None, token_gaps: bool = True) -> Simulation:
     """A ready-to-run :class:`~sim.simulator.Simulation` for ``cfg`` (parses the trace,
     unless given a fresh ``workload`` built from ``cfg``: a caller replaying many configs of
-    one trace parses it once)."""
+    one trace parses it once). ``token_gaps=False``: no distribution of gaps between tokens
+    (see :class:`~sim.simulator.Simulation`; a caller that reads no ITL or per-user field)."""
     if workload is None:
         workload = build_workload(cfg)
     table = cfg.timing.model.partition("table:")[2]
@@ -764,4 +765,5 @@ def build_simulation(cfg: RunConfig, progress: Callable[[float], None] | None = 
         exact=cfg.run.exact_steps,
         sla=sla if any(x is not None for x in sla.values()) else None,
         progress=progress,
+        token_gaps=token_gaps,
     )

@@ -145,6 +145,21 @@ def test_local_search_best_yaml_replays_to_the_same_numbers(tmp_path, capsys, sm
         assert fields[f] == v, f
 
 
+def test_progress_lines_and_cpu_without_a_terminal(tmp_path, capsys, small_trace):
+    """A search logging to a file (no terminal) still shows progress, one line per 5 %
+    of the trials; search.json records the CPU of the replays and per trial."""
+    space = _space(tmp_path, SPACE)
+    assert main(["search", "--trace", small_trace, "--space", space, "--objective", OBJ,
+                 "--out", str(tmp_path / "o"), "--trials", "3"]) == 0
+    err = capsys.readouterr().err
+    assert [x for x in err.splitlines() if x.startswith("search: ")] == [
+        f"search: {n}/3 trials, 0 failed" + x.split("failed", 1)[1]
+        for n, x in zip((1, 2, 3), [x for x in err.splitlines() if x.startswith("search: ")])]
+    run = json.loads((tmp_path / "o" / "search.json").read_text())["run_info"]
+    assert 0 < run["trials_cpu_s"] <= run["process_cpu_s"]
+    assert run["cpu_s_per_trial"] == pytest.approx(run["process_cpu_s"] / 3, abs=0.01)
+
+
 def test_local_search_is_deterministic(tmp_path, small_trace):
     space = _space(tmp_path, SPACE)
     for name in ("a", "b"):
@@ -253,6 +268,141 @@ def test_quantile_lower_bound_is_sound(final, data):
     stats = describe(np.array(final))
     for name, q in (("median", 0.5), ("p75", 0.75), ("p90", 0.9), ("p99", 0.99), ("max", None)):
         assert search._quantile_lb(desc, q, n_total) <= stats[name]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(0, 1e5), min_size=1, max_size=60), st.data())
+def test_quantile_lower_bound_with_requests_in_flight_is_sound(final, data):
+    """Requests still in flight enter the bound at a lower bound on their final value
+    (e.g. TTFT >= now - arrival): whatever those values and whichever other requests are
+    completed now, to come, or rejected later, the bound is at most the final quantile."""
+    import numpy as np
+    from sim.metrics import describe
+    n_total = len(final) + data.draw(st.integers(0, 40), label="rejected later")
+    order = data.draw(st.permutations(range(len(final))), label="order")
+    n_done = data.draw(st.integers(0, len(final)), label="completed now")
+    n_flight = data.draw(st.integers(0, len(final) - n_done), label="in flight")
+    done = [final[i] for i in order[:n_done]]
+    flight = [final[i] * data.draw(st.floats(0, 1), label="lower by") for i in
+              order[n_done:n_done + n_flight]]
+    values = np.array(done + flight)                     # in any order
+    stats = describe(np.array(final))
+    for name, q in (("median", 0.5), ("p75", 0.75), ("p90", 0.9), ("p99", 0.99), ("max", None)):
+        assert search._quantile_lb(values, q, n_total) <= stats[name]
+
+
+class _KeepSim:
+    """Keeps the simulations ``search.run_candidate`` builds (to inspect at a check)."""
+
+    def __init__(self, monkeypatch):
+        from sim import config as sim_config
+        self.sims: list = []
+        build = sim_config.build_simulation
+
+        def keep(*a, **kw):
+            self.sims.append(build(*a, **kw))
+            return self.sims[-1]
+        monkeypatch.setattr(sim_config, "build_simulation", keep)
+
+
+@settings(max_examples=8, deadline=None)
+@given(tp=st.sampled_from([1, 2]), workers=st.integers(1, 3),
+       mode=st.sampled_from(["round_robin", "kv"]), block=st.sampled_from([16, 64]),
+       budget=st.sampled_from([512, 2048, 8192]), kv_tokens=st.sampled_from([0, 12_000]),
+       planner=st.sampled_from(["none", "load"]))
+def test_requests_counted_in_flight_complete_no_sooner_than_their_bound(
+        tmp_path_factory, small_trace, tp, workers, mode, block, budget, kv_tokens, planner):
+    """Every request :func:`pending_lower_bounds` counts at a check ends completed, with a
+    TTFT and E2E no lower than its bounds then, and every bound holds at every check,
+    including on a KV pool small enough (``kv_tokens``) that the longest prompts are
+    rejected when they reach the head of the queue: those must not be counted."""
+    tmp = tmp_path_factory.mktemp("inflight")
+    space = search.load_space(_space(tmp, SPACE))
+    fields = ["totals.gpu_hours", "latency_ms.ttft.p90", "latency_ms.ttft.max",
+              "latency_ms.e2e_latency.p90"]
+    obj = search.Objective(fields[0], False, [(f, "<=", 1e12) for f in fields[1:]])
+    setup = search.Setup(small_trace, space, obj, (30.0,), early_stop="bound", check_s=4.0)
+    params = {"tp": tp, "cluster.num_workers": workers, "router.mode": mode,
+              "engine.block_size": block, "engine.max_num_batched_tokens": budget,
+              "planner": planner, **({"planner.interval_s": 10.0} if planner != "none" else {})}
+    if kv_tokens:
+        params["engine.num_gpu_blocks"] = kv_tokens // block
+    counted: list[tuple] = []
+    seen: list[dict] = []
+    with pytest.MonkeyPatch.context() as mp:
+        kept = _KeepSim(mp)
+
+        def report(step, values, score):
+            counted.append(search.pending_lower_bounds(kept.sims[-1]))
+            seen.append(values)
+        res = search.run_candidate(setup, params, report)
+    assert res["status"] == "complete"
+    for v in seen:
+        for f in fields:
+            assert v[f] <= res["values"][f], (f, v[f], res["values"][f])
+    from sim.metrics import STATUS_COMPLETED
+    cols = kept.sims[-1].metrics.columns()
+    pos = {int(i): k for k, i in enumerate(cols["request_index"])}
+    for idx, ttft_lb, e2e_lb in counted:
+        for i, t_lb, e_lb in zip(idx, ttft_lb, e2e_lb):
+            k = pos[int(i)]
+            assert cols["status"][k] == STATUS_COMPLETED, int(i)
+            arrival = cols["arrival_time_ms"][k]
+            assert cols["first_token_ms"][k] - arrival >= t_lb
+            assert cols["last_token_ms"][k] - arrival >= e_lb
+    if kv_tokens:
+        assert (cols["status"] != STATUS_COMPLETED).any()     # rejections are exercised
+
+
+def test_requests_in_flight_sharpen_the_bound_of_an_overloaded_deployment(monkeypatch,
+                                                                          tmp_path,
+                                                                          small_trace):
+    """One TP1 worker is overloaded by the trace's first minutes: counting the requests
+    still waiting proves the TTFT limit broken at a check where the completed requests
+    alone do not (and the full replay confirms it is broken)."""
+    import numpy as np
+    from sim.metrics import STATUS_COMPLETED
+    space = search.load_space(_space(tmp_path, SPACE))
+    limit = 2000.0
+    obj = search.Objective("totals.gpu_hours", False, [("latency_ms.ttft.p90", "<=", limit)])
+    setup = search.Setup(small_trace, space, obj, (30.0,), early_stop="bound", check_s=5.0)
+    params = {"tp": 1, "cluster.num_workers": 1, "router.mode": "round_robin",
+              "planner": "none"}
+    kept = _KeepSim(monkeypatch)
+    completed_only: list[float] = []
+
+    def report(step, values, score):
+        c = kept.sims[-1].metrics.columns()
+        sel = (c["status"] == STATUS_COMPLETED) & (c["output_length"] > 0)
+        ttft = np.sort(c["first_token_ms"][sel] - c["arrival_time_ms"][sel])[::-1]
+        completed_only.append(search._quantile_lb(ttft, 0.9, TRACE_LINES))
+        return search.bound_stop(obj, values, [])
+    res = search.run_candidate(setup, params, report)
+    assert res["status"] == "pruned" and res["reason"].startswith("infeasible")
+    assert completed_only[-1] <= limit < res["values"]["latency_ms.ttft.p90"]
+    assert search.run_candidate(setup, params)["values"]["latency_ms.ttft.p90"] > limit
+
+
+def test_shared_trace_replays_like_a_fresh_one(tmp_path, small_trace):
+    """Candidates in one process share the parsed trace: a candidate replayed after others
+    gets the numbers of a replay from a freshly parsed trace."""
+    from sim.config import build_planner, build_simulation
+    space = search.load_space(_space(tmp_path, SPACE))
+    setup = search.Setup(small_trace, space, search.parse_objective(OBJ, [
+        "totals.gpu_hours", "latency_ms.ttft.p90"]), (30.0,), early_stop="none")
+    a = {"tp": 1, "cluster.num_workers": 2, "router.mode": "kv", "planner": "load",
+         "planner.interval_s": 10.0, "engine.block_size": 32}
+    b = {"tp": 2, "cluster.num_workers": 1, "router.mode": "round_robin", "planner": "none"}
+    first = search.run_candidate(setup, a)
+    search.run_candidate(setup, b)
+    again = search.run_candidate(setup, a)
+    cfg, _, _ = search.candidate_config(setup, a)
+    sim = build_simulation(cfg)                       # parses the trace anew
+    build_planner(cfg).attach(sim)
+    fresh = search.report_fields(sim.run().summary)
+    for f in ("totals.gpu_hours", "latency_ms.ttft.p90", "latency_ms.e2e_latency.p99",
+              "totals.completed_requests", "latency_ms.tpot.p90"):
+        assert first["values"][f] == again["values"][f] == fresh[f], f
 
 
 def test_bound_stop_reasons():

@@ -18,11 +18,14 @@ Samplers and early stopping are Optuna's and Ray Tune's, not ours:
 
 Early stopping (``--early-stop``) works on the replay of the *same* whole trace:
 
-* ``bound`` (default), exact: every ``--check-s`` simulated seconds a candidate computes
-  proven lower bounds on its final fields (:func:`lower_bounds`: GPU-hours provisioned up
-  to the last completion so far; TTFT/E2E percentiles from the requests completed so far,
-  which stay in the final sample) and stops once they prove it infeasible (a ``<=`` limit
-  already exceeded) or dominated by a complete feasible candidate (:func:`bound_stop`).
+* ``bound`` (default), exact: every ``--check-s`` simulated seconds (default 60) a
+  candidate computes proven lower bounds on its final fields (:func:`lower_bounds`:
+  GPU-hours provisioned up to the last completion so far, or to now while a request
+  certain to complete is in flight; TTFT/E2E percentiles from the requests completed so
+  far, which stay in the final sample, and from those in flight that are certain to
+  complete, at ``now - arrival``: :func:`pending_lower_bounds`) and stops once they prove
+  it infeasible (a ``<=`` limit already exceeded) or dominated by a complete feasible
+  candidate (:func:`bound_stop`).
   A stopped candidate can be neither feasible, nor on the feasible Pareto front, nor the
   best, so the front and the best are those of replaying every sampled candidate in full
   (``tests/test_search.py``; ``bench/scale_out.py bound``).
@@ -72,7 +75,8 @@ from ..options import CMDLINE
 
 DEFAULT_TRACE = "bundled:mooncake_conversation"
 DEFAULT_RUNGS_S = (600.0, 1200.0, 2400.0)
-DEFAULT_CHECK_S = 300.0
+DEFAULT_CHECK_S = 60.0
+TUNE_REPORT_S = 300.0      # simulated seconds between a Ray trial's reports to Tune
 EARLY_STOPS = ("bound", "asha", "none")
 SAMPLERS = ("tpe", "random")
 PENALTY = 1e6
@@ -393,6 +397,12 @@ class Setup:
     check_s: float = DEFAULT_CHECK_S     # simulated seconds between bound checks
     sampler: str = "tpe"
 
+    def needs_token_gaps(self) -> bool:
+        """Whether a report field of the objective is a distribution over token gaps (ITL
+        percentiles, per-user throughput): replays skip that distribution otherwise (the
+        other fields are unaffected, ``Simulation``'s ``token_gaps``)."""
+        return any(f.startswith(_GAP_FIELDS) for f in self.objective.fields())
+
     def checkpoints(self):
         """Simulated seconds at which a running candidate reports: the rungs (``asha``,
         ``none``, where they are only recorded) or every ``check_s`` (``bound``)."""
@@ -405,7 +415,10 @@ class Setup:
             k += 1
 
 
-_CACHE: dict[str, Any] = {}      # per process: the parser and pickled parsed traces
+#: Report fields computed from the distribution of gaps between tokens.
+_GAP_FIELDS = ("latency_ms.itl.", "output_token_throughput_per_user.")
+
+_CACHE: dict[str, Any] = {}      # per process: the parser and parsed traces
 
 
 def _parser():
@@ -415,16 +428,23 @@ def _parser():
     return _CACHE["parser"]
 
 
-def _fresh_workload(cfg):
-    """A fresh copy of the candidate's workload; the trace is parsed once per process and
-    unpickled per candidate (requests are mutable, each replay needs its own)."""
+def _workload(cfg):
+    """The candidate's workload, built once per process. A parsed trace is shared by every
+    candidate replayed here: a replay never writes to a trace's requests (only the loader
+    sets their fields), ``iter()`` resets its per-run state, and the requests it releases
+    later (session turns) are copies (``Workload.on_complete``); replays in one process run
+    one after another. This saves unpickling 12k requests per candidate (~0.1 CPU-s). Any
+    other workload (a generator with its own random state) is a fresh unpickled copy."""
     import pickle
+
     from sim.config import build_workload
+    from sim.workloads.traces import TraceWorkload
     key = json.dumps([cfg.workload, cfg.run.seed], sort_keys=True, default=str)
-    blob = _CACHE.get(key)
-    if blob is None:
-        blob = _CACHE[key] = pickle.dumps(build_workload(cfg), protocol=5)
-    return pickle.loads(blob)
+    wl = _CACHE.get(key)
+    if wl is None:
+        wl = build_workload(cfg)
+        _CACHE[key] = wl if isinstance(wl, TraceWorkload) else pickle.dumps(wl, protocol=5)
+    return wl if isinstance(wl, TraceWorkload) else pickle.loads(_CACHE[key])
 
 
 def candidate_config(setup: Setup, params: dict[str, Any]):
@@ -477,23 +497,80 @@ def _interim(sim) -> dict[str, Any]:
 _LB_LATENCY = {"ttft": "first_token_ms", "e2e_latency": "last_token_ms"}
 
 
-def _quantile_lb(done_desc, q: float | None, n_total: int) -> float:
+def _quantile_lb(values, q: float | None, n_total: int) -> float:
     """A lower bound on the nearest-rank ``q`` quantile (``None``: the maximum) of the final
-    sample, given ``done_desc`` (part of it, descending) and ``n_total`` >= its final size.
+    sample, given ``values`` (part of it, or lower bounds on part of it; any order) and
+    ``n_total`` >= its final size.
 
     The final quantile is the ``k(M) = M - round_half_up(q (M - 1))``-th largest of the
     final sample of size M (``sim.metrics.nearest_rank``). ``k`` never decreases with M and
     M <= n_total, so it is >= the final sample's ``k(n_total)``-th largest, which is >= the
-    ``k(n_total)``-th largest seen now (the final sample holds every value seen now).
-    Latencies are >= 0, so 0 bounds a sample too small to say more.
+    ``k(n_total)``-th largest of ``values`` (the final sample holds every one of them, at
+    that value or higher). Latencies are >= 0, so 0 bounds a sample too small to say more.
     """
+    import numpy as np
+
     from sim.metrics import _round_half_up
-    if len(done_desc) == 0:
+    n = len(values)
+    if n == 0:
         return 0.0
     if q is None:
-        return float(done_desc[0])
+        return float(np.max(values))
     k = n_total - _round_half_up(q * (n_total - 1))
-    return float(done_desc[k - 1]) if 1 <= k <= len(done_desc) else 0.0
+    if not 1 <= k <= n:
+        return 0.0
+    return float(np.partition(values, n - k)[n - k])       # the k-th largest, O(n)
+
+
+def pending_lower_bounds(sim):
+    """Requests in flight at ``sim.now`` that are certain to complete, with lower bounds on
+    their final TTFT and E2E latency (ms): ``(request index, ttft_lb, e2e_lb)`` arrays
+    (int64, float64, float64), or None when the run is not one this proof covers.
+
+    Covered: an aggregated run (no disaggregation) of vLLM workers (``sim.engines.vllm``).
+    A request there is in an engine's waiting queue or running batch from its routing (at
+    arrival; requests are not held at the router) until its record. In a run without a
+    cut-off it then ends completed unless rejected, and vLLM rejects only (1) a fresh
+    request whose prompt, or prompt plus ``max_out - 1`` tokens, can never fit the KV pool,
+    exceeds ``max_model_len``, or (unchunked) the batch budget: ``VllmEngine._reject_reason``,
+    a function of the request and the engine config alone, asked here of every request
+    never admitted, and (2) ``reject_head``: a waiting head that cannot fit with nothing
+    running, which (1) rules out for an admitted request (its known sequence is at most
+    prompt + ``max_out - 1`` tokens, which fit the empty pool). A request on a worker that
+    is still starting is left out (the planner may cancel that worker). So every request
+    counted completes, after ``sim.now`` unless its first token is already stamped:
+
+    * TTFT >= ``first_token - arrival`` when stamped, else ``now - arrival`` (its first
+      token comes at a pass end still to be processed, after ``now``);
+    * E2E >= ``now - arrival`` (its last token is still to come).
+
+    Only requests with output tokens are counted (the report's TTFT and E2E samples).
+    """
+    import numpy as np
+
+    from sim.simulator import DRAINING, ACTIVE
+    if sim.disaggregated or sim.cut_off:
+        return None
+    now = sim.now
+    index: list[int] = []
+    ttft: list[float] = []
+    e2e: list[float] = []
+    for w in sim.workers:
+        eng = w.engine
+        if type(eng).__name__ != "VllmEngine":
+            return None
+        if w.state not in (ACTIVE, DRAINING):
+            continue
+        for s in (*eng.running, *eng.waiting):
+            if s.max_out <= 0 or (not s.admitted and eng._reject_reason(s)):
+                continue
+            a = s.req.arrival_ms
+            f = s.first_token
+            index.append(s.req.index)
+            ttft.append((f if f == f else now) - a)
+            e2e.append(now - a)
+    return (np.asarray(index, dtype=np.int64), np.asarray(ttft, dtype=np.float64),
+            np.asarray(e2e, dtype=np.float64))
 
 
 def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
@@ -502,11 +579,16 @@ def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
 
     * ``totals.gpu_hours`` / ``totals.provisioned_worker_seconds``: the report integrates
       provisioned workers up to the last completion (``Simulation.finish``), which is no
-      earlier than the last completion so far; integrating up to that is a lower bound.
+      earlier than the last completion so far, nor than ``now`` while a request certain to
+      complete is in flight (:func:`pending_lower_bounds`); integrating up to that is a
+      lower bound.
     * ``latency_ms.ttft.*`` / ``latency_ms.e2e_latency.*`` quantiles (``median``, ``p75``...
       ``p99``) and ``max``: see :func:`_quantile_lb`; the sample is over completed requests
-      with output tokens, whose values never change, and ``n_total`` (requests in the
-      trace) bounds its final size. Requests rejected later only shrink the sample.
+      with output tokens, whose values never change, plus the requests in flight certain
+      to complete, each at a lower bound on its final value (:func:`pending_lower_bounds`;
+      a nearest-rank quantile never falls when a sample value rises), and ``n_total``
+      (requests in the trace) bounds its final size. Requests rejected later only shrink
+      the sample.
 
     Valid for a replay run to the end (no ``--max-sim-time-s`` cut-off), as in a search.
     """
@@ -522,12 +604,15 @@ def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
     gpu = [f for f in fields if f in ("totals.gpu_hours", "totals.provisioned_worker_seconds")]
     if not (lat or gpu):
         return out
+    pending = pending_lower_bounds(sim)
     cols = sim.metrics.cols
     if gpu:
         last = np.frombuffer(cols["last_token_ms"], dtype=np.float64) if len(
             cols["last_token_ms"]) else np.zeros(0)
         last = last[~np.isnan(last)]
         end = float(last.max()) if len(last) else 0.0
+        if pending is not None and len(pending[0]):
+            end = max(end, sim.now)          # a request certain to complete is in flight
         worker_s = sum(max(0.0, min(w.removed_ms if w.removed_ms is not None else end, end)
                            - w.created_ms) / 1000.0 for w in sim.workers)
         for f in gpu:
@@ -539,12 +624,14 @@ def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
                                 np.int64) if n else np.zeros(0)
                for k in ("status", "output_length", "arrival_time_ms", *_LB_LATENCY.values())}
         sel = (arr["status"] == STATUS_COMPLETED) & (arr["output_length"] > 0)
-        desc = {}
+        vals = {}
         for f, (metric, q) in lat.items():
-            if metric not in desc:
+            if metric not in vals:
                 v = (arr[_LB_LATENCY[metric]] - arr["arrival_time_ms"])[sel]
-                desc[metric] = -np.sort(-v)
-            out[f] = _quantile_lb(desc[metric], q, n_total)
+                if pending is not None:
+                    v = np.concatenate([v, pending[1 if metric == "ttft" else 2]])
+                vals[metric] = v
+            out[f] = _quantile_lb(vals[metric], q, n_total)
     return out
 
 
@@ -584,15 +671,17 @@ def run_candidate(setup: Setup, params: dict[str, Any],
     (:func:`lower_bounds`; cheap), else the report so far (the fields over the requests
     finished by then, GPU-hours until then). A truthy return stops the replay (pruned; a
     string is kept as the reason). Returns ``{"status", "step", "sim_s", "values", "score",
-    "violation", "requests", "rung_scores", "reason"}``; the values of a complete candidate
+    "violation", "requests", "rung_scores", "reason", "cpu_s"}`` (``cpu_s``: this process's
+    CPU seconds for the candidate, ``report`` included); the values of a complete candidate
     are those of the full replay (:meth:`Simulation.finish`), i.e. of ``dynosim simulate``.
     """
     from sim.config import build_planner, build_simulation
+    cpu0 = time.process_time()
     cfg, _kind, _flags = candidate_config(setup, params)
     planner = build_planner(cfg)
-    workload = _fresh_workload(cfg)
+    workload = _workload(cfg)
     n_total = int(workload.describe()["num_requests"])
-    sim = build_simulation(cfg, workload=workload)
+    sim = build_simulation(cfg, workload=workload, token_gaps=setup.needs_token_gaps())
     if planner is not None:
         planner.attach(sim)
     bound = setup.early_stop == "bound"
@@ -612,14 +701,16 @@ def run_candidate(setup: Setup, params: dict[str, Any],
             return {"status": "pruned", "step": step, "sim_s": sim.now / 1000.0,
                     "values": values, "score": score, "violation": viol,
                     "requests": sim.num_arrived, "rung_scores": rung_scores,
-                    "reason": stop if isinstance(stop, str) else "asha"}
+                    "reason": stop if isinstance(stop, str) else "asha",
+                    "cpu_s": time.process_time() - cpu0}
     summary = sim.finish().summary
     values = report_fields(summary)
     score, viol = setup.objective.score(values)
     return {"status": "complete", "step": step if bound else len(setup.rungs_s) + 1,
             "sim_s": sim.now / 1000.0, "values": values, "score": score, "violation": viol,
             "requests": summary["totals"]["num_requests"],
-            "rung_scores": [] if bound else rung_scores, "reason": None}
+            "rung_scores": [] if bound else rung_scores, "reason": None,
+            "cpu_s": time.process_time() - cpu0}
 
 
 # -- executors -------------------------------------------------------------------------------
@@ -629,7 +720,7 @@ def _record(number: int, params: dict[str, Any], res: dict[str, Any] | None,
     if res is None:
         return {"trial": number, "status": "failed", "params": params, "values": {},
                 "score": math.nan, "violation": math.nan, "sim_s": 0.0, "requests": 0,
-                "rung_scores": [], "reason": None, "error": error}
+                "rung_scores": [], "reason": None, "error": error, "cpu_s": 0.0}
     return {"trial": number, "params": params, "error": None, "reason": None, **res}
 
 
@@ -684,7 +775,7 @@ def search_local(setup: Setup, trials: int, *, reduction_factor: int,
                 # since, so a stopped one would stop again. (ASHA's rungs move: rerun.)
                 res = {**records[first], "reason": f"same candidate as trial {first}"}
                 res = {k: v for k, v in res.items() if k not in ("trial", "params", "error")}
-                res["requests"] = 0            # nothing simulated
+                res["requests"] = res["cpu_s"] = 0            # nothing simulated
                 for step, score in enumerate(res["rung_scores"], start=1):
                     trial.report(score, step)
             else:
@@ -711,29 +802,34 @@ def search_local(setup: Setup, trials: int, *, reduction_factor: int,
 
 def _tune_trial(config: dict[str, Any], setup: Setup) -> None:
     """Ray Tune function trainable: one candidate, a report per checkpoint, a final one.
-    A candidate proven infeasible stops itself; dominance needs the other trials' results
-    and is the scheduler's (:class:`_BoundScheduler`)."""
+    A candidate proven infeasible stops itself at any check; dominance needs the other
+    trials' results and is the scheduler's (:class:`_BoundScheduler`), which hears the
+    bounds every ``TUNE_REPORT_S`` simulated seconds (each report costs the Tune driver
+    CPU; the checks themselves are cheap)."""
     from ray import tune
     params = dict(config)
-
+    bound = setup.early_stop == "bound"
+    every = max(1, round(TUNE_REPORT_S / setup.check_s)) if bound else 1
+    cpu0 = time.process_time()
     scores: list[float] = []
 
     def report(step, values, score):
         scores.append(score)
-        reason = None
-        if setup.early_stop == "bound":
-            reason = bound_stop(setup.objective, values, ())
-        tune.report({"score": score, "step": step, "status": "pruned" if reason else
-                     "running", "sim_s": step * setup.check_s if setup.early_stop == "bound"
-                     else setup.rungs_s[step - 1], "values": values,
-                     "rung_scores": list(scores), "reason": reason})
+        reason = bound_stop(setup.objective, values, ()) if bound else None
+        if reason or step % every == 0:
+            tune.report({"score": score, "step": step, "status": "pruned" if reason else
+                         "running", "sim_s": step * setup.check_s if bound
+                         else setup.rungs_s[step - 1], "values": values,
+                         "rung_scores": list(scores), "reason": reason,
+                         "cpu_s": time.process_time() - cpu0})
         return reason         # ASHA/the scheduler stop the trial (the next report never returns)
     res = run_candidate(setup, params, report)
     if res["status"] == "complete":
         tune.report({"score": res["score"], "step": res["step"], "status": "complete",
                      "sim_s": res["sim_s"], "values": res["values"],
                      "violation": res.get("violation", 0.0), "requests": res["requests"],
-                     "rung_scores": res["rung_scores"], "reason": None})
+                     "rung_scores": res["rung_scores"], "reason": None,
+                     "cpu_s": time.process_time() - cpu0})
 
 
 def _bound_scheduler(obj: Objective):
@@ -838,7 +934,7 @@ def search_ray(setup: Setup, trials: int, *, reduction_factor: int,
             "values": m.get("values", {}), "score": m.get("score", math.nan),
             "violation": m.get("violation", math.nan), "rung_scores": m.get("rung_scores", []),
             "requests": m.get("requests") or _arrived_by(setup, m.get("values", {})),
-            "reason": reason}))
+            "reason": reason, "cpu_s": m.get("cpu_s", 0.0)}))
     return records, n_cpus
 
 
@@ -856,6 +952,7 @@ def replay_closest(setup: Setup, records: list[dict[str, Any]], n: int = 3) -> N
                       and math.isfinite(r["score"])), key=lambda r: (r["score"], r["trial"]))
     for rec in stopped[:n]:
         res = run_candidate(setup, rec["params"])
+        res["cpu_s"] += rec.get("cpu_s") or 0.0       # the stopped replay's too
         rec.update(res, reason=f"replayed in full (closest; stopped at {rec['sim_s']:g} s: "
                    f"{rec.get('reason')})")
 
@@ -1121,14 +1218,26 @@ def run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
         bar = tqdm(total=args.trials, desc="search", unit="trial", file=sys.stderr,
                    dynamic_ncols=True, leave=False)
-    counts = {"failed": 0}
+    counts = {"failed": 0, "done": 0, "said": 0.0}
+    # Without a terminal (a log file), one line per 5 % of the trials or per minute.
+    lines = not args.quiet and bar is None
+    every = max(1, args.trials // 20)
 
     def progress(rec: dict) -> None:
+        counts["done"] += 1
         if rec.get("status") == "failed":
             counts["failed"] += 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix(failed=counts["failed"], refresh=False)
+        elif lines:
+            wall = time.perf_counter() - t0
+            n = counts["done"]
+            if n % every == 0 or n == args.trials or wall - counts["said"] >= 60.0:
+                counts["said"] = wall
+                print(f"search: {n}/{args.trials} trials, {counts['failed']} failed, "
+                      f"{wall / 60:.1f} min, ~{wall / n * (args.trials - n) / 60:.1f} min "
+                      "to go", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     cpu0 = time.process_time()      # this process's CPU: all the work locally, the driver on Ray
@@ -1168,6 +1277,7 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
     reused = sum(str(r.get("reason") or "").startswith("same candidate") for r in records)
     best = best_record(records, obj)
     feasible = best is not None and best["violation"] == 0
+    trials_cpu = sum(r.get("cpu_s") or 0.0 for r in records)
     title = (f"dynosim search: {len(records)} candidates ({by['complete']} complete, "
              f"{by['pruned']} stopped early, {by['failed']} failed), {setup.space.model} on "
              f"{setup.space.gpu}\n{obj.text}")
@@ -1182,6 +1292,12 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
             "run_info": {"executor": args.executor, "ray_address": args.ray_address,
                          "cpus": cpus, "wall_s": round(wall, 2),
                          "process_cpu_s": round(cpu_s, 2),
+                         # CPU of the replays themselves (on Ray: in the trial workers)
+                         "trials_cpu_s": round(trials_cpu, 2),
+                         # all of it: the search process, plus Ray's trial workers
+                         "cpu_s_per_trial": round((cpu_s + (trials_cpu if args.executor ==
+                                                            "ray" else 0.0))
+                                                  / max(1, len(records)), 3),
                          "trials_per_s": round(len(records) / wall, 3) if wall else None,
                          "simulated_requests": requests,
                          "simulated_requests_per_s": round(requests / wall) if wall else None},
