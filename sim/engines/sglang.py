@@ -486,53 +486,25 @@ class SglangEngine(EngineBase):
         if cfg.schedule_policy != "fifo":
             return 0
         running = self.running
-        waiting = self.waiting
-        for s in waiting:
+        need = self._head_need() if len(running) < cfg.max_num_seqs else -1.0
+        kv = self.kv
+        if need >= 0 and need < self._budget(0, self.new_token_ratio,
+                                             kv.available_tokens + kv.evictable_size):
+            return 0                            # the head fits now (after an extend pass)
+        for s in self.waiting:
             if not s.admitted and s.computed == 0 and self._reject_reason(s):
                 return 0
-        if len(running) >= cfg.max_num_seqs:
-            return k
-        P = self.bs
-        s = waiting[0]
-        seq_len = s.prompt_len + s.generated
-        mat = s.computed
-        cached = 0
-        if mat == 0 and cfg.enable_prefix_caching:
-            match_len = seq_len - 1 if s.max_out > 0 else seq_len
-            cached = self.kv.match_len(self._src(s), match_len // P) * P
-        start = mat if mat > cached else cached
-        extend = seq_len - start
-        if extend == 0 and mat > 0:
-            return k                            # start_pass stops at this head
-        chunk_cap = cfg.chunked_prefill_size // P * P
-        if extend <= cfg.chunked_prefill_size:
-            chunk = extend
-        else:
-            if chunk_cap == 0:
-                return k
-            chunk = chunk_cap if chunk_cap < extend else extend
-        charged = float(-(-chunk // P) * P)
-        if chunk < extend:
-            reserve = 0
-        else:
-            left = s.max_out - s.generated
-            reserve = left if left < cfg.clip_max_new_tokens else cfg.clip_max_new_tokens
-        need = charged + reserve
-        if mat > 0:
-            if charged > cfg.max_prefill_tokens or charged > cfg.chunked_prefill_size:
-                return k                        # never admitted while it heads the queue
-        elif cached > 0 and seq_len > cfg.chunked_prefill_size and chunk_cap < need:
-            need = float(chunk_cap)             # an evicted prefix makes it a capped chunk
-        # The budget of passes 0..k-1: first in closed form over all of them (sorted remaining
+        if need < 0:
+            return k                            # no pass of the stretch reaches the head
+        # The budget of passes 1..k-1: first in closed form over all of them (sorted remaining
         # outputs; the reserve is ratio * Σ min(left - j, clip) up to float rounding), then
         # exactly, as start_pass computes it, at each pass the closed form cannot rule out.
-        kv = self.kv
+        P = self.bs
         n = len(running)
         js = np.arange(k, dtype=np.int64)
         steps = np.full(k, -self.ratio_step)
         steps[0] = self.new_token_ratio
         ratios = np.maximum(np.cumsum(steps), self.min_ratio)   # r -= step; floored
-        ratios[0] = self.new_token_ratio      # (a retraction may leave it below the floor)
         clip = cfg.clip_max_new_tokens
         lefts = np.sort(np.array([s.max_out - s.generated for s in running], dtype=np.int64))
         csum = np.concatenate(([0], np.cumsum(lefts)))
@@ -548,15 +520,59 @@ class SglangEngine(EngineBase):
         avail = (kv.available_tokens + kv.evictable_size) - taken * P
         approx = avail.astype(np.float64) - ratios * total
         tol = 1e-9 * float(kv.total_tokens + n * clip) + 1e-6
-        for j in np.flatnonzero(need < approx + tol).tolist():
-            ratio = float(ratios[j])
-            reserved = 0.0
-            for s in running:
-                left = s.max_out - s.generated - j
-                reserved += (left if left < clip else clip) * ratio
-            if need < float(int(avail[j])) - reserved:
-                return j
+        for j in np.flatnonzero(need < approx[1:] + tol).tolist():
+            if need < self._budget(j + 1, float(ratios[j + 1]), int(avail[j + 1])):
+                return j + 1
         return k
+
+    def _head_need(self) -> float:
+        """A lower bound of the budget the waiting head needs at any pass of a decode stretch
+        from now (-1.0: start_pass never admits it while the stretch lasts)."""
+        cfg = self.cfg
+        P = self.bs
+        s = self.waiting[0]
+        seq_len = s.prompt_len + s.generated
+        mat = s.computed
+        cached = 0
+        if mat == 0 and cfg.enable_prefix_caching:
+            match_len = seq_len - 1 if s.max_out > 0 else seq_len
+            cached = self.kv.match_len(self._src(s), match_len // P) * P
+        start = mat if mat > cached else cached
+        extend = seq_len - start
+        if extend == 0 and mat > 0:
+            return -1.0                         # start_pass stops at this head
+        chunk_cap = cfg.chunked_prefill_size // P * P
+        if extend <= cfg.chunked_prefill_size:
+            chunk = extend
+        else:
+            if chunk_cap == 0:
+                return -1.0
+            chunk = chunk_cap if chunk_cap < extend else extend
+        charged = float(-(-chunk // P) * P)
+        if chunk < extend:
+            reserve = 0
+        else:
+            left = s.max_out - s.generated
+            reserve = left if left < cfg.clip_max_new_tokens else cfg.clip_max_new_tokens
+        need = charged + reserve
+        if mat > 0:
+            if charged > cfg.max_prefill_tokens or charged > cfg.chunked_prefill_size:
+                return -1.0                     # never admitted while it heads the queue
+        elif cached > 0 and seq_len > cfg.chunked_prefill_size and chunk_cap < need:
+            need = float(chunk_cap)             # an evicted prefix makes it a capped chunk
+        return need
+
+    def _budget(self, j: int, ratio: float, avail: int) -> float:
+        """``start_pass``'s admission budget ``rem_total`` at the j-th decode pass from now
+        (same float operations in the same order), given that pass's ratio and free +
+        evictable tokens."""
+        s: Seq
+        clip = self.cfg.clip_max_new_tokens
+        reserved = 0.0
+        for s in self.running:
+            left = s.max_out - s.generated - j
+            reserved += (left if left < clip else clip) * ratio
+        return float(avail) - reserved
 
     def _pages_for(self, k: int) -> int:
         s: Seq
