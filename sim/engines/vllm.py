@@ -150,7 +150,7 @@ class VllmEngine(EngineBase):
         """The connector's look-up for the waiting head ``s`` (GPU hit ``cached`` tokens):
         _HOST_MISS (admit from the GPU cache alone), _HOST_PARKED (its host prefix is
         loading: it left the queue), _HOST_SKIP (a copy it depends on is in flight: try
-        the next request) or _BLOCKED (no GPU room for the load)."""
+        the next request) or _BLOCKED (no GPU headroom or room for the load)."""
         hs = self._host_state(s)
         if hs[1] >= 0:
             return _HOST_MISS                   # loaded already: admitted from the GPU
@@ -166,6 +166,8 @@ class VllmEngine(EngineBase):
             return _HOST_MISS
         if deferred:
             return _HOST_SKIP
+        if not self._host_load_headroom(s, base):
+            return _BLOCKED
         if not self.kv.reserve_into(s.blocks, keys[:base], n):
             return _BLOCKED
         host.start_load(keys[base:base + n], s, now)
@@ -174,6 +176,25 @@ class VllmEngine(EngineBase):
         self.waiting_tokens -= s.prompt_len + s.generated
         self.parked.append(s)
         return _HOST_PARKED
+
+    def _host_load_headroom(self, s: Seq, base: int) -> bool:
+        """Dynamo's load-admission headroom for the host tier (its vLLM connector policy's
+        ``LoadAdmissionHeadroom::InflightPrefillRemainders``, ``lib/mocker/src/host_offload/
+        policy.rs``): a load is non-preemptible, so it starts only if the request's whole
+        footprint (the blocks of its known tokens past its GPU prefix hit of ``base``
+        blocks) fits the blocks no running sequence holds, less the unfinished prompt blocks
+        of every prefill in flight (running sequences mid-prompt, parked sequences whose
+        loads run). Otherwise the waiting loop stops and a later pass retries it."""
+        o: Seq
+        bs = self.bs
+        unfinished = 0
+        for o in self.running:
+            if o.computed < o.prompt_len:
+                unfinished += -(-o.prompt_len // bs) - len(o.blocks)
+        for o in self.parked:
+            unfinished += -(-o.prompt_len // bs) - len(o.blocks)
+        need = -(-(s.prompt_len + s.generated) // bs) - base
+        return need <= self.cfg.num_gpu_blocks - self.kv.num_active - unfinished
 
     def _host_store(self, s: Seq) -> None:
         """Write-through: queue the full prompt blocks ``s`` has computed past its store
@@ -226,8 +247,17 @@ class VllmEngine(EngineBase):
             self._host_boundary(end)
 
     def finish_stretch(self, end: float) -> None:
+        ends = self.stretch_ends
         EngineBase.finish_stretch(self, end)
         if self.host is not None:
+            keys = self.host.stretch_touch
+            if keys is not None:
+                # Stores ended while the head waited: its look-up in the stretch's last pass
+                # touched its blocks after the copies that had ended by that pass's start.
+                self.host.stretch_touch = None
+                if len(ends) > 1:
+                    self.host.advance(float(ends[-2]))
+                self.host.touch_reversed(keys)
             self._host_boundary(end)
 
     def has_work(self) -> bool:
@@ -553,7 +583,7 @@ class VllmEngine(EngineBase):
         """Would every pass of a stretch find the waiting head's host look-up unchanged (a
         miss, its touch repeated on an unchanged LRU)? Does that first touch now."""
         host = self.host
-        if host.has_transfers():
+        if host.loads or host.prepared:
             return False
         n = len(self.running)
         if n >= self.cfg.max_num_seqs or n >= self.cfg.max_num_batched_tokens:
@@ -567,7 +597,11 @@ class VllmEngine(EngineBase):
         base = cached // self.bs
         if base < len(keys) and host.match(keys, base)[0]:
             return False
+        # A miss stays a miss over decode passes, which store nothing; stores in flight end
+        # at their boundaries, and the head's look-ups touch its blocks after them.
         host.touch_reversed(keys)             # what the stretch's first pass does
+        if host.stores:
+            host.stretch_touch = keys         # ... and its last (finish_stretch)
         return True
 
     def _admission_possible(self) -> bool:
