@@ -282,9 +282,13 @@ class VllmEngine(EngineBase):
         waiting = self.waiting
         st = _PassState(cfg.max_num_batched_tokens)
         scheduled = st.scheduled
+        fence = now
+        evictions0 = 0
         if self.host is not None:
             # copies that ended while the engine was idle (Dynamo wakes for them)
             self._host_activate(self.host.advance(now))
+            self.host.fence_ms = now
+            evictions0 = self.kv.evictions
         i = 0
         while i < len(running) and st.budget > 0:
             s = running[i]
@@ -382,7 +386,9 @@ class VllmEngine(EngineBase):
         self.num_passes += 1
         self.busy = True
         self.pass_start = now
-        self.pass_end = now + (prefill_ms + decode_ms)
+        if self.host is not None:
+            fence = self.host.pass_fence(self.kv, self.kv.evictions > evictions0)
+        self.pass_end = fence + (prefill_ms + decode_ms)
         self._did_work = bool(st.scheduled) or bool(ready) or bool(rejected)
         if not self._did_work and self.parked:
             # Nothing can run until a host load ends: wait for it (an empty pass).
@@ -518,6 +524,8 @@ class VllmEngine(EngineBase):
         if not running:
             return None
         v = running.pop() if self.cfg.preemption_mode == "lifo" else running.pop(0)
+        if self.host is not None and v.keys:
+            self.host.fence_preempted(v.keys)
         v.computed = 0
         v.preemptions += 1
         self.num_preemptions += 1
@@ -568,6 +576,8 @@ class VllmEngine(EngineBase):
                 if not self._host_quiet():
                     return 0
                 avail = kv.free_blocks()
+        if self.host is not None and self.host.stores:
+            avail = kv.free_blocks()        # no eviction of a block whose copy is in flight
         if _allocations(phases, k, bs) > avail:
             lo, hi = 0, k - 1           # largest k' with allocations(k') <= avail
             while lo < hi:
