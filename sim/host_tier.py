@@ -81,9 +81,6 @@ class HostTier:
         self._match_val: tuple[int, bool] = (0, False)
         self._next_id = 0
         self._touched: list[int] | None = None    # see touch_reversed
-        # The waiting head's keys, touched again when a bulk stretch ends (stores were in
-        # flight: its look-up in the stretch's last pass came after the copies ended by then)
-        self.stretch_touch: list[int] | None = None
         self.fence_ms = 0.0       # the pass being scheduled starts computing at or after this
         # report counters
         self.stored_blocks = 0

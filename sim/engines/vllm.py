@@ -247,17 +247,8 @@ class VllmEngine(EngineBase):
             self._host_boundary(end)
 
     def finish_stretch(self, end: float) -> None:
-        ends = self.stretch_ends
         EngineBase.finish_stretch(self, end)
         if self.host is not None:
-            keys = self.host.stretch_touch
-            if keys is not None:
-                # Stores ended while the head waited: its look-up in the stretch's last pass
-                # touched its blocks after the copies that had ended by that pass's start.
-                self.host.stretch_touch = None
-                if len(ends) > 1:
-                    self.host.advance(float(ends[-2]))
-                self.host.touch_reversed(keys)
             self._host_boundary(end)
 
     def has_work(self) -> bool:
@@ -593,7 +584,7 @@ class VllmEngine(EngineBase):
         """Would every pass of a stretch find the waiting head's host look-up unchanged (a
         miss, its touch repeated on an unchanged LRU)? Does that first touch now."""
         host = self.host
-        if host.loads or host.prepared:
+        if host.has_transfers():
             return False
         n = len(self.running)
         if n >= self.cfg.max_num_seqs or n >= self.cfg.max_num_batched_tokens:
@@ -607,11 +598,7 @@ class VllmEngine(EngineBase):
         base = cached // self.bs
         if base < len(keys) and host.match(keys, base)[0]:
             return False
-        # A miss stays a miss over decode passes, which store nothing; stores in flight end
-        # at their boundaries, and the head's look-ups touch its blocks after them.
         host.touch_reversed(keys)             # what the stretch's first pass does
-        if host.stores:
-            host.stretch_touch = keys         # ... and its last (finish_stretch)
         return True
 
     def _admission_possible(self) -> bool:
