@@ -6,7 +6,7 @@ Asserted: the issue's 2% on TTFT, ITL and E2E mean/p50/p90/p99, the same complet
 prefix reuse and host-hit requests within 2%, and at least 99% of requests matching Dynamo's
 request by request (worker, prefix reuse, first admission, first and last token). Not reached:
 all of them - Dynamo's round-robin runs are deterministic; ours match 11,917 of 12,031 (the
-first divergence is at 2,964 s, see the README). Skips without the peer.
+first divergence is an admission at 3,031 s, see the README). Skips without the peer.
 """
 from __future__ import annotations
 
