@@ -81,6 +81,7 @@ class HostTier:
         self._match_val: tuple[int, bool] = (0, False)
         self._next_id = 0
         self._touched: list[int] | None = None    # see touch_reversed
+        self.fence_ms = 0.0       # the pass being scheduled starts computing at or after this
         # report counters
         self.stored_blocks = 0
         self.evicted_blocks = 0
@@ -178,6 +179,37 @@ class HostTier:
             end = self.d2h.submit(now, len(keys) * self.block_bytes)
             self.stores.append((end, _STORE, tid, keys, None))
         self.prepared.clear()
+
+    # -- source fences (Dynamo's StoreFence::SourceReuseOrPreemption) -----------------------
+    # A GPU block being read by a device-to-host copy cannot be overwritten or freed until
+    # the copy ends: a pass that evicts such a block for new KV, or preempts a request that
+    # holds one, starts its compute when those copies end (``fence_ms``, set per pass).
+    def fence_preempted(self, keys: list[int]) -> None:
+        """A preempted request holding ``keys``: wait for the stores still reading them."""
+        held = None
+        for end, _, _, ks, _ in self.stores:
+            if end > self.fence_ms:
+                if held is None:
+                    held = set(keys)
+                if not held.isdisjoint(ks):
+                    self.fence_ms = end
+
+    def pass_fence(self, kv, evicted: bool) -> float:
+        """When the pass scheduled from ``fence_ms`` (its start, or a preemption fence) may
+        start computing: after every store still reading a GPU block the pass evicted
+        (``evicted``: it evicted anything). A stored block leaves the GPU cache only by
+        eviction, and an earlier pass that evicted it already waited for its copy, so a
+        block of a store in flight that is no longer resident was evicted by this pass."""
+        fence = self.fence_ms
+        if evicted:
+            resident = kv.resident
+            for end, _, _, ks, _ in self.stores:
+                if end > fence:
+                    for k in ks:
+                        if not resident(k):
+                            fence = end
+                            break
+        return fence
 
     # -- loads ------------------------------------------------------------------------------
     def start_load(self, keys: list[int], owner, now: float) -> float:

@@ -88,6 +88,41 @@ def test_host_hit_restores_an_evicted_prefix() -> None:
     assert tier["host_load_hits"] == 1 and tier["host_loaded_blocks"] == 1
 
 
+@pytest.mark.parametrize("gbps, done_ms", [(1.0, 1.0), (0.0, 0.5), (0.25, 4.0)])
+def test_a_block_being_stored_is_not_overwritten_before_its_copy_ends(gbps, done_ms) -> None:
+    """Dynamo's source fence (StoreFence::SourceReuseOrPreemption): request 0's block is
+    copied to the host from its pass end at 0 (4 tokens x 250 kB at 1 GB/s = 1 ms); request
+    1, at 0.5 ms, needs the only GPU block, so its pass evicts that block and computes only
+    once the copy has ended (instant copies: at once)."""
+    reqs = [req(0, 0.0, 4, 0, hash_ids=[1]), req(1, 0.5, 4, 0, hash_ids=[2])]
+    for r in reqs:
+        r.trace_block_size = 4
+    for exact in (False, True):
+        res = run_host(reqs, nb=1, host=2, bs=4, timing=FixedTiming(0.0, 0.0), budget=4,
+                       gbps=gbps, exact=exact)
+        c = res.metrics.columns()
+        assert c["status"].tolist() == [STATUS_COMPLETED] * 2
+        assert float(c["last_token_ms"][0]) == 0.0
+        assert float(c["last_token_ms"][1]) == pytest.approx(done_ms, rel=1e-12)
+
+
+def test_a_decode_stretch_does_not_evict_a_block_being_stored() -> None:
+    """Request 0's only block is copied to the host for 100 ms (4 tokens x 250 kB at 0.01
+    GB/s) after its pass; request 1 decodes beside it and, with 4 GPU blocks, needs that
+    block for its 12th token. Pass by pass, that pass waits for the copy; a bulk stretch
+    must not absorb the eviction (it stops at the free blocks while a copy is in flight),
+    so both agree."""
+    reqs = [req(0, 0.0, 4, 0, hash_ids=[1]), req(1, 0.0, 3, 12, hash_ids=[2])]
+    for r in reqs:
+        r.trace_block_size = 4
+    runs = [run_host(reqs, nb=4, host=2, bs=4, budget=8, gbps=0.01, exact=e) for e in (False, True)]
+    assert_same_records(runs[0].metrics.columns(), runs[1].metrics.columns())
+    assert_same_summary(runs[0].summary, runs[1].summary)
+    c = runs[1].metrics.columns()
+    assert c["status"].tolist() == [STATUS_COMPLETED] * 2
+    assert float(c["last_token_ms"][1]) > 100.0 > float(c["first_token_ms"][1])
+
+
 @SETTINGS
 @given(workloads(), st.integers(24, 400), st.integers(1, 64), st.sampled_from([16, 64]),
        st.integers(1, 3), st.booleans(), st.sampled_from([0.0, 1.0, 32.0]),

@@ -47,6 +47,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
+
 from ..metrics import MetricsCollector
 from ..radix_cache import RadixCache, TokenSource
 from ..timing import TimingModel
@@ -428,13 +430,14 @@ class SglangEngine(EngineBase):
 
     def plan_stretch(self) -> int:
         """Decode passes that can run as one stretch from now (0 if not possible): nothing
-        waits (so nothing can be admitted), nobody completes before the last pass, and
+        can be admitted in any of them (nothing waits, or the waiting head provably stays
+        shut out, see ``_admission_shut``), nobody completes before the last pass, and
         the pages of every pass can be had from free and evictable tokens (so nothing is
         retracted). Evictions take unlocked leaves oldest first, which no decode step
         reorders, so taking them all when the stretch ends changes nothing."""
         s: Seq
         running = self.running
-        if not running or self.waiting or len(running) > self.cfg.max_num_seqs:
+        if not running or len(running) > self.cfg.max_num_seqs:
             return 0
         k = 1 << 62
         for s in running:
@@ -454,7 +457,122 @@ class SglangEngine(EngineBase):
                 else:
                     hi = mid - 1
             k = lo
+        if k > 1 and self.waiting:
+            k = self._admission_shut(k)
         return k if k > 1 else 0
+
+    def _admission_shut(self, k: int) -> int:
+        """How many of the next k decode passes (all of them decode-only, none retracting)
+        provably admit nothing although requests wait: 0 if the first pass might admit.
+
+        Only with the ``fifo`` policy (``lpm`` re-sorts the queue on match lengths that
+        evictions can change) and when no waiting request is due for rejection (the next
+        pass would reject it). Admission stops at the head, so only the head counts:
+
+        * running slots: the running set is fixed over the stretch, so a full batch stays
+          full;
+        * a partially prefilled head needs exactly ``charged + reserve`` tokens of the
+          budget; a fresh head's cached prefix can only shrink meanwhile (decode steps
+          insert output tokens, which no prompt shares; evictions may cut it), which never
+          lowers its need below ``min(need now, the chunk-capped charge)``;
+        * the budget at pass j, ``available + evictable - Σ_running min(left, clip) *
+          ratio``, is computed exactly as ``start_pass`` would (same float operations in
+          the same order): free + evictable tokens fall by the pages the first j passes
+          take, each request's remaining output by j, and the ratio decays once per pass.
+
+        The stretch ends before the first pass whose budget exceeds that lower bound."""
+        s: Seq
+        cfg = self.cfg
+        if cfg.schedule_policy != "fifo":
+            return 0
+        running = self.running
+        need = self._head_need() if len(running) < cfg.max_num_seqs else -1.0
+        kv = self.kv
+        if need >= 0 and need < self._budget(0, self.new_token_ratio,
+                                             kv.available_tokens + kv.evictable_size):
+            return 0                            # the head fits now (after an extend pass)
+        for s in self.waiting:
+            if not s.admitted and s.computed == 0 and self._reject_reason(s):
+                return 0
+        if need < 0:
+            return k                            # no pass of the stretch reaches the head
+        # The budget of passes 1..k-1: first in closed form over all of them (sorted remaining
+        # outputs; the reserve is ratio * Σ min(left - j, clip) up to float rounding), then
+        # exactly, as start_pass computes it, at each pass the closed form cannot rule out.
+        P = self.bs
+        n = len(running)
+        js = np.arange(k, dtype=np.int64)
+        steps = np.full(k, -self.ratio_step)
+        steps[0] = self.new_token_ratio
+        ratios = np.maximum(np.cumsum(steps), self.min_ratio)   # r -= step; floored
+        clip = cfg.clip_max_new_tokens
+        lefts = np.sort(np.array([s.max_out - s.generated for s in running], dtype=np.int64))
+        csum = np.concatenate(([0], np.cumsum(lefts)))
+        below = np.searchsorted(lefts, clip + js)          # requests with left - j < clip
+        total = csum[below] - below * js + (n - below) * clip
+        if P == 1:
+            taken = js * n
+        else:
+            phases = np.bincount(np.array([-s.computed % P for s in running]), minlength=P)
+            taken = np.zeros(k, dtype=np.int64)
+            for a in np.flatnonzero(phases):
+                taken += phases[a] * np.where(js > a, 1 + (js - 1 - a) // P, 0)
+        avail = (kv.available_tokens + kv.evictable_size) - taken * P
+        approx = avail.astype(np.float64) - ratios * total
+        tol = 1e-9 * float(kv.total_tokens + n * clip) + 1e-6
+        for j in np.flatnonzero(need < approx[1:] + tol).tolist():
+            if need < self._budget(j + 1, float(ratios[j + 1]), int(avail[j + 1])):
+                return j + 1
+        return k
+
+    def _head_need(self) -> float:
+        """A lower bound of the budget the waiting head needs at any pass of a decode stretch
+        from now (-1.0: start_pass never admits it while the stretch lasts)."""
+        cfg = self.cfg
+        P = self.bs
+        s = self.waiting[0]
+        seq_len = s.prompt_len + s.generated
+        mat = s.computed
+        cached = 0
+        if mat == 0 and cfg.enable_prefix_caching:
+            match_len = seq_len - 1 if s.max_out > 0 else seq_len
+            cached = self.kv.match_len(self._src(s), match_len // P) * P
+        start = mat if mat > cached else cached
+        extend = seq_len - start
+        if extend == 0 and mat > 0:
+            return -1.0                         # start_pass stops at this head
+        chunk_cap = cfg.chunked_prefill_size // P * P
+        if extend <= cfg.chunked_prefill_size:
+            chunk = extend
+        else:
+            if chunk_cap == 0:
+                return -1.0
+            chunk = chunk_cap if chunk_cap < extend else extend
+        charged = float(-(-chunk // P) * P)
+        if chunk < extend:
+            reserve = 0
+        else:
+            left = s.max_out - s.generated
+            reserve = left if left < cfg.clip_max_new_tokens else cfg.clip_max_new_tokens
+        need = charged + reserve
+        if mat > 0:
+            if charged > cfg.max_prefill_tokens or charged > cfg.chunked_prefill_size:
+                return -1.0                     # never admitted while it heads the queue
+        elif cached > 0 and seq_len > cfg.chunked_prefill_size and chunk_cap < need:
+            need = float(chunk_cap)             # an evicted prefix makes it a capped chunk
+        return need
+
+    def _budget(self, j: int, ratio: float, avail: int) -> float:
+        """``start_pass``'s admission budget ``rem_total`` at the j-th decode pass from now
+        (same float operations in the same order), given that pass's ratio and free +
+        evictable tokens."""
+        s: Seq
+        clip = self.cfg.clip_max_new_tokens
+        reserved = 0.0
+        for s in self.running:
+            left = s.max_out - s.generated - j
+            reserved += (left if left < clip else clip) * ratio
+        return float(avail) - reserved
 
     def _pages_for(self, k: int) -> int:
         s: Seq

@@ -162,7 +162,7 @@ class VllmEngine(EngineBase):
         """The connector's look-up for the waiting head ``s`` (GPU hit ``cached`` tokens):
         _HOST_MISS (admit from the GPU cache alone), _HOST_PARKED (its host prefix is
         loading: it left the queue), _HOST_SKIP (a copy it depends on is in flight: try
-        the next request) or _BLOCKED (no GPU room for the load)."""
+        the next request) or _BLOCKED (no GPU headroom or room for the load)."""
         hs = self._host_state(s)
         if hs[1] >= 0:
             return _HOST_MISS                   # loaded already: admitted from the GPU
@@ -178,6 +178,8 @@ class VllmEngine(EngineBase):
             return _HOST_MISS
         if deferred:
             return _HOST_SKIP
+        if not self._host_load_headroom(s, base):
+            return _BLOCKED
         if not self.kv.reserve_into(s.blocks, keys[:base], n):
             return _BLOCKED
         host.start_load(keys[base:base + n], s, now)
@@ -186,6 +188,25 @@ class VllmEngine(EngineBase):
         self.waiting_tokens -= s.prompt_len + s.generated
         self.parked.append(s)
         return _HOST_PARKED
+
+    def _host_load_headroom(self, s: Seq, base: int) -> bool:
+        """Dynamo's load-admission headroom for the host tier (its vLLM connector policy's
+        ``LoadAdmissionHeadroom::InflightPrefillRemainders``, ``lib/mocker/src/host_offload/
+        policy.rs``): a load is non-preemptible, so it starts only if the request's whole
+        footprint (the blocks of its known tokens past its GPU prefix hit of ``base``
+        blocks) fits the blocks no running sequence holds, less the unfinished prompt blocks
+        of every prefill in flight (running sequences mid-prompt, parked sequences whose
+        loads run). Otherwise the waiting loop stops and a later pass retries it."""
+        o: Seq
+        bs = self.bs
+        unfinished = 0
+        for o in self.running:
+            if o.computed < o.prompt_len:
+                unfinished += -(-o.prompt_len // bs) - len(o.blocks)
+        for o in self.parked:
+            unfinished += -(-o.prompt_len // bs) - len(o.blocks)
+        need = -(-(s.prompt_len + s.generated) // bs) - base
+        return need <= self.cfg.num_gpu_blocks - self.kv.num_active - unfinished
 
     def _host_store(self, s: Seq) -> None:
         """Write-through: queue the full prompt blocks ``s`` has computed past its store
@@ -265,9 +286,13 @@ class VllmEngine(EngineBase):
         st = _PassState(self._max_batched, self._pass_id)
         scheduled = st.scheduled
         pass_id = st.pass_id
+        fence = now
+        evictions0 = 0
         if self.host is not None:
             # copies that ended while the engine was idle (Dynamo wakes for them)
             self._host_activate(self.host.advance(now))
+            self.host.fence_ms = now
+            evictions0 = self.kv.evictions
         i = 0
         while i < len(running) and st.budget > 0:
             s = running[i]
@@ -367,7 +392,9 @@ class VllmEngine(EngineBase):
         self.num_passes += 1
         self.busy = True
         self.pass_start = now
-        self.pass_end = now + (prefill_ms + decode_ms)
+        if self.host is not None:
+            fence = self.host.pass_fence(self.kv, self.kv.evictions > evictions0)
+        self.pass_end = fence + (prefill_ms + decode_ms)
         self._did_work = bool(st.scheduled) or st.n_decodes > 0 or bool(ready) or bool(rejected)
         if not self._did_work and self.parked:
             # Nothing can run until a host load ends: wait for it (an empty pass).
@@ -507,6 +534,8 @@ class VllmEngine(EngineBase):
         if not running:
             return None
         v = running.pop() if self._lifo else running.pop(0)
+        if self.host is not None and v.keys:
+            self.host.fence_preempted(v.keys)
         v.computed = 0
         v.preemptions += 1
         self.num_preemptions += 1
@@ -561,6 +590,8 @@ class VllmEngine(EngineBase):
                 if not self._host_quiet():
                     return 0
                 avail = kv.free_blocks()
+        if self.host is not None and self.host.stores:
+            avail = kv.free_blocks()        # no eviction of a block whose copy is in flight
         if _allocations(phases, k, bs) > avail:
             lo, hi = 0, k - 1           # largest k' with allocations(k') <= avail
             while lo < hi:
