@@ -130,7 +130,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     bc_record = None
     if bc:
         from .router_train import behaviour_clone
-        bc_record = behaviour_clone(model, env_cfg.to_dict(), seed=seed, quiet=quiet, **bc)
+        bc_record = behaviour_clone(model, env_cfg.to_dict(), seed=seed, quiet=quiet,
+                                    env_id=env_id, **bc)
     callbacks = [CheckpointCallback(save_freq=max(1, checkpoint_every // n_envs),
                                     save_path=str(out / "checkpoints"), name_prefix=key)]
     dual = None
