@@ -114,9 +114,10 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     """Fit ``model.policy`` to ``teacher``'s actions on ``episodes`` training episodes of
     ``env_id`` (``split=train``, seeds ``10_000 + seed ..``, apart from PPO's own seed
     streams). A recurrent policy (sb3-contrib) is fitted on whole episodes, ``batch_size``
-    samples' worth of episodes per batch. Returns the samples count, the final negative
-    log-likelihood and the agreement with the teacher (share of samples where the policy's
-    most likely action is the teacher's)."""
+    samples' worth of episodes per batch. Returns the samples count and, before and after
+    fitting, the mean negative log-likelihood of the teacher's actions and the agreement
+    with the teacher (share of samples where the policy's most likely action is the
+    teacher's)."""
     import gymnasium as gym
     import torch as th
 
@@ -146,8 +147,7 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     X = th.as_tensor(np.asarray(obs_l, dtype=np.float32))
     y = th.as_tensor(np.asarray(act_l, dtype=np.int64))
     pol = model.policy
-    recurrent = hasattr(pol, "lstm_actor")
-    if recurrent:       # batches of whole episodes, padded to the longest (mask)
+    if hasattr(pol, "lstm_actor"):     # recurrent: items are whole episodes, padded (mask)
         T = max(lengths)
         bounds = np.cumsum([0, *lengths])
         Xs = th.zeros((len(lengths), T, X.shape[1]))
@@ -155,53 +155,51 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
         mask = th.zeros((len(lengths), T), dtype=th.bool)
         for e, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
             Xs[e, :b - a], ys[e, :b - a], mask[e, :b - a] = X[a:b], y[a:b], True
-        per_batch = max(1, batch_size // T)
+        per_batch, n_items = max(1, batch_size // T), len(lengths)
 
-        def dist_of(idx):
+        def fit(idx):
+            """(log-likelihoods, predicted actions, teacher actions) of items ``idx``."""
             n_seq = len(idx)
             shape = (pol.lstm_actor.num_layers, n_seq, pol.lstm_actor.hidden_size)
             states = (th.zeros(shape), th.zeros(shape))     # each sequence from zeros,
             starts = th.zeros(n_seq * T)                     # as a rollout's episode start
             dist, _ = pol.get_distribution(Xs[idx].reshape(n_seq * T, -1), states, starts)
-            return dist
-        batches = lambda perm: [perm[i:i + per_batch] for i in range(0, len(perm), per_batch)]
-        n_items = len(lengths)
-        target = lambda idx: (ys[idx].reshape(-1), mask[idx].reshape(-1))
+            m, yb = mask[idx].reshape(-1), ys[idx].reshape(-1)
+            return dist.log_prob(yb)[m], dist.distribution.probs.argmax(-1)[m], yb[m]
     else:
-        dist_of = pol.get_distribution
-        batches = lambda perm: [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
-        n_items = len(X)
-        target = lambda idx: (y[idx], None)
+        per_batch, n_items = batch_size, len(X)
+
+        def fit(idx):
+            dist = pol.get_distribution(X[idx])
+            return dist.log_prob(y[idx]), dist.distribution.probs.argmax(-1), y[idx]
+
+    def stats() -> tuple[float, float]:
+        """(mean NLL, agreement with the teacher) over every sample."""
+        with th.no_grad():
+            logp, pred, yb = fit(th.arange(n_items))
+        return float(-logp.mean()), float((pred == yb).float().mean())
+
     opt = th.optim.Adam(pol.parameters(), lr=learning_rate)
     gen = th.Generator().manual_seed(seed)
+    pol.set_training_mode(False)
+    nll0, agree0 = stats()
     pol.set_training_mode(True)
-    nll = float("nan")
     for ep in range(epochs):
         tot, count = 0.0, 0
-        for b in batches(th.randperm(n_items, generator=gen)):
-            dist = dist_of(b if recurrent else X[b])
-            yb, m = target(b)
-            logp = dist.log_prob(yb)
-            logp = logp[m] if m is not None else logp
+        perm = th.randperm(n_items, generator=gen)
+        for i in range(0, n_items, per_batch):
+            logp = fit(perm[i:i + per_batch])[0]
             loss = -logp.mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             tot += float(loss.detach()) * len(logp)
             count += len(logp)
-        nll = tot / count
         if not quiet:
-            print(f"dynosim: behaviour cloning epoch {ep + 1}/{epochs}: NLL {nll:.4f}",
-                  file=sys.stderr, flush=True)
+            print(f"dynosim: behaviour cloning epoch {ep + 1}/{epochs}: NLL "
+                  f"{tot / count:.4f}", file=sys.stderr, flush=True)
     pol.set_training_mode(False)
-    with th.no_grad():
-        if recurrent:
-            idx = th.arange(n_items)
-            yb, m = target(idx)
-            agree = float((dist_of(idx).distribution.probs.argmax(-1) == yb)[m]
-                          .float().mean())
-        else:
-            agree = float((pol.get_distribution(X).distribution.probs.argmax(-1) == y)
-                          .float().mean())
+    nll, agree = stats()
     return {"teacher": teacher, "episodes": episodes, "samples": int(len(X)),
-            "epochs": epochs, "final_nll": nll, "teacher_agreement": agree}
+            "epochs": epochs, "initial_nll": nll0, "initial_agreement": agree0,
+            "final_nll": nll, "teacher_agreement": agree}
