@@ -26,7 +26,9 @@ Hyperparameter keys (``agents/hyperparams/ppo.yml``; ``reward_credit`` for
 """
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,24 +89,41 @@ def request_credit_callback(sla_weight: float):
     return RequestCreditCallback()
 
 
-_SCHEDULES: dict[tuple[str, int], list[int]] = {}
+def schedule_cache_dir() -> Path:
+    """Where hindsight schedules are kept between runs: ``$DYNOSIM_CACHE/schedules``
+    (default ``~/.cache/dynosim/schedules``)."""
+    root = os.environ.get("DYNOSIM_CACHE") or Path.home() / ".cache" / "dynosim"
+    return Path(root) / "schedules"
 
 
 def _schedule_teacher(env, opts: dict[str, Any], seed: int):
     """``oracle:schedule`` as a teacher for one training episode: the hindsight schedule's
-    per-step worker targets (agents/oracle.py; scale-ups one start-up time ahead), computed
-    once per (config, episode) in a process (the seeds of one benchmark run share them)."""
+    per-step worker targets (agents/oracle.py; scale-ups one start-up time ahead). A
+    schedule costs ~60 partial replays, so it is cached on disk (:func:`schedule_cache_dir`)
+    under a hash of the episode's config without the reward weights (they do not change
+    the simulation; the SLA target the oracle aims at is kept), the options and the seed."""
+    import hashlib
     import json
 
     from .oracle import SchedulePolicy, best_schedule
     u = env.unwrapped
     e = u.cfg.env
-    key = (json.dumps(u.cfg.to_dict(), sort_keys=True, default=str), seed)
-    if key not in _SCHEDULES:
-        _SCHEDULES[key] = best_schedule(env, opts, seed, e.min_endpoint, u.max_workers,
-                                        e.reward.sla_target, 120.0, e.interval_s,
-                                        e.episode_steps)["targets"]
-    return SchedulePolicy(env, _SCHEDULES[key])
+    cfg = u.cfg.to_dict()
+    cfg["env"] = {k: v for k, v in cfg["env"].items() if k != "reward"}
+    key = json.dumps({"config": cfg, "sla_target": e.reward.sla_target, "options": opts,
+                      "seed": seed, "segment_s": 120.0}, sort_keys=True, default=str)
+    path = schedule_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    if path.exists():
+        targets = json.loads(path.read_text())["targets"]
+    else:
+        targets = best_schedule(env, opts, seed, e.min_endpoint, u.max_workers,
+                                e.reward.sla_target, 120.0, e.interval_s,
+                                e.episode_steps)["targets"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"seed": seed, "options": opts, "targets": targets}))
+        tmp.replace(path)                    # atomic: parallel runs may share the cache
+    return SchedulePolicy(env, targets)
 
 
 def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epochs: int = 10,
