@@ -114,9 +114,12 @@ def test_the_shipping_rule_prefers_the_cheapest_seed_that_matches_the_baseline()
 
 @pytest.mark.parametrize("algo,policy", [("ppo", "MlpPolicy"), ("ppo_lstm", "MlpLstmPolicy")])
 def test_behaviour_cloning_from_the_hindsight_schedule_fits_its_actions(
-        tmp_path: Path, algo: str, policy: str) -> None:
+        tmp_path: Path, monkeypatch, algo: str, policy: str) -> None:
     """The warm start (oracle:schedule's per-step targets on training episodes) raises the
-    likelihood of the teacher's actions, feed-forward and recurrent (whole episodes)."""
+    likelihood of the teacher's actions, feed-forward and recurrent (whole episodes); the
+    schedules land in the disk cache, one per episode."""
+    from agents.router_train import schedule_cache_dir
+    monkeypatch.setenv("DYNOSIM_CACHE", str(tmp_path / "cache"))
     hp = tmp_path / "hp.yml"
     hp.write_text(f"DynoSim-v0:\n  policy: {policy}\n  n_steps: 8\n  batch_size: 8\n"
                   "  env_kwargs: {action: {type: target}}\n"
@@ -130,3 +133,6 @@ def test_behaviour_cloning_from_the_hindsight_schedule_fits_its_actions(
     assert bc["teacher"] == "oracle:schedule" and bc["samples"] == 2 * 24
     assert bc["final_nll"] < bc["initial_nll"]
     assert bc["teacher_agreement"] > bc["initial_agreement"]
+    cached = sorted(schedule_cache_dir().glob("*.json"))
+    assert len(cached) == 2 and all(len(json.loads(p.read_text())["targets"]) == 24
+                                    for p in cached)
