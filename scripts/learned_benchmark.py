@@ -111,10 +111,16 @@ def main(argv=None) -> int:
                          "among --candidates and ship it as pretrained:NAME")
     ap.add_argument("--candidates", default=None, metavar="NAME,...",
                     help="with --ship: the run names to choose among (default: --name)")
+    ap.add_argument("--score-train", action="store_true",
+                    help="only score the seeds on the selection's training-split episodes "
+                         "(OUT/selection; --ship reuses these files)")
     args = ap.parse_args(argv)
     name = args.name or args.algo
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.score_train:
+        train_split_scores(args, [name], out)
+        return 0
     if args.ship:
         names = args.candidates.split(",") if args.candidates else [name]
         best = ship(args, names, out)
@@ -161,13 +167,10 @@ def select(scores: dict[tuple[str, int], dict], baseline: dict) -> tuple[str, in
     return max(scores, key=lambda k: scores[k]["sla_attainment"])
 
 
-def ship(args, names: list[str], out: Path) -> tuple[str, int]:
-    """Choose a seed by :func:`select` on training-split episodes and copy it to
-    agents/pretrained/NAME.*"""
-    import shutil
-
-    from agents.evaluate import PRETRAINED_DIR, evaluate
-    from agents.train import load_hyperparams
+def train_split_scores(args, names: list[str], out: Path) -> tuple[dict, dict]:
+    """(baseline, {(name, seed): evaluation}) on the :data:`SELECT` episodes, each read
+    from ``OUT/selection`` or scored and written there."""
+    from agents.evaluate import evaluate
     sel = out / "selection"
     sel.mkdir(parents=True, exist_ok=True)
 
@@ -181,6 +184,17 @@ def ship(args, names: list[str], out: Path) -> tuple[str, int]:
                              sel / f"train_split_{n}_s{s}.json")
               for n in names for s in args.seeds
               if (Path(args.runs) / n / f"s{s}" / "model.zip").exists()}
+    return base, scores
+
+
+def ship(args, names: list[str], out: Path) -> tuple[str, int]:
+    """Choose a seed by :func:`select` on training-split episodes and copy it to
+    agents/pretrained/NAME.*"""
+    import shutil
+
+    from agents.evaluate import PRETRAINED_DIR
+    from agents.train import load_hyperparams
+    base, scores = train_split_scores(args, names, out)
     for (n, s), e in scores.items():
         print(f"{n} s{s}: train-split SLA {e['sla_attainment']:.1%}, "
               f"{e['gpu_hours_per_episode']:.2f} GPU-h/episode", file=sys.stderr)
