@@ -1,8 +1,10 @@
 """Learned autoscalers (issue 11): the shipped ``pretrained:autoscaler``, the RL-Zoo-style
 recipe keys and the seed summary of ``scripts/learned_benchmark.py``.
 
-The real training runs (5 seeds x ~36k steps, ~30 min each on the shared machine) are not
-run here; ``test_learned_recipe_trains_and_scores`` runs the same code path for a few steps.
+The real training runs (a behaviour-cloning warm start from oracle:schedule, then 12k PPO
+steps per seed, 10-13 min each on the shared machine) are not run here;
+``test_learned_recipe_trains_and_scores`` and the behaviour-cloning tests run the same code
+paths for a few steps.
 """
 from __future__ import annotations
 
