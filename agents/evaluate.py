@@ -43,7 +43,7 @@ import numpy as np
 from sim.errors import InputError
 
 from .heuristics import ROUTING_ENV, heuristic_env, heuristics_for, make_heuristic
-from .train import algo_class, check_env_id
+from .algos import algo_class, check_env_id
 
 METRICS = ("mean_reward", "sla_attainment", "gpu_hours_per_episode", "p90_ttft_ms",
            "p90_itl_ms", "scaling_events", "reversals_per_hour")

@@ -19,7 +19,7 @@ from sim.errors import InputError
 from .evaluate import (DEFAULT_CONFIGS, METRICS, Evaluation, evaluate, pretrained_models)
 from .heuristics import (AUTOSCALING_HEURISTICS, ROUTING_ENV, ROUTING_HEURISTICS,
                          heuristics_for, tuned_baselines)
-from .train import check_env_id
+from .algos import check_env_id
 
 
 def find_models(directory: Path) -> list[Path]:

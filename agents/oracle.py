@@ -196,9 +196,10 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
             progress.advance()
     env.reset(seed=seed, options=opts)
     lead = math.ceil(u.sim.cluster_cfg.startup_time_s / interval_s)
-    res = run_episode(env, SchedulePolicy(env, _segment_targets(counts, seg, lead, steps)),
-                      opts, seed, keep_trace=True)
+    targets = _segment_targets(counts, seg, lead, steps)
+    res = run_episode(env, SchedulePolicy(env, targets), opts, seed, keep_trace=True)
     res["segment_counts"] = counts
+    res["targets"] = targets            # per step (a teacher for behaviour cloning)
     return res
 
 

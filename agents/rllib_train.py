@@ -82,7 +82,7 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
 
     from dynosim_gym.config import load_env_config
 
-    from .train import check_env_id, load_hyperparams
+    from .algos import check_env_id, load_hyperparams
 
     env_id = check_env_id(env_id)
     hp = load_hyperparams("ppo", env_id, hyperparams)

@@ -10,18 +10,25 @@
 * :func:`behaviour_clone`: a warm start by behaviour cloning (maximum likelihood of a
   teacher's actions under the policy, the recipe of SB3's documentation notebook
   "Pre-training using Behavior Cloning", Stable-Baselines-Team/rl-colab-notebooks) from
-  ``heuristic:kv`` on training episodes. The ``imitation`` library would do the same, but
-  its latest release (1.0.1) would downgrade this project to stable-baselines3 2.2.1 and
-  gymnasium 0.29.1 (``pip install --dry-run imitation==1.0.1``), so the few lines of the
-  loop are here.
+  ``heuristic:kv`` on training episodes. It serves both envs: ``DynoSim-v0``'s learned
+  autoscalers use it too, with ``teacher: oracle:schedule`` (each training episode's
+  hindsight schedule, agents/oracle.py, which scales up one start-up time ahead), and for
+  sb3-contrib's recurrent policies it fits whole episodes as sequences (LSTM state from
+  zeros at each episode start, as during a rollout). The ``imitation`` library would do
+  the same, but its latest release (1.0.1) would downgrade this project to
+  stable-baselines3 2.2.1 and gymnasium 0.29.1 (``pip install --dry-run
+  imitation==1.0.1``), so the few lines of the loop are here.
 
-Hyperparameter keys (``agents/hyperparams/ppo.yml``, ``DynoSimRouting-v0``):
-``reward_credit: request | step`` and ``bc_warm_start: {episodes, epochs, batch_size,
-learning_rate, teacher}``.
+Hyperparameter keys (``agents/hyperparams/ppo.yml``; ``reward_credit`` for
+``DynoSimRouting-v0`` only): ``reward_credit: request | step`` and ``bc_warm_start:
+{episodes, epochs, batch_size, learning_rate, teacher}`` (teacher: a heuristic spec or
+``oracle:schedule``).
 """
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,25 +89,68 @@ def request_credit_callback(sla_weight: float):
     return RequestCreditCallback()
 
 
+def schedule_cache_dir() -> Path:
+    """Where hindsight schedules are kept between runs: ``$DYNOSIM_CACHE/schedules``
+    (default ``~/.cache/dynosim/schedules``)."""
+    root = os.environ.get("DYNOSIM_CACHE") or Path.home() / ".cache" / "dynosim"
+    return Path(root) / "schedules"
+
+
+def _schedule_teacher(env, opts: dict[str, Any], seed: int):
+    """``oracle:schedule`` as a teacher for one training episode: the hindsight schedule's
+    per-step worker targets (agents/oracle.py; scale-ups one start-up time ahead). A
+    schedule costs ~60 partial replays, so it is cached on disk (:func:`schedule_cache_dir`)
+    under a hash of the episode's config without the reward weights (they do not change
+    the simulation; the SLA target the oracle aims at is kept), the options and the seed."""
+    import hashlib
+    import json
+
+    from .oracle import SchedulePolicy, best_schedule
+    u = env.unwrapped
+    e = u.cfg.env
+    cfg = u.cfg.to_dict()
+    cfg["env"] = {k: v for k, v in cfg["env"].items() if k != "reward"}
+    key = json.dumps({"config": cfg, "sla_target": e.reward.sla_target, "options": opts,
+                      "seed": seed, "segment_s": 120.0}, sort_keys=True, default=str)
+    path = schedule_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    if path.exists():
+        targets = json.loads(path.read_text())["targets"]
+    else:
+        targets = best_schedule(env, opts, seed, e.min_endpoint, u.max_workers,
+                                e.reward.sla_target, 120.0, e.interval_s,
+                                e.episode_steps)["targets"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"seed": seed, "options": opts, "targets": targets}))
+        tmp.replace(path)                    # atomic: parallel runs may share the cache
+    return SchedulePolicy(env, targets)
+
+
 def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epochs: int = 10,
                     batch_size: int = 256, learning_rate: float = 1e-3,
-                    teacher: str = "heuristic:kv", seed: int = 0,
-                    quiet: bool = True) -> dict[str, Any]:
-    """Fit ``model.policy`` to ``teacher``'s actions on ``episodes`` training episodes
-    (``split=train``, seeds ``10_000 + seed ..``, apart from PPO's own seed streams). Returns
-    the samples count, the final negative log-likelihood and the agreement with the teacher
-    (share of samples where the policy's most likely action is the teacher's)."""
+                    teacher: str = "heuristic:kv", seed: int = 0, quiet: bool = True,
+                    env_id: str = "DynoSimRouting-v0") -> dict[str, Any]:
+    """Fit ``model.policy`` to ``teacher``'s actions on ``episodes`` training episodes of
+    ``env_id`` (``split=train``, seeds ``10_000 + seed ..``, apart from PPO's own seed
+    streams). A recurrent policy (sb3-contrib) is fitted on whole episodes, ``batch_size``
+    samples' worth of episodes per batch. Returns the samples count and, before and after
+    fitting, the mean negative log-likelihood of the teacher's actions and the agreement
+    with the teacher (share of samples where the policy's most likely action is the
+    teacher's)."""
     import gymnasium as gym
     import torch as th
 
     from .heuristics import make_heuristic
 
-    env = gym.make("dynosim_gym:DynoSimRouting-v0", config=env_cfg)
-    teach = make_heuristic(teacher, env)
-    obs_l, act_l = [], []
+    env = gym.make(f"dynosim_gym:{env_id}", config=env_cfg)
+    teach = None if teacher == "oracle:schedule" else make_heuristic(teacher, env)
+    obs_l, act_l, lengths = [], [], []
     for k in range(episodes):
-        obs, _ = env.reset(seed=10_000 + seed + k, options={"split": "train"})
-        start, done = np.ones(1, dtype=bool), False
+        opts = {"split": "train"}
+        if teach is None:             # the hindsight schedule of this very episode
+            teach = _schedule_teacher(env, opts, 10_000 + seed + k)
+        obs, _ = env.reset(seed=10_000 + seed + k, options=opts)
+        start, done, n = np.ones(1, dtype=bool), False, 0
         while not done:
             a, _ = teach.predict(obs, episode_start=start, deterministic=True)
             start = np.zeros(1, dtype=bool)
@@ -108,32 +158,67 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
             act_l.append(int(a))
             obs, _, term, trunc, _ = env.step(a)
             done = term or trunc
+            n += 1
+        lengths.append(n)
+        if teacher == "oracle:schedule":
+            teach = None
     env.close()
     X = th.as_tensor(np.asarray(obs_l, dtype=np.float32))
     y = th.as_tensor(np.asarray(act_l, dtype=np.int64))
     pol = model.policy
+    if hasattr(pol, "lstm_actor"):     # recurrent: items are whole episodes, padded (mask)
+        T = max(lengths)
+        bounds = np.cumsum([0, *lengths])
+        Xs = th.zeros((len(lengths), T, X.shape[1]))
+        ys = th.zeros((len(lengths), T), dtype=th.int64)
+        mask = th.zeros((len(lengths), T), dtype=th.bool)
+        for e, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            Xs[e, :b - a], ys[e, :b - a], mask[e, :b - a] = X[a:b], y[a:b], True
+        per_batch, n_items = max(1, batch_size // T), len(lengths)
+
+        def fit(idx):
+            """(log-likelihoods, predicted actions, teacher actions) of items ``idx``."""
+            n_seq = len(idx)
+            shape = (pol.lstm_actor.num_layers, n_seq, pol.lstm_actor.hidden_size)
+            states = (th.zeros(shape), th.zeros(shape))     # each sequence from zeros,
+            starts = th.zeros(n_seq * T)                     # as a rollout's episode start
+            dist, _ = pol.get_distribution(Xs[idx].reshape(n_seq * T, -1), states, starts)
+            m, yb = mask[idx].reshape(-1), ys[idx].reshape(-1)
+            return dist.log_prob(yb)[m], dist.distribution.probs.argmax(-1)[m], yb[m]
+    else:
+        per_batch, n_items = batch_size, len(X)
+
+        def fit(idx):
+            dist = pol.get_distribution(X[idx])
+            return dist.log_prob(y[idx]), dist.distribution.probs.argmax(-1), y[idx]
+
+    def stats() -> tuple[float, float]:
+        """(mean NLL, agreement with the teacher) over every sample."""
+        with th.no_grad():
+            logp, pred, yb = fit(th.arange(n_items))
+        return float(-logp.mean()), float((pred == yb).float().mean())
+
     opt = th.optim.Adam(pol.parameters(), lr=learning_rate)
     gen = th.Generator().manual_seed(seed)
+    pol.set_training_mode(False)
+    nll0, agree0 = stats()
     pol.set_training_mode(True)
-    nll = float("nan")
     for ep in range(epochs):
-        perm = th.randperm(len(X), generator=gen)
-        tot = 0.0
-        for i in range(0, len(X), batch_size):
-            b = perm[i:i + batch_size]
-            dist = pol.get_distribution(X[b])
-            loss = -dist.log_prob(y[b]).mean()
+        tot, count = 0.0, 0
+        perm = th.randperm(n_items, generator=gen)
+        for i in range(0, n_items, per_batch):
+            logp = fit(perm[i:i + per_batch])[0]
+            loss = -logp.mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-            tot += float(loss.detach()) * len(b)
-        nll = tot / len(X)
+            tot += float(loss.detach()) * len(logp)
+            count += len(logp)
         if not quiet:
-            print(f"dynosim: behaviour cloning epoch {ep + 1}/{epochs}: NLL {nll:.4f}",
-                  file=sys.stderr, flush=True)
+            print(f"dynosim: behaviour cloning epoch {ep + 1}/{epochs}: NLL "
+                  f"{tot / count:.4f}", file=sys.stderr, flush=True)
     pol.set_training_mode(False)
-    with th.no_grad():
-        agree = float((pol.get_distribution(X).distribution.probs.argmax(-1) == y)
-                      .float().mean())
+    nll, agree = stats()
     return {"teacher": teacher, "episodes": episodes, "samples": int(len(X)),
-            "epochs": epochs, "final_nll": nll, "teacher_agreement": agree}
+            "epochs": epochs, "initial_nll": nll0, "initial_agreement": agree0,
+            "final_nll": nll, "teacher_agreement": agree}

@@ -20,60 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sim.errors import InputError
 
-HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
-#: algo name -> (module, class); RL Zoo's names plus readable aliases.
-ALGOS = {
-    "ppo": ("stable_baselines3", "PPO"),
-    "a2c": ("stable_baselines3", "A2C"),
-    "dqn": ("stable_baselines3", "DQN"),
-    "ppo_mask": ("sb3_contrib", "MaskablePPO"),
-    "ppo_lstm": ("sb3_contrib", "RecurrentPPO"),
-}
-ALIASES = {"maskable_ppo": "ppo_mask", "maskableppo": "ppo_mask", "recurrent_ppo": "ppo_lstm",
-           "recurrentppo": "ppo_lstm"}
-
-
-def algo_name(name: str) -> str:
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in ALGOS:
-        raise InputError(f"unknown algorithm {name!r}; expected one of "
-                         f"{', '.join([*ALGOS, *ALIASES])}", field="--algo")
-    return key
-
-
-def algo_class(name: str):
-    import importlib
-    mod, cls = ALGOS[algo_name(name)]
-    return getattr(importlib.import_module(mod), cls)
-
-
-def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> dict[str, Any]:
-    algo = algo_name(algo)
-    file = Path(path) if path is not None else HYPERPARAMS_DIR / f"{algo}.yml"
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise InputError("hyperparameter file not found", file=str(file)) from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"invalid YAML: {' '.join(str(exc).split())}", file=str(file)) from None
-    if env_id not in data:
-        raise InputError(f"no hyperparameters for {env_id}; the file has "
-                         f"{', '.join(data) or 'none'}", file=str(file), field=env_id)
-    hp = dict(data[env_id])
-    return hp
-
-
-def check_env_id(env_id: str) -> str:
-    import dynosim_gym
-    short = env_id.split(":", 1)[1] if ":" in env_id else env_id
-    if short not in dynosim_gym.ENV_IDS:
-        raise InputError(f"unknown env id {env_id!r}; expected one of "
-                         f"{', '.join(dynosim_gym.ENV_IDS)}", field="--env")
-    return short
+# re-exported: callers import these from agents.train
+from .algos import (ALGOS, ALIASES, HYPERPARAMS_DIR, algo_class, algo_name,  # noqa: F401
+                    check_env_id, load_hyperparams)
 
 
 def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
@@ -130,7 +81,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     bc_record = None
     if bc:
         from .router_train import behaviour_clone
-        bc_record = behaviour_clone(model, env_cfg.to_dict(), seed=seed, quiet=quiet, **bc)
+        bc_record = behaviour_clone(model, env_cfg.to_dict(), seed=seed, quiet=quiet,
+                                    env_id=env_id, **bc)
     callbacks = [CheckpointCallback(save_freq=max(1, checkpoint_every // n_envs),
                                     save_path=str(out / "checkpoints"), name_prefix=key)]
     dual = None

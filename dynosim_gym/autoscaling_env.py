@@ -161,6 +161,9 @@ class DynoSimEnv(SimEnv):
 
     ## Version History
 
+    * v0 (0.2.1, issue 11): ``mooncake_mod`` (a training family) rescaled so the full budget
+      serves its peak as it does the synthetic families' (``TRACE_LOAD`` 0.6 -> 0.18, see
+      :mod:`dynosim_gym.scenarios`); at 0.6 it was overloaded at any worker count.
     * v0 (0.2, issue 11; changed in place, pre-1.0): the default scenario poses the
       autoscaling problem -- 30-minute episodes of workload families swinging 5-20x, with
       held-out families for evaluation, start-up drawn in 30-180 s; per-request SLA reward

@@ -16,11 +16,16 @@ Writes ``OUT/learned_NAME_sSEED.json`` (one evaluation per seed, with its train 
 and ``OUT/learned_NAME.json`` (the per-seed rows and the mean ± std over seeds), and prints
 the leaderboard row. Never looks at the held-out families during training.
 
-``--ship NAME`` copies one seed to ``agents/pretrained/NAME.zip`` (+ ``.json``: its run record
-and the command that regenerates it). The seed is chosen on the TRAINING families only: the best
-mean episode reward of its last training episodes (``run.json``), never the held-out scores.
-(The shipped ``autoscaler`` was chosen across algorithms by SLA attainment on training-split
-episodes, recorded in its ``chosen_by``; see the README.)
+``--ship NAME --candidates NAME1,NAME2,...`` chooses one trained seed, across the candidate
+algorithms (``RUNS/NAMEk/sSEED``, seeds ``--seeds``), and copies it to
+``agents/pretrained/NAME.zip`` (+ ``.json``: its run record, the command that regenerates it and
+how it was chosen). The rule was fixed before the runs it chooses among were trained, and it
+reads TRAINING-split episodes only (:data:`SELECT`: ``dynosim evaluate --split train
+--episodes 3 --seed 0``; per candidate ``OUT/selection/train_split_NAME_sSEED.json``, the
+baseline ``OUT/selection/train_split_BASELINE.json``): the seed with the fewest GPU-hours
+among those whose SLA attainment reaches the tuned planner's (:data:`BASELINE`) on the same
+episodes -- the issue's target, measured on training episodes; if none reaches it, the seed
+with the highest attainment. Never the held-out scores.
 """
 from __future__ import annotations
 
@@ -43,6 +48,10 @@ METRICS = (("sla_attainment", "SLA attainment", "{:.1%}"),
            ("mean_reward", "mean reward", "{:.1f}"))
 #: The held-out episodes every row of docs/benchmark was scored on.
 EVAL = {"episodes": 6, "seed": 0, "split": "eval"}
+#: The training-split episodes the shipped checkpoint is chosen on, and the baseline it must
+#: match there (``--ship``).
+SELECT = {"episodes": 3, "seed": 0, "split": "train"}
+BASELINE = "heuristic:load-tuned"
 
 
 def seeds(text: str) -> list[int]:
@@ -98,11 +107,25 @@ def main(argv=None) -> int:
     ap.add_argument("--summary-only", action="store_true",
                     help="neither train nor score: summarise OUT/learned_NAME_sSEED.json")
     ap.add_argument("--ship", metavar="NAME", default=None,
-                    help="also ship the seed with the best training reward as pretrained:NAME")
+                    help="only choose a seed by the fixed training-split rule (module doc) "
+                         "among --candidates and ship it as pretrained:NAME")
+    ap.add_argument("--candidates", default=None, metavar="NAME,...",
+                    help="with --ship: the run names to choose among (default: --name)")
+    ap.add_argument("--score-train", action="store_true",
+                    help="only score the seeds on the selection's training-split episodes "
+                         "(OUT/selection; --ship reuses these files)")
     args = ap.parse_args(argv)
     name = args.name or args.algo
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.score_train:
+        train_split_scores(args, [name], out)
+        return 0
+    if args.ship:
+        names = args.candidates.split(",") if args.candidates else [name]
+        best = ship(args, names, out)
+        print(f"shipped {best[0]} seed {best[1]} as pretrained:{args.ship}", file=sys.stderr)
+        return 0
     rows = []
     for s in args.seeds:
         run = Path(args.runs) / name / f"s{s}"
@@ -132,33 +155,71 @@ def main(argv=None) -> int:
          "mean_std_over_seeds": summary, "per_seed": rows},
         indent=2) + "\n")
     print(row(name, summary, len(rows)))
-    if args.ship:
-        print(f"shipped seed {ship(args, name)} as pretrained:{args.ship}", file=sys.stderr)
     return 0
 
 
-def ship(args, name: str) -> int:
-    """Copy the seed with the best final training reward to agents/pretrained/NAME.*"""
+def select(scores: dict[tuple[str, int], dict], baseline: dict) -> tuple[str, int]:
+    """The fixed rule (module doc): fewest GPU-hours among the candidates whose SLA
+    attainment reaches ``baseline``'s; else the highest attainment. Ties: first candidate."""
+    ok = [k for k, e in scores.items() if e["sla_attainment"] >= baseline["sla_attainment"]]
+    if ok:
+        return min(ok, key=lambda k: scores[k]["gpu_hours_per_episode"])
+    return max(scores, key=lambda k: scores[k]["sla_attainment"])
+
+
+def train_split_scores(args, names: list[str], out: Path) -> tuple[dict, dict]:
+    """(baseline, {(name, seed): evaluation}) on the :data:`SELECT` episodes, each read
+    from ``OUT/selection`` or scored and written there."""
+    from agents.evaluate import evaluate
+    sel = out / "selection"
+    sel.mkdir(parents=True, exist_ok=True)
+
+    def scored(spec: str, file: Path) -> dict:
+        if not file.exists():
+            ev = evaluate(spec, "DynoSim-v0", **SELECT).as_dict()
+            file.write_text(json.dumps(ev, indent=2) + "\n")
+        return json.loads(file.read_text())
+    base = scored(BASELINE, sel / f"train_split_{BASELINE.split(':', 1)[1]}.json")
+    scores = {(n, s): scored(str(Path(args.runs) / n / f"s{s}"),
+                             sel / f"train_split_{n}_s{s}.json")
+              for n in names for s in args.seeds
+              if (Path(args.runs) / n / f"s{s}" / "model.zip").exists()}
+    return base, scores
+
+
+def ship(args, names: list[str], out: Path) -> tuple[str, int]:
+    """Choose a seed by :func:`select` on training-split episodes and copy it to
+    agents/pretrained/NAME.*"""
     import shutil
 
     from agents.evaluate import PRETRAINED_DIR
-    runs = {s: json.loads((Path(args.runs) / name / f"s{s}" / "run.json").read_text())
-            for s in args.seeds}
-    best = max(runs, key=lambda s: runs[s]["mean_episode_reward_last"])
-    rec = dict(runs[best])
     from agents.train import load_hyperparams
+    base, scores = train_split_scores(args, names, out)
+    for (n, s), e in scores.items():
+        print(f"{n} s{s}: train-split SLA {e['sla_attainment']:.1%}, "
+              f"{e['gpu_hours_per_episode']:.2f} GPU-h/episode", file=sys.stderr)
+    best = select(scores, base)
+    name, seed = best
+    rec = json.loads((Path(args.runs) / name / f"s{seed}" / "run.json").read_text())
     hp = load_hyperparams(rec["algo"], "DynoSim-v0")
     recipe = hp.get("env_kwargs") or {}
     sets = "".join(f" --set {k}={v}" for k, v in rec.get("overrides", {}).items()
                    if recipe.get(k) != v)       # the YAML's env_kwargs are not --set
     if rec["timesteps"] != int(hp["n_timesteps"]):
         sets = f" --timesteps {rec['timesteps']}" + sets
-    rec["command"] = (f"dynosim train --algo {rec['algo']} --seed {best}{sets} "
-                      f"--out runs/learned/{name}/s{best}")
-    rec["chosen_by"] = ("best mean episode reward over the last training episodes among seeds "
-                        f"{args.seeds} (training families only)")
+    rec["command"] = (f"dynosim train --algo {rec['algo']} --seed {seed}{sets} "
+                      f"--out runs/learned/{name}/s{seed}")
+    rec["chosen_by"] = {
+        "rule": f"fewest GPU-hours among the candidates whose SLA attainment reaches "
+                f"{BASELINE}'s on the same training-split episodes; else the highest "
+                "attainment (scripts/learned_benchmark.py, fixed before training)",
+        "episodes": SELECT, "baseline": {BASELINE: {k: base[k] for k in (
+            "sla_attainment", "gpu_hours_per_episode")}},
+        "candidates": {f"{n}_s{s}": {k: e[k] for k in ("sla_attainment",
+                                                         "gpu_hours_per_episode")}
+                       for (n, s), e in scores.items()}}
     PRETRAINED_DIR.mkdir(exist_ok=True)
-    shutil.copyfile(Path(args.runs) / name / f"s{best}" / "model.zip",
+    shutil.copyfile(Path(args.runs) / name / f"s{seed}" / "model.zip",
                     PRETRAINED_DIR / f"{args.ship}.zip")
     (PRETRAINED_DIR / f"{args.ship}.json").write_text(json.dumps(rec, indent=2) + "\n")
     return best

@@ -111,7 +111,7 @@ def plot(results: list, out: Path) -> None:
         if texts:
             adjust_text(texts, ax=ax, x=t[first[:12]], y=prov[first[:12]],
                         arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
-        ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
         ax.grid(alpha=0.25)
     axes[-1, 0].set_xlabel("simulated time (s); q = requests queued when a scale-up onset "
                            "was decided; grey = arrival rate, red = queued requests")
