@@ -590,6 +590,8 @@ class Simulation:
         # (a decode worker with handoffs still to reserve retries at every pass boundary:
         # no bulk stretch over them)
         k = 0 if self.exact or (self.disaggregated and w.pending) else eng.plan_stretch()
+        if self.disaggregated:
+            eng.dest_pending = bool(w.pending)
         if k > 1:
             end = eng.start_stretch(now, k)
         else:
@@ -609,6 +611,8 @@ class Simulation:
                 if not eng.has_work():
                     self._maybe_retire(w)
                     return
+                if self.disaggregated:
+                    eng.dest_pending = bool(w.pending)
                 end = eng.start_pass(now)
         w.version += 1
         self._push(end, EV_PASS_END, (w, w.version))

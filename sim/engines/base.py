@@ -121,6 +121,9 @@ class EngineBase:
         # Disaggregated prefill worker (sim.disagg): a finished prefill copy is handed off
         # instead of completing; its KV stays held until ``release_source``.
         self.on_handoff = None
+        # Disaggregated decode worker: handoffs routed here still wait for a reservation
+        # (set by the simulation before each pass; Dynamo's PendingDestinationHead stage).
+        self.dest_pending = False
 
     # -- queries -------------------------------------------------------------
     def num_in_flight(self) -> int:
