@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .disagg import DisaggConfig, Handoff
-from .engine import REASON_KV_CAPACITY, EngineBase as Engine, EngineConfig, make_engine
+from .engine import (REASON_DECODE_KV_DEADLOCK, REASON_KV_CAPACITY, EngineBase as Engine,
+                     EngineConfig, make_engine)
 from .metrics import STATUS_IN_FLIGHT, STATUS_REJECTED, MetricsCollector
 from .request import Request
 from .router import KvRouterConfig, Router, make_router
@@ -611,6 +612,8 @@ class Simulation:
         # (a decode worker with handoffs still to reserve retries at every pass boundary:
         # no bulk stretch over them)
         k = 0 if self.exact or (self.disaggregated and w.pending) else eng.plan_stretch()
+        if self.disaggregated:
+            eng.dest_pending = bool(w.pending)
         if k > 1:
             end = eng.start_stretch(now, k)
         else:
@@ -623,16 +626,29 @@ class Simulation:
                     eng.num_passes -= 1
                     return
                 # Nothing can run: the head was preempted and its known sequence outgrew
-                # the whole pool. Reject it (Dynamo aborts the replay here) and retry.
-                eng.reject_head()
+                # the whole pool, or (disaggregated decode worker, no handoff waiting for a
+                # reservation) it fits the pool but the activated copies queued behind it
+                # hold the blocks it needs. Dynamo aborts the replay in both cases ("an
+                # effect-free zero-duration pass"); we reject the head, say which, and retry.
+                eng.reject_head(self._stuck_head_reason(eng))
                 if self.disaggregated:
                     self._boundary(w)       # the freed blocks may fit a reservation
                 if not eng.has_work():
                     self._maybe_retire(w)
                     return
+                if self.disaggregated:
+                    eng.dest_pending = bool(w.pending)
                 end = eng.start_pass(now)
         w.version += 1
         self._push(end, EV_PASS_END, (w, w.version))
+
+    def _stuck_head_reason(self, eng: Engine) -> int:
+        """Why the waiting head of a worker where nothing can run is rejected."""
+        s = eng.waiting[0]
+        if (self.disaggregated
+                and (s.prompt_len + s.generated + eng.bs - 1) // eng.bs <= eng.cfg.num_gpu_blocks):
+            return REASON_DECODE_KV_DEADLOCK
+        return REASON_KV_CAPACITY
 
     def _start_group(self, w: Worker) -> None:
         """Attention-DP barrier (Dynamo 1.6.1's grouped engine): when no pass of the worker

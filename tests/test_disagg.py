@@ -160,6 +160,45 @@ def test_cut_off_accounts_every_request(reqs, d, cut):
         == len(arrived)
 
 
+# -- a decode worker under KV pressure (issue 15) ---------------------------------------------
+# Four handoffs to one decode worker of 55 16-token blocks: the second is preempted while the
+# third and fourth are activated behind it. Dynamo 1.6.1 (checked with its replay: all four
+# complete, the second readmitted after the others) admits, while a handoff waits for a
+# reservation, only copies whose prompt KV has arrived, first in queue order, past the
+# preempted head; main rejected the head as prompt_exceeds_kv_capacity.
+PRESSURE = [(5.0, 397, 154), (10.0, 315, 111), (10.0, 245, 86), (15.0, 402, 96)]
+# The same shape where the preempted head fits the pool but no handoff is pending when the
+# activated copies behind it hold the blocks it needs: Dynamo aborts the replay ("an
+# effect-free zero-duration pass with 4 in-flight requests remaining"); we reject the head.
+DEADLOCK = [(50.0, 577, 183), (100.0, 316, 289), (105.0, 386, 110), (110.0, 218, 32),
+            (115.0, 266, 108)]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_decode_admits_activated_copies_past_a_preempted_head(exact):
+    reqs = [req(i, t, isl, osl) for i, (t, isl, osl) in enumerate(PRESSURE)]
+    res = _run(reqs, _disagg(1, 1, bs=16, blocks_d=55), exact=exact)
+    _check_records(res, reqs)
+    c = res.metrics.columns()
+    assert (c["status"] == STATUS_COMPLETED).all(), c["reason"]
+    assert c["num_preemptions"].tolist() == [0, 1, 0, 0]
+    # the preempted request finishes after the copies activated behind it started decoding
+    assert c["last_token_ms"][1] > c["first_token_ms"][2]
+    assert c["last_token_ms"][1] > c["first_token_ms"][3]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_decode_kv_deadlock_is_rejected_with_its_reason(exact):
+    reqs = [req(i, t, isl, osl) for i, (t, isl, osl) in enumerate(DEADLOCK)]
+    res = _run(reqs, _disagg(1, 1, bs=16, blocks_d=57), exact=exact)
+    _check_records(res, reqs)
+    c = res.metrics.columns()
+    assert c["status"].tolist() == [STATUS_COMPLETED, STATUS_REJECTED] + [STATUS_COMPLETED] * 3
+    tot = res.summary["totals"]
+    assert tot["rejected_by_reason"] == {"decode_kv_deadlock": 1}
+    assert tot["completed_requests"] == 4
+
+
 def test_transfer_gates_activation_under_load():
     """Many concurrent handoffs at 0.5 GB/s: each activation is at or after its own
     reservation + full-prompt transfer (concurrent transfers do not contend)."""

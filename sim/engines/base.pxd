@@ -64,3 +64,4 @@ cdef class EngineBase:
     cdef public object on_first_token
     cdef public object on_finished
     cdef public object on_handoff
+    cdef public bint dest_pending

@@ -29,6 +29,9 @@ from ..request import Request
 from ..timing import PolynomialTiming, TimingModel, _to_ns, decode_ms_series
 
 REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN, REASON_BATCH_BUDGET, REASON_SEQ_KV_CAPACITY = 1, 2, 4, 5
+#: a disaggregated decode worker's preempted request that fits the pool, blocked for good
+#: by activated handoffs queued behind it (Dynamo aborts the replay; see Simulation._start)
+REASON_DECODE_KV_DEADLOCK = 6
 
 
 class Seq:
@@ -121,6 +124,9 @@ class EngineBase:
         # Disaggregated prefill worker (sim.disagg): a finished prefill copy is handed off
         # instead of completing; its KV stays held until ``release_source``.
         self.on_handoff = None
+        # Disaggregated decode worker: handoffs routed here still wait for a reservation
+        # (set by the simulation before each pass; Dynamo's PendingDestinationHead stage).
+        self.dest_pending = False
 
     # -- queries -------------------------------------------------------------
     def num_in_flight(self) -> int:
@@ -373,11 +379,11 @@ class EngineBase:
         t.add_stretch(j, len(self.running), self._stretch_ctx0, float(ends[j - 1]) - self.pass_start)
         return t
 
-    def reject_head(self) -> None:
+    def reject_head(self, reason: int = REASON_KV_CAPACITY) -> None:
         """Reject the waiting head that can never be admitted again (see ``Simulation._start``)."""
         s = self.waiting.popleft()
         self.waiting_tokens -= s.prompt_len + s.generated
-        self._record(s, STATUS_REJECTED, REASON_KV_CAPACITY)
+        self._record(s, STATUS_REJECTED, reason)
 
     # -- cut-off -----------------------------------------------------------------
     def stop_at(self, t: float) -> None:

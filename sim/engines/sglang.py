@@ -669,13 +669,13 @@ class SglangEngine(EngineBase):
             n += s.prompt_len + s.generated
         return n
 
-    def reject_head(self) -> None:
+    def reject_head(self, reason: int = REASON_KV_CAPACITY) -> None:
         s = self.waiting[0]
         if s.blocks.node is not None:
             self._retract(s)
             s.preemptions -= 1
             self.num_retractions -= 1
-        super().reject_head()
+        super().reject_head(reason)
 
     def check_invariants(self) -> None:
         s: Seq

@@ -318,6 +318,14 @@ class VllmEngine(EngineBase):
         skipped = None
         while not st.preempted and len(running) < self._max_seqs and waiting:
             s = waiting[0]
+            if self.dest_pending and not s.computed:
+                # While handoffs wait for a reservation on this decode worker, Dynamo admits
+                # only copies whose prompt KV has arrived (the first in queue order, past a
+                # preempted head), and nothing that would compute a prompt here
+                # (AdmissionStage::PendingDestinationHead in the mocker's vLLM core).
+                s = _first_activated(waiting)
+                if s is None:
+                    break
             if not s.admitted:
                 reason = self._reject_reason(s)
                 if reason:
@@ -710,6 +718,15 @@ class VllmEngine(EngineBase):
             self.host.check()
             for s in self.parked:
                 assert s.blocks and s not in self.waiting, "parked sequence"
+
+
+def _first_activated(waiting) -> Seq | None:
+    """The first waiting disaggregated decode copy whose prompt KV arrived, or None."""
+    s: Seq
+    for s in waiting:
+        if s.computed:
+            return s
+    return None
 
 
 def _allocations(phases: list[int], k: int, bs: int) -> int:
