@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .engines.base import (REASON_BATCH_BUDGET, REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN,
-                           REASON_DECODE_KV_DEADLOCK, REASON_SEQ_KV_CAPACITY, EngineBase,
-                           FpmTotals, Seq)
+from .engines.base import (REASON_BATCH_BUDGET, REASON_DECODE_KV_DEADLOCK, REASON_KV_CAPACITY,
+                           REASON_KV_DEADLOCK, REASON_MAX_MODEL_LEN, REASON_SEQ_KV_CAPACITY,
+                           EngineBase, FpmTotals, Seq)
 
 __all__ = ["BACKENDS", "DEFAULT_BLOCK_SIZE", "SGLANG_KNOBS", "EngineConfig", "EngineBase", "FpmTotals", "Seq",
            "make_engine", "REASON_KV_CAPACITY", "REASON_MAX_MODEL_LEN", "REASON_BATCH_BUDGET",
-           "REASON_SEQ_KV_CAPACITY", "REASON_DECODE_KV_DEADLOCK"]
+           "REASON_SEQ_KV_CAPACITY", "REASON_DECODE_KV_DEADLOCK", "REASON_KV_DEADLOCK"]
 
 BACKENDS = ("vllm", "sglang", "trtllm")
 #: Dynamo's default KV block (SGLang: page) size per flavour (docs/dynosim/modeling.md).

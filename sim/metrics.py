@@ -40,7 +40,7 @@ HANDOFF_FIELDS = ("source_held_ms", "destination_reserved_ms", "destination_acti
                   "source_released_ms")
 REJECT_REASONS = ("", "prompt_exceeds_kv_capacity", "prompt_exceeds_max_model_len",
                   "no_active_worker", "prompt_exceeds_batch_budget_unchunked",
-                  "sequence_exceeds_kv_capacity", "decode_kv_deadlock")
+                  "sequence_exceeds_kv_capacity", "decode_kv_deadlock", "kv_deadlock")
 
 
 def _round_half_up(x: float) -> int:

@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .disagg import DisaggConfig, Handoff
-from .engine import (REASON_DECODE_KV_DEADLOCK, REASON_KV_CAPACITY, EngineBase as Engine,
-                     EngineConfig, make_engine)
+from .engine import (REASON_DECODE_KV_DEADLOCK, REASON_KV_CAPACITY, REASON_KV_DEADLOCK,
+                     EngineBase as Engine, EngineConfig, make_engine)
 from .metrics import STATUS_IN_FLIGHT, STATUS_REJECTED, MetricsCollector
 from .request import Request
 from .router import KvRouterConfig, Router, make_router
@@ -643,11 +643,12 @@ class Simulation:
         self._push(end, EV_PASS_END, (w, w.version))
 
     def _stuck_head_reason(self, eng: Engine) -> int:
-        """Why the waiting head of a worker where nothing can run is rejected."""
+        """Why the waiting head of a worker where nothing can run is rejected: its prompt
+        (with the tokens it has generated) exceeds the whole pool, or it fits the pool and
+        is blocked for good by requests queued behind it that hold blocks (a deadlock)."""
         s = eng.waiting[0]
-        if (self.disaggregated
-                and (s.prompt_len + s.generated + eng.bs - 1) // eng.bs <= eng.cfg.num_gpu_blocks):
-            return REASON_DECODE_KV_DEADLOCK
+        if (s.prompt_len + s.generated + eng.bs - 1) // eng.bs <= eng.cfg.num_gpu_blocks:
+            return REASON_DECODE_KV_DEADLOCK if self.disaggregated else REASON_KV_DEADLOCK
         return REASON_KV_CAPACITY
 
     def _start_group(self, w: Worker) -> None:

@@ -134,6 +134,34 @@ def test_sglang_rejects_what_can_never_fit_and_serves_the_rest() -> None:
     assert list(c["reason"])[0] > 0 and list(c["reason"])[2] > 0
 
 
+def test_sglang_deadlocked_head_that_fits_is_not_called_too_big(tmp_path) -> None:
+    """SGLang's partially prefilled requests keep their pages in the waiting queue, so a
+    head that fits an empty pool can be blocked for good (Dynamo's replay aborts there).
+    Such a head is rejected as ``kv_deadlock``; ``prompt_exceeds_kv_capacity`` is kept for
+    prompts larger than the pool (found by a new-user trial: the first 2,000 requests of
+    the conversation trace on one worker with the default 16,384 tokens)."""
+    import json
+    from dynosim.cli import main
+    src = REPO / "sim" / "data" / "conversation_trace.jsonl"
+    trace = tmp_path / "head.jsonl"
+    trace.write_text("".join(src.read_text().splitlines(keepends=True)[:2000]))
+    out = tmp_path / "r.jsonl"
+    assert main(["simulate", "--trace", str(trace), "--backend", "sglang", "--num-workers", "1",
+                 "--quiet", "--report-jsonl", str(out)]) == 0
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    reasons = {}
+    for r in recs:
+        reason = r.get("reject_reason")
+        if not reason:
+            continue
+        reasons[reason] = reasons.get(reason, 0) + 1
+        if reason == "prompt_exceeds_kv_capacity":
+            assert r["input_length"] >= 16384, r
+        if reason == "kv_deadlock":
+            assert r["input_length"] < 16384 and r["first_admit_ms"] is not None, r
+    assert reasons.get("kv_deadlock", 0) > 0, reasons
+
+
 # -- properties per flavour ---------------------------------------------------------------------
 
 @st.composite

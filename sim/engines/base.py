@@ -32,6 +32,10 @@ REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN, REASON_BATCH_BUDGET, REASON_SEQ_KV_CAP
 #: a disaggregated decode worker's preempted request that fits the pool, blocked for good
 #: by activated handoffs queued behind it (Dynamo aborts the replay; see Simulation._start)
 REASON_DECODE_KV_DEADLOCK = 6
+#: an aggregated worker's waiting head that fits the pool, blocked for good because requests
+#: queued behind it hold its pages (SGLang's partially prefilled requests keep their pages in
+#: the waiting queue; Dynamo's replay aborts with "effect-free zero-duration pass")
+REASON_KV_DEADLOCK = 7
 
 
 class Seq:
