@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Mapping, Union, get_args, get_origin
 import numpy as np
 import yaml
 
-from .engine import BACKENDS, DEFAULT_BLOCK_SIZE, SGLANG_KNOBS, EngineConfig
+from .engine import BACKENDS, DEFAULT_BLOCK_SIZE, SGLANG_KNOBS, VLLM_KNOBS, EngineConfig
 from .errors import InputError
 from .router import ROUTER_MODES, KvRouterConfig
 from .disagg import TRANSFER_TIMING_MODES, DisaggConfig
@@ -292,6 +292,9 @@ class RunConfig:
         if self.engine.backend != "sglang":
             for knob in SGLANG_KNOBS:          # not this core's: giving them is an error
                 del out["engine"][knob]
+        for knob, backends in VLLM_KNOBS.items():
+            if self.engine.backend not in backends:
+                del out["engine"][knob]
         if self.engine.num_host_blocks is None:
             for knob in HOST_TIER_KNOBS:       # no host tier: giving them is an error
                 del out["engine"][knob]
@@ -398,6 +401,10 @@ def parse_config(data: Any, *, source: str | None = None, where: dict[str, Where
         if eng.backend != "sglang" and f"engine.{knob}" in where:
             raise v.error(f"applies to engine.backend sglang only (backend is {eng.backend})",
                           f"engine.{knob}")
+    for knob, backends in VLLM_KNOBS.items():
+        if eng.backend not in backends and f"engine.{knob}" in where:
+            raise v.error(f"applies to engine.backend {' or '.join(backends)} only (backend is "
+                          f"{eng.backend})", f"engine.{knob}")
     if "engine.block_size" not in where:
         eng.block_size = DEFAULT_BLOCK_SIZE[eng.backend]
     _check_host_tier(eng, where, v)

@@ -20,7 +20,7 @@ from .engines.base import (REASON_BATCH_BUDGET, REASON_DECODE_KV_DEADLOCK, REASO
                            REASON_KV_DEADLOCK, REASON_MAX_MODEL_LEN, REASON_SEQ_KV_CAPACITY,
                            EngineBase, FpmTotals, Seq)
 
-__all__ = ["BACKENDS", "DEFAULT_BLOCK_SIZE", "SGLANG_KNOBS", "EngineConfig", "EngineBase", "FpmTotals", "Seq",
+__all__ = ["BACKENDS", "DEFAULT_BLOCK_SIZE", "SGLANG_KNOBS", "VLLM_KNOBS", "EngineConfig", "EngineBase", "FpmTotals", "Seq",
            "make_engine", "REASON_KV_CAPACITY", "REASON_MAX_MODEL_LEN", "REASON_BATCH_BUDGET",
            "REASON_SEQ_KV_CAPACITY", "REASON_DECODE_KV_DEADLOCK", "REASON_KV_DEADLOCK"]
 
@@ -30,6 +30,12 @@ DEFAULT_BLOCK_SIZE = {"vllm": 64, "sglang": 1, "trtllm": 32}
 #: Knobs only the SGLang core has (Dynamo's names).
 SGLANG_KNOBS = ("schedule_policy", "max_prefill_tokens", "chunked_prefill_size",
                 "clip_max_new_tokens", "schedule_conservativeness")
+#: Knobs of the vLLM-style cores, with the flavours that have them: SGLang batches under
+#: ``max_prefill_tokens``/``chunked_prefill_size`` and retracts instead of preempting, and
+#: TRT-LLM's GUARANTEED_NO_EVICT never preempts.
+VLLM_KNOBS = {"max_num_batched_tokens": ("vllm", "trtllm"),
+              "enable_chunked_prefill": ("vllm", "trtllm"),
+              "preemption_mode": ("vllm",)}
 
 
 @dataclass

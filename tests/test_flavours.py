@@ -326,6 +326,11 @@ def test_compiled_and_pure_python_identical_per_flavour(tmp_path) -> None:
     (["--backend", "trtllm", "--chunked-prefill-size", "10"], "--chunked-prefill-size"),
     (["--backend", "tgi"], "--backend"),
     (["--backend", "sglang", "--block-size", "0"], "--block-size"),
+    # the vLLM-style cores' knobs are not SGLang's (nor preemption TRT-LLM's)
+    (["--backend", "sglang", "--max-num-batched-tokens", "100"], "--max-num-batched-tokens"),
+    (["--backend", "sglang", "--no-chunked-prefill"], "--no-chunked-prefill"),
+    (["--backend", "sglang", "--preemption-mode", "fifo"], "--preemption-mode"),
+    (["--backend", "trtllm", "--preemption-mode", "fifo"], "--preemption-mode"),
 ])
 def test_flavour_flags_bad_input_is_one_line_exit_2(args, flag, capsys) -> None:
     from dynosim.cli import main
@@ -347,6 +352,11 @@ def test_yaml_backend_sets_the_block_size_default(tmp_path) -> None:
     assert over.engine.block_size == 16 and over.engine.backend == "sglang"
     with pytest.raises(InputError):                 # the YAML's lpm is not TRT-LLM's
         load_config(p).with_overrides({"engine.backend": "trtllm"})
+    p.write_text("workload: {kind: mooncake, path: bundled:mooncake_conversation}\n"
+                 "engine: {backend: sglang, preemption_mode: fifo}\n")
+    with pytest.raises(InputError) as e:            # vLLM's knob given to the SGLang core
+        load_config(p)
+    assert e.value.field == "engine.preemption_mode"
     p.write_text("workload: {kind: mooncake, path: bundled:mooncake_conversation}\n")
     assert load_config(p).with_overrides({"engine.backend": "trtllm"}).engine.block_size == 32
     p.write_text("workload: {kind: mooncake, path: bundled:mooncake_conversation}\n"
