@@ -736,18 +736,22 @@ class ThroughputPlanner(_Planner):
     def _interval(self) -> float:
         return self.cfg.throughput_adjustment_interval_seconds
 
-    def _tick(self, sim) -> None:
-        if not sim.has_pending_work():
-            return       # the workload is over: Dynamo's replay has stopped ticking
-        cfg = self.cfg
+    def _forecast(self, sim) -> tuple[int, float, float, float, float, float]:
+        """This interval's (requests, mean ISL, mean OSL) fed to the predictors, and their
+        forecasts for the next interval (ISL/OSL are fed only when requests arrived)."""
         n_req, isl, osl = self._observe_interval(sim)
         self.pred_req.add(n_req)
         if n_req:
             self.pred_isl.add(isl)
             self.pred_osl.add(osl)
-        next_req = self.pred_req.predict()
-        next_isl = self.pred_isl.predict()
-        next_osl = self.pred_osl.predict()
+        return (n_req, isl, osl, self.pred_req.predict(), self.pred_isl.predict(),
+                self.pred_osl.predict())
+
+    def _tick(self, sim) -> None:
+        if not sim.has_pending_work():
+            return       # the workload is over: Dynamo's replay has stopped ticking
+        cfg = self.cfg
+        n_req, isl, osl, next_req, next_isl, next_osl = self._forecast(sim)
         a, s, d = sim.counts()
         n = a + s
         tick: dict[str, Any] = {"t_s": sim.now / 1000.0, "active": a, "starting": s,
@@ -1123,13 +1127,7 @@ class DisaggThroughputPlanner(_DisaggPools, ThroughputPlanner):
         if not sim.has_pending_work():
             return
         cfg = self.cfg
-        n_req, isl, osl = self._observe_interval(sim)
-        self.pred_req.add(n_req)
-        if n_req:
-            self.pred_isl.add(isl)
-            self.pred_osl.add(osl)
-        next_req, next_isl, next_osl = (self.pred_req.predict(), self.pred_isl.predict(),
-                                        self.pred_osl.predict())
+        n_req, isl, osl, next_req, next_isl, next_osl = self._forecast(sim)
         counts = {pool: sim.counts(pool) for pool in POOLS}
         cur = {pool: c[0] + c[1] for pool, c in counts.items()}
         demand = next_req / self.interval_s
