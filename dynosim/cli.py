@@ -269,6 +269,11 @@ def overload_warnings(summary: dict[str, Any], cfg: RunConfig) -> list[str]:
     elif t.get("cut_off_ms") is not None and t["in_flight_requests"] > t["completed_requests"]:
         out.append(f"overloaded: {t['in_flight_requests']:,} requests still in flight at the "
                    f"cut-off, more than the {t['completed_requests']:,} completed")
+    if t["num_requests"] and not t["completed_requests"]:
+        why = ", ".join(f"{n:,} {r}" for r, n in t.get("rejected_by_reason", {}).items())
+        out.append(f"no request completed ({t['rejected_requests']:,} rejected"
+                   f"{': ' + why if why else ''}; {t['in_flight_requests']:,} in flight): "
+                   "latencies have no samples (--json reports them as 0)")
     return out
 
 
@@ -343,8 +348,11 @@ def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunCon
     for label, key in (("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"),
                        ("E2E", "e2e_latency")):
         d = lat[key]
-        w(f"  {label:<12} " + " ".join(f"{d[k]:>9.1f}" for k in ("mean", "median", "p90", "p99"))
-          + "\n")
+        # no sample (e.g. nothing completed, or only one-token outputs for TPOT/ITL): "-", not 0
+        empty = not t["num_ttft_samples"] or (key in ("tpot", "itl")
+                                              and not t["num_tpot_samples"])
+        w(f"  {label:<12} " + " ".join("        -" if empty else f"{d[k]:>9.1f}"
+                                       for k in ("mean", "median", "p90", "p99")) + "\n")
     w(f"  throughput    {t['request_throughput_rps']:.2f} req/s   "
       f"{t['output_throughput_tok_s']:,.0f} output tok/s   "
       f"{t['total_throughput_tok_s']:,.0f} total tok/s over {t['duration_ms'] / 1000:,.1f} s\n")

@@ -305,3 +305,20 @@ def test_yaml_errors_keep_their_location_under_flags(capsys, tmp_path: Path) -> 
     rc, _, err = run(capsys, "simulate", "--config", str(path), "--seed", "3",
                      "--trace-block-size", "64")
     assert_input_error(rc, err, "bad.yaml:3", "field 'workload.arrival.rate'", "must be > 0")
+
+
+def test_a_run_where_nothing_completes_says_so_and_prints_no_zero_latencies(capsys) -> None:
+    """Every arrived request rejected: a warning counts them by reason and the latency table
+    prints '-' rather than 0.0 (a new-user trial read 0.0 ms as a measured latency)."""
+    rc, out, err = run(capsys, "simulate", "--trace", "bundled:mooncake_conversation",
+                       "--num-gpu-blocks", "4", "--max-sim-time-s", "20")
+    assert rc == 0
+    warn = [line for line in err.splitlines() if "no request completed" in line]
+    assert len(warn) == 1 and "prompt_exceeds_kv_capacity" in warn[0]
+    ttft = next(line for line in out.splitlines() if line.strip().startswith("TTFT"))
+    assert ttft.split()[1:] == ["-"] * 4
+    rc, out, err = run(capsys, "simulate", "--trace", "bundled:mooncake_conversation",
+                       "--max-sim-time-s", "20")
+    assert rc == 0 and "no request completed" not in err
+    ttft = next(line for line in out.splitlines() if line.strip().startswith("TTFT"))
+    assert "-" not in ttft.split()[1:]
