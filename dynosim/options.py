@@ -75,7 +75,8 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
     "--backend": ("engine.backend", str, "{vllm,sglang,trtllm}",
                   "scheduler core; with --model/--gpu/--tp also the GPU table (default vllm)"),
     "--schedule-policy": ("engine.schedule_policy", str, "{fifo,lpm}",
-                          "SGLang only: schedule policy (default fifo)"),
+                          "SGLang only: schedule policy (default fifo; fcfs, Dynamo's "
+                          "deprecated alias, is accepted as fifo)"),
     "--max-prefill-tokens": ("engine.max_prefill_tokens", int, "N",
                              "SGLang only: prefill token budget per pass (default 16384)"),
     "--chunked-prefill-size": ("engine.chunked_prefill_size", int, "N",
