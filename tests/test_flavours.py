@@ -122,6 +122,9 @@ def test_trtllm_clamps_output_to_the_pool() -> None:
     c = cols(run([req(0, 0, 1000, 5000)], backend="trtllm", block_size=32, num_gpu_blocks=64))
     assert int(c["status"][0]) == STATUS_COMPLETED
     assert int(c["output_length"][0]) == 64 * 32 - 1000
+    # the record keeps what was requested, as Dynamo's does (requested 500, output 280 on a
+    # 40 x 32-token pool for a 1,000-token prompt; a new-user trial found both read 280)
+    assert int(c["requested_output_length"][0]) == 5000
 
 
 # -- liveness -------------------------------------------------------------------------------

@@ -267,8 +267,11 @@ class EngineBase:
                 if not isinstance(g, float):
                     self.metrics.add_gap_array(g, 1)
         r = s.req
+        # requested = the request's own output length: TRT-LLM clamps max_out to the pool and
+        # Dynamo's record keeps the request's (a prefill copy at a cut-off has max_out restored)
         self.metrics.record(r.index, r.arrival_ms, s.first_admit, s.first_token, s.second_token,
-                            s.last_token, s.prompt_len, s.generated, s.max_out, s.reused, self.id,
+                            s.last_token, s.prompt_len, s.generated,
+                            max(r.output_length, s.max_out), s.reused, self.id,
                             status, s.preemptions, reason)
         if self.on_finished is not None and status != STATUS_IN_FLIGHT:
             self.on_finished(self, s, status)
