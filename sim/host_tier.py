@@ -80,6 +80,9 @@ class HostTier:
         self._match_key: tuple | None = None
         self._match_val: tuple[int, bool] = (0, False)
         self._next_id = 0
+        self.last_store_id = 0    # id of the latest cohort prepare_store prepared
+        self._store_done = 0      # id of the latest store completed (stores end in id order)
+        self.progressed = False   # a copy completed since the engine last looked (advance)
         self._touched: list[int] | None = None    # see touch_reversed
         self.fence_ms = 0.0       # the pass being scheduled starts computing at or after this
         # report counters
@@ -101,6 +104,11 @@ class HostTier:
 
     def pending_load(self) -> bool:
         return bool(self.loads)
+
+    def store_live(self, tid: int) -> bool:
+        """Is store cohort ``tid`` prepared or in flight? (Stores run on one FIFO lane, so
+        they complete in id order.)"""
+        return tid > self._store_done
 
     def match(self, keys: list[int], start: int = 0) -> tuple[int, bool]:
         """(leading keys of ``keys[start:]`` present, pending or being loaded among
@@ -170,6 +178,7 @@ class HostTier:
         self.stored_blocks += len(missing)
         self.version += 1
         self._next_id += 1
+        self.last_store_id = self._next_id
         self.prepared.append((self._next_id, missing))
         return True
 
@@ -184,15 +193,16 @@ class HostTier:
     # A GPU block being read by a device-to-host copy cannot be overwritten or freed until
     # the copy ends: a pass that evicts such a block for new KV, or preempts a request that
     # holds one, starts its compute when those copies end (``fence_ms``, set per pass).
-    def fence_preempted(self, keys: list[int]) -> None:
-        """A preempted request holding ``keys``: wait for the stores still reading them."""
-        held = None
-        for end, _, _, ks, _ in self.stores:
-            if end > self.fence_ms:
-                if held is None:
-                    held = set(keys)
-                if not held.isdisjoint(ks):
+    def fence_store(self, tid: int) -> None:
+        """A request whose latest store cohort is ``tid`` is preempted: vLLM flushes that
+        store before releasing the request's blocks, so the pass computes only once the
+        copy has ended (Dynamo's ``preempt_request``; a cohort not yet submitted has no
+        end and sets no fence)."""
+        for end, _, t, _, _ in self.stores:
+            if t == tid:
+                if end > self.fence_ms:
                     self.fence_ms = end
+                return
 
     def pass_fence(self, kv, evicted: bool) -> float:
         """When the pass scheduled from ``fence_ms`` (its start, or a preemption fence) may
@@ -239,10 +249,12 @@ class HostTier:
             due.append(loads.popleft())
         due.sort(key=lambda t: (t[0], t[1], t[2]))
         self.version += 1
+        self.progressed = True
         owners = []
         state, lru, pins = self.state, self.lru, self.pins
-        for _, kind, _, keys, owner in due:
+        for _, kind, tid, keys, owner in due:
             if kind == _STORE:
+                self._store_done = tid
                 for k in keys:
                     if state.get(k) == _PENDING:
                         state[k] = _RESIDENT

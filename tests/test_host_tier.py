@@ -149,7 +149,7 @@ def test_kv_conserved_across_tiers_and_no_request_lost(wl, nb, host, bs, workers
             assert t["in_flight_requests"] == 0
             e.kv.check()
             assert e.kv.num_active == 0 and e.kv.num_private == 0
-            assert not e.parked and not e.host.pins and not e.host.pending_load()
+            assert not e.connector and not e.host.pins and not e.host.pending_load()
 
 
 @SETTINGS
