@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, ListWorkload, req
+from conftest import REPO, SHARED, ListWorkload, req, write_jsonl
 from dynosim.cli import main
 from sim.engine import EngineConfig
 from sim.host_tier import HostTier, Lane
@@ -121,6 +121,66 @@ def test_a_decode_stretch_does_not_evict_a_block_being_stored() -> None:
     c = runs[1].metrics.columns()
     assert c["status"].tolist() == [STATUS_COMPLETED] * 2
     assert float(c["last_token_ms"][1]) > 100.0 > float(c["first_token_ms"][1])
+
+
+# Two hand-made traces on which a rule of Dynamo's connector decides the outcome (block 4,
+# 9 GPU blocks, 32-token budget, 250 kB/token at 1 GB/s, fixed timing 3 ms prefill + 1 ms
+# decode). Expected: (first admission, last token, reused tokens) per request, relative to
+# the first arrival, as Dynamo 1.6.1's replay gives them (test_tiny_traces_match_dynamo).
+TINY = {
+    # The first request's two blocks are in the GPU cache and the host when the second
+    # arrives: the connector looks past the raw GPU hit (both blocks) and finds nothing;
+    # the recompute rule then admits it with one block cached. Looking past the capped hit
+    # instead would load the second block from the host (admitted 1 ms later).
+    "raw_gpu_hit": (5, [(26, 8, 8, (200, 201)), (66, 8, 11, (200, 201))],
+                    [(0.0, 10.0, 0), (40.0, 53.0, 4)]),
+    # Request 3's host prefix finishes loading while a preempted request waits at the
+    # head of the waiting queue: the loaded request is admitted first (connector waiters
+    # go ahead of the waiting queue). Ordered the other way, it ends 1 ms later.
+    "connector_first": (9, [(20, 8, 4, (200, 201)), (21, 12, 8, (1020, 1021, 1022)),
+                            (26, 4, 9, (200,)), (28, 14, 1, (200, 201, 202, 203)),
+                            (34, 16, 4, (0, 1, 2, 3))],
+                        [(0.0, 12.0, 0), (3.0, 17.0, 0), (7.0, 26.0, 0), (26.0, 29.0, 8),
+                         (17.0, 32.0, 16)]),
+}
+
+
+def _tiny(name: str, exact: bool = False):
+    host, rows, _ = TINY[name]
+    reqs = [req(i, ts, isl, osl, hash_ids=ids, tbs=4) for i, (ts, isl, osl, ids) in enumerate(rows)]
+    res = run_host(reqs, nb=9, host=host, bs=4, budget=32, exact=exact)
+    c = res.metrics.columns()
+    t0 = rows[0][0]
+    return [(float(c["first_admit_ms"][i]) - t0, float(c["last_token_ms"][i]) - t0,
+             int(c["reused_input_tokens"][i])) for i in range(len(rows))]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_connector_rules_on_tiny_traces(name) -> None:
+    for exact in (False, True):
+        assert _tiny(name, exact) == TINY[name][2]
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_traces_match_dynamo(peer_python: Path, tmp_path: Path, name) -> None:
+    """The expected values above are Dynamo's: its replay of the same traces."""
+    script = SHARED / "peer" / "dynosim_peer.py"
+    if not script.is_file():
+        pytest.skip("Dynamo's replay driver peer/dynosim_peer.py not found")
+    host, rows, want = TINY[name]
+    trace = write_jsonl(tmp_path / "t.jsonl", rows)
+    out = tmp_path / "r.jsonl"
+    subprocess.run([str(peer_python), str(script), "trace", str(trace), "--trace-block-size", "4",
+                    "--num-workers", "1", "--router-mode", "round_robin", "--block-size", "4",
+                    "--num-gpu-blocks", "9", "--num-host-blocks", str(host),
+                    "--kv-bytes-per-token", "250000", "--host-d2h-gbps", "1",
+                    "--host-h2d-gbps", "1", "--max-num-batched-tokens", "32",
+                    "--timing", "fixed:3,1", "--per-request-jsonl", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    got = sorted((json.loads(x) for x in open(out)), key=lambda r: r["arrival_time_ms"])
+    assert [(r["first_admit_ms"], r["last_token_ms"], r["reused_input_tokens"]) for r in got] \
+        == want
 
 
 @SETTINGS
