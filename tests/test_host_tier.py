@@ -123,9 +123,9 @@ def test_a_decode_stretch_does_not_evict_a_block_being_stored() -> None:
     assert float(c["last_token_ms"][1]) > 100.0 > float(c["first_token_ms"][1])
 
 
-# Two hand-made traces on which a rule of Dynamo's connector decides the outcome (block 4,
-# 9 GPU blocks, 32-token budget, 250 kB/token at 1 GB/s, fixed timing 3 ms prefill + 1 ms
-# decode). Expected: (first admission, last token, reused tokens) per request, relative to
+# Hand-made traces on which a rule of Dynamo's connector decides the outcome (block 4, 9 GPU
+# blocks and 1 GB/s unless given, 32-token budget, 250 kB/token, fixed timing 3 ms prefill
+# + 1 ms decode). Expected: (first admission, last token, reused tokens) per request, relative to
 # the first arrival, as Dynamo 1.6.1's replay gives them (test_tiny_traces_match_dynamo).
 TINY = {
     # The first request's two blocks are in the GPU cache and the host when the second
@@ -142,13 +142,30 @@ TINY = {
                             (34, 16, 4, (0, 1, 2, 3))],
                         [(0.0, 12.0, 0), (3.0, 17.0, 0), (7.0, 26.0, 0), (26.0, 29.0, 8),
                          (17.0, 32.0, 16)]),
+    # 3 host blocks: the 12-token request's store finds no room while the first request's
+    # copy runs, and is retried at each later pass of its request (a decode pass too), so
+    # it evicts the first prompt from the host before the preempted 4-token request looks
+    # it up again: that request recomputes instead of loading (0.05 GB/s: 20 ms a block).
+    "store_retry": (3, [(10, 8, 8, (100, 101)), (15, 12, 7, (0, 1, 2)), (15, 4, 2, (100,)),
+                        (16, 10, 9, (1040, 1041, 1042))],
+                    [(0.0, 10.0, 0), (10.0, 52.0, 0), (10.0, 111.0, 0), (52.0, 119.0, 0)], 5, 0.05),
+    # The second request is preempted while its latest store is still being copied: the
+    # pass that preempts it computes only once that copy has ended.
+    "preemption_fence": (8, [(1, 14, 9, (100, 101, 102, 103)), (2, 8, 6, (200, 201))],
+                         [(0.0, 16.0, 0), (3.0, 23.0, 8)], 6, 1.0),
 }
 
 
+def _tiny_case(name: str):
+    host, rows, want, *rest = TINY[name]
+    nb, gbps = rest or (9, 1.0)
+    return host, rows, want, nb, gbps
+
+
 def _tiny(name: str, exact: bool = False):
-    host, rows, _ = TINY[name]
+    host, rows, _, nb, gbps = _tiny_case(name)
     reqs = [req(i, ts, isl, osl, hash_ids=ids, tbs=4) for i, (ts, isl, osl, ids) in enumerate(rows)]
-    res = run_host(reqs, nb=9, host=host, bs=4, budget=32, exact=exact)
+    res = run_host(reqs, nb=nb, host=host, bs=4, budget=32, exact=exact, gbps=gbps)
     c = res.metrics.columns()
     t0 = rows[0][0]
     return [(float(c["first_admit_ms"][i]) - t0, float(c["last_token_ms"][i]) - t0,
@@ -158,7 +175,7 @@ def _tiny(name: str, exact: bool = False):
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_connector_rules_on_tiny_traces(name) -> None:
     for exact in (False, True):
-        assert _tiny(name, exact) == TINY[name][2]
+        assert _tiny(name, exact) == _tiny_case(name)[2]
 
 
 @pytest.mark.peer
@@ -168,14 +185,14 @@ def test_tiny_traces_match_dynamo(peer_python: Path, tmp_path: Path, name) -> No
     script = SHARED / "peer" / "dynosim_peer.py"
     if not script.is_file():
         pytest.skip("Dynamo's replay driver peer/dynosim_peer.py not found")
-    host, rows, want = TINY[name]
+    host, rows, want, nb, gbps = _tiny_case(name)
     trace = write_jsonl(tmp_path / "t.jsonl", rows)
     out = tmp_path / "r.jsonl"
     subprocess.run([str(peer_python), str(script), "trace", str(trace), "--trace-block-size", "4",
                     "--num-workers", "1", "--router-mode", "round_robin", "--block-size", "4",
-                    "--num-gpu-blocks", "9", "--num-host-blocks", str(host),
-                    "--kv-bytes-per-token", "250000", "--host-d2h-gbps", "1",
-                    "--host-h2d-gbps", "1", "--max-num-batched-tokens", "32",
+                    "--num-gpu-blocks", str(nb), "--num-host-blocks", str(host),
+                    "--kv-bytes-per-token", "250000", "--host-d2h-gbps", str(gbps),
+                    "--host-h2d-gbps", str(gbps), "--max-num-batched-tokens", "32",
                     "--timing", "fixed:3,1", "--per-request-jsonl", str(out)],
                    check=True, capture_output=True, timeout=300)
     got = sorted((json.loads(x) for x in open(out)), key=lambda r: r["arrival_time_ms"])

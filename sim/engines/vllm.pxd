@@ -33,6 +33,7 @@ cdef class VllmEngine(EngineBase):
     cdef public list connector
     cdef public dict _host_req
     cdef public list _host_obs
+    cdef public set _host_retry
     cdef public long long host_hit_requests
     cdef public long long host_reused_tokens
     cdef public long _pass_id

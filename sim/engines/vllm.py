@@ -62,6 +62,7 @@ class VllmEngine(EngineBase):
         self.connector: list[Seq] = []
         self._host_req: dict = {}
         self._host_obs: list[Seq] = []   # scheduled with prompt tokens in the current pass
+        self._host_retry: set = set()    # running, with a store cohort waiting for host room
         self.host_hit_requests = 0       # first admissions that reused host blocks
         self.host_reused_tokens = 0      # prompt tokens those admissions took from the host
         self._pass_id = 0                # start_pass count (marks single-token decodes)
@@ -149,6 +150,7 @@ class VllmEngine(EngineBase):
         self._release(s)
         if self.host is not None:
             self._host_req.pop(s, None)
+            self._host_retry.discard(s)
 
     # -- G2 host tier (see sim/host_tier.py) -------------------------------------------------
     # Dynamo's vLLM core (aisimulate-core 0.13.0, ``scheduler/vllm/core.rs`` and
@@ -271,6 +273,11 @@ class VllmEngine(EngineBase):
             hs.cursor = end
             hs.store_id = self.host.last_store_id
             self.host.touch_reversed(keys)
+        else:
+            self._host_retry.add(s)         # retried at each pass that schedules it
+            return
+        if self._host_retry:
+            self._host_retry.discard(s)
 
     def _host_boundary(self, t: float) -> None:
         """Pass boundary at ``t``: finish the copies that have ended, send the prepared
@@ -297,11 +304,20 @@ class VllmEngine(EngineBase):
             self._host_wake()
 
     def finish_pass(self, end: float) -> None:
-        if self.host is not None and self._host_obs:
+        if self.host is not None and (self._host_obs or self._host_retry):
             # Blocks completed by the pass join the host as store cohorts when the pass
             # completes (before its requests are released), and the boundary sends them;
-            # this order reproduces Dynamo's host hits on the conversation trace.
-            for s in self._host_obs:
+            # this order reproduces Dynamo's host hits on the conversation trace. Dynamo
+            # observes every request the pass scheduled, in running order, so a cohort
+            # that found no host room is retried at each pass of its request.
+            obs = self._host_obs
+            if self._host_retry:
+                cand = set(obs)
+                for s in self._ready:
+                    if s in self._host_retry:
+                        cand.add(s)
+                obs = [s for s in self.running if s in cand]
+            for s in obs:
                 self._host_store(s)
             self._host_obs = []
         EngineBase.finish_pass(self, end)
@@ -624,6 +640,7 @@ class VllmEngine(EngineBase):
             hs = self._host_req.get(v)
             if hs is not None and hs.store_id:
                 self.host.fence_store(hs.store_id)
+            self._host_retry.discard(v)
         v.computed = 0
         v.preemptions += 1
         self.num_preemptions += 1
@@ -646,7 +663,8 @@ class VllmEngine(EngineBase):
         """
         s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
         running = self.running
-        if not running or len(running) > self._max_batched or self.connector:
+        if (not running or len(running) > self._max_batched or self.connector
+                or self._host_retry):
             return 0
         bs = self.bs
         k = 1 << 62
