@@ -1270,6 +1270,19 @@ static PyObject *HostIndex_match(HostIndex *h, PyObject *args) {
     return Py_BuildValue("(nO)", n, deferred ? Py_True : Py_False);
 }
 
+static PyObject *HostIndex_resident_prefix(HostIndex *h, PyObject *args) {
+    PyObject *keys; Py_ssize_t start = 0, n = 0;
+    if (!PyArg_ParseTuple(args, "O!|n", &PyList_Type, &keys, &start)) return NULL;
+    for (Py_ssize_t i = start; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        int64_t x = hx_find(h, k);
+        if (x < 0 || h->s[x].state != HS_RESIDENT) break;
+        n++;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
 static PyObject *HostIndex_touch_reversed(HostIndex *h, PyObject *keys) {
     if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
     for (Py_ssize_t i = PyList_GET_SIZE(keys) - 1; i >= 0; i--) {
@@ -1405,6 +1418,7 @@ bad:
 
 static PyMethodDef HostIndex_methods[] = {
     {"match", (PyCFunction)HostIndex_match, METH_VARARGS, "(leading present keys from start, any pending or pinned)"},
+    {"resident_prefix", (PyCFunction)HostIndex_resident_prefix, METH_VARARGS, "leading resident keys from start"},
     {"touch_reversed", (PyCFunction)HostIndex_touch_reversed, METH_O, "LRU touch, last key first"},
     {"prepare", (PyCFunction)HostIndex_prepare, METH_O, "take room for a store cohort: new pending keys, None or False"},
     {"complete", (PyCFunction)HostIndex_complete, METH_O, "pending keys become resident (most recent)"},

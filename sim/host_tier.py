@@ -86,6 +86,16 @@ class PyHostIndex:
                 deferred = True
         return n, deferred
 
+    def resident_prefix(self, keys: list[int], start: int = 0) -> int:
+        """Leading keys of ``keys[start:]`` resident (their copy to the host has ended)."""
+        n = 0
+        st = self.st
+        for i in range(start, len(keys)):
+            if st.get(keys[i]) != _RESIDENT:
+                break
+            n += 1
+        return n
+
     def touch_reversed(self, keys: list[int]) -> None:
         """vLLM's LRU touch: resident keys become most recent, last key first."""
         lru = self.lru

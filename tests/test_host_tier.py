@@ -102,6 +102,32 @@ def test_native_host_index_matches_the_reference(cap, ops) -> None:
         ref.check()
 
 
+def test_kv_router_credits_host_tier_hits() -> None:
+    """Dynamo's KV router weighs the prompt's blocks in a worker's host tier (past its GPU
+    overlap, copies ended) by host_cache_hit_weight (0.75): worker 1 holds the 8-block
+    prompt in its host tier and has 4 blocks of prefill pending, so it wins with the credit
+    (8 + 4 - 0.75 x 8 = 6 < 8) and loses without it (12 > 8); a pending copy earns none."""
+    import numpy as np
+    from sim.router import KvRouter, KvRouterConfig
+
+    class Worker:
+        def __init__(self, wid: int) -> None:
+            self.id = wid
+            self.host = HostTier(64, 64 * 1000)
+
+    r = req(0, 0.0, 8 * 64, 10, hash_ids=range(8), tbs=64)
+    for weight, winner, done in ((0.75, 1, True), (0.0, 0, True), (0.75, 0, False)):
+        router = KvRouter(np.random.default_rng(0), 64, KvRouterConfig(host_cache_hit_weight=weight))
+        workers = [Worker(0), Worker(1)]
+        keys = router._keys(r)
+        workers[1].host.index.prepare(keys)
+        if done:
+            workers[1].host.index.complete(keys)
+        router.prefill_tokens[1] = 4 * 64
+        for order in (workers, workers[::-1]):
+            assert router.select(r, order, 0.0).id == winner
+
+
 def test_host_hit_restores_an_evicted_prefix() -> None:
     """Dynamo's own test ``vllm_native_host_offload_restores_an_evicted_prefix``: one GPU
     block, two host blocks, 1 GB/s and 250 kB/token (a 4-token block copies in 1 ms): the
