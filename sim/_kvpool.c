@@ -1174,6 +1174,276 @@ static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(n);
 }
 
+
+/* == host-tier index (sim.host_tier.HostTier: residency, recency and pins) ================ */
+/* The G2 host pool of one rank, keyed by prompt-block key: each present block is pending
+ * (its device-to-host copy runs) or resident; resident blocks sit in an LRU list (oldest at
+ * the head); loads pin blocks. Same semantics and API as sim.host_tier.PyHostIndex, which
+ * documents them (tests run both). Slots 0..cap-1; hash: open addressing, linear probing,
+ * backward-shift deletion, entry = slot + 1 (0 = empty). */
+typedef struct { int64_t key; int32_t pins, prev, next; int8_t state, mark; } HSlot;
+enum { HS_FREE = 0, HS_PENDING = 1, HS_RESIDENT = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    int64_t cap, n, nres;
+    HSlot *s;
+    int32_t *freed, *tmp;
+    int64_t nfreed, fresh;
+    int32_t head, tail;
+    uint32_t *ht;
+    uint64_t mask;
+} HostIndex;
+
+static inline int64_t hx_find(HostIndex *h, int64_t k) {
+    uint64_t i = mix64((uint64_t)k) & h->mask;
+    for (;;) {
+        uint32_t e = h->ht[i];
+        if (!e) return -1;
+        if (h->s[e - 1].key == k) return (int64_t)e - 1;
+        i = (i + 1) & h->mask;
+    }
+}
+static inline void hx_ht_insert(HostIndex *h, int64_t k, int32_t slot) {
+    uint64_t i = mix64((uint64_t)k) & h->mask;
+    while (h->ht[i]) i = (i + 1) & h->mask;
+    h->ht[i] = (uint32_t)slot + 1;
+}
+static void hx_ht_delete(HostIndex *h, int64_t k) {
+    uint64_t i = mix64((uint64_t)k) & h->mask, j;
+    while (h->s[h->ht[i] - 1].key != k) i = (i + 1) & h->mask;
+    j = i;
+    for (;;) {
+        j = (j + 1) & h->mask;
+        uint32_t e = h->ht[j];
+        if (!e) break;
+        uint64_t home = mix64((uint64_t)h->s[e - 1].key) & h->mask;
+        if (((j - home) & h->mask) >= ((j - i) & h->mask)) { h->ht[i] = e; i = j; }
+    }
+    h->ht[i] = 0;
+}
+static inline void hx_unlink(HostIndex *h, int32_t x) {
+    HSlot *s = h->s; int32_t p = s[x].prev, n = s[x].next;
+    if (p >= 0) s[p].next = n; else h->head = n;
+    if (n >= 0) s[n].prev = p; else h->tail = p;
+}
+static inline void hx_append(HostIndex *h, int32_t x) {
+    HSlot *s = h->s;
+    s[x].prev = h->tail; s[x].next = -1;
+    if (h->tail >= 0) s[h->tail].next = x; else h->head = x;
+    h->tail = x;
+}
+
+static int HostIndex_init(HostIndex *h, PyObject *args, PyObject *kw) {
+    long long cap;
+    if (!PyArg_ParseTuple(args, "L", &cap)) return -1;
+    if (cap <= 0 || cap >= (1LL << 30)) { PyErr_SetString(PyExc_ValueError, "bad host capacity"); return -1; }
+    uint64_t size = 8;
+    while (size < (uint64_t)cap * 2) size <<= 1;
+    PyMem_Free(h->s); PyMem_Free(h->freed); PyMem_Free(h->tmp); PyMem_Free(h->ht);
+    h->s = PyMem_Calloc((size_t)cap, sizeof(HSlot));
+    h->freed = PyMem_Malloc((size_t)cap * sizeof(int32_t));
+    h->tmp = PyMem_Malloc((size_t)cap * sizeof(int32_t));
+    h->ht = PyMem_Calloc((size_t)size, sizeof(uint32_t));
+    if (!h->s || !h->freed || !h->tmp || !h->ht) { PyErr_NoMemory(); return -1; }
+    h->cap = cap; h->n = h->nres = h->nfreed = h->fresh = 0;
+    h->head = h->tail = -1; h->mask = size - 1;
+    return 0;
+}
+static void HostIndex_dealloc(HostIndex *h) {
+    PyMem_Free(h->s); PyMem_Free(h->freed); PyMem_Free(h->tmp); PyMem_Free(h->ht);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+static Py_ssize_t HostIndex_len(HostIndex *h) { return (Py_ssize_t)h->n; }
+
+static PyObject *HostIndex_match(HostIndex *h, PyObject *args) {
+    PyObject *keys; Py_ssize_t start = 0, n = 0; int deferred = 0;
+    if (!PyArg_ParseTuple(args, "O!|n", &PyList_Type, &keys, &start)) return NULL;
+    for (Py_ssize_t i = start; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        int64_t x = hx_find(h, k);
+        if (x < 0) break;
+        n++;
+        if (h->s[x].state == HS_PENDING || h->s[x].pins) deferred = 1;
+    }
+    return Py_BuildValue("(nO)", n, deferred ? Py_True : Py_False);
+}
+
+static PyObject *HostIndex_resident_prefix(HostIndex *h, PyObject *args) {
+    PyObject *keys; Py_ssize_t start = 0, n = 0;
+    if (!PyArg_ParseTuple(args, "O!|n", &PyList_Type, &keys, &start)) return NULL;
+    for (Py_ssize_t i = start; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        int64_t x = hx_find(h, k);
+        if (x < 0 || h->s[x].state != HS_RESIDENT) break;
+        n++;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *HostIndex_touch_reversed(HostIndex *h, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = PyList_GET_SIZE(keys) - 1; i >= 0; i--) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        int64_t x = hx_find(h, k);
+        if (x >= 0 && h->s[x].state == HS_RESIDENT && h->tail != x) {
+            hx_unlink(h, (int32_t)x); hx_append(h, (int32_t)x);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *HostIndex_prepare(HostIndex *h, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    Py_ssize_t nk = PyList_GET_SIZE(keys), missing = 0;
+    int64_t k, x;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (hx_find(h, k) < 0) missing++;
+    }
+    if (!missing) Py_RETURN_NONE;
+    int64_t short_ = missing - (h->cap - h->n);
+    if (short_ > 0) {
+        /* victims: least recent resident blocks, unpinned and not in the cohort */
+        for (Py_ssize_t i = 0; i < nk; i++) {
+            get_key(PyList_GET_ITEM(keys, i), &k);
+            if ((x = hx_find(h, k)) >= 0) h->s[x].mark = 1;
+        }
+        int64_t nv = 0;
+        for (int32_t y = h->head; y >= 0 && nv < short_; y = h->s[y].next)
+            if (!h->s[y].pins && !h->s[y].mark) h->tmp[nv++] = y;
+        for (Py_ssize_t i = 0; i < nk; i++) {
+            get_key(PyList_GET_ITEM(keys, i), &k);
+            if ((x = hx_find(h, k)) >= 0) h->s[x].mark = 0;
+        }
+        if (nv < short_) Py_RETURN_FALSE;
+        for (int64_t v = 0; v < nv; v++) {
+            int32_t y = h->tmp[v];
+            hx_unlink(h, y);
+            hx_ht_delete(h, h->s[y].key);
+            h->s[y].state = HS_FREE;
+            h->freed[h->nfreed++] = y;
+            h->n--; h->nres--;
+        }
+    }
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        PyObject *o = PyList_GET_ITEM(keys, i);
+        get_key(o, &k);
+        if (hx_find(h, k) >= 0) continue;      /* present (or repeated in the cohort) */
+        int32_t y = h->nfreed ? h->freed[--h->nfreed] : (int32_t)h->fresh++;
+        h->s[y].key = k; h->s[y].pins = 0; h->s[y].state = HS_PENDING; h->s[y].mark = 0;
+        h->s[y].prev = h->s[y].next = -1;
+        hx_ht_insert(h, k, y);
+        h->n++;
+        if (PyList_Append(out, o) < 0) { Py_DECREF(out); return NULL; }
+    }
+    return out;
+}
+
+static PyObject *HostIndex_complete(HostIndex *h, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k, x;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        x = hx_find(h, k);
+        if (x >= 0 && h->s[x].state == HS_PENDING) {
+            h->s[x].state = HS_RESIDENT; h->nres++; hx_append(h, (int32_t)x);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *hx_pin(HostIndex *h, PyObject *keys, int d) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k, x;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        x = hx_find(h, k);
+        if (x < 0 || h->s[x].pins + d < 0) { PyErr_SetString(PyExc_KeyError, "pin of an absent host block"); return NULL; }
+        h->s[x].pins += d;
+    }
+    Py_RETURN_NONE;
+}
+static PyObject *HostIndex_pin(HostIndex *h, PyObject *keys) { return hx_pin(h, keys, 1); }
+static PyObject *HostIndex_unpin(HostIndex *h, PyObject *keys) { return hx_pin(h, keys, -1); }
+
+static PyObject *HostIndex_state(HostIndex *h, PyObject *key) {
+    int64_t k, x;
+    if (get_key(key, &k) < 0) return NULL;
+    x = hx_find(h, k);
+    return PyLong_FromLong(x < 0 ? 0 : h->s[x].state);
+}
+
+static PyObject *HostIndex_lru_keys(HostIndex *h, PyObject *Py_UNUSED(a)) {
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (int32_t y = h->head; y >= 0; y = h->s[y].next) {
+        PyObject *o = PyLong_FromLongLong(h->s[y].key);
+        if (!o || PyList_Append(out, o) < 0) { Py_XDECREF(o); Py_DECREF(out); return NULL; }
+        Py_DECREF(o);
+    }
+    return out;
+}
+
+static PyObject *HostIndex_num_pinned(HostIndex *h, PyObject *Py_UNUSED(a)) {
+    int64_t c = 0;
+    for (int64_t y = 0; y < h->fresh; y++) if (h->s[y].state && h->s[y].pins) c++;
+    return PyLong_FromLongLong(c);
+}
+
+static PyObject *HostIndex_check(HostIndex *h, PyObject *Py_UNUSED(a)) {
+    int64_t present = 0, res = 0, walked = 0, entries = 0;
+    for (int64_t y = 0; y < h->fresh; y++) {
+        if (!h->s[y].state) continue;
+        present++;
+        if (h->s[y].state == HS_RESIDENT) res++;
+        if (h->s[y].pins < 0 || h->s[y].mark) goto bad;
+        if (hx_find(h, h->s[y].key) != y) goto bad;
+    }
+    for (uint64_t i = 0; i <= h->mask; i++) if (h->ht[i]) entries++;
+    for (int32_t y = h->head, p = -1; y >= 0; p = y, y = h->s[y].next) {
+        if (h->s[y].state != HS_RESIDENT || h->s[y].prev != p || ++walked > res) goto bad;
+    }
+    if (present != h->n || res != h->nres || walked != res || entries != present || h->n > h->cap) goto bad;
+    Py_RETURN_NONE;
+bad:
+    PyErr_SetString(PyExc_AssertionError, "host index inconsistent");
+    return NULL;
+}
+
+static PyMethodDef HostIndex_methods[] = {
+    {"match", (PyCFunction)HostIndex_match, METH_VARARGS, "(leading present keys from start, any pending or pinned)"},
+    {"resident_prefix", (PyCFunction)HostIndex_resident_prefix, METH_VARARGS, "leading resident keys from start"},
+    {"touch_reversed", (PyCFunction)HostIndex_touch_reversed, METH_O, "LRU touch, last key first"},
+    {"prepare", (PyCFunction)HostIndex_prepare, METH_O, "take room for a store cohort: new pending keys, None or False"},
+    {"complete", (PyCFunction)HostIndex_complete, METH_O, "pending keys become resident (most recent)"},
+    {"pin", (PyCFunction)HostIndex_pin, METH_O, "one more load reads each key"},
+    {"unpin", (PyCFunction)HostIndex_unpin, METH_O, "one load less reads each key"},
+    {"state", (PyCFunction)HostIndex_state, METH_O, "0 absent, 1 pending, 2 resident"},
+    {"lru_keys", (PyCFunction)HostIndex_lru_keys, METH_NOARGS, "resident keys, oldest first"},
+    {"num_pinned", (PyCFunction)HostIndex_num_pinned, METH_NOARGS, "present keys some load pins"},
+    {"check", (PyCFunction)HostIndex_check, METH_NOARGS, "assert invariants"},
+    {NULL}
+};
+static PySequenceMethods HostIndex_as_seq = {.sq_length = (lenfunc)HostIndex_len};
+static PyTypeObject HostIndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sim._kvpool.HostIndex",
+    .tp_doc = "Host-tier residency, LRU and pins (see sim.host_tier.PyHostIndex).",
+    .tp_basicsize = sizeof(HostIndex),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)HostIndex_init,
+    .tp_dealloc = (destructor)HostIndex_dealloc,
+    .tp_methods = HostIndex_methods,
+    .tp_as_sequence = &HostIndex_as_seq,
+};
+
 static PyMethodDef module_methods[] = {
     {"block_keys", mod_block_keys, METH_VARARGS, "engine-block keys of a trace prompt"},
     {"prefix_len", mod_prefix_len, METH_VARARGS, "how many leading keys are present"},
@@ -1186,7 +1456,7 @@ static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NUL
 
 PyMODINIT_FUNC PyInit__kvpool(void) {
     if (PyType_Ready(&KvPoolType) < 0 || PyType_Ready(&KeyCounterType) < 0 ||
-        PyType_Ready(&BlocksType) < 0) return NULL;
+        PyType_Ready(&BlocksType) < 0 || PyType_Ready(&HostIndexType) < 0) return NULL;
     tuple_hash_native = check_tuple_hash();
     if (tuple_hash_native < 0) return NULL;
     if (add_event_methods() < 0) return NULL;
@@ -1204,6 +1474,10 @@ PyMODINIT_FUNC PyInit__kvpool(void) {
     Py_INCREF(&KeyCounterType);
     if (PyModule_AddObject(m, "KeyCounter", (PyObject *)&KeyCounterType) < 0) {
         Py_DECREF(&KeyCounterType); Py_DECREF(m); return NULL;
+    }
+    Py_INCREF(&HostIndexType);
+    if (PyModule_AddObject(m, "HostIndex", (PyObject *)&HostIndexType) < 0) {
+        Py_DECREF(&HostIndexType); Py_DECREF(m); return NULL;
     }
     return m;
 }

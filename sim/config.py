@@ -34,7 +34,7 @@ from .errors import InputError
 from .router import ROUTER_MODES, KvRouterConfig
 from .disagg import TRANSFER_TIMING_MODES, DisaggConfig
 from .schema import (BLOCK_SIZE, DP_RANKS, GBPS, GPUS, KV_BYTES, NUM_GPU_BLOCKS, PLANNER_FIELDS,
-                     RATIO, SEED, SEQS, TIME_MS_POS, TIME_S, TIME_S_POS, TOKENS, WEIGHT, WORKERS)
+                     FRACTION, RATIO, SEED, SEQS, TIME_MS_POS, TIME_S, TIME_S_POS, TOKENS, WEIGHT, WORKERS)
 from .simulator import ClusterConfig, Simulation
 from .timing_spec import make_timing
 from .workloads import from_config
@@ -118,6 +118,9 @@ class RouterSection:
     assume_kv_reuse: bool = True                     # count blocks shared by active requests once
     track_active_blocks: bool = True     # decode-load term (off for a disaggregated prefill pool)
     track_prefill_tokens: bool = True    # pending-prefill term (off for a decode pool)
+    # G2 host tier: prefill blocks credited per prompt block in a worker's host tier
+    # (Dynamo's KvRouterConfig.host_cache_hit_weight; Dynamo requires [0, 1])
+    host_cache_hit_weight: float = _opt(0.75, range=FRACTION)
 
 
 @dataclass

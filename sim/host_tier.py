@@ -27,12 +27,13 @@ Counters for the report: host lookups that hit (loads) and their blocks, blocks 
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict, deque
 
 #: Dynamo's default bandwidth of either direction (decimal GB/s).
 DEFAULT_HOST_GBPS = 32.0
 
-_PENDING, _RESIDENT = 0, 1
+_PENDING, _RESIDENT = 1, 2          # (0: absent)
 _STORE, _LOAD = 0, 1        # same-timestamp completion order: stores first
 
 
@@ -53,6 +54,145 @@ class Lane:
         return self.tail_ms
 
 
+class PyHostIndex:
+    """Residency, recency and pins of a host pool of ``capacity`` blocks (the reference of
+    the native ``sim._kvpool.HostIndex``, which has the same API and results).
+
+    A present block is pending (its device-to-host copy runs) or resident; resident blocks
+    are in an LRU list, oldest first; loads pin blocks (a pinned or pending block is never
+    evicted)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.st: dict[int, int] = {}                   # key -> _PENDING | _RESIDENT
+        self.pins: dict[int, int] = {}                 # key -> loads reading it
+        self.lru: OrderedDict[int, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.st)
+
+    def match(self, keys: list[int], start: int = 0) -> tuple[int, bool]:
+        """(leading keys of ``keys[start:]`` present, any of them pending or pinned)."""
+        n = 0
+        deferred = False
+        st, pins = self.st, self.pins
+        for i in range(start, len(keys)):
+            k = keys[i]
+            s = st.get(k)
+            if s is None:
+                break
+            n += 1
+            if s == _PENDING or k in pins:
+                deferred = True
+        return n, deferred
+
+    def resident_prefix(self, keys: list[int], start: int = 0) -> int:
+        """Leading keys of ``keys[start:]`` resident (their copy to the host has ended)."""
+        n = 0
+        st = self.st
+        for i in range(start, len(keys)):
+            if st.get(keys[i]) != _RESIDENT:
+                break
+            n += 1
+        return n
+
+    def touch_reversed(self, keys: list[int]) -> None:
+        """vLLM's LRU touch: resident keys become most recent, last key first."""
+        lru = self.lru
+        move = lru.move_to_end
+        for k in reversed(keys):
+            if k in lru:
+                move(k)
+
+    def prepare(self, keys: list[int]):
+        """Room for a store cohort: evict the least recently used resident blocks that are
+        unpinned and not in the cohort, as many as the absent keys (repeats counted) exceed
+        the free room, and add the absent keys as pending. Returns them (cohort order,
+        once each), None if none is absent, False if there is not enough to evict (then
+        nothing changes)."""
+        st = self.st
+        missing = 0
+        for k in keys:
+            if k not in st:
+                missing += 1
+        if not missing:
+            return None
+        short = missing - (self.capacity - len(st))
+        if short > 0:
+            lru, pins = self.lru, self.pins
+            seen = set(keys)
+            victims = []
+            for k in lru:
+                if k not in pins and k not in seen:
+                    victims.append(k)
+                    if len(victims) == short:
+                        break
+            if len(victims) < short:
+                return False
+            for k in victims:
+                del lru[k]
+                del st[k]
+        out = []
+        for k in keys:
+            if k not in st:
+                st[k] = _PENDING
+                out.append(k)
+        return out
+
+    def complete(self, keys: list[int]) -> None:
+        """A store ended: its pending keys become resident, most recent, in order."""
+        st, lru = self.st, self.lru
+        for k in keys:
+            if st.get(k) == _PENDING:
+                st[k] = _RESIDENT
+                lru[k] = None
+
+    def pin(self, keys: list[int]) -> None:
+        pins = self.pins
+        for k in keys:
+            if k not in self.st:
+                raise KeyError("pin of an absent host block")
+            pins[k] = pins.get(k, 0) + 1
+
+    def unpin(self, keys: list[int]) -> None:
+        pins = self.pins
+        for k in keys:
+            c = pins.get(k, 0) - 1
+            if c < 0:
+                raise KeyError("pin of an absent host block")
+            if c:
+                pins[k] = c
+            else:
+                del pins[k]
+
+    def state(self, key: int) -> int:
+        """0 absent, 1 pending, 2 resident."""
+        return self.st.get(key, 0)
+
+    def lru_keys(self) -> list[int]:
+        return list(self.lru)
+
+    def num_pinned(self) -> int:
+        return len(self.pins)
+
+    def check(self) -> None:
+        assert len(self.st) <= self.capacity, "host tier over capacity"
+        resident = {k for k, s in self.st.items() if s == _RESIDENT}
+        assert set(self.lru) == resident, "host LRU drifted"
+        assert all(k in self.st and c > 0 for k, c in self.pins.items()), "bad host pin"
+
+
+def _new_index(capacity: int):
+    """The native index (sim._kvpool.HostIndex) unless the reference is forced or absent."""
+    if not os.environ.get("DYNOSIM_PURE_PYTHON"):
+        try:
+            from ._kvpool import HostIndex
+            return HostIndex(capacity)
+        except ImportError:
+            pass
+    return PyHostIndex(capacity)
+
+
 class HostTier:
     """The host pool of one rank: residency, recency, pins and the two lanes.
 
@@ -67,9 +207,7 @@ class HostTier:
         self.block_bytes = block_bytes
         self.d2h = Lane(d2h_gbps)
         self.h2d = Lane(h2d_gbps)
-        self.state: dict[int, int] = {}            # key -> _PENDING | _RESIDENT
-        self.pins: dict[int, int] = {}             # key -> loads reading it
-        self.lru: OrderedDict[int, None] = OrderedDict()   # resident keys, oldest first
+        self.index = _new_index(num_blocks)        # residency, recency, pins
         self.prepared: list[tuple[int, list[int]]] = []     # stores awaiting the pass end
         # Copies in flight per lane, in submission order = end order (FIFO lanes):
         # (end ms, kind, id, keys, owner).
@@ -80,6 +218,9 @@ class HostTier:
         self._match_key: tuple | None = None
         self._match_val: tuple[int, bool] = (0, False)
         self._next_id = 0
+        self.last_store_id = 0    # id of the latest cohort prepare_store prepared
+        self._store_done = 0      # id of the latest store completed (stores end in id order)
+        self.progressed = False   # a copy completed since the engine last looked (advance)
         self._touched: list[int] | None = None    # see touch_reversed
         self.fence_ms = 0.0       # the pass being scheduled starts computing at or after this
         # report counters
@@ -90,7 +231,7 @@ class HostTier:
 
     # -- queries ---------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.state)
+        return len(self.index)
 
     def has_transfers(self) -> bool:
         return bool(self.stores or self.loads or self.prepared)
@@ -102,30 +243,22 @@ class HostTier:
     def pending_load(self) -> bool:
         return bool(self.loads)
 
+    def store_live(self, tid: int) -> bool:
+        """Is store cohort ``tid`` prepared or in flight? (Stores run on one FIFO lane, so
+        they complete in id order.)"""
+        return tid > self._store_done
+
     def match(self, keys: list[int], start: int = 0) -> tuple[int, bool]:
         """(leading keys of ``keys[start:]`` present, pending or being loaded among
         them). Repeated look-ups of one request on an unchanged tier are answered from a
         one-entry cache."""
         if keys is self._match_keys and (start, len(keys), self.version) == self._match_key:
             return self._match_val
-        val = self._match(keys[start:] if start else keys)
+        val = self.index.match(keys, start)
         self._match_keys = keys             # held, so its identity cannot be reused
         self._match_key = (start, len(keys), self.version)
         self._match_val = val
         return val
-
-    def _match(self, keys: list[int]) -> tuple[int, bool]:
-        n = 0
-        deferred = False
-        state, pins = self.state, self.pins
-        for k in keys:
-            s = state.get(k)
-            if s is None:
-                break
-            n += 1
-            if s == _PENDING or k in pins:
-                deferred = True
-        return n, deferred
 
     # -- recency ----------------------------------------------------------------------------
     def touch_reversed(self, keys: list[int]) -> None:
@@ -133,11 +266,7 @@ class HostTier:
         block ends up most recent."""
         if keys is self._touched:
             return     # the latest touch was this list and nothing joined the LRU since
-        lru = self.lru
-        move = lru.move_to_end
-        for k in reversed(keys):
-            if k in lru:
-                move(k)
+        self.index.touch_reversed(keys)
         self._touched = keys
 
     # -- stores -----------------------------------------------------------------------------
@@ -145,31 +274,16 @@ class HostTier:
         """Take host space for the blocks of ``keys`` the host lacks (one cohort).
         True: prepared (sent at the pass end); None: nothing missing; False: no room
         (retry later)."""
-        state = self.state
-        missing = [k for k in dict.fromkeys(keys) if k not in state]
-        if not missing:
-            return None
-        seen = set(keys)
-        short = len(missing) - (self.capacity - len(state))
-        if short > 0:
-            pins = self.pins
-            victims = []
-            for k in self.lru:
-                if k not in pins and k not in seen:
-                    victims.append(k)
-                    if len(victims) == short:
-                        break
-            if len(victims) < short:
-                return False
-            for k in victims:
-                del self.lru[k]
-                del state[k]
-            self.evicted_blocks += short
-        for k in missing:
-            state[k] = _PENDING
+        index = self.index
+        before = len(index)
+        missing = index.prepare(keys)
+        if missing is None or missing is False:
+            return missing
+        self.evicted_blocks += before + len(missing) - len(index)
         self.stored_blocks += len(missing)
         self.version += 1
         self._next_id += 1
+        self.last_store_id = self._next_id
         self.prepared.append((self._next_id, missing))
         return True
 
@@ -184,39 +298,39 @@ class HostTier:
     # A GPU block being read by a device-to-host copy cannot be overwritten or freed until
     # the copy ends: a pass that evicts such a block for new KV, or preempts a request that
     # holds one, starts its compute when those copies end (``fence_ms``, set per pass).
-    def fence_preempted(self, keys: list[int]) -> None:
-        """A preempted request holding ``keys``: wait for the stores still reading them."""
-        held = None
-        for end, _, _, ks, _ in self.stores:
-            if end > self.fence_ms:
-                if held is None:
-                    held = set(keys)
-                if not held.isdisjoint(ks):
+    def fence_store(self, tid: int) -> None:
+        """A request whose latest store cohort is ``tid`` is preempted: vLLM flushes that
+        store before releasing the request's blocks, so the pass computes only once the
+        copy has ended (Dynamo's ``preempt_request``; a cohort not yet submitted has no
+        end and sets no fence)."""
+        for end, _, t, _, _ in self.stores:
+            if t == tid:
+                if end > self.fence_ms:
                     self.fence_ms = end
+                return
 
     def pass_fence(self, kv, evicted: bool) -> float:
         """When the pass scheduled from ``fence_ms`` (its start, or a preemption fence) may
         start computing: after every store still reading a GPU block the pass evicted
         (``evicted``: it evicted anything). A stored block leaves the GPU cache only by
         eviction, and an earlier pass that evicted it already waited for its copy, so a
-        block of a store in flight that is no longer resident was evicted by this pass."""
+        block of a store in flight that is no longer resident was evicted by this pass.
+        Stores end in submission order: the latest affected one sets the fence."""
         fence = self.fence_ms
         if evicted:
-            resident = kv.resident
-            for end, _, _, ks, _ in self.stores:
-                if end > fence:
-                    for k in ks:
-                        if not resident(k):
-                            fence = end
-                            break
+            stores = self.stores
+            for i in range(len(stores) - 1, -1, -1):
+                end, _, _, ks, _ = stores[i]
+                if end <= fence:
+                    break
+                if kv.match_prefix(ks)[0] < len(ks):     # one of its blocks is gone
+                    return end
         return fence
 
     # -- loads ------------------------------------------------------------------------------
     def start_load(self, keys: list[int], owner, now: float) -> float:
         """Pin ``keys`` and queue their copy to the device; returns its end (ms)."""
-        pins = self.pins
-        for k in keys:
-            pins[k] = pins.get(k, 0) + 1
+        self.index.pin(keys)
         self._next_id += 1
         self.version += 1
         end = self.h2d.submit(now, len(keys) * self.block_bytes)
@@ -239,32 +353,30 @@ class HostTier:
             due.append(loads.popleft())
         due.sort(key=lambda t: (t[0], t[1], t[2]))
         self.version += 1
+        self.progressed = True
         owners = []
-        state, lru, pins = self.state, self.lru, self.pins
-        for _, kind, _, keys, owner in due:
+        index = self.index
+        for _, kind, tid, keys, owner in due:
             if kind == _STORE:
-                for k in keys:
-                    if state.get(k) == _PENDING:
-                        state[k] = _RESIDENT
-                        lru[k] = None
+                # (a pending block stays until its copy ends: only resident ones are evicted)
+                self._store_done = tid
+                index.complete(keys)
                 self._touched = None
             else:
-                for k in keys:
-                    c = pins[k] - 1
-                    if c:
-                        pins[k] = c
-                    else:
-                        del pins[k]
+                index.unpin(keys)
                 owners.append(owner)
         return owners
 
     def check(self) -> None:
         """Tests: the tier's invariants (capacity, recency list = resident blocks, pins on
         present blocks)."""
-        assert len(self.state) <= self.capacity, "host tier over capacity"
-        resident = {k for k, s in self.state.items() if s == _RESIDENT}
-        assert set(self.lru) == resident, "host LRU drifted"
-        assert all(k in self.state and c > 0 for k, c in self.pins.items()), "bad host pin"
+        self.index.check()
+        assert len(self.index) <= self.capacity, "host tier over capacity"
+
+    @property
+    def pins(self) -> int:
+        """Present blocks some load pins."""
+        return self.index.num_pinned()
 
     def counters(self) -> dict[str, int]:
         return {"host_load_hits": self.load_hits, "host_loaded_blocks": self.loaded_blocks,

@@ -40,6 +40,10 @@ class KvRouterConfig:
     # decode-load term, the decode router the pending-prefill term.
     track_active_blocks: bool = True
     track_prefill_tokens: bool = True
+    # G2 host tier (vLLM workers with --num-host-blocks): prefill blocks credited per
+    # block of the prompt found in the worker's host tier past its GPU overlap (Dynamo's
+    # KvRouterConfig.host_cache_hit_weight, default 0.75).
+    host_cache_hit_weight: float = 0.75
 
 
 class Router:
@@ -201,6 +205,7 @@ class KvRouter(Router):
         index, actives, prefill_tokens = self.index, self.active, self.prefill_tokens
         costs = []
         overlaps = []
+        host_w = cfg.host_cache_hit_weight
         for w in workers:
             wid = w.id
             ov = prefix_len(keys, index.get(wid))
@@ -208,6 +213,12 @@ class KvRouter(Router):
             ov_active = prefix_len(keys, active)
             pending = prefill_tokens.get(wid, 0) if track_prefill else 0
             prefill = (pending + isl) / bs - credit * ov
+            host = getattr(w, "host", None)
+            if host is not None and ov < len(keys):
+                # Host-tier overlap: the prompt's blocks past the GPU overlap whose copy
+                # to the worker's host tier has ended, weighted (Dynamo's tiered match:
+                # stores are published when their copy ends, evictions when they happen).
+                prefill -= host_w * host.index.resident_prefix(keys, ov)
             if prefill < 0:
                 prefill = 0.0
             if not track_active:

@@ -12,6 +12,17 @@ cdef class _PassState:
     cdef public long pass_id
     cdef public long n_decodes
 
+cdef class _HostReq:
+    cdef public long cursor
+    cdef public long long store_id
+    cdef public bint loading
+    cdef public long loaded
+    cdef public long g1_tokens
+    cdef public long foot
+    cdef public bint recorded
+    cdef public bint in_conn
+    cdef public bint asleep
+
 cdef class VllmEngine(EngineBase):
     cdef public list _phases
     cdef public object _evict_pre
@@ -19,9 +30,10 @@ cdef class VllmEngine(EngineBase):
     cdef public long _evict_k
     cdef public long _evict_published
     cdef public object host
-    cdef public list parked
+    cdef public list connector
     cdef public dict _host_req
     cdef public list _host_obs
+    cdef public set _host_retry
     cdef public long long host_hit_requests
     cdef public long long host_reused_tokens
     cdef public long _pass_id

@@ -35,7 +35,7 @@ from .base import (REASON_BATCH_BUDGET, REASON_KV_CAPACITY, REASON_MAX_MODEL_LEN
                    REASON_SEQ_KV_CAPACITY, EngineBase, Seq)
 
 _BLOCKED, _SELF = -1, -2
-_HOST_MISS, _HOST_PARKED, _HOST_SKIP = 0, 1, 2     # connector look-up outcomes
+_HOST_MISS, _HOST_SKIP = 0, 2     # connector look-up outcomes
 
 
 class VllmEngine(EngineBase):
@@ -55,14 +55,14 @@ class VllmEngine(EngineBase):
         self._evict_free0 = 0
         self._evict_k = 0
         self._evict_published = 0
-        # G2 host tier (sim.host_tier) beside the block pool, when configured: sequences
-        # parked while their host prefix loads, and per-sequence connector state
-        # [store cursor (prompt blocks), loaded prefix blocks once activated (-1: none),
-        #  GPU-cached tokens when the load started, first admission recorded].
+        # G2 host tier (sim.host_tier) beside the block pool, when configured: the
+        # connector queue (requests the connector deferred, see _host_next) and each
+        # request's connector state (_HostReq).
         self.host = None
-        self.parked: list[Seq] = []
+        self.connector: list[Seq] = []
         self._host_req: dict = {}
         self._host_obs: list[Seq] = []   # scheduled with prompt tokens in the current pass
+        self._host_retry: set = set()    # running, with a store cohort waiting for host room
         self.host_hit_requests = 0       # first admissions that reused host blocks
         self.host_reused_tokens = 0      # prompt tokens those admissions took from the host
         self._pass_id = 0                # start_pass count (marks single-token decodes)
@@ -150,25 +150,69 @@ class VllmEngine(EngineBase):
         self._release(s)
         if self.host is not None:
             self._host_req.pop(s, None)
+            self._host_retry.discard(s)
 
     # -- G2 host tier (see sim/host_tier.py) -------------------------------------------------
-    def _host_state(self, s: Seq) -> list:
+    # Dynamo's vLLM core (aisimulate-core 0.13.0, ``scheduler/vllm/core.rs`` and
+    # ``host_offload.rs``) keeps the requests the connector deferred - a load in flight, a
+    # copy they depend on in flight - in a connector queue beside the waiting queue (vLLM's
+    # ``skipped_waiting``): in the order they joined it, ahead of the waiting queue once
+    # awake, asleep from their deferral until a copy completes.
+    def _host_state(self, s: Seq) -> _HostReq:
         hs = self._host_req.get(s)
         if hs is None:
-            hs = self._host_req[s] = [0, -1, 0, False]
+            hs = self._host_req[s] = _HostReq()
         return hs
 
-    def _host_lookup(self, s: Seq, cached: int, now: float) -> int:
-        """The connector's look-up for the waiting head ``s`` (GPU hit ``cached`` tokens):
-        _HOST_MISS (admit from the GPU cache alone), _HOST_PARKED (its host prefix is
-        loading: it left the queue), _HOST_SKIP (a copy it depends on is in flight: try
-        the next request) or _BLOCKED (no GPU headroom or room for the load)."""
+    def _host_next(self) -> Seq | None:
+        """The request the waiting loop considers next: the first awake connector waiter,
+        else the waiting head (None if neither)."""
+        o: Seq
+        hs: _HostReq
+        for o in self.connector:
+            hs = self._host_req[o]
+            if not hs.asleep:
+                return o
+        return self.waiting[0] if self.waiting else None
+
+    def _host_defer(self, s: Seq) -> None:
+        """The connector deferred ``s``: it joins the back of the connector queue (or keeps
+        its place there) and sleeps until a copy completes."""
         hs = self._host_state(s)
-        if hs[1] >= 0:
+        if not hs.in_conn:
+            self.waiting.popleft()          # s was the waiting head
+            self.connector.append(s)
+            hs.in_conn = True
+        hs.asleep = True
+
+    def _host_wake(self) -> None:
+        """A copy completed: every connector waiter is awake again."""
+        o: Seq
+        hs: _HostReq
+        self.host.progressed = False
+        for o in self.connector:
+            hs = self._host_req[o]
+            hs.asleep = False
+
+    def _host_lookup(self, s: Seq, raw_cached: int, cached: int, now: float) -> int:
+        """The connector's look-up for the request ``s`` the waiting loop considers, whose
+        GPU prefix hit is ``raw_cached`` tokens (``cached`` after the recompute rule):
+        _HOST_MISS (admit it from the GPU cache alone), _HOST_SKIP (deferred: its load or
+        its latest store is in flight, or a copy of its host prefix is; its host prefix
+        started loading) or _BLOCKED (no GPU headroom or room for the load: the loop
+        stops). Dynamo's ``lookup`` and ``start_load``."""
+        hs = self._host_state(s)
+        if hs.loaded >= 0:
             return _HOST_MISS                   # loaded already: admitted from the GPU
+        if hs.loading:
+            return _HOST_SKIP
         host = self.host
+        if hs.store_id:
+            if host.store_live(hs.store_id):
+                return _HOST_SKIP               # its own blocks are still being stored
+            hs.store_id = 0
         keys = s.keys
-        base = cached // self.bs
+        base = raw_cached // self.bs            # the lookup starts past the raw GPU hit
         if base >= len(keys):
             host.touch_reversed(keys)
             return _HOST_MISS
@@ -183,28 +227,32 @@ class VllmEngine(EngineBase):
         if not self.kv.reserve_into(s.blocks, keys[:base], n):
             return _BLOCKED
         host.start_load(keys[base:base + n], s, now)
-        hs[2] = cached
-        self.waiting.popleft()
-        self.waiting_tokens -= s.prompt_len + s.generated
-        self.parked.append(s)
-        return _HOST_PARKED
+        hs.g1_tokens = cached
+        hs.loading = True
+        hs.foot = -(-(s.prompt_len + s.generated) // self.bs)
+        return _HOST_SKIP
 
     def _host_load_headroom(self, s: Seq, base: int) -> bool:
         """Dynamo's load-admission headroom for the host tier (its vLLM connector policy's
         ``LoadAdmissionHeadroom::InflightPrefillRemainders``, ``lib/mocker/src/host_offload/
         policy.rs``): a load is non-preemptible, so it starts only if the request's whole
         footprint (the blocks of its known tokens past its GPU prefix hit of ``base``
-        blocks) fits the blocks no running sequence holds, less the unfinished prompt blocks
-        of every prefill in flight (running sequences mid-prompt, parked sequences whose
-        loads run). Otherwise the waiting loop stops and a later pass retries it."""
+        blocks) fits the blocks no running sequence holds, less the unfinished blocks of
+        every prefill in flight: running sequences mid-prompt (their known blocks not yet
+        allocated) and connector waiters whose host prefix is loading or loaded (their
+        footprint past the loaded prefix). Otherwise the waiting loop stops and a later
+        pass retries it."""
         o: Seq
+        hs: _HostReq
         bs = self.bs
         unfinished = 0
         for o in self.running:
             if o.computed < o.prompt_len:
-                unfinished += -(-o.prompt_len // bs) - len(o.blocks)
-        for o in self.parked:
-            unfinished += -(-o.prompt_len // bs) - len(o.blocks)
+                unfinished += -(-(o.prompt_len + o.generated) // bs) - len(o.blocks)
+        for o in self.connector:
+            hs = self._host_req[o]
+            if hs.loading or hs.loaded >= 0:
+                unfinished += hs.foot - len(o.blocks)
         need = -(-(s.prompt_len + s.generated) // bs) - base
         return need <= self.cfg.num_gpu_blocks - self.kv.num_active - unfinished
 
@@ -216,19 +264,26 @@ class VllmEngine(EngineBase):
         hs = self._host_state(s)
         keys = s.keys
         end = min(min(s.computed, s.prompt_len) // self.bs, len(keys))
-        if end <= hs[0]:
+        if end <= hs.cursor:
             return
-        out = self.host.prepare_store(keys[hs[0]:end])
+        out = self.host.prepare_store(keys[hs.cursor:end])
         if out is None:
-            hs[0] = end
+            hs.cursor = end
         elif out:
-            hs[0] = end
+            hs.cursor = end
+            hs.store_id = self.host.last_store_id
             self.host.touch_reversed(keys)
+        else:
+            self._host_retry.add(s)         # retried at each pass that schedules it
+            return
+        if self._host_retry:
+            self._host_retry.discard(s)
 
     def _host_boundary(self, t: float) -> None:
         """Pass boundary at ``t``: finish the copies that have ended, send the prepared
-        stores, and put every sequence whose load finished back at the front of the queue
-        with its loaded blocks in the GPU cache."""
+        stores, put the blocks of every finished load in the GPU cache (held by its
+        request, which stays in the connector queue) and wake the connector waiters if a
+        copy completed."""
         host = self.host
         owners = host.advance(t)
         host.submit_stores(t)
@@ -236,22 +291,33 @@ class VllmEngine(EngineBase):
         self._host_activate(owners)
 
     def _host_activate(self, owners: list) -> None:
+        s: Seq
+        hs: _HostReq
         bs = self.bs
-        for s in reversed(owners):
+        for s in owners:
             hs = self._host_req[s]
             n = len(s.blocks)
-            self.kv.register_range(s.blocks, hs[2] // bs, n, s.keys, s.index)
-            hs[1] = n
-            self.parked.remove(s)
-            self.waiting.appendleft(s)
-            self.waiting_tokens += s.prompt_len + s.generated
+            self.kv.register_range(s.blocks, hs.g1_tokens // bs, n, s.keys, s.index)
+            hs.loaded = n
+            hs.loading = False
+        if self.host.progressed:
+            self._host_wake()
 
     def finish_pass(self, end: float) -> None:
-        if self.host is not None and self._host_obs:
+        if self.host is not None and (self._host_obs or self._host_retry):
             # Blocks completed by the pass join the host as store cohorts when the pass
             # completes (before its requests are released), and the boundary sends them;
-            # this order reproduces Dynamo's host hits on the conversation trace.
-            for s in self._host_obs:
+            # this order reproduces Dynamo's host hits on the conversation trace. Dynamo
+            # observes every request the pass scheduled, in running order, so a cohort
+            # that found no host room is retried at each pass of its request.
+            obs = self._host_obs
+            if self._host_retry:
+                cand = set(obs)
+                for s in self._ready:
+                    if s in self._host_retry:
+                        cand.add(s)
+                obs = [s for s in self.running if s in cand]
+            for s in obs:
                 self._host_store(s)
             self._host_obs = []
         EngineBase.finish_pass(self, end)
@@ -264,15 +330,26 @@ class VllmEngine(EngineBase):
             self._host_boundary(end)
 
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting or self.parked)
+        return bool(self.running or self.waiting or self.connector)
 
     def num_in_flight(self) -> int:
-        return len(self.running) + len(self.waiting) + len(self.parked)
+        return len(self.running) + len(self.waiting) + len(self.connector)
+
+    def flush_connector(self) -> None:
+        """Put the connector waiters back at the front of the waiting queue, in order (no
+        copy is in flight that could wake them)."""
+        hs: _HostReq
+        for s in reversed(self.connector):
+            hs = self._host_req[s]
+            hs.in_conn = False
+            hs.asleep = False
+            self.waiting.appendleft(s)
+        self.connector = []
 
     def flush_in_flight(self) -> None:
-        for s in self.parked:
+        for s in self.connector:
             self.waiting.append(s)
-        self.parked = []
+        self.connector = []
         EngineBase.flush_in_flight(self)
 
     # -- one pass ----------------------------------------------------------------
@@ -315,9 +392,16 @@ class VllmEngine(EngineBase):
                 i += 1
         rejected = self._rejected
         host = self.host
-        skipped = None
-        while not st.preempted and len(running) < self._max_seqs and waiting:
-            s = waiting[0]
+        connector = self.connector
+        while not st.preempted and len(running) < self._max_seqs:
+            if connector:
+                s = self._host_next()       # (host tier) awake connector waiters first
+                if s is None:
+                    break
+            elif waiting:
+                s = waiting[0]
+            else:
+                break
             if self.dest_pending and not s.computed:
                 # While handoffs wait for a reservation on this decode worker, Dynamo admits
                 # only copies whose prompt KV has arrived (the first in queue order, past a
@@ -338,22 +422,26 @@ class VllmEngine(EngineBase):
                 # its blocks are held, nothing to look up or compute.
                 cached, active_cached = 0, len(s.blocks) * bs
             else:
-                cached, active_cached = self._lookup(s)
-                if host is not None:
+                if host is None:
+                    cached, active_cached = self._lookup(s)
+                else:
                     if st.budget <= 0:
                         break                     # vLLM asks the connector only with budget left
-                    h = self._host_lookup(s, cached, now)
-                    if h == _HOST_PARKED:
-                        continue
+                    # the connector looks past the raw GPU hit; admission uses it capped
+                    raw, active_cached = self._prefix_hits(s)
+                    cap = (s.prompt_len + s.generated - 1) // bs * bs
+                    cached = raw
+                    if raw > cap:
+                        cached = cap
+                        if active_cached > cap:
+                            active_cached = cap
+                    h = self._host_lookup(s, raw, cached, now)
                     if h == _BLOCKED:
                         break
                     if h == _HOST_SKIP:
-                        waiting.popleft()
-                        if skipped is None:
-                            skipped = []
-                        skipped.append(s)
+                        self._host_defer(s)
                         continue
-                    loaded = self._host_req[s][1]
+                    loaded = self._host_state(s).loaded
                     if loaded >= 0:
                         # The first admission after a load takes exactly the loaded prefix
                         # (recompute rule applied unless there is no output, as in Dynamo's
@@ -366,8 +454,6 @@ class VllmEngine(EngineBase):
             o = self._schedule(s, True, cached, st, now)
             if o < 0 or (o == 0 and st.budget == 0):
                 break
-        if skipped is not None:
-            waiting.extendleft(reversed(skipped))
         # Pass duration.
         prefill_ms = 0.0
         T = 0
@@ -404,10 +490,15 @@ class VllmEngine(EngineBase):
             fence = self.host.pass_fence(self.kv, self.kv.evictions > evictions0)
         self.pass_end = fence + (prefill_ms + decode_ms)
         self._did_work = bool(st.scheduled) or st.n_decodes > 0 or bool(ready) or bool(rejected)
-        if not self._did_work and self.parked:
-            # Nothing can run until a host load ends: wait for it (an empty pass).
-            self.pass_end = max(now, self.host.next_deadline())
-            self._did_work = True
+        if not self._did_work and self.connector:
+            # Nothing can run until a copy ends and wakes the connector waiters: wait for
+            # it (an empty pass).
+            deadline = self.host.next_deadline()
+            if deadline is not None:
+                self.pass_end = max(now, deadline)
+                self._did_work = True
+            else:       # (nothing in flight to wake them: they rejoin the waiting queue)
+                self.flush_connector()
         return self.pass_end
 
     # -- disaggregated decode (Dynamo: ReserveDestination / ActivateDestination) -----
@@ -505,8 +596,10 @@ class VllmEngine(EngineBase):
             st.isl_sum += pb + pt
             st.prefix_sum += pb
         if from_wait:
-            if self.waiting[0] is s:
+            if self.waiting and self.waiting[0] is s:
                 self.waiting.popleft()
+            elif self.connector and s in self.connector:
+                self.connector.remove(s)      # (its flag is cleared by _host_admitted)
             else:
                 self.waiting.remove(s)
             self.waiting_tokens -= s.prompt_len + s.generated
@@ -525,13 +618,14 @@ class VllmEngine(EngineBase):
         """Tier attribution of an admission: after a load, the store cursor moves past
         the reused prefix and the first admission counts its host-reused tokens."""
         hs = self._host_state(s)
+        hs.in_conn = False
         host_tokens = 0
-        if hs[1] >= 0:
-            host_tokens = cached - min(hs[2], cached)
-            hs[0] = cached // self.bs
-            hs[1] = -1
-        if not hs[3]:
-            hs[3] = True
+        if hs.loaded >= 0:
+            host_tokens = cached - min(hs.g1_tokens, cached)
+            hs.cursor = cached // self.bs
+            hs.loaded = -1
+        if not hs.recorded:
+            hs.recorded = True
             if host_tokens > 0:
                 self.host_hit_requests += 1
                 self.host_reused_tokens += host_tokens
@@ -542,8 +636,11 @@ class VllmEngine(EngineBase):
         if not running:
             return None
         v = running.pop() if self._lifo else running.pop(0)
-        if self.host is not None and v.keys:
-            self.host.fence_preempted(v.keys)
+        if self.host is not None:
+            hs = self._host_req.get(v)
+            if hs is not None and hs.store_id:
+                self.host.fence_store(hs.store_id)
+            self._host_retry.discard(v)
         v.computed = 0
         v.preemptions += 1
         self.num_preemptions += 1
@@ -566,7 +663,8 @@ class VllmEngine(EngineBase):
         """
         s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
         running = self.running
-        if not running or len(running) > self._max_batched or self.parked:
+        if (not running or len(running) > self._max_batched or self.connector
+                or self._host_retry):
             return 0
         bs = self.bs
         k = 1 << 62
@@ -621,10 +719,7 @@ class VllmEngine(EngineBase):
         if n >= self.cfg.max_num_seqs or n >= self.cfg.max_num_batched_tokens:
             return True                       # no pass reaches the head
         s = self.waiting[0]
-        hs = self._host_req.get(s)
-        if hs is not None and hs[1] >= 0:
-            return False                      # loaded prefix waiting: leave it to passes
-        cached, _ = self._lookup(s)
+        cached, _ = self._prefix_hits(s)
         keys = s.keys
         base = cached // self.bs
         if base < len(keys) and host.match(keys, base)[0]:
@@ -709,15 +804,17 @@ class VllmEngine(EngineBase):
             assert s.computed <= s.prompt_len + s.generated, "computed past the sequence"
             assert len(s.blocks) == (s.computed + self.bs - 1) // self.bs, "blocks != computed"
         for s in self.waiting:
-            # a disaggregated decode copy waits with its remotely computed prompt's blocks;
-            # with the host tier, a sequence whose load landed holds the loaded blocks
+            # a disaggregated decode copy waits with its remotely computed prompt's blocks
+            # (with the host tier, the loaded blocks are held in the connector queue)
             assert (not s.blocks or len(s.blocks) == (s.computed + self.bs - 1) // self.bs > 0
-                    or (self.host is not None and self._host_req[s][1] >= 0)), \
-                "waiting sequence holds blocks"
+                    ), "waiting sequence holds blocks"
         if self.host is not None:
             self.host.check()
-            for s in self.parked:
-                assert s.blocks and s not in self.waiting, "parked sequence"
+            for s in self.connector:
+                hs = self._host_req[s]
+                assert hs.in_conn and s not in self.waiting, "connector waiter"
+                assert bool(s.blocks) == (hs.loading or hs.loaded >= 0), \
+                    "connector waiter holds blocks without a load"
 
 
 def _first_activated(waiting) -> Seq | None:
@@ -755,6 +852,29 @@ def _allocations_from_prefix(pre: list[int], k: int, bs: int) -> int:
     with phase a allocates at the passes j with j % bs == a, so k passes hold k // bs
     full cycles (one block each) and a remainder reaching the phases below k % bs."""
     return (k // bs) * pre[bs] + pre[k % bs]
+
+
+class _HostReq:
+    """A request's connector state (Dynamo's ``VllmHostRequestState`` with its place in
+    the connector queue): ``cursor`` prompt blocks past which its completed blocks are
+    stored; ``store_id`` its latest store cohort (0: none); ``loading`` while its host
+    prefix loads, then ``loaded`` = the blocks it holds (-1: none) until it is admitted;
+    ``g1_tokens`` its GPU hit when the load started and ``foot`` its known blocks then;
+    ``recorded`` once its first admission is counted; ``in_conn`` / ``asleep`` its
+    connector-queue membership and sleep (deferred until a copy completes)."""
+    __slots__ = ("cursor", "store_id", "loading", "loaded", "g1_tokens", "foot", "recorded",
+                 "in_conn", "asleep")
+
+    def __init__(self) -> None:
+        self.cursor = 0
+        self.store_id = 0
+        self.loading = False
+        self.loaded = -1
+        self.g1_tokens = 0
+        self.foot = 0
+        self.recorded = False
+        self.in_conn = False
+        self.asleep = False
 
 
 class _PassState:
