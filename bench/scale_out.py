@@ -185,11 +185,44 @@ def bench_bound(args) -> dict:
 
 # -- executors: Ray Tune vs the local process pool on the same candidates --------------------
 
+def _tree_cpu(proc: subprocess.Popen, every_s: float = 0.25) -> float:
+    """Wait for ``proc``; CPU seconds of it and every process descended from it, polled
+    from /proc every ``every_s`` (Ray's workers are not reaped through the tree, so
+    ``wait4`` misses them; a process's last ``every_s`` before it exits is missed here)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seen: dict[tuple[int, str], float] = {}
+
+    def poll() -> None:
+        parent, cpu = {}, {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(d)] = int(f[1])
+            cpu[(int(d), f[19])] = (int(f[11]) + int(f[12])) / tick   # utime, stime; start
+        tree = {proc.pid}
+        grew = True
+        while grew:
+            new = {p for p, pp in parent.items() if pp in tree} - tree
+            grew = bool(new)
+            tree |= new
+        for (pid, start), c in cpu.items():
+            if pid in tree:
+                seen[(pid, start)] = c
+    while proc.poll() is None:
+        poll()
+        time.sleep(every_s)
+    return sum(seen.values())
+
+
 def bench_executors(args) -> dict:
     """``dynosim search --sampler random`` (the same candidates on every executor) on a local
     Ray (Tune) and on the local process pool (``--jobs``), alternating, ``--repeats`` times.
-    CPU seconds of each search's whole process tree (``wait4``: the search, its Ray GCS,
-    raylet and workers, or its pool workers) against the CPU of the replays themselves
+    CPU seconds of each search's whole process tree (:func:`_tree_cpu`: the search, its
+    Ray GCS, raylet and workers, or its pool workers) against the CPU of the replays themselves
     (``trials_cpu_s``): what the executor costs per trial, and wall time."""
     runs = []
     env = {**os.environ, "RAY_worker_niceness": str(os.nice(0))}   # Ray un-nices its workers
@@ -200,14 +233,13 @@ def bench_executors(args) -> dict:
                    "--jobs", str(args.jobs)]
             load0 = _load()
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
-            _, status, ru = os.wait4(proc.pid, 0)
+            cpu = _tree_cpu(proc)
             info = json.loads((out / "search.json").read_text())
             run = info["run_info"]
             with open(out / "trials.csv", newline="") as fh:
                 rows = list(csv.DictReader(fh))
-            cpu = ru.ru_utime + ru.ru_stime
             runs.append({"executor": executor, "repeat": rep, "jobs": args.jobs,
-                         "exit": os.waitstatus_to_exitcode(status), "wall_s": run["wall_s"],
+                         "exit": proc.returncode, "wall_s": run["wall_s"],
                          "tree_cpu_s": round(cpu, 1), "trials_cpu_s": run["trials_cpu_s"],
                          "overhead_cpu_s_per_trial": round((cpu - run["trials_cpu_s"])
                                                            / len(rows), 3),

@@ -12,6 +12,8 @@ Samplers and early stopping are Optuna's and Ray Tune's, not ours:
 
 * ``--executor local``: an Optuna study in this process (TPE sampler or, ``--sampler
   random``, random sampling; seeded). One core; the same seed gives byte-identical outputs.
+  With ``--jobs N`` the study asks ahead and ``N`` worker processes replay
+  (:func:`search_pool`; TPE with Optuna's constant liar), still byte-identical per seed.
 * ``--executor ray``: Ray Tune with Optuna's sampler (``OptunaSearch``), one trial per Ray
   CPU, on a local Ray or the cluster at ``--ray-address``. Which candidates are sampled then
   depends on the order trials finish in; every candidate's numbers are still deterministic.
