@@ -738,11 +738,13 @@ def _front_point(obj: Objective, rec: dict[str, Any]) -> tuple[float, float] | N
     return rec["values"].get(x, math.nan), rec["values"].get(y, math.nan)
 
 
-def _optuna_sampler(setup: Setup):
+def _optuna_sampler(setup: Setup, constant_liar: bool = False):
+    """The seeded sampler; ``constant_liar``: TPE counts trials still running as bad ones,
+    so that trials asked while others run spread out (:func:`search_pool`)."""
     import optuna
     if setup.sampler == "random":
         return optuna.samplers.RandomSampler(seed=setup.seed)
-    return optuna.samplers.TPESampler(seed=setup.seed)
+    return optuna.samplers.TPESampler(seed=setup.seed, constant_liar=constant_liar)
 
 
 def search_local(setup: Setup, trials: int, *, reduction_factor: int,
@@ -846,11 +848,8 @@ def search_pool(setup: Setup, trials: int, jobs: int, *,
 
     import optuna
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if setup.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=setup.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=setup.seed, constant_liar=True)
-    study = optuna.create_study(direction="minimize", sampler=sampler)
+    study = optuna.create_study(direction="minimize",
+                                sampler=_optuna_sampler(setup, constant_liar=True))
     lag = POOL_LAG_PER_JOB * jobs
     records: list[dict[str, Any]] = []
     front: list[tuple[float, float]] = []
