@@ -6,6 +6,8 @@ early stopping loses, and RLlib vs SB3 steps/s. Results: ``bench/results/scale_o
     .venv/bin/python bench/scale_out.py rl --timesteps 20000
     .venv/bin/python bench/scale_out.py bound --trials 40   # the bound rule is exact: same front
     .venv/bin/python bench/scale_out.py candidates --baseline REV   # CPU-s per candidate, REV vs now
+    .venv/bin/python bench/scale_out.py executors --trials 60   # Ray Tune vs --jobs: CPU per trial
+    .venv/bin/python bench/scale_out.py attribute OUT   # where a Ray search's core-seconds went
 
 The search itself is a plain ``dynosim search`` run (README has the command); its
 ``search.json`` records wall time and simulated requests/s.
@@ -179,6 +181,150 @@ def bench_bound(args) -> dict:
             "cpu_ratio_bound_over_none": round(b["cpu_s"] / n["cpu_s"], 3),
             "simulated_ratio_bound_over_none": round(b["simulated_s"] / n["simulated_s"], 3),
             "runs": runs}
+
+
+# -- executors: Ray Tune vs the local process pool on the same candidates --------------------
+
+def _tree_cpu(proc: subprocess.Popen, every_s: float = 0.25) -> float:
+    """Wait for ``proc``; CPU seconds of it and every process descended from it, polled
+    from /proc every ``every_s`` (Ray's workers are not reaped through the tree, so
+    ``wait4`` misses them; a process's last ``every_s`` before it exits is missed here)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seen: dict[tuple[int, str], float] = {}
+
+    def poll() -> None:
+        parent, cpu = {}, {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(d)] = int(f[1])
+            cpu[(int(d), f[19])] = (int(f[11]) + int(f[12])) / tick   # utime, stime; start
+        tree = {proc.pid}
+        grew = True
+        while grew:
+            new = {p for p, pp in parent.items() if pp in tree} - tree
+            grew = bool(new)
+            tree |= new
+        for (pid, start), c in cpu.items():
+            if pid in tree:
+                seen[(pid, start)] = c
+    while proc.poll() is None:
+        poll()
+        time.sleep(every_s)
+    return sum(seen.values())
+
+
+def bench_executors(args) -> dict:
+    """``dynosim search --sampler random`` (the same candidates on every executor) on a local
+    Ray (Tune) and on the local process pool (``--jobs``), alternating, ``--repeats`` times.
+    CPU seconds of each search's whole process tree (:func:`_tree_cpu`: the search, its
+    Ray GCS, raylet and workers, or its pool workers) against the CPU of the replays themselves
+    (``trials_cpu_s``): what the executor costs per trial, and wall time."""
+    runs = []
+    env = {**os.environ, "RAY_worker_niceness": str(os.nice(0))}   # Ray un-nices its workers
+    for rep in range(args.repeats):
+        for executor in (("ray", "local") if rep % 2 == 0 else ("local", "ray")):
+            out = Path(args.out) / f"exec_{executor}_{rep}"
+            cmd = [*_search_cmd(args, out, "bound", "random"), "--executor", executor,
+                   "--jobs", str(args.jobs)]
+            load0 = _load()
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
+            cpu = _tree_cpu(proc)
+            info = json.loads((out / "search.json").read_text())
+            run = info["run_info"]
+            with open(out / "trials.csv", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            runs.append({"executor": executor, "repeat": rep, "jobs": args.jobs,
+                         "exit": proc.returncode, "wall_s": run["wall_s"],
+                         "tree_cpu_s": round(cpu, 1), "trials_cpu_s": run["trials_cpu_s"],
+                         "overhead_cpu_s_per_trial": round((cpu - run["trials_cpu_s"])
+                                                           / len(rows), 3),
+                         "candidates": [tuple(r[k] for k in list(r)[3:9]) for r in rows],
+                         "load_before": load0, "load_after": _load()})
+            print(json.dumps({k: v for k, v in runs[-1].items() if k != "candidates"}),
+                  file=sys.stderr)
+    same = len({json.dumps(r["candidates"]) for r in runs}) == 1
+    summary = {}
+    for executor in ("ray", "local"):
+        sel = [r for r in runs if r["executor"] == executor]
+        summary[executor] = {k: round(sum(r[k] for r in sel) / len(sel), 3) for k in
+                             ("wall_s", "tree_cpu_s", "trials_cpu_s",
+                              "overhead_cpu_s_per_trial")}
+    for r in runs:
+        del r["candidates"]
+    return {"bench": "executors", "trials": args.trials, "jobs": args.jobs,
+            "objective": args.objective, "same_candidates": same, "runs": runs,
+            "summary": summary,
+            "tree_cpu_ratio_local_over_ray": round(summary["local"]["tree_cpu_s"]
+                                                   / summary["ray"]["tree_cpu_s"], 3)}
+
+
+# -- where a Ray search's time went ----------------------------------------------------------------
+
+def bench_attribute(args) -> dict:
+    """Attribute a ``dynosim search --executor ray`` run's core-seconds (``DIR``: its
+    ``--out``; reads ``search.json`` and Tune's experiment state, which holds each trial's
+    start, last result time, CPU seconds and worker pid): replay CPU of complete vs stopped
+    candidates and by deployment shape, the driver's CPU, how many trials ran at once over
+    the wall time, and the gaps between trials on one Ray worker."""
+    import collections
+    import glob
+    d = Path(args.dir)
+    info = json.loads((d / "search.json").read_text())
+    state = json.loads(Path(sorted(glob.glob(str(d / "tune/search/experiment_state-*.json")))
+                            [-1]).read_text())
+    rows = []
+    for _, raw in state["trial_data"]:
+        t = json.loads(raw)
+        r = t["last_result"]
+        rows.append({"start": float(t["start_time"]), "end": float(t["last_result_time"]),
+                     "cpu": r["cpu_s"], "pid": r["pid"], "sim_s": r["sim_s"],
+                     "status": "complete" if r["status"] == "complete" else "stopped",
+                     "shape": "x".join(str(r["config"].get(k)) for k in
+                                       ("cluster.num_workers", "tp", "planner")),
+                     "block": r["config"].get("engine.block_size")})
+    wall = max(r["end"] for r in rows) - min(r["start"] for r in rows)
+    cpus = info["run_info"]["cpus"]
+
+    def group(key, sel=lambda r: True, top=8):
+        acc = collections.defaultdict(lambda: [0, 0.0])
+        for r in rows:
+            if sel(r):
+                acc[key(r)][0] += 1
+                acc[key(r)][1] += r["cpu"]
+        return {str(k): {"n": n, "cpu_s": round(c, 1), "per_trial": round(c / n, 2)}
+                for k, (n, c) in sorted(acc.items(), key=lambda kv: -kv[1][1])[:top]}
+    events = sorted([(r["start"], 1) for r in rows] + [(r["end"], -1) for r in rows])
+    at = collections.Counter()
+    level, last = 0, events[0][0]
+    for t, step in events:
+        at[level] += t - last
+        level, last = level + step, t
+    gaps = []
+    for pid in {r["pid"] for r in rows}:
+        mine = sorted((r for r in rows if r["pid"] == pid), key=lambda r: r["start"])
+        gaps += [b["start"] - a["end"] for a, b in zip(mine, mine[1:])]
+    replay = sum(r["cpu"] for r in rows)
+    return {"bench": "attribute", "dir": str(d), "trials": len(rows), "cpus": cpus,
+            "wall_s": round(wall, 1), "core_s": round(wall * cpus, 1),
+            "replay_cpu_s": round(replay, 1),
+            "driver_cpu_s": info["run_info"]["process_cpu_s"],
+            "rest_core_s": round(wall * cpus - replay - info["run_info"]["process_cpu_s"], 1),
+            "by_status": group(lambda r: r["status"]),
+            "complete_by_shape": group(lambda r: r["shape"], lambda r: r["status"] == "complete"),
+            "complete_by_block": group(lambda r: r["block"], lambda r: r["status"] == "complete"),
+            "stopped_by_stop_time": group(lambda r: "<=1200 s" if r["sim_s"] <= 1200 else
+                                          "<=2400 s" if r["sim_s"] <= 2400 else ">2400 s",
+                                          lambda r: r["status"] == "stopped"),
+            "wall_s_at_concurrency": {k: round(v, 1) for k, v in sorted(at.items())},
+            "gap_s_between_trials_on_a_worker": {"n": len(gaps), "sum": round(sum(gaps), 1),
+                                                 "median": round(sorted(gaps)[len(gaps) // 2],
+                                                                 3) if gaps else None},
+            "trial_wall_over_cpu": round(sum(r["end"] - r["start"] for r in rows) / replay, 3)}
 
 
 # -- CPU per candidate: a fixed candidate list, the code at REV against the working tree ------
@@ -362,6 +508,16 @@ def main() -> int:
     b.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
     b.add_argument("--objective", default="minimise totals.gpu_hours subject to "
                    "latency_ms.ttft.p90 <= 3000")
+    a = sub.add_parser("attribute")
+    a.add_argument("dir", help="the --out of a dynosim search --executor ray run")
+    x = sub.add_parser("executors")
+    x.add_argument("--trials", type=int, default=60)
+    x.add_argument("--jobs", type=int, default=2)
+    x.add_argument("--repeats", type=int, default=2)
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
+    x.add_argument("--objective", default="minimise totals.gpu_hours subject to "
+                   "latency_ms.ttft.p90 <= 3000")
     c = sub.add_parser("candidates")
     c.add_argument("--baseline", default="HEAD", help="git revision of search.py to compare")
     c.add_argument("--trials-csv", default=str(REPO / "docs/search/bound_tpe/trials.csv"))
@@ -370,14 +526,15 @@ def main() -> int:
     c.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
     c.add_argument("--objective", default="minimise totals.gpu_hours subject to "
                    "latency_ms.ttft.p90 <= 3000")
-    for x in (s, e, r, b, c):
-        x.add_argument("--out", default="out/bench_scale_out")
-        x.add_argument("--json", default=None, help="append the result to this JSON-lines file")
+    for y in (s, e, r, b, c, x, a):
+        y.add_argument("--out", default="out/bench_scale_out")
+        y.add_argument("--json", default=None, help="append the result to this JSON-lines file")
     args = p.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     res = {"sweep": bench_sweep, "exactness": bench_exactness, "rl": bench_rl,
-           "bound": bench_bound, "candidates": bench_candidates}[args.what](args)
+           "bound": bench_bound, "candidates": bench_candidates,
+           "executors": bench_executors, "attribute": bench_attribute}[args.what](args)
     res.update(nproc=os.cpu_count(), started_utc=time.strftime("%Y-%m-%d %H:%M",
                                                                time.gmtime(t0)))
     text = json.dumps(res, indent=1)

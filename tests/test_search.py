@@ -171,10 +171,11 @@ def test_local_search_is_deterministic(tmp_path, small_trace):
 FAILING = SPACE + "  engine.max_num_seqs: [0, 64]\n"      # 0 is refused by the config
 
 
-def test_raising_trial_is_recorded_and_search_goes_on(tmp_path, small_trace):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_raising_trial_is_recorded_and_search_goes_on(tmp_path, small_trace, jobs):
     out = tmp_path / "out"
     assert _search(small_trace, _space(tmp_path, FAILING), out, "--trials", "8",
-                   objective="minimise totals.gpu_hours") == 0
+                   "--jobs", jobs, objective="minimise totals.gpu_hours") == 0
     rows = _rows(out / "trials.csv")
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(rows) == 8 and failed and len(failed) < 8
@@ -231,6 +232,41 @@ def test_bound_rule_keeps_the_full_replay_front_and_best(tmp_path, small_trace):
         first = done[r["stopped_because"].split()[-1]]
         assert {k: v for k, v in r.items() if k not in ("trial", "stopped_because")} == \
             {k: v for k, v in first.items() if k not in ("trial", "stopped_because")}
+
+
+def test_parallel_local_search_is_exact_and_deterministic(tmp_path, small_trace):
+    """``--jobs 2`` locally: two processes replay while the study asks ahead
+    (``search_pool``). With random sampling it draws the candidates of ``--jobs 1`` and
+    keeps the front and best of replaying them all in full; with TPE (constant liar) the
+    same seed gives the same bytes, whichever replay finishes first."""
+    space = _space(tmp_path, SPACE)
+    objective = "minimise totals.gpu_hours subject to latency_ms.ttft.p90 <= 100000"
+    common = ("--trials", "16", "--check-s", "15")
+    assert _search(small_trace, space, tmp_path / "full", *common, "--sampler", "random",
+                   "--early-stop", "none", objective=objective) == 0
+    assert _search(small_trace, space, tmp_path / "pool", *common, "--sampler", "random",
+                   "--jobs", "2", objective=objective) == 0
+    full, pool = _rows(tmp_path / "full" / "trials.csv"), _rows(tmp_path / "pool" / "trials.csv")
+    keys = [k for k in full[0] if k in search.SPACE_KEYS]
+    assert [[r[k] for k in keys] for r in pool] == [[r[k] for k in keys] for r in full]
+    assert (tmp_path / "pool" / "front.csv").read_bytes() == \
+        (tmp_path / "full" / "front.csv").read_bytes()
+    info = {d: json.loads((tmp_path / d / "search.json").read_text()) for d in ("full", "pool")}
+    assert info["pool"]["best"] == info["full"]["best"]
+    assert any(r["status"] == "pruned" for r in pool)
+    run = info["pool"]["run_info"]
+    assert run["cpus"] == 2 and run["workers_cpu_s"] >= run["trials_cpu_s"] > 0
+    for name in ("a", "b"):
+        assert _search(small_trace, space, tmp_path / name, *common, "--jobs", "2",
+                       objective=objective) == 0
+    assert (tmp_path / "a" / "trials.csv").read_bytes() == \
+        (tmp_path / "b" / "trials.csv").read_bytes()
+
+
+def test_parallel_local_asha_is_refused(tmp_path, capsys, small_trace):
+    assert _search(small_trace, _space(tmp_path, SPACE), tmp_path / "o", "--trials", "2",
+                   "--jobs", "2", "--early-stop", "asha") == 2
+    assert "--jobs" in _one_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("params", [

@@ -12,6 +12,8 @@ Samplers and early stopping are Optuna's and Ray Tune's, not ours:
 
 * ``--executor local``: an Optuna study in this process (TPE sampler or, ``--sampler
   random``, random sampling; seeded). One core; the same seed gives byte-identical outputs.
+  With ``--jobs N`` the study asks ahead and ``N`` worker processes replay
+  (:func:`search_pool`; TPE with Optuna's constant liar), still byte-identical per seed.
 * ``--executor ray``: Ray Tune with Optuna's sampler (``OptunaSearch``), one trial per Ray
   CPU, on a local Ray or the cluster at ``--ray-address``. Which candidates are sampled then
   depends on the order trials finish in; every candidate's numbers are still deterministic.
@@ -736,11 +738,13 @@ def _front_point(obj: Objective, rec: dict[str, Any]) -> tuple[float, float] | N
     return rec["values"].get(x, math.nan), rec["values"].get(y, math.nan)
 
 
-def _optuna_sampler(setup: Setup):
+def _optuna_sampler(setup: Setup, constant_liar: bool = False):
+    """The seeded sampler; ``constant_liar``: TPE counts trials still running as bad ones,
+    so that trials asked while others run spread out (:func:`search_pool`)."""
     import optuna
     if setup.sampler == "random":
         return optuna.samplers.RandomSampler(seed=setup.seed)
-    return optuna.samplers.TPESampler(seed=setup.seed)
+    return optuna.samplers.TPESampler(seed=setup.seed, constant_liar=constant_liar)
 
 
 def search_local(setup: Setup, trials: int, *, reduction_factor: int,
@@ -798,6 +802,105 @@ def search_local(setup: Setup, trials: int, *, reduction_factor: int,
     except KeyboardInterrupt:      # Ctrl-C: keep what finished (as Tune does)
         print("dynosim: interrupted; writing the finished trials", file=sys.stderr)
     return records
+
+
+#: ``--jobs N`` locally: trials asked ahead of the oldest one not yet told, per process
+#: (:func:`search_pool`). Larger keeps the processes busy behind a long replay; smaller
+#: lets the sampler see results sooner.
+POOL_LAG_PER_JOB = 2
+
+_POOL: dict[str, Any] = {}       # in a --jobs worker process: the search's Setup
+
+
+def _pool_init(setup: Setup) -> None:
+    _POOL["setup"] = setup
+
+
+def _pool_trial(params: dict[str, Any], front: tuple[tuple[float, float], ...]
+                ) -> tuple[dict[str, Any] | None, str | None]:
+    """One candidate in a ``--jobs`` worker process: ``(result, None)`` or ``(None,
+    error)``. ``front``: the complete feasible candidates told before this one was asked."""
+    setup = _POOL["setup"]
+    try:
+        return run_candidate(setup, params, lambda step, values, score: bound_stop(
+            setup.objective, values, front) if setup.early_stop == "bound" else None), None
+    except Exception as exc:               # noqa: BLE001 - recorded as a failed trial
+        return None, _one_line(exc)
+
+
+def search_pool(setup: Setup, trials: int, jobs: int, *,
+                progress: Callable[[dict], None]) -> tuple[list[dict[str, Any]], float]:
+    """An Optuna study in this process, its candidates replayed by ``jobs`` worker
+    processes (``--executor local --jobs N``): ``(records, worker CPU seconds)``.
+
+    Deterministic (same seed, same bytes): trial ``n`` is asked once trials ``0 .. n - L``
+    have been told, in trial order (``L = POOL_LAG_PER_JOB x jobs``; results that come
+    back sooner wait), so the sampler's state at each ask (told trials, and ``L - 1``
+    running ones: TPE's ``constant_liar`` treats those as bad, so concurrent asks spread
+    out), the front each candidate is checked against (the complete feasible candidates
+    among the told ones) and the reuse of a repeated candidate (when its first draw is
+    told) do not depend on which replay finishes first. The bound rule stays exact: any
+    set of complete feasible candidates proves domination. ``--early-stop asha`` needs
+    Optuna's pruner in the process that replays: one process only.
+    """
+    import concurrent.futures as cf
+    import resource
+
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="minimize",
+                                sampler=_optuna_sampler(setup, constant_liar=True))
+    lag = POOL_LAG_PER_JOB * jobs
+    records: list[dict[str, Any]] = []
+    front: list[tuple[float, float]] = []
+    seen: dict[str, int] = {}
+    asked: list[tuple[Any, dict[str, Any], Any]] = []     # (trial, params, future or record)
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ex = cf.ProcessPoolExecutor(max_workers=jobs, initializer=_pool_init, initargs=(setup,))
+
+    def ask() -> None:
+        trial = study.ask()
+        params = setup.space.suggest(trial)
+        first = seen.setdefault(json.dumps(params, sort_keys=True, default=str), trial.number)
+        if first != trial.number and first < len(records) \
+                and records[first]["status"] != "failed":
+            # Told already: the same replay, against a front that has only grown since.
+            res = {k: v for k, v in records[first].items()
+                   if k not in ("trial", "params", "error")}
+            asked.append((trial, params, {**res, "reason": f"same candidate as trial {first}",
+                                          "requests": 0, "cpu_s": 0}))
+        else:
+            asked.append((trial, params, ex.submit(_pool_trial, params, tuple(front))))
+
+    interrupted = False
+    try:
+        for _ in range(min(lag, trials)):
+            ask()
+        while len(records) < len(asked):
+            trial, params, job = asked[len(records)]
+            res, error = (job.result() if isinstance(job, cf.Future) else (job, None))
+            rec = _record(trial.number, params, res, error)
+            records.append(rec)
+            for step, score in enumerate(rec["rung_scores"], start=1):
+                trial.report(score, step)
+            state = {"complete": optuna.trial.TrialState.COMPLETE,
+                     "pruned": optuna.trial.TrialState.PRUNED,
+                     "failed": optuna.trial.TrialState.FAIL}[rec["status"]]
+            study.tell(trial, rec["score"] if rec["status"] == "complete" else None,
+                       state=state)
+            point = _front_point(setup.objective, rec)
+            if point is not None:
+                front.append(point)
+            progress(rec)
+            if len(asked) < trials:
+                ask()
+    except KeyboardInterrupt:
+        interrupted = True
+        print("dynosim: interrupted; writing the finished trials", file=sys.stderr)
+    finally:
+        ex.shutdown(wait=not interrupted, cancel_futures=True)
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return records, (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
 
 
 def _tune_trial(config: dict[str, Any], setup: Setup) -> None:
@@ -1161,7 +1264,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="divide trace inter-arrival times by X (default 1)")
     g.add_argument("--jobs", type=positive_int, default=None, metavar="N",
                    help="with --executor ray and no --ray-address: CPUs of the local Ray "
-                   "(default: all cores)")
+                   "(default: all cores); with --executor local: processes replaying "
+                   "candidates (default 1: the study and its replays in this process)")
     g.add_argument("--compare", metavar="PARETO.csv",
                    help="overlay a `dynosim sweep pareto` CSV on front.png (default: none)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -1201,6 +1305,10 @@ def run(args: argparse.Namespace) -> int:
     from .. import executors
     from .sweeps import _check_out, read_csv
     executors.check_args(args)
+    if args.executor == "local" and (args.jobs or 1) > 1 and args.early_stop == "asha":
+        raise InputError("--early-stop asha runs in one process locally (Optuna's pruner "
+                         "decides in the process that replays); use --jobs 1 or --executor "
+                         "ray", file=CMDLINE, field="--jobs")
     space = load_space(args.space)
     rungs = _rungs(args.rungs)
     objective = parse_objective(args.objective, _known_fields(args.trace,
@@ -1241,12 +1349,17 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     cpu0 = time.process_time()      # this process's CPU: all the work locally, the driver on Ray
+    workers_cpu = None              # CPU of the --jobs worker processes (local, --jobs > 1)
     try:
         if args.executor == "ray":
             records, cpus = search_ray(setup, args.trials,
                                        reduction_factor=args.reduction_factor,
                                        progress=progress, address=args.ray_address,
                                        cpus=args.jobs, storage=out / "tune")
+        elif (args.jobs or 1) > 1:
+            records, workers_cpu = search_pool(setup, args.trials, args.jobs,
+                                               progress=progress)
+            cpus = args.jobs
         else:
             records = search_local(setup, args.trials,
                                    reduction_factor=args.reduction_factor, progress=progress)
@@ -1256,11 +1369,12 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
-    return _finish(args, setup, records, out, wall, time.process_time() - cpu0, cpus, compare)
+    return _finish(args, setup, records, out, wall, time.process_time() - cpu0, cpus, compare,
+                   workers_cpu)
 
 
 def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, cpus: int,
-            compare) -> int:
+            compare, workers_cpu: float | None = None) -> int:
     obj = setup.objective
     write_trials(records, setup, out / "trials.csv")
     x, y, _ = front_axes(obj)
@@ -1294,9 +1408,12 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
                          "process_cpu_s": round(cpu_s, 2),
                          # CPU of the replays themselves (on Ray: in the trial workers)
                          "trials_cpu_s": round(trials_cpu, 2),
-                         # all of it: the search process, plus Ray's trial workers
-                         "cpu_s_per_trial": round((cpu_s + (trials_cpu if args.executor ==
-                                                            "ray" else 0.0))
+                         # all of it: the search process, plus Ray's trial workers or
+                         # the --jobs worker processes (all their CPU, not only replays)
+                         **({} if workers_cpu is None else
+                            {"workers_cpu_s": round(workers_cpu, 2)}),
+                         "cpu_s_per_trial": round((cpu_s + (
+                             trials_cpu if args.executor == "ray" else workers_cpu or 0.0))
                                                   / max(1, len(records)), 3),
                          "trials_per_s": round(len(records) / wall, 3) if wall else None,
                          "simulated_requests": requests,
