@@ -991,6 +991,181 @@ static PyTypeObject KeyCounterType = {
     .tp_as_sequence = &KeyCounter_as_seq,
 };
 
+/* == the KV router's published view of one pool (PubIndex) ============================ *
+ * A router's index of a worker's cache holds the prompt keys the worker has *published*: its
+ * KV events reach the router at each pass end (drain), and a decode stretch publishes its
+ * evictions ahead, pass by pass (difference_update). Once drained, that set is exactly the
+ * pool's resident prompt keys (keys >= 0 with a copy): a stretch evicts at least the keys it
+ * published ahead before its events are drained. So instead of a copy of the pool's key set
+ * (one hash-table write per stored and per evicted key, most of them never looked at), the
+ * view answers look-ups from the pool itself:
+ *   - a key published as removed since the last drain (``rm``) is absent;
+ *   - while events are pending (between a pass's start and its drain), a key they touch has
+ *     the status it had before the first of them: present if that was a removal, absent if a
+ *     store. That map (``ov``) is built from the event buffer only when a look-up needs it;
+ *   - otherwise the pool's table decides.
+ * A drain just forgets the buffer, ``rm`` and ``ov``. Same answers as a KeyCounter the events
+ * are applied to (tests/test_kv_pool_native.py checks it operation by operation against the
+ * reference pool's set). One view per pool: it must be the only thing the pool drains into. */
+typedef struct { KcEntry *t; uint64_t mask; int64_t size; } KTab;   /* count = value, 0 empty */
+
+static int kt_init(KTab *m) {
+    m->t = PyMem_Calloc(64, sizeof(KcEntry));
+    if (!m->t) { PyErr_NoMemory(); return -1; }
+    m->mask = 63; m->size = 0;
+    return 0;
+}
+static inline uint64_t kt_find(const KTab *m, int64_t k) {
+    uint64_t i = mix64((uint64_t)k) & m->mask;
+    while (m->t[i].count && m->t[i].key != k) i = (i + 1) & m->mask;
+    return i;
+}
+static inline int64_t kt_get(const KTab *m, int64_t k) { return m->t[kt_find(m, k)].count; }
+/* First write wins: insert k with value v unless k is there already. */
+static int kt_put(KTab *m, int64_t k, int64_t v) {
+    if ((uint64_t)(m->size + 1) * 2 > m->mask + 1) {
+        KcEntry *old = m->t; uint64_t ocap = m->mask + 1;
+        KcEntry *nt = PyMem_Calloc(ocap * 2, sizeof(KcEntry));
+        if (!nt) { PyErr_NoMemory(); return -1; }
+        m->t = nt; m->mask = ocap * 2 - 1;
+        for (uint64_t i = 0; i < ocap; i++) if (old[i].count) m->t[kt_find(m, old[i].key)] = old[i];
+        PyMem_Free(old);
+    }
+    uint64_t j = kt_find(m, k);
+    if (!m->t[j].count) { m->t[j].key = k; m->t[j].count = v; m->size++; }
+    return 0;
+}
+static void kt_clear(KTab *m) {
+    if (!m->size) return;
+    if (m->mask > 4095) {                 /* a burst grew it: back to small */
+        KcEntry *nt = PyMem_Calloc(64, sizeof(KcEntry));
+        if (nt) { PyMem_Free(m->t); m->t = nt; m->mask = 63; m->size = 0; return; }
+    }
+    memset(m->t, 0, (m->mask + 1) * sizeof(KcEntry));
+    m->size = 0;
+}
+
+#define PUB_PRESENT 1
+#define PUB_ABSENT 2
+
+typedef struct {
+    PyObject_HEAD
+    KvPool *pool;
+    KTab rm;                /* published removed ahead since the last drain */
+    KTab ov;                /* pending events' keys -> status before the first of them */
+    int64_t built_st, built_rm;   /* event counts ov was built from */
+} PubIndex;
+
+static PyTypeObject PubIndexType;
+
+static void PubIndex_dealloc(PubIndex *v) {
+    PyMem_Free(v->rm.t); PyMem_Free(v->ov.t);
+    Py_XDECREF(v->pool);
+    Py_TYPE(v)->tp_free((PyObject *)v);
+}
+
+static PyObject *pub_new(KvPool *p) {
+    PubIndex *v = PyObject_New(PubIndex, &PubIndexType);
+    if (!v) return NULL;
+    v->rm.t = v->ov.t = NULL;
+    Py_INCREF(p); v->pool = p;
+    v->built_st = v->built_rm = 0;
+    if (kt_init(&v->rm) < 0 || kt_init(&v->ov) < 0) { Py_DECREF(v); return NULL; }
+    return (PyObject *)v;
+}
+
+/* Bring ov up to date with the pending events (in event order, as a drain applies them). */
+static int pub_build(PubIndex *v) {
+    KvPool *p = v->pool;
+    if (v->built_st == p->ev_st_n && v->built_rm == p->ev_rm_n) return 0;
+    kt_clear(&v->ov);
+    int64_t early = p->ev_rm_n - p->ev_late_n, done = 0;
+    for (int64_t i = 0; i < early; i++) if (kt_put(&v->ov, p->ev_rm[i], PUB_PRESENT) < 0) return -1;
+    for (int64_t l = 0; l < p->ev_late_n; l++) {
+        for (; done < p->ev_late_pos[l]; done++) if (kt_put(&v->ov, p->ev_st[done], PUB_ABSENT) < 0) return -1;
+        if (kt_put(&v->ov, p->ev_rm[early + l], PUB_PRESENT) < 0) return -1;
+    }
+    for (; done < p->ev_st_n; done++) if (kt_put(&v->ov, p->ev_st[done], PUB_ABSENT) < 0) return -1;
+    v->built_st = p->ev_st_n; v->built_rm = p->ev_rm_n;
+    return 0;
+}
+
+/* Is k published? ``pending``: events are buffered and ov is built. */
+static inline int pub_has(PubIndex *v, int64_t k, int pending) {
+    if (k < 0) return 0;                              /* private keys are never published */
+    if (v->rm.size && kt_get(&v->rm, k)) return 0;
+    if (pending) {
+        int64_t st = kt_get(&v->ov, k);
+        if (st) return st == PUB_PRESENT;
+    }
+    return ht_get(v->pool, k) >= 0;
+}
+
+static int pub_prepare(PubIndex *v) {               /* -1 error, else pending (0/1) */
+    KvPool *p = v->pool;
+    if (!(p->ev_st_n || p->ev_rm_n)) return 0;
+    return pub_build(v) < 0 ? -1 : 1;
+}
+
+static int PubIndex_contains(PubIndex *v, PyObject *key) {
+    int64_t k;
+    if (get_key(key, &k) < 0) return -1;
+    int pending = pub_prepare(v);
+    if (pending < 0) return -1;
+    return pub_has(v, k, pending);
+}
+
+static PyObject *PubIndex_difference_update(PubIndex *v, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (k >= 0 && kt_put(&v->rm, k, 1) < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *PubIndex_tolist(PubIndex *v, PyObject *Py_UNUSED(a)) {
+    /* the published keys, sorted (tests) */
+    KvPool *p = v->pool;
+    int pending = pub_prepare(v);
+    if (pending < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (uint64_t i = 0; i <= p->ht_mask; i++) {      /* resident keys the view keeps */
+        if (!p->ht[i].slot1) continue;
+        int64_t k = p->s[p->ht[i].slot1 - 1].key;
+        if (pub_has(v, k, pending) && append_long(out, k) < 0) { Py_DECREF(out); return NULL; }
+    }
+    if (pending) {                                    /* keys evicted since, still published */
+        for (uint64_t i = 0; i <= v->ov.mask; i++) {
+            int64_t k = v->ov.t[i].key;
+            if (v->ov.t[i].count == PUB_PRESENT && ht_get(p, k) < 0 && !(v->rm.size && kt_get(&v->rm, k))
+                && append_long(out, k) < 0) { Py_DECREF(out); return NULL; }
+        }
+    }
+    if (PyList_Sort(out) < 0) { Py_DECREF(out); return NULL; }
+    return out;
+}
+
+static PyMethodDef PubIndex_methods[] = {
+    {"difference_update", (PyCFunction)PubIndex_difference_update, METH_O,
+     "publish removals ahead of the events (a decode stretch's evictions)"},
+    {"tolist", (PyCFunction)PubIndex_tolist, METH_NOARGS, "the published keys, sorted"},
+    {NULL}
+};
+static PySequenceMethods PubIndex_as_seq = {.sq_contains = (objobjproc)PubIndex_contains};
+static PyTypeObject PubIndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sim._kvpool.PubIndex",
+    .tp_doc = "A KV router's published view of one KvPool (KvPool.new_index).",
+    .tp_basicsize = sizeof(PubIndex),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)PubIndex_dealloc,
+    .tp_methods = PubIndex_methods,
+    .tp_as_sequence = &PubIndex_as_seq,
+};
+
 /* Pool event API (defined here: needs KeyCounter). */
 static PyObject *KvPool_enable_events(PyObject *self, PyObject *Py_UNUSED(a)) {
     ((KvPool *)self)->ev_on = 1; Py_RETURN_NONE;
@@ -1000,14 +1175,22 @@ static PyObject *KvPool_has_events(PyObject *self, PyObject *Py_UNUSED(a)) {
     return PyBool_FromLong(p->ev_st_n || p->ev_rm_n);
 }
 static PyObject *KvPool_new_index(PyObject *self, PyObject *Py_UNUSED(a)) {
-    return PyObject_CallNoArgs((PyObject *)&KeyCounterType);
+    return pub_new((KvPool *)self);       /* the published view (PubIndex above) */
 }
 /* Apply this pass's events to a router index in event order, then clear them: removals
    that precede every store in bulk, then stores with the late removals at their places. */
 static PyObject *KvPool_drain_events_into(PyObject *self, PyObject *index) {
     KvPool *p = (KvPool *)self;
+    if (Py_IS_TYPE(index, &PubIndexType)) {      /* the view reads the pool: forget the buffer */
+        PubIndex *v = (PubIndex *)index;
+        if (v->pool != p) { PyErr_SetString(PyExc_ValueError, "index is another pool's view"); return NULL; }
+        kt_clear(&v->rm); kt_clear(&v->ov);
+        v->built_st = v->built_rm = 0;
+        p->ev_st_n = p->ev_rm_n = p->ev_late_n = 0;
+        Py_RETURN_NONE;
+    }
     if (!PyObject_TypeCheck(index, &KeyCounterType)) {
-        PyErr_SetString(PyExc_TypeError, "index must be a KeyCounter (see new_index)"); return NULL;
+        PyErr_SetString(PyExc_TypeError, "index must be a KeyCounter or PubIndex (see new_index)"); return NULL;
     }
     KeyCounter *m = (KeyCounter *)index;
     int64_t early = p->ev_rm_n - p->ev_late_n;
@@ -1166,6 +1349,18 @@ static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
         }
         return PyLong_FromSsize_t(n);
     }
+    if (Py_IS_TYPE(present, &PubIndexType)) {          /* a router's published view */
+        PubIndex *v = (PubIndex *)present;
+        int pending = pub_prepare(v);
+        if (pending < 0) return NULL;
+        Py_ssize_t nk = PyList_GET_SIZE(keys);
+        for (; n < nk; n++) {
+            int64_t k;
+            if (get_key(PyList_GET_ITEM(keys, n), &k) < 0) return NULL;
+            if (!pub_has(v, k, pending)) break;
+        }
+        return PyLong_FromSsize_t(n);
+    }
     for (; n < PyList_GET_SIZE(keys); n++) {
         int r = PySequence_Contains(present, PyList_GET_ITEM(keys, n));
         if (r < 0) return NULL;
@@ -1186,7 +1381,7 @@ static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NUL
 
 PyMODINIT_FUNC PyInit__kvpool(void) {
     if (PyType_Ready(&KvPoolType) < 0 || PyType_Ready(&KeyCounterType) < 0 ||
-        PyType_Ready(&BlocksType) < 0) return NULL;
+        PyType_Ready(&BlocksType) < 0 || PyType_Ready(&PubIndexType) < 0) return NULL;
     tuple_hash_native = check_tuple_hash();
     if (tuple_hash_native < 0) return NULL;
     if (add_event_methods() < 0) return NULL;

@@ -152,7 +152,7 @@ class KvRouter(Router):
     def _index(self, w: Engine):
         idx = self.index.get(w.id)
         if idx is None:
-            idx = self.index[w.id] = w.kv.new_index()   # a set, or the native key set
+            idx = self.index[w.id] = w.kv.new_index()   # a set, or the native pool's view
         return idx
 
     def apply_kv_events(self, w: Engine) -> None:

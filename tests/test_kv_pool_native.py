@@ -11,6 +11,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import sim.kv_cache as kvmod
 from sim.engine import EngineConfig
@@ -224,3 +226,67 @@ def test_polynomial_stretch_end_times_match_reference() -> None:
         ref = np.cumsum(steps)[1:]
         got = np.frombuffer(poly_decode_ends(t0, ctx0, n, k, float(cap), _to_ns))
         np.testing.assert_array_equal(ref, got)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_published_view_equals_the_event_fed_index(seed: int) -> None:
+    """A KV router's index of a native pool (``KvPool.new_index``: a view read from the pool,
+    ``sim._kvpool.PubIndex``) answers every look-up as the reference pool's index does: a
+    set that each pass's events are applied to at the drain, with a decode stretch's
+    evictions published ahead (``difference_update``) and then made before the drain. Checked
+    after every operation: membership, ``prefix_len`` and the whole key set."""
+    from sim._kvpool import prefix_len as native_prefix_len
+    from sim.router import _py_prefix_len
+
+    rnd = random.Random(seed)
+    nb = rnd.randint(3, 40)
+    a, b = PyKvCache(nb, 16), NativeKvPool(nb, 16)
+    a.enable_events()
+    b.enable_events()
+    ia, ib = a.new_index(), b.new_index()
+    held_a: list[list[int]] = []
+    held_b: list = []
+    universe = list(range(-6, 16))
+    for _ in range(600):
+        r = rnd.random()
+        if r < 0.45:
+            resident = [k for k in universe if a.resident(k)]
+            hits = rnd.sample(resident, min(len(resident), rnd.randint(0, 3)))
+            fresh = rnd.randint(0, 4)
+            ba, bb = a.new_blocks(), b.new_blocks()
+            assert a.reserve_into(ba, list(hits), fresh) == b.reserve_into(bb, list(hits), fresh)
+            if len(ba):
+                keys = [rnd.randint(-6, 15) for _ in range(len(ba))]
+                n = rnd.randint(0, len(ba))
+                owner = rnd.choice(OWNERS)
+                a.register_range(ba, 0, n, keys[: n - 1], owner)
+                b.register_range(bb, 0, n, keys[: n - 1], owner)
+                held_a.append(ba)
+                held_b.append(bb)
+        elif r < 0.75 and held_a:
+            j = rnd.randrange(len(held_a))
+            a.release(held_a.pop(j))
+            b.release(held_b.pop(j))
+        elif r < 0.9:
+            a.drain_events_into(ia)
+            b.drain_events_into(ib)
+        elif a.inactive_count():
+            # a stretch: its first n evictions are published ahead, made, then drained
+            n = rnd.randint(1, a.inactive_count())
+            gone = a.evicted_keys_ahead(0, n)
+            assert gone == b.evicted_keys_ahead(0, n)
+            ia.difference_update(gone)
+            ib.difference_update(gone)
+            assert [k in ia for k in universe] == [k in ib for k in universe]
+            fresh = a.free_blocks() + n
+            ba, bb = a.new_blocks(), b.new_blocks()
+            assert a.reserve_into(ba, [], fresh) and b.reserve_into(bb, [], fresh)
+            held_a.append(ba)
+            held_b.append(bb)
+        assert [k in ia for k in universe] == [k in ib for k in universe]
+        assert ib.tolist() == sorted(ia)
+        probe = [rnd.randint(-2, 15) for _ in range(rnd.randint(0, 6))]
+        assert native_prefix_len(probe, ib) == _py_prefix_len(probe, ia)
+        a.check()
+        b.check()
