@@ -123,13 +123,12 @@ static inline int32_t ht_get(KvPool *p, int64_t key) {
  * is not prefetched (its error is raised when the loop reaches it, as before). Hints only:
  * results are unchanged. */
 #define PF_AHEAD 8
+static inline int get_key(PyObject *obj, int64_t *out);
 static inline void prefetch_key_entry(PyObject *keys, Py_ssize_t j, const void *table,
                                       size_t esz, uint64_t mask) {
     if (j >= PyList_GET_SIZE(keys)) return;
-    int overflow;
-    long long v = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(keys, j), &overflow);
-    if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); return; }
-    if (overflow) return;
+    int64_t v;
+    if (get_key(PyList_GET_ITEM(keys, j), &v) < 0) { PyErr_Clear(); return; }
     __builtin_prefetch((const char *)table + (mix64((uint64_t)v) & mask) * esz);
 }
 
@@ -167,6 +166,28 @@ static int append_long(PyObject *list, long long v) {
 /* Keys are 62-bit ints. PyLong_AsLongLong goes through _PyLong_AsByteArray for multi-digit
  * ints (CPython 3.11), which was ~4% of an env step; the AndOverflow variant walks the digits. */
 static inline int get_key(PyObject *obj, int64_t *out) {
+#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+    /* CPython 3.11's int layout (as Cython reads it): a key is 1-3 30-bit digits, read here
+       in a few instructions; anything else (other sizes, subclasses) takes the API below. */
+    if (PyLong_CheckExact(obj)) {
+        const digit *d = ((PyLongObject *)obj)->ob_digit;
+        Py_ssize_t size = Py_SIZE(obj);
+        uint64_t u;
+        switch (size < 0 ? -size : size) {
+        case 0: *out = 0; return 0;
+        case 1: u = d[0]; break;
+        case 2: u = (uint64_t)d[0] | (uint64_t)d[1] << 30; break;
+        case 3:
+            if (d[2] >> 3) goto api;             /* 2^63 or more: overflow, raised below */
+            u = (uint64_t)d[0] | (uint64_t)d[1] << 30 | (uint64_t)d[2] << 60;
+            break;
+        default: goto api;
+        }
+        *out = size < 0 ? -(int64_t)u : (int64_t)u;
+        return 0;
+    }
+api:;
+#endif
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
     if (overflow) { PyErr_SetString(PyExc_OverflowError, "block key out of int64 range"); return -1; }

@@ -290,3 +290,22 @@ def test_published_view_equals_the_event_fed_index(seed: int) -> None:
         assert native_prefix_len(probe, ib) == _py_prefix_len(probe, ia)
         a.check()
         b.check()
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-(2**31), 2**31)
+                     | st.sampled_from([0, 1, -1, 2**30, 2**30 - 1, 2**60, 2**60 - 1, 2**62 - 1,
+                                        -(2**62), 2**63 - 1, -(2**63)]), max_size=40))
+def test_native_key_conversion_keeps_every_int64_distinct(keys: list[int]) -> None:
+    """Keys reach the native code through a fast read of CPython's int digits (``get_key``):
+    distinct ints stay distinct, equal ones match across objects, and an int outside int64
+    is an OverflowError, as ``PyLong_AsLongLongAndOverflow`` gives."""
+    from sim._kvpool import KeyCounter
+
+    kc = KeyCounter()
+    kc.add_all(keys)
+    assert len(kc) == len(set(keys))
+    assert all(int(str(k)) in kc for k in keys)           # equal value, another object
+    assert not any(k in kc for k in {k ^ 1 for k in keys} - set(keys))
+    with pytest.raises(OverflowError):
+        kc.add_all([2**63])
