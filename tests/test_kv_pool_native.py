@@ -188,17 +188,22 @@ def test_key_counter_and_prefix_len_twins_agree() -> None:
 
     rnd = random.Random(7)
     a, b = PyKeyCounter(), KeyCounter()
-    held: list[list[int]] = []
+    held: list[tuple] = []
     for _ in range(3000):
         if held and rnd.random() < 0.45:
-            keys = held.pop(rnd.randrange(len(held)))
-            a.remove_all(keys)
-            b.remove_all(keys)
+            ka, kb = held.pop(rnd.randrange(len(held)))
+            a.remove_all(ka)
+            b.remove_all(kb)             # the keys, or their packed copy (add_all_packed)
         else:
             keys = [rnd.randint(-50, 500) for _ in range(rnd.randint(0, 30))]
-            held.append(keys)
-            a.add_all(keys)
-            b.add_all(keys)
+            if rnd.random() < 0.5:
+                a.add_all(keys)
+                b.add_all(keys)
+                held.append((keys, keys))
+            else:
+                ka, kb = a.add_all_packed(keys), b.add_all_packed(keys)
+                assert ka == keys and np.frombuffer(kb, dtype=np.int64).tolist() == keys
+                held.append((ka, kb))
         assert len(a) == len(b)
         probe = [rnd.randint(-50, 500) for _ in range(10)]
         assert [k in a for k in probe] == [k in b for k in probe]
