@@ -123,13 +123,12 @@ static inline int32_t ht_get(KvPool *p, int64_t key) {
  * is not prefetched (its error is raised when the loop reaches it, as before). Hints only:
  * results are unchanged. */
 #define PF_AHEAD 8
+static inline int get_key(PyObject *obj, int64_t *out);
 static inline void prefetch_key_entry(PyObject *keys, Py_ssize_t j, const void *table,
                                       size_t esz, uint64_t mask) {
     if (j >= PyList_GET_SIZE(keys)) return;
-    int overflow;
-    long long v = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(keys, j), &overflow);
-    if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); return; }
-    if (overflow) return;
+    int64_t v;
+    if (get_key(PyList_GET_ITEM(keys, j), &v) < 0) { PyErr_Clear(); return; }
     __builtin_prefetch((const char *)table + (mix64((uint64_t)v) & mask) * esz);
 }
 
@@ -167,6 +166,28 @@ static int append_long(PyObject *list, long long v) {
 /* Keys are 62-bit ints. PyLong_AsLongLong goes through _PyLong_AsByteArray for multi-digit
  * ints (CPython 3.11), which was ~4% of an env step; the AndOverflow variant walks the digits. */
 static inline int get_key(PyObject *obj, int64_t *out) {
+#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+    /* CPython 3.11's int layout (as Cython reads it): a key is 1-3 30-bit digits, read here
+       in a few instructions; anything else (other sizes, subclasses) takes the API below. */
+    if (PyLong_CheckExact(obj)) {
+        const digit *d = ((PyLongObject *)obj)->ob_digit;
+        Py_ssize_t size = Py_SIZE(obj);
+        uint64_t u;
+        switch (size < 0 ? -size : size) {
+        case 0: *out = 0; return 0;
+        case 1: u = d[0]; break;
+        case 2: u = (uint64_t)d[0] | (uint64_t)d[1] << 30; break;
+        case 3:
+            if (d[2] >> 3) goto api;             /* 2^63 or more: overflow, raised below */
+            u = (uint64_t)d[0] | (uint64_t)d[1] << 30 | (uint64_t)d[2] << 60;
+            break;
+        default: goto api;
+        }
+        *out = size < 0 ? -(int64_t)u : (int64_t)u;
+        return 0;
+    }
+api:;
+#endif
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
     if (overflow) { PyErr_SetString(PyExc_OverflowError, "block key out of int64 range"); return -1; }
@@ -915,7 +936,39 @@ static PyObject *KeyCounter_add_all(KeyCounter *m, PyObject *keys) {
     Py_RETURN_NONE;
 }
 
+/* add_all, returning the keys packed as int64 bytes for a later remove_all: the KV router
+ * removes a request's keys when it finishes, by then its key list's int objects are cold in
+ * cache (one miss each); the packed copy is read sequentially. */
+static PyObject *KeyCounter_add_all_packed(KeyCounter *m, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    Py_ssize_t nk = PyList_GET_SIZE(keys);
+    PyObject *packed = PyBytes_FromStringAndSize(NULL, nk * (Py_ssize_t)sizeof(int64_t));
+    if (!packed) return NULL;
+    int64_t *v = (int64_t *)PyBytes_AS_STRING(packed);
+    for (Py_ssize_t i = 0; i < nk; i++)
+        if (get_key(PyList_GET_ITEM(keys, i), &v[i]) < 0) { Py_DECREF(packed); return NULL; }
+    for (Py_ssize_t i = 0; i < nk; i++) {
+        if (i + PF_AHEAD < nk) kc_prefetch(m, v[i + PF_AHEAD]);
+        if ((uint64_t)(m->size + 1) * 2 > m->mask + 1 && kc_grow(m) < 0) { Py_DECREF(packed); return NULL; }
+        uint64_t j = kc_find(m, v[i]);
+        if (!m->t[j].count) { m->t[j].key = v[i]; m->size++; }
+        m->t[j].count++;
+    }
+    return packed;
+}
+
 static PyObject *KeyCounter_remove_all(KeyCounter *m, PyObject *keys) {
+    if (PyBytes_CheckExact(keys)) {                /* from add_all_packed */
+        const int64_t *v = (const int64_t *)PyBytes_AS_STRING(keys);
+        Py_ssize_t nk = PyBytes_GET_SIZE(keys) / (Py_ssize_t)sizeof(int64_t);
+        for (Py_ssize_t i = 0; i < nk; i++) {
+            if (i + PF_AHEAD < nk) kc_prefetch(m, v[i + PF_AHEAD]);
+            uint64_t j = kc_find(m, v[i]);
+            if (!m->t[j].count) { PyErr_SetString(PyExc_KeyError, "key not counted"); return NULL; }
+            if (--m->t[j].count == 0) { kc_del_at(m, j); m->size--; }
+        }
+        Py_RETURN_NONE;
+    }
     if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
     for (Py_ssize_t i = 0; i < PF_AHEAD; i++) prefetch_key_entry(keys, i, m->t, sizeof(KcEntry), m->mask);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
@@ -971,6 +1024,8 @@ static PyObject *KeyCounter_difference_update(KeyCounter *m, PyObject *keys) {
 static PyMethodDef KeyCounter_methods[] = {
     {"add_all", (PyCFunction)KeyCounter_add_all, METH_O, "count each key once more"},
     {"remove_all", (PyCFunction)KeyCounter_remove_all, METH_O, "count each key once less"},
+    {"add_all_packed", (PyCFunction)KeyCounter_add_all_packed, METH_O,
+     "add_all, returning the keys as int64 bytes that remove_all also takes"},
     {"update", (PyCFunction)KeyCounter_update, METH_O, "set semantics: insert keys"},
     {"difference_update", (PyCFunction)KeyCounter_difference_update, METH_O, "set semantics: discard keys"},
     {NULL}
@@ -991,6 +1046,181 @@ static PyTypeObject KeyCounterType = {
     .tp_as_sequence = &KeyCounter_as_seq,
 };
 
+/* == the KV router's published view of one pool (PubIndex) ============================ *
+ * A router's index of a worker's cache holds the prompt keys the worker has *published*: its
+ * KV events reach the router at each pass end (drain), and a decode stretch publishes its
+ * evictions ahead, pass by pass (difference_update). Once drained, that set is exactly the
+ * pool's resident prompt keys (keys >= 0 with a copy): a stretch evicts at least the keys it
+ * published ahead before its events are drained. So instead of a copy of the pool's key set
+ * (one hash-table write per stored and per evicted key, most of them never looked at), the
+ * view answers look-ups from the pool itself:
+ *   - a key published as removed since the last drain (``rm``) is absent;
+ *   - while events are pending (between a pass's start and its drain), a key they touch has
+ *     the status it had before the first of them: present if that was a removal, absent if a
+ *     store. That map (``ov``) is built from the event buffer only when a look-up needs it;
+ *   - otherwise the pool's table decides.
+ * A drain just forgets the buffer, ``rm`` and ``ov``. Same answers as a KeyCounter the events
+ * are applied to (tests/test_kv_pool_native.py checks it operation by operation against the
+ * reference pool's set). One view per pool: it must be the only thing the pool drains into. */
+typedef struct { KcEntry *t; uint64_t mask; int64_t size; } KTab;   /* count = value, 0 empty */
+
+static int kt_init(KTab *m) {
+    m->t = PyMem_Calloc(64, sizeof(KcEntry));
+    if (!m->t) { PyErr_NoMemory(); return -1; }
+    m->mask = 63; m->size = 0;
+    return 0;
+}
+static inline uint64_t kt_find(const KTab *m, int64_t k) {
+    uint64_t i = mix64((uint64_t)k) & m->mask;
+    while (m->t[i].count && m->t[i].key != k) i = (i + 1) & m->mask;
+    return i;
+}
+static inline int64_t kt_get(const KTab *m, int64_t k) { return m->t[kt_find(m, k)].count; }
+/* First write wins: insert k with value v unless k is there already. */
+static int kt_put(KTab *m, int64_t k, int64_t v) {
+    if ((uint64_t)(m->size + 1) * 2 > m->mask + 1) {
+        KcEntry *old = m->t; uint64_t ocap = m->mask + 1;
+        KcEntry *nt = PyMem_Calloc(ocap * 2, sizeof(KcEntry));
+        if (!nt) { PyErr_NoMemory(); return -1; }
+        m->t = nt; m->mask = ocap * 2 - 1;
+        for (uint64_t i = 0; i < ocap; i++) if (old[i].count) m->t[kt_find(m, old[i].key)] = old[i];
+        PyMem_Free(old);
+    }
+    uint64_t j = kt_find(m, k);
+    if (!m->t[j].count) { m->t[j].key = k; m->t[j].count = v; m->size++; }
+    return 0;
+}
+static void kt_clear(KTab *m) {
+    if (!m->size) return;
+    if (m->mask > 4095) {                 /* a burst grew it: back to small */
+        KcEntry *nt = PyMem_Calloc(64, sizeof(KcEntry));
+        if (nt) { PyMem_Free(m->t); m->t = nt; m->mask = 63; m->size = 0; return; }
+    }
+    memset(m->t, 0, (m->mask + 1) * sizeof(KcEntry));
+    m->size = 0;
+}
+
+#define PUB_PRESENT 1
+#define PUB_ABSENT 2
+
+typedef struct {
+    PyObject_HEAD
+    KvPool *pool;
+    KTab rm;                /* published removed ahead since the last drain */
+    KTab ov;                /* pending events' keys -> status before the first of them */
+    int64_t built_st, built_rm;   /* event counts ov was built from */
+} PubIndex;
+
+static PyTypeObject PubIndexType;
+
+static void PubIndex_dealloc(PubIndex *v) {
+    PyMem_Free(v->rm.t); PyMem_Free(v->ov.t);
+    Py_XDECREF(v->pool);
+    Py_TYPE(v)->tp_free((PyObject *)v);
+}
+
+static PyObject *pub_new(KvPool *p) {
+    PubIndex *v = PyObject_New(PubIndex, &PubIndexType);
+    if (!v) return NULL;
+    v->rm.t = v->ov.t = NULL;
+    Py_INCREF(p); v->pool = p;
+    v->built_st = v->built_rm = 0;
+    if (kt_init(&v->rm) < 0 || kt_init(&v->ov) < 0) { Py_DECREF(v); return NULL; }
+    return (PyObject *)v;
+}
+
+/* Bring ov up to date with the pending events (in event order, as a drain applies them). */
+static int pub_build(PubIndex *v) {
+    KvPool *p = v->pool;
+    if (v->built_st == p->ev_st_n && v->built_rm == p->ev_rm_n) return 0;
+    kt_clear(&v->ov);
+    int64_t early = p->ev_rm_n - p->ev_late_n, done = 0;
+    for (int64_t i = 0; i < early; i++) if (kt_put(&v->ov, p->ev_rm[i], PUB_PRESENT) < 0) return -1;
+    for (int64_t l = 0; l < p->ev_late_n; l++) {
+        for (; done < p->ev_late_pos[l]; done++) if (kt_put(&v->ov, p->ev_st[done], PUB_ABSENT) < 0) return -1;
+        if (kt_put(&v->ov, p->ev_rm[early + l], PUB_PRESENT) < 0) return -1;
+    }
+    for (; done < p->ev_st_n; done++) if (kt_put(&v->ov, p->ev_st[done], PUB_ABSENT) < 0) return -1;
+    v->built_st = p->ev_st_n; v->built_rm = p->ev_rm_n;
+    return 0;
+}
+
+/* Is k published? ``pending``: events are buffered and ov is built. */
+static inline int pub_has(PubIndex *v, int64_t k, int pending) {
+    if (k < 0) return 0;                              /* private keys are never published */
+    if (v->rm.size && kt_get(&v->rm, k)) return 0;
+    if (pending) {
+        int64_t st = kt_get(&v->ov, k);
+        if (st) return st == PUB_PRESENT;
+    }
+    return ht_get(v->pool, k) >= 0;
+}
+
+static int pub_prepare(PubIndex *v) {               /* -1 error, else pending (0/1) */
+    KvPool *p = v->pool;
+    if (!(p->ev_st_n || p->ev_rm_n)) return 0;
+    return pub_build(v) < 0 ? -1 : 1;
+}
+
+static int PubIndex_contains(PubIndex *v, PyObject *key) {
+    int64_t k;
+    if (get_key(key, &k) < 0) return -1;
+    int pending = pub_prepare(v);
+    if (pending < 0) return -1;
+    return pub_has(v, k, pending);
+}
+
+static PyObject *PubIndex_difference_update(PubIndex *v, PyObject *keys) {
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        int64_t k;
+        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (k >= 0 && kt_put(&v->rm, k, 1) < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *PubIndex_tolist(PubIndex *v, PyObject *Py_UNUSED(a)) {
+    /* the published keys, sorted (tests) */
+    KvPool *p = v->pool;
+    int pending = pub_prepare(v);
+    if (pending < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (uint64_t i = 0; i <= p->ht_mask; i++) {      /* resident keys the view keeps */
+        if (!p->ht[i].slot1) continue;
+        int64_t k = p->s[p->ht[i].slot1 - 1].key;
+        if (pub_has(v, k, pending) && append_long(out, k) < 0) { Py_DECREF(out); return NULL; }
+    }
+    if (pending) {                                    /* keys evicted since, still published */
+        for (uint64_t i = 0; i <= v->ov.mask; i++) {
+            int64_t k = v->ov.t[i].key;
+            if (v->ov.t[i].count == PUB_PRESENT && ht_get(p, k) < 0 && !(v->rm.size && kt_get(&v->rm, k))
+                && append_long(out, k) < 0) { Py_DECREF(out); return NULL; }
+        }
+    }
+    if (PyList_Sort(out) < 0) { Py_DECREF(out); return NULL; }
+    return out;
+}
+
+static PyMethodDef PubIndex_methods[] = {
+    {"difference_update", (PyCFunction)PubIndex_difference_update, METH_O,
+     "publish removals ahead of the events (a decode stretch's evictions)"},
+    {"tolist", (PyCFunction)PubIndex_tolist, METH_NOARGS, "the published keys, sorted"},
+    {NULL}
+};
+static PySequenceMethods PubIndex_as_seq = {.sq_contains = (objobjproc)PubIndex_contains};
+static PyTypeObject PubIndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sim._kvpool.PubIndex",
+    .tp_doc = "A KV router's published view of one KvPool (KvPool.new_index).",
+    .tp_basicsize = sizeof(PubIndex),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)PubIndex_dealloc,
+    .tp_methods = PubIndex_methods,
+    .tp_as_sequence = &PubIndex_as_seq,
+};
+
 /* Pool event API (defined here: needs KeyCounter). */
 static PyObject *KvPool_enable_events(PyObject *self, PyObject *Py_UNUSED(a)) {
     ((KvPool *)self)->ev_on = 1; Py_RETURN_NONE;
@@ -1000,14 +1230,22 @@ static PyObject *KvPool_has_events(PyObject *self, PyObject *Py_UNUSED(a)) {
     return PyBool_FromLong(p->ev_st_n || p->ev_rm_n);
 }
 static PyObject *KvPool_new_index(PyObject *self, PyObject *Py_UNUSED(a)) {
-    return PyObject_CallNoArgs((PyObject *)&KeyCounterType);
+    return pub_new((KvPool *)self);       /* the published view (PubIndex above) */
 }
 /* Apply this pass's events to a router index in event order, then clear them: removals
    that precede every store in bulk, then stores with the late removals at their places. */
 static PyObject *KvPool_drain_events_into(PyObject *self, PyObject *index) {
     KvPool *p = (KvPool *)self;
+    if (Py_IS_TYPE(index, &PubIndexType)) {      /* the view reads the pool: forget the buffer */
+        PubIndex *v = (PubIndex *)index;
+        if (v->pool != p) { PyErr_SetString(PyExc_ValueError, "index is another pool's view"); return NULL; }
+        kt_clear(&v->rm); kt_clear(&v->ov);
+        v->built_st = v->built_rm = 0;
+        p->ev_st_n = p->ev_rm_n = p->ev_late_n = 0;
+        Py_RETURN_NONE;
+    }
     if (!PyObject_TypeCheck(index, &KeyCounterType)) {
-        PyErr_SetString(PyExc_TypeError, "index must be a KeyCounter (see new_index)"); return NULL;
+        PyErr_SetString(PyExc_TypeError, "index must be a KeyCounter or PubIndex (see new_index)"); return NULL;
     }
     KeyCounter *m = (KeyCounter *)index;
     int64_t early = p->ev_rm_n - p->ev_late_n;
@@ -1163,6 +1401,18 @@ static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
             prefetch_key_entry(keys, n + PF_AHEAD, m->t, sizeof(KcEntry), m->mask);
             if (get_key(PyList_GET_ITEM(keys, n), &k) < 0) return NULL;
             if (!m->t[kc_find(m, k)].count) break;
+        }
+        return PyLong_FromSsize_t(n);
+    }
+    if (Py_IS_TYPE(present, &PubIndexType)) {          /* a router's published view */
+        PubIndex *v = (PubIndex *)present;
+        int pending = pub_prepare(v);
+        if (pending < 0) return NULL;
+        Py_ssize_t nk = PyList_GET_SIZE(keys);
+        for (; n < nk; n++) {
+            int64_t k;
+            if (get_key(PyList_GET_ITEM(keys, n), &k) < 0) return NULL;
+            if (!pub_has(v, k, pending)) break;
         }
         return PyLong_FromSsize_t(n);
     }
@@ -1456,7 +1706,8 @@ static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NUL
 
 PyMODINIT_FUNC PyInit__kvpool(void) {
     if (PyType_Ready(&KvPoolType) < 0 || PyType_Ready(&KeyCounterType) < 0 ||
-        PyType_Ready(&BlocksType) < 0 || PyType_Ready(&HostIndexType) < 0) return NULL;
+        PyType_Ready(&BlocksType) < 0 || PyType_Ready(&HostIndexType) < 0 ||
+        PyType_Ready(&PubIndexType) < 0) return NULL;
     tuple_hash_native = check_tuple_hash();
     if (tuple_hash_native < 0) return NULL;
     if (add_event_methods() < 0) return NULL;

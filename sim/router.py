@@ -147,7 +147,8 @@ class KvRouter(Router):
         self.prefill_tokens: dict[int, int] = {}             # worker -> pending prompt tokens
         self.active: dict[int, object] = {}      # worker -> block key -> users (KeyCounter/RunIndex)
         self.active_total: dict[int, int] = {}               # worker -> blocks with repeats
-        self.routed: dict[int, tuple[int, list[int], int]] = {}  # request -> (worker, keys, pending)
+        # request -> (worker, its keys as the active counter took them, pending prefill tokens)
+        self.routed: dict[int, tuple[int, object, int]] = {}
         self._last: tuple[list[int], int] | None = None
         self._keys_out: list[int] | None = None
 
@@ -156,7 +157,7 @@ class KvRouter(Router):
     def _index(self, w: Engine):
         idx = self.index.get(w.id)
         if idx is None:
-            idx = self.index[w.id] = w.kv.new_index()   # a set, or the native key set
+            idx = self.index[w.id] = w.kv.new_index()   # a set, or the native pool's view
         return idx
 
     def apply_kv_events(self, w: Engine) -> None:
@@ -259,27 +260,31 @@ class KvRouter(Router):
         active = self.active.get(wid)
         if active is None:
             active = self.active[wid] = RunIndex() if self.run_keys else KeyCounter()
-        active.add_all(keys)
+        if self.run_keys:
+            active.add_all(keys)
+            held = keys
+        else:       # what on_finished removes: a packed copy (native), or the keys themselves
+            held = active.add_all_packed(keys)
         self.active_total[wid] = self.active_total.get(wid, 0) + req.input_length // self.block_size
-        self.routed[req.index] = (wid, keys, pending)
+        self.routed[req.index] = (wid, held, pending)
         self._keys_out = keys
 
     def on_first_token(self, w, s, now):
         info = self.routed.get(s.req.index)
         if info is None or info[2] == 0:
             return
-        wid, keys, pending = info
+        wid, held, pending = info
         self.prefill_tokens[wid] -= pending
-        self.routed[s.req.index] = (wid, keys, 0)
+        self.routed[s.req.index] = (wid, held, 0)
 
     def on_finished(self, w, s, now):
         info = self.routed.pop(s.req.index, None)
         if info is None:
             return
-        wid, keys, pending = info
+        wid, held, pending = info
         if pending:
             self.prefill_tokens[wid] -= pending
-        self.active[wid].remove_all(keys)
+        self.active[wid].remove_all(held)
         self.active_total[wid] -= s.req.input_length // self.block_size
 
 
@@ -299,6 +304,12 @@ class PyKeyCounter(Counter):
 
     def add_all(self, keys: list[int]) -> None:
         self.update(keys)
+
+    def add_all_packed(self, keys: list[int]) -> list[int]:
+        """``add_all``; returns what ``remove_all`` takes back (the native twin packs the
+        keys as int64 bytes)."""
+        self.update(keys)
+        return keys
 
     def remove_all(self, keys: list[int]) -> None:
         delete = dict.__delitem__          # Counter's own __delitem__ is pure Python

@@ -11,6 +11,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import sim.kv_cache as kvmod
 from sim.engine import EngineConfig
@@ -186,17 +188,22 @@ def test_key_counter_and_prefix_len_twins_agree() -> None:
 
     rnd = random.Random(7)
     a, b = PyKeyCounter(), KeyCounter()
-    held: list[list[int]] = []
+    held: list[tuple] = []
     for _ in range(3000):
         if held and rnd.random() < 0.45:
-            keys = held.pop(rnd.randrange(len(held)))
-            a.remove_all(keys)
-            b.remove_all(keys)
+            ka, kb = held.pop(rnd.randrange(len(held)))
+            a.remove_all(ka)
+            b.remove_all(kb)             # the keys, or their packed copy (add_all_packed)
         else:
             keys = [rnd.randint(-50, 500) for _ in range(rnd.randint(0, 30))]
-            held.append(keys)
-            a.add_all(keys)
-            b.add_all(keys)
+            if rnd.random() < 0.5:
+                a.add_all(keys)
+                b.add_all(keys)
+                held.append((keys, keys))
+            else:
+                ka, kb = a.add_all_packed(keys), b.add_all_packed(keys)
+                assert ka == keys and np.frombuffer(kb, dtype=np.int64).tolist() == keys
+                held.append((ka, kb))
         assert len(a) == len(b)
         probe = [rnd.randint(-50, 500) for _ in range(10)]
         assert [k in a for k in probe] == [k in b for k in probe]
@@ -224,3 +231,86 @@ def test_polynomial_stretch_end_times_match_reference() -> None:
         ref = np.cumsum(steps)[1:]
         got = np.frombuffer(poly_decode_ends(t0, ctx0, n, k, float(cap), _to_ns))
         np.testing.assert_array_equal(ref, got)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_published_view_equals_the_event_fed_index(seed: int) -> None:
+    """A KV router's index of a native pool (``KvPool.new_index``: a view read from the pool,
+    ``sim._kvpool.PubIndex``) answers every look-up as the reference pool's index does: a
+    set that each pass's events are applied to at the drain, with a decode stretch's
+    evictions published ahead (``difference_update``) and then made before the drain. Checked
+    after every operation: membership, ``prefix_len`` and the whole key set."""
+    from sim._kvpool import prefix_len as native_prefix_len
+    from sim.router import _py_prefix_len
+
+    rnd = random.Random(seed)
+    nb = rnd.randint(3, 40)
+    a, b = PyKvCache(nb, 16), NativeKvPool(nb, 16)
+    a.enable_events()
+    b.enable_events()
+    ia, ib = a.new_index(), b.new_index()
+    held_a: list[list[int]] = []
+    held_b: list = []
+    universe = list(range(-6, 16))
+    for _ in range(600):
+        r = rnd.random()
+        if r < 0.45:
+            resident = [k for k in universe if a.resident(k)]
+            hits = rnd.sample(resident, min(len(resident), rnd.randint(0, 3)))
+            fresh = rnd.randint(0, 4)
+            ba, bb = a.new_blocks(), b.new_blocks()
+            assert a.reserve_into(ba, list(hits), fresh) == b.reserve_into(bb, list(hits), fresh)
+            if len(ba):
+                keys = [rnd.randint(-6, 15) for _ in range(len(ba))]
+                n = rnd.randint(0, len(ba))
+                owner = rnd.choice(OWNERS)
+                a.register_range(ba, 0, n, keys[: n - 1], owner)
+                b.register_range(bb, 0, n, keys[: n - 1], owner)
+                held_a.append(ba)
+                held_b.append(bb)
+        elif r < 0.75 and held_a:
+            j = rnd.randrange(len(held_a))
+            a.release(held_a.pop(j))
+            b.release(held_b.pop(j))
+        elif r < 0.9:
+            a.drain_events_into(ia)
+            b.drain_events_into(ib)
+        elif a.inactive_count():
+            # a stretch: its first n evictions are published ahead, made, then drained
+            n = rnd.randint(1, a.inactive_count())
+            gone = a.evicted_keys_ahead(0, n)
+            assert gone == b.evicted_keys_ahead(0, n)
+            ia.difference_update(gone)
+            ib.difference_update(gone)
+            assert [k in ia for k in universe] == [k in ib for k in universe]
+            fresh = a.free_blocks() + n
+            ba, bb = a.new_blocks(), b.new_blocks()
+            assert a.reserve_into(ba, [], fresh) and b.reserve_into(bb, [], fresh)
+            held_a.append(ba)
+            held_b.append(bb)
+        assert [k in ia for k in universe] == [k in ib for k in universe]
+        assert ib.tolist() == sorted(ia)
+        probe = [rnd.randint(-2, 15) for _ in range(rnd.randint(0, 6))]
+        assert native_prefix_len(probe, ib) == _py_prefix_len(probe, ia)
+        a.check()
+        b.check()
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-(2**31), 2**31)
+                     | st.sampled_from([0, 1, -1, 2**30, 2**30 - 1, 2**60, 2**60 - 1, 2**62 - 1,
+                                        -(2**62), 2**63 - 1, -(2**63)]), max_size=40))
+def test_native_key_conversion_keeps_every_int64_distinct(keys: list[int]) -> None:
+    """Keys reach the native code through a fast read of CPython's int digits (``get_key``):
+    distinct ints stay distinct, equal ones match across objects, and an int outside int64
+    is an OverflowError, as ``PyLong_AsLongLongAndOverflow`` gives."""
+    from sim._kvpool import KeyCounter
+
+    kc = KeyCounter()
+    kc.add_all(keys)
+    assert len(kc) == len(set(keys))
+    assert all(int(str(k)) in kc for k in keys)           # equal value, another object
+    assert not any(k in kc for k in {k ^ 1 for k in keys} - set(keys))
+    with pytest.raises(OverflowError):
+        kc.add_all([2**63])
