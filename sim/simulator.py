@@ -222,7 +222,9 @@ class Simulation:
             if role == "prefill":
                 eng.on_handoff = self._on_source_held
             eng.decode_role = role == "decode"
-            if router.wants_kv_events:
+            if router.wants_kv_events and role != "decode":
+                # (Dynamo's decode workers publish no KV events, needs_kv_publisher; the
+                # decode router gives no overlap credit)
                 eng.kv.enable_events()
             w = Worker(eng, state, self.now, self.now if state == ACTIVE else None, dp_rank=rank)
             w.role = role
