@@ -9,7 +9,9 @@ Mooncake conversation trace (12,031 requests), block 64, 64 GB/s, 262,144 B/toke
   (b) 4 prefill + 4 decode workers, KV router -> TTFT, ITL and E2E mean/median/p90/p99
       within 3 % (Dynamo's KV-routed disaggregated runs vary by up to 0.6 % run to run).
 
-Completed counts and per-role worker-seconds must match. The peer runs through the shared
+Completed counts and per-role worker-seconds must match. A decode worker under KV pressure
+(issue 15: 2P+1D, 3,904 decode blocks, 120 s) is compared request by request in both
+transfer-timing modes. The peer runs through the shared
 driver ``peer/dynosim_peer.py`` ($DYNOSIM_SHARED) in the venv of $DYNOSIM_PEER_VENV (else
 ./.peer-venv); without one the tests skip.
 """
