@@ -187,8 +187,8 @@ def compare(name: str, workdir: Path, planner_json: dict | None = None) -> dict:
 
 # -- disaggregated pools (issue 15 item 4) --------------------------------------------------
 #: Dynamo's disagg planner with the load target's thresholds: decode KV utilisation 50% / 20%,
-#: prefill queue 8,192 / 1,024 tokens per engine (the easy targets' thresholds, decode KV over
-#: 100%, need an overloaded decode pool, where the simulators themselves part ways)
+#: prefill queue 8,192 / 1,024 tokens per engine (the default target's thresholds, decode KV
+#: over 100%, act only on an overloaded decode pool)
 DISAGG_JSON = {"mode": "disagg", "min_endpoint": 1, "max_gpu_budget": 16,
                "load_adjustment_interval_seconds": 10, "prefill_engine_num_gpu": 1,
                "decode_engine_num_gpu": 1, "optimization_target": "load",

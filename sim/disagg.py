@@ -7,11 +7,16 @@ pools of workers, each with its own router and engine configuration.
 1. arrival -> prefill router -> a prefill worker runs a copy of the request with one
    output token; when that token is emitted the source *holds* the prompt's KV;
 2. the decode router picks a decode worker, which *reserves* blocks for the prompt at its
-   next pass boundary (at once when idle) - Dynamo's WaitingForRemoteKv;
-3. the KV transfer takes :func:`transfer_ms` from the reservation; at the first pass
-   boundary of the decode worker at or after its end the request is *activated*: it joins
-   the waiting queue with its prompt computed, is charged no prefill, and emits all its
-   output tokens (the first one is the client-visible first token);
+   next pass boundary (at once when idle) - Dynamo's WaitingForRemoteKv. The leading full
+   prompt blocks resident there (active or cached) are pinned, the rest taken fresh;
+3. the KV transfer takes :func:`transfer_ms` from the reservation (``full_prompt``: the
+   prompt's tokens; ``destination_missing``: the fresh blocks' tokens); at the first pass
+   boundary of the decode worker at or after its end the request is *activated*: its fresh
+   full prompt blocks join the worker's prefix cache (both modes; the mocker's
+   ``activate_destination_lease``), it joins the waiting queue with its prompt computed, is
+   charged no prefill, and emits all its output tokens (the first one is the
+   client-visible first token). A decode worker's passes cost no prefill time (a preempted
+   request's recompute there included: ``predict_prefill_duration`` of a decode worker);
 4. the prefill worker *releases* the held KV at its first pass boundary at or after the
    activation (at once when idle).
 
@@ -78,7 +83,9 @@ class DisaggConfig:
                                  f"only ({role} engine backend is {backend})")
 
     def delay_ms(self, prompt_tokens: int, missing_tokens: int) -> float:
-        """The transfer time of one handoff (see :func:`transfer_ms`)."""
+        """The transfer time of one handoff (see :func:`transfer_ms`); ``missing_tokens``:
+        the destination's fresh prompt blocks x block size (Dynamo's
+        ``transferable_prompt_tokens``)."""
         tokens = (prompt_tokens if self.kv_transfer_timing_mode == "full_prompt"
                   else missing_tokens)
         return transfer_ms(tokens, self.kv_bytes_per_token, self.kv_transfer_bandwidth)

@@ -73,8 +73,8 @@ a tick that finds the workload over decides nothing (Dynamo's replay has stopped
 Parity: with Dynamo's default target the load planner's worker trajectory equals Dynamo
 1.6.1's planner replay step for step on ramps, steps, flash crowds and constant load
 (``bench/planner_parity.py``, ``tests/test_planner_parity.py``). The disagg load planner's
-per-pool trajectories match Dynamo's disagg planner replay where the decode pool is not
-KV-overloaded (``bench/planner_parity.py --disagg``); its budget helpers equal Dynamo's
+per-pool trajectories match Dynamo's disagg planner replay on the same eight traces, decode
+KV overload included (``bench/planner_parity.py --disagg``); its budget helpers equal Dynamo's
 ``core/budget.py`` (``tests/test_planner_disagg.py``).
 """
 from __future__ import annotations

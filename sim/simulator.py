@@ -125,10 +125,6 @@ class Simulation:
         self._handoffs = {}          # request index -> Handoff (disaggregated, in flight)
         self._orig = {}              # request index -> original request (on a prefill worker)
         self._held = []              # handoffs held at this timestamp, not yet routed
-        # decode workers cache and look up prompt blocks only when the transfer charges
-        # what the destination lacks
-        self._reuse_dst = (disagg is not None
-                           and disagg.kv_transfer_timing_mode == "destination_missing")
         if disagg is not None:
             # The decode router draws from its own stream: child 2 (0 = router, 1 = workload).
             rng_decode = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
@@ -225,7 +221,10 @@ class Simulation:
             eng.on_finished = self._on_decode_finished if role == "decode" else self._on_finished
             if role == "prefill":
                 eng.on_handoff = self._on_source_held
-            if router.wants_kv_events:
+            eng.decode_role = role == "decode"
+            if router.wants_kv_events and role != "decode":
+                # (Dynamo's decode workers publish no KV events, needs_kv_publisher; the
+                # decode router gives no overlap credit)
                 eng.kv.enable_events()
             w = Worker(eng, state, self.now, self.now if state == ACTIVE else None, dp_rank=rank)
             w.role = role
@@ -311,10 +310,9 @@ class Simulation:
         eng = w.engine
         pending = w.pending
         cfg = self.disagg
-        reuse = self._reuse_dst
         while pending:
             h = pending[0]
-            got = eng.reserve_remote(h.req, h.keys, reuse)
+            got = eng.reserve_remote(h.req, h.keys)
             if got is None:
                 bs = eng.bs
                 if (h.req.input_length + bs - 1) // bs > eng.cfg.num_gpu_blocks:
@@ -347,7 +345,7 @@ class Simulation:
         joins its queue; the source releases at its own next boundary."""
         h.destination_activated_ms = self.now
         h.dst.kv_waits -= 1
-        h.dst.engine.activate_remote(h.dst_seq, self._reuse_dst)
+        h.dst.engine.activate_remote(h.dst_seq)
         del self._handoffs[h.req.index]
         self._note(h)
         if h.dst.pending:

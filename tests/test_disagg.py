@@ -16,9 +16,10 @@ from conftest import ListWorkload, req
 from dynosim.cli import main
 from sim.disagg import DisaggConfig, transfer_ms
 from sim.engine import EngineConfig
+from sim.kv_cache import block_keys
 from sim.metrics import HANDOFF_FIELDS, STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED
 from sim.simulator import Simulation
-from sim.timing import PolynomialTiming
+from sim.timing import FixedTiming, PolynomialTiming
 
 
 def _disagg(n_p=2, n_d=2, *, bs=64, blocks_p=16384, blocks_d=16384, router="round_robin",
@@ -197,6 +198,52 @@ def test_decode_kv_deadlock_is_rejected_with_its_reason(exact):
     tot = res.summary["totals"]
     assert tot["rejected_by_reason"] == {"decode_kv_deadlock": 1}
     assert tot["completed_requests"] == 4
+
+
+# -- the decode worker's prefix cache (Dynamo: reserve/activate_destination_lease) -------------
+# Received prompt blocks join the decode worker's prefix cache at the activation in both
+# transfer-timing modes; a later reservation pins the resident leading blocks and reserves
+# only the rest (destination_missing charges whole fresh blocks); a preempted request's
+# recompute there hits them and, on a decode worker, costs no prefill time.
+
+@pytest.mark.parametrize("mode", ["full_prompt", "destination_missing"])
+def test_decode_worker_caches_received_prompt_blocks(mode):
+    shared = [7, 8, 9, 10]                       # 4 trace blocks of 512 = 2,048 tokens
+    reqs = [req(0, 0.0, 3000, 4, shared + [11, 12]), req(1, 5000.0, 2500, 4, shared + [20])]
+    d = _disagg(1, 1, bw=1.0, bpt=1_000_000, mode=mode)
+    res = _run(reqs, d)
+    dec = next(w for w in res.workers if w.role == "decode").engine
+    k0 = block_keys(tuple(shared + [11, 12]), 512, 64, 3000 // 64)
+    k1 = block_keys(tuple(shared + [20]), 512, 64, 2500 // 64)
+    # the first prompt's 46 full blocks stayed in the decode worker's cache after it ended
+    assert dec.kv.match_prefix(k0) == (3000 // 64, 0)
+    assert dec.kv.match_prefix(k1)[0] == 2500 // 64          # its own blocks joined too
+    h0, h1 = res.metrics.handoffs[0], res.metrics.handoffs[1]
+    transfer1 = h1[4] - h1[3]                     # activation - reservation (idle worker)
+    if mode == "full_prompt":
+        assert transfer1 == pytest.approx(2500.0)                     # the whole prompt
+    else:
+        assert h0[4] - h0[3] == pytest.approx(47 * 64.0)              # 47 fresh blocks
+        assert transfer1 == pytest.approx((40 - 32) * 64.0)           # 32 shared blocks hit
+
+
+def test_decode_worker_charges_no_prefill_time():
+    """A preempted request recomputes its prompt on the decode worker (it hits the blocks
+    it received, still cached) at no prefill cost: every decode-worker pass costs the
+    decode time only (Dynamo: predict_prefill_duration is zero for decode workers)."""
+    reqs = [req(i, t, isl, osl) for i, (t, isl, osl) in enumerate(PRESSURE)]
+    d = _disagg(1, 1, bs=16, blocks_d=55)
+    for exact in (True, False):
+        sim = Simulation(ListWorkload(reqs), engine=EngineConfig(),
+                         timing=FixedTiming(400.0, 5.0), disagg=d, exact=exact,
+                         check_invariants=True)
+        res = sim.run()
+        _check_records(res, reqs)
+        dec = next(w for w in res.workers if w.role == "decode").engine
+        pre = next(w for w in res.workers if w.role == "prefill").engine
+        assert dec.num_preemptions >= 1 and dec.tot.prefill_tokens > 0   # a recompute ran
+        assert dec.tot.busy_ms == pytest.approx(5.0 * dec.tot.passes)
+        assert pre.tot.busy_ms == pytest.approx(400.0 * pre.tot.passes)   # prefill still pays
 
 
 def test_transfer_gates_activation_under_load():

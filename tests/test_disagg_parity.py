@@ -9,7 +9,9 @@ Mooncake conversation trace (12,031 requests), block 64, 64 GB/s, 262,144 B/toke
   (b) 4 prefill + 4 decode workers, KV router -> TTFT, ITL and E2E mean/median/p90/p99
       within 3 % (Dynamo's KV-routed disaggregated runs vary by up to 0.6 % run to run).
 
-Completed counts and per-role worker-seconds must match. The peer runs through the shared
+Completed counts and per-role worker-seconds must match. A decode worker under KV pressure
+(issue 15: 2P+1D, 3,904 decode blocks, 120 s) is compared request by request in both
+transfer-timing modes. The peer runs through the shared
 driver ``peer/dynosim_peer.py`` ($DYNOSIM_SHARED) in the venv of $DYNOSIM_PEER_VENV (else
 ./.peer-venv); without one the tests skip.
 """
@@ -120,30 +122,40 @@ def test_disagg_parity_with_dynamo(name: str, peer_py: Path) -> None:
 
 # -- issue 15: a decode worker under KV pressure ------------------------------------------------
 # 2 prefill + 1 decode worker of 3,904 blocks, the trace's first 120 s (339 requests): the decode
-# worker preempts. Dynamo completes every request; so must we (main rejected 2 as
-# prompt_exceeds_kv_capacity). Latencies are not compared: Dynamo's decode worker keeps the
-# transferred prompt blocks in its prefix cache (shared by every prompt's first hash), ours does
-# not in full_prompt mode, so its reservations and readmissions differ under pressure.
+# worker preempts 6 requests and readmits them late in the run. Request by request as in (a), in
+# both transfer-timing modes: this checks that the decode worker keeps the received prompt
+# blocks in its prefix cache (later reservations pin the shared first blocks; readmissions hit
+# them), that destination_missing charges whole fresh blocks, and that a decode worker's
+# recompute costs no prefill time (main rejected 2 of these requests, then matched 4 of 339).
 PRESSURE_ARGS = ["--num-prefill-workers", "2", "--num-decode-workers", "1", "--block-size",
                  "64", "--decode-engine-args-json", '{"num_gpu_blocks": 3904}',
                  "--kv-bytes-per-token", "262144", "--kv-transfer-bandwidth", "64"]
 
 
-def test_decode_pressure_completes_every_request_as_dynamo(peer_py: Path) -> None:
+@pytest.mark.parametrize("mode", ["full_prompt", "destination_missing"])
+def test_decode_pressure_matches_dynamo_request_by_request(mode: str, peer_py: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "conv120.jsonl"
         with open(TRACE) as src, open(trace, "w") as dst:
             dst.writelines(line for line in src if json.loads(line)["timestamp"] < 120_000)
+        requests = Path(tmp) / "pressure.requests.jsonl"
         cmd = [str(peer_py), str(PEER_SCRIPT), "trace", str(trace), "--router-mode",
-               "round_robin", *PRESSURE_ARGS]
+               "round_robin", *PRESSURE_ARGS, "--kv-transfer-timing-mode", mode,
+               "--per-request-jsonl", str(requests)]
         cfg = parse_config({"workload": {"kind": "mooncake", "path": str(trace)},
                             "engine": {"block_size": 64},
                             "disagg": {"num_prefill_workers": 2, "num_decode_workers": 1,
                                        "kv_transfer_bandwidth": 64.0,
                                        "kv_bytes_per_token": 262144,
+                                       "kv_transfer_timing_mode": mode,
                                        "decode_engine": {"num_gpu_blocks": 3904}}})
         result, peer = replay_beside_peer(cmd, lambda: build_simulation(cfg).run(), Path(tmp))
+        compare_disagg_requests(result, [json.loads(line) for line in open(requests)])
     got, want = result.summary["totals"], peer["totals"]
     assert want["completed_requests"] == want["num_requests"] == 339
     assert got["completed_requests"] == 339 and got["rejected_requests"] == 0
-    assert got["num_preemptions"] > 0          # the case exercises decode-side preemption
+    assert got["num_preemptions"] == 6          # the case exercises decode-side readmissions
+    for metric in ("ttft", "itl", "e2e_latency"):
+        for stat, w in peer["latency_ms"][metric].items():
+            assert result.summary["latency_ms"][metric][stat] == pytest.approx(
+                w, rel=1e-9, abs=1e-12), (metric, stat)

@@ -64,14 +64,10 @@ def test_other_static_targets_match(target, tmp_path):
 
 # -- disaggregated pools (issue 15 item 4) --------------------------------------------------
 
-#: traces where the decode pool runs over its KV (p90 TTFT tens of seconds): there our
-#: disaggregated engine itself parts from Dynamo's (without a planner too: 1P+1D, 2,048
-#: decode blocks, mean TTFT 298 s vs Dynamo's 168 s), and the decode trajectories follow;
-#: strict xfail, so a fix of the engine shows here (bench/results/planner_parity_disagg.md)
-DISAGG_OVERLOADED = ("flash_hi", "flash_lo", "const_hi", "const_lo")
-DISAGG_TRACES = [pytest.param(n, marks=(() if n in pp.DISAGG_QUICK else (pytest.mark.expensive,))
-                              + ((pytest.mark.xfail(strict=True, reason="decode KV overload"),)
-                                 if n in DISAGG_OVERLOADED else ()))
+#: every trace, the four where the decode pool runs over its KV (p90 TTFT tens of seconds)
+#: included: they were strict xfails until decode workers cached the prompt blocks they
+#: receive and charged no prefill time, as Dynamo's do (bench/results/planner_parity_disagg.md)
+DISAGG_TRACES = [pytest.param(n, marks=() if n in pp.DISAGG_QUICK else (pytest.mark.expensive,))
                  for n in pp.TRACES]
 
 

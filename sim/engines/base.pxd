@@ -65,3 +65,4 @@ cdef class EngineBase:
     cdef public object on_finished
     cdef public object on_handoff
     cdef public bint dest_pending
+    cdef public bint decode_role

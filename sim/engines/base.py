@@ -131,6 +131,10 @@ class EngineBase:
         # Disaggregated decode worker: handoffs routed here still wait for a reservation
         # (set by the simulation before each pass; Dynamo's PendingDestinationHead stage).
         self.dest_pending = False
+        # Disaggregated decode worker: its passes charge no prefill time (Dynamo's
+        # predict_prefill_duration is zero for WorkerType::Decode), so a preempted request's
+        # recompute there costs only its pass's decode time.
+        self.decode_role = False
 
     # -- queries -------------------------------------------------------------
     def num_in_flight(self) -> int:
@@ -173,19 +177,21 @@ class EngineBase:
         """Tests: assert the KV manager's and the sequences' invariants."""
 
     # -- disaggregated handoff (sim.disagg; flavours that support it override) -------
-    def reserve_remote(self, req: Request, keys: list[int] | None,
-                       reuse_cached: bool) -> tuple[Seq, int] | None:
+    def reserve_remote(self, req: Request, keys: list[int] | None) -> tuple[Seq, int] | None:
         """Decode worker: reserve KV for ``req``'s prompt, computed remotely (Dynamo's
-        WaitingForRemoteKv, destination reserved). Returns the sequence and the prompt
-        tokens missing here (the transfer's charge in ``destination_missing`` mode), or
-        None when the blocks are not free now."""
+        WaitingForRemoteKv, destination reserved). The longest run of leading full prompt
+        blocks resident here (active or cached) is pinned and the rest reserved fresh, in
+        both transfer-timing modes (the mocker's ``reserve_destination_lease``). Returns the
+        sequence and the prompt tokens missing here (the transfer's charge in
+        ``destination_missing`` mode), or None when the blocks are not free now."""
         raise NotImplementedError(f"{type(self).__name__} has no disaggregated decode")
 
-    def activate_remote(self, s: Seq, register: bool) -> None:
+    def activate_remote(self, s: Seq) -> None:
         """Decode worker: the prompt's KV has arrived; ``s`` joins the waiting queue with
-        its prompt computed (it is charged no prefill). ``register``: its full prompt blocks
-        join the prefix cache (for ``destination_missing`` look-ups; Dynamo's decode workers
-        report no prompt reuse in ``full_prompt`` mode)."""
+        its prompt computed (it is charged no prefill). Its fresh full prompt blocks join
+        the prefix cache, as the mocker's ``activate_destination_lease`` commits them
+        (with prefix caching on), so later reservations and a preempted request's
+        recompute here hit them."""
         raise NotImplementedError(f"{type(self).__name__} has no disaggregated decode")
 
     def release_source(self, s: Seq) -> None:

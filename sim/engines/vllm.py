@@ -460,7 +460,7 @@ class VllmEngine(EngineBase):
         if st.n_prefill:
             n = st.n_prefill
             T = n * (st.isl_sum // n - st.prefix_sum // n)
-            if T > 0:
+            if T > 0 and not self.decode_role:
                 prefill_ms = self.timing.prefill_ms(T, st.prefix_sum, n)
         ready = []
         n_decode = 0
@@ -502,7 +502,7 @@ class VllmEngine(EngineBase):
         return self.pass_end
 
     # -- disaggregated decode (Dynamo: ReserveDestination / ActivateDestination) -----
-    def reserve_remote(self, req, keys, reuse_cached):
+    def reserve_remote(self, req, keys):
         s = Seq(req, self.kv.new_blocks())
         s.keys = keys
         if self.defer_gaps:
@@ -511,18 +511,17 @@ class VllmEngine(EngineBase):
         need = (s.prompt_len + bs - 1) // bs
         full_keys = self._prompt_keys(s)
         hit = 0
-        if reuse_cached and self.cfg.enable_prefix_caching:
+        if self._caching:
             hit = min(self.kv.match_prefix(full_keys)[0], need)
         hit_keys = full_keys[:hit] if hit else []
         if not self.kv.reserve_into(s.blocks, hit_keys, need - hit):
             return None
         s.admitted = True                 # admission history lives on the prefill side
-        return s, s.prompt_len - min(hit * bs, s.prompt_len)
+        return s, (need - hit) * bs       # whole fresh blocks (transferable_prompt_tokens)
 
-    def activate_remote(self, s, register):
+    def activate_remote(self, s):
         s.computed = s.prompt_len
-        if register:
-            self._register(s, 0, s.prompt_len)
+        self._register(s, 0, s.prompt_len)
         self.waiting.append(s)
         self.waiting_tokens += s.prompt_len
 
