@@ -292,18 +292,18 @@ def trace_start_row(trace, rng: np.random.Generator, split: str,
 #: to 126k; Azure: ~1.2k-token prompts).
 #:
 #: * ``mooncake_mod`` is scaled as the synthetic families are: their drawn peak is a load the
-#:   full budget serves at the SLA. Measured at constant load on the training split (8
-#:   workers, seeds 100-102, a sweep of rates): the synthetic requests reach 98.0 % at 0.5-4
-#:   req/s and 95 % (the target) at 8.5 req/s, 3 points lost to load; the Mooncake rows reach
-#:   only 85.5 % even near idle (their prompts over ~20k tokens cannot prefill within the
-#:   1.5 s TTFT SLA on an idle worker) and lose the same 3 points at 1.5 req/s: 1.5 / 8.5 =
-#:   0.18. ``scripts/calibrate_trace_load.py`` (the same method by bisection, ceilings taken
-#:   at 0.25 req/s: synthetic 97.4 %, a 2.4-point margin) gives 0.16; the method is good to
-#:   about 10 %. (It was 0.6, scaled by mean prompt length, which overloaded the full budget
-#:   at every peak: 61 % attainment at 8 workers.)
+#:   full budget serves at the SLA. ``scripts/calibrate_trace_load.py`` (training split,
+#:   constant load, 8 workers, seeds 100-102, bisection; ``docs/benchmark/
+#:   calibrate_trace_load.json``): the synthetic requests reach 97.4 % near idle (0.25
+#:   req/s) and the 95 % target at 8.55 req/s, 2.4 points lost to load; the Mooncake rows,
+#:   prompts capped (:func:`idle_prefill_cap`), reach 99.9 % near idle and lose the same 2.4
+#:   points at 0.955 req/s: 0.955 / 8.55 = 0.11. (Before the cap they reached only 85.5 %
+#:   near idle and the same method gave 0.16, a hand sweep 0.18, which was used; before
+#:   that 0.6, scaled by mean prompt length, which overloaded the full budget at every
+#:   peak: 61 % attainment at 8 workers.)
 #: * ``azure_mod``'s short requests would need 10x the request rate for the same worker
 #:   count (and 10x the simulation time), so it is scaled to about half the workers.
-TRACE_LOAD = {"mooncake_mod": 0.18, "azure_mod": 4.0}
+TRACE_LOAD = {"mooncake_mod": 0.11, "azure_mod": 4.0}
 
 
 # -- routing families ---------------------------------------------------------------------------
