@@ -99,7 +99,7 @@ def plot(results: list, out: Path) -> None:
         first = onsets(tr, ups)
         ax.scatter(t[first], prov[first], marker="^", color="C2", s=40, zorder=5,
                    label=f"scale-up onset ({len(first)})")
-        ax.set_ylim(0, top + 1.5)
+        ax.set_ylim(0, top + 3.5)             # headroom: the legend sits above the labels
         ax.set_ylabel("workers", fontsize=9)
         ax.set_zorder(max(load.get_zorder(), queue.get_zorder()) + 1)
         ax.patch.set_visible(False)
@@ -114,7 +114,7 @@ def plot(results: list, out: Path) -> None:
         if texts:
             adjust_text(texts, ax=ax, x=t[first[:12]], y=prov[first[:12]],
                         arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.9, ncol=3)
         ax.grid(alpha=0.25)
     axes[-1, 0].set_xlabel("simulated time (s); q = requests queued when a scale-up onset "
                            "was decided; grey = arrival rate, red = queued requests")
