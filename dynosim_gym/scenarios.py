@@ -42,6 +42,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from sim.errors import InputError
 from sim.request import Request
 from sim.simulator import ClusterConfig, Simulation
 from sim.workloads.base import Workload
@@ -180,8 +181,9 @@ def idle_prefill_cap(engine, timing, ttft_ms: float, exact: bool = False) -> int
     """The longest prompt (tokens) that one idle, cold worker prefills within ``ttft_ms``:
     the largest ``L`` with :func:`idle_ttft_ms` ``(L) <= ttft_ms``, by doubling then
     bisection on the engine itself (TTFT grows with the prompt). ``None`` if every prompt
-    the worker's KV cache holds (``num_gpu_blocks * block_size`` tokens) meets it; 0 if not
-    even a one-token prompt does. ``engine``: :class:`sim.engine.EngineConfig`; ``timing``:
+    the worker's KV cache holds (``num_gpu_blocks * block_size`` tokens) meets it. Raises
+    :class:`~sim.errors.InputError` (field ``sla.ttft_ms``) if not even a one-token prompt
+    does. ``engine``: :class:`sim.engine.EngineConfig`; ``timing``:
     a :class:`sim.timing.TimingModel`.
 
     Source: Dynamo's SLA (``ttft_ms``, planner docs) counts TTFT from arrival to the first
@@ -192,7 +194,9 @@ def idle_prefill_cap(engine, timing, ttft_ms: float, exact: bool = False) -> int
         return t == t and t <= ttft_ms
     top = engine.num_gpu_blocks * engine.block_size
     if not ok(1):
-        return 0
+        raise InputError(f"no prompt prefills within {ttft_ms:g} ms on an idle worker "
+                         f"(one token takes {idle_ttft_ms(engine, timing, 1, exact):.1f} ms)",
+                         field="sla.ttft_ms")
     if ok(top):
         return None
     lo, hi = 1, 2                          # ok(lo); the search ends below ``top``

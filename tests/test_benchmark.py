@@ -108,6 +108,14 @@ def test_prompt_cap_is_the_longest_prompt_an_idle_worker_prefills_within_the_sla
         assert tight < cap
 
 
+def test_an_sla_no_prompt_can_meet_is_a_one_line_error() -> None:
+    from dynosim_gym.episodes import EpisodeFactory
+    f = EpisodeFactory(load_env_config(TINY, **{"sla.ttft_ms": 0.001}))
+    with pytest.raises(InputError, match="no prompt prefills within") as e:
+        f.isl_cap
+    assert e.value.field == "sla.ttft_ms"
+
+
 @settings(max_examples=25, deadline=None)
 @given(cap=st.integers(1, 140_000), row=st.integers(0, 10_000))
 def test_capped_trace_rows_keep_their_outputs_and_consistent_prefixes(cap, row) -> None:
