@@ -101,7 +101,9 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int):
     per-step worker targets (agents/oracle.py; scale-ups one start-up time ahead). A
     schedule costs ~60 partial replays, so it is cached on disk (:func:`schedule_cache_dir`)
     under a hash of the episode's config without the reward weights (they do not change
-    the simulation; the SLA target the oracle aims at is kept), the options and the seed."""
+    the simulation; the SLA target the oracle aims at is kept), the options, the seed and
+    the episode's setup (``info["episode_setup"]``: what code outside the config decides,
+    e.g. a family's ``TRACE_LOAD`` or prompt cap, so a changed family misses the cache)."""
     import hashlib
     import json
 
@@ -110,8 +112,10 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int):
     e = u.cfg.env
     cfg = u.cfg.to_dict()
     cfg["env"] = {k: v for k, v in cfg["env"].items() if k != "reward"}
+    _, info = env.reset(seed=seed, options=opts)
     key = json.dumps({"config": cfg, "sla_target": e.reward.sla_target, "options": opts,
-                      "seed": seed, "segment_s": 120.0}, sort_keys=True, default=str)
+                      "seed": seed, "segment_s": 120.0, "setup": info["episode_setup"]},
+                     sort_keys=True, default=str)
     path = schedule_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if path.exists():
         targets = json.loads(path.read_text())["targets"]

@@ -161,6 +161,14 @@ class DynoSimEnv(SimEnv):
 
     ## Version History
 
+    * v0 (0.2.2, issue 11): ``mooncake_mod`` caps each row's prompt at the longest an
+      idle worker of the config's engine prefills within the TTFT SLA (computed from the
+      config by :func:`dynosim_gym.scenarios.idle_prefill_cap`: 21,868 tokens for the
+      default Qwen3-32B TP2 H200 at 1.5 s; ``hash_ids`` cut to match, outputs unchanged;
+      ``isl_cap_tokens`` and ``capped_requests`` in ``info["episode_setup"]``). Uncapped,
+      ~18 % of its rows missed the SLA on idle workers, so no worker count reached the
+      95 % target. ``TRACE_LOAD["mooncake_mod"]`` re-derived for the capped rows (0.18 ->
+      0.11, ``scripts/calibrate_trace_load.py``).
     * v0 (0.2.1, issue 11): ``mooncake_mod`` (a training family) rescaled so the full budget
       serves its peak as it does the synthetic families' (``TRACE_LOAD`` 0.6 -> 0.18, see
       :mod:`dynosim_gym.scenarios`); at 0.6 it was overloaded at any worker count.

@@ -34,6 +34,7 @@ OPTION_KEYS = ("window_start_s", "scenario", "split", "rate_rps", "swing")
 
 _TRACES: dict[str, Any] = {}      # bundled traces of the trace families, parsed once per process
 _CONFIG_TRACES: dict[tuple, Any] = {}   # traces of trace configs, by workload block and file
+_ISL_CAPS: dict[str, int | None] = {}   # idle_prefill_cap by engine, timing, SLA and exactness
 
 
 def config_trace(scfg):
@@ -94,6 +95,20 @@ class EpisodeFactory:
                 self._timing = make_timing(t.model, speedup_ratio=t.speedup_ratio,
                                            decode_speedup_ratio=t.decode_speedup_ratio)
         return self._timing
+
+    @property
+    def isl_cap(self) -> int | None:
+        """Prompt cap of :data:`~dynosim_gym.scenarios.PROMPT_CAPPED` families (tokens):
+        :func:`~dynosim_gym.scenarios.idle_prefill_cap` of this config's engine, timing model
+        and TTFT SLA, computed once per process and config."""
+        scfg = self.cfg.sim
+        key = json.dumps([asdict(scfg.engine), asdict(scfg.timing), scfg.sla.ttft_ms,
+                          scfg.run.exact_steps], sort_keys=True, default=str)
+        if key not in _ISL_CAPS:
+            _ISL_CAPS[key] = fam.idle_prefill_cap(
+                EngineConfig(**asdict(scfg.engine)), self.timing, scfg.sla.ttft_ms,
+                scfg.run.exact_steps)
+        return _ISL_CAPS[key]
 
     # -- one episode -------------------------------------------------------------------------
     def describe_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -224,8 +239,12 @@ class EpisodeFactory:
             envelope = fam.draw_envelope(family, rng, T, peak, swing)
             row = fam.trace_start_row(trace, rng, split, env.eval_fraction)
             times = fam.poisson_times_ms(envelope, T, rng_workload)
-            workload = fam.EnvelopeTraceWorkload(trace, row, times, f"{family}[row {row}]")
+            cap = self.isl_cap if family in fam.PROMPT_CAPPED else None
+            workload = fam.EnvelopeTraceWorkload(trace, row, times, f"{family}[row {row}]",
+                                                 isl_cap=cap)
             desc.update(peak_rps=peak, first_row=row)
+            if family in fam.PROMPT_CAPPED:
+                desc.update(isl_cap_tokens=cap, capped_requests=workload.capped)
         else:
             envelope = fam.draw_envelope(family, rng, T, peak, swing)
             block = dict(self.cfg.sim.workload)

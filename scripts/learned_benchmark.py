@@ -26,6 +26,15 @@ baseline ``OUT/selection/train_split_BASELINE.json``): the seed with the fewest 
 among those whose SLA attainment reaches the tuned planner's (:data:`BASELINE`) on the same
 episodes -- the issue's target, measured on training episodes; if none reaches it, the seed
 with the highest attainment. Never the held-out scores.
+
+Lagrangian PPO's SLA target (``env.reward.sla_target``, which the dual variable enforces and
+the ``oracle:schedule`` teacher aims at) is fixed by a rule decided before training, on
+training episodes only (:data:`LAGRANGIAN_TARGET_RULE`): the tuned planner's attainment on
+its own tuning episodes (``train_sla_attainment`` of ``agents/tuned/load-tuned.yaml``, the
+same 3 training-split episodes as :data:`SELECT`), rounded up to the next percent
+(``lagrangian_target()``). With the v0.2.2 families that is 66.5 % -> 0.67. The 95 %
+target was out of reach on the training families for these policies, so its dual rose
+without bound and bought attainment at any GPU price.
 """
 from __future__ import annotations
 
@@ -52,6 +61,18 @@ EVAL = {"episodes": 6, "seed": 0, "split": "eval"}
 #: match there (``--ship``).
 SELECT = {"episodes": 3, "seed": 0, "split": "train"}
 BASELINE = "heuristic:load-tuned"
+#: How Lagrangian PPO's SLA target is set (module doc; fixed before its seeds were trained).
+LAGRANGIAN_TARGET_RULE = ("the tuned planner's training-split attainment on its tuning "
+                          "episodes, rounded up to the next percent")
+
+
+def lagrangian_target() -> float:
+    """:data:`LAGRANGIAN_TARGET_RULE` applied to ``agents/tuned/load-tuned.yaml``."""
+    import math
+
+    import yaml
+    rec = yaml.safe_load((ROOT / "agents" / "tuned" / "load-tuned.yaml").read_text())
+    return math.ceil(100 * rec["train_sla_attainment"] - 1e-9) / 100
 
 
 def seeds(text: str) -> list[int]:

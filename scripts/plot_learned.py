@@ -2,7 +2,7 @@
 behaviour"), beside a comparison policy on the same episode.
 
     python scripts/plot_learned.py [--policy pretrained:autoscaler] \\
-        [--compare heuristic:load-tuned] [--seed 0] \\
+        [--compare heuristic:load-tuned] [--seed 0 | --first-of ramp_cycle] \\
         [--out docs/benchmark/learned_replicas_vs_load.png]
 
 Per policy: provisioned (active + starting) and active workers, the arrival rate and the
@@ -10,7 +10,10 @@ queued requests per 5 s step. Each scale-up *onset* (a scale-up with none in the
 is marked and labelled with the requests queued when it was issued (adjustText places the
 labels), so one sees whether scale-ups start before the queue builds. Prints, per policy:
 scaling events, reversals per hour and the queue at each onset (median), as JSON.
-Episode ``--seed 0`` of the held-out split is the flash-crowd episode of docs/benchmark.
+Episode ``--seed 0`` of the held-out split is the flash-crowd episode of docs/benchmark;
+``--first-of FAMILY`` takes the first held-out episode (seeds 0, 1, ...) of that family
+instead, a rule fixed before looking at any policy on it (``ramp_cycle``: a load that
+rises over minutes, which the observed rate and its slope can anticipate).
 """
 from __future__ import annotations
 
@@ -96,7 +99,7 @@ def plot(results: list, out: Path) -> None:
         first = onsets(tr, ups)
         ax.scatter(t[first], prov[first], marker="^", color="C2", s=40, zorder=5,
                    label=f"scale-up onset ({len(first)})")
-        ax.set_ylim(0, top + 1.5)
+        ax.set_ylim(0, top + 3.5)             # headroom: the legend sits above the labels
         ax.set_ylabel("workers", fontsize=9)
         ax.set_zorder(max(load.get_zorder(), queue.get_zorder()) + 1)
         ax.patch.set_visible(False)
@@ -111,7 +114,7 @@ def plot(results: list, out: Path) -> None:
         if texts:
             adjust_text(texts, ax=ax, x=t[first[:12]], y=prov[first[:12]],
                         arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.9, ncol=3)
         ax.grid(alpha=0.25)
     axes[-1, 0].set_xlabel("simulated time (s); q = requests queued when a scale-up onset "
                            "was decided; grey = arrival rate, red = queued requests")
@@ -120,15 +123,35 @@ def plot(results: list, out: Path) -> None:
     plt.close(fig)
 
 
+def first_episode_of(family: str, limit: int = 100) -> int:
+    """Seed of the first held-out episode (``split=eval``, seeds 0, 1, ...) of ``family``."""
+    import gymnasium as gym
+
+    import dynosim_gym  # noqa: F401  (registers the ids)
+    env = gym.make("DynoSim-v0")
+    try:
+        for seed in range(limit):
+            _, info = env.reset(seed=seed, options={"split": "eval"})
+            if info["episode_setup"]["scenario"] == family:
+                return seed
+    finally:
+        env.close()
+    raise SystemExit(f"plot_learned: no held-out {family} episode in seeds 0-{limit - 1}")
+
+
 def main(argv=None) -> int:
     from agents.evaluate import evaluate
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", default="pretrained:autoscaler")
     ap.add_argument("--compare", default="heuristic:load-tuned")
     ap.add_argument("--seed", type=int, default=0, help="held-out episode (split=eval)")
+    ap.add_argument("--first-of", default=None, metavar="FAMILY",
+                    help="the first held-out episode of FAMILY (overrides --seed)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"
                                          / "learned_replicas_vs_load.png"))
     args = ap.parse_args(argv)
+    if args.first_of:
+        args.seed = first_episode_of(args.first_of)
     results = [evaluate(p, "DynoSim-v0", episodes=1, seed=args.seed, split="eval",
                         keep_traces=1) for p in (args.policy, args.compare) if p]
     plot(results, Path(args.out))

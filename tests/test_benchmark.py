@@ -88,6 +88,70 @@ def test_family_episodes_are_deterministic_and_trace_families_replay_trace_rows(
     assert outs[0] == outs[1] and sum(outs[0][0]) > 0
 
 
+@pytest.mark.parametrize("ttft_ms", [1500.0, 4000.0])
+def test_prompt_cap_is_the_longest_prompt_an_idle_worker_prefills_within_the_sla(ttft_ms
+                                                                                 ) -> None:
+    from dataclasses import asdict
+
+    from dynosim_gym.episodes import EpisodeFactory
+    from sim.engine import EngineConfig
+    cfg = load_env_config(TINY, **{"sla.ttft_ms": ttft_ms})
+    f = EpisodeFactory(cfg)
+    eng = EngineConfig(**asdict(cfg.sim.engine))
+    cap = f.isl_cap
+    assert cap is not None and cap > eng.max_num_batched_tokens   # several chunked passes
+    assert fam.idle_ttft_ms(eng, f.timing, cap) <= ttft_ms < fam.idle_ttft_ms(eng, f.timing,
+                                                                               cap + 1)
+    # computed from the config: a looser SLA admits longer prompts, a tighter one shorter
+    if ttft_ms == 4000.0:
+        tight = EpisodeFactory(load_env_config(TINY)).isl_cap
+        assert tight < cap
+
+
+def test_an_sla_no_prompt_can_meet_is_a_one_line_error() -> None:
+    from dynosim_gym.episodes import EpisodeFactory
+    f = EpisodeFactory(load_env_config(TINY, **{"sla.ttft_ms": 0.001}))
+    with pytest.raises(InputError, match="no prompt prefills within") as e:
+        f.isl_cap
+    assert e.value.field == "sla.ttft_ms"
+
+
+@settings(max_examples=25, deadline=None)
+@given(cap=st.integers(1, 140_000), row=st.integers(0, 10_000))
+def test_capped_trace_rows_keep_their_outputs_and_consistent_prefixes(cap, row) -> None:
+    from dynosim_gym.episodes import family_trace
+    trace = family_trace(fam.TRACE_FAMILIES["mooncake_mod"])
+    times = np.arange(300, dtype=float) * 10.0
+    w = fam.EnvelopeTraceWorkload(trace, row, times, "t", isl_cap=cap)
+    rows = trace._firsts
+    capped = 0
+    for k, req in enumerate(w):
+        orig = rows[(row + k) % len(rows)]
+        assert req.output_length == orig.output_length
+        assert req.input_length == min(orig.input_length, cap)
+        if orig.input_length > cap:
+            capped += 1
+            assert req.hash_ids == orig.hash_ids[:math.ceil(cap / orig.trace_block_size)]
+        else:
+            assert req.hash_ids == orig.hash_ids
+    assert capped == w.capped == w.describe()["capped_requests"]
+
+
+def test_mooncake_mod_records_its_prompt_cap_and_other_families_are_uncapped() -> None:
+    env = gym.make("DynoSim-v0", config=TINY, **{**FAMILY_TINY, "env.episode_steps": 60,
+                                                 "env.scenarios": "mooncake_mod",
+                                                 "env.eval_scenarios": "azure_mod"})
+    _, info = env.reset(seed=3)
+    setup = info["episode_setup"]
+    cap = env.unwrapped.episodes.isl_cap
+    assert setup["isl_cap_tokens"] == cap and setup["capped_requests"] > 0
+    reqs = list(env.unwrapped.sim.workload)
+    assert max(r.input_length for r in reqs) == cap      # Mooncake's tail is over the cap
+    assert 0 < setup["capped_requests"] <= sum(r.input_length == cap for r in reqs)
+    _, info = env.reset(seed=3, options={"split": "eval"})
+    assert "isl_cap_tokens" not in info["episode_setup"]      # held-out azure_mod: as it was
+
+
 # -- observations ----------------------------------------------------------------------------
 
 def test_observations_are_log_scaled_and_do_not_saturate() -> None:
