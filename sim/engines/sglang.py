@@ -621,8 +621,9 @@ class SglangEngine(EngineBase):
         if not kv.allocate(total):                  # plan_stretch guaranteed room
             raise AssertionError("stretch allocation failed")
         for s in running:
-            c = s.computed
             s.blocks.pages += k if P == 1 else self._new_pages(s, k)
+        for s in self._insert_order(k):
+            c = s.computed
             # the last pass of a completing request leaves its insert to the completion
             s.computed = c + k if s.generated + k < s.max_out else c + k - 1
             self._cache_prefix(s)
@@ -634,6 +635,26 @@ class SglangEngine(EngineBase):
             if r < lo:
                 r = lo
         self.new_token_ratio = r
+
+    def _insert_order(self, k: int) -> list:
+        """The running requests in the order pass-by-pass stepping last inserts their pages
+        over k decode passes. A pass inserts a request's page once its tokens fill it, in
+        running order; the last such insert stamps the request's path with the tree's LRU
+        clock, which decides eviction order once the path is unlocked (retraction,
+        completion). Inserting in running order at the stretch's end instead gave a
+        request whose last page filled early a later stamp than one filled at the last pass
+        (a hypothesis-found bulk vs ``--exact-steps`` mismatch in reused tokens)."""
+        s: Seq
+        running = self.running
+        if len(running) < 2:
+            return running
+        P = self.bs
+        keyed = []
+        for pos, s in enumerate(running):
+            last = k - 1 if s.generated + k < s.max_out else k - 2
+            keyed.append((last - (s.computed + last + 1) % P, pos))   # < 0: no insert
+        keyed.sort()
+        return [running[pos] for _, pos in keyed]
 
     def _apply_lpm(self) -> None:
         """Longest-prefix-match order with in-batch prefix deprioritisation."""
