@@ -239,8 +239,11 @@ def simulate(args: argparse.Namespace) -> int:
         print_summary(summary, run_info, cfg, sys.stdout)
         if planner is not None:
             rep = summary["planner"]
+            pools = rep.get("pools")          # disaggregated: the maxima per pool
+            per_pool = "" if not pools else " (" + ", ".join(
+                f"{role} {p['max_replicas']}" for role, p in pools.items()) + ")"
             print(f"  planner       {rep['kind']}: {rep['scaling_events']} scaling events, "
-                  f"max {rep['max_replicas']} replicas (incl. starting/draining)")
+                  f"max {rep['max_replicas']} replicas{per_pool} (incl. starting/draining)")
     return 0
 
 
@@ -262,10 +265,14 @@ def overload_warnings(summary: dict[str, Any], cfg: RunConfig) -> list[str]:
     p90 = summary["latency_ms"]["ttft"]["p90"]
     out = []
     if t["num_ttft_samples"] and p90 > OVERLOAD_FACTOR * target:
+        add = ("--num-prefill-workers/--num-decode-workers" if cfg.disagg is not None
+               else "--num-workers")
+        planner = "" if cfg.planner is not None or cfg.cluster.dp_size > 1 else \
+            "use --planner, "          # a planner is refused with DP ranks
         out.append(f"overloaded: p90 TTFT {p90 / 1000:,.1f} s is {p90 / target:,.0f}x the "
                    f"{target:g} ms TTFT target ({'sla.ttft_ms' if cfg.sla.ttft_ms else 'default'}"
-                   f"); queues never drain on {_workers(cfg)}: add workers (--num-workers), "
-                   "use --planner, or slow arrivals (--arrival-speedup-ratio below 1)")
+                   f"); queues never drain on {_workers(cfg)}: add workers ({add}), "
+                   f"{planner}or slow arrivals (--arrival-speedup-ratio below 1)")
     elif t.get("cut_off_ms") is not None and t["in_flight_requests"] > t["completed_requests"]:
         out.append(f"overloaded: {t['in_flight_requests']:,} requests still in flight at the "
                    f"cut-off, more than the {t['completed_requests']:,} completed")
@@ -282,8 +289,9 @@ def _workers(cfg: RunConfig) -> str:
         return (f"{cfg.disagg['num_prefill_workers']} prefill + "
                 f"{cfg.disagg['num_decode_workers']} decode workers")
     n = cfg.cluster.num_workers
+    ranks = f" x {cfg.cluster.dp_size} DP ranks" if cfg.cluster.dp_size > 1 else ""
     return f"{n} worker{'s' if n != 1 else ''} at start" if cfg.planner else \
-        f"{n} worker{'s' if n != 1 else ''}"
+        f"{n} worker{'s' if n != 1 else ''}{ranks}"
 
 
 def config_yaml(cfg: RunConfig) -> str:

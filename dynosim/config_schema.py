@@ -45,12 +45,13 @@ def _rows_of(cls: type, prefix: str, flag_of: dict[str, str]) -> Iterator[dict[s
 def rows() -> dict[str, list[dict[str, Any]]]:
     """Every documented input, grouped: YAML/CLI fields, env fields, workload keys, trace
     fields, planner flags."""
-    from sim.config import SECTIONS
+    from sim.config import SECTIONS, DisaggSection
 
     from .options import FLAG_OF
     out: dict[str, list[dict[str, Any]]] = {"config": []}
     for name, cls in SECTIONS.items():
         out["config"] += list(_rows_of(cls, name, FLAG_OF))
+    out["config"] += list(_rows_of(DisaggSection, "disagg", FLAG_OF))     # disaggregated pools
     out["config"].append({"field": "timing.model = fixed:P,D", "type": "float,float",
                           "default": None, "range": PASS_MS.text(), "unit": PASS_MS.unit,
                           "flag": "--timing", "why": PASS_MS.why})

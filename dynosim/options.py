@@ -38,7 +38,8 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                           "is a whole worker's: dp_size x this) (default 1)"),
     "--dp-size": ("cluster.dp_size", int, "N",
                   "data-parallel ranks per worker, each with its own scheduler and KV pool; "
-                  "the router picks (worker, rank) pairs (default 1)"),
+                  "the router picks (worker, rank) pairs; not with --planner or disaggregated pools "
+                  "(default 1)"),
     "--router-mode": ("router.mode", str, "{round_robin,random,least_loaded,kv}",
                       "routing policy (kv_router = kv); default round_robin"),
     "--router-temperature": ("router.temperature", float, "T",
@@ -88,8 +89,8 @@ FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                                     "SGLang only: scales the new-token ratio (default 1.0)"),
     # G2 host KV offload tier (vLLM; Dynamo's native_host_offload, sim/host_tier.py)
     "--num-host-blocks": ("engine.num_host_blocks", int, "N",
-                          "G2 host KV tier: host blocks per DP rank (default: no host tier; "
-                          "needs --kv-bytes-per-token)"),
+                          "G2 host KV tier: host blocks per DP rank (vLLM core, aggregated pools only; "
+                          "default: no host tier; needs --kv-bytes-per-token)"),
     "--host-d2h-gbps": ("engine.host_d2h_gbps", float, "GBPS",
                         "host tier: device-to-host bandwidth, decimal GB/s, 0 = instant "
                         "(default 32)"),
@@ -116,9 +117,11 @@ DISAGG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                                   "{full_prompt,destination_missing}",
                                   "disaggregated: tokens charged per handoff (default "
                                   "full_prompt)"),
-    "--prefill-router-mode": ("disagg.prefill_router_mode", str, "MODE",
+    "--prefill-router-mode": ("disagg.prefill_router_mode", str,
+                              "{round_robin,random,least_loaded,kv}",
                               "disaggregated: prefill pool's router (default --router-mode)"),
-    "--decode-router-mode": ("disagg.decode_router_mode", str, "MODE",
+    "--decode-router-mode": ("disagg.decode_router_mode", str,
+                             "{round_robin,random,least_loaded,kv}",
                              "disaggregated: decode pool's router (default --router-mode)"),
     "--prefill-engine-args-json": ("disagg.prefill_engine", str, "JSON",
                                    "disaggregated: engine fields for prefill workers only, e.g. '{\"max_num_batched_tokens\": 16384}' (default: the --block-size ... engine flags)"),
@@ -506,7 +509,7 @@ def add_simulate_arguments(s: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{role}-tp", type=_ranged("--tp"), metavar="N",
                        help=f"disaggregated: TP of {role} workers, their GPU table, KV blocks "
                        "and GPUs (default --tp)")
-    pl = s.add_argument_group("autoscaling planner (Dynamo-style, aggregated pool)")
+    pl = s.add_argument_group("autoscaling planner (Dynamo-style; aggregated or disaggregated pools)")
     pl.add_argument("--planner", choices=("load", "throughput"),
                     help="load: reactive on forward-pass metrics; throughput: predictive "
                     "(default: none, or the config's planner section); targets: --sla-*")

@@ -446,8 +446,9 @@ class DynoSimEnv(SimEnv):
         cur = sum(self.sim.counts()[:2]) if self.sim is not None else workers
         return self.action_type.from_target(int(workers), cur)
 
-    def planner_action(self, kind: str, knobs: dict | None = None) -> int:
-        """The action Dynamo's ``load`` or ``throughput`` planner would take now.
+    def planner_action(self, kind: str, knobs: dict | None = None) -> "int | np.ndarray":
+        """The action Dynamo's ``load`` or ``throughput`` planner would take now (an int; on
+        a ``disagg:`` config an int64 array of shape (2,), one action per pool).
 
         The planner runs inside the simulation as an advisor (same interval as the env's
         steps, the env's SLA, budget and min_endpoint) and reads what it reads in Dynamo:

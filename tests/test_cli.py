@@ -322,3 +322,26 @@ def test_a_run_where_nothing_completes_says_so_and_prints_no_zero_latencies(caps
     assert rc == 0 and "no request completed" not in err
     ttft = next(line for line in out.splitlines() if line.strip().startswith("TTFT"))
     assert "-" not in ttft.split()[1:]
+
+
+@pytest.mark.parametrize("args, good, bad", [
+    (["--num-prefill-workers", "1", "--num-decode-workers", "1"],
+     "--num-prefill-workers/--num-decode-workers", "(--num-workers)"),
+    (["--num-workers", "1", "--dp-size", "2", "--arrival-speedup-ratio", "4"], "(--num-workers)",
+     "--planner"),
+])
+def test_overload_warning_suggests_only_flags_the_run_accepts(capsys, args, good, bad) -> None:
+    """A new-user trial followed the warning's advice and got exit 2: pools take
+    --num-prefill/decode-workers, and a planner is refused with DP ranks."""
+    rc, _, err = run(capsys, "simulate", "--trace", "bundled:mooncake_conversation",
+                     "--max-sim-time-s", "600", *args)
+    warn = [line for line in err.splitlines() if "overloaded" in line]
+    assert rc == 0 and len(warn) == 1 and good in warn[0] and bad not in warn[0], err
+
+
+def test_config_schema_lists_the_disaggregated_section_and_pool_planner_knobs(capsys) -> None:
+    rc, out, _ = run(capsys, "config", "schema")
+    assert rc == 0
+    for field in ("disagg.kv_transfer_bandwidth", "disagg.num_prefill_workers",
+                  "planner.prefill_min_endpoint", "planner.prefill_scale_up_queue_tokens"):
+        assert field in out, field
