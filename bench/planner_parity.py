@@ -100,25 +100,34 @@ def peer_available() -> bool:
         capture_output=True).returncode == 0
 
 
-def run_dynamo(trace: Path, startup_s: float, planner_json: dict) -> dict:
-    """Dynamo's replay with its planner: trajectory [(t_s, n)], GPU-hours, end time."""
+def _run_peer_planner(cmd: list[str], pools: bool) -> dict:
+    """Run Dynamo's planner replay ``cmd``; its worker-count trajectory [(t_s, n)] from 1 worker
+    (per pool when ``pools``: one per ``lifecycle_operations[].pool``), GPU-hours, end time,
+    scaling events and p90 TTFT."""
     venv = os.environ.get("PEER_VENV") or os.environ.get("DYNOSIM_PEER_VENV")
     env = dict(os.environ, PEER_VENV=venv, PEER_SKIP_INSTALL="1", DYN_LOG="error")
+    d = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                  env=env).stdout)
+    traj = {"prefill": [(0.0, 1)], "decode": [(0.0, 1)]} if pools else {None: [(0.0, 1)]}
+    for op in d["planner"]["lifecycle_operations"] or []:
+        st = op["state_after_batch"]
+        traj[op["pool"] if pools else None].append(
+            (op["at_ms"] / 1000.0, len(st["active"]) + len(st["starting"])))
+    tot = d["metrics"]["totals"]
+    return {"traj": traj if pools else traj[None], "gpu_hours": tot["gpu_hours"],
+            "end_s": tot["duration_ms"] / 1000.0,
+            "events": len(d["planner"]["scaling_events"] or []),
+            "p90_ttft_ms": d["metrics"]["latency_ms"]["ttft"]["p90"]}
+
+
+def run_dynamo(trace: Path, startup_s: float, planner_json: dict) -> dict:
+    """Dynamo's replay with its planner: trajectory [(t_s, n)], GPU-hours, end time."""
     cmd = [str(RUN_PEER), str(trace), "1", "round_robin", "--block-size",
            str(ENGINE["block_size"]), "--speedup-ratio", str(ENGINE["speedup_ratio"]),
            "--indent", "0", "--planner", "--planner-config-json", json.dumps(planner_json)]
     if startup_s:
         cmd += ["--engine-args-json", json.dumps({"startup_time": startup_s})]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
-    d = json.loads(out)
-    traj = [(0.0, 1)]
-    for op in d["planner"]["lifecycle_operations"] or []:
-        st = op["state_after_batch"]
-        traj.append((op["at_ms"] / 1000.0, len(st["active"]) + len(st["starting"])))
-    tot = d["metrics"]["totals"]
-    return {"traj": traj, "gpu_hours": tot["gpu_hours"], "end_s": tot["duration_ms"] / 1000.0,
-            "events": len(d["planner"]["scaling_events"] or []),
-            "p90_ttft_ms": d["metrics"]["latency_ms"]["ttft"]["p90"]}
+    return _run_peer_planner(cmd, pools=False)
 
 
 def run_ours(trace: Path, startup_s: float, planner_json: dict) -> dict:
@@ -202,8 +211,6 @@ DISAGG_QUICK = ("step_lo",)
 def run_dynamo_disagg(trace: Path, startup_s: float, planner_json: dict) -> dict:
     """Dynamo's replay of 1 prefill + 1 decode worker with its disagg planner: per pool the
     trajectory [(t_s, n)], GPU-hours, end time."""
-    venv = os.environ.get("PEER_VENV") or os.environ.get("DYNOSIM_PEER_VENV")
-    env = dict(os.environ, PEER_VENV=venv, PEER_SKIP_INSTALL="1", DYN_LOG="error")
     cmd = [str(RUN_PEER), str(trace), "1", "round_robin", "--num-prefill-workers", "1",
            "--num-decode-workers", "1", "--block-size", str(ENGINE["block_size"]),
            "--speedup-ratio", str(ENGINE["speedup_ratio"]), "--kv-transfer-bandwidth", "64",
@@ -213,16 +220,7 @@ def run_dynamo_disagg(trace: Path, startup_s: float, planner_json: dict) -> dict
            "--indent", "0", "--planner", "--planner-config-json", json.dumps(planner_json)]
     if startup_s:
         cmd += ["--engine-args-json", json.dumps({"startup_time": startup_s})]
-    d = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                  env=env).stdout)
-    traj = {"prefill": [(0.0, 1)], "decode": [(0.0, 1)]}
-    for op in d["planner"]["lifecycle_operations"] or []:
-        st = op["state_after_batch"]
-        traj[op["pool"]].append((op["at_ms"] / 1000.0, len(st["active"]) + len(st["starting"])))
-    tot = d["metrics"]["totals"]
-    return {"traj": traj, "gpu_hours": tot["gpu_hours"], "end_s": tot["duration_ms"] / 1000.0,
-            "events": len(d["planner"]["scaling_events"] or []),
-            "p90_ttft_ms": d["metrics"]["latency_ms"]["ttft"]["p90"]}
+    return _run_peer_planner(cmd, pools=True)
 
 
 def run_ours_disagg(trace: Path, startup_s: float, planner_json: dict) -> dict:
