@@ -99,10 +99,20 @@ def test_kv_router_sees_host_tier_hits_as_dynamo(peer_python: Path) -> None:
                "--num-gpu-blocks", "4096", "--num-host-blocks", "16384",
                "--kv-bytes-per-token", "262144"]
         result, peer = replay_beside_peer(cmd, ours, Path(tmp))
+        peers = [peer]
+        for k in (1, 2):        # Dynamo's KV router breaks ties at random: three of its runs
+            (Path(tmp) / f"r{k}").mkdir()
+            peers.append(replay_beside_peer(cmd, lambda: None, Path(tmp) / f"r{k}")[1])
     tol = 0.03
-    o_tot, p_tot = result.summary["totals"], peer["totals"]
-    assert o_tot["completed_requests"] == p_tot["completed_requests"] == 12031
-    bad = latency_mismatches(result.summary, peer, tol)
-    assert not bad, "; ".join(bad)
-    assert o_tot["prefix_cache_reused_ratio"] == pytest.approx(
-        p_tot["prefix_cache_reused_ratio"], rel=tol)
+    o_tot = result.summary["totals"]
+    for p in peers:
+        assert o_tot["completed_requests"] == p["totals"]["completed_requests"] == 12031
+    # Dynamo's own runs differ by up to ~4% on p99 TTFT and ~5% on prefix reuse here (three
+    # runs: p99 2,332-2,425 ms, reuse 12.4-13.0%), so a statistic is a miss only when it is
+    # more than 3% from every one of Dynamo's runs.
+    misses = [latency_mismatches(result.summary, p, tol) for p in peers]
+    common = set.intersection(*({m.split(":")[0] for m in ms} for ms in misses))
+    assert not common, "; ".join(m for ms in misses for m in ms if m.split(":")[0] in common)
+    reuse = o_tot["prefix_cache_reused_ratio"]
+    assert any(reuse == pytest.approx(p["totals"]["prefix_cache_reused_ratio"], rel=tol)
+               for p in peers), (reuse, [p["totals"]["prefix_cache_reused_ratio"] for p in peers])
