@@ -89,7 +89,8 @@ def add_parsers(sub) -> None:
                    "heuristic:static:N | heuristic:<tuned name> (DynoSim-v0); heuristic:kv | "
                    "heuristic:kv-tuned | heuristic:round_robin | heuristic:least_loaded | "
                    "heuristic:random (DynoSimRouting-v0); pretrained:NAME | PATH "
-                   "(model.zip or a train --out directory) | oracle:static | oracle:schedule; "
+                   "(model.zip or a train --out directory) | oracle:static | oracle:schedule | "
+                   "oracle:schedule-greedy; "
                    "default: none, give this or --leaderboard")
     e.add_argument("--trace", metavar="PATH",
                    help="score on consecutive windows of this trace (Mooncake .jsonl, Azure "

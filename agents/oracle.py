@@ -31,7 +31,7 @@ from sim.errors import InputError
 from .evaluate import (Evaluation, PolicySpec, episode_plan, make_eval_env, resolved_reward,
                        run_episode, summarise, trace_workload)
 
-ORACLES = ("oracle:static", "oracle:schedule")
+ORACLES = ("oracle:static", "oracle:schedule", "oracle:schedule-greedy")
 
 
 class SchedulePolicy:
@@ -76,20 +76,30 @@ class _Progress:
                   f"replays, {time.perf_counter() - self.t0:,.0f} s", file=sys.stderr,
                   flush=True)
 
+    def note(self, msg: str) -> None:
+        """One line ``DESC: msg`` on stderr (above the bar on a terminal; none if quiet)."""
+        if self.bar is not None:
+            self.bar.write(f"{self.desc}: {msg}", file=sys.stderr)
+        elif not self.quiet:
+            print(f"{self.desc}: {msg}", file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def _segment_targets(counts: list[int], seg_steps: int, lead_steps: int,
+def _segment_targets(counts: list[int], seg_steps: int, lead_steps: "int | list[int]",
                      steps: int) -> list[int]:
-    """Per-step targets: segment j's count, raised early for every later segment that
-    starts within ``lead_steps`` (so its workers have started by then)."""
+    """Per-step targets: segment j's count, raised early for every later segment i that
+    starts within its lead (``lead_steps``, one for all segments or one per segment), so
+    segment i's workers have started by then. Step t's target is the largest count of the
+    segments whose window ``[i * seg_steps - lead_i, (i + 1) * seg_steps)`` holds t."""
+    leads = lead_steps if isinstance(lead_steps, list) else [lead_steps] * len(counts)
     out = []
     for t in range(steps):
         j = min(t // seg_steps, len(counts) - 1)
-        last = min((t + lead_steps) // seg_steps, len(counts) - 1)
-        out.append(max(counts[j:last + 1]))
+        out.append(max([counts[j]] + [counts[i] for i in range(j + 1, len(counts))
+                                      if t + leads[i] >= i * seg_steps]))
     return out
 
 
@@ -165,10 +175,12 @@ def arrivals_outcome(sim, t0_ms: float, t1_ms: float, ttft_sla: float, itl_sla: 
     return met, arrived
 
 
-def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
-                  segment_s: float, interval_s: float, steps: int, drain_s: float = 60.0,
-                  progress: _Progress | None = None) -> dict:
-    """The greedy hindsight schedule (module doc)."""
+def greedy_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
+                    segment_s: float, interval_s: float, steps: int, drain_s: float = 60.0,
+                    progress: _Progress | None = None) -> dict:
+    """``oracle:schedule-greedy``, the greedy hindsight schedule (module doc). The result
+    is :func:`agents.evaluate.run_episode`'s plus ``segment_counts``, ``lead_steps`` (the
+    scale-up lead, in steps) and ``targets`` (per step)."""
     seg = max(1, int(round(segment_s / interval_s)))
     drain = int(math.ceil(drain_s / interval_s))
     n_seg = math.ceil(steps / seg)
@@ -199,18 +211,196 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
     targets = _segment_targets(counts, seg, lead, steps)
     res = run_episode(env, SchedulePolicy(env, targets), opts, seed, keep_trace=True)
     res["segment_counts"] = counts
+    res["lead_steps"] = lead
     res["targets"] = targets            # per step (a teacher for behaviour cloning)
     return res
+
+
+def missed_by_segment(sim, seg_ms: float, n_seg: int, ttft_sla: float, itl_sla: float
+                      ) -> list[int]:
+    """Per segment of ``seg_ms``, the requests that arrived in it and were not completed
+    within both SLAs (rejected, timed out or late), from the metrics columns; shape
+    ``(n_seg,)``. Requests still in the engines are not counted."""
+    import numpy as np
+
+    from sim.metrics import STATUS_COMPLETED
+    c = sim.metrics.cols
+    arr = np.asarray(c["arrival_time_ms"], dtype=float)
+    st = np.asarray(c["status"])
+    ft, lt = np.asarray(c["first_token_ms"], dtype=float), np.asarray(c["last_token_ms"],
+                                                                     dtype=float)
+    out = np.asarray(c["output_length"], dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out > 1, (lt - ft) / np.maximum(out - 1, 1), 0.0)
+    met = (st == STATUS_COMPLETED) & (ft - arr <= ttft_sla) & (tpot <= itl_sla)
+    seg = np.minimum((arr // seg_ms).astype(np.int64), n_seg - 1)
+    return np.bincount(seg[~met], minlength=n_seg)[:n_seg].tolist()
+
+
+#: Local-search replays per episode for ``oracle:schedule`` (after the greedy schedule's).
+MAX_REPLAYS = 200
+
+
+def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
+                  segment_s: float, interval_s: float, steps: int, drain_s: float = 60.0,
+                  progress: _Progress | None = None, max_replays: int = MAX_REPLAYS,
+                  greedy: dict | None = None) -> dict:
+    """``oracle:schedule``: the greedy schedule (:func:`greedy_schedule`, or ``greedy`` if
+    given) improved by a deterministic local search on full-episode replays towards the
+    cheapest schedule (GPU-hours) whose *episode* attainment reaches ``target`` (module
+    doc). A local optimum, not a proven global one.
+
+    1. Repair, if the greedy schedule misses the target over the episode: raise the
+       segment with the most missed requests (arrivals in it; ties: the earliest) by one
+       worker and replay, until the episode meets the target. If that fails (every count
+       at ``hi`` or the replay budget), the all-``hi`` schedule; if even that misses the
+       target, the goal becomes its attainment less :data:`SLACK` (as ``oracle:static``'s
+       fallback) and the cheapest of the schedules so far that reach it is kept.
+    2. Descent, in passes: every move that lowers the per-step targets -- one segment's
+       count less by one, or one segment's scale-up lead halved (issued later than a full
+       start-up ahead) -- is tried in order of the worker-steps it saves (largest first,
+       then counts before leads, then the earliest segment) and kept if the episode still
+       meets the goal at fewer GPU-hours. Passes repeat until one keeps nothing or
+       ``max_replays`` trial replays have run. A trial stops early once it provably
+       fails: its misses so far exceed what the goal allows of the episode's arrivals, or
+       its GPU-seconds reach the current schedule's.
+
+    It never costs more GPU-hours than the greedy schedule when that meets the target
+    (moves are kept only if they cost less). The result is :func:`greedy_schedule`'s keys
+    for the final schedule plus ``segment_leads`` and ``search``: replays, passes, the
+    moves kept per kind and the GPU-hours (and attainment) of the greedy, repaired and
+    final schedules."""
+    if greedy is None:
+        greedy = greedy_schedule(env, opts, seed, lo, hi, target, segment_s, interval_s,
+                                 steps, drain_s, progress)
+    u = env.unwrapped
+    sla_cfg = u.cfg.sim.sla
+    seg = max(1, int(round(segment_s / interval_s)))
+    n_seg = math.ceil(steps / seg)
+    counts = list(greedy["segment_counts"])
+    leads = [greedy["lead_steps"]] * n_seg
+    s0 = greedy["summary"]
+    arrivals = s0["requests_decided"] + s0["requests_in_flight"]   # exogenous: same for
+    replays = 0                                                    # every schedule
+
+    def trial(c: list[int], ld: list[int], goal: float | None = None,
+              gpu_cap_s: float | None = None) -> tuple[float, float, list[int] | None]:
+        """Replay the schedule: (episode attainment, GPU-seconds, missed per segment);
+        (-1, GPU-s so far, None) if it stopped early (it cannot meet ``goal`` or costs
+        at least ``gpu_cap_s``)."""
+        nonlocal replays
+        replays += 1
+        if progress is not None:
+            progress.replay()
+        targets = _segment_targets(c, seg, ld, steps)
+        env.reset(seed=seed, options=opts)
+        met = decided = 0
+        gpu_s = 0.0
+        allowed = math.inf if goal is None else (1.0 - goal) * arrivals
+        for want in targets:
+            _, _, _, _, info = env.step(u.target_action(want))
+            met += info["requests_met"]
+            decided += info["requests_decided"]
+            gpu_s += info["gpu_seconds"]
+            if decided - met > allowed or (gpu_cap_s is not None and gpu_s >= gpu_cap_s):
+                return -1.0, gpu_s, None
+        missed = missed_by_segment(u.sim, seg * interval_s * 1000.0, n_seg, sla_cfg.ttft_ms,
+                                   sla_cfg.itl_ms)
+        return (met / decided if decided else 1.0), gpu_s, missed
+
+    sla, gpu_s, missed = trial(counts, leads)
+    greedy_point = {"gpu_hours": gpu_s / 3600.0, "sla_attainment": sla}
+    goal = target
+    kept = [(sla, gpu_s, list(counts))]           # candidates for the fallback
+    while sla < goal and replays < max_replays:
+        room = [j for j in range(n_seg) if counts[j] < hi]
+        if not room:
+            break
+        j = max(room, key=lambda i: (missed[i], -i))
+        counts[j] += 1
+        sla, gpu_s, missed = trial(counts, leads)
+        kept.append((sla, gpu_s, list(counts)))
+    if sla < goal:
+        full = [hi] * n_seg
+        f_sla, f_gpu, _ = trial(full, leads)
+        kept.append((f_sla, f_gpu, full))
+        if f_sla < goal:
+            goal = f_sla - SLACK
+        sla, gpu_s, counts = min((k for k in kept if k[0] >= goal), key=lambda k: k[1])
+        counts = list(counts)
+    repaired = {"gpu_hours": gpu_s / 3600.0, "sla_attainment": sla}
+    moves_kept = {"count": 0, "lead": 0}
+    saved_h = {"count": 0.0, "lead": 0.0}
+    passes = 0
+    while replays < max_replays:
+        passes += 1
+        base = _segment_targets(counts, seg, leads, steps)
+        order = []
+        for kind in ("count", "lead"):
+            for j in range(n_seg):
+                c, ld = _move(kind, j, counts, leads, lo)
+                if c is None:
+                    continue
+                save = sum(base) - sum(_segment_targets(c, seg, ld, steps))
+                if save > 0:
+                    order.append((-save, kind != "count", j, kind))
+        changed = False
+        for _, _, j, kind in sorted(order):
+            if replays >= max_replays:
+                break
+            c, ld = _move(kind, j, counts, leads, lo)     # from the current schedule
+            if c is None or _segment_targets(c, seg, ld, steps) == \
+                    _segment_targets(counts, seg, leads, steps):
+                continue
+            t_sla, t_gpu, _ = trial(c, ld, goal, gpu_s)
+            if t_sla >= goal and t_gpu < gpu_s:
+                saved_h[kind] += (gpu_s - t_gpu) / 3600.0
+                moves_kept[kind] += 1
+                counts, leads, sla, gpu_s, changed = c, ld, t_sla, t_gpu, True
+        if progress is not None:
+            progress.note(f"local search pass {passes}: {replays} replays, "
+                          f"{gpu_s / 3600.0:.2f} GPU-h, SLA {sla:.1%}")
+        if not changed:
+            break
+    targets = _segment_targets(counts, seg, leads, steps)
+    res = run_episode(env, SchedulePolicy(env, targets), opts, seed, keep_trace=True)
+    res.update(segment_counts=counts, segment_leads=leads, lead_steps=greedy["lead_steps"],
+               targets=targets)
+    res["search"] = {"replays": replays, "passes": passes, "max_replays": max_replays,
+                     "goal": goal, "moves_kept": moves_kept, "gpu_hours_saved": saved_h,
+                     "greedy": greedy_point, "repaired": repaired,
+                     "final": {"gpu_hours": gpu_s / 3600.0, "sla_attainment": sla}}
+    return res
+
+
+def _move(kind: str, j: int, counts: list[int], leads: list[int], lo: int
+          ) -> tuple[list[int] | None, list[int] | None]:
+    """A descent move of :func:`best_schedule` on segment j: ``count`` lowers its count by
+    one (not below ``lo``), ``lead`` halves its scale-up lead; ``(None, None)`` if there
+    is nothing to lower."""
+    if kind == "count":
+        if counts[j] <= lo:
+            return None, None
+        c = list(counts)
+        c[j] -= 1
+        return c, leads
+    if leads[j] == 0:
+        return None, None
+    ld = list(leads)
+    ld[j] //= 2
+    return counts, ld
 
 
 def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: int = 0,
                     split: str = "eval", overrides: dict[str, Any] | None = None,
                     trace: str | None = None, window_s: float | None = None,
                     windows: int | None = None, segment_s: float = 120.0,
-                    quiet: bool = False) -> Evaluation:
-    """Score ``oracle:static`` or ``oracle:schedule`` (module doc) on the same episodes as
-    :func:`agents.evaluate.evaluate`. Progress goes to stderr unless ``quiet``
-    (:class:`_Progress`)."""
+                    quiet: bool = False, max_replays: int = MAX_REPLAYS) -> Evaluation:
+    """Score ``oracle:static``, ``oracle:schedule`` or ``oracle:schedule-greedy`` (module
+    doc) on the same episodes as :func:`agents.evaluate.evaluate`. Progress goes to stderr
+    unless ``quiet`` (:class:`_Progress`). Each episode's ``oracle_workers`` is the static
+    count or the per-segment counts; ``oracle:schedule`` adds ``oracle_search``
+    (:func:`best_schedule`'s replays, passes, kept moves and GPU-hours by stage)."""
     if spec not in ORACLES:
         raise InputError(f"unknown oracle {spec!r}; expected one of {', '.join(ORACLES)}",
                          field="--policy")
@@ -242,16 +432,25 @@ def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: i
             if spec == "oracle:static":
                 res = best_static(make_env, opts, s, lo, hi, target, progress)
                 progress.advance()
+            elif spec == "oracle:schedule-greedy":
+                res = greedy_schedule(env, opts, s, lo, hi, target, segment_s,
+                                      cfg.env.interval_s, steps, progress=progress)
             else:
                 res = best_schedule(env, opts, s, lo, hi, target, segment_s,
-                                    cfg.env.interval_s, steps, progress=progress)
+                                    cfg.env.interval_s, steps, progress=progress,
+                                    max_replays=max_replays)
             results.append(res)
     finally:
         progress.close()
     reward_cfg = resolved_reward(cfg, u)
     env.close()
-    ev = summarise(spec, results, cfg, reward_cfg, {}, dict(plan, sla_target=target,
-                                                            segment_s=segment_s))
+    extra: dict[str, Any] = {"segment_s": segment_s}
+    if spec == "oracle:schedule":
+        extra["max_replays"] = max_replays
+    ev = summarise(spec, results, cfg, reward_cfg, {}, dict(plan, sla_target=target, **extra))
     for e, r in zip(ev.per_episode, results):
         e["oracle_workers"] = r.get("workers", r.get("segment_counts"))
+        if "search" in r:
+            e["oracle_search"] = r["search"]
+            e["oracle_segment_leads"] = r["segment_leads"]
     return ev

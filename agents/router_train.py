@@ -11,8 +11,9 @@
   teacher's actions under the policy, the recipe of SB3's documentation notebook
   "Pre-training using Behavior Cloning", Stable-Baselines-Team/rl-colab-notebooks) from
   ``heuristic:kv`` on training episodes. It serves both envs: ``DynoSim-v0``'s learned
-  autoscalers use it too, with ``teacher: oracle:schedule`` (each training episode's
-  hindsight schedule, agents/oracle.py, which scales up one start-up time ahead), and for
+  autoscalers use it too, with ``teacher: oracle:schedule-greedy`` (each training episode's
+  greedy hindsight schedule, agents/oracle.py, which scales up one start-up time ahead; the
+  shipped recipe's teacher) or ``oracle:schedule`` (the local-search one), and for
   sb3-contrib's recurrent policies it fits whole episodes as sequences (LSTM state from
   zeros at each episode start, as during a rollout). The ``imitation`` library would do
   the same, but its latest release (1.0.1) would downgrade this project to
@@ -21,8 +22,8 @@
 
 Hyperparameter keys (``agents/hyperparams/ppo.yml``; ``reward_credit`` for
 ``DynoSimRouting-v0`` only): ``reward_credit: request | step`` and ``bc_warm_start:
-{episodes, epochs, batch_size, learning_rate, teacher}`` (teacher: a heuristic spec or
-``oracle:schedule``).
+{episodes, epochs, batch_size, learning_rate, teacher}`` (teacher: a heuristic spec,
+``oracle:schedule-greedy`` or ``oracle:schedule``).
 """
 from __future__ import annotations
 
@@ -96,33 +97,44 @@ def schedule_cache_dir() -> Path:
     return Path(root) / "schedules"
 
 
-def _schedule_teacher(env, opts: dict[str, Any], seed: int):
-    """``oracle:schedule`` as a teacher for one training episode: the hindsight schedule's
-    per-step worker targets (agents/oracle.py; scale-ups one start-up time ahead). A
-    schedule costs ~60 partial replays, so it is cached on disk (:func:`schedule_cache_dir`)
-    under a hash of the episode's config without the reward weights (they do not change
-    the simulation; the SLA target the oracle aims at is kept), the options, the seed and
-    the episode's setup (``info["episode_setup"]``: what code outside the config decides,
-    e.g. a family's ``TRACE_LOAD`` or prompt cap, so a changed family misses the cache)."""
+#: Hindsight-schedule oracles a warm start can clone (agents/oracle.py).
+SCHEDULE_TEACHERS = ("oracle:schedule-greedy", "oracle:schedule")
+
+
+def _schedule_teacher(env, opts: dict[str, Any], seed: int,
+                      oracle: str = "oracle:schedule-greedy"):
+    """A hindsight schedule (``oracle``, one of :data:`SCHEDULE_TEACHERS`) as a teacher for
+    one training episode: its per-step worker targets (agents/oracle.py). A schedule costs
+    ~60 partial replays (the greedy one; the local search ~100-200 more), so it is cached
+    on disk (:func:`schedule_cache_dir`) under a hash of the episode's config without the
+    reward weights (they do not change the simulation; the SLA target the oracle aims at
+    is kept), the options, the seed, the episode's setup (``info["episode_setup"]``: what
+    code outside the config decides, e.g. a family's ``TRACE_LOAD`` or prompt cap, so a
+    changed family misses the cache) and the oracle: the greedy schedule's key has no
+    oracle field (as before ``oracle:schedule`` became the local search, so caches made
+    then still hit), every other oracle's key names it, so two oracles never read each
+    other's schedules."""
     import hashlib
     import json
 
-    from .oracle import SchedulePolicy, best_schedule
+    from .oracle import SchedulePolicy, best_schedule, greedy_schedule
     u = env.unwrapped
     e = u.cfg.env
     cfg = u.cfg.to_dict()
     cfg["env"] = {k: v for k, v in cfg["env"].items() if k != "reward"}
     _, info = env.reset(seed=seed, options=opts)
-    key = json.dumps({"config": cfg, "sla_target": e.reward.sla_target, "options": opts,
-                      "seed": seed, "segment_s": 120.0, "setup": info["episode_setup"]},
-                     sort_keys=True, default=str)
+    fields = {"config": cfg, "sla_target": e.reward.sla_target, "options": opts,
+              "seed": seed, "segment_s": 120.0, "setup": info["episode_setup"]}
+    if oracle != "oracle:schedule-greedy":
+        fields["oracle"] = oracle
+    key = json.dumps(fields, sort_keys=True, default=str)
     path = schedule_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if path.exists():
         targets = json.loads(path.read_text())["targets"]
     else:
-        targets = best_schedule(env, opts, seed, e.min_endpoint, u.max_workers,
-                                e.reward.sla_target, 120.0, e.interval_s,
-                                e.episode_steps)["targets"]
+        make = greedy_schedule if oracle == "oracle:schedule-greedy" else best_schedule
+        targets = make(env, opts, seed, e.min_endpoint, u.max_workers, e.reward.sla_target,
+                       120.0, e.interval_s, e.episode_steps)["targets"]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"seed": seed, "options": opts, "targets": targets}))
@@ -147,12 +159,13 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     from .heuristics import make_heuristic
 
     env = gym.make(f"dynosim_gym:{env_id}", config=env_cfg)
-    teach = None if teacher == "oracle:schedule" else make_heuristic(teacher, env)
+    oracle = teacher in SCHEDULE_TEACHERS
+    teach = None if oracle else make_heuristic(teacher, env)
     obs_l, act_l, lengths = [], [], []
     for k in range(episodes):
         opts = {"split": "train"}
         if teach is None:             # the hindsight schedule of this very episode
-            teach = _schedule_teacher(env, opts, 10_000 + seed + k)
+            teach = _schedule_teacher(env, opts, 10_000 + seed + k, teacher)
         obs, _ = env.reset(seed=10_000 + seed + k, options=opts)
         start, done, n = np.ones(1, dtype=bool), False, 0
         while not done:
@@ -164,7 +177,7 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
             done = term or trunc
             n += 1
         lengths.append(n)
-        if teacher == "oracle:schedule":
+        if oracle:
             teach = None
     env.close()
     X = th.as_tensor(np.asarray(obs_l, dtype=np.float32))

@@ -28,7 +28,7 @@ episodes -- the issue's target, measured on training episodes; if none reaches i
 with the highest attainment. Never the held-out scores.
 
 Lagrangian PPO's SLA target (``env.reward.sla_target``, which the dual variable enforces and
-the ``oracle:schedule`` teacher aims at) is fixed by a rule decided before training, on
+the ``oracle:schedule-greedy`` teacher aims at) is fixed by a rule decided before training, on
 training episodes only (:data:`LAGRANGIAN_TARGET_RULE`): the tuned planner's attainment on
 its own tuning episodes (``train_sla_attainment`` of ``agents/tuned/load-tuned.yaml``, the
 same 3 training-split episodes as :data:`SELECT`), rounded up to the next percent
