@@ -117,7 +117,7 @@ def test_the_shipping_rule_prefers_the_cheapest_seed_that_matches_the_baseline()
 @pytest.mark.parametrize("algo,policy", [("ppo", "MlpPolicy"), ("ppo_lstm", "MlpLstmPolicy")])
 def test_behaviour_cloning_from_the_hindsight_schedule_fits_its_actions(
         tmp_path: Path, monkeypatch, algo: str, policy: str) -> None:
-    """The warm start (oracle:schedule's per-step targets on training episodes) raises the
+    """The warm start (oracle:schedule-greedy's per-step targets on training episodes) raises the
     likelihood of the teacher's actions, feed-forward and recurrent (whole episodes); the
     schedules land in the disk cache, one per episode."""
     from agents.router_train import schedule_cache_dir
@@ -125,14 +125,14 @@ def test_behaviour_cloning_from_the_hindsight_schedule_fits_its_actions(
     hp = tmp_path / "hp.yml"
     hp.write_text(f"DynoSim-v0:\n  policy: {policy}\n  n_steps: 8\n  batch_size: 8\n"
                   "  env_kwargs: {action: {type: target}}\n"
-                  "  bc_warm_start: {teacher: 'oracle:schedule', episodes: 2, epochs: 15,"
+                  "  bc_warm_start: {teacher: 'oracle:schedule-greedy', episodes: 2, epochs: 15,"
                   " batch_size: 16}\n")
     out = train(algo, "DynoSim-v0", config=TINY, timesteps=8, out=tmp_path / "run",
                 n_envs=1, hyperparams=hp, quiet=True,
                 overrides={"scenarios": "diurnal_swing,rate_steps", "episode_steps": 24,
                            "rate_min_rps": 1.0, "rate_max_rps": 3.0})
     bc = json.loads((out / "run.json").read_text())["bc_warm_start"]
-    assert bc["teacher"] == "oracle:schedule" and bc["samples"] == 2 * 24
+    assert bc["teacher"] == "oracle:schedule-greedy" and bc["samples"] == 2 * 24
     assert bc["final_nll"] < bc["initial_nll"]
     assert bc["teacher_agreement"] > bc["initial_agreement"]
     cached = sorted(schedule_cache_dir().glob("*.json"))
