@@ -347,6 +347,10 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
         sla, gpu_s, counts = min((k for k in kept if k[0] >= goal), key=lambda k: k[1])
         counts = list(counts)
     repaired = {"gpu_hours": gpu_s / 3600.0, "sla_attainment": sla}
+    if progress is not None:
+        progress.note(f"local search from {gpu_s / 3600.0:.2f} GPU-h, SLA {sla:.1%} (greedy "
+                      f"{greedy_point['gpu_hours']:.2f} GPU-h, SLA "
+                      f"{greedy_point['sla_attainment']:.1%}; {replays} replays)")
     moves_kept = {"count": 0, "lead": 0}
     saved_h = {"count": 0.0, "lead": 0.0}
     passes = 0

@@ -442,9 +442,11 @@ def test_oracle_static_picks_the_cheapest_count_that_meets_the_target(capsys) ->
     lines = capsys.readouterr().err.splitlines()
     assert [x.split(",")[0] for x in lines[:2]] == ["oracle:schedule: 1/2 segments",
                                                     "oracle:schedule: 2/2 segments"]
-    assert lines[2:] and all(re.fullmatch(r"oracle:schedule: local search pass \d+: \d+ "
+    assert re.fullmatch(r"oracle:schedule: local search from [\d.]+ GPU-h, SLA [\d.]+% "
+                        r"\(greedy [\d.]+ GPU-h, SLA [\d.]+%; \d+ replays\)", lines[2])
+    assert lines[3:] and all(re.fullmatch(r"oracle:schedule: local search pass \d+: \d+ "
                                           r"replays, [\d.]+ GPU-h, SLA [\d.]+%", x)
-                             for x in lines[2:])
+                             for x in lines[3:])
     evaluate_oracle("oracle:static", config=TINY, episodes=1, seed=0, overrides=over,
                     quiet=True)
     assert capsys.readouterr().err == ""
