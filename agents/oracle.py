@@ -33,9 +33,10 @@ full knowledge of its future); they run on exactly the episodes ``dynosim evalua
   still meets the target; passes until none is kept or :data:`MAX_REPLAYS` replays). Its
   search space is the greedy one's (one count per 120 s segment, scale-ups issued up to a
   start-up ahead) and the result is a **local optimum, not a proven global one**: a lower
-  GPU-hours schedule may exist (finer segments, trading misses between segments). It never
-  costs more GPU-hours than the greedy schedule when that meets the target, and it meets
-  the target whenever the schedule with every segment at the largest count does.
+  GPU-hours schedule may exist (finer segments, exchanges of workers between segments,
+  several moves at once). It never costs more GPU-hours than the greedy schedule when that
+  meets the target, and it meets the target whenever the schedule with every segment at
+  the largest count does.
 """
 from __future__ import annotations
 
