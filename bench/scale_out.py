@@ -386,6 +386,17 @@ def bench_candidates(args) -> dict:
         fronts[name], records[name] = [], []
     cands = _candidates(args.trials_csv, setups["new"].space)[:args.limit]
     fx, fy, _ = variants["new"].front_axes(objective)
+    rows = list(csv.DictReader(open(args.trials_csv, newline="")))[:len(cands)]
+    picked = range(len(cands))
+    if args.stopped_after is not None:
+        # Only the candidates the search stopped after S simulated seconds, each checked
+        # against the front of the complete feasible candidates before it in the CSV (their
+        # values are full replays): the borderline ones, without replaying the rest.
+        picked = [i for i, r in enumerate(rows) if r["status"] == "pruned"
+                  and not r["stopped_because"].startswith("same candidate")
+                  and float(r["sim_s"]) > args.stopped_after
+                  and (not args.static_only or r.get("planner") in ("", "none"))]
+        cands = [cands[i] for i in picked]
     seen: dict[str, int] = {}
     load0 = _load()
     for i, params in enumerate(cands):
@@ -398,6 +409,9 @@ def bench_candidates(args) -> dict:
                 records[name].append({**records[name][first], "cpu_s": 0.0, "repeat": True})
                 continue
             front = fronts[name]
+            if args.stopped_after is not None:
+                front = [(float(r[fx]), float(r[fy])) for r in rows[:picked[i]]
+                         if r["status"] == "complete" and float(r["score"]) < 1e6]
             t0 = time.process_time()
             res = mod.run_candidate(setup, params,
                                     lambda step, v, s: mod.bound_stop(objective, v, front))
@@ -405,7 +419,8 @@ def bench_candidates(args) -> dict:
             # CPU measured here, the same way for both (the new run_candidate also counts it)
             rec = {"trial": i, "params": params, **res, "cpu_s": cpu}
             records[name].append(rec)
-            if res["status"] == "complete" and res["violation"] == 0:
+            if args.stopped_after is None and res["status"] == "complete" \
+                    and res["violation"] == 0:
                 front.append((res["values"][fx], res["values"][fy]))
         print(json.dumps({"trial": i, **{n: [records[n][-1]["status"],
                                               round(records[n][-1]["cpu_s"], 2),
@@ -440,6 +455,7 @@ def bench_candidates(args) -> dict:
     b, n = summary["baseline"], summary["new"]
     return {"bench": "candidates", "trials_csv": args.trials_csv, "candidates": len(cands),
             "baseline": args.baseline, "objective": args.objective, "check_s": args.check_s,
+            "stopped_after": args.stopped_after, "static_only": args.static_only,
             "load_before": load0, "load_after": _load(),
             "same_front": b["front"] == n["front"], "same_best": b["best"] == n["best"],
             "same_complete_values": same_values,
@@ -523,6 +539,10 @@ def main() -> int:
     c.add_argument("--trials-csv", default=str(REPO / "docs/search/bound_tpe/trials.csv"))
     c.add_argument("--limit", type=int, default=None, help="only the first N candidates")
     c.add_argument("--check-s", type=float, default=None)
+    c.add_argument("--stopped-after", type=float, default=None, metavar="S",
+                   help="only the candidates the CSV shows stopped after S simulated seconds")
+    c.add_argument("--static-only", action="store_true",
+                   help="with --stopped-after: only candidates without a planner")
     c.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
     c.add_argument("--objective", default="minimise totals.gpu_hours subject to "
                    "latency_ms.ttft.p90 <= 3000")
