@@ -675,3 +675,23 @@ def test_future_floors_raise_the_bound_and_only_for_static_runs(monkeypatch, tmp
     with_floors, without = got["none"]
     assert with_floors > without
     assert got["load"][0] == got["load"][1]
+
+
+def test_best_yaml_names_a_bundled_trace_by_name(tmp_path):
+    """``best.yaml`` of a search over ``bundled:NAME`` records that name, not this machine's
+    path to the file, and loads back to the same config (the same trace file)."""
+    import yaml
+    from sim.config import load_config
+    space = search.load_space(_space(tmp_path, SPACE))
+    obj = search.Objective("totals.gpu_hours", False, [("latency_ms.ttft.p90", "<=", 3000.0)])
+    setup = search.Setup("bundled:mooncake_conversation", space, obj, (30.0,))
+    params = {"tp": 2, "cluster.num_workers": 3, "router.mode": "kv", "planner": "none"}
+    rec = {"trial": 0, "params": params, "values": {"totals.gpu_hours": 1.0,
+                                                    "latency_ms.ttft.p90": 2000.0}}
+    path = tmp_path / "best.yaml"
+    search.write_best(setup, rec, path, True)
+    data = yaml.safe_load(path.read_text())
+    assert data["workload"]["path"] == "bundled:mooncake_conversation"
+    cfg, _, _ = search.candidate_config(setup, params)
+    assert load_config(path).to_dict() == cfg.to_dict()
+    assert Path(cfg.workload["path"]).is_absolute()     # what it resolves to here

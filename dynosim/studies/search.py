@@ -1391,6 +1391,9 @@ def write_best(setup: Setup, rec: dict[str, Any], path: Path, feasible: bool) ->
             f"# parameters: {json.dumps(rec['params'], sort_keys=True)}",
             f"# run it: {cmd}"]
     data = cfg.to_dict()
+    if setup.trace.startswith("bundled:"):
+        # The config resolves the name to this machine's file; the name runs anywhere.
+        data["workload"]["path"] = setup.trace
     path.write_text("\n".join(head) + "\n" + yaml.safe_dump(data, sort_keys=False),
                     encoding="utf-8")
     return cmd
