@@ -8,6 +8,8 @@ early stopping loses, and RLlib vs SB3 steps/s. Results: ``bench/results/scale_o
     .venv/bin/python bench/scale_out.py candidates --baseline REV   # CPU-s per candidate, REV vs now
     .venv/bin/python bench/scale_out.py executors --trials 60   # Ray Tune vs --jobs: CPU per trial
     .venv/bin/python bench/scale_out.py attribute OUT   # where a Ray search's core-seconds went
+    .venv/bin/python bench/scale_out.py askahead DIR    # a --jobs run's trials through N processes
+    .venv/bin/python bench/scale_out.py floors DIR      # stopped candidates: stop earlier with floors?
 
 The search itself is a plain ``dynosim search`` run (README has the command); its
 ``search.json`` records wall time and simulated requests/s.
@@ -463,6 +465,136 @@ def bench_candidates(args) -> dict:
             "summary": summary}
 
 
+# -- the TTFT floors of requests still to arrive: which stopped candidates stop earlier ------------
+
+def bench_floors(args) -> dict:
+    """For every candidate a search stopped (``DIR/trials.csv``; static deployments, the
+    only ones the floors cover; repeats left out), replay it once and apply the bound rule at
+    every check twice: with the TTFT floors of the requests still to arrive
+    (``search.future_ttft_floors``) and without (the rule before them). The replay does not
+    depend on the rule, so one replay gives both stop times exactly; the CPU between them
+    (``process_time`` at each check) is what the floors save. Each candidate is checked
+    against the front of the complete feasible candidates before it in the CSV (full-replay
+    values); whether the rule without floors stops where the search stopped it is reported
+    (the search's own front was that of the trials told before each was asked)."""
+    import math
+
+    from dynosim.studies import search
+    d = Path(args.dir)
+    rows = list(csv.DictReader(open(d / "trials.csv", newline="")))
+    space = search.load_space(args.space)
+    objective = search.parse_objective(args.objective, search._known_fields(
+        search.DEFAULT_TRACE, None))
+    setup = search.Setup(search.DEFAULT_TRACE, space, objective, search.DEFAULT_RUNGS_S,
+                         early_stop="bound")
+    fx, fy, _ = search.front_axes(objective)
+    cands = _candidates(str(d / "trials.csv"), space)
+    picked = [i for i, r in enumerate(rows) if r["status"] == "pruned"
+              and not r["stopped_because"].startswith("same candidate")
+              and r.get("planner") in ("", "none")][:args.limit]
+    fields = objective.fields()
+    out = []
+    load0 = _load()
+    orig = search.lower_bounds
+    for n, i in enumerate(picked):
+        front = [(float(r[fx]), float(r[fy])) for r in rows[:i]
+                 if r["status"] == "complete" and float(r["score"]) < 1e6]
+        state = {"new": None, "old": None, "cpu": {}}
+        t0 = time.process_time()
+        seen = {}
+
+        def lower_bounds(sim, flds, n_total, future=None):
+            seen["old"] = orig(sim, flds, n_total)
+            seen["new"] = orig(sim, flds, n_total, future) if future is not None \
+                else seen["old"]
+            return seen["new"]
+
+        def report(step, values, score):
+            state["cpu"][step] = time.process_time() - t0
+            for rule in ("new", "old"):
+                if state[rule] is None and search.bound_stop(
+                        objective, {**seen[rule], "totals.num_requests":
+                                    values["totals.num_requests"]}, front):
+                    state[rule] = step
+            return state["old"] is not None          # run on until the old rule stops
+        search.lower_bounds = lower_bounds
+        try:
+            res = search.run_candidate(setup, cands[i], report)
+        finally:
+            search.lower_bounds = orig
+        old, new = state["old"], state["new"]
+        rec = {"trial": i, "block": cands[i].get("engine.block_size"), "tp": cands[i].get("tp"),
+               "search_stop_s": float(rows[i]["sim_s"]),
+               "old_stop_s": old and old * setup.check_s, "new_stop_s": new and new * setup.check_s,
+               "old_cpu_s": state["cpu"].get(old), "new_cpu_s": state["cpu"].get(new),
+               "status": res["status"]}
+        out.append(rec)
+        print(json.dumps({"n": n, **rec}), file=sys.stderr, flush=True)
+    stopped = [r for r in out if r["old_stop_s"] is not None and r["new_stop_s"] is not None]
+    earlier = [r for r in stopped if r["new_stop_s"] < r["old_stop_s"]]
+    later = [r for r in stopped if r["new_stop_s"] > r["old_stop_s"]]
+    old_cpu = sum(r["old_cpu_s"] for r in stopped)
+    saved = sum(r["old_cpu_s"] - r["new_cpu_s"] for r in earlier)
+    return {"bench": "floors", "dir": str(d), "objective": args.objective,
+            "candidates": len(out), "stopped_by_both": len(stopped),
+            "old_rule_matches_search": sum(r["old_stop_s"] == r["search_stop_s"] for r in out),
+            "stop_earlier": len(earlier), "stop_later": len(later),
+            "sim_s_saved": sum(r["old_stop_s"] - r["new_stop_s"] for r in earlier),
+            "sim_s_old": sum(r["old_stop_s"] for r in stopped),
+            "cpu_s_old": round(old_cpu, 1), "cpu_s_saved": round(saved, 1),
+            "cpu_saved_share": round(saved / old_cpu, 4) if old_cpu else math.nan,
+            "earlier_by_tp": {str(tp): sum(r["tp"] == tp for r in earlier) for tp in (1, 2, 4)},
+            "load_before": load0, "load_after": _load(), "records": out}
+
+
+# -- how the --jobs pool scales: trial durations through the ask-ahead rule ------------------------
+
+#: CPU seconds of a full replay of the conversation hour by KV block size (README, "Where the
+#: 26 minutes went"): only their ratios are used, scaled to the run's measured replay CPU.
+_FULL_REPLAY_CPU_BY_BLOCK = {16: 5.4, 32: 3.4, 64: 2.1}
+
+
+def bench_askahead(args) -> dict:
+    """Replay a ``dynosim search --jobs`` run's trials (``DIR/trials.csv``, in trial order)
+    through the pool's ask-ahead rule (``search_pool``: trial n is asked once trials
+    0..n-L are told, L = POOL_LAG_PER_JOB x N; N processes take asked trials first come,
+    first served; repeats cost nothing) for several N. Trial CPU is not in ``trials.csv``:
+    each trial's is its simulated seconds x its block size's full-replay CPU rate, scaled so
+    the trials add up to the run's ``trials_cpu_s`` (``search.json``). Reports, per N, the
+    busy fraction of the N processes and the wall time (driver time left out)."""
+    from dynosim.studies.search import POOL_LAG_PER_JOB
+    d = Path(args.dir)
+    info = json.loads((d / "search.json").read_text())
+    rows = list(csv.DictReader(open(d / "trials.csv", newline="")))
+    raw = [0.0 if r["stopped_because"].startswith("same candidate") else
+           float(r["sim_s"]) * _FULL_REPLAY_CPU_BY_BLOCK[int(float(r["engine.block_size"]))]
+           for r in rows]
+    scale = info["run_info"]["trials_cpu_s"] / sum(raw)
+    dur = [x * scale for x in raw]
+    out = {}
+    for n in args.jobs_list:
+        lag = POOL_LAG_PER_JOB * n
+        free = [0.0] * n                  # when each process is next free
+        told: list[float] = []
+        start_prev = 0.0
+        for i, x in enumerate(dur):
+            asked = told[i - lag] if i >= lag else 0.0
+            if x == 0.0:                  # a repeat: recorded when asked
+                done = asked
+            else:
+                k = min(range(n), key=free.__getitem__)
+                start = max(asked, free[k], start_prev)        # FIFO
+                start_prev = start
+                done = free[k] = start + x
+            told.append(max(done, told[-1] if told else 0.0))
+        wall = told[-1]
+        out[n] = {"wall_s": round(wall, 1), "busy": round(sum(dur) / (n * wall), 3),
+                  "trials_per_cpu_s": round(len(dur) / (n * wall), 4)}
+    return {"bench": "askahead", "dir": str(d), "trials": len(rows),
+            "trials_cpu_s": info["run_info"]["trials_cpu_s"], "lag_per_job": POOL_LAG_PER_JOB,
+            "by_jobs": out}
+
+
 # -- RL: RLlib vs SB3 steps/s ---------------------------------------------------------------------
 
 def bench_rl(args) -> dict:
@@ -546,7 +678,17 @@ def main() -> int:
     c.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
     c.add_argument("--objective", default="minimise totals.gpu_hours subject to "
                    "latency_ms.ttft.p90 <= 3000")
-    for y in (s, e, r, b, c, x, a):
+    f = sub.add_parser("floors")
+    f.add_argument("dir", help="the --out of a dynosim search (bound rule)")
+    f.add_argument("--limit", type=int, default=None)
+    f.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
+    f.add_argument("--objective", default="minimise totals.gpu_hours subject to "
+                   "latency_ms.ttft.p90 <= 3000")
+    k = sub.add_parser("askahead")
+    k.add_argument("dir", help="the --out of a dynosim search --jobs run")
+    k.add_argument("--jobs-list", type=lambda t: [int(v) for v in t.split(",")],
+                   default=[1, 2, 3, 4, 8, 16])
+    for y in (s, e, r, b, c, x, a, k, f):
         y.add_argument("--out", default="out/bench_scale_out")
         y.add_argument("--json", default=None, help="append the result to this JSON-lines file")
     args = p.parse_args()
@@ -554,7 +696,8 @@ def main() -> int:
     t0 = time.time()
     res = {"sweep": bench_sweep, "exactness": bench_exactness, "rl": bench_rl,
            "bound": bench_bound, "candidates": bench_candidates,
-           "executors": bench_executors, "attribute": bench_attribute}[args.what](args)
+           "executors": bench_executors, "attribute": bench_attribute,
+           "askahead": bench_askahead, "floors": bench_floors}[args.what](args)
     res.update(nproc=os.cpu_count(), started_utc=time.strftime("%Y-%m-%d %H:%M",
                                                                time.gmtime(t0)))
     text = json.dumps(res, indent=1)
