@@ -8,6 +8,7 @@ early stopping loses, and RLlib vs SB3 steps/s. Results: ``bench/results/scale_o
     .venv/bin/python bench/scale_out.py candidates --baseline REV   # CPU-s per candidate, REV vs now
     .venv/bin/python bench/scale_out.py executors --trials 60   # Ray Tune vs --jobs: CPU per trial
     .venv/bin/python bench/scale_out.py attribute OUT   # where a Ray search's core-seconds went
+    .venv/bin/python bench/scale_out.py analyse DIR     # where a search's CPU went; duplicates
     .venv/bin/python bench/scale_out.py askahead DIR    # a --jobs run's trials through N processes
     .venv/bin/python bench/scale_out.py floors DIR      # stopped candidates: stop earlier with floors?
 
@@ -465,6 +466,87 @@ def bench_candidates(args) -> dict:
             "summary": summary}
 
 
+# -- where a search's CPU goes, and what exact caching could save -----------------------------------
+
+def bench_analyse(args) -> dict:
+    """Where a ``dynosim search`` run's replay CPU went (``DIR/trials.csv`` + ``search.json``;
+    per-trial CPU is estimated as in ``askahead``: simulated seconds x the block size's
+    full-replay rate, scaled to ``trials_cpu_s``), by outcome, deployment shape and block
+    size; whether the space was drawn conditionally (KV-router weights only for the KV
+    router, planner knobs only with a planner); and what exact result caching could save:
+    repeats (the search already reuses them) and candidates equal after dropping parameters
+    that cannot change the replay (the router of a static one-worker deployment)."""
+    import collections
+    d = Path(args.dir)
+    info = json.loads((d / "search.json").read_text())
+    rows = list(csv.DictReader(open(d / "trials.csv", newline="")))
+    rep = [r["stopped_because"].startswith("same candidate") for r in rows]
+    raw = [0.0 if rp else float(r["sim_s"]) * _FULL_REPLAY_CPU_BY_BLOCK[
+        int(float(r["engine.block_size"]))] for r, rp in zip(rows, rep)]
+    scale = info["run_info"]["trials_cpu_s"] / sum(raw)
+    cpu = [x * scale for x in raw]
+    total = sum(cpu)
+
+    def group(key, sel=lambda r: True, top=8):
+        acc = collections.defaultdict(lambda: [0, 0.0, 0.0])
+        for r, c, rp in zip(rows, cpu, rep):
+            if not rp and sel(r):
+                a = acc[key(r)]
+                a[0] += 1
+                a[1] += c
+                a[2] += float(r["sim_s"])
+        return {str(k): {"n": n, "cpu_s": round(c, 1), "share": round(c / total, 3),
+                         "sim_s": round(s)}
+                for k, (n, c, s) in sorted(acc.items(), key=lambda kv: -kv[1][1])[:top]}
+
+    def shape(r):
+        return f"{r['cluster.num_workers']}xTP{r['tp']} {r['planner']}"
+    kv_keys = ("router.overlap_score_credit", "router.prefill_load_scale")
+    uncond = sum(1 for r in rows if (r["router.mode"] != "kv" and any(r[k] for k in kv_keys))
+                 or (r["planner"] == "none" and r["planner.interval_s"]))
+    # Canonical candidates: a static one-worker deployment routes every request to its one
+    # worker, whatever the router and its weights.
+    drop = ("router.mode", *kv_keys)
+    params = [k for k in rows[0] if k in ("tp", "cluster.num_workers", "engine.block_size",
+                                         "engine.max_num_batched_tokens", "router.mode",
+                                         *kv_keys, "planner", "planner.interval_s")]
+
+    def canon(r):
+        one = r["cluster.num_workers"] == "1" and r["planner"] == "none"
+        return tuple((k, "" if one and k in drop else r[k]) for k in params)
+    first: dict[tuple, int] = {}
+    dup_cpu, dup_n = 0.0, 0
+    for i, (r, c, rp) in enumerate(zip(rows, cpu, rep)):
+        key = canon(r)
+        if key in first and not rp:
+            dup_n += 1
+            dup_cpu += c
+        first.setdefault(key, i)
+    stopped_late = [c for r, c, rp in zip(rows, cpu, rep)
+                    if not rp and r["status"] == "pruned" and float(r["sim_s"]) > 2400]
+    return {"bench": "analyse", "dir": str(d), "trials": len(rows),
+            "trials_cpu_s": info["run_info"]["trials_cpu_s"],
+            "repeats_reused": sum(rep),
+            "by_status": group(lambda r: r["status"]),
+            "complete_by_shape": group(shape, lambda r: r["status"] == "complete"),
+            "complete_by_block": group(lambda r: r["engine.block_size"],
+                                       lambda r: r["status"] == "complete"),
+            "complete_by_router": group(lambda r: r["router.mode"],
+                                        lambda r: r["status"] == "complete"),
+            "stopped_by_stop_time": group(lambda r: "<=1200 s" if float(r["sim_s"]) <= 1200
+                                          else "<=2400 s" if float(r["sim_s"]) <= 2400
+                                          else ">2400 s", lambda r: r["status"] == "pruned"),
+            "stopped_by_reason": group(lambda r: r["stopped_because"].split(":")[0],
+                                       lambda r: r["status"] == "pruned"),
+            "stopped_after_2400_s": {"n": len(stopped_late),
+                                     "cpu_s": round(sum(stopped_late), 1)},
+            "drawn_unconditionally": uncond,
+            "static_one_worker": sum(1 for r in rows if r["cluster.num_workers"] == "1"
+                                     and r["planner"] == "none"),
+            "canonical_duplicates": {"n": dup_n, "cpu_s": round(dup_cpu, 1),
+                                     "share": round(dup_cpu / total, 4)}}
+
+
 # -- the TTFT floors of requests still to arrive: which stopped candidates stop earlier ------------
 
 def bench_floors(args) -> dict:
@@ -678,6 +760,8 @@ def main() -> int:
     c.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
     c.add_argument("--objective", default="minimise totals.gpu_hours subject to "
                    "latency_ms.ttft.p90 <= 3000")
+    n_ = sub.add_parser("analyse")
+    n_.add_argument("dir", help="the --out of a dynosim search")
     f = sub.add_parser("floors")
     f.add_argument("dir", help="the --out of a dynosim search (bound rule)")
     f.add_argument("--limit", type=int, default=None)
@@ -688,7 +772,7 @@ def main() -> int:
     k.add_argument("dir", help="the --out of a dynosim search --jobs run")
     k.add_argument("--jobs-list", type=lambda t: [int(v) for v in t.split(",")],
                    default=[1, 2, 3, 4, 8, 16])
-    for y in (s, e, r, b, c, x, a, k, f):
+    for y in (s, e, r, b, c, x, a, k, f, n_):
         y.add_argument("--out", default="out/bench_scale_out")
         y.add_argument("--json", default=None, help="append the result to this JSON-lines file")
     args = p.parse_args()
@@ -697,7 +781,8 @@ def main() -> int:
     res = {"sweep": bench_sweep, "exactness": bench_exactness, "rl": bench_rl,
            "bound": bench_bound, "candidates": bench_candidates,
            "executors": bench_executors, "attribute": bench_attribute,
-           "askahead": bench_askahead, "floors": bench_floors}[args.what](args)
+           "askahead": bench_askahead, "floors": bench_floors,
+           "analyse": bench_analyse}[args.what](args)
     res.update(nproc=os.cpu_count(), started_utc=time.strftime("%Y-%m-%d %H:%M",
                                                                time.gmtime(t0)))
     text = json.dumps(res, indent=1)
