@@ -24,10 +24,11 @@ Early stopping (``--early-stop``) works on the replay of the *same* whole trace:
   candidate computes proven lower bounds on its final fields (:func:`lower_bounds`:
   GPU-hours provisioned up to the last completion so far, or to now while a request
   certain to complete is in flight; TTFT/E2E percentiles from the requests completed so
-  far, which stay in the final sample, and from those in flight that are certain to
-  complete, at ``now - arrival``: :func:`pending_lower_bounds`) and stops once they prove
-  it infeasible (a ``<=`` limit already exceeded) or dominated by a complete feasible
-  candidate (:func:`bound_stop`).
+  far, which stay in the final sample, from those in flight that are certain to
+  complete, at ``now - arrival``: :func:`pending_lower_bounds`, and, in static runs, from
+  those still to arrive, at a floor on their TTFT: :func:`future_ttft_floors`) and stops
+  once they prove it infeasible (a ``<=`` limit already exceeded) or dominated by a
+  complete feasible candidate (:func:`bound_stop`).
   A stopped candidate can be neither feasible, nor on the feasible Pareto front, nor the
   best, so the front and the best are those of replaying every sampled candidate in full
   (``tests/test_search.py``; ``bench/scale_out.py bound``).
