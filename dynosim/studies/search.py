@@ -595,7 +595,7 @@ def uncached_prompt_tokens(workload, block_size: int):
     ``hash_ids`` (the two longest prompts through each node), once per process."""
     import numpy as np
     key = ("shared", id(workload))
-    if key not in _CACHE:
+    if key not in _CACHE or _CACHE[key][0] is not workload:     # (an id can be reused)
         reqs = sorted([*workload._firsts, *workload._successors.values()],
                       key=lambda r: r.index)
         nodes: dict[tuple[int, int], int] = {}
@@ -623,8 +623,9 @@ def uncached_prompt_tokens(workload, block_size: int):
                     break                       # nobody else is this deep
                 best = max(best, min(m * r.trace_block_size, r.input_length, other[0]))
             shared[pos] = best
-        _CACHE[key] = (np.array([r.input_length for r in reqs], dtype=np.int64), shared)
-    lens, shared = _CACHE[key]
+        _CACHE[key] = (workload, np.array([r.input_length for r in reqs], dtype=np.int64),
+                       shared)
+    _, lens, shared = _CACHE[key]
     bs = int(block_size)
     return lens - np.minimum(shared // bs * bs, (lens - 1) // bs * bs)
 
@@ -730,13 +731,13 @@ def future_ttft_floors(sim, workload):
            getattr(eng.timing, "speedup_ratio", None), cfg.block_size, cfg.num_gpu_blocks,
            cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.max_model_len,
            bool(cfg.enable_chunked_prefill), bool(cfg.enable_prefix_caching))
-    if key not in _CACHE:
+    if key not in _CACHE or _CACHE[key][0] is not workload:     # (an id can be reused)
         firsts = workload._firsts
         max_len = max(r.input_length for r in firsts)
         floor = prefill_floor(eng.timing, cfg.max_num_batched_tokens, cfg.max_num_seqs,
                               cfg.max_num_seqs * max_len)
         if floor is None:
-            _CACHE[key] = None
+            _CACHE[key] = (workload, None)
         else:
             keep = [r for r in firsts
                     if r.output_length > 0 and not eng._reject_reason(Seq(r, None))]
@@ -744,8 +745,8 @@ def future_ttft_floors(sim, workload):
             index = np.array([r.index for r in keep], dtype=np.int64)
             floors = floor(uncached_prompt_tokens(workload, cfg.block_size)[index])
             order = np.argsort(arrival, kind="stable")
-            _CACHE[key] = (arrival[order], floors[order], index[order])
-    return _CACHE[key]
+            _CACHE[key] = (workload, (arrival[order], floors[order], index[order]))
+    return _CACHE[key][1]
 
 
 def lower_bounds(sim, fields: Sequence[str], n_total: int, future=None) -> dict[str, float]:
