@@ -638,7 +638,8 @@ def prefill_floor(timing, budget: int, max_seqs: int, max_cached: int):
     A pass's duration is at least its prefill term ``prefill_ms(T, P, n)``
     (``VllmEngine.start_pass``): ``T`` >= the request's chunk ``c`` and <= ``budget +
     max_seqs`` new tokens, ``P`` <= ``max_cached`` cached tokens, any ``n``. The shipped
-    tables are *not* monotone in ``T`` or ``P`` (a few per cent at small sizes), so
+    tables are *not* monotone in ``T`` or ``P`` (every one falls somewhere along new
+    tokens, by up to 197 ms, and along cached tokens), so
     ``m(c)`` is the least table value over ``c <= T <= budget + max_seqs``, every cached
     value and every ``num_seqs`` plane: bilinear on each grid cell, so the least value of a
     cell is at a corner, and interpolation between planes lies between them. ``m`` is
@@ -652,7 +653,7 @@ def prefill_floor(timing, budget: int, max_seqs: int, max_cached: int):
     against the tables and the floor against real replays."""
     import numpy as np
 
-    from sim.gpu_timing import GpuTableTiming
+    from sim.gpu_timing import GpuTableTiming, _seg_extrap
     if not isinstance(timing, GpuTableTiming) or timing.speedup_ratio != 1.0:
         return None
     key = ("floor", timing.source, budget, max_seqs, max_cached)
@@ -665,7 +666,6 @@ def prefill_floor(timing, budget: int, max_seqs: int, max_cached: int):
     planes = range(len(timing._pn))
 
     def at(t: float, p: float) -> float:           # least plane value at (t, p)
-        from sim.gpu_timing import _seg_extrap
         it, ft = _seg_extrap(timing._pt, t)
         ip, fp = _seg_extrap(timing._pp, p)
         return min(timing._plane(k, it, ft, ip, fp) for k in planes)
@@ -724,7 +724,7 @@ def future_ttft_floors(sim, workload):
             or not sim.workers or not workload._firsts:
         return None
     eng = sim.workers[0].engine
-    if type(eng).__name__ != "VllmEngine":
+    if type(eng).__name__ != "VllmEngine" or eng.host is not None:    # (no G2 tier)
         return None
     cfg = eng.cfg
     key = ("future", id(workload), eng.timing.describe(), eng.timing.source,
