@@ -592,37 +592,41 @@ def uncached_prompt_tokens(workload, block_size: int):
     request at least once (preempted and re-admitted too), and vLLM computes at least the
     last prompt token (``VllmEngine._lookup``): it prefills at least
     ``L - min(S // bs * bs, (L - 1) // bs * bs)`` tokens. ``S`` comes from a trie of the
-    ``hash_ids`` (the two longest prompts through each node), once per process."""
+    ``hash_ids`` (the two longest prompts through each node), once per process and trace."""
     import numpy as np
     key = ("shared", id(workload))
     if key not in _CACHE or _CACHE[key][0] is not workload:     # (an id can be reused)
         reqs = sorted([*workload._firsts, *workload._successors.values()],
                       key=lambda r: r.index)
         nodes: dict[tuple[int, int], int] = {}
-        top: list[list[tuple[int, int]]] = []       # node -> two longest (length, index)
-        paths = []
+        node_of: list[int] = []                     # per (request, depth): its trie node
         for r in reqs:
-            path = []
             node = -1
             for h in (r.hash_ids or ()):
                 node = nodes.setdefault((node, h), len(nodes))
-                if node == len(top):
-                    top.append([])
-                t = top[node]
-                t.append((r.input_length, r.index))
-                t.sort(reverse=True)
-                del t[2:]
-                path.append(node)
-            paths.append(path)
+                node_of.append(node)
+        depth_n = np.array([len(r.hash_ids or ()) for r in reqs], dtype=np.int64)
+        lens = np.array([r.input_length for r in reqs], dtype=np.int64)
+        tbs = np.array([r.trace_block_size for r in reqs], dtype=np.int64)
+        node_e = np.array(node_of, dtype=np.int64)
+        req_e = np.repeat(np.arange(len(reqs)), depth_n)
+        starts = np.cumsum(depth_n) - depth_n
+        depth_e = np.arange(len(node_e)) - np.repeat(starts, depth_n) + 1
+        # The two longest prompts through each node (ties: the lower position first).
+        order = np.lexsort((req_e, -lens[req_e], node_e))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = node_e[order][1:] != node_e[order][:-1]
+        top1 = np.full(len(nodes), -1, dtype=np.int64)
+        top2 = np.full(len(nodes), -1, dtype=np.int64)
+        top1[node_e[order][first]] = req_e[order][first]
+        second = np.zeros(len(order), dtype=bool)
+        second[1:] = first[:-1] & ~first[1:]
+        top2[node_e[order][second]] = req_e[order][second]
+        other = np.where(top1[node_e] != req_e, top1[node_e], top2[node_e])
+        val = np.where(other >= 0, np.minimum(np.minimum(depth_e * tbs[req_e], lens[req_e]),
+                                              lens[np.maximum(other, 0)]), 0)
         shared = np.zeros(len(reqs), dtype=np.int64)
-        for pos, (r, path) in enumerate(zip(reqs, paths)):
-            best = 0
-            for m, node in enumerate(path, start=1):
-                other = [n for n, i in top[node] if i != r.index]
-                if not other:
-                    break                       # nobody else is this deep
-                best = max(best, min(m * r.trace_block_size, r.input_length, other[0]))
-            shared[pos] = best
+        np.maximum.at(shared, req_e, val)
         _CACHE[key] = (workload, np.array([r.input_length for r in reqs], dtype=np.int64),
                        shared)
     _, lens, shared = _CACHE[key]
