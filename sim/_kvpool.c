@@ -1431,6 +1431,140 @@ static PyObject *mod_table_decode_ends(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* == per-pass times of a GPU table (sim.gpu_timing.GpuTableTiming) ====================== */
+/* ``prefill_ms`` and ``decode_ms`` of one pass, called at every full pass: the same float
+ * operations in the same order as GpuTableTiming.raw_prefill_ms / raw_decode_ms followed by
+ * sim.timing.modeled_ms (speed-up 1 only), so the values are bit-identical; the Python
+ * methods stay the reference (tests/test_gpu_timing.py compares them). Built from the
+ * table's axes and grids as bytes of doubles. */
+typedef struct {
+    PyObject_HEAD
+    double *pn_log, *pt, *pp, *pms;   /* prefill: log num_seqs, new and cached tokens; ms[k][t][p] */
+    Py_ssize_t npn, npt, npp;
+    double a, b, c;                   /* decode: linear part */
+    double *db, *dc, *dr;             /* decode: batch sizes, context per sequence; residual[b][c] */
+    Py_ssize_t ndb, ndc;
+    PyObject *to_ns;                  /* sim.timing._to_ns, for near ties */
+} TableTiming;
+
+static void TableTiming_dealloc(TableTiming *t) {
+    PyMem_Free(t->pn_log); PyMem_Free(t->pt); PyMem_Free(t->pp); PyMem_Free(t->pms);
+    PyMem_Free(t->db); PyMem_Free(t->dc); PyMem_Free(t->dr);
+    Py_XDECREF(t->to_ns);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static int tt_copy(double **dst, const char *src, Py_ssize_t len, Py_ssize_t *n) {
+    if (len % (Py_ssize_t)sizeof(double)) { PyErr_SetString(PyExc_ValueError, "not doubles"); return -1; }
+    PyMem_Free(*dst);
+    *dst = PyMem_Malloc(len ? (size_t)len : 1);
+    if (!*dst) { PyErr_NoMemory(); return -1; }
+    memcpy(*dst, src, (size_t)len);
+    *n = len / (Py_ssize_t)sizeof(double);
+    return 0;
+}
+
+static int TableTiming_init(TableTiming *t, PyObject *args, PyObject *kw) {
+    const char *pn, *pt, *pp, *pms, *db, *dc, *dr;
+    Py_ssize_t lpn, lpt, lpp, lpms, ldb, ldc, ldr, nms, ndr;
+    double a, b, c; PyObject *to_ns;
+    if (!PyArg_ParseTuple(args, "y#y#y#y#dddy#y#y#O", &pn, &lpn, &pt, &lpt, &pp, &lpp, &pms, &lpms,
+                          &a, &b, &c, &db, &ldb, &dc, &ldc, &dr, &ldr, &to_ns)) return -1;
+    if (tt_copy(&t->pn_log, pn, lpn, &t->npn) < 0 || tt_copy(&t->pt, pt, lpt, &t->npt) < 0 ||
+        tt_copy(&t->pp, pp, lpp, &t->npp) < 0 || tt_copy(&t->pms, pms, lpms, &nms) < 0 ||
+        tt_copy(&t->db, db, ldb, &t->ndb) < 0 || tt_copy(&t->dc, dc, ldc, &t->ndc) < 0 ||
+        tt_copy(&t->dr, dr, ldr, &ndr) < 0) return -1;
+    if (t->npn < 2 || t->npt < 2 || t->npp < 2 || t->ndb < 2 || t->ndc < 2 ||
+        nms != t->npn * t->npt * t->npp || ndr != t->ndb * t->ndc) {
+        PyErr_SetString(PyExc_ValueError, "table axes and grids do not match"); return -1;
+    }
+    t->a = a; t->b = b; t->c = c;
+    Py_INCREF(to_ns); Py_XSETREF(t->to_ns, to_ns);
+    return 0;
+}
+
+/* bisect_right(nodes, x) - 1 */
+static inline Py_ssize_t tt_bisect(const double *nodes, Py_ssize_t n, double x) {
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) { Py_ssize_t mid = (lo + hi) / 2; if (x < nodes[mid]) hi = mid; else lo = mid + 1; }
+    return lo - 1;
+}
+/* sim.gpu_timing._seg: clamped at both ends */
+static inline void tt_seg(const double *nodes, Py_ssize_t n, double x, Py_ssize_t *i, double *f) {
+    Py_ssize_t last = n - 1;
+    if (x <= nodes[0]) { *i = 0; *f = 0.0; return; }
+    if (x >= nodes[last]) { *i = last - 1; *f = 1.0; return; }
+    *i = tt_bisect(nodes, n, x);
+    *f = (x - nodes[*i]) / (nodes[*i + 1] - nodes[*i]);
+}
+/* sim.gpu_timing._seg_extrap: clamped below, extrapolated above */
+static inline void tt_seg_extrap(const double *nodes, Py_ssize_t n, double x, Py_ssize_t *i, double *f) {
+    Py_ssize_t last = n - 1;
+    if (x <= nodes[0]) { *i = 0; *f = 0.0; return; }
+    Py_ssize_t j = tt_bisect(nodes, n, x);
+    if (j > last - 1) j = last - 1;
+    *i = j;
+    *f = (x - nodes[j]) / (nodes[j + 1] - nodes[j]);
+}
+static inline double tt_plane(const TableTiming *t, Py_ssize_t k, Py_ssize_t it, double ft,
+                              Py_ssize_t ip, double fp) {
+    const double *r0 = t->pms + (k * t->npt + it) * t->npp, *r1 = r0 + t->npp;
+    double lo = r0[ip] * (1.0 - fp) + r0[ip + 1] * fp;
+    double hi = r1[ip] * (1.0 - fp) + r1[ip + 1] * fp;
+    return lo * (1.0 - ft) + hi * ft;
+}
+
+static PyObject *TableTiming_prefill_ms(TableTiming *t, PyObject *args) {
+    long long new_tokens, cached, num_seqs;
+    if (!PyArg_ParseTuple(args, "LLL", &new_tokens, &cached, &num_seqs)) return NULL;
+    if (new_tokens <= 0) return PyFloat_FromDouble(0.0);
+    long long n = num_seqs < new_tokens ? num_seqs : new_tokens;
+    if (n < 1) n = 1;
+    Py_ssize_t it, ip, k; double ft, fp, fk;
+    tt_seg_extrap(t->pt, t->npt, (double)new_tokens, &it, &ft);
+    tt_seg_extrap(t->pp, t->npp, (double)(cached > 0 ? cached : 0), &ip, &fp);
+    tt_seg(t->pn_log, t->npn, log((double)n), &k, &fk);
+    double ms = tt_plane(t, k, it, ft, ip, fp);
+    if (fk > 0.0) ms = ms * (1.0 - fk) + tt_plane(t, k + 1, it, ft, ip, fp) * fk;
+    double out = 0.0;
+    if (ms > 0.0 && modeled_ms_c(ms, t->to_ns, &out) < 0) return NULL;
+    return PyFloat_FromDouble(out);
+}
+
+static PyObject *TableTiming_decode_ms(TableTiming *t, PyObject *args) {
+    long long batch, total_kv;
+    if (!PyArg_ParseTuple(args, "LL", &batch, &total_kv)) return NULL;
+    if (batch <= 0) return PyFloat_FromDouble(0.0);
+    double B = (double)batch;
+    double lin = (t->a + t->b * B) + t->c * (double)total_kv;
+    Py_ssize_t i, j; double fx, fy;
+    tt_seg(t->db, t->ndb, B, &i, &fx);
+    tt_seg(t->dc, t->ndc, (double)total_kv / B, &j, &fy);
+    const double *z0 = t->dr + i * t->ndc, *z1 = z0 + t->ndc;
+    double r = ((z0[j] * (1.0 - fy) + z0[j + 1] * fy) * (1.0 - fx)
+                + (z1[j] * (1.0 - fy) + z1[j + 1] * fy) * fx);
+    double ms = lin * r, out = 0.0;
+    if (ms > 0.0 && modeled_ms_c(ms, t->to_ns, &out) < 0) return NULL;
+    return PyFloat_FromDouble(out);
+}
+
+static PyMethodDef TableTiming_methods[] = {
+    {"prefill_ms", (PyCFunction)TableTiming_prefill_ms, METH_VARARGS, "(new_tokens, cached_tokens, num_seqs) -> ms"},
+    {"decode_ms", (PyCFunction)TableTiming_decode_ms, METH_VARARGS, "(batch_size, total_kv_tokens) -> ms"},
+    {NULL}
+};
+static PyTypeObject TableTimingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sim._kvpool.TableTiming",
+    .tp_doc = "Pass times of a GPU table, speed-up 1 (see sim.gpu_timing.GpuTableTiming).",
+    .tp_basicsize = sizeof(TableTiming),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)TableTiming_init,
+    .tp_dealloc = (destructor)TableTiming_dealloc,
+    .tp_methods = TableTiming_methods,
+};
+
 static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
     PyObject *keys, *present;
     if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &keys, &present)) return NULL;
@@ -1751,7 +1885,7 @@ static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NUL
 PyMODINIT_FUNC PyInit__kvpool(void) {
     if (PyType_Ready(&KvPoolType) < 0 || PyType_Ready(&KeyCounterType) < 0 ||
         PyType_Ready(&BlocksType) < 0 || PyType_Ready(&HostIndexType) < 0 ||
-        PyType_Ready(&PubIndexType) < 0) return NULL;
+        PyType_Ready(&PubIndexType) < 0 || PyType_Ready(&TableTimingType) < 0) return NULL;
     tuple_hash_native = check_tuple_hash();
     if (tuple_hash_native < 0) return NULL;
     if (add_event_methods() < 0) return NULL;
@@ -1773,6 +1907,10 @@ PyMODINIT_FUNC PyInit__kvpool(void) {
     Py_INCREF(&HostIndexType);
     if (PyModule_AddObject(m, "HostIndex", (PyObject *)&HostIndexType) < 0) {
         Py_DECREF(&HostIndexType); Py_DECREF(m); return NULL;
+    }
+    Py_INCREF(&TableTimingType);
+    if (PyModule_AddObject(m, "TableTiming", (PyObject *)&TableTimingType) < 0) {
+        Py_DECREF(&TableTimingType); Py_DECREF(m); return NULL;
     }
     return m;
 }
