@@ -174,11 +174,12 @@ class GpuTableTiming(TimingModel):
 
     def _make_native_pass(self):
         """``sim._kvpool.TableTiming`` for this table (a pass's prefill and decode times in
-        C, bit-identical to the methods below), or None without the native module."""
-        try:
-            from ._kvpool import TableTiming
-        except ImportError:
+        C, bit-identical to the methods below), or None without the native module (or with
+        ``DYNOSIM_PURE_PYTHON``: the Python model is the reference)."""
+        from . import kv_cache as _kv
+        if _kv.NativeKvPool is None:
             return None
+        from ._kvpool import TableTiming
         f8 = lambda x: np.asarray(x, dtype=np.float64).tobytes()  # noqa: E731
         return TableTiming(f8(self._pn_log), f8(self._pt), f8(self._pp), f8(self._pms),
                            self._a, self._b, self._c, f8(self._db), f8(self._dc),
