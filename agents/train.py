@@ -78,13 +78,15 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     cls = algo_class(key)
     model = cls(policy, venv, seed=seed, verbose=0, tensorboard_log=str(out / "tb"),
                 device=device, **hp)
-    bc_record = None
+    bc_record = keep_near = None
     if bc:
         from .router_train import behaviour_clone
-        bc_record = behaviour_clone(model, env_cfg.to_dict(), seed=seed, quiet=quiet,
-                                    env_id=env_id, **bc)
+        bc_record, keep_near = behaviour_clone(model, env_cfg.to_dict(), seed=seed,
+                                               quiet=quiet, env_id=env_id, **bc)
     callbacks = [CheckpointCallback(save_freq=max(1, checkpoint_every // n_envs),
                                     save_path=str(out / "checkpoints"), name_prefix=key)]
+    if keep_near is not None:       # bc_warm_start.regularise (agents/router_train.py)
+        callbacks.append(keep_near)
     dual = None
     if env_id == "DynoSim-v0" and env_cfg.env.reward.mode == "lagrangian":
         from .lagrangian import LagrangeMultiplierCallback
@@ -116,6 +118,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     record["train_wall_s"] = round(wall, 1)   # run record, not env info
     record["train_cpu_s"] = round(time.process_time() - cpu0, 1)   # wall is load-dependent
     record.update(progress.summary())
+    if keep_near is not None:
+        record["bc_warm_start"]["regularise_history"] = keep_near.history
     if dual is not None:
         record["lagrange_multiplier"] = {"final": dual.multiplier, "history": dual.history}
     if not quiet:
