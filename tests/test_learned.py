@@ -138,3 +138,65 @@ def test_behaviour_cloning_from_the_hindsight_schedule_fits_its_actions(
     cached = sorted(schedule_cache_dir().glob("*.json"))
     assert len(cached) == 2 and all(len(json.loads(p.read_text())["targets"]) == 24
                                     for p in cached)
+
+
+def test_bc_regulariser_pulls_a_drifted_policy_back_to_the_teacher() -> None:
+    """``bc_warm_start.regularise``: each phase (after a PPO update) lowers the teacher's
+    NLL; the first rollout (the clone, untrained) is left alone; bad settings are refused."""
+    import gymnasium as gym
+    import numpy as np
+    import torch as th
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
+
+    from agents.router_train import bc_regulariser
+    from sim.errors import InputError
+    env = gym.make("DynoSim-v0", config=TINY, **{"env.action.type": "target"})
+    model = PPO("MlpPolicy", env, n_steps=8, batch_size=8, seed=0, device="cpu",
+                learning_rate=1e-3)
+    model.set_logger(configure(None, []))
+    rng = np.random.default_rng(0)
+    X = th.as_tensor(rng.normal(size=(64, env.observation_space.shape[0])).astype(np.float32))
+    y = th.as_tensor(rng.integers(0, env.action_space.n, 64))   # a "teacher" to follow
+    cb = bc_regulariser(X, y, weight=1.0, steps=20, batch_size=32, seed=0)
+    cb.init_callback(model)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    cb.on_rollout_start()                                        # first rollout: untouched
+    assert cb.history == [] and all(th.equal(a, b) for a, b in
+                                    zip(before, model.policy.parameters()))
+    for _ in range(4):
+        cb.on_rollout_start()
+    nll = [h[1] for h in cb.history]
+    assert len(nll) == 4 and nll == sorted(nll, reverse=True) and nll[-1] < nll[0]
+    assert cb.history[-1][2] > cb.history[0][2]                 # agreement rises
+    with pytest.raises(InputError, match="regularise"):
+        bc_regulariser(X, y, weight=0.0)
+
+
+def test_teacher_schedules_are_planned_and_cached_without_the_scale_down_window(
+        tmp_path: Path, monkeypatch) -> None:
+    """The hindsight schedule is a plan of counts: a recipe with
+    ``env.action.scale_down_window_s`` reuses the schedule cached without it (same key) and
+    plans a missing one on an env without the window."""
+    import gymnasium as gym
+
+    import agents.oracle as oracle
+    from agents import router_train
+    monkeypatch.setenv("DYNOSIM_CACHE", str(tmp_path / "cache"))
+    planned_on = []
+
+    def fake_schedule(env, opts, seed, lo, hi, target, seg, interval, steps):
+        planned_on.append(env.unwrapped.cfg.env.action.scale_down_window_s)
+        return {"targets": [2] * steps}
+    monkeypatch.setattr(oracle, "best_schedule", fake_schedule)
+    opts = {"split": "train"}
+    for window in (30.0, 0.0, 60.0):
+        env = gym.make("DynoSim-v0", config=TINY, **{
+            "env.action.type": "target", "env.action.scale_down_window_s": window})
+        router_train._schedule_teacher(env, opts, 7)
+    assert planned_on == [0.0]                        # planned once, without the window
+    assert len(list(router_train.schedule_cache_dir().glob("*.json"))) == 1
+    env = gym.make("DynoSim-v0", config=TINY, **{"env.action.type": "target",
+                                                 "env.action.scale_down_window_s": 60.0})
+    router_train._schedule_teacher(env, opts, 8)      # another episode: another plan
+    assert planned_on == [0.0, 0.0]
