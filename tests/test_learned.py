@@ -200,3 +200,46 @@ def test_teacher_schedules_are_planned_and_cached_without_the_scale_down_window(
                                                  "env.action.scale_down_window_s": 60.0})
     router_train._schedule_teacher(env, opts, 8)      # another episode: another plan
     assert planned_on == [0.0, 0.0]
+
+
+def test_checkpoint_rule_prefers_the_cheapest_that_reaches_the_target() -> None:
+    from agents.checkpoint_select import select
+    s = [{"sla_attainment": 0.70, "gpu_hours_per_episode": 3.5},     # the clone
+         {"sla_attainment": 0.23, "gpu_hours_per_episode": 1.4},     # collapsed: cheap
+         {"sla_attainment": 0.68, "gpu_hours_per_episode": 3.2},
+         {"sla_attainment": 0.90, "gpu_hours_per_episode": 5.0}]
+    assert select(s, 0.67) == 2
+    assert select(s, 0.95) == 3                 # none reaches it: the highest attainment
+    assert select(s[:2], 0.99) == 0
+
+
+def test_select_checkpoint_scores_training_episodes_and_keeps_the_chosen(
+        tmp_path: Path) -> None:
+    """``select_checkpoint`` scores the clone and later checkpoints on training episodes,
+    records them, and the saved model is the chosen checkpoint's parameters."""
+    from stable_baselines3 import PPO
+
+    from agents.checkpoint_select import checkpoint_selector, select
+    hp = tmp_path / "hp.yml"
+    hp.write_text("DynoSim-v0:\n  policy: MlpPolicy\n  n_steps: 8\n  batch_size: 8\n"
+                  "  learning_rate: 0.05\n"
+                  "  env_kwargs: {action: {type: target}, reward: {sla_target: 0.5}}\n"
+                  "  select_checkpoint: {every: 16, episodes: 2, seed: 200}\n")
+    out = train("ppo", "DynoSim-v0", config=TINY, timesteps=48, out=tmp_path / "run",
+                n_envs=1, hyperparams=hp, quiet=True, overrides={"episode_steps": 4})
+    rec = json.loads((out / "run.json").read_text())["select_checkpoint"]
+    steps = [h["timesteps"] for h in rec["history"]]
+    assert steps[0] == 0 and steps[-1] == 48 and len(steps) >= 3
+    assert rec["seeds"] == [200, 201] and rec["split"] == "train"
+    chosen = select(rec["history"], 0.5)
+    assert rec["chosen_timesteps"] == steps[chosen]
+    # the saved policy acts as the chosen checkpoint did: re-score it on the same episodes
+    model = PPO.load(out / "model.zip", device="cpu")
+    env_cfg = json.loads((out / "run.json").read_text())["env_config"]
+    cb = checkpoint_selector(env_cfg, every=1, episodes=2, seed=200)
+    cb.init_callback(model)
+    cb.score()
+    again = cb.history[0]
+    assert again["sla_attainment"] == rec["history"][chosen]["sla_attainment"]
+    assert again["gpu_hours_per_episode"] == rec["history"][chosen]["gpu_hours_per_episode"]
+    assert env_cfg["env"]["reward"]["sla_target"] == 0.5
