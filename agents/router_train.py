@@ -146,11 +146,12 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int):
 def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epochs: int = 10,
                     batch_size: int = 256, learning_rate: float = 1e-3,
                     teacher: str = "heuristic:kv", seed: int = 0, quiet: bool = True,
-                    env_id: str = "DynoSimRouting-v0", regularise: dict | None = None
-                    ) -> tuple[dict[str, Any], Any]:
+                    env_id: str = "DynoSimRouting-v0", regularise: dict | None = None,
+                    first_seed: int | None = None) -> tuple[dict[str, Any], Any]:
     """Fit ``model.policy`` to ``teacher``'s actions on ``episodes`` training episodes of
     ``env_id`` (``split=train``, seeds ``10_000 + seed ..``, apart from PPO's own seed
-    streams). A recurrent policy (sb3-contrib) is fitted on whole episodes, ``batch_size``
+    streams; ``first_seed ..`` for every training seed if given, so all seeds clone the same
+    teacher episodes). A recurrent policy (sb3-contrib) is fitted on whole episodes, ``batch_size``
     samples' worth of episodes per batch. Returns the samples count and, before and after
     fitting, the mean negative log-likelihood of the teacher's actions and the agreement
     with the teacher (share of samples where the policy's most likely action is the
@@ -167,11 +168,12 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     env = gym.make(f"dynosim_gym:{env_id}", config=env_cfg)
     teach = None if teacher == "oracle:schedule" else make_heuristic(teacher, env)
     obs_l, act_l, lengths = [], [], []
+    first = 10_000 + seed if first_seed is None else first_seed
     for k in range(episodes):
         opts = {"split": "train"}
         if teach is None:             # the hindsight schedule of this very episode
-            teach = _schedule_teacher(env, opts, 10_000 + seed + k)
-        obs, _ = env.reset(seed=10_000 + seed + k, options=opts)
+            teach = _schedule_teacher(env, opts, first + k)
+        obs, _ = env.reset(seed=first + k, options=opts)
         start, done, n = np.ones(1, dtype=bool), False, 0
         while not done:
             a, _ = teach.predict(obs, episode_start=start, deterministic=True)
@@ -244,7 +246,8 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
                   f"{tot / count:.4f}", file=sys.stderr, flush=True)
     pol.set_training_mode(False)
     nll, agree = stats()
-    record = {"teacher": teacher, "episodes": episodes, "samples": int(len(X)),
+    record = {"teacher": teacher, "episodes": episodes, "first_seed": first,
+              "samples": int(len(X)),
               "epochs": epochs, "initial_nll": nll0, "initial_agreement": agree0,
               "final_nll": nll, "teacher_agreement": agree}
     if not regularise:

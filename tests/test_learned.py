@@ -43,7 +43,16 @@ def test_pretrained_autoscaler_is_small_packaged_and_reproducible() -> None:
     # the record regenerates it: algorithm, seed, budget, recipe and the command
     assert run["command"].startswith("dynosim train --algo ") and f"--seed {run['seed']}" \
         in run["command"]
-    hp = load_hyperparams(run["algo"], "DynoSim-v0")
+    words = run["command"].split()
+    recipe = words[words.index("--hyperparams") + 1] if "--hyperparams" in words else None
+    hp = load_hyperparams(run["algo"], "DynoSim-v0", recipe and ROOT / recipe)
+    # the recipe the command names is the one it was trained with (env_kwargs, warm start
+    # and checkpoint selection are popped from the hyperparameters, so compare them too)
+    assert run["env_kwargs"] == hp.get("env_kwargs", {})
+    assert {k: v for k, v in run["bc_warm_start"].items() if k in hp["bc_warm_start"]} == \
+        hp["bc_warm_start"]
+    assert (run.get("select_checkpoint") or {}).get("every") == \
+        (hp.get("select_checkpoint") or {}).get("every")
     if "--timesteps" in run["command"]:
         assert f"--timesteps {run['timesteps']} " in run["command"]
     else:
