@@ -88,10 +88,12 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
     hp = load_hyperparams("ppo", env_id, hyperparams)
     defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
     # the YAML's env_kwargs are env overrides as in SB3 training (--set wins); its SB3
-    # reward normalisation (normalize) and behaviour-cloning warm start (bc_warm_start,
-    # agents/router_train.py) have no counterpart here: recorded as not applied
+    # reward normalisation (normalize), behaviour-cloning warm start (bc_warm_start,
+    # agents/router_train.py) and checkpoint selection (select_checkpoint, agents/
+    # checkpoint_select.py) have no counterpart here: recorded as not applied
     recipe_env = dict(hp.pop("env_kwargs", None) or {})
-    not_applied = {k: hp.pop(k) for k in ("normalize", "bc_warm_start") if k in hp}
+    not_applied = {k: hp.pop(k) for k in ("normalize", "bc_warm_start", "select_checkpoint")
+                   if k in hp}
     env_cfg = load_env_config(config, defaults=defaults, **{**recipe_env, **(overrides or {})})
     runners = 2 if num_env_runners is None else int(num_env_runners)
     n_envs = int(hp.pop("n_envs", 1))

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from sim.errors import InputError
+
 
 def request_credit_callback(sla_weight: float):
     """A :class:`RequestCreditCallback` (built lazily: SB3 is imported on use)."""
@@ -113,15 +115,23 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     changed family misses the cache) and the oracle: the greedy schedule's key has no
     oracle field (as before ``oracle:schedule`` became the local search, so caches made
     then still hit), every other oracle's key names it, so two oracles never read each
-    other's schedules."""
+    other's schedules. The schedule is planned and keyed without
+    ``env.action.scale_down_window_s``; the learner's env applies the window to the
+    teacher's requests."""
     import hashlib
     import json
 
+    import gymnasium as gym
+
     from .oracle import SchedulePolicy, best_schedule, greedy_schedule
+
     u = env.unwrapped
     e = u.cfg.env
     cfg = u.cfg.to_dict()
     cfg["env"] = {k: v for k, v in cfg["env"].items() if k != "reward"}
+    # the schedule is a plan of counts, made without scale-down stabilisation (the learner's
+    # env applies it to the teacher's requests as to its own): keyed and replayed without
+    window = cfg["env"]["action"].pop("scale_down_window_s", 0.0)
     _, info = env.reset(seed=seed, options=opts)
     fields = {"config": cfg, "sla_target": e.reward.sla_target, "options": opts,
               "seed": seed, "segment_s": 120.0, "setup": info["episode_setup"]}
@@ -132,9 +142,13 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     if path.exists():
         targets = json.loads(path.read_text())["targets"]
     else:
+        plain = gym.make(env.spec.id, config=u.cfg.to_dict(),
+                         **{"env.action.scale_down_window_s": 0.0}) if window else env
         make = greedy_schedule if oracle == "oracle:schedule-greedy" else best_schedule
-        targets = make(env, opts, seed, e.min_endpoint, u.max_workers, e.reward.sla_target,
+        targets = make(plain, opts, seed, e.min_endpoint, u.max_workers, e.reward.sla_target,
                        120.0, e.interval_s, e.episode_steps)["targets"]
+        if plain is not env:
+            plain.close()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"seed": seed, "options": opts, "targets": targets}))
@@ -145,14 +159,20 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
 def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epochs: int = 10,
                     batch_size: int = 256, learning_rate: float = 1e-3,
                     teacher: str = "heuristic:kv", seed: int = 0, quiet: bool = True,
-                    env_id: str = "DynoSimRouting-v0") -> dict[str, Any]:
+                    env_id: str = "DynoSimRouting-v0", regularise: dict | None = None,
+                    first_seed: int | None = None) -> tuple[dict[str, Any], Any]:
     """Fit ``model.policy`` to ``teacher``'s actions on ``episodes`` training episodes of
     ``env_id`` (``split=train``, seeds ``10_000 + seed ..``, apart from PPO's own seed
-    streams). A recurrent policy (sb3-contrib) is fitted on whole episodes, ``batch_size``
+    streams; ``first_seed ..`` for every training seed if given, so all seeds clone the same
+    teacher episodes). A recurrent policy (sb3-contrib) is fitted on whole episodes, ``batch_size``
     samples' worth of episodes per batch. Returns the samples count and, before and after
     fitting, the mean negative log-likelihood of the teacher's actions and the agreement
     with the teacher (share of samples where the policy's most likely action is the
-    teacher's)."""
+    teacher's), and the callback of ``regularise`` (None without it).
+
+    ``regularise: {weight, steps, batch_size}`` keeps the policy near the clone during
+    fine-tuning (:func:`bc_regulariser`): after each PPO update, ``steps`` Adam steps of
+    ``weight`` x the teacher's NLL on the same samples (feed-forward policies only)."""
     import gymnasium as gym
     import torch as th
 
@@ -162,11 +182,12 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     oracle = teacher in SCHEDULE_TEACHERS
     teach = None if oracle else make_heuristic(teacher, env)
     obs_l, act_l, lengths = [], [], []
+    first = 10_000 + seed if first_seed is None else first_seed
     for k in range(episodes):
         opts = {"split": "train"}
         if teach is None:             # the hindsight schedule of this very episode
-            teach = _schedule_teacher(env, opts, 10_000 + seed + k, teacher)
-        obs, _ = env.reset(seed=10_000 + seed + k, options=opts)
+            teach = _schedule_teacher(env, opts, first + k, teacher)
+        obs, _ = env.reset(seed=first + k, options=opts)
         start, done, n = np.ones(1, dtype=bool), False, 0
         while not done:
             a, _ = teach.predict(obs, episode_start=start, deterministic=True)
@@ -183,6 +204,9 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     X = th.as_tensor(np.asarray(obs_l, dtype=np.float32))
     y = th.as_tensor(np.asarray(act_l, dtype=np.int64))
     pol = model.policy
+    if regularise and hasattr(pol, "lstm_actor"):
+        raise InputError("bc_warm_start.regularise is for feed-forward policies only",
+                         field="bc_warm_start.regularise")
     if hasattr(pol, "lstm_actor"):     # recurrent: items are whole episodes, padded (mask)
         T = max(lengths)
         bounds = np.cumsum([0, *lengths])
@@ -236,6 +260,63 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
                   f"{tot / count:.4f}", file=sys.stderr, flush=True)
     pol.set_training_mode(False)
     nll, agree = stats()
-    return {"teacher": teacher, "episodes": episodes, "samples": int(len(X)),
-            "epochs": epochs, "initial_nll": nll0, "initial_agreement": agree0,
-            "final_nll": nll, "teacher_agreement": agree}
+    record = {"teacher": teacher, "episodes": episodes, "first_seed": first,
+              "samples": int(len(X)),
+              "epochs": epochs, "initial_nll": nll0, "initial_agreement": agree0,
+              "final_nll": nll, "teacher_agreement": agree}
+    if not regularise:
+        return record, None
+    record["regularise"] = dict(regularise)
+    return record, bc_regulariser(X, y, seed=seed, **regularise)
+
+
+def bc_regulariser(X, y, *, weight: float = 1.0, steps: int = 4, batch_size: int = 256,
+                   seed: int = 0):
+    """An SB3 callback that keeps a fine-tuned policy near its behaviour clone: at the start
+    of each rollout but the first (i.e. after each PPO update, before the policy collects
+    the next rollout, so PPO's ratios stay on-policy), ``steps`` minibatch steps of
+    the policy's own optimiser on ``weight`` x the mean NLL of the teacher's actions ``y``
+    (int64, (n,)) at observations ``X`` (float32, (n, obs_dim)). PPO updates and these steps
+    alternate, an auxiliary phase as in Phasic Policy Gradient (Cobbe et al., 2021), so the
+    policy cannot drift from the teacher on the teacher's states unseen while PPO changes it
+    elsewhere. Records ``bc/nll`` and ``bc/agreement`` (TensorBoard) and keeps
+    ``history``: (timesteps, NLL, agreement) before each phase."""
+    import torch as th
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    if weight <= 0 or steps < 1 or batch_size < 1:
+        raise InputError(f"weight > 0, steps >= 1 and batch_size >= 1 needed, got {weight}, "
+                         f"{steps}, {batch_size}", field="bc_warm_start.regularise")
+
+    class BCRegulariser(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gen = th.Generator().manual_seed(seed)
+            self.history: list[tuple[int, float, float]] = []
+            self.rollouts = 0
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_start(self) -> None:
+            self.rollouts += 1
+            if self.rollouts == 1:            # nothing trained yet: the clone as it was
+                return
+            pol = self.model.policy
+            with th.no_grad():
+                dist = pol.get_distribution(X)
+                nll = float(-dist.log_prob(y).mean())
+                agree = float((dist.distribution.probs.argmax(-1) == y).float().mean())
+            self.history.append((int(self.num_timesteps), nll, agree))
+            self.logger.record("bc/nll", nll)
+            self.logger.record("bc/agreement", agree)
+            pol.set_training_mode(True)
+            for _ in range(steps):
+                idx = th.randint(len(X), (batch_size,), generator=self.gen)
+                loss = -weight * pol.get_distribution(X[idx]).log_prob(y[idx]).mean()
+                pol.optimizer.zero_grad()
+                loss.backward()
+                pol.optimizer.step()
+            pol.set_training_mode(False)
+
+    return BCRegulariser()

@@ -65,6 +65,10 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     # per-request reward credit and a behaviour-cloning warm start
     credit = hp.pop("reward_credit", "step")
     bc = hp.pop("bc_warm_start", None)
+    select_ckpt = hp.pop("select_checkpoint", None)
+    if select_ckpt and env_id != "DynoSim-v0":
+        raise InputError("select_checkpoint is for DynoSim-v0 recipes",
+                         field="select_checkpoint")
     policy_name = policy
     if policy == "RouterPolicy":
         from .router_policy import RouterPolicy
@@ -78,13 +82,20 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     cls = algo_class(key)
     model = cls(policy, venv, seed=seed, verbose=0, tensorboard_log=str(out / "tb"),
                 device=device, **hp)
-    bc_record = None
+    bc_record = keep_near = None
     if bc:
         from .router_train import behaviour_clone
-        bc_record = behaviour_clone(model, env_cfg.to_dict(), seed=seed, quiet=quiet,
-                                    env_id=env_id, **bc)
+        bc_record, keep_near = behaviour_clone(model, env_cfg.to_dict(), seed=seed,
+                                               quiet=quiet, env_id=env_id, **bc)
     callbacks = [CheckpointCallback(save_freq=max(1, checkpoint_every // n_envs),
                                     save_path=str(out / "checkpoints"), name_prefix=key)]
+    if keep_near is not None:       # bc_warm_start.regularise (agents/router_train.py)
+        callbacks.append(keep_near)
+    chooser = None
+    if select_ckpt:                 # select_checkpoint (agents/checkpoint_select.py)
+        from .checkpoint_select import checkpoint_selector
+        chooser = checkpoint_selector(env_cfg.to_dict(), env_id=env_id, **select_ckpt)
+        callbacks.append(chooser)
     dual = None
     if env_id == "DynoSim-v0" and env_cfg.env.reward.mode == "lagrangian":
         from .lagrangian import LagrangeMultiplierCallback
@@ -102,6 +113,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     record = {"algo": key, "env_id": env_id, "seed": seed, "timesteps": total,
               "n_envs": n_envs, "policy": policy_name, "hyperparams": hp, "normalize": normalize,
               "reward_credit": credit, "bc_warm_start": bc_record,
+              "select_checkpoint": select_ckpt,
               "config_source": str(config) if config is not None else defaults,
               "env_kwargs": recipe_env, "overrides": cli_overrides,
               "env_config": env_cfg.to_dict()}
@@ -116,6 +128,10 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     record["train_wall_s"] = round(wall, 1)   # run record, not env info
     record["train_cpu_s"] = round(time.process_time() - cpu0, 1)   # wall is load-dependent
     record.update(progress.summary())
+    if keep_near is not None:
+        record["bc_warm_start"]["regularise_history"] = keep_near.history
+    if chooser is not None:
+        record["select_checkpoint"] = chooser.record()
     if dual is not None:
         record["lagrange_multiplier"] = {"final": dual.multiplier, "history": dual.history}
     if not quiet:

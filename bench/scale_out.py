@@ -8,6 +8,9 @@ early stopping loses, and RLlib vs SB3 steps/s. Results: ``bench/results/scale_o
     .venv/bin/python bench/scale_out.py candidates --baseline REV   # CPU-s per candidate, REV vs now
     .venv/bin/python bench/scale_out.py executors --trials 60   # Ray Tune vs --jobs: CPU per trial
     .venv/bin/python bench/scale_out.py attribute OUT   # where a Ray search's core-seconds went
+    .venv/bin/python bench/scale_out.py analyse DIR     # where a search's CPU went; duplicates
+    .venv/bin/python bench/scale_out.py askahead DIR    # a --jobs run's trials through N processes
+    .venv/bin/python bench/scale_out.py floors DIR      # stopped candidates: stop earlier with floors?
 
 The search itself is a plain ``dynosim search`` run (README has the command); its
 ``search.json`` records wall time and simulated requests/s.
@@ -386,6 +389,17 @@ def bench_candidates(args) -> dict:
         fronts[name], records[name] = [], []
     cands = _candidates(args.trials_csv, setups["new"].space)[:args.limit]
     fx, fy, _ = variants["new"].front_axes(objective)
+    rows = list(csv.DictReader(open(args.trials_csv, newline="")))[:len(cands)]
+    picked = range(len(cands))
+    if args.stopped_after is not None:
+        # Only the candidates the search stopped after S simulated seconds, each checked
+        # against the front of the complete feasible candidates before it in the CSV (their
+        # values are full replays): the borderline ones, without replaying the rest.
+        picked = [i for i, r in enumerate(rows) if r["status"] == "pruned"
+                  and not r["stopped_because"].startswith("same candidate")
+                  and float(r["sim_s"]) > args.stopped_after
+                  and (not args.static_only or r.get("planner") in ("", "none"))]
+        cands = [cands[i] for i in picked]
     seen: dict[str, int] = {}
     load0 = _load()
     for i, params in enumerate(cands):
@@ -398,6 +412,9 @@ def bench_candidates(args) -> dict:
                 records[name].append({**records[name][first], "cpu_s": 0.0, "repeat": True})
                 continue
             front = fronts[name]
+            if args.stopped_after is not None:
+                front = [(float(r[fx]), float(r[fy])) for r in rows[:picked[i]]
+                         if r["status"] == "complete" and float(r["score"]) < 1e6]
             t0 = time.process_time()
             res = mod.run_candidate(setup, params,
                                     lambda step, v, s: mod.bound_stop(objective, v, front))
@@ -405,7 +422,8 @@ def bench_candidates(args) -> dict:
             # CPU measured here, the same way for both (the new run_candidate also counts it)
             rec = {"trial": i, "params": params, **res, "cpu_s": cpu}
             records[name].append(rec)
-            if res["status"] == "complete" and res["violation"] == 0:
+            if args.stopped_after is None and res["status"] == "complete" \
+                    and res["violation"] == 0:
                 front.append((res["values"][fx], res["values"][fy]))
         print(json.dumps({"trial": i, **{n: [records[n][-1]["status"],
                                               round(records[n][-1]["cpu_s"], 2),
@@ -440,11 +458,223 @@ def bench_candidates(args) -> dict:
     b, n = summary["baseline"], summary["new"]
     return {"bench": "candidates", "trials_csv": args.trials_csv, "candidates": len(cands),
             "baseline": args.baseline, "objective": args.objective, "check_s": args.check_s,
+            "stopped_after": args.stopped_after, "static_only": args.static_only,
             "load_before": load0, "load_after": _load(),
             "same_front": b["front"] == n["front"], "same_best": b["best"] == n["best"],
             "same_complete_values": same_values,
             "cpu_ratio_new_over_baseline": round(n["cpu_s"] / b["cpu_s"], 3),
             "summary": summary}
+
+
+# -- where a search's CPU goes, and what exact caching could save -----------------------------------
+
+def bench_analyse(args) -> dict:
+    """Where a ``dynosim search`` run's replay CPU went (``DIR/trials.csv`` + ``search.json``;
+    per-trial CPU is estimated as in ``askahead``: simulated seconds x the block size's
+    full-replay rate, scaled to ``trials_cpu_s``), by outcome, deployment shape and block
+    size; whether the space was drawn conditionally (KV-router weights only for the KV
+    router, planner knobs only with a planner); and what exact result caching could save:
+    repeats (the search already reuses them) and candidates equal after dropping parameters
+    that cannot change the replay (the router of a static one-worker deployment)."""
+    import collections
+    d = Path(args.dir)
+    info = json.loads((d / "search.json").read_text())
+    rows = list(csv.DictReader(open(d / "trials.csv", newline="")))
+    rep = [r["stopped_because"].startswith("same candidate") for r in rows]
+    raw = [0.0 if rp else float(r["sim_s"]) * _FULL_REPLAY_CPU_BY_BLOCK[
+        int(float(r["engine.block_size"]))] for r, rp in zip(rows, rep)]
+    scale = info["run_info"]["trials_cpu_s"] / sum(raw)
+    cpu = [x * scale for x in raw]
+    total = sum(cpu)
+
+    def group(key, sel=lambda r: True, top=8):
+        acc = collections.defaultdict(lambda: [0, 0.0, 0.0])
+        for r, c, rp in zip(rows, cpu, rep):
+            if not rp and sel(r):
+                a = acc[key(r)]
+                a[0] += 1
+                a[1] += c
+                a[2] += float(r["sim_s"])
+        return {str(k): {"n": n, "cpu_s": round(c, 1), "share": round(c / total, 3),
+                         "sim_s": round(s)}
+                for k, (n, c, s) in sorted(acc.items(), key=lambda kv: -kv[1][1])[:top]}
+
+    def shape(r):
+        return f"{r['cluster.num_workers']}xTP{r['tp']} {r['planner']}"
+    kv_keys = ("router.overlap_score_credit", "router.prefill_load_scale")
+    uncond = sum(1 for r in rows if (r["router.mode"] != "kv" and any(r[k] for k in kv_keys))
+                 or (r["planner"] == "none" and r["planner.interval_s"]))
+    # Canonical candidates: a static one-worker deployment routes every request to its one
+    # worker, whatever the router and its weights.
+    drop = ("router.mode", *kv_keys)
+    params = [k for k in rows[0] if k in ("tp", "cluster.num_workers", "engine.block_size",
+                                         "engine.max_num_batched_tokens", "router.mode",
+                                         *kv_keys, "planner", "planner.interval_s")]
+
+    def canon(r):
+        one = r["cluster.num_workers"] == "1" and r["planner"] == "none"
+        return tuple((k, "" if one and k in drop else r[k]) for k in params)
+    first: dict[tuple, int] = {}
+    dup_cpu, dup_n = 0.0, 0
+    for i, (r, c, rp) in enumerate(zip(rows, cpu, rep)):
+        key = canon(r)
+        if key in first and not rp:
+            dup_n += 1
+            dup_cpu += c
+        first.setdefault(key, i)
+    stopped_late = [c for r, c, rp in zip(rows, cpu, rep)
+                    if not rp and r["status"] == "pruned" and float(r["sim_s"]) > 2400]
+    return {"bench": "analyse", "dir": str(d), "trials": len(rows),
+            "trials_cpu_s": info["run_info"]["trials_cpu_s"],
+            "repeats_reused": sum(rep),
+            "by_status": group(lambda r: r["status"]),
+            "complete_by_shape": group(shape, lambda r: r["status"] == "complete"),
+            "complete_by_block": group(lambda r: r["engine.block_size"],
+                                       lambda r: r["status"] == "complete"),
+            "complete_by_router": group(lambda r: r["router.mode"],
+                                        lambda r: r["status"] == "complete"),
+            "stopped_by_stop_time": group(lambda r: "<=1200 s" if float(r["sim_s"]) <= 1200
+                                          else "<=2400 s" if float(r["sim_s"]) <= 2400
+                                          else ">2400 s", lambda r: r["status"] == "pruned"),
+            "stopped_by_reason": group(lambda r: r["stopped_because"].split(":")[0],
+                                       lambda r: r["status"] == "pruned"),
+            "stopped_after_2400_s": {"n": len(stopped_late),
+                                     "cpu_s": round(sum(stopped_late), 1)},
+            "drawn_unconditionally": uncond,
+            "static_one_worker": sum(1 for r in rows if r["cluster.num_workers"] == "1"
+                                     and r["planner"] == "none"),
+            "canonical_duplicates": {"n": dup_n, "cpu_s": round(dup_cpu, 1),
+                                     "share": round(dup_cpu / total, 4)}}
+
+
+# -- the TTFT floors of requests still to arrive: which stopped candidates stop earlier ------------
+
+def bench_floors(args) -> dict:
+    """For every candidate a search stopped (``DIR/trials.csv``; static deployments, the
+    only ones the floors cover; repeats left out), replay it once and apply the bound rule at
+    every check twice: with the TTFT floors of the requests still to arrive
+    (``search.future_ttft_floors``) and without (the rule before them). The replay does not
+    depend on the rule, so one replay gives both stop times exactly; the CPU between them
+    (``process_time`` at each check) is what the floors save. Each candidate is checked
+    against the front of the complete feasible candidates before it in the CSV (full-replay
+    values); whether the rule without floors stops where the search stopped it is reported
+    (the search's own front was that of the trials told before each was asked)."""
+    import math
+
+    from dynosim.studies import search
+    d = Path(args.dir)
+    rows = list(csv.DictReader(open(d / "trials.csv", newline="")))
+    space = search.load_space(args.space)
+    objective = search.parse_objective(args.objective, search._known_fields(
+        search.DEFAULT_TRACE, None))
+    setup = search.Setup(search.DEFAULT_TRACE, space, objective, search.DEFAULT_RUNGS_S,
+                         early_stop="bound")
+    fx, fy, _ = search.front_axes(objective)
+    cands = _candidates(str(d / "trials.csv"), space)
+    picked = [i for i, r in enumerate(rows) if r["status"] == "pruned"
+              and not r["stopped_because"].startswith("same candidate")
+              and r.get("planner") in ("", "none")][:args.limit]
+    fields = objective.fields()
+    out = []
+    load0 = _load()
+    orig = search.lower_bounds
+    for n, i in enumerate(picked):
+        front = [(float(r[fx]), float(r[fy])) for r in rows[:i]
+                 if r["status"] == "complete" and float(r["score"]) < 1e6]
+        state = {"new": None, "old": None, "cpu": {}}
+        t0 = time.process_time()
+        seen = {}
+
+        def lower_bounds(sim, flds, n_total, future=None):
+            seen["old"] = orig(sim, flds, n_total)
+            seen["new"] = orig(sim, flds, n_total, future) if future is not None \
+                else seen["old"]
+            return seen["new"]
+
+        def report(step, values, score):
+            state["cpu"][step] = time.process_time() - t0
+            for rule in ("new", "old"):
+                if state[rule] is None and search.bound_stop(
+                        objective, {**seen[rule], "totals.num_requests":
+                                    values["totals.num_requests"]}, front):
+                    state[rule] = step
+            return state["old"] is not None          # run on until the old rule stops
+        search.lower_bounds = lower_bounds
+        try:
+            res = search.run_candidate(setup, cands[i], report)
+        finally:
+            search.lower_bounds = orig
+        old, new = state["old"], state["new"]
+        rec = {"trial": i, "block": cands[i].get("engine.block_size"), "tp": cands[i].get("tp"),
+               "search_stop_s": float(rows[i]["sim_s"]),
+               "old_stop_s": old and old * setup.check_s, "new_stop_s": new and new * setup.check_s,
+               "old_cpu_s": state["cpu"].get(old), "new_cpu_s": state["cpu"].get(new),
+               "status": res["status"]}
+        out.append(rec)
+        print(json.dumps({"n": n, **rec}), file=sys.stderr, flush=True)
+    stopped = [r for r in out if r["old_stop_s"] is not None and r["new_stop_s"] is not None]
+    earlier = [r for r in stopped if r["new_stop_s"] < r["old_stop_s"]]
+    later = [r for r in stopped if r["new_stop_s"] > r["old_stop_s"]]
+    old_cpu = sum(r["old_cpu_s"] for r in stopped)
+    saved = sum(r["old_cpu_s"] - r["new_cpu_s"] for r in earlier)
+    return {"bench": "floors", "dir": str(d), "objective": args.objective,
+            "candidates": len(out), "stopped_by_both": len(stopped),
+            "old_rule_matches_search": sum(r["old_stop_s"] == r["search_stop_s"] for r in out),
+            "stop_earlier": len(earlier), "stop_later": len(later),
+            "sim_s_saved": sum(r["old_stop_s"] - r["new_stop_s"] for r in earlier),
+            "sim_s_old": sum(r["old_stop_s"] for r in stopped),
+            "cpu_s_old": round(old_cpu, 1), "cpu_s_saved": round(saved, 1),
+            "cpu_saved_share": round(saved / old_cpu, 4) if old_cpu else math.nan,
+            "earlier_by_tp": {str(tp): sum(r["tp"] == tp for r in earlier) for tp in (1, 2, 4)},
+            "load_before": load0, "load_after": _load(), "records": out}
+
+
+# -- how the --jobs pool scales: trial durations through the ask-ahead rule ------------------------
+
+#: CPU seconds of a full replay of the conversation hour by KV block size (README, "Where the
+#: 26 minutes went"): only their ratios are used, scaled to the run's measured replay CPU.
+_FULL_REPLAY_CPU_BY_BLOCK = {16: 5.4, 32: 3.4, 64: 2.1}
+
+
+def bench_askahead(args) -> dict:
+    """Replay a ``dynosim search --jobs`` run's trials (``DIR/trials.csv``, in trial order)
+    through the pool's ask-ahead rule (``search_pool``: trial n is asked once trials
+    0..n-L are told, L = POOL_LAG_PER_JOB x N; N processes take asked trials first come,
+    first served; repeats cost nothing) for several N. Trial CPU is not in ``trials.csv``:
+    each trial's is its simulated seconds x its block size's full-replay CPU rate, scaled so
+    the trials add up to the run's ``trials_cpu_s`` (``search.json``). Reports, per N, the
+    busy fraction of the N processes and the wall time (driver time left out)."""
+    from dynosim.studies.search import POOL_LAG_PER_JOB
+    d = Path(args.dir)
+    info = json.loads((d / "search.json").read_text())
+    rows = list(csv.DictReader(open(d / "trials.csv", newline="")))
+    raw = [0.0 if r["stopped_because"].startswith("same candidate") else
+           float(r["sim_s"]) * _FULL_REPLAY_CPU_BY_BLOCK[int(float(r["engine.block_size"]))]
+           for r in rows]
+    scale = info["run_info"]["trials_cpu_s"] / sum(raw)
+    dur = [x * scale for x in raw]
+    out = {}
+    for n in args.jobs_list:
+        lag = POOL_LAG_PER_JOB * n
+        free = [0.0] * n                  # when each process is next free
+        told: list[float] = []
+        start_prev = 0.0
+        for i, x in enumerate(dur):
+            asked = told[i - lag] if i >= lag else 0.0
+            if x == 0.0:                  # a repeat: recorded when asked
+                done = asked
+            else:
+                k = min(range(n), key=free.__getitem__)
+                start = max(asked, free[k], start_prev)        # FIFO
+                start_prev = start
+                done = free[k] = start + x
+            told.append(max(done, told[-1] if told else 0.0))
+        wall = told[-1]
+        out[n] = {"wall_s": round(wall, 1), "busy": round(sum(dur) / (n * wall), 3),
+                  "trials_per_cpu_s": round(len(dur) / (n * wall), 4)}
+    return {"bench": "askahead", "dir": str(d), "trials": len(rows),
+            "trials_cpu_s": info["run_info"]["trials_cpu_s"], "lag_per_job": POOL_LAG_PER_JOB,
+            "by_jobs": out}
 
 
 # -- RL: RLlib vs SB3 steps/s ---------------------------------------------------------------------
@@ -523,10 +753,26 @@ def main() -> int:
     c.add_argument("--trials-csv", default=str(REPO / "docs/search/bound_tpe/trials.csv"))
     c.add_argument("--limit", type=int, default=None, help="only the first N candidates")
     c.add_argument("--check-s", type=float, default=None)
+    c.add_argument("--stopped-after", type=float, default=None, metavar="S",
+                   help="only the candidates the CSV shows stopped after S simulated seconds")
+    c.add_argument("--static-only", action="store_true",
+                   help="with --stopped-after: only candidates without a planner")
     c.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
     c.add_argument("--objective", default="minimise totals.gpu_hours subject to "
                    "latency_ms.ttft.p90 <= 3000")
-    for y in (s, e, r, b, c, x, a):
+    n_ = sub.add_parser("analyse")
+    n_.add_argument("dir", help="the --out of a dynosim search")
+    f = sub.add_parser("floors")
+    f.add_argument("dir", help="the --out of a dynosim search (bound rule)")
+    f.add_argument("--limit", type=int, default=None)
+    f.add_argument("--space", default=str(REPO / "envs_configs/search/deployment_space.yaml"))
+    f.add_argument("--objective", default="minimise totals.gpu_hours subject to "
+                   "latency_ms.ttft.p90 <= 3000")
+    k = sub.add_parser("askahead")
+    k.add_argument("dir", help="the --out of a dynosim search --jobs run")
+    k.add_argument("--jobs-list", type=lambda t: [int(v) for v in t.split(",")],
+                   default=[1, 2, 3, 4, 8, 16])
+    for y in (s, e, r, b, c, x, a, k, f, n_):
         y.add_argument("--out", default="out/bench_scale_out")
         y.add_argument("--json", default=None, help="append the result to this JSON-lines file")
     args = p.parse_args()
@@ -534,7 +780,9 @@ def main() -> int:
     t0 = time.time()
     res = {"sweep": bench_sweep, "exactness": bench_exactness, "rl": bench_rl,
            "bound": bench_bound, "candidates": bench_candidates,
-           "executors": bench_executors, "attribute": bench_attribute}[args.what](args)
+           "executors": bench_executors, "attribute": bench_attribute,
+           "askahead": bench_askahead, "floors": bench_floors,
+           "analyse": bench_analyse}[args.what](args)
     res.update(nproc=os.cpu_count(), started_utc=time.strftime("%Y-%m-%d %H:%M",
                                                                time.gmtime(t0)))
     text = json.dumps(res, indent=1)

@@ -1,8 +1,10 @@
 """``DynoSim-v0``: learn to autoscale an aggregated LLM-serving pool."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -94,7 +96,13 @@ class DynoSimEnv(SimEnv):
     ``type = target``: ``Discrete(max_workers - min_endpoint + 1)``, action ``i`` asks for
     ``min_endpoint + i`` workers. Requests are clamped to ``[min_endpoint, max_gpu_budget //
     gpus_per_worker]`` inside the env; ``action_masks()`` gives the actions that need no
-    clamping (sb3-contrib MaskablePPO). An action the space does not contain (floats, bools,
+    clamping (sb3-contrib MaskablePPO). ``env.action.scale_down_window_s = W`` (default 0,
+    off; aggregated pool only) stabilises scale-downs as Kubernetes' HPA does
+    (``behavior.scaleDown.stabilizationWindowSeconds``): the env provisions the highest count
+    requested over the last ``ceil(W / interval_s)`` decisions, this one included, so a
+    scale-up applies at once and a scale-down once every request in the window was lower
+    (``info["requested_workers"]`` is the request, ``info["target_workers"]`` what was
+    provisioned). An action the space does not contain (floats, bools,
     strings, arrays other than 0-d integer ones) raises ``ValueError``; ``step`` after
     ``truncated=True`` without ``reset`` raises :class:`~dynosim_gym.base.ResetNeeded`.
 
@@ -161,6 +169,8 @@ class DynoSimEnv(SimEnv):
 
     ## Version History
 
+    * v0 (0.2.3, issue 11): ``env.action.scale_down_window_s``, HPA-style scale-down
+      stabilisation (default 0: unchanged behaviour).
     * v0 (0.2.2, issue 11): ``mooncake_mod`` caps each row's prompt at the longest an
       idle worker of the config's engine prefills within the TTFT SLA (computed from the
       config by :func:`dynosim_gym.scenarios.idle_prefill_cap`: 21,868 tokens for the
@@ -206,6 +216,8 @@ class DynoSimEnv(SimEnv):
         self.episodes = EpisodeFactory(self.cfg)
         self.action_type = make_action_type(e.action, e.min_endpoint, self.max_workers)
         self.action_space = self.action_type.space
+        # env.action.scale_down_window_s as decisions (this one included); 1 = off
+        self._window = max(1, math.ceil(e.action.scale_down_window_s / e.interval_s - 1e-9))
         self.obs_builder = ObservationBuilder(self.cfg, self.max_workers, sla.ttft_ms,
                                               sla.itl_ms)
         self.observation_space = self.obs_builder.space
@@ -239,6 +251,7 @@ class DynoSimEnv(SimEnv):
                         "timed_out": 0, "gpu_seconds": 0.0, "changes": 0, "scaling_events": 0,
                         "reversals": 0}
         self._last_dir = 0
+        self._requests: collections.deque[int] = collections.deque(maxlen=self._window)
         self.obs_builder.startup_s = self.sim.cluster_cfg.startup_time_s
         self._ttfts: list[float] = []
         self._tpots: list[float] = []
@@ -346,7 +359,9 @@ class DynoSimEnv(SimEnv):
         act, start, _ = sim.counts()
         cur = act + start
         want = self.action_type.target(a, cur)
-        target = min(max(want, self.cfg.env.min_endpoint), self.max_workers)
+        self._requests.append(want)
+        # scale-down stabilisation (env.action.scale_down_window_s): the window's highest
+        target = min(max(max(self._requests), self.cfg.env.min_endpoint), self.max_workers)
         changed = 0
         if target > cur:
             sim.add_workers(target - cur)
@@ -536,6 +551,9 @@ class DynoSimDisaggEnv(DynoSimEnv):
     def __init__(self, config: Any = None, *, render_mode: str | None = None,
                  **overrides: Any) -> None:
         super().__init__(config, render_mode=render_mode, **overrides)
+        if self.cfg.env.action.scale_down_window_s:
+            raise InputError("not supported with disaggregated pools (one delta per pool); "
+                             "use 0", field="env.action.scale_down_window_s")
         from sim.config import disagg_config
         d = disagg_config(self.cfg.sim)
         e = self.cfg.env

@@ -53,6 +53,11 @@ SCALE = Range(0, MAX_TOKENS, lo_open=True, unit="tokens", why="token counts are 
 class ActionSection:
     type: str = _opt("delta", choices=("delta", "target"))  # delta: -k..+k workers; target: N
     max_step: int = _opt(2, range=WORKERS)  # delta: largest change per step (workers)
+    # scale-down stabilisation (Kubernetes HPA's behavior.scaleDown.stabilizationWindowSeconds):
+    # the env provisions the highest count the policy asked for over the last window_s seconds
+    # of decisions (this one included), so scale-ups apply at once and a scale-down only once
+    # every request in the window was lower; 0 = off. Aggregated pool only.
+    scale_down_window_s: float = _opt(0.0, range=TIME_S)
 
 
 @dataclass

@@ -123,6 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="runs/learned", help="run directories: RUNS/NAME/sSEED")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"))
     ap.add_argument("--timesteps", type=int, default=None)
+    ap.add_argument("--hyperparams", default=None, metavar="YAML",
+                    help="recipe file (default: agents/hyperparams/ALGO.yml; round 3's: "
+                         "agents/hyperparams/archive/ppo_round3.yml)")
     ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--score-only", action="store_true")
     ap.add_argument("--summary-only", action="store_true",
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
         if not args.score_only:
             t0 = time.perf_counter()
             train(args.algo, "DynoSim-v0", timesteps=args.timesteps, out=run, seed=s,
-                  overrides=dict(args.set))
+                  overrides=dict(args.set), hyperparams=args.hyperparams)
             print(f"{name} seed {s}: trained in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr, flush=True)
         rec = json.loads((run / "run.json").read_text())

@@ -8,8 +8,14 @@
  * copies form a chain in registration order (first copy = the one look-ups use), found
  * through an open-addressing hash table (linear probing, backward-shift deletion) of 8-byte
  * entries: the first copy's slot and the low 32 bits of the key's hash (home index and a
- * filter; the key itself is compared in the slot record). Inactive copies sit in a doubly
- * linked LRU list, oldest at the head. Freed slots are a stack, reused before the never-used
+ * filter; the key itself is compared in the slot record). Inactive copies are in LRU order,
+ * oldest first, in a ring of slot ids: a release appends its copy, a hit that pins an
+ * inactive copy only marks the copy as out of the LRU (its ring entry goes stale, skipped
+ * later), and evictions take live entries from the front. Unlike a linked list, neither
+ * touches another copy's record, and the victims are read in array order (prefetched ahead)
+ * instead of by following links. A copy's record holds the ring position of its live entry.
+ * When the ring is full it is compacted in place (it holds at least twice the pool, so at
+ * least half of it is stale then). Freed slots are a stack, reused before the never-used
  * slots, which are taken in order 0, 1, 2, ...: nothing is initialised up front (the table
  * is calloc'ed, empty = 0), so a pool costs memory only as far as it has been used.
  */
@@ -23,7 +29,7 @@ typedef struct {
     int64_t key;
     int32_t refs;           /* holders (set when the slot is taken) */
     int32_t next_copy;      /* next copy of the same key (-1 = none) */
-    int32_t prev, next;     /* LRU neighbours (-1 = none), valid while refs == 0 */
+    int64_t lpos;           /* ring position of its LRU entry while refs == 0, else -1 */
 } Slot;
 
 typedef struct {
@@ -36,8 +42,10 @@ typedef struct {
     int64_t num_blocks, block_size;
     int prefix_caching;
     Slot *s;                /* slot records */
-    int32_t lru_head, lru_tail;
-    int64_t lru_len;
+    int32_t *ring;          /* LRU ring: slot ids; position q is ring[q & ring_mask] */
+    uint64_t ring_mask;
+    int64_t lru_front, lru_back;    /* positions: entries front..back-1 (stale ones too) */
+    int64_t lru_len;                /* live entries = inactive copies */
     int32_t *freed;         /* stack of freed slots */
     int64_t freed_n;
     int64_t fresh;          /* slots fresh.. have never been used */
@@ -122,7 +130,7 @@ static inline int32_t ht_get(KvPool *p, int64_t key) {
  * PF_AHEAD places later is requested before this one is probed. A key that fails to convert
  * is not prefetched (its error is raised when the loop reaches it, as before). Hints only:
  * results are unchanged. */
-#define PF_AHEAD 8
+#define PF_AHEAD 16
 static inline int get_key(PyObject *obj, int64_t *out);
 static inline void prefetch_key_entry(PyObject *keys, Py_ssize_t j, const void *table,
                                       size_t esz, uint64_t mask) {
@@ -138,20 +146,41 @@ static int64_t ht_home(const void *e, uint64_t mask) {
 }
 static void ht_clear(void *e) { ((HtEntry *)e)->slot1 = 0; }
 
-/* -- LRU list ----------------------------------------------------------------- */
+/* -- LRU ring ------------------------------------------------------------------ */
+/* Is the entry at position q live (its copy's current LRU entry)? */
+static inline int lru_live(const KvPool *p, int64_t q) {
+    return p->s[p->ring[(uint64_t)q & p->ring_mask]].lpos == q;
+}
+
+/* Full ring: move the live entries to the front, in order (positions only decrease, so a
+ * record's lpos is rewritten to its new position). */
+static void lru_compact(KvPool *p) {
+    int64_t w = p->lru_front;
+    for (int64_t q = p->lru_front; q < p->lru_back; q++) {
+        int32_t c = p->ring[(uint64_t)q & p->ring_mask];
+        if (p->s[c].lpos != q) continue;
+        p->ring[(uint64_t)w & p->ring_mask] = c;
+        p->s[c].lpos = w++;
+    }
+    p->lru_back = w;
+}
+
 static inline void lru_push_tail(KvPool *p, int32_t c) {
-    p->s[c].prev = p->lru_tail;
-    p->s[c].next = -1;
-    if (p->lru_tail >= 0) p->s[p->lru_tail].next = c; else p->lru_head = c;
-    p->lru_tail = c;
+    if ((uint64_t)(p->lru_back - p->lru_front) > p->ring_mask) lru_compact(p);
+    p->ring[(uint64_t)p->lru_back & p->ring_mask] = c;
+    p->s[c].lpos = p->lru_back++;
     p->lru_len++;
 }
 
 static inline void lru_remove(KvPool *p, int32_t c) {
-    int32_t a = p->s[c].prev, b = p->s[c].next;
-    if (a >= 0) p->s[a].next = b; else p->lru_head = b;
-    if (b >= 0) p->s[b].prev = a; else p->lru_tail = a;
+    p->s[c].lpos = -1;              /* its ring entry is stale now */
     p->lru_len--;
+}
+
+/* Oldest inactive copy (lru_len > 0): drops stale entries at the front. */
+static inline int32_t lru_oldest(KvPool *p) {
+    while (!lru_live(p, p->lru_front)) p->lru_front++;
+    return p->ring[(uint64_t)p->lru_front & p->ring_mask];
 }
 
 /* -- helpers -------------------------------------------------------------------- */
@@ -369,18 +398,24 @@ static int evict(KvPool *p, int64_t n) {
         late = PyObject_GetAttrString(p->events, "late");
         if (!removed || !stored || !late) goto fail;
     }
+    /* Victims are read in ring order, so they are prefetched in two stages: the records
+       of the entries 2 * PF_AHEAD ahead, and the table entries of those PF_AHEAD ahead
+       (whose records arrived meanwhile). Stale entries are prefetched too (harmless). */
+    int64_t pf_rec = p->lru_front, pf_ht = p->lru_front;
     for (int64_t e = 0; e < n; e++) {
-        int32_t c = p->lru_head;
-        if (e + 1 < n) {
-            /* prefetch: the next victim's table entry (its record was prefetched one
-               iteration ago) and the record of the one after it */
-            int32_t nx = p->s[c].next;
-            if (nx >= 0) {
-                __builtin_prefetch(&p->ht[mix64((uint64_t)p->s[nx].key) & p->ht_mask]);
-                if (e + 2 < n && p->s[nx].next >= 0) __builtin_prefetch(&p->s[p->s[nx].next]);
-            }
+        int32_t c = lru_oldest(p);
+        int64_t lim = p->lru_front + (n - e) + 2;
+        if (lim > p->lru_back) lim = p->lru_back;
+        if (pf_rec < p->lru_front) pf_rec = p->lru_front;
+        if (pf_ht < p->lru_front) pf_ht = p->lru_front;
+        for (int64_t stop = p->lru_front + 2 * PF_AHEAD; pf_rec < stop && pf_rec < lim; pf_rec++)
+            __builtin_prefetch(&p->s[p->ring[(uint64_t)pf_rec & p->ring_mask]]);
+        for (int64_t stop = p->lru_front + PF_AHEAD; pf_ht < stop && pf_ht < lim; pf_ht++) {
+            int32_t x = p->ring[(uint64_t)pf_ht & p->ring_mask];
+            __builtin_prefetch(&p->ht[mix64((uint64_t)p->s[x].key) & p->ht_mask]);
         }
         lru_remove(p, c);
+        p->lru_front++;
         int64_t k = p->s[c].key;
         uint32_t tag; int found;
         uint64_t hi = ht_probe(p, k, &tag, &found);
@@ -432,6 +467,7 @@ static int32_t register_key(KvPool *p, int64_t key, PyObject *stored) {
     sc->key = key;
     sc->refs = 1;
     sc->next_copy = -1;
+    sc->lpos = -1;
     uint32_t tag; int found;
     uint64_t i = ht_probe(p, key, &tag, &found);
     if (found) {
@@ -674,9 +710,11 @@ static PyObject *KvPool_evicted_keys_ahead(KvPool *p, PyObject *args) {
     if (!PyArg_ParseTuple(args, "nn", &start, &stop)) return NULL;
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
-    int32_t c = p->lru_head;
-    for (Py_ssize_t i = 0; i < stop && c >= 0; i++, c = p->s[c].next) {
-        if (i < start) continue;
+    Py_ssize_t i = 0;
+    for (int64_t q = p->lru_front; q < p->lru_back && i < stop; q++) {
+        if (!lru_live(p, q)) continue;
+        int32_t c = p->ring[(uint64_t)q & p->ring_mask];
+        if (i++ < start) continue;
         int64_t k = p->s[c].key;
         if (k >= 0 && ht_get(p, k) == c && p->s[c].next_copy < 0 && append_long(out, k) < 0) {
             Py_DECREF(out);
@@ -713,7 +751,10 @@ static PyObject *KvPool_check(KvPool *p, PyObject *Py_UNUSED(a)) {
         PyErr_SetString(PyExc_AssertionError, "copies drifted"); return NULL;
     }
     int64_t n = 0;
-    for (int32_t c = p->lru_head; c >= 0; c = p->s[c].next) {
+    for (int64_t q = p->lru_front; q < p->lru_back; q++) {
+        if (!lru_live(p, q)) continue;
+        int32_t c = p->ring[(uint64_t)q & p->ring_mask];
+        if (c < 0 || c >= p->fresh) { PyErr_SetString(PyExc_AssertionError, "LRU drifted"); return NULL; }
         if (p->s[c].refs != 0) { PyErr_SetString(PyExc_AssertionError, "held block in the LRU"); return NULL; }
         if (++n > used) break;
     }
@@ -751,7 +792,7 @@ static PyObject *KvPool_get_block_size(KvPool *p, void *c) { (void)c; return get
 static PyObject *KvPool_get_prefix_caching(KvPool *p, void *c) { (void)c; return PyBool_FromLong(p->prefix_caching); }
 
 static void KvPool_dealloc(KvPool *p) {
-    PyMem_Free(p->s); PyMem_Free(p->freed); PyMem_Free(p->ht);
+    PyMem_Free(p->s); PyMem_Free(p->freed); PyMem_Free(p->ht); PyMem_Free(p->ring);
     PyMem_Free(p->ev_st); PyMem_Free(p->ev_rm); PyMem_Free(p->ev_late_pos);
     Py_XDECREF(p->events);
     Py_TYPE(p)->tp_free((PyObject *)p);
@@ -769,15 +810,18 @@ static int KvPool_init(KvPool *p, PyObject *args, PyObject *kw) {
     while (cap < (uint64_t)nb * 2) cap <<= 1;
     p->ht_mask = cap - 1;
     /* __init__ may run twice */
-    PyMem_Free(p->s); PyMem_Free(p->freed); PyMem_Free(p->ht);
+    PyMem_Free(p->s); PyMem_Free(p->freed); PyMem_Free(p->ht); PyMem_Free(p->ring);
     /* nothing is written here: slots and the freed stack are filled as used, the table is
        zero (empty) pages until touched */
     p->s = PyMem_Malloc((size_t)nb * sizeof(Slot));
     p->freed = PyMem_Malloc((size_t)nb * sizeof(int32_t));
     p->ht = PyMem_Calloc((size_t)cap, sizeof(HtEntry));
-    if (!p->s || !p->freed || !p->ht) { PyErr_NoMemory(); return -1; }
+    /* the ring: at least twice the pool (a compaction then frees at least half of it) */
+    p->ring = PyMem_Malloc((size_t)cap * sizeof(int32_t));
+    p->ring_mask = cap - 1;
+    if (!p->s || !p->freed || !p->ht || !p->ring) { PyErr_NoMemory(); return -1; }
     p->freed_n = 0; p->fresh = 0;
-    p->lru_head = p->lru_tail = -1; p->lru_len = 0;
+    p->lru_front = p->lru_back = 0; p->lru_len = 0;
     p->num_private = p->num_hashed = p->evictions = 0;
     Py_INCREF(Py_None); Py_XSETREF(p->events, Py_None);
     return 0;
@@ -1387,6 +1431,140 @@ static PyObject *mod_table_decode_ends(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* == per-pass times of a GPU table (sim.gpu_timing.GpuTableTiming) ====================== */
+/* ``prefill_ms`` and ``decode_ms`` of one pass, called at every full pass: the same float
+ * operations in the same order as GpuTableTiming.raw_prefill_ms / raw_decode_ms followed by
+ * sim.timing.modeled_ms (speed-up 1 only), so the values are bit-identical; the Python
+ * methods stay the reference (tests/test_gpu_timing.py compares them). Built from the
+ * table's axes and grids as bytes of doubles. */
+typedef struct {
+    PyObject_HEAD
+    double *pn_log, *pt, *pp, *pms;   /* prefill: log num_seqs, new and cached tokens; ms[k][t][p] */
+    Py_ssize_t npn, npt, npp;
+    double a, b, c;                   /* decode: linear part */
+    double *db, *dc, *dr;             /* decode: batch sizes, context per sequence; residual[b][c] */
+    Py_ssize_t ndb, ndc;
+    PyObject *to_ns;                  /* sim.timing._to_ns, for near ties */
+} TableTiming;
+
+static void TableTiming_dealloc(TableTiming *t) {
+    PyMem_Free(t->pn_log); PyMem_Free(t->pt); PyMem_Free(t->pp); PyMem_Free(t->pms);
+    PyMem_Free(t->db); PyMem_Free(t->dc); PyMem_Free(t->dr);
+    Py_XDECREF(t->to_ns);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static int tt_copy(double **dst, const char *src, Py_ssize_t len, Py_ssize_t *n) {
+    if (len % (Py_ssize_t)sizeof(double)) { PyErr_SetString(PyExc_ValueError, "not doubles"); return -1; }
+    PyMem_Free(*dst);
+    *dst = PyMem_Malloc(len ? (size_t)len : 1);
+    if (!*dst) { PyErr_NoMemory(); return -1; }
+    memcpy(*dst, src, (size_t)len);
+    *n = len / (Py_ssize_t)sizeof(double);
+    return 0;
+}
+
+static int TableTiming_init(TableTiming *t, PyObject *args, PyObject *kw) {
+    const char *pn, *pt, *pp, *pms, *db, *dc, *dr;
+    Py_ssize_t lpn, lpt, lpp, lpms, ldb, ldc, ldr, nms, ndr;
+    double a, b, c; PyObject *to_ns;
+    if (!PyArg_ParseTuple(args, "y#y#y#y#dddy#y#y#O", &pn, &lpn, &pt, &lpt, &pp, &lpp, &pms, &lpms,
+                          &a, &b, &c, &db, &ldb, &dc, &ldc, &dr, &ldr, &to_ns)) return -1;
+    if (tt_copy(&t->pn_log, pn, lpn, &t->npn) < 0 || tt_copy(&t->pt, pt, lpt, &t->npt) < 0 ||
+        tt_copy(&t->pp, pp, lpp, &t->npp) < 0 || tt_copy(&t->pms, pms, lpms, &nms) < 0 ||
+        tt_copy(&t->db, db, ldb, &t->ndb) < 0 || tt_copy(&t->dc, dc, ldc, &t->ndc) < 0 ||
+        tt_copy(&t->dr, dr, ldr, &ndr) < 0) return -1;
+    if (t->npn < 2 || t->npt < 2 || t->npp < 2 || t->ndb < 2 || t->ndc < 2 ||
+        nms != t->npn * t->npt * t->npp || ndr != t->ndb * t->ndc) {
+        PyErr_SetString(PyExc_ValueError, "table axes and grids do not match"); return -1;
+    }
+    t->a = a; t->b = b; t->c = c;
+    Py_INCREF(to_ns); Py_XSETREF(t->to_ns, to_ns);
+    return 0;
+}
+
+/* bisect_right(nodes, x) - 1 */
+static inline Py_ssize_t tt_bisect(const double *nodes, Py_ssize_t n, double x) {
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) { Py_ssize_t mid = (lo + hi) / 2; if (x < nodes[mid]) hi = mid; else lo = mid + 1; }
+    return lo - 1;
+}
+/* sim.gpu_timing._seg: clamped at both ends */
+static inline void tt_seg(const double *nodes, Py_ssize_t n, double x, Py_ssize_t *i, double *f) {
+    Py_ssize_t last = n - 1;
+    if (x <= nodes[0]) { *i = 0; *f = 0.0; return; }
+    if (x >= nodes[last]) { *i = last - 1; *f = 1.0; return; }
+    *i = tt_bisect(nodes, n, x);
+    *f = (x - nodes[*i]) / (nodes[*i + 1] - nodes[*i]);
+}
+/* sim.gpu_timing._seg_extrap: clamped below, extrapolated above */
+static inline void tt_seg_extrap(const double *nodes, Py_ssize_t n, double x, Py_ssize_t *i, double *f) {
+    Py_ssize_t last = n - 1;
+    if (x <= nodes[0]) { *i = 0; *f = 0.0; return; }
+    Py_ssize_t j = tt_bisect(nodes, n, x);
+    if (j > last - 1) j = last - 1;
+    *i = j;
+    *f = (x - nodes[j]) / (nodes[j + 1] - nodes[j]);
+}
+static inline double tt_plane(const TableTiming *t, Py_ssize_t k, Py_ssize_t it, double ft,
+                              Py_ssize_t ip, double fp) {
+    const double *r0 = t->pms + (k * t->npt + it) * t->npp, *r1 = r0 + t->npp;
+    double lo = r0[ip] * (1.0 - fp) + r0[ip + 1] * fp;
+    double hi = r1[ip] * (1.0 - fp) + r1[ip + 1] * fp;
+    return lo * (1.0 - ft) + hi * ft;
+}
+
+static PyObject *TableTiming_prefill_ms(TableTiming *t, PyObject *args) {
+    long long new_tokens, cached, num_seqs;
+    if (!PyArg_ParseTuple(args, "LLL", &new_tokens, &cached, &num_seqs)) return NULL;
+    if (new_tokens <= 0) return PyFloat_FromDouble(0.0);
+    long long n = num_seqs < new_tokens ? num_seqs : new_tokens;
+    if (n < 1) n = 1;
+    Py_ssize_t it, ip, k; double ft, fp, fk;
+    tt_seg_extrap(t->pt, t->npt, (double)new_tokens, &it, &ft);
+    tt_seg_extrap(t->pp, t->npp, (double)(cached > 0 ? cached : 0), &ip, &fp);
+    tt_seg(t->pn_log, t->npn, log((double)n), &k, &fk);
+    double ms = tt_plane(t, k, it, ft, ip, fp);
+    if (fk > 0.0) ms = ms * (1.0 - fk) + tt_plane(t, k + 1, it, ft, ip, fp) * fk;
+    double out = 0.0;
+    if (ms > 0.0 && modeled_ms_c(ms, t->to_ns, &out) < 0) return NULL;
+    return PyFloat_FromDouble(out);
+}
+
+static PyObject *TableTiming_decode_ms(TableTiming *t, PyObject *args) {
+    long long batch, total_kv;
+    if (!PyArg_ParseTuple(args, "LL", &batch, &total_kv)) return NULL;
+    if (batch <= 0) return PyFloat_FromDouble(0.0);
+    double B = (double)batch;
+    double lin = (t->a + t->b * B) + t->c * (double)total_kv;
+    Py_ssize_t i, j; double fx, fy;
+    tt_seg(t->db, t->ndb, B, &i, &fx);
+    tt_seg(t->dc, t->ndc, (double)total_kv / B, &j, &fy);
+    const double *z0 = t->dr + i * t->ndc, *z1 = z0 + t->ndc;
+    double r = ((z0[j] * (1.0 - fy) + z0[j + 1] * fy) * (1.0 - fx)
+                + (z1[j] * (1.0 - fy) + z1[j + 1] * fy) * fx);
+    double ms = lin * r, out = 0.0;
+    if (ms > 0.0 && modeled_ms_c(ms, t->to_ns, &out) < 0) return NULL;
+    return PyFloat_FromDouble(out);
+}
+
+static PyMethodDef TableTiming_methods[] = {
+    {"prefill_ms", (PyCFunction)TableTiming_prefill_ms, METH_VARARGS, "(new_tokens, cached_tokens, num_seqs) -> ms"},
+    {"decode_ms", (PyCFunction)TableTiming_decode_ms, METH_VARARGS, "(batch_size, total_kv_tokens) -> ms"},
+    {NULL}
+};
+static PyTypeObject TableTimingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sim._kvpool.TableTiming",
+    .tp_doc = "Pass times of a GPU table, speed-up 1 (see sim.gpu_timing.GpuTableTiming).",
+    .tp_basicsize = sizeof(TableTiming),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)TableTiming_init,
+    .tp_dealloc = (destructor)TableTiming_dealloc,
+    .tp_methods = TableTiming_methods,
+};
+
 static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
     PyObject *keys, *present;
     if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &keys, &present)) return NULL;
@@ -1707,7 +1885,7 @@ static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NUL
 PyMODINIT_FUNC PyInit__kvpool(void) {
     if (PyType_Ready(&KvPoolType) < 0 || PyType_Ready(&KeyCounterType) < 0 ||
         PyType_Ready(&BlocksType) < 0 || PyType_Ready(&HostIndexType) < 0 ||
-        PyType_Ready(&PubIndexType) < 0) return NULL;
+        PyType_Ready(&PubIndexType) < 0 || PyType_Ready(&TableTimingType) < 0) return NULL;
     tuple_hash_native = check_tuple_hash();
     if (tuple_hash_native < 0) return NULL;
     if (add_event_methods() < 0) return NULL;
@@ -1729,6 +1907,10 @@ PyMODINIT_FUNC PyInit__kvpool(void) {
     Py_INCREF(&HostIndexType);
     if (PyModule_AddObject(m, "HostIndex", (PyObject *)&HostIndexType) < 0) {
         Py_DECREF(&HostIndexType); Py_DECREF(m); return NULL;
+    }
+    Py_INCREF(&TableTimingType);
+    if (PyModule_AddObject(m, "TableTiming", (PyObject *)&TableTimingType) < 0) {
+        Py_DECREF(&TableTimingType); Py_DECREF(m); return NULL;
     }
     return m;
 }

@@ -25,4 +25,12 @@ class InputError(ValueError):
             kind = "flag" if self.field.startswith("-") else "field"
             where.append(f"{kind} '{self.field}'")
         prefix = ", ".join(where)
-        return f"{prefix}: {self.detail}" if prefix else self.detail
+        return one_line(f"{prefix}: {self.detail}" if prefix else self.detail)
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines, tabs, ...) shown escaped, as ``repr`` does,
+    so an error that echoes user input (a key, a trace field) stays on one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

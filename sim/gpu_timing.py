@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .timing import TimingModel, modeled_ms, modeled_ms_array
+from .timing import TimingModel, _to_ns, modeled_ms, modeled_ms_array
 
 TABLE_DIR = Path(__file__).resolve().parent / "data" / "gpu_tables"
 FORMAT = "dynosim-gpu-table/1"
@@ -170,6 +170,29 @@ class GpuTableTiming(TimingModel):
         if self._dr_arr.shape != (len(self._db), len(self._dc)):
             raise InputError("decode residual shape does not match its axes", file=source,
                              field="decode.residual")
+        self._native_pass = self._make_native_pass()
+
+    def _make_native_pass(self):
+        """``sim._kvpool.TableTiming`` for this table (a pass's prefill and decode times in
+        C, bit-identical to the methods below), or None without the native module (or with
+        ``DYNOSIM_PURE_PYTHON``: the Python model is the reference)."""
+        from . import kv_cache as _kv
+        if _kv.NativeKvPool is None:
+            return None
+        from ._kvpool import TableTiming
+        f8 = lambda x: np.asarray(x, dtype=np.float64).tobytes()  # noqa: E731
+        return TableTiming(f8(self._pn_log), f8(self._pt), f8(self._pp), f8(self._pms),
+                           self._a, self._b, self._c, f8(self._db), f8(self._dc),
+                           f8(self._dr), _to_ns)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_native_pass"] = None          # a C object: made again after unpickling
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._native_pass = self._make_native_pass()
 
     # -- raw model (milliseconds before the nanosecond clock) ----------------------------
     def _plane(self, k: int, it: int, ft: float, ip: int, fp: float) -> float:
@@ -243,6 +266,12 @@ class GpuTableTiming(TimingModel):
 
     # -- TimingModel -------------------------------------------------------------------
     def prefill_ms(self, new_tokens: int, cached_tokens: int = 0, num_seqs: int = 1) -> float:
+        native = self._native_pass
+        if native is not None and self.speedup_ratio == 1.0:
+            try:
+                return native.prefill_ms(new_tokens, cached_tokens, num_seqs)
+            except TypeError:       # not ints (e.g. a planner's float estimate): below
+                pass
         if new_tokens <= 0:
             return 0.0
         return modeled_ms(self.raw_prefill_ms(new_tokens, cached_tokens, num_seqs),
@@ -250,6 +279,12 @@ class GpuTableTiming(TimingModel):
 
     def decode_ms(self, batch_size: int, active_kv_tokens: int, total_kv_tokens: int = 0,
                   capacity_tokens: int = 1) -> float:
+        native = self._native_pass
+        if native is not None and self._decode_speedup == 1.0:
+            try:
+                return native.decode_ms(batch_size, total_kv_tokens)
+            except TypeError:       # not ints: below
+                pass
         if batch_size <= 0:
             return 0.0
         return modeled_ms(self.raw_decode_ms(batch_size, total_kv_tokens), self._decode_speedup)

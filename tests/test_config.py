@@ -6,6 +6,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sim.config import (BUNDLED_TRACES, DATA_DIR, RunConfig, build_simulation, default_config,
                         load_config, parse_config)
@@ -289,3 +291,17 @@ def test_seed_drives_synthetic_workloads() -> None:
 
     assert arrivals(cfg) == arrivals(cfg)
     assert arrivals(cfg) != arrivals(cfg.with_overrides({"run.seed": 1}))
+
+
+@given(st.text(min_size=1, max_size=12))
+def test_an_unknown_key_echoed_in_an_error_stays_on_one_line(key) -> None:
+    """Keys come from user YAML and ``gym.make`` keywords; one with a newline or another
+    control character (the expensive fuzz drew ``env.action.\\n``) must not split the
+    one-line error."""
+    from dynosim_gym.config import load_env_config
+    for kw in ({"action": {key: 1}}, {key: 1}):
+        try:
+            load_env_config(**kw)
+        except InputError as exc:
+            assert "\n" not in str(exc) and "\r" not in str(exc)
+            assert str(exc).isprintable()

@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sim.engine import EngineConfig
 from sim.errors import InputError
@@ -179,10 +181,64 @@ def test_native_stretch_ends_equal_pass_by_pass() -> None:
                 k = int(rng.integers(1, 3000))
                 now = float(rng.uniform(0, 1e7))
                 got = np.frombuffer(ends_fn(now, start, b, k, _to_ns))
-                want = np.cumsum([now] + [t.decode_ms(b, start + b * j, start + b * j)
+                want = np.cumsum([now] + [_ref_decode_ms(t, b, start + b * j)
                                           for j in range(k)])[1:]
                 assert np.array_equal(got, want), (e["path"], b, start)
     assert _load(TABLES[0], decode_speedup_ratio=1.5).native_stretch_ends() is None
+
+
+def _ref_prefill_ms(t: GpuTableTiming, new: int, cached: int, n: int) -> float:
+    """The reference: the table's Python model through the engine clock."""
+    return modeled_ms(t.raw_prefill_ms(new, cached, n), t.speedup_ratio) if new > 0 else 0.0
+
+
+def _ref_decode_ms(t: GpuTableTiming, b: int, kv: int) -> float:
+    return modeled_ms(t.raw_decode_ms(b, kv), t._decode_speedup) if b > 0 else 0.0
+
+
+def _near_nodes(nodes: list[float]) -> st.SearchStrategy[int]:
+    """Integers on, next to and between a table axis's nodes, and past its ends."""
+    at = [int(x) + d for x in nodes for d in (-1, 0, 1)]
+    return st.sampled_from(at) | st.integers(-3, int(nodes[-1]) * 3)
+
+
+@pytest.mark.parametrize("entry", TABLES, ids=IDS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_native_pass_times_equal_the_python_model(entry: dict, data) -> None:
+    """``sim._kvpool.TableTiming`` (what ``prefill_ms``/``decode_ms`` call at every pass) gives
+    the bits of the Python model (``raw_*_ms`` through ``modeled_ms``) on, between and past
+    the grid's nodes, for every shipped table."""
+    t = _load(entry)
+    native = t._native_pass
+    if native is None:
+        pytest.skip("native extension not built")
+    new = data.draw(_near_nodes(t._pt), "new_tokens")
+    cached = data.draw(_near_nodes(t._pp), "cached_tokens")
+    n = data.draw(st.sampled_from([int(x) for x in t._pn]) | st.integers(-1, 600), "num_seqs")
+    assert native.prefill_ms(new, cached, n) == _ref_prefill_ms(t, new, cached, n)
+    assert t.prefill_ms(new, cached, n) == _ref_prefill_ms(t, new, cached, n)
+    b = data.draw(st.sampled_from([int(x) for x in t._db]) | st.integers(-1, 1200), "batch")
+    per_seq = data.draw(_near_nodes(t._dc), "context_per_seq")
+    kv = max(0, b) * max(0, per_seq) + data.draw(st.integers(0, 63), "extra_kv")
+    assert native.decode_ms(b, kv) == _ref_decode_ms(t, b, kv)
+    assert t.decode_ms(b, kv, kv) == _ref_decode_ms(t, b, kv)
+
+
+def test_pass_times_fall_back_for_speedups_floats_and_pickling() -> None:
+    """Speed-ups other than 1 and non-integer arguments take the Python model; a pickled
+    model rebuilds its native half."""
+    import pickle
+    t = _load(TABLES[0], speedup_ratio=1.7, decode_speedup_ratio=1.3)
+    assert t.prefill_ms(5000, 100, 3) == _ref_prefill_ms(t, 5000, 100, 3)
+    assert t.decode_ms(40, 90_000, 90_000) == _ref_decode_ms(t, 40, 90_000)
+    t = _load(TABLES[0])
+    assert t.prefill_ms(5000.5, 0, 1) == _ref_prefill_ms(t, 5000.5, 0, 1)
+    assert t.decode_ms(40, 90_000.5, 90_000.5) == _ref_decode_ms(t, 40, 90_000.5)
+    u = pickle.loads(pickle.dumps(t))
+    assert (u._native_pass is None) == (t._native_pass is None)
+    assert u.prefill_ms(5000, 100, 3) == t.prefill_ms(5000, 100, 3)
 
 
 def _workload(n: int = 150):

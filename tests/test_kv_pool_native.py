@@ -91,6 +91,47 @@ def test_same_state_after_every_operation(seed: int) -> None:
             c.events.clear()
 
 
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nb=st.integers(2, 9), ops=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**16)),
+                                          min_size=20, max_size=400))
+def test_lru_order_under_pin_churn(nb: int, ops: list[tuple[int, int]]) -> None:
+    """The native LRU (a ring of slot ids with stale entries, compacted when full) keeps the
+    reference's order through pins of inactive copies, releases and evictions. Ops: 0-1 pin
+    a few resident keys and release them at once (each leaves a stale ring entry and appends
+    a new one: with no evictions in between the ring fills and is compacted), 2 take one
+    block under a key and hold it (evicting when the pool is full), 3 release a held one."""
+    a, b = PyKvCache(nb, 16), NativeKvPool(nb, 16)
+    held_a: list[list[int]] = []
+    held_b: list = []
+    for kind, x in ops:
+        if kind == 3 and held_a:
+            j = x % len(held_a)
+            a.release(held_a.pop(j))
+            b.release(held_b.pop(j))
+        else:
+            resident = [k for k in range(8) if a.resident(k)]
+            hits = [k for i, k in enumerate(resident) if x >> i & 1][:3]
+            fresh = 1 if kind == 2 else 0
+            ra = a.reserve(list(hits), fresh)
+            bb = b.new_blocks()
+            assert (ra is None) == (not b.reserve_into(bb, list(hits), fresh))
+            if ra is not None:
+                ba = list(ra) + [PRIVATE] * fresh
+                keys = hits + [x % 8] * fresh
+                a.register_range(ba, 0, len(ba), keys, 0)
+                b.register_range(bb, 0, len(ba), keys, 0)
+                if fresh:
+                    held_a.append(ba)
+                    held_b.append(bb)
+                else:
+                    a.release(ba)
+                    b.release(bb)
+        assert a.evicted_keys_ahead(0, nb + 1) == b.evicted_keys_ahead(0, nb + 1)
+        assert (a.inactive_count(), a.num_active, a.evictions) == \
+            (b.inactive_count(), b.num_active, b.evictions)
+        b.check()
+
+
 def test_blocks_table_appends_and_releases_last_first() -> None:
     """``reserve_into`` appends to what a table holds (hits, then private blocks), exactly
     as the reference ``BlockList``; ``release`` drops them last first; bad input is an error."""

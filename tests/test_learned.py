@@ -43,7 +43,16 @@ def test_pretrained_autoscaler_is_small_packaged_and_reproducible() -> None:
     # the record regenerates it: algorithm, seed, budget, recipe and the command
     assert run["command"].startswith("dynosim train --algo ") and f"--seed {run['seed']}" \
         in run["command"]
-    hp = load_hyperparams(run["algo"], "DynoSim-v0")
+    words = run["command"].split()
+    recipe = words[words.index("--hyperparams") + 1] if "--hyperparams" in words else None
+    hp = load_hyperparams(run["algo"], "DynoSim-v0", recipe and ROOT / recipe)
+    # the recipe the command names is the one it was trained with (env_kwargs, warm start
+    # and checkpoint selection are popped from the hyperparameters, so compare them too)
+    assert run["env_kwargs"] == hp.get("env_kwargs", {})
+    assert {k: v for k, v in run["bc_warm_start"].items() if k in hp["bc_warm_start"]} == \
+        hp["bc_warm_start"]
+    assert (run.get("select_checkpoint") or {}).get("every") == \
+        (hp.get("select_checkpoint") or {}).get("every")
     if "--timesteps" in run["command"]:
         assert f"--timesteps {run['timesteps']} " in run["command"]
     else:
@@ -138,3 +147,108 @@ def test_behaviour_cloning_from_the_hindsight_schedule_fits_its_actions(
     cached = sorted(schedule_cache_dir().glob("*.json"))
     assert len(cached) == 2 and all(len(json.loads(p.read_text())["targets"]) == 24
                                     for p in cached)
+
+
+def test_bc_regulariser_pulls_a_drifted_policy_back_to_the_teacher() -> None:
+    """``bc_warm_start.regularise``: each phase (after a PPO update) lowers the teacher's
+    NLL; the first rollout (the clone, untrained) is left alone; bad settings are refused."""
+    import gymnasium as gym
+    import numpy as np
+    import torch as th
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
+
+    from agents.router_train import bc_regulariser
+    from sim.errors import InputError
+    env = gym.make("DynoSim-v0", config=TINY, **{"env.action.type": "target"})
+    model = PPO("MlpPolicy", env, n_steps=8, batch_size=8, seed=0, device="cpu",
+                learning_rate=1e-3)
+    model.set_logger(configure(None, []))
+    rng = np.random.default_rng(0)
+    X = th.as_tensor(rng.normal(size=(64, env.observation_space.shape[0])).astype(np.float32))
+    y = th.as_tensor(rng.integers(0, env.action_space.n, 64))   # a "teacher" to follow
+    cb = bc_regulariser(X, y, weight=1.0, steps=20, batch_size=32, seed=0)
+    cb.init_callback(model)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    cb.on_rollout_start()                                        # first rollout: untouched
+    assert cb.history == [] and all(th.equal(a, b) for a, b in
+                                    zip(before, model.policy.parameters()))
+    for _ in range(4):
+        cb.on_rollout_start()
+    nll = [h[1] for h in cb.history]
+    assert len(nll) == 4 and nll == sorted(nll, reverse=True) and nll[-1] < nll[0]
+    assert cb.history[-1][2] > cb.history[0][2]                 # agreement rises
+    with pytest.raises(InputError, match="regularise"):
+        bc_regulariser(X, y, weight=0.0)
+
+
+def test_teacher_schedules_are_planned_and_cached_without_the_scale_down_window(
+        tmp_path: Path, monkeypatch) -> None:
+    """The hindsight schedule is a plan of counts: a recipe with
+    ``env.action.scale_down_window_s`` reuses the schedule cached without it (same key) and
+    plans a missing one on an env without the window."""
+    import gymnasium as gym
+
+    import agents.oracle as oracle
+    from agents import router_train
+    monkeypatch.setenv("DYNOSIM_CACHE", str(tmp_path / "cache"))
+    planned_on = []
+
+    def fake_schedule(env, opts, seed, lo, hi, target, seg, interval, steps):
+        planned_on.append(env.unwrapped.cfg.env.action.scale_down_window_s)
+        return {"targets": [2] * steps}
+    monkeypatch.setattr(oracle, "greedy_schedule", fake_schedule)   # the default teacher
+    opts = {"split": "train"}
+    for window in (30.0, 0.0, 60.0):
+        env = gym.make("DynoSim-v0", config=TINY, **{
+            "env.action.type": "target", "env.action.scale_down_window_s": window})
+        router_train._schedule_teacher(env, opts, 7)
+    assert planned_on == [0.0]                        # planned once, without the window
+    assert len(list(router_train.schedule_cache_dir().glob("*.json"))) == 1
+    env = gym.make("DynoSim-v0", config=TINY, **{"env.action.type": "target",
+                                                 "env.action.scale_down_window_s": 60.0})
+    router_train._schedule_teacher(env, opts, 8)      # another episode: another plan
+    assert planned_on == [0.0, 0.0]
+
+
+def test_checkpoint_rule_prefers_the_cheapest_that_reaches_the_target() -> None:
+    from agents.checkpoint_select import select
+    s = [{"sla_attainment": 0.70, "gpu_hours_per_episode": 3.5},     # the clone
+         {"sla_attainment": 0.23, "gpu_hours_per_episode": 1.4},     # collapsed: cheap
+         {"sla_attainment": 0.68, "gpu_hours_per_episode": 3.2},
+         {"sla_attainment": 0.90, "gpu_hours_per_episode": 5.0}]
+    assert select(s, 0.67) == 2
+    assert select(s, 0.95) == 3                 # none reaches it: the highest attainment
+    assert select(s[:2], 0.99) == 0
+
+
+def test_select_checkpoint_scores_training_episodes_and_keeps_the_chosen(
+        tmp_path: Path) -> None:
+    """``select_checkpoint`` scores the clone and later checkpoints on training episodes,
+    records them, and the saved model is the chosen checkpoint's parameters."""
+    from stable_baselines3 import PPO
+
+    from agents.checkpoint_select import checkpoint_selector, select
+    hp = tmp_path / "hp.yml"
+    hp.write_text("DynoSim-v0:\n  policy: MlpPolicy\n  n_steps: 8\n  batch_size: 8\n"
+                  "  learning_rate: 0.05\n"
+                  "  env_kwargs: {action: {type: target}, reward: {sla_target: 0.5}}\n"
+                  "  select_checkpoint: {every: 16, episodes: 2, seed: 200}\n")
+    out = train("ppo", "DynoSim-v0", config=TINY, timesteps=48, out=tmp_path / "run",
+                n_envs=1, hyperparams=hp, quiet=True, overrides={"episode_steps": 4})
+    rec = json.loads((out / "run.json").read_text())["select_checkpoint"]
+    steps = [h["timesteps"] for h in rec["history"]]
+    assert steps[0] == 0 and steps[-1] == 48 and len(steps) >= 3
+    assert rec["seeds"] == [200, 201] and rec["split"] == "train"
+    chosen = select(rec["history"], 0.5)
+    assert rec["chosen_timesteps"] == steps[chosen]
+    # the saved policy acts as the chosen checkpoint did: re-score it on the same episodes
+    model = PPO.load(out / "model.zip", device="cpu")
+    env_cfg = json.loads((out / "run.json").read_text())["env_config"]
+    cb = checkpoint_selector(env_cfg, every=1, episodes=2, seed=200)
+    cb.init_callback(model)
+    cb.score()
+    again = cb.history[0]
+    assert again["sla_attainment"] == rec["history"][chosen]["sla_attainment"]
+    assert again["gpu_hours_per_episode"] == rec["history"][chosen]["gpu_hours_per_episode"]
+    assert env_cfg["env"]["reward"]["sla_target"] == 0.5

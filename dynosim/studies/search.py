@@ -24,10 +24,11 @@ Early stopping (``--early-stop``) works on the replay of the *same* whole trace:
   candidate computes proven lower bounds on its final fields (:func:`lower_bounds`:
   GPU-hours provisioned up to the last completion so far, or to now while a request
   certain to complete is in flight; TTFT/E2E percentiles from the requests completed so
-  far, which stay in the final sample, and from those in flight that are certain to
-  complete, at ``now - arrival``: :func:`pending_lower_bounds`) and stops once they prove
-  it infeasible (a ``<=`` limit already exceeded) or dominated by a complete feasible
-  candidate (:func:`bound_stop`).
+  far, which stay in the final sample, from those in flight that are certain to
+  complete, at ``now - arrival``: :func:`pending_lower_bounds`, and, in static runs, from
+  those still to arrive, at a floor on their TTFT: :func:`future_ttft_floors`) and stops
+  once they prove it infeasible (a ``<=`` limit already exceeded) or dominated by a
+  complete feasible candidate (:func:`bound_stop`).
   A stopped candidate can be neither feasible, nor on the feasible Pareto front, nor the
   best, so the front and the best are those of replaying every sampled candidate in full
   (``tests/test_search.py``; ``bench/scale_out.py bound``).
@@ -417,6 +418,8 @@ class Setup:
             k += 1
 
 
+#: Report fields whose bound uses the TTFT floors of requests still to arrive.
+_FLOOR_FIELDS = ("latency_ms.ttft.", "latency_ms.e2e_latency.")
 #: Report fields computed from the distribution of gaps between tokens.
 _GAP_FIELDS = ("latency_ms.itl.", "output_token_throughput_per_user.")
 
@@ -575,7 +578,182 @@ def pending_lower_bounds(sim):
             np.asarray(e2e, dtype=np.float64))
 
 
-def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
+def uncached_prompt_tokens(workload, block_size: int):
+    """Per request of a trace (by ``Request.index``): the fewest prompt tokens it must
+    prefill itself at ``block_size``, whatever the cache holds (int64 array).
+
+    Token ``t`` of a trace prompt is ``hash_ids[t // trace_block_size]``, and engine block
+    ``b``'s key names the prompt's tokens up to the block's end (``sim.kv_cache.block_keys``),
+    so two requests share block ``b``'s key exactly when both have it as a full block and
+    their ``hash_ids`` agree up to it. A prefix-cache hit is a run of leading keys resident in
+    the pool; a key no other request has is resident only because this request computed it.
+    So every prompt position past ``S``, the longest prefix this request shares with another
+    one (in whole tokens of both prompts), rounded down to blocks, is computed by this
+    request at least once (preempted and re-admitted too), and vLLM computes at least the
+    last prompt token (``VllmEngine._lookup``): it prefills at least
+    ``L - min(S // bs * bs, (L - 1) // bs * bs)`` tokens. ``S`` comes from a trie of the
+    ``hash_ids`` (the two longest prompts through each node), once per process and trace."""
+    import numpy as np
+    key = ("shared", id(workload))
+    if key not in _CACHE or _CACHE[key][0] is not workload:     # (an id can be reused)
+        reqs = sorted([*workload._firsts, *workload._successors.values()],
+                      key=lambda r: r.index)
+        nodes: dict[tuple[int, int], int] = {}
+        node_of: list[int] = []                     # per (request, depth): its trie node
+        for r in reqs:
+            node = -1
+            for h in (r.hash_ids or ()):
+                node = nodes.setdefault((node, h), len(nodes))
+                node_of.append(node)
+        depth_n = np.array([len(r.hash_ids or ()) for r in reqs], dtype=np.int64)
+        lens = np.array([r.input_length for r in reqs], dtype=np.int64)
+        tbs = np.array([r.trace_block_size for r in reqs], dtype=np.int64)
+        node_e = np.array(node_of, dtype=np.int64)
+        req_e = np.repeat(np.arange(len(reqs)), depth_n)
+        starts = np.cumsum(depth_n) - depth_n
+        depth_e = np.arange(len(node_e)) - np.repeat(starts, depth_n) + 1
+        # The two longest prompts through each node (ties: the lower position first).
+        order = np.lexsort((req_e, -lens[req_e], node_e))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = node_e[order][1:] != node_e[order][:-1]
+        top1 = np.full(len(nodes), -1, dtype=np.int64)
+        top2 = np.full(len(nodes), -1, dtype=np.int64)
+        top1[node_e[order][first]] = req_e[order][first]
+        second = np.zeros(len(order), dtype=bool)
+        second[1:] = first[:-1] & ~first[1:]
+        top2[node_e[order][second]] = req_e[order][second]
+        other = np.where(top1[node_e] != req_e, top1[node_e], top2[node_e])
+        val = np.where(other >= 0, np.minimum(np.minimum(depth_e * tbs[req_e], lens[req_e]),
+                                              lens[np.maximum(other, 0)]), 0)
+        shared = np.zeros(len(reqs), dtype=np.int64)
+        np.maximum.at(shared, req_e, val)
+        _CACHE[key] = (workload, np.array([r.input_length for r in reqs], dtype=np.int64),
+                       shared)
+    _, lens, shared = _CACHE[key]
+    bs = int(block_size)
+    return lens - np.minimum(shared // bs * bs, (lens - 1) // bs * bs)
+
+
+def prefill_floor(timing, budget: int, max_seqs: int, max_cached: int):
+    """``F(U)``: a lower bound (ms) on the time a vLLM worker spends in the passes that
+    prefill ``U`` tokens of one request, or None for a timing model other than a GPU table
+    at speed-up 1. Returns a function of an int64 array of ``U``.
+
+    A pass's duration is at least its prefill term ``prefill_ms(T, P, n)``
+    (``VllmEngine.start_pass``): ``T`` >= the request's chunk ``c`` and <= ``budget +
+    max_seqs`` new tokens, ``P`` <= ``max_cached`` cached tokens, any ``n``. The shipped
+    tables are *not* monotone in ``T`` or ``P`` (every one falls somewhere along new
+    tokens, by up to 197 ms, and along cached tokens), so
+    ``m(c)`` is the least table value over ``c <= T <= budget + max_seqs``, every cached
+    value and every ``num_seqs`` plane: bilinear on each grid cell, so the least value of a
+    cell is at a corner, and interpolation between planes lies between them. ``m`` is
+    non-decreasing; ``h`` is its greatest convex minorant on ``[1, budget]`` (so also
+    non-decreasing). A request's chunks ``c_1..c_k`` (each <= ``budget``, summing to >= U)
+    run in distinct passes after its arrival, so its TTFT >= sum m(c_i) >= k h(U / k) >=
+    min over integer ``k`` in ``[ceil(U / budget), U]`` of ``k h(U / k)`` (Jensen; that is
+    convex in ``k``, so the integer minimum is next to ``U / x*``, ``x*`` minimising
+    ``h(x) / x``, or at the bound). Less 1 us for the engine clock's rounding per pass
+    (``sim.timing.modeled_ms``) and float sums. ``tests/test_search.py`` checks ``m``
+    against the tables and the floor against real replays."""
+    import numpy as np
+
+    from sim.gpu_timing import GpuTableTiming, _seg_extrap
+    if not isinstance(timing, GpuTableTiming) or timing.speedup_ratio != 1.0:
+        return None
+    key = ("floor", timing.source, budget, max_seqs, max_cached)
+    if key in _CACHE:
+        return _CACHE[key]
+    t_hi = float(budget + max_seqs)
+    b = float(budget)
+    tn = sorted({x for x in timing._pt if x < t_hi} | {1.0, b, t_hi})
+    pn = [x for x in timing._pp if x < max_cached] + [float(max_cached)]
+    planes = range(len(timing._pn))
+
+    def at(t: float, p: float) -> float:           # least plane value at (t, p)
+        it, ft = _seg_extrap(timing._pt, t)
+        ip, fp = _seg_extrap(timing._pp, p)
+        return min(timing._plane(k, it, ft, ip, fp) for k in planes)
+    grid = np.array([[at(t, p) for p in pn] for t in tn])        # (T nodes, P values)
+    best_t = grid.min(axis=1)
+    tail = np.minimum.accumulate(best_t[::-1])[::-1]             # least over T >= node
+    # m on [1, budget] is the least of: each (P) line through the T nodes, and the steps
+    # tail[j] on c <= tn[j]. Its convex minorant is the lower hull of those vertices.
+    xs = [x for x in tn if 1.0 <= x <= b]
+    pts = {(x, min(at(x, p) for p in pn)) for x in xs}
+    pts |= {(1.0, float(v)) for v in tail}
+    pts |= {(min(t, b), float(v)) for t, v in zip(tn, tail) if t >= 1.0}
+    hull: list[tuple[float, float]] = []
+    for pt in sorted(pts):                                       # Andrew's lower hull
+        while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (pt[1] - hull[-2][1])
+                                  - (hull[-1][1] - hull[-2][1]) * (pt[0] - hull[-2][0])) <= 0:
+            hull.pop()
+        if hull and hull[-1][0] == pt[0]:
+            continue
+        hull.append(pt)
+    hx = np.array([q[0] for q in hull])
+    hy = np.array([q[1] for q in hull])
+    if not (hy > 0).all():
+        return None                   # (no shipped table: pass times are positive)
+    xstar = float(hx[np.argmin(hy / hx)])
+
+    def floor(u):
+        u = np.asarray(u, dtype=np.float64)
+        k_lo = np.ceil(u / b)
+        best = np.full(u.shape, np.inf)
+        for k in (k_lo, np.floor(u / xstar), np.ceil(u / xstar)):
+            k = np.clip(k, k_lo, np.maximum(u, 1.0))
+            best = np.minimum(best, k * np.interp(u / k, hx, hy) - 1e-6 * k - 1e-3)
+        return np.maximum(best, 0.0)
+    _CACHE[key] = floor
+    return floor
+
+
+def future_ttft_floors(sim, workload):
+    """``(arrival_ms, ttft_floor_ms, request index)`` sorted by arrival, of the trace's
+    requests that are certain to complete when they arrive (float64, float64, int64
+    arrays), for :func:`lower_bounds`; None when this proof does not cover the run.
+
+    Covered: a static aggregated run of vLLM workers (no planner: every worker is active
+    from the start and stays so, so a request is routed at its arrival to one) replaying a
+    trace's first turns (the arrival times of later session turns depend on the run, they
+    are left out). Such a request completes unless ``VllmEngine._reject_reason`` rejects it
+    (a function of the request and the engine config, asked here), and its TTFT is at least
+    :func:`prefill_floor` of :func:`uncached_prompt_tokens`. The caller knows whether a
+    planner is attached. Cached per process, trace and engine config."""
+    import numpy as np
+
+    from sim.engines.base import Seq
+    from sim.workloads.traces import TraceWorkload
+    if not isinstance(workload, TraceWorkload) or sim.disaggregated or sim.cut_off \
+            or not sim.workers or not workload._firsts:
+        return None
+    eng = sim.workers[0].engine
+    if type(eng).__name__ != "VllmEngine" or eng.host is not None:    # (no G2 tier)
+        return None
+    cfg = eng.cfg
+    key = ("future", id(workload), eng.timing.describe(), eng.timing.source,
+           getattr(eng.timing, "speedup_ratio", None), cfg.block_size, cfg.num_gpu_blocks,
+           cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.max_model_len,
+           bool(cfg.enable_chunked_prefill), bool(cfg.enable_prefix_caching))
+    if key not in _CACHE or _CACHE[key][0] is not workload:     # (an id can be reused)
+        firsts = workload._firsts
+        max_len = max(r.input_length for r in firsts)
+        floor = prefill_floor(eng.timing, cfg.max_num_batched_tokens, cfg.max_num_seqs,
+                              cfg.max_num_seqs * max_len)
+        if floor is None:
+            _CACHE[key] = (workload, None)
+        else:
+            keep = [r for r in firsts
+                    if r.output_length > 0 and not eng._reject_reason(Seq(r, None))]
+            arrival = np.array([r.arrival_ms for r in keep], dtype=np.float64)
+            index = np.array([r.index for r in keep], dtype=np.int64)
+            floors = floor(uncached_prompt_tokens(workload, cfg.block_size)[index])
+            order = np.argsort(arrival, kind="stable")
+            _CACHE[key] = (workload, (arrival[order], floors[order], index[order]))
+    return _CACHE[key][1]
+
+
+def lower_bounds(sim, fields: Sequence[str], n_total: int, future=None) -> dict[str, float]:
     """Proven lower bounds on the final (full-replay) values of ``fields`` from a replay
     stopped at ``sim.now``; fields with no bound are left out.
 
@@ -588,7 +766,9 @@ def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
       ``p99``) and ``max``: see :func:`_quantile_lb`; the sample is over completed requests
       with output tokens, whose values never change, plus the requests in flight certain
       to complete, each at a lower bound on its final value (:func:`pending_lower_bounds`;
-      a nearest-rank quantile never falls when a sample value rises), and ``n_total``
+      a nearest-rank quantile never falls when a sample value rises), the requests still
+      to arrive that are certain to complete, at a floor on their TTFT (``future``, from
+      :func:`future_ttft_floors`; E2E >= TTFT), and ``n_total``
       (requests in the trace) bounds its final size. Requests rejected later only shrink
       the sample.
 
@@ -632,6 +812,9 @@ def lower_bounds(sim, fields: Sequence[str], n_total: int) -> dict[str, float]:
                 v = (arr[_LB_LATENCY[metric]] - arr["arrival_time_ms"])[sel]
                 if pending is not None:
                     v = np.concatenate([v, pending[1 if metric == "ttft" else 2]])
+                    if future is not None:      # not yet arrived, certain to complete
+                        v = np.concatenate([v, future[1][np.searchsorted(
+                            future[0], sim.now, side="right"):]])
                 vals[metric] = v
             out[f] = _quantile_lb(vals[metric], q, n_total)
     return out
@@ -687,13 +870,15 @@ def run_candidate(setup: Setup, params: dict[str, Any],
     if planner is not None:
         planner.attach(sim)
     bound = setup.early_stop == "bound"
+    future = (future_ttft_floors(sim, workload) if bound and planner is None
+              and any(f.startswith(_FLOOR_FIELDS) for f in setup.objective.fields()) else None)
     fields = setup.objective.fields()
     rung_scores: list[float] = []
     step = 0
     for step, t_s in enumerate(setup.checkpoints(), start=1):
         if not sim.run_until(t_s * 1000.0):
             break
-        values = ({**lower_bounds(sim, fields, n_total),
+        values = ({**lower_bounds(sim, fields, n_total, future),
                    "totals.num_requests": float(sim.num_arrived)} if bound
                   else report_fields(_interim(sim)))
         score, viol = setup.objective.score(values)
@@ -1212,6 +1397,9 @@ def write_best(setup: Setup, rec: dict[str, Any], path: Path, feasible: bool) ->
             f"# parameters: {json.dumps(rec['params'], sort_keys=True)}",
             f"# run it: {cmd}"]
     data = cfg.to_dict()
+    if setup.trace.startswith("bundled:"):
+        # The config resolves the name to this machine's file; the name runs anywhere.
+        data["workload"]["path"] = setup.trace
     path.write_text("\n".join(head) + "\n" + yaml.safe_dump(data, sort_keys=False),
                     encoding="utf-8")
     return cmd
