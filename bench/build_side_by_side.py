@@ -77,15 +77,9 @@ def _cand_child(trial: int, repeats: int) -> dict:
     setup = S.Setup(S.DEFAULT_TRACE, space, objective, S.DEFAULT_RUNGS_S, early_stop="bound")
     with open(REPO / "docs/search/bound_tpe/trials.csv", newline="") as fh:
         row = next(r for r in csv.DictReader(fh) if r["trial"] == str(trial))
-    params = {}
-    for key, dim in space.dims.items():
-        text = row.get(key, "")
-        if text == "":
-            continue
-        if dim.choices is not None:
-            params[key] = next(c for c in dim.choices if str(c) == text)
-        else:
-            params[key] = int(float(text)) if dim.integer else float(text)
+    sys.path.insert(0, str(REPO / "bench"))
+    from scale_out import trial_params
+    params = trial_params(space, row)
     S._workload(S.candidate_config(setup, params)[0])      # warm-up: the trace parse
     cpus, res = [], None
     for _ in range(repeats):

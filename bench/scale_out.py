@@ -349,22 +349,24 @@ def _search_module(rev: str | None):
     return mod
 
 
+def trial_params(space, row: dict) -> dict:
+    """One ``trials.csv`` row's parameters, typed by the space (empty cells: not drawn)."""
+    p = {}
+    for key, dim in space.dims.items():
+        text = row.get(key, "")
+        if text == "":
+            continue
+        if dim.choices is not None:
+            p[key] = next(c for c in dim.choices if str(c) == text)
+        else:
+            p[key] = int(float(text)) if dim.integer else float(text)
+    return p
+
+
 def _candidates(path: str, space) -> list[dict]:
     """The parameters of every trial in a search's ``trials.csv``, typed by the space."""
-    out = []
     with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            p = {}
-            for key, dim in space.dims.items():
-                text = row.get(key, "")
-                if text == "":
-                    continue
-                if dim.choices is not None:
-                    p[key] = next(c for c in dim.choices if str(c) == text)
-                else:
-                    p[key] = int(float(text)) if dim.integer else float(text)
-            out.append(p)
-    return out
+        return [trial_params(space, row) for row in csv.DictReader(fh)]
 
 
 def bench_candidates(args) -> dict:
