@@ -81,6 +81,13 @@ class Evaluation:
     mean_ttft_ms: float = 0.0
     prefix_cache_reused_ratio: float = 0.0
     request_throughput_rps: float = 0.0
+    # Pooled attainment weighs episodes by their requests, so a policy can give up whole
+    # light episodes and still score on the heavy ones: the mean of the episodes' own
+    # attainment, and per workload family (the episode setup's ``scenario``, else its
+    # ``workload``) the family's pooled attainment, mean episode attainment, GPU-hours per
+    # episode, episodes and requests decided, show it.
+    mean_episode_sla_attainment: float = 0.0
+    per_family: dict[str, dict[str, float]] = field(default_factory=dict)
     env_id: str = ""
     reward_config: dict[str, Any] = field(default_factory=dict)
     policy_interface: dict[str, Any] = field(default_factory=dict)
@@ -404,6 +411,28 @@ def resolved_reward(cfg, u) -> dict[str, Any]:
     return out
 
 
+def _episode_attainment(e: dict) -> float:
+    return e["requests_met"] / e["requests_decided"] if e["requests_decided"] else 1.0
+
+
+def _per_family(eps: list[dict]) -> dict[str, dict[str, float]]:
+    """Episode summaries grouped by workload family (:attr:`Evaluation.per_family`)."""
+    groups: dict[str, list[dict]] = {}
+    for e in eps:
+        setup = e.get("setup") or {}
+        groups.setdefault(str(setup.get("scenario") or setup.get("workload") or "episode"),
+                          []).append(e)
+    out = {}
+    for name, g in sorted(groups.items()):
+        decided = sum(e["requests_decided"] for e in g)
+        out[name] = {
+            "episodes": len(g), "requests_decided": decided,
+            "sla_attainment": sum(e["requests_met"] for e in g) / decided if decided else 1.0,
+            "mean_episode_sla_attainment": float(np.mean([_episode_attainment(e) for e in g])),
+            "gpu_hours_per_episode": float(sum(e["gpu_hours"] for e in g)) / len(g)}
+    return out
+
+
 def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: dict,
               plan: dict) -> Evaluation:
     eps = [r["summary"] for r in results]
@@ -419,6 +448,8 @@ def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: 
     gpu = float(sum(e["gpu_hours"] for e in eps))
     rewards = [e["reward"] for e in eps]
     return Evaluation(
+        mean_episode_sla_attainment=float(np.mean([_episode_attainment(e) for e in eps])),
+        per_family=_per_family(eps),
         policy=spec, episodes=len(eps), mean_reward=float(np.mean(rewards)),
         std_reward=float(np.std(rewards)),
         sla_attainment=met / decided if decided else 1.0,

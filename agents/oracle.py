@@ -47,8 +47,8 @@ from typing import Any
 
 from sim.errors import InputError
 
-from .evaluate import (Evaluation, PolicySpec, episode_plan, make_eval_env, resolved_reward,
-                       run_episode, summarise, trace_workload)
+from .evaluate import (Evaluation, PolicySpec, _episode_attainment, episode_plan,
+                       make_eval_env, resolved_reward, run_episode, summarise, trace_workload)
 
 ORACLES = ("oracle:static", "oracle:schedule", "oracle:schedule-greedy")
 
@@ -123,8 +123,7 @@ def _segment_targets(counts: list[int], seg_steps: int, lead_steps: "int | list[
 
 
 def _episode_sla(res: dict) -> float:
-    s = res["summary"]
-    return s["requests_met"] / s["requests_decided"] if s["requests_decided"] else 1.0
+    return _episode_attainment(res["summary"])
 
 
 #: When no count reaches the target, aim this close to what the largest count reaches.

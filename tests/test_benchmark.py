@@ -513,3 +513,28 @@ def test_evaluate_wording_for_one_episode(capsys, tmp_path) -> None:
     assert main(["evaluate", "--policy", "heuristic:static:2", "--config", TINY,
                  "--episodes", "2", "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["episodes_plan"]["seeds"] == [0, 1]
+
+
+def test_per_family_and_mean_episode_attainment_expose_what_pooling_hides() -> None:
+    """Pooled attainment weighs episodes by requests: a policy that serves one heavy
+    episode and drops a light one scores high pooled; the per-episode mean and the
+    per-family figures show the light family at 0 (round 4d's finding, issue 11)."""
+    from agents.evaluate import _per_family
+    heavy = {"requests_met": 900, "requests_decided": 900, "gpu_hours": 5.0,
+             "setup": {"scenario": "azure_mod"}}
+    light = {"requests_met": 0, "requests_decided": 100, "gpu_hours": 1.0,
+             "setup": {"scenario": "ramp_cycle"}}
+    fam = _per_family([heavy, light, dict(light)])
+    assert fam["azure_mod"]["sla_attainment"] == 1.0
+    assert fam["ramp_cycle"] == {"episodes": 2, "requests_decided": 200, "sla_attainment": 0.0,
+                                 "mean_episode_sla_attainment": 0.0,
+                                 "gpu_hours_per_episode": 1.0}
+    res = evaluate("heuristic:static:2", config=TINY, episodes=3, seed=0)
+    fam = res.per_family
+    assert sum(f["episodes"] for f in fam.values()) == res.episodes == 3
+    assert sum(f["requests_decided"] for f in fam.values()) == res.requests_decided
+    met = sum(f["sla_attainment"] * f["requests_decided"] for f in fam.values())
+    assert abs(met / res.requests_decided - res.sla_attainment) < 1e-9
+    eps = [e["requests_met"] / e["requests_decided"] for e in res.per_episode]
+    assert abs(res.mean_episode_sla_attainment - sum(eps) / len(eps)) < 1e-12
+    assert "per_family" in res.as_dict(with_episodes=False)
