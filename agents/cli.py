@@ -206,6 +206,9 @@ def _evaluate(args) -> int:
         raise InputError("--window-s and --windows need --trace", field="--window-s")
     if args.policy.startswith("oracle:"):
         from .oracle import evaluate_oracle
+        if args.env not in (None, "DynoSim-v0"):
+            raise InputError(f"{args.policy} is an autoscaling oracle: it acts on DynoSim-v0, "
+                             f"not {args.env}", field="--policy")
         res = evaluate_oracle(args.policy, config=args.config, episodes=args.episodes,
                               seed=args.seed, split=args.split, overrides=dict(args.set),
                               trace=args.trace, window_s=args.window_s, windows=args.windows,

@@ -89,6 +89,9 @@ class Evaluation:
     mean_episode_sla_attainment: float = 0.0
     per_family: dict[str, dict[str, float]] = field(default_factory=dict)
     env_id: str = ""
+    # the ``--set`` overrides the evaluation config was built with, as given (on top of the
+    # config and the model's policy interface)
+    overrides: dict[str, Any] = field(default_factory=dict)
     reward_config: dict[str, Any] = field(default_factory=dict)
     policy_interface: dict[str, Any] = field(default_factory=dict)
     episodes_plan: dict[str, Any] = field(default_factory=dict)
@@ -366,7 +369,28 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
     env.close()
     ev = summarise(spec, results, cfg, reward_cfg, pol.interface(), plan)
     ev.env_id = env_id
+    ev.overrides = dict(overrides or {})
+    changed = interface_changes(pol.interface(), cfg)
+    if changed:
+        print(f"dynosim: warning: the overrides change the model's policy interface "
+              f"({'; '.join(changed)}); it was trained with the values in policy_interface",
+              file=sys.stderr)
     return ev
+
+
+def interface_changes(model: dict[str, Any], cfg) -> list[str]:
+    """``env.KEY: trained -> scored`` for every policy-interface entry of a model that the
+    evaluation config (after ``--set``) scores with a different value."""
+    eff = asdict(cfg.env)
+    out = []
+    for k, v in model.items():
+        e = eff.get(k)
+        if isinstance(v, dict) and isinstance(e, dict):
+            out += [f"env.{k}.{kk}: {vv} -> {e[kk]}" for kk, vv in v.items()
+                    if kk in e and e[kk] != vv]
+        elif e != v:
+            out.append(f"env.{k}: {v} -> {e}")
+    return out
 
 
 def observation_features(env_id: str, cfg) -> list[str]:

@@ -470,6 +470,8 @@ def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: i
     if spec == "oracle:schedule":
         extra["max_replays"] = max_replays
     ev = summarise(spec, results, cfg, reward_cfg, {}, dict(plan, sla_target=target, **extra))
+    ev.env_id = "DynoSim-v0"
+    ev.overrides = dict(overrides or {})
     for e, r in zip(ev.per_episode, results):
         e["oracle_workers"] = r.get("workers", r.get("segment_counts"))
         if "search" in r:

@@ -117,17 +117,22 @@ def main(argv=None) -> int:
     from agents.cli import _set
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--algo", required=True)
+    ap.add_argument("--algo", required=True, help="ppo | ppo_lstm | ... (agents/algos.py)")
     ap.add_argument("--name", default=None, help="row name (default: the algo)")
-    ap.add_argument("--seeds", type=seeds, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=seeds, default=[0, 1, 2, 3, 4],
+                    help="training seeds, e.g. 0-4 or 0,3 (default: 0-4)")
     ap.add_argument("--runs", default="runs/learned", help="run directories: RUNS/NAME/sSEED")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"))
-    ap.add_argument("--timesteps", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"),
+                    help="result files (default: docs/benchmark, the committed ones: a re-run "
+                         "replaces them; pass another directory to keep them)")
+    ap.add_argument("--timesteps", type=int, default=None,
+                    help="PPO steps per seed (default: the recipe's n_timesteps)")
     ap.add_argument("--hyperparams", default=None, metavar="YAML",
                     help="recipe file (default: agents/hyperparams/ALGO.yml; round 3's: "
                          "agents/hyperparams/archive/ppo_round3.yml)")
     ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--score-only", action="store_true")
+    ap.add_argument("--score-only", action="store_true",
+                    help="score existing runs (RUNS/NAME/sSEED) without training")
     ap.add_argument("--summary-only", action="store_true",
                     help="neither train nor score: summarise OUT/learned_NAME_sSEED.json")
     ap.add_argument("--ship", metavar="NAME", default=None,
@@ -154,7 +159,13 @@ def main(argv=None) -> int:
     for s in args.seeds:
         run = Path(args.runs) / name / f"s{s}"
         if args.summary_only:
-            ev = json.loads((out / f"learned_{name}_s{s}.json").read_text())
+            file = out / f"learned_{name}_s{s}.json"
+            if not file.is_file():
+                print(f"learned_benchmark: error: {file}: no result for {name} seed {s} "
+                      f"(train and score it first, or pass --out/--name/--seeds that exist)",
+                      file=sys.stderr)
+                return 2
+            ev = json.loads(file.read_text())
             rows.append(seed_row(ev))
             continue
         if not args.score_only:

@@ -538,3 +538,36 @@ def test_per_family_and_mean_episode_attainment_expose_what_pooling_hides() -> N
     eps = [e["requests_met"] / e["requests_decided"] for e in res.per_episode]
     assert abs(res.mean_episode_sla_attainment - sum(eps) / len(eps)) < 1e-12
     assert "per_family" in res.as_dict(with_episodes=False)
+
+
+def test_results_record_overrides_and_a_changed_model_interface_warns(tmp_path: Path,
+                                                                      capsys) -> None:
+    """A new user's trial: ``--set`` overrides were recorded nowhere, and one that changed a
+    trained model's action silently showed the model's value in ``policy_interface``."""
+    from agents.train import train
+    res = evaluate("heuristic:static:2", config=TINY, episodes=1,
+                   overrides={"env.action.scale_down_window_s": 20})
+    assert res.overrides == {"env.action.scale_down_window_s": 20}
+    assert res.as_dict(with_episodes=False)["overrides"] == res.overrides
+    out = train("ppo", "DynoSim-v0", config=TINY, timesteps=32, out=tmp_path / "r", n_envs=1,
+                quiet=True, overrides={"episode_steps": 4, "action.scale_down_window_s": 30},
+                hyperparams=_tiny_hp(tmp_path))
+    capsys.readouterr()
+    res = evaluate(str(out), config=TINY, episodes=1, overrides={"episode_steps": 4})
+    assert "warning" not in capsys.readouterr().err
+    res = evaluate(str(out), config=TINY, episodes=1,
+                   overrides={"episode_steps": 4, "env.action.scale_down_window_s": 0})
+    err = capsys.readouterr().err
+    assert "env.action.scale_down_window_s: 30.0 -> 0.0" in err and len(err.splitlines()) == 1
+    assert res.policy_interface["action"]["scale_down_window_s"] == 30.0
+
+
+def test_oracles_name_their_env_and_refuse_another(capsys) -> None:
+    from dynosim.cli import main
+    rc = main(["evaluate", "--policy", "oracle:static", "--config", TINY, "--episodes", "1",
+               "--json", "--quiet"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["env_id"] == "DynoSim-v0"
+    rc = main(["evaluate", "--policy", "oracle:schedule-greedy", "--env", "DynoSimRouting-v0",
+               "--config", TINY, "--episodes", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "acts on DynoSim-v0" in err and len(err.strip().splitlines()) == 1
