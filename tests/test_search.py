@@ -341,6 +341,20 @@ class _KeepSim:
         monkeypatch.setattr(sim_config, "build_simulation", keep)
 
 
+#: The objective and the never-binding constraints of :func:`_bound_setup`.
+BOUND_FIELDS = ["totals.gpu_hours", "latency_ms.ttft.p90", "latency_ms.ttft.max",
+                "latency_ms.e2e_latency.p90"]
+
+
+def _bound_setup(tmp, trace, space_text: str):
+    """A bound-rule search setup whose constraints never bind (every bound is checked, none
+    stops a replay), checking every 4 simulated seconds."""
+    space = search.load_space(_space(tmp, space_text))
+    fields = BOUND_FIELDS
+    obj = search.Objective(fields[0], False, [(f, "<=", 1e12) for f in fields[1:]])
+    return search.Setup(trace, space, obj, (30.0,), early_stop="bound", check_s=4.0)
+
+
 @settings(max_examples=8, deadline=None)
 @given(tp=st.sampled_from([1, 2]), workers=st.integers(1, 3),
        mode=st.sampled_from(["round_robin", "kv"]), block=st.sampled_from([16, 64]),
@@ -352,12 +366,8 @@ def test_requests_counted_in_flight_complete_no_sooner_than_their_bound(
     TTFT and E2E no lower than its bounds then, and every bound holds at every check,
     including on a KV pool small enough (``kv_tokens``) that the longest prompts are
     rejected when they reach the head of the queue: those must not be counted."""
-    tmp = tmp_path_factory.mktemp("inflight")
-    space = search.load_space(_space(tmp, SPACE))
-    fields = ["totals.gpu_hours", "latency_ms.ttft.p90", "latency_ms.ttft.max",
-              "latency_ms.e2e_latency.p90"]
-    obj = search.Objective(fields[0], False, [(f, "<=", 1e12) for f in fields[1:]])
-    setup = search.Setup(small_trace, space, obj, (30.0,), early_stop="bound", check_s=4.0)
+    setup = _bound_setup(tmp_path_factory.mktemp("inflight"), small_trace, SPACE)
+    fields = BOUND_FIELDS
     params = {"tp": tp, "cluster.num_workers": workers, "router.mode": mode,
               "engine.block_size": block, "engine.max_num_batched_tokens": budget,
               "planner": planner, **({"planner.interval_s": 10.0} if planner != "none" else {})}
@@ -617,12 +627,9 @@ def test_requests_still_to_arrive_complete_no_sooner_than_their_floor(
     """Every request :func:`future_ttft_floors` counts ends completed with a TTFT no lower
     than its floor (real replays, static deployments; a small KV pool makes the longest
     prompts rejected: those must not be counted), and the bounds hold at every check."""
-    tmp = tmp_path_factory.mktemp("future")
-    space = search.load_space(_space(tmp, SPACE.replace("tp: [1, 2]", "tp: [1, 2, 4]")))
-    fields = ["totals.gpu_hours", "latency_ms.ttft.p90", "latency_ms.ttft.max",
-              "latency_ms.e2e_latency.p90"]
-    obj = search.Objective(fields[0], False, [(f, "<=", 1e12) for f in fields[1:]])
-    setup = search.Setup(small_trace, space, obj, (30.0,), early_stop="bound", check_s=4.0)
+    setup = _bound_setup(tmp_path_factory.mktemp("future"), small_trace,
+                         SPACE.replace("tp: [1, 2]", "tp: [1, 2, 4]"))
+    fields = BOUND_FIELDS
     params = {"tp": tp, "cluster.num_workers": workers, "router.mode": mode,
               "engine.block_size": block, "engine.max_num_batched_tokens": budget,
               "planner": "none"}
