@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from sim.config import yaml_load
 from sim.errors import InputError
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
@@ -44,7 +45,7 @@ def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> 
     algo = algo_name(algo)
     file = Path(path) if path is not None else HYPERPARAMS_DIR / f"{algo}.yml"
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        data = yaml_load(file.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise InputError("hyperparameter file not found", file=str(file)) from None
     except yaml.YAMLError as exc:

@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any
 
+from sim.config import yaml_load
 from sim.errors import InputError
 from sim.schema import COUNT, SEED, TIME_S, arg_type
 
@@ -17,7 +18,7 @@ def _set(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), yaml_load(value)
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"bad value in {text!r}") from None
 

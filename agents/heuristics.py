@@ -296,8 +296,8 @@ def read_tuned(path: Path) -> dict[str, Any]:
     """A tuned baseline's YAML: ``base`` (load | throughput: a planner, PlannerConfig knobs;
     kv: the KV router, :data:`KV_KNOBS`), ``knobs`` and how it was found (``tuned_on``,
     ``command``...)."""
-    import yaml
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    from sim.config import yaml_load
+    data = yaml_load(path.read_text(encoding="utf-8")) or {}
     if data.get("base") not in TUNED_BASES or not isinstance(data.get("knobs"), dict):
         raise ValueError(f"{path}: expected 'base: {'|'.join(TUNED_BASES)}' and a 'knobs' "
                          "mapping")

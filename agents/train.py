@@ -82,6 +82,11 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     cls = algo_class(key)
     model = cls(policy, venv, seed=seed, verbose=0, tensorboard_log=str(out / "tb"),
                 device=device, **hp)
+    rollout = int(getattr(model, "n_steps", 0) or 0) * n_envs   # on-policy: whole rollouts
+    if rollout and total % rollout and not quiet:
+        print(f"dynosim: note: {total} timesteps train as {-(-total // rollout) * rollout} "
+              f"(on-policy {key} collects whole rollouts of n_steps {model.n_steps} x "
+              f"{n_envs} envs = {rollout} steps)", file=sys.stderr)
     bc_record = keep_near = None
     if bc:
         from .router_train import behaviour_clone
@@ -125,6 +130,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
         progress.close()
     model.save(out / "model.zip")
     wall = time.perf_counter() - t0
+    record["timesteps_trained"] = int(model.num_timesteps)   # whole rollouts (>= timesteps)
     record["train_wall_s"] = round(wall, 1)   # run record, not env info
     record["train_cpu_s"] = round(time.process_time() - cpu0, 1)   # wall is load-dependent
     record.update(progress.summary())

@@ -198,6 +198,26 @@ def test_types_are_coerced_sensibly(tmp_path: Path) -> None:
     assert cfg.router.mode == "kv"
 
 
+@pytest.mark.parametrize("text,value", [("1e4", 1e4), ("1E4", 1e4), ("-2.5e-1", -0.25),
+                                        ("+.5e1", 5.0), ("16384", 16384), ("1e4x", "1e4x"),
+                                        ("e4", "e4"), ("1.0", 1.0)])
+def test_yaml_reads_exponent_floats_as_yaml_1_2_does(tmp_path: Path, text: str, value) -> None:
+    """PyYAML's YAML 1.1 rule needs a dot, so ``1e4`` was the string "1e4" (then a type
+    error, or a string in a ``--set``); every YAML the project reads follows YAML 1.2."""
+    from sim.config import yaml_load
+    assert yaml_load(f"x: {text}\n") == {"x": value}
+    assert type(yaml_load(text)) is type(value)
+    cfg = load_config(write(tmp_path, SYNTH + "engine: {num_gpu_blocks: 1.6384e4}\n"
+                            "timing: {speedup_ratio: 2e0}\n"))
+    assert cfg.engine.num_gpu_blocks == 16384 and cfg.timing.speedup_ratio == 2.0
+
+
+def test_set_values_follow_yaml_1_2() -> None:
+    from agents.cli import _set
+    assert _set("planner.max_gpu_budget=1e9") == ("planner.max_gpu_budget", 1e9)
+    assert _set("reward.gpu_weight=8e-3") == ("reward.gpu_weight", 0.008)
+
+
 # -- paths ------------------------------------------------------------------------------------
 
 def test_relative_trace_path_resolves_against_the_yaml(tmp_path: Path, monkeypatch) -> None:
