@@ -265,6 +265,8 @@ def _parse_env(data: Any, v: _Validator) -> EnvSection:
         return EnvSection()
     if not isinstance(data, Mapping):
         raise v.error(f"expected a mapping, got {_show(data)}", "env")
+    # every key env takes, its sections included (so an unknown key lists them too)
+    v.check_keys(data, [f.name for f in fields(_FlatEnv)] + [*NESTED, "planner"], "env")
     flat = {k: x for k, x in data.items() if k not in NESTED and k != "planner"}
     for key in ("scenarios", "eval_scenarios"):
         if isinstance(flat.get(key), (list, tuple)):

@@ -316,6 +316,16 @@ def test_bad_config_names_the_key(kw, needle) -> None:
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
+def test_unknown_env_key_lists_the_sections_too() -> None:
+    """``env.action``, ``.observation``, ``.reward`` and ``.planner`` are env keys as well: an
+    unknown key's list names them, and a misspelt section gets the hint."""
+    with pytest.raises(InputError) as exc:
+        gym.make("DynoSim-v0", config=TINY, env={"zzz": 1})
+    assert all(f" {k}" in str(exc.value) for k in ("action", "observation", "reward", "planner"))
+    with pytest.raises(InputError, match=r"env\.actoin' \(did you mean 'action'\?\)"):
+        gym.make("DynoSim-v0", config=TINY, env={"actoin": {"type": "delta"}})
+
+
 def test_bad_yaml_names_file_and_line(tmp_path) -> None:
     p = tmp_path / "env.yaml"
     p.write_text("workload: {kind: synthetic, isl: 100, osl: 10}\nsla: {ttft_ms: 1, itl_ms: 1}\n"
