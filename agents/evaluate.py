@@ -25,7 +25,9 @@ per-episode percentiles); ``gpu_hours`` (total) and ``gpu_hours_per_episode``;
 simulated hour); ``mean_reward`` (per episode). Routing (``DynoSimRouting-v0``) adds
 ``mean_ttft_ms``, ``prefix_cache_reused_ratio`` (prompt tokens served from the prefix cache /
 prompt tokens of the completed requests) and ``request_throughput_rps`` (completed requests
-per simulated second). The leaderboards are in :mod:`agents.leaderboard`.
+per simulated second). ``per_episode`` lists each episode's summary (the env's
+``episode_summary``) under the same names as the pooled figures (``p90_ttft_ms``,
+``p90_itl_ms``: that episode's percentiles). The leaderboards are in :mod:`agents.leaderboard`.
 """
 from __future__ import annotations
 
@@ -457,9 +459,13 @@ def _per_family(eps: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
+#: the env's episode-summary names -> the result's (``per_episode`` uses the pooled names)
+EPISODE_KEYS = {"ttft_p90_ms": "p90_ttft_ms", "itl_p90_ms": "p90_itl_ms"}
+
+
 def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: dict,
               plan: dict) -> Evaluation:
-    eps = [r["summary"] for r in results]
+    eps = [{EPISODE_KEYS.get(k, k): v for k, v in r["summary"].items()} for r in results]
     met = sum(e["requests_met"] for e in eps)
     decided = sum(e["requests_decided"] for e in eps)
     ttfts = sorted(x for r in results for x in r["ttfts"])

@@ -253,7 +253,7 @@ def routing_leaderboard(d: Path, *, config: Any = None, episodes: int = 5, seed:
     for r in results:
         row = {"policy": _label(r.policy, d), **{m: getattr(r, m) for m in ROUTING_METRICS}}
         row["sla_attainment_std"] = float(np.std([e["sla_attainment"] for e in r.per_episode]))
-        row["p90_ttft_ms_std"] = float(np.std([e["ttft_p90_ms"] for e in r.per_episode]))
+        row["p90_ttft_ms_std"] = float(np.std([e["p90_ttft_ms"] for e in r.per_episode]))
         row["requests_decided"] = r.requests_decided
         for m in ("sla_attainment", "p90_ttft_ms", "request_throughput_rps"):
             base = getattr(ref, m)

@@ -93,6 +93,9 @@ def test_every_algorithm_trains_briefly_and_evaluates(tmp_path: Path, algo: str)
     # scored with the evaluation config (never the run's), the run's interface on top
     res = evaluate(str(out), config=TINY, episodes=1, seed=0, overrides={"episode_steps": 4})
     assert res.per_episode[0]["steps"] == 4 and math.isfinite(res.mean_reward)
+    # per-episode figures under the pooled figures' names (p90_ttft_ms, not the env's)
+    assert {"p90_ttft_ms", "p90_itl_ms"} <= set(res.per_episode[0])
+    assert not {"ttft_p90_ms", "itl_p90_ms"} & set(res.per_episode[0])
 
 
 def test_rollout_rounding_is_said_and_recorded(tmp_path: Path, capsys) -> None:
