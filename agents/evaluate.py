@@ -265,10 +265,24 @@ def make_eval_env(spec: PolicySpec, env_id: str, config: Any, overrides: dict[st
     import gymnasium as gym
     from dynosim_gym.config import load_env_config
     base = config if config is not None else DEFAULT_CONFIGS[env_id]
-    over = {f"env.{k}": v for k, v in spec.interface().items()}
-    over.update(overrides)
-    cfg = load_env_config(base, **over)
+    interface = {f"env.{k}": v for k, v in spec.interface().items()}
+    try:
+        cfg = load_env_config(base, **{**interface, **overrides})
+    except InputError as exc:
+        # a value the model brought (not the config's or an override's): say so
+        key = next((k for k in interface if exc.field and k not in overrides
+                    and (exc.field == k or exc.field.startswith(k + "."))), None)
+        if key is None:
+            raise
+        raise InputError(f"{exc.detail} (the value comes from the policy interface "
+                         f"{spec.spec} was trained with, {key}: {_short(interface[key])}; "
+                         "score it on a config that takes that interface)",
+                         field=exc.field) from None
     return gym.make(f"dynosim_gym:{env_id}", config=cfg.to_dict()), cfg
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)[:120]
 
 
 def run_episode(env, policy, options: dict[str, Any], seed: int,

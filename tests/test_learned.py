@@ -75,6 +75,16 @@ def test_evaluate_runs_the_pretrained_autoscaler(capsys) -> None:
     assert res["policy_interface"]["action"]["type"] == "target"
 
 
+def test_interface_clash_names_the_model_not_the_config(capsys) -> None:
+    """A target-action model on the disaggregated env: the clash is the model's interface,
+    so the one-line error says where the value came from (not just the config's line)."""
+    rc = main(["evaluate", "--policy", "pretrained:autoscaler", "--episodes", "1", "--quiet",
+               "--config", str(ROOT / "envs_configs" / "autoscale_disagg.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "field 'env.action.type'" in err and "pretrained:autoscaler was trained with" in err
+
+
 def test_learned_recipe_trains_and_scores(tmp_path: Path) -> None:
     """env_kwargs from the YAML reach the env (``--set`` wins), and the run scores."""
     hp = tmp_path / "ppo.yml"
