@@ -21,6 +21,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 
 from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, disagg_config,
                         load_config, parse_config, read_yaml)
@@ -221,8 +222,8 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
                 _merge(data[top], value)
             else:
                 data[top] = value
-            for k in _leaves({top: value}):
-                where.setdefault(k, ("overrides", None))
+            for k in _leaves({top: value}):   # an override's value is located there
+                where[k] = ("overrides", None)
     env_data = data.pop("env", None)
     v = _Validator(source, where, (source, None))
     sim_cfg = parse_config(data, source=source, where=where, base_dir=base_dir,
@@ -327,8 +328,13 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
         raise v.error(f"{n0} initial workers is outside [min_endpoint {e.min_endpoint}, "
                       f"budget {cfg.max_workers} workers]",
                       "env.initial_workers" if e.initial_workers else "cluster.num_workers")
-    if kind == "synthetic" and "arrival" not in cfg.sim.workload:
-        cfg.sim.workload["arrival"] = {"process": "poisson", "rate": e.rate_max_rps}
+    if kind == "synthetic":   # a default arrival (episodes draw their own); keys given on top
+        given = cfg.sim.workload.get("arrival")
+        if given is None or (isinstance(given, Mapping) and "process" not in given):
+            cfg.sim.workload["arrival"] = {"process": "poisson", "rate": e.rate_max_rps,
+                                           **(given or {})}
+    if kind == "synthetic":
+        _check_synthetic_workload(cfg)
     if e.planner_interval_s is not None and \
             abs(e.planner_interval_s / e.interval_s - round(e.planner_interval_s / e.interval_s)) > 1e-9:
         raise v.error(f"must be a multiple of env.interval_s ({e.interval_s:g}), got "
@@ -339,6 +345,20 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
         raise v.error(f"an episode of {e.episode_steps} x {e.interval_s:g} s exceeds "
                       f"{TIME_S_POS.hi:g} s (times are ms-exact below 2^52 ms)",
                       "env.episode_steps")
+
+
+def _check_synthetic_workload(cfg: EnvConfig) -> None:
+    """Validate the synthetic ``workload`` block when the config loads, located by file,
+    line and field (or ``overrides``), not only at the first ``reset``: the episodes build
+    it with their own arrivals and length (:mod:`dynosim_gym.episodes`), so a bad
+    ``workload.arrival`` would otherwise never be read. A one-second build: cheap."""
+    from sim.config import _located
+    from sim.workloads import from_config
+    block = dict(cfg.sim.workload)
+    block.pop("num_requests", None)
+    block["duration_s"] = 1.0
+    with _located(cfg.sim):
+        from_config(block, np.random.default_rng(0), prefix="workload")
 
 
 def _check_planner(e: EnvSection, v: _Validator) -> None:

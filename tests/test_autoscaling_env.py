@@ -12,6 +12,7 @@ import pytest
 
 import dynosim_gym
 from dynosim_gym.autoscaling_env import DynoSimEnv
+from dynosim_gym.config import load_env_config
 from dynosim_gym.observations import FEATURES
 from sim.errors import InputError
 from sim.planner import LoadPlanner, PlannerConfig
@@ -314,6 +315,23 @@ def test_bad_config_names_the_key(kw, needle) -> None:
     with pytest.raises(InputError) as exc:
         gym.make("DynoSim-v0", config=TINY, **kw)
     assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"interval_s": -1}, "env.interval_s"),
+    ({"cluster": {"num_workers": -2}}, "cluster.num_workers"),
+    ({"action": {"type": "bogus"}}, "env.action.type"),
+    ({"workload": {"arrival": {"foo": 1}}}, "workload.arrival.foo"),
+    ({"workload": {"arrival": {"rate": -3}}}, "workload.arrival.rate"),
+    ({"workload": {"isl": {"mean": -1}}}, "workload.isl.mean"),
+])
+def test_bad_override_is_located_at_the_override_and_checked_at_load(kw, field) -> None:
+    """A bad value given as an override is blamed on the override, not on the YAML line the
+    key also has; the synthetic workload block (episodes replace its arrivals) is validated
+    when the config loads, so a bad ``workload.arrival`` is not silently unused."""
+    with pytest.raises(InputError) as exc:
+        load_env_config("autoscale_default", **kw)
+    assert str(exc.value).startswith(f"overrides, field '{field}'"), str(exc.value)
 
 
 def test_unknown_env_key_lists_the_sections_too() -> None:
