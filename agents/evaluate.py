@@ -155,7 +155,12 @@ class PolicySpec:
             from .rllib_train import load_policy as load_rllib_policy
             return load_rllib_policy(self.path)
         algo = (self.run or {}).get("algo", "ppo")
-        return algo_class(algo).load(self.path, device="cpu")
+        try:
+            return algo_class(algo).load(self.path, device="cpu")
+        except Exception as exc:   # SB3 raises ValueError/AssertionError/KeyError/... here
+            raise InputError(f"cannot load it as a stable-baselines3 {algo} model: "
+                             f"{type(exc).__name__}: {exc}", file=str(self.path),
+                             field="--policy") from None
 
 
 def pretrained_models() -> dict[str, Path]:
@@ -182,18 +187,45 @@ def resolve_policy(spec: str) -> PolicySpec:
         run = json.loads(meta.read_text()) if meta.is_file() else None
         return PolicySpec(spec, "pretrained", (run or {}).get("env_id"), path, run)
     path = Path(spec)
-    from .rllib_train import is_rllib_run
-    if path.is_dir() and is_rllib_run(path):     # a --framework rllib run directory
-        run = json.loads((path / "run.json").read_text())
-        return PolicySpec(spec, "rllib", run.get("env_id"), path, run)
+    if path.is_dir() and (path / "run.json").is_file():
+        run = _read_run_json(path / "run.json")
+        if run.get("framework") == "rllib":      # a --framework rllib run directory
+            return PolicySpec(spec, "rllib", run.get("env_id"), path, run)
     if path.is_dir():
         path = path / "model.zip"
     if not path.is_file():
         raise InputError(f"no such model: {spec} (expected heuristic:NAME, pretrained:NAME, "
                          "a model.zip or a dynosim train --out directory)", field="--policy")
+    if not _is_sb3_zip(path):
+        raise InputError("not a stable-baselines3 model (expected the model.zip that "
+                         "dynosim train or SB3's model.save wrote)", file=str(path),
+                         field="--policy")
     run_file = path.parent / "run.json"
-    run = json.loads(run_file.read_text()) if run_file.is_file() else None
+    run = _read_run_json(run_file) if run_file.is_file() else None
     return PolicySpec(spec, "model", (run or {}).get("env_id"), path, run)
+
+
+def _is_sb3_zip(path: Path) -> bool:
+    """An SB3 save: a zip archive with its ``data`` entry (the JSON of the model's class
+    and hyperparameters; stable_baselines3.common.save_util)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "data" in z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _read_run_json(path: Path) -> dict[str, Any]:
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"the model's run record is not valid JSON ({exc})", file=str(path),
+                         field="--policy") from None
+    if not isinstance(run, dict):
+        raise InputError("the model's run record is not a JSON object", file=str(path),
+                         field="--policy")
+    return run
 
 
 def run_config_of(spec: str) -> dict[str, Any] | None:

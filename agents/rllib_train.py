@@ -198,12 +198,6 @@ def plot_curve(curve: list[dict[str, float]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def is_rllib_run(path: str | Path) -> bool:
-    """A ``dynosim train --framework rllib`` run directory?"""
-    run = Path(path) / "run.json"
-    return run.is_file() and json.loads(run.read_text()).get("framework") == "rllib"
-
-
 class RLlibPolicy:
     """A trained RLModule behind SB3's ``predict()`` (what :func:`agents.evaluate.evaluate`
     calls). Deterministic prediction takes the distribution's mode."""

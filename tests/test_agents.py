@@ -164,6 +164,29 @@ def test_agent_cli_bad_input_is_one_line(capsys, argv, needle, tmp_path, monkeyp
     assert len(err.strip().splitlines()) == 1 or err.startswith("usage")
 
 
+def test_policy_files_that_are_not_models_are_one_line_errors(capsys, tmp_path) -> None:
+    """Any file given as --policy: not a zip, a zip that is not an SB3 save, an SB3-looking
+    zip whose data is garbage, a run dir whose run.json is broken -> one line, exit 2."""
+    import zipfile
+    (tmp_path / "text.zip").write_text("hi")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("x", "y")
+    with zipfile.ZipFile(tmp_path / "garbage.zip", "w") as z:
+        z.writestr("data", "{not json")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.zip").write_bytes((tmp_path / "garbage.zip").read_bytes())
+    (run / "run.json").write_text("{broken")
+    for spec, needle in ((tmp_path / "text.zip", "not a stable-baselines3 model"),
+                         (tmp_path / "other.zip", "not a stable-baselines3 model"),
+                         (tmp_path / "garbage.zip", "cannot load it as a stable-baselines3"),
+                         (run, "run record is not valid JSON")):
+        rc = main(["evaluate", "--policy", str(spec), "--episodes", "1", "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and "Traceback" not in err, (spec, err)
+        assert len(err.strip().splitlines()) == 1 and "'--policy'" in err
+
+
 @pytest.mark.expensive
 @pytest.mark.xfail(strict=True, reason="issue 11's target is missed on v0.2 (README, 'Learned "
                    "autoscalers on v0.2'); strict: a pass means the README must be updated")
