@@ -105,6 +105,24 @@ def test_bad_objective_is_one_line(tmp_path, capsys, small_trace, objective, nee
     assert needle in line and "--objective" in line
 
 
+def test_bad_compare_file_is_refused_before_the_search(tmp_path, capsys, small_trace):
+    """--compare must be a `sweep pareto` CSV: a JSON or a CSV without its columns is a
+    one-line error before any candidate runs (it used to leave the overlay out, silently)."""
+    space = _space(tmp_path, SPACE)
+    (tmp_path / "x.json").write_text('{"a": 1}\n')
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "empty.csv").write_text("kind,gpu_hours,p90_ttft_ms\nother,1,2\n")
+    for name, needle in (("x.json", "no kind, gpu_hours, p90_ttft_ms columns"),
+                         ("x.csv", "no kind, gpu_hours, p90_ttft_ms columns"),
+                         ("empty.csv", "no rows of kind static/load/throughput")):
+        assert _search(small_trace, space, tmp_path / name.replace(".", "_"), "--trials", "1",
+                       "--compare", str(tmp_path / name)) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert needle in line and "'--compare'" in line
+        assert not (tmp_path / name.replace(".", "_") / "trials.csv").exists()
+    assert len(search.read_compare(str(REPO / "docs" / "sweeps" / "pareto.csv"))) > 0
+
+
 def test_rungs_and_address_flags(tmp_path, capsys, small_trace):
     space = _space(tmp_path, SPACE)
     assert _search(small_trace, space, tmp_path / "o", "--trials", "1", "--rungs", "60,30") == 2

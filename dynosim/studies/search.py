@@ -1305,6 +1305,34 @@ def front_rows(records, obj: Objective) -> list[dict[str, Any]]:
     return sorted((r for r, m in zip(done, mask) if m), key=lambda r: r["values"][x])
 
 
+COMPARE_KINDS = ("static", "load", "throughput")
+
+
+def read_compare(path: str) -> list[dict[str, Any]]:
+    """The ``--compare`` overlay: a ``dynosim sweep pareto`` CSV (columns ``kind``,
+    ``gpu_hours``, ``p90_ttft_ms``; rows of kind static/load/throughput). Checked before the
+    search starts, so a wrong file is a one-line error, not a missing overlay at the end."""
+    if not Path(path).is_file():
+        raise InputError("file not found", file=CMDLINE, field="--compare")
+    try:
+        from .sweeps import read_csv
+        rows = read_csv(path)
+    except (UnicodeDecodeError, ValueError, csv.Error) as exc:
+        raise InputError(f"not a `dynosim sweep pareto` CSV ({exc})", file=path,
+                         field="--compare") from None
+    need = ("kind", "gpu_hours", "p90_ttft_ms")
+    missing = [c for c in need if not rows or c not in rows[0]]
+    if missing:
+        raise InputError(f"not a `dynosim sweep pareto` CSV: no {', '.join(missing)} column"
+                         f"{'s' if len(missing) > 1 else ''}", file=path, field="--compare")
+    rows = [r for r in rows if r.get("kind") in COMPARE_KINDS
+            and isinstance(r.get("gpu_hours"), float) and isinstance(r.get("p90_ttft_ms"), float)]
+    if not rows:
+        raise InputError(f"no rows of kind {'/'.join(COMPARE_KINDS)} with gpu_hours and "
+                         "p90_ttft_ms to overlay", file=path, field="--compare")
+    return rows
+
+
 def plot_front(records, obj: Objective, path: Path, title: str,
                compare: list[dict[str, Any]] | None = None) -> None:
     from matplotlib.figure import Figure
@@ -1491,7 +1519,7 @@ def run(args: argparse.Namespace) -> int:
     """``dynosim search``; bad input raises :class:`InputError` (one line, exit 2). Exit 2
     too, after writing the outputs, when no candidate meets the constraints."""
     from .. import executors
-    from .sweeps import _check_out, read_csv
+    from .sweeps import _check_out
     executors.check_args(args)
     if args.executor == "local" and (args.jobs or 1) > 1 and args.early_stop == "asha":
         raise InputError("--early-stop asha runs in one process locally (Optuna's pruner "
@@ -1503,9 +1531,7 @@ def run(args: argparse.Namespace) -> int:
                                                               args.arrival_speedup_ratio))
     compare = None
     if args.compare is not None:
-        if not Path(args.compare).is_file():
-            raise InputError("file not found", file=CMDLINE, field="--compare")
-        compare = read_csv(args.compare)
+        compare = read_compare(args.compare)
     out = _check_out(args.out)
     setup = Setup(args.trace, space, objective, rungs, args.arrival_speedup_ratio, args.seed,
                   early_stop=args.early_stop, check_s=args.check_s, sampler=args.sampler)
