@@ -155,7 +155,9 @@ def test_local_search_best_yaml_replays_to_the_same_numbers(tmp_path, capsys, sm
     cmd = next(x for x in head if x.startswith("# run it: ")).removeprefix("# run it: ")
     argv = shlex.split(cmd)[1:]                      # drop "dynosim"
     argv[argv.index("best.yaml")] = str(out / "best.yaml")
-    capsys.readouterr()
+    # the console's "run it:" names the file as given from here (the header: its directory)
+    said = next(x for x in capsys.readouterr().out.splitlines() if "run it: " in x)
+    assert shlex.split(said.split("run it: ", 1)[1])[1:] == argv
     assert main([*argv, "--json", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)
     fields = search.report_fields(summary)

@@ -1413,7 +1413,8 @@ def best_record(records, obj: Objective) -> dict[str, Any] | None:
 
 
 def write_best(setup: Setup, rec: dict[str, Any], path: Path, feasible: bool) -> str:
-    """``best.yaml``: the candidate's full config; returns the command that runs it."""
+    """``best.yaml``: the candidate's full config; returns the command that runs it from
+    the file's directory (as its header says; recorded in ``search.json``)."""
     import yaml
     cfg, kind, flags = candidate_config(setup, rec["params"])
     cmd = " ".join(["dynosim simulate --config", path.name, *flags])
@@ -1659,5 +1660,6 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
         print(f"dynosim: error: no candidate meets {cons}; closest: trial {best['trial']} "
               f"({vals}), written to {out / 'best.yaml'}", file=sys.stderr)
         return 2
-    print(f"  best: trial {best['trial']} ({vals}) -> {out / 'best.yaml'}; run it: {cmd}")
+    here = cmd.replace("--config best.yaml", f"--config {out / 'best.yaml'}", 1)
+    print(f"  best: trial {best['trial']} ({vals}) -> {out / 'best.yaml'}; run it: {here}")
     return 0
