@@ -90,6 +90,13 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     bc_record = keep_near = None
     if bc:
         from .router_train import behaviour_clone
+        if not quiet:   # the teacher's episodes take a while before the first epoch line
+            import inspect
+            said = {k: p.default for k, p in
+                    inspect.signature(behaviour_clone).parameters.items()} | bc
+            print(f"dynosim: behaviour-cloning warm start: {said['episodes']} episodes of "
+                  f"{said['teacher']}, then {said['epochs']} epochs (the recipe's "
+                  "bc_warm_start)", file=sys.stderr)
         bc_record, keep_near = behaviour_clone(model, env_cfg.to_dict(), seed=seed,
                                                quiet=quiet, env_id=env_id, **bc)
     callbacks = [CheckpointCallback(save_freq=max(1, checkpoint_every // n_envs),
@@ -113,7 +120,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     elif credit != "step":
         raise InputError(f"reward_credit must be step or request, got {credit!r}",
                          field="reward_credit")
-    progress = _Progress(total, quiet)
+    progress = _Progress(-(-total // rollout) * rollout if rollout else total, quiet)
     callbacks.append(progress.callback())
     record = {"algo": key, "env_id": env_id, "seed": seed, "timesteps": total,
               "n_envs": n_envs, "policy": policy_name, "hyperparams": hp, "normalize": normalize,
@@ -138,6 +145,15 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
         record["bc_warm_start"]["regularise_history"] = keep_near.history
     if chooser is not None:
         record["select_checkpoint"] = chooser.record()
+        if not quiet:
+            kept = chooser.history[chooser.chosen]
+            what = " (the behaviour-cloned policy, before any PPO update)" \
+                if kept["timesteps"] == 0 else ""
+            print(f"dynosim: select_checkpoint kept the checkpoint at {kept['timesteps']:,} "
+                  f"timesteps{what}: {kept['sla_attainment']:.1%} SLA at "
+                  f"{kept['gpu_hours_per_episode']:.2f} GPU-h per episode on its "
+                  f"{len(record['select_checkpoint']['seeds'])} training-split selection "
+                  "episodes; model.zip is that checkpoint", file=sys.stderr)
     if dual is not None:
         record["lagrange_multiplier"] = {"final": dual.multiplier, "history": dual.history}
     if not quiet:

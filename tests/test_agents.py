@@ -102,13 +102,18 @@ def test_rollout_rounding_is_said_and_recorded(tmp_path: Path, capsys) -> None:
     """PPO collects whole rollouts (n_steps x n_envs), so 40 steps with n_steps 16 train 48:
     the run says so in one line and records what it trained."""
     hp = tmp_path / "ppo.yml"
-    hp.write_text("DynoSim-v0: {policy: MlpPolicy, n_steps: 16, batch_size: 16, n_epochs: 1}\n")
+    hp.write_text("DynoSim-v0: {policy: MlpPolicy, n_steps: 16, batch_size: 16, n_epochs: 1,\n"
+                  "             select_checkpoint: {every: 16, episodes: 1}}\n")
     out = train("ppo", "DynoSim-v0", config=TINY, timesteps=40, out=tmp_path / "r", n_envs=1,
                 hyperparams=hp, overrides={"episode_steps": 4})
     err = capsys.readouterr().err
     assert "note: 40 timesteps train as 48 " in err and "n_steps 16 x 1 envs" in err
+    assert "48/48 steps (100%)" in err and "/40 steps" not in err   # progress: what it trains
     run = json.loads((out / "run.json").read_text())
     assert run["timesteps"] == 40 and run["timesteps_trained"] == 48
+    # which checkpoint model.zip is, said in one line
+    kept = run["select_checkpoint"]["chosen_timesteps"]
+    assert f"select_checkpoint kept the checkpoint at {kept:,} timesteps" in err
 
 
 def test_train_and_leaderboard_from_the_cli(tmp_path: Path, capsys) -> None:
