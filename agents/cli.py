@@ -11,6 +11,9 @@ from sim.errors import InputError
 from sim.schema import COUNT, SEED, TIME_S, arg_type
 
 
+EVAL_EPISODES = 5   # dynosim evaluate --episodes default
+
+
 def _set(text: str) -> tuple[str, Any]:
     """``--set key=value`` with a YAML value (``--set reward.gpu_weight=0.001``)."""
     import yaml
@@ -110,15 +113,16 @@ def add_parsers(sub) -> None:
     e.add_argument("--config", metavar="YAML",
                    help="evaluation env config, reward included (default: the env's default; "
                    "a model's run contributes only its observation/action/interval)")
-    e.add_argument("--episodes", type=_pos_int, default=5,
-                   help="episodes per policy (the same seeded episodes for every policy)")
+    e.add_argument("--episodes", type=_pos_int, default=None, metavar="N",
+                   help="seeded episodes per policy, the same for every policy (default: "
+                   f"{EVAL_EPISODES}; not with --trace, whose episodes are its --windows)")
     e.add_argument("--seed", type=_seed, default=0, help="seed of the first episode")
     e.add_argument("--split", choices=("eval", "train"), default="eval",
                    help="held-out episodes (eval) or training ones")
     e.add_argument("--policies", metavar="SPEC,...",
                    help="--leaderboard: these policies (default: the heuristics, tuned "
                    "planners and every model under DIR)")
-    e.add_argument("--reference", default="heuristic:load",
+    e.add_argument("--reference", default="heuristic:load", metavar="SPEC",
                    help="leaderboard ratios are relative to this policy")
     e.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
                    help="env config override, e.g. reward.gpu_weight=0.001 (repeatable; "
@@ -192,6 +196,8 @@ def _evaluate(args) -> int:
     from .leaderboard import leaderboard
     if (args.policy is None) == (args.leaderboard is None):
         raise InputError("give exactly one of --policy and --leaderboard", field="--policy")
+    episodes_given = args.episodes is not None
+    args.episodes = args.episodes or EVAL_EPISODES
     if args.leaderboard is not None:
         res = leaderboard(args.leaderboard, env_id=args.env or "DynoSim-v0", config=args.config,
                           episodes=args.episodes, seed=args.seed, reference=args.reference,
@@ -204,7 +210,11 @@ def _evaluate(args) -> int:
                   end="")
         return 0
     if args.trace is None and (args.window_s is not None or args.windows is not None):
-        raise InputError("--window-s and --windows need --trace", field="--window-s")
+        raise InputError("--window-s and --windows need --trace",
+                         field="--window-s" if args.window_s is not None else "--windows")
+    if args.trace is not None and episodes_given:
+        raise InputError("--episodes counts seeded episodes; with --trace the episodes are "
+                         "the trace's windows: use --windows all|N", field="--episodes")
     if args.policy.startswith("oracle:"):
         from .oracle import evaluate_oracle
         if args.env not in (None, "DynoSim-v0"):

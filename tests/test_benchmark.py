@@ -351,12 +351,20 @@ def test_policy_specs_resolve_with_one_line_errors() -> None:
     (["--window-s", "99999"], "longer than the trace"),
     (["--window-s", "15"], "multiple of the decision interval"),
     (["--windows", "100"], "asked for 100"),
+    (["--episodes", "3"], "flag '--episodes': --episodes counts seeded episodes"),
 ])
 def test_evaluate_trace_bad_input_exits_2(capsys, argv, needle) -> None:
     rc = main(["evaluate", "--policy", "heuristic:load", "--config", TINY, "--trace",
                "bundled:mooncake_conversation", *argv])
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_trace_flags_without_trace_name_the_flag_given(capsys) -> None:
+    for flag, value in (("--window-s", "60"), ("--windows", "2")):
+        rc = main(["evaluate", "--policy", "heuristic:load", "--config", TINY, flag, value])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"flag '{flag}'" in err and "need --trace" in err
 
 
 def test_unknown_pretrained_name_exits_2(capsys) -> None:
