@@ -9,9 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sim.config import yaml_load
+from sim.config import read_yaml
 from sim.errors import InputError
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
@@ -44,12 +42,11 @@ def algo_class(name: str):
 def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> dict[str, Any]:
     algo = algo_name(algo)
     file = Path(path) if path is not None else HYPERPARAMS_DIR / f"{algo}.yml"
-    try:
-        data = yaml_load(file.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise InputError("hyperparameter file not found", file=str(file)) from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"invalid YAML: {' '.join(str(exc).split())}", file=str(file)) from None
+    if not file.is_file():
+        raise InputError("hyperparameter file not found", file=str(file))
+    data = read_yaml(file)[0] or {}      # file:line errors, as for every YAML we read
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping of env ids to hyperparameters", file=str(file))
     if env_id not in data:
         raise InputError(f"no hyperparameters for {env_id}; the file has "
                          f"{', '.join(data) or 'none'}", file=str(file), field=env_id)

@@ -169,6 +169,15 @@ def test_agent_cli_bad_input_is_one_line(capsys, argv, needle, tmp_path, monkeyp
     assert len(err.strip().splitlines()) == 1 or err.startswith("usage")
 
 
+def test_bad_hyperparameter_yaml_is_located_like_every_yaml(capsys, tmp_path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("DynoSim-v0:\n  n_steps: [1,\n")
+    rc = main(["train", "--algo", "ppo", "--hyperparams", str(bad), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"dynosim: error: {bad}:3: invalid YAML")
+    assert "<unicode string>" not in err and len(err.splitlines()) == 1
+
+
 def test_policy_files_that_are_not_models_are_one_line_errors(capsys, tmp_path) -> None:
     """Any file given as --policy: not a zip, a zip that is not an SB3 save, an SB3-looking
     zip whose data is garbage, a run dir whose run.json is broken -> one line, exit 2."""
