@@ -14,6 +14,12 @@ from sim.schema import COUNT, SEED, TIME_S, arg_type
 EVAL_EPISODES = 5   # dynosim evaluate --episodes default
 
 
+def _pretrained_names() -> list[str]:
+    """Shipped ``pretrained:NAME`` models (``agents/pretrained/NAME.zip``), for --help."""
+    from pathlib import Path
+    return sorted(p.stem for p in (Path(__file__).resolve().parent / "pretrained").glob("*.zip"))
+
+
 def _set(text: str) -> tuple[str, Any]:
     """``--set key=value`` with a YAML value (``--set reward.gpu_weight=0.001``)."""
     import yaml
@@ -66,7 +72,10 @@ def add_parsers(sub) -> None:
                    help="ppo | a2c | dqn | ppo_mask (MaskablePPO) | ppo_lstm (RecurrentPPO); required")
     t.add_argument("--env", default="DynoSim-v0", help="DynoSim-v0 | DynoSimRouting-v0")
     t.add_argument("--config", metavar="YAML", help="env config (default: the env's default)")
-    t.add_argument("--timesteps", type=_pos_int, metavar="N", help="default: the YAML's")
+    t.add_argument("--timesteps", type=_pos_int, metavar="N",
+                   help="environment steps (default: the YAML's n_timesteps, 12k for "
+                   "DynoSim-v0's ppo.yml); on-policy algorithms round up to whole rollouts "
+                   "(n_steps x n_envs)")
     t.add_argument("--out", required=True, metavar="DIR", help="run directory (created); required")
     t.add_argument("--seed", type=_seed, default=0,
                    help="seed of the policy, the envs and their episodes")
@@ -92,7 +101,8 @@ def add_parsers(sub) -> None:
                    help="heuristic:load | heuristic:throughput | heuristic:static | "
                    "heuristic:static:N | heuristic:<tuned name> (DynoSim-v0); heuristic:kv | "
                    "heuristic:kv-tuned | heuristic:round_robin | heuristic:least_loaded | "
-                   "heuristic:random (DynoSimRouting-v0); pretrained:NAME | PATH "
+                   "heuristic:random (DynoSimRouting-v0); pretrained:NAME "
+                   f"({', '.join(_pretrained_names()) or 'none shipped'}) | PATH "
                    "(model.zip or a train --out directory) | oracle:static | oracle:schedule | "
                    "oracle:schedule-greedy; "
                    "default: none, give this or --leaderboard")

@@ -38,12 +38,14 @@ CMDLINE = "command line"
 LOCAL_NODE_IP = "127.0.0.2"
 
 
-def add_args(group, *, executor: bool = True) -> None:
-    """``--executor`` (optional) and ``--ray-address`` on an argparse group."""
+def add_args(group, *, executor: bool = True,
+             ray_help: str = "one Ray task per point") -> None:
+    """``--executor`` (optional) and ``--ray-address`` on an argparse group; ``ray_help``
+    says what ``--executor ray`` runs."""
     if executor:
         group.add_argument("--executor", choices=EXECUTORS, default="local",
-                           help="local: a process pool on this machine (default); ray: one "
-                           "Ray task per point (needs the ray extra)")
+                           help="local: a process pool on this machine (default); ray: "
+                           f"{ray_help} (needs the ray extra)")
     group.add_argument("--ray-address", metavar="auto|HOST:PORT", default=None,
                        help="join a running Ray cluster (default: start a local Ray on "
                        "demand); 'auto' finds the one `ray start` left on this machine")

@@ -1486,7 +1486,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--compare", metavar="PARETO.csv",
                    help="overlay a `dynosim sweep pareto` CSV on front.png (default: none)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    executors.add_args(g)
+    executors.add_args(g, ray_help="Ray Tune, one trial per Ray CPU")
     return s
 
 
