@@ -245,14 +245,14 @@ def _evaluate(args) -> int:
         print(doc)
     elif res.env_id == "DynoSimRouting-v0":
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
-              f"{res.requests_decided} requests ({_plural(res.episodes, 'episode')}); pooled p90 TTFT "
+              f"{res.requests_decided:,} requests ({_plural(res.episodes, 'episode')}); pooled p90 TTFT "
               f"{res.p90_ttft_ms:.0f} ms, mean TTFT {res.mean_ttft_ms:.0f} ms; prefix cache "
               f"reused {res.prefix_cache_reused_ratio:.1%} of prompt tokens; "
               f"{res.request_throughput_rps:.3f} req/s; mean reward {res.mean_reward:.3f} ± "
               f"{res.std_reward:.3f}")
     else:
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
-              f"{res.requests_decided} requests; {res.gpu_hours:.3f} GPU-hours "
+              f"{res.requests_decided:,} requests; {res.gpu_hours:.3f} GPU-hours "
               f"({res.gpu_hours_per_episode:.3f}/episode, {_plural(res.episodes, 'episode')}); pooled "
               f"p90 TTFT {res.p90_ttft_ms:.0f} ms, p90 ITL {res.p90_itl_ms:.1f} ms; "
               f"{res.scaling_events} scaling events, {res.reversals_per_hour:.1f} "

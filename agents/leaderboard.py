@@ -103,7 +103,8 @@ def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
              f"{r['p90_itl_ms']:.1f} | {r['scaling_events']} | {r['reversals_per_hour']:.1f} | "
              f"{r['sla_attainment_vs_ref']:.3f} | {r['gpu_hours_per_episode_vs_ref']:.3f} |"
              for r in rows]
-    note = (f"\n{episodes} held-out episodes (split=eval, seeds {seed}..{seed + episodes - 1}), "
+    seeds = f"seed {seed}" if episodes == 1 else f"seeds {seed}..{seed + episodes - 1}"
+    note = (f"\n{episodes} held-out episode{'s' if episodes != 1 else ''} (split=eval, {seeds}), "
             f"the same for every policy; SLA attainment and percentiles pooled over all "
             f"requests (± = std of the episodes' own figures); ratios "
             f"relative to {reference}; reward: {json.dumps(reward_cfg)}.\n")

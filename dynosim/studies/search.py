@@ -1648,7 +1648,7 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
     for r in [r for r in records if r["status"] == "failed"][:3]:
         print(f"  failed trial {r['trial']} {json.dumps(r['params'], sort_keys=True)}: "
               f"{r['error']}")
-    print(f"  Pareto front ({x} vs {y}): {len(fr)} candidates -> {out / 'front.csv'}, "
+    print(f"  Pareto front ({x} vs {y}): {len(fr)} candidate{'s' if len(fr) != 1 else ''} -> {out / 'front.csv'}, "
           f"{out / 'front.png'}")
     if best is None:
         print("dynosim: error: no candidate completed (all failed or stopped); see "
