@@ -21,6 +21,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
@@ -125,20 +126,8 @@ static inline int32_t ht_get(KvPool *p, int64_t key) {
     return found ? (int32_t)(p->ht[i].slot1 - 1) : -1;
 }
 
-/* Software prefetch for loops over a list of keys (look-ups, pins, counts): each key's
- * table entry is a likely cache miss and the keys are independent, so the entry of the key
- * PF_AHEAD places later is requested before this one is probed. A key that fails to convert
- * is not prefetched (its error is raised when the loop reaches it, as before). Hints only:
- * results are unchanged. */
 #define PF_AHEAD 16
 static inline int get_key(PyObject *obj, int64_t *out);
-static inline void prefetch_key_entry(PyObject *keys, Py_ssize_t j, const void *table,
-                                      size_t esz, uint64_t mask) {
-    if (j >= PyList_GET_SIZE(keys)) return;
-    int64_t v;
-    if (get_key(PyList_GET_ITEM(keys, j), &v) < 0) { PyErr_Clear(); return; }
-    __builtin_prefetch((const char *)table + (mix64((uint64_t)v) & mask) * esz);
-}
 
 static int64_t ht_home(const void *e, uint64_t mask) {
     const HtEntry *x = e;
@@ -224,6 +213,236 @@ api:;
     *out = (int64_t)v;
     return 0;
 }
+
+/* == packed prompt-block keys (sim._kvpool.Keys) ========================================== */
+/* A request's full prompt-block keys as one immutable int64 array (one allocation, the keys
+ * inline), made once by block_keys and passed router -> engine -> pool -> host tier: the C
+ * loops read the keys directly instead of unboxing an int object per key (a pointer chase to
+ * a cold object, and an object made and freed per key). It behaves as a read-only sequence
+ * of ints (len, indexing, slicing to a Keys, iteration, ``+`` with a Keys or a list of ints,
+ * ``==`` with any sequence of ints), so Python code written for the reference's lists
+ * (``sim.kv_cache.py_block_keys``) works unchanged; every C function that takes keys takes
+ * a Keys or a list (``KeySrc`` below). */
+typedef struct {
+    PyObject_VAR_HEAD
+    int64_t v[1];
+} Keys;
+
+static PyTypeObject KeysType;
+
+static Keys *keys_new(Py_ssize_t n) {
+    Keys *k = PyObject_NewVar(Keys, &KeysType, n);
+    return k;
+}
+
+/* The keys a C loop reads: a Keys (packed) or a list of ints (unboxed per key). */
+typedef struct { const int64_t *v; PyObject *list; Py_ssize_t n; } KeySrc;
+
+static int keysrc(PyObject *obj, KeySrc *s) {
+    if (Py_IS_TYPE(obj, &KeysType)) {
+        s->v = ((Keys *)obj)->v; s->list = NULL; s->n = Py_SIZE(obj);
+        return 0;
+    }
+    if (PyList_Check(obj)) {
+        s->v = NULL; s->list = obj; s->n = PyList_GET_SIZE(obj);
+        return 0;
+    }
+    PyErr_SetString(PyExc_TypeError, "keys must be a list or Keys");
+    return -1;
+}
+
+static inline int ks_get(const KeySrc *s, Py_ssize_t i, int64_t *out) {
+    if (s->v) { *out = s->v[i]; return 0; }
+    return get_key(PyList_GET_ITEM(s->list, i), out);
+}
+
+/* The i-th key as an int object (new reference). */
+static inline PyObject *ks_item(const KeySrc *s, Py_ssize_t i) {
+    if (s->v) return PyLong_FromLongLong(s->v[i]);
+    PyObject *o = PyList_GET_ITEM(s->list, i);
+    Py_INCREF(o);
+    return o;
+}
+
+/* Software prefetch for loops over keys (look-ups, pins, counts): each key's table entry is
+ * a likely cache miss and the keys are independent, so the entry of the key PF_AHEAD places
+ * later is requested before this one is probed. A list item that fails to convert is not
+ * prefetched (its error is raised when the loop reaches it). Hints only: results are
+ * unchanged. */
+static inline void ks_prefetch(const KeySrc *s, Py_ssize_t j, const void *table, size_t esz,
+                               uint64_t mask) {
+    if (j >= s->n) return;
+    int64_t v;
+    if (s->v) v = s->v[j];
+    else if (get_key(PyList_GET_ITEM(s->list, j), &v) < 0) { PyErr_Clear(); return; }
+    __builtin_prefetch((const char *)table + (mix64((uint64_t)v) & mask) * esz);
+}
+
+/* Keys from any iterable of ints (the constructor, and ``+`` with a list). */
+static Keys *keys_from_iterable(PyObject *it) {
+    PyObject *seq = PySequence_Fast(it, "Keys() takes an iterable of ints");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Keys *k = keys_new(n);
+    if (k) {
+        PyObject **items = PySequence_Fast_ITEMS(seq);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (get_key(items[i], &k->v[i]) < 0) { Py_CLEAR(k); break; }
+    }
+    Py_DECREF(seq);
+    return k;
+}
+
+static PyObject *Keys_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    PyObject *it = NULL;
+    if (kw && PyDict_GET_SIZE(kw)) { PyErr_SetString(PyExc_TypeError, "Keys() takes no keyword arguments"); return NULL; }
+    if (!PyArg_ParseTuple(args, "|O:Keys", &it)) return NULL;
+    if (!it) return (PyObject *)keys_new(0);
+    if (Py_IS_TYPE(it, &KeysType)) { Py_INCREF(it); return it; }
+    return (PyObject *)keys_from_iterable(it);
+}
+
+static Py_ssize_t Keys_len(Keys *k) { return Py_SIZE(k); }
+
+static PyObject *Keys_item(Keys *k, Py_ssize_t i) {
+    if (i < 0 || i >= Py_SIZE(k)) { PyErr_SetString(PyExc_IndexError, "Keys index out of range"); return NULL; }
+    return PyLong_FromLongLong(k->v[i]);
+}
+
+static PyObject *Keys_subscript(Keys *k, PyObject *item) {
+    if (PyIndex_Check(item)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(item, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred()) return NULL;
+        if (i < 0) i += Py_SIZE(k);
+        return Keys_item(k, i);
+    }
+    if (PySlice_Check(item)) {
+        Py_ssize_t start, stop, step;
+        if (PySlice_Unpack(item, &start, &stop, &step) < 0) return NULL;
+        Py_ssize_t n = PySlice_AdjustIndices(Py_SIZE(k), &start, &stop, step);
+        Keys *out = keys_new(n);
+        if (!out) return NULL;
+        if (step == 1) memcpy(out->v, k->v + start, (size_t)n * sizeof(int64_t));
+        else for (Py_ssize_t i = 0; i < n; i++) out->v[i] = k->v[start + i * step];
+        return (PyObject *)out;
+    }
+    PyErr_Format(PyExc_TypeError, "Keys indices must be integers or slices, not %.200s",
+                 Py_TYPE(item)->tp_name);
+    return NULL;
+}
+
+static PyObject *Keys_concat(Keys *a, PyObject *b) {
+    Keys *bk;
+    if (Py_IS_TYPE(b, &KeysType)) { bk = (Keys *)b; Py_INCREF(bk); }
+    else if (PyList_Check(b) || PyTuple_Check(b)) { if (!(bk = keys_from_iterable(b))) return NULL; }
+    else {
+        PyErr_Format(PyExc_TypeError, "can only concatenate a list of ints or Keys (not \"%.200s\") to Keys",
+                     Py_TYPE(b)->tp_name);
+        return NULL;
+    }
+    Keys *out = keys_new(Py_SIZE(a) + Py_SIZE(bk));
+    if (out) {
+        memcpy(out->v, a->v, (size_t)Py_SIZE(a) * sizeof(int64_t));
+        memcpy(out->v + Py_SIZE(a), bk->v, (size_t)Py_SIZE(bk) * sizeof(int64_t));
+    }
+    Py_DECREF(bk);
+    return (PyObject *)out;
+}
+
+static PyObject *Keys_richcompare(Keys *a, PyObject *b, int op) {
+    if (op != Py_EQ && op != Py_NE) Py_RETURN_NOTIMPLEMENTED;
+    int eq;
+    if (Py_IS_TYPE(b, &KeysType)) {
+        eq = Py_SIZE(a) == Py_SIZE(b) &&
+             !memcmp(a->v, ((Keys *)b)->v, (size_t)Py_SIZE(a) * sizeof(int64_t));
+    } else if (PyList_Check(b) || PyTuple_Check(b)) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(b);
+        PyObject **items = PySequence_Fast_ITEMS(b);
+        eq = n == Py_SIZE(a);
+        for (Py_ssize_t i = 0; eq && i < n; i++) {
+            PyObject *o = PyLong_FromLongLong(a->v[i]);
+            if (!o) return NULL;
+            int r = PyObject_RichCompareBool(o, items[i], Py_EQ);
+            Py_DECREF(o);
+            if (r < 0) return NULL;
+            eq = r;
+        }
+    } else Py_RETURN_NOTIMPLEMENTED;
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+
+static PyObject *Keys_tolist(Keys *k, PyObject *Py_UNUSED(a)) {
+    PyObject *out = PyList_New(Py_SIZE(k));
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < Py_SIZE(k); i++) {
+        PyObject *o = PyLong_FromLongLong(k->v[i]);
+        if (!o) { Py_DECREF(out); return NULL; }
+        PyList_SET_ITEM(out, i, o);
+    }
+    return out;
+}
+
+static PyObject *Keys_reduce(Keys *k, PyObject *Py_UNUSED(a)) {
+    PyObject *l = Keys_tolist(k, NULL);
+    return l ? Py_BuildValue("(O(N))", (PyObject *)&KeysType, l) : NULL;
+}
+
+static PyObject *Keys_repr(Keys *k) {
+    PyObject *l = Keys_tolist(k, NULL);
+    if (!l) return NULL;
+    PyObject *r = PyUnicode_FromFormat("Keys(%R)", l);
+    Py_DECREF(l);
+    return r;
+}
+
+/* Read-only int64 buffer ("q"), e.g. np.frombuffer(keys, np.int64). */
+static int Keys_getbuffer(Keys *k, Py_buffer *view, int flags) {
+    if (flags & PyBUF_WRITABLE) { PyErr_SetString(PyExc_BufferError, "Keys are read-only"); return -1; }
+    view->obj = (PyObject *)k; Py_INCREF(k);
+    view->buf = k->v;
+    view->len = Py_SIZE(k) * (Py_ssize_t)sizeof(int64_t);
+    view->readonly = 1;
+    view->itemsize = sizeof(int64_t);
+    view->format = (flags & PyBUF_FORMAT) ? "q" : NULL;
+    view->ndim = 1;
+    view->shape = (flags & PyBUF_ND) ? &((PyVarObject *)k)->ob_size : NULL;
+    view->strides = NULL;
+    view->suboffsets = NULL;
+    view->internal = NULL;
+    return 0;
+}
+static PyBufferProcs Keys_as_buffer = {.bf_getbuffer = (getbufferproc)Keys_getbuffer};
+
+static PyMethodDef Keys_methods[] = {
+    {"tolist", (PyCFunction)Keys_tolist, METH_NOARGS, "the keys as a list of ints"},
+    {"__reduce__", (PyCFunction)Keys_reduce, METH_NOARGS, "pickle as the list of keys"},
+    {NULL}
+};
+static PySequenceMethods Keys_as_seq = {
+    .sq_length = (lenfunc)Keys_len,
+    .sq_concat = (binaryfunc)Keys_concat,
+    .sq_item = (ssizeargfunc)Keys_item,
+};
+static PyMappingMethods Keys_as_map = {
+    .mp_length = (lenfunc)Keys_len,
+    .mp_subscript = (binaryfunc)Keys_subscript,
+};
+static PyTypeObject KeysType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sim._kvpool.Keys",
+    .tp_doc = "Prompt-block keys packed as int64: an immutable sequence of ints (see block_keys).",
+    .tp_basicsize = offsetof(Keys, v),
+    .tp_itemsize = sizeof(int64_t),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Keys_new,
+    .tp_repr = (reprfunc)Keys_repr,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_richcompare = (richcmpfunc)Keys_richcompare,
+    .tp_methods = Keys_methods,
+    .tp_as_sequence = &Keys_as_seq,
+    .tp_as_mapping = &Keys_as_map,
+    .tp_as_buffer = &Keys_as_buffer,
+};
 
 /* == sim.kv_cache.private_key in C ====================================================== */
 /* private_key(owner, b) = -1 - (hash((owner, b)) & (2**62 - 1)). CPython's tuple hash (an
@@ -485,16 +704,17 @@ static int32_t register_key(KvPool *p, int64_t key, PyObject *stored) {
 
 /* -- methods ---------------------------------------------------------------------- */
 static PyObject *KvPool_match_prefix(KvPool *p, PyObject *keys) {
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
+    KeySrc ks;
+    if (keysrc(keys, &ks) < 0) return NULL;
     Py_ssize_t n = 0, na = 0;
     if (p->prefix_caching) {
-        Py_ssize_t m = PyList_GET_SIZE(keys);
+        Py_ssize_t m = ks.n;
         for (Py_ssize_t i = 0; i < PF_AHEAD && i < m; i++)
-            prefetch_key_entry(keys, i, p->ht, sizeof(HtEntry), p->ht_mask);
+            ks_prefetch(&ks, i, p->ht, sizeof(HtEntry), p->ht_mask);
         for (Py_ssize_t i = 0; i < m; i++) {
             int64_t k;
-            prefetch_key_entry(keys, i + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
-            if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+            ks_prefetch(&ks, i + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
+            if (ks_get(&ks, i, &k) < 0) return NULL;
             int32_t c = ht_get(p, k);
             if (c < 0) break;
             n++;
@@ -513,19 +733,19 @@ static PyObject *KvPool_resident(KvPool *p, PyObject *key) {
 /* reserve's work: pin the first copies of hits (their slots to out[0..nh)) and take fresh
  * private blocks, evicting if free space is short. 1 = done, 0 = cannot fit (nothing
  * changed), -1 = error. */
-static int reserve_core(KvPool *p, PyObject *hits, Py_ssize_t fresh, int32_t *out) {
-    Py_ssize_t nh = PyList_GET_SIZE(hits);
+static int reserve_core(KvPool *p, const KeySrc *hits, Py_ssize_t fresh, int32_t *out) {
+    Py_ssize_t nh = hits->n;
     int64_t free_now = p->num_blocks - p->num_hashed - p->num_private;
     int64_t shortfall = (int64_t)fresh - free_now;
     if (shortfall > 0) {
         /* the copies found here are the ones pinned below (nothing moves in between) */
         int64_t inactive_hits = 0;
         for (Py_ssize_t i = 0; i < PF_AHEAD && i < nh; i++)
-            prefetch_key_entry(hits, i, p->ht, sizeof(HtEntry), p->ht_mask);
+            ks_prefetch(hits, i, p->ht, sizeof(HtEntry), p->ht_mask);
         for (Py_ssize_t i = 0; i < nh; i++) {
             int64_t k;
-            prefetch_key_entry(hits, i + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
-            if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) return -1;
+            ks_prefetch(hits, i + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
+            if (ks_get(hits, i, &k) < 0) return -1;
             int32_t c = ht_get(p, k);
             if (c < 0) { PyErr_SetString(PyExc_KeyError, "hit key not resident"); return -1; }
             if (p->s[c].refs == 0) inactive_hits++;
@@ -542,11 +762,11 @@ static int reserve_core(KvPool *p, PyObject *hits, Py_ssize_t fresh, int32_t *ou
         return 1;
     }
     for (Py_ssize_t i = 0; i < PF_AHEAD && i < nh; i++)
-        prefetch_key_entry(hits, i, p->ht, sizeof(HtEntry), p->ht_mask);
+        ks_prefetch(hits, i, p->ht, sizeof(HtEntry), p->ht_mask);
     for (Py_ssize_t i = 0; i < nh; i++) {
         int64_t k;
-        prefetch_key_entry(hits, i + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
-        if (get_key(PyList_GET_ITEM(hits, i), &k) < 0) return -1;
+        ks_prefetch(hits, i + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
+        if (ks_get(hits, i, &k) < 0) return -1;
         int32_t c = ht_get(p, k);
         if (c < 0) { PyErr_SetString(PyExc_KeyError, "hit key not resident"); return -1; }
         if (p->s[c].refs == 0) lru_remove(p, c);
@@ -559,12 +779,12 @@ static int reserve_core(KvPool *p, PyObject *hits, Py_ssize_t fresh, int32_t *ou
 }
 
 static PyObject *KvPool_reserve(KvPool *p, PyObject *args) {
-    PyObject *hits; Py_ssize_t fresh;
-    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &hits, &fresh)) return NULL;
-    Py_ssize_t nh = PyList_GET_SIZE(hits);
+    PyObject *hits; Py_ssize_t fresh; KeySrc ks;
+    if (!PyArg_ParseTuple(args, "On", &hits, &fresh) || keysrc(hits, &ks) < 0) return NULL;
+    Py_ssize_t nh = ks.n;
     int32_t one, *out = nh > 1 ? PyMem_Malloc((size_t)nh * sizeof(int32_t)) : &one;
     if (!out) return PyErr_NoMemory();
-    int r = reserve_core(p, hits, fresh, out);
+    int r = reserve_core(p, &ks, fresh, out);
     PyObject *ids = NULL;
     if (r == 0) { ids = Py_None; Py_INCREF(ids); }
     else if (r > 0 && (ids = PyList_New(nh))) {
@@ -581,13 +801,14 @@ static PyObject *KvPool_reserve(KvPool *p, PyObject *args) {
 /* reserve(hits, fresh) appending the pinned copies and then fresh private blocks to a
  * sequence's Blocks; returns whether it fit (False changes nothing). */
 static PyObject *KvPool_reserve_into(KvPool *p, PyObject *args) {
-    PyObject *blocks, *hits; Py_ssize_t fresh;
-    if (!PyArg_ParseTuple(args, "O!O!n", &BlocksType, &blocks, &PyList_Type, &hits, &fresh)) return NULL;
+    PyObject *blocks, *hits; Py_ssize_t fresh; KeySrc ks;
+    if (!PyArg_ParseTuple(args, "O!On", &BlocksType, &blocks, &hits, &fresh) ||
+        keysrc(hits, &ks) < 0) return NULL;
     if (fresh < 0) { PyErr_SetString(PyExc_ValueError, "negative block count"); return NULL; }
     Blocks *b = (Blocks *)blocks;
-    Py_ssize_t nh = PyList_GET_SIZE(hits);
+    Py_ssize_t nh = ks.n;
     if (blocks_grow(b, b->n + nh + fresh) < 0) return NULL;
-    int r = reserve_core(p, hits, fresh, b->v + b->n);
+    int r = reserve_core(p, &ks, fresh, b->v + b->n);
     if (r < 0) return NULL;
     if (!r) Py_RETURN_FALSE;
     b->n += nh;
@@ -617,9 +838,9 @@ static PyObject *KvPool_register(KvPool *p, PyObject *key) {
 }
 
 static PyObject *KvPool_register_range(KvPool *p, PyObject *args) {
-    PyObject *blocks, *keys, *owner; Py_ssize_t start, stop;
-    if (!PyArg_ParseTuple(args, "OnnO!O!", &blocks, &start, &stop,
-                          &PyList_Type, &keys, &PyLong_Type, &owner)) return NULL;
+    PyObject *blocks, *keys, *owner; Py_ssize_t start, stop; KeySrc ks;
+    if (!PyArg_ParseTuple(args, "OnnOO!", &blocks, &start, &stop, &keys, &PyLong_Type, &owner) ||
+        keysrc(keys, &ks) < 0) return NULL;
     Blocks *bt = NULL;
     Py_ssize_t len;
     if (Py_IS_TYPE(blocks, &BlocksType)) { bt = (Blocks *)blocks; len = bt->n; }
@@ -633,13 +854,13 @@ static PyObject *KvPool_register_range(KvPool *p, PyObject *args) {
         stored = PyObject_GetAttrString(p->events, "stored");
         if (!stored) return NULL;
     }
-    Py_ssize_t nk = PyList_GET_SIZE(keys), n = 0;
+    Py_ssize_t nk = ks.n, n = 0;
     Py_ssize_t pf_end = stop < nk ? stop : nk;      /* prompt keys: known ahead */
     for (Py_ssize_t b = start; b < start + PF_AHEAD && b < pf_end; b++)
-        prefetch_key_entry(keys, b, p->ht, sizeof(HtEntry), p->ht_mask);
+        ks_prefetch(&ks, b, p->ht, sizeof(HtEntry), p->ht_mask);
     for (Py_ssize_t b = start; b < stop; b++) {
         if (b + PF_AHEAD < pf_end)
-            prefetch_key_entry(keys, b + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
+            ks_prefetch(&ks, b + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
         if (bt) {
             if (bt->v[b] != -1) continue;
         } else {
@@ -649,7 +870,7 @@ static PyObject *KvPool_register_range(KvPool *p, PyObject *args) {
         }
         int64_t k;
         if (b < nk) {
-            if (get_key(PyList_GET_ITEM(keys, b), &k) < 0) goto fail;
+            if (ks_get(&ks, b, &k) < 0) goto fail;
         } else if (private_key_c(owner, owner_hash, b, &k) < 0) goto fail;
         if (!has_free_slot(p)) { PyErr_SetString(PyExc_RuntimeError, "no free slot"); goto fail; }
         int32_t c = register_key(p, k, stored);
@@ -871,8 +1092,8 @@ static PyTypeObject KvPoolType = {
 
 
 /* == block keys ============================================================== */
-/* Chain over trace hash ids and per-engine-block keys; sim.kv_cache.py_block_keys is the
- * pure-Python twin (bit-identical). */
+/* Chain over trace hash ids and per-engine-block keys, returned packed (a Keys);
+ * sim.kv_cache.py_block_keys is the pure-Python twin (the same values, as a list). */
 #define MIX_A 0x9E3779B97F4A7C15ULL
 #define MIX_B 0x632BE59BD9B4E019ULL
 #define MASK62 ((1ULL << 62) - 1)
@@ -880,7 +1101,7 @@ static PyTypeObject KvPoolType = {
 static PyObject *mod_block_keys(PyObject *self, PyObject *args) {
     PyObject *hash_ids; long long tbs, bs, nfull;
     if (!PyArg_ParseTuple(args, "OLLL", &hash_ids, &tbs, &bs, &nfull)) return NULL;
-    if (nfull <= 0) return PyList_New(0);
+    if (nfull <= 0) return (PyObject *)keys_new(0);
     PyObject *seq = PySequence_Fast(hash_ids, "hash_ids must be a sequence");
     if (!seq) return NULL;
     long long last = (nfull * bs - 1) / tbs;
@@ -896,17 +1117,14 @@ static PyObject *mod_block_keys(PyObject *self, PyObject *args) {
         chain[i] = c;
     }
     Py_DECREF(seq);
-    PyObject *out = PyList_New(nfull);
+    Keys *out = keys_new((Py_ssize_t)nfull);
     if (!out) { PyMem_Free(chain); return NULL; }
     for (long long b = 0; b < nfull; b++) {
         long long j = ((b + 1) * bs - 1) / tbs;
-        uint64_t k = (chain[j] * MIX_A + (uint64_t)b) & MASK62;
-        PyObject *o = PyLong_FromUnsignedLongLong(k);
-        if (!o) { Py_DECREF(out); PyMem_Free(chain); return NULL; }
-        PyList_SET_ITEM(out, b, o);
+        out->v[b] = (int64_t)((chain[j] * MIX_A + (uint64_t)b) & MASK62);
     }
     PyMem_Free(chain);
-    return out;
+    return (PyObject *)out;
 }
 
 /* == counted key multiset (the KV router's active blocks) ========================== */
@@ -965,60 +1183,52 @@ static void KeyCounter_dealloc(KeyCounter *m) {
     Py_TYPE(m)->tp_free((PyObject *)m);
 }
 
-static PyObject *KeyCounter_add_all(KeyCounter *m, PyObject *keys) {
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
-    for (Py_ssize_t i = 0; i < PF_AHEAD; i++) prefetch_key_entry(keys, i, m->t, sizeof(KcEntry), m->mask);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
-        int64_t k;
-        prefetch_key_entry(keys, i + PF_AHEAD, m->t, sizeof(KcEntry), m->mask);
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
-        if ((uint64_t)(m->size + 1) * 2 > m->mask + 1 && kc_grow(m) < 0) return NULL;
-        uint64_t j = kc_find(m, k);
-        if (!m->t[j].count) { m->t[j].key = k; m->size++; }
-        m->t[j].count++;
-    }
-    Py_RETURN_NONE;
-}
-
-/* add_all, returning the keys packed as int64 bytes for a later remove_all: the KV router
- * removes a request's keys when it finishes, by then its key list's int objects are cold in
- * cache (one miss each); the packed copy is read sequentially. */
-static PyObject *KeyCounter_add_all_packed(KeyCounter *m, PyObject *keys) {
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
-    Py_ssize_t nk = PyList_GET_SIZE(keys);
-    PyObject *packed = PyBytes_FromStringAndSize(NULL, nk * (Py_ssize_t)sizeof(int64_t));
-    if (!packed) return NULL;
-    int64_t *v = (int64_t *)PyBytes_AS_STRING(packed);
-    for (Py_ssize_t i = 0; i < nk; i++)
-        if (get_key(PyList_GET_ITEM(keys, i), &v[i]) < 0) { Py_DECREF(packed); return NULL; }
-    for (Py_ssize_t i = 0; i < nk; i++) {
-        if (i + PF_AHEAD < nk) kc_prefetch(m, v[i + PF_AHEAD]);
-        if ((uint64_t)(m->size + 1) * 2 > m->mask + 1 && kc_grow(m) < 0) { Py_DECREF(packed); return NULL; }
+/* Count each of v[0..n) once more. */
+static int kc_add_keys(KeyCounter *m, const int64_t *v, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i + PF_AHEAD < n) kc_prefetch(m, v[i + PF_AHEAD]);
+        if ((uint64_t)(m->size + 1) * 2 > m->mask + 1 && kc_grow(m) < 0) return -1;
         uint64_t j = kc_find(m, v[i]);
         if (!m->t[j].count) { m->t[j].key = v[i]; m->size++; }
         m->t[j].count++;
     }
+    return 0;
+}
+
+/* The keys as a Keys: itself, or a list packed (new reference). */
+static PyObject *as_keys(PyObject *keys) {
+    if (Py_IS_TYPE(keys, &KeysType)) { Py_INCREF(keys); return keys; }
+    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list or Keys"); return NULL; }
+    return (PyObject *)keys_from_iterable(keys);
+}
+
+static PyObject *KeyCounter_add_all(KeyCounter *m, PyObject *keys) {
+    PyObject *packed = as_keys(keys);
+    if (!packed) return NULL;
+    int r = kc_add_keys(m, ((Keys *)packed)->v, Py_SIZE(packed));
+    Py_DECREF(packed);
+    if (r < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* add_all, returning the keys as a Keys for a later remove_all: the KV router removes a
+ * request's keys when it finishes (a Keys is returned as is; a list, whose int objects
+ * would be cold in cache by then, is packed). */
+static PyObject *KeyCounter_add_all_packed(KeyCounter *m, PyObject *keys) {
+    PyObject *packed = as_keys(keys);
+    if (!packed) return NULL;
+    if (kc_add_keys(m, ((Keys *)packed)->v, Py_SIZE(packed)) < 0) { Py_DECREF(packed); return NULL; }
     return packed;
 }
 
 static PyObject *KeyCounter_remove_all(KeyCounter *m, PyObject *keys) {
-    if (PyBytes_CheckExact(keys)) {                /* from add_all_packed */
-        const int64_t *v = (const int64_t *)PyBytes_AS_STRING(keys);
-        Py_ssize_t nk = PyBytes_GET_SIZE(keys) / (Py_ssize_t)sizeof(int64_t);
-        for (Py_ssize_t i = 0; i < nk; i++) {
-            if (i + PF_AHEAD < nk) kc_prefetch(m, v[i + PF_AHEAD]);
-            uint64_t j = kc_find(m, v[i]);
-            if (!m->t[j].count) { PyErr_SetString(PyExc_KeyError, "key not counted"); return NULL; }
-            if (--m->t[j].count == 0) { kc_del_at(m, j); m->size--; }
-        }
-        Py_RETURN_NONE;
-    }
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
-    for (Py_ssize_t i = 0; i < PF_AHEAD; i++) prefetch_key_entry(keys, i, m->t, sizeof(KcEntry), m->mask);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+    KeySrc ks;
+    if (keysrc(keys, &ks) < 0) return NULL;
+    for (Py_ssize_t i = 0; i < PF_AHEAD; i++) ks_prefetch(&ks, i, m->t, sizeof(KcEntry), m->mask);
+    for (Py_ssize_t i = 0; i < ks.n; i++) {
         int64_t k;
-        prefetch_key_entry(keys, i + PF_AHEAD, m->t, sizeof(KcEntry), m->mask);
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        ks_prefetch(&ks, i + PF_AHEAD, m->t, sizeof(KcEntry), m->mask);
+        if (ks_get(&ks, i, &k) < 0) return NULL;
         uint64_t j = kc_find(m, k);
         if (!m->t[j].count) { PyErr_SetString(PyExc_KeyError, "key not counted"); return NULL; }
         if (--m->t[j].count == 0) { kc_del_at(m, j); m->size--; }
@@ -1047,19 +1257,21 @@ static void kc_discard(KeyCounter *m, int64_t k) {
 }
 
 static PyObject *KeyCounter_update(KeyCounter *m, PyObject *keys) {
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+    KeySrc ks;
+    if (keysrc(keys, &ks) < 0) return NULL;
+    for (Py_ssize_t i = 0; i < ks.n; i++) {
         int64_t k;
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0 || kc_insert(m, k) < 0) return NULL;
+        if (ks_get(&ks, i, &k) < 0 || kc_insert(m, k) < 0) return NULL;
     }
     Py_RETURN_NONE;
 }
 
 static PyObject *KeyCounter_difference_update(KeyCounter *m, PyObject *keys) {
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+    KeySrc ks;
+    if (keysrc(keys, &ks) < 0) return NULL;
+    for (Py_ssize_t i = 0; i < ks.n; i++) {
         int64_t k;
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (ks_get(&ks, i, &k) < 0) return NULL;
         kc_discard(m, k);
     }
     Py_RETURN_NONE;
@@ -1069,7 +1281,7 @@ static PyMethodDef KeyCounter_methods[] = {
     {"add_all", (PyCFunction)KeyCounter_add_all, METH_O, "count each key once more"},
     {"remove_all", (PyCFunction)KeyCounter_remove_all, METH_O, "count each key once less"},
     {"add_all_packed", (PyCFunction)KeyCounter_add_all_packed, METH_O,
-     "add_all, returning the keys as int64 bytes that remove_all also takes"},
+     "add_all, returning the keys as a Keys that remove_all also takes"},
     {"update", (PyCFunction)KeyCounter_update, METH_O, "set semantics: insert keys"},
     {"difference_update", (PyCFunction)KeyCounter_difference_update, METH_O, "set semantics: discard keys"},
     {NULL}
@@ -1215,10 +1427,11 @@ static int PubIndex_contains(PubIndex *v, PyObject *key) {
 }
 
 static PyObject *PubIndex_difference_update(PubIndex *v, PyObject *keys) {
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+    KeySrc ks;
+    if (keysrc(keys, &ks) < 0) return NULL;
+    for (Py_ssize_t i = 0; i < ks.n; i++) {
         int64_t k;
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (ks_get(&ks, i, &k) < 0) return NULL;
         if (k >= 0 && kt_put(&v->rm, k, 1) < 0) return NULL;
     }
     Py_RETURN_NONE;
@@ -1566,18 +1779,18 @@ static PyTypeObject TableTimingType = {
 };
 
 static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
-    PyObject *keys, *present;
-    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &keys, &present)) return NULL;
+    PyObject *keys, *present; KeySrc ks;
+    if (!PyArg_ParseTuple(args, "OO", &keys, &present) || keysrc(keys, &ks) < 0) return NULL;
     Py_ssize_t n = 0;
     if (present == Py_None) return PyLong_FromSsize_t(0);
     if (Py_IS_TYPE(present, &KeyCounterType)) {         /* the router's indexes: probe in C */
         KeyCounter *m = (KeyCounter *)present;
-        Py_ssize_t nk = PyList_GET_SIZE(keys);
-        for (Py_ssize_t i = 0; i < PF_AHEAD; i++) prefetch_key_entry(keys, i, m->t, sizeof(KcEntry), m->mask);
+        Py_ssize_t nk = ks.n;
+        for (Py_ssize_t i = 0; i < PF_AHEAD; i++) ks_prefetch(&ks, i, m->t, sizeof(KcEntry), m->mask);
         for (; n < nk; n++) {
             int64_t k;
-            prefetch_key_entry(keys, n + PF_AHEAD, m->t, sizeof(KcEntry), m->mask);
-            if (get_key(PyList_GET_ITEM(keys, n), &k) < 0) return NULL;
+            ks_prefetch(&ks, n + PF_AHEAD, m->t, sizeof(KcEntry), m->mask);
+            if (ks_get(&ks, n, &k) < 0) return NULL;
             if (!m->t[kc_find(m, k)].count) break;
         }
         return PyLong_FromSsize_t(n);
@@ -1586,16 +1799,22 @@ static PyObject *mod_prefix_len(PyObject *self, PyObject *args) {
         PubIndex *v = (PubIndex *)present;
         int pending = pub_prepare(v);
         if (pending < 0) return NULL;
-        Py_ssize_t nk = PyList_GET_SIZE(keys);
+        Py_ssize_t nk = ks.n;
+        const KvPool *p = v->pool;                     /* the pool's entries decide most */
+        for (Py_ssize_t i = 0; i < PF_AHEAD; i++) ks_prefetch(&ks, i, p->ht, sizeof(HtEntry), p->ht_mask);
         for (; n < nk; n++) {
             int64_t k;
-            if (get_key(PyList_GET_ITEM(keys, n), &k) < 0) return NULL;
+            ks_prefetch(&ks, n + PF_AHEAD, p->ht, sizeof(HtEntry), p->ht_mask);
+            if (ks_get(&ks, n, &k) < 0) return NULL;
             if (!pub_has(v, k, pending)) break;
         }
         return PyLong_FromSsize_t(n);
     }
-    for (; n < PyList_GET_SIZE(keys); n++) {
-        int r = PySequence_Contains(present, PyList_GET_ITEM(keys, n));
+    for (; n < ks.n; n++) {
+        PyObject *o = ks_item(&ks, n);
+        if (!o) return NULL;
+        int r = PySequence_Contains(present, o);
+        Py_DECREF(o);
         if (r < 0) return NULL;
         if (!r) break;
     }
@@ -1686,10 +1905,11 @@ static Py_ssize_t HostIndex_len(HostIndex *h) { return (Py_ssize_t)h->n; }
 
 static PyObject *HostIndex_match(HostIndex *h, PyObject *args) {
     PyObject *keys; Py_ssize_t start = 0, n = 0; int deferred = 0;
-    if (!PyArg_ParseTuple(args, "O!|n", &PyList_Type, &keys, &start)) return NULL;
-    for (Py_ssize_t i = start; i < PyList_GET_SIZE(keys); i++) {
+    KeySrc ks;
+    if (!PyArg_ParseTuple(args, "O|n", &keys, &start) || keysrc(keys, &ks) < 0) return NULL;
+    for (Py_ssize_t i = start; i < ks.n; i++) {
         int64_t k;
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (ks_get(&ks, i, &k) < 0) return NULL;
         int64_t x = hx_find(h, k);
         if (x < 0) break;
         n++;
@@ -1700,10 +1920,11 @@ static PyObject *HostIndex_match(HostIndex *h, PyObject *args) {
 
 static PyObject *HostIndex_resident_prefix(HostIndex *h, PyObject *args) {
     PyObject *keys; Py_ssize_t start = 0, n = 0;
-    if (!PyArg_ParseTuple(args, "O!|n", &PyList_Type, &keys, &start)) return NULL;
-    for (Py_ssize_t i = start; i < PyList_GET_SIZE(keys); i++) {
+    KeySrc ks;
+    if (!PyArg_ParseTuple(args, "O|n", &keys, &start) || keysrc(keys, &ks) < 0) return NULL;
+    for (Py_ssize_t i = start; i < ks.n; i++) {
         int64_t k;
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (ks_get(&ks, i, &k) < 0) return NULL;
         int64_t x = hx_find(h, k);
         if (x < 0 || h->s[x].state != HS_RESIDENT) break;
         n++;
@@ -1712,10 +1933,11 @@ static PyObject *HostIndex_resident_prefix(HostIndex *h, PyObject *args) {
 }
 
 static PyObject *HostIndex_touch_reversed(HostIndex *h, PyObject *keys) {
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
-    for (Py_ssize_t i = PyList_GET_SIZE(keys) - 1; i >= 0; i--) {
+    KeySrc ks;
+    if (keysrc(keys, &ks) < 0) return NULL;
+    for (Py_ssize_t i = ks.n - 1; i >= 0; i--) {
         int64_t k;
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (ks_get(&ks, i, &k) < 0) return NULL;
         int64_t x = hx_find(h, k);
         if (x >= 0 && h->s[x].state == HS_RESIDENT && h->tail != x) {
             hx_unlink(h, (int32_t)x); hx_append(h, (int32_t)x);
@@ -1725,11 +1947,12 @@ static PyObject *HostIndex_touch_reversed(HostIndex *h, PyObject *keys) {
 }
 
 static PyObject *HostIndex_prepare(HostIndex *h, PyObject *keys) {
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
-    Py_ssize_t nk = PyList_GET_SIZE(keys), missing = 0;
+    KeySrc ks;
+    if (keysrc(keys, &ks) < 0) return NULL;
+    Py_ssize_t nk = ks.n, missing = 0;
     int64_t k, x;
     for (Py_ssize_t i = 0; i < nk; i++) {
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (ks_get(&ks, i, &k) < 0) return NULL;
         if (hx_find(h, k) < 0) missing++;
     }
     if (!missing) Py_RETURN_NONE;
@@ -1737,14 +1960,14 @@ static PyObject *HostIndex_prepare(HostIndex *h, PyObject *keys) {
     if (short_ > 0) {
         /* victims: least recent resident blocks, unpinned and not in the cohort */
         for (Py_ssize_t i = 0; i < nk; i++) {
-            get_key(PyList_GET_ITEM(keys, i), &k);
+            ks_get(&ks, i, &k);
             if ((x = hx_find(h, k)) >= 0) h->s[x].mark = 1;
         }
         int64_t nv = 0;
         for (int32_t y = h->head; y >= 0 && nv < short_; y = h->s[y].next)
             if (!h->s[y].pins && !h->s[y].mark) h->tmp[nv++] = y;
         for (Py_ssize_t i = 0; i < nk; i++) {
-            get_key(PyList_GET_ITEM(keys, i), &k);
+            ks_get(&ks, i, &k);
             if ((x = hx_find(h, k)) >= 0) h->s[x].mark = 0;
         }
         if (nv < short_) Py_RETURN_FALSE;
@@ -1760,24 +1983,26 @@ static PyObject *HostIndex_prepare(HostIndex *h, PyObject *keys) {
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
     for (Py_ssize_t i = 0; i < nk; i++) {
-        PyObject *o = PyList_GET_ITEM(keys, i);
-        get_key(o, &k);
+        ks_get(&ks, i, &k);
         if (hx_find(h, k) >= 0) continue;      /* present (or repeated in the cohort) */
         int32_t y = h->nfreed ? h->freed[--h->nfreed] : (int32_t)h->fresh++;
         h->s[y].key = k; h->s[y].pins = 0; h->s[y].state = HS_PENDING; h->s[y].mark = 0;
         h->s[y].prev = h->s[y].next = -1;
         hx_ht_insert(h, k, y);
         h->n++;
-        if (PyList_Append(out, o) < 0) { Py_DECREF(out); return NULL; }
+        PyObject *o = ks_item(&ks, i);
+        if (!o || PyList_Append(out, o) < 0) { Py_XDECREF(o); Py_DECREF(out); return NULL; }
+        Py_DECREF(o);
     }
     return out;
 }
 
 static PyObject *HostIndex_complete(HostIndex *h, PyObject *keys) {
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+    KeySrc ks;
+    if (keysrc(keys, &ks) < 0) return NULL;
+    for (Py_ssize_t i = 0; i < ks.n; i++) {
         int64_t k, x;
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (ks_get(&ks, i, &k) < 0) return NULL;
         x = hx_find(h, k);
         if (x >= 0 && h->s[x].state == HS_PENDING) {
             h->s[x].state = HS_RESIDENT; h->nres++; hx_append(h, (int32_t)x);
@@ -1787,10 +2012,11 @@ static PyObject *HostIndex_complete(HostIndex *h, PyObject *keys) {
 }
 
 static PyObject *hx_pin(HostIndex *h, PyObject *keys, int d) {
-    if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "keys must be a list"); return NULL; }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+    KeySrc ks;
+    if (keysrc(keys, &ks) < 0) return NULL;
+    for (Py_ssize_t i = 0; i < ks.n; i++) {
         int64_t k, x;
-        if (get_key(PyList_GET_ITEM(keys, i), &k) < 0) return NULL;
+        if (ks_get(&ks, i, &k) < 0) return NULL;
         x = hx_find(h, k);
         if (x < 0 || h->s[x].pins + d < 0) { PyErr_SetString(PyExc_KeyError, "pin of an absent host block"); return NULL; }
         h->s[x].pins += d;
@@ -1873,7 +2099,7 @@ static PyTypeObject HostIndexType = {
 };
 
 static PyMethodDef module_methods[] = {
-    {"block_keys", mod_block_keys, METH_VARARGS, "engine-block keys of a trace prompt"},
+    {"block_keys", mod_block_keys, METH_VARARGS, "engine-block keys of a trace prompt, packed (Keys)"},
     {"prefix_len", mod_prefix_len, METH_VARARGS, "how many leading keys are present"},
     {"poly_decode_ends", mod_poly_decode_ends, METH_VARARGS, "end times of a polynomial decode stretch"},
     {"table_decode_ends", mod_table_decode_ends, METH_VARARGS, "end times of a GPU-table decode stretch"},
@@ -1885,7 +2111,8 @@ static struct PyModuleDef kvpool_module = {PyModuleDef_HEAD_INIT, "_kvpool", NUL
 PyMODINIT_FUNC PyInit__kvpool(void) {
     if (PyType_Ready(&KvPoolType) < 0 || PyType_Ready(&KeyCounterType) < 0 ||
         PyType_Ready(&BlocksType) < 0 || PyType_Ready(&HostIndexType) < 0 ||
-        PyType_Ready(&PubIndexType) < 0 || PyType_Ready(&TableTimingType) < 0) return NULL;
+        PyType_Ready(&PubIndexType) < 0 || PyType_Ready(&TableTimingType) < 0 ||
+        PyType_Ready(&KeysType) < 0) return NULL;
     tuple_hash_native = check_tuple_hash();
     if (tuple_hash_native < 0) return NULL;
     if (add_event_methods() < 0) return NULL;
@@ -1911,6 +2138,10 @@ PyMODINIT_FUNC PyInit__kvpool(void) {
     Py_INCREF(&TableTimingType);
     if (PyModule_AddObject(m, "TableTiming", (PyObject *)&TableTimingType) < 0) {
         Py_DECREF(&TableTimingType); Py_DECREF(m); return NULL;
+    }
+    Py_INCREF(&KeysType);
+    if (PyModule_AddObject(m, "Keys", (PyObject *)&KeysType) < 0) {
+        Py_DECREF(&KeysType); Py_DECREF(m); return NULL;
     }
     return m;
 }

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 
 #: Dynamo's default bandwidth of either direction (decimal GB/s).
 DEFAULT_HOST_GBPS = 32.0
@@ -71,7 +72,7 @@ class PyHostIndex:
     def __len__(self) -> int:
         return len(self.st)
 
-    def match(self, keys: list[int], start: int = 0) -> tuple[int, bool]:
+    def match(self, keys: Sequence[int], start: int = 0) -> tuple[int, bool]:
         """(leading keys of ``keys[start:]`` present, any of them pending or pinned)."""
         n = 0
         deferred = False
@@ -86,7 +87,7 @@ class PyHostIndex:
                 deferred = True
         return n, deferred
 
-    def resident_prefix(self, keys: list[int], start: int = 0) -> int:
+    def resident_prefix(self, keys: Sequence[int], start: int = 0) -> int:
         """Leading keys of ``keys[start:]`` resident (their copy to the host has ended)."""
         n = 0
         st = self.st
@@ -96,7 +97,7 @@ class PyHostIndex:
             n += 1
         return n
 
-    def touch_reversed(self, keys: list[int]) -> None:
+    def touch_reversed(self, keys: Sequence[int]) -> None:
         """vLLM's LRU touch: resident keys become most recent, last key first."""
         lru = self.lru
         move = lru.move_to_end
@@ -104,7 +105,7 @@ class PyHostIndex:
             if k in lru:
                 move(k)
 
-    def prepare(self, keys: list[int]):
+    def prepare(self, keys: Sequence[int]):
         """Room for a store cohort: evict the least recently used resident blocks that are
         unpinned and not in the cohort, as many as the absent keys (repeats counted) exceed
         the free room, and add the absent keys as pending. Returns them (cohort order,
@@ -139,7 +140,7 @@ class PyHostIndex:
                 out.append(k)
         return out
 
-    def complete(self, keys: list[int]) -> None:
+    def complete(self, keys: Sequence[int]) -> None:
         """A store ended: its pending keys become resident, most recent, in order."""
         st, lru = self.st, self.lru
         for k in keys:
@@ -147,14 +148,14 @@ class PyHostIndex:
                 st[k] = _RESIDENT
                 lru[k] = None
 
-    def pin(self, keys: list[int]) -> None:
+    def pin(self, keys: Sequence[int]) -> None:
         pins = self.pins
         for k in keys:
             if k not in self.st:
                 raise KeyError("pin of an absent host block")
             pins[k] = pins.get(k, 0) + 1
 
-    def unpin(self, keys: list[int]) -> None:
+    def unpin(self, keys: Sequence[int]) -> None:
         pins = self.pins
         for k in keys:
             c = pins.get(k, 0) - 1
@@ -214,7 +215,7 @@ class HostTier:
         self.stores: deque = deque()
         self.loads: deque = deque()
         self.version = 0          # bumps whenever residency or pins change (match cache)
-        self._match_keys: list[int] | None = None
+        self._match_keys: Sequence[int] | None = None
         self._match_key: tuple | None = None
         self._match_val: tuple[int, bool] = (0, False)
         self._next_id = 0
@@ -248,7 +249,7 @@ class HostTier:
         they complete in id order.)"""
         return tid > self._store_done
 
-    def match(self, keys: list[int], start: int = 0) -> tuple[int, bool]:
+    def match(self, keys: Sequence[int], start: int = 0) -> tuple[int, bool]:
         """(leading keys of ``keys[start:]`` present, pending or being loaded among
         them). Repeated look-ups of one request on an unchanged tier are answered from a
         one-entry cache."""
@@ -261,7 +262,7 @@ class HostTier:
         return val
 
     # -- recency ----------------------------------------------------------------------------
-    def touch_reversed(self, keys: list[int]) -> None:
+    def touch_reversed(self, keys: Sequence[int]) -> None:
         """vLLM's LRU touch of a request's prompt blocks: last block first, so the first
         block ends up most recent."""
         if keys is self._touched:
@@ -270,7 +271,7 @@ class HostTier:
         self._touched = keys
 
     # -- stores -----------------------------------------------------------------------------
-    def prepare_store(self, keys: list[int]) -> bool | None:
+    def prepare_store(self, keys: Sequence[int]) -> bool | None:
         """Take host space for the blocks of ``keys`` the host lacks (one cohort).
         True: prepared (sent at the pass end); None: nothing missing; False: no room
         (retry later)."""
@@ -328,7 +329,7 @@ class HostTier:
         return fence
 
     # -- loads ------------------------------------------------------------------------------
-    def start_load(self, keys: list[int], owner, now: float) -> float:
+    def start_load(self, keys: Sequence[int], owner, now: float) -> float:
         """Pin ``keys`` and queue their copy to the device; returns its end (ms)."""
         self.index.pin(keys)
         self._next_id += 1

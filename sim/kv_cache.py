@@ -8,7 +8,9 @@ lookups use the first. A prefix hit is the longest run of leading block hashes w
 resident copy.
 
 Only hashed copies get ids; private blocks are a count, which keeps decode growth cheap.
-Keys (content hashes) are ints from ``block_keys``/``private_key``. Nothing iterates in
+Keys (content hashes) are ints from ``block_keys``/``private_key``; the native build's
+``block_keys`` packs a prompt's keys as int64 (``sim._kvpool.Keys``, a read-only sequence of
+ints that the native pool, router and host tier read without unboxing). Nothing iterates in
 hash order, so runs are deterministic.
 """
 from __future__ import annotations
@@ -45,7 +47,8 @@ def py_block_keys(hash_ids: tuple[int, ...], trace_block_size: int, block_size: 
     hash_ids[0 .. j] with j = ((b+1)*block_size - 1) // trace_block_size. The key of engine
     block b mixes a chained hash of hash_ids[0 .. j] with b: equal keys mean equal token
     prefixes (up to 64-bit collisions, as with Dynamo's XXH3 keys). Keys are >= 0.
-    The native ``sim._kvpool.block_keys`` computes the same values.
+    The native ``sim._kvpool.block_keys`` computes the same values, packed as a
+    ``sim._kvpool.Keys`` (equal to this list under ``==``).
     """
     if num_full_blocks <= 0:
         return []

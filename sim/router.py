@@ -18,6 +18,7 @@ All randomness comes from the generator handed in (one stream per run).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +64,7 @@ class Router:
     def apply_kv_events(self, w: Engine) -> None: ...
     def publish_removed(self, w: Engine, keys: list[int]) -> None: ...
 
-    def take_keys(self) -> list[int] | None:
+    def take_keys(self) -> Sequence[int] | None:
         """Prompt-block keys computed while routing the last request (shared with the
         engine so they are hashed once), or None."""
         return None
@@ -150,7 +151,7 @@ class KvRouter(Router):
         # request -> (worker, its keys as the active counter took them, pending prefill tokens)
         self.routed: dict[int, tuple[int, object, int]] = {}
         self._last: tuple[list[int], int] | None = None
-        self._keys_out: list[int] | None = None
+        self._keys_out: Sequence[int] | None = None
 
     wants_kv_events = True
 
@@ -169,11 +170,11 @@ class KvRouter(Router):
         else:
             self._index(w).difference_update(keys)
 
-    def take_keys(self) -> list[int] | None:
+    def take_keys(self) -> Sequence[int] | None:
         keys, self._keys_out = self._keys_out, None
         return keys
 
-    def _keys(self, req: Request) -> list:
+    def _keys(self, req: Request) -> Sequence:
         """The prompt's full blocks: their keys, or with ``page_runs`` their runs."""
         bs = self.block_size
         full = req.input_length // bs
@@ -188,7 +189,7 @@ class KvRouter(Router):
             return block_keys(req.hash_ids, req.trace_block_size, bs, full)
         return [private_key(req.index, b) for b in range(full)]
 
-    def overlap(self, keys: list, wid: int) -> int:
+    def overlap(self, keys: Sequence, wid: int) -> int:
         """Leading blocks of ``keys`` (from ``_keys``) in worker ``wid``'s published cache."""
         return self._prefix_len(keys, self.index.get(wid))
 
@@ -263,7 +264,7 @@ class KvRouter(Router):
         if self.run_keys:
             active.add_all(keys)
             held = keys
-        else:       # what on_finished removes: a packed copy (native), or the keys themselves
+        else:       # what on_finished removes: the packed keys (native), or the keys themselves
             held = active.add_all_packed(keys)
         self.active_total[wid] = self.active_total.get(wid, 0) + req.input_length // self.block_size
         self.routed[req.index] = (wid, held, pending)
@@ -306,8 +307,8 @@ class PyKeyCounter(Counter):
         self.update(keys)
 
     def add_all_packed(self, keys: list[int]) -> list[int]:
-        """``add_all``; returns what ``remove_all`` takes back (the native twin packs the
-        keys as int64 bytes)."""
+        """``add_all``; returns what ``remove_all`` takes back (the native twin returns the
+        keys as a packed ``sim._kvpool.Keys``: the same object when given one)."""
         self.update(keys)
         return keys
 

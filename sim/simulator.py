@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -528,7 +529,7 @@ class Simulation:
                           req.trace_block_size, req.session_id, req.delay_ms, req.line)
         self._enqueue(w, req, self.router.take_keys())
 
-    def _enqueue(self, w: Worker, req: Request, keys: list[int] | None) -> None:
+    def _enqueue(self, w: Worker, req: Request, keys: Sequence[int] | None) -> None:
         """Hand ``req`` to ``w``'s engine: a running stretch is cut short at the arrival,
         an idle worker starts at the end of this timestamp."""
         eng = w.engine
@@ -568,7 +569,7 @@ class Simulation:
     def _resume_marker(sim: "Simulation") -> None:
         """No-op control event (see ``_hold``)."""
 
-    def route_to(self, req: Request, index: int, keys: list[int] | None = None) -> None:
+    def route_to(self, req: Request, index: int, keys: Sequence[int] | None = None) -> None:
         """Route ``req`` to the ``index``-th active worker (ascending id), exactly as
         ``_route`` does when the router picks that worker: arrival counters, the router's
         bookkeeping (a KV router's overlap and load views), a running stretch cut short.

@@ -70,30 +70,36 @@ def test_store_evicts_least_recent_unpinned_and_retries_when_full() -> None:
 
 
 @SETTINGS
-@given(st.integers(1, 12), st.lists(st.tuples(st.sampled_from("ptcmlu"),
+@given(st.integers(1, 12), st.lists(st.tuples(st.sampled_from("ptcmrlu"),
                                               st.lists(st.integers(0, 20), max_size=8)),
-                                    max_size=60))
-def test_native_host_index_matches_the_reference(cap, ops) -> None:
+                                    max_size=60),
+       st.booleans())
+def test_native_host_index_matches_the_reference(cap, ops, packed) -> None:
     """sim._kvpool.HostIndex and PyHostIndex agree on every operation (results, residency,
-    LRU order, pins) for random store / touch / complete / match / load sequences."""
-    native = pytest.importorskip("sim._kvpool").HostIndex(cap)
+    LRU order, pins) for random store / touch / complete / match / load sequences, with the
+    native index given lists of keys or packed ``Keys`` (what ``block_keys`` makes)."""
+    kvpool = pytest.importorskip("sim._kvpool")
+    native = kvpool.HostIndex(cap)
     ref = PyHostIndex(cap)
+    pack = kvpool.Keys if packed else list
     for op, keys in ops:
         if op == "p":
-            assert native.prepare(keys) == ref.prepare(keys)
+            assert native.prepare(pack(keys)) == ref.prepare(keys)
         elif op == "t":
-            native.touch_reversed(keys)
+            native.touch_reversed(pack(keys))
             ref.touch_reversed(keys)
         elif op == "c":
-            native.complete(keys)
+            native.complete(pack(keys))
             ref.complete(keys)
         elif op == "m":
-            assert native.match(keys, 1) == ref.match(keys, 1)
+            assert native.match(pack(keys), 1) == ref.match(keys, 1)
+        elif op == "r":
+            assert native.resident_prefix(pack(keys), 1) == ref.resident_prefix(keys, 1)
         else:       # pin ("l") or unpin ("u") the resident ones, as loads do
             res = [k for k in dict.fromkeys(keys) if ref.state(k) == 2]
             if op == "u":
                 res = [k for k in res if k in ref.pins]
-            getattr(native, "pin" if op == "l" else "unpin")(res)
+            getattr(native, "pin" if op == "l" else "unpin")(pack(res))
             getattr(ref, "pin" if op == "l" else "unpin")(res)
         assert len(native) == len(ref) and native.lru_keys() == ref.lru_keys()
         assert native.num_pinned() == ref.num_pinned()

@@ -44,14 +44,20 @@ def _state(p) -> tuple:
 @pytest.mark.parametrize("seed", range(40))
 def test_same_state_after_every_operation(seed: int) -> None:
     """Reference pool, native pool with list block tables, and native pool with its own
-    ``Blocks`` tables (what the engine uses) agree after every operation."""
+    ``Blocks`` tables (what the engine uses) agree after every operation; a fourth pool
+    (``Blocks`` tables) is given its keys packed (``sim._kvpool.Keys``, what ``block_keys``
+    makes) instead of as lists."""
+    from sim._kvpool import Keys
+
     rnd = random.Random(seed)
     nb = rnd.randint(3, 40)
-    a, b, c = PyKvCache(nb, 16), NativeKvPool(nb, 16), NativeKvPool(nb, 16)
-    a.events, b.events, c.events = KvEvents(), KvEvents(), KvEvents()
+    a, b, c, d = (PyKvCache(nb, 16), NativeKvPool(nb, 16), NativeKvPool(nb, 16),
+                  NativeKvPool(nb, 16))
+    a.events, b.events, c.events, d.events = KvEvents(), KvEvents(), KvEvents(), KvEvents()
     held_a: list[list[int]] = []
     held_b: list[list[int]] = []
     held_c: list = []                       # sim._kvpool.Blocks
+    held_d: list = []
     for _ in range(1500):
         if rnd.random() < 0.5:
             resident = [k for k in range(-6, 16) if a.resident(k)]
@@ -59,8 +65,9 @@ def test_same_state_after_every_operation(seed: int) -> None:
             hits = rnd.sample(resident, min(len(resident), rnd.randint(0, 3)))
             fresh = rnd.randint(0, 4)
             ra, rb = a.reserve(list(hits), fresh), b.reserve(list(hits), fresh)
-            bc = c.new_blocks()
-            assert (ra is None) == (rb is None) == (not c.reserve_into(bc, list(hits), fresh))
+            bc, bd = c.new_blocks(), d.new_blocks()
+            assert (ra is None) == (rb is None) == (not c.reserve_into(bc, list(hits), fresh)) \
+                == (not d.reserve_into(bd, Keys(hits), fresh))
             if ra is not None:
                 ba, bb = list(ra) + [PRIVATE] * fresh, list(rb) + [PRIVATE] * fresh
                 assert bc.tolist() == bb and len(bc) == len(bb)
@@ -70,25 +77,32 @@ def test_same_state_after_every_operation(seed: int) -> None:
                 a.register_range(ba, 0, n, keys[: n - 1], owner)
                 b.register_range(bb, 0, n, keys[: n - 1], owner)
                 c.register_range(bc, 0, n, keys[: n - 1], owner)
-                assert bc.tolist() == bb
+                d.register_range(bd, 0, n, Keys(keys)[: n - 1], owner)
+                assert bc.tolist() == bb == bd.tolist()
                 held_a.append(ba)
                 held_b.append(bb)
                 held_c.append(bc)
+                held_d.append(bd)
             else:
-                assert len(bc) == 0
+                assert len(bc) == len(bd) == 0
         elif held_a:
             j = rnd.randrange(len(held_a))
             a.release(held_a.pop(j))
             b.release(held_b.pop(j))
             c.release(held_c.pop(j))
-        assert _state(a) == _state(b) == _state(c)
+            d.release(held_d.pop(j))
+        assert _state(a) == _state(b) == _state(c) == _state(d)
+        probe = [rnd.randint(-6, 15) for _ in range(rnd.randint(0, 6))]
+        assert d.match_prefix(Keys(probe)) == a.match_prefix(probe)
         a.check()
         b.check()
         c.check()
+        d.check()
         if rnd.random() < 0.1:
             a.events.clear()
             b.events.clear()
             c.events.clear()
+            d.events.clear()
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -223,7 +237,9 @@ def test_block_keys_twins_agree(seed: int) -> None:
 
 
 def test_key_counter_and_prefix_len_twins_agree() -> None:
-    from sim._kvpool import KeyCounter
+    """The native multiset (keys given as lists or packed) and ``prefix_len`` against the
+    reference ``PyKeyCounter`` and ``_py_prefix_len``."""
+    from sim._kvpool import KeyCounter, Keys
     from sim._kvpool import prefix_len as native_prefix_len
     from sim.router import PyKeyCounter, _py_prefix_len
 
@@ -237,18 +253,26 @@ def test_key_counter_and_prefix_len_twins_agree() -> None:
             b.remove_all(kb)             # the keys, or their packed copy (add_all_packed)
         else:
             keys = [rnd.randint(-50, 500) for _ in range(rnd.randint(0, 30))]
-            if rnd.random() < 0.5:
+            r = rnd.random()
+            if r < 0.3:
                 a.add_all(keys)
                 b.add_all(keys)
                 held.append((keys, keys))
-            else:
-                ka, kb = a.add_all_packed(keys), b.add_all_packed(keys)
+            elif r < 0.45:
+                a.add_all(keys)
+                b.add_all(Keys(keys))
+                held.append((keys, Keys(keys)))
+            else:       # a list is packed; a Keys is returned as is
+                given = Keys(keys) if r < 0.7 else keys
+                ka, kb = a.add_all_packed(keys), b.add_all_packed(given)
                 assert ka == keys and np.frombuffer(kb, dtype=np.int64).tolist() == keys
+                assert isinstance(kb, Keys) and (kb is given or given is keys)
                 held.append((ka, kb))
         assert len(a) == len(b)
         probe = [rnd.randint(-50, 500) for _ in range(10)]
         assert [k in a for k in probe] == [k in b for k in probe]
-        assert _py_prefix_len(probe, a) == native_prefix_len(probe, b)
+        assert _py_prefix_len(probe, a) == native_prefix_len(probe, b) \
+            == native_prefix_len(Keys(probe), b)
         assert native_prefix_len(probe, set(a)) == _py_prefix_len(probe, set(a))
     assert native_prefix_len([1, 2], None) == 0
 
@@ -282,6 +306,7 @@ def test_published_view_equals_the_event_fed_index(seed: int) -> None:
     set that each pass's events are applied to at the drain, with a decode stretch's
     evictions published ahead (``difference_update``) and then made before the drain. Checked
     after every operation: membership, ``prefix_len`` and the whole key set."""
+    from sim._kvpool import Keys
     from sim._kvpool import prefix_len as native_prefix_len
     from sim.router import _py_prefix_len
 
@@ -333,7 +358,8 @@ def test_published_view_equals_the_event_fed_index(seed: int) -> None:
         assert [k in ia for k in universe] == [k in ib for k in universe]
         assert ib.tolist() == sorted(ia)
         probe = [rnd.randint(-2, 15) for _ in range(rnd.randint(0, 6))]
-        assert native_prefix_len(probe, ib) == _py_prefix_len(probe, ia)
+        assert native_prefix_len(probe, ib) == _py_prefix_len(probe, ia) \
+            == native_prefix_len(Keys(probe), ib)
         a.check()
         b.check()
 
@@ -355,3 +381,42 @@ def test_native_key_conversion_keeps_every_int64_distinct(keys: list[int]) -> No
     assert not any(k in kc for k in {k ^ 1 for k in keys} - set(keys))
     with pytest.raises(OverflowError):
         kc.add_all([2**63])
+
+
+INT64 = st.integers(-(2**63), 2**63 - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(INT64 | st.integers(-50, 50), max_size=40), other=st.lists(INT64, max_size=8),
+       i=st.integers(-50, 50), start=st.none() | st.integers(-50, 50),
+       stop=st.none() | st.integers(-50, 50), step=st.none() | st.integers(-4, 4).filter(bool))
+def test_packed_keys_behave_as_the_list_they_pack(keys, other, i, start, stop, step) -> None:
+    """``sim._kvpool.Keys`` (a prompt's keys packed as int64, what the native ``block_keys``
+    returns) reads as the list of ints it packs: length, truth, indexing, slicing (a Keys),
+    ``+`` a list or a Keys, iteration, ``reversed``, ``==``, pickling and an int64 buffer."""
+    import pickle
+
+    from sim._kvpool import Keys
+
+    k = Keys(keys)
+    assert len(k) == len(keys) and bool(k) == bool(keys)
+    assert list(k) == keys and k.tolist() == keys and list(reversed(k)) == keys[::-1]
+    assert k == keys and k == tuple(keys) and k == Keys(keys) and not (k != keys)
+    assert (k == keys + [0]) is False and (k == other) == (keys == other)
+    if -len(keys) <= i < len(keys):
+        assert k[i] == keys[i]
+    else:
+        with pytest.raises(IndexError):
+            k[i]
+    sl = k[start:stop:step]
+    assert isinstance(sl, Keys) and sl == keys[start:stop:step]
+    assert k + other == keys + other and k + Keys(other) == keys + other
+    assert isinstance(k + other, Keys)
+    assert pickle.loads(pickle.dumps(k)) == keys
+    assert np.frombuffer(k, dtype=np.int64).tolist() == keys
+    with pytest.raises(TypeError):
+        hash(k)
+    with pytest.raises(TypeError):
+        k + 5
+    with pytest.raises(OverflowError):
+        Keys([2**63])

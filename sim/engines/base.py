@@ -21,6 +21,7 @@ pass end), ``_complete`` (free a finished sequence's KV), ``plan_stretch`` and t
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class Seq:
         self.arrival_ms = req.arrival_ms     #  C fields when compiled)
         self.prompt_len = req.input_length
         self.max_out = req.output_length
-        self.keys: list[int] | None = None   # full prompt-block keys, made on first look-up
+        self.keys: Sequence[int] | None = None   # full prompt-block keys, made on first look-up
         self.generated = 0                   # output tokens emitted
         self.computed = 0                    # tokens whose KV is computed (cached prefix included)
         self.blocks = blocks                 # the KV manager's handle (see the class doc)
@@ -146,7 +147,7 @@ class EngineBase:
     def queued_prefill_tokens(self) -> int:
         return sum(s.prompt_len + s.generated - s.computed for s in self.waiting)
 
-    def add_request(self, req: Request, keys: list[int] | None = None) -> None:
+    def add_request(self, req: Request, keys: Sequence[int] | None = None) -> None:
         """Queue ``req``; ``keys`` are its full prompt-block keys if already computed."""
         s = Seq(req, self.kv.new_blocks())
         s.keys = keys
@@ -177,7 +178,7 @@ class EngineBase:
         """Tests: assert the KV manager's and the sequences' invariants."""
 
     # -- disaggregated handoff (sim.disagg; flavours that support it override) -------
-    def reserve_remote(self, req: Request, keys: list[int] | None) -> tuple[Seq, int] | None:
+    def reserve_remote(self, req: Request, keys: Sequence[int] | None) -> tuple[Seq, int] | None:
         """Decode worker: reserve KV for ``req``'s prompt, computed remotely (Dynamo's
         WaitingForRemoteKv, destination reserved). The longest run of leading full prompt
         blocks resident here (active or cached) is pinned and the rest reserved fresh, in

@@ -27,6 +27,8 @@ reference the bulk path is tested against.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .. import kv_cache as _kv
 from ..kv_cache import block_keys, private_key
 from ..metrics import MetricsCollector
@@ -81,7 +83,7 @@ class VllmEngine(EngineBase):
                                  cfg.host_d2h_gbps, cfg.host_h2d_gbps)
 
     # -- blocks ----------------------------------------------------------------
-    def _prompt_keys(self, s: Seq) -> list[int]:
+    def _prompt_keys(self, s: Seq) -> Sequence[int]:
         keys = s.keys
         if keys is None:
             r = s.req
