@@ -61,6 +61,7 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         EnvSection = None
     if EnvSection is not None:
         out["env"] = list(_rows_of(EnvSection, "env", {}))
+        _note_env_defaults(out["env"])
     wflag = {"trace_block_size": "--trace-block-size",
              "arrival_speedup_ratio": "--arrival-speedup-ratio"}
     out["workload"] = [{"field": f"workload.{k}", "type": "", "default": None,
@@ -79,9 +80,24 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _note_env_defaults(env_rows: list[dict[str, Any]]) -> None:
+    """The env section's defaults are the dataclass's; ``DynoSim-v0`` loads its default
+    scenario (``envs_configs/autoscale_default.yaml``) on top: where that differs, the row
+    says ``(DynoSim-v0: value)`` so the table shows what ``gym.make`` actually uses."""
+    from dynosim_gym.config import load_env_config
+    env = load_env_config("autoscale_default").env
+    for r in env_rows:
+        value: Any = env
+        for part in r["field"].split(".")[1:]:
+            value = getattr(value, part, None)
+        if value != r["default"]:
+            r["default"] = f"{r['default']} (DynoSim-v0: {value})"
+
+
 TITLES = {"config": "Run config (YAML sections; flags of `dynosim simulate`; env keywords "
                     "as dotted keys)",
-          "env": "Environment (`env:` section; `gym.make` keywords: bare field names)",
+          "env": "Environment (`env:` section; `gym.make` keywords: bare field names; "
+                 "defaults of the section, and DynoSim-v0's default scenario where it differs)",
           "workload": "Workload block (`workload:`)",
           "trace": "Trace fields (per line)",
           "planner": "Planner section (`planner:`; flags of `dynosim simulate`) and other flags"}

@@ -285,6 +285,12 @@ def test_schema_command_lists_every_range(capsys):
     assert main(["config", "schema", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {"config", "env", "workload", "trace", "planner"} <= set(rows)
+    # env rows say what DynoSim-v0's default scenario uses where it differs from the section
+    from dynosim_gym.config import load_env_config
+    env = load_env_config("autoscale_default").env
+    by = {r["field"]: r["default"] for r in rows["env"]}
+    assert by["env.interval_s"] == f"10.0 (DynoSim-v0: {env.interval_s})" != "10.0"
+    assert by["env.max_gpu_budget"] == env.max_gpu_budget == 16     # the same: no note
 
 
 def test_every_numeric_config_field_has_a_range():
