@@ -1,6 +1,17 @@
 # Cython declarations for sim/engines/vllm.py (see sim/engines/base.pxd).
 
+cimport cython
 from sim.engines.base cimport EngineBase, Seq
+
+# The stretch's allocation arithmetic (called per stretch and per eviction look-up): C
+# integers, Python's floor division and modulo kept (cdivision is off).
+@cython.locals(n=long, a=long)
+cpdef long _allocations(list phases, long k, long bs)
+
+@cython.locals(a=long, r=long)
+cpdef list _phase_prefix(list phases, long bs)
+
+cpdef long _allocations_from_prefix(list pre, long k, long bs)
 
 cdef class _PassState:
     cdef public long budget
@@ -29,6 +40,7 @@ cdef class VllmEngine(EngineBase):
     cdef public long _evict_free0
     cdef public long _evict_k
     cdef public long _evict_published
+    cdef public double _evict_next_t
     cdef public object host
     cdef public list connector
     cdef public dict _host_req
