@@ -55,3 +55,18 @@ cdef class VllmEngine(EngineBase):
     cdef public bint _caching
     cdef public bint _chunked
     cdef public bint _lifo
+
+    # The KV growth of a finished stretch, per running sequence: C integers (k was a
+    # Python int, so each sequence's phase arithmetic went through the object API).
+    @cython.locals(s=Seq, i=long, a=long, bs=long, total=long, before=long, after=long,
+                   caching=bint)
+    cpdef _stretch_kv(self, long k)
+
+    # A pass's per-sequence scheduling (arguments were Python ints and bools)
+    @cython.locals(bs=long, prev=long, target=long, n_hit=long, fresh=long)
+    cpdef bint _allocate(self, Seq s, long upto, long reusable_blocks) except -1
+
+    @cython.locals(bs=long, before=long, plen=long, known=long, pb=long, rem=long, want=long,
+                   after=long, reusable=long, used=long, pt=long, vpb=long, v=Seq)
+    cpdef long _schedule(self, Seq s, bint from_wait, long cached, _PassState st,
+                         double now) except? -3

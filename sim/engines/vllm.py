@@ -119,7 +119,7 @@ class VllmEngine(EngineBase):
             active = min(active, cap)
         return cached, active
 
-    def _allocate(self, s: Seq, upto: int, reusable_blocks: int) -> bool:
+    def _allocate(self, s: Seq, upto, reusable_blocks) -> bool:
         """Hold blocks for ``upto`` tokens; the first ``reusable_blocks`` are prefix hits."""
         bs = self.bs
         prev = len(s.blocks)
@@ -550,7 +550,7 @@ class VllmEngine(EngineBase):
             return REASON_BATCH_BUDGET       # unchunked, it can never be scheduled
         return 0
 
-    def _schedule(self, s: Seq, from_wait: bool, cached: int, st: "_PassState", now: float) -> int:
+    def _schedule(self, s: Seq, from_wait, cached, st, now: float) -> int:
         """Schedule ``s`` in this pass; returns tokens scheduled, _BLOCKED or _SELF."""
         bs = self.bs
         before = s.computed + cached if from_wait else s.computed
@@ -798,7 +798,7 @@ class VllmEngine(EngineBase):
         self._evict_next_t = self._next_eviction_end()
         return self.kv.evicted_keys_ahead(start, upto)
 
-    def _stretch_kv(self, k: int) -> None:
+    def _stretch_kv(self, k) -> None:
         s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
         running = self.running
         phases = self._phases
