@@ -18,6 +18,8 @@ cdef class Simulation:
     cdef public object metrics
     cdef public object router
     cdef public object router_mode
+    cdef public bint _kv_events
+    cdef public bint _grouped
     cdef public list heap
     cdef public long long _seq
     cdef public double now

@@ -142,6 +142,10 @@ class Simulation:
                                           dp_size=self.cluster_cfg.dp_size,
                                           run_keys=engine.backend == "sglang")
         self.router_mode = router
+        # Read at every event (typed fields when compiled, instead of a class-attribute and
+        # a dataclass look-up per pass end); neither changes after construction.
+        self._kv_events = bool(self.router.wants_kv_events)
+        self._grouped = self.cluster_cfg.dp_size > 1
         self.heap: list[tuple] = []
         self._seq = 0
         self.now = 0.0
@@ -512,7 +516,7 @@ class Simulation:
                 return
             w = starting[0]
         else:
-            if self.router.wants_kv_events:
+            if self._kv_events:
                 # Workers mid-stretch publish the evictions of passes that have ended.
                 for x in active:
                     if x.engine.stretch_ends is not None:
@@ -599,7 +603,7 @@ class Simulation:
         self._enqueue(w, req, rkeys if rkeys is not None else keys)
 
     def _start(self, w: Worker) -> None:
-        if self.cluster_cfg.dp_size > 1:
+        if self._grouped:
             self._start_group(w)
             return
         eng = w.engine
@@ -722,7 +726,7 @@ class Simulation:
                     w, version = payload
                     if version != w.version:
                         continue
-                    if self.cluster_cfg.dp_size > 1:
+                    if self._grouped:
                         self._finish_group(w, t)
                         continue
                     eng = w.engine
@@ -730,7 +734,7 @@ class Simulation:
                         eng.finish_stretch(t)
                     else:
                         eng.finish_pass(t)
-                    if self.router.wants_kv_events and eng.kv.has_events():
+                    if self._kv_events and eng.kv.has_events():
                         # The pass's KV events reach the router at its end (after its
                         # tokens: same timestamp, and arrivals come later).
                         self.router.apply_kv_events(eng)

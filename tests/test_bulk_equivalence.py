@@ -229,6 +229,7 @@ def test_cut_off_records_match(cap: float) -> None:
 # -- random small workloads ---------------------------------------------------------------------
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from test_invariants import EXAMPLES as _N_EXAMPLES, configs, workloads  # noqa: E402
 
@@ -275,3 +276,47 @@ def test_forward_pass_metrics_aggregate_exactly_under_bulk_advance() -> None:
             assert g.keys() == w.keys()
             for k in g:
                 assert g[k] == pytest.approx(w[k], rel=1e-12, abs=1e-9), k
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dt=st.floats(0.3, 9.0), case=st.sampled_from(["prefix-kv2-preempt",
+                                                      "mooncake-kv2-b32-preempt-reject"]))
+def test_stretch_evictions_until_matches_the_pass_end_search(dt, case, mooncake400) -> None:
+    """A KV-router look-up mid-stretch publishes the evictions of the passes that have
+    ended. ``stretch_evictions_until`` skips the pass-end search while ``t`` is before the
+    first pass that evicts past what was published (``_evict_next_t``); at every ``dt`` ms
+    its answer must equal that search's (passes ended by ``t``, their allocations less the
+    free blocks at the start, less what was published)."""
+    from sim.engine import EngineConfig
+    from sim.engines.vllm import _allocations_from_prefix
+    from sim.simulator import ClusterConfig, Simulation
+    kind, cfg, _ = CASES[case]
+    cfg = dict(cfg)
+    eng_cfg = EngineConfig(block_size=cfg.pop("block_size"),
+                           num_gpu_blocks=cfg.pop("num_gpu_blocks"),
+                           max_num_seqs=cfg.pop("max_num_seqs", 256),
+                           max_num_batched_tokens=cfg.pop("max_num_batched_tokens", 8192))
+    sim = Simulation(_workload(kind, mooncake400), engine=eng_cfg, timing=PolynomialTiming(),
+                     cluster=ClusterConfig(num_workers=cfg.pop("num_workers")),
+                     router=cfg.pop("router"), seed=5)
+    checked = published = 0
+    t = 0.0
+    while sim.run_until(t) and t < 60_000.0:
+        for w in sim.workers:
+            eng = w.engine
+            pre, ends = eng._evict_pre, eng.stretch_ends
+            if pre is None or ends is None:
+                continue
+            j = int(ends.searchsorted(t, "right"))
+            upto = (_allocations_from_prefix(pre, min(j, eng._evict_k), eng.bs)
+                    - eng._evict_free0)
+            start = eng._evict_published
+            want = eng.kv.evicted_keys_ahead(start, upto) if j and upto > start else []
+            got = eng.stretch_evictions_until(t)
+            assert got == want, (case, t, w.id)
+            checked += 1
+            if got:
+                published += 1
+                sim.router.publish_removed(eng, got)
+        t += dt
+    assert checked > 0 and published > 0, "no stretch with evictions: the test is vacuous"

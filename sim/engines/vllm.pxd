@@ -1,6 +1,17 @@
 # Cython declarations for sim/engines/vllm.py (see sim/engines/base.pxd).
 
+cimport cython
 from sim.engines.base cimport EngineBase, Seq
+
+# The stretch's allocation arithmetic (called per stretch and per eviction look-up): C
+# integers, Python's floor division and modulo kept (cdivision is off).
+@cython.locals(n=long, a=long)
+cpdef long _allocations(list phases, long k, long bs)
+
+@cython.locals(a=long, r=long)
+cpdef list _phase_prefix(list phases, long bs)
+
+cpdef long _allocations_from_prefix(list pre, long k, long bs)
 
 cdef class _PassState:
     cdef public long budget
@@ -29,6 +40,7 @@ cdef class VllmEngine(EngineBase):
     cdef public long _evict_free0
     cdef public long _evict_k
     cdef public long _evict_published
+    cdef public double _evict_next_t
     cdef public object host
     cdef public list connector
     cdef public dict _host_req
@@ -43,3 +55,18 @@ cdef class VllmEngine(EngineBase):
     cdef public bint _caching
     cdef public bint _chunked
     cdef public bint _lifo
+
+    # The KV growth of a finished stretch, per running sequence: C integers (k was a
+    # Python int, so each sequence's phase arithmetic went through the object API).
+    @cython.locals(s=Seq, i=long, a=long, bs=long, total=long, before=long, after=long,
+                   caching=bint)
+    cpdef _stretch_kv(self, long k)
+
+    # A pass's per-sequence scheduling (arguments were Python ints and bools)
+    @cython.locals(bs=long, prev=long, target=long, n_hit=long, fresh=long)
+    cpdef bint _allocate(self, Seq s, long upto, long reusable_blocks) except -1
+
+    @cython.locals(bs=long, before=long, plen=long, known=long, pb=long, rem=long, want=long,
+                   after=long, reusable=long, used=long, pt=long, vpb=long, v=Seq)
+    cpdef long _schedule(self, Seq s, bint from_wait, long cached, _PassState st,
+                         double now) except? -3

@@ -57,6 +57,9 @@ class VllmEngine(EngineBase):
         self._evict_free0 = 0
         self._evict_k = 0
         self._evict_published = 0
+        # The end time of the first pass whose allocations evict past ``_evict_published``
+        # (inf: none left): earlier look-ups publish nothing and skip the search.
+        self._evict_next_t = 0.0
         # G2 host tier (sim.host_tier) beside the block pool, when configured: the
         # connector queue (requests the connector deferred, see _host_next) and each
         # request's connector state (_HostReq).
@@ -118,7 +121,7 @@ class VllmEngine(EngineBase):
             active = min(active, cap)
         return cached, active
 
-    def _allocate(self, s: Seq, upto: int, reusable_blocks: int) -> bool:
+    def _allocate(self, s: Seq, upto, reusable_blocks) -> bool:
         """Hold blocks for ``upto`` tokens; the first ``reusable_blocks`` are prefix hits."""
         bs = self.bs
         prev = len(s.blocks)
@@ -549,7 +552,7 @@ class VllmEngine(EngineBase):
             return REASON_BATCH_BUDGET       # unchunked, it can never be scheduled
         return 0
 
-    def _schedule(self, s: Seq, from_wait: bool, cached: int, st: "_PassState", now: float) -> int:
+    def _schedule(self, s: Seq, from_wait, cached, st, now: float) -> int:
         """Schedule ``s`` in this pass; returns tokens scheduled, _BLOCKED or _SELF."""
         bs = self.bs
         before = s.computed + cached if from_wait else s.computed
@@ -752,6 +755,29 @@ class VllmEngine(EngineBase):
                 self._evict_free0 = free0
                 self._evict_k = k
                 self._evict_published = 0
+                self._evict_next_t = self._next_eviction_end()
+
+    def _next_eviction_end(self) -> float:
+        """End time of the first pass of the running stretch after which more than
+        ``_evict_published`` of its blocks come from evictions (inf if none does).
+
+        Allocations by pass m, ``_allocations_from_prefix``, do not decrease with m, so
+        the first such pass is found by bisection over 1..``_evict_k``."""
+        pre = self._evict_pre
+        bs = self.bs
+        need = self._evict_free0 + self._evict_published    # allocations must exceed this
+        ends = self.stretch_ends
+        hi = self._evict_k if self._evict_k < len(ends) else len(ends)   # (truncated)
+        if _allocations_from_prefix(pre, hi, bs) <= need:
+            return float("inf")
+        lo = 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _allocations_from_prefix(pre, mid, bs) > need:
+                hi = mid
+            else:
+                lo = mid + 1
+        return float(ends[lo - 1])
 
     def stretch_evictions_until(self, t: float) -> list[int]:
         """Keys removed from the cache by the passes of the running stretch that ended by ``t``.
@@ -759,7 +785,7 @@ class VllmEngine(EngineBase):
         The stretch takes its blocks when it ends; the copies it evicts are the oldest
         inactive ones, in order, so the first n evictions are known in advance."""
         pre = self._evict_pre
-        if pre is None or self.stretch_ends is None:
+        if pre is None or self.stretch_ends is None or t < self._evict_next_t:
             return []
         j = int(self.stretch_ends.searchsorted(t, "right"))
         if j == 0:
@@ -771,9 +797,10 @@ class VllmEngine(EngineBase):
         if upto <= start:
             return []
         self._evict_published = upto
+        self._evict_next_t = self._next_eviction_end()
         return self.kv.evicted_keys_ahead(start, upto)
 
-    def _stretch_kv(self, k: int) -> None:
+    def _stretch_kv(self, k) -> None:
         s: Seq                # typed loop variable when compiled (sim/engines/vllm.pxd)
         running = self.running
         phases = self._phases
@@ -827,7 +854,7 @@ def _first_activated(waiting) -> Seq | None:
     return None
 
 
-def _allocations(phases: list[int], k: int, bs: int) -> int:
+def _allocations(phases, k, bs):
     """New blocks needed by k decode passes; a sequence whose next block is due in ``a``
     passes needs one at passes a, a + bs, a + 2 bs, ..."""
     n = 0
@@ -837,7 +864,7 @@ def _allocations(phases: list[int], k: int, bs: int) -> int:
     return n
 
 
-def _phase_prefix(phases: list[int], bs: int) -> list[int]:
+def _phase_prefix(phases, bs):
     """``pre[r]`` = sequences whose next block is due in fewer than ``r`` passes
     (``0 <= phase < bs``); length ``bs + 1``."""
     pre = [0] * (bs + 1)
@@ -848,7 +875,7 @@ def _phase_prefix(phases: list[int], bs: int) -> list[int]:
     return pre
 
 
-def _allocations_from_prefix(pre: list[int], k: int, bs: int) -> int:
+def _allocations_from_prefix(pre, k, bs):
     """``_allocations(phases, k, bs)`` from ``_phase_prefix(phases, bs)`` in O(1): a sequence
     with phase a allocates at the passes j with j % bs == a, so k passes hold k // bs
     full cycles (one block each) and a remainder reaching the phases below k % bs."""
