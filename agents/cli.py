@@ -90,7 +90,7 @@ def add_parsers(sub) -> None:
                    "heuristic:kv-tuned | heuristic:round_robin | heuristic:least_loaded | "
                    "heuristic:random (DynoSimRouting-v0); pretrained:NAME | PATH "
                    "(model.zip or a train --out directory) | oracle:static | oracle:schedule | "
-                   "oracle:schedule-greedy; "
+                   "oracle:schedule-greedy | oracle:schedule-floor; "
                    "default: none, give this or --leaderboard")
     e.add_argument("--trace", metavar="PATH",
                    help="score on consecutive windows of this trace (Mooncake .jsonl, Azure "

@@ -203,7 +203,8 @@ def main(argv=None) -> int:
                     help="PPO steps per seed (default: the recipe's n_timesteps)")
     ap.add_argument("--hyperparams", default=None, metavar="YAML",
                     help="recipe file (default: agents/hyperparams/ALGO.yml; round 3's: "
-                         "agents/hyperparams/archive/ppo_round3.yml)")
+                         "agents/hyperparams/archive/ppo_round3.yml); with --ship, the "
+                         "candidates' recipe, named in the shipped command")
     ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--score-only", action="store_true",
                     help="score existing runs (RUNS/NAME/sSEED) without training")
@@ -314,12 +315,16 @@ def ship(args, names: list[str], out: Path) -> tuple[str, int]:
     best = select(scores, base)
     name, seed = best
     rec = json.loads((Path(args.runs) / name / f"s{seed}" / "run.json").read_text())
-    hp = load_hyperparams(rec["algo"], "DynoSim-v0")
+    hp = load_hyperparams(rec["algo"], "DynoSim-v0", args.hyperparams)
     recipe = hp.get("env_kwargs") or {}
     sets = "".join(f" --set {k}={v}" for k, v in rec.get("overrides", {}).items()
                    if recipe.get(k) != v)       # the YAML's env_kwargs are not --set
     if rec["timesteps"] != int(hp["n_timesteps"]):
         sets = f" --timesteps {rec['timesteps']}" + sets
+    if args.hyperparams:                # the recipe the candidates were trained with
+        path = Path(args.hyperparams).resolve()
+        path = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        sets = f" --hyperparams {path}" + sets
     rec["command"] = (f"dynosim train --algo {rec['algo']} --seed {seed}{sets} "
                       f"--out runs/learned/{name}/s{seed}")
     rec["chosen_by"] = {

@@ -211,3 +211,14 @@ def test_the_floor_binds_where_the_plain_local_search_gives_a_segment_up():
     assert fl["segment_counts"] != plain["segment_counts"]
     assert fl["summary"]["gpu_hours"] <= greedy["summary"]["gpu_hours"]
     env.close()
+
+
+def test_the_floor_oracle_scores_under_its_own_name_and_records_its_floors(capsys) -> None:
+    from agents.oracle import SEGMENT_FLOOR
+    rc = main(["evaluate", "--policy", "oracle:schedule-floor", "--config", TINY,
+               "--episodes", "1", "--json", "--quiet"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["policy"] == "oracle:schedule-floor"
+    assert res["episodes_plan"]["segment_floor"] == SEGMENT_FLOOR
+    sr = res["per_episode"][0]["oracle_search"]
+    assert all(a >= f - 1e-12 for a, f in zip(sr["segment_sla"], sr["segment_floors"]))
