@@ -228,7 +228,9 @@ def main(argv=None) -> int:
     if args.ship:
         names = args.candidates.split(",") if args.candidates else [name]
         best = ship(args, names, out)
-        print(f"shipped {best[0]} seed {best[1]} as pretrained:{args.ship}", file=sys.stderr)
+        if best is not None:
+            print(f"shipped {best[0]} seed {best[1]} as pretrained:{args.ship}",
+                  file=sys.stderr)
         return 0
     rows, evals = [], []
     for s in args.seeds:
@@ -294,16 +296,20 @@ def train_split_scores(args, names: list[str], out: Path) -> tuple[dict, dict]:
             file.write_text(json.dumps(ev, indent=2) + "\n")
         return json.loads(file.read_text())
     base = scored(BASELINE, sel / f"train_split_{BASELINE.split(':', 1)[1]}.json")
+    # a candidate with a selection file is scored by it (its run may live elsewhere; only
+    # the chosen one's model is needed, by ship)
     scores = {(n, s): scored(str(Path(args.runs) / n / f"s{s}"),
                              sel / f"train_split_{n}_s{s}.json")
               for n in names for s in args.seeds
-              if (Path(args.runs) / n / f"s{s}" / "model.zip").exists()}
+              if (Path(args.runs) / n / f"s{s}" / "model.zip").exists()
+              or (sel / f"train_split_{n}_s{s}.json").exists()}
     return base, scores
 
 
-def ship(args, names: list[str], out: Path) -> tuple[str, int]:
+def ship(args, names: list[str], out: Path) -> tuple[str, int] | None:
     """Choose a seed by :func:`select` on training-split episodes and copy it to
-    agents/pretrained/NAME.*"""
+    agents/pretrained/NAME.*; None if the choice is the one shipped already (its run need
+    not be under ``--runs``). A candidate with a selection file counts without its run."""
     import shutil
 
     from agents.evaluate import PRETRAINED_DIR
@@ -314,6 +320,15 @@ def ship(args, names: list[str], out: Path) -> tuple[str, int]:
               f"{e['gpu_hours_per_episode']:.2f} GPU-h/episode", file=sys.stderr)
     best = select(scores, base)
     name, seed = best
+    shipped = PRETRAINED_DIR / f"{args.ship}.json"
+    if shipped.is_file() and json.loads(shipped.read_text()).get("command", "").endswith(
+            f"/{name}/s{seed}"):
+        print(f"the rule keeps pretrained:{args.ship} ({name} seed {seed}, shipped already)",
+              file=sys.stderr)
+        return None
+    if not (Path(args.runs) / name / f"s{seed}" / "model.zip").is_file():
+        raise SystemExit(f"learned_benchmark: error: the rule chose {name} seed {seed}, whose "
+                         f"run {Path(args.runs) / name / f's{seed}'} is not here (--runs)")
     rec = json.loads((Path(args.runs) / name / f"s{seed}" / "run.json").read_text())
     hp = load_hyperparams(rec["algo"], "DynoSim-v0", args.hyperparams)
     recipe = hp.get("env_kwargs") or {}
