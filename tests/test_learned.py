@@ -347,3 +347,37 @@ def test_the_target_check_judges_pooled_and_per_episode_attainment_per_family() 
     lines = mod.target_lines(t)
     assert "MET" in lines[0] and "missed" in lines[1] and any("| light (2) |" in x
                                                             for x in lines)
+
+
+def test_ship_reads_candidates_from_selection_files_and_keeps_the_shipped_one(
+        tmp_path: Path, monkeypatch) -> None:
+    """``--ship`` counts a candidate by its selection file (its run may be elsewhere); if
+    the rule picks the checkpoint shipped already it keeps it, and if it picks one whose
+    run is not under --runs it stops with a one-line error."""
+    import argparse
+
+    import agents.evaluate as ev
+    mod = _script()
+    sel = tmp_path / "out" / "selection"
+    sel.mkdir(parents=True)
+
+    def score(name: str, sla: float, gpu: float) -> None:
+        (sel / f"train_split_{name}.json").write_text(json.dumps(
+            {"sla_attainment": sla, "gpu_hours_per_episode": gpu}))
+    score("load-tuned", 0.665, 3.64)
+    score("a_s0", 0.70, 2.0)          # reaches the planner, the cheapest: the rule's pick
+    score("a_s1", 0.80, 3.0)
+    score("b_s0", 0.50, 1.0)
+    pre = tmp_path / "pretrained"
+    pre.mkdir()
+    monkeypatch.setattr(ev, "PRETRAINED_DIR", pre)
+    args = argparse.Namespace(runs=str(tmp_path / "runs"), seeds=[0, 1], hyperparams=None,
+                              ship="autoscaler")
+    base, scores = mod.train_split_scores(args, ["a", "b"], tmp_path / "out")
+    assert set(scores) == {("a", 0), ("a", 1), ("b", 0)}
+    with pytest.raises(SystemExit, match="chose a seed 0.*not here"):
+        mod.ship(args, ["a", "b"], tmp_path / "out")
+    (pre / "autoscaler.json").write_text(json.dumps(
+        {"command": "dynosim train --algo ppo --seed 0 --out runs/learned/a/s0"}))
+    assert mod.ship(args, ["a", "b"], tmp_path / "out") is None
+    assert sorted(p.name for p in pre.iterdir()) == ["autoscaler.json"]   # untouched
