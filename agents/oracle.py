@@ -293,9 +293,11 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
        fails: its misses so far exceed what the goal allows of the episode's arrivals, or
        its GPU-seconds reach the current schedule's.
        With ``segment_floor`` (``oracle:schedule-floor``), a move is kept only if every
-       segment's attainment (its arrivals' met share, :func:`missed_by_segment`; a
-       segment without arrivals: 1) also stays at or above
-       ``min(segment_floor, the greedy schedule's attainment there)``.
+       segment's attainment also stays at or above ``min(segment_floor, the greedy
+       schedule's attainment there)``: 1 - its missed requests (:func:`missed_by_segment`)
+       / the requests arriving in it that the greedy schedule's replay decided (a segment
+       without any: 1). Requests still in flight at the episode's end are not missed, as
+       in the episode attainment, so the last segment can lose requests to the cut-off.
 
     It never costs more GPU-hours than the greedy schedule when that meets the target
     (moves are kept only if they cost less). The result is :func:`greedy_schedule`'s keys
@@ -349,7 +351,7 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
         arr_ms = np.asarray(u.sim.metrics.cols["arrival_time_ms"], dtype=float)
         seg_arrivals = np.bincount(np.minimum((arr_ms // (seg * interval_s * 1000.0))
                                               .astype(np.int64), n_seg - 1),
-                                   minlength=n_seg)[:n_seg].tolist()   # exogenous, too
+                                   minlength=n_seg)[:n_seg].tolist()   # the greedy's
 
         def seg_sla(m: list[int]) -> list[float]:
             return [1.0 - mj / aj if aj else 1.0 for mj, aj in zip(m, seg_arrivals)]
@@ -454,10 +456,10 @@ def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: i
                     windows: int | None = None, segment_s: float = 120.0,
                     quiet: bool = False, max_replays: int = MAX_REPLAYS) -> Evaluation:
     """Score ``oracle:static``, ``oracle:schedule``, ``oracle:schedule-greedy`` or
-    ``oracle:schedule-floor`` (module
-    doc) on the same episodes as :func:`agents.evaluate.evaluate`. Progress goes to stderr
-    unless ``quiet`` (:class:`_Progress`). Each episode's ``oracle_workers`` is the static
-    count or the per-segment counts; ``oracle:schedule`` adds ``oracle_search``
+    ``oracle:schedule-floor`` (module doc) on the same episodes as
+    :func:`agents.evaluate.evaluate`. Progress goes to stderr unless ``quiet``
+    (:class:`_Progress`). Each episode's ``oracle_workers`` is the static count or the
+    per-segment counts; ``oracle:schedule`` and ``oracle:schedule-floor`` add ``oracle_search``
     (:func:`best_schedule`'s replays, passes, kept moves and GPU-hours by stage)."""
     if spec not in ORACLES:
         raise InputError(f"unknown oracle {spec!r}; expected one of {', '.join(ORACLES)}",
