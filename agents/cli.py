@@ -104,7 +104,7 @@ def add_parsers(sub) -> None:
                    "heuristic:random (DynoSimRouting-v0); pretrained:NAME "
                    f"({', '.join(_pretrained_names()) or 'none shipped'}) | PATH "
                    "(model.zip or a train --out directory) | oracle:static | oracle:schedule | "
-                   "oracle:schedule-greedy; "
+                   "oracle:schedule-greedy | oracle:schedule-floor; "
                    "default: none, give this or --leaderboard")
     e.add_argument("--trace", metavar="PATH",
                    help="score on consecutive windows of this trace (Mooncake .jsonl, Azure "

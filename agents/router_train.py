@@ -13,7 +13,8 @@
   ``heuristic:kv`` on training episodes. It serves both envs: ``DynoSim-v0``'s learned
   autoscalers use it too, with ``teacher: oracle:schedule-greedy`` (each training episode's
   greedy hindsight schedule, agents/oracle.py, which scales up one start-up time ahead; the
-  shipped recipe's teacher) or ``oracle:schedule`` (the local-search one), and for
+  shipped recipe's teacher), ``oracle:schedule`` (the local-search one) or
+  ``oracle:schedule-floor`` (the local search with a per-segment floor), and for
   sb3-contrib's recurrent policies it fits whole episodes as sequences (LSTM state from
   zeros at each episode start, as during a rollout). The ``imitation`` library would do
   the same, but its latest release (1.0.1) would downgrade this project to
@@ -22,8 +23,9 @@
 
 Hyperparameter keys (``agents/hyperparams/ppo.yml``; ``reward_credit`` for
 ``DynoSimRouting-v0`` only): ``reward_credit: request | step`` and ``bc_warm_start:
-{episodes, epochs, batch_size, learning_rate, teacher}`` (teacher: a heuristic spec,
-``oracle:schedule-greedy`` or ``oracle:schedule``).
+{episodes, epochs, batch_size, learning_rate, teacher, first_seed, regularise, dagger}``
+(teacher: a heuristic spec or one of :data:`SCHEDULE_TEACHERS`; ``dagger: {rounds}``
+relabels the clone's own states with the schedule, :func:`behaviour_clone`).
 """
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ def schedule_cache_dir() -> Path:
 
 
 #: Hindsight-schedule oracles a warm start can clone (agents/oracle.py).
-SCHEDULE_TEACHERS = ("oracle:schedule-greedy", "oracle:schedule")
+SCHEDULE_TEACHERS = ("oracle:schedule-greedy", "oracle:schedule", "oracle:schedule-floor")
 
 
 def _schedule_teacher(env, opts: dict[str, Any], seed: int,
@@ -123,7 +125,7 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
 
     import gymnasium as gym
 
-    from .oracle import SchedulePolicy, best_schedule, greedy_schedule
+    from .oracle import SEGMENT_FLOOR, SchedulePolicy, best_schedule, greedy_schedule
 
     u = env.unwrapped
     e = u.cfg.env
@@ -144,9 +146,13 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     else:
         plain = gym.make(env.spec.id, config=u.cfg.to_dict(),
                          **{"env.action.scale_down_window_s": 0.0}) if window else env
-        make = greedy_schedule if oracle == "oracle:schedule-greedy" else best_schedule
-        targets = make(plain, opts, seed, e.min_endpoint, u.max_workers, e.reward.sla_target,
-                       120.0, e.interval_s, e.episode_steps)["targets"]
+        args = (plain, opts, seed, e.min_endpoint, u.max_workers, e.reward.sla_target,
+                120.0, e.interval_s, e.episode_steps)
+        if oracle == "oracle:schedule-greedy":
+            targets = greedy_schedule(*args)["targets"]
+        else:
+            targets = best_schedule(*args, segment_floor=SEGMENT_FLOOR if oracle ==
+                                    "oracle:schedule-floor" else None)["targets"]
         if plain is not env:
             plain.close()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,11 +162,45 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     return SchedulePolicy(env, targets)
 
 
+def teacher_samples(env, teacher: str, seeds, learner=None
+                    ) -> tuple[list[np.ndarray], list[int], list[int]]:
+    """(observations, the teacher's action at each, episode lengths) on the training-split
+    episodes ``seeds`` of ``env``. ``teacher`` is a heuristic spec or one of
+    :data:`SCHEDULE_TEACHERS` (each episode's own hindsight schedule). The teacher's
+    actions drive the env, or, if ``learner`` (anything with SB3's ``predict``) is given,
+    the learner's (DAgger): the teacher then only labels the learner's states (a schedule
+    labels step t with its count for step t)."""
+    from .heuristics import make_heuristic
+
+    oracle = teacher in SCHEDULE_TEACHERS
+    obs_l, act_l, lengths = [], [], []
+    teach = None if oracle else make_heuristic(teacher, env)
+    for s in seeds:
+        opts = {"split": "train"}
+        if oracle:                    # the hindsight schedule of this very episode
+            teach = _schedule_teacher(env, opts, s, teacher)
+        obs, _ = env.reset(seed=s, options=opts)
+        start, done, n = np.ones(1, dtype=bool), False, 0
+        while not done:
+            a, _ = teach.predict(obs, episode_start=start, deterministic=True)
+            start = np.zeros(1, dtype=bool)
+            obs_l.append(obs)
+            act_l.append(int(a))
+            if learner is not None:
+                a, _ = learner.predict(obs, deterministic=True)
+            obs, _, term, trunc, _ = env.step(a)
+            done = term or trunc
+            n += 1
+        lengths.append(n)
+    return obs_l, act_l, lengths
+
+
 def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epochs: int = 10,
                     batch_size: int = 256, learning_rate: float = 1e-3,
                     teacher: str = "heuristic:kv", seed: int = 0, quiet: bool = True,
                     env_id: str = "DynoSimRouting-v0", regularise: dict | None = None,
-                    first_seed: int | None = None) -> tuple[dict[str, Any], Any]:
+                    first_seed: int | None = None, dagger: dict | None = None
+                    ) -> tuple[dict[str, Any], Any]:
     """Fit ``model.policy`` to ``teacher``'s actions on ``episodes`` training episodes of
     ``env_id`` (``split=train``, seeds ``10_000 + seed ..``, apart from PPO's own seed
     streams; ``first_seed ..`` for every training seed if given, so all seeds clone the same
@@ -172,41 +212,46 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
 
     ``regularise: {weight, steps, batch_size}`` keeps the policy near the clone during
     fine-tuning (:func:`bc_regulariser`): after each PPO update, ``steps`` Adam steps of
-    ``weight`` x the teacher's NLL on the same samples (feed-forward policies only)."""
+    ``weight`` x the teacher's NLL on the same samples (feed-forward policies only).
+
+    ``dagger: {rounds}`` (a hindsight-schedule teacher and a feed-forward policy only):
+    DAgger (Ross, Gordon and Bagnell, 2011) without mixing. After the fit, ``rounds`` times:
+    the current policy acts (deterministically) on the same teacher episodes, each of its
+    observations is labelled with the schedule's count for that step (the hindsight
+    count, whatever the learner provisioned so far), the samples join the data set and
+    the policy is fitted again for ``epochs``. The clone thus learns to return to the
+    schedule from the states its own errors lead to, which cloning the teacher's states
+    alone never shows it; the regulariser then uses the aggregate. The record adds each
+    round's samples and the policy's agreement with the labels on its own states before
+    that round's fit."""
     import gymnasium as gym
     import torch as th
 
-    from .heuristics import make_heuristic
-
     env = gym.make(f"dynosim_gym:{env_id}", config=env_cfg)
     oracle = teacher in SCHEDULE_TEACHERS
-    teach = None if oracle else make_heuristic(teacher, env)
-    obs_l, act_l, lengths = [], [], []
-    first = 10_000 + seed if first_seed is None else first_seed
-    for k in range(episodes):
-        opts = {"split": "train"}
-        if teach is None:             # the hindsight schedule of this very episode
-            teach = _schedule_teacher(env, opts, first + k, teacher)
-        obs, _ = env.reset(seed=first + k, options=opts)
-        start, done, n = np.ones(1, dtype=bool), False, 0
-        while not done:
-            a, _ = teach.predict(obs, episode_start=start, deterministic=True)
-            start = np.zeros(1, dtype=bool)
-            obs_l.append(obs)
-            act_l.append(int(a))
-            obs, _, term, trunc, _ = env.step(a)
-            done = term or trunc
-            n += 1
-        lengths.append(n)
-        if oracle:
-            teach = None
-    env.close()
-    X = th.as_tensor(np.asarray(obs_l, dtype=np.float32))
-    y = th.as_tensor(np.asarray(act_l, dtype=np.int64))
     pol = model.policy
     if regularise and hasattr(pol, "lstm_actor"):
         raise InputError("bc_warm_start.regularise is for feed-forward policies only",
                          field="bc_warm_start.regularise")
+    rounds = 0
+    if dagger is not None:
+        rounds = dagger.get("rounds", 1) if isinstance(dagger, dict) else None
+        if (not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1
+                or set(dagger) - {"rounds"}):
+            raise InputError(f"expected {{rounds: N >= 1}}, got {dagger!r}",
+                             field="bc_warm_start.dagger")
+        if not oracle or hasattr(pol, "lstm_actor"):
+            raise InputError("needs a hindsight-schedule teacher (one of "
+                             f"{', '.join(SCHEDULE_TEACHERS)}) and a feed-forward policy",
+                             field="bc_warm_start.dagger")
+    first = 10_000 + seed if first_seed is None else first_seed
+
+    def collect(learner=None) -> tuple[list, list, list[int]]:
+        return teacher_samples(env, teacher, range(first, first + episodes), learner)
+
+    obs_l, act_l, lengths = collect()
+    X = th.as_tensor(np.asarray(obs_l, dtype=np.float32))
+    y = th.as_tensor(np.asarray(act_l, dtype=np.int64))
     if hasattr(pol, "lstm_actor"):     # recurrent: items are whole episodes, padded (mask)
         T = max(lengths)
         bounds = np.cumsum([0, *lengths])
@@ -243,27 +288,46 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     gen = th.Generator().manual_seed(seed)
     pol.set_training_mode(False)
     nll0, agree0 = stats()
-    pol.set_training_mode(True)
-    for ep in range(epochs):
-        tot, count = 0.0, 0
-        perm = th.randperm(n_items, generator=gen)
-        for i in range(0, n_items, per_batch):
-            logp = fit(perm[i:i + per_batch])[0]
-            loss = -logp.mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(logp)
-            count += len(logp)
-        if not quiet:
-            print(f"dynosim: behaviour cloning epoch {ep + 1}/{epochs}: NLL "
-                  f"{tot / count:.4f}", file=sys.stderr, flush=True)
-    pol.set_training_mode(False)
+
+    def fit_epochs(label: str) -> None:
+        pol.set_training_mode(True)
+        for ep in range(epochs):
+            tot, count = 0.0, 0
+            perm = th.randperm(n_items, generator=gen)
+            for i in range(0, n_items, per_batch):
+                logp = fit(perm[i:i + per_batch])[0]
+                loss = -logp.mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                tot += float(loss.detach()) * len(logp)
+                count += len(logp)
+            if not quiet:
+                print(f"dynosim: {label} epoch {ep + 1}/{epochs}: NLL "
+                      f"{tot / count:.4f}", file=sys.stderr, flush=True)
+        pol.set_training_mode(False)
+
+    fit_epochs("behaviour cloning")
+    dagger_rounds = []
+    for r in range(rounds):
+        o, a, _ = collect(learner=model)
+        Xr = th.as_tensor(np.asarray(o, dtype=np.float32))
+        yr = th.as_tensor(np.asarray(a, dtype=np.int64))
+        with th.no_grad():
+            own = float((pol.get_distribution(Xr).distribution.probs.argmax(-1) == yr)
+                        .float().mean())
+        dagger_rounds.append({"samples": int(len(Xr)), "agreement_on_own_states": own})
+        X, y = th.cat([X, Xr]), th.cat([y, yr])
+        n_items = len(X)
+        fit_epochs(f"DAgger round {r + 1}/{rounds}")
+    env.close()
     nll, agree = stats()
     record = {"teacher": teacher, "episodes": episodes, "first_seed": first,
               "samples": int(len(X)),
               "epochs": epochs, "initial_nll": nll0, "initial_agreement": agree0,
               "final_nll": nll, "teacher_agreement": agree}
+    if rounds:
+        record["dagger"] = dagger_rounds
     if not regularise:
         return record, None
     record["regularise"] = dict(regularise)

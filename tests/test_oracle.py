@@ -171,3 +171,54 @@ def test_the_greedy_oracle_scores_under_its_own_name(capsys) -> None:
     res = json.loads(capsys.readouterr().out)
     assert rc == 0 and res["policy"] == "oracle:schedule-greedy"
     assert "oracle_search" not in res["per_episode"][0]
+
+
+@pytest.mark.parametrize("rates,seed", MEETS)
+def test_the_floor_schedule_keeps_every_segment_at_its_floor(rates, seed):
+    """``oracle:schedule-floor``: the local search may not take any segment under
+    ``min(floor, the greedy's attainment there)``; it still meets the episode target on
+    no more GPU-hours than the greedy, and where the plain local search gives a segment
+    up below the floor, the floor schedule does not."""
+    env, cfg, greedy, best = _schedules(rates, seed)
+    e = cfg.env
+    floor = 0.9
+    args = (env, {"split": "eval"}, seed, e.min_endpoint, cfg.max_workers,
+            e.reward.sla_target, SEGMENT_S, e.interval_s, STEPS)
+    fl = best_schedule(*args, greedy=greedy, segment_floor=floor)
+    sr = fl["search"]
+    assert sr["segment_floor"] == floor and len(sr["segment_floors"]) == 4
+    assert all(f <= floor for f in sr["segment_floors"])
+    assert all(a >= f - 1e-12 for a, f in zip(sr["segment_sla"], sr["segment_floors"]))
+    assert _sla(fl) >= e.reward.sla_target
+    assert fl["summary"]["gpu_hours"] <= greedy["summary"]["gpu_hours"] + 1e-12
+    env.close()
+
+
+def test_the_floor_binds_where_the_plain_local_search_gives_a_segment_up():
+    """On this episode the plain local search (``oracle:schedule``) takes segment 1 under
+    90 % to save a worker; with a 90 % floor the search keeps every segment at 90 % or
+    more, at no more GPU-hours than the greedy."""
+    env, cfg, greedy, best = _schedules((2.0, 3.0), 0)
+    e = cfg.env
+    args = (env, {"split": "eval"}, 0, e.min_endpoint, cfg.max_workers,
+            e.reward.sla_target, SEGMENT_S, e.interval_s, STEPS)
+    plain = best_schedule(*args, greedy=greedy, segment_floor=0.0)   # floor 0: no bind
+    assert plain["segment_counts"] == best["segment_counts"]
+    assert min(plain["search"]["segment_sla"]) < 0.9
+    fl = best_schedule(*args, greedy=greedy, segment_floor=0.9)
+    assert fl["search"]["segment_floors"] == [0.9] * 4
+    assert min(fl["search"]["segment_sla"]) >= 0.9
+    assert fl["segment_counts"] != plain["segment_counts"]
+    assert fl["summary"]["gpu_hours"] <= greedy["summary"]["gpu_hours"]
+    env.close()
+
+
+def test_the_floor_oracle_scores_under_its_own_name_and_records_its_floors(capsys) -> None:
+    from agents.oracle import SEGMENT_FLOOR
+    rc = main(["evaluate", "--policy", "oracle:schedule-floor", "--config", TINY,
+               "--episodes", "1", "--json", "--quiet"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["policy"] == "oracle:schedule-floor"
+    assert res["episodes_plan"]["segment_floor"] == SEGMENT_FLOOR
+    sr = res["per_episode"][0]["oracle_search"]
+    assert all(a >= f - 1e-12 for a, f in zip(sr["segment_sla"], sr["segment_floors"]))
