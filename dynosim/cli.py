@@ -349,8 +349,10 @@ def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunCon
     w(f"  requests      arrived {t['num_requests']:,}   completed {t['completed_requests']:,}"
       f"   rejected {t['rejected_requests']:,}   in flight {t['in_flight_requests']:,}")
     if t.get("cut_off_ms") is not None:
-        w(f"   (cut off at {t['cut_off_ms'] / 1000:g} s; {t['not_arrived_requests']:,} "
-          "never arrived)")
+        na = t.get("not_arrived_requests")   # None: the workload's size is not known
+        w(f"   (cut off at {t['cut_off_ms'] / 1000:g} s; "
+          + (f"{na:,} never arrived)" if na is not None else
+             "requests still to arrive not counted: the workload has no fixed size)"))
     w("\n")
     w(f"  {'latency (ms)':<12} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9}\n")
     for label, key in (("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"),

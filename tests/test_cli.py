@@ -193,6 +193,15 @@ def test_json_summary(capsys) -> None:
     assert d["config"]["cluster"]["num_workers"] == 2
 
 
+def test_cut_off_summary_of_an_unsized_workload(capsys) -> None:
+    """An env scenario's synthetic workload has no fixed request count: the text summary of a
+    cut-off run says so instead of failing on the unknown count (a new user's traceback)."""
+    rc = main(["simulate", "--config", str(REPO / "envs_configs" / "autoscale_tiny.yaml"),
+               "--max-sim-time-s", "20"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "cut off at 20 s; requests still to arrive not counted" in out
+
+
 def test_cut_short_run_conserves_requests(capsys) -> None:
     d = run_json(capsys, "--config", TINY, "--max-sim-time-s", "5")
     t = d["totals"]
