@@ -15,6 +15,7 @@ zip alone (``dynosim evaluate``), so there are no running observation statistics
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -57,7 +58,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     env_cfg = load_env_config(config, defaults=defaults, **overrides)  # validate before work
     env_kwargs = {"config": env_cfg.to_dict(), "render_mode": None}  # make_vec_env: no frames
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    hp_file = str(Path(hyperparams) if hyperparams is not None
+                  else HYPERPARAMS_DIR / f"{key}.yml")
     torch.set_num_threads(1)
     venv = make_vec_env(f"dynosim_gym:{env_id}", n_envs=n_envs, seed=seed,
                         env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
@@ -80,8 +82,19 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
         from stable_baselines3.common.vec_env import VecNormalize
         venv = VecNormalize(venv, **normalize)
     cls = algo_class(key)
-    model = cls(policy, venv, seed=seed, verbose=0, tensorboard_log=str(out / "tb"),
-                device=device, **hp)
+    try:
+        model = cls(policy, venv, seed=seed, verbose=0, tensorboard_log=str(out / "tb"),
+                    device=device, **hp)
+    except (TypeError, ValueError, AssertionError, KeyError) as exc:
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        msg = (f"{key} takes no hyperparameter {bad.group(1)!r} (a typo, or another "
+               "algorithm's)" if bad else f"{key} rejects these hyperparameters: "
+               f"{type(exc).__name__}: {exc}")
+        raise InputError(msg, file=hp_file, field=f"{env_id}.{bad.group(1)}" if bad
+                         else env_id) from None
+    if bc:
+        _check_teacher(bc, env_id, hp_file)
+    out.mkdir(parents=True, exist_ok=True)
     rollout = int(getattr(model, "n_steps", 0) or 0) * n_envs   # on-policy: whole rollouts
     if rollout and total % rollout and not quiet:
         print(f"dynosim: note: {total} timesteps train as {-(-total // rollout) * rollout} "
@@ -161,6 +174,26 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     venv.close()
     return out
+
+
+def _check_teacher(bc: dict[str, Any], env_id: str, hp_file: str) -> None:
+    """``bc_warm_start.teacher`` must be a schedule oracle or a heuristic of the env, checked
+    before any work (the teacher's episodes come first and take minutes)."""
+    from .heuristics import heuristic_env, heuristics_for
+    from .router_train import SCHEDULE_TEACHERS
+    teacher = bc.get("teacher")
+    if teacher is None or (teacher in SCHEDULE_TEACHERS and env_id == "DynoSim-v0"):
+        return
+    try:
+        fits = heuristic_env(str(teacher)) == env_id
+    except ValueError:
+        fits = False
+    if not fits:
+        known = heuristics_for(env_id) + \
+            (list(SCHEDULE_TEACHERS) if env_id == "DynoSim-v0" else [])
+        raise InputError(f"unknown teacher {teacher!r} for {env_id}; expected one of "
+                         f"{', '.join(known)}", file=hp_file,
+                         field=f"{env_id}.bc_warm_start.teacher")
 
 
 def _normalize_kwargs(value: Any, gamma: float) -> dict[str, Any]:

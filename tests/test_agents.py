@@ -178,6 +178,27 @@ def test_bad_hyperparameter_yaml_is_located_like_every_yaml(capsys, tmp_path) ->
     assert "<unicode string>" not in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("body, needle", [
+    ("n_step: 128", "field 'DynoSim-v0.n_step': ppo takes no hyperparameter 'n_step'"),
+    ("buffer_size: 10", "field 'DynoSim-v0.buffer_size'"),
+    ("learning_rate: fast", "ppo rejects these hyperparameters"),
+    ("bc_warm_start: {teacher: 'oracle:nope'}",
+     "field 'DynoSim-v0.bc_warm_start.teacher': unknown teacher 'oracle:nope'"),
+    ("bc_warm_start: {teacher: 'heuristic:kv'}", "unknown teacher 'heuristic:kv'"),
+])
+def test_hyperparameter_mistakes_are_one_line_before_any_work(capsys, tmp_path, body,
+                                                              needle) -> None:
+    """A typo, another algorithm's key, a bad value or an unknown teacher in a --hyperparams
+    file: one line naming the file and key, exit 2, and no run directory left behind."""
+    hp = tmp_path / "h.yml"
+    hp.write_text(f"DynoSim-v0:\n  policy: MlpPolicy\n  {body}\n")
+    rc = main(["train", "--algo", "ppo", "--hyperparams", str(hp), "--config", TINY,
+               "--timesteps", "8", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and str(hp) in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_policy_files_that_are_not_models_are_one_line_errors(capsys, tmp_path) -> None:
     """Any file given as --policy: not a zip, a zip that is not an SB3 save, an SB3-looking
     zip whose data is garbage, a run dir whose run.json is broken -> one line, exit 2."""
