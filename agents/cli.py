@@ -20,6 +20,20 @@ def _pretrained_names() -> list[str]:
     return sorted(p.stem for p in (Path(__file__).resolve().parent / "pretrained").glob("*.zip"))
 
 
+def _check_out_file(path: str) -> None:
+    """``--out FILE``: checked (and its directory made) before the episodes run, so a bad
+    path does not throw away a long evaluation at the end."""
+    from pathlib import Path
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{path} is a directory; give a file name", field="--out")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the directory of {path}: {exc.strerror}",
+                         field="--out") from None
+
+
 def _set(text: str) -> tuple[str, Any]:
     """``--set key=value`` with a YAML value (``--set reward.gpu_weight=0.001``)."""
     import yaml
@@ -208,6 +222,8 @@ def _evaluate(args) -> int:
         raise InputError("give exactly one of --policy and --leaderboard", field="--policy")
     episodes_given = args.episodes is not None
     args.episodes = args.episodes or EVAL_EPISODES
+    if args.out:
+        _check_out_file(args.out)
     if args.leaderboard is not None:
         res = leaderboard(args.leaderboard, env_id=args.env or "DynoSim-v0", config=args.config,
                           episodes=args.episodes, seed=args.seed, reference=args.reference,

@@ -199,6 +199,20 @@ def test_hyperparameter_mistakes_are_one_line_before_any_work(capsys, tmp_path, 
     assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+def test_evaluate_out_is_checked_before_the_episodes(capsys, tmp_path) -> None:
+    """--out into a directory that does not exist yet is made; --out naming a directory is a
+    one-line error before any episode runs (it used to fail after all of them)."""
+    out = tmp_path / "new" / "dir" / "r.json"
+    assert main(["evaluate", "--policy", "heuristic:static:2", "--config", TINY, "--episodes",
+                 "1", "--set", "episode_steps=2", "--out", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["policy"] == "heuristic:static:2"
+    capsys.readouterr()
+    assert main(["evaluate", "--policy", "heuristic:static:2", "--config", TINY, "--episodes",
+                 "1", "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "flag '--out'" in err and "is a directory" in err and len(err.splitlines()) == 1
+
+
 def test_policy_files_that_are_not_models_are_one_line_errors(capsys, tmp_path) -> None:
     """Any file given as --policy: not a zip, a zip that is not an SB3 save, an SB3-looking
     zip whose data is garbage, a run dir whose run.json is broken -> one line, exit 2."""
