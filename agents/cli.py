@@ -101,7 +101,8 @@ def add_parsers(sub) -> None:
     t.add_argument("--checkpoint-every", type=_pos_int, default=50_000, metavar="N",
                    help="save DIR/checkpoints/ every N env steps")
     t.add_argument("--quiet", action="store_true",
-                   help="no progress bar or progress lines, only the final summary")
+                   help="nothing on stderr: no progress, notes or final summary (run.json "
+                   "records them)")
     from . import rllib_train
     rllib_train.add_args(t)
 

@@ -162,8 +162,12 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
             kept = chooser.history[chooser.chosen]
             what = " (the behaviour-cloned policy, before any PPO update)" \
                 if kept["timesteps"] == 0 else ""
+            target = record["select_checkpoint"]["sla_target"]
+            rule = (f"the fewest GPU-hours at SLA >= {target:.0%}"
+                    if kept["sla_attainment"] >= target else
+                    f"none reached the SLA target {target:.0%}, so the highest attainment")
             print(f"dynosim: select_checkpoint kept the checkpoint at {kept['timesteps']:,} "
-                  f"timesteps{what}: {kept['sla_attainment']:.1%} SLA at "
+                  f"timesteps{what} ({rule}): {kept['sla_attainment']:.1%} SLA at "
                   f"{kept['gpu_hours_per_episode']:.2f} GPU-h per episode on its "
                   f"{len(record['select_checkpoint']['seeds'])} training-split selection "
                   "episodes; model.zip is that checkpoint", file=sys.stderr)

@@ -114,6 +114,10 @@ def test_rollout_rounding_is_said_and_recorded(tmp_path: Path, capsys) -> None:
     # which checkpoint model.zip is, said in one line
     kept = run["select_checkpoint"]["chosen_timesteps"]
     assert f"select_checkpoint kept the checkpoint at {kept:,} timesteps" in err
+    target = run["select_checkpoint"]["sla_target"]     # and by which rule (the fallback too)
+    chosen = next(h for h in run["select_checkpoint"]["history"] if h["timesteps"] == kept)
+    assert ("the fewest GPU-hours at SLA" if chosen["sla_attainment"] >= target
+            else "none reached the SLA target") in err
 
 
 def test_train_and_leaderboard_from_the_cli(tmp_path: Path, capsys) -> None:
