@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,7 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     return SchedulePolicy(env, targets)
 
 
-def teacher_samples(env, teacher: str, seeds, learner=None
+def teacher_samples(env, teacher: str, seeds, learner=None, quiet: bool = True
                     ) -> tuple[list[np.ndarray], list[int], list[int]]:
     """(observations, the teacher's action at each, episode lengths) on the training-split
     episodes ``seeds`` of ``env``. ``teacher`` is a heuristic spec or one of
@@ -175,10 +176,16 @@ def teacher_samples(env, teacher: str, seeds, learner=None
     oracle = teacher in SCHEDULE_TEACHERS
     obs_l, act_l, lengths = [], [], []
     teach = None if oracle else make_heuristic(teacher, env)
-    for s in seeds:
+    seeds = list(seeds)
+    for k, s in enumerate(seeds):
         opts = {"split": "train"}
         if oracle:                    # the hindsight schedule of this very episode
+            t0 = time.perf_counter()
             teach = _schedule_teacher(env, opts, s, teacher)
+            if not quiet:             # a schedule not cached yet takes minutes: say so
+                print(f"dynosim: teacher episode {k + 1}/{len(seeds)} (seed {s}): "
+                      f"{teacher} schedule ready in {time.perf_counter() - t0:.1f} s",
+                      file=sys.stderr)
         obs, _ = env.reset(seed=s, options=opts)
         start, done, n = np.ones(1, dtype=bool), False, 0
         while not done:
@@ -247,7 +254,8 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     first = 10_000 + seed if first_seed is None else first_seed
 
     def collect(learner=None) -> tuple[list, list, list[int]]:
-        return teacher_samples(env, teacher, range(first, first + episodes), learner)
+        return teacher_samples(env, teacher, range(first, first + episodes), learner,
+                               quiet=quiet or learner is not None)
 
     obs_l, act_l, lengths = collect()
     X = th.as_tensor(np.asarray(obs_l, dtype=np.float32))
@@ -302,7 +310,8 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
                 opt.step()
                 tot += float(loss.detach()) * len(logp)
                 count += len(logp)
-            if not quiet:
+            # a tenth of the epochs (and the last) are enough to see it converge
+            if not quiet and ((ep + 1) % max(1, epochs // 10) == 0 or ep + 1 == epochs):
                 print(f"dynosim: {label} epoch {ep + 1}/{epochs}: NLL "
                       f"{tot / count:.4f}", file=sys.stderr, flush=True)
         pol.set_training_mode(False)

@@ -203,6 +203,24 @@ def test_hyperparameter_mistakes_are_one_line_before_any_work(capsys, tmp_path, 
     assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+def test_warm_start_says_what_it_does(capsys, tmp_path, monkeypatch) -> None:
+    """On a cold schedule cache the teacher's episodes take minutes: each one says when its
+    schedule is ready; the epochs print a tenth of their lines (and the last)."""
+    monkeypatch.setenv("DYNOSIM_CACHE", str(tmp_path / "cache"))
+    hp = tmp_path / "h.yml"
+    hp.write_text("DynoSim-v0:\n  policy: MlpPolicy\n  n_steps: 8\n  batch_size: 8\n"
+                  "  env_kwargs: {action: {type: target}}\n"
+                  "  bc_warm_start: {teacher: 'oracle:schedule-greedy', episodes: 2, "
+                  "epochs: 20}\n")
+    train("ppo", "DynoSim-v0", config=TINY, timesteps=8, out=tmp_path / "run", n_envs=1,
+          hyperparams=hp, overrides={"episode_steps": 4})
+    err = capsys.readouterr().err
+    assert "behaviour-cloning warm start: 2 episodes of oracle:schedule-greedy, then 20" in err
+    assert "teacher episode 1/2 (seed 10000)" in err and "teacher episode 2/2" in err
+    epochs = [x for x in err.splitlines() if "behaviour cloning epoch" in x]
+    assert len(epochs) == 10 and epochs[-1].startswith("dynosim: behaviour cloning epoch 20/20")
+
+
 def test_evaluate_out_is_checked_before_the_episodes(capsys, tmp_path) -> None:
     """--out into a directory that does not exist yet is made; --out naming a directory is a
     one-line error before any episode runs (it used to fail after all of them)."""
