@@ -196,8 +196,12 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                     + (f" --name {name}" if name != f"{kind}-tuned" else "")),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Written by `dynosim tune` (agents/tune.py); used as heuristic:"
-                    f"{path.stem}.\n" + yaml.safe_dump(record, sort_keys=False))
+    # heuristic:NAME reads agents/tuned/NAME.yaml: elsewhere the file must be copied there
+    shipped = path.resolve() == (TUNED_DIR / f"{name}.yaml").resolve()
+    use = (f"used as heuristic:{name}" if shipped else
+           f"copy it to agents/tuned/{name}.yaml to use it as heuristic:{name}")
+    path.write_text(f"# Written by `dynosim tune` (agents/tune.py); {use}.\n"
+                    + yaml.safe_dump(record, sort_keys=False))
     return path, record
 
 

@@ -402,6 +402,9 @@ def test_tune_is_deterministic_and_ships_a_named_baseline(tmp_path: Path, monkey
                           overrides={"episode_steps": 4})
         outs.append(path.read_text())
     assert outs[0] == outs[1]
+    # written outside agents/tuned/: the header says how it becomes heuristic:NAME
+    assert outs[0].startswith("# Written by `dynosim tune` (agents/tune.py); copy it to "
+                              "agents/tuned/load-test.yaml to use it as heuristic:load-test.")
     assert "load_scaling_down_sensitivity" in best["knobs"] and best["tuned_on"]["split"] == "train"
     monkeypatch.setattr(h, "TUNED_DIR", tmp_path / "0")
     pol = make_heuristic("heuristic:load-test")
