@@ -21,6 +21,7 @@ from typing import Any, Callable, NoReturn
 
 from sim.config import BUNDLED_TRACES, TRACE_KINDS, RunConfig, load_config, parse_config
 from sim.errors import InputError
+from sim.schema import int_arg
 
 CMDLINE = "command line"     # the "file" of values given as flags
 
@@ -223,10 +224,7 @@ def _ranged(flag: str) -> Callable[[str], Any]:
 
 
 def positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    n = int_arg(text)
     if n <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {n}")
     from sim.schema import COUNT
@@ -490,13 +488,13 @@ def add_simulate_arguments(s: argparse.ArgumentParser) -> None:
                    "config's workload)")
     w.add_argument("--trace-format", metavar="{mooncake,azure}",
                    help="default: from the config, else .csv = azure, otherwise mooncake")
-    w.add_argument("--trace-block-size", type=int, metavar="N",
+    w.add_argument("--trace-block-size", type=int_arg, metavar="N",
                    help="tokens per hash_id (default 512)")
     w.add_argument("--arrival-speedup-ratio", type=float, metavar="X",
                    help="divide trace inter-arrival times by X (default 1)")
     c = s.add_argument_group("cluster, engine, router, timing, run")
     for flag, (_, typ, metavar, help_) in FLAGS.items():
-        c.add_argument(flag, type=typ, metavar=metavar, help=help_)
+        c.add_argument(flag, type=int_arg if typ is int else typ, metavar=metavar, help=help_)
     for flag, (_, const, help_) in SWITCHES.items():
         c.add_argument(flag, action="store_const", const=const, default=None, help=help_)
     g = s.add_argument_group("GPU timing from measured data (see `dynosim models`)")

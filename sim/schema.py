@@ -217,14 +217,38 @@ def field_range(f) -> Range | None:
     return f.metadata.get("range")
 
 
+def _integral(text: str) -> int | None:
+    """``"1e3"`` -> 1000; None unless ``text`` is a finite number with an integral value."""
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return int(x) if math.isfinite(x) and x == int(x) else None
+
+
+def int_arg(text: str) -> int:
+    """An argparse ``type=`` for an integer flag: ``"12"`` or ``"1e3"`` (as YAML 1.2 and
+    ``--set`` read it); a usage error (exit 2) otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        n = _integral(text)
+        if n is None:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        return n
+
+
 def arg_type(rng: Range, typ: type) -> Callable[[str], Any]:
     """An argparse ``type=`` that parses ``typ`` and checks ``rng`` (usage error, exit 2)."""
     def parse(text: str) -> Any:
         try:
             value = typ(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'an integer' if typ is int else 'a number'}, got {text!r}") from None
+            value = _integral(text) if typ is int else None   # "1e3", as YAML and --set read
+            if value is None:
+                raise argparse.ArgumentTypeError(
+                    f"expected {'an integer' if typ is int else 'a number'}, got {text!r}"
+                ) from None
         if isinstance(value, float) and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         msg = rng.violation(value)

@@ -144,7 +144,9 @@ def test_bad_flags(capsys, flags: list[str], needle: str) -> None:
     (["simulate", "--config", "/"], "Is a directory"),
     (["simulate", "--trace", "/nonexistent/t.jsonl"], "/nonexistent/t.jsonl"),
     (["simulate"], "no workload"),
-    (["simulate", "--config", TINY, "--num-workers", "two"], "invalid int value"),
+    (["simulate", "--config", TINY, "--num-workers", "two"],
+     "argument --num-workers: expected an integer, got 'two'"),
+    (["simulate", "--config", TINY, "--num-workers", "1.5"], "expected an integer, got '1.5'"),
     (["simulate", "--no-such-flag"], "unrecognized arguments"),
 ])
 def test_missing_files_and_usage_errors(capsys, argv: list[str], needle: str) -> None:
@@ -191,6 +193,12 @@ def test_json_summary(capsys) -> None:
     assert set(d["run_info"]) >= {"run_wall_s", "sim_s_per_wall_s"}
     assert "wall" not in json.dumps({k: v for k, v in d.items() if k != "run_info"})
     assert d["config"]["cluster"]["num_workers"] == 2
+
+
+def test_integer_flags_take_exponent_form_as_yaml_does(capsys) -> None:
+    """``--num-workers 1e1`` is 10 (``--set``, YAML 1.2 and ``--timesteps`` read it so)."""
+    d = run_json(capsys, "--config", TINY, "--num-workers", "1e1", "--max-sim-time-s", "1")
+    assert d["config"]["cluster"]["num_workers"] == 10
 
 
 def test_cut_off_summary_of_an_unsized_workload(capsys) -> None:
