@@ -200,8 +200,10 @@ def resolve_policy(spec: str) -> PolicySpec:
         raise InputError("not a stable-baselines3 model (expected the model.zip that "
                          "dynosim train or SB3's model.save wrote)", file=str(path),
                          field="--policy")
-    run_file = path.parent / "run.json"
-    run = _read_run_json(run_file) if run_file.is_file() else None
+    # its run record: run.json beside it (dynosim train), or NAME.json (a pretrained model)
+    run_file = next((f for f in (path.parent / "run.json", path.with_suffix(".json"))
+                     if f.is_file()), None)
+    run = _read_run_json(run_file) if run_file is not None else None
     return PolicySpec(spec, "model", (run or {}).get("env_id"), path, run)
 
 

@@ -94,6 +94,9 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
                          else env_id) from None
     if bc:
         _check_teacher(bc, env_id, hp_file)
+    if not quiet and any((out / f).exists() for f in ("model.zip", "run.json")):
+        print(f"dynosim: note: {out} holds a run already; its model.zip and run.json are "
+              "replaced (TensorBoard adds a new run under tb/)", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     rollout = int(getattr(model, "n_steps", 0) or 0) * n_envs   # on-policy: whole rollouts
     if rollout and total % rollout and not quiet:

@@ -221,6 +221,16 @@ def test_warm_start_says_what_it_does(capsys, tmp_path, monkeypatch) -> None:
     assert len(epochs) == 10 and epochs[-1].startswith("dynosim: behaviour cloning epoch 20/20")
 
 
+def test_reusing_an_out_directory_is_said(capsys, tmp_path) -> None:
+    hp = tmp_path / "h.yml"
+    hp.write_text("DynoSim-v0: {policy: MlpPolicy, n_steps: 8, batch_size: 8, n_epochs: 1}\n")
+    for k in range(2):
+        train("ppo", "DynoSim-v0", config=TINY, timesteps=8, out=tmp_path / "run", n_envs=1,
+              hyperparams=hp, overrides={"episode_steps": 4})
+        said = "holds a run already; its model.zip and run.json are replaced"
+        assert (said in capsys.readouterr().err) == (k == 1)
+
+
 def test_evaluate_out_is_checked_before_the_episodes(capsys, tmp_path) -> None:
     """--out into a directory that does not exist yet is made; --out naming a directory is a
     one-line error before any episode runs (it used to fail after all of them)."""

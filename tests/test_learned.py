@@ -75,6 +75,15 @@ def test_evaluate_runs_the_pretrained_autoscaler(capsys) -> None:
     assert res["policy_interface"]["action"]["type"] == "target"
 
 
+def test_a_pretrained_zip_given_by_path_reads_its_record() -> None:
+    """``--policy agents/pretrained/router.zip`` is the same policy as ``pretrained:router``:
+    its NAME.json is its run record (env id and policy interface)."""
+    by_name = resolve_policy("pretrained:router")
+    by_path = resolve_policy(str(PRETRAINED_DIR / "router.zip"))
+    assert by_path.env_id == by_name.env_id == "DynoSimRouting-v0"
+    assert by_path.interface() == by_name.interface()
+
+
 def test_interface_clash_names_the_model_not_the_config(capsys) -> None:
     """A target-action model on the disaggregated env: the clash is the model's interface,
     so the one-line error says where the value came from (not just the config's line)."""

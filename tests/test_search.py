@@ -105,6 +105,15 @@ def test_bad_objective_is_one_line(tmp_path, capsys, small_trace, objective, nee
     assert needle in line and "--objective" in line
 
 
+def test_a_non_empty_out_directory_is_said(tmp_path, capsys):
+    from dynosim.studies.sweeps import _check_out
+    _check_out(str(tmp_path / "o"))
+    assert "not empty" not in capsys.readouterr().err
+    (tmp_path / "o" / "trials.csv").write_text("x\n")
+    _check_out(str(tmp_path / "o"))
+    assert "--out " + str(tmp_path / "o") + " is not empty" in capsys.readouterr().err
+
+
 def test_bad_compare_file_is_refused_before_the_search(tmp_path, capsys, small_trace):
     """--compare must be a `sweep pareto` CSV: a JSON or a CSV without its columns is a
     one-line error before any candidate runs (it used to leave the overlay out, silently)."""

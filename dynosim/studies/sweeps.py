@@ -596,6 +596,9 @@ def _check_out(out: str) -> Path:
                          file=CMDLINE, field="--out") from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise InputError(f"directory {out!r} is not writable", file=CMDLINE, field="--out")
+    if any(p.iterdir()):        # sweeps and searches write fixed names: say they replace
+        print(f"dynosim: note: --out {out} is not empty; files of the same names are "
+              "replaced", file=sys.stderr)
     return p
 
 
