@@ -44,6 +44,9 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     env_id = check_env_id(env_id)
     key = algo_name(algo)
     hp = load_hyperparams(key, env_id, hyperparams)
+    hp_file = str(Path(hyperparams) if hyperparams is not None
+                  else HYPERPARAMS_DIR / f"{key}.yml")
+    _check_recipe(hp, env_id, hp_file)
     n_envs = int(n_envs or hp.pop("n_envs", 1))
     hp.pop("n_envs", None)
     total = int(timesteps or hp.pop("n_timesteps", 100_000))
@@ -58,8 +61,6 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     env_cfg = load_env_config(config, defaults=defaults, **overrides)  # validate before work
     env_kwargs = {"config": env_cfg.to_dict(), "render_mode": None}  # make_vec_env: no frames
     out = Path(out)
-    hp_file = str(Path(hyperparams) if hyperparams is not None
-                  else HYPERPARAMS_DIR / f"{key}.yml")
     torch.set_num_threads(1)
     venv = make_vec_env(f"dynosim_gym:{env_id}", n_envs=n_envs, seed=seed,
                         env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
@@ -181,6 +182,48 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     venv.close()
     return out
+
+
+#: SB3 hyperparameters that are numbers (a string there fails deep inside SB3, or names the
+#: wrong key: clip_range's check says "learning rate schedule")
+NUMERIC_HP = ("n_envs", "n_timesteps", "gamma", "gae_lambda", "learning_rate", "clip_range",
+              "ent_coef", "vf_coef", "max_grad_norm", "n_steps", "batch_size", "n_epochs",
+              "buffer_size", "learning_starts", "gradient_steps",
+              "target_update_interval", "exploration_fraction")
+
+
+def _check_recipe(hp: dict[str, Any], env_id: str, hp_file: str) -> None:
+    """One-line errors, before any work, for the mistakes a hand-written recipe makes:
+    a string where SB3 wants a number, and unknown or non-numeric keys of our own entries
+    (``bc_warm_start``, ``select_checkpoint``, read from their functions' signatures)."""
+    import inspect
+
+    from .checkpoint_select import checkpoint_selector
+    from .router_train import behaviour_clone
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for k in NUMERIC_HP:
+        if k in hp and not number(hp[k]):
+            raise InputError(f"expected a number, got {hp[k]!r}", file=hp_file,
+                             field=f"{env_id}.{k}")
+    for entry, fn, own in (("bc_warm_start", behaviour_clone,
+                            {"model", "env_cfg", "seed", "quiet", "env_id"}),
+                           ("select_checkpoint", checkpoint_selector, {"env_cfg", "env_id"})):
+        if entry not in hp or hp[entry] is None:
+            continue
+        if not isinstance(hp[entry], dict):
+            raise InputError(f"expected a mapping, got {hp[entry]!r}", file=hp_file,
+                             field=f"{env_id}.{entry}")
+        params = {n: p for n, p in inspect.signature(fn).parameters.items() if n not in own}
+        for k, v in hp[entry].items():
+            if k not in params:
+                raise InputError(f"unknown key; expected one of {', '.join(params)}",
+                                 file=hp_file, field=f"{env_id}.{entry}.{k}")
+            if number(params[k].default) and not number(v):
+                raise InputError(f"expected a number, got {v!r}", file=hp_file,
+                                 field=f"{env_id}.{entry}.{k}")
 
 
 def _check_teacher(bc: dict[str, Any], env_id: str, hp_file: str) -> None:

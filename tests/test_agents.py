@@ -185,10 +185,17 @@ def test_bad_hyperparameter_yaml_is_located_like_every_yaml(capsys, tmp_path) ->
 @pytest.mark.parametrize("body, needle", [
     ("n_step: 128", "field 'DynoSim-v0.n_step': ppo takes no hyperparameter 'n_step'"),
     ("buffer_size: 10", "field 'DynoSim-v0.buffer_size'"),
-    ("learning_rate: fast", "ppo rejects these hyperparameters"),
+    ("learning_rate: fast", "field 'DynoSim-v0.learning_rate': expected a number"),
+    ("batch_size: -1", "ppo rejects these hyperparameters: AssertionError: `batch_size`"),
     ("bc_warm_start: {teacher: 'oracle:nope'}",
      "field 'DynoSim-v0.bc_warm_start.teacher': unknown teacher 'oracle:nope'"),
     ("bc_warm_start: {teacher: 'heuristic:kv'}", "unknown teacher 'heuristic:kv'"),
+    ("gamma: high", "field 'DynoSim-v0.gamma': expected a number, got 'high'"),
+    ("clip_range: wide", "field 'DynoSim-v0.clip_range': expected a number"),
+    ("n_envs: two", "field 'DynoSim-v0.n_envs'"),
+    ("bc_warm_start: {epoch: 5}", "field 'DynoSim-v0.bc_warm_start.epoch': unknown key"),
+    ("bc_warm_start: {episodes: ten}", "field 'DynoSim-v0.bc_warm_start.episodes': expected"),
+    ("select_checkpoint: {evry: 5}", "field 'DynoSim-v0.select_checkpoint.evry': unknown key"),
 ])
 def test_hyperparameter_mistakes_are_one_line_before_any_work(capsys, tmp_path, body,
                                                               needle) -> None:
