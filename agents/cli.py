@@ -25,8 +25,10 @@ def _check_out_file(path: str) -> None:
     path does not throw away a long evaluation at the end."""
     from pathlib import Path
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() or path.endswith(("/", "\\")):
         raise InputError(f"{path} is a directory; give a file name", field="--out")
+    if p.parent.exists() and not p.parent.is_dir():
+        raise InputError(f"{p.parent} is a file, not a directory", field="--out")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -189,6 +191,8 @@ def run(args) -> int:
 
 def _tune(args) -> int:
     from .tune import tune
+    if args.out:
+        _check_out_file(args.out)
     path, best = tune(args.policy, trials=args.trials, episodes=args.episodes,
                       config=args.config, seed=args.seed, name=args.name, out=args.out,
                       overrides=dict(args.set), quiet=args.quiet)

@@ -174,7 +174,9 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     knobs = dict(best.params)
     if kind != "kv":
         PlannerConfig(**{**dataclasses.asdict(planner_config(cfg)), **knobs})   # still valid
-    name = name or f"{kind}-tuned"
+    # a file written elsewhere is named after itself (copying it to agents/tuned/ under the
+    # default name would replace the shipped baseline)
+    name = name or (Path(out).stem if out else f"{kind}-tuned")
     path = Path(out) if out else TUNED_DIR / f"{name}.yaml"
     record = {
         "base": kind,

@@ -250,6 +250,15 @@ def test_evaluate_out_is_checked_before_the_episodes(capsys, tmp_path) -> None:
                  "1", "--out", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "flag '--out'" in err and "is a directory" in err and len(err.splitlines()) == 1
+    # a new directory written with its trailing slash, and tune's --out, are checked up front
+    for argv in (["evaluate", "--policy", "heuristic:static:2", "--config", TINY, "--episodes",
+                  "1", "--out", str(tmp_path / "notyet") + "/", "--quiet"],
+                 ["tune", "--policy", "heuristic:load", "--trials", "50", "--episodes", "1",
+                  "--config", TINY, "--out", str(tmp_path), "--quiet"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "flag '--out'" in err and "is a directory; give a file name" in err
+    assert not (tmp_path / "notyet").exists()
 
 
 def test_policy_files_that_are_not_models_are_one_line_errors(capsys, tmp_path) -> None:

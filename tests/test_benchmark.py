@@ -406,6 +406,11 @@ def test_tune_is_deterministic_and_ships_a_named_baseline(tmp_path: Path, monkey
     assert outs[0].startswith("# Written by `dynosim tune` (agents/tune.py); copy it to "
                               "agents/tuned/load-test.yaml to use it as heuristic:load-test.")
     assert "load_scaling_down_sensitivity" in best["knobs"] and best["tuned_on"]["split"] == "train"
+    # --out elsewhere without --name: named after its file, never the shipped default name
+    path, _ = tune("heuristic:load", trials=1, episodes=1, config=TINY, seed=0,
+                   out=tmp_path / "mine.yaml", overrides={"episode_steps": 4})
+    assert path.read_text().startswith("# Written by `dynosim tune` (agents/tune.py); copy it "
+                                       "to agents/tuned/mine.yaml to use it as heuristic:mine.")
     monkeypatch.setattr(h, "TUNED_DIR", tmp_path / "0")
     pol = make_heuristic("heuristic:load-test")
     assert pol.knobs == best["knobs"]
