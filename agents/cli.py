@@ -8,7 +8,7 @@ from typing import Any
 
 from sim.config import yaml_load
 from sim.errors import InputError
-from sim.schema import COUNT, SEED, TIME_S, arg_type
+from sim.schema import COUNT, SEED, TIME_S, arg_type, int_arg
 
 
 EVAL_EPISODES = 5   # dynosim evaluate --episodes default
@@ -50,13 +50,7 @@ def _set(text: str) -> tuple[str, Any]:
 
 def _pos_int(text: str) -> int:
     """A count flag (steps, episodes, trials; ``1e6`` allowed), in ``sim.schema.COUNT``."""
-    try:
-        x = float(text)
-        n = int(x)
-    except (ValueError, OverflowError):          # OverflowError: 'inf'
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if n != x:                                    # '2.5' is not a count
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    n = int_arg(text)                             # '1e6' yes, '2.5' and 'inf' no
     if n <= 0:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
     msg = COUNT.violation(n)
