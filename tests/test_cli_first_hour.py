@@ -1,0 +1,56 @@
+"""What a new user meets in the first hour (the findings of the new-user trials): one
+readable sentence per training outcome, where a cached teacher schedule came from, a
+TensorBoard command that runs as written, negative numbers in any form reaching each flag's
+own range check, actionable errors for a model without its run record and for an
+out-of-budget ``heuristic:static:N``, a headline that names an env scenario, computed
+defaults in ``dynosim config schema``, no empty ``--out`` directory left by a failed
+command, and the benchmark script reading YAML as everything else does."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import dynosim_gym  # noqa: F401  (registers the env ids)
+from dynosim.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = str(REPO / "envs_configs" / "autoscale_tiny.yaml")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(rc: int, err: str, *needles: str) -> str:
+    assert rc == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dynosim: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# -- 1. select_checkpoint: one sentence ---------------------------------------------------------
+
+@pytest.mark.parametrize("timesteps,sla", [(0, 0.81), (0, 0.42), (3072, 0.90), (6144, 0.10)])
+def test_checkpoint_selection_is_one_readable_sentence(timesteps: int, sla: float) -> None:
+    from agents.train import _selection_line
+    line = _selection_line({"timesteps": timesteps, "sla_attainment": sla,
+                            "gpu_hours_per_episode": 2.5},
+                           {"sla_target": 0.8, "seeds": [1, 2, 3, 4]})
+    assert ") (" not in line and line.count("(") <= 1       # no parentheticals back to back
+    assert line.startswith(f"dynosim: select_checkpoint kept the checkpoint at {timesteps:,} "
+                           "timesteps")
+    assert f"{sla:.1%} SLA at 2.50 GPU-h per episode on its 4 training-split" in line
+    assert ("the fewest GPU-hours at SLA >= 80%" if sla >= 0.8
+            else "the highest attainment, as none reached the SLA target 80%") in line
+    assert ("behaviour-cloned" in line) == (timesteps == 0)
+    assert line.endswith("; model.zip is that checkpoint")
