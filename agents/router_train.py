@@ -142,7 +142,8 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
         fields["oracle"] = oracle
     key = json.dumps(fields, sort_keys=True, default=str)
     path = schedule_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
-    if path.exists():
+    cached = path.exists()
+    if cached:
         targets = json.loads(path.read_text())["targets"]
     else:
         plain = gym.make(env.spec.id, config=u.cfg.to_dict(),
@@ -160,7 +161,9 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"seed": seed, "options": opts, "targets": targets}))
         tmp.replace(path)                    # atomic: parallel runs may share the cache
-    return SchedulePolicy(env, targets)
+    policy = SchedulePolicy(env, targets)
+    policy.cache_file, policy.cached = path, cached     # for the teacher's progress line
+    return policy
 
 
 def teacher_samples(env, teacher: str, seeds, learner=None, quiet: bool = True
@@ -183,9 +186,11 @@ def teacher_samples(env, teacher: str, seeds, learner=None, quiet: bool = True
             t0 = time.perf_counter()
             teach = _schedule_teacher(env, opts, s, teacher)
             if not quiet:             # a schedule not cached yet takes minutes: say so
+                how = (f"read from the cache ({teach.cache_file})" if teach.cached else
+                       f"planned in {time.perf_counter() - t0:.1f} s, cached in "
+                       f"{teach.cache_file}")
                 print(f"dynosim: teacher episode {k + 1}/{len(seeds)} (seed {s}): "
-                      f"{teacher} schedule ready in {time.perf_counter() - t0:.1f} s",
-                      file=sys.stderr)
+                      f"{teacher} schedule {how}", file=sys.stderr)
         obs, _ = env.reset(seed=s, options=opts)
         start, done, n = np.ones(1, dtype=bool), False, 0
         while not done:

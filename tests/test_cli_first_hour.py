@@ -54,3 +54,27 @@ def test_checkpoint_selection_is_one_readable_sentence(timesteps: int, sla: floa
             else "the highest attainment, as none reached the SLA target 80%") in line
     assert ("behaviour-cloned" in line) == (timesteps == 0)
     assert line.endswith("; model.zip is that checkpoint")
+
+
+# -- 2. a cached teacher schedule says so ------------------------------------------------------
+
+def test_teacher_line_says_the_schedule_came_from_the_cache(tmp_path: Path, monkeypatch,
+                                                            capsys) -> None:
+    import gymnasium as gym
+
+    import agents.oracle as oracle
+    from agents.router_train import schedule_cache_dir, teacher_samples
+    monkeypatch.setenv("DYNOSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(oracle, "greedy_schedule",          # the plan itself is not the point
+                        lambda env, opts, seed, lo, hi, t, seg, iv, steps:
+                        {"targets": [2] * steps})
+    env = gym.make("DynoSim-v0", config=TINY, **{"env.action.type": "target"})
+    teacher_samples(env, "oracle:schedule-greedy", [7], quiet=False)
+    cold = capsys.readouterr().err
+    [path] = schedule_cache_dir().glob("*.json")
+    assert "teacher episode 1/1 (seed 7): oracle:schedule-greedy schedule planned in " in cold
+    assert f"cached in {path}" in cold
+    teacher_samples(env, "oracle:schedule-greedy", [7], quiet=False)
+    warm = capsys.readouterr().err
+    assert f"oracle:schedule-greedy schedule read from the cache ({path})" in warm
+    assert "ready in" not in warm and " s," not in warm        # no "0.0 s" for a file read
