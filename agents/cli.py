@@ -205,9 +205,32 @@ def _train(args) -> int:
                 overrides=dict(args.set), checkpoint_every=args.checkpoint_every,
                 quiet=args.quiet)
     if not args.quiet:
-        print(f"dynosim: saved {out / 'model.zip'} (TensorBoard: tensorboard --logdir "
-              f"{out / 'tb'})", file=sys.stderr)
+        print(f"dynosim: saved {out / 'model.zip'}; {tensorboard_hint(out / 'tb')}",
+              file=sys.stderr)
     return 0
+
+
+def tensorboard_hint(logdir) -> str:
+    """How to view a run's TensorBoard logs, as a command that runs as written: the
+    ``tensorboard`` script of this Python's environment (``.venv/bin/tensorboard`` after the
+    README's ``make install``; tensorboard is a dependency), else the one on PATH, else what
+    to install."""
+    import importlib.util
+    import os
+    import shutil
+    from pathlib import Path
+    script = Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt"
+                                            else "tensorboard")
+    if importlib.util.find_spec("tensorboard") is not None and script.is_file():
+        try:                      # .venv/bin/tensorboard, not /abs/path/.venv/bin/tensorboard
+            script = script.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        return f"training curves: {script} --logdir {logdir}"
+    if shutil.which("tensorboard"):
+        return f"training curves: tensorboard --logdir {logdir}"
+    return (f"TensorBoard logs in {logdir} (to view them: pip install tensorboard, then "
+            f"tensorboard --logdir {logdir})")
 
 
 def _plural(n: int, noun: str) -> str:

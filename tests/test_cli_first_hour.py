@@ -78,3 +78,24 @@ def test_teacher_line_says_the_schedule_came_from_the_cache(tmp_path: Path, monk
     warm = capsys.readouterr().err
     assert f"oracle:schedule-greedy schedule read from the cache ({path})" in warm
     assert "ready in" not in warm and " s," not in warm        # no "0.0 s" for a file read
+
+
+# -- 3. the TensorBoard command runs as written ------------------------------------------------
+
+def test_tensorboard_hint_is_a_command_that_runs_as_written(monkeypatch) -> None:
+    import tomllib
+
+    from agents.cli import tensorboard_hint
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("tensorboard") for d in deps)   # the README's install has it
+    hint = tensorboard_hint("runs/x/tb")
+    prefix, _, command = hint.partition(": ")
+    assert prefix == "training curves"
+    exe, *rest = command.split()
+    assert rest == ["--logdir", "runs/x/tb"]
+    assert Path(exe).is_file() and Path(exe).parent == Path(sys.executable).parent \
+        or Path(exe).resolve().parent == Path(sys.executable).parent.resolve()
+    # without it: what to install, not a command that fails
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    assert "pip install tensorboard" in tensorboard_hint("runs/x/tb")
