@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -176,13 +177,23 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown})"
 
 
+#: What argparse must take as a (negative) value, not as an option: argparse's own rule
+#: (``-1``, ``-.5``) misses exponents and infinities, so ``--num-workers -1e1`` would fail
+#: with "expected one argument" instead of the flag's range error. No flag of ours looks
+#: like a number, so every such string is a value.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^-(inf|infinity|nan)$",
+                             re.IGNORECASE)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line like every other error (still exit 2), and
-    every option's help shows its default."""
+    """argparse, but usage errors are one line like every other error (still exit 2),
+    every option's help shows its default, and a negative number in any form (``-1e1``,
+    ``-inf``) is a flag's value, so the flag's own range check reports it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER   # argparse's (private) hook
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"dynosim: error: {message} (see '{self.prog} --help')\n")

@@ -99,3 +99,39 @@ def test_tensorboard_hint_is_a_command_that_runs_as_written(monkeypatch) -> None
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
     assert "pip install tensorboard" in tensorboard_hint("runs/x/tb")
+
+
+# -- 4. negative numbers in exponent form reach the flag's own check ---------------------------
+
+def _typed_flags(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(subcommand path, flag) of every option with an argparse ``type`` that takes a
+    number, over every subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _typed_flags(sub, path + (name,))
+        elif action.option_strings and action.type is not None and action.nargs is None:
+            try:
+                action.type("1")
+            except (argparse.ArgumentTypeError, ValueError, TypeError):
+                continue
+            yield path, action.option_strings[0]
+
+
+def test_negative_numbers_in_any_form_are_values_not_options(capsys) -> None:
+    """argparse takes "-1e1" for an option ("expected one argument"); every numeric flag of
+    every subcommand must instead hand it to its own range check (one Parser rule)."""
+    flags = list(_typed_flags(build_parser()))
+    assert len(flags) > 60 and ((("simulate",), "--num-workers") in flags)
+    for path, flag in flags:
+        for value in ("-1e1", "-2.5E+3", "-inf"):
+            try:
+                build_parser().parse_known_args([*path, flag, value])
+            except SystemExit:
+                pass
+            err = capsys.readouterr().err
+            assert "expected one argument" not in err, (path, flag, value, err)
+    rc, _, err = run(capsys, "simulate", "--num-workers", "-1e1")
+    one_line_error(rc, err, "argument --num-workers: must be >= 1, got -10")
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:load", "--episodes", "-1e1")
+    one_line_error(rc, err, "argument --episodes: must be >= 1, got -10")
