@@ -135,3 +135,18 @@ def test_negative_numbers_in_any_form_are_values_not_options(capsys) -> None:
     one_line_error(rc, err, "argument --num-workers: must be >= 1, got -10")
     rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:load", "--episodes", "-1e1")
     one_line_error(rc, err, "argument --episodes: must be >= 1, got -10")
+
+
+# -- 5. a model zip without its run record -----------------------------------------------------
+
+def test_model_without_its_run_record_says_what_to_do(tmp_path: Path, capsys) -> None:
+    from agents.evaluate import PRETRAINED_DIR
+    shutil.copy(PRETRAINED_DIR / "autoscaler.zip", tmp_path / "autoscaler.zip")
+    rc, _, err = run(capsys, "evaluate", "--policy", str(tmp_path / "autoscaler.zip"),
+                     "--episodes", "1")
+    one_line_error(rc, err, "the model acts in Discrete(", "has no run record",
+                   "autoscaler.json beside it", "--config", "--set")
+    # with the record beside it, the same zip loads (its interface comes from the record)
+    from agents.evaluate import resolve_policy
+    shutil.copy(PRETRAINED_DIR / "autoscaler.json", tmp_path / "autoscaler.json")
+    assert resolve_policy(str(tmp_path / "autoscaler.zip")).interface()
