@@ -318,7 +318,7 @@ def _jsonable(obj: Any) -> Any:
 
 def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     n = describe.get("num_requests")
-    count = f", {n:,} requests" if isinstance(n, int) else ""
+    count = f"{n:,} requests" if isinstance(n, int) else None
     n = cfg.cluster.num_workers
     workers = f"{n} worker{'s' if n != 1 else ''}"
     if cfg.disagg is not None:
@@ -336,7 +336,14 @@ def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
         pt, dt = (d[f"{r}_timing_model"] or timing for r in ("prefill", "decode"))
         blocks = pb if pb == db else f"{pb:,} prefill / {db:,} decode"
         timing = pt if pt == dt else f"{pt} prefill / {dt} decode"
-    return (f"{describe.get('name', 'workload')} ({describe.get('kind', '?')}{count}) on "
+    name, kind = describe.get("name", "workload"), describe.get("kind", "?")
+    what = [] if name == kind else [kind]     # not "synthetic (synthetic)"
+    arrival = describe.get("arrival")
+    if kind == "synthetic" and isinstance(arrival, dict) and arrival.get("type"):
+        what.append(f"{arrival['type']} arrivals")
+    head = f"{name} workload" if name == kind else name
+    what += [count] if count else []
+    return (f"{head} ({', '.join(what)}) on "
             f"{workers}, {cfg.router.mode} router, KV "
             f"{blocks} x {cfg.engine.block_size}-token blocks, timing {timing}")
 

@@ -269,8 +269,10 @@ def _load_run_config(args: argparse.Namespace) -> RunConfig:
         factory = EpisodeFactory(ecfg)
         _, desc = factory.build(cfg.run.seed)
         data = cfg.to_dict()
+        # named after the scenario and episode (the summary's headline, the JSON's workload)
+        label = f"{Path(args.config).stem}: {desc['scenario']} load, episode {cfg.run.seed}"
         data["workload"] = {**cfg.workload, "arrival": desc["arrival"],
-                            "duration_s": factory.duration_s}
+                            "duration_s": factory.duration_s, "name": label}
         cfg = parse_config(data, source=cfg.source, where=cfg.where)
         what = (f"the {desc['scenario']} load of episode {cfg.run.seed} "
                 f"({factory.duration_s:g} s) on its cluster")

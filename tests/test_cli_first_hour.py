@@ -150,3 +150,17 @@ def test_model_without_its_run_record_says_what_to_do(tmp_path: Path, capsys) ->
     from agents.evaluate import resolve_policy
     shutil.copy(PRETRAINED_DIR / "autoscaler.json", tmp_path / "autoscaler.json")
     assert resolve_policy(str(tmp_path / "autoscaler.zip")).interface()
+
+
+# -- 6. the headline names the scenario --------------------------------------------------------
+
+def test_headline_names_the_env_scenario_and_synthetic_workloads(capsys) -> None:
+    rc, out, _ = run(capsys, "simulate", "--config", TINY, "--max-sim-time-s", "1", "--quiet")
+    head = out.splitlines()[0]
+    assert rc == 0 and "synthetic (synthetic" not in head
+    assert head.startswith("dynosim autoscale_tiny: diurnal load, episode 0 (synthetic, "
+                           "nhpp arrivals) on 1 worker")
+    rc, out, _ = run(capsys, "simulate", "--config",
+                     str(REPO / "envs_configs" / "synthetic_poisson.yaml"),
+                     "--max-sim-time-s", "1", "--quiet")
+    assert out.startswith("dynosim synthetic workload (poisson arrivals, 36,000 requests) on ")
