@@ -164,3 +164,19 @@ def test_headline_names_the_env_scenario_and_synthetic_workloads(capsys) -> None
                      str(REPO / "envs_configs" / "synthetic_poisson.yaml"),
                      "--max-sim-time-s", "1", "--quiet")
     assert out.startswith("dynosim synthetic workload (poisson arrivals, 36,000 requests) on ")
+
+
+# -- 7. computed defaults in the schema --------------------------------------------------------
+
+def test_schema_shows_computed_defaults_with_dynosim_v0_values(capsys) -> None:
+    import gymnasium as gym
+    rc, out, _ = run(capsys, "config", "schema", "--format", "json")
+    by = {r["field"]: r["default"] for r in json.loads(out)["env"]}
+    u = gym.make("DynoSim-v0").unwrapped
+    assert by["env.reward.gpu_weight"] == ("computed: 0.5 / (env.interval_s x "
+                                           f"env.max_gpu_budget) (DynoSim-v0: {u.w_gpu:.6g})")
+    assert by["env.reward.request_scale"] == ("computed: env.rate_max_rps x env.interval_s "
+                                              f"(DynoSim-v0: {u.request_scale:.6g})")
+    assert by["env.initial_workers"].startswith("computed: cluster.num_workers")
+    rc, out, _ = run(capsys, "config", "schema")
+    assert "env.reward.gpu_weight" in out and "= computed: 0.5 / (" in out
