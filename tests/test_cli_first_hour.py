@@ -180,3 +180,18 @@ def test_schema_shows_computed_defaults_with_dynosim_v0_values(capsys) -> None:
     assert by["env.initial_workers"].startswith("computed: cluster.num_workers")
     rc, out, _ = run(capsys, "config", "schema")
     assert "env.reward.gpu_weight" in out and "= computed: 0.5 / (" in out
+
+
+# -- 8. heuristic:static:N beyond the budget ---------------------------------------------------
+
+def test_static_count_outside_the_env_bounds_is_a_one_line_error(capsys) -> None:
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static:100", "--config", TINY,
+                     "--episodes", "1")
+    one_line_error(rc, err, "heuristic:static:100", "env.max_gpu_budget 8",
+                   "2 GPUs per worker", "at most 4")
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static:1", "--config", TINY,
+                     "--episodes", "1", "--set", "min_endpoint=2", "--set", "initial_workers=2")
+    one_line_error(rc, err, "env.min_endpoint is 2")
+    rc, out, err = run(capsys, "evaluate", "--policy", "heuristic:static:4", "--config", TINY,
+                       "--episodes", "1", "--quiet")
+    assert rc == 0 and out.startswith("heuristic:static:4: SLA attainment"), err
