@@ -26,7 +26,8 @@ from sim.config import RunConfig, build_planner, build_simulation
 from sim.errors import InputError
 
 from .options import (PLOT_SUFFIXES, SIMULATE_HELP, Parser, add_simulate_arguments,
-                      check_output_path, config_from_args, from_cmdline, note)
+                      check_output_path, config_from_args, forget_created_dirs,
+                      from_cmdline, note, remove_empty_created_dirs)
 
 AGENT_COMMANDS = ("train", "evaluate", "tune")   # in agents.cli (imports gymnasium / torch lazily)
 
@@ -75,6 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    forget_created_dirs()
+    code = 1
+    try:
+        code = _run(args)
+    finally:
+        if code != 0:                 # failed (or raised): no empty --out directory left
+            remove_empty_created_dirs()
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; every error a user can cause ends here as one line."""
     try:
         if args.command == "models":
             return list_models(args)

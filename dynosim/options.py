@@ -568,6 +568,42 @@ def simulate_parser() -> Parser:
     return p
 
 
+#: Directories this command created for its outputs (``--out`` and the like), outermost
+#: first. :func:`dynosim.cli.main` removes those still empty when the command fails, so an
+#: error before the first result (a bad flag found late, a closed pipe, Ctrl-C) leaves no
+#: empty directory behind.
+_CREATED_DIRS: list[Path] = []
+
+
+def make_out_dir(path: str | Path) -> Path:
+    """``mkdir -p path``, remembering the directories it creates (see ``_CREATED_DIRS``).
+    OSError as ``Path.mkdir`` raises it."""
+    p = Path(path)
+    missing, q = [], p
+    while not q.exists() and not q.is_symlink() and q != q.parent:
+        missing.append(q)
+        q = q.parent
+    p.mkdir(parents=True, exist_ok=True)
+    _CREATED_DIRS.extend(reversed(missing))
+    return p
+
+
+def forget_created_dirs() -> None:
+    """Start a command with nothing to remove (a library call may have created some)."""
+    _CREATED_DIRS.clear()
+
+
+def remove_empty_created_dirs() -> None:
+    """Remove the directories :func:`make_out_dir` created that are still empty, deepest
+    first (one holding anything, e.g. a first result, is kept), and forget them all."""
+    for d in reversed(_CREATED_DIRS):
+        try:
+            d.rmdir()
+        except OSError:                 # not empty, or already gone
+            pass
+    _CREATED_DIRS.clear()
+
+
 def note(args: argparse.Namespace, text: str) -> None:
     """A note on stderr, unless ``--quiet``."""
     if not args.quiet:

@@ -195,3 +195,50 @@ def test_static_count_outside_the_env_bounds_is_a_one_line_error(capsys) -> None
     rc, out, err = run(capsys, "evaluate", "--policy", "heuristic:static:4", "--config", TINY,
                        "--episodes", "1", "--quiet")
     assert rc == 0 and out.startswith("heuristic:static:4: SLA attainment"), err
+
+
+# -- 9. no empty --out directory after a failure -----------------------------------------------
+
+def test_a_failed_command_leaves_no_empty_out_directory(tmp_path: Path, capsys) -> None:
+    # evaluate --out: its directory is made before the episodes, removed when they fail
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static:100", "--config", TINY,
+                     "--out", str(tmp_path / "new" / "deeper" / "res.json"))
+    one_line_error(rc, err)
+    assert not (tmp_path / "new").exists()
+    # sweep --out: made, then the trace turns out to be missing
+    rc, _, err = run(capsys, "sweep", "pareto", "--quick", "--jobs", "1",
+                     "--out", str(tmp_path / "sw" / "out"), "--trace", str(tmp_path / "no.jsonl"))
+    one_line_error(rc, err)
+    assert not (tmp_path / "sw").exists()
+    # train --out: a recipe error found after the run directory exists
+    hp = tmp_path / "hp.yml"
+    hp.write_text("DynoSim-v0: {policy: MlpPolicy, n_steps: 8, batch_size: 8, no_such_key: 1}\n")
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--config", TINY, "--hyperparams", str(hp),
+                     "--out", str(tmp_path / "runs" / "ppo"))
+    one_line_error(rc, err, "no_such_key")
+    assert not (tmp_path / "runs").exists()
+    # a directory that existed, or that holds a result, stays
+    (tmp_path / "kept").mkdir()
+    rc, _, _ = run(capsys, "sweep", "pareto", "--quick", "--out", str(tmp_path / "kept"),
+                   "--trace", str(tmp_path / "no.jsonl"))
+    assert rc == 2 and (tmp_path / "kept").is_dir()
+    from dynosim.options import make_out_dir, remove_empty_created_dirs
+    made = make_out_dir(tmp_path / "a" / "b")
+    (made / "result.csv").write_text("x\n")
+    make_out_dir(tmp_path / "c" / "d")
+    remove_empty_created_dirs()
+    assert (made / "result.csv").is_file() and not (tmp_path / "c").exists()
+
+
+def test_a_closed_stderr_leaves_no_empty_out_directory(tmp_path: Path) -> None:
+    """The trials' case: stderr closed (``2>&-``, a dead pipe), so the first note after the
+    run directory was made fails (here: the rollout rounding note of ``dynosim train``)."""
+    import subprocess
+    hp = tmp_path / "hp.yml"
+    hp.write_text("DynoSim-v0: {policy: MlpPolicy, n_steps: 16, batch_size: 16, n_epochs: 1}\n")
+    out = tmp_path / "runs" / "ppo"
+    argv = ["train", "--algo", "ppo", "--config", TINY, "--hyperparams", str(hp),
+            "--timesteps", "40", "--n-envs", "1", "--out", str(out)]
+    code = f"import os, sys; os.close(2); from dynosim.cli import main; sys.exit(main({argv!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=600)
+    assert proc.returncode != 0 and not (tmp_path / "runs").exists()
