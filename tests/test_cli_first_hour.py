@@ -242,3 +242,22 @@ def test_a_closed_stderr_leaves_no_empty_out_directory(tmp_path: Path) -> None:
     code = f"import os, sys; os.close(2); from dynosim.cli import main; sys.exit(main({argv!r}))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=600)
     assert proc.returncode != 0 and not (tmp_path / "runs").exists()
+
+
+# -- 10. the benchmark script's YAML -----------------------------------------------------------
+
+def test_learned_benchmark_reads_the_tuned_file_as_yaml_1_2_with_located_errors(
+        tmp_path: Path) -> None:
+    from sim.errors import InputError
+    spec = importlib.util.spec_from_file_location("learned_benchmark",
+                                                  REPO / "scripts" / "learned_benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tuned = tmp_path / "load-tuned.yaml"
+    tuned.write_text("base: load\nknobs: {}\ntrain_sla_attainment: 665e-3\n")   # YAML 1.1: a str
+    assert mod.lagrangian_target(tuned) == 0.67
+    tuned.write_text("base: load\nknobs: {}\ntrain_sla_attainment: high\n")
+    with pytest.raises(InputError) as info:
+        mod.lagrangian_target(tuned)
+    assert str(info.value).startswith(f"{tuned}:3") and "train_sla_attainment" in str(info.value)
+    assert 0 < mod.lagrangian_target() < 1                   # the shipped file still reads
