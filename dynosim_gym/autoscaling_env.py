@@ -156,6 +156,13 @@ class DynoSimEnv(SimEnv):
     ``truncated=True``. The final ``info["episode_summary"]`` summarises the episode: SLA
     attainment, GPU-hours, p90 TTFT/ITL, requests decided, scaling events and reversals.
 
+    Info keys vs ``dynosim evaluate``: the env names percentiles metric first,
+    ``info["ttft_p90_ms"]`` / ``info["itl_p90_ms"]`` (the interval's, and the episode's in
+    ``episode_summary``; nearest-rank p90 of TTFT and per-request ITL (TPOT), ms); the
+    evaluation reports the same figures as ``p90_ttft_ms`` / ``p90_itl_ms``, pooled over
+    every request of every episode, and under those names in its ``per_episode`` entries
+    (:mod:`agents.evaluate`). The env's names are public API and stay.
+
     ## Arguments
 
     ``gym.make("DynoSim-v0", config=None, render_mode=None, **overrides)``: ``config`` is a
