@@ -261,3 +261,15 @@ def test_learned_benchmark_reads_the_tuned_file_as_yaml_1_2_with_located_errors(
         mod.lagrangian_target(tuned)
     assert str(info.value).startswith(f"{tuned}:3") and "train_sla_attainment" in str(info.value)
     assert 0 < mod.lagrangian_target() < 1                   # the shipped file still reads
+
+
+# -- found as a new user -----------------------------------------------------------------------
+
+def test_a_successful_sweep_keeps_its_new_out_directory_and_counts_jobs(tmp_path: Path,
+                                                                       capsys) -> None:
+    """The success path of ``make_out_dir`` (nothing removed), and "1 job", not "1 jobs"."""
+    out = tmp_path / "new" / "sweeps"
+    rc, stdout, err = run(capsys, "sweep", "pareto", "--quick", "--jobs", "1", "--out", str(out))
+    assert rc == 0, err
+    assert (out / "pareto.csv").is_file() and (out / "pareto.png").is_file()
+    assert stdout.rstrip().endswith(" 1 job)")

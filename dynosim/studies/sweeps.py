@@ -682,6 +682,6 @@ def run(args: argparse.Namespace) -> int:
     if verdict:
         print(verdict)
     print(f"wrote {csv_path} and {png_path} ({len(rows)} points, {wall:.1f} s wall, "
-          f"{cpus} {'Ray CPUs' if executor == 'ray' else 'jobs'})")
+          f"{cpus} {'Ray CPU' if executor == 'ray' else 'job'}{'' if cpus == 1 else 's'})")
     sys.stdout.flush()
     return 0
