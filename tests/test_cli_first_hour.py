@@ -273,3 +273,31 @@ def test_a_successful_sweep_keeps_its_new_out_directory_and_counts_jobs(tmp_path
     assert rc == 0, err
     assert (out / "pareto.csv").is_file() and (out / "pareto.png").is_file()
     assert stdout.rstrip().endswith(" 1 job)")
+
+
+@pytest.mark.parametrize("config", ["autoscale_tiny.yaml", "demo.yaml"])
+def test_latency_plot_tick_labels_do_not_overlap(tmp_path: Path, monkeypatch, capsys,
+                                                 config: str) -> None:
+    """A log axis spanning under a decade got matplotlib's label on every minor tick
+    ("2x10^3 3x10^3 4x10^3" ran together on autoscale_tiny's E2E panel)."""
+    from matplotlib.figure import Figure
+    figs = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figs.append(self),
+                                                                  save(self, *a, **k))[1])
+    rc, _, err = run(capsys, "simulate", "--config", str(REPO / "envs_configs" / config),
+                     "--plot", str(tmp_path / "cdf.png"), "--quiet")
+    assert rc == 0, err
+    [fig] = figs
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(fig).draw()                      # ticks and labels as saved
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        if not ax.get_xlabel():
+            continue                                  # the p50/p90/p99 guide axes
+        boxes = sorted((t.get_window_extent(renderer) for t in
+                        ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True)
+                        if t.get_visible() and t.get_text()), key=lambda b: b.x0)
+        assert len(boxes) >= 2, ax.get_xlabel()
+        for a, b in zip(boxes, boxes[1:]):
+            assert a.x1 <= b.x0, (ax.get_xlabel(), [t.get_text() for t in ax.get_xticklabels()])
