@@ -305,7 +305,8 @@ class _Progress:
             last = self.kpis[-self.WINDOW:]
             sla, gpu, ev = (sum(x[i] for x in last) / len(last) for i in range(3))
             kpi = f"; SLA {sla:.1%}, {gpu:.2f} GPU-h, {ev:.0f} scaling events per episode"
-        return (f"{self.steps:,}/{self.total:,} steps ({self.steps / self.total:.0%}) in "
+        done = 100 * self.steps // self.total        # floored: 100% only when it is done
+        return (f"{self.steps:,}/{self.total:,} steps ({done}%) in "
                 f"{wall:,.0f} s, {rate:,.0f} steps/s, {len(self.rewards):,} episodes, "
                 f"mean episode reward {reward}{kpi}")
 

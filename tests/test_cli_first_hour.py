@@ -301,3 +301,13 @@ def test_latency_plot_tick_labels_do_not_overlap(tmp_path: Path, monkeypatch, ca
         assert len(boxes) >= 2, ax.get_xlabel()
         for a, b in zip(boxes, boxes[1:]):
             assert a.x1 <= b.x0, (ax.get_xlabel(), [t.get_text() for t in ax.get_xticklabels()])
+
+
+def test_training_progress_says_100_percent_only_when_done() -> None:
+    """1,020 of 1,024 steps printed "(100%)" one line before the run ended."""
+    from agents.train import _Progress
+    p = _Progress(1024, quiet=True)
+    p.steps = 1020
+    assert "1,020/1,024 steps (99%)" in p.line(1.0)
+    p.steps = 1024
+    assert "1,024/1,024 steps (100%)" in p.line(1.0)
