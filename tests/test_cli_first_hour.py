@@ -93,8 +93,8 @@ def test_tensorboard_hint_is_a_command_that_runs_as_written(monkeypatch) -> None
     assert prefix == "training curves"
     exe, *rest = command.split()
     assert rest == ["--logdir", "runs/x/tb"]
-    assert Path(exe).is_file() and Path(exe).parent == Path(sys.executable).parent \
-        or Path(exe).resolve().parent == Path(sys.executable).parent.resolve()
+    assert Path(exe).is_file()                        # this environment's own script
+    assert Path(exe).absolute().parent == Path(sys.executable).absolute().parent
     # without it: what to install, not a command that fails
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
