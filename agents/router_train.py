@@ -118,7 +118,7 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     changed family misses the cache) and the oracle: the greedy schedule's key has no
     oracle field (as before ``oracle:schedule`` became the local search, so caches made
     then still hit), every other oracle's key names it, so two oracles never read each
-    other's schedules. The schedule is planned and keyed without
+    other's schedules; nor ``env.observation.features`` (it changes no simulation). The schedule is planned and keyed without
     ``env.action.scale_down_window_s``; the learner's env applies the window to the
     teacher's requests."""
     import hashlib
@@ -135,6 +135,9 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     # the schedule is a plan of counts, made without scale-down stabilisation (the learner's
     # env applies it to the teacher's requests as to its own): keyed and replayed without
     window = cfg["env"]["action"].pop("scale_down_window_s", 0.0)
+    # what the policy observes does not change the simulation: a recipe's own features
+    # share the schedules (keys made before env.observation.features existed still hit)
+    cfg["env"]["observation"].pop("features", None)
     _, info = env.reset(seed=seed, options=opts)
     fields = {"config": cfg, "sla_target": e.reward.sla_target, "options": opts,
               "seed": seed, "segment_s": 120.0, "setup": info["episode_setup"]}
