@@ -117,7 +117,8 @@ def test_disaggregated_env_keeps_the_default_features() -> None:
 def test_schema_lists_the_option() -> None:
     from dynosim.config_schema import rows
     row = next(r for r in rows()["env"] if r["field"] == FEATURES_KEY)
-    assert row["type"] == "list" and "prefill_demand" in row["range"]
+    assert row["type"] == "list" and row["range"].startswith("each one of ")
+    assert "prefill_demand" in row["range"] and "arrival_rate" in row["range"]
 
 
 # -- the capacity features on hand-made intervals ---------------------------------------------
