@@ -187,3 +187,23 @@ def test_capacity_features_scale_with_load_and_split_over_workers(arrived, isl, 
 
 def test_every_name_is_unique() -> None:
     assert len(set(ALL_FEATURES)) == len(ALL_FEATURES)
+
+
+def test_round6_recipe_observes_load_relative_to_capacity() -> None:
+    """``ppo_round6.yml`` = round 5 with the rate-keyed load features replaced (README,
+    round 6): its env config validates and its observation has no request-rate feature."""
+    from pathlib import Path
+
+    from agents.train import load_hyperparams
+    root = Path(__file__).resolve().parents[1] / "agents" / "hyperparams"
+    r6 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round6.yml")
+    r5 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round5.yml")
+    names = load_env_config("autoscale_default", **r6["env_kwargs"]).env.observation.features
+    assert not {"arrival_rate", "mean_isl", "mean_osl"} & set(names)
+    assert set(CAPACITY_FEATURES) <= set(names)
+    assert set(names) - set(CAPACITY_FEATURES) == set(FEATURES) - {"arrival_rate", "mean_isl",
+                                                                   "mean_osl"}
+    # everything else as round 5
+    assert {k: v for k, v in r6.items() if k != "env_kwargs"} == \
+        {k: v for k, v in r5.items() if k != "env_kwargs"}
+    assert {k: v for k, v in r6["env_kwargs"].items() if k != "observation"} == r5["env_kwargs"]
