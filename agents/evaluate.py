@@ -454,9 +454,9 @@ def observation_features(env_id: str, cfg) -> list[str]:
     if env_id == ROUTING_ENV:
         from dynosim_gym.routing_env import feature_names
         return feature_names(int(cfg.env.initial_workers or cfg.sim.cluster.num_workers))
-    from dynosim_gym.observations import FEATURES
     stack = cfg.env.observation.stack
-    return [f"{f}@{k}" if stack > 1 else f for k in range(stack) for f in FEATURES]
+    names = cfg.env.observation.features
+    return [f"{f}@{k}" if stack > 1 else f for k in range(stack) for f in names]
 
 
 def missing_record_hint(pol: PolicySpec) -> str:

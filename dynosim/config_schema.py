@@ -36,8 +36,9 @@ def _rows_of(cls: type, prefix: str, flag_of: dict[str, str]) -> Iterator[dict[s
         rng = field_range(f)
         choices = f.metadata.get("choices")
         yield {"field": dotted, "type": _type_name(hints[f.name]), "default": default,
-               "range": rng.text() if rng else ("one of " + "|".join(choices) if choices
-                                                else ""),
+               "range": rng.text() if rng else (
+                   ("each " if get_origin(hints[f.name]) is list else "") + "one of "
+                   + "|".join(choices) if choices else ""),
                "unit": rng.unit if rng else "", "flag": flag_of.get(dotted, ""),
                "why": rng.why if rng else ""}
 

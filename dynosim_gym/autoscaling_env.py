@@ -120,7 +120,9 @@ class DynoSimEnv(SimEnv):
     completions (relative to the SLAs), the oldest request still waiting for its first token,
     last interval's SLA attainment, active/starting/draining workers, time of day (sin, cos),
     episode progress, the arrival-rate slope and queue growth over the last 3 intervals, and
-    the episode's start-up time. Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
+    the episode's start-up time. ``env.observation.features`` chooses other entries by name
+    (these and :data:`~dynosim_gym.observations.CAPACITY_FEATURES`, load in workers' worth
+    of one worker's throughput; the shape follows the list). Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
     over both pools then, per pool, its active/starting/draining workers, queued and running
     requests and KV utilisation, and the KV handoffs in flight (:data:`~dynosim_gym.
     observations.POOL_FEATURES`). Unbounded values are scaled and log-scaled (``log1p``), so
@@ -260,6 +262,7 @@ class DynoSimEnv(SimEnv):
         self._last_dir = 0
         self._requests: collections.deque[int] = collections.deque(maxlen=self._window)
         self.obs_builder.startup_s = self.sim.cluster_cfg.startup_time_s
+        self.obs_builder.attach(self.sim)
         self._ttfts: list[float] = []
         self._tpots: list[float] = []
         self._history: list[tuple[int, int, float]] = []     # for render(): per step
