@@ -148,13 +148,26 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
         from dynosim_gym.autoscaling_env import planner_config
         defaults = {k: getattr(planner_config(cfg), k) for k in space}
 
+    # bad input (a trace row, a window the trace cannot give) fails here, before the study,
+    # as the one-line error: every training episode is built once up front
+    for opts, s in runs:
+        env.reset(seed=s, options=opts)
+    failure: list[InputError] = []
+
     def objective(trial) -> float:
         knobs = _suggest(trial, space)
         try:
             planner_config(cfg, knobs)
         except InputError:
             raise optuna.TrialPruned() from None
-        res = score(kind, knobs, env, runs)
+        try:
+            res = score(kind, knobs, env, runs)
+        except InputError as exc:
+            # Optuna logs a failed trial's traceback: stop the study quietly and raise the
+            # one-line error after it
+            failure.append(exc)
+            trial.study.stop()
+            raise optuna.TrialPruned() from None
         for k, v in res.items():
             trial.set_user_attr(k, v)
         if not quiet:
@@ -170,6 +183,8 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                          if _in_space(v, space[k])}, skip_if_exists=True)
     study.optimize(objective, n_trials=trials, n_jobs=1)
     env.close()
+    if failure:
+        raise failure[0]
     best = study.best_trial
     knobs = dict(best.params)
     if kind != "kv":

@@ -1,0 +1,53 @@
+"""What a new user found in the CLI on a clean clone (round 6): each test reproduces the
+reported command and fails without its fix."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dynosim.cli import main
+
+TINY = "autoscale_tiny"
+MOONCAKE = Path(__file__).resolve().parents[1] / "envs_configs" / "autoscale_mooncake.yaml"
+
+
+def _bad_trace_config(tmp_path: Path) -> Path:
+    """autoscale_mooncake pointed at a trace whose line 3 lacks ``output_length``."""
+    rows = [{"timestamp": 0, "input_length": 500 + k, "output_length": 20, "hash_ids": [k]}
+            for k in range(5)]
+    del rows[2]["output_length"]
+    trace = tmp_path / "bad.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "am_bad.yaml"
+    cfg.write_text(MOONCAKE.read_text().replace("bundled:mooncake_conversation", str(trace)))
+    return cfg
+
+
+def test_tune_bad_trace_is_one_line_before_the_study(tmp_path: Path, capsys) -> None:
+    cfg = _bad_trace_config(tmp_path)
+    rc = main(["tune", "--policy", "heuristic:load", "--trials", "1", "--episodes", "1",
+               "--config", str(cfg), "--out", str(tmp_path / "x.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.splitlines() == [f"dynosim: error: {tmp_path / 'bad.jsonl'}:3, field "
+                                "'output_length': missing required field (alias "
+                                "'output_tokens')"]
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_tune_input_error_inside_a_trial_is_not_logged_by_optuna(tmp_path: Path, capsys,
+                                                                 monkeypatch) -> None:
+    """An InputError raised while a trial scores (not caught by the up-front check) stops
+    the study without Optuna's 'Trial 0 failed' warning and traceback."""
+    import agents.tune as tune_mod
+    from sim.errors import InputError
+
+    def bad_score(*args, **kwargs):
+        raise InputError("broken row", field="output_length", file="t.jsonl", line=3)
+    monkeypatch.setattr(tune_mod, "score", bad_score)
+    rc = main(["tune", "--policy", "heuristic:load", "--trials", "3", "--episodes", "1",
+               "--config", TINY, "--set", "episode_steps=2", "--out", str(tmp_path / "x.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "broken row" in err, err
