@@ -172,6 +172,9 @@ def add_parsers(sub) -> None:
                    help="sampler seed and first training episode's seed (default: 0)")
     u.add_argument("--name", metavar="NAME", help="baseline name (default: <planner>-tuned)")
     u.add_argument("--out", metavar="FILE", help="YAML to write (default: agents/tuned/NAME.yaml)")
+    u.add_argument("--replace", action="store_true",
+                   help="without --out: overwrite an existing agents/tuned/NAME.yaml (e.g. the "
+                   "shipped load-tuned); refused otherwise")
     u.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
                    help="env config override, repeatable (default: none)")
     u.add_argument("--quiet", action="store_true", help="no per-trial lines on stderr")
@@ -187,11 +190,14 @@ def run(args) -> int:
 
 def _tune(args) -> int:
     from .tune import tune
+    if args.replace and args.out:
+        raise InputError("--replace is for agents/tuned/NAME.yaml; --out FILE is written "
+                         "whether or not it exists", field="--replace")
     if args.out:
         _check_out_file(args.out)
     path, best = tune(args.policy, trials=args.trials, episodes=args.episodes,
                       config=args.config, seed=args.seed, name=args.name, out=args.out,
-                      overrides=dict(args.set), quiet=args.quiet)
+                      overrides=dict(args.set), quiet=args.quiet, replace=args.replace)
     print(f"dynosim: best {best['objective']:.4f} with {json.dumps(best['knobs'])}; wrote {path}")
     return 0
 

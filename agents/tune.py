@@ -122,8 +122,13 @@ def score(kind: str, knobs: dict[str, Any], env, runs: list[tuple[dict, int]]) -
 
 def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None, seed: int = 0,
          name: str | None = None, out: str | Path | None = None,
-         overrides: dict[str, Any] | None = None, quiet: bool = True) -> tuple[Path, dict]:
-    """Run the study; write the YAML; return its path and the best trial's record."""
+         overrides: dict[str, Any] | None = None, quiet: bool = True,
+         replace: bool = False) -> tuple[Path, dict]:
+    """Run the study; write the YAML; return its path and the best trial's record.
+
+    Without ``out`` the YAML is ``agents/tuned/NAME.yaml`` (NAME default ``<planner>-tuned``);
+    if that file exists (a shipped baseline such as ``load-tuned``) it is replaced only with
+    ``replace=True`` (``--replace``), else :class:`InputError` before the study runs."""
     import optuna
     from sim.planner import PlannerConfig
 
@@ -133,6 +138,14 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     if kind not in ("load", "throughput", "kv"):
         raise InputError(f"can tune heuristic:load, heuristic:throughput or heuristic:kv, got "
                          f"{policy!r}", field="--policy")
+    # a file written elsewhere is named after itself (copying it to agents/tuned/ under the
+    # default name would replace the shipped baseline)
+    name = name or (Path(out).stem if out else f"{kind}-tuned")
+    path = Path(out) if out else TUNED_DIR / f"{name}.yaml"
+    if out is None and path.exists() and not replace:
+        raise InputError(f"agents/tuned/{name}.yaml exists (heuristic:{name}, shipped): pass "
+                         "--replace to overwrite it, or --name NAME / --out FILE to write a new "
+                         "baseline", field="--name")
     env_id = "DynoSimRouting-v0" if kind == "kv" else "DynoSim-v0"
     pol = PolicySpec(policy, "heuristic", env_id)
     env, cfg = make_eval_env(pol, env_id, config, dict(overrides or {}))
@@ -189,10 +202,6 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     knobs = dict(best.params)
     if kind != "kv":
         PlannerConfig(**{**dataclasses.asdict(planner_config(cfg)), **knobs})   # still valid
-    # a file written elsewhere is named after itself (copying it to agents/tuned/ under the
-    # default name would replace the shipped baseline)
-    name = name or (Path(out).stem if out else f"{kind}-tuned")
-    path = Path(out) if out else TUNED_DIR / f"{name}.yaml"
     record = {
         "base": kind,
         "knobs": knobs,
@@ -210,7 +219,8 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                    "space": space, "optuna": optuna.__version__},
         "command": (f"dynosim tune --policy heuristic:{kind} --trials {trials} --episodes "
                     f"{episodes} --seed {seed}" + (f" --config {config}" if config else "")
-                    + (f" --name {name}" if name != f"{kind}-tuned" else "")),
+                    + (f" --name {name}" if name != f"{kind}-tuned" else "")
+                    + (" --replace" if out is None else "")),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     # heuristic:NAME reads agents/tuned/NAME.yaml: elsewhere the file must be copied there

@@ -51,3 +51,32 @@ def test_tune_input_error_inside_a_trial_is_not_logged_by_optuna(tmp_path: Path,
                "--config", TINY, "--set", "episode_steps=2", "--out", str(tmp_path / "x.yaml")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "broken row" in err, err
+
+
+def test_tune_without_out_refuses_to_replace_a_shipped_baseline(tmp_path: Path, capsys,
+                                                                monkeypatch) -> None:
+    """``dynosim tune --policy heuristic:load`` (default name load-tuned, default --out
+    agents/tuned/load-tuned.yaml) must not silently replace the shipped baseline: one line
+    naming --replace, before any trial; with --replace it writes (the README's regenerate
+    command, which the shipped file records)."""
+    import agents.tune as tune_mod
+    from agents.heuristics import TUNED_DIR
+    shipped = (TUNED_DIR / "load-tuned.yaml").read_text()
+    assert "--seed 0 --replace" in shipped          # the recorded command runs as written
+    fake = tmp_path / "tuned"
+    fake.mkdir()
+    (fake / "load-tuned.yaml").write_text(shipped)
+    monkeypatch.setattr(tune_mod, "TUNED_DIR", fake)
+    argv = ["tune", "--policy", "heuristic:load", "--trials", "1", "--episodes", "1",
+            "--config", TINY, "--set", "episode_steps=2", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "load-tuned.yaml exists" in err and "--replace" in err
+    assert (fake / "load-tuned.yaml").read_text() == shipped
+    assert main(argv + ["--replace", "--out", str(tmp_path / "x.yaml")]) == 2   # not both
+    assert "flag '--replace'" in capsys.readouterr().err
+    assert main(argv + ["--replace"]) == 0
+    written = (fake / "load-tuned.yaml").read_text()
+    assert written != shipped and "--replace" in written
+    # a new name is written without --replace
+    assert main(argv + ["--name", "mine"]) == 0 and (fake / "mine.yaml").exists()
