@@ -96,6 +96,9 @@ class Evaluation:
     overrides: dict[str, Any] = field(default_factory=dict)
     reward_config: dict[str, Any] = field(default_factory=dict)
     policy_interface: dict[str, Any] = field(default_factory=dict)
+    # a model scored without its run record: the note printed on stderr ("no run record
+    # for MODEL; scoring with the evaluation config's interface (...)"); empty otherwise
+    interface_note: str = ""
     episodes_plan: dict[str, Any] = field(default_factory=dict)
     per_episode: list[dict[str, Any]] = field(default_factory=list, repr=False)
     traces: list[dict[str, list[float]]] = field(default_factory=list, repr=False)
@@ -425,6 +428,9 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
     ev = summarise(spec, results, cfg, reward_cfg, pol.interface(), plan)
     ev.env_id = env_id
     ev.overrides = dict(overrides or {})
+    ev.interface_note = no_record_note(pol, cfg)
+    if ev.interface_note:
+        print(f"dynosim: {ev.interface_note}", file=sys.stderr)
     changed = interface_changes(pol.interface(), cfg)
     if changed:
         print(f"dynosim: warning: the overrides change the model's policy interface "
@@ -459,6 +465,22 @@ def observation_features(env_id: str, cfg) -> list[str]:
     return [f"{f}@{k}" if stack > 1 else f for k in range(stack) for f in names]
 
 
+def no_record_note(pol: PolicySpec, cfg) -> str:
+    """For a model without its run record that fits the env config's spaces: the interface
+    it is scored with (the evaluation config's, which may not be the one it was trained
+    with: a scale-down window or a feature set changes its scores without changing its
+    spaces). Empty for heuristics and models with a record."""
+    if pol.run is not None or pol.path is None or pol.kind == "rllib":
+        return ""
+    obs = cfg.env.observation
+    from dynosim_gym.observations import FEATURES
+    feats = ("the default features" if list(obs.features) == list(FEATURES)
+             else f"features {', '.join(obs.features)}")
+    return (f"no run record for {pol.path}; scoring with the evaluation config's interface "
+            f"(action {_short(asdict(cfg.env.action))}, observation stack {obs.stack} of "
+            f"{feats}, interval_s {cfg.env.interval_s:g})")
+
+
 def missing_record_hint(pol: PolicySpec) -> str:
     """What to do when a model without its run record (a ``model.zip`` copied without
     ``run.json``, or ``NAME.zip`` without ``NAME.json``) does not fit the env config: the
@@ -470,7 +492,9 @@ def missing_record_hint(pol: PolicySpec) -> str:
             f"it, or run.json in its directory), which gives the interface it was trained "
             f"with ({keys}): copy the record from its training run next to it, or pass that "
             "interface with --config YAML (the training env config) or --set KEY=VALUE "
-            "(e.g. --set action.type=target)")
+            "(e.g. --set action.type=target, and the action's scale-down window "
+            "action.scale_down_window_s and observation.features it was trained with: "
+            "nothing checks those against the model)")
 
 
 def feature_diff(pol: PolicySpec, env_id: str, cfg) -> str:

@@ -80,3 +80,32 @@ def test_tune_without_out_refuses_to_replace_a_shipped_baseline(tmp_path: Path, 
     assert written != shipped and "--replace" in written
     # a new name is written without --replace
     assert main(argv + ["--name", "mine"]) == 0 and (fake / "mine.yaml").exists()
+
+
+def test_model_without_run_record_says_which_interface_it_is_scored_with(tmp_path: Path,
+                                                                         capsys) -> None:
+    """Following the missing-record error's advice (--set action.type=target) scores the
+    model with the evaluation config's interface: one line on stderr says so, and the JSON
+    records it; the error's advice names the scale-down window and the features too."""
+    import shutil
+
+    from agents.evaluate import PRETRAINED_DIR
+    model = tmp_path / "copied_ppo.zip"
+    shutil.copy(PRETRAINED_DIR / "autoscaler.zip", model)
+    base = ["evaluate", "--policy", str(model), "--episodes", "1", "--set", "episode_steps=2"]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "action.scale_down_window_s" in err and "observation.features" in err
+    assert main(base + ["--set", "action.type=target", "--json"]) == 0
+    out, err = capsys.readouterr()
+    note = (f"no run record for {model}; scoring with the evaluation config's interface "
+            '(action {"max_step": 2, "scale_down_window_s": 0.0, "type": "target"}, '
+            "observation stack 1 of the default features, interval_s 5)")
+    assert err.strip().splitlines() == [f"dynosim: {note}"]
+    res = json.loads(out)
+    assert res["policy_interface"] == {} and res["interface_note"] == note
+    # with its run record: no note
+    shutil.copy(PRETRAINED_DIR / "autoscaler.json", tmp_path / "copied_ppo.json")
+    assert main(base + ["--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["interface_note"] == "" and "no run record" not in err
