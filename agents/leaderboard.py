@@ -16,10 +16,38 @@ import numpy as np
 
 from sim.errors import InputError
 
-from .evaluate import (DEFAULT_CONFIGS, METRICS, Evaluation, evaluate, pretrained_models)
+from .evaluate import (DEFAULT_CONFIGS, METRICS, Evaluation, evaluate, pretrained_models,
+                       resolve_policy)
 from .heuristics import (AUTOSCALING_HEURISTICS, ROUTING_ENV, ROUTING_HEURISTICS,
                          heuristics_for, tuned_baselines)
 from .algos import check_env_id
+
+
+def check_policies(specs: list[str], env_id: str, policies: list[str] | None,
+                   reference: str) -> None:
+    """Every leaderboard entry resolved before the first is evaluated, so a typo in the
+    last one does not throw away the others' episodes. Errors are one-line InputErrors on
+    the flag the entry came from: ``--policies``, ``--reference`` or ``--leaderboard`` (a
+    model found under the directory)."""
+    from .oracle import ORACLES
+    for spec in specs:
+        flag = ("--policies" if policies and spec in policies else
+                "--reference" if spec == reference else "--leaderboard")
+        try:
+            if spec.startswith("oracle:"):
+                if env_id == ROUTING_ENV or spec not in ORACLES:
+                    raise InputError(f"unknown oracle {spec!r} for {env_id}; expected one of "
+                                     f"{', '.join(ORACLES) if env_id != ROUTING_ENV else 'none'}")
+                continue
+            pol = resolve_policy(spec)
+        except InputError as exc:
+            raise InputError(f"{spec}: {exc.detail}" if not exc.detail.startswith(spec)
+                             else exc.detail, file=exc.file, line=exc.line,
+                             field=flag) from None
+        if pol.env_id is not None and pol.env_id != env_id:
+            raise InputError(f"{spec} acts on {pol.env_id}, not {env_id} (the leaderboard's "
+                             f"--env); the heuristics for {env_id}: "
+                             f"{', '.join(heuristics_for(env_id))}", field=flag)
 
 
 def find_models(directory: Path) -> list[Path]:
@@ -43,12 +71,13 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
         return routing_leaderboard(d, config=config, episodes=episodes, seed=seed,
                                    reference="heuristic:kv" if reference == "heuristic:load"
                                    else reference, policies=policies, quiet=quiet)
-    specs = policies or ([f"heuristic:{h}" for h in AUTOSCALING_HEURISTICS]
+    specs = list(policies or [f"heuristic:{h}" for h in AUTOSCALING_HEURISTICS]
                          + [h for h in heuristics_for(env_id)          # tuned planners
                             if h.split(":", 1)[1] in tuned_baselines()]
                          + [str(p) for p in find_models(d)])
     if reference not in specs:
         specs.insert(0, reference)
+    check_policies(specs, env_id, policies, reference)
     results = []
     for spec in specs:
         if not quiet:
@@ -242,6 +271,7 @@ def routing_leaderboard(d: Path, *, config: Any = None, episodes: int = 5, seed:
     specs = list(specs)
     if reference not in specs:
         specs.insert(0, reference)
+    check_policies(specs, ROUTING_ENV, policies, reference)
     results = []
     for spec in specs:
         if not quiet:

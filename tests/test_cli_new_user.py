@@ -109,3 +109,28 @@ def test_model_without_run_record_says_which_interface_it_is_scored_with(tmp_pat
     assert main(base + ["--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["interface_note"] == "" and "no run record" not in err
+
+
+@pytest.mark.parametrize("extra, flag, words", [
+    (["--policies", "heuristic:static:2,pretrained:nope"], "--policies",
+     "unknown pretrained policy 'nope'"),
+    (["--policies", "heuristic:static:2,heuristic:kv"], "--policies",
+     "heuristic:kv acts on DynoSimRouting-v0"),
+    (["--policies", "heuristic:static:2", "--reference", "oracle:nope"], "--reference",
+     "unknown oracle"),
+    (["--env", "DynoSimRouting-v0", "--policies", "heuristic:kv,heuristic:load"],
+     "--policies", "heuristic:load acts on DynoSim-v0"),
+])
+def test_leaderboard_checks_every_entry_before_evaluating_any(tmp_path: Path, capsys,
+                                                              monkeypatch, extra, flag,
+                                                              words) -> None:
+    import agents.leaderboard as lb
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated a policy before checking every entry")
+    monkeypatch.setattr(lb, "evaluate", no_evaluation)
+    rc = main(["evaluate", "--leaderboard", str(tmp_path / "lb"), "--episodes", "1", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"flag '{flag}'" in err and words in err, err
+    assert not (tmp_path / "lb").exists()
