@@ -65,19 +65,85 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         _note_env_defaults(out["env"])
     wflag = {"trace_block_size": "--trace-block-size",
              "arrival_speedup_ratio": "--arrival-speedup-ratio"}
-    out["workload"] = [{"field": f"workload.{k}", "type": "", "default": None,
+    wdefaults = _workload_defaults()
+    out["workload"] = [{"field": f"workload.{k}", "type": wdefaults[k][0],
+                        "default": wdefaults[k][1],
                         "range": r.text(), "unit": r.unit, "flag": wflag.get(k, ""),
                         "why": r.why} for k, r in WORKLOAD_FIELDS.items()]
     out["trace"] = [{"field": f"{fmt}:{k}", "type": "", "default": None,
                      "range": r.text() if (r.lo is not None or r.hi is not None) else "",
                      "unit": r.unit, "flag": "", "why": f"{note}; {r.why}"}
                     for fmt, spec in TRACE_FIELDS.items() for k, (r, note) in spec.items()]
-    out["planner"] = [{"field": f"planner.{k}", "type": "", "default": None,
+    from sim.planner import PlannerConfig
+    planner_types = get_type_hints(PlannerConfig)
+    base = PlannerConfig()
+    out["planner"] = [{"field": f"planner.{k}", "type": _type_name(planner_types[k]),
+                       "default": "null" if getattr(base, k) is None else getattr(base, k),
                        "range": r.text(), "unit": r.unit, "flag": FLAG_OF.get(f"planner.{k}", ""),
                        "why": r.why} for k, r in PLANNER_FIELDS.items()]
-    out["planner"] += [{"field": flag, "type": typ.__name__, "default": None,
+    config_default = {r["field"]: r["default"] for r in out["config"]}
+    out["planner"] += [{"field": flag, "type": typ.__name__,
+                        "default": (f"{config_default[FLAG_FIELD[flag]]} "
+                                    f"({FLAG_FIELD[flag]})" if flag in FLAG_FIELD else
+                                    "none (no GPU table)"),
                         "range": r.text(), "unit": r.unit, "flag": flag, "why": r.why}
                        for flag, (r, typ) in FLAG_RANGES.items()]
+    return out
+
+
+#: FLAG_RANGES flags that are a second spelling of a config field (their default is its).
+FLAG_FIELD = {"--initial-workers": "cluster.num_workers",
+              "--startup-time": "cluster.startup_time_s"}
+
+
+def _workload_defaults() -> dict[str, tuple[str, str]]:
+    """:data:`sim.schema.WORKLOAD_FIELDS` key -> (type, default), read from the signatures
+    of the factories that take the key (``synthetic``, ``load_mooncake``, ``load_azure``;
+    the arrival processes for ``arrival.*``, the length distributions for ``isl|osl.*``).
+    A default that differs by workload kind names each kind's; a parameter without one is
+    ``required`` (by the kinds, processes or distributions that take it)."""
+    import importlib
+    import inspect
+    syn = importlib.import_module("sim.workloads.synthetic")
+    traces = importlib.import_module("sim.workloads.traces")
+    top = {"synthetic": syn.synthetic, "mooncake": traces.load_mooncake,
+           "azure": traces.load_azure}
+    groups = {"arrival": (syn.poisson, syn.gamma, syn.constant, syn.closed_loop, syn.ramp,
+                          syn.diurnal, syn.nhpp),
+              "isl|osl": (syn.fixed, syn.uniform, syn.lognormal)}
+
+    def type_of(params: list[inspect.Parameter]) -> str:     # 'int | None' -> int | null
+        names = [t.strip().strip("'") for p in params for t in str(p.annotation).split("|")]
+        return " | ".join(dict.fromkeys("null" if t == "None" else t for t in names))
+
+    def show(p: inspect.Parameter) -> str:
+        if p.default is inspect.Parameter.empty:
+            return "required"
+        return "null" if p.default is None else str(p.default)
+
+    out = {}
+    for key in WORKLOAD_FIELDS:
+        head, _, rest = key.rpartition(".")
+        if head:                                   # arrival.rate / mean_rate, isl|osl.sigma
+            by_value: dict[str, list[str]] = {}
+            params = []
+            for name in (n.strip() for n in rest.split("/")):
+                for fn in groups[head]:
+                    p = inspect.signature(fn).parameters.get(name)
+                    if p is not None:
+                        by_value.setdefault(show(p), []).append(name)
+                        params.append(p)
+                        break
+            default = (next(iter(by_value)) if len(by_value) == 1 else
+                       "; ".join(f"{', '.join(n)}: {v}" for v, n in by_value.items()))
+            out[key] = (type_of(params), default)
+            continue
+        found = {kind: inspect.signature(fn).parameters[key] for kind, fn in top.items()
+                 if key in inspect.signature(fn).parameters}
+        shown = {kind: show(p) for kind, p in found.items()}
+        default = (next(iter(shown.values())) if len(set(shown.values())) == 1 else
+                   "; ".join(f"{kind}: {v}" for kind, v in shown.items()))
+        out[key] = (type_of(list(found.values())), default)
     return out
 
 
@@ -153,9 +219,9 @@ def render(fmt: str = "text") -> str:
         if fmt == "markdown":
             lines += [f"### {TITLES[key]}", "", "| field | type | default | allowed | unit | "
                       "flag | why |", "|---|---|---|---|---|---|---|"]
-            for r in items:
+            for r in items:          # a '|' inside a cell (int | null, isl|osl) is escaped
                 lines.append("| " + " | ".join(
-                    str(x) if x not in (None, "") else "" for x in
+                    str(x).replace("|", "\\|") if x not in (None, "") else "" for x in
                     (f"`{r['field']}`", r["type"], r["default"], r["range"], r["unit"],
                      r["flag"], r["why"])) + " |")
         else:

@@ -134,3 +134,26 @@ def test_leaderboard_checks_every_entry_before_evaluating_any(tmp_path: Path, ca
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert f"flag '{flag}'" in err and words in err, err
     assert not (tmp_path / "lb").exists()
+
+
+def test_config_schema_markdown_rows_have_seven_cells_and_defaults(capsys) -> None:
+    """Every table row of ``config schema --format markdown`` has the header's 7 cells (a
+    '|' inside a cell, as in ``int | null`` or ``isl|osl``, is escaped), and the planner and
+    workload rows show a default, as the command's help promises."""
+    import re
+    assert main(["config", "schema", "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(rows) > 150
+    cells_of = {}
+    for line in rows:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        assert len(cells) == 7, line
+        cells_of[cells[0].strip("`").replace("\\|", "|")] = cells
+    assert cells_of["engine.max_model_len"][1] == "int \\| null"
+    assert cells_of["planner.load_scaling_down_sensitivity"][1:3] == ["int", "80"]
+    assert cells_of["workload.trace_block_size"][1:3] == ["int", "512"]
+    assert cells_of["workload.isl|osl.sigma"][2] == "required"
+    for name, cells in cells_of.items():
+        if name.startswith(("planner.", "workload.", "--")):
+            assert cells[1] and cells[2], (name, cells)
