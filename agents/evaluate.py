@@ -296,9 +296,11 @@ def plan_windows(arrivals_ms: list[float], total_s: float, window_s: float, inte
     return starts
 
 
-def make_eval_env(spec: PolicySpec, env_id: str, config: Any, overrides: dict[str, Any]):
+def make_eval_env(spec: PolicySpec, env_id: str, config: Any, overrides: dict[str, Any],
+                  flags: dict[str, str] | None = None):
     """The evaluation env: ``config`` (default: the env's default) with the policy's
-    interface on top, then ``overrides``."""
+    interface on top, then ``overrides`` (``--set``; ``flags`` names the flag of an
+    override that came from another one, e.g. ``{"workload": "--trace"}``)."""
     import gymnasium as gym
     from dynosim_gym.config import load_env_config
     base = config if config is not None else DEFAULT_CONFIGS[env_id]
@@ -310,12 +312,60 @@ def make_eval_env(spec: PolicySpec, env_id: str, config: Any, overrides: dict[st
         key = next((k for k in interface if exc.field and k not in overrides
                     and (exc.field == k or exc.field.startswith(k + "."))), None)
         if key is None:
-            raise
+            override_error(exc, lambda o: load_env_config(base, **{**interface, **o}),
+                           overrides, flags)
         raise InputError(f"{exc.detail} (the value comes from the policy interface "
                          f"{spec.spec} was trained with, {key}: {_short(interface[key])}; "
                          "score it on a config that takes that interface)",
                          field=exc.field) from None
     return gym.make(f"dynosim_gym:{env_id}", config=cfg.to_dict()), cfg
+
+
+def override_error(exc: InputError, load, overrides: dict[str, Any],
+                   flags: dict[str, str] | None = None) -> None:
+    """Re-raise ``exc`` (an env config that failed with ``overrides`` on top) naming the
+    flag that supplied the bad value: ``--set KEY`` (or ``flags[KEY]``, e.g. ``--trace``)
+    when the error is in an override's field, or when the config loads without the
+    overrides (a cross-field check that blamed the config's own line, e.g. ``--set
+    env.min_endpoint=4`` against the YAML's ``cluster.num_workers: 2``); else ``exc``
+    itself. ``load(overrides)`` loads the config with those overrides."""
+    from dynosim_gym.config import _override_key
+    flags = flags or {}
+
+    def flag(key: str) -> str:
+        return flags.get(key, f"--set {key}")
+    if not overrides:
+        raise exc
+    dotted = {}
+    for key in overrides:
+        try:
+            dotted[key] = _override_key(key)
+        except InputError:
+            dotted[key] = key
+    field = exc.field or ""
+    own = max((k for k, d in dotted.items() if field and (
+        field == d or field.startswith(d + ".") or d.startswith(field + "."))),
+        key=lambda k: len(dotted[k]), default=None)           # the most specific key
+    if own is not None:
+        where = "" if field == dotted[own] else f" (field '{field}')"
+        raise InputError(f"{exc.detail}{where}", field=flag(own)) from None
+    try:
+        load({})
+    except InputError:
+        raise exc from None                     # the config fails on its own
+    culprit = next((k for k in overrides if _fails(load, {k: overrides[k]})), None)
+    keys = [culprit] if culprit is not None else list(overrides)
+    where = exc.format().split(": ", 1)[0] if exc.file or exc.field else ""
+    raise InputError(f"{exc.detail}" + (f" ({where})" if where else ""),
+                     field=", ".join(flag(k) for k in keys)) from None
+
+
+def _fails(load, overrides: dict[str, Any]) -> bool:
+    try:
+        load(overrides)
+    except InputError:
+        return True
+    return False
 
 
 def _short(value: Any) -> str:
@@ -362,7 +412,8 @@ def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str,
         runs = [({"split": split}, seed + k) for k in range(episodes)]
         return env, cfg, runs, {"split": split, "seeds": list(range(seed, seed + episodes))}
     overrides["workload"] = trace_workload(trace)
-    env, cfg = make_eval_env(pol, env_id, config, overrides)
+    flags = {"workload": "--trace"}
+    env, cfg = make_eval_env(pol, env_id, config, overrides, flags)
     tr = env.unwrapped.episodes.trace
     env.close()
     arrivals = [r.arrival_ms for r in tr._firsts]
@@ -374,7 +425,8 @@ def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str,
     starts = plan_windows(arrivals, total_s, ws, iv, windows)
     steps = int(round(ws / iv)) if ws > 0 else int(math.floor(total_s / iv)) + 1
     overrides["env.episode_steps"] = steps
-    env, cfg = make_eval_env(pol, env_id, config, overrides)
+    env, cfg = make_eval_env(pol, env_id, config, overrides,
+                             {**flags, "env.episode_steps": "--window-s"})
     runs = [({"window_start_s": s}, seed) for s in starts]
     return env, cfg, runs, {"trace": trace, "window_s": ws, "windows": len(starts),
                             "episode_steps": steps, "seed": seed}

@@ -58,7 +58,13 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     cli_overrides = dict(overrides or {})
     overrides = {**recipe_env, **cli_overrides}
     defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
-    env_cfg = load_env_config(config, defaults=defaults, **overrides)  # validate before work
+    try:                                                                # validate before work
+        env_cfg = load_env_config(config, defaults=defaults, **overrides)
+    except InputError as exc:                                 # name the --set (or recipe key)
+        from .evaluate import override_error
+        override_error(exc, lambda o: load_env_config(config, defaults=defaults, **o),
+                       overrides, {k: f"env_kwargs.{k} of {hp_file}" for k in recipe_env
+                                   if k not in cli_overrides})
     env_kwargs = {"config": env_cfg.to_dict(), "render_mode": None}  # make_vec_env: no frames
     out = Path(out)
     torch.set_num_threads(1)

@@ -340,11 +340,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.planner is not None:
         over["planner.kind"] = args.planner
     has_planner = args.planner is not None or cfg.planner is not None
+    json_keys: dict[str, str] = {}      # planner.<knob> / sla.* -> the JSON's own key
     if args.planner_config_json is not None:
         if not has_planner:
             raise InputError("--planner-config-json needs --planner load|throughput",
                              file=CMDLINE, field="planner")
-        over.update(_planner_json(args.planner_config_json))
+        json_over, json_keys = _planner_json(args.planner_config_json)
+        over.update(json_over)
     for flag, key in [*PLANNER_FLAGS.items(), ("--planner-interval", None)]:
         value = getattr(args, _dest(flag))
         if value is not None:
@@ -356,11 +358,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 key = ("load_adjustment_interval_seconds" if kind == "load"
                        else "throughput_adjustment_interval_seconds")
             over[f"planner.{key}"] = value
-    if over:
-        cfg = cfg.with_overrides(over, source=CMDLINE)
-    if cfg.workload is None:
-        raise InputError("no workload: give --trace PATH or --config YAML with a workload")
-    return cfg.resolved()
+    from_json = {k: key for k, key in json_keys.items()
+                 if over.get(k) is json_over[k]}          # not replaced by a flag
+    try:
+        if over:
+            cfg = cfg.with_overrides(over, source=CMDLINE)
+        if cfg.workload is None:
+            raise InputError("no workload: give --trace PATH or --config YAML with a workload")
+        return cfg.resolved()
+    except InputError as exc:
+        # a value from --planner-config-json is named by its JSON key, not by the flag or
+        # config field that shares its name (planner.min_endpoint is also --min-endpoint)
+        if exc.file == CMDLINE and exc.field in from_json:
+            raise InputError(f"key '{from_json[exc.field]}': {exc.detail}", file=CMDLINE,
+                             field="--planner-config-json") from None
+        raise
 
 
 def _disagg_overrides(args: argparse.Namespace, cfg: RunConfig, over: dict[str, Any]) -> None:
@@ -424,11 +436,12 @@ def _role_tp_overrides(args: argparse.Namespace, cfg: RunConfig, over: dict[str,
             over[key] = {**engine, "num_gpu_blocks": table.num_gpu_blocks}
 
 
-def _planner_json(text: str) -> dict[str, Any]:
+def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, str]]:
     """``--planner-config-json`` (inline JSON, or a JSON file as Dynamo takes) as config
     overrides: ``planner.<knob>``, and ``sla.ttft_ms``/``sla.itl_ms`` for the SLA targets
-    (one SLA for goodput and planner). Dynamo's aliases are accepted; an unknown key or one
-    Dynamo has but dynosim does not simulate is an error naming the key."""
+    (one SLA for goodput and planner), with each override's JSON key (for errors). Dynamo's
+    aliases are accepted; an unknown key or one Dynamo has but dynosim does not simulate is
+    an error naming the key."""
     from sim.planner import ALIASES, NOT_SIMULATED, PlannerConfig
     src = text
     if not text.lstrip().startswith("{") and Path(text).is_file():
@@ -443,19 +456,20 @@ def _planner_json(text: str) -> dict[str, Any]:
                          file=CMDLINE, field="--planner-config-json")
     names = [f.name for f in dataclasses.fields(PlannerConfig)]
     over: dict[str, Any] = {}
+    keys: dict[str, str] = {}
     for key, value in data.items():
         name = ALIASES.get(key, key)
-        if name in ("ttft_ms", "itl_ms"):
-            over[f"sla.{name}"] = value
-        elif name in names:
-            over[f"planner.{name}"] = value
+        if name in ("ttft_ms", "itl_ms") or name in names:
+            dotted = f"sla.{name}" if name in ("ttft_ms", "itl_ms") else f"planner.{name}"
+            over[dotted] = value
+            keys[dotted] = key
         else:
             hint = difflib.get_close_matches(str(key), names, n=1)
             detail = (f"Dynamo planner key '{key}' has no simulated counterpart in dynosim"
                       if key in NOT_SIMULATED else f"unknown planner key '{key}'" +
                       (f" (did you mean '{hint[0]}'?)" if hint else ""))
             raise InputError(detail, file=CMDLINE, field="--planner-config-json")
-    return over
+    return over, keys
 
 
 def _infer_format(trace: str | None) -> str | None:

@@ -11,6 +11,7 @@ from dynosim.cli import main
 
 TINY = "autoscale_tiny"
 MOONCAKE = Path(__file__).resolve().parents[1] / "envs_configs" / "autoscale_mooncake.yaml"
+RUN_TINY = str(Path(__file__).resolve().parents[1] / "envs_configs" / "tiny.yaml")
 
 
 def _bad_trace_config(tmp_path: Path) -> Path:
@@ -157,3 +158,50 @@ def test_config_schema_markdown_rows_have_seven_cells_and_defaults(capsys) -> No
     for name, cells in cells_of.items():
         if name.startswith(("planner.", "workload.", "--")):
             assert cells[1] and cells[2], (name, cells)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["simulate", "--config", RUN_TINY, "--quiet", "--planner", "load", "--planner-config-json",
+      '{"min_endpoint": -1e1}'],
+     "dynosim: error: argument --planner-config-json: key 'min_endpoint': must be >= 1, got "
+     "-10.0 (allowed [1, 4096])"),
+    (["simulate", "--config", RUN_TINY, "--quiet", "--planner", "load", "--planner-config-json",
+      '{"load_scaling_down_sensitivity": 1e3}'],
+     "dynosim: error: argument --planner-config-json: key 'load_scaling_down_sensitivity': "
+     "must be <= 100, got 1000.0 (allowed [0, 100])"),
+    (["evaluate", "--policy", "heuristic:load", "--trace", "bundled:nope"],
+     "dynosim: error: flag '--trace': unknown bundled trace 'nope'; expected one of "
+     "bundled:mooncake_conversation, bundled:azure_conversation (field 'workload.path')"),
+    (["evaluate", "--policy", "heuristic:load", "--episodes", "1", "--set",
+      "env.interval_s=-1"],
+     "dynosim: error: flag '--set env.interval_s': must be > 0, got -1.0 (allowed (0, "
+     "4.5036e+12])"),
+    (["tune", "--policy", "heuristic:load", "--set", "reward={mode: x}", "--out", "{tmp}"],
+     "dynosim: error: flag '--set reward': unknown value 'x'; expected one of per_request, "
+     "interval, lagrangian (field 'env.reward.mode')"),
+])
+def test_errors_name_the_flag_that_gave_the_value(argv, expected, capsys, tmp_path) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path / "t.yaml")) for a in argv]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
+
+
+def test_a_set_that_breaks_a_cross_field_check_is_blamed_not_the_yaml(capsys) -> None:
+    """``--set env.min_endpoint=4`` against autoscale_default's 2 initial workers: the
+    error names the --set (the config's own line stays as where the check looked)."""
+    from pathlib import Path
+    yaml_path = Path(__file__).resolve().parents[1] / "envs_configs" / "autoscale_default.yaml"
+    for argv in (["evaluate", "--policy", "heuristic:load", "--episodes", "1"],
+                 ["train", "--algo", "ppo", "--out", "unused", "--timesteps", "1"]):
+        assert main([*argv, "--set", "reward.gpu_weight=0.1", "--set",
+                     "env.min_endpoint=4"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("dynosim: error: flag '--set env.min_endpoint': 2 initial workers is "
+                       "outside [min_endpoint 4, budget 8 workers] "
+                       f"({yaml_path}:20, field 'cluster.num_workers')"), err
+    assert not Path("unused").exists()
+    # a bad value in an override's own field names that override
+    assert main(["evaluate", "--policy", "heuristic:load", "--episodes", "1", "--config",
+                 str(yaml_path), "--set", "env.min_endpoint=1", "--set",
+                 "env.initial_workers=99"]) == 2
+    assert "flag '--set env.initial_workers'" in capsys.readouterr().err
