@@ -178,11 +178,11 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 #: What argparse must take as a (negative) value, not as an option: argparse's own rule
-#: (``-1``, ``-.5``) misses exponents and infinities, so ``--num-workers -1e1`` would fail
-#: with "expected one argument" instead of the flag's range error. No flag of ours looks
-#: like a number, so every such string is a value.
-NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^-(inf|infinity|nan)$",
-                             re.IGNORECASE)
+#: (``-1``, ``-.5``) misses exponents, infinities and comma lists, so ``--num-workers -1e1``
+#: or ``--rungs -600,1200`` would fail with "expected one argument" instead of the flag's
+#: own error. No flag of ours looks like a number, so every such string is a value.
+_NUMBER = r"(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)"
+NEGATIVE_NUMBER = re.compile(rf"^-{_NUMBER}(?:,\s*[-+]?{_NUMBER})*$", re.IGNORECASE)
 
 
 class Parser(argparse.ArgumentParser):

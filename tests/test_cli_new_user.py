@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dynosim.cli import main
 
@@ -205,3 +207,46 @@ def test_a_set_that_breaks_a_cross_field_check_is_blamed_not_the_yaml(capsys) ->
                  str(yaml_path), "--set", "env.min_endpoint=1", "--set",
                  "env.initial_workers=99"]) == 2
     assert "flag '--set env.initial_workers'" in capsys.readouterr().err
+
+
+def _value_flags(parser, path=()):
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _value_flags(sub, path + (name,))
+        elif isinstance(action, (argparse._StoreAction, argparse._AppendAction)) \
+                and action.nargs is None and action.option_strings:
+            yield path, action.option_strings[0]
+
+
+def test_negative_comma_lists_are_values_not_options(capsys) -> None:
+    """``--rungs -600,1200`` reaches --rungs' own check (argparse took it for an option:
+    "expected one argument"), as ``--rungs=-600,1200`` did; so for every flag."""
+    from dynosim.cli import build_parser
+    flags = list(_value_flags(build_parser()))
+    assert (("search",), "--rungs") in flags
+    for path, flag in flags:
+        for value in ("-600,1200", "-1e1,2", "-inf, 3"):
+            try:
+                build_parser().parse_known_args([*path, flag, value])
+            except SystemExit:
+                pass
+            err = capsys.readouterr().err
+            assert "expected one argument" not in err, (path, flag, value, err)
+    space = Path(__file__).resolve().parents[1] / "envs_configs" / "search" / \
+        "deployment_space.yaml"
+    assert main(["search", "--space", str(space), "--objective", "max throughput",
+                 "--trials", "1", "--out", "unused", "--rungs", "-1e1,2"]) == 2
+    assert capsys.readouterr().err.strip() == ("dynosim: error: argument --rungs: rungs must "
+                                               "be increasing positive seconds, got '-1e1,2'")
+
+
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=True), min_size=1, max_size=4),
+       st.sampled_from([",", ", "]))
+def test_negative_number_rule_matches_comma_lists_and_no_flag(xs, sep) -> None:
+    from dynosim.options import NEGATIVE_NUMBER
+    text = sep.join(repr(x) for x in [-abs(xs[0]) or -1.0, *xs[1:]])
+    assert NEGATIVE_NUMBER.match(text), text
+    assert not NEGATIVE_NUMBER.match("--" + text.lstrip("-"))
+    assert not NEGATIVE_NUMBER.match("-e1") and not NEGATIVE_NUMBER.match("-600,x")
