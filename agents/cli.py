@@ -10,7 +10,7 @@ from sim.config import yaml_load
 from sim.errors import InputError
 from sim.schema import COUNT, SEED, TIME_S, arg_type, int_arg
 
-from dynosim.options import make_out_dir
+from dynosim.options import env_script, make_out_dir, plural
 
 
 EVAL_EPISODES = 5   # dynosim evaluate --episodes default
@@ -237,25 +237,14 @@ def tensorboard_hint(logdir) -> str:
     README's ``make install``; tensorboard is a dependency), else the one on PATH, else what
     to install."""
     import importlib.util
-    import os
     import shutil
-    from pathlib import Path
-    script = Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt"
-                                            else "tensorboard")
-    if importlib.util.find_spec("tensorboard") is not None and script.is_file():
-        try:                      # .venv/bin/tensorboard, not /abs/path/.venv/bin/tensorboard
-            script = script.relative_to(Path.cwd())
-        except ValueError:
-            pass
+    script = env_script("tensorboard")      # .venv/bin/tensorboard, not /abs/path/.venv/...
+    if importlib.util.find_spec("tensorboard") is not None and script is not None:
         return f"training curves: {script} --logdir {logdir}"
     if shutil.which("tensorboard"):
         return f"training curves: tensorboard --logdir {logdir}"
     return (f"TensorBoard logs in {logdir} (to view them: pip install tensorboard, then "
             f"tensorboard --logdir {logdir})")
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _evaluate(args) -> int:
@@ -305,7 +294,7 @@ def _evaluate(args) -> int:
         print(doc)
     elif res.env_id == "DynoSimRouting-v0":
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
-              f"{res.requests_decided:,} requests ({_plural(res.episodes, 'episode')}); pooled p90 TTFT "
+              f"{res.requests_decided:,} requests ({plural(res.episodes, 'episode')}); pooled p90 TTFT "
               f"{res.p90_ttft_ms:.0f} ms, mean TTFT {res.mean_ttft_ms:.0f} ms; prefix cache "
               f"reused {res.prefix_cache_reused_ratio:.1%} of prompt tokens; "
               f"{res.request_throughput_rps:.3f} req/s; mean reward {res.mean_reward:.3f} ± "
@@ -313,8 +302,8 @@ def _evaluate(args) -> int:
     else:
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
               f"{res.requests_decided:,} requests; {res.gpu_hours:.3f} GPU-hours "
-              f"({res.gpu_hours_per_episode:.3f}/episode, {_plural(res.episodes, 'episode')}); pooled "
+              f"({res.gpu_hours_per_episode:.3f}/episode, {plural(res.episodes, 'episode')}); pooled "
               f"p90 TTFT {res.p90_ttft_ms:.0f} ms, p90 ITL {res.p90_itl_ms:.1f} ms; "
-              f"{res.scaling_events} scaling events, {res.reversals_per_hour:.1f} "
+              f"{plural(res.scaling_events, 'scaling event')}, {res.reversals_per_hour:.1f} "
               f"reversals/h; mean reward {res.mean_reward:.3f} ± {res.std_reward:.3f}")
     return 0

@@ -316,6 +316,7 @@ def heuristic_env(spec: str) -> str:
     """The env id a ``heuristic:NAME`` acts on; ValueError naming the choices if unknown."""
     kind = spec.split(":", 1)[1] if spec.startswith("heuristic:") else spec
     if kind.startswith("static:"):
+        static_count(kind)
         return AUTOSCALING_ENV
     if kind in HEURISTICS:
         return HEURISTICS[kind]
@@ -325,6 +326,22 @@ def heuristic_env(spec: str) -> str:
     raise ValueError(f"unknown heuristic {spec!r}; expected one of "
                      + "; ".join(f"{', '.join(heuristics_for(e))} ({e})"
                                  for e in (AUTOSCALING_ENV, ROUTING_ENV)))
+
+
+def static_count(kind: str) -> int:
+    """N of ``static:N``, read as integer flags are (``4``, ``4e0``; sim.schema.int_arg);
+    ValueError unless a whole number >= 1."""
+    import argparse
+
+    from sim.schema import int_arg
+    text = kind.split(":", 1)[1]
+    try:
+        n = int_arg(text)
+    except argparse.ArgumentTypeError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"heuristic:static:N needs a whole worker count N >= 1 (4 or 4e0), got {text!r}")
+    return n
 
 
 def _check_static_count(n: int, u) -> None:
@@ -359,12 +376,10 @@ def make_heuristic(spec: str, env=None) -> HeuristicPolicy:
     if kind == "static":
         return StaticPolicy(env)
     if kind.startswith("static:"):
-        n = kind.split(":", 1)[1]
-        if not n.isdigit() or int(n) < 1:
-            raise ValueError(f"heuristic:static:N needs a worker count N >= 1, got {n!r}")
+        n = static_count(kind)
         if env is not None:
-            _check_static_count(int(n), env.unwrapped if hasattr(env, "unwrapped") else env)
-        return StaticCountPolicy(int(n), env)
+            _check_static_count(n, env.unwrapped if hasattr(env, "unwrapped") else env)
+        return StaticCountPolicy(n, env)
     if kind == "kv":
         return KvCostPolicy(env)
     u = env.unwrapped if hasattr(env, "unwrapped") else env

@@ -310,7 +310,8 @@ class _Progress:
         if self.kpis:
             last = self.kpis[-self.WINDOW:]
             sla, gpu, ev = (sum(x[i] for x in last) / len(last) for i in range(3))
-            kpi = f"; SLA {sla:.1%}, {gpu:.2f} GPU-h, {ev:.0f} scaling events per episode"
+            kpi = (f"; SLA {sla:.1%}, {gpu:.2f} GPU-h, {ev:.0f} scaling "
+                   f"event{'' if round(ev) == 1 else 's'} per episode")
         done = 100 * self.steps // self.total        # floored: 100% only when it is done
         return (f"{self.steps:,}/{self.total:,} steps ({done}%) in "
                 f"{wall:,.0f} s, {rate:,.0f} steps/s, {len(self.rewards):,} episodes, "

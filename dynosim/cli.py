@@ -27,7 +27,7 @@ from sim.errors import InputError
 
 from .options import (PLOT_SUFFIXES, SIMULATE_HELP, Parser, add_simulate_arguments,
                       check_output_path, config_from_args, forget_created_dirs,
-                      from_cmdline, note, remove_empty_created_dirs)
+                      from_cmdline, note, plural, remove_empty_created_dirs)
 
 AGENT_COMMANDS = ("train", "evaluate", "tune")   # in agents.cli (imports gymnasium / torch lazily)
 
@@ -255,7 +255,8 @@ def simulate(args: argparse.Namespace) -> int:
             pools = rep.get("pools")          # disaggregated: the maxima per pool
             per_pool = "" if not pools else " (" + ", ".join(
                 f"{role} {p['max_replicas']}" for role, p in pools.items()) + ")"
-            print(f"  planner       {rep['kind']}: {rep['scaling_events']} scaling events, "
+            events = plural(rep['scaling_events'], 'scaling event')
+            print(f"  planner       {rep['kind']}: {events}, "
                   f"max {rep['max_replicas']} replicas{per_pool} (incl. starting/draining)")
     return 0
 

@@ -622,3 +622,24 @@ def note(args: argparse.Namespace, text: str) -> None:
     """A note on stderr, unless ``--quiet``."""
     if not args.quiet:
         print(f"dynosim: {text}", file=sys.stderr)
+
+
+# -- wording of the commands' text output ---------------------------------------------------
+
+def plural(n: int, noun: str) -> str:
+    """``1 scaling event``, ``2 scaling events``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def env_script(name: str) -> str | None:
+    """The console script ``name`` of this Python's environment as a command that runs as
+    written here (``.venv/bin/dynosim`` after the README's ``make install``: relative to the
+    working directory when under it), else None."""
+    import os
+    script = Path(sys.executable).parent / (f"{name}.exe" if os.name == "nt" else name)
+    if not script.is_file():
+        return None
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)

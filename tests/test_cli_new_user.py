@@ -250,3 +250,19 @@ def test_negative_number_rule_matches_comma_lists_and_no_flag(xs, sep) -> None:
     assert NEGATIVE_NUMBER.match(text), text
     assert not NEGATIVE_NUMBER.match("--" + text.lstrip("-"))
     assert not NEGATIVE_NUMBER.match("-e1") and not NEGATIVE_NUMBER.match("-600,x")
+
+
+def test_static_count_reads_like_integer_flags_and_text_is_singular(capsys) -> None:
+    """``heuristic:static:4e0`` is 4 workers (numeric flags take 4e0), 2.5 is refused; one
+    scaling event is "1 scaling event"."""
+    assert main(["evaluate", "--policy", "heuristic:static:4e0", "--episodes", "1", "--set",
+                 "episode_steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("heuristic:static:4e0: ") and "1 scaling event," in out
+    assert "1 episode)" in out
+    for bad in ("2.5", "x", "0"):
+        assert main(["evaluate", "--policy", f"heuristic:static:{bad}", "--episodes",
+                     "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("dynosim: error: flag '--policy': heuristic:static:N needs a whole "
+                       f"worker count N >= 1 (4 or 4e0), got '{bad}'"), err

@@ -167,6 +167,8 @@ def test_local_search_best_yaml_replays_to_the_same_numbers(tmp_path, capsys, sm
     # the console's "run it:" names the file as given from here (the header: its directory)
     said = next(x for x in capsys.readouterr().out.splitlines() if "run it: " in x)
     assert shlex.split(said.split("run it: ", 1)[1])[1:] == argv
+    exe = shlex.split(said.split("run it: ", 1)[1])[0]      # this environment's own script
+    assert Path(exe).name == "dynosim" and Path(exe).is_file()
     assert main([*argv, "--json", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)
     fields = search.report_fields(summary)

@@ -74,7 +74,7 @@ from typing import Any, Callable, Sequence
 from sim.errors import InputError
 from sim.schema import SEED, arg_type
 
-from ..options import CMDLINE
+from ..options import CMDLINE, env_script, plural
 
 DEFAULT_TRACE = "bundled:mooncake_conversation"
 DEFAULT_RUNGS_S = (600.0, 1200.0, 2400.0)
@@ -1607,7 +1607,7 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
     best = best_record(records, obj)
     feasible = best is not None and best["violation"] == 0
     trials_cpu = sum(r.get("cpu_s") or 0.0 for r in records)
-    title = (f"dynosim search: {len(records)} candidates ({by['complete']} complete, "
+    title = (f"dynosim search: {plural(len(records), 'candidate')} ({by['complete']} complete, "
              f"{by['pruned']} stopped early, {by['failed']} failed), {setup.space.model} on "
              f"{setup.space.gpu}\n{obj.text}")
     plot_front(records, obj, out / "front.png", title, compare)
@@ -1640,7 +1640,7 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
                                                "command": cmd}}
     (out / "search.json").write_text(json.dumps(info, indent=1, default=str,
                                                 allow_nan=True) + "\n")
-    print(f"dynosim search: {len(records)} candidates in {wall:.1f} s on {cpus} "
+    print(f"dynosim search: {plural(len(records), 'candidate')} in {wall:.1f} s on {cpus} "
           f"CPU{'s' if cpus != 1 else ''} ({args.executor}): {by['complete']} complete, "
           f"{by['pruned']} stopped early, {by['failed']} failed"
           f"{f' ({reused} repeats of an earlier candidate, not replayed)' if reused else ''}; "
@@ -1648,7 +1648,7 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
     for r in [r for r in records if r["status"] == "failed"][:3]:
         print(f"  failed trial {r['trial']} {json.dumps(r['params'], sort_keys=True)}: "
               f"{r['error']}")
-    print(f"  Pareto front ({x} vs {y}): {len(fr)} candidate{'s' if len(fr) != 1 else ''} -> {out / 'front.csv'}, "
+    print(f"  Pareto front ({x} vs {y}): {plural(len(fr), 'candidate')} -> {out / 'front.csv'}, "
           f"{out / 'front.png'}")
     if best is None:
         print("dynosim: error: no candidate completed (all failed or stopped); see "
@@ -1661,5 +1661,7 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
               f"({vals}), written to {out / 'best.yaml'}", file=sys.stderr)
         return 2
     here = cmd.replace("--config best.yaml", f"--config {out / 'best.yaml'}", 1)
+    if cmd.startswith("dynosim ") and env_script("dynosim"):     # runs as written here
+        here = env_script("dynosim") + here[len("dynosim"):]
     print(f"  best: trial {best['trial']} ({vals}) -> {out / 'best.yaml'}; run it: {here}")
     return 0
