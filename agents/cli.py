@@ -145,8 +145,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--policies", metavar="SPEC,...",
                    help="--leaderboard: these policies (default: the heuristics, tuned "
                    "planners and every model under DIR)")
-    e.add_argument("--reference", default="heuristic:load", metavar="SPEC",
-                   help="leaderboard ratios are relative to this policy")
+    e.add_argument("--reference", default=None, metavar="SPEC",
+                   help="--leaderboard: ratios are relative to this policy (default: "
+                   "heuristic:load; heuristic:kv for DynoSimRouting-v0)")
     e.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
                    help="env config override, e.g. reward.gpu_weight=0.001 (repeatable; "
                    "default: none)")
@@ -252,6 +253,11 @@ def _evaluate(args) -> int:
     from .leaderboard import leaderboard
     if (args.policy is None) == (args.leaderboard is None):
         raise InputError("give exactly one of --policy and --leaderboard", field="--policy")
+    if args.leaderboard is None:
+        for flag in ("--policies", "--reference"):
+            if getattr(args, flag[2:]) is not None:
+                raise InputError("applies to --leaderboard only; with --policy it would be "
+                                 "ignored", field=flag)
     episodes_given = args.episodes is not None
     args.episodes = args.episodes or EVAL_EPISODES
     if args.out:
@@ -259,7 +265,8 @@ def _evaluate(args) -> int:
     if args.leaderboard is not None:
         _created_out_dir(args.leaderboard)
         res = leaderboard(args.leaderboard, env_id=args.env or "DynoSim-v0", config=args.config,
-                          episodes=args.episodes, seed=args.seed, reference=args.reference,
+                          episodes=args.episodes, seed=args.seed,
+                          reference=args.reference or "heuristic:load",
                           policies=args.policies.split(",") if args.policies else None,
                           quiet=args.quiet)
         if args.json:

@@ -266,3 +266,13 @@ def test_static_count_reads_like_integer_flags_and_text_is_singular(capsys) -> N
         err = capsys.readouterr().err.strip()
         assert err == ("dynosim: error: flag '--policy': heuristic:static:N needs a whole "
                        f"worker count N >= 1 (4 or 4e0), got '{bad}'"), err
+
+
+@pytest.mark.parametrize("flag, value", [("--policies", "heuristic:static:2"),
+                                         ("--reference", "heuristic:static:2")])
+def test_leaderboard_only_flags_without_leaderboard_are_refused(flag, value, capsys) -> None:
+    assert main(["evaluate", "--policy", "heuristic:load", "--episodes", "1", flag,
+                 value]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynosim: error: flag '{flag}': applies to --leaderboard only; with --policy it "
+        "would be ignored")
