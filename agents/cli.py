@@ -97,7 +97,12 @@ def add_parsers(sub) -> None:
                    help="env config override, e.g. reward.gpu_weight=0.001 (repeatable; "
                    "default: none)")
     t.add_argument("--checkpoint-every", type=_pos_int, default=50_000, metavar="N",
-                   help="save DIR/checkpoints/ every N env steps")
+                   help="save a copy of the model to DIR/checkpoints/ every N env steps "
+                   "(SB3's CheckpointCallback; for resuming or inspecting a long run: the "
+                   "12k-step recipes end before the first at the default). Not the "
+                   "recipe's select_checkpoint, which scores the policy on training "
+                   "episodes every select_checkpoint.every steps and keeps the best as "
+                   "model.zip (default: 50000)")
     t.add_argument("--quiet", action="store_true",
                    help="nothing on stderr: no progress, notes or final summary (run.json "
                    "records them)")

@@ -276,3 +276,12 @@ def test_leaderboard_only_flags_without_leaderboard_are_refused(flag, value, cap
     assert capsys.readouterr().err.strip() == (
         f"dynosim: error: flag '{flag}': applies to --leaderboard only; with --policy it "
         "would be ignored")
+
+
+def test_help_says_what_search_trace_and_checkpoint_every_take(capsys) -> None:
+    for argv, needles in ((["search", "--help"], ["Azure .csv", "Mooncake .jsonl"]),
+                          (["train", "--help"], ["select_checkpoint", "12k-step"])):
+        assert main(argv) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert all(n in out for n in needles), (argv, out)
+    assert "mooncake trace (default" not in out

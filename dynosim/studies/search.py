@@ -1449,7 +1449,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "best.yaml and search.json.")
     g = s.add_argument_group("search")
     g.add_argument("--trace", default=DEFAULT_TRACE, metavar="PATH",
-                   help=f"mooncake trace (default {DEFAULT_TRACE}); replayed in full")
+                   help=f"trace: Mooncake .jsonl, Azure .csv or bundled:NAME (default "
+                   f"{DEFAULT_TRACE}); replayed in full")
     g.add_argument("--space", required=True, metavar="SPACE.yaml",
                    help="the search space (see envs_configs/search/deployment_space.yaml)")
     g.add_argument("--objective", required=True, metavar="TEXT",
