@@ -284,4 +284,4 @@ def test_help_says_what_search_trace_and_checkpoint_every_take(capsys) -> None:
         assert main(argv) == 0
         out = " ".join(capsys.readouterr().out.split())
         assert all(n in out for n in needles), (argv, out)
-    assert "mooncake trace (default" not in out
+        assert "mooncake trace (default" not in out
