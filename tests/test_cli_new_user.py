@@ -285,3 +285,30 @@ def test_help_says_what_search_trace_and_checkpoint_every_take(capsys) -> None:
         out = " ".join(capsys.readouterr().out.split())
         assert all(n in out for n in needles), (argv, out)
         assert "mooncake trace (default" not in out
+
+
+def test_search_front_draws_points_above_the_clip_at_the_clip(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A --compare point above the y clip (the throughput planner's p90 112 s against a
+    12,000 ms clip) had a legend entry and no visible marker: it is drawn at the clip, with
+    an up arrow saying so."""
+    from matplotlib.figure import Figure
+
+    from dynosim.studies import search
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: saved.append(self))
+    obj = search.Objective("totals.gpu_hours", False, [("latency_ms.ttft.p90", "<=", 3000.0)])
+    records = [{"trial": k, "status": "complete", "violation": 0.0, "score": g,
+                "values": {"totals.gpu_hours": g, "latency_ms.ttft.p90": p}, "params": {}}
+               for k, (g, p) in enumerate([(10.0, 2500.0), (12.0, 2000.0)])]
+    compare = [{"kind": "throughput", "gpu_hours": 7.4, "p90_ttft_ms": 112023.0},
+               {"kind": "static", "gpu_hours": 9.0, "p90_ttft_ms": 4000.0}]
+    search.plot_front(records, obj, tmp_path / "front.png", "t", compare)
+    ax = saved[0].axes[0]
+    top = ax.get_ylim()[1]
+    assert top == 12000.0
+    planner = next(c for c in ax.collections if c.get_label() == "sweep: throughput planner")
+    (x, y), = planner.get_offsets()
+    assert x == 7.4 and 3000.0 < y < top                       # inside the axes, at the clip
+    arrows = next(c for c in ax.collections if c.get_label().startswith("above 12000"))
+    assert [p[0] for p in arrows.get_offsets()] == [7.4]

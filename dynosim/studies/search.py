@@ -1335,56 +1335,80 @@ def read_compare(path: str) -> list[dict[str, Any]]:
 
 def plot_front(records, obj: Objective, path: Path, title: str,
                compare: list[dict[str, Any]] | None = None) -> None:
+    """``front.png``: every complete candidate, the search's Pareto front, the ``--compare``
+    sweep's points and the best candidate. With a ``<=`` constraint on the y field the axis
+    is clipped at 4x its limit (overloaded deployments, p90 in minutes, would squash the
+    feasible band); a point above the clip is drawn at the clip with an up arrow."""
     from matplotlib.figure import Figure
     x, y, _ = front_axes(obj)
     fig = Figure(figsize=(7.2, 4.8), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     done = [r for r in records if r["status"] == "complete"]
+    ceiling = next((4.0 * limit for f, op, limit in obj.constraints
+                    if f == y and op in ("<=", "<") and limit > 0), None)
+    above: list[tuple[float, float]] = []        # (x, drawn y) of points above the clip
 
     def pos(v):
         return v if math.isfinite(v) and v > 0 else math.nan
-    ax.scatter([r["values"].get(x, math.nan) for r in done],
-               [pos(r["values"].get(y, math.nan)) for r in done], s=9, color="0.65",
-               alpha=0.6, label=f"complete candidates ({len(done)})", zorder=1)
+
+    def ys(xs, vals) -> list[float]:
+        out = []
+        for xv, v in zip(xs, vals):
+            v = pos(v)
+            if ceiling is not None and math.isfinite(v) and v > ceiling:
+                v = ceiling / 1.25                   # inside the axes, marker whole
+                above.append((xv, v))
+            out.append(v)
+        return out
+
+    def scatter(xs, vals, **kw):
+        ax.scatter(xs, ys(xs, vals), **kw)
+    xs = [r["values"].get(x, math.nan) for r in done]
+    scatter(xs, [r["values"].get(y, math.nan) for r in done], s=9, color="0.65",
+            alpha=0.6, label=f"complete candidates ({len(done)})", zorder=1)
     fr = front_rows(records, obj)
     if fr:
-        ax.step([r["values"][x] for r in fr], [pos(r["values"][y]) for r in fr], where="post",
-                color="C0", lw=1.4, zorder=2)
-        ax.scatter([r["values"][x] for r in fr], [pos(r["values"][y]) for r in fr], s=28,
-                   color="C0", label=f"search Pareto front ({len(fr)})", zorder=3)
+        xs = [r["values"][x] for r in fr]
+        vals = [r["values"][y] for r in fr]
+        ax.step(xs, [min(pos(v), ceiling / 1.25) if ceiling else pos(v) for v in vals],
+                where="post", color="C0", lw=1.4, zorder=2)
+        scatter(xs, vals, s=28, color="C0", label=f"search Pareto front ({len(fr)})", zorder=3)
     if compare:
         from .sweeps import pareto_front
         static = [r for r in compare if r.get("kind") == "static"]
         mask = pareto_front(static)
         cf = sorted((r for r, m in zip(static, mask) if m), key=lambda r: r["gpu_hours"])
-        ax.scatter([r["gpu_hours"] for r in static], [pos(r["p90_ttft_ms"]) for r in static],
-                   marker="s", facecolors="none", edgecolors="C1", s=30,
-                   label="sweep pareto: static grid", zorder=2)
+        scatter([r["gpu_hours"] for r in static], [r["p90_ttft_ms"] for r in static],
+                marker="s", facecolors="none", edgecolors="C1", s=30,
+                label="sweep pareto: static grid", zorder=2)
         if cf:
-            ax.step([r["gpu_hours"] for r in cf], [pos(r["p90_ttft_ms"]) for r in cf],
+            ax.step([r["gpu_hours"] for r in cf],
+                    [min(pos(r["p90_ttft_ms"]), ceiling / 1.25) if ceiling else
+                     pos(r["p90_ttft_ms"]) for r in cf],
                     where="post", color="C1", ls="--", lw=1.2, label="sweep pareto front")
         for kind, marker in (("load", "*"), ("throughput", "X")):
             sel = [r for r in compare if r.get("kind") == kind]
             if sel:
-                ax.scatter([r["gpu_hours"] for r in sel], [pos(r["p90_ttft_ms"]) for r in sel],
-                           marker=marker, s=120, color="C3" if kind == "load" else "C5",
-                           label=f"sweep: {kind} planner", zorder=4)
+                scatter([r["gpu_hours"] for r in sel], [r["p90_ttft_ms"] for r in sel],
+                        marker=marker, s=120, color="C3" if kind == "load" else "C5",
+                        label=f"sweep: {kind} planner", zorder=4)
     best = best_record(records, obj)
     if best is not None and best["violation"] == 0:
-        ax.scatter([best["values"][x]], [pos(best["values"][y])], marker="*", s=260,
-                   color="C2", edgecolors="k", label="best (best.yaml)", zorder=5)
+        scatter([best["values"][x]], [best["values"][y]], marker="*", s=260,
+                color="C2", edgecolors="k", label="best (best.yaml)", zorder=5)
     clip = ""
     for f, op, limit in obj.constraints:
         if f == y:
             ax.axhline(limit, color="gray", ls=":", lw=1, label=f"{f} {op} {limit:g}")
-            if op in ("<=", "<") and limit > 0:
-                # The feasible band is what the front is about: overloaded deployments
-                # (p90 in minutes) would squash it; they are clipped, and said so.
-                lows = [pos(r["values"].get(y, math.nan)) for r in done]
-                lows += [pos(r["p90_ttft_ms"]) for r in compare or []]
-                lows = [v for v in lows if math.isfinite(v)]
-                ax.set_ylim(0.8 * min(lows + [limit]), 4.0 * limit)
-                clip = f", clipped at {4 * limit:g}"
+    if ceiling is not None:
+        lows = [pos(r["values"].get(y, math.nan)) for r in done]
+        lows += [pos(r["p90_ttft_ms"]) for r in compare or []]
+        lows = [v for v in lows if math.isfinite(v)]
+        ax.set_ylim(0.8 * min(lows + [ceiling / 4]), ceiling)
+        clip = f", clipped at {ceiling:g}"
+        if above:
+            ax.scatter([a for a, _ in above], [b * 1.13 for _, b in above], marker=r"$\uparrow$",
+                       s=70, color="k", zorder=6, label=f"above {ceiling:g} (drawn at the clip)")
     ax.set_yscale("log")
     ax.set_xlabel(f"{x} ({_unit(x)})")
     ax.set_ylabel(f"{y} ({_unit(y)}, log{clip})")
