@@ -312,3 +312,27 @@ def test_search_front_draws_points_above_the_clip_at_the_clip(tmp_path: Path,
     assert x == 7.4 and 3000.0 < y < top                       # inside the axes, at the clip
     arrows = next(c for c in ax.collections if c.get_label().startswith("above 12000"))
     assert [p[0] for p in arrows.get_offsets()] == [7.4]
+
+
+def test_readme_states_the_trace_families_peak_rates() -> None:
+    """The README's family description gives mooncake_mod's and azure_mod's rescaled peaks
+    (not the synthetic families' 6-9 req/s): the stated ranges are rate_min/max_rps x
+    TRACE_LOAD, and an episode's peak_rps falls in them."""
+    import re
+
+    import gymnasium as gym
+
+    import dynosim_gym  # noqa: F401
+    from dynosim_gym.scenarios import TRACE_LOAD
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    env = gym.make("DynoSim-v0")
+    cfg = env.unwrapped.cfg.env
+    for fam, split in (("mooncake_mod", "train"), ("azure_mod", "eval")):
+        m = re.search(rf"`{fam}` (?:peaks )?at\s+([\d.]+)-([\d.]+) req/s", text)
+        assert m, fam
+        lo, hi = float(m.group(1)), float(m.group(2))
+        assert lo == pytest.approx(round(cfg.rate_min_rps * TRACE_LOAD[fam], 2), abs=0.01)
+        assert hi == pytest.approx(round(cfg.rate_max_rps * TRACE_LOAD[fam], 2), abs=0.01)
+        _, info = env.reset(seed=0, options={"scenario": fam, "split": split})
+        assert lo <= info["episode_setup"]["peak_rps"] <= hi
+    env.close()
