@@ -174,7 +174,10 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     if dual is not None:
         record["lagrange_multiplier"] = {"final": dual.multiplier, "history": dual.history}
     if not quiet:
-        print(f"dynosim: trained {key} on {env_id}: {progress.line(wall)}", file=sys.stderr)
+        kept = ("; model.zip is the checkpoint select_checkpoint kept (above), scored "
+                "deterministically" if chooser is not None else "")
+        print(f"dynosim: trained {key} on {env_id}: {progress.line(wall)}{kept}",
+              file=sys.stderr)
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     venv.close()
     return out
@@ -310,7 +313,8 @@ class _Progress:
         if self.kpis:
             last = self.kpis[-self.WINDOW:]
             sla, gpu, ev = (sum(x[i] for x in last) / len(last) for i in range(3))
-            kpi = (f"; SLA {sla:.1%}, {gpu:.2f} GPU-h, {ev:.0f} scaling "
+            kpi = (f"; last {len(last)} training episodes (the policy being trained, "
+                   f"actions sampled): SLA {sla:.1%}, {gpu:.2f} GPU-h, {ev:.0f} scaling "
                    f"event{'' if round(ev) == 1 else 's'} per episode")
         done = 100 * self.steps // self.total        # floored: 100% only when it is done
         return (f"{self.steps:,}/{self.total:,} steps ({done}%) in "

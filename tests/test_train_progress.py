@@ -34,6 +34,9 @@ def test_non_tty_training_logs_progress_and_a_summary(tmp_path: Path, capsys) ->
     assert re.search(r"mean episode reward -?\d+\.\d+ \(last \d+\)", progress[-1])
     summary = [x for x in err if x.startswith("dynosim: trained a2c on DynoSim-v0: 200/200")]
     assert len(summary) == 1 and "episodes" in summary[0]
+    # its SLA / GPU-h say which episodes they are (a kept checkpoint's figures differ)
+    assert re.search(r"last \d+ training episodes \(the policy being trained, actions "
+                     r"sampled\): SLA [\d.]+%", summary[0]), summary[0]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["episodes"] >= 40 and run["mean_episode_reward_last"] is not None
 
