@@ -82,7 +82,9 @@ def add_parsers(sub) -> None:
                        "DIR/run.json, DIR/checkpoints/ and TensorBoard logs in DIR/tb.", **kw)
     t.add_argument("--algo", required=True,
                    help="ppo | a2c | dqn | ppo_mask (MaskablePPO) | ppo_lstm (RecurrentPPO); required")
-    t.add_argument("--env", default="DynoSim-v0", help="DynoSim-v0 | DynoSimRouting-v0")
+    t.add_argument("--env", default=None,
+                   help="DynoSim-v0 | DynoSimRouting-v0 (default: DynoSim-v0; a routing "
+                   "scenario as --config needs it said)")
     t.add_argument("--config", metavar="YAML", help="env config (default: the env's default)")
     t.add_argument("--timesteps", type=_pos_int, metavar="N",
                    help="environment steps (default: the YAML's n_timesteps, 12k for "
@@ -222,6 +224,14 @@ def _created_out_dir(path: str) -> None:
 
 def _train(args) -> int:
     from . import rllib_train
+    if args.env is None:
+        from .train import routing_scenario
+        if args.config is not None and routing_scenario(args.config):
+            raise InputError(f"{args.config} is a DynoSimRouting-v0 scenario (a fixed pool, "
+                             "routing families): pass --env DynoSimRouting-v0 to train a "
+                             "router on it, or --env DynoSim-v0 to train the autoscaler on "
+                             "it anyway", field="--env")
+        args.env = "DynoSim-v0"
     rllib_train.check_args(args)
     _created_out_dir(args.out)
     if args.framework == "rllib":

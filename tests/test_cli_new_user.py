@@ -336,3 +336,17 @@ def test_readme_states_the_trace_families_peak_rates() -> None:
         _, info = env.reset(seed=0, options={"scenario": fam, "split": split})
         assert lo <= info["episode_setup"]["peak_rps"] <= hi
     env.close()
+
+
+def test_train_without_env_refuses_a_routing_scenario(tmp_path: Path, capsys) -> None:
+    """``train --config routing_default.yaml --algo ppo`` trained the autoscaler on the
+    routing scenario silently: without --env it is a one-line error naming --env."""
+    from agents.train import routing_scenario
+    routing = Path(__file__).resolve().parents[1] / "envs_configs" / "routing_default.yaml"
+    assert routing_scenario(str(routing)) and routing_scenario("routing_families")
+    assert not routing_scenario(TINY) and not routing_scenario("autoscale_default")
+    assert main(["train", "--config", str(routing), "--algo", "ppo", "--out",
+                 str(tmp_path / "run"), "--timesteps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dynosim: error: flag '--env': ") and "DynoSimRouting-v0" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
