@@ -66,3 +66,15 @@ cdef class EngineBase:
     cdef public object on_handoff
     cdef public bint dest_pending
     cdef public bint decode_role
+
+    # The methods the event loop (sim/simulator.py) calls at every event: cpdef, so a call
+    # through a typed engine is a C call (a Python subclass's override still takes over).
+    # Arguments as the annotations already typed them (float -> double); results objects.
+    cpdef bint has_work(self) except -1
+    cpdef add_request(self, object req, object keys=*)
+    cpdef start_pass(self, double now)
+    cpdef plan_stretch(self)
+    cpdef finish_pass(self, double end)
+    cpdef truncate_stretch(self, double t)
+    cpdef stretch_evictions_until(self, double t)
+    cpdef finish_stretch(self, double end)
