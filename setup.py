@@ -40,6 +40,7 @@ COMPILED = [
     ("sim.workloads.base", {}),
     ("sim.workloads.traces", {}),
     ("sim.workloads.window", {}),
+    ("sim.request", {}),
     ("dynosim_gym.monitor", {}),
     ("dynosim_gym.observations", {}),
     ("dynosim_gym.autoscaling_env", {}),
