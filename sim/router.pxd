@@ -5,6 +5,8 @@
 # Their attributes are the ones declared here (the other routers, Python subclasses, keep
 # an instance dict); their methods cannot be patched on the class.
 
+cimport cython
+
 cdef class Router:
     cdef public object rng
 
@@ -20,3 +22,13 @@ cdef class KvRouter(Router):
     cdef public dict routed
     cdef public object _last
     cdef public object _keys_out
+
+    # The per-worker cost of select in C numbers: token and block counts as integers, the
+    # prefill term as a double. Byte-identical to Python's: (pending + isl) / bs is a true
+    # division of integers below 2**53 (correctly rounded either way), and an integer
+    # added to a double converts exactly.
+    @cython.locals(isl=Py_ssize_t, nkeys=Py_ssize_t, ov=Py_ssize_t, ov_active=Py_ssize_t,
+                   pending=Py_ssize_t, prefill=double, decode=Py_ssize_t, credit=double,
+                   scale=double, bs=Py_ssize_t, track_prefill=bint, track_active=bint,
+                   reuse=bint, costs=list, overlaps=list)
+    cpdef select(self, object req, object workers, object now)
