@@ -25,6 +25,15 @@ cdef class Seq:
     cdef public object gaps
     cdef public long sched_pass
 
+# Per-pass metric sums (C fields: every pass end adds to them)
+cdef class FpmTotals:
+    cdef public long long passes
+    cdef public double busy_ms
+    cdef public long long prefill_tokens
+    cdef public long long prefill_seqs
+    cdef public long long decode_tokens
+    cdef public long long decode_kv_tokens
+
 cdef class EngineBase:
     cdef public object id
     cdef public bint defer_gaps
@@ -60,7 +69,7 @@ cdef class EngineBase:
     cdef public long fpm_queued_tokens
     cdef public long last_fpm_decode_kv
     cdef public long last_fpm_queued
-    cdef public object tot
+    cdef public FpmTotals tot
     cdef public object on_first_token
     cdef public object on_finished
     cdef public object on_handoff
