@@ -10,6 +10,8 @@ from sim.config import yaml_load
 from sim.errors import InputError
 from sim.schema import COUNT, SEED, TIME_S, arg_type, int_arg
 
+from dynosim.options import make_out_dir
+
 
 EVAL_EPISODES = 5   # dynosim evaluate --episodes default
 
@@ -30,7 +32,7 @@ def _check_out_file(path: str) -> None:
     if p.parent.exists() and not p.parent.is_dir():
         raise InputError(f"{p.parent} is a file, not a directory", field="--out")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        make_out_dir(p.parent)        # removed again if the command fails while it is empty
     except OSError as exc:
         raise InputError(f"cannot create the directory of {path}: {exc.strerror}",
                          field="--out") from None
@@ -194,9 +196,22 @@ def _tune(args) -> int:
     return 0
 
 
+def _created_out_dir(path: str) -> None:
+    """Create a run or leaderboard directory through :func:`dynosim.options.make_out_dir`
+    (so it is removed again if the command fails before writing into it); an existing path,
+    or one that cannot be made, is left to the command's own checks."""
+    from pathlib import Path
+    if not Path(path).exists():
+        try:
+            make_out_dir(path)
+        except OSError:
+            pass
+
+
 def _train(args) -> int:
     from . import rllib_train
     rllib_train.check_args(args)
+    _created_out_dir(args.out)
     if args.framework == "rllib":
         return rllib_train.run(args)
     from .train import train
@@ -205,9 +220,32 @@ def _train(args) -> int:
                 overrides=dict(args.set), checkpoint_every=args.checkpoint_every,
                 quiet=args.quiet)
     if not args.quiet:
-        print(f"dynosim: saved {out / 'model.zip'} (TensorBoard: tensorboard --logdir "
-              f"{out / 'tb'})", file=sys.stderr)
+        print(f"dynosim: saved {out / 'model.zip'}; {tensorboard_hint(out / 'tb')}",
+              file=sys.stderr)
     return 0
+
+
+def tensorboard_hint(logdir) -> str:
+    """How to view a run's TensorBoard logs, as a command that runs as written: the
+    ``tensorboard`` script of this Python's environment (``.venv/bin/tensorboard`` after the
+    README's ``make install``; tensorboard is a dependency), else the one on PATH, else what
+    to install."""
+    import importlib.util
+    import os
+    import shutil
+    from pathlib import Path
+    script = Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt"
+                                            else "tensorboard")
+    if importlib.util.find_spec("tensorboard") is not None and script.is_file():
+        try:                      # .venv/bin/tensorboard, not /abs/path/.venv/bin/tensorboard
+            script = script.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        return f"training curves: {script} --logdir {logdir}"
+    if shutil.which("tensorboard"):
+        return f"training curves: tensorboard --logdir {logdir}"
+    return (f"TensorBoard logs in {logdir} (to view them: pip install tensorboard, then "
+            f"tensorboard --logdir {logdir})")
 
 
 def _plural(n: int, noun: str) -> str:
@@ -224,6 +262,7 @@ def _evaluate(args) -> int:
     if args.out:
         _check_out_file(args.out)
     if args.leaderboard is not None:
+        _created_out_dir(args.leaderboard)
         res = leaderboard(args.leaderboard, env_id=args.env or "DynoSim-v0", config=args.config,
                           episodes=args.episodes, seed=args.seed, reference=args.reference,
                           policies=args.policies.split(",") if args.policies else None,

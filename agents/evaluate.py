@@ -407,8 +407,13 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
     space = getattr(policy, "observation_space", None)
     if space is not None and space.shape != env.observation_space.shape:
         raise InputError(f"the model observes {space.shape}, this env config gives "
-                         f"{env.observation_space.shape}{feature_diff(pol, env_id, cfg)}",
+                         f"{env.observation_space.shape}"
+                         f"{missing_record_hint(pol) or feature_diff(pol, env_id, cfg)}",
                          field="--policy")
+    acts = getattr(policy, "action_space", None)
+    if acts is not None and acts != env.action_space:
+        raise InputError(f"the model acts in {acts}, this env config gives "
+                         f"{env.action_space}{missing_record_hint(pol)}", field="--policy")
     it = list(enumerate(runs))
     if not quiet and sys.stderr.isatty():
         from tqdm import tqdm
@@ -449,9 +454,23 @@ def observation_features(env_id: str, cfg) -> list[str]:
     if env_id == ROUTING_ENV:
         from dynosim_gym.routing_env import feature_names
         return feature_names(int(cfg.env.initial_workers or cfg.sim.cluster.num_workers))
-    from dynosim_gym.observations import FEATURES
     stack = cfg.env.observation.stack
-    return [f"{f}@{k}" if stack > 1 else f for k in range(stack) for f in FEATURES]
+    names = cfg.env.observation.features
+    return [f"{f}@{k}" if stack > 1 else f for k in range(stack) for f in names]
+
+
+def missing_record_hint(pol: PolicySpec) -> str:
+    """What to do when a model without its run record (a ``model.zip`` copied without
+    ``run.json``, or ``NAME.zip`` without ``NAME.json``) does not fit the env config: the
+    record carries its training interface (:data:`INTERFACE_KEYS`). Empty otherwise."""
+    if pol.run is not None or pol.path is None or pol.kind == "rllib":
+        return ""
+    keys = ", ".join(f"env.{k}" for k in INTERFACE_KEYS)
+    return (f"; {pol.path} has no run record ({pol.path.with_suffix('.json').name} beside "
+            f"it, or run.json in its directory), which gives the interface it was trained "
+            f"with ({keys}): copy the record from its training run next to it, or pass that "
+            "interface with --config YAML (the training env config) or --set KEY=VALUE "
+            "(e.g. --set action.type=target)")
 
 
 def feature_diff(pol: PolicySpec, env_id: str, cfg) -> str:

@@ -327,6 +327,27 @@ def heuristic_env(spec: str) -> str:
                                  for e in (AUTOSCALING_ENV, ROUTING_ENV)))
 
 
+def _check_static_count(n: int, u) -> None:
+    """``heuristic:static:N`` must be a count the env can provision: the env clamps every
+    request to ``env.min_endpoint`` and the GPU budget (as Dynamo's planner clamps to
+    ``max_gpu_budget``), which would score another count under this name; so, like every
+    out-of-range input, it is a one-line ValueError naming the bounds."""
+    e = u.cfg.env
+    if hasattr(u, "pool_gpus"):            # disaggregated: N workers in each pool
+        per = sum(u.pool_gpus.values())
+        most, what = e.max_gpu_budget // per, f"{per} GPUs per prefill + decode pair"
+    else:
+        per = u.cfg.sim.cluster.gpus_per_worker
+        most, what = u.max_workers, f"{per} GPU{'s' if per != 1 else ''} per worker"
+    if n > most:
+        raise ValueError(f"heuristic:static:{n} asks for more workers than the env's GPU "
+                         f"budget holds: env.max_gpu_budget {e.max_gpu_budget} at {what} "
+                         f"allows at most {most}")
+    if n < e.min_endpoint:
+        raise ValueError(f"heuristic:static:{n} asks for fewer workers than the env keeps: "
+                         f"env.min_endpoint is {e.min_endpoint}")
+
+
 def make_heuristic(spec: str, env=None) -> HeuristicPolicy:
     """``heuristic:load | throughput | static | static:N | <tuned name>`` (autoscaling) or
     ``heuristic:kv | round_robin | least_loaded | random | <tuned kv name>`` (routing; needs
@@ -341,6 +362,8 @@ def make_heuristic(spec: str, env=None) -> HeuristicPolicy:
         n = kind.split(":", 1)[1]
         if not n.isdigit() or int(n) < 1:
             raise ValueError(f"heuristic:static:N needs a worker count N >= 1, got {n!r}")
+        if env is not None:
+            _check_static_count(int(n), env.unwrapped if hasattr(env, "unwrapped") else env)
         return StaticCountPolicy(int(n), env)
     if kind == "kv":
         return KvCostPolicy(env)

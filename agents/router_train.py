@@ -118,7 +118,7 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     changed family misses the cache) and the oracle: the greedy schedule's key has no
     oracle field (as before ``oracle:schedule`` became the local search, so caches made
     then still hit), every other oracle's key names it, so two oracles never read each
-    other's schedules. The schedule is planned and keyed without
+    other's schedules; nor ``env.observation.features`` (it changes no simulation). The schedule is planned and keyed without
     ``env.action.scale_down_window_s``; the learner's env applies the window to the
     teacher's requests."""
     import hashlib
@@ -135,6 +135,9 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     # the schedule is a plan of counts, made without scale-down stabilisation (the learner's
     # env applies it to the teacher's requests as to its own): keyed and replayed without
     window = cfg["env"]["action"].pop("scale_down_window_s", 0.0)
+    # what the policy observes does not change the simulation: a recipe's own features
+    # share the schedules (keys made before env.observation.features existed still hit)
+    cfg["env"]["observation"].pop("features", None)
     _, info = env.reset(seed=seed, options=opts)
     fields = {"config": cfg, "sla_target": e.reward.sla_target, "options": opts,
               "seed": seed, "segment_s": 120.0, "setup": info["episode_setup"]}
@@ -142,7 +145,8 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
         fields["oracle"] = oracle
     key = json.dumps(fields, sort_keys=True, default=str)
     path = schedule_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
-    if path.exists():
+    cached = path.exists()
+    if cached:
         targets = json.loads(path.read_text())["targets"]
     else:
         plain = gym.make(env.spec.id, config=u.cfg.to_dict(),
@@ -160,17 +164,21 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"seed": seed, "options": opts, "targets": targets}))
         tmp.replace(path)                    # atomic: parallel runs may share the cache
-    return SchedulePolicy(env, targets)
+    policy = SchedulePolicy(env, targets)
+    policy.cache_file, policy.cached = path, cached     # for the teacher's progress line
+    return policy
 
 
-def teacher_samples(env, teacher: str, seeds, learner=None, quiet: bool = True
-                    ) -> tuple[list[np.ndarray], list[int], list[int]]:
+def teacher_samples(env, teacher: str, seeds, learner=None, quiet: bool = True,
+                    deadband: int = 0) -> tuple[list[np.ndarray], list[int], list[int]]:
     """(observations, the teacher's action at each, episode lengths) on the training-split
     episodes ``seeds`` of ``env``. ``teacher`` is a heuristic spec or one of
     :data:`SCHEDULE_TEACHERS` (each episode's own hindsight schedule). The teacher's
     actions drive the env, or, if ``learner`` (anything with SB3's ``predict``) is given,
     the learner's (DAgger): the teacher then only labels the learner's states (a schedule
-    labels step t with its count for step t)."""
+    labels step t with its count for step t; with ``deadband`` k > 0, a schedule's count
+    within k workers of the count provisioned now is labelled "hold the current count",
+    so the labels do not toggle with the schedule's small steps)."""
     from .heuristics import make_heuristic
 
     oracle = teacher in SCHEDULE_TEACHERS
@@ -183,13 +191,20 @@ def teacher_samples(env, teacher: str, seeds, learner=None, quiet: bool = True
             t0 = time.perf_counter()
             teach = _schedule_teacher(env, opts, s, teacher)
             if not quiet:             # a schedule not cached yet takes minutes: say so
+                how = (f"read from the cache ({teach.cache_file})" if teach.cached else
+                       f"planned in {time.perf_counter() - t0:.1f} s, cached in "
+                       f"{teach.cache_file}")
                 print(f"dynosim: teacher episode {k + 1}/{len(seeds)} (seed {s}): "
-                      f"{teacher} schedule ready in {time.perf_counter() - t0:.1f} s",
-                      file=sys.stderr)
+                      f"{teacher} schedule {how}", file=sys.stderr)
         obs, _ = env.reset(seed=s, options=opts)
         start, done, n = np.ones(1, dtype=bool), False, 0
         while not done:
             a, _ = teach.predict(obs, episode_start=start, deterministic=True)
+            if deadband and learner is not None and oracle:
+                u = env.unwrapped
+                cur = sum(u.sim.counts()[:2])
+                if abs(teach.targets[min(u._steps, len(teach.targets) - 1)] - cur) <= deadband:
+                    a = u.target_action(cur)
             start = np.zeros(1, dtype=bool)
             obs_l.append(obs)
             act_l.append(int(a))
@@ -230,7 +245,9 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     schedule from the states its own errors lead to, which cloning the teacher's states
     alone never shows it; the regulariser then uses the aggregate. The record adds each
     round's samples and the policy's agreement with the labels on its own states before
-    that round's fit."""
+    that round's fit. ``dagger: {rounds, deadband: K}`` labels the learner's states with
+    "hold" where the schedule is within K workers of the count provisioned (a hysteresis
+    in the labels, against flapping; :func:`teacher_samples`)."""
     import gymnasium as gym
     import torch as th
 
@@ -240,13 +257,15 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     if regularise and hasattr(pol, "lstm_actor"):
         raise InputError("bc_warm_start.regularise is for feed-forward policies only",
                          field="bc_warm_start.regularise")
-    rounds = 0
+    rounds = deadband = 0
     if dagger is not None:
         rounds = dagger.get("rounds", 1) if isinstance(dagger, dict) else None
+        deadband = dagger.get("deadband", 0) if isinstance(dagger, dict) else None
         if (not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1
-                or set(dagger) - {"rounds"}):
-            raise InputError(f"expected {{rounds: N >= 1}}, got {dagger!r}",
-                             field="bc_warm_start.dagger")
+                or not isinstance(deadband, int) or isinstance(deadband, bool)
+                or deadband < 0 or set(dagger) - {"rounds", "deadband"}):
+            raise InputError(f"expected {{rounds: N >= 1, deadband: K >= 0 (optional)}}, "
+                             f"got {dagger!r}", field="bc_warm_start.dagger")
         if not oracle or hasattr(pol, "lstm_actor"):
             raise InputError("needs a hindsight-schedule teacher (one of "
                              f"{', '.join(SCHEDULE_TEACHERS)}) and a feed-forward policy",
@@ -255,7 +274,7 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
 
     def collect(learner=None) -> tuple[list, list, list[int]]:
         return teacher_samples(env, teacher, range(first, first + episodes), learner,
-                               quiet=quiet or learner is not None)
+                               quiet=quiet or learner is not None, deadband=deadband)
 
     obs_l, act_l, lengths = collect()
     X = th.as_tensor(np.asarray(obs_l, dtype=np.float32))

@@ -163,18 +163,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     if chooser is not None:
         record["select_checkpoint"] = chooser.record()
         if not quiet:
-            kept = chooser.history[chooser.chosen]
-            what = " (the behaviour-cloned policy, before any PPO update)" \
-                if kept["timesteps"] == 0 else ""
-            target = record["select_checkpoint"]["sla_target"]
-            rule = (f"the fewest GPU-hours at SLA >= {target:.0%}"
-                    if kept["sla_attainment"] >= target else
-                    f"none reached the SLA target {target:.0%}, so the highest attainment")
-            print(f"dynosim: select_checkpoint kept the checkpoint at {kept['timesteps']:,} "
-                  f"timesteps{what} ({rule}): {kept['sla_attainment']:.1%} SLA at "
-                  f"{kept['gpu_hours_per_episode']:.2f} GPU-h per episode on its "
-                  f"{len(record['select_checkpoint']['seeds'])} training-split selection "
-                  "episodes; model.zip is that checkpoint", file=sys.stderr)
+            print(_selection_line(chooser.history[chooser.chosen],
+                                  record["select_checkpoint"]), file=sys.stderr)
     if dual is not None:
         record["lagrange_multiplier"] = {"final": dual.multiplier, "history": dual.history}
     if not quiet:
@@ -182,6 +172,22 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     venv.close()
     return out
+
+
+def _selection_line(kept: dict[str, Any], sel: dict[str, Any]) -> str:
+    """The one sentence saying which checkpoint ``select_checkpoint`` kept (``kept``: its
+    history entry; ``sel``: the selector's record), its figures, and by which rule."""
+    target = sel["sla_target"]
+    what = (" (the behaviour-cloned policy, before any PPO update)"
+            if kept["timesteps"] == 0 else "")
+    rule = (f"the fewest GPU-hours at SLA >= {target:.0%}"
+            if kept["sla_attainment"] >= target else
+            f"the highest attainment, as none reached the SLA target {target:.0%}")
+    return (f"dynosim: select_checkpoint kept the checkpoint at {kept['timesteps']:,} "
+            f"timesteps{what}: {kept['sla_attainment']:.1%} SLA at "
+            f"{kept['gpu_hours_per_episode']:.2f} GPU-h per episode on its "
+            f"{len(sel['seeds'])} training-split selection episodes, {rule}; model.zip is "
+            "that checkpoint")
 
 
 #: SB3 hyperparameters that are numbers (a string there fails deep inside SB3, or names the
@@ -299,7 +305,8 @@ class _Progress:
             last = self.kpis[-self.WINDOW:]
             sla, gpu, ev = (sum(x[i] for x in last) / len(last) for i in range(3))
             kpi = f"; SLA {sla:.1%}, {gpu:.2f} GPU-h, {ev:.0f} scaling events per episode"
-        return (f"{self.steps:,}/{self.total:,} steps ({self.steps / self.total:.0%}) in "
+        done = 100 * self.steps // self.total        # floored: 100% only when it is done
+        return (f"{self.steps:,}/{self.total:,} steps ({done}%) in "
                 f"{wall:,.0f} s, {rate:,.0f} steps/s, {len(self.rewards):,} episodes, "
                 f"mean episode reward {reward}{kpi}")
 

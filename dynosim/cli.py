@@ -26,7 +26,8 @@ from sim.config import RunConfig, build_planner, build_simulation
 from sim.errors import InputError
 
 from .options import (PLOT_SUFFIXES, SIMULATE_HELP, Parser, add_simulate_arguments,
-                      check_output_path, config_from_args, from_cmdline, note)
+                      check_output_path, config_from_args, forget_created_dirs,
+                      from_cmdline, note, remove_empty_created_dirs)
 
 AGENT_COMMANDS = ("train", "evaluate", "tune")   # in agents.cli (imports gymnasium / torch lazily)
 
@@ -75,6 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    forget_created_dirs()
+    code = 1
+    try:
+        code = _run(args)
+    finally:
+        if code != 0:                 # failed (or raised): no empty --out directory left
+            remove_empty_created_dirs()
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; every error a user can cause ends here as one line."""
     try:
         if args.command == "models":
             return list_models(args)
@@ -318,7 +331,7 @@ def _jsonable(obj: Any) -> Any:
 
 def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     n = describe.get("num_requests")
-    count = f", {n:,} requests" if isinstance(n, int) else ""
+    count = f"{n:,} requests" if isinstance(n, int) else None
     n = cfg.cluster.num_workers
     workers = f"{n} worker{'s' if n != 1 else ''}"
     if cfg.disagg is not None:
@@ -336,7 +349,14 @@ def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
         pt, dt = (d[f"{r}_timing_model"] or timing for r in ("prefill", "decode"))
         blocks = pb if pb == db else f"{pb:,} prefill / {db:,} decode"
         timing = pt if pt == dt else f"{pt} prefill / {dt} decode"
-    return (f"{describe.get('name', 'workload')} ({describe.get('kind', '?')}{count}) on "
+    name, kind = describe.get("name", "workload"), describe.get("kind", "?")
+    what = [] if name == kind else [kind]     # not "synthetic (synthetic)"
+    arrival = describe.get("arrival")
+    if kind == "synthetic" and isinstance(arrival, dict) and arrival.get("type"):
+        what.append(f"{arrival['type']} arrivals")
+    head = f"{name} workload" if name == kind else name
+    what += [count] if count else []
+    return (f"{head} ({', '.join(what)}) on "
             f"{workers}, {cfg.router.mode} router, KV "
             f"{blocks} x {cfg.engine.block_size}-token blocks, timing {timing}")
 

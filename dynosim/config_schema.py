@@ -36,8 +36,9 @@ def _rows_of(cls: type, prefix: str, flag_of: dict[str, str]) -> Iterator[dict[s
         rng = field_range(f)
         choices = f.metadata.get("choices")
         yield {"field": dotted, "type": _type_name(hints[f.name]), "default": default,
-               "range": rng.text() if rng else ("one of " + "|".join(choices) if choices
-                                                else ""),
+               "range": rng.text() if rng else (
+                   ("each " if get_origin(hints[f.name]) is list else "") + "one of "
+                   + "|".join(choices) if choices else ""),
                "unit": rng.unit if rng else "", "flag": flag_of.get(dotted, ""),
                "why": rng.why if rng else ""}
 
@@ -80,18 +81,57 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+#: Env fields whose ``null`` default is computed when the env is built: the rule (the env
+#: class docstrings' wording), and how to read the value ``DynoSim-v0`` uses from the built
+#: env (``None``: nothing single to show).
+COMPUTED: dict[str, tuple[str, Any]] = {
+    "env.initial_workers": ("cluster.num_workers",
+                            lambda u: u.cfg.env.initial_workers
+                            or u.cfg.sim.cluster.num_workers),
+    "env.eval_scenarios": ("env.scenarios",
+                           lambda u: u.cfg.env.eval_scenarios or u.cfg.env.scenarios),
+    "env.startup_min_s": ("cluster.startup_time_s (no draw)", None),
+    "env.startup_max_s": ("cluster.startup_time_s (no draw)", None),
+    "env.planner_interval_s": ("env.interval_s (load), planner."
+                               "throughput_adjustment_interval_seconds (throughput)", None),
+    "env.observation.rate_scale_rps": ("env.rate_max_rps", lambda u: u.obs_builder.rate_scale),
+    "env.reward.gpu_weight": ("0.5 / (env.interval_s x env.max_gpu_budget)",
+                              lambda u: u.w_gpu),
+    "env.reward.request_scale": ("env.rate_max_rps x env.interval_s",
+                                 lambda u: u.request_scale),
+}
+
+
 def _note_env_defaults(env_rows: list[dict[str, Any]]) -> None:
     """The env section's defaults are the dataclass's; ``DynoSim-v0`` loads its default
     scenario (``envs_configs/autoscale_default.yaml``) on top: where that differs, the row
-    says ``(DynoSim-v0: value)`` so the table shows what ``gym.make`` actually uses."""
-    from dynosim_gym.config import load_env_config
-    env = load_env_config("autoscale_default").env
+    says ``(DynoSim-v0: value)`` so the table shows what ``gym.make`` actually uses. A
+    ``null`` that the env computes (:data:`COMPUTED`) says ``computed: RULE`` and the value
+    read from a built ``DynoSim-v0``."""
+    import gymnasium as gym
+
+    import dynosim_gym  # noqa: F401  (registers DynoSim-v0)
+    built = gym.make("DynoSim-v0")
+    u = built.unwrapped
+    env = u.cfg.env
     for r in env_rows:
         value: Any = env
         for part in r["field"].split(".")[1:]:
             value = getattr(value, part, None)
-        if value != r["default"]:
+        rule, of = COMPUTED.get(r["field"], (None, None))
+        if rule is not None and r["default"] is None:
+            if value is not None:              # the scenario sets it
+                shown = f" (DynoSim-v0 sets {value})"
+            elif of is not None:
+                got = of(u)
+                shown = f" (DynoSim-v0: {got:.6g})" if isinstance(got, float) else \
+                    f" (DynoSim-v0: {got})"
+            else:
+                shown = ""
+            r["default"] = f"computed: {rule}{shown}"
+        elif value != r["default"]:
             r["default"] = f"{r['default']} (DynoSim-v0: {value})"
+    built.close()
 
 
 TITLES = {"config": "Run config (YAML sections; flags of `dynosim simulate`; env keywords "

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -176,13 +177,23 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown})"
 
 
+#: What argparse must take as a (negative) value, not as an option: argparse's own rule
+#: (``-1``, ``-.5``) misses exponents and infinities, so ``--num-workers -1e1`` would fail
+#: with "expected one argument" instead of the flag's range error. No flag of ours looks
+#: like a number, so every such string is a value.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^-(inf|infinity|nan)$",
+                             re.IGNORECASE)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line like every other error (still exit 2), and
-    every option's help shows its default."""
+    """argparse, but usage errors are one line like every other error (still exit 2),
+    every option's help shows its default, and a negative number in any form (``-1e1``,
+    ``-inf``) is a flag's value, so the flag's own range check reports it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER   # argparse's (private) hook
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"dynosim: error: {message} (see '{self.prog} --help')\n")
@@ -258,8 +269,10 @@ def _load_run_config(args: argparse.Namespace) -> RunConfig:
         factory = EpisodeFactory(ecfg)
         _, desc = factory.build(cfg.run.seed)
         data = cfg.to_dict()
+        # named after the scenario and episode (the summary's headline, the JSON's workload)
+        label = f"{Path(args.config).stem}: {desc['scenario']} load, episode {cfg.run.seed}"
         data["workload"] = {**cfg.workload, "arrival": desc["arrival"],
-                            "duration_s": factory.duration_s}
+                            "duration_s": factory.duration_s, "name": label}
         cfg = parse_config(data, source=cfg.source, where=cfg.where)
         what = (f"the {desc['scenario']} load of episode {cfg.run.seed} "
                 f"({factory.duration_s:g} s) on its cluster")
@@ -553,6 +566,42 @@ def simulate_parser() -> Parser:
     p = Parser(prog="dynosim simulate", description=SIMULATE_HELP["description"])
     add_simulate_arguments(p)
     return p
+
+
+#: Directories this command created for its outputs (``--out`` and the like), outermost
+#: first. :func:`dynosim.cli.main` removes those still empty when the command fails, so an
+#: error before the first result (a bad flag found late, a closed pipe, Ctrl-C) leaves no
+#: empty directory behind.
+_CREATED_DIRS: list[Path] = []
+
+
+def make_out_dir(path: str | Path) -> Path:
+    """``mkdir -p path``, remembering the directories it creates (see ``_CREATED_DIRS``).
+    OSError as ``Path.mkdir`` raises it."""
+    p = Path(path)
+    missing, q = [], p
+    while not q.exists() and not q.is_symlink() and q != q.parent:
+        missing.append(q)
+        q = q.parent
+    p.mkdir(parents=True, exist_ok=True)
+    _CREATED_DIRS.extend(reversed(missing))
+    return p
+
+
+def forget_created_dirs() -> None:
+    """Start a command with nothing to remove (a library call may have created some)."""
+    _CREATED_DIRS.clear()
+
+
+def remove_empty_created_dirs() -> None:
+    """Remove the directories :func:`make_out_dir` created that are still empty, deepest
+    first (one holding anything, e.g. a first result, is kept), and forget them all."""
+    for d in reversed(_CREATED_DIRS):
+        try:
+            d.rmdir()
+        except OSError:                 # not empty, or already gone
+            pass
+    _CREATED_DIRS.clear()
 
 
 def note(args: argparse.Namespace, text: str) -> None:

@@ -29,6 +29,13 @@ def _finish(ax, title: str, values: np.ndarray, ylabel: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     if _log_x(values):                     # long tails: log x
         ax.set_xscale("log")
+        v = values[np.isfinite(values) & (values > 0)]
+        if v.max() / v.min() < 100:        # under two decades: 1-2-5 ticks, plain numbers
+            from matplotlib import ticker  # (matplotlib's own labels every minor tick
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # there,
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(        # and they overlap)
+                lambda x, _: f"{x:,.0f}" if x >= 1 else f"{x:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     # percentile guides, labelled on a right-hand axis (clear of the curves)
     guides = (0.5, 0.9, 0.99)
     for q, ls in zip(guides, (":", "--", "-.")):

@@ -120,7 +120,9 @@ class DynoSimEnv(SimEnv):
     completions (relative to the SLAs), the oldest request still waiting for its first token,
     last interval's SLA attainment, active/starting/draining workers, time of day (sin, cos),
     episode progress, the arrival-rate slope and queue growth over the last 3 intervals, and
-    the episode's start-up time. Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
+    the episode's start-up time. ``env.observation.features`` chooses other entries by name
+    (these and :data:`~dynosim_gym.observations.CAPACITY_FEATURES`, load in workers' worth
+    of one worker's throughput; the shape follows the list). Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
     over both pools then, per pool, its active/starting/draining workers, queued and running
     requests and KV utilisation, and the KV handoffs in flight (:data:`~dynosim_gym.
     observations.POOL_FEATURES`). Unbounded values are scaled and log-scaled (``log1p``), so
@@ -155,6 +157,13 @@ class DynoSimEnv(SimEnv):
     Never terminates; after ``episode_steps`` steps (default 360 x 5 s = 30 simulated minutes)
     ``truncated=True``. The final ``info["episode_summary"]`` summarises the episode: SLA
     attainment, GPU-hours, p90 TTFT/ITL, requests decided, scaling events and reversals.
+
+    Info keys vs ``dynosim evaluate``: the env names percentiles metric first,
+    ``info["ttft_p90_ms"]`` / ``info["itl_p90_ms"]`` (the interval's, and the episode's in
+    ``episode_summary``; nearest-rank p90 of TTFT and per-request ITL (TPOT), ms); the
+    evaluation reports the same figures as ``p90_ttft_ms`` / ``p90_itl_ms``, pooled over
+    every request of every episode, and under those names in its ``per_episode`` entries
+    (:mod:`agents.evaluate`). The env's names are public API and stay.
 
     ## Arguments
 
@@ -253,6 +262,7 @@ class DynoSimEnv(SimEnv):
         self._last_dir = 0
         self._requests: collections.deque[int] = collections.deque(maxlen=self._window)
         self.obs_builder.startup_s = self.sim.cluster_cfg.startup_time_s
+        self.obs_builder.attach(self.sim)
         self._ttfts: list[float] = []
         self._tpots: list[float] = []
         self._history: list[tuple[int, int, float]] = []     # for render(): per step

@@ -31,6 +31,7 @@ from sim.schema import (COUNT, GPUS, MAX_TOKENS, PLANNER_FIELDS, RATE, SHARE_OPE
 
 import envs_configs as _bundled
 
+from .observations import ALL_FEATURES, FEATURES
 from .scenarios import FAMILIES, ROUTING_FAMILIES
 
 CONFIG_DIR = Path(_bundled.__file__).resolve().parent     # the bundled YAML scenarios
@@ -67,6 +68,10 @@ class ObservationSection:
     rate_scale_rps: float | None = _opt(None, range=RATE)  # arrival rate scale; null = rate_max_rps
     isl_scale: float = _opt(8192.0, range=SCALE)  # tokens
     osl_scale: float = _opt(1024.0, range=SCALE)  # tokens
+    # the vector's entries, by name, in this order (dynosim_gym.observations: FEATURES, the
+    # default, and CAPACITY_FEATURES); aggregated pool only
+    features: list[str] = field(default_factory=lambda: list(FEATURES),
+                                metadata={"choices": ALL_FEATURES})
 
 
 @dataclass
@@ -241,6 +246,9 @@ def _check_disagg(cfg: EnvConfig, v: _Validator) -> None:
     the budget, and the initial pools lie within it (``env.initial_workers`` is for one
     aggregated pool; the pools start at ``disagg.num_prefill_workers`` / ``_decode_``)."""
     e, d = cfg.env, disagg_config(cfg.sim)
+    if tuple(e.observation.features) != FEATURES:
+        raise v.error("a disaggregated env observes the default features (and per-pool "
+                      "ones); remove env.observation.features", "env.observation.features")
     if e.action.type != "delta":
         raise v.error("a disaggregated env takes one delta per pool; use type: delta",
                       "env.action.type")
@@ -275,11 +283,41 @@ def _parse_env(data: Any, v: _Validator) -> EnvSection:
     env = v.section(flat, _FlatEnv, "env")
     out = EnvSection(**{f.name: getattr(env, f.name) for f in fields(_FlatEnv)})
     for name, cls in NESTED.items():
-        setattr(out, name, v.section(data.get(name), cls, f"env.{name}"))
+        sec = data.get(name)
+        features = None
+        if name == "observation" and isinstance(sec, Mapping) and "features" in sec:
+            sec = dict(sec)
+            features = _parse_features(sec.pop("features"), v)
+        setattr(out, name, v.section(sec, cls, f"env.{name}"))
+        if features is not None:
+            out.observation.features = features
     out.planner = data.get("planner") if data.get("planner") is not None else {}
     if isinstance(out.planner, Mapping):
         out.planner = dict(out.planner)
     return out
+
+
+def _parse_features(value: Any, v: _Validator) -> list[str]:
+    """``env.observation.features``: a non-empty list (or comma string) of distinct names
+    from :data:`~dynosim_gym.observations.ALL_FEATURES`."""
+    key = "env.observation.features"
+    if isinstance(value, str):
+        value = [x.strip() for x in value.split(",") if x.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise v.error(f"expected a non-empty list of feature names, got {_show(value)}", key)
+    seen: set[str] = set()
+    for i, name in enumerate(value):
+        if not isinstance(name, str):
+            raise v.error(f"entry {i}: expected a feature name, got {_show(name)}", key)
+        if name not in ALL_FEATURES:
+            hint = difflib.get_close_matches(name, ALL_FEATURES, n=1)
+            more = f" (did you mean '{hint[0]}'?)" if hint else \
+                f"; expected names from {', '.join(ALL_FEATURES)}"
+            raise v.error(f"entry {i}: unknown feature {name!r}{more}", key)
+        if name in seen:
+            raise v.error(f"entry {i}: feature {name!r} is listed twice", key)
+        seen.add(name)
+    return list(value)
 
 
 # EnvSection's scalar fields (rules included), for the shared field validator.

@@ -7,6 +7,13 @@ trends use ``sign(x) * log1p(|x|)``. Shares are clipped to ``[0, 1]``. Every fea
 clipped to ``[-LOG_MAX, LOG_MAX]`` (``LOG_MAX = 20``: e^20 times the reference) to keep the
 Box finite. With ``env.observation.stack = N`` the last N vectors are concatenated, oldest
 first (zeros before the episode's first interval).
+
+``env.observation.features`` chooses the vector's entries by name, in the order given, from
+:data:`FEATURES` (the default, in that order: ``DynoSim-v0``'s observation) and
+:data:`CAPACITY_FEATURES`, load relative to what one worker of the scenario's engine can
+serve under its timing model (issue 11, round 6): a rate in requests/s keys a policy to
+the request mix it was trained on (Azure's short prompts arrive at 4x the training families'
+peak rate for less work); "workers' worth" of prefill or decode does not.
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ from collections import deque
 
 import numpy as np
 from gymnasium import spaces
+
+from sim.planner import agg_engine_capacity, decode_engine_capacity, prefill_engine_capacity
 
 from .monitor import Interval
 
@@ -47,8 +56,37 @@ FEATURES = (
                            # interval over the last SLOPE_STEPS intervals / batch budget
     "startup_time",        # the episode's worker start-up time / interval_s, log1p
 )
+#: Load relative to the engine's capacity (opt-in through ``env.observation.features``).
+#: "One worker's" throughput is read from the scenario's timing model by the throughput
+#: planner's own capacity functions (:mod:`sim.planner`; Dynamo's throughput planner
+#: divides demand by it, reference/dynamo_semantics.md §6.3), for the interval's arrivals'
+#: mean ISL and OSL, quantised to a 2 % geometric grid (so the capacity is computed once per
+#: grid cell); requests/s = arrivals in the interval / its length. All are log1p'd and 0
+#: in an interval without arrivals (the queue features excepted). ``A`` = active workers
+#: at the interval's end, at least 1.
+CAPACITY_FEATURES = (
+    "prefill_demand",      # arriving uncached prompt tokens/s (ISL x (1 - kv_hit_rate), the
+                           # hit rate of recent completions) / one worker's prefill tokens/s at
+                           # a full chunked-prefill pass of max_num_batched_tokens: workers'
+                           # worth of prefill (sim.planner.prefill_engine_capacity)
+    "decode_demand",       # arriving requests/s / one worker's request rate at the largest
+                           # batch whose decode ITL meets the ITL SLA: workers' worth of decode
+                           # (= output tokens/s over decode tokens/s at the SLA;
+                           # sim.planner.decode_engine_capacity)
+    "planner_demand",      # arriving requests/s / one aggregated worker's best rate meeting
+                           # both SLAs: the throughput planner's worker count before its ceil
+                           # (sim.planner.agg_engine_capacity, prompt discounted by kv_hit_rate)
+    "prefill_demand_per_active",   # prefill_demand's ratio / A
+    "decode_demand_per_active",    # decode_demand's ratio / A
+    "queued_prefill_per_active",   # uncomputed prompt tokens queued / (A x one worker's prefill
+                                   # tokens/s) / TTFT SLA: TTFT budgets of backlog per worker
+    "queued_requests_per_active",  # waiting requests / A
+)
+#: Every name ``env.observation.features`` accepts.
+ALL_FEATURES = FEATURES + CAPACITY_FEATURES
 #: Features that can be negative (trends).
 SIGNED = ("arrival_rate_slope", "queue_growth")
+GRID = math.log(1.02)      # the capacity cache's geometric step in ISL and OSL
 
 
 def _sq(x: float) -> float:
@@ -74,6 +112,59 @@ def _slog(x: float) -> float:
     return math.copysign(math.log1p(abs(x)), x)
 
 
+def _cell(x: float) -> float:
+    """``x`` (> 0) rounded to the 2 % geometric grid the capacity cache is keyed on."""
+    return math.exp(round(math.log(x) / GRID) * GRID)
+
+
+class EngineCapacity:
+    """One worker's throughput under the scenario's engine config and timing model, by the
+    throughput planner's functions (:mod:`sim.planner`), cached per grid cell."""
+
+    def __init__(self, timing, engine_cfg, ttft_sla_ms: float, itl_sla_ms: float) -> None:
+        self.timing, self.engine_cfg = timing, engine_cfg
+        self.ttft_sla, self.itl_sla = ttft_sla_ms, itl_sla_ms
+        #: prefill tokens/s of one worker at full chunks of max_num_batched_tokens
+        self.prefill_tps = prefill_engine_capacity(timing, engine_cfg, 1.0)["rps"]
+        self._decode: dict[tuple[float, float], float] = {}
+        self._agg: dict[tuple[float, float, float], float] = {}
+
+    def decode_rps(self, isl: float, osl: float) -> float:
+        """Requests/s of one worker at the largest decode batch meeting the ITL SLA."""
+        key = (_cell(max(isl, 1.0)), _cell(max(osl, 1.0)))
+        r = self._decode.get(key)
+        if r is None:
+            r = self._decode[key] = decode_engine_capacity(
+                self.timing, self.engine_cfg, key[0], key[1], self.itl_sla)["rps"]
+        return r
+
+    def agg_rps(self, isl: float, osl: float, hit: float) -> float:
+        """Requests/s of one aggregated worker meeting both SLAs (hit rate to 0.01)."""
+        key = (_cell(max(isl, 1.0)), _cell(max(osl, 1.0)), round(min(max(hit, 0.0), 1.0), 2))
+        r = self._agg.get(key)
+        if r is None:
+            r = self._agg[key] = agg_engine_capacity(
+                self.timing, self.engine_cfg, key[0], key[1], self.ttft_sla, self.itl_sla,
+                key[2])["rps"]
+        return r
+
+
+def capacity_values(iv: Interval, cap: EngineCapacity, dt: float) -> tuple[float, ...]:
+    """:data:`CAPACITY_FEATURES` of one interval (``dt`` its length in s), in order."""
+    a = float(max(iv.active, 1))
+    hit = min(max(iv.kv_hit_rate, 0.0), 1.0)
+    if iv.arrived:
+        rps = iv.arrived / dt
+        pre = rps * iv.mean_isl * (1.0 - hit) / cap.prefill_tps
+        dec = rps / cap.decode_rps(iv.mean_isl, iv.mean_osl)
+        agg = rps / cap.agg_rps(iv.mean_isl, iv.mean_osl, hit)
+    else:
+        pre = dec = agg = 0.0
+    backlog_s = iv.queued_prefill_tokens / (a * cap.prefill_tps)
+    return (_lg(pre), _lg(dec), _lg(agg), _lg(pre / a), _lg(dec / a),
+            _lg(backlog_s * 1000.0 / cap.ttft_sla), _lg(iv.queued / a))
+
+
 class ObservationBuilder:
     def __init__(self, cfg, max_workers: int, ttft_sla_ms: float, itl_sla_ms: float) -> None:
         ocfg = cfg.env.observation
@@ -85,9 +176,16 @@ class ObservationBuilder:
         self.ttft_sla, self.itl_sla = ttft_sla_ms, itl_sla_ms
         self.period = cfg.env.day_period_s
         self.horizon = cfg.env.interval_s * cfg.env.episode_steps
-        self.n = len(FEATURES)
+        self.features = tuple(ocfg.features)
+        # None: the default vector as is; else the entries of FEATURES + CAPACITY_FEATURES
+        self._pick = None if self.features == FEATURES else \
+            [ALL_FEATURES.index(f) for f in self.features]
+        self._capacity = any(f in CAPACITY_FEATURES for f in self.features)
+        self.engine: EngineCapacity | None = None
+        self.n = len(self.features)
         self.interval_s = cfg.env.interval_s
-        low = np.array([-LOG_MAX if f in SIGNED else 0.0 for f in FEATURES], dtype=np.float32)
+        low = np.array([-LOG_MAX if f in SIGNED else 0.0 for f in self.features],
+                       dtype=np.float32)
         self.space = spaces.Box(np.tile(low, self.stack),
                                 np.full(self.n * self.stack, LOG_MAX, dtype=np.float32),
                                 dtype=np.float32)
@@ -95,6 +193,13 @@ class ObservationBuilder:
         self._last = (0.0, 0.0, 0.0)     # latency percentiles carried over quiet intervals
         self._trend: deque[tuple[float, float]] = deque(maxlen=SLOPE_STEPS + 1)
         self.startup_s = 0.0
+
+    def attach(self, sim) -> None:
+        """Read the episode's engine config and timing model (capacity features only)."""
+        if self._capacity and (self.engine is None or self.engine.timing is not sim.timing
+                               or self.engine.engine_cfg is not sim.engine_cfg):
+            self.engine = EngineCapacity(sim.timing, sim.engine_cfg, self.ttft_sla,
+                                         self.itl_sla)
 
     def reset(self) -> None:
         self._hist.clear()
@@ -139,6 +244,10 @@ class ObservationBuilder:
             _slog((trend[-1][1] - q0) / k),
             _lg(self.startup_s / self.interval_s),
         )
+        if self._pick is not None:
+            if self._capacity:
+                v = v + capacity_values(iv, self.engine, dt)
+            v = [v[i] for i in self._pick]
         # Clamped before the float32 conversion: the same values as np.clip after it (the
         # bounds are exact in float32, rounding is monotone, NaN passes), without np.clip's
         # ~15 us of dispatch per call (~1 % of a step).

@@ -111,7 +111,10 @@ class DynoSimRoutingEnv(SimEnv):
     scored (the value bootstrap on truncation stands for them). An episode without any
     arrival truncates on its first step, which routes nothing (``info["requests_routed"]``
     stays 0). The final ``info["episode_summary"]`` summarises the episode: SLA attainment, p90
-    TTFT/ITL, prefix-cache hit rate, requests per worker, GPU-hours.
+    TTFT/ITL, prefix-cache hit rate, requests per worker, GPU-hours. Its ``ttft_p90_ms`` /
+    ``itl_p90_ms`` (ms) are what ``dynosim evaluate`` reports as ``p90_ttft_ms`` /
+    ``p90_itl_ms`` (pooled over every episode's requests, and under those names per
+    episode); the env's names are public API and stay.
 
     ## Arguments
 

@@ -72,13 +72,23 @@ LAGRANGIAN_TARGET_RULE = ("the tuned planner's training-split attainment on its 
                           "episodes, rounded up to the next percent")
 
 
-def lagrangian_target() -> float:
-    """:data:`LAGRANGIAN_TARGET_RULE` applied to ``agents/tuned/load-tuned.yaml``."""
+def lagrangian_target(tuned: Path = ROOT / "agents" / "tuned" / "load-tuned.yaml") -> float:
+    """:data:`LAGRANGIAN_TARGET_RULE` applied to ``tuned`` (default
+    ``agents/tuned/load-tuned.yaml``), read with the project's YAML loader (YAML 1.2
+    numbers; a bad file or a missing or non-numeric ``train_sla_attainment`` is an
+    InputError naming the file, line and key)."""
     import math
 
-    import yaml
-    rec = yaml.safe_load((ROOT / "agents" / "tuned" / "load-tuned.yaml").read_text())
-    return math.ceil(100 * rec["train_sla_attainment"] - 1e-9) / 100
+    from sim.config import read_yaml
+    from sim.errors import InputError
+    rec, where = read_yaml(tuned)
+    value = rec.get("train_sla_attainment") if isinstance(rec, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 <= value <= 1:
+        _, line = where.get("train_sla_attainment", (None, None))
+        raise InputError(f"expected a share in [0, 1], got {value!r}", file=str(tuned),
+                         line=line, field="train_sla_attainment")
+    return math.ceil(100 * value - 1e-9) / 100
 
 
 def seeds(text: str) -> list[int]:

@@ -305,6 +305,37 @@ def test_dagger_samples_follow_the_learner_and_carry_the_schedule_labels(
     env.close()
 
 
+def test_dagger_deadband_labels_hold_within_k_workers_of_the_provisioned_count(
+        monkeypatch) -> None:
+    """``bc_warm_start.dagger.deadband`` K (round 6's anti-flapping ablation): on the
+    learner's states, a schedule count within K of the provisioned count is labelled
+    "hold"; one further away keeps the schedule's label; the teacher's own pass is never
+    relabelled."""
+    import gymnasium as gym
+    import numpy as np
+
+    from agents import router_train
+    from agents.oracle import SchedulePolicy
+    env = gym.make("DynoSim-v0", config=TINY, **{"env.action.type": "target",
+                                                 "env.episode_steps": 12,
+                                                 "env.initial_workers": 1})
+    u = env.unwrapped
+
+    class OneWorker:
+        def predict(self, obs, deterministic=True):
+            return np.asarray(u.target_action(1)), None
+    for target, deadband, learner, want in ((2, 1, OneWorker(), 1), (2, 0, OneWorker(), 2),
+                                            (3, 1, OneWorker(), 3), (2, 1, None, 2)):
+        monkeypatch.setattr(router_train, "_schedule_teacher",
+                            lambda env, opts, seed, oracle, t=target:
+                            SchedulePolicy(env, [t] * 12))
+        _, act, _ = router_train.teacher_samples(env, "oracle:schedule", [7], learner,
+                                                 deadband=deadband)
+        # the first label is read before any action: the count is the reset's 1 worker
+        assert set(act[1:]) == {u.action_type.from_target(want, 1)}, (target, deadband)
+    env.close()
+
+
 def test_dagger_rounds_aggregate_the_clones_own_states(tmp_path: Path, monkeypatch) -> None:
     """``bc_warm_start.dagger: {rounds: 2}``: each round adds one pass over the teacher
     episodes on the clone's own states and records its agreement there; bad settings and
@@ -324,7 +355,7 @@ def test_dagger_rounds_aggregate_the_clones_own_states(tmp_path: Path, monkeypat
     assert all(r["samples"] == 48 and 0.0 <= r["agreement_on_own_states"] <= 1.0
                for r in bc["dagger"])
     from sim.errors import InputError
-    for bad in ("dagger: {rounds: 0}", "dagger: {round: 2}",
+    for bad in ("dagger: {rounds: 0}", "dagger: {round: 2}", "dagger: {rounds: 1, deadband: -1}",
                 "teacher: 'heuristic:load', dagger: {rounds: 1}"):
         hp.write_text("DynoSim-v0:\n  policy: MlpPolicy\n  n_steps: 8\n  batch_size: 8\n"
                       "  env_kwargs: {action: {type: target}}\n"

@@ -142,6 +142,7 @@ def test_the_teacher_cache_keeps_the_greedy_key_and_separates_the_oracles(
     cfg = u.cfg.to_dict()
     cfg["env"] = {k: v for k, v in cfg["env"].items() if k != "reward"}
     cfg["env"]["action"].pop("scale_down_window_s", None)
+    cfg["env"]["observation"].pop("features", None)     # added after; keys ignore it
     _, info = env.reset(seed=seed, options=opts)
     old = json.dumps({"config": cfg, "sla_target": u.cfg.env.reward.sla_target,
                       "options": opts, "seed": seed, "segment_s": 120.0,
@@ -153,6 +154,14 @@ def test_the_teacher_cache_keeps_the_greedy_key_and_separates_the_oracles(
     assert json.loads(other.read_text())["targets"] == best.targets
     # a second call reads the cache (same targets, no new file)
     assert _schedule_teacher(env, opts, seed, "oracle:schedule").targets == best.targets
+    # so does a learner observing other features (round 6): they change no simulation
+    over = {"env.initial_workers": 1, "env.rate_min_rps": 2.0, "env.rate_max_rps": 3.0,
+            "env.episode_steps": STEPS,
+            "env.observation.features": ["prefill_demand", "active_workers"]}
+    env6, _ = make_eval_env(PolicySpec("oracle", "oracle", "DynoSim-v0"), "DynoSim-v0",
+                            TINY, over)
+    assert env6.observation_space.shape == (2,)
+    assert _schedule_teacher(env6, opts, seed, "oracle:schedule").targets == best.targets
     assert len(list(schedule_cache_dir().glob("*.json"))) == 2
     env.close()
 

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Sequence
 from sim.errors import InputError
 from sim.schema import MAX_TIME_MS
 
-from ..options import CMDLINE
+from ..options import CMDLINE, make_out_dir
 
 STUDIES = ("pareto", "interval", "cold-start")
 MODEL, GPU, BACKEND = "Qwen/Qwen3-32B", "h200_sxm", "vllm"
@@ -590,7 +590,7 @@ def _check_out(out: str) -> Path:
     if p.exists() and not p.is_dir():
         raise InputError(f"{out!r} exists and is not a directory", file=CMDLINE, field="--out")
     try:
-        p.mkdir(parents=True, exist_ok=True)
+        make_out_dir(p)              # removed again if the study fails while it is empty
     except OSError as exc:
         raise InputError(f"cannot create directory {out!r}: {exc.strerror or exc}",
                          file=CMDLINE, field="--out") from None
@@ -682,6 +682,6 @@ def run(args: argparse.Namespace) -> int:
     if verdict:
         print(verdict)
     print(f"wrote {csv_path} and {png_path} ({len(rows)} points, {wall:.1f} s wall, "
-          f"{cpus} {'Ray CPUs' if executor == 'ray' else 'jobs'})")
+          f"{cpus} {'Ray CPU' if executor == 'ray' else 'job'}{'' if cpus == 1 else 's'})")
     sys.stdout.flush()
     return 0

@@ -1,0 +1,209 @@
+"""``env.observation.features`` (issue 11, round 6): a recipe chooses the observation's
+entries by name, among them load relative to one worker's capacity
+(:data:`dynosim_gym.observations.CAPACITY_FEATURES`); the default observation is unchanged."""
+from __future__ import annotations
+
+import hashlib
+import math
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dynosim_gym  # noqa: F401  (registers the envs)
+from dynosim_gym.config import load_env_config
+from dynosim_gym.monitor import Interval
+from dynosim_gym.observations import (ALL_FEATURES, CAPACITY_FEATURES, FEATURES,
+                                      EngineCapacity, capacity_values)
+from sim.errors import InputError
+from sim.timing import FixedTiming
+
+FEATURES_KEY = "env.observation.features"
+#: sha256 of the default DynoSim-v0 observations of one 61-step run (seed 3, actions
+#: ``(3t + 1) mod n``), measured on main before env.observation.features existed: the
+#: default observation must stay byte-identical (every shipped number depends on it).
+DEFAULT_DIGEST = "3b97da741df7ab6488889e35e8f0ba16881b59ad22512be419cf84c2fbd0c4bc"
+
+
+def _digest(**overrides) -> tuple[tuple[int, ...], str, list[np.ndarray]]:
+    env = gym.make("DynoSim-v0", **overrides)
+    h = hashlib.sha256()
+    obs, _ = env.reset(seed=3)
+    seen = [obs]
+    h.update(obs.tobytes())
+    n = env.action_space.n
+    for t in range(60):
+        obs, *_ = env.step((t * 3 + 1) % n)
+        h.update(obs.tobytes())
+        seen.append(obs)
+    env.close()
+    return obs.shape, h.hexdigest(), seen
+
+
+def test_default_observation_is_byte_identical() -> None:
+    assert tuple(load_env_config("autoscale_default").env.observation.features) == FEATURES
+    shape, digest, _ = _digest()
+    assert shape == (len(FEATURES),)
+    assert digest == DEFAULT_DIGEST
+
+
+def test_chosen_features_pick_the_named_entries_and_shape_follows() -> None:
+    names = ["queued_requests", "active_workers", "prefill_demand", "arrival_rate",
+             "queued_requests_per_active"]
+    _, _, default = _digest()
+    env = gym.make("DynoSim-v0", **{FEATURES_KEY: names})
+    assert env.observation_space.shape == (len(names),)
+    env.close()
+    shape, digest, picked = _digest(**{FEATURES_KEY: names})
+    assert shape == (len(names),) and digest != DEFAULT_DIGEST
+    for f in ("queued_requests", "active_workers", "arrival_rate"):   # the default entries
+        i, j = names.index(f), FEATURES.index(f)
+        assert all(p[i] == d[j] for p, d in zip(picked, default))
+    load = np.array([p[names.index("prefill_demand")] for p in picked])
+    assert (load >= 0).all() and load.max() > 0          # the scenario has arrivals
+    stacked = gym.make("DynoSim-v0", **{FEATURES_KEY: names, "env.observation.stack": 3})
+    assert stacked.observation_space.shape == (3 * len(names),)
+    stacked.close()
+
+
+def test_features_are_recorded_in_the_resolved_config() -> None:
+    names = ["decode_demand", "planner_demand", "active_workers"]
+    cfg = load_env_config("autoscale_default", **{FEATURES_KEY: names})
+    record = cfg.to_dict()
+    assert record["env"]["observation"]["features"] == names
+    assert load_env_config(record).env.observation.features == names     # round trip
+    # a comma string is accepted too (as env.scenarios is)
+    assert load_env_config("autoscale_default", **{FEATURES_KEY: "decode_demand, ttft_p90"}
+                           ).env.observation.features == ["decode_demand", "ttft_p90"]
+
+
+@pytest.mark.parametrize("value, needle", [
+    (["prefil_demand"], "entry 0: unknown feature 'prefil_demand' (did you mean "
+                        "'prefill_demand'?)"),
+    (["active_workers", "zzz"], "entry 1: unknown feature 'zzz'; expected names from"),
+    (["kv_hit_rate", "kv_hit_rate"], "entry 1: feature 'kv_hit_rate' is listed twice"),
+    ([], "expected a non-empty list of feature names"),
+    (5, "expected a non-empty list of feature names, got int 5"),
+    ([3], "entry 0: expected a feature name, got int 3"),
+])
+def test_bad_features_are_one_line_errors_naming_the_key(value, needle) -> None:
+    with pytest.raises(InputError) as exc:
+        load_env_config("autoscale_default", **{FEATURES_KEY: value})
+    assert exc.value.field == FEATURES_KEY
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_bad_feature_in_yaml_names_file_and_line(tmp_path) -> None:
+    path = tmp_path / "env.yaml"
+    path.write_text("workload: {kind: synthetic}\n"
+                    "env:\n"
+                    "  observation:\n"
+                    "    features: [active_workers, decode_demnd]\n")
+    with pytest.raises(InputError) as exc:
+        load_env_config(path)
+    msg = str(exc.value)
+    assert str(path) in msg and FEATURES_KEY in msg and "did you mean 'decode_demand'" in msg
+    assert exc.value.line == 4
+
+
+def test_disaggregated_env_keeps_the_default_features() -> None:
+    with pytest.raises(InputError, match="disaggregated env observes the default features"):
+        load_env_config("autoscale_disagg", **{FEATURES_KEY: ["prefill_demand"]})
+
+
+def test_schema_lists_the_option() -> None:
+    from dynosim.config_schema import rows
+    row = next(r for r in rows()["env"] if r["field"] == FEATURES_KEY)
+    assert row["type"] == "list" and row["range"].startswith("each one of ")
+    assert "prefill_demand" in row["range"] and "arrival_rate" in row["range"]
+
+
+# -- the capacity features on hand-made intervals ---------------------------------------------
+
+CHUNK, PREFILL_MS, DECODE_MS, MAX_SEQS = 8192, 400.0, 25.0, 8
+ENGINE = SimpleNamespace(max_num_batched_tokens=CHUNK, num_gpu_blocks=100_000, block_size=64,
+                         max_num_seqs=MAX_SEQS)
+
+
+def _capacity() -> EngineCapacity:
+    # fixed pass times: a full chunk prefills CHUNK tokens in PREFILL_MS; a decode pass of
+    # any batch takes DECODE_MS, so the largest batch (MAX_SEQS) is the best under the SLA
+    return EngineCapacity(FixedTiming(PREFILL_MS, DECODE_MS), ENGINE, ttft_sla_ms=1500.0,
+                          itl_sla_ms=50.0)
+
+
+def test_capacity_features_on_a_hand_made_interval() -> None:
+    iv = Interval(0.0, 5.0, arrived=50, mean_isl=8000.0, mean_osl=400.0, kv_hit_rate=0.25,
+                  active=2, queued=6, queued_prefill_tokens=40_960)
+    vals = dict(zip(CAPACITY_FEATURES, capacity_values(iv, _capacity(), 5.0)))
+    prefill_tps = CHUNK / (PREFILL_MS / 1000.0)               # 20,480 tokens/s
+    pre = 10.0 * 8000 * 0.75 / prefill_tps                    # 10 req/s: 2.93 workers
+    assert vals["prefill_demand"] == pytest.approx(math.log1p(pre), rel=1e-12)
+    assert vals["prefill_demand_per_active"] == pytest.approx(math.log1p(pre / 2), rel=1e-12)
+    # decode: MAX_SEQS sequences, each OSL passes of DECODE_MS -> 8 / (400 x 0.025) = 0.8 req/s
+    # per worker; the capacity is read on a 2 % grid of OSL (within 1 %)
+    dec = 10.0 / (MAX_SEQS / (400 * DECODE_MS / 1000.0))
+    assert math.expm1(vals["decode_demand"]) == pytest.approx(dec, rel=0.011)
+    assert math.expm1(vals["decode_demand_per_active"]) == pytest.approx(dec / 2, rel=0.011)
+    # backlog: 40,960 tokens over 2 workers at 20,480 tokens/s = 1 s = 2/3 of the TTFT SLA
+    assert vals["queued_prefill_per_active"] == pytest.approx(math.log1p(1.0 / 1.5), rel=1e-12)
+    assert vals["queued_requests_per_active"] == pytest.approx(math.log1p(3.0), rel=1e-12)
+    # the planner's: the aggregated engine also pays each joining request's prefill
+    assert vals["planner_demand"] > vals["decode_demand"] > 0
+
+
+def test_no_arrivals_is_zero_demand_and_no_active_worker_counts_as_one() -> None:
+    iv = Interval(0.0, 5.0, arrived=0, active=0, queued=4, queued_prefill_tokens=20_480)
+    vals = dict(zip(CAPACITY_FEATURES, capacity_values(iv, _capacity(), 5.0)))
+    assert vals["prefill_demand"] == vals["decode_demand"] == vals["planner_demand"] == 0.0
+    assert vals["queued_requests_per_active"] == pytest.approx(math.log1p(4.0))
+    assert vals["queued_prefill_per_active"] == pytest.approx(math.log1p(1.0 / 1.5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrived=st.integers(1, 2000), isl=st.floats(16, 60_000), osl=st.floats(1, 4000),
+       hit=st.floats(0, 1), active=st.integers(1, 16), scale=st.integers(2, 5))
+def test_capacity_features_scale_with_load_and_split_over_workers(arrived, isl, osl, hit,
+                                                                  active, scale) -> None:
+    cap = _capacity()
+
+    def vals(n: int, a: int) -> dict[str, float]:
+        iv = Interval(0.0, 5.0, arrived=n, mean_isl=isl, mean_osl=osl, kv_hit_rate=hit,
+                      active=a)
+        return dict(zip(CAPACITY_FEATURES, capacity_values(iv, cap, 5.0)))
+    one, more = vals(arrived, active), vals(arrived * scale, active)
+    for f in ("prefill_demand", "decode_demand", "planner_demand"):
+        assert np.isfinite(one[f]) and one[f] >= 0
+        # k times the arrivals of the same mix is k times the workers' worth
+        assert math.expm1(more[f]) == pytest.approx(scale * math.expm1(one[f]), rel=1e-9)
+        # per active worker = the total over the active workers
+        if f != "planner_demand":
+            assert math.expm1(one[f + "_per_active"]) == pytest.approx(
+                math.expm1(one[f]) / active, rel=1e-9, abs=1e-12)
+
+
+def test_every_name_is_unique() -> None:
+    assert len(set(ALL_FEATURES)) == len(ALL_FEATURES)
+
+
+def test_round6_recipe_observes_load_relative_to_capacity() -> None:
+    """``ppo_round6.yml`` = round 5 with the rate-keyed load features replaced (README,
+    round 6): its env config validates and its observation has no request-rate feature."""
+    from pathlib import Path
+
+    from agents.train import load_hyperparams
+    root = Path(__file__).resolve().parents[1] / "agents" / "hyperparams"
+    r6 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round6.yml")
+    r5 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round5.yml")
+    names = load_env_config("autoscale_default", **r6["env_kwargs"]).env.observation.features
+    assert not {"arrival_rate", "mean_isl", "mean_osl"} & set(names)
+    assert set(CAPACITY_FEATURES) <= set(names)
+    assert set(names) - set(CAPACITY_FEATURES) == set(FEATURES) - {"arrival_rate", "mean_isl",
+                                                                   "mean_osl"}
+    # everything else as round 5
+    assert {k: v for k, v in r6.items() if k != "env_kwargs"} == \
+        {k: v for k, v in r5.items() if k != "env_kwargs"}
+    assert {k: v for k, v in r6["env_kwargs"].items() if k != "observation"} == r5["env_kwargs"]
