@@ -245,28 +245,35 @@ def positive_int(text: str) -> int:
     return n
 
 
-def _load_run_config(args: argparse.Namespace) -> RunConfig:
+def _load_run_config(args: argparse.Namespace) -> tuple[RunConfig, Any]:
     """``--config``: a run YAML, or an environment scenario (a run YAML plus ``env:``, see
-    ``dynosim_gym.config``). A scenario runs its workload and cluster with the ``env:``
-    section ignored (a note says so); a synthetic scenario's arrival process is the one the
-    environment draws for episode ``run.seed`` (its scenario and rate, over one episode)."""
+    ``dynosim_gym.config``). Returns the run config and, for a scenario, its
+    :class:`~dynosim_gym.config.EnvConfig` (else None): the episode's load is drawn by
+    :func:`_scenario_episode` once the flags are applied (``--seed`` picks the episode)."""
     if not args.config:
-        return parse_config({})
+        return parse_config({}), None
     from sim.config import read_yaml
     data, _ = read_yaml(args.config)
     if not (isinstance(data, dict) and "env" in data):
-        return load_config(args.config)
+        return load_config(args.config), None
     try:
         from dynosim_gym.config import load_env_config
-        from dynosim_gym.episodes import EpisodeFactory
     except ImportError:
         raise InputError("has an 'env' section, which needs the dynosim_gym package",
                          file=args.config, field="env") from None
     ecfg = load_env_config(args.config)
-    cfg = ecfg.sim
+    return ecfg.sim, ecfg
+
+
+def _scenario_episode(args: argparse.Namespace, ecfg: Any, cfg: RunConfig) -> RunConfig:
+    """An environment scenario's run: ``cfg`` (the scenario's run config with the flags
+    applied) with the ``env:`` section ignored (a note says so); a synthetic scenario's
+    arrival process is the one the environment draws for episode ``run.seed`` (its scenario
+    and rate, over one episode)."""
     what = "its workload and cluster"
     if cfg.workload.get("kind") == "synthetic":     # the env draws each episode's load
-        factory = EpisodeFactory(ecfg)
+        from dynosim_gym.episodes import EpisodeFactory
+        factory = EpisodeFactory(dataclasses.replace(ecfg, sim=cfg))
         _, desc = factory.build(cfg.run.seed)
         data = cfg.to_dict()
         # named after the scenario and episode (the summary's headline, the JSON's workload)
@@ -284,7 +291,7 @@ def _load_run_config(args: argparse.Namespace) -> RunConfig:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The YAML (if any) with every given flag applied on top, resolved (every default a
     run uses written out, see :meth:`RunConfig.resolved`)."""
-    cfg = _load_run_config(args)
+    cfg, scenario = _load_run_config(args)
     over: dict[str, Any] = {}
     for flag, dotted in [(f, v[0]) for f, v in FLAGS.items()] + \
             [(f, v[0]) for f, v in SWITCHES.items()]:
@@ -358,6 +365,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             over[f"planner.{key}"] = value
     if over:
         cfg = cfg.with_overrides(over, source=CMDLINE)
+    if scenario is not None:       # flags first: --seed picks the episode
+        cfg = _scenario_episode(args, scenario, cfg)
     if cfg.workload is None:
         raise InputError("no workload: give --trace PATH or --config YAML with a workload")
     return cfg.resolved()
