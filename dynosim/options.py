@@ -267,24 +267,46 @@ def _load_run_config(args: argparse.Namespace) -> tuple[RunConfig, Any]:
 
 def _scenario_episode(args: argparse.Namespace, ecfg: Any, cfg: RunConfig) -> RunConfig:
     """An environment scenario's run: ``cfg`` (the scenario's run config with the flags
-    applied) with the ``env:`` section ignored (a note says so); a synthetic scenario's
-    arrival process is the one the environment draws for episode ``run.seed`` (its scenario
-    and rate, over one episode)."""
+    applied) with the ``env:`` section ignored (a note says so). A synthetic scenario runs
+    the load of the episode ``env.reset(seed=run.seed)`` draws (its scenario, rate curve and
+    workload family, over one episode); arrival times and prompts are sampled from
+    ``run.seed``, so the requests are not the environment's own. A trace family
+    (``mooncake_mod``, ``azure_mod``) keeps the rate curve with the config's synthetic
+    prompts (the note says so); a trace-window episode has no run config (an InputError)."""
+    stem = Path(args.config).stem
     what = "its workload and cluster"
+    extra = ""
     if cfg.workload.get("kind") == "synthetic":     # the env draws each episode's load
-        from dynosim_gym.episodes import EpisodeFactory
+        from dynosim_gym.episodes import EpisodeFactory, episode_seed
+        from dynosim_gym.scenarios import ROUTING_FAMILIES
+        seed = cfg.run.seed
         factory = EpisodeFactory(dataclasses.replace(ecfg, sim=cfg))
-        _, desc = factory.build(cfg.run.seed)
+        _, desc = factory.build(episode_seed(seed))
+        scenario, reset = desc["scenario"], f"env.reset(seed={seed})"
+        if "arrival" not in desc:                   # mooncake_window, azure_window
+            raise InputError(f"the episode of {reset} is a {scenario} episode (a window of "
+                             f"the {desc['trace']} trace from {desc['window_start_s']:g} s), "
+                             "which a run config cannot express; pick another --seed",
+                             file=args.config, field="run.seed")
+        block = {**cfg.workload, **ROUTING_FAMILIES.get(scenario, {}).get("workload", {})}
+        block.pop("num_requests", None)
+        # named after the scenario and reset seed (the summary's headline, the JSON's workload)
+        label = f"{stem}: {scenario} load of {reset}"
+        if "first_row" in desc:      # a trace family: the env replays trace rows
+            label = f"{stem}: {scenario} rate curve of {reset}, synthetic prompts"
+            cap = desc.get("isl_cap_tokens")
+            extra = (f"; the environment replays trace rows from row {desc['first_row']:,}"
+                     + (f" (prompts capped at {cap:,} tokens)" if cap else "")
+                     + " at this rate, simulate draws the config's synthetic prompts")
         data = cfg.to_dict()
-        # named after the scenario and episode (the summary's headline, the JSON's workload)
-        label = f"{Path(args.config).stem}: {desc['scenario']} load, episode {cfg.run.seed}"
-        data["workload"] = {**cfg.workload, "arrival": desc["arrival"],
+        data["workload"] = {**block, "arrival": desc["arrival"],
                             "duration_s": factory.duration_s, "name": label}
         cfg = parse_config(data, source=cfg.source, where=cfg.where)
-        what = (f"the {desc['scenario']} load of episode {cfg.run.seed} "
-                f"({factory.duration_s:g} s) on its cluster")
+        what = (f"the load of {reset} ({scenario}, {desc['split']} split, "
+                f"{factory.duration_s:g} s) on its cluster with arrivals sampled from "
+                "run.seed")
     note(args, f"note: {args.config}: an environment scenario; running {what}, "
-                "ignoring its 'env:' section")
+                f"ignoring its 'env:' section{extra}")
     return cfg
 
 

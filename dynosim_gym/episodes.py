@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from gymnasium.utils import seeding
 
 from sim.config import _located, build_workload, disagg_config
 from sim.engine import EngineConfig
@@ -283,6 +284,17 @@ class EpisodeFactory:
             workload = from_config(block, rng_workload, prefix="workload")
         desc["arrival"] = arrival
         return workload, desc
+
+
+def draw_episode_seed(rng: np.random.Generator) -> int:
+    """The next episode seed from an environment's ``np_random`` (``reset``)."""
+    return int(rng.integers(2**63))
+
+
+def episode_seed(seed: int) -> int:
+    """The episode seed ``env.reset(seed=seed)`` builds its episode from (either
+    environment): :meth:`EpisodeFactory.build` of it is that reset's episode."""
+    return draw_episode_seed(seeding.np_random(seed)[0])
 
 
 def begin_episode(env, ep_seed: int, options: Mapping[str, Any] | None) -> Simulation:

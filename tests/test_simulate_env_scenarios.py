@@ -10,7 +10,7 @@ import yaml
 
 from dynosim.cli import main
 from dynosim_gym.config import load_env_config
-from dynosim_gym.episodes import EpisodeFactory
+from dynosim_gym.episodes import EpisodeFactory, episode_seed
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = str(REPO / "envs_configs" / "autoscale_default.yaml")
@@ -29,15 +29,16 @@ def printed(capsys, *argv: str) -> tuple[dict, str]:
 
 
 def test_seed_flag_picks_the_episode(capsys) -> None:
-    """--seed N draws episode N's load, as ``run: {seed: N}`` in the YAML does."""
+    """--seed N draws the load of env.reset(seed=N), as ``run: {seed: N}`` in the YAML does."""
     factory = EpisodeFactory(load_env_config(DEFAULT))
     loads = {}
     for seed in (3, 4):
         cfg, err = printed(capsys, "--config", DEFAULT, "--seed", str(seed))
-        _, desc = factory.build(seed)
+        _, desc = factory.build(episode_seed(seed))
         assert cfg["run"]["seed"] == seed
         assert cfg["workload"]["arrival"] == desc["arrival"]
-        assert f"episode {seed}" in cfg["workload"]["name"] and f"episode {seed}" in err
+        assert f"env.reset(seed={seed})" in cfg["workload"]["name"]
+        assert f"env.reset(seed={seed})" in err
         loads[seed] = cfg["workload"]["arrival"]
     assert loads[3] != loads[4]
 
@@ -81,3 +82,50 @@ def test_piecewise_rate_round_trips_through_its_dict() -> None:
     back = PiecewiseRate.from_dict(json.loads(json.dumps(rate.to_dict())))
     assert back.to_dict() == rate.to_dict()
     assert [back(t) for t in (0, 5, 15, 30)] == [rate(t) for t in (0, 5, 15, 30)]
+
+
+def test_episode_n_is_the_load_of_env_reset_seed_n(capsys) -> None:
+    """Seed 0 of autoscale_default resets to a mooncake_mod episode: simulate runs its rate
+    curve and says plainly that the environment replays trace rows instead of its prompts."""
+    from dynosim_gym.autoscaling_env import DynoSimEnv
+    env = DynoSimEnv(config=DEFAULT)
+    for seed in (0, 1):
+        env.reset(seed=seed)
+        cfg, err = printed(capsys, "--config", DEFAULT, "--seed", str(seed))
+        assert cfg["workload"]["arrival"] == env.episode["arrival"]
+        assert env.episode["scenario"] in cfg["workload"]["name"]
+        if seed == 0:
+            assert env.episode["scenario"] == "mooncake_mod"
+            assert cfg["workload"]["name"].endswith("synthetic prompts")
+            assert f"replays trace rows from row {env.episode['first_row']:,}" in err
+            assert f"capped at {env.episode['isl_cap_tokens']:,} tokens" in err
+    env.close()
+
+
+FAMILIES = str(REPO / "envs_configs" / "routing_families.yaml")
+
+
+def test_routing_family_runs_its_own_workload_and_trace_windows_are_refused(capsys) -> None:
+    """A routing family's episode has its own request shape (multitenant_prefix: 32
+    tenants, 4-turn sessions), which simulate keeps; a trace window has no run config."""
+    from dynosim_gym.routing_env import DynoSimRoutingEnv
+    from dynosim_gym.scenarios import ROUTING_FAMILIES
+    env = DynoSimRoutingEnv(config=FAMILIES)
+    seen = set()
+    for seed in range(8):
+        env.reset(seed=seed)
+        scenario = env.episode["scenario"]
+        if "trace" in ROUTING_FAMILIES[scenario]:
+            rc, out, err = run(capsys, "simulate", "--config", FAMILIES, "--seed", str(seed),
+                               "--print-config")
+            assert rc == 2 and out == "" and "Traceback" not in err
+            assert len(err.strip().splitlines()) == 1 and "field 'run.seed'" in err
+            assert f"{scenario} episode" in err
+        else:
+            cfg, _ = printed(capsys, "--config", FAMILIES, "--seed", str(seed))
+            spec = ROUTING_FAMILIES[scenario]["workload"]
+            assert {k: cfg["workload"][k] for k in spec} == spec
+            assert cfg["workload"]["arrival"] == env.episode["arrival"]
+        seen.add("trace" in ROUTING_FAMILIES[scenario])
+    assert seen == {True, False}
+    env.close()
