@@ -287,7 +287,8 @@ def _scenario_episode(args: argparse.Namespace, ecfg: Any, cfg: RunConfig) -> Ru
             raise InputError(f"the episode of {reset} is a {scenario} episode (a window of "
                              f"the {desc['trace']} trace from {desc['window_start_s']:g} s), "
                              "which a run config cannot express; pick another --seed",
-                             file=args.config, field="run.seed")
+                             **({"file": CMDLINE, "field": "--seed"} if args.seed is not None
+                                else {"file": args.config, "field": "run.seed"}))
         block = {**cfg.workload, **ROUTING_FAMILIES.get(scenario, {}).get("workload", {})}
         block.pop("num_requests", None)
         # named after the scenario and reset seed (the summary's headline, the JSON's workload)

@@ -119,7 +119,7 @@ def test_routing_family_runs_its_own_workload_and_trace_windows_are_refused(caps
             rc, out, err = run(capsys, "simulate", "--config", FAMILIES, "--seed", str(seed),
                                "--print-config")
             assert rc == 2 and out == "" and "Traceback" not in err
-            assert len(err.strip().splitlines()) == 1 and "field 'run.seed'" in err
+            assert len(err.strip().splitlines()) == 1 and "argument --seed: " in err
             assert f"{scenario} episode" in err
         else:
             cfg, _ = printed(capsys, "--config", FAMILIES, "--seed", str(seed))
