@@ -245,46 +245,76 @@ def positive_int(text: str) -> int:
     return n
 
 
-def _load_run_config(args: argparse.Namespace) -> RunConfig:
+def _load_run_config(args: argparse.Namespace) -> tuple[RunConfig, Any]:
     """``--config``: a run YAML, or an environment scenario (a run YAML plus ``env:``, see
-    ``dynosim_gym.config``). A scenario runs its workload and cluster with the ``env:``
-    section ignored (a note says so); a synthetic scenario's arrival process is the one the
-    environment draws for episode ``run.seed`` (its scenario and rate, over one episode)."""
+    ``dynosim_gym.config``). Returns the run config and, for a scenario, its
+    :class:`~dynosim_gym.config.EnvConfig` (else None): the episode's load is drawn by
+    :func:`_scenario_episode` once the flags are applied (``--seed`` picks the episode)."""
     if not args.config:
-        return parse_config({})
+        return parse_config({}), None
     from sim.config import read_yaml
     data, _ = read_yaml(args.config)
     if not (isinstance(data, dict) and "env" in data):
-        return load_config(args.config)
+        return load_config(args.config), None
     try:
         from dynosim_gym.config import load_env_config
-        from dynosim_gym.episodes import EpisodeFactory
     except ImportError:
         raise InputError("has an 'env' section, which needs the dynosim_gym package",
                          file=args.config, field="env") from None
     ecfg = load_env_config(args.config)
-    cfg = ecfg.sim
+    return ecfg.sim, ecfg
+
+
+def _scenario_episode(args: argparse.Namespace, ecfg: Any, cfg: RunConfig) -> RunConfig:
+    """An environment scenario's run: ``cfg`` (the scenario's run config with the flags
+    applied) with the ``env:`` section ignored (a note says so). A synthetic scenario runs
+    the load of the episode ``env.reset(seed=run.seed)`` draws (its scenario, rate curve and
+    workload family, over one episode); arrival times and prompts are sampled from
+    ``run.seed``, so the requests are not the environment's own. A trace family
+    (``mooncake_mod``, ``azure_mod``) keeps the rate curve with the config's synthetic
+    prompts (the note says so); a trace-window episode has no run config (an InputError)."""
+    stem = Path(args.config).stem
     what = "its workload and cluster"
+    extra = ""
     if cfg.workload.get("kind") == "synthetic":     # the env draws each episode's load
-        factory = EpisodeFactory(ecfg)
-        _, desc = factory.build(cfg.run.seed)
+        from dynosim_gym.episodes import EpisodeFactory, episode_seed
+        from dynosim_gym.scenarios import ROUTING_FAMILIES
+        seed = cfg.run.seed
+        factory = EpisodeFactory(dataclasses.replace(ecfg, sim=cfg))
+        _, desc = factory.build(episode_seed(seed))
+        scenario, reset = desc["scenario"], f"env.reset(seed={seed})"
+        if "arrival" not in desc:                   # mooncake_window, azure_window
+            raise InputError(f"the episode of {reset} is a {scenario} episode (a window of "
+                             f"the {desc['trace']} trace from {desc['window_start_s']:g} s), "
+                             "which a run config cannot express; pick another --seed",
+                             **({"file": CMDLINE, "field": "--seed"} if args.seed is not None
+                                else {"file": args.config, "field": "run.seed"}))
+        block = {**cfg.workload, **ROUTING_FAMILIES.get(scenario, {}).get("workload", {})}
+        block.pop("num_requests", None)
+        # named after the scenario and reset seed (the summary's headline, the JSON's workload)
+        label = f"{stem}: {scenario} load of {reset}"
+        if "first_row" in desc:      # a trace family: the env replays trace rows
+            label = f"{stem}: {scenario} rate curve of {reset}, synthetic prompts"
+            cap = desc.get("isl_cap_tokens")
+            extra = (f"; the environment replays trace rows from row {desc['first_row']:,}"
+                     + (f" (prompts capped at {cap:,} tokens)" if cap else "")
+                     + " at this rate, simulate draws the config's synthetic prompts")
         data = cfg.to_dict()
-        # named after the scenario and episode (the summary's headline, the JSON's workload)
-        label = f"{Path(args.config).stem}: {desc['scenario']} load, episode {cfg.run.seed}"
-        data["workload"] = {**cfg.workload, "arrival": desc["arrival"],
+        data["workload"] = {**block, "arrival": desc["arrival"],
                             "duration_s": factory.duration_s, "name": label}
         cfg = parse_config(data, source=cfg.source, where=cfg.where)
-        what = (f"the {desc['scenario']} load of episode {cfg.run.seed} "
-                f"({factory.duration_s:g} s) on its cluster")
+        what = (f"the load of {reset} ({scenario}, {desc['split']} split, "
+                f"{factory.duration_s:g} s) on its cluster with arrivals sampled from "
+                "run.seed")
     note(args, f"note: {args.config}: an environment scenario; running {what}, "
-                "ignoring its 'env:' section")
+                f"ignoring its 'env:' section{extra}")
     return cfg
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The YAML (if any) with every given flag applied on top, resolved (every default a
     run uses written out, see :meth:`RunConfig.resolved`)."""
-    cfg = _load_run_config(args)
+    cfg, scenario = _load_run_config(args)
     over: dict[str, Any] = {}
     for flag, dotted in [(f, v[0]) for f, v in FLAGS.items()] + \
             [(f, v[0]) for f, v in SWITCHES.items()]:
@@ -363,6 +393,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     try:
         if over:
             cfg = cfg.with_overrides(over, source=CMDLINE)
+        if scenario is not None:       # flags first: --seed picks the episode
+            cfg = _scenario_episode(args, scenario, cfg)
         if cfg.workload is None:
             raise InputError("no workload: give --trace PATH or --config YAML with a workload")
         return cfg.resolved()

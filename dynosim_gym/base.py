@@ -11,6 +11,7 @@ from gymnasium import spaces
 from sim.errors import InputError
 
 from .config import EnvConfig, load_env_config
+from .episodes import draw_episode_seed
 
 
 class ResetNeeded(gym.error.ResetNeeded, RuntimeError):
@@ -54,7 +55,7 @@ class SimEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        return self._begin(int(self.np_random.integers(2**63)), options)
+        return self._begin(draw_episode_seed(self.np_random), options)
 
     def _begin(self, ep_seed: int, options: dict[str, Any] | None):
         raise NotImplementedError

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from gymnasium.utils import seeding
 
-from sim.config import _located, build_workload, disagg_config
+from sim.config import _coerce, _located, _show, build_workload, disagg_config
 from sim.engine import EngineConfig
 from sim.errors import InputError
+from sim.schema import TIME_S
 from sim.simulator import ClusterConfig, Simulation
 from sim.router import KvRouterConfig
 from sim.timing_spec import make_timing
@@ -27,10 +29,16 @@ from sim.workloads import TraceWindow, from_config
 from sim.workloads.window import trace_duration_s
 
 from . import scenarios as fam
-from .config import SCENARIOS, EnvConfig
+from .config import SCENARIOS, EnvConfig, EnvSection
 
 SPLIT_KEY = {"train": 0, "eval": 1}
 OPTION_KEYS = ("window_start_s", "scenario", "split", "rate_rps", "swing")
+_ENV_RANGES = {f.name: f.metadata.get("range") for f in fields(EnvSection)}
+#: Numeric reset options -> (allowed range, the config field it comes from): the rate and
+#: swing an episode would otherwise draw from ``env``'s ranges, a window start in seconds.
+OPTION_RULES = {"rate_rps": (_ENV_RANGES["rate_max_rps"], "env.rate_max_rps"),
+                "swing": (_ENV_RANGES["swing_max"], "env.swing_max"),
+                "window_start_s": (TIME_S, None)}
 
 _TRACES: dict[str, Any] = {}      # bundled traces of the trace families, parsed once per process
 _CONFIG_TRACES: dict[tuple, Any] = {}   # traces of trace configs, by workload block and file
@@ -112,12 +120,71 @@ class EpisodeFactory:
 
     # -- one episode -------------------------------------------------------------------------
     def describe_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
-        opts = dict(options or {})
+        """``reset``'s ``options`` checked against this config: known keys only, each one
+        that applies to the config's workload (``window_start_s`` to trace configs;
+        ``scenario``, ``rate_rps`` and ``swing`` to synthetic ones, ``swing`` to workload
+        families and ``rate_rps`` to scenarios with a drawn rate), numbers finite and within
+        the range of the ``env`` field they stand for (:data:`OPTION_RULES`, the ranges of
+        :mod:`sim.schema`). Returns them with numbers as floats; raises a one-line
+        :class:`~sim.errors.InputError` (a ``ValueError``) naming ``options.KEY``."""
+        if options is None:
+            return {}
+        if not isinstance(options, Mapping):
+            raise InputError(f"expected a dict of reset options, got "
+                             f"{type(options).__name__}", field="options")
+        opts = dict(options)
         for key in opts:
             if key not in OPTION_KEYS:
                 raise InputError(f"unknown reset option {key!r}; expected one of "
                                  f"{', '.join(OPTION_KEYS)}", field=f"options.{key}")
+        for key in ("split", "scenario"):
+            if key in opts and not isinstance(opts[key], str):
+                raise _option_error(f"expected a string, got {_show(opts[key])}", key)
+        split = opts.get("split", self.cfg.env.split)
+        if split not in SPLIT_KEY:
+            raise _option_error(f"unknown split {split!r}; expected train or eval", "split")
+        scenario = opts.get("scenario")
+        if scenario is not None and scenario not in SCENARIOS:
+            raise _option_error(f"unknown scenario {scenario!r}; expected one of "
+                                f"{', '.join(SCENARIOS)}", "scenario")
+        self._applies(opts, split)
+        for key, (allowed, like) in OPTION_RULES.items():
+            if key in opts:
+                value = opts[key]
+                if isinstance(value, np.generic):      # numpy scalars count as numbers
+                    value = value.item()
+                value = _coerce(value, float, f"options.{key}",
+                                lambda msg, dotted: InputError(msg, field=dotted))
+                msg = allowed.violation(value)
+                if msg:
+                    raise _option_error(msg + (f"; the range of {like}" if like else ""), key)
+                opts[key] = value
         return opts
+
+    def _applies(self, opts: dict[str, Any], split: str) -> None:
+        """Refuse an option that does not apply to this config's workload."""
+        error = _option_error
+        if self.is_trace:
+            for key in ("scenario", "rate_rps", "swing"):
+                if key in opts:
+                    raise error(f"applies to synthetic workloads only; this config replays a "
+                                f"{self.cfg.sim.workload['kind']} trace (pin its window "
+                                "with window_start_s)",
+                                key)
+            return
+        if "window_start_s" in opts:
+            raise error("applies to trace workloads only; this config's workload is "
+                        "synthetic (pin its load with scenario, rate_rps, swing)",
+                        "window_start_s")
+        scenario = opts.get("scenario")
+        possible = (scenario,) if scenario is not None else self.scenarios[split]
+        if "swing" in opts and not any(s in fam.FAMILIES for s in possible):
+            raise error(f"applies to workload families ({', '.join(fam.FAMILIES)}) only, not "
+                        f"to {', '.join(possible)}", "swing")
+        if "rate_rps" in opts and all("trace" in fam.ROUTING_FAMILIES.get(s, {})
+                                      for s in possible):
+            raise error(f"{', '.join(possible)} replays a trace at its own rate",
+                        "rate_rps")
 
     def build(self, ep_seed: int, options: Mapping[str, Any] | None = None
               ) -> tuple[Simulation, dict[str, Any]]:
@@ -125,9 +192,6 @@ class EpisodeFactory:
         opts = self.describe_options(options)
         env = self.cfg.env
         split = opts.get("split", env.split)
-        if split not in SPLIT_KEY:
-            raise InputError(f"unknown split {split!r}; expected train or eval",
-                             field="options.split")
         ss = np.random.SeedSequence(ep_seed, spawn_key=(SPLIT_KEY[split],))
         rng_episode, rng_workload, rng_sim = (np.random.default_rng(s) for s in ss.spawn(3))
         sim_seed = int(rng_sim.integers(2**31))
@@ -192,9 +256,6 @@ class EpisodeFactory:
         names = self.scenarios[split]
         if scenario is None:
             scenario = names[int(rng.integers(len(names)))]
-        elif scenario not in SCENARIOS:
-            raise InputError(f"unknown scenario {scenario!r}; expected one of "
-                             f"{', '.join(SCENARIOS)}", field="options.scenario")
         rate = float(opts.get("rate_rps", rng.uniform(env.rate_min_rps, env.rate_max_rps)))
         if scenario in fam.FAMILIES:
             return self._family(scenario, rate, rng, rng_workload, opts, split)
@@ -283,6 +344,21 @@ class EpisodeFactory:
             workload = from_config(block, rng_workload, prefix="workload")
         desc["arrival"] = arrival
         return workload, desc
+
+
+def _option_error(msg: str, key: str) -> InputError:
+    return InputError(msg, field=f"options.{key}")
+
+
+def draw_episode_seed(rng: np.random.Generator) -> int:
+    """The next episode seed from an environment's ``np_random`` (``reset``)."""
+    return int(rng.integers(2**63))
+
+
+def episode_seed(seed: int) -> int:
+    """The episode seed ``env.reset(seed=seed)`` builds its episode from (either
+    environment): :meth:`EpisodeFactory.build` of it is that reset's episode."""
+    return draw_episode_seed(seeding.np_random(seed)[0])
 
 
 def begin_episode(env, ep_seed: int, options: Mapping[str, Any] | None) -> Simulation:

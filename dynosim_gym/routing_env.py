@@ -125,7 +125,8 @@ class DynoSimRoutingEnv(SimEnv):
     The pool size is ``env.initial_workers`` or ``cluster.num_workers``; ``router.mode`` is
     ignored (the agent routes). ``reset(seed=..., options=...)`` options: ``split``
     (``train``/``eval``), ``window_start_s`` (trace), ``scenario`` and ``rate_rps``
-    (synthetic). ``render_mode="ansi"`` renders a status line.
+    (synthetic), each checked (:meth:`~dynosim_gym.episodes.EpisodeFactory.describe_options`).
+    ``render_mode="ansi"`` renders a status line.
 
     ## Version History
 

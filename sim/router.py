@@ -71,6 +71,10 @@ class Router:
 
     def _pick_min(self, values: list[float], workers: list[Engine]) -> Engine:
         best = min(values)
+        # (the common single minimum found by C list methods; ``count`` also matches by
+        # identity, the same as ``==`` unless best is NaN)
+        if best == best and values.count(best) == 1:
+            return workers[values.index(best)]
         ties = [i for i, v in enumerate(values) if v == best]
         if len(ties) == 1:
             return workers[ties[0]]

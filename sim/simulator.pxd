@@ -3,6 +3,26 @@
 # event loop reads its state as C fields instead of instance-dict look-ups. Its attributes
 # are the ones declared here; its methods cannot be patched on the class.
 
+cimport cython
+from sim.engines.base cimport EngineBase
+
+# A worker (one DP rank): typed fields, so the event loop reads its engine (as the engine
+# extension type: its fields are C fields too) and pass version without dict look-ups.
+cdef class Worker:
+    cdef public EngineBase engine
+    cdef public object state
+    cdef public double created_ms
+    cdef public object ready_ms
+    cdef public object removed_ms
+    cdef public long long version
+    cdef public object role
+    cdef public long pool_index
+    cdef public list pending
+    cdef public list transferred
+    cdef public list releases
+    cdef public long kv_waits
+    cdef public long dp_rank
+
 cdef class Simulation:
     cdef public object workload
     cdef public bint token_gaps
@@ -47,3 +67,17 @@ cdef class Simulation:
     cdef public dict _orig
     cdef public list _held
     cdef public bint _reuse_dst
+
+    # The event loop and the per-event paths with their workers and engines typed (C field
+    # reads; C calls between these methods, no Python method look-up).
+    @cython.locals(w=Worker, eng=EngineBase)
+    cpdef bint run_until(self, object t_stop=*) except -1
+    @cython.locals(w=Worker, x=Worker, eng=EngineBase)
+    cpdef _route(self, object req)
+    @cython.locals(eng=EngineBase)
+    cpdef _enqueue(self, Worker w, object req, object keys)
+    @cython.locals(eng=EngineBase)
+    cpdef _cut_stretch(self, Worker w)
+    @cython.locals(eng=EngineBase)
+    cpdef _start(self, Worker w)
+    cpdef _push(self, object t, object kind, object payload)

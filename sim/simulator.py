@@ -33,27 +33,39 @@ STARTING, ACTIVE, DRAINING, REMOVED = "starting", "active", "draining", "removed
 REASON_NO_WORKER = 3
 
 
-@dataclass
 class Worker:
-    engine: Engine
-    state: str
-    created_ms: float
-    ready_ms: float | None = None
-    removed_ms: float | None = None
-    version: int = 0     # bumps when the pending pass-end event is replaced
-    # Disaggregated pools (sim.disagg): the worker's role and index within its pool, and
-    # the handoffs waiting on its next pass boundary.
-    role: str = "agg"               # agg | prefill | decode
-    pool_index: int = 0
-    pending: list = field(default_factory=list)       # decode: to reserve, FIFO
-    transferred: list = field(default_factory=list)   # decode: KV arrived, to activate
-    releases: list = field(default_factory=list)      # prefill: held KV to release
-    kv_waits: int = 0     # handoffs holding its blocks: sources held, reservations in transfer
-    dp_rank: int = 0     # data-parallel rank within its worker (see ClusterConfig.dp_size)
+    """One DP rank of a serving worker: its engine and its lifecycle. A plain class (an
+    extension type with typed fields when compiled, ``sim/simulator.pxd``): the event loop
+    reads ``engine`` and ``version`` at every event."""
+
+    def __init__(self, engine: Engine, state: str, created_ms: float,
+                 ready_ms: float | None = None, removed_ms: float | None = None,
+                 version: int = 0, role: str = "agg", pool_index: int = 0,
+                 dp_rank: int = 0) -> None:
+        self.engine = engine
+        self.state = state
+        self.created_ms = created_ms
+        self.ready_ms = ready_ms
+        self.removed_ms = removed_ms
+        self.version = version       # bumps when the pending pass-end event is replaced
+        # Disaggregated pools (sim.disagg): the worker's role and index within its pool, and
+        # the handoffs waiting on its next pass boundary.
+        self.role = role             # agg | prefill | decode
+        self.pool_index = pool_index
+        self.pending: list = []      # decode: to reserve, FIFO
+        self.transferred: list = []  # decode: KV arrived, to activate
+        self.releases: list = []     # prefill: held KV to release
+        self.kv_waits = 0     # handoffs holding its blocks: sources held, reservations in transfer
+        self.dp_rank = dp_rank       # data-parallel rank within its worker (ClusterConfig.dp_size)
 
     @property
     def id(self) -> int:
         return self.engine.id
+
+    def __repr__(self) -> str:
+        return (f"Worker(id={self.engine.id}, state={self.state!r}, role={self.role!r}, "
+                f"dp_rank={self.dp_rank}, created_ms={self.created_ms}, "
+                f"ready_ms={self.ready_ms}, removed_ms={self.removed_ms})")
 
 
 def _src_id(h: Handoff) -> int:

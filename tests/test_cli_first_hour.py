@@ -158,7 +158,7 @@ def test_headline_names_the_env_scenario_and_synthetic_workloads(capsys) -> None
     rc, out, _ = run(capsys, "simulate", "--config", TINY, "--max-sim-time-s", "1", "--quiet")
     head = out.splitlines()[0]
     assert rc == 0 and "synthetic (synthetic" not in head
-    assert head.startswith("dynosim autoscale_tiny: diurnal load, episode 0 (synthetic, "
+    assert head.startswith("dynosim autoscale_tiny: ramp load of env.reset(seed=0) (synthetic, "
                            "nhpp arrivals) on 1 worker")
     rc, out, _ = run(capsys, "simulate", "--config",
                      str(REPO / "envs_configs" / "synthetic_poisson.yaml"),

@@ -3,6 +3,8 @@
 * the monitor's queue scan (``monitor._scan``, typed when compiled) against the engine's own
   ``queued_prefill_tokens`` and a direct computation over the sequences, on an overloaded
   pool with queues in the hundreds;
+* the monitor's count of new request records (``monitor._decided``, typed buffers when
+  compiled) against a direct computation over the same columns (Hypothesis);
 * the observation's clamp before the float32 conversion against ``np.clip`` after it;
 * trace configs share one parsed trace per process, and episodes on the shared trace equal
   those on a fresh parse.
@@ -20,8 +22,9 @@ from hypothesis import strategies as st
 
 import dynosim_gym  # noqa: F401  (registers the ids)
 from dynosim_gym import episodes
-from dynosim_gym.monitor import _scan
+from dynosim_gym.monitor import Interval, _decided, _scan
 from dynosim_gym.observations import LOG_MAX, _clamp
+from sim.metrics import MetricsCollector
 from sim.simulator import REMOVED
 
 
@@ -72,6 +75,64 @@ def test_queue_scan_counts_each_late_request_once() -> None:
     assert first > 0 and first == len(gone) and again == 0
     assert outcomes == [(s.req.index, False) for s in eng.waiting
                         if s.req.index in gone]        # one failed outcome per late request
+
+
+_RECORD = st.tuples(
+    st.integers(0, 1),                                   # status: completed / rejected
+    st.floats(0, 1e6, allow_nan=False),                  # arrival
+    st.floats(0, 5e3, allow_nan=False),                  # TTFT
+    st.floats(0, 1e5, allow_nan=False),                  # last token - first token
+    st.integers(0, 5), st.integers(0, 3000), st.integers(0, 3000))   # OSL, reused, ISL
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_RECORD, max_size=30), st.integers(0, 30), st.sets(st.integers(0, 40)),
+       st.sampled_from([(1500.0, 50.0), (200.0, 5.0), (1500, 50)]))
+def test_record_count_matches_a_direct_computation(records, start, gone, slas) -> None:
+    """``_decided`` over ``MetricsCollector`` columns (indices 0..n-1, some already counted
+    as timed out) gives the counts, samples and outcomes of a direct loop over the rows."""
+    ttft_sla, itl_sla = slas
+    m = MetricsCollector()
+    for i, (status, arr, ttft, span, osl, reused, isl) in enumerate(records):
+        m.record(i, arr, arr, arr + ttft, math.nan, arr + ttft + span, isl, osl, osl, reused,
+                 0, status)
+    start = min(start, len(records))
+    c = m.cols
+    want = Interval(0.0, 1.0)
+    w_gone, w_reused, w_prompt = set(gone), 0, 0
+    for i in range(start, len(records)):
+        status, osl, reused, isl = c["status"][i], c["output_length"][i], \
+            c["reused_input_tokens"][i], c["input_length"][i]
+        if i in w_gone:
+            w_gone.discard(i)
+            continue
+        if status != 0:
+            want.rejected += 1
+            want.outcomes.append((i, False))
+            continue
+        want.completed += 1
+        w_reused += reused
+        w_prompt += isl
+        if osl == 0:
+            want.outcomes.append((i, False))
+            continue
+        ttft = c["first_token_ms"][i] - c["arrival_time_ms"][i]
+        tpot = (c["last_token_ms"][i] - c["first_token_ms"][i]) / (osl - 1) if osl > 1 else 0.0
+        want.ttfts.append(ttft)
+        want.tpots.append(tpot)
+        ok = ttft <= ttft_sla and tpot <= itl_sla
+        want.met += ok
+        want.outcomes.append((i, ok))
+    got = Interval(0.0, 1.0)
+    got_gone = set(gone)
+    if start < len(records):        # (the monitor calls it only with new records)
+        assert _decided(c["request_index"], c["status"], c["arrival_time_ms"],
+                        c["first_token_ms"], c["last_token_ms"], c["output_length"],
+                        c["reused_input_tokens"], c["input_length"], start, len(records),
+                        got_gone, ttft_sla, itl_sla, got) == (w_reused, w_prompt)
+    assert got == want and got_gone == w_gone
+    assert [type(x) for o in got.outcomes for x in o] == \
+        [type(x) for o in want.outcomes for x in o]
 
 
 @settings(max_examples=300, deadline=None)

@@ -25,6 +25,15 @@ cdef class Seq:
     cdef public object gaps
     cdef public long sched_pass
 
+# Per-pass metric sums (C fields: every pass end adds to them)
+cdef class FpmTotals:
+    cdef public long long passes
+    cdef public double busy_ms
+    cdef public long long prefill_tokens
+    cdef public long long prefill_seqs
+    cdef public long long decode_tokens
+    cdef public long long decode_kv_tokens
+
 cdef class EngineBase:
     cdef public object id
     cdef public bint defer_gaps
@@ -60,9 +69,21 @@ cdef class EngineBase:
     cdef public long fpm_queued_tokens
     cdef public long last_fpm_decode_kv
     cdef public long last_fpm_queued
-    cdef public object tot
+    cdef public FpmTotals tot
     cdef public object on_first_token
     cdef public object on_finished
     cdef public object on_handoff
     cdef public bint dest_pending
     cdef public bint decode_role
+
+    # The methods the event loop (sim/simulator.py) calls at every event: cpdef, so a call
+    # through a typed engine is a C call (a Python subclass's override still takes over).
+    # Arguments as the annotations already typed them (float -> double); results objects.
+    cpdef bint has_work(self) except -1
+    cpdef add_request(self, object req, object keys=*)
+    cpdef start_pass(self, double now)
+    cpdef plan_stretch(self)
+    cpdef finish_pass(self, double end)
+    cpdef truncate_stretch(self, double t)
+    cpdef stretch_evictions_until(self, double t)
+    cpdef finish_stretch(self, double end)

@@ -20,6 +20,7 @@ pass end), ``_complete`` (free a finished sequence's KV), ``plan_stretch`` and t
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
 
@@ -328,13 +329,16 @@ class EngineBase:
         """A request arriving at ``t`` joins the pass that starts at the first pass end at
         or after ``t``: the stretch stops there."""
         ends = self.stretch_ends
-        j = int(ends.searchsorted(t, "left"))
-        if j < len(ends) - 1:
+        # (bisect over a memoryview: searchsorted's "left" side on the sorted end times,
+        # without a numpy call per arrival)
+        view = memoryview(ends)
+        j = bisect_left(view, t)
+        if j < len(view) - 1:
             self.num_stretch_cuts += 1
             # A copy, not a view: the metrics buffer keeps these end times for a while and
             # must not pin the whole planned stretch.
             self.stretch_ends = ends[: j + 1].copy()
-            self.pass_end = float(ends[j])
+            self.pass_end = view[j]
         return self.pass_end
 
     def stretch_evictions_until(self, t: float) -> list[int]:

@@ -56,6 +56,14 @@ cdef class VllmEngine(EngineBase):
     cdef public bint _chunked
     cdef public bint _lifo
 
+    # Overrides of EngineBase's cpdef event methods (sim/engines/base.pxd)
+    cpdef bint has_work(self) except -1
+    cpdef start_pass(self, double now)
+    cpdef plan_stretch(self)
+    cpdef finish_pass(self, double end)
+    cpdef stretch_evictions_until(self, double t)
+    cpdef finish_stretch(self, double end)
+
     # The KV growth of a finished stretch, per running sequence: C integers (k was a
     # Python int, so each sequence's phase arithmetic went through the object API).
     @cython.locals(s=Seq, i=long, a=long, bs=long, total=long, before=long, after=long,

@@ -47,6 +47,16 @@ class PiecewiseRate:
     def __call__(self, t_s: float) -> float:
         return float(np.interp(t_s, self.knots_s, self.rates_rps))
 
+    def to_dict(self) -> dict[str, Any]:
+        """As data (a workload's ``describe()``), like the dataclass rate functions."""
+        return {"type": "piecewiserate", "knots_s": list(self.knots_s),
+                "rates_rps": list(self.rates_rps)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PiecewiseRate":
+        """Inverse of :meth:`to_dict` (``type`` optional)."""
+        return cls(data["knots_s"], data["rates_rps"])
+
 
 # name -> (factory, required keys, optional keys); keys are the factory's parameter names.
 _Table = dict[str, tuple[Callable[..., Any], set[str], set[str]]]

@@ -413,6 +413,8 @@ def _params(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
         return {"type": type(obj).__name__.lower(),
                 **{f.name: _params(getattr(obj, f.name)) for f in fields(obj)}}
+    if hasattr(obj, "to_dict"):            # e.g. PiecewiseRate
+        return obj.to_dict()
     if callable(obj):
         return getattr(obj, "__qualname__", repr(obj))
     return obj
