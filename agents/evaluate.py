@@ -329,7 +329,7 @@ def override_error(exc: InputError, load, overrides: dict[str, Any],
     overrides (a cross-field check that blamed the config's own line, e.g. ``--set
     env.min_endpoint=4`` against the YAML's ``cluster.num_workers: 2``); else ``exc``
     itself. ``load(overrides)`` loads the config with those overrides."""
-    from dynosim_gym.config import _override_key
+    from dynosim_gym.config import override_key
     flags = flags or {}
 
     def flag(key: str) -> str:
@@ -339,7 +339,7 @@ def override_error(exc: InputError, load, overrides: dict[str, Any],
     dotted = {}
     for key in overrides:
         try:
-            dotted[key] = _override_key(key)
+            dotted[key] = override_key(key)
         except InputError:
             dotted[key] = key
     field = exc.field or ""
@@ -411,6 +411,16 @@ def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str,
         env, cfg = make_eval_env(pol, env_id, config, overrides)
         runs = [({"split": split}, seed + k) for k in range(episodes)]
         return env, cfg, runs, {"split": split, "seeds": list(range(seed, seed + episodes))}
+    from dynosim_gym.config import override_key
+    for key in overrides:
+        try:
+            dotted = override_key(key)
+        except InputError:
+            continue                  # an unknown key: make_eval_env reports it
+        if dotted == "env.episode_steps":
+            raise InputError("with --trace the episode length is --window-s (the window "
+                             "plan sets env.episode_steps); remove this --set",
+                             field=f"--set {key}")
     overrides["workload"] = trace_workload(trace)
     flags = {"workload": "--trace"}
     env, cfg = make_eval_env(pol, env_id, config, overrides, flags)

@@ -184,7 +184,7 @@ def resolve_config_path(name: str | Path) -> Path:
                      file=str(name))
 
 
-def _override_key(key: str) -> str:
+def override_key(key: str) -> str:
     """Map a ``gym.make`` keyword to a dotted config key."""
     head = key.split(".")[0]
     if head in SIM_SECTIONS or head == "env":
@@ -218,7 +218,7 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
         source = str(path)
         base_dir = path.resolve().parent
     if overrides:
-        nested = _nest({_override_key(k): v for k, v in overrides.items()})
+        nested = _nest({override_key(k): v for k, v in overrides.items()})
         for top, value in nested.items():
             if top == "workload" and isinstance(data.get(top), dict) and isinstance(value, dict) \
                     and value.get("kind", data[top].get("kind")) == data[top].get("kind"):

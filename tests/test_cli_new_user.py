@@ -350,3 +350,18 @@ def test_train_without_env_refuses_a_routing_scenario(tmp_path: Path, capsys) ->
     err = capsys.readouterr().err.strip()
     assert err.startswith("dynosim: error: flag '--env': ") and "DynoSimRouting-v0" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key", ["episode_steps", "env.episode_steps"])
+def test_trace_evaluation_refuses_an_episode_steps_override(tmp_path: Path, capsys,
+                                                            key: str) -> None:
+    """With --trace the window plan sets env.episode_steps; a --set of it was silently
+    replaced, so the run scored other episodes than asked for."""
+    rc = main(["evaluate", "--policy", "heuristic:static:2", "--config", str(MOONCAKE),
+               "--trace", "bundled:mooncake_conversation", "--window-s", "600",
+               "--windows", "1", "--set", f"{key}=10", "--json"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.splitlines() == [f"dynosim: error: flag '--set {key}': with --trace the "
+                                "episode length is --window-s (the window plan sets "
+                                "env.episode_steps); remove this --set"], err
