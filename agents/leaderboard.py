@@ -24,7 +24,7 @@ from .algos import check_env_id
 
 
 def check_policies(specs: list[str], env_id: str, policies: list[str] | None,
-                   reference: str) -> None:
+                   reference: str, config: Any = None) -> None:
     """Every leaderboard entry resolved before the first is evaluated, so a typo in the
     last one does not throw away the others' episodes. Errors are one-line InputErrors on
     the flag the entry came from: ``--policies``, ``--reference`` or ``--leaderboard`` (a
@@ -48,6 +48,16 @@ def check_policies(specs: list[str], env_id: str, policies: list[str] | None,
             raise InputError(f"{spec} acts on {pol.env_id}, not {env_id} (the leaderboard's "
                              f"--env); the heuristics for {env_id}: "
                              f"{', '.join(heuristics_for(env_id))}", field=flag)
+        if spec.startswith("heuristic:static:"):    # a count the env can provision
+            from .evaluate import make_eval_env
+            from .heuristics import make_heuristic
+            env, _ = make_eval_env(pol, env_id, config, {})
+            try:
+                make_heuristic(spec, env)
+            except ValueError as exc:
+                raise InputError(str(exc), field=flag) from None
+            finally:
+                env.close()
 
 
 def find_models(directory: Path) -> list[Path]:
@@ -77,7 +87,7 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
                          + [str(p) for p in find_models(d)])
     if reference not in specs:
         specs.insert(0, reference)
-    check_policies(specs, env_id, policies, reference)
+    check_policies(specs, env_id, policies, reference, config)
     results = []
     for spec in specs:
         if not quiet:

@@ -123,6 +123,8 @@ def test_model_without_run_record_says_which_interface_it_is_scored_with(tmp_pat
      "unknown oracle"),
     (["--env", "DynoSimRouting-v0", "--policies", "heuristic:kv,heuristic:load"],
      "--policies", "heuristic:load acts on DynoSim-v0"),
+    (["--policies", "heuristic:static:2,heuristic:static:100"], "--policies",
+     "heuristic:static:100 asks for more workers than the env's GPU budget holds"),
 ])
 def test_leaderboard_checks_every_entry_before_evaluating_any(tmp_path: Path, capsys,
                                                               monkeypatch, extra, flag,
@@ -280,6 +282,8 @@ def test_leaderboard_only_flags_without_leaderboard_are_refused(flag, value, cap
 
 def test_help_says_what_search_trace_and_checkpoint_every_take(capsys) -> None:
     for argv, needles in ((["search", "--help"], ["Azure .csv", "Mooncake .jsonl"]),
+                          (["sweep", "interval", "--help"], ["Azure .csv", "Mooncake .jsonl"]),
+                          (["sweep", "cold-start", "--help"], ["Azure .csv"]),
                           (["train", "--help"], ["select_checkpoint", "12k-step"])):
         assert main(argv) == 0
         out = " ".join(capsys.readouterr().out.split())

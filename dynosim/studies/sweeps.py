@@ -110,7 +110,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, metavar="DIR",
                    help="output directory (created); writes DIR/<study>.csv and .png")
     g.add_argument("--trace", default=DEFAULT_TRACE, metavar="PATH",
-                   help=f"mooncake trace (default {DEFAULT_TRACE})")
+                   help=f"trace: Mooncake .jsonl, Azure .csv or bundled:NAME (default {DEFAULT_TRACE})")
     g.add_argument("--arrival-speedup-ratio", type=_positive_float, default=None, metavar="X",
                    help="divide trace inter-arrival times by X (default 1: real time)")
     g.add_argument("--jobs", type=_jobs, default=None, metavar="N",
