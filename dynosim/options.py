@@ -272,9 +272,10 @@ def _scenario_episode(args: argparse.Namespace, ecfg: Any, cfg: RunConfig) -> Ru
     workload family, over one episode); arrival times and prompts are sampled from
     ``run.seed``, so the requests are not the environment's own. A trace family
     (``mooncake_mod``, ``azure_mod``) keeps the rate curve with the config's synthetic
-    prompts (the note says so); a trace-window episode has no run config (an InputError)."""
+    prompts (the note says so); a trace-window episode has no run config (an InputError).
+    A trace config runs its whole trace; the note says the environment's windows are not
+    expressed, so ``run.seed`` picks none."""
     stem = Path(args.config).stem
-    what = "its workload and cluster"
     extra = ""
     if cfg.workload.get("kind") == "synthetic":     # the env draws each episode's load
         from dynosim_gym.episodes import EpisodeFactory, episode_seed
@@ -306,6 +307,11 @@ def _scenario_episode(args: argparse.Namespace, ecfg: Any, cfg: RunConfig) -> Ru
         what = (f"the load of {reset} ({scenario}, {desc['split']} split, "
                 f"{factory.duration_s:g} s) on its cluster with arrivals sampled from "
                 "run.seed")
+    else:                                           # a trace config: the env pins windows
+        span = ecfg.env.interval_s * ecfg.env.episode_steps
+        what = (f"its whole trace on its cluster (the environment replays one {span:g} s "
+                "window of it per episode, placed by env.reset's seed, which a run config "
+                "cannot express: run.seed does not pick a window here)")
     note(args, f"note: {args.config}: an environment scenario; running {what}, "
                 f"ignoring its 'env:' section{extra}")
     return cfg

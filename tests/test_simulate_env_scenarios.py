@@ -129,3 +129,12 @@ def test_routing_family_runs_its_own_workload_and_trace_windows_are_refused(caps
         seen.add("trace" in ROUTING_FAMILIES[scenario])
     assert seen == {True, False}
     env.close()
+
+
+def test_trace_scenario_says_its_windows_are_not_expressed(capsys) -> None:
+    """A trace scenario replays its whole trace; --seed picks no window there, and the note
+    says so (a new user read two seeds' identical runs as the seed being ignored)."""
+    cfg, err = printed(capsys, "--config", str(REPO / "envs_configs" / "autoscale_mooncake.yaml"),
+                       "--seed", "2")
+    assert cfg["workload"]["kind"] != "synthetic"
+    assert "running its whole trace" in err and "run.seed does not pick a window" in err, err
