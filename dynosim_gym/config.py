@@ -23,8 +23,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, disagg_config,
-                        load_config, parse_config, read_yaml)
+from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, check_trace_path,
+                        disagg_config, load_config, parse_config, read_yaml)
 from sim.errors import InputError
 from sim.schema import (COUNT, GPUS, MAX_TOKENS, PLANNER_FIELDS, RATE, SHARE_OPEN, TIME_S,
                         TIME_S_POS, WEIGHT, WORKERS, Range)
@@ -233,6 +233,7 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
     v = _Validator(source, where, (source, None))
     sim_cfg = parse_config(data, source=source, where=where, base_dir=base_dir,
                            default_where=(source, None))
+    check_trace_path(sim_cfg)      # here, where the YAML's file and line are known
     env = _parse_env(env_data, v)
     cfg = EnvConfig(sim=sim_cfg, env=env, source=source)
     if sim_cfg.disagg is not None:

@@ -743,6 +743,19 @@ def _located(cfg: RunConfig, prefix: str = "", rename: Mapping[str, str] | None 
         raise InputError(exc.detail, file=file, line=line, field=dotted) from None
 
 
+def check_trace_path(cfg: RunConfig) -> None:
+    """A trace workload's file must exist: an InputError at ``workload.path``'s file and
+    line otherwise (called at load by configs that build their workload later, e.g. an
+    environment's, so the error still names the YAML line)."""
+    path = (cfg.workload or {}).get("path")
+    if cfg.workload and cfg.workload.get("kind") in TRACE_KINDS and isinstance(path, str) \
+            and not Path(path).is_file():
+        file, line = cfg.locate("workload.path")
+        what = "is a directory" if Path(path).is_dir() else "not found"
+        raise InputError(f"trace file {what}: {path}", file=file, line=line,
+                         field="workload.path")
+
+
 def build_workload(cfg: RunConfig):
     """The run's workload. Synthetic randomness comes from the run seed's second child
     stream (the simulator's router uses the first), so runs are reproducible."""
@@ -750,13 +763,7 @@ def build_workload(cfg: RunConfig):
         file, line = cfg.locate("workload")
         raise InputError("missing required section (a trace or synthetic workload)",
                          file=file, line=line, field="workload")
-    path = cfg.workload.get("path")
-    if cfg.workload.get("kind") in TRACE_KINDS and isinstance(path, str) \
-            and not Path(path).is_file():
-        file, line = cfg.locate("workload.path")
-        what = "is a directory" if Path(path).is_dir() else "not found"
-        raise InputError(f"trace file {what}: {path}", file=file, line=line,
-                         field="workload.path")
+    check_trace_path(cfg)
     rng = np.random.default_rng(np.random.SeedSequence(cfg.run.seed).spawn(2)[1])
     with _located(cfg):
         return from_config(cfg.workload, rng, prefix="workload")

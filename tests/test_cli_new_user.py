@@ -369,3 +369,26 @@ def test_trace_evaluation_refuses_an_episode_steps_override(tmp_path: Path, caps
     assert err.splitlines() == [f"dynosim: error: flag '--set {key}': with --trace the "
                                 "episode length is --window-s (the window plan sets "
                                 "env.episode_steps); remove this --set"], err
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--policy", "heuristic:load", "--episodes", "1"],
+    ["tune", "--policy", "heuristic:load", "--trials", "1", "--episodes", "1"],
+    ["train", "--algo", "ppo", "--timesteps", "64"],
+])
+def test_env_config_with_a_missing_trace_names_its_file_and_line(tmp_path: Path, capsys,
+                                                                  argv) -> None:
+    """An env config whose workload.path is missing: the YAML's file and line, as simulate
+    says (evaluate, tune and train said 'config, field ...': the env re-read it as a dict)."""
+    cfg = tmp_path / "bad_path.yaml"
+    lines = MOONCAKE.read_text().replace("bundled:mooncake_conversation",
+                                         str(tmp_path / "nope.jsonl"))
+    cfg.write_text(lines)
+    line = next(i for i, t in enumerate(lines.splitlines(), 1) if "nope.jsonl" in t)
+    out = ["--out", str(tmp_path / ("x.yaml" if argv[0] == "tune" else "out"))] \
+        if argv[0] != "evaluate" else []
+    rc = main([*argv, "--config", str(cfg), *out])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.splitlines() == [f"dynosim: error: {cfg}:{line}, field 'workload.path': trace "
+                                f"file not found: {tmp_path / 'nope.jsonl'}"], err
