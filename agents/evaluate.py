@@ -553,7 +553,8 @@ def missing_record_hint(pol: PolicySpec) -> str:
     return (f"; {pol.path} has no run record ({pol.path.with_suffix('.json').name} beside "
             f"it, or run.json in its directory), which gives the interface it was trained "
             f"with ({keys}): copy the record from its training run next to it, or pass that "
-            "interface with --config YAML (the training env config) or --set KEY=VALUE "
+            "interface with --env (the env it was trained on: --env DynoSimRouting-v0 for "
+            "a router) and --config YAML (the training env config) or --set KEY=VALUE "
             "(e.g. --set action.type=target, and the action's scale-down window "
             "action.scale_down_window_s and observation.features it was trained with: "
             "nothing checks those against the model)")

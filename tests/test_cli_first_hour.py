@@ -146,6 +146,15 @@ def test_model_without_its_run_record_says_what_to_do(tmp_path: Path, capsys) ->
                      "--episodes", "1")
     one_line_error(rc, err, "the model acts in Discrete(", "has no run record",
                    "autoscaler.json beside it", "--config", "--set")
+    # a router copied alone: the advice names --env, and following it scores the router
+    shutil.copy(PRETRAINED_DIR / "router.zip", tmp_path / "router.zip")
+    rc, _, err = run(capsys, "evaluate", "--policy", str(tmp_path / "router.zip"),
+                     "--episodes", "1", "--config", "routing_families")
+    one_line_error(rc, err, "has no run record", "--env DynoSimRouting-v0")
+    rc, _, err = run(capsys, "evaluate", "--policy", str(tmp_path / "router.zip"),
+                     "--episodes", "1", "--env", "DynoSimRouting-v0", "--set",
+                     "episode_steps=4", "--json")
+    assert rc == 0, err
     # with the record beside it, the same zip loads (its interface comes from the record)
     from agents.evaluate import resolve_policy
     shutil.copy(PRETRAINED_DIR / "autoscaler.json", tmp_path / "autoscaler.json")
