@@ -23,6 +23,7 @@ trial. Trial 0 is the planner's defaults. The best knobs are written as a small 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import typing
 from pathlib import Path
@@ -140,6 +141,10 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                          f"{policy!r}", field="--policy")
     # a file written elsewhere is named after itself (copying it to agents/tuned/ under the
     # default name would replace the shipped baseline)
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise InputError(f"a baseline name is letters, digits, '_', '-' and '.' (it names "
+                         f"heuristic:NAME and agents/tuned/NAME.yaml), got {name!r}",
+                         field="--name")
     name = name or (Path(out).stem if out else f"{kind}-tuned")
     path = Path(out) if out else TUNED_DIR / f"{name}.yaml"
     if out is None and path.exists() and not replace:

@@ -487,8 +487,11 @@ def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, str]]:
     try:
         data = json.loads(src)
     except json.JSONDecodeError as exc:
-        raise InputError(f"not a JSON object or JSON file: {exc.msg} (char {exc.pos})",
-                         file=CMDLINE, field="--planner-config-json") from None
+        looks_like_path = src is text and not text.lstrip().startswith(("{", "[", '"')) \
+            and (text.endswith(".json") or "/" in text)
+        detail = (f"no such JSON file: {text}" if looks_like_path else
+                  f"not a JSON object or JSON file: {exc.msg} (char {exc.pos})")
+        raise InputError(detail, file=CMDLINE, field="--planner-config-json") from None
     if not isinstance(data, dict):
         raise InputError(f"expected a JSON object of planner knobs, got {type(data).__name__}",
                          file=CMDLINE, field="--planner-config-json")

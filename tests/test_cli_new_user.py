@@ -392,3 +392,23 @@ def test_env_config_with_a_missing_trace_names_its_file_and_line(tmp_path: Path,
     assert rc == 2
     assert err.splitlines() == [f"dynosim: error: {cfg}:{line}, field 'workload.path': trace "
                                 f"file not found: {tmp_path / 'nope.jsonl'}"], err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "--planner", "load", "--planner-config-json", "/nonexistent/knobs.json",
+      "--max-sim-time-s", "1"],
+     "argument --planner-config-json: no such JSON file: /nonexistent/knobs.json"),
+    (["simulate", "--planner", "load", "--planner-config-json", "{bad",
+      "--max-sim-time-s", "1"],
+     "argument --planner-config-json: not a JSON object or JSON file: Expecting property "
+     "name enclosed in double quotes (char 1)"),
+    (["tune", "--policy", "heuristic:load", "--trials", "1", "--episodes", "1", "--name",
+      "../tuned/load-tuned"],
+     "flag '--name': a baseline name is letters, digits, '_', '-' and '.' (it names "
+     "heuristic:NAME and agents/tuned/NAME.yaml), got '../tuned/load-tuned'"),
+])
+def test_file_and_name_arguments_say_what_is_wrong(argv, message, capsys) -> None:
+    """A missing --planner-config-json file was 'not a JSON object ... (char 0)'; a tune
+    --name with a path in it wrote outside agents/tuned (re-check)."""
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"dynosim: error: {message}"
