@@ -236,3 +236,18 @@ def latency_mismatches(ours: dict[str, Any], peer: dict[str, Any], tol: float) -
                 bad.append(f"{metric}.{stat}: ours {got:.6g} peer {want:.6g} "
                            f"({abs(got - want) / abs(want):.2%} > {tol:.0%})")
     return bad
+
+
+def assert_values_not_options(capsys, flags, values) -> None:
+    """Each ``(subcommand path, flag)`` given each of ``values`` reaches the flag's own
+    check: argparse never reports "expected one argument" (it took a value starting with
+    '-' for an option before dynosim.options.Parser's negative-number rule)."""
+    from dynosim.cli import build_parser
+    for path, flag in flags:
+        for value in values:
+            try:
+                build_parser().parse_known_args([*path, flag, value])
+            except SystemExit:
+                pass
+            err = capsys.readouterr().err
+            assert "expected one argument" not in err, (path, flag, value, err)
