@@ -94,7 +94,19 @@ class DynoSimEnv(SimEnv):
     ``Discrete(2k + 1)`` with ``env.action.type = delta`` (default, ``k = max_step = 2``):
     action ``i`` changes the provisioned workers (active + starting) by ``i - k``. With
     ``type = target``: ``Discrete(max_workers - min_endpoint + 1)``, action ``i`` asks for
-    ``min_endpoint + i`` workers. Requests are clamped to ``[min_endpoint, max_gpu_budget //
+    ``min_endpoint + i`` workers. With ``type = residual`` (residual policy learning: Silver
+    et al. 2018, "Residual Policy Learning"; Johannink et al. 2019, "Residual Reinforcement
+    Learning for Robot Control"): ``Discrete(hi - lo + 1)`` for ``env.action.
+    residual_offsets = [lo, hi]`` (default ``[-2, 4]``), action ``i`` asks for ``base + lo +
+    i`` workers, where ``base`` is Dynamo's throughput planner's count for the load it reads
+    (Dynamo docs, ``planner`` "Throughput-based scaling": predicted requests/s over one
+    engine's best rate meeting the TTFT and ITL SLAs at the predicted ISL/OSL, ceiled):
+    a :class:`~sim.planner.ThroughputPlanner` advisor ticks every ``interval_s`` inside the
+    simulation, with ``env.planner_predictor`` (default ``constant``: the last interval) and
+    ``env.planner`` knobs, without its per-decision step limit; ``base`` is its last tick's
+    count (``min_endpoint`` before the first tick, i.e. for the first step), reported as
+    ``info["base_workers"]``. ``target_action(n)`` maps a count to the nearest offset.
+    Requests are clamped to ``[min_endpoint, max_gpu_budget //
     gpus_per_worker]`` inside the env; ``action_masks()`` gives the actions that need no
     clamping (sb3-contrib MaskablePPO). ``env.action.scale_down_window_s = W`` (default 0,
     off; aggregated pool only) stabilises scale-downs as Kubernetes' HPA does
@@ -180,6 +192,8 @@ class DynoSimEnv(SimEnv):
 
     ## Version History
 
+    * v0 (0.2.4, issue 11): ``env.action.type: residual``, an offset to the throughput
+      planner's count (default action unchanged).
     * v0 (0.2.3, issue 11): ``env.action.scale_down_window_s``, HPA-style scale-down
       stabilisation (default 0: unchanged behaviour).
     * v0 (0.2.2, issue 11): ``mooncake_mod`` caps each row's prompt at the longest an
@@ -246,6 +260,7 @@ class DynoSimEnv(SimEnv):
         self.episode: dict[str, Any] = {}
         self._advisor_kinds: list[str] = []
         self._advisors: dict[str, Any] = {}
+        self._base_planner: ThroughputAdvisor | None = None     # action.type: residual
         self._last: Interval | None = None
 
     # -- gymnasium API ----------------------------------------------------------------------
@@ -272,6 +287,10 @@ class DynoSimEnv(SimEnv):
         for kind in self._advisor_kinds:
             self._attach_advisor(kind)
         self._advisors_at_begin = list(self._advisor_kinds)
+        self._base_planner = None
+        if self.cfg.env.action.type == "residual":
+            self._base_planner = self._make_base_planner()
+            self._refresh_base()
         self.obs_builder.reset()
         iv = self.monitor.collect()
         self._last = iv
@@ -282,7 +301,7 @@ class DynoSimEnv(SimEnv):
     # options and the calls made since reset, and replays them (the env is deterministic).
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("sim", "monitor", "_advisors", "_last"):
+        for key in ("sim", "monitor", "_advisors", "_last", "_base_planner"):
             state.pop(key, None)
         state["_replay"] = (self.episode.get("seed"), getattr(self, "_options", None),
                             list(getattr(self, "_log", [])), list(self._advisors_at_begin)) \
@@ -293,7 +312,7 @@ class DynoSimEnv(SimEnv):
         replay = state.pop("_replay", None)
         kinds = state["_advisor_kinds"]
         self.__dict__.update(state)
-        self.sim, self._advisors, self._last = None, {}, None
+        self.sim, self._advisors, self._last, self._base_planner = None, {}, None, None
         if replay is not None:
             ep_seed, options, log, at_reset = replay
             self._advisor_kinds = list(at_reset)
@@ -319,6 +338,8 @@ class DynoSimEnv(SimEnv):
         sim.run_until(self._t_ms)
         if sim.now < self._t_ms:          # nothing left to happen before the boundary
             sim.now = self._t_ms
+        if self._base_planner is not None:
+            self._refresh_base()
         iv = self.monitor.collect()
         self._last = iv
         self._steps += 1
@@ -380,8 +401,29 @@ class DynoSimEnv(SimEnv):
             changed = target - cur
         elif target < cur:
             changed = sim.remove_workers(cur - target)
-        return changed, (target > cur) - (target < cur), {
-            "requested_workers": int(want), "target_workers": int(target)}
+        info = {"requested_workers": int(want), "target_workers": int(target)}
+        if self._base_planner is not None:
+            info["base_workers"] = int(self.action_type.base)
+        return changed, (target > cur) - (target < cur), info
+
+    def _make_base_planner(self) -> ThroughputAdvisor:
+        """``env.action.type: residual``: the throughput planner whose count is the base,
+        ticking every env step, its per-decision step limit lifted (the env's own clamps
+        apply to base + offset)."""
+        pc = planner_config(self.cfg, {
+            "throughput_adjustment_interval_seconds": self.cfg.env.interval_s,
+            "max_throughput_scaling_replicas": self.max_workers})
+        return ThroughputAdvisor(pc).attach(self.sim)
+
+    def base_workers(self) -> int:
+        """The residual action's base now: the throughput planner's last count
+        (``max(ceil(demand / engine rate), min_endpoint)``), ``min_endpoint`` before its
+        first tick."""
+        ticks = self._base_planner.ticks
+        return int(ticks[-1]["wanted"]) if ticks else self.cfg.env.min_endpoint
+
+    def _refresh_base(self) -> None:
+        self.action_type.base = self.base_workers()
 
     def sla_term(self, iv: Interval) -> float:
         """The SLA part of the reward for one interval (see ``## Rewards``)."""

@@ -53,8 +53,12 @@ SCALE = Range(0, MAX_TOKENS, lo_open=True, unit="tokens", why="token counts are 
 
 @dataclass
 class ActionSection:
-    type: str = _opt("delta", choices=("delta", "target"))  # delta: -k..+k workers; target: N
+    # delta: -k..+k workers; target: N; residual: an offset to the throughput planner's count
+    type: str = _opt("delta", choices=("delta", "target", "residual"))
     max_step: int = _opt(2, range=WORKERS)  # delta: largest change per step (workers)
+    # residual: [lo, hi] offsets (workers, lo <= 0 <= hi) added to the base count, the
+    # throughput planner's ceil(predicted demand / one engine's rate at the SLA), each step
+    residual_offsets: list[int] = field(default_factory=lambda: [-2, 4])
     # scale-down stabilisation (Kubernetes HPA's behavior.scaleDown.stabilizationWindowSeconds):
     # the env provisions the highest count the policy asked for over the last window_s seconds
     # of decisions (this one included), so scale-ups apply at once and a scale-down only once
@@ -285,13 +289,18 @@ def _parse_env(data: Any, v: _Validator) -> EnvSection:
     out = EnvSection(**{f.name: getattr(env, f.name) for f in fields(_FlatEnv)})
     for name, cls in NESTED.items():
         sec = data.get(name)
-        features = None
+        features = offsets = None
         if name == "observation" and isinstance(sec, Mapping) and "features" in sec:
             sec = dict(sec)
             features = _parse_features(sec.pop("features"), v)
+        if name == "action" and isinstance(sec, Mapping) and "residual_offsets" in sec:
+            sec = dict(sec)
+            offsets = _parse_offsets(sec.pop("residual_offsets"), v)
         setattr(out, name, v.section(sec, cls, f"env.{name}"))
         if features is not None:
             out.observation.features = features
+        if offsets is not None:
+            out.action.residual_offsets = offsets
     out.planner = data.get("planner") if data.get("planner") is not None else {}
     if isinstance(out.planner, Mapping):
         out.planner = dict(out.planner)
@@ -319,6 +328,23 @@ def _parse_features(value: Any, v: _Validator) -> list[str]:
             raise v.error(f"entry {i}: feature {name!r} is listed twice", key)
         seen.add(name)
     return list(value)
+
+
+def _parse_offsets(value: Any, v: _Validator) -> list[int]:
+    """``env.action.residual_offsets``: ``[lo, hi]``, integers with ``lo <= 0 <= hi`` (offset
+    0, the planner's own count, is always an action) and at most the field's worker range
+    apart."""
+    key = "env.action.residual_offsets"
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or \
+            any(type(x) is not int for x in value):
+        raise v.error(f"expected [lo, hi], two integers (workers), got {_show(value)}", key)
+    lo, hi = value
+    if not lo <= 0 <= hi:
+        raise v.error(f"expected lo <= 0 <= hi (offset 0 is the planner's count), got "
+                      f"[{lo}, {hi}]", key)
+    if hi - lo > WORKERS.hi:
+        raise v.error(f"[{lo}, {hi}] spans more than {WORKERS.hi:g} workers", key)
+    return [lo, hi]
 
 
 # EnvSection's scalar fields (rules included), for the shared field validator.
