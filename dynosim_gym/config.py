@@ -26,8 +26,8 @@ import numpy as np
 from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, check_trace_path,
                         disagg_config, load_config, parse_config, read_yaml)
 from sim.errors import InputError
-from sim.schema import (COUNT, GPUS, MAX_TOKENS, PLANNER_FIELDS, RATE, SHARE_OPEN, TIME_S,
-                        TIME_S_POS, WEIGHT, WORKERS, Range)
+from sim.schema import (COUNT, GPUS, MAX_TOKENS, MAX_WORKERS, PLANNER_FIELDS, RATE,
+                        SHARE_OPEN, TIME_S, TIME_S_POS, WEIGHT, WORKERS, Range)
 
 import envs_configs as _bundled
 
@@ -58,7 +58,10 @@ class ActionSection:
     max_step: int = _opt(2, range=WORKERS)  # delta: largest change per step (workers)
     # residual: [lo, hi] offsets (workers, lo <= 0 <= hi) added to the base count, the
     # throughput planner's ceil(predicted demand / one engine's rate at the SLA), each step
-    residual_offsets: list[int] = field(default_factory=lambda: [-2, 4])
+    residual_offsets: list[int] = field(default_factory=lambda: [-2, 4], metadata={
+        "range": Range(-MAX_WORKERS, MAX_WORKERS, unit="workers",
+                       why="[lo, hi] with lo <= 0 <= hi, offsets to the throughput "
+                           "planner's count (type: residual)")})
     # scale-down stabilisation (Kubernetes HPA's behavior.scaleDown.stabilizationWindowSeconds):
     # the env provisions the highest count the policy asked for over the last window_s seconds
     # of decisions (this one included), so scale-ups apply at once and a scale-down only once
@@ -342,8 +345,8 @@ def _parse_offsets(value: Any, v: _Validator) -> list[int]:
     if not lo <= 0 <= hi:
         raise v.error(f"expected lo <= 0 <= hi (offset 0 is the planner's count), got "
                       f"[{lo}, {hi}]", key)
-    if hi - lo > WORKERS.hi:
-        raise v.error(f"[{lo}, {hi}] spans more than {WORKERS.hi:g} workers", key)
+    if -lo > MAX_WORKERS or hi > MAX_WORKERS:
+        raise v.error(f"[{lo}, {hi}] is outside [-{MAX_WORKERS}, {MAX_WORKERS}] workers", key)
     return [lo, hi]
 
 
