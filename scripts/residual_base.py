@@ -6,8 +6,9 @@ reference a residual policy's own contribution is measured against.
     python scripts/residual_base.py [--split train --episodes 3 --seed 0] \\
         [--set env.action.scale_down_window_s=60 ...] [--out FILE.json]
 
-Prints (and writes with ``--out``) the evaluation's JSON summary without per-episode rows:
-pooled SLA attainment, GPU-hours per episode, reversals per hour, per-family rows.
+Prints (and writes with ``--out``) the evaluation's JSON (as ``dynosim evaluate --json``):
+pooled SLA attainment, GPU-hours per episode, reversals per hour, per-family and
+per-episode rows.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     ev = summarise(f"residual offset {args.offset}", results, u.cfg, resolved_reward(u.cfg, u),
                    {"env": {"action": u.cfg.to_dict()["env"]["action"]}},
                    {"split": args.split, "seeds": seeds})
-    out = ev.as_dict(with_episodes=False)
+    out = ev.as_dict()
     out["overrides"] = overrides
     text = json.dumps(out, indent=2, default=str)
     print(text)
