@@ -114,8 +114,8 @@ def add_parsers(sub) -> None:
     e = sub.add_parser("evaluate", help="score a policy, or write a leaderboard",
                        description="Evaluate on held-out episodes (split=eval) or on pinned, "
                        "consecutive windows of a trace (--trace): SLA attainment, GPU-hours, "
-                       "pooled p90 TTFT/ITL, scaling events, reversals per hour, mean reward. "
-                       "Scored with the evaluation config (--config, default: the env's "
+                       "pooled p90 TTFT/ITL, scaling events, reversals and flaps per hour, mean "
+                       "reward. Scored with the evaluation config (--config, default: the env's "
                        "default), never a run's training reward.", **kw)
     e.add_argument("--policy", metavar="SPEC",
                    help="heuristic:load | heuristic:throughput | heuristic:static | "
@@ -327,5 +327,5 @@ def _evaluate(args) -> int:
               f"({res.gpu_hours_per_episode:.3f}/episode, {plural(res.episodes, 'episode')}); pooled "
               f"p90 TTFT {res.p90_ttft_ms:.0f} ms, p90 ITL {res.p90_itl_ms:.1f} ms; "
               f"{plural(res.scaling_events, 'scaling event')}, {res.reversals_per_hour:.1f} "
-              f"reversals/h; mean reward {res.mean_reward:.3f} ± {res.std_reward:.3f}")
+              f"reversals/h, {res.flaps_per_hour:.1f} flaps/h ({res.flaps} under 300 s); mean reward {res.mean_reward:.3f} ± {res.std_reward:.3f}")
     return 0
