@@ -53,6 +53,7 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     for name, cls in SECTIONS.items():
         out["config"] += list(_rows_of(cls, name, FLAG_OF))
     out["config"] += list(_rows_of(DisaggSection, "disagg", FLAG_OF))     # disaggregated pools
+    _show_null(out["config"])
     out["config"].append({"field": "timing.model = fixed:P,D", "type": "float,float",
                           "default": None, "range": PASS_MS.text(), "unit": PASS_MS.unit,
                           "flag": "--timing", "why": PASS_MS.why})
@@ -63,6 +64,7 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     if EnvSection is not None:
         out["env"] = list(_rows_of(EnvSection, "env", {}))
         _note_env_defaults(out["env"])
+        _show_null(out["env"])
     wflag = {"trace_block_size": "--trace-block-size",
              "arrival_speedup_ratio": "--arrival-speedup-ratio"}
     wdefaults = _workload_defaults()
@@ -89,6 +91,14 @@ def rows() -> dict[str, list[dict[str, Any]]]:
                         "range": r.text(), "unit": r.unit, "flag": flag, "why": r.why}
                        for flag, (r, typ) in FLAG_RANGES.items()]
     return out
+
+
+def _show_null(field_rows: list[dict[str, Any]]) -> None:
+    """A field whose default is None shows it as ``null``, as the workload and planner rows
+    do (a blank default is left for inputs that have none: trace fields, ``fixed:P,D``)."""
+    for r in field_rows:
+        if r["default"] is None:
+            r["default"] = "null"
 
 
 #: FLAG_RANGES flags that are a second spelling of a config field (their default is its).

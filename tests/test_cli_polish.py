@@ -1,0 +1,41 @@
+"""First-hour nits (s7-polish): each test fails without its fix."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import dynosim_gym  # noqa: F401  (registers the env ids)
+from dynosim.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+# -- 4. a None default reads "null" everywhere in `dynosim config schema` ------------------------
+
+def test_schema_shows_a_none_default_as_null_in_every_section(capsys) -> None:
+    rc, out, _ = run(capsys, "config", "schema", "--format", "json")
+    groups = json.loads(out)
+    no_default = {r["field"] for r in groups["trace"]} | {"timing.model = fixed:P,D"}
+    for rows in groups.values():
+        for r in rows:
+            if r["field"] not in no_default:
+                assert r["default"] is not None, r
+    by = {r["field"]: r["default"] for rows in groups.values() for r in rows}
+    for field in ("sla.ttft_ms", "engine.max_model_len", "disagg.prefill_gpus_per_worker",
+                  "workload.concurrency", "planner.decode_min_endpoint"):
+        assert by[field] == "null", field
+    rc, out, _ = run(capsys, "config", "schema")
+    line = next(x for x in out.splitlines() if x.strip().startswith("sla.ttft_ms "))
+    assert "= null" in line
