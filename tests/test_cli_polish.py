@@ -39,3 +39,18 @@ def test_schema_shows_a_none_default_as_null_in_every_section(capsys) -> None:
     rc, out, _ = run(capsys, "config", "schema")
     line = next(x for x in out.splitlines() if x.strip().startswith("sla.ttft_ms "))
     assert "= null" in line
+
+
+# -- 5. a deprecated flag's bad value is reported under the spelling typed ----------------------
+
+RUN_TINY = "envs_configs/autoscale_tiny.yaml"
+
+
+@pytest.mark.parametrize("old, new, value", [("--ttft-sla-ms", "--sla-ttft-ms", "-5"),
+                                             ("--itl-sla-ms", "--sla-itl-ms", "0")])
+def test_deprecated_flag_error_names_the_flag_typed(capsys, old, new, value) -> None:
+    rc, _, err = run(capsys, "simulate", "--config", RUN_TINY, "--quiet", old, value)
+    one_line_error(rc, err, f"argument {old}: must be > 0")
+    assert new not in err
+    rc, _, err = run(capsys, "simulate", "--config", RUN_TINY, "--quiet", new, value)
+    one_line_error(rc, err, f"argument {new}: must be > 0")
