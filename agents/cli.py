@@ -222,6 +222,27 @@ def _created_out_dir(path: str) -> None:
             pass
 
 
+def _env_config_mismatch(env_id: str, config, sets) -> str:
+    """Why an env config (with its ``--set`` overrides) does not fit ``env_id``: the first
+    of its scenarios that is another environment's family (``dynosim_gym.scenarios.
+    ENV_FAMILIES``), located in the YAML; "" if it fits or does not load (the command's own
+    load says why)."""
+    from dynosim_gym.config import load_env_config
+    from dynosim_gym.episodes import EpisodeFactory
+
+    from .evaluate import DEFAULT_CONFIGS
+    try:
+        ecfg = load_env_config(config, defaults=DEFAULT_CONFIGS.get(env_id), **dict(sets))
+    except InputError:
+        return ""
+    try:
+        EpisodeFactory(ecfg, env_id)
+    except InputError as exc:
+        where = f"{exc.file}:{exc.line}: " if exc.file and exc.line else ""
+        return f"{where}{exc.field}: {exc.detail.partition('; expected')[0]}"
+    return ""
+
+
 def _train(args) -> int:
     from . import rllib_train
     if args.env is None:
@@ -229,9 +250,18 @@ def _train(args) -> int:
         if args.config is not None and routing_scenario(args.config):
             raise InputError(f"{args.config} is a DynoSimRouting-v0 scenario (a fixed pool, "
                              "routing families): pass --env DynoSimRouting-v0 to train a "
-                             "router on it, or --env DynoSim-v0 to train the autoscaler on "
-                             "it anyway", field="--env")
+                             "router on it" + ("" if _env_config_mismatch(
+                                 "DynoSim-v0", args.config, args.set) else
+                                 ", or --env DynoSim-v0 to train the autoscaler on it "
+                                 "anyway"), field="--env")
         args.env = "DynoSim-v0"
+    else:
+        why = _env_config_mismatch(args.env, args.config, args.set)
+        if why:
+            other = next(e for e in ("DynoSim-v0", "DynoSimRouting-v0") if e != args.env)
+            raise InputError(f"--config {args.config or 'default'} does not fit --env "
+                             f"{args.env} ({why}); pass --env {other}, or a {args.env} "
+                             "config", field="--env")
     rllib_train.check_args(args)
     _created_out_dir(args.out)
     if args.framework == "rllib":

@@ -464,6 +464,7 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
                                  f"{', '.join(heuristics_for(env_id))}",
                                  field="--policy") from None
     pol = resolve_policy(spec)
+    env_given = env_id or pol.env_id
     env_id = check_env_id(env_id or pol.env_id or "DynoSim-v0")
     if pol.env_id is not None and pol.env_id != env_id:
         what = "a routing policy" if pol.env_id == ROUTING_ENV else "an autoscaling policy"
@@ -472,8 +473,16 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
                          field="--policy")
     if episodes < 1:
         raise InputError(f"must be >= 1, got {episodes}", field="--episodes")
-    env, cfg, runs, plan = episode_plan(pol, env_id, config, overrides or {}, trace,
-                                        window_s, windows, episodes, seed, split)
+    from dynosim_gym.episodes import ForeignScenario
+    try:
+        env, cfg, runs, plan = episode_plan(pol, env_id, config, overrides or {}, trace,
+                                            window_s, windows, episodes, seed, split)
+    except ForeignScenario as exc:       # a config of the other env, no env given: say so
+        if env_given:
+            raise
+        raise InputError(f"{exc.detail.partition('; expected')[0]}: pass --env {exc.owner}"
+                         f"{missing_record_hint(pol)}", file=exc.file, line=exc.line,
+                         field=exc.field) from None
     policy = pol.load(env)
     space = getattr(policy, "observation_space", None)
     if space is not None and space.shape != env.observation_space.shape:

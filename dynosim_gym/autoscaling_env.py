@@ -240,7 +240,7 @@ class DynoSimEnv(SimEnv):
         e = self.cfg.env
         self.max_workers = self.cfg.max_workers
         self.gpus_per_worker = self.cfg.sim.cluster.gpus_per_worker
-        self.episodes = EpisodeFactory(self.cfg)
+        self.episodes = EpisodeFactory(self.cfg, "DynoSim-v0")
         self.action_type = make_action_type(e.action, e.min_endpoint, self.max_workers)
         self.action_space = self.action_type.space
         # env.action.scale_down_window_s as decisions (this one included); 1 = off

@@ -77,7 +77,10 @@ def family_trace(name: str):
 class EpisodeFactory:
     """Builds one episode's workload and simulation from the config and an episode seed."""
 
-    def __init__(self, cfg: EnvConfig) -> None:
+    def __init__(self, cfg: EnvConfig, env_id: str | None = None) -> None:
+        """``env_id`` (``DynoSim-v0`` or ``DynoSimRouting-v0``; None: no check) refuses
+        the other environment's families (:data:`~dynosim_gym.scenarios.ENV_FAMILIES`) in
+        the config and in ``reset`` options, with a one-line InputError."""
         self.cfg = cfg
         self.duration_s = cfg.env.interval_s * cfg.env.episode_steps
         kind = cfg.sim.workload["kind"]
@@ -87,6 +90,21 @@ class EpisodeFactory:
         self.scenarios = {"train": tuple(s.strip() for s in cfg.env.scenarios.split(","))}
         self.scenarios["eval"] = tuple(s.strip() for s in (
             cfg.env.eval_scenarios or cfg.env.scenarios).split(",") if s.strip())
+        self.env_id = env_id
+        self.foreign = {s: other for other, names in fam.ENV_FAMILIES.items()
+                        if env_id is not None and other != env_id for s in names}
+        self.valid_scenarios = tuple(s for s in SCENARIOS if s not in self.foreign)
+        for split, key in (("train", "scenarios"), ("eval", "eval_scenarios")):
+            bad = next((s for s in self.scenarios[split] if s in self.foreign), None)
+            if bad is not None:
+                file, line = cfg.sim.locate(f"env.{key}" if getattr(cfg.env, key) else
+                                            "env.scenarios")
+                raise ForeignScenario(self._foreign_msg(bad), owner=self.foreign[bad],
+                                      file=file, line=line, field=f"env.{key}")
+
+    def _foreign_msg(self, scenario: str) -> str:
+        return (f"{scenario} is a {self.foreign[scenario]} scenario, not a {self.env_id} "
+                f"one; expected one of {', '.join(self.valid_scenarios)}")
 
     # -- pieces shared across episodes ---------------------------------------------------
     @property
@@ -144,9 +162,12 @@ class EpisodeFactory:
         if split not in SPLIT_KEY:
             raise _option_error(f"unknown split {split!r}; expected train or eval", "split")
         scenario = opts.get("scenario")
+        if scenario in self.foreign:
+            raise ForeignScenario(self._foreign_msg(scenario), owner=self.foreign[scenario],
+                                  field="options.scenario")
         if scenario is not None and scenario not in SCENARIOS:
             raise _option_error(f"unknown scenario {scenario!r}; expected one of "
-                                f"{', '.join(SCENARIOS)}", "scenario")
+                                f"{', '.join(self.valid_scenarios)}", "scenario")
         self._applies(opts, split)
         for key, (allowed, like) in OPTION_RULES.items():
             if key in opts:
@@ -344,6 +365,14 @@ class EpisodeFactory:
             workload = from_config(block, rng_workload, prefix="workload")
         desc["arrival"] = arrival
         return workload, desc
+
+
+class ForeignScenario(InputError):
+    """A scenario of the other environment (``owner``: the env it belongs to)."""
+
+    def __init__(self, message: str, *, owner: str, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.owner = owner
 
 
 def _option_error(msg: str, key: str) -> InputError:

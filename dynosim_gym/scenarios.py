@@ -343,6 +343,13 @@ ROUTING_FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
+#: Each environment's own workload families; the other environment refuses them (in its
+#: config's ``env.scenarios`` / ``env.eval_scenarios`` and in ``reset(options={"scenario":
+#: ...})``). The legacy shapes (``diurnal``, ``bursty``, ``ramp``, ``steady``) serve both.
+ENV_FAMILIES: dict[str, tuple[str, ...]] = {"DynoSim-v0": FAMILIES,
+                                            "DynoSimRouting-v0": tuple(ROUTING_FAMILIES)}
+
+
 def routing_arrival(kind: str, rate: float, rng: np.random.Generator) -> dict[str, Any]:
     """A routing family's arrival block (``workload.arrival``) at mean ``rate`` req/s."""
     if kind == "bursts":
@@ -359,6 +366,6 @@ def trace_window_start(duration_s: float, horizon_s: float, rng: np.random.Gener
     return float(math.floor(rng.uniform(lo, max(lo, hi - horizon_s))))
 
 
-__all__ = ["FAMILIES", "PROMPT_CAPPED", "ROUTING_FAMILIES", "SYNTHETIC_FAMILIES", "TRACE_FAMILIES", "Envelope", "EnvelopeArrivals",
+__all__ = ["ENV_FAMILIES", "FAMILIES", "PROMPT_CAPPED", "ROUTING_FAMILIES", "SYNTHETIC_FAMILIES", "TRACE_FAMILIES", "Envelope", "EnvelopeArrivals",
            "EnvelopeTraceWorkload", "draw_envelope", "idle_prefill_cap", "idle_ttft_ms",
            "poisson_times_ms"]

@@ -54,3 +54,42 @@ def test_deprecated_flag_error_names_the_flag_typed(capsys, old, new, value) -> 
     assert new not in err
     rc, _, err = run(capsys, "simulate", "--config", RUN_TINY, "--quiet", new, value)
     one_line_error(rc, err, f"argument {new}: must be > 0")
+
+
+# -- 2. each env refuses the other env's workload families --------------------------------------
+
+def test_each_env_refuses_the_other_env_s_families() -> None:
+    import gymnasium as gym
+    from dynosim_gym.scenarios import FAMILIES, ROUTING_FAMILIES
+    auto = gym.make("DynoSim-v0", config="autoscale_tiny")
+    routing = gym.make("DynoSimRouting-v0", config="routing_families")
+    for env, foreign, own in ((auto, ROUTING_FAMILIES, "DynoSim-v0"),
+                              (routing, FAMILIES, "DynoSimRouting-v0")):
+        for name in foreign:
+            with pytest.raises(ValueError, match=f"not a {own} one; expected one of") as exc:
+                env.reset(seed=0, options={"scenario": name})
+            msg = str(exc.value)
+            assert "\n" not in msg and "options.scenario" in msg
+            assert "diurnal" in msg and not any(f in msg.split("expected")[1] for f in foreign)
+    # the shared legacy shapes stay valid on both
+    auto.reset(seed=0, options={"scenario": "steady"})
+    routing.reset(seed=0, options={"scenario": "steady"})
+    # a config naming the other env's families is refused where it says so
+    with pytest.raises(ValueError, match=r"autoscale_default.yaml:\d+, field 'env.scenarios'"):
+        gym.make("DynoSimRouting-v0", config="autoscale_default")
+    with pytest.raises(ValueError, match=r"routing_families.yaml:\d+, field 'env.scenarios'"):
+        gym.make("DynoSim-v0", config="routing_families")
+
+
+# -- 7. train on a config of the other env: one line naming both --------------------------------
+
+@pytest.mark.parametrize("env_id, config, other", [
+    ("DynoSimRouting-v0", "autoscale_default", "DynoSim-v0"),
+    ("DynoSim-v0", "routing_families", "DynoSimRouting-v0")])
+def test_train_refuses_a_config_of_the_other_env(tmp_path, capsys, env_id, config,
+                                                  other) -> None:
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--env", env_id, "--config", config,
+                     "--out", str(tmp_path / "run"), "--timesteps", "8", "--quiet")
+    one_line_error(rc, err, "flag '--env'", f"--config {config} does not fit --env {env_id}",
+                   f"{config}.yaml:", f"is a {other} scenario", f"pass --env {other}")
+    assert not (tmp_path / "run").exists()
