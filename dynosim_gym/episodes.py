@@ -139,7 +139,8 @@ class EpisodeFactory:
     # -- one episode -------------------------------------------------------------------------
     def describe_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
         """``reset``'s ``options`` checked against this config: known keys only, each one
-        that applies to the config's workload (``window_start_s`` to trace configs;
+        that applies to the config's workload (``window_start_s`` to trace configs and
+        trace-window families, ``mooncake_window`` and ``azure_window``;
         ``scenario``, ``rate_rps`` and ``swing`` to synthetic ones, ``swing`` to workload
         families and ``rate_rps`` to scenarios with a drawn rate), numbers finite and within
         the range of the ``env`` field they stand for (:data:`OPTION_RULES`, the ranges of
@@ -193,12 +194,17 @@ class EpisodeFactory:
                                 "with window_start_s)",
                                 key)
             return
-        if "window_start_s" in opts:
-            raise error("applies to trace workloads only; this config's workload is "
-                        "synthetic (pin its load with scenario, rate_rps, swing)",
-                        "window_start_s")
         scenario = opts.get("scenario")
         possible = (scenario,) if scenario is not None else self.scenarios[split]
+        # a trace-window family (mooncake_window, azure_window) takes a window start: each
+        # scenario the episode may draw must be one
+        if "window_start_s" in opts and not all(
+                "trace" in fam.ROUTING_FAMILIES.get(s, {}) for s in possible):
+            windows = [s for s, spec in fam.ROUTING_FAMILIES.items() if "trace" in spec]
+            raise error("applies to trace workloads only (a trace config, or scenario "
+                        f"{' or '.join(windows)}); this episode's workload is synthetic "
+                        f"({', '.join(possible)}; pin its load with scenario, rate_rps, "
+                        "swing)", "window_start_s")
         if "swing" in opts and not any(s in fam.FAMILIES for s in possible):
             raise error(f"applies to workload families ({', '.join(fam.FAMILIES)}) only, not "
                         f"to {', '.join(possible)}", "swing")
@@ -281,7 +287,8 @@ class EpisodeFactory:
         if scenario in fam.FAMILIES:
             return self._family(scenario, rate, rng, rng_workload, opts, split)
         if scenario in fam.ROUTING_FAMILIES:
-            return self._routing_family(scenario, rate, rng, rng_workload, split)
+            return self._routing_family(scenario, rate, rng, rng_workload, split,
+                                        opts.get("window_start_s"))
         day_offset = float(rng.uniform(0.0, env.day_period_s))
         T = self.duration_s
         if scenario == "diurnal":
@@ -344,16 +351,26 @@ class EpisodeFactory:
         return workload, desc
 
     def _routing_family(self, family: str, rate: float, rng: np.random.Generator,
-                        rng_workload: np.random.Generator, split: str) -> tuple[Any, dict]:
-        """An episode of a routing family (:data:`dynosim_gym.scenarios.ROUTING_FAMILIES`)."""
+                        rng_workload: np.random.Generator, split: str,
+                        window_start_s: float | None = None) -> tuple[Any, dict]:
+        """An episode of a routing family (:data:`dynosim_gym.scenarios.ROUTING_FAMILIES`);
+        a trace-window family's window starts at ``window_start_s`` when given (any start
+        whose window fits in the trace, as for a trace config), else drawn in the split."""
         spec = fam.ROUTING_FAMILIES[family]
         T = self.duration_s
         desc: dict[str, Any] = {"workload": "routing_family", "scenario": family,
                                 "day_offset_s": 0.0}
         if "trace" in spec:
             trace = family_trace(spec["trace"])
-            start = fam.trace_window_start(trace_duration_s(trace), T, rng, split,
-                                           self.cfg.env.eval_fraction)
+            total = trace_duration_s(trace)
+            start = fam.trace_window_start(total, T, rng, split, self.cfg.env.eval_fraction)
+            if window_start_s is not None:
+                if not 0 <= window_start_s <= total - T:
+                    raise _option_error(f"a {T:g} s window must start in [0, "
+                                        f"{max(0.0, total - T):.0f}] s of the {total:.0f} s "
+                                        f"{spec['trace']} trace, got {window_start_s:g}",
+                                        "window_start_s")
+                start = float(window_start_s)
             desc.update(trace=spec["trace"], window_start_s=start)
             return TraceWindow(trace, start, start + T), desc
         arrival = fam.routing_arrival(spec["arrival"], rate, rng)

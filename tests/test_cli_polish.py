@@ -81,6 +81,25 @@ def test_each_env_refuses_the_other_env_s_families() -> None:
         gym.make("DynoSim-v0", config="routing_families")
 
 
+# -- 3. window_start_s pins a trace-window family's window --------------------------------------
+
+def test_window_start_pins_a_trace_window_family() -> None:
+    import gymnasium as gym
+    env = gym.make("DynoSimRouting-v0", config="routing_families", episode_steps=6)
+    _, info = env.reset(seed=0, options={"scenario": "mooncake_window",
+                                         "window_start_s": 100.0})
+    assert info["episode_setup"]["window_start_s"] == 100.0
+    _, other = env.reset(seed=0, options={"scenario": "mooncake_window",
+                                          "window_start_s": 700})
+    assert other["episode_setup"]["window_start_s"] == 700.0
+    with pytest.raises(ValueError, match="must start in"):        # past the trace's end
+        env.reset(seed=0, options={"scenario": "mooncake_window", "window_start_s": 1e7})
+    # a synthetic family (or a config drawing any) has no window to pin
+    for opts in ({"scenario": "uneven_sizes", "window_start_s": 10}, {"window_start_s": 10}):
+        with pytest.raises(ValueError, match="trace workloads only"):
+            env.reset(seed=0, options=opts)
+
+
 # -- 7. train on a config of the other env: one line naming both --------------------------------
 
 @pytest.mark.parametrize("env_id, config, other", [
