@@ -188,7 +188,31 @@ def add_parsers(sub) -> None:
     u.add_argument("--quiet", action="store_true", help="no per-trial lines on stderr")
 
 
+def _trace_load_note(args) -> None:
+    """``--set env.rate_min_rps / rate_max_rps`` on a config with trace families
+    (``mooncake_mod``, ``azure_mod``): their peak is that rate times their load scale
+    (``scenarios.TRACE_LOAD``), a one-line note on stderr says so."""
+    sets = dict(getattr(args, "set", None) or [])
+    keys = [k for k in sets if k.rpartition(".")[2] in ("rate_min_rps", "rate_max_rps")]
+    if not keys or args.quiet:
+        return
+    from dynosim_gym.config import load_env_config
+    from dynosim_gym.scenarios import trace_load_note
+
+    from .evaluate import DEFAULT_CONFIGS
+    try:
+        e = load_env_config(args.config, defaults=DEFAULT_CONFIGS.get(
+            getattr(args, "env", None) or "DynoSim-v0"), **sets).env
+    except InputError:
+        return                              # the command's own load says why
+    names = f"{e.scenarios},{e.eval_scenarios or ''}".split(",")
+    text = trace_load_note([n.strip() for n in names], e.rate_min_rps, e.rate_max_rps)
+    if text:
+        print(f"dynosim: note: --set {', '.join(keys)}: {text}", file=sys.stderr)
+
+
 def run(args) -> int:
+    _trace_load_note(args)
     if args.command == "train":
         return _train(args)
     if args.command == "tune":

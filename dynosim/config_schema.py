@@ -65,6 +65,14 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         out["env"] = list(_rows_of(EnvSection, "env", {}))
         _note_env_defaults(out["env"])
         _show_null(out["env"])
+        from dynosim_gym.scenarios import TRACE_LOAD
+        trace = ("trace families draw their peak as this times their load scale "
+                 "(scenarios.TRACE_LOAD: " + ", ".join(f"{k} x {v:g}" for k, v in
+                                                      TRACE_LOAD.items()) + ")")
+        for r in out["env"]:
+            if r["field"] in ("env.rate_min_rps", "env.rate_max_rps"):
+                r["note"] = trace
+                r["why"] = f"{r['why']}; {trace}" if r["why"] else trace
     wflag = {"trace_block_size": "--trace-block-size",
              "arrival_speedup_ratio": "--arrival-speedup-ratio"}
     wdefaults = _workload_defaults()
@@ -240,7 +248,8 @@ def render(fmt: str = "text") -> str:
                 d = "" if r["default"] is None else f" = {r['default']}"
                 flag = f"  {r['flag']}" if r["flag"] and r["flag"] != r["field"] else ""
                 lines.append(f"  {r['field']:<44} {r['range'] or r['type']:<28} "
-                             f"{r['unit']:<9}{d}{flag}")
+                             f"{r['unit']:<9}{d}{flag}"
+                             + (f"; {r['note']}" if r.get("note") else ""))
         lines.append("")
     return "\n".join(lines)
 

@@ -189,7 +189,9 @@ class DynoSimEnv(SimEnv):
     (``reward={"gpu_weight": 0}``) or dotted keys. ``reset(seed=..., options=...)`` options:
     ``split`` (``train``/``eval``: held-out families, windows and seeds), ``window_start_s``
     (trace configs: pin the window; any window that fits in the trace), ``scenario``,
-    ``rate_rps`` (mean rate of a legacy shape, peak rate of a family) and ``swing``;
+    ``rate_rps`` (mean rate of a legacy shape, peak rate of a family; a trace family's
+    peak is it times its ``scenarios.TRACE_LOAD``, e.g. ``mooncake_mod`` x 0.11) and
+    ``swing``;
     each is checked and one that does not apply to the config's workload refused
     (:meth:`~dynosim_gym.episodes.EpisodeFactory.describe_options`: a one-line ``ValueError``).
     ``render_mode="ansi"`` renders a status line.

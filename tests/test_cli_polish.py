@@ -112,3 +112,33 @@ def test_train_refuses_a_config_of_the_other_env(tmp_path, capsys, env_id, confi
     one_line_error(rc, err, "flag '--env'", f"--config {config} does not fit --env {env_id}",
                    f"{config}.yaml:", f"is a {other} scenario", f"pass --env {other}")
     assert not (tmp_path / "run").exists()
+
+
+# -- 1. a rate on a trace family is scaled by its TRACE_LOAD: said where it happens -------------
+
+def test_rate_on_trace_families_is_said_to_be_scaled(capsys) -> None:
+    import gymnasium as gym
+    from dynosim_gym.scenarios import TRACE_LOAD
+    argv = ["evaluate", "--policy", "heuristic:static:2", "--episodes", "1",
+            "--set", "episode_steps=1", "--set", "env.rate_min_rps=1", "--set",
+            "env.rate_max_rps=2"]
+    rc, _, err = run(capsys, *argv)
+    assert rc == 0, err
+    notes = [x for x in err.splitlines() if "TRACE_LOAD" in x]
+    assert len(notes) == 1 and notes[0].startswith("dynosim: note: --set env.rate_min_rps")
+    lo, hi = 1 * TRACE_LOAD["mooncake_mod"], 2 * TRACE_LOAD["mooncake_mod"]
+    assert f"mooncake_mod x 0.11 = {lo:.3g}-{hi:.3g} req/s" in notes[0]
+    assert "azure_mod x 4 = 4-8 req/s" in notes[0]
+    # what the note says is what an episode draws
+    env = gym.make("DynoSim-v0", episode_steps=1, rate_min_rps=1, rate_max_rps=2)
+    _, info = env.reset(seed=0, options={"scenario": "mooncake_mod"})
+    assert lo <= info["episode_setup"]["peak_rps"] <= hi
+    # no trace family among the scenarios, or --quiet: no note
+    for extra in (["--set", "env.scenarios=diurnal_swing", "--set",
+                   "env.eval_scenarios=flash_crowd"], ["--quiet"]):
+        rc, _, err = run(capsys, *argv, *extra)
+        assert rc == 0 and "TRACE_LOAD" not in err, err
+    rc, out, _ = run(capsys, "config", "schema")
+    for key in ("env.rate_min_rps", "env.rate_max_rps"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(key + " "))
+        assert "mooncake_mod x 0.11" in line and "azure_mod x 4" in line
