@@ -40,6 +40,12 @@ OPTION_RULES = {"rate_rps": (_ENV_RANGES["rate_max_rps"], "env.rate_max_rps"),
                 "swing": (_ENV_RANGES["swing_max"], "env.swing_max"),
                 "window_start_s": (TIME_S, None)}
 
+#: Most requests an episode may generate (expected, at the highest rate it can draw): every
+#: request stays in memory until the episode ends, ~0.8 KB each (measured on
+#: ``autoscale_tiny`` at 300 req/s), so 2M is ~1.6 GB; the rates' own range (up to 1e6
+#: req/s) would ask for terabytes. The default scenario's peak is ~65k (azure_mod).
+MAX_EPISODE_REQUESTS = 2_000_000
+
 _TRACES: dict[str, Any] = {}      # bundled traces of the trace families, parsed once per process
 _CONFIG_TRACES: dict[tuple, Any] = {}   # traces of trace configs, by workload block and file
 _ISL_CAPS: dict[str, int | None] = {}   # idle_prefill_cap by engine, timing, SLA and exactness
@@ -101,6 +107,26 @@ class EpisodeFactory:
                                             "env.scenarios")
                 raise ForeignScenario(self._foreign_msg(bad), owner=self.foreign[bad],
                                       file=file, line=line, field=f"env.{key}")
+        if not self.is_trace:
+            file, line = cfg.sim.locate("env.rate_max_rps")
+            self._check_requests(cfg.env.rate_max_rps, self.scenarios["train"]
+                                 + self.scenarios["eval"], "env.rate_max_rps",
+                                 file=file, line=line)
+
+    def _check_requests(self, rate: float, names, field: str, **where: Any) -> None:
+        """Refuse a rate whose episode would generate over :data:`MAX_EPISODE_REQUESTS`
+        requests (expected; a scenario's requests per unit of rate: 1.5 for the legacy
+        shapes' ramp, its TRACE_LOAD for a trace family, times a routing family's turns
+        per session)."""
+        turns = self.cfg.sim.workload.get("turns_per_session", 1) or 1
+        per = max(fam.TRACE_LOAD.get(s, 1.5) * fam.ROUTING_FAMILIES.get(s, {}).get(
+            "workload", {}).get("turns_per_session", turns) for s in names)
+        n = rate * per * self.duration_s
+        if n > MAX_EPISODE_REQUESTS:
+            raise InputError(f"{rate:g} req/s would generate ~{n:,.0f} requests in a "
+                             f"{self.duration_s:g} s episode, over the "
+                             f"{MAX_EPISODE_REQUESTS:,} an episode may hold (each stays in "
+                             "memory until the episode ends)", field=field, **where)
 
     def _foreign_msg(self, scenario: str) -> str:
         return (f"{scenario} is a {self.foreign[scenario]} scenario, not a {self.env_id} "
@@ -181,6 +207,10 @@ class EpisodeFactory:
                 if msg:
                     raise _option_error(msg + (f"; the range of {like}" if like else ""), key)
                 opts[key] = value
+        if "rate_rps" in opts:
+            scenario = opts.get("scenario")
+            self._check_requests(opts["rate_rps"], (scenario,) if scenario else
+                                 self.scenarios[split], "options.rate_rps")
         return opts
 
     def _applies(self, opts: dict[str, Any], split: str) -> None:

@@ -142,3 +142,24 @@ def test_rate_on_trace_families_is_said_to_be_scaled(capsys) -> None:
     for key in ("env.rate_min_rps", "env.rate_max_rps"):
         line = next(x for x in out.splitlines() if x.strip().startswith(key + " "))
         assert "mooncake_mod x 0.11" in line and "azure_mod x 4" in line
+
+
+# -- 6. a rate is bounded by the requests an episode may hold -----------------------------------
+
+def test_a_rate_whose_episode_would_exhaust_memory_is_refused(capsys) -> None:
+    import gymnasium as gym
+    from dynosim_gym.episodes import MAX_EPISODE_REQUESTS
+    with pytest.raises(ValueError, match=r"field 'env.rate_max_rps': 1e\+06 req/s would "
+                       r"generate ~7,200,000,000 requests in a 1800 s episode") as exc:
+        gym.make("DynoSim-v0", rate_max_rps=1e6)
+    assert f"over the {MAX_EPISODE_REQUESTS:,}" in str(exc.value)
+    assert "memory" in str(exc.value) and "\n" not in str(exc.value)
+    env = gym.make("DynoSim-v0", config="autoscale_tiny")    # 60 s episodes
+    with pytest.raises(ValueError, match="field 'options.rate_rps': .* over the"):
+        env.reset(seed=0, options={"scenario": "steady", "rate_rps": 1e6})
+    # a rate whose episode fits is kept (autoscale_tiny: 1.5 x 60 s per req/s)
+    ok = MAX_EPISODE_REQUESTS / (1.5 * 60) * 0.99
+    assert env.unwrapped.episodes.describe_options({"rate_rps": ok})["rate_rps"] == ok
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static:2", "--episodes", "1",
+                     "--set", "env.rate_max_rps=1e6", "--quiet")
+    one_line_error(rc, err, "env.rate_max_rps", "requests in a 1800 s episode", "memory")
