@@ -553,8 +553,11 @@ def add_simulate_arguments(s: argparse.ArgumentParser) -> None:
     flags with them too, through :func:`simulate_parser`)."""
     w = s.add_argument_group("workload")
     w.add_argument("--config", metavar="YAML",
-                   help="run config, or an env scenario (see envs_configs/; default: none, "
-                   "so Dynamo's defaults and the flags)")
+                   help="run config, or an env scenario (see envs_configs/; its env: section "
+                   "is ignored: a synthetic scenario replays the rate curve of the episode "
+                   "env.reset(seed=SEED) draws, with arrival times and prompts sampled from "
+                   "the run seed, not the environment's own requests; a trace scenario runs "
+                   "its whole trace) (default: none, so Dynamo's defaults and the flags)")
     w.add_argument("--trace", metavar="PATH",
                    help="trace file (.jsonl, .csv, optionally .gz), or "
                    "bundled:mooncake_conversation / bundled:azure_conversation (default: the "

@@ -163,3 +163,16 @@ def test_a_rate_whose_episode_would_exhaust_memory_is_refused(capsys) -> None:
     rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static:2", "--episodes", "1",
                      "--set", "env.rate_max_rps=1e6", "--quiet")
     one_line_error(rc, err, "env.rate_max_rps", "requests in a 1800 s episode", "memory")
+
+
+# -- 8. simulate on an env scenario: --help says it replays the rate curve ----------------------
+
+def test_simulate_help_says_an_env_scenario_replays_its_rate_curve(capsys) -> None:
+    rc, out, _ = run(capsys, "simulate", "--help")
+    text = " ".join(out.split())
+    assert rc == 0
+    assert "replays the rate curve of the episode env.reset(seed=SEED) draws" in text
+    assert "not the environment's own requests" in text
+    readme = (__import__("pathlib").Path(__file__).resolve().parents[1] / "README.md")
+    assert "so the requests are not the environment's own" in " ".join(
+        readme.read_text().split())
