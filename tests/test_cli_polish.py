@@ -176,3 +176,33 @@ def test_simulate_help_says_an_env_scenario_replays_its_rate_curve(capsys) -> No
     readme = (__import__("pathlib").Path(__file__).resolve().parents[1] / "README.md")
     assert "so the requests are not the environment's own" in " ".join(
         readme.read_text().split())
+
+
+# -- 9. search fronts redrawn from trials.csv ---------------------------------------------------
+
+def test_replot_search_front_redraws_the_shipped_front(tmp_path) -> None:
+    import csv
+    import importlib.util
+    import shutil
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "replot_search_front", root / "scripts" / "replot_search_front.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run_dir = tmp_path / "bound_tpe"
+    shutil.copytree(root / "docs" / "search" / "bound_tpe", run_dir)
+    (run_dir / "front.png").unlink()
+    assert mod.main([str(run_dir)]) == 0
+    assert (run_dir / "front.png").stat().st_size > 10_000
+    # the rebuilt records give the search's own front (front.csv) and best candidate
+    import json
+    from dynosim.studies.search import best_record, front_rows, parse_objective
+    cols = next(csv.reader(open(run_dir / "trials.csv")))
+    obj = parse_objective(json.loads((run_dir / "search.json").read_text())["objective"], cols)
+    records = mod.records_of(run_dir, obj)
+    assert [r["trial"] for r in front_rows(records, obj)] == [
+        int(r["trial"]) for r in csv.DictReader(open(run_dir / "front.csv"))]
+    assert best_record(records, obj)["trial"] == 82          # best.yaml: trial 82
+    (run_dir / "trials.csv").unlink()
+    assert mod.main([str(run_dir)]) == 1                      # nothing to redraw from
