@@ -199,10 +199,12 @@ def _trace_load_note(args) -> None:
     from dynosim_gym.config import load_env_config
     from dynosim_gym.scenarios import trace_load_note
 
-    from .evaluate import DEFAULT_CONFIGS
+    from .evaluate import DEFAULT_CONFIGS, resolve_policy
     try:
+        env_id = getattr(args, "env", None) or (
+            getattr(args, "policy", None) and resolve_policy(args.policy).env_id)
         e = load_env_config(args.config, defaults=DEFAULT_CONFIGS.get(
-            getattr(args, "env", None) or "DynoSim-v0"), **sets).env
+            env_id or "DynoSim-v0"), **sets).env
     except InputError:
         return                              # the command's own load says why
     names = f"{e.scenarios},{e.eval_scenarios or ''}".split(",")

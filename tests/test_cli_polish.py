@@ -138,6 +138,10 @@ def test_rate_on_trace_families_is_said_to_be_scaled(capsys) -> None:
                    "env.eval_scenarios=flash_crowd"], ["--quiet"]):
         rc, _, err = run(capsys, *argv, *extra)
         assert rc == 0 and "TRACE_LOAD" not in err, err
+    # a routing policy scores on the routing env's default config: no trace family there
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:kv", "--episodes", "1",
+                     "--set", "episode_steps=2", "--set", "env.rate_max_rps=2")
+    assert rc == 0 and "TRACE_LOAD" not in err, err
     rc, out, _ = run(capsys, "config", "schema")
     for key in ("env.rate_min_rps", "env.rate_max_rps"):
         line = next(x for x in out.splitlines() if x.strip().startswith(key + " "))
