@@ -56,6 +56,7 @@ METRICS = (("sla_attainment", "SLA attainment", "{:.1%}"),
            ("p90_ttft_ms", "pooled p90 TTFT (ms)", "{:.0f}"),
            ("scaling_events", "scaling events", "{:.0f}"),
            ("reversals_per_hour", "reversals / h", "{:.1f}"),
+           ("flaps_per_hour", "flaps / h", "{:.1f}"),
            ("mean_reward", "mean reward", "{:.1f}"))
 #: The held-out episodes every row of docs/benchmark was scored on.
 EVAL = {"episodes": 6, "seed": 0, "split": "eval"}
@@ -187,6 +188,9 @@ def target_lines(t: dict) -> list[str]:
 def row(name: str, summary: dict, n: int) -> str:
     cells = []
     for key, _, fmt in METRICS:
+        if key not in summary:           # an evaluation file older than the metric
+            cells.append("-")
+            continue
         m, s = summary[key]["mean"], summary[key]["std"]
         if key == "sla_attainment":
             cells.append(f"{m:.1%} (± {100 * s:.1f})")

@@ -116,9 +116,9 @@ def test_learned_recipe_trains_and_scores(tmp_path: Path) -> None:
 def test_seed_summary_is_mean_and_sample_std() -> None:
     mod = _script()
     rows = [{"sla_attainment": a, "gpu_hours_per_episode": g, "p90_ttft_ms": 1000.0,
-             "scaling_events": 10, "reversals_per_hour": 1.0, "mean_reward": -100.0,
-             "train_wall_s": 60.0}
-            for a, g in ((0.6, 3.0), (0.7, 3.5), (0.8, 2.5))]
+             "scaling_events": 10, "reversals_per_hour": 1.0, "flaps_per_hour": f,
+             "mean_reward": -100.0, "train_wall_s": 60.0}
+            for a, g, f in ((0.6, 3.0, 2.0), (0.7, 3.5, 4.0), (0.8, 2.5, 6.0))]
     s = mod.summarise(rows)
     assert s["sla_attainment"]["mean"] == pytest.approx(0.7)
     assert s["sla_attainment"]["std"] == pytest.approx(statistics.stdev([0.6, 0.7, 0.8]))
@@ -126,6 +126,10 @@ def test_seed_summary_is_mean_and_sample_std() -> None:
     assert "train_cpu_s" not in s          # missing everywhere: no made-up figure
     line = mod.row("ppo", s, 3)
     assert line.startswith("| ppo (3 seeds) | 70.0% (± 10.0) | 3.00 ± 0.50 |")
+    assert "| 1.0 ± 0.0 | 4.0 ± 2.0 | -100.0 ± 0.0 |" in line   # reversals, flaps, reward
+    # an evaluation file from before flaps_per_hour existed: "-", not a made-up figure
+    old = mod.summarise([{k: v for k, v in r.items() if k != "flaps_per_hour"} for r in rows])
+    assert "| 1.0 ± 0.0 | - | -100.0 ± 0.0 |" in mod.row("ppo", old, 3)
     assert mod.seeds("0-4") == [0, 1, 2, 3, 4] and mod.seeds("1,3") == [1, 3]
 
 
