@@ -207,3 +207,28 @@ def test_round6_recipe_observes_load_relative_to_capacity() -> None:
     assert {k: v for k, v in r6.items() if k != "env_kwargs"} == \
         {k: v for k, v in r5.items() if k != "env_kwargs"}
     assert {k: v for k, v in r6["env_kwargs"].items() if k != "observation"} == r5["env_kwargs"]
+
+
+def test_round8_recipe_observes_no_absolute_load_level() -> None:
+    """``ppo_round8.yml`` = round 7b with only level-free features and a 300 s scale-down
+    window (README, round 8): its env config validates, none of the absolute-level features
+    (or the clock) is observed, and everything else is round 7b's."""
+    from pathlib import Path
+
+    from agents.train import load_hyperparams
+    root = Path(__file__).resolve().parents[1] / "agents" / "hyperparams"
+    r8 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round8.yml")
+    r7 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round7b.yml")
+    cfg = load_env_config("autoscale_default", **r8["env_kwargs"]).env
+    absolute = {"arrival_rate", "mean_isl", "mean_osl", "prefill_demand", "decode_demand",
+                "planner_demand", "queued_requests", "running_requests", "queued_prefill",
+                "active_workers", "time_of_day_sin", "time_of_day_cos", "episode_progress"}
+    names = set(cfg.observation.features)
+    assert not absolute & names
+    assert names == set(r7["env_kwargs"]["observation"]["features"]) - absolute
+    assert cfg.action.type == "residual" and cfg.action.scale_down_window_s == 300
+    assert {k: v for k, v in r8.items() if k != "env_kwargs"} == \
+        {k: v for k, v in r7.items() if k != "env_kwargs"}
+    assert r8["env_kwargs"]["action"] == dict(r7["env_kwargs"]["action"],
+                                              scale_down_window_s=300)
+    assert r8["env_kwargs"]["reward"] == r7["env_kwargs"]["reward"]
