@@ -318,7 +318,13 @@ def make_eval_env(spec: PolicySpec, env_id: str, config: Any, overrides: dict[st
                          f"{spec.spec} was trained with, {key}: {_short(interface[key])}; "
                          "score it on a config that takes that interface)",
                          field=exc.field) from None
-    return gym.make(f"dynosim_gym:{env_id}", config=cfg.to_dict()), cfg
+    try:
+        return gym.make(f"dynosim_gym:{env_id}", config=cfg.to_dict()), cfg
+    except InputError as exc:       # the env saw a dict: name the YAML's file and line
+        if exc.file != "config" or exc.field is None:
+            raise
+        file, line = cfg.sim.locate(exc.field)
+        raise InputError(exc.detail, file=file, line=line, field=exc.field) from None
 
 
 def override_error(exc: InputError, load, overrides: dict[str, Any],
@@ -458,6 +464,8 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
                                  f"{', '.join(heuristics_for(env_id))}",
                                  field="--policy") from None
     pol = resolve_policy(spec)
+    if env_id is None and config is not None and pol.env_id is not None:
+        check_config_env(spec, pol.env_id, config)
     env_id = check_env_id(env_id or pol.env_id or "DynoSim-v0")
     if pol.env_id is not None and pol.env_id != env_id:
         what = "a routing policy" if pol.env_id == ROUTING_ENV else "an autoscaling policy"
@@ -499,6 +507,49 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
               f"({'; '.join(changed)}); it was trained with the values in policy_interface",
               file=sys.stderr)
     return ev
+
+
+def scenario_env(config: Any) -> str | None:
+    """The env an env config is a scenario of: ``DynoSimRouting-v0`` for a routing scenario
+    (:func:`agents.train.routing_scenario`), ``DynoSim-v0`` for ``autoscale_default`` or a
+    config whose training families are all autoscaling families
+    (:data:`dynosim_gym.scenarios.FAMILIES`), else None (either env takes it: the legacy
+    shapes, a trace), and for a dict (a config given as values, e.g. a result's
+    ``env_config``). A config that does not load is None (the env's own load says why)."""
+    from dynosim_gym.config import load_env_config, resolve_config_path
+    from dynosim_gym.scenarios import FAMILIES, ROUTING_FAMILIES
+
+    from .train import routing_scenario
+    if not isinstance(config, (str, Path)):
+        return None
+    if routing_scenario(config):
+        return ROUTING_ENV
+    try:
+        path = resolve_config_path(config)
+        if path.resolve() == resolve_config_path(DEFAULT_CONFIGS["DynoSim-v0"]).resolve():
+            return "DynoSim-v0"
+        scenarios = [x.strip() for x in load_env_config(path).env.scenarios.split(",")]
+    except InputError:
+        return None
+    if scenarios and all(x in FAMILIES and x not in ROUTING_FAMILIES for x in scenarios):
+        return "DynoSim-v0"
+    return None
+
+
+def check_config_env(spec: str, policy_env: str, config: Any) -> None:
+    """Without ``--env``, a policy scored on a scenario of the other env is an InputError
+    on ``--config`` (as ``dynosim train`` refuses a routing scenario without ``--env``):
+    ``--env`` says "score it there anyway"."""
+    kind = scenario_env(config)
+    if kind is None or kind == policy_env:
+        return
+    from dynosim_gym.config import load_env_config
+    if policy_env == ROUTING_ENV and load_env_config(config).sim.disagg is not None:
+        return             # no --env helps: the routing env's own error names the pools
+    what = "a routing policy" if policy_env == ROUTING_ENV else "an autoscaling policy"
+    raise InputError(f"{config} is a {kind} scenario and {spec} is {what} ({policy_env}): "
+                     f"give a {policy_env} config (e.g. {DEFAULT_CONFIGS[policy_env]}), or "
+                     f"--env {policy_env} to score it on this one anyway", field="--config")
 
 
 def interface_changes(model: dict[str, Any], cfg) -> list[str]:

@@ -1,0 +1,77 @@
+"""What a new user found in the second hour on a clean clone (round 7, tooling items): each
+test reproduces the reported command and fails without its fix."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dynosim.cli import main
+from sim.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "envs_configs"
+
+
+# -- #5: a routing env or policy on a disaggregated / autoscaling config --------------------
+
+def test_routing_env_on_a_disagg_config_fails_at_make() -> None:
+    """gym.make built the routing env on autoscale_disagg, then reset() raised RuntimeError
+    ("episode has 2 workers, expected 1"): an InputError at make, naming the disagg line."""
+    with pytest.raises(InputError) as exc:
+        gym.make("dynosim_gym:DynoSimRouting-v0", config="autoscale_disagg")
+    assert exc.value.field == "disagg" and exc.value.file.endswith("autoscale_disagg.yaml")
+    assert exc.value.line is not None and "DynoSim-v0" in str(exc.value)
+    with pytest.raises(InputError):     # a disagg section given as an override, too
+        gym.make("dynosim_gym:DynoSimRouting-v0",
+                 disagg={"num_prefill_workers": 1, "num_decode_workers": 1})
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--policy", "heuristic:kv", "--config", "autoscale_disagg", "--episodes", "1"],
+    ["evaluate", "--env", "DynoSimRouting-v0", "--policy", "heuristic:kv", "--config",
+     str(CONFIGS / "autoscale_disagg.yaml"), "--episodes", "1"],
+])
+def test_routing_policy_on_a_disagg_config_is_one_line_exit_2(argv, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "autoscale_disagg.yaml" in err, err
+    assert "field 'disagg'" in err and "Traceback" not in err
+
+
+def test_train_routing_env_on_a_disagg_config_is_one_line(tmp_path: Path, capsys) -> None:
+    rc = main(["train", "--algo", "ppo", "--env", "DynoSimRouting-v0", "--config",
+               "autoscale_disagg", "--timesteps", "10", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "field 'disagg'" in err, err
+
+
+def test_routing_policy_on_an_autoscaling_scenario_names_the_mismatch(capsys) -> None:
+    """evaluate --policy heuristic:kv --config autoscale_default.yaml silently ran the
+    routing env on the autoscaling scenario; without --env it is refused (as train refuses a
+    routing scenario without --env), and --env DynoSimRouting-v0 still scores it there."""
+    rc = main(["evaluate", "--policy", "heuristic:kv", "--config",
+               str(CONFIGS / "autoscale_default.yaml"), "--episodes", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("dynosim: error: flag '--config': ")
+    assert "DynoSim-v0 scenario" in err and "--env DynoSimRouting-v0" in err
+    # the other way round: an autoscaling heuristic on the routing scenario
+    assert main(["evaluate", "--policy", "heuristic:load", "--config", "routing_families",
+                 "--episodes", "1"]) == 2
+    assert "--env DynoSim-v0" in capsys.readouterr().err
+
+
+def test_scenario_env_classifies_the_bundled_configs() -> None:
+    from agents.evaluate import scenario_env
+    assert scenario_env("autoscale_default") == "DynoSim-v0"
+    assert scenario_env("autoscale_disagg") == "DynoSim-v0"
+    assert scenario_env("routing_default") == "DynoSimRouting-v0"
+    assert scenario_env("routing_families") == "DynoSimRouting-v0"
+    # the legacy shapes, a trace: either env takes them
+    assert scenario_env("autoscale_legacy") is None
+    assert scenario_env("autoscale_tiny") is None
