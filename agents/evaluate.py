@@ -44,6 +44,8 @@ import numpy as np
 
 from sim.errors import InputError
 
+from dynosim_gym.actions import POOLS
+
 from .heuristics import ROUTING_ENV, heuristic_env, heuristics_for, make_heuristic
 from .algos import algo_class, check_env_id
 
@@ -100,6 +102,13 @@ class Evaluation:
     # for MODEL; scoring with the evaluation config's interface (...)"); empty otherwise
     interface_note: str = ""
     episodes_plan: dict[str, Any] = field(default_factory=dict)
+    # pooled GPU-hours per pool of a disaggregated config ({"prefill": h, "decode": h},
+    # summing to gpu_hours); empty for one aggregated pool
+    gpu_hours_by_role: dict[str, float] = field(default_factory=dict)
+    # the full resolved env config the episodes ran (EnvConfig.to_dict(): the config, the
+    # policy interface and --set on top), as train's run.json records it, so the result
+    # can be reproduced from the output alone
+    env_config: dict[str, Any] = field(default_factory=dict)
     per_episode: list[dict[str, Any]] = field(default_factory=list, repr=False)
     traces: list[dict[str, list[float]]] = field(default_factory=list, repr=False)
     ttfts_ms: list[float] = field(default_factory=list, repr=False)   # pooled, sorted
@@ -700,4 +709,7 @@ def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: 
         request_throughput_rps=completed / (3600.0 * hours) if hours else 0.0,
         reward_config=reward_cfg,
         policy_interface=interface, episodes_plan=plan, per_episode=eps,
+        gpu_hours_by_role={r: float(sum(e[f"gpu_hours_{r}"] for e in eps))
+                           for r in POOLS if f"gpu_hours_{r}" in eps[0]},
+        env_config=cfg.to_dict(),
         traces=[r["trace"] for r in results if r["trace"] is not None], ttfts_ms=ttfts)

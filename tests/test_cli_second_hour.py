@@ -75,3 +75,43 @@ def test_scenario_env_classifies_the_bundled_configs() -> None:
     # the legacy shapes, a trace: either env takes them
     assert scenario_env("autoscale_legacy") is None
     assert scenario_env("autoscale_tiny") is None
+
+
+# -- #9: evaluate's and leaderboard's JSON record the resolved env config ------------------
+
+def test_evaluate_json_records_the_resolved_config_and_the_pool_split(capsys) -> None:
+    """evaluate --config autoscale_disagg --json had env_id, overrides {} and reward_config
+    only ("disagg" appeared nowhere) and the pooled figures lacked the prefill/decode
+    GPU-hour split: the full resolved config is recorded, and scoring that record alone
+    reproduces the figures."""
+    argv = ["evaluate", "--policy", "heuristic:load", "--config", "autoscale_disagg",
+            "--episodes", "1", "--set", "env.episode_steps=6", "--json"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    cfg = doc["env_config"]
+    assert cfg["disagg"]["num_prefill_workers"] == 1 and cfg["env"]["episode_steps"] == 6
+    split = doc["gpu_hours_by_role"]
+    assert set(split) == {"prefill", "decode"} and split["prefill"] > 0 < split["decode"]
+    assert split["prefill"] + split["decode"] == pytest.approx(doc["gpu_hours"], rel=1e-12)
+    from agents.evaluate import evaluate
+    again = evaluate("heuristic:load", config=cfg, episodes=1).as_dict()
+    assert again["env_config"] == cfg
+    for k in ("sla_attainment", "gpu_hours", "p90_ttft_ms", "gpu_hours_by_role"):
+        assert again[k] == doc[k], k
+
+
+def test_evaluate_json_of_one_pool_has_no_split(capsys) -> None:
+    assert main(["evaluate", "--policy", "heuristic:static:1", "--config", "autoscale_tiny",
+                 "--episodes", "1", "--set", "env.episode_steps=3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["gpu_hours_by_role"] == {} and doc["env_config"]["env"]["episode_steps"] == 3
+    assert "disagg" not in doc["env_config"] or doc["env_config"]["disagg"] is None
+
+
+def test_leaderboard_json_records_each_policys_config(tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", "--leaderboard", str(tmp_path), "--config", "autoscale_tiny",
+                 "--policies", "heuristic:static:1", "--reference", "heuristic:static:1",
+                 "--episodes", "1"]) == 0
+    capsys.readouterr()
+    recs = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert recs and all(r["env_config"]["env"]["max_gpu_budget"] == 8 for r in recs)
