@@ -115,3 +115,56 @@ def test_leaderboard_json_records_each_policys_config(tmp_path: Path, capsys) ->
     capsys.readouterr()
     recs = json.loads((tmp_path / "leaderboard.json").read_text())
     assert recs and all(r["env_config"]["env"]["max_gpu_budget"] == 8 for r in recs)
+
+
+# -- #4: search hands its trials an absolute trace path --------------------------------------
+
+SPACE_SMALL = """\
+model: Qwen/Qwen3-32B
+gpu: h200_sxm
+backend: vllm
+max_gpus: 8
+space:
+  cluster.num_workers: {low: 1, high: 2}
+"""
+
+
+def _relative_trace(tmp_path: Path, monkeypatch) -> str:
+    lines = (Path(__file__).resolve().parents[1] / "sim" / "data" /
+             "conversation_trace.jsonl").read_text().splitlines()[:200]
+    (tmp_path / "h.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "space.yaml").write_text(SPACE_SMALL)
+    monkeypatch.chdir(tmp_path)
+    return "h.jsonl"
+
+
+def test_search_records_the_trace_as_an_absolute_path(tmp_path: Path, monkeypatch,
+                                                      capsys) -> None:
+    """Trials got --trace as given (relative), which Ray Tune resolved against each trial's
+    own working directory: every trial failed "trace file not found"."""
+    trace = _relative_trace(tmp_path, monkeypatch)
+    assert main(["search", "--trace", trace, "--space", "space.yaml", "--trials", "1",
+                 "--objective", "minimise totals.gpu_hours", "--out", "o", "--quiet"]) == 0
+    info = json.loads((tmp_path / "o" / "search.json").read_text())
+    assert info["trace"] == str(tmp_path / "h.jsonl")
+
+
+@pytest.mark.ray
+@pytest.mark.xdist_group("ray")
+def test_ray_search_with_a_relative_trace(tmp_path: Path, monkeypatch, capsys) -> None:
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    import csv
+
+    import ray
+    ray.shutdown()
+    trace = _relative_trace(tmp_path, monkeypatch)
+    try:
+        rc = main(["search", "--trace", trace, "--space", "space.yaml", "--trials", "2",
+                   "--objective", "minimise totals.gpu_hours", "--out", "o", "--quiet",
+                   "--executor", "ray", "--jobs", "1"])
+    finally:
+        ray.shutdown()
+    assert rc == 0, capsys.readouterr().err
+    with open(tmp_path / "o" / "trials.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and all(r["status"] == "complete" for r in rows), rows

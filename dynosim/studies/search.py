@@ -1559,7 +1559,10 @@ def run(args: argparse.Namespace) -> int:
     if args.compare is not None:
         compare = read_compare(args.compare)
     out = _check_out(args.out)
-    setup = Setup(args.trace, space, objective, rungs, args.arrival_speedup_ratio, args.seed,
+    # Absolute, as the trials may run elsewhere: Ray Tune runs each in its own working dir.
+    trace = args.trace if args.trace.startswith("bundled:") else \
+        str(Path(args.trace).resolve())
+    setup = Setup(trace, space, objective, rungs, args.arrival_speedup_ratio, args.seed,
                   early_stop=args.early_stop, check_s=args.check_s, sampler=args.sampler)
     bar = None
     if not args.quiet and sys.stderr.isatty():
