@@ -487,6 +487,9 @@ def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, str]]:
     try:
         data = json.loads(src)
     except json.JSONDecodeError as exc:
+        if src is not text:          # a JSON file: its path, line and column
+            raise InputError(f"not valid JSON: {exc.msg} (column {exc.colno})", file=text,
+                             line=exc.lineno, field="--planner-config-json") from None
         looks_like_path = src is text and not text.lstrip().startswith(("{", "[", '"')) \
             and (text.endswith(".json") or "/" in text)
         detail = (f"no such JSON file: {text}" if looks_like_path else

@@ -117,6 +117,20 @@ def test_leaderboard_json_records_each_policys_config(tmp_path: Path, capsys) ->
     assert recs and all(r["env_config"]["env"]["max_gpu_budget"] == 8 for r in recs)
 
 
+# -- #8: a malformed --planner-config-json file names the file, line and column -------------
+
+def test_malformed_planner_json_file_names_file_line_and_column(tmp_path: Path,
+                                                                  capsys) -> None:
+    bad = tmp_path / "bad_planner.json"
+    bad.write_text('{\n  "min_endpoint": 1,\n  "max_gpu_budget": 8,\n  "adjustment_interval": ,\n}\n')
+    rc = main(["simulate", "--config", str(CONFIGS / "tiny.yaml"), "--quiet", "--planner",
+               "load", "--planner-config-json", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.splitlines() == [
+        f"dynosim: error: {bad}:4, flag '--planner-config-json': not valid JSON: Expecting "
+        "value (column 26)"], err
+
+
 # -- #4: search hands its trials an absolute trace path --------------------------------------
 
 SPACE_SMALL = """\
