@@ -182,3 +182,40 @@ def test_ray_search_with_a_relative_trace(tmp_path: Path, monkeypatch, capsys) -
     with open(tmp_path / "o" / "trials.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and all(r["status"] == "complete" for r in rows), rows
+
+
+# -- #10: the search front has one point per distinct configuration ---------------------------
+
+def test_search_front_counts_distinct_configurations(tmp_path: Path, monkeypatch,
+                                                     capsys) -> None:
+    """200 trials over a 32-combination space gave "Pareto front: 139 candidates" with 6
+    distinct points (front.csv had 128 copies of one config): here 6 trials over 2
+    configurations give at most 2 front rows, whose trials column counts the draws, and
+    the summary and the plot legend say the same."""
+    import csv
+    trace = _relative_trace(tmp_path, monkeypatch)
+    assert main(["search", "--trace", trace, "--space", "space.yaml", "--trials", "6",
+                 "--objective", "minimise totals.gpu_hours", "--out", "o"]) == 0
+    out = capsys.readouterr().out
+    with open(tmp_path / "o" / "front.csv", newline="") as fh:
+        front = list(csv.DictReader(fh))
+    workers = [r["cluster.num_workers"] for r in front]
+    assert len(workers) == len(set(workers)) <= 2
+    with open(tmp_path / "o" / "trials.csv", newline="") as fh:
+        trials = list(csv.DictReader(fh))
+    for f in front:       # each row's count: the complete trials of its configuration
+        assert int(f["trials"]) == sum(t["status"] == "complete" and t["cluster.num_workers"]
+                                       == f["cluster.num_workers"] for t in trials)
+    n = len(front)
+    assert f"Pareto front (totals.gpu_hours vs latency_ms.ttft.p90): {n} distinct " \
+           f"candidate{'s' if n > 1 else ''}" in out
+
+
+def test_distinct_complete_keeps_the_first_trial_of_each_configuration() -> None:
+    from dynosim.studies.search import distinct_complete
+    recs = [{"trial": i, "status": s, "params": {"a": a}, "values": {}}
+            for i, (s, a) in enumerate([("complete", 1), ("complete", 2), ("complete", 1),
+                                        ("pruned", 1), ("complete", 1), ("failed", 3)])]
+    d = distinct_complete(recs)
+    assert [(r["trial"], r["hits"]) for r in d] == [(0, 3), (1, 1)]
+    assert "hits" not in recs[0]             # the records are not changed
