@@ -131,6 +131,34 @@ def test_malformed_planner_json_file_names_file_line_and_column(tmp_path: Path,
         "value (column 26)"], err
 
 
+# -- #11: the sweep CSV's command column is shell-quoted --------------------------------------
+
+def test_sweep_command_column_pastes_into_a_shell(tmp_path: Path) -> None:
+    """The interval sweep's command held --planner-config-json {"optimization_target": "sla"}
+    unquoted, so pasting it failed (unrecognized arguments: sla}): shlex.split of the
+    column gives back the point's flags, which simulate parses."""
+    import shlex
+
+    from dynosim.options import simulate_parser
+    from dynosim.studies import sweeps
+    from test_sweeps import _args
+    ns = _args("interval", "--quick", "--max-sim-time-s", "20", "--out", str(tmp_path))
+    point = sweeps.make_points("interval", ns)[0]
+    cmd = sweeps.command_line(point["argv"])
+    assert '{"optimization_target": "sla"}' in point["argv"]
+    assert shlex.split(cmd) == ["dynosim", "simulate", *point["argv"]]
+    assert simulate_parser().parse_args(shlex.split(cmd)[2:]).planner_config_json == \
+        '{"optimization_target": "sla"}'
+
+
+@given(st.lists(st.text(min_size=1), max_size=6))
+def test_sweep_command_line_round_trips(argv: list[str]) -> None:
+    import shlex
+
+    from dynosim.studies import sweeps
+    assert shlex.split(sweeps.command_line(argv)) == ["dynosim", "simulate", *argv]
+
+
 # -- #4: search hands its trials an absolute trace path --------------------------------------
 
 SPACE_SMALL = """\

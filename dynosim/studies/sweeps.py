@@ -33,6 +33,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -308,9 +309,15 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
         "output_tok_s_per_gpu": out_tok_s / avg_gpus if avg_gpus and avg_gpus > 0 else math.nan,
         "output_tok_s_per_user": _num(per_user), "duration_s": duration_s,
         "wall_s": round(wall, 3),
-        "command": "dynosim simulate " + " ".join(point["argv"]),
+        "command": command_line(point["argv"]),
     })
     return row
+
+
+def command_line(argv: list[str]) -> str:
+    """The ``dynosim simulate`` command of a point's flags, shell-quoted (``shlex.join``), so
+    the CSV's ``command`` pastes into a shell as is (``--planner-config-json`` JSON)."""
+    return shlex.join(["dynosim", "simulate", *argv])
 
 
 # -- analysis (pure functions on rows) -------------------------------------------------------
