@@ -247,3 +247,38 @@ def test_distinct_complete_keeps_the_first_trial_of_each_configuration() -> None
     d = distinct_complete(recs)
     assert [(r["trial"], r["hits"]) for r in d] == [(0, 3), (1, 1)]
     assert "hits" not in recs[0]             # the records are not changed
+
+
+# -- #7: Ray's own C++ warnings stay off stderr when an address is wrong ----------------------
+
+@pytest.mark.ray
+@pytest.mark.xdist_group("ray")
+def test_bad_ray_address_leaves_stderr_to_our_line(capfd) -> None:
+    """Ray's C++ client wrote "rpc_client.h:153: Failed to connect to GCS ..." (a port
+    where no GCS answers) or "gcs_client.cc:210: ... Method not found!" (a gRPC port that
+    is not a GCS) straight to file descriptor 2, before our one-line error."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    import socket
+    from concurrent import futures
+
+    import grpc
+    import ray
+
+    from dynosim import executors
+    ray.shutdown()
+    with socket.socket() as srv:       # listens, never answers: Ray warns after 5 s
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        with pytest.raises(InputError, match="no answer from Ray"):
+            executors.connect(f"127.0.0.1:{srv.getsockname()[1]}", timeout_s=7)
+    assert capfd.readouterr().err == ""
+    grpc_srv = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # gRPC, not a GCS
+    port = grpc_srv.add_insecure_port("127.0.0.1:0")
+    grpc_srv.start()
+    try:
+        with pytest.raises(InputError, match="Method not found"):
+            executors.connect(f"127.0.0.1:{port}", timeout_s=15)
+    finally:
+        grpc_srv.stop(None)
+    assert capfd.readouterr().err == ""
+    assert not ray.is_initialized()
