@@ -282,3 +282,80 @@ def test_bad_ray_address_leaves_stderr_to_our_line(capfd) -> None:
         grpc_srv.stop(None)
     assert capfd.readouterr().err == ""
     assert not ray.is_initialized()
+
+
+# -- #12: the sweep PNGs: names over the frontier lines, planners hollow, legends off points ---
+
+def _captured_figure(monkeypatch, draw):
+    from matplotlib.figure import Figure
+    figs = []
+    real = Figure.savefig
+
+    def savefig(self, *a, **kw):
+        figs.append(self)
+        return real(self, *a, **kw)
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    draw()
+    return figs[-1]
+
+
+@pytest.mark.parametrize("csv_path", [
+    REPO / "tests" / "data" / "pareto_trial.csv",     # the trial's run
+    REPO / "docs" / "sweeps" / "pareto.csv"])
+def test_pareto_names_sit_over_the_lines_and_planners_are_hollow(monkeypatch, tmp_path: Path,
+                                                                 csv_path) -> None:
+    """pareto.png: a frontier line hid the first letter of "2P1D TP2/4" ("?P1D"), and the
+    throughput planner's filled cross hid the "2xTP2" point under it."""
+    from dynosim.studies import sweeps
+    rows = sweeps.read_csv(csv_path)
+    fig = _captured_figure(monkeypatch, lambda: sweeps.plot_pareto(rows, tmp_path / "p.png",
+                                                                   "t"))
+    for ax in fig.axes:
+        names = [t for t in ax.texts if t.get_bbox_patch() is not None]
+        assert names, "the points are named"
+        top_line = max(ln.get_zorder() for ln in ax.get_lines())
+        top_marker = max(c.get_zorder() for c in ax.collections)
+        for t in names:
+            assert t.get_zorder() > max(top_line, top_marker)
+            assert t.get_bbox_patch().get_facecolor()[3] > 0.5      # a ground under it
+        planners = [c for c in ax.collections if c.get_label().endswith("planner")]
+        assert planners and all(len(c.get_facecolors()) == 0 or
+                                (c.get_facecolors()[:, 3] == 0).all() for c in planners)
+
+
+@pytest.mark.parametrize("csv_path", [
+    REPO / "tests" / "data" / "cold_start_3pt.csv",   # the trial's run (0, 150, 300 s)
+    REPO / "docs" / "sweeps" / "cold_start.csv"])
+def test_cold_start_legends_cover_no_point(monkeypatch, tmp_path: Path, csv_path) -> None:
+    """cold_start.png: the right panel's legend covered the 300 s GPU-hours point (matplotlib
+    placed it "best" for the scaling-events axis, blind to the twin GPU-hours axis)."""
+    import numpy as np
+
+    from dynosim.studies import sweeps
+    rows = sweeps.read_csv(csv_path)
+    fig = _captured_figure(monkeypatch, lambda: sweeps.plot_scan(
+        rows, tmp_path / "c.png", "startup_s", "worker startup time (s)", "t", False, 90.0,
+        "cliff"))
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 3
+    boxes = [lg.get_window_extent() for lg in legends]
+    for ax in fig.axes:
+        for ln in ax.get_lines():
+            xy = ln.get_xydata()
+            if ln.get_label() in ("cliff", "optimum") or ln.get_label().startswith("SLA"):
+                continue                 # the guides (axhline/axvline)
+            pix = ax.transData.transform(np.asarray(xy, float))
+            for b in boxes:
+                assert not any(b.contains(px, py) for px, py in pix), ln.get_label()
+
+
+def test_cold_start_verdict_at_the_shortest_startup_is_no_cliff() -> None:
+    """"cliff: startup 0 s" when the p90 was over the limit already at 0 s (no cliff)."""
+    from dynosim.studies.sweeps import cold_start_verdict
+    rows = [{"startup_s": s, "p90_ttft_ms": p} for s, p in ((0, 2400), (60, 4100), (90, 9000))]
+    verdict, mark = cold_start_verdict(rows, 1500)
+    assert mark is None and verdict == ("cliff: none (p90 TTFT > 1500 ms already at the "
+                                        "shortest startup time, 0 s)")
+    verdict, mark = cold_start_verdict(rows, 5000)
+    assert mark == 90 and verdict == "cliff: startup 90 s (first with p90 TTFT > 5000 ms)"
+    assert cold_start_verdict(rows, 10_000)[1] is None
