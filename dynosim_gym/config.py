@@ -179,8 +179,10 @@ def resolve_config_path(name: str | Path) -> Path:
     for cand in cands:
         if cand.is_file():
             return cand
+    names = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+    hint = difflib.get_close_matches(p.stem, names, n=1)
     raise InputError("config file not found (a path, or one of: "
-                     f"{', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.yaml')))})",
+                     f"{', '.join(names)})" + (f"; did you mean '{hint[0]}'?" if hint else ""),
                      file=str(name))
 
 

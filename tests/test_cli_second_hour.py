@@ -359,3 +359,43 @@ def test_cold_start_verdict_at_the_shortest_startup_is_no_cliff() -> None:
     verdict, mark = cold_start_verdict(rows, 5000)
     assert mark == 90 and verdict == "cliff: startup 90 s (first with p90 TTFT > 5000 ms)"
     assert cold_start_verdict(rows, 10_000)[1] is None
+
+
+# -- #13: smaller items ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("study", ["interval", "cold-start"])
+def test_scan_sweeps_refuse_pareto_only_flags(study: str, tmp_path: Path, capsys) -> None:
+    """sweep interval/cold-start accepted --kv-transfer-bandwidth / --kv-bytes-per-token
+    (pareto's disaggregated points) and ignored them silently; their help listed them."""
+    for flag in ("--kv-transfer-bandwidth", "--kv-bytes-per-token"):
+        assert main(["sweep", study, "--quick", "--out", str(tmp_path / "o"), flag, "8"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flag in err, err
+    assert main(["sweep", study, "--help"]) == 0
+    assert "--kv-transfer-bandwidth" not in capsys.readouterr().out
+    assert main(["sweep", "pareto", "--help"]) == 0
+    assert "--kv-transfer-bandwidth" in capsys.readouterr().out
+
+
+def test_a_config_name_typo_gets_a_did_you_mean(capsys) -> None:
+    assert main(["evaluate", "--policy", "heuristic:kv", "--config", "routing_defualt",
+                 "--episodes", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith("did you mean 'routing_default'?"), err
+
+
+def test_text_summary_lists_the_rejection_reasons(capsys) -> None:
+    """--dp-size 64 --num-gpu-blocks 16 rejected 863 of 866 requests: the text summary said
+    "rejected 863" with no reason and no warning (only --json had the reasons)."""
+    assert main(["simulate", "--config", str(CONFIGS / "tiny.yaml"), "--num-gpu-blocks",
+                 "10"]) == 0
+    cap = capsys.readouterr()
+    out = cap.out.splitlines()
+    line = next(x for x in out if x.strip().startswith("rejected "))
+    counts = dict((r, int(n.replace(",", ""))) for n, r in
+                  (x.split() for x in line.split(None, 1)[1].split(", ")))
+    arrived = next(x for x in out if "arrived" in x).split()
+    assert sum(counts.values()) == int(arrived[arrived.index("rejected") + 1])
+    assert "prompt_exceeds_kv_capacity" in counts
+    warn = [x for x in cap.err.splitlines() if "requests rejected" in x]
+    assert len(warn) == 1 and "prompt_exceeds_kv_capacity" in warn[0]

@@ -1686,10 +1686,12 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
                                                "command": cmd}}
     (out / "search.json").write_text(json.dumps(info, indent=1, default=str,
                                                 allow_nan=True) + "\n")
+    repeats = (f" ({plural(reused, 'repeat')} of an earlier candidate, not replayed)"
+               if reused else "")
     print(f"dynosim search: {plural(len(records), 'candidate')} in {wall:.1f} s on {cpus} "
           f"CPU{'s' if cpus != 1 else ''} ({args.executor}): {by['complete']} complete, "
           f"{by['pruned']} stopped early, {by['failed']} failed"
-          f"{f' ({reused} repeats of an earlier candidate, not replayed)' if reused else ''}; "
+          f"{repeats}; "
           f"{requests:,} simulated requests ({requests / wall:,.0f}/s)")
     for r in [r for r in records if r["status"] == "failed"][:3]:
         print(f"  failed trial {r['trial']} {json.dumps(r['params'], sort_keys=True)}: "

@@ -124,15 +124,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-sim-time-s", type=_positive_float, default=None, metavar="S",
                    help="stop every run at this simulated time (default: drain the trace; "
                    f"{QUICK_WINDOW_S:g} with --quick)")
-    g.add_argument("--kv-transfer-bandwidth", type=_positive_float, default=KV_TRANSFER_GBPS,
-                   metavar="GBPS", help="pareto, disaggregated points: prefill->decode KV "
-                   f"bandwidth, GB/s (default {KV_TRANSFER_GBPS:g}, Dynamo's)")
-    g.add_argument("--kv-bytes-per-token", type=_jobs, default=KV_BYTES_PER_TOKEN, metavar="B",
-                   help="pareto, disaggregated points: KV bytes of one token (default "
-                   f"{KV_BYTES_PER_TOKEN:,}, Qwen3-32B bf16)")
     g.add_argument("--ttft-limit-ms", type=_positive_float, default=TTFT_SLA_MS, metavar="MS",
                    help="p90 TTFT limit of the optimum/cliff criteria (default: the SLA, "
                    f"{TTFT_SLA_MS:g})")
+    # pareto only (its disaggregated points): interval and cold-start refuse them, rather
+    # than taking and ignoring them
+    pareto_only = argparse.ArgumentParser(add_help=False)
+    gp = pareto_only.add_argument_group("pareto options (disaggregated points)")
+    gp.add_argument("--kv-transfer-bandwidth", type=_positive_float, default=KV_TRANSFER_GBPS,
+                    metavar="GBPS", help="prefill->decode KV bandwidth, GB/s (default "
+                    f"{KV_TRANSFER_GBPS:g}, Dynamo's)")
+    gp.add_argument("--kv-bytes-per-token", type=_jobs, default=KV_BYTES_PER_TOKEN,
+                    metavar="B", help="KV bytes of one token (default "
+                    f"{KV_BYTES_PER_TOKEN:,}, Qwen3-32B bf16)")
     kw = {}
     if getattr(subparsers, "_parser_class", None) is not None:
         kw["parser_class"] = subparsers._parser_class
@@ -141,7 +145,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               "on H200, vLLM timing, KV router, SLA TTFT 1500 ms / ITL 50 ms, "
                               "16-GPU budget, 2 initial workers).")
     sub = s.add_subparsers(dest="study", metavar="STUDY", required=True, **kw)
-    sub.add_parser("pareto", parents=[common],
+    sub.add_parser("pareto", parents=[common, pareto_only],
                    help="static aggregated and disaggregated (xPyD) deployments vs planners: "
                    "GPU-hours vs p90 TTFT")
     sub.add_parser("interval", parents=[common],
