@@ -399,3 +399,16 @@ def test_text_summary_lists_the_rejection_reasons(capsys) -> None:
     assert "prompt_exceeds_kv_capacity" in counts
     warn = [x for x in cap.err.splitlines() if "requests rejected" in x]
     assert len(warn) == 1 and "prompt_exceeds_kv_capacity" in warn[0]
+
+
+def test_disagg_env_reports_every_aggregated_key_in_one_error() -> None:
+    """RLlib on autoscale_disagg with the PPO recipe (action type target, a 60 s scale-down
+    window) failed on env.action.type, then, after --set env.action.type=delta and Ray's
+    start (25 s), on env.action.scale_down_window_s: both are in the config's one error."""
+    from dynosim_gym.config import load_env_config
+    with pytest.raises(InputError) as exc:
+        load_env_config("autoscale_disagg", **{"env.action.type": "target",
+                                               "env.action.scale_down_window_s": 60})
+    assert exc.value.field == "env.action.type"
+    assert "env.action.scale_down_window_s" in str(exc.value) and "60 s" in str(exc.value)
+    assert len(str(exc.value).splitlines()) == 1
