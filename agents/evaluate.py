@@ -329,11 +329,17 @@ def make_eval_env(spec: PolicySpec, env_id: str, config: Any, overrides: dict[st
                          field=exc.field) from None
     try:
         return gym.make(f"dynosim_gym:{env_id}", config=cfg.to_dict()), cfg
-    except InputError as exc:       # the env saw a dict: name the YAML's file and line
-        if exc.file != "config" or exc.field is None:
-            raise
-        file, line = cfg.sim.locate(exc.field)
-        raise InputError(exc.detail, file=file, line=line, field=exc.field) from None
+    except InputError as exc:
+        raise located(exc, cfg) from None
+
+
+def located(exc: InputError, cfg) -> InputError:
+    """``exc``, raised by an env built from ``cfg.to_dict()`` (so it names only "config"),
+    with the file and line ``cfg`` was loaded from (``cfg.sim.locate`` of its field)."""
+    if exc.file != "config" or exc.field is None:
+        return exc
+    file, line = cfg.sim.locate(exc.field)
+    return InputError(exc.detail, file=file, line=line, field=exc.field)
 
 
 def override_error(exc: InputError, load, overrides: dict[str, Any],

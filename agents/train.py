@@ -68,8 +68,12 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     env_kwargs = {"config": env_cfg.to_dict(), "render_mode": None}  # make_vec_env: no frames
     out = Path(out)
     torch.set_num_threads(1)
-    venv = make_vec_env(f"dynosim_gym:{env_id}", n_envs=n_envs, seed=seed,
-                        env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
+    try:
+        venv = make_vec_env(f"dynosim_gym:{env_id}", n_envs=n_envs, seed=seed,
+                            env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
+    except InputError as exc:                 # the env saw a dict: name the YAML's line
+        from .evaluate import located
+        raise located(exc, env_cfg) from None
     # routing extras (agents/router_train.py): the permutation-equivariant RouterPolicy,
     # per-request reward credit and a behaviour-cloning warm start
     credit = hp.pop("reward_credit", "step")

@@ -412,3 +412,19 @@ def test_disagg_env_reports_every_aggregated_key_in_one_error() -> None:
     assert exc.value.field == "env.action.type"
     assert "env.action.scale_down_window_s" in str(exc.value) and "60 s" in str(exc.value)
     assert len(str(exc.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--algo", "ppo", "--env", "DynoSimRouting-v0", "--config", "tiny", "--timesteps",
+     "10"],
+    ["evaluate", "--policy", "heuristic:kv", "--env", "DynoSimRouting-v0", "--config", "tiny",
+     "--episodes", "1"]])
+def test_env_errors_on_a_named_config_name_its_file(argv, tmp_path: Path, capsys) -> None:
+    """The env is built from the resolved config's values, so its errors said "config, field
+    'sla'": they name the YAML the config came from."""
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dynosim: error: {CONFIGS / 'tiny.yaml'}, field 'sla': the environment "
+                   "needs SLA targets: set sla.ttft_ms and sla.itl_ms"), err
