@@ -428,3 +428,13 @@ def test_env_errors_on_a_named_config_name_its_file(argv, tmp_path: Path, capsys
     err = capsys.readouterr().err.strip()
     assert err == (f"dynosim: error: {CONFIGS / 'tiny.yaml'}, field 'sla': the environment "
                    "needs SLA targets: set sla.ttft_ms and sla.itl_ms"), err
+
+
+def test_leaderboard_without_env_refuses_a_routing_scenario(tmp_path: Path, capsys) -> None:
+    """evaluate --leaderboard DIR --config routing_default ranked the autoscaling heuristics
+    on the routing scenario silently (--env defaulted to DynoSim-v0)."""
+    assert main(["evaluate", "--leaderboard", str(tmp_path / "lb"), "--config",
+                 "routing_default", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dynosim: error: flag '--env': ") and len(err.splitlines()) == 1
+    assert not (tmp_path / "lb").exists()
