@@ -525,27 +525,28 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
 
 
 def scenario_env(config: Any) -> str | None:
-    """The env an env config is a scenario of: ``DynoSimRouting-v0`` for a routing scenario
-    (:func:`agents.train.routing_scenario`), ``DynoSim-v0`` for ``autoscale_default`` or a
-    config whose training families are all autoscaling families
-    (:data:`dynosim_gym.scenarios.FAMILIES`), else None (either env takes it: the legacy
-    shapes, a trace), and for a dict (a config given as values, e.g. a result's
-    ``env_config``). A config that does not load is None (the env's own load says why)."""
+    """The env an env config is a scenario of: ``DynoSimRouting-v0`` for ``routing_default``
+    or a config whose training families are all routing families (``routing_families``),
+    ``DynoSim-v0`` for ``autoscale_default`` or a config whose training families are all
+    autoscaling families (:data:`dynosim_gym.scenarios.FAMILIES`), else None (either env
+    takes it: the legacy shapes, a trace), and for a dict (a config given as values, e.g. a
+    result's ``env_config``). A config that does not load is None (the env's own load says
+    why)."""
     from dynosim_gym.config import load_env_config, resolve_config_path
     from dynosim_gym.scenarios import FAMILIES, ROUTING_FAMILIES
 
-    from .train import routing_scenario
     if not isinstance(config, (str, Path)):
         return None
-    if routing_scenario(config):
-        return ROUTING_ENV
     try:
-        path = resolve_config_path(config)
-        if path.resolve() == resolve_config_path(DEFAULT_CONFIGS["DynoSim-v0"]).resolve():
-            return "DynoSim-v0"
+        path = resolve_config_path(config).resolve()
+        for env_id, name in DEFAULT_CONFIGS.items():    # each env's default scenario
+            if path == resolve_config_path(name).resolve():
+                return env_id
         scenarios = [x.strip() for x in load_env_config(path).env.scenarios.split(",")]
     except InputError:
         return None
+    if scenarios and all(x in ROUTING_FAMILIES for x in scenarios):
+        return ROUTING_ENV
     if scenarios and all(x in FAMILIES and x not in ROUTING_FAMILIES for x in scenarios):
         return "DynoSim-v0"
     return None

@@ -190,20 +190,10 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
 def routing_scenario(config: Any) -> bool:
     """Whether an env config is a ``DynoSimRouting-v0`` scenario: that env's default config
     (``routing_default``) or one whose training families are all routing families
-    (``routing_families``). ``dynosim train`` without ``--env`` refuses it, as it would
-    train the autoscaler (``DynoSim-v0``) on it."""
-    from dynosim_gym.config import load_env_config, resolve_config_path
-    from dynosim_gym.scenarios import ROUTING_FAMILIES
-
-    from .evaluate import DEFAULT_CONFIGS
-    try:
-        path = resolve_config_path(config)
-        if path.resolve() == resolve_config_path(DEFAULT_CONFIGS["DynoSimRouting-v0"]).resolve():
-            return True
-        scenarios = [x.strip() for x in load_env_config(path).env.scenarios.split(",")]
-    except InputError:
-        return False                      # a bad config: train's own load says why
-    return bool(scenarios) and all(x in ROUTING_FAMILIES for x in scenarios)
+    (``routing_families``); :func:`agents.evaluate.scenario_env`. ``dynosim train`` without
+    ``--env`` refuses it, as it would train the autoscaler (``DynoSim-v0``) on it."""
+    from .evaluate import ROUTING_ENV, scenario_env
+    return scenario_env(config) == ROUTING_ENV
 
 
 def _selection_line(kept: dict[str, Any], sel: dict[str, Any]) -> str:
