@@ -343,8 +343,16 @@ class Simulation:
             h.dst_seq.first_admit = h.src_seq.first_admit
             h.dst_seq.reused = h.src_seq.reused
             h.destination_reserved_ms = self.now
-            h.ready_ms = self.now + cfg.delay_ms(h.req.input_length, missing)
-            self._push(h.ready_ms, EV_HANDOFF, h)
+            delay = cfg.delay_ms(h.req.input_length, missing)
+            h.ready_ms = self.now + delay
+            if delay > 0.0:
+                self._push(h.ready_ms, EV_HANDOFF, h)
+                return
+            # A zero-time transfer (no bytes per token, or bandwidth 0): Dynamo activates
+            # the destination in the reservation's own step, not at a later pass boundary.
+            self._activate(h)
+            if not eng.busy:
+                self._dirty.append(w)
             return
 
     def _on_transfer_done(self, h: Handoff) -> None:
