@@ -72,6 +72,10 @@ def _src_id(h: Handoff) -> int:
     return h.src.engine.id
 
 
+def _reservation_order(h: Handoff) -> int:
+    return h.reservation_order
+
+
 @dataclass
 class ClusterConfig:
     num_workers: int = 1            # initial active workers
@@ -138,6 +142,7 @@ class Simulation:
         self._handoffs = {}          # request index -> Handoff (disaggregated, in flight)
         self._orig = {}              # request index -> original request (on a prefill worker)
         self._held = []              # handoffs held at this timestamp, not yet routed
+        self._reservations = 0       # destination reservations so far (their order)
         if disagg is not None:
             # The decode router draws from its own stream: child 2 (0 = router, 1 = workload).
             rng_decode = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
@@ -343,6 +348,8 @@ class Simulation:
             h.dst_seq.first_admit = h.src_seq.first_admit
             h.dst_seq.reused = h.src_seq.reused
             h.destination_reserved_ms = self.now
+            h.reservation_order = self._reservations
+            self._reservations += 1
             delay = cfg.delay_ms(h.req.input_length, missing)
             h.ready_ms = self.now + delay
             if delay > 0.0:
@@ -421,6 +428,11 @@ class Simulation:
                 self._release_source(h)
         if w.transferred:
             done, w.transferred = w.transferred, []
+            if len(done) > 1:
+                # Transfers that ended during the pass are activated in the order they
+                # were reserved, not the order they ended (Dynamo 1.6.1: the queue order,
+                # hence the running order and LIFO preemption's victim, follows it).
+                done.sort(key=_reservation_order)
             for h in done:
                 self._activate(h)
         if w.pending:
