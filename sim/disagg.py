@@ -101,7 +101,7 @@ class Handoff:
 
     __slots__ = ("req", "src", "src_seq", "dst", "dst_seq", "keys", "source_held_ms",
                  "destination_reserved_ms", "destination_activated_ms", "source_released_ms",
-                 "ready_ms", "reservation_order")
+                 "ready_ms", "reservation_order", "attempted_gen")
 
     def __init__(self, req, src, src_seq, held_ms: float) -> None:
         self.req = req                   # the original request (full output length)
@@ -116,3 +116,4 @@ class Handoff:
         self.source_released_ms = float("nan")
         self.ready_ms = float("nan")     # transfer end
         self.reservation_order = -1      # the run's count of reservations before this one
+        self.attempted_gen = -1          # decode capacity generation of its last failed try

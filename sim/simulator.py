@@ -143,6 +143,8 @@ class Simulation:
         self._orig = {}              # request index -> original request (on a prefill worker)
         self._held = []              # handoffs held at this timestamp, not yet routed
         self._reservations = 0       # destination reservations so far (their order)
+        self._capacity_gen = {}      # decode engine id -> requests that left it (completed,
+                                     # rejected): with its preemptions, its capacity generation
         if disagg is not None:
             # The decode router draws from its own stream: child 2 (0 = router, 1 = workload).
             rng_decode = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
@@ -334,6 +336,13 @@ class Simulation:
         cfg = self.disagg
         while pending:
             h = pending[0]
+            # Dynamo retries a head that failed only once the worker's capacity changed since
+            # (its capacity generation: a request completed or was rejected there, or one was
+            # preempted); an activation alone, whose blocks newly cached might be hits, does
+            # not make it due.
+            gen = self._capacity_gen.get(eng.id, 0) + eng.num_preemptions
+            if h.attempted_gen == gen:
+                return
             got = eng.reserve_remote(h.req, h.keys)
             if got is None:
                 bs = eng.bs
@@ -341,6 +350,7 @@ class Simulation:
                     pending.pop(0)        # can never fit this decode worker
                     self._reject_handoff(h, REASON_KV_CAPACITY)
                     continue
+                h.attempted_gen = gen
                 return
             pending.pop(0)
             w.kv_waits += 1
@@ -426,6 +436,8 @@ class Simulation:
             rel, w.releases = w.releases, []
             for h in rel:
                 self._release_source(h)
+        if w.pending:
+            self._reserve_pending(w)
         if w.transferred:
             done, w.transferred = w.transferred, []
             if len(done) > 1:
@@ -435,10 +447,9 @@ class Simulation:
                 done.sort(key=_reservation_order)
             for h in done:
                 self._activate(h)
-        if w.pending:
-            self._reserve_pending(w)
 
     def _on_decode_finished(self, eng: Engine, s, status: int) -> None:
+        self._capacity_gen[eng.id] = self._capacity_gen.get(eng.id, 0) + 1
         self.decode_router.on_finished(eng, s, self.now)
         self._release_followers(s.req)
 
