@@ -7,12 +7,16 @@ pools of workers, each with its own router and engine configuration.
 1. arrival -> prefill router -> a prefill worker runs a copy of the request with one
    output token; when that token is emitted the source *holds* the prompt's KV;
 2. the decode router picks a decode worker, which *reserves* blocks for the prompt at its
-   next pass boundary (at once when idle) - Dynamo's WaitingForRemoteKv. The leading full
-   prompt blocks resident there (active or cached) are pinned, the rest taken fresh;
+   next pass boundary (at once when idle; before that boundary's activations) - Dynamo's
+   WaitingForRemoteKv; a head that failed is retried only after the worker's capacity
+   changed (a request left it or was preempted: Dynamo's capacity generation). The
+   leading full prompt blocks resident there (active or cached) are pinned, the rest
+   taken fresh;
 3. the KV transfer takes :func:`transfer_ms` from the reservation (``full_prompt``: the
    prompt's tokens; ``destination_missing``: the fresh blocks' tokens); at the first pass
-   boundary of the decode worker at or after its end the request is *activated* (a
-   zero-time transfer in the reservation's own step, as Dynamo 1.6.1 does): its fresh
+   boundary of the decode worker at or after its end the request is *activated* (those
+   of one boundary in reservation order; a zero-time transfer in the reservation's own
+   step, as Dynamo 1.6.1 does): its fresh
    full prompt blocks join the worker's prefix cache (both modes; the mocker's
    ``activate_destination_lease``), it joins the waiting queue with its prompt computed, is
    charged no prefill, and emits all its output tokens (the first one is the
