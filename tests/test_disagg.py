@@ -558,3 +558,42 @@ def test_conflicting_kv_sizes_in_yaml_are_an_error(trace, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
     assert "disagg.kv_bytes_per_token" in err and "c.yaml" in err and "1000" in err
+
+
+def _fixed_run(reqs, **decode):
+    mode = decode.pop("mode", "full_prompt")
+    d = DisaggConfig(num_prefill_workers=1, num_decode_workers=1,
+                     prefill_engine=EngineConfig(block_size=16, num_gpu_blocks=1000),
+                     decode_engine=EngineConfig(block_size=16, num_gpu_blocks=1000, **decode),
+                     kv_transfer_bandwidth=1.0, kv_bytes_per_token=1_000_000,  # 1 ms/token
+                     kv_transfer_timing_mode=mode)
+    return Simulation(ListWorkload(reqs), engine=EngineConfig(), timing=FixedTiming(10.0, 10.0),
+                      disagg=d, exact=True, check_invariants=True).run()
+
+
+def test_transfers_ending_in_one_pass_activate_in_reservation_order():
+    """Request 0 decodes throughout on a decode worker with one more slot (max_num_seqs 2).
+    A (28 tokens, 28 ms) is reserved at 64 ms, B (12 tokens, 12 ms) at 74 ms; B's transfer
+    ends first (86 < 92) but both are activated at the 94 ms boundary in reservation order,
+    so A takes the free slot (Dynamo's order; s7 trial item 6: with transfer-end order LIFO
+    preemption picked another victim)."""
+    res = _fixed_run([req(0, 0.0, 4, 200), req(1, 50.0, 28, 5), req(2, 50.0, 12, 5)],
+                     max_num_seqs=2)
+    h = res.metrics.handoffs
+    assert (h[1][3], h[2][3]) == (64.0, 74.0) and h[1][4] == h[2][4] == 94.0
+    c = res.metrics.columns()
+    first = dict(zip(c["request_index"].tolist(), c["first_token_ms"].tolist()))
+    assert first[1] == 104.0 and first[2] > first[1]
+
+
+def test_boundary_reserves_before_it_activates():
+    """A and B have the same 64-token prompt (destination_missing timing). B's handoff waits
+    for the 136 ms boundary, where A's transfer (ended at 130) is activated: B is reserved
+    first, so it cannot pin the blocks A's activation caches and moves all 64 tokens
+    (Dynamo's order; s7 trial item 6). Reserving after the activation would pin all four
+    blocks and activate B at once."""
+    res = _fixed_run([req(0, 0.0, 4, 300), req(1, 50.0, 64, 3, hash_ids=[7]),
+                      req(2, 120.0, 64, 3, hash_ids=[7])], mode="destination_missing")
+    h = res.metrics.handoffs
+    assert h[1][2:] == [60.0, 66.0, 136.0, 136.0]
+    assert h[2][2:] == [130.0, 136.0, 206.0, 206.0]
