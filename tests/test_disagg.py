@@ -564,7 +564,8 @@ def _fixed_run(reqs, **decode):
     mode = decode.pop("mode", "full_prompt")
     d = DisaggConfig(num_prefill_workers=1, num_decode_workers=1,
                      prefill_engine=EngineConfig(block_size=16, num_gpu_blocks=1000),
-                     decode_engine=EngineConfig(block_size=16, num_gpu_blocks=1000, **decode),
+                     decode_engine=EngineConfig(**{"block_size": 16, "num_gpu_blocks": 1000,
+                                                   **decode}),
                      kv_transfer_bandwidth=1.0, kv_bytes_per_token=1_000_000,  # 1 ms/token
                      kv_transfer_timing_mode=mode)
     return Simulation(ListWorkload(reqs), engine=EngineConfig(), timing=FixedTiming(10.0, 10.0),
@@ -597,3 +598,18 @@ def test_boundary_reserves_before_it_activates():
     h = res.metrics.handoffs
     assert h[1][2:] == [60.0, 66.0, 136.0, 136.0]
     assert h[2][2:] == [130.0, 136.0, 206.0, 206.0]
+
+
+def test_failed_reservation_waits_for_a_capacity_change():
+    """An 8-block decode worker: request 0 decodes there, A's 4 blocks are reserved at 64 ms;
+    B (A's prompt) fails at 114 ms (3 blocks free). A's activation at 134 ms caches the
+    blocks B could pin, but an activation frees nothing: B is retried only when the worker's
+    capacity changes, A completing at 164 ms (Dynamo's capacity generation; s7 trial
+    item 6). Retrying after the activation would reserve B at 134 ms."""
+    res = _fixed_run([req(0, 0.0, 4, 20), req(1, 50.0, 64, 3, hash_ids=[7]),
+                      req(2, 100.0, 64, 3, hash_ids=[7])], num_gpu_blocks=8)
+    h = res.metrics.handoffs
+    c = res.metrics.columns()
+    last = dict(zip(c["request_index"].tolist(), c["last_token_ms"].tolist()))
+    assert h[1][2:] == [60.0, 64.0, 134.0, 134.0] and last[1] == 164.0
+    assert h[2][2:4] == [110.0, 164.0]
