@@ -538,8 +538,11 @@ def no_record_note(pol: PolicySpec, cfg) -> str:
     from dynosim_gym.observations import FEATURES
     feats = ("the default features" if list(obs.features) == list(FEATURES)
              else f"features {', '.join(obs.features)}")
+    action = asdict(cfg.env.action)
+    if action["type"] != "residual":           # the offsets only mean something there
+        action.pop("residual_offsets")
     return (f"no run record for {pol.path}; scoring with the evaluation config's interface "
-            f"(action {_short(asdict(cfg.env.action))}, observation stack {obs.stack} of "
+            f"(action {_short(action)}, observation stack {obs.stack} of "
             f"{feats}, interval_s {cfg.env.interval_s:g})")
 
 

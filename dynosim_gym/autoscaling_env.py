@@ -99,8 +99,9 @@ class DynoSimEnv(SimEnv):
     Learning for Robot Control"): ``Discrete(hi - lo + 1)`` for ``env.action.
     residual_offsets = [lo, hi]`` (default ``[-2, 4]``), action ``i`` asks for ``base + lo +
     i`` workers, where ``base`` is Dynamo's throughput planner's count for the load it reads
-    (Dynamo docs, ``planner`` "Throughput-based scaling": predicted requests/s over one
-    engine's best rate meeting the TTFT and ITL SLAs at the predicted ISL/OSL, ceiled):
+    (Dynamo 1.6.1 ``components/src/dynamo/planner/core/throughput_scaling.py``, aggregated
+    mode; ``dynamo_semantics.md`` §6.3: predicted requests/s over one engine's best rate
+    meeting the TTFT and ITL SLAs at the predicted ISL/OSL, ceiled):
     a :class:`~sim.planner.ThroughputPlanner` advisor ticks every ``interval_s`` inside the
     simulation, with ``env.planner_predictor`` (default ``constant``: the last interval) and
     ``env.planner`` knobs, without its per-decision step limit; ``base`` is its last tick's
@@ -192,7 +193,7 @@ class DynoSimEnv(SimEnv):
 
     ## Version History
 
-    * v0 (0.2.4, issue 11): ``env.action.type: residual``, an offset to the throughput
+    * v0 (issue 11, round 7b): ``env.action.type: residual``, an offset to the throughput
       planner's count (default action unchanged).
     * v0 (0.2.3, issue 11): ``env.action.scale_down_window_s``, HPA-style scale-down
       stabilisation (default 0: unchanged behaviour).
