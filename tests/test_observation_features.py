@@ -249,18 +249,27 @@ def test_work_features_follow_the_batch_the_itl_sla_allows() -> None:
 
 
 def test_work_features_in_the_env_use_the_latest_arrivals_mix() -> None:
-    """In the env the work features are picked by name like any other; a quiet interval
-    keeps the last arrivals' ISL/OSL, so running_batches tracks running_requests' counts."""
-    names = ["running_requests", "running_batches", "running_batches_per_active",
-             "queued_requests", "queued_batches", "active_workers"]
-    shape, digest, seen = _digest(**{FEATURES_KEY: names})
-    assert shape == (len(names),) and digest != DEFAULT_DIGEST
-    obs = np.array(seen)
-    assert np.isfinite(obs).all() and (obs >= 0).all()
-    run, batches = obs[:, names.index("running_requests")], obs[:, names.index("running_batches")]
-    assert ((run > 0) == (batches > 0)).all() and batches.max() > 0
-    q, qb = obs[:, names.index("queued_requests")], obs[:, names.index("queued_batches")]
-    assert ((q > 0) == (qb > 0)).all()
+    """In the env each step's work features are the interval's counts over the decode batch
+    at the mean ISL/OSL of the latest interval with arrivals (carried over quiet ones)."""
+    names = ["running_batches", "running_batches_per_active", "queued_batches",
+             "running_requests"]
+    env = gym.make("DynoSim-v0", **{FEATURES_KEY: names})
+    u = env.unwrapped
+    env.reset(seed=3)
+    cap = u.obs_builder.engine
+    mix, checked = None, 0
+    for t in range(60):
+        obs, *_ = env.step((t * 3 + 1) % env.action_space.n)
+        iv = u._last
+        if iv.arrived:
+            mix = (iv.mean_isl, iv.mean_osl)
+        b = cap.decode_batch(*mix)
+        assert obs[0] == np.float32(math.log1p(iv.running / b))
+        assert obs[1] == np.float32(math.log1p(iv.running / b / max(iv.active, 1)))
+        assert obs[2] == np.float32(math.log1p(iv.queued / b))
+        checked += iv.running > 0
+    env.close()
+    assert checked > 10 and b > 1          # the episode ran sequences, in batches of several
 
 
 @pytest.mark.parametrize("bad, hint", [("running_batch", "running_batches"),
