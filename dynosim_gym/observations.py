@@ -96,7 +96,8 @@ CAPACITY_FEATURES = (
 WORK_FEATURES = (
     "running_batches",             # running sequences / B: workers' worth of decode batch
     "running_batches_per_active",  # running_batches' ratio / A: each active worker's batch
-                                   # as a share of the batch meeting the ITL SLA (> 1: ITL over)
+                                   # as a share of the batch meeting the ITL SLA (> 1: more
+                                   # than the SLA allows at that ISL/OSL)
     "queued_batches",              # waiting requests / B: workers' worth of decode batch
                                    # still waiting (their prompts: queued_prefill_per_active)
 )
@@ -211,7 +212,7 @@ class ObservationBuilder:
         self.period = cfg.env.day_period_s
         self.horizon = cfg.env.interval_s * cfg.env.episode_steps
         self.features = tuple(ocfg.features)
-        # None: the default vector as is; else the entries of FEATURES + CAPACITY_FEATURES
+        # None: the default vector as is; else the entries of ALL_FEATURES
         self._pick = None if self.features == FEATURES else \
             [ALL_FEATURES.index(f) for f in self.features]
         self._work = any(f in WORK_FEATURES for f in self.features)
