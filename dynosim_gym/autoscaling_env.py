@@ -22,6 +22,14 @@ from .monitor import ClusterMonitor, Interval, _pct
 from .observations import FEATURES, ObservationBuilder, PoolObservationBuilder
 
 DEFAULT_CONFIG = "autoscale_default"
+#: A *flap* is a reversal (a scaling event opposite to the previous one) issued less than this
+#: many seconds after that previous move: scale up then down again (or down then up) within
+#: the window. 300 s is Kubernetes HPA's default scale-down stabilization window
+#: (``behavior.scaleDown.stabilizationWindowSeconds``; the HPA docs' "Flapping" section:
+#: https://kubernetes.io/docs/tasks/run-application/horizontal-pod-autoscale/#flapping).
+#: Counted in ``episode_summary()["flaps"]``; reversals also count the two per cycle any
+#: load-following controller makes on a load that rises and falls, flaps do not.
+FLAP_WINDOW_S = 300.0
 
 
 class _Advice:
@@ -171,6 +179,14 @@ class DynoSimEnv(SimEnv):
     ``truncated=True``. The final ``info["episode_summary"]`` summarises the episode: SLA
     attainment, GPU-hours, p90 TTFT/ITL, requests decided, scaling events and reversals.
 
+    Scaling keys of ``episode_summary``: ``scaling_events`` (steps that changed the
+    provisioned count), ``reversals`` (scaling events opposite to the previous one), ``flaps``
+    (reversals issued less than :data:`FLAP_WINDOW_S` = 300 s after the previous, opposite,
+    move; Kubernetes HPA's default scale-down stabilization window,
+    ``behavior.scaleDown.stabilizationWindowSeconds``, its docs' "Flapping" section) and
+    ``flap_steps`` (the 0-based step of each flap). ``flaps <= reversals <=
+    scaling_events``.
+
     Info keys vs ``dynosim evaluate``: the env names percentiles metric first,
     ``info["ttft_p90_ms"]`` / ``info["itl_p90_ms"]`` (the interval's, and the episode's in
     ``episode_summary``; nearest-rank p90 of TTFT and per-request ITL (TPOT), ms); the
@@ -186,7 +202,9 @@ class DynoSimEnv(SimEnv):
     (``reward={"gpu_weight": 0}``) or dotted keys. ``reset(seed=..., options=...)`` options:
     ``split`` (``train``/``eval``: held-out families, windows and seeds), ``window_start_s``
     (trace configs: pin the window; any window that fits in the trace), ``scenario``,
-    ``rate_rps`` (mean rate of a legacy shape, peak rate of a family) and ``swing``;
+    ``rate_rps`` (mean rate of a legacy shape, peak rate of a family; a trace family's
+    peak is it times its ``scenarios.TRACE_LOAD``, e.g. ``mooncake_mod`` x 0.11) and
+    ``swing``;
     each is checked and one that does not apply to the config's workload refused
     (:meth:`~dynosim_gym.episodes.EpisodeFactory.describe_options`: a one-line ``ValueError``).
     ``render_mode="ansi"`` renders a status line.
@@ -239,7 +257,7 @@ class DynoSimEnv(SimEnv):
         e = self.cfg.env
         self.max_workers = self.cfg.max_workers
         self.gpus_per_worker = self.cfg.sim.cluster.gpus_per_worker
-        self.episodes = EpisodeFactory(self.cfg)
+        self.episodes = EpisodeFactory(self.cfg, "DynoSim-v0")
         self.action_type = make_action_type(e.action, e.min_endpoint, self.max_workers)
         self.action_space = self.action_type.space
         # env.action.scale_down_window_s as decisions (this one included); 1 = off
@@ -276,8 +294,10 @@ class DynoSimEnv(SimEnv):
         self._t_ms = 0.0
         self._totals = {"met": 0, "finished": 0, "completed": 0, "rejected": 0,
                         "timed_out": 0, "gpu_seconds": 0.0, "changes": 0, "scaling_events": 0,
-                        "reversals": 0}
+                        "reversals": 0, "flaps": 0}
         self._last_dir = 0
+        self._last_move_ms = -math.inf       # time of the last scaling event (flaps)
+        self._flap_steps: list[int] = []     # step index (0-based) of each flap
         self._requests: collections.deque[int] = collections.deque(maxlen=self._window)
         self.obs_builder.startup_s = self.sim.cluster_cfg.startup_time_s
         self.obs_builder.attach(self.sim)
@@ -351,8 +371,13 @@ class DynoSimEnv(SimEnv):
         tot = self._totals
         if changed:
             tot["scaling_events"] += 1
-            tot["reversals"] += self._last_dir == -direction
+            if self._last_dir == -direction:
+                tot["reversals"] += 1
+                if self._t_ms - self._last_move_ms < FLAP_WINDOW_S * 1000.0:
+                    tot["flaps"] += 1
+                    self._flap_steps.append(self._steps - 1)
             self._last_dir = direction
+            self._last_move_ms = self._t_ms
         tot["met"] += iv.met
         tot["finished"] += iv.finished
         tot["completed"] += iv.completed
@@ -501,6 +526,8 @@ class DynoSimEnv(SimEnv):
             "workers_changed": tot["changes"],
             "scaling_events": tot["scaling_events"],
             "reversals": tot["reversals"],
+            "flaps": tot["flaps"],
+            "flap_steps": list(self._flap_steps),
             "steps": self._steps,
             **{f"gpu_hours_{r}": tot[f"gpu_seconds_{r}"] / 3600.0 for r in POOLS
                if f"gpu_seconds_{r}" in tot},

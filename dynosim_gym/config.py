@@ -76,7 +76,7 @@ class ObservationSection:
     isl_scale: float = _opt(8192.0, range=SCALE)  # tokens
     osl_scale: float = _opt(1024.0, range=SCALE)  # tokens
     # the vector's entries, by name, in this order (dynosim_gym.observations: FEATURES, the
-    # default, and CAPACITY_FEATURES); aggregated pool only
+    # default, CAPACITY_FEATURES and WORK_FEATURES); aggregated pool only
     features: list[str] = field(default_factory=lambda: list(FEATURES),
                                 metadata={"choices": ALL_FEATURES})
 
