@@ -213,15 +213,20 @@ class _Deprecated(argparse.Action):
         notes.append(f"dynosim: note: {option_string} is deprecated (one SLA for goodput and "
                      f"the planner); use {new}")
         namespace.deprecation_notes = notes
+        # the spelling given, so an error about the value names it (from_cmdline)
+        namespace.flag_spelled = {**(getattr(namespace, "flag_spelled", None) or {}),
+                                  new: option_string}
         setattr(namespace, self.dest, values)
 
 
-def from_cmdline(exc: InputError) -> str:
-    """Name the flag, not the config field, when a flag supplied the bad value."""
+def from_cmdline(exc: InputError, spelled: dict[str, str] | None = None) -> str:
+    """Name the flag, not the config field, when a flag supplied the bad value; ``spelled``
+    (new flag -> the deprecated spelling the user typed) names the flag as typed."""
     if exc.file == CMDLINE:
         field = exc.field or ""
         flag = field if field.startswith("--") else \
             FLAG_OF.get(field) or FLAG_OF.get(field.rpartition(".")[0])   # (JSON-valued flags)
+        flag = (spelled or {}).get(flag, flag)
         return f"argument {flag}: {exc.detail}" if flag else \
             f"{CMDLINE}, field '{exc.field}': {exc.detail}"
     return str(exc)
@@ -553,8 +558,11 @@ def add_simulate_arguments(s: argparse.ArgumentParser) -> None:
     flags with them too, through :func:`simulate_parser`)."""
     w = s.add_argument_group("workload")
     w.add_argument("--config", metavar="YAML",
-                   help="run config, or an env scenario (see envs_configs/; default: none, "
-                   "so Dynamo's defaults and the flags)")
+                   help="run config, or an env scenario (see envs_configs/; its env: section "
+                   "is ignored: a synthetic scenario replays the rate curve of the episode "
+                   "env.reset(seed=SEED) draws, with arrival times and prompts sampled from "
+                   "the run seed, not the environment's own requests; a trace scenario runs "
+                   "its whole trace) (default: none, so Dynamo's defaults and the flags)")
     w.add_argument("--trace", metavar="PATH",
                    help="trace file (.jsonl, .csv, optionally .gz), or "
                    "bundled:mooncake_conversation / bundled:azure_conversation (default: the "
