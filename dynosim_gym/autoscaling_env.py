@@ -142,8 +142,10 @@ class DynoSimEnv(SimEnv):
     last interval's SLA attainment, active/starting/draining workers, time of day (sin, cos),
     episode progress, the arrival-rate slope and queue growth over the last 3 intervals, and
     the episode's start-up time. ``env.observation.features`` chooses other entries by name
-    (these and :data:`~dynosim_gym.observations.CAPACITY_FEATURES`, load in workers' worth
-    of one worker's throughput; the shape follows the list). Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
+    (these, :data:`~dynosim_gym.observations.CAPACITY_FEATURES`, load in workers' worth
+    of one worker's throughput, and :data:`~dynosim_gym.observations.WORK_FEATURES`,
+    running and waiting sequences in decode batches one worker holds within the ITL SLA;
+    the shape follows the list). Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
     over both pools then, per pool, its active/starting/draining workers, queued and running
     requests and KV utilisation, and the KV handoffs in flight (:data:`~dynosim_gym.
     observations.POOL_FEATURES`). Unbounded values are scaled and log-scaled (``log1p``), so
@@ -211,6 +213,9 @@ class DynoSimEnv(SimEnv):
 
     ## Version History
 
+    * v0 (issue 11): ``episode_summary`` counts ``flaps`` (reversals within 300 s of the
+      opposite move, :data:`FLAP_WINDOW_S`) and their ``flap_steps``; observation features
+      ``WORK_FEATURES`` (round 7) selectable by name (default observation unchanged).
     * v0 (issue 11, round 7b): ``env.action.type: residual``, an offset to the throughput
       planner's count (default action unchanged).
     * v0 (0.2.3, issue 11): ``env.action.scale_down_window_s``, HPA-style scale-down
