@@ -114,8 +114,8 @@ def add_parsers(sub) -> None:
     e = sub.add_parser("evaluate", help="score a policy, or write a leaderboard",
                        description="Evaluate on held-out episodes (split=eval) or on pinned, "
                        "consecutive windows of a trace (--trace): SLA attainment, GPU-hours, "
-                       "pooled p90 TTFT/ITL, scaling events, reversals per hour, mean reward. "
-                       "Scored with the evaluation config (--config, default: the env's "
+                       "pooled p90 TTFT/ITL, scaling events, reversals and flaps per hour, mean "
+                       "reward. Scored with the evaluation config (--config, default: the env's "
                        "default), never a run's training reward.", **kw)
     e.add_argument("--policy", metavar="SPEC",
                    help="heuristic:load | heuristic:throughput | heuristic:static | "
@@ -188,7 +188,33 @@ def add_parsers(sub) -> None:
     u.add_argument("--quiet", action="store_true", help="no per-trial lines on stderr")
 
 
+def _trace_load_note(args) -> None:
+    """``--set env.rate_min_rps / rate_max_rps`` on a config with trace families
+    (``mooncake_mod``, ``azure_mod``): their peak is that rate times their load scale
+    (``scenarios.TRACE_LOAD``), a one-line note on stderr says so."""
+    sets = dict(getattr(args, "set", None) or [])
+    keys = [k for k in sets if k.rpartition(".")[2] in ("rate_min_rps", "rate_max_rps")]
+    if not keys or args.quiet:
+        return
+    from dynosim_gym.config import load_env_config
+    from dynosim_gym.scenarios import trace_load_note
+
+    from .evaluate import DEFAULT_CONFIGS, resolve_policy
+    try:
+        env_id = getattr(args, "env", None) or (
+            getattr(args, "policy", None) and resolve_policy(args.policy).env_id)
+        e = load_env_config(args.config, defaults=DEFAULT_CONFIGS.get(
+            env_id or "DynoSim-v0"), **sets).env
+    except InputError:
+        return                              # the command's own load says why
+    names = f"{e.scenarios},{e.eval_scenarios or ''}".split(",")
+    text = trace_load_note([n.strip() for n in names], e.rate_min_rps, e.rate_max_rps)
+    if text:
+        print(f"dynosim: note: --set {', '.join(keys)}: {text}", file=sys.stderr)
+
+
 def run(args) -> int:
+    _trace_load_note(args)
     if args.command == "train":
         return _train(args)
     if args.command == "tune":
@@ -222,6 +248,27 @@ def _created_out_dir(path: str) -> None:
             pass
 
 
+def _env_config_mismatch(env_id: str, config, sets) -> str:
+    """Why an env config (with its ``--set`` overrides) does not fit ``env_id``: the first
+    of its scenarios that is another environment's family (``dynosim_gym.scenarios.
+    ENV_FAMILIES``), located in the YAML; "" if it fits or does not load (the command's own
+    load says why)."""
+    from dynosim_gym.config import load_env_config
+    from dynosim_gym.episodes import EpisodeFactory
+
+    from .evaluate import DEFAULT_CONFIGS
+    try:
+        ecfg = load_env_config(config, defaults=DEFAULT_CONFIGS.get(env_id), **dict(sets))
+    except InputError:
+        return ""
+    try:
+        EpisodeFactory(ecfg, env_id)
+    except InputError as exc:
+        where = f"{exc.file}:{exc.line}: " if exc.file and exc.line else ""
+        return f"{where}{exc.field}: {exc.detail.partition('; expected')[0]}"
+    return ""
+
+
 def _train(args) -> int:
     from . import rllib_train
     if args.env is None:
@@ -229,9 +276,18 @@ def _train(args) -> int:
         if args.config is not None and routing_scenario(args.config):
             raise InputError(f"{args.config} is a DynoSimRouting-v0 scenario (a fixed pool, "
                              "routing families): pass --env DynoSimRouting-v0 to train a "
-                             "router on it, or --env DynoSim-v0 to train the autoscaler on "
-                             "it anyway", field="--env")
+                             "router on it" + ("" if _env_config_mismatch(
+                                 "DynoSim-v0", args.config, args.set) else
+                                 ", or --env DynoSim-v0 to train the autoscaler on it "
+                                 "anyway"), field="--env")
         args.env = "DynoSim-v0"
+    else:
+        why = _env_config_mismatch(args.env, args.config, args.set)
+        if why:
+            other = next(e for e in ("DynoSim-v0", "DynoSimRouting-v0") if e != args.env)
+            raise InputError(f"--config {args.config or 'default'} does not fit --env "
+                             f"{args.env} ({why}); pass --env {other}, or a {args.env} "
+                             "config", field="--env")
     rllib_train.check_args(args)
     _created_out_dir(args.out)
     if args.framework == "rllib":
@@ -334,5 +390,5 @@ def _evaluate(args) -> int:
               f"({res.gpu_hours_per_episode:.3f}/episode, {plural(res.episodes, 'episode')}); pooled "
               f"p90 TTFT {res.p90_ttft_ms:.0f} ms, p90 ITL {res.p90_itl_ms:.1f} ms; "
               f"{plural(res.scaling_events, 'scaling event')}, {res.reversals_per_hour:.1f} "
-              f"reversals/h; mean reward {res.mean_reward:.3f} ± {res.std_reward:.3f}")
+              f"reversals/h, {res.flaps_per_hour:.1f} flaps/h ({res.flaps} under 300 s); mean reward {res.mean_reward:.3f} ± {res.std_reward:.3f}")
     return 0

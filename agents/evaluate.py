@@ -22,7 +22,10 @@ and ``p90_itl_ms`` (nearest-rank percentiles of every completed request, not mea
 per-episode percentiles); ``gpu_hours`` (total) and ``gpu_hours_per_episode``;
 ``scaling_events`` (steps that changed the provisioned worker count, summed) and
 ``reversals_per_hour`` (a scaling event in the opposite direction of the previous one, per
-simulated hour); ``mean_reward`` (per episode). Routing (``DynoSimRouting-v0``) adds
+simulated hour); ``flaps`` and ``flaps_per_hour`` (reversals less than
+:data:`~dynosim_gym.autoscaling_env.FLAP_WINDOW_S` = 300 s after the previous, opposite, move:
+Kubernetes HPA's default scale-down stabilization window; a load that rises and falls needs
+reversals, not flaps); ``mean_reward`` (per episode). Routing (``DynoSimRouting-v0``) adds
 ``mean_ttft_ms``, ``prefix_cache_reused_ratio`` (prompt tokens served from the prefix cache /
 prompt tokens of the completed requests) and ``request_throughput_rps`` (completed requests
 per simulated second). ``per_episode`` lists each episode's summary (the env's
@@ -50,7 +53,7 @@ from .heuristics import ROUTING_ENV, heuristic_env, heuristics_for, make_heurist
 from .algos import algo_class, check_env_id
 
 METRICS = ("mean_reward", "sla_attainment", "gpu_hours_per_episode", "p90_ttft_ms",
-           "p90_itl_ms", "scaling_events", "reversals_per_hour")
+           "p90_itl_ms", "scaling_events", "reversals_per_hour", "flaps_per_hour")
 #: Shipped pretrained models: ``agents/pretrained/NAME.zip`` (+ ``NAME.json``, its run record).
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 #: env config keys that are the policy's interface (taken from a model's run record).
@@ -76,6 +79,8 @@ class Evaluation:
     p90_itl_ms: float
     scaling_events: int
     reversals_per_hour: float
+    flaps: int
+    flaps_per_hour: float
     requests_decided: int
     requests_in_flight: int            # arrived, not decided at the episodes' cut-offs
     simulated_hours: float
@@ -125,7 +130,8 @@ class Evaluation:
         if "gpu_hours_per_episode" not in rec:          # v0.1
             rec = {cls.V01_KEYS.get(k, k): v for k, v in rec.items()}
             rec["gpu_hours"] = rec["gpu_hours_per_episode"] * rec.get("episodes", 1)
-        base = {"scaling_events": 0, "reversals_per_hour": 0.0, "requests_in_flight": 0,
+        base = {"scaling_events": 0, "reversals_per_hour": 0.0, "flaps": 0,
+                "flaps_per_hour": 0.0, "requests_in_flight": 0,
                 "simulated_hours": 0.0, "gpu_hours": 0.0, "requests_decided": 0}
         return cls(**{**base, **{k: v for k, v in rec.items()
                                  if k in names and k not in ("per_episode", "traces",
@@ -481,6 +487,7 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
     pol = resolve_policy(spec)
     if env_id is None and config is not None and pol.env_id is not None:
         check_config_env(spec, pol.env_id, config)
+    env_given = env_id or pol.env_id
     env_id = check_env_id(env_id or pol.env_id or "DynoSim-v0")
     if pol.env_id is not None and pol.env_id != env_id:
         what = "a routing policy" if pol.env_id == ROUTING_ENV else "an autoscaling policy"
@@ -489,8 +496,16 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
                          field="--policy")
     if episodes < 1:
         raise InputError(f"must be >= 1, got {episodes}", field="--episodes")
-    env, cfg, runs, plan = episode_plan(pol, env_id, config, overrides or {}, trace,
-                                        window_s, windows, episodes, seed, split)
+    from dynosim_gym.episodes import ForeignScenario
+    try:
+        env, cfg, runs, plan = episode_plan(pol, env_id, config, overrides or {}, trace,
+                                            window_s, windows, episodes, seed, split)
+    except ForeignScenario as exc:       # a config of the other env, no env given: say so
+        if env_given:
+            raise
+        raise InputError(f"{exc.detail.partition('; expected')[0]}: pass --env {exc.owner}"
+                         f"{missing_record_hint(pol)}", file=exc.file, line=exc.line,
+                         field=exc.field) from None
     policy = pol.load(env)
     space = getattr(policy, "observation_space", None)
     if space is not None and space.shape != env.observation_space.shape:
@@ -605,8 +620,11 @@ def no_record_note(pol: PolicySpec, cfg) -> str:
     from dynosim_gym.observations import FEATURES
     feats = ("the default features" if list(obs.features) == list(FEATURES)
              else f"features {', '.join(obs.features)}")
+    action = asdict(cfg.env.action)
+    if action["type"] != "residual":           # the offsets only mean something there
+        action.pop("residual_offsets")
     return (f"no run record for {pol.path}; scoring with the evaluation config's interface "
-            f"(action {_short(asdict(cfg.env.action))}, observation stack {obs.stack} of "
+            f"(action {_short(action)}, observation stack {obs.stack} of "
             f"{feats}, interval_s {cfg.env.interval_s:g})")
 
 
@@ -708,6 +726,8 @@ def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: 
         p90_ttft_ms=_pct(ttfts, 0.9), p90_itl_ms=_pct(tpots, 0.9),
         scaling_events=int(sum(e.get("scaling_events", 0) for e in eps)),
         reversals_per_hour=sum(e.get("reversals", 0) for e in eps) / hours if hours else 0.0,
+        flaps=int(sum(e.get("flaps", 0) for e in eps)),
+        flaps_per_hour=sum(e.get("flaps", 0) for e in eps) / hours if hours else 0.0,
         requests_decided=decided,
         requests_in_flight=int(sum(e.get("requests_in_flight", 0) for e in eps)),
         simulated_hours=hours,

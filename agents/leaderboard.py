@@ -132,20 +132,22 @@ def _label(spec: str, d: Path) -> str:
 def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
               reward_cfg: dict) -> str:
     head = ("| policy | mean reward | SLA attainment (± std over episodes) | GPU-hours / "
-            "episode | p90 TTFT (ms) | p90 ITL (ms) | scaling events | reversals / h | "
+            "episode | p90 TTFT (ms) | p90 ITL (ms) | scaling events | reversals / h | flaps / h | "
             "SLA vs ref | GPU-h vs ref |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = [f"| {r['policy']} | {r['mean_reward']:.2f} | {r['sla_attainment']:.1%} "
              f"(± {100 * r['sla_attainment_std']:.1f}) | "
              f"{r['gpu_hours_per_episode']:.3f} ± {r['gpu_hours_std']:.3f} | "
              f"{r['p90_ttft_ms']:.0f} | "
              f"{r['p90_itl_ms']:.1f} | {r['scaling_events']} | {r['reversals_per_hour']:.1f} | "
-             f"{r['sla_attainment_vs_ref']:.3f} | {r['gpu_hours_per_episode_vs_ref']:.3f} |"
+             f"{r['flaps_per_hour']:.1f} | {r['sla_attainment_vs_ref']:.3f} | {r['gpu_hours_per_episode_vs_ref']:.3f} |"
              for r in rows]
     seeds = f"seed {seed}" if episodes == 1 else f"seeds {seed}..{seed + episodes - 1}"
     note = (f"\n{episodes} held-out episode{'s' if episodes != 1 else ''} (split=eval, {seeds}), "
             f"the same for every policy; SLA attainment and percentiles pooled over all "
-            f"requests (± = std of the episodes' own figures); ratios "
+            f"requests (± = std of the episodes' own figures); flaps = reversals under 300 s "
+            f"after the opposite move (Kubernetes HPA's default scale-down stabilization "
+            f"window); ratios "
             f"relative to {reference}; reward: {json.dumps(reward_cfg)}.\n")
     return head + "\n".join(lines) + "\n" + note
 

@@ -120,7 +120,8 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     then still hit), every other oracle's key names it, so two oracles never read each
     other's schedules; nor ``env.observation.features`` (it changes no simulation). The schedule is planned and keyed without
     ``env.action.scale_down_window_s``; the learner's env applies the window to the
-    teacher's requests."""
+    teacher's requests. A ``residual`` action's schedule is planned and keyed as a
+    ``target`` action's (the learner's env maps each count to the nearest offset)."""
     import hashlib
     import json
 
@@ -135,6 +136,13 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     # the schedule is a plan of counts, made without scale-down stabilisation (the learner's
     # env applies it to the teacher's requests as to its own): keyed and replayed without
     window = cfg["env"]["action"].pop("scale_down_window_s", 0.0)
+    # a residual learner's teacher is the same plan of counts (its env maps each count to
+    # the nearest offset), planned on a target-action env: keyed as that (keys made
+    # before env.action.residual_offsets existed still hit)
+    residual = cfg["env"]["action"].pop("residual_offsets", None) is not None and \
+        cfg["env"]["action"]["type"] == "residual"
+    if residual:
+        cfg["env"]["action"]["type"] = "target"
     # what the policy observes does not change the simulation: a recipe's own features
     # share the schedules (keys made before env.observation.features existed still hit)
     cfg["env"]["observation"].pop("features", None)
@@ -150,7 +158,9 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
         targets = json.loads(path.read_text())["targets"]
     else:
         plain = gym.make(env.spec.id, config=u.cfg.to_dict(),
-                         **{"env.action.scale_down_window_s": 0.0}) if window else env
+                         **{"env.action.scale_down_window_s": 0.0,
+                            **({"env.action.type": "target"} if residual else {})}) \
+            if window or residual else env
         args = (plain, opts, seed, e.min_endpoint, u.max_workers, e.reward.sla_target,
                 120.0, e.interval_s, e.episode_steps)
         if oracle == "oracle:schedule-greedy":

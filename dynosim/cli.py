@@ -111,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
             return agents_cli.run(args)
         return simulate(args)
     except InputError as exc:
-        return _fail(from_cmdline(exc))
+        return _fail(from_cmdline(exc, getattr(args, "flag_spelled", None)))
     except yaml.YAMLError as exc:     # load_config converts these; kept as a safety net
         return _fail(f"invalid YAML: {' '.join(str(exc).split())}")
     except BrokenPipeError:           # stdout closed early (`... | head`): stop quietly

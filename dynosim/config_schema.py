@@ -53,6 +53,7 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     for name, cls in SECTIONS.items():
         out["config"] += list(_rows_of(cls, name, FLAG_OF))
     out["config"] += list(_rows_of(DisaggSection, "disagg", FLAG_OF))     # disaggregated pools
+    _show_null(out["config"])
     out["config"].append({"field": "timing.model = fixed:P,D", "type": "float,float",
                           "default": None, "range": PASS_MS.text(), "unit": PASS_MS.unit,
                           "flag": "--timing", "why": PASS_MS.why})
@@ -63,6 +64,15 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     if EnvSection is not None:
         out["env"] = list(_rows_of(EnvSection, "env", {}))
         _note_env_defaults(out["env"])
+        _show_null(out["env"])
+        from dynosim_gym.scenarios import TRACE_LOAD
+        trace = ("trace families draw their peak as this times their load scale "
+                 "(scenarios.TRACE_LOAD: " + ", ".join(f"{k} x {v:g}" for k, v in
+                                                      TRACE_LOAD.items()) + ")")
+        for r in out["env"]:
+            if r["field"] in ("env.rate_min_rps", "env.rate_max_rps"):
+                r["note"] = trace
+                r["why"] = f"{r['why']}; {trace}" if r["why"] else trace
     wflag = {"trace_block_size": "--trace-block-size",
              "arrival_speedup_ratio": "--arrival-speedup-ratio"}
     wdefaults = _workload_defaults()
@@ -89,6 +99,14 @@ def rows() -> dict[str, list[dict[str, Any]]]:
                         "range": r.text(), "unit": r.unit, "flag": flag, "why": r.why}
                        for flag, (r, typ) in FLAG_RANGES.items()]
     return out
+
+
+def _show_null(field_rows: list[dict[str, Any]]) -> None:
+    """A field whose default is None shows it as ``null``, as the workload and planner rows
+    do (a blank default is left for inputs that have none: trace fields, ``fixed:P,D``)."""
+    for r in field_rows:
+        if r["default"] is None:
+            r["default"] = "null"
 
 
 #: FLAG_RANGES flags that are a second spelling of a config field (their default is its).
@@ -230,7 +248,8 @@ def render(fmt: str = "text") -> str:
                 d = "" if r["default"] is None else f" = {r['default']}"
                 flag = f"  {r['flag']}" if r["flag"] and r["flag"] != r["field"] else ""
                 lines.append(f"  {r['field']:<44} {r['range'] or r['type']:<28} "
-                             f"{r['unit']:<9}{d}{flag}")
+                             f"{r['unit']:<9}{d}{flag}"
+                             + (f"; {r['note']}" if r.get("note") else ""))
         lines.append("")
     return "\n".join(lines)
 

@@ -114,7 +114,7 @@ DISAGG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                              "disaggregated: decode workers, with --num-prefill-workers (default: aggregated)"),
     "--kv-transfer-bandwidth": ("disagg.kv_transfer_bandwidth", float, "GBPS",
                                 "disaggregated: prefill->decode KV bandwidth, GB/s; 0 = no "
-                                "delay (default 64)"),
+                                "delay (default unset = no delay, as Dynamo)"),
     "--kv-transfer-timing-mode": ("disagg.kv_transfer_timing_mode", str,
                                   "{full_prompt,destination_missing}",
                                   "disaggregated: tokens charged per handoff (default "
@@ -213,15 +213,20 @@ class _Deprecated(argparse.Action):
         notes.append(f"dynosim: note: {option_string} is deprecated (one SLA for goodput and "
                      f"the planner); use {new}")
         namespace.deprecation_notes = notes
+        # the spelling given, so an error about the value names it (from_cmdline)
+        namespace.flag_spelled = {**(getattr(namespace, "flag_spelled", None) or {}),
+                                  new: option_string}
         setattr(namespace, self.dest, values)
 
 
-def from_cmdline(exc: InputError) -> str:
-    """Name the flag, not the config field, when a flag supplied the bad value."""
+def from_cmdline(exc: InputError, spelled: dict[str, str] | None = None) -> str:
+    """Name the flag, not the config field, when a flag supplied the bad value; ``spelled``
+    (new flag -> the deprecated spelling the user typed) names the flag as typed."""
     if exc.file == CMDLINE:
         field = exc.field or ""
         flag = field if field.startswith("--") else \
             FLAG_OF.get(field) or FLAG_OF.get(field.rpartition(".")[0])   # (JSON-valued flags)
+        flag = (spelled or {}).get(flag, flag)
         return f"argument {flag}: {exc.detail}" if flag else \
             f"{CMDLINE}, field '{exc.field}': {exc.detail}"
     return str(exc)
@@ -328,6 +333,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             over[dotted] = value
     _disagg_overrides(args, cfg, over)
+    if args.kv_bytes_per_token is not None and (
+            cfg.disagg is not None or "disagg.num_prefill_workers" in over):
+        # s7-disagg: the flag is the run's one KV size per token; it overrides a YAML
+        # disagg.kv_bytes_per_token too (the transfer's own field) instead of losing to it.
+        over["disagg.kv_bytes_per_token"] = args.kv_bytes_per_token
     base = cfg.workload if isinstance(cfg.workload, dict) else {}
     base_kind = base.get("kind")
     if args.trace is not None or args.trace_format is not None:
@@ -551,8 +561,11 @@ def add_simulate_arguments(s: argparse.ArgumentParser) -> None:
     flags with them too, through :func:`simulate_parser`)."""
     w = s.add_argument_group("workload")
     w.add_argument("--config", metavar="YAML",
-                   help="run config, or an env scenario (see envs_configs/; default: none, "
-                   "so Dynamo's defaults and the flags)")
+                   help="run config, or an env scenario (see envs_configs/; its env: section "
+                   "is ignored: a synthetic scenario replays the rate curve of the episode "
+                   "env.reset(seed=SEED) draws, with arrival times and prompts sampled from "
+                   "the run seed, not the environment's own requests; a trace scenario runs "
+                   "its whole trace) (default: none, so Dynamo's defaults and the flags)")
     w.add_argument("--trace", metavar="PATH",
                    help="trace file (.jsonl, .csv, optionally .gz), or "
                    "bundled:mooncake_conversation / bundled:azure_conversation (default: the "

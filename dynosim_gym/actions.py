@@ -4,6 +4,10 @@
   (active + starting) by ``i - k``.
 * ``target``: ``Discrete(max_workers - min_endpoint + 1)``; action ``i`` asks for
   ``min_endpoint + i`` workers.
+* ``residual``: ``Discrete(hi - lo + 1)`` for ``residual_offsets = [lo, hi]``; action ``i``
+  asks for ``base + lo + i`` workers, ``base`` being the throughput planner's worker count
+  for the load it reads (the env sets :attr:`ResidualAction.base` every step; residual
+  policy learning, Silver et al. 2018, Johannink et al. 2019).
 
 Either way the env clamps the request to ``[min_endpoint, max_gpu_budget // gpus_per_worker]``
 (so plain PPO works) and ``action_masks()`` marks the actions that need no clamping (for
@@ -67,9 +71,30 @@ class TargetAction(ActionType):
         return int(min(max(target, self.lo), self.hi)) - self.lo
 
 
+class ResidualAction(ActionType):
+    """An offset in ``[lo, hi]`` workers to a base count the env sets before each decision
+    (:attr:`base`: the throughput planner's ``ceil(demand / engine rate)``, see
+    :class:`~dynosim_gym.autoscaling_env.DynoSimEnv`)."""
+
+    def __init__(self, min_workers: int, max_workers: int, offsets) -> None:
+        super().__init__(min_workers, max_workers)
+        self.off_lo, self.off_hi = int(offsets[0]), int(offsets[1])
+        self.space = spaces.Discrete(self.off_hi - self.off_lo + 1)
+        self.base = min_workers
+
+    def target(self, action, current: int) -> int:
+        return self.base + self.off_lo + int(action)
+
+    def from_target(self, target: int, current: int) -> int:
+        """The offset nearest to ``target - base`` (clipped to ``[lo, hi]``), as an action."""
+        return int(min(max(target - self.base, self.off_lo), self.off_hi)) - self.off_lo
+
+
 def make_action_type(cfg, min_workers: int, max_workers: int) -> ActionType:
     if cfg.type == "delta":
         return DeltaAction(min_workers, max_workers, cfg.max_step)
+    if cfg.type == "residual":
+        return ResidualAction(min_workers, max_workers, cfg.residual_offsets)
     return TargetAction(min_workers, max_workers)
 
 

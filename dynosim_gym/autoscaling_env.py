@@ -22,6 +22,14 @@ from .monitor import ClusterMonitor, Interval, _pct
 from .observations import FEATURES, ObservationBuilder, PoolObservationBuilder
 
 DEFAULT_CONFIG = "autoscale_default"
+#: A *flap* is a reversal (a scaling event opposite to the previous one) issued less than this
+#: many seconds after that previous move: scale up then down again (or down then up) within
+#: the window. 300 s is Kubernetes HPA's default scale-down stabilization window
+#: (``behavior.scaleDown.stabilizationWindowSeconds``; the HPA docs' "Flapping" section:
+#: https://kubernetes.io/docs/tasks/run-application/horizontal-pod-autoscale/#flapping).
+#: Counted in ``episode_summary()["flaps"]``; reversals also count the two per cycle any
+#: load-following controller makes on a load that rises and falls, flaps do not.
+FLAP_WINDOW_S = 300.0
 
 
 class _Advice:
@@ -94,7 +102,20 @@ class DynoSimEnv(SimEnv):
     ``Discrete(2k + 1)`` with ``env.action.type = delta`` (default, ``k = max_step = 2``):
     action ``i`` changes the provisioned workers (active + starting) by ``i - k``. With
     ``type = target``: ``Discrete(max_workers - min_endpoint + 1)``, action ``i`` asks for
-    ``min_endpoint + i`` workers. Requests are clamped to ``[min_endpoint, max_gpu_budget //
+    ``min_endpoint + i`` workers. With ``type = residual`` (residual policy learning: Silver
+    et al. 2018, "Residual Policy Learning"; Johannink et al. 2019, "Residual Reinforcement
+    Learning for Robot Control"): ``Discrete(hi - lo + 1)`` for ``env.action.
+    residual_offsets = [lo, hi]`` (default ``[-2, 4]``), action ``i`` asks for ``base + lo +
+    i`` workers, where ``base`` is Dynamo's throughput planner's count for the load it reads
+    (Dynamo 1.6.1 ``components/src/dynamo/planner/core/throughput_scaling.py``, aggregated
+    mode; ``dynamo_semantics.md`` §6.3: predicted requests/s over one engine's best rate
+    meeting the TTFT and ITL SLAs at the predicted ISL/OSL, ceiled):
+    a :class:`~sim.planner.ThroughputPlanner` advisor ticks every ``interval_s`` inside the
+    simulation, with ``env.planner_predictor`` (default ``constant``: the last interval) and
+    ``env.planner`` knobs, without its per-decision step limit; ``base`` is its last tick's
+    count (``min_endpoint`` before the first tick, i.e. for the first step), reported as
+    ``info["base_workers"]``. ``target_action(n)`` maps a count to the nearest offset.
+    Requests are clamped to ``[min_endpoint, max_gpu_budget //
     gpus_per_worker]`` inside the env; ``action_masks()`` gives the actions that need no
     clamping (sb3-contrib MaskablePPO). ``env.action.scale_down_window_s = W`` (default 0,
     off; aggregated pool only) stabilises scale-downs as Kubernetes' HPA does
@@ -121,8 +142,10 @@ class DynoSimEnv(SimEnv):
     last interval's SLA attainment, active/starting/draining workers, time of day (sin, cos),
     episode progress, the arrival-rate slope and queue growth over the last 3 intervals, and
     the episode's start-up time. ``env.observation.features`` chooses other entries by name
-    (these and :data:`~dynosim_gym.observations.CAPACITY_FEATURES`, load in workers' worth
-    of one worker's throughput; the shape follows the list). Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
+    (these, :data:`~dynosim_gym.observations.CAPACITY_FEATURES`, load in workers' worth
+    of one worker's throughput, and :data:`~dynosim_gym.observations.WORK_FEATURES`,
+    running and waiting sequences in decode batches one worker holds within the ITL SLA;
+    the shape follows the list). Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
     over both pools then, per pool, its active/starting/draining workers, queued and running
     requests and KV utilisation, and the KV handoffs in flight (:data:`~dynosim_gym.
     observations.POOL_FEATURES`). Unbounded values are scaled and log-scaled (``log1p``), so
@@ -158,6 +181,14 @@ class DynoSimEnv(SimEnv):
     ``truncated=True``. The final ``info["episode_summary"]`` summarises the episode: SLA
     attainment, GPU-hours, p90 TTFT/ITL, requests decided, scaling events and reversals.
 
+    Scaling keys of ``episode_summary``: ``scaling_events`` (steps that changed the
+    provisioned count), ``reversals`` (scaling events opposite to the previous one), ``flaps``
+    (reversals issued less than :data:`FLAP_WINDOW_S` = 300 s after the previous, opposite,
+    move; Kubernetes HPA's default scale-down stabilization window,
+    ``behavior.scaleDown.stabilizationWindowSeconds``, its docs' "Flapping" section) and
+    ``flap_steps`` (the 0-based step of each flap). ``flaps <= reversals <=
+    scaling_events``.
+
     Info keys vs ``dynosim evaluate``: the env names percentiles metric first,
     ``info["ttft_p90_ms"]`` / ``info["itl_p90_ms"]`` (the interval's, and the episode's in
     ``episode_summary``; nearest-rank p90 of TTFT and per-request ITL (TPOT), ms); the
@@ -173,13 +204,20 @@ class DynoSimEnv(SimEnv):
     (``reward={"gpu_weight": 0}``) or dotted keys. ``reset(seed=..., options=...)`` options:
     ``split`` (``train``/``eval``: held-out families, windows and seeds), ``window_start_s``
     (trace configs: pin the window; any window that fits in the trace), ``scenario``,
-    ``rate_rps`` (mean rate of a legacy shape, peak rate of a family) and ``swing``;
+    ``rate_rps`` (mean rate of a legacy shape, peak rate of a family; a trace family's
+    peak is it times its ``scenarios.TRACE_LOAD``, e.g. ``mooncake_mod`` x 0.11) and
+    ``swing``;
     each is checked and one that does not apply to the config's workload refused
     (:meth:`~dynosim_gym.episodes.EpisodeFactory.describe_options`: a one-line ``ValueError``).
     ``render_mode="ansi"`` renders a status line.
 
     ## Version History
 
+    * v0 (issue 11): ``episode_summary`` counts ``flaps`` (reversals within 300 s of the
+      opposite move, :data:`FLAP_WINDOW_S`) and their ``flap_steps``; observation features
+      ``WORK_FEATURES`` (round 7) selectable by name (default observation unchanged).
+    * v0 (issue 11, round 7b): ``env.action.type: residual``, an offset to the throughput
+      planner's count (default action unchanged).
     * v0 (0.2.3, issue 11): ``env.action.scale_down_window_s``, HPA-style scale-down
       stabilisation (default 0: unchanged behaviour).
     * v0 (0.2.2, issue 11): ``mooncake_mod`` caps each row's prompt at the longest an
@@ -224,7 +262,7 @@ class DynoSimEnv(SimEnv):
         e = self.cfg.env
         self.max_workers = self.cfg.max_workers
         self.gpus_per_worker = self.cfg.sim.cluster.gpus_per_worker
-        self.episodes = EpisodeFactory(self.cfg)
+        self.episodes = EpisodeFactory(self.cfg, "DynoSim-v0")
         self.action_type = make_action_type(e.action, e.min_endpoint, self.max_workers)
         self.action_space = self.action_type.space
         # env.action.scale_down_window_s as decisions (this one included); 1 = off
@@ -246,6 +284,7 @@ class DynoSimEnv(SimEnv):
         self.episode: dict[str, Any] = {}
         self._advisor_kinds: list[str] = []
         self._advisors: dict[str, Any] = {}
+        self._base_planner: ThroughputAdvisor | None = None     # action.type: residual
         self._last: Interval | None = None
 
     # -- gymnasium API ----------------------------------------------------------------------
@@ -260,8 +299,10 @@ class DynoSimEnv(SimEnv):
         self._t_ms = 0.0
         self._totals = {"met": 0, "finished": 0, "completed": 0, "rejected": 0,
                         "timed_out": 0, "gpu_seconds": 0.0, "changes": 0, "scaling_events": 0,
-                        "reversals": 0}
+                        "reversals": 0, "flaps": 0}
         self._last_dir = 0
+        self._last_move_ms = -math.inf       # time of the last scaling event (flaps)
+        self._flap_steps: list[int] = []     # step index (0-based) of each flap
         self._requests: collections.deque[int] = collections.deque(maxlen=self._window)
         self.obs_builder.startup_s = self.sim.cluster_cfg.startup_time_s
         self.obs_builder.attach(self.sim)
@@ -272,6 +313,10 @@ class DynoSimEnv(SimEnv):
         for kind in self._advisor_kinds:
             self._attach_advisor(kind)
         self._advisors_at_begin = list(self._advisor_kinds)
+        self._base_planner = None
+        if self.cfg.env.action.type == "residual":
+            self._base_planner = self._make_base_planner()
+            self._refresh_base()
         self.obs_builder.reset()
         iv = self.monitor.collect()
         self._last = iv
@@ -282,7 +327,7 @@ class DynoSimEnv(SimEnv):
     # options and the calls made since reset, and replays them (the env is deterministic).
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("sim", "monitor", "_advisors", "_last"):
+        for key in ("sim", "monitor", "_advisors", "_last", "_base_planner"):
             state.pop(key, None)
         state["_replay"] = (self.episode.get("seed"), getattr(self, "_options", None),
                             list(getattr(self, "_log", [])), list(self._advisors_at_begin)) \
@@ -293,7 +338,7 @@ class DynoSimEnv(SimEnv):
         replay = state.pop("_replay", None)
         kinds = state["_advisor_kinds"]
         self.__dict__.update(state)
-        self.sim, self._advisors, self._last = None, {}, None
+        self.sim, self._advisors, self._last, self._base_planner = None, {}, None, None
         if replay is not None:
             ep_seed, options, log, at_reset = replay
             self._advisor_kinds = list(at_reset)
@@ -319,6 +364,8 @@ class DynoSimEnv(SimEnv):
         sim.run_until(self._t_ms)
         if sim.now < self._t_ms:          # nothing left to happen before the boundary
             sim.now = self._t_ms
+        if self._base_planner is not None:
+            self._refresh_base()
         iv = self.monitor.collect()
         self._last = iv
         self._steps += 1
@@ -329,8 +376,13 @@ class DynoSimEnv(SimEnv):
         tot = self._totals
         if changed:
             tot["scaling_events"] += 1
-            tot["reversals"] += self._last_dir == -direction
+            if self._last_dir == -direction:
+                tot["reversals"] += 1
+                if self._t_ms - self._last_move_ms < FLAP_WINDOW_S * 1000.0:
+                    tot["flaps"] += 1
+                    self._flap_steps.append(self._steps - 1)
             self._last_dir = direction
+            self._last_move_ms = self._t_ms
         tot["met"] += iv.met
         tot["finished"] += iv.finished
         tot["completed"] += iv.completed
@@ -380,8 +432,29 @@ class DynoSimEnv(SimEnv):
             changed = target - cur
         elif target < cur:
             changed = sim.remove_workers(cur - target)
-        return changed, (target > cur) - (target < cur), {
-            "requested_workers": int(want), "target_workers": int(target)}
+        info = {"requested_workers": int(want), "target_workers": int(target)}
+        if self._base_planner is not None:
+            info["base_workers"] = int(self.action_type.base)
+        return changed, (target > cur) - (target < cur), info
+
+    def _make_base_planner(self) -> ThroughputAdvisor:
+        """``env.action.type: residual``: the throughput planner whose count is the base,
+        ticking every env step, its per-decision step limit lifted (the env's own clamps
+        apply to base + offset)."""
+        pc = planner_config(self.cfg, {
+            "throughput_adjustment_interval_seconds": self.cfg.env.interval_s,
+            "max_throughput_scaling_replicas": self.max_workers})
+        return ThroughputAdvisor(pc).attach(self.sim)
+
+    def base_workers(self) -> int:
+        """The residual action's base now: the throughput planner's last count
+        (``max(ceil(demand / engine rate), min_endpoint)``), ``min_endpoint`` before its
+        first tick."""
+        ticks = self._base_planner.ticks
+        return int(ticks[-1]["wanted"]) if ticks else self.cfg.env.min_endpoint
+
+    def _refresh_base(self) -> None:
+        self.action_type.base = self.base_workers()
 
     def sla_term(self, iv: Interval) -> float:
         """The SLA part of the reward for one interval (see ``## Rewards``)."""
@@ -458,6 +531,8 @@ class DynoSimEnv(SimEnv):
             "workers_changed": tot["changes"],
             "scaling_events": tot["scaling_events"],
             "reversals": tot["reversals"],
+            "flaps": tot["flaps"],
+            "flap_steps": list(self._flap_steps),
             "steps": self._steps,
             **{f"gpu_hours_{r}": tot[f"gpu_seconds_{r}"] / 3600.0 for r in POOLS
                if f"gpu_seconds_{r}" in tot},

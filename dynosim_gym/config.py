@@ -26,8 +26,8 @@ import numpy as np
 from sim.config import (RunConfig, _leaves, _merge, _nest, _show, _Validator, check_trace_path,
                         disagg_config, load_config, parse_config, read_yaml)
 from sim.errors import InputError
-from sim.schema import (COUNT, GPUS, MAX_TOKENS, PLANNER_FIELDS, RATE, SHARE_OPEN, TIME_S,
-                        TIME_S_POS, WEIGHT, WORKERS, Range)
+from sim.schema import (COUNT, GPUS, MAX_TOKENS, MAX_WORKERS, PLANNER_FIELDS, RATE,
+                        SHARE_OPEN, TIME_S, TIME_S_POS, WEIGHT, WORKERS, Range)
 
 import envs_configs as _bundled
 
@@ -53,8 +53,15 @@ SCALE = Range(0, MAX_TOKENS, lo_open=True, unit="tokens", why="token counts are 
 
 @dataclass
 class ActionSection:
-    type: str = _opt("delta", choices=("delta", "target"))  # delta: -k..+k workers; target: N
+    # delta: -k..+k workers; target: N; residual: an offset to the throughput planner's count
+    type: str = _opt("delta", choices=("delta", "target", "residual"))
     max_step: int = _opt(2, range=WORKERS)  # delta: largest change per step (workers)
+    # residual: [lo, hi] offsets (workers, lo <= 0 <= hi) added to the base count, the
+    # throughput planner's ceil(predicted demand / one engine's rate at the SLA), each step
+    residual_offsets: list[int] = field(default_factory=lambda: [-2, 4], metadata={
+        "range": Range(-MAX_WORKERS, MAX_WORKERS, unit="workers",
+                       why="[lo, hi] with lo <= 0 <= hi, offsets to the throughput "
+                           "planner's count (type: residual)")})
     # scale-down stabilisation (Kubernetes HPA's behavior.scaleDown.stabilizationWindowSeconds):
     # the env provisions the highest count the policy asked for over the last window_s seconds
     # of decisions (this one included), so scale-ups apply at once and a scale-down only once
@@ -69,7 +76,7 @@ class ObservationSection:
     isl_scale: float = _opt(8192.0, range=SCALE)  # tokens
     osl_scale: float = _opt(1024.0, range=SCALE)  # tokens
     # the vector's entries, by name, in this order (dynosim_gym.observations: FEATURES, the
-    # default, and CAPACITY_FEATURES); aggregated pool only
+    # default, CAPACITY_FEATURES and WORK_FEATURES); aggregated pool only
     features: list[str] = field(default_factory=lambda: list(FEATURES),
                                 metadata={"choices": ALL_FEATURES})
 
@@ -294,13 +301,18 @@ def _parse_env(data: Any, v: _Validator) -> EnvSection:
     out = EnvSection(**{f.name: getattr(env, f.name) for f in fields(_FlatEnv)})
     for name, cls in NESTED.items():
         sec = data.get(name)
-        features = None
+        features = offsets = None
         if name == "observation" and isinstance(sec, Mapping) and "features" in sec:
             sec = dict(sec)
             features = _parse_features(sec.pop("features"), v)
+        if name == "action" and isinstance(sec, Mapping) and "residual_offsets" in sec:
+            sec = dict(sec)
+            offsets = _parse_offsets(sec.pop("residual_offsets"), v)
         setattr(out, name, v.section(sec, cls, f"env.{name}"))
         if features is not None:
             out.observation.features = features
+        if offsets is not None:
+            out.action.residual_offsets = offsets
     out.planner = data.get("planner") if data.get("planner") is not None else {}
     if isinstance(out.planner, Mapping):
         out.planner = dict(out.planner)
@@ -328,6 +340,23 @@ def _parse_features(value: Any, v: _Validator) -> list[str]:
             raise v.error(f"entry {i}: feature {name!r} is listed twice", key)
         seen.add(name)
     return list(value)
+
+
+def _parse_offsets(value: Any, v: _Validator) -> list[int]:
+    """``env.action.residual_offsets``: ``[lo, hi]``, integers with ``lo <= 0 <= hi`` (offset
+    0, the planner's own count, is always an action) and at most the field's worker range
+    apart."""
+    key = "env.action.residual_offsets"
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or \
+            any(type(x) is not int for x in value):
+        raise v.error(f"expected [lo, hi], two integers (workers), got {_show(value)}", key)
+    lo, hi = value
+    if not lo <= 0 <= hi:
+        raise v.error(f"expected lo <= 0 <= hi (offset 0 is the planner's count), got "
+                      f"[{lo}, {hi}]", key)
+    if -lo > MAX_WORKERS or hi > MAX_WORKERS:
+        raise v.error(f"[{lo}, {hi}] is outside [-{MAX_WORKERS}, {MAX_WORKERS}] workers", key)
+    return [lo, hi]
 
 
 # EnvSection's scalar fields (rules included), for the shared field validator.

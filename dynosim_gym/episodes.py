@@ -40,6 +40,12 @@ OPTION_RULES = {"rate_rps": (_ENV_RANGES["rate_max_rps"], "env.rate_max_rps"),
                 "swing": (_ENV_RANGES["swing_max"], "env.swing_max"),
                 "window_start_s": (TIME_S, None)}
 
+#: Most requests an episode may generate (expected, at the highest rate it can draw): every
+#: request stays in memory until the episode ends, ~0.8 KB each (measured on
+#: ``autoscale_tiny`` at 300 req/s), so 2M is ~1.6 GB; the rates' own range (up to 1e6
+#: req/s) would ask for terabytes. The default scenario's peak is ~65k (azure_mod).
+MAX_EPISODE_REQUESTS = 2_000_000
+
 _TRACES: dict[str, Any] = {}      # bundled traces of the trace families, parsed once per process
 _CONFIG_TRACES: dict[tuple, Any] = {}   # traces of trace configs, by workload block and file
 _ISL_CAPS: dict[str, int | None] = {}   # idle_prefill_cap by engine, timing, SLA and exactness
@@ -77,7 +83,10 @@ def family_trace(name: str):
 class EpisodeFactory:
     """Builds one episode's workload and simulation from the config and an episode seed."""
 
-    def __init__(self, cfg: EnvConfig) -> None:
+    def __init__(self, cfg: EnvConfig, env_id: str | None = None) -> None:
+        """``env_id`` (``DynoSim-v0`` or ``DynoSimRouting-v0``; None: no check) refuses
+        the other environment's families (:data:`~dynosim_gym.scenarios.ENV_FAMILIES`) in
+        the config and in ``reset`` options, with a one-line InputError."""
         self.cfg = cfg
         self.duration_s = cfg.env.interval_s * cfg.env.episode_steps
         kind = cfg.sim.workload["kind"]
@@ -87,6 +96,41 @@ class EpisodeFactory:
         self.scenarios = {"train": tuple(s.strip() for s in cfg.env.scenarios.split(","))}
         self.scenarios["eval"] = tuple(s.strip() for s in (
             cfg.env.eval_scenarios or cfg.env.scenarios).split(",") if s.strip())
+        self.env_id = env_id
+        self.foreign = {s: other for other, names in fam.ENV_FAMILIES.items()
+                        if env_id is not None and other != env_id for s in names}
+        self.valid_scenarios = tuple(s for s in SCENARIOS if s not in self.foreign)
+        for split, key in (("train", "scenarios"), ("eval", "eval_scenarios")):
+            bad = next((s for s in self.scenarios[split] if s in self.foreign), None)
+            if bad is not None:
+                file, line = cfg.sim.locate(f"env.{key}" if getattr(cfg.env, key) else
+                                            "env.scenarios")
+                raise ForeignScenario(self._foreign_msg(bad), owner=self.foreign[bad],
+                                      file=file, line=line, field=f"env.{key}")
+        if not self.is_trace:
+            file, line = cfg.sim.locate("env.rate_max_rps")
+            self._check_requests(cfg.env.rate_max_rps, self.scenarios["train"]
+                                 + self.scenarios["eval"], "env.rate_max_rps",
+                                 file=file, line=line)
+
+    def _check_requests(self, rate: float, names, field: str, **where: Any) -> None:
+        """Refuse a rate whose episode would generate over :data:`MAX_EPISODE_REQUESTS`
+        requests (expected; a scenario's requests per unit of rate: 1.5 for the legacy
+        shapes' ramp, its TRACE_LOAD for a trace family, times a routing family's turns
+        per session)."""
+        turns = self.cfg.sim.workload.get("turns_per_session", 1) or 1
+        per = max(fam.TRACE_LOAD.get(s, 1.5) * fam.ROUTING_FAMILIES.get(s, {}).get(
+            "workload", {}).get("turns_per_session", turns) for s in names)
+        n = rate * per * self.duration_s
+        if n > MAX_EPISODE_REQUESTS:
+            raise InputError(f"{rate:g} req/s would generate ~{n:,.0f} requests in a "
+                             f"{self.duration_s:g} s episode, over the "
+                             f"{MAX_EPISODE_REQUESTS:,} an episode may hold (each stays in "
+                             "memory until the episode ends)", field=field, **where)
+
+    def _foreign_msg(self, scenario: str) -> str:
+        return (f"{scenario} is a {self.foreign[scenario]} scenario, not a {self.env_id} "
+                f"one; expected one of {', '.join(self.valid_scenarios)}")
 
     # -- pieces shared across episodes ---------------------------------------------------
     @property
@@ -121,7 +165,8 @@ class EpisodeFactory:
     # -- one episode -------------------------------------------------------------------------
     def describe_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
         """``reset``'s ``options`` checked against this config: known keys only, each one
-        that applies to the config's workload (``window_start_s`` to trace configs;
+        that applies to the config's workload (``window_start_s`` to trace configs and
+        trace-window families, ``mooncake_window`` and ``azure_window``;
         ``scenario``, ``rate_rps`` and ``swing`` to synthetic ones, ``swing`` to workload
         families and ``rate_rps`` to scenarios with a drawn rate), numbers finite and within
         the range of the ``env`` field they stand for (:data:`OPTION_RULES`, the ranges of
@@ -144,9 +189,12 @@ class EpisodeFactory:
         if split not in SPLIT_KEY:
             raise _option_error(f"unknown split {split!r}; expected train or eval", "split")
         scenario = opts.get("scenario")
+        if scenario in self.foreign:
+            raise ForeignScenario(self._foreign_msg(scenario), owner=self.foreign[scenario],
+                                  field="options.scenario")
         if scenario is not None and scenario not in SCENARIOS:
             raise _option_error(f"unknown scenario {scenario!r}; expected one of "
-                                f"{', '.join(SCENARIOS)}", "scenario")
+                                f"{', '.join(self.valid_scenarios)}", "scenario")
         self._applies(opts, split)
         for key, (allowed, like) in OPTION_RULES.items():
             if key in opts:
@@ -159,6 +207,10 @@ class EpisodeFactory:
                 if msg:
                     raise _option_error(msg + (f"; the range of {like}" if like else ""), key)
                 opts[key] = value
+        if "rate_rps" in opts:
+            scenario = opts.get("scenario")
+            self._check_requests(opts["rate_rps"], (scenario,) if scenario else
+                                 self.scenarios[split], "options.rate_rps")
         return opts
 
     def _applies(self, opts: dict[str, Any], split: str) -> None:
@@ -172,12 +224,17 @@ class EpisodeFactory:
                                 "with window_start_s)",
                                 key)
             return
-        if "window_start_s" in opts:
-            raise error("applies to trace workloads only; this config's workload is "
-                        "synthetic (pin its load with scenario, rate_rps, swing)",
-                        "window_start_s")
         scenario = opts.get("scenario")
         possible = (scenario,) if scenario is not None else self.scenarios[split]
+        # a trace-window family (mooncake_window, azure_window) takes a window start: each
+        # scenario the episode may draw must be one
+        if "window_start_s" in opts and not all(
+                "trace" in fam.ROUTING_FAMILIES.get(s, {}) for s in possible):
+            windows = [s for s, spec in fam.ROUTING_FAMILIES.items() if "trace" in spec]
+            raise error("applies to trace workloads only (a trace config, or scenario "
+                        f"{' or '.join(windows)}); this episode's workload is synthetic "
+                        f"({', '.join(possible)}; pin its load with scenario, rate_rps, "
+                        "swing)", "window_start_s")
         if "swing" in opts and not any(s in fam.FAMILIES for s in possible):
             raise error(f"applies to workload families ({', '.join(fam.FAMILIES)}) only, not "
                         f"to {', '.join(possible)}", "swing")
@@ -260,7 +317,8 @@ class EpisodeFactory:
         if scenario in fam.FAMILIES:
             return self._family(scenario, rate, rng, rng_workload, opts, split)
         if scenario in fam.ROUTING_FAMILIES:
-            return self._routing_family(scenario, rate, rng, rng_workload, split)
+            return self._routing_family(scenario, rate, rng, rng_workload, split,
+                                        opts.get("window_start_s"))
         day_offset = float(rng.uniform(0.0, env.day_period_s))
         T = self.duration_s
         if scenario == "diurnal":
@@ -323,16 +381,26 @@ class EpisodeFactory:
         return workload, desc
 
     def _routing_family(self, family: str, rate: float, rng: np.random.Generator,
-                        rng_workload: np.random.Generator, split: str) -> tuple[Any, dict]:
-        """An episode of a routing family (:data:`dynosim_gym.scenarios.ROUTING_FAMILIES`)."""
+                        rng_workload: np.random.Generator, split: str,
+                        window_start_s: float | None = None) -> tuple[Any, dict]:
+        """An episode of a routing family (:data:`dynosim_gym.scenarios.ROUTING_FAMILIES`);
+        a trace-window family's window starts at ``window_start_s`` when given (any start
+        whose window fits in the trace, as for a trace config), else drawn in the split."""
         spec = fam.ROUTING_FAMILIES[family]
         T = self.duration_s
         desc: dict[str, Any] = {"workload": "routing_family", "scenario": family,
                                 "day_offset_s": 0.0}
         if "trace" in spec:
             trace = family_trace(spec["trace"])
-            start = fam.trace_window_start(trace_duration_s(trace), T, rng, split,
-                                           self.cfg.env.eval_fraction)
+            total = trace_duration_s(trace)
+            start = fam.trace_window_start(total, T, rng, split, self.cfg.env.eval_fraction)
+            if window_start_s is not None:
+                if not 0 <= window_start_s <= total - T:
+                    raise _option_error(f"a {T:g} s window must start in [0, "
+                                        f"{max(0.0, total - T):.0f}] s of the {total:.0f} s "
+                                        f"{spec['trace']} trace, got {window_start_s:g}",
+                                        "window_start_s")
+                start = float(window_start_s)
             desc.update(trace=spec["trace"], window_start_s=start)
             return TraceWindow(trace, start, start + T), desc
         arrival = fam.routing_arrival(spec["arrival"], rate, rng)
@@ -344,6 +412,14 @@ class EpisodeFactory:
             workload = from_config(block, rng_workload, prefix="workload")
         desc["arrival"] = arrival
         return workload, desc
+
+
+class ForeignScenario(InputError):
+    """A scenario of the other environment (``owner``: the env it belongs to)."""
+
+    def __init__(self, message: str, *, owner: str, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.owner = owner
 
 
 def _option_error(msg: str, key: str) -> InputError:

@@ -124,8 +124,10 @@ class DynoSimRoutingEnv(SimEnv):
     (``episode_steps=6``), sections (``workload={"num_prefix_groups": 4}``) or dotted keys.
     The pool size is ``env.initial_workers`` or ``cluster.num_workers``; ``router.mode`` is
     ignored (the agent routes). ``reset(seed=..., options=...)`` options: ``split``
-    (``train``/``eval``), ``window_start_s`` (trace), ``scenario`` and ``rate_rps``
-    (synthetic), each checked (:meth:`~dynosim_gym.episodes.EpisodeFactory.describe_options`).
+    (``train``/``eval``), ``window_start_s`` (a trace config, or a ``mooncake_window`` /
+    ``azure_window`` episode), ``scenario`` (the legacy shapes and the routing families;
+    ``DynoSim-v0``'s families are refused) and ``rate_rps`` (synthetic), each checked
+    (:meth:`~dynosim_gym.episodes.EpisodeFactory.describe_options`).
     ``render_mode="ansi"`` renders a status line.
 
     ## Version History
@@ -156,7 +158,7 @@ class DynoSimRoutingEnv(SimEnv):
         e = self.cfg.env
         self.num_workers = int(e.initial_workers or self.cfg.sim.cluster.num_workers)
         self.gpus_per_worker = self.cfg.sim.cluster.gpus_per_worker
-        self.episodes = EpisodeFactory(self.cfg)
+        self.episodes = EpisodeFactory(self.cfg, "DynoSimRouting-v0")
         self.horizon_ms = e.interval_s * e.episode_steps * 1000.0
         eng = self.cfg.sim.engine
         self.block_size = eng.block_size

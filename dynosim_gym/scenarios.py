@@ -310,6 +310,17 @@ def trace_start_row(trace, rng: np.random.Generator, split: str,
 TRACE_LOAD = {"mooncake_mod": 0.11, "azure_mod": 4.0}
 
 
+def trace_load_note(names, rate_min_rps: float, rate_max_rps: float) -> str:
+    """One line saying what peak each trace family among ``names`` draws from the config's
+    ``[rate_min_rps, rate_max_rps]`` (or a ``reset`` option ``rate_rps``): that rate times
+    its :data:`TRACE_LOAD`. "" when ``names`` has no trace family."""
+    parts = [f"{n} x {TRACE_LOAD[n]:g} = {rate_min_rps * TRACE_LOAD[n]:.3g}-"
+             f"{rate_max_rps * TRACE_LOAD[n]:.3g} req/s" for n in dict.fromkeys(names)
+             if n in TRACE_LOAD]
+    return ("trace families draw their peak as this rate times their load scale "
+            f"(scenarios.TRACE_LOAD): {', '.join(parts)}") if parts else ""
+
+
 # -- routing families ---------------------------------------------------------------------------
 #: Workload families where the routing decision matters (``DynoSimRouting-v0``). Each one
 #: changes the config's ``workload`` block (request content: prefix groups, shared system
@@ -343,6 +354,13 @@ ROUTING_FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
+#: Each environment's own workload families; the other environment refuses them (in its
+#: config's ``env.scenarios`` / ``env.eval_scenarios`` and in ``reset(options={"scenario":
+#: ...})``). The legacy shapes (``diurnal``, ``bursty``, ``ramp``, ``steady``) serve both.
+ENV_FAMILIES: dict[str, tuple[str, ...]] = {"DynoSim-v0": FAMILIES,
+                                            "DynoSimRouting-v0": tuple(ROUTING_FAMILIES)}
+
+
 def routing_arrival(kind: str, rate: float, rng: np.random.Generator) -> dict[str, Any]:
     """A routing family's arrival block (``workload.arrival``) at mean ``rate`` req/s."""
     if kind == "bursts":
@@ -359,6 +377,6 @@ def trace_window_start(duration_s: float, horizon_s: float, rng: np.random.Gener
     return float(math.floor(rng.uniform(lo, max(lo, hi - horizon_s))))
 
 
-__all__ = ["FAMILIES", "PROMPT_CAPPED", "ROUTING_FAMILIES", "SYNTHETIC_FAMILIES", "TRACE_FAMILIES", "Envelope", "EnvelopeArrivals",
+__all__ = ["ENV_FAMILIES", "FAMILIES", "PROMPT_CAPPED", "ROUTING_FAMILIES", "SYNTHETIC_FAMILIES", "TRACE_FAMILIES", "trace_load_note", "Envelope", "EnvelopeArrivals",
            "EnvelopeTraceWorkload", "draw_envelope", "idle_prefill_cap", "idle_ttft_ms",
            "poisson_times_ms"]

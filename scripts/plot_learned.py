@@ -8,8 +8,10 @@ behaviour"), beside a comparison policy on the same episode.
 Per policy: provisioned (active + starting) and active workers, the arrival rate and the
 queued requests per 5 s step. Each scale-up *onset* (a scale-up with none in the 60 s before)
 is marked and labelled with the requests queued when it was issued (adjustText places the
-labels), so one sees whether scale-ups start before the queue builds. Prints, per policy:
-scaling events, reversals per hour and the queue at each onset (median), as JSON.
+labels), so one sees whether scale-ups start before the queue builds. Each *flap* (a
+reversal under 300 s after the opposite move, the env's ``episode_summary()["flap_steps"]``)
+is a red x. Prints, per policy: scaling events, reversals and flaps per hour and the queue at
+each onset (median), as JSON.
 Episode ``--seed 0`` of the held-out split is the flash-crowd episode of docs/benchmark;
 ``--first-of FAMILY`` takes the first held-out episode (seeds 0, 1, ...) of that family
 instead, a rule fixed before looking at any policy on it (``ramp_cycle``: a load that
@@ -61,6 +63,7 @@ def stats(res) -> dict:
             "sla_attainment": ep["sla_attainment"], "gpu_hours": ep["gpu_hours"],
             "scaling_events": ep["scaling_events"],
             "reversals_per_hour": ep["reversals"] / (ep["steps"] * 5.0 / 3600.0),
+            "flaps_per_hour": ep["flaps"] / (ep["steps"] * 5.0 / 3600.0),
             "scale_up_onsets": len(first),
             "queued_at_onset_median": statistics.median(q) if q else None,
             "queued_at_onset": q}
@@ -99,6 +102,10 @@ def plot(results: list, out: Path) -> None:
         first = onsets(tr, ups)
         ax.scatter(t[first], prov[first], marker="^", color="C2", s=40, zorder=5,
                    label=f"scale-up onset ({len(first)})")
+        flaps = r.per_episode[0]["flap_steps"]
+        if flaps:
+            ax.scatter(t[flaps], prov[flaps], marker="x", color="red", s=30, lw=1.2,
+                       zorder=6, label=f"flap ({len(flaps)})")
         ax.set_ylim(0, top + 3.5)             # headroom: the legend sits above the labels
         ax.set_ylabel("workers", fontsize=9)
         ax.set_zorder(max(load.get_zorder(), queue.get_zorder()) + 1)
@@ -106,7 +113,8 @@ def plot(results: list, out: Path) -> None:
         ax.set_title(f"{r.policy} on held-out {st['scenario']} (episode seed "
                      f"{r.per_episode[0]['seed']}): SLA {st['sla_attainment']:.1%}, "
                      f"{st['gpu_hours']:.2f} GPU-h, {st['scaling_events']} scaling events, "
-                     f"{st['reversals_per_hour']:.1f} reversals/h", fontsize=9, loc="left")
+                     f"{st['reversals_per_hour']:.1f} reversals/h, "
+                     f"{st['flaps_per_hour']:.1f} flaps/h", fontsize=9, loc="left")
         texts = [ax.text(t[i], prov[i] + 0.3, f"q={int(tr['queued_requests'][max(i - 1, 0)])}",
                          fontsize=7, color="C2",
                          bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 0.5})

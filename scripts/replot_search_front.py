@@ -1,0 +1,77 @@
+"""Redraw ``front.png`` of finished ``dynosim search`` runs from their ``trials.csv`` and
+``search.json``, without replaying anything (plots drawn before a change to
+:func:`dynosim.studies.search.plot_front`, e.g. the clip arrows, catch up):
+
+    python scripts/replot_search_front.py docs/search/*/ [--compare docs/sweeps/pareto.csv]
+
+Each run's records are rebuilt from its ``trials.csv`` (status, the objective's fields,
+parameters) and scored with its objective as the search did; the title is the search's.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dynosim.options import plural  # noqa: E402
+from dynosim.studies.search import (STATUSES, front_axes, parse_objective,  # noqa: E402
+                                    plot_front, read_compare)
+
+
+def _num(text: str) -> float:
+    return float(text) if text not in ("", None) else math.nan
+
+
+def records_of(run: Path, obj) -> list[dict]:
+    x, y, _ = front_axes(obj)
+    with open(run / "trials.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = []
+    for row in rows:
+        values = {f: _num(row.get(f, "")) for f in obj.fields()}
+        score, violation = obj.score(values)
+        out.append({"trial": int(row["trial"]), "status": row["status"], "values": values,
+                    "score": score, "violation": violation, "params": {}})
+    return out
+
+
+def replot(run: Path, compare) -> Path:
+    info = json.loads((run / "search.json").read_text())
+    with open(run / "trials.csv", encoding="utf-8", newline="") as fh:
+        columns = next(csv.reader(fh))          # the report fields the search recorded
+    obj = parse_objective(info["objective"], columns)
+    records = records_of(run, obj)
+    by = {s: sum(r["status"] == s for r in records) for s in STATUSES}
+    space = info["space"]
+    title = (f"dynosim search: {plural(len(records), 'candidate')} ({by['complete']} complete, "
+             f"{by['pruned']} stopped early, {by['failed']} failed), {space['model']} on "
+             f"{space['gpu']}\n{obj.text}")
+    plot_front(records, obj, run / "front.png", title, compare)
+    return run / "front.png"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="search output directories")
+    ap.add_argument("--compare", default=str(ROOT / "docs" / "sweeps" / "pareto.csv"),
+                    help="the sweep pareto CSV overlaid (default: docs/sweeps/pareto.csv)")
+    args = ap.parse_args(argv)
+    compare = read_compare(args.compare) if args.compare else None
+    missing = [r for r in args.runs if not (Path(r) / "trials.csv").is_file()]
+    for run in args.runs:
+        if run not in missing:
+            print(replot(Path(run), compare))
+    for run in missing:
+        print(f"replot_search_front: {run}: no trials.csv (not kept), front.png left as it "
+              "is", file=sys.stderr)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

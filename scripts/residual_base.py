@@ -1,0 +1,73 @@
+"""The bare base of ``env.action.type: residual`` (issue 11, round 7b): offset 0 at every
+step, i.e. Dynamo's throughput planner's count ``ceil(predicted demand / one engine's rate
+at the SLA)`` re-computed every env step, with the recipe's scale-down window. The
+reference a residual policy's own contribution is measured against.
+
+    python scripts/residual_base.py [--split train --episodes 3 --seed 0] \\
+        [--set env.action.scale_down_window_s=60 ...] [--out FILE.json]
+
+Prints (and writes with ``--out``) the evaluation's JSON (as ``dynosim evaluate --json``):
+pooled SLA attainment, GPU-hours per episode, reversals per hour, per-family and
+per-episode rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class OffsetPolicy:
+    """Always the action of one offset (SB3-style ``predict``)."""
+
+    def __init__(self, env, offset: int) -> None:
+        at = env.unwrapped.action_type
+        if not at.off_lo <= offset <= at.off_hi:
+            raise SystemExit(f"--offset {offset} is outside env.action.residual_offsets "
+                             f"[{at.off_lo}, {at.off_hi}]")
+        self.action = offset - at.off_lo
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        return np.int64(self.action), state
+
+
+def main(argv=None) -> int:
+    import dynosim_gym  # noqa: F401  (registers the envs)
+    from agents.cli import _set
+    from agents.evaluate import resolved_reward, run_episode, summarise
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--split", default="train", choices=("train", "eval"))
+    ap.add_argument("--episodes", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    overrides = {"env.action.type": "residual", **dict(args.set)}
+    env = gym.make("DynoSim-v0", **overrides)
+    u = env.unwrapped
+    policy = OffsetPolicy(env, args.offset)
+    seeds = list(range(args.seed, args.seed + args.episodes))
+    results = [run_episode(env, policy, {"split": args.split}, s) for s in seeds]
+    ev = summarise(f"residual offset {args.offset}", results, u.cfg, resolved_reward(u.cfg, u),
+                   {"env": {"action": u.cfg.to_dict()["env"]["action"]}},
+                   {"split": args.split, "seeds": seeds})
+    out = ev.as_dict()
+    out["overrides"] = overrides
+    text = json.dumps(out, indent=2, default=str)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
