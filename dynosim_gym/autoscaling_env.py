@@ -638,9 +638,7 @@ class DynoSimDisaggEnv(DynoSimEnv):
     def __init__(self, config: Any = None, *, render_mode: str | None = None,
                  **overrides: Any) -> None:
         super().__init__(config, render_mode=render_mode, **overrides)
-        if self.cfg.env.action.scale_down_window_s:
-            raise InputError("not supported with disaggregated pools (one delta per pool); "
-                             "use 0", field="env.action.scale_down_window_s")
+        # a scale-down window is refused with the config (dynosim_gym.config._check_disagg)
         from sim.config import disagg_config
         d = disagg_config(self.cfg.sim)
         e = self.cfg.env
