@@ -10,7 +10,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from sim.errors import InputError
 from sim.planner import (DisaggLoadPlanner, DisaggThroughputPlanner, LoadPlanner,
                          PlannerConfig, ThroughputPlanner)
 
