@@ -334,6 +334,13 @@ def _evaluate(args) -> int:
     if args.out:
         _check_out_file(args.out)
     if args.leaderboard is not None:
+        if args.env is None and args.config is not None:
+            from .evaluate import scenario_env
+            if scenario_env(args.config) == "DynoSimRouting-v0":   # as train without --env
+                raise InputError(f"{args.config} is a DynoSimRouting-v0 scenario: pass --env "
+                                 "DynoSimRouting-v0 to rank routers on it, or --env "
+                                 "DynoSim-v0 to rank the autoscalers on it anyway",
+                                 field="--env")
         _created_out_dir(args.leaderboard)
         res = leaderboard(args.leaderboard, env_id=args.env or "DynoSim-v0", config=args.config,
                           episodes=args.episodes, seed=args.seed,

@@ -47,6 +47,8 @@ import numpy as np
 
 from sim.errors import InputError
 
+from dynosim_gym.actions import POOLS
+
 from .heuristics import ROUTING_ENV, heuristic_env, heuristics_for, make_heuristic
 from .algos import algo_class, check_env_id
 
@@ -105,6 +107,13 @@ class Evaluation:
     # for MODEL; scoring with the evaluation config's interface (...)"); empty otherwise
     interface_note: str = ""
     episodes_plan: dict[str, Any] = field(default_factory=dict)
+    # pooled GPU-hours per pool of a disaggregated config ({"prefill": h, "decode": h},
+    # summing to gpu_hours); empty for one aggregated pool
+    gpu_hours_by_role: dict[str, float] = field(default_factory=dict)
+    # the full resolved env config the episodes ran (EnvConfig.to_dict(): the config, the
+    # policy interface and --set on top), as train's run.json records it, so the result
+    # can be reproduced from the output alone
+    env_config: dict[str, Any] = field(default_factory=dict)
     per_episode: list[dict[str, Any]] = field(default_factory=list, repr=False)
     traces: list[dict[str, list[float]]] = field(default_factory=list, repr=False)
     ttfts_ms: list[float] = field(default_factory=list, repr=False)   # pooled, sorted
@@ -324,7 +333,19 @@ def make_eval_env(spec: PolicySpec, env_id: str, config: Any, overrides: dict[st
                          f"{spec.spec} was trained with, {key}: {_short(interface[key])}; "
                          "score it on a config that takes that interface)",
                          field=exc.field) from None
-    return gym.make(f"dynosim_gym:{env_id}", config=cfg.to_dict()), cfg
+    try:
+        return gym.make(f"dynosim_gym:{env_id}", config=cfg.to_dict()), cfg
+    except InputError as exc:
+        raise located(exc, cfg) from None
+
+
+def located(exc: InputError, cfg) -> InputError:
+    """``exc``, raised by an env built from ``cfg.to_dict()`` (so it names only "config"),
+    with the file and line ``cfg`` was loaded from (``cfg.sim.locate`` of its field)."""
+    if exc.file != "config" or exc.field is None:
+        return exc
+    file, line = cfg.sim.locate(exc.field)
+    return InputError(exc.detail, file=file, line=line, field=exc.field)
 
 
 def override_error(exc: InputError, load, overrides: dict[str, Any],
@@ -464,6 +485,8 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
                                  f"{', '.join(heuristics_for(env_id))}",
                                  field="--policy") from None
     pol = resolve_policy(spec)
+    if env_id is None and config is not None and pol.env_id is not None:
+        check_config_env(spec, pol.env_id, config)
     env_given = env_id or pol.env_id
     env_id = check_env_id(env_id or pol.env_id or "DynoSim-v0")
     if pol.env_id is not None and pol.env_id != env_id:
@@ -516,6 +539,50 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
     return ev
 
 
+def scenario_env(config: Any) -> str | None:
+    """The env an env config is a scenario of: ``DynoSimRouting-v0`` for ``routing_default``
+    or a config whose training families are all routing families (``routing_families``),
+    ``DynoSim-v0`` for ``autoscale_default`` or a config whose training families are all
+    autoscaling families (:data:`dynosim_gym.scenarios.FAMILIES`), else None (either env
+    takes it: the legacy shapes, a trace), and for a dict (a config given as values, e.g. a
+    result's ``env_config``). A config that does not load is None (the env's own load says
+    why)."""
+    from dynosim_gym.config import load_env_config, resolve_config_path
+    from dynosim_gym.scenarios import FAMILIES, ROUTING_FAMILIES
+
+    if not isinstance(config, (str, Path)):
+        return None
+    try:
+        path = resolve_config_path(config).resolve()
+        for env_id, name in DEFAULT_CONFIGS.items():    # each env's default scenario
+            if path == resolve_config_path(name).resolve():
+                return env_id
+        scenarios = [x.strip() for x in load_env_config(path).env.scenarios.split(",")]
+    except InputError:
+        return None
+    if scenarios and all(x in ROUTING_FAMILIES for x in scenarios):
+        return ROUTING_ENV
+    if scenarios and all(x in FAMILIES and x not in ROUTING_FAMILIES for x in scenarios):
+        return "DynoSim-v0"
+    return None
+
+
+def check_config_env(spec: str, policy_env: str, config: Any) -> None:
+    """Without ``--env``, a policy scored on a scenario of the other env is an InputError
+    on ``--config`` (as ``dynosim train`` refuses a routing scenario without ``--env``):
+    ``--env`` says "score it there anyway"."""
+    kind = scenario_env(config)
+    if kind is None or kind == policy_env:
+        return
+    from dynosim_gym.config import load_env_config
+    if policy_env == ROUTING_ENV and load_env_config(config).sim.disagg is not None:
+        return             # no --env helps: the routing env's own error names the pools
+    what = "a routing policy" if policy_env == ROUTING_ENV else "an autoscaling policy"
+    raise InputError(f"{config} is a {kind} scenario and {spec} is {what} ({policy_env}): "
+                     f"give a {policy_env} config (e.g. {DEFAULT_CONFIGS[policy_env]}), or "
+                     f"--env {policy_env} to score it on this one anyway", field="--config")
+
+
 def interface_changes(model: dict[str, Any], cfg) -> list[str]:
     """``env.KEY: trained -> scored`` for every policy-interface entry of a model that the
     evaluation config (after ``--set``) scores with a different value."""
@@ -553,8 +620,11 @@ def no_record_note(pol: PolicySpec, cfg) -> str:
     from dynosim_gym.observations import FEATURES
     feats = ("the default features" if list(obs.features) == list(FEATURES)
              else f"features {', '.join(obs.features)}")
+    action = asdict(cfg.env.action)
+    if action["type"] != "residual":           # the offsets only mean something there
+        action.pop("residual_offsets")
     return (f"no run record for {pol.path}; scoring with the evaluation config's interface "
-            f"(action {_short(asdict(cfg.env.action))}, observation stack {obs.stack} of "
+            f"(action {_short(action)}, observation stack {obs.stack} of "
             f"{feats}, interval_s {cfg.env.interval_s:g})")
 
 
@@ -666,4 +736,7 @@ def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: 
         request_throughput_rps=completed / (3600.0 * hours) if hours else 0.0,
         reward_config=reward_cfg,
         policy_interface=interface, episodes_plan=plan, per_episode=eps,
+        gpu_hours_by_role={r: float(sum(e[f"gpu_hours_{r}"] for e in eps))
+                           for r in POOLS if f"gpu_hours_{r}" in eps[0]},
+        env_config=cfg.to_dict(),
         traces=[r["trace"] for r in results if r["trace"] is not None], ttfts_ms=ttfts)

@@ -68,8 +68,12 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     env_kwargs = {"config": env_cfg.to_dict(), "render_mode": None}  # make_vec_env: no frames
     out = Path(out)
     torch.set_num_threads(1)
-    venv = make_vec_env(f"dynosim_gym:{env_id}", n_envs=n_envs, seed=seed,
-                        env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
+    try:
+        venv = make_vec_env(f"dynosim_gym:{env_id}", n_envs=n_envs, seed=seed,
+                            env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
+    except InputError as exc:                 # the env saw a dict: name the YAML's line
+        from .evaluate import located
+        raise located(exc, env_cfg) from None
     # routing extras (agents/router_train.py): the permutation-equivariant RouterPolicy,
     # per-request reward credit and a behaviour-cloning warm start
     credit = hp.pop("reward_credit", "step")
@@ -186,20 +190,10 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
 def routing_scenario(config: Any) -> bool:
     """Whether an env config is a ``DynoSimRouting-v0`` scenario: that env's default config
     (``routing_default``) or one whose training families are all routing families
-    (``routing_families``). ``dynosim train`` without ``--env`` refuses it, as it would
-    train the autoscaler (``DynoSim-v0``) on it."""
-    from dynosim_gym.config import load_env_config, resolve_config_path
-    from dynosim_gym.scenarios import ROUTING_FAMILIES
-
-    from .evaluate import DEFAULT_CONFIGS
-    try:
-        path = resolve_config_path(config)
-        if path.resolve() == resolve_config_path(DEFAULT_CONFIGS["DynoSimRouting-v0"]).resolve():
-            return True
-        scenarios = [x.strip() for x in load_env_config(path).env.scenarios.split(",")]
-    except InputError:
-        return False                      # a bad config: train's own load says why
-    return bool(scenarios) and all(x in ROUTING_FAMILIES for x in scenarios)
+    (``routing_families``); :func:`agents.evaluate.scenario_env`. ``dynosim train`` without
+    ``--env`` refuses it, as it would train the autoscaler (``DynoSim-v0``) on it."""
+    from .evaluate import ROUTING_ENV, scenario_env
+    return scenario_env(config) == ROUTING_ENV
 
 
 def _selection_line(kept: dict[str, Any], sel: dict[str, Any]) -> str:

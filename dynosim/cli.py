@@ -290,6 +290,11 @@ def overload_warnings(summary: dict[str, Any], cfg: RunConfig) -> list[str]:
     elif t.get("cut_off_ms") is not None and t["in_flight_requests"] > t["completed_requests"]:
         out.append(f"overloaded: {t['in_flight_requests']:,} requests still in flight at the "
                    f"cut-off, more than the {t['completed_requests']:,} completed")
+    if t["completed_requests"] and t["rejected_requests"] > t["completed_requests"]:
+        why = ", ".join(f"{n:,} {r}" for r, n in t.get("rejected_by_reason", {}).items())
+        out.append(f"{t['rejected_requests']:,} of {t['num_requests']:,} requests rejected "
+                   f"({why}), more than the {t['completed_requests']:,} completed: the "
+                   "latencies describe the few that fit")
     if t["num_requests"] and not t["completed_requests"]:
         why = ", ".join(f"{n:,} {r}" for r, n in t.get("rejected_by_reason", {}).items())
         out.append(f"no request completed ({t['rejected_requests']:,} rejected"
@@ -298,10 +303,15 @@ def overload_warnings(summary: dict[str, Any], cfg: RunConfig) -> list[str]:
     return out
 
 
+def _pools(cfg: RunConfig) -> str:
+    """``1 prefill worker + 2 decode workers``."""
+    return (f"{plural(cfg.disagg['num_prefill_workers'], 'prefill worker')} + "
+            f"{plural(cfg.disagg['num_decode_workers'], 'decode worker')}")
+
+
 def _workers(cfg: RunConfig) -> str:
     if cfg.disagg is not None:
-        return (f"{cfg.disagg['num_prefill_workers']} prefill + "
-                f"{cfg.disagg['num_decode_workers']} decode workers")
+        return _pools(cfg)
     n = cfg.cluster.num_workers
     ranks = f" x {cfg.cluster.dp_size} DP ranks" if cfg.cluster.dp_size > 1 else ""
     return f"{n} worker{'s' if n != 1 else ''} at start" if cfg.planner else \
@@ -336,8 +346,7 @@ def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     n = cfg.cluster.num_workers
     workers = f"{n} worker{'s' if n != 1 else ''}"
     if cfg.disagg is not None:
-        workers = (f"{cfg.disagg['num_prefill_workers']} prefill + "
-                   f"{cfg.disagg['num_decode_workers']} decode workers")
+        workers = _pools(cfg)
     elif cfg.cluster.dp_size > 1:
         workers += f" x {cfg.cluster.dp_size} DP ranks"
     if cfg.planner is not None:      # the count changes during the run
@@ -375,6 +384,9 @@ def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunCon
           + (f"{na:,} never arrived)" if na is not None else
              "requests still to arrive not counted: the workload has no fixed size)"))
     w("\n")
+    if t.get("rejected_by_reason"):       # why, as --json's totals.rejected_by_reason
+        w("  rejected      " + ", ".join(f"{n:,} {r}" for r, n in
+                                         t["rejected_by_reason"].items()) + "\n")
     w(f"  {'latency (ms)':<12} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9}\n")
     for label, key in (("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"),
                        ("E2E", "e2e_latency")):

@@ -18,11 +18,12 @@ in item order, not completion order, so outputs do not depend on the executor.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import socket
 import sys
-import threading
+import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
@@ -77,24 +78,56 @@ def _probe(address: str, timeout_s: float) -> None:
                          file=CMDLINE, field="--ray-address") from None
 
 
+#: Asks for a GCS client in a child process: prints the error on one line, exits 1.
+_GCS_PROBE = """import sys
+from ray._raylet import GcsClient
+try:
+    GcsClient(address=sys.argv[1])
+except Exception as exc:
+    print(" ".join(str(exc).split()) or type(exc).__name__)
+    sys.exit(1)
+"""
+
+
 def _gcs_probe(address: str, timeout_s: float, box: dict[str, Any]) -> None:
     """Is a Ray GCS answering at ``address``? Ray's client retries inside C++ calls that no
-    signal interrupts, so the probe runs in a daemon thread that is abandoned on time-out;
-    ``box`` gets ``timeout`` or ``error``."""
-    from ray._raylet import GcsClient
-
-    def _probe_gcs() -> None:
-        try:
-            GcsClient(address=address)
-            box["ok"] = True
-        except Exception as exc:     # noqa: BLE001 - reported by connect()
-            box["error"] = exc
-    th = threading.Thread(target=_probe_gcs, daemon=True, name="ray-gcs-probe")
-    th.start()
-    th.join(timeout_s)
-    if th.is_alive():
+    signal interrupts, and its C++ logging writes warnings straight to the process's stderr
+    ("Failed to connect to GCS ...", "Method not found!"), so the probe is a child process,
+    killed on time-out, whose stderr is dropped (the error is ours, one line); ``box`` gets
+    ``timeout`` or ``error``."""
+    import subprocess
+    try:
+        res = subprocess.run([sys.executable, "-c", _GCS_PROBE, address], text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             timeout=timeout_s)
+    except subprocess.TimeoutExpired:
         box["timeout"] = True
-    box.pop("ok", None)
+        return
+    if res.returncode != 0:
+        lines = (res.stdout.strip() or res.stderr.strip() or "").splitlines()
+        box["error"] = RuntimeError(lines[-1] if lines else f"exit {res.returncode}")
+
+
+@contextlib.contextmanager
+def _native_stderr_held():
+    """Hold what Ray's C++ core writes to file descriptor 2 (below Python's ``sys.stderr``)
+    while joining a cluster; yields a dict whose ``text`` is what was written, once the
+    block is over (the caller shows it on success, and on failure its one line replaces
+    it). Only around a join: a Ray started here spawns processes that would inherit the
+    descriptor."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    out: dict[str, str] = {"text": ""}
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield out
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            out["text"] = held.read().decode("utf-8", "replace")
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None,
@@ -132,10 +165,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     if address not in (None, "auto"):
         _gcs_probe(address, timeout_s, box)
     if not box:
-        try:
-            ray.init(**kwargs)       # in the main thread: Ray binds its GCS client to it
-        except Exception as exc:     # noqa: BLE001 - reported below, one line
-            box["error"] = exc
+        with (_native_stderr_held() if address is not None else
+              contextlib.nullcontext({"text": ""})) as held:
+            try:
+                ray.init(**kwargs)   # in the main thread: Ray binds its GCS client to it
+            except Exception as exc:     # noqa: BLE001 - reported below, one line
+                box["error"] = exc
+        if "error" not in box and held["text"]:
+            sys.stderr.write(held["text"])      # joined: nothing Ray said is hidden
     where = address or "a local Ray"
     if box.get("timeout"):
         raise InputError(f"no answer from Ray at {where} within {timeout_s:g} s",

@@ -114,7 +114,7 @@ DISAGG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str | None, str]] = {
                              "disaggregated: decode workers, with --num-prefill-workers (default: aggregated)"),
     "--kv-transfer-bandwidth": ("disagg.kv_transfer_bandwidth", float, "GBPS",
                                 "disaggregated: prefill->decode KV bandwidth, GB/s; 0 = no "
-                                "delay (default 64)"),
+                                "delay (default unset = no delay, as Dynamo)"),
     "--kv-transfer-timing-mode": ("disagg.kv_transfer_timing_mode", str,
                                   "{full_prompt,destination_missing}",
                                   "disaggregated: tokens charged per handoff (default "
@@ -333,6 +333,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             over[dotted] = value
     _disagg_overrides(args, cfg, over)
+    if args.kv_bytes_per_token is not None and (
+            cfg.disagg is not None or "disagg.num_prefill_workers" in over):
+        # s7-disagg: the flag is the run's one KV size per token; it overrides a YAML
+        # disagg.kv_bytes_per_token too (the transfer's own field) instead of losing to it.
+        over["disagg.kv_bytes_per_token"] = args.kv_bytes_per_token
     base = cfg.workload if isinstance(cfg.workload, dict) else {}
     base_kind = base.get("kind")
     if args.trace is not None or args.trace_format is not None:
@@ -492,6 +497,9 @@ def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, str]]:
     try:
         data = json.loads(src)
     except json.JSONDecodeError as exc:
+        if src is not text:          # a JSON file: its path, line and column
+            raise InputError(f"not valid JSON: {exc.msg} (column {exc.colno})", file=text,
+                             line=exc.lineno, field="--planner-config-json") from None
         looks_like_path = src is text and not text.lstrip().startswith(("{", "[", '"')) \
             and (text.endswith(".json") or "/" in text)
         detail = (f"no such JSON file: {text}" if looks_like_path else

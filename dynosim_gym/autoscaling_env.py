@@ -10,7 +10,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from sim.errors import InputError
 from sim.planner import (DisaggLoadPlanner, DisaggThroughputPlanner, LoadPlanner,
                          PlannerConfig, ThroughputPlanner)
 
@@ -107,8 +106,9 @@ class DynoSimEnv(SimEnv):
     Learning for Robot Control"): ``Discrete(hi - lo + 1)`` for ``env.action.
     residual_offsets = [lo, hi]`` (default ``[-2, 4]``), action ``i`` asks for ``base + lo +
     i`` workers, where ``base`` is Dynamo's throughput planner's count for the load it reads
-    (Dynamo docs, ``planner`` "Throughput-based scaling": predicted requests/s over one
-    engine's best rate meeting the TTFT and ITL SLAs at the predicted ISL/OSL, ceiled):
+    (Dynamo 1.6.1 ``components/src/dynamo/planner/core/throughput_scaling.py``, aggregated
+    mode; ``dynamo_semantics.md`` §6.3: predicted requests/s over one engine's best rate
+    meeting the TTFT and ITL SLAs at the predicted ISL/OSL, ceiled):
     a :class:`~sim.planner.ThroughputPlanner` advisor ticks every ``interval_s`` inside the
     simulation, with ``env.planner_predictor`` (default ``constant``: the last interval) and
     ``env.planner`` knobs, without its per-decision step limit; ``base`` is its last tick's
@@ -141,8 +141,10 @@ class DynoSimEnv(SimEnv):
     last interval's SLA attainment, active/starting/draining workers, time of day (sin, cos),
     episode progress, the arrival-rate slope and queue growth over the last 3 intervals, and
     the episode's start-up time. ``env.observation.features`` chooses other entries by name
-    (these and :data:`~dynosim_gym.observations.CAPACITY_FEATURES`, load in workers' worth
-    of one worker's throughput; the shape follows the list). Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
+    (these, :data:`~dynosim_gym.observations.CAPACITY_FEATURES`, load in workers' worth
+    of one worker's throughput, and :data:`~dynosim_gym.observations.WORK_FEATURES`,
+    running and waiting sequences in decode batches one worker holds within the ITL SLA;
+    the shape follows the list). Disaggregated pools: ``Box(low, 20, (35 * stack,))``, the 22
     over both pools then, per pool, its active/starting/draining workers, queued and running
     requests and KV utilisation, and the KV handoffs in flight (:data:`~dynosim_gym.
     observations.POOL_FEATURES`). Unbounded values are scaled and log-scaled (``log1p``), so
@@ -210,7 +212,10 @@ class DynoSimEnv(SimEnv):
 
     ## Version History
 
-    * v0 (0.2.4, issue 11): ``env.action.type: residual``, an offset to the throughput
+    * v0 (issue 11): ``episode_summary`` counts ``flaps`` (reversals within 300 s of the
+      opposite move, :data:`FLAP_WINDOW_S`) and their ``flap_steps``; observation features
+      ``WORK_FEATURES`` (round 7) selectable by name (default observation unchanged).
+    * v0 (issue 11, round 7b): ``env.action.type: residual``, an offset to the throughput
       planner's count (default action unchanged).
     * v0 (0.2.3, issue 11): ``env.action.scale_down_window_s``, HPA-style scale-down
       stabilisation (default 0: unchanged behaviour).
@@ -632,9 +637,7 @@ class DynoSimDisaggEnv(DynoSimEnv):
     def __init__(self, config: Any = None, *, render_mode: str | None = None,
                  **overrides: Any) -> None:
         super().__init__(config, render_mode=render_mode, **overrides)
-        if self.cfg.env.action.scale_down_window_s:
-            raise InputError("not supported with disaggregated pools (one delta per pool); "
-                             "use 0", field="env.action.scale_down_window_s")
+        # a scale-down window is refused with the config (dynosim_gym.config._check_disagg)
         from sim.config import disagg_config
         d = disagg_config(self.cfg.sim)
         e = self.cfg.env

@@ -76,7 +76,7 @@ class ObservationSection:
     isl_scale: float = _opt(8192.0, range=SCALE)  # tokens
     osl_scale: float = _opt(1024.0, range=SCALE)  # tokens
     # the vector's entries, by name, in this order (dynosim_gym.observations: FEATURES, the
-    # default, and CAPACITY_FEATURES); aggregated pool only
+    # default, CAPACITY_FEATURES and WORK_FEATURES); aggregated pool only
     features: list[str] = field(default_factory=lambda: list(FEATURES),
                                 metadata={"choices": ALL_FEATURES})
 
@@ -186,8 +186,10 @@ def resolve_config_path(name: str | Path) -> Path:
     for cand in cands:
         if cand.is_file():
             return cand
+    names = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+    hint = difflib.get_close_matches(p.stem, names, n=1)
     raise InputError("config file not found (a path, or one of: "
-                     f"{', '.join(sorted(x.stem for x in CONFIG_DIR.glob('*.yaml')))})",
+                     f"{', '.join(names)})" + (f"; did you mean '{hint[0]}'?" if hint else ""),
                      file=str(name))
 
 
@@ -254,16 +256,23 @@ def _check_disagg(cfg: EnvConfig, v: _Validator) -> None:
     the budget, and the initial pools lie within it (``env.initial_workers`` is for one
     aggregated pool; the pools start at ``disagg.num_prefill_workers`` / ``_decode_``)."""
     e, d = cfg.env, disagg_config(cfg.sim)
+    # every key an aggregated recipe sets that pools do not take, in one error (the
+    # first one's line), so a recipe is fixed in one go (RLlib: before Ray starts)
+    bad = []
     if tuple(e.observation.features) != FEATURES:
-        raise v.error("a disaggregated env observes the default features (and per-pool "
-                      "ones); remove env.observation.features", "env.observation.features")
+        bad.append(("env.observation.features", "observes the default features (and "
+                    "per-pool ones); remove env.observation.features"))
     if e.action.type != "delta":
-        raise v.error("a disaggregated env takes one delta per pool; use type: delta",
-                      "env.action.type")
+        bad.append(("env.action.type", "takes one delta per pool; use type: delta"))
+    if e.action.scale_down_window_s:
+        bad.append(("env.action.scale_down_window_s", "has no scale-down window (one delta "
+                    f"per pool; got {e.action.scale_down_window_s:g} s); use 0"))
     if e.initial_workers is not None:
-        raise v.error("a disaggregated env starts with disagg.num_prefill_workers and "
-                      "disagg.num_decode_workers; remove env.initial_workers",
-                      "env.initial_workers")
+        bad.append(("env.initial_workers", "starts with disagg.num_prefill_workers and "
+                    "disagg.num_decode_workers; remove env.initial_workers"))
+    if bad:
+        also = "".join(f"; also {k}: {why}" for k, why in bad[1:])
+        raise v.error(f"a disaggregated env {bad[0][1]}{also}", bad[0][0])
     gp, gd = d.prefill_gpus_per_worker, d.decode_gpus_per_worker
     floor = e.min_endpoint * (gp + gd)
     if e.max_gpu_budget < floor:

@@ -13,7 +13,9 @@ first (zeros before the episode's first interval).
 :data:`CAPACITY_FEATURES`, load relative to what one worker of the scenario's engine can
 serve under its timing model (issue 11, round 6): a rate in requests/s keys a policy to
 the request mix it was trained on (Azure's short prompts arrive at 4x the training families'
-peak rate for less work); "workers' worth" of prefill or decode does not.
+peak rate for less work); "workers' worth" of prefill or decode does not. Round 7 adds
+:data:`WORK_FEATURES`: the running and waiting request counts in the same units (workers'
+worth of one worker's decode batch at the ITL SLA).
 """
 from __future__ import annotations
 
@@ -82,8 +84,25 @@ CAPACITY_FEATURES = (
                                    # tokens/s) / TTFT SLA: TTFT budgets of backlog per worker
     "queued_requests_per_active",  # waiting requests / A
 )
+#: Request COUNTS relative to the engine's capacity (issue 11, round 7; opt-in): round 6's
+#: diagnosis found ``running_requests`` (running sequences / (8 x max workers)) moving the
+#: policy's count most on the held-out ``azure_mod``, whose many short requests raise it for
+#: little work. Here a count is in units of ``B``, one worker's largest decode batch whose
+#: ITL meets the ITL SLA (``sim.planner.decode_engine_capacity``'s ``batch``, the batch
+#: ``decode_demand`` is computed at) for the mean ISL and OSL of the latest interval with
+#: arrivals (ISL = OSL = 1 before the episode's first, when nothing runs or waits): workers'
+#: worth of decode concurrency. All log1p'd; ``A`` as above. Queued prompt WORK is
+#: ``queued_prefill_per_active`` (TTFT budgets of one worker's prefill per active worker).
+WORK_FEATURES = (
+    "running_batches",             # running sequences / B: workers' worth of decode batch
+    "running_batches_per_active",  # running_batches' ratio / A: each active worker's batch
+                                   # as a share of the batch meeting the ITL SLA (> 1: more
+                                   # than the SLA allows at that ISL/OSL)
+    "queued_batches",              # waiting requests / B: workers' worth of decode batch
+                                   # still waiting (their prompts: queued_prefill_per_active)
+)
 #: Every name ``env.observation.features`` accepts.
-ALL_FEATURES = FEATURES + CAPACITY_FEATURES
+ALL_FEATURES = FEATURES + CAPACITY_FEATURES + WORK_FEATURES
 #: Features that can be negative (trends).
 SIGNED = ("arrival_rate_slope", "queue_growth")
 GRID = math.log(1.02)      # the capacity cache's geometric step in ISL and OSL
@@ -126,17 +145,24 @@ class EngineCapacity:
         self.ttft_sla, self.itl_sla = ttft_sla_ms, itl_sla_ms
         #: prefill tokens/s of one worker at full chunks of max_num_batched_tokens
         self.prefill_tps = prefill_engine_capacity(timing, engine_cfg, 1.0)["rps"]
-        self._decode: dict[tuple[float, float], float] = {}
+        self._decode: dict[tuple[float, float], dict[str, float]] = {}
         self._agg: dict[tuple[float, float, float], float] = {}
 
-    def decode_rps(self, isl: float, osl: float) -> float:
-        """Requests/s of one worker at the largest decode batch meeting the ITL SLA."""
+    def _decode_at(self, isl: float, osl: float) -> dict[str, float]:
         key = (_cell(max(isl, 1.0)), _cell(max(osl, 1.0)))
         r = self._decode.get(key)
         if r is None:
             r = self._decode[key] = decode_engine_capacity(
-                self.timing, self.engine_cfg, key[0], key[1], self.itl_sla)["rps"]
+                self.timing, self.engine_cfg, key[0], key[1], self.itl_sla)
         return r
+
+    def decode_rps(self, isl: float, osl: float) -> float:
+        """Requests/s of one worker at the largest decode batch meeting the ITL SLA."""
+        return self._decode_at(isl, osl)["rps"]
+
+    def decode_batch(self, isl: float, osl: float) -> int:
+        """That batch: sequences one worker decodes within the ITL SLA (1 if none does)."""
+        return self._decode_at(isl, osl)["batch"]
 
     def agg_rps(self, isl: float, osl: float, hit: float) -> float:
         """Requests/s of one aggregated worker meeting both SLAs (hit rate to 0.01)."""
@@ -165,6 +191,15 @@ def capacity_values(iv: Interval, cap: EngineCapacity, dt: float) -> tuple[float
             _lg(backlog_s * 1000.0 / cap.ttft_sla), _lg(iv.queued / a))
 
 
+def work_values(iv: Interval, cap: EngineCapacity, isl: float, osl: float
+                ) -> tuple[float, ...]:
+    """:data:`WORK_FEATURES` of one interval, in order, with the decode batch ``B`` read at
+    ``isl`` / ``osl`` (the latest arrivals' means)."""
+    b = float(cap.decode_batch(isl, osl))
+    run = iv.running / b
+    return _lg(run), _lg(run / max(iv.active, 1)), _lg(iv.queued / b)
+
+
 class ObservationBuilder:
     def __init__(self, cfg, max_workers: int, ttft_sla_ms: float, itl_sla_ms: float) -> None:
         ocfg = cfg.env.observation
@@ -177,10 +212,12 @@ class ObservationBuilder:
         self.period = cfg.env.day_period_s
         self.horizon = cfg.env.interval_s * cfg.env.episode_steps
         self.features = tuple(ocfg.features)
-        # None: the default vector as is; else the entries of FEATURES + CAPACITY_FEATURES
+        # None: the default vector as is; else the entries of ALL_FEATURES
         self._pick = None if self.features == FEATURES else \
             [ALL_FEATURES.index(f) for f in self.features]
-        self._capacity = any(f in CAPACITY_FEATURES for f in self.features)
+        self._work = any(f in WORK_FEATURES for f in self.features)
+        self._capacity = self._work or any(f in CAPACITY_FEATURES for f in self.features)
+        self._mix = (1.0, 1.0)            # latest arrivals' mean (ISL, OSL): WORK_FEATURES
         self.engine: EngineCapacity | None = None
         self.n = len(self.features)
         self.interval_s = cfg.env.interval_s
@@ -207,6 +244,7 @@ class ObservationBuilder:
             self._hist.append(np.zeros(self.n, dtype=np.float32))
         self._last = (0.0, 0.0, 0.0)
         self._trend.clear()
+        self._mix = (1.0, 1.0)
 
     def vector(self, iv: Interval, day_offset_s: float, elapsed_s: float) -> np.ndarray:
         dt = max(iv.t1_s - iv.t0_s, 1e-9)
@@ -247,6 +285,10 @@ class ObservationBuilder:
         if self._pick is not None:
             if self._capacity:
                 v = v + capacity_values(iv, self.engine, dt)
+            if self._work:
+                if iv.arrived:
+                    self._mix = (iv.mean_isl, iv.mean_osl)
+                v = v + work_values(iv, self.engine, *self._mix)
             v = [v[i] for i in self._pick]
         # Clamped before the float32 conversion: the same values as np.clip after it (the
         # bounds are exact in float32, rounding is monotone, NaN passes), without np.clip's

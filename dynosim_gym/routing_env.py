@@ -145,6 +145,12 @@ class DynoSimRoutingEnv(SimEnv):
                              field="max_requests")
         self.max_requests = int(max_requests)
         self.cfg: EnvConfig = self._configure(config, DEFAULT_CONFIG, render_mode, overrides)
+        if self.cfg.sim.disagg is not None:     # here, not at reset: one line at gym.make
+            file, line = self.cfg.sim.locate("disagg")
+            raise InputError("DynoSimRouting-v0 routes over one aggregated pool; this config "
+                             "has prefill and decode pools (a disagg section): size them with "
+                             "DynoSim-v0, or remove disagg to route", file=file, line=line,
+                             field="disagg")
         sla = self.cfg.sim.sla
         # The agent routes (Simulation.route_to); the simulation's own router only keeps
         # its bookkeeping, and round robin's is free.

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dynosim.options import plural  # noqa: E402
-from dynosim.studies.search import (STATUSES, front_axes, parse_objective,  # noqa: E402
+from dynosim.studies.search import (SPACE_KEYS, STATUSES, front_axes, parse_objective,  # noqa: E402
                                     plot_front, read_compare)
 
 
@@ -36,8 +36,9 @@ def records_of(run: Path, obj) -> list[dict]:
     for row in rows:
         values = {f: _num(row.get(f, "")) for f in obj.fields()}
         score, violation = obj.score(values)
+        params = {k: row[k] for k in SPACE_KEYS if k in row}    # as written: distinct rows
         out.append({"trial": int(row["trial"]), "status": row["status"], "values": values,
-                    "score": score, "violation": violation, "params": {}})
+                    "score": score, "violation": violation, "params": params})
     return out
 
 

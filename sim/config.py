@@ -159,7 +159,8 @@ class DisaggSection:
     ``router.mode`` and ``cluster.gpus_per_worker``."""
     num_prefill_workers: int = _opt(1, range=WORKERS)
     num_decode_workers: int = _opt(1, range=WORKERS)
-    kv_transfer_bandwidth: float = _opt(64.0, range=GBPS)   # GB/s; 0 = no transfer delay
+    # GB/s; null (unset: Dynamo 1.6.1's engine default) or 0 = no transfer delay
+    kv_transfer_bandwidth: float | None = _opt(None, range=GBPS)
     # null = engine.kv_cache_bytes_per_token (--kv-bytes-per-token); both null = no delay
     kv_bytes_per_token: int | None = _opt(None, range=KV_BYTES)
     kv_transfer_timing_mode: str = _opt("full_prompt", choices=TRANSFER_TIMING_MODES)
@@ -196,6 +197,15 @@ def _check_disagg(data: Any, cfg: "RunConfig", v: "_Validator",
         raise v.error("does not apply to disaggregated pools (disagg.num_prefill_workers "
                       "and disagg.num_decode_workers size them)", "cluster.num_workers")
     out = asdict(sec)
+    # One KV size per token (Dynamo has one, --kv-bytes-per-token): disagg.kv_bytes_per_token
+    # and engine.kv_cache_bytes_per_token may both be given only if they agree.
+    eng_bytes = cfg.engine.kv_cache_bytes_per_token
+    if out["kv_bytes_per_token"] is not None and eng_bytes is not None \
+            and out["kv_bytes_per_token"] != eng_bytes:
+        raise v.error(f"{out['kv_bytes_per_token']} conflicts with "
+                      f"engine.kv_cache_bytes_per_token {eng_bytes} "
+                      f"(--kv-bytes-per-token): give one KV size per token",
+                      "disagg.kv_bytes_per_token")
     for role in DISAGG_ROLES:
         key = f"{role}_timing_model"
         if out[key] is not None:

@@ -7,11 +7,16 @@ pools of workers, each with its own router and engine configuration.
 1. arrival -> prefill router -> a prefill worker runs a copy of the request with one
    output token; when that token is emitted the source *holds* the prompt's KV;
 2. the decode router picks a decode worker, which *reserves* blocks for the prompt at its
-   next pass boundary (at once when idle) - Dynamo's WaitingForRemoteKv. The leading full
-   prompt blocks resident there (active or cached) are pinned, the rest taken fresh;
+   next pass boundary (at once when idle; before that boundary's activations) - Dynamo's
+   WaitingForRemoteKv; a head that failed is retried only after the worker's capacity
+   changed (a request left it or was preempted: Dynamo's capacity generation). The
+   leading full prompt blocks resident there (active or cached) are pinned, the rest
+   taken fresh;
 3. the KV transfer takes :func:`transfer_ms` from the reservation (``full_prompt``: the
    prompt's tokens; ``destination_missing``: the fresh blocks' tokens); at the first pass
-   boundary of the decode worker at or after its end the request is *activated*: its fresh
+   boundary of the decode worker at or after its end the request is *activated* (those
+   of one boundary in reservation order; a zero-time transfer in the reservation's own
+   step, as Dynamo 1.6.1 does): its fresh
    full prompt blocks join the worker's prefix cache (both modes; the mocker's
    ``activate_destination_lease``), it joins the waiting queue with its prompt computed, is
    charged no prefill, and emits all its output tokens (the first one is the
@@ -33,11 +38,13 @@ TRANSFER_TIMING_MODES = ("full_prompt", "destination_missing")
 ROLES = ("prefill", "decode")
 
 
-def transfer_ms(tokens: int, kv_bytes_per_token: int | None, bandwidth_gbps: float) -> float:
+def transfer_ms(tokens: int, kv_bytes_per_token: int | None,
+                bandwidth_gbps: float | None) -> float:
     """KV handoff delay in ms: ``tokens * kv_bytes_per_token`` bytes at ``bandwidth_gbps``
-    decimal GB/s (Dynamo's ``HandoffTransferTiming``). No bytes-per-token, or a bandwidth
-    of 0, means no delay. Example: 128 tokens x 1e6 B at 1 GB/s = 128 ms."""
-    if kv_bytes_per_token is None or bandwidth_gbps <= 0:
+    decimal GB/s (Dynamo's ``HandoffTransferTiming``). No bytes-per-token, no bandwidth
+    (None: unset, the AISimulate engine default of Dynamo 1.6.1's mocker) or a bandwidth
+    of 0 means no delay. Example: 128 tokens x 1e6 B at 1 GB/s = 128 ms."""
+    if kv_bytes_per_token is None or bandwidth_gbps is None or bandwidth_gbps <= 0:
         return 0.0
     return tokens * float(kv_bytes_per_token) / (bandwidth_gbps * 1e9) * 1000.0
 
@@ -52,7 +59,8 @@ class DisaggConfig:
     decode_engine: EngineConfig = field(default_factory=EngineConfig)
     prefill_router: str = "round_robin"      # a sim.router mode, per pool
     decode_router: str = "round_robin"
-    kv_transfer_bandwidth: float = 64.0      # GB/s (decimal); 0 = no transfer delay
+    # GB/s (decimal); None (unset, Dynamo's default) or 0 = no transfer delay
+    kv_transfer_bandwidth: float | None = None
     kv_bytes_per_token: int | None = None    # bytes of KV per prompt token; None = no delay
     kv_transfer_timing_mode: str = "full_prompt"   # or destination_missing
     prefill_gpus_per_worker: int = 1         # for per-role GPU-hours
@@ -66,7 +74,7 @@ class DisaggConfig:
         if self.num_prefill_workers < 1 or self.num_decode_workers < 1:
             raise ValueError("a disaggregated cluster needs at least one prefill and one "
                              "decode worker")
-        if self.kv_transfer_bandwidth < 0:
+        if self.kv_transfer_bandwidth is not None and self.kv_transfer_bandwidth < 0:
             raise ValueError(f"kv_transfer_bandwidth must be >= 0 GB/s, got "
                              f"{self.kv_transfer_bandwidth}")
         if self.kv_transfer_timing_mode not in TRANSFER_TIMING_MODES:
@@ -97,7 +105,7 @@ class Handoff:
 
     __slots__ = ("req", "src", "src_seq", "dst", "dst_seq", "keys", "source_held_ms",
                  "destination_reserved_ms", "destination_activated_ms", "source_released_ms",
-                 "ready_ms")
+                 "ready_ms", "reservation_order", "attempted_gen")
 
     def __init__(self, req, src, src_seq, held_ms: float) -> None:
         self.req = req                   # the original request (full output length)
@@ -111,3 +119,5 @@ class Handoff:
         self.destination_activated_ms = float("nan")
         self.source_released_ms = float("nan")
         self.ready_ms = float("nan")     # transfer end
+        self.reservation_order = -1      # the run's count of reservations before this one
+        self.attempted_gen = -1          # decode capacity generation of its last failed try

@@ -66,6 +66,8 @@ cdef class Simulation:
     cdef public dict _handoffs
     cdef public dict _orig
     cdef public list _held
+    cdef public long long _reservations
+    cdef public dict _capacity_gen
     cdef public bint _reuse_dst
 
     # The event loop and the per-event paths with their workers and engines typed (C field

@@ -72,6 +72,10 @@ def _src_id(h: Handoff) -> int:
     return h.src.engine.id
 
 
+def _reservation_order(h: Handoff) -> int:
+    return h.reservation_order
+
+
 @dataclass
 class ClusterConfig:
     num_workers: int = 1            # initial active workers
@@ -138,6 +142,9 @@ class Simulation:
         self._handoffs = {}          # request index -> Handoff (disaggregated, in flight)
         self._orig = {}              # request index -> original request (on a prefill worker)
         self._held = []              # handoffs held at this timestamp, not yet routed
+        self._reservations = 0       # destination reservations so far (their order)
+        self._capacity_gen = {}      # decode engine id -> requests that left it (completed,
+                                     # rejected): with its preemptions, its capacity generation
         if disagg is not None:
             # The decode router draws from its own stream: child 2 (0 = router, 1 = workload).
             rng_decode = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
@@ -329,6 +336,13 @@ class Simulation:
         cfg = self.disagg
         while pending:
             h = pending[0]
+            # Dynamo retries a head that failed only once the worker's capacity changed since
+            # (its capacity generation: a request completed or was rejected there, or one was
+            # preempted); an activation alone, whose blocks newly cached might be hits, does
+            # not make it due.
+            gen = self._capacity_gen.get(eng.id, 0) + eng.num_preemptions
+            if h.attempted_gen == gen:
+                return
             got = eng.reserve_remote(h.req, h.keys)
             if got is None:
                 bs = eng.bs
@@ -336,6 +350,7 @@ class Simulation:
                     pending.pop(0)        # can never fit this decode worker
                     self._reject_handoff(h, REASON_KV_CAPACITY)
                     continue
+                h.attempted_gen = gen
                 return
             pending.pop(0)
             w.kv_waits += 1
@@ -343,8 +358,18 @@ class Simulation:
             h.dst_seq.first_admit = h.src_seq.first_admit
             h.dst_seq.reused = h.src_seq.reused
             h.destination_reserved_ms = self.now
-            h.ready_ms = self.now + cfg.delay_ms(h.req.input_length, missing)
-            self._push(h.ready_ms, EV_HANDOFF, h)
+            h.reservation_order = self._reservations
+            self._reservations += 1
+            delay = cfg.delay_ms(h.req.input_length, missing)
+            h.ready_ms = self.now + delay
+            if delay > 0.0:
+                self._push(h.ready_ms, EV_HANDOFF, h)
+                return
+            # A zero-time transfer (no bytes per token, or bandwidth 0): Dynamo activates
+            # the destination in the reservation's own step, not at a later pass boundary.
+            self._activate(h)
+            if not eng.busy:
+                self._dirty.append(w)
             return
 
     def _on_transfer_done(self, h: Handoff) -> None:
@@ -411,14 +436,20 @@ class Simulation:
             rel, w.releases = w.releases, []
             for h in rel:
                 self._release_source(h)
-        if w.transferred:
-            done, w.transferred = w.transferred, []
-            for h in done:
-                self._activate(h)
         if w.pending:
             self._reserve_pending(w)
+        if w.transferred:
+            done, w.transferred = w.transferred, []
+            if len(done) > 1:
+                # Transfers that ended during the pass are activated in the order they
+                # were reserved, not the order they ended (Dynamo 1.6.1: the queue order,
+                # hence the running order and LIFO preemption's victim, follows it).
+                done.sort(key=_reservation_order)
+            for h in done:
+                self._activate(h)
 
     def _on_decode_finished(self, eng: Engine, s, status: int) -> None:
+        self._capacity_gen[eng.id] = self._capacity_gen.get(eng.id, 0) + 1
         self.decode_router.on_finished(eng, s, self.now)
         self._release_followers(s.req)
 

@@ -461,3 +461,155 @@ def test_bad_tp_per_role_one_line_exit_2(trace, capsys, args, flag):
     assert rc == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert flag in err, err
+
+
+# -- s7: zero-time transfers, the unset bandwidth, one KV size per token ------------------------
+
+def _load(n: int = 40, seed: int = 3) -> list:
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(40.0, n))
+    return [req(i, float(t[i]), int(rng.integers(200, 3000)), int(rng.integers(1, 40)))
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("bw, bpt", [(0.0, 262_144), (None, 262_144), (64.0, None),
+                                     (None, None)])
+def test_zero_time_transfer_activates_at_reservation(bw, bpt):
+    """No transfer delay (bandwidth 0 or unset, or no KV size): Dynamo activates each
+    handoff in the step that reserves it (tests/test_disagg_parity.py, zero-delay case);
+    ours waited for the decode worker's next pass boundary."""
+    res = _run(_load(), _disagg(1, 1, bw=bw, bpt=bpt))
+    hand = res.metrics.handoffs
+    busy = 0
+    for h in hand.values():
+        assert h[4] == h[3]                  # destination_activated_ms == reserved_ms
+        busy += h[3] > h[2]                  # reservations that waited for a boundary
+    assert busy > 0                          # the load queues some handoffs on the decode worker
+    assert res.summary["totals"]["completed_requests"] == 40
+
+
+def test_nonzero_transfer_still_activates_at_a_pass_boundary():
+    """With a delay, the transfer's end only makes the copy ready: it is activated at the
+    decode worker's first pass boundary at or after it (so later than the end when busy)."""
+    d = _disagg(1, 1, bw=64.0, bpt=262_144)
+    reqs = _load()
+    res = _run(reqs, d)
+    late = 0
+    for i, h in res.metrics.handoffs.items():
+        end = h[3] + d.delay_ms(reqs[i].input_length, 0)
+        assert h[4] >= end - 1e-9
+        late += h[4] > end + 1e-9
+    assert late > 0
+
+
+def test_unset_bandwidth_is_dynamos_no_delay_default():
+    """Dynamo 1.6.1's mocker leaves kv_transfer_bandwidth unset (None: its --help says "the
+    AISimulate engine default"), and an unset bandwidth charges no transfer time: its replay
+    with --kv-bytes-per-token alone equals --kv-transfer-bandwidth 0 request by request."""
+    from sim.config import disagg_config, parse_config
+    assert DisaggConfig().kv_transfer_bandwidth is None
+    cfg = parse_config({"workload": {"kind": "mooncake", "path": "x.jsonl"},
+                        "disagg": {"num_prefill_workers": 1, "num_decode_workers": 1,
+                                   "kv_bytes_per_token": 262_144}})
+    d = disagg_config(cfg)
+    assert d.kv_transfer_bandwidth is None and d.delay_ms(4096, 4096) == 0.0
+    unset = _run(_load(), _disagg(1, 1, bw=None)).metrics.columns()
+    zero = _run(_load(), _disagg(1, 1, bw=0.0)).metrics.columns()
+    assert all(np.array_equal(unset[k], zero[k], equal_nan=True) for k in unset)
+
+
+def _ttft_mean(capsys, args) -> tuple[float, dict]:
+    import json
+    assert main(["simulate", *args, "--json", "--quiet"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    return doc["latency_ms"]["ttft"]["mean"], doc["config"]
+
+
+@pytest.mark.parametrize("yaml_bytes", [1000, None])
+def test_kv_bytes_flag_overrides_yaml_disagg_kv_bytes(trace, tmp_path, capsys, yaml_bytes):
+    """--kv-bytes-per-token overrides YAML disagg.kv_bytes_per_token (as
+    --kv-transfer-bandwidth overrides disagg.kv_transfer_bandwidth), and the resolved config
+    holds one value (s7 trial, item 3: the YAML won silently and both values were kept)."""
+    y = tmp_path / "d.yaml"
+    extra = "" if yaml_bytes is None else f"  kv_bytes_per_token: {yaml_bytes}\n"
+    y.write_text(f"workload: {{kind: mooncake, path: {trace}}}\n"
+                 "disagg:\n  num_prefill_workers: 1\n  num_decode_workers: 1\n"
+                 f"  kv_transfer_bandwidth: 1\n{extra}")
+    flag = ["--kv-bytes-per-token", "4000000"]
+    via_yaml, cfg = _ttft_mean(capsys, ["--config", str(y), *flag])
+    alone, _ = _ttft_mean(capsys, ["--trace", trace, "--num-prefill-workers", "1",
+                                   "--num-decode-workers", "1", "--kv-transfer-bandwidth", "1",
+                                   *flag])
+    assert via_yaml == alone
+    assert cfg["disagg"]["kv_bytes_per_token"] == cfg["engine"]["kv_cache_bytes_per_token"] \
+        == 4_000_000
+    if yaml_bytes is not None:      # and the flag changed the run
+        without, _ = _ttft_mean(capsys, ["--config", str(y)])
+        assert without != via_yaml
+
+
+def test_conflicting_kv_sizes_in_yaml_are_an_error(trace, tmp_path, capsys):
+    y = tmp_path / "c.yaml"
+    y.write_text(f"workload: {{kind: mooncake, path: {trace}}}\n"
+                 "engine: {kv_cache_bytes_per_token: 1000}\n"
+                 "disagg:\n  num_prefill_workers: 1\n  num_decode_workers: 1\n"
+                 "  kv_bytes_per_token: 262144\n")
+    rc = main(["simulate", "--config", str(y)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "disagg.kv_bytes_per_token" in err and "c.yaml" in err and "1000" in err
+
+
+def _fixed_run(reqs, **decode):
+    mode = decode.pop("mode", "full_prompt")
+    d = DisaggConfig(num_prefill_workers=1, num_decode_workers=1,
+                     prefill_engine=EngineConfig(block_size=16, num_gpu_blocks=1000),
+                     decode_engine=EngineConfig(**{"block_size": 16, "num_gpu_blocks": 1000,
+                                                   **decode}),
+                     kv_transfer_bandwidth=1.0, kv_bytes_per_token=1_000_000,  # 1 ms/token
+                     kv_transfer_timing_mode=mode)
+    return Simulation(ListWorkload(reqs), engine=EngineConfig(), timing=FixedTiming(10.0, 10.0),
+                      disagg=d, exact=True, check_invariants=True).run()
+
+
+def test_transfers_ending_in_one_pass_activate_in_reservation_order():
+    """Request 0 decodes throughout on a decode worker with one more slot (max_num_seqs 2).
+    A (28 tokens, 28 ms) is reserved at 64 ms, B (12 tokens, 12 ms) at 74 ms; B's transfer
+    ends first (86 < 92) but both are activated at the 94 ms boundary in reservation order,
+    so A takes the free slot (Dynamo's order; s7 trial item 6: with transfer-end order LIFO
+    preemption picked another victim)."""
+    res = _fixed_run([req(0, 0.0, 4, 200), req(1, 50.0, 28, 5), req(2, 50.0, 12, 5)],
+                     max_num_seqs=2)
+    h = res.metrics.handoffs
+    assert (h[1][3], h[2][3]) == (64.0, 74.0) and h[1][4] == h[2][4] == 94.0
+    c = res.metrics.columns()
+    first = dict(zip(c["request_index"].tolist(), c["first_token_ms"].tolist()))
+    assert first[1] == 104.0 and first[2] > first[1]
+
+
+def test_boundary_reserves_before_it_activates():
+    """A and B have the same 64-token prompt (destination_missing timing). B's handoff waits
+    for the 136 ms boundary, where A's transfer (ended at 130) is activated: B is reserved
+    first, so it cannot pin the blocks A's activation caches and moves all 64 tokens
+    (Dynamo's order; s7 trial item 6). Reserving after the activation would pin all four
+    blocks and activate B at once."""
+    res = _fixed_run([req(0, 0.0, 4, 300), req(1, 50.0, 64, 3, hash_ids=[7]),
+                      req(2, 120.0, 64, 3, hash_ids=[7])], mode="destination_missing")
+    h = res.metrics.handoffs
+    assert h[1][2:] == [60.0, 66.0, 136.0, 136.0]
+    assert h[2][2:] == [130.0, 136.0, 206.0, 206.0]
+
+
+def test_failed_reservation_waits_for_a_capacity_change():
+    """An 8-block decode worker: request 0 decodes there, A's 4 blocks are reserved at 64 ms;
+    B (A's prompt) fails at 114 ms (3 blocks free). A's activation at 134 ms caches the
+    blocks B could pin, but an activation frees nothing: B is retried only when the worker's
+    capacity changes, A completing at 164 ms (Dynamo's capacity generation; s7 trial
+    item 6). Retrying after the activation would reserve B at 134 ms."""
+    res = _fixed_run([req(0, 0.0, 4, 20), req(1, 50.0, 64, 3, hash_ids=[7]),
+                      req(2, 100.0, 64, 3, hash_ids=[7])], num_gpu_blocks=8)
+    h = res.metrics.handoffs
+    c = res.metrics.columns()
+    last = dict(zip(c["request_index"].tolist(), c["last_token_ms"].tolist()))
+    assert h[1][2:] == [60.0, 64.0, 134.0, 134.0] and last[1] == 164.0
+    assert h[2][2:4] == [110.0, 164.0]

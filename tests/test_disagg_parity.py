@@ -18,6 +18,8 @@ driver ``peer/dynosim_peer.py`` ($DYNOSIM_SHARED) in the venv of $DYNOSIM_PEER_V
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -155,6 +157,77 @@ def test_decode_pressure_matches_dynamo_request_by_request(mode: str, peer_py: P
     assert want["completed_requests"] == want["num_requests"] == 339
     assert got["completed_requests"] == 339 and got["rejected_requests"] == 0
     assert got["num_preemptions"] == 6          # the case exercises decode-side readmissions
+    for metric in ("ttft", "itl", "e2e_latency"):
+        for stat, w in peer["latency_ms"][metric].items():
+            assert result.summary["latency_ms"][metric][stat] == pytest.approx(
+                w, rel=1e-9, abs=1e-12), (metric, stat)
+
+
+# -- s7 new-user trial: zero-time transfers, the unset bandwidth, a small decode pool ----------
+# Traces: the trial's generator (peer/gen_mooncake_trace.py, standard library only): ~4k-token
+# prompts in 16 prefix groups at 10 req/s; its first 30 s (284 requests) and the trial's whole
+# 90 s trace (866 requests).
+GEN_SCRIPT = SHARED / "peer" / "gen_mooncake_trace.py"
+GEN_ARGS = ["--rate", "10", "--isl", "4096", "--osl", "200", "--len-dist", "lognormal",
+            "--prefix-groups", "16", "--shared-prefix-blocks", "4", "--seed", "11"]
+PRESSURE_2048 = {"kv_bytes_per_token": 262144, "kv_transfer_bandwidth": 64.0,
+                 "decode_engine": {"num_gpu_blocks": 2048}}
+PRESSURE_2048_FLAGS = ["--kv-bytes-per-token", "262144", "--kv-transfer-bandwidth", "64",
+                       "--decode-engine-args-json", '{"num_gpu_blocks": 2048}']
+#: name -> (trace seconds, pools, our disagg overrides, Dynamo's flags, requests, preemptions)
+S7_CASES = {
+    # (item 1) no KV size: zero-time handoffs, activated in the reservation's step
+    "no_bytes_1p1d": (30, (1, 1), {}, [], 284, 0),
+    "no_bytes_2p2d": (30, (2, 2), {}, [], 284, 0),
+    # (item 1) bandwidth 0 with a KV size: the same
+    "bw0_1p1d": (30, (1, 1), {"kv_bytes_per_token": 262144, "kv_transfer_bandwidth": 0.0},
+                 ["--kv-bytes-per-token", "262144", "--kv-transfer-bandwidth", "0"], 284, 0),
+    # (item 2) a KV size and no bandwidth: Dynamo's unset default, no delay; ours was 64 GB/s
+    "bw_unset_1p1d": (30, (1, 1), {"kv_bytes_per_token": 262144},
+                      ["--kv-bytes-per-token", "262144"], 284, 0),
+    # (item 6) a 2,048-block decode worker at 64 GB/s. 30 s: transfers ending in one pass
+    # are activated in reservation order (LIFO preemption picks the last of them). 90 s
+    # also: a pass boundary retries the pending head before it activates the transfers
+    # that ended (so the head cannot hit their blocks), and a head that failed is retried
+    # only after the worker's capacity changed (not after an activation alone).
+    "pressure_2048_30s": (30, (1, 1), PRESSURE_2048, PRESSURE_2048_FLAGS, 284, 15),
+    "pressure_2048_90s": (90, (1, 1), PRESSURE_2048, PRESSURE_2048_FLAGS, 866, 59),
+}
+
+
+@pytest.fixture(scope="module")
+def s7_traces(tmp_path_factory) -> dict[int, Path]:
+    if not GEN_SCRIPT.is_file():
+        pytest.skip("the trace generator peer/gen_mooncake_trace.py not found (DYNOSIM_SHARED)")
+    out = {}
+    for seconds in (30, 90):
+        out[seconds] = tmp_path_factory.mktemp("s7") / f"gen{seconds}.jsonl"
+        subprocess.run([sys.executable, str(GEN_SCRIPT), "--duration-s", str(seconds),
+                        *GEN_ARGS, "-o", str(out[seconds])], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("name", list(S7_CASES))
+def test_s7_cases_match_dynamo_request_by_request(name: str, s7_traces: dict[int, Path],
+                                                   peer_py: Path) -> None:
+    seconds, (n_p, n_d), over, flags, n_requests, n_preempted = S7_CASES[name]
+    trace = s7_traces[seconds]
+    with tempfile.TemporaryDirectory() as tmp:
+        requests = Path(tmp) / "s7.requests.jsonl"
+        cmd = [str(peer_py), str(PEER_SCRIPT), "trace", str(trace), "--router-mode",
+               "round_robin", "--num-prefill-workers", str(n_p), "--num-decode-workers",
+               str(n_d), "--block-size", "64", *flags, "--per-request-jsonl", str(requests)]
+        cfg = parse_config({"workload": {"kind": "mooncake", "path": str(trace)},
+                            "engine": {"block_size": 64},
+                            "disagg": {"num_prefill_workers": n_p, "num_decode_workers": n_d,
+                                       **over}})
+        result, peer = replay_beside_peer(cmd, lambda: build_simulation(cfg).run(), Path(tmp))
+        records = [json.loads(line) for line in open(requests)]
+        compare_disagg_requests(result, records)
+    got = result.summary["totals"]
+    assert got["completed_requests"] == peer["totals"]["completed_requests"] == n_requests
+    # Dynamo's preemptions: its decode readmissions
+    assert got["num_preemptions"] == sum(r["readmission_count"] for r in records) == n_preempted
     for metric in ("ttft", "itl", "e2e_latency"):
         for stat, w in peer["latency_ms"][metric].items():
             assert result.summary["latency_ms"][metric][stat] == pytest.approx(

@@ -17,7 +17,8 @@ import dynosim_gym  # noqa: F401  (registers the envs)
 from dynosim_gym.config import load_env_config
 from dynosim_gym.monitor import Interval
 from dynosim_gym.observations import (ALL_FEATURES, CAPACITY_FEATURES, FEATURES,
-                                      EngineCapacity, capacity_values)
+                                      WORK_FEATURES, EngineCapacity, capacity_values,
+                                      work_values)
 from sim.errors import InputError
 from sim.timing import FixedTiming
 
@@ -207,6 +208,97 @@ def test_round6_recipe_observes_load_relative_to_capacity() -> None:
     assert {k: v for k, v in r6.items() if k != "env_kwargs"} == \
         {k: v for k, v in r5.items() if k != "env_kwargs"}
     assert {k: v for k, v in r6["env_kwargs"].items() if k != "observation"} == r5["env_kwargs"]
+
+
+# -- round 7: request counts relative to one worker's decode batch (WORK_FEATURES) -------------
+
+def test_work_features_on_a_hand_made_interval() -> None:
+    # FixedTiming: every decode pass takes DECODE_MS (< the 50 ms ITL SLA), so the largest
+    # batch meeting the SLA is MAX_SEQS (8) sequences
+    cap = _capacity()
+    assert cap.decode_batch(8000.0, 400.0) == MAX_SEQS
+    iv = Interval(0.0, 5.0, arrived=50, mean_isl=8000.0, mean_osl=400.0, active=2,
+                  running=12, queued=20)
+    vals = dict(zip(WORK_FEATURES, work_values(iv, cap, 8000.0, 400.0)))
+    assert vals["running_batches"] == pytest.approx(math.log1p(12 / 8), rel=1e-12)
+    assert vals["running_batches_per_active"] == pytest.approx(math.log1p(12 / 8 / 2),
+                                                               rel=1e-12)
+    assert vals["queued_batches"] == pytest.approx(math.log1p(20 / 8), rel=1e-12)
+    # no active worker counts as one; nothing running or waiting is 0
+    idle = Interval(0.0, 5.0, active=0, running=8)
+    v = dict(zip(WORK_FEATURES, work_values(idle, cap, 1.0, 1.0)))
+    assert v["running_batches_per_active"] == v["running_batches"] == pytest.approx(
+        math.log1p(1.0))
+    assert v["queued_batches"] == 0.0
+
+
+def test_work_features_follow_the_batch_the_itl_sla_allows() -> None:
+    """A slower decode pass (over the ITL SLA beyond a batch) makes the same running count
+    more workers' worth: the count is relative to capacity, not to the budget."""
+    class Slower(FixedTiming):
+        def decode_ms(self, batch, kv_tokens, active_kv, capacity):   # 5 ms + 9 per sequence
+            return 5.0 + 9.0 * batch
+    slow = EngineCapacity(Slower(PREFILL_MS, DECODE_MS), ENGINE, 1500.0, 50.0)
+    assert slow.decode_batch(2000.0, 200.0) == 5             # 5 + 5 x 9 ms = the SLA
+    iv = Interval(0.0, 5.0, running=10, queued=5, active=1)
+    fast = dict(zip(WORK_FEATURES, work_values(iv, _capacity(), 2000.0, 200.0)))
+    slowv = dict(zip(WORK_FEATURES, work_values(iv, slow, 2000.0, 200.0)))
+    assert slowv["running_batches"] == pytest.approx(math.log1p(10 / 5))
+    assert fast["running_batches"] == pytest.approx(math.log1p(10 / 8))
+    assert slowv["queued_batches"] == pytest.approx(math.log1p(1.0))
+
+
+def test_work_features_in_the_env_use_the_latest_arrivals_mix() -> None:
+    """In the env each step's work features are the interval's counts over the decode batch
+    at the mean ISL/OSL of the latest interval with arrivals (carried over quiet ones)."""
+    names = ["running_batches", "running_batches_per_active", "queued_batches",
+             "running_requests"]
+    env = gym.make("DynoSim-v0", **{FEATURES_KEY: names})
+    u = env.unwrapped
+    env.reset(seed=3)
+    cap = u.obs_builder.engine
+    mix, checked = None, 0
+    for t in range(60):
+        obs, *_ = env.step((t * 3 + 1) % env.action_space.n)
+        iv = u._last
+        if iv.arrived:
+            mix = (iv.mean_isl, iv.mean_osl)
+        b = cap.decode_batch(*mix)
+        assert obs[0] == np.float32(math.log1p(iv.running / b))
+        assert obs[1] == np.float32(math.log1p(iv.running / b / max(iv.active, 1)))
+        assert obs[2] == np.float32(math.log1p(iv.queued / b))
+        checked += iv.running > 0
+    env.close()
+    assert checked > 10 and b > 1          # the episode ran sequences, in batches of several
+
+
+@pytest.mark.parametrize("bad, hint", [("running_batch", "running_batches"),
+                                       ("queued_batchs", "queued_batches")])
+def test_unknown_work_feature_is_a_one_line_error(bad, hint) -> None:
+    with pytest.raises(InputError) as exc:
+        load_env_config("autoscale_default", **{FEATURES_KEY: ["active_workers", bad]})
+    assert exc.value.field == FEATURES_KEY and "\n" not in str(exc.value)
+    assert f"did you mean '{hint}'" in str(exc.value)
+
+
+def test_round7_recipe_replaces_only_the_request_counts() -> None:
+    """``ppo_round7.yml`` = round 6 with queued_requests_per_active, queued_requests and
+    running_requests replaced by :data:`WORK_FEATURES` (README, round 7), nothing else."""
+    from pathlib import Path
+
+    from agents.train import load_hyperparams
+    root = Path(__file__).resolve().parents[1] / "agents" / "hyperparams"
+    r7 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round7.yml")
+    r6 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round6.yml")
+    n7 = load_env_config("autoscale_default", **r7["env_kwargs"]).env.observation.features
+    n6 = r6["env_kwargs"]["observation"]["features"]
+    counts = {"queued_requests_per_active", "queued_requests", "running_requests"}
+    assert not counts & set(n7) and set(WORK_FEATURES) <= set(n7)
+    assert set(n7) - set(WORK_FEATURES) == set(n6) - counts and len(n7) == len(n6)
+    assert {k: v for k, v in r7.items() if k != "env_kwargs"} == \
+        {k: v for k, v in r6.items() if k != "env_kwargs"}
+    assert {k: v for k, v in r7["env_kwargs"].items() if k != "observation"} == \
+        {k: v for k, v in r6["env_kwargs"].items() if k != "observation"}
 
 
 def test_round8_recipe_observes_no_absolute_load_level() -> None:

@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_disaggregated_point_reproduces_with_its_command(tmp_path, capsys):
     point = next(p for p in sweeps.make_points("pareto", ns) if p["kind"] == "disagg")
     sweeps.write_csv([sweeps.run_point(point)], tmp_path / "p.csv")
     row = sweeps.read_csv(tmp_path / "p.csv")[0]
-    argv = row["command"].split()[2:]
+    argv = shlex.split(row["command"])[2:]
     assert main(["simulate", *[a for a in argv if a != "--quiet"], "--json", "--quiet"]) == 0
     doc = json.loads(capsys.readouterr().out)
     s = doc.get("summary") or doc

@@ -1292,11 +1292,27 @@ def front_axes(obj: Objective) -> tuple[str, str, bool]:
     return obj.field, y, lower_better
 
 
+def distinct_complete(records) -> list[dict[str, Any]]:
+    """The complete candidates, one per distinct configuration (the sampler may draw one
+    several times; it replays to the same numbers): the first trial's record, with
+    ``hits``, the number of complete trials that drew it."""
+    first: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["status"] == "complete":
+            key = json.dumps(r["params"], sort_keys=True, default=str)
+            if key in first:
+                first[key]["hits"] += 1
+            else:
+                first[key] = {**r, "hits": 1}
+    return list(first.values())
+
+
 def front_rows(records, obj: Objective) -> list[dict[str, Any]]:
     """The Pareto front (:func:`front_axes`) of the complete feasible candidates (of all
-    complete ones when none is feasible), by objective."""
+    complete ones when none is feasible), one row per distinct configuration
+    (:func:`distinct_complete`), by objective."""
     x, y, ylow = front_axes(obj)
-    done = [r for r in records if r["status"] == "complete"]
+    done = distinct_complete(records)
     done = [r for r in done if r["violation"] == 0] or done    # else: the closest ones
     sx = -1.0 if obj.maximise else 1.0
     sy = 1.0 if ylow else -1.0
@@ -1343,7 +1359,8 @@ def plot_front(records, obj: Objective, path: Path, title: str,
     x, y, _ = front_axes(obj)
     fig = Figure(figsize=(7.2, 4.8), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    done = [r for r in records if r["status"] == "complete"]
+    done = distinct_complete(records)
+    n_complete = sum(r["hits"] for r in done)
     ceiling = next((4.0 * limit for f, op, limit in obj.constraints
                     if f == y and op in ("<=", "<") and limit > 0), None)
     above: list[tuple[float, float]] = []        # (x, drawn y) of points above the clip
@@ -1365,7 +1382,8 @@ def plot_front(records, obj: Objective, path: Path, title: str,
         ax.scatter(xs, ys(xs, vals), **kw)
     xs = [r["values"].get(x, math.nan) for r in done]
     scatter(xs, [r["values"].get(y, math.nan) for r in done], s=9, color="0.65",
-            alpha=0.6, label=f"complete candidates ({len(done)})", zorder=1)
+            alpha=0.6, label=f"complete candidates ({len(done)} distinct of "
+            f"{plural(n_complete, 'trial')})", zorder=1)
     fr = front_rows(records, obj)
     if fr:
         xs = [r["values"][x] for r in fr]
@@ -1559,7 +1577,10 @@ def run(args: argparse.Namespace) -> int:
     if args.compare is not None:
         compare = read_compare(args.compare)
     out = _check_out(args.out)
-    setup = Setup(args.trace, space, objective, rungs, args.arrival_speedup_ratio, args.seed,
+    # Absolute, as the trials may run elsewhere: Ray Tune runs each in its own working dir.
+    trace = args.trace if args.trace.startswith("bundled:") else \
+        str(Path(args.trace).resolve())
+    setup = Setup(trace, space, objective, rungs, args.arrival_speedup_ratio, args.seed,
                   early_stop=args.early_stop, check_s=args.check_s, sampler=args.sampler)
     bar = None
     if not args.quiet and sys.stderr.isatty():
@@ -1622,9 +1643,9 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
     with open(out / "front.csv", "w", encoding="utf-8", newline="") as fh:
         keys = [k for k in SPACE_KEYS if k in setup.space.dims]
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["trial", x, y, *keys])
+        w.writerow(["trial", "trials", x, y, *keys])   # trials: how many drew it
         for r in fr:
-            w.writerow([r["trial"], _fmt(r["values"][x]), _fmt(r["values"][y]),
+            w.writerow([r["trial"], r["hits"], _fmt(r["values"][x]), _fmt(r["values"][y]),
                         *(_fmt(r["params"].get(k)) for k in keys)])
     by = {s: sum(r["status"] == s for r in records) for s in STATUSES}
     requests = sum(int(r.get("requests") or 0) for r in records)
@@ -1665,15 +1686,19 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
                                                "command": cmd}}
     (out / "search.json").write_text(json.dumps(info, indent=1, default=str,
                                                 allow_nan=True) + "\n")
+    repeats = (f" ({plural(reused, 'repeat')} of an earlier candidate, not replayed)"
+               if reused else "")
     print(f"dynosim search: {plural(len(records), 'candidate')} in {wall:.1f} s on {cpus} "
           f"CPU{'s' if cpus != 1 else ''} ({args.executor}): {by['complete']} complete, "
           f"{by['pruned']} stopped early, {by['failed']} failed"
-          f"{f' ({reused} repeats of an earlier candidate, not replayed)' if reused else ''}; "
+          f"{repeats}; "
           f"{requests:,} simulated requests ({requests / wall:,.0f}/s)")
     for r in [r for r in records if r["status"] == "failed"][:3]:
         print(f"  failed trial {r['trial']} {json.dumps(r['params'], sort_keys=True)}: "
               f"{r['error']}")
-    print(f"  Pareto front ({x} vs {y}): {plural(len(fr), 'candidate')} -> {out / 'front.csv'}, "
+    hits = sum(r["hits"] for r in fr)
+    print(f"  Pareto front ({x} vs {y}): {plural(len(fr), 'distinct candidate')}"
+          f"{f' (drawn by {hits} trials)' if hits != len(fr) else ''} -> {out / 'front.csv'}, "
           f"{out / 'front.png'}")
     if best is None:
         print("dynosim: error: no candidate completed (all failed or stopped); see "

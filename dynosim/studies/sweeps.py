@@ -33,6 +33,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -123,15 +124,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-sim-time-s", type=_positive_float, default=None, metavar="S",
                    help="stop every run at this simulated time (default: drain the trace; "
                    f"{QUICK_WINDOW_S:g} with --quick)")
-    g.add_argument("--kv-transfer-bandwidth", type=_positive_float, default=KV_TRANSFER_GBPS,
-                   metavar="GBPS", help="pareto, disaggregated points: prefill->decode KV "
-                   f"bandwidth, GB/s (default {KV_TRANSFER_GBPS:g}, Dynamo's)")
-    g.add_argument("--kv-bytes-per-token", type=_jobs, default=KV_BYTES_PER_TOKEN, metavar="B",
-                   help="pareto, disaggregated points: KV bytes of one token (default "
-                   f"{KV_BYTES_PER_TOKEN:,}, Qwen3-32B bf16)")
     g.add_argument("--ttft-limit-ms", type=_positive_float, default=TTFT_SLA_MS, metavar="MS",
                    help="p90 TTFT limit of the optimum/cliff criteria (default: the SLA, "
                    f"{TTFT_SLA_MS:g})")
+    # pareto only (its disaggregated points): interval and cold-start refuse them, rather
+    # than taking and ignoring them
+    pareto_only = argparse.ArgumentParser(add_help=False)
+    gp = pareto_only.add_argument_group("pareto options (disaggregated points)")
+    gp.add_argument("--kv-transfer-bandwidth", type=_positive_float, default=KV_TRANSFER_GBPS,
+                    metavar="GBPS", help="prefill->decode KV bandwidth, GB/s (default "
+                    f"{KV_TRANSFER_GBPS:g}, Dynamo's)")
+    gp.add_argument("--kv-bytes-per-token", type=_jobs, default=KV_BYTES_PER_TOKEN,
+                    metavar="B", help="KV bytes of one token (default "
+                    f"{KV_BYTES_PER_TOKEN:,}, Qwen3-32B bf16)")
     kw = {}
     if getattr(subparsers, "_parser_class", None) is not None:
         kw["parser_class"] = subparsers._parser_class
@@ -140,7 +145,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               "on H200, vLLM timing, KV router, SLA TTFT 1500 ms / ITL 50 ms, "
                               "16-GPU budget, 2 initial workers).")
     sub = s.add_subparsers(dest="study", metavar="STUDY", required=True, **kw)
-    sub.add_parser("pareto", parents=[common],
+    sub.add_parser("pareto", parents=[common, pareto_only],
                    help="static aggregated and disaggregated (xPyD) deployments vs planners: "
                    "GPU-hours vs p90 TTFT")
     sub.add_parser("interval", parents=[common],
@@ -308,9 +313,15 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
         "output_tok_s_per_gpu": out_tok_s / avg_gpus if avg_gpus and avg_gpus > 0 else math.nan,
         "output_tok_s_per_user": _num(per_user), "duration_s": duration_s,
         "wall_s": round(wall, 3),
-        "command": "dynosim simulate " + " ".join(point["argv"]),
+        "command": command_line(point["argv"]),
     })
     return row
+
+
+def command_line(argv: list[str]) -> str:
+    """The ``dynosim simulate`` command of a point's flags, shell-quoted (``shlex.join``), so
+    the CSV's ``command`` pastes into a shell as is (``--planner-config-json`` JSON)."""
+    return shlex.join(["dynosim", "simulate", *argv])
 
 
 # -- analysis (pure functions on rows) -------------------------------------------------------
@@ -356,6 +367,43 @@ def cold_start_cliff(rows: Iterable[dict[str, Any]],
         if _bad(r["p90_ttft_ms"]) or float(r["p90_ttft_ms"]) > ttft_limit_ms:
             return float(r["startup_s"])
     return None
+
+
+def cold_start_verdict(rows: Sequence[dict[str, Any]],
+                       ttft_limit_ms: float = TTFT_SLA_MS) -> tuple[str, float | None]:
+    """The cold-start study's verdict line and the startup time to mark (the cliff, or
+    None): a p90 over the limit already at the shortest startup time swept is no cliff."""
+    cliff = cold_start_cliff(rows, ttft_limit_ms)
+    if cliff is None:
+        return f"cliff: none (p90 TTFT <= {ttft_limit_ms:g} ms at every startup time)", None
+    if cliff == min(float(r["startup_s"]) for r in rows):
+        return (f"cliff: none (p90 TTFT > {ttft_limit_ms:g} ms already at the shortest "
+                f"startup time, {cliff:g} s)"), None
+    return f"cliff: startup {cliff:g} s (first with p90 TTFT > {ttft_limit_ms:g} ms)", cliff
+
+
+def plot_study(study: str, rows: Sequence[dict[str, Any]], png_path: Path, setup: str,
+               limit: float = TTFT_SLA_MS) -> str:
+    """Draw a study's PNG from its rows (those of its CSV: :func:`read_csv`); returns the
+    verdict line (interval: the optimum; cold-start: the cliff; pareto: empty). ``setup``
+    describes the run in the title."""
+    if study == "pareto":
+        plot_pareto(rows, png_path, f"pareto: {setup}")
+        return ""
+    if study == "interval":
+        best = optimum_interval(rows, limit)
+        mark = None if best is None else float(best["interval_s"])
+        verdict = ("optimum: none (no interval keeps p90 TTFT <= "
+                   f"{limit:g} ms)" if best is None else
+                   f"optimum: interval {best['interval_s']:g} s (fewest GPU-hours, "
+                   f"{best['gpu_hours']:.2f}, with p90 TTFT <= {limit:g} ms)")
+        plot_scan(rows, png_path, "interval_s", "load adjustment interval (s, log)",
+                  f"interval: {setup}; {verdict}", True, mark, "optimum")
+        return verdict
+    verdict, cliff = cold_start_verdict(rows, limit)
+    plot_scan(rows, png_path, "startup_s", "worker startup time (s)",
+              f"cold-start: {setup}; {verdict}", False, cliff, "cliff")
+    return verdict
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -429,7 +477,12 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
     def tag(ax, r, x, y, color):
         if math.isfinite(x) and math.isfinite(y):
-            tags[ax][0].append(ax.text(x, y, short_label(r), fontsize=6.5, color=color))
+            # over the lines and markers, on a white ground: a frontier crossing a name
+            # does not hide its letters
+            tags[ax][0].append(ax.text(x, y, short_label(r), fontsize=6.5, color=color,
+                                       zorder=6, bbox={"boxstyle": "square,pad=0.1",
+                                                       "fc": "white", "ec": "none",
+                                                       "alpha": 0.8}))
             tags[ax][1].append((x, y))
 
     def ttft(r):
@@ -475,12 +528,12 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
                     color)
     for kind, marker, color in (("load", "*", "C3"), ("throughput", "X", "C5")):
         sel = [r for r in rows if r["kind"] == kind]
-        if sel:
-            a1.scatter([r["gpu_hours"] for r in sel], [ttft(r) for r in sel],
-                       marker=marker, s=160, color=color, label=f"{kind} planner", zorder=3)
+        if sel:       # hollow: a static point under a planner's marker stays visible
+            style = dict(marker=marker, s=160, facecolors="none", edgecolors=color,
+                         linewidths=1.5, label=f"{kind} planner", zorder=3)
+            a1.scatter([r["gpu_hours"] for r in sel], [ttft(r) for r in sel], **style)
             a2.scatter([r["output_tok_s_per_user"] for r in sel],
-                       [r["output_tok_s_per_gpu"] for r in sel], marker=marker, s=160,
-                       color=color, label=f"{kind} planner", zorder=3)
+                       [r["output_tok_s_per_gpu"] for r in sel], **style)
     a1.axhline(TTFT_SLA_MS, color="gray", ls=":", lw=1, label=f"TTFT SLA {TTFT_SLA_MS:g} ms")
     # Overloaded deployments drain their backlog for hours (GPU-hours far beyond the
     # budget's hour): keep the axis on the frontiers and say what is off it.
@@ -538,7 +591,6 @@ def plot_scan(rows: Sequence[dict[str, Any]], path: Path, x: str, xlabel: str, t
     b3.set_ylabel("GPU-hours")
     h1, l1 = a3.get_legend_handles_labels()
     h2, l2 = b3.get_legend_handles_labels()
-    a3.legend(h1 + h2, l1 + l2, fontsize=7)
     for a in (a1, a2, a3):
         if logx:
             a.set_xscale("log")
@@ -546,8 +598,14 @@ def plot_scan(rows: Sequence[dict[str, Any]], path: Path, x: str, xlabel: str, t
         a.grid(True, which="both", alpha=0.3)
         if mark is not None:
             a.axvline(mark, color="C3", ls=":", lw=1.5, label=mark_label)
-    a1.legend(fontsize=7)
-    a2.legend(fontsize=7)
+    # legends above the panels, never over a point (a3's "best" place could not see the
+    # twin axis's GPU-hours points)
+    above = dict(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=7, ncol=3,
+                 frameon=False)
+    a1.legend(**above)
+    a2.legend(**above)
+    h3, l3 = a3.get_legend_handles_labels()
+    a3.legend(h1 + h2 + h3[len(h1):], l1 + l2 + l3[len(l1):], **above)
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110)
 
@@ -656,26 +714,7 @@ def run(args: argparse.Namespace) -> int:
     window = _window(args)
     setup = (f"{MODEL} on {GPU} ({BACKEND}), KV router, trace {args.trace} x{speed:g}"
              + (f", first {window:g} s" if window else ""))
-    limit = args.ttft_limit_ms
-    verdict = ""
-    if study == "pareto":
-        plot_pareto(rows, png_path, f"pareto: {setup}")
-    elif study == "interval":
-        best = optimum_interval(rows, limit)
-        mark = None if best is None else float(best["interval_s"])
-        verdict = ("optimum: none (no interval keeps p90 TTFT <= "
-                   f"{limit:g} ms)" if best is None else
-                   f"optimum: interval {best['interval_s']:g} s (fewest GPU-hours, "
-                   f"{best['gpu_hours']:.2f}, with p90 TTFT <= {limit:g} ms)")
-        plot_scan(rows, png_path, "interval_s", "load adjustment interval (s, log)",
-                  f"interval: {setup}; {verdict}", True, mark, "optimum")
-    else:
-        cliff = cold_start_cliff(rows, limit)
-        verdict = (f"cliff: none (p90 TTFT <= {limit:g} ms at every startup time)"
-                   if cliff is None else
-                   f"cliff: startup {cliff:g} s (first with p90 TTFT > {limit:g} ms)")
-        plot_scan(rows, png_path, "startup_s", "worker startup time (s)",
-                  f"cold-start: {setup}; {verdict}", False, cliff, "cliff")
+    verdict = plot_study(study, rows, png_path, setup, args.ttft_limit_ms)
     print(f"## sweep {study}: {setup}\n")
     print(markdown_table(rows, study))
     print()

@@ -608,8 +608,11 @@ class VllmEngine(EngineBase):
                 self.waiting.remove(s)
             self.waiting_tokens -= s.prompt_len + s.generated
             self.running.append(s)
-            if cached > s.reused:
-                s.reused = cached     # Dynamo reports the largest hit over admissions
+            if cached > s.reused and not self.decode_role:
+                # Dynamo reports the largest hit over admissions; of a disaggregated
+                # request, over its prefill admissions (a decode worker's readmission hit is
+                # its separate decode_reused_input_tokens)
+                s.reused = cached
             if self.host is not None:
                 self._host_admitted(s, cached)
             if not s.admitted:

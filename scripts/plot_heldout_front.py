@@ -1,0 +1,155 @@
+"""Issue 11's held-out leaderboard as one picture: SLA attainment against GPU-hours per
+episode for every scored policy, with the target region shaded.
+
+    python scripts/plot_heldout_front.py [--bench docs/benchmark] \
+        [--out docs/benchmark/heldout_sla_vs_gpu_hours.png]
+
+Reads only the result files in ``--bench`` (no simulation): the heuristics'
+``heuristic_*.json``, the oracles' ``oracle_*.json`` and each learned recipe's
+``learned_NAME.json`` summary (the mean over its training seeds, with the seeds' std as error
+bars). The shaded box is the target ``scripts/learned_benchmark.py`` checks (pooled): at least
+the tuned planner's attainment with at most 85 % of its GPU-hours. Every point is the same 6
+held-out episodes (``dynosim evaluate --episodes 6 --seed 0 --split eval``) except
+``oracle:schedule-greedy`` (3 episodes; not drawn).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: learned_NAME.json -> label (the README's round names); a file not listed keeps its NAME
+ROUNDS = {
+    "ppo": "r3 PPO", "ppo_lagrangian": "r3 Lagrangian", "ppo_lstm": "r3 RecurrentPPO",
+    "ppo_bcreg": "r4a", "ppo_select": "r4b", "ppo_r4": "r4c", "ppo_r4d": "r4d",
+    "ppo_r5": "r5", "ppo_r6": "r6", "ppo_r7": "r7", "ppo_r7b": "r7b (residual)",
+    "ppo_r8": "r8 (residual, dynamics)",
+}
+#: rounds drawn without error bars (their seeds spread widely; README, rounds 3-4)
+EARLY = {"ppo", "ppo_lagrangian", "ppo_lstm", "ppo_bcreg", "ppo_select"}
+HEURISTICS = {
+    "heuristic_load.json": "load", "heuristic_throughput.json": "throughput",
+    "heuristic_load-tuned.json": "load-tuned", "heuristic_static_4.json": "static:4",
+    "heuristic_static_6.json": "static:6",
+    "residual_base_offset0.json": "throughput base (r7b offset 0)",
+}
+ORACLES = {
+    "oracle_static.json": "oracle:static",
+    "oracle_schedule.json": "oracle:schedule",
+    "oracle_schedule_at_planner_sla.json": "oracle:schedule at planner's SLA",
+}
+
+
+def points(bench: Path) -> tuple[list[dict], dict]:
+    """``(points, target)``: each point ``{label, kind, gpu, sla, gpu_std, sla_std}``
+    (GPU-hours per episode, SLA attainment in %); ``target`` from the newest learned file."""
+    pts: list[dict] = []
+
+    def single(name: str, label: str, kind: str) -> None:
+        f = bench / name
+        if f.is_file():
+            d = json.loads(f.read_text())
+            pts.append({"label": label, "kind": kind, "gpu": d["gpu_hours_per_episode"],
+                        "sla": 100 * d["sla_attainment"], "gpu_std": 0.0, "sla_std": 0.0})
+
+    for name, label in HEURISTICS.items():
+        single(name, label, "heuristic")
+    for name, label in ORACLES.items():
+        single(name, label, "oracle")
+    target: dict = {}
+    for f in sorted(bench.glob("learned_*.json")):
+        name = f.stem[len("learned_"):]
+        if name.rsplit("_s", 1)[-1].isdigit():       # a per-seed file
+            continue
+        d = json.loads(f.read_text())
+        m = d["mean_std_over_seeds"]
+        label = ROUNDS.get(name, name)
+        t = d.get("target") or {}
+        me = t.get("mean_episode") or {}
+        if me and me["sla_attainment"] < me["baseline_sla_attainment"]:
+            label += (f" (mean of episodes {100 * me['sla_attainment']:.0f} % < "
+                      f"{100 * me['baseline_sla_attainment']:.0f} %)")
+        pts.append({"label": label, "kind": "learned" if name not in EARLY else "early",
+                    "gpu": m["gpu_hours_per_episode"]["mean"],
+                    "sla": 100 * m["sla_attainment"]["mean"],
+                    "gpu_std": m["gpu_hours_per_episode"]["std"],
+                    "sla_std": 100 * m["sla_attainment"]["std"]})
+        if d.get("target"):
+            target = d["target"]
+    return pts, target
+
+
+def plot(pts: list[dict], target: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from adjustText import adjust_text
+    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.lines import Line2D
+
+    style = {"heuristic": ("s", "C1"), "oracle": ("D", "C2"), "learned": ("o", "C0"),
+             "early": ("o", "#9ecae1")}
+    fig, ax = plt.subplots(figsize=(9, 5.6))
+    texts, xs, ys = [], [], []
+    for p in pts:
+        marker, color = style[p["kind"]]
+        bars = p["kind"] == "learned"
+        ax.errorbar(p["gpu"], p["sla"], xerr=(p["gpu_std"] or None) if bars else None,
+                    yerr=(p["sla_std"] or None) if bars else None,
+                    fmt=marker, color=color, ms=6, mec="k", mew=0.5, ecolor=color,
+                    elinewidth=0.8, capsize=2, zorder=3)
+        xs.append(p["gpu"])
+        ys.append(p["sla"])
+        texts.append(ax.text(p["gpu"], p["sla"], p["label"], fontsize=7, zorder=4))
+    handles = [Line2D([], [], marker=m, ls="", color=c, mec="k", mew=0.5, label=lab)
+               for lab, (m, c) in (("heuristic (Dynamo's planners, static N)",
+                                    style["heuristic"]),
+                                   ("hindsight oracle", style["oracle"]),
+                                   ("learned recipe, rounds 4c-8 (mean ± std over seeds)",
+                                    style["learned"]),
+                                   ("learned recipe, rounds 3-4b (mean over seeds)",
+                                    style["early"]))]
+    if target:
+        gmax = target["gpu_hours_per_episode_max"]
+        smin = 100 * target["pooled"]["baseline_sla_attainment"]
+        lo_x = min(p["gpu"] - p["gpu_std"] for p in pts) - 0.3
+        ax.add_patch(Rectangle((lo_x, smin), gmax - lo_x, 101 - smin, color="C2", alpha=0.12,
+                               zorder=1, lw=0))
+        handles.append(Patch(color="C2", alpha=0.25,
+                             label=f"issue 11 target: SLA ≥ {smin:.1f} % (the tuned planner's),"
+                                   f" GPU-h ≤ {gmax:.2f}"))
+    ax.set_xlabel("GPU-hours per episode (lower is better)")
+    ax.set_ylabel("SLA attainment, pooled over requests (%)")
+    ax.set_title("Held-out families (6 episodes: 3 ramp_cycle, 2 azure_mod, 1 flash_crowd)",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.set_ylim(top=100)
+    ax.margins(x=0.06, y=0.06)
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    fig.tight_layout()
+    adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.2, 1.5), max_move=None,
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", default=str(ROOT / "docs" / "benchmark"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark" /
+                                         "heldout_sla_vs_gpu_hours.png"))
+    args = ap.parse_args(argv)
+    pts, target = points(Path(args.bench))
+    if not pts:
+        ap.error(f"no result files in {args.bench}")
+    plot(pts, target, Path(args.out))
+    print(f"wrote {args.out} ({len(pts)} policies)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
