@@ -33,7 +33,10 @@ HEURISTICS = {
     "heuristic_load.json": "load", "heuristic_throughput.json": "throughput",
     "heuristic_load-tuned.json": "load-tuned", "heuristic_static_4.json": "static:4",
     "heuristic_static_6.json": "static:6",
-    "residual_base_offset0.json": "throughput base (r7b offset 0)",
+    # the throughput planner's count every step (the residual action at offset 0) with the
+    # recipe's scale-down window: round 7b's 60 s, round 8's 300 s
+    "residual_base_offset0.json": "base, 60 s (r7b at 0)",
+    "residual_base_offset0_w300.json": "base, 300 s (r8 at 0)",
 }
 ORACLES = {
     "oracle_static.json": "oracle:static",
@@ -91,7 +94,7 @@ def plot(pts: list[dict], target: dict, out: Path) -> None:
 
     style = {"heuristic": ("s", "C1"), "oracle": ("D", "C2"), "learned": ("o", "C0"),
              "early": ("o", "#9ecae1")}
-    fig, ax = plt.subplots(figsize=(9, 5.6))
+    fig, ax = plt.subplots(figsize=(10, 6.2))
     texts, xs, ys = [], [], []
     for p in pts:
         marker, color = style[p["kind"]]
@@ -129,7 +132,8 @@ def plot(pts: list[dict], target: dict, out: Path) -> None:
     ax.margins(x=0.06, y=0.06)
     ax.legend(handles=handles, fontsize=7, loc="lower right")
     fig.tight_layout()
-    adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.2, 1.5), max_move=None,
+    adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.4, 2.2), max_move=None,
+                force_text=(0.6, 1.2),
                 arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
