@@ -58,6 +58,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     cli_overrides = dict(overrides or {})
     overrides = {**recipe_env, **cli_overrides}
     defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
+    _check_disagg_recipe(hp, recipe_env, config, defaults, cli_overrides, hp_file, key)
     try:                                                                # validate before work
         env_cfg = load_env_config(config, defaults=defaults, **overrides)
     except InputError as exc:                                 # name the --set (or recipe key)
@@ -252,6 +253,32 @@ def _check_recipe(hp: dict[str, Any], env_id: str, hp_file: str) -> None:
             if number(params[k].default) and not number(v):
                 raise InputError(f"expected a number, got {v!r}", file=hp_file,
                                  field=f"{env_id}.{entry}.{k}")
+
+
+def _check_disagg_recipe(hp: dict[str, Any], recipe_env: dict[str, Any], config: str | None,
+                         defaults: str, cli_overrides: dict[str, Any], hp_file: str,
+                         key: str) -> None:
+    """A recipe's aggregated-only settings (``env_kwargs.action``: the target action and its
+    scale-down window; ``bc_warm_start``: a clone of a scalar-action teacher) on a
+    disaggregated config (one delta per pool, ``MultiDiscrete``) refused in one line that
+    says what trains there (README, "Disaggregated pools"). A config that fails to load on
+    its own is left to the ordinary path's error."""
+    agg = [f"env_kwargs.{k}" for k in recipe_env if k == "action" and k not in cli_overrides]
+    agg += ["bc_warm_start"] if hp.get("bc_warm_start") else []
+    if not agg:
+        return
+    from dynosim_gym.config import load_env_config
+    try:
+        disagg = load_env_config(config, defaults=defaults,
+                                 **cli_overrides).sim.disagg is not None
+    except InputError:
+        return
+    if disagg:
+        raise InputError(
+            f"{' and '.join(agg)} of this {key} recipe are for the aggregated DynoSim-v0 "
+            f"(one worker count); {config} is disaggregated (one delta per pool): train it "
+            "with --algo ppo_mask (MaskablePPO; README: Disaggregated pools)",
+            file=hp_file, field=f"DynoSim-v0.{agg[0]}")
 
 
 def _check_teacher(bc: dict[str, Any], env_id: str, hp_file: str) -> None:
