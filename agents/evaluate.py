@@ -506,6 +506,8 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
         raise InputError(f"{exc.detail.partition('; expected')[0]}: pass --env {exc.owner}"
                          f"{missing_record_hint(pol)}", file=exc.file, line=exc.line,
                          field=exc.field) from None
+    if pol.kind == "heuristic":
+        check_counts_action(spec, cfg, overrides or {})
     policy = pol.load(env)
     space = getattr(policy, "observation_space", None)
     if space is not None and space.shape != env.observation_space.shape:
@@ -581,6 +583,22 @@ def check_config_env(spec: str, policy_env: str, config: Any) -> None:
     raise InputError(f"{config} is a {kind} scenario and {spec} is {what} ({policy_env}): "
                      f"give a {policy_env} config (e.g. {DEFAULT_CONFIGS[policy_env]}), or "
                      f"--env {policy_env} to score it on this one anyway", field="--config")
+
+
+def check_counts_action(spec: str, cfg, overrides: dict[str, Any]) -> None:
+    """Heuristics and oracles decide worker counts (``target_action``); a ``residual``
+    action would clip each count to the base planner's + ``env.action.residual_offsets``
+    and score another policy under their name: an InputError on the flag or the config
+    line that set it. (The BC teacher of a residual learner plans on a target env of its
+    own, agents/router_train.py, so it never comes here.)"""
+    if cfg.env.action.type != "residual":
+        return
+    msg = (f"{spec} decides worker counts, which a residual action clips to the base "
+           "planner's count + env.action.residual_offsets (it would score another policy "
+           "under its name): score it with the default action, not env.action.type residual")
+    if "env.action.type" in overrides:
+        raise InputError(msg, field="--set env.action.type")
+    raise located(InputError(msg, file="config", field="env.action.type"), cfg)
 
 
 def interface_changes(model: dict[str, Any], cfg) -> list[str]:

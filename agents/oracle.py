@@ -54,8 +54,9 @@ from typing import Any
 
 from sim.errors import InputError
 
-from .evaluate import (Evaluation, PolicySpec, _episode_attainment, episode_plan,
-                       make_eval_env, resolved_reward, run_episode, summarise, trace_workload)
+from .evaluate import (Evaluation, PolicySpec, _episode_attainment, check_counts_action,
+                       episode_plan, make_eval_env, resolved_reward, run_episode, summarise,
+                       trace_workload)
 
 ORACLES = ("oracle:static", "oracle:schedule", "oracle:schedule-greedy",
            "oracle:schedule-floor")
@@ -470,6 +471,7 @@ def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: i
     over = dict(overrides or {})
     env, cfg, runs, plan = episode_plan(pol, "DynoSim-v0", config, over, trace, window_s,
                                         windows, episodes, seed, split)
+    check_counts_action(spec, cfg, over)
     steps = cfg.env.episode_steps
     if trace is not None:
         over.update({"env.episode_steps": steps, "workload": trace_workload(trace)})

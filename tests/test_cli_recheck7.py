@@ -44,3 +44,44 @@ def test_train_ppo_recipe_on_a_disaggregated_config_is_refused_in_one_line(
                      "--set", "env.action.scale_down_window_s=0")
     one_line_error(rc, err, "ppo.yml", "bc_warm_start", "--algo ppo_mask")
     assert not (tmp_path / "t2" / "model.zip").exists()
+
+
+# -- 2. heuristics and oracles are not scored under a residual action -------------------------
+
+def test_evaluate_refuses_a_heuristic_under_a_residual_action(capsys, tmp_path: Path) -> None:
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:load", "--config", TINY,
+                     "--episodes", "1", "--set", "env.action.type=residual")
+    one_line_error(rc, err, "--set env.action.type", "heuristic:load",
+                   "default action")
+    rc, _, err = run(capsys, "evaluate", "--policy", "oracle:static", "--config", TINY,
+                     "--episodes", "1", "--set", "env.action.type=residual", "--quiet")
+    one_line_error(rc, err, "--set env.action.type", "oracle:static")
+    cfg = tmp_path / "res.yaml"          # set in the config: its line is named
+    text = Path(TINY).read_text().replace("env:\n", "env:\n  action: {type: residual}\n", 1)
+    cfg.write_text(text)
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static:2", "--config",
+                     str(cfg), "--episodes", "1")
+    one_line_error(rc, err, f"{cfg}:", "field 'env.action.type'")
+
+
+def test_the_bc_teacher_still_plans_counts_on_a_residual_env(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """agents/router_train.py: a residual learner's teacher plans on a target env of its
+    own (offsets other than the default included, which a target action refuses)."""
+    import agents.oracle as oracle
+    from agents.router_train import teacher_samples
+    monkeypatch.setenv("DYNOSIM_CACHE", str(tmp_path / "cache"))
+    seen = []
+
+    def plan(env, opts, seed, lo, hi, t, seg, iv, steps):
+        seen.append(env.unwrapped.cfg.env.action.type)
+        return {"targets": [2] * steps}
+    monkeypatch.setattr(oracle, "greedy_schedule", plan)
+    env = gym.make("DynoSim-v0", config=TINY, **{"env.action.type": "residual",
+                                                 "env.action.residual_offsets": [-1, 3]})
+    obs, act, lengths = teacher_samples(env, "oracle:schedule-greedy", [7])
+    assert seen == ["target"]
+    assert lengths == [6] and len(act) == 6
+    assert all(0 <= a < env.action_space.n for a in act)
+    _, act, _ = teacher_samples(env, "heuristic:load", [7])     # a heuristic teacher too
+    assert len(act) == 6
