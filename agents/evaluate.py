@@ -580,9 +580,16 @@ def check_config_env(spec: str, policy_env: str, config: Any) -> None:
     if policy_env == ROUTING_ENV and load_env_config(config).sim.disagg is not None:
         return             # no --env helps: the routing env's own error names the pools
     what = "a routing policy" if policy_env == ROUTING_ENV else "an autoscaling policy"
+    # "--env" helps only when the policy's env takes every scenario of the config
+    from dynosim_gym.scenarios import ENV_FAMILIES
+    env = load_env_config(config).env
+    names = {x.strip() for v in (env.scenarios, env.eval_scenarios or "")
+             for x in v.split(",") if x.strip()}
+    foreign = {s for other, fams in ENV_FAMILIES.items() if other != policy_env for s in fams}
+    anyway = "" if names & foreign else f", or --env {policy_env} to score it on this one anyway"
     raise InputError(f"{config} is a {kind} scenario and {spec} is {what} ({policy_env}): "
-                     f"give a {policy_env} config (e.g. {DEFAULT_CONFIGS[policy_env]}), or "
-                     f"--env {policy_env} to score it on this one anyway", field="--config")
+                     f"give a {policy_env} config (e.g. {DEFAULT_CONFIGS[policy_env]})"
+                     f"{anyway}", field="--config")
 
 
 def check_counts_action(spec: str, cfg, overrides: dict[str, Any]) -> None:

@@ -85,3 +85,15 @@ def test_the_bc_teacher_still_plans_counts_on_a_residual_env(tmp_path: Path,
     assert all(0 <= a < env.action_space.n for a in act)
     _, act, _ = teacher_samples(env, "heuristic:load", [7])     # a heuristic teacher too
     assert len(act) == 6
+
+
+# -- 3. no "--env X ... anyway" hint where X's env refuses the config's scenarios -------------
+
+def test_no_env_hint_when_the_other_env_cannot_take_the_config(capsys) -> None:
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:kv", "--config",
+                     "autoscale_default", "--episodes", "1")
+    one_line_error(rc, err, "give a DynoSimRouting-v0 config")
+    assert "--env DynoSimRouting-v0" not in err, err
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:load", "--config",
+                     "routing_default", "--episodes", "1")
+    one_line_error(rc, err, "--env DynoSim-v0 to score it on this one anyway")
