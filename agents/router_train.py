@@ -157,7 +157,7 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     if cached:
         targets = json.loads(path.read_text())["targets"]
     else:
-        plain = gym.make(env.spec.id, config=u.cfg.to_dict(),
+        plain = gym.make(env.spec.id, config=cfg_counts(u.cfg, residual),
                          **{"env.action.scale_down_window_s": 0.0,
                             **({"env.action.type": "target"} if residual else {})}) \
             if window or residual else env
@@ -177,6 +177,15 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     policy = SchedulePolicy(env, targets)
     policy.cache_file, policy.cached = path, cached     # for the teacher's progress line
     return policy
+
+
+def cfg_counts(cfg, residual: bool) -> dict[str, Any]:
+    """``cfg.to_dict()``, without ``env.action.residual_offsets`` for a residual config
+    (its teacher plans counts on a target action, which takes no offsets)."""
+    out = cfg.to_dict()
+    if residual:
+        out["env"]["action"].pop("residual_offsets", None)
+    return out
 
 
 def teacher_samples(env, teacher: str, seeds, learner=None, quiet: bool = True,

@@ -313,6 +313,13 @@ def _parse_env(data: Any, v: _Validator) -> EnvSection:
             out.observation.features = features
         if offsets is not None:
             out.action.residual_offsets = offsets
+    # offsets other than the default under another action type have no effect: refused (a
+    # resolved config, e.g. a run record's, carries the default under every type)
+    if out.action.residual_offsets != type(out.action)().residual_offsets and \
+            out.action.type != "residual":
+        raise v.error(f"has no effect with env.action.type {out.action.type} (only a "
+                      "residual action takes offsets); remove it or use type: residual",
+                      "env.action.residual_offsets")
     out.planner = data.get("planner") if data.get("planner") is not None else {}
     if isinstance(out.planner, Mapping):
         out.planner = dict(out.planner)

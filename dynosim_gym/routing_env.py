@@ -15,7 +15,7 @@ from .base import EPISODE_OVER, ResetNeeded, SimEnv, check_discrete
 from .config import EnvConfig, load_env_config
 from .episodes import EpisodeFactory, begin_episode
 from .monitor import ClusterMonitor, _pct
-from .observations import _sq
+from .observations import FEATURES, _sq
 
 DEFAULT_CONFIG = "routing_default"
 
@@ -151,6 +151,11 @@ class DynoSimRoutingEnv(SimEnv):
                              "has prefill and decode pools (a disagg section): size them with "
                              "DynoSim-v0, or remove disagg to route", file=file, line=line,
                              field="disagg")
+        if tuple(self.cfg.env.observation.features) != FEATURES:   # DynoSim-v0's features
+            file, line = self.cfg.sim.locate("env.observation.features")
+            raise InputError("has no effect on DynoSimRouting-v0 (it observes per-worker and "
+                             "request features of its own); remove it", file=file, line=line,
+                             field="env.observation.features")
         sla = self.cfg.sim.sla
         # The agent routes (Simulation.route_to); the simulation's own router only keeps
         # its bookkeeping, and round robin's is free.

@@ -97,3 +97,27 @@ def test_no_env_hint_when_the_other_env_cannot_take_the_config(capsys) -> None:
     rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:load", "--config",
                      "routing_default", "--episodes", "1")
     one_line_error(rc, err, "--env DynoSim-v0 to score it on this one anyway")
+
+
+# -- 4. keys with no effect where they are given: one-line errors ------------------------------
+
+def test_residual_offsets_without_a_residual_action_are_refused(capsys) -> None:
+    with pytest.raises(InputError, match="env.action.residual_offsets.*no effect"):
+        gym.make("DynoSim-v0", config=TINY,
+                 action={"type": "target", "residual_offsets": [-1, 1]})
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static:2", "--config", TINY,
+                     "--episodes", "1", "--set", "env.action.residual_offsets=[0,1]")
+    one_line_error(rc, err, "env.action.residual_offsets", "no effect")
+    # a resolved config (a run record's) carries the default offsets under any type
+    env = gym.make("DynoSim-v0", config=TINY, **{"env.action.type": "target"})
+    again = gym.make("DynoSim-v0", config=env.unwrapped.cfg.to_dict())
+    assert again.unwrapped.cfg.env.action.type == "target"
+
+
+def test_observation_features_on_the_routing_env_are_refused(capsys) -> None:
+    with pytest.raises(InputError, match="env.observation.features.*no effect"):
+        gym.make("DynoSimRouting-v0", observation={"features": ["running_batches"]})
+    rc, _, err = run(capsys, "evaluate", "--env", "DynoSimRouting-v0", "--policy",
+                     "heuristic:kv", "--episodes", "1",
+                     "--set", "env.observation.features=[running_batches]")
+    one_line_error(rc, err, "env.observation.features", "DynoSimRouting-v0")
