@@ -121,3 +121,17 @@ def test_observation_features_on_the_routing_env_are_refused(capsys) -> None:
                      "heuristic:kv", "--episodes", "1",
                      "--set", "env.observation.features=[running_batches]")
     one_line_error(rc, err, "env.observation.features", "DynoSimRouting-v0")
+
+
+# -- 5. evaluate's text line counts the requests in flight at the cut-off ----------------------
+
+def test_evaluate_line_says_how_many_requests_were_in_flight(capsys) -> None:
+    argv = ("evaluate", "--policy", "heuristic:static:1", "--config", TINY, "--episodes", "1",
+            "--set", "env.rate_max_rps=6", "--set", "env.rate_min_rps=6")
+    rc, out, _ = run(capsys, *argv, "--json")
+    assert rc == 0
+    n = json.loads(out)["requests_in_flight"]
+    assert n > 0                         # else the line has nothing to say
+    rc, out, _ = run(capsys, *argv)
+    assert rc == 0
+    assert f"({n:,} in flight at the cut-off, not scored)" in out, out
