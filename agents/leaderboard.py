@@ -24,12 +24,18 @@ from .algos import check_env_id
 
 
 def check_policies(specs: list[str], env_id: str, policies: list[str] | None,
-                   reference: str, config: Any = None) -> None:
+                   reference: str, config: Any = None,
+                   overrides: dict[str, Any] | None = None) -> None:
     """Every leaderboard entry resolved before the first is evaluated, so a typo in the
     last one does not throw away the others' episodes. Errors are one-line InputErrors on
     the flag the entry came from: ``--policies``, ``--reference`` or ``--leaderboard`` (a
-    model found under the directory)."""
+    model found under the directory). The env config (``config``, ``overrides``) is built
+    first, so its error is the only line (before any progress line)."""
+    from .evaluate import PolicySpec, make_eval_env
     from .oracle import ORACLES
+    env, _ = make_eval_env(PolicySpec(reference, "heuristic", env_id), env_id, config,
+                           overrides or {})
+    env.close()
     for spec in specs:
         flag = ("--policies" if policies and spec in policies else
                 "--reference" if spec == reference else "--leaderboard")
@@ -49,7 +55,6 @@ def check_policies(specs: list[str], env_id: str, policies: list[str] | None,
                              f"--env); the heuristics for {env_id}: "
                              f"{', '.join(heuristics_for(env_id))}", field=flag)
         if spec.startswith("heuristic:static:"):    # a count the env can provision
-            from .evaluate import make_eval_env
             from .heuristics import make_heuristic
             env, _ = make_eval_env(pol, env_id, config, {})
             try:
@@ -283,7 +288,7 @@ def routing_leaderboard(d: Path, *, config: Any = None, episodes: int = 5, seed:
     specs = list(specs)
     if reference not in specs:
         specs.insert(0, reference)
-    check_policies(specs, ROUTING_ENV, policies, reference)
+    check_policies(specs, ROUTING_ENV, policies, reference, config, overrides)
     results = []
     for spec in specs:
         if not quiet:

@@ -135,3 +135,13 @@ def test_evaluate_line_says_how_many_requests_were_in_flight(capsys) -> None:
     rc, out, _ = run(capsys, *argv)
     assert rc == 0
     assert f"({n:,} in flight at the cut-off, not scored)" in out, out
+
+
+# -- 6. the leaderboard's config error is its only stderr line ---------------------------------
+
+def test_leaderboard_config_error_comes_before_any_progress_line(capsys,
+                                                                 tmp_path: Path) -> None:
+    rc, _, err = run(capsys, "evaluate", "--leaderboard", str(tmp_path / "lb"), "--env",
+                     "DynoSimRouting-v0", "--config", "autoscale_disagg", "--episodes", "1")
+    one_line_error(rc, err, "disagg")
+    assert "leaderboard:" not in err, err
