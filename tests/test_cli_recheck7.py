@@ -145,3 +145,37 @@ def test_leaderboard_config_error_comes_before_any_progress_line(capsys,
                      "DynoSimRouting-v0", "--config", "autoscale_disagg", "--episodes", "1")
     one_line_error(rc, err, "disagg")
     assert "leaderboard:" not in err, err
+
+
+# -- 13b. the leaderboard's front plot: labels clear of the frame, legend of what is drawn -----
+
+def test_front_plot_labels_clear_the_frame_and_legend_lists_only_drawn_kinds(
+        monkeypatch, tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from agents.evaluate import Evaluation
+    from agents.leaderboard import plot_front
+    figs: list[Figure] = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **kw: (figs.append(self),
+                                                                    real(self, *a, **kw)))
+    # the re-check's case: heuristics only, heuristic:load the right-most point
+    pts = {"heuristic:load": (2.781, 0.399), "heuristic:throughput": (2.0, 0.30),
+           "heuristic:static": (1.33, 0.317), "heuristic:kv_load_long_name": (1.5, 0.10)}
+    results = [Evaluation.from_record(
+        dict(policy=p, episodes=1, mean_reward=0.0, std_reward=0.0, sla_attainment=s,
+             gpu_hours=g, ttft_p90_ms=1.0, itl_p90_ms=1.0, requests_decided=1))
+        for p, (g, s) in pts.items()]
+    plot_front(results, tmp_path / "front.png", Path("runs"))
+    ax = figs[-1].axes[0]
+    figs[-1].canvas.draw()
+    frame = ax.get_window_extent()
+    labels = [t for t in ax.texts if t.get_text() in pts]
+    assert len(labels) == len(pts)
+    for t in labels:
+        box = t.get_window_extent()
+        assert frame.x0 + 2 <= box.x0 and box.x1 <= frame.x1 - 2, t.get_text()
+        assert frame.y0 + 2 <= box.y0 and box.y1 <= frame.y1 - 2, t.get_text()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0] == "heuristic planner"
+    assert not any("trained" in x for x in legend), legend
