@@ -376,13 +376,14 @@ def _evaluate(args) -> int:
     if args.out:
         __import__("pathlib").Path(args.out).write_text(doc + "\n")
     # requests still in flight at the episodes' cut-offs are not scored: say how many
-    in_flight = (f" ({res.requests_in_flight:,} in flight at the cut-off, not scored)"
-                 if res.requests_in_flight else "")
+    cut = f"{res.requests_in_flight:,} in flight at the cut-off, not scored"
+    in_flight = f" ({cut})" if res.requests_in_flight else ""
     if args.json:
         print(doc)
     elif res.env_id == "DynoSimRouting-v0":
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
-              f"{res.requests_decided:,} requests{in_flight} ({plural(res.episodes, 'episode')}); pooled p90 TTFT "
+              f"{res.requests_decided:,} requests ({plural(res.episodes, 'episode')}"
+              f"{'; ' + cut if res.requests_in_flight else ''}); pooled p90 TTFT "
               f"{res.p90_ttft_ms:.0f} ms, mean TTFT {res.mean_ttft_ms:.0f} ms; prefix cache "
               f"reused {res.prefix_cache_reused_ratio:.1%} of prompt tokens; "
               f"{res.request_throughput_rps:.3f} req/s; mean reward {res.mean_reward:.3f} ± "

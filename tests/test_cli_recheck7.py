@@ -179,3 +179,15 @@ def test_front_plot_labels_clear_the_frame_and_legend_lists_only_drawn_kinds(
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[0] == "heuristic planner"
     assert not any("trained" in x for x in legend), legend
+
+
+def test_routing_evaluate_line_says_how_many_requests_were_in_flight(capsys) -> None:
+    argv = ("evaluate", "--env", "DynoSimRouting-v0", "--policy", "heuristic:kv",
+            "--episodes", "1", "--set", "episode_steps=4")
+    rc, out, _ = run(capsys, *argv, "--json")
+    assert rc == 0
+    n = json.loads(out)["requests_in_flight"]
+    assert n > 0
+    rc, out, _ = run(capsys, *argv)
+    assert rc == 0
+    assert f"(1 episode; {n:,} in flight at the cut-off, not scored)" in out, out
