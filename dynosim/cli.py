@@ -88,30 +88,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; every error a user can cause ends here as one line."""
+    return guarded(lambda: _dispatch(args), getattr(args, "flag_spelled", None))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "models":
+        return list_models(args)
+    if args.command == "config":
+        from . import config_schema as schema
+        return schema.run(args)
+    if args.command == "validate":
+        from .studies import silicon
+        return silicon.run(args)
+    if args.command == "sweep":
+        from .studies import sweeps
+        return sweeps.run(args)
+    if args.command == "search":
+        from .studies import search
+        return search.run(args)
+    if args.command == "bench":
+        from .studies import bench
+        return bench.run(args)
+    if args.command in AGENT_COMMANDS:
+        from agents import cli as agents_cli
+        return agents_cli.run(args)
+    return simulate(args)
+
+
+def guarded(body: Callable[[], int], spelled: dict[str, str] | None = None) -> int:
+    """``body()``'s exit code, or 2 with one stderr line for an error the user caused
+    (:class:`~sim.errors.InputError`, bad YAML, a missing file), 141 on a closed pipe and
+    130 on Ctrl-C. The CLI's one error path; ``scripts/`` use it too. ``spelled``: see
+    :func:`~dynosim.options.from_cmdline`."""
     try:
-        if args.command == "models":
-            return list_models(args)
-        if args.command == "config":
-            from . import config_schema as schema
-            return schema.run(args)
-        if args.command == "validate":
-            from .studies import silicon
-            return silicon.run(args)
-        if args.command == "sweep":
-            from .studies import sweeps
-            return sweeps.run(args)
-        if args.command == "search":
-            from .studies import search
-            return search.run(args)
-        if args.command == "bench":
-            from .studies import bench
-            return bench.run(args)
-        if args.command in AGENT_COMMANDS:
-            from agents import cli as agents_cli
-            return agents_cli.run(args)
-        return simulate(args)
+        return body()
     except InputError as exc:
-        return _fail(from_cmdline(exc, getattr(args, "flag_spelled", None)))
+        return _fail(from_cmdline(exc, spelled))
     except yaml.YAMLError as exc:     # load_config converts these; kept as a safety net
         return _fail(f"invalid YAML: {' '.join(str(exc).split())}")
     except BrokenPipeError:           # stdout closed early (`... | head`): stop quietly

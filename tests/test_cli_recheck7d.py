@@ -1,0 +1,68 @@
+"""Re-check 7 findings 3, 6, 7, 8, 10, 11, 13 (fix D): bad input to the CLI and to the
+scripts gives one stderr line naming the flag, file or field, exit 2, no traceback."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(main, argv, capsys) -> tuple[int, str]:
+    """(exit code, stderr) of ``main(argv)``; argparse's usage errors exit via SystemExit."""
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    return rc, capsys.readouterr().err
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# -- finding 3: scripts/residual_base.py and scripts/plot_learned.py ----------------------------
+
+@pytest.mark.parametrize("argv, words", [
+    (["--episodes", "0"], ["--episodes", ">= 1"]),
+    (["--seed", "-1"], ["--seed"]),
+    (["--offset", "9"], ["flag '--offset'", "outside", "[-2, 4]"]),
+    (["--set", "env.action.type=delta"], ["env.action.type", "residual", "'delta'"]),
+    (["--set", "env.action.residual_offsets=[1,2]"], ["residual_offsets"]),
+    (["--set", "env.action.scale_down_window_s=-1"], ["scale_down_window_s"]),
+])
+def test_residual_base_bad_input_is_one_line_exit_2(argv, words, capsys):
+    rc, err = _run(_script("residual_base").main, argv, capsys)
+    assert rc == 2
+    line = _one_line(err)
+    for w in words:
+        assert w in line, line
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--policy", "heuristic:nope"], ["--policy", "unknown heuristic"]),
+    (["--compare", "heuristic:nope"], ["--compare", "unknown heuristic"]),
+    (["--seed", "-1"], ["--seed"]),
+    (["--first-of", "nope"], ["--first-of", "unknown family"]),
+    (["--first-of", "diurnal_swing"], ["--first-of", "training family"]),
+])
+def test_plot_learned_bad_input_is_one_line_exit_2(argv, words, capsys, tmp_path):
+    rc, err = _run(_script("plot_learned").main,
+                   argv + ["--out", str(tmp_path / "x.png")], capsys)
+    assert rc == 2
+    line = _one_line(err)
+    for w in words:
+        assert w in line, line
+    assert not (tmp_path / "x.png").exists()
