@@ -88,7 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; every error a user can cause ends here as one line."""
-    return guarded(lambda: _dispatch(args), getattr(args, "flag_spelled", None))
+    spelled = dict(getattr(args, "flag_spelled", None) or {})
+    sets = getattr(args, "set", None) or []           # agents' --set KEY=VALUE
+    if sets:
+        from dynosim_gym.config import override_key
+    for key, _ in sets:
+        try:
+            spelled[override_key(key)] = f"--set {key}"
+        except InputError:            # an unknown key: the command's own load says so
+            pass
+    return guarded(lambda: _dispatch(args), spelled)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

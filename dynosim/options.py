@@ -221,7 +221,12 @@ class _Deprecated(argparse.Action):
 
 def from_cmdline(exc: InputError, spelled: dict[str, str] | None = None) -> str:
     """Name the flag, not the config field, when a flag supplied the bad value; ``spelled``
-    (new flag -> the deprecated spelling the user typed) names the flag as typed."""
+    (new flag -> the deprecated spelling the user typed; dotted key -> ``--set KEY`` for
+    the ``--set`` overrides, whose values are located in "overrides") names the flag as
+    typed."""
+    if exc.file == "overrides" and exc.field in (spelled or {}):
+        # a --set value refused after the config loaded (an env's request cap): the flag
+        return InputError(exc.detail, field=spelled[exc.field]).format()
     if exc.file == CMDLINE:
         field = exc.field or ""
         flag = field if field.startswith("--") else \

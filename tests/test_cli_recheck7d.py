@@ -66,3 +66,29 @@ def test_plot_learned_bad_input_is_one_line_exit_2(argv, words, capsys, tmp_path
     for w in words:
         assert w in line, line
     assert not (tmp_path / "x.png").exists()
+
+
+# -- finding 6: the env's request cap, refused after the config loads ---------------------------
+
+def _cli(argv, capsys) -> tuple[int, str, str]:
+    from dynosim.cli import main
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("key", ["env.rate_max_rps", "rate_max_rps"])
+def test_request_cap_error_names_the_set_flag(key, capsys):
+    rc, _, err = _cli(["evaluate", "--policy", "heuristic:static:4", "--episodes", "1",
+                       "--quiet", "--set", f"{key}=1e6"], capsys)
+    assert rc == 2
+    line = _one_line(err)
+    assert line.startswith(f"dynosim: error: flag '--set {key}': "), line
+    assert "2,000,000" in line and "overrides" not in line
+
+
+def test_schema_mentions_the_request_cap_beside_the_rate_range(capsys):
+    rc, out, _ = _cli(["config", "schema"], capsys)
+    assert rc == 0
+    row = next(ln for ln in out.splitlines() if ln.split()[:1] == ["env.rate_max_rps"])
+    assert "(0, 1000000]" in row and "2,000,000 requests" in row, row
