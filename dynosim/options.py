@@ -263,8 +263,17 @@ def _load_run_config(args: argparse.Namespace) -> tuple[RunConfig, Any]:
     if not args.config:
         return parse_config({}), None
     from sim.config import read_yaml
-    data, _ = read_yaml(args.config)
+    data, where = read_yaml(args.config)
     if not (isinstance(data, dict) and "env" in data):
+        kv = getattr(args, "kv_bytes_per_token", None)
+        d, e = (data.get("disagg"), data.get("engine")) if isinstance(data, dict) else (0, 0)
+        if kv is not None and isinstance(d, dict) and isinstance(e, dict) \
+                and "kv_bytes_per_token" in d and "kv_cache_bytes_per_token" in e:
+            # --kv-bytes-per-token is the run's one KV size per token (README): it replaces
+            # both YAML sizes before their conflict check, so the flag settles a conflict
+            e["kv_cache_bytes_per_token"] = d["kv_bytes_per_token"] = kv
+            return parse_config(data, source=str(args.config), where=where,
+                                base_dir=Path(args.config).resolve().parent), None
         return load_config(args.config), None
     try:
         from dynosim_gym.config import load_env_config

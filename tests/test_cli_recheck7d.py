@@ -92,3 +92,34 @@ def test_schema_mentions_the_request_cap_beside_the_rate_range(capsys):
     assert rc == 0
     row = next(ln for ln in out.splitlines() if ln.split()[:1] == ["env.rate_max_rps"])
     assert "(0, 1000000]" in row and "2,000,000 requests" in row, row
+
+
+# -- finding 7: one KV size per token; --kv-bytes-per-token settles a YAML conflict -------------
+
+@pytest.fixture
+def kv_conflict_yaml(tmp_path) -> Path:
+    text = (ROOT / "envs_configs" / "disagg_2p2d.yaml").read_text()
+    text = text.replace("  block_size: 64\n", "  block_size: 64\n  kv_cache_bytes_per_token: 131072\n")
+    assert "kv_bytes_per_token: 262144" in text
+    path = tmp_path / "d2.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_kv_size_conflict_without_the_flag_does_not_blame_it(kv_conflict_yaml, capsys):
+    rc, _, err = _cli(["simulate", "--config", str(kv_conflict_yaml), "--max-sim-time-s", "1"],
+                      capsys)
+    assert rc == 2
+    line = _one_line(err)
+    assert "field 'disagg.kv_bytes_per_token'" in line and "give one KV size" in line
+    assert "--kv-bytes-per-token" not in line, line
+
+
+def test_kv_bytes_per_token_flag_settles_the_yaml_conflict(kv_conflict_yaml):
+    from dynosim.cli import build_parser
+    from dynosim.options import config_from_args
+    args = build_parser().parse_args(["simulate", "--config", str(kv_conflict_yaml),
+                                      "--kv-bytes-per-token", "65536"])
+    cfg = config_from_args(args)
+    assert cfg.engine.kv_cache_bytes_per_token == 65536
+    assert cfg.disagg["kv_bytes_per_token"] == 65536
