@@ -123,3 +123,34 @@ def test_kv_bytes_per_token_flag_settles_the_yaml_conflict(kv_conflict_yaml):
     cfg = config_from_args(args)
     assert cfg.engine.kv_cache_bytes_per_token == 65536
     assert cfg.disagg["kv_bytes_per_token"] == 65536
+
+
+# -- finding 8: the window_start_s bound printed is one the check accepts -----------------------
+
+def _printed_bound(err: Exception) -> float:
+    import re
+    m = re.search(r"must start in \[0, ([^\]]+)\] s", str(err))
+    assert m, str(err)
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("env_id, kwargs, options", [
+    ("DynoSimRouting-v0", {}, {"scenario": "mooncake_window"}),
+    ("DynoSim-v0", {"config": "autoscale_mooncake"}, {}),
+])
+def test_window_start_bound_in_the_message_is_accepted(env_id, kwargs, options):
+    import gymnasium as gym
+
+    import dynosim_gym  # noqa: F401
+    from sim.errors import InputError
+    env = gym.make(env_id, **kwargs)
+    try:
+        with pytest.raises(InputError) as info:
+            env.reset(seed=0, options={**options, "window_start_s": 1e9})
+        bound = _printed_bound(info.value)
+        assert bound > 0
+        env.reset(seed=0, options={**options, "window_start_s": bound})    # accepted
+        with pytest.raises(InputError):
+            env.reset(seed=0, options={**options, "window_start_s": bound + 1e-3})
+    finally:
+        env.close()
