@@ -400,7 +400,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.planner is not None:
         over["planner.kind"] = args.planner
     has_planner = args.planner is not None or cfg.planner is not None
-    json_keys: dict[str, str] = {}      # planner.<knob> / sla.* -> the JSON's own key
+    json_keys: dict[str, tuple] = {}    # planner.<knob> / sla.* -> (JSON key, file, line)
     if args.planner_config_json is not None:
         if not has_planner:
             raise InputError("--planner-config-json needs --planner load|throughput",
@@ -432,7 +432,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         # a value from --planner-config-json is named by its JSON key, not by the flag or
         # config field that shares its name (planner.min_endpoint is also --min-endpoint)
         if exc.file == CMDLINE and exc.field in from_json:
-            raise InputError(f"key '{from_json[exc.field]}': {exc.detail}", file=CMDLINE,
+            key, file, line = from_json[exc.field]
+            raise InputError(f"key '{key}': {exc.detail}", file=file, line=line,
                              field="--planner-config-json") from None
         raise
 
@@ -498,12 +499,13 @@ def _role_tp_overrides(args: argparse.Namespace, cfg: RunConfig, over: dict[str,
             over[key] = {**engine, "num_gpu_blocks": table.num_gpu_blocks}
 
 
-def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, tuple]]:
     """``--planner-config-json`` (inline JSON, or a JSON file as Dynamo takes) as config
     overrides: ``planner.<knob>``, and ``sla.ttft_ms``/``sla.itl_ms`` for the SLA targets
-    (one SLA for goodput and planner), with each override's JSON key (for errors). Dynamo's
-    aliases are accepted; an unknown key or one Dynamo has but dynosim does not simulate is
-    an error naming the key."""
+    (one SLA for goodput and planner), with each override's JSON key, file and line (for
+    errors: a JSON file's errors name the file and the key's line, inline JSON's the
+    command line). Dynamo's aliases are accepted; an unknown key or one Dynamo has but
+    dynosim does not simulate is an error naming the key."""
     from sim.planner import ALIASES, NOT_SIMULATED, PlannerConfig
     src = text
     if not text.lstrip().startswith("{") and Path(text).is_file():
@@ -519,9 +521,17 @@ def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, str]]:
         detail = (f"no such JSON file: {text}" if looks_like_path else
                   f"not a JSON object or JSON file: {exc.msg} (char {exc.pos})")
         raise InputError(detail, file=CMDLINE, field="--planner-config-json") from None
+    if not text.lstrip().startswith("{") and Path(text).is_dir():
+        raise InputError(f"{text} is a directory, not a JSON file", file=CMDLINE,
+                         field="--planner-config-json")
     if not isinstance(data, dict):
         raise InputError(f"expected a JSON object of planner knobs, got {type(data).__name__}",
-                         file=CMDLINE, field="--planner-config-json")
+    file = CMDLINE if src is text else text
+
+    def line_of(key: str) -> int | None:    # the line of "key": in a JSON file (first one)
+        at = src.find(json.dumps(key, ensure_ascii=False)) if src is not text else -1
+        return src.count("\n", 0, at) + 1 if at >= 0 else None
+                         file=file, field="--planner-config-json")
     names = [f.name for f in dataclasses.fields(PlannerConfig)]
     over: dict[str, Any] = {}
     keys: dict[str, str] = {}
@@ -530,13 +540,14 @@ def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, str]]:
         if name in ("ttft_ms", "itl_ms") or name in names:
             dotted = f"sla.{name}" if name in ("ttft_ms", "itl_ms") else f"planner.{name}"
             over[dotted] = value
-            keys[dotted] = key
+            keys[dotted] = (key, file, line_of(key))
         else:
             hint = difflib.get_close_matches(str(key), names, n=1)
             detail = (f"Dynamo planner key '{key}' has no simulated counterpart in dynosim"
                       if key in NOT_SIMULATED else f"unknown planner key '{key}'" +
                       (f" (did you mean '{hint[0]}'?)" if hint else ""))
-            raise InputError(detail, file=CMDLINE, field="--planner-config-json")
+            raise InputError(detail, file=file, line=line_of(key),
+                             field="--planner-config-json")
     return over, keys
 
 

@@ -154,3 +154,28 @@ def test_window_start_bound_in_the_message_is_accepted(env_id, kwargs, options):
             env.reset(seed=0, options={**options, "window_start_s": bound + 1e-3})
     finally:
         env.close()
+
+
+# -- finding 11: --planner-config-json FILE content errors name the file and line ---------------
+
+@pytest.mark.parametrize("text, where, detail", [
+    ("[1, 2]\n", "knobs.json, ", "expected a JSON object of planner knobs, got list"),
+    ('{\n  "ttft_ms": 500,\n  "bogus_key": 1\n}\n', "knobs.json:3, ", "unknown planner key"),
+    ('{\n  "itl_ms": 20,\n  "ttft_ms": -5\n}\n', "knobs.json:3, ", "key 'ttft_ms': must be > 0"),
+])
+def test_planner_json_file_errors_name_the_file(text, where, detail, tmp_path, capsys):
+    path = tmp_path / "knobs.json"
+    path.write_text(text)
+    rc, _, err = _cli(["simulate", "--trace", "bundled:mooncake_conversation", "--planner",
+                       "load", "--planner-config-json", str(path), "--max-sim-time-s", "1"],
+                      capsys)
+    assert rc == 2
+    line = _one_line(err)
+    assert f"{tmp_path / where}flag '--planner-config-json': " in line and detail in line, line
+
+
+def test_planner_json_directory_is_not_called_missing(tmp_path, capsys):
+    rc, _, err = _cli(["simulate", "--trace", "bundled:mooncake_conversation", "--planner",
+                       "load", "--planner-config-json", str(tmp_path)], capsys)
+    assert rc == 2
+    assert "is a directory" in _one_line(err)
