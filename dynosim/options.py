@@ -262,6 +262,7 @@ def _load_run_config(args: argparse.Namespace) -> tuple[RunConfig, Any]:
     :func:`_scenario_episode` once the flags are applied (``--seed`` picks the episode)."""
     if not args.config:
         return parse_config({}), None
+    args.config = _config_path(args.config)
     from sim.config import read_yaml
     data, where = read_yaml(args.config)
     if not (isinstance(data, dict) and "env" in data):
@@ -282,6 +283,18 @@ def _load_run_config(args: argparse.Namespace) -> tuple[RunConfig, Any]:
                          file=args.config, field="env") from None
     ecfg = load_env_config(args.config)
     return ecfg.sim, ecfg
+
+
+def _config_path(name: str) -> str:
+    """``--config``: a YAML path, or the name of a bundled config (``envs_configs/NAME.yaml``,
+    as ``dynosim evaluate --config`` takes; an unknown name lists them with a did-you-mean)."""
+    if Path(name).is_file():
+        return name
+    try:
+        from dynosim_gym.config import resolve_config_path
+    except ImportError:               # sim installed without dynosim_gym: paths only
+        return name
+    return str(resolve_config_path(name))
 
 
 def _scenario_episode(args: argparse.Namespace, ecfg: Any, cfg: RunConfig) -> RunConfig:
@@ -508,8 +521,16 @@ def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, tuple]]:
     dynosim does not simulate is an error naming the key."""
     from sim.planner import ALIASES, NOT_SIMULATED, PlannerConfig
     src = text
+    if not text.lstrip().startswith("{") and Path(text).is_dir():
+        raise InputError(f"{text} is a directory, not a JSON file", file=CMDLINE,
+                         field="--planner-config-json")
     if not text.lstrip().startswith("{") and Path(text).is_file():
         src = Path(text).read_text(encoding="utf-8")
+    file = CMDLINE if src is text else text
+
+    def line_of(key: str) -> int | None:    # the line of "key": in a JSON file (first one)
+        at = src.find(json.dumps(key, ensure_ascii=False)) if src is not text else -1
+        return src.count("\n", 0, at) + 1 if at >= 0 else None
     try:
         data = json.loads(src)
     except json.JSONDecodeError as exc:
@@ -521,16 +542,8 @@ def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, tuple]]:
         detail = (f"no such JSON file: {text}" if looks_like_path else
                   f"not a JSON object or JSON file: {exc.msg} (char {exc.pos})")
         raise InputError(detail, file=CMDLINE, field="--planner-config-json") from None
-    if not text.lstrip().startswith("{") and Path(text).is_dir():
-        raise InputError(f"{text} is a directory, not a JSON file", file=CMDLINE,
-                         field="--planner-config-json")
     if not isinstance(data, dict):
         raise InputError(f"expected a JSON object of planner knobs, got {type(data).__name__}",
-    file = CMDLINE if src is text else text
-
-    def line_of(key: str) -> int | None:    # the line of "key": in a JSON file (first one)
-        at = src.find(json.dumps(key, ensure_ascii=False)) if src is not text else -1
-        return src.count("\n", 0, at) + 1 if at >= 0 else None
                          file=file, field="--planner-config-json")
     names = [f.name for f in dataclasses.fields(PlannerConfig)]
     over: dict[str, Any] = {}
@@ -586,7 +599,8 @@ def add_simulate_arguments(s: argparse.ArgumentParser) -> None:
     flags with them too, through :func:`simulate_parser`)."""
     w = s.add_argument_group("workload")
     w.add_argument("--config", metavar="YAML",
-                   help="run config, or an env scenario (see envs_configs/; its env: section "
+                   help="run config, or an env scenario: a path, or a bundled config's "
+                   "name as evaluate takes (envs_configs/NAME.yaml, e.g. disagg_2p2d; its env: section "
                    "is ignored: a synthetic scenario replays the rate curve of the episode "
                    "env.reset(seed=SEED) draws, with arrival times and prompts sampled from "
                    "the run seed, not the environment's own requests; a trace scenario runs "

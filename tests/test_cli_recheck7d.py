@@ -179,3 +179,21 @@ def test_planner_json_directory_is_not_called_missing(tmp_path, capsys):
                        "load", "--planner-config-json", str(tmp_path)], capsys)
     assert rc == 2
     assert "is a directory" in _one_line(err)
+
+
+# -- finding 10: simulate --config takes the bundled config names, as evaluate does -------------
+
+def test_simulate_config_takes_a_bundled_name(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                  # no ./disagg_2p2d file to find instead
+    rc, out, err = _cli(["simulate", "--config", "disagg_2p2d", "--max-sim-time-s", "1",
+                         "--quiet"], capsys)
+    assert rc == 0, err
+    assert "decode" in out
+
+
+def test_simulate_config_typo_suggests_the_bundled_name(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = _cli(["simulate", "--config", "disagg_2p3d"], capsys)
+    assert rc == 2
+    line = _one_line(err)
+    assert "config file not found" in line and "did you mean 'disagg_2p2d'?" in line, line
