@@ -69,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:                     # named by the (sub)command's parser: its --help
+            _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:        # --help, --version, usage errors: return, don't exit
         return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
@@ -84,6 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code != 0:                 # failed (or raised): no empty --out directory left
             remove_empty_created_dirs()
     return code
+
+
+def _command_parser(parser: argparse.ArgumentParser,
+                    args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``args`` ran (``dynosim sweep interval``'s, ...)."""
+    while True:
+        sub = next((a for a in parser._actions                  # argparse keeps them there
+                    if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, sub.dest, None) if sub is not None else None
+        if name not in (sub.choices if sub is not None else {}):
+            return parser
+        parser = sub.choices[name]
 
 
 def _run(args: argparse.Namespace) -> int:

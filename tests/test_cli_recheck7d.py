@@ -197,3 +197,25 @@ def test_simulate_config_typo_suggests_the_bundled_name(capsys, tmp_path, monkey
     assert rc == 2
     line = _one_line(err)
     assert "config file not found" in line and "did you mean 'disagg_2p2d'?" in line, line
+
+
+# -- finding 13 (part): usage errors point to the subcommand's help; schema rows -----------------
+
+@pytest.mark.parametrize("argv, helps", [
+    (["sweep", "interval", "--out", "x", "--kv-transfer-bandwidth", "64"],
+     "dynosim sweep interval --help"),
+    (["simulate", "--bogus", "1"], "dynosim simulate --help"),
+])
+def test_unrecognized_argument_points_to_the_subcommand_help(argv, helps, capsys):
+    rc, _, err = _cli(argv, capsys)
+    assert rc == 2
+    line = _one_line(err)
+    assert "unrecognized arguments" in line and f"(see '{helps}')" in line, line
+
+
+def test_schema_names_the_kv_flag_and_the_residual_offsets_rule(capsys):
+    rc, out, _ = _cli(["config", "schema"], capsys)
+    assert rc == 0
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
+    assert "--kv-bytes-per-token" in rows["disagg.kv_bytes_per_token"]
+    assert "lo <= 0 <= hi" in rows["env.action.residual_offsets"]
