@@ -288,7 +288,7 @@ def _load_run_config(args: argparse.Namespace) -> tuple[RunConfig, Any]:
 def _config_path(name: str) -> str:
     """``--config``: a YAML path, or the name of a bundled config (``envs_configs/NAME.yaml``,
     as ``dynosim evaluate --config`` takes; an unknown name lists them with a did-you-mean)."""
-    if Path(name).is_file():
+    if Path(name).exists():           # a file, or a directory read_yaml names as one
         return name
     try:
         from dynosim_gym.config import resolve_config_path
