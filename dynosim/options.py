@@ -600,8 +600,8 @@ def add_simulate_arguments(s: argparse.ArgumentParser) -> None:
     w = s.add_argument_group("workload")
     w.add_argument("--config", metavar="YAML",
                    help="run config, or an env scenario: a path, or a bundled config's "
-                   "name as evaluate takes (envs_configs/NAME.yaml, e.g. disagg_2p2d; its env: section "
-                   "is ignored: a synthetic scenario replays the rate curve of the episode "
+                   "name as evaluate takes (envs_configs/NAME.yaml, e.g. disagg_2p2d; its "
+                   "env: section is ignored: a synthetic scenario replays the rate curve of the episode "
                    "env.reset(seed=SEED) draws, with arrival times and prompts sampled from "
                    "the run seed, not the environment's own requests; a trace scenario runs "
                    "its whole trace) (default: none, so Dynamo's defaults and the flags)")

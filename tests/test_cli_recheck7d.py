@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_script_{name}",
+                                                  ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -99,7 +100,8 @@ def test_schema_mentions_the_request_cap_beside_the_rate_range(capsys):
 @pytest.fixture
 def kv_conflict_yaml(tmp_path) -> Path:
     text = (ROOT / "envs_configs" / "disagg_2p2d.yaml").read_text()
-    text = text.replace("  block_size: 64\n", "  block_size: 64\n  kv_cache_bytes_per_token: 131072\n")
+    text = text.replace("  block_size: 64\n",
+                        "  block_size: 64\n  kv_cache_bytes_per_token: 131072\n")
     assert "kv_bytes_per_token: 262144" in text
     path = tmp_path / "d2.yaml"
     path.write_text(text)
