@@ -345,6 +345,10 @@ def located(exc: InputError, cfg) -> InputError:
     if exc.file != "config" or exc.field is None:
         return exc
     file, line = cfg.sim.locate(exc.field)
+    from dynosim_gym.episodes import ForeignScenario
+    if isinstance(exc, ForeignScenario):     # kept: evaluate advises --env on it
+        return ForeignScenario(exc.detail, owner=exc.owner, file=file, line=line,
+                               field=exc.field)
     return InputError(exc.detail, file=file, line=line, field=exc.field)
 
 

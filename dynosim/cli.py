@@ -69,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:                     # named by the (sub)command's parser: its --help
+            _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:        # --help, --version, usage errors: return, don't exit
         return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
@@ -86,32 +86,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _command_parser(parser: argparse.ArgumentParser,
+                    args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``args`` ran (``dynosim sweep interval``'s, ...)."""
+    while True:
+        sub = next((a for a in parser._actions                  # argparse keeps them there
+                    if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, sub.dest, None) if sub is not None else None
+        if name not in (sub.choices if sub is not None else {}):
+            return parser
+        parser = sub.choices[name]
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; every error a user can cause ends here as one line."""
+    spelled = dict(getattr(args, "flag_spelled", None) or {})
+    sets = getattr(args, "set", None) or []           # agents' --set KEY=VALUE
+    if sets:
+        from dynosim_gym.config import override_key
+    for key, _ in sets:
+        try:
+            spelled[override_key(key)] = f"--set {key}"
+        except InputError:            # an unknown key: the command's own load says so
+            pass
+    return guarded(lambda: _dispatch(args), spelled)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "models":
+        return list_models(args)
+    if args.command == "config":
+        from . import config_schema as schema
+        return schema.run(args)
+    if args.command == "validate":
+        from .studies import silicon
+        return silicon.run(args)
+    if args.command == "sweep":
+        from .studies import sweeps
+        return sweeps.run(args)
+    if args.command == "search":
+        from .studies import search
+        return search.run(args)
+    if args.command == "bench":
+        from .studies import bench
+        return bench.run(args)
+    if args.command in AGENT_COMMANDS:
+        from agents import cli as agents_cli
+        return agents_cli.run(args)
+    return simulate(args)
+
+
+def guarded(body: Callable[[], int], spelled: dict[str, str] | None = None) -> int:
+    """``body()``'s exit code, or 2 with one stderr line for an error the user caused
+    (:class:`~sim.errors.InputError`, bad YAML, a missing file), 141 on a closed pipe and
+    130 on Ctrl-C. The CLI's one error path; ``scripts/`` use it too. ``spelled``: see
+    :func:`~dynosim.options.from_cmdline`."""
     try:
-        if args.command == "models":
-            return list_models(args)
-        if args.command == "config":
-            from . import config_schema as schema
-            return schema.run(args)
-        if args.command == "validate":
-            from .studies import silicon
-            return silicon.run(args)
-        if args.command == "sweep":
-            from .studies import sweeps
-            return sweeps.run(args)
-        if args.command == "search":
-            from .studies import search
-            return search.run(args)
-        if args.command == "bench":
-            from .studies import bench
-            return bench.run(args)
-        if args.command in AGENT_COMMANDS:
-            from agents import cli as agents_cli
-            return agents_cli.run(args)
-        return simulate(args)
+        return body()
     except InputError as exc:
-        return _fail(from_cmdline(exc, getattr(args, "flag_spelled", None)))
+        return _fail(from_cmdline(exc, spelled))
     except yaml.YAMLError as exc:     # load_config converts these; kept as a safety net
         return _fail(f"invalid YAML: {' '.join(str(exc).split())}")
     except BrokenPipeError:           # stdout closed early (`... | head`): stop quietly

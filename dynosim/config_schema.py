@@ -53,6 +53,9 @@ def rows() -> dict[str, list[dict[str, Any]]]:
     for name, cls in SECTIONS.items():
         out["config"] += list(_rows_of(cls, name, FLAG_OF))
     out["config"] += list(_rows_of(DisaggSection, "disagg", FLAG_OF))     # disaggregated pools
+    for r in out["config"]:     # --kv-bytes-per-token sets both sizes (the run's one KV size)
+        if r["field"] == "disagg.kv_bytes_per_token":
+            r["flag"] = FLAG_OF["engine.kv_cache_bytes_per_token"]
     _show_null(out["config"])
     out["config"].append({"field": "timing.model = fixed:P,D", "type": "float,float",
                           "default": None, "range": PASS_MS.text(), "unit": PASS_MS.unit,
@@ -69,10 +72,15 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         trace = ("trace families draw their peak as this times their load scale "
                  "(scenarios.TRACE_LOAD: " + ", ".join(f"{k} x {v:g}" for k, v in
                                                       TRACE_LOAD.items()) + ")")
+        from dynosim_gym.episodes import MAX_EPISODE_REQUESTS
+        cap = (f"an episode may generate at most {MAX_EPISODE_REQUESTS:,} requests "
+               "(rate x duration x the family's requests per unit of rate)")
+        rule = {"env.rate_min_rps": trace, "env.rate_max_rps": f"{trace}; {cap}",
+                "env.action.residual_offsets": "[lo, hi] with lo <= 0 <= hi"}
         for r in out["env"]:
-            if r["field"] in ("env.rate_min_rps", "env.rate_max_rps"):
-                r["note"] = trace
-                r["why"] = f"{r['why']}; {trace}" if r["why"] else trace
+            if r["field"] in rule:
+                r["note"] = rule[r["field"]]
+                r["why"] = f"{r['why']}; {r['note']}" if r["why"] else r["note"]
     wflag = {"trace_block_size": "--trace-block-size",
              "arrival_speedup_ratio": "--arrival-speedup-ratio"}
     wdefaults = _workload_defaults()

@@ -221,7 +221,12 @@ class _Deprecated(argparse.Action):
 
 def from_cmdline(exc: InputError, spelled: dict[str, str] | None = None) -> str:
     """Name the flag, not the config field, when a flag supplied the bad value; ``spelled``
-    (new flag -> the deprecated spelling the user typed) names the flag as typed."""
+    (new flag -> the deprecated spelling the user typed; dotted key -> ``--set KEY`` for
+    the ``--set`` overrides, whose values are located in "overrides") names the flag as
+    typed."""
+    if exc.file == "overrides" and exc.field in (spelled or {}):
+        # a --set value refused after the config loaded (an env's request cap): the flag
+        return InputError(exc.detail, field=spelled[exc.field]).format()
     if exc.file == CMDLINE:
         field = exc.field or ""
         flag = field if field.startswith("--") else \
@@ -257,9 +262,19 @@ def _load_run_config(args: argparse.Namespace) -> tuple[RunConfig, Any]:
     :func:`_scenario_episode` once the flags are applied (``--seed`` picks the episode)."""
     if not args.config:
         return parse_config({}), None
+    args.config = _config_path(args.config)
     from sim.config import read_yaml
-    data, _ = read_yaml(args.config)
+    data, where = read_yaml(args.config)
     if not (isinstance(data, dict) and "env" in data):
+        kv = getattr(args, "kv_bytes_per_token", None)
+        d, e = (data.get("disagg"), data.get("engine")) if isinstance(data, dict) else (0, 0)
+        if kv is not None and isinstance(d, dict) and isinstance(e, dict) \
+                and "kv_bytes_per_token" in d and "kv_cache_bytes_per_token" in e:
+            # --kv-bytes-per-token is the run's one KV size per token (README): it replaces
+            # both YAML sizes before their conflict check, so the flag settles a conflict
+            e["kv_cache_bytes_per_token"] = d["kv_bytes_per_token"] = kv
+            return parse_config(data, source=str(args.config), where=where,
+                                base_dir=Path(args.config).resolve().parent), None
         return load_config(args.config), None
     try:
         from dynosim_gym.config import load_env_config
@@ -268,6 +283,18 @@ def _load_run_config(args: argparse.Namespace) -> tuple[RunConfig, Any]:
                          file=args.config, field="env") from None
     ecfg = load_env_config(args.config)
     return ecfg.sim, ecfg
+
+
+def _config_path(name: str) -> str:
+    """``--config``: a YAML path, or the name of a bundled config (``envs_configs/NAME.yaml``,
+    as ``dynosim evaluate --config`` takes; an unknown name lists them with a did-you-mean)."""
+    if Path(name).exists():           # a file, or a directory read_yaml names as one
+        return name
+    try:
+        from dynosim_gym.config import resolve_config_path
+    except ImportError:               # sim installed without dynosim_gym: paths only
+        return name
+    return str(resolve_config_path(name))
 
 
 def _scenario_episode(args: argparse.Namespace, ecfg: Any, cfg: RunConfig) -> RunConfig:
@@ -386,7 +413,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.planner is not None:
         over["planner.kind"] = args.planner
     has_planner = args.planner is not None or cfg.planner is not None
-    json_keys: dict[str, str] = {}      # planner.<knob> / sla.* -> the JSON's own key
+    json_keys: dict[str, tuple] = {}    # planner.<knob> / sla.* -> (JSON key, file, line)
     if args.planner_config_json is not None:
         if not has_planner:
             raise InputError("--planner-config-json needs --planner load|throughput",
@@ -418,7 +445,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         # a value from --planner-config-json is named by its JSON key, not by the flag or
         # config field that shares its name (planner.min_endpoint is also --min-endpoint)
         if exc.file == CMDLINE and exc.field in from_json:
-            raise InputError(f"key '{from_json[exc.field]}': {exc.detail}", file=CMDLINE,
+            key, file, line = from_json[exc.field]
+            raise InputError(f"key '{key}': {exc.detail}", file=file, line=line,
                              field="--planner-config-json") from None
         raise
 
@@ -484,16 +512,25 @@ def _role_tp_overrides(args: argparse.Namespace, cfg: RunConfig, over: dict[str,
             over[key] = {**engine, "num_gpu_blocks": table.num_gpu_blocks}
 
 
-def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, tuple]]:
     """``--planner-config-json`` (inline JSON, or a JSON file as Dynamo takes) as config
     overrides: ``planner.<knob>``, and ``sla.ttft_ms``/``sla.itl_ms`` for the SLA targets
-    (one SLA for goodput and planner), with each override's JSON key (for errors). Dynamo's
-    aliases are accepted; an unknown key or one Dynamo has but dynosim does not simulate is
-    an error naming the key."""
+    (one SLA for goodput and planner), with each override's JSON key, file and line (for
+    errors: a JSON file's errors name the file and the key's line, inline JSON's the
+    command line). Dynamo's aliases are accepted; an unknown key or one Dynamo has but
+    dynosim does not simulate is an error naming the key."""
     from sim.planner import ALIASES, NOT_SIMULATED, PlannerConfig
     src = text
+    if not text.lstrip().startswith("{") and Path(text).is_dir():
+        raise InputError(f"{text} is a directory, not a JSON file", file=CMDLINE,
+                         field="--planner-config-json")
     if not text.lstrip().startswith("{") and Path(text).is_file():
         src = Path(text).read_text(encoding="utf-8")
+    file = CMDLINE if src is text else text
+
+    def line_of(key: str) -> int | None:    # the line of "key": in a JSON file (first one)
+        at = src.find(json.dumps(key, ensure_ascii=False)) if src is not text else -1
+        return src.count("\n", 0, at) + 1 if at >= 0 else None
     try:
         data = json.loads(src)
     except json.JSONDecodeError as exc:
@@ -507,7 +544,7 @@ def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, str]]:
         raise InputError(detail, file=CMDLINE, field="--planner-config-json") from None
     if not isinstance(data, dict):
         raise InputError(f"expected a JSON object of planner knobs, got {type(data).__name__}",
-                         file=CMDLINE, field="--planner-config-json")
+                         file=file, field="--planner-config-json")
     names = [f.name for f in dataclasses.fields(PlannerConfig)]
     over: dict[str, Any] = {}
     keys: dict[str, str] = {}
@@ -516,13 +553,14 @@ def _planner_json(text: str) -> tuple[dict[str, Any], dict[str, str]]:
         if name in ("ttft_ms", "itl_ms") or name in names:
             dotted = f"sla.{name}" if name in ("ttft_ms", "itl_ms") else f"planner.{name}"
             over[dotted] = value
-            keys[dotted] = key
+            keys[dotted] = (key, file, line_of(key))
         else:
             hint = difflib.get_close_matches(str(key), names, n=1)
             detail = (f"Dynamo planner key '{key}' has no simulated counterpart in dynosim"
                       if key in NOT_SIMULATED else f"unknown planner key '{key}'" +
                       (f" (did you mean '{hint[0]}'?)" if hint else ""))
-            raise InputError(detail, file=CMDLINE, field="--planner-config-json")
+            raise InputError(detail, file=file, line=line_of(key),
+                             field="--planner-config-json")
     return over, keys
 
 
@@ -561,8 +599,9 @@ def add_simulate_arguments(s: argparse.ArgumentParser) -> None:
     flags with them too, through :func:`simulate_parser`)."""
     w = s.add_argument_group("workload")
     w.add_argument("--config", metavar="YAML",
-                   help="run config, or an env scenario (see envs_configs/; its env: section "
-                   "is ignored: a synthetic scenario replays the rate curve of the episode "
+                   help="run config, or an env scenario: a path, or a bundled config's "
+                   "name as evaluate takes (envs_configs/NAME.yaml, e.g. disagg_2p2d; its "
+                   "env: section is ignored: a synthetic scenario replays the rate curve of the episode "
                    "env.reset(seed=SEED) draws, with arrival times and prompts sampled from "
                    "the run seed, not the environment's own requests; a trace scenario runs "
                    "its whole trace) (default: none, so Dynamo's defaults and the flags)")

@@ -287,7 +287,7 @@ class EpisodeFactory:
                     and 0 <= start <= max(0.0, total - self.duration_s)) \
                     or self.duration_s > total + self.cfg.env.interval_s:
                 raise InputError(f"a {self.duration_s:g} s window must start in [0, "
-                                 f"{max(0.0, total - self.duration_s):.0f}] s of this "
+                                 f"{max(0.0, total - self.duration_s)!r}] s of this "
                                  f"{total:.0f} s trace, got {start!r}",
                                  field="options.window_start_s")
             start = float(start)
@@ -397,7 +397,7 @@ class EpisodeFactory:
             if window_start_s is not None:
                 if not 0 <= window_start_s <= total - T:
                     raise _option_error(f"a {T:g} s window must start in [0, "
-                                        f"{max(0.0, total - T):.0f}] s of the {total:.0f} s "
+                                        f"{max(0.0, total - T)!r}] s of the {total:.0f} s "
                                         f"{spec['trace']} trace, got {window_start_s:g}",
                                         "window_start_s")
                 start = float(window_start_s)

@@ -132,11 +132,20 @@ def plot(results: list, out: Path) -> None:
 
 
 def first_episode_of(family: str, limit: int = 100) -> int:
-    """Seed of the first held-out episode (``split=eval``, seeds 0, 1, ...) of ``family``."""
+    """Seed of the first held-out episode (``split=eval``, seeds 0, 1, ...) of ``family``;
+    InputError on ``--first-of`` if the held-out split has no such family."""
     import gymnasium as gym
 
     import dynosim_gym  # noqa: F401  (registers the ids)
+    from sim.errors import InputError
     env = gym.make("DynoSim-v0")
+    held_out = env.unwrapped.episodes.scenarios["eval"]
+    if family not in held_out:
+        env.close()
+        kind = ("a training family" if family in env.unwrapped.episodes.scenarios["train"]
+                else "an unknown family")
+        raise InputError(f"{family!r} is {kind}; held-out families: {', '.join(held_out)}",
+                         field="--first-of")
     try:
         for seed in range(limit):
             _, info = env.reset(seed=seed, options={"split": "eval"})
@@ -144,20 +153,36 @@ def first_episode_of(family: str, limit: int = 100) -> int:
                 return seed
     finally:
         env.close()
-    raise SystemExit(f"plot_learned: no held-out {family} episode in seeds 0-{limit - 1}")
+    raise InputError(f"no held-out {family} episode in seeds 0-{limit - 1}",
+                     field="--first-of")
 
 
 def main(argv=None) -> int:
-    from agents.evaluate import evaluate
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
+    from agents.cli import _seed
+    from dynosim.cli import guarded
+    from dynosim.options import Parser
+    ap = Parser(prog="plot_learned.py", description=__doc__.splitlines()[0])
     ap.add_argument("--policy", default="pretrained:autoscaler")
     ap.add_argument("--compare", default="heuristic:load-tuned")
-    ap.add_argument("--seed", type=int, default=0, help="held-out episode (split=eval)")
+    ap.add_argument("--seed", type=_seed, default=0, help="held-out episode (split=eval)")
     ap.add_argument("--first-of", default=None, metavar="FAMILY",
                     help="the first held-out episode of FAMILY (overrides --seed)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"
                                          / "learned_replicas_vs_load.png"))
     args = ap.parse_args(argv)
+    return guarded(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.evaluate import evaluate, resolve_policy
+    from sim.errors import InputError
+    for flag, spec in (("--policy", args.policy), ("--compare", args.compare)):
+        try:
+            if spec:
+                resolve_policy(spec)
+        except InputError as exc:
+            raise InputError(exc.detail, file=exc.file, line=exc.line, field=flag) from None
     if args.first_of:
         args.seed = first_episode_of(args.first_of)
     results = [evaluate(p, "DynoSim-v0", episodes=1, seed=args.seed, split="eval",

@@ -25,13 +25,20 @@ sys.path.insert(0, str(ROOT))
 
 
 class OffsetPolicy:
-    """Always the action of one offset (SB3-style ``predict``)."""
+    """Always the action of one offset (SB3-style ``predict``). InputError (on the flag or
+    field at fault) unless ``env`` takes residual actions and ``offset`` is in their range."""
 
     def __init__(self, env, offset: int) -> None:
+        from dynosim_gym.actions import ResidualAction
+        from sim.errors import InputError
         at = env.unwrapped.action_type
+        if not isinstance(at, ResidualAction):
+            raise InputError(f"this script measures the base of env.action.type: residual, "
+                             f"got type {env.unwrapped.cfg.env.action.type!r}",
+                             field="--set env.action.type")
         if not at.off_lo <= offset <= at.off_hi:
-            raise SystemExit(f"--offset {offset} is outside env.action.residual_offsets "
-                             f"[{at.off_lo}, {at.off_hi}]")
+            raise InputError(f"{offset} is outside env.action.residual_offsets "
+                             f"[{at.off_lo}, {at.off_hi}]", field="--offset")
         self.action = offset - at.off_lo
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
@@ -39,18 +46,27 @@ class OffsetPolicy:
 
 
 def main(argv=None) -> int:
-    import dynosim_gym  # noqa: F401  (registers the envs)
-    from agents.cli import _set
-    from agents.evaluate import resolved_reward, run_episode, summarise
+    """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
+    from agents.cli import _pos_int, _seed, _set
+    from dynosim.options import Parser
+    from sim.schema import int_arg
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(prog="residual_base.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", default="train", choices=("train", "eval"))
-    ap.add_argument("--episodes", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--episodes", type=_pos_int, default=3)
+    ap.add_argument("--seed", type=_seed, default=0)
+    ap.add_argument("--offset", type=int_arg, default=0)
     ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    from dynosim.cli import guarded
+    return guarded(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    import dynosim_gym  # noqa: F401  (registers the envs)
+    from agents.evaluate import resolved_reward, run_episode, summarise
+
     overrides = {"env.action.type": "residual", **dict(args.set)}
     env = gym.make("DynoSim-v0", **overrides)
     u = env.unwrapped

@@ -203,8 +203,8 @@ def _check_disagg(data: Any, cfg: "RunConfig", v: "_Validator",
     if out["kv_bytes_per_token"] is not None and eng_bytes is not None \
             and out["kv_bytes_per_token"] != eng_bytes:
         raise v.error(f"{out['kv_bytes_per_token']} conflicts with "
-                      f"engine.kv_cache_bytes_per_token {eng_bytes} "
-                      f"(--kv-bytes-per-token): give one KV size per token",
+                      f"engine.kv_cache_bytes_per_token {eng_bytes}: give one KV size "
+                      f"per token",
                       "disagg.kv_bytes_per_token")
     for role in DISAGG_ROLES:
         key = f"{role}_timing_model"

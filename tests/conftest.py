@@ -31,6 +31,18 @@ PEER_MISSING = ("Dynamo's replay (ai-dynamo 1.6.1) not installed: `make peer` pu
 REL, ABS = 1e-9, 1e-6
 
 
+def load_script(name: str):
+    """``scripts/NAME.py`` (or ``bench/NAME.py`` when given as ``bench/NAME``) imported as a
+    module: the scripts are not a package."""
+    import importlib.util
+    rel = name if "/" in name else f"scripts/{name}"
+    path = Path(__file__).resolve().parents[1] / f"{rel}.py"
+    spec = importlib.util.spec_from_file_location(Path(rel).name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def stale_compiled_modules() -> list[str]:
     """Compiled modules (setup.py) older than their ``.py``/``.pxd``: Python would import the
     old compiled code, not the edited source."""

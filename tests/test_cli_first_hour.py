@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import dynosim_gym  # noqa: F401  (registers the env ids)
-from conftest import assert_values_not_options
+from conftest import assert_values_not_options, load_script
 from dynosim.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -252,10 +252,7 @@ def test_a_closed_stderr_leaves_no_empty_out_directory(tmp_path: Path) -> None:
 def test_learned_benchmark_reads_the_tuned_file_as_yaml_1_2_with_located_errors(
         tmp_path: Path) -> None:
     from sim.errors import InputError
-    spec = importlib.util.spec_from_file_location("learned_benchmark",
-                                                  REPO / "scripts" / "learned_benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("learned_benchmark")
     tuned = tmp_path / "load-tuned.yaml"
     tuned.write_text("base: load\nknobs: {}\ntrain_sla_attainment: 665e-3\n")   # YAML 1.1: a str
     assert mod.lagrangian_target(tuned) == 0.67

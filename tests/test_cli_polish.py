@@ -8,6 +8,8 @@ import pytest
 import dynosim_gym  # noqa: F401  (registers the env ids)
 from dynosim.cli import main
 
+from conftest import load_script
+
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     rc = main(list(argv))
@@ -186,14 +188,10 @@ def test_simulate_help_says_an_env_scenario_replays_its_rate_curve(capsys) -> No
 
 def test_replot_search_front_redraws_the_shipped_front(tmp_path) -> None:
     import csv
-    import importlib.util
     import shutil
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "replot_search_front", root / "scripts" / "replot_search_front.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("replot_search_front")
     run_dir = tmp_path / "bound_tpe"
     shutil.copytree(root / "docs" / "search" / "bound_tpe", run_dir)
     (run_dir / "front.png").unlink()

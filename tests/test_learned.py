@@ -8,7 +8,6 @@ paths for a few steps.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 import zipfile
@@ -21,16 +20,14 @@ from agents.evaluate import PRETRAINED_DIR, evaluate, resolve_policy
 from agents.train import load_hyperparams, train
 from dynosim.cli import main
 
+from conftest import load_script
+
 TINY = "autoscale_tiny"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("learned_benchmark",
-                                                  ROOT / "scripts" / "learned_benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("learned_benchmark")
 
 
 def test_pretrained_autoscaler_is_small_packaged_and_reproducible() -> None:

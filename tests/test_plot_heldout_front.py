@@ -2,20 +2,17 @@
 (issue 11) and marks a recipe that meets the pooled target only by giving up episodes."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "docs" / "benchmark"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("plot_heldout_front",
-                                                  ROOT / "scripts" / "plot_heldout_front.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("plot_heldout_front")
 
 
 def test_every_summary_file_is_a_point_with_its_figures():
