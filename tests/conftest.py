@@ -31,6 +31,24 @@ PEER_MISSING = ("Dynamo's replay (ai-dynamo 1.6.1) not installed: `make peer` pu
 REL, ABS = 1e-9, 1e-6
 
 
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``dynosim ARGV`` in-process: (exit code, stdout, stderr)."""
+    from dynosim.cli import main
+    rc = main(list(argv))
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def one_line_error(rc: int, err: str, *needles: str) -> None:
+    """The project's bad-input contract: exit 2, one stderr line, no traceback, naming
+    each of ``needles``."""
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
 def load_script(name: str):
     """``scripts/NAME.py`` (or ``bench/NAME.py`` when given as ``bench/NAME``) imported as a
     module: the scripts are not a package."""

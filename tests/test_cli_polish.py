@@ -6,22 +6,8 @@ import json
 import pytest
 
 import dynosim_gym  # noqa: F401  (registers the env ids)
-from dynosim.cli import main
 
-from conftest import load_script
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def one_line_error(rc: int, err: str, *needles: str) -> None:
-    assert rc == 2, err
-    assert len(err.strip().splitlines()) == 1, err
-    for n in needles:
-        assert n in err, (n, err)
+from conftest import load_script, one_line_error, run_cli as run
 
 
 # -- 4. a None default reads "null" everywhere in `dynosim config schema` ------------------------

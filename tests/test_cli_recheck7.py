@@ -8,25 +8,12 @@ import gymnasium as gym
 import pytest
 
 import dynosim_gym  # noqa: F401  (registers the env ids)
-from dynosim.cli import main
 from sim.errors import InputError
+
+from conftest import one_line_error, run_cli as run
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "envs_configs" / "autoscale_tiny.yaml")
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def one_line_error(rc: int, err: str, *needles: str) -> None:
-    assert rc == 2, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err, err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 # -- 1. train --algo ppo on autoscale_disagg: the recipe's aggregated-only keys, up front ------
