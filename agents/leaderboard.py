@@ -248,7 +248,7 @@ def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
     ax.set_ylabel("SLA attainment (% of requests, higher is better)")
     ax.set_title("Policies on held-out episodes", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.margins(x=0.12, y=0.12)
+    ax.margins(x=0.18, y=0.15)        # room, so adjustText keeps labels off the frame
     kinds = {r.policy.startswith("heuristic:") for r in results}   # only the kinds drawn
     ax.legend(handles=[
         *([Line2D([], [], marker="s", ls="", color="C1", label="heuristic planner")]
@@ -262,25 +262,8 @@ def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
     adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.3, 1.6), max_move=None,
                 arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
     fig.tight_layout()
-    _keep_inside(ax, texts)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _keep_inside(ax, texts, pad_px: float = 4.0) -> None:
-    """Move each label that touches or crosses the axes frame (adjustText keeps them inside
-    but flush with it) ``pad_px`` pixels inward, in data coordinates."""
-    fig = ax.figure
-    fig.canvas.draw()
-    frame = ax.get_window_extent()
-    to_data = ax.transData.inverted()
-    for t in texts:
-        box = t.get_window_extent()
-        dx = max(0.0, frame.x0 + pad_px - box.x0) - max(0.0, box.x1 - (frame.x1 - pad_px))
-        dy = max(0.0, frame.y0 + pad_px - box.y0) - max(0.0, box.y1 - (frame.y1 - pad_px))
-        if dx or dy:
-            x, y = ax.transData.transform(t.get_position())
-            t.set_position(to_data.transform((x + dx, y + dy)))
 
 
 # -- routing leaderboard -------------------------------------------------------------------------
