@@ -28,6 +28,7 @@ import numpy as np
 
 from sim.errors import InputError
 from sim.schema import MAX_WORKERS, Range, arg_type
+from sim.wording import plural
 from dynosim.options import CMDLINE
 
 FRAMEWORKS = ("sb3", "rllib")
@@ -172,7 +173,7 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
                   steps_per_s=round(steps / wall, 1) if wall > 0 else None)
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     plot_curve(curve, out / "learning_curve.png",
-               f"RLlib PPO on {env_id}: {runners} env runners, seed {seed}")
+               f"RLlib PPO on {env_id}: {plural(runners, 'env runner')}, seed {seed}")
     del ckpt
     return out
 
