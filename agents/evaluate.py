@@ -697,7 +697,11 @@ def feature_diff(pol: PolicySpec, env_id: str, cfg) -> str:
 
 def resolved_reward(cfg, u) -> dict[str, Any]:
     """The reward config a result was scored with, defaults resolved (``gpu_weight``,
-    ``request_scale``)."""
+    ``request_scale``); a routing env's is only what applies to it (``sla_weight``: its
+    reward is ``sla_weight x (met - violated)`` per request)."""
+    from dynosim_gym.routing_env import DynoSimRoutingEnv
+    if isinstance(u, DynoSimRoutingEnv):
+        return {"sla_weight": u.w_sla}
     out = asdict(cfg.env.reward)
     for key, attr in (("gpu_weight", "w_gpu"), ("request_scale", "request_scale")):
         if hasattr(u, attr):

@@ -1,6 +1,7 @@
 """``DynoSimRouting-v0``: route every arriving request of an LLM-serving pool to a worker."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import gymnasium as gym
@@ -12,10 +13,10 @@ from sim.kv_cache import block_keys
 from sim.metrics import STATUS_COMPLETED
 
 from .base import EPISODE_OVER, ResetNeeded, SimEnv, check_discrete
-from .config import EnvConfig, load_env_config
+from .config import EnvConfig, EnvSection, load_env_config
 from .episodes import EpisodeFactory, begin_episode
 from .monitor import ClusterMonitor, _pct
-from .observations import FEATURES, _sq
+from .observations import _sq
 
 DEFAULT_CONFIG = "routing_default"
 
@@ -35,6 +36,58 @@ REQUEST_FEATURES = (
 RUNNING_SCALE = 8.0        # requests: 8 running on a worker maps to 0.5
 WAITING_SCALE = 1.0        # requests: 1 waiting maps to 0.5
 MAX_REQUESTS = 10_000      # default cap on routed requests per episode
+
+
+#: The ``env`` keys this env reads (dotted, under ``env``); every other ``env`` key is an
+#: autoscaler's (``DynoSim-v0``'s) and is refused when set away from its default
+#: (:func:`check_routing_keys`). ``max_gpu_budget`` and ``min_endpoint`` bound the fixed pool.
+ROUTING_ENV_KEYS = frozenset({
+    "interval_s", "episode_steps", "max_gpu_budget", "min_endpoint", "initial_workers",
+    "split", "eval_fraction", "scenarios", "eval_scenarios", "rate_min_rps", "rate_max_rps",
+    "day_period_s", "timeout_s", "observation.isl_scale", "reward.sla_weight"})
+#: Why an autoscaler key does not apply here, by its first dotted part (or its name's head).
+_WHY_NOT = {
+    "action": "its action is a worker choice, Discrete(num_workers)",
+    "observation": "it observes per-worker and request features of its own",
+    "reward": "its reward is reward.sla_weight x (met - violated) per decided request",
+    "planner": "no planner runs: the agent routes over a fixed pool",
+    "startup": "the fixed pool is ready at t = 0; no worker starts",
+    "swing": "its scenarios draw no swing (DynoSim-v0's workload families do)",
+}
+
+
+def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "planner":       # env.planner is one value (knobs)
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_routing_keys(cfg: EnvConfig) -> None:
+    """Refuse every ``env`` key this env does not read (not in :data:`ROUTING_ENV_KEYS`) whose
+    value differs from its default: the autoscaler's action, observation, reward
+    (``mode``, ``gpu_weight``, ``change_penalty``, ...), planner and start-up settings would
+    otherwise be recorded as applied while having no effect. One line: the first such key
+    (file and line), the others named after it.
+
+    Raises:
+        InputError: ``field`` the first such key (``env.reward.mode``).
+    """
+    given = _leaves(asdict(cfg.env))
+    default = _leaves(asdict(EnvSection()))
+    bad = [k for k in given if k not in ROUTING_ENV_KEYS and given[k] != default[k]]
+    if not bad:
+        return
+    first = bad[0]
+    head = first.split(".")[0]
+    why = _WHY_NOT.get(head) or _WHY_NOT.get(head.split("_")[0]) or "the pool is fixed"
+    also = f"; also {', '.join('env.' + k for k in bad[1:])}" if len(bad) > 1 else ""
+    file, line = cfg.sim.locate(f"env.{first}")
+    raise InputError(f"does not apply to the routing env DynoSimRouting-v0 (no effect: {why})"
+                     f"; remove it{also}", file=file, line=line, field=f"env.{first}")
 
 
 def feature_names(num_workers: int) -> list[str]:
@@ -92,8 +145,10 @@ class DynoSimRoutingEnv(SimEnv):
     ``sla.itl_ms``), ``violated`` the others: completed late, rejected, or first seen waiting
     longer than ``timeout_s`` without a first token (counted once). Default weight 1 (+1 per
     met request, -1 per violation); the terms are in ``info["reward_terms"]`` (``met``,
-    ``violated``). ``reward.gpu_weight`` and ``reward.change_penalty`` do not apply (the pool
-    is fixed). ``info["request_outcomes"]`` lists ``(request index, met)`` of the requests
+    ``violated``). The autoscaler's settings (``reward.mode``, ``gpu_weight``,
+    ``change_penalty``, ``env.action``, the other ``env.observation`` keys, the planner and
+    start-up keys: every ``env`` key not in :data:`ROUTING_ENV_KEYS`) do not apply and are
+    refused at ``gym.make`` when set away from their defaults. ``info["request_outcomes"]`` lists ``(request index, met)`` of the requests
     decided in the step, and ``info["routed_request_index"]`` the request the step routed,
     so a learner can credit each outcome to the decision that served it.
 
@@ -151,11 +206,7 @@ class DynoSimRoutingEnv(SimEnv):
                              "has prefill and decode pools (a disagg section): size them with "
                              "DynoSim-v0, or remove disagg to route", file=file, line=line,
                              field="disagg")
-        if tuple(self.cfg.env.observation.features) != FEATURES:   # DynoSim-v0's features
-            file, line = self.cfg.sim.locate("env.observation.features")
-            raise InputError("has no effect on DynoSimRouting-v0 (it observes per-worker and "
-                             "request features of its own); remove it", file=file, line=line,
-                             field="env.observation.features")
+        check_routing_keys(self.cfg)
         sla = self.cfg.sim.sla
         # The agent routes (Simulation.route_to); the simulation's own router only keeps
         # its bookkeeping, and round robin's is free.
@@ -392,4 +443,4 @@ class DynoSimRoutingEnv(SimEnv):
 
 
 __all__ = ["DynoSimRoutingEnv", "DEFAULT_CONFIG", "WORKER_FEATURES", "REQUEST_FEATURES",
-           "feature_names"]
+           "ROUTING_ENV_KEYS", "check_routing_keys", "feature_names"]

@@ -1,0 +1,91 @@
+"""Round-8 new-user trial, code paths (s8-fixF): each test fails without its fix."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+
+import dynosim_gym  # noqa: F401  (registers the env ids)
+from sim.errors import InputError
+
+from conftest import one_line_error, run_cli as run
+
+REPO = Path(__file__).resolve().parent.parent
+ROUTING = "DynoSimRouting-v0"
+
+
+# -- 1. the routing env refuses the autoscaler's settings ------------------------------------
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"reward": {"mode": "lagrangian"}}, "env.reward.mode"),
+    ({"reward": {"mode": "interval"}}, "env.reward.mode"),
+    ({"reward": {"gpu_weight": 5}}, "env.reward.gpu_weight"),
+    ({"reward": {"change_penalty": 0.5}}, "env.reward.change_penalty"),
+    ({"reward": {"multiplier": 3}}, "env.reward.multiplier"),
+    ({"action": {"type": "target"}}, "env.action.type"),
+    ({"action": {"scale_down_window_s": 30}}, "env.action.scale_down_window_s"),
+    ({"observation": {"stack": 2}}, "env.observation.stack"),
+    ({"planner_predictor": "kalman"}, "env.planner_predictor"),
+    ({"planner_interval_s": 20}, "env.planner_interval_s"),
+    ({"env.planner": {"load_scaling_down_sensitivity": 20}}, "env.planner"),
+    ({"startup_min_s": 1, "startup_max_s": 2}, "env.startup_min_s"),
+])
+def test_routing_env_refuses_autoscaler_keys(kwargs, key) -> None:
+    with pytest.raises(InputError, match="does not apply to the routing env") as exc:
+        gym.make(ROUTING, **kwargs)
+    assert exc.value.field == key
+    assert len(str(exc.value).splitlines()) == 1
+
+
+def test_routing_env_accepts_what_it_reads_and_its_own_resolved_config() -> None:
+    env = gym.make(ROUTING, reward={"sla_weight": 2.0, "mode": "per_request"},
+                   observation={"isl_scale": 4096}, timeout_s=30, initial_workers=3)
+    assert env.unwrapped.w_sla == 2.0 and env.unwrapped.num_workers == 3
+    # a run record's resolved config carries every default: accepted
+    again = gym.make(ROUTING, config=env.unwrapped.cfg.to_dict())
+    assert again.unwrapped.num_workers == 3
+    gym.make(ROUTING, config="routing_families")
+
+
+def test_routing_keys_refused_in_a_yaml_name_its_line(tmp_path: Path) -> None:
+    text = (REPO / "envs_configs" / "routing_default.yaml").read_text()
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(text.replace("  reward: {sla_weight: 1.0}",
+                                "  reward: {sla_weight: 1.0, change_penalty: 0.2}"))
+    with pytest.raises(InputError) as exc:
+        gym.make(ROUTING, config=str(cfg))
+    assert exc.value.file == str(cfg) and exc.value.line is not None
+    assert exc.value.field == "env.reward.change_penalty"
+
+
+def test_evaluate_on_the_routing_env_refuses_autoscaler_sets(capsys) -> None:
+    rc, _, err = run(capsys, "evaluate", "--env", ROUTING, "--policy", "heuristic:kv",
+                     "--episodes", "1", "--set", "env.reward.mode=lagrangian",
+                     "--set", "env.action.type=target", "--set", "env.reward.gpu_weight=5",
+                     "--json")
+    one_line_error(rc, err, "env.action.type", "does not apply to the routing env",
+                   "env.reward.mode", "env.reward.gpu_weight")
+
+
+def test_train_on_the_routing_env_refuses_a_lagrangian_reward(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--env", ROUTING, "--timesteps", "64",
+                     "--set", "env.reward.mode=lagrangian", "--out", str(out), "--quiet")
+    one_line_error(rc, err, "--set env.reward.mode", "does not apply to the routing env")
+    assert not out.exists()
+
+
+def test_routing_results_record_only_the_reward_that_applies(capsys, tmp_path: Path) -> None:
+    rc, out, _ = run(capsys, "evaluate", "--env", ROUTING, "--policy", "heuristic:kv",
+                     "--episodes", "1", "--set", "env.episode_steps=1", "--json", "--quiet")
+    assert rc == 0
+    assert json.loads(out)["reward_config"] == {"sla_weight": 1.0}
+    from agents.leaderboard import routing_leaderboard
+    routing_leaderboard(tmp_path, episodes=1, overrides={"env.episode_steps": 1},
+                        policies=["heuristic:kv"], quiet=True)
+    note = (tmp_path / "leaderboard.md").read_text()
+    assert 'reward: {"sla_weight": 1.0}' in note
+    for autoscaler_only in ("gpu_weight", "sla_target", "multiplier", "change_penalty"):
+        assert autoscaler_only not in note
