@@ -181,8 +181,8 @@ def add_parsers(sub) -> None:
     u.add_argument("--name", metavar="NAME", help="baseline name (default: <planner>-tuned)")
     u.add_argument("--out", metavar="FILE", help="YAML to write (default: agents/tuned/NAME.yaml)")
     u.add_argument("--replace", action="store_true",
-                   help="without --out: overwrite an existing agents/tuned/NAME.yaml (e.g. the "
-                   "shipped load-tuned); refused otherwise")
+                   help="overwrite an existing YAML (agents/tuned/NAME.yaml, e.g. the shipped "
+                   "load-tuned, or --out FILE); refused otherwise")
     u.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
                    help="env config override, repeatable (default: none)")
     u.add_argument("--quiet", action="store_true", help="no per-trial lines on stderr")
@@ -225,9 +225,6 @@ def run(args) -> int:
 
 def _tune(args) -> int:
     from .tune import tune
-    if args.replace and args.out:
-        raise InputError("--replace is for agents/tuned/NAME.yaml; --out FILE is written "
-                         "whether or not it exists", field="--replace")
     if args.out:
         _check_out_file(args.out)
     path, best = tune(args.policy, trials=args.trials, episodes=args.episodes,

@@ -128,8 +128,9 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     """Run the study; write the YAML; return its path and the best trial's record.
 
     Without ``out`` the YAML is ``agents/tuned/NAME.yaml`` (NAME default ``<planner>-tuned``);
-    if that file exists (a shipped baseline such as ``load-tuned``) it is replaced only with
-    ``replace=True`` (``--replace``), else :class:`InputError` before the study runs."""
+    if that file (or ``out``) exists (a shipped baseline such as ``load-tuned``) it is
+    replaced only with ``replace=True`` (``--replace``), else :class:`InputError` before the
+    study runs."""
     import optuna
     from sim.planner import PlannerConfig
 
@@ -151,6 +152,9 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
         raise InputError(f"agents/tuned/{name}.yaml exists (heuristic:{name}, shipped): pass "
                          "--replace to overwrite it, or --name NAME / --out FILE to write a new "
                          "baseline", field="--name")
+    if out is not None and path.exists() and not replace:   # agents/tuned/*.yaml included
+        raise InputError(f"{out} exists: pass --replace to overwrite it, or give a new FILE",
+                         field="--out")
     env_id = "DynoSimRouting-v0" if kind == "kv" else "DynoSim-v0"
     pol = PolicySpec(policy, "heuristic", env_id)
     env, cfg = make_eval_env(pol, env_id, config, dict(overrides or {}))

@@ -89,3 +89,36 @@ def test_routing_results_record_only_the_reward_that_applies(capsys, tmp_path: P
     assert 'reward: {"sla_weight": 1.0}' in note
     for autoscaler_only in ("gpu_weight", "sla_target", "multiplier", "change_penalty"):
         assert autoscaler_only not in note
+
+
+# -- 2. tune --out over an existing file needs --replace -------------------------------------
+
+TINY = str(REPO / "envs_configs" / "autoscale_tiny.yaml")
+
+
+def test_tune_out_over_an_existing_file_needs_replace(tmp_path: Path, capsys,
+                                                      monkeypatch) -> None:
+    import agents.tune as tune_mod
+    from agents.heuristics import TUNED_DIR
+    fake = tmp_path / "tuned"            # a copy of agents/tuned: the shipped file stays safe
+    fake.mkdir()
+    shipped = (TUNED_DIR / "load-tuned.yaml").read_text()
+    (fake / "load-tuned.yaml").write_text(shipped)
+    monkeypatch.setattr(tune_mod, "TUNED_DIR", fake)
+    ran = []
+    import agents.evaluate as ev
+    orig = ev.make_eval_env
+    monkeypatch.setattr(ev, "make_eval_env", lambda *a, **k: (ran.append(1), orig(*a, **k))[1])
+    argv = ["tune", "--policy", "heuristic:load", "--trials", "1", "--episodes", "1",
+            "--config", TINY, "--set", "episode_steps=2", "--quiet", "--seed", "5"]
+    for target in (fake / "load-tuned.yaml", tmp_path / "mine.yaml"):
+        if not target.exists():
+            target.write_text("mine: 1\n")
+        before = target.read_text()
+        rc, _, err = run(capsys, *argv, "--out", str(target))
+        one_line_error(rc, err, "flag '--out'", f"{target} exists", "--replace")
+        assert target.read_text() == before and not ran       # refused before the study
+    rc, out, _ = run(capsys, *argv, "--out", str(tmp_path / "mine.yaml"), "--replace")
+    assert rc == 0 and ran and "wrote" in out
+    assert "heuristic:mine" in (tmp_path / "mine.yaml").read_text()
+    assert (fake / "load-tuned.yaml").read_text() == shipped
