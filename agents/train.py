@@ -5,7 +5,9 @@ env id; ``n_envs`` and ``n_timesteps`` are ours, the rest go to the algorithm). 
 directory holds ``model.zip``, ``run.json`` (algorithm, env id, the full env config,
 hyperparameters, seed: enough to evaluate and to reproduce; the YAML's ``env_kwargs``, RL
 Zoo's key, are env config overrides under ``--set``), ``checkpoints/`` and
-TensorBoard logs in ``tb/``.
+TensorBoard logs in ``tb/``. ``run.json``'s ``status`` is ``running`` while it trains,
+``completed`` with its model, ``failed`` (and ``error``, one line) if training raised; inputs
+(config, trace, recipe) are checked before the directory is written.
 
 ``normalize`` (RL Zoo's key) wraps the training envs in SB3's ``VecNormalize``; only reward
 normalisation is supported (``normalize: {norm_reward: true}``): the observations are already
@@ -158,13 +160,18 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
               "select_checkpoint": select_ckpt,
               "config_source": str(config) if config is not None else defaults,
               "env_kwargs": recipe_env, "overrides": cli_overrides,
-              "env_config": env_cfg.to_dict()}
+              "env_config": env_cfg.to_dict(), "status": "running"}
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         model.learn(total_timesteps=total, callback=callbacks, tb_log_name=key)
+    except BaseException as exc:     # not a run: say so in its record (Ctrl-C included)
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        raise
     finally:
         progress.close()
+    record["status"] = "completed"
     model.save(out / "model.zip")
     wall = time.perf_counter() - t0
     record["timesteps_trained"] = int(model.num_timesteps)   # whole rollouts (>= timesteps)

@@ -107,7 +107,11 @@ class EpisodeFactory:
                                             "env.scenarios")
                 raise ForeignScenario(self._foreign_msg(bad), owner=self.foreign[bad],
                                       file=file, line=line, field=f"env.{key}")
-        if not self.is_trace:
+        if self.is_trace:
+            # parsed here (once per process, :func:`config_trace`), so a bad trace line is a
+            # one-line error at gym.make, before a caller prints or writes anything
+            self._trace = config_trace(cfg.sim)
+        else:
             file, line = cfg.sim.locate("env.rate_max_rps")
             self._check_requests(cfg.env.rate_max_rps, self.scenarios["train"]
                                  + self.scenarios["eval"], "env.rate_max_rps",

@@ -122,3 +122,53 @@ def test_tune_out_over_an_existing_file_needs_replace(tmp_path: Path, capsys,
     assert rc == 0 and ran and "wrote" in out
     assert "heuristic:mine" in (tmp_path / "mine.yaml").read_text()
     assert (fake / "load-tuned.yaml").read_text() == shipped
+
+
+# -- 3. a bad trace line: one line at gym.make / train, no run dir; a failed run says so -----
+
+def _bad_trace_config(tmp_path: Path) -> Path:
+    rows = [json.dumps({"timestamp": i * 100, "input_length": 1000, "output_length": 100,
+                        "hash_ids": [1, 2]}) for i in range(50)]
+    rows[10] = '{"timestamp": 1000, "input_length": "abc", "output_length": 100}'
+    (tmp_path / "bad.jsonl").write_text("\n".join(rows) + "\n")
+    text = (REPO / "envs_configs" / "autoscale_mooncake.yaml").read_text()
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text.replace("bundled:mooncake_conversation", "bad.jsonl"))
+    return cfg
+
+
+def test_a_bad_trace_line_fails_at_gym_make(tmp_path: Path) -> None:
+    cfg = _bad_trace_config(tmp_path)
+    with pytest.raises(InputError, match="input_length") as exc:
+        gym.make("DynoSim-v0", config=str(cfg))
+    assert exc.value.file == str(tmp_path / "bad.jsonl") and exc.value.line == 11
+
+
+def test_train_on_a_bad_trace_prints_only_the_error_and_leaves_no_run(tmp_path: Path,
+                                                                      capsys) -> None:
+    cfg = _bad_trace_config(tmp_path)
+    out = tmp_path / "runs" / "r"
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--config", str(cfg), "--timesteps",
+                     "64", "--out", str(out))
+    one_line_error(rc, err, "bad.jsonl:11", "input_length")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_whose_training_raised_is_marked_failed(tmp_path: Path, monkeypatch) -> None:
+    from stable_baselines3 import A2C
+
+    from agents.train import train
+    small = {"env.episode_steps": 2}
+    done = train("a2c", config=TINY, timesteps=80, out=tmp_path / "ok", overrides=small,
+                 quiet=True)
+    assert json.loads((done / "run.json").read_text())["status"] == "completed"
+
+    def boom(self, *a, **k):
+        raise RuntimeError("simulated failure\nsecond line")
+    monkeypatch.setattr(A2C, "learn", boom)
+    with pytest.raises(RuntimeError):
+        train("a2c", config=TINY, timesteps=80, out=tmp_path / "bad", overrides=small,
+              quiet=True)
+    rec = json.loads((tmp_path / "bad" / "run.json").read_text())
+    assert rec["status"] == "failed" and rec["error"] == "RuntimeError: simulated failure"
+    assert not (tmp_path / "bad" / "model.zip").exists()
