@@ -515,14 +515,20 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
     policy = pol.load(env)
     space = getattr(policy, "observation_space", None)
     if space is not None and space.shape != env.observation_space.shape:
+        cause, keys = mismatch_cause(
+            pol, env_id, config, overrides or {},
+            lambda e: e.observation_space.shape == space.shape)
         raise InputError(f"the model observes {space.shape}, this env config gives "
-                         f"{env.observation_space.shape}"
+                         f"{env.observation_space.shape}{cause}"
                          f"{missing_record_hint(pol) or feature_diff(pol, env_id, cfg)}",
-                         field="--policy")
+                         field=_blamed(keys))
     acts = getattr(policy, "action_space", None)
     if acts is not None and acts != env.action_space:
+        cause, keys = mismatch_cause(pol, env_id, config, overrides or {},
+                                     lambda e: e.action_space == acts)
         raise InputError(f"the model acts in {acts}, this env config gives "
-                         f"{env.action_space}{missing_record_hint(pol)}", field="--policy")
+                         f"{env.action_space}{cause}{missing_record_hint(pol)}",
+                         field=_blamed(keys))
     it = list(enumerate(runs))
     if not quiet and sys.stderr.isatty():
         from tqdm import tqdm
@@ -674,6 +680,54 @@ def missing_record_hint(pol: PolicySpec) -> str:
             "nothing checks those against the model)")
 
 
+def _blamed(keys: list[str]) -> str:
+    """The flag an evaluation's space mismatch names: the ``--set`` keys that cause it,
+    else ``--policy``."""
+    return f"--set {', '.join(keys)}" if keys else "--policy"
+
+
+def mismatch_cause(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str, Any],
+                   fits) -> tuple[str, list[str]]:
+    """Why a model does not fit the evaluation env (``fits(env)`` False): the ``--set`` keys
+    without which it would fit (each alone, else all together), and, when the model's run
+    record names another training config (``config_source``) than the one evaluated, that
+    config. Returns ``("; ..." text or "", the keys)``."""
+    parts, keys = [], []
+    if overrides:
+        def fit_without(drop: set[str]) -> bool:
+            try:
+                env, _ = make_eval_env(pol, env_id, config,
+                                       {k: v for k, v in overrides.items() if k not in drop})
+            except InputError:
+                return False
+            try:
+                return bool(fits(env))
+            finally:
+                env.close()
+        keys = [k for k in overrides if fit_without({k})] or \
+            (list(overrides) if fit_without(set(overrides)) else [])
+        if keys:
+            parts.append(f"--set {', '.join(keys)} causes it (the model fits without "
+                         f"{'it' if len(keys) == 1 else 'them'})")
+    source = (pol.run or {}).get("config_source")
+    evaluated = config if config is not None else DEFAULT_CONFIGS[env_id]
+    if source and not keys and not _same_config(source, evaluated):
+        parts.append(f"the model was trained on {source} (its run record's config_source) "
+                     f"and this evaluation uses {evaluated}: --config {source} scores it there")
+    return "".join(f"; {p}" for p in parts), keys
+
+
+def _same_config(a: Any, b: Any) -> bool:
+    """Whether two ``--config`` values name the same file (bundled names resolved)."""
+    from dynosim_gym.config import resolve_config_path
+    if not isinstance(a, (str, Path)) or not isinstance(b, (str, Path)):
+        return a == b
+    try:
+        return resolve_config_path(a).resolve() == resolve_config_path(b).resolve()
+    except InputError:
+        return str(a) == str(b)
+
+
 def feature_diff(pol: PolicySpec, env_id: str, cfg) -> str:
     """``: features only the model has: ...; only this env has: ...`` from the model's run
     record (empty when it has none)."""
@@ -691,6 +745,8 @@ def feature_diff(pol: PolicySpec, env_id: str, cfg) -> str:
         return ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
     only_model = [f for f in theirs if f not in set(ours)]
     only_env = [f for f in ours if f not in set(theirs)]
+    if not only_model and not only_env:      # the same features: the shapes differ elsewhere
+        return ""
     return (f"; features only the model has: {short(only_model) or 'none'}; only this env "
             f"config has: {short(only_env) or 'none'}")
 

@@ -172,3 +172,34 @@ def test_a_run_whose_training_raised_is_marked_failed(tmp_path: Path, monkeypatc
     rec = json.loads((tmp_path / "bad" / "run.json").read_text())
     assert rec["status"] == "failed" and rec["error"] == "RuntimeError: simulated failure"
     assert not (tmp_path / "bad" / "model.zip").exists()
+
+
+# -- 4. a model trained on another config: the error names it and --config -------------------
+
+def test_a_model_trained_on_autoscale_disagg_names_its_config(tmp_path: Path, capsys) -> None:
+    from agents.train import train
+    run_dir = train("a2c", config="autoscale_disagg", timesteps=40, out=tmp_path / "run",
+                    overrides={"env.episode_steps": 2}, quiet=True)
+    rc, _, err = run(capsys, "evaluate", "--policy", str(run_dir), "--episodes", "1")
+    one_line_error(rc, err, "flag '--policy'", "the model observes (35,)",
+                   "trained on autoscale_disagg", "--config autoscale_disagg scores it there")
+    assert "features only the model has: none" not in err     # the same features: not said
+    rc, out, _ = run(capsys, "evaluate", "--policy", str(run_dir), "--episodes", "1",
+                     "--config", "autoscale_disagg", "--set", "env.episode_steps=2",
+                     "--json", "--quiet")
+    assert rc == 0 and json.loads(out)["episodes"] == 1
+
+
+# -- 6. a --set that breaks the model's interface is named as the cause ----------------------
+
+def test_a_set_that_changes_the_models_action_is_blamed(capsys) -> None:
+    rc, _, err = run(capsys, "evaluate", "--policy", "pretrained:autoscaler", "--episodes",
+                     "1", "--set", "env.action.type=delta", "--set", "env.episode_steps=2")
+    one_line_error(rc, err, "flag '--set env.action.type'", "the model acts in Discrete(8)",
+                   "--set env.action.type causes it")
+    assert "env.episode_steps" not in err
+    rc, _, err = run(capsys, "evaluate", "--policy", "pretrained:autoscaler", "--episodes",
+                     "1", "--set", "env.observation.stack=2")
+    one_line_error(rc, err, "flag '--set env.observation.stack'", "the model observes",
+                   "--set env.observation.stack causes it")
+
