@@ -194,7 +194,11 @@ def resolve_config_path(name: str | Path) -> Path:
 
 
 def override_key(key: str) -> str:
-    """Map a ``gym.make`` keyword to a dotted config key."""
+    """Map a ``gym.make`` keyword (or ``--set`` key) to a dotted config key. A bare env
+    field name is that field: ``planner`` is ``env.planner`` (knobs by name); the run
+    config's ``planner`` section takes dotted keys (``planner.kind``)."""
+    if key == "planner":
+        return "env.planner"
     head = key.split(".")[0]
     if head in SIM_SECTIONS or head == "env":
         return key
@@ -217,6 +221,9 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
     where: dict = {}
     if config is None:
         config = defaults
+    if config is not None and not isinstance(config, (str, Path, Mapping)):
+        raise InputError("expected a YAML path, a bundled config name or a dict, got "
+                         + _show(config), field="config")
     if config is None:
         data: dict[str, Any] = {}
     elif isinstance(config, Mapping):

@@ -176,7 +176,8 @@ class DynoSimRoutingEnv(SimEnv):
     ``gym.make("DynoSimRouting-v0", config=None, render_mode=None, max_requests=10000,
     **overrides)``: ``config`` is a YAML path, the name of a bundled scenario in
     ``envs_configs`` or a dict (default ``routing_default``); overrides are env fields
-    (``episode_steps=6``), sections (``workload={"num_prefix_groups": 4}``) or dotted keys.
+    (``episode_steps=6``), sections (``workload={"num_prefix_groups": 4}``) or dotted keys
+    (``planner=`` is the env field ``env.planner``, which this env refuses).
     The pool size is ``env.initial_workers`` or ``cluster.num_workers``; ``router.mode`` is
     ignored (the agent routes). ``reset(seed=..., options=...)`` options: ``split``
     (``train``/``eval``), ``window_start_s`` (a trace config, or a ``mooncake_window`` /

@@ -203,3 +203,27 @@ def test_a_set_that_changes_the_models_action_is_blamed(capsys) -> None:
     one_line_error(rc, err, "flag '--set env.observation.stack'", "the model observes",
                    "--set env.observation.stack causes it")
 
+
+# -- 5. gym.make(planner=...) is env.planner; a bad config type is an InputError -------------
+
+def test_gym_make_planner_keyword_is_the_env_planner() -> None:
+    for config in (None, "autoscale_default"):
+        env = gym.make("DynoSim-v0", config=config,
+                       planner={"load_scaling_down_sensitivity": 20})
+        assert env.unwrapped.cfg.env.planner == {"load_scaling_down_sensitivity": 20}
+    with pytest.raises(InputError) as exc:
+        gym.make("DynoSim-v0", planner={"no_such_knob": 1})
+    assert exc.value.field == "env.planner.no_such_knob"
+    # the run config's planner section keeps its dotted keys
+    from dynosim_gym.config import override_key
+    assert override_key("planner.kind") == "planner.kind"
+
+
+@pytest.mark.parametrize("bad", [42, [1], 2.5])
+def test_gym_make_config_of_another_type_names_config(bad) -> None:
+    with pytest.raises(InputError, match="expected a YAML path, a bundled config name or a "
+                                         "dict") as exc:
+        gym.make("DynoSim-v0", config=bad)
+    assert exc.value.field == "config"
+    with pytest.raises(InputError):
+        gym.make(ROUTING, config=bad)
