@@ -108,7 +108,7 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
     ref = next(r for r in results if r.policy == reference)
     rows = []
     for r in results:
-        row = {"policy": _label(r.policy, d), **{m: getattr(r, m) for m in METRICS}}
+        row = {"policy": _label(r.policy, d, r), **{m: getattr(r, m) for m in METRICS}}
         row["sla_attainment_std"] = float(np.std([e["sla_attainment"] for e in r.per_episode]))
         row["gpu_hours_std"] = float(np.std([e["gpu_hours"] for e in r.per_episode]))
         for m in ("sla_attainment", "gpu_hours_per_episode", "mean_reward"):
@@ -116,7 +116,7 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
             row[f"{m}_vs_ref"] = getattr(r, m) / base if base else math.nan
         rows.append(row)
     _write_csv(d / "leaderboard.csv", rows)
-    (d / "leaderboard.md").write_text(_markdown(rows, _label(reference, d), episodes, seed,
+    (d / "leaderboard.md").write_text(_markdown(rows, _label(reference, d, ref), episodes, seed,
                                                 results[0].reward_config))
     (d / "leaderboard.json").write_text(json.dumps(
         [r.as_dict() for r in results], indent=1, default=str) + "\n")
@@ -125,7 +125,11 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
     return results
 
 
-def _label(spec: str, d: Path) -> str:
+def _label(spec: str, d: Path, result: Evaluation | None = None) -> str:
+    """A policy's name in the tables and plots; ``heuristic:static`` (no count) with the
+    count it holds, the env config's initial pool (from ``result``'s ``env_config``)."""
+    if spec == "heuristic:static" and result is not None and result.env_config:
+        return f"{spec} (holds {_initial_pool(result.env_config)})"
     if spec.startswith(("heuristic:", "oracle:", "pretrained:")):
         return spec
     p = Path(spec)
@@ -133,6 +137,16 @@ def _label(spec: str, d: Path) -> str:
         return str(p.relative_to(d)) or p.name
     except ValueError:
         return str(p)
+
+
+def _initial_pool(env_config: dict) -> str:
+    """The workers an episode starts with: ``4 workers``, or ``1P + 1D`` for pools."""
+    dis = env_config.get("disagg")
+    if dis:
+        return f"{dis['num_prefill_workers']}P + {dis['num_decode_workers']}D"
+    n = env_config.get("env", {}).get("initial_workers") or \
+        env_config["cluster"]["num_workers"]
+    return plural(int(n), "worker")
 
 
 def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
@@ -241,7 +255,7 @@ def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
                    edgecolor="k" if r in front else "none", s=60, zorder=3)
         xs.append(x)
         ys.append(y)
-        texts.append(ax.text(x, y, _label(r.policy, d), fontsize=7, zorder=4))
+        texts.append(ax.text(x, y, _label(r.policy, d, r), fontsize=7, zorder=4))
     pts = sorted((r.gpu_hours_per_episode, 100 * r.sla_attainment) for r in front)
     if len(pts) > 1:
         ax.plot(*zip(*pts), color="0.6", lw=1, zorder=2)

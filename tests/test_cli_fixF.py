@@ -227,3 +227,23 @@ def test_gym_make_config_of_another_type_names_config(bad) -> None:
     assert exc.value.field == "config"
     with pytest.raises(InputError):
         gym.make(ROUTING, config=bad)
+
+
+# -- 7. heuristic:static in a leaderboard says the count it holds ----------------------------
+
+def test_leaderboard_labels_heuristic_static_with_its_count(tmp_path: Path) -> None:
+    import csv
+
+    from agents.leaderboard import _initial_pool, leaderboard
+    leaderboard(tmp_path, config=TINY, episodes=1, policies=["heuristic:static",
+                                                             "heuristic:static:2"])
+    rows = {r["policy"] for r in csv.DictReader(open(tmp_path / "leaderboard.csv"))}
+    from dynosim_gym.config import load_env_config
+    n = load_env_config(TINY).sim.cluster.num_workers
+    held = f"heuristic:static (holds {n} worker{'s' if n != 1 else ''})"
+    assert held in rows and "heuristic:static" not in rows and "heuristic:static:2" in rows
+    assert held in (tmp_path / "leaderboard.md").read_text()
+    assert _initial_pool({"disagg": {"num_prefill_workers": 1, "num_decode_workers": 2},
+                          "cluster": {"num_workers": 4}, "env": {}}) == "1P + 2D"
+    assert _initial_pool({"cluster": {"num_workers": 4}, "env": {"initial_workers": 3}}) \
+        == "3 workers"
