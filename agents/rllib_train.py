@@ -108,6 +108,14 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
     if unknown:
         raise InputError(f"no RLlib equivalent for {', '.join(unknown)}", field="--hyperparams")
     training["minibatch_size"] = min(int(training.get("minibatch_size", batch)), batch)
+    # the env's own checks (keys the routing env refuses, a trace's lines) here, as one
+    # line naming the YAML's line or the --set, before Ray starts
+    import gymnasium as gym
+    try:
+        gym.make(f"dynosim_gym:{env_id}", config=env_cfg.to_dict()).close()
+    except InputError as exc:
+        from .evaluate import located
+        raise located(exc, env_cfg) from None
     ray = executors.connect(ray_address, flag="--framework")
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig

@@ -247,3 +247,17 @@ def test_leaderboard_labels_heuristic_static_with_its_count(tmp_path: Path) -> N
                           "cluster": {"num_workers": 4}, "env": {}}) == "1P + 2D"
     assert _initial_pool({"cluster": {"num_workers": 4}, "env": {"initial_workers": 3}}) \
         == "3 workers"
+
+
+def test_rllib_train_on_a_bad_trace_fails_before_ray_starts(tmp_path: Path, capsys,
+                                                           monkeypatch) -> None:
+    from dynosim import executors
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started before the env's checks")
+    monkeypatch.setattr(executors, "connect", no_ray)
+    cfg = _bad_trace_config(tmp_path)
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--framework", "rllib", "--config",
+                     str(cfg), "--timesteps", "64", "--out", str(tmp_path / "runs" / "r"))
+    one_line_error(rc, err, "bad.jsonl:11", "input_length")
+    assert not (tmp_path / "runs").exists()
