@@ -69,25 +69,28 @@ def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_routing_keys(cfg: EnvConfig) -> None:
     """Refuse every ``env`` key this env does not read (not in :data:`ROUTING_ENV_KEYS`) whose
     value differs from its default: the autoscaler's action, observation, reward
-    (``mode``, ``gpu_weight``, ``change_penalty``, ...), planner and start-up settings would
-    otherwise be recorded as applied while having no effect. One line: the first such key
-    (file and line), the others named after it.
+    (``mode``, ``gpu_weight``, ``change_penalty``, ...), planner and start-up settings, and
+    the run config's ``planner`` section, would otherwise be recorded as applied while
+    having no effect. One line: the first such key (file and line), the others named after
+    it.
 
     Raises:
         InputError: ``field`` the first such key (``env.reward.mode``).
     """
     given = _leaves(asdict(cfg.env))
     default = _leaves(asdict(EnvSection()))
-    bad = [k for k in given if k not in ROUTING_ENV_KEYS and given[k] != default[k]]
+    bad = [f"env.{k}" for k in given if k not in ROUTING_ENV_KEYS and given[k] != default[k]]
+    if cfg.sim.planner:             # the run config's planner section (heuristics' base)
+        bad.append("planner")
     if not bad:
         return
     first = bad[0]
-    head = first.split(".")[0]
+    head = first.removeprefix("env.").split(".")[0]
     why = _WHY_NOT.get(head) or _WHY_NOT.get(head.split("_")[0]) or "the pool is fixed"
-    also = f"; also {', '.join('env.' + k for k in bad[1:])}" if len(bad) > 1 else ""
-    file, line = cfg.sim.locate(f"env.{first}")
+    also = f"; also {', '.join(bad[1:])}" if len(bad) > 1 else ""
+    file, line = cfg.sim.locate(first)
     raise InputError(f"does not apply to the routing env DynoSimRouting-v0 (no effect: {why})"
-                     f"; remove it{also}", file=file, line=line, field=f"env.{first}")
+                     f"; remove it{also}", file=file, line=line, field=first)
 
 
 def feature_names(num_workers: int) -> list[str]:

@@ -31,6 +31,7 @@ ROUTING = "DynoSimRouting-v0"
     ({"planner_interval_s": 20}, "env.planner_interval_s"),
     ({"env.planner": {"load_scaling_down_sensitivity": 20}}, "env.planner"),
     ({"startup_min_s": 1, "startup_max_s": 2}, "env.startup_min_s"),
+    ({"planner.kind": "load"}, "planner"),          # the run config's section
 ])
 def test_routing_env_refuses_autoscaler_keys(kwargs, key) -> None:
     with pytest.raises(InputError, match="does not apply to the routing env") as exc:
