@@ -194,11 +194,7 @@ def resolve_config_path(name: str | Path) -> Path:
 
 
 def override_key(key: str) -> str:
-    """Map a ``gym.make`` keyword (or ``--set`` key) to a dotted config key. A bare env
-    field name is that field: ``planner`` is ``env.planner`` (knobs by name); the run
-    config's ``planner`` section takes dotted keys (``planner.kind``)."""
-    if key == "planner":
-        return "env.planner"
+    """Map a ``gym.make`` keyword to a dotted config key."""
     head = key.split(".")[0]
     if head in SIM_SECTIONS or head == "env":
         return key
@@ -247,8 +243,17 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
                 where[k] = ("overrides", None)
     env_data = data.pop("env", None)
     v = _Validator(source, where, (source, None))
-    sim_cfg = parse_config(data, source=source, where=where, base_dir=base_dir,
-                           default_where=(source, None))
+    try:
+        sim_cfg = parse_config(data, source=source, where=where, base_dir=base_dir,
+                               default_where=(source, None))
+    except InputError as exc:   # planner= is the run config's section, not env.planner
+        if (exc.field or "").startswith("planner") and any(
+                k.split(".")[0] == "planner" for k in overrides):
+            raise InputError(f"{exc.detail} (the planner keyword is the run config's planner "
+                             "section, which needs its kind; the env's planner knobs are "
+                             "env.planner={KNOB: VALUE} or env.planner.KNOB)", file=exc.file,
+                             line=exc.line, field=exc.field) from None
+        raise
     check_trace_path(sim_cfg)      # here, where the YAML's file and line are known
     env = _parse_env(env_data, v)
     cfg = EnvConfig(sim=sim_cfg, env=env, source=source)

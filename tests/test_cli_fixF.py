@@ -205,19 +205,21 @@ def test_a_set_that_changes_the_models_action_is_blamed(capsys) -> None:
                    "--set env.observation.stack causes it")
 
 
-# -- 5. gym.make(planner=...) is env.planner; a bad config type is an InputError -------------
+# -- 5. gym.make(planner=...) says it is the run config's section; a bad config type -----------
 
-def test_gym_make_planner_keyword_is_the_env_planner() -> None:
+def test_gym_make_planner_keyword_says_where_the_env_planner_knobs_go() -> None:
     for config in (None, "autoscale_default"):
-        env = gym.make("DynoSim-v0", config=config,
-                       planner={"load_scaling_down_sensitivity": 20})
-        assert env.unwrapped.cfg.env.planner == {"load_scaling_down_sensitivity": 20}
-    with pytest.raises(InputError) as exc:
-        gym.make("DynoSim-v0", planner={"no_such_knob": 1})
-    assert exc.value.field == "env.planner.no_such_knob"
-    # the run config's planner section keeps its dotted keys
-    from dynosim_gym.config import override_key
-    assert override_key("planner.kind") == "planner.kind"
+        with pytest.raises(InputError, match=r"planner keyword is the run config's planner "
+                                             r"section.*env\.planner\.KNOB") as exc:
+            gym.make("DynoSim-v0", config=config,
+                     planner={"load_scaling_down_sensitivity": 20})
+        assert exc.value.field == "planner.kind"
+        assert len(str(exc.value).splitlines()) == 1
+    env = gym.make("DynoSim-v0", **{"env.planner": {"load_scaling_down_sensitivity": 20}})
+    assert env.unwrapped.cfg.env.planner == {"load_scaling_down_sensitivity": 20}
+    # with its kind, planner= is the run config's section (the heuristics' base)
+    env = gym.make("DynoSim-v0", planner={"kind": "load", "load_scaling_down_sensitivity": 20})
+    assert env.unwrapped.cfg.sim.planner["load_scaling_down_sensitivity"] == 20
 
 
 @pytest.mark.parametrize("bad", [42, [1], 2.5])
