@@ -108,14 +108,13 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
     if unknown:
         raise InputError(f"no RLlib equivalent for {', '.join(unknown)}", field="--hyperparams")
     training["minibatch_size"] = min(int(training.get("minibatch_size", batch)), batch)
-    # the env's own checks (keys the routing env refuses, a trace's lines) here, as one
-    # line naming the YAML's line or the --set, before Ray starts
-    import gymnasium as gym
-    try:
-        gym.make(f"dynosim_gym:{env_id}", config=env_cfg.to_dict()).close()
-    except InputError as exc:
-        from .evaluate import located
-        raise located(exc, env_cfg) from None
+    # the env's own checks here, as one line naming the YAML's line or the --set, before
+    # Ray starts: a trace's lines, the other env's families, keys the routing env refuses
+    from dynosim_gym.episodes import EpisodeFactory
+    EpisodeFactory(env_cfg, env_id)
+    if env_id == "DynoSimRouting-v0":
+        from dynosim_gym.routing_env import check_routing_keys
+        check_routing_keys(env_cfg)
     ray = executors.connect(ray_address, flag="--framework")
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
