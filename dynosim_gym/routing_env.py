@@ -180,7 +180,7 @@ class DynoSimRoutingEnv(SimEnv):
     **overrides)``: ``config`` is a YAML path, the name of a bundled scenario in
     ``envs_configs`` or a dict (default ``routing_default``); overrides are env fields
     (``episode_steps=6``), sections (``workload={"num_prefix_groups": 4}``) or dotted keys
-    (``planner=`` is the env field ``env.planner``, which this env refuses).
+    (this env refuses ``env.planner`` and the ``planner`` section: no planner runs).
     The pool size is ``env.initial_workers`` or ``cluster.num_workers``; ``router.mode`` is
     ignored (the agent routes). ``reset(seed=..., options=...)`` options: ``split``
     (``train``/``eval``), ``window_start_s`` (a trace config, or a ``mooncake_window`` /
@@ -210,7 +210,6 @@ class DynoSimRoutingEnv(SimEnv):
                              "has prefill and decode pools (a disagg section): size them with "
                              "DynoSim-v0, or remove disagg to route", file=file, line=line,
                              field="disagg")
-        check_routing_keys(self.cfg)
         sla = self.cfg.sim.sla
         # The agent routes (Simulation.route_to); the simulation's own router only keeps
         # its bookkeeping, and round robin's is free.
@@ -218,7 +217,9 @@ class DynoSimRoutingEnv(SimEnv):
         e = self.cfg.env
         self.num_workers = int(e.initial_workers or self.cfg.sim.cluster.num_workers)
         self.gpus_per_worker = self.cfg.sim.cluster.gpus_per_worker
+        # the other env's families first (a config of the other env), then its keys
         self.episodes = EpisodeFactory(self.cfg, "DynoSimRouting-v0")
+        check_routing_keys(self.cfg)
         self.horizon_ms = e.interval_s * e.episode_steps * 1000.0
         eng = self.cfg.sim.engine
         self.block_size = eng.block_size
