@@ -69,3 +69,18 @@ def test_readme_quick_start_snippet_runs(monkeypatch, capsys) -> None:
     summary = scope["env"].unwrapped.episode_summary()
     assert summary["steps"] == scope["env"].unwrapped.cfg.env.episode_steps
     scope["env"].close()
+
+
+def test_readme_regenerate_command_is_the_shipped_checkpoints_record() -> None:
+    """The README's command that regenerates ``pretrained:autoscaler`` is, character for
+    character, the ``command`` its run record holds (they drifted once: the README's lacked
+    ``--hyperparams agents/hyperparams/archive/ppo_round3.yml``)."""
+    import json
+
+    record = json.loads((REPO / "agents/pretrained/autoscaler.json").read_text(encoding="utf-8"))
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n#### Shipping rule and pretrained checkpoint\n", 1)[1]
+    section = section.split("\n#### ", 1)[0]
+    commands = [b.strip() for b in re.findall(r"```bash\n(.*?)```", section, re.S)
+                if b.lstrip().startswith("dynosim train ")]
+    assert commands == [record["command"]]
