@@ -238,3 +238,23 @@ def test_schedule_cache_key_ignores_the_new_keys(tmp_path, monkeypatch) -> None:
     assert keys[0] == keys[1] and len(planned_on) == 2
     assert all(a.type == "target" and a.reversal_cooldown_s == 0 and
                a.scale_down_window_s == 0 and a.base_interval_s is None for a in planned_on)
+
+
+def test_round9_recipe_is_round8_with_the_base_teacher() -> None:
+    """``ppo_round9.yml`` = round 8 with ``bc_warm_start.teacher: base`` (the training-split
+    rules kept round 8's base: no base_interval_s, no cooldown); its env config validates
+    and its teacher passes the pre-run check."""
+    from pathlib import Path
+
+    from agents.train import _check_teacher, load_hyperparams
+    from dynosim_gym.config import load_env_config
+    root = Path(__file__).resolve().parents[1] / "agents" / "hyperparams"
+    r9 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round9.yml")
+    r8 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round8.yml")
+    assert r9["bc_warm_start"] == dict(r8["bc_warm_start"], teacher="base")
+    assert {k: v for k, v in r9.items() if k != "bc_warm_start"} == \
+        {k: v for k, v in r8.items() if k != "bc_warm_start"}
+    cfg = load_env_config("autoscale_default", **r9["env_kwargs"])
+    a = cfg.env.action
+    assert a.type == "residual" and a.base_interval_s is None and a.reversal_cooldown_s == 0
+    _check_teacher(r9["bc_warm_start"], "DynoSim-v0", "ppo_round9.yml", a.type)
