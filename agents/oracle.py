@@ -43,7 +43,8 @@ full knowledge of its future); they run on exactly the episodes ``dynosim evalua
   reached there if that is less (a segment no count can lift, e.g. while the first
   workers start). Between the two: the local search's episode-level target lets it buy
   cheapness by giving up whole segments, mostly the high-load ones (measured on the
-  training teacher episodes: README, round 5); the greedy asks the full target of each.
+  training teacher episodes: docs/benchmark/learning_rounds.md, round 5); the greedy asks
+  the full target of each.
 """
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ ROUNDS = {
     "ppo_r5": "r5", "ppo_r6": "r6", "ppo_r7": "r7", "ppo_r7b": "r7b (residual)",
     "ppo_r8": "r8 (residual, dynamics)",
 }
-#: rounds drawn without error bars (their seeds spread widely; README, rounds 3-4)
+#: rounds drawn without error bars (their seeds spread widely;
+#: docs/benchmark/learning_rounds.md, rounds 3-4)
 EARLY = {"ppo", "ppo_lagrangian", "ppo_lstm", "ppo_bcreg", "ppo_select"}
 HEURISTICS = {
     "heuristic_load.json": "load", "heuristic_throughput.json": "throughput",

@@ -286,7 +286,8 @@ def test_policy_files_that_are_not_models_are_one_line_errors(capsys, tmp_path) 
 
 @pytest.mark.expensive
 @pytest.mark.xfail(strict=True, reason="issue 11's target is missed on v0.2 (README, 'Learned "
-                   "autoscalers on v0.2'); strict: a pass means the README must be updated")
+                   "autoscalers (rounds 1-8)'; docs/benchmark/learning_rounds.md); strict: "
+                   "a pass means the README and that file must be updated")
 def test_default_ppo_recipe_meets_the_issue_11_target(tmp_path: Path) -> None:
     """The shipped recipe (``dynosim train --algo ppo``, v0.2 default, ~36k steps), one seed,
     on the held-out leaderboard's episodes: at least the tuned load planner's SLA attainment

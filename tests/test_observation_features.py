@@ -191,8 +191,9 @@ def test_every_name_is_unique() -> None:
 
 
 def test_round6_recipe_observes_load_relative_to_capacity() -> None:
-    """``ppo_round6.yml`` = round 5 with the rate-keyed load features replaced (README,
-    round 6): its env config validates and its observation has no request-rate feature."""
+    """``ppo_round6.yml`` = round 5 with the rate-keyed load features replaced
+    (docs/benchmark/learning_rounds.md, round 6): its env config validates and its
+    observation has no request-rate feature."""
     from pathlib import Path
 
     from agents.train import load_hyperparams
@@ -283,7 +284,8 @@ def test_unknown_work_feature_is_a_one_line_error(bad, hint) -> None:
 
 def test_round7_recipe_replaces_only_the_request_counts() -> None:
     """``ppo_round7.yml`` = round 6 with queued_requests_per_active, queued_requests and
-    running_requests replaced by :data:`WORK_FEATURES` (README, round 7), nothing else."""
+    running_requests replaced by :data:`WORK_FEATURES` (docs/benchmark/learning_rounds.md,
+    round 7), nothing else."""
     from pathlib import Path
 
     from agents.train import load_hyperparams
@@ -303,8 +305,9 @@ def test_round7_recipe_replaces_only_the_request_counts() -> None:
 
 def test_round8_recipe_observes_no_absolute_load_level() -> None:
     """``ppo_round8.yml`` = round 7b with only level-free features and a 300 s scale-down
-    window (README, round 8): its env config validates, none of the absolute-level features
-    (or the clock) is observed, and everything else is round 7b's."""
+    window (docs/benchmark/learning_rounds.md, round 8): its env config validates, none of
+    the absolute-level features (or the clock) is observed, and everything else is round
+    7b's."""
     from pathlib import Path
 
     from agents.train import load_hyperparams
