@@ -149,7 +149,8 @@ class DynoSimEnv(SimEnv):
     a :class:`~sim.planner.ThroughputPlanner` advisor ticks every ``interval_s`` inside the
     simulation, with ``env.planner_predictor`` (default ``constant``: the last interval) and
     ``env.planner`` knobs, without its per-decision step limit; ``base`` is its last tick's
-    count (``min_endpoint`` before the first tick, i.e. for the first step), reported as
+    count (``min_endpoint`` before the first tick, i.e. for the first step; the count
+    provisioned with ``env.action.base_before_first_tick: hold``), reported as
     ``info["base_workers"]``. ``env.action.base_interval_s = B`` (default: ``interval_s``,
     the above) smooths the base: its demand is the arrivals over the trailing ``B`` seconds
     (Dynamo's ``throughput_adjustment_interval_seconds``, default 180 s there), still
@@ -260,7 +261,8 @@ class DynoSimEnv(SimEnv):
     ## Version History
 
     * v0 (issue 11, round 9): ``env.action.base_interval_s`` (the residual base's demand
-      over a trailing window) and ``env.action.reversal_cooldown_s`` (defaults unchanged).
+      over a trailing window), ``env.action.base_before_first_tick`` and
+      ``env.action.reversal_cooldown_s`` (defaults unchanged).
     * v0 (issue 11): ``episode_summary`` counts ``flaps`` (reversals within 300 s of the
       opposite move, :data:`FLAP_WINDOW_S`) and their ``flap_steps``; observation features
       ``WORK_FEATURES`` (round 7) selectable by name (default observation unchanged).
@@ -507,10 +509,15 @@ class DynoSimEnv(SimEnv):
 
     def base_workers(self) -> int:
         """The residual action's base now: the throughput planner's last count
-        (``max(ceil(demand / engine rate), min_endpoint)``), ``min_endpoint`` before its
-        first tick."""
+        (``max(ceil(demand / engine rate), min_endpoint)``); before its first tick
+        ``min_endpoint``, or with ``env.action.base_before_first_tick: hold`` the count
+        provisioned (active + starting)."""
         ticks = self._base_planner.ticks
-        return int(ticks[-1]["wanted"]) if ticks else self.cfg.env.min_endpoint
+        if ticks:
+            return int(ticks[-1]["wanted"])
+        if self.cfg.env.action.base_before_first_tick == "hold":
+            return int(sum(self.sim.counts()[:2]))
+        return self.cfg.env.min_endpoint
 
     def _refresh_base(self) -> None:
         self.action_type.base = self.base_workers()

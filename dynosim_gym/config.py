@@ -71,6 +71,10 @@ class ActionSection:
     # (the throughput planner's throughput_adjustment_interval_seconds; Dynamo's default
     # 180 s), re-evaluated every env step; a multiple of env.interval_s; null = interval_s
     base_interval_s: float | None = _opt(None, range=TIME_S_POS)
+    # residual: the base before the advisor's first tick (the first step): min_endpoint (as
+    # since round 7b) or hold, the count provisioned (Dynamo's planner does not scale
+    # before its first adjustment interval)
+    base_before_first_tick: str = _opt("min_endpoint", choices=("min_endpoint", "hold"))
     # a move opposite to the last scaling event within this many seconds of it is held (EC2
     # Auto Scaling's cooldown, applied to reversals only); 0 = off. Aggregated pool only.
     reversal_cooldown_s: float = _opt(0.0, range=TIME_S)
@@ -325,10 +329,11 @@ def _parse_env(data: Any, v: _Validator) -> EnvSection:
             out.action.residual_offsets = offsets
     # offsets other than the default under another action type have no effect: refused (a
     # resolved config, e.g. a run record's, carries the default under every type)
-    # (the same for base_interval_s, whose resolved default is null)
+    # (the same for the base's own keys)
     if out.action.type != "residual":
         for key, why in (("residual_offsets", "takes offsets"),
-                         ("base_interval_s", "has a base")):
+                         ("base_interval_s", "has a base"),
+                         ("base_before_first_tick", "has a base")):
             if getattr(out.action, key) != getattr(type(out.action)(), key):
                 raise v.error(f"has no effect with env.action.type {out.action.type} (only "
                               f"a residual action {why}); remove it or use type: residual",

@@ -105,6 +105,33 @@ def test_resolved_configs_of_every_action_type_still_load() -> None:
         assert again.env.action == cfg.env.action
 
 
+def test_base_before_first_tick_hold_keeps_the_initial_count_at_step_0() -> None:
+    """Default: the base is min_endpoint before the advisor's first tick, so offset 0 at
+    step 0 drains the initial workers down to it; ``hold``: the base is the count
+    provisioned, so offset 0 keeps it; from the first tick on both are the planner's."""
+    def run(**kw):
+        env = _env(**{"env.action.type": "residual", "env.episode_steps": 12,
+                      "cluster.num_workers": 3, "env.rate_min_rps": 4.0,
+                      "env.rate_max_rps": 8.0, **kw})
+        u = env.unwrapped
+        env.reset(seed=3)
+        bases = [u.base_workers()]
+        got = []
+        for _ in range(12):
+            info = env.step(u.action_type.from_target(u.action_type.base, 0))[4]
+            got.append((info["base_workers"], info["target_workers"]))
+        return bases, got, u._base_planner.ticks
+    b0, default, ticks0 = run()
+    b1, hold, ticks1 = run(**{"env.action.base_before_first_tick": "hold"})
+    assert b0 == [1] and default[0][1] == 1                # drained 3 -> 1 at step 0
+    assert b1 == [3] and hold[0][1] == 3                   # held at 3
+    assert default[0][0] == ticks0[0]["wanted"] and hold[0][0] == ticks1[0]["wanted"]
+    with pytest.raises(InputError, match="env.action.base_before_first_tick.*no effect"):
+        _env(**{"env.action.type": "target", "env.action.base_before_first_tick": "hold"})
+    with pytest.raises(InputError, match="env.action.base_before_first_tick"):
+        _env(**{"env.action.type": "residual", "env.action.base_before_first_tick": "x"})
+
+
 # -- env.action.reversal_cooldown_s -----------------------------------------------------------
 
 def _target_env(cooldown_s: float, steps: int = 40, **kw):
