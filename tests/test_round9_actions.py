@@ -125,7 +125,10 @@ def test_base_before_first_tick_hold_keeps_the_initial_count_at_step_0() -> None
     b1, hold, ticks1 = run(**{"env.action.base_before_first_tick": "hold"})
     assert b0 == [1] and default[0][1] == 1                # drained 3 -> 1 at step 0
     assert b1 == [3] and hold[0][1] == 3                   # held at 3
-    assert default[0][0] == ticks0[0]["wanted"] and hold[0][0] == ticks1[0]["wanted"]
+    # info["base_workers"] is the base each decision used: step 0's the pre-tick one, step
+    # 1's the first tick's count
+    assert (default[0][0], hold[0][0]) == (1, 3)
+    assert default[1][0] == ticks0[0]["wanted"] and hold[1][0] == ticks1[0]["wanted"]
     with pytest.raises(InputError, match="env.action.base_before_first_tick.*no effect"):
         _env(**{"env.action.type": "target", "env.action.base_before_first_tick": "hold"})
     with pytest.raises(InputError, match="env.action.base_before_first_tick"):
