@@ -35,7 +35,7 @@ def test_smoothed_base_is_the_planners_demand_over_the_trailing_window(steps_bac
     env.reset(seed=2)
     e, sla, sim = u.cfg.env, u.cfg.sim.sla, u.sim
     marks = [(0.0, sim.num_arrived, sim.arrived_input_tokens, sim.arrived_output_tokens)]
-    bases, plain = [], []
+    bases = []
     for k in range(e.episode_steps):
         env.step(u.action_type.from_target(u.action_type.base, 0))
         marks.append((sim.now, sim.num_arrived, sim.arrived_input_tokens,
@@ -53,8 +53,6 @@ def test_smoothed_base_is_the_planners_demand_over_the_trailing_window(steps_bac
             want = e.min_endpoint
         assert u.base_workers() == u.action_type.base == want
         bases.append(want)
-        last = marks[-2]
-        plain.append(n1 - last[1])
     assert max(bases) > e.min_endpoint                   # the load moved it
 
 
