@@ -188,14 +188,16 @@ def add_parsers(sub) -> None:
     u.add_argument("--quiet", action="store_true", help="no per-trial lines on stderr")
 
 
-def _trace_load_note(args) -> None:
+def _trace_load_note(args) -> str:
     """``--set env.rate_min_rps / rate_max_rps`` on a config with trace families
     (``mooncake_mod``, ``azure_mod``): their peak is that rate times their load scale
-    (``scenarios.TRACE_LOAD``), a one-line note on stderr says so."""
+    (``scenarios.TRACE_LOAD``). The one-line note saying so ("" if none, or ``--quiet``);
+    :func:`run` prints it once the command has succeeded, so a bad input shows its one-line
+    error alone."""
     sets = dict(getattr(args, "set", None) or [])
     keys = [k for k in sets if k.rpartition(".")[2] in ("rate_min_rps", "rate_max_rps")]
     if not keys or args.quiet:
-        return
+        return ""
     from dynosim_gym.config import load_env_config
     from dynosim_gym.scenarios import trace_load_note
 
@@ -206,20 +208,19 @@ def _trace_load_note(args) -> None:
         e = load_env_config(args.config, defaults=DEFAULT_CONFIGS.get(
             env_id or "DynoSim-v0"), **sets).env
     except InputError:
-        return                              # the command's own load says why
+        return ""                           # the command's own load says why
     names = f"{e.scenarios},{e.eval_scenarios or ''}".split(",")
     text = trace_load_note([n.strip() for n in names], e.rate_min_rps, e.rate_max_rps)
-    if text:
-        print(f"dynosim: note: --set {', '.join(keys)}: {text}", file=sys.stderr)
+    return f"dynosim: note: --set {', '.join(keys)}: {text}" if text else ""
 
 
 def run(args) -> int:
-    _trace_load_note(args)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "tune":
-        return _tune(args)
-    return _evaluate(args)
+    note = _trace_load_note(args)
+    command = {"train": _train, "tune": _tune}.get(args.command, _evaluate)
+    rc = command(args)          # a bad input raises here: its one-line error, no note
+    if note and rc == 0:
+        print(note, file=sys.stderr)
+    return rc
 
 
 def _tune(args) -> int:

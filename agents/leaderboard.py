@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import InputError
+from sim.wording import plural
 
 from .evaluate import (DEFAULT_CONFIGS, METRICS, Evaluation, evaluate, pretrained_models,
                        resolve_policy)
@@ -148,7 +149,7 @@ def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
              f"{r['flaps_per_hour']:.1f} | {r['sla_attainment_vs_ref']:.3f} | {r['gpu_hours_per_episode_vs_ref']:.3f} |"
              for r in rows]
     seeds = f"seed {seed}" if episodes == 1 else f"seeds {seed}..{seed + episodes - 1}"
-    note = (f"\n{episodes} held-out episode{'s' if episodes != 1 else ''} (split=eval, {seeds}), "
+    note = (f"\n{plural(episodes, 'held-out episode')} (split=eval, {seeds}), "
             f"the same for every policy; SLA attainment and percentiles pooled over all "
             f"requests (± = std of the episodes' own figures); flaps = reversals under 300 s "
             f"after the opposite move (Kubernetes HPA's default scale-down stabilization "

@@ -54,6 +54,7 @@ import time
 from typing import Any
 
 from sim.errors import InputError
+from sim.wording import plural
 
 from .evaluate import (Evaluation, PolicySpec, _episode_attainment, check_counts_action,
                        episode_plan, make_eval_env, resolved_reward, run_episode, summarise,
@@ -103,8 +104,8 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(1)
         elif not self.quiet and (self.done % self.every == 0 or self.done == self.total):
-            print(f"{self.desc}: {self.done}/{self.total} {self.unit}s, {self.replays} "
-                  f"replays, {time.perf_counter() - self.t0:,.0f} s", file=sys.stderr,
+            print(f"{self.desc}: {self.done}/{self.total} {self.unit}s, "
+                  f"{plural(self.replays, 'replay')}, {time.perf_counter() - self.t0:,.0f} s", file=sys.stderr,
                   flush=True)
 
     def note(self, msg: str) -> None:
@@ -384,7 +385,7 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
     if progress is not None:
         progress.note(f"local search from {gpu_s / 3600.0:.2f} GPU-h, SLA {sla:.1%} (greedy "
                       f"{greedy_point['gpu_hours']:.2f} GPU-h, SLA "
-                      f"{greedy_point['sla_attainment']:.1%}; {replays} replays)")
+                      f"{greedy_point['sla_attainment']:.1%}; {plural(replays, 'replay')})")
     moves_kept = {"count": 0, "lead": 0}
     saved_h = {"count": 0.0, "lead": 0.0}
     passes = 0
@@ -414,7 +415,7 @@ def best_schedule(env, opts: dict, seed: int, lo: int, hi: int, target: float,
                 moves_kept[kind] += 1
                 counts, leads, sla, gpu_s, changed = c, ld, t_sla, t_gpu, True
         if progress is not None:
-            progress.note(f"local search pass {passes}: {replays} replays, "
+            progress.note(f"local search pass {passes}: {plural(replays, 'replay')}, "
                           f"{gpu_s / 3600.0:.2f} GPU-h, SLA {sla:.1%}")
         if not changed:
             break

@@ -28,6 +28,7 @@ import numpy as np
 
 from sim.errors import InputError
 from sim.schema import MAX_WORKERS, Range, arg_type
+from sim.wording import plural
 from dynosim.options import CMDLINE
 
 FRAMEWORKS = ("sb3", "rllib")
@@ -149,12 +150,18 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
         while steps < total:
             res = algo.train()
             steps = int(_get(res, "num_env_steps_sampled_lifetime", steps + batch))
-            ret = _get(res, "env_runners", {}).get("episode_return_mean", math.nan)
-            curve.append({"steps": steps, "episode_return_mean": _float(ret),
-                          "wall_s": round(time.perf_counter() - t0, 2)})
+            ret = _float(_get(res, "env_runners", {}).get("episode_return_mean", math.nan))
+            wall = time.perf_counter() - t0
+            curve.append({"steps": steps, "episode_return_mean": ret,
+                          "wall_s": round(wall, 2)})
             if bar is not None:
                 bar.n = min(steps, total)
+                if not math.isnan(ret):
+                    bar.set_postfix_str(f"episode return mean {ret:.3f}", refresh=False)
                 bar.refresh()
+            elif not quiet:         # not a terminal (CI, nohup, a pipe): one line each
+                print(f"dynosim: train (rllib) {iteration_line(len(curve), steps, total, ret, wall)}",
+                      file=sys.stderr, flush=True)
         ckpt = algo.save_to_path(str((out / "checkpoint").resolve()))
     finally:
         if bar is not None:
@@ -166,9 +173,21 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
                   steps_per_s=round(steps / wall, 1) if wall > 0 else None)
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     plot_curve(curve, out / "learning_curve.png",
-               f"RLlib PPO on {env_id}: {runners} env runners, seed {seed}")
+               f"RLlib PPO on {env_id}: {plural(runners, 'env runner')}, seed {seed}")
     del ckpt
     return out
+
+
+def iteration_line(iteration: int, steps: int, total: int, episode_return_mean: float,
+                   elapsed_s: float) -> str:
+    """One training iteration's progress line (what a non-terminal stderr shows per
+    ``Algorithm.train()``): iteration, env steps sampled so far of the run's total, RLlib's
+    ``episode_return_mean`` (smoothed over the last 20 episodes; NaN until one ended) and
+    the elapsed wall time in seconds."""
+    ret = ("n/a (no episode ended yet)" if math.isnan(episode_return_mean)
+           else f"{episode_return_mean:.3f}")
+    return (f"iteration {iteration}: {steps:,}/{total:,} env steps, episode return mean "
+            f"{ret}, {elapsed_s:,.0f} s elapsed")
 
 
 def _get(res: dict, key: str, default: Any) -> Any:

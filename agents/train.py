@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.errors import InputError
+from sim.wording import plural
 
 # re-exported: callers import these from agents.train
 from .algos import (ALGOS, ALIASES, HYPERPARAMS_DIR, algo_class, algo_name,  # noqa: F401
@@ -112,9 +113,10 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     rollout = int(getattr(model, "n_steps", 0) or 0) * n_envs   # on-policy: whole rollouts
     if rollout and total % rollout and not quiet:
-        print(f"dynosim: note: {total} timesteps train as {-(-total // rollout) * rollout} "
+        print(f"dynosim: note: {plural(total, 'timestep')} train as "
+              f"{-(-total // rollout) * rollout} "
               f"(on-policy {key} collects whole rollouts of n_steps {model.n_steps} x "
-              f"{n_envs} envs = {rollout} steps)", file=sys.stderr)
+              f"{plural(n_envs, 'env')} = {rollout} steps)", file=sys.stderr)
     bc_record = keep_near = None
     if bc:
         from .router_train import behaviour_clone
@@ -122,8 +124,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
             import inspect
             said = {k: p.default for k, p in
                     inspect.signature(behaviour_clone).parameters.items()} | bc
-            print(f"dynosim: behaviour-cloning warm start: {said['episodes']} episodes of "
-                  f"{said['teacher']}, then {said['epochs']} epochs (the recipe's "
+            print(f"dynosim: behaviour-cloning warm start: {plural(said['episodes'], 'episode')} "
+                  f"of {said['teacher']}, then {plural(said['epochs'], 'epoch')} (the recipe's "
                   "bc_warm_start)", file=sys.stderr)
         bc_record, keep_near = behaviour_clone(model, env_cfg.to_dict(), seed=seed,
                                                quiet=quiet, env_id=env_id, **bc)
@@ -361,12 +363,12 @@ class _Progress:
         if self.kpis:
             last = self.kpis[-self.WINDOW:]
             sla, gpu, ev = (sum(x[i] for x in last) / len(last) for i in range(3))
-            kpi = (f"; last {len(last)} training episodes (the policy being trained, "
-                   f"actions sampled): SLA {sla:.1%}, {gpu:.2f} GPU-h, {ev:.0f} scaling "
-                   f"event{'' if round(ev) == 1 else 's'} per episode")
+            kpi = (f"; last {plural(len(last), 'training episode')} (the policy being "
+                   f"trained, actions sampled): SLA {sla:.1%}, {gpu:.2f} GPU-h, "
+                   f"{plural(round(ev), 'scaling event')} per episode")
         done = 100 * self.steps // self.total        # floored: 100% only when it is done
         return (f"{self.steps:,}/{self.total:,} steps ({done}%) in "
-                f"{wall:,.0f} s, {rate:,.0f} steps/s, {len(self.rewards):,} episodes, "
+                f"{wall:,.0f} s, {rate:,.0f} steps/s, {plural(len(self.rewards), 'episode', fmt=',')}, "
                 f"mean episode reward {reward}{kpi}")
 
     def summary(self) -> dict[str, Any]:

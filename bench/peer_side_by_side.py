@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sim.wording import plural  # noqa: E402
+
 SHARED = Path(os.environ.get("DYNOSIM_SHARED", ROOT.parent / "shared"))
 TRACE = SHARED / "data/traces/mooncake_fast25/conversation_trace.jsonl"
 
@@ -190,7 +194,7 @@ def render(results: dict) -> str:
     loads = [x["load_avg_1min"] for r in results.values() for x in r["ours"] + r["peer"]
              if "load_avg_1min" in x]
     load = f"; 1-minute load average {min(loads):.1f}-{max(loads):.1f} after the runs" if loads else ""
-    lines += ["", f"{n} interleaved repeats per configuration on this machine "
+    lines += ["", f"{plural(n, 'interleaved repeat')} per configuration on this machine "
               f"({os.cpu_count()} cores{load}). Replay wall = trace load + simulation, without "
               "interpreter start-up; process wall includes it."]
     return "\n".join(lines)

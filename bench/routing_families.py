@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from agents.evaluate import evaluate  # noqa: E402
 from dynosim_gym.scenarios import ROUTING_FAMILIES  # noqa: E402
+from sim.wording import plural  # noqa: E402
 
 ROUTERS = ("heuristic:round_robin", "heuristic:kv")
 
@@ -57,7 +58,7 @@ def markdown(rows: list[dict], episodes: int, seed: int, split: str) -> str:
              f"{r['kv_p90']:,.0f} | {r['kv_p90'] / r['rr_p90'] if r['rr_p90'] else float('nan'):.2f} | "
              f"{r['rr_reuse']:.1%} → {r['kv_reuse']:.1%} | {r['rr_rps']:.2f} → {r['kv_rps']:.2f} |"
              for r in rows]
-    return (head + "\n".join(lines) + f"\n\n{episodes} episodes per family and router "
+    return (head + "\n".join(lines) + f"\n\n{plural(episodes, 'episode')} per family and router "
             f"(split={split}, seeds {seed}..{seed + episodes - 1}, the same for both routers); "
             "SLA attainment and p90 TTFT pooled over all requests.\n")
 

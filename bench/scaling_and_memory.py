@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sim.wording import plural  # noqa: E402
+
 
 def scaled_trace(k: int, mode: str = "superpose"):
     """The bundled conversation trace at k-fold load, as a lazy workload.
@@ -139,7 +141,7 @@ def scaling_table(mode: str, runs: list[list[dict]], repeats: int) -> list[str]:
     cpu = [min(r["cpu_s"] for r in rs) for rs in runs]
     base = runs[0][0]
     lines = [f"### Scaling with load (Mooncake conversation trace, {mode}, block 512, round robin; "
-             f"{repeats} interleaved runs each)", "",
+             f"{plural(repeats, 'interleaved run')} each)", "",
              "| load | workers | requests | completed | requests / requests(1x) | "
              "engine passes / passes(1x) | engine events / events(1x) | prefix reuse | "
              "wall (s), median | wall / wall(1x), median | CPU µs / request, min | "

@@ -290,7 +290,8 @@ def simulate(args: argparse.Namespace) -> int:
                 f"{role} {p['max_replicas']}" for role, p in pools.items()) + ")"
             events = plural(rep['scaling_events'], 'scaling event')
             print(f"  planner       {rep['kind']}: {events}, "
-                  f"max {rep['max_replicas']} replicas{per_pool} (incl. starting/draining)")
+                  f"max {plural(rep['max_replicas'], 'replica')}{per_pool} (incl. "
+                  "starting/draining)")
     return 0
 
 
@@ -321,7 +322,8 @@ def overload_warnings(summary: dict[str, Any], cfg: RunConfig) -> list[str]:
                    f"); queues never drain on {_workers(cfg)}: add workers ({add}), "
                    f"{planner}or slow arrivals (--arrival-speedup-ratio below 1)")
     elif t.get("cut_off_ms") is not None and t["in_flight_requests"] > t["completed_requests"]:
-        out.append(f"overloaded: {t['in_flight_requests']:,} requests still in flight at the "
+        out.append(f"overloaded: {plural(t['in_flight_requests'], 'request', fmt=',')} still "
+                   "in flight at the "
                    f"cut-off, more than the {t['completed_requests']:,} completed")
     if t["completed_requests"] and t["rejected_requests"] > t["completed_requests"]:
         why = ", ".join(f"{n:,} {r}" for r, n in t.get("rejected_by_reason", {}).items())
@@ -347,8 +349,7 @@ def _workers(cfg: RunConfig) -> str:
         return _pools(cfg)
     n = cfg.cluster.num_workers
     ranks = f" x {cfg.cluster.dp_size} DP ranks" if cfg.cluster.dp_size > 1 else ""
-    return f"{n} worker{'s' if n != 1 else ''} at start" if cfg.planner else \
-        f"{n} worker{'s' if n != 1 else ''}{ranks}"
+    return f"{plural(n, 'worker')} at start" if cfg.planner else f"{plural(n, 'worker')}{ranks}"
 
 
 def config_yaml(cfg: RunConfig) -> str:
@@ -375,16 +376,16 @@ def _jsonable(obj: Any) -> Any:
 
 def _title(describe: dict[str, Any], cfg: RunConfig) -> str:
     n = describe.get("num_requests")
-    count = f"{n:,} requests" if isinstance(n, int) else None
+    count = plural(n, "request", fmt=",") if isinstance(n, int) else None
     n = cfg.cluster.num_workers
-    workers = f"{n} worker{'s' if n != 1 else ''}"
+    workers = plural(n, "worker")
     if cfg.disagg is not None:
         workers = _pools(cfg)
     elif cfg.cluster.dp_size > 1:
         workers += f" x {cfg.cluster.dp_size} DP ranks"
     if cfg.planner is not None:      # the count changes during the run
         workers += (f" at start, {cfg.planner['kind']} planner (budget "
-                    f"{cfg.planner['max_gpu_budget']} GPUs)")
+                    f"{plural(cfg.planner['max_gpu_budget'], 'GPU')})")
     blocks, timing = cfg.engine.num_gpu_blocks, cfg.timing.model
     if cfg.disagg is not None:      # per pool, when they differ (e.g. --prefill-tp/--decode-tp)
         d = cfg.disagg
@@ -449,7 +450,7 @@ def print_summary(summary: dict[str, Any], run_info: dict[str, Any], cfg: RunCon
           f"{h['host_evicted_blocks']:,}\n")
     if "goodput" in summary:
         g = summary["goodput"]
-        w(f"  goodput       {g['good_requests']:,} requests within SLA "
+        w(f"  goodput       {plural(g['good_requests'], 'request', fmt=',')} within SLA "
           f"({g['sla_attainment']:.1%})   {g['goodput_rps']:.2f} req/s\n")
     rate = run_info["sim_s_per_wall_s"]
     w(f"  wall time     {run_info['run_wall_s']:.2f} s (+{run_info['load_wall_s']:.2f} s load)"

@@ -23,6 +23,7 @@ from typing import Any, Callable, NoReturn
 from sim.config import BUNDLED_TRACES, TRACE_KINDS, RunConfig, load_config, parse_config
 from sim.errors import InputError
 from sim.schema import int_arg
+from sim.wording import plural  # noqa: F401  (the commands' wording, imported from here)
 
 CMDLINE = "command line"     # the "file" of values given as flags
 
@@ -721,11 +722,6 @@ def note(args: argparse.Namespace, text: str) -> None:
 
 
 # -- wording of the commands' text output ---------------------------------------------------
-
-def plural(n: int, noun: str) -> str:
-    """``1 scaling event``, ``2 scaling events``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
 
 def env_script(name: str) -> str | None:
     """The console script ``name`` of this Python's environment as a command that runs as

@@ -11,6 +11,7 @@ import numpy as np
 
 from sim.metrics import STATUS_COMPLETED
 from sim.simulator import RunResult
+from sim.wording import plural
 
 _QS = np.linspace(0.0, 1.0, 401)
 
@@ -74,14 +75,14 @@ def plot_latency_cdfs(result: RunResult, path: str | Path, title: str | None = N
 
     fig = Figure(figsize=(15, 4.4), layout="constrained")
     ax_ttft, ax_itl, ax_e2e = fig.subplots(1, 3)
-    _cdf(ax_ttft, ttft, f"{len(ttft):,} requests")
+    _cdf(ax_ttft, ttft, plural(len(ttft), "request", fmt=","))
     _finish(ax_ttft, "TTFT", ttft, "fraction of requests with TTFT ≤ x")
     if len(gaps):
         ax_itl.plot(gaps, _QS, label=f"token gaps ({sketch.n:,})")
     _cdf(ax_itl, itl_req, "per-request mean", ls="--")
     _finish(ax_itl, "ITL", np.concatenate([gaps, itl_req]),
             "fraction of token gaps (or requests) ≤ x")
-    _cdf(ax_e2e, e2e, f"{len(e2e):,} requests")
+    _cdf(ax_e2e, e2e, plural(len(e2e), "request", fmt=","))
     _finish(ax_e2e, "End-to-end latency", e2e, "fraction of requests with E2E ≤ x")
     t = result.summary["totals"]
     fig.suptitle(title or f"{t['completed_requests']:,} completed, {t['rejected_requests']:,} "

@@ -16,6 +16,8 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
+from sim.wording import plural
+
 import dynosim_gym  # noqa: F401  (registers the ids)
 
 CASES = [
@@ -140,7 +142,8 @@ def markdown(rows: list[dict], repeats: int, episodes: int) -> str:
         if ref:
             line += f" {r['steps_per_s_median'] / ref:.2f} |"
         lines.append(line)
-    note = (f"\n\n{repeats} interleaved repeats x {episodes} episodes each (more for short "
+    note = (f"\n\n{plural(repeats, 'interleaved repeat')} x {plural(episodes, 'episode')} "
+            "each (more for short "
             f"episodes: at least {MIN_STEPS} steps; reset included), one process unless "
             "stated, Python " + sys.version.split()[0] + ".\n")
     return "\n".join(lines) + note

@@ -50,6 +50,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sim.wording import plural  # noqa: E402
+
 #: Leaderboard columns: (JSON key, label, format).
 METRICS = (("sla_attainment", "SLA attainment", "{:.1%}"),
            ("gpu_hours_per_episode", "GPU-hours / episode", "{:.2f}"),
@@ -196,7 +198,7 @@ def row(name: str, summary: dict, n: int) -> str:
             cells.append(f"{m:.1%} (± {100 * s:.1f})")
         else:
             cells.append(f"{fmt.format(m)} ± {fmt.format(s)}")
-    return f"| {name} ({n} seeds) | " + " | ".join(cells) + " |"
+    return f"| {name} ({plural(n, 'seed')}) | " + " | ".join(cells) + " |"
 
 
 def main(argv=None) -> int:
@@ -274,7 +276,7 @@ def main(argv=None) -> int:
         (out / f"learned_{name}_s{s}.json").write_text(json.dumps(ev, indent=2) + "\n")
         print(f"{name} seed {s}: SLA {ev['sla_attainment']:.1%}, "
               f"{ev['gpu_hours_per_episode']:.2f} GPU-h/episode, "
-              f"{ev['scaling_events']} scaling events", file=sys.stderr, flush=True)
+              f"{plural(ev['scaling_events'], 'scaling event')}", file=sys.stderr, flush=True)
         rows.append(seed_row(ev))
         evals.append(ev)
     summary = summarise(rows)

@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from sim.wording import plural
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: learned_NAME.json -> label (the README's round names); a file not listed keeps its NAME
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if not pts:
         ap.error(f"no result files in {args.bench}")
     plot(pts, target, Path(args.out))
-    print(f"wrote {args.out} ({len(pts)} policies)")
+    print(f"wrote {args.out} ({plural(len(pts), 'policy', many='policies')})")
     return 0
 
 

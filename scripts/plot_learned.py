@@ -30,6 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sim.wording import plural  # noqa: E402
+
 ONSET_GAP_S = 60.0      # a scale-up with no other in the preceding 60 s starts a new one
 
 
@@ -112,7 +114,7 @@ def plot(results: list, out: Path) -> None:
         ax.patch.set_visible(False)
         ax.set_title(f"{r.policy} on held-out {st['scenario']} (episode seed "
                      f"{r.per_episode[0]['seed']}): SLA {st['sla_attainment']:.1%}, "
-                     f"{st['gpu_hours']:.2f} GPU-h, {st['scaling_events']} scaling events, "
+                     f"{st['gpu_hours']:.2f} GPU-h, {plural(st['scaling_events'], 'scaling event')}, "
                      f"{st['reversals_per_hour']:.1f} reversals/h, "
                      f"{st['flaps_per_hour']:.1f} flaps/h", fontsize=9, loc="left")
         texts = [ax.text(t[i], prov[i] + 0.3, f"q={int(tr['queued_requests'][max(i - 1, 0)])}",

@@ -107,7 +107,7 @@ def test_rollout_rounding_is_said_and_recorded(tmp_path: Path, capsys) -> None:
     out = train("ppo", "DynoSim-v0", config=TINY, timesteps=40, out=tmp_path / "r", n_envs=1,
                 hyperparams=hp, overrides={"episode_steps": 4})
     err = capsys.readouterr().err
-    assert "note: 40 timesteps train as 48 " in err and "n_steps 16 x 1 envs" in err
+    assert "note: 40 timesteps train as 48 " in err and "n_steps 16 x 1 env = 16 steps" in err
     assert "48/48 steps (100%)" in err and "/40 steps" not in err   # progress: what it trains
     run = json.loads((out / "run.json").read_text())
     assert run["timesteps"] == 40 and run["timesteps_trained"] == 48

@@ -157,6 +157,21 @@ def test_a_rate_whose_episode_would_exhaust_memory_is_refused(capsys) -> None:
     one_line_error(rc, err, "env.rate_max_rps", "requests in a 1800 s episode", "memory")
 
 
+def test_trace_load_note_is_not_printed_before_a_one_line_error(capsys, tmp_path) -> None:
+    """s8-fixE: without --quiet the trace-load note came before the error; a bad input shows
+    its one-line error alone (the note is printed once the command succeeded)."""
+    rate = ["--set", "env.rate_max_rps=1e6"]
+    for argv in (["evaluate", "--policy", "heuristic:static:2", "--episodes", "1", *rate],
+                 # another command's own (flag) error, after a rate that loads
+                 ["evaluate", "--policy", "heuristic:static:2", "--window-s", "3", "--set",
+                  "env.rate_min_rps=1", "--set", "env.rate_max_rps=2"],
+                 ["tune", "--policy", "heuristic:load", "--replace", "--out",
+                  str(tmp_path / "t.yaml"), *rate]):
+        rc, _, err = run(capsys, *argv)
+        one_line_error(rc, err, "dynosim: error:")
+        assert "TRACE_LOAD" not in err, err
+
+
 # -- 8. simulate on an env scenario: --help says it replays the rate curve ----------------------
 
 def test_simulate_help_says_an_env_scenario_replays_its_rate_curve(capsys) -> None:

@@ -261,3 +261,33 @@ def test_rllib_flags_are_checked(tmp_path, capsys):
         algo = [] if "--algo" in argv else ["--algo", "ppo"]
         assert main(["train", *algo, *argv, "--out", str(tmp_path)]) == 2
         assert needle in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.ray
+@pytest.mark.xdist_group("ray")
+def test_rllib_training_shows_progress_per_iteration(tmp_path):
+    """s8-fixE: an RLlib run printed nothing until it ended. On a non-terminal stderr (this
+    pipe) each training iteration prints one line: iteration, env steps, episode return
+    mean, elapsed. The smallest run: 1,000 steps (2 iterations of 4 x 128), rollouts in the
+    driver, a local Ray started on demand."""
+    if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("the ray extra is not installed (pip install -e '.[ray]')")
+    p = _dynosim("train", "--framework", "rllib", "--algo", "ppo", "--num-env-runners", "0",
+                 "--timesteps", "1000", "--out", str(tmp_path / "rllib"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = [x for x in p.stderr.splitlines() if x.startswith("dynosim: train (rllib) ")]
+    run = json.loads((tmp_path / "rllib" / "run.json").read_text())
+    assert len(lines) == len(run["curve"]) >= 2, p.stderr[-2000:]
+    for i, (line, point) in enumerate(zip(lines, run["curve"]), 1):
+        assert f"iteration {i}: {point['steps']:,}/1,000 env steps, episode return mean " \
+            in line, line
+        assert line.endswith(" s elapsed"), line
+
+
+def test_rllib_iteration_line_says_when_no_episode_ended():
+    from agents.rllib_train import iteration_line
+    assert iteration_line(3, 1536, 12000, float("nan"), 42.4) == (
+        "iteration 3: 1,536/12,000 env steps, episode return mean n/a (no episode ended "
+        "yet), 42 s elapsed")
+    assert "episode return mean -12.346, 1,234 s elapsed" in iteration_line(
+        9, 4608, 12000, -12.3456, 1234.0)

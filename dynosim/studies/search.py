@@ -1688,8 +1688,8 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
                                                 allow_nan=True) + "\n")
     repeats = (f" ({plural(reused, 'repeat')} of an earlier candidate, not replayed)"
                if reused else "")
-    print(f"dynosim search: {plural(len(records), 'candidate')} in {wall:.1f} s on {cpus} "
-          f"CPU{'s' if cpus != 1 else ''} ({args.executor}): {by['complete']} complete, "
+    print(f"dynosim search: {plural(len(records), 'candidate')} in {wall:.1f} s on "
+          f"{plural(cpus, 'CPU')} ({args.executor}): {by['complete']} complete, "
           f"{by['pruned']} stopped early, {by['failed']} failed"
           f"{repeats}; "
           f"{requests:,} simulated requests ({requests / wall:,.0f}/s)")
@@ -1697,8 +1697,9 @@ def _finish(args, setup: Setup, records, out: Path, wall: float, cpu_s: float, c
         print(f"  failed trial {r['trial']} {json.dumps(r['params'], sort_keys=True)}: "
               f"{r['error']}")
     hits = sum(r["hits"] for r in fr)
+    drawn = f" (drawn by {plural(hits, 'trial')})" if hits != len(fr) else ""
     print(f"  Pareto front ({x} vs {y}): {plural(len(fr), 'distinct candidate')}"
-          f"{f' (drawn by {hits} trials)' if hits != len(fr) else ''} -> {out / 'front.csv'}, "
+          f"{drawn} -> {out / 'front.csv'}, "
           f"{out / 'front.png'}")
     if best is None:
         print("dynosim: error: no candidate completed (all failed or stopped); see "

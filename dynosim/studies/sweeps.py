@@ -41,6 +41,7 @@ from typing import Any, Iterable, Sequence
 
 from sim.errors import InputError
 from sim.schema import MAX_TIME_MS
+from sim.wording import plural
 
 from ..options import CMDLINE, make_out_dir
 
@@ -543,7 +544,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     off = [x for x, _ in plotted[a1] if x > xmax]
     if off:
         a1.set_xlim(right=xmax)
-        a1.text(0.99, 0.99, f"{len(off)} overloaded points off the right edge\n(up to "
+        a1.text(0.99, 0.99, f"{plural(len(off), 'overloaded point')} off the right edge\n(up to "
                 f"{max(off):.0f} GPU-h: hours of backlog)", transform=a1.transAxes,
                 ha="right", va="top", fontsize=7, color="0.3")
         plotted[a1] = [xy for xy in plotted[a1] if xy[0] <= xmax]
@@ -720,7 +721,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     if verdict:
         print(verdict)
-    print(f"wrote {csv_path} and {png_path} ({len(rows)} points, {wall:.1f} s wall, "
-          f"{cpus} {'Ray CPU' if executor == 'ray' else 'job'}{'' if cpus == 1 else 's'})")
+    print(f"wrote {csv_path} and {png_path} ({plural(len(rows), 'point')}, {wall:.1f} s wall, "
+          f"{plural(cpus, 'Ray CPU' if executor == 'ray' else 'job')})")
     sys.stdout.flush()
     return 0
