@@ -106,7 +106,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
         raise InputError(msg, file=hp_file, field=f"{env_id}.{bad.group(1)}" if bad
                          else env_id) from None
     if bc:
-        _check_teacher(bc, env_id, hp_file)
+        _check_teacher(bc, env_id, hp_file, env_cfg.env.action.type)
     if not quiet and any((out / f).exists() for f in ("model.zip", "run.json")):
         print(f"dynosim: note: {out} holds a run already; its model.zip and run.json are "
               "replaced (TensorBoard adds a new run under tb/)", file=sys.stderr)
@@ -283,21 +283,29 @@ def _check_disagg_recipe(hp: dict[str, Any], recipe_env: dict[str, Any], config:
             file=hp_file, field=f"DynoSim-v0.{agg[0]}")
 
 
-def _check_teacher(bc: dict[str, Any], env_id: str, hp_file: str) -> None:
-    """``bc_warm_start.teacher`` must be a schedule oracle or a heuristic of the env, checked
-    before any work (the teacher's episodes come first and take minutes)."""
+def _check_teacher(bc: dict[str, Any], env_id: str, hp_file: str,
+                   action_type: str | None = None) -> None:
+    """``bc_warm_start.teacher`` must be a schedule oracle or a heuristic of the env, or
+    ``base`` (offset 0) for a residual action, checked before any work (the teacher's
+    episodes come first and take minutes)."""
     from .heuristics import heuristic_env, heuristics_for
-    from .router_train import SCHEDULE_TEACHERS
+    from .router_train import BASE_TEACHER, SCHEDULE_TEACHERS
     teacher = bc.get("teacher")
     if teacher is None or (teacher in SCHEDULE_TEACHERS and env_id == "DynoSim-v0"):
         return
+    if teacher == BASE_TEACHER and env_id == "DynoSim-v0":
+        if action_type == "residual":
+            return
+        raise InputError(f"teacher {BASE_TEACHER!r} (offset 0 to the residual base) needs "
+                         f"env.action.type: residual, got {action_type!r}", file=hp_file,
+                         field=f"{env_id}.bc_warm_start.teacher")
     try:
         fits = heuristic_env(str(teacher)) == env_id
     except ValueError:
         fits = False
     if not fits:
         known = heuristics_for(env_id) + \
-            (list(SCHEDULE_TEACHERS) if env_id == "DynoSim-v0" else [])
+            ([*SCHEDULE_TEACHERS, BASE_TEACHER] if env_id == "DynoSim-v0" else [])
         raise InputError(f"unknown teacher {teacher!r} for {env_id}; expected one of "
                          f"{', '.join(known)}", file=hp_file,
                          field=f"{env_id}.bc_warm_start.teacher")
