@@ -658,6 +658,8 @@ def no_record_note(pol: PolicySpec, cfg) -> str:
     action = asdict(cfg.env.action)
     if action["type"] != "residual":           # the offsets only mean something there
         action.pop("residual_offsets")
+        action.pop("base_interval_s")
+        action.pop("base_before_first_tick")
     return (f"no run record for {pol.path}; scoring with the evaluation config's interface "
             f"(action {_short(action)}, observation stack {obs.stack} of "
             f"{feats}, interval_s {cfg.env.interval_s:g})")

@@ -274,6 +274,30 @@ class RandomRoutePolicy(HeuristicPolicy):
         return (int(acts[0]) if obs.ndim == 1 else acts), state
 
 
+class OffsetPolicy:
+    """Always the action of one offset of ``env.action.type: residual`` (SB3-style
+    ``predict``): offset 0 is the bare base, the throughput planner's count (issue 11,
+    rounds 7b-9; ``scripts/residual_base.py`` and the warm start's ``teacher: base``).
+    InputError (on ``field``) unless ``env`` takes residual actions and ``offset`` is in
+    their range."""
+
+    def __init__(self, env, offset: int = 0, field: str = "env.action.type",
+                 offset_field: str = "--offset") -> None:
+        from dynosim_gym.actions import ResidualAction
+        from sim.errors import InputError
+        at = env.unwrapped.action_type
+        if not isinstance(at, ResidualAction):
+            raise InputError(f"an offset to the base needs env.action.type: residual, "
+                             f"got type {env.unwrapped.cfg.env.action.type!r}", field=field)
+        if not at.off_lo <= offset <= at.off_hi:
+            raise InputError(f"{offset} is outside env.action.residual_offsets "
+                             f"[{at.off_lo}, {at.off_hi}]", field=offset_field)
+        self.action = offset - at.off_lo
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        return np.int64(self.action), state
+
+
 TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 AUTOSCALING_ENV, ROUTING_ENV = "DynoSim-v0", "DynoSimRouting-v0"
 #: name -> env id it acts on (``static:N`` is a pattern; tuned planners come from TUNED_DIR).

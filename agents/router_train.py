@@ -104,6 +104,12 @@ def schedule_cache_dir() -> Path:
 
 #: Hindsight-schedule oracles a warm start can clone (agents/oracle.py).
 SCHEDULE_TEACHERS = ("oracle:schedule-greedy", "oracle:schedule", "oracle:schedule-floor")
+#: The warm start's teacher for ``env.action.type: residual`` whose labels are offsets by
+#: construction: the base itself, offset 0 at every step (issue 11, round 9). The clone
+#: then reproduces the base, and PPO, kept near it by the regulariser, learns only the
+#: deviations the reward pays for (a schedule teacher's labels are its absolute count
+#: minus the base, which rebuilt the load -> count map in rounds 7b-8).
+BASE_TEACHER = "base"
 
 
 def _schedule_teacher(env, opts: dict[str, Any], seed: int,
@@ -119,8 +125,8 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     oracle field (as before ``oracle:schedule`` became the local search, so caches made
     then still hit), every other oracle's key names it, so two oracles never read each
     other's schedules; nor ``env.observation.features`` (it changes no simulation). The schedule is planned and keyed without
-    ``env.action.scale_down_window_s``; the learner's env applies the window to the
-    teacher's requests. A ``residual`` action's schedule is planned and keyed as a
+    ``env.action.scale_down_window_s`` and ``reversal_cooldown_s``; the learner's env
+    applies them to the teacher's requests. A ``residual`` action's schedule is planned and keyed as a
     ``target`` action's (the learner's env maps each count to the nearest offset)."""
     import hashlib
     import json
@@ -136,6 +142,11 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     # the schedule is a plan of counts, made without scale-down stabilisation (the learner's
     # env applies it to the teacher's requests as to its own): keyed and replayed without
     window = cfg["env"]["action"].pop("scale_down_window_s", 0.0)
+    # likewise the reversal cooldown, and the residual base's interval (a count plan has
+    # no base); keys made before either existed still hit
+    cooldown = cfg["env"]["action"].pop("reversal_cooldown_s", 0.0)
+    cfg["env"]["action"].pop("base_interval_s", None)
+    cfg["env"]["action"].pop("base_before_first_tick", None)
     # a residual learner's teacher is the same plan of counts (its env maps each count to
     # the nearest offset), planned on a target-action env: keyed as that (keys made
     # before env.action.residual_offsets existed still hit)
@@ -159,8 +170,9 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     else:
         plain = gym.make(env.spec.id, config=cfg_counts(u.cfg, residual),
                          **{"env.action.scale_down_window_s": 0.0,
+                            "env.action.reversal_cooldown_s": 0.0,
                             **({"env.action.type": "target"} if residual else {})}) \
-            if window or residual else env
+            if window or cooldown or residual else env
         args = (plain, opts, seed, e.min_endpoint, u.max_workers, e.reward.sla_target,
                 120.0, e.interval_s, e.episode_steps)
         if oracle == "oracle:schedule-greedy":
@@ -180,11 +192,14 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
 
 
 def cfg_counts(cfg, residual: bool) -> dict[str, Any]:
-    """``cfg.to_dict()``, without ``env.action.residual_offsets`` for a residual config
-    (its teacher plans counts on a target action, which takes no offsets)."""
+    """``cfg.to_dict()``, without ``env.action.residual_offsets`` and the base's keys
+    (``base_interval_s``, ``base_before_first_tick``) for a residual config (its teacher
+    plans counts on a target action, which takes none of them)."""
     out = cfg.to_dict()
     if residual:
         out["env"]["action"].pop("residual_offsets", None)
+        out["env"]["action"].pop("base_interval_s", None)
+        out["env"]["action"].pop("base_before_first_tick", None)
     return out
 
 
@@ -198,11 +213,13 @@ def teacher_samples(env, teacher: str, seeds, learner=None, quiet: bool = True,
     labels step t with its count for step t; with ``deadband`` k > 0, a schedule's count
     within k workers of the count provisioned now is labelled "hold the current count",
     so the labels do not toggle with the schedule's small steps)."""
-    from .heuristics import make_heuristic
+    from .heuristics import OffsetPolicy, make_heuristic
 
     oracle = teacher in SCHEDULE_TEACHERS
     obs_l, act_l, lengths = [], [], []
-    teach = None if oracle else make_heuristic(teacher, env)
+    teach = None if oracle else OffsetPolicy(
+        env, 0, field="bc_warm_start.teacher") if teacher == BASE_TEACHER \
+        else make_heuristic(teacher, env)
     seeds = list(seeds)
     for k, s in enumerate(seeds):
         opts = {"split": "train"}
@@ -285,9 +302,12 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
                 or deadband < 0 or set(dagger) - {"rounds", "deadband"}):
             raise InputError(f"expected {{rounds: N >= 1, deadband: K >= 0 (optional)}}, "
                              f"got {dagger!r}", field="bc_warm_start.dagger")
-        if not oracle or hasattr(pol, "lstm_actor"):
+        # (the base teacher labels any state: offset 0)
+        if not (oracle or teacher == BASE_TEACHER) or hasattr(pol, "lstm_actor") or \
+                (deadband and not oracle):
             raise InputError("needs a hindsight-schedule teacher (one of "
-                             f"{', '.join(SCHEDULE_TEACHERS)}) and a feed-forward policy",
+                             f"{', '.join(SCHEDULE_TEACHERS)}; or {BASE_TEACHER}, without a "
+                             "deadband) and a feed-forward policy",
                              field="bc_warm_start.dagger")
     first = 10_000 + seed if first_seed is None else first_seed
 

@@ -108,7 +108,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
         raise InputError(msg, file=hp_file, field=f"{env_id}.{bad.group(1)}" if bad
                          else env_id) from None
     if bc:
-        _check_teacher(bc, env_id, hp_file)
+        _check_teacher(bc, env_id, hp_file, env_cfg.env.action.type)
     if not quiet and any((out / f).exists() for f in ("model.zip", "run.json")):
         print(f"dynosim: note: {out} holds a run already; its model.zip and run.json are "
               "replaced (TensorBoard adds a new run under tb/)", file=sys.stderr)
@@ -152,7 +152,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     elif credit != "step":
         raise InputError(f"reward_credit must be step or request, got {credit!r}",
                          field="reward_credit")
-    progress = _Progress(-(-total // rollout) * rollout if rollout else total, quiet)
+    progress = _Progress(-(-total // rollout) * rollout if rollout else total, quiet, dual)
     callbacks.append(progress.callback())
     record = {"algo": key, "env_id": env_id, "seed": seed, "timesteps": total,
               "n_envs": n_envs, "policy": policy_name, "hyperparams": hp, "normalize": normalize,
@@ -290,21 +290,29 @@ def _check_disagg_recipe(hp: dict[str, Any], recipe_env: dict[str, Any], config:
             file=hp_file, field=f"DynoSim-v0.{agg[0]}")
 
 
-def _check_teacher(bc: dict[str, Any], env_id: str, hp_file: str) -> None:
-    """``bc_warm_start.teacher`` must be a schedule oracle or a heuristic of the env, checked
-    before any work (the teacher's episodes come first and take minutes)."""
+def _check_teacher(bc: dict[str, Any], env_id: str, hp_file: str,
+                   action_type: str | None = None) -> None:
+    """``bc_warm_start.teacher`` must be a schedule oracle or a heuristic of the env, or
+    ``base`` (offset 0) for a residual action, checked before any work (the teacher's
+    episodes come first and take minutes)."""
     from .heuristics import heuristic_env, heuristics_for
-    from .router_train import SCHEDULE_TEACHERS
+    from .router_train import BASE_TEACHER, SCHEDULE_TEACHERS
     teacher = bc.get("teacher")
     if teacher is None or (teacher in SCHEDULE_TEACHERS and env_id == "DynoSim-v0"):
         return
+    if teacher == BASE_TEACHER and env_id == "DynoSim-v0":
+        if action_type == "residual":
+            return
+        raise InputError(f"teacher {BASE_TEACHER!r} (offset 0 to the residual base) needs "
+                         f"env.action.type: residual, got {action_type!r}", file=hp_file,
+                         field=f"{env_id}.bc_warm_start.teacher")
     try:
         fits = heuristic_env(str(teacher)) == env_id
     except ValueError:
         fits = False
     if not fits:
         known = heuristics_for(env_id) + \
-            (list(SCHEDULE_TEACHERS) if env_id == "DynoSim-v0" else [])
+            ([*SCHEDULE_TEACHERS, BASE_TEACHER] if env_id == "DynoSim-v0" else [])
         raise InputError(f"unknown teacher {teacher!r} for {env_id}; expected one of "
                          f"{', '.join(known)}", file=hp_file,
                          field=f"{env_id}.bc_warm_start.teacher")
@@ -331,15 +339,21 @@ def _normalize_kwargs(value: Any, gamma: float) -> dict[str, Any]:
 
 class _Progress:
     """Training progress on stderr (not with --quiet): a tqdm bar on a terminal, else one
-    line every tenth of the run (steps, steps/s, mean reward of the last episodes), so logs
-    of a non-interactive run (CI, nohup, a pipe) show it is alive and learning. Episode
-    rewards come from the Monitor wrapper ``make_vec_env`` puts around each env."""
+    line every tenth of the run (steps, steps/s, mean reward of the last episodes, and with
+    ``reward.mode: lagrangian`` the current Lagrange multiplier), so logs of a
+    non-interactive run (CI, nohup, a pipe) show it is alive and learning. Episode rewards
+    come from the Monitor wrapper ``make_vec_env`` puts around each env. At each rollout's
+    end it also logs, for TensorBoard, the mean SLA attainment, GPU-hours and scaling events
+    per episode of the last ``WINDOW`` training episodes of an autoscaling env
+    (``rollout/sla_attainment``, ``rollout/gpu_hours``, ``rollout/scaling_events``, beside
+    SB3's ``rollout/ep_rew_mean``)."""
 
     WINDOW = 20             # mean episode reward over the last WINDOW episodes
 
-    def __init__(self, total: int, quiet: bool) -> None:
+    def __init__(self, total: int, quiet: bool, dual=None) -> None:
         self.total = total
         self.quiet = quiet
+        self.dual = dual        # LagrangeMultiplierCallback (reward.mode: lagrangian) or None
         self.tty = sys.stderr.isatty()
         self.every = max(1, total // 10)
         self.rewards: list[float] = []
@@ -352,8 +366,18 @@ class _Progress:
         last = self.rewards[-self.WINDOW:]
         return sum(last) / len(last) if last else None
 
+    def kpi_means(self) -> tuple[float, float, float] | None:
+        """Mean (SLA attainment, GPU-hours, scaling events) per episode over the last
+        ``WINDOW`` training episodes of an autoscaling env; None before the first ends."""
+        last = self.kpis[-self.WINDOW:]
+        if not last:
+            return None
+        sla, gpu, ev = (sum(x[i] for x in last) / len(last) for i in range(3))
+        return sla, gpu, ev
+
     def line(self, wall: float) -> str:
-        """``steps/total steps, steps/s, episodes, mean episode reward``."""
+        """``steps/total steps, steps/s, episodes, mean episode reward`` (then the last
+        episodes' SLA / GPU-hours and, in Lagrangian mode, the multiplier)."""
         m = self.mean_reward()
         rate = self.steps / wall if wall > 0 else 0.0
         reward = "n/a (no episode ended yet)" if m is None else \
@@ -361,10 +385,13 @@ class _Progress:
         kpi = ""
         if self.kpis:
             last = self.kpis[-self.WINDOW:]
-            sla, gpu, ev = (sum(x[i] for x in last) / len(last) for i in range(3))
+            sla, gpu, ev = self.kpi_means()
             kpi = (f"; last {plural(len(last), 'training episode')} (the policy being "
                    f"trained, actions sampled): SLA {sla:.1%}, {gpu:.2f} GPU-h, "
                    f"{plural(round(ev), 'scaling event')} per episode")
+        if self.dual is not None:
+            kpi += (f"; Lagrange multiplier {self.dual.multiplier:.4g} (SLA target "
+                    f"{self.dual.target:.0%})")
         done = 100 * self.steps // self.total        # floored: 100% only when it is done
         return (f"{self.steps:,}/{self.total:,} steps ({done}%) in "
                 f"{wall:,.0f} s, {rate:,.0f} steps/s, {plural(len(self.rewards), 'episode', fmt=',')}, "
@@ -406,6 +433,13 @@ class _Progress:
                     wall = time.perf_counter() - outer.t0
                     print(f"dynosim: train {outer.line(wall)}", file=sys.stderr, flush=True)
                 return True
+
+            def _on_rollout_end(self) -> None:
+                means = outer.kpi_means()
+                if means is not None:
+                    for key, value in zip(("sla_attainment", "gpu_hours", "scaling_events"),
+                                          means):
+                        self.logger.record(f"rollout/{key}", value)
         return _Cb()
 
     def close(self) -> None:

@@ -47,6 +47,43 @@ class ThroughputAdvisor(_Advice, ThroughputPlanner):
     pass
 
 
+class TrailingThroughputAdvisor(ThroughputAdvisor):
+    """The residual action's base with ``env.action.base_interval_s = B`` > ``interval_s``:
+    the throughput planner ticking every ``interval_s`` (the env step), its demand the
+    arrivals over the trailing ``B`` seconds rather than the last ``interval_s`` (its
+    requests, and their mean ISL and OSL, over ``min(B, time since attach)``), i.e. the
+    demand Dynamo's throughput planner reads with ``throughput_adjustment_interval_seconds
+    = B`` (its default: 180 s), re-evaluated every step instead of every ``B`` s. The
+    requests fed to the predictor are that count scaled to one ``interval_s`` (so
+    ``demand = requests / interval_s`` is the trailing mean rate, requests/s); the KV hit
+    rate is the planner's own (requests recorded since its last tick)."""
+
+    def __init__(self, config: PlannerConfig, trailing_s: float) -> None:
+        super().__init__(config)
+        self.trailing_ms = trailing_s * 1000.0
+        # (sim time ms, arrived requests, input tokens, output tokens), cumulative, one per tick
+        self._marks: collections.deque[tuple[float, int, int, int]] = collections.deque()
+
+    def attach(self, sim) -> "TrailingThroughputAdvisor":
+        super().attach(sim)
+        self._marks.append((sim.now, *self._last_arrived))
+        return self
+
+    def _observe_interval(self, sim) -> tuple[float, float, float]:
+        super()._observe_interval(sim)                     # the KV hit rate, the last mark
+        now = sim.now
+        self._marks.append((now, *self._last_arrived))
+        start = now - self.trailing_ms
+        while len(self._marks) > 2 and self._marks[1][0] <= start + 1e-6:
+            self._marks.popleft()                          # keep the newest mark <= start
+        t0, n0, i0, o0 = self._marks[0]
+        _, n1, i1, o1 = self._marks[-1]
+        n = n1 - n0
+        span_s = (now - t0) / 1000.0
+        per_interval = n * self.interval_s / span_s if span_s > 0 else 0.0
+        return per_interval, ((i1 - i0) / n if n else 0.0), ((o1 - o0) / n if n else 0.0)
+
+
 ADVISORS = {"load": LoadAdvisor, "throughput": ThroughputAdvisor}
 
 
@@ -112,8 +149,13 @@ class DynoSimEnv(SimEnv):
     a :class:`~sim.planner.ThroughputPlanner` advisor ticks every ``interval_s`` inside the
     simulation, with ``env.planner_predictor`` (default ``constant``: the last interval) and
     ``env.planner`` knobs, without its per-decision step limit; ``base`` is its last tick's
-    count (``min_endpoint`` before the first tick, i.e. for the first step), reported as
-    ``info["base_workers"]``. ``target_action(n)`` maps a count to the nearest offset.
+    count (``min_endpoint`` before the first tick, i.e. for the first step; the count
+    provisioned with ``env.action.base_before_first_tick: hold``), reported as
+    ``info["base_workers"]``. ``env.action.base_interval_s = B`` (default: ``interval_s``,
+    the above) smooths the base: its demand is the arrivals over the trailing ``B`` seconds
+    (Dynamo's ``throughput_adjustment_interval_seconds``, default 180 s there), still
+    re-evaluated every step (:class:`TrailingThroughputAdvisor`; ``B`` a multiple of
+    ``interval_s``). ``target_action(n)`` maps a count to the nearest offset.
     Requests are clamped to ``[min_endpoint, max_gpu_budget //
     gpus_per_worker]`` inside the env; ``action_masks()`` gives the actions that need no
     clamping (sb3-contrib MaskablePPO). ``env.action.scale_down_window_s = W`` (default 0,
@@ -122,7 +164,13 @@ class DynoSimEnv(SimEnv):
     requested over the last ``ceil(W / interval_s)`` decisions, this one included, so a
     scale-up applies at once and a scale-down once every request in the window was lower
     (``info["requested_workers"]`` is the request, ``info["target_workers"]`` what was
-    provisioned). An action the space does not contain (floats, bools,
+    provisioned). ``env.action.reversal_cooldown_s = C`` (default 0, off; aggregated pool
+    only) holds a move opposite to the last scaling event issued less than ``C`` s after it
+    (EC2 Auto Scaling's cooldown, "no further scaling activity until it expires", applied
+    to reversals only, so a policy can keep climbing through a surge; after the window):
+    with ``C >= 300`` no flap (below) can happen. ``info["requested_workers"]`` and
+    ``info["target_workers"]`` show a held move as they show the window's. An action the
+    space does not contain (floats, bools,
     strings, arrays other than 0-d integer ones) raises ``ValueError``; ``step`` after
     ``truncated=True`` without ``reset`` raises :class:`~dynosim_gym.base.ResetNeeded`.
 
@@ -208,10 +256,16 @@ class DynoSimEnv(SimEnv):
     ``swing``;
     each is checked and one that does not apply to the config's workload refused
     (:meth:`~dynosim_gym.episodes.EpisodeFactory.describe_options`: a one-line ``ValueError``).
-    ``render_mode="ansi"`` renders a status line.
+    ``render_mode`` (``metadata["render_modes"]``): ``"ansi"`` renders a status line (str);
+    ``"rgb_array"`` the episode so far as a ``(96, 4 * episode_steps, 3)`` uint8 image (grey
+    columns = arrivals per step scaled to the busiest step, blue = provisioned workers out
+    of the budget, red dots = steps under 90 % SLA attainment); ``None`` renders nothing.
 
     ## Version History
 
+    * v0 (issue 11, round 9): ``env.action.base_interval_s`` (the residual base's demand
+      over a trailing window), ``env.action.base_before_first_tick`` and
+      ``env.action.reversal_cooldown_s`` (defaults unchanged).
     * v0 (issue 11): ``episode_summary`` counts ``flaps`` (reversals within 300 s of the
       opposite move, :data:`FLAP_WINDOW_S`) and their ``flap_steps``; observation features
       ``WORK_FEATURES`` (round 7) selectable by name (default observation unchanged).
@@ -266,6 +320,7 @@ class DynoSimEnv(SimEnv):
         self.action_space = self.action_type.space
         # env.action.scale_down_window_s as decisions (this one included); 1 = off
         self._window = max(1, math.ceil(e.action.scale_down_window_s / e.interval_s - 1e-9))
+        self._cooldown_ms = e.action.reversal_cooldown_s * 1000.0   # 0 = off
         self.obs_builder = ObservationBuilder(self.cfg, self.max_workers, sla.ttft_ms,
                                               sla.itl_ms)
         self.observation_space = self.obs_builder.space
@@ -425,6 +480,12 @@ class DynoSimEnv(SimEnv):
         self._requests.append(want)
         # scale-down stabilisation (env.action.scale_down_window_s): the window's highest
         target = min(max(max(self._requests), self.cfg.env.min_endpoint), self.max_workers)
+        # reversal cooldown (env.action.reversal_cooldown_s): a move opposite to the last
+        # scaling event within the cooldown of it is held (times as the flap count's)
+        if self._cooldown_ms and target != cur and \
+                (target > cur) - (target < cur) == -self._last_dir and \
+                self._t_ms + self.interval_ms - self._last_move_ms < self._cooldown_ms:
+            target = cur
         changed = 0
         if target > cur:
             sim.add_workers(target - cur)
@@ -440,17 +501,26 @@ class DynoSimEnv(SimEnv):
         """``env.action.type: residual``: the throughput planner whose count is the base,
         ticking every env step, its per-decision step limit lifted (the env's own clamps
         apply to base + offset)."""
+        e = self.cfg.env
         pc = planner_config(self.cfg, {
-            "throughput_adjustment_interval_seconds": self.cfg.env.interval_s,
+            "throughput_adjustment_interval_seconds": e.interval_s,
             "max_throughput_scaling_replicas": self.max_workers})
-        return ThroughputAdvisor(pc).attach(self.sim)
+        b = e.action.base_interval_s
+        if b is None or abs(b - e.interval_s) < 1e-9:
+            return ThroughputAdvisor(pc).attach(self.sim)
+        return TrailingThroughputAdvisor(pc, b).attach(self.sim)
 
     def base_workers(self) -> int:
         """The residual action's base now: the throughput planner's last count
-        (``max(ceil(demand / engine rate), min_endpoint)``), ``min_endpoint`` before its
-        first tick."""
+        (``max(ceil(demand / engine rate), min_endpoint)``); before its first tick
+        ``min_endpoint``, or with ``env.action.base_before_first_tick: hold`` the count
+        provisioned (active + starting)."""
         ticks = self._base_planner.ticks
-        return int(ticks[-1]["wanted"]) if ticks else self.cfg.env.min_endpoint
+        if ticks:
+            return int(ticks[-1]["wanted"])
+        if self.cfg.env.action.base_before_first_tick == "hold":
+            return int(sum(self.sim.counts()[:2]))
+        return self.cfg.env.min_endpoint
 
     def _refresh_base(self) -> None:
         self.action_type.base = self.base_workers()

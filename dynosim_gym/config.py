@@ -67,6 +67,17 @@ class ActionSection:
     # of decisions (this one included), so scale-ups apply at once and a scale-down only once
     # every request in the window was lower; 0 = off. Aggregated pool only.
     scale_down_window_s: float = _opt(0.0, range=TIME_S)
+    # residual: the base's demand is the arrivals averaged over the trailing base_interval_s
+    # (the throughput planner's throughput_adjustment_interval_seconds; Dynamo's default
+    # 180 s), re-evaluated every env step; a multiple of env.interval_s; null = interval_s
+    base_interval_s: float | None = _opt(None, range=TIME_S_POS)
+    # residual: the base before the advisor's first tick (the first step): min_endpoint (as
+    # since round 7b) or hold, the count provisioned (Dynamo's planner does not scale
+    # before its first adjustment interval)
+    base_before_first_tick: str = _opt("min_endpoint", choices=("min_endpoint", "hold"))
+    # a move opposite to the last scaling event within this many seconds of it is held (EC2
+    # Auto Scaling's cooldown, applied to reversals only); 0 = off. Aggregated pool only.
+    reversal_cooldown_s: float = _opt(0.0, range=TIME_S)
 
 
 @dataclass
@@ -279,6 +290,9 @@ def _check_disagg(cfg: EnvConfig, v: _Validator) -> None:
     if e.action.scale_down_window_s:
         bad.append(("env.action.scale_down_window_s", "has no scale-down window (one delta "
                     f"per pool; got {e.action.scale_down_window_s:g} s); use 0"))
+    if e.action.reversal_cooldown_s:
+        bad.append(("env.action.reversal_cooldown_s", "has no reversal cooldown (one delta "
+                    f"per pool; got {e.action.reversal_cooldown_s:g} s); use 0"))
     if e.initial_workers is not None:
         bad.append(("env.initial_workers", "starts with disagg.num_prefill_workers and "
                     "disagg.num_decode_workers; remove env.initial_workers"))
@@ -327,11 +341,15 @@ def _parse_env(data: Any, v: _Validator) -> EnvSection:
             out.action.residual_offsets = offsets
     # offsets other than the default under another action type have no effect: refused (a
     # resolved config, e.g. a run record's, carries the default under every type)
-    if out.action.residual_offsets != type(out.action)().residual_offsets and \
-            out.action.type != "residual":
-        raise v.error(f"has no effect with env.action.type {out.action.type} (only a "
-                      "residual action takes offsets); remove it or use type: residual",
-                      "env.action.residual_offsets")
+    # (the same for the base's own keys)
+    if out.action.type != "residual":
+        for key, why in (("residual_offsets", "takes offsets"),
+                         ("base_interval_s", "has a base"),
+                         ("base_before_first_tick", "has a base")):
+            if getattr(out.action, key) != getattr(type(out.action)(), key):
+                raise v.error(f"has no effect with env.action.type {out.action.type} (only "
+                              f"a residual action {why}); remove it or use type: residual",
+                              f"env.action.{key}")
     out.planner = data.get("planner") if data.get("planner") is not None else {}
     if isinstance(out.planner, Mapping):
         out.planner = dict(out.planner)
@@ -435,6 +453,10 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
             abs(e.planner_interval_s / e.interval_s - round(e.planner_interval_s / e.interval_s)) > 1e-9:
         raise v.error(f"must be a multiple of env.interval_s ({e.interval_s:g}), got "
                       f"{e.planner_interval_s:g}", "env.planner_interval_s")
+    b = e.action.base_interval_s
+    if b is not None and abs(b / e.interval_s - round(b / e.interval_s)) > 1e-9:
+        raise v.error(f"must be a positive multiple of env.interval_s ({e.interval_s:g}), "
+                      f"got {b:g}", "env.action.base_interval_s")
     if e.interval_s * e.episode_steps <= 0:
         raise v.error("episode has no length", "env.episode_steps")
     if e.interval_s * e.episode_steps > TIME_S_POS.hi:

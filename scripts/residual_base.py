@@ -18,46 +18,28 @@ import sys
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-class OffsetPolicy:
-    """Always the action of one offset (SB3-style ``predict``). InputError (on the flag or
-    field at fault) unless ``env`` takes residual actions and ``offset`` is in their range."""
-
-    def __init__(self, env, offset: int) -> None:
-        from dynosim_gym.actions import ResidualAction
-        from sim.errors import InputError
-        at = env.unwrapped.action_type
-        if not isinstance(at, ResidualAction):
-            raise InputError(f"this script measures the base of env.action.type: residual, "
-                             f"got type {env.unwrapped.cfg.env.action.type!r}",
-                             field="--set env.action.type")
-        if not at.off_lo <= offset <= at.off_hi:
-            raise InputError(f"{offset} is outside env.action.residual_offsets "
-                             f"[{at.off_lo}, {at.off_hi}]", field="--offset")
-        self.action = offset - at.off_lo
-
-    def predict(self, observation, state=None, episode_start=None, deterministic=True):
-        return np.int64(self.action), state
-
-
 def main(argv=None) -> int:
     """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
     from agents.cli import _pos_int, _seed, _set
-    from dynosim.options import Parser
+    from dynosim.options import Parser, ScriptHelpFormatter
     from sim.schema import int_arg
 
-    ap = Parser(prog="residual_base.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--split", default="train", choices=("train", "eval"))
-    ap.add_argument("--episodes", type=_pos_int, default=3)
-    ap.add_argument("--seed", type=_seed, default=0)
-    ap.add_argument("--offset", type=int_arg, default=0)
-    ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--out", type=Path)
+    ap = Parser(prog="residual_base.py", description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--split", default="train", choices=("train", "eval"),
+                    help="training or held-out episodes")
+    ap.add_argument("--episodes", type=_pos_int, default=3, help="seeded episodes")
+    ap.add_argument("--seed", type=_seed, default=0, help="seed of the first episode")
+    ap.add_argument("--offset", type=int_arg, default=0,
+                    help="the residual offset held at every step")
+    ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
+                    help="env config override (repeatable; default: none)")
+    ap.add_argument("--out", type=Path,
+                    help="also write the JSON to this file (default: none, print only)")
     args = ap.parse_args(argv)
     from dynosim.cli import guarded
     return guarded(lambda: run(args))
@@ -66,11 +48,12 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace) -> int:
     import dynosim_gym  # noqa: F401  (registers the envs)
     from agents.evaluate import resolved_reward, run_episode, summarise
+    from agents.heuristics import OffsetPolicy
 
     overrides = {"env.action.type": "residual", **dict(args.set)}
     env = gym.make("DynoSim-v0", **overrides)
     u = env.unwrapped
-    policy = OffsetPolicy(env, args.offset)
+    policy = OffsetPolicy(env, args.offset, field="--set env.action.type")
     seeds = list(range(args.seed, args.seed + args.episodes))
     results = [run_episode(env, policy, {"split": args.split}, s) for s in seeds]
     ev = summarise(f"residual offset {args.offset}", results, u.cfg, resolved_reward(u.cfg, u),

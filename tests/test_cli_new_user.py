@@ -103,7 +103,8 @@ def test_model_without_run_record_says_which_interface_it_is_scored_with(tmp_pat
     assert main(base + ["--set", "action.type=target", "--json"]) == 0
     out, err = capsys.readouterr()
     note = (f"no run record for {model}; scoring with the evaluation config's interface "
-            '(action {"max_step": 2, "scale_down_window_s": 0.0, "type": "target"}, '
+            '(action {"max_step": 2, "reversal_cooldown_s": 0.0, "scale_down_window_s": '
+            '0.0, "type": "target"}, '
             "observation stack 1 of the default features, interval_s 5)")
     assert err.strip().splitlines() == [f"dynosim: {note}"]
     res = json.loads(out)

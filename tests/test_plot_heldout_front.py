@@ -41,3 +41,45 @@ def test_a_recipe_missing_the_mean_of_episodes_check_is_labelled(tmp_path):
     out = tmp_path / "front.png"
     mod.plot([pt], d["target"], out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_labels_keep_off_each_other_the_markers_and_the_error_bars(tmp_path, monkeypatch):
+    """The README's picture, drawn from the shipped result files: no label box (2 px
+    padding) overlaps another label, any point's marker or any error bar (the label
+    "oracle:schedule at planner's SLA" once sat on r4d's bar and a marker). adjustText runs
+    a fixed number of iterations (``ADJUST``), so the layout is the same on any machine."""
+    import itertools
+
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+
+    mod = _script()
+    assert "iter_lim" in mod.ADJUST          # not adjustText's default 1 s time limit
+    figs = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig",
+                        lambda self, *a, **k: (figs.append(self), real(self, *a, **k))[1])
+    pts, target = mod.points(BENCH)
+    mod.plot(pts, target, tmp_path / "front.png")
+    fig = figs[-1]
+    ax = fig.axes[0]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    texts = [t for t in ax.texts if t.get_text().strip()]
+    assert len(texts) == len(pts)
+    boxes = {t.get_text(): t.get_window_extent(renderer).padded(2.0) for t in texts}
+    assert [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes.items(), 2)
+            if ba.overlaps(bb)] == []
+    segments = [ax.transData.transform(s) for c in ax.collections
+                if isinstance(c, LineCollection) for s in c.get_segments()]
+    assert len(segments) >= 2 * sum(p["kind"] == "learned" for p in pts)   # the bars drawn
+    on_bar = {label for label, box in boxes.items() for (x0, y0), (x1, y1) in segments
+              for f in np.linspace(0.0, 1.0, 60) if box.contains(x0 + f * (x1 - x0),
+                                                                  y0 + f * (y1 - y0))}
+    assert on_bar == set()
+    on_marker = [(label, p["label"]) for label, box in boxes.items() for p in pts
+                 if box.padded(3.0).contains(*ax.transData.transform((p["gpu"], p["sla"])))]
+    assert on_marker == []
