@@ -74,3 +74,28 @@ def test_bad_label_smoothing_is_refused_naming_the_key(bad) -> None:
     with pytest.raises(InputError, match="bc_warm_start.label_smoothing"):
         behaviour_clone(Model(), {}, teacher="base", env_id="DynoSim-v0",
                         label_smoothing=bad)
+
+
+def test_round9b_recipe_is_round9_with_the_training_split_choices() -> None:
+    """``ppo_round9b.yml`` = round 9 with the base re-chosen with its cold start held (W 60 s,
+    C 300 s, hold) and the smoothed warm start (label_smoothing 0.35, ent_coef 0.01),
+    nothing else; its env config validates and its warm start passes the pre-run checks."""
+    from pathlib import Path
+
+    from agents.train import _check_recipe, _check_teacher, load_hyperparams
+    from dynosim_gym.config import load_env_config
+    root = Path(__file__).resolve().parents[1] / "agents" / "hyperparams"
+    r9b = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round9b.yml")
+    r9 = load_hyperparams("ppo", "DynoSim-v0", root / "ppo_round9.yml")
+    assert r9b["bc_warm_start"] == dict(r9["bc_warm_start"], label_smoothing=0.35)
+    assert r9b["ent_coef"] == 0.01 and r9["ent_coef"] == 0.0
+    changed = {"bc_warm_start", "ent_coef", "env_kwargs"}
+    assert {k: v for k, v in r9b.items() if k not in changed} == \
+        {k: v for k, v in r9.items() if k not in changed}
+    assert r9b["env_kwargs"]["action"] == dict(
+        r9["env_kwargs"]["action"], scale_down_window_s=60, reversal_cooldown_s=300,
+        base_before_first_tick="hold")
+    a = load_env_config("autoscale_default", **r9b["env_kwargs"]).env.action
+    assert a.type == "residual" and a.base_interval_s is None
+    _check_recipe(dict(r9b), "DynoSim-v0", "ppo_round9b.yml")
+    _check_teacher(r9b["bc_warm_start"], "DynoSim-v0", "ppo_round9b.yml", a.type)
