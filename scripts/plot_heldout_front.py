@@ -31,7 +31,8 @@ ROUNDS = {
     "ppo": "r3 PPO", "ppo_lagrangian": "r3 Lagrangian", "ppo_lstm": "r3 RecurrentPPO",
     "ppo_bcreg": "r4a", "ppo_select": "r4b", "ppo_r4": "r4c", "ppo_r4d": "r4d",
     "ppo_r5": "r5", "ppo_r6": "r6", "ppo_r7": "r7", "ppo_r7b": "r7b (residual)",
-    "ppo_r8": "r8 (residual, dynamics)",
+    "ppo_r8": "r8 (residual, dynamics)", "ppo_r9": "r9 (base teacher)",
+    "ppo_r9b": "r9b (base teacher, cooldown)",
 }
 #: rounds drawn without error bars (their seeds spread widely;
 #: docs/benchmark/learning_rounds.md, rounds 3-4)
@@ -88,7 +89,21 @@ def points(bench: Path) -> tuple[list[dict], dict]:
                     "sla_std": 100 * m["sla_attainment"]["std"]})
         if d.get("target"):
             target = d["target"]
-    return pts, target
+    return merge_coincident(pts), target
+
+
+def merge_coincident(pts: list[dict]) -> list[dict]:
+    """Points on the same spot (GPU-hours within 0.005, SLA within 0.05 points: a recipe whose
+    every seed is a heuristic, e.g. round 9 and its bare base) get one label, ``"A = B"``,
+    on the first; the later keeps its marker and has ``label`` None."""
+    for i, p in enumerate(pts):
+        for q in pts[:i]:
+            if q["label"] is not None and abs(q["gpu"] - p["gpu"]) < 0.005 \
+                    and abs(q["sla"] - p["sla"]) < 0.05:
+                q["label"] = f"{q['label']} = {p['label']}"
+                p["label"] = None
+                break
+    return pts
 
 
 def plot(pts: list[dict], target: dict, out: Path) -> None:
@@ -113,14 +128,15 @@ def plot(pts: list[dict], target: dict, out: Path) -> None:
                     fmt=marker, color=color, ms=6, mec="k", mew=0.5, ecolor=color,
                     elinewidth=0.8, capsize=2, zorder=3)
         bar_lines += [seg for c in eb.lines[2] for seg in c.get_segments()]
-        xs.append(p["gpu"])
-        ys.append(p["sla"])
-        texts.append(ax.text(p["gpu"], p["sla"], p["label"], fontsize=7, zorder=4))
+        if p["label"] is not None:
+            texts.append(ax.text(p["gpu"], p["sla"], p["label"], fontsize=7, zorder=4))
+            xs.append(p["gpu"])
+            ys.append(p["sla"])
     handles = [Line2D([], [], marker=m, ls="", color=c, mec="k", mew=0.5, label=lab)
                for lab, (m, c) in (("heuristic (Dynamo's planners, static N)",
                                     style["heuristic"]),
                                    ("hindsight oracle", style["oracle"]),
-                                   ("learned recipe, rounds 4c-8 (mean ± std over seeds)",
+                                   ("learned recipe, rounds 4c onwards (mean ± std over seeds)",
                                     style["learned"]),
                                    ("learned recipe, rounds 3-4b (mean over seeds)",
                                     style["early"]))]
