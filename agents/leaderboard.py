@@ -172,7 +172,10 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
                   reference: str = "heuristic:load") -> None:
     """Provisioned workers against the arrival rate in the first evaluation episode, one
     panel per policy: the heuristics, then learned policies (if there are too many: those on
-    the SLA/GPU-hours front, the ones beating ``reference`` on both axes first)."""
+    the SLA/GPU-hours front, the ones beating ``reference`` on both axes first). Every panel
+    shows the same episode, so both axes are shared: workers on the left, and on the right
+    the arrival rate and queued requests / 10 on one scale for all panels (the same
+    arrivals look the same in each)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -198,12 +201,15 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
                              squeeze=False)
     top = max(max(np.array(r.traces[0]["active_workers"]) + np.array(r.traces[0]["starting_workers"]))
               for r in shown)
+    top2 = max(max(max(r.traces[0]["arrival_rate_rps"], default=0.0),
+                   max(r.traces[0].get("queued_requests") or [0]) / 10.0) for r in shown)
     for ax, r in zip(axes[:, 0], shown):
         tr = r.traces[0]
         ax2 = ax.twinx()
         ax2.fill_between(tr["t_s"], tr["arrival_rate_rps"], step="pre", color="0.85")
         if tr.get("queued_requests"):
             ax2.plot(tr["t_s"], np.asarray(tr["queued_requests"]) / 10.0, color="C3", lw=0.8)
+        ax2.set_ylim(0, 1.05 * top2 or 1.0)
         ax2.set_ylabel("req/s; queued/10", fontsize=8)
         workers = np.array(tr["active_workers"]) + np.array(tr["starting_workers"])
         ax.step(tr["t_s"], workers, where="pre", color="C0", lw=1.6)

@@ -150,7 +150,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     elif credit != "step":
         raise InputError(f"reward_credit must be step or request, got {credit!r}",
                          field="reward_credit")
-    progress = _Progress(-(-total // rollout) * rollout if rollout else total, quiet)
+    progress = _Progress(-(-total // rollout) * rollout if rollout else total, quiet, dual)
     callbacks.append(progress.callback())
     record = {"algo": key, "env_id": env_id, "seed": seed, "timesteps": total,
               "n_envs": n_envs, "policy": policy_name, "hyperparams": hp, "normalize": normalize,
@@ -332,15 +332,21 @@ def _normalize_kwargs(value: Any, gamma: float) -> dict[str, Any]:
 
 class _Progress:
     """Training progress on stderr (not with --quiet): a tqdm bar on a terminal, else one
-    line every tenth of the run (steps, steps/s, mean reward of the last episodes), so logs
-    of a non-interactive run (CI, nohup, a pipe) show it is alive and learning. Episode
-    rewards come from the Monitor wrapper ``make_vec_env`` puts around each env."""
+    line every tenth of the run (steps, steps/s, mean reward of the last episodes, and with
+    ``reward.mode: lagrangian`` the current Lagrange multiplier), so logs of a
+    non-interactive run (CI, nohup, a pipe) show it is alive and learning. Episode rewards
+    come from the Monitor wrapper ``make_vec_env`` puts around each env. At each rollout's
+    end it also logs, for TensorBoard, the mean SLA attainment, GPU-hours and scaling events
+    per episode of the last ``WINDOW`` training episodes of an autoscaling env
+    (``rollout/sla_attainment``, ``rollout/gpu_hours``, ``rollout/scaling_events``, beside
+    SB3's ``rollout/ep_rew_mean``)."""
 
     WINDOW = 20             # mean episode reward over the last WINDOW episodes
 
-    def __init__(self, total: int, quiet: bool) -> None:
+    def __init__(self, total: int, quiet: bool, dual=None) -> None:
         self.total = total
         self.quiet = quiet
+        self.dual = dual        # LagrangeMultiplierCallback (reward.mode: lagrangian) or None
         self.tty = sys.stderr.isatty()
         self.every = max(1, total // 10)
         self.rewards: list[float] = []
@@ -353,8 +359,18 @@ class _Progress:
         last = self.rewards[-self.WINDOW:]
         return sum(last) / len(last) if last else None
 
+    def kpi_means(self) -> tuple[float, float, float] | None:
+        """Mean (SLA attainment, GPU-hours, scaling events) per episode over the last
+        ``WINDOW`` training episodes of an autoscaling env; None before the first ends."""
+        last = self.kpis[-self.WINDOW:]
+        if not last:
+            return None
+        sla, gpu, ev = (sum(x[i] for x in last) / len(last) for i in range(3))
+        return sla, gpu, ev
+
     def line(self, wall: float) -> str:
-        """``steps/total steps, steps/s, episodes, mean episode reward``."""
+        """``steps/total steps, steps/s, episodes, mean episode reward`` (then the last
+        episodes' SLA / GPU-hours and, in Lagrangian mode, the multiplier)."""
         m = self.mean_reward()
         rate = self.steps / wall if wall > 0 else 0.0
         reward = "n/a (no episode ended yet)" if m is None else \
@@ -362,10 +378,13 @@ class _Progress:
         kpi = ""
         if self.kpis:
             last = self.kpis[-self.WINDOW:]
-            sla, gpu, ev = (sum(x[i] for x in last) / len(last) for i in range(3))
+            sla, gpu, ev = self.kpi_means()
             kpi = (f"; last {plural(len(last), 'training episode')} (the policy being "
                    f"trained, actions sampled): SLA {sla:.1%}, {gpu:.2f} GPU-h, "
                    f"{plural(round(ev), 'scaling event')} per episode")
+        if self.dual is not None:
+            kpi += (f"; Lagrange multiplier {self.dual.multiplier:.4g} (SLA target "
+                    f"{self.dual.target:.0%})")
         done = 100 * self.steps // self.total        # floored: 100% only when it is done
         return (f"{self.steps:,}/{self.total:,} steps ({done}%) in "
                 f"{wall:,.0f} s, {rate:,.0f} steps/s, {plural(len(self.rewards), 'episode', fmt=',')}, "
@@ -407,6 +426,13 @@ class _Progress:
                     wall = time.perf_counter() - outer.t0
                     print(f"dynosim: train {outer.line(wall)}", file=sys.stderr, flush=True)
                 return True
+
+            def _on_rollout_end(self) -> None:
+                means = outer.kpi_means()
+                if means is not None:
+                    for key, value in zip(("sla_attainment", "gpu_hours", "scaling_events"),
+                                          means):
+                        self.logger.record(f"rollout/{key}", value)
         return _Cb()
 
     def close(self) -> None:

@@ -178,6 +178,12 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown})"
 
 
+class ScriptHelpFormatter(argparse.RawDescriptionHelpFormatter, _HelpFormatter):
+    """For ``scripts/*.py``: ``--help`` shows the whole module docstring as written (its
+    usage lines and paragraphs, not re-wrapped or cut at the first line) and every option's
+    default (:class:`_HelpFormatter`)."""
+
+
 #: What argparse must take as a (negative) value, not as an option: argparse's own rule
 #: (``-1``, ``-.5``) misses exponents, infinities and comma lists, so ``--num-workers -1e1``
 #: or ``--rungs -600,1200`` would fail with "expected one argument" instead of the flag's

@@ -256,7 +256,10 @@ class DynoSimEnv(SimEnv):
     ``swing``;
     each is checked and one that does not apply to the config's workload refused
     (:meth:`~dynosim_gym.episodes.EpisodeFactory.describe_options`: a one-line ``ValueError``).
-    ``render_mode="ansi"`` renders a status line.
+    ``render_mode`` (``metadata["render_modes"]``): ``"ansi"`` renders a status line (str);
+    ``"rgb_array"`` the episode so far as a ``(96, 4 * episode_steps, 3)`` uint8 image (grey
+    columns = arrivals per step scaled to the busiest step, blue = provisioned workers out
+    of the budget, red dots = steps under 90 % SLA attainment); ``None`` renders nothing.
 
     ## Version History
 

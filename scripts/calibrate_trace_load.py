@@ -17,7 +17,6 @@ On the TRAINING split only, at constant load (swing 1), with the full budget of 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -69,13 +68,15 @@ def calibrate(family: str, reference: str, seeds: list[int], idle_rps: float) ->
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--family", default="mooncake_mod")
+    from dynosim.options import Parser, ScriptHelpFormatter
+    ap = Parser(prog="calibrate_trace_load.py", description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--family", default="mooncake_mod", help="trace family calibrated")
     ap.add_argument("--reference", default="diurnal_swing",
                     help="synthetic family (constant load: its shape does not matter)")
-    ap.add_argument("--seed", type=int, default=100)
-    ap.add_argument("--episodes", type=int, default=3)
-    ap.add_argument("--idle-rps", type=float, default=0.25)
+    ap.add_argument("--seed", type=int, default=100, help="first episode seed")
+    ap.add_argument("--episodes", type=int, default=3, help="episodes (seeds SEED, SEED+1, ...)")
+    ap.add_argument("--idle-rps", type=float, default=0.25,
+                    help="the near-idle rate (req/s) whose attainment is the ceiling")
     a = ap.parse_args(argv)
     res = calibrate(a.family, a.reference, list(range(a.seed, a.seed + a.episodes)),
                     a.idle_rps)

@@ -23,7 +23,6 @@ the project venv if you pass ``--csv`` explicitly.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -87,10 +86,14 @@ def _int(x: str) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from dynosim.options import Parser, ScriptHelpFormatter
+    ap = Parser(prog="extract_silicon_rows.py", description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--csv", type=Path, help="silicon_sample.csv (default: from the package)")
-    ap.add_argument("--aic-version", default=None, help="package version to record with --csv")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--aic-version", default=None,
+                    help="package version to record with --csv (default: unknown)")
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help="CSV written (default: sim/data/silicon/silicon_rows.csv, the tracked table the simulator "
+                         "reads, which this script exists to regenerate)")
     args = ap.parse_args(argv)
     if args.csv is not None:
         src, ver = args.csv, args.aic_version or "unknown"

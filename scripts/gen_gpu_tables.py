@@ -33,7 +33,6 @@ exactly the quantities Dynamo's AIC-backed mocker predicts separately per pass):
 """
 from __future__ import annotations
 
-import argparse
 import importlib.metadata as md
 import json
 import logging
@@ -251,9 +250,14 @@ def check(out_dir: Path, seed: int, n_points: int, only: str | None) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=OUT_DIR)
-    ap.add_argument("--only", default=None, help="substring filter on the output file name")
+    from dynosim.options import Parser, ScriptHelpFormatter
+    ap = Parser(prog="gen_gpu_tables.py", description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--out", type=Path, default=OUT_DIR,
+                    help="table directory (default: sim/data/gpu_tables, the tracked tables the "
+                         "simulator reads, which this script exists to regenerate and --check "
+                         "reads)")
+    ap.add_argument("--only", default=None,
+                    help="substring filter on the output file name (default: none, all)")
     ap.add_argument("--list", action="store_true", help="list AIC's systems/backends/versions")
     ap.add_argument("--verbose", action="store_true", help="keep aiconfigurator-core logs")
     ap.add_argument("--check", action="store_true",

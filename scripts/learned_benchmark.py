@@ -9,8 +9,12 @@ reward), and summarises mean ± std over the seeds::
         --out docs/benchmark [--timesteps N] [--set KEY=VALUE ...] [--name ppo]
     python scripts/learned_benchmark.py --algo ppo --seeds 0-4 --runs runs/learned \\
         --out docs/benchmark --score-only          # re-score existing runs
-    python scripts/learned_benchmark.py --algo ppo --seeds 0-4 --summary-only  # from the
-        # per-seed files (e.g. seeds scored in parallel, one --seeds S --score-only each)
+    python scripts/learned_benchmark.py --algo ppo --seeds 0-4 --out docs/benchmark \\
+        --summary-only  # from the per-seed files (e.g. seeds scored in parallel, one
+        # --seeds S --score-only each)
+
+``--out`` defaults to ``out/benchmark`` (untracked); the committed result files are
+regenerated with ``--out docs/benchmark``, as the README's commands say.
 
 Writes ``OUT/learned_NAME_sSEED.json`` (one evaluation per seed, with its train wall time)
 and ``OUT/learned_NAME.json`` (the per-seed rows, the mean ± std over seeds and
@@ -40,7 +44,6 @@ without bound and bought attainment at any GPU price.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -206,29 +209,34 @@ def main(argv=None) -> int:
     from agents.train import train
     from agents.cli import _set
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--algo", required=True, help="ppo | ppo_lstm | ... (agents/algos.py)")
+    from dynosim.options import Parser, ScriptHelpFormatter
+    ap = Parser(prog="learned_benchmark.py", description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--algo", required=True, help="ppo | ppo_lstm | ... (agents/algos.py); required")
     ap.add_argument("--name", default=None, help="row name (default: the algo)")
     ap.add_argument("--seeds", type=seeds, default=[0, 1, 2, 3, 4],
                     help="training seeds, e.g. 0-4 or 0,3 (default: 0-4)")
-    ap.add_argument("--runs", default="runs/learned", help="run directories: RUNS/NAME/sSEED")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"),
-                    help="result files (default: docs/benchmark, the committed ones: a re-run "
-                         "replaces them; pass another directory to keep them)")
+    ap.add_argument("--runs", default="runs/learned",
+                    help="parent of the run directories RUNS/NAME/sSEED")
+    ap.add_argument("--out", default="out/benchmark",
+                    help="directory of the result files (--out docs/benchmark: the committed "
+                         "ones, which a re-run replaces)")
     ap.add_argument("--timesteps", type=int, default=None,
                     help="PPO steps per seed (default: the recipe's n_timesteps)")
     ap.add_argument("--hyperparams", default=None, metavar="YAML",
                     help="recipe file (default: agents/hyperparams/ALGO.yml; round 3's: "
                          "agents/hyperparams/archive/ppo_round3.yml); with --ship, the "
                          "candidates' recipe, named in the shipped command")
-    ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
+                    help="env config override for training, as `dynosim train --set` "
+                         "(repeatable; default: none)")
     ap.add_argument("--score-only", action="store_true",
                     help="score existing runs (RUNS/NAME/sSEED) without training")
     ap.add_argument("--summary-only", action="store_true",
                     help="neither train nor score: summarise OUT/learned_NAME_sSEED.json")
     ap.add_argument("--ship", metavar="NAME", default=None,
                     help="only choose a seed by the fixed training-split rule (module doc) "
-                         "among --candidates and ship it as pretrained:NAME")
+                         "among --candidates and ship it as pretrained:NAME (default: none, no "
+                         "shipping)")
     ap.add_argument("--candidates", default=None, metavar="NAME,...",
                     help="with --ship: the run names to choose among (default: --name)")
     ap.add_argument("--score-train", action="store_true",

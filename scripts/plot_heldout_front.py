@@ -2,7 +2,9 @@
 episode for every scored policy, with the target region shaded.
 
     python scripts/plot_heldout_front.py [--bench docs/benchmark] \
-        [--out docs/benchmark/heldout_sla_vs_gpu_hours.png]
+        [--out out/heldout_sla_vs_gpu_hours.png]
+
+The shipped figure: ``--out docs/benchmark/heldout_sla_vs_gpu_hours.png``.
 
 Reads only the result files in ``--bench`` (no simulation): the heuristics'
 ``heuristic_*.json``, the oracles' ``oracle_*.json`` and each learned recipe's
@@ -14,20 +16,23 @@ held-out episodes (``dynosim evaluate --episodes 6 --seed 0 --split eval``) exce
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from sim.wording import plural
 
 ROOT = Path(__file__).resolve().parents[1]
+#: adjustText's forces for the labels (checked: no label on another, on a marker or on an
+#: error bar, tests/test_plot_heldout_front.py)
+ADJUST = {"expand": (1.5, 2.5), "force_text": (0.6, 1.2), "iter_lim": 300}
 
 #: learned_NAME.json -> label (the README's round names); a file not listed keeps its NAME
 ROUNDS = {
     "ppo": "r3 PPO", "ppo_lagrangian": "r3 Lagrangian", "ppo_lstm": "r3 RecurrentPPO",
     "ppo_bcreg": "r4a", "ppo_select": "r4b", "ppo_r4": "r4c", "ppo_r4d": "r4d",
     "ppo_r5": "r5", "ppo_r6": "r6", "ppo_r7": "r7", "ppo_r7b": "r7b (residual)",
-    "ppo_r8": "r8 (residual, dynamics)",
+    "ppo_r8": "r8 (residual, dynamics)", "ppo_r9": "r9 (base teacher)",
+    "ppo_r9b": "r9b (base teacher, cooldown)",
 }
 #: rounds drawn without error bars (their seeds spread widely;
 #: docs/benchmark/learning_rounds.md, rounds 3-4)
@@ -84,7 +89,21 @@ def points(bench: Path) -> tuple[list[dict], dict]:
                     "sla_std": 100 * m["sla_attainment"]["std"]})
         if d.get("target"):
             target = d["target"]
-    return pts, target
+    return merge_coincident(pts), target
+
+
+def merge_coincident(pts: list[dict]) -> list[dict]:
+    """Points on the same spot (GPU-hours within 0.005, SLA within 0.05 points: a recipe whose
+    every seed is a heuristic, e.g. round 9 and its bare base) get one label, ``"A = B"``,
+    on the first; the later keeps its marker and has ``label`` None."""
+    for i, p in enumerate(pts):
+        for q in pts[:i]:
+            if q["label"] is not None and abs(q["gpu"] - p["gpu"]) < 0.005 \
+                    and abs(q["sla"] - p["sla"]) < 0.05:
+                q["label"] = f"{q['label']} = {p['label']}"
+                p["label"] = None
+                break
+    return pts
 
 
 def plot(pts: list[dict], target: dict, out: Path) -> None:
@@ -94,26 +113,30 @@ def plot(pts: list[dict], target: dict, out: Path) -> None:
     from adjustText import adjust_text
     from matplotlib.patches import Patch, Rectangle
     from matplotlib.lines import Line2D
+    from matplotlib.transforms import Bbox
 
     style = {"heuristic": ("s", "C1"), "oracle": ("D", "C2"), "learned": ("o", "C0"),
              "early": ("o", "#9ecae1")}
     fig, ax = plt.subplots(figsize=(10, 6.2))
     texts, xs, ys = [], [], []
+    bar_lines = []      # each error bar's LineCollection: adjustText keeps labels off them
     for p in pts:
         marker, color = style[p["kind"]]
         bars = p["kind"] == "learned"
-        ax.errorbar(p["gpu"], p["sla"], xerr=(p["gpu_std"] or None) if bars else None,
+        eb = ax.errorbar(p["gpu"], p["sla"], xerr=(p["gpu_std"] or None) if bars else None,
                     yerr=(p["sla_std"] or None) if bars else None,
                     fmt=marker, color=color, ms=6, mec="k", mew=0.5, ecolor=color,
                     elinewidth=0.8, capsize=2, zorder=3)
-        xs.append(p["gpu"])
-        ys.append(p["sla"])
-        texts.append(ax.text(p["gpu"], p["sla"], p["label"], fontsize=7, zorder=4))
+        bar_lines += [seg for c in eb.lines[2] for seg in c.get_segments()]
+        if p["label"] is not None:
+            texts.append(ax.text(p["gpu"], p["sla"], p["label"], fontsize=7, zorder=4))
+            xs.append(p["gpu"])
+            ys.append(p["sla"])
     handles = [Line2D([], [], marker=m, ls="", color=c, mec="k", mew=0.5, label=lab)
                for lab, (m, c) in (("heuristic (Dynamo's planners, static N)",
                                     style["heuristic"]),
                                    ("hindsight oracle", style["oracle"]),
-                                   ("learned recipe, rounds 4c-8 (mean ± std over seeds)",
+                                   ("learned recipe, rounds 4c onwards (mean ± std over seeds)",
                                     style["learned"]),
                                    ("learned recipe, rounds 3-4b (mean over seeds)",
                                     style["early"]))]
@@ -133,11 +156,17 @@ def plot(pts: list[dict], target: dict, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.set_ylim(top=100)
     ax.margins(x=0.06, y=0.06)
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    legend = ax.legend(handles=handles, fontsize=7, loc="lower right")
     fig.tight_layout()
-    adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.4, 2.2), max_move=None,
-                force_text=(0.6, 1.2),
-                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
+    # labels keep off the points, the error bars (a label on r4d's bar hid it) and the
+    # legend: adjustText takes obstacles as Bboxes in data coordinates
+    to_data = ax.transData.inverted()
+    obstacles = [Bbox(seg) for seg in bar_lines]
+    for x, y in ax.transData.transform(list(zip(xs, ys))):      # each marker, ~6 px round
+        obstacles.append(Bbox([[x - 6, y - 6], [x + 6, y + 6]]).transformed(to_data))
+    obstacles.append(legend.get_window_extent(fig.canvas.get_renderer()).transformed(to_data))
+    adjust_text(texts, x=xs, y=ys, objects=obstacles, ax=ax, max_move=None,
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6}, **ADJUST)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -145,10 +174,13 @@ def plot(pts: list[dict], target: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bench", default=str(ROOT / "docs" / "benchmark"))
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark" /
-                                         "heldout_sla_vs_gpu_hours.png"))
+    from dynosim.options import Parser, ScriptHelpFormatter
+    ap = Parser(prog="plot_heldout_front.py", description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--bench", default=str(ROOT / "docs" / "benchmark"),
+                    help="directory of the result files read")
+    ap.add_argument("--out", default="out/heldout_sla_vs_gpu_hours.png",
+                    help="PNG written (the shipped figure: --out "
+                         "docs/benchmark/heldout_sla_vs_gpu_hours.png)")
     args = ap.parse_args(argv)
     pts, target = points(Path(args.bench))
     if not pts:

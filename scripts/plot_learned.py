@@ -3,7 +3,7 @@ behaviour"), beside a comparison policy on the same episode.
 
     python scripts/plot_learned.py [--policy pretrained:autoscaler] \\
         [--compare heuristic:load-tuned] [--seed 0 | --first-of ramp_cycle] \\
-        [--out docs/benchmark/learned_replicas_vs_load.png]
+        [--out out/learned_replicas_vs_load.png]
 
 Per policy: provisioned (active + starting) and active workers, the arrival rate and the
 queued requests per 5 s step. Each scale-up *onset* (a scale-up with none in the 60 s before)
@@ -129,6 +129,7 @@ def plot(results: list, out: Path) -> None:
     axes[-1, 0].set_xlabel("simulated time (s); q = requests queued when a scale-up onset "
                            "was decided; grey = arrival rate, red = queued requests")
     fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -163,15 +164,18 @@ def main(argv=None) -> int:
     """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
     from agents.cli import _seed
     from dynosim.cli import guarded
-    from dynosim.options import Parser
-    ap = Parser(prog="plot_learned.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--policy", default="pretrained:autoscaler")
-    ap.add_argument("--compare", default="heuristic:load-tuned")
+    from dynosim.options import Parser, ScriptHelpFormatter
+    ap = Parser(prog="plot_learned.py", description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--policy", default="pretrained:autoscaler",
+                    help="the policy plotted: any `dynosim evaluate --policy` SPEC")
+    ap.add_argument("--compare", default="heuristic:load-tuned",
+                    help="the policy plotted beside it on the same episode ('' for none)")
     ap.add_argument("--seed", type=_seed, default=0, help="held-out episode (split=eval)")
     ap.add_argument("--first-of", default=None, metavar="FAMILY",
-                    help="the first held-out episode of FAMILY (overrides --seed)")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark"
-                                         / "learned_replicas_vs_load.png"))
+                    help="the first held-out episode of FAMILY (overrides --seed; default: none, --seed "
+                         "picks the episode)")
+    ap.add_argument("--out", default="out/learned_replicas_vs_load.png",
+                    help="PNG written (the shipped figures: --out docs/benchmark/NAME.png)")
     args = ap.parse_args(argv)
     return guarded(lambda: run(args))
 

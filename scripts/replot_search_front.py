@@ -9,7 +9,6 @@ parameters) and scored with its objective as the search did; the title is the se
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -58,10 +57,12 @@ def replot(run: Path, compare) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from dynosim.options import Parser, ScriptHelpFormatter
+    ap = Parser(prog="replot_search_front.py", description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("runs", nargs="+", help="search output directories")
     ap.add_argument("--compare", default=str(ROOT / "docs" / "sweeps" / "pareto.csv"),
-                    help="the sweep pareto CSV overlaid (default: docs/sweeps/pareto.csv)")
+                    help="the sweep pareto CSV overlaid ('' for none; default: "
+                         "docs/sweeps/pareto.csv)")
     args = ap.parse_args(argv)
     compare = read_compare(args.compare) if args.compare else None
     missing = [r for r in args.runs if not (Path(r) / "trials.csv").is_file()]

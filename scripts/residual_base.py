@@ -26,16 +26,20 @@ sys.path.insert(0, str(ROOT))
 def main(argv=None) -> int:
     """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
     from agents.cli import _pos_int, _seed, _set
-    from dynosim.options import Parser
+    from dynosim.options import Parser, ScriptHelpFormatter
     from sim.schema import int_arg
 
-    ap = Parser(prog="residual_base.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--split", default="train", choices=("train", "eval"))
-    ap.add_argument("--episodes", type=_pos_int, default=3)
-    ap.add_argument("--seed", type=_seed, default=0)
-    ap.add_argument("--offset", type=int_arg, default=0)
-    ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--out", type=Path)
+    ap = Parser(prog="residual_base.py", description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--split", default="train", choices=("train", "eval"),
+                    help="training or held-out episodes")
+    ap.add_argument("--episodes", type=_pos_int, default=3, help="seeded episodes")
+    ap.add_argument("--seed", type=_seed, default=0, help="seed of the first episode")
+    ap.add_argument("--offset", type=int_arg, default=0,
+                    help="the residual offset held at every step")
+    ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
+                    help="env config override (repeatable; default: none)")
+    ap.add_argument("--out", type=Path,
+                    help="also write the JSON to this file (default: none, print only)")
     args = ap.parse_args(argv)
     from dynosim.cli import guarded
     return guarded(lambda: run(args))

@@ -18,7 +18,6 @@ writes them.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -94,12 +93,15 @@ def check(config: str | None, episodes: int, seed: int, families: list[str] | No
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=None)
-    ap.add_argument("--episodes", type=int, default=2, help="per family")
-    ap.add_argument("--seed", type=int, default=100)
+    from dynosim.options import Parser, ScriptHelpFormatter
+    ap = Parser(prog="scenario_check.py", description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--config", default=None,
+                    help="env config (default: DynoSim-v0's, autoscale_default)")
+    ap.add_argument("--episodes", type=int, default=2, help="episodes per family")
+    ap.add_argument("--seed", type=int, default=100, help="first episode seed")
     ap.add_argument("--families", default=None, help="comma list (default: all in the config)")
-    ap.add_argument("--json", default=None, metavar="FILE")
+    ap.add_argument("--json", default=None, metavar="FILE",
+                    help="also write the measurement as JSON (default: none, print only)")
     a = ap.parse_args(argv)
     res = check(a.config, a.episodes, a.seed, a.families.split(",") if a.families else None)
     print(f"static at peak / hindsight schedule GPU-hours: "

@@ -14,7 +14,6 @@ training-split episodes only.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -37,13 +36,17 @@ def main(argv=None) -> int:
     from agents.train import load_hyperparams
     from dynosim_gym.config import load_env_config
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", required=True, choices=SCHEDULE_TEACHERS)
+    from dynosim.options import Parser, ScriptHelpFormatter
+    ap = Parser(prog="teacher_segments.py", description=__doc__, formatter_class=ScriptHelpFormatter)
+    ap.add_argument("--teacher", required=True, choices=SCHEDULE_TEACHERS,
+                    help="hindsight-schedule teacher; required")
     ap.add_argument("--seeds", default="10000-10009", help="episode seeds, e.g. 10000-10009")
     ap.add_argument("--hyperparams", default=None, metavar="YAML",
                     help="recipe whose env_kwargs make the env (default: ppo.yml)")
-    ap.add_argument("--floor", type=float, default=0.5)
-    ap.add_argument("--json", default=None, metavar="OUT")
+    ap.add_argument("--floor", type=float, default=0.5,
+                    help="segments under this attainment are listed")
+    ap.add_argument("--json", default=None, metavar="OUT",
+                    help="also write the rows as JSON (default: none, print only)")
     args = ap.parse_args(argv)
     lo, hi = (int(x) for x in args.seeds.split("-"))
     hp = load_hyperparams("ppo", "DynoSim-v0", args.hyperparams)

@@ -61,6 +61,23 @@ def load_script(name: str):
     return mod
 
 
+def expected_residual_base(env, n: int, seconds: float, in_tokens: int, out_tokens: int) -> int:
+    """The residual action's base (issue 11, round 7b) recomputed independently of the env:
+    ``n`` requests of ``in_tokens`` / ``out_tokens`` in total over ``seconds``, as a rate over
+    one engine's best SLA rate for their mean ISL/OSL (``sim.planner.agg_engine_capacity``,
+    at the KV hit rate the planner's last tick recorded), ceiled; ``min_endpoint`` when
+    none arrived."""
+    from sim.planner import agg_engine_capacity
+    u = env.unwrapped
+    e, sla, sim = u.cfg.env, u.cfg.sim.sla, u.sim
+    if not n:
+        return e.min_endpoint
+    hit = u._base_planner.ticks[-1]["kv_hit_rate"]
+    rps = agg_engine_capacity(sim.timing, sim.engine_cfg, in_tokens / n, out_tokens / n,
+                              sla.ttft_ms, sla.itl_ms, hit)["rps"]
+    return max(math.ceil(n / seconds / rps - 1e-9), e.min_endpoint)
+
+
 def stale_compiled_modules() -> list[str]:
     """Compiled modules (setup.py) older than their ``.py``/``.pxd``: Python would import the
     old compiled code, not the edited source."""

@@ -69,3 +69,39 @@ def test_relative_links_resolve(md: Path) -> None:
         if path and not (md.parent / path).exists():
             missing.append(target)
     assert not missing, f"{md.relative_to(REPO)}: links to missing files: {missing}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(md: Path) -> set[str]:
+    return {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", md.read_text(
+        encoding="utf-8")), re.M)}
+
+
+def test_slug_is_githubs() -> None:
+    assert _slug("First run (`make demo`)") == "first-run-make-demo"
+    assert _slug("Held-out leaderboard (v0.2 default, families never used for training or "
+                 "tuning)") == ("held-out-leaderboard-v02-default-families-never-used-for-"
+                               "training-or-tuning")
+
+
+@pytest.mark.parametrize("md", markdown_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_anchors_resolve(md: Path) -> None:
+    """``#anchor`` links (the README's contents map, cross-links into the rounds file) name a
+    heading of the file they point to (sections were moved and renamed in s8)."""
+    text = CODE_SPAN.sub("", FENCE.sub("", md.read_text(encoding="utf-8")))
+    missing = []
+    for m in LINK.finditer(text):
+        target = m.group(1).strip("<>")
+        if SKIP.match(target) and not target.startswith("#"):
+            continue
+        path, _, anchor = target.partition("#")
+        if not anchor:
+            continue
+        file = (md.parent / unquote(path)) if path else md
+        if file.suffix == ".md" and file.is_file() and anchor not in _anchors(file):
+            missing.append(target)
+    assert not missing, f"{md.relative_to(REPO)}: anchors with no heading: {missing}"

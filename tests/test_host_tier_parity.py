@@ -34,16 +34,21 @@ def _ours(d2h_gbps: float = 32.0):
     return sim.run()
 
 
+def _peer_cmd(peer_python: Path, reqs: Path, *extra: str) -> list[str]:
+    """Dynamo's replay of case (c), writing its per-request records to ``reqs``."""
+    return [str(peer_python), str(PEER_SCRIPT), "trace", str(CONVERSATION_TRACE),
+            "--num-workers", "4", "--router-mode", "round_robin", "--block-size", "64",
+            "--num-gpu-blocks", "4096", "--num-host-blocks", "16384",
+            "--kv-bytes-per-token", "262144", *extra, "--per-request-jsonl", str(reqs)]
+
+
 @pytest.mark.peer
 def test_host_tier_within_tolerance_of_dynamo(peer_python: Path) -> None:
     if not PEER_SCRIPT.is_file():
         pytest.skip("Dynamo's replay driver peer/dynosim_peer.py not found (set DYNOSIM_SHARED)")
     with tempfile.TemporaryDirectory() as tmp:
         reqs = Path(tmp) / "c.requests.jsonl"
-        cmd = [str(peer_python), str(PEER_SCRIPT), "trace", str(CONVERSATION_TRACE),
-               "--num-workers", "4", "--router-mode", "round_robin", "--block-size", "64",
-               "--num-gpu-blocks", "4096", "--num-host-blocks", "16384",
-               "--kv-bytes-per-token", "262144", "--per-request-jsonl", str(reqs)]
+        cmd = _peer_cmd(peer_python, reqs)
         result, peer = replay_beside_peer(cmd, _ours, Path(tmp))
         records = [json.loads(x) for x in open(reqs)]
     o_tot, p_tot = result.summary["totals"], peer["totals"]
@@ -69,11 +74,7 @@ def test_instant_d2h_lane_matches_dynamo_request_by_request(peer_python: Path) -
         pytest.skip("Dynamo's replay driver peer/dynosim_peer.py not found (set DYNOSIM_SHARED)")
     with tempfile.TemporaryDirectory() as tmp:
         reqs = Path(tmp) / "c.requests.jsonl"
-        cmd = [str(peer_python), str(PEER_SCRIPT), "trace", str(CONVERSATION_TRACE),
-               "--num-workers", "4", "--router-mode", "round_robin", "--block-size", "64",
-               "--num-gpu-blocks", "4096", "--num-host-blocks", "16384",
-               "--kv-bytes-per-token", "262144", "--host-d2h-gbps", "0",
-               "--per-request-jsonl", str(reqs)]
+        cmd = _peer_cmd(peer_python, reqs, "--host-d2h-gbps", "0")
         result, peer = replay_beside_peer(cmd, lambda: _ours(d2h_gbps=0.0), Path(tmp))
         records = [json.loads(x) for x in open(reqs)]
     assert not latency_mismatches(result.summary, peer, 1e-9)

@@ -31,6 +31,16 @@ def test_every_summary_file_is_a_point_with_its_figures():
     assert abs(target["pooled"]["baseline_sla_attainment"] - tuned["sla_attainment"]) < 1e-9
 
 
+def test_points_on_the_same_spot_share_one_label():
+    """A recipe whose every seed is a heuristic (round 9 and its bare base) is one label,
+    "A = B", not two labels fighting over one spot; points apart keep their own."""
+    mod = _script()
+    pts = [{"label": "base", "gpu": 4.2300, "sla": 64.70},
+           {"label": "r9", "gpu": 4.2301, "sla": 64.71},
+           {"label": "r8", "gpu": 4.63, "sla": 64.70}]
+    assert [p["label"] for p in mod.merge_coincident(pts)] == ["base = r9", None, "r8"]
+
+
 def test_a_recipe_missing_the_mean_of_episodes_check_is_labelled(tmp_path):
     mod = _script()
     d = json.loads((BENCH / "learned_ppo_r6.json").read_text())
@@ -41,3 +51,46 @@ def test_a_recipe_missing_the_mean_of_episodes_check_is_labelled(tmp_path):
     out = tmp_path / "front.png"
     mod.plot([pt], d["target"], out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_labels_keep_off_each_other_the_markers_and_the_error_bars(tmp_path, monkeypatch):
+    """The README's picture, drawn from the shipped result files: no label box (2 px
+    padding) overlaps another label, any point's marker or any error bar (the label
+    "oracle:schedule at planner's SLA" once sat on r4d's bar and a marker). adjustText runs
+    a fixed number of iterations (``ADJUST``), so the layout is the same on any machine."""
+    import itertools
+
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+
+    mod = _script()
+    assert "iter_lim" in mod.ADJUST          # not adjustText's default 1 s time limit
+    figs = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig",
+                        lambda self, *a, **k: (figs.append(self), real(self, *a, **k))[1])
+    pts, target = mod.points(BENCH)
+    mod.plot(pts, target, tmp_path / "front.png")
+    fig = figs[-1]
+    ax = fig.axes[0]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    texts = [t for t in ax.texts if t.get_text().strip()]
+    assert len(texts) == sum(p["label"] is not None for p in pts)
+    boxes = {t.get_text(): t.get_window_extent(renderer).padded(2.0) for t in texts}
+    assert [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes.items(), 2)
+            if ba.overlaps(bb)] == []
+    segments = [ax.transData.transform(s) for c in ax.collections
+                if isinstance(c, LineCollection) for s in c.get_segments()]
+    assert len(segments) >= 2 * sum(p["kind"] == "learned" and p["gpu_std"] > 0
+                                    and p["sla_std"] > 0 for p in pts)   # the bars drawn
+    on_bar = {label for label, box in boxes.items() for (x0, y0), (x1, y1) in segments
+              for f in np.linspace(0.0, 1.0, 60) if box.contains(x0 + f * (x1 - x0),
+                                                                  y0 + f * (y1 - y0))}
+    assert on_bar == set()
+    on_marker = [(label, p["label"]) for label, box in boxes.items() for p in pts
+                 if box.padded(3.0).contains(*ax.transData.transform((p["gpu"], p["sla"])))]
+    assert on_marker == []

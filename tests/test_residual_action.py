@@ -3,7 +3,6 @@ throughput planner's worker count, re-computed every env step."""
 from __future__ import annotations
 
 import hashlib
-import math
 
 import gymnasium as gym
 import numpy as np
@@ -13,8 +12,8 @@ from hypothesis import strategies as st
 
 import dynosim_gym  # noqa: F401  (registers the ids)
 from dynosim_gym.actions import ResidualAction
+from conftest import expected_residual_base
 from sim.errors import InputError
-from sim.planner import agg_engine_capacity
 
 TINY = "autoscale_tiny"
 
@@ -32,24 +31,17 @@ def test_base_is_the_planners_demand_over_the_last_interval() -> None:
                   "env.rate_min_rps": 8.0, "env.rate_max_rps": 12.0, "env.episode_steps": 12})
     u = env.unwrapped
     env.reset(seed=2)
-    e, sla = u.cfg.env, u.cfg.sim.sla
+    e = u.cfg.env
     assert u.base_workers() == e.min_endpoint            # before the first tick
     sim = u.sim
     last = (sim.num_arrived, sim.arrived_input_tokens, sim.arrived_output_tokens)
     bases = []
     for _ in range(e.episode_steps):
         env.step(u.action_type.from_target(u.action_type.base, 0))
-        n = sim.num_arrived - last[0]
-        isl = (sim.arrived_input_tokens - last[1]) / n if n else 0.0
-        osl = (sim.arrived_output_tokens - last[2]) / n if n else 0.0
-        last = (sim.num_arrived, sim.arrived_input_tokens, sim.arrived_output_tokens)
-        if n:
-            hit = u._base_planner.ticks[-1]["kv_hit_rate"]
-            rps = agg_engine_capacity(sim.timing, sim.engine_cfg, isl, osl, sla.ttft_ms,
-                                      sla.itl_ms, hit)["rps"]
-            want = max(math.ceil(n / e.interval_s / rps - 1e-9), e.min_endpoint)
-        else:
-            want = e.min_endpoint
+        now = (sim.num_arrived, sim.arrived_input_tokens, sim.arrived_output_tokens)
+        want = expected_residual_base(env, now[0] - last[0], e.interval_s, now[1] - last[1],
+                                      now[2] - last[2])
+        last = now
         assert u.base_workers() == u.action_type.base == want
         bases.append(want)
     assert max(bases) > e.min_endpoint                   # the load moved it

@@ -2,7 +2,6 @@
 cooldown (``env.action.reversal_cooldown_s``) and the warm start's ``teacher: base``."""
 from __future__ import annotations
 
-import math
 
 import gymnasium as gym
 import numpy as np
@@ -11,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dynosim_gym  # noqa: F401  (registers the ids)
+from conftest import expected_residual_base
 from sim.errors import InputError
-from sim.planner import agg_engine_capacity
 
 TINY = "autoscale_tiny"
 
@@ -33,7 +32,7 @@ def test_smoothed_base_is_the_planners_demand_over_the_trailing_window(steps_bac
                   "env.action.base_interval_s": 10.0 * steps_back})
     u = env.unwrapped
     env.reset(seed=2)
-    e, sla, sim = u.cfg.env, u.cfg.sim.sla, u.sim
+    e, sim = u.cfg.env, u.sim
     marks = [(0.0, sim.num_arrived, sim.arrived_input_tokens, sim.arrived_output_tokens)]
     bases = []
     for k in range(e.episode_steps):
@@ -42,15 +41,8 @@ def test_smoothed_base_is_the_planners_demand_over_the_trailing_window(steps_bac
                       sim.arrived_output_tokens))
         t0, n0, i0, o0 = marks[max(0, len(marks) - 1 - steps_back)]
         t1, n1, i1, o1 = marks[-1]
-        n = n1 - n0
         assert t1 - t0 == pytest.approx(min(k + 1, steps_back) * e.interval_s * 1000.0)
-        if n:
-            hit = u._base_planner.ticks[-1]["kv_hit_rate"]
-            rps = agg_engine_capacity(sim.timing, sim.engine_cfg, (i1 - i0) / n,
-                                      (o1 - o0) / n, sla.ttft_ms, sla.itl_ms, hit)["rps"]
-            want = max(math.ceil(n / ((t1 - t0) / 1000.0) / rps - 1e-9), e.min_endpoint)
-        else:
-            want = e.min_endpoint
+        want = expected_residual_base(env, n1 - n0, (t1 - t0) / 1000.0, i1 - i0, o1 - o0)
         assert u.base_workers() == u.action_type.base == want
         bases.append(want)
     assert max(bases) > e.min_endpoint                   # the load moved it

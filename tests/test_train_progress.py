@@ -44,3 +44,39 @@ def test_non_tty_training_logs_progress_and_a_summary(tmp_path: Path, capsys) ->
 def test_quiet_training_prints_nothing(tmp_path: Path, capsys) -> None:
     assert _train(tmp_path, "--quiet") == 0
     assert capsys.readouterr().err == ""
+
+
+def test_lagrangian_progress_shows_the_multiplier_and_tensorboard_gets_sla_and_gpu_hours(
+        tmp_path: Path, capsys) -> None:
+    """Lagrangian mode: every progress line shows the multiplier, and the final one the value
+    run.json records; TensorBoard has the training episodes' SLA attainment and GPU-hours
+    (``rollout/sla_attainment``, ``rollout/gpu_hours``) beside the multiplier."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = tmp_path / "ppo_tiny.yml"      # PPO dumps its logger every rollout; no warm start
+    recipe.write_text("DynoSim-v0:\n  n_envs: 1\n  policy: MlpPolicy\n  n_steps: 32\n"
+                      "  batch_size: 32\n  n_epochs: 1\n")
+    assert main(["train", "--algo", "ppo", "--config", TINY, "--timesteps", "200",
+                 "--hyperparams", str(recipe), "--out", str(tmp_path / "run"),
+                 "--set", "episode_steps=4", "--set", "reward.mode=lagrangian"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    progress = [x for x in err if x.startswith("dynosim: train")]
+    assert progress and all("Lagrange multiplier" in x for x in progress), err
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    final = run["lagrange_multiplier"]["final"]
+    assert f"Lagrange multiplier {final:.4g} (SLA target" in progress[-1], progress[-1]
+    events = sorted((tmp_path / "run" / "tb").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"rollout/sla_attainment", "rollout/gpu_hours", "rollout/scaling_events",
+            "lagrangian/multiplier"} <= tags, tags
+    sla = [e.value for e in acc.Scalars("rollout/sla_attainment")]
+    gpu = [e.value for e in acc.Scalars("rollout/gpu_hours")]
+    assert sla and all(0.0 <= v <= 1.0 for v in sla) and all(v > 0 for v in gpu)
+
+
+def test_per_request_progress_has_no_multiplier(tmp_path: Path, capsys) -> None:
+    assert _train(tmp_path) == 0
+    assert "Lagrange multiplier" not in capsys.readouterr().err
