@@ -257,8 +257,8 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
                     batch_size: int = 256, learning_rate: float = 1e-3,
                     teacher: str = "heuristic:kv", seed: int = 0, quiet: bool = True,
                     env_id: str = "DynoSimRouting-v0", regularise: dict | None = None,
-                    first_seed: int | None = None, dagger: dict | None = None
-                    ) -> tuple[dict[str, Any], Any]:
+                    first_seed: int | None = None, dagger: dict | None = None,
+                    label_smoothing: float = 0.0) -> tuple[dict[str, Any], Any]:
     """Fit ``model.policy`` to ``teacher``'s actions on ``episodes`` training episodes of
     ``env_id`` (``split=train``, seeds ``10_000 + seed ..``, apart from PPO's own seed
     streams; ``first_seed ..`` for every training seed if given, so all seeds clone the same
@@ -283,10 +283,21 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     round's samples and the policy's agreement with the labels on its own states before
     that round's fit. ``dagger: {rounds, deadband: K}`` labels the learner's states with
     "hold" where the schedule is within K workers of the count provisioned (a hysteresis
-    in the labels, against flapping; :func:`teacher_samples`)."""
+    in the labels, against flapping; :func:`teacher_samples`).
+
+    ``label_smoothing`` eps in [0, 1) (default 0, the plain NLL): the clone's loss, and the
+    regulariser's, is the cross-entropy against (1 - eps) x the teacher's one-hot action +
+    eps x uniform over the K actions (Szegedy et al., 2016; ``torch``'s
+    ``cross_entropy(label_smoothing=eps)``), so a teacher whose labels are all one action
+    (``teacher: base``) leaves a clone at p = 1 - eps (K - 1) / K on it rather than ~1,
+    and PPO still samples the other actions. The record's NLLs stay the plain NLL."""
     import gymnasium as gym
     import torch as th
 
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+            or not 0.0 <= label_smoothing < 1.0:
+        raise InputError(f"expected a number in [0, 1), got {label_smoothing!r}",
+                         field="bc_warm_start.label_smoothing")
     env = gym.make(f"dynosim_gym:{env_id}", config=env_cfg)
     oracle = teacher in SCHEDULE_TEACHERS
     pol = model.policy
@@ -336,18 +347,20 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
             starts = th.zeros(n_seq * T)                     # as a rollout's episode start
             dist, _ = pol.get_distribution(Xs[idx].reshape(n_seq * T, -1), states, starts)
             m, yb = mask[idx].reshape(-1), ys[idx].reshape(-1)
-            return dist.log_prob(yb)[m], dist.distribution.probs.argmax(-1)[m], yb[m]
+            return (dist.log_prob(yb)[m], dist.distribution.probs.argmax(-1)[m], yb[m],
+                    dist.distribution.logits[m])
     else:
         per_batch, n_items = batch_size, len(X)
 
         def fit(idx):
             dist = pol.get_distribution(X[idx])
-            return dist.log_prob(y[idx]), dist.distribution.probs.argmax(-1), y[idx]
+            return (dist.log_prob(y[idx]), dist.distribution.probs.argmax(-1), y[idx],
+                    dist.distribution.logits)
 
     def stats() -> tuple[float, float]:
         """(mean NLL, agreement with the teacher) over every sample."""
         with th.no_grad():
-            logp, pred, yb = fit(th.arange(n_items))
+            logp, pred, yb, _ = fit(th.arange(n_items))
         return float(-logp.mean()), float((pred == yb).float().mean())
 
     opt = th.optim.Adam(pol.parameters(), lr=learning_rate)
@@ -361,8 +374,8 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
             tot, count = 0.0, 0
             perm = th.randperm(n_items, generator=gen)
             for i in range(0, n_items, per_batch):
-                logp = fit(perm[i:i + per_batch])[0]
-                loss = -logp.mean()
+                logp, _, _, logits = fit(perm[i:i + per_batch])
+                loss = smoothed_nll(logp, logits, label_smoothing)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -370,7 +383,8 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
                 count += len(logp)
             # a tenth of the epochs (and the last) are enough to see it converge
             if not quiet and ((ep + 1) % max(1, epochs // 10) == 0 or ep + 1 == epochs):
-                print(f"dynosim: {label} epoch {ep + 1}/{epochs}: NLL "
+                what = "label-smoothed cross-entropy" if label_smoothing else "NLL"
+                print(f"dynosim: {label} epoch {ep + 1}/{epochs}: {what} "
                       f"{tot / count:.4f}", file=sys.stderr, flush=True)
         pol.set_training_mode(False)
 
@@ -393,16 +407,28 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
               "samples": int(len(X)),
               "epochs": epochs, "initial_nll": nll0, "initial_agreement": agree0,
               "final_nll": nll, "teacher_agreement": agree}
+    if label_smoothing:
+        record["label_smoothing"] = label_smoothing
     if rounds:
         record["dagger"] = dagger_rounds
     if not regularise:
         return record, None
     record["regularise"] = dict(regularise)
-    return record, bc_regulariser(X, y, seed=seed, **regularise)
+    return record, bc_regulariser(X, y, seed=seed, label_smoothing=label_smoothing,
+                                  **regularise)
+
+
+def smoothed_nll(logp, logits, eps: float):
+    """Mean label-smoothed cross-entropy: ``logp`` (n,) the log-probabilities of the
+    labels, ``logits`` (n, K) the normalised log-probabilities of every action (a torch
+    ``Categorical``'s ``logits``); ``-((1 - eps) logp + eps mean_k logits_k)``, the plain
+    NLL at ``eps = 0``."""
+    loss = -logp.mean()
+    return loss if not eps else (1.0 - eps) * loss - eps * logits.mean(-1).mean()
 
 
 def bc_regulariser(X, y, *, weight: float = 1.0, steps: int = 4, batch_size: int = 256,
-                   seed: int = 0):
+                   seed: int = 0, label_smoothing: float = 0.0):
     """An SB3 callback that keeps a fine-tuned policy near its behaviour clone: at the start
     of each rollout but the first (i.e. after each PPO update, before the policy collects
     the next rollout, so PPO's ratios stay on-policy), ``steps`` minibatch steps of
@@ -411,7 +437,9 @@ def bc_regulariser(X, y, *, weight: float = 1.0, steps: int = 4, batch_size: int
     alternate, an auxiliary phase as in Phasic Policy Gradient (Cobbe et al., 2021), so the
     policy cannot drift from the teacher on the teacher's states unseen while PPO changes it
     elsewhere. Records ``bc/nll`` and ``bc/agreement`` (TensorBoard) and keeps
-    ``history``: (timesteps, NLL, agreement) before each phase."""
+    ``history``: (timesteps, NLL, agreement) before each phase. ``label_smoothing`` eps:
+    the phases minimise the smoothed cross-entropy (:func:`smoothed_nll`) instead, so
+    they pull toward the smoothed clone, not a one-hot one (the history's NLL is plain)."""
     import torch as th
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -444,7 +472,9 @@ def bc_regulariser(X, y, *, weight: float = 1.0, steps: int = 4, batch_size: int
             pol.set_training_mode(True)
             for _ in range(steps):
                 idx = th.randint(len(X), (batch_size,), generator=self.gen)
-                loss = -weight * pol.get_distribution(X[idx]).log_prob(y[idx]).mean()
+                d = pol.get_distribution(X[idx])
+                loss = weight * smoothed_nll(d.log_prob(y[idx]), d.distribution.logits,
+                                             label_smoothing)
                 pol.optimizer.zero_grad()
                 loss.backward()
                 pol.optimizer.step()
