@@ -331,6 +331,12 @@ def _evaluate(args) -> int:
     args.episodes = args.episodes or EVAL_EPISODES
     if args.out:
         _check_out_file(args.out)
+    if args.trace is None and (args.window_s is not None or args.windows is not None):
+        raise InputError("--window-s and --windows need --trace",
+                         field="--window-s" if args.window_s is not None else "--windows")
+    if args.trace is not None and episodes_given:
+        raise InputError("--episodes counts seeded episodes; with --trace the episodes are "
+                         "the trace's windows: use --windows all|N", field="--episodes")
     if args.leaderboard is not None:
         if args.env is None and args.config is not None:
             from .evaluate import scenario_env
@@ -344,19 +350,17 @@ def _evaluate(args) -> int:
                           episodes=args.episodes, seed=args.seed,
                           reference=args.reference or "heuristic:load",
                           policies=args.policies.split(",") if args.policies else None,
-                          quiet=args.quiet)
+                          split=args.split, trace=args.trace, window_s=args.window_s,
+                          windows=args.windows, overrides=dict(args.set), quiet=args.quiet)
+        if args.out:
+            __import__("pathlib").Path(args.out).write_text(json.dumps(
+                [r.as_dict() for r in res], indent=1, default=str) + "\n")
         if args.json:
             print(json.dumps([r.as_dict(with_episodes=False) for r in res], indent=1))
         else:
             print((__import__("pathlib").Path(args.leaderboard) / "leaderboard.md").read_text(),
                   end="")
         return 0
-    if args.trace is None and (args.window_s is not None or args.windows is not None):
-        raise InputError("--window-s and --windows need --trace",
-                         field="--window-s" if args.window_s is not None else "--windows")
-    if args.trace is not None and episodes_given:
-        raise InputError("--episodes counts seeded episodes; with --trace the episodes are "
-                         "the trace's windows: use --windows all|N", field="--episodes")
     if args.policy.startswith("oracle:"):
         from .oracle import evaluate_oracle
         if args.env not in (None, "DynoSim-v0"):

@@ -57,7 +57,7 @@ def check_policies(specs: list[str], env_id: str, policies: list[str] | None,
                              f"{', '.join(heuristics_for(env_id))}", field=flag)
         if spec.startswith("heuristic:static:"):    # a count the env can provision
             from .heuristics import make_heuristic
-            env, _ = make_eval_env(pol, env_id, config, {})
+            env, _ = make_eval_env(pol, env_id, config, overrides or {})
             try:
                 make_heuristic(spec, env)
             except ValueError as exc:
@@ -72,11 +72,16 @@ def find_models(directory: Path) -> list[Path]:
 
 def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: Any = None,
                 episodes: int = 5, seed: int = 0, reference: str = "heuristic:load",
-                policies: list[str] | None = None, quiet: bool = True) -> list[Evaluation]:
+                policies: list[str] | None = None, split: str = "eval",
+                trace: str | None = None, window_s: float | None = None,
+                windows: int | None = None, overrides: dict[str, Any] | None = None,
+                quiet: bool = True) -> list[Evaluation]:
     """Evaluate the heuristics and every trained model under ``directory`` on the same
-    held-out episodes (scored with the same evaluation config); write ``leaderboard.md``,
-    ``leaderboard.csv``, ``leaderboard.json`` and the plots ``replicas_vs_load.png`` and
-    ``sla_vs_gpu_hours.png`` there. Ratios are relative to ``reference``."""
+    held-out episodes (scored with the same evaluation config: ``config`` with
+    ``overrides``, on ``split``, or on windows of ``trace`` as :func:`~agents.evaluate.
+    evaluate`); write ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json`` (each
+    result's resolved env config and episode plan) and the plots ``replicas_vs_load.png``
+    and ``sla_vs_gpu_hours.png`` there. Ratios are relative to ``reference``."""
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise InputError(f"{str(d)!r} exists and is not a directory", file="command line",
@@ -86,14 +91,18 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
     if env_id == ROUTING_ENV:
         return routing_leaderboard(d, config=config, episodes=episodes, seed=seed,
                                    reference="heuristic:kv" if reference == "heuristic:load"
-                                   else reference, policies=policies, quiet=quiet)
+                                   else reference, policies=policies, split=split,
+                                   trace=trace, window_s=window_s, windows=windows,
+                                   overrides=overrides, quiet=quiet)
     specs = list(policies or [f"heuristic:{h}" for h in AUTOSCALING_HEURISTICS]
                          + [h for h in heuristics_for(env_id)          # tuned planners
                             if h.split(":", 1)[1] in tuned_baselines()]
                          + [str(p) for p in find_models(d)])
     if reference not in specs:
         specs.insert(0, reference)
-    check_policies(specs, env_id, policies, reference, config)
+    check_policies(specs, env_id, policies, reference, config, overrides)
+    plan = dict(split=split, trace=trace, window_s=window_s, windows=windows,
+                overrides=dict(overrides or {}))
     results = []
     for spec in specs:
         if not quiet:
@@ -101,10 +110,10 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
         if spec.startswith("oracle:"):
             from .oracle import evaluate_oracle
             results.append(evaluate_oracle(spec, config=config, episodes=episodes, seed=seed,
-                                           quiet=quiet))
+                                           quiet=quiet, **plan))
         else:
             results.append(evaluate(spec, env_id, config=config, episodes=episodes, seed=seed,
-                                    keep_traces=1, quiet=quiet))
+                                    keep_traces=1, quiet=quiet, **plan))
     ref = next(r for r in results if r.policy == reference)
     rows = []
     for r in results:
@@ -117,7 +126,8 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
         rows.append(row)
     _write_csv(d / "leaderboard.csv", rows)
     (d / "leaderboard.md").write_text(_markdown(rows, _label(reference, d, ref), episodes, seed,
-                                                results[0].reward_config))
+                                                results[0].reward_config,
+                                                results[0].episodes_plan))
     (d / "leaderboard.json").write_text(json.dumps(
         [r.as_dict() for r in results], indent=1, default=str) + "\n")
     plot_replicas(results, d / "replicas_vs_load.png", d, reference=reference)
@@ -150,7 +160,7 @@ def _initial_pool(env_config: dict) -> str:
 
 
 def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
-              reward_cfg: dict) -> str:
+              reward_cfg: dict, plan: dict | None = None) -> str:
     head = ("| policy | mean reward | SLA attainment (± std over episodes) | GPU-hours / "
             "episode | p90 TTFT (ms) | p90 ITL (ms) | scaling events | reversals / h | flaps / h | "
             "SLA vs ref | GPU-h vs ref |\n"
@@ -163,7 +173,12 @@ def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
              f"{r['flaps_per_hour']:.1f} | {r['sla_attainment_vs_ref']:.3f} | {r['gpu_hours_per_episode_vs_ref']:.3f} |"
              for r in rows]
     seeds = f"seed {seed}" if episodes == 1 else f"seeds {seed}..{seed + episodes - 1}"
-    note = (f"\n{plural(episodes, 'held-out episode')} (split=eval, {seeds}), "
+    plan = plan or {"split": "eval"}
+    which = (f"{plural(plan['windows'], 'window')} of {plan['trace']} ({plan['window_s']:g} s "
+             "each)" if "trace" in plan else
+             f"{plural(episodes, 'held-out episode' if plan['split'] == 'eval' else 'episode')}"
+             f" (split={plan['split']}, {seeds})")
+    note = (f"\n{which}, "
             f"the same for every policy; SLA attainment and percentiles pooled over all "
             f"requests (± = std of the episodes' own figures); flaps = reversals under 300 s "
             f"after the opposite move (Kubernetes HPA's default scale-down stabilization "

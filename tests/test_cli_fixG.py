@@ -1,0 +1,49 @@
+"""Round-8 re-check findings (s8-fixG): each test fails without its fix."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import one_line_error, run_cli as run
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = str(REPO / "envs_configs" / "autoscale_tiny.yaml")
+
+
+# -- 1. evaluate --leaderboard applies --set, --split, --out and --trace ----------------------
+
+def test_leaderboard_applies_set_split_and_out(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "lb.json"
+    rc, stdout, _ = run(capsys, "evaluate", "--leaderboard", str(tmp_path / "lb"),
+                        "--policies", "heuristic:static", "--config", TINY, "--episodes", "1",
+                        "--set", "env.initial_workers=3", "--split", "train",
+                        "--out", str(out), "--quiet")
+    assert rc == 0
+    assert "heuristic:static (holds 3 workers)" in stdout
+    assert "(split=train, seed 0)" in stdout and "held-out" not in stdout
+    doc = json.loads(out.read_text())
+    assert [r["policy"] for r in doc] == ["heuristic:load", "heuristic:static"]
+    for r in doc:
+        assert r["env_config"]["env"]["initial_workers"] == 3
+        assert r["episodes_plan"]["split"] == "train"
+    recorded = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
+    assert recorded[1]["env_config"]["env"]["initial_workers"] == 3
+
+
+def test_leaderboard_refuses_an_unknown_set_key(capsys, tmp_path: Path) -> None:
+    rc, _, err = run(capsys, "evaluate", "--leaderboard", str(tmp_path / "lb"),
+                     "--policies", "heuristic:static", "--config", TINY, "--episodes", "1",
+                     "--set", "env.bogus=1", "--quiet")
+    one_line_error(rc, err, "--set env.bogus", "unknown key")
+    assert not (tmp_path / "lb" / "leaderboard.md").exists()
+
+
+def test_leaderboard_scores_trace_windows(capsys, tmp_path: Path) -> None:
+    rc, stdout, _ = run(capsys, "evaluate", "--leaderboard", str(tmp_path / "lb"),
+                        "--policies", "heuristic:static", "--trace",
+                        "bundled:mooncake_conversation", "--window-s", "60", "--windows", "1",
+                        "--quiet")
+    assert rc == 0
+    assert "1 window of bundled:mooncake_conversation (60 s each)" in stdout
+    doc = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
+    assert all(r["episodes_plan"]["trace"] == "bundled:mooncake_conversation" for r in doc)
