@@ -249,10 +249,10 @@ def _created_out_dir(path: str) -> None:
 def _env_config_mismatch(env_id: str, config, sets) -> str:
     """Why an env config (with its ``--set`` overrides) does not fit ``env_id``: the first
     of its scenarios that is another environment's family (``dynosim_gym.scenarios.
-    ENV_FAMILIES``), located in the YAML; "" if it fits or does not load (the command's own
-    load says why)."""
+    ENV_FAMILIES``), located in the YAML; "" if it fits or does not load for another reason
+    (a bad trace line, a rate too high: the command's own load says why, as its own line)."""
     from dynosim_gym.config import load_env_config
-    from dynosim_gym.episodes import EpisodeFactory
+    from dynosim_gym.episodes import EpisodeFactory, ForeignScenario
 
     from .evaluate import DEFAULT_CONFIGS
     try:
@@ -261,9 +261,11 @@ def _env_config_mismatch(env_id: str, config, sets) -> str:
         return ""
     try:
         EpisodeFactory(ecfg, env_id)
-    except InputError as exc:
+    except ForeignScenario as exc:
         where = f"{exc.file}:{exc.line}: " if exc.file and exc.line else ""
         return f"{where}{exc.field}: {exc.detail.partition('; expected')[0]}"
+    except InputError:
+        return ""
     return ""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import one_line_error, run_cli as run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,3 +49,20 @@ def test_leaderboard_scores_trace_windows(capsys, tmp_path: Path) -> None:
     assert "1 window of bundled:mooncake_conversation (60 s each)" in stdout
     doc = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
     assert all(r["episodes_plan"]["trace"] == "bundled:mooncake_conversation" for r in doc)
+
+
+# -- 2. train --env X: a bad trace line is its own error, not a foreign-scenario one ----------
+
+@pytest.mark.parametrize("env_id, config, sets", [
+    ("DynoSim-v0", "autoscale_mooncake", []),
+    ("DynoSimRouting-v0", "routing_families", ["--set", "workload.kind=mooncake"])])
+def test_train_bad_trace_line_is_not_blamed_on_env(capsys, tmp_path: Path, env_id, config,
+                                                   sets) -> None:
+    bad = tmp_path / "BAD.jsonl"
+    bad.write_text('{"timestamp": 0, "input_length": 10, "output_length": 5, '
+                   '"hash_ids": [1]}\n{"bad json\n')
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--env", env_id, "--config", config,
+                     *sets, "--set", f"workload.path={bad}", "--timesteps", "8",
+                     "--out", str(tmp_path / "run"), "--quiet")
+    one_line_error(rc, err, f"{bad}:2", "invalid JSON")
+    assert "--env" not in err and "does not fit" not in err, err
