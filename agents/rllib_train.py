@@ -9,8 +9,8 @@ package installed.
 
 Hyperparameters are the SB3 ones (``agents/hyperparams/ppo.yml``), translated to RLlib's
 names (:data:`SB3_TO_RLLIB`); one training iteration collects ``n_steps x n_envs`` env steps.
-The run directory holds ``run.json`` (``framework: rllib``, the env config, hyperparameters,
-seed and the learning curve), ``checkpoint/`` (``Algorithm.save_to_path``) and
+The run directory holds ``run.json`` (``framework: rllib``, ``status`` running / completed /
+failed as SB3 runs', the env config, hyperparameters, seed and the learning curve), ``checkpoint/`` (``Algorithm.save_to_path``) and
 ``learning_curve.png``. ``dynosim evaluate --policy DIR`` loads the policy's RLModule from the
 checkpoint (:func:`load_policy`) and scores it through the same loop as SB3 models.
 """
@@ -108,6 +108,16 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
     if unknown:
         raise InputError(f"no RLlib equivalent for {', '.join(unknown)}", field="--hyperparams")
     training["minibatch_size"] = min(int(training.get("minibatch_size", batch)), batch)
+    if env_id == "DynoSim-v0" and env_cfg.env.reward.mode == "lagrangian":
+        # the dual update is an SB3 callback (agents/lagrangian.py): under RLlib the
+        # multiplier would stay at its initial value, a fixed-weight reward in disguise
+        given = next((k for k in (overrides or {}) if k in ("env.reward.mode", "reward.mode")),
+                     None)
+        file, line = (None, None) if given else env_cfg.sim.locate("env.reward.mode")
+        raise InputError("reward.mode lagrangian needs --framework sb3 (its dual update, "
+                         "agents/lagrangian.py, is an SB3 callback; under RLlib the "
+                         "multiplier would never update)", file=file, line=line,
+                         field=f"--set {given}" if given else "env.reward.mode")
     # the env's own checks here, as one line naming the YAML's line or the --set, before
     # Ray starts: a trace's lines, the other env's families, keys the routing env refuses
     from dynosim_gym.episodes import EpisodeFactory
@@ -144,6 +154,12 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
         "ray": {"version": ray.__version__, "address": ray_address,
                 "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
                 "cpus": executors.cluster_cpus(ray)}}
+    if total % batch and not quiet:         # whole train batches, as SB3's whole rollouts
+        print(f"dynosim: note: {plural(total, 'timestep', fmt=',')} train as "
+              f"{-(-total // batch) * batch:,} (RLlib PPO collects whole train batches of "
+              f"{batch:,} steps)", file=sys.stderr)
+    record["status"] = "running"
+    (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     algo = cfg.build_algo()
     curve: list[dict[str, float]] = []
     show = not quiet and sys.stderr.isatty()
@@ -170,12 +186,16 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
                 print(f"dynosim: train (rllib) {iteration_line(len(curve), steps, total, ret, wall)}",
                       file=sys.stderr, flush=True)
         ckpt = algo.save_to_path(str((out / "checkpoint").resolve()))
+    except BaseException as exc:     # not a run: say so in its record (Ctrl-C included)
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        raise
     finally:
         if bar is not None:
             bar.close()
         algo.stop()
     wall = time.perf_counter() - t0
-    record.update(steps=steps, checkpoint="checkpoint", curve=curve,
+    record.update(status="completed", steps=steps, checkpoint="checkpoint", curve=curve,
                   train_wall_s=round(wall, 1),
                   steps_per_s=round(steps / wall, 1) if wall > 0 else None)
     (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

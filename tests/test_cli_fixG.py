@@ -66,3 +66,24 @@ def test_train_bad_trace_line_is_not_blamed_on_env(capsys, tmp_path: Path, env_i
                      "--out", str(tmp_path / "run"), "--quiet")
     one_line_error(rc, err, f"{bad}:2", "invalid JSON")
     assert "--env" not in err and "does not fit" not in err, err
+
+
+# -- 3. RLlib: a Lagrangian reward is refused (its dual update is an SB3 callback) -------------
+
+def test_rllib_refuses_a_lagrangian_reward_before_ray_starts(capsys, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    from dynosim import executors
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started before the reward check")
+    monkeypatch.setattr(executors, "connect", no_ray)
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--framework", "rllib", "--config",
+                     TINY, "--set", "env.reward.mode=lagrangian", "--timesteps", "64",
+                     "--out", str(tmp_path / "r"))
+    one_line_error(rc, err, "flag '--set env.reward.mode'", "--framework sb3")
+    assert not (tmp_path / "r").exists()
+    cfg = tmp_path / "lag.yaml"
+    cfg.write_text(Path(TINY).read_text() + "  reward: {mode: lagrangian}\n")
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--framework", "rllib", "--config",
+                     str(cfg), "--timesteps", "64", "--out", str(tmp_path / "r"))
+    one_line_error(rc, err, "lag.yaml:", "field 'env.reward.mode'", "--framework sb3")

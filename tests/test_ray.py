@@ -278,6 +278,10 @@ def test_rllib_training_shows_progress_per_iteration(tmp_path):
     lines = [x for x in p.stderr.splitlines() if x.startswith("dynosim: train (rllib) ")]
     run = json.loads((tmp_path / "rllib" / "run.json").read_text())
     assert len(lines) == len(run["curve"]) >= 2, p.stderr[-2000:]
+    # s8-fixG: the run's status as SB3 runs record it, and the rounding note SB3 prints
+    assert run["status"] == "completed"
+    assert "dynosim: note: 1,000 timesteps train as 1,024 (RLlib PPO collects whole train " \
+        "batches of 512 steps)" in p.stderr, p.stderr[-2000:]
     for i, (line, point) in enumerate(zip(lines, run["curve"]), 1):
         assert f"iteration {i}: {point['steps']:,}/1,000 env steps, episode return mean " \
             in line, line
