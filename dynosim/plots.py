@@ -90,3 +90,18 @@ def plot_latency_cdfs(result: RunResult, path: str | Path, title: str | None = N
     out = Path(path)
     fig.savefig(out, dpi=110)
     return out
+
+
+def plot_file(text: str) -> Path:
+    """argparse type of a plot's ``--out``: a file name whose suffix matplotlib can write
+    (``.png``, ``.svg``, ``.pdf``, ...), checked before any episode runs."""
+    import argparse
+
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(text).suffix.lstrip(".").lower()
+    if suffix not in formats:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: unsupported plot format {suffix or '(none)'!r}; expected a file name "
+            f"ending in one of {', '.join('.' + f for f in sorted(formats))}")
+    return Path(text)

@@ -70,11 +70,14 @@ def calibrate(family: str, reference: str, seeds: list[int], idle_rps: float) ->
 def main(argv=None) -> int:
     from dynosim.options import Parser, ScriptHelpFormatter
     ap = Parser(prog="calibrate_trace_load.py", description=__doc__, formatter_class=ScriptHelpFormatter)
-    ap.add_argument("--family", default="mooncake_mod", help="trace family calibrated")
-    ap.add_argument("--reference", default="diurnal_swing",
+    from agents.cli import _pos_int
+    from dynosim_gym.scenarios import SYNTHETIC_FAMILIES, TRACE_LOAD
+    ap.add_argument("--family", default="mooncake_mod", choices=tuple(TRACE_LOAD),
+                    help="trace family calibrated")
+    ap.add_argument("--reference", default="diurnal_swing", choices=SYNTHETIC_FAMILIES,
                     help="synthetic family (constant load: its shape does not matter)")
     ap.add_argument("--seed", type=int, default=100, help="first episode seed")
-    ap.add_argument("--episodes", type=int, default=3, help="episodes (seeds SEED, SEED+1, ...)")
+    ap.add_argument("--episodes", type=_pos_int, default=3, help="episodes (seeds SEED, SEED+1, ...)")
     ap.add_argument("--idle-rps", type=float, default=0.25,
                     help="the near-idle rate (req/s) whose attainment is the ceiling")
     a = ap.parse_args(argv)

@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = Parser(prog="plot_heldout_front.py", description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--bench", default=str(ROOT / "docs" / "benchmark"),
                     help="directory of the result files read")
-    ap.add_argument("--out", default="out/heldout_sla_vs_gpu_hours.png",
+    from dynosim.plots import plot_file
+    ap.add_argument("--out", type=plot_file, default="out/heldout_sla_vs_gpu_hours.png",
                     help="PNG written (the shipped figure: --out "
                          "docs/benchmark/heldout_sla_vs_gpu_hours.png)")
     args = ap.parse_args(argv)

@@ -174,7 +174,8 @@ def main(argv=None) -> int:
     ap.add_argument("--first-of", default=None, metavar="FAMILY",
                     help="the first held-out episode of FAMILY (overrides --seed; default: none, --seed "
                          "picks the episode)")
-    ap.add_argument("--out", default="out/learned_replicas_vs_load.png",
+    from dynosim.plots import plot_file
+    ap.add_argument("--out", type=plot_file, default="out/learned_replicas_vs_load.png",
                     help="PNG written (the shipped figures: --out docs/benchmark/NAME.png)")
     args = ap.parse_args(argv)
     return guarded(lambda: run(args))

@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("directory", help="a `dynosim evaluate --leaderboard` DIR: reads "
                     "DIR/leaderboard.json, rewrites DIR/sla_vs_gpu_hours.png")
     d = Path(ap.parse_args(argv).directory)
+    if not (d / "leaderboard.json").is_file():
+        ap.error(f"argument directory: {d / 'leaderboard.json'} not found (give a "
+                 "`dynosim evaluate --leaderboard` DIR)")
     rows = json.loads((d / "leaderboard.json").read_text())
     results = [Evaluation.from_record(r) for r in rows]
     models = [r.policy for r in results if not r.policy.startswith("heuristic:")]

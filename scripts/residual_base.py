@@ -38,11 +38,19 @@ def main(argv=None) -> int:
                     help="the residual offset held at every step")
     ap.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
                     help="env config override (repeatable; default: none)")
-    ap.add_argument("--out", type=Path,
+    ap.add_argument("--out", metavar="FILE",
                     help="also write the JSON to this file (default: none, print only)")
     args = ap.parse_args(argv)
     from dynosim.cli import guarded
-    return guarded(lambda: run(args))
+    return guarded(lambda: _checked_run(args))
+
+
+def _checked_run(args) -> int:
+    """The ``--out`` path checked (its directory made) before any episode runs."""
+    from agents.cli import _check_out_file
+    if args.out:
+        _check_out_file(args.out)
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(out, indent=2, default=str)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        Path(args.out).write_text(text + "\n")
     return 0
 
 

@@ -92,18 +92,41 @@ def check(config: str | None, episodes: int, seed: int, families: list[str] | No
                         "static_mean_miss_points": ">= 20"}}
 
 
+def _families(text: str) -> list[str]:
+    """``--families a,b``: DynoSim-v0 scenarios (families and legacy shapes)."""
+    import argparse
+
+    from dynosim_gym.episodes import SCENARIOS
+    from dynosim_gym.scenarios import ENV_FAMILIES
+    valid = [s for s in SCENARIOS if s not in ENV_FAMILIES["DynoSimRouting-v0"]]
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in valid]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown family {bad[0] if bad else text!r}; expected a comma list of "
+            f"{', '.join(valid)}")
+    return names
+
+
 def main(argv=None) -> int:
     from dynosim.options import Parser, ScriptHelpFormatter
     ap = Parser(prog="scenario_check.py", description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--config", default=None,
                     help="env config (default: DynoSim-v0's, autoscale_default)")
-    ap.add_argument("--episodes", type=int, default=2, help="episodes per family")
+    from agents.cli import _pos_int
+    ap.add_argument("--episodes", type=_pos_int, default=2, help="episodes per family")
     ap.add_argument("--seed", type=int, default=100, help="first episode seed")
-    ap.add_argument("--families", default=None, help="comma list (default: all in the config)")
+    ap.add_argument("--families", type=_families, default=None,
+                    help="comma list (default: all in the config)")
     ap.add_argument("--json", default=None, metavar="FILE",
                     help="also write the measurement as JSON (default: none, print only)")
     a = ap.parse_args(argv)
-    res = check(a.config, a.episodes, a.seed, a.families.split(",") if a.families else None)
+    from dynosim.cli import guarded
+    return guarded(lambda: _run(a))
+
+
+def _run(a) -> int:
+    res = check(a.config, a.episodes, a.seed, a.families)
     print(f"static at peak / hindsight schedule GPU-hours: "
           f"{res['static_peak_over_schedule_gpu_h']:.2f} (target >= 1.5; greedy schedule: "
           f"{res['static_peak_over_greedy_schedule_gpu_h']:.2f}); static at mean load: "

@@ -26,6 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def _seed_range(text: str) -> tuple[int, int]:
+    """``--seeds LO-HI``: an inclusive range of episode seeds."""
+    import argparse
+    lo, sep, hi = text.partition("-")
+    try:
+        pair = (int(lo), int(hi if sep else lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO-HI (e.g. 10000-10009), got {text!r}") \
+            from None
+    if pair[0] < 0 or pair[1] < pair[0]:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI, got {text!r}")
+    return pair
+
+
 def main(argv=None) -> int:
     import gymnasium as gym
 
@@ -40,7 +54,8 @@ def main(argv=None) -> int:
     ap = Parser(prog="teacher_segments.py", description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--teacher", required=True, choices=SCHEDULE_TEACHERS,
                     help="hindsight-schedule teacher; required")
-    ap.add_argument("--seeds", default="10000-10009", help="episode seeds, e.g. 10000-10009")
+    ap.add_argument("--seeds", type=_seed_range, default="10000-10009",
+                    help="episode seeds, e.g. 10000-10009")
     ap.add_argument("--hyperparams", default=None, metavar="YAML",
                     help="recipe whose env_kwargs make the env (default: ppo.yml)")
     ap.add_argument("--floor", type=float, default=0.5,
@@ -48,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, metavar="OUT",
                     help="also write the rows as JSON (default: none, print only)")
     args = ap.parse_args(argv)
-    lo, hi = (int(x) for x in args.seeds.split("-"))
+    lo, hi = args.seeds
     hp = load_hyperparams("ppo", "DynoSim-v0", args.hyperparams)
     cfg = load_env_config(None, defaults="autoscale_default", **(hp.get("env_kwargs") or {}))
     env = gym.make("dynosim_gym:DynoSim-v0", config=cfg.to_dict())

@@ -87,3 +87,41 @@ def test_rllib_refuses_a_lagrangian_reward_before_ray_starts(capsys, tmp_path: P
     rc, _, err = run(capsys, "train", "--algo", "ppo", "--framework", "rllib", "--config",
                      str(cfg), "--timesteps", "64", "--out", str(tmp_path / "r"))
     one_line_error(rc, err, "lag.yaml:", "field 'env.reward.mode'", "--framework sb3")
+
+
+# -- 4. scripts: bad flags are one line naming the flag, exit 2 (no traceback) ----------------
+
+def _script(capsys, name: str, *argv: str) -> tuple[int, str]:
+    from conftest import load_script
+    try:
+        rc = load_script(name).main(list(argv))
+    except SystemExit as exc:       # argparse's usage errors (the shared Parser)
+        rc = exc.code
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, argv, needles", [
+    ("plot_heldout_front", ["--out", "x.txt"], ["--out", "unsupported plot format 'txt'"]),
+    ("plot_learned", ["--out", "x.txt"], ["--out", "unsupported plot format 'txt'"]),
+    ("replot_leaderboard", ["/nonexistent"], ["directory", "leaderboard.json not found"]),
+    ("teacher_segments", ["--teacher", "oracle:schedule", "--seeds", "abc"],
+     ["--seeds", "LO-HI"]),
+    ("scenario_check", ["--episodes", "0"], ["--episodes", ">= 1"]),
+    ("scenario_check", ["--families", "bogus"], ["--families", "'bogus'"]),
+    ("calibrate_trace_load", ["--family", "bogus"], ["--family", "'bogus'"]),
+    ("calibrate_trace_load", ["--episodes", "0"], ["--episodes", ">= 1"]),
+])
+def test_script_bad_flag_is_one_line(capsys, name, argv, needles) -> None:
+    rc, err = _script(capsys, name, *argv)
+    one_line_error(rc, err, *needles)
+
+
+def test_residual_base_checks_out_before_any_episode(capsys, tmp_path: Path,
+                                                     monkeypatch) -> None:
+    import agents.evaluate
+    monkeypatch.setattr(agents.evaluate, "run_episode",
+                        lambda *a, **k: pytest.fail("an episode ran before --out was checked"))
+    (tmp_path / "afile").write_text("")
+    rc, err = _script(capsys, "residual_base", "--episodes", "1", "--out",
+                      str(tmp_path / "afile" / "x.json"))
+    one_line_error(rc, err, "flag '--out'", "is a file, not a directory")
