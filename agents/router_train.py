@@ -253,6 +253,16 @@ def teacher_samples(env, teacher: str, seeds, learner=None, quiet: bool = True,
     return obs_l, act_l, lengths
 
 
+def check_label_smoothing(eps: Any, *, file: str | None = None,
+                          prefix: str = "") -> None:
+    """``bc_warm_start.label_smoothing`` is a number in [0, 1): else a one-line InputError
+    on ``file`` and field ``{prefix}bc_warm_start.label_smoothing`` (a recipe names its env
+    id as ``prefix``, as its other fields' errors do)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 1.0:
+        raise InputError(f"expected a number in [0, 1), got {eps!r}", file=file,
+                         field=f"{prefix}bc_warm_start.label_smoothing")
+
+
 def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epochs: int = 10,
                     batch_size: int = 256, learning_rate: float = 1e-3,
                     teacher: str = "heuristic:kv", seed: int = 0, quiet: bool = True,
@@ -294,10 +304,7 @@ def behaviour_clone(model, env_cfg: dict[str, Any], *, episodes: int = 20, epoch
     import gymnasium as gym
     import torch as th
 
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-            or not 0.0 <= label_smoothing < 1.0:
-        raise InputError(f"expected a number in [0, 1), got {label_smoothing!r}",
-                         field="bc_warm_start.label_smoothing")
+    check_label_smoothing(label_smoothing)
     env = gym.make(f"dynosim_gym:{env_id}", config=env_cfg)
     oracle = teacher in SCHEDULE_TEACHERS
     pol = model.policy

@@ -129,8 +129,14 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
             print(f"dynosim: behaviour-cloning warm start: {plural(said['episodes'], 'episode')} "
                   f"of {said['teacher']}, then {plural(said['epochs'], 'epoch')} (the recipe's "
                   "bc_warm_start)", file=sys.stderr)
-        bc_record, keep_near = behaviour_clone(model, env_cfg.to_dict(), seed=seed,
-                                               quiet=quiet, env_id=env_id, **bc)
+        try:
+            bc_record, keep_near = behaviour_clone(model, env_cfg.to_dict(), seed=seed,
+                                                   quiet=quiet, env_id=env_id, **bc)
+        except InputError as exc:   # a bc_warm_start value: the recipe's file and full field
+            if exc.file is not None or not (exc.field or "").startswith("bc_warm_start."):
+                raise
+            raise InputError(exc.detail, file=hp_file, field=f"{env_id}.{exc.field}") \
+                from None
     callbacks = [CheckpointCallback(save_freq=max(1, checkpoint_every // n_envs),
                                     save_path=str(out / "checkpoints"), name_prefix=key)]
     if keep_near is not None:       # bc_warm_start.regularise (agents/router_train.py)
@@ -262,6 +268,10 @@ def _check_recipe(hp: dict[str, Any], env_id: str, hp_file: str) -> None:
             if number(params[k].default) and not number(v):
                 raise InputError(f"expected a number, got {v!r}", file=hp_file,
                                  field=f"{env_id}.{entry}.{k}")
+    if "label_smoothing" in (hp.get("bc_warm_start") or {}):      # its range, up front
+        from .router_train import check_label_smoothing
+        check_label_smoothing(hp["bc_warm_start"]["label_smoothing"], file=hp_file,
+                              prefix=f"{env_id}.")
 
 
 def _check_disagg_recipe(hp: dict[str, Any], recipe_env: dict[str, Any], config: str | None,

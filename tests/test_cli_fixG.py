@@ -125,3 +125,21 @@ def test_residual_base_checks_out_before_any_episode(capsys, tmp_path: Path,
     rc, err = _script(capsys, "residual_base", "--episodes", "1", "--out",
                       str(tmp_path / "afile" / "x.json"))
     one_line_error(rc, err, "flag '--out'", "is a file, not a directory")
+
+
+# -- 5. bc_warm_start range errors name the recipe file and the full field ---------------------
+
+@pytest.mark.parametrize("bc, needle", [
+    ("{teacher: base, label_smoothing: 1.5}",
+     "field 'DynoSim-v0.bc_warm_start.label_smoothing': expected a number in [0, 1), got 1.5"),
+    ("{teacher: 'oracle:schedule-greedy', dagger: {rounds: 0}}",
+     "field 'DynoSim-v0.bc_warm_start.dagger': expected {rounds: N >= 1"),
+])
+def test_bc_warm_start_range_errors_name_file_and_field(capsys, tmp_path: Path, bc,
+                                                        needle) -> None:
+    hp = tmp_path / "h3.yml"
+    hp.write_text(f"DynoSim-v0:\n  policy: MlpPolicy\n  n_steps: 8\n  batch_size: 8\n"
+                  f"  env_kwargs: {{action: {{type: residual}}}}\n  bc_warm_start: {bc}\n")
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--hyperparams", str(hp), "--config",
+                     TINY, "--timesteps", "8", "--out", str(tmp_path / "run"), "--quiet")
+    one_line_error(rc, err, f"{hp}, {needle}")
