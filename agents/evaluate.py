@@ -514,18 +514,19 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
         check_counts_action(spec, cfg, overrides or {})
     policy = pol.load(env)
     space = getattr(policy, "observation_space", None)
+    acts = getattr(policy, "action_space", None)
+
+    def fits(e) -> bool:            # both spaces: a --set that breaks either is named
+        return ((space is None or e.observation_space.shape == space.shape)
+                and (acts is None or e.action_space == acts))
     if space is not None and space.shape != env.observation_space.shape:
-        cause, keys = mismatch_cause(
-            pol, env_id, config, overrides or {},
-            lambda e: e.observation_space.shape == space.shape)
+        cause, keys = mismatch_cause(pol, env_id, config, overrides or {}, fits)
         raise InputError(f"the model observes {space.shape}, this env config gives "
                          f"{env.observation_space.shape}{cause}"
                          f"{missing_record_hint(pol) or feature_diff(pol, env_id, cfg)}",
                          field=_blamed(keys))
-    acts = getattr(policy, "action_space", None)
     if acts is not None and acts != env.action_space:
-        cause, keys = mismatch_cause(pol, env_id, config, overrides or {},
-                                     lambda e: e.action_space == acts)
+        cause, keys = mismatch_cause(pol, env_id, config, overrides or {}, fits)
         raise InputError(f"the model acts in {acts}, this env config gives "
                          f"{env.action_space}{cause}{missing_record_hint(pol)}",
                          field=_blamed(keys))
@@ -691,7 +692,8 @@ def _blamed(keys: list[str]) -> str:
 def mismatch_cause(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str, Any],
                    fits) -> tuple[str, list[str]]:
     """Why a model does not fit the evaluation env (``fits(env)`` False): the ``--set`` keys
-    without which it would fit (each alone, else all together), and, when the model's run
+    without which it would fit (each alone; else, when it fits without them all, each key
+    that breaks the fit by itself, so several culprits are all named), and, when the model's run
     record names another training config (``config_source``) than the one evaluated, that
     config. Returns ``("; ..." text or "", the keys)``."""
     parts, keys = [], []
@@ -706,11 +708,15 @@ def mismatch_cause(pol: PolicySpec, env_id: str, config: Any, overrides: dict[st
                 return bool(fits(env))
             finally:
                 env.close()
-        keys = [k for k in overrides if fit_without({k})] or \
-            (list(overrides) if fit_without(set(overrides)) else [])
+        keys = [k for k in overrides if fit_without({k})]
+        if not keys and fit_without(set(overrides)):
+            # several keys break it: each one that, kept alone, still breaks the fit
+            keys = [k for k in overrides if not fit_without(set(overrides) - {k})] \
+                or list(overrides)
         if keys:
-            parts.append(f"--set {', '.join(keys)} causes it (the model fits without "
-                         f"{'it' if len(keys) == 1 else 'them'})")
+            parts.append(f"--set {', '.join(keys)} "
+                         f"{'causes' if len(keys) == 1 else 'cause'} it (the model fits "
+                         f"without {'it' if len(keys) == 1 else 'them'})")
     source = (pol.run or {}).get("config_source")
     evaluated = config if config is not None else DEFAULT_CONFIGS[env_id]
     if source and not keys and not _same_config(source, evaluated):

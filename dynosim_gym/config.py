@@ -266,7 +266,7 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
                              line=exc.line, field=exc.field) from None
         raise
     check_trace_path(sim_cfg)      # here, where the YAML's file and line are known
-    env = _parse_env(env_data, v)
+    env = _parse_env(env_data, v, disagg=sim_cfg.disagg is not None)
     cfg = EnvConfig(sim=sim_cfg, env=env, source=source)
     if sim_cfg.disagg is not None:
         _check_disagg(cfg, v)
@@ -312,7 +312,9 @@ def _check_disagg(cfg: EnvConfig, v: _Validator) -> None:
                       "disagg.num_prefill_workers")
 
 
-def _parse_env(data: Any, v: _Validator) -> EnvSection:
+def _parse_env(data: Any, v: _Validator, disagg: bool = False) -> EnvSection:
+    """The ``env`` section; ``disagg``: the config has pools (no residual action there, so
+    a residual-only key's hint does not suggest one)."""
     if data is None:
         return EnvSection()
     if not isinstance(data, Mapping):
@@ -348,7 +350,8 @@ def _parse_env(data: Any, v: _Validator) -> EnvSection:
                          ("base_before_first_tick", "has a base")):
             if getattr(out.action, key) != getattr(type(out.action)(), key):
                 raise v.error(f"has no effect with env.action.type {out.action.type} (only "
-                              f"a residual action {why}); remove it or use type: residual",
+                              f"a residual action {why}); remove it"
+                              f"{'' if disagg else ' or use type: residual'}",
                               f"env.action.{key}")
     out.planner = data.get("planner") if data.get("planner") is not None else {}
     if isinstance(out.planner, Mapping):

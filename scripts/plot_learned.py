@@ -3,7 +3,7 @@ behaviour"), beside a comparison policy on the same episode.
 
     python scripts/plot_learned.py [--policy pretrained:autoscaler] \\
         [--compare heuristic:load-tuned] [--seed 0 | --first-of ramp_cycle] \\
-        [--out out/learned_replicas_vs_load.png]
+        [--config YAML] [--out out/learned_replicas_vs_load.png]
 
 Per policy: provisioned (active + starting) and active workers, the arrival rate and the
 queued requests per 5 s step. Each scale-up *onset* (a scale-up with none in the 60 s before)
@@ -134,14 +134,17 @@ def plot(results: list, out: Path) -> None:
     plt.close(fig)
 
 
-def first_episode_of(family: str, limit: int = 100) -> int:
-    """Seed of the first held-out episode (``split=eval``, seeds 0, 1, ...) of ``family``;
-    InputError on ``--first-of`` if the held-out split has no such family."""
+def first_episode_of(family: str, limit: int = 100, config: str | None = None) -> int:
+    """Seed of the first held-out episode (``split=eval``, seeds 0, 1, ...) of ``family``
+    in the env config ``config`` (default: DynoSim-v0's); InputError on ``--first-of`` if
+    the held-out split has no such family."""
     import gymnasium as gym
 
     import dynosim_gym  # noqa: F401  (registers the ids)
+    from dynosim_gym.config import load_env_config
     from sim.errors import InputError
-    env = gym.make("DynoSim-v0")
+    env = gym.make("DynoSim-v0", config=load_env_config(
+        config, defaults="autoscale_default").to_dict())
     held_out = env.unwrapped.episodes.scenarios["eval"]
     if family not in held_out:
         env.close()
@@ -174,6 +177,9 @@ def main(argv=None) -> int:
     ap.add_argument("--first-of", default=None, metavar="FAMILY",
                     help="the first held-out episode of FAMILY (overrides --seed; default: none, --seed "
                          "picks the episode)")
+    ap.add_argument("--config", metavar="YAML", default=None,
+                    help="evaluation env config, as `dynosim evaluate --config` (default: "
+                    "DynoSim-v0's, autoscale_default)")
     from dynosim.plots import plot_file
     ap.add_argument("--out", type=plot_file, default="out/learned_replicas_vs_load.png",
                     help="PNG written (the shipped figures: --out docs/benchmark/NAME.png)")
@@ -191,9 +197,9 @@ def run(args: argparse.Namespace) -> int:
         except InputError as exc:
             raise InputError(exc.detail, file=exc.file, line=exc.line, field=flag) from None
     if args.first_of:
-        args.seed = first_episode_of(args.first_of)
-    results = [evaluate(p, "DynoSim-v0", episodes=1, seed=args.seed, split="eval",
-                        keep_traces=1) for p in (args.policy, args.compare) if p]
+        args.seed = first_episode_of(args.first_of, config=args.config)
+    results = [evaluate(p, "DynoSim-v0", config=args.config, episodes=1, seed=args.seed,
+                        split="eval", keep_traces=1) for p in (args.policy, args.compare) if p]
     plot(results, Path(args.out))
     print(json.dumps([stats(r) for r in results], indent=1))
     return 0

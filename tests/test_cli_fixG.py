@@ -143,3 +143,41 @@ def test_bc_warm_start_range_errors_name_file_and_field(capsys, tmp_path: Path, 
     rc, _, err = run(capsys, "train", "--algo", "ppo", "--hyperparams", str(hp), "--config",
                      TINY, "--timesteps", "8", "--out", str(tmp_path / "run"), "--quiet")
     one_line_error(rc, err, f"{hp}, {needle}")
+
+
+# -- 6. hints point at what works ----------------------------------------------------------
+
+@pytest.mark.parametrize("config, hint", [("autoscale_disagg", "remove it"),
+                                          ("autoscale_tiny", "remove it or use type: residual")])
+def test_base_key_hint_does_not_suggest_residual_on_disagg(config, hint) -> None:
+    from dynosim_gym.config import load_env_config
+    from sim.errors import InputError
+    with pytest.raises(InputError) as exc:
+        load_env_config(config, **{"env.action.base_before_first_tick": "hold"})
+    assert str(exc.value).endswith(hint), exc.value
+
+
+def test_plot_learned_takes_the_config_its_hint_names(capsys, tmp_path: Path) -> None:
+    hp = tmp_path / "h.yml"
+    hp.write_text("DynoSim-v0:\n  policy: MlpPolicy\n  n_steps: 8\n  batch_size: 8\n")
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--hyperparams", str(hp), "--config",
+                     "autoscale_disagg", "--timesteps", "8", "--out", str(tmp_path / "d"),
+                     "--quiet")
+    assert rc == 0, err
+    png = tmp_path / "p.png"
+    rc, err = _script(capsys, "plot_learned", "--policy", str(tmp_path / "d"), "--compare", "",
+                      "--out", str(png))
+    one_line_error(rc, err, "--config autoscale_disagg scores it there")
+    rc, err = _script(capsys, "plot_learned", "--policy", str(tmp_path / "d"), "--compare", "",
+                      "--config", "autoscale_disagg", "--out", str(png))
+    assert rc == 0 and png.stat().st_size > 0, err
+
+
+def test_evaluate_names_every_set_key_that_breaks_the_fit(capsys) -> None:
+    rc, _, err = run(capsys, "evaluate", "--policy", "pretrained:autoscaler", "--episodes", "1",
+                     "--set", "env.action.type=delta", "--set", "env.observation.stack=2",
+                     "--set", "env.initial_workers=2", "--quiet")
+    one_line_error(rc, err, "flag '--set env.action.type, env.observation.stack'",
+                   "--set env.action.type, env.observation.stack cause it (the model fits "
+                   "without them)")
+    assert "initial_workers" not in err
