@@ -101,15 +101,24 @@ def _command_parser(parser: argparse.ArgumentParser,
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; every error a user can cause ends here as one line."""
     spelled = dict(getattr(args, "flag_spelled", None) or {})
-    sets = getattr(args, "set", None) or []           # agents' --set KEY=VALUE
-    if sets:
-        from dynosim_gym.config import override_key
+    spelled.update(set_flags(getattr(args, "set", None) or []))   # agents' --set KEY=VALUE
+    return guarded(lambda: _dispatch(args), spelled)
+
+
+def set_flags(sets: list[tuple[str, object]]) -> dict[str, str]:
+    """``--set KEY=VALUE`` pairs as ``guarded``'s ``spelled``: the dotted config key ->
+    ``--set KEY`` as typed, so an error on a value they supplied names the flag (scripts
+    with ``--set`` pass it too)."""
+    if not sets:
+        return {}
+    from dynosim_gym.config import override_key
+    spelled = {}
     for key, _ in sets:
         try:
             spelled[override_key(key)] = f"--set {key}"
         except InputError:            # an unknown key: the command's own load says so
             pass
-    return guarded(lambda: _dispatch(args), spelled)
+    return spelled
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -234,6 +234,10 @@ def from_cmdline(exc: InputError, spelled: dict[str, str] | None = None) -> str:
     if exc.file == "overrides" and exc.field in (spelled or {}):
         # a --set value refused after the config loaded (an env's request cap): the flag
         return InputError(exc.detail, field=spelled[exc.field]).format()
+    child = next((f for k, f in (spelled or {}).items() if exc.file == "overrides"
+                  and exc.field and k.startswith(exc.field + ".")), None)
+    if child is not None:       # refused as a section (env.planner) set by --set env.planner.X
+        return InputError(exc.detail, field=child).format()
     if exc.file == CMDLINE:
         field = exc.field or ""
         flag = field if field.startswith("--") else \

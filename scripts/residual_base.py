@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", metavar="FILE",
                     help="also write the JSON to this file (default: none, print only)")
     args = ap.parse_args(argv)
-    from dynosim.cli import guarded
-    return guarded(lambda: _checked_run(args))
+    from dynosim.cli import guarded, set_flags
+    return guarded(lambda: _checked_run(args), set_flags(args.set))
 
 
 def _checked_run(args) -> int:

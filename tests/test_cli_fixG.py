@@ -181,3 +181,18 @@ def test_evaluate_names_every_set_key_that_breaks_the_fit(capsys) -> None:
                    "--set env.action.type, env.observation.stack cause it (the model fits "
                    "without them)")
     assert "initial_workers" not in err
+
+
+# -- 7. a --set value refused after the config loads names the flag, in scripts too ------------
+
+def test_set_errors_name_the_flag(capsys) -> None:
+    rc, err = _script(capsys, "residual_base", "--episodes", "1", "--set",
+                      "env.action.base_interval_s=12")
+    one_line_error(rc, err, "flag '--set env.action.base_interval_s'", "multiple of")
+    assert "overrides" not in err
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:kv", "--config",
+                     "routing_default", "--set", "env.planner.load_scaling_down_sensitivity=20",
+                     "--episodes", "1", "--quiet")
+    one_line_error(rc, err, "flag '--set env.planner.load_scaling_down_sensitivity'",
+                   "does not apply to the routing env")
+    assert "overrides" not in err
