@@ -6,7 +6,7 @@ both routers are scored through ``agents.evaluate.evaluate`` on the same episode
 writes a Markdown table: pooled SLA attainment, pooled p90 TTFT, prefix-cache reuse and
 request throughput of each router, and the gap (KV minus round robin; p90 as a ratio).
 
-    python bench/routing_families.py [--episodes 5] [--split eval] \
+    python bench/routing_families.py [--episodes 5] [--split eval] \\
         [--out bench/results/routing_families.md]
 """
 from __future__ import annotations

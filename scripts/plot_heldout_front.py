@@ -1,7 +1,7 @@
 """Issue 11's held-out leaderboard as one picture: SLA attainment against GPU-hours per
 episode for every scored policy, with the target region shaded.
 
-    python scripts/plot_heldout_front.py [--bench docs/benchmark] \
+    python scripts/plot_heldout_front.py [--bench docs/benchmark] \\
         [--out out/heldout_sla_vs_gpu_hours.png]
 
 The shipped figure: ``--out docs/benchmark/heldout_sla_vs_gpu_hours.png``.

@@ -14,6 +14,7 @@ For episodes of every workload family (seeded, both splits), on the scenario its
 
 Prints one row per episode (with its wall time) and the pooled figures; ``--json FILE``
 writes them.
+
     python scripts/scenario_check.py --episodes 2
 """
 from __future__ import annotations

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,22 @@ def test_set_errors_name_the_flag(capsys) -> None:
     one_line_error(rc, err, "flag '--set env.planner.load_scaling_down_sensitivity'",
                    "does not apply to the routing env")
     assert "overrides" not in err
+
+
+# -- 8. help text: each example command on its own lines, after a blank line -----------------
+
+@pytest.mark.parametrize("path", sorted([*REPO.glob("scripts/*.py"), *REPO.glob("bench/*.py")]),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_docstring_examples_keep_their_lines(path: Path) -> None:
+    import ast
+    doc = ast.get_docstring(ast.parse(path.read_text()), clean=False) or ""
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        if not line.lstrip().startswith(("python ", ".venv/bin/", "[--", "--")):
+            continue
+        # a `\` continuation not escaped in the docstring joins two lines with a gap
+        assert not re.search(r"\S {5,}\[", line), (path.name, line)
+        prev = lines[i - 1] if i else ""
+        if line.startswith("    python ") and prev.strip() and not prev.startswith(" "):
+            pytest.fail(f"{path.name}: example {line.strip()!r} runs on from the prose "
+                        f"{prev.strip()!r} (add a blank line)")
