@@ -61,3 +61,13 @@ def check_env_id(env_id: str) -> str:
         raise InputError(f"unknown env id {env_id!r}; expected one of "
                          f"{', '.join(dynosim_gym.ENV_IDS)}", field="--env")
     return short
+
+
+def failure_text(exc: BaseException) -> str:
+    """A failed run's ``error`` (run.json), one line: ``interrupted (KeyboardInterrupt)``
+    for Ctrl-C, else ``Type: message`` (the type alone if it has no message)."""
+    name = type(exc).__name__
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted ({name})"
+    msg = str(exc).splitlines()[0] if str(exc).strip() else ""
+    return f"{name}: {msg}" if msg else name

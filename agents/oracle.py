@@ -104,7 +104,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(1)
         elif not self.quiet and (self.done % self.every == 0 or self.done == self.total):
-            print(f"{self.desc}: {self.done}/{self.total} {self.unit}s, "
+            print(f"{self.desc}: {self.done}/{plural(self.total, self.unit)}, "
                   f"{plural(self.replays, 'replay')}, {time.perf_counter() - self.t0:,.0f} s", file=sys.stderr,
                   flush=True)
 

@@ -187,7 +187,8 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
                       file=sys.stderr, flush=True)
         ckpt = algo.save_to_path(str((out / "checkpoint").resolve()))
     except BaseException as exc:     # not a run: say so in its record (Ctrl-C included)
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        from .algos import failure_text
+        record.update(status="failed", error=failure_text(exc))
         (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         raise
     finally:

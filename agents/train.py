@@ -172,7 +172,8 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     try:
         model.learn(total_timesteps=total, callback=callbacks, tb_log_name=key)
     except BaseException as exc:     # not a run: say so in its record (Ctrl-C included)
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        from .algos import failure_text
+        record.update(status="failed", error=failure_text(exc))
         (out / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         raise
     finally:

@@ -254,6 +254,8 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
                 where[k] = ("overrides", None)
     env_data = data.pop("env", None)
     v = _Validator(source, where, (source, None))
+    from sim.config import TOP_KEYS     # an env config's top level: env too (a run.json
+    v.check_keys(data, [*TOP_KEYS, "env"], "")      # given as --config lists it)
     try:
         sim_cfg = parse_config(data, source=source, where=where, base_dir=base_dir,
                                default_where=(source, None))

@@ -442,7 +442,7 @@ def test_oracle_static_picks_the_cheapest_count_that_meets_the_target(capsys) ->
     over = {"initial_workers": 1, "rate_min_rps": 2.0, "rate_max_rps": 3.0}
     res = evaluate_oracle("oracle:static", config=TINY, episodes=1, seed=0, overrides=over)
     # progress: stderr is no terminal here, so periodic lines (a bar on a terminal)
-    assert re.fullmatch(r"oracle:static: 1/1 episodes, (1 replay|([2-9]|[1-9]\d+) replays), [\d,]+ s\n",
+    assert re.fullmatch(r"oracle:static: 1/1 episode, (1 replay|([2-9]|[1-9]\d+) replays), [\d,]+ s\n",
                         capsys.readouterr().err)
     n = res.per_episode[0]["oracle_workers"]
     target = res.reward_config["sla_target"]

@@ -216,3 +216,29 @@ def test_docstring_examples_keep_their_lines(path: Path) -> None:
         if line.startswith("    python ") and prev.strip() and not prev.startswith(" "):
             pytest.fail(f"{path.name}: example {line.strip()!r} runs on from the prose "
                         f"{prev.strip()!r} (add a blank line)")
+
+
+def test_env_config_unknown_top_key_lists_env(capsys, tmp_path: Path) -> None:
+    run_json = tmp_path / "run.json"           # a run record given as --config
+    run_json.write_text(json.dumps({"algo": "ppo", "env_config": {}}, indent=1))
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:load", "--config",
+                     str(run_json), "--episodes", "1", "--quiet")
+    one_line_error(rc, err, f"{run_json}:2", "unknown key 'algo'", "disagg, env")
+
+
+def test_interrupted_run_records_interrupted(tmp_path: Path, monkeypatch) -> None:
+    from stable_baselines3 import PPO
+
+    from agents.algos import failure_text
+    from agents.train import train
+
+    def ctrl_c(self, *a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(PPO, "learn", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train("ppo", "DynoSim-v0", config=TINY, timesteps=8, out=tmp_path / "run", n_envs=1,
+              quiet=True)
+    rec = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert rec["status"] == "failed" and rec["error"] == "interrupted (KeyboardInterrupt)"
+    assert failure_text(ValueError("bad\nmore")) == "ValueError: bad"
+    assert failure_text(RuntimeError()) == "RuntimeError"
