@@ -9,9 +9,9 @@ package installed.
 
 Hyperparameters are the SB3 ones (``agents/hyperparams/ppo.yml``), translated to RLlib's
 names (:data:`SB3_TO_RLLIB`); one training iteration collects ``n_steps x n_envs`` env steps.
-The run directory holds ``run.json`` (``framework: rllib``, ``status`` running / completed /
-failed as SB3 runs', the env config, hyperparameters, seed and the learning curve), ``checkpoint/`` (``Algorithm.save_to_path``) and
-``learning_curve.png``. ``dynosim evaluate --policy DIR`` loads the policy's RLModule from the
+The run directory holds ``run.json`` (``framework: rllib``; ``status`` running, completed or
+failed, as an SB3 run's; the env config, hyperparameters, seed and the learning curve),
+``checkpoint/`` (``Algorithm.save_to_path``) and ``learning_curve.png``. ``dynosim evaluate --policy DIR`` loads the policy's RLModule from the
 checkpoint (:func:`load_policy`) and scores it through the same loop as SB3 models.
 """
 from __future__ import annotations
