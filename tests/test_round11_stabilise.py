@@ -124,3 +124,27 @@ def test_a_pickled_env_keeps_its_stabilised_base() -> None:
     v = pickle.loads(pickle.dumps(u))
     assert v.action_type.base == u.action_type.base and v._stab == u._stab
     assert list(v._requests) == list(u._requests)
+
+
+def test_schedule_cache_key_ignores_stabilise(tmp_path, monkeypatch) -> None:
+    """A teacher's schedule is a plan of counts made on a target env: ``stabilise`` leaves
+    its key (hence cached schedules) unchanged, and the plan's env has the default."""
+    from unittest import mock
+
+    from agents import router_train
+    monkeypatch.setenv("DYNOSIM_CACHE", str(tmp_path))
+    keys, planned_on = [], []
+
+    def fake_best(plain, *args, **kw):
+        planned_on.append(plain.unwrapped.cfg.env.action)
+        return {"targets": [1] * 6}
+    for how in ("count", "base"):
+        env = gym.make("DynoSim-v0", config=TINY,
+                       **{**STABLE, "env.action.stabilise": how, "env.episode_steps": 6})
+        with mock.patch("agents.oracle.best_schedule", fake_best):
+            pol = router_train._schedule_teacher(env, {"split": "train"}, 7,
+                                                 "oracle:schedule-floor")
+        keys.append(pol.cache_file.name)
+        pol.cache_file.unlink()
+    assert keys[0] == keys[1] and len(planned_on) == 2
+    assert all(a.type == "target" and a.stabilise == "count" for a in planned_on)
