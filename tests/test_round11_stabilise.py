@@ -3,13 +3,13 @@ reversal cooldown applied to the residual base alone, the offset after them (so 
 stochastic policy's sampled offset takes effect at once)."""
 from __future__ import annotations
 
-import hashlib
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
 import dynosim_gym  # noqa: F401  (registers the ids)
+from conftest import random_episodes_digest
 from sim.errors import InputError
 
 TINY = "autoscale_tiny"
@@ -89,20 +89,7 @@ def test_stabilise_base_without_a_residual_action_is_one_line_naming_the_key(kw)
 
 
 def _digest(**kw) -> str:
-    """As tests/test_residual_action.py's: two seeded random-action episodes."""
-    env = gym.make("DynoSim-v0", config=TINY, **kw)
-    h = hashlib.sha256()
-    for seed in (0, 3):
-        obs, info = env.reset(seed=seed)
-        rng = np.random.default_rng(seed)
-        h.update(obs.tobytes())
-        for _ in range(env.unwrapped.cfg.env.episode_steps):
-            obs, r, _, _, info = env.step(int(rng.integers(env.action_space.n)))
-            h.update(obs.tobytes())
-            h.update(np.float64(r).tobytes())
-            h.update(repr(sorted((k, v) for k, v in info.items()
-                                 if k not in ("reward_terms", "episode_summary"))).encode())
-    return h.hexdigest()[:16]
+    return random_episodes_digest(TINY, **kw)
 
 
 def test_the_default_stabilise_is_unchanged() -> None:
