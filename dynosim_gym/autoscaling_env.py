@@ -169,7 +169,14 @@ class DynoSimEnv(SimEnv):
     (EC2 Auto Scaling's cooldown, "no further scaling activity until it expires", applied
     to reversals only, so a policy can keep climbing through a surge; after the window):
     with ``C >= 300`` no flap (below) can happen. ``info["requested_workers"]`` and
-    ``info["target_workers"]`` show a held move as they show the window's. An action the
+    ``info["target_workers"]`` show a held move as they show the window's. With a residual
+    action, ``env.action.stabilise = base`` (default ``count``: the above) applies the
+    window and the cooldown to the base sequence alone, before the decision: the stabilised
+    base (clamped, reported as ``info["base_workers"]``, the raw planner count as
+    ``info["raw_base_workers"]``) plus the offset is provisioned at once, clamped, so a
+    stochastic policy's sampled offset takes effect that step (under ``count`` it is
+    provisioned the highest of its recent samples). ``target_action(n)`` maps a count to
+    the offset from the stabilised base. An action the
     space does not contain (floats, bools,
     strings, arrays other than 0-d integer ones) raises ``ValueError``; ``step`` after
     ``truncated=True`` without ``reset`` raises :class:`~dynosim_gym.base.ResetNeeded`.
@@ -263,6 +270,9 @@ class DynoSimEnv(SimEnv):
 
     ## Version History
 
+    * v0 (issue 11, round 11): ``env.action.stabilise`` (``count``, the default and
+      unchanged behaviour, or ``base``: the window and the cooldown act on the residual
+      base alone, the offset after them) and ``info["raw_base_workers"]`` under ``base``.
     * v0 (issue 11, round 9): ``env.action.base_interval_s`` (the residual base's demand
       over a trailing window), ``env.action.base_before_first_tick`` and
       ``env.action.reversal_cooldown_s`` (defaults unchanged).
@@ -321,6 +331,8 @@ class DynoSimEnv(SimEnv):
         # env.action.scale_down_window_s as decisions (this one included); 1 = off
         self._window = max(1, math.ceil(e.action.scale_down_window_s / e.interval_s - 1e-9))
         self._cooldown_ms = e.action.reversal_cooldown_s * 1000.0   # 0 = off
+        # env.action.stabilise: base -> the window and the cooldown act on the base alone
+        self._stabilise_base = e.action.type == "residual" and e.action.stabilise == "base"
         self.obs_builder = ObservationBuilder(self.cfg, self.max_workers, sla.ttft_ms,
                                               sla.itl_ms)
         self.observation_space = self.obs_builder.space
@@ -369,6 +381,10 @@ class DynoSimEnv(SimEnv):
         self._advisors_at_begin = list(self._advisor_kinds)
         self._base_planner = None
         if self.cfg.env.action.type == "residual":
+            # env.action.stabilise: base: the last stabilised base (the provisioned count
+            # before the first decision), its last move's direction and time
+            self._stab = int(sum(self.sim.counts()[:2]))
+            self._stab_dir, self._stab_move_ms = 0, -math.inf
             self._base_planner = self._make_base_planner()
             self._refresh_base()
         self.obs_builder.reset()
@@ -477,12 +493,24 @@ class DynoSimEnv(SimEnv):
         act, start, _ = sim.counts()
         cur = act + start
         want = self.action_type.target(a, cur)
-        self._requests.append(want)
-        # scale-down stabilisation (env.action.scale_down_window_s): the window's highest
-        target = min(max(max(self._requests), self.cfg.env.min_endpoint), self.max_workers)
+        lo = self.cfg.env.min_endpoint
+        if self._stabilise_base:
+            # env.action.stabilise: base: the base was stabilised before the decision
+            # (_stabilised_base); the offset applies to it at once
+            self._requests.append(self._raw_base)
+            b = self.action_type.base
+            if b != self._stab:
+                self._stab_dir = (b > self._stab) - (b < self._stab)
+                self._stab_move_ms = self._t_ms + self.interval_ms
+                self._stab = b
+            target = min(max(want, lo), self.max_workers)
+        else:
+            self._requests.append(want)
+            # scale-down stabilisation (env.action.scale_down_window_s): the window's highest
+            target = min(max(max(self._requests), lo), self.max_workers)
         # reversal cooldown (env.action.reversal_cooldown_s): a move opposite to the last
         # scaling event within the cooldown of it is held (times as the flap count's)
-        if self._cooldown_ms and target != cur and \
+        if not self._stabilise_base and self._cooldown_ms and target != cur and \
                 (target > cur) - (target < cur) == -self._last_dir and \
                 self._t_ms + self.interval_ms - self._last_move_ms < self._cooldown_ms:
             target = cur
@@ -495,6 +523,8 @@ class DynoSimEnv(SimEnv):
         info = {"requested_workers": int(want), "target_workers": int(target)}
         if self._base_planner is not None:
             info["base_workers"] = int(self.action_type.base)
+            if self._stabilise_base:
+                info["raw_base_workers"] = int(self._raw_base)
         return changed, (target > cur) - (target < cur), info
 
     def _make_base_planner(self) -> ThroughputAdvisor:
@@ -523,7 +553,25 @@ class DynoSimEnv(SimEnv):
         return self.cfg.env.min_endpoint
 
     def _refresh_base(self) -> None:
-        self.action_type.base = self.base_workers()
+        if self._stabilise_base:
+            self._raw_base = self.base_workers()
+            self.action_type.base = self._stabilised_base(self._raw_base)
+        else:
+            self.action_type.base = self.base_workers()
+
+    def _stabilised_base(self, raw: int) -> int:
+        """``env.action.stabilise: base``: the base the next decision's offset applies to.
+        The highest raw base over the scale-down window's decisions (the next one
+        included), clamped to ``[min_endpoint, max_workers]``; a move opposite to the
+        stabilised base's last one, within ``reversal_cooldown_s`` of it, is held. Reads
+        the state, changes nothing (``_scale`` commits it)."""
+        past = list(self._requests)[-(self._window - 1):] if self._window > 1 else []
+        b = min(max(max(past + [raw]), self.cfg.env.min_endpoint), self.max_workers)
+        if self._cooldown_ms and b != self._stab and \
+                (b > self._stab) - (b < self._stab) == -self._stab_dir and \
+                self._t_ms + self.interval_ms - self._stab_move_ms < self._cooldown_ms:
+            b = self._stab
+        return b
 
     def sla_term(self, iv: Interval) -> float:
         """The SLA part of the reward for one interval (see ``## Rewards``)."""

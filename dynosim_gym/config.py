@@ -78,6 +78,11 @@ class ActionSection:
     # a move opposite to the last scaling event within this many seconds of it is held (EC2
     # Auto Scaling's cooldown, applied to reversals only); 0 = off. Aggregated pool only.
     reversal_cooldown_s: float = _opt(0.0, range=TIME_S)
+    # residual: what the scale-down window and the reversal cooldown stabilise. count (as
+    # since round 7b): the requested count, base + offset; base: the base alone, and the
+    # offset is added after them, so a sampled offset takes effect at once (issue 11,
+    # round 11: under count, a stochastic policy is provisioned its recent samples' highest)
+    stabilise: str = _opt("count", choices=("count", "base"))
 
 
 @dataclass
@@ -349,7 +354,8 @@ def _parse_env(data: Any, v: _Validator, disagg: bool = False) -> EnvSection:
     if out.action.type != "residual":
         for key, why in (("residual_offsets", "takes offsets"),
                          ("base_interval_s", "has a base"),
-                         ("base_before_first_tick", "has a base")):
+                         ("base_before_first_tick", "has a base"),
+                         ("stabilise", "has a base")):
             if getattr(out.action, key) != getattr(type(out.action)(), key):
                 raise v.error(f"has no effect with env.action.type {out.action.type} (only "
                               f"a residual action {why}); remove it"

@@ -78,6 +78,31 @@ def expected_residual_base(env, n: int, seconds: float, in_tokens: int, out_toke
     return max(math.ceil(n / seconds / rps - 1e-9), e.min_endpoint)
 
 
+def random_episodes_digest(config: str, **overrides) -> str:
+    """16 hex digits of the observations, rewards and info (less ``reward_terms`` and
+    ``episode_summary``) of two seeded random-action ``DynoSim-v0`` episodes (seeds 0 and 3)
+    on ``config``: a recorded digest pins the env's trajectories byte for byte."""
+    import hashlib
+
+    import gymnasium as gym
+    import numpy as np
+
+    import dynosim_gym  # noqa: F401  (registers the ids)
+    env = gym.make("DynoSim-v0", config=config, **overrides)
+    h = hashlib.sha256()
+    for seed in (0, 3):
+        obs, info = env.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        h.update(obs.tobytes())
+        for _ in range(env.unwrapped.cfg.env.episode_steps):
+            obs, r, _, _, info = env.step(int(rng.integers(env.action_space.n)))
+            h.update(obs.tobytes())
+            h.update(np.float64(r).tobytes())
+            h.update(repr(sorted((k, v) for k, v in info.items()
+                                 if k not in ("reward_terms", "episode_summary"))).encode())
+    return h.hexdigest()[:16]
+
+
 def stale_compiled_modules() -> list[str]:
     """Compiled modules (setup.py) older than their ``.py``/``.pxd``: Python would import the
     old compiled code, not the edited source."""

@@ -2,7 +2,6 @@
 throughput planner's worker count, re-computed every env step."""
 from __future__ import annotations
 
-import hashlib
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 
 import dynosim_gym  # noqa: F401  (registers the ids)
 from dynosim_gym.actions import ResidualAction
-from conftest import expected_residual_base
+from conftest import expected_residual_base, random_episodes_digest
 from sim.errors import InputError
 
 TINY = "autoscale_tiny"
@@ -123,20 +122,7 @@ def test_residual_is_refused_on_disaggregated_pools() -> None:
 
 
 def _digest(**kw) -> str:
-    """Observations, rewards and info of two seeded random-action episodes."""
-    env = gym.make("DynoSim-v0", config=TINY, **kw)
-    h = hashlib.sha256()
-    for seed in (0, 3):
-        obs, info = env.reset(seed=seed)
-        rng = np.random.default_rng(seed)
-        h.update(obs.tobytes())
-        for _ in range(env.unwrapped.cfg.env.episode_steps):
-            obs, r, _, _, info = env.step(int(rng.integers(env.action_space.n)))
-            h.update(obs.tobytes())
-            h.update(np.float64(r).tobytes())
-            h.update(repr(sorted((k, v) for k, v in info.items()
-                                 if k not in ("reward_terms", "episode_summary"))).encode())
-    return h.hexdigest()[:16]
+    return random_episodes_digest(TINY, **kw)
 
 
 def test_the_default_and_target_actions_are_unchanged() -> None:
