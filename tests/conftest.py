@@ -103,6 +103,28 @@ def random_episodes_digest(config: str, **overrides) -> str:
     return h.hexdigest()[:16]
 
 
+def schedule_teacher_keys(monkeypatch, tmp_path, envs) -> tuple[list[str], list]:
+    """Each env's ``oracle:schedule-floor`` teacher built with the search mocked (the plan:
+    one worker per step): ``(the cache file names, the action sections of the envs the
+    plans were made on)``. For tests that an env key leaves cached schedules' keys alone."""
+    from unittest import mock
+
+    from agents import router_train
+    monkeypatch.setenv("DYNOSIM_CACHE", str(tmp_path))
+    keys, planned_on = [], []
+
+    def fake_best(plain, *args, **kw):
+        planned_on.append(plain.unwrapped.cfg.env.action)
+        return {"targets": [1] * 6}
+    for env in envs:
+        with mock.patch("agents.oracle.best_schedule", fake_best):
+            pol = router_train._schedule_teacher(env, {"split": "train"}, 7,
+                                                 "oracle:schedule-floor")
+        keys.append(pol.cache_file.name)
+        pol.cache_file.unlink()
+    return keys, planned_on
+
+
 def stale_compiled_modules() -> list[str]:
     """Compiled modules (setup.py) older than their ``.py``/``.pxd``: Python would import the
     old compiled code, not the edited source."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dynosim_gym  # noqa: F401  (registers the ids)
-from conftest import random_episodes_digest
+from conftest import random_episodes_digest, schedule_teacher_keys
 from sim.errors import InputError
 
 TINY = "autoscale_tiny"
@@ -116,22 +116,9 @@ def test_a_pickled_env_keeps_its_stabilised_base() -> None:
 def test_schedule_cache_key_ignores_stabilise(tmp_path, monkeypatch) -> None:
     """A teacher's schedule is a plan of counts made on a target env: ``stabilise`` leaves
     its key (hence cached schedules) unchanged, and the plan's env has the default."""
-    from unittest import mock
-
-    from agents import router_train
-    monkeypatch.setenv("DYNOSIM_CACHE", str(tmp_path))
-    keys, planned_on = [], []
-
-    def fake_best(plain, *args, **kw):
-        planned_on.append(plain.unwrapped.cfg.env.action)
-        return {"targets": [1] * 6}
-    for how in ("count", "base"):
-        env = gym.make("DynoSim-v0", config=TINY,
-                       **{**STABLE, "env.action.stabilise": how, "env.episode_steps": 6})
-        with mock.patch("agents.oracle.best_schedule", fake_best):
-            pol = router_train._schedule_teacher(env, {"split": "train"}, 7,
-                                                 "oracle:schedule-floor")
-        keys.append(pol.cache_file.name)
-        pol.cache_file.unlink()
+    keys, planned_on = schedule_teacher_keys(monkeypatch, tmp_path, (
+        gym.make("DynoSim-v0", config=TINY,
+                 **{**STABLE, "env.action.stabilise": how, "env.episode_steps": 6})
+        for how in ("count", "base")))
     assert keys[0] == keys[1] and len(planned_on) == 2
     assert all(a.type == "target" and a.stabilise == "count" for a in planned_on)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dynosim_gym  # noqa: F401  (registers the ids)
-from conftest import expected_residual_base
+from conftest import expected_residual_base, schedule_teacher_keys
 from sim.errors import InputError
 
 TINY = "autoscale_tiny"
@@ -238,23 +238,10 @@ def test_schedule_cache_key_ignores_the_new_keys(tmp_path, monkeypatch) -> None:
     """A schedule is a plan of counts: the cooldown (applied by the learner's env) and the
     base's interval (a target action has no base) leave its key, hence the cached round-8
     schedules, unchanged; the plan is made on a target env with neither."""
-    from unittest import mock
-
-    from agents import router_train
-    monkeypatch.setenv("DYNOSIM_CACHE", str(tmp_path))
-    keys, planned_on = [], []
-
-    def fake_best(plain, *args, **kw):
-        planned_on.append(plain.unwrapped.cfg.env.action)
-        return {"targets": [1] * 6}
-    for kw in ({}, {"env.action.reversal_cooldown_s": 300, "env.action.base_interval_s": 60}):
-        env = _env(**{"env.action.type": "residual", "env.action.scale_down_window_s": 300,
-                      **kw})
-        with mock.patch("agents.oracle.best_schedule", fake_best):
-            pol = router_train._schedule_teacher(env, {"split": "train"}, 7,
-                                                 "oracle:schedule-floor")
-        keys.append(pol.cache_file.name)
-        pol.cache_file.unlink()
+    keys, planned_on = schedule_teacher_keys(monkeypatch, tmp_path, (
+        _env(**{"env.action.type": "residual", "env.action.scale_down_window_s": 300, **kw})
+        for kw in ({}, {"env.action.reversal_cooldown_s": 300,
+                        "env.action.base_interval_s": 60})))
     assert keys[0] == keys[1] and len(planned_on) == 2
     assert all(a.type == "target" and a.reversal_cooldown_s == 0 and
                a.scale_down_window_s == 0 and a.base_interval_s is None for a in planned_on)
