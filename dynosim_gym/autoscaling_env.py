@@ -510,9 +510,8 @@ class DynoSimEnv(SimEnv):
             target = min(max(max(self._requests), lo), self.max_workers)
         # reversal cooldown (env.action.reversal_cooldown_s): a move opposite to the last
         # scaling event within the cooldown of it is held (times as the flap count's)
-        if not self._stabilise_base and self._cooldown_ms and target != cur and \
-                (target > cur) - (target < cur) == -self._last_dir and \
-                self._t_ms + self.interval_ms - self._last_move_ms < self._cooldown_ms:
+        if not self._stabilise_base and \
+                self._cooldown_holds(target, cur, self._last_dir, self._last_move_ms):
             target = cur
         changed = 0
         if target > cur:
@@ -567,11 +566,17 @@ class DynoSimEnv(SimEnv):
         the state, changes nothing (``_scale`` commits it)."""
         past = list(self._requests)[-(self._window - 1):] if self._window > 1 else []
         b = min(max(max(past + [raw]), self.cfg.env.min_endpoint), self.max_workers)
-        if self._cooldown_ms and b != self._stab and \
-                (b > self._stab) - (b < self._stab) == -self._stab_dir and \
-                self._t_ms + self.interval_ms - self._stab_move_ms < self._cooldown_ms:
+        if self._cooldown_holds(b, self._stab, self._stab_dir, self._stab_move_ms):
             b = self._stab
         return b
+
+    def _cooldown_holds(self, new: int, old: int, last_dir: int, last_move_ms: float) -> bool:
+        """``env.action.reversal_cooldown_s``: whether a move ``old`` -> ``new`` decided now
+        (taking effect at the step's end, as the flap count times it) reverses the last
+        move (direction ``last_dir``, at ``last_move_ms``) within the cooldown, so is held."""
+        return bool(self._cooldown_ms) and new != old and \
+            (new > old) - (new < old) == -last_dir and \
+            self._t_ms + self.interval_ms - last_move_ms < self._cooldown_ms
 
     def sla_term(self, iv: Interval) -> float:
         """The SLA part of the reward for one interval (see ``## Rewards``)."""
