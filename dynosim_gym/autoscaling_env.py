@@ -183,7 +183,8 @@ class DynoSimEnv(SimEnv):
     stabilised every step and the held offset added to it. ``info["applied_offset"]`` is
     the offset in force (workers, before clamping), ``info["offset_held"]`` whether the
     step's action asked for another one (``info["requested_workers"]`` is still the ask).
-    ``D = interval_s`` allows a change every step (off). An action the
+    ``D = interval_s`` allows a change every step, the trajectory without a dwell (the
+    two ``info`` keys aside). ``action_masks()`` reads the ask, not the hold. An action the
     space does not contain (floats, bools,
     strings, arrays other than 0-d integer ones) raises ``ValueError``; ``step`` after
     ``truncated=True`` without ``reset`` raises :class:`~dynosim_gym.base.ResetNeeded`.
