@@ -98,10 +98,24 @@ def lagrangian_target(tuned: Path = ROOT / "agents" / "tuned" / "load-tuned.yaml
 
 
 def seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = text.split("-", 1)
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
+    """``--seeds``: ``LO-HI`` (inclusive) or ``A,B,...``; each a valid seed
+    (``sim.schema.SEED``), at least one. ArgumentTypeError (argparse's one-line usage
+    error) otherwise."""
+    import argparse
+
+    from agents.cli import _seed
+    try:
+        if "-" in text:
+            lo, hi = text.split("-", 1)
+            out = list(range(_seed(lo), _seed(hi) + 1))
+        else:
+            out = [_seed(s) for s in text.split(",")]
+    except (ValueError, argparse.ArgumentTypeError):
+        out = []
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected LO-HI (LO <= HI) or A,B,... seeds, "
+                                         f"got {text!r}")
+    return out
 
 
 def seed_row(ev: dict) -> dict:
@@ -205,9 +219,8 @@ def row(name: str, summary: dict, n: int) -> str:
 
 
 def main(argv=None) -> int:
-    from agents.evaluate import evaluate
-    from agents.train import train
-    from agents.cli import _set
+    """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
+    from agents.cli import _pos_int, _set
 
     from dynosim.options import Parser, ScriptHelpFormatter
     ap = Parser(prog="learned_benchmark.py", description=__doc__, formatter_class=ScriptHelpFormatter)
@@ -220,7 +233,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="out/benchmark",
                     help="directory of the result files (--out docs/benchmark: the committed "
                          "ones, which a re-run replaces)")
-    ap.add_argument("--timesteps", type=int, default=None,
+    ap.add_argument("--timesteps", type=_pos_int, default=None,
                     help="PPO steps per seed (default: the recipe's n_timesteps)")
     ap.add_argument("--hyperparams", default=None, metavar="YAML",
                     help="recipe file (default: agents/hyperparams/ALGO.yml; round 3's: "
@@ -243,6 +256,18 @@ def main(argv=None) -> int:
                     help="only score the seeds on the selection's training-split episodes "
                          "(OUT/selection; --ship reuses these files)")
     args = ap.parse_args(argv)
+    from dynosim.cli import guarded, set_flags
+    return guarded(lambda: run(args), set_flags(args.set))
+
+
+def run(args) -> int:
+    """``main``'s work on parsed flags; bad input raises InputError (one line, exit 2)."""
+    from agents.evaluate import evaluate
+    from agents.train import train, training_env_config
+    # --set and the recipe checked before any work, in every mode (a re-score with the
+    # training command's flags checks them too; only training uses them)
+    training_env_config(args.algo, "DynoSim-v0", hyperparams=args.hyperparams,
+                        overrides=dict(args.set))
     name = args.name or args.algo
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -351,8 +376,9 @@ def ship(args, names: list[str], out: Path) -> tuple[str, int] | None:
               file=sys.stderr)
         return None
     if not (Path(args.runs) / name / f"s{seed}" / "model.zip").is_file():
-        raise SystemExit(f"learned_benchmark: error: the rule chose {name} seed {seed}, whose "
-                         f"run {Path(args.runs) / name / f's{seed}'} is not here (--runs)")
+        from sim.errors import InputError
+        raise InputError(f"the rule chose {name} seed {seed}, whose run "
+                         f"{Path(args.runs) / name / f's{seed}'} is not here", field="--runs")
     rec = json.loads((Path(args.runs) / name / f"s{seed}" / "run.json").read_text())
     hp = load_hyperparams(rec["algo"], "DynoSim-v0", args.hyperparams)
     recipe = hp.get("env_kwargs") or {}

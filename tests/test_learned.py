@@ -404,7 +404,7 @@ def test_ship_reads_candidates_from_selection_files_and_keeps_the_shipped_one(
         tmp_path: Path, monkeypatch) -> None:
     """``--ship`` counts a candidate by its selection file (its run may be elsewhere); if
     the rule picks the checkpoint shipped already it keeps it, and if it picks one whose
-    run is not under --runs it stops with a one-line error."""
+    run is not under --runs it stops with a one-line error naming --runs."""
     import argparse
 
     import agents.evaluate as ev
@@ -426,8 +426,10 @@ def test_ship_reads_candidates_from_selection_files_and_keeps_the_shipped_one(
                               ship="autoscaler")
     base, scores = mod.train_split_scores(args, ["a", "b"], tmp_path / "out")
     assert set(scores) == {("a", 0), ("a", 1), ("b", 0)}
-    with pytest.raises(SystemExit, match="chose a seed 0.*not here"):
+    from sim.errors import InputError
+    with pytest.raises(InputError, match="chose a seed 0.*not here") as exc:
         mod.ship(args, ["a", "b"], tmp_path / "out")
+    assert exc.value.field == "--runs"
     (pre / "autoscaler.json").write_text(json.dumps(
         {"command": "dynosim train --algo ppo --seed 0 --out runs/learned/a/s0"}))
     assert mod.ship(args, ["a", "b"], tmp_path / "out") is None
