@@ -75,7 +75,8 @@ def plot(results: list, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from adjustText import adjust_text
+
+    from dynosim.plots import adjust_labels
 
     fig, axes = plt.subplots(len(results), 1, figsize=(10, 3.2 * len(results)), sharex=True,
                              squeeze=False)
@@ -122,8 +123,8 @@ def plot(results: list, out: Path) -> None:
                          bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 0.5})
                  for i in first[:12]]
         if texts:
-            adjust_text(texts, ax=ax, x=t[first[:12]], y=prov[first[:12]],
-                        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
+            adjust_labels(texts, ax=ax, x=t[first[:12]], y=prov[first[:12]],
+                          arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
         ax.legend(loc="upper right", fontsize=7, framealpha=0.9, ncol=3)
         ax.grid(alpha=0.25)
     axes[-1, 0].set_xlabel("simulated time (s); q = requests queued when a scale-up onset "
