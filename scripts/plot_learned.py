@@ -71,6 +71,21 @@ def stats(res) -> dict:
             "queued_at_onset": q}
 
 
+def policy_label(spec: str) -> str:
+    """A policy's name in a plot title: ``heuristic:``/``oracle:``/``pretrained:`` specs as
+    given; a run directory or model file by its path relative to the repository, or, outside
+    it, by its last two parts (``RUNS/NAME/sSEED`` -> ``NAME/sSEED``; a ``model.zip`` is
+    named by its run directory), so a figure never shows the machine's absolute path."""
+    if spec.startswith(("heuristic:", "oracle:", "pretrained:")):
+        return spec
+    path = Path(spec).resolve()
+    if path.is_relative_to(ROOT):
+        return path.relative_to(ROOT).as_posix()
+    if path.name == "model.zip":
+        path = path.parent
+    return "/".join(path.parts[-2:])
+
+
 def plot(results: list, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -113,7 +128,7 @@ def plot(results: list, out: Path) -> None:
         ax.set_ylabel("workers", fontsize=9)
         ax.set_zorder(max(load.get_zorder(), queue.get_zorder()) + 1)
         ax.patch.set_visible(False)
-        ax.set_title(f"{r.policy} on held-out {st['scenario']} (episode seed "
+        ax.set_title(f"{policy_label(r.policy)} on held-out {st['scenario']} (episode seed "
                      f"{r.per_episode[0]['seed']}): SLA {st['sla_attainment']:.1%}, "
                      f"{st['gpu_hours']:.2f} GPU-h, {plural(st['scaling_events'], 'scaling event')}, "
                      f"{st['reversals_per_hour']:.1f} reversals/h, "
