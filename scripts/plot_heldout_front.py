@@ -224,9 +224,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="PNG written (the shipped figure: --out "
                          "docs/benchmark/heldout_sla_vs_gpu_hours.png)")
     args = ap.parse_args(argv)
+    from dynosim.cli import guarded
+    return guarded(lambda: _run(args))
+
+
+def _run(args) -> int:
     pts, target = points(Path(args.bench))
     if not pts:
-        ap.error(f"no result files in {args.bench}")
+        from sim.errors import InputError
+        raise InputError(f"no result files in {args.bench}", field="--bench")
     plot(pts, target, Path(args.out))
     print(f"wrote {args.out} ({plural(len(pts), 'policy', many='policies')})")
     return 0
