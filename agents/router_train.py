@@ -125,7 +125,8 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     oracle field (as before ``oracle:schedule`` became the local search, so caches made
     then still hit), every other oracle's key names it, so two oracles never read each
     other's schedules; nor ``env.observation.features`` (it changes no simulation). The schedule is planned and keyed without
-    ``env.action.scale_down_window_s`` and ``reversal_cooldown_s``; the learner's env
+    ``env.action.scale_down_window_s`` (and its ``scale_down_window_initial``) and
+    ``reversal_cooldown_s``; the learner's env
     applies them to the teacher's requests. A ``residual`` action's schedule is planned and keyed as a
     ``target`` action's (the learner's env maps each count to the nearest offset)."""
     import hashlib
@@ -149,6 +150,8 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     cfg["env"]["action"].pop("base_before_first_tick", None)
     cfg["env"]["action"].pop("stabilise", None)      # what the window acts on (round 11)
     cfg["env"]["action"].pop("offset_dwell_s", None)  # the offset's dwell (round 13)
+    # the window's initial hold (round 14b) is the window's: not the plan's
+    cfg["env"]["action"].pop("scale_down_window_initial", None)
     # a residual learner's teacher is the same plan of counts (its env maps each count to
     # the nearest offset), planned on a target-action env: keyed as that (keys made
     # before env.action.residual_offsets existed still hit)
@@ -198,6 +201,8 @@ def cfg_counts(cfg, residual: bool) -> dict[str, Any]:
     (``base_interval_s``, ``base_before_first_tick``, ``stabilise``, ``offset_dwell_s``) for a residual config (its teacher
     plans counts on a target action, which takes none of them)."""
     out = cfg.to_dict()
+    # the window's initial hold goes with the window, which the plan is made without
+    out["env"]["action"].pop("scale_down_window_initial", None)
     if residual:
         out["env"]["action"].pop("residual_offsets", None)
         out["env"]["action"].pop("base_interval_s", None)

@@ -164,7 +164,9 @@ class DynoSimEnv(SimEnv):
     requested over the last ``ceil(W / interval_s)`` decisions, this one included, so a
     scale-up applies at once and a scale-down once every request in the window was lower
     (``info["requested_workers"]`` is the request, ``info["target_workers"]`` what was
-    provisioned). ``env.action.reversal_cooldown_s = C`` (default 0, off; aggregated pool
+    provisioned). ``env.action.scale_down_window_initial = hold`` (default ``none``; needs
+    a window and, residual, ``stabilise: count``) counts the count provisioned at reset as
+    a request at t = 0: no scale-down is decided in the first ``W`` s, scale-ups apply. ``env.action.reversal_cooldown_s = C`` (default 0, off; aggregated pool
     only) holds a move opposite to the last scaling event issued less than ``C`` s after it
     (EC2 Auto Scaling's cooldown, "no further scaling activity until it expires", applied
     to reversals only, so a policy can keep climbing through a surge; after the window):
@@ -278,6 +280,9 @@ class DynoSimEnv(SimEnv):
 
     ## Version History
 
+    * v0 (issue 11, round 14b): ``env.action.scale_down_window_initial`` (``none``, the
+      default and unchanged behaviour, or ``hold``: the scale-down window counts the initial
+      count as asked at t = 0, so no scale-down in the first ``scale_down_window_s``).
     * v0 (issue 11, round 13): ``env.action.offset_dwell_s``, a minimum dwell on the
       residual's applied offset under ``stabilise: base`` (default 0: unchanged),
       ``info["applied_offset"]`` and ``info["offset_held"]`` when it is on.
@@ -342,6 +347,8 @@ class DynoSimEnv(SimEnv):
         # env.action.scale_down_window_s as decisions (this one included); 1 = off
         self._window = max(1, math.ceil(e.action.scale_down_window_s / e.interval_s - 1e-9))
         self._cooldown_ms = e.action.reversal_cooldown_s * 1000.0   # 0 = off
+        # env.action.scale_down_window_initial: hold -> the initial count is a request at t = 0
+        self._hold_initial = e.action.scale_down_window_initial == "hold"
         # env.action.stabilise: base -> the window and the cooldown act on the base alone
         self._stabilise_base = e.action.type == "residual" and e.action.stabilise == "base"
         # env.action.offset_dwell_s (needs stabilise: base, validated): 0 = off
@@ -383,6 +390,9 @@ class DynoSimEnv(SimEnv):
         self._last_move_ms = -math.inf       # time of the last scaling event (flaps)
         self._flap_steps: list[int] = []     # step index (0-based) of each flap
         self._requests: collections.deque[int] = collections.deque(maxlen=self._window)
+        # env.action.scale_down_window_initial: hold: the count provisioned at reset, a floor
+        # on the first window's decisions (as step 0's request would be)
+        self._initial = int(sum(self.sim.counts()[:2]))
         self.obs_builder.startup_s = self.sim.cluster_cfg.startup_time_s
         self.obs_builder.attach(self.sim)
         self._ttfts: list[float] = []
@@ -532,6 +542,10 @@ class DynoSimEnv(SimEnv):
             self._requests.append(want)
             # scale-down stabilisation (env.action.scale_down_window_s): the window's highest
             target = min(max(max(self._requests), lo), self.max_workers)
+            if self._hold_initial and self._steps < self._window:
+                # env.action.scale_down_window_initial: hold: the initial count counts as
+                # asked at t = 0, in the window for its first decisions; raises, never lowers
+                target = max(target, min(self._initial, self.max_workers))
         # reversal cooldown (env.action.reversal_cooldown_s): a move opposite to the last
         # scaling event within the cooldown of it is held (times as the flap count's)
         if not self._stabilise_base and \

@@ -67,6 +67,13 @@ class ActionSection:
     # of decisions (this one included), so scale-ups apply at once and a scale-down only once
     # every request in the window was lower; 0 = off. Aggregated pool only.
     scale_down_window_s: float = _opt(0.0, range=TIME_S)
+    # what the scale-down window holds at the episode's start (issue 11, round 14b). none (as
+    # since 0.2.3): only the decisions made so far; hold: the initial count (active +
+    # starting at reset) counts as asked at t = 0, so no scale-down is decided in the first
+    # scale_down_window_s seconds (Kubernetes HPA's stabilisation window over a recommendation
+    # history that starts at the current replicas); scale-ups are not held by it. Needs a
+    # window (scale_down_window_s > 0) and stabilise: count. Aggregated pool only.
+    scale_down_window_initial: str = _opt("none", choices=("none", "hold"))
     # residual: the base's demand is the arrivals averaged over the trailing base_interval_s
     # (the throughput planner's throughput_adjustment_interval_seconds; Dynamo's default
     # 180 s), re-evaluated every env step; a multiple of env.interval_s; null = interval_s
@@ -306,6 +313,9 @@ def _check_disagg(cfg: EnvConfig, v: _Validator) -> None:
     if e.action.reversal_cooldown_s:
         bad.append(("env.action.reversal_cooldown_s", "has no reversal cooldown (one delta "
                     f"per pool; got {e.action.reversal_cooldown_s:g} s); use 0"))
+    if e.action.scale_down_window_initial != "none":
+        bad.append(("env.action.scale_down_window_initial", "has no scale-down window (one "
+                    "delta per pool); remove env.action.scale_down_window_initial"))
     if e.initial_workers is not None:
         bad.append(("env.initial_workers", "starts with disagg.num_prefill_workers and "
                     "disagg.num_decode_workers; remove env.initial_workers"))
@@ -484,6 +494,15 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
                       "and the reversal cooldown act on base + offset, so the provisioned "
                       "offset is not the held one); set stabilise: base, or use 0",
                       "env.action.offset_dwell_s")
+    if e.action.scale_down_window_initial != "none":
+        if not e.action.scale_down_window_s:
+            raise v.error("needs a scale-down window (env.action.scale_down_window_s > 0; it "
+                          "holds the initial count for that window); set one, or use none",
+                          "env.action.scale_down_window_initial")
+        if e.action.type == "residual" and e.action.stabilise != "count":
+            raise v.error("needs env.action.stabilise: count (under base the window acts on "
+                          "the base alone); set stabilise: count, or use none",
+                          "env.action.scale_down_window_initial")
     if e.interval_s * e.episode_steps <= 0:
         raise v.error("episode has no length", "env.episode_steps")
     if e.interval_s * e.episode_steps > TIME_S_POS.hi:
