@@ -166,3 +166,44 @@ def test_round14b_recipe_is_round14_with_the_initial_hold() -> None:
     assert a.scale_down_window_initial == "hold" and a.scale_down_window_s == 300
     _check_recipe(dict(r14b), "DynoSim-v0", "ppo_round14b.yml")
     _check_teacher(r14b["bc_warm_start"], "DynoSim-v0", "ppo_round14b.yml", a.type)
+
+
+# -- scripts/onset_check.py (rule 2's measurement) ----------------------------------------------
+
+def test_onset_check_refuses_a_policy_without_a_residual_action(capsys) -> None:
+    """A target-action policy has no base offsets: exit 2, one line naming --policy."""
+    from conftest import load_script
+    rc = load_script("onset_check").main(["--policy", "pretrained:autoscaler"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--policy" in err[0] and "residual" in err[0]
+
+
+def test_onset_check_counts_onsets_as_plot_learned_and_held_scale_ups_from_info() -> None:
+    """On a tiny residual env with round 14's stabilisers: a policy at offset -2 on step 0
+    then +2 drains and is held (the cooldown), counted as held scale-ups in the first
+    window; with the initial hold none is held and the onset is at step 1."""
+    from conftest import load_script
+    mod = load_script("onset_check")
+
+    class Plan:
+        def __init__(self, lo):
+            self.lo, self.k = lo, 0
+
+        def predict(self, obs, deterministic=True):
+            off = -2 if self.k == 0 else 2
+            self.k += 1
+            return off - self.lo, None
+
+    kw = {"env.action.type": "residual", "env.initial_workers": 2, "env.episode_steps": 8,
+          "env.action.scale_down_window_s": 300, "env.action.reversal_cooldown_s": 300,
+          "env.action.base_before_first_tick": "hold", "env.rate_min_rps": 0.5,
+          "env.rate_max_rps": 0.5}
+    rows = {}
+    for mode in ("none", "hold"):
+        env = _env(**kw, **{KEY: mode})
+        lo = env.unwrapped.cfg.env.action.residual_offsets[0]
+        rows[mode] = mod.episode(env, Plan(lo), "train", 1, lo, 300.0)
+    assert rows["none"]["step0"]["provisioned"] < 2 == rows["none"]["step0"]["initial"]
+    assert rows["none"]["held_scale_ups_first_window"] >= 1
+    assert rows["hold"]["step0"]["provisioned"] == 2
+    assert rows["hold"]["held_scale_ups"] == 0 and len(rows["hold"]["queued_at_onset"]) == 1
