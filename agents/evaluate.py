@@ -657,6 +657,8 @@ def no_record_note(pol: PolicySpec, cfg) -> str:
     feats = ("the default features" if list(obs.features) == list(FEATURES)
              else f"features {', '.join(obs.features)}")
     action = asdict(cfg.env.action)
+    if action["scale_down_window_initial"] == "none":   # the default (round 14b): as before
+        action.pop("scale_down_window_initial")
     if action["type"] != "residual":           # the offsets only mean something there
         action.pop("residual_offsets")
         action.pop("base_interval_s")
