@@ -39,7 +39,7 @@ ROUNDS = {
     "ppo_bcreg": "r4a", "ppo_select": "r4b", "ppo_r4": "r4c", "ppo_r4d": "r4d",
     "ppo_r5": "r5", "ppo_r6": "r6", "ppo_r7": "r7", "ppo_r7b": "r7b (residual)",
     "ppo_r8": "r8 (residual, dynamics)", "ppo_r9": "r9",
-    "ppo_r9b": "r9b", "ppo_r14": "r14",
+    "ppo_r9b": "r9b", "ppo_r14": "r14", "ppo_r14b": "r14b",
 }
 #: rounds drawn without error bars (their seeds spread widely;
 #: docs/benchmark/learning_rounds.md, rounds 3-4)
