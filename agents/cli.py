@@ -382,12 +382,19 @@ def _evaluate(args) -> int:
     # requests still in flight at the episodes' cut-offs are not scored: say how many
     cut = f"{res.requests_in_flight:,} in flight at the cut-off, not scored"
     in_flight = f" ({cut})" if res.requests_in_flight else ""
+    # trace requests in no scored window (the tail after the last whole --window-s window)
+    unscored = res.episodes_plan.get("requests_unscored", 0)
+    if unscored:
+        tail = (f"{unscored:,} of the trace's {res.episodes_plan['requests_in_trace']:,} "
+                "requests in no window, not scored")
+        in_flight = f" ({cut}; {tail})" if res.requests_in_flight else f" ({tail})"
+        cut = f"{cut}; {tail}" if res.requests_in_flight else tail
     if args.json:
         print(doc)
     elif res.env_id == "DynoSimRouting-v0":
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
               f"{res.requests_decided:,} requests ({plural(res.episodes, 'episode')}"
-              f"{'; ' + cut if res.requests_in_flight else ''}); pooled p90 TTFT "
+              f"{'; ' + cut if res.requests_in_flight or unscored else ''}); pooled p90 TTFT "
               f"{res.p90_ttft_ms:.0f} ms, mean TTFT {res.mean_ttft_ms:.0f} ms; prefix cache "
               f"reused {res.prefix_cache_reused_ratio:.1%} of prompt tokens; "
               f"{res.request_throughput_rps:.3f} req/s; mean reward {res.mean_reward:.3f} ± "

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import InputError
+from sim.wording import plural
 
 from dynosim_gym.actions import POOLS
 
@@ -464,13 +465,32 @@ def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str,
     iv = cfg.env.interval_s
     ws = 60.0 * iv if window_s is None else float(window_s)
     starts = plan_windows(arrivals, total_s, ws, iv, windows)
+    unscored = unscored_requests(arrivals, starts, ws)
+    if unscored:
+        end = starts[-1] + ws
+        why = (f"the trace's tail past the last whole {ws:g} s window" if windows is None
+               else f"--windows {windows} scores the first {plural(len(starts), 'window')}")
+        print(f"dynosim: {unscored:,} of {len(arrivals):,} trace requests arrive at or after "
+              f"{end:g} s and are in no scored window ({why}); --window-s 0 scores the whole "
+              "trace as one episode", file=sys.stderr)
     steps = int(round(ws / iv)) if ws > 0 else int(math.floor(total_s / iv)) + 1
     overrides["env.episode_steps"] = steps
     env, cfg = make_eval_env(pol, env_id, config, overrides,
                              {**flags, "env.episode_steps": "--window-s"})
     runs = [({"window_start_s": s}, seed) for s in starts]
     return env, cfg, runs, {"trace": trace, "window_s": ws, "windows": len(starts),
-                            "episode_steps": steps, "seed": seed}
+                            "episode_steps": steps, "seed": seed,
+                            "requests_in_trace": len(arrivals), "requests_unscored": unscored}
+
+
+def unscored_requests(arrivals_ms: list[float], starts: list[float], window_s: float) -> int:
+    """Trace requests (first turns, by arrival) in none of the windows ``[s, s + window_s)``
+    (``window_s`` 0: the whole trace, none left out): the tail after the last whole window,
+    or the windows after the first ``--windows N``. The windows are consecutive from 0."""
+    if window_s == 0 or not starts:
+        return 0
+    end_ms = (starts[-1] + window_s) * 1000.0
+    return len(arrivals_ms) - bisect.bisect_left(arrivals_ms, end_ms)
 
 
 def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episodes: int = 5,
