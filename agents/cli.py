@@ -230,7 +230,10 @@ def _tune(args) -> int:
     path, best = tune(args.policy, trials=args.trials, episodes=args.episodes,
                       config=args.config, seed=args.seed, name=args.name, out=args.out,
                       overrides=dict(args.set), quiet=args.quiet, replace=args.replace)
-    print(f"dynosim: best {best['objective']:.4f} with {json.dumps(best['knobs'])}; wrote {path}")
+    sr = best["search"]
+    pruned = f", {sr['trials_pruned']} pruned" if sr["trials_pruned"] else ""
+    print(f"dynosim: best {best['objective']:.4f} with {json.dumps(best['knobs'])} "
+          f"({sr['trials_completed']} of {sr['trials']} trials completed{pruned}); wrote {path}")
     return 0
 
 

@@ -44,3 +44,88 @@ def test_trace_whole_windows_leave_nothing_unscored(capsys, tmp_path: Path) -> N
     assert json.loads(out.read_text())["episodes_plan"]["requests_unscored"] == 0
     assert "not scored" not in stdout.split("in flight")[-1] and "no scored window" not in err
 
+
+# -- 2. dynosim tune: pruned trials are said and counted; trial 0 is the defaults ---------------
+
+TINY = str(REPO / "envs_configs" / "autoscale_tiny.yaml")
+
+
+def test_tune_trial_0_is_the_defaults_and_leaves_the_load_thresholds_unsearched(
+        tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from agents.tune import knob_space, tune
+    from dynosim_gym.autoscaling_env import planner_config
+    from dynosim_gym.config import load_env_config
+    path, best = tune("heuristic:load", trials=1, episodes=1, config=TINY, seed=0,
+                      out=tmp_path / "t.yaml", overrides={"episode_steps": 2})
+    cfg = load_env_config(TINY, **{"env.episode_steps": 2})
+    defaults = planner_config(cfg)
+    assert defaults.optimization_target != "load"
+    # every searched knob at its default; the KV thresholds (read by the load target only)
+    # are not drawn at all, so no YAML holds a scale-down threshold above the scale-up one
+    assert best["knobs"] == {k: getattr(defaults, k) for k in knob_space(cfg)
+                             if not k.startswith("decode_scale_")}
+    search = yaml.safe_load(path.read_text())["search"]
+    assert (search["trials"], search["trials_completed"], search["trials_pruned"]) == (1, 1, 0)
+    assert search["trial_0_sampled"] == []
+
+
+def test_tune_draws_the_kv_thresholds_in_order_under_the_load_target(monkeypatch) -> None:
+    import optuna
+
+    import agents.tune as tune_mod
+    from dynosim_gym.config import load_env_config
+    space = tune_mod.knob_space(load_env_config(TINY))
+    space["optimization_target"] = {"choices": ["load", "throughput"]}
+    seen = []
+
+    def objective(trial) -> float:
+        knobs = tune_mod._suggest(trial, space, {"optimization_target": "throughput"})
+        seen.append(knobs)
+        return float(knobs.get("decode_scale_down_kv_rate", 0.0))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=3))
+    study.optimize(objective, n_trials=40)
+    load = [k for k in seen if k["optimization_target"] == "load"]
+    other = [k for k in seen if k["optimization_target"] != "load"]
+    assert load and other
+    assert all(k["decode_scale_up_kv_rate"] >= k["decode_scale_down_kv_rate"] for k in load)
+    assert not any("decode_scale_up_kv_rate" in k or "decode_scale_down_kv_rate" in k
+                   for k in other)
+
+
+def test_tune_prints_and_counts_pruned_trials(tmp_path: Path, capsys, monkeypatch) -> None:
+    import yaml
+
+    import agents.tune as tune_mod
+    # load_min_observations 0 is rejected by PlannerConfig (>= 1): those trials are pruned
+    monkeypatch.setitem(tune_mod.RANGES, "load_min_observations", (0, 1, False))
+    rc = run(capsys, "tune", "--policy", "heuristic:load", "--trials", "6", "--episodes", "1",
+             "--config", TINY, "--set", "episode_steps=2", "--out", str(tmp_path / "x.yaml"),
+             "--quiet")
+    assert rc[0] == 0, rc[2]
+    pruned = [x for x in rc[2].splitlines() if " pruned: " in x]
+    search = yaml.safe_load((tmp_path / "x.yaml").read_text())["search"]
+    assert search["trials_pruned"] == len(pruned) >= 1
+    assert search["trials_completed"] + search["trials_pruned"] == 6
+    assert all("load_min_observations" in x and "must be >= 1" in x for x in pruned), pruned
+    # trial 0's default (5) is outside the range: sampled, and said so
+    assert search["trial_0_sampled"] == ["load_min_observations"]
+    assert "trial 1 is the defaults except load_min_observations" in rc[2]
+
+
+def test_tune_with_every_trial_pruned_is_a_one_line_error(tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
+    import agents.tune as tune_mod
+    monkeypatch.setitem(tune_mod.RANGES, "load_min_observations", (0, 0, False))
+    rc, _, err = run(capsys, "tune", "--policy", "heuristic:load", "--trials", "2",
+                     "--episodes", "1", "--config", TINY, "--set", "episode_steps=2",
+                     "--out", str(tmp_path / "x.yaml"), "--quiet")
+    lines = err.strip().splitlines()
+    assert rc == 2 and "Traceback" not in err
+    assert sum(" pruned: " in x for x in lines) == 2
+    assert "all 2 trials were pruned" in lines[-1] and "--trials" in lines[-1]
+    assert not (tmp_path / "x.yaml").exists()
+
