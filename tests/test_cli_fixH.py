@@ -129,3 +129,35 @@ def test_tune_with_every_trial_pruned_is_a_one_line_error(tmp_path: Path, capsys
     assert "all 2 trials were pruned" in lines[-1] and "--trials" in lines[-1]
     assert not (tmp_path / "x.yaml").exists()
 
+
+# -- 4. bench/peer_side_by_side.py --trace: your own trace beside Dynamo's replay ---------------
+
+def test_peer_side_by_side_refuses_a_missing_trace_before_looking_for_the_peer(tmp_path) -> None:
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(REPO / "bench/peer_side_by_side.py"), "--trace",
+                          str(tmp_path / "none.jsonl"), "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "none.jsonl: trace not found (--trace)" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_peer_side_by_side_replays_your_trace_in_both(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import load_script
+    mod = load_script("bench/peer_side_by_side")
+    if mod.peer_python() is None or not (mod.SHARED / "peer/dynosim_peer.py").is_file():
+        pytest.skip("Dynamo's replay is not installed (make peer)")
+    trace = REPO / "tests/data/peer_smoke.jsonl"
+    out = subprocess.run([sys.executable, str(REPO / "bench/peer_side_by_side.py"), "--trace",
+                          str(trace), "--configs", "a", "--repeats", "1", "--out",
+                          str(tmp_path), "--name", "mine"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "mine.json").read_text())
+    ours, peer = doc["a"]["ours"][0]["summary"], doc["a"]["peer"][0]["metrics"]
+    n = sum(1 for _ in trace.open())
+    assert ours["totals"]["completed_requests"] == peer["totals"]["completed_requests"] == n
+    assert "(peer_smoke.jsonl, polynomial timing)" in (tmp_path / "mine.md").read_text()
+
