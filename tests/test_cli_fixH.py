@@ -161,3 +161,28 @@ def test_peer_side_by_side_replays_your_trace_in_both(tmp_path: Path) -> None:
     assert ours["totals"]["completed_requests"] == peer["totals"]["completed_requests"] == n
     assert "(peer_smoke.jsonl, polynomial timing)" in (tmp_path / "mine.md").read_text()
 
+
+# -- 5. oracle:static when no count reaches the target -------------------------------------------
+
+def test_oracle_static_says_when_no_count_reaches_the_target(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "o.json"
+    rc, _, err = run(capsys, "evaluate", "--policy", "oracle:static", "--config", TINY,
+                     "--episodes", "1", "--set", "env.rate_min_rps=40",
+                     "--set", "env.rate_max_rps=40", "--out", str(out), "--quiet")
+    assert rc == 0, err
+    doc = json.loads(out.read_text())
+    assert doc["per_episode"][0]["oracle_target_met"] is False
+    assert doc["episodes_plan"]["episodes_target_unmet"] == 1
+    assert "no worker count in [1, 4] reaches the SLA target" in err
+    assert "not a cost at the SLA" in err
+
+
+def test_oracle_static_meeting_the_target_says_nothing(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "o.json"
+    rc, _, err = run(capsys, "evaluate", "--policy", "oracle:static", "--config", TINY,
+                     "--episodes", "1", "--out", str(out), "--quiet")
+    assert rc == 0 and err == ""
+    doc = json.loads(out.read_text())
+    assert doc["per_episode"][0]["oracle_target_met"] is True
+    assert doc["episodes_plan"]["episodes_target_unmet"] == 0
+
