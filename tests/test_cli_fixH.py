@@ -186,3 +186,45 @@ def test_oracle_static_meeting_the_target_says_nothing(capsys, tmp_path: Path) -
     assert doc["per_episode"][0]["oracle_target_met"] is True
     assert doc["episodes_plan"]["episodes_target_unmet"] == 0
 
+
+# -- 6. leaderboard plots say what was scored --------------------------------------------------
+
+def test_plot_labels_name_the_trace_windows() -> None:
+    from agents.leaderboard import scored_episodes
+    plan = {"trace": "/x/y/az.jsonl", "window_s": 60.0, "windows": 2}
+    assert scored_episodes(plan) == "2 windows of az.jsonl (60 s each)"
+    assert scored_episodes(plan, first=True) == "first window of az.jsonl, [0, 60) s"
+    assert scored_episodes({"trace": "bundled:m", "window_s": 0, "windows": 1}) == \
+        "bundled:m (whole trace, 1 episode)"
+    assert scored_episodes({"split": "eval"}) == "held-out episodes"
+    assert scored_episodes({}, first=True) == "first held-out episode"
+    assert scored_episodes({"split": "train"}) == "episodes of split=train"
+
+
+def test_front_plot_of_trace_windows_caps_the_sla_axis(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.axes
+
+    from agents.evaluate import Evaluation
+    from agents.leaderboard import plot_front
+    seen = {}
+    real = matplotlib.axes.Axes.set_title
+
+    def spy(self, label, *a, **k):
+        seen["title"], seen["ax"] = label, self
+        return real(self, label, *a, **k)
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", spy)
+    plan = {"trace": "/tmp/az.jsonl", "window_s": 60.0, "windows": 2}
+    zero = dict(mean_reward=0.0, std_reward=0.0, gpu_hours=0.0, p90_ttft_ms=0.0,
+                p90_itl_ms=0.0, scaling_events=0, reversals_per_hour=0.0, flaps=0,
+                flaps_per_hour=0.0, requests_decided=1, requests_in_flight=0,
+                simulated_hours=0.0)
+    res = [Evaluation(policy=p, episodes=2, sla_attainment=s, gpu_hours_per_episode=g,
+                      episodes_plan=plan, **zero)
+           for p, s, g in (("heuristic:load", 1.0, 0.04), ("heuristic:static:4", 0.98, 0.07))]
+    plot_front(res, tmp_path / "f.png", tmp_path)
+    assert seen["title"] == "Policies on 2 windows of az.jsonl (60 s each)"
+    ax = seen["ax"]
+    lo, hi = ax.get_ylim()
+    assert hi <= 100 + 0.03 * (100 - lo) + 1e-9      # was 100 + 15 % of the range
+    assert max(t for t in ax.get_yticks() if lo <= t <= hi) <= 100
+
