@@ -278,7 +278,7 @@ def trace_workload(path: str) -> dict[str, Any]:
 
 
 def plan_windows(arrivals_ms: list[float], total_s: float, window_s: float, interval_s: float,
-                 windows: int | None) -> list[float]:
+                 windows: int | None, default: bool = False) -> list[float]:
     """Start times of consecutive windows of ``window_s`` covering the trace (``0``: one
     window over the whole trace). Errors: window longer than the trace, not a multiple of
     the decision interval, more windows than fit, a window without requests."""
@@ -288,8 +288,13 @@ def plan_windows(arrivals_ms: list[float], total_s: float, window_s: float, inte
         starts, length = [0.0], total_s
     else:
         if window_s > total_s:
-            raise InputError(f"a {window_s:g} s window is longer than the trace "
-                             f"({total_s:.0f} s)", field="--window-s")
+            what = (f"the default window (60 decision intervals of {interval_s:g} s = "
+                    f"{window_s:g} s, no --window-s given)" if default else
+                    f"a {window_s:g} s window")
+            how = ("; pass --window-s S (a multiple of the interval, at most the trace) or "
+                   "--window-s 0 for the whole trace as one episode" if default else "")
+            raise InputError(f"{what} is longer than the trace ({total_s:.0f} s){how}",
+                             field="--window-s")
         k = window_s / interval_s
         if abs(k - round(k)) > 1e-9:
             raise InputError(f"must be a multiple of the decision interval ({interval_s:g} s), "
@@ -464,7 +469,7 @@ def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str,
     total_s = arrivals[-1] / 1000.0
     iv = cfg.env.interval_s
     ws = 60.0 * iv if window_s is None else float(window_s)
-    starts = plan_windows(arrivals, total_s, ws, iv, windows)
+    starts = plan_windows(arrivals, total_s, ws, iv, windows, default=window_s is None)
     unscored = unscored_requests(arrivals, starts, ws)
     if unscored:
         end = starts[-1] + ws

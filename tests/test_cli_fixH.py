@@ -228,3 +228,15 @@ def test_front_plot_of_trace_windows_caps_the_sla_axis(tmp_path: Path, monkeypat
     assert hi <= 100 + 0.03 * (100 - lo) + 1e-9      # was 100 + 15 % of the range
     assert max(t for t in ax.get_yticks() if lo <= t <= hi) <= 100
 
+
+# -- 7. evaluate --trace without --window-s: the error says the window is the default ------------
+
+def test_default_window_longer_than_the_trace_says_it_is_the_default(capsys,
+                                                                     tmp_path: Path) -> None:
+    trace = _trace(tmp_path, n=50)
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static", "--trace", trace,
+                     "--quiet")
+    one_line_error(rc, err, "--window-s", "the default window (60 decision intervals of 5 s = "
+                   "300 s, no --window-s given) is longer than the trace (49 s)",
+                   "pass --window-s S")
+
