@@ -178,6 +178,10 @@ def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
              "each)" if "trace" in plan else
              f"{plural(episodes, 'held-out episode' if plan['split'] == 'eval' else 'episode')}"
              f" (split={plan['split']}, {seeds})")
+    if plan.get("requests_unscored"):         # the tail after the last whole window
+        which += (f" ({plan['requests_unscored']:,} of the trace's "
+                  f"{plan['requests_in_trace']:,} requests, after the last whole window, "
+                  "in no episode)")
     note = (f"\n{which}, "
             f"the same for every policy; SLA attainment and percentiles pooled over all "
             f"requests (± = std of the episodes' own figures); flaps = reversals under 300 s "

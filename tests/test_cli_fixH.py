@@ -240,3 +240,12 @@ def test_default_window_longer_than_the_trace_says_it_is_the_default(capsys,
                    "300 s, no --window-s given) is longer than the trace (49 s)",
                    "pass --window-s S")
 
+
+def test_leaderboard_md_counts_the_unscored_tail(capsys, tmp_path: Path) -> None:
+    trace = _trace(tmp_path)
+    rc, stdout, err = run(capsys, "evaluate", "--leaderboard", str(tmp_path / "lb"),
+                          "--policies", "heuristic:static", "--trace", trace, "--window-s", "60",
+                          "--quiet")
+    assert rc == 0, err
+    assert "(30 of the trace's 150 requests, after the last whole window, in no episode)" \
+        in (tmp_path / "lb" / "leaderboard.md").read_text()
