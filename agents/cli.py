@@ -392,21 +392,28 @@ def _evaluate(args) -> int:
                 "requests in no window, not scored")
         in_flight = f" ({cut}; {tail})" if res.requests_in_flight else f" ({tail})"
         cut = f"{cut}; {tail}" if res.requests_in_flight else tail
+    nothing = "latency: no samples (no request completed)"
     if args.json:
         print(doc)
     elif res.env_id == "DynoSimRouting-v0":
-        print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
+        # without --env a routing policy switched env: name it
+        on = "" if args.env else " on DynoSimRouting-v0 (the policy's env)"
+        print(f"{res.policy}{on}: SLA attainment {res.sla_attainment:.1%} over "
               f"{res.requests_decided:,} requests ({plural(res.episodes, 'episode')}"
-              f"{'; ' + cut if res.requests_in_flight or unscored else ''}); pooled p90 TTFT "
-              f"{res.p90_ttft_ms:.0f} ms, mean TTFT {res.mean_ttft_ms:.0f} ms; prefix cache "
+              f"{'; ' + cut if res.requests_in_flight or unscored else ''}); "
+              + (nothing if res.latency_samples == 0 else
+                 f"pooled p90 TTFT {res.p90_ttft_ms:.0f} ms, mean TTFT {res.mean_ttft_ms:.0f} ms")
+              + "; prefix cache "
               f"reused {res.prefix_cache_reused_ratio:.1%} of prompt tokens; "
               f"{res.request_throughput_rps:.3f} req/s; mean reward {res.mean_reward:.3f} ± "
               f"{res.std_reward:.3f}")
     else:
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
               f"{res.requests_decided:,} requests{in_flight}; {res.gpu_hours:.3f} GPU-hours "
-              f"({res.gpu_hours_per_episode:.3f}/episode, {plural(res.episodes, 'episode')}); pooled "
-              f"p90 TTFT {res.p90_ttft_ms:.0f} ms, p90 ITL {res.p90_itl_ms:.1f} ms; "
+              f"({res.gpu_hours_per_episode:.3f}/episode, {plural(res.episodes, 'episode')}); "
+              + (nothing if res.latency_samples == 0 else
+                 f"pooled p90 TTFT {res.p90_ttft_ms:.0f} ms, p90 ITL {res.p90_itl_ms:.1f} ms")
+              + "; "
               f"{plural(res.scaling_events, 'scaling event')}, {res.reversals_per_hour:.1f} "
               f"reversals/h, {res.flaps_per_hour:.1f} flaps/h ({res.flaps} under 300 s); mean reward {res.mean_reward:.3f} ± {res.std_reward:.3f}")
     return 0

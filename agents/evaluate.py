@@ -108,6 +108,10 @@ class Evaluation:
     # for MODEL; scoring with the evaluation config's interface (...)"); empty otherwise
     interface_note: str = ""
     episodes_plan: dict[str, Any] = field(default_factory=dict)
+    # completed requests behind the pooled latency percentiles: 0 = no samples (nothing
+    # completed; p90_ttft_ms / p90_itl_ms / mean_ttft_ms are then 0, not a latency); None in
+    # records written before it was kept
+    latency_samples: int | None = None
     # pooled GPU-hours per pool of a disaggregated config ({"prefill": h, "decode": h},
     # summing to gpu_hours); empty for one aggregated pool
     gpu_hours_by_role: dict[str, float] = field(default_factory=dict)
@@ -440,9 +444,11 @@ def run_episode(env, policy, options: dict[str, Any], seed: int,
 
 def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str, Any],
                  trace: str | None, window_s: float | None, windows: int | None,
-                 episodes: int, seed: int, split: str):
+                 episodes: int, seed: int, split: str, quiet: bool = True):
     """The evaluation env, its config, and the episodes to run: ``[(reset options, seed)]``
-    plus a JSON description of the plan."""
+    plus a JSON description of the plan. Unless ``quiet``, what the trace loader did beyond
+    a plain read (rows sorted, timestamps shifted, ...) is a note on stderr, as ``dynosim
+    simulate`` prints it."""
     overrides = dict(overrides)
     if trace is None:
         env, cfg = make_eval_env(pol, env_id, config, overrides)
@@ -463,6 +469,8 @@ def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str,
     env, cfg = make_eval_env(pol, env_id, config, overrides, flags)
     tr = env.unwrapped.episodes.trace
     env.close()
+    if getattr(tr, "notes", None) and not quiet:
+        print(f"dynosim: note: {trace}: {'; '.join(tr.notes)}", file=sys.stderr)
     arrivals = [r.arrival_ms for r in tr._firsts]
     if not arrivals:
         raise InputError("the trace has no requests", file=trace, field="--trace")
@@ -528,7 +536,7 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
     from dynosim_gym.episodes import ForeignScenario
     try:
         env, cfg, runs, plan = episode_plan(pol, env_id, config, overrides or {}, trace,
-                                            window_s, windows, episodes, seed, split)
+                                            window_s, windows, episodes, seed, split, quiet)
     except ForeignScenario as exc:       # a config of the other env, no env given: say so
         if env_given:
             raise
@@ -860,6 +868,7 @@ def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: 
         request_throughput_rps=completed / (3600.0 * hours) if hours else 0.0,
         reward_config=reward_cfg,
         policy_interface=interface, episodes_plan=plan, per_episode=eps,
+        latency_samples=len(ttfts),
         gpu_hours_by_role={r: float(sum(e[f"gpu_hours_{r}"] for e in eps))
                            for r in POOLS if f"gpu_hours_{r}" in eps[0]},
         env_config=cfg.to_dict(),

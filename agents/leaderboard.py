@@ -421,7 +421,9 @@ def plot_ttft_cdf(results: list[Evaluation], path: Path, d: Path,
     styles = ["-", "--", "-.", ":"]
     for k, r in enumerate(results):
         x = np.asarray(r.ttfts_ms, dtype=float)
-        if len(x) == 0:
+        if len(x) == 0:               # nothing completed: said in the legend, no curve
+            ax.plot([], [], lw=1.4, ls=styles[(k // 10) % 4],
+                    label=f"{_label(r.policy, d)} (no samples: no request completed)")
             continue
         y = np.arange(1, len(x) + 1) / len(x)
         ax.step(np.maximum(x, 1.0), y, where="post", lw=1.4, ls=styles[(k // 10) % 4],

@@ -472,7 +472,7 @@ def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: i
     pol = PolicySpec(spec, "oracle", "DynoSim-v0")
     over = dict(overrides or {})
     env, cfg, runs, plan = episode_plan(pol, "DynoSim-v0", config, over, trace, window_s,
-                                        windows, episodes, seed, split)
+                                        windows, episodes, seed, split, quiet)
     check_counts_action(spec, cfg, over)
     steps = cfg.env.episode_steps
     if trace is not None:

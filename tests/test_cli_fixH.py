@@ -241,6 +241,54 @@ def test_default_window_longer_than_the_trace_says_it_is_the_default(capsys,
                    "pass --window-s S")
 
 
+# -- 8. nits ---------------------------------------------------------------------------------
+
+def test_evaluate_prints_the_trace_loaders_notes(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "u.jsonl"
+    rows = [{"timestamp": t, "input_length": 300, "output_length": 40, "hash_ids": [k]}
+            for k, t in enumerate([1000, 0, *range(2000, 80000, 1000)])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static", "--trace", str(path),
+                     "--window-s", "60")
+    assert rc == 0, err
+    assert f"dynosim: note: {path}: 1 row earlier than a" in err, err
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static", "--trace", str(path),
+                     "--window-s", "60", "--quiet")
+    assert "note:" not in err
+
+
+def test_evaluate_names_the_env_a_routing_policy_switched_to(capsys) -> None:
+    rc, out, err = run(capsys, "evaluate", "--policy", "heuristic:round_robin", "--trace",
+                       "bundled:mooncake_conversation", "--window-s", "60", "--windows", "1",
+                       "--quiet")
+    assert rc == 0, err
+    assert out.startswith("heuristic:round_robin on DynoSimRouting-v0 (the policy's env): ")
+
+
+def test_nothing_completed_is_no_samples_not_zero_latency(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "e.json"
+    # one window of 10 s: every request still in prefill at the cut-off
+    trace = _trace(tmp_path, n=20, gap_ms=100)
+    rc, stdout, err = run(capsys, "evaluate", "--policy", "heuristic:static", "--trace", trace,
+                          "--window-s", "0", "--set", "timing.model=fixed:60000,10",
+                          "--out", str(out), "--quiet")
+    assert rc == 0, err
+    doc = json.loads(out.read_text())
+    assert doc["latency_samples"] == 0
+    assert "latency: no samples (no request completed)" in stdout
+    assert "p90 TTFT 0 ms" not in stdout
+
+
+def test_unknown_scenario_lists_the_names_per_env(tmp_path: Path) -> None:
+    from dynosim_gym.config import load_env_config
+    from sim.errors import InputError
+    with pytest.raises(InputError) as exc:
+        load_env_config(TINY, **{"env.scenarios": "nope"})
+    msg = exc.value.format()
+    assert "comma list" not in msg
+    assert "DynoSim-v0's families (" in msg and "DynoSimRouting-v0's (" in msg
+
+
 def test_leaderboard_md_counts_the_unscored_tail(capsys, tmp_path: Path) -> None:
     trace = _trace(tmp_path)
     rc, stdout, err = run(capsys, "evaluate", "--leaderboard", str(tmp_path / "lb"),
