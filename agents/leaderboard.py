@@ -274,7 +274,7 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
         ax.set_title(f"{_label(r.policy, d)}: SLA {r.sla_attainment:.1%}, "
                      f"{r.gpu_hours_per_episode:.3f} GPU-h/episode (over all episodes)",
                      fontsize=9, loc="left")
-    axes[-1, 0].set_xlabel(f"simulated time (s), {scored_episodes(shown[0].episodes_plan, True)}"
+    axes[-1, 0].set_xlabel(f"simulated time (s), {scored_episodes(getattr(shown[0], 'episodes_plan', None), True)}"
                            "\nblue: provisioned workers, grey: arrival rate, red: queued "
                            "requests / 10")
     fig.tight_layout()
@@ -309,7 +309,7 @@ def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
         ax.plot(*zip(*pts), color="0.6", lw=1, zorder=2)
     ax.set_xlabel("GPU-hours per episode (lower is better)")
     ax.set_ylabel("SLA attainment (% of requests, higher is better)")
-    ax.set_title(f"Policies on {scored_episodes(results[0].episodes_plan)}", fontsize=10)
+    ax.set_title(f"Policies on {scored_episodes(getattr(results[0], 'episodes_plan', None))}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(x=0.18, y=0.15)        # room, so adjustText keeps labels off the frame
     lo, hi = ax.get_ylim()            # attainment is at most 100 %: no tick above it

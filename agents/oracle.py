@@ -521,6 +521,9 @@ def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: i
         e["oracle_workers"] = r.get("workers", r.get("segment_counts"))
         if "target_met" in r:
             e["oracle_target_met"] = r["target_met"]
+        if "search" in r:
+            e["oracle_search"] = r["search"]
+            e["oracle_segment_leads"] = r["segment_leads"]
     if spec == "oracle:static":
         # episodes where even max_workers misses the target: say so, the count reported
         # there is the fallback, not "the oracle's cost at the SLA"
@@ -534,7 +537,4 @@ def evaluate_oracle(spec: str, *, config: Any = None, episodes: int = 5, seed: i
                   f"smallest count within {SLACK:.1%} of max_workers' attainment, so its "
                   "GPU-hours are not a cost at the SLA (per_episode[].oracle_target_met)",
                   file=sys.stderr)
-        if "search" in r:
-            e["oracle_search"] = r["search"]
-            e["oracle_segment_leads"] = r["segment_leads"]
     return ev
