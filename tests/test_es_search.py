@@ -167,3 +167,22 @@ def test_search_bad_first_seed_exit_2(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 2 and "--first-seed" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_leaderboard_finds_and_scores_es_run(searched, tmp_path):
+    """`dynosim evaluate --leaderboard DIR` picks up an es run directory under DIR (as
+    it does SB3 runs) and scores it beside a heuristic on the same episodes."""
+    import shutil
+
+    from agents.leaderboard import find_models, leaderboard
+    a, _, _ = searched
+    d = tmp_path / "lb"
+    shutil.copytree(a, d / "es_s0")
+    assert find_models(d) == [d / "es_s0"]
+    res = leaderboard(d, config=TINY, episodes=1, seed=10000, split="train",
+                      policies=["heuristic:static:2", str(d / "es_s0")])
+    by = {r.policy: r for r in res}
+    kept = json.loads((a / "search.json").read_text())
+    kept = kept["trials"][kept["kept"]["number"]]
+    assert by[str(d / "es_s0")].gpu_hours_per_episode == pytest.approx(
+        kept["gpu_hours_per_episode"], abs=1e-12)
