@@ -186,3 +186,18 @@ def test_leaderboard_finds_and_scores_es_run(searched, tmp_path):
     kept = kept["trials"][kept["kept"]["number"]]
     assert by[str(d / "es_s0")].gpu_hours_per_episode == pytest.approx(
         kept["gpu_hours_per_episode"], abs=1e-12)
+
+
+def test_evaluate_feature_mismatch_exit_2(searched, tmp_path, capsys):
+    """A policy.json whose features differ from its run's observation (same count, another
+    order) is refused, not scored on the wrong inputs."""
+    a, _, _ = searched
+    bad = tmp_path / "swapped"
+    bad.mkdir()
+    (bad / "run.json").write_text((a / "run.json").read_text())
+    rec = json.loads((a / "policy.json").read_text())
+    rec["features"] = rec["features"][::-1]
+    (bad / "policy.json").write_text(json.dumps(rec))
+    code = main(["evaluate", "--policy", str(bad), "--config", TINY, "--episodes", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "features" in err and len(err.strip().splitlines()) == 1
