@@ -673,6 +673,7 @@ def no_record_note(pol: PolicySpec, cfg) -> str:
         action.pop("base_interval_s")
         action.pop("base_before_first_tick")
         action.pop("stabilise")
+        action.pop("offset_dwell_s")
     return (f"no run record for {pol.path}; scoring with the evaluation config's interface "
             f"(action {_short(action)}, observation stack {obs.stack} of "
             f"{feats}, interval_s {cfg.env.interval_s:g})")

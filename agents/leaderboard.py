@@ -267,8 +267,9 @@ def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from adjustText import adjust_text
     from matplotlib.lines import Line2D
+
+    from dynosim.plots import adjust_labels
 
     front = _front(results)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)   # the saved dpi: labels placed at it
@@ -299,8 +300,8 @@ def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
                markeredgecolor="k", label="front (outlined: not beaten on both axes)")],
         fontsize=7, loc="lower right")
     fig.tight_layout()
-    adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.3, 1.6), max_move=None,
-                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
+    adjust_labels(texts, x=xs, y=ys, ax=ax, expand=(1.3, 1.6), max_move=None,
+                  arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

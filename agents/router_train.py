@@ -148,6 +148,7 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
     cfg["env"]["action"].pop("base_interval_s", None)
     cfg["env"]["action"].pop("base_before_first_tick", None)
     cfg["env"]["action"].pop("stabilise", None)      # what the window acts on (round 11)
+    cfg["env"]["action"].pop("offset_dwell_s", None)  # the offset's dwell (round 13)
     # a residual learner's teacher is the same plan of counts (its env maps each count to
     # the nearest offset), planned on a target-action env: keyed as that (keys made
     # before env.action.residual_offsets existed still hit)
@@ -194,7 +195,7 @@ def _schedule_teacher(env, opts: dict[str, Any], seed: int,
 
 def cfg_counts(cfg, residual: bool) -> dict[str, Any]:
     """``cfg.to_dict()``, without ``env.action.residual_offsets`` and the base's keys
-    (``base_interval_s``, ``base_before_first_tick``, ``stabilise``) for a residual config (its teacher
+    (``base_interval_s``, ``base_before_first_tick``, ``stabilise``, ``offset_dwell_s``) for a residual config (its teacher
     plans counts on a target action, which takes none of them)."""
     out = cfg.to_dict()
     if residual:
@@ -202,6 +203,7 @@ def cfg_counts(cfg, residual: bool) -> dict[str, Any]:
         out["env"]["action"].pop("base_interval_s", None)
         out["env"]["action"].pop("base_before_first_tick", None)
         out["env"]["action"].pop("stabilise", None)
+        out["env"]["action"].pop("offset_dwell_s", None)
     return out
 
 

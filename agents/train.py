@@ -42,14 +42,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from dynosim_gym.config import load_env_config
-
-    env_id = check_env_id(env_id)
-    key = algo_name(algo)
-    hp = load_hyperparams(key, env_id, hyperparams)
-    hp_file = str(Path(hyperparams) if hyperparams is not None
-                  else HYPERPARAMS_DIR / f"{key}.yml")
-    _check_recipe(hp, env_id, hp_file)
+    env_id, key, hp, hp_file = _checked_recipe(algo, env_id, hyperparams)
     n_envs = int(n_envs or hp.pop("n_envs", 1))
     hp.pop("n_envs", None)
     total = int(timesteps or hp.pop("n_timesteps", 100_000))
@@ -59,16 +52,9 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     # RL Zoo's env_kwargs: env config entries the recipe needs; --set overrides win
     recipe_env = dict(hp.pop("env_kwargs", None) or {})
     cli_overrides = dict(overrides or {})
-    overrides = {**recipe_env, **cli_overrides}
     defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
-    _check_disagg_recipe(hp, recipe_env, config, defaults, cli_overrides, hp_file, key)
-    try:                                                                # validate before work
-        env_cfg = load_env_config(config, defaults=defaults, **overrides)
-    except InputError as exc:                                 # name the --set (or recipe key)
-        from .evaluate import override_error
-        override_error(exc, lambda o: load_env_config(config, defaults=defaults, **o),
-                       overrides, {k: f"env_kwargs.{k} of {hp_file}" for k in recipe_env
-                                   if k not in cli_overrides})
+    env_cfg = _recipe_env_config(hp, recipe_env, config, defaults, cli_overrides, hp_file,
+                                 key)                                   # validate before work
     env_kwargs = {"config": env_cfg.to_dict(), "render_mode": None}  # make_vec_env: no frames
     out = Path(out)
     torch.set_num_threads(1)
@@ -273,6 +259,54 @@ def _check_recipe(hp: dict[str, Any], env_id: str, hp_file: str) -> None:
         from .router_train import check_label_smoothing
         check_label_smoothing(hp["bc_warm_start"]["label_smoothing"], file=hp_file,
                               prefix=f"{env_id}.")
+
+
+def training_env_config(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
+                        hyperparams: str | Path | None = None,
+                        overrides: dict[str, Any] | None = None):
+    """The env config (:class:`dynosim_gym.config.EnvConfig`) :func:`train` would train
+    ``algo`` on: ``config`` (default: the env's default) under the recipe's ``env_kwargs``
+    under ``overrides`` (``--set``). Raises the one-line InputError :func:`train` raises
+    for a bad recipe or override (naming ``--set KEY`` or the recipe's key), without
+    building an env, so a driver that trains several seeds
+    (``scripts/learned_benchmark.py``) can check its flags before any work."""
+    env_id, key, hp, hp_file = _checked_recipe(algo, env_id, hyperparams)
+    recipe_env = dict(hp.pop("env_kwargs", None) or {})
+    defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
+    return _recipe_env_config(hp, recipe_env, config, defaults, dict(overrides or {}),
+                              hp_file, key)
+
+
+def _checked_recipe(algo: str, env_id: str, hyperparams: str | Path | None
+                    ) -> tuple[str, str, dict[str, Any], str]:
+    """``(env_id, algo key, recipe dict, recipe file name)`` for ``algo`` on ``env_id``:
+    the recipe loaded (``hyperparams`` or ``agents/hyperparams/ALGO.yml``) and checked
+    (:func:`_check_recipe`); the one-line InputError of either otherwise."""
+    env_id = check_env_id(env_id)
+    key = algo_name(algo)
+    hp = load_hyperparams(key, env_id, hyperparams)
+    hp_file = str(Path(hyperparams) if hyperparams is not None
+                  else HYPERPARAMS_DIR / f"{key}.yml")
+    _check_recipe(hp, env_id, hp_file)
+    return env_id, key, hp, hp_file
+
+
+def _recipe_env_config(hp: dict[str, Any], recipe_env: dict[str, Any], config: str | None,
+                       defaults: str, cli_overrides: dict[str, Any], hp_file: str, key: str):
+    """``config`` under ``recipe_env`` (the recipe's ``env_kwargs``) under
+    ``cli_overrides``, loaded and checked; an InputError names the ``--set KEY`` or the
+    recipe key that supplied a bad value."""
+    from dynosim_gym.config import load_env_config
+    overrides = {**recipe_env, **cli_overrides}
+    _check_disagg_recipe(hp, recipe_env, config, defaults, cli_overrides, hp_file, key)
+    try:
+        return load_env_config(config, defaults=defaults, **overrides)
+    except InputError as exc:                                 # name the --set (or recipe key)
+        from .evaluate import override_error
+        override_error(exc, lambda o: load_env_config(config, defaults=defaults, **o),
+                       overrides, {k: f"env_kwargs.{k} of {hp_file}" for k in recipe_env
+                                   if k not in cli_overrides})
+        raise                                     # (override_error always raises)
 
 
 def _check_disagg_recipe(hp: dict[str, Any], recipe_env: dict[str, Any], config: str | None,

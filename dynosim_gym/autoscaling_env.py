@@ -176,7 +176,15 @@ class DynoSimEnv(SimEnv):
     ``info["raw_base_workers"]``) plus the offset is provisioned at once, clamped, so a
     stochastic policy's sampled offset takes effect that step (under ``count`` it is
     provisioned the highest of its recent samples). ``target_action(n)`` maps a count to
-    the offset from the stabilised base. An action the
+    the offset from the stabilised base. Under ``base``, ``env.action.offset_dwell_s = D``
+    (default 0, off; a multiple of ``interval_s``) is a minimum dwell on the applied offset:
+    once it changes (the first change included) it is held for at least ``D`` s, and an
+    action asked during the hold is not applied; the base is still re-computed and
+    stabilised every step and the held offset added to it. ``info["applied_offset"]`` is
+    the offset in force (workers, before clamping), ``info["offset_held"]`` whether the
+    step's action asked for another one (``info["requested_workers"]`` is still the ask).
+    ``D = interval_s`` allows a change every step, the trajectory without a dwell (the
+    two ``info`` keys aside). ``action_masks()`` reads the ask, not the hold. An action the
     space does not contain (floats, bools,
     strings, arrays other than 0-d integer ones) raises ``ValueError``; ``step`` after
     ``truncated=True`` without ``reset`` raises :class:`~dynosim_gym.base.ResetNeeded`.
@@ -270,6 +278,9 @@ class DynoSimEnv(SimEnv):
 
     ## Version History
 
+    * v0 (issue 11, round 13): ``env.action.offset_dwell_s``, a minimum dwell on the
+      residual's applied offset under ``stabilise: base`` (default 0: unchanged),
+      ``info["applied_offset"]`` and ``info["offset_held"]`` when it is on.
     * v0 (issue 11, round 11): ``env.action.stabilise`` (``count``, the default and
       unchanged behaviour, or ``base``: the window and the cooldown act on the residual
       base alone, the offset after them) and ``info["raw_base_workers"]`` under ``base``.
@@ -333,6 +344,8 @@ class DynoSimEnv(SimEnv):
         self._cooldown_ms = e.action.reversal_cooldown_s * 1000.0   # 0 = off
         # env.action.stabilise: base -> the window and the cooldown act on the base alone
         self._stabilise_base = e.action.type == "residual" and e.action.stabilise == "base"
+        # env.action.offset_dwell_s (needs stabilise: base, validated): 0 = off
+        self._dwell_ms = e.action.offset_dwell_s * 1000.0 if self._stabilise_base else 0.0
         self.obs_builder = ObservationBuilder(self.cfg, self.max_workers, sla.ttft_ms,
                                               sla.itl_ms)
         self.observation_space = self.obs_builder.space
@@ -385,6 +398,8 @@ class DynoSimEnv(SimEnv):
             # before the first decision), its last move's direction and time
             self._stab = int(sum(self.sim.counts()[:2]))
             self._stab_dir, self._stab_move_ms = 0, -math.inf
+            # env.action.offset_dwell_s: the applied offset and when it last changed
+            self._offset, self._offset_since_ms = 0, -math.inf
             self._base_planner = self._make_base_planner()
             self._refresh_base()
         self.obs_builder.reset()
@@ -503,7 +518,16 @@ class DynoSimEnv(SimEnv):
                 self._stab_dir = (b > self._stab) - (b < self._stab)
                 self._stab_move_ms = self._t_ms + self.interval_ms
                 self._stab = b
-            target = min(max(want, lo), self.max_workers)
+            if self._dwell_ms:
+                # env.action.offset_dwell_s: a new offset only once the last one has been
+                # applied for the dwell; otherwise the held one is added to the base
+                asked = want - b
+                if asked != self._offset and \
+                        self._t_ms - self._offset_since_ms >= self._dwell_ms - 1e-6:
+                    self._offset, self._offset_since_ms = asked, self._t_ms
+                target = min(max(b + self._offset, lo), self.max_workers)
+            else:
+                target = min(max(want, lo), self.max_workers)
         else:
             self._requests.append(want)
             # scale-down stabilisation (env.action.scale_down_window_s): the window's highest
@@ -524,6 +548,9 @@ class DynoSimEnv(SimEnv):
             info["base_workers"] = int(self.action_type.base)
             if self._stabilise_base:
                 info["raw_base_workers"] = int(self._raw_base)
+            if self._dwell_ms:
+                info["applied_offset"] = int(self._offset)
+                info["offset_held"] = bool(want - self.action_type.base != self._offset)
         return changed, (target > cur) - (target < cur), info
 
     def _make_base_planner(self) -> ThroughputAdvisor:

@@ -83,6 +83,12 @@ class ActionSection:
     # offset is added after them, so a sampled offset takes effect at once (issue 11,
     # round 11: under count, a stochastic policy is provisioned its recent samples' highest)
     stabilise: str = _opt("count", choices=("count", "base"))
+    # residual with stabilise: base: a minimum dwell on the applied offset (issue 11, round
+    # 13). Once the applied offset changes it is held for at least offset_dwell_s seconds:
+    # an action asked during the hold is not applied (the base is still re-computed and
+    # stabilised every step, the held offset added to it); info["applied_offset"],
+    # info["offset_held"]. A multiple of env.interval_s; 0 (and interval_s) = off
+    offset_dwell_s: float = _opt(0.0, range=TIME_S)
 
 
 @dataclass
@@ -355,7 +361,8 @@ def _parse_env(data: Any, v: _Validator, disagg: bool = False) -> EnvSection:
         for key, why in (("residual_offsets", "takes offsets"),
                          ("base_interval_s", "has a base"),
                          ("base_before_first_tick", "has a base"),
-                         ("stabilise", "has a base")):
+                         ("stabilise", "has a base"),
+                         ("offset_dwell_s", "takes offsets")):
             if getattr(out.action, key) != getattr(type(out.action)(), key):
                 raise v.error(f"has no effect with env.action.type {out.action.type} (only "
                               f"a residual action {why}); remove it"
@@ -468,6 +475,15 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
     if b is not None and abs(b / e.interval_s - round(b / e.interval_s)) > 1e-9:
         raise v.error(f"must be a positive multiple of env.interval_s ({e.interval_s:g}), "
                       f"got {b:g}", "env.action.base_interval_s")
+    d = e.action.offset_dwell_s
+    if d and abs(d / e.interval_s - round(d / e.interval_s)) > 1e-9:
+        raise v.error(f"must be 0 or a multiple of env.interval_s ({e.interval_s:g}), got "
+                      f"{d:g}", "env.action.offset_dwell_s")
+    if d and e.action.stabilise != "base":
+        raise v.error("needs env.action.stabilise: base (under count the scale-down window "
+                      "and the reversal cooldown act on base + offset, so the provisioned "
+                      "offset is not the held one); set stabilise: base, or use 0",
+                      "env.action.offset_dwell_s")
     if e.interval_s * e.episode_steps <= 0:
         raise v.error("episode has no length", "env.episode_steps")
     if e.interval_s * e.episode_steps > TIME_S_POS.hi:

@@ -80,9 +80,14 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=_pos_int, default=3, help="episodes (seeds SEED, SEED+1, ...)")
     ap.add_argument("--idle-rps", type=float, default=0.25,
                     help="the near-idle rate (req/s) whose attainment is the ceiling")
-    a = ap.parse_args(argv)
-    res = calibrate(a.family, a.reference, list(range(a.seed, a.seed + a.episodes)),
-                    a.idle_rps)
+    args = ap.parse_args(argv)
+    from dynosim.cli import guarded
+    return guarded(lambda: _run(args))
+
+
+def _run(args) -> int:
+    res = calibrate(args.family, args.reference,
+                    list(range(args.seed, args.seed + args.episodes)), args.idle_rps)
     print(json.dumps(res, indent=1))
     return 0
 

@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="CSV written (default: sim/data/silicon/silicon_rows.csv, the tracked table the simulator "
                          "reads, which this script exists to regenerate)")
     args = ap.parse_args(argv)
+    from dynosim.cli import guarded
+    return guarded(lambda: _run(args))
+
+
+def _run(args) -> int:
     if args.csv is not None:
         src, ver = args.csv, args.aic_version or "unknown"
     else:

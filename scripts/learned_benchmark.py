@@ -31,7 +31,11 @@ reads TRAINING-split episodes only (:data:`SELECT`: ``dynosim evaluate --split t
 baseline ``OUT/selection/train_split_BASELINE.json``): the seed with the fewest GPU-hours
 among those whose SLA attainment reaches the tuned planner's (:data:`BASELINE`) on the same
 episodes -- the issue's target, measured on training episodes; if none reaches it, the seed
-with the highest attainment. Never the held-out scores.
+with the highest attainment. Never the held-out scores. From round 9b on, a candidate that
+equals its heuristic base there is not a candidate (:data:`BASE_EQUAL_RULE`, checked here:
+a residual candidate's bare base is scored on the same episodes, per candidate
+``OUT/selection/train_split_NAME_sSEED_bare_base.json``); the excluded ones are printed and
+recorded in the shipped ``.json`` (``chosen_by.excluded``).
 
 Lagrangian PPO's SLA target (``env.reward.sla_target``, which the dual variable enforces and
 the ``oracle:schedule-greedy`` teacher aims at) is fixed by a rule decided before training, on
@@ -98,10 +102,24 @@ def lagrangian_target(tuned: Path = ROOT / "agents" / "tuned" / "load-tuned.yaml
 
 
 def seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = text.split("-", 1)
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
+    """``--seeds``: ``LO-HI`` (inclusive) or ``A,B,...``; each a valid seed
+    (``sim.schema.SEED``), at least one. ArgumentTypeError (argparse's one-line usage
+    error) otherwise."""
+    import argparse
+
+    from agents.cli import _seed
+    try:
+        if "-" in text:
+            lo, hi = text.split("-", 1)
+            out = list(range(_seed(lo), _seed(hi) + 1))
+        else:
+            out = [_seed(s) for s in text.split(",")]
+    except (ValueError, argparse.ArgumentTypeError):
+        out = []
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected LO-HI (LO <= HI) or A,B,... seeds, "
+                                         f"got {text!r}")
+    return out
 
 
 def seed_row(ev: dict) -> dict:
@@ -205,9 +223,8 @@ def row(name: str, summary: dict, n: int) -> str:
 
 
 def main(argv=None) -> int:
-    from agents.evaluate import evaluate
-    from agents.train import train
-    from agents.cli import _set
+    """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
+    from agents.cli import _pos_int, _set
 
     from dynosim.options import Parser, ScriptHelpFormatter
     ap = Parser(prog="learned_benchmark.py", description=__doc__, formatter_class=ScriptHelpFormatter)
@@ -220,7 +237,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="out/benchmark",
                     help="directory of the result files (--out docs/benchmark: the committed "
                          "ones, which a re-run replaces)")
-    ap.add_argument("--timesteps", type=int, default=None,
+    ap.add_argument("--timesteps", type=_pos_int, default=None,
                     help="PPO steps per seed (default: the recipe's n_timesteps)")
     ap.add_argument("--hyperparams", default=None, metavar="YAML",
                     help="recipe file (default: agents/hyperparams/ALGO.yml; round 3's: "
@@ -243,6 +260,18 @@ def main(argv=None) -> int:
                     help="only score the seeds on the selection's training-split episodes "
                          "(OUT/selection; --ship reuses these files)")
     args = ap.parse_args(argv)
+    from dynosim.cli import guarded, set_flags
+    return guarded(lambda: run(args), set_flags(args.set))
+
+
+def run(args) -> int:
+    """``main``'s work on parsed flags; bad input raises InputError (one line, exit 2)."""
+    from agents.evaluate import evaluate
+    from agents.train import train, training_env_config
+    # --set and the recipe checked before any work, in every mode (a re-score with the
+    # training command's flags checks them too; only training uses them)
+    training_env_config(args.algo, "DynoSim-v0", hyperparams=args.hyperparams,
+                        overrides=dict(args.set))
     name = args.name or args.algo
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -331,6 +360,79 @@ def train_split_scores(args, names: list[str], out: Path) -> tuple[dict, dict]:
     return base, scores
 
 
+#: Round 9b's amendment to the shipping rule (README, "Shipping rule and pretrained
+#: checkpoint"), applied by ``--ship`` (:func:`base_exclusions`, :func:`equals_base`).
+BASE_EQUAL_RULE = ("a candidate with a heuristic base (env.action.type: residual) whose "
+                   "per-episode results on the training-split selection episodes are "
+                   "identical to its bare base's (offset 0 at every step, the candidate's "
+                   "policy interface; scripts/residual_base.py --offset 0) is the heuristic, "
+                   "not a learned autoscaler, and is not shipped (round 9b's amendment)")
+
+
+def bare_base(interface: dict, episodes: dict = SELECT) -> dict:
+    """The evaluation (``Evaluation.as_dict()``) of the bare base of a residual policy
+    whose policy interface is ``interface`` (``env.observation``/``action``/``interval_s``,
+    as its evaluation file records it): offset 0 at every step
+    (:class:`agents.heuristics.OffsetPolicy`, as ``scripts/residual_base.py --offset 0``)
+    on ``episodes`` (:data:`SELECT`), in the env ``dynosim evaluate`` scores the policy in
+    (the default config with that interface on top). InputError unless the interface's
+    action is residual."""
+    import dynosim_gym  # noqa: F401  (registers the ids)
+    from agents.evaluate import (PolicySpec, episode_plan, resolved_reward, run_episode,
+                                 summarise)
+    from agents.heuristics import OffsetPolicy
+    pol = PolicySpec(spec="residual offset 0", kind="heuristic", env_id="DynoSim-v0",
+                     run={"env_config": {"env": interface}})
+    env, cfg, runs, plan = episode_plan(pol, "DynoSim-v0", None, {}, None, None, None,
+                                        episodes["episodes"], episodes["seed"],
+                                        episodes["split"])
+    try:
+        policy = OffsetPolicy(env, 0, field="policy_interface.action.type")
+        results = [run_episode(env, policy, opts, s) for opts, s in runs]
+        reward = resolved_reward(cfg, env.unwrapped)
+    finally:
+        env.close()
+    return summarise(pol.spec, results, cfg, reward, pol.interface(), plan).as_dict()
+
+
+def equals_base(e: dict, base: dict) -> bool:
+    """Whether evaluation ``e`` has ``base``'s per-episode results (:data:`BASE_EQUAL_RULE`):
+    the same episodes, and on each every recorded figure the two share, ``reward`` aside."""
+    a, b = e.get("per_episode") or [], base.get("per_episode") or []
+    if not a or len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        keys = (set(x) & set(y)) - {"reward"}
+        if not {"seed", "requests_met", "requests_decided", "gpu_hours"} <= keys:
+            return False
+        if any(x[k] != y[k] for k in keys):
+            return False
+    return True
+
+
+def base_exclusions(scores: dict[tuple[str, int], dict],
+                    sel: Path) -> dict[tuple[str, int], str]:
+    """The candidates :data:`BASE_EQUAL_RULE` excludes, each with why. A residual
+    candidate's bare base is read from ``SEL/train_split_NAME_sSEED_bare_base.json`` or
+    scored (:func:`bare_base`) and written there; other candidates have no heuristic base
+    and are kept."""
+    out = {}
+    for (n, s), e in scores.items():
+        iface = e.get("policy_interface") or {}
+        if (iface.get("action") or {}).get("type") != "residual":
+            continue
+        file = sel / f"train_split_{n}_s{s}_bare_base.json"
+        if not file.exists():
+            print(f"{n} s{s}: scoring its bare base (offset 0) on the selection episodes",
+                  file=sys.stderr, flush=True)
+            file.write_text(json.dumps(bare_base(iface), indent=2) + "\n")
+        base = json.loads(file.read_text())
+        if equals_base(e, base):
+            out[(n, s)] = (f"equals its heuristic base (offset 0 at every step) on every "
+                           f"selection episode ({file.name})")
+    return out
+
+
 def ship(args, names: list[str], out: Path) -> tuple[str, int] | None:
     """Choose a seed by :func:`select` on training-split episodes and copy it to
     agents/pretrained/NAME.*; None if the choice is the one shipped already (its run need
@@ -343,7 +445,16 @@ def ship(args, names: list[str], out: Path) -> tuple[str, int] | None:
     for (n, s), e in scores.items():
         print(f"{n} s{s}: train-split SLA {e['sla_attainment']:.1%}, "
               f"{e['gpu_hours_per_episode']:.2f} GPU-h/episode", file=sys.stderr)
-    best = select(scores, base)
+    excluded = base_exclusions(scores, out / "selection")
+    for (n, s), why in excluded.items():
+        print(f"excluded {n} s{s}: {why}", file=sys.stderr)
+    kept = {k: e for k, e in scores.items() if k not in excluded}
+    if not kept:
+        from sim.errors import InputError
+        raise InputError(f"every candidate ({plural(len(scores), 'seed')}) equals its "
+                         "heuristic base on the selection episodes: none is a learned "
+                         "autoscaler to ship", field="--candidates")
+    best = select(kept, base)
     name, seed = best
     shipped = PRETRAINED_DIR / f"{args.ship}.json"
     if shipped.is_file() and json.loads(shipped.read_text()).get("command", "").endswith(
@@ -356,8 +467,9 @@ def ship(args, names: list[str], out: Path) -> tuple[str, int] | None:
                          "scripts/es_search.py run (policy.json): agents/pretrained holds "
                          "stable-baselines3 models only, so it is not copied there")
     if not (Path(args.runs) / name / f"s{seed}" / "model.zip").is_file():
-        raise SystemExit(f"learned_benchmark: error: the rule chose {name} seed {seed}, whose "
-                         f"run {Path(args.runs) / name / f's{seed}'} is not here (--runs)")
+        from sim.errors import InputError
+        raise InputError(f"the rule chose {name} seed {seed}, whose run "
+                         f"{Path(args.runs) / name / f's{seed}'} is not here", field="--runs")
     rec = json.loads((Path(args.runs) / name / f"s{seed}" / "run.json").read_text())
     hp = load_hyperparams(rec["algo"], "DynoSim-v0", args.hyperparams)
     recipe = hp.get("env_kwargs") or {}
@@ -379,7 +491,10 @@ def ship(args, names: list[str], out: Path) -> tuple[str, int] | None:
             "sla_attainment", "gpu_hours_per_episode")}},
         "candidates": {f"{n}_s{s}": {k: e[k] for k in ("sla_attainment",
                                                          "gpu_hours_per_episode")}
-                       for (n, s), e in scores.items()}}
+                       for (n, s), e in kept.items()}}
+    if excluded:          # (a record without the key: nothing was excluded, as before)
+        rec["chosen_by"]["excluded"] = {"rule": BASE_EQUAL_RULE, "candidates": {
+            f"{n}_s{s}": why for (n, s), why in excluded.items()}}
     PRETRAINED_DIR.mkdir(exist_ok=True)
     shutil.copyfile(Path(args.runs) / name / f"s{seed}" / "model.zip",
                     PRETRAINED_DIR / f"{args.ship}.zip")

@@ -39,7 +39,7 @@ ROUNDS = {
     "ppo_bcreg": "r4a", "ppo_select": "r4b", "ppo_r4": "r4c", "ppo_r4d": "r4d",
     "ppo_r5": "r5", "ppo_r6": "r6", "ppo_r7": "r7", "ppo_r7b": "r7b (residual)",
     "ppo_r8": "r8 (residual, dynamics)", "ppo_r9": "r9",
-    "ppo_r9b": "r9b",
+    "ppo_r9b": "r9b", "ppo_r14": "r14",
 }
 #: rounds drawn without error bars (their seeds spread widely;
 #: docs/benchmark/learning_rounds.md, rounds 3-4)
@@ -50,10 +50,11 @@ HEURISTICS = {
     "heuristic_static_6.json": "static:6",
     # the throughput planner's count every step (the residual action at offset 0) with the
     # recipe's scale-down window: round 7b's 60 s, round 8's 300 s; round 9b's with its
-    # reversal cooldown and the cold start held
+    # reversal cooldown and the cold start held; round 14's: 300 s with both
     "residual_base_offset0.json": "base, 60 s (r7b at 0)",
     "residual_base_offset0_w300.json": "base, 300 s (r8 at 0)",
     "residual_base_offset0_w60_c300_hold.json": "base, 60 s + cooldown",
+    "residual_base_offset0_w300_c300_hold.json": "base, 300 s + cooldown",
 }
 ORACLES = {
     "oracle_static.json": "oracle:static",
@@ -223,9 +224,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="PNG written (the shipped figure: --out "
                          "docs/benchmark/heldout_sla_vs_gpu_hours.png)")
     args = ap.parse_args(argv)
+    from dynosim.cli import guarded
+    return guarded(lambda: _run(args))
+
+
+def _run(args) -> int:
     pts, target = points(Path(args.bench))
     if not pts:
-        ap.error(f"no result files in {args.bench}")
+        from sim.errors import InputError
+        raise InputError(f"no result files in {args.bench}", field="--bench")
     plot(pts, target, Path(args.out))
     print(f"wrote {args.out} ({plural(len(pts), 'policy', many='policies')})")
     return 0

@@ -71,11 +71,27 @@ def stats(res) -> dict:
             "queued_at_onset": q}
 
 
+def policy_label(spec: str) -> str:
+    """A policy's name in a plot title: ``heuristic:``/``oracle:``/``pretrained:`` specs as
+    given; a run directory or model file by its path relative to the repository, or, outside
+    it, by its last two parts (``RUNS/NAME/sSEED`` -> ``NAME/sSEED``; a ``model.zip`` is
+    named by its run directory), so a figure never shows the machine's absolute path."""
+    if spec.startswith(("heuristic:", "oracle:", "pretrained:")):
+        return spec
+    path = Path(spec).resolve()
+    if path.is_relative_to(ROOT):
+        return path.relative_to(ROOT).as_posix()
+    if path.name == "model.zip":
+        path = path.parent
+    return "/".join(path.parts[-2:])
+
+
 def plot(results: list, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from adjustText import adjust_text
+
+    from dynosim.plots import adjust_labels
 
     fig, axes = plt.subplots(len(results), 1, figsize=(10, 3.2 * len(results)), sharex=True,
                              squeeze=False)
@@ -112,7 +128,7 @@ def plot(results: list, out: Path) -> None:
         ax.set_ylabel("workers", fontsize=9)
         ax.set_zorder(max(load.get_zorder(), queue.get_zorder()) + 1)
         ax.patch.set_visible(False)
-        ax.set_title(f"{r.policy} on held-out {st['scenario']} (episode seed "
+        ax.set_title(f"{policy_label(r.policy)} on held-out {st['scenario']} (episode seed "
                      f"{r.per_episode[0]['seed']}): SLA {st['sla_attainment']:.1%}, "
                      f"{st['gpu_hours']:.2f} GPU-h, {plural(st['scaling_events'], 'scaling event')}, "
                      f"{st['reversals_per_hour']:.1f} reversals/h, "
@@ -122,8 +138,8 @@ def plot(results: list, out: Path) -> None:
                          bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 0.5})
                  for i in first[:12]]
         if texts:
-            adjust_text(texts, ax=ax, x=t[first[:12]], y=prov[first[:12]],
-                        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
+            adjust_labels(texts, ax=ax, x=t[first[:12]], y=prov[first[:12]],
+                          arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
         ax.legend(loc="upper right", fontsize=7, framealpha=0.9, ncol=3)
         ax.grid(alpha=0.25)
     axes[-1, 0].set_xlabel("simulated time (s); q = requests queued when a scale-up onset "

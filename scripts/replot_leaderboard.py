@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (d / "leaderboard.json").is_file():
         ap.error(f"argument directory: {d / 'leaderboard.json'} not found (give a "
                  "`dynosim evaluate --leaderboard` DIR)")
+    from dynosim.cli import guarded
+    return guarded(lambda: _run(d))
+
+
+def _run(d: Path) -> int:
     rows = json.loads((d / "leaderboard.json").read_text())
     results = [Evaluation.from_record(r) for r in rows]
     models = [r.policy for r in results if not r.policy.startswith("heuristic:")]

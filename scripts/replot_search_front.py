@@ -64,6 +64,11 @@ def main(argv=None) -> int:
                     help="the sweep pareto CSV overlaid ('' for none; default: "
                          "docs/sweeps/pareto.csv)")
     args = ap.parse_args(argv)
+    from dynosim.cli import guarded
+    return guarded(lambda: _run(args))
+
+
+def _run(args) -> int:
     compare = read_compare(args.compare) if args.compare else None
     missing = [r for r in args.runs if not (Path(r) / "trials.csv").is_file()]
     for run in args.runs:

@@ -41,15 +41,8 @@ def _seed_range(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    import gymnasium as gym
-
-    import dynosim_gym  # noqa: F401
-    from agents.evaluate import run_episode
-    from agents.oracle import missed_by_segment
-    from agents.router_train import SCHEDULE_TEACHERS, _schedule_teacher
-    from agents.train import load_hyperparams
-    from dynosim_gym.config import load_env_config
-
+    """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
+    from agents.router_train import SCHEDULE_TEACHERS
     from dynosim.options import Parser, ScriptHelpFormatter
     ap = Parser(prog="teacher_segments.py", description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--teacher", required=True, choices=SCHEDULE_TEACHERS,
@@ -63,6 +56,20 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, metavar="OUT",
                     help="also write the rows as JSON (default: none, print only)")
     args = ap.parse_args(argv)
+    from dynosim.cli import guarded
+    return guarded(lambda: _run(args))
+
+
+def _run(args) -> int:
+    import gymnasium as gym
+
+    import dynosim_gym  # noqa: F401
+    from agents.evaluate import run_episode
+    from agents.oracle import missed_by_segment
+    from agents.router_train import _schedule_teacher
+    from agents.train import load_hyperparams
+    from dynosim_gym.config import load_env_config
+
     lo, hi = args.seeds
     hp = load_hyperparams("ppo", "DynoSim-v0", args.hyperparams)
     cfg = load_env_config(None, defaults="autoscale_default", **(hp.get("env_kwargs") or {}))

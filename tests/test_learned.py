@@ -404,7 +404,7 @@ def test_ship_reads_candidates_from_selection_files_and_keeps_the_shipped_one(
         tmp_path: Path, monkeypatch) -> None:
     """``--ship`` counts a candidate by its selection file (its run may be elsewhere); if
     the rule picks the checkpoint shipped already it keeps it, and if it picks one whose
-    run is not under --runs it stops with a one-line error."""
+    run is not under --runs it stops with a one-line error naming --runs."""
     import argparse
 
     import agents.evaluate as ev
@@ -426,9 +426,105 @@ def test_ship_reads_candidates_from_selection_files_and_keeps_the_shipped_one(
                               ship="autoscaler")
     base, scores = mod.train_split_scores(args, ["a", "b"], tmp_path / "out")
     assert set(scores) == {("a", 0), ("a", 1), ("b", 0)}
-    with pytest.raises(SystemExit, match="chose a seed 0.*not here"):
+    from sim.errors import InputError
+    with pytest.raises(InputError, match="chose a seed 0.*not here") as exc:
         mod.ship(args, ["a", "b"], tmp_path / "out")
+    assert exc.value.field == "--runs"
     (pre / "autoscaler.json").write_text(json.dumps(
         {"command": "dynosim train --algo ppo --seed 0 --out runs/learned/a/s0"}))
     assert mod.ship(args, ["a", "b"], tmp_path / "out") is None
     assert sorted(p.name for p in pre.iterdir()) == ["autoscaler.json"]   # untouched
+
+
+def _episodes(*figures: tuple[float, float]) -> list[dict]:
+    """Per-episode rows as an evaluation file holds them (seeds 0, 1, ...)."""
+    return [{"seed": k, "requests_met": int(100 * sla), "requests_decided": 100,
+             "sla_attainment": sla, "gpu_hours": gpu, "scaling_events": 3, "reward": -k}
+            for k, (sla, gpu) in enumerate(figures)]
+
+
+def test_ship_excludes_a_candidate_equal_to_its_heuristic_base(tmp_path: Path, capsys,
+                                                                monkeypatch) -> None:
+    """Round 9b's amendment, automatic: a residual candidate whose selection episodes are,
+    record for record, its bare base's is excluded (printed, and recorded with the rule);
+    one differing in a single figure and a non-residual one are kept; if every candidate
+    is excluded nothing is shipped."""
+    import argparse
+
+    import agents.evaluate as ev
+    from sim.errors import InputError
+    mod = _script()
+    out = tmp_path / "out"
+    sel = out / "selection"
+    sel.mkdir(parents=True)
+    residual = {"action": {"type": "residual", "residual_offsets": [-2, 4]}}
+    base_eps = _episodes((0.70, 1.0), (0.72, 1.1), (0.68, 0.9))
+
+    def write(name: str, **rec) -> None:
+        (sel / f"train_split_{name}.json").write_text(json.dumps(rec))
+    write("load-tuned", sla_attainment=0.665, gpu_hours_per_episode=3.64)
+    # the cheapest reaching the planner, but its base to the record: excluded
+    write("r_s0", sla_attainment=0.70, gpu_hours_per_episode=1.0, policy_interface=residual,
+          per_episode=base_eps)
+    write("r_s0_bare_base", per_episode=[{**e, "reward": 9.0} for e in base_eps])
+    # residual, one figure of one episode differs from its base: kept, the rule's pick
+    changed = json.loads(json.dumps(base_eps))
+    changed[2]["gpu_hours"] = 0.95
+    write("r_s1", sla_attainment=0.70, gpu_hours_per_episode=1.5, policy_interface=residual,
+          per_episode=changed)
+    write("r_s1_bare_base", per_episode=base_eps)
+    # not residual (no heuristic base): kept, dearer
+    write("t_s0", sla_attainment=0.80, gpu_hours_per_episode=2.0,
+          policy_interface={"action": {"type": "target"}}, per_episode=base_eps)
+    pre = tmp_path / "pretrained"
+    pre.mkdir()
+    monkeypatch.setattr(ev, "PRETRAINED_DIR", pre)
+    monkeypatch.setattr(mod, "bare_base", lambda *a, **k: pytest.fail("base re-scored"))
+    (pre / "autoscaler.json").write_text(json.dumps(
+        {"command": "dynosim train --algo ppo --seed 1 --out runs/learned/r/s1"}))
+    args = argparse.Namespace(runs=str(tmp_path / "runs"), seeds=[0, 1], hyperparams=None,
+                              ship="autoscaler")
+    assert mod.ship(args, ["r", "t"], out) is None          # r s1 chosen: shipped already
+    err = capsys.readouterr().err
+    assert "excluded r s0: equals its heuristic base" in err
+    assert "excluded r s1" not in err and "excluded t" not in err
+    _, scores = mod.train_split_scores(args, ["r", "t"], out)
+    assert mod.base_exclusions(scores, sel).keys() == {("r", 0)}
+    # only base-equal candidates: nothing to ship, one line naming --candidates
+    with pytest.raises(InputError, match="equals its heuristic base") as exc:
+        mod.ship(argparse.Namespace(**{**vars(args), "seeds": [0]}), ["r"], out)
+    assert exc.value.field == "--candidates"
+
+
+def test_base_equality_on_the_committed_rounds() -> None:
+    """The comparison on real records (held-out files, where each round's bare base was
+    scored): round 9's and 9b's seeds are their bare bases to the record, round 8's and
+    7b's are not."""
+    mod = _script()
+    bench = ROOT / "docs" / "benchmark"
+
+    def load(name: str) -> dict:
+        return json.loads((bench / f"{name}.json").read_text())
+    hold = load("residual_base_offset0_w60_c300_hold")
+    w300 = load("residual_base_offset0_w300")
+    w60 = load("residual_base_offset0")
+    for s in range(5):
+        assert mod.equals_base(load(f"learned_ppo_r9b_s{s}"), hold)
+        assert mod.equals_base(load(f"learned_ppo_r9_s{s}"), w300)
+        assert not mod.equals_base(load(f"learned_ppo_r8_s{s}"), hold)
+        assert not mod.equals_base(load(f"learned_ppo_r7b_s{s}"), w60)
+    assert not mod.equals_base(load("learned_ppo_r9b_s0"), w300)   # another base
+
+
+def test_bare_base_reproduces_the_committed_reference_episode() -> None:
+    """``bare_base`` (the env ``dynosim evaluate`` builds from a policy interface, offset 0)
+    gives, on held-out episode 0, the record ``scripts/residual_base.py --offset 0`` wrote
+    for round 9b's base (``residual_base_offset0_w60_c300_hold.json``)."""
+    mod = _script()
+    bench = ROOT / "docs" / "benchmark"
+    cand = json.loads((bench / "learned_ppo_r9b_s0.json").read_text())
+    ref = json.loads((bench / "residual_base_offset0_w60_c300_hold.json").read_text())
+    got = json.loads(json.dumps(mod.bare_base(
+        cand["policy_interface"], {"episodes": 1, "seed": 0, "split": "eval"})))
+    assert mod.equals_base({"per_episode": ref["per_episode"][:1]}, got)
+    assert got["per_episode"][0] == ref["per_episode"][0]

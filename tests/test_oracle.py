@@ -148,6 +148,7 @@ def test_the_teacher_cache_keeps_the_greedy_key_and_separates_the_oracles(
     cfg["env"]["action"].pop("base_interval_s", None)      # likewise (round 9)
     cfg["env"]["action"].pop("base_before_first_tick", None)  # likewise (round 9)
     cfg["env"]["action"].pop("stabilise", None)               # likewise (round 11)
+    cfg["env"]["action"].pop("offset_dwell_s", None)          # likewise (round 13)
     _, info = env.reset(seed=seed, options=opts)
     old = json.dumps({"config": cfg, "sla_target": u.cfg.env.reward.sla_target,
                       "options": opts, "seed": seed, "segment_s": 120.0,

@@ -561,16 +561,17 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     fig.legend(*a1.get_legend_handles_labels(), loc="outside lower center", ncol=5, fontsize=7)
     fig.suptitle(title, fontsize=9)
     if any(t for t, _ in tags.values()):   # keep the names off each other and the markers
-        from adjustText import adjust_text
         from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        from ..plots import adjust_labels
         FigureCanvasAgg(fig).draw()              # lay out first: adjustText works in pixels
         for ax, (texts, xy) in tags.items():
             if texts:
                 pts = plotted[ax]
-                adjust_text(texts, x=[p[0] for p in pts], y=[p[1] for p in pts],
-                            target_x=[p[0] for p in xy], target_y=[p[1] for p in xy], ax=ax,
-                            expand=(1.3, 1.5), arrowprops={"arrowstyle": "-", "color": "0.6",
-                                                           "lw": 0.5})
+                adjust_labels(texts, x=[p[0] for p in pts], y=[p[1] for p in pts],
+                              target_x=[p[0] for p in xy], target_y=[p[1] for p in xy],
+                              ax=ax, expand=(1.3, 1.5),
+                              arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
     fig.savefig(path, dpi=110)
 
 
