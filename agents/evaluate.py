@@ -156,7 +156,7 @@ class Evaluation:
 class PolicySpec:
     """A resolved ``--policy``: what it is, which env it acts on, and how to load it."""
     spec: str
-    kind: str                          # heuristic | model | pretrained | rllib
+    kind: str                          # heuristic | model | pretrained | rllib | es
     env_id: str | None                 # None: decided by the model's run record
     path: Path | None = None
     run: dict[str, Any] | None = None  # the model's run.json
@@ -177,6 +177,15 @@ class PolicySpec:
         if self.kind == "rllib":
             from .rllib_train import load_policy as load_rllib_policy
             return load_rllib_policy(self.path)
+        if self.kind == "es":                    # scripts/es_search.py: agents.linear_policy
+            from .linear_policy import load_policy as load_linear_policy
+            pol = load_linear_policy(self.path)
+            names = list(env.unwrapped.cfg.env.observation.features)
+            if env.unwrapped.cfg.env.observation.stack == 1 and pol.features != names:
+                raise InputError(f"the policy reads features {pol.features}, this env config "
+                                 f"observes {names}", file=str(self.path / "policy.json"),
+                                 field="features")
+            return pol
         algo = (self.run or {}).get("algo", "ppo")
         try:
             return algo_class(algo).load(self.path, device="cpu")
@@ -214,6 +223,8 @@ def resolve_policy(spec: str) -> PolicySpec:
         run = _read_run_json(path / "run.json")
         if run.get("framework") == "rllib":      # a --framework rllib run directory
             return PolicySpec(spec, "rllib", run.get("env_id"), path, run)
+        if run.get("framework") == "es":         # a scripts/es_search.py run directory
+            return PolicySpec(spec, "es", run.get("env_id"), path, run)
     if path.is_dir():
         path = path / "model.zip"
     if not path.is_file():

@@ -67,7 +67,11 @@ def check_policies(specs: list[str], env_id: str, policies: list[str] | None,
 
 
 def find_models(directory: Path) -> list[Path]:
-    return sorted(p.parent for p in directory.rglob("model.zip"))
+    """Run directories under ``directory``: SB3 runs (``model.zip``) and
+    ``scripts/es_search.py`` runs (``policy.json`` beside a ``run.json``)."""
+    return sorted({p.parent for p in directory.rglob("model.zip")}
+                  | {p.parent for p in directory.rglob("policy.json")
+                     if (p.parent / "run.json").is_file()})
 
 
 def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: Any = None,
