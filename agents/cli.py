@@ -230,7 +230,10 @@ def _tune(args) -> int:
     path, best = tune(args.policy, trials=args.trials, episodes=args.episodes,
                       config=args.config, seed=args.seed, name=args.name, out=args.out,
                       overrides=dict(args.set), quiet=args.quiet, replace=args.replace)
-    print(f"dynosim: best {best['objective']:.4f} with {json.dumps(best['knobs'])}; wrote {path}")
+    sr = best["search"]
+    pruned = f", {sr['trials_pruned']} pruned" if sr["trials_pruned"] else ""
+    print(f"dynosim: best {best['objective']:.4f} with {json.dumps(best['knobs'])} "
+          f"({sr['trials_completed']} of {sr['trials']} trials completed{pruned}); wrote {path}")
     return 0
 
 
@@ -382,21 +385,35 @@ def _evaluate(args) -> int:
     # requests still in flight at the episodes' cut-offs are not scored: say how many
     cut = f"{res.requests_in_flight:,} in flight at the cut-off, not scored"
     in_flight = f" ({cut})" if res.requests_in_flight else ""
+    # trace requests in no scored window (the tail after the last whole --window-s window)
+    unscored = res.episodes_plan.get("requests_unscored", 0)
+    if unscored:
+        tail = (f"{unscored:,} of the trace's {res.episodes_plan['requests_in_trace']:,} "
+                "requests in no window, not scored")
+        in_flight = f" ({cut}; {tail})" if res.requests_in_flight else f" ({tail})"
+        cut = f"{cut}; {tail}" if res.requests_in_flight else tail
+    nothing = "latency: no samples (no request completed)"
     if args.json:
         print(doc)
     elif res.env_id == "DynoSimRouting-v0":
-        print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
+        # without --env a routing policy switched env: name it
+        on = "" if args.env else " on DynoSimRouting-v0 (the policy's env)"
+        print(f"{res.policy}{on}: SLA attainment {res.sla_attainment:.1%} over "
               f"{res.requests_decided:,} requests ({plural(res.episodes, 'episode')}"
-              f"{'; ' + cut if res.requests_in_flight else ''}); pooled p90 TTFT "
-              f"{res.p90_ttft_ms:.0f} ms, mean TTFT {res.mean_ttft_ms:.0f} ms; prefix cache "
+              f"{'; ' + cut if res.requests_in_flight or unscored else ''}); "
+              + (nothing if res.latency_samples == 0 else
+                 f"pooled p90 TTFT {res.p90_ttft_ms:.0f} ms, mean TTFT {res.mean_ttft_ms:.0f} ms")
+              + "; prefix cache "
               f"reused {res.prefix_cache_reused_ratio:.1%} of prompt tokens; "
               f"{res.request_throughput_rps:.3f} req/s; mean reward {res.mean_reward:.3f} ± "
               f"{res.std_reward:.3f}")
     else:
         print(f"{res.policy}: SLA attainment {res.sla_attainment:.1%} over "
               f"{res.requests_decided:,} requests{in_flight}; {res.gpu_hours:.3f} GPU-hours "
-              f"({res.gpu_hours_per_episode:.3f}/episode, {plural(res.episodes, 'episode')}); pooled "
-              f"p90 TTFT {res.p90_ttft_ms:.0f} ms, p90 ITL {res.p90_itl_ms:.1f} ms; "
+              f"({res.gpu_hours_per_episode:.3f}/episode, {plural(res.episodes, 'episode')}); "
+              + (nothing if res.latency_samples == 0 else
+                 f"pooled p90 TTFT {res.p90_ttft_ms:.0f} ms, p90 ITL {res.p90_itl_ms:.1f} ms")
+              + "; "
               f"{plural(res.scaling_events, 'scaling event')}, {res.reversals_per_hour:.1f} "
               f"reversals/h, {res.flaps_per_hour:.1f} flaps/h ({res.flaps} under 300 s); mean reward {res.mean_reward:.3f} ± {res.std_reward:.3f}")
     return 0

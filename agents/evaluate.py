@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import InputError
+from sim.wording import plural
 
 from dynosim_gym.actions import POOLS
 
@@ -107,6 +108,10 @@ class Evaluation:
     # for MODEL; scoring with the evaluation config's interface (...)"); empty otherwise
     interface_note: str = ""
     episodes_plan: dict[str, Any] = field(default_factory=dict)
+    # completed requests behind the pooled latency percentiles: 0 = no samples (nothing
+    # completed; p90_ttft_ms / p90_itl_ms / mean_ttft_ms are then 0, not a latency); None in
+    # records written before it was kept
+    latency_samples: int | None = None
     # pooled GPU-hours per pool of a disaggregated config ({"prefill": h, "decode": h},
     # summing to gpu_hours); empty for one aggregated pool
     gpu_hours_by_role: dict[str, float] = field(default_factory=dict)
@@ -151,7 +156,7 @@ class Evaluation:
 class PolicySpec:
     """A resolved ``--policy``: what it is, which env it acts on, and how to load it."""
     spec: str
-    kind: str                          # heuristic | model | pretrained | rllib
+    kind: str                          # heuristic | model | pretrained | rllib | es
     env_id: str | None                 # None: decided by the model's run record
     path: Path | None = None
     run: dict[str, Any] | None = None  # the model's run.json
@@ -172,6 +177,15 @@ class PolicySpec:
         if self.kind == "rllib":
             from .rllib_train import load_policy as load_rllib_policy
             return load_rllib_policy(self.path)
+        if self.kind == "es":                    # scripts/es_search.py: agents.linear_policy
+            from .linear_policy import load_policy as load_linear_policy
+            pol = load_linear_policy(self.path)
+            names = list(env.unwrapped.cfg.env.observation.features)
+            if env.unwrapped.cfg.env.observation.stack == 1 and pol.features != names:
+                raise InputError(f"the policy reads features {pol.features}, this env config "
+                                 f"observes {names}", file=str(self.path / "policy.json"),
+                                 field="features")
+            return pol
         algo = (self.run or {}).get("algo", "ppo")
         try:
             return algo_class(algo).load(self.path, device="cpu")
@@ -209,6 +223,8 @@ def resolve_policy(spec: str) -> PolicySpec:
         run = _read_run_json(path / "run.json")
         if run.get("framework") == "rllib":      # a --framework rllib run directory
             return PolicySpec(spec, "rllib", run.get("env_id"), path, run)
+        if run.get("framework") == "es":         # a scripts/es_search.py run directory
+            return PolicySpec(spec, "es", run.get("env_id"), path, run)
     if path.is_dir():
         path = path / "model.zip"
     if not path.is_file():
@@ -277,7 +293,7 @@ def trace_workload(path: str) -> dict[str, Any]:
 
 
 def plan_windows(arrivals_ms: list[float], total_s: float, window_s: float, interval_s: float,
-                 windows: int | None) -> list[float]:
+                 windows: int | None, default: bool = False) -> list[float]:
     """Start times of consecutive windows of ``window_s`` covering the trace (``0``: one
     window over the whole trace). Errors: window longer than the trace, not a multiple of
     the decision interval, more windows than fit, a window without requests."""
@@ -287,8 +303,13 @@ def plan_windows(arrivals_ms: list[float], total_s: float, window_s: float, inte
         starts, length = [0.0], total_s
     else:
         if window_s > total_s:
-            raise InputError(f"a {window_s:g} s window is longer than the trace "
-                             f"({total_s:.0f} s)", field="--window-s")
+            what = (f"the default window (60 decision intervals of {interval_s:g} s = "
+                    f"{window_s:g} s, no --window-s given)" if default else
+                    f"a {window_s:g} s window")
+            how = ("; pass --window-s S (a multiple of the interval, at most the trace) or "
+                   "--window-s 0 for the whole trace as one episode" if default else "")
+            raise InputError(f"{what} is longer than the trace ({total_s:.0f} s){how}",
+                             field="--window-s")
         k = window_s / interval_s
         if abs(k - round(k)) > 1e-9:
             raise InputError(f"must be a multiple of the decision interval ({interval_s:g} s), "
@@ -434,9 +455,11 @@ def run_episode(env, policy, options: dict[str, Any], seed: int,
 
 def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str, Any],
                  trace: str | None, window_s: float | None, windows: int | None,
-                 episodes: int, seed: int, split: str):
+                 episodes: int, seed: int, split: str, quiet: bool = True):
     """The evaluation env, its config, and the episodes to run: ``[(reset options, seed)]``
-    plus a JSON description of the plan."""
+    plus a JSON description of the plan. Unless ``quiet``, what the trace loader did beyond
+    a plain read (rows sorted, timestamps shifted, ...) is a note on stderr, as ``dynosim
+    simulate`` prints it."""
     overrides = dict(overrides)
     if trace is None:
         env, cfg = make_eval_env(pol, env_id, config, overrides)
@@ -457,20 +480,41 @@ def episode_plan(pol: PolicySpec, env_id: str, config: Any, overrides: dict[str,
     env, cfg = make_eval_env(pol, env_id, config, overrides, flags)
     tr = env.unwrapped.episodes.trace
     env.close()
+    if getattr(tr, "notes", None) and not quiet:
+        print(f"dynosim: note: {trace}: {'; '.join(tr.notes)}", file=sys.stderr)
     arrivals = [r.arrival_ms for r in tr._firsts]
     if not arrivals:
         raise InputError("the trace has no requests", file=trace, field="--trace")
     total_s = arrivals[-1] / 1000.0
     iv = cfg.env.interval_s
     ws = 60.0 * iv if window_s is None else float(window_s)
-    starts = plan_windows(arrivals, total_s, ws, iv, windows)
+    starts = plan_windows(arrivals, total_s, ws, iv, windows, default=window_s is None)
+    unscored = unscored_requests(arrivals, starts, ws)
+    if unscored:
+        end = starts[-1] + ws
+        why = (f"the trace's tail past the last whole {ws:g} s window" if windows is None
+               else f"--windows {windows} scores the first {plural(len(starts), 'window')}")
+        print(f"dynosim: {unscored:,} of {len(arrivals):,} trace requests arrive at or after "
+              f"{end:g} s and are in no scored window ({why}); --window-s 0 scores the whole "
+              "trace as one episode", file=sys.stderr)
     steps = int(round(ws / iv)) if ws > 0 else int(math.floor(total_s / iv)) + 1
     overrides["env.episode_steps"] = steps
     env, cfg = make_eval_env(pol, env_id, config, overrides,
                              {**flags, "env.episode_steps": "--window-s"})
     runs = [({"window_start_s": s}, seed) for s in starts]
     return env, cfg, runs, {"trace": trace, "window_s": ws, "windows": len(starts),
-                            "episode_steps": steps, "seed": seed}
+                            "episode_steps": steps, "seed": seed,
+                            "requests_in_trace": len(arrivals), "requests_unscored": unscored}
+
+
+def unscored_requests(arrivals_ms: list[float], starts: list[float], window_s: float) -> int:
+    """Trace requests (first turns, by arrival) in none of the windows ``[s, s + window_s)``
+    (``window_s`` 0: the whole trace, none left out): the tail after the last whole window,
+    or the windows after the first ``--windows N``. The windows are consecutive from 0."""
+    if window_s == 0 or not starts:
+        return 0
+    end_ms = (starts[-1] + window_s) * 1000.0
+    return len(arrivals_ms) - bisect.bisect_left(arrivals_ms, end_ms)
 
 
 def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episodes: int = 5,
@@ -503,7 +547,7 @@ def evaluate(spec: str, env_id: str | None = None, *, config: Any = None, episod
     from dynosim_gym.episodes import ForeignScenario
     try:
         env, cfg, runs, plan = episode_plan(pol, env_id, config, overrides or {}, trace,
-                                            window_s, windows, episodes, seed, split)
+                                            window_s, windows, episodes, seed, split, quiet)
     except ForeignScenario as exc:       # a config of the other env, no env given: say so
         if env_given:
             raise
@@ -837,6 +881,7 @@ def summarise(spec: str, results: list[dict], cfg, reward_cfg: dict, interface: 
         request_throughput_rps=completed / (3600.0 * hours) if hours else 0.0,
         reward_config=reward_cfg,
         policy_interface=interface, episodes_plan=plan, per_episode=eps,
+        latency_samples=len(ttfts),
         gpu_hours_by_role={r: float(sum(e[f"gpu_hours_{r}"] for e in eps))
                            for r in POOLS if f"gpu_hours_{r}" in eps[0]},
         env_config=cfg.to_dict(),

@@ -67,7 +67,11 @@ def check_policies(specs: list[str], env_id: str, policies: list[str] | None,
 
 
 def find_models(directory: Path) -> list[Path]:
-    return sorted(p.parent for p in directory.rglob("model.zip"))
+    """Run directories under ``directory``: SB3 runs (``model.zip``) and
+    ``scripts/es_search.py`` runs (``policy.json`` beside a ``run.json``)."""
+    return sorted({p.parent for p in directory.rglob("model.zip")}
+                  | {p.parent for p in directory.rglob("policy.json")
+                     if (p.parent / "run.json").is_file()})
 
 
 def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: Any = None,
@@ -178,6 +182,10 @@ def _markdown(rows: list[dict], reference: str, episodes: int, seed: int,
              "each)" if "trace" in plan else
              f"{plural(episodes, 'held-out episode' if plan['split'] == 'eval' else 'episode')}"
              f" (split={plan['split']}, {seeds})")
+    if plan.get("requests_unscored"):         # the tail after the last whole window
+        which += (f" ({plan['requests_unscored']:,} of the trace's "
+                  f"{plan['requests_in_trace']:,} requests, after the last whole window, "
+                  "in no episode)")
     note = (f"\n{which}, "
             f"the same for every policy; SLA attainment and percentiles pooled over all "
             f"requests (± = std of the episodes' own figures); flaps = reversals under 300 s "
@@ -195,6 +203,27 @@ def _front(results: list[Evaluation]) -> list[Evaluation]:
                        and (o.sla_attainment, o.gpu_hours_per_episode)
                        != (r.sla_attainment, r.gpu_hours_per_episode)
                        for o in results)]
+
+
+def scored_episodes(plan: dict | None, first: bool = False) -> str:
+    """What a result was scored on, for plot labels: ``"3 windows of az.jsonl (60 s each)"``
+    for a trace (``first``: ``"first window of az.jsonl, [0, 60) s"``), else held-out (split
+    eval) or training (split train) episodes. ``plan`` is ``Evaluation.episodes_plan``
+    (empty for a v0.1 record: held-out)."""
+    plan = plan or {}
+    if plan.get("trace"):
+        name = str(plan["trace"])
+        name = name if name.startswith("bundled:") else Path(name).name
+        ws = float(plan.get("window_s") or 0)
+        if first:
+            return (f"{name} (whole trace)" if ws == 0 else
+                    f"first window of {name}, [0, {ws:g}) s")
+        return (f"{name} (whole trace, 1 episode)" if ws == 0 else
+                f"{plural(int(plan.get('windows', 1)), 'window')} of {name} ({ws:g} s each)")
+    split = plan.get("split", "eval")
+    if split == "eval":
+        return "first held-out episode" if first else "held-out episodes"
+    return f"first episode (split={split})" if first else f"episodes of split={split}"
 
 
 def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: int = 6,
@@ -249,8 +278,9 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
         ax.set_title(f"{_label(r.policy, d)}: SLA {r.sla_attainment:.1%}, "
                      f"{r.gpu_hours_per_episode:.3f} GPU-h/episode (over all episodes)",
                      fontsize=9, loc="left")
-    axes[-1, 0].set_xlabel("simulated time (s), first held-out episode; blue: provisioned "
-                           "workers, grey: arrival rate, red: queued requests / 10")
+    axes[-1, 0].set_xlabel(f"simulated time (s), {scored_episodes(getattr(shown[0], 'episodes_plan', None), True)}"
+                           "\nblue: provisioned workers, grey: arrival rate, red: queued "
+                           "requests / 10")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -283,9 +313,15 @@ def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
         ax.plot(*zip(*pts), color="0.6", lw=1, zorder=2)
     ax.set_xlabel("GPU-hours per episode (lower is better)")
     ax.set_ylabel("SLA attainment (% of requests, higher is better)")
-    ax.set_title("Policies on held-out episodes", fontsize=10)
+    ax.set_title(f"Policies on {scored_episodes(getattr(results[0], 'episodes_plan', None))}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(x=0.18, y=0.15)        # room, so adjustText keeps labels off the frame
+    lo, hi = ax.get_ylim()            # attainment is at most 100 %: no tick above it
+    if hi > 100:
+        hi = 100 + 0.03 * (100 - lo) if lo < 100 else 101
+        ax.set_ylim(lo, hi)
+        ax.set_yticks([t for t in ax.get_yticks() if lo <= t <= 100])
+        ax.set_ylim(lo, hi)
     kinds = {r.policy.startswith("heuristic:") for r in results}   # only the kinds drawn
     ax.legend(handles=[
         *([Line2D([], [], marker="s", ls="", color="C1", label="heuristic planner")]
@@ -389,7 +425,9 @@ def plot_ttft_cdf(results: list[Evaluation], path: Path, d: Path,
     styles = ["-", "--", "-.", ":"]
     for k, r in enumerate(results):
         x = np.asarray(r.ttfts_ms, dtype=float)
-        if len(x) == 0:
+        if len(x) == 0:               # nothing completed: said in the legend, no curve
+            ax.plot([], [], lw=1.4, ls=styles[(k // 10) % 4],
+                    label=f"{_label(r.policy, d)} (no samples: no request completed)")
             continue
         y = np.arange(1, len(x) + 1) / len(x)
         ax.step(np.maximum(x, 1.0), y, where="post", lw=1.4, ls=styles[(k // 10) % 4],

@@ -42,12 +42,7 @@ def train(algo: str, env_id: str = "DynoSim-v0", *, config: str | None = None,
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    env_id = check_env_id(env_id)
-    key = algo_name(algo)
-    hp = load_hyperparams(key, env_id, hyperparams)
-    hp_file = str(Path(hyperparams) if hyperparams is not None
-                  else HYPERPARAMS_DIR / f"{key}.yml")
-    _check_recipe(hp, env_id, hp_file)
+    env_id, key, hp, hp_file = _checked_recipe(algo, env_id, hyperparams)
     n_envs = int(n_envs or hp.pop("n_envs", 1))
     hp.pop("n_envs", None)
     total = int(timesteps or hp.pop("n_timesteps", 100_000))
@@ -275,16 +270,25 @@ def training_env_config(algo: str, env_id: str = "DynoSim-v0", *, config: str | 
     for a bad recipe or override (naming ``--set KEY`` or the recipe's key), without
     building an env, so a driver that trains several seeds
     (``scripts/learned_benchmark.py``) can check its flags before any work."""
+    env_id, key, hp, hp_file = _checked_recipe(algo, env_id, hyperparams)
+    recipe_env = dict(hp.pop("env_kwargs", None) or {})
+    defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
+    return _recipe_env_config(hp, recipe_env, config, defaults, dict(overrides or {}),
+                              hp_file, key)
+
+
+def _checked_recipe(algo: str, env_id: str, hyperparams: str | Path | None
+                    ) -> tuple[str, str, dict[str, Any], str]:
+    """``(env_id, algo key, recipe dict, recipe file name)`` for ``algo`` on ``env_id``:
+    the recipe loaded (``hyperparams`` or ``agents/hyperparams/ALGO.yml``) and checked
+    (:func:`_check_recipe`); the one-line InputError of either otherwise."""
     env_id = check_env_id(env_id)
     key = algo_name(algo)
     hp = load_hyperparams(key, env_id, hyperparams)
     hp_file = str(Path(hyperparams) if hyperparams is not None
                   else HYPERPARAMS_DIR / f"{key}.yml")
     _check_recipe(hp, env_id, hp_file)
-    recipe_env = dict(hp.pop("env_kwargs", None) or {})
-    defaults = "autoscale_default" if env_id == "DynoSim-v0" else "routing_default"
-    return _recipe_env_config(hp, recipe_env, config, defaults, dict(overrides or {}),
-                              hp_file, key)
+    return env_id, key, hp, hp_file
 
 
 def _recipe_env_config(hp: dict[str, Any], recipe_env: dict[str, Any], config: str | None,

@@ -11,18 +11,27 @@ controller (:data:`FIXED`: SLAs, mode, GPUs per worker, the budget, predictor kw
 context length) is searched, so a knob added to the dataclass becomes tunable with no change
 here. Ranges: :data:`RANGES` for knobs with a known domain; otherwise numbers from a quarter
 to four times their default (log scale), booleans both ways, the decision interval over
-1, 2, 3 and 6 env steps, the predictor over :data:`sim.predictors.PREDICTORS`. A sampled
-configuration PlannerConfig rejects is pruned.
+1, 2, 3 and 6 env steps, the predictor over :data:`sim.predictors.PREDICTORS`. The load
+target's KV thresholds (:data:`KV_RATE_KNOBS`) are conditional: searched only in trials whose
+``optimization_target`` is ``load`` (no other target reads them; Dynamo's default for them is
+None), the scale-up threshold from the scale-down one to 100, so a written YAML never holds a
+scale-down threshold above the scale-up one. A sampled configuration PlannerConfig still
+rejects is pruned: each pruned trial prints its reason on stderr, and the YAML records the
+completed and pruned counts (``search.trials_completed``, ``search.trials_pruned``).
 
 Search: Optuna's TPE sampler seeded with ``--seed`` (one process, one trial at a time, so
 the study is deterministic); objective = mean episode reward (the env config's reward) over
 the same ``--episodes`` training episodes (``split=train``, seeds ``seed..``) for every
-trial. Trial 0 is the planner's defaults. The best knobs are written as a small YAML
+trial. Trial 0 is the planner's defaults (the env config's planner): every searched knob at
+its default value, the KV thresholds unsearched unless the default target is ``load``; a
+default outside its searched range (e.g. an ``env.planner_interval_s`` that is not 1, 2, 3 or
+6 steps) is sampled instead, printed on stderr and listed in ``search.trial_0_sampled``. The best knobs are written as a small YAML
 (``agents/tuned/NAME.yaml``, shipped in the package) and become ``heuristic:NAME``.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 import typing
@@ -52,6 +61,9 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "decode_scale_up_kv_rate": (0.0, 100.0, False),
     "decode_scale_down_kv_rate": (0.0, 100.0, False),
 }
+#: The load target's KV-usage thresholds (percent): searched only when the trial's
+#: ``optimization_target`` is ``load``; the scale-up one is drawn above the scale-down one.
+KV_RATE_KNOBS = ("decode_scale_down_kv_rate", "decode_scale_up_kv_rate")
 
 
 def knob_space(env_cfg) -> dict[str, dict[str, Any]]:
@@ -89,13 +101,34 @@ def knob_space(env_cfg) -> dict[str, dict[str, Any]]:
             space[name] = {"int": (max(1, default // 4), max(2, default * 4)), "log": True}
         elif float in args and isinstance(default, (int, float)) and default > 0:
             space[name] = {"float": (default / 4, default * 4), "log": True}
+    if all(k in space for k in KV_RATE_KNOBS):
+        down, up = KV_RATE_KNOBS
+        space[down]["only_if"] = {"optimization_target": "load"}
+        space[up]["only_if"] = {"optimization_target": "load"}
+        space[up]["above"] = down               # its range starts at the trial's scale-down
+        space = {k: v for k, v in space.items() if k != up} | {up: space[up]}
     return space
 
 
-def _suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    out = {}
+def _active(spec: dict[str, Any], knobs: dict[str, Any], base: dict[str, Any]) -> bool:
+    """Whether a knob is searched given the knobs drawn so far (``only_if``: each named
+    knob, drawn or else at its ``base`` value, equals the given value)."""
+    return all(knobs.get(k, base.get(k)) == v for k, v in spec.get("only_if", {}).items())
+
+
+def _suggest(trial, space: dict[str, dict[str, Any]],
+             base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One trial's knobs: every knob of ``space`` that is active (:func:`_active`; ``base``
+    are the planner's values of the knobs not drawn)."""
+    out: dict[str, Any] = {}
     for name, spec in space.items():
-        if "choices" in spec:
+        if not _active(spec, out, base or {}):
+            continue
+        if "above" in spec:
+            lo, hi = spec["float"]
+            out[name] = trial.suggest_float(name, max(float(lo), out[spec["above"]]),
+                                            float(hi), log=spec.get("log", False))
+        elif "choices" in spec:
             out[name] = trial.suggest_categorical(name, spec["choices"])
         elif "int" in spec:
             lo, hi = spec["int"]
@@ -175,12 +208,16 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     for opts, s in runs:
         env.reset(seed=s, options=opts)
     failure: list[InputError] = []
+    base = {} if kind == "kv" else dataclasses.asdict(planner_config(cfg))
 
     def objective(trial) -> float:
-        knobs = _suggest(trial, space)
+        knobs = _suggest(trial, space, base)
         try:
             planner_config(cfg, knobs)
-        except InputError:
+        except InputError as exc:
+            # not silent: the trial is left out of the study, say which and why
+            print(f"tune: trial {trial.number + 1}/{trials} pruned: the planner rejects its "
+                  f"knobs ({exc.format()})", file=sys.stderr, flush=True)
             raise optuna.TrialPruned() from None
         try:
             res = score(kind, knobs, env, runs)
@@ -201,12 +238,31 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
-    study.enqueue_trial({k: v for k, v in defaults.items()
-                         if _in_space(v, space[k])}, skip_if_exists=True)
+    # trial 0: the defaults, for every knob the defaults search (a knob whose default
+    # leaves its range is sampled: said here and recorded)
+    first: dict[str, Any] = {}
+    sampled = []
+    for k, spec in space.items():
+        if not _active(spec, first, defaults):
+            continue
+        floor = first.get(spec.get("above"), -math.inf)     # the scale-up KV threshold's
+        if _in_space(defaults[k], spec) and (floor == -math.inf or defaults[k] >= floor):
+            first[k] = defaults[k]
+        else:
+            sampled.append(k)
+    if sampled:
+        print(f"tune: trial 1 is the defaults except {', '.join(sampled)} (default outside "
+              "the searched range: sampled)", file=sys.stderr, flush=True)
+    study.enqueue_trial(first, skip_if_exists=True)
     study.optimize(objective, n_trials=trials, n_jobs=1)
     env.close()
     if failure:
         raise failure[0]
+    states = [t.state.name for t in study.trials]
+    completed, pruned = states.count("COMPLETE"), states.count("PRUNED")
+    if not completed:
+        raise InputError(f"all {trials} trials were pruned (their reasons are above): "
+                         "no configuration to write", field="--trials")
     best = study.best_trial
     knobs = dict(best.params)
     if kind != "kv":
@@ -225,7 +281,9 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                      "scenarios": cfg.env.scenarios, "episodes": episodes,
                      "seeds": list(range(seed, seed + episodes))},
         "search": {"sampler": "optuna.samplers.TPESampler", "seed": seed, "trials": trials,
-                   "space": space, "optuna": optuna.__version__},
+                   "trials_completed": completed, "trials_pruned": pruned,
+                   "trial_0_sampled": sampled, "space": space,
+                   "optuna": optuna.__version__},
         "command": (f"dynosim tune --policy heuristic:{kind} --trials {trials} --episodes "
                     f"{episodes} --seed {seed}" + (f" --config {config}" if config else "")
                     + (f" --name {name}" if name != f"{kind}-tuned" else "")

@@ -9,6 +9,11 @@ are the figure of merit). Peak RSS is each process's own maximum resident set.
     python bench/peer_side_by_side.py --configs sa,tc,sb --name flavours_side_by_side
     python bench/peer_side_by_side.py --configs da,db --name disagg_side_by_side
     python bench/peer_side_by_side.py --configs g2,dp --name tiers_side_by_side
+    python bench/peer_side_by_side.py --trace MY.jsonl --configs a --repeats 1 --name mine
+
+``--trace`` replays your own Mooncake-format ``.jsonl`` instead of the conversation trace
+(default ``$DYNOSIM_SHARED/data/traces/mooncake_fast25/conversation_trace.jsonl``; the
+configurations are the same).
 
 Needs Dynamo's replay (``make peer`` installs ai-dynamo 1.6.1 into .peer-venv).
 """
@@ -127,13 +132,24 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench/results"))
     ap.add_argument("--name", default="peer_side_by_side",
                     help="report file stem (e.g. flavours_side_by_side for sa,sb,tc)")
+    ap.add_argument("--trace", default=None, metavar="PATH",
+                    help="a Mooncake .jsonl to replay in both simulators (default: the "
+                         "Mooncake FAST'25 conversation trace under $DYNOSIM_SHARED)")
     a = ap.parse_args()
+    global TRACE
+    if a.trace is not None:
+        TRACE = Path(a.trace).resolve()
+    if not TRACE.is_file():
+        print(f"peer_side_by_side: {TRACE}: trace not found (--trace)", file=sys.stderr)
+        return 2
+    unknown = [k for k in a.configs.split(",") if k not in CONFIGS]
+    if unknown:
+        print(f"peer_side_by_side: --configs: unknown {', '.join(unknown)}; expected some of "
+              f"{', '.join(CONFIGS)}", file=sys.stderr)
+        return 2
     py = peer_python()
     if py is None:
         print("Dynamo's replay is not installed (run `make peer`).", file=sys.stderr)
-        return 2
-    if not TRACE.exists():
-        print(f"trace not found: {TRACE}", file=sys.stderr)
         return 2
     results = {}
     for key in a.configs.split(","):
@@ -146,7 +162,7 @@ def main() -> int:
             peer.append(run_peer(py, cfg))
             peer[-1]["load_avg_1min"] = os.getloadavg()[0]
         results[key] = {"ours": ours, "peer": peer}
-    report = render(results)
+    report = render(results, None if a.trace is None else TRACE.name)
     print(report)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,8 +175,10 @@ def _med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def render(results: dict) -> str:
-    lines = ["### Parity with Dynamo 1.6.1 offline replay (Mooncake conversation trace, "
+def render(results: dict, trace: str | None = None) -> str:
+    """The report; ``trace`` names a ``--trace`` (default: the Mooncake conversation trace)."""
+    which = "Mooncake conversation trace" if trace is None else trace
+    lines = [f"### Parity with Dynamo 1.6.1 offline replay ({which}, "
              "polynomial timing)", "",
              "| config | metric | " + " | ".join(f"{s} ours / Dynamo (Δ%)" for _, s in STATS)
              + " | completed ours / Dynamo |",

@@ -442,8 +442,12 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
     for key in ("scenarios", "eval_scenarios"):
         for name in (getattr(e, key) or "").split(","):
             if name.strip() and name.strip() not in SCENARIOS:
-                raise v.error(f"unknown scenario {name.strip()!r}; expected a comma list of "
-                              f"{', '.join(SCENARIOS)}", f"env.{key}")
+                # per env (each env refuses the other's families)
+                raise v.error(f"unknown scenario {name.strip()!r}; expected names of "
+                              f"DynoSim-v0's families ({', '.join(FAMILIES)}), or of "
+                              f"DynoSimRouting-v0's ({', '.join(ROUTING_FAMILIES)}), or the "
+                              f"v0.1 load shapes either env takes "
+                              f"({', '.join(LEGACY_SCENARIOS)})", f"env.{key}")
     if e.swing_min > e.swing_max:
         raise v.error(f"must be <= env.swing_max ({e.swing_max}), got {e.swing_min}",
                       "env.swing_min")

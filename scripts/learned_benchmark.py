@@ -355,6 +355,7 @@ def train_split_scores(args, names: list[str], out: Path) -> tuple[dict, dict]:
                              sel / f"train_split_{n}_s{s}.json")
               for n in names for s in args.seeds
               if (Path(args.runs) / n / f"s{s}" / "model.zip").exists()
+              or (Path(args.runs) / n / f"s{s}" / "policy.json").exists()   # es_search.py
               or (sel / f"train_split_{n}_s{s}.json").exists()}
     return base, scores
 
@@ -461,6 +462,10 @@ def ship(args, names: list[str], out: Path) -> tuple[str, int] | None:
         print(f"the rule keeps pretrained:{args.ship} ({name} seed {seed}, shipped already)",
               file=sys.stderr)
         return None
+    if (Path(args.runs) / name / f"s{seed}" / "policy.json").is_file():
+        raise SystemExit(f"learned_benchmark: error: the rule chose {name} seed {seed}, a "
+                         "scripts/es_search.py run (policy.json): agents/pretrained holds "
+                         "stable-baselines3 models only, so it is not copied there")
     if not (Path(args.runs) / name / f"s{seed}" / "model.zip").is_file():
         from sim.errors import InputError
         raise InputError(f"the rule chose {name} seed {seed}, whose run "
