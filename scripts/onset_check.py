@@ -22,8 +22,6 @@ Exit 2 with one line on bad input (a policy without a residual action included).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -78,15 +76,9 @@ def episode(env, policy, split: str, seed: int, offset_lo: int, window_s: float)
 
 def check(spec: str, split: str = "train", episodes: int = 3, seed: int = 0,
           window_s: float = 300.0) -> dict:
-    from agents.evaluate import make_eval_env, resolve_policy
-    from sim.errors import InputError
+    from agents.cli import residual_policy_env
 
-    pol = resolve_policy(spec)
-    env, cfg = make_eval_env(pol, "DynoSim-v0", None, {})
-    if cfg.env.action.type != "residual":
-        raise InputError(f"{spec} acts with env.action.type {cfg.env.action.type!r}, not "
-                         "residual", field="--policy")
-    lo = int(cfg.env.action.residual_offsets[0])
+    pol, env, cfg, lo = residual_policy_env(spec)
     learned = pol.load(env)
     rows = [episode(env, learned, split, s, lo, window_s) for s in range(seed, seed + episodes)]
     env.close()
@@ -100,34 +92,15 @@ def check(spec: str, split: str = "train", episodes: int = 3, seed: int = 0,
 
 def main(argv=None) -> int:
     """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
-    from agents.cli import _check_out_file, _pos_int, _seed
-    from dynosim.cli import guarded
-    from dynosim.options import Parser, ScriptHelpFormatter
+    from agents.cli import policy_episodes_script
 
-    ap = Parser(prog="onset_check.py", description=__doc__,
-                formatter_class=ScriptHelpFormatter)
-    ap.add_argument("--policy", required=True, help="a run dir or model zip; required")
-    ap.add_argument("--split", default="train", choices=("train", "eval"),
-                    help="training or held-out episodes")
-    ap.add_argument("--episodes", type=_pos_int, default=3, help="seeded episodes")
-    ap.add_argument("--seed", type=_seed, default=0, help="seed of the first episode")
-    ap.add_argument("--window-s", type=float, default=300.0,
-                    help="the first window (s) whose held scale-ups are counted apart")
-    ap.add_argument("--out", metavar="FILE",
-                    help="also write the JSON to this file (default: none, print only)")
-    args = ap.parse_args(argv)
-
-    def run() -> int:
-        if args.out:
-            _check_out_file(args.out)
-        import dynosim_gym  # noqa: F401  (registers the envs)
-        text = json.dumps(check(args.policy, args.split, args.episodes, args.seed,
-                                args.window_s), indent=1)
-        print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-        return 0
-    return guarded(run, {})
+    def window(ap):
+        ap.add_argument("--window-s", type=float, default=300.0,
+                        help="the first window (s) whose held scale-ups are counted apart")
+    return policy_episodes_script(
+        argv, "onset_check.py", __doc__,
+        lambda a: check(a.policy, a.split, a.episodes, a.seed, a.window_s), indent=1,
+        extra=window)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ residual action included).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -49,16 +47,10 @@ def _episode(env, policy, split: str, seed: int, offset_lo: int) -> dict:
 def deviation(spec: str, split: str = "train", episodes: int = 3, seed: int = 0) -> dict:
     """The report (module doc) for policy ``spec`` (a run dir or model) on ``episodes``
     episodes of ``split`` from ``seed``."""
-    from agents.evaluate import make_eval_env, resolve_policy
+    from agents.cli import residual_policy_env
     from agents.heuristics import OffsetPolicy
-    from sim.errors import InputError
 
-    pol = resolve_policy(spec)
-    env, cfg = make_eval_env(pol, "DynoSim-v0", None, {})
-    if cfg.env.action.type != "residual":
-        raise InputError(f"{spec} acts with env.action.type {cfg.env.action.type!r}, not "
-                         "residual: it has no base to compare with", field="--policy")
-    lo = int(cfg.env.action.residual_offsets[0])
+    pol, env, cfg, lo = residual_policy_env(spec, ": it has no base to compare with")
     learned, base = pol.load(env), OffsetPolicy(env, 0, field="--policy")
     rows = []
     for s in range(seed, seed + episodes):
@@ -91,32 +83,10 @@ def deviation(spec: str, split: str = "train", episodes: int = 3, seed: int = 0)
 
 def main(argv=None) -> int:
     """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
-    from agents.cli import _check_out_file, _pos_int, _seed
-    from dynosim.cli import guarded
-    from dynosim.options import Parser, ScriptHelpFormatter
-
-    ap = Parser(prog="residual_deviation.py", description=__doc__,
-                formatter_class=ScriptHelpFormatter)
-    ap.add_argument("--policy", required=True, help="a run dir or model zip; required")
-    ap.add_argument("--split", default="train", choices=("train", "eval"),
-                    help="training or held-out episodes")
-    ap.add_argument("--episodes", type=_pos_int, default=3, help="seeded episodes")
-    ap.add_argument("--seed", type=_seed, default=0, help="seed of the first episode")
-    ap.add_argument("--out", metavar="FILE",
-                    help="also write the JSON to this file (default: none, print only)")
-    args = ap.parse_args(argv)
-
-    def run() -> int:
-        if args.out:
-            _check_out_file(args.out)
-        import dynosim_gym  # noqa: F401  (registers the envs)
-        text = json.dumps(deviation(args.policy, args.split, args.episodes, args.seed),
-                          indent=2)
-        print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-        return 0
-    return guarded(run, {})
+    from agents.cli import policy_episodes_script
+    return policy_episodes_script(
+        argv, "residual_deviation.py", __doc__,
+        lambda a: deviation(a.policy, a.split, a.episodes, a.seed))
 
 
 if __name__ == "__main__":

@@ -84,15 +84,20 @@ def test_hold_never_scales_down_in_the_first_window_and_never_holds_a_scale_up(
             assert h == (max(p, initial) if k < window else p)
 
 
+#: round 14's action settings in miniature (residual, window and cooldown 300 s, cold start
+#: held, 2 workers at reset, a flat 0.5 req/s); each test sets env.episode_steps
+ROUND14_MINI = {"env.action.type": "residual", "env.initial_workers": 2,
+                "env.action.scale_down_window_s": 300, "env.action.reversal_cooldown_s": 300,
+                "env.action.base_before_first_tick": "hold", "env.rate_min_rps": 0.5,
+                "env.rate_max_rps": 0.5}
+
+
 def test_round14_step0_drain_is_gone_and_the_scale_up_follows() -> None:
     """Round 14's failure in miniature (residual, window and cooldown 300 s, cold start
     held, 2 workers at reset): asking offset -2 at step 0 and +2 after. Without the option
     the drain at step 0 starts the cooldown and the scale-up is held for 300 s; with it the
     count stays at 2 and the scale-up applies at step 1."""
-    kw = {"env.action.type": "residual", "env.initial_workers": 2, "env.episode_steps": 6,
-          "env.action.scale_down_window_s": 300, "env.action.reversal_cooldown_s": 300,
-          "env.action.base_before_first_tick": "hold", "env.rate_min_rps": 0.5,
-          "env.rate_max_rps": 0.5}
+    kw = {**ROUND14_MINI, "env.episode_steps": 6}
     out = {}
     for mode in ("none", "hold"):
         env = _env(**kw, **{KEY: mode})
@@ -194,10 +199,7 @@ def test_onset_check_counts_onsets_as_plot_learned_and_held_scale_ups_from_info(
             self.k += 1
             return off - self.lo, None
 
-    kw = {"env.action.type": "residual", "env.initial_workers": 2, "env.episode_steps": 8,
-          "env.action.scale_down_window_s": 300, "env.action.reversal_cooldown_s": 300,
-          "env.action.base_before_first_tick": "hold", "env.rate_min_rps": 0.5,
-          "env.rate_max_rps": 0.5}
+    kw = {**ROUND14_MINI, "env.episode_steps": 8}
     rows = {}
     for mode in ("none", "hold"):
         env = _env(**kw, **{KEY: mode})
