@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     from agents.cli import policy_episodes_script
 
     def window(ap):
-        ap.add_argument("--window-s", type=float, default=300.0,
+        from sim.schema import TIME_S_POS, arg_type
+        ap.add_argument("--window-s", type=arg_type(TIME_S_POS, float), default=300.0,
                         help="the first window (s) whose held scale-ups are counted apart")
     return policy_episodes_script(
         argv, "onset_check.py", __doc__,

@@ -183,6 +183,18 @@ def test_onset_check_refuses_a_policy_without_a_residual_action(capsys) -> None:
     assert rc == 2 and len(err) == 1 and "--policy" in err[0] and "residual" in err[0]
 
 
+@pytest.mark.parametrize("bad", ["-1", "0", "abc"])
+def test_onset_check_refuses_a_window_that_is_not_a_positive_time(bad, capsys) -> None:
+    """A new-user re-check found --window-s -1 accepted (exit 0, 0 held scale-ups: a pass)."""
+    from conftest import load_script
+    with pytest.raises(SystemExit) as exc:
+        load_script("onset_check").main(["--policy", "pretrained:autoscaler",
+                                          "--window-s", bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--window-s" in err and len(err.splitlines()) == 1
+
+
 def test_onset_check_counts_onsets_as_plot_learned_and_held_scale_ups_from_info() -> None:
     """On a tiny residual env with round 14's stabilisers: a policy at offset -2 on step 0
     then +2 drains and is held (the cooldown), counted as held scale-ups in the first
