@@ -76,7 +76,7 @@ def episode(env, policy, split: str, seed: int, offset_lo: int, window_s: float)
 
 def check(spec: str, split: str = "train", episodes: int = 3, seed: int = 0,
           window_s: float = 300.0) -> dict:
-    from agents.cli import residual_policy_env
+    from agents.policy_checks import residual_policy_env
 
     pol, env, cfg, lo = residual_policy_env(spec)
     learned = pol.load(env)
@@ -92,7 +92,7 @@ def check(spec: str, split: str = "train", episodes: int = 3, seed: int = 0,
 
 def main(argv=None) -> int:
     """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
-    from agents.cli import policy_episodes_script
+    from agents.policy_checks import policy_episodes_script
 
     def window(ap):
         from sim.schema import TIME_S_POS, arg_type

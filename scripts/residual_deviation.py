@@ -47,7 +47,7 @@ def _episode(env, policy, split: str, seed: int, offset_lo: int) -> dict:
 def deviation(spec: str, split: str = "train", episodes: int = 3, seed: int = 0) -> dict:
     """The report (module doc) for policy ``spec`` (a run dir or model) on ``episodes``
     episodes of ``split`` from ``seed``."""
-    from agents.cli import residual_policy_env
+    from agents.policy_checks import residual_policy_env
     from agents.heuristics import OffsetPolicy
 
     pol, env, cfg, lo = residual_policy_env(spec, ": it has no base to compare with")
@@ -83,7 +83,7 @@ def deviation(spec: str, split: str = "train", episodes: int = 3, seed: int = 0)
 
 def main(argv=None) -> int:
     """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
-    from agents.cli import policy_episodes_script
+    from agents.policy_checks import policy_episodes_script
     return policy_episodes_script(
         argv, "residual_deviation.py", __doc__,
         lambda a: deviation(a.policy, a.split, a.episodes, a.seed))
