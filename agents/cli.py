@@ -232,9 +232,24 @@ def _tune(args) -> int:
                       overrides=dict(args.set), quiet=args.quiet, replace=args.replace)
     sr = best["search"]
     pruned = f", {sr['trials_pruned']} pruned" if sr["trials_pruned"] else ""
-    print(f"dynosim: best {best['objective']:.4f} with {json.dumps(best['knobs'])} "
-          f"({sr['trials_completed']} of {sr['trials']} trials completed{pruned}); wrote {path}")
+    done = f"{sr['trials_completed']} of {sr['trials']} trials completed{pruned}"
+    if best["best_is_defaults"]:
+        print(f"dynosim: best is trial 1, the defaults (objective {best['objective']:.4f}; "
+              f"{done}): tuning found nothing better, the file holds the default knobs "
+              f"{json.dumps(best['knobs'])}; wrote {path}")
+    else:
+        ref = "trial 1, the defaults" + (f" except {', '.join(sr['trial_0_sampled'])}"
+                                         if sr["trial_0_sampled"] else "")
+        which = (ref if best["best_trial"] == 1 else f"trial {best['best_trial']}; {ref}: "
+                 f"{_objective(best['default_objective'])}")
+        print(f"dynosim: best {best['objective']:.4f} ({which}) with "
+              f"{json.dumps(best['knobs'])} ({done}); wrote {path}")
     return 0
+
+
+def _objective(value: float | None) -> str:
+    """A trial's objective for the tune summary (None: the defaults' trial was pruned)."""
+    return "pruned" if value is None else f"{value:.4f}"
 
 
 def _created_out_dir(path: str) -> None:

@@ -22,11 +22,14 @@ completed and pruned counts (``search.trials_completed``, ``search.trials_pruned
 Search: Optuna's TPE sampler seeded with ``--seed`` (one process, one trial at a time, so
 the study is deterministic); objective = mean episode reward (the env config's reward) over
 the same ``--episodes`` training episodes (``split=train``, seeds ``seed..``) for every
-trial. Trial 0 is the planner's defaults (the env config's planner): every searched knob at
+trial. Trial 0 (printed as trial 1) is the planner's defaults (the env config's planner): every searched knob at
 its default value, the KV thresholds unsearched unless the default target is ``load``; a
 default outside its searched range (e.g. an ``env.planner_interval_s`` that is not 1, 2, 3 or
-6 steps) is sampled instead, printed on stderr and listed in ``search.trial_0_sampled``. The best knobs are written as a small YAML
-(``agents/tuned/NAME.yaml``, shipped in the package) and become ``heuristic:NAME``.
+6 steps) is sampled instead, printed on stderr and listed in ``search.trial_0_sampled``. The
+best knobs are written as a small YAML (``agents/tuned/NAME.yaml``, shipped in the package) and
+become ``heuristic:NAME``; ``best_trial`` (1-based) names the trial they come from and
+``best_is_defaults`` is true when it is trial 1 with no knob sampled (a tie keeps the earlier
+trial): the search found nothing better than the defaults.
 """
 from __future__ import annotations
 
@@ -275,6 +278,10 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
         "train_gpu_hours_per_episode": float(best.user_attrs["gpu_hours_per_episode"]),
         "default_objective": float(study.trials[0].value) if study.trials[0].value is not None
         else None,
+        # trial 0 is the defaults (unless a knob was sampled): best there means the search
+        # found nothing better and heuristic:NAME is the untuned planner (router)
+        "best_trial": best.number + 1,
+        "best_is_defaults": best.number == 0 and not sampled,
         "tuned_on": {"config": str(config) if config is not None else
                      ("routing_default" if kind == "kv" else "autoscale_default"),
                      "overrides": dict(overrides or {}), "split": "train",
