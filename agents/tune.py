@@ -29,7 +29,10 @@ default outside its searched range (e.g. an ``env.planner_interval_s`` that is n
 best knobs are written as a small YAML (``agents/tuned/NAME.yaml``, shipped in the package) and
 become ``heuristic:NAME``; ``best_trial`` (1-based) names the trial they come from and
 ``best_is_defaults`` is true when it is trial 1 with no knob sampled (a tie keeps the earlier
-trial): the search found nothing better than the defaults.
+trial): the search found nothing better than the defaults. ``knobs`` holds only the knobs
+the planner reads under the best trial's target and predictor
+(:func:`sim.planner.fields_read`); the others it drew (e.g. the predictor's under the load
+planner, the regression's under a static target) are named in ``search.knobs_not_read``.
 """
 from __future__ import annotations
 
@@ -268,8 +271,15 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                          "no configuration to write", field="--trials")
     best = study.best_trial
     knobs = dict(best.params)
+    unread: list[str] = []
     if kind != "kv":
-        PlannerConfig(**{**dataclasses.asdict(planner_config(cfg)), **knobs})   # still valid
+        from sim.planner import fields_read
+        full = PlannerConfig(**{**dataclasses.asdict(planner_config(cfg)), **knobs})  # valid
+        # a knob the planner does not read under the best trial's target / predictor (e.g.
+        # the KV thresholds under latency) changed nothing: the file holds only what is read
+        read = fields_read(full, kind)
+        unread = [k for k in knobs if k not in read]
+        knobs = {k: v for k, v in knobs.items() if k in read}
     record = {
         "base": kind,
         "knobs": knobs,
@@ -289,7 +299,7 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                      "seeds": list(range(seed, seed + episodes))},
         "search": {"sampler": "optuna.samplers.TPESampler", "seed": seed, "trials": trials,
                    "trials_completed": completed, "trials_pruned": pruned,
-                   "trial_0_sampled": sampled, "space": space,
+                   "trial_0_sampled": sampled, "knobs_not_read": unread, "space": space,
                    "optuna": optuna.__version__},
         "command": (f"dynosim tune --policy heuristic:{kind} --trials {trials} --episodes "
                     f"{episodes} --seed {seed}" + (f" --config {config}" if config else "")

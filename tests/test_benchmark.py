@@ -429,7 +429,10 @@ def test_tune_is_deterministic_and_ships_a_named_baseline(tmp_path: Path, monkey
     # written outside agents/tuned/: the header says how it becomes heuristic:NAME
     assert outs[0].startswith("# Written by `dynosim tune` (agents/tune.py); copy it to "
                               "agents/tuned/load-test.yaml to use it as heuristic:load-test.")
-    assert "load_scaling_down_sensitivity" in best["knobs"] and best["tuned_on"]["split"] == "train"
+    # only the knobs the load planner reads under the best target are written
+    assert "optimization_target" in best["knobs"] and best["tuned_on"]["split"] == "train"
+    assert "load_predictor" not in best["knobs"]
+    assert "load_predictor" in best["search"]["knobs_not_read"]
     # --out elsewhere without --name: named after its file, never the shipped default name
     path, _ = tune("heuristic:load", trials=1, episodes=1, config=TINY, seed=0,
                    out=tmp_path / "mine.yaml", overrides={"episode_steps": 4})
