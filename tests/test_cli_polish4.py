@@ -236,3 +236,41 @@ def test_shipped_tuned_planners_hold_only_knobs_their_planner_reads() -> None:
             continue
         read = fields_read(planner_config(cfg, data["knobs"]), data["base"])
         assert set(data["knobs"]) <= read, (path, set(data["knobs"]) - read)
+
+
+# -- 7. plot_learned: a flap that is also a scale-up onset is not drawn on top of it -----------
+
+def test_plot_learned_draws_a_flap_clear_of_its_onset(tmp_path: Path, monkeypatch) -> None:
+    """The round 14b ramp figure's planner panel drew each flap's x on the onset's triangle
+    (both at the count after the move); the x now sits half a worker short of it, and the
+    q= labels are kept clear of the x's too."""
+    from types import SimpleNamespace
+
+    import matplotlib.axes
+    import numpy as np
+
+    from conftest import load_script
+    mod = load_script("plot_learned")
+    n = 40
+    active = [2] * 10 + [1] * 5 + [2] * 10 + [4] * 15      # down at 10, up at 15 and 25
+    trace = {"t_s": [5.0 * (k + 1) for k in range(n)], "active_workers": active,
+             "starting_workers": [0] * n, "queued_requests": [k % 7 for k in range(n)],
+             "arrival_rate_rps": [1.0 + (k % 5) for k in range(n)]}
+    ep = {"seed": 0, "setup": {"scenario": "flash_crowd"}, "sla_attainment": 0.5,
+          "gpu_hours": 1.0, "scaling_events": 3, "reversals": 1, "flaps": 2,
+          "flap_steps": [15, 10], "steps": n}
+    drawn: dict[str, np.ndarray] = {}
+    real = matplotlib.axes.Axes.scatter
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn[kwargs.get("marker")] = np.column_stack([np.asarray(x, float),
+                                                       np.asarray(y, float)])
+        return real(self, x, y, *args, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy)
+    mod.plot([SimpleNamespace(policy="heuristic:load-tuned", traces=[trace],
+                              per_episode=[ep])], tmp_path / "f.png")
+    onset, flap = drawn["^"], drawn["x"]
+    assert onset.tolist() == [[80.0, 2.0]]                  # the onset at step 15 (t = 80 s)
+    assert flap.tolist() == [[80.0, 1.5], [55.0, 1.5]]      # its flap below it; a down's above
+    for fx, fy in flap:
+        assert all(abs(fy - oy) >= 0.5 for ox, oy in onset if ox == fx)
