@@ -127,7 +127,13 @@ def _gpu_tables_check(tmp: Path, mod, monkeypatch) -> tuple[list[str], Path]:
     return ["--check", "--out", str(tmp), "--verbose"], tmp / "t.json"
 
 
+def _scale_out_analyse(tmp: Path, mod, monkeypatch) -> tuple[list[str], Path]:
+    (tmp / "run").mkdir()
+    return ["analyse", str(tmp / "run"), "--out", str(tmp / "o")], tmp / "run" / "search.json"
+
+
 RESULT_READERS = {"replot_leaderboard": (_leaderboard, "array"),
+                  "bench/scale_out": (_scale_out_analyse, "object"),
                   "gen_gpu_tables": (_gpu_tables_check, "object"),
                   "replot_search_front": (_search_front, "object"),
                   "plot_heldout_front": (_heldout_front, "object"),
