@@ -22,9 +22,9 @@ completed and pruned counts (``search.trials_completed``, ``search.trials_pruned
 Search: Optuna's TPE sampler seeded with ``--seed`` (one process, one trial at a time, so
 the study is deterministic); objective = mean episode reward (the env config's reward) over
 the same ``--episodes`` training episodes (``split=train``, seeds ``seed..``) for every
-trial. Trial 0 (printed as trial 1) is the planner's defaults (the env config's planner): every searched knob at
-its default value, the KV thresholds unsearched unless the default target is ``load``; a
-default outside its searched range (e.g. an ``env.planner_interval_s`` that is not 1, 2, 3 or
+trial. Trial 0 (printed as trial 1) is the planner's defaults (the env config's planner):
+every searched knob at its default value, the KV thresholds unsearched unless the default
+target is ``load``; a default outside its searched range (e.g. an ``env.planner_interval_s`` that is not 1, 2, 3 or
 6 steps) is sampled instead, printed on stderr and listed in ``search.trial_0_sampled``. The
 best knobs are written as a small YAML (``agents/tuned/NAME.yaml``, shipped in the package) and
 become ``heuristic:NAME``; ``best_trial`` (1-based) names the trial they come from and
