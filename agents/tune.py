@@ -24,15 +24,16 @@ the study is deterministic); objective = mean episode reward (the env config's r
 the same ``--episodes`` training episodes (``split=train``, seeds ``seed..``) for every
 trial. Trial 0 (printed as trial 1) is the planner's defaults (the env config's planner):
 every searched knob at its default value, the KV thresholds unsearched unless the default
-target is ``load``; a default outside its searched range (e.g. an ``env.planner_interval_s`` that is not 1, 2, 3 or
-6 steps) is sampled instead, printed on stderr and listed in ``search.trial_0_sampled``. The
-best knobs are written as a small YAML (``agents/tuned/NAME.yaml``, shipped in the package) and
-become ``heuristic:NAME``; ``best_trial`` (1-based) names the trial they come from and
-``best_is_defaults`` is true when it is trial 1 with no knob sampled (a tie keeps the earlier
-trial): the search found nothing better than the defaults. ``knobs`` holds only the knobs
-the planner reads under the best trial's target and predictor
-(:func:`sim.planner.fields_read`); the others it drew (e.g. the predictor's under the load
-planner, the regression's under a static target) are named in ``search.knobs_not_read``.
+target is ``load``; a default outside its searched range (e.g. an ``env.planner_interval_s``
+that is not 1, 2, 3 or 6 steps) is sampled instead, printed on stderr and listed in
+``search.trial_0_sampled``. The best knobs are written as a small YAML
+(``agents/tuned/NAME.yaml``, shipped in the package) and become ``heuristic:NAME``;
+``best_trial`` (1-based) names the trial they come from and ``best_is_defaults`` is true
+when it is trial 1 with no knob sampled (a tie keeps the earlier trial): the search found
+nothing better than the defaults. ``knobs`` holds only the knobs the planner reads under the
+best trial's target and predictor (:func:`sim.planner.fields_read`); the others it drew
+(e.g. the predictor's under the load planner, the regression's under a static target) are
+named in ``search.knobs_not_read``.
 """
 from __future__ import annotations
 
