@@ -185,6 +185,10 @@ def add_parsers(sub) -> None:
                    "load-tuned, or --out FILE); refused otherwise")
     u.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
                    help="env config override, repeatable (default: none)")
+    u.add_argument("--search-space", choices=("v1", "v2"), default="v2",
+                   help="v2: the load target's KV thresholds drawn only under that target "
+                   "(default); v1: drawn in every trial, the space that produced the shipped "
+                   "load-tuned (its command regenerates it with v1)")
     u.add_argument("--quiet", action="store_true", help="no per-trial lines on stderr")
 
 
@@ -229,7 +233,8 @@ def _tune(args) -> int:
         _check_out_file(args.out)
     path, best = tune(args.policy, trials=args.trials, episodes=args.episodes,
                       config=args.config, seed=args.seed, name=args.name, out=args.out,
-                      overrides=dict(args.set), quiet=args.quiet, replace=args.replace)
+                      overrides=dict(args.set), quiet=args.quiet, replace=args.replace,
+                      search_space=args.search_space)
     sr = best["search"]
     pruned = f", {sr['trials_pruned']} pruned" if sr["trials_pruned"] else ""
     done = f"{sr['trials_completed']} of {sr['trials']} trials completed{pruned}"
