@@ -23,6 +23,8 @@ advice lives there: a Gymnasium env, a Gymnasium vector env or an SB3 VecEnv.
 """
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Any
 
@@ -416,4 +418,22 @@ def make_heuristic(spec: str, env=None) -> HeuristicPolicy:
     data = read_tuned(tuned_baselines()[kind])
     if data["base"] == "kv":
         return KvCostPolicy(env, knobs=data["knobs"], name=f"heuristic:{kind}")
-    return PlannerPolicy(data["base"], env, knobs=data["knobs"], name=f"heuristic:{kind}")
+    return PlannerPolicy(data["base"], env, knobs=_env_wins(data["knobs"], env, kind),
+                         name=f"heuristic:{kind}")
+
+
+def _env_wins(knobs: dict[str, Any], env, kind: str) -> dict[str, Any]:
+    """A tuned planner's ``knobs`` less those the env's ``env.planner`` sets: what the user
+    sets (``--set env.planner.KNOB=V`` or the config) wins over the tuned file, with a
+    one-line stderr note per knob naming the tuned value it overrides."""
+    if env is None:
+        return dict(knobs)
+    if hasattr(env, "get_attr") and hasattr(env, "num_envs"):      # vector envs
+        cfg = env.get_attr("cfg")[0]
+    else:
+        cfg = getattr(env.unwrapped if hasattr(env, "unwrapped") else env, "cfg", None)
+    given = dict(getattr(getattr(cfg, "env", None), "planner", None) or {})
+    for key in sorted(set(knobs) & set(given)):
+        print(f"note: env.planner.{key}={given[key]} overrides heuristic:{kind}'s tuned "
+              f"value {knobs[key]}", file=sys.stderr)
+    return {k: v for k, v in knobs.items() if k not in given}

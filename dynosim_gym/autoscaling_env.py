@@ -123,6 +123,36 @@ def planner_config(cfg: EnvConfig, knobs: dict | None = None) -> PlannerConfig:
     return dataclasses.replace(base, **kw)
 
 
+def unread_planner_knobs(cfg: EnvConfig) -> list[str]:
+    """One note per ``env.planner`` knob that neither Dynamo planner reads as configured
+    (:func:`sim.planner.fields_read` of :func:`planner_config`: the load planner's
+    ``optimization_target`` and both planners' ``load_predictor`` decide), naming where it
+    would be read; [] when every knob acts. Setting such a knob changes nothing, so the CLI
+    says so rather than drop it silently."""
+    import copy
+
+    from sim.planner import OPTIMIZATION_TARGETS, fields_read
+    from sim.predictors import PREDICTORS
+    pc = planner_config(cfg)
+    read = fields_read(pc, "load") | fields_read(pc, "throughput")
+    notes = []
+    for key in cfg.env.planner:
+        if key in read:
+            continue
+        would = []
+        for name, choices in (("optimization_target", OPTIMIZATION_TARGETS),
+                              ("load_predictor", tuple(PREDICTORS))):
+            for choice in choices:
+                alt = copy.copy(pc)
+                object.__setattr__(alt, name, choice)     # no __post_init__: a probe only
+                would += [f"the {p} planner reads it under {name}: {choice}"
+                          for p in ("load", "throughput") if key in fields_read(alt, p)]
+        notes.append(f"env.planner.{key} has no effect here: neither planner reads it under "
+                     f"optimization_target: {pc.optimization_target}, load_predictor: "
+                     f"{pc.load_predictor}" + (f" ({'; '.join(would)})" if would else ""))
+    return notes
+
+
 class DynoSimEnv(SimEnv):
     """
     ## Description

@@ -294,7 +294,25 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
     if sim_cfg.disagg is not None:
         _check_disagg(cfg, v)
     _check(cfg, v)
+    _note_unread_planner_knobs(cfg)
     return cfg
+
+
+_NOTED: set[str] = set()
+
+
+def _note_unread_planner_knobs(cfg: EnvConfig) -> None:
+    """A one-line stderr note (once per process) for each ``env.planner`` knob no planner
+    reads as configured (:func:`dynosim_gym.autoscaling_env.unread_planner_knobs`)."""
+    if not cfg.env.planner:
+        return
+    import sys
+
+    from .autoscaling_env import unread_planner_knobs
+    for text in unread_planner_knobs(cfg):
+        if text not in _NOTED:
+            _NOTED.add(text)
+            print(f"note: {text}", file=sys.stderr)
 
 
 def _check_disagg(cfg: EnvConfig, v: _Validator) -> None:

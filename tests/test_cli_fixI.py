@@ -1,0 +1,67 @@
+"""New-user trial findings (s10-fixI): each test fails without its fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import one_line_error, run_cli as run
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = str(REPO / "envs_configs" / "autoscale_tiny.yaml")
+
+
+# -- 1. --set env.planner.KNOB=V acts or is said ------------------------------------------------
+
+def test_an_explicit_env_planner_knob_wins_over_the_tuned_file(capsys) -> None:
+    """heuristic:load-tuned sets load_adjustment_interval_seconds 15 and min_endpoint 3; the
+    user's env.planner value wins (with a note), the tuned knobs it does not set still act."""
+    import gymnasium as gym
+
+    from agents.heuristics import make_heuristic, read_tuned, tuned_baselines
+    from dynosim_gym.autoscaling_env import planner_config
+    tuned = read_tuned(tuned_baselines()["load-tuned"])["knobs"]
+    assert tuned["load_adjustment_interval_seconds"] != 5.0
+    env = gym.make("DynoSim-v0", config=TINY, **{"env.planner.load_adjustment_interval_seconds": 5})
+    try:
+        pol = make_heuristic("heuristic:load-tuned", env)
+        err = capsys.readouterr().err
+        assert "env.planner.load_adjustment_interval_seconds=5 overrides heuristic:load-tuned's " \
+               "tuned value 15.0" in err
+        pc = planner_config(env.unwrapped.cfg, pol.knobs)
+        assert pc.load_adjustment_interval_seconds == 5.0
+        assert pc.optimization_target == tuned["optimization_target"]
+        assert pc.min_endpoint == tuned["min_endpoint"]
+    finally:
+        env.close()
+    env = gym.make("DynoSim-v0", config=TINY)      # nothing set: the tuned file as it is
+    try:
+        assert make_heuristic("heuristic:load-tuned", env).knobs == tuned
+        assert "overrides" not in capsys.readouterr().err
+    finally:
+        env.close()
+
+
+def test_a_planner_knob_no_planner_reads_is_said(capsys, monkeypatch) -> None:
+    import dynosim_gym.config as config_mod
+    from dynosim_gym.config import load_env_config
+    monkeypatch.setattr(config_mod, "_NOTED", set())
+    load_env_config(TINY, **{"env.planner.load_scaling_down_sensitivity": 5})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["note: env.planner.load_scaling_down_sensitivity has no effect here: neither "
+                   "planner reads it under optimization_target: throughput, load_predictor: "
+                   "constant (the load planner reads it under optimization_target: sla)"]
+    load_env_config(TINY, **{"env.planner.load_scaling_down_sensitivity": 5,
+                             "env.planner.optimization_target": "sla"})
+    assert capsys.readouterr().err == ""        # read under sla: nothing to say
+
+
+def test_the_cli_says_an_unread_planner_knob(capsys, monkeypatch, tmp_path: Path) -> None:
+    import dynosim_gym.config as config_mod
+    monkeypatch.setattr(config_mod, "_NOTED", set())
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:static", "--config", TINY,
+                     "--episodes", "1", "--set", "env.episode_steps=2", "--set",
+                     "env.planner.kalman_r=3", "--out", str(tmp_path / "e.json"), "--quiet")
+    assert rc == 0, err
+    assert err.count("env.planner.kalman_r has no effect here") == 1, err
+    assert "the throughput planner reads it under load_predictor: kalman" in err, err
