@@ -238,6 +238,9 @@ def _tune(args) -> int:
     sr = best["search"]
     pruned = f", {sr['trials_pruned']} pruned" if sr["trials_pruned"] else ""
     done = f"{sr['trials_completed']} of {sr['trials']} trials completed{pruned}"
+    if sr.get("held_fixed"):
+        done += "; held fixed by env.planner, not searched: " + ", ".join(
+            f"{k}={v}" for k, v in sr["held_fixed"].items())
     if best["best_is_defaults"]:
         print(f"dynosim: best is trial 1, the defaults (objective {best['objective']:.4f}; "
               f"{done}): tuning found nothing better, the file holds the default knobs "

@@ -33,7 +33,9 @@ when it is trial 1 with no knob sampled (a tie keeps the earlier trial): the sea
 nothing better than the defaults. ``knobs`` holds only the knobs the planner reads under the
 best trial's target and predictor (:func:`sim.planner.fields_read`); the others it drew
 (e.g. the predictor's under the load planner, the regression's under a static target) are
-named in ``search.knobs_not_read``.
+named in ``search.knobs_not_read``. A knob the env config fixes (``env.planner``, e.g.
+``--set env.planner.min_endpoint=2``) is not searched: every trial runs it at that value, it
+is listed in ``search.held_fixed`` (and in ``knobs`` when read) and the summary says so.
 
 Search spaces (``--search-space``, recorded as ``search.space_version`` and in ``command``):
 ``v2`` (the default, above) and ``v1``, the space before the KV thresholds became
@@ -145,7 +147,9 @@ def _suggest(trial, space: dict[str, dict[str, Any]],
             continue
         if "above" in spec:
             lo, hi = spec["float"]
-            out[name] = trial.suggest_float(name, max(float(lo), out[spec["above"]]),
+            floor = out.get(spec["above"], (base or {}).get(spec["above"]))
+            out[name] = trial.suggest_float(name, max(float(lo), floor if floor is not None
+                                                      else float(lo)),
                                             float(hi), log=spec.get("log", False))
         elif "choices" in spec:
             out[name] = trial.suggest_categorical(name, spec["choices"])
@@ -214,6 +218,7 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     pol = PolicySpec(policy, "heuristic", env_id)
     env, cfg = make_eval_env(pol, env_id, config, dict(overrides or {}))
     runs = [({"split": "train"}, seed + k) for k in range(episodes)]
+    held: dict[str, Any] = {}
     if kind == "kv":
         space = dict(KV_SPACE)
         defaults = dict(KV_KNOBS)
@@ -222,6 +227,10 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
             return None
     else:
         space = knob_space(cfg, search_space)
+        # a knob the user fixes (env.planner / --set env.planner.KNOB=V) is not searched:
+        # every trial runs it at that value, and the YAML says so (search.held_fixed)
+        held = {k: cfg.env.planner[k] for k in space if k in cfg.env.planner}
+        space = {k: v for k, v in space.items() if k not in held}
         from dynosim_gym.autoscaling_env import planner_config
         defaults = {k: getattr(planner_config(cfg), k) for k in space}
 
@@ -265,7 +274,7 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     first: dict[str, Any] = {}
     sampled = []
     for k, spec in space.items():
-        if not _active(spec, first, defaults):
+        if not _active(spec, first, {**base, **defaults}):
             continue
         floor = first.get(spec.get("above"), -math.inf)     # the scale-up KV threshold's
         if _in_space(defaults[k], spec) and (floor == -math.inf or defaults[k] >= floor):
@@ -295,7 +304,8 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
         # the KV thresholds under latency) changed nothing: the file holds only what is read
         read = fields_read(full, kind)
         unread = [k for k in knobs if k not in read]
-        knobs = {k: v for k, v in knobs.items() if k in read}
+        # the held knobs are part of the planner that was scored: kept when read
+        knobs = {k: v for k, v in {**knobs, **held}.items() if k in read}
     record = {
         "base": kind,
         "knobs": knobs,
@@ -316,7 +326,8 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
         "search": {"sampler": "optuna.samplers.TPESampler", "seed": seed, "trials": trials,
                    "trials_completed": completed, "trials_pruned": pruned,
                    "space_version": search_space,
-                   "trial_0_sampled": sampled, "knobs_not_read": unread, "space": space,
+                   "trial_0_sampled": sampled, "knobs_not_read": unread,
+                   "held_fixed": held, "space": space,
                    "optuna": optuna.__version__},
         "command": (f"dynosim tune --policy heuristic:{kind} --trials {trials} --episodes "
                     f"{episodes} --seed {seed}" + (f" --config {config}" if config else "")

@@ -65,3 +65,36 @@ def test_the_cli_says_an_unread_planner_knob(capsys, monkeypatch, tmp_path: Path
     assert rc == 0, err
     assert err.count("env.planner.kalman_r has no effect here") == 1, err
     assert "the throughput planner reads it under load_predictor: kalman" in err, err
+
+
+# -- 2. tune: a knob the user fixes is held, not searched ---------------------------------------
+
+def test_tune_holds_the_env_planner_knobs_fixed_in_every_trial(capsys, monkeypatch,
+                                                              tmp_path: Path) -> None:
+    import yaml
+
+    import agents.tune as tune_mod
+    seen: list[dict] = []
+    real = tune_mod.score
+
+    def spy(kind, knobs, env, runs):
+        seen.append(dict(knobs))
+        return real(kind, knobs, env, runs)
+    monkeypatch.setattr(tune_mod, "score", spy)
+    out = tmp_path / "t.yaml"
+    rc, stdout, err = run(capsys, "tune", "--policy", "heuristic:load", "--trials", "4",
+                          "--episodes", "1", "--config", TINY, "--set", "env.episode_steps=3",
+                          "--set", "env.planner.optimization_target=sla", "--set",
+                          "env.planner.load_min_observations=7", "--out", str(out), "--quiet")
+    assert rc == 0, err
+    assert len(seen) >= 3
+    assert all("optimization_target" not in k and "load_min_observations" not in k
+               for k in seen), seen
+    data = yaml.safe_load(out.read_text())
+    assert data["search"]["held_fixed"] == {"optimization_target": "sla",
+                                            "load_min_observations": 7}
+    assert not {"optimization_target", "load_min_observations"} & set(data["search"]["space"])
+    assert data["knobs"]["optimization_target"] == "sla"
+    assert data["knobs"]["load_min_observations"] == 7
+    assert "held fixed by env.planner, not searched: optimization_target=sla, " \
+           "load_min_observations=7" in stdout
