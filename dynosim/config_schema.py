@@ -76,7 +76,11 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         cap = (f"an episode may generate at most {MAX_EPISODE_REQUESTS:,} requests "
                "(rate x duration x the family's requests per unit of rate)")
         rule = {"env.rate_min_rps": trace, "env.rate_max_rps": f"{trace}; {cap}",
-                "env.action.residual_offsets": "[lo, hi] with lo <= 0 <= hi"}
+                "env.action.residual_offsets": "[lo, hi] with lo <= 0 <= hi",
+                "env.planner_interval_s": "a multiple of env.interval_s",
+                "env.planner": "KNOB: VALUE for the planner.* knobs below (not "
+                "mode, ttft_ms, itl_ms); load_adjustment_interval_seconds a multiple of "
+                "env.interval_s"}
         for r in out["env"]:
             if r["field"] in rule:
                 r["note"] = rule[r["field"]]

@@ -569,6 +569,13 @@ def _check_planner(e: EnvSection, v: _Validator) -> None:
         if rng is not None and isinstance(value, Real) and not isinstance(value, bool) \
                 and math.isfinite(value):
             v.rules(value, {"range": rng}, f"env.planner.{key}")
+    # the same quantity as env.planner_interval_s: the load planner decides at env steps
+    key = "load_adjustment_interval_seconds"
+    x = e.planner.get(key)
+    if isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x) and x > 0 \
+            and abs(x / e.interval_s - round(x / e.interval_s)) > 1e-9:
+        raise v.error(f"must be a multiple of env.interval_s ({e.interval_s:g}), got {x:g}",
+                      f"env.planner.{key}")
     try:
         PlannerConfig(**dict(e.planner))
     except InputError as exc:

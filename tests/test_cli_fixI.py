@@ -98,3 +98,26 @@ def test_tune_holds_the_env_planner_knobs_fixed_in_every_trial(capsys, monkeypat
     assert data["knobs"]["load_min_observations"] == 7
     assert "held fixed by env.planner, not searched: optimization_target=sla, " \
            "load_min_observations=7" in stdout
+
+
+# -- 3. env.planner.load_adjustment_interval_seconds: a multiple of env.interval_s -------------
+
+@pytest.mark.parametrize("key", ["env.planner.load_adjustment_interval_seconds",
+                                 "env.planner_interval_s"])
+def test_a_planner_interval_off_the_env_steps_is_refused_alike(capsys, key: str) -> None:
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:load", "--config", TINY,
+                     "--episodes", "1", "--set", f"{key}=7", "--quiet")
+    one_line_error(rc, err, f"--set {key}", "must be a multiple of env.interval_s (10), got 7")
+
+
+def test_a_planner_interval_on_the_env_steps_is_accepted() -> None:
+    from dynosim_gym.config import load_env_config
+    cfg = load_env_config(TINY, **{"env.planner.load_adjustment_interval_seconds": 20})
+    assert cfg.env.planner["load_adjustment_interval_seconds"] == 20
+
+
+def test_the_schema_shows_the_interval_rule(capsys) -> None:
+    rc, out, _ = run(capsys, "config", "schema")
+    assert rc == 0
+    line = next(x for x in out.splitlines() if x.strip().startswith("env.planner "))
+    assert "load_adjustment_interval_seconds a multiple of env.interval_s" in line
