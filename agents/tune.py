@@ -329,11 +329,8 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                    "trial_0_sampled": sampled, "knobs_not_read": unread,
                    "held_fixed": held, "space": space,
                    "optuna": optuna.__version__},
-        "command": (f"dynosim tune --policy heuristic:{kind} --trials {trials} --episodes "
-                    f"{episodes} --seed {seed}" + (f" --config {config}" if config else "")
-                    + (f" --name {name}" if name != f"{kind}-tuned" else "")
-                    + (f" --search-space {search_space}" if search_space != "v2" else "")
-                    + (" --replace" if out is None else "")),
+        "command": _command(kind, trials, episodes, seed, config, overrides, name, out,
+                            search_space),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     # heuristic:NAME reads agents/tuned/NAME.yaml: elsewhere the file must be copied there
@@ -341,8 +338,35 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     use = (f"used as heuristic:{name}" if shipped else
            f"copy it to agents/tuned/{name}.yaml to use it as heuristic:{name}")
     path.write_text(f"# Written by `dynosim tune` (agents/tune.py); {use}.\n"
-                    + yaml.safe_dump(record, sort_keys=False))
+                    + yaml.safe_dump(record, sort_keys=False, width=1_000))
     return path, record
+
+
+def _command(kind: str, trials: int, episodes: int, seed: int, config: Any,
+             overrides: dict[str, Any] | None, name: str, out: str | Path | None,
+             search_space: str) -> str:
+    """The ``dynosim tune`` command that writes this file again: its ``--set`` overrides,
+    ``--out FILE`` when it was written there (``--name`` only when it differs from the
+    file's stem) and ``--replace``, since the file then exists."""
+    import json
+    import shlex
+
+    def show(v: Any) -> str:
+        return v if isinstance(v, str) else json.dumps(v)
+    parts = [f"dynosim tune --policy heuristic:{kind} --trials {trials} --episodes "
+             f"{episodes} --seed {seed}"]
+    if config:
+        parts.append(f"--config {shlex.quote(str(config))}")
+    if search_space != "v2":
+        parts.append(f"--search-space {search_space}")
+    parts += [f"--set {shlex.quote(f'{k}={show(v)}')}" for k, v in (overrides or {}).items()]
+    if out is not None:
+        parts.append(f"--out {shlex.quote(str(out))}")
+        if name != Path(out).stem:
+            parts.append(f"--name {name}")
+    elif name != f"{kind}-tuned":
+        parts.append(f"--name {name}")
+    return " ".join(parts + ["--replace"])
 
 
 def _in_space(value: Any, spec: dict[str, Any]) -> bool:

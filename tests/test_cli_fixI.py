@@ -121,3 +121,4 @@ def test_the_schema_shows_the_interval_rule(capsys) -> None:
     assert rc == 0
     line = next(x for x in out.splitlines() if x.strip().startswith("env.planner "))
     assert "load_adjustment_interval_seconds a multiple of env.interval_s" in line
+
