@@ -44,6 +44,10 @@ leaves them to TPE (their default is None). ``v1`` regenerates the shipped
 ``heuristic:load-tuned`` exactly (``tests/test_tune_space.py``); the two spaces draw
 different parameters, so the same ``--seed`` gives a different study (the same command under
 ``v2`` picks ``optimization_target: sla``, 45.1 % at 2.37 GPU-h on the training episodes).
+Under ``v2``, ``heuristic:throughput`` searches only the knobs the throughput planner reads
+under some predictor (``fields_read``; not the load planner's target, interval, regression or
+KV thresholds, which changed nothing); ``v1`` still draws them. ``heuristic:kv`` has one
+space: ``--search-space v1`` is refused.
 """
 from __future__ import annotations
 
@@ -199,6 +203,10 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     if kind not in ("load", "throughput", "kv"):
         raise InputError(f"can tune heuristic:load, heuristic:throughput or heuristic:kv, got "
                          f"{policy!r}", field="--policy")
+    if kind == "kv" and search_space == "v1":
+        raise InputError("--search-space v1 is the load planner's earlier space; "
+                         "heuristic:kv has one space (KV_SPACE): drop the flag",
+                         field="--search-space")
     # a file written elsewhere is named after itself (copying it to agents/tuned/ under the
     # default name would replace the shipped baseline)
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
@@ -229,6 +237,8 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
         space = knob_space(cfg, search_space)
         # a knob the user fixes (env.planner / --set env.planner.KNOB=V) is not searched:
         # every trial runs it at that value, and the YAML says so (search.held_fixed)
+        if kind == "throughput" and search_space != "v1":
+            space = {k: v for k, v in space.items() if k in _throughput_reads(cfg)}
         held = {k: cfg.env.planner[k] for k in space if k in cfg.env.planner}
         space = {k: v for k, v in space.items() if k not in held}
         from dynosim_gym.autoscaling_env import planner_config
@@ -340,6 +350,18 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     path.write_text(f"# Written by `dynosim tune` (agents/tune.py); {use}.\n"
                     + yaml.safe_dump(record, sort_keys=False, width=1_000))
     return path, record
+
+
+def _throughput_reads(cfg) -> set[str]:
+    """The PlannerConfig fields the throughput planner reads under some predictor
+    (:func:`sim.planner.fields_read`): under ``v2`` the only knobs ``heuristic:throughput``
+    searches (the load planner's target, interval and regression it never reads)."""
+    from dynosim_gym.autoscaling_env import planner_config
+    from sim.planner import fields_read
+    from sim.predictors import PREDICTORS
+    pc = planner_config(cfg)
+    return set().union(*(fields_read(dataclasses.replace(pc, load_predictor=p), "throughput")
+                         for p in PREDICTORS))
 
 
 def _command(kind: str, trials: int, episodes: int, seed: int, config: Any,

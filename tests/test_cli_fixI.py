@@ -122,3 +122,44 @@ def test_the_schema_shows_the_interval_rule(capsys) -> None:
     line = next(x for x in out.splitlines() if x.strip().startswith("env.planner "))
     assert "load_adjustment_interval_seconds a multiple of env.interval_s" in line
 
+
+# -- 5. --search-space outside the load planner ---------------------------------------------
+
+def test_search_space_v1_is_refused_for_the_kv_router(capsys, tmp_path: Path) -> None:
+    rc, _, err = run(capsys, "tune", "--policy", "heuristic:kv", "--trials", "1",
+                     "--episodes", "1", "--search-space", "v1", "--out",
+                     str(tmp_path / "k.yaml"))
+    one_line_error(rc, err, "--search-space", "heuristic:kv has one space")
+    assert not (tmp_path / "k.yaml").exists()
+
+
+@pytest.mark.parametrize("space", ["v1", "v2"])
+def test_throughput_v2_searches_only_what_the_throughput_planner_reads(
+        capsys, tmp_path: Path, space: str) -> None:
+    import yaml
+
+    from agents.evaluate import PolicySpec, make_eval_env
+    from agents.tune import knob_space
+    from dynosim_gym.autoscaling_env import planner_config
+    from sim.planner import fields_read
+    from sim.predictors import PREDICTORS
+    out = tmp_path / "t.yaml"
+    rc, _, err = run(capsys, "tune", "--policy", "heuristic:throughput", "--trials", "1",
+                     "--episodes", "1", "--config", TINY, "--set", "env.episode_steps=2",
+                     "--search-space", space, "--out", str(out), "--quiet")
+    assert rc == 0, err
+    searched = set(yaml.safe_load(out.read_text())["search"]["space"])
+    env, cfg = make_eval_env(PolicySpec("heuristic:throughput", "heuristic", "DynoSim-v0"),
+                             "DynoSim-v0", TINY, {})
+    env.close()
+    pc = planner_config(cfg)
+    ever = set().union(*(fields_read(__import__("dataclasses").replace(pc, load_predictor=p),
+                                     "throughput") for p in PREDICTORS))
+    if space == "v1":
+        assert searched == set(knob_space(cfg, "v1"))     # unchanged
+        assert "optimization_target" in searched
+    else:
+        assert searched == set(knob_space(cfg, "v2")) & ever
+        assert {"load_predictor", "kalman_r", "throughput_adjustment_interval_seconds"} <= searched
+        assert not {"optimization_target", "load_adjustment_interval_seconds",
+                    "load_scaling_down_sensitivity"} & searched
