@@ -613,6 +613,34 @@ def read_json(path: str | Path, expect: type | None = None) -> Any:
     return data
 
 
+def json_field(data: Any, key: str, expect: type, path: str | Path) -> Any:
+    """``data``'s value at the dotted ``key`` of the result file ``path`` (read by
+    :func:`read_json`), of type ``expect`` (``float``: any JSON number; ``int``: a whole
+    one). Errors, as :class:`~sim.errors.InputError` naming the file and the key: a missing
+    key, a value (or an enclosing value) of another type."""
+    def name(x: Any) -> str:
+        return "number" if isinstance(x, (int, float)) and not isinstance(x, bool) else \
+            _JSON_NAMES.get(type(x), type(x).__name__)
+    x = data
+    parts = key.split(".")
+    for i, k in enumerate(parts):
+        if not isinstance(x, dict):
+            raise InputError(f"expected a JSON object, got {name(x)}", file=str(path),
+                             field=".".join(parts[:i]) or None)
+        if k not in x:
+            raise InputError("missing key", file=str(path), field=".".join(parts[:i + 1]))
+        x = x[k]
+    number = isinstance(x, (int, float)) and not isinstance(x, bool)
+    ok = (number if expect is float else number and float(x).is_integer() if expect is int
+          else isinstance(x, expect))
+    if not ok:
+        want = {float: "number", int: "whole number"}.get(expect) or _JSON_NAMES.get(
+            expect, expect.__name__)
+        raise InputError(f"expected a JSON {want}, got {name(x)} {json.dumps(x)[:40]}",
+                         file=str(path), field=key)
+    return x
+
+
 def check_output_path(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
     """Fail before a long run, not after it, when an output cannot be written."""
     if path is None:

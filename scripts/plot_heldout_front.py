@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dynosim.options import read_json
+from dynosim.options import json_field, read_json
 from sim.wording import plural
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +72,10 @@ def points(bench: Path) -> tuple[list[dict], dict]:
         f = bench / name
         if f.is_file():
             d = read_json(f, dict)
-            pts.append({"label": label, "kind": kind, "gpu": d["gpu_hours_per_episode"],
-                        "sla": 100 * d["sla_attainment"], "gpu_std": 0.0, "sla_std": 0.0})
+            pts.append({"label": label, "kind": kind,
+                        "gpu": json_field(d, "gpu_hours_per_episode", float, f),
+                        "sla": 100 * json_field(d, "sla_attainment", float, f),
+                        "gpu_std": 0.0, "sla_std": 0.0})
 
     for name, label in HEURISTICS.items():
         single(name, label, "heuristic")
@@ -85,20 +87,24 @@ def points(bench: Path) -> tuple[list[dict], dict]:
         if name.rsplit("_s", 1)[-1].isdigit():       # a per-seed file
             continue
         d = read_json(f, dict)
-        m = d["mean_std_over_seeds"]
+        m = {f"{k}.{s}": json_field(d, f"mean_std_over_seeds.{k}.{s}", float, f)
+             for k in ("gpu_hours_per_episode", "sla_attainment") for s in ("mean", "std")}
         label = ROUNDS.get(name, name)
-        t = d.get("target") or {}
-        me = t.get("mean_episode") or {}
-        if me and me["sla_attainment"] < me["baseline_sla_attainment"]:
+        t = json_field(d, "target", dict, f) if d.get("target") else {}
+        me = json_field(d, "target.mean_episode", dict, f) if t.get("mean_episode") else {}
+        if me and json_field(d, "target.mean_episode.sla_attainment", float, f) < \
+                json_field(d, "target.mean_episode.baseline_sla_attainment", float, f):
             label += (f" (episode mean {100 * me['sla_attainment']:.0f} % < "
                       f"{100 * me['baseline_sla_attainment']:.0f} %)")
         pts.append({"label": label, "kind": "learned" if name not in EARLY else "early",
-                    "gpu": m["gpu_hours_per_episode"]["mean"],
-                    "sla": 100 * m["sla_attainment"]["mean"],
-                    "gpu_std": m["gpu_hours_per_episode"]["std"],
-                    "sla_std": 100 * m["sla_attainment"]["std"]})
-        if d.get("target"):
-            target = d["target"]
+                    "gpu": m["gpu_hours_per_episode.mean"],
+                    "sla": 100 * m["sla_attainment.mean"],
+                    "gpu_std": m["gpu_hours_per_episode.std"],
+                    "sla_std": 100 * m["sla_attainment.std"]})
+        if t:
+            json_field(d, "target.gpu_hours_per_episode_max", float, f)
+            json_field(d, "target.pooled.baseline_sla_attainment", float, f)
+            target = t
     return merge_coincident(pts), target
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from agents.evaluate import Evaluation
 from agents.leaderboard import plot_front
-from dynosim.options import read_json
+from dynosim.options import json_field, read_json
+from sim.errors import InputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +29,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(d: Path) -> int:
-    rows = read_json(d / "leaderboard.json", list)
-    results = [Evaluation.from_record(r) for r in rows]
+    path = d / "leaderboard.json"
+    rows = read_json(path, list)
+    if not rows:
+        raise InputError("no leaderboard records (an empty array)", file=str(path))
+    results = []
+    for i, r in enumerate(rows):
+        row = {f"[{i}]": r}             # the key names the record: [3].sla_attainment
+        json_field(row, f"[{i}].policy", str, path)
+        new = "gpu_hours_per_episode" in r                  # else v0.1's names
+        for key in ("episodes", "mean_reward", "std_reward", "sla_attainment",
+                    *(("gpu_hours_per_episode", "p90_ttft_ms", "p90_itl_ms") if new else
+                      ("gpu_hours", "ttft_p90_ms", "itl_p90_ms"))):
+            json_field(row, f"[{i}].{key}", float, path)
+        try:
+            results.append(Evaluation.from_record(r))
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"not a leaderboard record ({exc})", file=str(path),
+                             field=f"[{i}]") from None
     models = [r.policy for r in results if not r.policy.startswith("heuristic:")]
     base = Path(os.path.commonpath(models)) if len(models) > 1 else \
         Path(models[0]).parent if models else d

@@ -172,3 +172,92 @@ def test_scripts_read_result_json_through_read_json() -> None:
     offenders = [f"{p.name}:{n}" for p in sorted(root.glob("*.py"))
                  for n, line in enumerate(p.read_text().splitlines(), 1) if bare.search(line)]
     assert not offenders, offenders
+
+
+# -- valid JSON of the wrong shape, a bad trials.csv (s10 fixI): one line naming the file and
+# the key (or row), exit 2, not a KeyError/TypeError traceback --------------------------------
+
+@pytest.mark.parametrize("content, needles", [
+    ("[]", ["no leaderboard records"]),
+    ('[{"policy": "heuristic:load"}]', ["field '[0].episodes'", "missing key"]),
+    ('[{"policy": "p", "episodes": 6, "mean_reward": 1, "std_reward": 0, '
+     '"sla_attainment": "high", "gpu_hours_per_episode": 1, "p90_ttft_ms": 1, '
+     '"p90_itl_ms": 1}]', ["field '[0].sla_attainment'", "expected a JSON number, got string"]),
+    ("[3]", ["field '[0]'", "expected a JSON object, got number"]),
+])
+def test_replot_leaderboard_wrong_shape_is_one_line(content: str, needles: list[str],
+                                                    tmp_path: Path, capsys) -> None:
+    mod = load_script("replot_leaderboard")
+    (tmp_path / "leaderboard.json").write_text(content)
+    rc = mod.main([str(tmp_path)])
+    one_line_error(rc, capsys.readouterr().err, str(tmp_path / "leaderboard.json"), *needles)
+
+
+@pytest.mark.parametrize("name, content, needles", [
+    ("heuristic_load.json", '{"sla_attainment": 0.5}',
+     ["field 'gpu_hours_per_episode'", "missing key"]),
+    ("heuristic_load.json", '{"sla_attainment": [1], "gpu_hours_per_episode": 2}',
+     ["field 'sla_attainment'", "got array"]),
+    ("learned_x.json", '{"mean_std_over_seeds": {"gpu_hours_per_episode": 3}}',
+     ["field 'mean_std_over_seeds.gpu_hours_per_episode'", "expected a JSON object"]),
+    ("learned_x.json", '{"mean_std_over_seeds": {"gpu_hours_per_episode": {"mean": 1, '
+     '"std": 0}, "sla_attainment": {"mean": 0.5, "std": 0}}, "target": {"pooled": {}}}',
+     ["field 'target.gpu_hours_per_episode_max'", "missing key"]),
+    ("heuristic_load.json", "[]", ["expected a JSON object, got array"]),
+])
+def test_plot_heldout_front_wrong_shape_is_one_line(name: str, content: str,
+                                                    needles: list[str], tmp_path: Path,
+                                                    capsys) -> None:
+    mod = load_script("plot_heldout_front")
+    (tmp_path / name).write_text(content)
+    rc = mod.main(["--bench", str(tmp_path), "--out", str(tmp_path / "f.png")])
+    one_line_error(rc, capsys.readouterr().err, str(tmp_path / name), *needles)
+    assert not (tmp_path / "f.png").exists()
+
+
+SEARCH = (Path(__file__).resolve().parents[1] / "docs" / "search" / "bound_tpe")
+
+
+def _search_copy(tmp: Path) -> Path:
+    import shutil
+    run = tmp / "run"
+    run.mkdir()
+    shutil.copy(SEARCH / "search.json", run / "search.json")
+    shutil.copy(SEARCH / "trials.csv", run / "trials.csv")
+    return run
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (lambda t: "", ["trials.csv", "empty file"]),
+    (lambda t: t[:-40], ["trials.csv:101", "fields, the header has"]),      # cut mid-row
+    (lambda t: "".join(t.splitlines(True)[:60]), ["trials.csv", "59 rows, search.json "
+                                                  "records 100 trials", "truncated"]),
+    (lambda t: t.replace("15.4547,2855.14", "fast,2855.14", 1),
+     ["trials.csv:2", "field 'totals.gpu_hours'", "expected a number, got 'fast'"]),
+])
+def test_replot_search_front_bad_trials_csv_is_one_line(edit, needles: list[str],
+                                                        tmp_path: Path, capsys) -> None:
+    mod = load_script("replot_search_front")
+    run = _search_copy(tmp_path)
+    csv = run / "trials.csv"
+    csv.write_text(edit(csv.read_text()))
+    rc = mod.main([str(run), "--compare", ""])
+    one_line_error(rc, capsys.readouterr().err, *needles)
+    assert not (run / "front.png").exists()
+
+
+@pytest.mark.parametrize("key, value, needles", [
+    ("objective", 3, ["field 'objective'", "expected a JSON string, got number"]),
+    ("space", None, ["field 'space'", "expected a JSON object, got null"]),
+    ("trials", "many", ["field 'trials'", "expected a JSON whole number"]),
+])
+def test_replot_search_front_wrong_search_json_is_one_line(key: str, value, needles,
+                                                           tmp_path: Path, capsys) -> None:
+    import json
+    mod = load_script("replot_search_front")
+    run = _search_copy(tmp_path)
+    info = json.loads((run / "search.json").read_text())
+    info[key] = value
+    (run / "search.json").write_text(json.dumps(info))
+    rc = mod.main([str(run), "--compare", ""])
+    one_line_error(rc, capsys.readouterr().err, str(run / "search.json"), *needles)
