@@ -169,6 +169,9 @@ class PolicySpec:
         return {k: env[k] for k in INTERFACE_KEYS if k in env}
 
     def load(self, env):
+        if self.kind == "heuristic" and self.path is not None:    # a tuned YAML elsewhere
+            from .heuristics import tuned_policy
+            return tuned_policy(self.run, env, self.path.stem)
         if self.kind == "heuristic":
             try:
                 return make_heuristic(self.spec, env)
@@ -218,6 +221,17 @@ def resolve_policy(spec: str) -> PolicySpec:
         meta = path.with_suffix(".json")
         run = json.loads(meta.read_text()) if meta.is_file() else None
         return PolicySpec(spec, "pretrained", (run or {}).get("env_id"), path, run)
+    path = Path(spec)
+    if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+        # a tuned planner's YAML (dynosim tune --out FILE): scored as that tuned heuristic
+        from .heuristics import TUNED_BASES, read_tuned
+        try:
+            data = read_tuned(path)
+        except ValueError as exc:
+            raise InputError(f"not a tuned planner (dynosim tune's YAML): "
+                             f"{str(exc).partition(': ')[2]}", file=str(path),
+                             field="--policy") from None
+        return PolicySpec(spec, "heuristic", TUNED_BASES[data["base"]], path, data)
     path = Path(spec)
     if path.is_dir() and (path / "run.json").is_file():
         run = _read_run_json(path / "run.json")

@@ -415,7 +415,12 @@ def make_heuristic(spec: str, env=None) -> HeuristicPolicy:
         return LeastLoadedPolicy(int(u.num_workers), env)
     if kind == "random":
         return RandomRoutePolicy(int(u.num_workers), env)
-    data = read_tuned(tuned_baselines()[kind])
+    return tuned_policy(read_tuned(tuned_baselines()[kind]), env, kind)
+
+
+def tuned_policy(data: dict[str, Any], env, kind: str) -> HeuristicPolicy:
+    """The policy of a tuned baseline's YAML (:func:`read_tuned`), named
+    ``heuristic:KIND``: the KV router or a planner with its knobs (:func:`_env_wins`)."""
     if data["base"] == "kv":
         return KvCostPolicy(env, knobs=data["knobs"], name=f"heuristic:{kind}")
     return PlannerPolicy(data["base"], env, knobs=_env_wins(data["knobs"], env, kind),

@@ -346,7 +346,8 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
     # heuristic:NAME reads agents/tuned/NAME.yaml: elsewhere the file must be copied there
     shipped = path.resolve() == (TUNED_DIR / f"{name}.yaml").resolve()
     use = (f"used as heuristic:{name}" if shipped else
-           f"copy it to agents/tuned/{name}.yaml to use it as heuristic:{name}")
+           f"score it with dynosim evaluate --policy {path}, or copy it to "
+           f"agents/tuned/{name}.yaml to use it as heuristic:{name}")
     path.write_text(f"# Written by `dynosim tune` (agents/tune.py); {use}.\n"
                     + yaml.safe_dump(record, sort_keys=False, width=1_000))
     return path, record

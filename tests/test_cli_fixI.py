@@ -163,3 +163,40 @@ def test_throughput_v2_searches_only_what_the_throughput_planner_reads(
         assert {"load_predictor", "kalman_r", "throughput_adjustment_interval_seconds"} <= searched
         assert not {"optimization_target", "load_adjustment_interval_seconds",
                     "load_scaling_down_sensitivity"} & searched
+
+
+# -- 7. evaluate --policy TUNED.yaml: scored as that tuned heuristic -----------------------------
+
+def test_evaluate_scores_a_tuned_yaml_as_the_tuned_heuristic(capsys, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from agents.heuristics import tuned_baselines
+    mine = tmp_path / "mine.yaml"
+    shutil.copy(tuned_baselines()["load-tuned"], mine)
+    got = {}
+    for spec in (str(mine), "heuristic:load-tuned"):
+        out = tmp_path / "e.json"
+        rc, _, err = run(capsys, "evaluate", "--policy", spec, "--config", TINY, "--episodes",
+                         "1", "--set", "env.episode_steps=12", "--out", str(out), "--quiet")
+        assert rc == 0, err
+        got[spec] = json.loads(out.read_text())
+        assert got[spec].pop("policy") == spec
+    assert got[str(mine)] == got["heuristic:load-tuned"]
+    import gymnasium as gym
+
+    from agents.evaluate import resolve_policy
+    from agents.heuristics import read_tuned
+    env = gym.make("DynoSim-v0", config=TINY)
+    try:
+        pol = resolve_policy(str(mine)).load(env)        # the file's planner, its knobs
+        assert (pol.kind, pol.knobs) == ("load", read_tuned(mine)["knobs"])
+    finally:
+        env.close()
+
+
+def test_evaluate_a_yaml_that_is_not_a_tuned_planner_is_one_line(capsys, tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: nope\nknobs: {}\n")
+    rc, _, err = run(capsys, "evaluate", "--policy", str(bad), "--episodes", "1")
+    one_line_error(rc, err, str(bad), "--policy", "not a tuned planner")
