@@ -424,10 +424,12 @@ def test_tune_is_deterministic_and_ships_a_named_baseline(tmp_path: Path, monkey
         path, best = tune("heuristic:load", trials=3, episodes=1, config=TINY, seed=0,
                           name="load-test", out=tmp_path / f"{k}" / "load-test.yaml",
                           overrides={"episode_steps": 4})
-        outs.append(path.read_text())
+        outs.append(path.read_text().replace(str(path), "FILE"))   # it records its --out
     assert outs[0] == outs[1]
-    # written outside agents/tuned/: the header says how it becomes heuristic:NAME
-    assert outs[0].startswith("# Written by `dynosim tune` (agents/tune.py); copy it to "
+    # written outside agents/tuned/: the header says how to score it and how it becomes
+    # heuristic:NAME
+    assert outs[0].startswith("# Written by `dynosim tune` (agents/tune.py); score it with "
+                              "dynosim evaluate --policy FILE, or copy it to "
                               "agents/tuned/load-test.yaml to use it as heuristic:load-test.")
     # only the knobs the load planner reads under the best target are written
     assert "optimization_target" in best["knobs"] and best["tuned_on"]["split"] == "train"
@@ -436,8 +438,9 @@ def test_tune_is_deterministic_and_ships_a_named_baseline(tmp_path: Path, monkey
     # --out elsewhere without --name: named after its file, never the shipped default name
     path, _ = tune("heuristic:load", trials=1, episodes=1, config=TINY, seed=0,
                    out=tmp_path / "mine.yaml", overrides={"episode_steps": 4})
-    assert path.read_text().startswith("# Written by `dynosim tune` (agents/tune.py); copy it "
-                                       "to agents/tuned/mine.yaml to use it as heuristic:mine.")
+    assert path.read_text().startswith(f"# Written by `dynosim tune` (agents/tune.py); score it "
+                                       f"with dynosim evaluate --policy {path}, or copy it to "
+                                       "agents/tuned/mine.yaml to use it as heuristic:mine.")
     monkeypatch.setattr(h, "TUNED_DIR", tmp_path / "0")
     pol = make_heuristic("heuristic:load-test")
     assert pol.knobs == best["knobs"]
