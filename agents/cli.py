@@ -91,6 +91,9 @@ def add_parsers(sub) -> None:
                    "DynoSim-v0's ppo.yml); on-policy algorithms round up to whole rollouts "
                    "(n_steps x n_envs)")
     t.add_argument("--out", required=True, metavar="DIR", help="run directory (created); required")
+    t.add_argument("--replace", action="store_true",
+                   help="train into an --out DIR that is not empty (refused otherwise: runs "
+                   "would mix)")
     t.add_argument("--seed", type=_seed, default=0,
                    help="seed of the policy, the envs and their episodes")
     t.add_argument("--n-envs", type=_pos_int, metavar="N", help="default: the YAML's")
@@ -315,6 +318,13 @@ def _train(args) -> int:
                              f"{args.env} ({why}); pass --env {other}, or a {args.env} "
                              "config", field="--env")
     rllib_train.check_args(args)
+    from pathlib import Path
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not args.replace:
+        held = "a run (run.json)" if (out / "run.json").is_file() else "files"
+        raise InputError(f"{args.out} exists and holds {held}: pass --replace to train into "
+                         "it anyway (a run's files are overwritten, others stay), or give a new "
+                         "--out DIR", field="--out")
     _created_out_dir(args.out)
     if args.framework == "rllib":
         return rllib_train.run(args)

@@ -275,7 +275,23 @@ def _read_run_json(path: Path) -> dict[str, Any]:
     if not isinstance(run, dict):
         raise InputError("the model's run record is not a JSON object", file=str(path),
                          field="--policy")
+    _note_status(run, path)
     return run
+
+
+_STATUS_NOTED: set[str] = set()
+
+
+def _note_status(run: dict[str, Any], path: Path) -> None:
+    """A run whose ``run.json`` status is not ``completed`` (``running``: still training or
+    killed; ``failed``; ``cut``: an ES search stopped at its budget) is scored as saved, with
+    a one-line stderr note (once per file): the user may be scoring a partial run."""
+    status = run.get("status")
+    if status in (None, "completed") or str(path) in _STATUS_NOTED:
+        return
+    _STATUS_NOTED.add(str(path))
+    print(f"note: {path}: status is {status!r}, not 'completed': scoring the policy the run "
+          "saved so far", file=sys.stderr)
 
 
 def run_config_of(spec: str) -> dict[str, Any] | None:

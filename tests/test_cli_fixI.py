@@ -200,3 +200,47 @@ def test_evaluate_a_yaml_that_is_not_a_tuned_planner_is_one_line(capsys, tmp_pat
     bad.write_text("base: nope\nknobs: {}\n")
     rc, _, err = run(capsys, "evaluate", "--policy", str(bad), "--episodes", "1")
     one_line_error(rc, err, str(bad), "--policy", "not a tuned planner")
+
+
+# -- 8. train --out EXISTING_DIR is refused without --replace; a partial run is said -----------
+
+def test_train_into_a_run_directory_needs_replace(capsys, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    import agents.train
+    calls = []
+    monkeypatch.setattr(agents.train, "train", lambda *a, **k: calls.append(k) or tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text('{"status": "completed"}')
+    argv = ["train", "--algo", "ppo", "--timesteps", "64", "--out", str(run_dir), "--quiet"]
+    rc, _, err = run(capsys, *argv)
+    one_line_error(rc, err, "--out", str(run_dir), "--replace")
+    assert not calls and (run_dir / "run.json").read_text() == '{"status": "completed"}'
+    rc, _, err = run(capsys, *argv, "--replace")
+    assert rc == 0 and len(calls) == 1, err
+    empty = tmp_path / "empty"
+    empty.mkdir()                    # an empty directory is not a run: no --replace needed
+    rc, _, err = run(capsys, "train", "--algo", "ppo", "--timesteps", "64", "--out",
+                     str(empty), "--quiet")
+    assert rc == 0 and len(calls) == 2, err
+
+
+@pytest.mark.parametrize("status", ["running", "failed", "completed"])
+def test_evaluate_a_run_not_completed_says_so(capsys, tmp_path: Path, status: str) -> None:
+    import json
+    import shutil
+
+    import agents.evaluate as ev
+    from agents.evaluate import PRETRAINED_DIR
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(PRETRAINED_DIR / "autoscaler.zip", run_dir / "model.zip")
+    record = json.loads((PRETRAINED_DIR / "autoscaler.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "status": status}))
+    ev._STATUS_NOTED.clear()
+    rc, _, err = run(capsys, "evaluate", "--policy", str(run_dir), "--episodes", "1",
+                     "--set", "env.episode_steps=2", "--out", str(tmp_path / "e.json"),
+                     "--quiet")
+    assert rc == 0, err
+    note = f"note: {run_dir / 'run.json'}: status is '{status}', not 'completed'"
+    assert err.count(note) == (status != "completed"), err
