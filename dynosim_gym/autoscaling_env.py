@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import math
 from typing import Any
@@ -15,7 +14,7 @@ from sim.planner import (DisaggLoadPlanner, DisaggThroughputPlanner, LoadPlanner
 
 from .actions import POOLS, PoolDeltaAction, make_action_type
 from .base import EPISODE_OVER, ResetNeeded, SimEnv
-from .config import EnvConfig, load_env_config
+from .config import EnvConfig, load_env_config, planner_config, unread_planner_knobs  # noqa: F401
 from .episodes import EpisodeFactory, begin_episode
 from .monitor import ClusterMonitor, Interval, _pct
 from .observations import FEATURES, ObservationBuilder, PoolObservationBuilder
@@ -93,64 +92,6 @@ class TrailingThroughputAdvisor(ThroughputAdvisor):
 
 
 ADVISORS = {"load": LoadAdvisor, "throughput": ThroughputAdvisor}
-
-
-def planner_config(cfg: EnvConfig, knobs: dict | None = None) -> PlannerConfig:
-    """The planner an env's heuristics run, in layers: Dynamo's defaults, the config's
-    ``planner`` section (Dynamo's knob names; its ``kind`` is the CLI's, here the heuristic
-    picks the planner), the env's structure (SLA targets, budget, min_endpoint,
-    ``env.planner_predictor``, intervals), then ``env.planner`` and ``knobs`` (any other
-    :class:`~sim.planner.PlannerConfig` field, by name; a tuned planner) on top.
-
-    Intervals: ``env.planner_interval_s`` if set; else the load planner decides every env
-    step and the throughput planner at its own interval (Dynamo: 180 s). Ticking the
-    throughput planner every 10 s made its forecast of a 10 s window flip between N and
-    N+1, so it drained each new worker the moment it became ready, before it served."""
-    e = cfg.env
-    sla = cfg.sim.sla
-    base = PlannerConfig(**{k: v for k, v in (cfg.sim.planner or {}).items() if k != "kind"})
-    kw: dict[str, Any] = dict(
-        ttft_ms=sla.ttft_ms, itl_ms=sla.itl_ms,
-        load_adjustment_interval_seconds=e.planner_interval_s or e.interval_s,
-        throughput_adjustment_interval_seconds=(
-            e.planner_interval_s or base.throughput_adjustment_interval_seconds),
-        max_gpu_budget=e.max_gpu_budget, min_endpoint=e.min_endpoint,
-        load_predictor=e.planner_predictor)
-    if cfg.sim.disagg is not None:
-        kw["mode"] = "disagg"
-    kw.update(e.planner)
-    kw.update(knobs or {})
-    return dataclasses.replace(base, **kw)
-
-
-def unread_planner_knobs(cfg: EnvConfig) -> list[str]:
-    """One note per ``env.planner`` knob that neither Dynamo planner reads as configured
-    (:func:`sim.planner.fields_read` of :func:`planner_config`: the load planner's
-    ``optimization_target`` and both planners' ``load_predictor`` decide), naming where it
-    would be read; [] when every knob acts. Setting such a knob changes nothing, so the CLI
-    says so rather than drop it silently."""
-    import copy
-
-    from sim.planner import OPTIMIZATION_TARGETS, fields_read
-    from sim.predictors import PREDICTORS
-    pc = planner_config(cfg)
-    read = fields_read(pc, "load") | fields_read(pc, "throughput")
-    notes = []
-    for key in cfg.env.planner:
-        if key in read:
-            continue
-        would = []
-        for name, choices in (("optimization_target", OPTIMIZATION_TARGETS),
-                              ("load_predictor", tuple(PREDICTORS))):
-            for choice in choices:
-                alt = copy.copy(pc)
-                object.__setattr__(alt, name, choice)     # no __post_init__: a probe only
-                would += [f"the {p} planner reads it under {name}: {choice}"
-                          for p in ("load", "throughput") if key in fields_read(alt, p)]
-        notes.append(f"env.planner.{key} has no effect here: neither planner reads it under "
-                     f"optimization_target: {pc.optimization_target}, load_predictor: "
-                     f"{pc.load_predictor}" + (f" ({'; '.join(would)})" if would else ""))
-    return notes
 
 
 class DynoSimEnv(SimEnv):
