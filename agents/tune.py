@@ -120,8 +120,10 @@ def knob_space(env_cfg, version: str = "v2") -> dict[str, dict[str, Any]]:
             space[name] = {"choices": [True, False]}
         elif name in RANGES:
             lo, hi, log = RANGES[name]
-            space[name] = {"int" if int in args and float not in args else "float":
-                           (lo, hi), "log": log}
+            whole = int in args and float not in args
+            if whole and version != "v1":       # v1 recorded them as floats: kept as it was
+                lo, hi = int(lo), int(hi)
+            space[name] = {"int" if whole else "float": (lo, hi), "log": log}
         elif int in args and float not in args and isinstance(default, int):
             space[name] = {"int": (max(1, default // 4), max(2, default * 4)), "log": True}
         elif float in args and isinstance(default, (int, float)) and default > 0:

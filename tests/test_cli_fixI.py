@@ -21,15 +21,16 @@ def test_an_explicit_env_planner_knob_wins_over_the_tuned_file(capsys) -> None:
     from agents.heuristics import make_heuristic, read_tuned, tuned_baselines
     from dynosim_gym.autoscaling_env import planner_config
     tuned = read_tuned(tuned_baselines()["load-tuned"])["knobs"]
-    assert tuned["load_adjustment_interval_seconds"] != 5.0
-    env = gym.make("DynoSim-v0", config=TINY, **{"env.planner.load_adjustment_interval_seconds": 5})
+    assert tuned["load_adjustment_interval_seconds"] != 20.0
+    env = gym.make("DynoSim-v0", config=TINY,
+                   **{"env.planner.load_adjustment_interval_seconds": 20})
     try:
         pol = make_heuristic("heuristic:load-tuned", env)
         err = capsys.readouterr().err
-        assert "env.planner.load_adjustment_interval_seconds=5 overrides heuristic:load-tuned's " \
+        assert "env.planner.load_adjustment_interval_seconds=20 overrides heuristic:load-tuned's " \
                "tuned value 15.0" in err
         pc = planner_config(env.unwrapped.cfg, pol.knobs)
-        assert pc.load_adjustment_interval_seconds == 5.0
+        assert pc.load_adjustment_interval_seconds == 20.0
         assert pc.optimization_target == tuned["optimization_target"]
         assert pc.min_endpoint == tuned["min_endpoint"]
     finally:
@@ -244,3 +245,19 @@ def test_evaluate_a_run_not_completed_says_so(capsys, tmp_path: Path, status: st
     assert rc == 0, err
     note = f"note: {run_dir / 'run.json'}: status is '{status}', not 'completed'"
     assert err.count(note) == (status != "completed"), err
+
+
+# -- 9. an int knob's bounds are recorded as ints (new tunes; v1 keeps what it recorded) --------
+
+def test_int_knob_bounds_are_ints_under_v2_and_as_recorded_under_v1() -> None:
+    from agents.evaluate import PolicySpec, make_eval_env
+    from agents.tune import knob_space
+    env, cfg = make_eval_env(PolicySpec("heuristic:load", "heuristic", "DynoSim-v0"),
+                             "DynoSim-v0", None, {})
+    env.close()
+    v2, v1 = knob_space(cfg, "v2"), knob_space(cfg, "v1")
+    ints = {k: s["int"] for k, s in v2.items() if "int" in s}
+    assert "load_scaling_down_sensitivity" in ints
+    assert all(type(b) is int for bounds in ints.values() for b in bounds), ints
+    assert v1["load_scaling_down_sensitivity"]["int"] == (0.0, 100.0)
+    assert type(v1["load_scaling_down_sensitivity"]["int"][0]) is float
