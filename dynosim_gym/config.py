@@ -539,6 +539,17 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
     if e.reward.sla_target > 1:
         raise v.error(f"must be <= 1, got {e.reward.sla_target}", "env.reward.sla_target")
     _check_planner(e, v)
+    if e.planner:               # the knobs with the env's own fields (budget, SLA) on top
+        try:
+            pc = planner_config(cfg)
+            if cfg.sim.disagg is None:      # as the planner checks when attached
+                pc._check_budget(cfg.sim.cluster.gpus_per_worker)
+        except InputError as exc:
+            # blame the env.planner key the user set (the error may name the budget it
+            # meets, which came from the env)
+            keys = [k for k in e.planner if k == exc.field or k in exc.detail]
+            raise v.error(exc.detail, f"env.planner.{keys[0]}" if keys
+                          else "env.planner") from None
     if e.rate_min_rps > e.rate_max_rps:
         raise v.error(f"must be <= env.rate_max_rps ({e.rate_max_rps}), got {e.rate_min_rps}",
                       "env.rate_min_rps")
@@ -617,6 +628,10 @@ def _check_planner(e: EnvSection, v: _Validator) -> None:
                       "env.planner")
     known = [f.name for f in fields(PlannerConfig) if f.name not in ENV_SET_PLANNER_FIELDS]
     for key in e.planner:
+        if key in ("ttft_ms", "itl_ms"):
+            raise v.error(f"the SLA is not a planner knob here: the env's planners read the "
+                          f"run config's sla.{key} (YAML sla: {{{key}: V}}, or --set "
+                          f"sla.{key}=V)", f"env.planner.{key}")
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
             raise v.error("unknown planner knob" + (f" (did you mean '{hint[0]}'?)" if hint

@@ -261,3 +261,19 @@ def test_int_knob_bounds_are_ints_under_v2_and_as_recorded_under_v1() -> None:
     assert all(type(b) is int for bounds in ints.values() for b in bounds), ints
     assert v1["load_scaling_down_sensitivity"]["int"] == (0.0, 100.0)
     assert type(v1["load_scaling_down_sensitivity"]["int"][0]) is float
+
+
+# -- 10. env.planner errors name the key set -----------------------------------------------------
+
+@pytest.mark.parametrize("sets, needles", [
+    (["env.planner.min_endpoint=99"], ["--set env.planner.min_endpoint",
+                                       "cannot hold min_endpoint=99"]),
+    (["env.planner.ttft_ms=-1"], ["--set env.planner.ttft_ms", "--set sla.ttft_ms=V"]),
+    (["env.planner.itl_ms=5"], ["--set env.planner.itl_ms", "sla.itl_ms"]),
+])
+def test_env_planner_errors_name_the_key_set(capsys, sets: list[str], needles) -> None:
+    argv = [a for s in sets for a in ("--set", s)]
+    rc, _, err = run(capsys, "evaluate", "--policy", "heuristic:load", "--config", TINY,
+                     "--episodes", "1", *argv, "--quiet")
+    one_line_error(rc, err, *needles)
+    assert "max_gpu_budget'" not in err
