@@ -14,7 +14,8 @@ from sim.planner import (DisaggLoadPlanner, DisaggThroughputPlanner, LoadPlanner
 
 from .actions import POOLS, PoolDeltaAction, make_action_type
 from .base import EPISODE_OVER, ResetNeeded, SimEnv
-from .config import EnvConfig, load_env_config, planner_config, unread_planner_knobs  # noqa: F401
+from .config import (EnvConfig, load_env_config, note_unread_planner_knobs,  # noqa: F401
+                     planner_config, unread_planner_knobs)
 from .episodes import EpisodeFactory, begin_episode
 from .monitor import ClusterMonitor, Interval, _pct
 from .observations import FEATURES, ObservationBuilder, PoolObservationBuilder
@@ -316,6 +317,7 @@ class DynoSimEnv(SimEnv):
     def __init__(self, config: Any = None, *, render_mode: str | None = None,
                  **overrides: Any) -> None:
         self.cfg: EnvConfig = self._configure(config, DEFAULT_CONFIG, render_mode, overrides)
+        note_unread_planner_knobs(self.cfg)
         sla = self.cfg.sim.sla
         e = self.cfg.env
         self.max_workers = self.cfg.max_workers

@@ -294,7 +294,6 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
     if sim_cfg.disagg is not None:
         _check_disagg(cfg, v)
     _check(cfg, v)
-    _note_unread_planner_knobs(cfg)
     return cfg
 
 
@@ -361,9 +360,10 @@ def unread_planner_knobs(cfg: EnvConfig) -> list[str]:
 _NOTED: set[str] = set()
 
 
-def _note_unread_planner_knobs(cfg: EnvConfig) -> None:
+def note_unread_planner_knobs(cfg: EnvConfig) -> None:
     """A one-line stderr note (once per process) for each ``env.planner`` knob no planner
-    reads as configured (:func:`unread_planner_knobs`)."""
+    reads as configured (:func:`unread_planner_knobs`); ``DynoSim-v0`` calls it when built
+    (the routing env refuses ``env.planner`` instead)."""
     if not cfg.env.planner:
         return
     import sys

@@ -44,16 +44,17 @@ def test_an_explicit_env_planner_knob_wins_over_the_tuned_file(capsys) -> None:
 
 
 def test_a_planner_knob_no_planner_reads_is_said(capsys, monkeypatch) -> None:
+    import gymnasium as gym
+
     import dynosim_gym.config as config_mod
-    from dynosim_gym.config import load_env_config
     monkeypatch.setattr(config_mod, "_NOTED", set())
-    load_env_config(TINY, **{"env.planner.load_scaling_down_sensitivity": 5})
+    gym.make("DynoSim-v0", config=TINY, **{"env.planner.load_scaling_down_sensitivity": 5})
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["note: env.planner.load_scaling_down_sensitivity has no effect here: neither "
                    "planner reads it under optimization_target: throughput, load_predictor: "
                    "constant (the load planner reads it under optimization_target: sla)"]
-    load_env_config(TINY, **{"env.planner.load_scaling_down_sensitivity": 5,
-                             "env.planner.optimization_target": "sla"})
+    gym.make("DynoSim-v0", config=TINY, **{"env.planner.load_scaling_down_sensitivity": 5,
+                                            "env.planner.optimization_target": "sla"})
     assert capsys.readouterr().err == ""        # read under sla: nothing to say
 
 
