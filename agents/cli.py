@@ -185,6 +185,10 @@ def add_parsers(sub) -> None:
                    "load-tuned, or --out FILE); refused otherwise")
     u.add_argument("--set", type=_set, action="append", default=[], metavar="KEY=VALUE",
                    help="env config override, repeatable (default: none)")
+    u.add_argument("--search-space", choices=("v1", "v2"), default="v2",
+                   help="v2: the load target's KV thresholds drawn only under that target "
+                   "(default); v1: drawn in every trial, the space that produced the shipped "
+                   "load-tuned (its command regenerates it with v1)")
     u.add_argument("--quiet", action="store_true", help="no per-trial lines on stderr")
 
 
@@ -229,12 +233,28 @@ def _tune(args) -> int:
         _check_out_file(args.out)
     path, best = tune(args.policy, trials=args.trials, episodes=args.episodes,
                       config=args.config, seed=args.seed, name=args.name, out=args.out,
-                      overrides=dict(args.set), quiet=args.quiet, replace=args.replace)
+                      overrides=dict(args.set), quiet=args.quiet, replace=args.replace,
+                      search_space=args.search_space)
     sr = best["search"]
     pruned = f", {sr['trials_pruned']} pruned" if sr["trials_pruned"] else ""
-    print(f"dynosim: best {best['objective']:.4f} with {json.dumps(best['knobs'])} "
-          f"({sr['trials_completed']} of {sr['trials']} trials completed{pruned}); wrote {path}")
+    done = f"{sr['trials_completed']} of {sr['trials']} trials completed{pruned}"
+    if best["best_is_defaults"]:
+        print(f"dynosim: best is trial 1, the defaults (objective {best['objective']:.4f}; "
+              f"{done}): tuning found nothing better, the file holds the default knobs "
+              f"{json.dumps(best['knobs'])}; wrote {path}")
+    else:
+        ref = "trial 1, the defaults" + (f" except {', '.join(sr['trial_0_sampled'])}"
+                                         if sr["trial_0_sampled"] else "")
+        which = (ref if best["best_trial"] == 1 else f"trial {best['best_trial']}; {ref}: "
+                 f"{_objective(best['default_objective'])}")
+        print(f"dynosim: best {best['objective']:.4f} ({which}) with "
+              f"{json.dumps(best['knobs'])} ({done}); wrote {path}")
     return 0
+
+
+def _objective(value: float | None) -> str:
+    """A trial's objective for the tune summary (None: the defaults' trial was pruned)."""
+    return "pruned" if value is None else f"{value:.4f}"
 
 
 def _created_out_dir(path: str) -> None:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from sim.errors import InputError
-from sim.wording import plural
+from sim.wording import exact, plural
 
 from dynosim_gym.actions import POOLS
 
@@ -313,16 +313,16 @@ def plan_windows(arrivals_ms: list[float], total_s: float, window_s: float, inte
     else:
         if window_s > total_s:
             what = (f"the default window (60 decision intervals of {interval_s:g} s = "
-                    f"{window_s:g} s, no --window-s given)" if default else
-                    f"a {window_s:g} s window")
+                    f"{exact(window_s)} s, no --window-s given)" if default else
+                    f"a {exact(window_s)} s window")
             how = ("; pass --window-s S (a multiple of the interval, at most the trace) or "
                    "--window-s 0 for the whole trace as one episode" if default else "")
-            raise InputError(f"{what} is longer than the trace ({total_s:.0f} s){how}",
+            raise InputError(f"{what} is longer than the trace ({exact(total_s)} s){how}",
                              field="--window-s")
         k = window_s / interval_s
         if abs(k - round(k)) > 1e-9:
             raise InputError(f"must be a multiple of the decision interval ({interval_s:g} s), "
-                             f"got {window_s:g}", field="--window-s")
+                             f"got {exact(window_s)}", field="--window-s")
         n = int(total_s // window_s)
         starts, length = [i * window_s for i in range(n)], window_s
     if windows is not None:

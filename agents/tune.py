@@ -22,11 +22,26 @@ completed and pruned counts (``search.trials_completed``, ``search.trials_pruned
 Search: Optuna's TPE sampler seeded with ``--seed`` (one process, one trial at a time, so
 the study is deterministic); objective = mean episode reward (the env config's reward) over
 the same ``--episodes`` training episodes (``split=train``, seeds ``seed..``) for every
-trial. Trial 0 is the planner's defaults (the env config's planner): every searched knob at
-its default value, the KV thresholds unsearched unless the default target is ``load``; a
-default outside its searched range (e.g. an ``env.planner_interval_s`` that is not 1, 2, 3 or
-6 steps) is sampled instead, printed on stderr and listed in ``search.trial_0_sampled``. The best knobs are written as a small YAML
-(``agents/tuned/NAME.yaml``, shipped in the package) and become ``heuristic:NAME``.
+trial. Trial 0 (printed as trial 1) is the planner's defaults (the env config's planner):
+every searched knob at its default value, the KV thresholds unsearched unless the default
+target is ``load``; a default outside its searched range (e.g. an ``env.planner_interval_s``
+that is not 1, 2, 3 or 6 steps) is sampled instead, printed on stderr and listed in
+``search.trial_0_sampled``. The best knobs are written as a small YAML
+(``agents/tuned/NAME.yaml``, shipped in the package) and become ``heuristic:NAME``;
+``best_trial`` (1-based) names the trial they come from and ``best_is_defaults`` is true
+when it is trial 1 with no knob sampled (a tie keeps the earlier trial): the search found
+nothing better than the defaults. ``knobs`` holds only the knobs the planner reads under the
+best trial's target and predictor (:func:`sim.planner.fields_read`); the others it drew
+(e.g. the predictor's under the load planner, the regression's under a static target) are
+named in ``search.knobs_not_read``.
+
+Search spaces (``--search-space``, recorded as ``search.space_version`` and in ``command``):
+``v2`` (the default, above) and ``v1``, the space before the KV thresholds became
+conditional: they are drawn in every trial, independently, in field order, and trial 0
+leaves them to TPE (their default is None). ``v1`` regenerates the shipped
+``heuristic:load-tuned`` exactly (``tests/test_tune_space.py``); the two spaces draw
+different parameters, so the same ``--seed`` gives a different study (the same command under
+``v2`` picks ``optimization_target: sla``, 45.1 % at 2.37 GPU-h on the training episodes).
 """
 from __future__ import annotations
 
@@ -66,7 +81,11 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 KV_RATE_KNOBS = ("decode_scale_down_kv_rate", "decode_scale_up_kv_rate")
 
 
-def knob_space(env_cfg) -> dict[str, dict[str, Any]]:
+#: ``--search-space`` values (module doc): v1 = the KV thresholds unconditional.
+SEARCH_SPACES = ("v1", "v2")
+
+
+def knob_space(env_cfg, version: str = "v2") -> dict[str, dict[str, Any]]:
     """Tunable PlannerConfig fields -> an Optuna distribution spec."""
     from sim.planner import PlannerConfig
     from sim.planner import OPTIMIZATION_TARGETS
@@ -101,7 +120,7 @@ def knob_space(env_cfg) -> dict[str, dict[str, Any]]:
             space[name] = {"int": (max(1, default // 4), max(2, default * 4)), "log": True}
         elif float in args and isinstance(default, (int, float)) and default > 0:
             space[name] = {"float": (default / 4, default * 4), "log": True}
-    if all(k in space for k in KV_RATE_KNOBS):
+    if version != "v1" and all(k in space for k in KV_RATE_KNOBS):
         down, up = KV_RATE_KNOBS
         space[down]["only_if"] = {"optimization_target": "load"}
         space[up]["only_if"] = {"optimization_target": "load"}
@@ -157,19 +176,22 @@ def score(kind: str, knobs: dict[str, Any], env, runs: list[tuple[dict, int]]) -
 def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None, seed: int = 0,
          name: str | None = None, out: str | Path | None = None,
          overrides: dict[str, Any] | None = None, quiet: bool = True,
-         replace: bool = False) -> tuple[Path, dict]:
+         replace: bool = False, search_space: str = "v2") -> tuple[Path, dict]:
     """Run the study; write the YAML; return its path and the best trial's record.
 
     Without ``out`` the YAML is ``agents/tuned/NAME.yaml`` (NAME default ``<planner>-tuned``);
     if that file (or ``out``) exists (a shipped baseline such as ``load-tuned``) it is
     replaced only with ``replace=True`` (``--replace``), else :class:`InputError` before the
-    study runs."""
+    study runs. ``search_space``: one of :data:`SEARCH_SPACES` (module doc)."""
     import optuna
     from sim.planner import PlannerConfig
 
     from .evaluate import PolicySpec, make_eval_env
 
     kind = policy.split(":", 1)[1] if policy.startswith("heuristic:") else policy
+    if search_space not in SEARCH_SPACES:
+        raise InputError(f"unknown search space {search_space!r}; expected one of "
+                         f"{', '.join(SEARCH_SPACES)}", field="--search-space")
     if kind not in ("load", "throughput", "kv"):
         raise InputError(f"can tune heuristic:load, heuristic:throughput or heuristic:kv, got "
                          f"{policy!r}", field="--policy")
@@ -199,7 +221,7 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
         def planner_config(cfg, knobs=None):      # the router's knobs need no validation
             return None
     else:
-        space = knob_space(cfg)
+        space = knob_space(cfg, search_space)
         from dynosim_gym.autoscaling_env import planner_config
         defaults = {k: getattr(planner_config(cfg), k) for k in space}
 
@@ -265,8 +287,15 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                          "no configuration to write", field="--trials")
     best = study.best_trial
     knobs = dict(best.params)
+    unread: list[str] = []
     if kind != "kv":
-        PlannerConfig(**{**dataclasses.asdict(planner_config(cfg)), **knobs})   # still valid
+        from sim.planner import fields_read
+        full = PlannerConfig(**{**dataclasses.asdict(planner_config(cfg)), **knobs})  # valid
+        # a knob the planner does not read under the best trial's target / predictor (e.g.
+        # the KV thresholds under latency) changed nothing: the file holds only what is read
+        read = fields_read(full, kind)
+        unread = [k for k in knobs if k not in read]
+        knobs = {k: v for k, v in knobs.items() if k in read}
     record = {
         "base": kind,
         "knobs": knobs,
@@ -275,6 +304,10 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
         "train_gpu_hours_per_episode": float(best.user_attrs["gpu_hours_per_episode"]),
         "default_objective": float(study.trials[0].value) if study.trials[0].value is not None
         else None,
+        # trial 0 is the defaults (unless a knob was sampled): best there means the search
+        # found nothing better and heuristic:NAME is the untuned planner (router)
+        "best_trial": best.number + 1,
+        "best_is_defaults": best.number == 0 and not sampled,
         "tuned_on": {"config": str(config) if config is not None else
                      ("routing_default" if kind == "kv" else "autoscale_default"),
                      "overrides": dict(overrides or {}), "split": "train",
@@ -282,11 +315,13 @@ def tune(policy: str, *, trials: int = 30, episodes: int = 6, config: Any = None
                      "seeds": list(range(seed, seed + episodes))},
         "search": {"sampler": "optuna.samplers.TPESampler", "seed": seed, "trials": trials,
                    "trials_completed": completed, "trials_pruned": pruned,
-                   "trial_0_sampled": sampled, "space": space,
+                   "space_version": search_space,
+                   "trial_0_sampled": sampled, "knobs_not_read": unread, "space": space,
                    "optuna": optuna.__version__},
         "command": (f"dynosim tune --policy heuristic:{kind} --trials {trials} --episodes "
                     f"{episodes} --seed {seed}" + (f" --config {config}" if config else "")
                     + (f" --name {name}" if name != f"{kind}-tuned" else "")
+                    + (f" --search-space {search_space}" if search_space != "v2" else "")
                     + (" --replace" if out is None else "")),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+from dynosim.options import read_json
+from sim.errors import InputError
+
 REPO = Path(__file__).resolve().parents[1]
 DYNOSIM = str(Path(sys.executable).with_name("dynosim"))
 
@@ -84,7 +87,7 @@ def bench_exactness(args) -> dict:
     (subset of rungs, reduction factor), which full-replay winners would have been stopped,
     and the replay work (simulated seconds) it spends."""
     d = Path(args.dir)
-    info = json.loads((d / "search.json").read_text())
+    info = read_json(d / "search.json", dict)
     rungs = info["rungs_s"]
     with open(d / "trials.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["status"] == "complete"]
@@ -277,9 +280,12 @@ def bench_attribute(args) -> dict:
     import collections
     import glob
     d = Path(args.dir)
-    info = json.loads((d / "search.json").read_text())
-    state = json.loads(Path(sorted(glob.glob(str(d / "tune/search/experiment_state-*.json")))
-                            [-1]).read_text())
+    info = read_json(d / "search.json", dict)
+    states = sorted(glob.glob(str(d / "tune/search/experiment_state-*.json")))
+    if not states:
+        raise InputError("no tune/search/experiment_state-*.json here (give the --out of a "
+                         "dynosim search --executor ray run)", file=str(d))
+    state = read_json(states[-1], dict)
     rows = []
     for _, raw in state["trial_data"]:
         t = json.loads(raw)
@@ -480,7 +486,7 @@ def bench_analyse(args) -> dict:
     that cannot change the replay (the router of a static one-worker deployment)."""
     import collections
     d = Path(args.dir)
-    info = json.loads((d / "search.json").read_text())
+    info = read_json(d / "search.json", dict)
     rows = list(csv.DictReader(open(d / "trials.csv", newline="")))
     rep = [r["stopped_because"].startswith("same candidate") for r in rows]
     raw = [0.0 if rp else float(r["sim_s"]) * _FULL_REPLAY_CPU_BY_BLOCK[
@@ -648,7 +654,7 @@ def bench_askahead(args) -> dict:
     busy fraction of the N processes and the wall time (driver time left out)."""
     from dynosim.studies.search import POOL_LAG_PER_JOB
     d = Path(args.dir)
-    info = json.loads((d / "search.json").read_text())
+    info = read_json(d / "search.json", dict)
     rows = list(csv.DictReader(open(d / "trials.csv", newline="")))
     raw = [0.0 if r["stopped_because"].startswith("same candidate") else
            float(r["sim_s"]) * _FULL_REPLAY_CPU_BY_BLOCK[int(float(r["engine.block_size"]))]
@@ -723,7 +729,7 @@ print(json.dumps({"steps": m.num_timesteps, "wall_s": w}))
     return {"bench": "rl", "timesteps": args.timesteps, "results": res}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     s = sub.add_parser("sweep")
@@ -777,14 +783,19 @@ def main() -> int:
     for y in (s, e, r, b, c, x, a, k, f, n_):
         y.add_argument("--out", default="out/bench_scale_out")
         y.add_argument("--json", default=None, help="append the result to this JSON-lines file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    res = {"sweep": bench_sweep, "exactness": bench_exactness, "rl": bench_rl,
-           "bound": bench_bound, "candidates": bench_candidates,
-           "executors": bench_executors, "attribute": bench_attribute,
-           "askahead": bench_askahead, "floors": bench_floors,
-           "analyse": bench_analyse}[args.what](args)
+    bench = {"sweep": bench_sweep, "exactness": bench_exactness, "rl": bench_rl,
+             "bound": bench_bound, "candidates": bench_candidates,
+             "executors": bench_executors, "attribute": bench_attribute,
+             "askahead": bench_askahead, "floors": bench_floors,
+             "analyse": bench_analyse}[args.what]
+    res: dict = {}
+    from dynosim.cli import guarded     # bad input (a corrupt search.json): one line, exit 2
+    rc = guarded(lambda: res.update(bench(args)) or 0)
+    if rc:
+        return rc
     res.update(nproc=os.cpu_count(), started_utc=time.strftime("%Y-%m-%d %H:%M",
                                                                time.gmtime(t0)))
     text = json.dumps(res, indent=1)

@@ -40,7 +40,7 @@ def _rows_of(cls: type, prefix: str, flag_of: dict[str, str]) -> Iterator[dict[s
                    ("each " if get_origin(hints[f.name]) is list else "") + "one of "
                    + "|".join(choices) if choices else ""),
                "unit": rng.unit if rng else "", "flag": flag_of.get(dotted, ""),
-               "why": rng.why if rng else ""}
+               "why": "; ".join(x for x in (rng.rule, rng.why) if x) if rng else ""}
 
 
 def rows() -> dict[str, list[dict[str, Any]]]:

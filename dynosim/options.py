@@ -586,6 +586,33 @@ def _infer_format(trace: str | None) -> str | None:
         "mooncake" if name.endswith((".jsonl", ".json")) else None
 
 
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
+
+
+def read_json(path: str | Path, expect: type | None = None) -> Any:
+    """The value of the JSON file ``path`` (a result file a script reads back). Errors, as
+    :class:`~sim.errors.InputError` naming the file: not valid JSON (its line and column),
+    not UTF-8 (the byte offset), not of type ``expect`` (e.g. ``dict``) at the top level. A
+    missing or unreadable file raises :class:`OSError` (``dynosim.cli.guarded`` prints it as
+    one line too)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                         file=str(p)) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg} (column {exc.colno})", file=str(p),
+                         line=exc.lineno) from None
+    if expect is not None and not isinstance(data, expect):
+        raise InputError(f"expected a JSON {_JSON_NAMES.get(expect, expect.__name__)}, got "
+                         f"{_JSON_NAMES.get(type(data), type(data).__name__)}", file=str(p))
+    return data
+
+
 def check_output_path(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
     """Fail before a long run, not after it, when an output cannot be written."""
     if path is None:

@@ -32,11 +32,19 @@ FLAP_WINDOW_S = 300.0
 
 
 class _Advice:
-    """Planner mixin: remember the target instead of scaling (the env applies it)."""
+    """Planner mixin: remember the target instead of scaling (the env applies it). A target
+    above the provisioned count (active + starting) is a scale-up decided now: it starts
+    the planner's ``scale_down_cooldown_seconds`` as :meth:`sim.planner.LoadPlanner._apply`
+    does when the planner scales itself (the env applies the advice in the same step)."""
     advice: int | None = None
 
-    def _apply(self, sim, target: int, reason: str) -> None:
+    def _apply(self, sim, target: "int | dict[str, int]", reason: str) -> None:
         self.advice = target
+        # disaggregated: one target per pool (sim.planner._DisaggPools._apply)
+        ups = ([target[p] > sum(sim.counts(p)[:2]) for p in target] if isinstance(target, dict)
+               else [target > sum(sim.counts()[:2])])
+        if any(ups):
+            self.last_scale_up_s = sim.now / 1000.0
 
 
 class LoadAdvisor(_Advice, LoadPlanner):

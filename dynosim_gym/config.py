@@ -77,7 +77,8 @@ class ActionSection:
     # residual: the base's demand is the arrivals averaged over the trailing base_interval_s
     # (the throughput planner's throughput_adjustment_interval_seconds; Dynamo's default
     # 180 s), re-evaluated every env step; a multiple of env.interval_s; null = interval_s
-    base_interval_s: float | None = _opt(None, range=TIME_S_POS)
+    base_interval_s: float | None = _opt(None, range=TIME_S_POS.with_rule(
+        "a positive multiple of env.interval_s (null: env.interval_s)"))
     # residual: the base before the advisor's first tick (the first step): min_endpoint (as
     # since round 7b) or hold, the count provisioned (Dynamo's planner does not scale
     # before its first adjustment interval)
@@ -95,7 +96,8 @@ class ActionSection:
     # an action asked during the hold is not applied (the base is still re-computed and
     # stabilised every step, the held offset added to it); info["applied_offset"],
     # info["offset_held"]. A multiple of env.interval_s; 0 (and interval_s) = off
-    offset_dwell_s: float = _opt(0.0, range=TIME_S)
+    offset_dwell_s: float = _opt(0.0, range=TIME_S.with_rule(
+        "0 (off) or a multiple of env.interval_s (needs env.action.stabilise: base)"))
 
 
 @dataclass
@@ -158,7 +160,8 @@ class EnvSection:
     planner_predictor: str = _opt("constant",
                                   choices=("constant", "moving_average", "kalman", "arima"))
     # null: env interval_s (load), planner.throughput_adjustment_interval_seconds (throughput)
-    planner_interval_s: float | None = _opt(None, range=TIME_S_POS)
+    planner_interval_s: float | None = _opt(None, range=TIME_S_POS.with_rule(
+        "a positive multiple of env.interval_s"))
     # any other sim.planner.PlannerConfig field, by its name (Dynamo's knob names)
     planner: dict = field(default_factory=dict)
     action: ActionSection = field(default_factory=ActionSection)

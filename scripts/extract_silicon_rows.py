@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -62,9 +61,10 @@ def find_csv() -> tuple[Path, str]:
 
 
 def shipped_tables() -> dict[tuple[str, str, str, int], str]:
+    from dynosim.options import read_json
     out = {}
     for p in sorted(TABLE_DIR.glob("*.json")):
-        t = json.loads(p.read_text())
+        t = read_json(p, dict)
         out[(norm_model(t["model"]), t["gpu"], t["backend"], int(t["tp"]))] = t["model"]
     return out
 

@@ -231,13 +231,14 @@ def generate(model: str, gpu: str, backend: str, tp: int) -> dict:
 
 def check(out_dir: Path, seed: int, n_points: int, only: str | None) -> dict:
     """Compare every shipped table with live AIC on fresh random points (tests call this)."""
+    from dynosim.options import read_json
+    # every table read first: a corrupt one is a one-line error before AIC loads
+    tables = {path: read_json(path, dict) for path in sorted(out_dir.glob("*.json"))
+              if not only or only in path.name}
     from aiconfigurator_core.sdk import perf_database
 
     report = {}
-    for path in sorted(out_dir.glob("*.json")):
-        if only and only not in path.name:
-            continue
-        t = json.loads(path.read_text())
+    for path, t in tables.items():
         est, version = build_estimator(t["model"], t["gpu"], t["backend"], int(t["tp"]))
         entry = accuracy(est, t, n_points=n_points, seed=seed)
         entry["backend_version_matches"] = version == t["backend_version"] == \
@@ -275,8 +276,9 @@ def main(argv=None) -> int:
         print(json.dumps(perf_database.get_supported_databases(), indent=1, default=list))
         return 0
     if args.check:
-        print(json.dumps(check(args.out, args.seed, args.points, args.only), indent=1))
-        return 0
+        from dynosim.cli import guarded
+        return guarded(lambda: print(json.dumps(check(args.out, args.seed, args.points,
+                                                      args.only), indent=1)) or 0)
     args.out.mkdir(parents=True, exist_ok=True)
     for model, tps in MODELS:
         for tp in tps:

@@ -57,6 +57,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dynosim.options import read_json  # noqa: E402
 from sim.wording import plural  # noqa: E402
 
 #: Leaderboard columns: (JSON key, label, format).
@@ -295,7 +296,7 @@ def run(args) -> int:
                       f"(train and score it first, or pass --out/--name/--seeds that exist)",
                       file=sys.stderr)
                 return 2
-            ev = json.loads(file.read_text())
+            ev = read_json(file, dict)
             rows.append(seed_row(ev))
             evals.append(ev)
             continue
@@ -305,7 +306,7 @@ def run(args) -> int:
                   overrides=dict(args.set), hyperparams=args.hyperparams)
             print(f"{name} seed {s}: trained in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr, flush=True)
-        rec = json.loads((run / "run.json").read_text())
+        rec = read_json(run / "run.json", dict)
         ev = evaluate(str(run), "DynoSim-v0", **EVAL).as_dict()
         ev.update(train_seed=s, train_wall_s=rec.get("train_wall_s"),
                   train_cpu_s=rec.get("train_cpu_s"),
@@ -317,7 +318,7 @@ def run(args) -> int:
         rows.append(seed_row(ev))
         evals.append(ev)
     summary = summarise(rows)
-    target = target_check(evals, json.loads(BASELINE_RESULT.read_text()))
+    target = target_check(evals, read_json(BASELINE_RESULT, dict))
     (out / f"learned_{name}.json").write_text(json.dumps(
         {"policy": name, "algo": args.algo, "seeds": args.seeds, "evaluation": EVAL,
          "mean_std_over_seeds": summary, "target": target, "per_seed": rows},
@@ -347,7 +348,7 @@ def train_split_scores(args, names: list[str], out: Path) -> tuple[dict, dict]:
         if not file.exists():
             ev = evaluate(spec, "DynoSim-v0", **SELECT).as_dict()
             file.write_text(json.dumps(ev, indent=2) + "\n")
-        return json.loads(file.read_text())
+        return read_json(file, dict)
     base = scored(BASELINE, sel / f"train_split_{BASELINE.split(':', 1)[1]}.json")
     # a candidate with a selection file is scored by it (its run may live elsewhere; only
     # the chosen one's model is needed, by ship)
@@ -426,7 +427,7 @@ def base_exclusions(scores: dict[tuple[str, int], dict],
             print(f"{n} s{s}: scoring its bare base (offset 0) on the selection episodes",
                   file=sys.stderr, flush=True)
             file.write_text(json.dumps(bare_base(iface), indent=2) + "\n")
-        base = json.loads(file.read_text())
+        base = read_json(file, dict)
         if equals_base(e, base):
             out[(n, s)] = (f"equals its heuristic base (offset 0 at every step) on every "
                            f"selection episode ({file.name})")
@@ -457,7 +458,7 @@ def ship(args, names: list[str], out: Path) -> tuple[str, int] | None:
     best = select(kept, base)
     name, seed = best
     shipped = PRETRAINED_DIR / f"{args.ship}.json"
-    if shipped.is_file() and json.loads(shipped.read_text()).get("command", "").endswith(
+    if shipped.is_file() and read_json(shipped, dict).get("command", "").endswith(
             f"/{name}/s{seed}"):
         print(f"the rule keeps pretrained:{args.ship} ({name} seed {seed}, shipped already)",
               file=sys.stderr)
@@ -470,7 +471,7 @@ def ship(args, names: list[str], out: Path) -> tuple[str, int] | None:
         from sim.errors import InputError
         raise InputError(f"the rule chose {name} seed {seed}, whose run "
                          f"{Path(args.runs) / name / f's{seed}'} is not here", field="--runs")
-    rec = json.loads((Path(args.runs) / name / f"s{seed}" / "run.json").read_text())
+    rec = read_json(Path(args.runs) / name / f"s{seed}" / "run.json", dict)
     hp = load_hyperparams(rec["algo"], "DynoSim-v0", args.hyperparams)
     recipe = hp.get("env_kwargs") or {}
     sets = "".join(f" --set {k}={v}" for k, v in rec.get("overrides", {}).items()

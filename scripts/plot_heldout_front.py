@@ -16,10 +16,10 @@ held-out episodes (``dynosim evaluate --episodes 6 --seed 0 --split eval``) exce
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from dynosim.options import read_json
 from sim.wording import plural
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def points(bench: Path) -> tuple[list[dict], dict]:
     def single(name: str, label: str, kind: str) -> None:
         f = bench / name
         if f.is_file():
-            d = json.loads(f.read_text())
+            d = read_json(f, dict)
             pts.append({"label": label, "kind": kind, "gpu": d["gpu_hours_per_episode"],
                         "sla": 100 * d["sla_attainment"], "gpu_std": 0.0, "sla_std": 0.0})
 
@@ -84,7 +84,7 @@ def points(bench: Path) -> tuple[list[dict], dict]:
         name = f.stem[len("learned_"):]
         if name.rsplit("_s", 1)[-1].isdigit():       # a per-seed file
             continue
-        d = json.loads(f.read_text())
+        d = read_json(f, dict)
         m = d["mean_std_over_seeds"]
         label = ROUNDS.get(name, name)
         t = d.get("target") or {}

@@ -10,8 +10,9 @@ queued requests per 5 s step. Each scale-up *onset* (a scale-up with none in the
 is marked and labelled with the requests queued when it was issued (adjustText places the
 labels), so one sees whether scale-ups start before the queue builds. Each *flap* (a
 reversal under 300 s after the opposite move, the env's ``episode_summary()["flap_steps"]``)
-is a red x. Prints, per policy: scaling events, reversals and flaps per hour and the queue at
-each onset (median), as JSON.
+is a red x on its move, half a worker short of the count after it (clear of an onset's
+triangle at that count). Prints, per policy: scaling events, reversals and flaps per hour
+and the queue at each onset (median), as JSON.
 Episode ``--seed 0`` of the held-out split is the flash-crowd episode of docs/benchmark;
 ``--first-of FAMILY`` takes the first held-out episode (seeds 0, 1, ...) of that family
 instead, a rule fixed before looking at any policy on it (``ramp_cycle``: a load that
@@ -86,6 +87,16 @@ def policy_label(spec: str) -> str:
     return "/".join(path.parts[-2:])
 
 
+def flap_marker_y(prov: np.ndarray, flaps: list[int]) -> np.ndarray:
+    """Heights (workers) of the flap markers: on the step's move, half a worker short of
+    the count after it (below it after a scale-up, above it after a scale-down). A flap
+    that is also a scale-up onset then sits half a worker below the onset's triangle
+    (drawn at the count after the move); both at that count drew one on top of the other."""
+    idx = np.asarray(flaps, dtype=int)
+    before = prov[np.maximum(idx - 1, 0)]
+    return prov[idx] - 0.5 * np.sign(prov[idx] - before)
+
+
 def plot(results: list, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -121,8 +132,9 @@ def plot(results: list, out: Path) -> None:
         ax.scatter(t[first], prov[first], marker="^", color="C2", s=40, zorder=5,
                    label=f"scale-up onset ({len(first)})")
         flaps = r.per_episode[0]["flap_steps"]
+        flap_y = flap_marker_y(prov, flaps)
         if flaps:
-            ax.scatter(t[flaps], prov[flaps], marker="x", color="red", s=30, lw=1.2,
+            ax.scatter(t[flaps], flap_y, marker="x", color="red", s=30, lw=1.2,
                        zorder=6, label=f"flap ({len(flaps)})")
         ax.set_ylim(0, top + 3.5)             # headroom: the legend sits above the labels
         ax.set_ylabel("workers", fontsize=9)
@@ -137,8 +149,9 @@ def plot(results: list, out: Path) -> None:
                          fontsize=7, color="C2",
                          bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 0.5})
                  for i in first[:12]]
-        if texts:
-            adjust_labels(texts, ax=ax, x=t[first[:12]], y=prov[first[:12]],
+        if texts:               # the labels keep clear of the onsets and the flaps
+            adjust_labels(texts, ax=ax, x=np.concatenate([t[first[:12]], t[flaps]]),
+                          y=np.concatenate([prov[first[:12]], flap_y]),
                           arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
         ax.legend(loc="upper right", fontsize=7, framealpha=0.9, ncol=3)
         ax.grid(alpha=0.25)

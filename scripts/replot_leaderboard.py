@@ -5,12 +5,12 @@ re-evaluation), in place:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from agents.evaluate import Evaluation
 from agents.leaderboard import plot_front
+from dynosim.options import read_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(d: Path) -> int:
-    rows = json.loads((d / "leaderboard.json").read_text())
+    rows = read_json(d / "leaderboard.json", list)
     results = [Evaluation.from_record(r) for r in rows]
     models = [r.policy for r in results if not r.policy.startswith("heuristic:")]
     base = Path(os.path.commonpath(models)) if len(models) > 1 else \

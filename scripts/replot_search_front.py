@@ -10,7 +10,6 @@ parameters) and scored with its objective as the search did; the title is the se
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dynosim.options import plural  # noqa: E402
+from dynosim.options import plural, read_json  # noqa: E402
 from dynosim.studies.search import (SPACE_KEYS, STATUSES, front_axes, parse_objective,  # noqa: E402
                                     plot_front, read_compare)
 
@@ -42,7 +41,7 @@ def records_of(run: Path, obj) -> list[dict]:
 
 
 def replot(run: Path, compare) -> Path:
-    info = json.loads((run / "search.json").read_text())
+    info = read_json(run / "search.json", dict)
     with open(run / "trials.csv", encoding="utf-8", newline="") as fh:
         columns = next(csv.reader(fh))          # the report fields the search recorded
     obj = parse_objective(info["objective"], columns)

@@ -254,6 +254,55 @@ class PlannerConfig:
         return EASY_THRESHOLDS[self.optimization_target]
 
 
+#: PlannerConfig fields both planners read whatever the target: the pool's structure
+#: (mode, GPU budget band, floors, GPUs per worker) and our scale-down cooldown.
+_READ_BY_ALL = ("mode", "max_gpu_budget", "min_gpu_budget", "min_endpoint",
+                "decode_engine_num_gpu", "scale_down_cooldown_seconds")
+
+
+def fields_read(cfg: PlannerConfig, planner: str) -> frozenset[str]:
+    """The :class:`PlannerConfig` fields that ``planner`` (``"load"``: :class:`LoadPlanner`
+    / :class:`DisaggLoadPlanner`; ``"throughput"``: :class:`ThroughputPlanner` /
+    :class:`DisaggThroughputPlanner`) reads when run with ``cfg`` (its ``mode``,
+    ``optimization_target`` and ``load_predictor`` decide the rest). Every other field
+    leaves the planner's decisions unchanged (``tests/test_cli_polish4.py`` perturbs
+    them); ``dynosim tune`` writes only these. Errors: ValueError for another planner.
+
+    load: ``optimization_target`` and ``load_adjustment_interval_seconds``; under ``sla``
+    the SLA targets and the regression's ``load_scaling_down_sensitivity``,
+    ``load_min_observations``, ``max_num_fpm_samples``, ``fpm_samples_per_interval``;
+    under ``load`` the KV thresholds ``decode_scale_{up,down}_kv_rate`` (and, disaggregated,
+    ``prefill_scale_{up,down}_queue_tokens``); ``throughput``/``latency`` use fixed
+    thresholds (:data:`EASY_THRESHOLDS`). throughput: the SLA targets,
+    ``throughput_adjustment_interval_seconds``, ``max_throughput_scaling_replicas``,
+    ``load_predictor`` and its own parameters (:meth:`PlannerConfig.predictor_kwargs`);
+    ``optimization_target`` is not read (it always assumes ``sla``, as Dynamo runs it)."""
+    read = set(_READ_BY_ALL)
+    if cfg.mode == "disagg":
+        read |= {"prefill_engine_num_gpu", "prefill_min_endpoint", "decode_min_endpoint"}
+    if planner == "load":
+        read |= {"optimization_target", "load_adjustment_interval_seconds"}
+        if cfg.optimization_target == "sla":
+            read |= {"ttft_ms", "itl_ms", "load_scaling_down_sensitivity",
+                     "load_min_observations", "max_num_fpm_samples", "fpm_samples_per_interval"}
+        elif cfg.optimization_target == "load":
+            read |= {"decode_scale_up_kv_rate", "decode_scale_down_kv_rate"}
+            if cfg.mode == "disagg":
+                read |= {"prefill_scale_up_queue_tokens", "prefill_scale_down_queue_tokens"}
+    elif planner == "throughput":
+        read |= {"ttft_ms", "itl_ms", "throughput_adjustment_interval_seconds",
+                 "max_throughput_scaling_replicas", "load_predictor"}
+        read |= {_PREDICTOR_FIELDS[k] for k in cfg.predictor_kwargs()}
+    else:
+        raise ValueError(f"unknown planner {planner!r}; expected load or throughput")
+    return frozenset(read)
+
+
+#: predictor_kwargs() argument -> the PlannerConfig field it comes from
+_PREDICTOR_FIELDS = {"q_level": "kalman_q_level", "q_trend": "kalman_q_trend", "r": "kalman_r",
+                     "min_points": "kalman_min_points", "log1p": "load_predictor_log1p"}
+
+
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

@@ -35,6 +35,7 @@ whole table from the same objects (:func:`dynosim.config_schema.render`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -57,11 +58,25 @@ def _fmt(x: float | int) -> str:
     return f"{x:g}"
 
 
+#: Bounds that are representation limits (float64 ms exactness, int32/int64), not what a
+#: field means: a message for a value inside them does not quote them (``4.5036e+12`` s as
+#: the upper end of a dwell told the user nothing); a value beyond one is told the limit and
+#: its ``why``.
+_CAPS = frozenset({MAX_TIME_MS, MAX_TIME_S, INT32_MAX, INT64_MAX})
+
+
+def _is_cap(bound: float | int | None) -> bool:
+    return bound is not None and abs(bound) in _CAPS
+
+
 @dataclass(frozen=True)
 class Range:
     """A closed interval ``[lo, hi]`` (``lo_open``: ``(lo, hi]``); None = unbounded side.
 
-    ``unit`` and ``why`` document it (``dynosim config schema``)."""
+    ``unit`` and ``why`` document it (``dynosim config schema``). ``rule``: the field's own
+    constraint beyond its bounds, checked where the other fields are known (e.g. ``"0 (off)
+    or a multiple of env.interval_s"``); a value below ``lo`` is told the rule instead of
+    the interval."""
 
     lo: float | int | None = None
     hi: float | int | None = None
@@ -69,6 +84,7 @@ class Range:
     unit: str = ""
     why: str = ""
     hi_open: bool = False
+    rule: str = ""
 
     def text(self) -> str:
         lo = "-inf" if self.lo is None else _fmt(self.lo)
@@ -78,18 +94,33 @@ class Range:
 
     def violation(self, value: Any) -> str | None:
         """None if ``value`` (a real number) is in range, else a one-line message that
-        names the value and the allowed range."""
+        names the value and the allowed range: the interval, unless its other end is a
+        representation limit (:data:`_CAPS`); past such a limit, the limit and why it is one;
+        below ``lo`` with a ``rule``, the rule."""
         lo, hi = self.lo, self.hi
         if lo is not None and (value < lo or (self.lo_open and value == lo)):
-            op = ">" if self.lo_open else ">="
-            return f"must be {op} {_fmt(lo)}, got {_show(value)} (allowed {self.text()})"
+            if self.rule:
+                return f"must be {self.rule}, got {_show(value)}"
+            return self._message(">" if self.lo_open else ">=", lo, hi, value)
         if hi is not None and (value > hi or (self.hi_open and value == hi)):
-            op = "<" if self.hi_open else "<="
-            return f"must be {op} {_fmt(hi)}, got {_show(value)} (allowed {self.text()})"
+            return self._message("<" if self.hi_open else "<=", hi, lo, value)
         return None
 
+    def _message(self, op: str, bound: float | int, other: float | int | None,
+                 value: Any) -> str:
+        if _is_cap(bound):
+            unit = f" {self.unit}" if self.unit else ""
+            why = f": {self.why}" if self.why else ""
+            return (f"must be {op} {_fmt(bound)}{unit}, got {_show(value)} (allowed "
+                    f"{self.text()}{unit}{why})")
+        allowed = "" if _is_cap(other) else f" (allowed {self.text()})"
+        return f"must be {op} {_fmt(bound)}, got {_show(value)}{allowed}"
+
     def with_lo(self, lo: float | int | None, lo_open: bool = False) -> "Range":
-        return Range(lo, self.hi, lo_open, self.unit, self.why, self.hi_open)
+        return dataclasses.replace(self, lo=lo, lo_open=lo_open)
+
+    def with_rule(self, rule: str) -> "Range":
+        return dataclasses.replace(self, rule=rule)
 
 
 def _show(value: Any) -> str:

@@ -268,6 +268,30 @@ def test_windows_cover_the_trace_consecutively() -> None:
         assert exc.value.field == field
 
 
+@settings(max_examples=200, deadline=None)
+@given(total_ms=st.integers(1, 10**9), extra=st.floats(1e-9, 1e3),
+       interval=st.sampled_from([0.1, 1.0, 5.0, 10.0]), default=st.booleans())
+def test_window_longer_than_the_trace_error_reads_true(total_ms: int, extra: float,
+                                                      interval: float, default: bool) -> None:
+    """The two numbers in "a W s window is longer than the trace (T s)" compare as the
+    message says: W > T as printed (it printed T with .0f, so a 129.9 s trace read as
+    130 s against a 130 s window)."""
+    total_s = total_ms / 1000.0
+    window_s = total_s + extra
+    with pytest.raises(InputError) as exc:
+        plan_windows([0.0, float(total_ms)], total_s, window_s, interval, None, default=default)
+    m = re.search(r"(?:a |= )([0-9.e+-]+) s(?: window|, no --window-s).* is longer than the "
+                  r"trace \(([0-9.e+-]+) s\)", str(exc.value))
+    assert m, str(exc.value)
+    assert float(m.group(1)) > float(m.group(2)), str(exc.value)
+
+
+def test_window_130_s_against_a_129_9_s_trace() -> None:
+    with pytest.raises(InputError, match=r"a 130 s window is longer than the trace "
+                                         r"\(129\.9 s\)"):
+        plan_windows([0.0, 129_900.0], 129.9, 130.0, 5.0, None)
+
+
 def _ids(t: int, isl: int) -> list[int]:
     return [t * 100 + j for j in range(-(-isl // 512))]
 
@@ -405,7 +429,10 @@ def test_tune_is_deterministic_and_ships_a_named_baseline(tmp_path: Path, monkey
     # written outside agents/tuned/: the header says how it becomes heuristic:NAME
     assert outs[0].startswith("# Written by `dynosim tune` (agents/tune.py); copy it to "
                               "agents/tuned/load-test.yaml to use it as heuristic:load-test.")
-    assert "load_scaling_down_sensitivity" in best["knobs"] and best["tuned_on"]["split"] == "train"
+    # only the knobs the load planner reads under the best target are written
+    assert "optimization_target" in best["knobs"] and best["tuned_on"]["split"] == "train"
+    assert "load_predictor" not in best["knobs"]
+    assert "load_predictor" in best["search"]["knobs_not_read"]
     # --out elsewhere without --name: named after its file, never the shipped default name
     path, _ = tune("heuristic:load", trials=1, episodes=1, config=TINY, seed=0,
                    out=tmp_path / "mine.yaml", overrides={"episode_steps": 4})

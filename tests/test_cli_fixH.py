@@ -57,6 +57,7 @@ def test_tune_trial_0_is_the_defaults_and_leaves_the_load_thresholds_unsearched(
     from agents.tune import knob_space, tune
     from dynosim_gym.autoscaling_env import planner_config
     from dynosim_gym.config import load_env_config
+    from sim.planner import fields_read
     path, best = tune("heuristic:load", trials=1, episodes=1, config=TINY, seed=0,
                       out=tmp_path / "t.yaml", overrides={"episode_steps": 2})
     cfg = load_env_config(TINY, **{"env.episode_steps": 2})
@@ -64,9 +65,11 @@ def test_tune_trial_0_is_the_defaults_and_leaves_the_load_thresholds_unsearched(
     assert defaults.optimization_target != "load"
     # every searched knob at its default; the KV thresholds (read by the load target only)
     # are not drawn at all, so no YAML holds a scale-down threshold above the scale-up one
-    assert best["knobs"] == {k: getattr(defaults, k) for k in knob_space(cfg)
-                             if not k.startswith("decode_scale_")}
+    searched = [k for k in knob_space(cfg) if not k.startswith("decode_scale_")]
+    read = fields_read(defaults, "load")
+    assert best["knobs"] == {k: getattr(defaults, k) for k in searched if k in read}
     search = yaml.safe_load(path.read_text())["search"]
+    assert search["knobs_not_read"] == [k for k in searched if k not in read]
     assert (search["trials"], search["trials_completed"], search["trials_pruned"]) == (1, 1, 0)
     assert search["trial_0_sampled"] == []
 

@@ -180,8 +180,7 @@ def test_config_schema_markdown_rows_have_seven_cells_and_defaults(capsys) -> No
      "bundled:mooncake_conversation, bundled:azure_conversation (field 'workload.path')"),
     (["evaluate", "--policy", "heuristic:load", "--episodes", "1", "--set",
       "env.interval_s=-1"],
-     "dynosim: error: flag '--set env.interval_s': must be > 0, got -1.0 (allowed (0, "
-     "4.5036e+12])"),
+     "dynosim: error: flag '--set env.interval_s': must be > 0, got -1.0"),
     (["tune", "--policy", "heuristic:load", "--set", "reward={mode: x}", "--out", "{tmp}"],
      "dynosim: error: flag '--set reward': unknown value 'x'; expected one of per_request, "
      "interval, lagrangian (field 'env.reward.mode')"),

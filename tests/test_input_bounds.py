@@ -94,8 +94,9 @@ def test_huge_hash_id_names_its_position(tmp_path, capsys):
     ("--num-gpu-blocks", "100000000000000000000", f"(0, {MAX_BLOCKS}]"),
     ("--max-num-batched-tokens", "100000000000000000000", f"[1, {MAX_TOKENS}]"),
     ("--trace-block-size", "100000000000000000000", f"[1, {MAX_TOKENS}]"),
-    ("--max-num-seqs", str(INT32_MAX + 1), f"[1, {INT32_MAX}]"),
-    ("--seed", str(2**64), f"[0, {2**63 - 1}]"),
+    # representation limits: the message says why they are the limit
+    ("--max-num-seqs", str(INT32_MAX + 1), f"[1, {INT32_MAX}] sequences: C long counters"),
+    ("--seed", str(2**64), f"[0, {2**63 - 1}]: int64 seed"),
 ])
 def test_huge_engine_flags_name_the_flag_and_range(tmp_path, capsys, flag, value, allowed):
     line = one_line_error(capsys, "--trace", trace(tmp_path, GOOD), flag, value)

@@ -89,3 +89,86 @@ def test_extract_silicon_rows_missing_csv_is_one_line(tmp_path: Path, capsys) ->
     mod = load_script("extract_silicon_rows")
     rc = mod.main(["--csv", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.csv")])
     one_line_error(rc, capsys.readouterr().err, "nope.csv")
+
+
+# -- a corrupt result file read back by a script (s10 polish4): one line naming the file, its
+# line and column, exit 2 (json.loads raised a JSONDecodeError traceback past `guarded`) ------
+
+def _leaderboard(tmp: Path, mod, monkeypatch) -> tuple[list[str], Path]:
+    (tmp / "lb").mkdir()
+    return [str(tmp / "lb")], tmp / "lb" / "leaderboard.json"
+
+
+def _search_front(tmp: Path, mod, monkeypatch) -> tuple[list[str], Path]:
+    (tmp / "run").mkdir()
+    (tmp / "run" / "trials.csv").write_text("trial,status\n")
+    return [str(tmp / "run"), "--compare", ""], tmp / "run" / "search.json"
+
+
+def _heldout_front(tmp: Path, mod, monkeypatch) -> tuple[list[str], Path]:
+    return (["--bench", str(tmp), "--out", str(tmp / "f.png")],
+            tmp / next(iter(mod.HEURISTICS)))
+
+
+def _learned_summary(tmp: Path, mod, monkeypatch) -> tuple[list[str], Path]:
+    return (["--algo", "ppo", "--name", "x", "--seeds", "0", "--out", str(tmp),
+             "--summary-only"], tmp / "learned_x_s0.json")
+
+
+def _silicon_tables(tmp: Path, mod, monkeypatch) -> tuple[list[str], Path]:
+    (tmp / "tables").mkdir()
+    monkeypatch.setattr(mod, "TABLE_DIR", tmp / "tables")     # the shipped GPU tables it reads
+    (tmp / "s.csv").write_text("model,gpu\n")
+    return ["--csv", str(tmp / "s.csv"), "--out", str(tmp / "o.csv")], tmp / "tables" / "t.json"
+
+
+def _gpu_tables_check(tmp: Path, mod, monkeypatch) -> tuple[list[str], Path]:
+    # --verbose: without it the script sends fd 2 to /dev/null (aiconfigurator's logs)
+    return ["--check", "--out", str(tmp), "--verbose"], tmp / "t.json"
+
+
+def _scale_out_analyse(tmp: Path, mod, monkeypatch) -> tuple[list[str], Path]:
+    (tmp / "run").mkdir()
+    return ["analyse", str(tmp / "run"), "--out", str(tmp / "o")], tmp / "run" / "search.json"
+
+
+RESULT_READERS = {"replot_leaderboard": (_leaderboard, "array"),
+                  "bench/scale_out": (_scale_out_analyse, "object"),
+                  "gen_gpu_tables": (_gpu_tables_check, "object"),
+                  "replot_search_front": (_search_front, "object"),
+                  "plot_heldout_front": (_heldout_front, "object"),
+                  "learned_benchmark": (_learned_summary, "object"),
+                  "extract_silicon_rows": (_silicon_tables, "object")}
+
+
+@pytest.mark.parametrize("script", sorted(RESULT_READERS))
+@pytest.mark.parametrize("content, needles", [
+    (b'{"a": 1,\n "b": ', ["not valid JSON", ":2", "column 7"]),       # truncated
+    (b"", ["not valid JSON", ":1", "column 1"]),                        # empty
+    (b"[1, 2]\n{", ["not valid JSON", ":2", "Extra data"]),
+    (b"\xff\xfe{}", ["not UTF-8 text", "byte 0"]),
+    (b'"a string"', ["expected a JSON", "got string"]),
+])
+def test_a_corrupt_result_file_is_one_line_naming_it(script: str, content: bytes,
+                                                     needles: list[str], tmp_path: Path,
+                                                     capsys, monkeypatch) -> None:
+    mod = load_script(script)
+    layout, kind = RESULT_READERS[script]
+    argv, bad = layout(tmp_path, mod, monkeypatch)
+    bad.write_bytes(content)
+    rc = mod.main(argv)
+    err = capsys.readouterr().err
+    one_line_error(rc, err, str(bad), *needles)
+    if needles[0] == "expected a JSON":
+        assert f"expected a JSON {kind}" in err
+
+
+def test_scripts_read_result_json_through_read_json() -> None:
+    """No script parses a JSON file with a bare json.load / json.loads(...read_text()): a
+    corrupt file would be a traceback (dynosim.options.read_json names it, line, column)."""
+    import re
+    root = Path(__file__).resolve().parents[1] / "scripts"
+    bare = re.compile(r"json\.load\(|json\.loads\([^)]*read_text\(")
+    offenders = [f"{p.name}:{n}" for p in sorted(root.glob("*.py"))
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if bare.search(line)]
+    assert not offenders, offenders
