@@ -239,6 +239,15 @@ def resolve_policy(spec: str) -> PolicySpec:
             return PolicySpec(spec, "rllib", run.get("env_id"), path, run)
         if run.get("framework") == "es":         # a scripts/es_search.py run directory
             return PolicySpec(spec, "es", run.get("env_id"), path, run)
+    if path.is_dir() and (path / "policy.json").is_file() and not (path / "model.zip").is_file():
+        # a scripts/es_search.py run directory whose run record is missing or not its own
+        if not (path / "run.json").is_file():
+            raise InputError("an es run directory (it holds policy.json) without its run.json "
+                             "(the run record scripts/es_search.py writes beside it)",
+                             file=str(path / "run.json"), field="--policy")
+        raise InputError("an es run directory (it holds policy.json) whose run.json does not "
+                         "say \"framework\": \"es\"", file=str(path / "run.json"),
+                         field="--policy")
     if path.is_dir():
         path = path / "model.zip"
     if not path.is_file():
