@@ -53,6 +53,7 @@ def run(args) -> int:
 
     import dynosim_gym  # noqa: F401  (registers the envs)
     from agents.linear_policy import LinearResidualPolicy, load_policy
+    from dynosim.options import read_json
     from es_search import objective_value, score
     from sim.errors import InputError
 
@@ -65,10 +66,7 @@ def run(args) -> int:
         if not f.is_file():
             raise InputError(f"no {name} in the es run directory {d}", file=str(f),
                              field="RUN_DIR")
-        try:
-            recs[name] = json.loads(f.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"not valid JSON ({exc})", file=str(f), field="RUN_DIR") from None
+        recs[name] = read_json(f, dict)
     run_rec, search = recs["run.json"], recs["search.json"]
     pol = load_policy(d)
     if args.bare_base:
