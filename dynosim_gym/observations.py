@@ -15,7 +15,9 @@ serve under its timing model (issue 11, round 6): a rate in requests/s keys a po
 the request mix it was trained on (Azure's short prompts arrive at 4x the training families'
 peak rate for less work); "workers' worth" of prefill or decode does not. Round 7 adds
 :data:`WORK_FEATURES`: the running and waiting request counts in the same units (workers'
-worth of one worker's decode batch at the ITL SLA).
+worth of one worker's decode batch at the ITL SLA). Round 17 adds :data:`TREND_FEATURES`:
+the arrival rate's trend over 60, 120 and 300 s and its acceleration (the default's only
+rate trend, ``arrival_rate_slope``, spans 15 s, against worker start-ups of 30-180 s).
 """
 from __future__ import annotations
 
@@ -101,10 +103,32 @@ WORK_FEATURES = (
     "queued_batches",              # waiting requests / B: workers' worth of decode batch
                                    # still waiting (their prompts: queued_prefill_per_active)
 )
+#: The arrival rate's trend over longer horizons (issue 11, round 17; opt-in). ``y_i`` is
+#: the default's ``arrival_rate`` of interval ``i`` (log1p of requests/s / rate scale), and
+#: the slope over ``H`` s is the least-squares slope of ``y`` against time over the latest
+#: ``H / interval_s + 1`` intervals (the ones whose ends span the last ``H`` s), in log-rate
+#: per minute, signed-log scaled: ``sign(s) * log1p(|s|)``. A least-squares fit, not
+#: "now minus ``H`` s ago": one 5 s interval's Poisson noise in its arrival count would
+#: otherwise be the whole feature; the fit weighs every interval of the window. Per minute
+#: for every horizon, so the three are on one scale and their differences are accelerations.
+#: Before ``H`` s have passed the fit uses the intervals there are (as ``arrival_rate_slope``
+#: does), and it is 0 with fewer than two. Bounds: with every ``y`` in ``[0, R]`` the fitted
+#: slope is at most ``R`` per interval, so ``|slope| <= log1p(R * 60 / interval_s)`` and
+#: ``|acceleration| <= log1p(2 * R * 60 / interval_s)``; always within ``[-LOG_MAX, LOG_MAX]``.
+TREND_FEATURES = (
+    "arrival_rate_slope_60s",     # least-squares slope of the log-rate over the last 60 s,
+                                  # per minute, signed log
+    "arrival_rate_slope_120s",    # the same over the last 120 s
+    "arrival_rate_slope_300s",    # the same over the last 300 s
+    "arrival_rate_acceleration",  # signed log of (60 s slope - 300 s slope), both per minute
+                                  # before their signed logs: > 0 when the rate rises faster
+                                  # now than over the last 5 minutes
+)
+TREND_HORIZONS_S = (60.0, 120.0, 300.0)
 #: Every name ``env.observation.features`` accepts.
-ALL_FEATURES = FEATURES + CAPACITY_FEATURES + WORK_FEATURES
+ALL_FEATURES = FEATURES + CAPACITY_FEATURES + WORK_FEATURES + TREND_FEATURES
 #: Features that can be negative (trends).
-SIGNED = ("arrival_rate_slope", "queue_growth")
+SIGNED = ("arrival_rate_slope", "queue_growth") + TREND_FEATURES
 GRID = math.log(1.02)      # the capacity cache's geometric step in ISL and OSL
 
 
@@ -200,6 +224,34 @@ def work_values(iv: Interval, cap: EngineCapacity, isl: float, osl: float
     return _lg(run), _lg(run / max(iv.active, 1)), _lg(iv.queued / b)
 
 
+def trend_window(horizon_s: float, interval_s: float) -> int:
+    """Intervals whose ends span the last ``horizon_s``: ``round(horizon_s / interval_s) + 1``,
+    at least 2."""
+    return max(int(round(horizon_s / interval_s)) + 1, 2)
+
+
+def ls_slope(ys: list, n: int) -> float:
+    """Least-squares slope per interval of the last ``min(n, len(ys))`` of the list ``ys``
+    (equally spaced); 0 with fewer than two points."""
+    m = min(n, len(ys))
+    if m < 2:
+        return 0.0
+    c = 0.5 * (m - 1)
+    num = 0.0
+    for i, y in enumerate(ys[len(ys) - m:]):
+        num += (i - c) * y
+    return num / (m * (m * m - 1) / 12.0)     # sum of (i - c)^2 over 0..m-1
+
+
+def trend_values(rates, interval_s: float) -> tuple[float, ...]:
+    """:data:`TREND_FEATURES` from the per-interval log-rates ``rates`` (oldest first, the
+    latest interval last; only the last 300 s are read), in order."""
+    per_min = 60.0 / interval_s
+    rates = list(rates)
+    s = [ls_slope(rates, trend_window(h, interval_s)) * per_min for h in TREND_HORIZONS_S]
+    return _slog(s[0]), _slog(s[1]), _slog(s[2]), _slog(s[0] - s[2])
+
+
 class ObservationBuilder:
     def __init__(self, cfg, max_workers: int, ttft_sla_ms: float, itl_sla_ms: float) -> None:
         ocfg = cfg.env.observation
@@ -217,6 +269,7 @@ class ObservationBuilder:
             [ALL_FEATURES.index(f) for f in self.features]
         self._work = any(f in WORK_FEATURES for f in self.features)
         self._capacity = self._work or any(f in CAPACITY_FEATURES for f in self.features)
+        self._trends = any(f in TREND_FEATURES for f in self.features)
         self._mix = (1.0, 1.0)            # latest arrivals' mean (ISL, OSL): WORK_FEATURES
         self.engine: EngineCapacity | None = None
         self.n = len(self.features)
@@ -229,6 +282,9 @@ class ObservationBuilder:
         self._hist: deque[np.ndarray] = deque(maxlen=self.stack)
         self._last = (0.0, 0.0, 0.0)     # latency percentiles carried over quiet intervals
         self._trend: deque[tuple[float, float]] = deque(maxlen=SLOPE_STEPS + 1)
+        # log-rates of the last 300 s of intervals (TREND_FEATURES only)
+        self._rates: deque[float] = deque(
+            maxlen=trend_window(max(TREND_HORIZONS_S), self.interval_s))
         self.startup_s = 0.0
 
     def attach(self, sim) -> None:
@@ -244,6 +300,7 @@ class ObservationBuilder:
             self._hist.append(np.zeros(self.n, dtype=np.float32))
         self._last = (0.0, 0.0, 0.0)
         self._trend.clear()
+        self._rates.clear()
         self._mix = (1.0, 1.0)
 
     def vector(self, iv: Interval, day_offset_s: float, elapsed_s: float) -> np.ndarray:
@@ -285,10 +342,17 @@ class ObservationBuilder:
         if self._pick is not None:
             if self._capacity:
                 v = v + capacity_values(iv, self.engine, dt)
+            elif self._trends:     # placeholders: _pick indexes ALL_FEATURES
+                v = v + (0.0,) * len(CAPACITY_FEATURES)
             if self._work:
                 if iv.arrived:
                     self._mix = (iv.mean_isl, iv.mean_osl)
                 v = v + work_values(iv, self.engine, *self._mix)
+            elif self._trends:
+                v = v + (0.0,) * len(WORK_FEATURES)
+            if self._trends:
+                self._rates.append(rate)
+                v = v + trend_values(self._rates, self.interval_s)
             v = [v[i] for i in self._pick]
         # Clamped before the float32 conversion: the same values as np.clip after it (the
         # bounds are exact in float32, rounding is monotone, NaN passes), without np.clip's

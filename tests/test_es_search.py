@@ -427,3 +427,30 @@ def test_ruggedness_unperturbed_is_the_kept_trial(searched16, tmp_path):
     assert rug["points"][0]["objective"] == pytest.approx(kept["objective"], abs=1e-12)
     assert rug["max_abs_objective_change"] == pytest.approx(
         abs(rug["points"][1]["objective"] - rug["points"][0]["objective"]))
+
+
+def test_search_selects_trend_features_with_set(searched16, tmp_path):
+    """Round 17: ``--set env.observation.features=[...]`` replaces round 14's 16 features
+    (the later key wins over ENV_KWARGS' ``env.observation``); the policy, the search's
+    standardisation and the parameter count follow; trial 0 (the bare base, which reads no
+    feature) scores as with round 16's features."""
+    feats = ["kv_utilisation", "arrival_rate_slope", "arrival_rate_slope_60s",
+             "arrival_rate_slope_300s", "arrival_rate_acceleration"]
+    r = _search16(tmp_path / "t", "--set", "env.observation.features=[" + ",".join(feats)
+                  + "]", trials=3)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "t" / "search.json").read_text())
+    assert res["standardisation"]["features"] == feats
+    sd = res["standardisation"]["feature_std"]
+    assert sd[2] != 1.0 and sd[3] != 1.0          # the slopes vary on the tiny episodes
+    # autoscale_tiny's episodes last 60 s: the 60 s and 300 s fits read the same intervals,
+    # so the acceleration is 0 on every step and its sigma is the floor's 1
+    assert sd[4] == 1.0 and res["standardisation"]["feature_mean"][4] == 0.0
+    assert sorted(res["trials"][1]["params"]) == sorted([f"w{i}" for i in range(5)] + ["b"])
+    pol = json.loads((tmp_path / "t" / "policy.json").read_text())
+    assert pol["features"] == feats
+    run = json.loads((tmp_path / "t" / "run.json").read_text())
+    assert run["env_config"]["env"]["observation"]["features"] == feats
+    base16 = json.loads((searched16[0] / "search.json").read_text())["trials"][0]
+    for k in ("sla_attainment", "gpu_hours_per_episode", "mean_episode_sla_attainment"):
+        assert res["trials"][0][k] == base16[k]

@@ -17,7 +17,8 @@ import dynosim_gym  # noqa: F401  (registers the envs)
 from dynosim_gym.config import load_env_config
 from dynosim_gym.monitor import Interval
 from dynosim_gym.observations import (ALL_FEATURES, CAPACITY_FEATURES, FEATURES,
-                                      WORK_FEATURES, EngineCapacity, capacity_values,
+                                      TREND_FEATURES, WORK_FEATURES, EngineCapacity,
+                                      capacity_values, trend_values, trend_window,
                                       work_values)
 from sim.errors import InputError
 from sim.timing import FixedTiming
@@ -327,3 +328,120 @@ def test_round8_recipe_observes_no_absolute_load_level() -> None:
     assert r8["env_kwargs"]["action"] == dict(r7["env_kwargs"]["action"],
                                               scale_down_window_s=300)
     assert r8["env_kwargs"]["reward"] == r7["env_kwargs"]["reward"]
+
+
+# -- round 17: the arrival rate's trend over 60, 120 and 300 s (TREND_FEATURES) ---------------
+
+#: Round 16's 16 dynamics-only features (scripts/es_search.py's ENV_KWARGS).
+ROUND16 = ["prefill_demand_per_active", "decode_demand_per_active", "queued_prefill_per_active",
+           "queued_requests_per_active", "kv_utilisation", "kv_hit_rate", "ttft_p50",
+           "ttft_p90", "itl_p90", "oldest_wait", "sla_attainment", "starting_workers",
+           "draining_workers", "arrival_rate_slope", "queue_growth", "startup_time"]
+#: sha256 of the _digest() run with ROUND16 selected, measured on the code before
+#: TREND_FEATURES existed (commit 43b33fc, pure Python): round 16's search observation is
+#: unchanged, so round 16's reference scores stand for round 17.
+ROUND16_DIGEST = "1dc4ca55d05d25928d51ea38a5945452e3e58f71f179fc2bac5245dab129318f"
+
+
+def _fit_per_min(ys: list[float], interval_s: float) -> float:
+    """The oracle: numpy's least-squares line through (t in minutes, y)."""
+    if len(ys) < 2:
+        return 0.0
+    t = np.arange(len(ys)) * interval_s / 60.0
+    return float(np.polyfit(t, np.asarray(ys, dtype=float), 1)[0])
+
+
+def _slog(x: float) -> float:
+    return math.copysign(math.log1p(abs(x)), x)
+
+
+def _expected(rates: list[float], interval_s: float) -> list[float]:
+    s = [_fit_per_min(rates[-(int(round(h / interval_s)) + 1):], interval_s)
+         for h in (60.0, 120.0, 300.0)]
+    return [_slog(s[0]), _slog(s[1]), _slog(s[2]), _slog(s[0] - s[2])]
+
+
+def test_round16_selection_is_byte_identical() -> None:
+    shape, digest, _ = _digest(**{FEATURES_KEY: ROUND16})
+    assert shape == (16,) and digest == ROUND16_DIGEST
+
+
+def test_trend_features_on_a_hand_made_ramp_and_step() -> None:
+    # a ramp of 0.01 log-rate per 5 s interval: 0.12 per minute at every horizon, no
+    # acceleration
+    ramp = [0.01 * i for i in range(100)]
+    got = trend_values(ramp, 5.0)
+    assert got[0] == pytest.approx(math.log1p(0.12), rel=1e-12)
+    assert got[1] == pytest.approx(math.log1p(0.12), rel=1e-12)
+    assert got[2] == pytest.approx(math.log1p(0.12), rel=1e-12)
+    assert got[3] == pytest.approx(0.0, abs=1e-12)
+    # a step up of 1.0 that happened 30 s ago (6 of the latest 13 intervals are high):
+    # the 60 s fit sees it steeply, the 300 s fit (61 intervals) shallowly -> accelerating
+    step = [0.5] * 94 + [1.5] * 6
+    got = trend_values(step, 5.0)
+    assert got == pytest.approx(_expected(step, 5.0), rel=1e-9, abs=1e-12)
+    assert got[0] > got[1] > got[2] > 0 and got[3] > 0
+    # the 60 s slope by hand: 13 points, x = i - 6, sum of x^2 = 182; y = 1 on i = 7..12
+    assert got[0] == pytest.approx(math.log1p((1 + 2 + 3 + 4 + 5 + 6) / 182 * 12), rel=1e-12)
+    # falling: the sign flips, the magnitudes stay
+    down = [2.0 - y for y in step]
+    assert trend_values(down, 5.0) == pytest.approx([-g for g in got], rel=1e-12)
+    # only the last 300 s are read (61 intervals at 5 s)
+    assert trend_values([9.0] * 50 + step, 5.0) == trend_values(step, 5.0)
+
+
+def test_trend_features_use_what_history_exists() -> None:
+    assert trend_values([], 5.0) == (0.0, 0.0, 0.0, 0.0)
+    assert trend_values([0.7], 5.0) == (0.0, 0.0, 0.0, 0.0)
+    # two intervals: the slope is their difference per interval, at every horizon
+    got = trend_values([0.2, 0.5], 5.0)
+    assert got[:3] == pytest.approx((math.log1p(3.6),) * 3, rel=1e-12) and got[3] == 0.0
+    # 20 intervals (95 s): the 60 s fit reads the last 13, the longer ones all 20
+    ys = [math.sin(i / 3.0) + 1.0 for i in range(20)]
+    got = trend_values(ys, 5.0)
+    assert got == pytest.approx(_expected(ys, 5.0), rel=1e-9, abs=1e-12)
+    assert got[1] == got[2] != got[0]
+    # a 30 s interval: 60 s spans 3 intervals, 300 s 11
+    assert trend_window(60.0, 30.0) == 3 and trend_window(300.0, 30.0) == 11
+    assert trend_window(60.0, 120.0) == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(rates=st.lists(st.floats(0.0, 20.0), max_size=80),
+       interval_s=st.sampled_from([1.0, 5.0, 10.0, 30.0, 60.0]))
+def test_trend_features_are_finite_and_bounded(rates, interval_s) -> None:
+    got = trend_values(rates, interval_s)
+    assert len(got) == len(TREND_FEATURES) and all(math.isfinite(g) for g in got)
+    r = max(rates, default=0.0)
+    bound = math.log1p(r * 60.0 / interval_s)
+    assert all(abs(g) <= bound * (1 + 1e-12) + 1e-12 for g in got[:3])
+    assert abs(got[3]) <= math.log1p(2 * r * 60.0 / interval_s) * (1 + 1e-12) + 1e-12
+    # the numpy oracle agrees
+    assert got == pytest.approx(_expected(rates, interval_s), rel=1e-6, abs=1e-9)
+    # a constant rate has no trend
+    if rates:
+        assert trend_values([rates[0]] * len(rates), interval_s) == pytest.approx(
+            (0.0,) * 4, abs=1e-9)
+
+
+def test_trend_features_in_the_env_fit_the_arrival_rate_history() -> None:
+    """In the env each step's trend features are the fits to the episode's own
+    ``arrival_rate`` entries so far (selected alone, without capacity or work features,
+    and beside them), signed-log bounded as the observation space says."""
+    names = ["arrival_rate", *TREND_FEATURES, "active_workers"]
+    for extra in ([], ["decode_demand", "queued_batches"]):
+        env = gym.make("DynoSim-v0", **{FEATURES_KEY: names + extra})
+        low = env.observation_space.low
+        assert list(low[1:5]) == [-20.0] * 4 and low[0] == 0.0
+        obs, _ = env.reset(seed=3)        # the reset's interval is the history's first
+        rates, moved = [float(obs[0])], 0
+        for t in range(80):
+            obs, *_ = env.step((t * 3 + 1) % env.action_space.n)
+            rates.append(float(obs[0]))
+            # the fits read the unrounded log-rates; obs[0] is their float32
+            exp = _expected(rates, env.unwrapped.cfg.env.interval_s)
+            assert obs[1:5] == pytest.approx(np.float32(exp), rel=1e-4, abs=1e-5)
+            assert env.observation_space.contains(obs)
+            moved += abs(obs[3]) > 1e-3
+        env.close()
+        assert moved > 20
