@@ -1,0 +1,114 @@
+"""Polish round 5 (s11): figure titles name what they show, the static policy's panel says
+what it holds, the unread-planner-knob note is given once per run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from matplotlib.figure import Figure
+
+from conftest import load_script
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _titles(monkeypatch) -> list[str]:
+    """Every axes title of every figure saved from now on."""
+    titles: list[str] = []
+    real = Figure.savefig
+
+    def savefig(self, *a, **kw):
+        titles.extend(t for ax in self.axes for t in (ax.get_title(), ax.get_title("left"))
+                      if t)
+        return real(self, *a, **kw)
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return titles
+
+
+def _record(policy: str, seeds: list[int], families: list[str], **extra) -> dict:
+    """A result record (``Evaluation.as_dict()``'s keys the figures read)."""
+    return {"policy": policy, "episodes": len(seeds), "mean_reward": 0.0, "std_reward": 0.0,
+            "sla_attainment": 0.5, "gpu_hours_per_episode": 1.0, "p90_ttft_ms": 1.0,
+            "p90_itl_ms": 1.0, "env_id": "DynoSim-v0", "episodes_plan": {"split": "eval"},
+            "per_episode": [{"seed": s, "setup": {"scenario": f, "split": "eval"}}
+                            for s, f in zip(seeds, families)], **extra}
+
+
+# -- 1. leaderboard / front figures name the env and the episodes from the result files --------
+
+def test_leaderboard_front_title_names_env_set_and_episodes(monkeypatch, tmp_path: Path) -> None:
+    from agents.evaluate import Evaluation
+    from agents.leaderboard import plot_front
+    titles = _titles(monkeypatch)
+    over = {"env.reward.sla_target": 0.9}
+    recs = [_record(p, [4, 5, 6], ["ramp", "ramp", "bursty"], overrides=over)
+            for p in ("heuristic:load", "runs/a")]
+    plot_front([Evaluation.from_record(r) for r in recs], tmp_path / "f.png", Path("runs"))
+    assert titles[-1] == ("Policies on DynoSim-v0 --set env.reward.sla_target=0.9: 3 held-out "
+                          "episodes (split=eval, seeds 4..6; 2 ramp, 1 bursty)")
+    # records that differ say so, each set with its policy count
+    recs[1] = _record("runs/a", [0, 2], ["flash", "flash"])
+    plot_front([Evaluation.from_record(r) for r in recs], tmp_path / "f.png", Path("runs"))
+    assert titles[-1].startswith("Policies on DynoSim-v0 (--set per policy): ")
+    assert "3 held-out episodes (split=eval, seeds 4..6; 2 ramp, 1 bursty) for 1 policy" \
+        in titles[-1]
+    assert "2 held-out episodes (split=eval, seeds 0, 2; 2 flash) for 1 policy" in titles[-1]
+
+
+@pytest.mark.parametrize("directory, episodes", [
+    ("docs/leaderboard", "10 held-out episodes (split=eval, seeds 0..9;"),
+    ("docs/leaderboard/fresh_seeds", "30 held-out episodes (split=eval, seeds 1000..1029;")])
+def test_replot_leaderboard_title_reads_the_committed_records(directory: str, episodes: str,
+                                                              monkeypatch, tmp_path: Path
+                                                              ) -> None:
+    """The committed v0.1 leaderboards (no env_id, no episodes_plan): the episodes from the
+    records' per-episode seeds and setups; the title is what the committed PNG shows."""
+    import shutil
+    shutil.copy(ROOT / directory / "leaderboard.json", tmp_path / "leaderboard.json")
+    titles = _titles(monkeypatch)
+    assert load_script("replot_leaderboard").main([str(tmp_path)]) == 0
+    assert titles[-1].startswith(f"Policies on DynoSim-v0: {episodes}"), titles
+    assert titles[-1].endswith(")") and "for 1 policy" not in titles[-1], titles
+    rows = json.loads((tmp_path / "leaderboard.json").read_text())
+    for fam in {e["setup"]["scenario"] for e in rows[0]["per_episode"]}:
+        n = sum(e["setup"]["scenario"] == fam for e in rows[0]["per_episode"])
+        assert f"{n} {fam}" in titles[-1]
+
+
+def test_heldout_front_title_reads_the_result_files(monkeypatch, tmp_path: Path) -> None:
+    """The held-out figure's title was hard-coded ("6 episodes: 3 ramp_cycle, ..."): now
+    from the files, so a bench scored on other episodes says so."""
+    import shutil
+    mod = load_script("plot_heldout_front")
+    titles = _titles(monkeypatch)
+    pts, target = mod.points(ROOT / "docs" / "benchmark")
+    mod.plot(pts, target, tmp_path / "f.png")
+    assert titles[-1] == ("DynoSim-v0 (--set per policy): 6 held-out episodes (split=eval, "
+                          "seeds 0..5; 3 ramp_cycle, 2 azure_mod, 1 flash_crowd)"), titles
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    shutil.copy(ROOT / "docs" / "benchmark" / "heuristic_load.json", bench)
+    d = json.loads((bench / "heuristic_load.json").read_text())
+    d["per_episode"] = d["per_episode"][:2]
+    d["episodes"] = 2
+    (bench / "heuristic_load.json").write_text(json.dumps(d))
+    (bench / "learned_x.json").write_text(json.dumps({
+        "evaluation": {"episodes": 3, "seed": 7, "split": "train"},
+        "mean_std_over_seeds": {"gpu_hours_per_episode": {"mean": 1, "std": 0},
+                                "sla_attainment": {"mean": 0.5, "std": 0}}}))
+    pts, target = mod.points(bench)
+    mod.plot(pts, target, tmp_path / "g.png")
+    assert "2 held-out episodes (split=eval, seeds 0..1; 1 flash_crowd, 1 ramp_cycle) for " \
+           "1 policy; 3 episodes (split=train, seeds 7..9) for 1 policy" in titles[-1], titles
+
+
+def test_heldout_front_bad_per_episode_is_one_line(tmp_path: Path, capsys) -> None:
+    from conftest import one_line_error
+    mod = load_script("plot_heldout_front")
+    (tmp_path / "heuristic_load.json").write_text(json.dumps(
+        {"sla_attainment": 0.5, "gpu_hours_per_episode": 1.0, "per_episode": [{"seed": "x"}]}))
+    rc = mod.main(["--bench", str(tmp_path), "--out", str(tmp_path / "f.png")])
+    one_line_error(rc, capsys.readouterr().err, str(tmp_path / "heuristic_load.json"),
+                   "per_episode[0].seed", "expected a JSON whole number")
