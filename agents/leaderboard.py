@@ -139,11 +139,20 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
     return results
 
 
+def static_holds(spec: str, result: Any = None) -> str:
+    """What ``heuristic:static`` (no count in the spec) holds, for a label:
+    ``" (holds 4 workers)"``, the env config's initial pool (from ``result.env_config``);
+    ``""`` for any other policy or a result without its env config (v0.1's records)."""
+    env_config = getattr(result, "env_config", None)
+    return f" (holds {_initial_pool(env_config)})" \
+        if spec == "heuristic:static" and env_config else ""
+
+
 def _label(spec: str, d: Path, result: Evaluation | None = None) -> str:
     """A policy's name in the tables and plots; ``heuristic:static`` (no count) with the
-    count it holds, the env config's initial pool (from ``result``'s ``env_config``)."""
-    if spec == "heuristic:static" and result is not None and result.env_config:
-        return f"{spec} (holds {_initial_pool(result.env_config)})"
+    count it holds (:func:`static_holds`)."""
+    if static_holds(spec, result):
+        return spec + static_holds(spec, result)
     if spec.startswith(("heuristic:", "oracle:", "pretrained:")):
         return spec
     p = Path(spec)
@@ -352,7 +361,7 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
         ax.set_ylabel("workers", fontsize=8)
         ax.set_zorder(ax2.get_zorder() + 1)
         ax.patch.set_visible(False)
-        ax.set_title(f"{_label(r.policy, d)}: SLA {r.sla_attainment:.1%}, "
+        ax.set_title(f"{_label(r.policy, d, r)}: SLA {r.sla_attainment:.1%}, "
                      f"{r.gpu_hours_per_episode:.3f} GPU-h/episode (over all episodes)",
                      fontsize=9, loc="left")
     axes[-1, 0].set_xlabel(f"simulated time (s), {scored_episodes(getattr(shown[0], 'episodes_plan', None), True)}"

@@ -102,6 +102,7 @@ def plot(results: list, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from agents.leaderboard import static_holds
     from dynosim.plots import adjust_labels
 
     fig, axes = plt.subplots(len(results), 1, figsize=(10, 3.2 * len(results)), sharex=True,
@@ -140,7 +141,7 @@ def plot(results: list, out: Path) -> None:
         ax.set_ylabel("workers", fontsize=9)
         ax.set_zorder(max(load.get_zorder(), queue.get_zorder()) + 1)
         ax.patch.set_visible(False)
-        ax.set_title(f"{policy_label(r.policy)} on held-out {st['scenario']} (episode seed "
+        ax.set_title(f"{policy_label(r.policy)}{static_holds(r.policy, r)} on held-out {st['scenario']} (episode seed "
                      f"{r.per_episode[0]['seed']}): SLA {st['sla_attainment']:.1%}, "
                      f"{st['gpu_hours']:.2f} GPU-h, {plural(st['scaling_events'], 'scaling event')}, "
                      f"{st['reversals_per_hour']:.1f} reversals/h, "

@@ -112,3 +112,41 @@ def test_heldout_front_bad_per_episode_is_one_line(tmp_path: Path, capsys) -> No
     rc = mod.main(["--bench", str(tmp_path), "--out", str(tmp_path / "f.png")])
     one_line_error(rc, capsys.readouterr().err, str(tmp_path / "heuristic_load.json"),
                    "per_episode[0].seed", "expected a JSON whole number")
+
+
+# -- 2. the static policy's panel says how many workers it holds -------------------------------
+
+STATIC_ENV = {"cluster": {"num_workers": 4}, "env": {}}
+
+
+def _trace(n: int = 12) -> dict:
+    return {"t_s": [5.0 * (k + 1) for k in range(n)], "active_workers": [4] * n,
+            "starting_workers": [0] * n, "queued_requests": [k % 3 for k in range(n)],
+            "arrival_rate_rps": [1.0] * n}
+
+
+def test_plot_learned_static_panel_says_what_it_holds(monkeypatch, tmp_path: Path) -> None:
+    mod = load_script("plot_learned")
+    titles = _titles(monkeypatch)
+    ep = {"seed": 0, "setup": {"scenario": "flash_crowd"}, "sla_attainment": 0.5,
+          "gpu_hours": 1.0, "scaling_events": 0, "reversals": 0, "flaps": 0,
+          "flap_steps": [], "steps": 12}
+    mod.plot([SimpleNamespace(policy=p, traces=[_trace()], per_episode=[ep],
+                              env_config=STATIC_ENV)
+              for p in ("heuristic:static", "heuristic:static:4")], tmp_path / "f.png")
+    assert titles[0].startswith("heuristic:static (holds 4 workers) on held-out flash_crowd")
+    assert titles[1].startswith("heuristic:static:4 on held-out")      # its spec says it
+
+
+def test_leaderboard_replicas_static_panel_says_what_it_holds(monkeypatch,
+                                                              tmp_path: Path) -> None:
+    from agents.evaluate import Evaluation
+    from agents.leaderboard import plot_replicas
+    titles = _titles(monkeypatch)
+    res = []
+    for p in ("heuristic:load", "heuristic:static"):
+        r = Evaluation.from_record(_record(p, [0], ["ramp"], env_config=STATIC_ENV))
+        r.traces = [_trace()]
+        res.append(r)
+    plot_replicas(res, tmp_path / "r.png", Path("runs"))
+    assert any(t.startswith("heuristic:static (holds 4 workers): SLA") for t in titles), titles
