@@ -150,3 +150,70 @@ def test_leaderboard_replicas_static_panel_says_what_it_holds(monkeypatch,
         res.append(r)
     plot_replicas(res, tmp_path / "r.png", Path("runs"))
     assert any(t.startswith("heuristic:static (holds 4 workers): SLA") for t in titles), titles
+
+
+# -- 3. the unread-planner-knob note: once per run, not once per worker process ----------------
+
+NOTE = "note: env.planner.kalman_r has no effect here"
+VEC = """
+import sys
+import gymnasium as gym
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import SubprocVecEnv
+if __name__ == "__main__":
+    kw = {{"config": {config!r}, "env.planner.kalman_r": 3}}
+    if {parent_first}:
+        import dynosim_gym
+        gym.make("DynoSim-v0", **kw).close()     # the parent notes first
+    v = make_vec_env("dynosim_gym:DynoSim-v0", n_envs=2, vec_env_cls=SubprocVecEnv,
+                     env_kwargs=kw, vec_env_kwargs={{"start_method": {method!r}}})
+    v.reset()
+    v.close()
+    print("workers", v.num_envs)
+"""
+
+
+@pytest.mark.parametrize("parent_first, method", [(False, "forkserver"), (False, "spawn"),
+                                                  (True, "forkserver"), (True, "fork")])
+def test_unread_planner_knob_note_is_given_once_with_two_subprocess_envs(
+        parent_first: bool, method: str, tmp_path: Path) -> None:
+    """SB3's SubprocVecEnv builds each env in its own process, and each process gave the
+    note: two workers, two copies. Now once: the first worker claims it (its siblings stay
+    quiet), or, when the parent built an env first, the parent's note is the only one."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("stable_baselines3")
+    env = {k: v for k, v in os.environ.items() if k != "DYNOSIM_NOTED"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    script = VEC.format(config=str(ROOT / "envs_configs" / "autoscale_tiny.yaml"),
+                        parent_first=parent_first, method=method)
+    for attempt in (1, 2):          # twice: a second run (new parent) is noted again
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert "workers 2" in out.stdout
+        assert out.stderr.count(NOTE) == 1, (attempt, out.stderr)
+        assert [ln for ln in out.stderr.splitlines() if NOTE in ln][0].startswith(NOTE)
+
+
+def test_rllib_driver_notes_before_its_env_runners_start(monkeypatch, capsys) -> None:
+    """RLlib builds the envs in its env runners (Ray worker processes): the driver gives
+    the note before Ray starts, and the runners inherit ``DYNOSIM_NOTED`` and stay quiet."""
+    import os
+
+    import dynosim_gym.config as config_mod
+    from agents import rllib_train
+    from dynosim import executors
+    monkeypatch.setattr(config_mod, "_NOTED", set())
+    monkeypatch.delenv(config_mod.NOTED_ENV, raising=False)
+
+    def connect(*a, **k):
+        noted = os.environ.get(config_mod.NOTED_ENV, "")
+        raise SystemExit(f"connect: noted={bool(noted)}")
+    monkeypatch.setattr(executors, "connect", connect)
+    with pytest.raises(SystemExit, match="noted=True"):
+        rllib_train.train("DynoSim-v0", config=str(ROOT / "envs_configs" / "autoscale_tiny.yaml"),
+                          timesteps=64, out="unused",
+                          overrides={"env.planner.kalman_r": 3})
+    assert capsys.readouterr().err.count(NOTE) == 1
