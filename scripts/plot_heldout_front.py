@@ -261,9 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=plot_file, default="out/heldout_sla_vs_gpu_hours.png",
                     help="PNG written (the shipped figure: --out "
                          "docs/benchmark/heldout_sla_vs_gpu_hours.png)")
-    args = ap.parse_args(argv)
-    from dynosim.cli import guarded
-    return guarded(lambda: _run(args))
+    from dynosim.cli import run_script
+    return run_script(ap, argv, _run)
 
 
 def _run(args) -> int:

@@ -196,7 +196,7 @@ def first_episode_of(family: str, limit: int = 100, config: str | None = None) -
 def main(argv=None) -> int:
     """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
     from agents.cli import _seed
-    from dynosim.cli import guarded
+    from dynosim.cli import run_script
     from dynosim.options import Parser, ScriptHelpFormatter
     ap = Parser(prog="plot_learned.py", description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--policy", default="pretrained:autoscaler",
@@ -213,8 +213,7 @@ def main(argv=None) -> int:
     from dynosim.plots import plot_file
     ap.add_argument("--out", type=plot_file, default="out/learned_replicas_vs_load.png",
                     help="PNG written (the shipped figures: --out docs/benchmark/NAME.png)")
-    args = ap.parse_args(argv)
-    return guarded(lambda: run(args))
+    return run_script(ap, argv, run)
 
 
 def run(args: argparse.Namespace) -> int:

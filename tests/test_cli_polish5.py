@@ -217,3 +217,19 @@ def test_rllib_driver_notes_before_its_env_runners_start(monkeypatch, capsys) ->
                           timesteps=64, out="unused",
                           overrides={"env.planner.kalman_r": 3})
     assert capsys.readouterr().err.count(NOTE) == 1
+
+
+# -- 4. one parser for count flags (duplicates D9: agents.cli._pos_int repeated
+# dynosim.options.positive_int with other wording) ----------------------------------------------
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--algo", "ppo", "--timesteps", "0"], "--timesteps"),
+    (["evaluate", "--policy", "heuristic:load", "--episodes", "0"], "--episodes"),
+    (["search", "--space", "s.yaml", "--objective", "minimise totals.gpu_hours", "--trials",
+      "0"], "--trials"),
+    (["bench", "--repeats", "0"], "--repeats")])
+def test_count_flags_refuse_zero_in_the_same_words(argv: list[str], flag: str, capsys) -> None:
+    from conftest import one_line_error
+    from dynosim.cli import main
+    rc = main(argv)
+    one_line_error(rc, capsys.readouterr().err, f"argument {flag}: must be >= 1, got 0")
