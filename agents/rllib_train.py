@@ -125,7 +125,7 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
     if env_id == "DynoSimRouting-v0":
         from dynosim_gym.routing_env import check_routing_keys
         check_routing_keys(env_cfg)
-    else:       # here, once: the env runners, started after it, build their envs quietly
+    else:       # here, once: Ray does not forward the env runners' stderr (log_to_driver)
         from dynosim_gym.config import note_unread_planner_knobs
         note_unread_planner_knobs(env_cfg)
     ray = executors.connect(ray_address, flag="--framework")

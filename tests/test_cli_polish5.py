@@ -198,8 +198,10 @@ def test_unread_planner_knob_note_is_given_once_with_two_subprocess_envs(
 
 
 def test_rllib_driver_notes_before_its_env_runners_start(monkeypatch, capsys) -> None:
-    """RLlib builds the envs in its env runners (Ray worker processes): the driver gives
-    the note before Ray starts, and the runners inherit ``DYNOSIM_NOTED`` and stay quiet."""
+    """RLlib builds the envs in its env runners (Ray worker processes), whose stderr Ray
+    does not forward (``dynosim.executors.connect``: ``log_to_driver=False``): the user saw
+    no note at all. The driver now gives it before Ray starts (and the runners inherit
+    ``DYNOSIM_NOTED``)."""
     import os
 
     import dynosim_gym.config as config_mod
