@@ -298,6 +298,16 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
     return cfg
 
 
+def require_sla(cfg: EnvConfig) -> None:
+    """InputError, naming the config's ``sla`` line, unless it sets the SLA targets the envs
+    score requests against and the planner aims at (``sla.ttft_ms``, ``sla.itl_ms``)."""
+    sla = cfg.sim.sla
+    if sla.ttft_ms is None or sla.itl_ms is None:
+        file, line = cfg.sim.locate("sla")
+        raise InputError("the environment needs SLA targets: set sla.ttft_ms and sla.itl_ms",
+                         file=file, line=line, field="sla")
+
+
 def planner_config(cfg: EnvConfig, knobs: dict | None = None) -> "PlannerConfig":
     """The planner an env's heuristics run, in layers: Dynamo's defaults, the config's
     ``planner`` section (Dynamo's knob names; its ``kind`` is the CLI's, here the heuristic
@@ -588,6 +598,7 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
         raise v.error(f"must be <= 1, got {e.reward.sla_target}", "env.reward.sla_target")
     _check_planner(e, v)
     if e.planner:               # the knobs with the env's own fields (budget, SLA) on top
+        require_sla(cfg)        # (without it, PlannerConfig's "must not be null" on env.planner)
         try:
             pc = planner_config(cfg)
             if cfg.sim.disagg is None:      # as the planner checks when attached

@@ -235,3 +235,24 @@ def test_count_flags_refuse_zero_in_the_same_words(argv: list[str], flag: str, c
     from dynosim.cli import main
     rc = main(argv)
     one_line_error(rc, capsys.readouterr().err, f"argument {flag}: must be >= 1, got 0")
+
+
+# -- found on the way (item 3): env.planner on a config without SLA targets ------------------------
+
+def test_env_planner_knob_on_a_config_without_sla_names_the_missing_sla(capsys) -> None:
+    """``--set env.planner.kalman_r=3`` with envs_configs/tiny.yaml (no sla section) said
+    "flag '--set env.planner.kalman_r': must not be null (field 'env.planner')": the
+    planner's SLA targets were null. Now the error the env gives without the knob (with
+    the knob, also naming the flag that met it)."""
+    from conftest import one_line_error
+    from dynosim.cli import main
+    tiny = str(ROOT / "envs_configs" / "tiny.yaml")
+    args = ["evaluate", "--policy", "heuristic:load", "--config", tiny, "--episodes", "1",
+            "--set", "env.episode_steps=2"]
+    errs = []
+    for extra in ([], ["--set", "env.planner.kalman_r=3"]):
+        rc = main(args + extra)
+        errs.append(capsys.readouterr().err)
+        one_line_error(rc, errs[-1], "the environment needs SLA targets: set sla.ttft_ms and "
+                       "sla.itl_ms", "tiny.yaml")
+    assert "must not be null" not in errs[1]
