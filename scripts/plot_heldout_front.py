@@ -12,7 +12,9 @@ Reads only the result files in ``--bench`` (no simulation): the heuristics'
 bars). The shaded box is the target ``scripts/learned_benchmark.py`` checks (pooled): at least
 the tuned planner's attainment with at most 85 % of its GPU-hours. Every point is the same 6
 held-out episodes (``dynosim evaluate --episodes 6 --seed 0 --split eval``) except
-``oracle:schedule-greedy`` (3 episodes; not drawn).
+``oracle:schedule-greedy`` (3 episodes; not drawn); the title names the env and the episodes
+from the files (their ``env_id``, ``overrides``, ``episodes_plan`` and per-episode seeds and
+workload families; a learned summary's ``evaluation``).
 
 The dashed line is the **hindsight front**: ``oracle:schedule`` (the local search over the
 known load) asked for 50, 61.3 (the tuned planner's), 70, 80, 90 and 95 % on every held-out
@@ -84,9 +86,38 @@ FRONT = {
 }
 
 
+def scored(d: dict, f: Path) -> dict:
+    """What a result file's point was scored on, as a record for
+    :func:`agents.leaderboard.scored_caption`: its ``env_id``, ``overrides``, ``episodes``,
+    ``episodes_plan`` and ``per_episode`` (each episode's ``seed`` and ``setup``), those it
+    has, checked; a learned summary's from its ``evaluation`` (episodes, first seed, split)."""
+    if "evaluation" in d:                       # scripts/learned_benchmark.py's summary
+        n = json_field(d, "evaluation.episodes", int, f)
+        first = json_field(d, "evaluation.seed", int, f)
+        return {"episodes": n, "episodes_plan": {
+            "split": json_field(d, "evaluation.split", str, f),
+            "seeds": list(range(first, first + n))}}
+    types = {"env_id": (str, type(None)), "overrides": (dict, type(None)), "episodes": int,
+             "episodes_plan": dict, "per_episode": list}
+    rec = {k: json_field(d, k, t, f) if isinstance(t, type) else d[k]
+           for k, t in types.items() if k in d}
+    for k in ("env_id", "overrides"):
+        if k in rec and not isinstance(rec[k], types[k]):
+            json_field(d, k, types[k][0], f)    # the error names the key and its type
+    for i, e in enumerate(rec.get("per_episode", [])):
+        row = {f"per_episode[{i}]": e}
+        json_field(row, f"per_episode[{i}]", dict, f)
+        if "seed" in e:
+            json_field(row, f"per_episode[{i}].seed", int, f)
+        if "setup" in e:
+            json_field(row, f"per_episode[{i}].setup", dict, f)
+    return rec
+
+
 def points(bench: Path) -> tuple[list[dict], dict]:
-    """``(points, target)``: each point ``{label, kind, gpu, sla, gpu_std, sla_std}``
-    (GPU-hours per episode, SLA attainment in %); ``target`` from the newest learned file."""
+    """``(points, target)``: each point ``{label, kind, gpu, sla, gpu_std, sla_std,
+    scored}`` (GPU-hours per episode, SLA attainment in %; ``scored``: what it was scored
+    on, see :func:`scored`); ``target`` from the newest learned file."""
     pts: list[dict] = []
 
     def single(name: str, label: str, kind: str) -> None:
@@ -96,7 +127,7 @@ def points(bench: Path) -> tuple[list[dict], dict]:
             pts.append({"label": label, "kind": kind,
                         "gpu": json_field(d, "gpu_hours_per_episode", float, f),
                         "sla": 100 * json_field(d, "sla_attainment", float, f),
-                        "gpu_std": 0.0, "sla_std": 0.0})
+                        "gpu_std": 0.0, "sla_std": 0.0, "scored": scored(d, f)})
 
     for name, label in HEURISTICS.items():
         single(name, label, "heuristic")
@@ -121,7 +152,7 @@ def points(bench: Path) -> tuple[list[dict], dict]:
                     "gpu": m["gpu_hours_per_episode.mean"],
                     "sla": 100 * m["sla_attainment.mean"],
                     "gpu_std": m["gpu_hours_per_episode.std"],
-                    "sla_std": 100 * m["sla_attainment.std"]})
+                    "sla_std": 100 * m["sla_attainment.std"], "scored": scored(d, f)})
         if t:
             json_field(d, "target.gpu_hours_per_episode_max", float, f)
             json_field(d, "target.pooled.baseline_sla_attainment", float, f)
@@ -313,8 +344,9 @@ def plot(pts: list[dict], target: dict, out: Path,
                                    f" GPU-h ≤ {gmax:.2f}"))
     ax.set_xlabel("GPU-hours per episode (lower is better)")
     ax.set_ylabel("SLA attainment, pooled over requests (%)")
-    ax.set_title("Held-out families (6 episodes: 3 ramp_cycle, 2 azure_mod, 1 flash_crowd)",
-                 fontsize=10)
+    from agents.leaderboard import scored_caption
+    ax.set_title(scored_caption([p["scored"] for p in pts if "scored" in p]), fontsize=10,
+                 wrap=True)
     ax.grid(alpha=0.3)
     ax.set_ylim(top=100)
     ax.margins(x=0.06, y=0.06)
@@ -361,9 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gaps-png", type=plot_file, default=None, metavar="FILE.png",
                     help="with --gaps: the excess as a bar chart (the shipped file: "
                          "docs/benchmark/hindsight_front/excess_over_hindsight.png)")
-    args = ap.parse_args(argv)
-    from dynosim.cli import guarded
-    return guarded(lambda: _run(args))
+    from dynosim.cli import run_script
+    return run_script(ap, argv, _run)
 
 
 def _run(args) -> int:
