@@ -8,9 +8,9 @@ from typing import Any
 
 from sim.config import yaml_load
 from sim.errors import InputError
-from sim.schema import COUNT, SEED, TIME_S, arg_type, int_arg
+from sim.schema import SEED, TIME_S, arg_type
 
-from dynosim.options import env_script, make_out_dir, plural
+from dynosim.options import env_script, make_out_dir, plural, positive_int
 
 
 EVAL_EPISODES = 5   # dynosim evaluate --episodes default
@@ -50,15 +50,7 @@ def _set(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"bad value in {text!r}") from None
 
 
-def _pos_int(text: str) -> int:
-    """A count flag (steps, episodes, trials; ``1e6`` allowed), in ``sim.schema.COUNT``."""
-    n = int_arg(text)                             # '1e6' yes, '2.5' and 'inf' no
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    msg = COUNT.violation(n)
-    if msg:
-        raise argparse.ArgumentTypeError(msg)
-    return n
+_pos_int = positive_int          # a count flag: the one parser, dynosim.options
 
 
 _seed = arg_type(SEED, int)

@@ -130,7 +130,8 @@ class Evaluation:
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> "Evaluation":
         """An Evaluation from a result record, v0.1's (per-episode GPU-hours, mean p90s)
-        included; figures v0.1 did not record are 0."""
+        included; figures v0.1 did not record are 0. ``per_episode`` is kept (a figure's
+        subtitle names the episodes' seeds and workload families from it)."""
         names = {f.name for f in dataclasses.fields(cls)}
         if "gpu_hours_per_episode" not in rec:          # v0.1
             rec = {cls.V01_KEYS.get(k, k): v for k, v in rec.items()}
@@ -139,8 +140,7 @@ class Evaluation:
                 "flaps_per_hour": 0.0, "requests_in_flight": 0,
                 "simulated_hours": 0.0, "gpu_hours": 0.0, "requests_decided": 0}
         return cls(**{**base, **{k: v for k, v in rec.items()
-                                 if k in names and k not in ("per_episode", "traces",
-                                                             "ttfts_ms")}})
+                                 if k in names and k not in ("traces", "ttfts_ms")}})
 
     def as_dict(self, with_episodes: bool = True) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items()

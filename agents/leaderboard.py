@@ -139,11 +139,20 @@ def leaderboard(directory: str | Path, *, env_id: str = "DynoSim-v0", config: An
     return results
 
 
+def static_holds(spec: str, result: Any = None) -> str:
+    """What ``heuristic:static`` (no count in the spec) holds, for a label:
+    ``" (holds 4 workers)"``, the env config's initial pool (from ``result.env_config``);
+    ``""`` for any other policy or a result without its env config (v0.1's records)."""
+    env_config = getattr(result, "env_config", None)
+    return f" (holds {_initial_pool(env_config)})" \
+        if spec == "heuristic:static" and env_config else ""
+
+
 def _label(spec: str, d: Path, result: Evaluation | None = None) -> str:
     """A policy's name in the tables and plots; ``heuristic:static`` (no count) with the
-    count it holds, the env config's initial pool (from ``result``'s ``env_config``)."""
-    if spec == "heuristic:static" and result is not None and result.env_config:
-        return f"{spec} (holds {_initial_pool(result.env_config)})"
+    count it holds (:func:`static_holds`)."""
+    if static_holds(spec, result):
+        return spec + static_holds(spec, result)
     if spec.startswith(("heuristic:", "oracle:", "pretrained:")):
         return spec
     p = Path(spec)
@@ -226,6 +235,83 @@ def scored_episodes(plan: dict | None, first: bool = False) -> str:
     return f"first episode (split={split})" if first else f"episodes of split={split}"
 
 
+def _seeds(seeds: list[int]) -> str:
+    """``"seed 3"``, ``"seeds 0..9"`` (consecutive) or ``"seeds 0, 2, 7"``."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seeds {seeds[0]}..{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+def _scored_on(rec: dict[str, Any]) -> tuple[str, dict[str, int]]:
+    """One result record's episodes: ``(what, families)``, ``what`` naming the count, split
+    and seeds (``"10 held-out episodes (split=eval, seeds 0..9)"``) or the trace windows,
+    ``families`` the episodes per workload family (setup ``scenario``, else ``workload``;
+    empty when the record keeps no per-episode setups)."""
+    plan = rec.get("episodes_plan") or {}
+    eps = rec.get("per_episode") or []
+    n = int(rec.get("episodes") or len(eps))
+    families: dict[str, int] = {}
+    for e in eps:
+        setup = e.get("setup") or {}
+        fam = setup.get("scenario") or setup.get("workload")
+        if fam:
+            families[fam] = families.get(fam, 0) + 1
+    if plan.get("trace"):
+        return scored_episodes(plan), families
+    split = plan.get("split") or next((e["setup"]["split"] for e in eps
+                                       if "split" in (e.get("setup") or {})), "eval")
+    seeds = [int(e["seed"]) for e in eps if "seed" in e]
+    if not seeds and "seeds" in plan:
+        s = [int(x) for x in plan["seeds"]]     # [first, last] or every seed
+        seeds = list(range(s[0], s[-1] + 1)) if len(s) == 2 and s[-1] - s[0] + 1 == n else s
+    kind = "held-out episode" if split == "eval" else "episode"
+    return (f"{plural(n, kind)} (split={split}"
+            f"{', ' + _seeds(seeds) if seeds else ''})"), families
+
+
+def scored_caption(records: list[dict[str, Any]], env_id: str = "DynoSim-v0") -> str:
+    """What a figure's results were scored on, for its subtitle: the env, the ``--set``
+    overrides when every record has the same, and the episodes (count, split, seeds, the
+    workload families), e.g. ``"DynoSim-v0: 6 held-out episodes (split=eval, seeds 0..5;
+    3 ramp_cycle, 2 azure_mod, 1 flash_crowd)"`` (``" (--set per policy)"`` after the env
+    when the records' overrides differ).
+
+    Args:
+        records: result records (``Evaluation.as_dict()``, v0.1's ``leaderboard.json`` rows,
+            or any dict with ``episodes`` and ``episodes_plan``/``per_episode``).
+        env_id: the env of a record that names none (v0.1 records; their GPU-hours figures
+            are the autoscaling env's).
+    Returns: one line; when the records' episodes differ, each set with its record count
+    (``"...; 3 episodes (split=train, seeds 7..9) for 1 policy"``).
+    """
+    envs = sorted({r.get("env_id") or env_id for r in records})
+    sets: dict[str, dict[str, int]] = {}
+    counts: dict[str, int] = {}
+    for r in records:
+        what, fams = _scored_on(r)
+        counts[what] = counts.get(what, 0) + 1
+        if fams and not sets.get(what):
+            sets[what] = fams
+    def described(what: str) -> str:
+        fams = sets.get(what)
+        if not fams:
+            return what
+        mix = ", ".join(f"{k} {f}" for f, k in sorted(fams.items(), key=lambda x: -x[1]))
+        return f"{what[:-1]}; {mix})" if what.endswith(")") else f"{what} ({mix})"
+    if len(counts) == 1:                    # the same for every policy
+        episodes = described(next(iter(counts)))
+    else:
+        episodes = "; ".join(f"{described(w)} for {plural(c, 'policy', many='policies')}"
+                             for w, c in counts.items())
+    sets_ = {json.dumps(r.get("overrides") or {}, sort_keys=True) for r in records}
+    over = json.loads(next(iter(sets_))) if len(sets_) == 1 else None
+    config = ("" if over == {} else " (--set per policy)" if over is None else
+              " --set " + " ".join(f"{k}={v}" for k, v in over.items()))
+    return f"{' + '.join(envs)}{config}: {episodes}"
+
+
 def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: int = 6,
                   reference: str = "heuristic:load") -> None:
     """Provisioned workers against the arrival rate in the first evaluation episode, one
@@ -275,7 +361,7 @@ def plot_replicas(results: list[Evaluation], path: Path, d: Path, max_panels: in
         ax.set_ylabel("workers", fontsize=8)
         ax.set_zorder(ax2.get_zorder() + 1)
         ax.patch.set_visible(False)
-        ax.set_title(f"{_label(r.policy, d)}: SLA {r.sla_attainment:.1%}, "
+        ax.set_title(f"{_label(r.policy, d, r)}: SLA {r.sla_attainment:.1%}, "
                      f"{r.gpu_hours_per_episode:.3f} GPU-h/episode (over all episodes)",
                      fontsize=9, loc="left")
     axes[-1, 0].set_xlabel(f"simulated time (s), {scored_episodes(getattr(shown[0], 'episodes_plan', None), True)}"
@@ -313,7 +399,8 @@ def plot_front(results: list[Evaluation], path: Path, d: Path) -> None:
         ax.plot(*zip(*pts), color="0.6", lw=1, zorder=2)
     ax.set_xlabel("GPU-hours per episode (lower is better)")
     ax.set_ylabel("SLA attainment (% of requests, higher is better)")
-    ax.set_title(f"Policies on {scored_episodes(getattr(results[0], 'episodes_plan', None))}", fontsize=10)
+    ax.set_title(f"Policies on {scored_caption([r.as_dict() for r in results])}",
+                 fontsize=10, wrap=True)
     ax.grid(alpha=0.3)
     ax.margins(x=0.18, y=0.15)        # room, so adjustText keeps labels off the frame
     lo, hi = ax.get_ylim()            # attainment is at most 100 %: no tick above it

@@ -29,7 +29,7 @@ import numpy as np
 from sim.errors import InputError
 from sim.schema import MAX_WORKERS, Range, arg_type
 from sim.wording import plural
-from dynosim.options import CMDLINE
+from dynosim.options import CMDLINE, float_or_nan
 
 FRAMEWORKS = ("sb3", "rllib")
 ALGOS = ("ppo",)
@@ -125,6 +125,9 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
     if env_id == "DynoSimRouting-v0":
         from dynosim_gym.routing_env import check_routing_keys
         check_routing_keys(env_cfg)
+    else:       # here, once: Ray does not forward the env runners' stderr (log_to_driver)
+        from dynosim_gym.config import note_unread_planner_knobs
+        note_unread_planner_knobs(env_cfg)
     ray = executors.connect(ray_address, flag="--framework")
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
@@ -173,7 +176,7 @@ def train(env_id: str = "DynoSim-v0", *, config: str | None = None,
         while steps < total:
             res = algo.train()
             steps = int(_get(res, "num_env_steps_sampled_lifetime", steps + batch))
-            ret = _float(_get(res, "env_runners", {}).get("episode_return_mean", math.nan))
+            ret = float_or_nan(_get(res, "env_runners", {}).get("episode_return_mean", math.nan))
             wall = time.perf_counter() - t0
             curve.append({"steps": steps, "episode_return_mean": ret,
                           "wall_s": round(wall, 2)})
@@ -222,14 +225,6 @@ def _get(res: dict, key: str, default: Any) -> Any:
     if key in res:
         return res[key]
     return res.get("env_runners", {}).get(key, default) if isinstance(res, dict) else default
-
-
-def _float(x: Any) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return math.nan
-    return v
 
 
 def plot_curve(curve: list[dict[str, float]], path: Path, title: str) -> None:

@@ -87,16 +87,20 @@ def _disagg_flags(cfg: dict) -> list[str]:
             "--kv-transfer-bandwidth", str(bw), "--kv-bytes-per-token", str(bpt)]
 
 
+def _engine_flags(cfg: dict) -> list[str]:
+    """The flags both sides take alike: block size, GPU blocks, the disaggregated pools and
+    the case's ``extra``."""
+    flags = ["--block-size", str(cfg["block"])] if cfg["block"] else []
+    if cfg["blocks"]:
+        flags += ["--num-gpu-blocks", str(cfg["blocks"])]
+    return flags + _disagg_flags(cfg) + cfg.get("extra", [])
+
+
 def run_ours(cfg: dict) -> dict:
     cmd = [sys.executable, str(ROOT / "bench/run_ours.py"), str(TRACE),
            "--num-workers", str(cfg["workers"]), "--router-mode", cfg["router"],
            "--backend", cfg.get("backend", "vllm")]
-    if cfg["block"]:
-        cmd += ["--block-size", str(cfg["block"])]
-    if cfg["blocks"]:
-        cmd += ["--num-gpu-blocks", str(cfg["blocks"])]
-    cmd += _disagg_flags(cfg)
-    cmd += cfg.get("extra", [])
+    cmd += _engine_flags(cfg)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     res = json.loads(out.stdout)
@@ -109,12 +113,7 @@ def run_peer(py: Path, cfg: dict) -> dict:
     cmd = ["/usr/bin/time", "-f", "%M", str(py), str(SHARED / "peer/dynosim_peer.py"), "trace",
            str(TRACE), "--num-workers", str(cfg["workers"]), "--router-mode", router,
            "--backend", cfg.get("backend", "vllm"), "--indent", "0"]
-    if cfg["block"]:
-        cmd += ["--block-size", str(cfg["block"])]
-    if cfg["blocks"]:
-        cmd += ["--num-gpu-blocks", str(cfg["blocks"])]
-    cmd += _disagg_flags(cfg)
-    cmd += cfg.get("extra", [])
+    cmd += _engine_flags(cfg)
     env = dict(os.environ, DYN_LOG="warn")
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)

@@ -168,6 +168,15 @@ def guarded(body: Callable[[], int], spelled: dict[str, str] | None = None) -> i
         return 130
 
 
+def run_script(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+               run: Callable[[argparse.Namespace], int]) -> int:
+    """A script's ``main``: ``argv`` parsed by ``parser`` (a usage error exits 2 there), then
+    ``run(args)``'s exit code under :func:`guarded`, an error on a ``--set`` value naming the
+    flag as typed (:func:`set_flags`, for a script with ``--set``)."""
+    args = parser.parse_args(argv)
+    return guarded(lambda: run(args), set_flags(getattr(args, "set", None) or []))
+
+
 def _fail(message: str) -> int:
     print(f"dynosim: error: {' '.join(message.split())}", file=sys.stderr)
     return 2

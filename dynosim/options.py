@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -255,10 +256,21 @@ def _ranged(flag: str) -> Callable[[str], Any]:
     return arg_type(*FLAG_RANGES[flag])
 
 
+def float_or_nan(x: Any) -> float:
+    """``x`` as a float, NaN when it is none (``None``, a non-numeric string): a figure a
+    result may lack (RLlib's metrics before the first episode, a sweep's missing latency)."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def positive_int(text: str) -> int:
+    """A count flag (steps, episodes, trials, repeats; ``1e6`` allowed: ``2.5`` and ``inf``
+    not), in ``sim.schema.COUNT``; ``argparse.ArgumentTypeError`` otherwise."""
     n = int_arg(text)
     if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {n}")
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
     from sim.schema import COUNT
     msg = COUNT.violation(n)
     if msg:

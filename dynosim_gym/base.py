@@ -10,7 +10,7 @@ from gymnasium import spaces
 
 from sim.errors import InputError
 
-from .config import EnvConfig, load_env_config
+from .config import EnvConfig, load_env_config, require_sla
 from .episodes import draw_episode_seed
 
 
@@ -69,9 +69,5 @@ class SimEnv(gym.Env):
                              f"{', '.join(modes)} or None", field="render_mode")
         self.render_mode = render_mode
         cfg = load_env_config(config, defaults=default, **overrides)
-        sla = cfg.sim.sla
-        if sla.ttft_ms is None or sla.itl_ms is None:
-            file, line = cfg.sim.locate("sla")
-            raise InputError("the environment needs SLA targets: set sla.ttft_ms and "
-                             "sla.itl_ms", file=file, line=line, field="sla")
+        require_sla(cfg)
         return cfg

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from numbers import Real
 from pathlib import Path
@@ -297,6 +298,16 @@ def load_env_config(config: str | Path | Mapping[str, Any] | None = None,
     return cfg
 
 
+def require_sla(cfg: EnvConfig) -> None:
+    """InputError, naming the config's ``sla`` line, unless it sets the SLA targets the envs
+    score requests against and the planner aims at (``sla.ttft_ms``, ``sla.itl_ms``)."""
+    sla = cfg.sim.sla
+    if sla.ttft_ms is None or sla.itl_ms is None:
+        file, line = cfg.sim.locate("sla")
+        raise InputError("the environment needs SLA targets: set sla.ttft_ms and sla.itl_ms",
+                         file=file, line=line, field="sla")
+
+
 def planner_config(cfg: EnvConfig, knobs: dict | None = None) -> "PlannerConfig":
     """The planner an env's heuristics run, in layers: Dynamo's defaults, the config's
     ``planner`` section (Dynamo's knob names; its ``kind`` is the CLI's, here the heuristic
@@ -357,20 +368,67 @@ def unread_planner_knobs(cfg: EnvConfig) -> list[str]:
 
 
 
-_NOTED: set[str] = set()
+#: environment variable listing the notes (their digests) a process has given: processes it
+#: starts afterwards (vec-env workers, Ray's env runners) inherit it and stay quiet
+NOTED_ENV = "DYNOSIM_NOTED"
+_NOTED: set[str] = set(os.environ.get(NOTED_ENV, "").split())
+
+
+def _first_worker(digest: str) -> bool:
+    """Whether this process is the first of its siblings to give note ``digest``: a
+    multiprocessing child (SB3's ``SubprocVecEnv`` workers, whose parent built no env and so
+    gave no note) claims a marker file named by its parent process (pid and start time, so
+    a later process with a reused pid is another parent) in the temp directory; the first
+    to create it gives the note. Any other process, or where ``/proc`` is missing: True."""
+    import multiprocessing
+    import tempfile
+    if multiprocessing.parent_process() is None:
+        return True
+
+    def started(pid: int | str) -> str | None:     # /proc/PID/stat field 22
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            return None
+    parent = os.getppid()
+    since = started(parent)
+    if since is None:
+        return True
+    d = Path(tempfile.gettempdir()) / f"dynosim-notes-{os.getuid()}"
+    try:
+        d.mkdir(exist_ok=True)
+        fd = os.open(d / f"{parent}-{since}-{digest}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+    os.close(fd)
+    for m in d.iterdir():                   # markers of parents that have exited
+        pid, start = (m.name.split("-") + ["", ""])[:2]
+        if started(pid) != start:
+            m.unlink(missing_ok=True)
+    return True
 
 
 def note_unread_planner_knobs(cfg: EnvConfig) -> None:
-    """A one-line stderr note (once per process) for each ``env.planner`` knob no planner
-    reads as configured (:func:`unread_planner_knobs`); ``DynoSim-v0`` calls it when built
-    (the routing env refuses ``env.planner`` instead)."""
+    """A one-line stderr note for each ``env.planner`` knob no planner reads as configured
+    (:func:`unread_planner_knobs`), once per run: a process gives each note once, and not
+    when the process that started it gave it (``NOTED_ENV``) or, for vec-env worker
+    processes, a sibling did (:func:`_first_worker`). ``DynoSim-v0`` calls it when built
+    (the routing env refuses ``env.planner`` instead); trainers whose envs are built in
+    worker processes call it first (``agents/rllib_train.py``)."""
     if not cfg.env.planner:
         return
+    import hashlib
     import sys
     for text in unread_planner_knobs(cfg):
-        if text not in _NOTED:
-            _NOTED.add(text)
-            print(f"note: {text}", file=sys.stderr)
+        digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+        if digest in _NOTED:
+            continue
+        _NOTED.add(digest)
+        os.environ[NOTED_ENV] = " ".join(sorted(_NOTED))
+        if _first_worker(digest):
+            sys.stderr.write(f"note: {text}\n")       # one write: workers do not interleave
 
 
 def _check_disagg(cfg: EnvConfig, v: _Validator) -> None:
@@ -540,6 +598,7 @@ def _check(cfg: EnvConfig, v: _Validator) -> None:
         raise v.error(f"must be <= 1, got {e.reward.sla_target}", "env.reward.sla_target")
     _check_planner(e, v)
     if e.planner:               # the knobs with the env's own fields (budget, SLA) on top
+        require_sla(cfg)        # (without it, PlannerConfig's "must not be null" on env.planner)
         try:
             pc = planner_config(cfg)
             if cfg.sim.disagg is None:      # as the planner checks when attached

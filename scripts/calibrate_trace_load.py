@@ -80,9 +80,8 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=_pos_int, default=3, help="episodes (seeds SEED, SEED+1, ...)")
     ap.add_argument("--idle-rps", type=float, default=0.25,
                     help="the near-idle rate (req/s) whose attainment is the ceiling")
-    args = ap.parse_args(argv)
-    from dynosim.cli import guarded
-    return guarded(lambda: _run(args))
+    from dynosim.cli import run_script
+    return run_script(ap, argv, _run)
 
 
 def _run(args) -> int:

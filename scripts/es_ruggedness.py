@@ -42,9 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--directions", type=_pos_int, default=3, help="seeded directions")
     ap.add_argument("--step", type=float, default=1e-3, help="length of the weight move")
     ap.add_argument("--out", required=True, metavar="FILE", help="JSON to write")
-    args = ap.parse_args(argv)
-    from dynosim.cli import guarded
-    return guarded(lambda: run(args), {})
+    from dynosim.cli import run_script
+    return run_script(ap, argv, run)
 
 
 def run(args) -> int:

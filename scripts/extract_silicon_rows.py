@@ -94,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=OUT,
                     help="CSV written (default: sim/data/silicon/silicon_rows.csv, the tracked table the simulator "
                          "reads, which this script exists to regenerate)")
-    args = ap.parse_args(argv)
-    from dynosim.cli import guarded
-    return guarded(lambda: _run(args))
+    from dynosim.cli import run_script
+    return run_script(ap, argv, _run)
 
 
 def _run(args) -> int:

@@ -260,9 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("--score-train", action="store_true",
                     help="only score the seeds on the selection's training-split episodes "
                          "(OUT/selection; --ship reuses these files)")
-    args = ap.parse_args(argv)
-    from dynosim.cli import guarded, set_flags
-    return guarded(lambda: run(args), set_flags(args.set))
+    from dynosim.cli import run_script
+    return run_script(ap, argv, run)
 
 
 def run(args) -> int:

@@ -102,6 +102,7 @@ def plot(results: list, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from agents.leaderboard import static_holds
     from dynosim.plots import adjust_labels
 
     fig, axes = plt.subplots(len(results), 1, figsize=(10, 3.2 * len(results)), sharex=True,
@@ -140,7 +141,7 @@ def plot(results: list, out: Path) -> None:
         ax.set_ylabel("workers", fontsize=9)
         ax.set_zorder(max(load.get_zorder(), queue.get_zorder()) + 1)
         ax.patch.set_visible(False)
-        ax.set_title(f"{policy_label(r.policy)} on held-out {st['scenario']} (episode seed "
+        ax.set_title(f"{policy_label(r.policy)}{static_holds(r.policy, r)} on held-out {st['scenario']} (episode seed "
                      f"{r.per_episode[0]['seed']}): SLA {st['sla_attainment']:.1%}, "
                      f"{st['gpu_hours']:.2f} GPU-h, {plural(st['scaling_events'], 'scaling event')}, "
                      f"{st['reversals_per_hour']:.1f} reversals/h, "
@@ -195,7 +196,7 @@ def first_episode_of(family: str, limit: int = 100, config: str | None = None) -
 def main(argv=None) -> int:
     """Exit code: 0, or 2 with one stderr line on bad input (the ``dynosim`` CLI's path)."""
     from agents.cli import _seed
-    from dynosim.cli import guarded
+    from dynosim.cli import run_script
     from dynosim.options import Parser, ScriptHelpFormatter
     ap = Parser(prog="plot_learned.py", description=__doc__, formatter_class=ScriptHelpFormatter)
     ap.add_argument("--policy", default="pretrained:autoscaler",
@@ -212,8 +213,7 @@ def main(argv=None) -> int:
     from dynosim.plots import plot_file
     ap.add_argument("--out", type=plot_file, default="out/learned_replicas_vs_load.png",
                     help="PNG written (the shipped figures: --out docs/benchmark/NAME.png)")
-    args = ap.parse_args(argv)
-    return guarded(lambda: run(args))
+    return run_script(ap, argv, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -94,9 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compare", default=str(ROOT / "docs" / "sweeps" / "pareto.csv"),
                     help="the sweep pareto CSV overlaid ('' for none; default: "
                          "docs/sweeps/pareto.csv)")
-    args = ap.parse_args(argv)
-    from dynosim.cli import guarded
-    return guarded(lambda: _run(args))
+    from dynosim.cli import run_script
+    return run_script(ap, argv, _run)
 
 
 def _run(args) -> int:

@@ -40,9 +40,8 @@ def main(argv=None) -> int:
                     help="env config override (repeatable; default: none)")
     ap.add_argument("--out", metavar="FILE",
                     help="also write the JSON to this file (default: none, print only)")
-    args = ap.parse_args(argv)
-    from dynosim.cli import guarded, set_flags
-    return guarded(lambda: _checked_run(args), set_flags(args.set))
+    from dynosim.cli import run_script
+    return run_script(ap, argv, _checked_run)
 
 
 def _checked_run(args) -> int:

@@ -121,9 +121,8 @@ def main(argv=None) -> int:
                     help="comma list (default: all in the config)")
     ap.add_argument("--json", default=None, metavar="FILE",
                     help="also write the measurement as JSON (default: none, print only)")
-    a = ap.parse_args(argv)
-    from dynosim.cli import guarded
-    return guarded(lambda: _run(a))
+    from dynosim.cli import run_script
+    return run_script(ap, argv, _run)
 
 
 def _run(a) -> int:

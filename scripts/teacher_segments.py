@@ -55,9 +55,8 @@ def main(argv=None) -> int:
                     help="segments under this attainment are listed")
     ap.add_argument("--json", default=None, metavar="OUT",
                     help="also write the rows as JSON (default: none, print only)")
-    args = ap.parse_args(argv)
-    from dynosim.cli import guarded
-    return guarded(lambda: _run(args))
+    from dynosim.cli import run_script
+    return run_script(ap, argv, _run)
 
 
 def _run(args) -> int:

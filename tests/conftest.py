@@ -345,3 +345,27 @@ def assert_values_not_options(capsys, flags, values) -> None:
                 pass
             err = capsys.readouterr().err
             assert "expected one argument" not in err, (path, flag, value, err)
+
+
+def draw_requests(draw, n: int, tbs: int, prefixes: list[list[int]], gaps: list[float],
+                  max_osl: int) -> list:
+    """Hypothesis (inside an ``@st.composite``): ``n`` requests, each arriving a gap drawn
+    from ``gaps`` (ms) after the last, with 1-3,000 prompt tokens as ``tbs``-token hash
+    blocks (half the time starting with one of ``prefixes``, a shared prefix) and 1-
+    ``max_osl`` output tokens."""
+    from hypothesis import strategies as st
+
+    from sim.request import Request
+    t = 0.0
+    reqs = []
+    for i in range(n):
+        t += draw(st.sampled_from(gaps))
+        isl = draw(st.integers(1, 3000))
+        osl = draw(st.integers(1, max_osl))
+        need = -(-isl // tbs)
+        ids: list[int] = []
+        if prefixes and draw(st.booleans()):
+            ids = list(draw(st.sampled_from(prefixes)))[:need]
+        ids += [1_000_000 + 1000 * i + j for j in range(need - len(ids))]
+        reqs.append(Request(i, t, isl, osl, hash_ids=tuple(ids), trace_block_size=tbs))
+    return reqs

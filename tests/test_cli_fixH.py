@@ -225,7 +225,7 @@ def test_front_plot_of_trace_windows_caps_the_sla_axis(tmp_path: Path, monkeypat
                       episodes_plan=plan, **zero)
            for p, s, g in (("heuristic:load", 1.0, 0.04), ("heuristic:static:4", 0.98, 0.07))]
     plot_front(res, tmp_path / "f.png", tmp_path)
-    assert seen["title"] == "Policies on 2 windows of az.jsonl (60 s each)"
+    assert seen["title"] == "Policies on DynoSim-v0: 2 windows of az.jsonl (60 s each)"
     ax = seen["ax"]
     lo, hi = ax.get_ylim()
     assert hi <= 100 + 0.03 * (100 - lo) + 1e-9      # was 100 + 15 % of the range

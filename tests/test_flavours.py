@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, ListWorkload, ms, req
+from conftest import REPO, ListWorkload, draw_requests, ms, req
 from sim.engine import EngineConfig, make_engine
 from sim.engines.base import Seq
 from sim.engines.sglang import SglangEngine
@@ -173,18 +173,8 @@ def workloads(draw) -> list[Request]:
     tbs = draw(st.sampled_from([16, 64, 512]))
     prefixes = [[10_000 * (p + 1) + j for j in range(draw(st.integers(1, 6)))]
                 for p in range(draw(st.integers(0, 3)))]
-    t = 0.0
-    reqs = []
-    for i in range(n):
-        t += draw(st.sampled_from([0.0, 0.0, 1.0, 10.0, 37.5, 200.0]))
-        isl = draw(st.integers(1, 3000))
-        osl = draw(st.integers(1, 200))
-        need = -(-isl // tbs)
-        ids: list[int] = []
-        if prefixes and draw(st.booleans()):
-            ids = list(draw(st.sampled_from(prefixes)))[:need]
-        ids += [1_000_000 + 1000 * i + j for j in range(need - len(ids))]
-        reqs.append(Request(i, t, isl, osl, hash_ids=tuple(ids), trace_block_size=tbs))
+    reqs = draw_requests(draw, n, tbs, prefixes, gaps=[0.0, 0.0, 1.0, 10.0, 37.5, 200.0],
+                         max_osl=200)
     return reqs
 
 

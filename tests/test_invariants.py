@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import req, simulate
+from conftest import draw_requests, req, simulate
 from sim.metrics import REJECT_REASONS, STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED
 from sim.request import Request
 from sim.timing import FixedTiming, PolynomialTiming
@@ -30,18 +30,8 @@ def workloads(draw) -> tuple[list[Request], int]:
     n_prefixes = draw(st.integers(0, 3))
     prefixes = [[10_000 * (p + 1) + j for j in range(draw(st.integers(1, 6)))]
                 for p in range(n_prefixes)]
-    t = 0.0
-    reqs = []
-    for i in range(n):
-        t += draw(st.sampled_from([0.0, 0.0, 0.5, 1.0, 5.0, 10.0, 37.5, 200.0, 1000.0]))
-        isl = draw(st.integers(1, 3000))
-        osl = draw(st.integers(1, 300))
-        need = -(-isl // tbs)
-        ids: list[int] = []
-        if prefixes and draw(st.booleans()):
-            ids = list(draw(st.sampled_from(prefixes)))[:need]
-        ids += [1_000_000 + 1000 * i + j for j in range(need - len(ids))]
-        reqs.append(Request(i, t, isl, osl, hash_ids=tuple(ids), trace_block_size=tbs))
+    reqs = draw_requests(draw, n, tbs, prefixes,
+                         gaps=[0.0, 0.0, 0.5, 1.0, 5.0, 10.0, 37.5, 200.0, 1000.0], max_osl=300)
     return reqs, tbs
 
 

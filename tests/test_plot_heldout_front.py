@@ -94,3 +94,47 @@ def test_labels_keep_off_each_other_the_markers_and_the_error_bars(tmp_path, mon
     on_marker = [(label, p["label"]) for label, box in boxes.items() for p in pts
                  if box.padded(3.0).contains(*ax.transData.transform((p["gpu"], p["sla"])))]
     assert on_marker == []
+
+
+def test_the_hindsight_front_interpolates_between_measured_levels_only():
+    mod = _script()
+    front = [(50.0, 2.0), (60.0, 3.0), (80.0, 3.5)]
+    assert mod.front_gpu(front, 55.0) == 2.5
+    assert mod.front_gpu(front, 70.0) == 3.25
+    assert mod.front_gpu(front, 80.0) == 3.5
+    assert mod.front_gpu(front, 49.9) is None and mod.front_gpu(front, 80.1) is None
+    rec = mod.gaps([{"label": "p", "kind": "learned", "sla": 70.0, "gpu": 3.9},
+                    {"label": "q", "kind": "heuristic", "sla": 20.0, "gpu": 1.0}],
+                   {"gpu_hours_per_episode_max": 2.75,
+                    "pooled": {"baseline_sla_attainment": 0.55}}, front)
+    assert rec["points"][0]["excess_over_hindsight"] == 0.2          # 3.9 / 3.25 - 1
+    assert rec["points"][1]["excess_over_hindsight"] is None        # outside the front
+    assert rec["target"]["excess_allowed"] == 0.1                   # 2.75 / 2.5 - 1
+
+
+def test_a_front_file_scored_at_another_target_is_refused(tmp_path):
+    import pytest
+
+    from sim.errors import InputError
+    mod = _script()
+    d = json.loads((BENCH / "hindsight_front" / "oracle_schedule_sla70.json").read_text())
+    d["episodes_plan"]["sla_target"] = 0.75
+    (tmp_path / "hindsight_front").mkdir()
+    (tmp_path / "hindsight_front" / "oracle_schedule_sla70.json").write_text(json.dumps(d))
+    with pytest.raises(InputError, match="sla_target"):
+        mod.hindsight_front(tmp_path)
+
+
+def test_the_shipped_gaps_file_is_what_the_result_files_give():
+    """docs/benchmark/hindsight_front/gaps.json is regenerated from the committed result
+    files alone (`--gaps`), and the front rises with attainment (more SLA never costs the
+    local search less here; a dip would mean a level's search got stuck)."""
+    mod = _script()
+    pts, target = mod.points(BENCH)
+    front = mod.hindsight_front(BENCH)
+    assert len(front) == len(mod.FRONT)
+    assert all(g0 < g1 for (_, g0), (_, g1) in zip(front, front[1:]))
+    shipped = json.loads((BENCH / "hindsight_front" / "gaps.json").read_text())
+    assert shipped == json.loads(json.dumps(mod.gaps(pts, target, front)))
+    (tuned,) = [r for r in shipped["points"] if r["label"] == "load-tuned"]
+    assert tuned["excess_over_hindsight"] > shipped["target"]["excess_allowed"] > 0

@@ -215,7 +215,7 @@ def test_jobs_zero(tmp_path, capsys):
         _args("interval", "--jobs", "0", "--out", str(tmp_path))
     assert se.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "--jobs" in err and "must be > 0" in err
+    assert "\n" not in err and "--jobs" in err and "must be >= 1, got 0" in err
     ns = _args("interval", "--out", str(tmp_path))
     ns.jobs = 0                                  # programmatic callers get an InputError
     with pytest.raises(InputError) as ei:

@@ -43,7 +43,7 @@ from sim.errors import InputError
 from sim.schema import MAX_TIME_MS
 from sim.wording import plural
 
-from ..options import CMDLINE, make_out_dir
+from ..options import CMDLINE, float_or_nan, make_out_dir
 
 STUDIES = ("pareto", "interval", "cold-start")
 MODEL, GPU, BACKEND = "Qwen/Qwen3-32B", "h200_sxm", "vllm"
@@ -268,12 +268,7 @@ def make_points(study: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return pts
 
 
-def _num(x: Any) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return math.nan
-    return v
+_num = float_or_nan
 
 
 def run_point(point: dict[str, Any]) -> dict[str, Any]:
