@@ -146,7 +146,7 @@ def points(bench: Path) -> tuple[list[dict], dict]:
         me = json_field(d, "target.mean_episode", dict, f) if t.get("mean_episode") else {}
         if me and json_field(d, "target.mean_episode.sla_attainment", float, f) < \
                 json_field(d, "target.mean_episode.baseline_sla_attainment", float, f):
-            label += (f" (episode mean {100 * me['sla_attainment']:.0f} % < "
+            label += (f"\n(episode mean {100 * me['sla_attainment']:.0f} % < "
                       f"{100 * me['baseline_sla_attainment']:.0f} %)")
         pts.append({"label": label, "kind": "learned" if name not in EARLY else "early",
                     "gpu": m["gpu_hours_per_episode.mean"],
@@ -253,6 +253,13 @@ def plot_gaps(rec: dict, out: Path) -> None:
                  "(oracle:schedule asked for 50-95 % on every episode)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(handles=handles, fontsize=7, loc="upper right")
+    outside = [f"{r['label']} ({r['sla_attainment_pct']:.1f} %)" for r in rec["points"]
+               if r["excess_over_hindsight"] is None]
+    if outside:       # said, not dropped: outside the front's measured attainment range
+        lo, hi = rec["front"][0][0], rec["front"][-1][0]
+        ax.annotate(f"Not drawn, outside the front's {lo:.1f}-{hi:.1f} % range: "
+                    + ", ".join(outside), xy=(0, 0), xycoords="figure fraction",
+                    xytext=(4, 2), textcoords="offset points", fontsize=6.5)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
@@ -303,7 +310,7 @@ def plot(pts: list[dict], target: dict, out: Path,
 
     style = {"heuristic": ("s", "C1"), "oracle": ("D", "C2"), "learned": ("o", "C0"),
              "early": ("o", "#9ecae1")}
-    fig, ax = plt.subplots(figsize=(10, 6.2))
+    fig, ax = plt.subplots(figsize=(11, 7))
     texts, xs, ys = [], [], []
     xs_all = [p["gpu"] for p in pts]
     ys_all = [p["sla"] for p in pts]
@@ -405,13 +412,20 @@ def _run(args) -> int:
     front = hindsight_front(Path(args.bench))
     plot(pts, target, Path(args.out), front)
     print(f"wrote {args.out} ({plural(len(pts), 'policy', many='policies')})")
+    if args.gaps_png and not args.gaps:
+        from sim.errors import InputError
+        raise InputError("--gaps-png needs --gaps FILE.json (the excess it draws)",
+                         field="--gaps-png")
     if args.gaps:
         import json
         rec = gaps(pts, target, front)
         Path(args.gaps).parent.mkdir(parents=True, exist_ok=True)
         Path(args.gaps).write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
         for r in rec["points"]:
-            if r["excess_over_hindsight"] is not None:
+            if r["excess_over_hindsight"] is None:
+                print(f"  {r['label']}: {r['sla_attainment_pct']:.1f} %, outside the "
+                      f"front's range: no excess")
+            else:
                 print(f"  {r['label']}: {r['sla_attainment_pct']:.1f} % at "
                       f"{r['gpu_hours_per_episode']:.2f} GPU-h, "
                       f"{100 * r['excess_over_hindsight']:+.0f} % over hindsight")

@@ -47,7 +47,7 @@ def test_a_recipe_missing_the_mean_of_episodes_check_is_labelled(tmp_path):
     d["target"]["mean_episode"]["sla_attainment"] = 0.10
     (tmp_path / "learned_ppo_r6.json").write_text(json.dumps(d))
     (pt,), _ = mod.points(tmp_path)
-    assert pt["label"].startswith("r6 (episode mean 10 % <")
+    assert pt["label"].startswith("r6\n(episode mean 10 % <")
     out = tmp_path / "front.png"
     mod.plot([pt], d["target"], out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -138,3 +138,12 @@ def test_the_shipped_gaps_file_is_what_the_result_files_give():
     assert shipped == json.loads(json.dumps(mod.gaps(pts, target, front)))
     (tuned,) = [r for r in shipped["points"] if r["label"] == "load-tuned"]
     assert tuned["excess_over_hindsight"] > shipped["target"]["excess_allowed"] > 0
+
+
+def test_gaps_png_without_gaps_is_a_one_line_error(tmp_path, capsys):
+    mod = _script()
+    rc = mod.main(["--out", str(tmp_path / "f.png"), "--gaps-png", str(tmp_path / "g.png")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gaps-png" in err[0] and "--gaps" in err[0]
+    assert not (tmp_path / "g.png").exists()
